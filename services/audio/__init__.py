@@ -1,0 +1,1 @@
+"""Audio encoder service and speech synthesis (not yet implemented: see issue 3)."""

@@ -1,0 +1,1 @@
+"""Code every service shares: runtime, codec, errors, telemetry, config, security, batching."""

@@ -1,0 +1,145 @@
+"""Dynamic batching: gather concurrent requests into one forward pass.
+
+Handler threads call `DynamicBatcher.submit(item)` and block; one worker thread takes
+the oldest request, waits up to `max_delay_ms` for more to arrive (or until
+`max_batch_size` are waiting), runs `run_batch` on all of them at once, and hands each
+caller its own result. The queue is bounded: a full queue is RESOURCE_EXHAUSTED at
+once rather than an ever-growing wait. A request whose caller gave up (deadline) is
+dropped from the queue before it costs model time.
+
+With max_batch_size=1 this is a plain single-model executor: requests still run one
+at a time on the worker, so concurrent calls never fight over torch's threads.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Callable, Generic, Sequence, TypeVar
+
+from modalmesh.common import errors, telemetry
+
+log = logging.getLogger(__name__)
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+@dataclass
+class Batched(Generic[Result]):
+    """One caller's result and what it cost."""
+
+    value: Result
+    queue_ms: float  # from submit until its batch started
+    batch_ms: float  # the whole batch's run_batch time
+    batch_size: int
+
+
+@dataclass
+class _Pending(Generic[Item]):
+    item: Item
+    future: Future
+    enqueued: float
+
+
+class DynamicBatcher(Generic[Item, Result]):
+    def __init__(
+        self,
+        run_batch: Callable[[Sequence[Item]], Sequence[Result]],
+        *,
+        max_batch_size: int = 32,
+        max_delay_ms: float = 2.0,
+        max_queue: int = 256,
+        name: str = "model",
+    ) -> None:
+        if max_batch_size < 1 or max_queue < 1:
+            raise ValueError("max_batch_size and max_queue must be at least 1")
+        self._run_batch = run_batch
+        self.max_batch_size = max_batch_size
+        self.max_delay_s = max(0.0, max_delay_ms) / 1000.0
+        self.max_queue = max_queue
+        self.name = name
+        self._pending: collections.deque[_Pending[Item]] = collections.deque()
+        self._wakeup = threading.Condition()
+        self._closed = False
+        self._queue_depth = telemetry.QUEUE_DEPTH.labels(name)
+        self._batch_size = telemetry.BATCH_SIZE.labels(name)
+        self._worker = threading.Thread(target=self._work, name=f"batcher-{name}", daemon=True)
+        self._worker.start()
+
+    def submit(self, item: Item, timeout: float | None = None) -> Batched[Result]:
+        """Queue `item`, wait for its batch, return its result (or raise its error).
+
+        `timeout` is the caller's remaining deadline in seconds: past it the request is
+        abandoned (DEADLINE_EXCEEDED) and skipped if its batch has not started yet.
+        """
+        future: Future = Future()
+        with self._wakeup:
+            if self._closed:
+                raise errors.unavailable(f"{self.name}: shutting down")
+            if len(self._pending) >= self.max_queue:
+                raise errors.resource_exhausted(
+                    f"{self.name}: queue is full ({self.max_queue} requests waiting); retry with backoff"
+                )
+            self._pending.append(_Pending(item, future, time.perf_counter()))
+            self._queue_depth.set(len(self._pending))
+            self._wakeup.notify()
+        try:
+            return future.result(timeout=timeout)
+        except TimeoutError:
+            future.cancel()
+            raise errors.deadline_exceeded(f"{self.name}: deadline passed while waiting for the model") from None
+
+    def close(self) -> None:
+        """Stop taking requests; those already queued still run."""
+        with self._wakeup:
+            self._closed = True
+            self._wakeup.notify_all()
+        self._worker.join(timeout=30)
+
+    def _next_batch(self) -> list[_Pending[Item]]:
+        with self._wakeup:
+            while not self._pending and not self._closed:
+                self._wakeup.wait()
+            if not self._pending:
+                return []
+            # Wait for company: until the batch is full or the oldest has waited enough.
+            flush_at = self._pending[0].enqueued + self.max_delay_s
+            while len(self._pending) < self.max_batch_size and not self._closed:
+                remaining = flush_at - time.perf_counter()
+                if remaining <= 0:
+                    break
+                self._wakeup.wait(remaining)
+            batch = []
+            while self._pending and len(batch) < self.max_batch_size:
+                pending = self._pending.popleft()
+                if pending.future.set_running_or_notify_cancel():  # False: caller gave up
+                    batch.append(pending)
+            self._queue_depth.set(len(self._pending))
+            return batch
+
+    def _work(self) -> None:
+        while True:
+            batch = self._next_batch()
+            if not batch:
+                if self._closed:
+                    return
+                continue
+            started = time.perf_counter()
+            try:
+                results = self._run_batch([p.item for p in batch])
+                if len(results) != len(batch):
+                    raise RuntimeError(f"run_batch returned {len(results)} results for {len(batch)} items")
+            except BaseException as exc:  # handed to every caller of this batch
+                for pending in batch:
+                    pending.future.set_exception(exc)
+                continue
+            batch_ms = (time.perf_counter() - started) * 1000.0
+            self._batch_size.observe(len(batch))
+            for pending, value in zip(batch, results):
+                queue_ms = (started - pending.enqueued) * 1000.0
+                pending.future.set_result(Batched(value, queue_ms, batch_ms, len(batch)))

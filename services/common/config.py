@@ -1,0 +1,165 @@
+"""One typed configuration for every service, from defaults, environment and flags.
+
+Precedence, lowest to highest:
+
+1. the field's default (per service where it differs, e.g. the port),
+2. ``MODALMESH_<FIELD>`` (applies to every service in the environment),
+3. ``MODALMESH_<SERVICE>_<FIELD>`` (one service, e.g. ``MODALMESH_TEXT_PORT``),
+4. the command-line flag ``--<field-with-dashes>``.
+
+The resolved configuration is logged once at start-up (secrets masked).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping
+
+log = logging.getLogger(__name__)
+
+#: Default gRPC ports, one per service. Metrics ports are these minus 41000 (9050...).
+DEFAULT_PORTS = {"router": 50050, "text": 50051, "vision": 50052, "audio": 50053}
+METRICS_PORT_OFFSET = 41000
+
+MiB = 1024 * 1024
+KiB = 1024
+
+#: Defaults that differ by service (applied before the environment and flags).
+SERVICE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "text": {"max_input_bytes": 64 * KiB},
+    "vision": {"max_input_bytes": 32 * MiB, "max_batch_size": 8},
+    "audio": {"max_input_bytes": 32 * MiB, "max_batch_size": 8},
+    "router": {"max_input_bytes": 32 * MiB},
+}
+
+
+def _option(default: Any, help: str, secret: bool = False) -> Any:
+    return field(default=default, metadata={"help": help, "secret": secret})
+
+
+@dataclass
+class ServiceConfig:
+    """Settings of one service process. Every field is also a flag and a variable."""
+
+    service: str = _option("text", "which service this process runs")
+    host: str = _option("127.0.0.1", "address to listen on ('0.0.0.0' in containers)")
+    port: int = _option(-1, "gRPC port; -1 picks the service's default (router 50050, text 50051, vision 50052, audio 50053), 0 any free port")
+    metrics_port: int = _option(-1, "Prometheus HTTP port; -1 picks gRPC port - 41000 (text: 9051), 0 disables")
+    max_message_bytes: int = _option(64 * MiB, "largest gRPC message accepted or sent")
+    grace_seconds: float = _option(10.0, "on SIGTERM, how long in-flight calls may finish")
+    worker_threads: int = _option(32, "gRPC handler threads (concurrent calls)")
+    torch_threads: int = _option(0, "torch intra-op threads; 0 uses every core")
+    # Model
+    model: str = _option("", "model directory or hub id; empty uses the bundled default")
+    allow_download: bool = _option(False, "let transformers download a hub id (off: local files only)")
+    max_input_bytes: int = _option(1 * MiB, "largest input accepted, all payload chunks together")
+    # Dynamic batching
+    max_batch_size: int = _option(32, "most requests run in one forward pass; 1 turns batching off")
+    max_batch_delay_ms: float = _option(2.0, "longest a request waits for others to join its batch")
+    max_queue: int = _option(256, "requests waiting for a batch before RESOURCE_EXHAUSTED")
+    # Security
+    tls_cert: str = _option("", "PEM certificate chain; with tls_key turns TLS on")
+    tls_key: str = _option("", "PEM private key", secret=True)
+    tls_client_ca: str = _option("", "PEM CA bundle; when set, clients must present a certificate it signed (mTLS)")
+    auth_token: str = _option("", "when set, every call but health must carry 'authorization: Bearer <token>'", secret=True)
+    # Telemetry
+    trace_exporter: str = _option("none", "where spans go: none, console or otlp")
+    otlp_endpoint: str = _option("", "OTLP gRPC collector address (default from OTEL_EXPORTER_OTLP_ENDPOINT)")
+    log_level: str = _option("INFO", "logging level")
+
+    def __post_init__(self) -> None:
+        if self.port < 0:
+            self.port = DEFAULT_PORTS.get(self.service, 50051)
+        if self.metrics_port < 0:
+            self.metrics_port = self.port - METRICS_PORT_OFFSET if self.port > METRICS_PORT_OFFSET else 0
+        problems = []
+        if self.trace_exporter not in ("none", "console", "otlp"):
+            problems.append(f"trace_exporter must be none, console or otlp, not {self.trace_exporter!r}")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            problems.append("tls_cert and tls_key must be given together")
+        if self.tls_client_ca and not self.tls_cert:
+            problems.append("tls_client_ca (mTLS) needs tls_cert and tls_key")
+        for name in ("max_batch_size", "max_queue", "max_message_bytes", "max_input_bytes", "worker_threads"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be at least 1")
+        if problems:
+            raise ValueError("invalid configuration: " + "; ".join(problems))
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def tls_enabled(self) -> bool:
+        return bool(self.tls_cert)
+
+    def describe(self) -> dict[str, Any]:
+        """The settings as a dict, secrets masked: what start-up logs."""
+        shown = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            shown[f.name] = "***" if (f.metadata.get("secret") and value) else value
+        return shown
+
+
+def _coerce(raw: str, to: type, name: str) -> Any:
+    if to is bool:
+        lowered = raw.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off", ""):
+            return False
+        raise ValueError(f"{name}: expected a boolean, got {raw!r}")
+    try:
+        return to(raw)
+    except ValueError:
+        raise ValueError(f"{name}: expected {to.__name__}, got {raw!r}") from None
+
+
+_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per ServiceConfig field (defaults None: unset flags don't override)."""
+    group = parser.add_argument_group("service configuration (also MODALMESH_* variables)")
+    for f in fields(ServiceConfig):
+        if f.name == "service":
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        kind = _TYPES[f.type] if isinstance(f.type, str) else f.type
+        if kind is bool:
+            group.add_argument(flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction, help=f.metadata["help"])
+        else:
+            group.add_argument(flag, dest=f.name, default=None, type=kind, help=f.metadata["help"])
+
+
+def load_config(
+    service: str,
+    flags: argparse.Namespace | Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> ServiceConfig:
+    """Resolve a service's configuration (see the module docstring for precedence)."""
+    environ = os.environ if environ is None else environ
+    flag_values = vars(flags) if isinstance(flags, argparse.Namespace) else dict(flags or {})
+    values: dict[str, Any] = {"service": service, **SERVICE_DEFAULTS.get(service, {})}
+    for f in fields(ServiceConfig):
+        if f.name == "service":
+            continue
+        kind = _TYPES[f.type] if isinstance(f.type, str) else f.type
+        for variable in (f"MODALMESH_{f.name.upper()}", f"MODALMESH_{service.upper()}_{f.name.upper()}"):
+            if variable in environ:
+                values[f.name] = _coerce(environ[variable], kind, variable)
+        if flag_values.get(f.name) is not None:
+            values[f.name] = flag_values[f.name]
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    config = ServiceConfig(**values)
+    return config
+
+
+def replace(config: ServiceConfig, **changes: Any) -> ServiceConfig:
+    return dataclasses.replace(config, **changes)

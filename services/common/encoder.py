@@ -1,0 +1,171 @@
+"""The `Encoder` gRPC surface, written once for every modality.
+
+This module owns the stream protocol of `Encoder.Encode` (one header, then payload
+chunks), its validation (media type, options, datatype, size limit, stream order) and
+the `Info` call. A modality supplies an `EncoderBackend`: what it accepts, how to load
+and warm its model, and how to turn one request into feature chunks.
+"""
+
+from __future__ import annotations
+
+import abc
+import uuid
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator
+
+import grpc
+
+from modalmesh.common import codec, errors
+from modalmesh.common.runtime import Service
+from modalmesh.v1 import encoder_pb2, encoder_pb2_grpc
+
+ENCODER_SERVICE = encoder_pb2.DESCRIPTOR.services_by_name["Encoder"].full_name
+MAX_REQUEST_ID_CHARS = 128
+
+
+@dataclass
+class EncodeRequest:
+    """A validated Encode call, payload assembled."""
+
+    request_id: str
+    media_type: str  # without parameters, lower case
+    options: frozenset[str]
+    output_datatype: str
+    pooled_only: bool
+    parameters: dict[str, str]
+    payload: bytes
+    context: grpc.ServicerContext | None = field(default=None, repr=False)
+
+    def time_remaining(self) -> float | None:
+        """Seconds left before the caller's deadline (None: no deadline)."""
+        return self.context.time_remaining() if self.context is not None else None
+
+
+def parse_media_type(value: str) -> tuple[str, dict[str, str]]:
+    """'text/plain; charset=UTF-8' -> ('text/plain', {'charset': 'utf-8'})."""
+    base, *params = [part.strip() for part in value.split(";")]
+    parsed = {}
+    for param in params:
+        key, _, val = param.partition("=")
+        parsed[key.strip().lower()] = val.strip().strip('"').lower()
+    return base.lower(), parsed
+
+
+class EncoderBackend(Service):
+    """One modality's model behind the shared Encoder surface."""
+
+    modality: str = ""
+    feature_kind: int = encoder_pb2.FEATURE_KIND_UNSPECIFIED
+    media_types: tuple[str, ...] = ()
+    options: tuple[str, ...] = ()
+    datatypes: tuple[str, ...] = codec.FLOAT_DATATYPES
+    default_datatype: str = "FP16"
+    max_input_bytes: int = 1 << 20
+
+    @abc.abstractmethod
+    def info(self) -> encoder_pb2.EncoderInfo:
+        """Describe the loaded model (called after initialize)."""
+
+    @abc.abstractmethod
+    def encode(self, request: EncodeRequest) -> Iterator[encoder_pb2.FeatureChunk]:
+        """Turn one request into feature chunks, the pooled vector last."""
+
+    def validate_media(self, media_type: str, media_params: dict[str, str]) -> None:
+        """Modality-specific checks of the media type's parameters. Raise ServiceError."""
+
+    def register(self, server: grpc.Server) -> list[str]:
+        encoder_pb2_grpc.add_EncoderServicer_to_server(EncoderServicer(self), server)
+        return [ENCODER_SERVICE]
+
+    def base_info(self, **fields) -> encoder_pb2.EncoderInfo:
+        return encoder_pb2.EncoderInfo(
+            modality=self.modality,
+            datatypes=list(self.datatypes),
+            default_datatype=self.default_datatype,
+            media_types=list(self.media_types),
+            options=list(self.options),
+            feature_kind=self.feature_kind,
+            **fields,
+        )
+
+
+class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
+    def __init__(self, backend: EncoderBackend) -> None:
+        self.backend = backend
+
+    def Info(self, request, context):
+        return self.backend.info()
+
+    def Encode(self, request_iterator, context):
+        request = read_encode_request(request_iterator, self.backend, context)
+        for chunk in self.backend.encode(request):
+            chunk.request_id = request.request_id
+            yield chunk
+
+
+def read_encode_request(
+    messages: Iterable[encoder_pb2.EncodeRequest], backend: EncoderBackend, context: grpc.ServicerContext | None
+) -> EncodeRequest:
+    """Read and validate a whole Encode request stream (header, then payload chunks)."""
+    stream = iter(messages)
+    first = next(stream, None)
+    if first is None:
+        raise errors.invalid_argument("header", "the request stream is empty; send a header first")
+    if first.WhichOneof("content") != "header":
+        raise errors.invalid_argument("header", "the first message must be a header, not a payload chunk")
+    header = first.header
+    request_id = header.request_id or uuid.uuid4().hex
+    if len(request_id) > MAX_REQUEST_ID_CHARS:
+        raise errors.invalid_argument("header.request_id", f"longer than {MAX_REQUEST_ID_CHARS} characters")
+    if not header.media_type:
+        raise errors.invalid_argument("header.media_type", f"required; one of {', '.join(backend.media_types)}")
+    media_type, media_params = parse_media_type(header.media_type)
+    if media_type not in backend.media_types:
+        raise errors.invalid_argument(
+            "header.media_type",
+            f"{header.media_type!r} is not accepted by the {backend.modality} encoder; use one of {', '.join(backend.media_types)}",
+        )
+    backend.validate_media(media_type, media_params)
+    unknown = sorted(set(header.options) - set(backend.options))
+    if unknown:
+        accepted = ", ".join(backend.options) or "none"
+        raise errors.invalid_argument("header.options", f"unknown option(s) {', '.join(unknown)}; accepted: {accepted}")
+    datatype = header.output_datatype or backend.default_datatype
+    if datatype not in backend.datatypes:
+        raise errors.invalid_argument(
+            "header.output_datatype", f"{datatype!r} is not one of {', '.join(backend.datatypes)}"
+        )
+
+    parts: list[bytes] = []
+    received = 0
+    for position, message in enumerate(stream, start=1):
+        if message.WhichOneof("content") != "payload":
+            raise errors.invalid_argument(f"messages[{position}]", "a second header; only payload chunks may follow the header")
+        received += len(message.payload)
+        if received > backend.max_input_bytes:
+            raise errors.invalid_argument(
+                "payload", f"input exceeds the limit of {backend.max_input_bytes} bytes (at chunk {position})"
+            )
+        parts.append(message.payload)
+    return EncodeRequest(
+        request_id=request_id,
+        media_type=media_type,
+        options=frozenset(header.options),
+        output_datatype=datatype,
+        pooled_only=header.pooled_only,
+        parameters=dict(header.parameters),
+        payload=b"".join(parts),
+        context=context,
+    )
+
+
+def sequence_chunks(
+    features, kind: int, datatype: str, rows_per_chunk: int = 256
+) -> Iterator[encoder_pb2.FeatureChunk]:
+    """Split a [n, width] feature matrix into SequenceFeatures chunks of bounded size."""
+    total = int(features.shape[0])
+    for offset in range(0, total, rows_per_chunk):
+        rows = features[offset : offset + rows_per_chunk]
+        yield encoder_pb2.FeatureChunk(
+            sequence=encoder_pb2.SequenceFeatures(kind=kind, offset=offset, values=codec.encode(rows, datatype))
+        )

@@ -1,0 +1,80 @@
+"""One place that turns failures into gRPC status codes with details.
+
+Handlers raise `ServiceError` (or one of the helpers below); the runtime's interceptor
+aborts the call with the right code and, for INVALID_ARGUMENT, a google.rpc.BadRequest
+detail listing each field violation. Anything else that escapes a handler is a bug:
+it is logged with its traceback and answered INTERNAL, and the service stays up.
+
+Clients read the details back with `field_violations(rpc_error)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+
+@dataclass
+class ServiceError(Exception):
+    """A failure the caller should hear about, with its gRPC code."""
+
+    code: grpc.StatusCode
+    message: str
+    # (field, description) pairs; sent as google.rpc.BadRequest for INVALID_ARGUMENT.
+    violations: list[tuple[str, str]] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return f"{self.code.name}: {self.message}"
+
+    def to_status(self) -> grpc.Status:
+        status = status_pb2.Status(code=self.code.value[0], message=self.message)
+        if self.violations:
+            bad_request = error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(field=f, description=d) for f, d in self.violations
+                ]
+            )
+            detail = any_pb2.Any()
+            detail.Pack(bad_request)
+            status.details.append(detail)
+        return rpc_status.to_status(status)
+
+
+def invalid_argument(field_path: str, description: str) -> ServiceError:
+    """INVALID_ARGUMENT naming the offending field, e.g. ('header.media_type', 'unknown ...')."""
+    return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"{field_path}: {description}", [(field_path, description)])
+
+
+def resource_exhausted(message: str) -> ServiceError:
+    return ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+
+
+def unavailable(message: str) -> ServiceError:
+    return ServiceError(grpc.StatusCode.UNAVAILABLE, message)
+
+
+def deadline_exceeded(message: str) -> ServiceError:
+    return ServiceError(grpc.StatusCode.DEADLINE_EXCEEDED, message)
+
+
+def unauthenticated(message: str) -> ServiceError:
+    return ServiceError(grpc.StatusCode.UNAUTHENTICATED, message)
+
+
+def field_violations(error: grpc.RpcError) -> list[tuple[str, str]]:
+    """The BadRequest field violations carried by a failed call, if any."""
+    status = rpc_status.from_call(error)
+    found: list[tuple[str, str]] = []
+    if status is None:
+        return found
+    for detail in status.details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad_request = error_details_pb2.BadRequest()
+            detail.Unpack(bad_request)
+            found.extend((v.field, v.description) for v in bad_request.field_violations)
+    return found
+

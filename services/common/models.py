@@ -1,0 +1,43 @@
+"""Where model weights come from, and how a service names the version it serves.
+
+Every service loads weights from local files by default: a configured directory, or
+the default model a package bundles. A hub id is only fetched when the operator turns
+`allow_download` on. Only safetensors are read (no pickle).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Callable
+
+import grpc
+
+from modalmesh.common import errors
+
+
+def resolve_model_source(configured: str, default_dir: Callable[[], str]) -> tuple[str, bool]:
+    """Return (source, is_local): the configured directory or hub id, else the default."""
+    source = configured or str(default_dir())
+    return source, Path(source).is_dir()
+
+
+def ensure_loadable(source: str, is_local: bool, allow_download: bool) -> None:
+    if not is_local and not allow_download:
+        raise errors.ServiceError(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"model {source!r} is not a local directory and downloads are off "
+            "(set MODALMESH_ALLOW_DOWNLOAD=1 to fetch hub ids)",
+        )
+
+
+def weights_version(model_dir: str | Path, name: str) -> str:
+    """'<name>@<first 12 hex of sha256 over the weight files>': changes when weights change."""
+    digest = hashlib.sha256()
+    root = Path(model_dir)
+    files = sorted(root.glob("*.safetensors")) if root.is_dir() else []
+    for path in files:
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return f"{name}@{digest.hexdigest()[:12]}" if files else f"{name}@unversioned"

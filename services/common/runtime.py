@@ -1,0 +1,340 @@
+"""The service runtime: every ModalMesh server is this plus one `Service`.
+
+A service fills in three moments (Triton's backend lifecycle):
+
+    initialize()        load and warm the model (the server is already answering
+                        health checks with NOT_SERVING meanwhile)
+    register(server)    add its servicers; return their full service names
+    finalize()          release what it holds, after in-flight calls have drained
+
+The runtime owns the rest: the gRPC server (sync API: for 1 MiB messages it measured
+2-3x faster than grpc.aio here, and equal for small ones), message size limits,
+keepalive, TLS/mTLS, the bearer token, health (NOT_SERVING -> SERVING -> NOT_SERVING
+while draining), reflection, tracing, Prometheus metrics, error mapping, and graceful
+shutdown on SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import logging
+import signal
+import threading
+import time
+from concurrent import futures
+from dataclasses import dataclass, field
+from typing import Callable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from modalmesh.common import errors, security, telemetry
+from modalmesh.common.config import ServiceConfig
+
+log = logging.getLogger(__name__)
+
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+REFLECTION_SERVICE = reflection.SERVICE_NAME
+# Reachable without a token and while the model loads: probes and discovery.
+_ALWAYS_OPEN = {HEALTH_SERVICE}
+_OPEN_WHILE_LOADING = {HEALTH_SERVICE, REFLECTION_SERVICE}
+
+
+class Service(abc.ABC):
+    """What a service provides to the runtime."""
+
+    #: short name used in logs, metrics and config ("text", "vision", ...)
+    name: str = "service"
+
+    @abc.abstractmethod
+    def initialize(self) -> None:
+        """Load and warm the model. Runs after the server starts, before SERVING."""
+
+    @abc.abstractmethod
+    def register(self, server: grpc.Server) -> list[str]:
+        """Add servicers to `server`; return the full names of the services added."""
+
+    def finalize(self) -> None:
+        """Release resources. Runs once, after the server has drained."""
+
+
+def grpc_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    """Channel/server options shared by servers and clients."""
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        # Keep idle connections alive through proxies and detect dead peers.
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ]
+
+
+def _method_parts(full_method: str) -> tuple[str, str]:
+    service, _, method = full_method.lstrip("/").partition("/")
+    return service, method
+
+
+@dataclass
+class _State:
+    ready: threading.Event = field(default_factory=threading.Event)
+    draining: threading.Event = field(default_factory=threading.Event)
+
+
+class RuntimeInterceptor(grpc.ServerInterceptor):
+    """Per call: readiness, token, trace span, metrics, and error -> status mapping."""
+
+    def __init__(self, service_name: str, state: _State, auth_token: str = "") -> None:
+        self._service_name = service_name
+        self._state = state
+        self._auth_token = auth_token
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        service, method = _method_parts(handler_call_details.method)
+        guard = _CallGuard(self, handler_call_details.method, service, method)
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                guard.wrap_unary(handler.unary_unary), handler.request_deserializer, handler.response_serializer
+            )
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                guard.wrap_unary(handler.stream_unary), handler.request_deserializer, handler.response_serializer
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                guard.wrap_stream(handler.unary_stream), handler.request_deserializer, handler.response_serializer
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            guard.wrap_stream(handler.stream_stream), handler.request_deserializer, handler.response_serializer
+        )
+
+
+class _CallGuard:
+    def __init__(self, interceptor: RuntimeInterceptor, full_method: str, service: str, method: str) -> None:
+        self.interceptor = interceptor
+        self.full_method = full_method
+        self.service = service
+        self.method = method
+        labels = (interceptor._service_name, method)
+        self.in_flight = telemetry.RPC_IN_FLIGHT.labels(*labels)
+
+    def _admit(self, context: grpc.ServicerContext) -> None:
+        state = self.interceptor._state
+        if self.service not in _OPEN_WHILE_LOADING:
+            if state.draining.is_set():
+                raise errors.unavailable("server is shutting down; retry on another replica")
+            if not state.ready.is_set():
+                raise errors.unavailable("model is still loading; retry shortly")
+        token = self.interceptor._auth_token
+        if token and self.service not in _ALWAYS_OPEN:
+            if not security.token_matches(token, security.bearer_token(context.invocation_metadata())):
+                raise errors.unauthenticated("missing or wrong bearer token (metadata 'authorization: Bearer <token>')")
+
+    def _finish(self, context: grpc.ServicerContext, started: float, code: grpc.StatusCode, span) -> None:
+        if code == grpc.StatusCode.OK and not context.is_active():
+            code = grpc.StatusCode.CANCELLED
+        labels = (self.interceptor._service_name, self.method, code.name)
+        telemetry.RPC_LATENCY.labels(*labels).observe(time.perf_counter() - started)
+        if code != grpc.StatusCode.OK:
+            telemetry.RPC_ERRORS.labels(*labels).inc()
+            span.set_attribute("rpc.grpc.status_code", code.value[0])
+        span.end()
+        self.in_flight.dec()
+
+    def _start(self, context: grpc.ServicerContext):
+        self.in_flight.inc()
+        parent = telemetry.extract_context(context.invocation_metadata())
+        span = telemetry.tracer().start_span(
+            self.full_method.lstrip("/"),
+            context=parent,
+            kind=telemetry.trace.SpanKind.SERVER,
+            attributes={"rpc.system": "grpc", "rpc.service": self.service, "rpc.method": self.method},
+        )
+        return span, time.perf_counter()
+
+    def _fail(self, context: grpc.ServicerContext, exc: BaseException) -> grpc.StatusCode:
+        """Abort the call for `exc`; returns the code. context.abort raises."""
+        if isinstance(exc, errors.ServiceError):
+            if exc.code != grpc.StatusCode.INVALID_ARGUMENT:
+                log.info("%s: %s", self.full_method, exc)
+            context.abort_with_status(exc.to_status())
+        log.exception("%s: unexpected failure", self.full_method)
+        context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+
+    def wrap_unary(self, behavior: Callable):
+        def handle(request, context):
+            span, started = self._start(context)
+            code = grpc.StatusCode.OK
+            try:
+                with telemetry.trace.use_span(span, end_on_exit=False):
+                    self._admit(context)
+                    return behavior(request, context)
+            except Exception as exc:
+                code = _code_of(exc, context)
+                if code is not None:  # the handler already aborted
+                    raise
+                code = exc.code if isinstance(exc, errors.ServiceError) else grpc.StatusCode.INTERNAL
+                self._fail(context, exc)
+            finally:
+                self._finish(context, started, code or grpc.StatusCode.UNKNOWN, span)
+
+        return handle
+
+    def wrap_stream(self, behavior: Callable):
+        def handle(request, context):
+            span, started = self._start(context)
+            code = grpc.StatusCode.OK
+            try:
+                with telemetry.trace.use_span(span, end_on_exit=False):
+                    self._admit(context)
+                    yield from behavior(request, context)
+            except Exception as exc:
+                code = _code_of(exc, context)
+                if code is not None:
+                    raise
+                code = exc.code if isinstance(exc, errors.ServiceError) else grpc.StatusCode.INTERNAL
+                self._fail(context, exc)
+            finally:
+                self._finish(context, started, code or grpc.StatusCode.UNKNOWN, span)
+
+        return handle
+
+
+def _code_of(exc: BaseException, context: grpc.ServicerContext) -> grpc.StatusCode | None:
+    """The code already set on `context` (by an abort), or None."""
+    try:
+        code = context.code()
+    except Exception:  # older grpc: no accessor
+        return None
+    if code is None:
+        return None
+    return code if isinstance(code, grpc.StatusCode) else None
+
+
+class ServerHandle:
+    """A running server: its address, health, and a way to stop it."""
+
+    def __init__(self, config: ServiceConfig, service: Service, server: grpc.Server, port: int,
+                 health_servicer: health.HealthServicer, service_names: list[str], state: _State) -> None:
+        self.config = config
+        self.service = service
+        self.server = server
+        self.port = port
+        self.health = health_servicer
+        self.service_names = service_names
+        self._state = state
+        self._stopped = threading.Event()
+        self._stop_lock = threading.Lock()
+        self.metrics_port = 0
+
+    @property
+    def address(self) -> str:
+        return f"{self.config.host}:{self.port}"
+
+    def set_serving(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ["", *self.service_names]:
+            self.health.set(name, status)
+
+    def initialize(self) -> None:
+        """Load and warm the model, then report SERVING."""
+        started = time.perf_counter()
+        self.service.initialize()
+        self._state.ready.set()
+        self.set_serving(True)
+        log.info("%s: ready in %.1f s, serving on %s", self.service.name, time.perf_counter() - started, self.address)
+
+    def stop(self, grace: float | None = None) -> None:
+        """Drain: NOT_SERVING, refuse new calls, let in-flight ones finish, then finalize."""
+        with self._stop_lock:
+            if self._stopped.is_set():
+                return
+            grace = self.config.grace_seconds if grace is None else grace
+            log.info("%s: draining (grace %.1f s)", self.service.name, grace)
+            self._state.draining.set()
+            self.set_serving(False)
+            self.server.stop(grace).wait()
+            try:
+                self.service.finalize()
+            finally:
+                self._stopped.set()
+                log.info("%s: stopped", self.service.name)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._stopped.wait(timeout)
+
+
+def start_server(config: ServiceConfig, service: Service, *, initialize: bool = True) -> ServerHandle:
+    """Start `service` on config.address. With initialize=False, call handle.initialize()."""
+    _configure_torch(config.torch_threads)
+    telemetry.setup_tracing(service.name, config.trace_exporter, config.otlp_endpoint)
+    state = _State()
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=config.worker_threads, thread_name_prefix=f"{service.name}-rpc"),
+        interceptors=[RuntimeInterceptor(service.name, state, config.auth_token)],
+        options=grpc_options(config.max_message_bytes),
+    )
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = service.register(server)
+    reflection.enable_server_reflection([*names, HEALTH_SERVICE, REFLECTION_SERVICE], server)
+    if config.tls_enabled:
+        credentials = security.server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca)
+        port = server.add_secure_port(config.address, credentials)
+    else:
+        port = server.add_insecure_port(config.address)
+    if port == 0:
+        raise OSError(f"{service.name}: cannot listen on {config.address} (port in use?)")
+    handle = ServerHandle(config, service, server, port, health_servicer, names, state)
+    handle.set_serving(False)
+    server.start()
+    if config.metrics_port > 0:
+        handle.metrics_port = telemetry.start_metrics_server(config.host, config.metrics_port)
+    log.info("%s: listening on %s (%s), loading model", service.name, handle.address, "TLS" if config.tls_enabled else "plaintext")
+    if initialize:
+        try:
+            handle.initialize()
+        except BaseException:
+            server.stop(0)
+            raise
+    return handle
+
+
+def serve_forever(config: ServiceConfig, service: Service) -> int:
+    """Run until SIGTERM/SIGINT, then drain. Returns the process exit code."""
+    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log.info("%s: configuration %s", service.name, json.dumps(config.describe(), sort_keys=True))
+    try:
+        handle = start_server(config, service)
+    except Exception:
+        log.exception("%s: failed to start", service.name)
+        return 1
+    stop_requested = threading.Event()
+
+    def on_signal(signum, _frame):
+        log.info("%s: received %s", service.name, signal.Signals(signum).name)
+        stop_requested.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, on_signal)
+    while not stop_requested.wait(1.0):
+        pass
+    handle.stop()
+    return 0
+
+
+def _configure_torch(threads: int) -> None:
+    import os
+
+    import torch
+
+    wanted = threads if threads > 0 else (os.cpu_count() or 1)
+    if torch.get_num_threads() != wanted:
+        torch.set_num_threads(wanted)
+

@@ -1,0 +1,149 @@
+"""Traces (OpenTelemetry, W3C context in gRPC metadata) and metrics (Prometheus).
+
+Tracing: `setup_tracing` installs one SDK tracer provider per process with the
+configured exporter (none, console or OTLP). The runtime's server interceptor starts
+a SERVER span per call whose parent is the caller's context; `TracingClientInterceptor`
+starts a CLIENT span and injects its context into the outgoing metadata, so one trace
+id runs through the router and every encoder it calls.
+
+Metrics: module-level Prometheus collectors with a `service` label (several servers
+may share a process in tests), served over HTTP by `start_metrics_server`.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+from typing import Any, Iterator, Mapping
+
+import grpc
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+log = logging.getLogger(__name__)
+
+TRACER_NAME = "modalmesh"
+_setup_lock = threading.Lock()
+_exporters_added: set[str] = set()
+
+
+def tracer() -> trace.Tracer:
+    return trace.get_tracer(TRACER_NAME)
+
+
+def setup_tracing(service_name: str, exporter: str = "none", otlp_endpoint: str = "") -> None:
+    """Install the process's tracer provider (once) and add the configured exporter."""
+    with _setup_lock:
+        provider = trace.get_tracer_provider()
+        if not isinstance(provider, TracerProvider):
+            provider = TracerProvider(resource=Resource.create({"service.name": f"modalmesh-{service_name}"}))
+            trace.set_tracer_provider(provider)
+        if exporter == "none" or exporter in _exporters_added:
+            return
+        if exporter == "console":
+            provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
+        elif exporter == "otlp":
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+            kwargs = {"endpoint": otlp_endpoint} if otlp_endpoint else {}
+            provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(**kwargs)))
+        else:
+            raise ValueError(f"unknown trace exporter {exporter!r}")
+        _exporters_added.add(exporter)
+        log.info("tracing: exporting spans to %s", exporter)
+
+
+def extract_context(metadata: Iterator[tuple[str, Any]] | None) -> otel_context.Context:
+    """The caller's trace context from gRPC invocation metadata."""
+    carrier = {key: value for key, value in (metadata or ()) if isinstance(value, str)}
+    return propagate.extract(carrier)
+
+
+# ---------------------------------------------------------------------------- client
+
+
+class _CallDetails(
+    collections.namedtuple("_CallDetails", ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression")),
+    grpc.ClientCallDetails,
+):
+    pass
+
+
+def _with_metadata(details: grpc.ClientCallDetails, extra: list[tuple[str, str]]) -> grpc.ClientCallDetails:
+    metadata = list(details.metadata or []) + extra
+    return _CallDetails(
+        details.method,
+        details.timeout,
+        metadata,
+        details.credentials,
+        getattr(details, "wait_for_ready", None),
+        getattr(details, "compression", None),
+    )
+
+
+class TracingClientInterceptor(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """Adds W3C trace context (and a bearer token, when given) to every outgoing call.
+
+    The CLIENT span covers starting the call; the server's span (its child) covers the
+    work. Streaming calls return before they finish, so the span is not held open.
+    """
+
+    def __init__(self, token: str = "") -> None:
+        self._auth = [("authorization", f"Bearer {token}")] if token else []
+
+    def _prepare(self, details: grpc.ClientCallDetails):
+        method = details.method.decode() if isinstance(details.method, bytes) else details.method
+        span = tracer().start_span(method.lstrip("/"), kind=trace.SpanKind.CLIENT, attributes={"rpc.system": "grpc"})
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier, context=trace.set_span_in_context(span))
+        return span, _with_metadata(details, list(carrier.items()) + self._auth)
+
+    def _call(self, continuation, details, request):
+        span, details = self._prepare(details)
+        try:
+            return continuation(details, request)
+        finally:
+            span.end()
+
+    intercept_unary_unary = _call
+    intercept_unary_stream = _call
+    intercept_stream_unary = _call
+    intercept_stream_stream = _call
+
+
+# ---------------------------------------------------------------------------- metrics
+
+RPC_LATENCY = Histogram(
+    "modalmesh_rpc_duration_seconds",
+    "Server-side duration of gRPC calls.",
+    ("service", "method", "code"),
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+RPC_IN_FLIGHT = Gauge("modalmesh_rpc_in_flight", "gRPC calls being handled.", ("service", "method"))
+RPC_ERRORS = Counter("modalmesh_rpc_errors_total", "gRPC calls that ended with a non-OK code.", ("service", "method", "code"))
+BATCH_SIZE = Histogram(
+    "modalmesh_batch_size", "Requests per model forward pass.", ("service",), buckets=(1, 2, 4, 8, 16, 32, 64, 128)
+)
+QUEUE_DEPTH = Gauge("modalmesh_queue_depth", "Requests waiting for a batch.", ("service",))
+
+
+def start_metrics_server(host: str, port: int) -> int:
+    """Serve /metrics over HTTP; returns the bound port (port 0 picks a free one)."""
+    server, _thread = start_http_server(port, addr=host)
+    return int(server.server_port)
+
+
+def current_span_attributes(attributes: Mapping[str, Any]) -> None:
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.set_attributes(dict(attributes))

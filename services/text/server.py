@@ -1,0 +1,88 @@
+"""The text encoder service: `modalmesh serve text`.
+
+Input: UTF-8 text ("text/plain"). Output: one row of features per token, then the
+mean-pooled, L2-normalised sentence vector. Concurrent calls are batched.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+from modalmesh.common import codec, errors
+from modalmesh.common.batching import DynamicBatcher
+from modalmesh.common.config import ServiceConfig
+from modalmesh.common.encoder import EncodeRequest, EncoderBackend, sequence_chunks
+from modalmesh.text.model import TextEncoder, TextFeatures
+from modalmesh.v1 import encoder_pb2
+
+
+class TextService(EncoderBackend):
+    name = "text"
+    modality = "text"
+    feature_kind = encoder_pb2.FEATURE_KIND_TOKENS
+    media_types = ("text/plain",)
+    options = ()
+    default_datatype = "FP16"
+
+    def __init__(self, config: ServiceConfig) -> None:
+        self.config = config
+        self.max_input_bytes = config.max_input_bytes
+        self.encoder: TextEncoder | None = None
+        self.batcher: DynamicBatcher[str, TextFeatures] | None = None
+
+    # -- lifecycle -------------------------------------------------------------------
+    def initialize(self) -> None:
+        self.encoder = TextEncoder(self.config.model, allow_download=self.config.allow_download)
+        self.encoder.encode_batch(["warm up the text encoder", "a second, longer sentence to warm a batch of two"])
+        self.batcher = DynamicBatcher(
+            self.encoder.encode_batch,
+            max_batch_size=self.config.max_batch_size,
+            max_delay_ms=self.config.max_batch_delay_ms,
+            max_queue=self.config.max_queue,
+            name="text",
+        )
+
+    def finalize(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
+
+    def info(self) -> encoder_pb2.EncoderInfo:
+        return self.base_info(
+            feature_width=self.encoder.width,
+            model_id=self.encoder.source,
+            model_version=self.encoder.version,
+            limits=encoder_pb2.InputLimits(max_input_bytes=self.max_input_bytes, max_tokens=self.encoder.max_tokens),
+        )
+
+    # -- one request -----------------------------------------------------------------
+    def validate_media(self, media_type: str, media_params: dict[str, str]) -> None:
+        charset = media_params.get("charset", "utf-8")
+        if charset not in ("utf-8", "utf8"):
+            raise errors.invalid_argument("header.media_type", f"charset {charset!r} is not supported; send UTF-8")
+
+    def encode(self, request: EncodeRequest) -> Iterator[encoder_pb2.FeatureChunk]:
+        text = decode_text(request.payload)
+        result = self.batcher.submit(text, timeout=request.time_remaining())
+        features = result.value
+        if not request.pooled_only:
+            yield from sequence_chunks(features.tokens, self.feature_kind, request.output_datatype)
+        yield encoder_pb2.FeatureChunk(
+            pooled=encoder_pb2.PooledFeatures(
+                vector=codec.encode(features.pooled, request.output_datatype),
+                sequence_length=int(features.tokens.shape[0]),
+                truncated=features.truncated,
+                timings_ms={"queue": result.queue_ms, "model": result.batch_ms, "batch_size": float(result.batch_size)},
+                model_version=self.encoder.version,
+            )
+        )
+
+
+def decode_text(payload: bytes) -> str:
+    """Strict UTF-8; empty or blank text is refused, with where it went wrong."""
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise errors.invalid_argument("payload", f"not valid UTF-8 at byte {exc.start} ({exc.reason})") from None
+    if not text.strip():
+        raise errors.invalid_argument("payload", "the text is empty" if not text else "the text is only whitespace")
+    return text

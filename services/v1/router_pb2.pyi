@@ -1,0 +1,245 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Modality(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MODALITY_UNSPECIFIED: _ClassVar[Modality]
+    MODALITY_TEXT: _ClassVar[Modality]
+    MODALITY_IMAGE: _ClassVar[Modality]
+    MODALITY_AUDIO: _ClassVar[Modality]
+
+class RoutingMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ROUTING_MODE_UNSPECIFIED: _ClassVar[RoutingMode]
+    ROUTING_MODE_ROUTED: _ClassVar[RoutingMode]
+    ROUTING_MODE_FULL: _ClassVar[RoutingMode]
+
+class ModalityStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MODALITY_STATUS_UNSPECIFIED: _ClassVar[ModalityStatus]
+    MODALITY_STATUS_USED: _ClassVar[ModalityStatus]
+    MODALITY_STATUS_ABSENT: _ClassVar[ModalityStatus]
+    MODALITY_STATUS_SKIPPED: _ClassVar[ModalityStatus]
+    MODALITY_STATUS_FAILED: _ClassVar[ModalityStatus]
+    MODALITY_STATUS_TIMED_OUT: _ClassVar[ModalityStatus]
+MODALITY_UNSPECIFIED: Modality
+MODALITY_TEXT: Modality
+MODALITY_IMAGE: Modality
+MODALITY_AUDIO: Modality
+ROUTING_MODE_UNSPECIFIED: RoutingMode
+ROUTING_MODE_ROUTED: RoutingMode
+ROUTING_MODE_FULL: RoutingMode
+MODALITY_STATUS_UNSPECIFIED: ModalityStatus
+MODALITY_STATUS_USED: ModalityStatus
+MODALITY_STATUS_ABSENT: ModalityStatus
+MODALITY_STATUS_SKIPPED: ModalityStatus
+MODALITY_STATUS_FAILED: ModalityStatus
+MODALITY_STATUS_TIMED_OUT: ModalityStatus
+
+class MediaInput(_message.Message):
+    __slots__ = ("data", "media_type", "parameters")
+    class ParametersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    MEDIA_TYPE_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    media_type: str
+    parameters: _containers.ScalarMap[str, str]
+    def __init__(self, data: _Optional[bytes] = ..., media_type: _Optional[str] = ..., parameters: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class AnalyzeOptions(_message.Message):
+    __slots__ = ("speech", "voice", "explain", "deadline_ms", "mode", "require", "top_k")
+    SPEECH_FIELD_NUMBER: _ClassVar[int]
+    VOICE_FIELD_NUMBER: _ClassVar[int]
+    EXPLAIN_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    REQUIRE_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    speech: bool
+    voice: str
+    explain: bool
+    deadline_ms: int
+    mode: RoutingMode
+    require: _containers.RepeatedScalarFieldContainer[Modality]
+    top_k: int
+    def __init__(self, speech: _Optional[bool] = ..., voice: _Optional[str] = ..., explain: _Optional[bool] = ..., deadline_ms: _Optional[int] = ..., mode: _Optional[_Union[RoutingMode, str]] = ..., require: _Optional[_Iterable[_Union[Modality, str]]] = ..., top_k: _Optional[int] = ...) -> None: ...
+
+class AnalyzeRequest(_message.Message):
+    __slots__ = ("request_id", "task", "text", "image", "audio", "options")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    AUDIO_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    task: str
+    text: str
+    image: MediaInput
+    audio: MediaInput
+    options: AnalyzeOptions
+    def __init__(self, request_id: _Optional[str] = ..., task: _Optional[str] = ..., text: _Optional[str] = ..., image: _Optional[_Union[MediaInput, _Mapping]] = ..., audio: _Optional[_Union[MediaInput, _Mapping]] = ..., options: _Optional[_Union[AnalyzeOptions, _Mapping]] = ...) -> None: ...
+
+class LabelScore(_message.Message):
+    __slots__ = ("label", "probability")
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    PROBABILITY_FIELD_NUMBER: _ClassVar[int]
+    label: str
+    probability: float
+    def __init__(self, label: _Optional[str] = ..., probability: _Optional[float] = ...) -> None: ...
+
+class Uncertainty(_message.Message):
+    __slots__ = ("predictive_entropy", "gate_entropy")
+    PREDICTIVE_ENTROPY_FIELD_NUMBER: _ClassVar[int]
+    GATE_ENTROPY_FIELD_NUMBER: _ClassVar[int]
+    predictive_entropy: float
+    gate_entropy: float
+    def __init__(self, predictive_entropy: _Optional[float] = ..., gate_entropy: _Optional[float] = ...) -> None: ...
+
+class Finding(_message.Message):
+    __slots__ = ("key", "value")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    value: str
+    def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+
+class ModalityReport(_message.Message):
+    __slots__ = ("modality", "status", "reason", "error_code", "gate_weight", "latency_ms")
+    MODALITY_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+    GATE_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    modality: Modality
+    status: ModalityStatus
+    reason: str
+    error_code: str
+    gate_weight: float
+    latency_ms: float
+    def __init__(self, modality: _Optional[_Union[Modality, str]] = ..., status: _Optional[_Union[ModalityStatus, str]] = ..., reason: _Optional[str] = ..., error_code: _Optional[str] = ..., gate_weight: _Optional[float] = ..., latency_ms: _Optional[float] = ...) -> None: ...
+
+class AttentionMass(_message.Message):
+    __slots__ = ("query_modality", "key_modality", "mass")
+    QUERY_MODALITY_FIELD_NUMBER: _ClassVar[int]
+    KEY_MODALITY_FIELD_NUMBER: _ClassVar[int]
+    MASS_FIELD_NUMBER: _ClassVar[int]
+    query_modality: Modality
+    key_modality: Modality
+    mass: float
+    def __init__(self, query_modality: _Optional[_Union[Modality, str]] = ..., key_modality: _Optional[_Union[Modality, str]] = ..., mass: _Optional[float] = ...) -> None: ...
+
+class Explanation(_message.Message):
+    __slots__ = ("modalities", "attention", "timings_ms", "model_version")
+    class TimingsMsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    MODALITIES_FIELD_NUMBER: _ClassVar[int]
+    ATTENTION_FIELD_NUMBER: _ClassVar[int]
+    TIMINGS_MS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    modalities: _containers.RepeatedCompositeFieldContainer[ModalityReport]
+    attention: _containers.RepeatedCompositeFieldContainer[AttentionMass]
+    timings_ms: _containers.ScalarMap[str, float]
+    model_version: str
+    def __init__(self, modalities: _Optional[_Iterable[_Union[ModalityReport, _Mapping]]] = ..., attention: _Optional[_Iterable[_Union[AttentionMass, _Mapping]]] = ..., timings_ms: _Optional[_Mapping[str, float]] = ..., model_version: _Optional[str] = ...) -> None: ...
+
+class AnalyzeResponse(_message.Message):
+    __slots__ = ("request_id", "task", "label", "confidence", "uncertainty", "top_k", "description", "findings", "speech_wav", "explanation", "model_version")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    UNCERTAINTY_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    FINDINGS_FIELD_NUMBER: _ClassVar[int]
+    SPEECH_WAV_FIELD_NUMBER: _ClassVar[int]
+    EXPLANATION_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    task: str
+    label: str
+    confidence: float
+    uncertainty: Uncertainty
+    top_k: _containers.RepeatedCompositeFieldContainer[LabelScore]
+    description: str
+    findings: _containers.RepeatedCompositeFieldContainer[Finding]
+    speech_wav: bytes
+    explanation: Explanation
+    model_version: str
+    def __init__(self, request_id: _Optional[str] = ..., task: _Optional[str] = ..., label: _Optional[str] = ..., confidence: _Optional[float] = ..., uncertainty: _Optional[_Union[Uncertainty, _Mapping]] = ..., top_k: _Optional[_Iterable[_Union[LabelScore, _Mapping]]] = ..., description: _Optional[str] = ..., findings: _Optional[_Iterable[_Union[Finding, _Mapping]]] = ..., speech_wav: _Optional[bytes] = ..., explanation: _Optional[_Union[Explanation, _Mapping]] = ..., model_version: _Optional[str] = ...) -> None: ...
+
+class AnalyzeStreamRequest(_message.Message):
+    __slots__ = ("request", "image_chunk", "audio_chunk")
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_CHUNK_FIELD_NUMBER: _ClassVar[int]
+    AUDIO_CHUNK_FIELD_NUMBER: _ClassVar[int]
+    request: AnalyzeRequest
+    image_chunk: bytes
+    audio_chunk: bytes
+    def __init__(self, request: _Optional[_Union[AnalyzeRequest, _Mapping]] = ..., image_chunk: _Optional[bytes] = ..., audio_chunk: _Optional[bytes] = ...) -> None: ...
+
+class GateDecision(_message.Message):
+    __slots__ = ("modalities",)
+    MODALITIES_FIELD_NUMBER: _ClassVar[int]
+    modalities: _containers.RepeatedCompositeFieldContainer[ModalityReport]
+    def __init__(self, modalities: _Optional[_Iterable[_Union[ModalityReport, _Mapping]]] = ...) -> None: ...
+
+class AnalyzeEvent(_message.Message):
+    __slots__ = ("gate", "diagnosis", "description", "speech_chunk", "final")
+    GATE_FIELD_NUMBER: _ClassVar[int]
+    DIAGNOSIS_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    SPEECH_CHUNK_FIELD_NUMBER: _ClassVar[int]
+    FINAL_FIELD_NUMBER: _ClassVar[int]
+    gate: GateDecision
+    diagnosis: AnalyzeResponse
+    description: str
+    speech_chunk: bytes
+    final: AnalyzeResponse
+    def __init__(self, gate: _Optional[_Union[GateDecision, _Mapping]] = ..., diagnosis: _Optional[_Union[AnalyzeResponse, _Mapping]] = ..., description: _Optional[str] = ..., speech_chunk: _Optional[bytes] = ..., final: _Optional[_Union[AnalyzeResponse, _Mapping]] = ...) -> None: ...
+
+class ListTasksRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class TaskInfo(_message.Message):
+    __slots__ = ("name", "description", "labels", "accepted_modalities", "optional_modalities", "model_version")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_MODALITIES_FIELD_NUMBER: _ClassVar[int]
+    OPTIONAL_MODALITIES_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    description: str
+    labels: _containers.RepeatedScalarFieldContainer[str]
+    accepted_modalities: _containers.RepeatedScalarFieldContainer[Modality]
+    optional_modalities: _containers.RepeatedScalarFieldContainer[Modality]
+    model_version: str
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., accepted_modalities: _Optional[_Iterable[_Union[Modality, str]]] = ..., optional_modalities: _Optional[_Iterable[_Union[Modality, str]]] = ..., model_version: _Optional[str] = ...) -> None: ...
+
+class ListTasksResponse(_message.Message):
+    __slots__ = ("tasks",)
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    tasks: _containers.RepeatedCompositeFieldContainer[TaskInfo]
+    def __init__(self, tasks: _Optional[_Iterable[_Union[TaskInfo, _Mapping]]] = ...) -> None: ...

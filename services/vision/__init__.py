@@ -1,0 +1,1 @@
+"""Image encoder service (not yet implemented: see issue 3)."""
