@@ -1,0 +1,119 @@
+"""The dynamic batcher: gathers concurrent callers, answers each with its own result."""
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import pytest
+
+from modalmesh.common.batching import DynamicBatcher
+from modalmesh.common.errors import ServiceError
+
+
+def test_concurrent_callers_share_batches_and_get_their_own_results():
+    sizes = []
+
+    def square_all(items):
+        sizes.append(len(items))
+        return [x * x for x in items]
+
+    batcher = DynamicBatcher(square_all, max_batch_size=16, max_delay_ms=20, max_queue=64)
+    try:
+        with ThreadPoolExecutor(32) as pool:
+            results = list(pool.map(lambda x: batcher.submit(x, timeout=5), range(32)))
+    finally:
+        batcher.close()
+    assert [r.value for r in results] == [x * x for x in range(32)]
+    assert sum(sizes) == 32
+    assert max(sizes) > 1, f"no batching happened: {sizes}"
+    assert all(size <= 16 for size in sizes)
+    assert all(r.batch_size >= 1 and r.queue_ms >= 0 for r in results)
+
+
+def test_batch_size_one_runs_requests_one_at_a_time():
+    running = []
+    overlap = []
+
+    def run(items):
+        running.append(1)
+        overlap.append(len(running))
+        time.sleep(0.005)
+        running.pop()
+        return items
+
+    batcher = DynamicBatcher(run, max_batch_size=1, max_delay_ms=0, max_queue=64)
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            values = [r.value for r in pool.map(lambda x: batcher.submit(x, timeout=5), range(8))]
+    finally:
+        batcher.close()
+    assert values == list(range(8))
+    assert max(overlap) == 1
+
+
+def test_full_queue_is_resource_exhausted():
+    release = threading.Event()
+    batcher = DynamicBatcher(lambda items: (release.wait(5), items)[1], max_batch_size=1, max_delay_ms=0, max_queue=2)
+    pool = ThreadPoolExecutor(4)
+    try:
+        first = pool.submit(batcher.submit, "running", 5)
+        time.sleep(0.1)  # the worker is now blocked on the first item
+        queued = [pool.submit(batcher.submit, f"queued-{i}", 5) for i in range(2)]
+        time.sleep(0.1)
+        with pytest.raises(ServiceError) as raised:
+            batcher.submit("one too many", timeout=5)
+        assert raised.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "queue is full" in raised.value.message
+        release.set()
+        assert first.result(5).value == "running"
+        assert [q.result(5).value for q in queued] == ["queued-0", "queued-1"]
+    finally:
+        release.set()
+        batcher.close()
+        pool.shutdown()
+
+
+def test_caller_deadline_gives_deadline_exceeded_and_skips_the_work():
+    release = threading.Event()
+    seen = []
+
+    def run(items):
+        seen.extend(items)
+        release.wait(5)
+        return items
+
+    batcher = DynamicBatcher(run, max_batch_size=1, max_delay_ms=0, max_queue=8)
+    pool = ThreadPoolExecutor(2)
+    try:
+        blocker = pool.submit(batcher.submit, "blocker", 5)
+        time.sleep(0.05)
+        with pytest.raises(ServiceError) as raised:
+            batcher.submit("late", timeout=0.1)
+        assert raised.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+        release.set()
+        blocker.result(5)
+        time.sleep(0.1)
+        assert "late" not in seen  # abandoned before it cost model time
+    finally:
+        release.set()
+        batcher.close()
+        pool.shutdown()
+
+
+def test_a_failing_batch_fails_its_callers_and_the_batcher_keeps_working():
+    calls = []
+
+    def run(items):
+        calls.append(items)
+        if len(calls) == 1:
+            raise RuntimeError("model exploded")
+        return items
+
+    batcher = DynamicBatcher(run, max_batch_size=4, max_delay_ms=0, max_queue=8)
+    try:
+        with pytest.raises(RuntimeError, match="model exploded"):
+            batcher.submit("first", timeout=5)
+        assert batcher.submit("second", timeout=5).value == "second"
+    finally:
+        batcher.close()

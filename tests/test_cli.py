@@ -1,0 +1,82 @@
+"""The command line: serve (as a real process), encode --json, certs."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from modalmesh.cli import main
+from modalmesh.common.client import EncoderClient, connect, wait_for_serving
+from tests.conftest import free_port
+
+
+def test_encode_text_json_prints_shapes_datatypes_and_the_vector(text_service, capsys):
+    assert main(["encode", "text", "where is my parcel", "--json", "--target", text_service.address]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["sequence"]["datatype"] == "FP16" and printed["sequence"]["shape"][1] == 32
+    assert printed["pooled"]["shape"] == [32] and len(printed["pooled"]["values"]) == 32
+    assert printed["truncated"] is False
+    assert printed["model_version"].startswith("tiny-bert")
+
+
+def test_encode_reports_the_servers_complaint(text_service, capsys):
+    assert main(["encode", "text", "   ", "--target", text_service.address]) == 1
+    assert "INVALID_ARGUMENT: payload: the text is only whitespace" in capsys.readouterr().err
+
+
+def test_certs_command_writes_a_ca_and_service_certificates(tmp_path, capsys):
+    assert main(["certs", "--out", str(tmp_path)]) == 0
+    assert {p.name for p in tmp_path.iterdir()} >= {"ca.pem", "text.pem", "text-key.pem", "client.pem"}
+
+
+def test_serve_runs_as_a_process_and_drains_on_sigterm(tiny_bert_dir):
+    port = free_port()
+    env = {**os.environ, "MODALMESH_TEXT_MODEL": str(tiny_bert_dir), "MODALMESH_LOG_LEVEL": "INFO"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "modalmesh.cli", "serve", "text", "--port", str(port), "--metrics-port", "0", "--grace-seconds", "2"],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        with connect(f"127.0.0.1:{port}") as channel:
+            wait_for_serving(channel, timeout=60)
+            assert EncoderClient(channel).encode_text("hello from another process").pooled.shape == (32,)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+        log = process.stderr.read()
+        assert "configuration {" in log and '"auth_token": ""' in log
+        assert "received SIGTERM" in log and "stopped" in log
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def test_serve_refuses_a_bad_configuration(capsys):
+    assert main(["serve", "text", "--trace-exporter", "jaeger"]) == 2
+    assert "trace_exporter must be none, console or otlp" in capsys.readouterr().err
+
+
+def test_serve_with_a_missing_model_directory_fails_with_the_reason(tmp_path):
+    port = free_port()
+    result = subprocess.run(
+        [sys.executable, "-m", "modalmesh.cli", "serve", "text", "--port", str(port), "--metrics-port", "0", "--model", str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "not a local directory and downloads are off" in result.stderr
+
+
+def test_demo_encodes_examples_through_a_running_text_service():
+    result = subprocess.run([sys.executable, "-m", "modalmesh.cli", "demo"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "SERVING on 127.0.0.1:" in result.stdout
+    # The two payment sentences are paraphrases; the bundled MiniLM must find them.
+    assert "closest pair: [0] and [1]" in result.stdout
+    assert "text encoder stopped (exit 0)" in result.stdout

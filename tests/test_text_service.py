@@ -1,0 +1,247 @@
+"""The text encoder service over real gRPC on 127.0.0.1, with a tiny BERT loaded from disk."""
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from modalmesh.common import errors
+from modalmesh.common.client import EncoderClient, connect, encode_requests
+from modalmesh.text.model import TextEncoder
+from modalmesh.text.server import TextService
+from modalmesh.v1 import encoder_pb2, encoder_pb2_grpc
+
+
+def health_status(channel, service=""):
+    reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+
+class GatedTextService(TextService):
+    """The real text service whose loading waits for the test's signal, so the test can
+    observe the window in which the server is up but the model is not yet loaded."""
+
+    gate = threading.Event()
+
+    def initialize(self):
+        assert self.gate.wait(10)
+        super().initialize()
+
+
+def test_health_is_not_serving_until_the_model_is_warm(start_text_service):
+    handle = start_text_service(initialize=False, service_class=GatedTextService)
+    loader = threading.Thread(target=handle.initialize)
+    loader.start()
+    with connect(handle.address) as channel:
+        assert health_status(channel) == "NOT_SERVING"
+        assert health_status(channel, "modalmesh.v1.Encoder") == "NOT_SERVING"
+        with pytest.raises(grpc.RpcError) as raised:
+            EncoderClient(channel).encode_text("too early")
+        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "loading" in raised.value.details()
+        GatedTextService.gate.set()
+        loader.join(30)
+        assert health_status(channel) == "SERVING"
+        assert health_status(channel, "modalmesh.v1.Encoder") == "SERVING"
+        assert EncoderClient(channel).encode_text("now it works").pooled.shape == (32,)
+
+
+def test_reflection_lists_every_service(text_channel):
+    stub = reflection_pb2_grpc.ServerReflectionStub(text_channel)
+    replies = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
+    names = {s.name for reply in replies for s in reply.list_services_response.service}
+    assert {"modalmesh.v1.Encoder", "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= names
+
+
+def test_info_describes_model_and_limits(text_channel, tiny_bert_dir):
+    info = EncoderClient(text_channel).info()
+    assert info.modality == "text"
+    assert info.feature_width == 32
+    assert info.default_datatype == "FP16"
+    assert set(info.datatypes) == {"FP32", "FP16", "BF16"}
+    assert info.media_types == ["text/plain"]
+    assert info.model_id == str(tiny_bert_dir)
+    assert info.model_version.startswith("tiny-bert")
+    assert info.limits.max_tokens == 64
+    assert info.limits.max_input_bytes == 64 * 1024
+    assert info.feature_kind == encoder_pb2.FEATURE_KIND_TOKENS
+
+
+def test_encode_streams_token_features_then_the_pooled_vector(text_channel, tiny_bert_dir):
+    result = EncoderClient(text_channel).encode_text("my card payment failed", request_id="req-1")
+    kinds = [chunk.WhichOneof("content") for chunk in result.chunks]
+    assert kinds[-1] == "pooled" and "sequence" in kinds
+    assert all(chunk.request_id == "req-1" for chunk in result.chunks)
+    assert result.sequence.dtype == np.float16 and result.sequence.shape[1] == 32
+    expected_tokens = len(TextEncoder(str(tiny_bert_dir)).tokenizer("my card payment failed")["input_ids"])
+    assert result.sequence.shape[0] == expected_tokens == result.pooled_message.sequence_length
+    assert result.pooled_message.truncated is False
+    assert abs(float(np.linalg.norm(result.pooled.astype(np.float32))) - 1.0) < 1e-2
+    assert {"queue", "model", "batch_size"} <= set(result.pooled_message.timings_ms)
+
+
+def test_service_output_equals_the_model_in_process(text_channel, tiny_bert_dir):
+    local = TextEncoder(str(tiny_bert_dir)).encode_batch(["where is my parcel"])[0]
+    remote = EncoderClient(text_channel).encode_text("where is my parcel", output_datatype="FP32")
+    np.testing.assert_allclose(remote.pooled, local.pooled.numpy(), atol=1e-5)
+    np.testing.assert_allclose(remote.sequence, local.tokens.numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("datatype, dtype", [("FP32", np.float32), ("FP16", np.float16), ("BF16", np.float32)])
+def test_output_datatypes(text_channel, datatype, dtype):
+    result = EncoderClient(text_channel).encode_text("refund please", output_datatype=datatype)
+    assert result.pooled_message.vector.datatype == datatype
+    assert result.pooled.dtype == dtype  # BF16 decodes widened to float32
+
+
+def test_pooled_only_skips_the_sequence(text_channel):
+    result = EncoderClient(text_channel).encode_text("help", pooled_only=True)
+    assert result.sequence is None
+    assert [c.WhichOneof("content") for c in result.chunks] == ["pooled"]
+
+
+def test_long_text_is_truncated_and_says_so(text_channel):
+    result = EncoderClient(text_channel).encode_text("the app crashes " * 100)
+    assert result.pooled_message.truncated is True
+    assert result.sequence.shape[0] == 64
+
+
+def test_text_arrives_in_many_chunks(text_channel):
+    text = "my payment failed and i want a refund please"
+    whole = EncoderClient(text_channel).encode_text(text, output_datatype="FP32")
+    pieces = EncoderClient(text_channel).encode(text.encode(), "text/plain", chunk_bytes=3, output_datatype="FP32")
+    np.testing.assert_array_equal(whole.pooled, pieces.pooled)
+
+
+def test_concurrent_callers_each_get_their_own_result(start_text_service, tiny_bert_dir):
+    handle = start_text_service(max_batch_size=16, max_batch_delay_ms=20)
+    sentences = [f"{w} {v}" for w in ("card", "login", "parcel", "refund") for v in ("failed", "error", "help", "wrong")]
+    local = TextEncoder(str(tiny_bert_dir))
+    expected = {s: local.encode_batch([s])[0].pooled.numpy() for s in sentences}
+    with connect(handle.address) as channel:
+        client = EncoderClient(channel)
+        with ThreadPoolExecutor(len(sentences)) as pool:
+            results = list(pool.map(lambda s: client.encode_text(s, output_datatype="FP32"), sentences))
+    for sentence, result in zip(sentences, results):
+        np.testing.assert_allclose(result.pooled, expected[sentence], atol=1e-4, err_msg=sentence)
+    assert max(r.pooled_message.timings_ms["batch_size"] for r in results) > 1
+
+
+def _raw_call(channel, messages):
+    stub = encoder_pb2_grpc.EncoderStub(channel)
+    return list(stub.Encode(iter(messages), timeout=10))
+
+
+HEADER = encoder_pb2.EncodeRequest(header=encoder_pb2.EncodeHeader(media_type="text/plain"))
+
+
+def _payload(data):
+    return encoder_pb2.EncodeRequest(payload=data)
+
+
+BAD_REQUESTS = {
+    "invalid utf-8": ([HEADER, _payload(b"caf\xc3")], "payload", "not valid UTF-8 at byte 3"),
+    "empty text": ([HEADER], "payload", "the text is empty"),
+    "only whitespace": ([HEADER, _payload(b"  \n\t ")], "payload", "only whitespace"),
+    "over the limit": ([HEADER, _payload(b"a" * 40_000), _payload(b"b" * 40_000)], "payload", "exceeds the limit of 65536 bytes"),
+    "unknown media type": (
+        [encoder_pb2.EncodeRequest(header=encoder_pb2.EncodeHeader(media_type="image/png")), _payload(b"x")],
+        "header.media_type",
+        "not accepted by the text encoder",
+    ),
+    "missing media type": ([encoder_pb2.EncodeRequest(header=encoder_pb2.EncodeHeader()), _payload(b"x")], "header.media_type", "required"),
+    "latin-1 charset": (
+        [encoder_pb2.EncodeRequest(header=encoder_pb2.EncodeHeader(media_type="text/plain; charset=latin-1")), _payload(b"x")],
+        "header.media_type",
+        "charset 'latin-1' is not supported",
+    ),
+    "payload before header": ([_payload(b"hello"), HEADER], "header", "first message must be a header"),
+    "two headers": ([HEADER, _payload(b"hi"), HEADER], "messages[2]", "a second header"),
+    "empty stream": ([], "header", "the request stream is empty"),
+    "unknown option": (
+        [encoder_pb2.EncodeRequest(header=encoder_pb2.EncodeHeader(media_type="text/plain", options=["ocr"])), _payload(b"x")],
+        "header.options",
+        "unknown option(s) ocr",
+    ),
+    "unknown datatype": (
+        [encoder_pb2.EncodeRequest(header=encoder_pb2.EncodeHeader(media_type="text/plain", output_datatype="INT8")), _payload(b"x")],
+        "header.output_datatype",
+        "'INT8' is not one of",
+    ),
+    "request id too long": (
+        [encoder_pb2.EncodeRequest(header=encoder_pb2.EncodeHeader(media_type="text/plain", request_id="r" * 200)), _payload(b"x")],
+        "header.request_id",
+        "longer than 128",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_REQUESTS))
+def test_bad_input_is_invalid_argument_and_the_service_stays_healthy(text_channel, case):
+    messages, field, complaint = BAD_REQUESTS[case]
+    with pytest.raises(grpc.RpcError) as raised:
+        _raw_call(text_channel, messages)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert complaint in raised.value.details()
+    violations = errors.field_violations(raised.value)
+    assert violations and violations[0][0] == field and complaint in violations[0][1]
+    # Still healthy, still answering.
+    assert health_status(text_channel) == "SERVING"
+    assert EncoderClient(text_channel).encode_text("still here").pooled.shape == (32,)
+
+
+def test_message_over_the_grpc_size_limit_is_refused(start_text_service):
+    handle = start_text_service(max_message_bytes=4096)
+    with connect(handle.address) as channel:
+        with pytest.raises(grpc.RpcError) as raised:
+            _raw_call(channel, [HEADER, _payload(b"x" * 10_000)])
+        assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert EncoderClient(channel).encode_text("small is fine").pooled.shape == (32,)
+
+
+def test_graceful_shutdown_drains_in_flight_calls_and_refuses_new_ones(start_text_service):
+    # A long batching delay keeps the first call in flight while the server drains.
+    handle = start_text_service(max_batch_size=8, max_batch_delay_ms=800)
+    with connect(handle.address) as channel:
+        client = EncoderClient(channel)
+        with ThreadPoolExecutor(1) as pool:
+            in_flight = pool.submit(client.encode_text, "in flight during shutdown")
+            time.sleep(0.2)
+            stopper = threading.Thread(target=handle.stop, kwargs={"grace": 5.0})
+            stopper.start()
+            assert in_flight.result(10).pooled.shape == (32,)
+            stopper.join(10)
+        with pytest.raises(grpc.RpcError) as raised:
+            client.encode_text("after shutdown", timeout=2)
+        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_deadline_is_respected(start_text_service):
+    handle = start_text_service(max_batch_size=8, max_batch_delay_ms=2000)
+    with connect(handle.address) as channel:
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as raised:
+            EncoderClient(channel).encode_text("slow batch", timeout=0.3)
+        assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert time.monotonic() - started < 1.5
+
+
+def test_metrics_endpoint_counts_calls_and_errors(start_text_service):
+    import urllib.request
+
+    from tests.conftest import free_port
+
+    handle = start_text_service(metrics_port=free_port())
+    with connect(handle.address) as channel:
+        EncoderClient(channel).encode_text("count me")
+        with pytest.raises(grpc.RpcError):
+            _raw_call(channel, [HEADER])
+    body = urllib.request.urlopen(f"http://127.0.0.1:{handle.metrics_port}/metrics", timeout=5).read().decode()
+    assert 'modalmesh_rpc_duration_seconds_count{code="OK",method="Encode",service="text"}' in body
+    assert 'modalmesh_rpc_errors_total{code="INVALID_ARGUMENT",method="Encode",service="text"}' in body
+    assert "modalmesh_batch_size_bucket" in body and "modalmesh_queue_depth" in body
