@@ -114,7 +114,7 @@ def test_long_text_is_truncated_and_says_so(text_channel):
 def test_text_arrives_in_many_chunks(text_channel):
     text = "my payment failed and i want a refund please"
     whole = EncoderClient(text_channel).encode_text(text, output_datatype="FP32")
-    pieces = EncoderClient(text_channel).encode(text.encode(), "text/plain", chunk_bytes=3, output_datatype="FP32")
+    pieces = EncoderClient(text_channel).encode(text.encode(), "text/plain", chunk_bytes=3, output_datatype="FP32", stream=True)
     np.testing.assert_array_equal(whole.pooled, pieces.pooled)
 
 
@@ -245,3 +245,26 @@ def test_metrics_endpoint_counts_calls_and_errors(start_text_service):
     assert 'modalmesh_rpc_duration_seconds_count{code="OK",method="Encode",service="text"}' in body
     assert 'modalmesh_rpc_errors_total{code="INVALID_ARGUMENT",method="Encode",service="text"}' in body
     assert "modalmesh_batch_size_bucket" in body and "modalmesh_queue_depth" in body
+
+
+def test_a_call_without_a_deadline_is_served(text_channel):
+    result = EncoderClient(text_channel).encode_text("no deadline at all", timeout=None)
+    assert result.pooled.shape == (32,)
+
+
+def test_encode_once_and_the_stream_give_the_same_chunks(text_channel):
+    client = EncoderClient(text_channel)
+    once = client.encode_text("the checkout page declined my card", stream=False, output_datatype="FP32")
+    streamed = client.encode_text("the checkout page declined my card", stream=True, output_datatype="FP32")
+    assert [c.WhichOneof("content") for c in once.chunks] == [c.WhichOneof("content") for c in streamed.chunks]
+    np.testing.assert_array_equal(once.sequence, streamed.sequence)
+    np.testing.assert_array_equal(once.pooled, streamed.pooled)
+
+
+def test_encode_once_validates_like_the_stream(text_channel):
+    stub = encoder_pb2_grpc.EncoderStub(text_channel)
+    request = encoder_pb2.EncodeOnceRequest(header=encoder_pb2.EncodeHeader(media_type="text/plain"), payload=b"caf\xc3")
+    with pytest.raises(grpc.RpcError) as raised:
+        stub.EncodeOnce(request, timeout=5)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert errors.field_violations(raised.value) == [("payload", "not valid UTF-8 at byte 3 (unexpected end of data)")]

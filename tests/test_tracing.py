@@ -26,12 +26,12 @@ def test_one_trace_id_from_caller_to_encoder(spans, text_service):
         with connect(text_service.address) as channel:
             EncoderClient(channel).encode_text("follow me")
     trace_id = root.get_span_context().trace_id
-    server_spans = [s for s in spans.get_finished_spans() if s.kind == trace.SpanKind.SERVER and s.name == "modalmesh.v1.Encoder/Encode"]
-    client_spans = [s for s in spans.get_finished_spans() if s.kind == trace.SpanKind.CLIENT and s.name == "modalmesh.v1.Encoder/Encode"]
+    server_spans = [s for s in spans.get_finished_spans() if s.kind == trace.SpanKind.SERVER and s.name == "modalmesh.v1.Encoder/EncodeOnce"]
+    client_spans = [s for s in spans.get_finished_spans() if s.kind == trace.SpanKind.CLIENT and s.name == "modalmesh.v1.Encoder/EncodeOnce"]
     assert len(server_spans) == 1 and len(client_spans) == 1
     server, client = server_spans[0], client_spans[0]
     assert server.context.trace_id == client.context.trace_id == trace_id
     assert server.parent is not None and server.parent.span_id == client.context.span_id
     assert server.parent.is_remote  # it came through gRPC metadata, not a shared context
     assert client.parent.span_id == root.get_span_context().span_id
-    assert server.attributes["rpc.method"] == "Encode"
+    assert server.attributes["rpc.method"] == "EncodeOnce"

@@ -23,6 +23,7 @@ from modalmesh.common.runtime import grpc_options
 from modalmesh.v1 import encoder_pb2, encoder_pb2_grpc
 
 CHUNK_BYTES = 64 * 1024
+ONCE_MAX_BYTES = 1024 * 1024
 
 
 def connect(
@@ -128,8 +129,18 @@ class EncoderClient:
     def info(self, timeout: float | None = 10.0) -> encoder_pb2.EncoderInfo:
         return self.stub.Info(encoder_pb2.InfoRequest(), timeout=timeout)
 
-    def encode(self, data: bytes, media_type: str, *, timeout: float | None = 30.0, **request) -> EncodeResult:
-        return collect(self.stub.Encode(encode_requests(data, media_type, **request), timeout=timeout))
+    def encode(
+        self, data: bytes, media_type: str, *, timeout: float | None = 30.0, stream: bool | None = None, **request
+    ) -> EncodeResult:
+        """Encode one input. stream=None picks EncodeOnce for inputs up to 1 MiB (one
+        round trip) and the Encode stream for larger ones; True/False forces one."""
+        if stream is None:
+            stream = len(data) > ONCE_MAX_BYTES
+        if stream:
+            return collect(self.stub.Encode(encode_requests(data, media_type, **request), timeout=timeout))
+        header = next(encode_requests(b"", media_type, **{k: v for k, v in request.items() if k != "chunk_bytes"})).header
+        reply = self.stub.EncodeOnce(encoder_pb2.EncodeOnceRequest(header=header, payload=data), timeout=timeout)
+        return collect(iter(reply.chunks))
 
     def encode_text(self, text: str, **kwargs) -> EncodeResult:
         return self.encode(text.encode("utf-8"), "text/plain", **kwargs)

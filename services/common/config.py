@@ -59,7 +59,10 @@ class ServiceConfig:
     max_input_bytes: int = _option(1 * MiB, "largest input accepted, all payload chunks together")
     # Dynamic batching
     max_batch_size: int = _option(32, "most requests run in one forward pass; 1 turns batching off")
-    max_batch_delay_ms: float = _option(2.0, "longest a request waits for others to join its batch")
+    max_batch_delay_ms: float = _option(
+        0.0,
+        "longest a request waits for others to join its batch; 0 batches whatever queued while the model was busy",
+    )
     max_queue: int = _option(256, "requests waiting for a batch before RESOURCE_EXHAUSTED")
     # Security
     tls_cert: str = _option("", "PEM certificate chain; with tls_key turns TLS on")

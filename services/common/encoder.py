@@ -9,6 +9,7 @@ and warm its model, and how to turn one request into feature chunks.
 from __future__ import annotations
 
 import abc
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
@@ -21,6 +22,7 @@ from modalmesh.v1 import encoder_pb2, encoder_pb2_grpc
 
 ENCODER_SERVICE = encoder_pb2.DESCRIPTOR.services_by_name["Encoder"].full_name
 MAX_REQUEST_ID_CHARS = 128
+NO_DEADLINE_SECONDS = 10 * 365 * 24 * 3600.0
 
 
 @dataclass
@@ -38,7 +40,9 @@ class EncodeRequest:
 
     def time_remaining(self) -> float | None:
         """Seconds left before the caller's deadline (None: no deadline)."""
-        return self.context.time_remaining() if self.context is not None else None
+        remaining = self.context.time_remaining() if self.context is not None else None
+        # grpc reports "no deadline" as an enormous number; keep it out of timeouts.
+        return remaining if remaining is not None and remaining < NO_DEADLINE_SECONDS else None
 
 
 def parse_media_type(value: str) -> tuple[str, dict[str, str]]:
@@ -97,9 +101,21 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
         return self.backend.info()
 
     def Encode(self, request_iterator, context):
-        request = read_encode_request(request_iterator, self.backend, context)
+        yield from self._encode(request_iterator, context)
+
+    def EncodeOnce(self, request, context):
+        messages = [encoder_pb2.EncodeRequest(header=request.header)]
+        if request.payload:
+            messages.append(encoder_pb2.EncodeRequest(payload=request.payload))
+        return encoder_pb2.EncodeOnceResponse(chunks=list(self._encode(messages, context)))
+
+    def _encode(self, messages, context) -> Iterator[encoder_pb2.FeatureChunk]:
+        started = time.perf_counter()
+        request = read_encode_request(messages, self.backend, context)
         for chunk in self.backend.encode(request):
             chunk.request_id = request.request_id
+            if chunk.WhichOneof("content") == "pooled":
+                chunk.pooled.timings_ms["total"] = (time.perf_counter() - started) * 1000.0
             yield chunk
 
 

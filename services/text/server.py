@@ -33,7 +33,6 @@ class TextService(EncoderBackend):
     # -- lifecycle -------------------------------------------------------------------
     def initialize(self) -> None:
         self.encoder = TextEncoder(self.config.model, allow_download=self.config.allow_download)
-        self.encoder.encode_batch(["warm up the text encoder", "a second, longer sentence to warm a batch of two"])
         self.batcher = DynamicBatcher(
             self.encoder.encode_batch,
             max_batch_size=self.config.max_batch_size,
@@ -41,6 +40,9 @@ class TextService(EncoderBackend):
             max_queue=self.config.max_queue,
             name="text",
         )
+        # Warm up on the batcher's thread: torch work from a second thread would start
+        # a second OpenMP team, and the two teams then fight over the cores (2x slower).
+        self.batcher.submit("warm up the text encoder")
 
     def finalize(self) -> None:
         if self.batcher is not None:

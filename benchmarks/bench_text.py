@@ -1,0 +1,322 @@
+"""Text service benchmark: per-call overhead against a raw gRPC echo, and throughput.
+
+    .venv/bin/python benchmarks/bench_text.py            # or: make bench
+    .venv/bin/python benchmarks/bench_text.py --quick    # fewer calls, for a smoke run
+
+Everything runs on 127.0.0.1; every server is its own process, as in a deployment.
+
+1. Overhead. The text service (bundled MiniLM, FP16 features) encodes "hello world":
+   4 token rows + the pooled vector = 3,840 bytes of features, about the 4,000-byte
+   payload of the target. Overhead per call = round trip - the server's own model time
+   (timings_ms["model"]). It is compared with a raw gRPC echo of 4,000 bytes: unary
+   (the cheapest gRPC call there is) and a bidirectional stream of the same shape as
+   Encode (two messages in, two out), with no interceptors, tracing or model. Both
+   of the service's paths are measured: EncodeOnce (unary) against the unary echo,
+   Encode (stream) against the stream echo. Target: overhead <= 1.3x the raw echo.
+2. Throughput. Closed-loop clients (1, 8, 32), each sending sentences back to back for
+   a bounded time, against the service with batching on (max 32) and off (max 1).
+   Target: batching at 32 clients >= 3x the batch-1 throughput.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+
+REPO = Path(__file__).resolve().parent.parent
+ECHO_BYTES = 4000
+SENTENCES = [
+    "My card payment failed at checkout and I was charged twice.",
+    "I can't log in, the app says my password is wrong.",
+    "The app crashes as soon as I open the settings page.",
+    "Where is my parcel? Tracking hasn't moved for a week.",
+    "I returned the shoes but never got my refund.",
+    "How do I change the email address on my account?",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# ------------------------------------------------------------------ raw echo server
+def run_echo_server(port: int) -> None:
+    """A bare gRPC server: /echo.Echo/Unary returns its request, /echo.Echo/Stream
+    answers a 2-message stream with the last message twice. No interceptors."""
+    identity = dict(request_deserializer=None, response_serializer=None)
+
+    def unary(request, context):
+        return request
+
+    def stream(requests, context):
+        last = b""
+        for last in requests:
+            pass
+        yield last[:16]
+        yield last
+
+    handler = grpc.method_handlers_generic_handler(
+        "echo.Echo",
+        {
+            "Unary": grpc.unary_unary_rpc_method_handler(unary, **identity),
+            "Stream": grpc.stream_stream_rpc_method_handler(stream, **identity),
+        },
+    )
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=32))
+    server.add_generic_rpc_handlers((handler,))
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    signal.signal(signal.SIGTERM, lambda *_: server.stop(0))
+    server.wait_for_termination()
+
+
+def start_process(args: list[str], ready_check) -> subprocess.Popen:
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "MODALMESH_LOG_LEVEL": "WARNING"})
+    try:
+        ready_check()
+    except Exception:
+        process.kill()
+        raise RuntimeError(f"process failed to start: {' '.join(args)}\n{process.stderr.read()[-2000:]}")
+    return process
+
+
+def stop_process(process: subprocess.Popen) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def start_text_service(max_batch_size: int) -> tuple[subprocess.Popen, str]:
+    from modalmesh.common.client import connect, wait_for_serving
+
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+
+    def ready():
+        with connect(address) as channel:
+            wait_for_serving(channel, timeout=120)
+
+    process = start_process(
+        [sys.executable, "-m", "modalmesh.cli", "serve", "text", "--port", str(port), "--metrics-port", "0",
+         "--max-batch-size", str(max_batch_size), "--max-queue", "1024"],
+        ready,
+    )
+    return process, address
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+# ------------------------------------------------------------------ measurements
+def measure_echo(address: str, calls: int) -> dict:
+    payload = os.urandom(ECHO_BYTES)
+    header = os.urandom(64)
+    with grpc.insecure_channel(address) as channel:
+        grpc.channel_ready_future(channel).result(timeout=30)
+        unary = channel.unary_unary("/echo.Echo/Unary")
+        stream = channel.stream_stream("/echo.Echo/Stream")
+        for _ in range(50):
+            unary(payload)
+            list(stream(iter([header, payload])))
+        unary_ms, stream_ms = [], []
+        for _ in range(calls):
+            t = time.perf_counter()
+            assert unary(payload) == payload
+            unary_ms.append((time.perf_counter() - t) * 1000)
+            t = time.perf_counter()
+            assert len(list(stream(iter([header, payload])))) == 2
+            stream_ms.append((time.perf_counter() - t) * 1000)
+    return {"unary_p50_ms": statistics.median(unary_ms), "stream_p50_ms": statistics.median(stream_ms)}
+
+
+def measure_overhead(address: str, calls: int, stream: bool) -> dict:
+    from modalmesh.common.client import EncoderClient, connect
+
+    with connect(address) as channel:
+        client = EncoderClient(channel)
+        for _ in range(30):
+            client.encode_text("hello world", stream=stream)
+        round_trip, model, overhead = [], [], []
+        feature_bytes = 0
+        for _ in range(calls):
+            t = time.perf_counter()
+            result = client.encode_text("hello world", stream=stream)
+            elapsed = (time.perf_counter() - t) * 1000
+            model_ms = result.pooled_message.timings_ms["model"]
+            round_trip.append(elapsed)
+            model.append(model_ms)
+            overhead.append(elapsed - model_ms)
+            feature_bytes = sum(c.ByteSize() for c in result.chunks)
+    return {
+        "feature_bytes_on_wire": feature_bytes,
+        "round_trip_p50_ms": statistics.median(round_trip),
+        "model_p50_ms": statistics.median(model),
+        "overhead_p50_ms": statistics.median(overhead),
+        "overhead_p99_ms": percentile(overhead, 99),
+    }
+
+
+def measure_throughput(address: str, clients: int, seconds: float, max_calls: int) -> dict:
+    """Closed loop: each client sends back to back until time or the call cap runs out."""
+    from modalmesh.common.client import EncoderClient, connect
+
+    channel = connect(address)
+    client = EncoderClient(channel)
+    for s in SENTENCES:
+        client.encode_text(s, pooled_only=True)
+    stop_at = time.perf_counter() + seconds
+    counts = [0] * clients
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    batch_sizes: list[float] = []
+    budget = threading.Semaphore(max_calls)
+
+    def loop(index: int) -> None:
+        i = index
+        while time.perf_counter() < stop_at and budget.acquire(blocking=False):
+            t = time.perf_counter()
+            result = client.encode_text(SENTENCES[i % len(SENTENCES)], pooled_only=True, timeout=60)
+            latencies[index].append((time.perf_counter() - t) * 1000)
+            batch_sizes.append(result.pooled_message.timings_ms["batch_size"])
+            counts[index] += 1
+            i += 1
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=loop, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    channel.close()
+    flat = [v for per in latencies for v in per]
+    return {
+        "clients": clients,
+        "calls": sum(counts),
+        "seconds": round(elapsed, 2),
+        "throughput_per_s": sum(counts) / elapsed,
+        "latency_p50_ms": statistics.median(flat),
+        "latency_p99_ms": percentile(flat, 99),
+        "mean_batch_size": statistics.fmean(batch_sizes),
+    }
+
+
+def machine() -> dict:
+    import torch
+
+    cpu = "unknown"
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads_in_service": os.cpu_count(),
+        "grpcio": grpc.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer calls and shorter runs")
+    parser.add_argument("--echo-server", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--out", default=str(REPO / "bench-results" / "text.json"))
+    args = parser.parse_args()
+    if args.echo_server:
+        run_echo_server(args.echo_server)
+        return 0
+
+    calls = 200 if args.quick else 1000
+    seconds = 5.0 if args.quick else 15.0
+    print("ModalMesh text service benchmark")
+    print("command:", " ".join([Path(sys.executable).name, *sys.argv]))
+    info = machine()
+    print("machine:", json.dumps(info))
+
+    echo_port = free_port()
+
+    def echo_ready():
+        with grpc.insecure_channel(f"127.0.0.1:{echo_port}") as channel:
+            grpc.channel_ready_future(channel).result(timeout=30)
+
+    echo = start_process([sys.executable, __file__, "--echo-server", str(echo_port)], echo_ready)
+    try:
+        echo_result = measure_echo(f"127.0.0.1:{echo_port}", calls)
+    finally:
+        stop_process(echo)
+
+    results: dict = {"machine": info, "echo": echo_result, "throughput": {}}
+    for label, batch in (("batching_on", 32), ("batching_off", 1)):
+        process, address = start_text_service(batch)
+        try:
+            if label == "batching_on":
+                results["overhead"] = measure_overhead(address, calls, stream=False)
+                results["overhead_stream"] = measure_overhead(address, calls, stream=True)
+            results["throughput"][label] = [
+                measure_throughput(address, clients, seconds, max_calls=20_000) for clients in (1, 8, 32)
+            ]
+        finally:
+            stop_process(process)
+
+    overhead, overhead_stream = results["overhead"], results["overhead_stream"]
+    ratio_unary = overhead["overhead_p50_ms"] / echo_result["unary_p50_ms"]
+    ratio_stream = overhead_stream["overhead_p50_ms"] / echo_result["stream_p50_ms"]
+    on = {r["clients"]: r for r in results["throughput"]["batching_on"]}
+    off = {r["clients"]: r for r in results["throughput"]["batching_off"]}
+    speedup_32 = on[32]["throughput_per_s"] / off[1]["throughput_per_s"]
+    results["ratios"] = {
+        "overhead_vs_unary_echo": ratio_unary,
+        "stream_overhead_vs_stream_echo": ratio_stream,
+        "batching_32_clients_vs_batch1_1_client": speedup_32,
+        "batching_32_vs_off_32": on[32]["throughput_per_s"] / off[32]["throughput_per_s"],
+    }
+
+    print(f"\n1. per-call overhead ({overhead['feature_bytes_on_wire']} bytes of features on the wire, {calls} calls, p50)")
+    print(f"   raw gRPC echo, unary, {ECHO_BYTES} B          {echo_result['unary_p50_ms']:7.3f} ms")
+    print(f"   raw gRPC echo, 2-in/2-out stream, {ECHO_BYTES} B {echo_result['stream_p50_ms']:7.3f} ms")
+    for name, o in (("EncodeOnce (unary)", overhead), ("Encode (stream)", overhead_stream)):
+        print(f"   text service, {name:19s} round trip {o['round_trip_p50_ms']:7.3f} ms, model {o['model_p50_ms']:6.3f} ms, "
+              f"overhead {o['overhead_p50_ms']:6.3f} ms (p99 {o['overhead_p99_ms']:.3f})")
+    print(f"   EncodeOnce overhead / unary echo   {ratio_unary:5.2f}x   (target <= 1.3x)")
+    print(f"   Encode overhead / stream echo      {ratio_stream:5.2f}x")
+    print(f"\n2. throughput, MiniLM, {seconds:.0f} s per point, pooled vectors, sentences of 12-16 tokens")
+    print("   clients   batching on (req/s, mean batch, p50 ms)   batching off (req/s, p50 ms)")
+    for clients in (1, 8, 32):
+        a, b = on[clients], off[clients]
+        print(f"   {clients:7d}   {a['throughput_per_s']:8.1f}  {a['mean_batch_size']:5.1f}  {a['latency_p50_ms']:8.1f}"
+              f"              {b['throughput_per_s']:8.1f}  {b['latency_p50_ms']:8.1f}")
+    print(f"   batching on at 32 clients / batch-1 (off, 1 client): {speedup_32:.2f}x   (target >= 3x)")
+    print(f"   batching on / off, both at 32 clients:               {results['ratios']['batching_32_vs_off_32']:.2f}x")
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
