@@ -57,6 +57,15 @@ class ServiceConfig:
     model: str = _option("", "model directory or hub id; empty uses the bundled default")
     allow_download: bool = _option(False, "let transformers download a hub id (off: local files only)")
     max_input_bytes: int = _option(1 * MiB, "largest input accepted, all payload chunks together")
+    quantize: bool = _option(False, "INT8 dynamic quantization of the backbone's Linear layers")
+    # Vision
+    max_pixels: int = _option(40_000_000, "vision: largest image (width x height) decoded")
+    ocr: bool = _option(True, "vision: load the OCR engine so requests may ask for 'ocr'")
+    # Audio and speech
+    max_audio_seconds: float = _option(300.0, "audio: longest clip accepted, in seconds")
+    transcript: bool = _option(True, "audio: load PocketSphinx so requests may ask for 'transcript'")
+    vad: bool = _option(True, "audio: mark speech with Silero VAD and pool over speech frames only")
+    max_speech_chars: int = _option(2000, "speech: longest text Synthesize accepts")
     # Dynamic batching
     max_batch_size: int = _option(32, "most requests run in one forward pass; 1 turns batching off")
     max_batch_delay_ms: float = _option(

@@ -12,7 +12,7 @@ import abc
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from typing import Iterator
 
 import grpc
 
@@ -72,7 +72,13 @@ class EncoderBackend(Service):
 
     @abc.abstractmethod
     def encode(self, request: EncodeRequest) -> Iterator[encoder_pb2.FeatureChunk]:
-        """Turn one request into feature chunks, the pooled vector last."""
+        """Turn one request (payload complete) into feature chunks, the pooled vector last."""
+
+    def encode_stream(self, request: EncodeRequest, payloads: Iterator[bytes]) -> Iterator[encoder_pb2.FeatureChunk]:
+        """Encode while the payload arrives. The default waits for all of it; a backend
+        that can start early (audio) overrides this."""
+        request.payload = b"".join(payloads)
+        return self.encode(request)
 
     def validate_media(self, media_type: str, media_params: dict[str, str]) -> None:
         """Modality-specific checks of the media type's parameters. Raise ServiceError."""
@@ -82,15 +88,16 @@ class EncoderBackend(Service):
         return [ENCODER_SERVICE]
 
     def base_info(self, **fields) -> encoder_pb2.EncoderInfo:
-        return encoder_pb2.EncoderInfo(
+        """EncoderInfo from the class attributes; keyword arguments add or override."""
+        described = dict(
             modality=self.modality,
             datatypes=list(self.datatypes),
             default_datatype=self.default_datatype,
             media_types=list(self.media_types),
             options=list(self.options),
             feature_kind=self.feature_kind,
-            **fields,
         )
+        return encoder_pb2.EncoderInfo(**{**described, **fields})
 
 
 class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
@@ -111,19 +118,19 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
 
     def _encode(self, messages, context) -> Iterator[encoder_pb2.FeatureChunk]:
         started = time.perf_counter()
-        request = read_encode_request(messages, self.backend, context)
-        for chunk in self.backend.encode(request):
+        stream = iter(messages)
+        request = read_header(stream, self.backend, context)
+        for chunk in self.backend.encode_stream(request, read_payload(stream, self.backend.max_input_bytes)):
             chunk.request_id = request.request_id
             if chunk.WhichOneof("content") == "pooled":
                 chunk.pooled.timings_ms["total"] = (time.perf_counter() - started) * 1000.0
             yield chunk
 
 
-def read_encode_request(
-    messages: Iterable[encoder_pb2.EncodeRequest], backend: EncoderBackend, context: grpc.ServicerContext | None
+def read_header(
+    stream: Iterator[encoder_pb2.EncodeRequest], backend: EncoderBackend, context: grpc.ServicerContext | None
 ) -> EncodeRequest:
-    """Read and validate a whole Encode request stream (header, then payload chunks)."""
-    stream = iter(messages)
+    """Read and validate the header of an Encode stream (the payload is left unread)."""
     first = next(stream, None)
     if first is None:
         raise errors.invalid_argument("header", "the request stream is empty; send a header first")
@@ -151,18 +158,6 @@ def read_encode_request(
         raise errors.invalid_argument(
             "header.output_datatype", f"{datatype!r} is not one of {', '.join(backend.datatypes)}"
         )
-
-    parts: list[bytes] = []
-    received = 0
-    for position, message in enumerate(stream, start=1):
-        if message.WhichOneof("content") != "payload":
-            raise errors.invalid_argument(f"messages[{position}]", "a second header; only payload chunks may follow the header")
-        received += len(message.payload)
-        if received > backend.max_input_bytes:
-            raise errors.invalid_argument(
-                "payload", f"input exceeds the limit of {backend.max_input_bytes} bytes (at chunk {position})"
-            )
-        parts.append(message.payload)
     return EncodeRequest(
         request_id=request_id,
         media_type=media_type,
@@ -170,9 +165,21 @@ def read_encode_request(
         output_datatype=datatype,
         pooled_only=header.pooled_only,
         parameters=dict(header.parameters),
-        payload=b"".join(parts),
+        payload=b"",
         context=context,
     )
+
+
+def read_payload(stream: Iterator[encoder_pb2.EncodeRequest], max_bytes: int) -> Iterator[bytes]:
+    """The payload chunks after the header, as they arrive, within the size limit."""
+    received = 0
+    for position, message in enumerate(stream, start=1):
+        if message.WhichOneof("content") != "payload":
+            raise errors.invalid_argument(f"messages[{position}]", "a second header; only payload chunks may follow the header")
+        received += len(message.payload)
+        if received > max_bytes:
+            raise errors.invalid_argument("payload", f"input exceeds the limit of {max_bytes} bytes (at chunk {position})")
+        yield message.payload
 
 
 def sequence_chunks(

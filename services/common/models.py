@@ -31,13 +31,18 @@ def ensure_loadable(source: str, is_local: bool, allow_download: bool) -> None:
         )
 
 
-def weights_version(model_dir: str | Path, name: str) -> str:
-    """'<name>@<first 12 hex of sha256 over the weight files>': changes when weights change."""
+def file_digest(*paths: str | Path) -> str:
+    """First 12 hex digits of the sha256 over the files' bytes, in order."""
     digest = hashlib.sha256()
-    root = Path(model_dir)
-    files = sorted(root.glob("*.safetensors")) if root.is_dir() else []
-    for path in files:
-        with path.open("rb") as handle:
+    for path in paths:
+        with open(path, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
-    return f"{name}@{digest.hexdigest()[:12]}" if files else f"{name}@unversioned"
+    return digest.hexdigest()[:12]
+
+
+def weights_version(model_dir: str | Path, name: str) -> str:
+    """'<name>@<digest of the safetensors files>': changes when the weights change."""
+    root = Path(model_dir)
+    files = sorted(root.glob("*.safetensors")) if root.is_dir() else []
+    return f"{name}@{file_digest(*files)}" if files else f"{name}@unversioned"

@@ -1,0 +1,206 @@
+"""Image decoding with guard rails: PNG, JPEG, WebP, BMP, TIFF (Pillow) and DICOM (pydicom).
+
+Every image becomes an RGB uint8 array plus tags. Checks happen before any pixel is
+decoded: the bytes' signature must match the declared media type, and the pixel count
+(read from the header) must be within `max_pixels`, so decompression bombs are refused
+cheaply. Truncated or corrupt files, zero-size images and unsupported encodings are
+INVALID_ARGUMENT with the reason.
+
+DICOM: stored values become Hounsfield units for CT (RescaleSlope/RescaleIntercept) and
+are windowed (preset "lung", "soft_tissue", "bone", or the file's own
+WindowCenter/WindowWidth); MR, CR, DX and others are scaled between the 0.5th and
+99.5th percentiles. MONOCHROME1 is inverted. Multi-frame files take the frame named by
+the "frame" parameter (default the middle one). PixelSpacing and the tags a report
+needs travel as side outputs.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from modalmesh.common import errors
+
+IMAGE_MEDIA_TYPES = ("image/png", "image/jpeg", "image/webp", "image/bmp", "image/tiff", "application/dicom")
+
+# Window presets in Hounsfield units: (center, width).
+CT_WINDOWS = {"lung": (-600.0, 1500.0), "soft_tissue": (40.0, 400.0), "bone": (400.0, 1800.0)}
+REPORT_TAGS = ("Modality", "BodyPartExamined", "StudyDate", "StudyDescription", "PhotometricInterpretation", "Rows", "Columns")
+
+
+@dataclass
+class DecodedImage:
+    rgb: np.ndarray  # [H, W, 3] uint8
+    tags: dict[str, str] = field(default_factory=dict)
+    hounsfield: np.ndarray | None = None  # [H, W] float32, CT only
+
+
+def sniff_media_type(data: bytes) -> str | None:
+    """The media type the bytes' signature says, or None."""
+    # DICOM first: its 128-byte preamble may itself hold a TIFF header (dual-format files).
+    if data[128:132] == b"DICM":
+        return "application/dicom"
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    if data.startswith(b"BM"):
+        return "image/bmp"
+    if data[:4] in (b"II*\x00", b"MM\x00*"):
+        return "image/tiff"
+    return None
+
+
+def decode_image(data: bytes, media_type: str, parameters: dict[str, str], max_pixels: int) -> DecodedImage:
+    if not data:
+        raise errors.invalid_argument("payload", "the image is empty (0 bytes)")
+    actual = sniff_media_type(data)
+    if actual != media_type:
+        found = f"look like {actual}" if actual else "match no supported image format"
+        raise errors.invalid_argument("header.media_type", f"declared {media_type} but the bytes {found}")
+    if media_type == "application/dicom":
+        return _decode_dicom(data, parameters, max_pixels)
+    return _decode_raster(data, max_pixels)
+
+
+# ---------------------------------------------------------------------------- raster
+
+
+def _decode_raster(data: bytes, max_pixels: int) -> DecodedImage:
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))  # reads the header only
+            width, height = image.size
+            if width == 0 or height == 0:
+                raise errors.invalid_argument("payload", f"the image has no pixels ({width}x{height})")
+            if width * height > max_pixels:
+                raise errors.invalid_argument(
+                    "payload", f"{width}x{height} = {width * height} pixels is over the limit of {max_pixels}"
+                )
+            Image.MAX_IMAGE_PIXELS = max(max_pixels, Image.MAX_IMAGE_PIXELS or 0)
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            tags = {"width": str(image.width), "height": str(image.height), "mode": image.mode}
+            return DecodedImage(rgb=_to_rgb(image), tags=tags)
+    except errors.ServiceError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise errors.invalid_argument("payload", f"cannot decode the image: {exc}") from None
+
+
+def _to_rgb(image) -> np.ndarray:
+    """Any Pillow mode to RGB uint8: 16-bit and float scaled, palette expanded, alpha
+    composited on white, CMYK converted."""
+    from PIL import Image
+
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        values = np.asarray(image, dtype=np.float32)
+        low, high = float(values.min()), float(values.max())
+        scaled = np.zeros_like(values) if high <= low else (values - low) / (high - low) * 255.0
+        grey = np.clip(scaled + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    if mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, image.convert("RGBA"))
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+# ---------------------------------------------------------------------------- DICOM
+
+
+def _decode_dicom(data: bytes, parameters: dict[str, str], max_pixels: int) -> DecodedImage:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        dataset = pydicom.dcmread(io.BytesIO(data))
+    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
+        raise errors.invalid_argument("payload", f"cannot read the DICOM file: {exc}") from None
+    if "PixelData" not in dataset:
+        raise errors.invalid_argument("payload", "the DICOM file has no pixel data")
+    rows, columns = int(dataset.get("Rows", 0)), int(dataset.get("Columns", 0))
+    frames = int(dataset.get("NumberOfFrames", 1) or 1)
+    if rows == 0 or columns == 0:
+        raise errors.invalid_argument("payload", f"the DICOM image has no pixels ({columns}x{rows})")
+    if rows * columns > max_pixels:
+        raise errors.invalid_argument("payload", f"{columns}x{rows} = {rows * columns} pixels is over the limit of {max_pixels}")
+    try:
+        pixels = dataset.pixel_array
+    except Exception as exc:  # pydicom raises many types for truncated or compressed data
+        raise errors.invalid_argument("payload", f"cannot decode the DICOM pixel data: {type(exc).__name__}: {exc}") from None
+
+    if frames > 1:
+        frame = _int_parameter(parameters, "frame", frames // 2)
+        if not 0 <= frame < frames:
+            raise errors.invalid_argument("header.parameters.frame", f"{frame} is outside 0..{frames - 1}")
+        pixels = pixels[frame]
+    if pixels.ndim == 3 and pixels.shape[-1] == 3:  # colour DICOM
+        rgb = np.ascontiguousarray(pixels.astype(np.uint8) if pixels.dtype != np.uint8 else pixels)
+        return DecodedImage(rgb=rgb, tags=_dicom_tags(dataset, frames))
+    if pixels.ndim != 2:
+        raise errors.invalid_argument("payload", f"unsupported DICOM pixel array shape {list(pixels.shape)}")
+
+    values = pixels.astype(np.float32)
+    modality = str(dataset.get("Modality", ""))
+    hounsfield = None
+    if modality == "CT":
+        slope = float(dataset.get("RescaleSlope", 1) or 1)
+        intercept = float(dataset.get("RescaleIntercept", 0) or 0)
+        hounsfield = values * slope + intercept
+        center, width = _ct_window(dataset, parameters)
+        grey = np.clip((hounsfield - (center - width / 2)) / width, 0, 1)
+    else:
+        low, high = np.percentile(values, [0.5, 99.5])
+        grey = np.zeros_like(values) if high <= low else np.clip((values - low) / (high - low), 0, 1)
+    if str(dataset.get("PhotometricInterpretation", "")) == "MONOCHROME1":
+        grey = 1.0 - grey
+    grey8 = (grey * 255.0 + 0.5).astype(np.uint8)
+    tags = _dicom_tags(dataset, frames)
+    if hounsfield is not None:
+        tags["window"] = f"{center:g}/{width:g}"
+    return DecodedImage(rgb=np.repeat(grey8[:, :, None], 3, axis=2), tags=tags, hounsfield=hounsfield)
+
+
+def _ct_window(dataset, parameters: dict[str, str]) -> tuple[float, float]:
+    preset = parameters.get("window", "file" if "WindowCenter" in dataset else "soft_tissue")
+    if preset == "file":
+        # Either value may be multi-valued (several windows); the first is the default.
+        center = float(np.atleast_1d(np.asarray(dataset.WindowCenter, dtype=np.float64))[0])
+        width = float(np.atleast_1d(np.asarray(dataset.WindowWidth, dtype=np.float64))[0])
+        return center, max(width, 1.0)
+    if preset not in CT_WINDOWS:
+        raise errors.invalid_argument(
+            "header.parameters.window", f"{preset!r} is not one of file, {', '.join(CT_WINDOWS)}"
+        )
+    return CT_WINDOWS[preset]
+
+
+def _dicom_tags(dataset, frames: int) -> dict[str, str]:
+    tags = {name: str(dataset.get(name)) for name in REPORT_TAGS if dataset.get(name) not in (None, "")}
+    spacing = dataset.get("PixelSpacing")
+    if spacing is not None and len(spacing) == 2:
+        tags["PixelSpacing"] = f"{float(spacing[0]):g}\\{float(spacing[1]):g}"
+    if frames > 1:
+        tags["NumberOfFrames"] = str(frames)
+    return tags
+
+
+def _int_parameter(parameters: dict[str, str], name: str, default: int) -> int:
+    raw = parameters.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise errors.invalid_argument(f"header.parameters.{name}", f"expected an integer, got {raw!r}") from None

@@ -1,0 +1,45 @@
+"""Screen text: PP-OCR detection + recognition (ONNX) through rapidocr, models bundled.
+
+Lines come back in reading order (top to bottom, then left to right) with their
+recognition confidence and an axis-aligned box in input pixels.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TextLine:
+    text: str
+    confidence: float
+    box: tuple[float, float, float, float]  # x_min, y_min, x_max, y_max
+
+
+class ScreenReader:
+    def __init__(self) -> None:
+        from rapidocr import RapidOCR
+
+        logging.getLogger("RapidOCR").setLevel(logging.WARNING)
+        self._engine = RapidOCR()
+        self._lock = threading.Lock()  # one image at a time: onnxruntime already uses every core
+
+    def read(self, rgb: np.ndarray) -> list[TextLine]:
+        with self._lock:
+            result = self._engine(np.ascontiguousarray(rgb))
+        if result is None or result.txts is None or result.boxes is None:
+            return []
+        lines = []
+        for text, score, quad in zip(result.txts, result.scores, result.boxes):
+            quad = np.asarray(quad, dtype=np.float32)
+            box = (float(quad[:, 0].min()), float(quad[:, 1].min()), float(quad[:, 0].max()), float(quad[:, 1].max()))
+            lines.append(TextLine(str(text), float(score), box))
+        # Reading order: rows first (a line's top within half its height counts as the same row).
+        lines.sort(key=lambda line: (round(line.box[1] / max(8.0, (line.box[3] - line.box[1]) / 2)), line.box[0]))
+        return lines

@@ -1,0 +1,100 @@
+"""The image encoder service: `modalmesh serve vision`.
+
+Input: PNG, JPEG, WebP, BMP, TIFF or DICOM. Output: one feature row per cell of the
+backbone's spatial grid, side outputs (DICOM tags and PixelSpacing always; OCR lines
+when the header asks for "ocr"), then the pooled vector. Concurrent calls are batched.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Iterator
+
+import numpy as np
+
+from modalmesh.common import codec, errors
+from modalmesh.common.batching import DynamicBatcher
+from modalmesh.common.config import ServiceConfig
+from modalmesh.common.encoder import EncodeRequest, EncoderBackend, sequence_chunks
+from modalmesh.v1 import encoder_pb2
+from modalmesh.vision.decode import IMAGE_MEDIA_TYPES, decode_image
+from modalmesh.vision.model import ImageBackbone, ImageFeatures
+
+MAX_PIXELS = 40_000_000  # 40 MP: any screenshot or scan; a decompression bomb is far larger
+
+
+class VisionService(EncoderBackend):
+    name = "vision"
+    modality = "image"
+    feature_kind = encoder_pb2.FEATURE_KIND_PATCHES
+    media_types = IMAGE_MEDIA_TYPES
+    options = ("ocr",)
+    default_datatype = "FP16"
+
+    def __init__(self, config: ServiceConfig) -> None:
+        self.config = config
+        self.max_input_bytes = config.max_input_bytes
+        self.max_pixels = config.max_pixels or MAX_PIXELS
+        self.backbone: ImageBackbone | None = None
+        self.batcher: DynamicBatcher[np.ndarray, ImageFeatures] | None = None
+        self.reader = None
+
+    # -- lifecycle -------------------------------------------------------------------
+    def initialize(self) -> None:
+        self.backbone = ImageBackbone(self.config.model, self.config.allow_download, self.config.quantize)
+        self.batcher = DynamicBatcher(
+            self._run_batch,
+            max_batch_size=self.config.max_batch_size,
+            max_delay_ms=self.config.max_batch_delay_ms,
+            max_queue=self.config.max_queue,
+            name="vision",
+        )
+        self.batcher.submit(np.full((64, 64, 3), 127, dtype=np.uint8))  # warm, on the model's thread
+        if self.config.ocr:
+            from modalmesh.vision.ocr import ScreenReader
+
+            self.reader = ScreenReader()
+            self.reader.read(np.full((32, 128, 3), 255, dtype=np.uint8))
+
+    def finalize(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
+
+    def _run_batch(self, images: list[np.ndarray]) -> list[ImageFeatures]:
+        # Preprocessing is torch work too: it stays on the batcher's thread.
+        return self.backbone.encode_batch([self.backbone.preprocess(rgb) for rgb in images])
+
+    def info(self) -> encoder_pb2.EncoderInfo:
+        return self.base_info(
+            feature_width=self.backbone.width,
+            model_id=self.backbone.source,
+            model_version=self.backbone.version,
+            options=["ocr"] if self.reader is not None else [],
+            limits=encoder_pb2.InputLimits(max_input_bytes=self.max_input_bytes, max_pixels=self.max_pixels),
+        )
+
+    # -- one request -----------------------------------------------------------------
+    def encode(self, request: EncodeRequest) -> Iterator[encoder_pb2.FeatureChunk]:
+        if "ocr" in request.options and self.reader is None:
+            raise errors.invalid_argument("header.options", "OCR is turned off on this service (--ocr)")
+        image = decode_image(request.payload, request.media_type, request.parameters, self.max_pixels)
+        result = self.batcher.submit(image.rgb, timeout=request.time_remaining())
+        features = result.value
+        if not request.pooled_only:
+            yield from sequence_chunks(features.tokens, self.feature_kind, request.output_datatype)
+        timings = {"queue": result.queue_ms, "model": result.batch_ms, "batch_size": float(result.batch_size)}
+        side = encoder_pb2.SideOutputs(tags={**image.tags, "grid": f"{features.grid[0]}x{features.grid[1]}"})
+        if "ocr" in request.options:
+            started = time.perf_counter()
+            for line in self.reader.read(image.rgb):
+                side.text_spans.add(text=line.text, confidence=line.confidence, box=list(line.box))
+            timings["ocr"] = (time.perf_counter() - started) * 1000.0
+        yield encoder_pb2.FeatureChunk(side=side)
+        yield encoder_pb2.FeatureChunk(
+            pooled=encoder_pb2.PooledFeatures(
+                vector=codec.encode(features.pooled, request.output_datatype),
+                sequence_length=int(features.tokens.shape[0]),
+                timings_ms=timings,
+                model_version=self.backbone.version,
+            )
+        )
