@@ -1,7 +1,11 @@
 """The `modalmesh` command line.
 
     modalmesh serve text [--port N] [...config flags]
+    modalmesh serve vision|audio
     modalmesh encode text "a sentence" [--json] [--target HOST:PORT]
+    modalmesh encode image PATH [--ocr] [--json]
+    modalmesh encode audio PATH [--transcript] [--json]
+    modalmesh say "text" --out reply.wav
     modalmesh certs --out DIR
     modalmesh demo
 """
@@ -14,7 +18,9 @@ import sys
 
 from modalmesh.common.config import add_config_flags, load_config
 
-SERVICES = ("text",)  # vision, audio and router arrive with their issues
+SERVICES = ("text", "vision", "audio")  # the router arrives with its issue
+
+AUDIO_SUFFIXES = {".wav": "audio/wav", ".flac": "audio/flac", ".ogg": "audio/ogg", ".oga": "audio/ogg", ".pcm": "audio/pcm", ".raw": "audio/pcm"}
 
 
 def _service(name: str, config):
@@ -22,6 +28,14 @@ def _service(name: str, config):
         from modalmesh.text.server import TextService
 
         return TextService(config)
+    if name == "vision":
+        from modalmesh.vision.server import VisionService
+
+        return VisionService(config)
+    if name == "audio":
+        from modalmesh.audio.server import AudioService
+
+        return AudioService(config)
     raise SystemExit(f"unknown service {name!r}; choose from {', '.join(SERVICES)}")
 
 
@@ -37,7 +51,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _client_flags(parser: argparse.ArgumentParser, default_target: str) -> None:
-    parser.add_argument("--target", default=default_target, help=f"service address (default {default_target})")
+    shown = default_target or "the modality's service: text 50051, image 50052, audio 50053"
+    parser.add_argument("--target", default=default_target, help=f"service address (default {shown})")
     parser.add_argument("--ca", default="", help="PEM CA to trust (turns TLS on)")
     parser.add_argument("--cert", default="", help="client certificate for mTLS")
     parser.add_argument("--key", default="", help="client key for mTLS")
@@ -52,18 +67,39 @@ def _channel(args: argparse.Namespace):
     return connect(args.target, ca=args.ca, cert=args.cert, key=args.key, token=args.token, server_name=args.server_name)
 
 
+DEFAULT_TARGETS = {"text": "127.0.0.1:50051", "image": "127.0.0.1:50052", "audio": "127.0.0.1:50053"}
+
+
 def cmd_encode(args: argparse.Namespace) -> int:
     import grpc
 
+    args.target = args.target or DEFAULT_TARGETS[args.modality]
     from modalmesh.common import codec, errors
     from modalmesh.common.client import EncoderClient
 
-    if args.modality != "text":
-        print(f"modalmesh encode: {args.modality} arrives with the vision/audio services", file=sys.stderr)
-        return 2
+    options, parameters = [], dict(p.split("=", 1) for p in args.param)
+    if args.modality == "text":
+        data, media_type = args.input.encode("utf-8"), "text/plain"
+    else:
+        try:
+            with open(args.input, "rb") as handle:
+                data = handle.read()
+        except OSError as exc:
+            print(f"modalmesh encode: cannot read {args.input}: {exc.strerror}", file=sys.stderr)
+            return 2
+        media_type = args.media_type or _guess_media_type(args.modality, args.input, data)
+        if media_type is None:
+            print(f"modalmesh encode: cannot tell the media type of {args.input}; pass --media-type", file=sys.stderr)
+            return 2
+        if args.ocr:
+            options.append("ocr")
+        if args.transcript:
+            options.append("transcript")
     with _channel(args) as channel:
         try:
-            result = EncoderClient(channel).encode_text(args.input, output_datatype=args.datatype, timeout=args.timeout)
+            result = EncoderClient(channel).encode(
+                data, media_type, options=options, parameters=parameters, output_datatype=args.datatype, timeout=args.timeout
+            )
         except grpc.RpcError as exc:
             detail = "; ".join(f"{f}: {d}" for f, d in errors.field_violations(exc))
             print(f"modalmesh encode: {exc.code().name}: {exc.details()}" + (f" [{detail}]" if detail else ""), file=sys.stderr)
@@ -84,6 +120,14 @@ def cmd_encode(args: argparse.Namespace) -> int:
         "truncated": pooled.truncated,
         "timings_ms": dict(pooled.timings_ms),
     }
+    if result.side is not None:
+        summary["tags"] = dict(result.side.tags)
+        if result.side.text_spans:
+            summary["text_spans"] = [
+                {"text": s.text, "confidence": round(s.confidence, 4), "box": [round(v, 1) for v in s.box]} for s in result.side.text_spans
+            ]
+        if result.side.HasField("transcript"):
+            summary["transcript"] = {"text": result.side.transcript.text, "confidence": round(result.side.transcript.confidence, 4)}
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
@@ -94,6 +138,45 @@ def cmd_encode(args: argparse.Namespace) -> int:
         head = ", ".join(f"{v:+.4f}" for v in summary["pooled"]["values"][:6])
         print(f"  pooled  {pooled.vector.datatype}{summary['pooled']['shape']}  [{head}, ...]")
         print(f"  truncated={pooled.truncated}  timings_ms={ {k: round(v, 2) for k, v in pooled.timings_ms.items()} }")
+        for key in ("tags", "text_spans", "transcript"):
+            if key in summary:
+                print(f"  {key}: {summary[key]}")
+    return 0
+
+
+def _guess_media_type(modality: str, path: str, data: bytes) -> str | None:
+    import os
+
+    if modality == "image":
+        from modalmesh.vision.decode import sniff_media_type
+
+        return sniff_media_type(data)
+    return AUDIO_SUFFIXES.get(os.path.splitext(path)[1].lower())
+
+
+def cmd_say(args: argparse.Namespace) -> int:
+    import grpc
+
+    from modalmesh.common import errors
+    from modalmesh.v1 import speech_pb2, speech_pb2_grpc
+
+    audio_format = speech_pb2.AUDIO_FORMAT_PCM16 if args.out.endswith((".pcm", ".raw")) else speech_pb2.AUDIO_FORMAT_WAV
+    request = speech_pb2.SynthesizeRequest(
+        text=args.text, voice=args.voice, rate_wpm=args.rate, format=audio_format, sample_rate_hz=args.sample_rate
+    )
+    with _channel(args) as channel:
+        try:
+            chunks = list(speech_pb2_grpc.SpeechStub(channel).Synthesize(request, timeout=args.timeout))
+        except grpc.RpcError as exc:
+            detail = "; ".join(f"{f}: {d}" for f, d in errors.field_violations(exc))
+            print(f"modalmesh say: {exc.code().name}: {exc.details()}" + (f" [{detail}]" if detail else ""), file=sys.stderr)
+            return 1
+    data = b"".join(chunk.data for chunk in chunks)
+    with open(args.out, "wb") as handle:
+        handle.write(data)
+    rate = chunks[0].sample_rate_hz if chunks else 0
+    seconds = (len(data) - (44 if audio_format == speech_pb2.AUDIO_FORMAT_WAV else 0)) / 2 / rate if rate else 0
+    print(f"wrote {args.out}: {seconds:.2f} s at {rate} Hz in {len(chunks)} chunks")
     return 0
 
 
@@ -127,8 +210,22 @@ def build_parser() -> argparse.ArgumentParser:
     encode.add_argument("input", help="the text (for text) or a file path")
     encode.add_argument("--json", action="store_true", help="print JSON (shapes, datatypes, pooled vector)")
     encode.add_argument("--datatype", default="", choices=("", "FP32", "FP16", "BF16"), help="feature datatype")
-    _client_flags(encode, "127.0.0.1:50051")
+    encode.add_argument("--media-type", default="", help="override the media type guessed from the file")
+    encode.add_argument("--ocr", action="store_true", help="image: also read the text on it")
+    encode.add_argument("--transcript", action="store_true", help="audio: also transcribe it")
+    encode.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                        help="header parameter, e.g. sample_rate_hz=16000 for raw PCM, frame=3, window=lung")
+    _client_flags(encode, "")
     encode.set_defaults(func=cmd_encode)
+
+    say = commands.add_parser("say", help="synthesize speech through the audio service")
+    say.add_argument("text")
+    say.add_argument("--out", required=True, help="output file (.wav, or .pcm for raw 16-bit PCM)")
+    say.add_argument("--voice", default="en-us")
+    say.add_argument("--rate", type=int, default=0, help="words per minute (80-450; 0: 175)")
+    say.add_argument("--sample-rate", type=int, default=0, help="Hz (8000-48000; 0: 22050)")
+    _client_flags(say, "127.0.0.1:50053")
+    say.set_defaults(func=cmd_say)
 
     certs = commands.add_parser("certs", help="write a development CA and service certificates")
     certs.add_argument("--out", default="certs", help="folder to write PEM files into")

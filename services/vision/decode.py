@@ -76,7 +76,9 @@ def _decode_raster(data: bytes, max_pixels: int) -> DecodedImage:
 
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Our own pixel check below runs first; Pillow's bomb warning would only
+            # repeat it (its hard error, past 179 MP, still applies).
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))  # reads the header only
             width, height = image.size
             if width == 0 or height == 0:
@@ -85,14 +87,15 @@ def _decode_raster(data: bytes, max_pixels: int) -> DecodedImage:
                 raise errors.invalid_argument(
                     "payload", f"{width}x{height} = {width * height} pixels is over the limit of {max_pixels}"
                 )
-            Image.MAX_IMAGE_PIXELS = max(max_pixels, Image.MAX_IMAGE_PIXELS or 0)
             image.load()
             image = ImageOps.exif_transpose(image)
             tags = {"width": str(image.width), "height": str(image.height), "mode": image.mode}
             return DecodedImage(rgb=_to_rgb(image), tags=tags)
     except errors.ServiceError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise errors.invalid_argument("payload", f"the image is over the limit of {max_pixels} pixels ({exc})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise errors.invalid_argument("payload", f"cannot decode the image: {exc}") from None
 
 

@@ -1,0 +1,185 @@
+"""Audio decoding with guard rails, whole-file or as the bytes arrive.
+
+Accepted: WAV (8/16/24/32-bit PCM, 32/64-bit float), FLAC and OGG/Vorbis through
+libsndfile (`soundfile`), and raw PCM ("audio/pcm" with parameters sample_rate_hz,
+sample_format s16le|s32le|f32le, channels). Everything becomes mono float32.
+
+Streaming: raw PCM and WAV decode incrementally (`StreamDecoder.feed`), so features
+can be computed before the last byte arrives; FLAC and OGG are decoded when complete.
+Every failure is INVALID_ARGUMENT with the reason: truncated or corrupt files,
+unsupported codecs, zero length, NaN or infinite samples, sample rates outside
+1 kHz..384 kHz, more than 32 channels, clips over the duration limit.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+from modalmesh.common import errors
+
+AUDIO_MEDIA_TYPES = ("audio/wav", "audio/x-wav", "audio/wave", "audio/flac", "audio/ogg", "audio/pcm")
+TARGET_RATE = 16_000
+MIN_RATE, MAX_RATE = 1_000, 384_000
+MAX_CHANNELS = 32
+PCM_FORMATS = {"s16le": np.dtype("<i2"), "s32le": np.dtype("<i4"), "f32le": np.dtype("<f4")}
+
+_SIGNATURES = {"audio/flac": b"fLaC", "audio/ogg": b"OggS"}
+
+
+@dataclass
+class PcmLayout:
+    sample_rate: int
+    channels: int
+    dtype: np.dtype  # of one sample on the wire
+    scale: float  # divide integer samples by this to get [-1, 1)
+
+
+def check_signature(data: bytes, media_type: str) -> None:
+    if media_type in ("audio/wav", "audio/x-wav", "audio/wave"):
+        if len(data) >= 12 and not (data[:4] == b"RIFF" and data[8:12] == b"WAVE"):
+            raise errors.invalid_argument("header.media_type", f"declared {media_type} but the bytes are not RIFF/WAVE")
+    elif media_type in _SIGNATURES and len(data) >= 4 and not data.startswith(_SIGNATURES[media_type]):
+        raise errors.invalid_argument("header.media_type", f"declared {media_type} but the bytes do not start with {_SIGNATURES[media_type]!r}")
+
+
+def check_layout(sample_rate: int, channels: int) -> None:
+    if not MIN_RATE <= sample_rate <= MAX_RATE:
+        raise errors.invalid_argument("sample_rate_hz", f"{sample_rate} Hz is outside {MIN_RATE}..{MAX_RATE}")
+    if not 1 <= channels <= MAX_CHANNELS:
+        raise errors.invalid_argument("channels", f"{channels} channels is outside 1..{MAX_CHANNELS}")
+
+
+def to_mono(frames: np.ndarray) -> np.ndarray:
+    """[n, channels] -> [n] float32, refusing NaN and infinities."""
+    mono = frames.mean(axis=1, dtype=np.float32) if frames.ndim == 2 else frames.astype(np.float32)
+    if mono.size and not np.isfinite(mono).all():
+        bad = int(np.flatnonzero(~np.isfinite(mono))[0])
+        raise errors.invalid_argument("payload", f"sample {bad} is NaN or infinite")
+    return mono
+
+
+def decode_file(data: bytes, media_type: str) -> tuple[np.ndarray, int, int]:
+    """A complete WAV/FLAC/OGG file -> (mono float32 samples, sample rate, channels)."""
+    import soundfile
+
+    if not data:
+        raise errors.invalid_argument("payload", "the audio is empty (0 bytes)")
+    check_signature(data, media_type)
+    try:
+        frames, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    except (soundfile.LibsndfileError, RuntimeError, ValueError, TypeError) as exc:
+        raise errors.invalid_argument("payload", f"cannot decode the audio: {exc}") from None
+    check_layout(int(rate), int(frames.shape[1]))
+    if frames.shape[0] == 0:
+        raise errors.invalid_argument("payload", "the audio has no samples")
+    return to_mono(frames), int(rate), int(frames.shape[1])
+
+
+def pcm_layout_from_parameters(parameters: dict[str, str]) -> PcmLayout:
+    try:
+        rate = int(parameters.get("sample_rate_hz", ""))
+    except ValueError:
+        raise errors.invalid_argument("header.parameters.sample_rate_hz", "required for audio/pcm (an integer in Hz)") from None
+    try:
+        channels = int(parameters.get("channels", "1"))
+    except ValueError:
+        raise errors.invalid_argument("header.parameters.channels", "expected an integer") from None
+    sample_format = parameters.get("sample_format", "s16le")
+    if sample_format not in PCM_FORMATS:
+        raise errors.invalid_argument("header.parameters.sample_format", f"{sample_format!r} is not one of {', '.join(PCM_FORMATS)}")
+    check_layout(rate, channels)
+    dtype = PCM_FORMATS[sample_format]
+    return PcmLayout(rate, channels, dtype, 1.0 if dtype.kind == "f" else float(2 ** (8 * dtype.itemsize - 1)))
+
+
+def parse_wav_header(data: bytes) -> tuple[PcmLayout, int] | None:
+    """(layout, offset of the first sample) once the bytes hold the header; None while
+    more bytes are needed. Raises for WAV files that are not PCM or float."""
+    if len(data) < 12:
+        return None
+    if data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        raise errors.invalid_argument("header.media_type", "declared WAV but the bytes are not RIFF/WAVE")
+    position, layout = 12, None
+    while position + 8 <= len(data):
+        chunk_id, size = data[position : position + 4], struct.unpack("<I", data[position + 4 : position + 8])[0]
+        body = position + 8
+        if chunk_id == b"data":
+            if layout is None:
+                raise errors.invalid_argument("payload", "WAV data chunk before its fmt chunk")
+            return layout, body
+        if body + size > len(data):
+            return None
+        if chunk_id == b"fmt ":
+            if size < 16:
+                raise errors.invalid_argument("payload", "WAV fmt chunk is too short")
+            tag, channels, rate, _, _, bits = struct.unpack("<HHIIHH", data[body : body + 16])
+            if tag == 0xFFFE and size >= 40:  # WAVE_FORMAT_EXTENSIBLE: the real tag is in the sub-format GUID
+                tag = struct.unpack("<H", data[body + 24 : body + 26])[0]
+            layout = _wav_layout(tag, channels, rate, bits)
+        position = body + size + (size & 1)
+    return None
+
+
+def _wav_layout(tag: int, channels: int, rate: int, bits: int) -> PcmLayout:
+    check_layout(rate, channels)
+    if tag == 1 and bits in (8, 16, 24, 32):
+        if bits == 8:
+            return PcmLayout(rate, channels, np.dtype("u1"), 128.0)
+        if bits == 24:
+            return PcmLayout(rate, channels, np.dtype("V3"), float(2**23))
+        return PcmLayout(rate, channels, np.dtype(f"<i{bits // 8}"), float(2 ** (bits - 1)))
+    if tag == 3 and bits in (32, 64):
+        return PcmLayout(rate, channels, np.dtype(f"<f{bits // 8}"), 1.0)
+    raise errors.invalid_argument("payload", f"unsupported WAV encoding (format tag {tag}, {bits} bits)")
+
+
+class StreamDecoder:
+    """Turns arriving bytes of a raw PCM or WAV stream into mono float32 blocks."""
+
+    def __init__(self, media_type: str, parameters: dict[str, str]) -> None:
+        self.layout: PcmLayout | None = None
+        self._pending = b""
+        self._header_done = False
+        if media_type == "audio/pcm":
+            self.layout = pcm_layout_from_parameters(parameters)
+            self._header_done = True
+
+    def feed(self, data: bytes) -> np.ndarray:
+        self._pending += data
+        if not self._header_done:
+            parsed = parse_wav_header(self._pending)
+            if parsed is None:
+                if len(self._pending) > 1 << 20:
+                    raise errors.invalid_argument("payload", "no WAV data chunk in the first MiB")
+                return np.zeros(0, dtype=np.float32)
+            self.layout, offset = parsed
+            self._pending = self._pending[offset:]
+            self._header_done = True
+        frame_bytes = self.layout.dtype.itemsize * self.layout.channels
+        usable = len(self._pending) - len(self._pending) % frame_bytes
+        block, self._pending = self._pending[:usable], self._pending[usable:]
+        return self._samples(block)
+
+    def finish(self) -> None:
+        """At the end of the stream: refuse a header that never completed."""
+        if not self._header_done:
+            raise errors.invalid_argument("payload", "the WAV file ends before its header does (truncated)")
+
+    def _samples(self, block: bytes) -> np.ndarray:
+        layout = self.layout
+        if not block:
+            return np.zeros(0, dtype=np.float32)
+        if layout.dtype.kind == "V":  # 24-bit little-endian PCM
+            raw = np.frombuffer(block, dtype=np.uint8).reshape(-1, 3).astype(np.int32)
+            values = (raw[:, 0] | (raw[:, 1] << 8) | (raw[:, 2] << 16)).astype(np.int32)
+            values = np.where(values >= 1 << 23, values - (1 << 24), values).astype(np.float32)
+        elif layout.dtype == np.dtype("u1"):
+            values = np.frombuffer(block, dtype=np.uint8).astype(np.float32) - 128.0
+        else:
+            values = np.frombuffer(block, dtype=layout.dtype).astype(np.float32)
+        values = values / layout.scale
+        return to_mono(values.reshape(-1, layout.channels))

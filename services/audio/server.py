@@ -1,0 +1,249 @@
+"""The audio encoder service and speech synthesis: `modalmesh serve audio`.
+
+Encoder: WAV, FLAC, OGG or raw PCM in; frame features out. For WAV and raw PCM the
+frames stream back window by window while the audio is still arriving; then come the
+side outputs (duration, speech segments from VAD, the transcript when asked for) and
+the pooled vector (mean over speech frames).
+
+Speech: `Speech.Synthesize` on the same port (see modalmesh.audio.speech).
+
+All torch work (resampling, mel, the frame encoder, VAD) runs on the service's one
+model thread (the batcher's), so it never starts a second OpenMP team.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Iterator, TypeVar
+
+import numpy as np
+import torch
+
+from modalmesh.common import codec, errors
+from modalmesh.common.batching import DynamicBatcher
+from modalmesh.common.config import ServiceConfig
+from modalmesh.common.encoder import EncodeRequest, EncoderBackend, sequence_chunks
+from modalmesh.audio import decode
+from modalmesh.audio.features import (
+    SAMPLE_RATE,
+    FrameStream,
+    LogMelFrames,
+    Transcriber,
+    VoiceActivity,
+    Wav2Vec2Frames,
+    resample,
+)
+from modalmesh.audio.speech import Espeak, SpeechServicer
+from modalmesh.v1 import encoder_pb2, speech_pb2, speech_pb2_grpc
+
+SPEECH_SERVICE = speech_pb2.DESCRIPTOR.services_by_name["Speech"].full_name
+STREAMABLE = ("audio/wav", "audio/x-wav", "audio/wave", "audio/pcm")
+STREAM_BLOCK_SECONDS = 0.25  # features go back for every quarter second that arrives
+T = TypeVar("T")
+
+
+class AudioService(EncoderBackend):
+    name = "audio"
+    modality = "audio"
+    feature_kind = encoder_pb2.FEATURE_KIND_FRAMES
+    media_types = decode.AUDIO_MEDIA_TYPES
+    options = ("transcript",)
+    default_datatype = "FP16"
+
+    def __init__(self, config: ServiceConfig) -> None:
+        self.config = config
+        self.max_input_bytes = config.max_input_bytes
+        self.max_seconds = config.max_audio_seconds
+        self.frame_encoder: LogMelFrames | Wav2Vec2Frames | None = None
+        self.vad: VoiceActivity | None = None
+        self.transcriber: Transcriber | None = None
+        self.speech: Espeak | None = None
+        self.executor: DynamicBatcher[Callable[[], object], object] | None = None
+
+    # -- lifecycle -------------------------------------------------------------------
+    def initialize(self) -> None:
+        # The executor is the model thread: callables in, their results out.
+        self.executor = DynamicBatcher(
+            lambda work: [item() for item in work],
+            max_batch_size=self.config.max_batch_size,
+            max_delay_ms=self.config.max_batch_delay_ms,
+            max_queue=self.config.max_queue,
+            name="audio",
+        )
+        self.executor.submit(self._load_models)
+        self.transcriber = Transcriber() if self.config.transcript else None
+        self.speech = Espeak()
+
+    def _load_models(self) -> None:
+        if self.config.model:
+            self.frame_encoder = Wav2Vec2Frames(self.config.model, self.config.allow_download)
+            if self.config.quantize:
+                self.frame_encoder.model = torch.ao.quantization.quantize_dynamic(
+                    self.frame_encoder.model, {torch.nn.Linear}, dtype=torch.qint8
+                )
+                self.frame_encoder.version += "+int8"
+        else:
+            self.frame_encoder = LogMelFrames()
+        self.vad = VoiceActivity() if self.config.vad else None
+        warm = torch.zeros(SAMPLE_RATE)
+        self.frame_encoder.frames(warm)
+        if self.vad is not None:
+            self.vad.segments(warm)
+        resample(np.zeros(4410, dtype=np.float32), 44_100)
+
+    def finalize(self) -> None:
+        if self.executor is not None:
+            self.executor.close()
+
+    def register(self, server) -> list[str]:
+        names = super().register(server)
+        speech_pb2_grpc.add_SpeechServicer_to_server(SpeechServicer(lambda: self.speech, self.config.max_speech_chars, self.resample_int16), server)
+        return [*names, SPEECH_SERVICE]
+
+    def info(self) -> encoder_pb2.EncoderInfo:
+        return self.base_info(
+            feature_width=self.frame_encoder.width,
+            model_id=self.config.model or "log-mel front end (torchaudio)",
+            model_version=self.frame_encoder.version,
+            options=["transcript"] if self.transcriber is not None else [],
+            limits=encoder_pb2.InputLimits(max_input_bytes=self.max_input_bytes, max_duration_s=self.max_seconds),
+        )
+
+    def on_model_thread(self, work: Callable[[], T], timeout: float | None = None) -> T:
+        return self.executor.submit(work, timeout=timeout).value
+
+    def resample_int16(self, samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
+        """For speech synthesis: int16 at one rate to int16 at another, on the model thread."""
+        import torchaudio
+
+        def work():
+            audio = torch.from_numpy(samples.astype(np.float32) / 32768.0)
+            return torchaudio.functional.resample(audio, from_rate, to_rate).numpy()
+
+        resampled = self.on_model_thread(work)
+        return np.clip(np.round(resampled * 32767.0), -32768, 32767).astype(np.int16)
+
+    # -- one request -----------------------------------------------------------------
+    def encode(self, request: EncodeRequest) -> Iterator[encoder_pb2.FeatureChunk]:
+        return self.encode_stream(request, iter([request.payload]))
+
+    def encode_stream(self, request: EncodeRequest, payloads: Iterator[bytes]) -> Iterator[encoder_pb2.FeatureChunk]:
+        if "transcript" in request.options and self.transcriber is None:
+            raise errors.invalid_argument("header.options", "transcripts are turned off on this service (--transcript)")
+        started = time.perf_counter()
+        timeout = request.time_remaining()
+        streaming = request.media_type in STREAMABLE and isinstance(self.frame_encoder, LogMelFrames)
+        clip: list[torch.Tensor] = []  # 16 kHz samples so far
+        frame_rows = 0
+        first_features_ms = None
+
+        def emit(frames: torch.Tensor) -> Iterator[encoder_pb2.FeatureChunk]:
+            nonlocal frame_rows, first_features_ms
+            if frames.shape[0] and not request.pooled_only:
+                for chunk in sequence_chunks(frames, self.feature_kind, request.output_datatype):
+                    chunk.sequence.offset += frame_rows
+                    yield chunk
+                if first_features_ms is None:
+                    first_features_ms = (time.perf_counter() - started) * 1000.0
+            frame_rows += int(frames.shape[0])
+
+        all_frames: list[torch.Tensor] = []
+        if streaming:
+            decoder = decode.StreamDecoder(request.media_type, request.parameters)
+            frame_stream = FrameStream(self.frame_encoder)
+            pending: list[np.ndarray] = []
+            pending_samples = 0
+            rate = None
+            for data in payloads:
+                block = decoder.feed(data)
+                if block.size == 0:
+                    continue
+                rate = decoder.layout.sample_rate
+                pending.append(block)
+                pending_samples += block.size
+                self._check_duration(sum(c.numel() for c in clip) / SAMPLE_RATE + pending_samples / rate)
+                if pending_samples >= STREAM_BLOCK_SECONDS * rate:
+                    samples16k, frames = self.on_model_thread(
+                        lambda p=np.concatenate(pending), r=rate: self._resample_and_frame(p, r, frame_stream), timeout
+                    )
+                    pending, pending_samples = [], 0
+                    clip.append(samples16k)
+                    all_frames.append(frames)
+                    yield from emit(frames)
+            decoder.finish()
+            if pending:
+                samples16k, frames = self.on_model_thread(
+                    lambda: self._resample_and_frame(np.concatenate(pending), rate, frame_stream), timeout
+                )
+                clip.append(samples16k)
+                all_frames.append(frames)
+                yield from emit(frames)
+            original_rate, channels = (decoder.layout.sample_rate, decoder.layout.channels) if decoder.layout else (0, 0)
+        else:
+            samples, original_rate, channels = decode.decode_file(b"".join(payloads), request.media_type)
+            self._check_duration(samples.size / original_rate)
+            samples16k, frames = self.on_model_thread(lambda: self._whole_clip(samples, original_rate), timeout)
+            clip.append(samples16k)
+            all_frames.append(frames)
+            yield from emit(frames)
+
+        audio = torch.cat(clip) if clip else torch.zeros(0)
+        if audio.numel() == 0:
+            raise errors.invalid_argument("payload", "the audio has no samples")
+        frames = torch.cat(all_frames) if all_frames else torch.zeros(0, self.frame_encoder.width)
+        segments = self.on_model_thread(lambda: self.vad.segments(audio), timeout) if self.vad else []
+        pooled = _pool_over_speech(frames, segments, audio.numel() / SAMPLE_RATE)
+
+        side = encoder_pb2.SideOutputs(
+            tags={
+                "duration_s": f"{audio.numel() / SAMPLE_RATE:.3f}",
+                "sample_rate_hz": str(original_rate),
+                "channels": str(channels),
+                "speech_segments": ";".join(f"{s.start_s:.2f}-{s.end_s:.2f}" for s in segments),
+                "speech_seconds": f"{sum(s.end_s - s.start_s for s in segments):.2f}",
+            }
+        )
+        timings = {"decode_and_frames": (time.perf_counter() - started) * 1000.0}
+        if first_features_ms is not None:
+            timings["first_features"] = first_features_ms
+        if "transcript" in request.options:
+            asr_started = time.perf_counter()
+            text, confidence = self.transcriber.transcribe(audio.numpy())
+            side.transcript.CopyFrom(encoder_pb2.Transcript(text=text, confidence=confidence, language=self.transcriber.language))
+            timings["transcript"] = (time.perf_counter() - asr_started) * 1000.0
+        yield encoder_pb2.FeatureChunk(side=side)
+        yield encoder_pb2.FeatureChunk(
+            pooled=encoder_pb2.PooledFeatures(
+                vector=codec.encode(pooled, request.output_datatype),
+                sequence_length=frame_rows,
+                timings_ms=timings,
+                model_version=self.frame_encoder.version,
+            )
+        )
+
+    def _check_duration(self, seconds: float) -> None:
+        if seconds > self.max_seconds:
+            raise errors.invalid_argument("payload", f"the audio is longer than the limit of {self.max_seconds:g} s")
+
+    def _resample_and_frame(self, samples: np.ndarray, rate: int, frame_stream: FrameStream):
+        samples16k = resample(samples, rate)
+        return samples16k, frame_stream.push(samples16k)
+
+    def _whole_clip(self, samples: np.ndarray, rate: int):
+        samples16k = resample(samples, rate)
+        return samples16k, self.frame_encoder.frames(samples16k)
+
+
+def _pool_over_speech(frames: torch.Tensor, segments, duration_s: float) -> torch.Tensor:
+    """Mean of the frames inside speech; of all frames when VAD found none."""
+    if frames.shape[0] == 0:
+        return torch.zeros(frames.shape[1])
+    if segments:
+        seconds_per_frame = duration_s / frames.shape[0]
+        times = (torch.arange(frames.shape[0]) + 0.5) * seconds_per_frame
+        inside = torch.zeros(frames.shape[0], dtype=torch.bool)
+        for segment in segments:
+            inside |= (times >= segment.start_s) & (times <= segment.end_s)
+        if inside.any():
+            return frames[inside].mean(dim=0)
+    return frames.mean(dim=0)

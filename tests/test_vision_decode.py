@@ -1,0 +1,137 @@
+"""Image decoding: formats, colour modes, EXIF, DICOM Hounsfield units and windows, guard rails."""
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from modalmesh.common.errors import ServiceError
+from modalmesh.vision.decode import CT_WINDOWS, decode_image, sniff_media_type
+from tests.media import ct_dicom, image_bytes, phantom_hu
+
+LIMIT = 40_000_000
+
+
+def decode(data, media_type, **parameters):
+    return decode_image(data, media_type, {k: str(v) for k, v in parameters.items()}, LIMIT)
+
+
+def refused(data, media_type, **parameters) -> str:
+    with pytest.raises(ServiceError) as raised:
+        decode(data, media_type, **parameters)
+    assert raised.value.code.name == "INVALID_ARGUMENT"
+    return raised.value.message
+
+
+@pytest.mark.parametrize("fmt, media_type", [("PNG", "image/png"), ("JPEG", "image/jpeg"), ("WEBP", "image/webp"), ("BMP", "image/bmp"), ("TIFF", "image/tiff")])
+def test_every_raster_format_decodes_to_rgb(fmt, media_type):
+    source = Image.new("RGB", (40, 30), (200, 30, 60))
+    data = image_bytes(source, fmt)
+    assert sniff_media_type(data) == media_type
+    decoded = decode(data, media_type)
+    assert decoded.rgb.shape == (30, 40, 3) and decoded.rgb.dtype == np.uint8
+    assert np.abs(decoded.rgb.astype(int) - [200, 30, 60]).max() <= 6  # JPEG/WebP are lossy
+
+
+def test_sixteen_bit_greyscale_is_scaled_not_clipped():
+    ramp = np.linspace(0, 65535, 64 * 8).reshape(8, 64).astype(np.uint16)
+    decoded = decode(image_bytes(Image.fromarray(ramp), "PNG"), "image/png")
+    assert decoded.rgb[..., 0].min() == 0 and decoded.rgb[..., 0].max() == 255
+    assert len(np.unique(decoded.rgb[..., 0])) > 200  # the ramp survives, not a 0/255 cliff
+
+
+def test_palette_alpha_cmyk_and_grey_become_rgb():
+    palette = Image.new("P", (10, 10))
+    palette.putpalette([0, 0, 0, 10, 200, 30] + [0] * 762)
+    palette.paste(1, (0, 0, 10, 10))
+    assert decode(image_bytes(palette, "PNG"), "image/png").rgb[0, 0].tolist() == [10, 200, 30]
+
+    transparent = Image.new("RGBA", (10, 10), (255, 0, 0, 0))  # fully transparent red
+    assert decode(image_bytes(transparent, "PNG"), "image/png").rgb[0, 0].tolist() == [255, 255, 255]  # on white
+
+    cmyk = Image.new("CMYK", (10, 10), (0, 255, 255, 0))  # red in CMYK
+    rgb = decode(image_bytes(cmyk, "JPEG"), "image/jpeg").rgb[5, 5]
+    assert rgb[0] > 200 and rgb[1] < 60 and rgb[2] < 60
+
+    grey = Image.new("L", (10, 10), 77)
+    assert decode(image_bytes(grey, "PNG"), "image/png").rgb[0, 0].tolist() == [77, 77, 77]
+
+
+def test_exif_orientation_is_honoured():
+    image = Image.new("RGB", (60, 20), (0, 0, 255))
+    exif = image.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    decoded = decode(image_bytes(image, "JPEG", exif=exif), "image/jpeg")
+    assert decoded.rgb.shape[:2] == (60, 20)
+
+
+def test_ct_dicom_becomes_hounsfield_units_and_is_windowed():
+    hu = phantom_hu(128)
+    data = ct_dicom(hu, pixel_spacing=(0.65, 0.65), slope=2.0, intercept=-2048.0)
+    decoded = decode(data, "application/dicom")
+    np.testing.assert_allclose(decoded.hounsfield, hu, atol=1.0)
+    assert decoded.tags["Modality"] == "CT" and decoded.tags["BodyPartExamined"] == "CHEST"
+    assert decoded.tags["PixelSpacing"] == "0.65\\0.65"
+    # Soft-tissue window (no window in the file): 40 HU is mid-grey, lungs black, bone white.
+    assert decoded.tags["window"] == "40/400"
+    grey = decoded.rgb[..., 0]
+    assert abs(int(grey[64, 10]) - 128) <= 2  # body, 40 HU
+    assert grey[64, 38] == 0 and grey[96, 64] == 255
+    # The lung window shows lung tissue as grey instead of black.
+    lung = decode(data, "application/dicom", window="lung")
+    assert lung.tags["window"] == "{:g}/{:g}".format(*CT_WINDOWS["lung"])
+    assert 0 < lung.rgb[64, 38, 0] < 128
+
+
+def test_the_bundled_ct_small_file():
+    from pydicom.data import get_testdata_file
+
+    data = open(get_testdata_file("CT_small.dcm"), "rb").read()
+    assert sniff_media_type(data) == "application/dicom"  # its preamble also looks like TIFF
+    decoded = decode(data, "application/dicom")
+    assert decoded.rgb.shape == (128, 128, 3)
+    assert decoded.tags["PixelSpacing"] == "0.661468\\0.661468"
+    assert -1100 < decoded.hounsfield.min() < decoded.hounsfield.max() < 1300
+
+
+def test_multi_frame_dicom_takes_the_requested_frame():
+    frames = [np.full((32, 32), value) for value in (-1000.0, 40.0, 1000.0)]
+    data = ct_dicom(None, frames=frames)
+    assert decode(data, "application/dicom").tags["NumberOfFrames"] == "3"
+    assert decode(data, "application/dicom", frame=0).rgb[0, 0, 0] == 0
+    assert decode(data, "application/dicom", frame=2).rgb[0, 0, 0] == 255
+    assert "outside 0..2" in refused(data, "application/dicom", frame=7)
+    assert "expected an integer" in refused(data, "application/dicom", frame="last")
+
+
+def _png_with_size(width: int, height: int) -> bytes:
+    """A PNG whose header claims any size (its pixel data is a tiny stub)."""
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+
+
+def test_malformed_images_are_refused_with_the_reason():
+    png = image_bytes(Image.new("RGB", (64, 64), (1, 2, 3)), "PNG")
+    assert "0 bytes" in refused(b"", "image/png")
+    assert "declared image/jpeg but the bytes look like image/png" in refused(png, "image/jpeg")
+    assert "match no supported image format" in refused(b"hello world, not an image", "image/png")
+    assert "cannot decode" in refused(png[: len(png) // 2], "image/png")  # truncated
+    assert "over the limit" in refused(_png_with_size(100_000, 100_000), "image/png")  # a bomb, refused unread
+    zero = refused(_png_with_size(0, 0), "image/png")
+    assert "no pixels" in zero or "cannot decode" in zero
+    assert "DICOM file has no pixel data" in refused(b"\0" * 128 + b"DICM" + b"\xff" * 40, "application/dicom")
+    dicom = ct_dicom(phantom_hu(64))
+    assert "cannot decode the DICOM pixel data" in refused(dicom[:-2000], "application/dicom")
+    assert "'brain' is not one of" in refused(dicom, "application/dicom", window="brain")
+
+
+def test_pixel_limit_applies_to_dicom_too():
+    dicom = ct_dicom(phantom_hu(128))
+    with pytest.raises(ServiceError, match="over the limit of 1000"):
+        decode_image(dicom, "application/dicom", {}, max_pixels=1000)

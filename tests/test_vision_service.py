@@ -1,0 +1,162 @@
+"""The vision service over gRPC: the bundled EfficientNet-Lite0, OCR, DICOM, other backbones."""
+
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from modalmesh.common import errors
+from modalmesh.common.client import EncoderClient, connect
+from modalmesh.common.config import load_config
+from modalmesh.common.runtime import start_server
+from modalmesh.vision.server import VisionService
+from tests.media import ct_dicom, image_bytes, phantom_hu, render_screenshot
+
+
+def start_vision(**overrides):
+    config = load_config("vision", environ={}, **{"port": 0, "metrics_port": 0, **overrides})
+    return start_server(config, VisionService(config))
+
+
+@pytest.fixture(scope="module")
+def vision():
+    handle = start_vision()
+    with connect(handle.address) as channel:
+        yield EncoderClient(channel)
+    handle.stop(grace=0.5)
+
+
+def test_info(vision):
+    info = vision.info()
+    assert info.modality == "image" and info.feature_width == 1280
+    assert info.model_version.startswith("efficientnet-lite0@")
+    assert "application/dicom" in info.media_types and list(info.options) == ["ocr"]
+    assert info.limits.max_pixels == 40_000_000
+
+
+def test_screenshot_features_and_ocr_reads_the_error_text(vision):
+    png = image_bytes(render_screenshot("Error 402: Payment declined"))
+    result = vision.encode(png, "image/png", options=["ocr"])
+    assert result.sequence.shape == (49, 1280)  # a 7x7 grid of patches
+    assert result.side.tags["grid"] == "7x7" and result.side.tags["width"] == "1024"
+    lines = [span.text for span in result.side.text_spans]
+    assert any("Error 402: Payment declined" in line for line in lines), lines
+    assert all(0 < span.confidence <= 1 and len(span.box) == 4 for span in result.side.text_spans)
+    assert "ocr" in result.pooled_message.timings_ms
+
+
+def test_ocr_runs_only_when_asked(vision):
+    result = vision.encode(image_bytes(render_screenshot("Login failed")), "image/png")
+    assert len(result.side.text_spans) == 0 and "ocr" not in result.pooled_message.timings_ms
+
+
+def test_different_screens_give_different_features(vision):
+    first = vision.encode(image_bytes(render_screenshot("Payment declined")), "image/png", output_datatype="FP32").pooled
+    same = vision.encode(image_bytes(render_screenshot("Payment declined")), "image/png", output_datatype="FP32").pooled
+    dark = vision.encode(image_bytes(render_screenshot("Payment declined", dark=True)), "image/png", output_datatype="FP32").pooled
+    np.testing.assert_array_equal(first, same)
+    cosine = float(first @ dark / np.linalg.norm(first) / np.linalg.norm(dark))
+    assert cosine < 0.99
+
+
+def test_ct_dicom_through_the_service(vision):
+    result = vision.encode(ct_dicom(phantom_hu(128), pixel_spacing=(0.8, 0.8)), "application/dicom")
+    tags = result.side.tags
+    assert tags["Modality"] == "CT" and tags["PixelSpacing"] == "0.8\\0.8" and tags["window"] == "40/400"
+    assert result.sequence.shape == (49, 1280)
+
+
+def test_concurrent_images_each_get_their_own_features(vision):
+    colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)]
+    images = [image_bytes(Image.new("RGB", (96, 96), c)) for c in colours]
+    alone = [vision.encode(data, "image/png", output_datatype="FP32", pooled_only=True).pooled for data in images]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda d: vision.encode(d, "image/png", output_datatype="FP32", pooled_only=True).pooled, images))
+    for a, b in zip(alone, together):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "data, media_type, field, complaint",
+    [
+        (b"", "image/png", "payload", "0 bytes"),
+        (b"GIF89a....", "image/png", "header.media_type", "match no supported image format"),
+        (image_bytes(Image.new("RGB", (8, 8))), "image/jpeg", "header.media_type", "look like image/png"),
+        (image_bytes(Image.new("RGB", (64, 64)))[:60], "image/png", "payload", "cannot decode"),
+    ],
+)
+def test_bad_images_are_invalid_argument_and_the_service_stays_healthy(vision, data, media_type, field, complaint):
+    with pytest.raises(grpc.RpcError) as raised:
+        vision.encode(data, media_type)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert complaint in raised.value.details()
+    assert errors.field_violations(raised.value)[0][0] == field
+    assert vision.encode(image_bytes(Image.new("RGB", (32, 32))), "image/png").pooled.shape == (1280,)
+
+
+def test_ocr_can_be_turned_off(tmp_path):
+    handle = start_vision(ocr=False)
+    try:
+        with connect(handle.address) as channel:
+            client = EncoderClient(channel)
+            assert list(client.info().options) == []
+            with pytest.raises(grpc.RpcError) as raised:
+                client.encode(image_bytes(Image.new("RGB", (32, 32))), "image/png", options=["ocr"])
+            assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "turned off" in raised.value.details()
+    finally:
+        handle.stop(grace=0.5)
+
+
+@pytest.fixture(scope="module")
+def tiny_vit_dir(tmp_path_factory):
+    from transformers import ViTConfig, ViTModel
+
+    folder = tmp_path_factory.mktemp("tiny-vit")
+    torch.manual_seed(0)
+    config = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    ViTModel(config, add_pooling_layer=False).eval().save_pretrained(folder)
+    return folder
+
+
+def test_a_transformers_vit_directory_as_backbone(tiny_vit_dir):
+    handle = start_vision(model=str(tiny_vit_dir), ocr=False)
+    try:
+        with connect(handle.address) as channel:
+            client = EncoderClient(channel)
+            assert client.info().feature_width == 32
+            result = client.encode(image_bytes(Image.new("RGB", (50, 40), (9, 99, 199))), "image/png")
+            assert result.sequence.shape == (16, 32)  # (32 / 8)^2 patches, class token dropped
+            assert result.side.tags["grid"] == "4x4"
+    finally:
+        handle.stop(grace=0.5)
+
+
+def test_a_torchvision_architecture_with_local_safetensors(tmp_path):
+    import torchvision
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    weights = tmp_path / "resnet18.safetensors"
+    save_file(torchvision.models.resnet18(weights=None).state_dict(), str(weights))
+    handle = start_vision(model=f"torchvision:resnet18:{weights}", ocr=False)
+    try:
+        with connect(handle.address) as channel:
+            result = EncoderClient(channel).encode(image_bytes(Image.new("RGB", (64, 64), (1, 2, 3))), "image/png")
+            assert result.sequence.shape == (49, 512) and result.side.tags["grid"] == "7x7"
+    finally:
+        handle.stop(grace=0.5)
+
+
+def test_int8_quantization_of_a_transformer_backbone_stays_close(tiny_vit_dir):
+    from modalmesh.vision.model import ImageBackbone
+
+    full = ImageBackbone(str(tiny_vit_dir))
+    int8 = ImageBackbone(str(tiny_vit_dir), quantize=True)
+    assert int8.version.endswith("+int8")
+    rgb = (np.random.default_rng(0).random((48, 48, 3)) * 255).astype(np.uint8)
+    a = full.encode_batch([full.preprocess(rgb)])[0].pooled
+    b = int8.encode_batch([int8.preprocess(rgb)])[0].pooled
+    assert float(torch.nn.functional.cosine_similarity(a, b, dim=0)) > 0.95
