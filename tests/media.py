@@ -93,6 +93,9 @@ def wav_bytes(samples: np.ndarray, rate: int, subtype: str = "PCM_16", fmt: str 
 
 
 def tone(seconds: float, rate: int, channels: int = 1, frequency: float = 440.0) -> np.ndarray:
+    """A sine with a little white noise (so every mel band has energy above the
+    quantisation floor of 8- and 16-bit files)."""
     t = np.arange(int(seconds * rate)) / rate
-    mono = (0.3 * np.sin(2 * np.pi * frequency * t)).astype(np.float32)
+    noise = np.random.default_rng(0).normal(0, 0.02, t.size)
+    mono = (0.3 * np.sin(2 * np.pi * frequency * t) + noise).astype(np.float32)
     return mono if channels == 1 else np.stack([mono] * channels, axis=1)

@@ -33,7 +33,7 @@ from modalmesh.audio.features import (
     Wav2Vec2Frames,
     resample,
 )
-from modalmesh.audio.speech import Espeak, SpeechServicer
+from modalmesh.audio.speech import Espeak, SpeechServicer, espeak
 from modalmesh.v1 import encoder_pb2, speech_pb2, speech_pb2_grpc
 
 SPEECH_SERVICE = speech_pb2.DESCRIPTOR.services_by_name["Speech"].full_name
@@ -72,7 +72,7 @@ class AudioService(EncoderBackend):
         )
         self.executor.submit(self._load_models)
         self.transcriber = Transcriber() if self.config.transcript else None
-        self.speech = Espeak()
+        self.speech = espeak()
 
     def _load_models(self) -> None:
         if self.config.model:
@@ -154,7 +154,9 @@ class AudioService(EncoderBackend):
             pending: list[np.ndarray] = []
             pending_samples = 0
             rate = None
+            received_bytes = 0
             for data in payloads:
+                received_bytes += len(data)
                 block = decoder.feed(data)
                 if block.size == 0:
                     continue
@@ -170,6 +172,8 @@ class AudioService(EncoderBackend):
                     clip.append(samples16k)
                     all_frames.append(frames)
                     yield from emit(frames)
+            if received_bytes == 0:
+                raise errors.invalid_argument("payload", "the audio is empty (0 bytes)")
             decoder.finish()
             if pending:
                 samples16k, frames = self.on_model_thread(

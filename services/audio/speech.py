@@ -48,7 +48,23 @@ def wav_bytes(samples: np.ndarray, sample_rate: int) -> bytes:
     return wav_header(sample_rate, pcm.size) + pcm.tobytes()
 
 
+_engine: "Espeak | None" = None
+_engine_lock = threading.Lock()
+
+
+def espeak() -> "Espeak":
+    """The process's eSpeak engine. The C library is one global state with one callback
+    pointer, so there is exactly one engine per process, never freed."""
+    global _engine
+    with _engine_lock:
+        if _engine is None:
+            _engine = Espeak()
+        return _engine
+
+
 class Espeak:
+    """Use `espeak()`: a second instance would replace the library's callback."""
+
     def __init__(self) -> None:
         import espeakng_loader
 

@@ -1,0 +1,255 @@
+"""The audio service and speech synthesis over gRPC, with real audio files."""
+
+import io
+import struct
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+import torch
+
+from modalmesh.audio.speech import read_wav
+from modalmesh.common import errors
+from modalmesh.common.client import EncoderClient, collect, connect, encode_requests
+from modalmesh.common.config import load_config
+from modalmesh.common.runtime import start_server
+from modalmesh.audio.server import AudioService
+from modalmesh.v1 import encoder_pb2_grpc, speech_pb2, speech_pb2_grpc
+from tests.media import tone, wav_bytes
+
+
+def start_audio(**overrides):
+    config = load_config("audio", environ={}, **{"port": 0, "metrics_port": 0, **overrides})
+    return start_server(config, AudioService(config))
+
+
+@pytest.fixture(scope="module")
+def audio_channel():
+    handle = start_audio()
+    with connect(handle.address) as channel:
+        yield channel
+    handle.stop(grace=0.5)
+
+
+@pytest.fixture
+def audio(audio_channel):
+    return EncoderClient(audio_channel)
+
+
+@pytest.fixture
+def speech(audio_channel):
+    return speech_pb2_grpc.SpeechStub(audio_channel)
+
+
+def synthesize(speech, text, **request):
+    chunks = list(speech.Synthesize(speech_pb2.SynthesizeRequest(text=text, **request), timeout=30))
+    return chunks, b"".join(c.data for c in chunks)
+
+
+def expected_frames(seconds: float) -> int:
+    samples = int(round(seconds * 16000))
+    return (samples - 400) // 160 + 1
+
+
+def test_info(audio):
+    info = audio.info()
+    assert info.modality == "audio" and info.feature_width == 80
+    assert list(info.options) == ["transcript"] and info.limits.max_duration_s == 300
+    assert "audio/pcm" in info.media_types
+
+
+def test_speech_from_the_speech_service_is_transcribed(audio, speech):
+    chunks, wav = synthesize(speech, "My payment failed and I want a refund.", rate_wpm=150, sample_rate_hz=16000)
+    samples, rate = read_wav(wav)
+    assert rate == 16000 and 1.0 < samples.size / rate < 5.0
+    result = audio.encode(wav, "audio/wav", options=["transcript"])
+    assert "refund" in result.side.transcript.text.split()
+    assert 0 < result.side.transcript.confidence <= 1 and result.side.transcript.language == "en-us"
+    # One 10 ms frame per hop of a 25 ms window: the count follows from the duration.
+    assert result.sequence.shape == (expected_frames(samples.size / rate), 80)
+    assert result.pooled_message.sequence_length == result.sequence.shape[0]
+    assert float(result.side.tags["duration_s"]) == pytest.approx(samples.size / rate, abs=1e-3)
+    segments = result.side.tags["speech_segments"].split(";")
+    assert segments and float(result.side.tags["speech_seconds"]) > 0.8  # VAD found the speech
+
+
+def test_silence_has_no_speech_segments(audio):
+    result = audio.encode(wav_bytes(np.zeros(16000, dtype=np.float32), 16000), "audio/wav")
+    assert result.side.tags["speech_segments"] == "" and result.side.tags["speech_seconds"] == "0.00"
+
+
+def test_first_features_arrive_before_the_last_chunk_is_sent(audio_channel):
+    wav = wav_bytes(tone(3.0, 16000), 16000)
+    first_features = threading.Event()
+    sent_before_first = []
+
+    def requests():
+        chunks = list(encode_requests(wav, "audio/wav", chunk_bytes=8000))  # 0.25 s per chunk
+        for index, message in enumerate(chunks):
+            if index == len(chunks) - 1:
+                # Hold the last chunk back until features have come back (or 10 s pass).
+                first_features.wait(10)
+            sent_before_first.append(not first_features.is_set())
+            yield message
+
+    stub = encoder_pb2_grpc.EncoderStub(audio_channel)
+    received = []
+    for chunk in stub.Encode(requests(), timeout=30):
+        if chunk.WhichOneof("content") == "sequence":
+            first_features.set()
+        received.append(chunk)
+    assert first_features.is_set()
+    assert sent_before_first[-1] is False  # the last chunk went out only after features came back
+    result = collect(iter(received))
+    assert result.sequence.shape[0] == expected_frames(3.0)
+    offsets = [c.sequence.offset for c in received if c.WhichOneof("content") == "sequence"]
+    assert offsets == sorted(offsets) and len(offsets) > 3
+
+
+@pytest.mark.parametrize("subtype", ["PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE"])
+def test_wav_sample_formats(audio, subtype):
+    result = audio.encode(wav_bytes(tone(1.0, 16000), 16000, subtype=subtype), "audio/wav", output_datatype="FP32")
+    reference = audio.encode(wav_bytes(tone(1.0, 16000), 16000, subtype="FLOAT"), "audio/wav", output_datatype="FP32")
+    assert result.sequence.shape == reference.sequence.shape == (expected_frames(1.0), 80)
+    tolerance = 0.5 if subtype == "PCM_U8" else 0.05  # 8-bit is coarse
+    assert np.abs(result.pooled - reference.pooled).max() < tolerance
+
+
+def test_flac_ogg_stereo_and_resampling(audio):
+    flac = audio.encode(wav_bytes(tone(1.0, 16000), 16000, subtype="PCM_16", fmt="FLAC"), "audio/flac")
+    assert flac.sequence.shape == (expected_frames(1.0), 80)
+    ogg = audio.encode(wav_bytes(tone(1.0, 44100), 44100, subtype="VORBIS", fmt="OGG"), "audio/ogg")
+    assert ogg.side.tags["sample_rate_hz"] == "44100"
+    assert abs(ogg.sequence.shape[0] - expected_frames(1.0)) <= 1
+    stereo = audio.encode(wav_bytes(tone(1.0, 48000, channels=2), 48000), "audio/wav")
+    assert stereo.side.tags["channels"] == "2" and stereo.side.tags["sample_rate_hz"] == "48000"
+    assert abs(stereo.sequence.shape[0] - expected_frames(1.0)) <= 2
+
+
+def test_raw_pcm_with_declared_format(audio):
+    samples = (tone(1.0, 8000) * 32767).astype("<i2")
+    result = audio.encode(samples.tobytes(), "audio/pcm", parameters={"sample_rate_hz": "8000", "sample_format": "s16le"})
+    assert result.side.tags["sample_rate_hz"] == "8000"
+    assert abs(result.sequence.shape[0] - expected_frames(1.0)) <= 1
+
+
+def _wav_with_format_tag(tag: int) -> bytes:
+    fmt = struct.pack("<HHIIHH", tag, 1, 16000, 32000, 2, 16)
+    data = b"\0" * 3200
+    return b"RIFF" + struct.pack("<I", 36 + len(data)) + b"WAVE" + b"fmt " + struct.pack("<I", 16) + fmt + b"data" + struct.pack("<I", len(data)) + data
+
+
+BAD_AUDIO = {
+    "zero length": (b"", "audio/wav", {}, "payload", "the audio is empty (0 bytes)"),
+    "header only": (wav_bytes(np.zeros(0, dtype=np.float32), 16000), "audio/wav", {}, "payload", "no samples"),
+    "truncated header": (wav_bytes(tone(0.5, 16000), 16000)[:30], "audio/wav", {}, "payload", "ends before its header"),
+    "wrong magic": (b"OggS" + b"\0" * 100, "audio/wav", {}, "header.media_type", "not RIFF/WAVE"),
+    "corrupt flac": (b"fLaC" + b"\x13" * 200, "audio/flac", {}, "payload", "cannot decode the audio"),
+    "nan samples": (wav_bytes(np.array([0.1, np.nan, 0.2] * 1000, dtype=np.float32), 16000, subtype="FLOAT"), "audio/wav", {}, "payload", "NaN or infinite"),
+    "infinite samples": (np.array([0.0, np.inf] * 500, dtype="<f4").tobytes(), "audio/pcm", {"sample_rate_hz": "16000", "sample_format": "f32le"}, "payload", "NaN or infinite"),
+    "absurd rate": (b"\0" * 1000, "audio/pcm", {"sample_rate_hz": "5"}, "sample_rate_hz", "outside 1000..384000"),
+    "no rate": (b"\0" * 1000, "audio/pcm", {}, "header.parameters.sample_rate_hz", "required for audio/pcm"),
+    "absurd channels": (b"\0" * 1000, "audio/pcm", {"sample_rate_hz": "16000", "channels": "100"}, "channels", "outside 1..32"),
+    "unknown sample format": (b"\0" * 1000, "audio/pcm", {"sample_rate_hz": "16000", "sample_format": "mulaw"}, "header.parameters.sample_format", "not one of"),
+    "unsupported codec": (_wav_with_format_tag(0x11), "audio/wav", {}, "payload", "unsupported WAV encoding (format tag 17"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_AUDIO))
+def test_bad_audio_is_invalid_argument_and_the_service_stays_healthy(audio, case):
+    data, media_type, parameters, field, complaint = BAD_AUDIO[case]
+    with pytest.raises(grpc.RpcError) as raised:
+        audio.encode(data, media_type, parameters=parameters)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert complaint in raised.value.details()
+    assert errors.field_violations(raised.value)[0][0] == field
+    assert audio.encode(wav_bytes(tone(0.2, 16000), 16000), "audio/wav").pooled.shape == (80,)
+
+
+def test_clips_over_the_duration_limit_are_refused():
+    handle = start_audio(max_audio_seconds=1.0, transcript=False)
+    try:
+        with connect(handle.address) as channel:
+            client = EncoderClient(channel)
+            for media_type, data in (("audio/wav", wav_bytes(tone(2.0, 16000), 16000)), ("audio/flac", wav_bytes(tone(2.0, 16000), 16000, fmt="FLAC"))):
+                with pytest.raises(grpc.RpcError) as raised:
+                    client.encode(data, media_type)
+                assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert "longer than the limit of 1 s" in raised.value.details()
+            with pytest.raises(grpc.RpcError) as raised:
+                client.encode(wav_bytes(tone(0.5, 16000), 16000), "audio/wav", options=["transcript"])
+            assert "turned off" in raised.value.details()
+    finally:
+        handle.stop(grace=0.5)
+
+
+def test_synthesize_streams_a_valid_wav(speech):
+    chunks, wav = synthesize(speech, "Thank you for your message. We will refund you today.")
+    assert chunks[0].data.startswith(b"RIFF") and chunks[-1].last and not any(c.last for c in chunks[:-1])
+    assert [c.sequence for c in chunks] == list(range(len(chunks)))
+    samples, rate = read_wav(wav)
+    assert rate == 22050 and samples.size / rate > 1.5 and np.abs(samples).max() > 0.1
+
+
+def test_synthesize_pcm16_comes_sentence_by_sentence(speech):
+    chunks, pcm = synthesize(speech, "First sentence. Second sentence! Third one?", format=speech_pb2.AUDIO_FORMAT_PCM16, sample_rate_hz=16000)
+    assert len(chunks) == 3 and chunks[-1].last
+    assert all(c.sample_rate_hz == 16000 and c.format == speech_pb2.AUDIO_FORMAT_PCM16 for c in chunks)
+    assert len(pcm) % 2 == 0 and len(pcm) / 2 / 16000 > 1.0
+
+
+def test_voice_and_rate_change_the_audio(speech):
+    _, slow = synthesize(speech, "Hello there, how can I help?", rate_wpm=100)
+    _, fast = synthesize(speech, "Hello there, how can I help?", rate_wpm=300)
+    _, british = synthesize(speech, "Hello there, how can I help?", voice="en")
+    assert len(slow) > 1.8 * len(fast)
+    assert british != synthesize(speech, "Hello there, how can I help?")[1]
+
+
+@pytest.mark.parametrize(
+    "request_fields, field, complaint",
+    [
+        ({"text": ""}, "text", "the text is empty"),
+        ({"text": "x" * 2001}, "text", "over the limit of 2000"),
+        ({"text": "hi", "voice": "klingon-xx"}, "voice", "unknown voice"),
+        ({"text": "hi", "voice": "../../etc"}, "voice", "unknown voice"),
+        ({"text": "hi", "rate_wpm": 5}, "rate_wpm", "outside 80..450"),
+        ({"text": "hi", "sample_rate_hz": 1000}, "sample_rate_hz", "outside 8000..48000"),
+    ],
+)
+def test_bad_synthesis_requests(speech, request_fields, field, complaint):
+    with pytest.raises(grpc.RpcError) as raised:
+        synthesize(speech, **request_fields)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert errors.field_violations(raised.value) and errors.field_violations(raised.value)[0][0] == field
+    assert complaint in raised.value.details()
+    assert synthesize(speech, "still here")[0][-1].last
+
+
+@pytest.fixture(scope="module")
+def tiny_wav2vec2_dir(tmp_path_factory):
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    folder = tmp_path_factory.mktemp("tiny-wav2vec2")
+    torch.manual_seed(0)
+    config = Wav2Vec2Config(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        conv_dim=(16, 16), conv_kernel=(10, 3), conv_stride=(5, 2), num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
+    )
+    Wav2Vec2Model(config).eval().save_pretrained(folder)
+    return folder
+
+
+def test_a_wav2vec2_directory_as_the_frame_encoder(tiny_wav2vec2_dir):
+    handle = start_audio(model=str(tiny_wav2vec2_dir), transcript=False)
+    try:
+        with connect(handle.address) as channel:
+            client = EncoderClient(channel)
+            assert client.info().feature_width == 32
+            result = client.encode(wav_bytes(tone(1.0, 16000), 16000), "audio/wav")
+            # Two strided convolutions (5, then 2): 16000 samples -> 1599 frames.
+            assert result.sequence.shape == (1599, 32)
+    finally:
+        handle.stop(grace=0.5)
