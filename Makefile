@@ -26,6 +26,7 @@ protos: setup
 
 bench: setup
 	$(PY) benchmarks/bench_text.py
+	$(PY) benchmarks/bench_encoders.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -80,3 +80,39 @@ def test_demo_encodes_examples_through_a_running_text_service():
     # The two payment sentences are paraphrases; the bundled MiniLM must find them.
     assert "closest pair: [0] and [1]" in result.stdout
     assert "text encoder stopped (exit 0)" in result.stdout
+
+
+def test_encode_image_with_ocr_and_audio_with_transcript_and_say(tmp_path, capsys):
+    """The CLI against real vision and audio services: a screenshot file, a spoken reply
+    written by `modalmesh say`, then that WAV file encoded with a transcript."""
+    from modalmesh.audio.server import AudioService
+    from modalmesh.common.config import load_config
+    from modalmesh.common.runtime import start_server
+    from modalmesh.vision.server import VisionService
+    from tests.media import render_screenshot
+
+    vision_config = load_config("vision", environ={}, port=0, metrics_port=0)
+    audio_config = load_config("audio", environ={}, port=0, metrics_port=0)
+    vision = start_server(vision_config, VisionService(vision_config))
+    audio = start_server(audio_config, AudioService(audio_config))
+    try:
+        screenshot = tmp_path / "screen.png"
+        render_screenshot("Error 402: Payment declined").save(screenshot)
+        assert main(["encode", "image", str(screenshot), "--ocr", "--json", "--target", vision.address]) == 0
+        printed = json.loads(capsys.readouterr().out)
+        assert printed["sequence"]["shape"] == [49, 1280] and printed["tags"]["grid"] == "7x7"
+        assert any("Payment declined" in span["text"] for span in printed["text_spans"])
+
+        reply = tmp_path / "reply.wav"
+        assert main(["say", "My payment failed and I want a refund.", "--rate", "150", "--out", str(reply), "--target", audio.address]) == 0
+        assert "wrote" in capsys.readouterr().out and reply.read_bytes().startswith(b"RIFF")
+        assert main(["encode", "audio", str(reply), "--transcript", "--json", "--target", audio.address]) == 0
+        printed = json.loads(capsys.readouterr().out)
+        assert "refund" in printed["transcript"]["text"]
+        assert float(printed["tags"]["duration_s"]) > 1.0
+
+        assert main(["encode", "image", str(tmp_path / "missing.png"), "--target", vision.address]) == 2
+        assert "cannot read" in capsys.readouterr().err
+    finally:
+        vision.stop(grace=0.5)
+        audio.stop(grace=0.5)

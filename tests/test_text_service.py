@@ -268,3 +268,13 @@ def test_encode_once_validates_like_the_stream(text_channel):
         stub.EncodeOnce(request, timeout=5)
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert errors.field_violations(raised.value) == [("payload", "not valid UTF-8 at byte 3 (unexpected end of data)")]
+
+
+def test_int8_quantization_option(start_text_service, tiny_bert_dir):
+    handle = start_text_service(quantize=True)
+    with connect(handle.address) as channel:
+        client = EncoderClient(channel)
+        assert client.info().model_version.endswith("+int8")
+        quantized = client.encode_text("my card payment failed", output_datatype="FP32").pooled
+    full = TextEncoder(str(tiny_bert_dir)).encode_batch(["my card payment failed"])[0].pooled.numpy()
+    assert float(quantized @ full) > 0.95  # both unit length: this is the cosine

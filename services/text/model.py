@@ -47,7 +47,7 @@ class TextFeatures:
 
 
 class TextEncoder:
-    def __init__(self, source: str = "", allow_download: bool = False) -> None:
+    def __init__(self, source: str = "", allow_download: bool = False, quantize: bool = False) -> None:
         source, is_local = models.resolve_model_source(source, default_model_dir)
         models.ensure_loadable(source, is_local, allow_download)
         self.source = source
@@ -61,6 +61,9 @@ class TextEncoder:
         self.max_tokens = min(positions, tokenizer_limit, _sentence_transformers_limit(source) or positions)
         name = "all-MiniLM-L6-v2" if not self.source_configured(source) else source.rstrip("/").split("/")[-1]
         self.version = models.weights_version(source, name) if is_local else source
+        if quantize:  # INT8 dynamic quantization of every Linear layer (the bulk of BERT's compute)
+            self.model = torch.ao.quantization.quantize_dynamic(self.model, {torch.nn.Linear}, dtype=torch.qint8)
+            self.version += "+int8"
         log.info("text model %s: width %d, max %d tokens", self.version, self.width, self.max_tokens)
 
     @staticmethod

@@ -32,7 +32,7 @@ class TextService(EncoderBackend):
 
     # -- lifecycle -------------------------------------------------------------------
     def initialize(self) -> None:
-        self.encoder = TextEncoder(self.config.model, allow_download=self.config.allow_download)
+        self.encoder = TextEncoder(self.config.model, allow_download=self.config.allow_download, quantize=self.config.quantize)
         self.batcher = DynamicBatcher(
             self.encoder.encode_batch,
             max_batch_size=self.config.max_batch_size,

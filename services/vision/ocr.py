@@ -26,8 +26,8 @@ class ScreenReader:
     def __init__(self) -> None:
         from rapidocr import RapidOCR
 
-        logging.getLogger("RapidOCR").setLevel(logging.WARNING)
-        self._engine = RapidOCR()
+        # "error": an image without text is a normal answer here, not a warning.
+        self._engine = RapidOCR(params={"Global.log_level": "error"})
         self._lock = threading.Lock()  # one image at a time: onnxruntime already uses every core
 
     def read(self, rgb: np.ndarray) -> list[TextLine]:

@@ -1,0 +1,224 @@
+"""Vision and audio services: latency, throughput, INT8 vs FP32, OCR cost, first features.
+
+    .venv/bin/python benchmarks/bench_encoders.py          # or: make bench
+    .venv/bin/python benchmarks/bench_encoders.py --quick
+
+1. Per-item latency (p50) and throughput at 1 and 8 concurrent clients, each service
+   its own process on 127.0.0.1: vision on a 1024x640 PNG screenshot (features only),
+   audio on a 3 s WAV of synthesized speech (features + VAD, no transcript).
+2. FP32 vs INT8 dynamic quantization of each backbone, in process, model time only,
+   and the cosine of the pooled vectors to FP32: MiniLM (real weights, 16-token
+   sentence), EfficientNet-Lite0 (real weights, 224x224), a ViT-S/16-sized transformer
+   (random weights: speed only). Target: INT8 >= 2x faster with cosine >= 0.98.
+3. OCR cost per screenshot size (640x400, 1024x640, 1920x1080), in process.
+4. Audio first-feature latency: a 5 s WAV streamed in 0.25 s chunks; time from the first
+   chunk sent to the first frame features received, against the time to the full answer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from benchmarks.bench_text import free_port, machine, start_process, stop_process  # noqa: E402
+from tests.media import image_bytes, render_screenshot  # noqa: E402
+
+
+def start_service(name: str, *flags: str):
+    from modalmesh.common.client import connect, wait_for_serving
+
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+
+    def ready():
+        with connect(address) as channel:
+            wait_for_serving(channel, timeout=180)
+
+    process = start_process(
+        [sys.executable, "-m", "modalmesh.cli", "serve", name, "--port", str(port), "--metrics-port", "0", *flags], ready
+    )
+    return process, address
+
+
+def latency_and_throughput(address: str, data: bytes, media_type: str, clients: int, calls: int) -> dict:
+    from modalmesh.common.client import EncoderClient, connect
+
+    with connect(address) as channel:
+        client = EncoderClient(channel)
+        for _ in range(3):
+            client.encode(data, media_type, pooled_only=True, timeout=120)
+        latencies: list[float] = []
+        lock = threading.Lock()
+        per_client = max(1, calls // clients)
+
+        def loop():
+            for _ in range(per_client):
+                t = time.perf_counter()
+                client.encode(data, media_type, pooled_only=True, timeout=120)
+                with lock:
+                    latencies.append((time.perf_counter() - t) * 1000)
+
+        started = time.perf_counter()
+        threads = [threading.Thread(target=loop) for _ in range(clients)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        elapsed = time.perf_counter() - started
+    return {"clients": clients, "calls": len(latencies), "p50_ms": statistics.median(latencies), "per_s": len(latencies) / elapsed}
+
+
+def time_model(fn, repeats: int) -> float:
+    for _ in range(3):
+        fn()
+    samples = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t) * 1000)
+    return statistics.median(samples)
+
+
+def int8_comparison(repeats: int) -> list[dict]:
+    from transformers import ViTConfig, ViTModel
+
+    from modalmesh.text.model import TextEncoder
+    from modalmesh.vision.model import ImageBackbone
+
+    rows = []
+    sentence = ["My card payment failed at checkout and I was charged twice."]
+    full, int8 = TextEncoder(""), TextEncoder("", quantize=True)
+    a, b = full.encode_batch(sentence)[0].pooled, int8.encode_batch(sentence)[0].pooled
+    rows.append({
+        "backbone": "all-MiniLM-L6-v2 (text)",
+        "fp32_ms": time_model(lambda: full.encode_batch(sentence), repeats),
+        "int8_ms": time_model(lambda: int8.encode_batch(sentence), repeats),
+        "cosine": float(torch.nn.functional.cosine_similarity(a, b, dim=0)),
+    })
+
+    rgb = np.asarray(render_screenshot("Error 402: Payment declined"))
+    for label, make in (
+        ("EfficientNet-Lite0 (image)", lambda q: ImageBackbone("", quantize=q)),
+        ("ViT-S/16 size, random weights (image)", None),
+    ):
+        if make is None:
+            import tempfile
+
+            folder = tempfile.mkdtemp()
+            torch.manual_seed(0)
+            ViTModel(ViTConfig(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536), add_pooling_layer=False).save_pretrained(folder)
+            make = lambda q, folder=folder: ImageBackbone(folder, quantize=q)  # noqa: E731
+        full, int8 = make(False), make(True)
+        tensor = full.preprocess(rgb)
+        a, b = full.encode_batch([tensor])[0].pooled, int8.encode_batch([tensor])[0].pooled
+        rows.append({
+            "backbone": label,
+            "fp32_ms": time_model(lambda: full.encode_batch([tensor]), repeats),
+            "int8_ms": time_model(lambda: int8.encode_batch([tensor]), repeats),
+            "cosine": float(torch.nn.functional.cosine_similarity(a, b, dim=0)),
+        })
+    for row in rows:
+        row["speedup"] = row["fp32_ms"] / row["int8_ms"]
+    return rows
+
+
+def ocr_costs(repeats: int) -> list[dict]:
+    from modalmesh.vision.ocr import ScreenReader
+
+    reader = ScreenReader()
+    rows = []
+    for size in ((640, 400), (1024, 640), (1920, 1080)):
+        rgb = np.asarray(render_screenshot("Error 402: Payment declined", size=size))
+        lines = reader.read(rgb)
+        rows.append({"size": f"{size[0]}x{size[1]}", "ms": time_model(lambda: reader.read(rgb), repeats), "lines": len(lines)})
+    return rows
+
+
+def first_features(address: str, wav: bytes, repeats: int) -> dict:
+    from modalmesh.common.client import connect, encode_requests
+    from modalmesh.v1 import encoder_pb2_grpc
+
+    firsts, totals = [], []
+    with connect(address) as channel:
+        stub = encoder_pb2_grpc.EncoderStub(channel)
+        for _ in range(repeats):
+            started = time.perf_counter()
+            first = None
+            for chunk in stub.Encode(encode_requests(wav, "audio/wav", chunk_bytes=8000), timeout=60):
+                if first is None and chunk.WhichOneof("content") == "sequence":
+                    first = (time.perf_counter() - started) * 1000
+            totals.append((time.perf_counter() - started) * 1000)
+            firsts.append(first)
+    return {"first_features_p50_ms": statistics.median(firsts), "complete_p50_ms": statistics.median(totals)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", default=str(REPO / "bench-results" / "encoders.json"))
+    args = parser.parse_args()
+    calls, repeats = (16, 5) if args.quick else (48, 20)
+    print("ModalMesh vision and audio benchmark")
+    print("command:", " ".join([Path(sys.executable).name, *sys.argv]))
+    print("machine:", json.dumps(machine()))
+    torch.set_num_threads(torch.get_num_threads())
+    results: dict = {"machine": machine()}
+
+    from modalmesh.audio.speech import espeak, wav_bytes
+
+    engine = espeak()
+    speech = engine.synthesize("Hello, my payment failed at checkout. Could you please refund me?", "en-us", 150)
+    speech_wav = wav_bytes(speech, engine.sample_rate)
+    png = image_bytes(render_screenshot("Error 402: Payment declined"))
+
+    results["services"] = {}
+    for name, data, media_type, flags in (
+        ("vision", png, "image/png", ("--no-ocr",)),
+        ("audio", speech_wav, "audio/wav", ("--no-transcript",)),
+    ):
+        process, address = start_service(name, *flags)
+        try:
+            results["services"][name] = [latency_and_throughput(address, data, media_type, c, calls) for c in (1, 8)]
+            if name == "audio":
+                five_seconds = wav_bytes(np.tile(speech, int(np.ceil(5 * engine.sample_rate / speech.size)))[: 5 * engine.sample_rate], engine.sample_rate)
+                results["audio_streaming"] = first_features(address, five_seconds, repeats)
+        finally:
+            stop_process(process)
+
+    results["int8"] = int8_comparison(repeats)
+    results["ocr"] = ocr_costs(max(3, repeats // 4))
+
+    print(f"\n1. services ({calls} calls per point, features only, p50 latency and throughput)")
+    for name, rows in results["services"].items():
+        for row in rows:
+            print(f"   {name:6s} {row['clients']:2d} clients: {row['p50_ms']:8.1f} ms p50, {row['per_s']:6.1f} items/s")
+    print("\n2. FP32 vs INT8 dynamic quantization (model time p50, in process)")
+    for row in results["int8"]:
+        print(f"   {row['backbone']:40s} fp32 {row['fp32_ms']:7.1f} ms  int8 {row['int8_ms']:7.1f} ms  "
+              f"speed-up {row['speedup']:4.2f}x  cosine {row['cosine']:.4f}   (target >= 2x, >= 0.98)")
+    print("\n3. OCR per screenshot (in process)")
+    for row in results["ocr"]:
+        print(f"   {row['size']:>10s}: {row['ms']:7.1f} ms ({row['lines']} lines)")
+    streaming = results["audio_streaming"]
+    print("\n4. audio streaming, 5 s WAV in 0.25 s chunks")
+    print(f"   first features after {streaming['first_features_p50_ms']:.1f} ms; complete answer after {streaming['complete_p50_ms']:.1f} ms")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
