@@ -128,11 +128,15 @@ class Transcriber:
         from pocketsphinx import Decoder
 
         self._decoder = Decoder(samprate=SAMPLE_RATE, loglevel="FATAL")
+        # PocketSphinx adapts its cepstral mean across utterances; restoring the initial
+        # mean before each one makes a transcript depend on its own audio only.
+        self._initial_cmn = self._decoder.get_cmn()
         self._lock = threading.Lock()
 
     def transcribe(self, samples: np.ndarray) -> tuple[str, float]:
         pcm = (np.clip(samples, -1.0, 1.0) * 32767.0).astype(np.int16).tobytes()
         with self._lock:
+            self._decoder.set_cmn(self._initial_cmn)
             self._decoder.start_utt()
             self._decoder.process_raw(pcm, full_utt=True)
             self._decoder.end_utt()
