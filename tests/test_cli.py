@@ -104,11 +104,11 @@ def test_encode_image_with_ocr_and_audio_with_transcript_and_say(tmp_path, capsy
         assert any("Payment declined" in span["text"] for span in printed["text_spans"])
 
         reply = tmp_path / "reply.wav"
-        assert main(["say", "My payment failed and I want a refund.", "--rate", "150", "--out", str(reply), "--target", audio.address]) == 0
+        assert main(["say", "Hello, I need help with my order.", "--rate", "150", "--out", str(reply), "--target", audio.address]) == 0
         assert "wrote" in capsys.readouterr().out and reply.read_bytes().startswith(b"RIFF")
         assert main(["encode", "audio", str(reply), "--transcript", "--json", "--target", audio.address]) == 0
         printed = json.loads(capsys.readouterr().out)
-        assert "refund" in printed["transcript"]["text"]
+        assert "order" in printed["transcript"]["text"]
         assert float(printed["tags"]["duration_s"]) > 1.0
 
         assert main(["encode", "image", str(tmp_path / "missing.png"), "--target", vision.address]) == 2
