@@ -135,3 +135,13 @@ def test_pixel_limit_applies_to_dicom_too():
     dicom = ct_dicom(phantom_hu(128))
     with pytest.raises(ServiceError, match="over the limit of 1000"):
         decode_image(dicom, "application/dicom", {}, max_pixels=1000)
+
+
+def test_mr_is_scaled_between_percentiles_without_hounsfield_units():
+    from pydicom.data import get_testdata_file
+
+    decoded = decode(open(get_testdata_file("MR_small.dcm"), "rb").read(), "application/dicom")
+    assert decoded.tags["Modality"] == "MR" and decoded.hounsfield is None
+    grey = decoded.rgb[..., 0]
+    assert grey.min() == 0 and grey.max() == 255  # stretched over the full range
+    assert 0.001 < (grey == 255).mean() < 0.05  # only the top 0.5 % (and ties) saturate
