@@ -1,0 +1,268 @@
+"""The fusion model: projections, modality-aware attention, the routing gate, the heads.
+
+Evidence arrives from five *sources*, each belonging to one of three modalities:
+
+    source       modality   tokens
+    text         text       token features of the request's text (BERT, 384-d)
+    image        image      patch features of the image (7x7 grid, 1280-d)
+    image_text   image      one pooled text vector per OCR line (screen text is image evidence)
+    audio        audio      log-mel frames, average-pooled in time (80-d)
+    audio_text   audio      token features of the transcript (audio evidence)
+
+1. Projection.  z = W_s x + e_modality(s)                      every token to width d
+2. Attention.   Attention(Q, K, V) = softmax(Q Kᵀ / √d_k + M) V,
+                M[i, j] = B[modality(i), modality(j)]   (learned; 0 within a modality and
+                a negative penalty across at init), and -inf where j is padding.
+3. Gate.        h_s = mean of source s's tokens after attention
+                s_s = MLP_s(h_s),  g = softmax(s) over the sources present (absent: -inf)
+                fused = Σ_s g_s h_s
+4. Heads.       p = softmax(W_c fused / T)   (T: temperature, calibrated after training)
+                regression outputs r = W_r fused (for example a lesion diameter)
+
+Before a source has arrived the gate cannot score it; its learned prior score
+`gate.prior[s]` stands in, which is what compute routing uses to decide whether a
+modality still outstanding could change the answer.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SOURCES = ("text", "image", "image_text", "audio", "audio_text")
+MODALITIES = ("text", "image", "audio")
+SOURCE_MODALITY = {"text": 0, "image": 1, "image_text": 1, "audio": 2, "audio_text": 2}
+DEFAULT_INPUT_WIDTHS = {"text": 384, "image": 1280, "image_text": 384, "audio": 80, "audio_text": 384}
+
+
+@dataclass
+class FusionConfig:
+    labels: tuple[str, ...]
+    regression: tuple[str, ...] = ()
+    input_widths: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_INPUT_WIDTHS))
+    width: int = 128
+    heads: int = 4
+    layers: int = 2
+    cross_modal_penalty: float = -2.0
+    dropout: float = 0.1
+    max_tokens: int = 64  # per source; longer sequences are average-pooled down to this
+
+    def to_dict(self) -> dict:
+        return {**self.__dict__, "labels": list(self.labels), "regression": list(self.regression)}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "FusionConfig":
+        values = dict(values)
+        values["labels"] = tuple(values["labels"])
+        values["regression"] = tuple(values.get("regression", ()))
+        return cls(**values)
+
+
+@dataclass
+class FusionInputs:
+    """A padded batch: all tokens of all sources side by side."""
+
+    tokens: torch.Tensor  # [B, T, d] projected tokens (see FusionModel.embed)
+    token_source: torch.Tensor  # [B, T] long, index into SOURCES
+    padding: torch.Tensor  # [B, T] bool, True where there is no token
+    present: torch.Tensor  # [B, S] bool, True where the source has tokens
+
+
+@dataclass
+class FusionOutputs:
+    logits: torch.Tensor  # [B, L]
+    probabilities: torch.Tensor  # [B, L], temperature-scaled
+    regression: torch.Tensor  # [B, R]
+    gate_weights: torch.Tensor  # [B, S], 0 for absent sources, rows sum to 1
+    gate_scores: torch.Tensor  # [B, S]
+    attention: torch.Tensor  # [B, H, T, T], averaged over layers
+    token_source: torch.Tensor  # [B, T]
+    padding: torch.Tensor  # [B, T]
+
+
+class ModalityAwareAttention(nn.Module):
+    """Multi-head attention with a learned bias per (query modality, key modality) pair:
+    softmax(Q Kᵀ / √d_k + M) V."""
+
+    def __init__(self, width: int, heads: int, cross_modal_penalty: float) -> None:
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"width {width} is not divisible by {heads} heads")
+        self.heads, self.head_width = heads, width // heads
+        self.qkv = nn.Linear(width, 3 * width)
+        self.out = nn.Linear(width, width)
+        pair_bias = torch.full((len(MODALITIES), len(MODALITIES)), float(cross_modal_penalty))
+        pair_bias.fill_diagonal_(0.0)
+        self.pair_bias = nn.Parameter(pair_bias)  # B[modality(i), modality(j)]
+
+    def bias(self, token_modality: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
+        """M: [B, 1, T, T] = pair_bias[modality(i), modality(j)], -inf at padded keys."""
+        pair = self.pair_bias[token_modality.unsqueeze(2), token_modality.unsqueeze(1)]
+        return pair.masked_fill(padding.unsqueeze(1), float("-inf")).unsqueeze(1)
+
+    def forward(self, x: torch.Tensor, token_modality: torch.Tensor, padding: torch.Tensor):
+        batch, length, width = x.shape
+        q, k, v = self.qkv(x).view(batch, length, 3, self.heads, self.head_width).permute(2, 0, 3, 1, 4)
+        scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_width) + self.bias(token_modality, padding)
+        attention = torch.softmax(scores, dim=-1)
+        # A padded query attends to nothing real; keep its row finite (all zeros).
+        attention = attention.masked_fill(padding.unsqueeze(1).unsqueeze(-1), 0.0)
+        mixed = (attention @ v).transpose(1, 2).reshape(batch, length, width)
+        return self.out(mixed), attention
+
+
+class FusionLayer(nn.Module):
+    """Pre-norm transformer layer with modality-aware attention."""
+
+    def __init__(self, config: FusionConfig) -> None:
+        super().__init__()
+        self.norm_attention = nn.LayerNorm(config.width)
+        self.attention = ModalityAwareAttention(config.width, config.heads, config.cross_modal_penalty)
+        self.norm_mlp = nn.LayerNorm(config.width)
+        self.mlp = nn.Sequential(nn.Linear(config.width, 2 * config.width), nn.GELU(), nn.Linear(2 * config.width, config.width))
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, token_modality, padding):
+        attended, attention = self.attention(self.norm_attention(x), token_modality, padding)
+        x = x + self.dropout(attended)
+        x = x + self.dropout(self.mlp(self.norm_mlp(x)))
+        return x, attention
+
+
+class RoutingGate(nn.Module):
+    """s_s = MLP_s(h_s); g = softmax(s) over the sources present."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.score = nn.ModuleDict(
+            {source: nn.Sequential(nn.Linear(width, width // 2), nn.GELU(), nn.Linear(width // 2, 1)) for source in SOURCES}
+        )
+        # Expected score of a source before it arrives (compute routing's estimate).
+        self.prior = nn.Parameter(torch.zeros(len(SOURCES)))
+
+    def forward(self, per_source: torch.Tensor, present: torch.Tensor):
+        scores = torch.cat([self.score[source](per_source[:, i]) for i, source in enumerate(SOURCES)], dim=-1)
+        weights = torch.softmax(scores.masked_fill(~present, float("-inf")), dim=-1)
+        return weights, scores
+
+    def outstanding_weight(self, scores: torch.Tensor, present: torch.Tensor, outstanding: torch.Tensor) -> torch.Tensor:
+        """Predicted total weight of the `outstanding` sources once they arrive: their
+        prior scores compete with the present sources' actual scores. [B]"""
+        combined = torch.where(present, scores, self.prior.expand_as(scores))
+        weights = torch.softmax(combined.masked_fill(~(present | outstanding), float("-inf")), dim=-1)
+        return (weights * outstanding).sum(dim=-1)
+
+
+class FusionModel(nn.Module):
+    def __init__(self, config: FusionConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.project = nn.ModuleDict({s: nn.Linear(config.input_widths[s], config.width) for s in SOURCES})
+        self.modality_embedding = nn.Embedding(len(MODALITIES), config.width)
+        self.layers = nn.ModuleList(FusionLayer(config) for _ in range(config.layers))
+        self.norm = nn.LayerNorm(config.width)
+        self.gate = RoutingGate(config.width)
+        self.classifier = nn.Linear(config.width, len(config.labels))
+        self.regressor = nn.Linear(config.width, max(1, len(config.regression)))
+        self.log_temperature = nn.Parameter(torch.zeros(()), requires_grad=False)  # set by calibration
+
+    # -- inputs ----------------------------------------------------------------------
+    def embed(self, batch: list[dict[str, torch.Tensor]]) -> FusionInputs:
+        """Each item maps source -> [n, input_width] features (a [input_width] vector is
+        one token). Returns the padded, projected batch."""
+        rows, sources = [], []
+        for item in batch:
+            pieces, ids = [], []
+            for index, source in enumerate(SOURCES):
+                features = item.get(source)
+                if features is None or features.numel() == 0:
+                    continue
+                features = _limit_tokens(features.float().reshape(-1, features.shape[-1]), self.config.max_tokens)
+                modality = torch.tensor(SOURCE_MODALITY[source])
+                pieces.append(self.project[source](features) + self.modality_embedding(modality))
+                ids.append(torch.full((features.shape[0],), index, dtype=torch.long))
+            if not pieces:
+                raise ValueError("an item with no evidence: at least one source must have features")
+            rows.append(torch.cat(pieces))
+            sources.append(torch.cat(ids))
+        length = max(r.shape[0] for r in rows)
+        tokens = torch.zeros(len(batch), length, self.config.width)
+        token_source = torch.zeros(len(batch), length, dtype=torch.long)
+        padding = torch.ones(len(batch), length, dtype=torch.bool)
+        for i, (row, ids) in enumerate(zip(rows, sources)):
+            tokens[i, : row.shape[0]], token_source[i, : row.shape[0]], padding[i, : row.shape[0]] = row, ids, False
+        present = torch.stack([torch.bincount(ids, minlength=len(SOURCES)) > 0 for ids in sources])
+        return FusionInputs(tokens, token_source, padding, present)
+
+    # -- forward ---------------------------------------------------------------------
+    def forward(self, inputs: FusionInputs) -> FusionOutputs:
+        token_modality = _source_to_modality(inputs.token_source)
+        x, attentions = inputs.tokens, []
+        for layer in self.layers:
+            x, attention = layer(x, token_modality, inputs.padding)
+            attentions.append(attention)
+        x = self.norm(x)
+        # h_s: mean over each source's tokens.
+        membership = F.one_hot(inputs.token_source, len(SOURCES)).float() * (~inputs.padding).unsqueeze(-1)  # [B, T, S]
+        per_source = (membership.transpose(1, 2) @ x) / membership.sum(dim=1).clamp(min=1.0).unsqueeze(-1)  # [B, S, d]
+        gate_weights, gate_scores = self.gate(per_source, inputs.present)
+        fused = (gate_weights.unsqueeze(-1) * per_source).sum(dim=1)
+        logits = self.classifier(fused)
+        return FusionOutputs(
+            logits=logits,
+            probabilities=torch.softmax(logits / self.log_temperature.exp(), dim=-1),
+            regression=self.regressor(fused)[:, : len(self.config.regression)],
+            gate_weights=gate_weights,
+            gate_scores=gate_scores,
+            attention=torch.stack(attentions).mean(dim=0),
+            token_source=inputs.token_source,
+            padding=inputs.padding,
+        )
+
+
+def _source_to_modality(token_source: torch.Tensor) -> torch.Tensor:
+    lookup = torch.tensor([SOURCE_MODALITY[s] for s in SOURCES])
+    return lookup[token_source]
+
+
+def _limit_tokens(features: torch.Tensor, max_tokens: int) -> torch.Tensor:
+    """Average-pool a long sequence down to at most max_tokens rows (order kept)."""
+    if features.shape[0] <= max_tokens:
+        return features
+    return F.adaptive_avg_pool1d(features.t().unsqueeze(0), max_tokens)[0].t()
+
+
+def modality_gate_weights(gate_weights: torch.Tensor) -> torch.Tensor:
+    """[B, S] source weights -> [B, 3] modality weights (summed within a modality)."""
+    lookup = torch.tensor([SOURCE_MODALITY[s] for s in SOURCES])
+    return torch.zeros(gate_weights.shape[0], len(MODALITIES)).index_add_(1, lookup, gate_weights)
+
+
+def attention_mass(outputs: FusionOutputs, item: int = 0) -> torch.Tensor:
+    """[3, 3]: for queries of modality a, the attention mass on keys of modality b,
+    averaged over heads and query positions; rows of present modalities sum to 1."""
+    attention = outputs.attention[item].mean(dim=0)  # [T, T]
+    valid = ~outputs.padding[item]
+    modality = _source_to_modality(outputs.token_source[item])
+    mass = torch.zeros(len(MODALITIES), len(MODALITIES))
+    for a in range(len(MODALITIES)):
+        queries = valid & (modality == a)
+        if not queries.any():
+            continue
+        rows = attention[queries]  # [q, T]
+        for b in range(len(MODALITIES)):
+            mass[a, b] = rows[:, valid & (modality == b)].sum(dim=-1).mean()
+    return mass
+
+
+def normalised_entropy(probabilities: torch.Tensor, count: int | None = None) -> torch.Tensor:
+    """Entropy / log(count), in [0, 1]; 0 when count <= 1."""
+    count = probabilities.shape[-1] if count is None else count
+    if count <= 1:
+        return torch.zeros(probabilities.shape[:-1])
+    p = probabilities.clamp(min=1e-12)
+    return -(probabilities * p.log()).sum(dim=-1) / math.log(count)

@@ -1,0 +1,128 @@
+"""The fusion model's math: gate, modality-aware attention, padding, subsets, order."""
+
+import itertools
+
+import pytest
+import torch
+
+from modalmesh.router.fusion import (
+    SOURCES,
+    FusionConfig,
+    FusionInputs,
+    FusionModel,
+    attention_mass,
+    modality_gate_weights,
+    normalised_entropy,
+)
+
+WIDTHS = {"text": 12, "image": 20, "image_text": 12, "audio": 8, "audio_text": 12}
+TOKENS = {"text": 5, "image": 9, "image_text": 3, "audio": 100, "audio_text": 4}
+
+
+def make_model(**overrides) -> FusionModel:
+    torch.manual_seed(0)
+    config = FusionConfig(labels=("a", "b", "c"), regression=("size",), input_widths=WIDTHS, width=16, heads=2, dropout=0.0, **overrides)
+    return FusionModel(config).eval()
+
+
+def evidence(sources, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return {s: torch.randn(TOKENS[s], WIDTHS[s], generator=generator) for s in sources}
+
+
+def test_gate_sums_to_one_over_present_sources_and_gives_absent_ones_zero():
+    model = make_model()
+    with torch.no_grad():
+        outputs = model(model.embed([evidence(["text", "image"]), evidence(["audio", "audio_text", "text"])]))
+    weights = outputs.gate_weights
+    torch.testing.assert_close(weights.sum(dim=-1), torch.ones(2))
+    assert weights[0, SOURCES.index("audio")] == 0 and weights[0, SOURCES.index("image_text")] == 0
+    assert weights[1, SOURCES.index("image")] == 0
+    assert (weights[0, [SOURCES.index("text"), SOURCES.index("image")]] > 0).all()
+    torch.testing.assert_close(modality_gate_weights(weights).sum(dim=-1), torch.ones(2))
+
+
+def test_padding_gets_no_attention():
+    model = make_model()
+    with torch.no_grad():
+        # The first item is short, so it is padded up to the second's length.
+        outputs = model(model.embed([evidence(["text"]), evidence(["text", "image", "audio"])]))
+    attention = outputs.attention[0]  # [H, T, T]
+    padded = outputs.padding[0]
+    assert padded.any()
+    assert torch.all(attention[:, :, padded] == 0)
+    torch.testing.assert_close(attention[:, ~padded][:, :, ~padded].sum(dim=-1), torch.ones(2, int((~padded).sum())))
+
+
+def test_a_large_cross_modal_penalty_drives_cross_modal_attention_to_zero():
+    with torch.no_grad():
+        mild = make_model(cross_modal_penalty=0.0)
+        harsh = make_model(cross_modal_penalty=-30.0)
+        items = [evidence(["text", "image", "audio"])]
+        mild_mass = attention_mass(mild(mild.embed(items)))
+        harsh_mass = attention_mass(harsh(harsh.embed(items)))
+    off_diagonal = ~torch.eye(3, dtype=torch.bool)
+    assert mild_mass[off_diagonal].max() > 0.05
+    assert harsh_mass[off_diagonal].max() < 1e-6
+    torch.testing.assert_close(harsh_mass.sum(dim=-1), torch.ones(3))
+
+
+def test_pair_bias_starts_at_zero_within_and_the_penalty_across():
+    model = make_model(cross_modal_penalty=-2.5)
+    bias = model.layers[0].attention.pair_bias
+    assert torch.all(bias.diagonal() == 0)
+    assert torch.all(bias[~torch.eye(3, dtype=torch.bool)] == -2.5)
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 4, 5])
+def test_the_model_runs_on_every_subset_of_sources(count):
+    model = make_model()
+    for subset in itertools.combinations(SOURCES, count):
+        with torch.no_grad():
+            outputs = model(model.embed([evidence(subset)]))
+        assert torch.isfinite(outputs.probabilities).all() and torch.isfinite(outputs.regression).all()
+        torch.testing.assert_close(outputs.probabilities.sum(), torch.tensor(1.0))
+        assert set(torch.nonzero(outputs.gate_weights[0]).flatten().tolist()) == {SOURCES.index(s) for s in subset}
+
+
+def test_results_do_not_depend_on_the_order_of_modalities():
+    model = make_model()
+    items = evidence(["text", "image", "audio", "image_text"])
+    with torch.no_grad():
+        inputs = model.embed([items])
+        reference = model(inputs)
+        # Same tokens, sources laid out in reverse order.
+        order = torch.cat([torch.nonzero(inputs.token_source[0] == SOURCES.index(s)).flatten() for s in reversed(SOURCES)])
+        permuted = FusionInputs(inputs.tokens[:, order], inputs.token_source[:, order], inputs.padding[:, order], inputs.present)
+        shuffled = model(permuted)
+        # And a dict built in another order gives the same embedding.
+        rebuilt = model(model.embed([dict(reversed(list(items.items())))]))
+    torch.testing.assert_close(shuffled.probabilities, reference.probabilities)
+    torch.testing.assert_close(shuffled.gate_weights, reference.gate_weights)
+    torch.testing.assert_close(rebuilt.probabilities, reference.probabilities)
+
+
+def test_long_sequences_are_pooled_to_max_tokens():
+    model = make_model(max_tokens=16)
+    inputs = model.embed([evidence(["audio"])])  # 100 frames
+    assert inputs.tokens.shape[1] == 16
+
+
+def test_outstanding_weight_uses_the_prior_of_missing_sources():
+    model = make_model()
+    with torch.no_grad():
+        model.gate.prior.copy_(torch.tensor([0.0, 0.0, -20.0, 0.0, 20.0]))
+        outputs = model(model.embed([evidence(["text", "image"])]))
+        present = outputs.gate_weights > 0
+        ocr = torch.zeros_like(present)
+        ocr[0, SOURCES.index("image_text")] = True
+        transcript = torch.zeros_like(present)
+        transcript[0, SOURCES.index("audio_text")] = True
+        assert model.gate.outstanding_weight(outputs.gate_scores, present, ocr) < 1e-6  # prior -20: cannot matter
+        assert model.gate.outstanding_weight(outputs.gate_scores, present, transcript) > 0.99  # prior +20: would dominate
+
+
+def test_normalised_entropy():
+    assert normalised_entropy(torch.tensor([1.0, 0.0, 0.0])) == pytest.approx(0.0, abs=1e-6)
+    assert normalised_entropy(torch.tensor([1 / 3] * 3)) == pytest.approx(1.0)
+    assert normalised_entropy(torch.tensor([1.0]), count=1) == 0
