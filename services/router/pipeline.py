@@ -1,0 +1,495 @@
+"""One request through the mesh, top to bottom:
+
+    validate -> fan out -> (routing loop: gate decides what is still worth waiting for)
+             -> fuse -> heads -> describe -> speak -> explain
+
+Fan-out calls every encoder for the modalities present, concurrently, each with the
+request's remaining deadline. Expensive side outputs (OCR of the screenshot, the
+transcript of the voice message) are not asked for at first in ROUTED mode. Each time
+an encoder answers, the router fuses what it has; when the answer is confident
+(>= tau) and the gate predicts that what is still outstanding would weigh < gamma, it
+answers at once and cancels the calls still running. Otherwise, once the base features
+are in, it asks for the side outputs and waits for them. FULL mode asks for everything
+at once and waits for everything. An encoder that fails or runs out of time leaves a
+degraded answer from the rest, with the reason in the explanation.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from concurrent import futures
+from dataclasses import dataclass, field
+from typing import Callable
+
+import grpc
+import numpy as np
+import torch
+
+from modalmesh.common import errors
+from modalmesh.common.client import collect, encode_requests
+from modalmesh.router.fusion import MODALITIES, SOURCE_MODALITY, SOURCES, attention_mass, modality_gate_weights, normalised_entropy
+from modalmesh.router.tasks import Answer, Evidence, TaskModel
+from modalmesh.v1 import encoder_pb2, encoder_pb2_grpc, router_pb2, speech_pb2, speech_pb2_grpc
+from modalmesh.vision.decode import sniff_media_type
+
+log = logging.getLogger(__name__)
+
+MODALITY_ENUM = {"text": router_pb2.MODALITY_TEXT, "image": router_pb2.MODALITY_IMAGE, "audio": router_pb2.MODALITY_AUDIO}
+ENUM_MODALITY = {value: name for name, value in MODALITY_ENUM.items()}
+SIDE_SOURCE = {"image": "image_text", "audio": "audio_text"}  # the expensive extra evidence per modality
+MAX_TEXT_BYTES = 64 * 1024
+AUDIO_SIGNATURES = ((b"RIFF", "audio/wav"), (b"fLaC", "audio/flac"), (b"OggS", "audio/ogg"))
+
+
+@dataclass
+class Deadline:
+    expires: float
+
+    @classmethod
+    def within(cls, seconds: float) -> "Deadline":
+        return cls(time.monotonic() + seconds)
+
+    def remaining(self) -> float:
+        return max(0.0, self.expires - time.monotonic())
+
+
+@dataclass
+class Call:
+    """One downstream piece of work (an encoder call, possibly followed by text
+    embedding of its side output) that can be waited on and cancelled."""
+
+    source: str
+    started: float
+    future: futures.Future
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    rpc: grpc.Future | None = None
+    harvested: bool = False
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+        if self.rpc is not None:
+            self.rpc.cancel()
+        self.future.cancel()
+
+
+@dataclass
+class ModalityState:
+    status: int = router_pb2.MODALITY_STATUS_ABSENT
+    reason: str = ""
+    error_code: str = ""
+    latency_ms: float = 0.0
+
+
+class Encoders:
+    """The router's view of the mesh: stubs for each encoder and the speech service."""
+
+    def __init__(self, text: grpc.Channel, vision: grpc.Channel, audio: grpc.Channel) -> None:
+        self.stubs = {
+            "text": encoder_pb2_grpc.EncoderStub(text),
+            "image": encoder_pb2_grpc.EncoderStub(vision),
+            "audio": encoder_pb2_grpc.EncoderStub(audio),
+        }
+        self.speech = speech_pb2_grpc.SpeechStub(audio)
+
+
+class Run:
+    """The state of one request: calls in flight, features and evidence gathered."""
+
+    def __init__(self, encoders: Encoders, pool: futures.ThreadPoolExecutor, deadline: Deadline) -> None:
+        self.encoders = encoders
+        self.pool = pool
+        self.deadline = deadline
+        self.calls: dict[str, Call] = {}
+        self.features: dict[str, torch.Tensor] = {}
+        self.states = {m: ModalityState() for m in MODALITIES}
+        self.side_notes: dict[str, str] = {}
+        self.evidence = Evidence()
+        self._lock = threading.Lock()
+
+    # -- starting work ---------------------------------------------------------------
+    def start(self, source: str, work: Callable[[Call], dict[str, torch.Tensor]]) -> None:
+        call = Call(source, time.perf_counter(), futures.Future())
+        call.future = self.pool.submit(work, call)
+        self.calls[source] = call
+
+    def encode(self, call: Call, modality: str, data: bytes, media_type: str, options=(), pooled_only=False, parameters=None):
+        """An EncodeOnce call that `call.cancel()` can cancel; returns the collected result."""
+        header = next(encode_requests(b"", media_type, options=options, pooled_only=pooled_only, parameters=parameters)).header
+        request = encoder_pb2.EncodeOnceRequest(header=header, payload=data)
+        if call.cancelled.is_set():
+            raise futures.CancelledError()
+        call.rpc = self.encoders.stubs[modality].EncodeOnce.future(request, timeout=max(0.001, self.deadline.remaining()))
+        return collect(iter(call.rpc.result().chunks))
+
+    def embed_texts(self, call: Call, texts: list[str]) -> torch.Tensor:
+        """One pooled text vector per line, concurrently (the text service batches them)."""
+        def one(text: str) -> np.ndarray:
+            result = self.encode(Call(call.source, time.perf_counter(), futures.Future(), call.cancelled), "text",
+                                 text.encode(), "text/plain", pooled_only=True)
+            return result.pooled.astype(np.float32)
+
+        vectors = list(self.pool.map(one, texts)) if len(texts) > 1 else [one(texts[0])]
+        return torch.from_numpy(np.stack(vectors))
+
+    # -- waiting ---------------------------------------------------------------------
+    @property
+    def pending(self) -> list[Call]:
+        return [c for c in self.calls.values() if not c.future.done()]
+
+    def wait_any(self) -> bool:
+        """Wait until a pending call finishes; False when the deadline passed first."""
+        pending = [c.future for c in self.pending]
+        if not pending:
+            return True
+        done, _ = futures.wait(pending, timeout=self.deadline.remaining(), return_when=futures.FIRST_COMPLETED)
+        return bool(done)
+
+    def harvest(self) -> None:
+        """Move finished calls' results into features and states."""
+        for source, call in list(self.calls.items()):
+            if not call.future.done() or call.harvested:
+                continue
+            call.harvested = True
+            modality = MODALITIES[_modality_index(source)]
+            latency = (time.perf_counter() - call.started) * 1000.0
+            try:
+                produced = call.future.result()
+            except futures.CancelledError:
+                continue
+            except grpc.RpcError as exc:
+                self._failed(source, modality, exc.code(), exc.details(), latency)
+                continue
+            except errors.ServiceError as exc:
+                self._failed(source, modality, exc.code, exc.message, latency)
+                continue
+            self.features.update(produced)
+            if source in MODALITIES:
+                state = self.states[modality]
+                state.status, state.latency_ms = router_pb2.MODALITY_STATUS_USED, latency
+            elif not produced:
+                self.side_notes[source] = "found nothing"
+
+    def _failed(self, source: str, modality: str, code: grpc.StatusCode, details: str, latency: float) -> None:
+        timed_out = code == grpc.StatusCode.DEADLINE_EXCEEDED
+        if source not in MODALITIES:  # a side output failed: the modality itself still counts
+            self.side_notes[source] = f"{'timed out' if timed_out else 'failed'}: {code.name}: {details}"
+            return
+        state = self.states[modality]
+        state.status = router_pb2.MODALITY_STATUS_TIMED_OUT if timed_out else router_pb2.MODALITY_STATUS_FAILED
+        state.error_code, state.reason, state.latency_ms = code.name, details, latency
+
+    def stop_pending(self, status: int, reason: str) -> None:
+        for call in self.pending:
+            call.cancel()
+            if call.source in MODALITIES:
+                state = self.states[call.source]
+                state.status, state.reason = status, reason
+                state.latency_ms = (time.perf_counter() - call.started) * 1000.0
+            else:
+                self.side_notes[call.source] = reason
+
+    def cancel_all(self) -> None:
+        for call in self.calls.values():
+            call.cancel()
+
+
+def _modality_index(source: str) -> int:
+    return SOURCE_MODALITY[source]
+
+
+@dataclass
+class Decision:
+    answer: Answer
+    outputs: object
+    outstanding_weight: float
+
+
+class Pipeline:
+    def __init__(self, tasks: dict[str, TaskModel], encoders: Encoders, run_model: Callable, default_deadline_s: float,
+                 max_input_bytes: int) -> None:
+        self.tasks = tasks
+        self.encoders = encoders
+        self.run_model = run_model  # runs a callable on the router's model thread
+        self.default_deadline_s = default_deadline_s
+        self.max_input_bytes = max_input_bytes
+        self.pool = futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="router-fanout")
+
+    # ------------------------------------------------------------------ the request
+    def analyze(self, request: router_pb2.AnalyzeRequest, grpc_remaining: float | None,
+                on_event: Callable[[router_pb2.AnalyzeEvent], None] | None = None,
+                on_run: Callable[[Run], None] | None = None) -> router_pb2.AnalyzeResponse:
+        started = time.perf_counter()
+        timings: dict[str, float] = {}
+        task, media = self.validate(request)
+        deadline = Deadline.within(self._budget(request, grpc_remaining))
+        timings["validate"] = _ms(started)
+
+        run = Run(self.encoders, self.pool, deadline)
+        if on_run is not None:
+            on_run(run)  # lets the caller cancel everything if the client goes away
+        full = request.options.mode == router_pb2.ROUTING_MODE_FULL
+        required = {ENUM_MODALITY[m] for m in request.options.require}
+        self.fan_out(run, request, media, with_side_outputs=full)
+        decision = self.gather(run, task, request, media, full, required)
+        timings["encode"] = _ms(started) - timings["validate"]
+        if on_event is not None:
+            on_event(router_pb2.AnalyzeEvent(gate=router_pb2.GateDecision(modalities=self.modality_reports(run, decision))))
+
+        fuse_started = time.perf_counter()
+        decision = self.decide(task, run, outstanding=())  # final fusion on everything gathered
+        timings["fuse"] = _ms(fuse_started)
+
+        heads_started = time.perf_counter()
+        response = self.respond(request, task, run, decision)
+        timings["heads"] = _ms(heads_started)
+        if on_event is not None:
+            on_event(router_pb2.AnalyzeEvent(diagnosis=response))
+            on_event(router_pb2.AnalyzeEvent(description=response.description))
+
+        if request.options.speech:
+            speech_started = time.perf_counter()
+            response.speech_wav = self.speak(response, request, deadline, on_event)
+            timings["speech"] = _ms(speech_started)
+        timings["total"] = _ms(started)
+        response.explanation.timings_ms.update(timings)
+        return response
+
+    # ------------------------------------------------------------------ validate
+    def validate(self, request: router_pb2.AnalyzeRequest) -> tuple[TaskModel, dict[str, tuple[bytes, str, dict]]]:
+        if request.task not in self.tasks:
+            raise errors.invalid_argument("task", f"unknown task {request.task!r}; one of {', '.join(sorted(self.tasks))}")
+        task = self.tasks[request.task]
+        media: dict[str, tuple[bytes, str, dict]] = {}
+        if request.text:
+            if len(request.text.encode("utf-8")) > MAX_TEXT_BYTES:
+                raise errors.invalid_argument("text", f"over the limit of {MAX_TEXT_BYTES} bytes")
+            if request.text.strip():
+                media["text"] = (request.text.encode("utf-8"), "text/plain", {})
+        for modality, field_name in (("image", "image"), ("audio", "audio")):
+            item = getattr(request, field_name)
+            if not item.data:
+                if item.media_type:
+                    raise errors.invalid_argument(f"{field_name}.data", "empty, but a media type was given")
+                continue
+            if len(item.data) > self.max_input_bytes:
+                raise errors.invalid_argument(f"{field_name}.data", f"{len(item.data)} bytes is over the limit of {self.max_input_bytes}")
+            media_type = item.media_type or _sniff(modality, item.data)
+            if not media_type:
+                raise errors.invalid_argument(f"{field_name}.media_type", "empty, and the bytes match no supported format; set it")
+            media[modality] = (bytes(item.data), media_type, dict(item.parameters))
+        if not media:
+            raise errors.invalid_argument("text", "the request has no inputs: give text, an image or audio")
+        if not set(media) & set(task.spec.modalities):
+            raise errors.invalid_argument("task", f"{task.spec.name} needs one of {', '.join(task.spec.modalities)}")
+        for position, modality in enumerate(request.options.require):
+            if modality not in ENUM_MODALITY:
+                raise errors.invalid_argument(f"options.require[{position}]", "must be TEXT, IMAGE or AUDIO")
+            if ENUM_MODALITY[modality] not in media:
+                raise errors.invalid_argument(f"options.require[{position}]", f"{ENUM_MODALITY[modality]} is required but not in the request")
+        if request.options.deadline_ms < 0 or request.options.top_k < 0:
+            raise errors.invalid_argument("options", "deadline_ms and top_k must not be negative")
+        return task, media
+
+    def _budget(self, request: router_pb2.AnalyzeRequest, grpc_remaining: float | None) -> float:
+        budgets = [self.default_deadline_s if grpc_remaining is None else grpc_remaining]
+        if request.options.deadline_ms:
+            budgets.append(request.options.deadline_ms / 1000.0)
+        return min(budgets)
+
+    # ------------------------------------------------------------------ fan out
+    def fan_out(self, run: Run, request, media, with_side_outputs: bool) -> None:
+        for modality, (data, media_type, parameters) in media.items():
+            run.states[modality].status = router_pb2.MODALITY_STATUS_UNSPECIFIED  # pending
+            run.start(modality, self._base_work(run, modality, data, media_type, parameters, with_side_outputs))
+
+    def _base_work(self, run: Run, modality: str, data: bytes, media_type: str, parameters: dict, with_side: bool):
+        option = {"image": "ocr", "audio": "transcript"}.get(modality)
+
+        def work(call: Call) -> dict[str, torch.Tensor]:
+            result = run.encode(call, modality, data, media_type, options=[option] if (with_side and option) else [], parameters=parameters)
+            produced = {modality: torch.from_numpy(np.asarray(result.sequence if result.sequence is not None else result.pooled, dtype=np.float32))}
+            if modality == "text":
+                run.evidence.text = data.decode("utf-8")
+            if result.side is not None:
+                if modality == "image":
+                    run.evidence.image_tags.update(result.side.tags)
+                produced.update(self._side_features(run, call, modality, result.side))
+            return produced
+
+        return work
+
+    def _side_work(self, run: Run, modality: str, data: bytes, media_type: str, parameters: dict):
+        option = {"image": "ocr", "audio": "transcript"}[modality]
+
+        def work(call: Call) -> dict[str, torch.Tensor]:
+            result = run.encode(call, modality, data, media_type, options=[option], pooled_only=True, parameters=parameters)
+            return self._side_features(run, call, modality, result.side)
+
+        return work
+
+    def _side_features(self, run: Run, call: Call, modality: str, side: encoder_pb2.SideOutputs) -> dict[str, torch.Tensor]:
+        if modality == "image" and side.text_spans:
+            lines = [span.text for span in side.text_spans if span.text.strip()][:32]
+            run.evidence.screen_lines = lines
+            if lines:
+                return {"image_text": run.embed_texts(call, lines)}
+        if modality == "audio" and side.HasField("transcript") and side.transcript.text.strip():
+            run.evidence.transcript = side.transcript.text
+            result = run.encode(call, "text", side.transcript.text.encode(), "text/plain")
+            return {"audio_text": torch.from_numpy(np.asarray(result.sequence, dtype=np.float32))}
+        return {}
+
+    # ------------------------------------------------------------------ routing loop
+    def gather(self, run: Run, task: TaskModel, request, media, full: bool, required: set[str]) -> Decision | None:
+        side_candidates = [m for m in ("image", "audio") if m in media and not full]
+        side_requested = full
+        decision = None
+        while True:
+            if not run.wait_any():
+                run.stop_pending(router_pb2.MODALITY_STATUS_TIMED_OUT, "no answer before the deadline")
+                break
+            run.harvest()
+            outstanding = [c.source for c in run.pending] + ([SIDE_SOURCE[m] for m in side_candidates] if not side_requested else [])
+            if not full and run.features and outstanding:
+                decision = self.decide(task, run, outstanding)
+                waiting_on_required = any(MODALITIES[_modality_index(s)] in required for s in outstanding)
+                if (decision.answer.confidence >= task.spec.tau and decision.outstanding_weight < task.spec.gamma
+                        and not waiting_on_required):
+                    reason = (f"confidence {decision.answer.confidence:.2f} >= tau {task.spec.tau:g} and predicted weight "
+                              f"{decision.outstanding_weight:.3f} < gamma {task.spec.gamma:g}")
+                    run.stop_pending(router_pb2.MODALITY_STATUS_SKIPPED, reason)
+                    for modality in side_candidates if not side_requested else []:
+                        run.side_notes[SIDE_SOURCE[modality]] = f"not requested: {reason}"
+                    break
+            if run.pending:
+                continue
+            usable = [m for m in side_candidates if run.states[m].status == router_pb2.MODALITY_STATUS_USED]
+            if not side_requested and usable:
+                side_requested = True
+                for modality in usable:
+                    data, media_type, parameters = media[modality]
+                    run.start(SIDE_SOURCE[modality], self._side_work(run, modality, data, media_type, parameters))
+                continue
+            break
+        if not run.features:
+            states = [s for s in run.states.values() if s.status != router_pb2.MODALITY_STATUS_ABSENT]
+            if any(s.status == router_pb2.MODALITY_STATUS_TIMED_OUT for s in states):
+                raise errors.deadline_exceeded("no encoder answered before the deadline: " + _summary(run))
+            raise errors.unavailable("no encoder could encode any input: " + _summary(run))
+        return decision
+
+    def decide(self, task: TaskModel, run: Run, outstanding) -> Decision:
+        features = dict(run.features)
+
+        def work():
+            with torch.inference_mode():
+                inputs = task.model.embed([features])
+                outputs = task.model(inputs)
+                mask = torch.tensor([[s in outstanding for s in SOURCES]])
+                weight = float(task.model.gate.outstanding_weight(outputs.gate_scores, inputs.present, mask)[0]) if outstanding else 0.0
+            return outputs, weight
+
+        outputs, weight = self.run_model(work)
+        probabilities = outputs.probabilities[0]
+        best = int(probabilities.argmax())
+        answer = Answer(
+            label=task.spec.labels[best],
+            confidence=float(probabilities[best]),
+            predictive_entropy=float(normalised_entropy(probabilities)),
+            probabilities={label: float(p) for label, p in zip(task.spec.labels, probabilities)},
+            regression={name: float(v) for name, v in zip(task.spec.regression, outputs.regression[0])},
+        )
+        return Decision(answer, outputs, weight)
+
+    # ------------------------------------------------------------------ heads, words, speech
+    def respond(self, request, task: TaskModel, run: Run, decision: Decision) -> router_pb2.AnalyzeResponse:
+        answer, outputs = decision.answer, decision.outputs
+        description, findings, reply = task.spec.write(answer, run.evidence)
+        modality_weights = modality_gate_weights(outputs.gate_weights)[0]
+        used = int((modality_weights > 0).sum())
+        top_k = request.options.top_k or 3
+        ranked = sorted(answer.probabilities.items(), key=lambda item: -item[1])[:top_k]
+        response = router_pb2.AnalyzeResponse(
+            request_id=request.request_id or uuid.uuid4().hex,
+            task=task.spec.name,
+            label=answer.label,
+            confidence=answer.confidence,
+            uncertainty=router_pb2.Uncertainty(
+                predictive_entropy=answer.predictive_entropy,
+                gate_entropy=float(normalised_entropy(modality_weights[modality_weights > 0], used)),
+            ),
+            top_k=[router_pb2.LabelScore(label=label, probability=p) for label, p in ranked],
+            description=description,
+            findings=[router_pb2.Finding(key=k, value=v) for k, v in {**findings, "reply": reply}.items()],
+            model_version=task.version,
+        )
+        response.explanation.model_version = task.version
+        response.explanation.modalities.extend(self.modality_reports(run, decision))
+        for report in response.explanation.modalities:
+            index = MODALITIES.index(ENUM_MODALITY[report.modality])
+            report.gate_weight = float(modality_weights[index])
+        if request.options.explain:
+            mass = attention_mass(outputs)
+            for a, query in enumerate(MODALITIES):
+                if modality_weights[a] == 0:
+                    continue
+                for b, key in enumerate(MODALITIES):
+                    if modality_weights[b] > 0:
+                        response.explanation.attention.add(
+                            query_modality=MODALITY_ENUM[query], key_modality=MODALITY_ENUM[key], mass=float(mass[a, b])
+                        )
+        return response
+
+    def modality_reports(self, run: Run, decision: Decision | None) -> list[router_pb2.ModalityReport]:
+        reports = []
+        for modality in MODALITIES:
+            state = run.states[modality]
+            status = state.status or router_pb2.MODALITY_STATUS_USED
+            reason = state.reason
+            side = SIDE_SOURCE.get(modality)
+            if side in run.side_notes and status == router_pb2.MODALITY_STATUS_USED:
+                reason = f"{'OCR' if modality == 'image' else 'transcript'} {run.side_notes[side]}"
+            elif side in run.features:
+                reason = f"with {'OCR text' if modality == 'image' else 'transcript'}"
+            reports.append(router_pb2.ModalityReport(
+                modality=MODALITY_ENUM[modality], status=status, reason=reason, error_code=state.error_code,
+                latency_ms=state.latency_ms,
+            ))
+        return reports
+
+    def speak(self, response, request, deadline: Deadline, on_event) -> bytes:
+        reply = next((f.value for f in response.findings if f.key == "reply"), response.description)
+        synthesize = speech_pb2.SynthesizeRequest(text=reply[:2000], voice=request.options.voice, format=speech_pb2.AUDIO_FORMAT_WAV,
+                                                  sample_rate_hz=16000)
+        try:
+            chunks = []
+            for chunk in self.encoders.speech.Synthesize(synthesize, timeout=max(0.001, deadline.remaining())):
+                chunks.append(chunk.data)
+                if on_event is not None:
+                    on_event(router_pb2.AnalyzeEvent(speech_chunk=chunk.data))
+            return b"".join(chunks)
+        except grpc.RpcError as exc:
+            response.findings.add(key="speech_error", value=f"{exc.code().name}: {exc.details()}")
+            return b""
+
+
+def _sniff(modality: str, data: bytes) -> str | None:
+    if modality == "image":
+        return sniff_media_type(data)
+    return next((media_type for signature, media_type in AUDIO_SIGNATURES if data.startswith(signature)), None)
+
+
+def _summary(run: Run) -> str:
+    parts = []
+    for modality, state in run.states.items():
+        if state.status not in (router_pb2.MODALITY_STATUS_ABSENT, router_pb2.MODALITY_STATUS_USED):
+            parts.append(f"{modality} {router_pb2.ModalityStatus.Name(state.status)} {state.error_code} {state.reason}".strip())
+    return "; ".join(parts) or "no details"
+
+
+def _ms(since: float) -> float:
+    return (time.perf_counter() - since) * 1000.0
+

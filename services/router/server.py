@@ -1,0 +1,281 @@
+"""The router service: `modalmesh serve router` (port 50050).
+
+Serves `modalmesh.v1.Router` (Analyze, AnalyzeStream, ListTasks) and the Open
+Inference Protocol's `inference.GRPCInferenceService` on the same port. The request
+path itself lives in modalmesh.router.pipeline; this module is the gRPC surface.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import queue
+import struct
+import threading
+from pathlib import Path
+from typing import Iterator
+
+import grpc
+import numpy as np
+import torch
+
+from modalmesh import __version__
+from modalmesh.common import errors
+from modalmesh.common.batching import DynamicBatcher
+from modalmesh.common.client import connect
+from modalmesh.common.config import ServiceConfig
+from modalmesh.common.encoder import NO_DEADLINE_SECONDS
+from modalmesh.common.runtime import Service
+from modalmesh.router.fusion import MODALITIES
+from modalmesh.router.pipeline import MODALITY_ENUM, Encoders, Pipeline
+from modalmesh.router.tasks import TASKS, TaskModel, load_task
+from modalmesh.v1 import inference_pb2, inference_pb2_grpc, router_pb2, router_pb2_grpc
+
+ROUTER_SERVICE = router_pb2.DESCRIPTOR.services_by_name["Router"].full_name
+OIP_SERVICE = inference_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+SHIPPED_WEIGHTS = Path(__file__).resolve().parent / "weights"
+
+
+def apply_routing_thresholds(tasks: dict, setting: str) -> dict:
+    """'screenshot_triage=0.9/0.15,medical_report=0.8/0.1' -> tasks with those tau/gamma."""
+    tasks = dict(tasks)
+    for item in filter(None, (part.strip() for part in setting.split(","))):
+        name, _, values = item.partition("=")
+        tau, _, gamma = values.partition("/")
+        if name not in tasks:
+            raise ValueError(f"routing: unknown task {name!r}")
+        try:
+            tasks[name] = dataclasses.replace(tasks[name], tau=float(tau), gamma=float(gamma))
+        except ValueError:
+            raise ValueError(f"routing: expected task=tau/gamma, got {item!r}") from None
+    return tasks
+
+
+def _remaining(context: grpc.ServicerContext) -> float | None:
+    remaining = context.time_remaining()
+    return remaining if remaining is not None and remaining < NO_DEADLINE_SECONDS else None
+
+
+class RouterService(Service):
+    name = "router"
+
+    def __init__(self, config: ServiceConfig) -> None:
+        self.config = config
+        self.tasks: dict[str, TaskModel] = {}
+        self.pipeline: Pipeline | None = None
+        self.model_thread: DynamicBatcher | None = None
+        self.channels: list[grpc.Channel] = []
+
+    def initialize(self) -> None:
+        weights = self.config.weights_dir or (str(SHIPPED_WEIGHTS) if SHIPPED_WEIGHTS.is_dir() else "")
+        specs = apply_routing_thresholds(TASKS, self.config.routing)
+        self.tasks = {name: load_task(spec, weights) for name, spec in specs.items()}
+        self.model_thread = DynamicBatcher(
+            lambda work: [item() for item in work], max_batch_size=8, max_queue=self.config.max_queue, name="router"
+        )
+        tls = dict(ca=self.config.encoder_ca, cert=self.config.encoder_cert, key=self.config.encoder_key, token=self.config.encoder_token)
+        self.channels = [connect(target, **tls) for target in (self.config.text_target, self.config.vision_target, self.config.audio_target)]
+        self.pipeline = Pipeline(
+            self.tasks,
+            Encoders(*self.channels),
+            run_model=lambda work: self.model_thread.submit(work).value,
+            default_deadline_s=self.config.default_deadline_s,
+            max_input_bytes=self.config.max_input_bytes,
+        )
+        for task in self.tasks.values():  # warm: every task's fusion model once, on the model thread
+            self.model_thread.submit(lambda task=task: task.model(task.model.embed([{"text": torch.zeros(2, 384)}])))
+
+    def finalize(self) -> None:
+        if self.model_thread is not None:
+            self.model_thread.close()
+        for channel in self.channels:
+            channel.close()
+
+    def register(self, server: grpc.Server) -> list[str]:
+        router_pb2_grpc.add_RouterServicer_to_server(RouterServicer(self), server)
+        inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self), server)
+        return [ROUTER_SERVICE, OIP_SERVICE]
+
+
+class RouterServicer(router_pb2_grpc.RouterServicer):
+    def __init__(self, service: RouterService) -> None:
+        self.service = service
+
+    def Analyze(self, request, context):
+        runs = []
+        context.add_callback(lambda: [run.cancel_all() for run in runs])  # client gone: cancel downstream
+        return self.service.pipeline.analyze(request, _remaining(context), on_run=runs.append)
+
+    def AnalyzeStream(self, request_iterator, context) -> Iterator[router_pb2.AnalyzeEvent]:
+        request = _read_stream_request(request_iterator, self.service.config.max_input_bytes)
+        events: queue.Queue = queue.Queue()
+        runs = []
+        context.add_callback(lambda: [run.cancel_all() for run in runs])
+        outcome: dict = {}
+
+        def work():
+            try:
+                outcome["response"] = self.service.pipeline.analyze(request, _remaining(context), on_event=events.put, on_run=runs.append)
+            except BaseException as exc:  # handed to the stream below
+                outcome["error"] = exc
+            finally:
+                events.put(None)
+
+        threading.Thread(target=work, name="analyze-stream", daemon=True).start()
+        while (event := events.get()) is not None:
+            yield event
+        if "error" in outcome:
+            raise outcome["error"]
+        yield router_pb2.AnalyzeEvent(final=outcome["response"])
+
+    def ListTasks(self, request, context):
+        tasks = []
+        for name in sorted(self.service.tasks):
+            task = self.service.tasks[name]
+            tasks.append(router_pb2.TaskInfo(
+                name=name,
+                description=task.spec.description,
+                labels=list(task.spec.labels),
+                accepted_modalities=[MODALITY_ENUM[m] for m in task.spec.modalities],
+                optional_modalities=[MODALITY_ENUM[m] for m in task.spec.modalities],
+                model_version=task.version,
+            ))
+        return router_pb2.ListTasksResponse(tasks=tasks)
+
+
+def _read_stream_request(messages, max_bytes: int) -> router_pb2.AnalyzeRequest:
+    """First message: the request; then image/audio chunks appended in order."""
+    stream = iter(messages)
+    first = next(stream, None)
+    if first is None or first.WhichOneof("content") != "request":
+        raise errors.invalid_argument("request", "the first message must carry the request")
+    request = router_pb2.AnalyzeRequest()
+    request.CopyFrom(first.request)
+    image, audio = bytearray(request.image.data), bytearray(request.audio.data)
+    for position, message in enumerate(stream, start=1):
+        kind = message.WhichOneof("content")
+        if kind == "image_chunk":
+            image += message.image_chunk
+        elif kind == "audio_chunk":
+            audio += message.audio_chunk
+        else:
+            raise errors.invalid_argument(f"messages[{position}]", "only image_chunk or audio_chunk may follow the request")
+        if len(image) > max_bytes or len(audio) > max_bytes:
+            raise errors.invalid_argument(f"messages[{position}]", f"input over the limit of {max_bytes} bytes")
+    request.image.data, request.audio.data = bytes(image), bytes(audio)
+    return request
+
+
+# ---------------------------------------------------------------------------- OIP v2
+
+OIP_INPUTS = ("TEXT", "IMAGE", "AUDIO")
+OIP_OUTPUTS = {"LABEL": "BYTES", "CONFIDENCE": "FP32", "PROBS": "FP32", "DESCRIPTION": "BYTES", "GATE": "FP32"}
+
+
+def _bytes_element(raw: bytes, name: str) -> bytes:
+    """The one element of a BYTES tensor in raw form: 4-byte little-endian length + data."""
+    if len(raw) < 4:
+        raise errors.invalid_argument(f"raw_input_contents[{name}]", "a BYTES element needs a 4-byte length prefix")
+    (length,) = struct.unpack("<I", raw[:4])
+    if length != len(raw) - 4:
+        raise errors.invalid_argument(f"raw_input_contents[{name}]", f"length prefix {length} but {len(raw) - 4} bytes follow")
+    return raw[4:]
+
+
+def _bytes_tensor(value: bytes) -> bytes:
+    return struct.pack("<I", len(value)) + value
+
+
+class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
+    """Each router task is one OIP model; inputs and outputs as in inference.proto."""
+
+    def __init__(self, service: RouterService) -> None:
+        self.service = service
+
+    def ServerLive(self, request, context):
+        return inference_pb2.ServerLiveResponse(live=True)
+
+    def ServerReady(self, request, context):
+        return inference_pb2.ServerReadyResponse(ready=self.service.pipeline is not None)
+
+    def ModelReady(self, request, context):
+        return inference_pb2.ModelReadyResponse(ready=request.name in self.service.tasks)
+
+    def ServerMetadata(self, request, context):
+        return inference_pb2.ServerMetadataResponse(name="modalmesh", version=__version__, extensions=[])
+
+    def ModelMetadata(self, request, context):
+        task = self._task(request.name)
+        meta = inference_pb2.ModelMetadataResponse.TensorMetadata
+        return inference_pb2.ModelMetadataResponse(
+            name=request.name,
+            versions=[task.version],
+            platform="modalmesh",
+            inputs=[meta(name=name, datatype="BYTES", shape=[1]) for name in OIP_INPUTS],
+            outputs=[
+                meta(name="LABEL", datatype="BYTES", shape=[1]),
+                meta(name="CONFIDENCE", datatype="FP32", shape=[1]),
+                meta(name="PROBS", datatype="FP32", shape=[len(task.spec.labels)]),
+                meta(name="DESCRIPTION", datatype="BYTES", shape=[1]),
+                meta(name="GATE", datatype="FP32", shape=[len(MODALITIES)]),
+            ],
+        )
+
+    def _task(self, name: str) -> TaskModel:
+        if name not in self.service.tasks:
+            raise errors.ServiceError(grpc.StatusCode.NOT_FOUND, f"model {name!r} not found; models: {', '.join(sorted(self.service.tasks))}")
+        return self.service.tasks[name]
+
+    def ModelInfer(self, request, context):
+        task = self._task(request.model_name)
+        analyze = router_pb2.AnalyzeRequest(request_id=request.id, task=request.model_name)
+        analyze.options.top_k = len(task.spec.labels)  # PROBS needs every label's probability
+        if request.raw_input_contents and len(request.raw_input_contents) != len(request.inputs):
+            raise errors.invalid_argument("raw_input_contents", f"{len(request.raw_input_contents)} entries for {len(request.inputs)} inputs")
+        for index, tensor in enumerate(request.inputs):
+            if tensor.name not in OIP_INPUTS:
+                raise errors.invalid_argument(f"inputs[{index}].name", f"{tensor.name!r} is not one of {', '.join(OIP_INPUTS)}")
+            if tensor.datatype != "BYTES" or int(np.prod(list(tensor.shape) or [1])) != 1:
+                raise errors.invalid_argument(f"inputs[{index}]", "must be BYTES with one element (shape [1])")
+            if request.raw_input_contents:
+                value = _bytes_element(request.raw_input_contents[index], tensor.name)
+            elif len(tensor.contents.bytes_contents) == 1:
+                value = tensor.contents.bytes_contents[0]
+            else:
+                raise errors.invalid_argument(f"inputs[{index}].contents", "needs exactly one bytes element")
+            media_type = tensor.parameters["media_type"].string_param if "media_type" in tensor.parameters else ""
+            if tensor.name == "TEXT":
+                try:
+                    analyze.text = value.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise errors.invalid_argument(f"inputs[{index}]", f"TEXT is not valid UTF-8 at byte {exc.start}") from None
+            else:
+                target = analyze.image if tensor.name == "IMAGE" else analyze.audio
+                target.data, target.media_type = value, media_type
+        mode = request.parameters["mode"].string_param if "mode" in request.parameters else ""
+        if mode:
+            analyze.options.mode = {"routed": router_pb2.ROUTING_MODE_ROUTED, "full": router_pb2.ROUTING_MODE_FULL}.get(mode, -1)
+            if analyze.options.mode == -1:
+                raise errors.invalid_argument("parameters.mode", f"{mode!r} is not routed or full")
+        if "deadline_ms" in request.parameters:
+            analyze.options.deadline_ms = request.parameters["deadline_ms"].int64_param
+        response = self.service.pipeline.analyze(analyze, _remaining(context))
+
+        weights = {report.modality: report.gate_weight for report in response.explanation.modalities}
+        probabilities = {score.label: score.probability for score in response.top_k}
+        full_probabilities = [probabilities[label] for label in task.spec.labels]
+        values = {
+            "LABEL": ([1], _bytes_tensor(response.label.encode())),
+            "CONFIDENCE": ([1], np.array([response.confidence], "<f4").tobytes()),
+            "PROBS": ([len(task.spec.labels)], np.array(full_probabilities, "<f4").tobytes()),
+            "DESCRIPTION": ([1], _bytes_tensor(response.description.encode())),
+            "GATE": ([len(MODALITIES)], np.array([weights.get(MODALITY_ENUM[m], 0.0) for m in MODALITIES], "<f4").tobytes()),
+        }
+        wanted = [o.name for o in request.outputs] or list(OIP_OUTPUTS)
+        reply = inference_pb2.ModelInferResponse(model_name=request.model_name, model_version=task.version, id=request.id)
+        for position, name in enumerate(wanted):
+            if name not in OIP_OUTPUTS:
+                raise errors.invalid_argument(f"outputs[{position}].name", f"{name!r} is not one of {', '.join(OIP_OUTPUTS)}")
+            shape, raw = values[name]
+            reply.outputs.add(name=name, datatype=OIP_OUTPUTS[name], shape=shape)
+            reply.raw_output_contents.append(raw)
+        return reply

@@ -1,0 +1,190 @@
+"""The built-in tasks: what each answers, and how its answer is put into words.
+
+A task is a label set, optional regression outputs, routing thresholds (tau: the
+confidence that lets the router answer early; gamma: the largest predicted weight an
+outstanding modality may have and still be skipped), and a writer that turns the
+heads' outputs plus the evidence (record text, OCR lines, transcript, DICOM tags) into a
+description and structured findings.
+
+Weights: `<weights_dir>/<task>/model.safetensors` with `config.json` beside it. When
+they are missing the task runs with untrained heads (seeded, so answers are stable)
+and says "untrained" in its model version.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from modalmesh.common import models
+from modalmesh.router.fusion import FusionConfig, FusionModel
+
+log = logging.getLogger(__name__)
+
+NOT_FOR_CLINICAL_USE = "Research prototype: not for clinical use."
+
+
+@dataclass
+class Evidence:
+    """What the encoders said besides features, for the writers."""
+
+    text: str = ""
+    screen_lines: list[str] = field(default_factory=list)
+    transcript: str = ""
+    image_tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Answer:
+    label: str
+    confidence: float
+    predictive_entropy: float
+    probabilities: dict[str, float]
+    regression: dict[str, float]
+
+
+@dataclass
+class TaskSpec:
+    name: str
+    description: str
+    labels: tuple[str, ...]
+    modalities: tuple[str, ...]  # accepted: at least one must be present
+    regression: tuple[str, ...] = ()
+    tau: float = 0.9
+    gamma: float = 0.1
+    write: Callable[[Answer, Evidence], tuple[str, dict[str, str], str]] | None = None  # description, findings, reply
+
+
+# ----------------------------------------------------------------------- screenshot triage
+
+TRIAGE_PRIORITY = {"payment": "high", "crash": "high", "login": "high", "refund": "normal", "shipping": "normal", "other": "low"}
+TRIAGE_NEXT_STEPS = {
+    "payment": "Check the payment processor log for the declined transaction; ask the customer to retry or use another card.",
+    "login": "Verify the account status and send a password-reset link; check for a lockout after failed attempts.",
+    "crash": "Collect the app version and device model, attach the crash report, and escalate to the mobile team.",
+    "shipping": "Look up the tracking number with the carrier and give the customer an updated delivery estimate.",
+    "refund": "Confirm the return was received and issue the refund to the original payment method.",
+    "other": "Ask the customer for more detail and route the ticket to general support.",
+}
+TRIAGE_REPLY = {
+    "payment": "I'm sorry your payment didn't go through. Please try again, or use a different card; we've checked that nothing was charged twice.",
+    "login": "Sorry you're having trouble signing in. We've sent you a link to reset your password.",
+    "crash": "Sorry the app is crashing. Our engineers are looking into it; updating to the latest version may help in the meantime.",
+    "shipping": "Sorry for the wait. We're checking with the carrier and will send you an updated delivery date shortly.",
+    "refund": "Thanks for your patience. We're processing your refund to your original payment method.",
+    "other": "Thanks for getting in touch. Could you tell us a little more so we can help?",
+}
+_ERROR_WORDS = re.compile(r"error|fail|declin|denied|invalid|unable|cannot|can't|crash|stopped|expired|timeout|timed out|not found|code \d+", re.I)
+
+
+def write_triage(answer: Answer, evidence: Evidence) -> tuple[str, dict[str, str], str]:
+    priority = TRIAGE_PRIORITY.get(answer.label, "normal")
+    if answer.confidence < 0.5 and priority == "low":
+        priority = "normal"  # unsure: let a person look sooner
+    error_lines = [line for line in evidence.screen_lines if _ERROR_WORDS.search(line)]
+    error_text = " | ".join(error_lines) if error_lines else ""
+    findings = {
+        "priority": priority,
+        "error_text": error_text,
+        "next_steps": TRIAGE_NEXT_STEPS.get(answer.label, TRIAGE_NEXT_STEPS["other"]),
+    }
+    seen = f' The screen shows "{error_text}".' if error_text else ""
+    said = f' The customer wrote: "{evidence.text.strip()[:200]}".' if evidence.text.strip() else ""
+    heard = f' Voice message (transcript, low confidence): "{evidence.transcript[:200]}".' if evidence.transcript else ""
+    description = (
+        f"Category: {answer.label} (confidence {answer.confidence:.2f}), priority {priority}.{seen}{said}{heard} "
+        f"Next steps: {findings['next_steps']}"
+    )
+    return description, findings, TRIAGE_REPLY.get(answer.label, TRIAGE_REPLY["other"])
+
+
+# ----------------------------------------------------------------------- medical report
+
+
+def write_report(answer: Answer, evidence: Evidence) -> tuple[str, dict[str, str], str]:
+    count = max(0, int(round(answer.regression.get("lesion_count", 0.0))))
+    diameter = max(0.0, answer.regression.get("largest_diameter_mm", 0.0))
+    side = "left" if answer.regression.get("side", 0.0) < 0 else "right"
+    if answer.label == "normal":
+        count, diameter = 0, 0.0
+    else:
+        count = max(count, 1)
+    findings = {
+        "lesion_count": str(count),
+        "largest_diameter_mm": f"{diameter:.1f}",
+        "side": side if count else "none",
+    }
+    spacing = evidence.image_tags.get("PixelSpacing", "")
+    modality = evidence.image_tags.get("Modality", "image")
+    if answer.label == "normal":
+        body = "No focal pulmonary lesion is identified. The lung fields are clear."
+        impression = "No evidence of a pulmonary nodule or mass."
+    else:
+        kind = "nodule" if answer.label == "nodule" else "mass"
+        plural = "s" if count > 1 else ""
+        body = f"{count} round soft-tissue lesion{plural} in the {side} lung; the largest measures {diameter:.1f} mm."
+        impression = f"Findings consistent with a pulmonary {kind} ({diameter:.1f} mm, {side})."
+    record = f" Clinical information: {evidence.text.strip()[:300]}" if evidence.text.strip() else ""
+    dictated = f" Dictated note (transcript, low confidence): {evidence.transcript[:300]}" if evidence.transcript else ""
+    description = (
+        f"Findings: {modality} study{f' (pixel spacing {spacing} mm)' if spacing else ''}. {body}{record}{dictated}\n"
+        f"Impression: {impression} Diagnosis {answer.label} with confidence {answer.confidence:.2f} "
+        f"(predictive uncertainty {answer.predictive_entropy:.2f}).\n{NOT_FOR_CLINICAL_USE}"
+    )
+    reply = f"{impression} Confidence {answer.confidence:.0%}. {NOT_FOR_CLINICAL_USE}"
+    return description, findings, reply
+
+
+TASKS: dict[str, TaskSpec] = {
+    "screenshot_triage": TaskSpec(
+        name="screenshot_triage",
+        description="Customer-service triage from an app screenshot, the customer's message and an optional voice message.",
+        labels=("payment", "login", "crash", "shipping", "refund", "other"),
+        modalities=("text", "image", "audio"),
+        tau=0.9,
+        gamma=0.15,
+        write=write_triage,
+    ),
+    "medical_report": TaskSpec(
+        name="medical_report",
+        description="Chest CT slice (DICOM or PNG) plus the patient record: report, diagnosis, confidence. Not for clinical use.",
+        labels=("normal", "nodule", "mass"),
+        modalities=("image", "text", "audio"),
+        regression=("lesion_count", "largest_diameter_mm", "side"),
+        tau=0.9,
+        gamma=0.1,
+        write=write_report,
+    ),
+}
+
+
+@dataclass
+class TaskModel:
+    spec: TaskSpec
+    model: FusionModel
+    version: str
+    trained: bool
+
+
+def load_task(spec: TaskSpec, weights_dir: str) -> TaskModel:
+    folder = Path(weights_dir) / spec.name if weights_dir else None
+    weights = folder / "model.safetensors" if folder else None
+    if weights is not None and weights.is_file():
+        from safetensors.torch import load_file
+
+        config = FusionConfig.from_dict(json.loads((folder / "config.json").read_text()))
+        if tuple(config.labels) != spec.labels:
+            raise ValueError(f"{weights}: labels {config.labels} do not match task {spec.name} {spec.labels}")
+        model = FusionModel(config)
+        model.load_state_dict(load_file(str(weights)))
+        return TaskModel(spec, model.eval(), f"{spec.name}@{models.file_digest(weights)}", trained=True)
+    torch.manual_seed(0)  # untrained but stable: the same request gets the same answer
+    model = FusionModel(FusionConfig(labels=spec.labels, regression=spec.regression)).eval()
+    log.warning("task %s: no trained weights%s; answering with untrained heads", spec.name, f" in {folder}" if folder else "")
+    return TaskModel(spec, model, f"{spec.name}@untrained", trained=False)
