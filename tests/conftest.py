@@ -89,3 +89,45 @@ def text_channel(text_service):
 
     with connect(text_service.address) as channel:
         yield channel
+
+
+class Mesh:
+    """A real mesh on 127.0.0.1: the three encoders on their bundled models and a router."""
+
+    def __init__(self, **router_overrides) -> None:
+        from modalmesh.audio.server import AudioService
+        from modalmesh.common.config import load_config
+        from modalmesh.common.runtime import start_server
+        from modalmesh.router.server import RouterService
+        from modalmesh.text.server import TextService
+        from modalmesh.vision.server import VisionService
+
+        self.encoders = {}
+        for name, service in (("text", TextService), ("vision", VisionService), ("audio", AudioService)):
+            config = load_config(name, environ={}, port=0, metrics_port=0, grace_seconds=1.0)
+            self.encoders[name] = start_server(config, service(config))
+        self.router = self.start_router(**router_overrides)
+
+    def start_router(self, **overrides):
+        from modalmesh.common.config import load_config
+        from modalmesh.common.runtime import start_server
+        from modalmesh.router.server import RouterService
+
+        targets = {
+            "text_target": self.encoders["text"].address,
+            "vision_target": self.encoders["vision"].address,
+            "audio_target": self.encoders["audio"].address,
+        }
+        config = load_config("router", environ={}, **{"port": 0, "metrics_port": 0, "grace_seconds": 1.0, **targets, **overrides})
+        return start_server(config, RouterService(config))
+
+    def stop(self) -> None:
+        for handle in (self.router, *self.encoders.values()):
+            handle.stop(grace=0.5)
+
+
+@pytest.fixture(scope="session")
+def mesh():
+    running = Mesh()
+    yield running
+    running.stop()

@@ -1,0 +1,236 @@
+"""The router over a real mesh on 127.0.0.1 (bundled encoders, untrained or shipped heads)."""
+
+import itertools
+import subprocess
+import sys
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+
+from modalmesh.common import errors, telemetry
+from modalmesh.common.client import connect
+from modalmesh.v1 import router_pb2, router_pb2_grpc
+from tests.media import ct_dicom, image_bytes, phantom_hu, render_screenshot, tone, wav_bytes
+
+SCREENSHOT = image_bytes(render_screenshot("Error 402: Payment declined"))
+VOICE = wav_bytes(tone(1.0, 16000), 16000)
+INPUTS = {
+    "text": {"text": "My card was declined at checkout."},
+    "image": {"image": router_pb2.MediaInput(data=SCREENSHOT)},
+    "audio": {"audio": router_pb2.MediaInput(data=VOICE)},
+}
+STATUS = router_pb2.ModalityStatus.Name
+
+
+@pytest.fixture(scope="module")
+def router(mesh):
+    with connect(mesh.router.address) as channel:
+        yield router_pb2_grpc.RouterStub(channel)
+
+
+def analyze(stub, task="screenshot_triage", timeout=60, **fields):
+    return stub.Analyze(router_pb2.AnalyzeRequest(task=task, **fields), timeout=timeout)
+
+
+def reports(response):
+    return {router_pb2.Modality.Name(r.modality).split("_")[1].lower(): r for r in response.explanation.modalities}
+
+
+def test_list_tasks(router):
+    tasks = {t.name: t for t in router.ListTasks(router_pb2.ListTasksRequest(), timeout=10).tasks}
+    assert list(tasks["screenshot_triage"].labels) == ["payment", "login", "crash", "shipping", "refund", "other"]
+    assert list(tasks["medical_report"].labels) == ["normal", "nodule", "mass"]
+    assert all(t.model_version for t in tasks.values())
+
+
+@pytest.mark.parametrize("subset", [s for n in (1, 2, 3) for s in itertools.combinations(("text", "image", "audio"), n)])
+def test_every_subset_of_modalities_gets_an_answer(router, subset):
+    fields = {k: v for modality in subset for k, v in INPUTS[modality].items()}
+    response = analyze(router, options=router_pb2.AnalyzeOptions(mode=router_pb2.ROUTING_MODE_FULL), **fields)
+    assert response.label in ("payment", "login", "crash", "shipping", "refund", "other")
+    assert 0 < response.confidence <= 1 and 0 <= response.uncertainty.predictive_entropy <= 1
+    by_modality = reports(response)
+    for modality in ("text", "image", "audio"):
+        expected = "MODALITY_STATUS_USED" if modality in subset else "MODALITY_STATUS_ABSENT"
+        assert STATUS(by_modality[modality].status) == expected
+        assert (by_modality[modality].gate_weight > 0) == (modality in subset)
+    assert sum(r.gate_weight for r in by_modality.values()) == pytest.approx(1.0, abs=1e-5)
+    assert response.top_k[0].label == response.label
+    assert {"validate", "encode", "fuse", "heads", "total"} <= set(response.explanation.timings_ms)
+
+
+def test_full_mode_reads_the_screen_and_reports_the_error_text(router):
+    response = analyze(router, options=router_pb2.AnalyzeOptions(mode=router_pb2.ROUTING_MODE_FULL, explain=True), **INPUTS["image"])
+    findings = {f.key: f.value for f in response.findings}
+    assert "Error 402: Payment declined" in findings["error_text"]
+    assert findings["priority"] in ("high", "normal", "low") and findings["next_steps"] and findings["reply"]
+    assert reports(response)["image"].reason == "with OCR text"
+    assert response.explanation.attention  # explain=True
+    for query in {a.query_modality for a in response.explanation.attention}:
+        assert sum(a.mass for a in response.explanation.attention if a.query_modality == query) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_routing_skips_the_expensive_side_outputs_when_they_cannot_matter(mesh):
+    # tau 0 and gamma 1: any answer is confident enough, nothing outstanding can matter.
+    eager = mesh.start_router(routing="screenshot_triage=0.0/1.0")
+    try:
+        with connect(eager.address) as channel:
+            stub = router_pb2_grpc.RouterStub(channel)
+            fields = {**INPUTS["text"], **INPUTS["image"]}
+            routed = analyze(stub, **fields)
+            full = analyze(stub, options=router_pb2.AnalyzeOptions(mode=router_pb2.ROUTING_MODE_FULL), **fields)
+            required = analyze(stub, options=router_pb2.AnalyzeOptions(require=[router_pb2.MODALITY_IMAGE]), **fields)
+    finally:
+        eager.stop(grace=0.5)
+    assert "OCR not requested" in reports(routed)["image"].reason or STATUS(reports(routed)["image"].status) == "MODALITY_STATUS_SKIPPED"
+    assert reports(full)["image"].reason == "with OCR text"
+    assert STATUS(reports(required)["image"].status) == "MODALITY_STATUS_USED"  # require forces the wait
+    assert routed.explanation.timings_ms["total"] < full.explanation.timings_ms["total"]
+
+
+def test_a_stopped_encoder_gives_a_degraded_answer_with_the_reason(mesh):
+    from modalmesh.common.config import load_config
+    from modalmesh.common.runtime import start_server
+    from modalmesh.vision.server import VisionService
+
+    config = load_config("vision", environ={}, port=0, metrics_port=0, ocr=False)
+    doomed = start_server(config, VisionService(config))
+    router = mesh.start_router(vision_target=doomed.address)
+    try:
+        doomed.stop(grace=0.1)
+        with connect(router.address) as channel:
+            started = time.monotonic()
+            response = analyze(router_pb2_grpc.RouterStub(channel), timeout=10, **INPUTS["text"], **INPUTS["image"])
+            assert time.monotonic() - started < 10
+    finally:
+        router.stop(grace=0.5)
+    image = reports(response)["image"]
+    assert STATUS(image.status) == "MODALITY_STATUS_FAILED" and image.error_code == "UNAVAILABLE" and image.reason
+    assert image.gate_weight == 0
+    assert STATUS(reports(response)["text"].status) == "MODALITY_STATUS_USED"
+    assert reports(response)["text"].gate_weight == pytest.approx(1.0)
+
+
+def test_an_exceeded_deadline_is_deadline_exceeded(router):
+    with pytest.raises(grpc.RpcError) as raised:
+        analyze(router, options=router_pb2.AnalyzeOptions(deadline_ms=2, mode=router_pb2.ROUTING_MODE_FULL), **INPUTS["image"])
+    assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_a_client_cancel_cancels_the_encoder_calls(mesh, router):
+    cancelled = telemetry.RPC_ERRORS.labels("vision", "EncodeOnce", "CANCELLED")
+    before = cancelled._value.get()
+    request = router_pb2.AnalyzeRequest(task="screenshot_triage", options=router_pb2.AnalyzeOptions(mode=router_pb2.ROUTING_MODE_FULL),
+                                        image=router_pb2.MediaInput(data=image_bytes(render_screenshot("Crash report", size=(1920, 1080)))))
+    call = router.Analyze.future(request, timeout=30)
+    time.sleep(0.3)  # the vision call (features + OCR, about a second) is now running
+    call.cancel()
+    deadline = time.monotonic() + 10
+    while cancelled._value.get() == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert cancelled._value.get() > before  # seen by the vision service itself
+
+
+def test_analyze_stream_sends_the_gate_before_the_final_answer(router):
+    def requests():
+        first = router_pb2.AnalyzeRequest(task="screenshot_triage", text="the app crashes when I open it",
+                                          audio=router_pb2.MediaInput(media_type="audio/wav"),
+                                          options=router_pb2.AnalyzeOptions(speech=True))
+        yield router_pb2.AnalyzeStreamRequest(request=first)
+        for start in range(0, len(VOICE), 8000):
+            yield router_pb2.AnalyzeStreamRequest(audio_chunk=VOICE[start : start + 8000])
+
+    events = [e.WhichOneof("content") for e in router.AnalyzeStream(requests(), timeout=60)]
+    assert events.index("gate") < events.index("diagnosis") < events.index("final")
+    assert events[-1] == "final" and "speech_chunk" in events
+
+
+def test_medical_report_from_a_ct_and_a_record(router):
+    response = analyze(
+        router, task="medical_report", text="64-year-old smoker with a persistent cough.",
+        image=router_pb2.MediaInput(data=ct_dicom(phantom_hu(128), pixel_spacing=(0.7, 0.7))),
+        options=router_pb2.AnalyzeOptions(speech=True),
+    )
+    findings = {f.key: f.value for f in response.findings}
+    assert response.label in ("normal", "nodule", "mass")
+    assert {"lesion_count", "largest_diameter_mm", "side"} <= set(findings)
+    assert "Findings:" in response.description and "Impression:" in response.description
+    assert "not for clinical use" in response.description.lower()
+    assert "0.7\\0.7" in response.description  # pixel spacing came through from the DICOM tags
+    assert response.speech_wav.startswith(b"RIFF")
+
+
+@pytest.mark.parametrize(
+    "fields, field, complaint",
+    [
+        ({"task": "horoscope", "text": "hi"}, "task", "unknown task 'horoscope'"),
+        ({"task": "screenshot_triage"}, "text", "the request has no inputs"),
+        ({"task": "screenshot_triage", "text": "x" * 70000}, "text", "over the limit"),
+        ({"task": "screenshot_triage", "image": router_pb2.MediaInput(data=b"not an image")}, "image.media_type", "match no supported format"),
+        ({"task": "screenshot_triage", "text": "hi", "options": router_pb2.AnalyzeOptions(require=[router_pb2.MODALITY_AUDIO])},
+         "options.require[0]", "not in the request"),
+    ],
+)
+def test_bad_requests_are_invalid_argument(router, fields, field, complaint):
+    with pytest.raises(grpc.RpcError) as raised:
+        router.Analyze(router_pb2.AnalyzeRequest(**fields), timeout=10)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert complaint in raised.value.details()
+    assert errors.field_violations(raised.value)[0][0] == field
+    assert analyze(router, **INPUTS["text"]).label  # still answering
+
+
+def test_an_oversized_image_is_refused(mesh):
+    small = mesh.start_router(max_input_bytes=1000)
+    try:
+        with connect(small.address) as channel:
+            with pytest.raises(grpc.RpcError) as raised:
+                analyze(router_pb2_grpc.RouterStub(channel), **INPUTS["image"])
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "over the limit of 1000" in raised.value.details()
+    finally:
+        small.stop(grace=0.5)
+
+
+TRITON_CLIENT = r"""
+import sys
+import numpy as np
+import tritonclient.grpc as triton
+
+client = triton.InferenceServerClient(sys.argv[1])
+assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("screenshot_triage")
+metadata = client.get_model_metadata("screenshot_triage")
+assert [i.name for i in metadata.inputs] == ["TEXT", "IMAGE", "AUDIO"]
+text = triton.InferInput("TEXT", [1], "BYTES")
+text.set_data_from_numpy(np.array([b"My card was declined"], dtype=np.object_))
+image = triton.InferInput("IMAGE", [1], "BYTES")
+image.set_data_from_numpy(np.array([open(sys.argv[2], "rb").read()], dtype=np.object_))
+result = client.infer("screenshot_triage", [text, image])
+label = result.as_numpy("LABEL")[0].decode()
+probs = result.as_numpy("PROBS")
+gate = result.as_numpy("GATE")
+assert label in ("payment", "login", "crash", "shipping", "refund", "other")
+assert probs.shape == (6,) and abs(float(probs.sum()) - 1) < 1e-4
+assert gate.shape == (3,) and abs(float(gate.sum()) - 1) < 1e-4 and gate[2] == 0
+assert abs(float(result.as_numpy("CONFIDENCE")[0]) - float(probs.max())) < 1e-5
+try:
+    client.get_model_repository_index()
+except triton.InferenceServerException as exc:
+    assert "UNIMPLEMENTED" in str(exc.status()), exc.status()
+else:
+    raise AssertionError("a Triton-only extension answered")
+print("ok", label)
+"""
+
+
+def test_tritonclient_can_call_the_router(mesh, tmp_path):
+    """The unmodified tritonclient, in its own process (its generated code and ours both
+    define package `inference`; one process cannot hold both)."""
+    screenshot = tmp_path / "screen.png"
+    screenshot.write_bytes(SCREENSHOT)
+    result = subprocess.run([sys.executable, "-c", TRITON_CLIENT, mesh.router.address, str(screenshot)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("ok ")
