@@ -6,6 +6,7 @@
     modalmesh encode image PATH [--ocr] [--json]
     modalmesh encode audio PATH [--transcript] [--json]
     modalmesh say "text" --out reply.wav
+    modalmesh analyze --task T [--text ...] [--image PATH] [--audio PATH] [--speech-out reply.wav] [--json]
     modalmesh certs --out DIR
     modalmesh demo
 """
@@ -184,6 +185,60 @@ def cmd_say(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_analyze(args: argparse.Namespace) -> int:
+    import grpc
+
+    from modalmesh.client import RouterClient
+    from modalmesh.common import errors
+
+    inputs = {}
+    for name in ("image", "audio"):
+        path = getattr(args, name)
+        if path:
+            try:
+                with open(path, "rb") as handle:
+                    inputs[name] = handle.read()
+            except OSError as exc:
+                print(f"modalmesh analyze: cannot read {path}: {exc.strerror}", file=sys.stderr)
+                return 2
+    text = args.text
+    if args.text_file:
+        with open(args.text_file, encoding="utf-8") as handle:
+            text = handle.read()
+    with RouterClient(args.target, ca=args.ca, cert=args.cert, key=args.key, token=args.token, server_name=args.server_name,
+                      timeout=args.timeout) as client:
+        try:
+            answer = client.analyze(
+                args.task, text=text, image=inputs.get("image", b""), audio=inputs.get("audio", b""),
+                image_parameters=dict(p.split("=", 1) for p in args.image_param),
+                speech=bool(args.speech_out), voice=args.voice, explain=args.explain, mode=args.mode, require=args.require,
+            )
+        except grpc.RpcError as exc:
+            detail = "; ".join(f"{f}: {d}" for f, d in errors.field_violations(exc))
+            print(f"modalmesh analyze: {exc.code().name}: {exc.details()}" + (f" [{detail}]" if detail else ""), file=sys.stderr)
+            return 1
+    speech = answer.pop("speech_wav")
+    if args.speech_out and speech:
+        with open(args.speech_out, "wb") as handle:
+            handle.write(speech)
+    if args.json:
+        print(json.dumps(answer, indent=2))
+        return 0
+    print(f"{answer['task']}: {answer['label']}  (confidence {answer['confidence']:.2f}, "
+          f"uncertainty {answer['uncertainty']['predictive_entropy']:.2f}, model {answer['model_version']})")
+    print("  top: " + ", ".join(f"{s['label']} {s['probability']:.2f}" for s in answer["top_k"]))
+    for name, report in answer["modalities"].items():
+        note = f" - {report['reason']}" if report["reason"] else ""
+        print(f"  {name:5s} {report['status']:9s} gate {report['gate_weight']:.2f}  {report['latency_ms']:7.1f} ms{note}")
+    for key, value in answer["findings"].items():
+        print(f"  {key}: {value}")
+    print("\n" + answer["description"])
+    if args.speech_out:
+        print(f"\nspoken reply: {args.speech_out}" if speech else "\nno spoken reply (see speech_error)")
+    print(f"\ntimings (ms): {answer['timings_ms']}")
+    return 0
+
+
 def cmd_certs(args: argparse.Namespace) -> int:
     from modalmesh.common.security import make_dev_certificates
 
@@ -195,9 +250,24 @@ def cmd_certs(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from modalmesh.demo import run_demo
 
-    return run_demo(port=args.port)
+    return run_demo(out_dir=Path(args.out), mode=args.mode)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from modalmesh.up import run_up
+
+    ports = {name: getattr(args, f"{name}_port") for name in ("router", "text", "vision", "audio")}
+    return run_up(ports, args.host, args.detach, args.timeout)
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from modalmesh.up import run_down
+
+    return run_down()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -231,14 +301,43 @@ def build_parser() -> argparse.ArgumentParser:
     _client_flags(say, "127.0.0.1:50053")
     say.set_defaults(func=cmd_say)
 
+    analyze = commands.add_parser("analyze", help="ask the router for an answer")
+    analyze.add_argument("--task", required=True, help="screenshot_triage or medical_report")
+    analyze.add_argument("--text", default="", help="the message or patient record")
+    analyze.add_argument("--text-file", default="", help="read the text from a file")
+    analyze.add_argument("--image", default="", help="screenshot or scan (PNG, JPEG, DICOM...)")
+    analyze.add_argument("--image-param", action="append", default=[], metavar="KEY=VALUE", help="e.g. window=lung")
+    analyze.add_argument("--audio", default="", help="voice message or dictated note (WAV, FLAC, OGG)")
+    analyze.add_argument("--speech-out", default="", help="write the spoken reply to this WAV file")
+    analyze.add_argument("--voice", default="")
+    analyze.add_argument("--mode", choices=("routed", "full"), default="routed")
+    analyze.add_argument("--require", action="append", default=[], choices=("text", "image", "audio"))
+    analyze.add_argument("--explain", action="store_true", help="include attention mass per modality pair")
+    analyze.add_argument("--json", action="store_true")
+    _client_flags(analyze, "127.0.0.1:50050")
+    analyze.add_argument("--router", dest="target", default=argparse.SUPPRESS, help="router address (same as --target)")
+    analyze.set_defaults(func=cmd_analyze)
+
     certs = commands.add_parser("certs", help="write a development CA and service certificates")
     certs.add_argument("--out", default="certs", help="folder to write PEM files into")
     certs.add_argument("--days", type=int, default=365)
     certs.set_defaults(func=cmd_certs)
 
     demo = commands.add_parser("demo", help="start the mesh on the bundled models and run example requests")
-    demo.add_argument("--port", type=int, default=0, help="text service port (0: any free port)")
+    demo.add_argument("--out", default="demo-output", help="folder for the spoken replies")
+    demo.add_argument("--mode", choices=("routed", "full"), default="routed")
     demo.set_defaults(func=cmd_demo)
+
+    up = commands.add_parser("up", help="run the four services as processes until Ctrl-C")
+    up.add_argument("--host", default="127.0.0.1")
+    for name, port in (("router", 50050), ("text", 50051), ("vision", 50052), ("audio", 50053)):
+        up.add_argument(f"--{name}-port", type=int, default=port)
+    up.add_argument("--detach", action="store_true", help="leave them running; stop with `modalmesh down`")
+    up.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for health")
+    up.set_defaults(func=cmd_up)
+
+    down = commands.add_parser("down", help="stop a mesh started with `up --detach`")
+    down.set_defaults(func=cmd_down)
     return parser
 
 

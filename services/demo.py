@@ -1,28 +1,19 @@
-"""`make demo` / `modalmesh demo`: the main job on the bundled default models.
+"""`make demo` / `modalmesh demo`: the main job on the bundled models, end to end.
 
-Today the mesh has its text encoder: the demo starts it as its own process, waits for
-its health check, encodes example sentences through it over gRPC, shows which pairs
-mean the same, and stops it with SIGTERM (a graceful drain).
+Starts the mesh as four processes (text, vision, audio, router), waits for their
+health checks, sends a screenshot-triage request (screenshot + message + voice message)
+and a medical-report request (CT DICOM + patient record) from examples/, prints the
+answers, writes the spoken replies as WAV files, and stops the mesh.
 """
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
-import subprocess
 import sys
 import time
+from pathlib import Path
 
-import numpy as np
-
-EXAMPLES = [
-    "My card payment failed at checkout.",
-    "The checkout page declined my credit card.",
-    "I can't log in, it says my password is wrong.",
-    "The app crashes as soon as I open it.",
-    "Where is my parcel? Tracking hasn't moved for a week.",
-]
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 def free_port() -> int:
@@ -31,40 +22,57 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def run_demo(port: int = 0) -> int:
-    from modalmesh.common.client import EncoderClient, connect, wait_for_serving
+def _print_answer(title: str, answer: dict) -> None:
+    print(f"\n=== {title} ===")
+    print(f"{answer['label']}  confidence {answer['confidence']:.2f}  uncertainty {answer['uncertainty']['predictive_entropy']:.2f}"
+          f"  (model {answer['model_version']})")
+    print("top: " + ", ".join(f"{s['label']} {s['probability']:.2f}" for s in answer["top_k"]))
+    for name, report in answer["modalities"].items():
+        note = f"  {report['reason']}" if report["reason"] else ""
+        print(f"  {name:5s} {report['status']:8s} gate {report['gate_weight']:.2f} {report['latency_ms']:7.0f} ms{note}")
+    for key, value in answer["findings"].items():
+        print(f"  {key}: {value}")
+    print(answer["description"])
+    print(f"timings (ms): {answer['timings_ms']}")
 
-    port = port or free_port()
-    command = [sys.executable, "-m", "modalmesh.cli", "serve", "text", "--port", str(port), "--metrics-port", "0"]
-    print(f"starting the text encoder: {' '.join(command[2:])}", flush=True)
+
+def run_demo(examples: Path = EXAMPLES, out_dir: Path = Path("demo-output"), mode: str = "routed") -> int:
+    from modalmesh.client import RouterClient
+    from modalmesh.up import ORDER, Mesh
+
+    mesh = Mesh(ports={name: free_port() for name in ORDER}, quiet_logs=True)
+    print("starting the mesh: " + ", ".join(f"{n} on {mesh.address(n)}" for n in ORDER), flush=True)
     started = time.perf_counter()
-    process = subprocess.Popen(command, env={**os.environ, "MODALMESH_LOG_LEVEL": "WARNING"})
+    mesh.start()
     try:
-        with connect(f"127.0.0.1:{port}") as channel:
-            wait_for_serving(channel, timeout=120)
-            print(f"text encoder SERVING on 127.0.0.1:{port} after {time.perf_counter() - started:.1f} s\n")
-            client = EncoderClient(channel)
-            info = client.info()
-            print(f"model {info.model_version}: {info.feature_width}-d features, max {info.limits.max_tokens} tokens\n")
-            vectors = []
-            for sentence in EXAMPLES:
-                result = client.encode_text(sentence)
-                vectors.append(result.pooled.astype(np.float32))
-                print(f"  {sentence!r}\n    tokens {result.sequence.dtype}{list(result.sequence.shape)}, "
-                      f"pooled {result.pooled.dtype}{list(result.pooled.shape)}, "
-                      f"model {result.pooled_message.timings_ms['model']:.1f} ms")
-            similarity = np.stack(vectors) @ np.stack(vectors).T
-            print("\ncosine similarity (rows and columns in the order above):")
-            for i, row in enumerate(similarity):
-                print(f"  [{i}] " + "  ".join(f"{v:5.2f}" for v in row))
-            best = max(((i, j) for i in range(len(EXAMPLES)) for j in range(i + 1, len(EXAMPLES))), key=lambda p: similarity[p])
-            print(f"\nclosest pair: [{best[0]}] and [{best[1]}] ({similarity[best]:.2f})")
+        mesh.wait_healthy(timeout=300)
+        print(f"mesh healthy after {time.perf_counter() - started:.1f} s", flush=True)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with RouterClient(mesh.address("router"), timeout=120) as client:
+            triage = client.analyze(
+                "screenshot_triage",
+                text=(examples / "message.txt").read_text(),
+                image=(examples / "screenshot.png").read_bytes(),
+                audio=(examples / "voice.wav").read_bytes(),
+                speech=True, explain=True, mode=mode,
+            )
+            _print_answer("screenshot triage: screenshot.png + message.txt + voice.wav", triage)
+            report = client.analyze(
+                "medical_report",
+                text=(examples / "record.txt").read_text(),
+                image=(examples / "ct.dcm").read_bytes(),
+                image_parameters={"window": "lung"},
+                speech=True, mode=mode,
+            )
+            _print_answer("medical report: ct.dcm + record.txt", report)
+        for name, answer in (("triage_reply.wav", triage), ("report_reply.wav", report)):
+            if answer["speech_wav"]:
+                (out_dir / name).write_bytes(answer["speech_wav"])
+                print(f"spoken reply written to {out_dir / name}")
         return 0
+    except RuntimeError as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return 1
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            code = process.wait(timeout=30)
-            print(f"text encoder stopped (exit {code})")
-        except subprocess.TimeoutExpired:
-            process.kill()
-            print("text encoder did not stop in 30 s; killed", file=sys.stderr)
+        codes = mesh.stop()
+        print("mesh stopped: " + ", ".join(f"{n} exit {c}" for n, c in codes.items()))

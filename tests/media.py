@@ -5,71 +5,25 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
-
-
-def font(size: int):
-    try:
-        return ImageFont.truetype("DejaVuSans.ttf", size)
-    except OSError:  # no system font: Pillow's bundled scalable default
-        return ImageFont.load_default(size=size)
+from PIL import Image
 
 
 def render_screenshot(error_text: str, size=(1024, 640), dark: bool = False) -> Image.Image:
-    """An app window with a title bar, a distractor menu and an error dialog."""
-    background, foreground = ((30, 30, 36), (230, 230, 230)) if dark else ((246, 246, 248), (20, 20, 20))
-    image = Image.new("RGB", size, background)
-    draw = ImageDraw.Draw(image)
-    width, height = size
-    draw.rectangle([0, 0, width, 48], fill=(52, 103, 214))
-    draw.text((20, 10), "ShopFast", fill=(255, 255, 255), font=font(24))
-    draw.text((40, 80), "Home    Orders    Account", fill=foreground, font=font(20))
-    box = [width // 2 - 330, height // 2 - 80, width // 2 + 330, height // 2 + 80]
-    draw.rectangle(box, fill=(255, 236, 236), outline=(200, 40, 40), width=3)
-    draw.text((box[0] + 30, box[1] + 40), error_text, fill=(170, 20, 20), font=font(26))
-    draw.text((box[0] + 30, box[1] + 100), "OK", fill=(20, 20, 20), font=font(22))
-    return image
+    from modalmesh.data.screens import render_screenshot as render
+
+    return render(error_text, size=size, dark=dark)
 
 
 def image_bytes(image: Image.Image, fmt: str = "PNG", **save) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **save)
-    return buffer.getvalue()
+    from modalmesh.data.screens import png_bytes
+
+    return png_bytes(image, fmt, **save)
 
 
-def ct_dicom(hounsfield: np.ndarray, pixel_spacing=(0.7, 0.7), slope: float = 1.0, intercept: float = -1024.0, frames=None) -> bytes:
-    """A CT image written as real DICOM through pydicom (stored = (HU - intercept) / slope)."""
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+def ct_dicom(hounsfield, pixel_spacing=(0.7, 0.7), slope: float = 1.0, intercept: float = -1024.0, frames=None) -> bytes:
+    from modalmesh.data.ct import write_ct_dicom
 
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    dataset = FileDataset("ct.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
-    dataset.SOPClassUID = CTImageStorage
-    dataset.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    dataset.Modality = "CT"
-    dataset.BodyPartExamined = "CHEST"
-    dataset.StudyDate = "20261122"
-    stack = hounsfield if frames is None else np.stack(frames)
-    stored = np.round((stack - intercept) / slope).astype(np.int16)
-    dataset.Rows, dataset.Columns = stored.shape[-2:]
-    if stored.ndim == 3:
-        dataset.NumberOfFrames = stored.shape[0]
-    dataset.SamplesPerPixel = 1
-    dataset.PhotometricInterpretation = "MONOCHROME2"
-    dataset.BitsAllocated = 16
-    dataset.BitsStored = 16
-    dataset.HighBit = 15
-    dataset.PixelRepresentation = 1
-    dataset.RescaleSlope = slope
-    dataset.RescaleIntercept = intercept
-    dataset.PixelSpacing = [pixel_spacing[0], pixel_spacing[1]]
-    dataset.PixelData = stored.tobytes()
-    buffer = io.BytesIO()
-    dataset.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
+    return write_ct_dicom(hounsfield, pixel_spacing, slope, intercept, frames)
 
 
 def phantom_hu(size: int = 128) -> np.ndarray:

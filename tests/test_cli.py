@@ -73,13 +73,65 @@ def test_serve_with_a_missing_model_directory_fails_with_the_reason(tmp_path):
     assert "not a local directory and downloads are off" in result.stderr
 
 
-def test_demo_encodes_examples_through_a_running_text_service():
-    result = subprocess.run([sys.executable, "-m", "modalmesh.cli", "demo"], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    assert "SERVING on 127.0.0.1:" in result.stdout
-    # The two payment sentences are paraphrases; the bundled MiniLM must find them.
-    assert "closest pair: [0] and [1]" in result.stdout
-    assert "text encoder stopped (exit 0)" in result.stdout
+def test_demo_runs_both_tasks_through_four_processes(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "modalmesh.cli", "demo", "--out", str(tmp_path)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert "mesh healthy after" in out
+    assert "=== screenshot triage" in out and "error_text: Error 402: Payment declined" in out
+    assert "=== medical report" in out and "not for clinical use" in out
+    assert (tmp_path / "triage_reply.wav").read_bytes().startswith(b"RIFF")
+    assert (tmp_path / "report_reply.wav").read_bytes().startswith(b"RIFF")
+    assert "mesh stopped: router exit 0, audio exit 0, vision exit 0, text exit 0" in out
+
+
+def _up_command(ports):
+    command = [sys.executable, "-m", "modalmesh.cli", "up"]
+    for name, port in ports.items():
+        command += [f"--{name}-port", str(port)]
+    return command
+
+
+def test_up_starts_the_mesh_and_stops_it_on_sigterm():
+    from modalmesh.client import RouterClient
+
+    ports = {name: free_port() for name in ("router", "text", "vision", "audio")}
+    process = subprocess.Popen(_up_command(ports), stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            line = process.stderr.readline()
+            lines.append(line)
+            if "mesh is up" in line or process.poll() is not None:
+                break
+        assert "mesh is up" in lines[-1], "".join(lines[-20:])
+        with RouterClient(f"127.0.0.1:{ports['router']}") as client:
+            assert client.analyze("screenshot_triage", text="my parcel never arrived")["label"]
+        process.send_signal(signal.SIGTERM)
+        rest = process.communicate(timeout=60)[1]
+        assert process.returncode == 0, rest[-2000:]
+        assert "stopped: router exit 0, audio exit 0, vision exit 0, text exit 0" in rest
+        assert any(line.startswith("  text |") or " text |" in line for line in lines + rest.splitlines())  # prefixed logs
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def test_up_names_the_service_that_failed_to_start():
+    import socket
+
+    ports = {name: free_port() for name in ("router", "text", "vision", "audio")}
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", ports["vision"]))
+    blocker.listen()
+    try:
+        result = subprocess.run(_up_command(ports), capture_output=True, text=True, timeout=300)
+    finally:
+        blocker.close()
+    assert result.returncode == 1
+    assert "vision exited with code 1" in result.stderr
 
 
 def test_encode_image_with_ocr_and_audio_with_transcript_and_say(tmp_path, capsys):

@@ -232,7 +232,7 @@ class Pipeline:
             on_run(run)  # lets the caller cancel everything if the client goes away
         full = request.options.mode == router_pb2.ROUTING_MODE_FULL
         required = {ENUM_MODALITY[m] for m in request.options.require}
-        self.fan_out(run, request, media, with_side_outputs=full)
+        self.fan_out(run, request, media, with_side_outputs=full, side_modalities=task.spec.side_outputs)
         decision = self.gather(run, task, request, media, full, required)
         timings["encode"] = _ms(started) - timings["validate"]
         if on_event is not None:
@@ -300,10 +300,11 @@ class Pipeline:
         return min(budgets)
 
     # ------------------------------------------------------------------ fan out
-    def fan_out(self, run: Run, request, media, with_side_outputs: bool) -> None:
+    def fan_out(self, run: Run, request, media, with_side_outputs: bool, side_modalities) -> None:
         for modality, (data, media_type, parameters) in media.items():
             run.states[modality].status = router_pb2.MODALITY_STATUS_UNSPECIFIED  # pending
-            run.start(modality, self._base_work(run, modality, data, media_type, parameters, with_side_outputs))
+            with_side = with_side_outputs and modality in side_modalities
+            run.start(modality, self._base_work(run, modality, data, media_type, parameters, with_side))
 
     def _base_work(self, run: Run, modality: str, data: bytes, media_type: str, parameters: dict, with_side: bool):
         option = {"image": "ocr", "audio": "transcript"}.get(modality)
@@ -344,7 +345,7 @@ class Pipeline:
 
     # ------------------------------------------------------------------ routing loop
     def gather(self, run: Run, task: TaskModel, request, media, full: bool, required: set[str]) -> Decision | None:
-        side_candidates = [m for m in ("image", "audio") if m in media and not full]
+        side_candidates = [m for m in task.spec.side_outputs if m in media and not full]
         side_requested = full
         decision = None
         while True:

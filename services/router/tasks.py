@@ -58,6 +58,7 @@ class TaskSpec:
     regression: tuple[str, ...] = ()
     tau: float = 0.9
     gamma: float = 0.1
+    side_outputs: tuple[str, ...] = ("image", "audio")  # modalities whose expensive extras (OCR, transcript) can help
     write: Callable[[Answer, Evidence], tuple[str, dict[str, str], str]] | None = None  # description, findings, reply
 
 
@@ -159,6 +160,7 @@ TASKS: dict[str, TaskSpec] = {
         regression=("lesion_count", "largest_diameter_mm", "side"),
         tau=0.9,
         gamma=0.1,
+        side_outputs=("audio",),  # a scan carries no screen text: never OCR it
         write=write_report,
     ),
 }

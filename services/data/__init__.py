@@ -1,0 +1,1 @@
+"""Synthetic data for the built-in tasks: CT phantoms, app screenshots, messages."""

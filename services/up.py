@@ -1,0 +1,210 @@
+"""`modalmesh up`: the four services as separate processes on one machine.
+
+Starts text, vision, audio and the router (`modalmesh serve ...` each), streams their
+logs with a service prefix, waits on their health checks with a progress line, and
+stops all of them cleanly on Ctrl-C or SIGTERM. If a service exits or does not become
+healthy in time, the others are stopped and the exit code is non-zero with that
+service named. `--detach` leaves them running (pids in a state file) for
+`modalmesh down`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from modalmesh.common.config import DEFAULT_PORTS
+
+ORDER = ("text", "vision", "audio", "router")  # the router last: it dials the others
+STATE_FILE = Path(os.environ.get("MODALMESH_STATE_DIR", Path.home() / ".modalmesh")) / "up.json"
+
+
+@dataclass
+class Member:
+    name: str
+    port: int
+    process: subprocess.Popen | None = None
+    ready_after: float | None = None
+    log_threads: list[threading.Thread] = field(default_factory=list)
+
+
+class Mesh:
+    def __init__(self, host: str = "127.0.0.1", ports: dict[str, int] | None = None, extra_env: dict[str, str] | None = None,
+                 log_stream=sys.stderr, quiet_logs: bool = False) -> None:
+        self.host = host
+        ports = {**DEFAULT_PORTS, **(ports or {})}
+        self.members = {name: Member(name, ports[name]) for name in ORDER}
+        self.extra_env = extra_env or {}
+        self.log_stream = log_stream
+        self.quiet_logs = quiet_logs
+        self._print_lock = threading.Lock()
+
+    def address(self, name: str) -> str:
+        return f"{self.host}:{self.members[name].port}"
+
+    def command(self, name: str) -> list[str]:
+        command = [sys.executable, "-m", "modalmesh.cli", "serve", name, "--host", self.host, "--port", str(self.members[name].port)]
+        if name == "router":
+            command += ["--text-target", self.address("text"), "--vision-target", self.address("vision"), "--audio-target", self.address("audio")]
+        return command
+
+    def start(self, detach: bool = False) -> None:
+        for name in ORDER:
+            member = self.members[name]
+            env = {**os.environ, **self.extra_env, "PYTHONUNBUFFERED": "1"}
+            output = subprocess.DEVNULL if detach else subprocess.PIPE
+            member.process = subprocess.Popen(
+                self.command(name), env=env, stdout=output, stderr=subprocess.STDOUT if not detach else subprocess.DEVNULL,
+                text=True, start_new_session=detach,
+            )
+            if not detach:
+                thread = threading.Thread(target=self._pump, args=(member,), daemon=True)
+                thread.start()
+                member.log_threads.append(thread)
+
+    def _pump(self, member: Member) -> None:
+        for line in member.process.stdout:
+            if not self.quiet_logs:
+                with self._print_lock:
+                    print(f"{member.name:>6} | {line.rstrip()}", file=self.log_stream, flush=True)
+
+    def wait_healthy(self, timeout: float = 300.0, progress=sys.stderr) -> None:
+        """Block until every service reports SERVING; raise RuntimeError naming the first
+        that exited or timed out."""
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        from modalmesh.common.client import connect
+
+        started = time.monotonic()
+        channels = {name: connect(self.address(name)) for name in ORDER}
+        last_states = ""
+        try:
+            while True:
+                for name, member in self.members.items():
+                    if member.process.poll() is not None:
+                        raise RuntimeError(f"{name} exited with code {member.process.returncode} before becoming healthy")
+                    if member.ready_after is not None:
+                        continue
+                    try:
+                        reply = health_pb2_grpc.HealthStub(channels[name]).Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                        if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                            member.ready_after = time.monotonic() - started
+                    except Exception:  # not listening yet
+                        pass
+                states = "  ".join(
+                    f"{n} {'ok %.1fs' % m.ready_after if m.ready_after is not None else 'starting'}" for n, m in self.members.items()
+                )
+                if progress is not None:
+                    if progress.isatty():  # one line, redrawn
+                        print(f"\r[{time.monotonic() - started:5.1f}s] {states}   ", end="", file=progress, flush=True)
+                    elif states != last_states:  # a log: one line per change
+                        print(f"[{time.monotonic() - started:5.1f}s] {states}", file=progress, flush=True)
+                    last_states = states
+                if all(m.ready_after is not None for m in self.members.values()):
+                    if progress is not None and progress.isatty():
+                        print(file=progress)
+                    return
+                if time.monotonic() - started > timeout:
+                    late = [n for n, m in self.members.items() if m.ready_after is None]
+                    raise RuntimeError(f"{', '.join(late)} not healthy after {timeout:.0f} s")
+                time.sleep(0.25)
+        finally:
+            for channel in channels.values():
+                channel.close()
+
+    def stop(self, grace: float = 15.0) -> dict[str, int]:
+        """SIGTERM in reverse order (router first), then wait; SIGKILL what is left."""
+        for name in reversed(ORDER):
+            process = self.members[name].process
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        codes = {}
+        deadline = time.monotonic() + grace
+        for name in reversed(ORDER):
+            process = self.members[name].process
+            if process is None:
+                continue
+            try:
+                codes[name] = process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                codes[name] = process.wait()
+        return codes
+
+    def save_state(self) -> None:
+        STATE_FILE.parent.mkdir(parents=True, exist_ok=True)
+        state = {name: {"pid": m.process.pid, "address": self.address(name)} for name, m in self.members.items()}
+        STATE_FILE.write_text(json.dumps(state, indent=2))
+
+
+def run_up(ports: dict[str, int], host: str, detach: bool, timeout: float) -> int:
+    mesh = Mesh(host=host, ports=ports)
+    print("starting " + ", ".join(f"{n} on {mesh.address(n)}" for n in ORDER), file=sys.stderr)
+    mesh.start(detach=detach)
+    try:
+        mesh.wait_healthy(timeout=timeout)
+    except RuntimeError as exc:
+        print(f"\nmodalmesh up: {exc}; stopping the others", file=sys.stderr)
+        mesh.stop()
+        return 1
+    print("mesh is up: " + ", ".join(f"{n}={mesh.address(n)}" for n in ORDER), file=sys.stderr)
+    if detach:
+        mesh.save_state()
+        print(f"detached; `modalmesh down` stops it (state in {STATE_FILE})", file=sys.stderr)
+        return 0
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    while not stop.wait(0.5):
+        for name, member in mesh.members.items():
+            if member.process.poll() is not None:
+                print(f"modalmesh up: {name} exited with code {member.process.returncode}; stopping the others", file=sys.stderr)
+                mesh.stop()
+                return 1
+    print("stopping the mesh", file=sys.stderr)
+    codes = mesh.stop()
+    print("stopped: " + ", ".join(f"{n} exit {c}" for n, c in codes.items()), file=sys.stderr)
+    return 0 if all(c == 0 for c in codes.values()) else 1
+
+
+def run_down(grace: float = 15.0) -> int:
+    if not STATE_FILE.is_file():
+        print(f"modalmesh down: no detached mesh ({STATE_FILE} not found)", file=sys.stderr)
+        return 1
+    state = json.loads(STATE_FILE.read_text())
+    for name in reversed(ORDER):
+        pid = state.get(name, {}).get("pid")
+        if pid:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + grace
+    for name in reversed(ORDER):
+        pid = state.get(name, {}).get("pid")
+        while pid and time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.1)
+        if pid and _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+        print(f"stopped {name} (pid {pid})", file=sys.stderr)
+    STATE_FILE.unlink()
+    return 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie child of ours counts as gone
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == 0
+    except ChildProcessError:
+        return True
