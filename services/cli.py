@@ -45,8 +45,14 @@ def _service(name: str, config):
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
     from modalmesh.common.runtime import serve_forever
 
+    args.service = args.service or os.environ.get("MODALMESH_SERVICE", "")
+    if args.service not in SERVICES:
+        print(f"modalmesh serve: name a service ({', '.join(SERVICES)}) or set MODALMESH_SERVICE", file=sys.stderr)
+        return 2
     try:
         config = load_config(args.service, args)
     except ValueError as exc:
@@ -239,6 +245,26 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_health(args: argparse.Namespace) -> int:
+    """Exit 0 when the service reports SERVING (for container health checks)."""
+    import os
+
+    from modalmesh.common.client import connect, wait_for_serving
+    from modalmesh.common.config import load_config
+
+    service = args.service or os.environ.get("MODALMESH_SERVICE", "router")
+    config = load_config(service)
+    port = config.health_port or config.port  # the plaintext probe port when TLS is on
+    target = args.target or f"127.0.0.1:{port}"
+    try:
+        with connect(target) as channel:
+            wait_for_serving(channel, timeout=args.timeout)
+    except TimeoutError as exc:
+        print(f"modalmesh health: {service} at {target}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_certs(args: argparse.Namespace) -> int:
     from modalmesh.common.security import make_dev_certificates
 
@@ -275,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run one service until SIGTERM")
-    serve.add_argument("service", choices=SERVICES)
+    serve.add_argument("service", nargs="?", default="", help=f"one of {', '.join(SERVICES)} (default: $MODALMESH_SERVICE)")
     add_config_flags(serve)
     serve.set_defaults(func=cmd_serve)
 
@@ -317,6 +343,12 @@ def build_parser() -> argparse.ArgumentParser:
     _client_flags(analyze, "127.0.0.1:50050")
     analyze.add_argument("--router", dest="target", default=argparse.SUPPRESS, help="router address (same as --target)")
     analyze.set_defaults(func=cmd_analyze)
+
+    health = commands.add_parser("health", help="exit 0 if a service is SERVING (container health checks)")
+    health.add_argument("service", nargs="?", default="", help="default: $MODALMESH_SERVICE, else router")
+    health.add_argument("--target", default="", help="address (default 127.0.0.1 and the service's port)")
+    health.add_argument("--timeout", type=float, default=3.0)
+    health.set_defaults(func=cmd_health)
 
     certs = commands.add_parser("certs", help="write a development CA and service certificates")
     certs.add_argument("--out", default="certs", help="folder to write PEM files into")

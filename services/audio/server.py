@@ -19,7 +19,7 @@ from typing import Callable, Iterator, TypeVar
 import numpy as np
 import torch
 
-from modalmesh.common import codec, errors
+from modalmesh.common import codec, errors, telemetry
 from modalmesh.common.batching import DynamicBatcher
 from modalmesh.common.config import ServiceConfig
 from modalmesh.common.encoder import EncodeRequest, EncoderBackend, sequence_chunks
@@ -212,7 +212,8 @@ class AudioService(EncoderBackend):
             timings["first_features"] = first_features_ms
         if "transcript" in request.options:
             asr_started = time.perf_counter()
-            text, confidence = self.transcriber.transcribe(audio.numpy())
+            with telemetry.tracer().start_as_current_span("audio.transcript"):
+                text, confidence = self.transcriber.transcribe(audio.numpy())
             side.transcript.CopyFrom(encoder_pb2.Transcript(text=text, confidence=confidence, language=self.transcriber.language))
             timings["transcript"] = (time.perf_counter() - asr_started) * 1000.0
         yield encoder_pb2.FeatureChunk(side=side)

@@ -20,7 +20,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from modalmesh.common import errors
+from modalmesh.common import errors, telemetry
 from modalmesh.v1 import speech_pb2, speech_pb2_grpc
 
 AUDIO_OUTPUT_SYNCHRONOUS = 2
@@ -141,7 +141,8 @@ class SpeechServicer(speech_pb2_grpc.SpeechServicer):
             yield chunk(data[start : start + CHUNK_BYTES], last=start + CHUNK_BYTES >= len(data))
 
     def _render(self, sentence: str, voice: str, rate_wpm: int, out_rate: int) -> np.ndarray:
-        samples = self.engine.synthesize(sentence, voice, rate_wpm)
+        with telemetry.tracer().start_as_current_span("speech.synthesize", attributes={"characters": len(sentence)}):
+            samples = self.engine.synthesize(sentence, voice, rate_wpm)
         if out_rate != self.engine.sample_rate and samples.size:
             samples = self._resample(samples, self.engine.sample_rate, out_rate)
         return samples

@@ -39,6 +39,7 @@ class Batched(Generic[Result]):
     queue_ms: float  # from submit until its batch started
     batch_ms: float  # the whole batch's run_batch time
     batch_size: int
+    started: float = 0.0  # perf_counter when its batch started
 
 
 @dataclass
@@ -91,10 +92,16 @@ class DynamicBatcher(Generic[Item, Result]):
             self._queue_depth.set(len(self._pending))
             self._wakeup.notify()
         try:
-            return future.result(timeout=timeout)
+            result = future.result(timeout=timeout)
         except TimeoutError:
             future.cancel()
             raise errors.deadline_exceeded(f"{self.name}: deadline passed while waiting for the model") from None
+        # Spans under the caller's span: the wait for a batch, and the batch's model time.
+        enqueued = result.started - result.queue_ms / 1000.0
+        telemetry.record_span(f"{self.name}.batch_wait", enqueued, result.started)
+        telemetry.record_span(f"{self.name}.model", result.started, result.started + result.batch_ms / 1000.0,
+                              {"batch_size": result.batch_size})
+        return result
 
     def close(self) -> None:
         """Stop taking requests; those already queued still run."""
@@ -144,4 +151,4 @@ class DynamicBatcher(Generic[Item, Result]):
             self._batch_size.observe(len(batch))
             for pending, value in zip(batch, results):
                 queue_ms = (started - pending.enqueued) * 1000.0
-                pending.future.set_result(Batched(value, queue_ms, batch_ms, len(batch)))
+                pending.future.set_result(Batched(value, queue_ms, batch_ms, len(batch), started))

@@ -42,6 +42,8 @@ def connect(
     example "text" when dialling 127.0.0.1).
     """
     options = grpc_options(max_message_bytes)
+    # With a dns:/// target naming a headless Service, spread calls over every pod.
+    options.append(("grpc.lb_policy_name", "round_robin"))
     if server_name:
         options.append(("grpc.ssl_target_name_override", server_name))
     if ca or cert:

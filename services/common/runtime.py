@@ -232,6 +232,7 @@ class ServerHandle:
         self._stopped = threading.Event()
         self._stop_lock = threading.Lock()
         self.metrics_port = 0
+        self.probe_server: grpc.Server | None = None
 
     @property
     def address(self) -> str:
@@ -260,6 +261,8 @@ class ServerHandle:
             self._state.draining.set()
             self.set_serving(False)
             self.server.stop(grace).wait()
+            if self.probe_server is not None:
+                self.probe_server.stop(0)
             try:
                 self.service.finalize()
             finally:
@@ -294,6 +297,15 @@ def start_server(config: ServiceConfig, service: Service, *, initialize: bool = 
     handle = ServerHandle(config, service, server, port, health_servicer, names, state)
     handle.set_serving(False)
     server.start()
+    if config.health_port > 0:
+        # Kubelet's gRPC probes speak plaintext: with TLS on, health also answers here.
+        probe_server = grpc.server(futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"{service.name}-probe"))
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, probe_server)
+        if probe_server.add_insecure_port(f"{config.host}:{config.health_port}") == 0:
+            server.stop(0)
+            raise OSError(f"{service.name}: cannot listen on health port {config.health_port}")
+        probe_server.start()
+        handle.probe_server = probe_server
     if config.metrics_port > 0:
         handle.metrics_port = telemetry.start_metrics_server(config.host, config.metrics_port)
     log.info("%s: listening on %s (%s), loading model", service.name, handle.address, "TLS" if config.tls_enabled else "plaintext")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+import time
 from typing import Any, Iterator, Mapping
 
 import grpc
@@ -135,6 +136,25 @@ BATCH_SIZE = Histogram(
     "modalmesh_batch_size", "Requests per model forward pass.", ("service",), buckets=(1, 2, 4, 8, 16, 32, 64, 128)
 )
 QUEUE_DEPTH = Gauge("modalmesh_queue_depth", "Requests waiting for a batch.", ("service",))
+MODALITY_OUTCOMES = Counter(
+    "modalmesh_modality_total", "Router answers by what became of each modality.", ("task", "modality", "status")
+)
+GATE_WEIGHT = Histogram(
+    "modalmesh_gate_weight", "Gate weight per modality in router answers (watch for drift).", ("task", "modality"),
+    buckets=(0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0),
+)
+OUTPUT_ENTROPY = Histogram(
+    "modalmesh_output_entropy", "Normalised predictive entropy of router answers (watch for drift).", ("task",),
+    buckets=(0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
+)
+
+
+def record_span(name: str, start_s: float, end_s: float, attributes: Mapping[str, Any] | None = None) -> None:
+    """A child span of the current one for an interval measured elsewhere (perf_counter
+    seconds), e.g. time spent waiting in a batch queue on another thread."""
+    offset_ns = time.time_ns() - int(time.perf_counter() * 1e9)
+    span = tracer().start_span(name, start_time=int(start_s * 1e9) + offset_ns, attributes=dict(attributes or {}))
+    span.end(end_time=int(end_s * 1e9) + offset_ns)
 
 
 def start_metrics_server(host: str, port: int) -> int:

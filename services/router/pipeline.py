@@ -27,8 +27,9 @@ from typing import Callable
 import grpc
 import numpy as np
 import torch
+from opentelemetry import context as otel_context
 
-from modalmesh.common import errors
+from modalmesh.common import errors, telemetry
 from modalmesh.common.client import collect, encode_requests
 from modalmesh.router.fusion import MODALITIES, SOURCE_MODALITY, SOURCES, attention_mass, modality_gate_weights, normalised_entropy
 from modalmesh.router.tasks import Answer, Evidence, TaskModel
@@ -112,7 +113,7 @@ class Run:
     # -- starting work ---------------------------------------------------------------
     def start(self, source: str, work: Callable[[Call], dict[str, torch.Tensor]]) -> None:
         call = Call(source, time.perf_counter(), futures.Future())
-        call.future = self.pool.submit(work, call)
+        call.future = self.pool.submit(_in_context(otel_context.get_current(), work), call)
         self.calls[source] = call
 
     def encode(self, call: Call, modality: str, data: bytes, media_type: str, options=(), pooled_only=False, parameters=None):
@@ -131,7 +132,7 @@ class Run:
                                  text.encode(), "text/plain", pooled_only=True)
             return result.pooled.astype(np.float32)
 
-        vectors = list(self.pool.map(one, texts)) if len(texts) > 1 else [one(texts[0])]
+        vectors = list(self.pool.map(_in_context(otel_context.get_current(), one), texts)) if len(texts) > 1 else [one(texts[0])]
         return torch.from_numpy(np.stack(vectors))
 
     # -- waiting ---------------------------------------------------------------------
@@ -196,6 +197,18 @@ class Run:
             call.cancel()
 
 
+def _in_context(context, function):
+    """`function` run under the trace context it was created in (pool threads have none)."""
+    def run(*args):
+        token = otel_context.attach(context)
+        try:
+            return function(*args)
+        finally:
+            otel_context.detach(token)
+
+    return run
+
+
 def _modality_index(source: str) -> int:
     return SOURCE_MODALITY[source]
 
@@ -232,26 +245,31 @@ class Pipeline:
             on_run(run)  # lets the caller cancel everything if the client goes away
         full = request.options.mode == router_pb2.ROUTING_MODE_FULL
         required = {ENUM_MODALITY[m] for m in request.options.require}
-        self.fan_out(run, request, media, with_side_outputs=full, side_modalities=task.spec.side_outputs)
-        decision = self.gather(run, task, request, media, full, required)
+        with telemetry.tracer().start_as_current_span("router.encode"):
+            self.fan_out(run, request, media, with_side_outputs=full, side_modalities=task.spec.side_outputs)
+            decision = self.gather(run, task, request, media, full, required)
         timings["encode"] = _ms(started) - timings["validate"]
         if on_event is not None:
             on_event(router_pb2.AnalyzeEvent(gate=router_pb2.GateDecision(modalities=self.modality_reports(run, decision))))
 
         fuse_started = time.perf_counter()
-        decision = self.decide(task, run, outstanding=())  # final fusion on everything gathered
+        with telemetry.tracer().start_as_current_span("router.fuse"):
+            decision = self.decide(task, run, outstanding=())  # final fusion on everything gathered
         timings["fuse"] = _ms(fuse_started)
 
         heads_started = time.perf_counter()
-        response = self.respond(request, task, run, decision)
+        with telemetry.tracer().start_as_current_span("router.heads"):
+            response = self.respond(request, task, run, decision)
         timings["heads"] = _ms(heads_started)
+        self.record_metrics(task, response)
         if on_event is not None:
             on_event(router_pb2.AnalyzeEvent(diagnosis=response))
             on_event(router_pb2.AnalyzeEvent(description=response.description))
 
         if request.options.speech:
             speech_started = time.perf_counter()
-            response.speech_wav = self.speak(response, request, deadline, on_event)
+            with telemetry.tracer().start_as_current_span("router.speech"):
+                response.speech_wav = self.speak(response, request, deadline, on_event)
             timings["speech"] = _ms(speech_started)
         timings["total"] = _ms(started)
         response.explanation.timings_ms.update(timings)
@@ -443,6 +461,17 @@ class Pipeline:
                             query_modality=MODALITY_ENUM[query], key_modality=MODALITY_ENUM[key], mass=float(mass[a, b])
                         )
         return response
+
+    @staticmethod
+    def record_metrics(task: TaskModel, response: router_pb2.AnalyzeResponse) -> None:
+        name = task.spec.name
+        telemetry.OUTPUT_ENTROPY.labels(name).observe(response.uncertainty.predictive_entropy)
+        for report in response.explanation.modalities:
+            modality = ENUM_MODALITY[report.modality]
+            status = router_pb2.ModalityStatus.Name(report.status).removeprefix("MODALITY_STATUS_").lower()
+            telemetry.MODALITY_OUTCOMES.labels(name, modality, status).inc()
+            if report.status == router_pb2.MODALITY_STATUS_USED:
+                telemetry.GATE_WEIGHT.labels(name, modality).observe(report.gate_weight)
 
     def modality_reports(self, run: Run, decision: Decision | None) -> list[router_pb2.ModalityReport]:
         reports = []

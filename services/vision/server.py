@@ -12,7 +12,7 @@ from typing import Iterator
 
 import numpy as np
 
-from modalmesh.common import codec, errors
+from modalmesh.common import codec, errors, telemetry
 from modalmesh.common.batching import DynamicBatcher
 from modalmesh.common.config import ServiceConfig
 from modalmesh.common.encoder import EncodeRequest, EncoderBackend, sequence_chunks
@@ -77,7 +77,8 @@ class VisionService(EncoderBackend):
     def encode(self, request: EncodeRequest) -> Iterator[encoder_pb2.FeatureChunk]:
         if "ocr" in request.options and self.reader is None:
             raise errors.invalid_argument("header.options", "OCR is turned off on this service (--ocr)")
-        image = decode_image(request.payload, request.media_type, request.parameters, self.max_pixels)
+        with telemetry.tracer().start_as_current_span("vision.decode"):
+            image = decode_image(request.payload, request.media_type, request.parameters, self.max_pixels)
         result = self.batcher.submit(image.rgb, timeout=request.time_remaining())
         features = result.value
         if not request.pooled_only:
@@ -86,7 +87,9 @@ class VisionService(EncoderBackend):
         side = encoder_pb2.SideOutputs(tags={**image.tags, "grid": f"{features.grid[0]}x{features.grid[1]}"})
         if "ocr" in request.options:
             started = time.perf_counter()
-            for line in self.reader.read(image.rgb):
+            with telemetry.tracer().start_as_current_span("vision.ocr"):
+                lines = self.reader.read(image.rgb)
+            for line in lines:
                 side.text_spans.add(text=line.text, confidence=line.confidence, box=list(line.box))
             timings["ocr"] = (time.perf_counter() - started) * 1000.0
         yield encoder_pb2.FeatureChunk(side=side)
