@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from modalmesh.common.config import add_config_flags, load_config
 
@@ -265,6 +266,33 @@ def cmd_health(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_generate(args: argparse.Namespace) -> int:
+    from modalmesh.data.generate import generate
+
+    manifests = generate(args.task, args.out, args.n, args.seed)
+    for split, path in manifests.items():
+        print(f"{split:5s} {path} ({sum(1 for _ in open(path))} items)")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from modalmesh.router.train import train
+
+    summary = train(args.task, args.data, args.out, epochs=args.epochs, seed=args.seed, cache_dir=args.cache)
+    print(json.dumps(summary, indent=2))
+    print(f"wrote {args.out}/model.safetensors, config.json, MODEL_CARD.md")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from modalmesh.router.evaluate import evaluate
+
+    results = evaluate(args.task, args.data, args.report, weights=args.weights, cache_dir=args.cache)
+    print((Path(args.report) / "report.md").read_text())
+    print(f"wrote {args.report}/report.json, report.md, reliability.png, confusion.png, gate_by_label.png")
+    return 0 if results else 1
+
+
 def cmd_certs(args: argparse.Namespace) -> int:
     from modalmesh.common.security import make_dev_certificates
 
@@ -343,6 +371,32 @@ def build_parser() -> argparse.ArgumentParser:
     _client_flags(analyze, "127.0.0.1:50050")
     analyze.add_argument("--router", dest="target", default=argparse.SUPPRESS, help="router address (same as --target)")
     analyze.set_defaults(func=cmd_analyze)
+
+    data = commands.add_parser("data", help="datasets for the built-in tasks")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    generate = data_commands.add_parser("generate", help="write a synthetic dataset (train/val/test manifests + files)")
+    generate.add_argument("--task", required=True, choices=("screenshot_triage", "medical_report"))
+    generate.add_argument("--out", required=True)
+    generate.add_argument("--n", type=int, default=240, help="training items (val and test get n/4 each, at least 12)")
+    generate.add_argument("--seed", type=int, default=0)
+    generate.set_defaults(func=cmd_data_generate)
+
+    train = commands.add_parser("train", help="train a task's fusion model on a manifest (encoders frozen, features cached)")
+    train.add_argument("--task", required=True, choices=("screenshot_triage", "medical_report"))
+    train.add_argument("--data", required=True, help="train.jsonl (val.jsonl beside it is used for calibration)")
+    train.add_argument("--out", required=True, help="folder for model.safetensors, config.json, MODEL_CARD.md")
+    train.add_argument("--epochs", type=int, default=60)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--cache", default="", help="feature cache folder (default: .features beside the manifest)")
+    train.set_defaults(func=cmd_train)
+
+    evaluation = commands.add_parser("eval", help="evaluate a task's model on a manifest; writes JSON, Markdown and plots")
+    evaluation.add_argument("--task", required=True, choices=("screenshot_triage", "medical_report"))
+    evaluation.add_argument("--data", required=True, help="test.jsonl")
+    evaluation.add_argument("--report", required=True, help="folder for the report")
+    evaluation.add_argument("--weights", default="", help="task folder from `modalmesh train` (default: the shipped weights)")
+    evaluation.add_argument("--cache", default="")
+    evaluation.set_defaults(func=cmd_eval)
 
     health = commands.add_parser("health", help="exit 0 if a service is SERVING (container health checks)")
     health.add_argument("service", nargs="?", default="", help="default: $MODALMESH_SERVICE, else router")

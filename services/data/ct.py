@@ -91,14 +91,15 @@ def make_phantom(seed: int, size: int = 256, lesion_count: int | None = None, di
 
 
 def write_ct_dicom(hounsfield: np.ndarray | None, pixel_spacing=(0.7, 0.7), slope: float = 1.0, intercept: float = -1024.0,
-                   frames=None, body_part: str = "CHEST") -> bytes:
-    """A CT image as real DICOM through pydicom (stored = (HU - intercept) / slope)."""
+                   frames=None, body_part: str = "CHEST", uid_seed: str | None = None) -> bytes:
+    """A CT image as real DICOM through pydicom (stored = (HU - intercept) / slope).
+    With `uid_seed` the instance UID, and so the file, is the same on every run."""
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[uid_seed]) if uid_seed else generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     dataset = FileDataset("ct.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
     dataset.SOPClassUID = CTImageStorage

@@ -175,7 +175,11 @@ class TaskModel:
 
 
 def load_task(spec: TaskSpec, weights_dir: str) -> TaskModel:
-    folder = Path(weights_dir) / spec.name if weights_dir else None
+    """From `<weights_dir>/<task>/`, or untrained when there is nothing there."""
+    return load_task_folder(spec, Path(weights_dir) / spec.name if weights_dir else None)
+
+
+def load_task_folder(spec: TaskSpec, folder: Path | None) -> TaskModel:
     weights = folder / "model.safetensors" if folder else None
     if weights is not None and weights.is_file():
         from safetensors.torch import load_file

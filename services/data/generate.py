@@ -1,0 +1,116 @@
+"""`modalmesh data generate`: deterministic synthetic datasets in the manifest format.
+
+    modalmesh data generate --task screenshot_triage --out data/triage --n 300 --seed 1
+
+writes train.jsonl (n cases), val.jsonl and test.jsonl (n/4 each, at least 12), and their
+files under files/. Splits use disjoint random streams and disjoint wording pools.
+
+Manifest format (one JSON object per line; your own data uses the same):
+    {"id": "train-00001", "task": "screenshot_triage", "split": "train",
+     "text": "...", "image": "files/train-00001.png", "audio": "files/train-00001.wav",
+     "label": "payment", "image_parameters": {"window": "lung"}, "extra": {...}}
+`image` and `audio` are paths relative to the manifest (or absent); for
+medical_report, `extra` holds lesion_count, largest_diameter_mm, side and
+pixel_spacing_mm (the regression targets).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from modalmesh.common.progress import progress
+
+SPLITS = ("train", "val", "test")
+
+
+def split_sizes(n: int) -> dict[str, int]:
+    return {"train": n, "val": max(12, n // 4), "test": max(12, n // 4)}
+
+
+def generate(task: str, out: str | Path, n: int, seed: int) -> dict[str, Path]:
+    out = Path(out)
+    (out / "files").mkdir(parents=True, exist_ok=True)
+    writer = {"screenshot_triage": _triage_item, "medical_report": _medical_item}.get(task)
+    if writer is None:
+        raise ValueError(f"unknown task {task!r}; one of screenshot_triage, medical_report")
+    manifests = {}
+    for index, (split, count) in enumerate(split_sizes(n).items()):
+        rng = np.random.default_rng([seed, index, 7919])  # one stream per split: disjoint
+        path = out / f"{split}.jsonl"
+        with path.open("w") as manifest:
+            for i in progress(range(count), count, f"{task} {split:5s}"):
+                item_id = f"{split}-{i:05d}"
+                record = {"id": item_id, "task": task, "split": split, **writer(rng, split, out, item_id)}
+                manifest.write(json.dumps(record) + "\n")
+        manifests[split] = path
+    return manifests
+
+
+def _triage_item(rng, split: str, out: Path, item_id: str) -> dict:
+    from modalmesh.audio.speech import espeak, wav_bytes
+    from modalmesh.data.screens import png_bytes, render_app_screen
+    from modalmesh.data.triage import make_case
+
+    case = make_case(rng, split)
+    record = {"text": case["text"], "label": case["label"],
+              "extra": {k: case[k] for k in ("message_kind", "screen", "voice", "mobile", "dark", "layout")}}
+    if case["screen"] is not None:
+        image = render_app_screen(case["screen"], rng, case["mobile"], case["dark"], case["layout"])
+        (out / "files" / f"{item_id}.png").write_bytes(png_bytes(image))
+        record["image"] = f"files/{item_id}.png"
+    if case["voice"] is not None:
+        engine = espeak()
+        samples = engine.synthesize(case["voice"], "en-us", int(rng.integers(130, 180)))
+        (out / "files" / f"{item_id}.wav").write_bytes(wav_bytes(samples, engine.sample_rate))
+        record["audio"] = f"files/{item_id}.wav"
+    return record
+
+
+SYMPTOMS = ("persistent cough", "shortness of breath", "chest pain", "weight loss", "haemoptysis", "fatigue", "no symptoms")
+
+
+def _medical_item(rng, split: str, out: Path, item_id: str) -> dict:
+    from modalmesh.data.ct import make_phantom, write_ct_dicom
+
+    count = int(rng.choice([0, 1, 2, 3], p=[0.34, 0.33, 0.2, 0.13]))
+    diameter = float(rng.uniform(4, 30)) if rng.random() < 0.5 else float(rng.uniform(31, 60))
+    phantom = make_phantom(int(rng.integers(1 << 31)), size=256, lesion_count=count)
+    if count:  # resize the largest lesion so nodule and mass are balanced
+        phantom = make_phantom(int(rng.integers(1 << 31)), size=256, lesion_count=count, diameter_mm=diameter)
+    spacing = (phantom.pixel_spacing_mm, phantom.pixel_spacing_mm)
+    uid_seed = f"modalmesh-{split}-{item_id}-{phantom.hounsfield[128, 128]:.3f}"
+    (out / "files" / f"{item_id}.dcm").write_bytes(write_ct_dicom(phantom.hounsfield, spacing, uid_seed=uid_seed))
+    # The record correlates only weakly with the label (smoking and symptoms a bit more likely with lesions).
+    age = int(rng.integers(35, 85))
+    smoker = rng.random() < (0.6 if count else 0.35)
+    symptom = str(rng.choice(SYMPTOMS[:5] if (count and rng.random() < 0.6) else SYMPTOMS))
+    record_text = (f"{age}-year-old {'man' if rng.random() < 0.5 else 'woman'}, "
+                   f"{'smoker, ' + str(int(rng.integers(5, 50))) + ' pack-years' if smoker else 'never smoker'}, {symptom}.")
+    return {
+        "text": record_text if rng.random() > 0.1 else "",
+        "image": f"files/{item_id}.dcm",
+        "image_parameters": {"window": "lung"},
+        "label": phantom.label,
+        "extra": {"lesion_count": len(phantom.lesions), "largest_diameter_mm": round(phantom.largest_mm, 2),
+                  "side": phantom.side, "pixel_spacing_mm": round(phantom.pixel_spacing_mm, 4)},
+    }
+
+
+def read_manifest(path: str | Path) -> list[dict]:
+    path = Path(path)
+    records = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        record = json.loads(line)
+        for key in ("id", "task", "label"):
+            if key not in record:
+                raise ValueError(f"{path}:{number}: missing {key!r}")
+        for key in ("image", "audio"):
+            if record.get(key):
+                record[key] = str((path.parent / record[key]).resolve())
+        records.append(record)
+    return records

@@ -1,0 +1,155 @@
+"""The encoders in this process, for training, evaluation and benchmarks.
+
+The same backends the services run (their own `encode` code, without gRPC), turned into
+the router's per-source features. Training caches them on disk, keyed by the inputs'
+bytes, so a second run (or `modalmesh eval` after `modalmesh train`) costs nothing.
+Each item also records what every source cost to compute, which evaluation uses to
+compare the latency of routed and full answers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from modalmesh.common.client import collect
+from modalmesh.common.config import load_config
+from modalmesh.common.encoder import EncodeRequest
+
+FEATURE_VERSION = "1"
+
+
+@dataclass
+class ItemFeatures:
+    features: dict[str, torch.Tensor]
+    costs_ms: dict[str, float]  # per source: time to compute it on its own
+    evidence: dict = field(default_factory=dict)  # screen lines, transcript, image tags
+
+
+class LocalEncoders:
+    def __init__(self, ocr: bool = True, transcript: bool = True) -> None:
+        from modalmesh.audio.server import AudioService
+        from modalmesh.text.server import TextService
+        from modalmesh.vision.server import VisionService
+
+        self.text = TextService(load_config("text", environ={}))
+        self.vision = VisionService(load_config("vision", environ={}, ocr=ocr))
+        self.audio = AudioService(load_config("audio", environ={}, transcript=transcript))
+        for service in (self.text, self.vision, self.audio):
+            service.initialize()
+
+    def close(self) -> None:
+        for service in (self.text, self.vision, self.audio):
+            service.finalize()
+
+    @staticmethod
+    def _encode(service, data: bytes, media_type: str, options=(), parameters=None, pooled_only=False):
+        request = EncodeRequest("local", media_type, frozenset(options), "FP32", pooled_only, dict(parameters or {}), data)
+        return collect(iter(list(service.encode(request))))
+
+    def _text_tokens(self, text: str) -> torch.Tensor:
+        return torch.from_numpy(np.array(self._encode(self.text, text.encode(), "text/plain").sequence, dtype=np.float32))
+
+    def _text_vectors(self, lines: list[str]) -> torch.Tensor:
+        return torch.from_numpy(np.stack([self._encode(self.text, l.encode(), "text/plain", pooled_only=True).pooled for l in lines]))
+
+    def extract(self, text: str = "", image: bytes = b"", image_type: str = "", audio: bytes = b"", audio_type: str = "",
+                image_parameters: dict | None = None, side: tuple[str, ...] = ("image", "audio")) -> ItemFeatures:
+        features, costs, evidence = {}, {}, {}
+        if text.strip():
+            started = time.perf_counter()
+            features["text"] = self._text_tokens(text)
+            costs["text"] = (time.perf_counter() - started) * 1000
+        if image:
+            options = ["ocr"] if "image" in side else []
+            started = time.perf_counter()
+            result = self._encode(self.vision, image, image_type, options, image_parameters)
+            elapsed = (time.perf_counter() - started) * 1000
+            ocr_ms = result.pooled_message.timings_ms.get("ocr", 0.0)
+            features["image"] = torch.from_numpy(np.array(result.sequence, dtype=np.float32))
+            costs["image"] = elapsed - ocr_ms
+            evidence["image_tags"] = dict(result.side.tags)
+            lines = [s.text for s in result.side.text_spans if s.text.strip()][:32]
+            evidence["screen_lines"] = lines
+            if "image" in side:
+                started = time.perf_counter()
+                if lines:
+                    features["image_text"] = self._text_vectors(lines)
+                costs["image_text"] = ocr_ms + (time.perf_counter() - started) * 1000
+        if audio:
+            options = ["transcript"] if "audio" in side else []
+            started = time.perf_counter()
+            result = self._encode(self.audio, audio, audio_type, options)
+            elapsed = (time.perf_counter() - started) * 1000
+            asr_ms = result.pooled_message.timings_ms.get("transcript", 0.0)
+            features["audio"] = torch.from_numpy(np.array(result.sequence, dtype=np.float32))
+            costs["audio"] = elapsed - asr_ms
+            if "audio" in side:
+                transcript = result.side.transcript.text
+                evidence["transcript"] = transcript
+                started = time.perf_counter()
+                if transcript.strip():
+                    features["audio_text"] = self._text_tokens(transcript)
+                costs["audio_text"] = asr_ms + (time.perf_counter() - started) * 1000
+        return ItemFeatures(features, costs, evidence)
+
+
+def media_type_of(path: str) -> str:
+    from modalmesh.vision.decode import sniff_media_type
+
+    suffix = Path(path).suffix.lower()
+    audio = {".wav": "audio/wav", ".flac": "audio/flac", ".ogg": "audio/ogg"}
+    if suffix in audio:
+        return audio[suffix]
+    with open(path, "rb") as handle:
+        return sniff_media_type(handle.read(200)) or "application/octet-stream"
+
+
+class FeatureCache:
+    """Features per manifest record, on disk as safetensors + a JSON sidecar."""
+
+    def __init__(self, folder: str | Path, encoders_factory, side: tuple[str, ...]) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._factory = encoders_factory
+        self._encoders: LocalEncoders | None = None
+        self.side = side
+
+    def key(self, record: dict) -> str:
+        digest = hashlib.sha256(FEATURE_VERSION.encode())
+        digest.update(json.dumps([record.get("text", ""), record.get("image_parameters", {}), self.side], sort_keys=True).encode())
+        for name in ("image", "audio"):
+            if record.get(name):
+                digest.update(Path(record[name]).read_bytes())
+        return digest.hexdigest()[:24]
+
+    def get(self, record: dict) -> ItemFeatures:
+        from safetensors.torch import load_file, save_file
+
+        key = self.key(record)
+        tensors, sidecar = self.folder / f"{key}.safetensors", self.folder / f"{key}.json"
+        if tensors.is_file() and sidecar.is_file():
+            meta = json.loads(sidecar.read_text())
+            return ItemFeatures(load_file(str(tensors)), meta["costs_ms"], meta["evidence"])
+        if self._encoders is None:
+            self._encoders = self._factory()
+        image, audio = record.get("image"), record.get("audio")
+        item = self._encoders.extract(
+            text=record.get("text", ""),
+            image=Path(image).read_bytes() if image else b"", image_type=media_type_of(image) if image else "",
+            audio=Path(audio).read_bytes() if audio else b"", audio_type=media_type_of(audio) if audio else "",
+            image_parameters=record.get("image_parameters"), side=self.side,
+        )
+        save_file({k: v.contiguous() for k, v in item.features.items()}, str(tensors))
+        sidecar.write_text(json.dumps({"costs_ms": item.costs_ms, "evidence": item.evidence}))
+        return item
+
+    def close(self) -> None:
+        if self._encoders is not None:
+            self._encoders.close()
