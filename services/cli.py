@@ -195,7 +195,7 @@ def cmd_say(args: argparse.Namespace) -> int:
 def cmd_analyze(args: argparse.Namespace) -> int:
     import grpc
 
-    from modalmesh.client import RouterClient
+    from modalmesh.client import RouterClient, format_answer
     from modalmesh.common import errors
 
     inputs = {}
@@ -231,18 +231,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(answer, indent=2))
         return 0
-    print(f"{answer['task']}: {answer['label']}  (confidence {answer['confidence']:.2f}, "
-          f"uncertainty {answer['uncertainty']['predictive_entropy']:.2f}, model {answer['model_version']})")
-    print("  top: " + ", ".join(f"{s['label']} {s['probability']:.2f}" for s in answer["top_k"]))
-    for name, report in answer["modalities"].items():
-        note = f" - {report['reason']}" if report["reason"] else ""
-        print(f"  {name:5s} {report['status']:9s} gate {report['gate_weight']:.2f}  {report['latency_ms']:7.1f} ms{note}")
-    for key, value in answer["findings"].items():
-        print(f"  {key}: {value}")
-    print("\n" + answer["description"])
+    print(format_answer(answer))
     if args.speech_out:
-        print(f"\nspoken reply: {args.speech_out}" if speech else "\nno spoken reply (see speech_error)")
-    print(f"\ntimings (ms): {answer['timings_ms']}")
+        print(f"spoken reply: {args.speech_out}" if speech else "no spoken reply (see speech_error)")
     return 0
 
 
@@ -411,7 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="start the mesh on the bundled models and run example requests")
     demo.add_argument("--out", default="demo-output", help="folder for the spoken replies")
-    demo.add_argument("--mode", choices=("routed", "full"), default="routed")
+    demo.add_argument("--mode", choices=("routed", "full"), default="full",
+                      help="triage request mode (full always reads the screen's error text)")
     demo.set_defaults(func=cmd_demo)
 
     up = commands.add_parser("up", help="run the four services as processes until Ctrl-C")

@@ -99,6 +99,21 @@ def to_dict(response: router_pb2.AnalyzeResponse) -> dict[str, Any]:
     }
 
 
+def format_answer(answer: dict[str, Any]) -> str:
+    """A readable rendering of `to_dict`'s answer (what `modalmesh analyze` prints)."""
+    lines = [
+        f"{answer['task']}: {answer['label']}  (confidence {answer['confidence']:.2f}, "
+        f"uncertainty {answer['uncertainty']['predictive_entropy']:.2f}, model {answer['model_version']})",
+        "  top: " + ", ".join(f"{s['label']} {s['probability']:.2f}" for s in answer["top_k"]),
+    ]
+    for name, report in answer["modalities"].items():
+        note = f" - {report['reason']}" if report["reason"] else ""
+        lines.append(f"  {name:5s} {report['status']:9s} gate {report['gate_weight']:.2f}  {report['latency_ms']:7.1f} ms{note}")
+    lines += [f"  {key}: {value}" for key, value in answer["findings"].items()]
+    lines += ["", answer["description"], "", f"timings (ms): {answer['timings_ms']}"]
+    return "\n".join(lines)
+
+
 def _credentials(ca: str, cert: str, key: str):
     return security.channel_credentials(ca, cert, key) if (ca or cert) else None
 

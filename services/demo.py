@@ -23,20 +23,15 @@ def free_port() -> int:
 
 
 def _print_answer(title: str, answer: dict) -> None:
+    from modalmesh.client import format_answer
+
     print(f"\n=== {title} ===")
-    print(f"{answer['label']}  confidence {answer['confidence']:.2f}  uncertainty {answer['uncertainty']['predictive_entropy']:.2f}"
-          f"  (model {answer['model_version']})")
-    print("top: " + ", ".join(f"{s['label']} {s['probability']:.2f}" for s in answer["top_k"]))
-    for name, report in answer["modalities"].items():
-        note = f"  {report['reason']}" if report["reason"] else ""
-        print(f"  {name:5s} {report['status']:8s} gate {report['gate_weight']:.2f} {report['latency_ms']:7.0f} ms{note}")
-    for key, value in answer["findings"].items():
-        print(f"  {key}: {value}")
-    print(answer["description"])
-    print(f"timings (ms): {answer['timings_ms']}")
+    print(format_answer(answer))
 
 
-def run_demo(examples: Path = EXAMPLES, out_dir: Path = Path("demo-output"), mode: str = "routed") -> int:
+def run_demo(examples: Path = EXAMPLES, out_dir: Path = Path("demo-output"), mode: str = "full") -> int:
+    """`mode` applies to the triage request: FULL (default) always reads the screen, so
+    the error text is shown; ROUTED may skip OCR when the label is already certain."""
     from modalmesh.client import RouterClient
     from modalmesh.up import ORDER, Mesh
 
@@ -62,7 +57,7 @@ def run_demo(examples: Path = EXAMPLES, out_dir: Path = Path("demo-output"), mod
                 text=(examples / "record.txt").read_text(),
                 image=(examples / "ct.dcm").read_bytes(),
                 image_parameters={"window": "lung"},
-                speech=True, mode=mode,
+                speech=True,
             )
             _print_answer("medical report: ct.dcm + record.txt", report)
         for name, answer in (("triage_reply.wav", triage), ("report_reply.wav", report)):

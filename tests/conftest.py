@@ -51,6 +51,16 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
     return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 
 
+def start_service(name: str, **overrides):
+    """A real service (its bundled model unless `model` says otherwise) on a free port."""
+    from modalmesh.cli import _service
+    from modalmesh.common.config import load_config
+    from modalmesh.common.runtime import start_server
+
+    config = load_config(name, environ={}, **{"port": 0, "metrics_port": 0, "grace_seconds": 1.0, **overrides})
+    return start_server(config, _service(name, config))
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -95,31 +105,16 @@ class Mesh:
     """A real mesh on 127.0.0.1: the three encoders on their bundled models and a router."""
 
     def __init__(self, **router_overrides) -> None:
-        from modalmesh.audio.server import AudioService
-        from modalmesh.common.config import load_config
-        from modalmesh.common.runtime import start_server
-        from modalmesh.router.server import RouterService
-        from modalmesh.text.server import TextService
-        from modalmesh.vision.server import VisionService
-
-        self.encoders = {}
-        for name, service in (("text", TextService), ("vision", VisionService), ("audio", AudioService)):
-            config = load_config(name, environ={}, port=0, metrics_port=0, grace_seconds=1.0)
-            self.encoders[name] = start_server(config, service(config))
+        self.encoders = {name: start_service(name) for name in ("text", "vision", "audio")}
         self.router = self.start_router(**router_overrides)
 
     def start_router(self, **overrides):
-        from modalmesh.common.config import load_config
-        from modalmesh.common.runtime import start_server
-        from modalmesh.router.server import RouterService
-
         targets = {
             "text_target": self.encoders["text"].address,
             "vision_target": self.encoders["vision"].address,
             "audio_target": self.encoders["audio"].address,
         }
-        config = load_config("router", environ={}, **{"port": 0, "metrics_port": 0, "grace_seconds": 1.0, **targets, **overrides})
-        return start_server(config, RouterService(config))
+        return start_service("router", **{**targets, **overrides})
 
     def stop(self) -> None:
         for handle in (self.router, *self.encoders.values()):

@@ -1,9 +1,7 @@
 """The audio service and speech synthesis over gRPC, with real audio files."""
 
-import io
 import struct
 import threading
-import time
 
 import grpc
 import numpy as np
@@ -13,16 +11,13 @@ import torch
 from modalmesh.audio.speech import read_wav
 from modalmesh.common import errors
 from modalmesh.common.client import EncoderClient, collect, connect, encode_requests
-from modalmesh.common.config import load_config
-from modalmesh.common.runtime import start_server
-from modalmesh.audio.server import AudioService
 from modalmesh.v1 import encoder_pb2_grpc, speech_pb2, speech_pb2_grpc
+from tests.conftest import start_service
 from tests.media import tone, wav_bytes
 
 
 def start_audio(**overrides):
-    config = load_config("audio", environ={}, **{"port": 0, "metrics_port": 0, **overrides})
-    return start_server(config, AudioService(config))
+    return start_service("audio", **overrides)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 
 from modalmesh.cli import main
 from modalmesh.common.client import EncoderClient, connect, wait_for_serving

@@ -1,7 +1,6 @@
 """One trace across four processes: the mesh exports spans over OTLP to a receiver
 running inside this test, and one request's spans share one trace id."""
 
-import os
 import threading
 import time
 from concurrent import futures

@@ -3,11 +3,9 @@
 import itertools
 import subprocess
 import sys
-import threading
 import time
 
 import grpc
-import numpy as np
 import pytest
 
 from modalmesh.common import errors, telemetry

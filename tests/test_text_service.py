@@ -11,7 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from modalmesh.common import errors
-from modalmesh.common.client import EncoderClient, connect, encode_requests
+from modalmesh.common.client import EncoderClient, connect
 from modalmesh.text.model import TextEncoder
 from modalmesh.text.server import TextService
 from modalmesh.v1 import encoder_pb2, encoder_pb2_grpc

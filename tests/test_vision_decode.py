@@ -1,6 +1,5 @@
 """Image decoding: formats, colour modes, EXIF, DICOM Hounsfield units and windows, guard rails."""
 
-import io
 import struct
 import zlib
 

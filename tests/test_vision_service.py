@@ -10,15 +10,12 @@ from PIL import Image
 
 from modalmesh.common import errors
 from modalmesh.common.client import EncoderClient, connect
-from modalmesh.common.config import load_config
-from modalmesh.common.runtime import start_server
-from modalmesh.vision.server import VisionService
+from tests.conftest import start_service
 from tests.media import ct_dicom, image_bytes, phantom_hu, render_screenshot
 
 
 def start_vision(**overrides):
-    config = load_config("vision", environ={}, **{"port": 0, "metrics_port": 0, **overrides})
-    return start_server(config, VisionService(config))
+    return start_service("vision", **overrides)
 
 
 @pytest.fixture(scope="module")

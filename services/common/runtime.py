@@ -17,6 +17,7 @@ shutdown on SIGTERM/SIGINT.
 from __future__ import annotations
 
 import abc
+import contextlib
 import json
 import logging
 import signal
@@ -167,41 +168,35 @@ class _CallGuard:
         log.exception("%s: unexpected failure", self.full_method)
         context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
 
+    @contextlib.contextmanager
+    def _guarded(self, context: grpc.ServicerContext):
+        """Around one call: admit, trace, map errors to statuses, record metrics."""
+        span, started = self._start(context)
+        code = grpc.StatusCode.OK
+        try:
+            with telemetry.trace.use_span(span, end_on_exit=False):
+                self._admit(context)
+                yield
+        except Exception as exc:
+            code = _code_of(exc, context)
+            if code is not None:  # the handler already aborted
+                raise
+            code = exc.code if isinstance(exc, errors.ServiceError) else grpc.StatusCode.INTERNAL
+            self._fail(context, exc)
+        finally:
+            self._finish(context, started, code or grpc.StatusCode.UNKNOWN, span)
+
     def wrap_unary(self, behavior: Callable):
         def handle(request, context):
-            span, started = self._start(context)
-            code = grpc.StatusCode.OK
-            try:
-                with telemetry.trace.use_span(span, end_on_exit=False):
-                    self._admit(context)
-                    return behavior(request, context)
-            except Exception as exc:
-                code = _code_of(exc, context)
-                if code is not None:  # the handler already aborted
-                    raise
-                code = exc.code if isinstance(exc, errors.ServiceError) else grpc.StatusCode.INTERNAL
-                self._fail(context, exc)
-            finally:
-                self._finish(context, started, code or grpc.StatusCode.UNKNOWN, span)
+            with self._guarded(context):
+                return behavior(request, context)
 
         return handle
 
     def wrap_stream(self, behavior: Callable):
         def handle(request, context):
-            span, started = self._start(context)
-            code = grpc.StatusCode.OK
-            try:
-                with telemetry.trace.use_span(span, end_on_exit=False):
-                    self._admit(context)
-                    yield from behavior(request, context)
-            except Exception as exc:
-                code = _code_of(exc, context)
-                if code is not None:
-                    raise
-                code = exc.code if isinstance(exc, errors.ServiceError) else grpc.StatusCode.INTERNAL
-                self._fail(context, exc)
-            finally:
-                self._finish(context, started, code or grpc.StatusCode.UNKNOWN, span)
+            with self._guarded(context):
+                yield from behavior(request, context)
 
         return handle
 

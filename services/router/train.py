@@ -19,14 +19,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from modalmesh.common.progress import progress
 from modalmesh.data.generate import read_manifest
 from modalmesh.router.features import FeatureCache, LocalEncoders
-from modalmesh.router.fusion import SOURCES, FusionConfig, FusionModel
+from modalmesh.router.fusion import FusionConfig, FusionModel
 from modalmesh.router.tasks import NOT_FOR_CLINICAL_USE, TASKS
 
 log = logging.getLogger(__name__)
