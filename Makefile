@@ -37,6 +37,7 @@ weights: setup
 bench: setup
 	$(PY) benchmarks/bench_text.py
 	$(PY) benchmarks/bench_encoders.py
+	$(PY) benchmarks/bench_router.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

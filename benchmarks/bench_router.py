@@ -77,6 +77,7 @@ def bench_in_process(inputs, calls: int) -> dict:
     from modalmesh.common.config import load_config
     from modalmesh.common.client import collect
     from modalmesh.common.encoder import EncodeRequest
+    from modalmesh.router.server import SHIPPED_WEIGHTS
     from modalmesh.router.tasks import TASKS, load_task
     from modalmesh.text.server import TextService
     from modalmesh.vision.server import VisionService
@@ -86,7 +87,7 @@ def bench_in_process(inputs, calls: int) -> dict:
         service = cls(load_config(name, environ={}))
         service.initialize()
         services[name] = service
-    task = load_task(TASKS["screenshot_triage"], "")
+    task = load_task(TASKS["screenshot_triage"], str(SHIPPED_WEIGHTS))  # the router's own weights
 
     def encode(service, data, media_type, options=()):
         request = EncodeRequest("bench", media_type, frozenset(options), "FP16", False, {}, data)
