@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 
 from modalmesh.cli import main
 from modalmesh.common.client import EncoderClient, connect, wait_for_serving
@@ -167,3 +168,26 @@ def test_encode_image_with_ocr_and_audio_with_transcript_and_say(tmp_path, capsy
     finally:
         vision.stop(grace=0.5)
         audio.stop(grace=0.5)
+
+
+def test_up_detach_and_down(tmp_path):
+    from modalmesh.client import RouterClient
+
+    ports = {name: free_port() for name in ("router", "text", "vision", "audio")}
+    env = {**os.environ, "MODALMESH_STATE_DIR": str(tmp_path)}
+    started = subprocess.run([*_up_command(ports), "--detach"], env=env, capture_output=True, text=True, timeout=300)
+    assert started.returncode == 0, started.stderr[-2000:]
+    state = json.loads((tmp_path / "up.json").read_text())
+    assert set(state) == {"router", "text", "vision", "audio"}
+    try:
+        with RouterClient(f"127.0.0.1:{ports['router']}") as client:
+            assert client.analyze("screenshot_triage", text="refund please")["label"]
+    finally:
+        stopped = subprocess.run([sys.executable, "-m", "modalmesh.cli", "down"], env=env, capture_output=True, text=True, timeout=60)
+    assert stopped.returncode == 0 and "stopped router" in stopped.stderr
+    assert not (tmp_path / "up.json").exists()
+    for entry in state.values():
+        with pytest.raises(ProcessLookupError):
+            os.kill(entry["pid"], 0)
+    again = subprocess.run([sys.executable, "-m", "modalmesh.cli", "down"], env=env, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 1 and "no detached mesh" in again.stderr

@@ -91,7 +91,7 @@ def modality_dropout(features: dict[str, torch.Tensor], rng: random.Random, p: f
 
 
 def train(task: str, data: str, out: str, epochs: int = 40, seed: int = 0, cache_dir: str = "", batch_size: int = 32,
-          learning_rate: float = 2e-3) -> dict:
+          learning_rate: float = 2e-3, weight_decay: float = 1e-2, **config_overrides) -> dict:
     spec = TASKS[task]
     started = time.perf_counter()
     torch.manual_seed(seed)
@@ -107,9 +107,9 @@ def train(task: str, data: str, out: str, epochs: int = 40, seed: int = 0, cache
         cache.close()
     feature_seconds = time.perf_counter() - started
 
-    config = FusionConfig(labels=spec.labels, regression=spec.regression)
+    config = FusionConfig(labels=spec.labels, regression=spec.regression, **config_overrides)
     model = FusionModel(config)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=learning_rate, weight_decay=1e-2)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=learning_rate, weight_decay=weight_decay)
     scale = torch.tensor([REGRESSION_SCALE.get(n, 1.0) for n in spec.regression]) if spec.regression else None
     history = []
     train_started = time.perf_counter()
