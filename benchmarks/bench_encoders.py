@@ -31,7 +31,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.bench_text import free_port, machine, start_process, stop_process  # noqa: E402
+from benchmarks.bench_text import free_port, machine, start_process, stop_process, write_results  # noqa: E402
 from tests.media import image_bytes, render_screenshot  # noqa: E402
 
 
@@ -213,10 +213,7 @@ def main() -> int:
     streaming = results["audio_streaming"]
     print("\n4. audio streaming, 5 s WAV in 0.25 s chunks")
     print(f"   first features after {streaming['first_features_p50_ms']:.1f} ms; complete answer after {streaming['complete_p50_ms']:.1f} ms")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
-    print(f"\nwrote {out}")
+    write_results(args.out, results)
     return 0
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.bench_text import free_port, machine, percentile  # noqa: E402
+from benchmarks.bench_text import free_port, machine, percentile, write_results  # noqa: E402
 
 
 def make_inputs():
@@ -142,10 +142,7 @@ def main() -> int:
     print(f"   mesh / in process (p50)  {ratio:.2f}x   (target <= 0.8x)")
     print(f"   router overhead (total - slowest modality): p50 {mesh['router_overhead_p50_ms']:.2f} ms, "
           f"p99 {mesh['router_overhead_p99_ms']:.2f} ms   (target <= 2 ms p50)")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": machine(), "mesh": mesh, "in_process": local, "ratio": ratio}, indent=2))
-    print(f"\nwrote {out}")
+    write_results(args.out, {"machine": machine(), "mesh": mesh, "in_process": local, "ratio": ratio})
     return 0
 
 

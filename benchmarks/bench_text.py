@@ -122,6 +122,14 @@ def start_text_service(max_batch_size: int) -> tuple[subprocess.Popen, str]:
     return process, address
 
 
+def write_results(path: str, results: dict) -> None:
+    """Every benchmark's figures as JSON beside the printed table."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(f"\nwrote {out}")
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
@@ -311,10 +319,7 @@ def main() -> int:
     print(f"   batching on at 32 clients / batch-1 (off, 1 client): {speedup_32:.2f}x   (target >= 3x)")
     print(f"   batching on / off, both at 32 clients:               {results['ratios']['batching_32_vs_off_32']:.2f}x")
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
-    print(f"\nwrote {out}")
+    write_results(args.out, results)
     return 0
 
 

@@ -232,3 +232,41 @@ def test_tritonclient_can_call_the_router(mesh, tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.startswith("ok ")
+
+
+def test_analyze_stream_passes_audio_on_while_it_arrives(router):
+    """The audio encoder's Encode call is already running while the client still holds
+    back its last audio chunk (seen on the audio service's in-flight gauge)."""
+    audio_in_flight = telemetry.RPC_IN_FLIGHT.labels("audio", "Encode")
+    voice = wav_bytes(tone(2.0, 16000), 16000)
+    seen_running = []
+
+    def requests():
+        first = router_pb2.AnalyzeRequest(task="screenshot_triage", audio=router_pb2.MediaInput(media_type="audio/wav"))
+        yield router_pb2.AnalyzeStreamRequest(request=first)
+        chunks = [voice[i : i + 8000] for i in range(0, len(voice), 8000)]
+        for chunk in chunks[:-1]:
+            yield router_pb2.AnalyzeStreamRequest(audio_chunk=chunk)
+        deadline = time.monotonic() + 10
+        while audio_in_flight._value.get() < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        seen_running.append(audio_in_flight._value.get() >= 1)
+        yield router_pb2.AnalyzeStreamRequest(audio_chunk=chunks[-1])
+
+    events = list(router.AnalyzeStream(requests(), timeout=60))
+    assert seen_running == [True]
+    final = events[-1].final
+    assert STATUS(reports(final)["audio"].status) == "MODALITY_STATUS_USED"
+    assert final.explanation.modalities  # a complete answer
+
+
+def test_analyze_stream_refuses_image_chunks_after_audio(router):
+    def requests():
+        first = router_pb2.AnalyzeRequest(task="screenshot_triage", audio=router_pb2.MediaInput(media_type="audio/wav"))
+        yield router_pb2.AnalyzeStreamRequest(request=first)
+        yield router_pb2.AnalyzeStreamRequest(audio_chunk=VOICE[:8000])
+        yield router_pb2.AnalyzeStreamRequest(image_chunk=SCREENSHOT[:100])
+
+    with pytest.raises(grpc.RpcError) as raised:
+        list(router.AnalyzeStream(requests(), timeout=60))
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -16,13 +16,14 @@ degraded answer from the rest, with the reason in the explanation.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
 import uuid
 from concurrent import futures
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 import grpc
 import numpy as np
@@ -43,6 +44,22 @@ ENUM_MODALITY = {value: name for name, value in MODALITY_ENUM.items()}
 SIDE_SOURCE = {"image": "image_text", "audio": "audio_text"}  # the expensive extra evidence per modality
 MAX_TEXT_BYTES = 64 * 1024
 AUDIO_SIGNATURES = ((b"RIFF", "audio/wav"), (b"fLaC", "audio/flac"), (b"OggS", "audio/ogg"))
+
+
+class Tee:
+    """Passes chunks through once, keeping a copy (for a later call on the same input)."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._kept = bytearray()
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self._chunks:
+            self._kept += chunk
+            yield chunk
+
+    def collected(self) -> bytes:
+        return bytes(self._kept)
 
 
 @dataclass
@@ -107,6 +124,7 @@ class Run:
         self.features: dict[str, torch.Tensor] = {}
         self.states = {m: ModalityState() for m in MODALITIES}
         self.side_notes: dict[str, str] = {}
+        self.streamed: dict[str, bytes] = {}  # bytes of inputs that arrived as a stream
         self.evidence = Evidence()
         self._lock = threading.Lock()
 
@@ -124,6 +142,17 @@ class Run:
             raise futures.CancelledError()
         call.rpc = self.encoders.stubs[modality].EncodeOnce.future(request, timeout=max(0.001, self.deadline.remaining()))
         return collect(iter(call.rpc.result().chunks))
+
+    def encode_stream(self, call: Call, modality: str, chunks: Iterator[bytes], media_type: str, options=(), parameters=None):
+        """An Encode stream fed while the input is still arriving."""
+        messages = itertools.chain(
+            encode_requests(b"", media_type, options=options, parameters=parameters),
+            (encoder_pb2.EncodeRequest(payload=chunk) for chunk in chunks),
+        )
+        if call.cancelled.is_set():
+            raise futures.CancelledError()
+        call.rpc = self.encoders.stubs[modality].Encode(messages, timeout=max(0.001, self.deadline.remaining()))
+        return collect(call.rpc)
 
     def embed_texts(self, call: Call, texts: list[str]) -> torch.Tensor:
         """One pooled text vector per line, concurrently (the text service batches them)."""
@@ -233,10 +262,15 @@ class Pipeline:
     # ------------------------------------------------------------------ the request
     def analyze(self, request: router_pb2.AnalyzeRequest, grpc_remaining: float | None,
                 on_event: Callable[[router_pb2.AnalyzeEvent], None] | None = None,
-                on_run: Callable[[Run], None] | None = None) -> router_pb2.AnalyzeResponse:
+                on_run: Callable[[Run], None] | None = None,
+                audio_stream: Iterator[bytes] | None = None) -> router_pb2.AnalyzeResponse:
+        """`audio_stream`: the audio's bytes as they arrive (AnalyzeStream); they are
+        passed on to the audio encoder at once instead of being collected first."""
         started = time.perf_counter()
         timings: dict[str, float] = {}
-        task, media = self.validate(request)
+        task, media = self.validate(request, audio_streamed=audio_stream is not None)
+        if audio_stream is not None:
+            media["audio"] = (Tee(audio_stream), *media["audio"][1:])
         deadline = Deadline.within(self._budget(request, grpc_remaining))
         timings["validate"] = _ms(started)
 
@@ -276,7 +310,7 @@ class Pipeline:
         return response
 
     # ------------------------------------------------------------------ validate
-    def validate(self, request: router_pb2.AnalyzeRequest) -> tuple[TaskModel, dict[str, tuple[bytes, str, dict]]]:
+    def validate(self, request: router_pb2.AnalyzeRequest, audio_streamed: bool = False) -> tuple[TaskModel, dict[str, tuple]]:
         if request.task not in self.tasks:
             raise errors.invalid_argument("task", f"unknown task {request.task!r}; one of {', '.join(sorted(self.tasks))}")
         task = self.tasks[request.task]
@@ -286,8 +320,14 @@ class Pipeline:
                 raise errors.invalid_argument("text", f"over the limit of {MAX_TEXT_BYTES} bytes")
             if request.text.strip():
                 media["text"] = (request.text.encode("utf-8"), "text/plain", {})
+        if audio_streamed:
+            if not request.audio.media_type:
+                raise errors.invalid_argument("audio.media_type", "required when the audio arrives in chunks")
+            media["audio"] = (None, request.audio.media_type, dict(request.audio.parameters))
         for modality, field_name in (("image", "image"), ("audio", "audio")):
             item = getattr(request, field_name)
+            if modality in media:
+                continue
             if not item.data:
                 if item.media_type:
                     raise errors.invalid_argument(f"{field_name}.data", "empty, but a media type was given")
@@ -328,7 +368,12 @@ class Pipeline:
         option = {"image": "ocr", "audio": "transcript"}.get(modality)
 
         def work(call: Call) -> dict[str, torch.Tensor]:
-            result = run.encode(call, modality, data, media_type, options=[option] if (with_side and option) else [], parameters=parameters)
+            options = [option] if (with_side and option) else []
+            if isinstance(data, Tee):  # audio still arriving: stream it on
+                result = run.encode_stream(call, modality, data, media_type, options=options, parameters=parameters)
+                run.streamed[modality] = data.collected()
+            else:
+                result = run.encode(call, modality, data, media_type, options=options, parameters=parameters)
             produced = {modality: torch.from_numpy(np.asarray(result.sequence if result.sequence is not None else result.pooled, dtype=np.float32))}
             if modality == "text":
                 run.evidence.text = data.decode("utf-8")
@@ -390,6 +435,7 @@ class Pipeline:
                 side_requested = True
                 for modality in usable:
                     data, media_type, parameters = media[modality]
+                    data = run.streamed.get(modality, data)
                     run.start(SIDE_SOURCE[modality], self._side_work(run, modality, data, media_type, parameters))
                 continue
             break

@@ -106,7 +106,18 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         return self.service.pipeline.analyze(request, _remaining(context), on_run=runs.append)
 
     def AnalyzeStream(self, request_iterator, context) -> Iterator[router_pb2.AnalyzeEvent]:
-        request = _read_stream_request(request_iterator, self.service.config.max_input_bytes)
+        limit = self.service.config.max_input_bytes
+        stream = iter(request_iterator)
+        request, first_audio = _read_until_audio(stream, limit)
+        audio_chunks = None
+        reader_error: dict = {}
+        if first_audio is not None:
+            # Audio flows on to the audio encoder while the client is still sending it.
+            arriving: queue.Queue = queue.Queue()
+            arriving.put(first_audio)
+            threading.Thread(target=_pump_audio, args=(stream, arriving, limit - len(first_audio), reader_error),
+                             name="analyze-stream-audio", daemon=True).start()
+            audio_chunks = iter(arriving.get, None)
         events: queue.Queue = queue.Queue()
         runs = []
         context.add_callback(lambda: [run.cancel_all() for run in runs])
@@ -114,7 +125,9 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
 
         def work():
             try:
-                outcome["response"] = self.service.pipeline.analyze(request, _remaining(context), on_event=events.put, on_run=runs.append)
+                outcome["response"] = self.service.pipeline.analyze(
+                    request, _remaining(context), on_event=events.put, on_run=runs.append, audio_stream=audio_chunks
+                )
             except BaseException as exc:  # handed to the stream below
                 outcome["error"] = exc
             finally:
@@ -123,6 +136,8 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         threading.Thread(target=work, name="analyze-stream", daemon=True).start()
         while (event := events.get()) is not None:
             yield event
+        if "error" in reader_error:
+            raise reader_error["error"]
         if "error" in outcome:
             raise outcome["error"]
         yield router_pb2.AnalyzeEvent(final=outcome["response"])
@@ -142,27 +157,48 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         return router_pb2.ListTasksResponse(tasks=tasks)
 
 
-def _read_stream_request(messages, max_bytes: int) -> router_pb2.AnalyzeRequest:
-    """First message: the request; then image/audio chunks appended in order."""
-    stream = iter(messages)
+def _read_until_audio(stream, max_bytes: int) -> tuple[router_pb2.AnalyzeRequest, bytes | None]:
+    """The request, its image chunks appended; stops at the first audio chunk (returned)
+    or the end of the stream. Image chunks must come before audio chunks."""
     first = next(stream, None)
     if first is None or first.WhichOneof("content") != "request":
         raise errors.invalid_argument("request", "the first message must carry the request")
     request = router_pb2.AnalyzeRequest()
     request.CopyFrom(first.request)
-    image, audio = bytearray(request.image.data), bytearray(request.audio.data)
+    image = bytearray(request.image.data)
     for position, message in enumerate(stream, start=1):
         kind = message.WhichOneof("content")
         if kind == "image_chunk":
             image += message.image_chunk
+            if len(image) > max_bytes:
+                raise errors.invalid_argument(f"messages[{position}]", f"image over the limit of {max_bytes} bytes")
         elif kind == "audio_chunk":
-            audio += message.audio_chunk
+            request.image.data = bytes(image)
+            if request.audio.data:
+                raise errors.invalid_argument("request.audio.data", "send the audio either in the request or as chunks")
+            return request, bytes(message.audio_chunk)
         else:
             raise errors.invalid_argument(f"messages[{position}]", "only image_chunk or audio_chunk may follow the request")
-        if len(image) > max_bytes or len(audio) > max_bytes:
-            raise errors.invalid_argument(f"messages[{position}]", f"input over the limit of {max_bytes} bytes")
-    request.image.data, request.audio.data = bytes(image), bytes(audio)
-    return request
+    request.image.data = bytes(image)
+    return request, None
+
+
+def _pump_audio(stream, arriving: queue.Queue, budget: int, error: dict) -> None:
+    """Move the client's remaining audio chunks into `arriving`; None marks the end."""
+    try:
+        for message in stream:
+            if message.WhichOneof("content") != "audio_chunk":
+                raise errors.invalid_argument("image_chunk", "image chunks must come before the first audio chunk")
+            budget -= len(message.audio_chunk)
+            if budget < 0:
+                raise errors.invalid_argument("audio_chunk", "audio over the size limit")
+            arriving.put(bytes(message.audio_chunk))
+    except errors.ServiceError as exc:
+        error["error"] = exc
+    except grpc.RpcError:  # the client went away; the call is being cancelled
+        pass
+    finally:
+        arriving.put(None)
 
 
 # ---------------------------------------------------------------------------- OIP v2
