@@ -74,9 +74,10 @@ def test_pair_bias_starts_at_zero_within_and_the_penalty_across():
     assert torch.all(bias[~torch.eye(3, dtype=torch.bool)] == -2.5)
 
 
+@pytest.mark.parametrize("pooling", ["mean", "attention"])
 @pytest.mark.parametrize("count", [1, 2, 3, 4, 5])
-def test_the_model_runs_on_every_subset_of_sources(count):
-    model = make_model()
+def test_the_model_runs_on_every_subset_of_sources(count, pooling):
+    model = make_model(pooling=pooling)
     for subset in itertools.combinations(SOURCES, count):
         with torch.no_grad():
             outputs = model(model.embed([evidence(subset)]))
@@ -85,8 +86,9 @@ def test_the_model_runs_on_every_subset_of_sources(count):
         assert set(torch.nonzero(outputs.gate_weights[0]).flatten().tolist()) == {SOURCES.index(s) for s in subset}
 
 
-def test_results_do_not_depend_on_the_order_of_modalities():
-    model = make_model()
+@pytest.mark.parametrize("pooling", ["mean", "attention"])
+def test_results_do_not_depend_on_the_order_of_modalities(pooling):
+    model = make_model(pooling=pooling)
     items = evidence(["text", "image", "audio", "image_text"])
     with torch.no_grad():
         inputs = model.embed([items])

@@ -13,7 +13,8 @@ Evidence arrives from five *sources*, each belonging to one of three modalities:
 2. Attention.   Attention(Q, K, V) = softmax(Q Kᵀ / √d_k + M) V,
                 M[i, j] = B[modality(i), modality(j)]   (learned; 0 within a modality and
                 a negative penalty across at init), and -inf where j is padding.
-3. Gate.        h_s = mean of source s's tokens after attention
+3. Gate.        h_s = source s's tokens after attention, pooled with a learned query
+                      (softmax over its tokens of q_s . x_i; or their mean)
                 s_s = MLP_s(h_s),  g = softmax(s) over the sources present (absent: -inf)
                 fused = Σ_s g_s h_s
 4. Heads.       p = softmax(W_c fused / T)   (T: temperature, calibrated after training)
@@ -50,6 +51,7 @@ class FusionConfig:
     cross_modal_penalty: float = -2.0
     dropout: float = 0.1
     max_tokens: int = 64  # per source; longer sequences are average-pooled down to this
+    pooling: str = "mean"  # h_s from a source's tokens: "mean" or "attention" (a learned query per source)
 
     def to_dict(self) -> dict:
         return {**self.__dict__, "labels": list(self.labels), "regression": list(self.regression)}
@@ -59,6 +61,7 @@ class FusionConfig:
         values = dict(values)
         values["labels"] = tuple(values["labels"])
         values["regression"] = tuple(values.get("regression", ()))
+        values.setdefault("pooling", "mean")  # weights written before pooling was configurable
         return cls(**values)
 
 
@@ -165,6 +168,8 @@ class FusionModel(nn.Module):
         self.modality_embedding = nn.Embedding(len(MODALITIES), config.width)
         self.layers = nn.ModuleList(FusionLayer(config) for _ in range(config.layers))
         self.norm = nn.LayerNorm(config.width)
+        # Attention pooling: one learned query per source scores its tokens.
+        self.pool_query = nn.Parameter(torch.zeros(len(SOURCES), config.width)) if config.pooling == "attention" else None
         self.gate = RoutingGate(config.width)
         self.classifier = nn.Linear(config.width, len(config.labels))
         self.regressor = nn.Linear(config.width, max(1, len(config.regression)))
@@ -206,9 +211,15 @@ class FusionModel(nn.Module):
             x, attention = layer(x, token_modality, inputs.padding)
             attentions.append(attention)
         x = self.norm(x)
-        # h_s: mean over each source's tokens.
+        # h_s: each source's tokens pooled (mean, or weights softmax_i(q_s . x_i) over its tokens).
         membership = F.one_hot(inputs.token_source, len(SOURCES)).float() * (~inputs.padding).unsqueeze(-1)  # [B, T, S]
-        per_source = (membership.transpose(1, 2) @ x) / membership.sum(dim=1).clamp(min=1.0).unsqueeze(-1)  # [B, S, d]
+        if self.pool_query is None:
+            pool_weights = membership / membership.sum(dim=1, keepdim=True).clamp(min=1.0)
+        else:
+            scores = (x @ self.pool_query.t()) / math.sqrt(self.config.width)  # [B, T, S]
+            scores = scores.masked_fill(membership == 0, float("-inf"))
+            pool_weights = torch.nan_to_num(torch.softmax(scores, dim=1), nan=0.0)  # absent sources: all zero
+        per_source = pool_weights.transpose(1, 2) @ x  # [B, S, d]
         gate_weights, gate_scores = self.gate(per_source, inputs.present)
         fused = (gate_weights.unsqueeze(-1) * per_source).sum(dim=1)
         logits = self.classifier(fused)

@@ -91,7 +91,7 @@ def modality_dropout(features: dict[str, torch.Tensor], rng: random.Random, p: f
 
 
 def train(task: str, data: str, out: str, epochs: int = 40, seed: int = 0, cache_dir: str = "", batch_size: int = 32,
-          learning_rate: float = 2e-3, weight_decay: float = 1e-2, **config_overrides) -> dict:
+          learning_rate: float = 2e-3, weight_decay: float = 1e-2, modality_dropout_p: float = 0.35, **config_overrides) -> dict:
     spec = TASKS[task]
     started = time.perf_counter()
     torch.manual_seed(seed)
@@ -120,7 +120,7 @@ def train(task: str, data: str, out: str, epochs: int = 40, seed: int = 0, cache
         total = 0.0
         for start in range(0, len(order), batch_size):
             batch = [train_set[i] for i in order[start : start + batch_size]]
-            inputs = model.embed([modality_dropout(e.features, rng) for e in batch])
+            inputs = model.embed([modality_dropout(e.features, rng, modality_dropout_p) for e in batch])
             outputs = model(inputs)
             labels = torch.tensor([e.label for e in batch])
             loss = F.cross_entropy(outputs.logits, labels, label_smoothing=0.05)
