@@ -141,9 +141,12 @@ def test_analyze_stream_sends_the_gate_before_the_final_answer(router):
         for start in range(0, len(VOICE), 8000):
             yield router_pb2.AnalyzeStreamRequest(audio_chunk=VOICE[start : start + 8000])
 
-    events = [e.WhichOneof("content") for e in router.AnalyzeStream(requests(), timeout=60)]
+    messages = list(router.AnalyzeStream(requests(), timeout=60))
+    events = [e.WhichOneof("content") for e in messages]
     assert events.index("gate") < events.index("diagnosis") < events.index("final")
     assert events[-1] == "final" and "speech_chunk" in events
+    gate = messages[events.index("gate")].gate
+    assert sum(r.gate_weight for r in gate.modalities) == pytest.approx(1.0, abs=1e-5)
 
 
 def test_medical_report_from_a_ct_and_a_record(router):

@@ -283,13 +283,13 @@ class Pipeline:
             self.fan_out(run, request, media, with_side_outputs=full, side_modalities=task.spec.side_outputs)
             decision = self.gather(run, task, request, media, full, required)
         timings["encode"] = _ms(started) - timings["validate"]
-        if on_event is not None:
-            on_event(router_pb2.AnalyzeEvent(gate=router_pb2.GateDecision(modalities=self.modality_reports(run, decision))))
 
         fuse_started = time.perf_counter()
         with telemetry.tracer().start_as_current_span("router.fuse"):
             decision = self.decide(task, run, outstanding=())  # final fusion on everything gathered
         timings["fuse"] = _ms(fuse_started)
+        if on_event is not None:
+            on_event(router_pb2.AnalyzeEvent(gate=router_pb2.GateDecision(modalities=self.modality_reports(run, decision))))
 
         heads_started = time.perf_counter()
         with telemetry.tracer().start_as_current_span("router.heads"):
@@ -493,9 +493,6 @@ class Pipeline:
         )
         response.explanation.model_version = task.version
         response.explanation.modalities.extend(self.modality_reports(run, decision))
-        for report in response.explanation.modalities:
-            index = MODALITIES.index(ENUM_MODALITY[report.modality])
-            report.gate_weight = float(modality_weights[index])
         if request.options.explain:
             mass = attention_mass(outputs)
             for a, query in enumerate(MODALITIES):
@@ -519,7 +516,9 @@ class Pipeline:
             if report.status == router_pb2.MODALITY_STATUS_USED:
                 telemetry.GATE_WEIGHT.labels(name, modality).observe(report.gate_weight)
 
-    def modality_reports(self, run: Run, decision: Decision | None) -> list[router_pb2.ModalityReport]:
+    def modality_reports(self, run: Run, decision: Decision) -> list[router_pb2.ModalityReport]:
+        """What became of each modality, with its gate weight in `decision`."""
+        weights = modality_gate_weights(decision.outputs.gate_weights)[0]
         reports = []
         for modality in MODALITIES:
             state = run.states[modality]
@@ -532,7 +531,7 @@ class Pipeline:
                 reason = f"with {'OCR text' if modality == 'image' else 'transcript'}"
             reports.append(router_pb2.ModalityReport(
                 modality=MODALITY_ENUM[modality], status=status, reason=reason, error_code=state.error_code,
-                latency_ms=state.latency_ms,
+                latency_ms=state.latency_ms, gate_weight=float(weights[MODALITIES.index(modality)]),
             ))
         return reports
 
