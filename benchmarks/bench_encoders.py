@@ -31,24 +31,8 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.bench_text import free_port, machine, start_process, stop_process, write_results  # noqa: E402
+from benchmarks.bench_text import machine, start_service, stop_process, write_results  # noqa: E402
 from tests.media import image_bytes, render_screenshot  # noqa: E402
-
-
-def start_service(name: str, *flags: str):
-    from modalmesh.common.client import connect, wait_for_serving
-
-    port = free_port()
-    address = f"127.0.0.1:{port}"
-
-    def ready():
-        with connect(address) as channel:
-            wait_for_serving(channel, timeout=180)
-
-    process = start_process(
-        [sys.executable, "-m", "modalmesh.cli", "serve", name, "--port", str(port), "--metrics-port", "0", *flags], ready
-    )
-    return process, address
 
 
 def latency_and_throughput(address: str, data: bytes, media_type: str, clients: int, calls: int) -> dict:

@@ -27,7 +27,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.bench_text import free_port, machine, percentile, write_results  # noqa: E402
+from benchmarks.bench_text import machine, percentile, write_results  # noqa: E402
+from modalmesh.up import free_port  # noqa: E402
 
 
 def make_inputs():

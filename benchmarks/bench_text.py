@@ -25,7 +25,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,8 @@ from concurrent import futures
 from pathlib import Path
 
 import grpc
+
+from modalmesh.up import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 ECHO_BYTES = 4000
@@ -46,12 +47,6 @@ SENTENCES = [
     "I returned the shoes but never got my refund.",
     "How do I change the email address on my account?",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # ------------------------------------------------------------------ raw echo server
@@ -104,7 +99,8 @@ def stop_process(process: subprocess.Popen) -> None:
         process.kill()
 
 
-def start_text_service(max_batch_size: int) -> tuple[subprocess.Popen, str]:
+def start_service(name: str, *flags: str) -> tuple[subprocess.Popen, str]:
+    """`modalmesh serve NAME FLAGS` as its own process on a free port, once healthy."""
     from modalmesh.common.client import connect, wait_for_serving
 
     port = free_port()
@@ -112,12 +108,10 @@ def start_text_service(max_batch_size: int) -> tuple[subprocess.Popen, str]:
 
     def ready():
         with connect(address) as channel:
-            wait_for_serving(channel, timeout=120)
+            wait_for_serving(channel, timeout=180)
 
     process = start_process(
-        [sys.executable, "-m", "modalmesh.cli", "serve", "text", "--port", str(port), "--metrics-port", "0",
-         "--max-batch-size", str(max_batch_size), "--max-queue", "1024"],
-        ready,
+        [sys.executable, "-m", "modalmesh.cli", "serve", name, "--port", str(port), "--metrics-port", "0", *flags], ready
     )
     return process, address
 
@@ -278,7 +272,7 @@ def main() -> int:
 
     results: dict = {"machine": info, "echo": echo_result, "throughput": {}}
     for label, batch in (("batching_on", 32), ("batching_off", 1)):
-        process, address = start_text_service(batch)
+        process, address = start_service("text", "--max-batch-size", str(batch), "--max-queue", "1024")
         try:
             if label == "batching_on":
                 results["overhead"] = measure_overhead(address, calls, stream=False)

@@ -8,18 +8,11 @@ answers, writes the spoken replies as WAV files, and stops the mesh.
 
 from __future__ import annotations
 
-import socket
 import sys
 import time
 from pathlib import Path
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _print_answer(title: str, answer: dict) -> None:
@@ -33,7 +26,7 @@ def run_demo(examples: Path = EXAMPLES, out_dir: Path = Path("demo-output"), mod
     """`mode` applies to the triage request: FULL (default) always reads the screen, so
     the error text is shown; ROUTED may skip OCR when the label is already certain."""
     from modalmesh.client import RouterClient
-    from modalmesh.up import ORDER, Mesh
+    from modalmesh.up import ORDER, Mesh, free_port
 
     mesh = Mesh(ports={name: free_port() for name in ORDER}, quiet_logs=True)
     print("starting the mesh: " + ", ".join(f"{n} on {mesh.address(n)}" for n in ORDER), flush=True)

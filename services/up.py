@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +25,13 @@ from modalmesh.common.config import DEFAULT_PORTS
 
 ORDER = ("text", "vision", "audio", "router")  # the router last: it dials the others
 STATE_FILE = Path(os.environ.get("MODALMESH_STATE_DIR", Path.home() / ".modalmesh")) / "up.json"
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 @dataclass

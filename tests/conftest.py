@@ -8,7 +8,6 @@ as the bundled MiniLM, so the loading path under test is the real one.
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -59,12 +58,6 @@ def start_service(name: str, **overrides):
 
     config = load_config(name, environ={}, **{"port": 0, "metrics_port": 0, "grace_seconds": 1.0, **overrides})
     return start_server(config, _service(name, config))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture

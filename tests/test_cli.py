@@ -11,7 +11,7 @@ import pytest
 
 from modalmesh.cli import main
 from modalmesh.common.client import EncoderClient, connect, wait_for_serving
-from tests.conftest import free_port
+from modalmesh.up import free_port
 
 
 def test_encode_text_json_prints_shapes_datatypes_and_the_vector(text_service, capsys):

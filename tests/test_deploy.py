@@ -15,7 +15,7 @@ import yaml
 
 from modalmesh.cli import SERVICES
 from modalmesh.common.config import DEFAULT_PORTS, METRICS_PORT_OFFSET, ServiceConfig
-from tests.conftest import free_port
+from modalmesh.up import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"

@@ -10,7 +10,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 
 from modalmesh.client import RouterClient
 from modalmesh.up import ORDER, Mesh
-from tests.conftest import free_port
+from modalmesh.up import free_port
 from tests.media import image_bytes, render_screenshot, tone, wav_bytes
 
 

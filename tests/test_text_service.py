@@ -234,7 +234,7 @@ def test_deadline_is_respected(start_text_service):
 def test_metrics_endpoint_counts_calls_and_errors(start_text_service):
     import urllib.request
 
-    from tests.conftest import free_port
+    from modalmesh.up import free_port
 
     handle = start_text_service(metrics_port=free_port())
     with connect(handle.address) as channel:
