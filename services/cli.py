@@ -269,7 +269,8 @@ def cmd_data_generate(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from modalmesh.router.train import train
 
-    summary = train(args.task, args.data, args.out, epochs=args.epochs, seed=args.seed, cache_dir=args.cache)
+    summary = train(args.task, args.data, args.out, epochs=args.epochs, seed=args.seed, cache_dir=args.cache,
+                    feature_noise=args.feature_noise)
     print(json.dumps(summary, indent=2))
     print(f"wrote {args.out}/model.safetensors, config.json, MODEL_CARD.md")
     return 0
@@ -379,6 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int, default=60)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--cache", default="", help="feature cache folder (default: .features beside the manifest)")
+    train.add_argument("--feature-noise", type=float, default=0.5,
+                       help="Gaussian noise on the frozen features while training, relative to each row's RMS (0 = none)")
     train.set_defaults(func=cmd_train)
 
     evaluation = commands.add_parser("eval", help="evaluate a task's model on a manifest; writes JSON, Markdown and plots")

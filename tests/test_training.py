@@ -7,7 +7,7 @@ import pytest
 
 from modalmesh.cli import main
 from modalmesh.data.generate import generate, read_manifest
-from modalmesh.data.triage import MESSAGES, SCREENS, pool
+from modalmesh.data.triage import LABELS, MESSAGE_TEMPLATES, MESSAGES, SCREEN_TEMPLATES, SCREENS, VAGUE, pool, wordings
 
 
 @pytest.fixture(scope="module")
@@ -31,11 +31,12 @@ def test_generation_is_deterministic_by_seed(tmp_path, medical_data):
 
 
 def test_wording_pools_are_disjoint_across_splits():
-    for table in (SCREENS, MESSAGES):
-        for phrases in table.values():
-            train, val, test = (set(pool(phrases, s)) for s in ("train", "val", "test"))
-            assert train and val and test
-            assert not (train & test) and not (train & val) and not (val & test)
+    for fixed, composed in ((SCREENS, SCREEN_TEMPLATES), (MESSAGES, MESSAGE_TEMPLATES)):
+        train, val, test = ({w for label in LABELS for w in wordings(label, s, fixed, composed)} for s in ("train", "val", "test"))
+        assert len(train) > 50 * len(LABELS) and len(test) > 12 * len(LABELS)  # many phrasings, not one template
+        assert not (train & test) and not (train & val) and not (val & test)
+    train, test = set(pool(VAGUE, "train")), set(pool(VAGUE, "test"))
+    assert train and test and not (train & test)
 
 
 def test_triage_manifest_files_and_labels(triage_data):
@@ -47,7 +48,7 @@ def test_triage_manifest_files_and_labels(triage_data):
         assert record["label"] in SCREENS
         if record.get("image"):
             assert sniff_media_type(open(record["image"], "rb").read()) == "image/png"
-            assert record["extra"]["screen"] in pool(SCREENS[record["label"]], "test")
+            assert record["extra"]["screen"] in wordings(record["label"], "test", SCREENS, SCREEN_TEMPLATES)
         if record.get("audio"):
             assert open(record["audio"], "rb").read(4) == b"RIFF"
         assert record.get("image") or record["text"]  # something carries the label
@@ -113,3 +114,73 @@ def test_train_triage_with_screens_voices_and_transcripts(triage_data, tmp_path)
     # Features were cached: a second run does not encode anything again.
     again = train("screenshot_triage", str(triage_data / "train.jsonl"), str(tmp_path / "w2"), epochs=1)
     assert again["feature_seconds"] < summary["feature_seconds"] / 3
+
+
+def test_sizes_come_from_the_pixel_spacing_and_decide_nodule_or_mass():
+    import torch
+
+    from modalmesh.router.tasks import TASKS, field_of_view_mm
+
+    spec = TASKS["medical_report"]
+    assert field_of_view_mm({"Columns": "256", "PixelSpacing": "0.7\\0.8"}) == (pytest.approx(204.8), True)
+    assert field_of_view_mm({"width": "100"}) == (pytest.approx(75.0), False)  # a PNG without a stated spacing
+    probabilities = torch.tensor([0.1, 0.6, 0.3])  # normal, nodule, mass as the classifier saw them
+    diameter = spec.regression.index("largest_diameter_mm")
+    raw = torch.zeros(len(spec.regression))
+    raw[diameter] = 0.25  # a quarter of the image's width
+    for spacing, expected_mm, larger in (("0.6", 38.4, "mass"), ("0.4", 25.6, "nodule")):
+        tags = {"Columns": "256", "PixelSpacing": f"{spacing}\\{spacing}"}
+        finished_p, finished_r = spec.finish(probabilities, raw, tags, {"largest_diameter_mm": 2.0})
+        assert float(finished_r[diameter]) == pytest.approx(expected_mm, rel=1e-5)
+        assert float(finished_p[0]) == pytest.approx(0.1) and float(finished_p.sum()) == pytest.approx(1.0)
+        assert spec.labels[int(finished_p.argmax())] == larger
+    # Near the threshold the split is uncertain, in proportion to the measurement's error.
+    tags = {"Columns": "100", "PixelSpacing": "1\\1"}
+    raw[diameter] = 0.30
+    near, _ = spec.finish(probabilities, raw, tags, {"largest_diameter_mm": 3.0})
+    assert float(near[1]) == pytest.approx(0.45, abs=1e-4) and float(near[2]) == pytest.approx(0.45, abs=1e-4)
+
+
+def test_some_ct_cases_come_with_a_dictated_note(medical_data):
+    records = [r for split in ("train", "val", "test") for r in read_manifest(medical_data / f"{split}.jsonl")]
+    dictated = [r for r in records if r.get("audio")]
+    assert dictated and len(dictated) < len(records)
+    for record in dictated[:3]:
+        assert open(record["audio"], "rb").read(4) == b"RIFF" and record["extra"]["dictation"]
+
+
+def test_routing_thresholds_are_tuned_for_latency_within_half_a_point():
+    from modalmesh.router.evaluate import RoutingCase, route, tune_routing
+
+    def case(confidence, base_correct, weight=0.01):
+        return RoutingCase(base_confidence=confidence, base_correct=base_correct, full_correct=True, outstanding_weight=weight,
+                           has_side=True, base_ms=100.0, routed_full_ms=1100.0, full_ms=1000.0)
+
+    # Confident base answers are right, unsure ones are wrong: answer early above 0.9.
+    cases = [case(0.95, True)] * 60 + [case(0.75, False)] * 40
+    tau, gamma = tune_routing(cases)
+    outcome = route(cases, tau, gamma)
+    assert 0.75 < tau <= 0.95 and outcome["accuracy"] == 1.0 and outcome["side_outputs_requested"] == 40
+    assert outcome["mean_latency_ms"] == pytest.approx(0.6 * 100 + 0.4 * 1100)
+    # When even confident base answers are often wrong, never answer early.
+    cases = [case(0.99, i % 4 != 0) for i in range(100)]
+    tau, gamma = tune_routing(cases)
+    assert route(cases, tau, gamma)["accuracy"] == 1.0 and route(cases, tau, gamma)["side_outputs_requested"] == 100
+    # A side output the gate expects to weigh a lot is waited for, whatever the confidence.
+    cases = [case(0.99, True, weight=0.4)] * 10 + [case(0.99, False, weight=0.6)] * 10
+    tau, gamma = tune_routing(cases)
+    assert route(cases, tau, gamma)["accuracy"] == 1.0 and route(cases, tau, gamma)["side_outputs_requested"] == 10
+
+
+def test_tuned_thresholds_in_the_weights_override_the_task_defaults(tmp_path):
+    from safetensors.torch import save_file
+
+    from modalmesh.router.fusion import FusionConfig, FusionModel
+    from modalmesh.router.tasks import TASKS, load_task_folder
+
+    spec = TASKS["screenshot_triage"]
+    config = FusionConfig(labels=spec.labels, routing={"tau": 0.7, "gamma": 0.3})
+    save_file(FusionModel(config).state_dict(), str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps(config.to_dict()))
+    loaded = load_task_folder(spec, tmp_path)
+    assert (loaded.spec.tau, loaded.spec.gamma) == (0.7, 0.3) and (spec.tau, spec.gamma) == (0.9, 0.15)

@@ -144,3 +144,12 @@ def test_mr_is_scaled_between_percentiles_without_hounsfield_units():
     grey = decoded.rgb[..., 0]
     assert grey.min() == 0 and grey.max() == 255  # stretched over the full range
     assert 0.001 < (grey == 255).mean() < 0.05  # only the top 0.5 % (and ties) saturate
+
+
+def test_a_png_scan_takes_its_pixel_spacing_from_the_request():
+    png = image_bytes(Image.new("L", (200, 100), 90), "PNG")
+    assert decode(png, "image/png", pixel_spacing="0.7").tags["PixelSpacing"] == "0.7\\0.7"
+    assert decode(png, "image/png", pixel_spacing="0.6\\0.8").tags["PixelSpacing"] == "0.6\\0.8"
+    assert "PixelSpacing" not in decode(png, "image/png").tags
+    for bad in ("wide", "0", "-1", "0.5\\0.5\\0.5", "12"):
+        assert "is not one or two spacings in mm" in refused(png, "image/png", pixel_spacing=bad)

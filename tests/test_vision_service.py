@@ -45,6 +45,19 @@ def test_screenshot_features_and_ocr_reads_the_error_text(vision):
     assert "ocr" in result.pooled_message.timings_ms
 
 
+def test_a_wrapped_message_on_a_phone_screen_is_read_as_one_paragraph(vision):
+    from modalmesh.common.layout import paragraphs
+    from modalmesh.data.screens import png_bytes, render_app_screen
+
+    message = "Card ending 4242 was flagged as suspicious"  # wraps onto two lines at phone width
+    screen = render_app_screen(message, np.random.default_rng(3), mobile=True, dark=False, layout="dialog")
+    spans = vision.encode(png_bytes(screen), "image/png", options=["ocr"]).side.text_spans
+    assert not any(span.text.strip() == message for span in spans)  # OCR alone gives pieces
+    read = paragraphs((span.text, tuple(span.box)) for span in spans)
+    assert message in read, read
+    assert read.index(message) > 0  # after the app's title and menus: reading order
+
+
 def test_ocr_runs_only_when_asked(vision):
     result = vision.encode(image_bytes(render_screenshot("Login failed")), "image/png")
     assert len(result.side.text_spans) == 0 and "ocr" not in result.pooled_message.timings_ms

@@ -78,11 +78,16 @@ def make_phantom(seed: int, size: int = 256, lesion_count: int | None = None, di
         diameter = float(rng.uniform(4, 60)) if diameter_mm is None else float(diameter_mm)
         radius_px = diameter / spacing / 2
         inner = np.argwhere(lungs)
+        best = None  # the most contained of up to 200 random centres: a lesion outside the lung would be invisible
         for _attempt in range(200):
             row, col = inner[rng.integers(inner.shape[0])]
             disc = (x - col) ** 2 + (y - row) ** 2 <= radius_px**2
-            if lungs[disc].mean() > 0.97 or radius_px * 2 > lung_a * 1.6:
+            inside = float(lungs[disc].mean())
+            if best is None or inside > best[0]:
+                best = (inside, row, col, disc)
+            if inside > 0.97:
                 break
+        _, row, col, disc = best
         hu[disc] = float(rng.uniform(30, 60))
         lesions.append(Lesion((float(row), float(col)), diameter, "left" if col > cx else "right"))
     lesions.sort(key=lambda lesion: -lesion.diameter_mm)

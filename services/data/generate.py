@@ -69,6 +69,8 @@ def _triage_item(rng, split: str, out: Path, item_id: str) -> dict:
     return record
 
 
+PHANTOM_SIZE = 384  # at 0.6-0.9 mm an adult-sized chest (body 190-330 mm wide) whose lungs hold a 60 mm mass
+
 SYMPTOMS = ("persistent cough", "shortness of breath", "chest pain", "weight loss", "haemoptysis", "fatigue", "no symptoms")
 
 
@@ -77,11 +79,11 @@ def _medical_item(rng, split: str, out: Path, item_id: str) -> dict:
 
     count = int(rng.choice([0, 1, 2, 3], p=[0.34, 0.33, 0.2, 0.13]))
     diameter = float(rng.uniform(4, 30)) if rng.random() < 0.5 else float(rng.uniform(31, 60))
-    phantom = make_phantom(int(rng.integers(1 << 31)), size=256, lesion_count=count)
+    phantom = make_phantom(int(rng.integers(1 << 31)), size=PHANTOM_SIZE, lesion_count=count)
     if count:  # resize the largest lesion so nodule and mass are balanced
-        phantom = make_phantom(int(rng.integers(1 << 31)), size=256, lesion_count=count, diameter_mm=diameter)
+        phantom = make_phantom(int(rng.integers(1 << 31)), size=PHANTOM_SIZE, lesion_count=count, diameter_mm=diameter)
     spacing = (phantom.pixel_spacing_mm, phantom.pixel_spacing_mm)
-    uid_seed = f"modalmesh-{split}-{item_id}-{phantom.hounsfield[128, 128]:.3f}"
+    uid_seed = f"modalmesh-{split}-{item_id}-{phantom.hounsfield[PHANTOM_SIZE // 2, PHANTOM_SIZE // 2]:.3f}"
     (out / "files" / f"{item_id}.dcm").write_bytes(write_ct_dicom(phantom.hounsfield, spacing, uid_seed=uid_seed))
     # The record correlates only weakly with the label (smoking and symptoms a bit more likely with lesions).
     age = int(rng.integers(35, 85))
@@ -89,7 +91,7 @@ def _medical_item(rng, split: str, out: Path, item_id: str) -> dict:
     symptom = str(rng.choice(SYMPTOMS[:5] if (count and rng.random() < 0.6) else SYMPTOMS))
     record_text = (f"{age}-year-old {'man' if rng.random() < 0.5 else 'woman'}, "
                    f"{'smoker, ' + str(int(rng.integers(5, 50))) + ' pack-years' if smoker else 'never smoker'}, {symptom}.")
-    return {
+    record = {
         "text": record_text if rng.random() > 0.1 else "",
         "image": f"files/{item_id}.dcm",
         "image_parameters": {"window": "lung"},
@@ -97,6 +99,21 @@ def _medical_item(rng, split: str, out: Path, item_id: str) -> dict:
         "extra": {"lesion_count": len(phantom.lesions), "largest_diameter_mm": round(phantom.largest_mm, 2),
                   "side": phantom.side, "pixel_spacing_mm": round(phantom.pixel_spacing_mm, 4)},
     }
+    if rng.random() < 0.3:  # a dictated note, as weak as the record: history and the reason for the scan
+        from modalmesh.audio.speech import espeak, wav_bytes
+
+        note = str(rng.choice(DICTATIONS)).format(symptom=symptom, history="smoker" if smoker else "non-smoker")
+        engine = espeak()
+        samples = engine.synthesize(note, "en-us", int(rng.integers(130, 170)))
+        (out / "files" / f"{item_id}.wav").write_bytes(wav_bytes(samples, engine.sample_rate))
+        record["audio"] = f"files/{item_id}.wav"
+        record["extra"]["dictation"] = note
+    return record
+
+
+DICTATIONS = ("Chest scan requested for {symptom}. Patient is a {history}.",
+              "Referral note: {symptom}, {history}, please assess the lungs.",
+              "Follow-up imaging for {symptom}. History: {history}.")
 
 
 def read_manifest(path: str | Path) -> list[dict]:

@@ -65,24 +65,25 @@ def render_app_screen(message: str, rng, mobile: bool, dark: bool, layout: str) 
     for row, text in enumerate(rng.choice(DISTRACTORS, size=2, replace=False)):
         draw.text((16, 64 + row * 30), str(text), fill=foreground, font=styled_font(face, 15 if mobile else 18))
     size_pt = 17 if mobile else 24
+    pitch = round(size_pt * 1.3)  # line height of the message: wrapped lines sit close, as in real dialogs
     wrap = 26 if mobile else 48
     lines = _wrap(message, wrap)
     if layout == "dialog":
         top = height // 2 - 70
-        box = [20 if mobile else width // 2 - 340, top, width - 20 if mobile else width // 2 + 340, top + 60 + 30 * len(lines)]
+        box = [20 if mobile else width // 2 - 340, top, width - 20 if mobile else width // 2 + 340, top + 70 + pitch * len(lines)]
         draw.rectangle(box, fill=(60, 30, 30) if dark else (255, 238, 238), outline=(200, 50, 50), width=3)
         for i, line in enumerate(lines):
-            draw.text((box[0] + 20, box[1] + 20 + i * 30), line, fill=(250, 120, 120) if dark else (160, 20, 20), font=styled_font(face, size_pt))
+            draw.text((box[0] + 20, box[1] + 20 + i * pitch), line, fill=(250, 120, 120) if dark else (160, 20, 20), font=styled_font(face, size_pt))
         draw.text((box[2] - 60, box[3] - 32), "OK", fill=foreground, font=styled_font(face, 18))
     elif layout == "banner":
-        draw.rectangle([0, 130, width, 150 + 30 * len(lines)], fill=(255, 214, 102))
+        draw.rectangle([0, 140, width, 160 + pitch * len(lines)], fill=(255, 214, 102))
         for i, line in enumerate(lines):
-            draw.text((16, 138 + i * 30), line, fill=(30, 30, 30), font=styled_font(face, size_pt))
+            draw.text((16, 150 + i * pitch), line, fill=(30, 30, 30), font=styled_font(face, size_pt))
     else:  # toast
-        bottom = height - 40 - 30 * len(lines)
+        bottom = height - 40 - pitch * len(lines)
         draw.rectangle([16, bottom - 16, width - 16, height - 24], fill=(50, 50, 55))
         for i, line in enumerate(lines):
-            draw.text((30, bottom - 4 + i * 30), line, fill=(245, 245, 245), font=styled_font(face, size_pt))
+            draw.text((30, bottom - 4 + i * pitch), line, fill=(245, 245, 245), font=styled_font(face, size_pt))
     return image
 
 

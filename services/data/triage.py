@@ -2,11 +2,14 @@
 
 The screen's dialog, banner or toast carries the label's evidence; messages range from
 specific to vague, are sometimes missing or misleading (about another label), so the
-screenshot is often needed. Every wording pool is split three ways, so test phrasings
-are never seen in training.
+screenshot is often needed. Wordings are fixed phrases or composed from a template and
+a label noun ("{x} was declined" + "Your card"). Every phrase and template pool is split
+three ways, so test wordings are never seen in training.
 """
 
 from __future__ import annotations
+
+import numpy as np
 
 LABELS = ("payment", "login", "crash", "shipping", "refund", "other")
 
@@ -63,7 +66,7 @@ SCREENS = {
         'Application not responding',
         'Segmentation fault (core dumped)',
         'Error: out of memory',
-        'The app quit unexpectedly',
+        'The app quit without warning',
         'Crash report sent to developers',
         'Unhandled exception at 0x0041F2',
         'Oops! This page crashed',
@@ -113,7 +116,7 @@ SCREENS = {
         'This order is not eligible for a refund',
         'Store credit issued instead of refund',
         'Refund rejected: item not returned',
-        'Your refund is being processed',
+        'We are processing your refund',
         'Refund declined by merchant',
         'Money back request received',
         'Refund will appear on your statement soon',
@@ -123,7 +126,7 @@ SCREENS = {
     ],
     'other': [
         'Welcome back!',
-        'Your profile was updated',
+        'Profile changes are live',
         'A new version is available',
         'Settings saved',
         'Rate our app',
@@ -135,7 +138,7 @@ SCREENS = {
         'Invite your friends',
         'How did we do? Take our survey',
         'Thanks for your feedback!',
-        'Your wishlist is empty',
+        'Nothing in your wishlist yet',
         'Profile photo updated',
         'Notifications turned on',
         'You have 3 new messages',
@@ -200,7 +203,7 @@ MESSAGES = {
         'When will my order ship?',
         'The delivery is very late.',
         'It says delivered but I got nothing.',
-        'My package is stuck at customs.',
+        'Customs is holding my package.',
         'My delivery is late.',
         'The parcel never came.',
         'Order still not shipped after two weeks.',
@@ -242,33 +245,137 @@ VAGUE = ["It doesn't work.", "Help please.", "Something went wrong.", "This is n
          "Can someone look at this?", "Please fix this.", "What is going on?", "Not happy.", "See the screenshot.",
          "Urgent!", "This keeps happening."]
 
+# Composed wordings: a template per label with "{x}", filled from a list of label nouns.
+# Templates are split between train, val and test (test wordings never seen in
+# training); the nouns ("your card", "the parcel") are shared.
+SCREEN_TEMPLATES = {
+    "payment": (["Payment", "Your card", "Card ending 4242", "The transaction", "Your Visa card", "The charge",
+                 "Your payment method", "Checkout payment", "Your debit card", "Mastercard ending 0019", "The purchase"],
+                ["{x} was declined", "{x} failed", "{x} could not be processed", "{x} was rejected by the bank",
+                 "{x} did not go through", "{x} was not authorized", "{x} was refused by the issuer", "{x} could not be charged",
+                 "{x}: insufficient funds", "{x} was blocked by your bank", "{x} needs 3-D Secure verification",
+                 "{x} timed out at the payment gateway", "{x} returned error code 402", "{x} was flagged as suspicious",
+                 "{x} could not be completed", "{x} is expired", "{x} was cancelled by the processor", "{x} failed the CVC check"]),
+    "login": (["Sign-in", "Login", "Your password", "Your account", "The verification code", "Two-factor authentication",
+               "Your session", "Authentication", "The one-time code", "Account access", "Single sign-on"],
+              ["{x} failed", "{x} is incorrect", "{x} was locked after too many attempts", "{x} has expired",
+               "{x} was rejected", "{x} is not valid", "{x} was blocked for security reasons", "{x} could not be verified",
+               "{x} timed out. Please sign in again", "{x} is temporarily suspended", "{x} was not recognized",
+               "{x} requires a password reset", "{x} returned error 401", "{x} was denied", "{x} is disabled",
+               "{x} could not be confirmed", "{x} needs re-authentication", "{x} is locked"]),
+    "crash": (["The app", "ShopFast", "The application", "The checkout screen", "The main process", "The renderer",
+               "The cart page", "This screen", "The product page", "The background service", "The home feed"],
+              ["{x} has stopped", "{x} crashed unexpectedly", "{x} is not responding", "{x} quit unexpectedly",
+               "{x} hit a fatal exception", "{x} ran out of memory", "{x} closed because of a problem",
+               "{x} threw an unhandled exception", "{x} stopped working", "{x} terminated with a segmentation fault",
+               "{x} froze and was shut down", "{x} encountered a fatal error", "{x} keeps stopping", "{x} failed to start",
+               "{x} raised NullPointerException", "{x} had to close", "{x} crashed (stack overflow)",
+               "{x} aborted with a runtime error"]),
+    "shipping": (["Your package", "The parcel", "Your order", "Shipment #48213", "The delivery", "Your shipment",
+                  "Package 55-0912", "Your parcel", "Order #10234", "Your box", "The consignment"],
+                 ["{x} is delayed", "{x} was lost in transit", "{x} is held at customs", "{x} could not be delivered",
+                  "{x} was returned to sender", "{x} has not shipped yet", "{x} is stuck at the sorting center",
+                  "{x} was damaged in transit", "{x} missed the delivery window", "{x} shows no tracking updates",
+                  "{x}: delivery address invalid", "{x} was rescheduled to next week", "{x} is still in transit",
+                  "{x}: courier could not access the building", "{x} is waiting for carrier pickup",
+                  "{x} was delivered to the wrong address", "{x}: delivery date unknown", "{x} was misrouted"]),
+    "refund": (["Your refund", "Refund request", "The refund", "Return #7731", "Your return", "Money back request",
+                "Refund for order #5521", "The reimbursement", "Refund of $49.99", "Return and refund", "Refund claim"],
+               ["{x} is pending", "{x} was denied", "{x} is being processed", "{x} failed to reach your bank",
+                "{x} was issued as store credit", "{x} is on hold", "{x} was rejected", "{x} will take 5-10 business days",
+                "{x} was only partially approved", "{x} was cancelled", "{x} is outside the return window",
+                "{x} is not eligible", "{x} is awaiting the returned item", "{x} was issued as a gift card",
+                "{x}: amount $0.00", "{x} was declined by the merchant", "{x} could not be issued", "{x} is delayed"]),
+    "other": (["Your profile", "Settings", "Dark mode", "Notifications", "Your wishlist", "Language", "The newsletter",
+               "Your photo", "App theme", "Your preferences", "Email alerts"],
+              ["{x} was updated", "{x} saved", "{x} enabled", "{x} turned on", "{x} changed", "{x} is empty",
+               "{x}: subscription confirmed", "{x} synced", "{x} restored to defaults", "{x} turned off",
+               "{x} updated successfully", "{x} are up to date", "{x} was shared", "{x} is ready", "{x} applied",
+               "{x} was reset", "{x} backed up", "{x} imported"]),
+}
+
+MESSAGE_TEMPLATES = {
+    "payment": (["my card", "my payment", "my credit card", "my Visa", "my debit card", "the transaction", "my PayPal payment"],
+                ["Hi, {x} keeps getting declined.", "Why was {x} rejected at checkout?", "{x} won't go through.",
+                 "I tried three times and {x} fails.", "{x} bounced even though I have money.", "Checkout says {x} is invalid.",
+                 "The bank says {x} was blocked by you.", "{x} shows an error on the last step.", "Is there a problem with {x}?",
+                 "{x} was refused again, what now?", "I can't finish buying because {x} is not accepted.", "{x} just fails."]),
+    "login": (["my account", "my password", "the login page", "the sign-in screen", "my two-factor code", "the reset link",
+               "my email login"],
+              ["I can't get into {x}.", "{x} says I'm locked out.", "{x} keeps rejecting me.", "{x} doesn't work anymore.",
+               "Why is {x} blocked?", "{x} tells me the password is wrong.", "I reset it but {x} still fails.",
+               "{x} never lets me in.", "{x} logs me out every time.", "Help, {x} is locked.",
+               "{x} says the code is invalid.", "I'm stuck at {x}."]),
+    "crash": (["the app", "your app", "the cart screen", "the checkout page", "the app on my phone", "the product page",
+               "the new version"],
+              ["{x} crashes every time.", "{x} keeps closing by itself.", "{x} freezes and shuts down.", "{x} just quits.",
+               "{x} stopped working after the update.", "{x} won't open at all.", "{x} dies when I tap anything.",
+               "{x} closes as soon as it starts.", "{x} goes black and exits.", "Every time I open {x} it crashes.",
+               "{x} hangs and then closes.", "{x} keeps crashing on me."]),
+    "shipping": (["my package", "my order", "my parcel", "the delivery", "my shipment", "my box", "the courier"],
+                 ["Where is {x}?", "{x} still hasn't arrived.", "{x} is two weeks late.", "Tracking for {x} hasn't moved.",
+                  "{x} seems to be lost.", "{x} went to the wrong address.", "When will {x} get here?",
+                  "{x} is stuck at customs.", "{x} says delivered but I have nothing.", "{x} never showed up.",
+                  "{x} has been in transit forever.", "Has {x} even shipped?"]),
+    "refund": (["my refund", "my money back", "the refund", "my return", "the reimbursement", "my store credit refund",
+                "the partial refund"],
+               ["I'm still waiting for {x}.", "Where is {x}?", "Why was {x} denied?", "{x} is taking too long.",
+                "{x} hasn't shown up on my card.", "I sent the item back, what about {x}?", "{x} was the wrong amount.",
+                "Please process {x}.", "How long until I get {x}?", "{x} got rejected, why?",
+                "I want {x} for the broken item.", "{x} was cancelled without reason."]),
+    "other": (["my profile picture", "the language", "my email preferences", "the theme", "the newsletter",
+               "my display name", "notification sounds"],
+              ["How do I change {x}?", "Can I update {x}?", "Where do I find {x} in settings?", "Is it possible to turn off {x}?",
+               "Just a question about {x}.", "I'd like to customize {x}.", "Could you add more options for {x}?",
+               "Where can I edit {x}?", "Any tips for {x}?", "Can I reset {x}?", "I love the app! How do I set {x}?",
+               "Quick question: can I change {x} on desktop?"]),
+}
+
 SPLITS = ("train", "val", "test")
 
 
 def pool(items: list[str], split: str) -> list[str]:
-    """Disjoint thirds by position: train gets 2/3, val and test 1/6 each (at least one)."""
+    """Disjoint parts of a fixed random order of `items` (the same for every dataset seed):
+    train gets 2/3, val and test 1/6 each (at least one)."""
     n = len(items)
+    shuffled = [items[i] for i in np.random.default_rng(20261122).permutation(n)]
     cut_train, cut_val = max(1, round(n * 2 / 3)), max(1, round(n * 5 / 6))
-    return {"train": items[:cut_train], "val": items[cut_train:cut_val], "test": items[cut_val:]}[split] or items[-1:]
+    return {"train": shuffled[:cut_train], "val": shuffled[cut_train:cut_val], "test": shuffled[cut_val:]}[split] or shuffled[-1:]
+
+
+def wording(rng, label: str, split: str, fixed: dict, composed: dict) -> str:
+    """A fixed phrase (40%) or a composed one (60%) for `label`, from `split`'s pools."""
+    if rng.random() < 0.4:
+        return str(rng.choice(pool(fixed[label], split)))
+    nouns, templates = composed[label]
+    phrase = str(rng.choice(pool(templates, split))).format(x=str(rng.choice(nouns)))
+    return phrase[0].upper() + phrase[1:]
+
+
+def wordings(label: str, split: str, fixed: dict, composed: dict) -> set[str]:
+    """Every wording `wording` can give for `label` in `split`."""
+    nouns, templates = composed[label]
+    made = {t.format(x=n) for t in pool(templates, split) for n in nouns}
+    return set(pool(fixed[label], split)) | {m[0].upper() + m[1:] for m in made}
 
 
 def make_case(rng, split: str) -> dict:
     """One case: label, screen message (or None), customer text, voice text (or None)."""
     label = str(rng.choice(LABELS))
-    screen = str(rng.choice(pool(SCREENS[label], split))) if rng.random() > 0.1 else None
+    screen = wording(rng, label, split, SCREENS, SCREEN_TEMPLATES) if rng.random() > 0.1 else None
     kind = rng.choice(["specific", "vague", "misleading", "missing"], p=[0.45, 0.25, 0.1, 0.2])
     if screen is None:
         kind = "specific"  # something must carry the label
     if kind == "specific":
-        text = str(rng.choice(pool(MESSAGES[label], split)))
+        text = wording(rng, label, split, MESSAGES, MESSAGE_TEMPLATES)
     elif kind == "vague":
         text = str(rng.choice(pool(VAGUE, split)))
     elif kind == "misleading":
         other = str(rng.choice([l for l in LABELS if l != label]))
-        text = str(rng.choice(pool(MESSAGES[other], split)))
+        text = wording(rng, other, split, MESSAGES, MESSAGE_TEMPLATES)
     else:
         text = ""
-    voice = str(rng.choice(pool(MESSAGES[label], split))) if rng.random() < 0.25 else None
+    voice = wording(rng, label, split, MESSAGES, MESSAGE_TEMPLATES) if rng.random() < 0.25 else None
     layout = str(rng.choice(["dialog", "banner", "toast"]))
     return {"label": label, "screen": screen, "text": text, "message_kind": str(kind), "voice": voice,
             "mobile": bool(rng.random() < 0.4), "dark": bool(rng.random() < 0.3), "layout": layout}

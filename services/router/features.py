@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,9 +21,11 @@ import torch
 
 from modalmesh.common.client import collect
 from modalmesh.common.config import load_config
+from modalmesh.common.layout import paragraphs
 from modalmesh.common.encoder import EncodeRequest
 
 FEATURE_VERSION = "1"
+SCREEN_TEXT_VERSION = "paragraphs-1"  # how OCR spans become text vectors (common/layout.py); part of OCR tasks' keys
 
 
 @dataclass
@@ -75,7 +78,7 @@ class LocalEncoders:
             features["image"] = torch.from_numpy(np.array(result.sequence, dtype=np.float32))
             costs["image"] = elapsed - ocr_ms
             evidence["image_tags"] = dict(result.side.tags)
-            lines = [s.text for s in result.side.text_spans if s.text.strip()][:32]
+            lines = paragraphs((s.text, tuple(s.box)) for s in result.side.text_spans)[:32]
             evidence["screen_lines"] = lines
             if "image" in side:
                 started = time.perf_counter()
@@ -123,7 +126,10 @@ class FeatureCache:
 
     def key(self, record: dict) -> str:
         digest = hashlib.sha256(FEATURE_VERSION.encode())
-        digest.update(json.dumps([record.get("text", ""), record.get("image_parameters", {}), self.side], sort_keys=True).encode())
+        parts = [record.get("text", ""), record.get("image_parameters", {}), self.side]
+        if "image" in self.side:  # OCR text vectors also depend on how spans become paragraphs
+            parts.append(SCREEN_TEXT_VERSION)
+        digest.update(json.dumps(parts, sort_keys=True).encode())
         for name in ("image", "audio"):
             if record.get(name):
                 digest.update(Path(record[name]).read_bytes())
@@ -146,8 +152,13 @@ class FeatureCache:
             audio=Path(audio).read_bytes() if audio else b"", audio_type=media_type_of(audio) if audio else "",
             image_parameters=record.get("image_parameters"), side=self.side,
         )
-        save_file({k: v.contiguous() for k, v in item.features.items()}, str(tensors))
-        sidecar.write_text(json.dumps({"costs_ms": item.costs_ms, "evidence": item.evidence}))
+        # Written under temporary names and renamed: a reader (or a second training run) never sees half a file.
+        partial = tensors.with_suffix(f".{os.getpid()}.partial")
+        save_file({k: v.contiguous() for k, v in item.features.items()}, str(partial))
+        os.replace(partial, tensors)
+        partial = sidecar.with_suffix(f".{os.getpid()}.partial")
+        partial.write_text(json.dumps({"costs_ms": item.costs_ms, "evidence": item.evidence}))
+        os.replace(partial, sidecar)
         return item
 
     def close(self) -> None:

@@ -52,6 +52,17 @@ class FusionConfig:
     dropout: float = 0.1
     max_tokens: int = 64  # per source; longer sequences are average-pooled down to this
     pooling: str = "mean"  # h_s from a source's tokens: "mean" or "attention" (a learned query per source)
+    measurement_sigma: dict[str, float] = field(default_factory=dict)  # validation error per regression output
+    routing: dict[str, float] = field(default_factory=dict)  # tau and gamma tuned on validation (see evaluate.tune_routing)
+    # Where regression outputs read from: "fused" (the gate-weighted mix) or one source's
+    # pooled representation (e.g. "image": a lesion is measured on the scan, whatever else arrived).
+    regression_from: str = "fused"
+
+    def __post_init__(self) -> None:
+        if self.regression_from != "fused" and self.regression_from not in SOURCES:
+            raise ValueError(f"regression_from {self.regression_from!r} is not 'fused' or one of {SOURCES}")
+        if self.pooling not in ("mean", "attention"):
+            raise ValueError(f"pooling {self.pooling!r} is not 'mean' or 'attention'")
 
     def to_dict(self) -> dict:
         return {**self.__dict__, "labels": list(self.labels), "regression": list(self.regression)}
@@ -203,6 +214,11 @@ class FusionModel(nn.Module):
         present = torch.stack([torch.bincount(ids, minlength=len(SOURCES)) > 0 for ids in sources])
         return FusionInputs(tokens, token_source, padding, present)
 
+    def _regression_input(self, fused: torch.Tensor, per_source: torch.Tensor) -> torch.Tensor:
+        if self.config.regression_from == "fused":
+            return fused
+        return per_source[:, SOURCES.index(self.config.regression_from)]  # zeros when that source is absent
+
     # -- forward ---------------------------------------------------------------------
     def forward(self, inputs: FusionInputs) -> FusionOutputs:
         token_modality = _source_to_modality(inputs.token_source)
@@ -226,7 +242,7 @@ class FusionModel(nn.Module):
         return FusionOutputs(
             logits=logits,
             probabilities=torch.softmax(logits / self.log_temperature.exp(), dim=-1),
-            regression=self.regressor(fused)[:, : len(self.config.regression)],
+            regression=self.regressor(self._regression_input(fused, per_source))[:, : len(self.config.regression)],
             gate_weights=gate_weights,
             gate_scores=gate_scores,
             attention=torch.stack(attentions).mean(dim=0),

@@ -32,6 +32,7 @@ from opentelemetry import context as otel_context
 
 from modalmesh.common import errors, telemetry
 from modalmesh.common.client import collect, encode_requests
+from modalmesh.common.layout import paragraphs
 from modalmesh.router.fusion import MODALITIES, SOURCE_MODALITY, SOURCES, attention_mass, modality_gate_weights, normalised_entropy
 from modalmesh.router.tasks import Answer, Evidence, TaskModel
 from modalmesh.v1 import encoder_pb2, encoder_pb2_grpc, router_pb2, speech_pb2, speech_pb2_grpc
@@ -396,7 +397,7 @@ class Pipeline:
 
     def _side_features(self, run: Run, call: Call, modality: str, side: encoder_pb2.SideOutputs) -> dict[str, torch.Tensor]:
         if modality == "image" and side.text_spans:
-            lines = [span.text for span in side.text_spans if span.text.strip()][:32]
+            lines = paragraphs((span.text, tuple(span.box)) for span in side.text_spans)[:32]
             run.evidence.screen_lines = lines
             if lines:
                 return {"image_text": run.embed_texts(call, lines)}
@@ -458,14 +459,15 @@ class Pipeline:
             return outputs, weight
 
         outputs, weight = self.run_model(work)
-        probabilities = outputs.probabilities[0]
+        probabilities, regression = task.spec.finish(outputs.probabilities[0], outputs.regression[0], run.evidence.image_tags,
+                                                     task.model.config.measurement_sigma)
         best = int(probabilities.argmax())
         answer = Answer(
             label=task.spec.labels[best],
             confidence=float(probabilities[best]),
             predictive_entropy=float(normalised_entropy(probabilities)),
             probabilities={label: float(p) for label, p in zip(task.spec.labels, probabilities)},
-            regression={name: float(v) for name, v in zip(task.spec.regression, outputs.regression[0])},
+            regression={name: float(v) for name, v in zip(task.spec.regression, regression)},
         )
         return Decision(answer, outputs, weight)
 

@@ -67,8 +67,11 @@ class RouterService(Service):
 
     def initialize(self) -> None:
         weights = self.config.weights_dir or (str(SHIPPED_WEIGHTS) if SHIPPED_WEIGHTS.is_dir() else "")
-        specs = apply_routing_thresholds(TASKS, self.config.routing)
-        self.tasks = {name: load_task(spec, weights) for name, spec in specs.items()}
+        self.tasks = {name: load_task(spec, weights) for name, spec in TASKS.items()}
+        # tau/gamma: --routing, else the values tuned on validation (in the weights' config), else the task's defaults.
+        specs = apply_routing_thresholds({name: task.spec for name, task in self.tasks.items()}, self.config.routing)
+        for name, task in self.tasks.items():
+            task.spec = specs[name]
         self.model_thread = DynamicBatcher(
             lambda work: [item() for item in work], max_batch_size=8, max_queue=self.config.max_queue, name="router"
         )

@@ -13,6 +13,7 @@ and says "untrained" in its model version.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -49,6 +50,35 @@ class Answer:
     regression: dict[str, float]
 
 
+@dataclass(frozen=True)
+class SizeRule:
+    """Between two labels, the measured size decides: that is their definition (a
+    nodule is a lesion of at most 30 mm, a mass is larger). The classifier gives
+    P(lesion); the measured diameter d and its validation error sigma split it:
+    P(large) = P(lesion) * Phi((d - threshold) / sigma)."""
+
+    output: str
+    small: str
+    large: str
+    threshold: float
+
+
+DEFAULT_PIXEL_SPACING_MM = 0.75  # assumed when an image states none (the middle of the training range)
+
+
+def field_of_view_mm(tags: dict[str, str]) -> tuple[float, bool]:
+    """The image's width in mm (Columns x the column PixelSpacing) and whether the
+    spacing was stated; without one, DEFAULT_PIXEL_SPACING_MM is assumed."""
+    columns = float(tags.get("Columns") or tags.get("width") or 0)
+    spacing = tags.get("PixelSpacing", "")
+    try:
+        column_spacing = float(spacing.split("\\")[-1]) if spacing else 0.0
+    except ValueError:
+        column_spacing = 0.0
+    stated = column_spacing > 0
+    return columns * (column_spacing if stated else DEFAULT_PIXEL_SPACING_MM), stated
+
+
 @dataclass
 class TaskSpec:
     name: str
@@ -60,6 +90,32 @@ class TaskSpec:
     gamma: float = 0.1
     side_outputs: tuple[str, ...] = ("image", "audio")  # modalities whose expensive extras (OCR, transcript) can help
     write: Callable[[Answer, Evidence], tuple[str, dict[str, str], str]] | None = None  # description, findings, reply
+    # Regression outputs the model predicts as a fraction of the image's width; multiplied
+    # by the field of view in mm (from PixelSpacing) before anyone sees them.
+    field_of_view_outputs: tuple[str, ...] = ()
+    size_rule: SizeRule | None = None
+    fusion: dict = field(default_factory=dict)  # FusionConfig defaults for this task (training may override)
+
+    def finish(self, probabilities: torch.Tensor, regression: torch.Tensor, tags: dict[str, str],
+               sigma: dict[str, float]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The heads' raw outputs ([L], [R]) to what the task reports: sizes in mm, and
+        the size rule applied. `sigma`: validation error per output (FusionConfig.measurement_sigma)."""
+        regression = regression.clone()
+        if self.field_of_view_outputs:
+            fov, _ = field_of_view_mm(tags)
+            for name in self.field_of_view_outputs:
+                regression[self.regression.index(name)] *= fov
+        if self.size_rule is None:
+            return probabilities, regression
+        rule = self.size_rule
+        size = regression[self.regression.index(rule.output)]
+        spread = max(float(sigma.get(rule.output, 3.0)), 0.5)
+        large_share = 0.5 * (1 + torch.erf((size - rule.threshold) / (spread * 2 ** 0.5)))
+        small, large = self.labels.index(rule.small), self.labels.index(rule.large)
+        probabilities = probabilities.clone()
+        lesion = probabilities[small] + probabilities[large]
+        probabilities[small], probabilities[large] = lesion * (1 - large_share), lesion * large_share
+        return probabilities, regression
 
 
 # ----------------------------------------------------------------------- screenshot triage
@@ -122,6 +178,8 @@ def write_report(answer: Answer, evidence: Evidence) -> tuple[str, dict[str, str
         "side": side if count else "none",
     }
     spacing = evidence.image_tags.get("PixelSpacing", "")
+    if not spacing and answer.label != "normal":
+        spacing = f"not stated; sizes assume {DEFAULT_PIXEL_SPACING_MM:g}"
     modality = evidence.image_tags.get("Modality", "image")
     if answer.label == "normal":
         body = "No focal pulmonary lesion is identified. The lung fields are clear."
@@ -162,6 +220,9 @@ TASKS: dict[str, TaskSpec] = {
         gamma=0.1,
         side_outputs=("audio",),  # a scan carries no screen text: never OCR it
         write=write_report,
+        field_of_view_outputs=("largest_diameter_mm",),
+        size_rule=SizeRule("largest_diameter_mm", small="nodule", large="mass", threshold=30.0),
+        fusion={"regression_from": "image"},  # measured on the scan, not on the record
     ),
 }
 
@@ -189,8 +250,10 @@ def load_task_folder(spec: TaskSpec, folder: Path | None) -> TaskModel:
             raise ValueError(f"{weights}: labels {config.labels} do not match task {spec.name} {spec.labels}")
         model = FusionModel(config)
         model.load_state_dict(load_file(str(weights)))
+        if config.routing:  # thresholds tuned on the validation split override the task's defaults
+            spec = dataclasses.replace(spec, tau=float(config.routing.get("tau", spec.tau)), gamma=float(config.routing.get("gamma", spec.gamma)))
         return TaskModel(spec, model.eval(), f"{spec.name}@{models.file_digest(weights)}", trained=True)
     torch.manual_seed(0)  # untrained but stable: the same request gets the same answer
-    model = FusionModel(FusionConfig(labels=spec.labels, regression=spec.regression)).eval()
+    model = FusionModel(FusionConfig(labels=spec.labels, regression=spec.regression, **spec.fusion)).eval()
     log.warning("task %s: no trained weights%s; answering with untrained heads", spec.name, f" in {folder}" if folder else "")
     return TaskModel(spec, model, f"{spec.name}@untrained", trained=False)

@@ -26,11 +26,12 @@ from modalmesh.common.progress import progress
 from modalmesh.data.generate import read_manifest
 from modalmesh.router.features import FeatureCache, LocalEncoders
 from modalmesh.router.fusion import FusionConfig, FusionModel
-from modalmesh.router.tasks import NOT_FOR_CLINICAL_USE, TASKS
+from modalmesh.router.tasks import NOT_FOR_CLINICAL_USE, TASKS, field_of_view_mm
 
 log = logging.getLogger(__name__)
 
-REGRESSION_SCALE = {"lesion_count": 1.0, "largest_diameter_mm": 0.1, "side": 1.0}  # diameter in cm for the loss
+REGRESSION_SCALE = {"lesion_count": 1.0, "largest_diameter_mm": 10.0, "side": 1.0}  # diameter: tenths of the field of view
+GATE_ANCHOR = 0.01
 MODALITY_GROUPS = (("text",), ("image", "image_text"), ("audio", "audio_text"))
 
 
@@ -38,23 +39,38 @@ MODALITY_GROUPS = (("text",), ("image", "image_text"), ("audio", "audio_text"))
 class Example:
     features: dict[str, torch.Tensor]
     label: int
-    targets: torch.Tensor  # regression targets (raw units)
+    targets: torch.Tensor  # regression targets as the model predicts them (field-of-view outputs as fractions)
     target_mask: torch.Tensor  # which targets apply
+    tags: dict[str, str]  # the image's tags (PixelSpacing, Columns): what turns fractions into mm
+    truth: torch.Tensor  # regression targets in the units the task reports (mm)
 
 
 def regression_targets(task: str, record: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    names = TASKS[task].regression
+    """Targets in the task's units (mm), and which apply: a size-rule output (the largest
+    diameter) only where there is a lesion, `side` only where it is left or right."""
+    spec = TASKS[task]
     extra = record.get("extra", {})
     values, mask = [], []
-    for name in names:
+    for name in spec.regression:
         if name == "side":
             side = extra.get("side", "none")
             values.append(-1.0 if side == "left" else 1.0)
             mask.append(side in ("left", "right"))
         else:
             values.append(float(extra.get(name, 0.0)))
-            mask.append(name in extra)
+            sized = spec.size_rule is None or name != spec.size_rule.output or record["label"] in (spec.size_rule.small, spec.size_rule.large)
+            mask.append(name in extra and sized)
     return torch.tensor(values, dtype=torch.float32), torch.tensor(mask, dtype=torch.bool)
+
+
+def model_targets(spec, truth: torch.Tensor, tags: dict[str, str]) -> torch.Tensor:
+    """Task units to model units: field-of-view outputs become fractions of the image width."""
+    targets = truth.clone()
+    if spec.field_of_view_outputs:
+        fov, _ = field_of_view_mm(tags)
+        for name in spec.field_of_view_outputs:
+            targets[spec.regression.index(name)] /= max(fov, 1e-6)
+    return targets
 
 
 def load_examples(task: str, manifest: str | Path, cache: FeatureCache, label: str) -> tuple[list[Example], list]:
@@ -67,8 +83,9 @@ def load_examples(task: str, manifest: str | Path, cache: FeatureCache, label: s
         if record["label"] not in spec.labels:
             raise ValueError(f"{manifest}: {record['id']}: label {record['label']!r} is not one of {spec.labels}")
         item = cache.get(record)
-        targets, mask = regression_targets(task, record)
-        examples.append(Example(item.features, spec.labels.index(record["label"]), targets, mask))
+        truth, mask = regression_targets(task, record)
+        tags = dict(item.evidence.get("image_tags", {}))
+        examples.append(Example(item.features, spec.labels.index(record["label"]), model_targets(spec, truth, tags), mask, tags, truth))
         items.append(item)
     return examples, items
 
@@ -90,8 +107,16 @@ def modality_dropout(features: dict[str, torch.Tensor], rng: random.Random, p: f
     return kept
 
 
+def add_noise(features: dict[str, torch.Tensor], scale: float) -> dict[str, torch.Tensor]:
+    """Gaussian noise relative to each row's RMS: unseen wordings land near seen ones, not on them."""
+    if scale <= 0:
+        return features
+    return {s: f + scale * f.pow(2).mean(dim=-1, keepdim=True).sqrt() * torch.randn_like(f) for s, f in features.items()}
+
+
 def train(task: str, data: str, out: str, epochs: int = 40, seed: int = 0, cache_dir: str = "", batch_size: int = 32,
-          learning_rate: float = 2e-3, weight_decay: float = 1e-2, modality_dropout_p: float = 0.35, **config_overrides) -> dict:
+          learning_rate: float = 2e-3, weight_decay: float = 1e-2, modality_dropout_p: float = 0.35, regression_weight: float = 1.0,
+          feature_noise: float = 0.5, **config_overrides) -> dict:
     spec = TASKS[task]
     started = time.perf_counter()
     torch.manual_seed(seed)
@@ -102,12 +127,12 @@ def train(task: str, data: str, out: str, epochs: int = 40, seed: int = 0, cache
     try:
         train_set, _ = load_examples(task, manifest, cache, "train")
         val_path = manifest.with_name("val.jsonl")
-        val_set = load_examples(task, val_path, cache, "val")[0] if val_path.is_file() and val_path != manifest else []
+        val_set, val_items = load_examples(task, val_path, cache, "val") if val_path.is_file() and val_path != manifest else ([], [])
     finally:
         cache.close()
     feature_seconds = time.perf_counter() - started
 
-    config = FusionConfig(labels=spec.labels, regression=spec.regression, **config_overrides)
+    config = FusionConfig(labels=spec.labels, regression=spec.regression, **{**spec.fusion, **config_overrides})
     model = FusionModel(config)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=learning_rate, weight_decay=weight_decay)
     scale = torch.tensor([REGRESSION_SCALE.get(n, 1.0) for n in spec.regression]) if spec.regression else None
@@ -120,17 +145,19 @@ def train(task: str, data: str, out: str, epochs: int = 40, seed: int = 0, cache
         total = 0.0
         for start in range(0, len(order), batch_size):
             batch = [train_set[i] for i in order[start : start + batch_size]]
-            inputs = model.embed([modality_dropout(e.features, rng, modality_dropout_p) for e in batch])
+            inputs = model.embed([add_noise(modality_dropout(e.features, rng, modality_dropout_p), feature_noise) for e in batch])
             outputs = model(inputs)
             labels = torch.tensor([e.label for e in batch])
             loss = F.cross_entropy(outputs.logits, labels, label_smoothing=0.05)
             if scale is not None:
                 targets = torch.stack([e.targets for e in batch]) * scale
                 mask = torch.stack([e.target_mask for e in batch]).float()
-                loss = loss + ((outputs.regression * scale - targets) ** 2 * mask).sum() / mask.sum().clamp(min=1)
+                loss = loss + regression_weight * ((outputs.regression * scale - targets) ** 2 * mask).sum() / mask.sum().clamp(min=1)
             # Priors learn each source's expected gate score (for routing before it arrives).
             prior_error = (model.gate.prior.expand_as(outputs.gate_scores) - outputs.gate_scores.detach()) ** 2
             loss = loss + (prior_error * inputs.present).sum() / inputs.present.sum()
+            # Softmax ignores a shared shift of the scores; anchoring them near 0 keeps them (and the priors) from drifting.
+            loss = loss + GATE_ANCHOR * (outputs.gate_scores ** 2 * inputs.present).sum() / inputs.present.sum()
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -140,6 +167,10 @@ def train(task: str, data: str, out: str, epochs: int = 40, seed: int = 0, cache
 
     model.eval()
     temperature = calibrate_temperature(model, val_set) if val_set else 1.0
+    if val_set and spec.size_rule is not None:  # the measurement's validation error sets the size rule's spread
+        config.measurement_sigma = measurement_sigma(model, spec, val_set)
+    if val_set:  # the earliest answers that cost at most half a point of validation accuracy
+        config.routing = tune_routing_on(model, spec, val_set, val_items)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     from safetensors.torch import save_file
@@ -148,18 +179,61 @@ def train(task: str, data: str, out: str, epochs: int = 40, seed: int = 0, cache
     (out_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
     summary = {
         "task": task, "train_items": len(train_set), "val_items": len(val_set), "epochs": epochs, "seed": seed,
-        "final_loss": history[-1], "temperature": temperature, "feature_seconds": round(feature_seconds, 1),
-        "train_seconds": round(train_seconds, 1), "val_accuracy": accuracy(model, val_set) if val_set else None,
+        "final_loss": history[-1], "temperature": temperature, "feature_noise": feature_noise, "feature_seconds": round(feature_seconds, 1),
+        "train_seconds": round(train_seconds, 1), "val_accuracy": accuracy(model, spec, val_set) if val_set else None,
+        "routing": config.routing,
     }
     (out_dir / "train_log.json").write_text(json.dumps({**summary, "loss_per_epoch": history}, indent=2))
     write_model_card(out_dir, spec, summary, data)
     return summary
 
 
-def accuracy(model: FusionModel, examples: list[Example]) -> float:
+def predict(model: FusionModel, spec, examples: list[Example], sources=None) -> tuple[torch.Tensor, torch.Tensor, object]:
+    """What the task reports for each example (probabilities [N, L], regression [N, R] in
+    task units), from the sources listed (all by default), plus the raw outputs."""
+    chosen = [{s: f for s, f in e.features.items() if sources is None or s in sources} for e in examples]
     with torch.no_grad():
-        outputs = model(model.embed([e.features for e in examples]))
-    return float((outputs.logits.argmax(-1) == torch.tensor([e.label for e in examples])).float().mean())
+        outputs = model(model.embed(chosen))
+    finished = [spec.finish(p, r, e.tags, model.config.measurement_sigma)
+                for p, r, e in zip(outputs.probabilities, outputs.regression, examples)]
+    if not finished:
+        return outputs.probabilities, outputs.regression, outputs
+    return torch.stack([p for p, _ in finished]), torch.stack([r for _, r in finished]), outputs
+
+
+def accuracy(model: FusionModel, spec, examples: list[Example]) -> float:
+    probabilities, _, _ = predict(model, spec, examples)
+    return float((probabilities.argmax(-1) == torch.tensor([e.label for e in examples])).float().mean())
+
+
+def tune_routing_on(model: FusionModel, spec, examples: list[Example], items: list) -> dict[str, float]:
+    from modalmesh.router.evaluate import BASE, route, routing_cases, tune_routing
+
+    started = time.perf_counter()
+    for example in examples[:16]:
+        predict(model, spec, [example])
+    fuse_ms = (time.perf_counter() - started) * 1000 / min(16, len(examples))
+    full_p = predict(model, spec, examples)[0].numpy()
+    base_p = predict(model, spec, examples, sources=BASE)[0].numpy()
+    cases = routing_cases(model, spec, examples, items, base_p, full_p, fuse_ms)
+    tau, gamma = tune_routing(cases)
+    outcome = route(cases, tau, gamma)
+    log.info("routing on validation: tau %g gamma %g -> accuracy %.3f, mean latency %.0f ms", tau, gamma,
+             outcome["accuracy"], outcome["mean_latency_ms"])
+    return {"tau": tau, "gamma": gamma}
+
+
+def measurement_sigma(model: FusionModel, spec, examples: list[Example]) -> dict[str, float]:
+    """Root-mean-square validation error of each field-of-view output, in task units."""
+    _, regression, _ = predict(model, spec, examples)
+    sigma = {}
+    for name in spec.field_of_view_outputs:
+        index = spec.regression.index(name)
+        mask = torch.stack([e.target_mask[index] for e in examples])
+        truth = torch.stack([e.truth[index] for e in examples])
+        if mask.any():
+            sigma[name] = round(float(((regression[mask, index] - truth[mask]) ** 2).mean().sqrt()), 3)
+    return sigma
 
 
 def calibrate_temperature(model: FusionModel, examples: list[Example]) -> float:
@@ -193,9 +267,11 @@ def write_model_card(out_dir: Path, spec, summary: dict, data: str) -> None:
 - Fusion: projections to 128-d, 2 layers of modality-aware attention, routing gate, temperature-scaled heads.
 - Data: `{data}` ({summary['train_items']} training items, {summary['val_items']} validation items), synthetic,
   generated by `modalmesh data generate`.
-- Training: {summary['epochs']} epochs, seed {summary['seed']}, modality dropout; temperature {summary['temperature']:.3f}
+- Training: {summary['epochs']} epochs, seed {summary['seed']}, modality dropout, feature noise {summary['feature_noise']}; temperature {summary['temperature']:.3f}
   (calibrated on validation); features {summary['feature_seconds']} s, training {summary['train_seconds']} s on this machine.
 - Validation accuracy (all modalities): {summary['val_accuracy']}
+- Compute routing (tuned on validation, at most half a point below answering from everything):
+  tau {summary['routing'].get('tau', spec.tau)}, gamma {summary['routing'].get('gamma', spec.gamma)}
 - Evaluate with `modalmesh eval --task {spec.name} --data <test.jsonl> --weights {out_dir}`.
 
 Limits: synthetic data only; screen text must be legible to PP-OCR; transcripts are weak evidence; the model has not

@@ -65,7 +65,23 @@ def decode_image(data: bytes, media_type: str, parameters: dict[str, str], max_p
         raise errors.invalid_argument("header.media_type", f"declared {media_type} but the bytes {found}")
     if media_type == "application/dicom":
         return _decode_dicom(data, parameters, max_pixels)
-    return _decode_raster(data, max_pixels)
+    decoded = _decode_raster(data, max_pixels)
+    if "pixel_spacing" in parameters:  # a PNG of a scan, with its spacing stated by the caller
+        decoded.tags["PixelSpacing"] = _pixel_spacing(parameters["pixel_spacing"])
+    return decoded
+
+
+def _pixel_spacing(value: str) -> str:
+    """`0.7` or `0.7\\0.7` (row\\column, mm) to the DICOM form; (0, 10] mm."""
+    parts = value.replace("/", "\\").split("\\")
+    try:
+        numbers = [float(p) for p in parts]
+    except ValueError:
+        numbers = []
+    if len(numbers) not in (1, 2) or not all(0 < n <= 10 for n in numbers):
+        raise errors.invalid_argument("header.parameters.pixel_spacing", f"{value!r} is not one or two spacings in mm, each in (0, 10]")
+    row, column = (numbers * 2)[:2]
+    return f"{row:g}\\{column:g}"
 
 
 # ---------------------------------------------------------------------------- raster

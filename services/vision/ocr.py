@@ -1,7 +1,8 @@
 """Screen text: PP-OCR detection + recognition (ONNX) through rapidocr, models bundled.
 
-Lines come back in reading order (top to bottom, then left to right) with their
-recognition confidence and an axis-aligned box in input pixels.
+Lines come back in reading order (rows top to bottom, then left to right; see
+common/layout.py) with their recognition confidence and an axis-aligned box in input
+pixels.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import threading
 from dataclasses import dataclass
 
 import numpy as np
+
+from modalmesh.common.layout import reading_order
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +38,10 @@ class ScreenReader:
             result = self._engine(np.ascontiguousarray(rgb))
         if result is None or result.txts is None or result.boxes is None:
             return []
-        lines = []
+        lines = {}
         for text, score, quad in zip(result.txts, result.scores, result.boxes):
             quad = np.asarray(quad, dtype=np.float32)
             box = (float(quad[:, 0].min()), float(quad[:, 1].min()), float(quad[:, 0].max()), float(quad[:, 1].max()))
-            lines.append(TextLine(str(text), float(score), box))
-        # Reading order: rows first (a line's top within half its height counts as the same row).
-        lines.sort(key=lambda line: (round(line.box[1] / max(8.0, (line.box[3] - line.box[1]) / 2)), line.box[0]))
-        return lines
+            lines[(str(text), box)] = TextLine(str(text), float(score), box)
+        # Reading order: rows top to bottom (vertical centres within half a height), then left to right.
+        return [lines[span] for row in reading_order(lines) for span in row]

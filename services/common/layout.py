@@ -1,0 +1,83 @@
+"""Screen text layout: OCR boxes into reading order, lines and paragraphs.
+
+PP-OCR returns one box per run of text it detected: a wrapped sentence comes back as
+two or three boxes ("Card ending 4242 was" / "flagged as suspicious"), and widely spaced
+words as separate boxes. A model reading a screen wants the sentence, so:
+
+1. rows: boxes whose vertical centres lie within half a box height of each other;
+2. lines: within a row, left to right, boxes closer than `word_gap` heights are joined;
+3. paragraphs: a line directly under another (gap under `line_gap` heights), in the
+   same font size (heights within 25%), that overlaps it horizontally continues its
+   paragraph.
+
+Used by the vision service (reading order of its text spans) and by the router (one
+text vector per paragraph), so a screen is read the same way everywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+Box = tuple[float, float, float, float]  # x_min, y_min, x_max, y_max
+
+
+@dataclass
+class _Line:
+    text: str
+    box: Box
+
+    @property
+    def height(self) -> float:
+        return max(1.0, self.box[3] - self.box[1])
+
+
+def reading_order(spans: Iterable[tuple[str, Box]]) -> list[list[tuple[str, Box]]]:
+    """Rows top to bottom, each left to right."""
+    rows: list[list[tuple[str, Box]]] = []
+    for text, box in sorted(spans, key=lambda span: (span[1][1] + span[1][3]) / 2):
+        centre, height = (box[1] + box[3]) / 2, max(1.0, box[3] - box[1])
+        if rows:
+            last = rows[-1]
+            row_centre = sum((b[1] + b[3]) / 2 for _, b in last) / len(last)
+            row_height = max(max(1.0, b[3] - b[1]) for _, b in last)
+            if abs(centre - row_centre) <= max(height, row_height) / 2:
+                last.append((text, box))
+                continue
+        rows.append([(text, box)])
+    return [sorted(row, key=lambda span: span[1][0]) for row in rows]
+
+
+def paragraphs(spans: Iterable[tuple[str, Box]], word_gap: float = 2.0, line_gap: float = 0.5) -> list[str]:
+    """The screen's text as paragraphs, in reading order. `spans`: (text, box) pairs;
+    spans without a box (empty) are kept as paragraphs of their own, at the end."""
+    spans = list(spans)
+    placed = [(t.strip(), tuple(b)) for t, b in spans if t.strip() and len(b) == 4]
+    unplaced = [t.strip() for t, b in spans if t.strip() and len(b) != 4]
+    lines: list[_Line] = []
+    for row in reading_order(placed):
+        current = _Line(row[0][0], row[0][1])
+        for text, box in row[1:]:
+            if box[0] - current.box[2] <= word_gap * current.height:
+                current = _Line(f"{current.text} {text}", _union(current.box, box))
+            else:
+                lines.append(current)
+                current = _Line(text, box)
+        lines.append(current)
+    blocks: list[list[_Line]] = []
+    for line in lines:
+        for block in reversed(blocks):
+            last = block[-1]
+            gap = line.box[1] - last.box[3]
+            overlaps = min(line.box[2], last.box[2]) > max(line.box[0], last.box[0])
+            similar = min(line.height, last.height) >= 0.75 * max(line.height, last.height)  # same font size
+            if -0.5 * line.height <= gap <= line_gap * max(line.height, last.height) and overlaps and similar and line.box[1] > last.box[1]:
+                block.append(line)
+                break
+        else:
+            blocks.append([line])
+    return [" ".join(line.text for line in block) for block in blocks] + unplaced
+
+
+def _union(a: Box, b: Box) -> Box:
+    return (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]))

@@ -1,0 +1,24 @@
+"""Screen text layout: OCR boxes into reading order and paragraphs (common/layout.py)."""
+
+from modalmesh.common.layout import paragraphs, reading_order
+
+
+def test_rows_are_read_top_to_bottom_then_left_to_right():
+    spans = [("world", (60, 12, 110, 30)), ("below", (0, 80, 50, 98)), ("hello", (0, 10, 50, 30))]
+    assert [[t for t, _ in row] for row in reading_order(spans)] == [["hello", "world"], ["below"]]
+
+
+def test_wrapped_lines_join_and_separate_blocks_stay_apart():
+    spans = [
+        ("ShopFast", (10, 8, 120, 32)),  # title bar, larger type
+        ("Sale: 20% off today", (16, 64, 200, 80)),  # menu line, smaller type
+        ("Card ending 4242 was", (40, 300, 300, 320)),  # a dialog's message, wrapped
+        ("flagged as suspicious", (40, 326, 290, 346)),
+        ("OK", (330, 420, 360, 438)),  # far below: its own block
+    ]
+    assert paragraphs(spans) == ["ShopFast", "Sale: 20% off today", "Card ending 4242 was flagged as suspicious", "OK"]
+
+
+def test_words_on_one_row_join_unless_far_apart_and_spans_without_boxes_are_kept():
+    spans = [("Invalid", (0, 0, 60, 20)), ("password", (70, 2, 150, 20)), ("Help", (600, 0, 640, 20)), ("no box", ())]
+    assert paragraphs(spans) == ["Invalid password", "Help", "no box"]
