@@ -380,8 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int, default=60)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--cache", default="", help="feature cache folder (default: .features beside the manifest)")
-    train.add_argument("--feature-noise", type=float, default=0.5,
-                       help="Gaussian noise on the frozen features while training, relative to each row's RMS (0 = none)")
+    train.add_argument("--feature-noise", type=float, default=None,
+                       help="Gaussian noise on the frozen features while training, relative to each row's RMS "
+                            "(default: the task's, 0.5 for screenshot_triage, 0 for medical_report)")
     train.set_defaults(func=cmd_train)
 
     evaluation = commands.add_parser("eval", help="evaluate a task's model on a manifest; writes JSON, Markdown and plots")

@@ -75,6 +75,9 @@ def test_train_and_eval_medical_end_to_end(medical_data, tmp_path, capsys):
     assert "not for clinical use" in (weights / "MODEL_CARD.md").read_text().lower()
     log = json.loads((weights / "train_log.json").read_text())
     assert log["train_items"] == 24 and log["val_items"] == 12 and len(log["loss_per_epoch"]) == 3
+    config = json.loads((weights / "config.json").read_text())
+    assert set(config["routing"]) == {"tau", "gamma"} and config["measurement_sigma"]["largest_diameter_mm"] > 0
+    assert config["regression_from"] == "image" and log["feature_noise"] == 0.0  # the task's training defaults
     capsys.readouterr()
     report = tmp_path / "report"
     assert main(["eval", "--task", "medical_report", "--data", str(medical_data / "test.jsonl"), "--report", str(report),
@@ -84,6 +87,8 @@ def test_train_and_eval_medical_end_to_end(medical_data, tmp_path, capsys):
     assert 0 <= results["full"]["accuracy"] <= 1 and 0 <= results["calibration"]["ece"] <= 1
     assert {"auc_lesion_vs_normal", "nodule_vs_mass_accuracy", "diameter_mae_mm"} <= set(results["medical"])
     assert {"full", "routed", "text only", "image only"} <= set(results["modes"])
+    assert results["modes"]["routed"]["tau"] == config["routing"]["tau"]  # eval routes with the tuned thresholds
+    assert 0 <= results["modes"]["image only"]["fused_accuracy_same_items"] <= 1
     assert np.array(results["full"]["confusion"]).sum() == 12
     for plot in ("reliability.png", "confusion.png", "gate_by_label.png"):
         assert (report / plot).read_bytes().startswith(b"\x89PNG")
@@ -184,3 +189,26 @@ def test_tuned_thresholds_in_the_weights_override_the_task_defaults(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(config.to_dict()))
     loaded = load_task_folder(spec, tmp_path)
     assert (loaded.spec.tau, loaded.spec.gamma) == (0.7, 0.3) and (spec.tau, spec.gamma) == (0.9, 0.15)
+
+
+def test_feature_noise_is_relative_to_each_row_and_off_at_zero():
+    import torch
+
+    from modalmesh.router.train import add_noise
+
+    features = {"text": torch.randn(5, 384) * 0.05, "image": torch.rand(49, 1280) * 4}
+    assert add_noise(features, 0.0) is features
+    torch.manual_seed(0)
+    noisy = add_noise(features, 0.5)
+    for source, clean in features.items():
+        change = (noisy[source] - clean).pow(2).mean(dim=-1).sqrt() / clean.pow(2).mean(dim=-1).sqrt()
+        assert noisy[source].shape == clean.shape and torch.allclose(change, torch.full_like(change, 0.5), atol=0.1)
+
+
+def test_fusion_config_refuses_unknown_choices():
+    from modalmesh.router.fusion import FusionConfig
+
+    with pytest.raises(ValueError, match="regression_from 'scan'"):
+        FusionConfig(labels=("a", "b"), regression_from="scan")
+    with pytest.raises(ValueError, match="pooling 'max'"):
+        FusionConfig(labels=("a", "b"), pooling="max")

@@ -57,6 +57,7 @@ class FusionConfig:
     # Where regression outputs read from: "fused" (the gate-weighted mix) or one source's
     # pooled representation (e.g. "image": a lesion is measured on the scan, whatever else arrived).
     regression_from: str = "fused"
+    regression_hidden: int = 0  # 0: a linear regression head; else one hidden layer of this width
 
     def __post_init__(self) -> None:
         if self.regression_from != "fused" and self.regression_from not in SOURCES:
@@ -183,7 +184,9 @@ class FusionModel(nn.Module):
         self.pool_query = nn.Parameter(torch.zeros(len(SOURCES), config.width)) if config.pooling == "attention" else None
         self.gate = RoutingGate(config.width)
         self.classifier = nn.Linear(config.width, len(config.labels))
-        self.regressor = nn.Linear(config.width, max(1, len(config.regression)))
+        outputs = max(1, len(config.regression))
+        self.regressor = (nn.Linear(config.width, outputs) if not config.regression_hidden else
+                          nn.Sequential(nn.Linear(config.width, config.regression_hidden), nn.GELU(), nn.Linear(config.regression_hidden, outputs)))
         self.log_temperature = nn.Parameter(torch.zeros(()), requires_grad=False)  # set by calibration
 
     # -- inputs ----------------------------------------------------------------------

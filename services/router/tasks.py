@@ -95,6 +95,7 @@ class TaskSpec:
     field_of_view_outputs: tuple[str, ...] = ()
     size_rule: SizeRule | None = None
     fusion: dict = field(default_factory=dict)  # FusionConfig defaults for this task (training may override)
+    feature_noise: float = 0.5  # training's default noise on the frozen features (see train.add_noise)
 
     def finish(self, probabilities: torch.Tensor, regression: torch.Tensor, tags: dict[str, str],
                sigma: dict[str, float]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -223,6 +224,7 @@ TASKS: dict[str, TaskSpec] = {
         field_of_view_outputs=("largest_diameter_mm",),
         size_rule=SizeRule("largest_diameter_mm", small="nodule", large="mass", threshold=30.0),
         fusion={"regression_from": "image"},  # measured on the scan, not on the record
+        feature_noise=0.0,  # noise blurs the sizes the diameter is read from (measured: MAE 7.3 vs 4.2 mm)
     ),
 }
 

@@ -116,8 +116,9 @@ def add_noise(features: dict[str, torch.Tensor], scale: float) -> dict[str, torc
 
 def train(task: str, data: str, out: str, epochs: int = 40, seed: int = 0, cache_dir: str = "", batch_size: int = 32,
           learning_rate: float = 2e-3, weight_decay: float = 1e-2, modality_dropout_p: float = 0.35, regression_weight: float = 1.0,
-          feature_noise: float = 0.5, **config_overrides) -> dict:
+          feature_noise: float | None = None, label_smoothing: float = 0.05, **config_overrides) -> dict:
     spec = TASKS[task]
+    feature_noise = spec.feature_noise if feature_noise is None else feature_noise
     started = time.perf_counter()
     torch.manual_seed(seed)
     rng = random.Random(seed)
@@ -148,7 +149,7 @@ def train(task: str, data: str, out: str, epochs: int = 40, seed: int = 0, cache
             inputs = model.embed([add_noise(modality_dropout(e.features, rng, modality_dropout_p), feature_noise) for e in batch])
             outputs = model(inputs)
             labels = torch.tensor([e.label for e in batch])
-            loss = F.cross_entropy(outputs.logits, labels, label_smoothing=0.05)
+            loss = F.cross_entropy(outputs.logits, labels, label_smoothing=label_smoothing)
             if scale is not None:
                 targets = torch.stack([e.targets for e in batch]) * scale
                 mask = torch.stack([e.target_mask for e in batch]).float()
