@@ -97,15 +97,21 @@ class TaskSpec:
     fusion: dict = field(default_factory=dict)  # FusionConfig defaults for this task (training may override)
     feature_noise: float = 0.5  # training's default noise on the frozen features (see train.add_noise)
 
+    def units(self, tags: dict[str, str]) -> torch.Tensor:
+        """Per regression output, model units -> task units: the field of view in mm for
+        field-of-view outputs, 1 for the rest. [R]"""
+        scale = torch.ones(len(self.regression))
+        if self.field_of_view_outputs:
+            fov, _ = field_of_view_mm(tags)
+            for name in self.field_of_view_outputs:
+                scale[self.regression.index(name)] = max(fov, 1e-6)
+        return scale
+
     def finish(self, probabilities: torch.Tensor, regression: torch.Tensor, tags: dict[str, str],
                sigma: dict[str, float]) -> tuple[torch.Tensor, torch.Tensor]:
         """The heads' raw outputs ([L], [R]) to what the task reports: sizes in mm, and
         the size rule applied. `sigma`: validation error per output (FusionConfig.measurement_sigma)."""
-        regression = regression.clone()
-        if self.field_of_view_outputs:
-            fov, _ = field_of_view_mm(tags)
-            for name in self.field_of_view_outputs:
-                regression[self.regression.index(name)] *= fov
+        regression = regression * self.units(tags)
         if self.size_rule is None:
             return probabilities, regression
         rule = self.size_rule

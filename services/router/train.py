@@ -26,7 +26,7 @@ from modalmesh.common.progress import progress
 from modalmesh.data.generate import read_manifest
 from modalmesh.router.features import FeatureCache, LocalEncoders
 from modalmesh.router.fusion import FusionConfig, FusionModel
-from modalmesh.router.tasks import NOT_FOR_CLINICAL_USE, TASKS, field_of_view_mm
+from modalmesh.router.tasks import NOT_FOR_CLINICAL_USE, TASKS
 
 log = logging.getLogger(__name__)
 
@@ -63,16 +63,6 @@ def regression_targets(task: str, record: dict) -> tuple[torch.Tensor, torch.Ten
     return torch.tensor(values, dtype=torch.float32), torch.tensor(mask, dtype=torch.bool)
 
 
-def model_targets(spec, truth: torch.Tensor, tags: dict[str, str]) -> torch.Tensor:
-    """Task units to model units: field-of-view outputs become fractions of the image width."""
-    targets = truth.clone()
-    if spec.field_of_view_outputs:
-        fov, _ = field_of_view_mm(tags)
-        for name in spec.field_of_view_outputs:
-            targets[spec.regression.index(name)] /= max(fov, 1e-6)
-    return targets
-
-
 def load_examples(task: str, manifest: str | Path, cache: FeatureCache, label: str) -> tuple[list[Example], list]:
     spec = TASKS[task]
     records = [r for r in read_manifest(manifest) if r["task"] == task]
@@ -85,7 +75,7 @@ def load_examples(task: str, manifest: str | Path, cache: FeatureCache, label: s
         item = cache.get(record)
         truth, mask = regression_targets(task, record)
         tags = dict(item.evidence.get("image_tags", {}))
-        examples.append(Example(item.features, spec.labels.index(record["label"]), model_targets(spec, truth, tags), mask, tags, truth))
+        examples.append(Example(item.features, spec.labels.index(record["label"]), truth / spec.units(tags), mask, tags, truth))
         items.append(item)
     return examples, items
 
