@@ -375,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train a task's fusion model on a manifest (encoders frozen, features cached)")
     train.add_argument("--task", required=True, choices=("screenshot_triage", "medical_report"))
-    train.add_argument("--data", required=True, help="train.jsonl (val.jsonl beside it is used for calibration)")
+    train.add_argument("--data", required=True, help="train.jsonl (val.jsonl beside it: calibration, size-rule sigma, routing thresholds)")
     train.add_argument("--out", required=True, help="folder for model.safetensors, config.json, MODEL_CARD.md")
     train.add_argument("--epochs", type=int, default=60)
     train.add_argument("--seed", type=int, default=0)
