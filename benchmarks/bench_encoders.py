@@ -31,7 +31,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.bench_text import machine, start_service, stop_process, write_results  # noqa: E402
+from benchmarks.bench_text import machine, samples_ms, start_service, stop_process, write_results  # noqa: E402
 from tests.media import image_bytes, render_screenshot  # noqa: E402
 
 
@@ -64,14 +64,7 @@ def latency_and_throughput(address: str, data: bytes, media_type: str, clients: 
 
 
 def time_model(fn, repeats: int) -> float:
-    for _ in range(3):
-        fn()
-    samples = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - t) * 1000)
-    return statistics.median(samples)
+    return statistics.median(samples_ms(fn, repeats))
 
 
 def int8_comparison(repeats: int) -> list[dict]:

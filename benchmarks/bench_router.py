@@ -27,7 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.bench_text import machine, percentile, write_results  # noqa: E402
+from benchmarks.bench_text import machine, percentile, samples_ms, write_results  # noqa: E402
 from modalmesh.up import free_port  # noqa: E402
 
 
@@ -71,56 +71,28 @@ def bench_mesh(inputs, calls: int) -> dict:
 
 
 def bench_in_process(inputs, calls: int) -> dict:
-    import numpy as np
+    """The same work as the mesh, one step after another in this process: the services'
+    own encode code (LocalEncoders, as training uses it, OCR read into paragraphs like the
+    router does), then the router's fusion model."""
     import torch
 
-    from modalmesh.audio.server import AudioService
-    from modalmesh.common.config import load_config
-    from modalmesh.common.client import collect
-    from modalmesh.common.encoder import EncodeRequest
+    from modalmesh.router.features import LocalEncoders
     from modalmesh.router.server import SHIPPED_WEIGHTS
     from modalmesh.router.tasks import TASKS, load_task
-    from modalmesh.text.server import TextService
-    from modalmesh.vision.server import VisionService
 
-    services = {}
-    for name, cls in (("text", TextService), ("vision", VisionService), ("audio", AudioService)):
-        service = cls(load_config(name, environ={}))
-        service.initialize()
-        services[name] = service
+    encoders = LocalEncoders()
     task = load_task(TASKS["screenshot_triage"], str(SHIPPED_WEIGHTS))  # the router's own weights
 
-    def encode(service, data, media_type, options=()):
-        request = EncodeRequest("bench", media_type, frozenset(options), "FP16", False, {}, data)
-        return collect(iter(list(service.encode(request))))
-
     def one():
-        features = {}
-        text = encode(services["text"], inputs["text"].encode(), "text/plain")
-        features["text"] = torch.from_numpy(text.sequence.astype(np.float32))
-        image = encode(services["vision"], inputs["image"], "image/png", ["ocr"])
-        features["image"] = torch.from_numpy(image.sequence.astype(np.float32))
-        lines = [span.text for span in image.side.text_spans]
-        if lines:
-            features["image_text"] = torch.from_numpy(np.stack([encode(services["text"], l.encode(), "text/plain").pooled.astype(np.float32) for l in lines]))
-        audio = encode(services["audio"], inputs["audio"], "audio/wav", ["transcript"])
-        features["audio"] = torch.from_numpy(audio.sequence.astype(np.float32))
-        if audio.side.transcript.text:
-            features["audio_text"] = torch.from_numpy(encode(services["text"], audio.side.transcript.text.encode(), "text/plain").sequence.astype(np.float32))
+        item = encoders.extract(text=inputs["text"], image=inputs["image"], image_type="image/png",
+                                audio=inputs["audio"], audio_type="audio/wav")
         with torch.inference_mode():
-            task.model(task.model.embed([features]))
+            task.model(task.model.embed([item.features]))
 
     try:
-        for _ in range(2):
-            one()
-        totals = []
-        for _ in range(calls):
-            started = time.perf_counter()
-            one()
-            totals.append((time.perf_counter() - started) * 1000)
+        totals = samples_ms(one, calls, warmup=2)
     finally:
-        for service in services.values():
-            service.finalize()
+        encoders.close()
     return {"p50_ms": statistics.median(totals), "p99_ms": percentile(totals, 99)}
 
 

@@ -124,6 +124,18 @@ def write_results(path: str, results: dict) -> None:
     print(f"\nwrote {out}")
 
 
+def samples_ms(fn, repeats: int, warmup: int = 3) -> list[float]:
+    """`fn()` timed `repeats` times after `warmup` untimed calls, in ms."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - started) * 1000)
+    return samples
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
