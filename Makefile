@@ -39,6 +39,7 @@ bench: setup
 	$(PY) benchmarks/bench_text.py
 	$(PY) benchmarks/bench_encoders.py
 	$(PY) benchmarks/bench_router.py
+	$(PY) benchmarks/bench_measure.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -79,6 +79,21 @@ def test_ct_dicom_through_the_service(vision):
     assert result.sequence.shape == (49, 1280)
 
 
+def test_the_vision_service_reports_the_measurement_for_ct(vision):
+    from modalmesh.data.ct import make_phantom
+    from modalmesh.data.generate import PHANTOM_SIZE
+
+    phantom = make_phantom(21, size=PHANTOM_SIZE, lesion_count=1, diameter_mm=24.0)
+    spacing = phantom.pixel_spacing_mm
+    result = vision.encode(ct_dicom(phantom.hounsfield, pixel_spacing=(spacing, spacing)), "application/dicom")
+    no_spacing = vision.encode(ct_dicom(phantom.hounsfield, pixel_spacing=(0.0, 0.0)), "application/dicom")
+    tags = dict(result.side.tags)
+    assert tags["lesion_count"] == "1" and tags["lesion_sides"] == phantom.side
+    assert float(tags["lesion_diameters_mm"]) == pytest.approx(24.0, abs=1.0)
+    assert "measure" in result.pooled_message.timings_ms
+    assert "lesion_count" not in dict(no_spacing.side.tags)
+
+
 def test_concurrent_images_each_get_their_own_features(vision):
     colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)]
     images = [image_bytes(Image.new("RGB", (96, 96), c)) for c in colours]

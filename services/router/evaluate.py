@@ -9,9 +9,10 @@ medical_report also AUC (lesion vs normal), nodule-vs-mass accuracy on lesion ca
 the diameter's mean absolute error.
 
 Routed vs full: each test item is answered (a) FULL, from every source; (b) ROUTED, as
-the router does it: first from the base features (text, image, audio), then, unless the
-answer is confident (>= tau) and the gate predicts the outstanding side outputs would
-weigh < gamma, from everything; (c) from each single modality, on the items that have
+the router's gather loop does it: a decision at each encoder's answer (base features in
+order of cost, then, once all are in, the side outputs OCR and transcript in order of
+cost), answering at the first that is confident (>= tau) while the gate predicts what is
+still outstanding would weigh < gamma, else from everything; (c) from each single modality, on the items that have
 it, next to FULL on those same items (the fair comparison). Latency per item is
 computed from the measured cost of each source (recorded when its features were
 extracted): sources of different modalities run in parallel, a modality's side output
@@ -57,7 +58,7 @@ def evaluate(task: str, data: str, report: str, weights: str = "", cache_dir: st
         cache.close()
     labels = np.array([e.label for e in examples])
 
-    def predict(subset):
+    def predict(subset, use_measured=True):
         chosen = [{s: f for s, f in e.features.items() if s in subset} for e in examples]
         keep = [i for i, c in enumerate(chosen) if c]
         probabilities = np.full((len(examples), len(spec.labels)), np.nan, dtype=np.float32)
@@ -67,8 +68,10 @@ def evaluate(task: str, data: str, report: str, weights: str = "", cache_dir: st
         with torch.no_grad():
             for i in keep:
                 out = model(model.embed([chosen[i]]))
-                finished_p, finished_r = spec.finish(out.probabilities[0], out.regression[0], examples[i].tags,
-                                                     model.config.measurement_sigma)
+                tags = examples[i].tags if "image" in subset else {}  # no scan, no measurement from it
+                finished_p, finished_r = spec.finish(out.probabilities[0], out.regression[0], tags,
+                                                     model.config.measurement_sigma, use_measured,
+                                                     model.config.measurement_evidence)
                 probabilities[i] = finished_p.numpy()
                 regression[i] = finished_r.numpy()
                 gate[i] = modality_gate_weights(out.gate_weights)[0].numpy()
@@ -81,10 +84,13 @@ def evaluate(task: str, data: str, report: str, weights: str = "", cache_dir: st
     results["calibration"] = {"ece": expected_calibration_error(full_p, labels)}
     if task == "medical_report":
         results["medical"] = medical_metrics(full_p, full_r, examples, spec)
+        # The heads alone, the measurement unused: what a scan without one (a PNG) is answered with.
+        heads_p, heads_r, _, _, _ = predict(SOURCES, use_measured=False)
+        results["medical_heads_only"] = {"accuracy": classification_metrics(heads_p, labels, spec.labels)["accuracy"],
+                                         **medical_metrics(heads_p, heads_r, examples, spec)}
 
     # Routed vs full vs single modality: accuracy and simulated latency.
-    base_p, _, _, _, _ = predict(BASE)
-    cases = routing_cases(model, spec, examples, items, base_p, full_p, fuse_ms)
+    cases = routing_cases(model, spec, examples, items, fuse_ms)
     modes = {"full": {"accuracy": results["full"]["accuracy"], "mean_latency_ms": float(np.mean([c.full_ms for c in cases]))},
              "routed": {**route(cases, task_model.spec.tau, task_model.spec.gamma),
                         "tau": task_model.spec.tau, "gamma": task_model.spec.gamma}}
@@ -114,35 +120,69 @@ def outstanding_weight(model, features, outstanding) -> float:
 
 
 @dataclass
+class Checkpoint:
+    """One decision the router makes while something is still outstanding: when (an
+    encoder's answer arrived, plus one fusion), how sure, whether right, and the gate's
+    predicted weight of what is still outstanding."""
+
+    at_ms: float
+    confidence: float
+    correct: bool
+    outstanding_weight: float
+    side_requested: bool  # the side outputs had been asked for already
+
+
+@dataclass
 class RoutingCase:
-    """One item as the router would see it: the answer from the base features, the
-    gate's predicted weight of the side outputs not yet computed, and what each path costs."""
+    """One item as the router's gather loop sees it (pipeline.Pipeline.gather): base
+    sources arrive in order of cost, each arrival is a checkpoint; once all are in, the
+    side outputs (OCR, transcript) are asked for and each arrival is a checkpoint again.
+    The router answers at the first checkpoint with confidence >= tau and outstanding
+    weight < gamma, else when everything is in."""
 
-    base_confidence: float
-    base_correct: bool
-    full_correct: bool
-    outstanding_weight: float  # 0 when there is no side output to wait for
+    checkpoints: list[Checkpoint]
     has_side: bool
-    base_ms: float  # base features in parallel + one fusion
-    routed_full_ms: float  # base features, then the side outputs, then a second fusion
-    full_ms: float  # everything at once (each modality's side output after its base features) + one fusion
+    full_correct: bool  # the answer from everything (ROUTED waiting for all, or FULL)
+    final_ms: float  # ROUTED with everything waited for: base, then side outputs, a fusion after each arrival
+    full_ms: float  # FULL: everything asked for at once (each side output after its base features) + one fusion
 
 
-def routing_cases(model, spec, examples, items, base_p, full_p, fuse_ms) -> list[RoutingCase]:
+def routing_cases(model, spec, examples, items, fuse_ms) -> list[RoutingCase]:
+    def decide(example, sources, outstanding):
+        features = {s: f for s, f in example.features.items() if s in sources}
+        with torch.no_grad():
+            inputs = model.embed([features])
+            out = model(inputs)
+            mask = torch.tensor([[s in outstanding for s in SOURCES]])
+            weight = float(model.gate.outstanding_weight(out.gate_scores, inputs.present, mask)[0]) if outstanding else 0.0
+        tags = example.tags if "image" in sources else {}
+        probabilities, _ = spec.finish(out.probabilities[0], out.regression[0], tags, model.config.measurement_sigma,
+                                       evidence=model.config.measurement_evidence)
+        return float(probabilities.max()), int(probabilities.argmax()) == example.label, weight
+
     cases = []
-    for i, (example, item) in enumerate(zip(examples, items)):
+    for example, item in zip(examples, items):
         costs = item.costs_ms
-        present = [m for m in BASE if m in example.features]
-        outstanding = [SIDE[m] for m in present if m in SIDE and m in spec.side_outputs]
-        base_ms = max(costs.get(m, 0.0) for m in present)
-        weight = outstanding_weight(model, {s: example.features[s] for s in present}, outstanding) if outstanding else 0.0
-        cases.append(RoutingCase(
-            base_confidence=float(np.max(base_p[i])), base_correct=bool(np.argmax(base_p[i]) == example.label),
-            full_correct=bool(np.argmax(full_p[i]) == example.label), outstanding_weight=weight, has_side=bool(outstanding),
-            base_ms=base_ms + fuse_ms,
-            routed_full_ms=base_ms + max((costs.get(s, 0.0) for s in outstanding), default=0.0) + 2 * fuse_ms,
-            full_ms=max(costs.get(m, 0.0) + costs.get(SIDE.get(m, ""), 0.0) for m in present) + fuse_ms,
-        ))
+        base = sorted((m for m in BASE if m in example.features), key=lambda m: costs.get(m, 0.0))
+        sides = [SIDE[m] for m in base if m in spec.side_outputs]
+        arrived, checkpoints = [], []
+        for index, modality in enumerate(base):  # base features, cheapest first
+            arrived.append(modality)
+            outstanding = base[index + 1:] + sides
+            if outstanding:
+                confidence, correct, weight = decide(example, arrived, outstanding)
+                checkpoints.append(Checkpoint(costs.get(modality, 0.0) + fuse_ms, confidence, correct, weight, False))
+        base_ms = max((costs.get(m, 0.0) for m in base), default=0.0) + fuse_ms
+        ordered = sorted(sides, key=lambda s: costs.get(s, 0.0))
+        for index, side in enumerate(ordered[:-1]):  # then the side outputs, asked for together
+            arrived.append(side)
+            confidence, correct, weight = decide(example, arrived, ordered[index + 1:])
+            checkpoints.append(Checkpoint(base_ms + costs.get(side, 0.0) + fuse_ms, confidence, correct, weight, True))
+        everything = list(example.features)
+        _, final_correct, _ = decide(example, everything, [])
+        final_ms = base_ms + max((costs.get(s, 0.0) for s in sides), default=0.0) + (fuse_ms if sides else 0.0)
+        full_ms = max((costs.get(m, 0.0) + costs.get(SIDE.get(m, ""), 0.0) for m in base), default=0.0) + fuse_ms
+        cases.append(RoutingCase(checkpoints, bool(sides), final_correct, final_ms, full_ms))
     return cases
 
 
@@ -150,18 +190,19 @@ def route(cases: list[RoutingCase], tau: float, gamma: float) -> dict:
     """Accuracy and mean latency when the router answers early at (tau, gamma)."""
     correct, latency, requested = [], [], 0
     for case in cases:
-        if not case.has_side or (case.base_confidence >= tau and case.outstanding_weight < gamma):
-            correct.append(case.base_correct)
-            latency.append(case.base_ms)
+        early = next((c for c in case.checkpoints if c.confidence >= tau and c.outstanding_weight < gamma), None)
+        if early is not None:
+            correct.append(early.correct)
+            latency.append(early.at_ms)
         else:
-            requested += 1
             correct.append(case.full_correct)
-            latency.append(case.routed_full_ms)
+            latency.append(case.final_ms)
+        requested += int(case.has_side and (early is None or early.side_requested))
     return {"accuracy": float(np.mean(correct)), "mean_latency_ms": float(np.mean(latency)), "side_outputs_requested": requested}
 
 
 TAUS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97, 0.99, 1.01)
-GAMMAS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.01)
+GAMMAS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.35, 0.4, 0.45, 0.5, 1.01)
 
 
 def tune_routing(cases: list[RoutingCase], max_loss: float = 0.005) -> tuple[float, float]:
@@ -242,6 +283,10 @@ def write_report(folder: Path, results: dict, probabilities, labels, spec) -> No
         m = results["medical"]
         lines.append(f"- AUC lesion vs normal {m['auc_lesion_vs_normal']:.3f}, nodule vs mass accuracy "
                      f"{m['nodule_vs_mass_accuracy']:.3f}, diameter MAE {m['diameter_mae_mm']:.2f} mm")
+        h = results["medical_heads_only"]
+        lines.append(f"- the heads alone, without the CT measurement (what a PNG scan gets): accuracy {h['accuracy']:.3f}, "
+                     f"AUC {h['auc_lesion_vs_normal']:.3f}, nodule vs mass {h['nodule_vs_mass_accuracy']:.3f}, "
+                     f"diameter MAE {h['diameter_mae_mm']:.2f} mm")
     lines += ["", "| mode | items | accuracy | fused, same items | mean latency (ms) |", "|---|---|---|---|---|"]
     for name, mode in results["modes"].items():
         same = f"{mode['fused_accuracy_same_items']:.3f}" if "fused_accuracy_same_items" in mode else ""

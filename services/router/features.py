@@ -26,6 +26,7 @@ from modalmesh.common.encoder import EncodeRequest
 
 FEATURE_VERSION = "1"
 SCREEN_TEXT_VERSION = "paragraphs-1"  # how OCR spans become text vectors (common/layout.py); part of OCR tasks' keys
+MEASUREMENT_VERSION = "lesions-hu-1"  # the vision service's CT measurement tags (vision/measure.py); part of DICOM keys
 
 
 @dataclass
@@ -129,6 +130,8 @@ class FeatureCache:
         parts = [record.get("text", ""), record.get("image_parameters", {}), self.side]
         if "image" in self.side:  # OCR text vectors also depend on how spans become paragraphs
             parts.append(SCREEN_TEXT_VERSION)
+        if (record.get("image") or "").lower().endswith(".dcm"):  # a CT's tags carry the lesion measurement
+            parts.append(MEASUREMENT_VERSION)
         digest.update(json.dumps(parts, sort_keys=True).encode())
         for name in ("image", "audio"):
             if record.get(name):

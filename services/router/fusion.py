@@ -53,6 +53,9 @@ class FusionConfig:
     max_tokens: int = 64  # per source; longer sequences are average-pooled down to this
     pooling: str = "mean"  # h_s from a source's tokens: "mean" or "attention" (a learned query per source)
     measurement_sigma: dict[str, float] = field(default_factory=dict)  # validation error per regression output
+    # Likelihood ratios of an encoder's measurement (a lesion "found" / "none") for the
+    # size rule's labels vs the rest, counted on validation (see tasks.TaskSpec.finish).
+    measurement_evidence: dict[str, float] = field(default_factory=dict)
     routing: dict[str, float] = field(default_factory=dict)  # tau and gamma tuned on validation (see evaluate.tune_routing)
     # Where regression outputs read from: "fused" (the gate-weighted mix) or one source's
     # pooled representation (e.g. "image": a lesion is measured on the scan, whatever else arrived).

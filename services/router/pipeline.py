@@ -460,7 +460,8 @@ class Pipeline:
 
         outputs, weight = self.run_model(work)
         probabilities, regression = task.spec.finish(outputs.probabilities[0], outputs.regression[0], run.evidence.image_tags,
-                                                     task.model.config.measurement_sigma)
+                                                     task.model.config.measurement_sigma,
+                                                     evidence=task.model.config.measurement_evidence)
         best = int(probabilities.argmax())
         answer = Answer(
             label=task.spec.labels[best],

@@ -12,6 +12,7 @@ manifest's sibling val.jsonl). Writes model.safetensors, config.json, MODEL_CARD
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
@@ -75,7 +76,8 @@ def load_examples(task: str, manifest: str | Path, cache: FeatureCache, label: s
         item = cache.get(record)
         truth, mask = regression_targets(task, record)
         tags = dict(item.evidence.get("image_tags", {}))
-        examples.append(Example(item.features, spec.labels.index(record["label"]), truth / spec.units(tags), mask, tags, truth))
+        features = {s: f.float().clone() for s, f in item.features.items()}  # own, aligned memory: GEMM rounding is the same on every run
+        examples.append(Example(features, spec.labels.index(record["label"]), truth / spec.units(tags), mask, tags, truth))
         items.append(item)
     return examples, items
 
@@ -104,6 +106,19 @@ def add_noise(features: dict[str, torch.Tensor], scale: float) -> dict[str, torc
     return {s: f + scale * f.pow(2).mean(dim=-1, keepdim=True).sqrt() * torch.randn_like(f) for s, f in features.items()}
 
 
+@contextlib.contextmanager
+def deterministic_torch():
+    """Deterministic kernels while training (some backward passes accumulate in a
+    thread-dependent order otherwise; Adam turns those last-bit differences into
+    visibly different weights), restored afterwards."""
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before)
+
+
 def train(task: str, data: str, out: str, epochs: int = 40, seed: int = 0, cache_dir: str = "", batch_size: int = 32,
           learning_rate: float = 2e-3, weight_decay: float = 1e-2, modality_dropout_p: float = 0.35, regression_weight: float = 1.0,
           feature_noise: float | None = None, label_smoothing: float = 0.05, **config_overrides) -> dict:
@@ -123,45 +138,48 @@ def train(task: str, data: str, out: str, epochs: int = 40, seed: int = 0, cache
         cache.close()
     feature_seconds = time.perf_counter() - started
 
-    config = FusionConfig(labels=spec.labels, regression=spec.regression, **{**spec.fusion, **config_overrides})
-    model = FusionModel(config)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=learning_rate, weight_decay=weight_decay)
-    scale = torch.tensor([REGRESSION_SCALE.get(n, 1.0) for n in spec.regression]) if spec.regression else None
-    history = []
-    train_started = time.perf_counter()
-    for epoch in progress(range(epochs), epochs, "training    "):
-        model.train()
-        order = list(range(len(train_set)))
-        rng.shuffle(order)
-        total = 0.0
-        for start in range(0, len(order), batch_size):
-            batch = [train_set[i] for i in order[start : start + batch_size]]
-            inputs = model.embed([add_noise(modality_dropout(e.features, rng, modality_dropout_p), feature_noise) for e in batch])
-            outputs = model(inputs)
-            labels = torch.tensor([e.label for e in batch])
-            loss = F.cross_entropy(outputs.logits, labels, label_smoothing=label_smoothing)
-            if scale is not None:
-                targets = torch.stack([e.targets for e in batch]) * scale
-                mask = torch.stack([e.target_mask for e in batch]).float()
-                loss = loss + regression_weight * ((outputs.regression * scale - targets) ** 2 * mask).sum() / mask.sum().clamp(min=1)
-            # Priors learn each source's expected gate score (for routing before it arrives).
-            prior_error = (model.gate.prior.expand_as(outputs.gate_scores) - outputs.gate_scores.detach()) ** 2
-            loss = loss + (prior_error * inputs.present).sum() / inputs.present.sum()
-            # Softmax ignores a shared shift of the scores; anchoring them near 0 keeps them (and the priors) from drifting.
-            loss = loss + GATE_ANCHOR * (outputs.gate_scores ** 2 * inputs.present).sum() / inputs.present.sum()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach()) * len(batch)
-        history.append(total / len(train_set))
-    train_seconds = time.perf_counter() - train_started
+    with deterministic_torch():  # the same seed, data and thread count give the same bytes
+        config = FusionConfig(labels=spec.labels, regression=spec.regression, **{**spec.fusion, **config_overrides})
+        torch.manual_seed(seed)  # again: loading the encoders to extract features (first run only) draws from the generator
+        model = FusionModel(config)
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=learning_rate, weight_decay=weight_decay)
+        scale = torch.tensor([REGRESSION_SCALE.get(n, 1.0) for n in spec.regression]) if spec.regression else None
+        history = []
+        train_started = time.perf_counter()
+        for epoch in progress(range(epochs), epochs, "training    "):
+            model.train()
+            order = list(range(len(train_set)))
+            rng.shuffle(order)
+            total = 0.0
+            for start in range(0, len(order), batch_size):
+                batch = [train_set[i] for i in order[start : start + batch_size]]
+                inputs = model.embed([add_noise(modality_dropout(e.features, rng, modality_dropout_p), feature_noise) for e in batch])
+                outputs = model(inputs)
+                labels = torch.tensor([e.label for e in batch])
+                loss = F.cross_entropy(outputs.logits, labels, label_smoothing=label_smoothing)
+                if scale is not None:
+                    targets = torch.stack([e.targets for e in batch]) * scale
+                    mask = torch.stack([e.target_mask for e in batch]).float()
+                    loss = loss + regression_weight * ((outputs.regression * scale - targets) ** 2 * mask).sum() / mask.sum().clamp(min=1)
+                # Priors learn each source's expected gate score (for routing before it arrives).
+                prior_error = (model.gate.prior.expand_as(outputs.gate_scores) - outputs.gate_scores.detach()) ** 2
+                loss = loss + (prior_error * inputs.present).sum() / inputs.present.sum()
+                # Softmax ignores a shared shift of the scores; anchoring them near 0 keeps them (and the priors) from drifting.
+                loss = loss + GATE_ANCHOR * (outputs.gate_scores ** 2 * inputs.present).sum() / inputs.present.sum()
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                total += float(loss.detach()) * len(batch)
+            history.append(total / len(train_set))
+        train_seconds = time.perf_counter() - train_started
 
-    model.eval()
-    temperature = calibrate_temperature(model, val_set) if val_set else 1.0
-    if val_set and spec.size_rule is not None:  # the measurement's validation error sets the size rule's spread
-        config.measurement_sigma = measurement_sigma(model, spec, val_set)
-    if val_set:  # the earliest answers that cost at most half a point of validation accuracy
-        config.routing = tune_routing_on(model, spec, val_set, val_items)
+        model.eval()
+        temperature = calibrate_temperature(model, val_set) if val_set else 1.0
+        if val_set and spec.size_rule is not None:  # the heads' validation size error: the size rule's spread when nothing was measured
+            config.measurement_sigma = measurement_sigma(model, spec, val_set)
+            config.measurement_evidence = measurement_evidence(spec, val_set)
+        if val_set:  # the earliest answers that cost at most half a point of validation accuracy
+            config.routing = tune_routing_on(model, spec, val_set, val_items)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     from safetensors.torch import save_file
@@ -179,13 +197,16 @@ def train(task: str, data: str, out: str, epochs: int = 40, seed: int = 0, cache
     return summary
 
 
-def predict(model: FusionModel, spec, examples: list[Example], sources=None) -> tuple[torch.Tensor, torch.Tensor, object]:
+def predict(model: FusionModel, spec, examples: list[Example], sources=None,
+            use_measured: bool = True) -> tuple[torch.Tensor, torch.Tensor, object]:
     """What the task reports for each example (probabilities [N, L], regression [N, R] in
-    task units), from the sources listed (all by default), plus the raw outputs."""
+    task units), from the sources listed (all by default), plus the raw outputs.
+    `use_measured=False`: the heads' own sizes even where an encoder measured them."""
     chosen = [{s: f for s, f in e.features.items() if sources is None or s in sources} for e in examples]
     with torch.no_grad():
         outputs = model(model.embed(chosen))
-    finished = [spec.finish(p, r, e.tags, model.config.measurement_sigma)
+    finished = [spec.finish(p, r, e.tags if sources is None or "image" in sources else {},  # no scan, no measurement
+                            model.config.measurement_sigma, use_measured, model.config.measurement_evidence)
                 for p, r, e in zip(outputs.probabilities, outputs.regression, examples)]
     if not finished:
         return outputs.probabilities, outputs.regression, outputs
@@ -198,15 +219,13 @@ def accuracy(model: FusionModel, spec, examples: list[Example]) -> float:
 
 
 def tune_routing_on(model: FusionModel, spec, examples: list[Example], items: list) -> dict[str, float]:
-    from modalmesh.router.evaluate import BASE, route, routing_cases, tune_routing
+    from modalmesh.router.evaluate import route, routing_cases, tune_routing
 
     started = time.perf_counter()
     for example in examples[:16]:
         predict(model, spec, [example])
     fuse_ms = (time.perf_counter() - started) * 1000 / min(16, len(examples))
-    full_p = predict(model, spec, examples)[0].numpy()
-    base_p = predict(model, spec, examples, sources=BASE)[0].numpy()
-    cases = routing_cases(model, spec, examples, items, base_p, full_p, fuse_ms)
+    cases = routing_cases(model, spec, examples, items, fuse_ms)
     tau, gamma = tune_routing(cases)
     outcome = route(cases, tau, gamma)
     log.info("routing on validation: tau %g gamma %g -> accuracy %.3f, mean latency %.0f ms", tau, gamma,
@@ -214,9 +233,33 @@ def tune_routing_on(model: FusionModel, spec, examples: list[Example], items: li
     return {"tau": tau, "gamma": gamma}
 
 
+def measurement_evidence(spec, examples: list[Example]) -> dict[str, float]:
+    """How much an encoder's measurement says about the size rule's labels (a lesion) vs the
+    rest: likelihood ratios P(outcome | lesion) / P(outcome | no lesion) of "found" and
+    "none", counted on validation with add-one smoothing. Empty when nothing was measured."""
+    if spec.measure is None or spec.size_rule is None:
+        return {}
+    lesion_labels = {spec.labels.index(spec.size_rule.small), spec.labels.index(spec.size_rule.large)}
+    counts = {(True, True): 0, (True, False): 0, (False, True): 0, (False, False): 0}
+    for example in examples:
+        measured = spec.measure(example.tags)
+        if measured is not None:
+            counts[(example.label in lesion_labels, bool(measured))] += 1
+    lesions, others = counts[(True, True)] + counts[(True, False)], counts[(False, True)] + counts[(False, False)]
+    if lesions == 0 or others == 0:
+        return {}
+    ratio = {}
+    for outcome, name in ((True, "found"), (False, "none")):
+        given_lesion = (counts[(True, outcome)] + 1) / (lesions + 2)
+        given_other = (counts[(False, outcome)] + 1) / (others + 2)
+        ratio[name] = round(given_lesion / given_other, 4)
+    return ratio
+
+
 def measurement_sigma(model: FusionModel, spec, examples: list[Example]) -> dict[str, float]:
-    """Root-mean-square validation error of each field-of-view output, in task units."""
-    _, regression, _ = predict(model, spec, examples)
+    """Root-mean-square validation error of each field-of-view output as the heads predict
+    it (the size rule's sigma when no encoder measured the size), in task units."""
+    _, regression, _ = predict(model, spec, examples, use_measured=False)
     sigma = {}
     for name in spec.field_of_view_outputs:
         index = spec.regression.index(name)

@@ -1,8 +1,9 @@
 """The image encoder service: `modalmesh serve vision`.
 
 Input: PNG, JPEG, WebP, BMP, TIFF or DICOM. Output: one feature row per cell of the
-backbone's spatial grid, side outputs (DICOM tags and PixelSpacing always; OCR lines
-when the header asks for "ocr"), then the pooled vector. Concurrent calls are batched.
+backbone's spatial grid, side outputs (DICOM tags and PixelSpacing always; for CT with
+a PixelSpacing, lung-lesion measurements in HU (measure.py); OCR lines when the header
+asks for "ocr"), then the pooled vector. Concurrent calls are batched.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from modalmesh.common.config import ServiceConfig
 from modalmesh.common.encoder import EncodeRequest, EncoderBackend, sequence_chunks
 from modalmesh.v1 import encoder_pb2
 from modalmesh.vision.decode import IMAGE_MEDIA_TYPES, decode_image
+from modalmesh.vision.measure import lesion_tags, measure_lung_lesions
 from modalmesh.vision.model import ImageBackbone, ImageFeatures
 
 MAX_PIXELS = 40_000_000  # 40 MP: any screenshot or scan; a decompression bomb is far larger
@@ -85,6 +87,12 @@ class VisionService(EncoderBackend):
             yield from sequence_chunks(features.tokens, self.feature_kind, request.output_datatype)
         timings = {"queue": result.queue_ms, "model": result.batch_ms, "batch_size": float(result.batch_size)}
         side = encoder_pb2.SideOutputs(tags={**image.tags, "grid": f"{features.grid[0]}x{features.grid[1]}"})
+        if image.hounsfield is not None and "PixelSpacing" in image.tags:  # CT: measure lung lesions in HU
+            started = time.perf_counter()
+            with telemetry.tracer().start_as_current_span("vision.measure"):
+                row_mm, col_mm = (float(v) for v in image.tags["PixelSpacing"].split("\\"))
+                side.tags.update(lesion_tags(measure_lung_lesions(image.hounsfield, (row_mm, col_mm))))
+            timings["measure"] = (time.perf_counter() - started) * 1000.0
         if "ocr" in request.options:
             started = time.perf_counter()
             with telemetry.tracer().start_as_current_span("vision.ocr"):

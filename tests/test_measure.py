@@ -1,0 +1,101 @@
+"""CT lung-lesion measurement (vision/measure.py): on the built-in phantoms, and as the
+medical task's reported sizes (TaskSpec.finish). Through the service: test_vision_service.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from modalmesh.data.ct import make_phantom
+from modalmesh.data.generate import PHANTOM_SIZE
+from modalmesh.router.tasks import TASKS
+from modalmesh.vision.measure import lesion_tags, measure_lung_lesions, parse_lesion_tags
+from tests.media import phantom_hu
+
+
+def measure(phantom):
+    return measure_lung_lesions(phantom.hounsfield, (phantom.pixel_spacing_mm,) * 2)
+
+
+@pytest.mark.parametrize("diameter", [6.0, 18.0, 33.0, 55.0])
+def test_a_single_lesion_is_measured_within_a_millimetre(diameter):
+    phantom = make_phantom(100 + int(diameter), size=PHANTOM_SIZE, lesion_count=1, diameter_mm=diameter)
+    lesions = measure(phantom)
+    assert len(lesions) == 1
+    assert lesions[0].diameter_mm == pytest.approx(diameter, abs=1.0)
+    assert lesions[0].side == phantom.side
+
+
+def test_several_lesions_are_counted_and_normal_slices_have_none():
+    counted, normals_with_lesions = 0, 0
+    for seed in range(8):
+        with_lesions = make_phantom(seed, size=PHANTOM_SIZE, lesion_count=2, diameter_mm=12.0)
+        counted += len(measure(with_lesions)) == 2
+        normals_with_lesions += bool(measure(make_phantom(1000 + seed, size=PHANTOM_SIZE, lesion_count=0)))
+    assert counted >= 7  # two lesions may touch and be taken as one, rarely
+    assert normals_with_lesions == 0  # vessels and ribs on the lung's edge are not lesions
+
+
+def test_no_lung_no_spacing_or_too_large_is_not_measured():
+    body = np.full((128, 128), 40.0, dtype=np.float32)  # a slice without lungs
+    assert measure_lung_lesions(body, (0.7, 0.7)) is None
+    lungs = phantom_hu(128).astype(np.float32)
+    assert measure_lung_lesions(lungs, (0.7, 0.7)) == []
+    assert measure_lung_lesions(lungs, (0.0, 0.7)) is None
+    assert measure_lung_lesions(np.full((2100, 2100), -850.0, dtype=np.float32), (0.7, 0.7)) is None
+    assert "not measured" in lesion_tags(None)["lesion_measurement"] and parse_lesion_tags(lesion_tags(None)) is None
+
+
+def test_tags_round_trip():
+    phantom = make_phantom(7, size=PHANTOM_SIZE, lesion_count=3, diameter_mm=20.0)
+    lesions = measure(phantom)
+    parsed = parse_lesion_tags(lesion_tags(lesions))
+    assert parsed == [(lesion.diameter_mm, lesion.side) for lesion in lesions]
+    assert parse_lesion_tags({"lesion_measurement": "hu-1", "lesion_count": "1", "lesion_diameters_mm": "x"}) is None
+    assert parse_lesion_tags({"Modality": "CT"}) is None
+
+
+def test_the_medical_task_reports_measured_sizes_and_splits_nodule_from_mass_by_them():
+    spec = TASKS["medical_report"]
+    probabilities = torch.tensor([0.1, 0.6, 0.3])  # normal, nodule, mass
+    raw = torch.tensor([1.0, 0.05, 1.0])  # the heads: one lesion, 5% of the width, right
+    tags = {"Columns": "384", "PixelSpacing": "0.7\\0.7"}
+    head_p, head_r = spec.finish(probabilities, raw.clone(), tags, {"largest_diameter_mm": 4.0})
+    assert float(head_r[1]) == pytest.approx(0.05 * 384 * 0.7, rel=1e-5)  # the head's estimate, in mm
+    measured = {**tags, **lesion_tags(measure(make_phantom(5, size=PHANTOM_SIZE, lesion_count=2, diameter_mm=44.0)))}
+    p, r = spec.finish(probabilities, raw.clone(), measured, {"largest_diameter_mm": 4.0})
+    assert float(r[1]) == pytest.approx(44.0, abs=1.0) and float(r[0]) == 2.0
+    assert spec.labels[int(p.argmax())] == "mass" and float(p[2]) == pytest.approx(0.9, abs=1e-4)
+    assert float(p[0]) == pytest.approx(0.1) and float(p.sum()) == pytest.approx(1.0)
+    _, ignored = spec.finish(probabilities, raw.clone(), measured, {}, use_measured=False)
+    assert float(ignored[1]) == pytest.approx(float(head_r[1]))
+
+
+def test_the_measurement_is_evidence_for_or_against_a_lesion():
+    """P(lesion) is updated by the measurement's likelihood ratios (counted on validation)."""
+    from modalmesh.router.train import Example, measurement_evidence
+
+    spec = TASKS["medical_report"]
+    raw = torch.tensor([1.0, 0.05, 1.0])
+    tags = {"Columns": "384", "PixelSpacing": "0.7\\0.7"}
+    found = {**tags, **lesion_tags(measure(make_phantom(9, size=PHANTOM_SIZE, lesion_count=1, diameter_mm=12.0)))}
+    nothing = {**tags, **lesion_tags([])}
+    evidence = {"found": 50.0, "none": 0.02}
+    sure_lesion = torch.tensor([0.2, 0.5, 0.3])  # the classifier: P(lesion) 0.8
+    p, _ = spec.finish(sure_lesion, raw.clone(), nothing, {}, evidence=evidence)
+    assert float(p[0]) == pytest.approx(1 / (1 + 4 * 0.02), abs=1e-4) and spec.labels[int(p.argmax())] == "normal"
+    p, _ = spec.finish(torch.tensor([0.9, 0.05, 0.05]), raw.clone(), found, {}, evidence=evidence)
+    assert float(p[0]) == pytest.approx(1 / (1 + 0.1 / 0.9 * 50), abs=1e-4) and spec.labels[int(p.argmax())] == "nodule"
+    assert float(p.sum()) == pytest.approx(1.0)
+    p, _ = spec.finish(sure_lesion, raw.clone(), tags, {}, evidence=evidence)  # nothing measured (a PNG): unchanged
+    assert float(p[0]) == pytest.approx(0.2)
+
+    def example(label, tags):
+        return Example({}, spec.labels.index(label), torch.zeros(3), torch.zeros(3, dtype=torch.bool), tags, torch.zeros(3))
+
+    examples = [example("nodule", found)] * 9 + [example("nodule", nothing)] + [example("normal", nothing)] * 10
+    ratios = measurement_evidence(spec, examples + [example("normal", tags)])  # the unmeasured one does not count
+    assert ratios["found"] == pytest.approx((10 / 12) / (1 / 12), rel=1e-3)
+    assert ratios["none"] == pytest.approx((2 / 12) / (11 / 12), rel=1e-3)
+    assert measurement_evidence(spec, [example("normal", tags)]) == {}
