@@ -128,3 +128,55 @@ def test_normalised_entropy():
     assert normalised_entropy(torch.tensor([1.0, 0.0, 0.0])) == pytest.approx(0.0, abs=1e-6)
     assert normalised_entropy(torch.tensor([1 / 3] * 3)) == pytest.approx(1.0)
     assert normalised_entropy(torch.tensor([1.0]), count=1) == 0
+
+
+def test_gate_offsets_turn_a_source_down_but_not_when_it_is_alone():
+    model = make_model(gate_offsets={"audio_text": -30.0})
+    both = model(model.embed([evidence(["text", "audio_text"])]))
+    alone = model(model.embed([evidence(["audio_text"])]))
+    transcript = SOURCES.index("audio_text")
+    assert float(both.gate_weights[0, transcript]) < 1e-9 and float(alone.gate_weights[0, transcript]) == pytest.approx(1.0)
+    outstanding = torch.zeros(1, len(SOURCES), dtype=torch.bool)
+    outstanding[0, transcript] = True
+    present = both.gate_weights > 0
+    assert float(model.gate.outstanding_weight(both.gate_scores, present, outstanding)) < 1e-9  # not worth waiting for
+    reloaded = FusionModel(FusionConfig.from_dict(model.config.to_dict()))
+    assert reloaded.config.gate_offsets == {"audio_text": -30.0}
+    assert float(reloaded.gate.offset[transcript]) == -30.0 and "gate.offset" not in reloaded.state_dict()
+
+
+def test_gate_calibration_turns_down_a_source_that_misleads_on_new_data():
+    """Trained where both sources carry the label; on validation the transcript is shuffled."""
+    from modalmesh.router.train import Example, calibrate_gate
+
+    torch.manual_seed(0)
+    model = make_model()
+    generator = torch.Generator().manual_seed(1)
+    codes = torch.randn(3, 12, generator=generator)
+
+    def example(label, transcript_label):
+        features = {"text": codes[label] + 0.8 * torch.randn(2, 12, generator=generator),
+                    "audio_text": codes[transcript_label] + 0.3 * torch.randn(2, 12, generator=generator)}
+        return Example(features, label, torch.zeros(1), torch.zeros(1, dtype=torch.bool), {}, torch.zeros(1))
+
+    train_set = [example(i % 3, i % 3) for i in range(90)]
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(60):
+        logits = model(model.embed([e.features for e in train_set])).logits
+        loss = torch.nn.functional.cross_entropy(logits, torch.tensor([e.label for e in train_set]))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    val = [example(i % 3, (i + 1 + i // 3) % 3) for i in range(60)]
+
+    def accuracy():
+        with torch.no_grad():
+            predicted = model(model.embed([e.features for e in val])).logits.argmax(-1)
+        return float((predicted == torch.tensor([e.label for e in val])).float().mean())
+
+    before = accuracy()
+    offsets = calibrate_gate(model, val)
+    assert offsets["audio_text"] < offsets["text"] - 1.0
+    assert model.config.gate_offsets == offsets and accuracy() > before

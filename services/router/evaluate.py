@@ -31,7 +31,7 @@ import torch
 
 from modalmesh.router.features import FeatureCache, LocalEncoders
 from modalmesh.router.fusion import MODALITIES, SOURCES, modality_gate_weights
-from modalmesh.router.tasks import TASKS, load_task_folder
+from modalmesh.router.tasks import TASKS, decide, load_task_folder
 from modalmesh.router.train import load_examples
 
 BASE = ("text", "image", "audio")
@@ -111,14 +111,6 @@ def evaluate(task: str, data: str, report: str, weights: str = "", cache_dir: st
     return results
 
 
-def outstanding_weight(model, features, outstanding) -> float:
-    with torch.no_grad():
-        inputs = model.embed([features])
-        out = model(inputs)
-        mask = torch.tensor([[s in outstanding for s in SOURCES]])
-        return float(model.gate.outstanding_weight(out.gate_scores, inputs.present, mask)[0])
-
-
 @dataclass
 class Checkpoint:
     """One decision the router makes while something is still outstanding: when (an
@@ -148,16 +140,10 @@ class RoutingCase:
 
 
 def routing_cases(model, spec, examples, items, fuse_ms) -> list[RoutingCase]:
-    def decide(example, sources, outstanding):
+    def decide_on(example, sources, outstanding):
         features = {s: f for s, f in example.features.items() if s in sources}
-        with torch.no_grad():
-            inputs = model.embed([features])
-            out = model(inputs)
-            mask = torch.tensor([[s in outstanding for s in SOURCES]])
-            weight = float(model.gate.outstanding_weight(out.gate_scores, inputs.present, mask)[0]) if outstanding else 0.0
-        tags = example.tags if "image" in sources else {}
-        probabilities, _ = spec.finish(out.probabilities[0], out.regression[0], tags, model.config.measurement_sigma,
-                                       evidence=model.config.measurement_evidence)
+        tags = example.tags if "image" in sources else {}  # no scan, no measurement from it
+        _, probabilities, _, weight = decide(model, spec, features, tags, outstanding)
         return float(probabilities.max()), int(probabilities.argmax()) == example.label, weight
 
     cases = []
@@ -170,16 +156,16 @@ def routing_cases(model, spec, examples, items, fuse_ms) -> list[RoutingCase]:
             arrived.append(modality)
             outstanding = base[index + 1:] + sides
             if outstanding:
-                confidence, correct, weight = decide(example, arrived, outstanding)
+                confidence, correct, weight = decide_on(example, arrived, outstanding)
                 checkpoints.append(Checkpoint(costs.get(modality, 0.0) + fuse_ms, confidence, correct, weight, False))
         base_ms = max((costs.get(m, 0.0) for m in base), default=0.0) + fuse_ms
         ordered = sorted(sides, key=lambda s: costs.get(s, 0.0))
         for index, side in enumerate(ordered[:-1]):  # then the side outputs, asked for together
             arrived.append(side)
-            confidence, correct, weight = decide(example, arrived, ordered[index + 1:])
+            confidence, correct, weight = decide_on(example, arrived, ordered[index + 1:])
             checkpoints.append(Checkpoint(base_ms + costs.get(side, 0.0) + fuse_ms, confidence, correct, weight, True))
         everything = list(example.features)
-        _, final_correct, _ = decide(example, everything, [])
+        _, final_correct, _ = decide_on(example, everything, [])
         final_ms = base_ms + max((costs.get(s, 0.0) for s in sides), default=0.0) + (fuse_ms if sides else 0.0)
         full_ms = max((costs.get(m, 0.0) + costs.get(SIDE.get(m, ""), 0.0) for m in base), default=0.0) + fuse_ms
         cases.append(RoutingCase(checkpoints, bool(sides), final_correct, final_ms, full_ms))

@@ -56,6 +56,10 @@ class FusionConfig:
     # Likelihood ratios of an encoder's measurement (a lesion "found" / "none") for the
     # size rule's labels vs the rest, counted on validation (see tasks.TaskSpec.finish).
     measurement_evidence: dict[str, float] = field(default_factory=dict)
+    # Per-source offsets added to the gate's scores, fitted on validation after training
+    # (train.calibrate_gate): a source that helps on training data but not on new data
+    # (a noisy transcript) is turned down. A source alone still gets all the weight.
+    gate_offsets: dict[str, float] = field(default_factory=dict)
     routing: dict[str, float] = field(default_factory=dict)  # tau and gamma tuned on validation (see evaluate.tune_routing)
     # Where regression outputs read from: "fused" (the gate-weighted mix) or one source's
     # pooled representation (e.g. "image": a lesion is measured on the scan, whatever else arrived).
@@ -161,18 +165,26 @@ class RoutingGate(nn.Module):
         )
         # Expected score of a source before it arrives (compute routing's estimate).
         self.prior = nn.Parameter(torch.zeros(len(SOURCES)))
+        # FusionConfig.gate_offsets as a tensor (not saved with the weights: config.json holds it).
+        self.register_buffer("offset", torch.zeros(len(SOURCES)), persistent=False)
+
+    def scores(self, per_source: torch.Tensor) -> torch.Tensor:
+        """s_s, before offsets (what the priors learn). [B, S]"""
+        return torch.cat([self.score[source](per_source[:, i]) for i, source in enumerate(SOURCES)], dim=-1)
+
+    def weights(self, scores: torch.Tensor, present: torch.Tensor, offset: torch.Tensor | None = None) -> torch.Tensor:
+        offset = self.offset if offset is None else offset
+        return torch.softmax((scores + offset).masked_fill(~present, float("-inf")), dim=-1)
 
     def forward(self, per_source: torch.Tensor, present: torch.Tensor):
-        scores = torch.cat([self.score[source](per_source[:, i]) for i, source in enumerate(SOURCES)], dim=-1)
-        weights = torch.softmax(scores.masked_fill(~present, float("-inf")), dim=-1)
-        return weights, scores
+        scores = self.scores(per_source)
+        return self.weights(scores, present), scores
 
     def outstanding_weight(self, scores: torch.Tensor, present: torch.Tensor, outstanding: torch.Tensor) -> torch.Tensor:
         """Predicted total weight of the `outstanding` sources once they arrive: their
         prior scores compete with the present sources' actual scores. [B]"""
         combined = torch.where(present, scores, self.prior.expand_as(scores))
-        weights = torch.softmax(combined.masked_fill(~(present | outstanding), float("-inf")), dim=-1)
-        return (weights * outstanding).sum(dim=-1)
+        return (self.weights(combined, present | outstanding) * outstanding).sum(dim=-1)
 
 
 class FusionModel(nn.Module):
@@ -191,6 +203,12 @@ class FusionModel(nn.Module):
         self.regressor = (nn.Linear(config.width, outputs) if not config.regression_hidden else
                           nn.Sequential(nn.Linear(config.width, config.regression_hidden), nn.GELU(), nn.Linear(config.regression_hidden, outputs)))
         self.log_temperature = nn.Parameter(torch.zeros(()), requires_grad=False)  # set by calibration
+        self.set_gate_offsets(config.gate_offsets)
+
+    def set_gate_offsets(self, offsets: dict[str, float]) -> None:
+        self.config.gate_offsets = {s: float(v) for s, v in offsets.items() if s in SOURCES}
+        with torch.no_grad():
+            self.gate.offset.copy_(torch.tensor([self.config.gate_offsets.get(s, 0.0) for s in SOURCES]))
 
     # -- inputs ----------------------------------------------------------------------
     def embed(self, batch: list[dict[str, torch.Tensor]]) -> FusionInputs:
@@ -227,6 +245,23 @@ class FusionModel(nn.Module):
 
     # -- forward ---------------------------------------------------------------------
     def forward(self, inputs: FusionInputs) -> FusionOutputs:
+        per_source, attentions = self.sources(inputs)
+        gate_weights, gate_scores = self.gate(per_source, inputs.present)
+        fused = (gate_weights.unsqueeze(-1) * per_source).sum(dim=1)
+        logits = self.classifier(fused)
+        return FusionOutputs(
+            logits=logits,
+            probabilities=torch.softmax(logits / self.log_temperature.exp(), dim=-1),
+            regression=self.regressor(self._regression_input(fused, per_source))[:, : len(self.config.regression)],
+            gate_weights=gate_weights,
+            gate_scores=gate_scores,
+            attention=torch.stack(attentions).mean(dim=0),
+            token_source=inputs.token_source,
+            padding=inputs.padding,
+        )
+
+    def sources(self, inputs: FusionInputs) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """h_s for every source ([B, S, d]; zeros where absent) and each layer's attention."""
         token_modality = _source_to_modality(inputs.token_source)
         x, attentions = inputs.tokens, []
         for layer in self.layers:
@@ -241,20 +276,7 @@ class FusionModel(nn.Module):
             scores = (x @ self.pool_query.t()) / math.sqrt(self.config.width)  # [B, T, S]
             scores = scores.masked_fill(membership == 0, float("-inf"))
             pool_weights = torch.nan_to_num(torch.softmax(scores, dim=1), nan=0.0)  # absent sources: all zero
-        per_source = pool_weights.transpose(1, 2) @ x  # [B, S, d]
-        gate_weights, gate_scores = self.gate(per_source, inputs.present)
-        fused = (gate_weights.unsqueeze(-1) * per_source).sum(dim=1)
-        logits = self.classifier(fused)
-        return FusionOutputs(
-            logits=logits,
-            probabilities=torch.softmax(logits / self.log_temperature.exp(), dim=-1),
-            regression=self.regressor(self._regression_input(fused, per_source))[:, : len(self.config.regression)],
-            gate_weights=gate_weights,
-            gate_scores=gate_scores,
-            attention=torch.stack(attentions).mean(dim=0),
-            token_source=inputs.token_source,
-            padding=inputs.padding,
-        )
+        return pool_weights.transpose(1, 2) @ x, attentions  # [B, S, d]
 
 
 def _source_to_modality(token_source: torch.Tensor) -> torch.Tensor:

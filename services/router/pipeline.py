@@ -33,8 +33,8 @@ from opentelemetry import context as otel_context
 from modalmesh.common import errors, telemetry
 from modalmesh.common.client import collect, encode_requests
 from modalmesh.common.layout import paragraphs
-from modalmesh.router.fusion import MODALITIES, SOURCE_MODALITY, SOURCES, attention_mass, modality_gate_weights, normalised_entropy
-from modalmesh.router.tasks import Answer, Evidence, TaskModel
+from modalmesh.router.fusion import MODALITIES, SOURCE_MODALITY, attention_mass, modality_gate_weights, normalised_entropy
+from modalmesh.router.tasks import Answer, Evidence, TaskModel, decide
 from modalmesh.v1 import encoder_pb2, encoder_pb2_grpc, router_pb2, speech_pb2, speech_pb2_grpc
 from modalmesh.vision.decode import sniff_media_type
 
@@ -448,20 +448,9 @@ class Pipeline:
         return decision
 
     def decide(self, task: TaskModel, run: Run, outstanding) -> Decision:
-        features = dict(run.features)
-
-        def work():
-            with torch.inference_mode():
-                inputs = task.model.embed([features])
-                outputs = task.model(inputs)
-                mask = torch.tensor([[s in outstanding for s in SOURCES]])
-                weight = float(task.model.gate.outstanding_weight(outputs.gate_scores, inputs.present, mask)[0]) if outstanding else 0.0
-            return outputs, weight
-
-        outputs, weight = self.run_model(work)
-        probabilities, regression = task.spec.finish(outputs.probabilities[0], outputs.regression[0], run.evidence.image_tags,
-                                                     task.model.config.measurement_sigma,
-                                                     evidence=task.model.config.measurement_evidence)
+        features, tags = dict(run.features), dict(run.evidence.image_tags)
+        outputs, probabilities, regression, weight = self.run_model(
+            lambda: decide(task.model, task.spec, features, tags, outstanding))
         best = int(probabilities.argmax())
         answer = Answer(
             label=task.spec.labels[best],

@@ -282,6 +282,26 @@ class TaskModel:
     trained: bool
 
 
+def decide(model: FusionModel, spec: TaskSpec, features: dict[str, torch.Tensor], tags: dict[str, str],
+           outstanding=()) -> tuple[object, torch.Tensor, torch.Tensor, float]:
+    """One decision from the evidence in hand: the fusion model's outputs, what the task
+    reports (probabilities [L], regression [R]; see TaskSpec.finish) and the gate's
+    predicted weight of the `outstanding` sources. The router and the routing
+    evaluation both decide through here."""
+    from modalmesh.router.fusion import SOURCES
+
+    with torch.inference_mode():
+        inputs = model.embed([features])
+        outputs = model(inputs)
+        weight = 0.0
+        if outstanding:
+            mask = torch.tensor([[s in outstanding for s in SOURCES]])
+            weight = float(model.gate.outstanding_weight(outputs.gate_scores, inputs.present, mask)[0])
+    probabilities, regression = spec.finish(outputs.probabilities[0], outputs.regression[0], tags,
+                                            model.config.measurement_sigma, evidence=model.config.measurement_evidence)
+    return outputs, probabilities, regression, weight
+
+
 def load_task(spec: TaskSpec, weights_dir: str) -> TaskModel:
     """From `<weights_dir>/<task>/`, or untrained when there is nothing there."""
     return load_task_folder(spec, Path(weights_dir) / spec.name if weights_dir else None)

@@ -174,6 +174,8 @@ def train(task: str, data: str, out: str, epochs: int = 40, seed: int = 0, cache
         train_seconds = time.perf_counter() - train_started
 
         model.eval()
+        if val_set:  # which sources to trust on new data, then how sure to be
+            calibrate_gate(model, val_set)
         temperature = calibrate_temperature(model, val_set) if val_set else 1.0
         if val_set and spec.size_rule is not None:  # the heads' validation size error: the size rule's spread when nothing was measured
             config.measurement_sigma = measurement_sigma(model, spec, val_set)
@@ -188,7 +190,7 @@ def train(task: str, data: str, out: str, epochs: int = 40, seed: int = 0, cache
     (out_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
     summary = {
         "task": task, "train_items": len(train_set), "val_items": len(val_set), "epochs": epochs, "seed": seed,
-        "final_loss": history[-1], "temperature": temperature, "feature_noise": feature_noise, "feature_seconds": round(feature_seconds, 1),
+        "final_loss": history[-1], "temperature": temperature, "feature_noise": feature_noise, "gate_offsets": config.gate_offsets, "feature_seconds": round(feature_seconds, 1),
         "train_seconds": round(train_seconds, 1), "val_accuracy": accuracy(model, spec, val_set) if val_set else None,
         "routing": config.routing,
     }
@@ -268,6 +270,35 @@ def measurement_sigma(model: FusionModel, spec, examples: list[Example]) -> dict
         if mask.any():
             sigma[name] = round(float(((regression[mask, index] - truth[mask]) ** 2).mean().sqrt()), 3)
     return sigma
+
+
+def calibrate_gate(model: FusionModel, examples: list[Example], steps: int = 300) -> dict[str, float]:
+    """Per-source offsets on the gate's scores minimising validation NLL, the rest of the
+    model fixed (FusionConfig.gate_offsets). Training data cannot show that a source
+    fails to generalise (its wordings were all seen); validation can. Offsets stay in
+    [-8, 4], with a small pull to 0; sources absent from validation keep 0."""
+    from modalmesh.router.fusion import SOURCES
+
+    with torch.no_grad():
+        inputs = model.embed([e.features for e in examples])
+        per_source, _ = model.sources(inputs)
+        scores = model.gate.scores(per_source)
+    labels = torch.tensor([e.label for e in examples])
+    seen = inputs.present.any(dim=0)
+    offset = torch.zeros(len(SOURCES), requires_grad=True)
+    optimizer = torch.optim.Adam([offset], lr=0.05)
+    for _ in range(steps):
+        weights = model.gate.weights(scores, inputs.present, offset * seen)
+        logits = model.classifier((weights.unsqueeze(-1) * per_source).sum(dim=1))
+        loss = F.cross_entropy(logits, labels) + 1e-3 * (offset ** 2).sum()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            offset.clamp_(-8.0, 4.0)
+    fitted = {source: round(float(value), 3) for source, value, used in zip(SOURCES, offset.detach(), seen) if used}
+    model.set_gate_offsets(fitted)
+    return fitted
 
 
 def calibrate_temperature(model: FusionModel, examples: list[Example]) -> float:
