@@ -17,7 +17,7 @@ service measures candidate lesions directly, the way semi-automatic nodule tools
 
 For each lesion: diameter in mm, side (the patient's left is the image's right), and
 centre. On 300 phantoms (benchmarks/bench_measure.py): largest diameter MAE 0.13 mm,
-lesion count right in 98%, no lesion reported on a normal slice, ~30 ms per 384x384
+lesion count right in 98%, no lesion reported on a normal slice, ~36 ms per 384x384
 slice. Designed for and checked on the built-in phantoms; not validated on real CT
 (heart, airways and consolidation would all need more care). Not for clinical use.
 """
