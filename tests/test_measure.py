@@ -99,3 +99,17 @@ def test_the_measurement_is_evidence_for_or_against_a_lesion():
     assert ratios["found"] == pytest.approx((10 / 12) / (1 / 12), rel=1e-3)
     assert ratios["none"] == pytest.approx((2 / 12) / (11 / 12), rel=1e-3)
     assert measurement_evidence(spec, [example("normal", tags)]) == {}
+
+
+def test_the_report_says_where_the_sizes_come_from_and_which_lungs():
+    from modalmesh.router.tasks import Answer, Evidence, write_report
+
+    answer = Answer("nodule", 0.9, 0.2, {"normal": 0.05, "nodule": 0.9, "mass": 0.05},
+                    {"lesion_count": 2.0, "largest_diameter_mm": 12.3, "side": -1.0})
+    both = {"Modality": "CT", "PixelSpacing": "0.7\\0.7", **lesion_tags([])}
+    both.update({"lesion_count": "2", "lesion_diameters_mm": "12.3\\6.1", "lesion_sides": "left\\right"})
+    description, findings, _ = write_report(answer, Evidence(image_tags=both))
+    assert "in both lungs; the largest is 12.3 mm, left (measured on the slice in Hounsfield units)" in description
+    assert findings["side"] == "left" and "not for clinical use" in description.lower()
+    description, _, _ = write_report(answer, Evidence(image_tags={"Modality": "CT", "PixelSpacing": "0.7\\0.7"}))
+    assert "in the left lung" in description and "estimated from image features, not measured" in description

@@ -12,8 +12,9 @@ Routed vs full: each test item is answered (a) FULL, from every source; (b) ROUT
 the router's gather loop does it: a decision at each encoder's answer (base features in
 order of cost, then, once all are in, the side outputs OCR and transcript in order of
 cost), answering at the first that is confident (>= tau) while the gate predicts what is
-still outstanding would weigh < gamma, else from everything; (c) from each single modality, on the items that have
-it, next to FULL on those same items (the fair comparison). Latency per item is
+still outstanding would weigh < gamma, else from everything; (c) from each single
+modality, on the items that have it, next to FULL on those same items (the fair
+comparison). Latency per item is
 computed from the measured cost of each source (recorded when its features were
 extracted): sources of different modalities run in parallel, a modality's side output
 (OCR, transcript) after its base features; plus the measured fusion time.
@@ -65,16 +66,12 @@ def evaluate(task: str, data: str, report: str, weights: str = "", cache_dir: st
         regression = np.zeros((len(examples), len(spec.regression)), dtype=np.float32)
         gate = np.zeros((len(examples), len(MODALITIES)), dtype=np.float32)
         started = time.perf_counter()
-        with torch.no_grad():
-            for i in keep:
-                out = model(model.embed([chosen[i]]))
-                tags = examples[i].tags if "image" in subset else {}  # no scan, no measurement from it
-                finished_p, finished_r = spec.finish(out.probabilities[0], out.regression[0], tags,
-                                                     model.config.measurement_sigma, use_measured,
-                                                     model.config.measurement_evidence)
-                probabilities[i] = finished_p.numpy()
-                regression[i] = finished_r.numpy()
-                gate[i] = modality_gate_weights(out.gate_weights)[0].numpy()
+        for i in keep:
+            tags = examples[i].tags if "image" in subset else {}  # no scan, no measurement from it
+            out, finished_p, finished_r, _ = decide(model, spec, chosen[i], tags, use_measured=use_measured)
+            probabilities[i] = finished_p.numpy()
+            regression[i] = finished_r.numpy()
+            gate[i] = modality_gate_weights(out.gate_weights)[0].numpy()
         fuse_ms = (time.perf_counter() - started) * 1000 / max(1, len(keep))
         return probabilities, regression, gate, keep, fuse_ms
 

@@ -229,9 +229,13 @@ def write_report(answer: Answer, evidence: Evidence) -> tuple[str, dict[str, str
     else:
         kind = "nodule" if answer.label == "nodule" else "mass"
         plural = "s" if count > 1 else ""
-        how = ("measured on the slice in Hounsfield units" if measured_lesions(evidence.image_tags)
-               else "estimated from image features, not measured")
-        body = f"{count} round soft-tissue lesion{plural} in the {side} lung; the largest is {diameter:.1f} mm ({how})."
+        from modalmesh.vision.measure import parse_lesion_tags
+
+        measured = parse_lesion_tags(evidence.image_tags) or []
+        how = "measured on the slice in Hounsfield units" if measured else "estimated from image features, not measured"
+        where = "both lungs" if len({s for _, s in measured}) > 1 else f"the {side} lung"
+        body = (f"{count} round soft-tissue lesion{plural} in {where}; the largest is {diameter:.1f} mm, "
+                f"{side} ({how}).")
         impression = f"Findings consistent with a pulmonary {kind} ({diameter:.1f} mm, {side})."
     record = f" Clinical information: {evidence.text.strip()[:300]}" if evidence.text.strip() else ""
     dictated = f" Dictated note (transcript, low confidence): {evidence.transcript[:300]}" if evidence.transcript else ""
@@ -283,7 +287,7 @@ class TaskModel:
 
 
 def decide(model: FusionModel, spec: TaskSpec, features: dict[str, torch.Tensor], tags: dict[str, str],
-           outstanding=()) -> tuple[object, torch.Tensor, torch.Tensor, float]:
+           outstanding=(), use_measured: bool = True) -> tuple[object, torch.Tensor, torch.Tensor, float]:
     """One decision from the evidence in hand: the fusion model's outputs, what the task
     reports (probabilities [L], regression [R]; see TaskSpec.finish) and the gate's
     predicted weight of the `outstanding` sources. The router and the routing
@@ -298,7 +302,7 @@ def decide(model: FusionModel, spec: TaskSpec, features: dict[str, torch.Tensor]
             mask = torch.tensor([[s in outstanding for s in SOURCES]])
             weight = float(model.gate.outstanding_weight(outputs.gate_scores, inputs.present, mask)[0])
     probabilities, regression = spec.finish(outputs.probabilities[0], outputs.regression[0], tags,
-                                            model.config.measurement_sigma, evidence=model.config.measurement_evidence)
+                                            model.config.measurement_sigma, use_measured, model.config.measurement_evidence)
     return outputs, probabilities, regression, weight
 
 
