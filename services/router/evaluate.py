@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from modalmesh.router.features import FeatureCache, LocalEncoders
+from modalmesh.router.features import FeatureCache
 from modalmesh.router.fusion import MODALITIES, SOURCES, modality_gate_weights
 from modalmesh.router.tasks import TASKS, decide, load_task_folder
 from modalmesh.router.train import load_examples
@@ -51,8 +51,7 @@ def evaluate(task: str, data: str, report: str, weights: str = "", cache_dir: st
     task_model = load_task_folder(spec, folder)
     model = task_model.model.eval()
     manifest = Path(data)
-    cache = FeatureCache(cache_dir or manifest.parent / ".features", lambda: LocalEncoders(ocr="image" in spec.side_outputs),
-                         side=spec.side_outputs)
+    cache = FeatureCache.for_task(spec, manifest, cache_dir)
     try:
         examples, items = load_examples(task, manifest, cache, "eval")
     finally:

@@ -26,7 +26,7 @@ from modalmesh.common.encoder import EncodeRequest
 
 FEATURE_VERSION = "1"
 SCREEN_TEXT_VERSION = "paragraphs-1"  # how OCR spans become text vectors (common/layout.py); part of OCR tasks' keys
-MEASUREMENT_VERSION = "lesions-hu-1"  # the vision service's CT measurement tags (vision/measure.py); part of DICOM keys
+MEASUREMENT_VERSION = "lesions-hu-1"  # the vision service's CT measurement tags (vision/measure.py); part of measuring tasks' keys
 
 
 @dataclass
@@ -118,20 +118,27 @@ def media_type_of(path: str) -> str:
 class FeatureCache:
     """Features per manifest record, on disk as safetensors + a JSON sidecar."""
 
-    def __init__(self, folder: str | Path, encoders_factory, side: tuple[str, ...]) -> None:
+    def __init__(self, folder: str | Path, encoders_factory, side: tuple[str, ...], versions: tuple[str, ...] = ()) -> None:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self._factory = encoders_factory
         self._encoders: LocalEncoders | None = None
         self.side = side
+        self.versions = versions  # of the encoder outputs the task reads beyond features; part of every key
+
+    @classmethod
+    def for_task(cls, spec, manifest: str | Path, folder: str | Path = "") -> "FeatureCache":
+        """The cache a task's training and evaluation share (`.features` beside the manifest):
+        OCR only for tasks that read screens; keys carry the versions of what the task reads
+        (OCR paragraphs, the CT measurement), so a change there is recomputed, not reused."""
+        versions = ((SCREEN_TEXT_VERSION,) if "image" in spec.side_outputs else ()) + \
+                   ((MEASUREMENT_VERSION,) if spec.measure is not None else ())
+        return cls(folder or Path(manifest).parent / ".features", lambda: LocalEncoders(ocr="image" in spec.side_outputs),
+                   side=spec.side_outputs, versions=versions)
 
     def key(self, record: dict) -> str:
         digest = hashlib.sha256(FEATURE_VERSION.encode())
-        parts = [record.get("text", ""), record.get("image_parameters", {}), self.side]
-        if "image" in self.side:  # OCR text vectors also depend on how spans become paragraphs
-            parts.append(SCREEN_TEXT_VERSION)
-        if (record.get("image") or "").lower().endswith(".dcm"):  # a CT's tags carry the lesion measurement
-            parts.append(MEASUREMENT_VERSION)
+        parts = [record.get("text", ""), record.get("image_parameters", {}), self.side, *self.versions]
         digest.update(json.dumps(parts, sort_keys=True).encode())
         for name in ("image", "audio"):
             if record.get(name):

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from modalmesh.common.progress import progress
 from modalmesh.data.generate import read_manifest
-from modalmesh.router.features import FeatureCache, LocalEncoders
+from modalmesh.router.features import FeatureCache
 from modalmesh.router.fusion import FusionConfig, FusionModel
 from modalmesh.router.tasks import NOT_FOR_CLINICAL_USE, TASKS
 
@@ -128,8 +128,7 @@ def train(task: str, data: str, out: str, epochs: int = 40, seed: int = 0, cache
     torch.manual_seed(seed)
     rng = random.Random(seed)
     manifest = Path(data)
-    cache = FeatureCache(cache_dir or manifest.parent / ".features", lambda: LocalEncoders(ocr="image" in spec.side_outputs),
-                         side=spec.side_outputs)
+    cache = FeatureCache.for_task(spec, manifest, cache_dir)
     try:
         train_set, _ = load_examples(task, manifest, cache, "train")
         val_path = manifest.with_name("val.jsonl")
