@@ -131,8 +131,8 @@ class TaskSpec:
         small, large = self.labels.index(rule.small), self.labels.index(rule.large)
         probabilities = probabilities.clone()
         lesion = probabilities[small] + probabilities[large]
-        ratio = (evidence or {}).get("found" if measured else "none") if measured is not None else None
-        if ratio is not None:
+        ratio = None if measured is None else (evidence or {}).get("found" if measured else "none")
+        if ratio is not None:  # Bayes: posterior odds = prior odds x likelihood ratio
             odds = float(lesion) / max(1.0 - float(lesion), 1e-6) * float(ratio)
             updated = odds / (1.0 + odds)
             others = [k for k in range(len(self.labels)) if k not in (small, large)]
