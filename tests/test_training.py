@@ -72,7 +72,8 @@ def test_train_and_eval_medical_end_to_end(medical_data, tmp_path, capsys):
     assert main(["train", "--task", "medical_report", "--data", str(medical_data / "train.jsonl"), "--out", str(weights),
                  "--epochs", "3"]) == 0
     assert {p.name for p in weights.iterdir()} >= {"model.safetensors", "config.json", "MODEL_CARD.md", "train_log.json"}
-    assert "not for clinical use" in (weights / "MODEL_CARD.md").read_text().lower()
+    card = (weights / "MODEL_CARD.md").read_text()
+    assert "not for clinical use" in card.lower() and "Gate offsets" in card and "likelihood ratios" in card
     log = json.loads((weights / "train_log.json").read_text())
     assert log["train_items"] == 24 and log["val_items"] == 12 and len(log["loss_per_epoch"]) == 3
     config = json.loads((weights / "config.json").read_text())

@@ -189,7 +189,8 @@ def train(task: str, data: str, out: str, epochs: int = 40, seed: int = 0, cache
     (out_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
     summary = {
         "task": task, "train_items": len(train_set), "val_items": len(val_set), "epochs": epochs, "seed": seed,
-        "final_loss": history[-1], "temperature": temperature, "feature_noise": feature_noise, "gate_offsets": config.gate_offsets, "feature_seconds": round(feature_seconds, 1),
+        "final_loss": history[-1], "temperature": temperature, "feature_noise": feature_noise, "gate_offsets": config.gate_offsets,
+        "measurement_evidence": config.measurement_evidence, "feature_seconds": round(feature_seconds, 1),
         "train_seconds": round(train_seconds, 1), "val_accuracy": accuracy(model, spec, val_set) if val_set else None,
         "routing": config.routing,
     }
@@ -322,6 +323,10 @@ def calibrate_temperature(model: FusionModel, examples: list[Example]) -> float:
 
 def write_model_card(out_dir: Path, spec, summary: dict, data: str) -> None:
     clinical = f"\n**{NOT_FOR_CLINICAL_USE}** Trained on synthetic CT phantoms only.\n" if spec.name == "medical_report" else ""
+    evidence = summary.get("measurement_evidence") or {}
+    measured = (f"\n- CT measurement (vision service, Hounsfield units): count, largest diameter and side as measured;"
+                f"\n  it moves P(lesion) by likelihood ratios counted on validation: found {evidence.get('found', 1):g}, "
+                f"none {evidence.get('none', 1):g}") if evidence else ""
     (out_dir / "MODEL_CARD.md").write_text(f"""# {spec.name} fusion model
 {clinical}
 - Task: {spec.description}
@@ -334,6 +339,8 @@ def write_model_card(out_dir: Path, spec, summary: dict, data: str) -> None:
 - Training: {summary['epochs']} epochs, seed {summary['seed']}, modality dropout, feature noise {summary['feature_noise']}; temperature {summary['temperature']:.3f}
   (calibrated on validation); features {summary['feature_seconds']} s, training {summary['train_seconds']} s on this machine.
 - Validation accuracy (all modalities): {summary['val_accuracy']}
+- Gate offsets (fitted on validation, added to the gate's scores; a source alone still gets all the weight):
+  {', '.join(f'{k} {v:+.2f}' for k, v in summary.get('gate_offsets', {}).items()) or 'none'}{measured}
 - Compute routing (tuned on validation, at most half a point below answering from everything):
   tau {summary['routing'].get('tau', spec.tau)}, gamma {summary['routing'].get('gamma', spec.gamma)}
 - Evaluate with `modalmesh eval --task {spec.name} --data <test.jsonl> --weights {out_dir}`.
