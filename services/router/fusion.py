@@ -247,8 +247,7 @@ class FusionModel(nn.Module):
     def forward(self, inputs: FusionInputs) -> FusionOutputs:
         per_source, attentions = self.sources(inputs)
         gate_weights, gate_scores = self.gate(per_source, inputs.present)
-        fused = (gate_weights.unsqueeze(-1) * per_source).sum(dim=1)
-        logits = self.classifier(fused)
+        fused, logits = self.fuse(per_source, gate_weights)
         return FusionOutputs(
             logits=logits,
             probabilities=torch.softmax(logits / self.log_temperature.exp(), dim=-1),
@@ -259,6 +258,11 @@ class FusionModel(nn.Module):
             token_source=inputs.token_source,
             padding=inputs.padding,
         )
+
+    def fuse(self, per_source: torch.Tensor, gate_weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """fused = sum_s g_s h_s, and the classifier's logits on it (before temperature)."""
+        fused = (gate_weights.unsqueeze(-1) * per_source).sum(dim=1)
+        return fused, self.classifier(fused)
 
     def sources(self, inputs: FusionInputs) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """h_s for every source ([B, S, d]; zeros where absent) and each layer's attention."""

@@ -288,8 +288,7 @@ def calibrate_gate(model: FusionModel, examples: list[Example], steps: int = 300
     offset = torch.zeros(len(SOURCES), requires_grad=True)
     optimizer = torch.optim.Adam([offset], lr=0.05)
     for _ in range(steps):
-        weights = model.gate.weights(scores, inputs.present, offset * seen)
-        logits = model.classifier((weights.unsqueeze(-1) * per_source).sum(dim=1))
+        _, logits = model.fuse(per_source, model.gate.weights(scores, inputs.present, offset * seen))
         loss = F.cross_entropy(logits, labels) + 1e-3 * (offset ** 2).sum()
         optimizer.zero_grad()
         loss.backward()
