@@ -58,6 +58,25 @@ def test_a_wrapped_message_on_a_phone_screen_is_read_as_one_paragraph(vision):
     assert read.index(message) > 0  # after the app's title and menus: reading order
 
 
+def test_capped_detection_size_reads_what_the_engine_rule_reads():
+    """The default detection size (longer side <= 960, never scaled up) against the
+    engine's own rule (shorter side scaled to 736): same message, boxes in input pixels."""
+    from modalmesh.data.screens import render_app_screen
+    from modalmesh.vision.ocr import CAPPED_DET_SIDE, ScreenReader
+
+    capped, engine_rule = ScreenReader(CAPPED_DET_SIDE), ScreenReader(0)
+    screens = [render_screenshot("Your card was declined (code 51)", size=(1920, 1080)),
+               render_app_screen("Session expired", np.random.default_rng(5), mobile=True, dark=True, layout="toast")]
+    for screen in screens:
+        rgb = np.asarray(screen.convert("RGB"))
+        read = [[line.text for line in reader.read(rgb)] for reader in (capped, engine_rule)]
+        message = "Your card was declined (code 51)" if screen.width == 1920 else "Session expired"
+        assert any(message in line for line in read[0]), read[0]
+        assert [t.replace(" ", "") for t in read[0] if message in t] == [t.replace(" ", "") for t in read[1] if message in t]
+        boxes = [line.box for line in capped.read(rgb)]
+        assert max(box[2] for box in boxes) <= screen.width + 1 and max(box[3] for box in boxes) <= screen.height + 1
+
+
 def test_ocr_runs_only_when_asked(vision):
     result = vision.encode(image_bytes(render_screenshot("Login failed")), "image/png")
     assert len(result.side.text_spans) == 0 and "ocr" not in result.pooled_message.timings_ms

@@ -61,6 +61,12 @@ class ServiceConfig:
     # Vision
     max_pixels: int = _option(40_000_000, "vision: largest image (width x height) decoded")
     ocr: bool = _option(True, "vision: load the OCR engine so requests may ask for 'ocr'")
+    ocr_det_side: int = _option(
+        0,
+        "vision: 0 detects OCR text at the engine's size (shorter side scaled to 736, also up); N scales the image "
+        "down so its longer side is at most N, never up (960: about 40% faster; see README before using it with "
+        "the shipped triage weights)",
+    )
     # Audio and speech
     max_audio_seconds: float = _option(300.0, "audio: longest clip accepted, in seconds")
     transcript: bool = _option(True, "audio: load PocketSphinx so requests may ask for 'transcript'")
@@ -110,6 +116,8 @@ class ServiceConfig:
         for name in ("max_batch_size", "max_queue", "max_message_bytes", "max_input_bytes", "worker_threads"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1")
+        if self.ocr_det_side and self.ocr_det_side < 32:
+            problems.append("ocr_det_side must be 0 (the engine's rule) or at least 32 pixels")
         if problems:
             raise ValueError("invalid configuration: " + "; ".join(problems))
 

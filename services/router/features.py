@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,7 +62,13 @@ class LocalEncoders:
         return torch.from_numpy(np.array(self._encode(self.text, text.encode(), "text/plain").sequence, dtype=np.float32))
 
     def _text_vectors(self, lines: list[str]) -> torch.Tensor:
-        return torch.from_numpy(np.stack([self._encode(self.text, l.encode(), "text/plain", pooled_only=True).pooled for l in lines]))
+        """One pooled vector per line, asked for concurrently as the router does
+        (pipeline.Run.embed_texts): the text service batches them."""
+        def one(line: str) -> np.ndarray:
+            return self._encode(self.text, line.encode(), "text/plain", pooled_only=True).pooled
+
+        with ThreadPoolExecutor(max_workers=min(8, len(lines))) as pool:
+            return torch.from_numpy(np.stack(list(pool.map(one, lines))))
 
     def extract(self, text: str = "", image: bytes = b"", image_type: str = "", audio: bytes = b"", audio_type: str = "",
                 image_parameters: dict | None = None, side: tuple[str, ...] = ("image", "audio")) -> ItemFeatures:

@@ -25,12 +25,27 @@ class TextLine:
     box: tuple[float, float, float, float]  # x_min, y_min, x_max, y_max
 
 
+# Detection's input size. The engine's own rule (det_side 0, the default) scales the
+# *shorter* side to 736 px, so a 1024x640 screenshot is detected at 1178x736 and a
+# 390x760 phone screen at 736x1434: most of OCR's time goes to upscaled pixels. A cap
+# on the longer side (never scaling up; CAPPED_DET_SIDE) reads the same messages in
+# about 60% of the time (benchmarks/bench_encoders.py section 3) but draws looser boxes,
+# which changes how lines group into paragraphs (common/layout.py). The shipped
+# screenshot_triage weights were trained on the engine's rule; retrained on capped
+# detection they scored lower on validation (README, "Shipped weights"), so the cap is
+# an option (`ocr_det_side`), not the default.
+CAPPED_DET_SIDE = 960
+
+
 class ScreenReader:
-    def __init__(self) -> None:
+    def __init__(self, det_side: int = 0) -> None:
         from rapidocr import RapidOCR
 
         # "error": an image without text is a normal answer here, not a warning.
-        self._engine = RapidOCR(params={"Global.log_level": "error"})
+        params = {"Global.log_level": "error"}
+        if det_side > 0:
+            params.update({"Det.limit_type": "max", "Det.limit_side_len": int(det_side)})
+        self._engine = RapidOCR(params=params)
         self._lock = threading.Lock()  # one image at a time: onnxruntime already uses every core
 
     def read(self, rgb: np.ndarray) -> list[TextLine]:
