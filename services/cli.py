@@ -270,7 +270,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from modalmesh.router.train import train
 
     summary = train(args.task, args.data, args.out, epochs=args.epochs, seed=args.seed, cache_dir=args.cache,
-                    feature_noise=args.feature_noise)
+                    feature_noise=args.feature_noise, members=args.members)
     print(json.dumps(summary, indent=2))
     print(f"wrote {args.out}/model.safetensors, config.json, MODEL_CARD.md")
     return 0
@@ -383,6 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--feature-noise", type=float, default=None,
                        help="Gaussian noise on the frozen features while training, relative to each row's RMS "
                             "(default: the task's, 0.5 for screenshot_triage, 0 for medical_report)")
+    train.add_argument("--members", type=int, default=None,
+                       help="train an ensemble of this many models (seeds seed, seed+1, ...) whose answers are averaged "
+                            "(default: the task's, 3 for screenshot_triage, 1 for medical_report)")
     train.set_defaults(func=cmd_train)
 
     evaluation = commands.add_parser("eval", help="evaluate a task's model on a manifest; writes JSON, Markdown and plots")

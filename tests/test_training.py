@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from modalmesh.cli import main
 from modalmesh.data.generate import generate, read_manifest
@@ -121,10 +122,41 @@ def test_train_triage_with_screens_voices_and_transcripts(triage_data, tmp_path)
     from modalmesh.router.train import train
 
     summary = train("screenshot_triage", str(triage_data / "train.jsonl"), str(tmp_path / "w"), epochs=2)
-    assert summary["train_items"] == 12 and summary["temperature"] > 0
+    # The task's default: an ensemble of three, each member calibrated on its own.
+    assert summary["train_items"] == 12 and summary["members"] == 3
+    assert len(summary["temperature"]) == 3 and all(t > 0 for t in summary["temperature"])
     # Features were cached: a second run does not encode anything again.
     again = train("screenshot_triage", str(triage_data / "train.jsonl"), str(tmp_path / "w2"), epochs=1)
     assert again["feature_seconds"] < summary["feature_seconds"] / 3
+
+
+def test_an_ensemble_is_its_members_trained_alone_and_answers_with_their_mean(triage_data, tmp_path):
+    from safetensors.torch import load_file
+
+    from modalmesh.router.fusion import FusionEnsemble
+    from modalmesh.router.tasks import TASKS, decide, load_task_folder
+    from modalmesh.router.train import train
+
+    manifest = str(triage_data / "train.jsonl")
+    summary = train("screenshot_triage", manifest, str(tmp_path / "pair"), epochs=1, seed=5, members=2)
+    train("screenshot_triage", manifest, str(tmp_path / "alone"), epochs=1, seed=6, members=1)
+    pair, alone = load_file(str(tmp_path / "pair" / "model.safetensors")), load_file(str(tmp_path / "alone" / "model.safetensors"))
+    assert set(alone) == {key.removeprefix("members.1.") for key in pair if key.startswith("members.1.")}
+    assert all(torch.equal(pair[f"members.1.{key}"], value) for key, value in alone.items())  # seed 5 + 1 = 6, byte for byte
+    config = json.loads((tmp_path / "pair" / "config.json").read_text())
+    assert config["members"] == 2 and len(config["gate_offsets"]) == 2 and summary["members"] == 2
+    assert "Ensemble: 2 models" in (tmp_path / "pair" / "MODEL_CARD.md").read_text()
+
+    spec = TASKS["screenshot_triage"]
+    ensemble = load_task_folder(spec, tmp_path / "pair").model
+    assert isinstance(ensemble, FusionEnsemble) and len(ensemble.members) == 2
+    record = read_manifest(triage_data / "val.jsonl")[0]
+    features = {"text": torch.randn(6, 384), "image": torch.randn(49, 1280)}
+    _, together, _, weight = decide(ensemble, spec, features, {}, outstanding=("image_text",))
+    each = [decide(member, spec, features, {}, outstanding=("image_text",)) for member in ensemble.members]
+    assert torch.allclose(together, torch.stack([p for _, p, _, _ in each]).mean(dim=0), atol=1e-6)
+    assert weight == pytest.approx(sum(w for *_, w in each) / 2, abs=1e-6) and 0 < weight < 1
+    assert record["task"] == "screenshot_triage"
 
 
 def test_sizes_come_from_the_pixel_spacing_and_decide_nodule_or_mass():

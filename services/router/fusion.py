@@ -23,10 +23,14 @@ Evidence arrives from five *sources*, each belonging to one of three modalities:
 Before a source has arrived the gate cannot score it; its learned prior score
 `gate.prior[s]` stands in, which is what compute routing uses to decide whether a
 modality still outstanding could change the answer.
+
+An ensemble (FusionEnsemble, FusionConfig.members > 1) runs several such models trained
+from different seeds and answers with their mean.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -65,12 +69,17 @@ class FusionConfig:
     # pooled representation (e.g. "image": a lesion is measured on the scan, whatever else arrived).
     regression_from: str = "fused"
     regression_hidden: int = 0  # 0: a linear regression head; else one hidden layer of this width
+    # An ensemble of this many models trained alike from seeds seed, seed+1, ... (see
+    # FusionEnsemble); then gate_offsets is a list, one dict per member.
+    members: int = 1
 
     def __post_init__(self) -> None:
         if self.regression_from != "fused" and self.regression_from not in SOURCES:
             raise ValueError(f"regression_from {self.regression_from!r} is not 'fused' or one of {SOURCES}")
         if self.pooling not in ("mean", "attention"):
             raise ValueError(f"pooling {self.pooling!r} is not 'mean' or 'attention'")
+        if self.members < 1:
+            raise ValueError(f"members must be at least 1, not {self.members}")
 
     def to_dict(self) -> dict:
         return {**self.__dict__, "labels": list(self.labels), "regression": list(self.regression)}
@@ -104,6 +113,7 @@ class FusionOutputs:
     attention: torch.Tensor  # [B, H, T, T], averaged over layers
     token_source: torch.Tensor  # [B, T]
     padding: torch.Tensor  # [B, T]
+    members: list | None = None  # an ensemble's: each member's own outputs
 
 
 class ModalityAwareAttention(nn.Module):
@@ -238,6 +248,10 @@ class FusionModel(nn.Module):
         present = torch.stack([torch.bincount(ids, minlength=len(SOURCES)) > 0 for ids in sources])
         return FusionInputs(tokens, token_source, padding, present)
 
+    def outstanding_weight(self, inputs: FusionInputs, outputs: FusionOutputs, outstanding: torch.Tensor) -> torch.Tensor:
+        """The gate's predicted total weight of the `outstanding` sources ([B, S] bool). [B]"""
+        return self.gate.outstanding_weight(outputs.gate_scores, inputs.present, outstanding)
+
     def _regression_input(self, fused: torch.Tensor, per_source: torch.Tensor) -> torch.Tensor:
         if self.config.regression_from == "fused":
             return fused
@@ -281,6 +295,50 @@ class FusionModel(nn.Module):
             scores = scores.masked_fill(membership == 0, float("-inf"))
             pool_weights = torch.nan_to_num(torch.softmax(scores, dim=1), nan=0.0)  # absent sources: all zero
         return pool_weights.transpose(1, 2) @ x, attentions  # [B, S, d]
+
+
+class FusionEnsemble(nn.Module):
+    """Models trained alike from different seeds, answering together: probabilities,
+    logits, regression, gate weights and attention are the members' means (each member
+    calibrated on its own first). Training on frozen features is cheap, and which wording
+    a single model gets wrong depends on its seed; averaging a few cuts that variance and
+    the confidence of the mistakes only some members make. Used like a FusionModel."""
+
+    def __init__(self, config: FusionConfig, members: list[FusionModel]) -> None:
+        super().__init__()
+        self.config = config  # the ensemble's: task-level fields (routing, measurement)
+        self.members = nn.ModuleList(members)
+
+    def embed(self, batch: list[dict[str, torch.Tensor]]) -> list[FusionInputs]:
+        return [member.embed(batch) for member in self.members]
+
+    def forward(self, inputs: list[FusionInputs]) -> FusionOutputs:
+        outputs = [member(member_inputs) for member, member_inputs in zip(self.members, inputs)]
+
+        def mean(name: str) -> torch.Tensor:
+            return torch.stack([getattr(o, name) for o in outputs]).mean(dim=0)
+
+        return FusionOutputs(
+            logits=mean("logits"), probabilities=mean("probabilities"), regression=mean("regression"),
+            gate_weights=mean("gate_weights"), gate_scores=mean("gate_scores"), attention=mean("attention"),
+            token_source=outputs[0].token_source, padding=outputs[0].padding, members=outputs,
+        )
+
+    def outstanding_weight(self, inputs: list[FusionInputs], outputs: FusionOutputs, outstanding: torch.Tensor) -> torch.Tensor:
+        return torch.stack([member.outstanding_weight(i, o, outstanding)
+                            for member, i, o in zip(self.members, inputs, outputs.members)]).mean(dim=0)
+
+
+def build_model(config: FusionConfig) -> FusionModel | FusionEnsemble:
+    """A FusionModel, or for config.members > 1 an ensemble of them; each member gets its
+    own gate offsets (config.gate_offsets is then a list of dicts)."""
+    if config.members == 1:
+        return FusionModel(config)
+    offsets = config.gate_offsets if isinstance(config.gate_offsets, list) else [config.gate_offsets] * config.members
+    if len(offsets) != config.members:
+        raise ValueError(f"{config.members} members but {len(offsets)} sets of gate offsets")
+    members = [FusionModel(dataclasses.replace(config, members=1, gate_offsets=dict(o))) for o in offsets]
+    return FusionEnsemble(config, members)
 
 
 def _source_to_modality(token_source: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,7 @@ import json
 import logging
 import random
 import time
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 from modalmesh.common.progress import progress
 from modalmesh.data.generate import read_manifest
 from modalmesh.router.features import FeatureCache
-from modalmesh.router.fusion import FusionConfig, FusionModel
+from modalmesh.router.fusion import FusionConfig, FusionEnsemble, FusionModel
 from modalmesh.router.tasks import NOT_FOR_CLINICAL_USE, TASKS
 
 log = logging.getLogger(__name__)
@@ -121,12 +122,11 @@ def deterministic_torch():
 
 def train(task: str, data: str, out: str, epochs: int = 40, seed: int = 0, cache_dir: str = "", batch_size: int = 32,
           learning_rate: float = 2e-3, weight_decay: float = 1e-2, modality_dropout_p: float = 0.35, regression_weight: float = 1.0,
-          feature_noise: float | None = None, label_smoothing: float = 0.05, **config_overrides) -> dict:
+          feature_noise: float | None = None, label_smoothing: float = 0.05, members: int | None = None,
+          **config_overrides) -> dict:
     spec = TASKS[task]
     feature_noise = spec.feature_noise if feature_noise is None else feature_noise
     started = time.perf_counter()
-    torch.manual_seed(seed)
-    rng = random.Random(seed)
     manifest = Path(data)
     cache = FeatureCache.for_task(spec, manifest, cache_dir)
     try:
@@ -137,15 +137,65 @@ def train(task: str, data: str, out: str, epochs: int = 40, seed: int = 0, cache
         cache.close()
     feature_seconds = time.perf_counter() - started
 
+    members = spec.members if members is None else members
+    config = FusionConfig(labels=spec.labels, regression=spec.regression, **{**spec.fusion, **config_overrides})
+    trained, histories, train_seconds = [], [], 0.0
+    for index in range(members):  # member i is exactly what training alone with seed + i gives
+        member, member_history, seconds = train_member(
+            config, spec, train_set, val_set, seed + index, epochs, batch_size, learning_rate, weight_decay,
+            modality_dropout_p, regression_weight, feature_noise, label_smoothing,
+            label="training    " if members == 1 else f"member {index + 1}/{members}")
+        trained.append(member)
+        histories.append(member_history)
+        train_seconds += seconds
+    if members == 1:
+        model = trained[0]
+        config = model.config
+    else:
+        config = dataclasses.replace(config, members=members, gate_offsets=[m.config.gate_offsets for m in trained])
+        model = FusionEnsemble(config, trained)
+    model.eval()
+    with deterministic_torch():
+        if val_set and spec.size_rule is not None:  # the heads' validation size error: the size rule's spread when nothing was measured
+            config.measurement_sigma = measurement_sigma(model, spec, val_set)
+            config.measurement_evidence = measurement_evidence(spec, val_set)
+        if val_set:  # the earliest answers that cost at most half a point of validation accuracy
+            config.routing = tune_routing_on(model, spec, val_set, val_items)
+    temperatures = [float(m.log_temperature.exp()) for m in trained]
+    temperature = temperatures[0] if members == 1 else temperatures
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out_dir / "model.safetensors"))
+    (out_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+    summary = {
+        "task": task, "train_items": len(train_set), "val_items": len(val_set), "epochs": epochs, "seed": seed,
+        "members": members, "final_loss": histories[0][-1] if members == 1 else [h[-1] for h in histories], "temperature": temperature, "feature_noise": feature_noise, "gate_offsets": config.gate_offsets,
+        "measurement_evidence": config.measurement_evidence, "feature_seconds": round(feature_seconds, 1),
+        "train_seconds": round(train_seconds, 1), "val_accuracy": accuracy(model, spec, val_set) if val_set else None,
+        "routing": config.routing,
+    }
+    (out_dir / "train_log.json").write_text(json.dumps({**summary, "loss_per_epoch": histories[0] if members == 1 else histories}, indent=2))
+    write_model_card(out_dir, spec, summary, data)
+    return summary
+
+
+def train_member(config: FusionConfig, spec, train_set: list[Example], val_set: list[Example], seed: int, epochs: int,
+                 batch_size: int, learning_rate: float, weight_decay: float, modality_dropout_p: float,
+                 regression_weight: float, feature_noise: float, label_smoothing: float,
+                 label: str = "training    ") -> tuple[FusionModel, list[float], float]:
+    """One fusion model: trained on `train_set`, then its gate offsets and temperature fitted
+    on `val_set` (when there is one). Returns the model, the loss per epoch and the seconds."""
+    rng = random.Random(seed)
     with deterministic_torch():  # the same seed, data and thread count give the same bytes
-        config = FusionConfig(labels=spec.labels, regression=spec.regression, **{**spec.fusion, **config_overrides})
-        torch.manual_seed(seed)  # again: loading the encoders to extract features (first run only) draws from the generator
-        model = FusionModel(config)
+        torch.manual_seed(seed)  # here, not earlier: loading the encoders (first run only) draws from the generator
+        model = FusionModel(dataclasses.replace(config))
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=learning_rate, weight_decay=weight_decay)
         scale = torch.tensor([REGRESSION_SCALE.get(n, 1.0) for n in spec.regression]) if spec.regression else None
         history = []
-        train_started = time.perf_counter()
-        for epoch in progress(range(epochs), epochs, "training    "):
+        started = time.perf_counter()
+        for epoch in progress(range(epochs), epochs, label):
             model.train()
             order = list(range(len(train_set)))
             rng.shuffle(order)
@@ -170,33 +220,12 @@ def train(task: str, data: str, out: str, epochs: int = 40, seed: int = 0, cache
                 optimizer.step()
                 total += float(loss.detach()) * len(batch)
             history.append(total / len(train_set))
-        train_seconds = time.perf_counter() - train_started
-
+        seconds = time.perf_counter() - started
         model.eval()
         if val_set:  # which sources to trust on new data, then how sure to be
             calibrate_gate(model, val_set)
-        temperature = calibrate_temperature(model, val_set) if val_set else 1.0
-        if val_set and spec.size_rule is not None:  # the heads' validation size error: the size rule's spread when nothing was measured
-            config.measurement_sigma = measurement_sigma(model, spec, val_set)
-            config.measurement_evidence = measurement_evidence(spec, val_set)
-        if val_set:  # the earliest answers that cost at most half a point of validation accuracy
-            config.routing = tune_routing_on(model, spec, val_set, val_items)
-    out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    from safetensors.torch import save_file
-
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out_dir / "model.safetensors"))
-    (out_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
-    summary = {
-        "task": task, "train_items": len(train_set), "val_items": len(val_set), "epochs": epochs, "seed": seed,
-        "final_loss": history[-1], "temperature": temperature, "feature_noise": feature_noise, "gate_offsets": config.gate_offsets,
-        "measurement_evidence": config.measurement_evidence, "feature_seconds": round(feature_seconds, 1),
-        "train_seconds": round(train_seconds, 1), "val_accuracy": accuracy(model, spec, val_set) if val_set else None,
-        "routing": config.routing,
-    }
-    (out_dir / "train_log.json").write_text(json.dumps({**summary, "loss_per_epoch": history}, indent=2))
-    write_model_card(out_dir, spec, summary, data)
-    return summary
+            calibrate_temperature(model, val_set)
+    return model, history, seconds
 
 
 def predict(model: FusionModel, spec, examples: list[Example], sources=None,
@@ -323,6 +352,13 @@ def calibrate_temperature(model: FusionModel, examples: list[Example]) -> float:
 def write_model_card(out_dir: Path, spec, summary: dict, data: str) -> None:
     clinical = f"\n**{NOT_FOR_CLINICAL_USE}** Trained on synthetic CT phantoms only.\n" if spec.name == "medical_report" else ""
     evidence = summary.get("measurement_evidence") or {}
+    members = summary.get("members", 1)
+    temperatures = summary["temperature"] if isinstance(summary["temperature"], list) else [summary["temperature"]]
+    offsets = summary.get("gate_offsets") or {}
+    offsets = offsets if isinstance(offsets, list) else [offsets]
+    shown_offsets = "; ".join(", ".join(f"{k} {v:+.2f}" for k, v in o.items()) or "none" for o in offsets)
+    ensemble = (f"\n- Ensemble: {members} models trained alike from seeds {summary['seed']}-{summary['seed'] + members - 1}, "
+                f"each calibrated on validation; answers are their mean.") if members > 1 else ""
     measured = (f"\n- CT measurement (vision service, Hounsfield units): count, largest diameter and side as measured;"
                 f"\n  it moves P(lesion) by likelihood ratios counted on validation: found {evidence.get('found', 1):g}, "
                 f"none {evidence.get('none', 1):g}") if evidence else ""
@@ -332,14 +368,14 @@ def write_model_card(out_dir: Path, spec, summary: dict, data: str) -> None:
 - Labels: {', '.join(spec.labels)}; regression: {', '.join(spec.regression) or 'none'}
 - Encoders (frozen): all-MiniLM-L6-v2 (text, OCR lines, transcripts), EfficientNet-Lite0 ImageNet (images),
   log-mel frames (audio); PP-OCR for screen text, PocketSphinx for transcripts.
-- Fusion: projections to 128-d, 2 layers of modality-aware attention, routing gate, temperature-scaled heads.
+- Fusion: projections to 128-d, 2 layers of modality-aware attention, routing gate, temperature-scaled heads.{ensemble}
 - Data: `{data}` ({summary['train_items']} training items, {summary['val_items']} validation items), synthetic,
   generated by `modalmesh data generate`.
-- Training: {summary['epochs']} epochs, seed {summary['seed']}, modality dropout, feature noise {summary['feature_noise']}; temperature {summary['temperature']:.3f}
+- Training: {summary['epochs']} epochs, seed {summary['seed']}, modality dropout, feature noise {summary['feature_noise']}; temperature {', '.join(f'{t:.3f}' for t in temperatures)}
   (calibrated on validation); features {summary['feature_seconds']} s, training {summary['train_seconds']} s on this machine.
 - Validation accuracy (all modalities): {summary['val_accuracy']}
 - Gate offsets (fitted on validation, added to the gate's scores; a source alone still gets all the weight):
-  {', '.join(f'{k} {v:+.2f}' for k, v in summary.get('gate_offsets', {}).items()) or 'none'}{measured}
+  {shown_offsets}{measured}
 - Compute routing (tuned on validation, at most half a point below answering from everything):
   tau {summary['routing'].get('tau', spec.tau)}, gamma {summary['routing'].get('gamma', spec.gamma)}
 - Evaluate with `modalmesh eval --task {spec.name} --data <test.jsonl> --weights {out_dir}`.
