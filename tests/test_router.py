@@ -164,6 +164,20 @@ def test_medical_report_from_a_ct_and_a_record(router):
     assert response.speech_wav.startswith(b"RIFF")
 
 
+def test_medical_report_from_a_png_scan_with_its_window_is_measured(router):
+    from modalmesh.data.ct import make_phantom, windowed_png
+    from modalmesh.data.generate import PHANTOM_SIZE
+
+    phantom = make_phantom(31, size=PHANTOM_SIZE, lesion_count=1, diameter_mm=36.0)
+    image = router_pb2.MediaInput(data=windowed_png(phantom.hounsfield, -600, 1500), media_type="image/png",
+                                  parameters={"pixel_spacing": f"{phantom.pixel_spacing_mm:.4f}", "window": "lung"})
+    response = analyze(router, task="medical_report", image=image)
+    findings = {f.key: f.value for f in response.findings}
+    assert float(findings["largest_diameter_mm"]) == pytest.approx(36.0, abs=1.0)
+    assert findings["side"] == phantom.side and findings["lesion_count"] == "1"
+    assert "measured on the slice in Hounsfield units" in response.description
+
+
 @pytest.mark.parametrize(
     "fields, field, complaint",
     [

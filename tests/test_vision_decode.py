@@ -67,6 +67,13 @@ def test_exif_orientation_is_honoured():
     assert decoded.rgb.shape[:2] == (60, 20)
 
 
+def test_a_window_may_be_given_as_center_and_width():
+    decoded = decode(ct_dicom(phantom_hu(64)), "application/dicom", window="-600/1500")
+    assert decoded.tags["window"] == "-600/1500"
+    np.testing.assert_array_equal(decoded.rgb, decode(ct_dicom(phantom_hu(64)), "application/dicom", window="lung").rgb)
+    assert "is not one of" in refused(ct_dicom(phantom_hu(64)), "application/dicom", window="-600/0")
+
+
 def test_ct_dicom_becomes_hounsfield_units_and_is_windowed():
     hu = phantom_hu(128)
     data = ct_dicom(hu, pixel_spacing=(0.65, 0.65), slope=2.0, intercept=-2048.0)

@@ -113,6 +113,31 @@ def test_the_vision_service_reports_the_measurement_for_ct(vision):
     assert "lesion_count" not in dict(no_spacing.side.tags)
 
 
+def test_a_png_scan_with_its_window_stated_is_measured_like_the_dicom(vision):
+    from modalmesh.data.ct import make_phantom, windowed_png
+    from modalmesh.data.generate import PHANTOM_SIZE
+
+    phantom = make_phantom(23, size=PHANTOM_SIZE, lesion_count=2, diameter_mm=14.0)
+    spacing = phantom.pixel_spacing_mm
+    dicom = dict(vision.encode(ct_dicom(phantom.hounsfield, pixel_spacing=(spacing, spacing)), "application/dicom").side.tags)
+    for png, window in ((windowed_png(phantom.hounsfield, -600, 1500), "lung"),
+                        (windowed_png(phantom.hounsfield, -500, 1400, bits=16), "-500/1400")):
+        tags = dict(vision.encode(png, "image/png", parameters={"pixel_spacing": f"{spacing}", "window": window}).side.tags)
+        assert tags["lesion_count"] == dicom["lesion_count"] == "2" and tags["lesion_sides"] == dicom["lesion_sides"]
+        measured = [float(d) for d in tags["lesion_diameters_mm"].split("\\")]
+        assert measured == pytest.approx([float(d) for d in dicom["lesion_diameters_mm"].split("\\")], abs=0.5)
+    # A soft-tissue window clips the lungs' air: nothing to measure, and it says so.
+    soft = dict(vision.encode(windowed_png(phantom.hounsfield, 40, 400), "image/png",
+                              parameters={"pixel_spacing": f"{spacing}", "window": "soft_tissue"}).side.tags)
+    assert "lesion_count" not in soft and "too narrow" in soft["window"]
+    # Without a window a PNG's grey levels are not densities: not measured.
+    plain = dict(vision.encode(windowed_png(phantom.hounsfield, -600, 1500), "image/png", parameters={"pixel_spacing": "0.7"}).side.tags)
+    assert "lesion_count" not in plain and "window" not in plain
+    with pytest.raises(grpc.RpcError) as failure:
+        vision.encode(windowed_png(phantom.hounsfield, -600, 1500), "image/png", parameters={"pixel_spacing": "0.7", "window": "wide"})
+    assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "header.parameters.window" in failure.value.details()
+
+
 def test_concurrent_images_each_get_their_own_features(vision):
     colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)]
     images = [image_bytes(Image.new("RGB", (96, 96), c)) for c in colours]

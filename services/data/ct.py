@@ -95,6 +95,21 @@ def make_phantom(seed: int, size: int = 256, lesion_count: int | None = None, di
     return Phantom(hu.astype(np.float32), spacing, lesions)
 
 
+def windowed_png(hounsfield: np.ndarray, center: float, width: float, bits: int = 8) -> bytes:
+    """A CT slice as a greyscale PNG the way a viewer exports it: HU in the window
+    [center - width/2, center + width/2] mapped to black..white, the rest clipped."""
+    import io
+
+    from PIL import Image
+
+    levels = 255 if bits == 8 else 65535
+    grey = np.clip((hounsfield - (center - width / 2)) / width, 0.0, 1.0) * levels + 0.5
+    image = Image.fromarray(grey.astype(np.uint8)) if bits == 8 else Image.fromarray(grey.astype(np.uint16))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def write_ct_dicom(hounsfield: np.ndarray | None, pixel_spacing=(0.7, 0.7), slope: float = 1.0, intercept: float = -1024.0,
                    frames=None, body_part: str = "CHEST", uid_seed: str | None = None) -> bytes:
     """A CT image as real DICOM through pydicom (stored = (HU - intercept) / slope).

@@ -266,7 +266,7 @@ def write_report(folder: Path, results: dict, probabilities, labels, spec) -> No
         lines.append(f"- AUC lesion vs normal {m['auc_lesion_vs_normal']:.3f}, nodule vs mass accuracy "
                      f"{m['nodule_vs_mass_accuracy']:.3f}, diameter MAE {m['diameter_mae_mm']:.2f} mm")
         h = results["medical_heads_only"]
-        lines.append(f"- the heads alone, without the CT measurement (what a PNG scan gets): accuracy {h['accuracy']:.3f}, "
+        lines.append(f"- the heads alone, without the CT measurement (what a PNG scan without its window gets): accuracy {h['accuracy']:.3f}, "
                      f"AUC {h['auc_lesion_vs_normal']:.3f}, nodule vs mass {h['nodule_vs_mass_accuracy']:.3f}, "
                      f"diameter MAE {h['diameter_mae_mm']:.2f} mm")
     lines += ["", "| mode | items | accuracy | fused, same items | mean latency (ms) |", "|---|---|---|---|---|"]

@@ -8,7 +8,9 @@ INVALID_ARGUMENT with the reason.
 
 DICOM: stored values become Hounsfield units for CT (RescaleSlope/RescaleIntercept) and
 are windowed (preset "lung", "soft_tissue", "bone", or the file's own
-WindowCenter/WindowWidth); MR, CR, DX and others are scaled between the 0.5th and
+WindowCenter/WindowWidth); a PNG scan sent with "pixel_spacing" and the "window" it
+was exported with (a preset or "center/width") gets its densities back from its grey
+levels, so it is measured like a CT slice. MR, CR, DX and others are scaled between the 0.5th and
 99.5th percentiles. MONOCHROME1 is inverted. Multi-frame files take the frame named by
 the "frame" parameter (default the middle one). PixelSpacing and the tags a report
 needs travel as side outputs.
@@ -68,7 +70,50 @@ def decode_image(data: bytes, media_type: str, parameters: dict[str, str], max_p
     decoded = _decode_raster(data, max_pixels)
     if "pixel_spacing" in parameters:  # a PNG of a scan, with its spacing stated by the caller
         decoded.tags["PixelSpacing"] = _pixel_spacing(parameters["pixel_spacing"])
+        if "window" in parameters:  # ... and the CT window its grey levels show: densities again
+            decoded.hounsfield, note = _stated_window_hounsfield(data, parameters["window"])
+            decoded.tags["window"] = note
     return decoded
+
+
+def _window(value: str) -> tuple[float, float]:
+    """A preset name or "center/width" in HU (a DICOM's own window, "file", is read by _ct_window)."""
+    if value in CT_WINDOWS:
+        return CT_WINDOWS[value]
+    try:
+        center, width = (float(v) for v in value.split("/"))
+    except ValueError:
+        center, width = 0.0, 0.0
+    if not width > 0:
+        raise errors.invalid_argument("header.parameters.window", f"{value!r} is not one of {', '.join(CT_WINDOWS)}, "
+                                      "center/width in HU (width > 0), or (DICOM only) file")
+    return center, width
+
+
+def _stated_window_hounsfield(data: bytes, value: str) -> tuple[np.ndarray | None, str]:
+    """A greyscale scan's densities from the window it was exported with: grey level g in
+    [0, 1] is center - width/2 + g * width HU. Pixels at the top of the range are clipped
+    and could be anything brighter, so they count as bone (not measured as lesions). None
+    when the window cannot show both the lungs' air and soft tissue (then nothing is
+    measured and the model's own estimates stand)."""
+    from PIL import Image
+
+    from modalmesh.vision.measure import AIR_HU, BONE_HU
+
+    center, width = _window(value)
+    low, high = center - width / 2, center + width / 2
+    note = f"{center:g}/{width:g}"
+    if low > AIR_HU - 100 or high < 100:
+        return None, f"{note} (too narrow to measure lesions: it must show {AIR_HU - 100:g} to 100 HU)"
+    image = Image.open(io.BytesIO(data))
+    if image.mode in ("I;16", "I;16B", "I;16L"):
+        grey, levels = np.asarray(image, dtype=np.float32), 65535.0
+    else:
+        grey, levels = np.asarray(image.convert("L"), dtype=np.float32), 255.0
+    hounsfield = low + grey / levels * width
+    if high < BONE_HU:
+        hounsfield[grey >= levels - 0.5] = BONE_HU + 1.0
+    return hounsfield.astype(np.float32), note
 
 
 def _pixel_spacing(value: str) -> str:
@@ -198,11 +243,7 @@ def _ct_window(dataset, parameters: dict[str, str]) -> tuple[float, float]:
         center = float(np.atleast_1d(np.asarray(dataset.WindowCenter, dtype=np.float64))[0])
         width = float(np.atleast_1d(np.asarray(dataset.WindowWidth, dtype=np.float64))[0])
         return center, max(width, 1.0)
-    if preset not in CT_WINDOWS:
-        raise errors.invalid_argument(
-            "header.parameters.window", f"{preset!r} is not one of file, {', '.join(CT_WINDOWS)}"
-        )
-    return CT_WINDOWS[preset]
+    return _window(preset)
 
 
 def _dicom_tags(dataset, frames: int) -> dict[str, str]:
