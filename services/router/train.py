@@ -7,17 +7,18 @@ services' own code) and cached on disk. Then the projections, attention, gate an
 are trained with modality dropout (any subset of sources must give a valid answer),
 the gate's priors learn to predict each source's score before it arrives (what compute
 routing relies on), and the temperature is calibrated on the validation split (the
-manifest's sibling val.jsonl). Writes model.safetensors, config.json, MODEL_CARD.md.
+manifest's sibling val.jsonl). With --members N, N such models from seeds seed..seed+N-1
+form an ensemble (fusion.FusionEnsemble). Writes model.safetensors, config.json, MODEL_CARD.md.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import random
 import time
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,7 +172,8 @@ def train(task: str, data: str, out: str, epochs: int = 40, seed: int = 0, cache
     (out_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
     summary = {
         "task": task, "train_items": len(train_set), "val_items": len(val_set), "epochs": epochs, "seed": seed,
-        "members": members, "final_loss": histories[0][-1] if members == 1 else [h[-1] for h in histories], "temperature": temperature, "feature_noise": feature_noise, "gate_offsets": config.gate_offsets,
+        "members": members, "final_loss": histories[0][-1] if members == 1 else [h[-1] for h in histories],
+        "temperature": temperature, "feature_noise": feature_noise, "gate_offsets": config.gate_offsets,
         "measurement_evidence": config.measurement_evidence, "feature_seconds": round(feature_seconds, 1),
         "train_seconds": round(train_seconds, 1), "val_accuracy": accuracy(model, spec, val_set) if val_set else None,
         "routing": config.routing,
