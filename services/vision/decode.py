@@ -71,7 +71,7 @@ def decode_image(data: bytes, media_type: str, parameters: dict[str, str], max_p
     if "pixel_spacing" in parameters:  # a PNG of a scan, with its spacing stated by the caller
         decoded.tags["PixelSpacing"] = _pixel_spacing(parameters["pixel_spacing"])
         if "window" in parameters:  # ... and the CT window its grey levels show: densities again
-            decoded.hounsfield, note = _stated_window_hounsfield(data, parameters["window"])
+            decoded.hounsfield, note = _stated_window_hounsfield(data, decoded, parameters["window"])
             decoded.tags["window"] = note
     return decoded
 
@@ -90,7 +90,7 @@ def _window(value: str) -> tuple[float, float]:
     return center, width
 
 
-def _stated_window_hounsfield(data: bytes, value: str) -> tuple[np.ndarray | None, str]:
+def _stated_window_hounsfield(data: bytes, decoded: DecodedImage, value: str) -> tuple[np.ndarray | None, str]:
     """A greyscale scan's densities from the window it was exported with: grey level g in
     [0, 1] is center - width/2 + g * width HU. Pixels at the top of the range are clipped
     and could be anything brighter, so they count as bone (not measured as lesions). None
@@ -105,11 +105,10 @@ def _stated_window_hounsfield(data: bytes, value: str) -> tuple[np.ndarray | Non
     note = f"{center:g}/{width:g}"
     if low > AIR_HU - 100 or high < 100:
         return None, f"{note} (too narrow to measure lesions: it must show {AIR_HU - 100:g} to 100 HU)"
-    image = Image.open(io.BytesIO(data))
-    if image.mode in ("I;16", "I;16B", "I;16L"):
-        grey, levels = np.asarray(image, dtype=np.float32), 65535.0
-    else:
-        grey, levels = np.asarray(image.convert("L"), dtype=np.float32), 255.0
+    if decoded.tags.get("mode") in ("I;16", "I;16B", "I;16L"):  # the RGB copy was rescaled to 8 bits: read the levels
+        grey, levels = np.asarray(Image.open(io.BytesIO(data)), dtype=np.float32), 65535.0
+    else:  # 8-bit: the decoded copy's luminance (a grey image's own levels)
+        grey, levels = decoded.rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32), 255.0
     hounsfield = low + grey / levels * width
     if high < BONE_HU:
         hounsfield[grey >= levels - 0.5] = BONE_HU + 1.0
