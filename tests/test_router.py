@@ -287,3 +287,34 @@ def test_analyze_stream_refuses_image_chunks_after_audio(router):
     with pytest.raises(grpc.RpcError) as raised:
         list(router.AnalyzeStream(requests(), timeout=60))
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_result_that_arrives_after_a_harvest_looked_is_still_gathered():
+    """The gather loop harvests, then asks what is pending. A call that finishes in
+    between was once dropped: done, so not pending, yet never harvested (its OCR or
+    transcript silently missing from the answer, seen as routed answers that differed
+    from full ones in benchmarks/bench_routing.py). Pending now means not harvested."""
+    import threading
+    from concurrent import futures
+
+    import torch
+
+    from modalmesh.router.pipeline import Deadline, Run
+
+    release = threading.Event()
+
+    def work(call):
+        release.wait(10)
+        return {"image_text": torch.ones(2, 384)}
+
+    with futures.ThreadPoolExecutor(2) as pool:
+        run = Run(encoders=None, pool=pool, deadline=Deadline.within(30))
+        run.start("image_text", work)
+        run.harvest()  # looked while the call was still running
+        release.set()
+        run.calls["image_text"].future.result(timeout=10)  # finished after the look
+        assert [c.source for c in run.pending] == ["image_text"]
+        assert run.wait_any()
+        run.harvest()
+        assert run.pending == [] and "image_text" in run.features
+        assert "image_text" not in run.side_notes

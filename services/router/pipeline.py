@@ -168,7 +168,10 @@ class Run:
     # -- waiting ---------------------------------------------------------------------
     @property
     def pending(self) -> list[Call]:
-        return [c for c in self.calls.values() if not c.future.done()]
+        """Calls whose result is not in yet: not harvested, whether or not the future has
+        finished (one that finishes after a harvest looked at it is still waited for and
+        harvested, never dropped)."""
+        return [c for c in self.calls.values() if not c.harvested]
 
     def wait_any(self) -> bool:
         """Wait until a pending call finishes; False when the deadline passed first."""
@@ -215,6 +218,7 @@ class Run:
     def stop_pending(self, status: int, reason: str) -> None:
         for call in self.pending:
             call.cancel()
+            call.harvested = True  # the answer is given without it, even if it arrives now
             if call.source in MODALITIES:
                 state = self.states[call.source]
                 state.status, state.reason = status, reason

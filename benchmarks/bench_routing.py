@@ -1,0 +1,127 @@
+"""Routed vs full through the real mesh, on a test split: what `modalmesh eval` simulates, measured.
+
+    .venv/bin/python benchmarks/bench_routing.py [--task screenshot_triage] [--limit 40]
+
+`modalmesh eval` computes routed and full latency from each source's cost recorded at
+feature extraction (sources of different modalities assumed to run in parallel). This
+script checks that against the running system: the four services on 127.0.0.1 with the
+shipped weights, every item of the manifest (or the first --limit) sent once ROUTED and
+once FULL, one request at a time (which mode goes first alternates per item), latency as
+the client sees it. Prints accuracy, mean and median latency per mode, the routed/full
+ratio and how many answers were early (ROUTED answered before every source was in).
+
+Target (issue 5): routed mean latency >= 50% lower than full at <= 1 point accuracy loss.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from benchmarks.bench_text import machine, write_results  # noqa: E402
+from modalmesh.up import free_port  # noqa: E402
+
+MANIFESTS = {"screenshot_triage": REPO / "data" / "triage" / "test.jsonl",
+             "medical_report": REPO / "data" / "medical" / "test.jsonl"}
+MAX_SECONDS = 1800  # a bounded load loop: stop sending after this long, report what was measured
+
+
+def request_fields(record: dict, folder: Path) -> dict:
+    from modalmesh.router.features import media_type_of
+
+    fields = {"text": record.get("text", "")}
+    for name in ("image", "audio"):
+        if record.get(name):
+            path = folder / record[name]
+            fields[name] = path.read_bytes()
+            fields[f"{name}_type"] = media_type_of(str(path))
+    if record.get("image_parameters"):
+        fields["image_parameters"] = record["image_parameters"]
+    return fields
+
+
+def run(task: str, manifest: Path, limit: int) -> dict:
+    from modalmesh.client import RouterClient
+    from modalmesh.data.generate import read_manifest
+    from modalmesh.up import ORDER, Mesh
+
+    records = [r for r in read_manifest(manifest) if r["task"] == task][:limit or None]
+    mesh = Mesh(ports={name: free_port() for name in ORDER}, quiet_logs=True)
+    mesh.start()
+    rows = []
+    try:
+        mesh.wait_healthy(timeout=300, progress=None)
+        with RouterClient(mesh.address("router"), timeout=120) as client:
+            warm = request_fields(records[0], manifest.parent)
+            for mode in ("full", "routed"):
+                client.analyze(task, mode=mode, **warm)
+            started_all = time.monotonic()
+            for index, record in enumerate(records):
+                if time.monotonic() - started_all > MAX_SECONDS:
+                    print(f"   stopped after {MAX_SECONDS} s: {index} of {len(records)} items measured")
+                    break
+                fields = request_fields(record, manifest.parent)
+                row = {"id": record["id"], "label": record["label"]}
+                for mode in (("full", "routed") if index % 2 == 0 else ("routed", "full")):
+                    started = time.perf_counter()
+                    answer = client.analyze(task, mode=mode, **fields)
+                    row[mode] = {"ms": (time.perf_counter() - started) * 1000, "label": answer["label"],
+                                 "early": any(r["status"] == "skipped" or "not requested" in r["reason"]
+                                               for r in answer["modalities"].values())}
+                rows.append(row)
+                if (index + 1) % 10 == 0:
+                    print(f"   {index + 1}/{len(records)} items", flush=True)
+    finally:
+        mesh.stop()
+    return summarize(rows)
+
+
+def summarize(rows: list[dict]) -> dict:
+    result = {"items": len(rows)}
+    for mode in ("full", "routed"):
+        ms = [r[mode]["ms"] for r in rows]
+        result[mode] = {"accuracy": statistics.fmean(r[mode]["label"] == r["label"] for r in rows),
+                        "mean_ms": statistics.fmean(ms), "median_ms": statistics.median(ms)}
+    result["early"] = sum(r["routed"]["early"] for r in rows)
+    result["ratio_mean"] = result["routed"]["mean_ms"] / result["full"]["mean_ms"]
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", choices=sorted(MANIFESTS), action="append",
+                        help="repeat for both; default both")
+    parser.add_argument("--limit", type=int, default=0, help="first N items of each test split (default: all)")
+    parser.add_argument("--out", default=str(REPO / "bench-results" / "routing.json"))
+    args = parser.parse_args()
+    print("ModalMesh routing benchmark: routed vs full through the mesh")
+    print("command:", " ".join([Path(sys.executable).name, *sys.argv]))
+    print("machine:", json.dumps(machine()))
+    results = {}
+    for task in args.task or sorted(MANIFESTS):
+        manifest = MANIFESTS[task]
+        if not manifest.is_file():
+            print(f"{task}: {manifest} missing; `make weights` (or `modalmesh data generate`) writes it")
+            return 2
+        print(f"\n{task}: {manifest.relative_to(REPO)}, one request at a time", flush=True)
+        result = results[task] = run(task, manifest, args.limit)
+        for mode in ("full", "routed"):
+            m = result[mode]
+            print(f"   {mode:6s}  accuracy {m['accuracy']:.3f}   mean {m['mean_ms']:7.1f} ms   median {m['median_ms']:7.1f} ms")
+        loss = (result["full"]["accuracy"] - result["routed"]["accuracy"]) * 100
+        print(f"   routed/full mean latency {result['ratio_mean']:.2f} ({(1 - result['ratio_mean']) * 100:.0f}% lower; "
+              f"target >= 50%), accuracy loss {loss:+.1f} points (target <= 1), "
+              f"{result['early']}/{result['items']} answered early")
+    write_results(args.out, {"machine": machine(), **results})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
