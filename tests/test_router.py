@@ -72,21 +72,44 @@ def test_full_mode_reads_the_screen_and_reports_the_error_text(router):
 
 
 def test_routing_skips_the_expensive_side_outputs_when_they_cannot_matter(mesh):
-    # tau 0 and gamma 1: any answer is confident enough, nothing outstanding can matter.
-    eager = mesh.start_router(routing="screenshot_triage=0.0/1.0")
+    # tau 0 and gamma 1: any answer is confident enough, nothing outstanding can matter;
+    # no eager side outputs: OCR would be asked for after the image's features.
+    hasty = mesh.start_router(routing="screenshot_triage=0.0/1.0/none")
     try:
-        with connect(eager.address) as channel:
+        with connect(hasty.address) as channel:
             stub = router_pb2_grpc.RouterStub(channel)
             fields = {**INPUTS["text"], **INPUTS["image"]}
             routed = analyze(stub, **fields)
             full = analyze(stub, options=router_pb2.AnalyzeOptions(mode=router_pb2.ROUTING_MODE_FULL), **fields)
             required = analyze(stub, options=router_pb2.AnalyzeOptions(require=[router_pb2.MODALITY_IMAGE]), **fields)
     finally:
-        eager.stop(grace=0.5)
+        hasty.stop(grace=0.5)
     assert "OCR not requested" in reports(routed)["image"].reason or STATUS(reports(routed)["image"].status) == "MODALITY_STATUS_SKIPPED"
     assert reports(full)["image"].reason == "with OCR text"
     assert STATUS(reports(required)["image"].status) == "MODALITY_STATUS_USED"  # require forces the wait
     assert routed.explanation.timings_ms["total"] < full.explanation.timings_ms["total"]
+
+
+def test_an_eager_side_output_comes_with_the_base_features(mesh):
+    """routing 'eager': ROUTED asks for OCR in the image's own encoder call (the image's
+    latency then includes it), not in a second call after every base feature is in."""
+    fields = {**INPUTS["text"], **INPUTS["image"]}
+    answers = {}
+    for eager in ("image", "none"):
+        router = mesh.start_router(routing=f"screenshot_triage=1.01/0.0/{eager}")  # tau 1.01: never answers early
+        try:
+            with connect(router.address) as channel:
+                answers[eager] = analyze(router_pb2_grpc.RouterStub(channel), **fields)
+        finally:
+            router.stop(grace=0.5)
+    for answer in answers.values():
+        assert reports(answer)["image"].reason == "with OCR text"
+        assert "Error 402: Payment declined" in {f.key: f.value for f in answer.findings}["error_text"]
+    assert answers["image"].label == answers["none"].label
+    assert answers["image"].confidence == pytest.approx(answers["none"].confidence, abs=1e-5)
+    # One call: the image's answer waited for the OCR. Two calls: the image's features came first.
+    with_ocr, alone = reports(answers["image"])["image"].latency_ms, reports(answers["none"])["image"].latency_ms
+    assert with_ocr > alone, (with_ocr, alone)
 
 
 def test_a_stopped_encoder_gives_a_degraded_answer_with_the_reason(mesh):

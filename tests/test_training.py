@@ -1,6 +1,8 @@
 """Data generation, training and evaluation on small datasets (real encoders, real files)."""
 
+import dataclasses
 import json
+import re
 
 import numpy as np
 import pytest
@@ -78,7 +80,7 @@ def test_train_and_eval_medical_end_to_end(medical_data, tmp_path, capsys):
     log = json.loads((weights / "train_log.json").read_text())
     assert log["train_items"] == 24 and log["val_items"] == 12 and len(log["loss_per_epoch"]) == 3
     config = json.loads((weights / "config.json").read_text())
-    assert set(config["routing"]) == {"tau", "gamma"} and config["measurement_sigma"]["largest_diameter_mm"] > 0
+    assert set(config["routing"]) == {"tau", "gamma", "eager"} and set(config["routing"]["eager"]) <= {"audio"} and config["measurement_sigma"]["largest_diameter_mm"] > 0
     assert config["regression_from"] == "image" and log["feature_noise"] == 0.0  # the task's training defaults
     # The CT measurement, counted on validation, speaks for a lesion when it finds one and against when not.
     assert config["measurement_evidence"]["found"] > 1 > config["measurement_evidence"]["none"]
@@ -224,6 +226,39 @@ def test_routing_thresholds_are_tuned_for_latency_within_half_a_point():
     assert outcome["side_outputs_requested"] == 100
 
 
+def test_an_eager_side_output_arrives_with_its_base_features_in_the_routing_replay():
+    """evaluate.routing_cases replays the gather loop: a deferred OCR is asked for once every
+    base feature is in; an eager one comes with the image's features from one call."""
+    import torch
+
+    from modalmesh.router.evaluate import routing_cases
+    from modalmesh.router.features import ItemFeatures
+    from modalmesh.router.fusion import FusionConfig, FusionModel
+    from modalmesh.router.tasks import TASKS
+    from modalmesh.router.train import Example
+
+    spec = TASKS["screenshot_triage"]
+    torch.manual_seed(0)
+    model = FusionModel(FusionConfig(labels=spec.labels)).eval()
+    features = {"text": torch.randn(5, 384), "image": torch.randn(49, 1280), "image_text": torch.randn(2, 384)}
+    example = Example(features, 0, torch.zeros(0), torch.zeros(0), {}, torch.zeros(0))
+    item = ItemFeatures(features, {"text": 20.0, "image": 60.0, "image_text": 500.0})
+    fuse = 5.0
+
+    deferred, = routing_cases(model, spec, [example], [item], fuse, eager=())
+    assert [c.at_ms for c in deferred.checkpoints] == [20.0 + fuse, 60.0 + fuse]  # text, then the image's features
+    assert deferred.final_ms == 60.0 + fuse + 500.0 + fuse  # OCR asked for after them
+    assert not any(c.side_requested for c in deferred.checkpoints)
+
+    eager, = routing_cases(model, spec, [example], [item], fuse, eager=("image",))
+    assert [c.at_ms for c in eager.checkpoints] == [20.0 + fuse]  # the image's features come with the OCR
+    assert eager.final_ms == 60.0 + 500.0 + fuse
+    assert eager.checkpoints[0].side_requested and eager.has_side
+    assert eager.full_ms == deferred.full_ms == 560.0 + fuse
+    # What is outstanding at the text's checkpoint includes the OCR either way.
+    assert eager.checkpoints[0].outstanding_weight == pytest.approx(deferred.checkpoints[0].outstanding_weight)
+
+
 def test_tuned_thresholds_in_the_weights_override_the_task_defaults(tmp_path):
     from safetensors.torch import save_file
 
@@ -231,11 +266,28 @@ def test_tuned_thresholds_in_the_weights_override_the_task_defaults(tmp_path):
     from modalmesh.router.tasks import TASKS, load_task_folder
 
     spec = TASKS["screenshot_triage"]
-    config = FusionConfig(labels=spec.labels, routing={"tau": 0.7, "gamma": 0.3})
+    config = FusionConfig(labels=spec.labels, routing={"tau": 0.7, "gamma": 0.3, "eager": ["image"]})
     save_file(FusionModel(config).state_dict(), str(tmp_path / "model.safetensors"))
     (tmp_path / "config.json").write_text(json.dumps(config.to_dict()))
     loaded = load_task_folder(spec, tmp_path)
-    assert (loaded.spec.tau, loaded.spec.gamma) == (0.7, 0.3) and (spec.tau, spec.gamma) == (0.9, 0.15)
+    assert (loaded.spec.tau, loaded.spec.gamma, loaded.spec.eager) == (0.7, 0.3, ("image",))
+    assert (spec.tau, spec.gamma, spec.eager) == (0.9, 0.15, ())
+
+
+def test_the_routing_setting_overrides_thresholds_and_eager_side_outputs():
+    from modalmesh.router.server import apply_routing_thresholds
+    from modalmesh.router.tasks import TASKS
+
+    specs = apply_routing_thresholds(dict(TASKS), "screenshot_triage=0.8/0.2/image+audio, medical_report=0.6/0.1/none")
+    assert (specs["screenshot_triage"].tau, specs["screenshot_triage"].gamma) == (0.8, 0.2)
+    assert specs["screenshot_triage"].eager == ("image", "audio") and specs["medical_report"].eager == ()
+    kept = apply_routing_thresholds({"screenshot_triage": dataclasses.replace(TASKS["screenshot_triage"], eager=("image",))},
+                                    "screenshot_triage=0.5/0.5")
+    assert kept["screenshot_triage"].eager == ("image",)  # two parts: eager as it was
+    for bad, complaint in (("medical_report=0.7/0.1/image", "audio or none"), ("screenshot_triage=0.7", "tau/gamma[/eager]"),
+                           ("screenshot_triage=0.7/0.1/", "empty"), ("nope=0.1/0.1", "unknown task")):
+        with pytest.raises(ValueError, match=re.escape(complaint)):
+            apply_routing_thresholds(dict(TASKS), bad)
 
 
 def test_feature_noise_is_relative_to_each_row_and_off_at_zero():

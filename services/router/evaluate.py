@@ -10,14 +10,16 @@ the diameter's mean absolute error.
 
 Routed vs full: each test item is answered (a) FULL, from every source; (b) ROUTED, as
 the router's gather loop does it: a decision at each encoder's answer (base features in
-order of cost, then, once all are in, the side outputs OCR and transcript in order of
-cost), answering at the first that is confident (>= tau) while the gate predicts what is
+order of cost, an eager side output with its base features; then, once all are in, the
+other side outputs, OCR and transcript, in order of cost), answering at the first that is confident (>= tau) while the gate predicts what is
 still outstanding would weigh < gamma, else from everything; (c) from each single
 modality, on the items that have it, next to FULL on those same items (the fair
 comparison). Latency per item is
 computed from the measured cost of each source (recorded when its features were
 extracted): sources of different modalities run in parallel, a modality's side output
-(OCR, transcript) after its base features; plus the measured fusion time.
+(OCR, transcript) after its base features; plus the measured fusion time. That model
+assumes modalities overlap perfectly, which two cores do not give: benchmarks/bench_routing.py
+times routed and full through the running mesh.
 """
 
 from __future__ import annotations
@@ -86,10 +88,10 @@ def evaluate(task: str, data: str, report: str, weights: str = "", cache_dir: st
                                          **medical_metrics(heads_p, heads_r, examples, spec)}
 
     # Routed vs full vs single modality: accuracy and simulated latency.
-    cases = routing_cases(model, spec, examples, items, fuse_ms)
+    cases = routing_cases(model, task_model.spec, examples, items, fuse_ms)
     modes = {"full": {"accuracy": results["full"]["accuracy"], "mean_latency_ms": float(np.mean([c.full_ms for c in cases]))},
              "routed": {**route(cases, task_model.spec.tau, task_model.spec.gamma),
-                        "tau": task_model.spec.tau, "gamma": task_model.spec.gamma}}
+                        "tau": task_model.spec.tau, "gamma": task_model.spec.gamma, "eager": list(task_model.spec.eager)}}
     for name, subset in SINGLE.items():
         p, _, _, keep, _ = predict(subset)
         if keep:
@@ -135,7 +137,11 @@ class RoutingCase:
     full_ms: float  # FULL: everything asked for at once (each side output after its base features) + one fusion
 
 
-def routing_cases(model, spec, examples, items, fuse_ms) -> list[RoutingCase]:
+def routing_cases(model, spec, examples, items, fuse_ms, eager=None) -> list[RoutingCase]:
+    """`eager`: modalities whose side output comes with their base features, from one
+    call (default: the task's); the rest are asked for once every base feature is in."""
+    eager = spec.eager if eager is None else eager
+
     def decide_on(example, sources, outstanding):
         features = {s: f for s, f in example.features.items() if s in sources}
         tags = example.tags if "image" in sources else {}  # no scan, no measurement from it
@@ -145,16 +151,23 @@ def routing_cases(model, spec, examples, items, fuse_ms) -> list[RoutingCase]:
     cases = []
     for example, item in zip(examples, items):
         costs = item.costs_ms
-        base = sorted((m for m in BASE if m in example.features), key=lambda m: costs.get(m, 0.0))
-        sides = [SIDE[m] for m in base if m in spec.side_outputs]
+        present = [m for m in BASE if m in example.features]
+        now = {m: SIDE[m] for m in present if m in spec.side_outputs and m in eager}  # with the base call
+
+        def arrival(modality):
+            return costs.get(modality, 0.0) + costs.get(now.get(modality, ""), 0.0)
+
+        base = sorted(present, key=arrival)
+        sides = [SIDE[m] for m in base if m in spec.side_outputs and m not in now]  # asked for later
         arrived, checkpoints = [], []
-        for index, modality in enumerate(base):  # base features, cheapest first
-            arrived.append(modality)
-            outstanding = base[index + 1:] + sides
+        for index, modality in enumerate(base):  # base features (with eager side outputs), soonest first
+            arrived += [modality] + ([now[modality]] if modality in now else [])
+            later = base[index + 1:]
+            outstanding = later + [now[m] for m in later if m in now] + sides
             if outstanding:
                 confidence, correct, weight = decide_on(example, arrived, outstanding)
-                checkpoints.append(Checkpoint(costs.get(modality, 0.0) + fuse_ms, confidence, correct, weight, False))
-        base_ms = max((costs.get(m, 0.0) for m in base), default=0.0) + fuse_ms
+                checkpoints.append(Checkpoint(arrival(modality) + fuse_ms, confidence, correct, weight, bool(now)))
+        base_ms = max((arrival(m) for m in base), default=0.0) + fuse_ms
         ordered = sorted(sides, key=lambda s: costs.get(s, 0.0))
         for index, side in enumerate(ordered[:-1]):  # then the side outputs, asked for together
             arrived.append(side)
@@ -164,7 +177,7 @@ def routing_cases(model, spec, examples, items, fuse_ms) -> list[RoutingCase]:
         _, final_correct, _ = decide_on(example, everything, [])
         final_ms = base_ms + max((costs.get(s, 0.0) for s in sides), default=0.0) + (fuse_ms if sides else 0.0)
         full_ms = max((costs.get(m, 0.0) + costs.get(SIDE.get(m, ""), 0.0) for m in base), default=0.0) + fuse_ms
-        cases.append(RoutingCase(checkpoints, bool(sides), final_correct, final_ms, full_ms))
+        cases.append(RoutingCase(checkpoints, bool(sides or now), final_correct, final_ms, full_ms))
     return cases
 
 

@@ -64,7 +64,7 @@ class FusionConfig:
     # (train.calibrate_gate): a source that helps on training data but not on new data
     # (a noisy transcript) is turned down. A source alone still gets all the weight.
     gate_offsets: dict[str, float] = field(default_factory=dict)
-    routing: dict[str, float] = field(default_factory=dict)  # tau and gamma tuned on validation (see evaluate.tune_routing)
+    routing: dict = field(default_factory=dict)  # tau, gamma and eager side outputs tuned on validation (train.tune_routing_on)
     # Where regression outputs read from: "fused" (the gate-weighted mix) or one source's
     # pooled representation (e.g. "image": a lesion is measured on the scan, whatever else arrived).
     regression_from: str = "fused"

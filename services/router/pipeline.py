@@ -5,7 +5,10 @@
 
 Fan-out calls every encoder for the modalities present, concurrently, each with the
 request's remaining deadline. Expensive side outputs (OCR of the screenshot, the
-transcript of the voice message) are not asked for at first in ROUTED mode. Each time
+transcript of the voice message) are not asked for at first in ROUTED mode, except
+those the task's routing marks eager (fitted on validation: OCR for screenshot triage,
+which is waited for in most cases anyway); an eager one comes with its modality's base
+features from one encoder call, saving a second decode, call and fusion. Each time
 an encoder answers, the router fuses what it has; when the answer is confident
 (>= tau) and the gate predicts that what is still outstanding would weigh < gamma, it
 answers at once and cancels the calls still running. Otherwise, once the base features
@@ -284,9 +287,12 @@ class Pipeline:
             on_run(run)  # lets the caller cancel everything if the client goes away
         full = request.options.mode == router_pb2.ROUTING_MODE_FULL
         required = {ENUM_MODALITY[m] for m in request.options.require}
+        # Side outputs asked for with the base features: all of them in FULL mode; in ROUTED
+        # mode those the task's routing marks eager (waited for anyway in most cases).
+        side_now = {m for m in task.spec.side_outputs if full or m in task.spec.eager}
         with telemetry.tracer().start_as_current_span("router.encode"):
-            self.fan_out(run, request, media, with_side_outputs=full, side_modalities=task.spec.side_outputs)
-            decision = self.gather(run, task, request, media, full, required)
+            self.fan_out(run, media, side_now)
+            decision = self.gather(run, task, media, full, required, side_now)
         timings["encode"] = _ms(started) - timings["validate"]
 
         fuse_started = time.perf_counter()
@@ -363,11 +369,10 @@ class Pipeline:
         return min(budgets)
 
     # ------------------------------------------------------------------ fan out
-    def fan_out(self, run: Run, request, media, with_side_outputs: bool, side_modalities) -> None:
+    def fan_out(self, run: Run, media, side_now: set[str]) -> None:
         for modality, (data, media_type, parameters) in media.items():
             run.states[modality].status = router_pb2.MODALITY_STATUS_UNSPECIFIED  # pending
-            with_side = with_side_outputs and modality in side_modalities
-            run.start(modality, self._base_work(run, modality, data, media_type, parameters, with_side))
+            run.start(modality, self._base_work(run, modality, data, media_type, parameters, modality in side_now))
 
     def _base_work(self, run: Run, modality: str, data: bytes, media_type: str, parameters: dict, with_side: bool):
         option = {"image": "ocr", "audio": "transcript"}.get(modality)
@@ -412,16 +417,18 @@ class Pipeline:
         return {}
 
     # ------------------------------------------------------------------ routing loop
-    def gather(self, run: Run, task: TaskModel, request, media, full: bool, required: set[str]) -> Decision | None:
-        side_candidates = [m for m in task.spec.side_outputs if m in media and not full]
-        side_requested = full
+    def gather(self, run: Run, task: TaskModel, media, full: bool, required: set[str], side_now: set[str]) -> Decision | None:
+        side_candidates = [m for m in task.spec.side_outputs if m in media and m not in side_now]  # asked for later
+        side_requested = not side_candidates
         decision = None
         while True:
             if not run.wait_any():
                 run.stop_pending(router_pb2.MODALITY_STATUS_TIMED_OUT, "no answer before the deadline")
                 break
             run.harvest()
-            outstanding = [c.source for c in run.pending] + ([SIDE_SOURCE[m] for m in side_candidates] if not side_requested else [])
+            outstanding = [c.source for c in run.pending]
+            outstanding += [SIDE_SOURCE[s] for s in outstanding if s in side_now]  # a base call bringing its side output
+            outstanding += [SIDE_SOURCE[m] for m in side_candidates] if not side_requested else []
             if not full and run.features and outstanding:
                 decision = self.decide(task, run, outstanding)
                 waiting_on_required = any(MODALITIES[_modality_index(s)] in required for s in outstanding)

@@ -36,17 +36,29 @@ SHIPPED_WEIGHTS = Path(__file__).resolve().parent / "weights"
 
 
 def apply_routing_thresholds(tasks: dict, setting: str) -> dict:
-    """'screenshot_triage=0.9/0.15,medical_report=0.8/0.1' -> tasks with those tau/gamma."""
+    """'screenshot_triage=0.9/0.15/image,medical_report=0.8/0.1' -> tasks with those tau/gamma
+    and, when a third part is given, those eager side outputs ('image', 'audio',
+    'image+audio' or 'none')."""
     tasks = dict(tasks)
     for item in filter(None, (part.strip() for part in setting.split(","))):
         name, _, values = item.partition("=")
-        tau, _, gamma = values.partition("/")
+        parts = values.split("/")
         if name not in tasks:
             raise ValueError(f"routing: unknown task {name!r}")
         try:
-            tasks[name] = dataclasses.replace(tasks[name], tau=float(tau), gamma=float(gamma))
+            if len(parts) not in (2, 3):
+                raise ValueError
+            changes = {"tau": float(parts[0]), "gamma": float(parts[1])}
         except ValueError:
-            raise ValueError(f"routing: expected task=tau/gamma, got {item!r}") from None
+            raise ValueError(f"routing: expected task=tau/gamma[/eager], got {item!r}") from None
+        if len(parts) == 3:
+            eager = tuple(m for m in parts[2].split("+") if m != "none")
+            unknown = [m for m in eager if m not in tasks[name].side_outputs]
+            if unknown or not parts[2]:
+                raise ValueError(f"routing: {item!r}: eager side outputs of {name} are "
+                                 f"{'+'.join(tasks[name].side_outputs)} or none, not {'+'.join(unknown) or 'empty'}")
+            changes["eager"] = eager
+        tasks[name] = dataclasses.replace(tasks[name], **changes)
     return tasks
 
 
@@ -68,7 +80,7 @@ class RouterService(Service):
     def initialize(self) -> None:
         weights = self.config.weights_dir or (str(SHIPPED_WEIGHTS) if SHIPPED_WEIGHTS.is_dir() else "")
         self.tasks = {name: load_task(spec, weights) for name, spec in TASKS.items()}
-        # tau/gamma: --routing, else the values tuned on validation (in the weights' config), else the task's defaults.
+        # tau/gamma/eager: --routing, else the values tuned on validation (in the weights' config), else the task's defaults.
         specs = apply_routing_thresholds({name: task.spec for name, task in self.tasks.items()}, self.config.routing)
         for name, task in self.tasks.items():
             task.spec = specs[name]

@@ -89,6 +89,9 @@ class TaskSpec:
     tau: float = 0.9
     gamma: float = 0.1
     side_outputs: tuple[str, ...] = ("image", "audio")  # modalities whose expensive extras (OCR, transcript) can help
+    # Side outputs ROUTED mode asks for with the base features, not after them (training
+    # picks them on validation: those waited for in most cases anyway).
+    eager: tuple[str, ...] = ()
     write: Callable[[Answer, Evidence], tuple[str, dict[str, str], str]] | None = None  # description, findings, reply
     # Regression outputs the model predicts as a fraction of the image's width; multiplied
     # by the field of view in mm (from PixelSpacing) before anyone sees them.
@@ -326,7 +329,8 @@ def load_task_folder(spec: TaskSpec, folder: Path | None) -> TaskModel:
         model = build_model(config)
         model.load_state_dict(load_file(str(weights)))
         if config.routing:  # thresholds tuned on the validation split override the task's defaults
-            spec = dataclasses.replace(spec, tau=float(config.routing.get("tau", spec.tau)), gamma=float(config.routing.get("gamma", spec.gamma)))
+            spec = dataclasses.replace(spec, tau=float(config.routing.get("tau", spec.tau)), gamma=float(config.routing.get("gamma", spec.gamma)),
+                                       eager=tuple(config.routing.get("eager", spec.eager)))
         return TaskModel(spec, model.eval(), f"{spec.name}@{models.file_digest(weights)}", trained=True)
     torch.manual_seed(0)  # untrained but stable: the same request gets the same answer
     model = FusionModel(FusionConfig(labels=spec.labels, regression=spec.regression, **spec.fusion)).eval()
