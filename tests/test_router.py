@@ -112,6 +112,32 @@ def test_an_eager_side_output_comes_with_the_base_features(mesh):
     assert with_ocr > alone, (with_ocr, alone)
 
 
+def test_an_encoder_without_the_side_output_still_gives_its_features(mesh):
+    """A vision service with OCR turned off refuses the "ocr" option (INVALID_ARGUMENT on
+    header.options). An eager (ROUTED) or FULL request still gets the image's features,
+    from a second call without the option, and the answer says why there is no OCR text."""
+    from modalmesh.common.config import load_config
+    from modalmesh.common.runtime import start_server
+    from modalmesh.vision.server import VisionService
+
+    config = load_config("vision", environ={}, port=0, metrics_port=0, ocr=False)
+    blind = start_server(config, VisionService(config))
+    router = mesh.start_router(vision_target=blind.address, routing="screenshot_triage=1.01/0.0/image")
+    try:
+        with connect(router.address) as channel:
+            stub = router_pb2_grpc.RouterStub(channel)
+            fields = {**INPUTS["text"], **INPUTS["image"]}
+            answers = [analyze(stub, **fields),
+                       analyze(stub, options=router_pb2.AnalyzeOptions(mode=router_pb2.ROUTING_MODE_FULL), **fields)]
+    finally:
+        router.stop(grace=0.5)
+        blind.stop(grace=0.5)
+    for answer in answers:
+        image = reports(answer)["image"]
+        assert STATUS(image.status) == "MODALITY_STATUS_USED" and image.gate_weight > 0
+        assert image.reason.startswith("OCR failed: INVALID_ARGUMENT: header.options: OCR is turned off"), image.reason
+
+
 def test_a_stopped_encoder_gives_a_degraded_answer_with_the_reason(mesh):
     from modalmesh.common.config import load_config
     from modalmesh.common.runtime import start_server

@@ -383,7 +383,15 @@ class Pipeline:
                 result = run.encode_stream(call, modality, data, media_type, options=options, parameters=parameters)
                 run.streamed[modality] = data.collected()
             else:
-                result = run.encode(call, modality, data, media_type, options=options, parameters=parameters)
+                try:
+                    result = run.encode(call, modality, data, media_type, options=options, parameters=parameters)
+                except grpc.RpcError as exc:
+                    if not (options and exc.code() == grpc.StatusCode.INVALID_ARGUMENT and (exc.details() or "").startswith("header.options")):
+                        raise
+                    # The encoder cannot make the side output (OCR or transcripts turned off
+                    # there): the base features without it, and the reason in the answer.
+                    run.side_notes[SIDE_SOURCE[modality]] = f"failed: {exc.code().name}: {exc.details()}"
+                    result = run.encode(call, modality, data, media_type, parameters=parameters)
             produced = {modality: torch.from_numpy(np.asarray(result.sequence if result.sequence is not None else result.pooled, dtype=np.float32))}
             if modality == "text":
                 run.evidence.text = data.decode("utf-8")
