@@ -247,7 +247,7 @@ def test_an_eager_side_output_arrives_with_its_base_features_in_the_routing_repl
 
     deferred, = routing_cases(model, spec, [example], [item], fuse, eager=())
     assert [c.at_ms for c in deferred.checkpoints] == [20.0 + fuse, 60.0 + fuse]  # text, then the image's features
-    assert deferred.final_ms == 60.0 + fuse + 500.0 + fuse  # OCR asked for after them
+    assert deferred.final_ms == 60.0 + fuse + (60.0 + 500.0) + fuse  # OCR asked for after them: a second call
     assert not any(c.side_requested for c in deferred.checkpoints)
 
     eager, = routing_cases(model, spec, [example], [item], fuse, eager=("image",))
