@@ -35,6 +35,7 @@ from pathlib import Path
 
 import grpc
 
+from modalmesh.common.config import load_config
 from modalmesh.up import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -247,7 +248,8 @@ def machine() -> dict:
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "torch_threads_in_service": os.cpu_count(),
+        "torch_threads_in_service": {name: load_config(name, environ=os.environ).torch_threads or os.cpu_count()
+                                     for name in ("text", "vision", "audio", "router")},
         "grpcio": grpc.__version__,
         "platform": platform.platform(),
     }

@@ -13,6 +13,12 @@ def test_default_ports_per_service():
     assert load_config("text", environ={}).metrics_port == 9051
 
 
+def test_the_router_runs_torch_on_one_thread_unless_told():
+    assert load_config("router", environ={}).torch_threads == 1
+    assert load_config("text", environ={}).torch_threads == 0  # every core
+    assert load_config("router", environ={"MODALMESH_ROUTER_TORCH_THREADS": "2"}).torch_threads == 2
+
+
 def test_precedence_default_env_service_env_flag():
     parser = argparse.ArgumentParser()
     add_config_flags(parser)

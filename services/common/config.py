@@ -33,7 +33,9 @@ SERVICE_DEFAULTS: dict[str, dict[str, Any]] = {
     "text": {"max_input_bytes": 64 * KiB},
     "vision": {"max_input_bytes": 32 * MiB, "max_batch_size": 8},
     "audio": {"max_input_bytes": 32 * MiB, "max_batch_size": 8},
-    "router": {"max_input_bytes": 32 * MiB},
+    # The router's fusion model is small: its ops run faster on one thread than split
+    # over two (benchmarks/bench_router.py: router overhead p50 28 -> 18 ms on 2 cores).
+    "router": {"max_input_bytes": 32 * MiB, "torch_threads": 1},
 }
 
 

@@ -292,12 +292,13 @@ class Pipeline:
         side_now = {m for m in task.spec.side_outputs if full or m in task.spec.eager}
         with telemetry.tracer().start_as_current_span("router.encode"):
             self.fan_out(run, media, side_now)
-            decision = self.gather(run, task, media, full, required, side_now)
+            early = self.gather(run, task, media, full, required, side_now)
         timings["encode"] = _ms(started) - timings["validate"]
 
         fuse_started = time.perf_counter()
         with telemetry.tracer().start_as_current_span("router.fuse"):
-            decision = self.decide(task, run, outstanding=())  # final fusion on everything gathered
+            # An early answer was fused from what is final already; else fuse everything gathered.
+            decision = early or self.decide(task, run, outstanding=())
         timings["fuse"] = _ms(fuse_started)
         if on_event is not None:
             on_event(router_pb2.AnalyzeEvent(gate=router_pb2.GateDecision(modalities=self.modality_reports(run, decision))))
@@ -426,9 +427,11 @@ class Pipeline:
 
     # ------------------------------------------------------------------ routing loop
     def gather(self, run: Run, task: TaskModel, media, full: bool, required: set[str], side_now: set[str]) -> Decision | None:
+        """Harvests encoder answers until everything is in or an answer is sure enough.
+        Returns the early decision (on the features it keeps), or None."""
         side_candidates = [m for m in task.spec.side_outputs if m in media and m not in side_now]  # asked for later
         side_requested = not side_candidates
-        decision = None
+        early = None
         while True:
             if not run.wait_any():
                 run.stop_pending(router_pb2.MODALITY_STATUS_TIMED_OUT, "no answer before the deadline")
@@ -447,6 +450,7 @@ class Pipeline:
                     run.stop_pending(router_pb2.MODALITY_STATUS_SKIPPED, reason)
                     for modality in side_candidates if not side_requested else []:
                         run.side_notes[SIDE_SOURCE[modality]] = f"not requested: {reason}"
+                    early = decision
                     break
             if run.pending:
                 continue
@@ -464,7 +468,7 @@ class Pipeline:
             if any(s.status == router_pb2.MODALITY_STATUS_TIMED_OUT for s in states):
                 raise errors.deadline_exceeded("no encoder answered before the deadline: " + _summary(run))
             raise errors.unavailable("no encoder could encode any input: " + _summary(run))
-        return decision
+        return early
 
     def decide(self, task: TaskModel, run: Run, outstanding) -> Decision:
         features, tags = dict(run.features), dict(run.evidence.image_tags)
