@@ -11,17 +11,16 @@ the diameter's mean absolute error.
 Routed vs full: each test item is answered (a) FULL, from every source; (b) ROUTED, as
 the router's gather loop does it: a decision at each encoder's answer (base features in
 order of cost, an eager side output with its base features; then, once all are in, the
-other side outputs, OCR and transcript, in order of cost), answering at the first that is confident (>= tau) while the gate predicts what is
-still outstanding would weigh < gamma, else from everything; (c) from each single
-modality, on the items that have it, next to FULL on those same items (the fair
-comparison). Latency per item is
+other side outputs, OCR and transcript, in order of cost), answering at the first that
+is confident (>= tau) while the gate predicts what is still outstanding would weigh
+< gamma, else from everything; (c) from each single modality, on the items that have
+it, next to FULL on those same items (the fair comparison). Latency per item is
 computed from the measured cost of each source (recorded when its features were
 extracted): sources of different modalities run in parallel, a modality's side output
 (OCR, transcript) after its base features (asked for later, it is a second call that
 decodes and encodes the input again; eager or FULL, one call); plus the measured fusion
-time. That model
-assumes modalities overlap perfectly, which two cores do not give: benchmarks/bench_routing.py
-times routed and full through the running mesh.
+time. That model assumes modalities overlap perfectly, which two cores do not give:
+benchmarks/bench_routing.py times routed and full through the running mesh.
 """
 
 from __future__ import annotations
