@@ -95,6 +95,7 @@ def test_train_and_eval_medical_end_to_end(medical_data, tmp_path, capsys):
     # Sizes measured in HU are far closer than the heads' estimate from a 7x7 grid (a 3-epoch model here).
     assert results["medical"]["diameter_mae_mm"] < 1.0 < results["medical_heads_only"]["diameter_mae_mm"]
     assert "without the CT measurement" in (report / "report.md").read_text()
+    assert "side outputs asked for with the base features" in (report / "report.md").read_text()
     assert {"full", "routed", "text only", "image only"} <= set(results["modes"])
     assert results["modes"]["routed"]["tau"] == config["routing"]["tau"]  # eval routes with the tuned thresholds
     assert 0 <= results["modes"]["image only"]["fused_accuracy_same_items"] <= 1

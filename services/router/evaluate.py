@@ -292,6 +292,11 @@ def write_report(folder: Path, results: dict, probabilities, labels, spec) -> No
     for name, mode in results["modes"].items():
         same = f"{mode['fused_accuracy_same_items']:.3f}" if "fused_accuracy_same_items" in mode else ""
         lines.append(f"| {name} | {mode.get('items', results['items'])} | {mode['accuracy']:.3f} | {same} | {mode['mean_latency_ms']:.0f} |")
+    routed = results["modes"]["routed"]
+    lines += ["", f"Routed: tau {routed['tau']:g}, gamma {routed['gamma']:g}, side outputs asked for with the base features: "
+                  f"{'+'.join(routed['eager']) or 'none'}. Latencies are simulated from each source's cost recorded at "
+                  "feature extraction, modalities overlapping perfectly; `benchmarks/bench_routing.py` times routed and "
+                  "full through the mesh."]
     lines += ["", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
     for name, c in full["per_class"].items():
         lines.append(f"| {name} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | {c['support']} |")
