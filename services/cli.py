@@ -237,6 +237,29 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tasks(args: argparse.Namespace) -> int:
+    import grpc
+
+    from modalmesh.client import RouterClient
+    from modalmesh.v1 import router_pb2
+
+    def names(modalities) -> str:
+        return "+".join(router_pb2.Modality.Name(m).removeprefix("MODALITY_").lower() for m in modalities) or "none"
+
+    with RouterClient(args.target, ca=args.ca, cert=args.cert, key=args.key, token=args.token, server_name=args.server_name,
+                      timeout=args.timeout) as client:
+        try:
+            tasks = client.list_tasks()
+        except grpc.RpcError as exc:
+            print(f"modalmesh tasks: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+    for task in tasks:
+        print(f"{task.name} ({task.model_version}): {task.description}")
+        print(f"  labels: {', '.join(task.labels)}; inputs: {names(task.accepted_modalities)}")
+        print(f"  routing: tau {task.tau:.2f}, gamma {task.gamma:.2f}, side outputs with the features: {names(task.eager_side_outputs)}")
+    return 0
+
+
 def cmd_health(args: argparse.Namespace) -> int:
     """Exit 0 when the service reports SERVING (for container health checks)."""
     import os
@@ -363,6 +386,11 @@ def build_parser() -> argparse.ArgumentParser:
     _client_flags(analyze, "127.0.0.1:50050")
     analyze.add_argument("--router", dest="target", default=argparse.SUPPRESS, help="router address (same as --target)")
     analyze.set_defaults(func=cmd_analyze)
+
+    tasks = commands.add_parser("tasks", help="list the router's tasks, labels, model versions and routing")
+    _client_flags(tasks, "127.0.0.1:50050")
+    tasks.add_argument("--router", dest="target", default=argparse.SUPPRESS, help="router address (same as --target)")
+    tasks.set_defaults(func=cmd_tasks)
 
     data = commands.add_parser("data", help="datasets for the built-in tasks")
     data_commands = data.add_subparsers(dest="data_command", required=True)

@@ -51,3 +51,13 @@ def test_analyze_command_readable_output_and_errors(mesh, capsys):
     assert "screenshot_triage:" in out and "priority:" in out and "text  used" in out
     assert main(["analyze", "--task", "nope", "--text", "help", "--router", mesh.router.address]) == 1
     assert "INVALID_ARGUMENT: task: unknown task 'nope'" in capsys.readouterr().err
+
+
+def test_tasks_command_lists_labels_versions_and_routing(mesh, capsys):
+    assert main(["tasks", "--router", mesh.router.address]) == 0
+    out = capsys.readouterr().out
+    assert "screenshot_triage (screenshot_triage@" in out and "medical_report (medical_report@" in out
+    assert "labels: payment, login, crash, shipping, refund, other; inputs: text+image+audio" in out
+    assert "side outputs with the features: image" in out and "side outputs with the features: none" in out
+    assert main(["tasks", "--router", "127.0.0.1:1", "--timeout", "2"]) == 1
+    assert "modalmesh tasks: UNAVAILABLE" in capsys.readouterr().err

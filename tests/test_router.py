@@ -42,6 +42,16 @@ def test_list_tasks(router):
     assert list(tasks["screenshot_triage"].labels) == ["payment", "login", "crash", "shipping", "refund", "other"]
     assert list(tasks["medical_report"].labels) == ["normal", "nodule", "mass"]
     assert all(t.model_version for t in tasks.values())
+    # The shipped weights' routing (their config.json), as the router applies it.
+    import json
+
+    from modalmesh.router.server import SHIPPED_WEIGHTS
+
+    for name, info in tasks.items():
+        routing = json.loads((SHIPPED_WEIGHTS / name / "config.json").read_text())["routing"]
+        assert (info.tau, info.gamma) == pytest.approx((routing["tau"], routing["gamma"]))
+        assert [router_pb2.Modality.Name(m) for m in info.eager_side_outputs] == [f"MODALITY_{m.upper()}" for m in routing["eager"]]
+    assert list(tasks["screenshot_triage"].eager_side_outputs) == [router_pb2.MODALITY_IMAGE]
 
 
 @pytest.mark.parametrize("subset", [s for n in (1, 2, 3) for s in itertools.combinations(("text", "image", "audio"), n)])

@@ -168,6 +168,9 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                 accepted_modalities=[MODALITY_ENUM[m] for m in task.spec.modalities],
                 optional_modalities=[MODALITY_ENUM[m] for m in task.spec.modalities],
                 model_version=task.version,
+                tau=task.spec.tau,
+                gamma=task.spec.gamma,
+                eager_side_outputs=[MODALITY_ENUM[m] for m in task.spec.eager],
             ))
         return router_pb2.ListTasksResponse(tasks=tasks)
 
