@@ -377,3 +377,27 @@ def test_a_result_that_arrives_after_a_harvest_looked_is_still_gathered():
         run.harvest()
         assert run.pending == [] and "image_text" in run.features
         assert "image_text" not in run.side_notes
+
+
+def test_embedding_screen_lines_does_not_wait_on_its_own_pool(mesh):
+    """A source's work (the image's, after OCR) embeds its text lines concurrently. Those
+    calls once went to the fan-out pool the work itself runs on: with every worker busy
+    waiting like that, nothing could run them. They have a pool of their own now; here the
+    fan-out pool has a single worker, so the old way would never finish."""
+    from concurrent import futures
+
+    import torch
+
+    from modalmesh.router.pipeline import Deadline, Encoders, Run
+
+    with connect(mesh.encoders["text"].address) as channel:
+        fan_out = futures.ThreadPoolExecutor(1)
+        lines = futures.ThreadPoolExecutor(4)
+        try:
+            run = Run(Encoders(channel, channel, channel), fan_out, Deadline.within(20), lines)
+            run.start("image_text", lambda call: {"image_text": run.embed_texts(call, ["Payment declined", "Try another card"])})
+            vectors = run.calls["image_text"].future.result(timeout=15)["image_text"]
+        finally:
+            fan_out.shutdown(wait=False, cancel_futures=True)
+            lines.shutdown(wait=False, cancel_futures=True)
+    assert tuple(vectors.shape) == (2, 384) and not torch.allclose(vectors[0], vectors[1])

@@ -120,9 +120,13 @@ class Encoders:
 class Run:
     """The state of one request: calls in flight, features and evidence gathered."""
 
-    def __init__(self, encoders: Encoders, pool: futures.ThreadPoolExecutor, deadline: Deadline) -> None:
+    def __init__(self, encoders: Encoders, pool: futures.ThreadPoolExecutor, deadline: Deadline,
+                 line_pool: futures.ThreadPoolExecutor | None = None) -> None:
         self.encoders = encoders
-        self.pool = pool
+        self.pool = pool  # the fan-out: one piece of work per source
+        # Text lines a piece of work embeds run elsewhere: work waiting on its own pool
+        # deadlocks once every worker is such a wait.
+        self.line_pool = line_pool or pool
         self.deadline = deadline
         self.calls: dict[str, Call] = {}
         self.features: dict[str, torch.Tensor] = {}
@@ -165,7 +169,7 @@ class Run:
                                  text.encode(), "text/plain", pooled_only=True)
             return result.pooled.astype(np.float32)
 
-        vectors = list(self.pool.map(_in_context(otel_context.get_current(), one), texts)) if len(texts) > 1 else [one(texts[0])]
+        vectors = list(self.line_pool.map(_in_context(otel_context.get_current(), one), texts)) if len(texts) > 1 else [one(texts[0])]
         return torch.from_numpy(np.stack(vectors))
 
     # -- waiting ---------------------------------------------------------------------
@@ -266,6 +270,7 @@ class Pipeline:
         self.default_deadline_s = default_deadline_s
         self.max_input_bytes = max_input_bytes
         self.pool = futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="router-fanout")
+        self.line_pool = futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="router-lines")
 
     # ------------------------------------------------------------------ the request
     def analyze(self, request: router_pb2.AnalyzeRequest, grpc_remaining: float | None,
@@ -282,7 +287,7 @@ class Pipeline:
         deadline = Deadline.within(self._budget(request, grpc_remaining))
         timings["validate"] = _ms(started)
 
-        run = Run(self.encoders, self.pool, deadline)
+        run = Run(self.encoders, self.pool, deadline, self.line_pool)
         if on_run is not None:
             on_run(run)  # lets the caller cancel everything if the client goes away
         full = request.options.mode == router_pb2.ROUTING_MODE_FULL
