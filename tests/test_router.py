@@ -401,3 +401,22 @@ def test_embedding_screen_lines_does_not_wait_on_its_own_pool(mesh):
             fan_out.shutdown(wait=False, cancel_futures=True)
             lines.shutdown(wait=False, cancel_futures=True)
     assert tuple(vectors.shape) == (2, 384) and not torch.allclose(vectors[0], vectors[1])
+
+
+def test_concurrent_requests_each_get_the_answer_they_get_alone(router):
+    """Twelve callers at once (OCR, paragraphs embedded, fusion on the model thread), each
+    with its own screen: every answer is complete and equal to that request's answer alone."""
+    from concurrent import futures
+
+    screens = ["Error 402: Payment declined", "Incorrect password", "The app has stopped", "Delivery delayed"]
+    requests = [{"text": "Please help.", "image": router_pb2.MediaInput(data=image_bytes(render_screenshot(screen)))}
+                for screen in screens]
+    alone = [analyze(router, **fields) for fields in requests]
+    with futures.ThreadPoolExecutor(12) as pool:
+        together = list(pool.map(lambda i: analyze(router, **requests[i % 4]), range(12)))
+    for index, answer in enumerate(together):
+        expected = alone[index % 4]
+        assert answer.label == expected.label and answer.confidence == pytest.approx(expected.confidence, abs=1e-4)
+        findings = {f.key: f.value for f in answer.findings}
+        assert screens[index % 4] in findings["error_text"]
+        assert reports(answer)["image"].reason == "with OCR text"

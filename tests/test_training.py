@@ -122,6 +122,7 @@ def test_a_trained_model_is_served_by_the_router(medical_data, tmp_path, mesh):
 
 
 def test_train_triage_with_screens_voices_and_transcripts(triage_data, tmp_path):
+    from modalmesh.router.evaluate import evaluate
     from modalmesh.router.train import train
 
     summary = train("screenshot_triage", str(triage_data / "train.jsonl"), str(tmp_path / "w"), epochs=2)
@@ -131,6 +132,33 @@ def test_train_triage_with_screens_voices_and_transcripts(triage_data, tmp_path)
     # Features were cached: a second run does not encode anything again.
     again = train("screenshot_triage", str(triage_data / "train.jsonl"), str(tmp_path / "w2"), epochs=1)
     assert again["feature_seconds"] < summary["feature_seconds"] / 3
+    # Evaluation says how often error_text holds the screen's message (a 2-epoch model: counted, not judged).
+    results = evaluate("screenshot_triage", str(triage_data / "val.jsonl"), str(tmp_path / "report"), weights=str(tmp_path / "w"))
+    found = results["screen_text"]
+    assert found["items"] > 0 and 0 <= found["key_line"] <= found["items"] and 0 <= found["error_words"] <= found["items"]
+    assert f"in {found['key_line']} of {found['items']} screenshots" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_the_key_screen_line_is_the_one_the_answer_comes_from():
+    """The shipped triage model, real MiniLM vectors of a screen's paragraphs: the line
+    that alone supports the answer is the message, not the app's name or its menu, and
+    it is found where a list of error words finds nothing."""
+    import torch
+
+    from modalmesh.router.server import SHIPPED_WEIGHTS
+    from modalmesh.router.tasks import _ERROR_WORDS, TASKS, key_screen_line, load_task_folder
+    from modalmesh.text.model import TextEncoder
+
+    task = load_task_folder(TASKS["screenshot_triage"], SHIPPED_WEIGHTS / "screenshot_triage")
+    encoder = TextEncoder("")
+    for message, label in (("Incorrect password", "login"), ("Delivery delayed", "shipping"), ("Refund pending", "refund")):
+        lines = ["ShopFast", "Home Orders Account Help", message, "OK"]
+        vectors = torch.stack([torch.as_tensor(r.pooled, dtype=torch.float32) for r in encoder.encode_batch(lines)])
+        assert key_screen_line(task.model, vectors, task.spec.labels.index(label)) == 2, message
+        assert not any(_ERROR_WORDS.search(line) for line in lines)  # the word list alone reports nothing here
+    # No line supports a label at all: nothing is reported.
+    vectors = torch.stack([torch.as_tensor(r.pooled, dtype=torch.float32) for r in encoder.encode_batch(["ShopFast"])])
+    assert key_screen_line(task.model, vectors, task.spec.labels.index("payment")) is None
 
 
 def test_an_ensemble_is_its_members_trained_alone_and_answers_with_their_mean(triage_data, tmp_path):

@@ -82,6 +82,8 @@ def evaluate(task: str, data: str, report: str, weights: str = "", cache_dir: st
     results = {"task": task, "items": len(examples), "model_version": task_model.version}
     results["full"] = classification_metrics(full_p, labels, spec.labels)
     results["calibration"] = {"ece": expected_calibration_error(full_p, labels)}
+    if "image" in spec.side_outputs:
+        results["screen_text"] = screen_text_found(model, manifest, task, items, examples, full_p)
     if task == "medical_report":
         results["medical"] = medical_metrics(full_p, full_r, examples, spec)
         # The heads alone, the measurement unused: what a scan without one (a PNG) is answered with.
@@ -109,6 +111,29 @@ def evaluate(task: str, data: str, report: str, weights: str = "", cache_dir: st
     }
     write_report(Path(report), results, full_p, labels, spec)
     return results
+
+
+def screen_text_found(model, manifest: Path, task: str, items, examples, probabilities) -> dict:
+    """How often the answer's `error_text` holds the screen's message (the dataset's
+    `extra.screen`, when the manifest has it): the line the model reads the answer from
+    (tasks.key_screen_line, what the router reports) against lines with error words."""
+    from modalmesh.data.generate import read_manifest
+    from modalmesh.router.tasks import _ERROR_WORDS, key_screen_line
+
+    def norm(text: str) -> str:
+        return "".join(ch for ch in text.lower() if ch.isalnum())
+
+    records = [r for r in read_manifest(manifest) if r["task"] == task]
+    counts = {"items": 0, "key_line": 0, "error_words": 0}
+    for record, item, example, p in zip(records, items, examples, probabilities):
+        lines, message = item.evidence.get("screen_lines") or [], (record.get("extra") or {}).get("screen")
+        if not message or not lines or "image_text" not in example.features:
+            continue
+        counts["items"] += 1
+        key = key_screen_line(model, example.features["image_text"][:len(lines)], int(np.argmax(p)))
+        counts["key_line"] += key is not None and norm(message) in norm(lines[key])
+        counts["error_words"] += any(norm(message) in norm(line) for line in lines if _ERROR_WORDS.search(line))
+    return counts
 
 
 @dataclass
@@ -288,6 +313,10 @@ def write_report(folder: Path, results: dict, probabilities, labels, spec) -> No
         lines.append(f"- the heads alone, without the CT measurement (what a PNG scan without its window gets): accuracy {h['accuracy']:.3f}, "
                      f"AUC {h['auc_lesion_vs_normal']:.3f}, nodule vs mass {h['nodule_vs_mass_accuracy']:.3f}, "
                      f"diameter MAE {h['diameter_mae_mm']:.2f} mm")
+    if results.get("screen_text", {}).get("items"):
+        t = results["screen_text"]
+        lines.append(f"- error_text holds the screen's message in {t['key_line']} of {t['items']} screenshots "
+                     f"(lines with error words would: {t['error_words']})")
     lines += ["", "| mode | items | accuracy | fused, same items | mean latency (ms) |", "|---|---|---|---|---|"]
     for name, mode in results["modes"].items():
         same = f"{mode['fused_accuracy_same_items']:.3f}" if "fused_accuracy_same_items" in mode else ""

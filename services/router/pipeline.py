@@ -37,7 +37,7 @@ from modalmesh.common import errors, telemetry
 from modalmesh.common.client import collect, encode_requests
 from modalmesh.common.layout import paragraphs
 from modalmesh.router.fusion import MODALITIES, SOURCE_MODALITY, attention_mass, modality_gate_weights, normalised_entropy
-from modalmesh.router.tasks import Answer, Evidence, TaskModel, decide
+from modalmesh.router.tasks import Answer, Evidence, TaskModel, decide, key_screen_line
 from modalmesh.v1 import encoder_pb2, encoder_pb2_grpc, router_pb2, speech_pb2, speech_pb2_grpc
 from modalmesh.vision.decode import sniff_media_type
 
@@ -492,6 +492,11 @@ class Pipeline:
     # ------------------------------------------------------------------ heads, words, speech
     def respond(self, request, task: TaskModel, run: Run, decision: Decision) -> router_pb2.AnalyzeResponse:
         answer, outputs = decision.answer, decision.outputs
+        screen_text = run.features.get("image_text")
+        if task.trained and screen_text is not None and run.evidence.screen_lines:
+            label = task.spec.labels.index(answer.label)
+            key = self.run_model(lambda: key_screen_line(task.model, screen_text[:len(run.evidence.screen_lines)], label))
+            run.evidence.key_line = run.evidence.screen_lines[key] if key is not None else ""
         description, findings, reply = task.spec.write(answer, run.evidence)
         modality_weights = modality_gate_weights(outputs.gate_weights)[0]
         used = int((modality_weights > 0).sum())

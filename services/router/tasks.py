@@ -37,6 +37,7 @@ class Evidence:
 
     text: str = ""
     screen_lines: list[str] = field(default_factory=list)
+    key_line: str = ""  # the screen line that alone most supports the answer (key_screen_line)
     transcript: str = ""
     image_tags: dict[str, str] = field(default_factory=dict)
 
@@ -173,11 +174,31 @@ TRIAGE_REPLY = {
 _ERROR_WORDS = re.compile(r"error|fail|declin|denied|invalid|unable|cannot|can't|crash|stopped|expired|timeout|timed out|not found|code \d+", re.I)
 
 
+def key_screen_line(model: FusionModel | FusionEnsemble, screen_text: torch.Tensor, label: int) -> int | None:
+    """Which OCR paragraph (a row of the screen-text features) alone most supports `label`:
+    every paragraph is classified on its own, in one batch (by the first member of an
+    ensemble), and ranked by the label's log-odds (logits, before the temperature: the
+    calibrated probabilities of several lines saturate at 1); None when no line favours
+    the label over the rest. This is the screen's error or status message, whatever its
+    wording, where a list of error words finds only some (`modalmesh eval` counts both)."""
+    member = model.members[0] if isinstance(model, FusionEnsemble) else model
+    if screen_text.shape[0] == 0:
+        return None
+    with torch.inference_mode():
+        logits = member(member.embed([{"image_text": row[None]} for row in screen_text])).logits
+    others = torch.cat([logits[:, :label], logits[:, label + 1:]], dim=1)
+    log_odds = logits[:, label] - torch.logsumexp(others, dim=1)
+    best = int(log_odds.argmax())
+    return best if float(log_odds[best]) > 0 else None
+
+
 def write_triage(answer: Answer, evidence: Evidence) -> tuple[str, dict[str, str], str]:
     priority = TRIAGE_PRIORITY.get(answer.label, "normal")
     if answer.confidence < 0.5 and priority == "low":
         priority = "normal"  # unsure: let a person look sooner
-    error_lines = [line for line in evidence.screen_lines if _ERROR_WORDS.search(line)]
+    # The line the model reads the answer from; else (untrained model, no line supports
+    # the answer) lines with error words.
+    error_lines = [evidence.key_line] if evidence.key_line else [line for line in evidence.screen_lines if _ERROR_WORDS.search(line)]
     error_text = " | ".join(error_lines) if error_lines else ""
     findings = {
         "priority": priority,
