@@ -146,7 +146,7 @@ def test_the_key_screen_line_is_the_one_the_answer_comes_from():
     import torch
 
     from modalmesh.router.server import SHIPPED_WEIGHTS
-    from modalmesh.router.tasks import _ERROR_WORDS, TASKS, key_screen_line, load_task_folder
+    from modalmesh.router.tasks import ERROR_WORDS, TASKS, key_screen_line, load_task_folder
     from modalmesh.text.model import TextEncoder
 
     task = load_task_folder(TASKS["screenshot_triage"], SHIPPED_WEIGHTS / "screenshot_triage")
@@ -155,7 +155,7 @@ def test_the_key_screen_line_is_the_one_the_answer_comes_from():
         lines = ["ShopFast", "Home Orders Account Help", message, "OK"]
         vectors = torch.stack([torch.as_tensor(r.pooled, dtype=torch.float32) for r in encoder.encode_batch(lines)])
         assert key_screen_line(task.model, vectors, task.spec.labels.index(label)) == 2, message
-        assert not any(_ERROR_WORDS.search(line) for line in lines)  # the word list alone reports nothing here
+        assert not any(ERROR_WORDS.search(line) for line in lines)  # the word list alone reports nothing here
     # No line supports a label at all: nothing is reported.
     vectors = torch.stack([torch.as_tensor(r.pooled, dtype=torch.float32) for r in encoder.encode_batch(["ShopFast"])])
     assert key_screen_line(task.model, vectors, task.spec.labels.index("payment")) is None

@@ -118,7 +118,7 @@ def screen_text_found(model, manifest: Path, task: str, items, examples, probabi
     `extra.screen`, when the manifest has it): the line the model reads the answer from
     (tasks.key_screen_line, what the router reports) against lines with error words."""
     from modalmesh.data.generate import read_manifest
-    from modalmesh.router.tasks import _ERROR_WORDS, key_screen_line
+    from modalmesh.router.tasks import ERROR_WORDS, key_screen_line
 
     def norm(text: str) -> str:
         return "".join(ch for ch in text.lower() if ch.isalnum())
@@ -132,7 +132,7 @@ def screen_text_found(model, manifest: Path, task: str, items, examples, probabi
         counts["items"] += 1
         key = key_screen_line(model, example.features["image_text"][:len(lines)], int(np.argmax(p)))
         counts["key_line"] += key is not None and norm(message) in norm(lines[key])
-        counts["error_words"] += any(norm(message) in norm(line) for line in lines if _ERROR_WORDS.search(line))
+        counts["error_words"] += any(norm(message) in norm(line) for line in lines if ERROR_WORDS.search(line))
     return counts
 
 

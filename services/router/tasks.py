@@ -171,7 +171,7 @@ TRIAGE_REPLY = {
     "refund": "Thanks for your patience. We're processing your refund to your original payment method.",
     "other": "Thanks for getting in touch. Could you tell us a little more so we can help?",
 }
-_ERROR_WORDS = re.compile(r"error|fail|declin|denied|invalid|unable|cannot|can't|crash|stopped|expired|timeout|timed out|not found|code \d+", re.I)
+ERROR_WORDS = re.compile(r"error|fail|declin|denied|invalid|unable|cannot|can't|crash|stopped|expired|timeout|timed out|not found|code \d+", re.I)
 
 
 def key_screen_line(model: FusionModel | FusionEnsemble, screen_text: torch.Tensor, label: int) -> int | None:
@@ -198,7 +198,7 @@ def write_triage(answer: Answer, evidence: Evidence) -> tuple[str, dict[str, str
         priority = "normal"  # unsure: let a person look sooner
     # The line the model reads the answer from; else (untrained model, no line supports
     # the answer) lines with error words.
-    error_lines = [evidence.key_line] if evidence.key_line else [line for line in evidence.screen_lines if _ERROR_WORDS.search(line)]
+    error_lines = [evidence.key_line] if evidence.key_line else [line for line in evidence.screen_lines if ERROR_WORDS.search(line)]
     error_text = " | ".join(error_lines) if error_lines else ""
     findings = {
         "priority": priority,
