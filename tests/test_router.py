@@ -336,6 +336,38 @@ def test_analyze_stream_passes_audio_on_while_it_arrives(router):
     assert final.explanation.modalities  # a complete answer
 
 
+def test_streamed_audio_to_a_service_without_transcripts_is_still_used(mesh):
+    """FULL mode asks for the transcript with the audio's features; a stream cannot be sent
+    twice, so the router checks the audio service's Info first and leaves the option out
+    when it is not offered (transcripts turned off there)."""
+    from modalmesh.audio.server import AudioService
+    from modalmesh.common.config import load_config
+    from modalmesh.common.runtime import start_server
+
+    config = load_config("audio", environ={}, port=0, metrics_port=0, transcript=False)
+    deaf = start_server(config, AudioService(config))
+    router = mesh.start_router(audio_target=deaf.address)
+    voice = wav_bytes(tone(1.0, 16000), 16000)
+
+    def requests():
+        first = router_pb2.AnalyzeRequest(task="screenshot_triage", text="Please help.",
+                                          audio=router_pb2.MediaInput(media_type="audio/wav"),
+                                          options=router_pb2.AnalyzeOptions(mode=router_pb2.ROUTING_MODE_FULL))
+        yield router_pb2.AnalyzeStreamRequest(request=first)
+        for i in range(0, len(voice), 8000):
+            yield router_pb2.AnalyzeStreamRequest(audio_chunk=voice[i : i + 8000])
+
+    try:
+        with connect(router.address) as channel:
+            final = list(router_pb2_grpc.RouterStub(channel).AnalyzeStream(requests(), timeout=60))[-1].final
+    finally:
+        router.stop(grace=0.5)
+        deaf.stop(grace=0.5)
+    audio = reports(final)["audio"]
+    assert STATUS(audio.status) == "MODALITY_STATUS_USED" and audio.gate_weight > 0
+    assert audio.reason == "transcript not offered by the audio service"
+
+
 def test_analyze_stream_refuses_image_chunks_after_audio(router):
     def requests():
         first = router_pb2.AnalyzeRequest(task="screenshot_triage", audio=router_pb2.MediaInput(media_type="audio/wav"))

@@ -108,6 +108,8 @@ class ModalityState:
 class Encoders:
     """The router's view of the mesh: stubs for each encoder and the speech service."""
 
+    OPTIONS_TTL_S = 30.0  # how long an encoder's list of options is trusted (it may restart with others)
+
     def __init__(self, text: grpc.Channel, vision: grpc.Channel, audio: grpc.Channel) -> None:
         self.stubs = {
             "text": encoder_pb2_grpc.EncoderStub(text),
@@ -115,6 +117,19 @@ class Encoders:
             "audio": encoder_pb2_grpc.EncoderStub(audio),
         }
         self.speech = speech_pb2_grpc.SpeechStub(audio)
+        self._options: dict[str, tuple[float, frozenset[str]]] = {}
+
+    def offers(self, modality: str, option: str, timeout: float) -> bool:
+        """Whether the modality's encoder accepts `option` (its Info, cached for a while).
+        When Info cannot be had, assume it does: the call itself will say."""
+        cached = self._options.get(modality)
+        if cached is None or time.monotonic() - cached[0] > self.OPTIONS_TTL_S:
+            try:
+                info = self.stubs[modality].Info(encoder_pb2.InfoRequest(), timeout=max(0.001, min(timeout, 2.0)))
+            except grpc.RpcError:
+                return True
+            cached = self._options[modality] = (time.monotonic(), frozenset(info.options))
+        return option in cached[1]
 
 
 class Run:
@@ -385,6 +400,10 @@ class Pipeline:
 
         def work(call: Call) -> dict[str, torch.Tensor]:
             options = [option] if (with_side and option) else []
+            if options and isinstance(data, Tee) and not run.encoders.offers(modality, option, run.deadline.remaining()):
+                # A stream cannot be sent twice: leave out what the encoder does not offer.
+                run.side_notes[SIDE_SOURCE[modality]] = f"not offered by the {modality} service"
+                options = []
             if isinstance(data, Tee):  # audio still arriving: stream it on
                 result = run.encode_stream(call, modality, data, media_type, options=options, parameters=parameters)
                 run.streamed[modality] = data.collected()
