@@ -139,9 +139,9 @@ class Run:
                  line_pool: futures.ThreadPoolExecutor | None = None) -> None:
         self.encoders = encoders
         self.pool = pool  # the fan-out: one piece of work per source
-        # Text lines a piece of work embeds run elsewhere: work waiting on its own pool
-        # deadlocks once every worker is such a wait.
-        self.line_pool = line_pool or pool
+        # Text lines a piece of work embeds run on another pool (work waiting on its own pool
+        # deadlocks once every worker is such a wait); without one, one after another.
+        self.line_pool = line_pool
         self.deadline = deadline
         self.calls: dict[str, Call] = {}
         self.features: dict[str, torch.Tensor] = {}
@@ -184,7 +184,10 @@ class Run:
                                  text.encode(), "text/plain", pooled_only=True)
             return result.pooled.astype(np.float32)
 
-        vectors = list(self.line_pool.map(_in_context(otel_context.get_current(), one), texts)) if len(texts) > 1 else [one(texts[0])]
+        if self.line_pool is not None and len(texts) > 1:
+            vectors = list(self.line_pool.map(_in_context(otel_context.get_current(), one), texts))
+        else:
+            vectors = [one(text) for text in texts]
         return torch.from_numpy(np.stack(vectors))
 
     # -- waiting ---------------------------------------------------------------------
