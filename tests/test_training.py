@@ -121,6 +121,34 @@ def test_a_trained_model_is_served_by_the_router(medical_data, tmp_path, mesh):
     assert answer["model_version"] == versions["medical_report"]
 
 
+def test_training_with_another_text_model_and_serving_it_with_the_wrong_one(medical_data, tmp_path, mesh, monkeypatch,
+                                                                           tiny_bert_dir):
+    from modalmesh.client import RouterClient
+    from modalmesh.router.train import train
+
+    # Training extracts with the model the text service is configured to run (32 wide here,
+    # not MiniLM's 384), in features of their own: the bundled model's cache is not reused.
+    monkeypatch.setenv("MODALMESH_TEXT_MODEL", str(tiny_bert_dir))
+    train("medical_report", str(medical_data / "train.jsonl"), str(tmp_path / "medical_report"), epochs=1)
+    config = json.loads((tmp_path / "medical_report" / "config.json").read_text())
+    assert config["input_widths"]["text"] == 32 and config["input_widths"]["image"] == 1280
+    monkeypatch.delenv("MODALMESH_TEXT_MODEL")
+
+    # The mesh's text service runs the bundled MiniLM: its features do not fit these weights.
+    # The text is reported failed and why; the scan still answers.
+    router = mesh.start_router(weights_dir=str(tmp_path))
+    try:
+        with RouterClient(router.address) as client:
+            record = read_manifest(medical_data / "test.jsonl")[0]
+            answer = client.analyze("medical_report", text=record["text"], image=open(record["image"], "rb").read(),
+                                    mode="full")
+    finally:
+        router.stop(grace=0.5)
+    text = answer["modalities"]["text"]
+    assert text["status"] == "failed" and "384 wide" in text["reason"] and "expect 32" in text["reason"]
+    assert answer["modalities"]["image"]["status"] == "used" and answer["label"] in ("normal", "nodule", "mass")
+
+
 def test_train_triage_with_screens_voices_and_transcripts(triage_data, tmp_path):
     from modalmesh.router.evaluate import evaluate
     from modalmesh.router.train import train
@@ -354,3 +382,16 @@ def test_training_is_deterministic_by_seed(medical_data, tmp_path):
     for config in configs:  # routing thresholds also depend on the fusion time measured on the day
         config.pop("routing")
     assert configs[0] == configs[1]
+
+
+def test_input_widths_come_from_the_features_and_must_agree():
+    from modalmesh.router.fusion import DEFAULT_INPUT_WIDTHS
+    from modalmesh.router.train import Example, input_widths
+
+    def example(**features):
+        return Example({s: torch.zeros(3, w) for s, w in features.items()}, 0, torch.zeros(0), torch.zeros(0), {}, torch.zeros(0))
+
+    widths = input_widths([example(text=768), example(text=768, image=1280)], DEFAULT_INPUT_WIDTHS)
+    assert widths["text"] == 768 and widths["image"] == 1280 and widths["audio_text"] == DEFAULT_INPUT_WIDTHS["audio_text"]
+    with pytest.raises(ValueError, match="'text' has features 768 and 384 wide"):
+        input_widths([example(text=768), example(text=384)], DEFAULT_INPUT_WIDTHS)

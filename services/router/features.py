@@ -37,15 +37,26 @@ class ItemFeatures:
     evidence: dict = field(default_factory=dict)  # screen lines, transcript, image tags
 
 
+def configured_models(environ=None) -> dict[str, str]:
+    """The encoder models set by MODALMESH_<SERVICE>_MODEL (as for the services), by service;
+    empty when every encoder runs its bundled default. Part of the feature cache's keys."""
+    environ = os.environ if environ is None else environ
+    return {s: environ[f"MODALMESH_{s.upper()}_MODEL"] for s in ("text", "vision", "audio")
+            if environ.get(f"MODALMESH_{s.upper()}_MODEL")}
+
+
 class LocalEncoders:
     def __init__(self, ocr: bool = True, transcript: bool = True) -> None:
         from modalmesh.audio.server import AudioService
         from modalmesh.text.server import TextService
         from modalmesh.vision.server import VisionService
 
-        self.text = TextService(load_config("text", environ={}))
-        self.vision = VisionService(load_config("vision", environ={}, ocr=ocr))
-        self.audio = AudioService(load_config("audio", environ={}, transcript=transcript))
+        # Only the model choice comes from the environment (ports, threads and limits do not
+        # change features): training extracts with the models the services will run.
+        models = configured_models()
+        self.text = TextService(load_config("text", environ={}, model=models.get("text")))
+        self.vision = VisionService(load_config("vision", environ={}, ocr=ocr, model=models.get("vision")))
+        self.audio = AudioService(load_config("audio", environ={}, transcript=transcript, model=models.get("audio")))
         for service in (self.text, self.vision, self.audio):
             service.initialize()
 
@@ -146,6 +157,9 @@ class FeatureCache:
     def key(self, record: dict) -> str:
         digest = hashlib.sha256(FEATURE_VERSION.encode())
         parts = [record.get("text", ""), record.get("image_parameters", {}), self.side, *self.versions]
+        models = configured_models()
+        if models:  # another encoder model gives other features (the defaults keep their old keys)
+            parts.append({"models": models})
         digest.update(json.dumps(parts, sort_keys=True).encode())
         for name in ("image", "audio"):
             if record.get(name):

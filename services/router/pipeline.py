@@ -136,8 +136,9 @@ class Run:
     """The state of one request: calls in flight, features and evidence gathered."""
 
     def __init__(self, encoders: Encoders, pool: futures.ThreadPoolExecutor, deadline: Deadline,
-                 line_pool: futures.ThreadPoolExecutor | None = None) -> None:
+                 line_pool: futures.ThreadPoolExecutor | None = None, widths: dict[str, int] | None = None) -> None:
         self.encoders = encoders
+        self.widths = widths or {}  # per source, the feature width the task's weights were trained on
         self.pool = pool  # the fan-out: one piece of work per source
         # Text lines a piece of work embeds run on another pool (work waiting on its own pool
         # deadlocks once every worker is such a wait); without one, one after another.
@@ -224,6 +225,13 @@ class Run:
             except errors.ServiceError as exc:
                 self._failed(source, modality, exc.code, exc.message, latency)
                 continue
+            wrong = {s: int(t.shape[-1]) for s, t in produced.items() if s in self.widths and t.shape[-1] != self.widths[s]}
+            if wrong:  # an encoder running another model than the weights were trained with
+                s, width = next(iter(wrong.items()))
+                self._failed(source, modality, grpc.StatusCode.FAILED_PRECONDITION,
+                             f"{s} features are {width} wide, the task's weights expect {self.widths[s]}: the {modality} "
+                             f"service runs another model than the one they were trained with", latency)
+                continue
             self.features.update(produced)
             if source in MODALITIES:
                 state = self.states[modality]
@@ -305,7 +313,7 @@ class Pipeline:
         deadline = Deadline.within(self._budget(request, grpc_remaining))
         timings["validate"] = _ms(started)
 
-        run = Run(self.encoders, self.pool, deadline, self.line_pool)
+        run = Run(self.encoders, self.pool, deadline, self.line_pool, task.model.config.input_widths)
         if on_run is not None:
             on_run(run)  # lets the caller cancel everything if the client goes away
         full = request.options.mode == router_pb2.ROUTING_MODE_FULL

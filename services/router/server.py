@@ -97,7 +97,7 @@ class RouterService(Service):
             max_input_bytes=self.config.max_input_bytes,
         )
         for task in self.tasks.values():  # warm: every task's fusion model once, on the model thread
-            self.model_thread.submit(lambda task=task: task.model(task.model.embed([{"text": torch.zeros(2, 384)}])))
+            self.model_thread.submit(lambda task=task: task.model(task.model.embed([{"text": torch.zeros(2, task.model.config.input_widths["text"])}])))
 
     def finalize(self) -> None:
         if self.model_thread is not None:

@@ -85,6 +85,20 @@ def load_examples(task: str, manifest: str | Path, cache: FeatureCache, label: s
     return examples, items
 
 
+def input_widths(examples: list[Example], defaults: dict[str, int]) -> dict[str, int]:
+    """Each source's feature width as the encoders gave it (another text backbone gives
+    768, not 384); a source no example has keeps its default. One width per source."""
+    widths, seen = dict(defaults), {}
+    for example in examples:
+        for source, features in example.features.items():
+            width = int(features.shape[-1])
+            if seen.setdefault(source, width) != width:
+                raise ValueError(f"source {source!r} has features {seen[source]} and {width} wide: were the "
+                                 f"features extracted with two different encoder models? (clear the feature cache)")
+    widths.update(seen)
+    return widths
+
+
 def modality_dropout(features: dict[str, torch.Tensor], rng: random.Random, p: float = 0.35) -> dict[str, torch.Tensor]:
     """Drop whole modalities (with their side outputs) and single side outputs at random,
     keeping at least one source."""
@@ -141,6 +155,7 @@ def train(task: str, data: str, out: str, epochs: int = 40, seed: int = 0, cache
 
     members = spec.members if members is None else members
     config = FusionConfig(labels=spec.labels, regression=spec.regression, **{**spec.fusion, **config_overrides})
+    config.input_widths = input_widths(train_set + val_set, config.input_widths)
     trained, histories, train_seconds = [], [], 0.0
     for index in range(members):  # member i is exactly what training alone with seed + i gives
         member, member_history, seconds = train_member(
