@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/probe_wordings.py            # about 5 minutes on 2 cores
     .venv/bin/python benchmarks/probe_wordings.py --quick    # frozen variants only, ~20 s
+    .venv/bin/python benchmarks/probe_wordings.py --quick --model DIR   # another text model
 
 A text-only probe on the screen wordings of services/data/triage.py: train on the train
 pool, score on the val and test pools (weighted as the generator draws them: fixed
@@ -12,8 +13,11 @@ phrases 40%, composed ones 60%). Variants, all on the bundled all-MiniLM-L6-v2:
   finetune-top-k   the top k transformer layers trained with the head (k = 1, 2): the
                    issue's optional "fine-tune an encoder's top layers"
 
-Prints accuracy per pool and the test phrases each variant gets wrong. It is a probe:
-the router fuses more than this (pixels, the customer's text, a transcript).
+Prints accuracy per pool and the test phrases each variant gets wrong, and for the frozen
+mean a wording-held-out cross-validation on the train pool (folds by wording family, as
+benchmarks/cv_wordings.py): with validation near 1.000, that and validation are what to
+choose a text model by, not the test pool. It is a probe: the router fuses more than this
+(pixels, the customer's text, a transcript).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.bench_text import machine, write_results  # noqa: E402
+from benchmarks.cv_wordings import fold_of, wording_families  # noqa: E402
 
 
 def wording_sets(split: str):
@@ -68,16 +73,50 @@ class Probe(torch.nn.Module):
         return self.head(F.normalize(pooled, dim=-1) * 10)
 
 
+def fit(probe: Probe, hidden, mask, labels, epochs: int) -> Probe:
+    """A frozen-feature probe's head, trained the same way for every variant and fold."""
+    optimizer = torch.optim.AdamW([p for n, p in probe.named_parameters() if not n.startswith("top.")], lr=1e-2, weight_decay=0.01)
+    for _ in range(epochs):
+        probe.train()
+        order = torch.randperm(len(labels))
+        for i in range(0, len(order), 64):
+            index = order[i:i + 64]
+            loss = F.cross_entropy(probe(hidden[index], mask[index]), labels[index])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return probe.eval()
+
+
+def family_cv(train_set, states, width: int, folds: int, epochs: int) -> dict:
+    """Frozen mean pooling, a linear head per fold, each fold's wording families held out."""
+    texts, labels, weights, _ = train_set
+    family = wording_families()
+    fold = torch.tensor([fold_of(family.get(t, t), folds) for t in texts])
+    hidden, mask = states(texts)
+    scores = []
+    for k in range(folds):
+        held = fold == k
+        torch.manual_seed(0)
+        probe = fit(Probe(width, [], "mean"), hidden[~held], mask[~held], labels[~held], epochs)
+        with torch.no_grad():
+            correct = (probe(hidden[held], mask[held]).argmax(-1) == labels[held]).float()
+        scores.append(round(float((correct * weights[held]).sum() / weights[held].sum()), 3))
+    return {"folds": scores, "mean": round(sum(scores) / folds, 3)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="frozen variants only")
     parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--model", default="", help="text model directory (default: the bundled all-MiniLM-L6-v2)")
+    parser.add_argument("--folds", type=int, default=4, help="wording-held-out folds of the train pool (frozen mean)")
     parser.add_argument("--out", default="bench-results/probe_wordings.json")
     args = parser.parse_args()
 
     from modalmesh.text.model import TextEncoder
 
-    encoder = TextEncoder()
+    encoder = TextEncoder(args.model)
     tokenizer, model = encoder.tokenizer, encoder.model
     depth = model.config.num_hidden_layers
     sets = {split: wording_sets(split) for split in ("train", "val", "test")}
@@ -90,7 +129,12 @@ def main() -> None:
     variants = [("frozen-mean", 0, "mean"), ("frozen-attention", 0, "attention")]
     if not args.quick:
         variants += [("finetune-top-1", 1, "mean"), ("finetune-top-2", 2, "mean")]
-    results = {"machine": machine(), "command": " ".join(sys.argv), "pool_sizes": {s: len(v[0]) for s, v in sets.items()}}
+    results = {"machine": machine(), "command": " ".join(sys.argv), "model": encoder.version,
+               "pool_sizes": {s: len(v[0]) for s, v in sets.items()}}
+    print(f"text model {encoder.version} ({encoder.width}-d)", flush=True)
+    results["frozen-mean_cv"] = cv = family_cv(sets["train"], lambda texts: hidden_states(texts, depth), model.config.hidden_size,
+                                                args.folds, args.epochs)
+    print(f"frozen-mean cv     {cv['mean']:.3f} over {args.folds} wording-held-out folds of the train pool {cv['folds']}", flush=True)
     for name, k, pooling in variants:
         torch.manual_seed(0)
         start_layer = depth - k
