@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -280,6 +281,20 @@ def cmd_health(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_errors(command):
+    """A problem with the user's data or files (a manifest line, a missing file, weights that
+    do not fit the encoders) is one line on stderr and exit status 2, not a traceback."""
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except (ValueError, FileNotFoundError, IsADirectoryError) as exc:
+            print(f"modalmesh {command.__name__.removeprefix('cmd_').replace('_', ' ')}: {exc}", file=sys.stderr)
+            return 2
+    return run
+
+
+@_data_errors
 def cmd_data_generate(args: argparse.Namespace) -> int:
     from modalmesh.data.generate import generate
 
@@ -289,6 +304,7 @@ def cmd_data_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+@_data_errors
 def cmd_train(args: argparse.Namespace) -> int:
     from modalmesh.router.train import train
 
@@ -299,6 +315,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+@_data_errors
 def cmd_eval(args: argparse.Namespace) -> int:
     from modalmesh.router.evaluate import evaluate
 

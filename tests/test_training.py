@@ -122,7 +122,7 @@ def test_a_trained_model_is_served_by_the_router(medical_data, tmp_path, mesh):
 
 
 def test_training_with_another_text_model_and_serving_it_with_the_wrong_one(medical_data, tmp_path, mesh, monkeypatch,
-                                                                           tiny_bert_dir):
+                                                                           tiny_bert_dir, capsys):
     from modalmesh.client import RouterClient
     from modalmesh.router.train import train
 
@@ -133,6 +133,10 @@ def test_training_with_another_text_model_and_serving_it_with_the_wrong_one(medi
     config = json.loads((tmp_path / "medical_report" / "config.json").read_text())
     assert config["input_widths"]["text"] == 32 and config["input_widths"]["image"] == 1280
     monkeypatch.delenv("MODALMESH_TEXT_MODEL")
+    # Evaluated with the bundled text model, the weights do not fit: said in one line, exit 2.
+    assert main(["eval", "--task", "medical_report", "--data", str(medical_data / "val.jsonl"),
+                 "--report", str(tmp_path / "report"), "--weights", str(tmp_path / "medical_report")]) == 2
+    assert "expect text features 32 wide, the encoders give 384" in capsys.readouterr().err
 
     # The mesh's text service runs the bundled MiniLM: its features do not fit these weights.
     # The text is reported failed and why; the scan still answers.
@@ -395,3 +399,21 @@ def test_input_widths_come_from_the_features_and_must_agree():
     assert widths["text"] == 768 and widths["image"] == 1280 and widths["audio_text"] == DEFAULT_INPUT_WIDTHS["audio_text"]
     with pytest.raises(ValueError, match="'text' has features 768 and 384 wide"):
         input_widths([example(text=768), example(text=384)], DEFAULT_INPUT_WIDTHS)
+
+
+def test_train_says_what_is_wrong_with_a_manifest_in_one_line(tmp_path, capsys):
+    cases = {
+        '{"id": "a", "task": "medical_report", "text": "x", "label": "tumour"}': "a: label 'tumour' is not one of",
+        '{"id": "b", "task": "medical_report", "text": "x", "label": "normal", "image": "gone.dcm"}': ":1: b: image file not found",
+        '{"id": "c", oops': ":1: not a JSON object",
+        '{"id": "d", "task": "medical_report", "text": "x"}': ":1: missing 'label'",
+    }
+    for number, (line, message) in enumerate(cases.items()):
+        manifest = tmp_path / f"m{number}.jsonl"
+        manifest.write_text(line + "\n")
+        assert main(["train", "--task", "medical_report", "--data", str(manifest), "--out", str(tmp_path / "w")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("modalmesh train: ") and message in err and "Traceback" not in err
+    assert main(["train", "--task", "medical_report", "--data", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "w")]) == 2
+    assert "No such file" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()

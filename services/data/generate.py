@@ -122,12 +122,19 @@ def read_manifest(path: str | Path) -> list[dict]:
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         if not line.strip():
             continue
-        record = json.loads(line)
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{number}: not a JSON object: {exc}") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}:{number}: not a JSON object")
         for key in ("id", "task", "label"):
             if key not in record:
                 raise ValueError(f"{path}:{number}: missing {key!r}")
         for key in ("image", "audio"):
             if record.get(key):
                 record[key] = str((path.parent / record[key]).resolve())
+                if not Path(record[key]).is_file():
+                    raise ValueError(f"{path}:{number}: {record['id']}: {key} file not found: {record[key]}")
         records.append(record)
     return records

@@ -36,7 +36,7 @@ import torch
 from modalmesh.router.features import FeatureCache
 from modalmesh.router.fusion import MODALITIES, SOURCES, modality_gate_weights
 from modalmesh.router.tasks import TASKS, decide, load_task_folder
-from modalmesh.router.train import load_examples
+from modalmesh.router.train import input_widths, load_examples
 
 BASE = ("text", "image", "audio")
 SIDE = {"image": "image_text", "audio": "audio_text"}
@@ -60,6 +60,12 @@ def evaluate(task: str, data: str, report: str, weights: str = "", cache_dir: st
         examples, items = load_examples(task, manifest, cache, "eval")
     finally:
         cache.close()
+    expected = model.config.input_widths
+    wrong = {s: w for s, w in input_widths(examples, {}).items() if w != expected.get(s, w)}
+    if wrong:
+        source, width = next(iter(wrong.items()))
+        raise ValueError(f"{folder}: the weights expect {source} features {expected[source]} wide, the encoders give {width}: "
+                         f"evaluate with the models they were trained with (MODALMESH_<SERVICE>_MODEL)")
     labels = np.array([e.label for e in examples])
 
     def predict(subset, use_measured=True):
