@@ -72,10 +72,11 @@ def load_examples(task: str, manifest: str | Path, cache: FeatureCache, label: s
     records = [r for r in read_manifest(manifest) if r["task"] == task]
     if not records:
         raise ValueError(f"{manifest}: no records for task {task}")
-    examples, items = [], []
-    for record in progress(records, len(records), f"features {label:5s}"):
+    for record in records:  # every label checked before any feature is computed
         if record["label"] not in spec.labels:
             raise ValueError(f"{manifest}: {record['id']}: label {record['label']!r} is not one of {spec.labels}")
+    examples, items = [], []
+    for record in progress(records, len(records), f"features {label:5s}"):
         item = cache.get(record)
         truth, mask = regression_targets(task, record)
         tags = dict(item.evidence.get("image_tags", {}))
