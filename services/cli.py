@@ -309,7 +309,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from modalmesh.router.train import train
 
     summary = train(args.task, args.data, args.out, epochs=args.epochs, seed=args.seed, cache_dir=args.cache,
-                    feature_noise=args.feature_noise, members=args.members)
+                    feature_noise=args.feature_noise, members=args.members, finetune_top=args.finetune_top)
     print(json.dumps(summary, indent=2))
     print(f"wrote {args.out}/model.safetensors, config.json, MODEL_CARD.md")
     return 0
@@ -431,6 +431,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--members", type=int, default=None,
                        help="train an ensemble of this many models (seeds seed, seed+1, ...) whose answers are averaged "
                             "(default: the task's, 3 for screenshot_triage, 1 for medical_report)")
+    train.add_argument("--finetune-top", type=int, default=0, metavar="K",
+                       help="also train the text encoder's top K layers (BERT family; needs --members 1); the text model "
+                            "is written to OUT/text-model: serve it with MODALMESH_TEXT_MODEL=OUT/text-model")
     train.set_defaults(func=cmd_train)
 
     evaluation = commands.add_parser("eval", help="evaluate a task's model on a manifest; writes JSON, Markdown and plots")

@@ -417,3 +417,81 @@ def test_train_says_what_is_wrong_with_a_manifest_in_one_line(tmp_path, capsys):
     assert main(["train", "--task", "medical_report", "--data", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "w")]) == 2
     assert "No such file" in capsys.readouterr().err
     assert not (tmp_path / "w").exists()
+
+
+def test_untrained_fine_tuning_layers_give_the_text_services_features_again(triage_data):
+    """The top layers run on the frozen states below them must reproduce what the text
+    service sent (tokens; one pooled vector per screen paragraph), or fine-tuning would
+    start from other features than the ones served."""
+    from modalmesh.router.features import FeatureCache
+    from modalmesh.router.finetune import TEXT_SOURCES, TextTop, texts_of
+    from modalmesh.router.tasks import TASKS
+    from modalmesh.router.train import load_examples
+    from modalmesh.text.model import TextEncoder
+
+    manifest = triage_data / "train.jsonl"
+    cache = FeatureCache.for_task(TASKS["screenshot_triage"], manifest)
+    try:
+        examples, items = load_examples("screenshot_triage", manifest, cache, "test")
+    finally:
+        cache.close()
+    top = TextTop(TextEncoder(), 2)
+    top.prepare(examples, [texts_of(r, item) for r, item in zip(read_manifest(manifest), items)])
+    with torch.no_grad():
+        remade = top.eval()(examples)
+    compared = 0
+    for example, features in zip(examples, remade):
+        for source in TEXT_SOURCES:
+            if source in example.features:
+                assert features[source].shape == example.features[source].shape, source
+                assert torch.allclose(features[source], example.features[source].float(), atol=2e-3), source
+                compared += 1
+    assert compared >= len(examples)  # every example has at least one text source here
+    assert {s for e in examples for s in e.features} >= {"text", "image_text"}
+
+
+def test_fine_tuned_text_layers_are_trained_saved_and_served_with_their_text_model(medical_data, tmp_path, mesh, monkeypatch,
+                                                                                   capsys):
+    from tests.conftest import start_service
+    from modalmesh.client import RouterClient
+    from modalmesh.text.model import TextEncoder
+
+    weights = tmp_path / "medical_report"
+    base = ["train", "--task", "medical_report", "--data", str(medical_data / "train.jsonl"), "--out", str(weights),
+            "--epochs", "2", "--finetune-top", "1"]
+    assert main(base + ["--members", "2"]) == 2 and "--members 1" in capsys.readouterr().err  # one text model, one member
+    assert main(base) == 0  # medical_report's default is one model
+    config = json.loads((weights / "config.json").read_text())
+    served = TextEncoder(str(weights / "text-model"))
+    assert config["text_model"].split("@")[1] == served.version.split("@")[1]
+    base_model = TextEncoder()
+    # The top layer moved, the ones below did not.
+    top, bottom = (f"encoder.layer.{i}.output.dense.weight" for i in (5, 4))
+    state, original = served.model.state_dict(), base_model.model.state_dict()
+    assert torch.equal(state[bottom], original[bottom]) and not torch.equal(state[top], original[top])
+
+    # Evaluation needs the fine-tuned text model's features, and says so.
+    report = ["eval", "--task", "medical_report", "--data", str(medical_data / "val.jsonl"), "--report", str(tmp_path / "r"),
+              "--weights", str(weights)]
+    assert main(report) == 2 and "MODALMESH_TEXT_MODEL=" in capsys.readouterr().err
+    monkeypatch.setenv("MODALMESH_TEXT_MODEL", str(weights / "text-model"))
+    assert main(report) == 0
+    monkeypatch.delenv("MODALMESH_TEXT_MODEL")
+
+    record = read_manifest(medical_data / "test.jsonl")[0]
+    request = dict(text=record["text"], image=open(record["image"], "rb").read(), mode="full")
+    text_service = start_service("text", model=str(weights / "text-model"))
+    routers = [mesh.start_router(weights_dir=str(tmp_path)),  # the mesh's text service: the bundled MiniLM
+               mesh.start_router(weights_dir=str(tmp_path), text_target=text_service.address)]
+    try:
+        answers = []
+        for router in routers:
+            with RouterClient(router.address) as client:
+                answers.append(client.analyze("medical_report", **request))
+    finally:
+        for handle in (*routers, text_service):
+            handle.stop(grace=0.5)
+    wrong, right = answers
+    assert wrong["modalities"]["text"]["status"] == "failed" and "fine-tuned text model" in wrong["modalities"]["text"]["reason"]
+    assert wrong["modalities"]["image"]["status"] == "used"
+    assert right["modalities"]["text"]["status"] == "used" and right["modalities"]["image"]["status"] == "used"

@@ -55,6 +55,15 @@ def evaluate(task: str, data: str, report: str, weights: str = "", cache_dir: st
     task_model = load_task_folder(spec, folder)
     model = task_model.model.eval()
     manifest = Path(data)
+    if model.config.text_model:  # fine-tuned with its weights: the features must come from that text model
+        from modalmesh.common import models
+        from modalmesh.router.features import configured_models
+
+        configured = configured_models().get("text", "")
+        digest = models.weights_version(configured, "text").rpartition("@")[2] if configured else ""
+        if digest != model.config.text_model.rpartition("@")[2]:
+            raise ValueError(f"{folder}: the weights were trained with their own text model {model.config.text_model}: "
+                             f"evaluate with MODALMESH_TEXT_MODEL={folder / 'text-model'}")
     cache = FeatureCache.for_task(spec, manifest, cache_dir)
     try:
         examples, items = load_examples(task, manifest, cache, "eval")

@@ -72,6 +72,9 @@ class FusionConfig:
     # An ensemble of this many models trained alike from seeds seed, seed+1, ... (see
     # FusionEnsemble); then gate_offsets is a list, one dict per member.
     members: int = 1
+    # The text model these weights need, as '<name>@<digest>', when training fine-tuned its
+    # top layers (router/finetune.py); empty: any text model whose features fit input_widths.
+    text_model: str = ""
 
     def __post_init__(self) -> None:
         if self.regression_from != "fused" and self.regression_from not in SOURCES:

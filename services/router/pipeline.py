@@ -136,9 +136,11 @@ class Run:
     """The state of one request: calls in flight, features and evidence gathered."""
 
     def __init__(self, encoders: Encoders, pool: futures.ThreadPoolExecutor, deadline: Deadline,
-                 line_pool: futures.ThreadPoolExecutor | None = None, widths: dict[str, int] | None = None) -> None:
+                 line_pool: futures.ThreadPoolExecutor | None = None, widths: dict[str, int] | None = None,
+                 text_model: str = "") -> None:
         self.encoders = encoders
         self.widths = widths or {}  # per source, the feature width the task's weights were trained on
+        self.text_model = text_model  # the fine-tuned text model the weights need ('' = any that fits)
         self.pool = pool  # the fan-out: one piece of work per source
         # Text lines a piece of work embeds run on another pool (work waiting on its own pool
         # deadlocks once every worker is such a wait); without one, one after another.
@@ -165,7 +167,14 @@ class Run:
         if call.cancelled.is_set():
             raise futures.CancelledError()
         call.rpc = self.encoders.stubs[modality].EncodeOnce.future(request, timeout=max(0.001, self.deadline.remaining()))
-        return collect(iter(call.rpc.result().chunks))
+        result = collect(iter(call.rpc.result().chunks))
+        if modality == "text" and self.text_model:
+            served = result.pooled_message.model_version
+            if served.rpartition("@")[2] != self.text_model.rpartition("@")[2]:
+                raise errors.ServiceError(grpc.StatusCode.FAILED_PRECONDITION,
+                                          f"the text service runs {served}; the task's weights were trained with their own "
+                                          f"fine-tuned text model {self.text_model} (serve the text-model folder beside them)")
+        return result
 
     def encode_stream(self, call: Call, modality: str, chunks: Iterator[bytes], media_type: str, options=(), parameters=None):
         """An Encode stream fed while the input is still arriving."""
@@ -313,7 +322,7 @@ class Pipeline:
         deadline = Deadline.within(self._budget(request, grpc_remaining))
         timings["validate"] = _ms(started)
 
-        run = Run(self.encoders, self.pool, deadline, self.line_pool, task.model.config.input_widths)
+        run = Run(self.encoders, self.pool, deadline, self.line_pool, task.model.config.input_widths, task.model.config.text_model)
         if on_run is not None:
             on_run(run)  # lets the caller cancel everything if the client goes away
         full = request.options.mode == router_pb2.ROUTING_MODE_FULL

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from modalmesh.common.progress import progress
 from modalmesh.data.generate import read_manifest
 from modalmesh.router.features import FeatureCache
+from modalmesh.router.finetune import LEARNING_RATE as TEXT_TOP_LEARNING_RATE
 from modalmesh.router.fusion import FusionConfig, FusionEnsemble, FusionModel
 from modalmesh.router.tasks import NOT_FOR_CLINICAL_USE, TASKS
 
@@ -140,21 +141,28 @@ def deterministic_torch():
 def train(task: str, data: str, out: str, epochs: int = 40, seed: int = 0, cache_dir: str = "", batch_size: int = 32,
           learning_rate: float = 2e-3, weight_decay: float = 1e-2, modality_dropout_p: float = 0.35, regression_weight: float = 1.0,
           feature_noise: float | None = None, label_smoothing: float = 0.05, members: int | None = None,
-          **config_overrides) -> dict:
+          finetune_top: int = 0, **config_overrides) -> dict:
+    """`finetune_top` K > 0: the text encoder's top K layers train with the fusion model
+    (router/finetune.py) and are written to `text-model/` in `out`; one model, not an ensemble."""
     spec = TASKS[task]
+    members = spec.members if members is None else members
+    if finetune_top and members != 1:
+        raise ValueError(f"--finetune-top trains one model: add --members 1 (the task's default is {members})")
     feature_noise = spec.feature_noise if feature_noise is None else feature_noise
     started = time.perf_counter()
     manifest = Path(data)
     cache = FeatureCache.for_task(spec, manifest, cache_dir)
     try:
-        train_set, _ = load_examples(task, manifest, cache, "train")
+        train_set, train_items = load_examples(task, manifest, cache, "train")
         val_path = manifest.with_name("val.jsonl")
         val_set, val_items = load_examples(task, val_path, cache, "val") if val_path.is_file() and val_path != manifest else ([], [])
     finally:
         cache.close()
+    text_top = None
+    if finetune_top:
+        text_top = _prepare_text_top(task, finetune_top, [(manifest, train_set, train_items), (val_path, val_set, val_items)])
     feature_seconds = time.perf_counter() - started
 
-    members = spec.members if members is None else members
     config = FusionConfig(labels=spec.labels, regression=spec.regression, **{**spec.fusion, **config_overrides})
     config.input_widths = input_widths(train_set + val_set, config.input_widths)
     trained, histories, train_seconds = [], [], 0.0
@@ -162,7 +170,7 @@ def train(task: str, data: str, out: str, epochs: int = 40, seed: int = 0, cache
         member, member_history, seconds = train_member(
             config, spec, train_set, val_set, seed + index, epochs, batch_size, learning_rate, weight_decay,
             modality_dropout_p, regression_weight, feature_noise, label_smoothing,
-            label="training    " if members == 1 else f"member {index + 1}/{members}")
+            label="training    " if members == 1 else f"member {index + 1}/{members}", text_top=text_top)
         trained.append(member)
         histories.append(member_history)
         train_seconds += seconds
@@ -173,6 +181,10 @@ def train(task: str, data: str, out: str, epochs: int = 40, seed: int = 0, cache
         config = dataclasses.replace(config, members=members, gate_offsets=[m.config.gate_offsets for m in trained])
         model = FusionEnsemble(config, trained)
     model.eval()
+    out_dir = Path(out)
+    if text_top is not None:  # from here on, validation is read through the trained layers
+        val_set = text_top.apply(val_set)
+        config.text_model = text_top.save(out_dir / "text-model")
     with deterministic_torch():
         if val_set and spec.size_rule is not None:  # the heads' validation size error: the size rule's spread when nothing was measured
             config.measurement_sigma = measurement_sigma(model, spec, val_set)
@@ -181,7 +193,6 @@ def train(task: str, data: str, out: str, epochs: int = 40, seed: int = 0, cache
             config.routing = tune_routing_on(model, spec, val_set, val_items)
     temperatures = [float(m.log_temperature.exp()) for m in trained]
     temperature = temperatures[0] if members == 1 else temperatures
-    out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     from safetensors.torch import save_file
 
@@ -193,35 +204,59 @@ def train(task: str, data: str, out: str, epochs: int = 40, seed: int = 0, cache
         "temperature": temperature, "feature_noise": feature_noise, "gate_offsets": config.gate_offsets,
         "measurement_evidence": config.measurement_evidence, "feature_seconds": round(feature_seconds, 1),
         "train_seconds": round(train_seconds, 1), "val_accuracy": accuracy(model, spec, val_set) if val_set else None,
-        "routing": config.routing,
+        "routing": config.routing, "finetune_top": finetune_top, "text_model": config.text_model,
     }
     (out_dir / "train_log.json").write_text(json.dumps({**summary, "loss_per_epoch": histories[0] if members == 1 else histories}, indent=2))
     write_model_card(out_dir, spec, summary, data)
     return summary
 
 
+def _prepare_text_top(task: str, top_layers: int, splits):
+    """The text model the features came from, its top layers to train, and every text's
+    frozen states below them. `splits`: (manifest, examples, items) per split."""
+    from modalmesh.common.config import load_config
+    from modalmesh.router.features import configured_models
+    from modalmesh.router.finetune import TextTop, texts_of
+    from modalmesh.text.model import TextEncoder
+
+    encoder = TextEncoder(load_config("text", environ={}, model=configured_models().get("text")).model)
+    text_top = TextTop(encoder, top_layers)
+    for manifest, examples, items in splits:
+        if examples:
+            records = [r for r in read_manifest(manifest) if r["task"] == task]
+            text_top.prepare(examples, [texts_of(r, item) for r, item in zip(records, items)])
+    return text_top
+
+
 def train_member(config: FusionConfig, spec, train_set: list[Example], val_set: list[Example], seed: int, epochs: int,
                  batch_size: int, learning_rate: float, weight_decay: float, modality_dropout_p: float,
                  regression_weight: float, feature_noise: float, label_smoothing: float,
-                 label: str = "training    ") -> tuple[FusionModel, list[float], float]:
+                 label: str = "training    ", text_top=None) -> tuple[FusionModel, list[float], float]:
     """One fusion model: trained on `train_set`, then its gate offsets and temperature fitted
-    on `val_set` (when there is one). Returns the model, the loss per epoch and the seconds."""
+    on `val_set` (when there is one). Returns the model, the loss per epoch and the seconds.
+    `text_top` (router/finetune.py): the text encoder's top layers, trained along."""
     rng = random.Random(seed)
     with deterministic_torch():  # the same seed, data and thread count give the same bytes
         torch.manual_seed(seed)  # here, not earlier: loading the encoders (first run only) draws from the generator
         model = FusionModel(dataclasses.replace(config))
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=learning_rate, weight_decay=weight_decay)
+        groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
+        if text_top is not None:
+            groups.append({"params": list(text_top.parameters()), "lr": TEXT_TOP_LEARNING_RATE})
+        optimizer = torch.optim.AdamW(groups, lr=learning_rate, weight_decay=weight_decay)
         scale = torch.tensor([REGRESSION_SCALE.get(n, 1.0) for n in spec.regression]) if spec.regression else None
         history = []
         started = time.perf_counter()
         for epoch in progress(range(epochs), epochs, label):
             model.train()
+            if text_top is not None:
+                text_top.train()
             order = list(range(len(train_set)))
             rng.shuffle(order)
             total = 0.0
             for start in range(0, len(order), batch_size):
                 batch = [train_set[i] for i in order[start : start + batch_size]]
-                inputs = model.embed([add_noise(modality_dropout(e.features, rng, modality_dropout_p), feature_noise) for e in batch])
+                features = [e.features for e in batch] if text_top is None else text_top(batch)
+                inputs = model.embed([add_noise(modality_dropout(f, rng, modality_dropout_p), feature_noise) for f in features])
                 outputs = model(inputs)
                 labels = torch.tensor([e.label for e in batch])
                 loss = F.cross_entropy(outputs.logits, labels, label_smoothing=label_smoothing)
@@ -241,6 +276,8 @@ def train_member(config: FusionConfig, spec, train_set: list[Example], val_set: 
             history.append(total / len(train_set))
         seconds = time.perf_counter() - started
         model.eval()
+        if val_set and text_top is not None:
+            val_set = text_top.apply(val_set)
         if val_set:  # which sources to trust on new data, then how sure to be
             calibrate_gate(model, val_set)
             calibrate_temperature(model, val_set)
