@@ -125,32 +125,46 @@ def test_training_with_another_text_model_and_serving_it_with_the_wrong_one(medi
                                                                            tiny_bert_dir, capsys):
     from modalmesh.client import RouterClient
     from modalmesh.router.train import train
+    from modalmesh.text.model import model_version
 
     # Training extracts with the model the text service is configured to run (32 wide here,
     # not MiniLM's 384), in features of their own: the bundled model's cache is not reused.
     monkeypatch.setenv("MODALMESH_TEXT_MODEL", str(tiny_bert_dir))
     train("medical_report", str(medical_data / "train.jsonl"), str(tmp_path / "medical_report"), epochs=1)
-    config = json.loads((tmp_path / "medical_report" / "config.json").read_text())
+    config_path = tmp_path / "medical_report" / "config.json"
+    config = json.loads(config_path.read_text())
     assert config["input_widths"]["text"] == 32 and config["input_widths"]["image"] == 1280
+    assert config["text_model"] == model_version(str(tiny_bert_dir))  # the weights name the text model they need
     monkeypatch.delenv("MODALMESH_TEXT_MODEL")
-    # Evaluated with the bundled text model, the weights do not fit: said in one line, exit 2.
-    assert main(["eval", "--task", "medical_report", "--data", str(medical_data / "val.jsonl"),
-                 "--report", str(tmp_path / "report"), "--weights", str(tmp_path / "medical_report")]) == 2
-    assert "expect text features 32 wide, the encoders give 384" in capsys.readouterr().err
 
-    # The mesh's text service runs the bundled MiniLM: its features do not fit these weights.
-    # The text is reported failed and why; the scan still answers.
-    router = mesh.start_router(weights_dir=str(tmp_path))
-    try:
-        with RouterClient(router.address) as client:
-            record = read_manifest(medical_data / "test.jsonl")[0]
-            answer = client.analyze("medical_report", text=record["text"], image=open(record["image"], "rb").read(),
-                                    mode="full")
-    finally:
-        router.stop(grace=0.5)
+    eval_args = ["eval", "--task", "medical_report", "--data", str(medical_data / "val.jsonl"),
+                 "--report", str(tmp_path / "report"), "--weights", str(tmp_path / "medical_report")]
+    record = read_manifest(medical_data / "test.jsonl")[0]
+
+    def ask_the_mesh() -> dict:  # its text service runs the bundled MiniLM
+        router = mesh.start_router(weights_dir=str(tmp_path))
+        try:
+            with RouterClient(router.address) as client:
+                return client.analyze("medical_report", text=record["text"], image=open(record["image"], "rb").read(),
+                                      mode="full")
+        finally:
+            router.stop(grace=0.5)
+
+    # With the bundled text model, eval stops in one line (exit 2) and the router reports
+    # the text failed and why; the scan still answers.
+    assert main(eval_args) == 2
+    assert "trained with the text model tiny-bert" in capsys.readouterr().err
+    answer = ask_the_mesh()
     text = answer["modalities"]["text"]
-    assert text["status"] == "failed" and "384 wide" in text["reason"] and "expect 32" in text["reason"]
+    assert text["status"] == "failed" and "runs all-MiniLM-L6-v2@" in text["reason"] and "trained with tiny-bert" in text["reason"]
     assert answer["modalities"]["image"]["status"] == "used" and answer["label"] in ("normal", "nodule", "mass")
+
+    # Weights that do not name their text model (written before they did) are caught by width.
+    config_path.write_text(json.dumps({k: v for k, v in config.items() if k != "text_model"}))
+    assert main(eval_args) == 2
+    assert "expect text features 32 wide, the encoders give 384" in capsys.readouterr().err
+    text = ask_the_mesh()["modalities"]["text"]
+    assert text["status"] == "failed" and "384 wide" in text["reason"] and "expect 32" in text["reason"]
 
 
 def test_train_triage_with_screens_voices_and_transcripts(triage_data, tmp_path):
@@ -492,6 +506,6 @@ def test_fine_tuned_text_layers_are_trained_saved_and_served_with_their_text_mod
         for handle in (*routers, text_service):
             handle.stop(grace=0.5)
     wrong, right = answers
-    assert wrong["modalities"]["text"]["status"] == "failed" and "fine-tuned text model" in wrong["modalities"]["text"]["reason"]
+    assert wrong["modalities"]["text"]["status"] == "failed" and "trained with text-model@" in wrong["modalities"]["text"]["reason"]
     assert wrong["modalities"]["image"]["status"] == "used"
     assert right["modalities"]["text"]["status"] == "used" and right["modalities"]["image"]["status"] == "used"

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from modalmesh.router.features import FeatureCache
+from modalmesh.router.features import FeatureCache, text_model_version
 from modalmesh.router.fusion import MODALITIES, SOURCES, modality_gate_weights
 from modalmesh.router.tasks import TASKS, decide, load_task_folder
 from modalmesh.router.train import input_widths, load_examples
@@ -55,15 +55,12 @@ def evaluate(task: str, data: str, report: str, weights: str = "", cache_dir: st
     task_model = load_task_folder(spec, folder)
     model = task_model.model.eval()
     manifest = Path(data)
-    if model.config.text_model:  # fine-tuned with its weights: the features must come from that text model
-        from modalmesh.common import models
-        from modalmesh.router.features import configured_models
-
-        configured = configured_models().get("text", "")
-        digest = models.weights_version(configured, "text").rpartition("@")[2] if configured else ""
-        if digest != model.config.text_model.rpartition("@")[2]:
-            raise ValueError(f"{folder}: the weights were trained with their own text model {model.config.text_model}: "
-                             f"evaluate with MODALMESH_TEXT_MODEL={folder / 'text-model'}")
+    if model.config.text_model:  # the features must come from the text model the weights were trained with
+        running = text_model_version()
+        if running.rpartition("@")[2] != model.config.text_model.rpartition("@")[2]:
+            hint = folder / "text-model" if (folder / "text-model").is_dir() else "that model's folder"
+            raise ValueError(f"{folder}: the weights were trained with the text model {model.config.text_model}, "
+                             f"the encoders here run {running or 'a hub model'}: evaluate with MODALMESH_TEXT_MODEL={hint}")
     cache = FeatureCache.for_task(spec, manifest, cache_dir)
     try:
         examples, items = load_examples(task, manifest, cache, "eval")

@@ -45,6 +45,15 @@ def configured_models(environ=None) -> dict[str, str]:
             if environ.get(f"MODALMESH_{s.upper()}_MODEL")}
 
 
+def text_model_version() -> str:
+    """The version of the text model features are extracted with (the configured one, else
+    the bundled default): trained weights record it; '' for a hub id."""
+    from modalmesh.text.model import default_model_dir, model_version
+
+    source = configured_models().get("text") or default_model_dir()
+    return model_version(source) if Path(source).is_dir() else ""
+
+
 class LocalEncoders:
     def __init__(self, ocr: bool = True, transcript: bool = True) -> None:
         from modalmesh.audio.server import AudioService

@@ -72,8 +72,9 @@ class FusionConfig:
     # An ensemble of this many models trained alike from seeds seed, seed+1, ... (see
     # FusionEnsemble); then gate_offsets is a list, one dict per member.
     members: int = 1
-    # The text model these weights need, as '<name>@<digest>', when training fine-tuned its
-    # top layers (router/finetune.py); empty: any text model whose features fit input_widths.
+    # The text model these weights were trained with, '<name>@<digest>' (its own when
+    # training fine-tuned its top layers, router/finetune.py): the router and eval refuse
+    # text features from another. Empty (older weights): any whose features fit input_widths.
     text_model: str = ""
 
     def __post_init__(self) -> None:

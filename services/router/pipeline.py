@@ -140,7 +140,7 @@ class Run:
                  text_model: str = "") -> None:
         self.encoders = encoders
         self.widths = widths or {}  # per source, the feature width the task's weights were trained on
-        self.text_model = text_model  # the fine-tuned text model the weights need ('' = any that fits)
+        self.text_model = text_model  # the text model the weights were trained with ('' = any that fits)
         self.pool = pool  # the fan-out: one piece of work per source
         # Text lines a piece of work embeds run on another pool (work waiting on its own pool
         # deadlocks once every worker is such a wait); without one, one after another.
@@ -172,8 +172,8 @@ class Run:
             served = result.pooled_message.model_version
             if served.rpartition("@")[2] != self.text_model.rpartition("@")[2]:
                 raise errors.ServiceError(grpc.StatusCode.FAILED_PRECONDITION,
-                                          f"the text service runs {served}; the task's weights were trained with their own "
-                                          f"fine-tuned text model {self.text_model} (serve the text-model folder beside them)")
+                                          f"the text service runs {served}; the task's weights were trained with "
+                                          f"{self.text_model} (a fine-tuned one is the text-model folder beside them)")
         return result
 
     def encode_stream(self, call: Call, modality: str, chunks: Iterator[bytes], media_type: str, options=(), parameters=None):

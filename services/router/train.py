@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from modalmesh.common.progress import progress
 from modalmesh.data.generate import read_manifest
-from modalmesh.router.features import FeatureCache
+from modalmesh.router.features import FeatureCache, text_model_version
 from modalmesh.router.finetune import LEARNING_RATE as TEXT_TOP_LEARNING_RATE
 from modalmesh.router.fusion import FusionConfig, FusionEnsemble, FusionModel
 from modalmesh.router.tasks import NOT_FOR_CLINICAL_USE, TASKS
@@ -185,6 +185,8 @@ def train(task: str, data: str, out: str, epochs: int = 40, seed: int = 0, cache
     if text_top is not None:  # from here on, validation is read through the trained layers
         val_set = text_top.apply(val_set)
         config.text_model = text_top.save(out_dir / "text-model")
+    else:  # the weights fit this text model's features only: the router and eval check it
+        config.text_model = text_model_version()
     with deterministic_torch():
         if val_set and spec.size_rule is not None:  # the heads' validation size error: the size rule's spread when nothing was measured
             config.measurement_sigma = measurement_sigma(model, spec, val_set)

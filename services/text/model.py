@@ -39,6 +39,13 @@ def _sentence_transformers_limit(source: str) -> int | None:
     return None
 
 
+def model_version(source: str) -> str:
+    """'<name>@<digest of its safetensors>' of a local text model directory (the bundled
+    default is named all-MiniLM-L6-v2): what the service reports, and what trained weights record."""
+    name = "all-MiniLM-L6-v2" if source == default_model_dir() else source.rstrip("/").split("/")[-1]
+    return models.weights_version(source, name)
+
+
 @dataclass
 class TextFeatures:
     tokens: torch.Tensor  # [n_tokens, width], float32, special tokens included
@@ -59,16 +66,11 @@ class TextEncoder:
         positions = int(getattr(self.model.config, "max_position_embeddings", 512))
         tokenizer_limit = int(getattr(self.tokenizer, "model_max_length", positions) or positions)
         self.max_tokens = min(positions, tokenizer_limit, _sentence_transformers_limit(source) or positions)
-        name = "all-MiniLM-L6-v2" if not self.source_configured(source) else source.rstrip("/").split("/")[-1]
-        self.version = models.weights_version(source, name) if is_local else source
+        self.version = model_version(source) if is_local else source
         if quantize:  # INT8 dynamic quantization of every Linear layer (the bulk of BERT's compute)
             self.model = torch.ao.quantization.quantize_dynamic(self.model, {torch.nn.Linear}, dtype=torch.qint8)
             self.version += "+int8"
         log.info("text model %s: width %d, max %d tokens", self.version, self.width, self.max_tokens)
-
-    @staticmethod
-    def source_configured(source: str) -> bool:
-        return source != default_model_dir()
 
     @torch.inference_mode()
     def encode_batch(self, texts: Sequence[str]) -> list[TextFeatures]:
