@@ -74,8 +74,12 @@ class Probe(torch.nn.Module):
 
 
 def fit(probe: Probe, hidden, mask, labels, epochs: int) -> Probe:
-    """A frozen-feature probe's head, trained the same way for every variant and fold."""
-    optimizer = torch.optim.AdamW([p for n, p in probe.named_parameters() if not n.startswith("top.")], lr=1e-2, weight_decay=0.01)
+    """A probe trained the same way for every variant and fold: the head at 1e-2, the
+    encoder's top layers it fine-tunes (if any) at 3e-5."""
+    head = [p for n, p in probe.named_parameters() if not n.startswith("top.")]
+    top = [p for layer in probe.top for p in layer.parameters()]
+    groups = [{"params": head, "lr": 1e-2}] + ([{"params": top, "lr": 3e-5}] if top else [])
+    optimizer = torch.optim.AdamW(groups, weight_decay=0.01)
     for _ in range(epochs):
         probe.train()
         order = torch.randperm(len(labels))
@@ -140,23 +144,8 @@ def main() -> None:
         start_layer = depth - k
         cached = {split: hidden_states(sets[split][0], start_layer) for split in sets}
         probe = Probe(model.config.hidden_size, [copy.deepcopy(model.encoder.layer[i]) for i in range(start_layer, depth)], pooling)
-        encoder_params = [p for layer in probe.top for p in layer.parameters()]
-        head_params = [p for n, p in probe.named_parameters() if not n.startswith("top.")]
-        groups = [{"params": head_params, "lr": 1e-2}] + ([{"params": encoder_params, "lr": 3e-5}] if encoder_params else [])
-        optimizer = torch.optim.AdamW(groups, weight_decay=0.01)
-        hidden, mask = cached["train"]
-        labels = sets["train"][1]
         started = time.perf_counter()
-        for _ in range(args.epochs):
-            probe.train()
-            order = torch.randperm(len(labels))
-            for i in range(0, len(order), 64):
-                index = order[i:i + 64]
-                loss = F.cross_entropy(probe(hidden[index], mask[index]), labels[index])
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-        probe.eval()
+        fit(probe, *cached["train"], sets["train"][1], args.epochs)
         row = {"train_seconds": round(time.perf_counter() - started, 1)}
         for split in ("val", "test"):
             with torch.no_grad():
