@@ -258,6 +258,7 @@ def cmd_tasks(args: argparse.Namespace) -> int:
         print(f"{task.name} ({task.model_version}): {task.description}")
         print(f"  labels: {', '.join(task.labels)}; inputs: {names(task.accepted_modalities)}")
         print(f"  routing: tau {task.tau:.2f}, gamma {task.gamma:.2f}, side outputs with the features: {names(task.eager_side_outputs)}")
+        print(f"  text model: {task.text_model or 'any whose features fit'}")
     return 0
 
 

@@ -59,5 +59,6 @@ def test_tasks_command_lists_labels_versions_and_routing(mesh, capsys):
     assert "screenshot_triage (screenshot_triage@" in out and "medical_report (medical_report@" in out
     assert "labels: payment, login, crash, shipping, refund, other; inputs: text+image+audio" in out
     assert "side outputs with the features: image" in out and "side outputs with the features: none" in out
+    assert out.count("text model: all-MiniLM-L6-v2@") == 2
     assert main(["tasks", "--router", "127.0.0.1:1", "--timeout", "2"]) == 1
     assert "modalmesh tasks: UNAVAILABLE" in capsys.readouterr().err

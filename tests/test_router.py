@@ -52,6 +52,10 @@ def test_list_tasks(router):
         assert (info.tau, info.gamma) == pytest.approx((routing["tau"], routing["gamma"]))
         assert [router_pb2.Modality.Name(m) for m in info.eager_side_outputs] == [f"MODALITY_{m.upper()}" for m in routing["eager"]]
     assert list(tasks["screenshot_triage"].eager_side_outputs) == [router_pb2.MODALITY_IMAGE]
+    # Both were trained on the bundled text model's features, and say so.
+    from modalmesh.text.model import default_model_dir, model_version
+
+    assert {t.text_model for t in tasks.values()} == {model_version(default_model_dir())}
 
 
 @pytest.mark.parametrize("subset", [s for n in (1, 2, 3) for s in itertools.combinations(("text", "image", "audio"), n)])

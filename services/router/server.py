@@ -171,6 +171,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                 tau=task.spec.tau,
                 gamma=task.spec.gamma,
                 eager_side_outputs=[MODALITY_ENUM[m] for m in task.spec.eager],
+                text_model=task.model.config.text_model,
             ))
         return router_pb2.ListTasksResponse(tasks=tasks)
 
