@@ -50,11 +50,14 @@ class TextTop(nn.Module):
 
     # -- the frozen part, once -----------------------------------------------------
     @torch.no_grad()
-    def prepare(self, examples, texts: list[dict[str, list[str]]], batch: int = 64) -> None:
+    def prepare(self, examples, texts: list[dict[str, list[str]]], batch: int = 64, label: str = "") -> None:
         """`texts[i]`: example i's strings per text source (what its cached features came from)."""
+        from modalmesh.common.progress import progress
+
         flat = [(id(e), s, t) for e, by_source in zip(examples, texts) for s in TEXT_SOURCES
                 if s in e.features for t in by_source.get(s, [])]
-        for start in range(0, len(flat), batch):
+        starts = range(0, len(flat), batch)
+        for start in progress(starts, len(starts), f"text below the top {self.k} layer(s) {label}".rstrip()):
             chunk = flat[start:start + batch]
             tokens = self.encoder.tokenizer([t for _, _, t in chunk], padding=True, truncation=True,
                                             max_length=self.encoder.max_tokens, return_tensors="pt")

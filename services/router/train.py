@@ -226,7 +226,7 @@ def _prepare_text_top(task: str, top_layers: int, splits):
     for manifest, examples, items in splits:
         if examples:
             records = [r for r in read_manifest(manifest) if r["task"] == task]
-            text_top.prepare(examples, [texts_of(r, item) for r, item in zip(records, items)])
+            text_top.prepare(examples, [texts_of(r, item) for r, item in zip(records, items)], label=manifest.stem)
     return text_top
 
 
