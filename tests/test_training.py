@@ -509,3 +509,14 @@ def test_fine_tuned_text_layers_are_trained_saved_and_served_with_their_text_mod
     assert wrong["modalities"]["text"]["status"] == "failed" and "trained with text-model@" in wrong["modalities"]["text"]["reason"]
     assert wrong["modalities"]["image"]["status"] == "used"
     assert right["modalities"]["text"]["status"] == "used" and right["modalities"]["image"]["status"] == "used"
+
+
+def test_fine_tuning_refuses_more_layers_than_the_text_model_has():
+    from modalmesh.router.finetune import TextTop
+    from modalmesh.text.model import TextEncoder
+
+    encoder = TextEncoder()
+    for k in (0, 7):
+        with pytest.raises(ValueError, match="between 1 and the text model's 6 layers"):
+            TextTop(encoder, k)
+    assert len(TextTop(encoder, 6).layers) == 6
