@@ -216,13 +216,11 @@ def train(task: str, data: str, out: str, epochs: int = 40, seed: int = 0, cache
 def _prepare_text_top(task: str, top_layers: int, splits):
     """The text model the features came from, its top layers to train, and every text's
     frozen states below them. `splits`: (manifest, examples, items) per split."""
-    from modalmesh.common.config import load_config
     from modalmesh.router.features import configured_models
     from modalmesh.router.finetune import TextTop, texts_of
     from modalmesh.text.model import TextEncoder
 
-    encoder = TextEncoder(load_config("text", environ={}, model=configured_models().get("text")).model)
-    text_top = TextTop(encoder, top_layers)
+    text_top = TextTop(TextEncoder(configured_models().get("text", "")), top_layers)
     for manifest, examples, items in splits:
         if examples:
             records = [r for r in read_manifest(manifest) if r["task"] == task]
