@@ -520,3 +520,12 @@ def test_fine_tuning_refuses_more_layers_than_the_text_model_has():
         with pytest.raises(ValueError, match="between 1 and the text model's 6 layers"):
             TextTop(encoder, k)
     assert len(TextTop(encoder, 6).layers) == 6
+
+
+def test_a_model_version_is_the_same_weights_by_digest_whatever_the_folder_or_int8():
+    from modalmesh.common.models import same_weights
+
+    assert same_weights("all-MiniLM-L6-v2@53aa51172d14", "copy-of-minilm@53aa51172d14")
+    assert same_weights("all-MiniLM-L6-v2@53aa51172d14+int8", "all-MiniLM-L6-v2@53aa51172d14")  # served INT8
+    assert not same_weights("text-model@4267dd25c6f0", "all-MiniLM-L6-v2@53aa51172d14")
+    assert not same_weights("", "") and not same_weights("hub/model", "all-MiniLM-L6-v2@53aa51172d14")

@@ -46,3 +46,13 @@ def weights_version(model_dir: str | Path, name: str) -> str:
     root = Path(model_dir)
     files = sorted(root.glob("*.safetensors")) if root.is_dir() else []
     return f"{name}@{file_digest(*files)}" if files else f"{name}@unversioned"
+
+
+def same_weights(version_a: str, version_b: str) -> bool:
+    """Whether two model versions ('<name>@<digest>[+int8]') come from the same weights: the
+    digest decides, not the folder's name; INT8 serving of those weights is the operator's
+    choice and counts as the same."""
+    def digest(version: str) -> str:
+        return version.rpartition("@")[2].split("+")[0]
+
+    return bool(digest(version_a)) and digest(version_a) == digest(version_b)

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from modalmesh.common import models
 from modalmesh.router.features import FeatureCache, text_model_version
 from modalmesh.router.fusion import MODALITIES, SOURCES, modality_gate_weights
 from modalmesh.router.tasks import TASKS, decide, load_task_folder
@@ -57,7 +58,7 @@ def evaluate(task: str, data: str, report: str, weights: str = "", cache_dir: st
     manifest = Path(data)
     if model.config.text_model:  # the features must come from the text model the weights were trained with
         running = text_model_version()
-        if running.rpartition("@")[2] != model.config.text_model.rpartition("@")[2]:
+        if not models.same_weights(running, model.config.text_model):
             hint = folder / "text-model" if (folder / "text-model").is_dir() else "that model's folder"
             raise ValueError(f"{folder}: the weights were trained with the text model {model.config.text_model}, "
                              f"the encoders here run {running or 'a hub model'}: evaluate with MODALMESH_TEXT_MODEL={hint}")

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from opentelemetry import context as otel_context
 
-from modalmesh.common import errors, telemetry
+from modalmesh.common import errors, models, telemetry
 from modalmesh.common.client import collect, encode_requests
 from modalmesh.common.layout import paragraphs
 from modalmesh.router.fusion import MODALITIES, SOURCE_MODALITY, attention_mass, modality_gate_weights, normalised_entropy
@@ -170,7 +170,7 @@ class Run:
         result = collect(iter(call.rpc.result().chunks))
         if modality == "text" and self.text_model:
             served = result.pooled_message.model_version
-            if served.rpartition("@")[2] != self.text_model.rpartition("@")[2]:
+            if not models.same_weights(served, self.text_model):
                 raise errors.ServiceError(grpc.StatusCode.FAILED_PRECONDITION,
                                           f"the text service runs {served}; the task's weights were trained with "
                                           f"{self.text_model} (a fine-tuned one is the text-model folder beside them)")
