@@ -48,6 +48,11 @@ def reading_order(spans: Iterable[tuple[str, Box]]) -> list[list[tuple[str, Box]
     return [sorted(row, key=lambda span: span[1][0]) for row in rows]
 
 
+# The most screen paragraphs a task reads (each becomes one text vector): the router, the
+# feature cache and text-layer fine-tuning all cut at this.
+MAX_SCREEN_LINES = 32
+
+
 def paragraphs(spans: Iterable[tuple[str, Box]], word_gap: float = 2.0, line_gap: float = 0.5) -> list[str]:
     """The screen's text as paragraphs, in reading order. `spans`: (text, box) pairs;
     spans without a box (empty) are kept as paragraphs of their own, at the end."""

@@ -22,7 +22,7 @@ import torch
 
 from modalmesh.common.client import collect
 from modalmesh.common.config import load_config
-from modalmesh.common.layout import paragraphs
+from modalmesh.common.layout import MAX_SCREEN_LINES, paragraphs
 from modalmesh.common.encoder import EncodeRequest
 
 FEATURE_VERSION = "1"
@@ -106,7 +106,7 @@ class LocalEncoders:
             features["image"] = torch.from_numpy(np.array(result.sequence, dtype=np.float32))
             costs["image"] = elapsed - ocr_ms
             evidence["image_tags"] = dict(result.side.tags)
-            lines = paragraphs((s.text, tuple(s.box)) for s in result.side.text_spans)[:32]
+            lines = paragraphs((s.text, tuple(s.box)) for s in result.side.text_spans)[:MAX_SCREEN_LINES]
             evidence["screen_lines"] = lines
             if "image" in side:
                 started = time.perf_counter()

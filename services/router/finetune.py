@@ -29,9 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from modalmesh.common.layout import MAX_SCREEN_LINES
+
 TEXT_SOURCES = ("text", "audio_text", "image_text")
 LEARNING_RATE = 3e-5  # the encoder's layers move slowly; the fusion model keeps its own rate
-MAX_SCREEN_LINES = 32  # as the router and the feature cache (pipeline._side_features, features.LocalEncoders)
 
 
 class TextTop(nn.Module):

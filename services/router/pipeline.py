@@ -35,7 +35,7 @@ from opentelemetry import context as otel_context
 
 from modalmesh.common import errors, models, telemetry
 from modalmesh.common.client import collect, encode_requests
-from modalmesh.common.layout import paragraphs
+from modalmesh.common.layout import MAX_SCREEN_LINES, paragraphs
 from modalmesh.router.fusion import MODALITIES, SOURCE_MODALITY, attention_mass, modality_gate_weights, normalised_entropy
 from modalmesh.router.tasks import Answer, Evidence, TaskModel, decide, key_screen_line
 from modalmesh.v1 import encoder_pb2, encoder_pb2_grpc, router_pb2, speech_pb2, speech_pb2_grpc
@@ -459,7 +459,7 @@ class Pipeline:
 
     def _side_features(self, run: Run, call: Call, modality: str, side: encoder_pb2.SideOutputs) -> dict[str, torch.Tensor]:
         if modality == "image" and side.text_spans:
-            lines = paragraphs((span.text, tuple(span.box)) for span in side.text_spans)[:32]
+            lines = paragraphs((span.text, tuple(span.box)) for span in side.text_spans)[:MAX_SCREEN_LINES]
             run.evidence.screen_lines = lines
             if lines:
                 return {"image_text": run.embed_texts(call, lines)}
