@@ -180,3 +180,56 @@ def test_gate_calibration_turns_down_a_source_that_misleads_on_new_data():
     offsets = calibrate_gate(model, val)
     assert offsets["audio_text"] < offsets["text"] - 1.0
     assert model.config.gate_offsets == offsets and accuracy() > before
+
+
+def _ensemble(**overrides):
+    """Three members with different random weights (and temperatures, gate offsets, priors)."""
+    from modalmesh.router.fusion import build_model
+
+    config = FusionConfig(labels=("a", "b", "c"), regression=("size",), input_widths=WIDTHS, width=16, heads=2, dropout=0.0,
+                          members=3, gate_offsets=[{"text": 0.0}, {"image": -0.5}, {"audio_text": 0.7}], **overrides)
+    torch.manual_seed(1)
+    ensemble = build_model(config).eval()
+    with torch.no_grad():
+        for i, member in enumerate(ensemble.members):
+            member.log_temperature.fill_(0.2 * i - 0.1)
+            member.gate.prior.copy_(torch.randn(len(SOURCES)))
+            for layer in member.layers:
+                layer.attention.pair_bias.add_(torch.randn(3, 3))
+    return ensemble
+
+
+@pytest.mark.parametrize("overrides", [{}, {"pooling": "attention", "regression_hidden": 8},
+                                       {"regression_from": "image"}])
+def test_the_stacked_ensemble_gives_the_ensembles_numbers(overrides):
+    """The router runs an ensemble as one batched model (StackedEnsemble): same outputs,
+    same predicted outstanding weight, on a padded batch of different subsets."""
+    ensemble = _ensemble(**overrides)
+    stacked = ensemble.stacked()
+    batch = [evidence(["text"], 1), evidence(["text", "image", "audio", "audio_text"], 2), evidence(["image_text", "image"], 3)]
+    outstanding = torch.tensor([[s in ("image", "audio") for s in SOURCES]] * 3)
+    with torch.no_grad():
+        inputs, stacked_inputs = ensemble.embed(batch), stacked.embed(batch)
+        expected, got = ensemble(inputs), stacked(stacked_inputs)
+        expected_weight = ensemble.outstanding_weight(inputs, expected, outstanding)
+        got_weight = stacked.outstanding_weight(stacked_inputs, got, outstanding)
+    assert got.padding.any()  # the first item is padded
+    for name in ("logits", "probabilities", "regression", "gate_weights", "gate_scores", "attention"):
+        torch.testing.assert_close(getattr(got, name), getattr(expected, name), atol=2e-6, rtol=1e-5, msg=name)
+    torch.testing.assert_close(got_weight, expected_weight, atol=2e-6, rtol=1e-5)
+    assert not torch.allclose(expected.members[0].probabilities, expected.members[1].probabilities)  # members differ
+
+
+@pytest.mark.parametrize("stacked", [False, True])
+def test_not_keeping_attention_gives_the_same_answer(stacked):
+    """attention=False (the router's path unless asked to explain) runs a fused kernel
+    and leaves outputs.attention None; every other output is the same, padding included."""
+    model = _ensemble().stacked() if stacked else make_model()
+    batch = [evidence(["text"], 4), evidence(["text", "image", "audio"], 5)]
+    with torch.no_grad():
+        inputs = model.embed(batch)
+        kept, fused = model(inputs), model(inputs, attention=False)
+    assert kept.attention is not None and fused.attention is None
+    for name in ("logits", "probabilities", "regression", "gate_weights", "gate_scores"):
+        torch.testing.assert_close(getattr(fused, name), getattr(kept, name), atol=2e-6, rtol=1e-5, msg=name)
+        assert torch.isfinite(getattr(fused, name)).all()

@@ -210,7 +210,7 @@ def test_the_key_screen_line_is_the_one_the_answer_comes_from():
 def test_an_ensemble_is_its_members_trained_alone_and_answers_with_their_mean(triage_data, tmp_path):
     from safetensors.torch import load_file
 
-    from modalmesh.router.fusion import FusionEnsemble
+    from modalmesh.router.fusion import StackedEnsemble
     from modalmesh.router.tasks import TASKS, decide, load_task_folder
     from modalmesh.router.train import train
 
@@ -226,7 +226,7 @@ def test_an_ensemble_is_its_members_trained_alone_and_answers_with_their_mean(tr
 
     spec = TASKS["screenshot_triage"]
     ensemble = load_task_folder(spec, tmp_path / "pair").model
-    assert isinstance(ensemble, FusionEnsemble) and len(ensemble.members) == 2
+    assert isinstance(ensemble, StackedEnsemble) and len(ensemble.members) == 2  # loaded as one batched model
     record = read_manifest(triage_data / "val.jsonl")[0]
     features = {"text": torch.randn(6, 384), "image": torch.randn(49, 1280)}
     _, together, _, weight = decide(ensemble, spec, features, {}, outstanding=("image_text",))
@@ -379,6 +379,21 @@ def test_feature_noise_is_relative_to_each_row_and_off_at_zero():
         assert noisy[source].shape == clean.shape and torch.allclose(change, torch.full_like(change, 0.5), atol=0.1)
 
 
+def test_feature_noise_does_not_depend_on_the_order_of_sources():
+    """Fresh features come in the encoders' order, cached ones by name: the same noise."""
+    import torch
+
+    from modalmesh.router.train import add_noise
+
+    features = {"text": torch.randn(5, 384), "image": torch.randn(49, 1280), "audio": torch.randn(7, 80)}
+    torch.manual_seed(3)
+    forward = add_noise(features, 0.5)
+    torch.manual_seed(3)
+    backward = add_noise(dict(reversed(features.items())), 0.5)
+    assert list(forward) == list(backward) == sorted(features)
+    assert all(torch.equal(forward[s], backward[s]) for s in features)
+
+
 def test_fusion_config_refuses_unknown_choices():
     from modalmesh.router.fusion import FusionConfig
 
@@ -388,11 +403,13 @@ def test_fusion_config_refuses_unknown_choices():
         FusionConfig(labels=("a", "b"), pooling="max")
 
 
-def test_training_is_deterministic_by_seed(medical_data, tmp_path):
+@pytest.mark.parametrize("task", ["medical_report", "screenshot_triage"])  # triage: with feature noise
+def test_training_is_deterministic_by_seed(task, request, tmp_path):
     from modalmesh.router.train import train
 
+    data = request.getfixturevalue("medical_data" if task == "medical_report" else "triage_data")
     for name in ("a", "b"):
-        train("medical_report", str(medical_data / "train.jsonl"), str(tmp_path / name), epochs=2, seed=4)
+        train(task, str(data / "train.jsonl"), str(tmp_path / name), epochs=2, seed=4, members=1, cache_dir=str(tmp_path / "features"))
     # "a" extracted the features, "b" read them from the cache: the same bytes either way.
     first, second = ((tmp_path / n / "model.safetensors").read_bytes() for n in ("a", "b"))
     assert first == second

@@ -84,7 +84,7 @@ def evaluate(task: str, data: str, report: str, weights: str = "", cache_dir: st
         started = time.perf_counter()
         for i in keep:
             tags = examples[i].tags if "image" in subset else {}  # no scan, no measurement from it
-            out, finished_p, finished_r, _ = decide(model, spec, chosen[i], tags, use_measured=use_measured)
+            out, finished_p, finished_r, _ = decide(model, spec, chosen[i], tags, use_measured=use_measured, attention=False)
             probabilities[i] = finished_p.numpy()
             regression[i] = finished_r.numpy()
             gate[i] = modality_gate_weights(out.gate_weights)[0].numpy()
@@ -185,7 +185,7 @@ def routing_cases(model, spec, examples, items, fuse_ms, eager=None) -> list[Rou
     def decide_on(example, sources, outstanding):
         features = {s: f for s, f in example.features.items() if s in sources}
         tags = example.tags if "image" in sources else {}  # no scan, no measurement from it
-        _, probabilities, _, weight = decide(model, spec, features, tags, outstanding)
+        _, probabilities, _, weight = decide(model, spec, features, tags, outstanding, attention=False)
         return float(probabilities.max()), int(probabilities.argmax()) == example.label, weight
 
     cases = []

@@ -141,6 +141,7 @@ class Run:
         self.encoders = encoders
         self.widths = widths or {}  # per source, the feature width the task's weights were trained on
         self.text_model = text_model  # the text model the weights were trained with ('' = any that fits)
+        self.explain = False  # keep the fusion's attention weights (the answer explains itself)
         self.pool = pool  # the fan-out: one piece of work per source
         # Text lines a piece of work embeds run on another pool (work waiting on its own pool
         # deadlocks once every worker is such a wait); without one, one after another.
@@ -323,6 +324,7 @@ class Pipeline:
         timings["validate"] = _ms(started)
 
         run = Run(self.encoders, self.pool, deadline, self.line_pool, task.model.config.input_widths, task.model.config.text_model)
+        run.explain = request.options.explain
         if on_run is not None:
             on_run(run)  # lets the caller cancel everything if the client goes away
         full = request.options.mode == router_pb2.ROUTING_MODE_FULL
@@ -517,7 +519,7 @@ class Pipeline:
     def decide(self, task: TaskModel, run: Run, outstanding) -> Decision:
         features, tags = dict(run.features), dict(run.evidence.image_tags)
         outputs, probabilities, regression, weight = self.run_model(
-            lambda: decide(task.model, task.spec, features, tags, outstanding))
+            lambda: decide(task.model, task.spec, features, tags, outstanding, attention=run.explain))
         best = int(probabilities.argmax())
         answer = Answer(
             label=task.spec.labels[best],

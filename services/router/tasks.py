@@ -24,7 +24,7 @@ from typing import Callable
 import torch
 
 from modalmesh.common import models
-from modalmesh.router.fusion import FusionConfig, FusionEnsemble, FusionModel, build_model
+from modalmesh.router.fusion import FusionConfig, FusionEnsemble, FusionModel, StackedEnsemble, build_model
 
 log = logging.getLogger(__name__)
 
@@ -174,18 +174,18 @@ TRIAGE_REPLY = {
 ERROR_WORDS = re.compile(r"error|fail|declin|denied|invalid|unable|cannot|can't|crash|stopped|expired|timeout|timed out|not found|code \d+", re.I)
 
 
-def key_screen_line(model: FusionModel | FusionEnsemble, screen_text: torch.Tensor, label: int) -> int | None:
+def key_screen_line(model: FusionModel | FusionEnsemble | StackedEnsemble, screen_text: torch.Tensor, label: int) -> int | None:
     """Which OCR paragraph (a row of the screen-text features) alone most supports `label`:
     every paragraph is classified on its own, in one batch (by the first member of an
     ensemble), and ranked by the label's log-odds (logits, before the temperature: the
     calibrated probabilities of several lines saturate at 1); None when no line favours
     the label over the rest. This is the screen's error or status message, whatever its
     wording, where a list of error words finds only some (`modalmesh eval` counts both)."""
-    member = model.members[0] if isinstance(model, FusionEnsemble) else model
+    member = model.members[0] if isinstance(model, (FusionEnsemble, StackedEnsemble)) else model
     if screen_text.shape[0] == 0:
         return None
     with torch.inference_mode():
-        logits = member(member.embed([{"image_text": row[None]} for row in screen_text])).logits
+        logits = member(member.embed([{"image_text": row[None]} for row in screen_text]), attention=False).logits
     others = torch.cat([logits[:, :label], logits[:, label + 1:]], dim=1)
     log_odds = logits[:, label] - torch.logsumexp(others, dim=1)
     best = int(log_odds.argmax())
@@ -309,22 +309,24 @@ TASKS: dict[str, TaskSpec] = {
 @dataclass
 class TaskModel:
     spec: TaskSpec
-    model: FusionModel | FusionEnsemble
+    model: FusionModel | StackedEnsemble  # an ensemble is loaded stacked (one batched model; the same numbers)
     version: str
     trained: bool
 
 
-def decide(model: FusionModel | FusionEnsemble, spec: TaskSpec, features: dict[str, torch.Tensor], tags: dict[str, str],
-           outstanding=(), use_measured: bool = True) -> tuple[object, torch.Tensor, torch.Tensor, float]:
+def decide(model: FusionModel | FusionEnsemble | StackedEnsemble, spec: TaskSpec, features: dict[str, torch.Tensor],
+           tags: dict[str, str], outstanding=(), use_measured: bool = True,
+           attention: bool = True) -> tuple[object, torch.Tensor, torch.Tensor, float]:
     """One decision from the evidence in hand: the fusion model's outputs, what the task
     reports (probabilities [L], regression [R]; see TaskSpec.finish) and the gate's
     predicted weight of the `outstanding` sources. The router and the routing
-    evaluation both decide through here."""
+    evaluation both decide through here. `attention=False` skips keeping the attention
+    weights (outputs.attention is None; only an explanation reads them)."""
     from modalmesh.router.fusion import SOURCES
 
     with torch.inference_mode():
         inputs = model.embed([features])
-        outputs = model(inputs)
+        outputs = model(inputs, attention=attention)
         weight = 0.0
         if outstanding:
             mask = torch.tensor([[s in outstanding for s in SOURCES]])
@@ -349,6 +351,8 @@ def load_task_folder(spec: TaskSpec, folder: Path | None) -> TaskModel:
             raise ValueError(f"{weights}: labels {config.labels} do not match task {spec.name} {spec.labels}")
         model = build_model(config)
         model.load_state_dict(load_file(str(weights)))
+        if isinstance(model, FusionEnsemble):
+            model = model.stacked()
         if config.routing:  # thresholds tuned on the validation split override the task's defaults
             spec = dataclasses.replace(spec, tau=float(config.routing.get("tau", spec.tau)), gamma=float(config.routing.get("gamma", spec.gamma)),
                                        eager=tuple(config.routing.get("eager", spec.eager)))

@@ -119,10 +119,14 @@ def modality_dropout(features: dict[str, torch.Tensor], rng: random.Random, p: f
 
 
 def add_noise(features: dict[str, torch.Tensor], scale: float) -> dict[str, torch.Tensor]:
-    """Gaussian noise relative to each row's RMS: unseen wordings land near seen ones, not on them."""
+    """Gaussian noise relative to each row's RMS: unseen wordings land near seen ones, not on them.
+    Drawn source by source in name order, whatever order the dict has: features fresh from
+    the encoders and the same features read back from the cache (safetensors: by name) must
+    get the same noise, or a first training run differs from every later one."""
     if scale <= 0:
         return features
-    return {s: f + scale * f.pow(2).mean(dim=-1, keepdim=True).sqrt() * torch.randn_like(f) for s, f in features.items()}
+    return {s: features[s] + scale * features[s].pow(2).mean(dim=-1, keepdim=True).sqrt() * torch.randn_like(features[s])
+            for s in sorted(features)}
 
 
 @contextlib.contextmanager
