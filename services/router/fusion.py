@@ -341,7 +341,8 @@ class StackedEnsemble(nn.Module):
     on 2 threads, 8.4 instead of 12.4 on one). Built from
     a loaded FusionEnsemble (`FusionEnsemble.stacked`); no training, no dropout. Its inputs
     and outputs are a FusionModel's: FusionInputs with tokens [M, B, T, d] (each member's own
-    projection), FusionOutputs with the members' means."""
+    projection), FusionOutputs with the members' means. The stacked weights are plain
+    tensors (CPU inference), not parameters: train and save the FusionEnsemble."""
 
     def __init__(self, ensemble: FusionEnsemble) -> None:
         super().__init__()
@@ -417,7 +418,9 @@ class StackedEnsemble(nn.Module):
         padded_queries = padding.unsqueeze(1).unsqueeze(-1).repeat(members, 1, 1, 1)  # [M*B, 1, T, 1]
         mixed, attention = attend(q, k, v, bias, padded_queries, keep)
         mixed = mixed.transpose(1, 2).reshape(members, batch, length, width)
-        return self._linear(mixed, layer["out"]), None if attention is None else attention.view(members, batch, self.heads, length, length)
+        if attention is not None:
+            attention = attention.view(members, batch, self.heads, length, length)
+        return self._linear(mixed, layer["out"]), attention
 
     def forward(self, inputs: FusionInputs, attention: bool = True) -> FusionOutputs:
         """`attention=False` leaves FusionOutputs.attention None (a fused attention
@@ -426,12 +429,12 @@ class StackedEnsemble(nn.Module):
         token_modality = _source_to_modality(inputs.token_source)
         x, attentions, eps = inputs.tokens, [], self.eps
         for layer in self.layers:
-            attended, attention = self._attention(self._norm(x, layer["norm_attention"], layer["norm_attention_b"], eps),
-                                                  layer, token_modality, inputs.padding, keep)
+            attended, weights = self._attention(self._norm(x, layer["norm_attention"], layer["norm_attention_b"], eps),
+                                                layer, token_modality, inputs.padding, keep)
             x = x + attended
             hidden = F.gelu(self._linear(self._norm(x, layer["norm_mlp"], layer["norm_mlp_b"], eps), layer["mlp_in"]))
             x = x + self._linear(hidden, layer["mlp_out"])
-            attentions.append(attention)
+            attentions.append(weights)
         x = self._norm(x, *self.norm, eps)  # [M, B, T, d]
         membership = F.one_hot(inputs.token_source, len(SOURCES)).float() * (~inputs.padding).unsqueeze(-1)  # [B, T, S]
         if self.pool_query is None:
