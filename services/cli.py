@@ -322,7 +322,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     results = evaluate(args.task, args.data, args.report, weights=args.weights, cache_dir=args.cache)
     print((Path(args.report) / "report.md").read_text())
-    print(f"wrote {args.report}/report.json, report.md, reliability.png, confusion.png, gate_by_label.png")
+    print(f"wrote {args.report}/report.json, report.md, predictions.jsonl, reliability.png, confusion.png, gate_by_label.png")
     return 0 if results else 1
 
 

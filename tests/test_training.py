@@ -95,6 +95,14 @@ def test_train_and_eval_medical_end_to_end(medical_data, tmp_path, capsys):
     # Sizes measured in HU are far closer than the heads' estimate from a 7x7 grid (a 3-epoch model here).
     assert results["medical"]["diameter_mae_mm"] < 1.0 < results["medical_heads_only"]["diameter_mae_mm"]
     assert "without the CT measurement" in (report / "report.md").read_text()
+    rows = [json.loads(line) for line in (report / "predictions.jsonl").read_text().splitlines()]
+    test_records = read_manifest(medical_data / "test.jsonl")
+    assert [r["id"] for r in rows] == [r["id"] for r in test_records] and [r["label"] for r in rows] == [r["label"] for r in test_records]
+    assert sum(r["correct"] for r in rows) / len(rows) == pytest.approx(results["full"]["accuracy"])
+    assert all(r["predicted"] == max(r["probabilities"], key=r["probabilities"].get) for r in rows)
+    assert all(set(r["single"]) == {"text only", "image only", "audio only"} for r in rows)
+    assert all((r["single"]["audio only"] is None) == (not rec.get("audio")) for r, rec in zip(rows, test_records))
+    assert all(set(r["truth"]) <= set(r["regression"]) for r in rows)
     assert "side outputs asked for with the base features" in (report / "report.md").read_text()
     assert {"full", "routed", "text only", "image only"} <= set(results["modes"])
     assert results["modes"]["routed"]["tau"] == config["routing"]["tau"]  # eval routes with the tuned thresholds

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from modalmesh.common import models
+from modalmesh.data.generate import read_manifest
 from modalmesh.router.features import FeatureCache, text_model_version
 from modalmesh.router.fusion import MODALITIES, SOURCES, modality_gate_weights
 from modalmesh.router.tasks import TASKS, decide, load_task_folder
@@ -109,8 +110,10 @@ def evaluate(task: str, data: str, report: str, weights: str = "", cache_dir: st
     modes = {"full": {"accuracy": results["full"]["accuracy"], "mean_latency_ms": float(np.mean([c.full_ms for c in cases]))},
              "routed": {**route(cases, task_model.spec.tau, task_model.spec.gamma),
                         "tau": task_model.spec.tau, "gamma": task_model.spec.gamma, "eager": list(task_model.spec.eager)}}
+    single = {}  # mode -> [N, L] probabilities (NaN where the item lacks the modality)
     for name, subset in SINGLE.items():
         p, _, _, keep, _ = predict(subset)
+        single[name] = p
         if keep:
             correct = np.argmax(p[keep], axis=1) == labels[keep]
             lat = [max(items[i].costs_ms.get(s, 0.0) for s in subset) + fuse_ms for i in keep]
@@ -122,8 +125,28 @@ def evaluate(task: str, data: str, report: str, weights: str = "", cache_dir: st
         label: {m: float(full_gate[labels == k, j].mean()) for j, m in enumerate(MODALITIES)}
         for k, label in enumerate(spec.labels) if (labels == k).any()
     }
-    write_report(Path(report), results, full_p, labels, spec)
+    records = [r for r in read_manifest(manifest) if r["task"] == task]  # load_examples' order
+    rows = prediction_rows(spec, records, examples, full_p, full_r, single)
+    write_report(Path(report), results, full_p, labels, spec, rows)
     return results
+
+
+def prediction_rows(spec, records: list[dict], examples, probabilities, regression, single: dict) -> list[dict]:
+    """One row per item (predictions.jsonl): the answer from everything, and what each
+    single modality says where the item has it (None where it does not)."""
+    rows = []
+    for i, (record, example) in enumerate(zip(records, examples)):
+        best = int(np.argmax(probabilities[i]))
+        row = {"id": record["id"], "label": spec.labels[example.label], "predicted": spec.labels[best],
+               "confidence": round(float(probabilities[i, best]), 4), "correct": best == example.label,
+               "probabilities": {label: round(float(p), 4) for label, p in zip(spec.labels, probabilities[i])},
+               "single": {name: spec.labels[int(np.argmax(p[i]))] if not np.isnan(p[i]).any() else None
+                          for name, p in single.items()}}
+        if spec.regression:
+            row["regression"] = {name: round(float(v), 3) for name, v in zip(spec.regression, regression[i])}
+            row["truth"] = {name: round(float(v), 3) for name, v, m in zip(spec.regression, example.truth, example.target_mask) if m}
+        rows.append(row)
+    return rows
 
 
 def screen_text_found(model, manifest: Path, task: str, items, examples, probabilities) -> dict:
@@ -312,9 +335,10 @@ def medical_metrics(probabilities, regression, examples, spec) -> dict:
             "diameter_mae_mm": float(mae)}
 
 
-def write_report(folder: Path, results: dict, probabilities, labels, spec) -> None:
+def write_report(folder: Path, results: dict, probabilities, labels, spec, rows: list[dict]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "report.json").write_text(json.dumps(results, indent=2))
+    (folder / "predictions.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     full = results["full"]
     lines = [f"# {results['task']}: evaluation ({results['items']} items, model {results['model_version']})", "",
              f"- accuracy {full['accuracy']:.3f}, macro-F1 {full['macro_f1']:.3f}, ECE {results['calibration']['ece']:.3f}"]
@@ -347,6 +371,14 @@ def write_report(folder: Path, results: dict, probabilities, labels, spec) -> No
         lines.append(f"- {label}: " + " / ".join(f"{weights[m]:.2f}" for m in MODALITIES))
     lines += ["", "Confusion matrix (rows: truth, columns: prediction; order " + ", ".join(spec.labels) + "):", ""]
     lines += ["    " + " ".join(f"{v:4d}" for v in row) for row in full["confusion"]]
+    errors = sorted((r for r in rows if not r["correct"]), key=lambda r: -r["confidence"])
+    if errors:
+        lines += ["", f"The most confident errors ({min(10, len(errors))} of {len(errors)}; every item in predictions.jsonl):", "",
+                  "| id | truth | answer | confidence | " + " | ".join(r for r in rows[0]["single"]) + " |",
+                  "|---|---|---|---|" + "---|" * len(rows[0]["single"])]
+        for r in errors[:10]:
+            lines.append(f"| {r['id']} | {r['label']} | {r['predicted']} | {r['confidence']:.2f} | "
+                         + " | ".join(v or "-" for v in r["single"].values()) + " |")
     (folder / "report.md").write_text("\n".join(lines) + "\n")
     _plots(folder, results, probabilities, labels, spec)
 
