@@ -72,6 +72,7 @@ def test_every_subset_of_modalities_gets_an_answer(router, subset):
     assert sum(r.gate_weight for r in by_modality.values()) == pytest.approx(1.0, abs=1e-5)
     assert response.top_k[0].label == response.label
     assert {"validate", "encode", "fuse", "heads", "total"} <= set(response.explanation.timings_ms)
+    assert not response.explanation.attention  # attention weights only when asked to explain
 
 
 def test_full_mode_reads_the_screen_and_reports_the_error_text(router):
