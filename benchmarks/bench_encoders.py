@@ -21,7 +21,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import threading
@@ -34,7 +33,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.bench_text import machine, samples_ms, start_service, stop_process, write_results  # noqa: E402
+from benchmarks.bench_text import header, machine, samples_ms, start_service, stop_process, write_results  # noqa: E402
 from tests.media import image_bytes, render_screenshot  # noqa: E402
 
 
@@ -156,9 +155,7 @@ def main() -> int:
     parser.add_argument("--out", default=str(REPO / "bench-results" / "encoders.json"))
     args = parser.parse_args()
     calls, repeats = (16, 5) if args.quick else (48, 20)
-    print("ModalMesh vision and audio benchmark")
-    print("command:", " ".join([Path(sys.executable).name, *sys.argv]))
-    print("machine:", json.dumps(machine()))
+    header("ModalMesh vision and audio benchmark")
     torch.set_num_threads(torch.get_num_threads())
     results: dict = {"machine": machine()}
 

@@ -18,7 +18,6 @@ Targets: mesh p50 <= 0.8x in-process p50; router overhead p50 <= 2 ms.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -27,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.bench_text import machine, percentile, samples_ms, write_results  # noqa: E402
+from benchmarks.bench_text import header, machine, percentile, samples_ms, write_results  # noqa: E402
 from modalmesh.up import free_port  # noqa: E402
 
 
@@ -102,9 +101,7 @@ def main() -> int:
     parser.add_argument("--out", default=str(REPO / "bench-results" / "router.json"))
     args = parser.parse_args()
     calls = 6 if args.quick else 20
-    print("ModalMesh router benchmark")
-    print("command:", " ".join([Path(sys.executable).name, *sys.argv]))
-    print("machine:", json.dumps(machine()))
+    header("ModalMesh router benchmark")
     inputs = make_inputs()
     mesh = bench_mesh(inputs, calls)
     local = bench_in_process(inputs, calls)

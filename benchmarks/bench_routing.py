@@ -16,7 +16,6 @@ Target (issue 5): routed mean latency >= 50% lower than full at <= 1 point accur
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.bench_text import machine, write_results  # noqa: E402
+from benchmarks.bench_text import header, machine, write_results  # noqa: E402
 from modalmesh.up import free_port  # noqa: E402
 
 MANIFESTS = {"screenshot_triage": REPO / "data" / "triage" / "test.jsonl",
@@ -101,9 +100,7 @@ def main() -> int:
     parser.add_argument("--limit", type=int, default=0, help="first N items of each test split (default: all)")
     parser.add_argument("--out", default=str(REPO / "bench-results" / "routing.json"))
     args = parser.parse_args()
-    print("ModalMesh routing benchmark: routed vs full through the mesh")
-    print("command:", " ".join([Path(sys.executable).name, *sys.argv]))
-    print("machine:", json.dumps(machine()))
+    header("ModalMesh routing benchmark: routed vs full through the mesh")
     results = {}
     for task in args.task or sorted(MANIFESTS):
         manifest = MANIFESTS[task]

@@ -235,6 +235,15 @@ def measure_throughput(address: str, clients: int, seconds: float, max_calls: in
     }
 
 
+def header(title: str) -> dict:
+    """Every benchmark's first lines: what it is, the command that ran it, the machine."""
+    info = machine()
+    print(title)
+    print("command:", " ".join([Path(sys.executable).name, *sys.argv]))
+    print("machine:", json.dumps(info))
+    return info
+
+
 def machine() -> dict:
     import torch
 
@@ -267,10 +276,7 @@ def main() -> int:
 
     calls = 200 if args.quick else 1000
     seconds = 5.0 if args.quick else 15.0
-    print("ModalMesh text service benchmark")
-    print("command:", " ".join([Path(sys.executable).name, *sys.argv]))
-    info = machine()
-    print("machine:", json.dumps(info))
+    info = header("ModalMesh text service benchmark")
 
     echo_port = free_port()
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import statistics
 import sys
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.bench_text import machine, write_results  # noqa: E402
+from benchmarks.bench_text import header, machine, write_results  # noqa: E402
 
 TASK = "screenshot_triage"
 MANIFEST = REPO / "data" / "triage" / "train.jsonl"
@@ -70,9 +69,7 @@ def main() -> int:
     from modalmesh.router.tasks import TASKS
     from modalmesh.router.train import load_examples, predict, train_member
 
-    print("ModalMesh wording-held-out cross-validation (screenshot_triage)")
-    print("command:", " ".join([Path(sys.executable).name, *sys.argv]))
-    print("machine:", json.dumps(machine()))
+    header("ModalMesh wording-held-out cross-validation (screenshot_triage)")
     spec = TASKS[TASK]
     cache = FeatureCache.for_task(spec, MANIFEST)
     try:

@@ -306,6 +306,22 @@ def cmd_data_generate(args: argparse.Namespace) -> int:
 
 
 @_data_errors
+def cmd_data_lm(args: argparse.Namespace) -> int:
+    from modalmesh.audio.lm import build, sentences_from_manifests
+
+    model = build(sentences_from_manifests(args.data, tuple(args.field or ["text"])))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(model.arpa)
+    print(f"wrote {out}: {model.vocabulary} words, {model.bigrams} word pairs, from {model.sentences} sentences")
+    if model.dropped:
+        shown = ", ".join(model.dropped[:12]) + (" ..." if len(model.dropped) > 12 else "")
+        print(f"left out {len(model.dropped)} words the pronunciation dictionary does not know: {shown}")
+    print(f"use it: modalmesh serve audio --asr-lm {out}   (or MODALMESH_AUDIO_ASR_LM={out})")
+    return 0
+
+
+@_data_errors
 def cmd_train(args: argparse.Namespace) -> int:
     from modalmesh.router.train import train
 
@@ -418,6 +434,12 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--n", type=int, default=240, help="training items (val and test get n/4 each, at least 12)")
     generate.add_argument("--seed", type=int, default=0)
     generate.set_defaults(func=cmd_data_generate)
+    lm = data_commands.add_parser("lm", help="build a transcript language model (ARPA) from manifests' texts, for the audio service's --asr-lm")
+    lm.add_argument("--data", required=True, action="append", help="a manifest (JSONL); its records' `text` are the sentences (repeatable)")
+    lm.add_argument("--field", action="append", help="a record field holding sentences, a dotted path for nested ones "
+                                                     "(default: text; repeatable, e.g. --field text --field extra.voice)")
+    lm.add_argument("--out", required=True, help="the .arpa file to write")
+    lm.set_defaults(func=cmd_data_lm)
 
     train = commands.add_parser("train", help="train a task's fusion model on a manifest (encoders frozen, features cached)")
     train.add_argument("--task", required=True, choices=("screenshot_triage", "medical_report"))

@@ -120,14 +120,24 @@ class VoiceActivity:
 
 
 class Transcriber:
-    """PocketSphinx en-us; one utterance at a time (the decoder is stateful)."""
+    """PocketSphinx en-us; one utterance at a time (the decoder is stateful). `lm`: an ARPA
+    language model (audio/lm.py builds one for a domain); empty: the bundled general one."""
 
     language = "en-us"
 
-    def __init__(self) -> None:
+    def __init__(self, lm: str = "") -> None:
         from pocketsphinx import Decoder
 
-        self._decoder = Decoder(samprate=SAMPLE_RATE, loglevel="FATAL")
+        options = {}
+        if lm:
+            path = Path(lm)
+            if not path.is_file():
+                raise ValueError(f"asr_lm {lm}: no such file (modalmesh data lm builds one)")
+            options["lm"] = str(path)
+        try:
+            self._decoder = Decoder(samprate=SAMPLE_RATE, loglevel="FATAL", **options)
+        except RuntimeError as exc:  # PocketSphinx says only "Failed to initialize"
+            raise ValueError(f"asr_lm {lm}: PocketSphinx cannot load it as an ARPA language model ({exc})") from None
         # PocketSphinx adapts its cepstral mean across utterances; restoring the initial
         # mean before each one makes a transcript depend on its own audio only.
         self._initial_cmn = self._decoder.get_cmn()

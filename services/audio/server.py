@@ -71,7 +71,7 @@ class AudioService(EncoderBackend):
             name="audio",
         )
         self.executor.submit(self._load_models)
-        self.transcriber = Transcriber() if self.config.transcript else None
+        self.transcriber = Transcriber(self.config.asr_lm) if self.config.transcript else None
         self.speech = espeak()
 
     def _load_models(self) -> None:

@@ -72,6 +72,8 @@ class ServiceConfig:
     # Audio and speech
     max_audio_seconds: float = _option(300.0, "audio: longest clip accepted, in seconds")
     transcript: bool = _option(True, "audio: load PocketSphinx so requests may ask for 'transcript'")
+    asr_lm: str = _option("", "audio: an ARPA language model for transcripts (`modalmesh data lm` builds one from a "
+                              "manifest); empty: PocketSphinx's general English model")
     vad: bool = _option(True, "audio: mark speech with Silero VAD and pool over speech frames only")
     max_speech_chars: int = _option(2000, "speech: longest text Synthesize accepts")
     # Dynamic batching

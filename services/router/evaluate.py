@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from modalmesh.common import models
 from modalmesh.data.generate import read_manifest

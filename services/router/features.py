@@ -45,6 +45,13 @@ def configured_models(environ=None) -> dict[str, str]:
             if environ.get(f"MODALMESH_{s.upper()}_MODEL")}
 
 
+def configured_asr_lm(environ=None) -> str:
+    """The audio service's transcript language model (MODALMESH_AUDIO_ASR_LM or
+    MODALMESH_ASR_LM, as for the service); '' for PocketSphinx's general one."""
+    environ = os.environ if environ is None else environ
+    return environ.get("MODALMESH_AUDIO_ASR_LM") or environ.get("MODALMESH_ASR_LM") or ""
+
+
 def text_model_version() -> str:
     """The version of the text model features are extracted with (the configured one, else
     the bundled default): trained weights record it; '' for a hub id."""
@@ -60,12 +67,14 @@ class LocalEncoders:
         from modalmesh.text.server import TextService
         from modalmesh.vision.server import VisionService
 
-        # Only the model choice comes from the environment (ports, threads and limits do not
-        # change features): training extracts with the models the services will run.
+        # Only the model choice (and the transcripts' language model) comes from the environment
+        # (ports, threads and limits do not change features): training extracts with the models
+        # the services will run.
         models = configured_models()
         self.text = TextService(load_config("text", environ={}, model=models.get("text")))
         self.vision = VisionService(load_config("vision", environ={}, ocr=ocr, model=models.get("vision")))
-        self.audio = AudioService(load_config("audio", environ={}, transcript=transcript, model=models.get("audio")))
+        self.audio = AudioService(load_config("audio", environ={}, transcript=transcript, model=models.get("audio"),
+                                              asr_lm=configured_asr_lm() or None))
         for service in (self.text, self.vision, self.audio):
             service.initialize()
 
@@ -169,6 +178,9 @@ class FeatureCache:
         models = configured_models()
         if models:  # another encoder model gives other features (the defaults keep their old keys)
             parts.append({"models": models})
+        lm = configured_asr_lm()
+        if lm and "audio" in self.side:  # other transcripts: keyed by the model's bytes, not its path
+            parts.append({"asr_lm": hashlib.sha256(Path(lm).read_bytes()).hexdigest()[:16]})
         digest.update(json.dumps(parts, sort_keys=True).encode())
         for name in ("image", "audio"):
             if record.get(name):
