@@ -23,6 +23,7 @@ import torch
 from modalmesh.common.client import collect
 from modalmesh.common.config import load_config
 from modalmesh.common.layout import MAX_SCREEN_LINES, paragraphs
+from modalmesh.common.models import file_digest
 from modalmesh.common.encoder import EncodeRequest
 
 FEATURE_VERSION = "1"
@@ -180,7 +181,7 @@ class FeatureCache:
             parts.append({"models": models})
         lm = configured_asr_lm()
         if lm and "audio" in self.side:  # other transcripts: keyed by the model's bytes, not its path
-            parts.append({"asr_lm": hashlib.sha256(Path(lm).read_bytes()).hexdigest()[:16]})
+            parts.append({"asr_lm": file_digest(lm)})
         digest.update(json.dumps(parts, sort_keys=True).encode())
         for name in ("image", "audio"):
             if record.get(name):
