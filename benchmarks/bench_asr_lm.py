@@ -14,7 +14,6 @@ say (the manifest's `extra.voice` / `extra.dictation`), pooled over the clips.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import tempfile
@@ -24,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.bench_text import header, machine, write_results  # noqa: E402
+from benchmarks.bench_text import header, machine, task_arguments, write_results  # noqa: E402
 
 DATA = {"screenshot_triage": (REPO / "data" / "triage", "voice"), "medical_report": (REPO / "data" / "medical", "dictation")}
 
@@ -52,11 +51,7 @@ def main() -> int:
     from modalmesh.audio.lm import build, sentences_from_manifests, word_errors
     from modalmesh.data.generate import read_manifest
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--task", choices=sorted(DATA), action="append", help="default: both")
-    parser.add_argument("--limit", type=int, default=0, help="first N clips of each split (default: all)")
-    parser.add_argument("--out", default=str(REPO / "bench-results" / "asr_lm.json"))
-    args = parser.parse_args()
+    args = task_arguments(__doc__.splitlines()[0], DATA, "asr_lm.json", "clips")
     header("ModalMesh transcript language model benchmark")
     results = {}
     for task in args.task or sorted(DATA):

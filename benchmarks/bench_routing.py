@@ -15,7 +15,6 @@ Target (issue 5): routed mean latency >= 50% lower than full at <= 1 point accur
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -24,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.bench_text import header, machine, write_results  # noqa: E402
+from benchmarks.bench_text import header, machine, task_arguments, write_results  # noqa: E402
 from modalmesh.up import free_port  # noqa: E402
 
 MANIFESTS = {"screenshot_triage": REPO / "data" / "triage" / "test.jsonl",
@@ -94,12 +93,7 @@ def summarize(rows: list[dict]) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--task", choices=sorted(MANIFESTS), action="append",
-                        help="repeat for both; default both")
-    parser.add_argument("--limit", type=int, default=0, help="first N items of each test split (default: all)")
-    parser.add_argument("--out", default=str(REPO / "bench-results" / "routing.json"))
-    args = parser.parse_args()
+    args = task_arguments(__doc__.splitlines()[0], MANIFESTS, "routing.json", "items")
     header("ModalMesh routing benchmark: routed vs full through the mesh")
     results = {}
     for task in args.task or sorted(MANIFESTS):

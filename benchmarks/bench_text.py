@@ -235,6 +235,16 @@ def measure_throughput(address: str, clients: int, seconds: float, max_calls: in
     }
 
 
+def task_arguments(description: str, tasks, out_name: str, items: str) -> argparse.Namespace:
+    """The shared flags of the per-task dataset benchmarks: --task (repeatable; default
+    every one), --limit N (first N `items` of each split) and --out (bench-results/...)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--task", choices=sorted(tasks), action="append", help="repeat for several; default all")
+    parser.add_argument("--limit", type=int, default=0, help=f"first N {items} of each split (default: all)")
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "bench-results" / out_name))
+    return parser.parse_args()
+
+
 def header(title: str) -> dict:
     """Every benchmark's first lines: what it is, the command that ran it, the machine."""
     info = machine()
