@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -109,6 +110,22 @@ def test_dockerfile_is_multi_stage_non_root_and_runs_modalmesh_serve():
     for source in re.findall(r"^COPY (?!--from)(.+) \S+$", text, re.M):
         for path in source.split():
             assert (REPO / path).exists(), path
+
+
+def test_the_installed_package_carries_the_shipped_weights(tmp_path):
+    """The image installs the package, not the source tree: its wheel holds every file of
+    the shipped weights the router loads by default, and setuptools builds it without
+    complaining that a weights folder is not declared."""
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "--no-build-isolation", "-w", str(tmp_path)],
+                           capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr[-2000:]
+    assert "explicitly added" not in built.stdout + built.stderr
+    with zipfile.ZipFile(next(tmp_path.glob("modalmesh-*.whl"))) as wheel:
+        packaged = set(wheel.namelist())
+    weights = REPO / "services" / "router" / "weights"
+    shipped = {f"modalmesh/router/weights/{p.relative_to(weights).as_posix()}" for p in weights.glob("*/*") if p.is_file()}
+    assert {"modalmesh/router/weights/screenshot_triage/model.safetensors", "modalmesh/router/weights/medical_report/model.safetensors"} <= shipped
+    assert shipped <= packaged, shipped - packaged
 
 
 def test_the_image_commands_serve_and_health_work_locally(tiny_bert_dir):

@@ -416,6 +416,52 @@ def test_a_result_that_arrives_after_a_harvest_looked_is_still_gathered():
         assert "image_text" not in run.side_notes
 
 
+def test_screen_lines_are_scored_while_other_encoders_still_work():
+    """error_text is the OCR paragraph that alone most favours the answer. Scoring the
+    paragraphs is a model pass of its own; it runs as soon as the screen text is in, while
+    the router still waits for a slower encoder (here the audio, held until the scores
+    exist), not after the last answer, and the answer's error_text is the same line."""
+    import threading
+    from concurrent import futures
+
+    import torch
+
+    from modalmesh.router.pipeline import Deadline, Pipeline, Run
+    from modalmesh.router.server import SHIPPED_WEIGHTS
+    from modalmesh.router.tasks import TASKS, key_screen_line, load_task
+    from modalmesh.text.model import TextEncoder
+
+    task = load_task(TASKS["screenshot_triage"], str(SHIPPED_WEIGHTS))
+    lines = ["ShopFast", "Home Orders Account Help", "Incorrect password", "OK"]
+    vectors = torch.stack([torch.as_tensor(r.pooled, dtype=torch.float32) for r in TextEncoder("").encode_batch(lines)])
+    pipeline = Pipeline({task.spec.name: task}, encoders=None, run_model=lambda f: f(), default_deadline_s=30, max_input_bytes=1 << 20)
+    scored_while_waiting = threading.Event()
+
+    def image(call):
+        run.evidence.screen_lines = lines
+        return {"image": torch.zeros(49, 1280), "image_text": vectors}
+
+    def audio(call):
+        deadline = time.monotonic() + 10
+        while run.line_log_odds is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if run.line_log_odds is not None:
+            scored_while_waiting.set()
+        return {"audio": torch.zeros(50, 80)}
+
+    with futures.ThreadPoolExecutor(2) as pool:
+        run = Run(encoders=None, pool=pool, deadline=Deadline.within(30), widths=task.model.config.input_widths)
+        run.start("image", image)
+        run.start("audio", audio)
+        assert pipeline.gather(run, task, media={}, full=True, required=set(), side_now=set()) is None
+    assert scored_while_waiting.is_set()
+    decision = pipeline.decide(task, run, outstanding=())
+    response = pipeline.respond(router_pb2.AnalyzeRequest(task=task.spec.name), task, run, decision)
+    error_text = {f.key: f.value for f in response.findings}["error_text"]
+    assert response.label == "login" and error_text == "Incorrect password"
+    assert error_text == lines[key_screen_line(task.model, vectors, task.spec.labels.index(response.label))]
+
+
 def test_embedding_screen_lines_does_not_wait_on_its_own_pool(mesh):
     """A source's work (the image's, after OCR) embeds its text lines concurrently. Those
     calls once went to the fan-out pool the work itself runs on: with every worker busy

@@ -37,7 +37,7 @@ from modalmesh.common import errors, models, telemetry
 from modalmesh.common.client import collect, encode_requests
 from modalmesh.common.layout import MAX_SCREEN_LINES, paragraphs
 from modalmesh.router.fusion import MODALITIES, SOURCE_MODALITY, attention_mass, modality_gate_weights, normalised_entropy
-from modalmesh.router.tasks import Answer, Evidence, TaskModel, decide, key_screen_line
+from modalmesh.router.tasks import Answer, Evidence, TaskModel, best_screen_line, decide, screen_line_log_odds
 from modalmesh.v1 import encoder_pb2, encoder_pb2_grpc, router_pb2, speech_pb2, speech_pb2_grpc
 from modalmesh.vision.decode import sniff_media_type
 
@@ -153,6 +153,7 @@ class Run:
         self.side_notes: dict[str, str] = {}
         self.streamed: dict[str, bytes] = {}  # bytes of inputs that arrived as a stream
         self.evidence = Evidence()
+        self.line_log_odds: torch.Tensor | None = None  # per OCR paragraph and label (Pipeline.score_screen_lines)
         self._lock = threading.Lock()
 
     # -- starting work ---------------------------------------------------------------
@@ -499,6 +500,7 @@ class Pipeline:
                     early = decision
                     break
             if run.pending:
+                self.score_screen_lines(task, run)  # while other encoders are still at work
                 continue
             usable = [m for m in side_candidates if run.states[m].status == router_pb2.MODALITY_STATUS_USED]
             if not side_requested and usable:
@@ -530,13 +532,20 @@ class Pipeline:
         )
         return Decision(answer, outputs, weight)
 
+    def score_screen_lines(self, task: TaskModel, run: Run) -> None:
+        """Once the screen text is in: how much each OCR paragraph alone favours each label
+        (the answer's `error_text` is the paragraph that most favours it; tasks.key_screen_line)."""
+        screen_text = run.features.get("image_text")
+        if run.line_log_odds is None and task.trained and screen_text is not None and run.evidence.screen_lines:
+            rows = screen_text[:len(run.evidence.screen_lines)]
+            run.line_log_odds = self.run_model(lambda: screen_line_log_odds(task.model, rows))
+
     # ------------------------------------------------------------------ heads, words, speech
     def respond(self, request, task: TaskModel, run: Run, decision: Decision) -> router_pb2.AnalyzeResponse:
         answer, outputs = decision.answer, decision.outputs
-        screen_text = run.features.get("image_text")
-        if task.trained and screen_text is not None and run.evidence.screen_lines:
-            label = task.spec.labels.index(answer.label)
-            key = self.run_model(lambda: key_screen_line(task.model, screen_text[:len(run.evidence.screen_lines)], label))
+        self.score_screen_lines(task, run)
+        if run.line_log_odds is not None:
+            key = best_screen_line(run.line_log_odds, task.spec.labels.index(answer.label))
             run.evidence.key_line = run.evidence.screen_lines[key] if key is not None else ""
         description, findings, reply = task.spec.write(answer, run.evidence)
         modality_weights = modality_gate_weights(outputs.gate_weights)[0]

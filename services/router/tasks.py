@@ -174,22 +174,36 @@ TRIAGE_REPLY = {
 ERROR_WORDS = re.compile(r"error|fail|declin|denied|invalid|unable|cannot|can't|crash|stopped|expired|timeout|timed out|not found|code \d+", re.I)
 
 
-def key_screen_line(model: FusionModel | FusionEnsemble | StackedEnsemble, screen_text: torch.Tensor, label: int) -> int | None:
-    """Which OCR paragraph (a row of the screen-text features) alone most supports `label`:
-    every paragraph is classified on its own, in one batch (by the first member of an
-    ensemble), and ranked by the label's log-odds (logits, before the temperature: the
-    calibrated probabilities of several lines saturate at 1); None when no line favours
-    the label over the rest. This is the screen's error or status message, whatever its
-    wording, where a list of error words finds only some (`modalmesh eval` counts both)."""
+def screen_line_log_odds(model: FusionModel | FusionEnsemble | StackedEnsemble, screen_text: torch.Tensor) -> torch.Tensor:
+    """[paragraphs, labels]: how much each OCR paragraph (a row of the screen-text
+    features), classified on its own, favours each label over the rest: log-odds from the
+    logits, before the temperature (the calibrated probabilities of several lines
+    saturate at 1). One batch, by the first member of an ensemble. The router computes
+    this as soon as the screen text is in, while it still waits for other encoders."""
     member = model.members[0] if isinstance(model, (FusionEnsemble, StackedEnsemble)) else model
     if screen_text.shape[0] == 0:
-        return None
+        return torch.zeros(0, len(member.config.labels))
     with torch.inference_mode():
         logits = member(member.embed([{"image_text": row[None]} for row in screen_text]), attention=False).logits
-    others = torch.cat([logits[:, :label], logits[:, label + 1:]], dim=1)
-    log_odds = logits[:, label] - torch.logsumexp(others, dim=1)
-    best = int(log_odds.argmax())
-    return best if float(log_odds[best]) > 0 else None
+    labels = logits.shape[1]
+    others = torch.stack([torch.logsumexp(torch.cat([logits[:, :l], logits[:, l + 1:]], dim=1), dim=1) for l in range(labels)], dim=1)
+    return logits - others
+
+
+def best_screen_line(log_odds: torch.Tensor, label: int) -> int | None:
+    """The paragraph that alone most supports `label` (a row of `screen_line_log_odds`);
+    None when none favours the label over the rest."""
+    if log_odds.shape[0] == 0:
+        return None
+    best = int(log_odds[:, label].argmax())
+    return best if float(log_odds[best, label]) > 0 else None
+
+
+def key_screen_line(model: FusionModel | FusionEnsemble | StackedEnsemble, screen_text: torch.Tensor, label: int) -> int | None:
+    """Which OCR paragraph alone most supports `label`: the screen's error or status
+    message, whatever its wording, where a list of error words finds only some
+    (`modalmesh eval` counts both)."""
+    return best_screen_line(screen_line_log_odds(model, screen_text), label)
 
 
 def write_triage(answer: Answer, evidence: Evidence) -> tuple[str, dict[str, str], str]:
