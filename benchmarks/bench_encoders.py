@@ -12,8 +12,8 @@
    (random weights: speed only). Target: INT8 >= 2x faster with cosine >= 0.98.
 3. OCR cost per screenshot size (640x400, 1024x640, 1920x1080, a 390x760 phone screen),
    in process, with the engine's detection size (the default: shorter side scaled to 736,
-   also up) and with the longer side capped at 960 (`ocr_det_side`), and whether both
-   read the message.
+   also up) and with the longer side capped at 960 (`ocr_det_side`), on onnxruntime and
+   on OpenVINO (`ocr_engine`), and whether each reads the message.
 4. Audio first-feature latency: a 5 s WAV streamed in 0.25 s chunks; time from the first
    chunk sent to the first frame features received, against the time to the full answer.
 """
@@ -115,19 +115,21 @@ def int8_comparison(repeats: int) -> list[dict]:
 def ocr_costs(repeats: int) -> list[dict]:
     from modalmesh.common.layout import paragraphs
     from modalmesh.data.screens import render_app_screen
+    from modalmesh.common.config import OCR_ENGINES
     from modalmesh.vision.ocr import CAPPED_DET_SIDE, ScreenReader
 
     message = "Error 402: Payment declined"
     screens = {f"{w}x{h}": render_screenshot(message, size=(w, h)) for w, h in ((640, 400), (1024, 640), (1920, 1080))}
     screens["390x760 phone"] = render_app_screen(message, np.random.default_rng(1), mobile=True, dark=False, layout="dialog")
     rows = []
-    for det_side in (0, CAPPED_DET_SIDE):
-        reader = ScreenReader(det_side)
-        for name, screen in screens.items():
-            rgb = np.asarray(screen.convert("RGB"))
-            lines = reader.read(rgb)
-            rows.append({"size": name, "det_side": det_side, "ms": time_model(lambda: reader.read(rgb), repeats),
-                         "lines": len(lines), "read": message in paragraphs((line.text, line.box) for line in lines)})
+    for engine in OCR_ENGINES:
+        for det_side in (0, CAPPED_DET_SIDE):
+            reader = ScreenReader(det_side, engine)
+            for name, screen in screens.items():
+                rgb = np.asarray(screen.convert("RGB"))
+                lines = reader.read(rgb)
+                rows.append({"size": name, "engine": engine, "det_side": det_side, "ms": time_model(lambda: reader.read(rgb), repeats),
+                             "lines": len(lines), "read": message in paragraphs((line.text, line.box) for line in lines)})
     return rows
 
 
@@ -194,7 +196,7 @@ def main() -> int:
     print("\n3. OCR per screenshot (in process)")
     for row in results["ocr"]:
         rule = f"longer side <= {row['det_side']}" if row["det_side"] else "engine rule (short side 736)"
-        print(f"   {row['size']:>14s}  {rule:29s}: {row['ms']:7.1f} ms ({row['lines']} lines, message read: {row['read']})")
+        print(f"   {row['size']:>14s}  {row['engine']:11s}  {rule:29s}: {row['ms']:7.1f} ms ({row['lines']} lines, message read: {row['read']})")
     streaming = results["audio_streaming"]
     print("\n4. audio streaming, 5 s WAV in 0.25 s chunks")
     print(f"   first features after {streaming['first_features_p50_ms']:.1f} ms; complete answer after {streaming['complete_p50_ms']:.1f} ms")

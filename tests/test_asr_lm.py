@@ -137,3 +137,4 @@ def test_features_extracted_with_another_language_model_are_cached_apart(tmp_pat
     first = cache.key(record)
     lm.write_text(build(SENTENCES[:5]).arpa)  # the same path, another model
     assert len({general, first, cache.key(record)}) == 3
+

@@ -554,3 +554,22 @@ def test_a_model_version_is_the_same_weights_by_digest_whatever_the_folder_or_in
     assert same_weights("all-MiniLM-L6-v2@53aa51172d14+int8", "all-MiniLM-L6-v2@53aa51172d14")  # served INT8
     assert not same_weights("text-model@4267dd25c6f0", "all-MiniLM-L6-v2@53aa51172d14")
     assert not same_weights("", "") and not same_weights("hub/model", "all-MiniLM-L6-v2@53aa51172d14")
+
+
+def test_features_read_by_another_ocr_engine_are_cached_apart(tmp_path, monkeypatch):
+    """OCR boxes differ by a few pixels between engines (and so, sometimes, paragraphs):
+    screen-text features are cached per engine. Tasks that never OCR keep their keys."""
+    from modalmesh.router.features import FeatureCache
+    from modalmesh.router.tasks import TASKS
+
+    record = {"id": "a", "text": "where is my parcel"}
+    caches = {name: FeatureCache.for_task(TASKS[name], tmp_path / "m.jsonl", tmp_path / "features")
+              for name in ("screenshot_triage", "medical_report")}
+    monkeypatch.delenv("MODALMESH_VISION_OCR_ENGINE", raising=False)
+    monkeypatch.delenv("MODALMESH_OCR_ENGINE", raising=False)
+    default = {name: cache.key(record) for name, cache in caches.items()}
+    monkeypatch.setenv("MODALMESH_VISION_OCR_ENGINE", "openvino")
+    assert {name: cache.key(record) for name, cache in caches.items()} == default  # the default, named
+    monkeypatch.setenv("MODALMESH_VISION_OCR_ENGINE", "onnxruntime")
+    assert caches["screenshot_triage"].key(record) != default["screenshot_triage"]
+    assert caches["medical_report"].key(record) == default["medical_report"]

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from modalmesh.common.client import collect
-from modalmesh.common.config import load_config
+from modalmesh.common.config import DEFAULT_OCR_ENGINE, load_config
 from modalmesh.common.layout import MAX_SCREEN_LINES, paragraphs
 from modalmesh.common.models import file_digest
 from modalmesh.common.encoder import EncodeRequest
@@ -46,11 +46,21 @@ def configured_models(environ=None) -> dict[str, str]:
             if environ.get(f"MODALMESH_{s.upper()}_MODEL")}
 
 
-def configured_asr_lm(environ=None) -> str:
-    """The audio service's transcript language model (MODALMESH_AUDIO_ASR_LM or
-    MODALMESH_ASR_LM, as for the service); '' for PocketSphinx's general one."""
+def _service_setting(service: str, name: str, environ=None) -> str:
+    """A service setting as the service reads it from the environment
+    (MODALMESH_<SERVICE>_<NAME>, else MODALMESH_<NAME>); '' when unset."""
     environ = os.environ if environ is None else environ
-    return environ.get("MODALMESH_AUDIO_ASR_LM") or environ.get("MODALMESH_ASR_LM") or ""
+    return environ.get(f"MODALMESH_{service.upper()}_{name.upper()}") or environ.get(f"MODALMESH_{name.upper()}") or ""
+
+
+def configured_asr_lm(environ=None) -> str:
+    """The audio service's transcript language model; '' for PocketSphinx's general one."""
+    return _service_setting("audio", "asr_lm", environ)
+
+
+def configured_ocr_engine(environ=None) -> str:
+    """What runs the vision service's OCR models (its default unless set)."""
+    return _service_setting("vision", "ocr_engine", environ) or DEFAULT_OCR_ENGINE
 
 
 def text_model_version() -> str:
@@ -68,12 +78,13 @@ class LocalEncoders:
         from modalmesh.text.server import TextService
         from modalmesh.vision.server import VisionService
 
-        # Only the model choice (and the transcripts' language model) comes from the environment
+        # Only the model choice (and the transcripts' language model, the OCR engine) comes from the environment
         # (ports, threads and limits do not change features): training extracts with the models
         # the services will run.
         models = configured_models()
         self.text = TextService(load_config("text", environ={}, model=models.get("text")))
-        self.vision = VisionService(load_config("vision", environ={}, ocr=ocr, model=models.get("vision")))
+        self.vision = VisionService(load_config("vision", environ={}, ocr=ocr, model=models.get("vision"),
+                                                ocr_engine=configured_ocr_engine()))
         self.audio = AudioService(load_config("audio", environ={}, transcript=transcript, model=models.get("audio"),
                                               asr_lm=configured_asr_lm() or None))
         for service in (self.text, self.vision, self.audio):
@@ -182,6 +193,11 @@ class FeatureCache:
         lm = configured_asr_lm()
         if lm and "audio" in self.side:  # other transcripts: keyed by the model's bytes, not its path
             parts.append({"asr_lm": file_digest(lm)})
+        engine = configured_ocr_engine()
+        if engine != "onnxruntime" and "image" in self.side:
+            # OCR boxes differ by a few pixels between engines, and so, sometimes, paragraphs
+            # (onnxruntime, the first engine, keeps the keys it always had).
+            parts.append({"ocr_engine": engine})
         digest.update(json.dumps(parts, sort_keys=True).encode())
         for name in ("image", "audio"):
             if record.get(name):

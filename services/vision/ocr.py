@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from modalmesh.common.config import DEFAULT_OCR_ENGINE
 from modalmesh.common.layout import reading_order
 
 log = logging.getLogger(__name__)
@@ -38,13 +39,20 @@ CAPPED_DET_SIDE = 960
 
 
 class ScreenReader:
-    def __init__(self, det_side: int = 0) -> None:
-        from rapidocr import RapidOCR
+    def __init__(self, det_side: int = 0, engine: str = DEFAULT_OCR_ENGINE) -> None:
+        """`engine`: what runs the same PP-OCR models, openvino (about 2x faster on this
+        machine's CPU) or onnxruntime; the same messages, boxes within a few pixels
+        (benchmarks/bench_encoders.py and README)."""
+        from rapidocr import EngineType, RapidOCR
 
         # "error": an image without text is a normal answer here, not a warning.
         params = {"Global.log_level": "error"}
         if det_side > 0:
             params.update({"Det.limit_type": "max", "Det.limit_side_len": int(det_side)})
+        if engine != "onnxruntime":
+            kind = {"openvino": EngineType.OPENVINO}[engine]
+            params.update({"Det.engine_type": kind, "Cls.engine_type": kind, "Rec.engine_type": kind})
+        self.engine = engine
         self._engine = RapidOCR(params=params)
         self._lock = threading.Lock()  # one image at a time: onnxruntime already uses every core
 

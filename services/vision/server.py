@@ -55,7 +55,7 @@ class VisionService(EncoderBackend):
         if self.config.ocr:
             from modalmesh.vision.ocr import ScreenReader
 
-            self.reader = ScreenReader(self.config.ocr_det_side)
+            self.reader = ScreenReader(self.config.ocr_det_side, self.config.ocr_engine)
             self.reader.read(np.full((32, 128, 3), 255, dtype=np.uint8))
 
     def finalize(self) -> None:
