@@ -49,12 +49,11 @@ class ScreenReader:
         params = {"Global.log_level": "error"}
         if det_side > 0:
             params.update({"Det.limit_type": "max", "Det.limit_side_len": int(det_side)})
-        if engine != "onnxruntime":
-            kind = {"openvino": EngineType.OPENVINO}[engine]
-            params.update({"Det.engine_type": kind, "Cls.engine_type": kind, "Rec.engine_type": kind})
-        self.engine = engine
+        runtime = EngineType(engine)  # config.OCR_ENGINES: "onnxruntime" or "openvino"
+        params.update({"Det.engine_type": runtime, "Cls.engine_type": runtime, "Rec.engine_type": runtime})
         self._engine = RapidOCR(params=params)
-        self._lock = threading.Lock()  # one image at a time: onnxruntime already uses every core
+        self._lock = threading.Lock()  # one image at a time: the runtime already uses every core
+        log.info("OCR: PP-OCR on %s", engine)
 
     def read(self, rgb: np.ndarray) -> list[TextLine]:
         with self._lock:
