@@ -56,7 +56,7 @@ class VisionService(EncoderBackend):
             from modalmesh.vision.ocr import ScreenReader
 
             self.reader = ScreenReader(self.config.ocr_det_side, self.config.ocr_engine)
-            self.reader.read(np.full((32, 128, 3), 255, dtype=np.uint8))
+            self.reader.warm_up()
 
     def finalize(self) -> None:
         if self.batcher is not None:
