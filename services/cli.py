@@ -373,6 +373,19 @@ def cmd_down(args: argparse.Namespace) -> int:
     return run_down()
 
 
+def _at_least(minimum: int):
+    """An argparse type: an integer no smaller than `minimum` (`--n 0` once wrote an empty
+    training split without a word)."""
+    def parse(text: str) -> int:
+        value = int(text)  # not a number: argparse reports "invalid int value"
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {value}")
+        return value
+
+    parse.__name__ = "int"
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="modalmesh", description="ModalMesh: a multimodal inference mesh over gRPC")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -431,7 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate = data_commands.add_parser("generate", help="write a synthetic dataset (train/val/test manifests + files)")
     generate.add_argument("--task", required=True, choices=("screenshot_triage", "medical_report"))
     generate.add_argument("--out", required=True)
-    generate.add_argument("--n", type=int, default=240, help="training items (val and test get n/4 each, at least 12)")
+    generate.add_argument("--n", type=_at_least(1), default=240, help="training items (val and test get n/4 each, at least 12)")
     generate.add_argument("--seed", type=int, default=0)
     generate.set_defaults(func=cmd_data_generate)
     lm = data_commands.add_parser("lm", help="build a transcript language model (ARPA) from manifests' texts, for the audio service's --asr-lm")
@@ -445,16 +458,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--task", required=True, choices=("screenshot_triage", "medical_report"))
     train.add_argument("--data", required=True, help="train.jsonl (val.jsonl beside it: calibration, size-rule sigma, routing thresholds)")
     train.add_argument("--out", required=True, help="folder for model.safetensors, config.json, MODEL_CARD.md")
-    train.add_argument("--epochs", type=int, default=60)
+    train.add_argument("--epochs", type=_at_least(1), default=60)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--cache", default="", help="feature cache folder (default: .features beside the manifest)")
     train.add_argument("--feature-noise", type=float, default=None,
                        help="Gaussian noise on the frozen features while training, relative to each row's RMS "
                             "(default: the task's, 0.5 for screenshot_triage, 0 for medical_report)")
-    train.add_argument("--members", type=int, default=None,
+    train.add_argument("--members", type=_at_least(1), default=None,
                        help="train an ensemble of this many models (seeds seed, seed+1, ...) whose answers are averaged "
                             "(default: the task's, 3 for screenshot_triage, 1 for medical_report)")
-    train.add_argument("--finetune-top", type=int, default=0, metavar="K",
+    train.add_argument("--finetune-top", type=_at_least(0), default=0, metavar="K",
                        help="also train the text encoder's top K layers (BERT family; needs --members 1); the text model "
                             "is written to OUT/text-model: serve it with MODALMESH_TEXT_MODEL=OUT/text-model")
     train.set_defaults(func=cmd_train)
@@ -475,7 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     certs = commands.add_parser("certs", help="write a development CA and service certificates")
     certs.add_argument("--out", default="certs", help="folder to write PEM files into")
-    certs.add_argument("--days", type=int, default=365)
+    certs.add_argument("--days", type=_at_least(1), default=365)
     certs.set_defaults(func=cmd_certs)
 
     demo = commands.add_parser("demo", help="start the mesh on the bundled models and run example requests")

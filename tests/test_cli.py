@@ -42,6 +42,21 @@ def test_every_command_prints_its_help(command, capsys):
     assert "usage: " in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("command, flag", [
+    (["data", "generate", "--task", "screenshot_triage", "--n", "0"], "--n"),
+    (["train", "--task", "medical_report", "--data", "m.jsonl", "--epochs", "0"], "--epochs"),
+    (["train", "--task", "medical_report", "--data", "m.jsonl", "--members", "-1"], "--members"),
+    (["certs", "--days", "0"], "--days"),
+])
+def test_counts_below_their_minimum_are_refused(command, flag, tmp_path, capsys):
+    """`data generate --n 0` once wrote a dataset with an empty training split."""
+    with pytest.raises(SystemExit) as exited:
+        main([*command, "--out", str(tmp_path / "out")])
+    assert exited.value.code == 2
+    assert f"argument {flag}: must be at least" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_certs_command_writes_a_ca_and_service_certificates(tmp_path, capsys):
     assert main(["certs", "--out", str(tmp_path)]) == 0
     assert {p.name for p in tmp_path.iterdir()} >= {"ca.pem", "text.pem", "text-key.pem", "client.pem"}
