@@ -79,6 +79,18 @@ def test_the_ocr_warm_up_runs_recognition_on_a_line_of_text(engine):
     assert any("Warming up" in line.text for line in lines), [line.text for line in lines]
 
 
+def test_a_missing_ocr_runtime_is_named_at_start_up(monkeypatch):
+    """OpenVINO not installed (here: hidden from imports): the service refuses to start with
+    a message that names the engine and the setting that picks the other one."""
+    import sys
+
+    from modalmesh.vision.ocr import ScreenReader
+
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    with pytest.raises(RuntimeError, match="OCR engine openvino: openvino is not installed.*--ocr-engine"):
+        ScreenReader(engine="openvino")
+
+
 def test_a_wrapped_message_on_a_phone_screen_is_read_as_one_paragraph(vision):
     from modalmesh.common.layout import paragraphs
     from modalmesh.data.screens import png_bytes, render_app_screen

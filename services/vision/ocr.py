@@ -7,13 +7,14 @@ pixels.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import threading
 from dataclasses import dataclass
 
 import numpy as np
 
-from modalmesh.common.config import DEFAULT_OCR_ENGINE
+from modalmesh.common.config import DEFAULT_OCR_ENGINE, OCR_ENGINES
 from modalmesh.common.layout import reading_order
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,11 @@ class ScreenReader:
             params.update({"Det.limit_type": "max", "Det.limit_side_len": int(det_side)})
         runtime = EngineType(engine)  # config.OCR_ENGINES: "onnxruntime" or "openvino"
         params.update({"Det.engine_type": runtime, "Cls.engine_type": runtime, "Rec.engine_type": runtime})
+        try:  # rapidocr loads the runtime only at the first image: say now if it is missing
+            importlib.import_module(engine)
+        except ImportError as exc:  # e.g. a platform without OpenVINO wheels
+            raise RuntimeError(f"OCR engine {engine}: {engine} is not installed ({exc}); install it, or run OCR on "
+                               f"another engine (--ocr-engine / MODALMESH_VISION_OCR_ENGINE: {', '.join(OCR_ENGINES)})") from exc
         self._engine = RapidOCR(params=params)
         self._lock = threading.Lock()  # one image at a time: the runtime already uses every core
         log.info("OCR: PP-OCR on %s", engine)
