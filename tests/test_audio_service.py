@@ -132,6 +132,30 @@ def test_raw_pcm_with_declared_format(audio):
     assert abs(result.sequence.shape[0] - expected_frames(1.0)) <= 1
 
 
+def test_float_samples_beyond_full_scale_are_clipped(audio):
+    # A float WAV at 1e30 once overflowed the features to NaN (the answer's confidence with them).
+    loud = (tone(1.0, 16000) * 1e30).astype(np.float32)
+    result = audio.encode(wav_bytes(loud, 16000, subtype="FLOAT"), "audio/wav", output_datatype="FP32")
+    clipped = audio.encode(wav_bytes(np.clip(loud, -1, 1), 16000, subtype="FLOAT"), "audio/wav", output_datatype="FP32")
+    assert np.isfinite(result.sequence).all() and np.isfinite(result.pooled).all()
+    np.testing.assert_allclose(result.pooled, clipped.pooled, atol=1e-4)
+
+
+def test_clips_too_short_to_decode_have_no_transcript_and_do_not_break_the_decoder(audio, speech):
+    """PocketSphinx gives no segments for a clip under about 10 ms (that was an INTERNAL
+    error) and fails on an empty buffer, which once left it mid-utterance so that every
+    later transcript failed too."""
+    from modalmesh.audio.features import Transcriber
+
+    tiny = audio.encode(wav_bytes(np.zeros(10, dtype=np.float32), 16000), "audio/wav", options=["transcript"])
+    assert tiny.side.HasField("transcript") and tiny.side.transcript.text == ""
+    transcriber = Transcriber()
+    assert transcriber.transcribe(np.zeros(0, dtype=np.float32)) == ("", 0.0)
+    assert transcriber.transcribe(np.zeros(10, dtype=np.float32)) == ("", 0.0)
+    samples, rate = read_wav(synthesize(speech, "Hello, I need help with my order.", rate_wpm=150, sample_rate_hz=16000)[1])
+    assert "order" in transcriber.transcribe(samples)[0].split()
+
+
 def _wav_with_format_tag(tag: int) -> bytes:
     fmt = struct.pack("<HHIIHH", tag, 1, 16000, 32000, 2, 16)
     data = b"\0" * 3200

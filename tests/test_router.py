@@ -251,6 +251,14 @@ def test_medical_report_from_a_png_scan_with_its_window_is_measured(router):
         ({"task": "screenshot_triage", "image": router_pb2.MediaInput(data=b"not an image")}, "image.media_type", "match no supported format"),
         ({"task": "screenshot_triage", "text": "hi", "options": router_pb2.AnalyzeOptions(require=[router_pb2.MODALITY_AUDIO])},
          "options.require[0]", "not in the request"),
+        # Refused by an encoder: when every input is refused, the router says INVALID_ARGUMENT
+        # with the field of *its* request (not UNAVAILABLE, which invites a retry).
+        ({"task": "screenshot_triage", "image": router_pb2.MediaInput(data=SCREENSHOT[: len(SCREENSHOT) // 2])},
+         "image.data", "cannot decode the image"),
+        ({"task": "medical_report", "image": router_pb2.MediaInput(data=SCREENSHOT, parameters={"pixel_spacing": "-1"})},
+         "image.parameters.pixel_spacing", "is not one or two spacings"),
+        ({"task": "screenshot_triage", "audio": router_pb2.MediaInput(data=b"RIFF" + b"\xff" * 500, media_type="audio/wav")},
+         "audio.media_type", "not RIFF/WAVE"),
     ],
 )
 def test_bad_requests_are_invalid_argument(router, fields, field, complaint):
@@ -414,6 +422,30 @@ def test_a_result_that_arrives_after_a_harvest_looked_is_still_gathered():
         run.harvest()
         assert run.pending == [] and "image_text" in run.features
         assert "image_text" not in run.side_notes
+
+
+def test_features_with_nan_fail_their_modality_instead_of_reaching_the_answer():
+    """The real encoders refuse NaN input and clip float audio to full scale (a 1e30 WAV
+    once came back as confidence NaN); should any encoder still send non-finite features,
+    its modality fails with the reason and the answer comes from the rest. The work
+    function stands in for such an encoder: none of the real ones can be made to do it."""
+    from concurrent import futures
+
+    import torch
+
+    from modalmesh.router.pipeline import Deadline, Run
+
+    with futures.ThreadPoolExecutor(2) as pool:
+        run = Run(encoders=None, pool=pool, deadline=Deadline.within(30))
+        run.start("audio", lambda call: {"audio": torch.full((5, 80), float("nan"))})
+        run.start("text", lambda call: {"text": torch.ones(3, 384)})
+        while run.pending:
+            run.wait_any()
+            run.harvest()
+    assert set(run.features) == {"text"}
+    state = run.states["audio"]
+    assert state.status == router_pb2.MODALITY_STATUS_FAILED and state.error_code == "INTERNAL"
+    assert "NaN or infinite" in state.reason
 
 
 def test_screen_lines_are_scored_while_other_encoders_still_work():

@@ -275,3 +275,67 @@ def test_int8_quantization_of_a_transformer_backbone_stays_close(tiny_vit_dir):
     a = full.encode_batch([full.preprocess(rgb)])[0].pooled
     b = int8.encode_batch([int8.preprocess(rgb)])[0].pooled
     assert float(torch.nn.functional.cosine_similarity(a, b, dim=0)) > 0.95
+
+
+@pytest.fixture(scope="module")
+def reader():
+    from modalmesh.vision.ocr import ScreenReader
+
+    return ScreenReader()
+
+
+def _page(width: int, height: int, rows: list[int], left: int = 40) -> np.ndarray:
+    from PIL import ImageDraw, ImageFont
+
+    page = Image.new("RGB", (width, height), "white")
+    draw, font = ImageDraw.Draw(page), ImageFont.load_default(size=30)
+    for number, top in enumerate(rows):
+        draw.text((left, top), f"Order {number} was updated", fill="black", font=font)
+    return np.asarray(page)
+
+
+def test_a_tall_page_is_read_in_tiles_each_line_once(reader):
+    """A 1080x8000 scrolling capture: read whole, the engine shrank it to 270x2000 px and
+    the text to smears. In tiles every line comes back once, at its place, including one
+    drawn right across a tile border."""
+    import re
+
+    from modalmesh.vision.ocr import _tiles
+
+    tiles = _tiles(8000, 1080)
+    assert len(tiles) > 1 and all(bottom - top <= 3.0 * 1080 for top, bottom, _, _ in tiles)
+    border = tiles[1][2]  # where the second tile's own band starts
+    rows = sorted({*range(60, 7900, 600), border - 18})
+    lines = reader.read(_page(1080, 8000, rows))
+    numbers = [int(m.group(1)) for line in lines if (m := re.search(r"Order (\d+) was", line.text))]
+    assert sorted(numbers) == list(range(len(rows))), [line.text for line in lines]
+    for line in lines:
+        number = int(re.search(r"Order (\d+)", line.text).group(1))
+        assert abs(line.box[1] - rows[number]) < 15  # boxes in the page's pixels, not the tile's
+
+
+def test_strips_and_wide_images_are_read_without_errors(reader):
+    # The engine failed on strips past about 1:125 (an INTERNAL error for the whole image)
+    # and spent 18 s detecting a 1:60 one; they are padded to 1:3 now.
+    for shape in [(1, 5000), (5000, 1), (20, 5000), (5000, 20), (3, 3000)]:
+        assert reader.read(np.full((*shape, 3), 255, dtype=np.uint8)) == []
+    wide = reader.read(_page(4200, 300, [40, 200], left=2000))
+    assert [line.text for line in wide] == ["Order 0 was updated", "Order 1 was updated"]
+
+
+def test_ocr_gives_up_when_the_caller_has_no_time_left(reader):
+    from modalmesh.vision.ocr import OcrTimeout
+
+    page = _page(640, 400, [40])
+    with pytest.raises(OcrTimeout):
+        reader.read(page, timeout=0.0)
+    with reader._lock:  # another image is being read
+        with pytest.raises(OcrTimeout, match="waiting for the OCR engine"):
+            reader.read(page, timeout=0.2)
+    assert [line.text for line in reader.read(page, timeout=30)] == ["Order 0 was updated"]
+
+
+def test_a_thin_strip_with_ocr_is_encoded(vision):
+    strip = image_bytes(Image.new("RGB", (5000, 1), "white"))
+    result = vision.encode(strip, "image/png", options=["ocr"])
+    assert result.pooled.shape == (1280,) and len(result.side.text_spans) == 0

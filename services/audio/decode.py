@@ -8,7 +8,8 @@ Streaming: raw PCM and WAV decode incrementally (`StreamDecoder.feed`), so featu
 can be computed before the last byte arrives; FLAC and OGG are decoded when complete.
 Every failure is INVALID_ARGUMENT with the reason: truncated or corrupt files,
 unsupported codecs, zero length, NaN or infinite samples, sample rates outside
-1 kHz..384 kHz, more than 32 channels, clips over the duration limit.
+1 kHz..384 kHz, more than 32 channels, clips over the duration limit. Float samples
+beyond full scale (|x| > 1) are clipped to it.
 """
 
 from __future__ import annotations
@@ -54,12 +55,15 @@ def check_layout(sample_rate: int, channels: int) -> None:
 
 
 def to_mono(frames: np.ndarray) -> np.ndarray:
-    """[n, channels] -> [n] float32, refusing NaN and infinities."""
-    mono = frames.mean(axis=1, dtype=np.float32) if frames.ndim == 2 else frames.astype(np.float32)
-    if mono.size and not np.isfinite(mono).all():
-        bad = int(np.flatnonzero(~np.isfinite(mono))[0])
+    """[n, channels] -> [n] float32 within full scale, refusing NaN and infinities.
+
+    Float samples beyond full scale (|x| > 1) are clipped to it, as a converter to
+    integer PCM would: the features assume it, and 1e30 would overflow them."""
+    if frames.size and not np.isfinite(frames).all():
+        bad = int(np.flatnonzero(~np.isfinite(frames).reshape(frames.shape[0], -1).all(axis=1))[0])
         raise errors.invalid_argument("payload", f"sample {bad} is NaN or infinite")
-    return mono
+    frames = np.clip(frames, -1.0, 1.0, dtype=np.float32) if frames.dtype.kind == "f" else frames
+    return frames.mean(axis=1, dtype=np.float32) if frames.ndim == 2 else frames.astype(np.float32)
 
 
 def decode_file(data: bytes, media_type: str) -> tuple[np.ndarray, int, int]:

@@ -145,13 +145,18 @@ class Transcriber:
 
     def transcribe(self, samples: np.ndarray) -> tuple[str, float]:
         pcm = (np.clip(samples, -1.0, 1.0) * 32767.0).astype(np.int16).tobytes()
+        if not pcm:  # PocketSphinx fails on an empty buffer (and would stay mid-utterance)
+            return "", 0.0
         with self._lock:
             self._decoder.set_cmn(self._initial_cmn)
             self._decoder.start_utt()
-            self._decoder.process_raw(pcm, full_utt=True)
-            self._decoder.end_utt()
+            try:
+                self._decoder.process_raw(pcm, full_utt=True)
+            finally:  # an utterance left open would fail every later call
+                self._decoder.end_utt()
             hypothesis = self._decoder.hyp()
-            words = [seg for seg in self._decoder.seg() if not seg.word.startswith(("<", "[", "+"))]
+            # seg() is None for a clip too short to decode (under about 10 ms)
+            words = [seg for seg in self._decoder.seg() or () if not seg.word.startswith(("<", "[", "+"))]
         if hypothesis is None or not hypothesis.hypstr:
             return "", 0.0
         # Mean word posterior of the recognised words (fillers and silences left out).

@@ -103,6 +103,7 @@ class ModalityState:
     reason: str = ""
     error_code: str = ""
     latency_ms: float = 0.0
+    violations: list[tuple[str, str]] = field(default_factory=list)  # the encoder's, for INVALID_ARGUMENT
 
 
 class Encoders:
@@ -231,10 +232,10 @@ class Run:
             except futures.CancelledError:
                 continue
             except grpc.RpcError as exc:
-                self._failed(source, modality, exc.code(), exc.details(), latency)
+                self._failed(source, modality, exc.code(), exc.details(), latency, errors.field_violations(exc))
                 continue
             except errors.ServiceError as exc:
-                self._failed(source, modality, exc.code, exc.message, latency)
+                self._failed(source, modality, exc.code, exc.message, latency, exc.violations)
                 continue
             wrong = {s: int(t.shape[-1]) for s, t in produced.items() if s in self.widths and t.shape[-1] != self.widths[s]}
             if wrong:  # an encoder running another model than the weights were trained with
@@ -243,6 +244,11 @@ class Run:
                              f"{s} features are {width} wide, the task's weights expect {self.widths[s]}: the {modality} "
                              f"service runs another model than the one they were trained with", latency)
                 continue
+            broken = next((s for s, t in produced.items() if not torch.isfinite(t).all()), None)
+            if broken is not None:  # never let NaN or infinity reach the fusion model and the answer
+                self._failed(source, modality, grpc.StatusCode.INTERNAL,
+                             f"the {modality} service sent {broken} features with NaN or infinite values", latency)
+                continue
             self.features.update(produced)
             if source in MODALITIES:
                 state = self.states[modality]
@@ -250,7 +256,8 @@ class Run:
             elif not produced:
                 self.side_notes[source] = "found nothing"
 
-    def _failed(self, source: str, modality: str, code: grpc.StatusCode, details: str, latency: float) -> None:
+    def _failed(self, source: str, modality: str, code: grpc.StatusCode, details: str, latency: float,
+                violations: list[tuple[str, str]] = ()) -> None:
         timed_out = code == grpc.StatusCode.DEADLINE_EXCEEDED
         if source not in MODALITIES:  # a side output failed: the modality itself still counts
             self.side_notes[source] = f"{'timed out' if timed_out else 'failed'}: {code.name}: {details}"
@@ -258,6 +265,7 @@ class Run:
         state = self.states[modality]
         state.status = router_pb2.MODALITY_STATUS_TIMED_OUT if timed_out else router_pb2.MODALITY_STATUS_FAILED
         state.error_code, state.reason, state.latency_ms = code.name, details, latency
+        state.violations = list(violations)
 
     def stop_pending(self, status: int, reason: str) -> None:
         for call in self.pending:
@@ -515,6 +523,13 @@ class Pipeline:
             states = [s for s in run.states.values() if s.status != router_pb2.MODALITY_STATUS_ABSENT]
             if any(s.status == router_pb2.MODALITY_STATUS_TIMED_OUT for s in states):
                 raise errors.deadline_exceeded("no encoder answered before the deadline: " + _summary(run))
+            if states and all(s.error_code == "INVALID_ARGUMENT" for s in states):
+                # Every input was refused as malformed: the caller's to fix, and a retry
+                # (which UNAVAILABLE invites) would fail the same way.
+                violations = [(_request_field(modality, where), what) for modality, state in run.states.items()
+                              if state in states for where, what in state.violations or [("", state.reason)]]
+                raise errors.ServiceError(grpc.StatusCode.INVALID_ARGUMENT,
+                                          "; ".join(f"{where}: {what}" for where, what in violations), violations)
             raise errors.unavailable("no encoder could encode any input: " + _summary(run))
         return early
 
@@ -630,6 +645,14 @@ def _sniff(modality: str, data: bytes) -> str | None:
     if modality == "image":
         return sniff_media_type(data)
     return next((media_type for signature, media_type in AUDIO_SIGNATURES if data.startswith(signature)), None)
+
+
+def _request_field(modality: str, encoder_field: str) -> str:
+    """An encoder's field path as the router's request field: ('image', 'header.parameters.pixel_spacing')
+    -> 'image.parameters.pixel_spacing', ('audio', 'payload') -> 'audio.data'."""
+    where = encoder_field.removeprefix("header.")
+    where = "data" if where in ("payload", "") else where
+    return modality if modality == "text" else f"{modality}.{where}"
 
 
 def _summary(run: Run) -> str:

@@ -3,13 +3,23 @@
 Lines come back in reading order (rows top to bottom, then left to right; see
 common/layout.py) with their recognition confidence and an axis-aligned box in input
 pixels.
+
+Long pages (a scrolling capture taller than TILE_ASPECT times its width) are read in
+overlapping tiles: the engine fits every image into 2000 px on its longer side before
+detection, which turns the text of a 1080x10800 capture into 20-px-wide smears (and a
+1:125 strip into an error); very wide images and narrow strips are padded instead
+(_pad_to_page). Each tile keeps the lines whose centre falls in its own
+band; the overlap is wider than a line, so a line on a border is read whole by the
+tile that keeps it.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
+import math
 import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +47,15 @@ class TextLine:
 # detection they scored lower on validation (README, "Shipped weights"), so the cap is
 # an option (`ocr_det_side`), not the default.
 CAPPED_DET_SIDE = 960
+
+TILE_ASPECT = 3.0  # a page taller than this many widths is read in tiles (phones are about 2.2)
+MIN_TILE_WIDTH = 200  # px: anything narrower is no page (a strip is read in one pass)
+WIDE_ASPECT = 8.0  # a wider image is padded to this (tiles across would cut its lines)
+TILE_OVERLAP = 0.1  # of the width, on each side of a tile's band: more than a line's height
+
+
+class OcrTimeout(TimeoutError):
+    """The caller's deadline passed before the screen was read."""
 
 
 class ScreenReader:
@@ -71,15 +90,66 @@ class ScreenReader:
         ImageDraw.Draw(image).text((40, 40), "Warming up: OCR 0123456789", fill="black", font=ImageFont.load_default(size=24))
         return self.read(np.asarray(image))
 
-    def read(self, rgb: np.ndarray) -> list[TextLine]:
-        with self._lock:
+    def read(self, rgb: np.ndarray, timeout: float | None = None) -> list[TextLine]:
+        """`timeout`: seconds the caller can still wait; OcrTimeout when it runs out (checked
+        before each tile, and while waiting for another image to be read)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        rgb = _pad_to_page(rgb)
+        lines: dict[tuple, TextLine] = {}
+        for top, bottom, keep_from, keep_to in _tiles(*rgb.shape[:2]):
+            for line in self._read_once(rgb[top:bottom], deadline):
+                x0, y0, x1, y1 = line.box
+                box = (x0, y0 + top, x1, y1 + top)
+                if keep_from <= (box[1] + box[3]) / 2 < keep_to:
+                    lines[(line.text, box)] = TextLine(line.text, line.confidence, box)
+        # Reading order: rows top to bottom (vertical centres within half a height), then left to right.
+        return [lines[span] for row in reading_order(lines) for span in row]
+
+    def _read_once(self, rgb: np.ndarray, deadline: float | None) -> list[TextLine]:
+        if not self._lock.acquire(timeout=-1 if deadline is None else max(0.0, deadline - time.monotonic())):
+            raise OcrTimeout("no time left to read the screen (waiting for the OCR engine)")
+        try:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise OcrTimeout("no time left to read the screen")
             result = self._engine(np.ascontiguousarray(rgb))
+        finally:
+            self._lock.release()
         if result is None or result.txts is None or result.boxes is None:
             return []
-        lines = {}
+        lines = []
         for text, score, quad in zip(result.txts, result.scores, result.boxes):
             quad = np.asarray(quad, dtype=np.float32)
             box = (float(quad[:, 0].min()), float(quad[:, 1].min()), float(quad[:, 0].max()), float(quad[:, 1].max()))
-            lines[(str(text), box)] = TextLine(str(text), float(score), box)
-        # Reading order: rows top to bottom (vertical centres within half a height), then left to right.
-        return [lines[span] for row in reading_order(lines) for span in row]
+            lines.append(TextLine(str(text), float(score), box))
+        return lines
+
+
+def _tiles(height: int, width: int) -> list[tuple[int, int, int, int]]:
+    """(top, bottom, keep_from, keep_to) rows per tile: one tile unless the page is tall."""
+    if height <= TILE_ASPECT * width or width < MIN_TILE_WIDTH:
+        return [(0, height, -math.inf, math.inf)]
+    count = math.ceil(height / (TILE_ASPECT * width * 0.8))  # bands plus overlaps stay under TILE_ASPECT
+    band, overlap = height / count, int(TILE_OVERLAP * width) + 1
+    tiles = []
+    for index in range(count):
+        keep_from, keep_to = round(index * band), round((index + 1) * band)
+        tiles.append((max(0, keep_from - overlap), min(height, keep_to + overlap),
+                      keep_from if index else -math.inf, keep_to if index < count - 1 else math.inf))
+    return tiles
+
+
+def _pad_to_page(rgb: np.ndarray) -> np.ndarray:
+    """An image wider than WIDE_ASPECT, or a tall one too narrow to tile (to TILE_ASPECT),
+    padded with its border's median colour after its end: the engine scales the shorter
+    side to 736 px, so a 1:60 strip would be detected at 736 x 44000 px (18 s) or, past
+    1:125, fail."""
+    height, width = rgb.shape[:2]
+    rows = max(0, math.ceil(width / WIDE_ASPECT) - height)
+    cols = max(0, math.ceil(height / TILE_ASPECT) - width) if width < MIN_TILE_WIDTH else 0
+    if not rows and not cols:
+        return rgb
+    border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])
+    padded = np.empty((height + rows, width + cols, 3), dtype=rgb.dtype)
+    padded[...] = np.median(border, axis=0).astype(rgb.dtype)
+    padded[:height, :width] = rgb
+    return padded
