@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from modalmesh.common.config import DEFAULT_PORTS
 
 ORDER = ("text", "vision", "audio", "router")  # the router last: it dials the others
 STATE_FILE = Path(os.environ.get("MODALMESH_STATE_DIR", Path.home() / ".modalmesh")) / "up.json"
+LOG_DIR = STATE_FILE.parent / "logs"  # a detached mesh's service logs, <name>.log
 
 
 def free_port() -> int:
@@ -34,6 +36,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def port_free(host: str, port: int) -> bool:
+    """Nothing listens on it (connections of a stopped server in TIME_WAIT do not count)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 @dataclass
 class Member:
     name: str
@@ -41,6 +54,17 @@ class Member:
     process: subprocess.Popen | None = None
     ready_after: float | None = None
     log_threads: list[threading.Thread] = field(default_factory=list)
+    recent: deque = field(default_factory=lambda: deque(maxlen=200))  # its last log lines
+    log_path: Path | None = None  # detached: where its log goes
+
+    def last_words(self, count: int = 3) -> str:
+        """The end of its log, for saying why it stopped: the last lines that are not a
+        traceback's indented frames."""
+        lines = list(self.recent)
+        if self.log_path is not None and self.log_path.is_file():
+            lines = self.log_path.read_text(errors="replace").splitlines()[-200:]
+        said = [line.strip() for line in lines if line.strip() and not line.startswith((" ", "\t", "Traceback"))]
+        return " | ".join(said[-count:])
 
 
 class Mesh:
@@ -67,11 +91,15 @@ class Mesh:
         for name in ORDER:
             member = self.members[name]
             env = {**os.environ, **self.extra_env, "PYTHONUNBUFFERED": "1"}
-            output = subprocess.DEVNULL if detach else subprocess.PIPE
-            member.process = subprocess.Popen(
-                self.command(name), env=env, stdout=output, stderr=subprocess.STDOUT if not detach else subprocess.DEVNULL,
-                text=True, start_new_session=detach,
-            )
+            if detach:
+                LOG_DIR.mkdir(parents=True, exist_ok=True)
+                member.log_path = LOG_DIR / f"{name}.log"
+                with member.log_path.open("w") as log_file:  # the child keeps its own descriptor
+                    member.process = subprocess.Popen(self.command(name), env=env, stdout=log_file, stderr=subprocess.STDOUT,
+                                                      text=True, start_new_session=True)
+                continue
+            member.process = subprocess.Popen(self.command(name), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                              text=True)
             if not detach:
                 thread = threading.Thread(target=self._pump, args=(member,), daemon=True)
                 thread.start()
@@ -79,6 +107,7 @@ class Mesh:
 
     def _pump(self, member: Member) -> None:
         for line in member.process.stdout:
+            member.recent.append(line.rstrip())
             if not self.quiet_logs:
                 with self._print_lock:
                     print(f"{member.name:>6} | {line.rstrip()}", file=self.log_stream, flush=True)
@@ -97,7 +126,10 @@ class Mesh:
             while True:
                 for name, member in self.members.items():
                     if member.process.poll() is not None:
-                        raise RuntimeError(f"{name} exited with code {member.process.returncode} before becoming healthy")
+                        for thread in member.log_threads:  # its last lines may still be in the pipe
+                            thread.join(timeout=2)
+                        raise RuntimeError(f"{name} exited with code {member.process.returncode} before becoming healthy: "
+                                           f"{member.last_words() or 'no log'}")
                     if member.ready_after is not None:
                         continue
                     try:
@@ -153,7 +185,17 @@ class Mesh:
 
 
 def run_up(ports: dict[str, int], host: str, detach: bool, timeout: float) -> int:
+    running = _detached_pids() if detach else {}  # a second one would take over its state file
+    if running:
+        print(f"modalmesh up: a detached mesh is running ({', '.join(f'{n} pid {p}' for n, p in running.items())}); "
+              f"`modalmesh down` stops it", file=sys.stderr)
+        return 1
     mesh = Mesh(host=host, ports=ports)
+    busy = [mesh.address(name) for name in ORDER if not port_free(host, mesh.members[name].port)]
+    if busy:  # else the health checks could find whatever listens there and call the mesh up
+        print(f"modalmesh up: {', '.join(busy)} already in use; stop what listens there or choose other ports "
+              f"(--router-port, --text-port, --vision-port, --audio-port)", file=sys.stderr)
+        return 1
     print("starting " + ", ".join(f"{n} on {mesh.address(n)}" for n in ORDER), file=sys.stderr)
     mesh.start(detach=detach)
     try:
@@ -165,7 +207,7 @@ def run_up(ports: dict[str, int], host: str, detach: bool, timeout: float) -> in
     print("mesh is up: " + ", ".join(f"{n}={mesh.address(n)}" for n in ORDER), file=sys.stderr)
     if detach:
         mesh.save_state()
-        print(f"detached; `modalmesh down` stops it (state in {STATE_FILE})", file=sys.stderr)
+        print(f"detached; `modalmesh down` stops it (state in {STATE_FILE}, logs in {LOG_DIR})", file=sys.stderr)
         return 0
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -204,6 +246,16 @@ def run_down(grace: float = 15.0) -> int:
         print(f"stopped {name} (pid {pid})", file=sys.stderr)
     STATE_FILE.unlink()
     return 0
+
+
+def _detached_pids() -> dict[str, int]:
+    """The services of a mesh left by `up --detach` that are still running."""
+    try:
+        state = json.loads(STATE_FILE.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {name: entry["pid"] for name, entry in state.items()
+            if isinstance(entry, dict) and isinstance(entry.get("pid"), int) and _alive(entry["pid"])}
 
 
 def _alive(pid: int) -> bool:

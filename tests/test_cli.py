@@ -148,7 +148,9 @@ def test_up_starts_the_mesh_and_stops_it_on_sigterm():
             process.kill()
 
 
-def test_up_names_the_service_that_failed_to_start():
+def test_up_refuses_ports_already_in_use():
+    """Checked before anything starts: a server listening there would otherwise answer
+    the health checks and the mesh would be called up while its own service had failed."""
     import socket
 
     ports = {name: free_port() for name in ("router", "text", "vision", "audio")}
@@ -156,11 +158,22 @@ def test_up_names_the_service_that_failed_to_start():
     blocker.bind(("127.0.0.1", ports["vision"]))
     blocker.listen()
     try:
-        result = subprocess.run(_up_command(ports), capture_output=True, text=True, timeout=300)
+        result = subprocess.run(_up_command(ports), capture_output=True, text=True, timeout=60)
     finally:
         blocker.close()
     assert result.returncode == 1
-    assert "vision exited with code 1" in result.stderr
+    assert f"127.0.0.1:{ports['vision']} already in use" in result.stderr and "starting" not in result.stderr
+
+
+def test_up_names_the_service_that_failed_to_start_and_why(tmp_path):
+    ports = {name: free_port() for name in ("router", "text", "vision", "audio")}
+    env = {**os.environ, "MODALMESH_VISION_MODEL": str(tmp_path / "no-such-model"), "MODALMESH_STATE_DIR": str(tmp_path)}
+    result = subprocess.run([*_up_command(ports), "--detach"], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    # Detached, the services log to files; the reason is read back from there.
+    assert "vision exited with code 1 before becoming healthy" in result.stderr
+    assert "no-such-model' is not a local directory" in result.stderr
+    assert (tmp_path / "logs" / "vision.log").is_file() and not (tmp_path / "up.json").exists()
 
 
 def test_encode_image_with_ocr_and_audio_with_transcript_and_say(tmp_path, capsys):
@@ -211,6 +224,10 @@ def test_up_detach_and_down(tmp_path):
     try:
         with RouterClient(f"127.0.0.1:{ports['router']}") as client:
             assert client.analyze("screenshot_triage", text="refund please")["label"]
+        assert "ready in" in (tmp_path / "logs" / "router.log").read_text()
+        other_ports = {name: free_port() for name in ports}
+        twice = subprocess.run([*_up_command(other_ports), "--detach"], env=env, capture_output=True, text=True, timeout=60)
+        assert twice.returncode == 1 and "a detached mesh is running" in twice.stderr
     finally:
         stopped = subprocess.run([sys.executable, "-m", "modalmesh.cli", "down"], env=env, capture_output=True, text=True, timeout=60)
     assert stopped.returncode == 0 and "stopped router" in stopped.stderr

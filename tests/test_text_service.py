@@ -278,3 +278,13 @@ def test_int8_quantization_option(start_text_service, tiny_bert_dir):
         quantized = client.encode_text("my card payment failed", output_datatype="FP32").pooled
     full = TextEncoder(str(tiny_bert_dir)).encode_batch(["my card payment failed"])[0].pooled.numpy()
     assert float(quantized @ full) > 0.95  # both unit length: this is the cosine
+
+
+def test_a_second_server_on_a_port_in_use_fails_to_start(start_text_service):
+    # grpc's default SO_REUSEPORT let the second one start and take some of the first's connections.
+    first = start_text_service()
+    with pytest.raises(OSError, match=f"cannot listen on 127.0.0.1:{first.port} \\(port in use\\?\\)"):
+        start_text_service(port=first.port)
+    with grpc.insecure_channel(first.address) as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING

@@ -74,6 +74,11 @@ def grpc_options(max_message_bytes: int) -> list[tuple[str, int]]:
     ]
 
 
+# grpc turns SO_REUSEPORT on by default: a second server on a port in use then shares it
+# silently (each takes some of the connections) instead of failing to start.
+SERVER_ONLY_OPTIONS = [("grpc.so_reuseport", 0)]
+
+
 def _method_parts(full_method: str) -> tuple[str, str]:
     service, _, method = full_method.lstrip("/").partition("/")
     return service, method
@@ -276,17 +281,20 @@ def start_server(config: ServiceConfig, service: Service, *, initialize: bool = 
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.worker_threads, thread_name_prefix=f"{service.name}-rpc"),
         interceptors=[RuntimeInterceptor(service.name, state, config.auth_token)],
-        options=grpc_options(config.max_message_bytes),
+        options=[*grpc_options(config.max_message_bytes), *SERVER_ONLY_OPTIONS],
     )
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = service.register(server)
     reflection.enable_server_reflection([*names, HEALTH_SERVICE, REFLECTION_SERVICE], server)
-    if config.tls_enabled:
-        credentials = security.server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca)
-        port = server.add_secure_port(config.address, credentials)
-    else:
-        port = server.add_insecure_port(config.address)
+    try:
+        if config.tls_enabled:
+            credentials = security.server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca)
+            port = server.add_secure_port(config.address, credentials)
+        else:
+            port = server.add_insecure_port(config.address)
+    except RuntimeError:  # newer grpcio raises where older ones return 0
+        port = 0
     if port == 0:
         raise OSError(f"{service.name}: cannot listen on {config.address} (port in use?)")
     handle = ServerHandle(config, service, server, port, health_servicer, names, state)
@@ -294,15 +302,27 @@ def start_server(config: ServiceConfig, service: Service, *, initialize: bool = 
     server.start()
     if config.health_port > 0:
         # Kubelet's gRPC probes speak plaintext: with TLS on, health also answers here.
-        probe_server = grpc.server(futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"{service.name}-probe"))
+        probe_server = grpc.server(futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"{service.name}-probe"),
+                                   options=SERVER_ONLY_OPTIONS)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, probe_server)
-        if probe_server.add_insecure_port(f"{config.host}:{config.health_port}") == 0:
+        try:
+            probe_port = probe_server.add_insecure_port(f"{config.host}:{config.health_port}")
+        except RuntimeError:
+            probe_port = 0
+        if probe_port == 0:
             server.stop(0)
             raise OSError(f"{service.name}: cannot listen on health port {config.health_port}")
         probe_server.start()
         handle.probe_server = probe_server
     if config.metrics_port > 0:
-        handle.metrics_port = telemetry.start_metrics_server(config.host, config.metrics_port)
+        try:
+            handle.metrics_port = telemetry.start_metrics_server(config.host, config.metrics_port)
+        except OSError as exc:
+            server.stop(0)
+            if handle.probe_server is not None:
+                handle.probe_server.stop(0)
+            raise OSError(f"{service.name}: cannot serve metrics on {config.host}:{config.metrics_port} ({exc.strerror}; "
+                          f"--metrics-port picks another, 0 turns them off)") from None
     log.info("%s: listening on %s (%s), loading model", service.name, handle.address, "TLS" if config.tls_enabled else "plaintext")
     if initialize:
         try:
