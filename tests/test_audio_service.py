@@ -2,6 +2,7 @@
 
 import struct
 import threading
+import time
 
 import grpc
 import numpy as np
@@ -154,6 +155,40 @@ def test_clips_too_short_to_decode_have_no_transcript_and_do_not_break_the_decod
     assert transcriber.transcribe(np.zeros(10, dtype=np.float32)) == ("", 0.0)
     samples, rate = read_wav(synthesize(speech, "Hello, I need help with my order.", rate_wpm=150, sample_rate_hz=16000)[1])
     assert "order" in transcriber.transcribe(samples)[0].split()
+    with transcriber._lock:  # another transcript is running: a caller out of time does not queue behind it
+        with pytest.raises(errors.ServiceError, match="transcript: deadline passed while waiting"):
+            transcriber.transcribe(samples, timeout=0.1)
+    transcriber.close()
+
+
+def test_transcribing_does_not_stop_the_services_other_threads():
+    """PocketSphinx holds the GIL for a whole utterance: a 12-s clip froze every thread of
+    the audio service (health checks included) for 9 s. It runs in a worker process now:
+    here a thread ticking every 10 ms is never held up for long, a caller that gives up
+    leaves the reply to be skipped by the next one, and a killed worker is replaced."""
+    from modalmesh.audio.features import Transcriber
+
+    transcriber = Transcriber()
+    noise = np.random.default_rng(3).normal(0, 0.3, 6 * 16000).astype(np.float32)
+    done, gaps = threading.Event(), []
+    worker = threading.Thread(target=lambda: (transcriber.transcribe(noise), done.set()))
+    worker.start()
+    last = time.monotonic()
+    while not done.is_set():
+        time.sleep(0.01)
+        gaps.append(time.monotonic() - last)
+        last = time.monotonic()
+    worker.join()
+    assert len(gaps) > 20 and max(gaps) < 1.0  # the transcript took seconds; the ticks went on
+    with pytest.raises(errors.ServiceError, match="DEADLINE_EXCEEDED: transcript: deadline passed"):
+        transcriber.transcribe(noise, timeout=0.2)
+    assert transcriber.transcribe(tone(0.5, 16000), timeout=60)[0] == transcriber.transcribe(tone(0.5, 16000))[0]
+    transcriber._worker.kill()
+    transcriber._worker.wait()
+    with pytest.raises(errors.ServiceError, match="UNAVAILABLE: transcript: the recogniser's process stopped"):
+        transcriber.transcribe(tone(0.5, 16000))
+    assert isinstance(transcriber.transcribe(tone(0.5, 16000))[0], str)  # the new worker answers
+    transcriber.close()
 
 
 def _wav_with_format_tag(tag: int) -> bytes:

@@ -117,3 +117,22 @@ def test_a_failing_batch_fails_its_callers_and_the_batcher_keeps_working():
         assert batcher.submit("second", timeout=5).value == "second"
     finally:
         batcher.close()
+
+
+def test_a_turn_on_a_one_at_a_time_engine_respects_the_callers_deadline():
+    from modalmesh.common.batching import deadline_after, turn
+
+    lock = threading.Lock()
+    with turn(lock, deadline_after(5.0), "engine"):
+        assert lock.locked()
+    assert not lock.locked()
+    with turn(lock, None, "engine"):  # no deadline: waits as long as it takes
+        pass
+    with pytest.raises(ServiceError) as raised:
+        with turn(lock, deadline_after(0.0), "engine"):
+            pass
+    assert raised.value.code == grpc.StatusCode.DEADLINE_EXCEEDED and not lock.locked()
+    with lock:  # held by another caller past this one's deadline
+        with pytest.raises(ServiceError, match="engine: deadline passed while waiting for the engine"):
+            with turn(lock, deadline_after(0.1), "engine"):
+                pass

@@ -182,6 +182,42 @@ def test_an_exceeded_deadline_is_deadline_exceeded(router):
     assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
 
 
+def test_a_grpc_deadline_gets_the_answer_from_the_encoders_that_made_it(router):
+    """The router stops gathering a reply margin before the caller's gRPC deadline. It
+    used to wait to the very end: the caller then got a bare DEADLINE_EXCEEDED although
+    the text had long been encoded. Here the transcript of 12 s of noise (FULL mode waits
+    for it) cannot be done in 1.5 s; the text can."""
+    import numpy as np
+
+    noise = wav_bytes(np.random.default_rng(3).normal(0, 0.3, 12 * 16000).astype(np.float32), 16000)
+    started = time.monotonic()
+    response = analyze(router, timeout=1.5, text="My card was declined at checkout.",
+                       audio=router_pb2.MediaInput(data=noise), options=router_pb2.AnalyzeOptions(mode=router_pb2.ROUTING_MODE_FULL))
+    assert time.monotonic() - started < 1.5
+    assert STATUS(reports(response)["text"].status) == "MODALITY_STATUS_USED"
+    assert STATUS(reports(response)["audio"].status) == "MODALITY_STATUS_TIMED_OUT"
+    assert response.label
+
+
+def test_a_cancelled_encoder_rpc_is_not_an_internal_error():
+    """When the caller goes (its deadline passes), the router cancels the encoder RPCs; a
+    work function then sees grpc.FutureCancelledError, which the harvest once let escape
+    (logged as INTERNAL, counted in the error metrics and alerts)."""
+    from concurrent import futures
+
+    from modalmesh.router.pipeline import Deadline, Run
+
+    def cancelled(call):
+        raise grpc.FutureCancelledError()
+
+    with futures.ThreadPoolExecutor(1) as pool:
+        run = Run(encoders=None, pool=pool, deadline=Deadline.within(30))
+        run.start("image", cancelled)
+        run.calls["image"].future.exception(timeout=10)
+        run.harvest()
+    assert run.features == {} and run.pending == []
+
+
 def test_a_client_cancel_cancels_the_encoder_calls(mesh, router):
     cancelled = telemetry.RPC_ERRORS.labels("vision", "EncodeOnce", "CANCELLED")
     before = cancelled._value.get()

@@ -19,8 +19,14 @@ en-us (bundled); a weak signal, reported with a confidence.
 
 from __future__ import annotations
 
+import json
 import logging
+import select
+import struct
+import subprocess
+import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +34,8 @@ import numpy as np
 import torch
 import torchaudio
 
-from modalmesh.common import models
+from modalmesh.common import errors, models
+from modalmesh.common.batching import deadline_after, turn
 
 log = logging.getLogger(__name__)
 
@@ -120,45 +127,72 @@ class VoiceActivity:
 
 
 class Transcriber:
-    """PocketSphinx en-us; one utterance at a time (the decoder is stateful). `lm`: an ARPA
-    language model (audio/lm.py builds one for a domain); empty: the bundled general one."""
+    """PocketSphinx en-us, in a worker process of its own (audio/asr.py says why); one
+    utterance at a time. `lm`: an ARPA language model (audio/lm.py builds one for a
+    domain); empty: the bundled general one."""
 
     language = "en-us"
+    START_TIMEOUT_S = 120.0
 
     def __init__(self, lm: str = "") -> None:
-        from pocketsphinx import Decoder
-
-        options = {}
-        if lm:
-            path = Path(lm)
-            if not path.is_file():
-                raise ValueError(f"asr_lm {lm}: no such file (modalmesh data lm builds one)")
-            options["lm"] = str(path)
-        try:
-            self._decoder = Decoder(samprate=SAMPLE_RATE, loglevel="FATAL", **options)
-        except RuntimeError as exc:  # PocketSphinx says only "Failed to initialize"
-            raise ValueError(f"asr_lm {lm}: PocketSphinx cannot load it as an ARPA language model ({exc})") from None
-        # PocketSphinx adapts its cepstral mean across utterances; restoring the initial
-        # mean before each one makes a transcript depend on its own audio only.
-        self._initial_cmn = self._decoder.get_cmn()
+        self._lm = lm
         self._lock = threading.Lock()
+        self._unread = 0  # replies still due for callers who gave up waiting
+        self._worker = self._start()
 
-    def transcribe(self, samples: np.ndarray) -> tuple[str, float]:
+    def _start(self) -> subprocess.Popen:
+        command = [sys.executable, "-m", "modalmesh.audio.asr", "--rate", str(SAMPLE_RATE), "--lm", self._lm]
+        worker = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self._unread = 0
+        first = self._reply(worker, time.monotonic() + self.START_TIMEOUT_S)
+        if first is None or "error" in first:
+            worker.kill()
+            worker.wait()
+            raise ValueError(first["error"] if first else "the speech recogniser's process did not start")
+        return worker
+
+    @staticmethod
+    def _reply(worker: subprocess.Popen, deadline: float | None) -> dict | None:
+        """The worker's next line; None if it has gone; TimeoutError past the deadline."""
+        wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if not select.select([worker.stdout], [], [], wait)[0]:
+            raise TimeoutError
+        line = worker.stdout.readline()
+        return json.loads(line) if line else None
+
+    def transcribe(self, samples: np.ndarray, timeout: float | None = None) -> tuple[str, float]:
+        """`timeout`: seconds the caller can still wait (DEADLINE_EXCEEDED after; a
+        transcript once begun runs to its end in the worker, which the next one waits for)."""
         pcm = (np.clip(samples, -1.0, 1.0) * 32767.0).astype(np.int16).tobytes()
-        if not pcm:  # PocketSphinx fails on an empty buffer (and would stay mid-utterance)
+        if not pcm:
             return "", 0.0
-        with self._lock:
-            self._decoder.set_cmn(self._initial_cmn)
-            self._decoder.start_utt()
+        deadline = deadline_after(timeout)
+        with turn(self._lock, deadline, "transcript"):
             try:
-                self._decoder.process_raw(pcm, full_utt=True)
-            finally:  # an utterance left open would fail every later call
-                self._decoder.end_utt()
-            hypothesis = self._decoder.hyp()
-            # seg() is None for a clip too short to decode (under about 10 ms)
-            words = [seg for seg in self._decoder.seg() or () if not seg.word.startswith(("<", "[", "+"))]
-        if hypothesis is None or not hypothesis.hypstr:
-            return "", 0.0
-        # Mean word posterior of the recognised words (fillers and silences left out).
-        posteriors = [min(1.0, max(0.0, float(seg.prob))) for seg in words] or [0.0]
-        return hypothesis.hypstr, float(np.mean(posteriors))
+                while self._unread:  # an earlier caller's transcript, still running
+                    if self._reply(self._worker, deadline) is None:
+                        break
+                    self._unread -= 1
+                self._worker.stdin.write(struct.pack("<I", len(pcm)) + pcm)
+                self._worker.stdin.flush()
+                reply = self._reply(self._worker, deadline)
+            except TimeoutError:
+                self._unread += 1 if self._worker.poll() is None else 0
+                raise errors.deadline_exceeded("transcript: deadline passed") from None
+            except (BrokenPipeError, ValueError):  # ValueError: its pipe already closed
+                reply = None
+            if reply is None:  # the worker died (a crash in PocketSphinx): a new one for the next caller
+                self._worker.kill()
+                self._worker = self._start()
+                raise errors.unavailable("transcript: the recogniser's process stopped; restarted")
+        if "error" in reply:
+            raise RuntimeError(f"transcript: {reply['error']}")
+        return reply["text"], float(reply["confidence"])
+
+    def close(self) -> None:
+        if self._worker.poll() is None:
+            self._worker.stdin.close()  # the worker exits at the end of its input
+            try:
+                self._worker.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._worker.kill()

@@ -94,6 +94,8 @@ class AudioService(EncoderBackend):
     def finalize(self) -> None:
         if self.executor is not None:
             self.executor.close()
+        if self.transcriber is not None:
+            self.transcriber.close()
 
     def register(self, server) -> list[str]:
         names = super().register(server)
@@ -213,7 +215,7 @@ class AudioService(EncoderBackend):
         if "transcript" in request.options:
             asr_started = time.perf_counter()
             with telemetry.tracer().start_as_current_span("audio.transcript"):
-                text, confidence = self.transcriber.transcribe(audio.numpy())
+                text, confidence = self.transcriber.transcribe(audio.numpy(), timeout=request.time_remaining())
             side.transcript.CopyFrom(encoder_pb2.Transcript(text=text, confidence=confidence, language=self.transcriber.language))
             timings["transcript"] = (time.perf_counter() - asr_started) * 1000.0
         yield encoder_pb2.FeatureChunk(side=side)

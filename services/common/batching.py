@@ -20,8 +20,9 @@ import logging
 import threading
 import time
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Generic, Sequence, TypeVar
+from typing import Callable, Generic, Iterator, Sequence, TypeVar
 
 from modalmesh.common import errors, telemetry
 
@@ -152,3 +153,25 @@ class DynamicBatcher(Generic[Item, Result]):
             for pending, value in zip(batch, results):
                 queue_ms = (started - pending.enqueued) * 1000.0
                 pending.future.set_result(Batched(value, queue_ms, batch_ms, len(batch), started))
+
+
+@contextmanager
+def turn(lock: threading.Lock, deadline: float | None, what: str) -> Iterator[None]:
+    """Hold `lock` (one engine that takes one input at a time: OCR, speech recognition)
+    for a caller with a `deadline` (time.monotonic(); None: none). Past its deadline, or
+    once it passes while waiting, DEADLINE_EXCEEDED instead: work for a caller who has
+    gone would only delay the next ones."""
+    wait = -1 if deadline is None else max(0.0, deadline - time.monotonic())
+    if not lock.acquire(timeout=wait):
+        raise errors.deadline_exceeded(f"{what}: deadline passed while waiting for the engine")
+    try:
+        if deadline is not None and time.monotonic() >= deadline:
+            raise errors.deadline_exceeded(f"{what}: deadline passed")
+        yield
+    finally:
+        lock.release()
+
+
+def deadline_after(timeout: float | None) -> float | None:
+    """A caller's seconds left as a time.monotonic() deadline (None stays None)."""
+    return None if timeout is None else time.monotonic() + timeout

@@ -19,11 +19,11 @@ import importlib
 import logging
 import math
 import threading
-import time
 from dataclasses import dataclass
 
 import numpy as np
 
+from modalmesh.common.batching import deadline_after, turn
 from modalmesh.common.config import DEFAULT_OCR_ENGINE, OCR_ENGINES
 from modalmesh.common.layout import reading_order
 
@@ -52,10 +52,6 @@ TILE_ASPECT = 3.0  # a page taller than this many widths is read in tiles (phone
 MIN_TILE_WIDTH = 200  # px: anything narrower is no page (a strip is read in one pass)
 WIDE_ASPECT = 8.0  # a wider image is padded to this (tiles across would cut its lines)
 TILE_OVERLAP = 0.1  # of the width, on each side of a tile's band: more than a line's height
-
-
-class OcrTimeout(TimeoutError):
-    """The caller's deadline passed before the screen was read."""
 
 
 class ScreenReader:
@@ -91,9 +87,9 @@ class ScreenReader:
         return self.read(np.asarray(image))
 
     def read(self, rgb: np.ndarray, timeout: float | None = None) -> list[TextLine]:
-        """`timeout`: seconds the caller can still wait; OcrTimeout when it runs out (checked
-        before each tile, and while waiting for another image to be read)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        """`timeout`: seconds the caller can still wait; DEADLINE_EXCEEDED (ServiceError)
+        when they run out, checked before each tile and while another image is read."""
+        deadline = deadline_after(timeout)
         rgb = _pad_to_page(rgb)
         lines: dict[tuple, TextLine] = {}
         for top, bottom, keep_from, keep_to in _tiles(*rgb.shape[:2]):
@@ -106,14 +102,8 @@ class ScreenReader:
         return [lines[span] for row in reading_order(lines) for span in row]
 
     def _read_once(self, rgb: np.ndarray, deadline: float | None) -> list[TextLine]:
-        if not self._lock.acquire(timeout=-1 if deadline is None else max(0.0, deadline - time.monotonic())):
-            raise OcrTimeout("no time left to read the screen (waiting for the OCR engine)")
-        try:
-            if deadline is not None and time.monotonic() >= deadline:
-                raise OcrTimeout("no time left to read the screen")
+        with turn(self._lock, deadline, "OCR"):
             result = self._engine(np.ascontiguousarray(rgb))
-        finally:
-            self._lock.release()
         if result is None or result.txts is None or result.boxes is None:
             return []
         lines = []

@@ -21,7 +21,6 @@ from modalmesh.v1 import encoder_pb2
 from modalmesh.vision.decode import IMAGE_MEDIA_TYPES, decode_image
 from modalmesh.vision.measure import lesion_tags, measure_lung_lesions
 from modalmesh.vision.model import ImageBackbone, ImageFeatures
-from modalmesh.vision.ocr import OcrTimeout
 
 MAX_PIXELS = 40_000_000  # 40 MP: any screenshot or scan; a decompression bomb is far larger
 
@@ -97,10 +96,7 @@ class VisionService(EncoderBackend):
         if "ocr" in request.options:
             started = time.perf_counter()
             with telemetry.tracer().start_as_current_span("vision.ocr"):
-                try:
-                    lines = self.reader.read(image.rgb, timeout=request.time_remaining())
-                except OcrTimeout as exc:
-                    raise errors.deadline_exceeded(str(exc)) from None
+                lines = self.reader.read(image.rgb, timeout=request.time_remaining())
             for line in lines:
                 side.text_spans.add(text=line.text, confidence=line.confidence, box=list(line.box))
             timings["ocr"] = (time.perf_counter() - started) * 1000.0

@@ -1,0 +1,101 @@
+"""PocketSphinx's side of `features.Transcriber`, run in a worker process of its own.
+
+The decoder holds the GIL for a whole utterance: a 12-s clip froze every thread of the
+audio service for 9 s (health checks, other callers' features, the router's thread in a
+single-process mesh). Feeding it in short blocks would free the GIL between them but
+changes the transcripts (12 of 40 generated voice messages: live instead of whole-
+utterance normalisation), and the shipped weights were trained on these. So the same
+calls run unchanged in a spawned process (it imports only numpy and pocketsphinx); the
+service sends raw 16-bit PCM and gets (text, confidence) back.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+_decoder = None
+_initial_cmn = None
+
+
+def load(sample_rate: int, lm: str) -> None:
+    """Build the decoder (once per process); ValueError naming the LM if it cannot."""
+    global _decoder, _initial_cmn
+    if _decoder is not None:
+        return
+    from pocketsphinx import Decoder
+
+    options = {}
+    if lm:
+        if not Path(lm).is_file():
+            raise ValueError(f"asr_lm {lm}: no such file (modalmesh data lm builds one)")
+        options["lm"] = str(lm)
+    try:
+        _decoder = Decoder(samprate=sample_rate, loglevel="FATAL", **options)
+    except RuntimeError as exc:  # PocketSphinx says only "Failed to initialize"
+        raise ValueError(f"asr_lm {lm}: PocketSphinx cannot load it as an ARPA language model ({exc})") from None
+    # PocketSphinx adapts its cepstral mean across utterances; restoring the initial
+    # mean before each one makes a transcript depend on its own audio only.
+    _initial_cmn = _decoder.get_cmn()
+
+
+def transcribe(pcm: bytes) -> tuple[str, float]:
+    """16-bit little-endian mono PCM at the loaded rate -> (text, mean word posterior)."""
+    if not pcm:  # PocketSphinx fails on an empty buffer (and would stay mid-utterance)
+        return "", 0.0
+    _decoder.set_cmn(_initial_cmn)
+    _decoder.start_utt()
+    try:
+        _decoder.process_raw(pcm, full_utt=True)
+    finally:  # an utterance left open would fail every later call
+        _decoder.end_utt()
+    hypothesis = _decoder.hyp()
+    # seg() is None for a clip too short to decode (under about 10 ms)
+    words = [seg for seg in _decoder.seg() or () if not seg.word.startswith(("<", "[", "+"))]
+    if hypothesis is None or not hypothesis.hypstr:
+        return "", 0.0
+    # Mean word posterior of the recognised words (fillers and silences left out).
+    posteriors = [min(1.0, max(0.0, float(seg.prob))) for seg in words] or [0.0]
+    return hypothesis.hypstr, float(np.mean(posteriors))
+
+
+def main() -> int:
+    """The worker: `python -m modalmesh.audio.asr --rate R [--lm FILE]`. Reads requests on
+    stdin (4-byte little-endian length, then that much PCM), answers one JSON line each on
+    stdout; the first line says whether the decoder loaded. No pickle crosses the pipe."""
+    import argparse
+    import json
+    import struct
+    import sys
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rate", type=int, required=True)
+    parser.add_argument("--lm", default="")
+    args = parser.parse_args()
+    out = sys.stdout
+    try:
+        load(args.rate, args.lm)
+    except ValueError as exc:
+        out.write(json.dumps({"error": str(exc)}) + "\n")
+        out.flush()
+        return 2
+    out.write(json.dumps({"ready": True}) + "\n")
+    out.flush()
+    source = sys.stdin.buffer
+    while True:
+        header = source.read(4)
+        if len(header) < 4:  # the service closed the pipe
+            return 0
+        pcm = source.read(struct.unpack("<I", header)[0])
+        try:
+            text, confidence = transcribe(pcm)
+            reply = {"text": text, "confidence": confidence}
+        except Exception as exc:  # noqa: BLE001 - reported to the caller, the worker goes on
+            reply = {"error": f"{type(exc).__name__}: {exc}"}
+        out.write(json.dumps(reply) + "\n")
+        out.flush()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
