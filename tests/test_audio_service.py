@@ -181,7 +181,9 @@ def test_transcribing_does_not_stop_the_services_other_threads():
     worker.join()
     assert len(gaps) > 20 and max(gaps) < 1.0  # the transcript took seconds; the ticks went on
     with pytest.raises(errors.ServiceError, match="DEADLINE_EXCEEDED: transcript: deadline passed"):
-        transcriber.transcribe(noise, timeout=0.2)
+        transcriber.transcribe(noise, timeout=0.2)  # sent: its reply is still to come
+    with pytest.raises(errors.ServiceError, match="DEADLINE_EXCEEDED: transcript: deadline passed"):
+        transcriber.transcribe(tone(0.5, 16000), timeout=0.2)  # gave up before sending (once counted as sent: a hang)
     assert transcriber.transcribe(tone(0.5, 16000), timeout=60)[0] == transcriber.transcribe(tone(0.5, 16000))[0]
     transcriber._worker.kill()
     transcriber._worker.wait()

@@ -168,6 +168,7 @@ class Transcriber:
             return "", 0.0
         deadline = deadline_after(timeout)
         with turn(self._lock, deadline, "transcript"):
+            sent = False
             try:
                 while self._unread:  # an earlier caller's transcript, still running
                     if self._reply(self._worker, deadline) is None:
@@ -175,9 +176,11 @@ class Transcriber:
                     self._unread -= 1
                 self._worker.stdin.write(struct.pack("<I", len(pcm)) + pcm)
                 self._worker.stdin.flush()
+                sent = True
                 reply = self._reply(self._worker, deadline)
             except TimeoutError:
-                self._unread += 1 if self._worker.poll() is None else 0
+                if sent:  # its reply will come: the next caller skips it
+                    self._unread += 1
                 raise errors.deadline_exceeded("transcript: deadline passed") from None
             except (BrokenPipeError, ValueError):  # ValueError: its pipe already closed
                 reply = None

@@ -1,0 +1,101 @@
+"""Overload: many concurrent callers with a gRPC deadline, through the real mesh.
+
+    .venv/bin/python benchmarks/bench_overload.py [--concurrency 16] [--requests 32] [--deadline 2.0]
+
+Starts the four services on free ports on 127.0.0.1 (shipped weights), then sends
+`--requests` screenshot_triage requests from `--concurrency` threads: the example
+screenshot and message, the example voice message on every second one, FULL mode on
+every third (it waits for the transcript). Each call has a gRPC deadline of
+`--deadline` seconds. Prints how many got an answer (and how many of those were
+degraded: a modality TIMED_OUT), how many DEADLINE_EXCEEDED (from the router, or from
+the client's own clock when the reply came too late), anything else, and the answered
+latencies. Bounded: the requests are counted and every call has its deadline.
+
+What it checks: under a deadline the router answers from the encoders that made it (a
+margin before the deadline) instead of failing every late call, and no service is
+wedged afterwards (the same run again gives the same picture).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import statistics
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from benchmarks.bench_text import header, machine, write_results  # noqa: E402
+from modalmesh.up import ORDER, Mesh, free_port  # noqa: E402
+
+EXAMPLES = REPO / "examples"
+
+
+def run(concurrency: int, requests: int, deadline: float) -> dict:
+    import grpc
+
+    from modalmesh.client import RouterClient
+
+    screenshot, voice = (EXAMPLES / "screenshot.png").read_bytes(), (EXAMPLES / "voice.wav").read_bytes()
+    message = (EXAMPLES / "message.txt").read_text().strip()
+    mesh = Mesh(ports={name: free_port() for name in ORDER}, quiet_logs=True)
+    mesh.start()
+    try:
+        mesh.wait_healthy(timeout=300, progress=None)
+        with RouterClient(mesh.address("router")) as client:
+            client.analyze("screenshot_triage", text=message, image=screenshot, audio=voice, mode="full", timeout=60)  # warm
+
+            def one(index: int) -> tuple[str, float]:
+                started = time.perf_counter()
+                try:
+                    answer = client.analyze("screenshot_triage", text=message, image=screenshot,
+                                            audio=voice if index % 2 else b"", mode="full" if index % 3 == 0 else "routed",
+                                            timeout=deadline)
+                except grpc.RpcError as exc:
+                    source = "router" if "before the deadline" in (exc.details() or "") else "client clock"
+                    outcome = f"{exc.code().name} ({source})" if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED else exc.code().name
+                    return outcome, time.perf_counter() - started
+                degraded = any(m["status"] == "timed_out" for m in answer["modalities"].values())
+                return ("answered, degraded" if degraded else "answered, complete"), time.perf_counter() - started
+
+            started = time.perf_counter()
+            with ThreadPoolExecutor(concurrency) as pool:
+                outcomes = list(pool.map(one, range(requests)))
+            wall = time.perf_counter() - started
+    finally:
+        mesh.stop()
+    counts = collections.Counter(outcome for outcome, _ in outcomes)
+    answered = [seconds for outcome, seconds in outcomes if outcome.startswith("answered")]
+    return {
+        "concurrency": concurrency, "requests": requests, "deadline_s": deadline, "wall_s": wall,
+        "outcomes": dict(counts),
+        "answered_latency_median_s": statistics.median(answered) if answered else None,
+        "answered_latency_max_s": max(answered) if answered else None,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--requests", type=int, default=32)
+    parser.add_argument("--deadline", type=float, default=2.0, help="gRPC deadline per call, seconds")
+    parser.add_argument("--out", default="bench-results/overload.json")
+    args = parser.parse_args()
+    header("ModalMesh overload benchmark: concurrent callers with a gRPC deadline")
+    results = run(args.concurrency, args.requests, args.deadline)
+    print(f"\n{results['requests']} requests, {results['concurrency']} at a time, deadline {results['deadline_s']:g} s: "
+          f"{results['wall_s']:.1f} s in all")
+    for outcome, count in sorted(results["outcomes"].items()):
+        print(f"  {outcome:32s} {count}")
+    if results["answered_latency_median_s"] is not None:
+        print(f"  answered latency: median {results['answered_latency_median_s']:.2f} s, max {results['answered_latency_max_s']:.2f} s")
+    write_results(args.out, {"machine": machine(), **results})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
