@@ -429,6 +429,16 @@ def test_analyze_stream_refuses_image_chunks_after_audio(router):
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+def test_analyze_stream_refuses_an_image_both_in_the_request_and_as_chunks(router):
+    # The chunks used to be appended to the image given (and ignored by the decoder).
+    first = router_pb2.AnalyzeRequest(task="screenshot_triage", image=router_pb2.MediaInput(data=SCREENSHOT))
+    messages = [router_pb2.AnalyzeStreamRequest(request=first), router_pb2.AnalyzeStreamRequest(image_chunk=SCREENSHOT)]
+    with pytest.raises(grpc.RpcError) as raised:
+        list(router.AnalyzeStream(iter(messages), timeout=60))
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert errors.field_violations(raised.value)[0][0] == "request.image.data"
+
+
 def test_a_result_that_arrives_after_a_harvest_looked_is_still_gathered():
     """The gather loop harvests, then asks what is pending. A call that finishes in
     between was once dropped: done, so not pending, yet never harvested (its OCR or

@@ -188,6 +188,8 @@ def _read_until_audio(stream, max_bytes: int) -> tuple[router_pb2.AnalyzeRequest
     for position, message in enumerate(stream, start=1):
         kind = message.WhichOneof("content")
         if kind == "image_chunk":
+            if request.image.data:  # else the chunks would silently trail the image given
+                raise errors.invalid_argument("request.image.data", "send the image either in the request or as chunks")
             image += message.image_chunk
             if len(image) > max_bytes:
                 raise errors.invalid_argument(f"messages[{position}]", f"image over the limit of {max_bytes} bytes")
