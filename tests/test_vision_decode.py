@@ -137,6 +137,35 @@ def test_malformed_images_are_refused_with_the_reason():
     assert "'brain' is not one of" in refused(dicom, "application/dicom", window="brain")
 
 
+def _edited_dicom(**values) -> bytes:
+    import io
+
+    import pydicom
+
+    dataset = pydicom.dcmread(io.BytesIO(ct_dicom(phantom_hu(64))))
+    for name, value in values.items():
+        setattr(dataset, name, value)
+    out = io.BytesIO()
+    dataset.save_as(out, enforce_file_format=False)
+    return out.getvalue()
+
+
+def test_ct_headers_that_would_give_nonsense_sizes_or_densities():
+    # PixelSpacing 0 or 1e9 mm gave sizes without a word: it is set aside now, and the
+    # report says so. A RescaleSlope of NaN gave NaN densities (a "nodule" at 0.65), and
+    # 0 was read as 1: refused.
+    for spacing, said in (([0, 0], "0\\0"), ([1e9, 1e9], "1e+09\\1e+09")):
+        tags = decode(_edited_dicom(PixelSpacing=spacing), "application/dicom").tags
+        assert "PixelSpacing" not in tags and tags["PixelSpacingIgnored"] == f"{said} is outside (0, 10] mm"
+    for slope in (0, "nan"):
+        assert "the slope must be a non-zero number" in refused(_edited_dicom(RescaleSlope=slope), "application/dicom")
+    assert "both finite" in refused(_edited_dicom(RescaleIntercept="inf"), "application/dicom")
+    good = decode(_edited_dicom(RescaleSlope=2, RescaleIntercept=-2048), "application/dicom")
+    reference = decode(ct_dicom(phantom_hu(64)), "application/dicom")
+    assert good.tags["PixelSpacing"] == "0.7\\0.7"
+    np.testing.assert_allclose(good.hounsfield, 2 * (reference.hounsfield + 1024) - 2048)
+
+
 def test_pixel_limit_applies_to_dicom_too():
     dicom = ct_dicom(phantom_hu(128))
     with pytest.raises(ServiceError, match="over the limit of 1000"):
@@ -160,3 +189,15 @@ def test_a_png_scan_takes_its_pixel_spacing_from_the_request():
     assert "PixelSpacing" not in decode(png, "image/png").tags
     for bad in ("wide", "0", "-1", "0.5\\0.5\\0.5", "12"):
         assert "is not one or two spacings in mm" in refused(png, "image/png", pixel_spacing=bad)
+
+
+def test_the_report_says_why_a_stated_pixel_spacing_was_not_used():
+    from modalmesh.router.tasks import Answer, Evidence, write_report
+
+    answer = Answer("nodule", 0.9, 0.2, {"normal": 0.05, "nodule": 0.9, "mass": 0.05},
+                    {"lesion_count": 1.0, "largest_diameter_mm": 8.0, "side": 1.0})
+    tags = decode(_edited_dicom(PixelSpacing=[0, 0]), "application/dicom").tags
+    description, findings, _ = write_report(answer, Evidence(image_tags=tags))
+    assert "pixel spacing not usable: 0\\0 is outside (0, 10] mm; sizes assume 0.75" in description
+    description, _, _ = write_report(answer, Evidence(image_tags={"Modality": "CT"}))
+    assert "pixel spacing not stated; sizes assume 0.75" in description

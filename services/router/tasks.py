@@ -260,7 +260,8 @@ def write_report(answer: Answer, evidence: Evidence) -> tuple[str, dict[str, str
     }
     spacing = evidence.image_tags.get("PixelSpacing", "")
     if not spacing and answer.label != "normal":
-        spacing = f"not stated; sizes assume {DEFAULT_PIXEL_SPACING_MM:g}"
+        stated = evidence.image_tags.get("PixelSpacingIgnored")
+        spacing = f"{'not usable: ' + stated if stated else 'not stated'}; sizes assume {DEFAULT_PIXEL_SPACING_MM:g}"
     modality = evidence.image_tags.get("Modality", "image")
     if answer.label == "normal":
         body = "No focal pulmonary lesion is identified. The lung fields are clear."

@@ -218,8 +218,11 @@ def _decode_dicom(data: bytes, parameters: dict[str, str], max_pixels: int) -> D
     modality = str(dataset.get("Modality", ""))
     hounsfield = None
     if modality == "CT":
-        slope = float(dataset.get("RescaleSlope", 1) or 1)
-        intercept = float(dataset.get("RescaleIntercept", 0) or 0)
+        slope = float(dataset.get("RescaleSlope", 1) if dataset.get("RescaleSlope") not in (None, "") else 1)
+        intercept = float(dataset.get("RescaleIntercept", 0) if dataset.get("RescaleIntercept") not in (None, "") else 0)
+        if not (np.isfinite(slope) and slope != 0 and np.isfinite(intercept)):
+            raise errors.invalid_argument("payload", f"RescaleSlope {slope:g} / RescaleIntercept {intercept:g}: the slope must "
+                                                     "be a non-zero number and both finite, to turn stored values into HU")
         hounsfield = values * slope + intercept
         center, width = _ct_window(dataset, parameters)
         grey = np.clip((hounsfield - (center - width / 2)) / width, 0, 1)
@@ -249,7 +252,11 @@ def _dicom_tags(dataset, frames: int) -> dict[str, str]:
     tags = {name: str(dataset.get(name)) for name in REPORT_TAGS if dataset.get(name) not in (None, "")}
     spacing = dataset.get("PixelSpacing")
     if spacing is not None and len(spacing) == 2:
-        tags["PixelSpacing"] = f"{float(spacing[0]):g}\\{float(spacing[1]):g}"
+        row, column = float(spacing[0]), float(spacing[1])
+        if 0 < row <= 10 and 0 < column <= 10:
+            tags["PixelSpacing"] = f"{row:g}\\{column:g}"
+        else:  # 0\0 (some writers' "unknown"), 1e9, NaN: no sizes in mm from it, and the report says why
+            tags["PixelSpacingIgnored"] = f"{row:g}\\{column:g} is outside (0, 10] mm"
     if frames > 1:
         tags["NumberOfFrames"] = str(frames)
     return tags
