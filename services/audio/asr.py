@@ -5,8 +5,8 @@ audio service for 9 s (health checks, other callers' features, the router's thre
 single-process mesh). Feeding it in short blocks would free the GIL between them but
 changes the transcripts (12 of 40 generated voice messages: live instead of whole-
 utterance normalisation), and the shipped weights were trained on these. So the same
-calls run unchanged in a spawned process (it imports only numpy and pocketsphinx); the
-service sends raw 16-bit PCM and gets (text, confidence) back.
+calls run unchanged in a process of their own (`python -m modalmesh.audio.asr`); the
+service sends raw 16-bit PCM and gets (text, confidence) back as a JSON line.
 """
 
 from __future__ import annotations

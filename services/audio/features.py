@@ -137,19 +137,24 @@ class Transcriber:
     def __init__(self, lm: str = "") -> None:
         self._lm = lm
         self._lock = threading.Lock()
-        self._unread = 0  # replies still due for callers who gave up waiting
         self._worker = self._start()
 
     def _start(self) -> subprocess.Popen:
         command = [sys.executable, "-m", "modalmesh.audio.asr", "--rate", str(SAMPLE_RATE), "--lm", self._lm]
         worker = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        self._unread = 0
         first = self._reply(worker, time.monotonic() + self.START_TIMEOUT_S)
         if first is None or "error" in first:
             worker.kill()
             worker.wait()
             raise ValueError(first["error"] if first else "the speech recogniser's process did not start")
         return worker
+
+    def _replace_worker(self) -> None:
+        """Stop the worker (a transcript nobody waits for any more, or a dead process) and
+        start another (about 0.5 s), so the next caller does not wait for what is left."""
+        self._worker.kill()
+        self._worker.wait()
+        self._worker = self._start()
 
     @staticmethod
     def _reply(worker: subprocess.Popen, deadline: float | None) -> dict | None:
@@ -161,32 +166,24 @@ class Transcriber:
         return json.loads(line) if line else None
 
     def transcribe(self, samples: np.ndarray, timeout: float | None = None) -> tuple[str, float]:
-        """`timeout`: seconds the caller can still wait (DEADLINE_EXCEEDED after; a
-        transcript once begun runs to its end in the worker, which the next one waits for)."""
+        """`timeout`: seconds the caller can still wait; DEADLINE_EXCEEDED after (the
+        worker is then replaced rather than left decoding for nobody)."""
         pcm = (np.clip(samples, -1.0, 1.0) * 32767.0).astype(np.int16).tobytes()
         if not pcm:
             return "", 0.0
         deadline = deadline_after(timeout)
         with turn(self._lock, deadline, "transcript"):
-            sent = False
             try:
-                while self._unread:  # an earlier caller's transcript, still running
-                    if self._reply(self._worker, deadline) is None:
-                        break
-                    self._unread -= 1
                 self._worker.stdin.write(struct.pack("<I", len(pcm)) + pcm)
                 self._worker.stdin.flush()
-                sent = True
                 reply = self._reply(self._worker, deadline)
             except TimeoutError:
-                if sent:  # its reply will come: the next caller skips it
-                    self._unread += 1
+                self._replace_worker()
                 raise errors.deadline_exceeded("transcript: deadline passed") from None
             except (BrokenPipeError, ValueError):  # ValueError: its pipe already closed
                 reply = None
-            if reply is None:  # the worker died (a crash in PocketSphinx): a new one for the next caller
-                self._worker.kill()
-                self._worker = self._start()
+            if reply is None:  # the worker died (a crash in PocketSphinx)
+                self._replace_worker()
                 raise errors.unavailable("transcript: the recogniser's process stopped; restarted")
         if "error" in reply:
             raise RuntimeError(f"transcript: {reply['error']}")
