@@ -43,6 +43,7 @@ bench: setup
 	$(PY) benchmarks/bench_encoders.py
 	$(PY) benchmarks/bench_router.py
 	$(PY) benchmarks/bench_measure.py
+	$(PY) benchmarks/bench_overload.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
