@@ -319,8 +319,12 @@ def test_strips_and_wide_images_are_read_without_errors(reader):
     # and spent 18 s detecting a 1:60 one; they are padded to 1:3 now.
     for shape in [(1, 5000), (5000, 1), (20, 5000), (5000, 20), (3, 3000)]:
         assert reader.read(np.full((*shape, 3), 255, dtype=np.uint8)) == []
+    # Shrunk to the engine's 2000 px before padding: padded whole, this 8 MP strip would
+    # have needed 15 GB.
+    assert reader.read(np.full((40, 200_000, 3), 255, dtype=np.uint8)) == []
     wide = reader.read(_page(4200, 300, [40, 200], left=2000))
     assert [line.text for line in wide] == ["Order 0 was updated", "Order 1 was updated"]
+    assert all(abs(line.box[0] - 2000) < 40 and line.box[2] < 4200 for line in wide)  # in the image's pixels
 
 
 def test_ocr_gives_up_when_the_caller_has_no_time_left(reader):

@@ -51,6 +51,7 @@ CAPPED_DET_SIDE = 960
 TILE_ASPECT = 3.0  # a page taller than this many widths is read in tiles (phones are about 2.2)
 MIN_TILE_WIDTH = 200  # px: anything narrower is no page (a strip is read in one pass)
 WIDE_ASPECT = 8.0  # a wider image is padded to this (tiles across would cut its lines)
+ENGINE_MAX_SIDE = 2000  # the engine's Global.max_side_len: it shrinks every image to this first
 TILE_OVERLAP = 0.1  # of the width, on each side of a tile's band: more than a line's height
 
 
@@ -90,13 +91,13 @@ class ScreenReader:
         """`timeout`: seconds the caller can still wait; DEADLINE_EXCEEDED (ServiceError)
         when they run out, checked before each tile and while another image is read."""
         deadline = deadline_after(timeout)
-        rgb = _pad_to_page(rgb)
+        rgb, scale = _pad_to_page(rgb)
         lines: dict[tuple, TextLine] = {}
         for top, bottom, keep_from, keep_to in _tiles(*rgb.shape[:2]):
             for line in self._read_once(rgb[top:bottom], deadline):
                 x0, y0, x1, y1 = line.box
-                box = (x0, y0 + top, x1, y1 + top)
-                if keep_from <= (box[1] + box[3]) / 2 < keep_to:
+                box = (x0 / scale, (y0 + top) / scale, x1 / scale, (y1 + top) / scale)
+                if keep_from <= (y0 + y1) / 2 + top < keep_to:
                     lines[(line.text, box)] = TextLine(line.text, line.confidence, box)
         # Reading order: rows top to bottom (vertical centres within half a height), then left to right.
         return [lines[span] for row in reading_order(lines) for span in row]
@@ -128,18 +129,29 @@ def _tiles(height: int, width: int) -> list[tuple[int, int, int, int]]:
     return tiles
 
 
-def _pad_to_page(rgb: np.ndarray) -> np.ndarray:
+def _pad_to_page(rgb: np.ndarray) -> tuple[np.ndarray, float]:
     """An image wider than WIDE_ASPECT, or a tall one too narrow to tile (to TILE_ASPECT),
     padded with its border's median colour after its end: the engine scales the shorter
     side to 736 px, so a 1:60 strip would be detected at 736 x 44000 px (18 s) or, past
-    1:125, fail."""
+    1:125, fail. Such an image is first shrunk to ENGINE_MAX_SIDE on its longer side, as
+    the engine would do anyway, so the padding stays small (a 1,000,000 x 40 strip, 40 MP,
+    would need 375 GB otherwise). Returns the image and the scale its boxes are read at."""
     height, width = rgb.shape[:2]
     rows = max(0, math.ceil(width / WIDE_ASPECT) - height)
     cols = max(0, math.ceil(height / TILE_ASPECT) - width) if width < MIN_TILE_WIDTH else 0
     if not rows and not cols:
-        return rgb
+        return rgb, 1.0
+    scale = min(1.0, ENGINE_MAX_SIDE / max(height, width))
+    if scale < 1.0:
+        from PIL import Image
+
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        rgb = np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).resize(size, Image.BILINEAR))
+        height, width = rgb.shape[:2]
+        rows = max(0, math.ceil(width / WIDE_ASPECT) - height)
+        cols = max(0, math.ceil(height / TILE_ASPECT) - width) if width < MIN_TILE_WIDTH else 0
     border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])
     padded = np.empty((height + rows, width + cols, 3), dtype=rgb.dtype)
     padded[...] = np.median(border, axis=0).astype(rgb.dtype)
     padded[:height, :width] = rgb
-    return padded
+    return padded, scale
