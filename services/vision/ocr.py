@@ -137,9 +137,7 @@ def _pad_to_page(rgb: np.ndarray) -> tuple[np.ndarray, float]:
     the engine would do anyway, so the padding stays small (a 1,000,000 x 40 strip, 40 MP,
     would need 375 GB otherwise). Returns the image and the scale its boxes are read at."""
     height, width = rgb.shape[:2]
-    rows = max(0, math.ceil(width / WIDE_ASPECT) - height)
-    cols = max(0, math.ceil(height / TILE_ASPECT) - width) if width < MIN_TILE_WIDTH else 0
-    if not rows and not cols:
+    if _padding(height, width) == (0, 0):
         return rgb, 1.0
     scale = min(1.0, ENGINE_MAX_SIDE / max(height, width))
     if scale < 1.0:
@@ -148,10 +146,17 @@ def _pad_to_page(rgb: np.ndarray) -> tuple[np.ndarray, float]:
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
         rgb = np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).resize(size, Image.BILINEAR))
         height, width = rgb.shape[:2]
-        rows = max(0, math.ceil(width / WIDE_ASPECT) - height)
-        cols = max(0, math.ceil(height / TILE_ASPECT) - width) if width < MIN_TILE_WIDTH else 0
+    rows, cols = _padding(height, width)
     border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])
     padded = np.empty((height + rows, width + cols, 3), dtype=rgb.dtype)
     padded[...] = np.median(border, axis=0).astype(rgb.dtype)
     padded[:height, :width] = rgb
     return padded, scale
+
+
+def _padding(height: int, width: int) -> tuple[int, int]:
+    """(rows, columns) to add: to WIDE_ASPECT when wider, to TILE_ASPECT when a tall strip
+    is too narrow to tile."""
+    rows = max(0, math.ceil(width / WIDE_ASPECT) - height)
+    cols = max(0, math.ceil(height / TILE_ASPECT) - width) if width < MIN_TILE_WIDTH else 0
+    return rows, cols
