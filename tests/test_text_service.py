@@ -288,3 +288,65 @@ def test_a_second_server_on_a_port_in_use_fails_to_start(start_text_service):
     with grpc.insecure_channel(first.address) as channel:
         reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def blocking_service(running_started: threading.Semaphore, release: threading.Event):
+    """The real text service whose encoding holds until the test releases it: calls pile
+    up in the server as they would behind a slow model."""
+
+    class BlockingTextService(TextService):
+        def encode(self, request):
+            running_started.release()
+            assert release.wait(30)
+            yield from super().encode(request)
+
+    return BlockingTextService
+
+
+def test_a_saturated_server_still_answers_health_and_refuses_the_overflow_at_once(start_text_service):
+    # Before: calls past the pool's threads queued without bound in front of health
+    # checks, so a pod that was only busy failed its liveness probe.
+    started, release = threading.Semaphore(0), threading.Event()
+    handle = start_text_service(service_class=blocking_service(started, release), worker_threads=2, max_waiting_calls=1)
+    with connect(handle.address) as channel, ThreadPoolExecutor(4) as pool:
+        client = EncoderClient(channel)
+        held = [pool.submit(client.encode_text, f"call {i}", timeout=30) for i in range(3)]
+        assert started.acquire(timeout=10) and started.acquire(timeout=10)  # two running
+        deadline = time.monotonic() + 10
+        while handle.admission.now_waiting < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert handle.admission.now_waiting == 1  # the third waits for a worker
+        assert health_status(channel) == "SERVING"  # answered while every worker is busy
+        with pytest.raises(grpc.RpcError) as raised:
+            client.encode_text("one too many", timeout=10)
+        assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "2 calls running and 1 waiting" in raised.value.details()
+        assert not any(f.done() for f in held)
+        release.set()
+        results = [f.result(timeout=30) for f in held]  # nothing admitted is lost
+        assert all(r.pooled.shape == (32,) for r in results)
+        assert handle.admission.now_waiting == 0
+        assert client.encode_text("and afterwards").pooled.shape == (32,)
+
+
+def test_a_waiting_call_gives_up_at_its_deadline_and_frees_its_place(start_text_service):
+    started, release = threading.Semaphore(0), threading.Event()
+    handle = start_text_service(service_class=blocking_service(started, release), worker_threads=1, max_waiting_calls=1)
+    with connect(handle.address) as channel, ThreadPoolExecutor(2) as pool:
+        client = EncoderClient(channel)
+        running = pool.submit(client.encode_text, "running", timeout=30)
+        assert started.acquire(timeout=10)
+        with pytest.raises(grpc.RpcError) as raised:
+            client.encode_text("waits", timeout=0.5)
+        assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        deadline = time.monotonic() + 10
+        while handle.admission.now_waiting and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert handle.admission.now_waiting == 0  # its place is free again: the next may wait
+        waiting = pool.submit(client.encode_text, "waits again", timeout=30)
+        while handle.admission.now_waiting < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert handle.admission.now_waiting == 1
+        release.set()
+        assert running.result(timeout=30).pooled.shape == (32,)
+        assert waiting.result(timeout=30).pooled.shape == (32,)

@@ -32,7 +32,8 @@ KiB = 1024
 
 #: Defaults that differ by service (applied before the environment and flags).
 SERVICE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "text": {"max_input_bytes": 64 * KiB},
+    # Text calls take milliseconds and the router sends several per request (one per OCR paragraph).
+    "text": {"max_input_bytes": 64 * KiB, "max_waiting_calls": 256},
     "vision": {"max_input_bytes": 32 * MiB, "max_batch_size": 8},
     "audio": {"max_input_bytes": 32 * MiB, "max_batch_size": 8},
     # The router's fusion model is small: its ops run faster on one thread than split
@@ -55,7 +56,9 @@ class ServiceConfig:
     metrics_port: int = _option(-1, "Prometheus HTTP port; -1 picks gRPC port - 41000 (text: 9051), 0 disables")
     max_message_bytes: int = _option(64 * MiB, "largest gRPC message accepted or sent")
     grace_seconds: float = _option(10.0, "on SIGTERM, how long in-flight calls may finish")
-    worker_threads: int = _option(32, "gRPC handler threads (concurrent calls)")
+    worker_threads: int = _option(32, "calls handled at once; more wait (max_waiting_calls), beyond that RESOURCE_EXHAUSTED")
+    max_waiting_calls: int = _option(
+        64, "calls that may wait for a busy worker (until their deadline); one more is RESOURCE_EXHAUSTED at once")
     torch_threads: int = _option(0, "torch intra-op threads; 0 uses every core")
     # Model
     model: str = _option("", "model directory or hub id; empty uses the bundled default")
@@ -131,6 +134,8 @@ class ServiceConfig:
             problems.append("ocr_det_side must be 0 (the engine's rule) or at least 32 pixels")
         if self.ocr_engine not in OCR_ENGINES:
             problems.append(f"ocr_engine must be one of {', '.join(OCR_ENGINES)}, not {self.ocr_engine!r}")
+        if self.max_waiting_calls < 0:
+            problems.append("max_waiting_calls must be 0 or more")
         if problems:
             raise ValueError("invalid configuration: " + "; ".join(problems))
 

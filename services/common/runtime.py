@@ -90,13 +90,75 @@ class _State:
     draining: threading.Event = field(default_factory=threading.Event)
 
 
+# Handler threads beyond worker_threads + max_waiting_calls: with every worker busy and
+# every waiting place taken, health checks, reflection and the RESOURCE_EXHAUSTED replies
+# still find a thread at once (grpc runs every call on one pool, first come first served).
+SPARE_THREADS = 4
+WAIT_SLICE_S = 0.05  # how often a waiting call checks whether its caller is still there
+
+
+class Admission:
+    """How many calls run at once (`running`), and how many more may wait for one of them
+    (`waiting`); the next is RESOURCE_EXHAUSTED at once. Without it, calls past the pool's
+    threads queued without bound in front of health checks: 40 slow router requests kept
+    the router's health check waiting over 10 s, long enough for Kubernetes to restart a
+    pod that was only busy."""
+
+    def __init__(self, service: str, running: int, waiting: int) -> None:
+        self.running, self.waiting = running, waiting
+        self._slots = threading.BoundedSemaphore(running)
+        self._places = threading.BoundedSemaphore(waiting) if waiting else None
+        self._gauge = telemetry.RPC_WAITING.labels(service)
+        self._count_lock = threading.Lock()
+        self.now_waiting = 0
+
+    @property
+    def threads(self) -> int:
+        """Handler threads the server needs so that no call waits for a thread."""
+        return self.running + self.waiting + SPARE_THREADS
+
+    @contextlib.contextmanager
+    def slot(self, context: grpc.ServicerContext):
+        if not self._slots.acquire(blocking=False):
+            self._wait(context)
+        try:
+            yield
+        finally:
+            self._slots.release()
+
+    def _wait(self, context: grpc.ServicerContext) -> None:
+        if self._places is None or not self._places.acquire(blocking=False):
+            raise errors.resource_exhausted(
+                f"server busy: {self.running} calls running and {self.waiting} waiting (worker_threads, "
+                f"max_waiting_calls); retry with backoff, or add replicas")
+        self._count(+1)
+        started = time.monotonic()
+        try:
+            while not self._slots.acquire(timeout=min(WAIT_SLICE_S, context.time_remaining())):
+                if context.time_remaining() <= 0:
+                    raise errors.deadline_exceeded(
+                        f"deadline passed after {time.monotonic() - started:.2f} s waiting for one of "
+                        f"{self.running} busy workers")
+                if not context.is_active():
+                    raise errors.ServiceError(grpc.StatusCode.CANCELLED, "the caller went away while waiting")
+        finally:
+            self._count(-1)
+            self._places.release()
+
+    def _count(self, step: int) -> None:
+        with self._count_lock:
+            self.now_waiting += step
+            self._gauge.set(self.now_waiting)
+
+
 class RuntimeInterceptor(grpc.ServerInterceptor):
     """Per call: readiness, token, trace span, metrics, and error -> status mapping."""
 
-    def __init__(self, service_name: str, state: _State, auth_token: str = "") -> None:
+    def __init__(self, service_name: str, state: _State, auth_token: str = "", admission: Admission | None = None) -> None:
         self._service_name = service_name
         self._state = state
         self._auth_token = auth_token
+        self._admission = admission
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
@@ -178,9 +240,12 @@ class _CallGuard:
         """Around one call: admit, trace, map errors to statuses, record metrics."""
         span, started = self._start(context)
         code = grpc.StatusCode.OK
+        admission = self.interceptor._admission
         try:
-            with telemetry.trace.use_span(span, end_on_exit=False):
+            with telemetry.trace.use_span(span, end_on_exit=False), contextlib.ExitStack() as held:
                 self._admit(context)
+                if admission is not None and self.service not in _OPEN_WHILE_LOADING:  # probes never wait
+                    held.enter_context(admission.slot(context))
                 yield
         except Exception as exc:
             code = _code_of(exc, context)
@@ -233,6 +298,7 @@ class ServerHandle:
         self._stop_lock = threading.Lock()
         self.metrics_port = 0
         self.probe_server: grpc.Server | None = None
+        self.admission: Admission | None = None
 
     @property
     def address(self) -> str:
@@ -278,9 +344,10 @@ def start_server(config: ServiceConfig, service: Service, *, initialize: bool = 
     _configure_torch(config.torch_threads)
     telemetry.setup_tracing(service.name, config.trace_exporter, config.otlp_endpoint)
     state = _State()
+    admission = Admission(service.name, config.worker_threads, config.max_waiting_calls)
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=config.worker_threads, thread_name_prefix=f"{service.name}-rpc"),
-        interceptors=[RuntimeInterceptor(service.name, state, config.auth_token)],
+        futures.ThreadPoolExecutor(max_workers=admission.threads, thread_name_prefix=f"{service.name}-rpc"),
+        interceptors=[RuntimeInterceptor(service.name, state, config.auth_token, admission)],
         options=[*grpc_options(config.max_message_bytes), *SERVER_ONLY_OPTIONS],
     )
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
@@ -298,6 +365,7 @@ def start_server(config: ServiceConfig, service: Service, *, initialize: bool = 
     if port == 0:
         raise OSError(f"{service.name}: cannot listen on {config.address} (port in use?)")
     handle = ServerHandle(config, service, server, port, health_servicer, names, state)
+    handle.admission = admission
     handle.set_serving(False)
     server.start()
     if config.health_port > 0:

@@ -131,6 +131,7 @@ RPC_LATENCY = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 RPC_IN_FLIGHT = Gauge("modalmesh_rpc_in_flight", "gRPC calls being handled.", ("service", "method"))
+RPC_WAITING = Gauge("modalmesh_rpc_waiting", "gRPC calls waiting for a free worker (worker_threads busy).", ("service",))
 RPC_ERRORS = Counter("modalmesh_rpc_errors_total", "gRPC calls that ended with a non-OK code.", ("service", "method", "code"))
 BATCH_SIZE = Histogram(
     "modalmesh_batch_size", "Requests per model forward pass.", ("service",), buckets=(1, 2, 4, 8, 16, 32, 64, 128)
