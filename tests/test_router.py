@@ -3,6 +3,7 @@
 import itertools
 import subprocess
 import sys
+import threading
 import time
 
 import grpc
@@ -315,6 +316,34 @@ def test_an_oversized_image_is_refused(mesh):
         assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "over the limit of 1000" in raised.value.details()
     finally:
         small.stop(grace=0.5)
+
+
+def test_a_stalled_analyze_stream_is_deadline_exceeded_and_the_router_stays_up(mesh):
+    # Before: a client that stopped sending without closing its stream (and set no
+    # deadline) held a router worker for ever, before or during its audio.
+    impatient = mesh.start_router(stream_idle_s=0.5)
+    stall = threading.Event()
+
+    def requests(audio_chunks):
+        first = router_pb2.AnalyzeRequest(task="screenshot_triage", text="the app crashes when I open it",
+                                          audio=router_pb2.MediaInput(media_type="audio/wav"))
+        yield router_pb2.AnalyzeStreamRequest(request=first)
+        for chunk in audio_chunks:
+            yield router_pb2.AnalyzeStreamRequest(audio_chunk=chunk)
+        stall.wait(30)
+
+    try:
+        with connect(impatient.address) as channel:
+            stub = router_pb2_grpc.RouterStub(channel)
+            for audio_chunks in ([], [VOICE[:8000]]):  # stalled before the audio, and in the middle of it
+                with pytest.raises(grpc.RpcError) as raised:
+                    list(stub.AnalyzeStream(requests(audio_chunks)))  # no deadline
+                assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+                assert "AnalyzeStream request stream: nothing arrived for 0.5 s" in raised.value.details()
+            assert analyze(stub, **INPUTS["text"]).label  # still answering
+    finally:
+        stall.set()
+        impatient.stop(grace=0.5)
 
 
 TRITON_CLIENT = r"""

@@ -10,7 +10,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from modalmesh.common import errors
+from modalmesh.common import codec, errors
 from modalmesh.common.client import EncoderClient, connect
 from modalmesh.text.model import TextEncoder
 from modalmesh.text.server import TextService
@@ -350,3 +350,43 @@ def test_a_waiting_call_gives_up_at_its_deadline_and_frees_its_place(start_text_
         release.set()
         assert running.result(timeout=30).pooled.shape == (32,)
         assert waiting.result(timeout=30).pooled.shape == (32,)
+
+
+def stream_reader_threads() -> int:
+    return sum(thread.name == "stream-reader" for thread in threading.enumerate())
+
+
+def test_a_stalled_upload_is_deadline_exceeded_after_stream_idle_s(start_text_service):
+    # Before: a client that sent a header and then neither sent more nor closed its
+    # stream (and set no deadline) held a worker for ever.
+    handle = start_text_service(stream_idle_s=0.5)
+    stall = threading.Event()
+
+    def stalled():
+        yield encoder_pb2.EncodeRequest(header=encoder_pb2.EncodeHeader(media_type="text/plain"))
+        yield encoder_pb2.EncodeRequest(payload=b"half a sen")
+        stall.wait(30)
+
+    with connect(handle.address) as channel:
+        stub = encoder_pb2_grpc.EncoderStub(channel)
+        with pytest.raises(grpc.RpcError) as raised:
+            list(stub.Encode(stalled()))  # no deadline
+        stall.set()
+        assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "nothing arrived for 0.5 s (stream_idle_s)" in raised.value.details()
+
+        def slow_but_steady():  # each message within the idle time: the total may be longer
+            yield encoder_pb2.EncodeRequest(header=encoder_pb2.EncodeHeader(media_type="text/plain"))
+            for word in (b"my ", b"card ", b"was ", b"declined"):
+                time.sleep(0.2)
+                yield encoder_pb2.EncodeRequest(payload=word)
+
+        chunks = list(stub.Encode(slow_but_steady(), timeout=30))
+        assert chunks[-1].WhichOneof("content") == "pooled"
+        whole = EncoderClient(channel).encode_text("my card was declined").pooled
+        np.testing.assert_allclose(codec.to_numpy(chunks[-1].pooled.vector), whole, atol=1e-3)
+        deadline = time.monotonic() + 10
+        while stream_reader_threads() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert stream_reader_threads() == 0  # every reader thread ended with its call
+        assert health_status(channel) == "SERVING"

@@ -56,6 +56,9 @@ class ServiceConfig:
     metrics_port: int = _option(-1, "Prometheus HTTP port; -1 picks gRPC port - 41000 (text: 9051), 0 disables")
     max_message_bytes: int = _option(64 * MiB, "largest gRPC message accepted or sent")
     grace_seconds: float = _option(10.0, "on SIGTERM, how long in-flight calls may finish")
+    stream_idle_s: float = _option(
+        30.0, "longest wait for the next message of a client's stream; then DEADLINE_EXCEEDED (a stalled upload "
+              "would hold a worker for ever)")
     worker_threads: int = _option(32, "calls handled at once; more wait (max_waiting_calls), beyond that RESOURCE_EXHAUSTED")
     max_waiting_calls: int = _option(
         64, "calls that may wait for a busy worker (until their deadline); one more is RESOURCE_EXHAUSTED at once")
@@ -134,6 +137,8 @@ class ServiceConfig:
             problems.append("ocr_det_side must be 0 (the engine's rule) or at least 32 pixels")
         if self.ocr_engine not in OCR_ENGINES:
             problems.append(f"ocr_engine must be one of {', '.join(OCR_ENGINES)}, not {self.ocr_engine!r}")
+        if not self.stream_idle_s > 0:
+            problems.append("stream_idle_s must be more than 0 seconds")
         if self.max_waiting_calls < 0:
             problems.append("max_waiting_calls must be 0 or more")
         if problems:

@@ -20,6 +20,7 @@ import abc
 import contextlib
 import json
 import logging
+import queue
 import signal
 import threading
 import time
@@ -151,14 +152,68 @@ class Admission:
             self._gauge.set(self.now_waiting)
 
 
+_END = object()
+
+
+class _Puller(threading.Thread):
+    """Reads a client's stream into a one-place queue (grpc keeps the flow control: the
+    client is not read ahead of the handler) until the stream ends or the reader stops."""
+
+    def __init__(self, messages) -> None:
+        super().__init__(name="stream-reader", daemon=True)
+        self.messages, self.queue, self.stopped = messages, queue.Queue(maxsize=1), threading.Event()
+
+    def run(self) -> None:
+        try:
+            for message in self.messages:
+                if not self._hand(message):
+                    return
+            self._hand(_END)
+        except Exception as exc:  # the call ended (cancelled, or aborted by the handler)
+            self._hand(exc)
+
+    def _hand(self, item) -> bool:
+        while not self.stopped.is_set():
+            try:
+                self.queue.put(item, timeout=WAIT_SLICE_S)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+
+def arriving(messages, idle_s: float, what: str):
+    """A client's stream messages as they come; DEADLINE_EXCEEDED when the next one takes
+    longer than `idle_s` (`stream_idle_s`). Without it a client that stops sending
+    without closing its stream, and set no deadline, held a worker for ever."""
+    puller = _Puller(messages)
+    puller.start()
+    try:
+        while True:
+            try:
+                item = puller.queue.get(timeout=idle_s)
+            except queue.Empty:
+                raise errors.deadline_exceeded(
+                    f"{what}: nothing arrived for {idle_s:g} s (stream_idle_s); close the stream when done") from None
+            if item is _END:
+                return
+            if isinstance(item, Exception):
+                raise item
+            yield item
+    finally:
+        puller.stopped.set()
+
+
 class RuntimeInterceptor(grpc.ServerInterceptor):
     """Per call: readiness, token, trace span, metrics, and error -> status mapping."""
 
-    def __init__(self, service_name: str, state: _State, auth_token: str = "", admission: Admission | None = None) -> None:
+    def __init__(self, service_name: str, state: _State, auth_token: str = "", admission: Admission | None = None,
+                 stream_idle_s: float = 30.0) -> None:
         self._service_name = service_name
         self._state = state
         self._auth_token = auth_token
         self._admission = admission
+        self._stream_idle_s = stream_idle_s
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
@@ -172,14 +227,16 @@ class RuntimeInterceptor(grpc.ServerInterceptor):
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                guard.wrap_unary(handler.stream_unary), handler.request_deserializer, handler.response_serializer
+                guard.wrap_unary(handler.stream_unary, streamed=True), handler.request_deserializer,
+                handler.response_serializer
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
                 guard.wrap_stream(handler.unary_stream), handler.request_deserializer, handler.response_serializer
             )
         return grpc.stream_stream_rpc_method_handler(
-            guard.wrap_stream(handler.stream_stream), handler.request_deserializer, handler.response_serializer
+            guard.wrap_stream(handler.stream_stream, streamed=True), handler.request_deserializer,
+            handler.response_serializer
         )
 
 
@@ -256,17 +313,22 @@ class _CallGuard:
         finally:
             self._finish(context, started, code or grpc.StatusCode.UNKNOWN, span)
 
-    def wrap_unary(self, behavior: Callable):
+    def _requests(self, request, streamed: bool):
+        if not streamed:
+            return request
+        return arriving(request, self.interceptor._stream_idle_s, f"{self.method} request stream")
+
+    def wrap_unary(self, behavior: Callable, streamed: bool = False):
         def handle(request, context):
             with self._guarded(context):
-                return behavior(request, context)
+                return behavior(self._requests(request, streamed), context)
 
         return handle
 
-    def wrap_stream(self, behavior: Callable):
+    def wrap_stream(self, behavior: Callable, streamed: bool = False):
         def handle(request, context):
             with self._guarded(context):
-                yield from behavior(request, context)
+                yield from behavior(self._requests(request, streamed), context)
 
         return handle
 
@@ -347,7 +409,7 @@ def start_server(config: ServiceConfig, service: Service, *, initialize: bool = 
     admission = Admission(service.name, config.worker_threads, config.max_waiting_calls)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=admission.threads, thread_name_prefix=f"{service.name}-rpc"),
-        interceptors=[RuntimeInterceptor(service.name, state, config.auth_token, admission)],
+        interceptors=[RuntimeInterceptor(service.name, state, config.auth_token, admission, config.stream_idle_s)],
         options=[*grpc_options(config.max_message_bytes), *SERVER_ONLY_OPTIONS],
     )
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
