@@ -21,7 +21,6 @@ from typing import Any, Sequence
 import grpc
 
 from modalmesh.common import security
-from modalmesh.common.runtime import grpc_options
 from modalmesh.v1 import router_pb2, router_pb2_grpc
 
 MODES = {"routed": router_pb2.ROUTING_MODE_ROUTED, "full": router_pb2.ROUTING_MODE_FULL}
@@ -154,7 +153,9 @@ class RouterClient:
 class AsyncRouterClient:
     def __init__(self, target: str = "127.0.0.1:50050", *, ca: str = "", cert: str = "", key: str = "", token: str = "",
                  server_name: str = "", timeout: float = 60.0) -> None:
-        options = grpc_options(64 * 1024 * 1024) + ([("grpc.ssl_target_name_override", server_name)] if server_name else [])
+        from modalmesh.common.client import channel_options
+
+        options = channel_options(server_name=server_name)
         credentials = _credentials(ca, cert, key)
         self.channel = (grpc.aio.secure_channel(target, credentials, options=options) if credentials
                         else grpc.aio.insecure_channel(target, options=options))

@@ -390,3 +390,20 @@ def test_a_stalled_upload_is_deadline_exceeded_after_stream_idle_s(start_text_se
             time.sleep(0.05)
         assert stream_reader_threads() == 0  # every reader thread ended with its call
         assert health_status(channel) == "SERVING"
+
+
+def test_calls_that_find_a_replica_unavailable_are_retried_on_the_next(start_text_service):
+    # Two replicas behind one target (as a dns:/// name of a headless Service gives):
+    # one still loading its model (UNAVAILABLE), one serving. round_robin alternates,
+    # and the client's retry policy sends a refused call on to the next replica, so
+    # callers never see the loading one. Before: every second call failed.
+    loading = start_text_service(initialize=False, service_class=GatedTextService)
+    serving = start_text_service()
+    with connect(f"ipv4:127.0.0.1:{loading.port},127.0.0.1:{serving.port}") as channel:
+        client = EncoderClient(channel)
+        answers = [client.encode_text(f"call {i}", timeout=10) for i in range(8)]
+    assert all(a.pooled.shape == (32,) for a in answers)
+    with connect(loading.address) as alone:  # the loading replica itself still refuses
+        with pytest.raises(grpc.RpcError) as raised:
+            EncoderClient(alone).encode_text("too early", timeout=10)
+    assert raised.value.code() == grpc.StatusCode.UNAVAILABLE

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -26,6 +27,27 @@ CHUNK_BYTES = 64 * 1024
 ONCE_MAX_BYTES = 1024 * 1024
 
 
+# A call that finds its replica UNAVAILABLE (still loading, draining for a rolling update,
+# or gone) is tried again, at most twice, on the next replica round_robin picks; only
+# UNAVAILABLE: it means the call did no work. gRPC retries only calls whose messages it
+# still holds (up to its retry buffer), so a large streamed upload is not sent twice.
+RETRY_POLICY = {"maxAttempts": 3, "initialBackoff": "0.1s", "maxBackoff": "1s", "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE"]}
+SERVICE_CONFIG = json.dumps({"methodConfig": [{"name": [{}], "retryPolicy": RETRY_POLICY}]})
+
+
+def channel_options(max_message_bytes: int = 64 * 1024 * 1024, server_name: str = "") -> list[tuple[str, object]]:
+    """Options of every client channel, sync or asyncio: size limits and keepalive, calls
+    spread over the pods of a dns:/// target naming a headless Service, retries on
+    UNAVAILABLE, and the TLS name to check when dialling an address."""
+    options = grpc_options(max_message_bytes)
+    options.append(("grpc.lb_policy_name", "round_robin"))
+    options.append(("grpc.service_config", SERVICE_CONFIG))
+    if server_name:
+        options.append(("grpc.ssl_target_name_override", server_name))
+    return options
+
+
 def connect(
     target: str,
     *,
@@ -41,11 +63,7 @@ def connect(
     `server_name` overrides the name checked against the server's certificate (for
     example "text" when dialling 127.0.0.1).
     """
-    options = grpc_options(max_message_bytes)
-    # With a dns:/// target naming a headless Service, spread calls over every pod.
-    options.append(("grpc.lb_policy_name", "round_robin"))
-    if server_name:
-        options.append(("grpc.ssl_target_name_override", server_name))
+    options = channel_options(max_message_bytes, server_name)
     if ca or cert:
         channel = grpc.secure_channel(target, security.channel_credentials(ca, cert, key), options=options)
     else:
