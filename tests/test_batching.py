@@ -136,3 +136,44 @@ def test_a_turn_on_a_one_at_a_time_engine_respects_the_callers_deadline():
         with pytest.raises(ServiceError, match="engine: deadline passed while waiting for the engine"):
             with turn(lock, deadline_after(0.1), "engine"):
                 pass
+
+
+def test_a_budget_lets_parts_through_while_they_fit_first_come_first_served():
+    from modalmesh.common.batching import Budget, deadline_after
+
+    budget = Budget(10, "pixels")
+    order = []
+
+    def later(name, amount):
+        with budget.hold(amount, deadline_after(10)):
+            order.append(name)
+
+    with ThreadPoolExecutor(2) as pool:
+        with budget.hold(6, None):
+            assert budget.free == 4
+            with budget.hold(4, None):  # fits beside the first
+                assert budget.free == 0
+            big = pool.submit(later, "big", 10)  # waits for the 6 to come back
+            time.sleep(0.2)
+            small = pool.submit(later, "small", 1)  # would fit now, but the big one came first
+            time.sleep(0.2)
+            assert order == []
+        # giving the 6 back lets both run: the big one first
+        big.result(timeout=10), small.result(timeout=10)
+    assert order == ["big", "small"] and budget.free == 10
+
+
+def test_a_budget_waiter_gives_up_at_its_deadline_and_a_part_over_the_whole_runs_alone():
+    from modalmesh.common.batching import Budget, deadline_after
+
+    budget = Budget(10, "decoded pixels")
+    with budget.hold(8, None):
+        with pytest.raises(ServiceError, match="decoded pixels: deadline passed while waiting for 5 of 10 [(]8 in use[)]") as raised:
+            with budget.hold(5, deadline_after(0.1)):
+                pass
+        assert raised.value.code == grpc.StatusCode.DEADLINE_EXCEEDED and budget.free == 2
+    with pytest.raises(RuntimeError):
+        with budget.hold(1000, None):  # more than the whole: takes the whole
+            assert budget.free == 0
+            raise RuntimeError("the work failed")
+    assert budget.free == 10  # given back whatever happened

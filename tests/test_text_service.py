@@ -407,3 +407,15 @@ def test_calls_that_find_a_replica_unavailable_are_retried_on_the_next(start_tex
         with pytest.raises(grpc.RpcError) as raised:
             EncoderClient(alone).encode_text("too early", timeout=10)
     assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+@pytest.mark.parametrize("environment, limited", [({}, True), ({"MALLOC_ARENA_MAX": "4"}, False)])
+def test_services_cap_malloc_arenas_unless_the_environment_says(environment, limited):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"} | environment
+    code = "from modalmesh.common.runtime import limit_malloc_arenas; print(limit_malloc_arenas())"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == str(limited), out.stderr

@@ -1,5 +1,6 @@
 """The vision service over gRPC: the bundled EfficientNet-Lite0, OCR, DICOM, other backbones."""
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -341,3 +342,37 @@ def test_a_thin_strip_with_ocr_is_encoded(vision):
     strip = image_bytes(Image.new("RGB", (5000, 1), "white"))
     result = vision.encode(strip, "image/png", options=["ocr"])
     assert result.pooled.shape == (1280,) and len(result.side.text_spans) == 0
+
+
+def test_pixel_count_reads_the_header_only():
+    from modalmesh.vision.decode import pixel_count
+
+    assert pixel_count(image_bytes(render_screenshot("Hello", size=(640, 400))), "image/png") == 640 * 400
+    assert pixel_count(ct_dicom(phantom_hu(128), pixel_spacing=(0.8, 0.8)), "application/dicom") == 128 * 128
+    assert pixel_count(b"\x89PNG\r\n\x1a\n not really", "image/png") == 0  # decode_image says what is wrong
+
+
+def test_images_wait_for_their_pixels_and_give_up_at_the_deadline():
+    # Decoded images cost about 25 bytes per pixel at the peak: before, 8 concurrent
+    # 40 MP images took the service to 5 GB, past its pod's 3 GiB.
+    handle = start_vision(max_pixels_in_flight=500_000)
+    png = image_bytes(render_screenshot("Payment declined", size=(640, 400)))
+    try:
+        with connect(handle.address) as channel, ThreadPoolExecutor(1) as pool:
+            client = EncoderClient(channel)
+            budget = handle.service.pixels
+            with budget.hold(400_000, None):  # others' images: 100 000 pixels left, this one needs 256 000
+                with pytest.raises(grpc.RpcError) as raised:
+                    client.encode(png, "image/png", timeout=1.0)
+                assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+                deadline = time.monotonic() + 5
+                while budget.waiting and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                assert budget.waiting == 0  # the service gave up on it too (its deadline had passed)
+                waiting = pool.submit(client.encode, png, "image/png", timeout=30)
+                time.sleep(0.3)
+                assert not waiting.done()
+            assert waiting.result(timeout=30).sequence.shape == (49, 1280)  # ran once the pixels were free
+            assert budget.free == budget.total
+    finally:
+        handle.stop(grace=0.5)

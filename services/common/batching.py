@@ -172,6 +172,47 @@ def turn(lock: threading.Lock, deadline: float | None, what: str) -> Iterator[No
         lock.release()
 
 
+class Budget:
+    """An amount shared by concurrent requests (the vision service: pixels of decoded
+    images). A request holds its part while it runs; one whose part is not free waits,
+    first come first served, up to its deadline. A part larger than the whole takes the
+    whole (it then runs alone)."""
+
+    def __init__(self, total: int, what: str) -> None:
+        self.total, self.free, self.what = total, total, what
+        self._changed = threading.Condition()
+        self._queue: collections.deque = collections.deque()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._queue)
+
+    @contextmanager
+    def hold(self, amount: int, deadline: float | None) -> Iterator[None]:
+        amount = max(0, min(amount, self.total))
+        ticket = object()
+        with self._changed:
+            self._queue.append(ticket)
+            try:
+                while self._queue[0] is not ticket or self.free < amount:
+                    wait = None if deadline is None else deadline - time.monotonic()
+                    if wait is not None and wait <= 0:
+                        raise errors.deadline_exceeded(
+                            f"{self.what}: deadline passed while waiting for {amount} of {self.total} "
+                            f"({self.total - self.free} in use)")
+                    self._changed.wait(wait)
+                self.free -= amount
+            finally:
+                self._queue.remove(ticket)
+                self._changed.notify_all()  # the next in line may fit now
+        try:
+            yield
+        finally:
+            with self._changed:
+                self.free += amount
+                self._changed.notify_all()
+
+
 def deadline_after(timeout: float | None) -> float | None:
     """A caller's seconds left as a time.monotonic() deadline (None stays None)."""
     return None if timeout is None else time.monotonic() + timeout

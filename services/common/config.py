@@ -70,6 +70,9 @@ class ServiceConfig:
     quantize: bool = _option(False, "INT8 dynamic quantization of the backbone's Linear layers")
     # Vision
     max_pixels: int = _option(40_000_000, "vision: largest image (width x height) decoded")
+    max_pixels_in_flight: int = _option(
+        40_000_000, "vision: pixels of all images decoded at once (about 25 bytes each at the peak); more wait, "
+                    "up to their deadline")
     ocr: bool = _option(True, "vision: load the OCR engine so requests may ask for 'ocr'")
     ocr_det_side: int = _option(
         0,
@@ -137,6 +140,8 @@ class ServiceConfig:
             problems.append("ocr_det_side must be 0 (the engine's rule) or at least 32 pixels")
         if self.ocr_engine not in OCR_ENGINES:
             problems.append(f"ocr_engine must be one of {', '.join(OCR_ENGINES)}, not {self.ocr_engine!r}")
+        if self.max_pixels_in_flight < 1:
+            problems.append("max_pixels_in_flight must be at least 1")
         if not self.stream_idle_s > 0:
             problems.append("stream_idle_s must be more than 0 seconds")
         if self.max_waiting_calls < 0:

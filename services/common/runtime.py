@@ -404,6 +404,7 @@ class ServerHandle:
 def start_server(config: ServiceConfig, service: Service, *, initialize: bool = True) -> ServerHandle:
     """Start `service` on config.address. With initialize=False, call handle.initialize()."""
     _configure_torch(config.torch_threads)
+    limit_malloc_arenas()
     telemetry.setup_tracing(service.name, config.trace_exporter, config.otlp_endpoint)
     state = _State()
     admission = Admission(service.name, config.worker_threads, config.max_waiting_calls)
@@ -484,6 +485,29 @@ def serve_forever(config: ServiceConfig, service: Service) -> int:
         pass
     handle.stop()
     return 0
+
+
+MALLOC_ARENAS = 2
+_M_ARENA_MAX = -8  # glibc's mallopt parameter number
+
+
+def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
+    """Cap glibc's malloc arenas (what MALLOC_ARENA_MAX=2 does), before the handler
+    threads start. glibc gives each busy thread an arena of its own, and memory freed in
+    one is kept for that thread: 8 concurrent 40 MP images left the vision service at
+    3.8 GB and peaked at 4.6 (2 arenas: 2.5 GB peak, with max_pixels_in_flight). False
+    where there is no glibc (musl, macOS) or the environment already says."""
+    import ctypes
+    import ctypes.util
+    import os
+
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(_M_ARENA_MAX, arenas))
+    except (OSError, AttributeError):
+        return False
 
 
 def _configure_torch(threads: int) -> None:

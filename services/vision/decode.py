@@ -58,6 +58,26 @@ def sniff_media_type(data: bytes) -> str | None:
     return None
 
 
+def pixel_count(data: bytes, media_type: str) -> int:
+    """Width x height (x frames) from the header alone, without decoding; 0 when the header
+    cannot be read (decode_image then says what is wrong)."""
+    try:
+        if media_type == "application/dicom":
+            import pydicom
+
+            dataset = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+            frames = int(dataset.get("NumberOfFrames", 1) or 1)
+            return max(0, int(dataset.get("Rows", 0)) * int(dataset.get("Columns", 0)) * frames)
+        from PIL import Image
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            width, height = Image.open(io.BytesIO(data)).size  # the header only
+        return width * height
+    except Exception:  # malformed: decode_image reports it
+        return 0
+
+
 def decode_image(data: bytes, media_type: str, parameters: dict[str, str], max_pixels: int) -> DecodedImage:
     if not data:
         raise errors.invalid_argument("payload", "the image is empty (0 bytes)")
