@@ -419,3 +419,27 @@ def test_services_cap_malloc_arenas_unless_the_environment_says(environment, lim
     code = "from modalmesh.common.runtime import limit_malloc_arenas; print(limit_malloc_arenas())"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == str(limited), out.stderr
+
+
+def test_request_bytes_in_hand_are_bounded(start_text_service):
+    # grpc reads a unary call's whole message before the handler runs, so waiting calls
+    # hold theirs: past max_bytes_in_flight a call is refused at once.
+    started, release = threading.Semaphore(0), threading.Event()
+    handle = start_text_service(service_class=blocking_service(started, release), worker_threads=1, max_waiting_calls=4,
+                                max_bytes_in_flight=400)
+    with connect(handle.address) as channel, ThreadPoolExecutor(2) as pool:
+        client = EncoderClient(channel)
+        running = pool.submit(client.encode_text, "a" * 100, timeout=30)
+        assert started.acquire(timeout=10)
+        with pytest.raises(grpc.RpcError) as raised:
+            client.encode_text("b" * 300, timeout=10)  # 100 + 300 and the headers: over 400
+        assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "max_bytes_in_flight 400" in raised.value.details()
+        waiting = pool.submit(client.encode_text, "c" * 50, timeout=30)  # fits: waits for the worker
+        deadline = time.monotonic() + 10
+        while handle.admission.now_waiting < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert handle.admission.now_waiting == 1
+        release.set()
+        assert running.result(timeout=30).pooled.shape == waiting.result(timeout=30).pooled.shape == (32,)
+        assert handle.admission.bytes_held == 0

@@ -38,7 +38,9 @@ SERVICE_DEFAULTS: dict[str, dict[str, Any]] = {
     "audio": {"max_input_bytes": 32 * MiB, "max_batch_size": 8},
     # The router's fusion model is small: its ops run faster on one thread than split
     # over two (benchmarks/bench_router.py: router overhead p50 28 -> 18 ms on 2 cores).
-    "router": {"max_input_bytes": 32 * MiB, "torch_threads": 1},
+    # max_bytes_in_flight: the router copies each input once more into its encoder calls,
+    # and its pod has 1 GiB.
+    "router": {"max_input_bytes": 32 * MiB, "torch_threads": 1, "max_bytes_in_flight": 128 * MiB},
 }
 
 
@@ -67,6 +69,9 @@ class ServiceConfig:
     model: str = _option("", "model directory or hub id; empty uses the bundled default")
     allow_download: bool = _option(False, "let transformers download a hub id (off: local files only)")
     max_input_bytes: int = _option(1 * MiB, "largest input accepted, all payload chunks together")
+    max_bytes_in_flight: int = _option(
+        256 * MiB, "bytes of unary request messages held at once (running and waiting calls); one more is "
+                   "RESOURCE_EXHAUSTED at once; 0 turns the limit off")
     quantize: bool = _option(False, "INT8 dynamic quantization of the backbone's Linear layers")
     # Vision
     max_pixels: int = _option(40_000_000, "vision: largest image (width x height) decoded")
@@ -144,6 +149,8 @@ class ServiceConfig:
             problems.append("max_pixels_in_flight must be at least 1")
         if not self.stream_idle_s > 0:
             problems.append("stream_idle_s must be more than 0 seconds")
+        if self.max_bytes_in_flight < 0:
+            problems.append("max_bytes_in_flight must be 0 (no limit) or more")
         if self.max_waiting_calls < 0:
             problems.append("max_waiting_calls must be 0 or more")
         if problems:

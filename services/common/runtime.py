@@ -103,10 +103,16 @@ class Admission:
     (`waiting`); the next is RESOURCE_EXHAUSTED at once. Without it, calls past the pool's
     threads queued without bound in front of health checks: 40 slow router requests kept
     the router's health check waiting over 10 s, long enough for Kubernetes to restart a
-    pod that was only busy."""
+    pod that was only busy.
 
-    def __init__(self, service: str, running: int, waiting: int) -> None:
-        self.running, self.waiting = running, waiting
+    Also the bytes of the request messages in hand (`max_bytes_in_flight`): grpc reads a
+    unary call's whole message before its handler runs, so a call waiting here holds it;
+    one that would take the total past the limit is RESOURCE_EXHAUSTED at once (a call
+    alone always runs: `max_message_bytes` bounds it)."""
+
+    def __init__(self, service: str, running: int, waiting: int, max_bytes: int = 0) -> None:
+        self.running, self.waiting, self.max_bytes = running, waiting, max_bytes
+        self.bytes_held = 0
         self._slots = threading.BoundedSemaphore(running)
         self._places = threading.BoundedSemaphore(waiting) if waiting else None
         self._gauge = telemetry.RPC_WAITING.labels(service)
@@ -119,13 +125,26 @@ class Admission:
         return self.running + self.waiting + SPARE_THREADS
 
     @contextlib.contextmanager
-    def slot(self, context: grpc.ServicerContext):
-        if not self._slots.acquire(blocking=False):
-            self._wait(context)
+    def slot(self, context: grpc.ServicerContext, message_bytes: int = 0):
+        self._take_bytes(message_bytes)
         try:
-            yield
+            if not self._slots.acquire(blocking=False):
+                self._wait(context)
+            try:
+                yield
+            finally:
+                self._slots.release()
         finally:
-            self._slots.release()
+            with self._count_lock:
+                self.bytes_held -= message_bytes
+
+    def _take_bytes(self, message_bytes: int) -> None:
+        with self._count_lock:
+            if self.max_bytes and self.bytes_held and self.bytes_held + message_bytes > self.max_bytes:
+                raise errors.resource_exhausted(
+                    f"server busy: {self.bytes_held} bytes of requests in hand, and this one has {message_bytes} "
+                    f"(max_bytes_in_flight {self.max_bytes}); retry with backoff, or add replicas")
+            self.bytes_held += message_bytes
 
     def _wait(self, context: grpc.ServicerContext) -> None:
         if self._places is None or not self._places.acquire(blocking=False):
@@ -293,7 +312,7 @@ class _CallGuard:
         context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
 
     @contextlib.contextmanager
-    def _guarded(self, context: grpc.ServicerContext):
+    def _guarded(self, context: grpc.ServicerContext, message_bytes: int = 0):
         """Around one call: admit, trace, map errors to statuses, record metrics."""
         span, started = self._start(context)
         code = grpc.StatusCode.OK
@@ -302,7 +321,7 @@ class _CallGuard:
             with telemetry.trace.use_span(span, end_on_exit=False), contextlib.ExitStack() as held:
                 self._admit(context)
                 if admission is not None and self.service not in _OPEN_WHILE_LOADING:  # probes never wait
-                    held.enter_context(admission.slot(context))
+                    held.enter_context(admission.slot(context, message_bytes))
                 yield
         except Exception as exc:
             code = _code_of(exc, context)
@@ -320,17 +339,25 @@ class _CallGuard:
 
     def wrap_unary(self, behavior: Callable, streamed: bool = False):
         def handle(request, context):
-            with self._guarded(context):
+            with self._guarded(context, 0 if streamed else _message_bytes(request)):
                 return behavior(self._requests(request, streamed), context)
 
         return handle
 
     def wrap_stream(self, behavior: Callable, streamed: bool = False):
         def handle(request, context):
-            with self._guarded(context):
+            with self._guarded(context, 0 if streamed else _message_bytes(request)):
                 yield from behavior(self._requests(request, streamed), context)
 
         return handle
+
+
+def _message_bytes(request) -> int:
+    """A unary request's size (grpc holds the whole message before the handler runs)."""
+    try:
+        return int(request.ByteSize())
+    except AttributeError:
+        return 0
 
 
 def _code_of(exc: BaseException, context: grpc.ServicerContext) -> grpc.StatusCode | None:
@@ -407,7 +434,7 @@ def start_server(config: ServiceConfig, service: Service, *, initialize: bool = 
     limit_malloc_arenas()
     telemetry.setup_tracing(service.name, config.trace_exporter, config.otlp_endpoint)
     state = _State()
-    admission = Admission(service.name, config.worker_threads, config.max_waiting_calls)
+    admission = Admission(service.name, config.worker_threads, config.max_waiting_calls, config.max_bytes_in_flight)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=admission.threads, thread_name_prefix=f"{service.name}-rpc"),
         interceptors=[RuntimeInterceptor(service.name, state, config.auth_token, admission, config.stream_idle_s)],
