@@ -22,3 +22,10 @@ def test_wrapped_lines_join_and_separate_blocks_stay_apart():
 def test_words_on_one_row_join_unless_far_apart_and_spans_without_boxes_are_kept():
     spans = [("Invalid", (0, 0, 60, 20)), ("password", (70, 2, 150, 20)), ("Help", (600, 0, 640, 20)), ("no box", ())]
     assert paragraphs(spans) == ["Invalid password", "Help", "no box"]
+
+
+def test_blank_text_is_whitespace_control_and_format_characters_only():
+    from modalmesh.common.layout import is_blank
+
+    assert is_blank("") and is_blank(" \n\t") and is_blank("\u200b\ufeff\u200e\x00")
+    assert not is_blank("\u200bok") and not is_blank("💳") and not is_blank("?")

@@ -284,6 +284,8 @@ def test_medical_report_from_a_png_scan_with_its_window_is_measured(router):
     [
         ({"task": "horoscope", "text": "hi"}, "task", "unknown task 'horoscope'"),
         ({"task": "screenshot_triage"}, "text", "the request has no inputs"),
+        # Invisible text is no text (it used to be answered "payment" at 0.53).
+        ({"task": "screenshot_triage", "text": "\u200b\u200b \ufeff\u200e"}, "text", "the request has no inputs"),
         ({"task": "screenshot_triage", "text": "x" * 70000}, "text", "over the limit"),
         ({"task": "screenshot_triage", "image": router_pb2.MediaInput(data=b"not an image")}, "image.media_type", "match no supported format"),
         ({"task": "screenshot_triage", "text": "hi", "options": router_pb2.AnalyzeOptions(require=[router_pb2.MODALITY_AUDIO])},

@@ -148,6 +148,7 @@ BAD_REQUESTS = {
     "invalid utf-8": ([HEADER, _payload(b"caf\xc3")], "payload", "not valid UTF-8 at byte 3"),
     "empty text": ([HEADER], "payload", "the text is empty"),
     "only whitespace": ([HEADER, _payload(b"  \n\t ")], "payload", "only whitespace"),
+    "only invisible characters": ([HEADER, _payload("\u200b\u200b\ufeff\x00".encode())], "payload", "invisible characters"),
     "over the limit": ([HEADER, _payload(b"a" * 40_000), _payload(b"b" * 40_000)], "payload", "exceeds the limit of 65536 bytes"),
     "unknown media type": (
         [encoder_pb2.EncodeRequest(header=encoder_pb2.EncodeHeader(media_type="image/png")), _payload(b"x")],

@@ -16,6 +16,7 @@ text vector per paragraph), so a screen is read the same way everywhere.
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -86,3 +87,10 @@ def paragraphs(spans: Iterable[tuple[str, Box]], word_gap: float = 2.0, line_gap
 
 def _union(a: Box, b: Box) -> Box:
     return (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]))
+
+
+def is_blank(text: str) -> bool:
+    """Nothing to read: only whitespace, control and format characters (zero-width
+    spaces, byte order marks, direction marks). Text of three zero-width spaces used to
+    be encoded and answered ("payment", 0.53) as if the customer had written something."""
+    return all(ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf") for ch in text)

@@ -35,7 +35,7 @@ from opentelemetry import context as otel_context
 
 from modalmesh.common import errors, models, telemetry
 from modalmesh.common.client import collect, encode_requests
-from modalmesh.common.layout import MAX_SCREEN_LINES, paragraphs
+from modalmesh.common.layout import MAX_SCREEN_LINES, is_blank, paragraphs
 from modalmesh.router.fusion import MODALITIES, SOURCE_MODALITY, attention_mass, modality_gate_weights, normalised_entropy
 from modalmesh.router.tasks import Answer, Evidence, TaskModel, best_screen_line, decide, screen_line_log_odds
 from modalmesh.v1 import encoder_pb2, encoder_pb2_grpc, router_pb2, speech_pb2, speech_pb2_grpc
@@ -384,7 +384,7 @@ class Pipeline:
         if request.text:
             if len(request.text.encode("utf-8")) > MAX_TEXT_BYTES:
                 raise errors.invalid_argument("text", f"over the limit of {MAX_TEXT_BYTES} bytes")
-            if request.text.strip():
+            if not is_blank(request.text):
                 media["text"] = (request.text.encode("utf-8"), "text/plain", {})
         if audio_streamed:
             if not request.audio.media_type:

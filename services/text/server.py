@@ -12,6 +12,7 @@ from modalmesh.common import codec, errors
 from modalmesh.common.batching import DynamicBatcher
 from modalmesh.common.config import ServiceConfig
 from modalmesh.common.encoder import EncodeRequest, EncoderBackend, sequence_chunks
+from modalmesh.common.layout import is_blank
 from modalmesh.text.model import TextEncoder, TextFeatures
 from modalmesh.v1 import encoder_pb2
 
@@ -85,6 +86,7 @@ def decode_text(payload: bytes) -> str:
         text = payload.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise errors.invalid_argument("payload", f"not valid UTF-8 at byte {exc.start} ({exc.reason})") from None
-    if not text.strip():
-        raise errors.invalid_argument("payload", "the text is empty" if not text else "the text is only whitespace")
+    if is_blank(text):
+        raise errors.invalid_argument(
+            "payload", "the text is empty" if not text else "the text is only whitespace or invisible characters")
     return text
