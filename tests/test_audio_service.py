@@ -126,6 +126,33 @@ def test_flac_ogg_stereo_and_resampling(audio):
     assert abs(stereo.sequence.shape[0] - expected_frames(1.0)) <= 2
 
 
+def test_odd_sample_rates_are_read_as_the_nearest_100_hz():
+    # torchaudio's kernel has (to / g) x (from / g) taps, g their gcd: a 2-s WAV at
+    # 44 101 Hz took the model thread 50 s, and one at 383 999 Hz took the audio service
+    # to 22 GB (killed). An odd rate is now read as the nearest 100 Hz.
+    from modalmesh.audio.features import resample, resample_rates
+
+    for usual in (8000, 11025, 16000, 22050, 32000, 44100, 48000, 96000, 192000, 384000):
+        assert resample_rates(usual, 16000) == (usual, 16000)  # exact, as before
+    assert resample_rates(22050, 48000) == (22050, 48000)  # speech at 48 kHz
+    assert resample_rates(44101, 16000) == (44100, 16000)
+    assert resample_rates(383999, 16000) == (384000, 16000)
+    assert resample_rates(22050, 47999) == (22050, 48000)  # speech asked for at an odd rate
+    out = resample(tone(0.5, 44101, frequency=440.0), 44101).numpy()
+    assert abs(out.size - 8000) <= 2
+    spectrum = np.abs(np.fft.rfft(out))
+    assert abs(np.argmax(spectrum) * 16000 / out.size - 440.0) < 4  # still a 440 Hz tone
+
+
+def test_an_odd_rate_clip_through_the_service(audio, speech):
+    odd = audio.encode(wav_bytes(tone(1.0, 44101), 44101), "audio/wav")
+    assert odd.side.tags["sample_rate_hz"] == "44101"
+    assert abs(odd.sequence.shape[0] - expected_frames(1.0)) <= 1
+    chunks, wav = synthesize(speech, "Your refund is on its way.", sample_rate_hz=47999)
+    samples, rate = read_wav(wav)
+    assert rate == 47999 and samples.size / rate > 0.8 and np.abs(samples).max() > 0.1
+
+
 def test_raw_pcm_with_declared_format(audio):
     samples = (tone(1.0, 8000) * 32767).astype("<i2")
     result = audio.encode(samples.tobytes(), "audio/pcm", parameters={"sample_rate_hz": "8000", "sample_format": "s16le"})

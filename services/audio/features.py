@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import select
 import struct
 import subprocess
@@ -100,11 +101,35 @@ class Wav2Vec2Frames:
             return self.model(normalised.float().unsqueeze(0)).last_hidden_state[0].contiguous()
 
 
-def resample(samples: np.ndarray, rate: int) -> torch.Tensor:
+# torchaudio's resampling kernel has (to / g) x (from / g) taps, g = gcd(from, to): a rate
+# that shares no factor with the other costs gigabytes. A 2-s WAV at 44 101 Hz took 50 s
+# of the model thread, and one at 383 999 Hz took the audio service to 22 GB, killed.
+MAX_PHASES, MAX_SPAN = 640, 4000  # every usual rate pair is within these (11 025 -> 16 000: 640 x 441)
+RATE_STEP = 100  # Hz: an odd rate is read as the nearest multiple (at most 0.6% off from 8 kHz up)
+
+
+def resample_rates(from_rate: int, to_rate: int) -> tuple[int, int]:
+    """The rates handed to torchaudio: the true ones when their kernel is small, else with
+    the odd one rounded to RATE_STEP (a 44 101 Hz clip is read as 44 100 Hz)."""
+
+    def small(a: int, b: int) -> bool:
+        g = math.gcd(a, b)
+        return b // g <= MAX_PHASES and a // g <= MAX_SPAN
+
+    def nice(rate: int) -> int:
+        return max(RATE_STEP, round(rate / RATE_STEP) * RATE_STEP)
+
+    for candidate in ((from_rate, to_rate), (from_rate, nice(to_rate)), (nice(from_rate), to_rate)):
+        if small(*candidate):
+            return candidate
+    return nice(from_rate), nice(to_rate)
+
+
+def resample(samples: np.ndarray, rate: int, to_rate: int = SAMPLE_RATE) -> torch.Tensor:
     tensor = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))
-    if rate == SAMPLE_RATE:
+    if rate == to_rate:
         return tensor
-    return torchaudio.functional.resample(tensor, rate, SAMPLE_RATE)
+    return torchaudio.functional.resample(tensor, *resample_rates(rate, to_rate))
 
 
 @dataclass

@@ -116,11 +116,9 @@ class AudioService(EncoderBackend):
 
     def resample_int16(self, samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
         """For speech synthesis: int16 at one rate to int16 at another, on the model thread."""
-        import torchaudio
 
         def work():
-            audio = torch.from_numpy(samples.astype(np.float32) / 32768.0)
-            return torchaudio.functional.resample(audio, from_rate, to_rate).numpy()
+            return resample(samples.astype(np.float32) / 32768.0, from_rate, to_rate).numpy()
 
         resampled = self.on_model_thread(work)
         return np.clip(np.round(resampled * 32767.0), -32768, 32767).astype(np.int16)
