@@ -339,3 +339,31 @@ def test_a_wav2vec2_directory_as_the_frame_encoder(tiny_wav2vec2_dir):
             assert result.sequence.shape == (1599, 32)
     finally:
         handle.stop(grace=0.5)
+
+
+def test_compressed_silence_is_refused_before_it_is_decoded_whole():
+    # Ten minutes of 48 kHz FLAC silence is a few kilobytes; decoded it is 115 MB of
+    # float32 (an hour of 32 channels would be 30 GB). Before: decoded whole, then refused.
+    import io
+    import tracemalloc
+
+    import soundfile
+
+    from modalmesh.audio.decode import decode_file
+
+    buffer = io.BytesIO()
+    with soundfile.SoundFile(buffer, "w", 48000, 1, format="FLAC", subtype="PCM_16") as flac:
+        for _ in range(10):
+            flac.write(np.zeros(48000 * 60, dtype=np.int16))
+    data = buffer.getvalue()
+    assert len(data) < 200_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(errors.ServiceError, match="longer than the limit of 30 s"):
+            decode_file(data, "audio/flac", max_seconds=30)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 48000 * 600 * 4 / 5  # a fraction of the whole decode: it stopped past 30 s
+    samples, rate, channels = decode_file(data, "audio/flac", max_seconds=600)  # within the limit: all of it
+    assert samples.shape == (48000 * 600,) and rate == 48000 and channels == 1

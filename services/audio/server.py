@@ -184,8 +184,7 @@ class AudioService(EncoderBackend):
                 yield from emit(frames)
             original_rate, channels = (decoder.layout.sample_rate, decoder.layout.channels) if decoder.layout else (0, 0)
         else:
-            samples, original_rate, channels = decode.decode_file(b"".join(payloads), request.media_type)
-            self._check_duration(samples.size / original_rate)
+            samples, original_rate, channels = decode.decode_file(b"".join(payloads), request.media_type, self.max_seconds)
             samples16k, frames = self.on_model_thread(lambda: self._whole_clip(samples, original_rate), timeout)
             clip.append(samples16k)
             all_frames.append(frames)
@@ -228,7 +227,7 @@ class AudioService(EncoderBackend):
 
     def _check_duration(self, seconds: float) -> None:
         if seconds > self.max_seconds:
-            raise errors.invalid_argument("payload", f"the audio is longer than the limit of {self.max_seconds:g} s")
+            raise decode.too_long(self.max_seconds)
 
     def _resample_and_frame(self, samples: np.ndarray, rate: int, frame_stream: FrameStream):
         samples16k = resample(samples, rate)

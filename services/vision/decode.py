@@ -59,15 +59,14 @@ def sniff_media_type(data: bytes) -> str | None:
 
 
 def pixel_count(data: bytes, media_type: str) -> int:
-    """Width x height (x frames) from the header alone, without decoding; 0 when the header
+    """Width x height from the header alone, without decoding; 0 when the header
     cannot be read (decode_image then says what is wrong)."""
     try:
         if media_type == "application/dicom":
             import pydicom
 
             dataset = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
-            frames = int(dataset.get("NumberOfFrames", 1) or 1)
-            return max(0, int(dataset.get("Rows", 0)) * int(dataset.get("Columns", 0)) * frames)
+            return max(0, int(dataset.get("Rows", 0)) * int(dataset.get("Columns", 0)))  # one frame is decoded
         from PIL import Image
 
         with warnings.catch_warnings():
@@ -204,6 +203,7 @@ def _to_rgb(image) -> np.ndarray:
 
 def _decode_dicom(data: bytes, parameters: dict[str, str], max_pixels: int) -> DecodedImage:
     import pydicom
+    import pydicom.pixels
     from pydicom.errors import InvalidDicomError
 
     try:
@@ -218,16 +218,17 @@ def _decode_dicom(data: bytes, parameters: dict[str, str], max_pixels: int) -> D
         raise errors.invalid_argument("payload", f"the DICOM image has no pixels ({columns}x{rows})")
     if rows * columns > max_pixels:
         raise errors.invalid_argument("payload", f"{columns}x{rows} = {rows * columns} pixels is over the limit of {max_pixels}")
-    try:
-        pixels = dataset.pixel_array
-    except Exception as exc:  # pydicom raises many types for truncated or compressed data
-        raise errors.invalid_argument("payload", f"cannot decode the DICOM pixel data: {type(exc).__name__}: {exc}") from None
-
+    frame = None
     if frames > 1:
         frame = _int_parameter(parameters, "frame", frames // 2)
         if not 0 <= frame < frames:
             raise errors.invalid_argument("header.parameters.frame", f"{frame} is outside 0..{frames - 1}")
-        pixels = pixels[frame]
+    try:
+        # One frame only: decoding all of them first took 1 GB and 4.5 s for 2000 RLE frames
+        # of 512x512 (16 MB of DICOM), to use one.
+        pixels = dataset.pixel_array if frame is None else pydicom.pixels.pixel_array(dataset, index=frame)
+    except Exception as exc:  # pydicom raises many types for truncated or compressed data
+        raise errors.invalid_argument("payload", f"cannot decode the DICOM pixel data: {type(exc).__name__}: {exc}") from None
     if pixels.ndim == 3 and pixels.shape[-1] == 3:  # colour DICOM
         rgb = np.ascontiguousarray(pixels.astype(np.uint8) if pixels.dtype != np.uint8 else pixels)
         return DecodedImage(rgb=rgb, tags=_dicom_tags(dataset, frames))
