@@ -444,3 +444,23 @@ def test_request_bytes_in_hand_are_bounded(start_text_service):
         release.set()
         assert running.result(timeout=30).pooled.shape == waiting.result(timeout=30).pooled.shape == (32,)
         assert handle.admission.bytes_held == 0
+
+
+def test_connections_are_closed_by_age_so_clients_find_new_replicas(start_text_service):
+    # A client resolves a dns:/// name again only when a connection closes: before, the
+    # router kept calling the pods it found at start-up, never the ones an autoscaler added.
+    handle = start_text_service(max_connection_age_s=0.5)
+    states = []
+    with connect(handle.address) as channel:
+        channel.subscribe(states.append, try_to_connect=True)
+        client = EncoderClient(channel)
+        deadline = time.monotonic() + 15
+        answers = 0
+        while time.monotonic() < deadline:
+            answers += client.encode_text("still answering", timeout=10).pooled.shape == (32,)
+            ready = [i for i, s in enumerate(states) if s == grpc.ChannelConnectivity.READY]
+            if len(ready) >= 2:  # connected, closed by the server, connected again
+                break
+            time.sleep(0.1)
+    assert len([s for s in states if s == grpc.ChannelConnectivity.READY]) >= 2, states
+    assert answers >= 2  # and every call in between was answered

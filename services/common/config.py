@@ -58,6 +58,9 @@ class ServiceConfig:
     metrics_port: int = _option(-1, "Prometheus HTTP port; -1 picks gRPC port - 41000 (text: 9051), 0 disables")
     max_message_bytes: int = _option(64 * MiB, "largest gRPC message accepted or sent")
     grace_seconds: float = _option(10.0, "on SIGTERM, how long in-flight calls may finish")
+    max_connection_age_s: float = _option(
+        300.0, "close a client's connection after this long (in-flight calls finish first) so clients re-resolve "
+               "dns:/// names and reach new replicas; 0 never")
     stream_idle_s: float = _option(
         30.0, "longest wait for the next message of a client's stream; then DEADLINE_EXCEEDED (a stalled upload "
               "would hold a worker for ever)")
@@ -149,6 +152,8 @@ class ServiceConfig:
             problems.append("max_pixels_in_flight must be at least 1")
         if not self.stream_idle_s > 0:
             problems.append("stream_idle_s must be more than 0 seconds")
+        if self.max_connection_age_s < 0:
+            problems.append("max_connection_age_s must be 0 (never) or more")
         if self.max_bytes_in_flight < 0:
             problems.append("max_bytes_in_flight must be 0 (no limit) or more")
         if self.max_waiting_calls < 0:

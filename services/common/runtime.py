@@ -80,6 +80,17 @@ def grpc_options(max_message_bytes: int) -> list[tuple[str, int]]:
 SERVER_ONLY_OPTIONS = [("grpc.so_reuseport", 0)]
 
 
+def connection_age_options(max_age_s: float) -> list[tuple[str, int]]:
+    """Close each client connection after `max_age_s` (in-flight calls get a grace period
+    to finish). A client resolves a dns:/// name again only when a connection closes, so
+    without this the router kept calling the pods it found at start-up and never the ones
+    an autoscaler added. 0: connections live for ever."""
+    if max_age_s <= 0:
+        return []
+    age_ms = int(max_age_s * 1000)
+    return [("grpc.max_connection_age_ms", age_ms), ("grpc.max_connection_age_grace_ms", max(age_ms, 30_000))]
+
+
 def _method_parts(full_method: str) -> tuple[str, str]:
     service, _, method = full_method.lstrip("/").partition("/")
     return service, method
@@ -438,7 +449,7 @@ def start_server(config: ServiceConfig, service: Service, *, initialize: bool = 
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=admission.threads, thread_name_prefix=f"{service.name}-rpc"),
         interceptors=[RuntimeInterceptor(service.name, state, config.auth_token, admission, config.stream_idle_s)],
-        options=[*grpc_options(config.max_message_bytes), *SERVER_ONLY_OPTIONS],
+        options=[*grpc_options(config.max_message_bytes), *SERVER_ONLY_OPTIONS, *connection_age_options(config.max_connection_age_s)],
     )
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
