@@ -11,9 +11,17 @@ degraded: a modality TIMED_OUT), how many DEADLINE_EXCEEDED (from the router, or
 the client's own clock when the reply came too late), anything else, and the answered
 latencies. Bounded: the requests are counted and every call has its deadline.
 
+Meanwhile it checks every service's health four times a second (5-s timeout, as a
+Kubernetes probe would) and prints the slowest answer and any failure: health checks
+must not queue behind work (`worker_threads`, `max_waiting_calls`).
+
 What it checks: under a deadline the router answers from the encoders that made it (a
-margin before the deadline) instead of failing every late call, and no service is
-wedged afterwards (the same run again gives the same picture).
+margin before the deadline) instead of failing every late call, a busy service still
+answers its health checks, and no service is wedged afterwards (the same run again
+gives the same picture).
+
+    .venv/bin/python benchmarks/bench_overload.py --concurrency 110 --requests 110 --deadline 60
+        past worker_threads + max_waiting_calls (96): RESOURCE_EXHAUSTED at once
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import argparse
 import collections
 import statistics
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -62,10 +71,15 @@ def run(concurrency: int, requests: int, deadline: float) -> dict:
                 degraded = any(m["status"] == "timed_out" for m in answer["modalities"].values())
                 return ("answered, degraded" if degraded else "answered, complete"), time.perf_counter() - started
 
+            done = threading.Event()
+            probes = threading.Thread(target=poll_health, args=(mesh, done, health := {}), daemon=True)
             started = time.perf_counter()
+            probes.start()
             with ThreadPoolExecutor(concurrency) as pool:
                 outcomes = list(pool.map(one, range(requests)))
             wall = time.perf_counter() - started
+            done.set()
+            probes.join(10)
     finally:
         mesh.stop()
     counts = collections.Counter(outcome for outcome, _ in outcomes)
@@ -75,7 +89,30 @@ def run(concurrency: int, requests: int, deadline: float) -> dict:
         "outcomes": dict(counts),
         "answered_latency_median_s": statistics.median(answered) if answered else None,
         "answered_latency_max_s": max(answered) if answered else None,
+        "health": health,
     }
+
+
+def poll_health(mesh, done: threading.Event, health: dict) -> None:
+    """Every service's grpc.health.v1 Check, four times a second, until `done`: per
+    service the number of checks, the slowest (ms) and the failures."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    stubs = {name: health_pb2_grpc.HealthStub(grpc.insecure_channel(mesh.address(name))) for name in ORDER}
+    for name in ORDER:
+        health[name] = {"checks": 0, "slowest_ms": 0.0, "failed": 0}
+    while not done.wait(0.25):
+        for name, stub in stubs.items():
+            started = time.perf_counter()
+            try:
+                ok = stub.Check(health_pb2.HealthCheckRequest(), timeout=5).status == health_pb2.HealthCheckResponse.SERVING
+            except grpc.RpcError:
+                ok = False
+            record = health[name]
+            record["checks"] += 1
+            record["slowest_ms"] = max(record["slowest_ms"], (time.perf_counter() - started) * 1000)
+            record["failed"] += not ok
 
 
 def main() -> int:
@@ -93,6 +130,8 @@ def main() -> int:
         print(f"  {outcome:32s} {count}")
     if results["answered_latency_median_s"] is not None:
         print(f"  answered latency: median {results['answered_latency_median_s']:.2f} s, max {results['answered_latency_max_s']:.2f} s")
+    for name, record in results["health"].items():
+        print(f"  health {name:7s} {record['checks']} checks, slowest {record['slowest_ms']:.0f} ms, failed {record['failed']}")
     write_results(args.out, {"machine": machine(), **results})
     return 0
 
