@@ -390,6 +390,27 @@ def test_tritonclient_can_call_the_router(mesh, tmp_path):
     assert result.stdout.startswith("ok ")
 
 
+@pytest.mark.parametrize("inputs, field, complaint", [
+    # Two TEXT inputs: the second used to replace the first without a word.
+    ([("TEXT", [1], b"my card was declined"), ("TEXT", [1], b"where is my parcel")], "inputs[1].name", "TEXT is given twice"),
+    # numpy's int64 product of this shape wraps to 1: it used to pass as "one element".
+    ([("TEXT", [274177, 67280421310721], b"my card was declined")], "inputs[0]", "one element"),  # 2**64 + 1
+    ([("TEXT", [0], b"my card was declined")], "inputs[0]", "one element"),
+])
+def test_open_inference_protocol_refuses_ambiguous_inputs(mesh, inputs, field, complaint):
+    from modalmesh.v1 import inference_pb2, inference_pb2_grpc
+
+    request = inference_pb2.ModelInferRequest(model_name="screenshot_triage")
+    for name, shape, value in inputs:
+        tensor = request.inputs.add(name=name, datatype="BYTES", shape=shape)
+        tensor.contents.bytes_contents.append(value)
+    with connect(mesh.router.address) as channel:
+        with pytest.raises(grpc.RpcError) as raised:
+            inference_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT and complaint in raised.value.details()
+    assert errors.field_violations(raised.value)[0][0] == field
+
+
 def test_analyze_stream_passes_audio_on_while_it_arrives(router):
     """The audio encoder's Encode call is already running while the client still holds
     back its last audio chunk (seen on the audio service's in-flight gauge)."""

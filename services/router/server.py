@@ -8,6 +8,7 @@ path itself lives in modalmesh.router.pipeline; this module is the gRPC surface.
 from __future__ import annotations
 
 import dataclasses
+import math
 import queue
 import struct
 import threading
@@ -288,10 +289,15 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         analyze.options.top_k = len(task.spec.labels)  # PROBS needs every label's probability
         if request.raw_input_contents and len(request.raw_input_contents) != len(request.inputs):
             raise errors.invalid_argument("raw_input_contents", f"{len(request.raw_input_contents)} entries for {len(request.inputs)} inputs")
+        seen = set()
         for index, tensor in enumerate(request.inputs):
             if tensor.name not in OIP_INPUTS:
                 raise errors.invalid_argument(f"inputs[{index}].name", f"{tensor.name!r} is not one of {', '.join(OIP_INPUTS)}")
-            if tensor.datatype != "BYTES" or int(np.prod(list(tensor.shape) or [1])) != 1:
+            if tensor.name in seen:  # the later one would silently replace the earlier
+                raise errors.invalid_argument(f"inputs[{index}].name", f"{tensor.name} is given twice")
+            seen.add(tensor.name)
+            # math.prod on Python ints: numpy's int64 product wraps ([274177, 67280421310721] gave 1).
+            if tensor.datatype != "BYTES" or math.prod(tensor.shape or [1]) != 1 or any(d < 1 for d in tensor.shape):
                 raise errors.invalid_argument(f"inputs[{index}]", "must be BYTES with one element (shape [1])")
             if request.raw_input_contents:
                 value = _bytes_element(request.raw_input_contents[index], tensor.name)
