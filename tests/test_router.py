@@ -290,6 +290,9 @@ def test_medical_report_from_a_png_scan_with_its_window_is_measured(router):
         ({"task": "screenshot_triage", "image": router_pb2.MediaInput(data=b"not an image")}, "image.media_type", "match no supported format"),
         ({"task": "screenshot_triage", "text": "hi", "options": router_pb2.AnalyzeOptions(require=[router_pb2.MODALITY_AUDIO])},
          "options.require[0]", "not in the request"),
+        # Both used to be accepted: an unknown mode ran as ROUTED, a 10 000-character id was logged and traced.
+        ({"task": "screenshot_triage", "text": "hi", "options": router_pb2.AnalyzeOptions(mode=99)}, "options.mode", "99 is not a RoutingMode"),
+        ({"task": "screenshot_triage", "text": "hi", "request_id": "r" * 129}, "request_id", "longer than 128 characters"),
         # Refused by an encoder: when every input is refused, the router says INVALID_ARGUMENT
         # with the field of *its* request (not UNAVAILABLE, which invites a retry).
         ({"task": "screenshot_triage", "image": router_pb2.MediaInput(data=SCREENSHOT[: len(SCREENSHOT) // 2])},

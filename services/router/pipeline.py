@@ -35,6 +35,7 @@ from opentelemetry import context as otel_context
 
 from modalmesh.common import errors, models, telemetry
 from modalmesh.common.client import collect, encode_requests
+from modalmesh.common.encoder import MAX_REQUEST_ID_CHARS
 from modalmesh.common.layout import MAX_SCREEN_LINES, is_blank, paragraphs
 from modalmesh.router.fusion import MODALITIES, SOURCE_MODALITY, attention_mass, modality_gate_weights, normalised_entropy
 from modalmesh.router.tasks import Answer, Evidence, TaskModel, best_screen_line, decide, screen_line_log_odds
@@ -379,6 +380,10 @@ class Pipeline:
     def validate(self, request: router_pb2.AnalyzeRequest, audio_streamed: bool = False) -> tuple[TaskModel, dict[str, tuple]]:
         if request.task not in self.tasks:
             raise errors.invalid_argument("task", f"unknown task {request.task!r}; one of {', '.join(sorted(self.tasks))}")
+        if len(request.request_id) > MAX_REQUEST_ID_CHARS:  # as the encoders: it is logged and traced
+            raise errors.invalid_argument("request_id", f"longer than {MAX_REQUEST_ID_CHARS} characters")
+        if request.options.mode not in router_pb2.RoutingMode.values():  # a newer client's value, say
+            raise errors.invalid_argument("options.mode", f"{request.options.mode} is not a RoutingMode (ROUTED, FULL)")
         task = self.tasks[request.task]
         media: dict[str, tuple[bytes, str, dict]] = {}
         if request.text:
