@@ -376,3 +376,24 @@ def test_images_wait_for_their_pixels_and_give_up_at_the_deadline():
             assert budget.free == budget.total
     finally:
         handle.stop(grace=0.5)
+
+
+def test_huge_images_are_shrunk_in_uint8_before_the_backbones_float_resize():
+    from modalmesh.vision.model import HUGE_SIDE, ImageBackbone, reduce_huge
+
+    screen = np.asarray(render_screenshot("Payment declined", size=(1024, 640)).convert("RGB"))
+    assert reduce_huge(screen) is screen  # the tasks' images: untouched, features unchanged
+    huge = np.ascontiguousarray(np.repeat(np.repeat(screen, 5, axis=0), 5, axis=1))  # 5120x3200
+    reduced = reduce_huge(huge)
+    assert max(reduced.shape[:2]) <= HUGE_SIDE and reduced.shape[2] == 3 and reduced.dtype == np.uint8
+    backbone = ImageBackbone("", False, False)
+    direct = _float_resize_from_full(backbone, huge)
+    assert torch.nn.functional.cosine_similarity(backbone.preprocess(huge).flatten(), direct.flatten(), dim=0) > 0.99
+
+
+def _float_resize_from_full(backbone, rgb):
+    """What preprocess gave before: the float resize straight from the full image."""
+    image = torch.from_numpy(rgb.copy()).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
+    image = torch.nn.functional.interpolate(image, size=(backbone.input_size, backbone.input_size), mode="bilinear",
+                                            antialias=True, align_corners=False)
+    return ((image - torch.tensor(backbone.mean).view(1, 3, 1, 1)) / torch.tensor(backbone.std).view(1, 3, 1, 1))[0]

@@ -20,7 +20,6 @@ import abc
 import contextlib
 import json
 import logging
-import queue
 import signal
 import threading
 import time
@@ -33,6 +32,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from modalmesh.common import errors, security, telemetry
+from modalmesh.common.admission import Admission, arriving
 from modalmesh.common.config import ServiceConfig
 
 log = logging.getLogger(__name__)
@@ -100,138 +100,6 @@ def _method_parts(full_method: str) -> tuple[str, str]:
 class _State:
     ready: threading.Event = field(default_factory=threading.Event)
     draining: threading.Event = field(default_factory=threading.Event)
-
-
-# Handler threads beyond worker_threads + max_waiting_calls: with every worker busy and
-# every waiting place taken, health checks, reflection and the RESOURCE_EXHAUSTED replies
-# still find a thread at once (grpc runs every call on one pool, first come first served).
-SPARE_THREADS = 4
-WAIT_SLICE_S = 0.05  # how often a waiting call checks whether its caller is still there
-
-
-class Admission:
-    """How many calls run at once (`running`), and how many more may wait for one of them
-    (`waiting`); the next is RESOURCE_EXHAUSTED at once. Without it, calls past the pool's
-    threads queued without bound in front of health checks: 40 slow router requests kept
-    the router's health check waiting over 10 s, long enough for Kubernetes to restart a
-    pod that was only busy.
-
-    Also the bytes of the request messages in hand (`max_bytes_in_flight`): grpc reads a
-    unary call's whole message before its handler runs, so a call waiting here holds it;
-    one that would take the total past the limit is RESOURCE_EXHAUSTED at once (a call
-    alone always runs: `max_message_bytes` bounds it)."""
-
-    def __init__(self, service: str, running: int, waiting: int, max_bytes: int = 0) -> None:
-        self.running, self.waiting, self.max_bytes = running, waiting, max_bytes
-        self.bytes_held = 0
-        self._slots = threading.BoundedSemaphore(running)
-        self._places = threading.BoundedSemaphore(waiting) if waiting else None
-        self._gauge = telemetry.RPC_WAITING.labels(service)
-        self._count_lock = threading.Lock()
-        self.now_waiting = 0
-
-    @property
-    def threads(self) -> int:
-        """Handler threads the server needs so that no call waits for a thread."""
-        return self.running + self.waiting + SPARE_THREADS
-
-    @contextlib.contextmanager
-    def slot(self, context: grpc.ServicerContext, message_bytes: int = 0):
-        self._take_bytes(message_bytes)
-        try:
-            if not self._slots.acquire(blocking=False):
-                self._wait(context)
-            try:
-                yield
-            finally:
-                self._slots.release()
-        finally:
-            with self._count_lock:
-                self.bytes_held -= message_bytes
-
-    def _take_bytes(self, message_bytes: int) -> None:
-        with self._count_lock:
-            if self.max_bytes and self.bytes_held and self.bytes_held + message_bytes > self.max_bytes:
-                raise errors.resource_exhausted(
-                    f"server busy: {self.bytes_held} bytes of requests in hand, and this one has {message_bytes} "
-                    f"(max_bytes_in_flight {self.max_bytes}); retry with backoff, or add replicas")
-            self.bytes_held += message_bytes
-
-    def _wait(self, context: grpc.ServicerContext) -> None:
-        if self._places is None or not self._places.acquire(blocking=False):
-            raise errors.resource_exhausted(
-                f"server busy: {self.running} calls running and {self.waiting} waiting (worker_threads, "
-                f"max_waiting_calls); retry with backoff, or add replicas")
-        self._count(+1)
-        started = time.monotonic()
-        try:
-            while not self._slots.acquire(timeout=min(WAIT_SLICE_S, context.time_remaining())):
-                if context.time_remaining() <= 0:
-                    raise errors.deadline_exceeded(
-                        f"deadline passed after {time.monotonic() - started:.2f} s waiting for one of "
-                        f"{self.running} busy workers")
-                if not context.is_active():
-                    raise errors.ServiceError(grpc.StatusCode.CANCELLED, "the caller went away while waiting")
-        finally:
-            self._count(-1)
-            self._places.release()
-
-    def _count(self, step: int) -> None:
-        with self._count_lock:
-            self.now_waiting += step
-            self._gauge.set(self.now_waiting)
-
-
-_END = object()
-
-
-class _Puller(threading.Thread):
-    """Reads a client's stream into a one-place queue (grpc keeps the flow control: the
-    client is not read ahead of the handler) until the stream ends or the reader stops."""
-
-    def __init__(self, messages) -> None:
-        super().__init__(name="stream-reader", daemon=True)
-        self.messages, self.queue, self.stopped = messages, queue.Queue(maxsize=1), threading.Event()
-
-    def run(self) -> None:
-        try:
-            for message in self.messages:
-                if not self._hand(message):
-                    return
-            self._hand(_END)
-        except Exception as exc:  # the call ended (cancelled, or aborted by the handler)
-            self._hand(exc)
-
-    def _hand(self, item) -> bool:
-        while not self.stopped.is_set():
-            try:
-                self.queue.put(item, timeout=WAIT_SLICE_S)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-
-def arriving(messages, idle_s: float, what: str):
-    """A client's stream messages as they come; DEADLINE_EXCEEDED when the next one takes
-    longer than `idle_s` (`stream_idle_s`). Without it a client that stops sending
-    without closing its stream, and set no deadline, held a worker for ever."""
-    puller = _Puller(messages)
-    puller.start()
-    try:
-        while True:
-            try:
-                item = puller.queue.get(timeout=idle_s)
-            except queue.Empty:
-                raise errors.deadline_exceeded(
-                    f"{what}: nothing arrived for {idle_s:g} s (stream_idle_s); close the stream when done") from None
-            if item is _END:
-                return
-            if isinstance(item, Exception):
-                raise item
-            yield item
-    finally:
-        puller.stopped.set()
 
 
 class RuntimeInterceptor(grpc.ServerInterceptor):

@@ -34,6 +34,24 @@ from modalmesh.common import models
 log = logging.getLogger(__name__)
 
 
+HUGE_SIDE = 4096  # px: a larger image is first shrunk in uint8 (reduce_huge)
+
+
+def reduce_huge(rgb: np.ndarray) -> np.ndarray:
+    """An image with a side over HUGE_SIDE, shrunk by a whole factor (box filter, uint8)
+    until it fits; any other image as it is. The backbone's resize works on a float copy
+    of its input: 475 MB for a 40 MP image, about half of what one such request cost the
+    vision service at its peak. No screenshot or scan of the built-in tasks is that large,
+    so their features are unchanged."""
+    height, width = rgb.shape[:2]
+    factor = -(-max(height, width) // HUGE_SIDE)  # ceil
+    if factor <= 1:
+        return rgb
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(np.ascontiguousarray(rgb[:, :, :3])).reduce(factor))
+
+
 @dataclass
 class ImageFeatures:
     tokens: torch.Tensor  # [cells, width] float32
@@ -128,6 +146,7 @@ class ImageBackbone:
     def preprocess(self, rgb: np.ndarray) -> torch.Tensor:
         """uint8 [H, W, 3] -> normalised float [3, S, S] (squashed, not cropped: a
         screenshot's edges carry text)."""
+        rgb = reduce_huge(rgb)
         image = torch.from_numpy(np.array(rgb, dtype=np.uint8, copy=True)).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
         image = F.interpolate(image, size=(self.input_size, self.input_size), mode="bilinear", antialias=True, align_corners=False)
         mean = torch.tensor(self.mean).view(1, 3, 1, 1)
