@@ -195,7 +195,8 @@ def _to_rgb(image) -> np.ndarray:
     if image.mode in ("RGBA", "LA", "PA"):
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, image.convert("RGBA"))
-    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    # An RGB image as it is: convert("RGB") would copy it once more (160 MB at 40 MP).
+    return np.asarray(image if image.mode == "RGB" else image.convert("RGB"), dtype=np.uint8)
 
 
 # ---------------------------------------------------------------------------- DICOM
