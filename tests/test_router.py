@@ -5,6 +5,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import grpc
 import pytest
@@ -277,6 +278,38 @@ def test_medical_report_from_a_png_scan_with_its_window_is_measured(router):
     assert float(findings["largest_diameter_mm"]) == pytest.approx(36.0, abs=1.0)
     assert findings["side"] == phantom.side and findings["lesion_count"] == "1"
     assert "measured on the slice in Hounsfield units" in response.description
+
+
+def test_medical_report_refuses_a_scan_that_is_not_ct(router):
+    """pydicom's own MR file: it was answered "nodule" at 0.96 with an 11.3 mm lesion (an NM
+    scan "mass" at 0.99), from densities that are not Hounsfield units."""
+    from pydicom.data import get_testdata_file
+
+    mr = router_pb2.MediaInput(data=Path(get_testdata_file("MR_small.dcm")).read_bytes())
+    with pytest.raises(grpc.RpcError) as raised:
+        router.Analyze(router_pb2.AnalyzeRequest(task="medical_report", image=mr), timeout=30)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert errors.field_violations(raised.value) == [("image.data", "the DICOM's Modality is MR; medical_report reads CT images only")]
+    # With a record the answer is the record's, and the report says there was no scan.
+    response = analyze(router, task="medical_report", text="64-year-old smoker with a cough.", image=mr)
+    assert STATUS(reports(response)["image"].status) == "MODALITY_STATUS_FAILED"
+    findings = {f.key: f.value for f in response.findings}
+    assert "lesion_count" not in findings and "Modality is MR" in findings["scan"]
+    assert "no scan was read (refused: the DICOM's Modality is MR" in response.description
+    # The screenshot task reads any image: the same file is still used there.
+    assert STATUS(reports(analyze(router, image=mr))["image"].status) == "MODALITY_STATUS_USED"
+
+
+def test_a_medical_report_without_a_scan_states_no_lesion_findings(router):
+    """It wrote "1 round soft-tissue lesion in the left lung; the largest is 0.0 mm" (or, for
+    normal, "the lung fields are clear") from the patient record alone."""
+    response = analyze(router, task="medical_report", text="64-year-old smoker with a persistent cough.")
+    findings = {f.key: f.value for f in response.findings}
+    assert set(findings) == {"scan", "reply"} and findings["scan"] == "not read: none was sent"
+    assert "no scan was read (none was sent)" in response.description
+    assert "lesion" not in response.description.split("Impression:")[1]
+    assert "lung fields are clear" not in response.description and " mm" not in response.description
+    assert "not for clinical use" in response.description.lower()
 
 
 @pytest.mark.parametrize(

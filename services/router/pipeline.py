@@ -147,6 +147,8 @@ class Run:
         self.widths = widths or {}  # per source, the feature width the task's weights were trained on
         self.text_model = text_model  # the text model the weights were trained with ('' = any that fits)
         self.explain = False  # keep the fusion's attention weights (the answer explains itself)
+        # The task's check of an image's tags (TaskSpec.refuse_image): a reason refuses it.
+        self.refuse_image: Callable[[dict[str, str]], str | None] = lambda tags: None
         self.pool = pool  # the fan-out: one piece of work per source
         # Text lines a piece of work embeds run on another pool (work waiting on its own pool
         # deadlocks once every worker is such a wait); without one, one after another.
@@ -338,6 +340,7 @@ class Pipeline:
 
         run = Run(self.encoders, self.pool, deadline, self.line_pool, task.model.config.input_widths, task.model.config.text_model)
         run.explain = request.options.explain
+        run.refuse_image = task.spec.refuse_image
         if on_run is not None:
             on_run(run)  # lets the caller cancel everything if the client goes away
         full = request.options.mode == router_pb2.ROUTING_MODE_FULL
@@ -466,6 +469,9 @@ class Pipeline:
                 run.evidence.text = data.decode("utf-8")
             if result.side is not None:
                 if modality == "image":
+                    refused = run.refuse_image(dict(result.side.tags))
+                    if refused:  # as a malformed image: the answer goes on without it, or is refused
+                        raise errors.invalid_argument("payload", refused)
                     run.evidence.image_tags.update(result.side.tags)
                 produced.update(self._side_features(run, call, modality, result.side))
             return produced
@@ -575,6 +581,7 @@ class Pipeline:
         if run.line_log_odds is not None:
             key = best_screen_line(run.line_log_odds, task.spec.labels.index(answer.label))
             run.evidence.key_line = run.evidence.screen_lines[key] if key is not None else ""
+        run.evidence.no_image = _why_unread(run.states["image"])
         description, findings, reply = task.spec.write(answer, run.evidence)
         modality_weights = modality_gate_weights(outputs.gate_weights)[0]
         used = int((modality_weights > 0).sum())
@@ -658,6 +665,19 @@ def _sniff(modality: str, data: bytes) -> str | None:
     if modality == "image":
         return sniff_media_type(data)
     return next((media_type for signature, media_type in AUDIO_SIGNATURES if data.startswith(signature)), None)
+
+
+def _why_unread(state: ModalityState) -> str:
+    """Why a modality's input is not in the answer, in words for a report; '' if it is."""
+    if state.status == router_pb2.MODALITY_STATUS_USED:
+        return ""
+    if state.status == router_pb2.MODALITY_STATUS_ABSENT:
+        return "none was sent"
+    what = {router_pb2.MODALITY_STATUS_SKIPPED: "not waited for", router_pb2.MODALITY_STATUS_TIMED_OUT: "timed out",
+            router_pb2.MODALITY_STATUS_FAILED: "refused" if state.error_code == "INVALID_ARGUMENT" else "failed"}
+    what = what.get(state.status, "not read")
+    reason = "; ".join(description for _, description in state.violations) or state.reason
+    return f"{what}: {reason}" if reason else what
 
 
 def _request_field(modality: str, encoder_field: str) -> str:

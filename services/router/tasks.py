@@ -40,6 +40,7 @@ class Evidence:
     key_line: str = ""  # the screen line that alone most supports the answer (key_screen_line)
     transcript: str = ""
     image_tags: dict[str, str] = field(default_factory=dict)
+    no_image: str = ""  # why no image was read (none sent, refused, not waited for); '' when one was
 
 
 @dataclass
@@ -106,6 +107,18 @@ class TaskSpec:
     # None: no measurement in the tags; {}: measured, nothing found.
     measure: Callable[[dict[str, str]], dict[str, float] | None] | None = None
     measured_sigma: float = 0.5  # the size rule's sigma for a measured size (task units)
+    # DICOM Modality values the task can read (the vision service reports a DICOM's
+    # "Modality" tag); empty: any. A PNG or JPEG carries none and is taken as stated.
+    image_modalities: tuple[str, ...] = ()
+
+    def refuse_image(self, tags: dict[str, str]) -> str | None:
+        """Why this task cannot read the image its tags describe, or None. An MR or a
+        nuclear-medicine scan sent to the CT task got a confident "nodule" before."""
+        modality = tags.get("Modality", "").strip()
+        if self.image_modalities and modality and modality not in self.image_modalities:
+            return (f"the DICOM's Modality is {modality}; {self.name} reads {' or '.join(self.image_modalities)} "
+                    f"images only")
+        return None
 
     def units(self, tags: dict[str, str]) -> torch.Tensor:
         """Per regression output, model units -> task units: the field of view in mm for
@@ -246,6 +259,8 @@ def measured_lesions(tags: dict[str, str]) -> dict[str, float] | None:
 
 
 def write_report(answer: Answer, evidence: Evidence) -> tuple[str, dict[str, str], str]:
+    if evidence.no_image:
+        return _report_without_scan(answer, evidence)
     count = max(0, int(round(answer.regression.get("lesion_count", 0.0))))
     diameter = max(0.0, answer.regression.get("largest_diameter_mm", 0.0))
     side = "left" if answer.regression.get("side", 0.0) < 0 else "right"
@@ -288,6 +303,23 @@ def write_report(answer: Answer, evidence: Evidence) -> tuple[str, dict[str, str
     return description, findings, reply
 
 
+def _report_without_scan(answer: Answer, evidence: Evidence) -> tuple[str, dict[str, str], str]:
+    """No scan was read: nothing is said of lesions (no count, size or side in the findings,
+    not "the lung fields are clear"); the diagnosis is the record's alone, and says so."""
+    record = f" Clinical information: {evidence.text.strip()[:300]}" if evidence.text.strip() else ""
+    dictated = f" Dictated note (transcript, low confidence): {evidence.transcript[:300]}" if evidence.transcript else ""
+    description = (
+        f"Findings: no scan was read ({evidence.no_image}); lesions, their size and side cannot be "
+        f"assessed.{record}{dictated}\n"
+        f"Impression: From the record alone, without imaging: {answer.label} suggested. Diagnosis {answer.label} "
+        f"with confidence {answer.confidence:.2f} (predictive uncertainty {answer.predictive_entropy:.2f}). "
+        f"Imaging is needed to confirm.\n{NOT_FOR_CLINICAL_USE}"
+    )
+    reply = (f"Without a scan, from the record alone: {answer.label} suggested, confidence {answer.confidence:.0%}. "
+             f"Imaging is needed to confirm. {NOT_FOR_CLINICAL_USE}")
+    return description, {"scan": f"not read: {evidence.no_image}"}, reply
+
+
 TASKS: dict[str, TaskSpec] = {
     "screenshot_triage": TaskSpec(
         name="screenshot_triage",
@@ -315,6 +347,7 @@ TASKS: dict[str, TaskSpec] = {
         size_rule=SizeRule("largest_diameter_mm", small="nodule", large="mass", threshold=30.0),
         measure=measured_lesions,  # CT DICOM: sizes, count and side measured in HU (PNG: the heads')
         measured_sigma=0.5,  # the measurement's error on the phantoms: MAE 0.13 mm, 90th percentile 0.28 mm
+        image_modalities=("CT",),  # sizes and densities are read in Hounsfield units
         fusion={"regression_from": "image"},  # measured on the scan, not on the record
         feature_noise=0.0,  # noise blurs the sizes the diameter is read from (measured: MAE 7.3 vs 4.2 mm)
     ),
