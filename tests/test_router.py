@@ -300,6 +300,14 @@ def test_medical_report_refuses_a_scan_that_is_not_ct(router):
     assert STATUS(reports(analyze(router, image=mr))["image"].status) == "MODALITY_STATUS_USED"
 
 
+def test_medical_report_refuses_a_slice_that_is_not_axial(router):
+    coronal = router_pb2.MediaInput(data=ct_dicom(phantom_hu(128), orientation=(1, 0, 0, 0, 0, -1)))
+    with pytest.raises(grpc.RpcError) as raised:
+        router.Analyze(router_pb2.AnalyzeRequest(task="medical_report", image=coronal), timeout=30)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert errors.field_violations(raised.value) == [("image.data", "the slice is coronal; medical_report reads axial images only")]
+
+
 def test_a_medical_report_without_a_scan_states_no_lesion_findings(router):
     """It wrote "1 round soft-tissue lesion in the left lung; the largest is 0.0 mm" (or, for
     normal, "the lung fields are clear") from the patient record alone."""

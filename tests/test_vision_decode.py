@@ -222,3 +222,36 @@ def test_a_compressed_multi_frame_dicom_decodes_only_the_frame_it_uses():
     assert decode(data, "application/dicom", frame=0).rgb[0, 0, 0] == 0
     assert decode(data, "application/dicom").rgb[0, 0, 0] == decode(data, "application/dicom", frame=1).rgb[0, 0, 0]
     assert "cannot decode the DICOM pixel data" in refused(data, "application/dicom", frame=2)
+
+
+# ImageOrientationPatient -> how the stored pixels relate to the radiological display.
+STORED = {
+    "flipped left-right": ((-1, 0, 0, 0, 1, 0), lambda hu: hu[:, ::-1]),  # a mirrored export
+    "flipped left-right, flipped top-bottom": ((-1, 0, 0, 0, -1, 0), lambda hu: hu[::-1, ::-1]),  # a prone scan
+    "transposed": ((0, 1, 0, 1, 0, 0), lambda hu: hu.T),
+}
+
+
+@pytest.mark.parametrize("steps", STORED)
+def test_an_axial_slice_stored_in_another_orientation_is_turned_to_the_display(steps):
+    """The lesion's side is read off the image: a prone scan stored as acquired named the
+    wrong lung."""
+    hounsfield = phantom_hu(96)
+    hounsfield[30:40, 20:26] = 45.0  # something asymmetric, on the image's left (the patient's right)
+    orientation, store = STORED[steps]
+    decoded = decode_image(ct_dicom(np.ascontiguousarray(store(hounsfield)), pixel_spacing=(0.6, 0.8), orientation=orientation),
+                           "application/dicom", {}, 10**7)
+    assert np.array_equal(decoded.hounsfield, hounsfield)
+    assert decoded.tags["plane"] == "axial" and decoded.tags["reoriented"] == steps
+    assert decoded.tags["PixelSpacing"] == ("0.8\\0.6" if steps == "transposed" else "0.6\\0.8")
+
+
+def test_the_display_orientation_and_other_planes_are_left_as_stored():
+    hounsfield = phantom_hu(64)
+    for orientation, plane in (((1, 0, 0, 0, 1, 0), "axial"), ((1, 0, 0, 0, 0, -1), "coronal"),
+                               ((0, 1, 0, 0, 0, -1), "sagittal"), ((1, 0, 0, 0, 0.7071, 0.7071), "oblique")):
+        decoded = decode_image(ct_dicom(hounsfield, orientation=orientation), "application/dicom", {}, 10**7)
+        assert decoded.tags["plane"] == plane and "reoriented" not in decoded.tags
+        assert np.array_equal(decoded.hounsfield, hounsfield)
+    decoded = decode_image(ct_dicom(hounsfield, orientation=(0, 0, 0, 0, 0, 0)), "application/dicom", {}, 10**7)
+    assert "plane" not in decoded.tags  # unusable cosines: the display is assumed, as without the tag

@@ -160,6 +160,20 @@ def test_the_vision_service_reports_the_measurement_for_ct(vision):
     assert "lesion_count" not in dict(no_spacing.side.tags)
 
 
+def test_a_prone_scan_reports_the_lesion_on_the_patients_side(vision):
+    """Stored as acquired prone (ImageOrientationPatient -1 0 0 0 -1 0), the slice is the
+    display mirrored both ways: the side used to come back as the other lung."""
+    from modalmesh.data.ct import make_phantom
+    from modalmesh.data.generate import PHANTOM_SIZE
+
+    phantom = make_phantom(21, size=PHANTOM_SIZE, lesion_count=1, diameter_mm=24.0)
+    spacing = phantom.pixel_spacing_mm
+    prone = np.ascontiguousarray(phantom.hounsfield[::-1, ::-1])
+    tags = dict(vision.encode(ct_dicom(prone, pixel_spacing=(spacing, spacing), orientation=(-1, 0, 0, 0, -1, 0)),
+                              "application/dicom").side.tags)
+    assert tags["lesion_sides"] == phantom.side and tags["reoriented"] == "flipped left-right, flipped top-bottom"
+
+
 def test_a_png_scan_with_its_window_stated_is_measured_like_the_dicom(vision):
     from modalmesh.data.ct import make_phantom, windowed_png
     from modalmesh.data.generate import PHANTOM_SIZE

@@ -111,9 +111,12 @@ def windowed_png(hounsfield: np.ndarray, center: float, width: float, bits: int 
 
 
 def write_ct_dicom(hounsfield: np.ndarray | None, pixel_spacing=(0.7, 0.7), slope: float = 1.0, intercept: float = -1024.0,
-                   frames=None, body_part: str = "CHEST", uid_seed: str | None = None) -> bytes:
+                   frames=None, body_part: str = "CHEST", uid_seed: str | None = None,
+                   orientation: tuple[float, ...] | None = None) -> bytes:
     """A CT image as real DICOM through pydicom (stored = (HU - intercept) / slope).
-    With `uid_seed` the instance UID, and so the file, is the same on every run."""
+    With `uid_seed` the instance UID, and so the file, is the same on every run.
+    `orientation`: ImageOrientationPatient (six direction cosines) to write, the pixels
+    being stored as they are given; None writes no such tag."""
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
@@ -141,6 +144,8 @@ def write_ct_dicom(hounsfield: np.ndarray | None, pixel_spacing=(0.7, 0.7), slop
     dataset.RescaleSlope = slope
     dataset.RescaleIntercept = intercept
     dataset.PixelSpacing = [float(pixel_spacing[0]), float(pixel_spacing[1])]
+    if orientation is not None:
+        dataset.ImageOrientationPatient = [float(v) for v in orientation]
     dataset.PixelData = stored.tobytes()
     buffer = io.BytesIO()
     dataset.save_as(buffer, enforce_file_format=True)

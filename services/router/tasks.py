@@ -107,17 +107,19 @@ class TaskSpec:
     # None: no measurement in the tags; {}: measured, nothing found.
     measure: Callable[[dict[str, str]], dict[str, float] | None] | None = None
     measured_sigma: float = 0.5  # the size rule's sigma for a measured size (task units)
-    # DICOM Modality values the task can read (the vision service reports a DICOM's
-    # "Modality" tag); empty: any. A PNG or JPEG carries none and is taken as stated.
-    image_modalities: tuple[str, ...] = ()
+    # Image tags the task needs, where an image has them: tag -> accepted values (the vision
+    # service reports a DICOM's "Modality" and its slice's "plane"; a PNG or JPEG has
+    # neither and is taken as stated).
+    image_tags: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def refuse_image(self, tags: dict[str, str]) -> str | None:
         """Why this task cannot read the image its tags describe, or None. An MR or a
         nuclear-medicine scan sent to the CT task got a confident "nodule" before."""
-        modality = tags.get("Modality", "").strip()
-        if self.image_modalities and modality and modality not in self.image_modalities:
-            return (f"the DICOM's Modality is {modality}; {self.name} reads {' or '.join(self.image_modalities)} "
-                    f"images only")
+        for name, accepted in self.image_tags.items():
+            value = tags.get(name, "").strip()
+            if value and value not in accepted:
+                what = {"Modality": f"the DICOM's Modality is {value}", "plane": f"the slice is {value}"}.get(name, f"{name} is {value}")
+                return f"{what}; {self.name} reads {' or '.join(accepted)} images only"
         return None
 
     def units(self, tags: dict[str, str]) -> torch.Tensor:
@@ -347,7 +349,8 @@ TASKS: dict[str, TaskSpec] = {
         size_rule=SizeRule("largest_diameter_mm", small="nodule", large="mass", threshold=30.0),
         measure=measured_lesions,  # CT DICOM: sizes, count and side measured in HU (PNG: the heads')
         measured_sigma=0.5,  # the measurement's error on the phantoms: MAE 0.13 mm, 90th percentile 0.28 mm
-        image_modalities=("CT",),  # sizes and densities are read in Hounsfield units
+        # Sizes and densities are read in Hounsfield units, the side on an axial slice.
+        image_tags={"Modality": ("CT",), "plane": ("axial",)},
         fusion={"regression_from": "image"},  # measured on the scan, not on the record
         feature_noise=0.0,  # noise blurs the sizes the diameter is read from (measured: MAE 7.3 vs 4.2 mm)
     ),

@@ -14,6 +14,12 @@ levels, so it is measured like a CT slice. MR, CR, DX and others are scaled betw
 99.5th percentiles. MONOCHROME1 is inverted. Multi-frame files take the frame named by
 the "frame" parameter (default the middle one). PixelSpacing and the tags a report
 needs travel as side outputs.
+
+Orientation: with ImageOrientationPatient the slice's plane is reported ("plane": axial,
+coronal, sagittal or oblique), and an axial slice stored in another orientation (a prone
+or feet-first scan, a mirrored export) is turned to the radiological display the
+measurement and the models assume: the patient's left on the image's right, anterior at
+the top. Without the tag, that display is assumed.
 """
 
 from __future__ import annotations
@@ -230,11 +236,13 @@ def _decode_dicom(data: bytes, parameters: dict[str, str], max_pixels: int) -> D
         pixels = dataset.pixel_array if frame is None else pydicom.pixels.pixel_array(dataset, index=frame)
     except Exception as exc:  # pydicom raises many types for truncated or compressed data
         raise errors.invalid_argument("payload", f"cannot decode the DICOM pixel data: {type(exc).__name__}: {exc}") from None
-    if pixels.ndim == 3 and pixels.shape[-1] == 3:  # colour DICOM
-        rgb = np.ascontiguousarray(pixels.astype(np.uint8) if pixels.dtype != np.uint8 else pixels)
-        return DecodedImage(rgb=rgb, tags=_dicom_tags(dataset, frames))
-    if pixels.ndim != 2:
+    if pixels.ndim not in (2, 3) or (pixels.ndim == 3 and pixels.shape[-1] != 3):
         raise errors.invalid_argument("payload", f"unsupported DICOM pixel array shape {list(pixels.shape)}")
+    tags = _dicom_tags(dataset, frames)
+    pixels = _to_display(pixels, dataset, tags)
+    if pixels.ndim == 3:  # colour DICOM
+        rgb = np.ascontiguousarray(pixels.astype(np.uint8) if pixels.dtype != np.uint8 else pixels)
+        return DecodedImage(rgb=rgb, tags=tags)
 
     values = pixels.astype(np.float32)
     modality = str(dataset.get("Modality", ""))
@@ -254,10 +262,61 @@ def _decode_dicom(data: bytes, parameters: dict[str, str], max_pixels: int) -> D
     if str(dataset.get("PhotometricInterpretation", "")) == "MONOCHROME1":
         grey = 1.0 - grey
     grey8 = (grey * 255.0 + 0.5).astype(np.uint8)
-    tags = _dicom_tags(dataset, frames)
     if hounsfield is not None:
         tags["window"] = f"{center:g}/{width:g}"
     return DecodedImage(rgb=np.repeat(grey8[:, :, None], 3, axis=2), tags=tags, hounsfield=hounsfield)
+
+
+def _orientation(dataset) -> tuple[np.ndarray, np.ndarray] | None:
+    """ImageOrientationPatient as (row, column) direction cosines in the patient's LPS
+    axes (x to the left, y to the back, z to the head); None when absent or unusable."""
+    value = dataset.get("ImageOrientationPatient")
+    try:
+        cosines = np.asarray([float(v) for v in value], dtype=np.float64) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+    if cosines is None or cosines.shape != (6,) or not np.isfinite(cosines).all():
+        return None
+    row, column = cosines[:3], cosines[3:]
+    if min(np.linalg.norm(row), np.linalg.norm(column)) < 0.5:
+        return None
+    return row / np.linalg.norm(row), column / np.linalg.norm(column)
+
+
+def _to_display(pixels: np.ndarray, dataset, tags: dict[str, str]) -> np.ndarray:
+    """Tags the slice's plane and turns an axial slice to the radiological display (the
+    patient's left on the image's right, anterior at the top): the lesion's side is read
+    off the image, so a prone scan stored as acquired named the wrong lung."""
+    orientation = _orientation(dataset)
+    if orientation is None:
+        return pixels
+    row, column = orientation
+    normal = np.cross(row, column)
+    axis = int(np.argmax(np.abs(normal)))
+    if abs(normal[axis]) < 0.8:  # over about 37 degrees from every plane
+        tags["plane"] = "oblique"
+        return pixels
+    tags["plane"] = ("sagittal", "coronal", "axial")[axis]
+    if axis != 2:
+        return pixels
+    steps = []
+    if abs(row[1]) > abs(row[0]):  # rows run front to back: swap the image's axes
+        pixels = np.swapaxes(pixels, 0, 1)
+        row, column = column, row
+        steps.append("transposed")
+        if "PixelSpacing" in tags:
+            tags["PixelSpacing"] = "\\".join(reversed(tags["PixelSpacing"].split("\\")))
+        if "Rows" in tags and "Columns" in tags:
+            tags["Rows"], tags["Columns"] = tags["Columns"], tags["Rows"]
+    if row[0] < 0:  # columns run to the patient's right
+        pixels = pixels[:, ::-1]
+        steps.append("flipped left-right")
+    if column[1] < 0:  # rows run to the front
+        pixels = pixels[::-1]
+        steps.append("flipped top-bottom")
+    if steps:
+        tags["reoriented"] = ", ".join(steps)
+    return np.ascontiguousarray(pixels)
 
 
 def _ct_window(dataset, parameters: dict[str, str]) -> tuple[float, float]:
