@@ -329,6 +329,41 @@ def test_a_tall_page_is_read_in_tiles_each_line_once(reader):
         assert abs(line.box[1] - rows[number]) < 15  # boxes in the page's pixels, not the tile's
 
 
+def test_ocr_reads_at_most_max_lines_from_the_top_and_says_text_was_left(reader):
+    """Recognition costs about 15 ms a line, under one lock: a 1920x1920 screen of 609
+    short lines held the OCR engine for 9 s, a 1080x8000 page of 921 lines for 11 s."""
+    import re
+
+    from modalmesh.vision.ocr import ScreenReader
+
+    capped = ScreenReader(max_lines=4)
+    screen = _page(1024, 900, list(range(40, 860, 70)))  # 12 lines
+    lines = capped.read(screen)
+    assert [line.text for line in lines] == [f"Order {n} was updated" for n in range(4)] and lines.more
+    few = capped.read(_page(1024, 400, [40, 120, 200]))
+    assert len(few) == 3 and not few.more
+    assert len(reader.read(screen)) == 12 and not reader.read(screen).more  # the default reads them all
+    # A long page's tiles share the budget: the tiles below the first lines are not read.
+    page = capped.read(_page(1080, 8000, list(range(60, 7900, 300))))
+    numbers = [int(re.search(r"Order (\d+)", line.text).group(1)) for line in page]
+    assert numbers == [0, 1, 2, 3] and page.more
+
+
+def test_the_vision_service_says_when_ocr_left_text_unread():
+    handle = start_vision(ocr_max_lines=3)
+    try:
+        with connect(handle.address) as channel:
+            client = EncoderClient(channel)
+            page = Image.fromarray(_page(1024, 600, [40, 120, 200, 280, 360]))
+            result = client.encode(image_bytes(page), "image/png", options=["ocr"])
+            assert [s.text for s in result.side.text_spans] == [f"Order {n} was updated" for n in range(3)]
+            assert result.side.tags["ocr_more"] == "text left unread: the first 3 lines were read (ocr_max_lines)"
+            result = client.encode(image_bytes(Image.fromarray(_page(1024, 600, [40, 120]))), "image/png", options=["ocr"])
+            assert len(result.side.text_spans) == 2 and "ocr_more" not in result.side.tags
+    finally:
+        handle.stop(grace=0.5)
+
+
 def test_strips_and_wide_images_are_read_without_errors(reader):
     # The engine failed on strips past about 1:125 (an INTERNAL error for the whole image)
     # and spent 18 s detecting a 1:60 one; they are padded to 1:3 now.

@@ -88,6 +88,9 @@ class ServiceConfig:
         "down so its longer side is at most N, never up (960: about 40% faster; see README before using it with "
         "the shipped triage weights)",
     )
+    ocr_max_lines: int = _option(
+        100, "vision: most text lines OCR recognises per image, the first in reading order (about 15 ms each "
+             "here); the side output's 'ocr_more' tag says when text was left unread")
     ocr_engine: str = _option(
         DEFAULT_OCR_ENGINE,
         "vision: what runs the PP-OCR models: openvino (about 2x faster here) or onnxruntime; the same messages "
@@ -146,6 +149,8 @@ class ServiceConfig:
                 problems.append(f"{name} must be at least 1")
         if self.ocr_det_side and self.ocr_det_side < 32:
             problems.append("ocr_det_side must be 0 (the engine's rule) or at least 32 pixels")
+        if self.ocr_max_lines < 1:
+            problems.append("ocr_max_lines must be at least 1")
         if self.ocr_engine not in OCR_ENGINES:
             problems.append(f"ocr_engine must be one of {', '.join(OCR_ENGINES)}, not {self.ocr_engine!r}")
         if self.max_pixels_in_flight < 1:

@@ -55,11 +55,27 @@ ENGINE_MAX_SIDE = 2000  # the engine's Global.max_side_len: it shrinks every ima
 TILE_OVERLAP = 0.1  # of the width, on each side of a tile's band: more than a line's height
 
 
+# Recognition costs about 15 ms per text line here: a 1920x1920 screen of 609 short lines
+# took 9 s, a 1080x8000 page of 921 lines 11 s, holding the one OCR engine all that time.
+# A screen's message is near its top and the router reads 32 paragraphs at most
+# (common/layout.MAX_SCREEN_LINES); the built-in screenshots have at most 9 lines.
+DEFAULT_MAX_LINES = 100
+
+
+class ScreenText(list):
+    """The lines read, in reading order; `more` is True when text was left unread
+    (ScreenReader's max_lines: more boxes than that, or tiles of a long page below them)."""
+
+    more: bool = False
+
+
 class ScreenReader:
-    def __init__(self, det_side: int = 0, engine: str = DEFAULT_OCR_ENGINE) -> None:
+    def __init__(self, det_side: int = 0, engine: str = DEFAULT_OCR_ENGINE, max_lines: int = DEFAULT_MAX_LINES) -> None:
         """`engine`: what runs the same PP-OCR models, openvino (about 2x faster on this
         machine's CPU) or onnxruntime; the same messages, boxes within a few pixels
-        (benchmarks/bench_encoders.py and README)."""
+        (benchmarks/bench_encoders.py and README). `max_lines`: the most text lines
+        recognised per image, the first in reading order (tiles of a long page count
+        together); detection still sees the whole image."""
         from rapidocr import EngineType, RapidOCR
 
         # "error": an image without text is a normal answer here, not a warning.
@@ -75,6 +91,21 @@ class ScreenReader:
                                f"another engine (--ocr-engine / MODALMESH_VISION_OCR_ENGINE: {', '.join(OCR_ENGINES)})") from exc
         self._engine = RapidOCR(params=params)
         self._lock = threading.Lock()  # one image at a time: the runtime already uses every core
+        self.max_lines = max_lines
+        # Between detection and recognition, keep the first `_budget` boxes (detection
+        # returns them sorted top to bottom, then left to right). Set under the lock.
+        self._budget, self._detected = max_lines, 0
+        detect_and_crop = self._engine.detect_and_crop
+
+        def capped(img, op_record):
+            crops, found = detect_and_crop(img, op_record)
+            self._detected = len(crops)
+            if len(crops) > self._budget:
+                crops, found.boxes = crops[: self._budget], found.boxes[: self._budget]
+                found.scores = None if found.scores is None else list(found.scores)[: self._budget]
+            return crops, found
+
+        self._engine.detect_and_crop = capped
         log.info("OCR: PP-OCR on %s", engine)
 
     def warm_up(self) -> list[TextLine]:
@@ -87,32 +118,44 @@ class ScreenReader:
         ImageDraw.Draw(image).text((40, 40), "Warming up: OCR 0123456789", fill="black", font=ImageFont.load_default(size=24))
         return self.read(np.asarray(image))
 
-    def read(self, rgb: np.ndarray, timeout: float | None = None) -> list[TextLine]:
+    def read(self, rgb: np.ndarray, timeout: float | None = None) -> ScreenText:
         """`timeout`: seconds the caller can still wait; DEADLINE_EXCEEDED (ServiceError)
         when they run out, checked before each tile and while another image is read."""
         deadline = deadline_after(timeout)
         rgb, scale = _pad_to_page(rgb)
         lines: dict[tuple, TextLine] = {}
+        budget, more = self.max_lines, False
         for top, bottom, keep_from, keep_to in _tiles(*rgb.shape[:2]):
-            for line in self._read_once(rgb[top:bottom], deadline):
+            if budget <= 0:  # the lines read so far are all that will be: the tiles below are not read
+                more = True
+                break
+            read, detected = self._read_once(rgb[top:bottom], deadline, budget)
+            more = more or detected > budget
+            budget -= min(detected, budget)  # boxes recognised (some may score too low to be kept)
+            for line in read:
                 x0, y0, x1, y1 = line.box
                 box = (x0 / scale, (y0 + top) / scale, x1 / scale, (y1 + top) / scale)
                 if keep_from <= (y0 + y1) / 2 + top < keep_to:
                     lines[(line.text, box)] = TextLine(line.text, line.confidence, box)
         # Reading order: rows top to bottom (vertical centres within half a height), then left to right.
-        return [lines[span] for row in reading_order(lines) for span in row]
+        text = ScreenText(lines[span] for row in reading_order(lines) for span in row)
+        text.more = more
+        return text
 
-    def _read_once(self, rgb: np.ndarray, deadline: float | None) -> list[TextLine]:
+    def _read_once(self, rgb: np.ndarray, deadline: float | None, budget: int) -> tuple[list[TextLine], int]:
+        """The lines of one image, at most `budget`, and how many text boxes it has."""
         with turn(self._lock, deadline, "OCR"):
+            self._budget, self._detected = budget, 0
             result = self._engine(np.ascontiguousarray(rgb))
+            detected = self._detected
         if result is None or result.txts is None or result.boxes is None:
-            return []
+            return [], detected
         lines = []
         for text, score, quad in zip(result.txts, result.scores, result.boxes):
             quad = np.asarray(quad, dtype=np.float32)
             box = (float(quad[:, 0].min()), float(quad[:, 1].min()), float(quad[:, 0].max()), float(quad[:, 1].max()))
             lines.append(TextLine(str(text), float(score), box))
-        return lines
+        return lines, detected
 
 
 def _tiles(height: int, width: int) -> list[tuple[int, int, int, int]]:

@@ -59,7 +59,7 @@ class VisionService(EncoderBackend):
         if self.config.ocr:
             from modalmesh.vision.ocr import ScreenReader
 
-            self.reader = ScreenReader(self.config.ocr_det_side, self.config.ocr_engine)
+            self.reader = ScreenReader(self.config.ocr_det_side, self.config.ocr_engine, self.config.ocr_max_lines)
             self.reader.warm_up()
 
     def finalize(self) -> None:
@@ -108,6 +108,8 @@ class VisionService(EncoderBackend):
                 lines = self.reader.read(image.rgb, timeout=request.time_remaining())
             for line in lines:
                 side.text_spans.add(text=line.text, confidence=line.confidence, box=list(line.box))
+            if lines.more:
+                side.tags["ocr_more"] = f"text left unread: the first {self.reader.max_lines} lines were read (ocr_max_lines)"
             timings["ocr"] = (time.perf_counter() - started) * 1000.0
         yield encoder_pb2.FeatureChunk(side=side)
         yield encoder_pb2.FeatureChunk(
