@@ -280,6 +280,21 @@ def test_medical_report_from_a_png_scan_with_its_window_is_measured(router):
     assert "measured on the slice in Hounsfield units" in response.description
 
 
+def test_the_triage_reply_claims_nothing_done_and_names_no_problem_when_unsure():
+    """The reply is said to the customer: "We've sent you a link to reset your password"
+    was said when nothing had been sent, and a 0.35 "refund" got the refund promise."""
+    import re
+
+    from modalmesh.router.tasks import TRIAGE_REPLY, UNSURE_REPLY, Answer, Evidence, write_triage
+
+    def reply(label, confidence):
+        return write_triage(Answer(label, confidence, 0.5, {label: confidence}, {}), Evidence(text="help"))[2]
+
+    assert reply("login", 0.9) == TRIAGE_REPLY["login"] and reply("refund", 0.35) == UNSURE_REPLY
+    for text in (*TRIAGE_REPLY.values(), UNSURE_REPLY):
+        assert not re.search(r"\b(we've|we have) (sent|checked|refunded|fixed|issued|cancelled)", text, re.I), text
+
+
 def test_medical_report_refuses_a_scan_that_is_not_ct(router):
     """pydicom's own MR file: it was answered "nodule" at 0.96 with an 11.3 mm lesion (an NM
     scan "mass" at 0.99), from densities that are not Hounsfield units."""

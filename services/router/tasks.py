@@ -178,14 +178,19 @@ TRIAGE_NEXT_STEPS = {
     "refund": "Confirm the return was received and issue the refund to the original payment method.",
     "other": "Ask the customer for more detail and route the ticket to general support.",
 }
+# Said to the customer, so they promise only what the next steps do and claim nothing the
+# mesh has not done: "We've sent you a link to reset your password" and "we've checked that
+# nothing was charged twice" were said when nothing had been sent or checked.
 TRIAGE_REPLY = {
-    "payment": "I'm sorry your payment didn't go through. Please try again, or use a different card; we've checked that nothing was charged twice.",
-    "login": "Sorry you're having trouble signing in. We've sent you a link to reset your password.",
-    "crash": "Sorry the app is crashing. Our engineers are looking into it; updating to the latest version may help in the meantime.",
-    "shipping": "Sorry for the wait. We're checking with the carrier and will send you an updated delivery date shortly.",
-    "refund": "Thanks for your patience. We're processing your refund to your original payment method.",
+    "payment": "I'm sorry your payment didn't go through. Please try again, or use a different card; we're checking the transaction on our side.",
+    "login": "Sorry you're having trouble signing in. We're checking your account; you can also reset your password from the sign-in page.",
+    "crash": "Sorry the app is crashing. We're passing the details to our engineers; updating to the latest version may help in the meantime.",
+    "shipping": "Sorry for the wait. We're checking with the carrier and will send you an updated delivery date.",
+    "refund": "Thanks for your patience. We're looking into your refund and will let you know where it stands.",
     "other": "Thanks for getting in touch. Could you tell us a little more so we can help?",
 }
+UNSURE_REPLY = "Thanks for getting in touch. We're looking into it; could you tell us a little more about what happened?"
+UNSURE_CONFIDENCE = 0.5  # below it the reply names no problem: a calibrated label under 0.5 is more likely wrong than right
 ERROR_WORDS = re.compile(r"error|fail|declin|denied|invalid|unable|cannot|can't|crash|stopped|expired|timeout|timed out|not found|code \d+", re.I)
 
 
@@ -223,7 +228,7 @@ def key_screen_line(model: FusionModel | FusionEnsemble | StackedEnsemble, scree
 
 def write_triage(answer: Answer, evidence: Evidence) -> tuple[str, dict[str, str], str]:
     priority = TRIAGE_PRIORITY.get(answer.label, "normal")
-    if answer.confidence < 0.5 and priority == "low":
+    if answer.confidence < UNSURE_CONFIDENCE and priority == "low":
         priority = "normal"  # unsure: let a person look sooner
     # The line the model reads the answer from; else (untrained model, no line supports
     # the answer) lines with error words.
@@ -241,7 +246,8 @@ def write_triage(answer: Answer, evidence: Evidence) -> tuple[str, dict[str, str
         f"Category: {answer.label} (confidence {answer.confidence:.2f}), priority {priority}.{seen}{said}{heard} "
         f"Next steps: {findings['next_steps']}"
     )
-    return description, findings, TRIAGE_REPLY.get(answer.label, TRIAGE_REPLY["other"])
+    reply = TRIAGE_REPLY.get(answer.label, TRIAGE_REPLY["other"]) if answer.confidence >= UNSURE_CONFIDENCE else UNSURE_REPLY
+    return description, findings, reply
 
 
 # ----------------------------------------------------------------------- medical report
