@@ -129,6 +129,42 @@ def test_a_trained_model_is_served_by_the_router(medical_data, tmp_path, mesh):
     assert answer["model_version"] == versions["medical_report"]
 
 
+def test_weights_appear_whole_or_not_at_all(medical_data, tmp_path, monkeypatch):
+    """Written in place, a run stopped between files left new weights beside an old
+    config.json, and a text-model/ of an earlier fine-tuned run stayed beside weights
+    trained without it (the router would have been pointed at the wrong text model)."""
+    from modalmesh.router import train as training
+
+    out = tmp_path / "medical_report"
+    training.train("medical_report", str(medical_data / "train.jsonl"), str(out), epochs=1, seed=1)
+    (out / "text-model").mkdir()
+    (out / "text-model" / "config.json").write_text("{}")  # as an earlier --finetune-top run leaves it
+    earlier = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+
+    def stopped(*args, **kwargs):  # stands in for a crash after the first files were written
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "write_model_card", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        training.train("medical_report", str(medical_data / "train.jsonl"), str(out), epochs=1, seed=2)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == earlier  # untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["medical_report"]  # no partial folder left
+    monkeypatch.undo()
+    training.train("medical_report", str(medical_data / "train.jsonl"), str(out), epochs=1, seed=2)
+    assert sorted(p.name for p in out.iterdir()) == ["MODEL_CARD.md", "config.json", "model.safetensors", "train_log.json"]
+    assert (out / "model.safetensors").read_bytes() != earlier["model.safetensors"]
+    assert f"--weights {out}" in (out / "MODEL_CARD.md").read_text()  # the folder it ends up in
+
+
+def test_train_refuses_an_out_folder_that_holds_other_files(medical_data, tmp_path, capsys):
+    """Training replaces the whole folder: `--out .` would have replaced the working folder."""
+    (tmp_path / "notes.txt").write_text("mine")
+    assert main(["train", "--task", "medical_report", "--data", str(medical_data / "train.jsonl"), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "holds other files (notes.txt)" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
 def test_training_with_another_text_model_and_serving_it_with_the_wrong_one(medical_data, tmp_path, mesh, monkeypatch,
                                                                            tiny_bert_dir, capsys):
     from modalmesh.client import RouterClient

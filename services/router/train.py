@@ -18,7 +18,9 @@ import dataclasses
 import itertools
 import json
 import logging
+import os
 import random
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,6 +151,7 @@ def train(task: str, data: str, out: str, epochs: int = 40, seed: int = 0, cache
     """`finetune_top` K > 0: the text encoder's top K layers train with the fusion model
     (router/finetune.py) and are written to `text-model/` in `out`; one model, not an ensemble."""
     spec = TASKS[task]
+    weights_folder(Path(out))  # refused now, not after the training
     members = spec.members if members is None else members
     if finetune_top and members != 1:
         raise ValueError(f"--finetune-top trains one model: add --members 1 (the task's default is {members})")
@@ -185,36 +188,77 @@ def train(task: str, data: str, out: str, epochs: int = 40, seed: int = 0, cache
         config = dataclasses.replace(config, members=members, gate_offsets=[m.config.gate_offsets for m in trained])
         model = FusionEnsemble(config, trained)
     model.eval()
-    out_dir = Path(out)
-    if text_top is not None:  # from here on, validation is read through the trained layers
-        val_set = text_top.apply(val_set)
-        config.text_model = text_top.save(out_dir / "text-model")
-    else:  # the weights fit this text model's features only: the router and eval check it
-        config.text_model = text_model_version()
-    with deterministic_torch():
-        if val_set and spec.size_rule is not None:  # the heads' validation size error: the size rule's spread when nothing was measured
-            config.measurement_sigma = measurement_sigma(model, spec, val_set)
-            config.measurement_evidence = measurement_evidence(spec, val_set)
-        if val_set:  # the earliest answers that cost at most half a point of validation accuracy
-            config.routing = tune_routing_on(model, spec, val_set, val_items)
-    temperatures = [float(m.log_temperature.exp()) for m in trained]
-    temperature = temperatures[0] if members == 1 else temperatures
-    out_dir.mkdir(parents=True, exist_ok=True)
-    from safetensors.torch import save_file
+    with staged_folder(Path(out)) as out_dir:  # the weights appear whole, or not at all
+        if text_top is not None:  # from here on, validation is read through the trained layers
+            val_set = text_top.apply(val_set)
+            config.text_model = text_top.save(out_dir / "text-model")
+        else:  # the weights fit this text model's features only: the router and eval check it
+            config.text_model = text_model_version()
+        with deterministic_torch():
+            if val_set and spec.size_rule is not None:  # the heads' validation size error: the size rule's spread when nothing was measured
+                config.measurement_sigma = measurement_sigma(model, spec, val_set)
+                config.measurement_evidence = measurement_evidence(spec, val_set)
+            if val_set:  # the earliest answers that cost at most half a point of validation accuracy
+                config.routing = tune_routing_on(model, spec, val_set, val_items)
+        temperatures = [float(m.log_temperature.exp()) for m in trained]
+        temperature = temperatures[0] if members == 1 else temperatures
+        from safetensors.torch import save_file
 
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out_dir / "model.safetensors"))
-    (out_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
-    summary = {
-        "task": task, "train_items": len(train_set), "val_items": len(val_set), "epochs": epochs, "seed": seed,
-        "members": members, "final_loss": histories[0][-1] if members == 1 else [h[-1] for h in histories],
-        "temperature": temperature, "feature_noise": feature_noise, "gate_offsets": config.gate_offsets,
-        "measurement_evidence": config.measurement_evidence, "feature_seconds": round(feature_seconds, 1),
-        "train_seconds": round(train_seconds, 1), "val_accuracy": accuracy(model, spec, val_set) if val_set else None,
-        "routing": config.routing, "finetune_top": finetune_top, "text_model": config.text_model,
-    }
-    (out_dir / "train_log.json").write_text(json.dumps({**summary, "loss_per_epoch": histories[0] if members == 1 else histories}, indent=2))
-    write_model_card(out_dir, spec, summary, data)
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out_dir / "model.safetensors"))
+        (out_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+        summary = {
+            "task": task, "train_items": len(train_set), "val_items": len(val_set), "epochs": epochs, "seed": seed,
+            "members": members, "final_loss": histories[0][-1] if members == 1 else [h[-1] for h in histories],
+            "temperature": temperature, "feature_noise": feature_noise, "gate_offsets": config.gate_offsets,
+            "measurement_evidence": config.measurement_evidence, "feature_seconds": round(feature_seconds, 1),
+            "train_seconds": round(train_seconds, 1), "val_accuracy": accuracy(model, spec, val_set) if val_set else None,
+            "routing": config.routing, "finetune_top": finetune_top, "text_model": config.text_model,
+        }
+        (out_dir / "train_log.json").write_text(json.dumps({**summary, "loss_per_epoch": histories[0] if members == 1 else histories}, indent=2))
+        write_model_card(out_dir, spec, summary, data, shown_as=Path(out))
     return summary
+
+
+WEIGHT_FILES = ("model.safetensors", "config.json", "train_log.json", "MODEL_CARD.md", "text-model")
+
+
+def weights_folder(folder: Path) -> Path:
+    """`folder`, resolved, if training may replace it: absent, empty, or holding only what
+    a training writes (WEIGHT_FILES). ValueError otherwise: `--out .` would have replaced
+    the working folder."""
+    folder = folder.resolve()
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"--out {folder} is a file; name a folder for the weights")
+    others = sorted(p.name for p in folder.iterdir() if p.name not in WEIGHT_FILES) if folder.is_dir() else []
+    if others:
+        shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        raise ValueError(f"--out {folder} holds other files ({shown}); training replaces the whole folder, so name "
+                         f"a new one or a folder of earlier weights")
+    return folder
+
+
+@contextlib.contextmanager
+def staged_folder(final: Path):
+    """A new, empty folder beside `final` to write into; on success it replaces `final`
+    whole, else it is removed and `final` stays as it was. Written in place, a run that
+    stopped between files (Ctrl-C, out of memory) left new weights beside an old
+    config.json, and a `text-model/` from an earlier fine-tuned run stayed beside weights
+    trained without it."""
+    final = weights_folder(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = final.parent / f".{final.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        yield staging
+        weights_folder(final)  # still only weights (checked again: training took a while)
+        retired = final.parent / f".{final.name}.old-{os.getpid()}"
+        if final.exists():
+            final.rename(retired)
+        staging.rename(final)  # between the two renames (microseconds) there is no `final`
+        shutil.rmtree(retired, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _prepare_text_top(task: str, top_layers: int, splits):
@@ -418,7 +462,8 @@ def calibrate_temperature(model: FusionModel, examples: list[Example]) -> float:
     return float(model.log_temperature.exp())
 
 
-def write_model_card(out_dir: Path, spec, summary: dict, data: str) -> None:
+def write_model_card(out_dir: Path, spec, summary: dict, data: str, shown_as: Path | None = None) -> None:
+    """`shown_as`: the folder the card names (the weights are written elsewhere first)."""
     clinical = f"\n**{NOT_FOR_CLINICAL_USE}** Trained on synthetic CT phantoms only.\n" if spec.name == "medical_report" else ""
     evidence = summary.get("measurement_evidence") or {}
     members = summary.get("members", 1)
@@ -451,7 +496,7 @@ def write_model_card(out_dir: Path, spec, summary: dict, data: str) -> None:
   {shown_offsets}{measured}
 - Compute routing (tuned on validation, at most half a point below answering from everything):
   tau {summary['routing'].get('tau', spec.tau)}, gamma {summary['routing'].get('gamma', spec.gamma)}, side outputs asked for with the base features: {'+'.join(summary['routing'].get('eager', [])) or 'none'}
-- Evaluate with `modalmesh eval --task {spec.name} --data <test.jsonl> --weights {out_dir}`.
+- Evaluate with `modalmesh eval --task {spec.name} --data <test.jsonl> --weights {shown_as or out_dir}`.
 
 Limits: synthetic data only; screen text must be legible to PP-OCR; transcripts are weak evidence; the model has not
 seen real customer screenshots or real CT scans.
