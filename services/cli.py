@@ -289,7 +289,7 @@ def _data_errors(command):
     def run(args: argparse.Namespace) -> int:
         try:
             return command(args)
-        except (ValueError, FileNotFoundError, IsADirectoryError) as exc:
+        except (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError) as exc:
             print(f"modalmesh {command.__name__.removeprefix('cmd_').replace('_', ' ')}: {exc}", file=sys.stderr)
             return 2
     return run
@@ -342,10 +342,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0 if results else 1
 
 
+@_data_errors
 def cmd_certs(args: argparse.Namespace) -> int:
     from modalmesh.common.security import make_dev_certificates
 
-    written = make_dev_certificates(args.out, days=args.days)
+    written = make_dev_certificates(args.out, days=args.days, replace=args.replace)
     for name, path in written.items():
         print(f"{name:8s} {path}")
     print("development certificates only: keep ca-key.pem out of production")
@@ -489,6 +490,8 @@ def build_parser() -> argparse.ArgumentParser:
     certs = commands.add_parser("certs", help="write a development CA and service certificates")
     certs.add_argument("--out", default="certs", help="folder to write PEM files into")
     certs.add_argument("--days", type=_at_least(1), default=365)
+    certs.add_argument("--replace", action="store_true",
+                       help="replace a CA and certificates already in --out (those the old CA issued stop being trusted)")
     certs.set_defaults(func=cmd_certs)
 
     demo = commands.add_parser("demo", help="start the mesh on the bundled models and run example requests")

@@ -60,6 +60,15 @@ def test_counts_below_their_minimum_are_refused(command, flag, tmp_path, capsys)
 def test_certs_command_writes_a_ca_and_service_certificates(tmp_path, capsys):
     assert main(["certs", "--out", str(tmp_path)]) == 0
     assert {p.name for p in tmp_path.iterdir()} >= {"ca.pem", "text.pem", "text-key.pem", "client.pem"}
+    # Run again, it used to replace the CA without a word: every certificate it had issued
+    # (in a cluster's secrets, say) stopped being trusted.
+    ca = (tmp_path / "ca.pem").read_bytes()
+    capsys.readouterr()
+    assert main(["certs", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "already holds ca.pem, ca-key.pem" in err and "--replace" in err and (tmp_path / "ca.pem").read_bytes() == ca
+    assert main(["certs", "--out", str(tmp_path), "--replace"]) == 0
+    assert (tmp_path / "ca.pem").read_bytes() != ca and (tmp_path / "ca-key.pem").stat().st_mode & 0o077 == 0
 
 
 def test_serve_runs_as_a_process_and_drains_on_sigterm(tiny_bert_dir):

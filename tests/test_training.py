@@ -33,6 +33,22 @@ def test_generation_is_deterministic_by_seed(tmp_path, medical_data):
     assert (tmp_path / "files" / "train-00003.dcm").read_bytes() == (medical_data / "files" / "train-00003.dcm").read_bytes()
 
 
+def test_generation_never_replaces_a_users_own_manifest(tmp_path, medical_data, capsys):
+    """The README invites your own manifests in the same format: `data generate` into their
+    folder silently replaced them."""
+    mine = tmp_path / "train.jsonl"
+    mine.write_text(json.dumps({"id": "case-17", "task": "medical_report", "text": "x", "label": "normal"}) + "\n")
+    assert main(["data", "generate", "--task", "medical_report", "--out", str(tmp_path), "--n", "12", "--seed", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "train.jsonl was not written by `modalmesh data generate` (its first id is 'case-17')" in err
+    assert "case-17" in mine.read_text() and not (tmp_path / "val.jsonl").exists()
+    # Its own earlier output is regenerated in place (as `make weights` does), with no partial file left.
+    again = tmp_path / "again"
+    generate("medical_report", again, n=12, seed=3)
+    generate("medical_report", again, n=12, seed=4)
+    assert sorted(p.name for p in again.iterdir()) == ["files", "test.jsonl", "train.jsonl", "val.jsonl"]
+
+
 def test_wording_pools_are_disjoint_across_splits():
     for fixed, composed in ((SCREENS, SCREEN_TEMPLATES), (MESSAGES, MESSAGE_TEMPLATES)):
         train, val, test = ({w for label in LABELS for w in wordings(label, s, fixed, composed)} for s in ("train", "val", "test"))

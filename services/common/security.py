@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import hmac
 import ipaddress
+import os
 from pathlib import Path
 
 import grpc
@@ -55,11 +56,15 @@ def token_matches(expected: str, presented: str) -> bool:
     return hmac.compare_digest(expected.encode(), presented.encode())
 
 
-def make_dev_certificates(out_dir: str | Path, names: tuple[str, ...] = SERVICE_NAMES, days: int = 365) -> dict[str, Path]:
+def make_dev_certificates(out_dir: str | Path, names: tuple[str, ...] = SERVICE_NAMES, days: int = 365,
+                          replace: bool = False) -> dict[str, Path]:
     """Write ca.pem/ca-key.pem, <name>.pem/<name>-key.pem per service and client.pem/client-key.pem.
 
     Each service certificate is valid for "<name>", "modalmesh-<name>", "localhost"
     and 127.0.0.1; the client certificate is for mTLS callers. For development only.
+    FileExistsError if any of them exists, unless `replace`: a new CA makes every
+    certificate the old one issued untrusted (they used to be replaced without a word).
+    Keys are created readable by their owner only (not chmod-ed after being written).
     """
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
@@ -67,16 +72,21 @@ def make_dev_certificates(out_dir: str | Path, names: tuple[str, ...] = SERVICE_
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
     out = Path(out_dir)
+    existing = [p.name for name in ("ca", *names, "client") for p in (out / f"{name}.pem", out / f"{name}-key.pem") if p.exists()]
+    if existing and not replace:
+        raise FileExistsError(f"{out} already holds {', '.join(existing[:4])}{' ...' if len(existing) > 4 else ''}; "
+                              f"--replace writes a new CA and certificates (the old CA's stop being trusted)")
     out.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
     written: dict[str, Path] = {}
 
     def save(name: str, key, cert) -> None:
         key_path, cert_path = out / f"{name}-key.pem", out / f"{name}.pem"
-        key_path.write_bytes(
-            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-        )
-        key_path.chmod(0o600)
+        key_path.unlink(missing_ok=True)  # a new file, so it is created with the mode below
+        descriptor = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "wb") as key_file:
+            key_file.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                             serialization.NoEncryption()))
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         written[name] = cert_path
 

@@ -32,21 +32,45 @@ def split_sizes(n: int) -> dict[str, int]:
 
 def generate(task: str, out: str | Path, n: int, seed: int) -> dict[str, Path]:
     out = Path(out)
-    (out / "files").mkdir(parents=True, exist_ok=True)
     writer = {"screenshot_triage": _triage_item, "medical_report": _medical_item}.get(task)
     if writer is None:
         raise ValueError(f"unknown task {task!r}; one of screenshot_triage, medical_report")
+    for split in SPLITS:
+        refuse_foreign_manifest(out / f"{split}.jsonl")
+    (out / "files").mkdir(parents=True, exist_ok=True)
     manifests = {}
     for index, (split, count) in enumerate(split_sizes(n).items()):
         rng = np.random.default_rng([seed, index, 7919])  # one stream per split: disjoint
         path = out / f"{split}.jsonl"
-        with path.open("w") as manifest:
+        partial = path.with_suffix(".jsonl.partial")  # a stopped run leaves the earlier manifest whole
+        with partial.open("w") as manifest:
             for i in progress(range(count), count, f"{task} {split:5s}"):
                 item_id = f"{split}-{i:05d}"
                 record = {"id": item_id, "task": task, "split": split, **writer(rng, split, out, item_id)}
                 manifest.write(json.dumps(record) + "\n")
+        partial.replace(path)
         manifests[split] = path
     return manifests
+
+
+def refuse_foreign_manifest(path: Path) -> None:
+    """ValueError if `path` is a manifest this generator did not write (its first record is
+    not `<split>-00000` of split `<split>`): generating would replace a user's own data."""
+    if not path.is_file():
+        return
+    with path.open() as manifest:
+        first = manifest.readline().strip()
+    if not first:
+        return
+    try:
+        record = json.loads(first)
+    except json.JSONDecodeError:
+        record = None
+    split = path.stem
+    if not (isinstance(record, dict) and record.get("split") == split and record.get("id") == f"{split}-00000"):
+        found = f"its first id is {record.get('id')!r}" if isinstance(record, dict) else "its first line is not a record"
+        raise ValueError(f"{path} was not written by `modalmesh data generate` ({found}); generating would replace "
+                         f"it: pick another --out")
 
 
 def _triage_item(rng, split: str, out: Path, item_id: str) -> dict:
