@@ -492,6 +492,20 @@ def test_input_widths_come_from_the_features_and_must_agree():
         input_widths([example(text=768), example(text=384)], DEFAULT_INPUT_WIDTHS)
 
 
+def test_train_and_eval_refuse_an_image_the_router_refuses(tmp_path, capsys):
+    """An MR in a medical manifest was learned from and scored, while the router refuses it."""
+    from pydicom.data import get_testdata_file
+
+    (tmp_path / "mr.dcm").write_bytes(open(get_testdata_file("MR_small.dcm"), "rb").read())
+    record = {"id": "mr-1", "task": "medical_report", "text": "x", "label": "normal", "image": "mr.dcm",
+              "extra": {"lesion_count": 0, "largest_diameter_mm": 0.0, "side": "none"}}
+    (tmp_path / "train.jsonl").write_text(json.dumps(record) + "\n")
+    for command in (["train", "--out", str(tmp_path / "w")], ["eval", "--report", str(tmp_path / "r")]):
+        assert main([command[0], "--task", "medical_report", "--data", str(tmp_path / "train.jsonl"), *command[1:]]) == 2
+        err = capsys.readouterr().err
+        assert re.search(r"mr-1: image \S*mr\.dcm: the DICOM's Modality is MR; medical_report reads CT images only", err), err
+
+
 def test_train_says_what_is_wrong_with_a_manifest_in_one_line(tmp_path, capsys):
     cases = {
         '{"id": "a", "task": "medical_report", "text": "x", "label": "tumour"}': "a: label 'tumour' is not one of",

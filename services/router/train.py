@@ -83,6 +83,9 @@ def load_examples(task: str, manifest: str | Path, cache: FeatureCache, label: s
         item = cache.get(record)
         truth, mask = regression_targets(task, record)
         tags = dict(item.evidence.get("image_tags", {}))
+        refused = spec.refuse_image(tags) if record.get("image") else None
+        if refused:  # what the router would refuse (an MR for the CT task) is neither learned from nor scored
+            raise ValueError(f"{manifest}: {record['id']}: image {record['image']}: {refused}")
         features = {s: f.float().clone() for s, f in item.features.items()}  # own, aligned memory: GEMM rounding is the same on every run
         examples.append(Example(features, spec.labels.index(record["label"]), truth / spec.units(tags), mask, tags, truth))
         items.append(item)
