@@ -113,3 +113,25 @@ def test_the_report_says_where_the_sizes_come_from_and_which_lungs():
     assert findings["side"] == "left" and "not for clinical use" in description.lower()
     description, _, _ = write_report(answer, Evidence(image_tags={"Modality": "CT", "PixelSpacing": "0.7\\0.7"}))
     assert "in the left lung" in description and "estimated from image features, not measured" in description
+
+
+def test_the_report_gives_no_size_it_does_not_have_and_says_why_nothing_was_measured():
+    """An all-water or all-air CT slice (no lung found) was reported as "1 round soft-tissue
+    lesion in the right lung; the largest is 0.0 mm", and an unmeasured normal as "the
+    lung fields are clear"."""
+    from modalmesh.router.tasks import Answer, Evidence, write_report
+
+    unmeasured = {"Modality": "CT", "PixelSpacing": "0.7\\0.7", **lesion_tags(None)}
+    nodule = Answer("nodule", 0.7, 0.6, {"normal": 0.2, "nodule": 0.7, "mass": 0.1},
+                    {"lesion_count": 1.0, "largest_diameter_mm": -0.4, "side": 1.0})
+    description, findings, reply = write_report(nodule, Evidence(image_tags=unmeasured))
+    assert "largest_diameter_mm" not in findings and findings["lesion_count"] == "1"
+    assert "0.0 mm" not in description and "size unknown" in reply
+    assert "its size could not be estimated" in description
+    assert "Lesion measurement on the slice: not measured (no lung found" in description
+    normal = Answer("normal", 0.9, 0.2, {"normal": 0.9, "nodule": 0.05, "mass": 0.05}, {})
+    description, findings, _ = write_report(normal, Evidence(image_tags=unmeasured))
+    assert "lung fields are clear" not in description and "not measured (no lung found" in description
+    measured_clear = {"Modality": "CT", "PixelSpacing": "0.7\\0.7", **lesion_tags([])}
+    description, _, _ = write_report(normal, Evidence(image_tags=measured_clear))
+    assert "The lung fields are clear." in description and "not measured" not in description

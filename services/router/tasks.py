@@ -266,9 +266,17 @@ def measured_lesions(tags: dict[str, str]) -> dict[str, float] | None:
     return {"lesion_count": float(len(lesions)), "largest_diameter_mm": largest_mm, "side": -1.0 if side == "left" else 1.0}
 
 
+# An estimated lesion size under this is no size: the built-in lesions are 4-60 mm and a
+# pixel is 0.6-0.9 mm.
+MIN_ESTIMATED_DIAMETER_MM = 1.0
+
+
 def write_report(answer: Answer, evidence: Evidence) -> tuple[str, dict[str, str], str]:
+    from modalmesh.vision.measure import parse_lesion_tags
+
     if evidence.no_image:
         return _report_without_scan(answer, evidence)
+    measured = parse_lesion_tags(evidence.image_tags)  # None: not measured; []: measured, none found
     count = max(0, int(round(answer.regression.get("lesion_count", 0.0))))
     diameter = max(0.0, answer.regression.get("largest_diameter_mm", 0.0))
     side = "left" if answer.regression.get("side", 0.0) < 0 else "right"
@@ -276,30 +284,37 @@ def write_report(answer: Answer, evidence: Evidence) -> tuple[str, dict[str, str
         count, diameter = 0, 0.0
     else:
         count = max(count, 1)
-    findings = {
-        "lesion_count": str(count),
-        "largest_diameter_mm": f"{diameter:.1f}",
-        "side": side if count else "none",
-    }
+    # The heads' size of a lesion they say is there can come out at (or, clipped, below) 0
+    # mm on a slice unlike their training data: "the largest is 0.0 mm" was reported.
+    size_known = answer.label == "normal" or bool(measured) or diameter >= MIN_ESTIMATED_DIAMETER_MM
+    findings = {"lesion_count": str(count), "largest_diameter_mm": f"{diameter:.1f}", "side": side if count else "none"}
+    if not size_known:
+        del findings["largest_diameter_mm"]
     spacing = evidence.image_tags.get("PixelSpacing", "")
     if not spacing and answer.label != "normal":
         stated = evidence.image_tags.get("PixelSpacingIgnored")
         spacing = f"{'not usable: ' + stated if stated else 'not stated'}; sizes assume {DEFAULT_PIXEL_SPACING_MM:g}"
     modality = evidence.image_tags.get("Modality", "image")
+    # Why the slice was not measured (e.g. "not measured (no lung found, ...)"), said in the report.
+    measurement = evidence.image_tags.get("lesion_measurement", "")
+    unmeasured = f" Lesion measurement on the slice: {measurement.split(': ', 1)[1]}." if ": " in measurement else ""
     if answer.label == "normal":
-        body = "No focal pulmonary lesion is identified. The lung fields are clear."
+        clear = " The lung fields are clear." if measured == [] else ""  # only when measured and nothing was found
+        body = f"No focal pulmonary lesion is identified.{clear}{unmeasured}"
         impression = "No evidence of a pulmonary nodule or mass."
     else:
         kind = "nodule" if answer.label == "nodule" else "mass"
         plural = "s" if count > 1 else ""
-        from modalmesh.vision.measure import parse_lesion_tags
-
-        measured = parse_lesion_tags(evidence.image_tags) or []
         how = "measured on the slice in Hounsfield units" if measured else "estimated from image features, not measured"
-        where = "both lungs" if len({s for _, s in measured}) > 1 else f"the {side} lung"
-        body = (f"{count} round soft-tissue lesion{plural} in {where}; the largest is {diameter:.1f} mm, "
-                f"{side} ({how}).")
-        impression = f"Findings consistent with a pulmonary {kind} ({diameter:.1f} mm, {side})."
+        where = "both lungs" if len({s for _, s in measured or []}) > 1 else f"the {side} lung"
+        if size_known:
+            body = (f"{count} round soft-tissue lesion{plural} in {where}; the largest is {diameter:.1f} mm, "
+                    f"{side} ({how}).{unmeasured}")
+            impression = f"Findings consistent with a pulmonary {kind} ({diameter:.1f} mm, {side})."
+        else:
+            body = (f"{count} round soft-tissue lesion{plural} suspected in {where}; its size could not be estimated "
+                    f"from the image features.{unmeasured}")
+            impression = f"Findings suggest a pulmonary {kind} ({side}); size unknown."
     record = f" Clinical information: {evidence.text.strip()[:300]}" if evidence.text.strip() else ""
     dictated = f" Dictated note (transcript, low confidence): {evidence.transcript[:300]}" if evidence.transcript else ""
     description = (
