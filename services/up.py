@@ -180,7 +180,8 @@ class Mesh:
 
     def save_state(self) -> None:
         STATE_FILE.parent.mkdir(parents=True, exist_ok=True)
-        state = {name: {"pid": m.process.pid, "address": self.address(name)} for name, m in self.members.items()}
+        state = {name: {"pid": m.process.pid, "started": _start_time(m.process.pid), "address": self.address(name)}
+                 for name, m in self.members.items()}
         STATE_FILE.write_text(json.dumps(state, indent=2))
 
 
@@ -229,33 +230,65 @@ def run_down(grace: float = 15.0) -> int:
         print(f"modalmesh down: no detached mesh ({STATE_FILE} not found)", file=sys.stderr)
         return 1
     state = json.loads(STATE_FILE.read_text())
+    ours = _detached_pids(state)
     for name in reversed(ORDER):
-        pid = state.get(name, {}).get("pid")
-        if pid:
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+        pid = state.get(name, {}).get("pid") if isinstance(state.get(name), dict) else None
+        if pid and name not in ours:  # after a crash or a reboot the pid can be anybody's
+            print(f"{name} (pid {pid}) had already stopped; that pid is not signalled", file=sys.stderr)
+    for name, pid in ours.items():
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
     deadline = time.monotonic() + grace
     for name in reversed(ORDER):
-        pid = state.get(name, {}).get("pid")
-        while pid and time.monotonic() < deadline and _alive(pid):
+        pid = ours.get(name)
+        if pid is None:
+            continue
+        while time.monotonic() < deadline and _alive(pid):
             time.sleep(0.1)
-        if pid and _alive(pid):
+        if _alive(pid):
             os.kill(pid, signal.SIGKILL)
         print(f"stopped {name} (pid {pid})", file=sys.stderr)
     STATE_FILE.unlink()
     return 0
 
 
-def _detached_pids() -> dict[str, int]:
-    """The services of a mesh left by `up --detach` that are still running."""
+def _detached_pids(state: dict | None = None) -> dict[str, int]:
+    """The services of a mesh left by `up --detach` that are still running: their pid is
+    alive and is still the process that was started (its start time, where /proc tells;
+    else a command line naming modalmesh). Only those may be signalled."""
+    if state is None:
+        try:
+            state = json.loads(STATE_FILE.read_text())
+        except (OSError, ValueError):
+            return {}
+    ours = {}
+    for name, entry in state.items():
+        pid = entry.get("pid") if isinstance(entry, dict) else None
+        if isinstance(pid, int) and pid > 0 and _alive(pid) and _same_process(pid, entry.get("started")):
+            ours[name] = pid
+    return ours
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (/proc/<pid>/stat, field 22);
+    None where there is no /proc."""
     try:
-        state = json.loads(STATE_FILE.read_text())
-    except (OSError, ValueError):
-        return {}
-    return {name: entry["pid"] for name, entry in state.items()
-            if isinstance(entry, dict) and isinstance(entry.get("pid"), int) and _alive(entry["pid"])}
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # fields after "(comm)" start at field 3
+
+
+def _same_process(pid: int, started: str | None) -> bool:
+    now = _start_time(pid)
+    if started is not None and now is not None:
+        return now == started
+    try:  # a state file without start times: the command line must at least be ours
+        return b"modalmesh" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True  # no /proc here: the pid is all there is
 
 
 def _alive(pid: int) -> bool:

@@ -221,6 +221,24 @@ def test_encode_image_with_ocr_and_audio_with_transcript_and_say(tmp_path, capsy
         audio.stop(grace=0.5)
 
 
+def test_down_never_signals_a_pid_that_is_no_longer_the_service(tmp_path):
+    """After a crash or a reboot the state file's pids can belong to other processes:
+    `down` sent them SIGTERM, then SIGKILL, and `up --detach` refused to start."""
+    stranger = subprocess.Popen(["sleep", "60"])
+    try:
+        state = {"router": {"pid": stranger.pid, "started": "1", "address": "127.0.0.1:1"},
+                 "text": {"pid": stranger.pid, "address": "127.0.0.1:2"}}  # an older state file: no start time
+        (tmp_path / "up.json").write_text(json.dumps(state))
+        env = {**os.environ, "MODALMESH_STATE_DIR": str(tmp_path)}
+        down = subprocess.run([sys.executable, "-m", "modalmesh.cli", "down"], env=env, capture_output=True, text=True, timeout=60)
+        assert down.returncode == 0 and f"router (pid {stranger.pid}) had already stopped" in down.stderr
+        assert stranger.poll() is None  # still running: not ours to stop
+        assert not (tmp_path / "up.json").exists()
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
 def test_up_detach_and_down(tmp_path):
     from modalmesh.client import RouterClient
 
