@@ -315,10 +315,8 @@ def write_report(answer: Answer, evidence: Evidence) -> tuple[str, dict[str, str
             body = (f"{count} round soft-tissue lesion{plural} suspected in {where}; its size could not be estimated "
                     f"from the image features.{unmeasured}")
             impression = f"Findings suggest a pulmonary {kind} ({side}); size unknown."
-    record = f" Clinical information: {evidence.text.strip()[:300]}" if evidence.text.strip() else ""
-    dictated = f" Dictated note (transcript, low confidence): {evidence.transcript[:300]}" if evidence.transcript else ""
     description = (
-        f"Findings: {modality} study{f' (pixel spacing {spacing} mm)' if spacing else ''}. {body}{record}{dictated}\n"
+        f"Findings: {modality} study{f' (pixel spacing {spacing} mm)' if spacing else ''}. {body}{_clinical_context(evidence)}\n"
         f"Impression: {impression} Diagnosis {answer.label} with confidence {answer.confidence:.2f} "
         f"(predictive uncertainty {answer.predictive_entropy:.2f}).\n{NOT_FOR_CLINICAL_USE}"
     )
@@ -326,14 +324,19 @@ def write_report(answer: Answer, evidence: Evidence) -> tuple[str, dict[str, str
     return description, findings, reply
 
 
+def _clinical_context(evidence: Evidence) -> str:
+    """The record and the dictated note as the report quotes them."""
+    record = f" Clinical information: {evidence.text.strip()[:300]}" if evidence.text.strip() else ""
+    dictated = f" Dictated note (transcript, low confidence): {evidence.transcript[:300]}" if evidence.transcript else ""
+    return record + dictated
+
+
 def _report_without_scan(answer: Answer, evidence: Evidence) -> tuple[str, dict[str, str], str]:
     """No scan was read: nothing is said of lesions (no count, size or side in the findings,
     not "the lung fields are clear"); the diagnosis is the record's alone, and says so."""
-    record = f" Clinical information: {evidence.text.strip()[:300]}" if evidence.text.strip() else ""
-    dictated = f" Dictated note (transcript, low confidence): {evidence.transcript[:300]}" if evidence.transcript else ""
     description = (
         f"Findings: no scan was read ({evidence.no_image}); lesions, their size and side cannot be "
-        f"assessed.{record}{dictated}\n"
+        f"assessed.{_clinical_context(evidence)}\n"
         f"Impression: From the record alone, without imaging: {answer.label} suggested. Diagnosis {answer.label} "
         f"with confidence {answer.confidence:.2f} (predictive uncertainty {answer.predictive_entropy:.2f}). "
         f"Imaging is needed to confirm.\n{NOT_FOR_CLINICAL_USE}"

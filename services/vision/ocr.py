@@ -95,7 +95,10 @@ class ScreenReader:
         # Between detection and recognition, keep the first `_budget` boxes (detection
         # returns them sorted top to bottom, then left to right). Set under the lock.
         self._budget, self._detected = max_lines, 0
-        detect_and_crop = self._engine.detect_and_crop
+        detect_and_crop = getattr(self._engine, "detect_and_crop", None)  # rapidocr 3.5+ (pyproject pins it)
+        if detect_and_crop is None:
+            raise RuntimeError("OCR: this rapidocr has no detect_and_crop step, which the line cap (ocr_max_lines) "
+                               "wraps; install rapidocr>=3.5")
 
         def capped(img, op_record):
             crops, found = detect_and_crop(img, op_record)
