@@ -295,6 +295,35 @@ def test_the_triage_reply_claims_nothing_done_and_names_no_problem_when_unsure()
         assert not re.search(r"\b(we've|we have) (sent|checked|refunded|fixed|issued|cancelled)", text, re.I), text
 
 
+def test_screen_text_read_or_used_in_part_is_said_in_the_answer(mesh, router):
+    """A dense screen: the vision service reads its first ocr_max_lines lines and the router
+    uses 32 paragraphs at most; both cuts were silent in the answer."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    from modalmesh.common.config import load_config
+    from modalmesh.common.runtime import start_server
+    from modalmesh.vision.server import VisionService
+
+    page = Image.new("RGB", (900, 2700), "white")
+    draw, font = ImageDraw.Draw(page), ImageFont.load_default(size=22)
+    for row in range(40):  # far apart: each line is a paragraph of its own
+        draw.text((40, 30 + 66 * row), f"Order {row} was updated", fill="black", font=font)
+    image = router_pb2.MediaInput(data=image_bytes(page), media_type="image/png")
+    full = router_pb2.AnalyzeOptions(mode=router_pb2.ROUTING_MODE_FULL)
+    assert reports(analyze(router, image=image, options=full))["image"].reason == \
+        "with OCR text (the first 32 of 40 paragraphs used)"
+    config = load_config("vision", environ={}, port=0, metrics_port=0, ocr_max_lines=5)
+    capped = start_server(config, VisionService(config))
+    router = mesh.start_router(vision_target=capped.address)
+    try:
+        with connect(router.address) as channel:
+            reason = reports(analyze(router_pb2_grpc.RouterStub(channel), image=image, options=full))["image"].reason
+    finally:
+        router.stop(grace=0.5)
+        capped.stop(grace=0.5)
+    assert reason == "with OCR text (text left unread: the first 5 lines were read (ocr_max_lines))"
+
+
 def test_medical_report_refuses_a_scan_that_is_not_ct(router):
     """pydicom's own MR file: it was answered "nodule" at 0.96 with an 11.3 mm lesion (an NM
     scan "mass" at 0.99), from densities that are not Hounsfield units."""

@@ -160,6 +160,7 @@ class Run:
         self.side_notes: dict[str, str] = {}
         self.streamed: dict[str, bytes] = {}  # bytes of inputs that arrived as a stream
         self.evidence = Evidence()
+        self.screen_text_note = ""  # OCR text read or used only in part, and why (the image's report says it)
         self.line_log_odds: torch.Tensor | None = None  # per OCR paragraph and label (Pipeline.score_screen_lines)
         self._lock = threading.Lock()
 
@@ -489,7 +490,13 @@ class Pipeline:
 
     def _side_features(self, run: Run, call: Call, modality: str, side: encoder_pb2.SideOutputs) -> dict[str, torch.Tensor]:
         if modality == "image" and side.text_spans:
-            lines = paragraphs((span.text, tuple(span.box)) for span in side.text_spans)[:MAX_SCREEN_LINES]
+            found = paragraphs((span.text, tuple(span.box)) for span in side.text_spans)
+            lines = found[:MAX_SCREEN_LINES]
+            # Text read only in part is said in the image's report, not dropped unsaid.
+            unread = [side.tags["ocr_more"]] if "ocr_more" in side.tags else []
+            if len(found) > len(lines):
+                unread.append(f"the first {len(lines)} of {len(found)} paragraphs used")
+            run.screen_text_note = "; ".join(unread)
             run.evidence.screen_lines = lines
             if lines:
                 return {"image_text": run.embed_texts(call, lines)}
@@ -639,6 +646,8 @@ class Pipeline:
                 reason = f"{'OCR' if modality == 'image' else 'transcript'} {run.side_notes[side]}"
             elif side in run.features:
                 reason = f"with {'OCR text' if modality == 'image' else 'transcript'}"
+                if modality == "image" and run.screen_text_note:
+                    reason += f" ({run.screen_text_note})"
             reports.append(router_pb2.ModalityReport(
                 modality=MODALITY_ENUM[modality], status=status, reason=reason, error_code=state.error_code,
                 latency_ms=state.latency_ms, gate_weight=float(weights[MODALITIES.index(modality)]),
