@@ -235,7 +235,10 @@ def run_down(grace: float = 15.0) -> int:
         pid = state.get(name, {}).get("pid") if isinstance(state.get(name), dict) else None
         if pid and name not in ours:  # after a crash or a reboot the pid can be anybody's
             print(f"{name} (pid {pid}) had already stopped; that pid is not signalled", file=sys.stderr)
-    for name, pid in ours.items():
+    for name in reversed(ORDER):  # the router first, then the encoders
+        pid = ours.get(name)
+        if pid is None:
+            continue
         try:
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
