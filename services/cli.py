@@ -306,6 +306,21 @@ def cmd_data_generate(args: argparse.Namespace) -> int:
 
 
 @_data_errors
+def cmd_data_heldout(args: argparse.Namespace) -> int:
+    from modalmesh.data.heldout import heldout
+
+    try:
+        path = heldout(args.task, args.out, args.n, args.seed)
+    except RuntimeError as exc:  # scikit-image missing
+        raise ValueError(str(exc)) from None
+    records = [json.loads(line) for line in open(path)]
+    inside = sum(r["scope"] == "in" for r in records)
+    print(f"{path} ({inside} in scope, {len(records) - inside} out of scope); evaluate with "
+          f"modalmesh eval --task {args.task} --data {path} --report <folder>")
+    return 0
+
+
+@_data_errors
 def cmd_data_lm(args: argparse.Namespace) -> int:
     from modalmesh.audio.lm import build, sentences_from_manifests
 
@@ -448,6 +463,12 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--n", type=_at_least(1), default=240, help="training items (val and test get n/4 each, at least 12)")
     generate.add_argument("--seed", type=int, default=0)
     generate.set_defaults(func=cmd_data_generate)
+    held = data_commands.add_parser("heldout", help="write a held-out set built unlike the training data, with out-of-scope inputs")
+    held.add_argument("--task", required=True, choices=("screenshot_triage", "medical_report"))
+    held.add_argument("--out", required=True)
+    held.add_argument("--n", type=_at_least(1), default=120, help="in-scope items (and n/2 out of scope)")
+    held.add_argument("--seed", type=int, default=0)
+    held.set_defaults(func=cmd_data_heldout)
     lm = data_commands.add_parser("lm", help="build a transcript language model (ARPA) from manifests' texts, for the audio service's --asr-lm")
     lm.add_argument("--data", required=True, action="append", help="a manifest (JSONL); its records' `text` are the sentences (repeatable)")
     lm.add_argument("--field", action="append", help="a record field holding sentences, a dotted path for nested ones "

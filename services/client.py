@@ -72,11 +72,14 @@ def to_dict(response: router_pb2.AnalyzeResponse) -> dict[str, Any]:
             "error_code": report.error_code,
             "gate_weight": round(report.gate_weight, 6),
             "latency_ms": round(report.latency_ms, 2),
+            "applicability": round(report.applicability, 4) if report.HasField("applicability") else None,
         }
     return {
         "task": response.task,
         "label": response.label,
         "confidence": response.confidence,
+        "abstained": response.abstained,
+        "abstain_reason": response.abstain_reason,
         "uncertainty": {
             "predictive_entropy": response.uncertainty.predictive_entropy,
             "gate_entropy": response.uncertainty.gate_entropy,
@@ -105,9 +108,12 @@ def format_answer(answer: dict[str, Any]) -> str:
         f"uncertainty {answer['uncertainty']['predictive_entropy']:.2f}, model {answer['model_version']})",
         "  top: " + ", ".join(f"{s['label']} {s['probability']:.2f}" for s in answer["top_k"]),
     ]
+    if answer.get("abstained"):
+        lines.append(f"  withheld: {answer['abstain_reason']}")
     for name, report in answer["modalities"].items():
         note = f" - {report['reason']}" if report["reason"] else ""
-        lines.append(f"  {name:5s} {report['status']:9s} gate {report['gate_weight']:.2f}  {report['latency_ms']:7.1f} ms{note}")
+        fit = f"  applicability {report['applicability']:.2f}" if report.get("applicability") is not None else ""
+        lines.append(f"  {name:5s} {report['status']:14s} gate {report['gate_weight']:.2f}  {report['latency_ms']:7.1f} ms{fit}{note}")
     lines += [f"  {key}: {value}" for key, value in answer["findings"].items()]
     lines += ["", answer["description"], "", f"timings (ms): {answer['timings_ms']}"]
     return "\n".join(lines)

@@ -111,8 +111,15 @@ def test_the_report_says_where_the_sizes_come_from_and_which_lungs():
     description, findings, _ = write_report(answer, Evidence(image_tags=both))
     assert "in both lungs; the largest is 12.3 mm, left (measured on the slice in Hounsfield units)" in description
     assert findings["side"] == "left" and "not for clinical use" in description.lower()
-    description, _, _ = write_report(answer, Evidence(image_tags={"Modality": "CT", "PixelSpacing": "0.7\\0.7"}))
-    assert "in the left lung" in description and "estimated from image features, not measured" in description
+    # Not measured (a PNG without its window): no count, size or side; the heads' size only as
+    # an estimate with its validation error, and only where that error is known.
+    unmeasured = {"PixelSpacing": "0.7\\0.7", "colour": "no"}
+    description, findings, _ = write_report(answer, Evidence(image_tags=unmeasured, estimate_error={"largest_diameter_mm": 5.7}))
+    assert {"lesion_count", "largest_diameter_mm", "side"}.isdisjoint(findings)
+    assert findings["estimated_largest_diameter_mm"] == "12.3" and findings["estimate_error_mm"] == "5.7"
+    assert "not assessable" in description and "Estimated from image features, not measured" in description
+    _, findings, _ = write_report(answer, Evidence(image_tags=unmeasured))
+    assert "estimated_largest_diameter_mm" not in findings
 
 
 def test_the_report_gives_no_size_it_does_not_have_and_says_why_nothing_was_measured():
@@ -124,11 +131,10 @@ def test_the_report_gives_no_size_it_does_not_have_and_says_why_nothing_was_meas
     unmeasured = {"Modality": "CT", "PixelSpacing": "0.7\\0.7", **lesion_tags(None)}
     nodule = Answer("nodule", 0.7, 0.6, {"normal": 0.2, "nodule": 0.7, "mass": 0.1},
                     {"lesion_count": 1.0, "largest_diameter_mm": -0.4, "side": 1.0})
-    description, findings, reply = write_report(nodule, Evidence(image_tags=unmeasured))
-    assert "largest_diameter_mm" not in findings and findings["lesion_count"] == "1"
-    assert "0.0 mm" not in description and "size unknown" in reply
-    assert "its size could not be estimated" in description
-    assert "Lesion measurement on the slice: not measured (no lung found" in description
+    description, findings, reply = write_report(nodule, Evidence(image_tags=unmeasured, estimate_error={"largest_diameter_mm": 5.0}))
+    assert {"lesion_count", "largest_diameter_mm", "side", "estimated_largest_diameter_mm"}.isdisjoint(findings)
+    assert " mm" not in description.replace("pixel spacing 0.7\\0.7 mm", "")
+    assert "The slice was not measured (no lung found" in description
     normal = Answer("normal", 0.9, 0.2, {"normal": 0.9, "nodule": 0.05, "mass": 0.05}, {})
     description, findings, _ = write_report(normal, Evidence(image_tags=unmeasured))
     assert "lung fields are clear" not in description and "not measured (no lung found" in description

@@ -258,8 +258,9 @@ def test_medical_report_from_a_ct_and_a_record(router):
         options=router_pb2.AnalyzeOptions(speech=True),
     )
     findings = {f.key: f.value for f in response.findings}
-    assert response.label in ("normal", "nodule", "mass")
-    assert {"lesion_count", "largest_diameter_mm", "side"} <= set(findings)
+    assert response.label in ("normal", "nodule", "mass", "uncertain")
+    # The slice was measured in HU and holds no lesion: no size is claimed for one.
+    assert findings["lesion_count"] == "0" and findings["side"] == "none" and "largest_diameter_mm" not in findings
     assert "Findings:" in response.description and "Impression:" in response.description
     assert "not for clinical use" in response.description.lower()
     assert "0.7\\0.7" in response.description  # pixel spacing came through from the DICOM tags
@@ -330,26 +331,28 @@ def test_medical_report_refuses_a_scan_that_is_not_ct(router):
     from pydicom.data import get_testdata_file
 
     mr = router_pb2.MediaInput(data=Path(get_testdata_file("MR_small.dcm")).read_bytes())
-    with pytest.raises(grpc.RpcError) as raised:
-        router.Analyze(router_pb2.AnalyzeRequest(task="medical_report", image=mr), timeout=30)
-    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert errors.field_violations(raised.value) == [("image.data", "the DICOM's Modality is MR; medical_report reads CT images only")]
-    # With a record the answer is the record's, and the report says there was no scan.
+    alone = analyze(router, task="medical_report", image=mr)
+    assert alone.abstained and alone.label == "uncertain" and not alone.top_k
+    image = reports(alone)["image"]
+    assert STATUS(image.status) == "MODALITY_STATUS_NOT_APPLICABLE"
+    assert image.reason == "the DICOM's Modality is MR; medical_report reads axial chest CT slices"
+    assert "Modality is MR" in alone.abstain_reason and "lesion" not in alone.description
+    # With a record: still no diagnosis, and the report says there was no scan.
     response = analyze(router, task="medical_report", text="64-year-old smoker with a cough.", image=mr)
-    assert STATUS(reports(response)["image"].status) == "MODALITY_STATUS_FAILED"
+    assert STATUS(reports(response)["image"].status) == "MODALITY_STATUS_NOT_APPLICABLE"
+    assert response.abstained and response.label == "uncertain"
     findings = {f.key: f.value for f in response.findings}
     assert "lesion_count" not in findings and "Modality is MR" in findings["scan"]
-    assert "no scan was read (refused: the DICOM's Modality is MR" in response.description
+    assert "no scan was read (not applicable: the DICOM's Modality is MR" in response.description
     # The screenshot task reads any image: the same file is still used there.
     assert STATUS(reports(analyze(router, image=mr))["image"].status) == "MODALITY_STATUS_USED"
 
 
 def test_medical_report_refuses_a_slice_that_is_not_axial(router):
     coronal = router_pb2.MediaInput(data=ct_dicom(phantom_hu(128), orientation=(1, 0, 0, 0, 0, -1)))
-    with pytest.raises(grpc.RpcError) as raised:
-        router.Analyze(router_pb2.AnalyzeRequest(task="medical_report", image=coronal), timeout=30)
-    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert errors.field_violations(raised.value) == [("image.data", "the slice is coronal; medical_report reads axial images only")]
+    response = analyze(router, task="medical_report", image=coronal)
+    assert response.abstained and response.label == "uncertain"
+    assert reports(response)["image"].reason == "the slice is coronal; medical_report reads axial chest CT slices"
 
 
 def test_a_medical_report_without_a_scan_states_no_lesion_findings(router):
@@ -357,7 +360,10 @@ def test_a_medical_report_without_a_scan_states_no_lesion_findings(router):
     normal, "the lung fields are clear") from the patient record alone."""
     response = analyze(router, task="medical_report", text="64-year-old smoker with a persistent cough.")
     findings = {f.key: f.value for f in response.findings}
-    assert set(findings) == {"scan", "reply"} and findings["scan"] == "not read: none was sent"
+    assert set(findings) == {"scan", "pretest_note", "reply"} and findings["scan"] == "not read: none was sent"
+    # A record alone is not a diagnosis: the answer is withheld, the record's hint labelled as a pre-test note.
+    assert response.abstained and response.label == "uncertain" and "record alone is not a diagnosis" in response.abstain_reason
+    assert "from the record alone" in findings["pretest_note"] and "Diagnosis" not in response.description
     assert "no scan was read (none was sent)" in response.description
     assert "lesion" not in response.description.split("Impression:")[1]
     assert "lung fields are clear" not in response.description and " mm" not in response.description

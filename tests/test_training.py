@@ -167,7 +167,7 @@ def test_weights_appear_whole_or_not_at_all(medical_data, tmp_path, monkeypatch)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["medical_report"]  # no partial folder left
     monkeypatch.undo()
     training.train("medical_report", str(medical_data / "train.jsonl"), str(out), epochs=1, seed=2)
-    assert sorted(p.name for p in out.iterdir()) == ["MODEL_CARD.md", "config.json", "model.safetensors", "train_log.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["MODEL_CARD.md", "applicability.safetensors", "config.json", "model.safetensors", "train_log.json"]
     assert (out / "model.safetensors").read_bytes() != earlier["model.safetensors"]
     assert f"--weights {out}" in (out / "MODEL_CARD.md").read_text()  # the folder it ends up in
 
@@ -492,18 +492,20 @@ def test_input_widths_come_from_the_features_and_must_agree():
         input_widths([example(text=768), example(text=384)], DEFAULT_INPUT_WIDTHS)
 
 
-def test_train_and_eval_refuse_an_image_the_router_refuses(tmp_path, capsys):
-    """An MR in a medical manifest was learned from and scored, while the router refuses it."""
+def test_train_refuses_and_eval_withholds_an_image_the_router_does_not_read(tmp_path, capsys):
+    """An MR in a medical manifest is not learned from; eval judges it as the router does."""
     from pydicom.data import get_testdata_file
 
     (tmp_path / "mr.dcm").write_bytes(open(get_testdata_file("MR_small.dcm"), "rb").read())
     record = {"id": "mr-1", "task": "medical_report", "text": "x", "label": "normal", "image": "mr.dcm",
               "extra": {"lesion_count": 0, "largest_diameter_mm": 0.0, "side": "none"}}
     (tmp_path / "train.jsonl").write_text(json.dumps(record) + "\n")
-    for command in (["train", "--out", str(tmp_path / "w")], ["eval", "--report", str(tmp_path / "r")]):
-        assert main([command[0], "--task", "medical_report", "--data", str(tmp_path / "train.jsonl"), *command[1:]]) == 2
-        err = capsys.readouterr().err
-        assert re.search(r"mr-1: image \S*mr\.dcm: the DICOM's Modality is MR; medical_report reads CT images only", err), err
+    assert main(["train", "--task", "medical_report", "--data", str(tmp_path / "train.jsonl"), "--out", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"mr-1: image \S*mr\.dcm: the DICOM's Modality is MR; medical_report reads axial chest CT slices", err), err
+    assert main(["eval", "--task", "medical_report", "--data", str(tmp_path / "train.jsonl"), "--report", str(tmp_path / "r")]) == 0
+    honesty = json.loads((tmp_path / "r" / "report.json").read_text())["honesty"]["in_scope"]
+    assert honesty["answered"] == 0 and honesty["withheld_reasons"] == {"no chest CT slice was read, and the record alone is not a diagnosis": 1}
 
 
 def test_train_says_what_is_wrong_with_a_manifest_in_one_line(tmp_path, capsys):

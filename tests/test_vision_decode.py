@@ -197,10 +197,11 @@ def test_the_report_says_why_a_stated_pixel_spacing_was_not_used():
     answer = Answer("nodule", 0.9, 0.2, {"normal": 0.05, "nodule": 0.9, "mass": 0.05},
                     {"lesion_count": 1.0, "largest_diameter_mm": 8.0, "side": 1.0})
     tags = decode(_edited_dicom(PixelSpacing=[0, 0]), "application/dicom").tags
-    description, findings, _ = write_report(answer, Evidence(image_tags=tags))
-    assert "pixel spacing not usable: 0\\0 is outside (0, 10] mm; sizes assume 0.75" in description
-    description, _, _ = write_report(answer, Evidence(image_tags={"Modality": "CT"}))
-    assert "pixel spacing not stated; sizes assume 0.75" in description
+    sigma = {"largest_diameter_mm": 5.0}  # the heads' validation error: their size is shown as an estimate
+    description, findings, _ = write_report(answer, Evidence(image_tags=tags, estimate_error=sigma))
+    assert "pixel spacing not usable: 0\\0 is outside (0, 10] mm; the estimate assumes 0.75 mm)" in description
+    description, _, _ = write_report(answer, Evidence(image_tags={"Modality": "CT"}, estimate_error=sigma))
+    assert "pixel spacing not stated; the estimate assumes 0.75 mm)" in description
 
 
 def test_a_compressed_multi_frame_dicom_decodes_only_the_frame_it_uses():

@@ -45,9 +45,13 @@ class Phantom:
         return max(self.lesions, key=lambda lesion: lesion.diameter_mm).side
 
 
-def make_phantom(seed: int, size: int = 256, lesion_count: int | None = None, diameter_mm: float | None = None) -> Phantom:
+def make_phantom(seed: int, size: int = 256, lesion_count: int | None = None, diameter_mm: float | None = None,
+                 spacing_mm: tuple[float, float] = (0.6, 0.9), noise_hu: tuple[float, float] = (10.0, 30.0),
+                 heart: bool = False) -> Phantom:
+    """`heart`: another anatomy (squarer lungs, a heart and an aorta between them), for
+    held-out sets; the defaults give the training phantoms, draw for draw."""
     rng = np.random.default_rng(seed)
-    spacing = float(rng.uniform(0.6, 0.9))
+    spacing = float(rng.uniform(*spacing_mm))
     y, x = np.mgrid[0:size, 0:size].astype(np.float32)
     cy, cx = size / 2, size / 2
     hu = np.full((size, size), -1000.0, dtype=np.float32)
@@ -57,9 +61,15 @@ def make_phantom(seed: int, size: int = 256, lesion_count: int | None = None, di
     hu[((x - cx) / (body_a - 6)) ** 2 + ((y - cy) / (body_b - 6)) ** 2 <= 1.0] = 40.0  # soft tissue
     lungs = np.zeros((size, size), dtype=bool)
     lung_a, lung_b = body_a * 0.38, body_b * 0.72
+    power = 2.6 if heart else 2.0  # a squarer outline for the other anatomy
     for side in (-1, 1):
         lung_cx = cx + side * body_a * 0.48
-        lungs |= ((x - lung_cx) / lung_a) ** 2 + ((y - cy + body_b * 0.05) / lung_b) ** 2 <= 1.0
+        lungs |= np.abs((x - lung_cx) / lung_a) ** power + np.abs((y - cy + body_b * 0.05) / lung_b) ** power <= 1.0
+    if heart:  # the heart (to the patient's left, anterior) and the aorta take room from the lungs
+        organ = ((x - cx - body_a * 0.1) / (body_a * 0.27)) ** 2 + ((y - cy + body_b * 0.12) / (body_b * 0.36)) ** 2 <= 1.0
+        organ |= (x - cx + body_a * 0.05) ** 2 + (y - cy - body_b * 0.35) ** 2 <= (size * 0.035) ** 2
+        lungs &= ~organ
+        hu[organ] = 45.0
     hu[lungs] = -850.0
     # Spine (posterior, below the centre) and ribs (a dotted ring just inside the body).
     hu[(x - cx) ** 2 + (y - cy - body_b * 0.7) ** 2 <= (size * 0.045) ** 2] = 700.0
@@ -91,7 +101,7 @@ def make_phantom(seed: int, size: int = 256, lesion_count: int | None = None, di
         hu[disc] = float(rng.uniform(30, 60))
         lesions.append(Lesion((float(row), float(col)), diameter, "left" if col > cx else "right"))
     lesions.sort(key=lambda lesion: -lesion.diameter_mm)
-    hu += rng.normal(0, rng.uniform(10, 30), size=hu.shape).astype(np.float32)
+    hu += rng.normal(0, rng.uniform(*noise_hu), size=hu.shape).astype(np.float32)
     return Phantom(hu.astype(np.float32), spacing, lesions)
 
 

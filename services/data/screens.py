@@ -96,3 +96,70 @@ def _wrap(text: str, width: int) -> list[str]:
         else:
             current = f"{current} {word}".strip()
     return lines + ([current] if current else [])
+
+
+# A second renderer, for held-out sets: web pages laid out unlike `render_app_screen`.
+WEB_FONTS = ("DejaVuSansCondensed.ttf", "DejaVuSerifCondensed.ttf", "DejaVuSans-Oblique.ttf", "DejaVuSerif.ttf")
+WEB_SIZES = ((360, 780), (412, 915), (1280, 720), (1366, 768), (1920, 1080))
+WEB_HEADINGS = ("Your orders", "Checkout", "Account settings", "Order details", "Payments", "Returns", "Help centre")
+WEB_DETAILS = ("Order #A-{n}", "Placed {d} Feb", "Total ${n2}.{c}", "Ship to: {n3} Elm Street", "Items: {k}",
+               "Card ending {n4}", "Delivery: standard", "Invoice INV-{n}")
+COOKIE_BANNER = "We use cookies to improve your experience. Accept all  |  Manage preferences"
+
+
+def web_font(name: str, size: int):
+    try:
+        return ImageFont.truetype(name, size)
+    except OSError:
+        return font(size)
+
+
+def render_web_page(message: str, rng, size: tuple[int, int], dark: bool) -> Image.Image:
+    """A shop's web page: navigation, a heading larger than everything else, a card of order
+    details, the status `message` in an alert strip (above, beside or below the card), and
+    sometimes a cookie banner. The message is neither the largest nor always the first line."""
+    width, height = size
+    narrow = width < 700
+    scale = max(1.0, width / 1280)
+    background, foreground, muted = ((18, 18, 22), (235, 235, 240), (150, 150, 160)) if dark else ((255, 255, 255), (30, 30, 35), (110, 110, 120))
+    image = Image.new("RGB", size, background)
+    draw = ImageDraw.Draw(image)
+    face = str(rng.choice(WEB_FONTS))
+    body = round((15 if narrow else 17) * scale)
+    draw.rectangle([0, 0, width, round(56 * scale)], fill=(245, 245, 247) if not dark else (32, 32, 38))
+    draw.text((round(16 * scale), round(16 * scale)), str(rng.choice(APPS)).lower() + ".com", fill=foreground, font=web_font(face, body + 3))
+    if not narrow:
+        draw.text((round(width * 0.45), round(18 * scale)), "Shop   Deals   Orders   Help   Sign out", fill=muted, font=web_font(face, body))
+    top = round(80 * scale)
+    draw.text((round(24 * scale), top), "Home > Account > " + str(rng.choice(WEB_HEADINGS)), fill=muted, font=web_font(face, body - 2))
+    draw.text((round(24 * scale), top + round(30 * scale)), str(rng.choice(WEB_HEADINGS)), fill=foreground, font=web_font(face, round(body * 1.9)))
+    numbers = {"n": int(rng.integers(10000, 99999)), "d": int(rng.integers(1, 28)), "n2": int(rng.integers(10, 400)),
+               "c": f"{int(rng.integers(0, 99)):02d}", "n3": int(rng.integers(1, 200)), "k": int(rng.integers(1, 6)),
+               "n4": int(rng.integers(1000, 9999))}
+    details = [str(line).format(**numbers) for line in rng.choice(WEB_DETAILS, size=4, replace=False)]
+    card_top = top + round(90 * scale)
+    alert_lines = _wrap(message, 34 if narrow else 70)
+    pitch = round(body * 1.45)
+    alert_height = 24 + pitch * len(alert_lines)
+    place = str(rng.choice(["above", "below"]))
+    alert_top = card_top if place == "above" else card_top + 30 + pitch * len(details) + round(20 * scale)
+    if place == "above":
+        card_top += alert_height + round(16 * scale)
+    right = width - round(24 * scale) if narrow else round(width * 0.62)
+    draw.rectangle([round(24 * scale), card_top, right, card_top + 20 + pitch * len(details)], outline=muted, width=1)
+    for i, line in enumerate(details):
+        draw.text((round(40 * scale), card_top + 10 + i * pitch), line, fill=foreground, font=web_font(face, body))
+    tint = tuple(int(v) for v in rng.integers(0, 3, size=1))[0]
+    fill = [(254, 242, 242), (255, 248, 230), (239, 246, 255)][tint] if not dark else [(64, 28, 28), (60, 48, 20), (24, 38, 64)][tint]
+    ink = [(153, 27, 27), (120, 70, 0), (30, 64, 175)][tint] if not dark else [(252, 165, 165), (253, 224, 150), (147, 197, 253)][tint]
+    draw.rectangle([round(24 * scale), alert_top, right, alert_top + alert_height], fill=fill)
+    draw.ellipse([round(34 * scale), alert_top + 12, round(34 * scale) + body, alert_top + 12 + body], fill=ink)
+    for i, line in enumerate(alert_lines):
+        draw.text((round(44 * scale) + body, alert_top + 12 + i * pitch), line, fill=ink, font=web_font(face, body))
+    if rng.random() < 0.4:
+        band = round(64 * scale) if not narrow else round(110 * scale)
+        draw.rectangle([0, height - band, width, height], fill=(40, 40, 46) if not dark else (235, 235, 240))
+        for i, line in enumerate(_wrap(COOKIE_BANNER, 40 if narrow else 90)):
+            draw.text((round(20 * scale), height - band + 14 + i * pitch), line, fill=(240, 240, 240) if not dark else (20, 20, 20),
+                      font=web_font(face, body - 1))
+    return image

@@ -148,6 +148,35 @@ SCREENS = {
     ],
 }
 
+# Screens that name a topic but show no problem (a success screen says "shipped"; nothing
+# is wrong): label other. Half of the `other` cases show one.
+NO_PROBLEM_SCREENS = [
+    'Your order has shipped!',
+    'Payment successful',
+    'Thank you! Your payment was received',
+    'Order delivered',
+    'Refund completed',
+    'Your refund has been issued',
+    "You're signed in",
+    'Welcome back, you are logged in',
+    'Order confirmed',
+    'Your package is on its way',
+    'Delivered: left at front door',
+    'Payment method saved',
+    'Refund approved',
+    'All systems operational',
+    'App updated to the latest version',
+    'Checkout complete',
+    'Card added successfully',
+    'Arriving tomorrow by 8 pm',
+    'Return received, thank you',
+    'Two-factor authentication enabled',
+    'Subscription renewed',
+    'Your receipt has been emailed',
+    'Sign-in successful',
+    'Your order is ready for pickup',
+]
+
 MESSAGES = {
     'payment': [
         'My card keeps getting declined at checkout.',
@@ -236,6 +265,12 @@ MESSAGES = {
         'Where can I leave feedback?',
         'How do I update my address book?',
         'Love the app, just a suggestion.',
+        'Just confirming my order went through, thanks!',
+        'All good now, thank you.',
+        'My package arrived, thanks!',
+        'Thanks, the refund came through.',
+        'I managed to log in, thanks for the help.',
+        'Payment worked this time, cheers.',
         'Can I get notifications by SMS?',
         'Is there a loyalty program?',
     ],
@@ -353,16 +388,24 @@ def wording(rng, label: str, split: str, fixed: dict, composed: dict) -> str:
 
 
 def wordings(label: str, split: str, fixed: dict, composed: dict) -> set[str]:
-    """Every wording `wording` can give for `label` in `split`."""
+    """Every wording `wording` can give for `label` in `split` (for screens, `screen_wording`)."""
     nouns, templates = composed[label]
     made = {t.format(x=n) for t in pool(templates, split) for n in nouns}
-    return set(pool(fixed[label], split)) | {m[0].upper() + m[1:] for m in made}
+    no_problem = set(pool(NO_PROBLEM_SCREENS, split)) if fixed is SCREENS and label == "other" else set()
+    return set(pool(fixed[label], split)) | {m[0].upper() + m[1:] for m in made} | no_problem
+
+
+def screen_wording(rng, label: str, split: str) -> str:
+    """A screen message for `label`: for `other`, half the time a screen with no problem on it."""
+    if label == "other" and rng.random() < 0.5:
+        return str(rng.choice(pool(NO_PROBLEM_SCREENS, split)))
+    return wording(rng, label, split, SCREENS, SCREEN_TEMPLATES)
 
 
 def make_case(rng, split: str) -> dict:
     """One case: label, screen message (or None), customer text, voice text (or None)."""
     label = str(rng.choice(LABELS))
-    screen = wording(rng, label, split, SCREENS, SCREEN_TEMPLATES) if rng.random() > 0.1 else None
+    screen = screen_wording(rng, label, split) if rng.random() > 0.1 else None
     kind = rng.choice(["specific", "vague", "misleading", "missing"], p=[0.45, 0.25, 0.1, 0.2])
     if screen is None:
         kind = "specific"  # something must carry the label

@@ -36,6 +36,7 @@ from modalmesh.common import models
 from modalmesh.data.generate import read_manifest
 from modalmesh.router.features import FeatureCache, text_model_version
 from modalmesh.router.fusion import MODALITIES, SOURCES, modality_gate_weights
+from modalmesh.router.served import honesty_metrics, serve
 from modalmesh.router.tasks import TASKS, decide, load_task_folder
 from modalmesh.router.train import input_widths, load_examples
 
@@ -63,8 +64,9 @@ def evaluate(task: str, data: str, report: str, weights: str = "", cache_dir: st
             raise ValueError(f"{folder}: the weights were trained with the text model {model.config.text_model}, "
                              f"the encoders here run {running or 'a hub model'}: evaluate with MODALMESH_TEXT_MODEL={hint}")
     cache = FeatureCache.for_task(spec, manifest, cache_dir)
-    try:
-        examples, items = load_examples(task, manifest, cache, "eval")
+    try:  # images the task does not read are kept: they are judged below as the router judges them
+        examples, items = load_examples(task, manifest, cache, "eval", refuse=False)
+        outside, _ = load_examples(task, manifest, cache, "out", scope="out", refuse=False)
     finally:
         cache.close()
     expected = model.config.input_widths
@@ -95,6 +97,9 @@ def evaluate(task: str, data: str, report: str, weights: str = "", cache_dir: st
     results = {"task": task, "items": len(examples), "model_version": task_model.version}
     results["full"] = classification_metrics(full_p, labels, spec.labels)
     results["calibration"] = {"ece": expected_calibration_error(full_p, labels)}
+    # As served: inputs the task does not read left out, unsure answers withheld (router/served.py).
+    results["honesty"] = honesty_metrics(task_model, [serve(task_model, e.features, e.tags) for e in examples], labels,
+                                         [serve(task_model, e.features, e.tags) for e in outside])
     if "image" in spec.side_outputs:
         results["screen_text"] = screen_text_found(model, manifest, task, items, examples, full_p)
     if task == "medical_report":
@@ -299,8 +304,11 @@ def classification_metrics(probabilities: np.ndarray, labels: np.ndarray, names)
 
 
 def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
-    confidence = probabilities.max(axis=1)
-    correct = probabilities.argmax(axis=1) == labels
+    return calibration_error(probabilities.max(axis=1), probabilities.argmax(axis=1) == labels, bins)
+
+
+def calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> float:
+    """Expected calibration error of answers given with `confidence`, right where `correct`."""
     edges = np.linspace(0, 1, bins + 1)
     error = 0.0
     for low, high in zip(edges[:-1], edges[1:]):
@@ -349,6 +357,7 @@ def write_report(folder: Path, results: dict, probabilities, labels, spec, rows:
         lines.append(f"- the heads alone, without the CT measurement (what a PNG scan without its window gets): accuracy {h['accuracy']:.3f}, "
                      f"AUC {h['auc_lesion_vs_normal']:.3f}, nodule vs mass {h['nodule_vs_mass_accuracy']:.3f}, "
                      f"diameter MAE {h['diameter_mae_mm']:.2f} mm")
+    lines += honesty_lines(results["honesty"])
     if results.get("screen_text", {}).get("items"):
         t = results["screen_text"]
         lines.append(f"- error_text holds the screen's message in {t['key_line']} of {t['items']} screenshots "
@@ -380,6 +389,30 @@ def write_report(folder: Path, results: dict, probabilities, labels, spec, rows:
                          + " | ".join(v or "-" for v in r["single"].values()) + " |")
     (folder / "report.md").write_text("\n".join(lines) + "\n")
     _plots(folder, results, probabilities, labels, spec)
+
+
+def honesty_lines(honesty: dict) -> list[str]:
+    """The report's lines on what is answered, withheld and not applicable."""
+    inside = honesty["in_scope"]
+
+    def number(value, digits=3):
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    lines = [f"- as served (threshold {honesty['abstain_below']:g}): {inside['answered']} of {inside['items']} in-scope items "
+             f"answered (coverage {inside['coverage']:.3f}), selective accuracy {number(inside['selective_accuracy'])}, "
+             f"ECE of the answers {number(inside['ece_answered'])}, wrong answers above 0.95: {inside['wrong_above_0.95']}; "
+             f"{inside['not_applicable']} found not applicable"]
+    if inside["withheld_reasons"]:
+        lines.append("- withheld: " + "; ".join(f"{reason} ({count})" for reason, count in inside["withheld_reasons"].items()))
+    outside = honesty.get("out_of_scope")
+    if outside:
+        auroc = ", ".join(f"{m} {v['auroc']:.3f} ({v['in_scope']} vs {v['out_of_scope']})" for m, v in outside["auroc_by_modality"].items())
+        lines.append(f"- out of scope: {outside['items']} items, {outside['answered']} answered ({outside['answered_above_0.95']} above 0.95), "
+                     f"{outside['withheld_or_not_applicable']:.3f} withheld or not applicable; "
+                     f"applicability AUROC by modality: {auroc or 'none checked'}")
+    curve = " ".join(f"{point['threshold']:g}: {point['coverage']:.2f}/{number(point['accuracy'], 2)}" for point in honesty["risk_coverage"])
+    lines.append(f"- coverage/accuracy by confidence threshold: {curve}")
+    return lines
 
 
 def _plots(folder: Path, results, probabilities, labels, spec) -> None:
@@ -427,4 +460,14 @@ def _plots(folder: Path, results, probabilities, labels, spec) -> None:
     axis.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(folder / "gate_by_label.png", dpi=100)
+    plt.close(figure)
+
+    curve = [point for point in results["honesty"]["risk_coverage"] if point["accuracy"] is not None]
+    figure, axis = plt.subplots(figsize=(4, 4))
+    axis.plot([p["coverage"] for p in curve], [p["accuracy"] for p in curve], "o-")
+    for point in curve[::3]:
+        axis.annotate(f"{point['threshold']:g}", (point["coverage"], point["accuracy"]), fontsize=8)
+    axis.set(xlabel="coverage (share answered)", ylabel="accuracy of the answers", title="selective prediction")
+    figure.tight_layout()
+    figure.savefig(folder / "risk_coverage.png", dpi=100)
     plt.close(figure)

@@ -76,6 +76,9 @@ class FusionConfig:
     # training fine-tuned its top layers, router/finetune.py): the router and eval refuse
     # text features from another. Empty (older weights): any whose features fit input_widths.
     text_model: str = ""
+    # Answers whose calibrated confidence is below this are withheld (tasks.withheld); chosen
+    # on validation by train.choose_abstain_below. 0: never on confidence alone.
+    abstain_below: float = 0.0
 
     def __post_init__(self) -> None:
         if self.regression_from != "fused" and self.regression_from not in SOURCES:

@@ -38,7 +38,8 @@ from modalmesh.common.client import collect, encode_requests
 from modalmesh.common.encoder import MAX_REQUEST_ID_CHARS
 from modalmesh.common.layout import MAX_SCREEN_LINES, is_blank, paragraphs
 from modalmesh.router.fusion import MODALITIES, SOURCE_MODALITY, attention_mass, modality_gate_weights, normalised_entropy
-from modalmesh.router.tasks import Answer, Evidence, TaskModel, best_screen_line, decide, screen_line_log_odds
+from modalmesh.router.tasks import (UNCERTAIN, Answer, Evidence, TaskModel, best_screen_line, decide, not_applicable,
+                                    screen_line_log_odds, withheld)
 from modalmesh.v1 import encoder_pb2, encoder_pb2_grpc, router_pb2, speech_pb2, speech_pb2_grpc
 from modalmesh.vision.decode import sniff_media_type
 
@@ -108,6 +109,15 @@ class ModalityState:
     error_code: str = ""
     latency_ms: float = 0.0
     violations: list[tuple[str, str]] = field(default_factory=list)  # the encoder's, for INVALID_ARGUMENT
+    applicability: float | None = None  # applicability.Applicability.score of its features, where checked
+
+
+class NotApplicable(Exception):
+    """An input that is not the kind the task reads (a head CT for the chest-CT task)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class Encoders:
@@ -147,8 +157,8 @@ class Run:
         self.widths = widths or {}  # per source, the feature width the task's weights were trained on
         self.text_model = text_model  # the text model the weights were trained with ('' = any that fits)
         self.explain = False  # keep the fusion's attention weights (the answer explains itself)
-        # The task's check of an image's tags (TaskSpec.refuse_image): a reason refuses it.
-        self.refuse_image: Callable[[dict[str, str]], str | None] = lambda tags: None
+        # Whether an input is one the task reads (tasks.not_applicable): a reason makes it NOT_APPLICABLE.
+        self.judge: Callable[[str, torch.Tensor | None, dict[str, str]], tuple[float | None, str]] = lambda m, f, t: (None, "")
         self.pool = pool  # the fan-out: one piece of work per source
         # Text lines a piece of work embeds run on another pool (work waiting on its own pool
         # deadlocks once every worker is such a wait); without one, one after another.
@@ -238,6 +248,9 @@ class Run:
                 produced = call.future.result()
             except (futures.CancelledError, grpc.FutureCancelledError):  # the work, or its RPC, was cancelled
                 continue
+            except NotApplicable as exc:
+                self._not_applicable(modality, exc.reason, latency)
+                continue
             except grpc.RpcError as exc:
                 self._failed(source, modality, exc.code(), exc.details(), latency, errors.field_violations(exc))
                 continue
@@ -256,12 +269,22 @@ class Run:
                 self._failed(source, modality, grpc.StatusCode.INTERNAL,
                              f"the {modality} service sent {broken} features with NaN or infinite values", latency)
                 continue
+            if source in MODALITIES and source in produced:  # is it the kind of input the task was trained on?
+                score, reason = self.judge(source, produced[source], {})
+                self.states[modality].applicability = score
+                if reason:
+                    self._not_applicable(modality, reason, latency)
+                    continue
             self.features.update(produced)
             if source in MODALITIES:
                 state = self.states[modality]
                 state.status, state.latency_ms = router_pb2.MODALITY_STATUS_USED, latency
             elif not produced:
                 self.side_notes[source] = "found nothing"
+
+    def _not_applicable(self, modality: str, reason: str, latency: float) -> None:
+        state = self.states[modality]
+        state.status, state.reason, state.latency_ms = router_pb2.MODALITY_STATUS_NOT_APPLICABLE, reason, latency
 
     def _failed(self, source: str, modality: str, code: grpc.StatusCode, details: str, latency: float,
                 violations: list[tuple[str, str]] = ()) -> None:
@@ -341,7 +364,7 @@ class Pipeline:
 
         run = Run(self.encoders, self.pool, deadline, self.line_pool, task.model.config.input_widths, task.model.config.text_model)
         run.explain = request.options.explain
-        run.refuse_image = task.spec.refuse_image
+        run.judge = lambda modality, features, tags: not_applicable(task, modality, features, tags)
         if on_run is not None:
             on_run(run)  # lets the caller cancel everything if the client goes away
         full = request.options.mode == router_pb2.ROUTING_MODE_FULL
@@ -356,8 +379,9 @@ class Pipeline:
 
         fuse_started = time.perf_counter()
         with telemetry.tracer().start_as_current_span("router.fuse"):
-            # An early answer was fused from what is final already; else fuse everything gathered.
-            decision = early or self.decide(task, run, outstanding=())
+            # An early answer was fused from what is final already; else fuse everything gathered
+            # (nothing, when no input was one the task reads: the answer is then withheld).
+            decision = early or (self.decide(task, run, outstanding=()) if run.features else None)
         timings["fuse"] = _ms(fuse_started)
         if on_event is not None:
             on_event(router_pb2.AnalyzeEvent(gate=router_pb2.GateDecision(modalities=self.modality_reports(run, decision))))
@@ -470,9 +494,9 @@ class Pipeline:
                 run.evidence.text = data.decode("utf-8")
             if result.side is not None:
                 if modality == "image":
-                    refused = run.refuse_image(dict(result.side.tags))
-                    if refused:  # as a malformed image: the answer goes on without it, or is refused
-                        raise errors.invalid_argument("payload", refused)
+                    _, inapplicable = run.judge("image", None, dict(result.side.tags))
+                    if inapplicable:  # not evidence: nothing of it reaches the answer
+                        raise NotApplicable(inapplicable)
                     run.evidence.image_tags.update(result.side.tags)
                 produced.update(self._side_features(run, call, modality, result.side))
             return produced
@@ -546,6 +570,8 @@ class Pipeline:
                 continue
             break
         if not run.features:
+            if any(s.status == router_pb2.MODALITY_STATUS_NOT_APPLICABLE for s in run.states.values()):
+                return None  # read, but nothing the task reads: the answer is withheld (Pipeline.respond)
             states = [s for s in run.states.values() if s.status != router_pb2.MODALITY_STATUS_ABSENT]
             if any(s.status == router_pb2.MODALITY_STATUS_TIMED_OUT for s in states):
                 raise errors.deadline_exceeded("no encoder answered before the deadline: " + _summary(run))
@@ -582,36 +608,53 @@ class Pipeline:
             run.line_log_odds = self.run_model(lambda: screen_line_log_odds(task.model, rows))
 
     # ------------------------------------------------------------------ heads, words, speech
-    def respond(self, request, task: TaskModel, run: Run, decision: Decision) -> router_pb2.AnalyzeResponse:
-        answer, outputs = decision.answer, decision.outputs
-        self.score_screen_lines(task, run)
-        if run.line_log_odds is not None:
-            key = best_screen_line(run.line_log_odds, task.spec.labels.index(answer.label))
-            run.evidence.key_line = run.evidence.screen_lines[key] if key is not None else ""
+    def respond(self, request, task: TaskModel, run: Run, decision: Decision | None) -> router_pb2.AnalyzeResponse:
+        """The answer in words, withheld (label "uncertain") where the task's policy says so
+        (tasks.withheld): no input it reads, a confidence below its threshold, or a label the
+        measurement contradicts. `decision` is None when no input was one the task reads."""
         run.evidence.no_image = _why_unread(run.states["image"])
-        description, findings, reply = task.spec.write(answer, run.evidence)
-        modality_weights = modality_gate_weights(outputs.gate_weights)[0]
+        run.evidence.estimate_error = dict(task.model.config.measurement_sigma)
+        if decision is None:
+            answer = Answer(UNCERTAIN, 0.0, 1.0, {}, {})
+            reason = "; ".join(f"the {m} is not applicable: {state.reason}" for m, state in run.states.items()
+                               if state.status == router_pb2.MODALITY_STATUS_NOT_APPLICABLE)
+            run.evidence.withheld = f"nothing {task.spec.name} reads was given ({reason}); send {task.spec.resolve}"
+            description, findings, reply = _nothing_read(task, run.evidence)
+            modality_weights = torch.zeros(len(MODALITIES))
+        else:
+            answer, outputs = decision.answer, decision.outputs
+            self.score_screen_lines(task, run)
+            if run.line_log_odds is not None:
+                key = best_screen_line(run.line_log_odds, task.spec.labels.index(answer.label))
+                run.evidence.key_line = run.evidence.screen_lines[key] if key is not None else ""
+            read = {m for m, state in run.states.items() if state.status == router_pb2.MODALITY_STATUS_USED}
+            run.evidence.withheld = withheld(task.spec, answer.label, answer.confidence, read, task.abstain_below,
+                                             run.evidence.image_tags)
+            description, findings, reply = task.spec.write(answer, run.evidence)
+            modality_weights = modality_gate_weights(outputs.gate_weights)[0]
         used = int((modality_weights > 0).sum())
         top_k = request.options.top_k or 3
         ranked = sorted(answer.probabilities.items(), key=lambda item: -item[1])[:top_k]
         response = router_pb2.AnalyzeResponse(
             request_id=request.request_id or uuid.uuid4().hex,
             task=task.spec.name,
-            label=answer.label,
+            label=UNCERTAIN if run.evidence.withheld else answer.label,
             confidence=answer.confidence,
             uncertainty=router_pb2.Uncertainty(
                 predictive_entropy=answer.predictive_entropy,
-                gate_entropy=float(normalised_entropy(modality_weights[modality_weights > 0], used)),
+                gate_entropy=float(normalised_entropy(modality_weights[modality_weights > 0], used)) if used else 0.0,
             ),
             top_k=[router_pb2.LabelScore(label=label, probability=p) for label, p in ranked],
             description=description,
             findings=[router_pb2.Finding(key=k, value=v) for k, v in {**findings, "reply": reply}.items()],
             model_version=task.version,
+            abstained=bool(run.evidence.withheld),
+            abstain_reason=run.evidence.withheld,
         )
         response.explanation.model_version = task.version
         response.explanation.modalities.extend(self.modality_reports(run, decision))
-        if request.options.explain:
-            mass = attention_mass(outputs)
+        if request.options.explain and decision is not None:
+            mass = attention_mass(decision.outputs)
             for a, query in enumerate(MODALITIES):
                 if modality_weights[a] == 0:
                     continue
@@ -633,9 +676,9 @@ class Pipeline:
             if report.status == router_pb2.MODALITY_STATUS_USED:
                 telemetry.GATE_WEIGHT.labels(name, modality).observe(report.gate_weight)
 
-    def modality_reports(self, run: Run, decision: Decision) -> list[router_pb2.ModalityReport]:
-        """What became of each modality, with its gate weight in `decision`."""
-        weights = modality_gate_weights(decision.outputs.gate_weights)[0]
+    def modality_reports(self, run: Run, decision: Decision | None) -> list[router_pb2.ModalityReport]:
+        """What became of each modality, with its gate weight in `decision` (none without one)."""
+        weights = modality_gate_weights(decision.outputs.gate_weights)[0] if decision is not None else torch.zeros(len(MODALITIES))
         reports = []
         for modality in MODALITIES:
             state = run.states[modality]
@@ -651,6 +694,7 @@ class Pipeline:
             reports.append(router_pb2.ModalityReport(
                 modality=MODALITY_ENUM[modality], status=status, reason=reason, error_code=state.error_code,
                 latency_ms=state.latency_ms, gate_weight=float(weights[MODALITIES.index(modality)]),
+                applicability=state.applicability,
             ))
         return reports
 
@@ -683,10 +727,18 @@ def _why_unread(state: ModalityState) -> str:
     if state.status == router_pb2.MODALITY_STATUS_ABSENT:
         return "none was sent"
     what = {router_pb2.MODALITY_STATUS_SKIPPED: "not waited for", router_pb2.MODALITY_STATUS_TIMED_OUT: "timed out",
-            router_pb2.MODALITY_STATUS_FAILED: "refused" if state.error_code == "INVALID_ARGUMENT" else "failed"}
+            router_pb2.MODALITY_STATUS_FAILED: "refused" if state.error_code == "INVALID_ARGUMENT" else "failed",
+            router_pb2.MODALITY_STATUS_NOT_APPLICABLE: "not applicable"}
     what = what.get(state.status, "not read")
     reason = "; ".join(description for _, description in state.violations) or state.reason
     return f"{what}: {reason}" if reason else what
+
+
+def _nothing_read(task: TaskModel, evidence: Evidence) -> tuple[str, dict[str, str], str]:
+    """The answer when no input was one the task reads: what was sent, why it was not read."""
+    description = f"Not answered: {evidence.withheld}."
+    reply = "We could not read what was sent. Could you send " + task.spec.resolve + "?"
+    return description, {"not_answered": evidence.withheld}, reply
 
 
 def _request_field(modality: str, encoder_field: str) -> str:

@@ -167,12 +167,14 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                 description=task.spec.description,
                 labels=list(task.spec.labels),
                 accepted_modalities=[MODALITY_ENUM[m] for m in task.spec.modalities],
-                optional_modalities=[MODALITY_ENUM[m] for m in task.spec.modalities],
+                optional_modalities=[MODALITY_ENUM[m] for m in task.spec.modalities if m not in task.spec.needs],
                 model_version=task.version,
                 tau=task.spec.tau,
                 gamma=task.spec.gamma,
                 eager_side_outputs=[MODALITY_ENUM[m] for m in task.spec.eager],
                 text_model=task.model.config.text_model,
+                abstain_below=task.abstain_below,
+                applicability_floor=task.applicability.floor if task.applicability.references else 0.0,
             ))
         return router_pb2.ListTasksResponse(tasks=tasks)
 
@@ -226,7 +228,8 @@ def _pump_audio(stream, arriving: queue.Queue, budget: int, error: dict) -> None
 # ---------------------------------------------------------------------------- OIP v2
 
 OIP_INPUTS = ("TEXT", "IMAGE", "AUDIO")
-OIP_OUTPUTS = {"LABEL": "BYTES", "CONFIDENCE": "FP32", "PROBS": "FP32", "DESCRIPTION": "BYTES", "GATE": "FP32"}
+OIP_OUTPUTS = {"LABEL": "BYTES", "CONFIDENCE": "FP32", "PROBS": "FP32", "DESCRIPTION": "BYTES", "GATE": "FP32",
+               "ABSTAINED": "BOOL", "ABSTAIN_REASON": "BYTES", "APPLICABILITY": "FP32"}
 
 
 def _bytes_element(raw: bytes, name: str) -> bytes:
@@ -275,6 +278,9 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
                 meta(name="PROBS", datatype="FP32", shape=[len(task.spec.labels)]),
                 meta(name="DESCRIPTION", datatype="BYTES", shape=[1]),
                 meta(name="GATE", datatype="FP32", shape=[len(MODALITIES)]),
+                meta(name="ABSTAINED", datatype="BOOL", shape=[1]),
+                meta(name="ABSTAIN_REASON", datatype="BYTES", shape=[1]),
+                meta(name="APPLICABILITY", datatype="FP32", shape=[len(MODALITIES)]),
             ],
         )
 
@@ -325,13 +331,19 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
 
         weights = {report.modality: report.gate_weight for report in response.explanation.modalities}
         probabilities = {score.label: score.probability for score in response.top_k}
-        full_probabilities = [probabilities[label] for label in task.spec.labels]
+        # Every label's probability; all 0 when nothing the task reads was given.
+        full_probabilities = [probabilities.get(label, 0.0) for label in task.spec.labels]
+        applicability = {report.modality: report.applicability if report.HasField("applicability") else -1.0
+                         for report in response.explanation.modalities}
         values = {
             "LABEL": ([1], _bytes_tensor(response.label.encode())),
             "CONFIDENCE": ([1], np.array([response.confidence], "<f4").tobytes()),
             "PROBS": ([len(task.spec.labels)], np.array(full_probabilities, "<f4").tobytes()),
             "DESCRIPTION": ([1], _bytes_tensor(response.description.encode())),
             "GATE": ([len(MODALITIES)], np.array([weights.get(MODALITY_ENUM[m], 0.0) for m in MODALITIES], "<f4").tobytes()),
+            "ABSTAINED": ([1], np.array([response.abstained], "?").tobytes()),
+            "ABSTAIN_REASON": ([1], _bytes_tensor(response.abstain_reason.encode())),
+            "APPLICABILITY": ([len(MODALITIES)], np.array([applicability.get(MODALITY_ENUM[m], -1.0) for m in MODALITIES], "<f4").tobytes()),
         }
         wanted = [o.name for o in request.outputs] or list(OIP_OUTPUTS)
         reply = inference_pb2.ModelInferResponse(model_name=request.model_name, model_version=task.version, id=request.id)

@@ -24,11 +24,13 @@ from typing import Callable
 import torch
 
 from modalmesh.common import models
+from modalmesh.router.applicability import Applicability
 from modalmesh.router.fusion import FusionConfig, FusionEnsemble, FusionModel, StackedEnsemble, build_model
 
 log = logging.getLogger(__name__)
 
 NOT_FOR_CLINICAL_USE = "Research prototype: not for clinical use."
+UNCERTAIN = "uncertain"  # the label of a withheld answer (AnalyzeResponse.abstained)
 
 
 @dataclass
@@ -40,7 +42,9 @@ class Evidence:
     key_line: str = ""  # the screen line that alone most supports the answer (key_screen_line)
     transcript: str = ""
     image_tags: dict[str, str] = field(default_factory=dict)
-    no_image: str = ""  # why no image was read (none sent, refused, not waited for); '' when one was
+    no_image: str = ""  # why no image was read (none sent, not applicable, not waited for); '' when one was
+    withheld: str = ""  # why the answer is withheld (tasks.withheld); '' when it is given
+    estimate_error: dict[str, float] = field(default_factory=dict)  # the heads' validation error per output (task units)
 
 
 @dataclass
@@ -108,18 +112,34 @@ class TaskSpec:
     measure: Callable[[dict[str, str]], dict[str, float] | None] | None = None
     measured_sigma: float = 0.5  # the size rule's sigma for a measured size (task units)
     # Image tags the task needs, where an image has them: tag -> accepted values (the vision
-    # service reports a DICOM's "Modality" and its slice's "plane"; a PNG or JPEG has
-    # neither and is taken as stated).
+    # service reports a DICOM's "Modality", "BodyPartExamined" and its slice's "plane"; a
+    # PNG or JPEG has none of them and is taken as stated).
     image_tags: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    reads: str = "images"  # the images it reads, in words ("axial chest CT slices")
+    scan_only: bool = False  # the task reads greyscale scans: a colour image (a photo, a screenshot) is not one
+    # What the image must show, by the vision service's tags: tag -> (the value that means it
+    # does not, why in words). For the CT task: lungs, found by the lesion measurement.
+    anatomy: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # Modalities without which the task gives no answer, and why (a diagnosis needs a scan:
+    # the record alone is not one).
+    needs: tuple[str, ...] = ()
+    needs_reason: str = ""
+    resolve: str = "another input"  # what would resolve an uncertain answer, in words
 
-    def refuse_image(self, tags: dict[str, str]) -> str | None:
-        """Why this task cannot read the image its tags describe, or None. An MR or a
-        nuclear-medicine scan sent to the CT task got a confident "nodule" before."""
+    def inapplicable_image(self, tags: dict[str, str]) -> str | None:
+        """Why this task cannot read the image its tags describe, in words a person
+        understands, or None when it can."""
         for name, accepted in self.image_tags.items():
             value = tags.get(name, "").strip()
-            if value and value not in accepted:
-                what = {"Modality": f"the DICOM's Modality is {value}", "plane": f"the slice is {value}"}.get(name, f"{name} is {value}")
-                return f"{what}; {self.name} reads {' or '.join(accepted)} images only"
+            if value and value.upper() not in {a.upper() for a in accepted}:
+                what = {"Modality": f"the DICOM's Modality is {value}", "plane": f"the slice is {value}",
+                        "BodyPartExamined": f"the DICOM's BodyPartExamined is {value}"}.get(name, f"{name} is {value}")
+                return f"{what}; {self.name} reads {self.reads}"
+        if self.scan_only and tags.get("colour") == "yes":
+            return f"a colour image (a photo or a screenshot?), not a scan; {self.name} reads {self.reads}"
+        for name, (missing, why) in self.anatomy.items():
+            if tags.get(name) == missing:
+                return why
         return None
 
     def units(self, tags: dict[str, str]) -> torch.Tensor:
@@ -227,27 +247,63 @@ def key_screen_line(model: FusionModel | FusionEnsemble | StackedEnsemble, scree
 
 
 def write_triage(answer: Answer, evidence: Evidence) -> tuple[str, dict[str, str], str]:
+    said = f' The customer wrote: "{evidence.text.strip()[:200]}".' if evidence.text.strip() else ""
+    heard = f' Voice message (transcript): "{evidence.transcript[:200]}".' if evidence.transcript else ""
+    if evidence.withheld:  # a person looks sooner; the reply names no problem
+        findings = {"priority": "normal", "error_text": "", "next_steps": TRIAGE_NEXT_STEPS["other"]}
+        description = (f"Not classified: {evidence.withheld}. Best guess {answer.label} ({answer.confidence:.2f})."
+                       f"{said}{heard} Next steps: {findings['next_steps']}")
+        return description, findings, UNSURE_REPLY
     priority = TRIAGE_PRIORITY.get(answer.label, "normal")
     if answer.confidence < UNSURE_CONFIDENCE and priority == "low":
         priority = "normal"  # unsure: let a person look sooner
     # The line the model reads the answer from; else (untrained model, no line supports
-    # the answer) lines with error words.
+    # the answer) lines with error words. A screen with no problem on it shows no error.
     error_lines = [evidence.key_line] if evidence.key_line else [line for line in evidence.screen_lines if ERROR_WORDS.search(line)]
-    error_text = " | ".join(error_lines) if error_lines else ""
+    error_text = " | ".join(error_lines) if error_lines and answer.label != "other" else ""
     findings = {
         "priority": priority,
         "error_text": error_text,
         "next_steps": TRIAGE_NEXT_STEPS.get(answer.label, TRIAGE_NEXT_STEPS["other"]),
     }
-    seen = f' The screen shows "{error_text}".' if error_text else ""
-    said = f' The customer wrote: "{evidence.text.strip()[:200]}".' if evidence.text.strip() else ""
-    heard = f' Voice message (transcript, low confidence): "{evidence.transcript[:200]}".' if evidence.transcript else ""
-    description = (
-        f"Category: {answer.label} (confidence {answer.confidence:.2f}), priority {priority}.{seen}{said}{heard} "
-        f"Next steps: {findings['next_steps']}"
-    )
+    if answer.label == "other":
+        shown = f' The screen shows "{evidence.key_line}".' if evidence.key_line else ""
+        description = (f"Category: other (confidence {answer.confidence:.2f}), priority {priority}: no problem found."
+                       f"{shown}{said}{heard} Next steps: {findings['next_steps']}")
+    else:
+        seen = f' The screen shows "{error_text}".' if error_text else ""
+        description = (f"Category: {answer.label} (confidence {answer.confidence:.2f}), priority {priority}.{seen}{said}{heard} "
+                       f"Next steps: {findings['next_steps']}")
     reply = TRIAGE_REPLY.get(answer.label, TRIAGE_REPLY["other"]) if answer.confidence >= UNSURE_CONFIDENCE else UNSURE_REPLY
     return description, findings, reply
+
+
+# ----------------------------------------------------------------------- abstention
+
+
+def withheld(spec: TaskSpec, label: str, confidence: float, read: set[str], abstain_below: float,
+             tags: dict[str, str]) -> str:
+    """Why an answer must be withheld, or '' when it may be given: one policy, applied alike
+    by the router and by `modalmesh eval`. `read`: the modalities used as evidence (absent,
+    not applicable, failed and skipped ones are not); `tags`: the image's tags, where one was
+    read; `abstain_below`: the confidence threshold chosen on validation."""
+    missing = [m for m in spec.needs if m not in read]
+    if missing:
+        return spec.needs_reason or f"no {' or '.join(missing)} was read"
+    if spec.measure is not None and "image" in read:
+        note = tags.get("lesion_measurement", "")
+        if note.startswith("hu-") and ": not measured" in note:  # a measurement was tried and failed
+            return f"the slice could not be measured ({note.split('(', 1)[-1].rstrip(')')}); {spec.resolve} would help"
+        measured = spec.measure(tags)
+        if spec.size_rule is not None and measured is not None:
+            lesion = label in (spec.size_rule.small, spec.size_rule.large)
+            if lesion and not measured:
+                return f"the classifier suggests {label}, but no lesion was measured on the slice"
+            if measured and not lesion:
+                return f"the classifier suggests {label}, but the slice has a measured lesion"
+    if confidence < abstain_below:
+        return f"confidence {confidence:.2f} is below the task's threshold of {abstain_below:.2f}; {spec.resolve} would help"
+    return ""
 
 
 # ----------------------------------------------------------------------- medical report
@@ -272,78 +328,85 @@ MIN_ESTIMATED_DIAMETER_MM = 1.0
 
 
 def write_report(answer: Answer, evidence: Evidence) -> tuple[str, dict[str, str], str]:
+    """Findings come from the measurement on the slice (CT in HU): count, largest size and
+    side. An unmeasured slice (a PNG without its window) gets no count, size or side; the
+    heads' size appears only as an estimate with its validation error."""
     from modalmesh.vision.measure import parse_lesion_tags
 
     if evidence.no_image:
         return _report_without_scan(answer, evidence)
     measured = parse_lesion_tags(evidence.image_tags)  # None: not measured; []: measured, none found
-    count = max(0, int(round(answer.regression.get("lesion_count", 0.0))))
-    diameter = max(0.0, answer.regression.get("largest_diameter_mm", 0.0))
-    side = "left" if answer.regression.get("side", 0.0) < 0 else "right"
-    if answer.label == "normal":
-        count, diameter = 0, 0.0
+    findings: dict[str, str] = {}
+    if measured:
+        sides = {side for _, side in measured}
+        largest, side = measured[0]
+        where = "both lungs" if len(sides) > 1 else f"the {side} lung"
+        plural = "s" if len(measured) > 1 else ""
+        body = (f"{len(measured)} round soft-tissue lesion{plural} in {where}; the largest is {largest:.1f} mm, {side} "
+                f"(measured on the slice in Hounsfield units).")
+        findings.update(lesion_count=str(len(measured)), largest_diameter_mm=f"{largest:.1f}", side=side)
+    elif measured == []:
+        body = "No focal pulmonary lesion is measured on the slice. The lung fields are clear."
+        findings.update(lesion_count="0", side="none")
     else:
-        count = max(count, 1)
-    # The heads' size of a lesion they say is there can come out at (or, clipped, below) 0
-    # mm on a slice unlike their training data: "the largest is 0.0 mm" was reported.
-    size_known = answer.label == "normal" or bool(measured) or diameter >= MIN_ESTIMATED_DIAMETER_MM
-    findings = {"lesion_count": str(count), "largest_diameter_mm": f"{diameter:.1f}", "side": side if count else "none"}
-    if not size_known:
-        del findings["largest_diameter_mm"]
+        note = evidence.image_tags.get("lesion_measurement", "")
+        why = note.split("(", 1)[-1].rstrip(")") if "(" in note else "the image carries no densities (HU) to measure"
+        body = f"The slice was not measured ({why}): lesion count, size and side are not assessable from it."
+        findings["lesions"] = "not assessable: not measured"
+        estimate = answer.regression.get("largest_diameter_mm", 0.0)
+        error = evidence.estimate_error.get("largest_diameter_mm")
+        if answer.label != "normal" and error is not None and estimate >= MIN_ESTIMATED_DIAMETER_MM and not evidence.withheld:
+            body += (f" Estimated from image features, not measured: the largest lesion about {estimate:.0f} mm "
+                     f"(RMS error {error:.1f} mm on validation).")
+            findings.update(estimated_largest_diameter_mm=f"{estimate:.1f}", estimate_error_mm=f"{error:.1f}")
     spacing = evidence.image_tags.get("PixelSpacing", "")
-    if not spacing and answer.label != "normal":
+    spacing = f" (pixel spacing {spacing} mm)" if spacing else ""
+    if not spacing and measured is None:
         stated = evidence.image_tags.get("PixelSpacingIgnored")
-        spacing = f"{'not usable: ' + stated if stated else 'not stated'}; sizes assume {DEFAULT_PIXEL_SPACING_MM:g}"
+        assumed = f"; the estimate assumes {DEFAULT_PIXEL_SPACING_MM:g} mm" if "estimated_largest_diameter_mm" in findings else ""
+        spacing = f" (pixel spacing {'not usable: ' + stated if stated else 'not stated'}{assumed})"
     modality = evidence.image_tags.get("Modality", "image")
-    # Why the slice was not measured (e.g. "not measured (no lung found, ...)"), said in the report.
-    measurement = evidence.image_tags.get("lesion_measurement", "")
-    unmeasured = f" Lesion measurement on the slice: {measurement.split(': ', 1)[1]}." if ": " in measurement else ""
-    if answer.label == "normal":
-        clear = " The lung fields are clear." if measured == [] else ""  # only when measured and nothing was found
-        body = f"No focal pulmonary lesion is identified.{clear}{unmeasured}"
-        impression = "No evidence of a pulmonary nodule or mass."
+    if evidence.withheld:
+        impression = f"Indeterminate: {evidence.withheld}. No diagnosis is given."
+        closing = f"{impression} (best guess {answer.label}, confidence {answer.confidence:.2f})"
+        reply = f"The scan could not be assessed with confidence: {evidence.withheld}. {NOT_FOR_CLINICAL_USE}"
     else:
-        kind = "nodule" if answer.label == "nodule" else "mass"
-        plural = "s" if count > 1 else ""
-        how = "measured on the slice in Hounsfield units" if measured else "estimated from image features, not measured"
-        where = "both lungs" if len({s for _, s in measured or []}) > 1 else f"the {side} lung"
-        if size_known:
-            body = (f"{count} round soft-tissue lesion{plural} in {where}; the largest is {diameter:.1f} mm, "
-                    f"{side} ({how}).{unmeasured}")
-            impression = f"Findings consistent with a pulmonary {kind} ({diameter:.1f} mm, {side})."
+        if answer.label == "normal":
+            impression = "No evidence of a pulmonary nodule or mass."
         else:
-            body = (f"{count} round soft-tissue lesion{plural} suspected in {where}; its size could not be estimated "
-                    f"from the image features.{unmeasured}")
-            impression = f"Findings suggest a pulmonary {kind} ({side}); size unknown."
+            kind = "nodule" if answer.label == "nodule" else "mass"
+            size = f" ({findings['largest_diameter_mm']} mm, {findings['side']})" if "largest_diameter_mm" in findings else ""
+            impression = f"Findings consistent with a pulmonary {kind}{size}."
+        closing = (f"{impression} Diagnosis {answer.label} with confidence {answer.confidence:.2f} "
+                   f"(predictive uncertainty {answer.predictive_entropy:.2f}).")
+        reply = f"{impression} Confidence {answer.confidence:.0%}. {NOT_FOR_CLINICAL_USE}"
     description = (
-        f"Findings: {modality} study{f' (pixel spacing {spacing} mm)' if spacing else ''}. {body}{_clinical_context(evidence)}\n"
-        f"Impression: {impression} Diagnosis {answer.label} with confidence {answer.confidence:.2f} "
-        f"(predictive uncertainty {answer.predictive_entropy:.2f}).\n{NOT_FOR_CLINICAL_USE}"
+        f"Findings: {modality} study{spacing}. {body}{_clinical_context(evidence)}\n"
+        f"Impression: {closing}\n{NOT_FOR_CLINICAL_USE}"
     )
-    reply = f"{impression} Confidence {answer.confidence:.0%}. {NOT_FOR_CLINICAL_USE}"
     return description, findings, reply
 
 
 def _clinical_context(evidence: Evidence) -> str:
     """The record and the dictated note as the report quotes them."""
     record = f" Clinical information: {evidence.text.strip()[:300]}" if evidence.text.strip() else ""
-    dictated = f" Dictated note (transcript, low confidence): {evidence.transcript[:300]}" if evidence.transcript else ""
+    dictated = f" Dictated note (transcript): {evidence.transcript[:300]}" if evidence.transcript else ""
     return record + dictated
 
 
 def _report_without_scan(answer: Answer, evidence: Evidence) -> tuple[str, dict[str, str], str]:
-    """No scan was read: nothing is said of lesions (no count, size or side in the findings,
-    not "the lung fields are clear"); the diagnosis is the record's alone, and says so."""
+    """No scan was read: no diagnosis, nothing said of lesions (no count, size or side, not
+    "the lung fields are clear"). What the record alone suggests is a pre-test note, labelled
+    as one."""
+    pretest = f"{answer.label} (probability {answer.confidence:.2f}, from the record alone)"
     description = (
         f"Findings: no scan was read ({evidence.no_image}); lesions, their size and side cannot be "
         f"assessed.{_clinical_context(evidence)}\n"
-        f"Impression: From the record alone, without imaging: {answer.label} suggested. Diagnosis {answer.label} "
-        f"with confidence {answer.confidence:.2f} (predictive uncertainty {answer.predictive_entropy:.2f}). "
-        f"Imaging is needed to confirm.\n{NOT_FOR_CLINICAL_USE}"
+        f"Impression: no diagnosis without a chest CT slice. Pre-test note, not a diagnosis: {pretest}.\n"
+        f"{NOT_FOR_CLINICAL_USE}"
     )
-    reply = (f"Without a scan, from the record alone: {answer.label} suggested, confidence {answer.confidence:.0%}. "
-             f"Imaging is needed to confirm. {NOT_FOR_CLINICAL_USE}")
-    return description, {"scan": f"not read: {evidence.no_image}"}, reply
+    reply = f"No diagnosis: no chest CT slice was read. Please send one. {NOT_FOR_CLINICAL_USE}"
+    return description, {"scan": f"not read: {evidence.no_image}", "pretest_note": pretest}, reply
 
 
 TASKS: dict[str, TaskSpec] = {
@@ -355,9 +418,10 @@ TASKS: dict[str, TaskSpec] = {
         tau=0.9,
         gamma=0.15,
         write=write_triage,
-        # Unseen wordings: which ones a single model gets wrong depends on its seed
-        # (validation 0.967-0.992, test 0.883-0.900 over seeds 0-2); three average out.
+        # Unseen wordings: which ones a single model gets wrong depends on its seed; three average out.
         members=3,
+        reads="app screenshots",
+        resolve="a readable screenshot of the problem or a message saying what went wrong",
     ),
     "medical_report": TaskSpec(
         name="medical_report",
@@ -374,7 +438,15 @@ TASKS: dict[str, TaskSpec] = {
         measure=measured_lesions,  # CT DICOM: sizes, count and side measured in HU (PNG: the heads')
         measured_sigma=0.5,  # the measurement's error on the phantoms: MAE 0.13 mm, 90th percentile 0.28 mm
         # Sizes and densities are read in Hounsfield units, the side on an axial slice.
-        image_tags={"Modality": ("CT",), "plane": ("axial",)},
+        image_tags={"Modality": ("CT",), "plane": ("axial",),
+                    "BodyPartExamined": ("CHEST", "LUNG", "THORAX", "CHEST_ABDOMEN", "CHEST_TO_PELVIS", "CHESTABDOMEN",
+                                         "CHESTABDOMENPELVIS", "CHEST_ABDOMEN_PELVIS", "TORSO", "WHOLEBODY", "WHOLE_BODY")},
+        reads="axial chest CT slices",
+        scan_only=True,
+        anatomy={"lung_fields": ("none", "not a chest CT slice: no lung fields found")},
+        needs=("image",),
+        needs_reason="no chest CT slice was read, and the record alone is not a diagnosis",
+        resolve="an axial chest CT slice (DICOM, or a PNG with its pixel spacing and window)",
         fusion={"regression_from": "image"},  # measured on the scan, not on the record
         feature_noise=0.0,  # noise blurs the sizes the diameter is read from (measured: MAE 7.3 vs 4.2 mm)
     ),
@@ -387,6 +459,11 @@ class TaskModel:
     model: FusionModel | StackedEnsemble  # an ensemble is loaded stacked (one batched model; the same numbers)
     version: str
     trained: bool
+    applicability: Applicability = field(default_factory=Applicability)  # the reference set fitted at training
+
+    @property
+    def abstain_below(self) -> float:
+        return self.model.config.abstain_below
 
 
 def decide(model: FusionModel | FusionEnsemble | StackedEnsemble, spec: TaskSpec, features: dict[str, torch.Tensor],
@@ -411,6 +488,19 @@ def decide(model: FusionModel | FusionEnsemble | StackedEnsemble, spec: TaskSpec
     return outputs, probabilities, regression, weight
 
 
+def not_applicable(task: TaskModel, modality: str, features: torch.Tensor | None, tags: dict[str, str]) -> tuple[float | None, str]:
+    """Whether an input is one the task reads: (its applicability score, or None where not
+    checked; why it is not applicable, or ''). The image's tags are checked first
+    (TaskSpec.inapplicable_image), then the features against the task's reference set
+    (applicability.py). The router and `modalmesh eval` both judge inputs through here."""
+    if modality == "image" and tags:
+        reason = task.spec.inapplicable_image(tags)
+        if reason:
+            return None, reason
+    score = task.applicability.score(modality, features) if features is not None else None
+    return score, "" if task.applicability.applicable(score) else task.applicability.reason(score)
+
+
 def load_task(spec: TaskSpec, weights_dir: str) -> TaskModel:
     """From `<weights_dir>/<task>/`, or untrained when there is nothing there."""
     return load_task_folder(spec, Path(weights_dir) / spec.name if weights_dir else None)
@@ -431,7 +521,8 @@ def load_task_folder(spec: TaskSpec, folder: Path | None) -> TaskModel:
         if config.routing:  # thresholds tuned on the validation split override the task's defaults
             spec = dataclasses.replace(spec, tau=float(config.routing.get("tau", spec.tau)), gamma=float(config.routing.get("gamma", spec.gamma)),
                                        eager=tuple(config.routing.get("eager", spec.eager)))
-        return TaskModel(spec, model.eval(), f"{spec.name}@{models.file_digest(weights)}", trained=True)
+        return TaskModel(spec, model.eval(), f"{spec.name}@{models.file_digest(weights)}", trained=True,
+                         applicability=Applicability.load(folder))
     torch.manual_seed(0)  # untrained but stable: the same request gets the same answer
     model = FusionModel(FusionConfig(labels=spec.labels, regression=spec.regression, **spec.fusion)).eval()
     log.warning("task %s: no trained weights%s; answering with untrained heads", spec.name, f" in {folder}" if folder else "")

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from modalmesh.common.progress import progress
 from modalmesh.data.generate import read_manifest
+from modalmesh.router import applicability
 from modalmesh.router.features import FeatureCache, text_model_version
 from modalmesh.router.finetune import LEARNING_RATE as TEXT_TOP_LEARNING_RATE
 from modalmesh.router.fusion import FusionConfig, FusionEnsemble, FusionModel
@@ -70,24 +71,33 @@ def regression_targets(task: str, record: dict) -> tuple[torch.Tensor, torch.Ten
     return torch.tensor(values, dtype=torch.float32), torch.tensor(mask, dtype=torch.bool)
 
 
-def load_examples(task: str, manifest: str | Path, cache: FeatureCache, label: str) -> tuple[list[Example], list]:
+def load_examples(task: str, manifest: str | Path, cache: FeatureCache, label: str, scope: str = "in",
+                  refuse: bool = True) -> tuple[list[Example], list]:
+    """The manifest's records of `scope` ("in": the task's own inputs, the default for a record
+    without one; "out": inputs the task should not answer, label -1) with their features.
+    `refuse`: an image the task does not read (tasks.TaskSpec.inapplicable_image) stops it,
+    naming the item (training); else it is kept, to be judged as the router judges it."""
     spec = TASKS[task]
-    records = [r for r in read_manifest(manifest) if r["task"] == task]
-    if not records:
+    records = [r for r in read_manifest(manifest) if r["task"] == task and r.get("scope", "in") == scope]
+    if not records and scope == "in":
         raise ValueError(f"{manifest}: no records for task {task}")
-    for record in records:  # every label checked before any feature is computed
+    for record in records if scope == "in" else ():  # every label checked before any feature is computed
         if record["label"] not in spec.labels:
             raise ValueError(f"{manifest}: {record['id']}: label {record['label']!r} is not one of {spec.labels}")
     examples, items = [], []
     for record in progress(records, len(records), f"features {label:5s}"):
         item = cache.get(record)
-        truth, mask = regression_targets(task, record)
+        if scope == "in":
+            truth, mask = regression_targets(task, record)
+        else:
+            truth, mask = torch.zeros(len(spec.regression)), torch.zeros(len(spec.regression), dtype=torch.bool)
         tags = dict(item.evidence.get("image_tags", {}))
-        refused = spec.refuse_image(tags) if record.get("image") else None
-        if refused:  # what the router would refuse (an MR for the CT task) is neither learned from nor scored
+        refused = spec.inapplicable_image(tags) if record.get("image") and refuse else None
+        if refused:  # what the router would not read (an MR for the CT task) is not learned from
             raise ValueError(f"{manifest}: {record['id']}: image {record['image']}: {refused}")
         features = {s: f.float().clone() for s, f in item.features.items()}  # own, aligned memory: GEMM rounding is the same on every run
-        examples.append(Example(features, spec.labels.index(record["label"]), truth / spec.units(tags), mask, tags, truth))
+        index = spec.labels.index(record["label"]) if scope == "in" else -1
+        examples.append(Example(features, index, truth / spec.units(tags), mask, tags, truth))
         items.append(item)
     return examples, items
 
@@ -203,6 +213,12 @@ def train(task: str, data: str, out: str, epochs: int = 40, seed: int = 0, cache
                 config.measurement_evidence = measurement_evidence(spec, val_set)
             if val_set:  # the earliest answers that cost at most half a point of validation accuracy
                 config.routing = tune_routing_on(model, spec, val_set, val_items)
+            if val_set:  # answers below this confidence are withheld
+                probabilities, _, _ = predict(model, spec, val_set)
+                config.abstain_below = choose_abstain_below(probabilities, torch.tensor([e.label for e in val_set]))
+        # What the task was trained on: inputs unlike it are not applicable (router/applicability.py).
+        reference = applicability.fit([e.features for e in train_set], [e.features for e in val_set])
+        reference.save(out_dir)
         temperatures = [float(m.log_temperature.exp()) for m in trained]
         temperature = temperatures[0] if members == 1 else temperatures
         from safetensors.torch import save_file
@@ -216,13 +232,14 @@ def train(task: str, data: str, out: str, epochs: int = 40, seed: int = 0, cache
             "measurement_evidence": config.measurement_evidence, "feature_seconds": round(feature_seconds, 1),
             "train_seconds": round(train_seconds, 1), "val_accuracy": accuracy(model, spec, val_set) if val_set else None,
             "routing": config.routing, "finetune_top": finetune_top, "text_model": config.text_model,
+            "abstain_below": config.abstain_below, "applicability_checked": sorted(reference.references),
         }
         (out_dir / "train_log.json").write_text(json.dumps({**summary, "loss_per_epoch": histories[0] if members == 1 else histories}, indent=2))
         write_model_card(out_dir, spec, summary, data, shown_as=Path(out))
     return summary
 
 
-WEIGHT_FILES = ("model.safetensors", "config.json", "train_log.json", "MODEL_CARD.md", "text-model")
+WEIGHT_FILES = ("model.safetensors", "config.json", "train_log.json", "MODEL_CARD.md", "text-model", applicability.FILE_NAME)
 
 
 def weights_folder(folder: Path) -> Path:
@@ -380,6 +397,23 @@ def tune_routing_on(model: FusionModel, spec, examples: list[Example], items: li
     return routing
 
 
+ABSTAIN_FLOOR = 0.5  # a calibrated label under 0.5 is more likely wrong than right: never given
+ABSTAIN_RISK = 0.02  # the validation error rate allowed among the answers given
+
+
+def choose_abstain_below(probabilities: torch.Tensor, labels: torch.Tensor, risk: float = ABSTAIN_RISK) -> float:
+    """The lowest confidence threshold (from ABSTAIN_FLOOR up, in steps of 0.05) at which the
+    answers given on validation are wrong at most `risk` of the time (selective prediction:
+    coverage traded for accuracy); 0.95 when none is."""
+    confidence, predicted = probabilities.max(dim=1)
+    for step in range(10):
+        threshold = round(ABSTAIN_FLOOR + 0.05 * step, 2)
+        given = confidence >= threshold
+        if not given.any() or float((predicted[given] != labels[given]).float().mean()) <= risk:
+            return threshold
+    return 0.95
+
+
 def measurement_evidence(spec, examples: list[Example]) -> dict[str, float]:
     """How much an encoder's measurement says about the size rule's labels (a lesion) vs the
     rest: likelihood ratios P(outcome | lesion) / P(outcome | no lesion) of "found" and
@@ -499,6 +533,10 @@ def write_model_card(out_dir: Path, spec, summary: dict, data: str, shown_as: Pa
   {shown_offsets}{measured}
 - Compute routing (tuned on validation, at most half a point below answering from everything):
   tau {summary['routing'].get('tau', spec.tau)}, gamma {summary['routing'].get('gamma', spec.gamma)}, side outputs asked for with the base features: {'+'.join(summary['routing'].get('eager', [])) or 'none'}
+- Abstention: answers below confidence {summary.get('abstain_below', 0):g} are withheld ("uncertain"; chosen on validation).
+- Applicability: each input of {', '.join(summary.get('applicability_checked') or []) or 'no modality'} is compared with the
+  training inputs (`applicability.safetensors`, nearest neighbours); one farther than about every validation input is
+  not applicable and not used.
 - Evaluate with `modalmesh eval --task {spec.name} --data <test.jsonl> --weights {shown_as or out_dir}`.
 
 Limits: synthetic data only; screen text must be legible to PP-OCR; transcripts are weak evidence; the model has not

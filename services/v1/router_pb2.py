@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19modalmesh/v1/router.proto\x12\x0cmodalmesh.v1\"\x9f\x01\n\nMediaInput\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x12\n\nmedia_type\x18\x02 \x01(\t\x12<\n\nparameters\x18\x03 \x03(\x0b\x32(.modalmesh.v1.MediaInput.ParametersEntry\x1a\x31\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb6\x01\n\x0e\x41nalyzeOptions\x12\x0e\n\x06speech\x18\x01 \x01(\x08\x12\r\n\x05voice\x18\x02 \x01(\t\x12\x0f\n\x07\x65xplain\x18\x03 \x01(\x08\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x04 \x01(\x03\x12\'\n\x04mode\x18\x05 \x01(\x0e\x32\x19.modalmesh.v1.RoutingMode\x12\'\n\x07require\x18\x06 \x03(\x0e\x32\x16.modalmesh.v1.Modality\x12\r\n\x05top_k\x18\x07 \x01(\x05\"\xc1\x01\n\x0e\x41nalyzeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\'\n\x05image\x18\x04 \x01(\x0b\x32\x18.modalmesh.v1.MediaInput\x12\'\n\x05\x61udio\x18\x05 \x01(\x0b\x32\x18.modalmesh.v1.MediaInput\x12-\n\x07options\x18\x06 \x01(\x0b\x32\x1c.modalmesh.v1.AnalyzeOptions\"0\n\nLabelScore\x12\r\n\x05label\x18\x01 \x01(\t\x12\x13\n\x0bprobability\x18\x02 \x01(\x02\"?\n\x0bUncertainty\x12\x1a\n\x12predictive_entropy\x18\x01 \x01(\x02\x12\x14\n\x0cgate_entropy\x18\x02 \x01(\x02\"%\n\x07\x46inding\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"\xb5\x01\n\x0eModalityReport\x12(\n\x08modality\x18\x01 \x01(\x0e\x32\x16.modalmesh.v1.Modality\x12,\n\x06status\x18\x02 \x01(\x0e\x32\x1c.modalmesh.v1.ModalityStatus\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x12\n\nerror_code\x18\x04 \x01(\t\x12\x13\n\x0bgate_weight\x18\x05 \x01(\x02\x12\x12\n\nlatency_ms\x18\x06 \x01(\x01\"{\n\rAttentionMass\x12.\n\x0equery_modality\x18\x01 \x01(\x0e\x32\x16.modalmesh.v1.Modality\x12,\n\x0ckey_modality\x18\x02 \x01(\x0e\x32\x16.modalmesh.v1.Modality\x12\x0c\n\x04mass\x18\x03 \x01(\x02\"\xf6\x01\n\x0b\x45xplanation\x12\x30\n\nmodalities\x18\x01 \x03(\x0b\x32\x1c.modalmesh.v1.ModalityReport\x12.\n\tattention\x18\x02 \x03(\x0b\x32\x1b.modalmesh.v1.AttentionMass\x12<\n\ntimings_ms\x18\x03 \x03(\x0b\x32(.modalmesh.v1.Explanation.TimingsMsEntry\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x1a\x30\n\x0eTimingsMsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xc8\x02\n\x0f\x41nalyzeResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\r\n\x05label\x18\x03 \x01(\t\x12\x12\n\nconfidence\x18\x04 \x01(\x02\x12.\n\x0buncertainty\x18\x05 \x01(\x0b\x32\x19.modalmesh.v1.Uncertainty\x12\'\n\x05top_k\x18\x06 \x03(\x0b\x32\x18.modalmesh.v1.LabelScore\x12\x13\n\x0b\x64\x65scription\x18\x07 \x01(\t\x12\'\n\x08\x66indings\x18\x08 \x03(\x0b\x32\x15.modalmesh.v1.Finding\x12\x12\n\nspeech_wav\x18\t \x01(\x0c\x12.\n\x0b\x65xplanation\x18\n \x01(\x0b\x32\x19.modalmesh.v1.Explanation\x12\x15\n\rmodel_version\x18\x0b \x01(\t\"\x80\x01\n\x14\x41nalyzeStreamRequest\x12/\n\x07request\x18\x01 \x01(\x0b\x32\x1c.modalmesh.v1.AnalyzeRequestH\x00\x12\x15\n\x0bimage_chunk\x18\x02 \x01(\x0cH\x00\x12\x15\n\x0b\x61udio_chunk\x18\x03 \x01(\x0cH\x00\x42\t\n\x07\x63ontent\"@\n\x0cGateDecision\x12\x30\n\nmodalities\x18\x01 \x03(\x0b\x32\x1c.modalmesh.v1.ModalityReport\"\xd8\x01\n\x0c\x41nalyzeEvent\x12*\n\x04gate\x18\x01 \x01(\x0b\x32\x1a.modalmesh.v1.GateDecisionH\x00\x12\x32\n\tdiagnosis\x18\x02 \x01(\x0b\x32\x1d.modalmesh.v1.AnalyzeResponseH\x00\x12\x15\n\x0b\x64\x65scription\x18\x03 \x01(\tH\x00\x12\x16\n\x0cspeech_chunk\x18\x04 \x01(\x0cH\x00\x12.\n\x05\x66inal\x18\x05 \x01(\x0b\x32\x1d.modalmesh.v1.AnalyzeResponseH\x00\x42\t\n\x07\x63ontent\"\x12\n\x10ListTasksRequest\"\xa2\x02\n\x08TaskInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0e\n\x06labels\x18\x03 \x03(\t\x12\x33\n\x13\x61\x63\x63\x65pted_modalities\x18\x04 \x03(\x0e\x32\x16.modalmesh.v1.Modality\x12\x33\n\x13optional_modalities\x18\x05 \x03(\x0e\x32\x16.modalmesh.v1.Modality\x12\x15\n\rmodel_version\x18\x06 \x01(\t\x12\x0b\n\x03tau\x18\x07 \x01(\x02\x12\r\n\x05gamma\x18\x08 \x01(\x02\x12\x32\n\x12\x65\x61ger_side_outputs\x18\t \x03(\x0e\x32\x16.modalmesh.v1.Modality\x12\x12\n\ntext_model\x18\n \x01(\t\":\n\x11ListTasksResponse\x12%\n\x05tasks\x18\x01 \x03(\x0b\x32\x16.modalmesh.v1.TaskInfo*_\n\x08Modality\x12\x18\n\x14MODALITY_UNSPECIFIED\x10\x00\x12\x11\n\rMODALITY_TEXT\x10\x01\x12\x12\n\x0eMODALITY_IMAGE\x10\x02\x12\x12\n\x0eMODALITY_AUDIO\x10\x03*[\n\x0bRoutingMode\x12\x1c\n\x18ROUTING_MODE_UNSPECIFIED\x10\x00\x12\x17\n\x13ROUTING_MODE_ROUTED\x10\x01\x12\x15\n\x11ROUTING_MODE_FULL\x10\x02*\xbf\x01\n\x0eModalityStatus\x12\x1f\n\x1bMODALITY_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14MODALITY_STATUS_USED\x10\x01\x12\x1a\n\x16MODALITY_STATUS_ABSENT\x10\x02\x12\x1b\n\x17MODALITY_STATUS_SKIPPED\x10\x03\x12\x1a\n\x16MODALITY_STATUS_FAILED\x10\x04\x12\x1d\n\x19MODALITY_STATUS_TIMED_OUT\x10\x05\x32\xf3\x01\n\x06Router\x12\x46\n\x07\x41nalyze\x12\x1c.modalmesh.v1.AnalyzeRequest\x1a\x1d.modalmesh.v1.AnalyzeResponse\x12S\n\rAnalyzeStream\x12\".modalmesh.v1.AnalyzeStreamRequest\x1a\x1a.modalmesh.v1.AnalyzeEvent(\x01\x30\x01\x12L\n\tListTasks\x12\x1e.modalmesh.v1.ListTasksRequest\x1a\x1f.modalmesh.v1.ListTasksResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19modalmesh/v1/router.proto\x12\x0cmodalmesh.v1\"\x9f\x01\n\nMediaInput\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x12\n\nmedia_type\x18\x02 \x01(\t\x12<\n\nparameters\x18\x03 \x03(\x0b\x32(.modalmesh.v1.MediaInput.ParametersEntry\x1a\x31\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb6\x01\n\x0e\x41nalyzeOptions\x12\x0e\n\x06speech\x18\x01 \x01(\x08\x12\r\n\x05voice\x18\x02 \x01(\t\x12\x0f\n\x07\x65xplain\x18\x03 \x01(\x08\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x04 \x01(\x03\x12\'\n\x04mode\x18\x05 \x01(\x0e\x32\x19.modalmesh.v1.RoutingMode\x12\'\n\x07require\x18\x06 \x03(\x0e\x32\x16.modalmesh.v1.Modality\x12\r\n\x05top_k\x18\x07 \x01(\x05\"\xc1\x01\n\x0e\x41nalyzeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\'\n\x05image\x18\x04 \x01(\x0b\x32\x18.modalmesh.v1.MediaInput\x12\'\n\x05\x61udio\x18\x05 \x01(\x0b\x32\x18.modalmesh.v1.MediaInput\x12-\n\x07options\x18\x06 \x01(\x0b\x32\x1c.modalmesh.v1.AnalyzeOptions\"0\n\nLabelScore\x12\r\n\x05label\x18\x01 \x01(\t\x12\x13\n\x0bprobability\x18\x02 \x01(\x02\"?\n\x0bUncertainty\x12\x1a\n\x12predictive_entropy\x18\x01 \x01(\x02\x12\x14\n\x0cgate_entropy\x18\x02 \x01(\x02\"%\n\x07\x46inding\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"\xe3\x01\n\x0eModalityReport\x12(\n\x08modality\x18\x01 \x01(\x0e\x32\x16.modalmesh.v1.Modality\x12,\n\x06status\x18\x02 \x01(\x0e\x32\x1c.modalmesh.v1.ModalityStatus\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x12\n\nerror_code\x18\x04 \x01(\t\x12\x13\n\x0bgate_weight\x18\x05 \x01(\x02\x12\x12\n\nlatency_ms\x18\x06 \x01(\x01\x12\x1a\n\rapplicability\x18\x07 \x01(\x02H\x00\x88\x01\x01\x42\x10\n\x0e_applicability\"{\n\rAttentionMass\x12.\n\x0equery_modality\x18\x01 \x01(\x0e\x32\x16.modalmesh.v1.Modality\x12,\n\x0ckey_modality\x18\x02 \x01(\x0e\x32\x16.modalmesh.v1.Modality\x12\x0c\n\x04mass\x18\x03 \x01(\x02\"\xf6\x01\n\x0b\x45xplanation\x12\x30\n\nmodalities\x18\x01 \x03(\x0b\x32\x1c.modalmesh.v1.ModalityReport\x12.\n\tattention\x18\x02 \x03(\x0b\x32\x1b.modalmesh.v1.AttentionMass\x12<\n\ntimings_ms\x18\x03 \x03(\x0b\x32(.modalmesh.v1.Explanation.TimingsMsEntry\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x1a\x30\n\x0eTimingsMsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xf3\x02\n\x0f\x41nalyzeResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\r\n\x05label\x18\x03 \x01(\t\x12\x12\n\nconfidence\x18\x04 \x01(\x02\x12.\n\x0buncertainty\x18\x05 \x01(\x0b\x32\x19.modalmesh.v1.Uncertainty\x12\'\n\x05top_k\x18\x06 \x03(\x0b\x32\x18.modalmesh.v1.LabelScore\x12\x13\n\x0b\x64\x65scription\x18\x07 \x01(\t\x12\'\n\x08\x66indings\x18\x08 \x03(\x0b\x32\x15.modalmesh.v1.Finding\x12\x12\n\nspeech_wav\x18\t \x01(\x0c\x12.\n\x0b\x65xplanation\x18\n \x01(\x0b\x32\x19.modalmesh.v1.Explanation\x12\x15\n\rmodel_version\x18\x0b \x01(\t\x12\x11\n\tabstained\x18\x0c \x01(\x08\x12\x16\n\x0e\x61\x62stain_reason\x18\r \x01(\t\"\x80\x01\n\x14\x41nalyzeStreamRequest\x12/\n\x07request\x18\x01 \x01(\x0b\x32\x1c.modalmesh.v1.AnalyzeRequestH\x00\x12\x15\n\x0bimage_chunk\x18\x02 \x01(\x0cH\x00\x12\x15\n\x0b\x61udio_chunk\x18\x03 \x01(\x0cH\x00\x42\t\n\x07\x63ontent\"@\n\x0cGateDecision\x12\x30\n\nmodalities\x18\x01 \x03(\x0b\x32\x1c.modalmesh.v1.ModalityReport\"\xd8\x01\n\x0c\x41nalyzeEvent\x12*\n\x04gate\x18\x01 \x01(\x0b\x32\x1a.modalmesh.v1.GateDecisionH\x00\x12\x32\n\tdiagnosis\x18\x02 \x01(\x0b\x32\x1d.modalmesh.v1.AnalyzeResponseH\x00\x12\x15\n\x0b\x64\x65scription\x18\x03 \x01(\tH\x00\x12\x16\n\x0cspeech_chunk\x18\x04 \x01(\x0cH\x00\x12.\n\x05\x66inal\x18\x05 \x01(\x0b\x32\x1d.modalmesh.v1.AnalyzeResponseH\x00\x42\t\n\x07\x63ontent\"\x12\n\x10ListTasksRequest\"\xd6\x02\n\x08TaskInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0e\n\x06labels\x18\x03 \x03(\t\x12\x33\n\x13\x61\x63\x63\x65pted_modalities\x18\x04 \x03(\x0e\x32\x16.modalmesh.v1.Modality\x12\x33\n\x13optional_modalities\x18\x05 \x03(\x0e\x32\x16.modalmesh.v1.Modality\x12\x15\n\rmodel_version\x18\x06 \x01(\t\x12\x0b\n\x03tau\x18\x07 \x01(\x02\x12\r\n\x05gamma\x18\x08 \x01(\x02\x12\x32\n\x12\x65\x61ger_side_outputs\x18\t \x03(\x0e\x32\x16.modalmesh.v1.Modality\x12\x12\n\ntext_model\x18\n \x01(\t\x12\x15\n\rabstain_below\x18\x0b \x01(\x02\x12\x1b\n\x13\x61pplicability_floor\x18\x0c \x01(\x02\":\n\x11ListTasksResponse\x12%\n\x05tasks\x18\x01 \x03(\x0b\x32\x16.modalmesh.v1.TaskInfo*_\n\x08Modality\x12\x18\n\x14MODALITY_UNSPECIFIED\x10\x00\x12\x11\n\rMODALITY_TEXT\x10\x01\x12\x12\n\x0eMODALITY_IMAGE\x10\x02\x12\x12\n\x0eMODALITY_AUDIO\x10\x03*[\n\x0bRoutingMode\x12\x1c\n\x18ROUTING_MODE_UNSPECIFIED\x10\x00\x12\x17\n\x13ROUTING_MODE_ROUTED\x10\x01\x12\x15\n\x11ROUTING_MODE_FULL\x10\x02*\xe3\x01\n\x0eModalityStatus\x12\x1f\n\x1bMODALITY_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14MODALITY_STATUS_USED\x10\x01\x12\x1a\n\x16MODALITY_STATUS_ABSENT\x10\x02\x12\x1b\n\x17MODALITY_STATUS_SKIPPED\x10\x03\x12\x1a\n\x16MODALITY_STATUS_FAILED\x10\x04\x12\x1d\n\x19MODALITY_STATUS_TIMED_OUT\x10\x05\x12\"\n\x1eMODALITY_STATUS_NOT_APPLICABLE\x10\x06\x32\xf3\x01\n\x06Router\x12\x46\n\x07\x41nalyze\x12\x1c.modalmesh.v1.AnalyzeRequest\x1a\x1d.modalmesh.v1.AnalyzeResponse\x12S\n\rAnalyzeStream\x12\".modalmesh.v1.AnalyzeStreamRequest\x1a\x1a.modalmesh.v1.AnalyzeEvent(\x01\x30\x01\x12L\n\tListTasks\x12\x1e.modalmesh.v1.ListTasksRequest\x1a\x1f.modalmesh.v1.ListTasksResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,12 +35,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MEDIAINPUT_PARAMETERSENTRY']._serialized_options = b'8\001'
   _globals['_EXPLANATION_TIMINGSMSENTRY']._loaded_options = None
   _globals['_EXPLANATION_TIMINGSMSENTRY']._serialized_options = b'8\001'
-  _globals['_MODALITY']._serialized_start=2418
-  _globals['_MODALITY']._serialized_end=2513
-  _globals['_ROUTINGMODE']._serialized_start=2515
-  _globals['_ROUTINGMODE']._serialized_end=2606
-  _globals['_MODALITYSTATUS']._serialized_start=2609
-  _globals['_MODALITYSTATUS']._serialized_end=2800
+  _globals['_MODALITY']._serialized_start=2559
+  _globals['_MODALITY']._serialized_end=2654
+  _globals['_ROUTINGMODE']._serialized_start=2656
+  _globals['_ROUTINGMODE']._serialized_end=2747
+  _globals['_MODALITYSTATUS']._serialized_start=2750
+  _globals['_MODALITYSTATUS']._serialized_end=2977
   _globals['_MEDIAINPUT']._serialized_start=44
   _globals['_MEDIAINPUT']._serialized_end=203
   _globals['_MEDIAINPUT_PARAMETERSENTRY']._serialized_start=154
@@ -56,27 +56,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FINDING']._serialized_start=701
   _globals['_FINDING']._serialized_end=738
   _globals['_MODALITYREPORT']._serialized_start=741
-  _globals['_MODALITYREPORT']._serialized_end=922
-  _globals['_ATTENTIONMASS']._serialized_start=924
-  _globals['_ATTENTIONMASS']._serialized_end=1047
-  _globals['_EXPLANATION']._serialized_start=1050
-  _globals['_EXPLANATION']._serialized_end=1296
-  _globals['_EXPLANATION_TIMINGSMSENTRY']._serialized_start=1248
-  _globals['_EXPLANATION_TIMINGSMSENTRY']._serialized_end=1296
-  _globals['_ANALYZERESPONSE']._serialized_start=1299
-  _globals['_ANALYZERESPONSE']._serialized_end=1627
-  _globals['_ANALYZESTREAMREQUEST']._serialized_start=1630
-  _globals['_ANALYZESTREAMREQUEST']._serialized_end=1758
-  _globals['_GATEDECISION']._serialized_start=1760
-  _globals['_GATEDECISION']._serialized_end=1824
-  _globals['_ANALYZEEVENT']._serialized_start=1827
-  _globals['_ANALYZEEVENT']._serialized_end=2043
-  _globals['_LISTTASKSREQUEST']._serialized_start=2045
-  _globals['_LISTTASKSREQUEST']._serialized_end=2063
-  _globals['_TASKINFO']._serialized_start=2066
-  _globals['_TASKINFO']._serialized_end=2356
-  _globals['_LISTTASKSRESPONSE']._serialized_start=2358
-  _globals['_LISTTASKSRESPONSE']._serialized_end=2416
-  _globals['_ROUTER']._serialized_start=2803
-  _globals['_ROUTER']._serialized_end=3046
+  _globals['_MODALITYREPORT']._serialized_end=968
+  _globals['_ATTENTIONMASS']._serialized_start=970
+  _globals['_ATTENTIONMASS']._serialized_end=1093
+  _globals['_EXPLANATION']._serialized_start=1096
+  _globals['_EXPLANATION']._serialized_end=1342
+  _globals['_EXPLANATION_TIMINGSMSENTRY']._serialized_start=1294
+  _globals['_EXPLANATION_TIMINGSMSENTRY']._serialized_end=1342
+  _globals['_ANALYZERESPONSE']._serialized_start=1345
+  _globals['_ANALYZERESPONSE']._serialized_end=1716
+  _globals['_ANALYZESTREAMREQUEST']._serialized_start=1719
+  _globals['_ANALYZESTREAMREQUEST']._serialized_end=1847
+  _globals['_GATEDECISION']._serialized_start=1849
+  _globals['_GATEDECISION']._serialized_end=1913
+  _globals['_ANALYZEEVENT']._serialized_start=1916
+  _globals['_ANALYZEEVENT']._serialized_end=2132
+  _globals['_LISTTASKSREQUEST']._serialized_start=2134
+  _globals['_LISTTASKSREQUEST']._serialized_end=2152
+  _globals['_TASKINFO']._serialized_start=2155
+  _globals['_TASKINFO']._serialized_end=2497
+  _globals['_LISTTASKSRESPONSE']._serialized_start=2499
+  _globals['_LISTTASKSRESPONSE']._serialized_end=2557
+  _globals['_ROUTER']._serialized_start=2980
+  _globals['_ROUTER']._serialized_end=3223
 # @@protoc_insertion_point(module_scope)

@@ -28,6 +28,7 @@ class ModalityStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MODALITY_STATUS_SKIPPED: _ClassVar[ModalityStatus]
     MODALITY_STATUS_FAILED: _ClassVar[ModalityStatus]
     MODALITY_STATUS_TIMED_OUT: _ClassVar[ModalityStatus]
+    MODALITY_STATUS_NOT_APPLICABLE: _ClassVar[ModalityStatus]
 MODALITY_UNSPECIFIED: Modality
 MODALITY_TEXT: Modality
 MODALITY_IMAGE: Modality
@@ -41,6 +42,7 @@ MODALITY_STATUS_ABSENT: ModalityStatus
 MODALITY_STATUS_SKIPPED: ModalityStatus
 MODALITY_STATUS_FAILED: ModalityStatus
 MODALITY_STATUS_TIMED_OUT: ModalityStatus
+MODALITY_STATUS_NOT_APPLICABLE: ModalityStatus
 
 class MediaInput(_message.Message):
     __slots__ = ("data", "media_type", "parameters")
@@ -118,20 +120,22 @@ class Finding(_message.Message):
     def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
 
 class ModalityReport(_message.Message):
-    __slots__ = ("modality", "status", "reason", "error_code", "gate_weight", "latency_ms")
+    __slots__ = ("modality", "status", "reason", "error_code", "gate_weight", "latency_ms", "applicability")
     MODALITY_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
     GATE_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    APPLICABILITY_FIELD_NUMBER: _ClassVar[int]
     modality: Modality
     status: ModalityStatus
     reason: str
     error_code: str
     gate_weight: float
     latency_ms: float
-    def __init__(self, modality: _Optional[_Union[Modality, str]] = ..., status: _Optional[_Union[ModalityStatus, str]] = ..., reason: _Optional[str] = ..., error_code: _Optional[str] = ..., gate_weight: _Optional[float] = ..., latency_ms: _Optional[float] = ...) -> None: ...
+    applicability: float
+    def __init__(self, modality: _Optional[_Union[Modality, str]] = ..., status: _Optional[_Union[ModalityStatus, str]] = ..., reason: _Optional[str] = ..., error_code: _Optional[str] = ..., gate_weight: _Optional[float] = ..., latency_ms: _Optional[float] = ..., applicability: _Optional[float] = ...) -> None: ...
 
 class AttentionMass(_message.Message):
     __slots__ = ("query_modality", "key_modality", "mass")
@@ -163,7 +167,7 @@ class Explanation(_message.Message):
     def __init__(self, modalities: _Optional[_Iterable[_Union[ModalityReport, _Mapping]]] = ..., attention: _Optional[_Iterable[_Union[AttentionMass, _Mapping]]] = ..., timings_ms: _Optional[_Mapping[str, float]] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class AnalyzeResponse(_message.Message):
-    __slots__ = ("request_id", "task", "label", "confidence", "uncertainty", "top_k", "description", "findings", "speech_wav", "explanation", "model_version")
+    __slots__ = ("request_id", "task", "label", "confidence", "uncertainty", "top_k", "description", "findings", "speech_wav", "explanation", "model_version", "abstained", "abstain_reason")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
@@ -175,6 +179,8 @@ class AnalyzeResponse(_message.Message):
     SPEECH_WAV_FIELD_NUMBER: _ClassVar[int]
     EXPLANATION_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ABSTAINED_FIELD_NUMBER: _ClassVar[int]
+    ABSTAIN_REASON_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     task: str
     label: str
@@ -186,7 +192,9 @@ class AnalyzeResponse(_message.Message):
     speech_wav: bytes
     explanation: Explanation
     model_version: str
-    def __init__(self, request_id: _Optional[str] = ..., task: _Optional[str] = ..., label: _Optional[str] = ..., confidence: _Optional[float] = ..., uncertainty: _Optional[_Union[Uncertainty, _Mapping]] = ..., top_k: _Optional[_Iterable[_Union[LabelScore, _Mapping]]] = ..., description: _Optional[str] = ..., findings: _Optional[_Iterable[_Union[Finding, _Mapping]]] = ..., speech_wav: _Optional[bytes] = ..., explanation: _Optional[_Union[Explanation, _Mapping]] = ..., model_version: _Optional[str] = ...) -> None: ...
+    abstained: bool
+    abstain_reason: str
+    def __init__(self, request_id: _Optional[str] = ..., task: _Optional[str] = ..., label: _Optional[str] = ..., confidence: _Optional[float] = ..., uncertainty: _Optional[_Union[Uncertainty, _Mapping]] = ..., top_k: _Optional[_Iterable[_Union[LabelScore, _Mapping]]] = ..., description: _Optional[str] = ..., findings: _Optional[_Iterable[_Union[Finding, _Mapping]]] = ..., speech_wav: _Optional[bytes] = ..., explanation: _Optional[_Union[Explanation, _Mapping]] = ..., model_version: _Optional[str] = ..., abstained: _Optional[bool] = ..., abstain_reason: _Optional[str] = ...) -> None: ...
 
 class AnalyzeStreamRequest(_message.Message):
     __slots__ = ("request", "image_chunk", "audio_chunk")
@@ -223,7 +231,7 @@ class ListTasksRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class TaskInfo(_message.Message):
-    __slots__ = ("name", "description", "labels", "accepted_modalities", "optional_modalities", "model_version", "tau", "gamma", "eager_side_outputs", "text_model")
+    __slots__ = ("name", "description", "labels", "accepted_modalities", "optional_modalities", "model_version", "tau", "gamma", "eager_side_outputs", "text_model", "abstain_below", "applicability_floor")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
@@ -234,6 +242,8 @@ class TaskInfo(_message.Message):
     GAMMA_FIELD_NUMBER: _ClassVar[int]
     EAGER_SIDE_OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     TEXT_MODEL_FIELD_NUMBER: _ClassVar[int]
+    ABSTAIN_BELOW_FIELD_NUMBER: _ClassVar[int]
+    APPLICABILITY_FLOOR_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     labels: _containers.RepeatedScalarFieldContainer[str]
@@ -244,7 +254,9 @@ class TaskInfo(_message.Message):
     gamma: float
     eager_side_outputs: _containers.RepeatedScalarFieldContainer[Modality]
     text_model: str
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., accepted_modalities: _Optional[_Iterable[_Union[Modality, str]]] = ..., optional_modalities: _Optional[_Iterable[_Union[Modality, str]]] = ..., model_version: _Optional[str] = ..., tau: _Optional[float] = ..., gamma: _Optional[float] = ..., eager_side_outputs: _Optional[_Iterable[_Union[Modality, str]]] = ..., text_model: _Optional[str] = ...) -> None: ...
+    abstain_below: float
+    applicability_floor: float
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., accepted_modalities: _Optional[_Iterable[_Union[Modality, str]]] = ..., optional_modalities: _Optional[_Iterable[_Union[Modality, str]]] = ..., model_version: _Optional[str] = ..., tau: _Optional[float] = ..., gamma: _Optional[float] = ..., eager_side_outputs: _Optional[_Iterable[_Union[Modality, str]]] = ..., text_model: _Optional[str] = ..., abstain_below: _Optional[float] = ..., applicability_floor: _Optional[float] = ...) -> None: ...
 
 class ListTasksResponse(_message.Message):
     __slots__ = ("tasks",)

@@ -93,12 +93,25 @@ def decode_image(data: bytes, media_type: str, parameters: dict[str, str], max_p
     if media_type == "application/dicom":
         return _decode_dicom(data, parameters, max_pixels)
     decoded = _decode_raster(data, max_pixels)
+    decoded.tags["colour"] = "yes" if is_colour(decoded.rgb) else "no"
     if "pixel_spacing" in parameters:  # a PNG of a scan, with its spacing stated by the caller
         decoded.tags["PixelSpacing"] = _pixel_spacing(parameters["pixel_spacing"])
         if "window" in parameters:  # ... and the CT window its grey levels show: densities again
             decoded.hounsfield, note = _stated_window_hounsfield(data, decoded, parameters["window"])
             decoded.tags["window"] = note
     return decoded
+
+
+COLOUR_SPREAD = 8.0  # mean |R-G| + |G-B| (grey levels) above which an image is in colour, not greyscale
+
+
+def is_colour(rgb: np.ndarray) -> bool:
+    """Whether the image holds colour (a photo, a screenshot) rather than grey levels (a scan
+    exported to PNG or JPEG), judged on at most about 256x256 pixels of it."""
+    step = max(1, int(max(rgb.shape[0], rgb.shape[1]) // 256))
+    sample = rgb[::step, ::step].astype(np.int16)
+    spread = np.abs(sample[..., 0] - sample[..., 1]) + np.abs(sample[..., 1] - sample[..., 2])
+    return float(spread.mean()) > COLOUR_SPREAD
 
 
 def _window(value: str) -> tuple[float, float]:
@@ -242,6 +255,7 @@ def _decode_dicom(data: bytes, parameters: dict[str, str], max_pixels: int) -> D
     pixels = _to_display(pixels, dataset, tags)
     if pixels.ndim == 3:  # colour DICOM
         rgb = np.ascontiguousarray(pixels.astype(np.uint8) if pixels.dtype != np.uint8 else pixels)
+        tags["colour"] = "yes" if is_colour(rgb) else "no"
         return DecodedImage(rgb=rgb, tags=tags)
 
     values = pixels.astype(np.float32)

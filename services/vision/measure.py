@@ -77,24 +77,39 @@ def _fit_circle(points: np.ndarray, inscribed: float) -> tuple[float, float, flo
     return float(cy), float(cx), radius
 
 
+NO_LUNG = "no lung fields found"
+
+
 def measure_lung_lesions(hounsfield: np.ndarray, spacing_mm: tuple[float, float]) -> list[Lesion] | None:
     """Lesions in the lungs of an axial CT slice, largest first; None when no lung is found
     (not a chest slice) or the slice cannot be measured (no positive spacing, over MAX_PIXELS)."""
+    lesions, _ = _measure(hounsfield, spacing_mm)
+    return lesions
+
+
+def measurement_tags(hounsfield: np.ndarray, spacing_mm: tuple[float, float]) -> dict[str, str]:
+    """The measurement as side-output tags, saying why when nothing was measured."""
+    lesions, reason = _measure(hounsfield, spacing_mm)
+    return lesion_tags(lesions, reason)
+
+
+def _measure(hounsfield: np.ndarray, spacing_mm: tuple[float, float]) -> tuple[list[Lesion] | None, str]:
+    """(lesions, '') or (None, why nothing was measured)."""
     from scipy import ndimage  # here, so the router can read the tags without SciPy loaded
 
     row_mm, col_mm = float(spacing_mm[0]), float(spacing_mm[1])
-    if not (row_mm > 0 and col_mm > 0) or hounsfield.ndim != 2 or hounsfield.size > MAX_PIXELS:
-        return None
+    if not (row_mm > 0 and col_mm > 0):
+        return None, "no usable pixel spacing"
+    if hounsfield.ndim != 2 or hounsfield.size > MAX_PIXELS:
+        return None, f"the slice is over {MAX_PIXELS} pixels"
     pixel_mm2 = row_mm * col_mm
     air = hounsfield < AIR_HU
     labels, count = ndimage.label(air)
-    if count == 0:
-        return None
     border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-    areas = ndimage.sum_labels(air, labels, index=np.arange(1, count + 1))
+    areas = ndimage.sum_labels(air, labels, index=np.arange(1, count + 1)) if count else np.zeros(0)
     lungs = [i for i in range(1, count + 1) if i not in border and areas[i - 1] * pixel_mm2 >= MIN_LUNG_MM2]
     if not lungs:
-        return None
+        return None, NO_LUNG
     field = np.zeros_like(air)
     for index in lungs:
         field |= _hull_fill(labels == index)
@@ -127,15 +142,21 @@ def measure_lung_lesions(hounsfield: np.ndarray, spacing_mm: tuple[float, float]
             depth[np.hypot(grid_r * row_mm - fit_row, grid_c * col_mm - fit_col) <= radius + 2 * pixel] = 0.0
         found.append(Lesion(round(2.0 * radius, 1), "left" if col > middle else "right", (float(row), float(col))))
     found.sort(key=lambda lesion: -lesion.diameter_mm)
-    return found[:MAX_LESIONS]
+    return found[:MAX_LESIONS], ""
 
 
-def lesion_tags(lesions: list[Lesion] | None) -> dict[str, str]:
-    """The measurement as side-output tags (DICOM-style backslash lists, largest first)."""
+def lesion_tags(lesions: list[Lesion] | None, reason: str = "no lung found, or no usable spacing or size") -> dict[str, str]:
+    """The measurement as side-output tags (DICOM-style backslash lists, largest first).
+    `lung_fields` says whether the slice shows lungs ("none": not a chest slice) where that
+    was looked for."""
     if lesions is None:
-        return {"lesion_measurement": f"{VERSION}: not measured (no lung found, or no usable spacing or size)"}
+        tags = {"lesion_measurement": f"{VERSION}: not measured ({reason})"}
+        if reason == NO_LUNG:
+            tags["lung_fields"] = "none"
+        return tags
     return {
         "lesion_measurement": VERSION,
+        "lung_fields": "found",
         "lesion_count": str(len(lesions)),
         "lesion_diameters_mm": "\\".join(f"{lesion.diameter_mm:g}" for lesion in lesions),
         "lesion_sides": "\\".join(lesion.side for lesion in lesions),

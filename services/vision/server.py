@@ -19,7 +19,7 @@ from modalmesh.common.config import ServiceConfig
 from modalmesh.common.encoder import EncodeRequest, EncoderBackend, sequence_chunks
 from modalmesh.v1 import encoder_pb2
 from modalmesh.vision.decode import IMAGE_MEDIA_TYPES, decode_image, pixel_count
-from modalmesh.vision.measure import lesion_tags, measure_lung_lesions
+from modalmesh.vision.measure import measurement_tags
 from modalmesh.vision.model import ImageBackbone, ImageFeatures
 
 MAX_PIXELS = 40_000_000  # 40 MP: any screenshot or scan; a decompression bomb is far larger
@@ -100,7 +100,7 @@ class VisionService(EncoderBackend):
             started = time.perf_counter()
             with telemetry.tracer().start_as_current_span("vision.measure"):
                 row_mm, col_mm = (float(v) for v in image.tags["PixelSpacing"].split("\\"))
-                side.tags.update(lesion_tags(measure_lung_lesions(image.hounsfield, (row_mm, col_mm))))
+                side.tags.update(measurement_tags(image.hounsfield, (row_mm, col_mm)))
             timings["measure"] = (time.perf_counter() - started) * 1000.0
         if "ocr" in request.options:
             started = time.perf_counter()

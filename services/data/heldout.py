@@ -1,0 +1,234 @@
+"""`modalmesh data heldout`: evaluation sets built differently from the training data, with
+inputs the task should not answer.
+
+    modalmesh data heldout --task medical_report --out data/medical-heldout --n 120 --seed 5
+
+writes heldout.jsonl and files/. Every record has "scope": "in" (the task's own kind of
+input, with its label) or "out" (an input the task should not answer; label null).
+`modalmesh eval` scores the in-scope items as usual and reports, for all of them, what the
+router would answer, withhold or find not applicable.
+
+How the in-scope items differ from `data generate`'s:
+- medical_report: phantoms of another anatomy (a heart and an aorta between squarer
+  lungs), 512 px instead of 384, pixel spacing 0.5-1.0 mm instead of 0.6-0.9, noise 20-45
+  HU instead of 10-30; a third exported as a 16-bit PNG with its window and spacing (the
+  rest DICOM, BodyPartExamined CHEST, LUNG or absent, rescale intercept -1000 or -1024);
+  patient records in a clinical shorthand no training record uses.
+- screenshot_triage: web pages from another renderer (screens.render_web_page: navigation,
+  a heading larger than the message, order details, cookie banners), at phone to desktop
+  sizes (360-1920 px), other fonts, PNG or JPEG; screen and message wordings from the test
+  pools (never trained on) or written for this file only.
+Out of scope:
+- medical_report: head CT phantoms (Shepp-Logan, in HU, as CT DICOM), abdominal slices with
+  no lungs, pydicom's head CTs, MR and chest crop, photographs (colour and greyscale),
+  app screenshots; half with a patient record.
+- screenshot_triage: CT slices (PNG), photographs, and patient records as the message.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from modalmesh.common.progress import progress
+from modalmesh.data.generate import refuse_foreign_manifest
+
+NAME = "heldout.jsonl"
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "camera", "moon", "page")  # scikit-image's; the last three are grey
+PYDICOM_FILES = ("693_J2KI.dcm", "J2K_pixelrep_mismatch.dcm", "CT_small.dcm", "MR_small.dcm")
+
+SHORTHAND_RECORDS = ("{age}{sex}, {smoking}. {symptom} x{weeks}/52.", "Pt {age}yo {sex}. Hx: {smoking}. Presents w/ {symptom}.",
+                     "Referral: {symptom}, {weeks} wk. {smoking}. Age {age}.", "{symptom}; {smoking}; {age} y/o {sex}")
+SHORTHAND_SMOKING = ("ex-smoker {n} pk-yr", "current smoker {n} pk-yr", "never smoked", "non-smoker", "quit 10 yrs ago")
+SHORTHAND_SYMPTOMS = ("cough", "SOB", "CP", "wt loss", "haemoptysis", "tired all the time", "routine check")
+
+# Written for this file only: in no pool of data/triage.py.
+HELDOUT_SCREENS = {
+    "payment": ["Your card issuer said no to this payment. Try another card.", "We could not take payment for this order",
+                "Payment unsuccessful - please check your card details", "Bank authorisation was refused"],
+    "login": ["Authentication failed. The verification code has expired.", "That password doesn't match our records",
+              "You have been signed out for security reasons", "Your login link is no longer valid"],
+    "crash": ["A JavaScript error occurred in the main process", "This page isn't working right now. Reload?",
+              "Aw, snap! Something crashed while loading", "The application encountered a fatal problem"],
+    "shipping": ["In transit - last update 9 days ago", "Delivery attempt failed: nobody home",
+                 "Your parcel is held at customs", "Estimated delivery: unknown"],
+    "refund": ["Refund pending - allow up to 14 days", "We were unable to refund your original payment method",
+               "Your refund request is under review", "Refund on hold: item not yet received"],
+    "other": ["Your order has been delivered. Enjoy!", "Thanks! We've received your payment.", "Preferences updated",
+              "You're all caught up", "Your password was changed"],
+}
+HELDOUT_MESSAGES = {
+    "payment": ["my card keeps getting rejected when I pay", "cant pay for my basket, bank says no", "payment wont go thru??"],
+    "login": ["locked out of my account again", "the code you texted me doesnt work", "it logs me out every time"],
+    "crash": ["site shows a blank white page with an error", "app just closes when i open it", "the page crashed halfway"],
+    "shipping": ["where is my parcel, its been ages", "tracking hasnt moved in a week", "package never turned up"],
+    "refund": ["still no money back for my return", "you owe me a refund", "refund hasnt shown up on my card"],
+    "other": ["how do i change my email address", "great service, thanks!", "can I get the invoice as a PDF?"],
+}
+
+
+def heldout(task: str, out: str | Path, n: int, seed: int) -> Path:
+    """Writes `out`/heldout.jsonl with about n in-scope and n/2 out-of-scope items."""
+    out = Path(out)
+    writer = {"medical_report": _medical, "screenshot_triage": _triage}.get(task)
+    if writer is None:
+        raise ValueError(f"unknown task {task!r}; one of screenshot_triage, medical_report")
+    path = out / NAME
+    refuse_foreign_manifest(path)
+    (out / "files").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng([seed, 104729])
+    plan = [("in", i) for i in range(n)] + [("out", i) for i in range(max(len(PHOTOS), n // 2))]
+    partial = path.with_suffix(".jsonl.partial")
+    with partial.open("w") as manifest:
+        for index, (scope, number) in enumerate(progress(plan, len(plan), f"{task} heldout")):
+            item_id = f"heldout-{index:05d}"
+            record = {"id": item_id, "task": task, "split": "heldout", "scope": scope, **writer(rng, scope, number, out, item_id)}
+            manifest.write(json.dumps(record) + "\n")
+    partial.replace(path)
+    return path
+
+
+def _photo(name: str) -> bytes:
+    try:
+        from skimage import data
+    except ImportError as exc:  # a dev dependency: the held-out sets' photographs
+        raise RuntimeError("held-out sets need scikit-image (pip install scikit-image)") from exc
+    from modalmesh.data.screens import png_bytes
+    from PIL import Image
+
+    return png_bytes(Image.fromarray(getattr(data, name)()), "JPEG", quality=90)
+
+
+def _record_text(rng) -> str:
+    return str(rng.choice(SHORTHAND_RECORDS)).format(
+        age=int(rng.integers(30, 90)), sex=str(rng.choice(["M", "F"])), weeks=int(rng.integers(1, 12)),
+        smoking=str(rng.choice(SHORTHAND_SMOKING)).format(n=int(rng.integers(5, 60))), symptom=str(rng.choice(SHORTHAND_SYMPTOMS)))
+
+
+# ----------------------------------------------------------------------- medical_report
+
+
+def _medical(rng, scope: str, number: int, out: Path, item_id: str) -> dict:
+    from modalmesh.data.ct import make_phantom, windowed_png, write_ct_dicom
+
+    if scope == "in":
+        count = int(rng.choice([0, 1, 2, 3], p=[0.34, 0.33, 0.2, 0.13]))
+        diameter = float(rng.uniform(5, 29)) if rng.random() < 0.5 else float(rng.uniform(32, 55))
+        phantom = make_phantom(int(rng.integers(1 << 31)), size=512, lesion_count=count, diameter_mm=diameter if count else None,
+                               spacing_mm=(0.5, 1.0), noise_hu=(20.0, 45.0), heart=True)
+        record = {"label": phantom.label, "text": _record_text(rng) if rng.random() > 0.1 else "",
+                  "extra": {"lesion_count": len(phantom.lesions), "largest_diameter_mm": round(phantom.largest_mm, 2),
+                            "side": phantom.side, "pixel_spacing_mm": round(phantom.pixel_spacing_mm, 4), "kind": "phantom"}}
+        spacing = f"{phantom.pixel_spacing_mm:.4f}"
+        if rng.random() < 1 / 3:  # a viewer's export: 16-bit PNG, lung window, spacing stated
+            (out / "files" / f"{item_id}.png").write_bytes(windowed_png(phantom.hounsfield, -600, 1500, bits=16))
+            record.update(image=f"files/{item_id}.png", image_parameters={"pixel_spacing": spacing, "window": "lung"})
+        else:
+            body_part = str(rng.choice(["CHEST", "LUNG", ""]))
+            intercept = float(rng.choice([-1000.0, -1024.0]))
+            data = write_ct_dicom(phantom.hounsfield, (phantom.pixel_spacing_mm,) * 2, intercept=intercept, body_part=body_part,
+                                  uid_seed=f"modalmesh-heldout-{item_id}")
+            (out / "files" / f"{item_id}.dcm").write_bytes(data)
+            record.update(image=f"files/{item_id}.dcm", image_parameters={"window": "lung"})
+        return record
+    kinds = ("head CT", "abdomen CT", "pydicom", "photo", "screenshot")
+    kind = kinds[number % len(kinds)]
+    record = {"label": None, "text": _record_text(rng) if rng.random() < 0.5 else "", "extra": {"kind": kind}}
+    if kind == "head CT":
+        data = write_ct_dicom(_head_hu(rng), (0.5, 0.5), body_part=str(rng.choice(["HEAD", ""])), uid_seed=f"modalmesh-{item_id}")
+        name, parameters = f"{item_id}.dcm", {"window": "lung"}
+    elif kind == "abdomen CT":
+        data = write_ct_dicom(_abdomen_hu(rng), (0.75, 0.75), body_part=str(rng.choice(["ABDOMEN", ""])), uid_seed=f"modalmesh-{item_id}")
+        name, parameters = f"{item_id}.dcm", {"window": "lung"}
+    elif kind == "pydicom":
+        from pydicom.data import get_testdata_file
+
+        file = PYDICOM_FILES[(number // len(kinds)) % len(PYDICOM_FILES)]
+        data, name, parameters = Path(get_testdata_file(file)).read_bytes(), f"{item_id}.dcm", {}
+        record["extra"]["file"] = file
+    elif kind == "photo":
+        photo = PHOTOS[(number // len(kinds)) % len(PHOTOS)]
+        data, name, parameters = _photo(photo), f"{item_id}.jpg", {}
+        record["extra"]["photo"] = photo
+    else:
+        from modalmesh.data.screens import png_bytes, render_app_screen
+
+        image = render_app_screen(str(rng.choice(HELDOUT_SCREENS["payment"])), rng, bool(rng.random() < 0.5), False, "dialog")
+        data, name, parameters = png_bytes(image), f"{item_id}.png", {}
+    (out / "files" / name).write_bytes(data)
+    return {**record, "image": f"files/{name}", **({"image_parameters": parameters} if parameters else {})}
+
+
+def _head_hu(rng) -> np.ndarray:
+    """A head CT slice in HU: scikit-image's Shepp-Logan phantom (skull, brain, ventricles)."""
+    try:
+        from skimage.data import shepp_logan_phantom
+    except ImportError as exc:
+        raise RuntimeError("held-out sets need scikit-image (pip install scikit-image)") from exc
+    from PIL import Image
+
+    size = int(rng.choice([256, 384, 512]))
+    values = np.asarray(Image.fromarray(shepp_logan_phantom().astype(np.float32)).resize((size, size)), dtype=np.float32)
+    hu = np.where(values <= 0.01, -1000.0, np.where(values >= 0.9, 900.0, 15.0 + 60.0 * values)).astype(np.float32)
+    return hu + rng.normal(0, rng.uniform(5, 20), size=hu.shape).astype(np.float32)
+
+
+def _abdomen_hu(rng) -> np.ndarray:
+    """An abdominal slice in HU: body, fat, liver, kidneys, spine, bowel gas; no lungs."""
+    size = 384
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32)
+    c = size / 2
+    hu = np.full((size, size), -1000.0, dtype=np.float32)
+    hu[((x - c) / (size * 0.44)) ** 2 + ((y - c) / (size * 0.34)) ** 2 <= 1] = -100.0
+    hu[((x - c) / (size * 0.42)) ** 2 + ((y - c) / (size * 0.32)) ** 2 <= 1] = 35.0
+    hu[((x - c + size * 0.16) / (size * 0.17)) ** 2 + ((y - c + size * 0.02) / (size * 0.2)) ** 2 <= 1] = 60.0  # liver
+    for side in (-1, 1):
+        hu[((x - c - side * size * 0.17) / (size * 0.05)) ** 2 + ((y - c - size * 0.12) / (size * 0.08)) ** 2 <= 1] = 30.0
+    hu[(x - c) ** 2 + (y - c - size * 0.2) ** 2 <= (size * 0.05) ** 2] = 700.0
+    for _ in range(int(rng.integers(1, 4))):  # bowel gas: small, inside the body
+        gy, gx = c + rng.uniform(-0.15, 0.1) * size, c + rng.uniform(0.0, 0.2) * size
+        hu[(x - gx) ** 2 + (y - gy) ** 2 <= (size * rng.uniform(0.01, 0.025)) ** 2] = -900.0
+    return hu + rng.normal(0, rng.uniform(10, 30), size=hu.shape).astype(np.float32)
+
+
+# ----------------------------------------------------------------------- screenshot_triage
+
+
+def _triage(rng, scope: str, number: int, out: Path, item_id: str) -> dict:
+    from modalmesh.data.screens import WEB_SIZES, png_bytes, render_web_page
+    from modalmesh.data.triage import LABELS, MESSAGE_TEMPLATES, MESSAGES, VAGUE, pool, screen_wording, wording
+
+    if scope == "in":
+        label = str(rng.choice(LABELS))
+        screen = str(rng.choice(HELDOUT_SCREENS[label])) if rng.random() < 0.5 else screen_wording(rng, label, "test")
+        kind = str(rng.choice(["specific", "vague", "missing"], p=[0.5, 0.25, 0.25]))
+        if kind == "specific":
+            text = str(rng.choice(HELDOUT_MESSAGES[label])) if rng.random() < 0.5 else wording(rng, label, "test", MESSAGES, MESSAGE_TEMPLATES)
+        else:
+            text = str(rng.choice(pool(VAGUE, "test"))) if kind == "vague" else ""
+        size = WEB_SIZES[int(rng.integers(len(WEB_SIZES)))]
+        image = render_web_page(screen, rng, size, bool(rng.random() < 0.3))
+        jpeg = rng.random() < 0.4
+        name = f"{item_id}.{'jpg' if jpeg else 'png'}"
+        (out / "files" / name).write_bytes(png_bytes(image, "JPEG", quality=int(rng.integers(75, 95))) if jpeg else png_bytes(image))
+        return {"label": label, "text": text, "image": f"files/{name}",
+                "extra": {"screen": screen, "message_kind": kind, "size": f"{size[0]}x{size[1]}", "renderer": "web"}}
+    kinds = ("ct", "photo", "record")
+    kind = kinds[number % len(kinds)]
+    record = {"label": None, "text": "", "extra": {"kind": kind}}
+    if kind == "ct":
+        from modalmesh.data.ct import make_phantom, windowed_png
+
+        phantom = make_phantom(int(rng.integers(1 << 31)), size=384, heart=bool(rng.random() < 0.5))
+        (out / "files" / f"{item_id}.png").write_bytes(windowed_png(phantom.hounsfield, -600, 1500))
+        record["image"] = f"files/{item_id}.png"
+    elif kind == "photo":
+        photo = PHOTOS[(number // len(kinds)) % len(PHOTOS)]
+        (out / "files" / f"{item_id}.jpg").write_bytes(_photo(photo))
+        record.update(image=f"files/{item_id}.jpg")
+        record["extra"]["photo"] = photo
+    else:
+        record["text"] = _record_text(rng)
+    return record

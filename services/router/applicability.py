@@ -1,0 +1,147 @@
+"""Is an input the kind of input a task reads? A nearest-neighbour check fitted at training.
+
+A task's heads answer confidently on anything, including a head CT sent to the chest-CT
+task or a photo sent to triage. Before an input counts as evidence, the router compares
+it with what the task was trained on (Sun et al., 2022, "Out-of-distribution detection
+with deep nearest neighbors"), per modality m:
+
+    z(x)    = pool(x) / ||pool(x)||             pool: the mean of the encoder's tokens
+    d(x)    = 1 - z(x) . z_k(x)                 z_k: the k-th nearest training input in B_m
+    a(x)    = (1 + #{v in V_m : d(v) >= d(x)}) / (1 + |V_m|)
+
+B_m holds the training inputs' z, V_m the validation inputs' distances d(v). a(x) is the
+share of validation inputs (unseen at training, as a new user's are) at least as far from
+the training set as x: a calibrated p-value. At or below `floor` the input is not
+applicable and is not used: 0.01, or 1 / (1 + |V|) when the validation set is smaller than
+99 (then only an input farther than every validation input is). In-scope inputs are
+flagged at about that rate too: 1-2 in 100.
+
+The reference set is stored beside the task's weights (`applicability.safetensors`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+FILE_NAME = "applicability.safetensors"
+DEFAULT_FLOOR = 0.01
+DEFAULT_NEIGHBOUR = 5
+MIN_VALIDATION = 50
+CHECKED_SOURCES = ("text", "image", "audio")  # the base features of each modality (side outputs follow their modality)
+
+
+def pooled(features: torch.Tensor) -> torch.Tensor:
+    """An encoder's output ([tokens, width] or [width]) as one unit vector [width]."""
+    vector = features.float().reshape(-1, features.shape[-1]).mean(dim=0)
+    return vector / vector.norm().clamp_min(1e-12)
+
+
+@dataclass
+class Reference:
+    """One modality's reference set: training vectors and sorted validation distances."""
+
+    bank: torch.Tensor  # [N, width], unit rows
+    validation: torch.Tensor  # [V], ascending
+
+    def distance(self, vectors: torch.Tensor, neighbour: int) -> torch.Tensor:
+        """[M] cosine distance of each unit row of `vectors` to its k-th nearest bank row."""
+        similarity = vectors.float() @ self.bank.float().T
+        k = min(neighbour, self.bank.shape[0])
+        kth = similarity.topk(k, dim=1).values[:, k - 1]
+        return (1.0 - kth).clamp_min(0.0)
+
+    def applicability(self, distance: float) -> float:
+        """The share of validation distances at least `distance`, with one added to both counts."""
+        farther = int((self.validation >= distance).sum())
+        return (1 + farther) / (1 + self.validation.numel())
+
+
+@dataclass
+class Applicability:
+    references: dict[str, Reference] = field(default_factory=dict)
+    neighbour: int = DEFAULT_NEIGHBOUR
+    floor: float = DEFAULT_FLOOR
+
+    def distance(self, source: str, features: torch.Tensor) -> float | None:
+        """d(x) for one input's features; None when the task has no reference for `source`."""
+        reference = self.references.get(source)
+        if reference is None or features.numel() == 0:
+            return None
+        return float(reference.distance(pooled(features)[None], self.neighbour)[0])
+
+    def score(self, source: str, features: torch.Tensor) -> float | None:
+        """a(x) for one input's features; None when the task has no reference for `source`."""
+        distance = self.distance(source, features)
+        return None if distance is None else self.references[source].applicability(distance)
+
+    def applicable(self, score: float | None) -> bool:
+        return score is None or score > self.floor
+
+    def reason(self, score: float) -> str:
+        """Why an input with this score is not applicable, in words."""
+        return f"unlike the inputs the task was trained on (applicability {score:.3f}, at most {self.floor:.3f})"
+
+    # -- storage -----------------------------------------------------------------------
+    def save(self, folder: Path) -> None:
+        from safetensors.torch import save_file
+
+        tensors = {}
+        for source, reference in self.references.items():
+            tensors[f"{source}.bank"] = reference.bank.to(torch.float16).contiguous()
+            tensors[f"{source}.validation"] = reference.validation.float().contiguous()
+        save_file(tensors, str(folder / FILE_NAME),
+                  metadata={"neighbour": str(self.neighbour), "floor": json.dumps(self.floor)})
+
+    @classmethod
+    def load(cls, folder: Path | None) -> "Applicability":
+        """The reference set in `folder`; an empty one (every input applicable) when there is none."""
+        path = folder / FILE_NAME if folder is not None else None
+        if path is None or not path.is_file():
+            return cls()
+        from safetensors import safe_open
+
+        references: dict[str, dict[str, torch.Tensor]] = {}
+        with safe_open(str(path), framework="pt") as stored:
+            metadata = stored.metadata() or {}
+            for key in stored.keys():
+                source, part = key.rsplit(".", 1)
+                references.setdefault(source, {})[part] = stored.get_tensor(key)
+        return cls(
+            references={s: Reference(parts["bank"].float(), parts["validation"].float().sort().values)
+                        for s, parts in references.items() if {"bank", "validation"} <= set(parts)},
+            neighbour=int(metadata.get("neighbour", DEFAULT_NEIGHBOUR)),
+            floor=float(json.loads(metadata.get("floor", str(DEFAULT_FLOOR)))),
+        )
+
+
+def fit(train: list[dict[str, torch.Tensor]], validation: list[dict[str, torch.Tensor]],
+        neighbour: int = DEFAULT_NEIGHBOUR, floor: float = DEFAULT_FLOOR) -> Applicability:
+    """The reference set from training and validation items' features (source -> tensor).
+    A source needs more than `neighbour` training and at least MIN_VALIDATION validation items
+    to be checked: with fewer, "farther than every validation input" flags too many inputs."""
+    references: dict[str, Reference] = {}
+    for source in CHECKED_SOURCES:
+        bank = [pooled(item[source]) for item in train if source in item]
+        held_out = [pooled(item[source]) for item in validation if source in item]
+        if len(bank) <= neighbour or len(held_out) < MIN_VALIDATION:
+            continue
+        reference = Reference(torch.stack(bank), torch.empty(0))
+        reference.validation = reference.distance(torch.stack(held_out), neighbour).sort().values
+        references[source] = reference
+        floor = max(floor, 1.0 / (1 + reference.validation.numel()))
+    return Applicability(references, neighbour, floor)
+
+
+def auroc(in_scope: list[float], out_of_scope: list[float]) -> float | None:
+    """Area under the ROC curve of telling out-of-scope from in-scope inputs by a lower
+    score (pass negated distances; ties count half); None when either side is empty."""
+    if not in_scope or not out_of_scope:
+        return None
+    inside, outside = torch.tensor(in_scope), torch.tensor(out_of_scope)
+    greater = (inside[:, None] > outside[None, :]).float().sum()
+    ties = (inside[:, None] == outside[None, :]).float().sum()
+    return float((greater + 0.5 * ties) / (inside.numel() * outside.numel()))

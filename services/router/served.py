@@ -1,0 +1,136 @@
+"""What the router would answer for an item, computed offline, and how honest that is.
+
+`serve` applies the serving policy to one item's cached features: each modality is judged
+by `tasks.not_applicable` (the image's tags, then the reference set), the rest is fused by
+`tasks.decide`, and `tasks.withheld` says whether the answer is given. The router calls
+the same three functions on a live request, so what `modalmesh eval` reports is what
+users get.
+
+`honesty_metrics` scores that on a manifest: coverage and accuracy of the answers given
+(selective prediction), calibration, confident errors, and for out-of-scope items (records
+with "scope": "out") how many were answered at all and how well each modality's distance
+to the training set tells them apart (AUROC).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from modalmesh.router import applicability
+from modalmesh.router.fusion import MODALITIES, SOURCE_MODALITY
+from modalmesh.router.tasks import TaskModel, decide, not_applicable, withheld
+
+THRESHOLDS = tuple(round(0.5 + 0.05 * step, 2) for step in range(10))  # the risk-coverage curve's points
+CONFIDENT = 0.95  # "no wrong answer above this"
+
+
+@dataclass(frozen=True)
+class Served:
+    best: int  # the most probable label; -1 when no input was one the task reads
+    confidence: float  # its calibrated probability (0 when nothing was read)
+    reason: str  # why the answer is withheld; '' when it is given
+    not_applicable: dict[str, str] = field(default_factory=dict)  # modality -> why
+    distances: dict[str, float] = field(default_factory=dict)  # modality -> distance to the training inputs
+
+    @property
+    def answered(self) -> bool:
+        return not self.reason
+
+
+def serve(task: TaskModel, features: dict, tags: dict[str, str]) -> Served:
+    """The router's answer to one item from its features and image tags (see module doc)."""
+    kept, refused, distances = {}, {}, {}
+    for modality in MODALITIES:
+        sources = {s: f for s, f in features.items() if MODALITIES[SOURCE_MODALITY[s]] == modality}
+        if not sources:
+            continue
+        distance = task.applicability.distance(modality, sources[modality]) if modality in sources else None
+        if distance is not None:
+            distances[modality] = distance
+        _, reason = not_applicable(task, modality, sources.get(modality), tags if modality == "image" else {})
+        if reason:
+            refused[modality] = reason
+        else:
+            kept.update(sources)
+    if not kept:
+        return Served(-1, 0.0, "nothing the task reads was given", refused, distances)
+    read = {MODALITIES[SOURCE_MODALITY[s]] for s in kept}
+    image_tags = tags if "image" in read else {}
+    _, probabilities, _, _ = decide(task.model, task.spec, kept, image_tags, attention=False)
+    best = int(probabilities.argmax())
+    confidence = float(probabilities[best])
+    reason = withheld(task.spec, task.spec.labels[best], confidence, read, task.abstain_below, image_tags)
+    return Served(best, confidence, reason, refused, distances)
+
+
+def risk_coverage(served: list[Served], labels: np.ndarray) -> list[dict]:
+    """Coverage and accuracy of the answers at each confidence threshold (the task's own
+    withholding rules but not its threshold applied): what choosing another one would give."""
+    curve = []
+    for threshold in THRESHOLDS:
+        given = [i for i, s in enumerate(served) if s.best >= 0 and s.confidence >= threshold
+                 and (s.answered or s.reason.startswith("confidence "))]
+        correct = sum(served[i].best == labels[i] for i in given)
+        curve.append({"threshold": threshold, "coverage": len(given) / max(1, len(served)),
+                      "accuracy": correct / len(given) if given else None})
+    return curve
+
+
+def honesty_metrics(task: TaskModel, in_scope: list[Served], labels: np.ndarray, out_of_scope: list[Served]) -> dict:
+    from modalmesh.router.evaluate import calibration_error
+
+    read = [i for i, s in enumerate(in_scope) if s.best >= 0]
+    answered = [i for i in read if in_scope[i].answered]
+    wrong = [i for i in answered if in_scope[i].best != labels[i]]
+
+    def ece(indices: list[int]) -> float | None:
+        if not indices:
+            return None
+        confidence = np.array([in_scope[i].confidence for i in indices])
+        correct = np.array([in_scope[i].best == labels[i] for i in indices])
+        return calibration_error(confidence, correct)
+
+    metrics = {
+        "abstain_below": task.abstain_below,
+        "applicability_floor": task.applicability.floor if task.applicability.references else None,
+        "in_scope": {
+            "items": len(in_scope),
+            "not_applicable": len(in_scope) - len(read),
+            "answered": len(answered),
+            "coverage": len(answered) / max(1, len(in_scope)),
+            "selective_accuracy": (len(answered) - len(wrong)) / len(answered) if answered else None,
+            "accuracy_if_always_answered": float(np.mean([in_scope[i].best == labels[i] for i in read])) if read else None,
+            "ece_read": ece(read),
+            "ece_answered": ece(answered),
+            "wrong_above_0.95": sum(in_scope[i].confidence > CONFIDENT for i in wrong),
+            "withheld_reasons": _counts(s.reason.split(";")[0].split(" (")[0] for s in in_scope if s.reason),
+        },
+        "risk_coverage": risk_coverage(in_scope, labels),
+    }
+    if out_of_scope:
+        confident = [s for s in out_of_scope if s.answered]
+        metrics["out_of_scope"] = {
+            "items": len(out_of_scope),
+            "answered": len(confident),
+            "answered_above_0.95": sum(s.confidence > CONFIDENT for s in confident),
+            "withheld_or_not_applicable": 1 - len(confident) / len(out_of_scope),
+            "not_applicable_by_modality": {m: sum(m in s.not_applicable for s in out_of_scope) for m in MODALITIES},
+            "auroc_by_modality": {},
+        }
+        for modality in MODALITIES:
+            near = [-s.distances[modality] for s in in_scope if modality in s.distances]
+            far = [-s.distances[modality] for s in out_of_scope if modality in s.distances]
+            value = applicability.auroc(near, far)
+            if value is not None:
+                metrics["out_of_scope"]["auroc_by_modality"][modality] = {"auroc": value, "in_scope": len(near),
+                                                                         "out_of_scope": len(far)}
+    return metrics
+
+
+def _counts(reasons) -> dict[str, int]:
+    counted: dict[str, int] = {}
+    for reason in reasons:
+        counted[reason] = counted.get(reason, 0) + 1
+    return dict(sorted(counted.items(), key=lambda item: -item[1]))

@@ -1,0 +1,157 @@
+"""An answer claims only what was read: inputs a task cannot read are NOT_APPLICABLE with a
+reason, findings come from measurement, and an unsure answer is withheld.
+
+The mesh tests send real files nobody here made (pydicom's head CTs, MR and chest crop,
+scikit-image's photos) to a real router on 127.0.0.1 with the shipped weights.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+import torch
+
+from modalmesh.common.client import connect
+from modalmesh.router import applicability
+from modalmesh.router.tasks import TASKS, withheld
+from modalmesh.router.train import choose_abstain_below
+from modalmesh.v1 import router_pb2, router_pb2_grpc
+from tests.media import ct_dicom, image_bytes, phantom_hu, render_screenshot
+
+STATUS = router_pb2.ModalityStatus.Name
+MEDICAL, TRIAGE = TASKS["medical_report"], TASKS["screenshot_triage"]
+
+
+# ------------------------------------------------------------------ the policy, alone
+
+
+def test_the_ct_task_reads_only_axial_chest_ct_and_says_why_not():
+    chest = {"Modality": "CT", "plane": "axial", "BodyPartExamined": "CHEST", "lung_fields": "found", "colour": "no"}
+    assert MEDICAL.inapplicable_image(chest) is None
+    assert MEDICAL.inapplicable_image({**chest, "BodyPartExamined": "chest"}) is None  # DICOM writers vary in case
+    assert MEDICAL.inapplicable_image({**chest, "BodyPartExamined": "HEAD"}) == (
+        "the DICOM's BodyPartExamined is HEAD; medical_report reads axial chest CT slices")
+    assert MEDICAL.inapplicable_image({**chest, "lung_fields": "none"}) == "not a chest CT slice: no lung fields found"
+    assert "a colour image" in MEDICAL.inapplicable_image({"colour": "yes", "width": "640"})
+    assert MEDICAL.inapplicable_image({"colour": "no", "width": "512"}) is None  # a grey PNG scan: taken as stated
+    assert TRIAGE.inapplicable_image({"colour": "yes", "Modality": "MR"}) is None  # triage reads any image
+
+
+def test_the_abstention_policy_is_one_function_with_its_reasons():
+    measured_none = {"lesion_measurement": "hu-1", "lung_fields": "found", "lesion_count": "0"}
+    measured_one = {"lesion_measurement": "hu-1", "lung_fields": "found", "lesion_count": "1",
+                    "lesion_diameters_mm": "12", "lesion_sides": "left"}
+    assert "record alone is not a diagnosis" in withheld(MEDICAL, "nodule", 0.99, {"text"}, 0.5, {})
+    assert withheld(MEDICAL, "nodule", 0.99, {"image", "text"}, 0.5, measured_one) == ""
+    assert "no lesion was measured" in withheld(MEDICAL, "nodule", 0.99, {"image"}, 0.5, measured_none)
+    assert "has a measured lesion" in withheld(MEDICAL, "normal", 0.99, {"image"}, 0.5, measured_one)
+    failed = {"lesion_measurement": "hu-1: not measured (no usable pixel spacing)"}
+    assert "could not be measured (no usable pixel spacing)" in withheld(MEDICAL, "normal", 0.99, {"image"}, 0.5, failed)
+    assert withheld(MEDICAL, "nodule", 0.99, {"image"}, 0.5, {"colour": "no"}) == ""  # a PNG: not measured, not failed
+    assert "below the task's threshold of 0.70" in withheld(TRIAGE, "login", 0.6, {"image"}, 0.7, {})
+    assert withheld(TRIAGE, "login", 0.7, {"text"}, 0.7, {}) == ""
+
+
+def test_the_abstention_threshold_is_the_lowest_with_few_errors_on_validation():
+    labels = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 0, 1])
+    # Confident answers are right; the two below 0.7 are wrong.
+    confidence = torch.tensor([0.99, 0.95, 0.9, 0.8, 0.99, 0.9, 0.85, 0.75, 0.6, 0.55])
+    predicted = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 1, 0])
+    probabilities = torch.zeros(10, 2)
+    probabilities[torch.arange(10), predicted] = confidence
+    probabilities[torch.arange(10), 1 - predicted] = 1 - confidence
+    assert choose_abstain_below(probabilities, labels) == 0.65
+    assert choose_abstain_below(probabilities, labels, risk=0.25) == 0.5
+    assert choose_abstain_below(probabilities[:8], labels[:8]) == 0.5  # all right: the floor
+
+
+def test_applicability_ranks_inputs_by_their_distance_to_the_training_set(tmp_path):
+    generator = torch.Generator().manual_seed(0)
+    centre = torch.randn(64, generator=generator)
+
+    def near(n):  # token sequences around one direction, as one task's inputs are
+        return [{"image": centre + 0.3 * torch.randn(5, 64, generator=generator)} for _ in range(n)]
+
+    assert applicability.fit(near(60), near(40)).references == {}  # too few validation items to judge by
+    fitted = applicability.fit(near(60), near(60))
+    assert set(fitted.references) == {"image"} and fitted.references["image"].validation.numel() == 60
+    typical = [fitted.score("image", item["image"]) for item in near(20)]
+    unlike = [fitted.score("image", torch.randn(5, 64, generator=generator)) for _ in range(20)]
+    assert fitted.floor == pytest.approx(1 / 61)  # 60 validation items: farther than every one of them
+    assert max(unlike) <= fitted.floor  # every one flagged
+    assert sum(score > fitted.floor for score in typical) >= 18  # about 1 in 61 typical ones is as far as that
+    nearness = [-fitted.distance("image", item["image"]) for item in near(20)]
+    assert applicability.auroc(nearness, [-fitted.distance("image", torch.randn(5, 64, generator=generator))
+                                          for _ in range(20)]) == 1.0
+    assert fitted.score("text", torch.ones(3, 64)) is None  # no reference: not checked
+    fitted.save(tmp_path)
+    loaded = applicability.Applicability.load(tmp_path)
+    assert loaded.floor == fitted.floor and loaded.neighbour == fitted.neighbour
+    item = near(1)[0]["image"]
+    assert loaded.score("image", item) == pytest.approx(fitted.score("image", item), abs=0.05)  # the bank is stored in FP16
+    assert applicability.Applicability.load(tmp_path / "absent").references == {}
+
+
+# ------------------------------------------------------------------ real files, real mesh
+
+
+@pytest.fixture(scope="module")
+def router(mesh):
+    with connect(mesh.router.address) as channel:
+        yield router_pb2_grpc.RouterStub(channel)
+
+
+def analyze(stub, task, **fields):
+    return stub.Analyze(router_pb2.AnalyzeRequest(task=task, **fields), timeout=60)
+
+
+def image_report(response):
+    return next(r for r in response.explanation.modalities if r.modality == router_pb2.MODALITY_IMAGE)
+
+
+def photo(name: str) -> bytes:
+    from PIL import Image
+    from skimage import data
+
+    buffer = io.BytesIO()
+    Image.fromarray(getattr(data, name)()).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def pydicom_file(name: str) -> bytes:
+    from pydicom.data import get_testdata_file
+
+    return Path(get_testdata_file(name)).read_bytes()
+
+
+LESION_FINDINGS = {"lesion_count", "largest_diameter_mm", "side", "estimated_largest_diameter_mm"}
+
+
+@pytest.mark.parametrize("name, image, why", [
+    ("head CT, no BodyPartExamined", lambda: pydicom_file("693_J2KI.dcm"), "no lung fields found"),
+    ("head CT tagged HEAD", lambda: pydicom_file("J2K_pixelrep_mismatch.dcm"), "BodyPartExamined is HEAD"),
+    ("chest crop, lungs cut by the border", lambda: pydicom_file("CT_small.dcm"), "no lung fields found"),
+    ("MR", lambda: pydicom_file("MR_small.dcm"), "Modality is MR"),
+    ("colour photo", lambda: photo("astronaut"), "a colour image"),
+    ("screenshot", lambda: image_bytes(render_screenshot("Error 402: Payment declined")), "a colour image"),
+])
+def test_the_ct_task_gives_no_finding_on_an_image_it_cannot_read(router, name, image, why):
+    for text in ("", "64-year-old smoker, 40 pack-years, persistent cough."):
+        response = analyze(router, "medical_report", text=text, image=router_pb2.MediaInput(data=image()))
+        report = image_report(response)
+        assert STATUS(report.status) == "MODALITY_STATUS_NOT_APPLICABLE" and why in report.reason, name
+        assert response.abstained and response.label == "uncertain", name
+        findings = {f.key: f.value for f in response.findings}
+        assert LESION_FINDINGS.isdisjoint(findings) and " mm" not in response.description.split("Impression:")[-1], name
+        assert why in response.abstain_reason or "record alone" in response.abstain_reason, name
+
+
+def test_a_measured_chest_slice_is_answered_with_measured_findings(router):
+    response = analyze(router, "medical_report", text="70-year-old never smoker, fatigue.",
+                       image=router_pb2.MediaInput(data=ct_dicom(phantom_hu(256), pixel_spacing=(0.7, 0.7))))
+    assert STATUS(image_report(response).status) == "MODALITY_STATUS_USED"
+    findings = {f.key: f.value for f in response.findings}
+    assert findings["lesion_count"] == "0" and findings["side"] == "none"
+    assert response.label in ("normal", "uncertain") and (response.label == "uncertain") == response.abstained
