@@ -141,3 +141,15 @@ def test_the_report_gives_no_size_it_does_not_have_and_says_why_nothing_was_meas
     measured_clear = {"Modality": "CT", "PixelSpacing": "0.7\\0.7", **lesion_tags([])}
     description, _, _ = write_report(normal, Evidence(image_tags=measured_clear))
     assert "The lung fields are clear." in description and "not measured" not in description
+
+
+def test_tissue_the_lung_hull_closes_over_is_not_a_lesion():
+    """Lungs that curve in around the heart: the convex hull that closes a lesion's bite in
+    the lung's edge also closed over the heart, which was measured as a mass on every
+    normal slice of the held-out anatomy."""
+    for seed in (11, 12, 13):
+        normal = make_phantom(seed, size=512, lesion_count=0, spacing_mm=(0.5, 1.0), noise_hu=(20.0, 45.0), heart=True)
+        assert measure_lung_lesions(normal.hounsfield, (normal.pixel_spacing_mm,) * 2) == []
+    sick = make_phantom(21, size=512, lesion_count=1, diameter_mm=20.0, spacing_mm=(0.5, 1.0), noise_hu=(20.0, 45.0), heart=True)
+    lesions = measure_lung_lesions(sick.hounsfield, (sick.pixel_spacing_mm,) * 2)
+    assert len(lesions) == 1 and lesions[0].diameter_mm == pytest.approx(20.0, abs=1.0) and lesions[0].side == sick.side

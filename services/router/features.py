@@ -28,7 +28,7 @@ from modalmesh.common.encoder import EncodeRequest
 
 FEATURE_VERSION = "1"
 SCREEN_TEXT_VERSION = "paragraphs-1"  # how OCR spans become text vectors (common/layout.py); part of OCR tasks' keys
-MEASUREMENT_VERSION = "lesions-hu-2"  # the vision service's image tags (CT measurement, lung fields, colour); part of measuring tasks' keys
+MEASUREMENT_VERSION = "lesions-hu-3"  # the vision service's image tags (CT measurement, lung fields, colour); part of measuring tasks' keys
 
 
 @dataclass

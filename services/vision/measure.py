@@ -13,7 +13,9 @@ service measures candidate lesions directly, the way semi-automatic nodule tools
               (vessels are dots at most ~3.6 px across)
     lesions = discs taken greedily, the largest inscribed circle first (touching
               lesions make one region); where a lesion is cut by the lung's edge, a
-              circle fitted to its air-side rim gives its full size
+              circle fitted to its air-side rim gives its full size; a solid region ringed
+              for more than MAX_WALL_SHARE by soft tissue outside the lung field is where
+              the hull closed over the heart or mediastinum, not a lesion
 
 For each lesion: diameter in mm, side (the patient's left is the image's right), and
 centre. On 300 phantoms (benchmarks/bench_measure.py): largest diameter MAE 0.13 mm,
@@ -33,8 +35,9 @@ BONE_HU = 300.0  # lesions are soft tissue (30-60 HU); bone and calcium are brig
 MIN_LUNG_MM2 = 400.0
 MIN_LESION_MM = 3.5
 MAX_LESIONS = 16  # reported, largest first
+MAX_WALL_SHARE = 0.3  # the most of a lesion's outline that may border soft tissue outside the lung field
 MAX_PIXELS = 4_000_000  # a CT slice is 512x512; larger images are not measured (the cost grows with the area)
-VERSION = "hu-1"  # the tags' reader accepts any "hu-" version with the same fields
+VERSION = "hu-2"  # the tags' reader accepts any "hu-" version with the same fields
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,25 @@ def _hull_fill(mask: np.ndarray) -> np.ndarray:
     filled = np.zeros_like(mask)
     filled[r0:r1, c0:c1] = inside.reshape(r1 - r0, c1 - c0)
     return filled | mask
+
+
+def _closed_over(solid: np.ndarray, field: np.ndarray, air: np.ndarray) -> np.ndarray:
+    """The solid regions that lie where the hull closed over tissue outside the lung (the
+    heart or mediastinum where the lung curves in): more than MAX_WALL_SHARE of the pixels
+    around them are soft tissue outside the lung field. A lesion in the lung is ringed by air
+    (one on the lung's edge by air and a short stretch of chest wall)."""
+    from scipy import ndimage
+
+    parts, count = ndimage.label(solid, structure=np.ones((3, 3), dtype=bool))
+    if count == 0:
+        return np.zeros_like(solid)
+    grown = ndimage.grey_dilation(parts, size=(5, 5))  # each pixel near a region takes that region's number
+    ring = (parts == 0) & (grown > 0)
+    index = np.arange(1, count + 1)
+    around = ndimage.sum_labels(ring, grown, index=index)
+    wall = ndimage.sum_labels(ring & ~field & ~air, grown, index=index)
+    closed = index[wall > MAX_WALL_SHARE * np.maximum(around, 1)]
+    return np.isin(parts, closed)
 
 
 def _fit_circle(points: np.ndarray, inscribed: float) -> tuple[float, float, float] | None:
@@ -118,6 +140,7 @@ def _measure(hounsfield: np.ndarray, spacing_mm: tuple[float, float]) -> tuple[l
     cores = ndimage.binary_opening(solid, structure=disc)
     parts, _ = ndimage.label(solid, structure=np.ones((3, 3), dtype=bool))
     solid = np.isin(parts, np.unique(parts[cores])) & (parts > 0)  # vessels dropped
+    solid &= ~_closed_over(solid, field, air)
     # Touching lesions make one region: take discs greedily, largest inscribed circle first.
     depth = ndimage.distance_transform_edt(solid, sampling=(row_mm, col_mm))
     edge = solid & ndimage.binary_dilation(field & air)  # lesion pixels that touch the lung's air
