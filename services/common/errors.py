@@ -6,6 +6,11 @@ detail listing each field violation. Anything else that escapes a handler is a b
 it is logged with its traceback and answered INTERNAL, and the service stays up.
 
 Clients read the details back with `field_violations(rpc_error)`.
+
+What a status repeats is capped (MAX_MESSAGE_CHARS, MAX_VIOLATIONS, MAX_FIELD_CHARS,
+MAX_DESCRIPTION_CHARS): a message that echoes a 100 KB media type would otherwise exceed
+the metadata limit and reach the caller as RESOURCE_EXHAUSTED instead of the real error.
+Message and details together stay under 1 KiB.
 """
 
 from __future__ import annotations
@@ -16,6 +21,17 @@ import grpc
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
+
+
+MAX_MESSAGE_CHARS = 360
+MAX_VIOLATIONS = 3
+MAX_FIELD_CHARS = 64
+MAX_DESCRIPTION_CHARS = 120
+
+
+def shorten(text: str, limit: int) -> str:
+    """`text`, cut to `limit` characters with an ellipsis where it was cut."""
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
 
 
 @dataclass
@@ -31,11 +47,13 @@ class ServiceError(Exception):
         return f"{self.code.name}: {self.message}"
 
     def to_status(self) -> grpc.Status:
-        status = status_pb2.Status(code=self.code.value[0], message=self.message)
+        status = status_pb2.Status(code=self.code.value[0], message=shorten(self.message, MAX_MESSAGE_CHARS))
         if self.violations:
             bad_request = error_details_pb2.BadRequest(
                 field_violations=[
-                    error_details_pb2.BadRequest.FieldViolation(field=f, description=d) for f, d in self.violations
+                    error_details_pb2.BadRequest.FieldViolation(field=shorten(f, MAX_FIELD_CHARS),
+                                                                 description=shorten(d, MAX_DESCRIPTION_CHARS))
+                    for f, d in self.violations[:MAX_VIOLATIONS]
                 ]
             )
             detail = any_pb2.Any()

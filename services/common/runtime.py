@@ -25,9 +25,10 @@ import threading
 import time
 from concurrent import futures
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -118,32 +119,28 @@ class RuntimeInterceptor(grpc.ServerInterceptor):
         if handler is None:
             return None
         service, method = _method_parts(handler_call_details.method)
-        guard = _CallGuard(self, handler_call_details.method, service, method)
+        # Requests arrive as bytes and are parsed inside the guard: grpc's own parsing answers
+        # a malformed message (or a string field that is not UTF-8) INTERNAL, uncounted.
+        guard = _CallGuard(self, handler_call_details.method, service, method, handler.request_deserializer)
         if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                guard.wrap_unary(handler.unary_unary), handler.request_deserializer, handler.response_serializer
-            )
+            return grpc.unary_unary_rpc_method_handler(guard.wrap_unary(handler.unary_unary), None, handler.response_serializer)
         if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                guard.wrap_unary(handler.stream_unary, streamed=True), handler.request_deserializer,
-                handler.response_serializer
-            )
+            return grpc.stream_unary_rpc_method_handler(guard.wrap_unary(handler.stream_unary, streamed=True), None,
+                                                        handler.response_serializer)
         if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                guard.wrap_stream(handler.unary_stream), handler.request_deserializer, handler.response_serializer
-            )
-        return grpc.stream_stream_rpc_method_handler(
-            guard.wrap_stream(handler.stream_stream, streamed=True), handler.request_deserializer,
-            handler.response_serializer
-        )
+            return grpc.unary_stream_rpc_method_handler(guard.wrap_stream(handler.unary_stream), None, handler.response_serializer)
+        return grpc.stream_stream_rpc_method_handler(guard.wrap_stream(handler.stream_stream, streamed=True), None,
+                                                     handler.response_serializer)
 
 
 class _CallGuard:
-    def __init__(self, interceptor: RuntimeInterceptor, full_method: str, service: str, method: str) -> None:
+    def __init__(self, interceptor: RuntimeInterceptor, full_method: str, service: str, method: str,
+                 deserializer: Callable[[bytes], Any] | None = None) -> None:
         self.interceptor = interceptor
         self.full_method = full_method
         self.service = service
         self.method = method
+        self.deserializer = deserializer
         labels = (interceptor._service_name, method)
         self.in_flight = telemetry.RPC_IN_FLIGHT.labels(*labels)
 
@@ -181,14 +178,17 @@ class _CallGuard:
         )
         return span, time.perf_counter()
 
-    def _fail(self, context: grpc.ServicerContext, exc: BaseException) -> grpc.StatusCode:
+    def _fail(self, context: grpc.ServicerContext, exc: BaseException, span) -> grpc.StatusCode:
         """Abort the call for `exc`; returns the code. context.abort raises."""
         if isinstance(exc, errors.ServiceError):
             if exc.code != grpc.StatusCode.INVALID_ARGUMENT:
                 log.info("%s: %s", self.full_method, exc)
             context.abort_with_status(exc.to_status())
-        log.exception("%s: unexpected failure", self.full_method)
-        context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+        # The detail stays in the log, found by the trace id; the caller learns only that it is ours.
+        trace_id = f"{span.get_span_context().trace_id:032x}"
+        log.exception("%s: unexpected failure (trace %s)", self.full_method, trace_id)
+        context.abort(grpc.StatusCode.INTERNAL, f"internal error in the {self.interceptor._service_name} service "
+                                                f"(trace {trace_id}); the service log has the details")
 
     @contextlib.contextmanager
     def _guarded(self, context: grpc.ServicerContext, message_bytes: int = 0):
@@ -206,37 +206,47 @@ class _CallGuard:
             code = _code_of(exc, context)
             if code is not None:  # the handler already aborted
                 raise
+            if not context.is_active():  # the caller cancelled or ran out of time: nobody hears an error
+                code = grpc.StatusCode.DEADLINE_EXCEEDED if _time_left(context) <= 0 else grpc.StatusCode.CANCELLED
+                context.abort(code, "the caller went away")
             code = exc.code if isinstance(exc, errors.ServiceError) else grpc.StatusCode.INTERNAL
-            self._fail(context, exc)
+            self._fail(context, exc, span)
         finally:
             self._finish(context, started, code or grpc.StatusCode.UNKNOWN, span)
 
     def _requests(self, request, streamed: bool):
         if not streamed:
-            return request
-        return arriving(request, self.interceptor._stream_idle_s, f"{self.method} request stream")
+            return self._parse(request, "request")
+        messages = arriving(request, self.interceptor._stream_idle_s, f"{self.method} request stream")
+        return (self._parse(message, f"messages[{position}]") for position, message in enumerate(messages))
+
+    def _parse(self, raw: bytes, where: str):
+        if self.deserializer is None:
+            return raw
+        try:
+            return self.deserializer(raw)
+        except DecodeError:
+            raise errors.invalid_argument(where, "not a valid protobuf message for this method "
+                                                 "(a string field that is not UTF-8 makes it one)") from None
 
     def wrap_unary(self, behavior: Callable, streamed: bool = False):
         def handle(request, context):
-            with self._guarded(context, 0 if streamed else _message_bytes(request)):
+            with self._guarded(context, 0 if streamed else len(request)):
                 return behavior(self._requests(request, streamed), context)
 
         return handle
 
     def wrap_stream(self, behavior: Callable, streamed: bool = False):
         def handle(request, context):
-            with self._guarded(context, 0 if streamed else _message_bytes(request)):
+            with self._guarded(context, 0 if streamed else len(request)):
                 yield from behavior(self._requests(request, streamed), context)
 
         return handle
 
 
-def _message_bytes(request) -> int:
-    """A unary request's size (grpc holds the whole message before the handler runs)."""
-    try:
-        return int(request.ByteSize())
-    except AttributeError:
-        return 0
+def _time_left(context: grpc.ServicerContext) -> float:
+    remaining = context.time_remaining()
+    return float("inf") if remaining is None else remaining
 
 
 def _code_of(exc: BaseException, context: grpc.ServicerContext) -> grpc.StatusCode | None:

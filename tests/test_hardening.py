@@ -1,0 +1,111 @@
+"""What a caller hears when something goes wrong: the client's faults are INVALID_ARGUMENT and
+counted, errors repeat only a bounded piece of the input, and an internal failure names no
+Python internals. Real services on 127.0.0.1."""
+
+from __future__ import annotations
+
+import threading
+
+import grpc
+import pytest
+
+from modalmesh.common import errors, telemetry
+from modalmesh.common.client import connect
+from modalmesh.text.server import TextService
+from modalmesh.v1 import encoder_pb2, router_pb2
+
+
+def raw_call(channel: grpc.Channel, method: str, payload: bytes, timeout: float = 10):
+    """A unary call with hand-made request bytes (what a buggy client in any language sends)."""
+    return channel.unary_unary(method, request_serializer=None, response_deserializer=None)(payload, timeout=timeout)
+
+
+def test_request_bytes_that_do_not_parse_are_invalid_argument_and_counted(text_service):
+    refused = telemetry.RPC_ERRORS.labels("text", "EncodeOnce", "INVALID_ARGUMENT")
+    before = refused._value.get()
+    cases = [
+        b"\xff\xff\xff\xff",  # not protobuf at all
+        b"\x0a\x05abc",  # a length past the end
+        # EncodeOnceRequest.header.request_id (a string) holding bytes that are not UTF-8
+        b"\x0a\x04" + b"\x0a\x02\xc3\x28",
+    ]
+    with connect(text_service.address) as channel:
+        for payload in cases:
+            with pytest.raises(grpc.RpcError) as raised:
+                raw_call(channel, "/modalmesh.v1.Encoder/EncodeOnce", payload)
+            assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT, payload
+            assert "not a valid protobuf message" in raised.value.details()
+            assert errors.field_violations(raised.value)[0][0] == "request"
+        assert refused._value.get() - before == len(cases)
+        reply = raw_call(channel, "/modalmesh.v1.Encoder/EncodeOnce", encoder_pb2.EncodeOnceRequest(
+            header=encoder_pb2.EncodeHeader(media_type="text/plain", pooled_only=True), payload=b"hello").SerializeToString())
+        assert encoder_pb2.EncodeOnceResponse.FromString(reply).chunks  # the service still answers
+
+
+def test_an_error_repeats_at_most_a_bounded_piece_of_the_input(text_service):
+    with connect(text_service.address) as channel:
+        request = encoder_pb2.EncodeOnceRequest(header=encoder_pb2.EncodeHeader(media_type="text/" + "x" * 100_000), payload=b"hi")
+        with pytest.raises(grpc.RpcError) as raised:
+            raw_call(channel, "/modalmesh.v1.Encoder/EncodeOnce", request.SerializeToString())
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # not RESOURCE_EXHAUSTED from the metadata limit
+    details = raised.value.details()
+    assert details.startswith("header.media_type") and len(details.encode()) <= errors.MAX_MESSAGE_CHARS * 3
+    status_bytes = dict(raised.value.trailing_metadata()).get("grpc-status-details-bin", b"")
+    assert len(details.encode()) + len(status_bytes) < 1024
+
+
+def test_an_internal_failure_names_no_python_internals(start_text_service, caplog):
+    class FailingTextService(TextService):
+        def encode(self, request):
+            raise ValueError("invalid literal for int() with base 10: 'secret'")
+            yield  # a generator, as the real one
+
+    handle = start_text_service(service_class=FailingTextService)
+    with connect(handle.address) as channel:
+        request = encoder_pb2.EncodeOnceRequest(header=encoder_pb2.EncodeHeader(media_type="text/plain"), payload=b"hi")
+        with pytest.raises(grpc.RpcError) as raised:
+            raw_call(channel, "/modalmesh.v1.Encoder/EncodeOnce", request.SerializeToString())
+    details = raised.value.details()
+    assert raised.value.code() == grpc.StatusCode.INTERNAL
+    assert "ValueError" not in details and "secret" not in details and "internal error in the text service" in details
+    trace = details.split("(trace ")[1].split(")")[0]
+    assert any(trace in record.getMessage() and record.exc_info for record in caplog.records)  # the detail is in the log
+
+
+def test_invalid_utf8_in_a_router_request_is_invalid_argument(mesh):
+    with connect(mesh.router.address) as channel:
+        task = router_pb2.AnalyzeRequest(task="screenshot_triage").SerializeToString()
+        with pytest.raises(grpc.RpcError) as raised:
+            raw_call(channel, "/modalmesh.v1.Router/Analyze", task + b"\x1a\x03\xe2\x28\xa1")  # text: not UTF-8
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        # A stream whose second message does not parse: the field says which message.
+        stream = channel.stream_stream("/modalmesh.v1.Router/AnalyzeStream", request_serializer=None, response_deserializer=None)
+        first = router_pb2.AnalyzeStreamRequest(request=router_pb2.AnalyzeRequest(task="screenshot_triage", text="hi"))
+        with pytest.raises(grpc.RpcError) as raised:
+            list(stream(iter([first.SerializeToString(), b"\xff\xff"]), timeout=20))
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "messages[1]" in raised.value.details()
+
+
+def test_a_caller_that_goes_away_mid_upload_is_not_an_internal_error(text_service):
+    internal = telemetry.RPC_ERRORS.labels("text", "Encode", "INTERNAL")
+    cancelled = telemetry.RPC_ERRORS.labels("text", "Encode", "CANCELLED")
+    before_internal, before_cancelled = internal._value.get(), cancelled._value.get()
+    sent = threading.Event()
+
+    def requests():
+        yield encoder_pb2.EncodeRequest(header=encoder_pb2.EncodeHeader(media_type="text/plain"))
+        yield encoder_pb2.EncodeRequest(payload=b"half of a message")
+        sent.set()
+        threading.Event().wait(30)  # never finishes the upload
+
+    with connect(text_service.address) as channel:
+        from modalmesh.v1 import encoder_pb2_grpc
+
+        call = encoder_pb2_grpc.EncoderStub(channel).Encode(requests(), timeout=30)
+        assert sent.wait(10)
+        call.cancel()
+    for _ in range(100):
+        if cancelled._value.get() > before_cancelled:
+            break
+        threading.Event().wait(0.05)
+    assert cancelled._value.get() == before_cancelled + 1 and internal._value.get() == before_internal
