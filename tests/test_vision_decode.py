@@ -256,3 +256,42 @@ def test_the_display_orientation_and_other_planes_are_left_as_stored():
         assert np.array_equal(decoded.hounsfield, hounsfield)
     decoded = decode_image(ct_dicom(hounsfield, orientation=(0, 0, 0, 0, 0, 0)), "application/dicom", {}, 10**7)
     assert "plane" not in decoded.tags  # unusable cosines: the display is assumed, as without the tag
+
+
+def _dicom_with_raw(tag: int, vr: str, value) -> bytes:
+    """The test CT with one element written as given, wrong VR and all (as a buggy writer does)."""
+    import io
+    import warnings
+
+    import pydicom
+
+    dataset = pydicom.dcmread(io.BytesIO(ct_dicom(phantom_hu(64))))
+    if tag in dataset:
+        del dataset[tag]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dataset.add_new(tag, vr, value)
+        out = io.BytesIO()
+        dataset.save_as(out, enforce_file_format=False)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("name, data", [
+    ("Rows as text", lambda: _dicom_with_raw(0x00280010, "LO", "abc")),
+    ("RescaleSlope as text", lambda: _dicom_with_raw(0x00281053, "LO", "abc")),
+    ("RescaleSlope with two values", lambda: _dicom_with_raw(0x00281053, "LO", "1\\2")),
+    ("NumberOfFrames as text", lambda: _dicom_with_raw(0x00280008, "LO", "abc")),
+    ("truncated", lambda: ct_dicom(phantom_hu(64))[:700]),
+])
+def test_a_dicom_with_a_tag_that_does_not_parse_is_refused_in_words(name, data):
+    message = refused(data(), "application/dicom")
+    assert message.startswith("payload: cannot ") and "Error" not in message and "invalid literal" not in message, name
+
+
+def test_a_dicom_window_or_spacing_that_cannot_be_used_is_said_so():
+    no_window = _edited_dicom()
+    assert "the DICOM has no usable WindowCenter and WindowWidth" in refused(no_window, "application/dicom", window="file")
+    one_spacing = decode(_dicom_with_raw(0x00280030, "DS", "0.7"), "application/dicom").tags
+    assert "PixelSpacing" not in one_spacing and one_spacing["PixelSpacingIgnored"] == "not two numbers"
+    centre_only = decode(_dicom_with_raw(0x00281050, "DS", "40"), "application/dicom")  # no WindowWidth: not "file"
+    assert centre_only.tags["window"] == "40/400"

@@ -25,12 +25,17 @@ the top. Without the tag, that display is assumed.
 from __future__ import annotations
 
 import io
+import logging
+import struct
 import warnings
+import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from modalmesh.common import errors
+
+log = logging.getLogger(__name__)
 
 IMAGE_MEDIA_TYPES = ("image/png", "image/jpeg", "image/webp", "image/bmp", "image/tiff", "application/dicom")
 
@@ -221,15 +226,32 @@ def _to_rgb(image) -> np.ndarray:
 # ---------------------------------------------------------------------------- DICOM
 
 
+# What reading a malformed DICOM raises, from pydicom, numpy and Python itself (a tag of the
+# wrong type, a deflated body that is not deflate, a sequence nested 500 deep).
+MALFORMED_DICOM = (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError, EOFError, OSError,
+                   RecursionError, NotImplementedError, zlib.error, struct.error, ArithmeticError)
+
+
 def _decode_dicom(data: bytes, parameters: dict[str, str], max_pixels: int) -> DecodedImage:
-    import pydicom
-    import pydicom.pixels
+    """Every failure reading the file is the caller's: INVALID_ARGUMENT in words, the
+    Python detail in the log."""
     from pydicom.errors import InvalidDicomError
 
     try:
-        dataset = pydicom.dcmread(io.BytesIO(data))
-    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
-        raise errors.invalid_argument("payload", f"cannot read the DICOM file: {exc}") from None
+        return _read_dicom(data, parameters, max_pixels)
+    except errors.ServiceError:
+        raise
+    except (InvalidDicomError, *MALFORMED_DICOM) as exc:
+        log.info("malformed DICOM: %s: %s", type(exc).__name__, exc)
+        raise errors.invalid_argument("payload", "cannot read the DICOM file: its header or a tag (size, spacing, "
+                                                 "window, rescale, frames) is malformed or truncated") from None
+
+
+def _read_dicom(data: bytes, parameters: dict[str, str], max_pixels: int) -> DecodedImage:
+    import pydicom
+    import pydicom.pixels
+
+    dataset = pydicom.dcmread(io.BytesIO(data))
     if "PixelData" not in dataset:
         raise errors.invalid_argument("payload", "the DICOM file has no pixel data")
     rows, columns = int(dataset.get("Rows", 0)), int(dataset.get("Columns", 0))
@@ -248,7 +270,12 @@ def _decode_dicom(data: bytes, parameters: dict[str, str], max_pixels: int) -> D
         # of 512x512 (16 MB of DICOM), to use one.
         pixels = dataset.pixel_array if frame is None else pydicom.pixels.pixel_array(dataset, index=frame)
     except Exception as exc:  # pydicom raises many types for truncated or compressed data
-        raise errors.invalid_argument("payload", f"cannot decode the DICOM pixel data: {type(exc).__name__}: {exc}") from None
+        log.info("undecodable DICOM pixel data: %s: %s", type(exc).__name__, exc)
+        syntax = dataset.file_meta.get("TransferSyntaxUID") if hasattr(dataset, "file_meta") else None
+        compressed = syntax is not None and getattr(syntax, "is_compressed", False)
+        what = f"it is compressed as {syntax.name}, which this service cannot decode" if compressed and "require" in str(exc) \
+            else "it is truncated or malformed"
+        raise errors.invalid_argument("payload", f"cannot decode the DICOM pixel data: {what}") from None
     if pixels.ndim not in (2, 3) or (pixels.ndim == 3 and pixels.shape[-1] != 3):
         raise errors.invalid_argument("payload", f"unsupported DICOM pixel array shape {list(pixels.shape)}")
     tags = _dicom_tags(dataset, frames)
@@ -334,24 +361,35 @@ def _to_display(pixels: np.ndarray, dataset, tags: dict[str, str]) -> np.ndarray
 
 
 def _ct_window(dataset, parameters: dict[str, str]) -> tuple[float, float]:
-    preset = parameters.get("window", "file" if "WindowCenter" in dataset else "soft_tissue")
+    preset = parameters.get("window", "file" if {"WindowCenter", "WindowWidth"} <= set(dataset.dir()) else "soft_tissue")
     if preset == "file":
         # Either value may be multi-valued (several windows); the first is the default.
-        center = float(np.atleast_1d(np.asarray(dataset.WindowCenter, dtype=np.float64))[0])
-        width = float(np.atleast_1d(np.asarray(dataset.WindowWidth, dtype=np.float64))[0])
+        try:
+            center = float(np.atleast_1d(np.asarray(dataset.WindowCenter, dtype=np.float64))[0])
+            width = float(np.atleast_1d(np.asarray(dataset.WindowWidth, dtype=np.float64))[0])
+        except (*MALFORMED_DICOM,):
+            center = width = float("nan")
+        if not (np.isfinite(center) and np.isfinite(width)):
+            raise errors.invalid_argument("header.parameters.window", "file: the DICOM has no usable WindowCenter and "
+                                                                      "WindowWidth; give a preset or center/width")
         return center, max(width, 1.0)
     return _window(preset)
 
 
 def _dicom_tags(dataset, frames: int) -> dict[str, str]:
     tags = {name: str(dataset.get(name)) for name in REPORT_TAGS if dataset.get(name) not in (None, "")}
-    spacing = dataset.get("PixelSpacing")
-    if spacing is not None and len(spacing) == 2:
-        row, column = float(spacing[0]), float(spacing[1])
+    try:
+        spacing = [float(v) for v in np.atleast_1d(np.asarray(dataset.get("PixelSpacing", []), dtype=object))]
+    except MALFORMED_DICOM:
+        spacing = []
+    if len(spacing) == 2:
+        row, column = spacing
         if 0 < row <= 10 and 0 < column <= 10:
             tags["PixelSpacing"] = f"{row:g}\\{column:g}"
         else:  # 0\0 (some writers' "unknown"), 1e9, NaN: no sizes in mm from it, and the report says why
             tags["PixelSpacingIgnored"] = f"{row:g}\\{column:g} is outside (0, 10] mm"
+    elif "PixelSpacing" in dataset:  # one value, three, or text: no sizes in mm from it either
+        tags["PixelSpacingIgnored"] = "not two numbers"
     if frames > 1:
         tags["NumberOfFrames"] = str(frames)
     return tags
