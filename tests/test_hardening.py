@@ -109,3 +109,26 @@ def test_a_caller_that_goes_away_mid_upload_is_not_an_internal_error(text_servic
             break
         threading.Event().wait(0.05)
     assert cancelled._value.get() == before_cancelled + 1 and internal._value.get() == before_internal
+
+
+def test_a_truncated_wav_is_refused_whole_or_streamed():
+    """The data chunk's declared size was not checked: half an upload was answered as if it
+    were the whole recording."""
+    import numpy as np
+
+    from modalmesh.audio.decode import StreamDecoder, decode_file
+    from tests.media import wav_bytes
+
+    wav = wav_bytes(np.zeros(16000, dtype=np.float32), 16000)
+    assert decode_file(wav, "audio/wav")[0].shape == (16000,)
+    with pytest.raises(errors.ServiceError) as raised:
+        decode_file(wav[: len(wav) // 2], "audio/wav")
+    assert raised.value.code == grpc.StatusCode.INVALID_ARGUMENT and "the WAV file is truncated" in raised.value.message
+    stream = StreamDecoder("audio/wav", {})
+    for start in range(0, len(wav) // 2, 1000):
+        stream.feed(wav[start:min(start + 1000, len(wav) // 2)])
+    with pytest.raises(errors.ServiceError, match="declares 32000 bytes"):
+        stream.finish()
+    streaming_writer = bytearray(wav)
+    streaming_writer[40:44] = b"\xff\xff\xff\xff"  # a writer that does not know the length in advance
+    assert decode_file(bytes(streaming_writer[: len(wav) // 2]), "audio/wav")[0].size > 0

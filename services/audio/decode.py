@@ -85,6 +85,10 @@ def decode_file(data: bytes, media_type: str, max_seconds: float | None = None) 
     if not data:
         raise errors.invalid_argument("payload", "the audio is empty (0 bytes)")
     check_signature(data, media_type)
+    if media_type == "audio/wav":
+        parsed = parse_wav_header(data)
+        if parsed is not None:
+            check_wav_length(data, parsed[1], len(data) - parsed[1])
     blocks, total = [], 0
     try:
         with soundfile.SoundFile(io.BytesIO(data)) as audio:
@@ -150,6 +154,18 @@ def parse_wav_header(data: bytes) -> tuple[PcmLayout, int] | None:
     return None
 
 
+UNKNOWN_WAV_SIZES = (0, 0xFFFFFFFF)  # what writers that stream (and do not seek back) put in the data size
+
+
+def check_wav_length(data: bytes, offset: int, present: int) -> None:
+    """Refuse a WAV whose data chunk declares more bytes than arrived: a truncated upload
+    would otherwise be answered from part of the recording, unsaid."""
+    declared = struct.unpack("<I", data[offset - 4 : offset])[0]
+    if declared not in UNKNOWN_WAV_SIZES and present < declared:
+        raise errors.invalid_argument("payload", f"the WAV file is truncated: its data chunk declares {declared} bytes, "
+                                                 f"{present} arrived")
+
+
 def _wav_layout(tag: int, channels: int, rate: int, bits: int) -> PcmLayout:
     check_layout(rate, channels)
     if tag == 1 and bits in (8, 16, 24, 32):
@@ -170,6 +186,8 @@ class StreamDecoder:
         self.layout: PcmLayout | None = None
         self._pending = b""
         self._header_done = False
+        self._header = b""  # a WAV's bytes up to its first sample (the data size is checked at the end)
+        self._received = 0  # bytes of samples since the header
         if media_type == "audio/pcm":
             self.layout = pcm_layout_from_parameters(parameters)
             self._header_done = True
@@ -183,8 +201,11 @@ class StreamDecoder:
                     raise errors.invalid_argument("payload", "no WAV data chunk in the first MiB")
                 return np.zeros(0, dtype=np.float32)
             self.layout, offset = parsed
-            self._pending = self._pending[offset:]
+            self._header, self._pending = self._pending[:offset], self._pending[offset:]
             self._header_done = True
+            self._received = len(self._pending)
+        else:
+            self._received += len(data)
         frame_bytes = self.layout.dtype.itemsize * self.layout.channels
         usable = len(self._pending) - len(self._pending) % frame_bytes
         block, self._pending = self._pending[:usable], self._pending[usable:]
@@ -194,6 +215,8 @@ class StreamDecoder:
         """At the end of the stream: refuse a header that never completed."""
         if not self._header_done:
             raise errors.invalid_argument("payload", "the WAV file ends before its header does (truncated)")
+        if self._header:
+            check_wav_length(self._header, len(self._header), self._received)
 
     def _samples(self, block: bytes) -> np.ndarray:
         layout = self.layout
