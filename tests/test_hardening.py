@@ -132,3 +132,72 @@ def test_a_truncated_wav_is_refused_whole_or_streamed():
     streaming_writer = bytearray(wav)
     streaming_writer[40:44] = b"\xff\xff\xff\xff"  # a writer that does not know the length in advance
     assert decode_file(bytes(streaming_writer[: len(wav) // 2]), "audio/wav")[0].size > 0
+
+
+# ------------------------------------------------------------------ chaos: encoders down
+
+
+def test_triage_degrades_when_the_text_service_is_down(mesh):
+    """The screen's OCR lines are embedded by the text service: its outage failed the image
+    too, and screenshot-only requests got UNAVAILABLE."""
+    from modalmesh.client import RouterClient
+    from tests.media import image_bytes, render_screenshot
+
+    router = mesh.start_router(text_target="127.0.0.1:9")  # nothing listens there
+    try:
+        with RouterClient(router.address, timeout=30) as client:
+            screenshot = image_bytes(render_screenshot("Error 402: Payment declined"))
+            alone = client.analyze("screenshot_triage", image=screenshot, mode="full")
+            both = client.analyze("screenshot_triage", image=screenshot, text="my card was declined", mode="full")
+    finally:
+        router.stop(grace=0.5)
+    for answer in (alone, both):
+        image = answer["modalities"]["image"]
+        assert image["status"] == "used" and "OCR read but not used: the text service failed (UNAVAILABLE" in image["reason"]
+        assert answer["label"]
+    assert both["modalities"]["text"]["status"] == "failed" and both["modalities"]["text"]["error_code"] == "UNAVAILABLE"
+    assert "Payment declined" in alone["findings"]["error_text"]  # the screen text is still reported, read by error words
+
+
+def test_an_encoder_killed_and_restarted_under_load_loses_no_request(mesh):
+    """Requests keep coming while the vision service is stopped and started again on the same
+    port: every one is answered (from the text while the image cannot be read), none is lost."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from modalmesh.client import RouterClient
+    from tests.conftest import start_service
+    from tests.media import image_bytes, render_screenshot
+
+    vision = start_service("vision", ocr=False)
+    port = vision.port
+    router = mesh.start_router(vision_target=vision.address)
+    screenshot = image_bytes(render_screenshot("The app has stopped"))
+    answers, failures = [], []
+
+    def ask(i: int):
+        try:
+            with RouterClient(router.address, timeout=20) as client:
+                answers.append(client.analyze("screenshot_triage", image=screenshot, text="the app crashes when I open it",
+                                              mode="full", request_id=f"chaos-{i}"))
+        except grpc.RpcError as exc:
+            failures.append((i, exc.code(), exc.details()))
+
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            first = [pool.submit(ask, i) for i in range(8)]
+            [f.result(timeout=60) for f in first]
+            vision.stop(grace=0)
+            during = [pool.submit(ask, i) for i in range(8, 16)]
+            [f.result(timeout=60) for f in during]
+            vision = start_service("vision", ocr=False, port=port)
+            after = [pool.submit(ask, i) for i in range(16, 24)]
+            [f.result(timeout=60) for f in after]
+    finally:
+        router.stop(grace=0.5)
+        vision.stop(grace=0.5)
+    assert not failures and len(answers) == 24  # nothing lost, nothing failed
+    by_id = {a["request_id"]: a for a in answers}
+    down = [by_id[f"chaos-{i}"]["modalities"]["image"]["status"] for i in range(8, 16)]
+    up = [by_id[f"chaos-{i}"]["modalities"]["image"]["status"] for i in range(16, 24)]
+    assert all(status in ("failed", "timed_out") for status in down) and all(status == "used" for status in up)
+    assert all(by_id[f"chaos-{i}"]["modalities"]["text"]["status"] == "used" for i in range(8, 16))

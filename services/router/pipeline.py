@@ -523,10 +523,17 @@ class Pipeline:
             run.screen_text_note = "; ".join(unread)
             run.evidence.screen_lines = lines
             if lines:
-                return {"image_text": run.embed_texts(call, lines)}
+                try:
+                    return {"image_text": run.embed_texts(call, lines)}
+                except grpc.RpcError as exc:  # the text service is down: the image still counts, its text is reported
+                    run.side_notes["image_text"] = _not_embedded(exc)
         if modality == "audio" and side.HasField("transcript") and side.transcript.text.strip():
             run.evidence.transcript = side.transcript.text
-            result = run.encode(call, "text", side.transcript.text.encode(), "text/plain")
+            try:
+                result = run.encode(call, "text", side.transcript.text.encode(), "text/plain")
+            except grpc.RpcError as exc:
+                run.side_notes["audio_text"] = _not_embedded(exc)
+                return {}
             return {"audio_text": torch.from_numpy(np.asarray(result.sequence, dtype=np.float32))}
         return {}
 
@@ -732,6 +739,14 @@ def _why_unread(state: ModalityState) -> str:
     what = what.get(state.status, "not read")
     reason = "; ".join(description for _, description in state.violations) or state.reason
     return f"{what}: {reason}" if reason else what
+
+
+def _not_embedded(exc: grpc.RpcError) -> str:
+    """The side note for text that was read but could not be embedded (a cancelled call is not
+    a failure: it is re-raised, and the harvest drops it)."""
+    if exc.code() == grpc.StatusCode.CANCELLED:
+        raise exc
+    return f"read but not used: the text service failed ({exc.code().name}: {exc.details()})"
 
 
 def _nothing_read(task: TaskModel, evidence: Evidence) -> tuple[str, dict[str, str], str]:
