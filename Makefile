@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: setup demo test protos bench weights clean
+.PHONY: setup demo test protos bench weights fuzz clean
 
 setup: $(STAMP)
 
@@ -20,6 +20,10 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+# A seeded fuzz campaign against a mesh on 127.0.0.1 (tests/fuzz.py; the suite runs seed 1).
+fuzz: setup
+	$(PY) -m tests.fuzz --cases 1200 --seed $${SEED:-2}
 
 protos: setup
 	$(PY) tools/gen_protos.py

@@ -15,12 +15,15 @@ beyond full scale (|x| > 1) are clipped to it.
 from __future__ import annotations
 
 import io
+import logging
 import struct
 from dataclasses import dataclass
 
 import numpy as np
 
 from modalmesh.common import errors
+
+log = logging.getLogger(__name__)
 
 AUDIO_MEDIA_TYPES = ("audio/wav", "audio/x-wav", "audio/wave", "audio/flac", "audio/ogg", "audio/pcm")
 TARGET_RATE = 16_000
@@ -103,7 +106,9 @@ def decode_file(data: bytes, media_type: str, max_seconds: float | None = None) 
     except errors.ServiceError:
         raise
     except (soundfile.LibsndfileError, RuntimeError, ValueError, TypeError) as exc:
-        raise errors.invalid_argument("payload", f"cannot decode the audio: {exc}") from None
+        log.info("undecodable audio: %s: %s", type(exc).__name__, exc)
+        raise errors.invalid_argument("payload", "cannot decode the audio: it is truncated, corrupt or not the format "
+                                                 "it says") from None
     if total == 0:
         raise errors.invalid_argument("payload", "the audio has no samples")
     return np.concatenate(blocks), rate, channels

@@ -198,8 +198,10 @@ def _decode_raster(data: bytes, max_pixels: int) -> DecodedImage:
         raise
     except Image.DecompressionBombError as exc:
         raise errors.invalid_argument("payload", f"the image is over the limit of {max_pixels} pixels ({exc})") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise errors.invalid_argument("payload", f"cannot decode the image: {exc}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, struct.error, zlib.error) as exc:
+        log.info("undecodable image: %s: %s", type(exc).__name__, exc)
+        raise errors.invalid_argument("payload", "cannot decode the image: it is truncated, corrupt or not the format "
+                                                 "it says") from None
 
 
 def _to_rgb(image) -> np.ndarray:

@@ -1,0 +1,275 @@
+"""A seeded fuzz campaign against real services: hostile inputs of every family, and what
+every answer must be.
+
+    .venv/bin/python -m tests.fuzz --cases 1200 --seed 1     # make fuzz: starts a mesh on 127.0.0.1
+
+Families: images (PNG, JPEG, DICOM: truncated, bytes flipped, chunks inserted, wrong media
+types, odd parameters), audio (WAV, FLAC, raw PCM: the same, and odd rates and layouts),
+text (control characters, long, empty, wrong media types), encoder headers (unknown
+options and datatypes, long ids), hand-made protobuf (random bytes to each method), and
+router requests (unknown tasks and modes, negative options, mutated media).
+
+Every call must end OK, INVALID_ARGUMENT, RESOURCE_EXHAUSTED or DEADLINE_EXCEEDED, with a
+message under 1 KiB that names no Python internals; every service must still be SERVING
+at the end. `tests/test_fuzz.py` runs a smaller campaign of the same cases in the suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import re
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+ALLOWED = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED,
+           grpc.StatusCode.DEADLINE_EXCEEDED}
+INTERNALS = re.compile(r"\b[A-Z][A-Za-z]*(Error|Exception)\b|Traceback|File \"|pip install|0x[0-9a-f]{8,}")
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+FAMILIES = ("image", "audio", "text", "header", "protobuf", "router")
+
+
+@dataclass(frozen=True)
+class Case:
+    family: str
+    name: str
+    target: str  # "text", "vision", "audio" or "router"
+    method: str  # full gRPC method
+    payload: bytes  # the serialized request
+
+
+@dataclass(frozen=True)
+class Outcome:
+    case: Case
+    code: grpc.StatusCode
+    details: str
+    seconds: float
+
+    @property
+    def problem(self) -> str:
+        """What is wrong with this outcome, or ''."""
+        if self.code not in ALLOWED:
+            return f"code {self.code.name}"
+        if self.code != grpc.StatusCode.OK and len(self.details.encode()) > 1024:
+            return f"message of {len(self.details.encode())} bytes"
+        if self.code != grpc.StatusCode.OK and INTERNALS.search(self.details):
+            return f"message names internals: {self.details[:120]!r}"
+        return ""
+
+
+# ----------------------------------------------------------------------------- generators
+
+
+def _seeds() -> dict[str, bytes]:
+    from tests.media import image_bytes, render_screenshot, tone, wav_bytes
+
+    return {
+        "png": (EXAMPLES / "screenshot.png").read_bytes(),
+        "jpeg": image_bytes(render_screenshot("Payment declined"), "JPEG"),
+        "progressive": _progressive_jpeg(),
+        "dicom": (EXAMPLES / "ct.dcm").read_bytes(),
+        "wav": (EXAMPLES / "voice.wav").read_bytes(),
+        "short_wav": wav_bytes(tone(0.5, 16000), 16000),
+        "flac": wav_bytes(tone(0.5, 16000), 16000, fmt="FLAC"),
+    }
+
+
+def _progressive_jpeg() -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (320, 200), (90, 120, 200)).save(buffer, "JPEG", progressive=True)
+    return buffer.getvalue()
+
+
+def _mutate(rng: np.random.Generator, data: bytes) -> tuple[str, bytes]:
+    choice = int(rng.integers(6))
+    if choice == 0:
+        cut = int(rng.integers(0, len(data)))
+        return f"truncated at {cut}", data[:cut]
+    if choice == 1:
+        flipped = bytearray(data)
+        for _ in range(int(rng.integers(1, 24))):
+            flipped[int(rng.integers(len(flipped)))] = int(rng.integers(256))
+        return "bytes flipped", bytes(flipped)
+    if choice == 2:  # the header region, where lengths and sizes live
+        flipped = bytearray(data)
+        for _ in range(int(rng.integers(1, 8))):
+            flipped[int(rng.integers(min(len(flipped), 400)))] = int(rng.integers(256))
+        return "header bytes flipped", bytes(flipped)
+    if choice == 3:
+        at = int(rng.integers(len(data)))
+        return "chunk inserted", data[:at] + rng.bytes(int(rng.integers(1, 4096))) + data[at:]
+    if choice == 4:
+        return "random tail", data[: int(rng.integers(8, 64))] + rng.bytes(int(rng.integers(0, 20000)))
+    return "intact", data
+
+
+def _text(rng: np.random.Generator) -> str:
+    kind = int(rng.integers(5))
+    if kind == 0:
+        return "".join(chr(int(c)) for c in rng.integers(0, 0x20, size=int(rng.integers(1, 200))))  # control characters
+    if kind == 1:
+        return "x" * int(rng.choice([1, 1000, 65_000, 70_000]))
+    if kind == 2:
+        return "".join(chr(int(c)) for c in rng.integers(0x80, 0xD7FF, size=int(rng.integers(1, 500))))
+    if kind == 3:
+        return "\u200b\ufeff " * int(rng.integers(1, 50))
+    return "my card was declined at checkout"
+
+
+def _parameters(rng: np.random.Generator) -> dict[str, str]:
+    names = ["window", "pixel_spacing", "frame", "sample_rate_hz", "channels", "sample_format", "x" * 300]
+    values = ["file", "lung", "abc", "-1", "0", "1e308", "nan", "40/0", "0.7\\0.7\\0.7", "99999999999", "", "s16le", "f64"]
+    return {str(rng.choice(names)): str(rng.choice(values)) for _ in range(int(rng.integers(0, 3)))}
+
+
+def _encode_once(media_type: str, payload: bytes, options=(), parameters=None, datatype: str = "", request_id: str = "",
+                 pooled_only: bool = False) -> bytes:
+    from modalmesh.v1 import encoder_pb2
+
+    header = encoder_pb2.EncodeHeader(request_id=request_id, media_type=media_type, options=list(options),
+                                      output_datatype=datatype, pooled_only=pooled_only, parameters=parameters or {})
+    return encoder_pb2.EncodeOnceRequest(header=header, payload=payload).SerializeToString()
+
+
+def generate(count: int, seed: int) -> list[Case]:
+    """`count` cases, the same for the same seed, cycling through the families."""
+    from modalmesh.v1 import router_pb2
+
+    rng = np.random.default_rng(seed)
+    seeds = _seeds()
+    image_types = ["image/png", "image/jpeg", "application/dicom", "image/webp", "image/gif", "", "image/" + "p" * 2000]
+    audio_types = ["audio/wav", "audio/flac", "audio/ogg", "audio/pcm", "audio/mpeg", ""]
+    encode_once = "/modalmesh.v1.Encoder/EncodeOnce"
+    cases = []
+    for index in range(count):
+        family = FAMILIES[index % len(FAMILIES)]
+        if family == "image":
+            source = str(rng.choice(["png", "jpeg", "progressive", "dicom"]))
+            how, data = _mutate(rng, seeds[source])
+            media = str(rng.choice(image_types)) if rng.random() < 0.2 else {"png": "image/png", "dicom": "application/dicom"}.get(source, "image/jpeg")
+            options = ["ocr"] if rng.random() < 0.2 else []
+            cases.append(Case(family, f"{source} {how} as {media[:20]}", "vision", encode_once,
+                              _encode_once(media, data, options, _parameters(rng), pooled_only=True)))
+        elif family == "audio":
+            source = str(rng.choice(["wav", "short_wav", "flac"]))
+            how, data = _mutate(rng, seeds[source])
+            media = str(rng.choice(audio_types)) if rng.random() < 0.3 else ("audio/flac" if source == "flac" else "audio/wav")
+            options = ["transcript"] if rng.random() < 0.05 else []
+            cases.append(Case(family, f"{source} {how} as {media}", "audio", encode_once,
+                              _encode_once(media, data, options, _parameters(rng), pooled_only=True)))
+        elif family == "text":
+            text = _text(rng)
+            media = "text/plain" if rng.random() < 0.8 else str(rng.choice(["text/html", "", "application/json"]))
+            cases.append(Case(family, f"text of {len(text)} characters as {media}", "text", encode_once,
+                              _encode_once(media, text.encode("utf-8", "surrogatepass"), pooled_only=True)))
+        elif family == "header":
+            target = str(rng.choice(["text", "vision", "audio"]))
+            options = [str(rng.choice(["ocr", "transcript", "bogus", "x" * 500]))] if rng.random() < 0.7 else []
+            datatype = str(rng.choice(["", "FP32", "FP16", "BF16", "INT8", "fp32"]))
+            request_id = "r" * int(rng.choice([0, 10, 129, 5000]))
+            payload = {"text": b"hello", "vision": seeds["png"], "audio": seeds["short_wav"]}[target]
+            media = {"text": "text/plain", "vision": "image/png", "audio": "audio/wav"}[target]
+            cases.append(Case(family, f"{target} header {options[:1]} {datatype} id {len(request_id)}", target, encode_once,
+                              _encode_once(media, payload, options, datatype=datatype, request_id=request_id, pooled_only=True)))
+        elif family == "protobuf":
+            target = str(rng.choice(["text", "vision", "audio", "router"]))
+            method = {"router": "/modalmesh.v1.Router/Analyze"}.get(target, encode_once)
+            payload = rng.bytes(int(rng.integers(0, 300))) if rng.random() < 0.5 else bytes([0x1a, 0x03, 0xe2, 0x28, 0xa1])
+            cases.append(Case(family, f"{len(payload)} hand-made bytes", target, method, payload))
+        else:
+            request = router_pb2.AnalyzeRequest(task=str(rng.choice(["screenshot_triage", "medical_report", "horoscope", "x" * 3000])))
+            if rng.random() < 0.6:
+                request.text = _text(rng)[:66_000]
+            if rng.random() < 0.4:
+                source = str(rng.choice(["png", "dicom", "jpeg"]))
+                request.image.data = _mutate(rng, seeds[source])[1]
+                request.image.media_type = str(rng.choice(image_types)) if rng.random() < 0.2 else ""
+            invalid = rng.random() < 0.2  # an option out of range; else the request reaches the encoders
+            request.options.mode = int(rng.choice([7, 99] if invalid else [0, 1, 2]))
+            request.options.top_k = int(rng.choice([-1, 3] if invalid else [0, 3, 1000]))
+            request.options.deadline_ms = int(rng.choice([-5, 3000] if invalid else [3000, 5000]))
+            cases.append(Case(family, f"router {request.task[:20]} mode {request.options.mode}", "router",
+                              "/modalmesh.v1.Router/Analyze", request.SerializeToString()))
+    return cases
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def run(cases: list[Case], addresses: dict[str, str], timeout: float = 20.0) -> list[Outcome]:
+    from modalmesh.common.client import connect
+
+    channels = {name: connect(address) for name, address in addresses.items()}
+    outcomes = []
+    try:
+        for case in cases:
+            call = channels[case.target].unary_unary(case.method, request_serializer=None, response_deserializer=None)
+            started = time.perf_counter()
+            try:
+                call(case.payload, timeout=timeout)
+                code, details = grpc.StatusCode.OK, ""
+            except grpc.RpcError as exc:
+                code, details = exc.code(), exc.details() or ""
+            outcomes.append(Outcome(case, code, details, time.perf_counter() - started))
+    finally:
+        for channel in channels.values():
+            channel.close()
+    return outcomes
+
+
+def serving(addresses: dict[str, str]) -> dict[str, str]:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from modalmesh.common.client import connect
+
+    states = {}
+    for name, address in addresses.items():
+        with connect(address) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+            states[name] = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    return states
+
+
+def summary(outcomes: list[Outcome]) -> dict:
+    return {
+        "cases": len(outcomes),
+        "by_family": dict(Counter(o.case.family for o in outcomes)),
+        "codes": dict(Counter(o.code.name for o in outcomes)),
+        "problems": [{"family": o.case.family, "case": o.case.name, "code": o.code.name, "problem": o.problem}
+                     for o in outcomes if o.problem],
+        "slowest_s": round(max((o.seconds for o in outcomes), default=0.0), 2),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", type=int, default=1200)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+
+    from tests.conftest import Mesh
+
+    mesh = Mesh()
+    try:
+        addresses = {"router": mesh.router.address, **{name: h.address for name, h in mesh.encoders.items()}}
+        started = time.perf_counter()
+        outcomes = run(generate(args.cases, args.seed), addresses)
+        result = {**summary(outcomes), "seconds": round(time.perf_counter() - started, 1), "serving": serving(addresses)}
+    finally:
+        mesh.stop()
+    print(json.dumps(result, indent=2))
+    healthy = all(state == "SERVING" for state in result["serving"].values())
+    return 0 if not result["problems"] and healthy else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
