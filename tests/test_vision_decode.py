@@ -295,3 +295,17 @@ def test_a_dicom_window_or_spacing_that_cannot_be_used_is_said_so():
     assert "PixelSpacing" not in one_spacing and one_spacing["PixelSpacingIgnored"] == "not two numbers"
     centre_only = decode(_dicom_with_raw(0x00281050, "DS", "40"), "application/dicom")  # no WindowWidth: not "file"
     assert centre_only.tags["window"] == "40/400"
+
+
+def test_a_jpeg_of_thousands_of_scans_is_refused_before_it_is_decoded():
+    """Each scan of a progressive JPEG is a decoding pass: 551 KiB of tiny scans took 17.7
+    CPU-seconds, with nobody waiting. An ordinary progressive JPEG (about ten) decodes."""
+    import io
+
+    ordinary = io.BytesIO()
+    Image.new("RGB", (64, 64), (10, 200, 30)).save(ordinary, "JPEG", progressive=True)
+    data = ordinary.getvalue()
+    assert decode(data, "image/jpeg").rgb.shape == (64, 64, 3)
+    first, end = data.index(b"\xff\xda"), data.rindex(b"\xff\xd9")
+    bomb = data[:end] + data[first:end] * 500 + b"\xff\xd9"
+    assert "the JPEG has 5010 scans; at most 64 are decoded" in refused(bomb, "image/jpeg")
