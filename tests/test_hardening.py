@@ -201,3 +201,40 @@ def test_an_encoder_killed_and_restarted_under_load_loses_no_request(mesh):
     up = [by_id[f"chaos-{i}"]["modalities"]["image"]["status"] for i in range(16, 24)]
     assert all(status in ("failed", "timed_out") for status in down) and all(status == "used" for status in up)
     assert all(by_id[f"chaos-{i}"]["modalities"]["text"]["status"] == "used" for i in range(8, 16))
+
+
+def test_a_hung_speech_service_costs_the_speech_budget_not_the_deadline(mesh):
+    """Asked for speech while the speech service hangs, the router waited almost the whole
+    deadline; now it answers after the speech budget, without the speech, saying why."""
+    from modalmesh.audio.server import AudioService
+    from modalmesh.audio.speech import SpeechServicer
+    from modalmesh.client import RouterClient
+    from modalmesh.common.config import load_config
+    from modalmesh.common.runtime import start_server
+    from modalmesh.v1 import speech_pb2_grpc
+
+    release = threading.Event()
+
+    class HungSpeech(SpeechServicer):
+        def Synthesize(self, request, context):
+            release.wait(60)
+            yield from ()
+
+    class HungAudioService(AudioService):
+        def register(self, server):
+            names = super(AudioService, self).register(server)  # the encoder, without the real speech servicer
+            speech_pb2_grpc.add_SpeechServicer_to_server(HungSpeech(lambda: None, 1000, None), server)
+            return [*names, "modalmesh.v1.Speech"]
+
+    config = load_config("audio", environ={}, port=0, metrics_port=0, grace_seconds=0.5, transcript=False)
+    audio = start_server(config, HungAudioService(config))
+    router = mesh.start_router(audio_target=audio.address, speech_budget_s=1.0)
+    try:
+        with RouterClient(router.address, timeout=10) as client:  # well inside the request's 30 s deadline
+            answer = client.analyze("screenshot_triage", text="my card was declined", speech=True, deadline_ms=30_000)
+    finally:
+        release.set()
+        router.stop(grace=0.5)
+        audio.stop(grace=0.5)
+    assert answer["label"] and not answer["speech_wav"]
+    assert answer["findings"]["speech_error"].startswith("DEADLINE_EXCEEDED")

@@ -116,6 +116,7 @@ class ServiceConfig:
     audio_target: str = _option("127.0.0.1:50053", "router: audio encoder and speech address")
     weights_dir: str = _option("", "router: folder with <task>/model.safetensors; empty uses the shipped weights if any")
     default_deadline_s: float = _option(30.0, "router: time budget of a request that sets no deadline")
+    speech_budget_s: float = _option(3.0, "router: longest wait for the spoken reply; past it the answer comes without (speech_error)")
     routing: str = _option("", "router: per-task routing 'task=tau/gamma[/eager],...' (e.g. screenshot_triage=0.9/0.15/image)")
     encoder_ca: str = _option("", "router: PEM CA to trust when calling encoders over TLS")
     encoder_cert: str = _option("", "router: client certificate for mTLS to encoders")

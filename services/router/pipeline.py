@@ -338,8 +338,9 @@ class Decision:
 
 class Pipeline:
     def __init__(self, tasks: dict[str, TaskModel], encoders: Encoders, run_model: Callable, default_deadline_s: float,
-                 max_input_bytes: int) -> None:
+                 max_input_bytes: int, speech_budget_s: float = 3.0) -> None:
         self.tasks = tasks
+        self.speech_budget_s = speech_budget_s  # the spoken reply is waited for at most this long
         self.encoders = encoders
         self.run_model = run_model  # runs a callable on the router's model thread
         self.default_deadline_s = default_deadline_s
@@ -711,7 +712,8 @@ class Pipeline:
                                                   sample_rate_hz=16000)
         try:
             chunks = []
-            for chunk in self.encoders.speech.Synthesize(synthesize, timeout=max(0.001, deadline.remaining())):
+            timeout = max(0.001, min(deadline.remaining(), self.speech_budget_s))  # a hung speech service costs the budget only
+            for chunk in self.encoders.speech.Synthesize(synthesize, timeout=timeout):
                 chunks.append(chunk.data)
                 if on_event is not None:
                     on_event(router_pb2.AnalyzeEvent(speech_chunk=chunk.data))

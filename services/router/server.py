@@ -96,6 +96,7 @@ class RouterService(Service):
             run_model=lambda work: self.model_thread.submit(work).value,
             default_deadline_s=self.config.default_deadline_s,
             max_input_bytes=self.config.max_input_bytes,
+            speech_budget_s=self.config.speech_budget_s,
         )
         for task in self.tasks.values():  # warm: every task's fusion model once, on the model thread
             self.model_thread.submit(lambda task=task: task.model(task.model.embed([{"text": torch.zeros(2, task.model.config.input_widths["text"])}])))
