@@ -238,3 +238,36 @@ def test_a_hung_speech_service_costs_the_speech_budget_not_the_deadline(mesh):
         audio.stop(grace=0.5)
     assert answer["label"] and not answer["speech_wav"]
     assert answer["findings"]["speech_error"].startswith("DEADLINE_EXCEEDED")
+
+
+def test_a_call_that_cannot_be_answered_before_its_deadline_is_not_admitted(start_text_service):
+    """At 4x overload 40% of the admitted calls ran out of time: admission now weighs the
+    expected wait against the caller's deadline."""
+    import time
+
+    from modalmesh.common.client import EncoderClient
+    from tests.test_text_service import blocking_service
+
+    started, release = threading.Semaphore(0), threading.Event()
+    handle = start_text_service(service_class=blocking_service(started, release), worker_threads=1, max_waiting_calls=4)
+    with connect(handle.address) as channel:
+        client = EncoderClient(channel)
+        held = threading.Thread(target=lambda: client.encode_text("holds the only worker", timeout=30))
+        held.start()
+        assert started.acquire(timeout=10)
+        handle.admission.service_s = 5.0  # calls have been taking 5 s: one more would take about 10
+        began = time.monotonic()
+        with pytest.raises(grpc.RpcError) as raised:
+            client.encode_text("due in 2 s", timeout=2)
+        assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and time.monotonic() - began < 1.5
+        assert "an answer would take about 10.0 s" in raised.value.details()
+        waiting = threading.Thread(target=lambda: client.encode_text("due in 30 s: admitted, waits", timeout=30))
+        waiting.start()
+        deadline = time.monotonic() + 10
+        while handle.admission.now_waiting < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert handle.admission.now_waiting == 1
+        release.set()
+        held.join(30)
+        waiting.join(30)
+    assert handle.admission.service_s < 5.0  # the real calls' times pull the average down
