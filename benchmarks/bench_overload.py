@@ -22,6 +22,12 @@ gives the same picture).
 
     .venv/bin/python benchmarks/bench_overload.py --concurrency 110 --requests 110 --deadline 60
         past worker_threads + max_waiting_calls (96): RESOURCE_EXHAUSTED at once
+    .venv/bin/python benchmarks/bench_overload.py --concurrency 384 --requests 1152 --deadline 20
+        4x overload (the router's 96 places, four times over): of the calls admitted (not
+        RESOURCE_EXHAUSTED), the share answered inside their deadline, and answers per second
+
+Prints the admitted-answered ratio: admission weighs the expected answer time against
+each caller's deadline, so what it admits it should answer.
 """
 
 from __future__ import annotations
@@ -84,9 +90,12 @@ def run(concurrency: int, requests: int, deadline: float) -> dict:
         mesh.stop()
     counts = collections.Counter(outcome for outcome, _ in outcomes)
     answered = [seconds for outcome, seconds in outcomes if outcome.startswith("answered")]
+    admitted = requests - counts.get("RESOURCE_EXHAUSTED", 0)
     return {
         "concurrency": concurrency, "requests": requests, "deadline_s": deadline, "wall_s": wall,
-        "outcomes": dict(counts),
+        "outcomes": dict(counts), "admitted": admitted,
+        "admitted_answered_ratio": len(answered) / admitted if admitted else None,
+        "answers_per_s": len(answered) / wall if wall else None,
         "answered_latency_median_s": statistics.median(answered) if answered else None,
         "answered_latency_max_s": max(answered) if answered else None,
         "health": health,
@@ -128,6 +137,9 @@ def main() -> int:
           f"{results['wall_s']:.1f} s in all")
     for outcome, count in sorted(results["outcomes"].items()):
         print(f"  {outcome:32s} {count}")
+    if results["admitted_answered_ratio"] is not None:
+        print(f"  admitted {results['admitted']}, answered inside the deadline {results['admitted_answered_ratio']:.1%}; "
+              f"{results['answers_per_s']:.2f} answers/s")
     if results["answered_latency_median_s"] is not None:
         print(f"  answered latency: median {results['answered_latency_median_s']:.2f} s, max {results['answered_latency_max_s']:.2f} s")
     for name, record in results["health"].items():
