@@ -62,7 +62,7 @@ def test_the_abstention_threshold_is_the_lowest_with_few_errors_on_validation():
     probabilities = torch.zeros(10, 2)
     probabilities[torch.arange(10), predicted] = confidence
     probabilities[torch.arange(10), 1 - predicted] = 1 - confidence
-    assert choose_abstain_below(probabilities, labels) == 0.65
+    assert choose_abstain_below(probabilities, labels, risk=0.02) == 0.65
     assert choose_abstain_below(probabilities, labels, risk=0.25) == 0.5
     assert choose_abstain_below(probabilities[:8], labels[:8]) == 0.5  # all right: the floor
 

@@ -398,7 +398,7 @@ def tune_routing_on(model: FusionModel, spec, examples: list[Example], items: li
 
 
 ABSTAIN_FLOOR = 0.5  # a calibrated label under 0.5 is more likely wrong than right: never given
-ABSTAIN_RISK = 0.02  # the validation error rate allowed among the answers given
+ABSTAIN_RISK = 0.03  # the validation error rate allowed among the answers given
 
 
 def choose_abstain_below(probabilities: torch.Tensor, labels: torch.Tensor, risk: float = ABSTAIN_RISK) -> float:
