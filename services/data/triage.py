@@ -177,6 +177,16 @@ NO_PROBLEM_SCREENS = [
     'Your order is ready for pickup',
 ]
 
+# ... and composed the same way as problems are: "{x} went through" + "Your payment".
+NO_PROBLEM_TEMPLATES = (
+    ["Your order", "Your payment", "Your refund", "Your parcel", "Your return", "Your sign-in", "The delivery",
+     "Your new card", "Your password reset", "Your subscription", "Your account"],
+    ["{x} was successful", "{x} is confirmed", "{x} went through", "{x} is complete", "{x} has been processed",
+     "{x} was approved", "Success! {x} is done", "{x}: all set", "{x} is up to date", "Thanks! {x} was received",
+     "{x} is on its way", "{x} was accepted", "Good news: {x} is ready", "{x} finished without problems",
+     "{x} is active", "Done: {x} was updated", "{x} was saved", "{x} arrived safely"],
+)
+
 MESSAGES = {
     'payment': [
         'My card keeps getting declined at checkout.',
@@ -391,14 +401,20 @@ def wordings(label: str, split: str, fixed: dict, composed: dict) -> set[str]:
     """Every wording `wording` can give for `label` in `split` (for screens, `screen_wording`)."""
     nouns, templates = composed[label]
     made = {t.format(x=n) for t in pool(templates, split) for n in nouns}
-    no_problem = set(pool(NO_PROBLEM_SCREENS, split)) if fixed is SCREENS and label == "other" else set()
+    no_problem = set()
+    if fixed is SCREENS and label == "other":
+        nouns, templates = NO_PROBLEM_TEMPLATES
+        no_problem = set(pool(NO_PROBLEM_SCREENS, split)) | {t.format(x=n) for t in pool(templates, split) for n in nouns}
     return set(pool(fixed[label], split)) | {m[0].upper() + m[1:] for m in made} | no_problem
 
 
 def screen_wording(rng, label: str, split: str) -> str:
     """A screen message for `label`: for `other`, half the time a screen with no problem on it."""
     if label == "other" and rng.random() < 0.5:
-        return str(rng.choice(pool(NO_PROBLEM_SCREENS, split)))
+        if rng.random() < 0.4:
+            return str(rng.choice(pool(NO_PROBLEM_SCREENS, split)))
+        nouns, templates = NO_PROBLEM_TEMPLATES
+        return str(rng.choice(pool(templates, split))).format(x=str(rng.choice(nouns)))
     return wording(rng, label, split, SCREENS, SCREEN_TEMPLATES)
 
 
