@@ -19,6 +19,7 @@ demo: setup
 	$(VENV)/bin/modalmesh demo
 
 test: setup
+	$(PY) -m ruff check services tests benchmarks tools
 	$(PY) -m pytest -q
 
 # A seeded fuzz campaign against a mesh on 127.0.0.1 (tests/fuzz.py; the suite runs seed 1).

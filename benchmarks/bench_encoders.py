@@ -96,7 +96,8 @@ def int8_comparison(repeats: int) -> list[dict]:
 
             folder = tempfile.mkdtemp()
             torch.manual_seed(0)
-            ViTModel(ViTConfig(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536), add_pooling_layer=False).save_pretrained(folder)
+            config = ViTConfig(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536)
+            ViTModel(config, add_pooling_layer=False).save_pretrained(folder)
             make = lambda q, folder=folder: ImageBackbone(folder, quantize=q)  # noqa: E731
         full, int8 = make(False), make(True)
         tensor = full.preprocess(rgb)

@@ -234,11 +234,13 @@ BAD_AUDIO = {
     "wrong magic": (b"OggS" + b"\0" * 100, "audio/wav", {}, "header.media_type", "not RIFF/WAVE"),
     "corrupt flac": (b"fLaC" + b"\x13" * 200, "audio/flac", {}, "payload", "cannot decode the audio"),
     "nan samples": (wav_bytes(np.array([0.1, np.nan, 0.2] * 1000, dtype=np.float32), 16000, subtype="FLOAT"), "audio/wav", {}, "payload", "NaN or infinite"),
-    "infinite samples": (np.array([0.0, np.inf] * 500, dtype="<f4").tobytes(), "audio/pcm", {"sample_rate_hz": "16000", "sample_format": "f32le"}, "payload", "NaN or infinite"),
+    "infinite samples": (np.array([0.0, np.inf] * 500, dtype="<f4").tobytes(), "audio/pcm",
+                         {"sample_rate_hz": "16000", "sample_format": "f32le"}, "payload", "NaN or infinite"),
     "absurd rate": (b"\0" * 1000, "audio/pcm", {"sample_rate_hz": "5"}, "sample_rate_hz", "outside 1000..384000"),
     "no rate": (b"\0" * 1000, "audio/pcm", {}, "header.parameters.sample_rate_hz", "required for audio/pcm"),
     "absurd channels": (b"\0" * 1000, "audio/pcm", {"sample_rate_hz": "16000", "channels": "100"}, "channels", "outside 1..32"),
-    "unknown sample format": (b"\0" * 1000, "audio/pcm", {"sample_rate_hz": "16000", "sample_format": "mulaw"}, "header.parameters.sample_format", "not one of"),
+    "unknown sample format": (b"\0" * 1000, "audio/pcm", {"sample_rate_hz": "16000", "sample_format": "mulaw"},
+                              "header.parameters.sample_format", "not one of"),
     "unsupported codec": (_wav_with_format_tag(0x11), "audio/wav", {}, "payload", "unsupported WAV encoding (format tag 17"),
 }
 

@@ -149,7 +149,8 @@ def test_alert_rules_and_dashboard_use_metrics_the_services_export():
     from modalmesh.common import telemetry
 
     exported = {m.describe()[0].name for m in (telemetry.RPC_LATENCY, telemetry.RPC_IN_FLIGHT, telemetry.RPC_ERRORS, telemetry.BATCH_SIZE,
-                                               telemetry.QUEUE_DEPTH, telemetry.RPC_WAITING, telemetry.MODALITY_OUTCOMES, telemetry.GATE_WEIGHT, telemetry.OUTPUT_ENTROPY)}
+                                               telemetry.QUEUE_DEPTH, telemetry.RPC_WAITING, telemetry.MODALITY_OUTCOMES,
+                                               telemetry.GATE_WEIGHT, telemetry.OUTPUT_ENTROPY)}
     exported |= {"process_resident_memory_bytes"}
     text = (DEPLOY / "alerts.yml").read_text() + (DEPLOY / "grafana" / "modalmesh.json").read_text()
     used = set(re.findall(r"\b(modalmesh_[a-z_]+?|process_resident_memory_bytes)(?:_bucket|_sum|_count|_total)?\b", text))

@@ -25,7 +25,8 @@ def refused(data, media_type, **parameters) -> str:
     return raised.value.message
 
 
-@pytest.mark.parametrize("fmt, media_type", [("PNG", "image/png"), ("JPEG", "image/jpeg"), ("WEBP", "image/webp"), ("BMP", "image/bmp"), ("TIFF", "image/tiff")])
+@pytest.mark.parametrize("fmt, media_type", [("PNG", "image/png"), ("JPEG", "image/jpeg"), ("WEBP", "image/webp"), ("BMP", "image/bmp"),
+                                             ("TIFF", "image/tiff")])
 def test_every_raster_format_decodes_to_rgb(fmt, media_type):
     source = Image.new("RGB", (40, 30), (200, 30, 60))
     data = image_bytes(source, fmt)

@@ -430,7 +430,7 @@ def make_case(rng, split: str) -> dict:
     elif kind == "vague":
         text = str(rng.choice(pool(VAGUE, split)))
     elif kind == "misleading":
-        other = str(rng.choice([l for l in LABELS if l != label]))
+        other = str(rng.choice([name for name in LABELS if name != label]))
         text = wording(rng, other, split, MESSAGES, MESSAGE_TEMPLATES)
     else:
         text = ""

@@ -226,7 +226,7 @@ def screen_line_log_odds(model: FusionModel | FusionEnsemble | StackedEnsemble, 
     with torch.inference_mode():
         logits = member(member.embed([{"image_text": row[None]} for row in screen_text]), attention=False).logits
     labels = logits.shape[1]
-    others = torch.stack([torch.logsumexp(torch.cat([logits[:, :l], logits[:, l + 1:]], dim=1), dim=1) for l in range(labels)], dim=1)
+    others = torch.stack([torch.logsumexp(torch.cat([logits[:, :k], logits[:, k + 1:]], dim=1), dim=1) for k in range(labels)], dim=1)
     return logits - others
 
 
