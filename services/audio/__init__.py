@@ -1,1 +1,1 @@
-"""Audio encoder service and speech synthesis (not yet implemented: see issue 3)."""
+"""Audio encoder service (decoding, log-mel frames, voice activity, transcripts) and speech synthesis."""

