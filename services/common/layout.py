@@ -91,6 +91,6 @@ def _union(a: Box, b: Box) -> Box:
 
 def is_blank(text: str) -> bool:
     """Nothing to read: only whitespace, control and format characters (zero-width
-    spaces, byte order marks, direction marks). Text of three zero-width spaces used to
-    be encoded and answered ("payment", 0.53) as if the customer had written something."""
+    spaces, byte order marks, direction marks): such text is no text, not something the
+    customer wrote to be classified."""
     return all(ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf") for ch in text)

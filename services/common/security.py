@@ -63,7 +63,7 @@ def make_dev_certificates(out_dir: str | Path, names: tuple[str, ...] = SERVICE_
     Each service certificate is valid for "<name>", "modalmesh-<name>", "localhost"
     and 127.0.0.1; the client certificate is for mTLS callers. For development only.
     FileExistsError if any of them exists, unless `replace`: a new CA makes every
-    certificate the old one issued untrusted (they used to be replaced without a word).
+    certificate the old one issued untrusted, so it is never replaced unasked.
     Keys are created readable by their owner only (not chmod-ed after being written).
     """
     from cryptography import x509
