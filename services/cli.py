@@ -457,18 +457,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = commands.add_parser("data", help="datasets for the built-in tasks")
     data_commands = data.add_subparsers(dest="data_command", required=True)
-    generate = data_commands.add_parser("generate", help="write a synthetic dataset (train/val/test manifests + files)")
-    generate.add_argument("--task", required=True, choices=("screenshot_triage", "medical_report"))
-    generate.add_argument("--out", required=True)
-    generate.add_argument("--n", type=_at_least(1), default=240, help="training items (val and test get n/4 each, at least 12)")
-    generate.add_argument("--seed", type=int, default=0)
-    generate.set_defaults(func=cmd_data_generate)
-    held = data_commands.add_parser("heldout", help="write a held-out set built unlike the training data, with out-of-scope inputs")
-    held.add_argument("--task", required=True, choices=("screenshot_triage", "medical_report"))
-    held.add_argument("--out", required=True)
-    held.add_argument("--n", type=_at_least(1), default=120, help="in-scope items (and n/2 out of scope)")
-    held.add_argument("--seed", type=int, default=0)
-    held.set_defaults(func=cmd_data_heldout)
+    for name, command, what, n, n_help in (
+        ("generate", cmd_data_generate, "write a synthetic dataset (train/val/test manifests + files)", 240,
+         "training items (val and test get n/4 each, at least 12)"),
+        ("heldout", cmd_data_heldout, "write a held-out set built unlike the training data, with out-of-scope inputs", 120,
+         "in-scope items (and n/2 out of scope)"),
+    ):
+        dataset = data_commands.add_parser(name, help=what)
+        dataset.add_argument("--task", required=True, choices=("screenshot_triage", "medical_report"))
+        dataset.add_argument("--out", required=True)
+        dataset.add_argument("--n", type=_at_least(1), default=n, help=n_help)
+        dataset.add_argument("--seed", type=int, default=0)
+        dataset.set_defaults(func=command)
     lm = data_commands.add_parser("lm", help="build a transcript language model (ARPA) from manifests' texts, for the audio service's --asr-lm")
     lm.add_argument("--data", required=True, action="append", help="a manifest (JSONL); its records' `text` are the sentences (repeatable)")
     lm.add_argument("--field", action="append", help="a record field holding sentences, a dotted path for nested ones "
