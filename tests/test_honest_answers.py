@@ -155,3 +155,32 @@ def test_a_measured_chest_slice_is_answered_with_measured_findings(router):
     findings = {f.key: f.value for f in response.findings}
     assert findings["lesion_count"] == "0" and findings["side"] == "none"
     assert response.label in ("normal", "uncertain") and (response.label == "uncertain") == response.abstained
+
+
+@pytest.mark.parametrize("name, image", [
+    ("CT slice", lambda: _ct_png()),
+    ("photo", lambda: photo("chelsea")),
+    ("greyscale photo", lambda: photo("camera")),
+])
+def test_triage_does_not_answer_from_a_scan_or_a_photo(router, name, image):
+    """A CT slice sent to screenshot_triage was answered `login` at 0.77."""
+    response = analyze(router, "screenshot_triage", image=router_pb2.MediaInput(data=image()))
+    report = image_report(response)
+    assert STATUS(report.status) == "MODALITY_STATUS_NOT_APPLICABLE", name
+    assert "unlike the inputs the task was trained on" in report.reason and report.HasField("applicability"), name
+    assert response.abstained and response.label == "uncertain" and "nothing screenshot_triage reads" in response.abstain_reason
+    # With a message the answer comes from the message alone, and says the image was not used.
+    answered = analyze(router, "screenshot_triage", text="my card was declined at checkout", image=router_pb2.MediaInput(data=image()))
+    assert STATUS(image_report(answered).status) == "MODALITY_STATUS_NOT_APPLICABLE" and answered.label in ("payment", "uncertain")
+
+
+def test_a_screenshot_is_applicable_to_triage_and_scored(router):
+    screenshot = image_bytes(render_screenshot("Error 402: Payment declined"))
+    report = image_report(analyze(router, "screenshot_triage", image=router_pb2.MediaInput(data=screenshot)))
+    assert STATUS(report.status) == "MODALITY_STATUS_USED" and report.HasField("applicability") and report.applicability > 0.01
+
+
+def _ct_png() -> bytes:
+    from modalmesh.data.ct import make_phantom, windowed_png
+
+    return windowed_png(make_phantom(3, size=384).hounsfield, -600, 1500)
