@@ -30,18 +30,20 @@ protos: setup
 	$(PY) tools/gen_protos.py
 
 # Regenerates the datasets and the router weights shipped in services/router/weights,
-# then evaluates them on the test splits (reports/). About an hour on 2 cores (OCR and
-# transcripts dominate the first run; features are cached in data/<task>/.features).
-# The shipped triage weights were trained on OCR run by onnxruntime, so that step pins it;
-# the services run the same OCR models on OpenVINO by default, with the same answers on
-# the validation and test splits (README, "Shipped weights").
+# then evaluates them on the test splits and on held-out sets built unlike the training
+# data (reports/). About an hour on 2 cores (OCR and transcripts dominate the first run;
+# features are cached in data/<task>/.features).
 weights: setup
 	$(VENV)/bin/modalmesh data generate --task medical_report --out data/medical --n 800 --seed 11
 	$(VENV)/bin/modalmesh data generate --task screenshot_triage --out data/triage --n 480 --seed 7
+	$(VENV)/bin/modalmesh data heldout --task medical_report --out data/medical-heldout --n 120 --seed 5
+	$(VENV)/bin/modalmesh data heldout --task screenshot_triage --out data/triage-heldout --n 120 --seed 5
 	$(VENV)/bin/modalmesh train --task medical_report --data data/medical/train.jsonl --out services/router/weights/medical_report
-	MODALMESH_VISION_OCR_ENGINE=onnxruntime $(VENV)/bin/modalmesh train --task screenshot_triage --data data/triage/train.jsonl --out services/router/weights/screenshot_triage
+	$(VENV)/bin/modalmesh train --task screenshot_triage --data data/triage/train.jsonl --out services/router/weights/screenshot_triage
 	$(VENV)/bin/modalmesh eval --task medical_report --data data/medical/test.jsonl --report reports/medical_report
 	$(VENV)/bin/modalmesh eval --task screenshot_triage --data data/triage/test.jsonl --report reports/screenshot_triage
+	$(VENV)/bin/modalmesh eval --task medical_report --data data/medical-heldout/heldout.jsonl --report reports/medical_report-heldout
+	$(VENV)/bin/modalmesh eval --task screenshot_triage --data data/triage-heldout/heldout.jsonl --report reports/screenshot_triage-heldout
 
 bench: setup
 	$(PY) benchmarks/bench_text.py
