@@ -79,7 +79,7 @@ def test_the_audio_service_transcribes_with_a_domain_model(tmp_path):
     engine = espeak()
     clips = [wav_bytes(engine.synthesize(text, "en-us", 150), engine.sample_rate) for text in SPOKEN]
     errors = {}
-    for name, overrides in (("general", {}), ("domain", {"asr_lm": str(lm)})):
+    for name, overrides in (("general", {"asr_engine": "pocketsphinx"}), ("domain", {"asr_engine": "pocketsphinx", "asr_lm": str(lm)})):
         handle = start_service("audio", **overrides)
         try:
             with connect(handle.address) as channel:
@@ -97,11 +97,11 @@ def test_the_audio_service_transcribes_with_a_domain_model(tmp_path):
 
 def test_a_missing_or_unreadable_model_stops_the_service_at_startup(tmp_path):
     with pytest.raises(ValueError, match="no such file"):
-        start_service("audio", asr_lm=str(tmp_path / "missing.arpa"))
+        start_service("audio", asr_engine="pocketsphinx", asr_lm=str(tmp_path / "missing.arpa"))
     bad = tmp_path / "bad.arpa"
     bad.write_text("not a language model\n")
     with pytest.raises(ValueError, match="cannot load it as an ARPA language model"):
-        start_service("audio", asr_lm=str(bad))
+        start_service("audio", asr_engine="pocketsphinx", asr_lm=str(bad))
 
 
 def test_data_lm_builds_a_model_from_a_manifest(tmp_path, capsys):

@@ -1,12 +1,11 @@
-"""PocketSphinx's side of `features.Transcriber`, run in a worker process of its own.
+"""The recogniser's side of `features.Transcriber`, run in a worker process of its own.
 
-The decoder holds the GIL for a whole utterance: a 12-s clip froze every thread of the
-audio service for 9 s (health checks, other callers' features, the router's thread in a
-single-process mesh). Feeding it in short blocks would free the GIL between them but
-changes the transcripts (12 of 40 generated voice messages: live instead of whole-
-utterance normalisation), and the shipped weights were trained on these. So the same
-calls run unchanged in a process of their own (`python -m modalmesh.audio.asr`); the
-service sends raw 16-bit PCM and gets (text, confidence) back as a JSON line.
+Engines: Whisper base (`whisper`, the default; audio/whisper.py) or PocketSphinx en-us
+(`pocketsphinx`). A recogniser holds the GIL or both cores for a whole utterance, which
+would freeze every thread of the audio service (health checks, other callers' features),
+so it runs in a process of its own (`python -m modalmesh.audio.asr`): the service sends
+raw 16-bit PCM and gets (text, confidence) back as a JSON line, and a worker nobody waits
+for any more is killed and replaced.
 """
 
 from __future__ import annotations
@@ -19,8 +18,27 @@ _decoder = None
 _initial_cmn = None
 
 
+ENGINES = ("whisper", "pocketsphinx")
+_whisper = None
+
+
+def load_whisper(language: str) -> None:
+    """Whisper base, checked and assembled from its packages (once per process)."""
+    global _whisper
+    if _whisper is None:
+        from modalmesh.audio.whisper import WhisperEngine
+
+        _whisper = WhisperEngine(language=language, threads=2)
+
+
+def transcribe_whisper(pcm: bytes) -> tuple[str, float]:
+    if not pcm:
+        return "", 0.0
+    return _whisper.transcribe(np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0)
+
+
 def load(sample_rate: int, lm: str) -> None:
-    """Build the decoder (once per process); ValueError naming the LM if it cannot."""
+    """Build the PocketSphinx decoder (once per process); ValueError naming the LM if it cannot."""
     global _decoder, _initial_cmn
     if _decoder is not None:
         return
@@ -72,11 +90,17 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rate", type=int, required=True)
     parser.add_argument("--lm", default="")
+    parser.add_argument("--engine", choices=ENGINES, default="whisper")
+    parser.add_argument("--language", default="en")
     args = parser.parse_args()
     out = sys.stdout
+    run = transcribe_whisper if args.engine == "whisper" else transcribe
     try:
-        load(args.rate, args.lm)
-    except ValueError as exc:
+        if args.engine == "whisper":
+            load_whisper(args.language)
+        else:
+            load(args.rate, args.lm)
+    except (ValueError, ImportError, RuntimeError) as exc:
         out.write(json.dumps({"error": str(exc)}) + "\n")
         out.flush()
         return 2
@@ -89,7 +113,7 @@ def main() -> int:
             return 0
         pcm = source.read(struct.unpack("<I", header)[0])
         try:
-            text, confidence = transcribe(pcm)
+            text, confidence = run(pcm)
             reply = {"text": text, "confidence": confidence}
         except Exception as exc:  # noqa: BLE001 - reported to the caller, the worker goes on
             reply = {"error": f"{type(exc).__name__}: {exc}"}

@@ -152,20 +152,32 @@ class VoiceActivity:
 
 
 class Transcriber:
-    """PocketSphinx en-us, in a worker process of its own (audio/asr.py says why); one
-    utterance at a time. `lm`: an ARPA language model (audio/lm.py builds one for a
-    domain); empty: the bundled general one."""
+    """A speech recogniser in a worker process of its own (audio/asr.py says why); one
+    utterance at a time. `engine`: "whisper" (Whisper base, the default) or "pocketsphinx"
+    (en-us; `lm`: an ARPA language model, audio/lm.py builds one for a domain). `language`:
+    Whisper's ("en" by default; empty: detected per clip)."""
 
-    language = "en-us"
     START_TIMEOUT_S = 120.0
 
-    def __init__(self, lm: str = "") -> None:
+    def __init__(self, lm: str = "", engine: str = "whisper", language: str = "en") -> None:
         self._lm = lm
+        self.engine = engine
+        self.language = language if engine == "whisper" else "en-us"
         self._lock = threading.Lock()
         self._worker = self._start()
 
+    @property
+    def version(self) -> str:
+        """What made the transcripts (part of feature-cache keys and model versions)."""
+        if self.engine == "whisper":
+            from modalmesh.audio.whisper import VERSION
+
+            return VERSION
+        return "pocketsphinx-en-us" + ("+lm" if self._lm else "")
+
     def _start(self) -> subprocess.Popen:
-        command = [sys.executable, "-m", "modalmesh.audio.asr", "--rate", str(SAMPLE_RATE), "--lm", self._lm]
+        command = [sys.executable, "-m", "modalmesh.audio.asr", "--rate", str(SAMPLE_RATE), "--lm", self._lm,
+                   "--engine", self.engine, "--language", self.language]
         worker = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         first = self._reply(worker, time.monotonic() + self.START_TIMEOUT_S)
         if first is None or "error" in first:

@@ -98,7 +98,9 @@ class ServiceConfig:
     )
     # Audio and speech
     max_audio_seconds: float = _option(300.0, "audio: longest clip accepted, in seconds")
-    transcript: bool = _option(True, "audio: load PocketSphinx so requests may ask for 'transcript'")
+    transcript: bool = _option(True, "audio: load the speech recogniser so requests may ask for 'transcript'")
+    asr_engine: str = _option("whisper", "audio: the transcript engine, 'whisper' (Whisper base, bundled) or 'pocketsphinx'")
+    asr_language: str = _option("en", "audio: the language Whisper transcribes ('' detects it per clip)")
     asr_lm: str = _option("", "audio: an ARPA language model for transcripts (`modalmesh data lm` builds one from a "
                               "manifest); empty: PocketSphinx's general English model")
     vad: bool = _option(True, "audio: mark speech with Silero VAD and pool over speech frames only")
@@ -152,6 +154,10 @@ class ServiceConfig:
             problems.append("ocr_det_side must be 0 (the engine's rule) or at least 32 pixels")
         if self.ocr_max_lines < 1:
             problems.append("ocr_max_lines must be at least 1")
+        if self.asr_engine not in ("whisper", "pocketsphinx"):
+            problems.append(f"asr_engine must be whisper or pocketsphinx, not {self.asr_engine!r}")
+        if self.asr_lm and self.asr_engine != "pocketsphinx":
+            problems.append("asr_lm is a PocketSphinx language model: set asr_engine pocketsphinx with it")
         if self.ocr_engine not in OCR_ENGINES:
             problems.append(f"ocr_engine must be one of {', '.join(OCR_ENGINES)}, not {self.ocr_engine!r}")
         if self.max_pixels_in_flight < 1:

@@ -129,10 +129,31 @@ def evaluate(task: str, data: str, report: str, weights: str = "", cache_dir: st
         label: {m: float(full_gate[labels == k, j].mean()) for j, m in enumerate(MODALITIES)}
         for k, label in enumerate(spec.labels) if (labels == k).any()
     }
-    records = [r for r in read_manifest(manifest) if r["task"] == task]  # load_examples' order
+    records = [r for r in read_manifest(manifest) if r["task"] == task and r.get("scope", "in") == "in"]  # load_examples' order
+    results["transcripts"] = transcript_errors(records, items)
     rows = prediction_rows(spec, records, examples, full_p, full_r, single)
     write_report(Path(report), results, full_p, labels, spec, rows)
     return results
+
+
+def transcript_errors(records: list[dict], items) -> dict | None:
+    """Word error rate of the transcripts against what was said (the dataset's `extra.voice`
+    or `extra.dictation`), where the manifest has it; None when no item does."""
+    from modalmesh.audio.lm import word_errors
+    from modalmesh.router.features import configured_asr_engine
+
+    pairs = []
+    for record, item in zip(records, items):
+        extra = record.get("extra") or {}
+        said = extra.get("voice") or extra.get("dictation")
+        if said and record.get("audio") and "transcript" in item.evidence:
+            pairs.append((said, item.evidence["transcript"]))
+    if not pairs:
+        return None
+    wrong = sum(word_errors(said, heard)[0] for said, heard in pairs)
+    total = sum(word_errors(said, "")[1] for said, _ in pairs)
+    return {"clips": len(pairs), "word_error_rate": wrong / max(1, total), "engine": configured_asr_engine(),
+            "example": {"said": pairs[0][0], "heard": pairs[0][1]}}
 
 
 def prediction_rows(spec, records: list[dict], examples, probabilities, regression, single: dict) -> list[dict]:
@@ -358,6 +379,10 @@ def write_report(folder: Path, results: dict, probabilities, labels, spec, rows:
                      f"AUC {h['auc_lesion_vs_normal']:.3f}, nodule vs mass {h['nodule_vs_mass_accuracy']:.3f}, "
                      f"diameter MAE {h['diameter_mae_mm']:.2f} mm")
     lines += honesty_lines(results["honesty"])
+    if results.get("transcripts"):
+        t = results["transcripts"]
+        lines.append(f"- transcripts ({t['engine']}): word error rate {t['word_error_rate']:.3f} on {t['clips']} clips "
+                     f"(e.g. {t['example']['said']!r} heard as {t['example']['heard']!r})")
     if results.get("screen_text", {}).get("items"):
         t = results["screen_text"]
         lines.append(f"- error_text holds the screen's message in {t['key_line']} of {t['items']} screenshots "

@@ -58,6 +58,11 @@ def configured_asr_lm(environ=None) -> str:
     return _service_setting("audio", "asr_lm", environ)
 
 
+def configured_asr_engine(environ=None) -> str:
+    """The audio service's transcript engine (its default, Whisper, unless set)."""
+    return _service_setting("audio", "asr_engine", environ) or "whisper"
+
+
 def configured_ocr_engine(environ=None) -> str:
     """What runs the vision service's OCR models (its default unless set)."""
     return _service_setting("vision", "ocr_engine", environ) or DEFAULT_OCR_ENGINE
@@ -86,7 +91,7 @@ class LocalEncoders:
         self.vision = VisionService(load_config("vision", environ={}, ocr=ocr, model=models.get("vision"),
                                                 ocr_engine=configured_ocr_engine()))
         self.audio = AudioService(load_config("audio", environ={}, transcript=transcript, model=models.get("audio"),
-                                              asr_lm=configured_asr_lm() or None))
+                                              asr_lm=configured_asr_lm() or None, asr_engine=configured_asr_engine()))
         for service in (self.text, self.vision, self.audio):
             service.initialize()
 
@@ -193,6 +198,11 @@ class FeatureCache:
         lm = configured_asr_lm()
         if lm and "audio" in self.side:  # other transcripts: keyed by the model's bytes, not its path
             parts.append({"asr_lm": file_digest(lm)})
+        asr = configured_asr_engine()
+        if asr != "pocketsphinx" and "audio" in self.side:  # PocketSphinx, the first engine, keeps the keys it had
+            from modalmesh.audio.whisper import VERSION as WHISPER_VERSION
+
+            parts.append({"asr_engine": WHISPER_VERSION})
         engine = configured_ocr_engine()
         if engine != "onnxruntime" and "image" in self.side:
             # OCR boxes differ by a few pixels between engines, and so, sometimes, paragraphs
