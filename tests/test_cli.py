@@ -264,3 +264,15 @@ def test_up_detach_and_down(tmp_path):
             os.kill(entry["pid"], 0)
     again = subprocess.run([sys.executable, "-m", "modalmesh.cli", "down"], env=env, capture_output=True, text=True, timeout=60)
     assert again.returncode == 1 and "no detached mesh" in again.stderr
+
+
+def test_the_command_line_and_the_clients_do_not_load_torch():
+    """`modalmesh analyze`, `tasks` and `encode` make gRPC calls: importing torch for them
+    took 2-4 s per command."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, modalmesh.cli, modalmesh.client, modalmesh.common.client; "
+             "from modalmesh.common import codec; import numpy as np; codec.to_numpy(codec.encode(np.ones(3, 'float32'))); "
+             "print('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip() == "False"

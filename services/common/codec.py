@@ -9,30 +9,44 @@ raises `TensorError`, which the services turn into INVALID_ARGUMENT naming the f
 from __future__ import annotations
 
 import math
-from typing import Sequence
+import sys
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-import torch
 
 from modalmesh.v1 import tensor_pb2
 
-# Open Inference Protocol name -> (numpy dtype, torch dtype). BF16 has no numpy dtype;
-# its bytes travel as uint16 and become torch.bfloat16 on the torch side.
-_DATATYPES: dict[str, tuple[np.dtype, torch.dtype]] = {
-    "FP32": (np.dtype("<f4"), torch.float32),
-    "FP16": (np.dtype("<f2"), torch.float16),
-    "BF16": (np.dtype("<u2"), torch.bfloat16),
-    "INT8": (np.dtype("i1"), torch.int8),
-    "INT32": (np.dtype("<i4"), torch.int32),
-    "INT64": (np.dtype("<i8"), torch.int64),
-    "UINT8": (np.dtype("u1"), torch.uint8),
-    "BOOL": (np.dtype("?"), torch.bool),
+if TYPE_CHECKING:
+    import torch
+
+# Open Inference Protocol name -> (numpy dtype, torch dtype name). BF16 has no numpy dtype;
+# its bytes travel as uint16 and become torch.bfloat16 on the torch side. torch is imported
+# only when a torch tensor is encoded or decoded: a client sending numpy starts without it.
+_DATATYPES: dict[str, tuple[np.dtype, str]] = {
+    "FP32": (np.dtype("<f4"), "float32"),
+    "FP16": (np.dtype("<f2"), "float16"),
+    "BF16": (np.dtype("<u2"), "bfloat16"),
+    "INT8": (np.dtype("i1"), "int8"),
+    "INT32": (np.dtype("<i4"), "int32"),
+    "INT64": (np.dtype("<i8"), "int64"),
+    "UINT8": (np.dtype("u1"), "uint8"),
+    "BOOL": (np.dtype("?"), "bool"),
 }
 DATATYPES: tuple[str, ...] = tuple(_DATATYPES)
 FLOAT_DATATYPES: tuple[str, ...] = ("FP32", "FP16", "BF16")
 
 _NUMPY_TO_NAME = {numpy_dtype: name for name, (numpy_dtype, _) in _DATATYPES.items() if name != "BF16"}
-_TORCH_TO_NAME = {v[1]: k for k, v in _DATATYPES.items()}
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    return getattr(torch, _DATATYPES[name][1])
+
+
+def _is_torch(value) -> bool:
+    torch = sys.modules.get("torch")  # a torch tensor exists only if torch was imported
+    return torch is not None and isinstance(value, torch.Tensor)
 
 
 class TensorError(ValueError):
@@ -43,7 +57,7 @@ def itemsize(datatype: str) -> int:
     return _lookup(datatype)[0].itemsize
 
 
-def _lookup(datatype: str) -> tuple[np.dtype, torch.dtype]:
+def _lookup(datatype: str) -> tuple[np.dtype, str]:
     try:
         return _DATATYPES[datatype]
     except KeyError:
@@ -52,7 +66,7 @@ def _lookup(datatype: str) -> tuple[np.dtype, torch.dtype]:
 
 def encode(value: np.ndarray | torch.Tensor, datatype: str | None = None) -> tensor_pb2.Tensor:
     """Encode an array or tensor, optionally converting it to `datatype` first."""
-    if isinstance(value, torch.Tensor):
+    if _is_torch(value):
         return _encode_torch(value, datatype)
     if isinstance(value, np.ndarray):
         return _encode_numpy(value, datatype)
@@ -60,9 +74,12 @@ def encode(value: np.ndarray | torch.Tensor, datatype: str | None = None) -> ten
 
 
 def _encode_torch(value: torch.Tensor, datatype: str | None) -> tensor_pb2.Tensor:
+    import torch
+
     if datatype is not None:
-        value = value.to(_lookup(datatype)[1])
-    name = _TORCH_TO_NAME.get(value.dtype)
+        _lookup(datatype)
+        value = value.to(_torch_dtype(datatype))
+    name = next((n for n in _DATATYPES if _torch_dtype(n) == value.dtype), None)
     if name is None:
         raise TensorError(f"torch dtype {value.dtype} has no wire datatype")
     value = value.detach().cpu().contiguous()
@@ -75,6 +92,8 @@ def _encode_torch(value: torch.Tensor, datatype: str | None) -> tensor_pb2.Tenso
 
 def _encode_numpy(value: np.ndarray, datatype: str | None) -> tensor_pb2.Tensor:
     if datatype == "BF16":
+        import torch
+
         return _encode_torch(torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32)), "BF16")
     if datatype is not None:
         target = _lookup(datatype)[0]
@@ -87,7 +106,7 @@ def _encode_numpy(value: np.ndarray, datatype: str | None) -> tensor_pb2.Tensor:
     return tensor_pb2.Tensor(datatype=datatype, shape=list(value.shape), data=raw)
 
 
-def _checked_shape(message: tensor_pb2.Tensor, field: str) -> tuple[np.dtype, torch.dtype, tuple[int, ...]]:
+def _checked_shape(message: tensor_pb2.Tensor, field: str) -> tuple[np.dtype, str, tuple[int, ...]]:
     numpy_dtype, torch_dtype = _lookup(message.datatype)
     shape = tuple(int(d) for d in message.shape)
     if any(d < 0 for d in shape):
@@ -112,7 +131,10 @@ def to_numpy(message: tensor_pb2.Tensor, field: str = "tensor") -> np.ndarray:
 
 def to_torch(message: tensor_pb2.Tensor, field: str = "tensor") -> torch.Tensor:
     """Decode to a torch tensor of the matching dtype (a copy: torch wants writable memory)."""
-    numpy_dtype, torch_dtype, shape = _checked_shape(message, field)
+    import torch
+
+    _, _, shape = _checked_shape(message, field)
+    torch_dtype = _torch_dtype(message.datatype)
     if not message.data:
         return torch.empty(shape, dtype=torch_dtype)
     flat = torch.frombuffer(bytearray(message.data), dtype=torch_dtype)
