@@ -90,7 +90,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     from modalmesh.common import codec, errors
     from modalmesh.common.client import EncoderClient
 
-    options, parameters = [], dict(p.split("=", 1) for p in args.param)
+    options, parameters = [], dict(args.param)
     if args.modality == "text":
         data, media_type = args.input.encode("utf-8"), "text/plain"
     else:
@@ -211,19 +211,25 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                 return 2
     text = args.text
     if args.text_file:
-        with open(args.text_file, encoding="utf-8") as handle:
-            text = handle.read()
+        try:
+            with open(args.text_file, encoding="utf-8") as handle:
+                text = handle.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            print(f"modalmesh analyze: cannot read {args.text_file}: {getattr(exc, 'strerror', None) or 'not UTF-8 text'}",
+                  file=sys.stderr)
+            return 2
     with RouterClient(args.target, ca=args.ca, cert=args.cert, key=args.key, token=args.token, server_name=args.server_name,
                       timeout=args.timeout) as client:
         try:
             answer = client.analyze(
                 args.task, text=text, image=inputs.get("image", b""), audio=inputs.get("audio", b""),
-                image_parameters=dict(p.split("=", 1) for p in args.image_param),
+                image_parameters=dict(args.image_param),
                 speech=bool(args.speech_out), voice=args.voice, explain=args.explain, mode=args.mode, require=args.require,
             )
         except grpc.RpcError as exc:
             detail = "; ".join(f"{f}: {d}" for f, d in errors.field_violations(exc))
             print(f"modalmesh analyze: {exc.code().name}: {exc.details()}" + (f" [{detail}]" if detail else ""), file=sys.stderr)
+            print(_unreachable_hint(exc, args.target), end="", file=sys.stderr)
             return 1
     speech = answer.pop("speech_wav")
     if args.speech_out and speech:
@@ -236,6 +242,17 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if args.speech_out:
         print(f"spoken reply: {args.speech_out}" if speech else "no spoken reply (see speech_error)")
     return 0
+
+
+def _unreachable_hint(exc, target: str) -> str:
+    """How to get a router, when the call found none; '' otherwise."""
+    import grpc
+
+    if exc.code() == grpc.StatusCode.UNAVAILABLE and "connect" in (exc.details() or "").lower() or \
+            exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED and (exc.details() or "") == "Deadline Exceeded":
+        return (f"  no answer from a router at {target}: start one with `modalmesh up` (or `modalmesh up --detach`), "
+                f"or point --router at one\n")
+    return ""
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
@@ -253,6 +270,7 @@ def cmd_tasks(args: argparse.Namespace) -> int:
             tasks = client.list_tasks()
         except grpc.RpcError as exc:
             print(f"modalmesh tasks: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            print(_unreachable_hint(exc, args.target), end="", file=sys.stderr)
             return 1
     for task in tasks:
         print(f"{task.name} ({task.model_version}): {task.description}")
@@ -389,9 +407,17 @@ def cmd_down(args: argparse.Namespace) -> int:
     return run_down()
 
 
+def _key_value(text: str) -> tuple[str, str]:
+    """An argparse type: KEY=VALUE (argparse reports anything else in one line)."""
+    key, equals, value = text.partition("=")
+    if not equals or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
 def _at_least(minimum: int):
-    """An argparse type: an integer no smaller than `minimum` (`--n 0` once wrote an empty
-    training split without a word)."""
+    """An argparse type: an integer no smaller than `minimum` (`--n 0` would write an empty
+    training split)."""
     def parse(text: str) -> int:
         value = int(text)  # not a number: argparse reports "invalid int value"
         if value < minimum:
@@ -419,7 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     encode.add_argument("--media-type", default="", help="override the media type guessed from the file")
     encode.add_argument("--ocr", action="store_true", help="image: also read the text on it")
     encode.add_argument("--transcript", action="store_true", help="audio: also transcribe it")
-    encode.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+    encode.add_argument("--param", action="append", default=[], type=_key_value, metavar="KEY=VALUE",
                         help="header parameter, e.g. sample_rate_hz=16000 for raw PCM, frame=3, window=lung")
     _client_flags(encode, "")
     encode.set_defaults(func=cmd_encode)
@@ -438,7 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--text", default="", help="the message or patient record")
     analyze.add_argument("--text-file", default="", help="read the text from a file")
     analyze.add_argument("--image", default="", help="screenshot or scan (PNG, JPEG, DICOM...)")
-    analyze.add_argument("--image-param", action="append", default=[], metavar="KEY=VALUE", help="e.g. window=lung")
+    analyze.add_argument("--image-param", action="append", default=[], type=_key_value, metavar="KEY=VALUE", help="e.g. window=lung")
     analyze.add_argument("--audio", default="", help="voice message or dictated note (WAV, FLAC, OGG)")
     analyze.add_argument("--speech-out", default="", help="write the spoken reply to this WAV file")
     analyze.add_argument("--voice", default="")

@@ -114,6 +114,9 @@ def format_answer(answer: dict[str, Any]) -> str:
         note = f" - {report['reason']}" if report["reason"] else ""
         fit = f"  applicability {report['applicability']:.2f}" if report.get("applicability") is not None else ""
         lines.append(f"  {name:5s} {report['status']:14s} gate {report['gate_weight']:.2f}  {report['latency_ms']:7.1f} ms{fit}{note}")
+    if answer.get("attention"):  # with --explain: how much each modality's positions attended to each other's
+        lines.append("  attention mass (query -> key): " + ", ".join(
+            f"{a['query']}->{a['key']} {a['mass']:.2f}" for a in answer["attention"]))
     lines += [f"  {key}: {value}" for key, value in answer["findings"].items()]
     lines += ["", answer["description"], "", f"timings (ms): {answer['timings_ms']}"]
     return "\n".join(lines)

@@ -276,3 +276,33 @@ def test_the_command_line_and_the_clients_do_not_load_torch():
              "from modalmesh.common import codec; import numpy as np; codec.to_numpy(codec.encode(np.ones(3, 'float32'))); "
              "print('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+def test_the_command_line_says_what_is_wrong_in_one_line_without_a_traceback(capsys):
+    from modalmesh.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["analyze", "--task", "screenshot_triage", "--text", "hi", "--image-param", "lung"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --image-param: expected KEY=VALUE, got 'lung'" in err and "Traceback" not in err
+    assert main(["analyze", "--task", "screenshot_triage", "--text-file", "/nonexistent/record.txt"]) == 2
+    assert "cannot read /nonexistent/record.txt" in capsys.readouterr().err
+    assert main(["tasks", "--router", "127.0.0.1:9", "--timeout", "2"]) == 1  # nothing listens there
+    err = capsys.readouterr().err
+    assert "start one with `modalmesh up`" in err and "Traceback" not in err
+
+
+def test_explain_shows_gate_weights_and_attention_mass_in_the_plain_output():
+    from modalmesh.client import format_answer
+
+    answer = {"task": "screenshot_triage", "label": "payment", "confidence": 0.9, "abstained": False, "abstain_reason": "",
+              "uncertainty": {"predictive_entropy": 0.1, "gate_entropy": 0.5}, "model_version": "t@1",
+              "top_k": [{"label": "payment", "probability": 0.9}],
+              "modalities": {"text": {"status": "used", "reason": "", "gate_weight": 0.4, "latency_ms": 3.0, "applicability": 0.5},
+                             "image": {"status": "used", "reason": "with OCR text", "gate_weight": 0.6, "latency_ms": 90.0,
+                                       "applicability": 0.7}},
+              "attention": [{"query": "text", "key": "image", "mass": 0.25}], "findings": {"priority": "high"},
+              "description": "Category: payment", "timings_ms": {"total": 100.0}}
+    shown = format_answer(answer)
+    assert "gate 0.60" in shown and "applicability 0.70" in shown and "text->image 0.25" in shown
