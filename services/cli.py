@@ -398,7 +398,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     from modalmesh.up import run_up
 
     ports = {name: getattr(args, f"{name}_port") for name in ("router", "text", "vision", "audio")}
-    return run_up(ports, args.host, args.detach, args.timeout)
+    metrics = {name: getattr(args, f"{name}_metrics_port") for name in ("router", "text", "vision", "audio")}
+    return run_up(ports, args.host, args.detach, args.timeout, metrics)
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -551,6 +552,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--host", default="127.0.0.1")
     for name, port in (("router", 50050), ("text", 50051), ("vision", 50052), ("audio", 50053)):
         up.add_argument(f"--{name}-port", type=int, default=port)
+        up.add_argument(f"--{name}-metrics-port", type=int, default=-1,
+                        help="Prometheus port (default: the gRPC port - 41000; 0: none)")
     up.add_argument("--detach", action="store_true", help="leave them running; stop with `modalmesh down`")
     up.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for health")
     up.set_defaults(func=cmd_up)

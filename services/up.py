@@ -69,8 +69,10 @@ class Member:
 
 class Mesh:
     def __init__(self, host: str = "127.0.0.1", ports: dict[str, int] | None = None, extra_env: dict[str, str] | None = None,
-                 log_stream=sys.stderr, quiet_logs: bool = False) -> None:
+                 log_stream=sys.stderr, quiet_logs: bool = False, metrics_ports: dict[str, int] | None = None) -> None:
         self.host = host
+        # Per service: -1 (or absent) keeps the service's own rule (gRPC port - 41000), 0 turns metrics off.
+        self.metrics_ports = {name: port for name, port in (metrics_ports or {}).items() if port >= 0}
         ports = {**DEFAULT_PORTS, **(ports or {})}
         self.members = {name: Member(name, ports[name]) for name in ORDER}
         self.extra_env = extra_env or {}
@@ -83,6 +85,8 @@ class Mesh:
 
     def command(self, name: str) -> list[str]:
         command = [sys.executable, "-m", "modalmesh.cli", "serve", name, "--host", self.host, "--port", str(self.members[name].port)]
+        if name in self.metrics_ports:
+            command += ["--metrics-port", str(self.metrics_ports[name])]
         if name == "router":
             command += ["--text-target", self.address("text"), "--vision-target", self.address("vision"), "--audio-target", self.address("audio")]
         return command
@@ -185,17 +189,18 @@ class Mesh:
         STATE_FILE.write_text(json.dumps(state, indent=2))
 
 
-def run_up(ports: dict[str, int], host: str, detach: bool, timeout: float) -> int:
+def run_up(ports: dict[str, int], host: str, detach: bool, timeout: float, metrics_ports: dict[str, int] | None = None) -> int:
     running = _detached_pids() if detach else {}  # a second one would take over its state file
     if running:
         print(f"modalmesh up: a detached mesh is running ({', '.join(f'{n} pid {p}' for n, p in running.items())}); "
               f"`modalmesh down` stops it", file=sys.stderr)
         return 1
-    mesh = Mesh(host=host, ports=ports)
+    mesh = Mesh(host=host, ports=ports, metrics_ports=metrics_ports)
     busy = [mesh.address(name) for name in ORDER if not port_free(host, mesh.members[name].port)]
+    busy += [f"{host}:{port} (metrics)" for port in mesh.metrics_ports.values() if port and not port_free(host, port)]
     if busy:  # else the health checks could find whatever listens there and call the mesh up
         print(f"modalmesh up: {', '.join(busy)} already in use; stop what listens there or choose other ports "
-              f"(--router-port, --text-port, --vision-port, --audio-port)", file=sys.stderr)
+              f"(--router-port, --text-port, --vision-port, --audio-port, --<service>-metrics-port)", file=sys.stderr)
         return 1
     print("starting " + ", ".join(f"{n} on {mesh.address(n)}" for n in ORDER), file=sys.stderr)
     mesh.start(detach=detach)

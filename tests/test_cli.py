@@ -306,3 +306,22 @@ def test_explain_shows_gate_weights_and_attention_mass_in_the_plain_output():
               "description": "Category: payment", "timings_ms": {"total": 100.0}}
     shown = format_answer(answer)
     assert "gate 0.60" in shown and "applicability 0.70" in shown and "text->image 0.25" in shown
+
+
+def test_up_takes_metrics_ports_and_refuses_busy_ones():
+    import socket
+
+    from modalmesh.up import Mesh
+
+    ports = {name: free_port() for name in ("router", "text", "vision", "audio")}
+    assert Mesh(ports=ports, metrics_ports={"text": 0, "vision": 19999, "audio": -1}).command("vision")[-2:] == ["--metrics-port", "19999"]
+    assert "--metrics-port" not in Mesh(ports=ports, metrics_ports={"audio": -1}).command("audio")
+    metrics = free_port()
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", metrics))
+    blocker.listen()
+    try:
+        result = subprocess.run(_up_command(ports) + ["--vision-metrics-port", str(metrics)], capture_output=True, text=True, timeout=60)
+    finally:
+        blocker.close()
+    assert result.returncode == 1 and f"127.0.0.1:{metrics} (metrics) already in use" in result.stderr
