@@ -1,4 +1,5 @@
 # The two commands a newcomer needs: `make demo` and `make test`. Both set up first.
+SHELL  := /bin/bash
 VENV   ?= .venv
 PYTHON ?= python3
 PY      = $(VENV)/bin/python
@@ -12,7 +13,8 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	@echo "installing the project and its models into $(VENV) (about 3 minutes on a fresh machine; pip lists each package)"
+	set -o pipefail; $(PY) -m pip install --progress-bar off -c constraints.txt -e '.[dev]' | sed -n -E '/^(Collecting|Successfully)/p'
 	touch $(STAMP)
 
 demo: setup
