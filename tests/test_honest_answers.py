@@ -184,3 +184,27 @@ def _ct_png() -> bytes:
     from modalmesh.data.ct import make_phantom, windowed_png
 
     return windowed_png(make_phantom(3, size=384).hounsfield, -600, 1500)
+
+
+def test_compute_routing_never_answers_the_ct_task_without_its_scan():
+    """The scan is what medical_report cannot answer without: an early answer from the record
+    while the scan is outstanding would only be withheld. The routing simulation (what
+    thresholds are tuned on) holds the same rule as the router's gather loop."""
+    from modalmesh.router.evaluate import routing_cases
+    from modalmesh.router.fusion import FusionConfig, FusionModel
+    from modalmesh.router.train import Example
+
+    torch.manual_seed(0)
+    model = FusionModel(FusionConfig(labels=MEDICAL.labels, regression=MEDICAL.regression)).eval()
+    features = {"text": torch.randn(6, 384), "image": torch.randn(49, 1280)}
+    example = Example(features, 0, torch.zeros(3), torch.zeros(3, dtype=torch.bool), {}, torch.zeros(3))
+
+    class Item:  # the text arrives long before the scan
+        costs_ms = {"text": 10.0, "image": 500.0}
+
+    cases = routing_cases(model, MEDICAL, [example], [Item()], fuse_ms=1.0)
+    assert cases[0].checkpoints == []  # no decision point while the scan is outstanding
+    triage = routing_cases(FusionModel(FusionConfig(labels=TRIAGE.labels)).eval(), TRIAGE,
+                           [Example(features, 0, torch.zeros(0), torch.zeros(0, dtype=torch.bool), {}, torch.zeros(0))],
+                           [Item()], fuse_ms=1.0, eager=())
+    assert len(triage[0].checkpoints) >= 1  # triage needs nothing in particular: it may answer from the text

@@ -252,7 +252,7 @@ def routing_cases(model, spec, examples, items, fuse_ms, eager=None) -> list[Rou
             arrived += [modality] + ([now[modality]] if modality in now else [])
             later = base[index + 1:]
             outstanding = later + [now[m] for m in later if m in now] + sides
-            if outstanding:
+            if outstanding and not set(later) & set(spec.needs):  # never answered early without what the task needs
                 confidence, correct, weight = decide_on(example, arrived, outstanding)
                 checkpoints.append(Checkpoint(arrival(modality) + fuse_ms, confidence, correct, weight, bool(now)))
         base_ms = max((arrival(m) for m in base), default=0.0) + fuse_ms

@@ -369,7 +369,9 @@ class Pipeline:
         if on_run is not None:
             on_run(run)  # lets the caller cancel everything if the client goes away
         full = request.options.mode == router_pb2.ROUTING_MODE_FULL
-        required = {ENUM_MODALITY[m] for m in request.options.require}
+        # Waited for even when routing would skip them: what the caller requires, and what the task
+        # cannot answer without (an answer without it would be withheld).
+        required = {ENUM_MODALITY[m] for m in request.options.require} | set(task.spec.needs)
         # Side outputs asked for with the base features: all of them in FULL mode; in ROUTED
         # mode those the task's routing marks eager (waited for anyway in most cases).
         side_now = {m for m in task.spec.side_outputs if full or m in task.spec.eager}
