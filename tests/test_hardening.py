@@ -154,8 +154,10 @@ def test_triage_degrades_when_the_text_service_is_down(mesh):
     for answer in (alone, both):
         image = answer["modalities"]["image"]
         assert image["status"] == "used" and "OCR read but not used: the text service failed (UNAVAILABLE" in image["reason"]
+        assert "127.0.0.1" not in image["reason"] and "the text service cannot be reached" in image["reason"]  # no internal address
         assert answer["label"]
-    assert both["modalities"]["text"]["status"] == "failed" and both["modalities"]["text"]["error_code"] == "UNAVAILABLE"
+    text = both["modalities"]["text"]
+    assert text["status"] == "failed" and text["error_code"] == "UNAVAILABLE" and text["reason"] == "the text service cannot be reached"
     assert "Payment declined" in alone["findings"]["error_text"]  # the screen text is still reported, read by error words
 
 

@@ -289,6 +289,7 @@ class Run:
     def _failed(self, source: str, modality: str, code: grpc.StatusCode, details: str, latency: float,
                 violations: list[tuple[str, str]] = ()) -> None:
         timed_out = code == grpc.StatusCode.DEADLINE_EXCEEDED
+        details = _callers_words(modality, code, details)
         if source not in MODALITIES:  # a side output failed: the modality itself still counts
             self.side_notes[source] = f"{'timed out' if timed_out else 'failed'}: {code.name}: {details}"
             return
@@ -745,12 +746,22 @@ def _why_unread(state: ModalityState) -> str:
     return f"{what}: {reason}" if reason else what
 
 
+def _callers_words(modality: str, code: grpc.StatusCode, details: str) -> str:
+    """An encoder failure as the router's caller should read it: grpc's connection errors
+    name internal addresses and sockets; the caller learns which service, the log the rest."""
+    if code == grpc.StatusCode.UNAVAILABLE and ("connect" in (details or "").lower() or "backends" in (details or "")):
+        log.info("%s encoder unreachable: %s", modality, details)
+        service = {"image": "vision", "audio": "audio", "text": "text"}[modality]
+        return f"the {service} service cannot be reached"
+    return details
+
+
 def _not_embedded(exc: grpc.RpcError) -> str:
     """The side note for text that was read but could not be embedded (a cancelled call is not
     a failure: it is re-raised, and the harvest drops it)."""
     if exc.code() == grpc.StatusCode.CANCELLED:
         raise exc
-    return f"read but not used: the text service failed ({exc.code().name}: {exc.details()})"
+    return f"read but not used: the text service failed ({exc.code().name}: {_callers_words('text', exc.code(), exc.details())})"
 
 
 def _nothing_read(task: TaskModel, evidence: Evidence) -> tuple[str, dict[str, str], str]:
