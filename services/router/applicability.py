@@ -9,12 +9,14 @@ with deep nearest neighbors"), per modality m:
     d(x)    = 1 - z(x) . z_k(x)                 z_k: the k-th nearest training input in B_m
     a(x)    = (1 + #{v in V_m : d(v) >= d(x)}) / (1 + |V_m|)
 
-B_m holds the training inputs' z, V_m the validation inputs' distances d(v). a(x) is the
-share of validation inputs (unseen at training, as a new user's are) at least as far from
-the training set as x: a calibrated p-value. At or below `floor` the input is not
-applicable and is not used: 0.01, or 1 / (1 + |V|) when the validation set is smaller than
-99 (then only an input farther than every validation input is). In-scope inputs are
-flagged at about that rate too: 1-2 in 100.
+B_m holds the training inputs' z, V_m the validation inputs' distances d(v). a(x), the
+share of validation inputs at least as far from the training set as x, is reported: how
+typical the input is. The input is not applicable when d(x) > margin * max(V_m): much
+farther than any validation input. Validation comes from the same generator as training,
+so new inputs of the right kind (another app's screens, another scanner's slices) lie
+beyond every validation input too (a(x) at its minimum), at several times its spread;
+inputs of another kind (a scan sent to triage, a photo, a screenshot sent to the CT task)
+lie farther still. The margin (MARGIN, 5) sits between the two.
 
 The reference set is stored beside the task's weights (`applicability.safetensors`).
 """
@@ -28,7 +30,7 @@ from pathlib import Path
 import torch
 
 FILE_NAME = "applicability.safetensors"
-DEFAULT_FLOOR = 0.01
+MARGIN = 5.0
 DEFAULT_NEIGHBOUR = 5
 MIN_VALIDATION = 50
 CHECKED_SOURCES = ("text", "image", "audio")  # the base features of each modality (side outputs follow their modality)
@@ -64,7 +66,14 @@ class Reference:
 class Applicability:
     references: dict[str, Reference] = field(default_factory=dict)
     neighbour: int = DEFAULT_NEIGHBOUR
-    floor: float = DEFAULT_FLOOR
+    margin: float = MARGIN
+
+    def max_distance(self, source: str) -> float | None:
+        """The distance past which an input of `source` is not applicable; None when unchecked."""
+        reference = self.references.get(source)
+        if reference is None or reference.validation.numel() == 0:
+            return None
+        return self.margin * float(reference.validation.max())
 
     def distance(self, source: str, features: torch.Tensor) -> float | None:
         """d(x) for one input's features; None when the task has no reference for `source`."""
@@ -78,12 +87,17 @@ class Applicability:
         distance = self.distance(source, features)
         return None if distance is None else self.references[source].applicability(distance)
 
-    def applicable(self, score: float | None) -> bool:
-        return score is None or score > self.floor
-
-    def reason(self, score: float) -> str:
-        """Why an input with this score is not applicable, in words."""
-        return f"unlike the inputs the task was trained on (applicability {score:.3f}, at most {self.floor:.3f})"
+    def judge(self, source: str, features: torch.Tensor) -> tuple[float | None, str]:
+        """(a(x), or None where not checked; why the input is not applicable, or '')."""
+        distance = self.distance(source, features)
+        if distance is None:
+            return None, ""
+        score = self.references[source].applicability(distance)
+        limit = self.max_distance(source)
+        if limit is not None and distance > limit:
+            return score, (f"unlike the inputs the task was trained on (distance {distance:.3f} to them, more than "
+                           f"{limit:.3f}; applicability {score:.3f})")
+        return score, ""
 
     # -- storage -----------------------------------------------------------------------
     def save(self, folder: Path) -> None:
@@ -94,7 +108,7 @@ class Applicability:
             tensors[f"{source}.bank"] = reference.bank.to(torch.float16).contiguous()
             tensors[f"{source}.validation"] = reference.validation.float().contiguous()
         save_file(tensors, str(folder / FILE_NAME),
-                  metadata={"neighbour": str(self.neighbour), "floor": json.dumps(self.floor)})
+                  metadata={"neighbour": str(self.neighbour), "margin": json.dumps(self.margin)})
 
     @classmethod
     def load(cls, folder: Path | None) -> "Applicability":
@@ -114,15 +128,15 @@ class Applicability:
             references={s: Reference(parts["bank"].float(), parts["validation"].float().sort().values)
                         for s, parts in references.items() if {"bank", "validation"} <= set(parts)},
             neighbour=int(metadata.get("neighbour", DEFAULT_NEIGHBOUR)),
-            floor=float(json.loads(metadata.get("floor", str(DEFAULT_FLOOR)))),
+            margin=float(json.loads(metadata.get("margin", str(MARGIN)))),
         )
 
 
 def fit(train: list[dict[str, torch.Tensor]], validation: list[dict[str, torch.Tensor]],
-        neighbour: int = DEFAULT_NEIGHBOUR, floor: float = DEFAULT_FLOOR) -> Applicability:
+        neighbour: int = DEFAULT_NEIGHBOUR, margin: float = MARGIN) -> Applicability:
     """The reference set from training and validation items' features (source -> tensor).
     A source needs more than `neighbour` training and at least MIN_VALIDATION validation items
-    to be checked: with fewer, "farther than every validation input" flags too many inputs."""
+    to be checked: with fewer, the validation inputs' largest distance says too little."""
     references: dict[str, Reference] = {}
     for source in CHECKED_SOURCES:
         bank = [pooled(item[source]) for item in train if source in item]
@@ -132,8 +146,7 @@ def fit(train: list[dict[str, torch.Tensor]], validation: list[dict[str, torch.T
         reference = Reference(torch.stack(bank), torch.empty(0))
         reference.validation = reference.distance(torch.stack(held_out), neighbour).sort().values
         references[source] = reference
-        floor = max(floor, 1.0 / (1 + reference.validation.numel()))
-    return Applicability(references, neighbour, floor)
+    return Applicability(references, neighbour, margin)
 
 
 def auroc(in_scope: list[float], out_of_scope: list[float]) -> float | None:

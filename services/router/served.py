@@ -94,7 +94,7 @@ def honesty_metrics(task: TaskModel, in_scope: list[Served], labels: np.ndarray,
 
     metrics = {
         "abstain_below": task.abstain_below,
-        "applicability_floor": task.applicability.floor if task.applicability.references else None,
+        "applicability_max_distance": {m: task.applicability.max_distance(m) for m in task.applicability.references},
         "in_scope": {
             "items": len(in_scope),
             "not_applicable": len(in_scope) - len(read),

@@ -175,7 +175,8 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                 eager_side_outputs=[MODALITY_ENUM[m] for m in task.spec.eager],
                 text_model=task.model.config.text_model,
                 abstain_below=task.abstain_below,
-                applicability_floor=task.applicability.floor if task.applicability.references else 0.0,
+                applicability_max_distance={m: d for m in task.applicability.references
+                                            if (d := task.applicability.max_distance(m)) is not None},
             ))
         return router_pb2.ListTasksResponse(tasks=tasks)
 

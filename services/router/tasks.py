@@ -497,8 +497,9 @@ def not_applicable(task: TaskModel, modality: str, features: torch.Tensor | None
         reason = task.spec.inapplicable_image(tags)
         if reason:
             return None, reason
-    score = task.applicability.score(modality, features) if features is not None else None
-    return score, "" if task.applicability.applicable(score) else task.applicability.reason(score)
+    if features is None:
+        return None, ""
+    return task.applicability.judge(modality, features)
 
 
 def load_task(spec: TaskSpec, weights_dir: str) -> TaskModel:

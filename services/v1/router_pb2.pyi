@@ -231,7 +231,14 @@ class ListTasksRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class TaskInfo(_message.Message):
-    __slots__ = ("name", "description", "labels", "accepted_modalities", "optional_modalities", "model_version", "tau", "gamma", "eager_side_outputs", "text_model", "abstain_below", "applicability_floor")
+    __slots__ = ("name", "description", "labels", "accepted_modalities", "optional_modalities", "model_version", "tau", "gamma", "eager_side_outputs", "text_model", "abstain_below", "applicability_max_distance")
+    class ApplicabilityMaxDistanceEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
@@ -243,7 +250,7 @@ class TaskInfo(_message.Message):
     EAGER_SIDE_OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     TEXT_MODEL_FIELD_NUMBER: _ClassVar[int]
     ABSTAIN_BELOW_FIELD_NUMBER: _ClassVar[int]
-    APPLICABILITY_FLOOR_FIELD_NUMBER: _ClassVar[int]
+    APPLICABILITY_MAX_DISTANCE_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     labels: _containers.RepeatedScalarFieldContainer[str]
@@ -255,8 +262,8 @@ class TaskInfo(_message.Message):
     eager_side_outputs: _containers.RepeatedScalarFieldContainer[Modality]
     text_model: str
     abstain_below: float
-    applicability_floor: float
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., accepted_modalities: _Optional[_Iterable[_Union[Modality, str]]] = ..., optional_modalities: _Optional[_Iterable[_Union[Modality, str]]] = ..., model_version: _Optional[str] = ..., tau: _Optional[float] = ..., gamma: _Optional[float] = ..., eager_side_outputs: _Optional[_Iterable[_Union[Modality, str]]] = ..., text_model: _Optional[str] = ..., abstain_below: _Optional[float] = ..., applicability_floor: _Optional[float] = ...) -> None: ...
+    applicability_max_distance: _containers.ScalarMap[str, float]
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., accepted_modalities: _Optional[_Iterable[_Union[Modality, str]]] = ..., optional_modalities: _Optional[_Iterable[_Union[Modality, str]]] = ..., model_version: _Optional[str] = ..., tau: _Optional[float] = ..., gamma: _Optional[float] = ..., eager_side_outputs: _Optional[_Iterable[_Union[Modality, str]]] = ..., text_model: _Optional[str] = ..., abstain_below: _Optional[float] = ..., applicability_max_distance: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class ListTasksResponse(_message.Message):
     __slots__ = ("tasks",)
