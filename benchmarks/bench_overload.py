@@ -22,9 +22,10 @@ gives the same picture).
 
     .venv/bin/python benchmarks/bench_overload.py --concurrency 110 --requests 110 --deadline 60
         past worker_threads + max_waiting_calls (96): RESOURCE_EXHAUSTED at once
-    .venv/bin/python benchmarks/bench_overload.py --concurrency 384 --requests 1152 --deadline 20
-        4x overload (the router's 96 places, four times over): of the calls admitted (not
-        RESOURCE_EXHAUSTED), the share answered inside their deadline, and answers per second
+    .venv/bin/python benchmarks/bench_overload.py --concurrency 384 --seconds 90 --deadline 20
+        4x overload (the router's 96 places, four times over), closed loop for 90 s: of the
+        calls admitted (not RESOURCE_EXHAUSTED), the share answered inside their deadline,
+        and answers per second
 
 Prints the admitted-answered ratio: admission weighs the expected answer time against
 each caller's deadline, so what it admits it should answer.
@@ -50,7 +51,7 @@ from modalmesh.up import ORDER, Mesh, free_port  # noqa: E402
 EXAMPLES = REPO / "examples"
 
 
-def run(concurrency: int, requests: int, deadline: float) -> dict:
+def run(concurrency: int, requests: int, deadline: float, seconds: float = 0.0) -> dict:
     import grpc
 
     from modalmesh.client import RouterClient
@@ -82,7 +83,20 @@ def run(concurrency: int, requests: int, deadline: float) -> dict:
             started = time.perf_counter()
             probes.start()
             with ThreadPoolExecutor(concurrency) as pool:
-                outcomes = list(pool.map(one, range(requests)))
+                if seconds:  # closed loop: every caller sends again as soon as it has an answer, until the time is up
+                    stop_at = time.monotonic() + seconds
+
+                    def caller(first: int) -> list:
+                        done, index = [], first
+                        while time.monotonic() < stop_at:
+                            done.append(one(index))
+                            index += concurrency
+                        return done
+
+                    outcomes = [o for batch in pool.map(caller, range(concurrency)) for o in batch]
+                    requests = len(outcomes)
+                else:
+                    outcomes = list(pool.map(one, range(requests)))
             wall = time.perf_counter() - started
             done.set()
             probes.join(10)
@@ -129,10 +143,12 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--deadline", type=float, default=2.0, help="gRPC deadline per call, seconds")
+    parser.add_argument("--seconds", type=float, default=0.0,
+                        help="closed loop for this long (each caller sends again once answered) instead of --requests")
     parser.add_argument("--out", default="bench-results/overload.json")
     args = parser.parse_args()
     header("ModalMesh overload benchmark: concurrent callers with a gRPC deadline")
-    results = run(args.concurrency, args.requests, args.deadline)
+    results = run(args.concurrency, args.requests, args.deadline, args.seconds)
     print(f"\n{results['requests']} requests, {results['concurrency']} at a time, deadline {results['deadline_s']:g} s: "
           f"{results['wall_s']:.1f} s in all")
     for outcome, count in sorted(results["outcomes"].items()):

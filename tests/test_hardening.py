@@ -273,3 +273,16 @@ def test_a_call_that_cannot_be_answered_before_its_deadline_is_not_admitted(star
         held.join(30)
         waiting.join(30)
     assert handle.admission.service_s < 5.0  # the real calls' times pull the average down
+
+
+def test_the_expected_answer_time_counts_the_rate_at_which_calls_finish():
+    """Calls share the same cores: 32 running and 40 waiting, finishing at 4 a second, put a
+    new call about 18 s away, however short a call's own time on a worker looks."""
+    from modalmesh.common.admission import Admission
+
+    admission = Admission("test", running=32, waiting=64)
+    assert admission.expected_s() == 0.0  # nothing known yet
+    admission.service_s, admission.now_running, admission.now_waiting = 0.5, 32, 40
+    admission._finished.extend(100.0 + 0.25 * k for k in range(32))
+    assert admission.finish_rate == pytest.approx(4.0)
+    assert admission.expected_s() == pytest.approx((32 + 40 + 1) / 4.0)

@@ -9,6 +9,7 @@ through an `Admission` and every client stream through `arriving`.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import queue
 import threading
@@ -24,6 +25,7 @@ from modalmesh.common import errors, telemetry
 SPARE_THREADS = 4
 WAIT_SLICE_S = 0.05  # how often a waiting call checks whether its caller is still there
 SERVICE_AVERAGING = 0.2  # the weight of the latest call in Admission.service_s
+RATE_WINDOW, RATE_MIN_CALLS = 32, 8  # Admission.finish_rate: over the last 32 calls, once 8 have finished
 
 
 class Admission:
@@ -38,10 +40,12 @@ class Admission:
     one that would take the total past the limit is RESOURCE_EXHAUSTED at once (a call
     alone always runs: `max_message_bytes` bounds it).
 
-    A call that would wait is admitted only if it can be answered before its deadline: the
-    time a call holds a worker is tracked (`service_s`, an exponential average), and a call
-    with k calls ahead of it is expected to take service_s * (1 + k / running). At 4x
-    overload calls were admitted that could not be answered in time (40% ran out)."""
+    A call that would wait is admitted only if it can be answered before its deadline. Two
+    estimates, the larger counts: the time a call holds a worker (`service_s`, an
+    exponential average) times (1 + k / running) with k calls ahead of it; and, since the
+    calls share the same cores, the calls in hand (running, waiting and this one) over the
+    rate at which calls have been finishing lately (`finish_rate`). At 4x overload calls were
+    admitted that could not be answered in time."""
 
     def __init__(self, service: str, running: int, waiting: int, max_bytes: int = 0) -> None:
         self.running, self.waiting, self.max_bytes = running, waiting, max_bytes
@@ -52,6 +56,8 @@ class Admission:
         self._count_lock = threading.Lock()
         self.now_waiting = 0
         self.service_s = 0.0  # how long a call holds a worker, on average (SERVICE_AVERAGING)
+        self.now_running = 0
+        self._finished: collections.deque[float] = collections.deque(maxlen=RATE_WINDOW)  # when recent calls ended
 
     @property
     def threads(self) -> int:
@@ -65,9 +71,13 @@ class Admission:
             if not self._slots.acquire(blocking=False):
                 self._wait(context)
             started = time.monotonic()
+            with self._count_lock:
+                self.now_running += 1
             try:
                 yield
             finally:
+                with self._count_lock:
+                    self.now_running -= 1
                 self._slots.release()
                 self._observe(time.monotonic() - started)
         finally:
@@ -85,10 +95,22 @@ class Admission:
     def _observe(self, seconds: float) -> None:
         with self._count_lock:
             self.service_s = seconds if not self.service_s else (1 - SERVICE_AVERAGING) * self.service_s + SERVICE_AVERAGING * seconds
+            self._finished.append(time.monotonic())
+
+    @property
+    def finish_rate(self) -> float:
+        """Calls finished per second over the last RATE_WINDOW; 0 until enough have."""
+        if len(self._finished) < RATE_MIN_CALLS:
+            return 0.0
+        span = self._finished[-1] - self._finished[0]
+        return (len(self._finished) - 1) / span if span > 0 else 0.0
 
     def expected_s(self) -> float:
         """How long a call arriving now would take to be answered, waiting included."""
-        return self.service_s * (1 + (self.now_waiting + 1) / self.running)
+        per_worker = self.service_s * (1 + (self.now_waiting + 1) / self.running)
+        rate = self.finish_rate
+        shared = (self.now_running + self.now_waiting + 1) / rate if rate else 0.0
+        return max(per_worker, shared)
 
     def _wait(self, context: grpc.ServicerContext) -> None:
         remaining = context.time_remaining()
