@@ -158,7 +158,6 @@ def test_triage_degrades_when_the_text_service_is_down(mesh):
         assert answer["label"]
     text = both["modalities"]["text"]
     assert text["status"] == "failed" and text["error_code"] == "UNAVAILABLE" and text["reason"] == "the text service cannot be reached"
-    assert "Payment declined" in alone["findings"]["error_text"]  # the screen text is still reported, read by error words
 
 
 def test_an_encoder_killed_and_restarted_under_load_loses_no_request(mesh):

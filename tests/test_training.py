@@ -498,7 +498,8 @@ def test_train_refuses_and_eval_withholds_an_image_the_router_does_not_read(tmp_
     from pydicom.data import get_testdata_file
 
     (tmp_path / "mr.dcm").write_bytes(open(get_testdata_file("MR_small.dcm"), "rb").read())
-    record = {"id": "mr-1", "task": "medical_report", "text": "x", "label": "normal", "image": "mr.dcm",
+    record = {"id": "mr-1", "task": "medical_report", "text": "64-year-old smoker, 30 pack-years, persistent cough.",
+              "label": "normal", "image": "mr.dcm",
               "extra": {"lesion_count": 0, "largest_diameter_mm": 0.0, "side": "none"}}
     (tmp_path / "train.jsonl").write_text(json.dumps(record) + "\n")
     assert main(["train", "--task", "medical_report", "--data", str(tmp_path / "train.jsonl"), "--out", str(tmp_path / "w")]) == 2
