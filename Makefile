@@ -53,6 +53,7 @@ bench: setup
 	$(PY) benchmarks/bench_router.py
 	$(PY) benchmarks/bench_measure.py
 	$(PY) benchmarks/bench_overload.py
+	$(PY) benchmarks/bench_recovery.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
