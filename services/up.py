@@ -69,8 +69,11 @@ class Member:
 
 class Mesh:
     def __init__(self, host: str = "127.0.0.1", ports: dict[str, int] | None = None, extra_env: dict[str, str] | None = None,
-                 log_stream=sys.stderr, quiet_logs: bool = False, metrics_ports: dict[str, int] | None = None) -> None:
+                 log_stream=sys.stderr, quiet_logs: bool = False, metrics_ports: dict[str, int] | None = None,
+                 health_ports: dict[str, int] | None = None) -> None:
         self.host = host
+        # Per service: a plaintext port that answers only health checks, on its own server (0 or absent: none).
+        self.health_ports = {name: port for name, port in (health_ports or {}).items() if port > 0}
         # Per service: -1 (or absent) keeps the service's own rule (gRPC port - 41000), 0 turns metrics off.
         self.metrics_ports = {name: port for name, port in (metrics_ports or {}).items() if port >= 0}
         ports = {**DEFAULT_PORTS, **(ports or {})}
@@ -87,6 +90,8 @@ class Mesh:
         command = [sys.executable, "-m", "modalmesh.cli", "serve", name, "--host", self.host, "--port", str(self.members[name].port)]
         if name in self.metrics_ports:
             command += ["--metrics-port", str(self.metrics_ports[name])]
+        if name in self.health_ports:
+            command += ["--health-port", str(self.health_ports[name])]
         if name == "router":
             command += ["--text-target", self.address("text"), "--vision-target", self.address("vision"), "--audio-target", self.address("audio")]
         return command

@@ -163,6 +163,7 @@ def test_triage_degrades_when_the_text_service_is_down(mesh):
 def test_an_encoder_killed_and_restarted_under_load_loses_no_request(mesh):
     """Requests keep coming while the vision service is stopped and started again on the same
     port: every one is answered (from the text while the image cannot be read), none is lost."""
+    import time
     from concurrent.futures import ThreadPoolExecutor
 
     from modalmesh.client import RouterClient
@@ -191,6 +192,13 @@ def test_an_encoder_killed_and_restarted_under_load_loses_no_request(mesh):
             during = [pool.submit(ask, i) for i in range(8, 16)]
             [f.result(timeout=60) for f in during]
             vision = start_service("vision", ocr=False, port=port)
+            # The router redials a replica that went away every 0.1-0.4 s (bench_recovery.py
+            # measures how soon it reads images again): wait for that before the last round.
+            with RouterClient(router.address, timeout=20) as client:
+                ready_by = time.monotonic() + 10
+                while time.monotonic() < ready_by and client.analyze("screenshot_triage", image=screenshot, mode="full")[
+                        "modalities"]["image"]["status"] != "used":
+                    time.sleep(0.05)
             after = [pool.submit(ask, i) for i in range(16, 24)]
             [f.result(timeout=60) for f in after]
     finally:
@@ -256,12 +264,16 @@ def test_a_call_that_cannot_be_answered_before_its_deadline_is_not_admitted(star
         held = threading.Thread(target=lambda: client.encode_text("holds the only worker", timeout=30))
         held.start()
         assert started.acquire(timeout=10)
-        handle.admission.service_s = 5.0  # calls have been taking 5 s: one more would take about 10
+        handle.admission.assume_answered(5.0)  # calls have been taking 5 s: one more would take about 10
         began = time.monotonic()
         with pytest.raises(grpc.RpcError) as raised:
             client.encode_text("due in 2 s", timeout=2)
         assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and time.monotonic() - began < 1.5
         assert "an answer would take about 10.0 s" in raised.value.details()
+        # ... and says when to come back: when the calls in hand have shrunk by the excess.
+        from modalmesh.common.errors import retry_after
+
+        assert retry_after(raised.value) == pytest.approx(10.0 - 0.8 * 2, abs=0.3)
         waiting = threading.Thread(target=lambda: client.encode_text("due in 30 s: admitted, waits", timeout=30))
         waiting.start()
         deadline = time.monotonic() + 10
@@ -283,5 +295,73 @@ def test_the_expected_answer_time_counts_the_rate_at_which_calls_finish():
     assert admission.expected_s() == 0.0  # nothing known yet
     admission.service_s, admission.now_running, admission.now_waiting = 0.5, 32, 40
     admission._finished.extend(100.0 + 0.25 * k for k in range(32))
-    assert admission.finish_rate == pytest.approx(4.0)
-    assert admission.expected_s() == pytest.approx((32 + 40 + 1) / 4.0)
+    assert admission.finish_rate(now=108.0) == pytest.approx(4.0)
+    assert admission.expected_s(now=108.0) == pytest.approx((32 + 40 + 1) / 4.0)
+    assert admission.finish_rate(now=116.0) == pytest.approx(2.0)  # nothing answered for 8 s: the rate falls
+    admission.now_running, admission.now_waiting = 1, 0  # a light load: the rate says how often calls come, not capacity
+    assert admission.expected_s(now=108.0) == pytest.approx(0.5 * (1 + 1 / 32))
+
+
+def test_before_any_call_has_finished_a_call_with_a_deadline_does_not_wait(start_text_service):
+    """A burst at start-up filled every waiting place before anything was known of how long a
+    call takes: until a few calls have been answered, a call with a deadline that finds
+    every worker busy is refused at once."""
+    import time
+
+    from modalmesh.common.client import EncoderClient
+    from tests.test_text_service import blocking_service
+
+    started, release = threading.Semaphore(0), threading.Event()
+    handle = start_text_service(service_class=blocking_service(started, release), worker_threads=1, max_waiting_calls=4)
+    with connect(handle.address) as channel:
+        client = EncoderClient(channel)
+        held = threading.Thread(target=lambda: client.encode_text("holds the only worker", timeout=30))
+        held.start()
+        assert started.acquire(timeout=10)
+        began = time.monotonic()
+        with pytest.raises(grpc.RpcError) as raised:
+            client.encode_text("due in 30 s", timeout=30)
+        assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and time.monotonic() - began < 5
+        assert "too few calls answered yet" in raised.value.details()
+        release.set()
+        held.join(30)
+        assert handle.admission.service_s > 0
+        assert client.encode_text("and afterwards", timeout=30).pooled.shape == (32,)
+    assert len(handle.admission._finished) == 2  # two answers: the rate is not known yet
+
+
+def test_the_router_comes_back_to_a_busy_encoder_when_it_says(mesh, start_text_service):
+    """A busy encoder refuses with the wait it expects (RetryInfo, grpc-retry-pushback-ms):
+    the router calls again after it, inside the deadline, so the answer reads the text
+    instead of going without it."""
+    import time
+
+    from modalmesh.client import RouterClient
+    from modalmesh.common.client import EncoderClient
+    from tests.test_text_service import blocking_service
+
+    started, release = threading.Semaphore(0), threading.Event()
+    from modalmesh.common.config import load_config
+
+    text = start_text_service(service_class=blocking_service(started, release), worker_threads=1, max_waiting_calls=0,
+                              model=load_config("text", environ={}).model)  # the model the task's weights were trained with
+    text.admission.assume_answered(0.4)  # a call takes 0.4 s: a refusal asks for about that long a wait
+    router = mesh.start_router(text_target=text.address)
+    try:
+        with connect(text.address) as channel, RouterClient(router.address, timeout=20) as client:
+            release.set()
+            client.analyze("screenshot_triage", text="warming up", mode="full")
+            release.clear()
+            while started.acquire(timeout=0.01):
+                pass  # the warm-up's
+            held = threading.Thread(target=lambda: EncoderClient(channel).encode_text("holds the only worker", timeout=30))
+            held.start()
+            assert started.acquire(timeout=10)
+            threading.Timer(0.5, release.set).start()
+            began = time.monotonic()
+            answer = client.analyze("screenshot_triage", text="my card was declined at checkout", mode="full")
+            held.join(30)
+        assert answer["modalities"]["text"]["status"] == "used"
+        assert time.monotonic() - began < 10
+    finally:
+        router.stop(grace=0.5)

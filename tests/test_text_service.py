@@ -309,6 +309,7 @@ def test_a_saturated_server_still_answers_health_and_refuses_the_overflow_at_onc
     # checks, so a pod that was only busy failed its liveness probe.
     started, release = threading.Semaphore(0), threading.Event()
     handle = start_text_service(service_class=blocking_service(started, release), worker_threads=2, max_waiting_calls=1)
+    handle.admission.assume_answered(0.01)  # calls have been answered before: the next may wait for a worker
     with connect(handle.address) as channel, ThreadPoolExecutor(4) as pool:
         client = EncoderClient(channel)
         held = [pool.submit(client.encode_text, f"call {i}", timeout=30) for i in range(3)]
@@ -333,6 +334,7 @@ def test_a_saturated_server_still_answers_health_and_refuses_the_overflow_at_onc
 def test_a_waiting_call_gives_up_at_its_deadline_and_frees_its_place(start_text_service):
     started, release = threading.Semaphore(0), threading.Event()
     handle = start_text_service(service_class=blocking_service(started, release), worker_threads=1, max_waiting_calls=1)
+    handle.admission.assume_answered(0.01)  # calls have been answered before: the next may wait for a worker
     with connect(handle.address) as channel, ThreadPoolExecutor(2) as pool:
         client = EncoderClient(channel)
         running = pool.submit(client.encode_text, "running", timeout=30)
@@ -428,6 +430,7 @@ def test_request_bytes_in_hand_are_bounded(start_text_service):
     started, release = threading.Semaphore(0), threading.Event()
     handle = start_text_service(service_class=blocking_service(started, release), worker_threads=1, max_waiting_calls=4,
                                 max_bytes_in_flight=400)
+    handle.admission.assume_answered(0.01)  # calls have been answered before: the next may wait for a worker
     with connect(handle.address) as channel, ThreadPoolExecutor(2) as pool:
         client = EncoderClient(channel)
         running = pool.submit(client.encode_text, "a" * 100, timeout=30)

@@ -25,7 +25,9 @@ from modalmesh.common import errors, telemetry
 SPARE_THREADS = 4
 WAIT_SLICE_S = 0.05  # how often a waiting call checks whether its caller is still there
 SERVICE_AVERAGING = 0.2  # the weight of the latest call in Admission.service_s
-RATE_WINDOW, RATE_MIN_CALLS = 32, 8  # Admission.finish_rate: over the last 32 calls, once 8 have finished
+RATE_WINDOW, RATE_MIN_CALLS = 32, 8  # Admission.finish_rate: over the last 32 answers, once 8 have been given
+ADMIT_SHARE = 0.8  # a call is admitted when its expected answer time is within this share of its time left
+RETRY_AFTER_S = (0.1, 30.0)  # the bounds of the wait a refusal suggests (errors.retry_after)
 
 
 class Admission:
@@ -40,12 +42,16 @@ class Admission:
     one that would take the total past the limit is RESOURCE_EXHAUSTED at once (a call
     alone always runs: `max_message_bytes` bounds it).
 
-    A call that would wait is admitted only if it can be answered before its deadline. Two
-    estimates, the larger counts: the time a call holds a worker (`service_s`, an
-    exponential average) times (1 + k / running) with k calls ahead of it; and, since the
-    calls share the same cores, the calls in hand (running, waiting and this one) over the
-    rate at which calls have been finishing lately (`finish_rate`). At 4x overload calls were
-    admitted that could not be answered in time."""
+    A call with a deadline is admitted only if it can be answered before it: the expected
+    answer time must fit in ADMIT_SHARE of the time left. Two estimates, the larger counts:
+    the time a call holds a worker (`service_s`, an exponential average) times
+    (1 + k / running) with k calls ahead of it; and, since the calls share the same cores,
+    the calls in hand (running, waiting and this one) over the rate at which answers have
+    been given lately (`finish_rate`; calls that failed or ended after their deadline are
+    not answers). Until RATE_MIN_CALLS calls have been answered the rate is not known: a
+    call with a deadline is then admitted only to a free worker, never to wait (a burst at
+    start-up would otherwise fill every waiting place with calls that cannot all be
+    answered in time)."""
 
     def __init__(self, service: str, running: int, waiting: int, max_bytes: int = 0) -> None:
         self.running, self.waiting, self.max_bytes = running, waiting, max_bytes
@@ -68,18 +74,25 @@ class Admission:
     def slot(self, context: grpc.ServicerContext, message_bytes: int = 0):
         self._take_bytes(message_bytes)
         try:
+            self._check_deadline(context)
             if not self._slots.acquire(blocking=False):
+                if not self.finish_rate() and context.time_remaining() is not None:
+                    raise errors.resource_exhausted(
+                        f"server busy: all {self.running} workers busy, and too few calls answered yet to tell how "
+                        f"soon another would be; retry with backoff, or add replicas", _bounded(self.service_s or 1.0))
                 self._wait(context)
             started = time.monotonic()
             with self._count_lock:
                 self.now_running += 1
+            answered = False
             try:
                 yield
+                answered = (context.time_remaining() or 1.0) > 0 and context.is_active()
             finally:
                 with self._count_lock:
                     self.now_running -= 1
                 self._slots.release()
-                self._observe(time.monotonic() - started)
+                self._observe(time.monotonic() - started, answered)
         finally:
             with self._count_lock:
                 self.bytes_held -= message_bytes
@@ -92,37 +105,53 @@ class Admission:
                     f"(max_bytes_in_flight {self.max_bytes}); retry with backoff, or add replicas")
             self.bytes_held += message_bytes
 
-    def _observe(self, seconds: float) -> None:
+    def _observe(self, seconds: float, answered: bool) -> None:
         with self._count_lock:
             self.service_s = seconds if not self.service_s else (1 - SERVICE_AVERAGING) * self.service_s + SERVICE_AVERAGING * seconds
-            self._finished.append(time.monotonic())
+            if answered:
+                self._finished.append(time.monotonic())
 
-    @property
-    def finish_rate(self) -> float:
-        """Calls finished per second over the last RATE_WINDOW; 0 until enough have."""
+    def assume_answered(self, service_s: float, count: int = RATE_MIN_CALLS) -> None:
+        """Record `count` calls of `service_s` each as answered just now, as a server that
+        has been serving for a while would have."""
+        for _ in range(count):
+            self._observe(service_s, answered=True)
+
+    def finish_rate(self, now: float | None = None) -> float:
+        """Answers given per second over the last RATE_WINDOW, up to `now` (a stall lowers
+        it); 0 until RATE_MIN_CALLS answers are known."""
         if len(self._finished) < RATE_MIN_CALLS:
             return 0.0
-        span = self._finished[-1] - self._finished[0]
-        return (len(self._finished) - 1) / span if span > 0 else 0.0
+        span = (time.monotonic() if now is None else now) - self._finished[0]
+        return len(self._finished) / span if span > 0 else 0.0
 
-    def expected_s(self) -> float:
-        """How long a call arriving now would take to be answered, waiting included."""
+    def expected_s(self, now: float | None = None) -> float:
+        """How long a call arriving now would take to be answered, waiting included. The
+        answer rate tells the server's capacity only while every worker is busy; under a
+        light load it tells how often calls come."""
         per_worker = self.service_s * (1 + (self.now_waiting + 1) / self.running)
-        rate = self.finish_rate
+        saturated = self.now_waiting > 0 or self.now_running >= self.running
+        rate = self.finish_rate(now) if saturated else 0.0
         shared = (self.now_running + self.now_waiting + 1) / rate if rate else 0.0
         return max(per_worker, shared)
 
-    def _wait(self, context: grpc.ServicerContext) -> None:
+    def _check_deadline(self, context: grpc.ServicerContext) -> None:
         remaining = context.time_remaining()
+        if remaining is None:
+            return
         expected = self.expected_s()
-        if remaining is not None and expected > remaining:
+        if expected > ADMIT_SHARE * remaining:
+            # The calls in hand must shrink by the excess before one like this fits.
             raise errors.resource_exhausted(
-                f"server busy: an answer would take about {expected:.1f} s ({self.now_waiting} calls waiting), "
-                f"more than the {max(remaining, 0):.1f} s left before the deadline; retry with backoff, or add replicas")
+                f"server busy: an answer would take about {expected:.1f} s ({self.now_running} calls running, "
+                f"{self.now_waiting} waiting), more than the {max(remaining, 0):.1f} s left before the deadline allows; "
+                f"retry with backoff, or add replicas", _bounded(expected - ADMIT_SHARE * max(remaining, 0)))
+
+    def _wait(self, context: grpc.ServicerContext) -> None:
         if self._places is None or not self._places.acquire(blocking=False):
             raise errors.resource_exhausted(
                 f"server busy: {self.running} calls running and {self.waiting} waiting (worker_threads, "
-                f"max_waiting_calls); retry with backoff, or add replicas")
+                f"max_waiting_calls); retry with backoff, or add replicas", _bounded(self.expected_s() / 2))
         self._count(+1)
         started = time.monotonic()
         try:
@@ -141,6 +170,10 @@ class Admission:
         with self._count_lock:
             self.now_waiting += step
             self._gauge.set(self.now_waiting)
+
+
+def _bounded(seconds: float) -> float:
+    return min(RETRY_AFTER_S[1], max(RETRY_AFTER_S[0], seconds))
 
 
 _END = object()

@@ -5,7 +5,9 @@ aborts the call with the right code and, for INVALID_ARGUMENT, a google.rpc.BadR
 detail listing each field violation. Anything else that escapes a handler is a bug:
 it is logged with its traceback and answered INTERNAL, and the service stays up.
 
-Clients read the details back with `field_violations(rpc_error)`.
+Clients read the details back with `field_violations(rpc_error)`. A RESOURCE_EXHAUSTED
+refusal may say when to come back (`retry_after(rpc_error)`): a google.rpc.RetryInfo detail,
+and the `grpc-retry-pushback-ms` trailer that grpc's own retry policy honours.
 
 What a status repeats is capped (MAX_MESSAGE_CHARS, MAX_VIOLATIONS, MAX_FIELD_CHARS,
 MAX_DESCRIPTION_CHARS): a message that echoes a 100 KB media type would otherwise exceed
@@ -42,6 +44,7 @@ class ServiceError(Exception):
     message: str
     # (field, description) pairs; sent as google.rpc.BadRequest for INVALID_ARGUMENT.
     violations: list[tuple[str, str]] = field(default_factory=list)
+    retry_after_s: float | None = None  # when the server expects to have room again
 
     def __str__(self) -> str:
         return f"{self.code.name}: {self.message}"
@@ -59,7 +62,35 @@ class ServiceError(Exception):
             detail = any_pb2.Any()
             detail.Pack(bad_request)
             status.details.append(detail)
+        if self.retry_after_s is not None:
+            milliseconds = max(1, round(self.retry_after_s * 1000))
+            retry = error_details_pb2.RetryInfo()
+            retry.retry_delay.FromMilliseconds(milliseconds)
+            detail = any_pb2.Any()
+            detail.Pack(retry)
+            status.details.append(detail)
+            converted = rpc_status.to_status(status)
+            return _Status(converted.code, converted.details,
+                           (*converted.trailing_metadata, ("grpc-retry-pushback-ms", str(milliseconds))))
         return rpc_status.to_status(status)
+
+
+@dataclass(frozen=True)
+class _Status(grpc.Status):
+    code: grpc.StatusCode
+    details: str
+    trailing_metadata: tuple
+
+
+def retry_after(error: grpc.RpcError) -> float | None:
+    """The seconds a refusal asks the caller to wait before trying again, or None."""
+    for key, value in (error.trailing_metadata() or ()) if hasattr(error, "trailing_metadata") else ():
+        if key == "grpc-retry-pushback-ms":
+            try:
+                return int(value) / 1000.0
+            except ValueError:
+                return None
+    return None
 
 
 def invalid_argument(field_path: str, description: str) -> ServiceError:
@@ -67,8 +98,8 @@ def invalid_argument(field_path: str, description: str) -> ServiceError:
     return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"{field_path}: {description}", [(field_path, description)])
 
 
-def resource_exhausted(message: str) -> ServiceError:
-    return ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+def resource_exhausted(message: str, retry_after_s: float | None = None) -> ServiceError:
+    return ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED, message, retry_after_s=retry_after_s)
 
 
 def unavailable(message: str) -> ServiceError:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import random
 import threading
 import time
 import uuid
@@ -49,6 +50,7 @@ MODALITY_ENUM = {"text": router_pb2.MODALITY_TEXT, "image": router_pb2.MODALITY_
 ENUM_MODALITY = {value: name for name, value in MODALITY_ENUM.items()}
 SIDE_SOURCE = {"image": "image_text", "audio": "audio_text"}  # the expensive extra evidence per modality
 MAX_TEXT_BYTES = 64 * 1024
+ENCODER_RETRIES = 3  # a busy encoder's refusal is retried after the wait it names, this many times at most
 # Under a gRPC deadline the router answers this long before it (Pipeline._budget): 10% of
 # the time left, at least 20 ms (fusion, heads and the reply take 10-30 ms here), at most 0.2 s.
 REPLY_MARGIN_SHARE, MIN_REPLY_MARGIN_S, MAX_REPLY_MARGIN_S = 0.1, 0.02, 0.2
@@ -184,10 +186,20 @@ class Run:
         """An EncodeOnce call that `call.cancel()` can cancel; returns the collected result."""
         header = next(encode_requests(b"", media_type, options=options, pooled_only=pooled_only, parameters=parameters)).header
         request = encoder_pb2.EncodeOnceRequest(header=header, payload=data)
-        if call.cancelled.is_set():
-            raise futures.CancelledError()
-        call.rpc = self.encoders.stubs[modality].EncodeOnce.future(request, timeout=max(0.001, self.deadline.remaining()))
-        result = collect(iter(call.rpc.result().chunks))
+        for attempt in itertools.count():
+            if call.cancelled.is_set():
+                raise futures.CancelledError()
+            call.rpc = self.encoders.stubs[modality].EncodeOnce.future(request, timeout=max(0.001, self.deadline.remaining()))
+            try:
+                result = collect(iter(call.rpc.result().chunks))
+                break
+            except grpc.RpcError as exc:
+                # A busy encoder says when it expects room: come back then if the deadline allows.
+                wait = errors.retry_after(exc) if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED else None
+                if wait is None or attempt >= ENCODER_RETRIES or wait * 1.5 > self.deadline.remaining():
+                    raise
+                if call.cancelled.wait(wait * random.uniform(0.5, 1.0)):
+                    raise futures.CancelledError() from None
         if modality == "text" and self.text_model:
             served = result.pooled_message.model_version
             if not models.same_weights(served, self.text_model):
