@@ -37,7 +37,7 @@ protos: setup
 # features are cached in data/<task>/.features).
 weights: setup
 	$(VENV)/bin/modalmesh data generate --task medical_report --out data/medical --n 800 --seed 11
-	$(VENV)/bin/modalmesh data generate --task screenshot_triage --out data/triage --n 480 --seed 7
+	$(VENV)/bin/modalmesh data generate --task screenshot_triage --out data/triage --n 600 --seed 7
 	$(VENV)/bin/modalmesh data heldout --task medical_report --out data/medical-heldout --n 120 --seed 5
 	$(VENV)/bin/modalmesh data heldout --task screenshot_triage --out data/triage-heldout --n 120 --seed 5
 	$(VENV)/bin/modalmesh train --task medical_report --data data/medical/train.jsonl --out services/router/weights/medical_report

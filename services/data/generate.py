@@ -73,16 +73,23 @@ def refuse_foreign_manifest(path: Path) -> None:
                          f"it: pick another --out")
 
 
+WEB_SHARE = 0.35  # screenshots drawn as a web page (screens.render_web_page) rather than an app screen
+
+
 def _triage_item(rng, split: str, out: Path, item_id: str) -> dict:
     from modalmesh.audio.speech import espeak, wav_bytes
-    from modalmesh.data.screens import png_bytes, render_app_screen
+    from modalmesh.data.screens import WEB_SIZES, png_bytes, render_app_screen, render_web_page
     from modalmesh.data.triage import make_case
 
     case = make_case(rng, split)
     record = {"text": case["text"], "label": case["label"],
               "extra": {k: case[k] for k in ("message_kind", "screen", "voice", "mobile", "dark", "layout")}}
     if case["screen"] is not None:
-        image = render_app_screen(case["screen"], rng, case["mobile"], case["dark"], case["layout"])
+        if rng.random() < WEB_SHARE:
+            image = render_web_page(case["screen"], rng, WEB_SIZES[int(rng.integers(len(WEB_SIZES)))], case["dark"])
+            record["extra"]["layout"] = "web"
+        else:
+            image = render_app_screen(case["screen"], rng, case["mobile"], case["dark"], case["layout"])
         (out / "files" / f"{item_id}.png").write_bytes(png_bytes(image))
         record["image"] = f"files/{item_id}.png"
     if case["voice"] is not None:

@@ -14,10 +14,11 @@ How the in-scope items differ from `data generate`'s:
   HU instead of 10-30; a third exported as a 16-bit PNG with its window and spacing (the
   rest DICOM, BodyPartExamined CHEST, LUNG or absent, rescale intercept -1000 or -1024);
   patient records in a clinical shorthand no training record uses.
-- screenshot_triage: web pages from another renderer (screens.render_web_page: navigation,
-  a heading larger than the message, order details, cookie banners), at phone to desktop
-  sizes (360-1920 px), other fonts, PNG or JPEG; screen and message wordings from the test
-  pools (never trained on) or written for this file only.
+- screenshot_triage: e-mail notifications from a renderer training never uses
+  (screens.render_mail_view: a folder list, sender and subject, the status message as one
+  sentence of the body with no box or colour to mark it, a serif typeface no training
+  screen has), at 390-1440 px, light or dark, PNG or JPEG; screen and message wordings
+  from the test pools (never trained on) or written for this file only.
 Out of scope:
 - medical_report: head CT phantoms (Shepp-Logan, in HU, as CT DICOM), abdominal slices with
   no lungs, pydicom's head CTs, MR and chest crop, photographs (colour and greyscale),
@@ -197,7 +198,7 @@ def _abdomen_hu(rng) -> np.ndarray:
 
 
 def _triage(rng, scope: str, number: int, out: Path, item_id: str) -> dict:
-    from modalmesh.data.screens import WEB_SIZES, png_bytes, render_web_page
+    from modalmesh.data.screens import MAIL_SIZES, png_bytes, render_mail_view
     from modalmesh.data.triage import LABELS, MESSAGE_TEMPLATES, MESSAGES, VAGUE, pool, screen_wording, wording
 
     if scope == "in":
@@ -208,13 +209,13 @@ def _triage(rng, scope: str, number: int, out: Path, item_id: str) -> dict:
             text = str(rng.choice(HELDOUT_MESSAGES[label])) if rng.random() < 0.5 else wording(rng, label, "test", MESSAGES, MESSAGE_TEMPLATES)
         else:
             text = str(rng.choice(pool(VAGUE, "test"))) if kind == "vague" else ""
-        size = WEB_SIZES[int(rng.integers(len(WEB_SIZES)))]
-        image = render_web_page(screen, rng, size, bool(rng.random() < 0.3))
+        size = MAIL_SIZES[int(rng.integers(len(MAIL_SIZES)))]
+        image = render_mail_view(screen, rng, size, bool(rng.random() < 0.3))
         jpeg = rng.random() < 0.4
         name = f"{item_id}.{'jpg' if jpeg else 'png'}"
         (out / "files" / name).write_bytes(png_bytes(image, "JPEG", quality=int(rng.integers(75, 95))) if jpeg else png_bytes(image))
         return {"label": label, "text": text, "image": f"files/{name}",
-                "extra": {"screen": screen, "message_kind": kind, "size": f"{size[0]}x{size[1]}", "renderer": "web"}}
+                "extra": {"screen": screen, "message_kind": kind, "size": f"{size[0]}x{size[1]}", "renderer": "mail"}}
     kinds = ("ct", "photo", "record")
     kind = kinds[number % len(kinds)]
     record = {"label": None, "text": "", "extra": {"kind": kind}}

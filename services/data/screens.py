@@ -163,3 +163,61 @@ def render_web_page(message: str, rng, size: tuple[int, int], dark: bool) -> Ima
             draw.text((round(20 * scale), height - band + 14 + i * pitch), line, fill=(240, 240, 240) if not dark else (20, 20, 20),
                       font=web_font(face, body - 1))
     return image
+
+
+# A third renderer, for held-out sets: an e-mail client showing the shop's notification,
+# in a typeface neither of the others uses (matplotlib's STIX, a Times-like serif).
+MAIL_SIZES = ((390, 844), (800, 600), (1024, 768), (1440, 900))
+MAIL_FOLDERS = ("Inbox  12", "Starred", "Sent", "Drafts  2", "Promotions", "Spam")
+MAIL_SENDERS = ("Customer Care", "Order updates", "Account team", "Notifications", "Support")
+MAIL_GREETINGS = ("Hi Sam,", "Hello Alex,", "Dear customer,", "Hi there,", "Good morning Jordan,")
+MAIL_CLOSINGS = ("If you have any questions, just reply to this email.", "You can manage your emails in your account settings.",
+                 "This is an automated message, please do not reply.", "Thanks for shopping with us.")
+
+
+def mail_font(bold: bool, size: int):
+    try:
+        import matplotlib
+
+        path = f"{matplotlib.get_data_path()}/fonts/ttf/{'STIXGeneralBol' if bold else 'STIXGeneral'}.ttf"
+        return ImageFont.truetype(path, size)
+    except (ImportError, OSError):
+        return web_font("DejaVuSerif-Bold.ttf" if bold else "DejaVuSerif.ttf", size)
+
+
+def render_mail_view(message: str, rng, size: tuple[int, int], dark: bool) -> Image.Image:
+    """An e-mail client with the shop's notification open: a folder list (wide screens), the
+    sender, the subject, a greeting, `message` as a sentence of the body among others, and
+    a closing line. The message is not set apart by any colour or box."""
+    width, height = size
+    narrow = width < 700
+    background, foreground, muted, rule = (((24, 26, 30), (228, 228, 232), (150, 150, 160), (60, 60, 70)) if dark
+                                           else ((250, 250, 250), (20, 20, 25), (100, 100, 110), (220, 220, 225)))
+    image = Image.new("RGB", size, background)
+    draw = ImageDraw.Draw(image)
+    body = 17 if narrow else 19
+    left = 16
+    if not narrow:
+        sidebar = round(width * 0.2)
+        draw.rectangle([0, 0, sidebar, height], fill=(238, 240, 244) if not dark else (32, 34, 40))
+        draw.text((16, 20), "Mail", fill=foreground, font=mail_font(True, 26))
+        for i, folder in enumerate(MAIL_FOLDERS):
+            draw.text((20, 80 + i * 34), folder, fill=muted, font=mail_font(False, body - 2))
+        left = sidebar + 28
+    app = str(rng.choice(APPS))
+    top = 24
+    draw.text((left, top), f"{app} {rng.choice(MAIL_SENDERS)} <no-reply@{app.lower()}.com>", fill=muted, font=mail_font(False, body - 2))
+    subject = f"Update on your order #{int(rng.integers(100000, 999999))}" if rng.random() < 0.5 else f"A message about your {app} account"
+    draw.text((left, top + 34), subject, fill=foreground, font=mail_font(True, body + 6))
+    draw.line([left, top + 80, width - 16, top + 80], fill=rule, width=1)
+    chars = max(24, (width - left - 16) // (body // 2 + 1))
+    paragraphs = [str(rng.choice(MAIL_GREETINGS)), message if message.endswith((".", "!", "?")) else message + ".",
+                  str(rng.choice(MAIL_CLOSINGS)), f"The {app} team"]
+    y = top + 104
+    pitch = round(body * 1.4)
+    for paragraph in paragraphs:
+        for line in _wrap(paragraph, chars):
+            draw.text((left, y), line, fill=foreground, font=mail_font(False, body))
+            y += pitch
+        y += round(pitch * 0.6)
+    return image

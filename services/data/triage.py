@@ -149,7 +149,7 @@ SCREENS = {
 }
 
 # Screens that name a topic but show no problem (a success screen says "shipped"; nothing
-# is wrong): label other. Half of the `other` cases show one.
+# is wrong): label other. Seven in ten of the `other` cases show one.
 NO_PROBLEM_SCREENS = [
     'Your order has shipped!',
     'Payment successful',
@@ -175,6 +175,22 @@ NO_PROBLEM_SCREENS = [
     'Your receipt has been emailed',
     'Sign-in successful',
     'Your order is ready for pickup',
+    'No issues found with your account',
+    'Everything looks good',
+    'Your payment was approved',
+    'Password updated',
+    'Your email address has been verified',
+    'Thanks, your feedback was sent',
+    'Your return label is ready to print',
+    'Your account settings were saved',
+    'Package handed to the courier',
+    'Your card was charged successfully',
+    'Logged in from a new device: that was you',
+    'Update installed, no action needed',
+    'Order #4471 was completed',
+    'Your money is back on your card',
+    'Your login is secure',
+    'Ready when you are: nothing to fix',
 ]
 
 # ... and composed the same way as problems are: "{x} went through" + "Your payment".
@@ -184,7 +200,10 @@ NO_PROBLEM_TEMPLATES = (
     ["{x} was successful", "{x} is confirmed", "{x} went through", "{x} is complete", "{x} has been processed",
      "{x} was approved", "Success! {x} is done", "{x}: all set", "{x} is up to date", "Thanks! {x} was received",
      "{x} is on its way", "{x} was accepted", "Good news: {x} is ready", "{x} finished without problems",
-     "{x} is active", "Done: {x} was updated", "{x} was saved", "{x} arrived safely"],
+     "{x} is active", "Done: {x} was updated", "{x} was saved", "{x} arrived safely",
+     "{x} worked", "{x} has no problems", "All good: {x} went fine", "{x} was completed without errors",
+     "Great news, {x} succeeded", "{x}: no action needed", "We've finished processing {x}", "{x} is all done",
+     "{x} is verified", "{x} looks fine", "Nice! {x} is sorted", "{x} went smoothly"],
 )
 
 MESSAGES = {
@@ -409,8 +428,9 @@ def wordings(label: str, split: str, fixed: dict, composed: dict) -> set[str]:
 
 
 def screen_wording(rng, label: str, split: str) -> str:
-    """A screen message for `label`: for `other`, half the time a screen with no problem on it."""
-    if label == "other" and rng.random() < 0.5:
+    """A screen message for `label`: for `other`, seven times in ten a screen with no problem
+    on it (a success screen names a topic; nothing is wrong)."""
+    if label == "other" and rng.random() < 0.7:
         if rng.random() < 0.4:
             return str(rng.choice(pool(NO_PROBLEM_SCREENS, split)))
         nouns, templates = NO_PROBLEM_TEMPLATES
