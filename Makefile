@@ -4,8 +4,9 @@ VENV   ?= .venv
 PYTHON ?= python3
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
+BUF     = tools/buf/node_modules/.bin/buf
 
-.PHONY: setup demo test protos bench weights fuzz clean
+.PHONY: setup setup-buf demo test protos bench weights fuzz clean
 
 setup: $(STAMP)
 
@@ -20,8 +21,19 @@ $(STAMP): pyproject.toml constraints.txt
 demo: setup
 	$(VENV)/bin/modalmesh demo
 
-test: setup
+# buf (protos/ lint and breaking-change checks) comes from npm, pinned by
+# tools/buf/package-lock.json.
+setup-buf: $(BUF)
+
+$(BUF): tools/buf/package.json tools/buf/package-lock.json
+	@command -v npm >/dev/null || { echo "make test needs npm (Node.js) for buf: for example apt install npm"; exit 1; }
+	npm ci --prefix tools/buf --no-audit --no-fund --loglevel=error
+	touch $(BUF)
+
+test: setup $(BUF)
 	$(PY) -m ruff check services tests benchmarks tools
+	$(BUF) lint protos
+	$(BUF) breaking protos --against protos/baseline/v1.binpb
 	$(PY) -m pytest -q
 
 # A seeded fuzz campaign against a mesh on 127.0.0.1 (tests/fuzz.py; the suite runs seed 1).
@@ -56,4 +68,4 @@ bench: setup
 	$(PY) benchmarks/bench_recovery.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info tools/buf/node_modules

@@ -9,7 +9,8 @@ from modalmesh.v1 import encoder_pb2, inference_pb2, router_pb2, speech_pb2, ten
 
 REPO = Path(__file__).resolve().parent.parent
 PROTO_FILES = sorted((REPO / "protos" / "modalmesh" / "v1").glob("*.proto"))
-MODULES = (tensor_pb2, encoder_pb2, speech_pb2, router_pb2)  # inference.proto is package "inference" (OIP)
+MODULES = (tensor_pb2, encoder_pb2, speech_pb2, router_pb2)  # protos/inference/inference.proto is package "inference" (OIP)
+BUF = REPO / "tools" / "buf" / "node_modules" / ".bin" / "buf"  # installed by make setup-buf (make test does)
 
 
 def test_generated_code_matches_the_protos():
@@ -103,3 +104,30 @@ def test_oip_messages_match_the_reference_client_field_for_field():
 
     for name, expected in reference.items():
         assert fields(inference_pb2.DESCRIPTOR.message_types_by_name[name]) == expected, name
+
+
+def _buf(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    assert BUF.is_file(), "buf is not installed: make setup-buf"
+    return subprocess.run([str(BUF), *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def test_buf_lint_passes_with_only_the_listed_exceptions():
+    result = _buf("lint", "protos", cwd=REPO)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_buf_breaking_catches_a_removed_field(tmp_path):
+    """The check make test runs (buf breaking against protos/baseline/v1.binpb) passes on
+    the protos as they are, and fails when a v1 field disappears."""
+    import shutil
+
+    assert _buf("breaking", "protos", "--against", "protos/baseline/v1.binpb", cwd=REPO).returncode == 0
+    copy = tmp_path / "protos"
+    shutil.copytree(REPO / "protos", copy)
+    router = copy / "modalmesh" / "v1" / "router.proto"
+    text = router.read_text()
+    removed = re.sub(r"\n[^\n]*string abstain_reason = \d+;", "", text, count=1)
+    assert removed != text
+    router.write_text(removed)
+    result = _buf("breaking", str(copy), "--against", str(REPO / "protos" / "baseline" / "v1.binpb"), cwd=tmp_path)
+    assert result.returncode != 0 and "abstain_reason" in result.stdout + result.stderr

@@ -6,23 +6,25 @@
 The .proto files live under protos/modalmesh/v1/ and import each other as
 "modalmesh/v1/x.proto", so protoc writes modules named modalmesh.v1.x_pb2. The
 installed package `modalmesh` is the services/ folder, so those modules belong in
-services/v1/. One command, one place: nothing else writes generated code.
+services/v1/. protos/inference/inference.proto (the Open Inference Protocol, whose
+package is `inference` by specification) is generated into the same folder, its grpc
+module importing it from there. One command, one place: nothing else writes generated
+code.
 """
 
 from __future__ import annotations
 
 import argparse
 import filecmp
-import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 PROTO_ROOT = REPO / "protos"
-PROTO_DIR = PROTO_ROOT / "modalmesh" / "v1"
+PROTO_DIRS = (PROTO_ROOT / "modalmesh" / "v1", PROTO_ROOT / "inference")
 OUTPUT_DIR = REPO / "services" / "v1"
-INIT_TEXT = '"""Generated from protos/modalmesh/v1 by tools/gen_protos.py. Do not edit."""\n'
+INIT_TEXT = '"""Generated from protos/ by tools/gen_protos.py. Do not edit."""\n'
 
 
 def generate(into: Path) -> None:
@@ -37,13 +39,15 @@ def generate(into: Path) -> None:
             f"--python_out={work}",
             f"--pyi_out={work}",
             f"--grpc_python_out={work}",
-            *sorted(str(p) for p in PROTO_DIR.glob("*.proto")),
+            *sorted(str(p) for folder in PROTO_DIRS for p in folder.glob("*.proto")),
         ]
         if protoc.main(args) != 0:
             raise SystemExit("protoc failed")
         into.mkdir(parents=True, exist_ok=True)
-        for produced in sorted((Path(work) / "modalmesh" / "v1").iterdir()):
-            shutil.copyfile(produced, into / produced.name)
+        for folder in PROTO_DIRS:
+            for produced in sorted((Path(work) / folder.relative_to(PROTO_ROOT)).iterdir()):
+                text = produced.read_text().replace("from inference import inference_pb2", "from modalmesh.v1 import inference_pb2")
+                (into / produced.name).write_text(text)
     (into / "__init__.py").write_text(INIT_TEXT)
 
 

@@ -1,1 +1,1 @@
-"""Generated from protos/modalmesh/v1 by tools/gen_protos.py. Do not edit."""
+"""Generated from protos/ by tools/gen_protos.py. Do not edit."""

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from modalmesh.v1 import inference_pb2 as modalmesh_dot_v1_dot_inference__pb2
+from modalmesh.v1 import inference_pb2 as inference_dot_inference__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in modalmesh/v1/inference_pb2_grpc.py depends on'
+        + ' but the generated code in inference/inference_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -37,33 +37,33 @@ class GRPCInferenceServiceStub:
         """
         self.ServerLive = channel.unary_unary(
                 '/inference.GRPCInferenceService/ServerLive',
-                request_serializer=modalmesh_dot_v1_dot_inference__pb2.ServerLiveRequest.SerializeToString,
-                response_deserializer=modalmesh_dot_v1_dot_inference__pb2.ServerLiveResponse.FromString,
+                request_serializer=inference_dot_inference__pb2.ServerLiveRequest.SerializeToString,
+                response_deserializer=inference_dot_inference__pb2.ServerLiveResponse.FromString,
                 _registered_method=True)
         self.ServerReady = channel.unary_unary(
                 '/inference.GRPCInferenceService/ServerReady',
-                request_serializer=modalmesh_dot_v1_dot_inference__pb2.ServerReadyRequest.SerializeToString,
-                response_deserializer=modalmesh_dot_v1_dot_inference__pb2.ServerReadyResponse.FromString,
+                request_serializer=inference_dot_inference__pb2.ServerReadyRequest.SerializeToString,
+                response_deserializer=inference_dot_inference__pb2.ServerReadyResponse.FromString,
                 _registered_method=True)
         self.ModelReady = channel.unary_unary(
                 '/inference.GRPCInferenceService/ModelReady',
-                request_serializer=modalmesh_dot_v1_dot_inference__pb2.ModelReadyRequest.SerializeToString,
-                response_deserializer=modalmesh_dot_v1_dot_inference__pb2.ModelReadyResponse.FromString,
+                request_serializer=inference_dot_inference__pb2.ModelReadyRequest.SerializeToString,
+                response_deserializer=inference_dot_inference__pb2.ModelReadyResponse.FromString,
                 _registered_method=True)
         self.ServerMetadata = channel.unary_unary(
                 '/inference.GRPCInferenceService/ServerMetadata',
-                request_serializer=modalmesh_dot_v1_dot_inference__pb2.ServerMetadataRequest.SerializeToString,
-                response_deserializer=modalmesh_dot_v1_dot_inference__pb2.ServerMetadataResponse.FromString,
+                request_serializer=inference_dot_inference__pb2.ServerMetadataRequest.SerializeToString,
+                response_deserializer=inference_dot_inference__pb2.ServerMetadataResponse.FromString,
                 _registered_method=True)
         self.ModelMetadata = channel.unary_unary(
                 '/inference.GRPCInferenceService/ModelMetadata',
-                request_serializer=modalmesh_dot_v1_dot_inference__pb2.ModelMetadataRequest.SerializeToString,
-                response_deserializer=modalmesh_dot_v1_dot_inference__pb2.ModelMetadataResponse.FromString,
+                request_serializer=inference_dot_inference__pb2.ModelMetadataRequest.SerializeToString,
+                response_deserializer=inference_dot_inference__pb2.ModelMetadataResponse.FromString,
                 _registered_method=True)
         self.ModelInfer = channel.unary_unary(
                 '/inference.GRPCInferenceService/ModelInfer',
-                request_serializer=modalmesh_dot_v1_dot_inference__pb2.ModelInferRequest.SerializeToString,
-                response_deserializer=modalmesh_dot_v1_dot_inference__pb2.ModelInferResponse.FromString,
+                request_serializer=inference_dot_inference__pb2.ModelInferRequest.SerializeToString,
+                response_deserializer=inference_dot_inference__pb2.ModelInferResponse.FromString,
                 _registered_method=True)
 
 
@@ -118,33 +118,33 @@ def add_GRPCInferenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'ServerLive': grpc.unary_unary_rpc_method_handler(
                     servicer.ServerLive,
-                    request_deserializer=modalmesh_dot_v1_dot_inference__pb2.ServerLiveRequest.FromString,
-                    response_serializer=modalmesh_dot_v1_dot_inference__pb2.ServerLiveResponse.SerializeToString,
+                    request_deserializer=inference_dot_inference__pb2.ServerLiveRequest.FromString,
+                    response_serializer=inference_dot_inference__pb2.ServerLiveResponse.SerializeToString,
             ),
             'ServerReady': grpc.unary_unary_rpc_method_handler(
                     servicer.ServerReady,
-                    request_deserializer=modalmesh_dot_v1_dot_inference__pb2.ServerReadyRequest.FromString,
-                    response_serializer=modalmesh_dot_v1_dot_inference__pb2.ServerReadyResponse.SerializeToString,
+                    request_deserializer=inference_dot_inference__pb2.ServerReadyRequest.FromString,
+                    response_serializer=inference_dot_inference__pb2.ServerReadyResponse.SerializeToString,
             ),
             'ModelReady': grpc.unary_unary_rpc_method_handler(
                     servicer.ModelReady,
-                    request_deserializer=modalmesh_dot_v1_dot_inference__pb2.ModelReadyRequest.FromString,
-                    response_serializer=modalmesh_dot_v1_dot_inference__pb2.ModelReadyResponse.SerializeToString,
+                    request_deserializer=inference_dot_inference__pb2.ModelReadyRequest.FromString,
+                    response_serializer=inference_dot_inference__pb2.ModelReadyResponse.SerializeToString,
             ),
             'ServerMetadata': grpc.unary_unary_rpc_method_handler(
                     servicer.ServerMetadata,
-                    request_deserializer=modalmesh_dot_v1_dot_inference__pb2.ServerMetadataRequest.FromString,
-                    response_serializer=modalmesh_dot_v1_dot_inference__pb2.ServerMetadataResponse.SerializeToString,
+                    request_deserializer=inference_dot_inference__pb2.ServerMetadataRequest.FromString,
+                    response_serializer=inference_dot_inference__pb2.ServerMetadataResponse.SerializeToString,
             ),
             'ModelMetadata': grpc.unary_unary_rpc_method_handler(
                     servicer.ModelMetadata,
-                    request_deserializer=modalmesh_dot_v1_dot_inference__pb2.ModelMetadataRequest.FromString,
-                    response_serializer=modalmesh_dot_v1_dot_inference__pb2.ModelMetadataResponse.SerializeToString,
+                    request_deserializer=inference_dot_inference__pb2.ModelMetadataRequest.FromString,
+                    response_serializer=inference_dot_inference__pb2.ModelMetadataResponse.SerializeToString,
             ),
             'ModelInfer': grpc.unary_unary_rpc_method_handler(
                     servicer.ModelInfer,
-                    request_deserializer=modalmesh_dot_v1_dot_inference__pb2.ModelInferRequest.FromString,
-                    response_serializer=modalmesh_dot_v1_dot_inference__pb2.ModelInferResponse.SerializeToString,
+                    request_deserializer=inference_dot_inference__pb2.ModelInferRequest.FromString,
+                    response_serializer=inference_dot_inference__pb2.ModelInferResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -173,8 +173,8 @@ class GRPCInferenceService:
             request,
             target,
             '/inference.GRPCInferenceService/ServerLive',
-            modalmesh_dot_v1_dot_inference__pb2.ServerLiveRequest.SerializeToString,
-            modalmesh_dot_v1_dot_inference__pb2.ServerLiveResponse.FromString,
+            inference_dot_inference__pb2.ServerLiveRequest.SerializeToString,
+            inference_dot_inference__pb2.ServerLiveResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -200,8 +200,8 @@ class GRPCInferenceService:
             request,
             target,
             '/inference.GRPCInferenceService/ServerReady',
-            modalmesh_dot_v1_dot_inference__pb2.ServerReadyRequest.SerializeToString,
-            modalmesh_dot_v1_dot_inference__pb2.ServerReadyResponse.FromString,
+            inference_dot_inference__pb2.ServerReadyRequest.SerializeToString,
+            inference_dot_inference__pb2.ServerReadyResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -227,8 +227,8 @@ class GRPCInferenceService:
             request,
             target,
             '/inference.GRPCInferenceService/ModelReady',
-            modalmesh_dot_v1_dot_inference__pb2.ModelReadyRequest.SerializeToString,
-            modalmesh_dot_v1_dot_inference__pb2.ModelReadyResponse.FromString,
+            inference_dot_inference__pb2.ModelReadyRequest.SerializeToString,
+            inference_dot_inference__pb2.ModelReadyResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -254,8 +254,8 @@ class GRPCInferenceService:
             request,
             target,
             '/inference.GRPCInferenceService/ServerMetadata',
-            modalmesh_dot_v1_dot_inference__pb2.ServerMetadataRequest.SerializeToString,
-            modalmesh_dot_v1_dot_inference__pb2.ServerMetadataResponse.FromString,
+            inference_dot_inference__pb2.ServerMetadataRequest.SerializeToString,
+            inference_dot_inference__pb2.ServerMetadataResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -281,8 +281,8 @@ class GRPCInferenceService:
             request,
             target,
             '/inference.GRPCInferenceService/ModelMetadata',
-            modalmesh_dot_v1_dot_inference__pb2.ModelMetadataRequest.SerializeToString,
-            modalmesh_dot_v1_dot_inference__pb2.ModelMetadataResponse.FromString,
+            inference_dot_inference__pb2.ModelMetadataRequest.SerializeToString,
+            inference_dot_inference__pb2.ModelMetadataResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -308,8 +308,8 @@ class GRPCInferenceService:
             request,
             target,
             '/inference.GRPCInferenceService/ModelInfer',
-            modalmesh_dot_v1_dot_inference__pb2.ModelInferRequest.SerializeToString,
-            modalmesh_dot_v1_dot_inference__pb2.ModelInferResponse.FromString,
+            inference_dot_inference__pb2.ModelInferRequest.SerializeToString,
+            inference_dot_inference__pb2.ModelInferResponse.FromString,
             options,
             channel_credentials,
             insecure,
