@@ -224,3 +224,44 @@ def test_compute_routing_never_answers_the_ct_task_without_its_scan():
                            [Example(features, 0, torch.zeros(0), torch.zeros(0, dtype=torch.bool), {}, torch.zeros(0))],
                            [Item()], fuse_ms=1.0, eager=())
     assert len(triage[0].checkpoints) >= 1  # triage needs nothing in particular: it may answer from the text
+
+
+def _garbled_error_page() -> bytes:
+    """A white page with a JavaScript error in small monospace type, slightly blurred and
+    saved as a JPEG: at 1366x768 OCR reads its first line as "(nes utee tn o r  oe r p"
+    at confidence 0.51 (the second line stays readable)."""
+    from PIL import Image, ImageDraw, ImageFilter
+
+    from modalmesh.data.screens import web_font
+
+    page = Image.new("RGB", (1366, 768), (255, 255, 255))
+    draw = ImageDraw.Draw(page)
+    mono = web_font("DejaVuSansMono.ttf", 9)
+    draw.text((40, 30), "Uncaught TypeError: Cannot read properties of undefined (reading 'map')", fill=(200, 40, 40), font=mono)
+    draw.text((40, 48), "at App.render (main.3f2a9.js:1:10422)", fill=(120, 120, 120), font=mono)
+    buffer = io.BytesIO()
+    page.filter(ImageFilter.GaussianBlur(0.6)).save(buffer, "JPEG", quality=50)
+    return buffer.getvalue()
+
+
+def test_screen_text_ocr_could_not_read_is_left_out_and_said(router):
+    """A garbled line weighed more than a clear customer message; now text OCR read with low
+    confidence is not evidence, and the image's report says how much was left out."""
+    from modalmesh.common.layout import MIN_SPAN_CONFIDENCE, screen_paragraphs
+    from modalmesh.v1 import encoder_pb2
+
+    spans = [encoder_pb2.TextSpan(text="(nes utee tn o r  oe r p", confidence=0.51, box=[40, 30, 600, 42]),
+             encoder_pb2.TextSpan(text="at App.render (main.js:1:10422)", confidence=0.98, box=[40, 48, 300, 60]),
+             encoder_pb2.TextSpan(text="no confidence given", box=[40, 90, 300, 102])]
+    lines, unreadable = screen_paragraphs(spans)
+    assert lines == ["at App.render (main.js:1:10422)", "no confidence given"] and unreadable == 1 and MIN_SPAN_CONFIDENCE > 0.51
+
+    response = analyze(router, "screenshot_triage", text="site shows a blank white page with an error",
+                       image=router_pb2.MediaInput(data=_garbled_error_page()))
+    report, text = image_report(response), next(r for r in response.explanation.modalities if r.modality == router_pb2.MODALITY_TEXT)
+    # A near-empty white page is unlike every training screen: not applicable, or read
+    # without its garbled line; either way the garbage is no evidence and the message is.
+    assert (STATUS(report.status) == "MODALITY_STATUS_NOT_APPLICABLE"
+            or ("unreadable" in report.reason and "not used" in report.reason)), report.reason
+    assert "utee" not in response.description and not any("utee" in f.value for f in response.findings)
+    assert STATUS(text.status) == "MODALITY_STATUS_USED" and response.label != "other", (response.label, response.confidence)

@@ -42,8 +42,9 @@ class Admission:
     one that would take the total past the limit is RESOURCE_EXHAUSTED at once (a call
     alone always runs: `max_message_bytes` bounds it).
 
-    A call with a deadline is admitted only if it can be answered before it: the expected
-    answer time must fit in ADMIT_SHARE of the time left. Two estimates, the larger counts:
+    A call that finds every worker busy is admitted to wait only if it can be answered
+    before its deadline: the expected answer time must fit in ADMIT_SHARE of the time
+    left (a call that finds a free worker runs: its handler keeps its own deadline). Two estimates, the larger counts:
     the time a call holds a worker (`service_s`, an exponential average) times
     (1 + k / running) with k calls ahead of it; and, since the calls share the same cores,
     the calls in hand (running, waiting and this one) over the rate at which answers have
@@ -74,8 +75,8 @@ class Admission:
     def slot(self, context: grpc.ServicerContext, message_bytes: int = 0):
         self._take_bytes(message_bytes)
         try:
-            self._check_deadline(context)
             if not self._slots.acquire(blocking=False):
+                self._check_deadline(context)
                 if not self.finish_rate() and context.time_remaining() is not None:
                     raise errors.resource_exhausted(
                         f"server busy: all {self.running} workers busy, and too few calls answered yet to tell how "

@@ -22,12 +22,12 @@ import torch
 
 from modalmesh.common.client import collect
 from modalmesh.common.config import DEFAULT_OCR_ENGINE, load_config
-from modalmesh.common.layout import MAX_SCREEN_LINES, paragraphs
+from modalmesh.common.layout import screen_paragraphs
 from modalmesh.common.models import file_digest
 from modalmesh.common.encoder import EncodeRequest
 
 FEATURE_VERSION = "1"
-SCREEN_TEXT_VERSION = "paragraphs-1"  # how OCR spans become text vectors (common/layout.py); part of OCR tasks' keys
+SCREEN_TEXT_VERSION = "paragraphs-2"  # how OCR spans become text vectors (common/layout.py); part of OCR tasks' keys
 MEASUREMENT_VERSION = "lesions-hu-3"  # the vision service's image tags (CT measurement, lung fields, colour); part of measuring tasks' keys
 
 
@@ -132,7 +132,7 @@ class LocalEncoders:
             features["image"] = torch.from_numpy(np.array(result.sequence, dtype=np.float32))
             costs["image"] = elapsed - ocr_ms
             evidence["image_tags"] = dict(result.side.tags)
-            lines = paragraphs((s.text, tuple(s.box)) for s in result.side.text_spans)[:MAX_SCREEN_LINES]
+            lines, _ = screen_paragraphs(result.side.text_spans)
             evidence["screen_lines"] = lines
             if "image" in side:
                 started = time.perf_counter()

@@ -37,7 +37,7 @@ from opentelemetry import context as otel_context
 from modalmesh.common import errors, models, telemetry
 from modalmesh.common.client import collect, encode_requests
 from modalmesh.common.encoder import MAX_REQUEST_ID_CHARS
-from modalmesh.common.layout import MAX_SCREEN_LINES, is_blank, paragraphs
+from modalmesh.common.layout import MAX_SCREEN_LINES, MIN_SPAN_CONFIDENCE, is_blank, paragraphs, screen_paragraphs
 from modalmesh.router.fusion import MODALITIES, SOURCE_MODALITY, attention_mass, modality_gate_weights, normalised_entropy
 from modalmesh.router.tasks import (UNCERTAIN, Answer, Evidence, TaskModel, best_screen_line, decide, not_applicable,
                                     screen_line_log_odds, withheld)
@@ -530,12 +530,15 @@ class Pipeline:
 
     def _side_features(self, run: Run, call: Call, modality: str, side: encoder_pb2.SideOutputs) -> dict[str, torch.Tensor]:
         if modality == "image" and side.text_spans:
-            found = paragraphs((span.text, tuple(span.box)) for span in side.text_spans)
-            lines = found[:MAX_SCREEN_LINES]
+            lines, unreadable = screen_paragraphs(side.text_spans)
+            found = len(paragraphs((span.text, tuple(span.box)) for span in side.text_spans))
             # Text read only in part is said in the image's report, not dropped unsaid.
             unread = [side.tags["ocr_more"]] if "ocr_more" in side.tags else []
-            if len(found) > len(lines):
-                unread.append(f"the first {len(lines)} of {len(found)} paragraphs used")
+            if unreadable:
+                unread.append(f"{unreadable} of {len(side.text_spans)} screen text lines unreadable "
+                              f"(OCR confidence under {MIN_SPAN_CONFIDENCE:g}), not used")
+            if found > len(lines) and found > MAX_SCREEN_LINES:
+                unread.append(f"the first {len(lines)} of {found} paragraphs used")
             run.screen_text_note = "; ".join(unread)
             run.evidence.screen_lines = lines
             if lines:
@@ -714,6 +717,8 @@ class Pipeline:
                 reason = f"with {'OCR text' if modality == 'image' else 'transcript'}"
                 if modality == "image" and run.screen_text_note:
                     reason += f" ({run.screen_text_note})"
+            elif modality == "image" and run.screen_text_note and status == router_pb2.MODALITY_STATUS_USED:
+                reason = f"without OCR text ({run.screen_text_note})"
             reports.append(router_pb2.ModalityReport(
                 modality=MODALITY_ENUM[modality], status=status, reason=reason, error_code=state.error_code,
                 latency_ms=state.latency_ms, gate_weight=float(weights[MODALITIES.index(modality)]),
