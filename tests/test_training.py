@@ -168,6 +168,7 @@ def test_weights_appear_whole_or_not_at_all(medical_data, tmp_path, monkeypatch)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["medical_report"]  # no partial folder left
     monkeypatch.undo()
     training.train("medical_report", str(medical_data / "train.jsonl"), str(out), epochs=1, seed=2)
+    # (a CT task reads no screens: no status-line pointer)
     assert sorted(p.name for p in out.iterdir()) == ["MODEL_CARD.md", "applicability.safetensors", "config.json", "model.safetensors", "train_log.json"]
     assert (out / "model.safetensors").read_bytes() != earlier["model.safetensors"]
     assert f"--weights {out}" in (out / "MODEL_CARD.md").read_text()  # the folder it ends up in
@@ -236,6 +237,8 @@ def test_train_triage_with_screens_voices_and_transcripts(triage_data, tmp_path)
     # The task's default: an ensemble of three, each member calibrated on its own.
     assert summary["train_items"] == 12 and summary["members"] == 3
     assert len(summary["temperature"]) == 3 and all(t > 0 for t in summary["temperature"])
+    # The status-line pointer learns from the screens whose message OCR read.
+    assert summary["status_line"]["train_screens"] >= 8 and (tmp_path / "w" / "status_line.safetensors").is_file()
     # Features were cached: a second run does not encode anything again.
     again = train("screenshot_triage", str(triage_data / "train.jsonl"), str(tmp_path / "w2"), epochs=1)
     assert again["feature_seconds"] < summary["feature_seconds"] / 3
@@ -244,6 +247,7 @@ def test_train_triage_with_screens_voices_and_transcripts(triage_data, tmp_path)
     found = results["screen_text"]
     assert found["items"] > 0 and 0 <= found["key_line"] <= found["items"] and 0 <= found["error_words"] <= found["items"]
     assert f"in {found['key_line']} of {found['items']} screenshots" in (tmp_path / "report" / "report.md").read_text()
+    assert found["by"] == "status-line pointer"
 
 
 def test_the_key_screen_line_is_the_one_the_answer_comes_from():

@@ -101,7 +101,7 @@ def evaluate(task: str, data: str, report: str, weights: str = "", cache_dir: st
     results["honesty"] = honesty_metrics(task_model, [serve(task_model, e.features, e.tags) for e in examples], labels,
                                          [serve(task_model, e.features, e.tags) for e in outside])
     if "image" in spec.side_outputs:
-        results["screen_text"] = screen_text_found(model, manifest, task, items, examples, full_p)
+        results["screen_text"] = screen_text_found(task_model, manifest, task, items, examples, full_p)
     if task == "medical_report":
         results["medical"] = medical_metrics(full_p, full_r, examples, spec)
         # The heads alone, the measurement unused: what a scan without one (a PNG) is answered with.
@@ -174,26 +174,27 @@ def prediction_rows(spec, records: list[dict], examples, probabilities, regressi
     return rows
 
 
-def screen_text_found(model, manifest: Path, task: str, items, examples, probabilities) -> dict:
+def screen_text_found(task_model, manifest: Path, task: str, items, examples, probabilities) -> dict:
     """How often the answer's `error_text` holds the screen's message (the dataset's
-    `extra.screen`, when the manifest has it): the line the model reads the answer from
-    (tasks.key_screen_line, what the router reports) against lines with error words."""
+    `extra.screen`, when the manifest has it): the paragraph the router reports (the task's
+    status-line pointer, router/status_line.py; without one, the line the answer is read
+    from, tasks.key_screen_line) against lines with error words."""
     from modalmesh.data.generate import read_manifest
+    from modalmesh.router.status_line import holds_message
     from modalmesh.router.tasks import ERROR_WORDS, key_screen_line
 
-    def norm(text: str) -> str:
-        return "".join(ch for ch in text.lower() if ch.isalnum())
-
-    records = [r for r in read_manifest(manifest) if r["task"] == task]
-    counts = {"items": 0, "key_line": 0, "error_words": 0}
+    records = [r for r in read_manifest(manifest) if r["task"] == task and r.get("scope", "in") == "in"]  # as `items`
+    counts = {"items": 0, "key_line": 0, "error_words": 0, "by": "status-line pointer" if task_model.status_line else "label support"}
     for record, item, example, p in zip(records, items, examples, probabilities):
         lines, message = item.evidence.get("screen_lines") or [], (record.get("extra") or {}).get("screen")
         if not message or not lines or "image_text" not in example.features:
             continue
         counts["items"] += 1
-        key = key_screen_line(model, example.features["image_text"][:len(lines)], int(np.argmax(p)))
-        counts["key_line"] += key is not None and norm(message) in norm(lines[key])
-        counts["error_words"] += any(norm(message) in norm(line) for line in lines if ERROR_WORDS.search(line))
+        rows = example.features["image_text"][:len(lines)]
+        key = (task_model.status_line.pick(rows.float()) if task_model.status_line is not None
+               else key_screen_line(task_model.model, rows, int(np.argmax(p))))
+        counts["key_line"] += key is not None and holds_message(lines[key], message)
+        counts["error_words"] += any(holds_message(line, message) for line in lines if ERROR_WORDS.search(line))
     return counts
 
 
@@ -386,7 +387,7 @@ def write_report(folder: Path, results: dict, probabilities, labels, spec, rows:
     if results.get("screen_text", {}).get("items"):
         t = results["screen_text"]
         lines.append(f"- error_text holds the screen's message in {t['key_line']} of {t['items']} screenshots "
-                     f"(lines with error words would: {t['error_words']})")
+                     f"({t['key_line'] / max(1, t['items']):.1%}, by the {t['by']}; lines with error words would: {t['error_words']})")
     lines += ["", "| mode | items | accuracy | fused, same items | mean latency (ms) |", "|---|---|---|---|---|"]
     for name, mode in results["modes"].items():
         same = f"{mode['fused_accuracy_same_items']:.3f}" if "fused_accuracy_same_items" in mode else ""

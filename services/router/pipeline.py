@@ -626,10 +626,12 @@ class Pipeline:
         return Decision(answer, outputs, weight)
 
     def score_screen_lines(self, task: TaskModel, run: Run) -> None:
-        """Once the screen text is in: how much each OCR paragraph alone favours each label
-        (the answer's `error_text` is the paragraph that most favours it; tasks.key_screen_line)."""
+        """Once the screen text is in, for a task without a status-line pointer: how much each
+        OCR paragraph alone favours each label (the answer's `error_text` is the paragraph
+        that most favours it; tasks.key_screen_line)."""
         screen_text = run.features.get("image_text")
-        if run.line_log_odds is None and task.trained and screen_text is not None and run.evidence.screen_lines:
+        if (run.line_log_odds is None and task.trained and task.status_line is None and screen_text is not None
+                and run.evidence.screen_lines):
             rows = screen_text[:len(run.evidence.screen_lines)]
             run.line_log_odds = self.run_model(lambda: screen_line_log_odds(task.model, rows))
 
@@ -649,10 +651,15 @@ class Pipeline:
             modality_weights = torch.zeros(len(MODALITIES))
         else:
             answer, outputs = decision.answer, decision.outputs
-            self.score_screen_lines(task, run)
-            if run.line_log_odds is not None:
-                key = best_screen_line(run.line_log_odds, task.spec.labels.index(answer.label))
+            screen_text = run.features.get("image_text")
+            if task.status_line is not None and screen_text is not None and run.evidence.screen_lines:
+                key = self.run_model(lambda: task.status_line.pick(screen_text[:len(run.evidence.screen_lines)]))
                 run.evidence.key_line = run.evidence.screen_lines[key] if key is not None else ""
+            else:
+                self.score_screen_lines(task, run)
+                if run.line_log_odds is not None:
+                    key = best_screen_line(run.line_log_odds, task.spec.labels.index(answer.label))
+                    run.evidence.key_line = run.evidence.screen_lines[key] if key is not None else ""
             read = {m for m, state in run.states.items() if state.status == router_pb2.MODALITY_STATUS_USED}
             run.evidence.withheld = withheld(task.spec, answer.label, answer.confidence, read, task.abstain_below,
                                              run.evidence.image_tags)

@@ -25,6 +25,8 @@ import torch
 
 from modalmesh.common import models
 from modalmesh.router.applicability import Applicability
+from modalmesh.router import status_line
+from modalmesh.router.status_line import StatusLine
 from modalmesh.router.fusion import FusionConfig, FusionEnsemble, FusionModel, StackedEnsemble, build_model
 
 log = logging.getLogger(__name__)
@@ -460,6 +462,7 @@ class TaskModel:
     version: str
     trained: bool
     applicability: Applicability = field(default_factory=Applicability)  # the reference set fitted at training
+    status_line: StatusLine | None = None  # which screen paragraph is the status message (router/status_line.py)
 
     @property
     def abstain_below(self) -> float:
@@ -523,7 +526,7 @@ def load_task_folder(spec: TaskSpec, folder: Path | None) -> TaskModel:
             spec = dataclasses.replace(spec, tau=float(config.routing.get("tau", spec.tau)), gamma=float(config.routing.get("gamma", spec.gamma)),
                                        eager=tuple(config.routing.get("eager", spec.eager)))
         return TaskModel(spec, model.eval(), f"{spec.name}@{models.file_digest(weights)}", trained=True,
-                         applicability=Applicability.load(folder))
+                         applicability=Applicability.load(folder), status_line=status_line.load(folder))
     torch.manual_seed(0)  # untrained but stable: the same request gets the same answer
     model = FusionModel(FusionConfig(labels=spec.labels, regression=spec.regression, **spec.fusion)).eval()
     log.warning("task %s: no trained weights%s; answering with untrained heads", spec.name, f" in {folder}" if folder else "")

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from modalmesh.common.progress import progress
 from modalmesh.data.generate import read_manifest
-from modalmesh.router import applicability
+from modalmesh.router import applicability, status_line
 from modalmesh.router.features import FeatureCache, configured_asr_engine, text_model_version
 from modalmesh.router.finetune import LEARNING_RATE as TEXT_TOP_LEARNING_RATE
 from modalmesh.router.fusion import FusionConfig, FusionEnsemble, FusionModel
@@ -219,6 +219,7 @@ def train(task: str, data: str, out: str, epochs: int = 40, seed: int = 0, cache
         # What the task was trained on: inputs unlike it are not applicable (router/applicability.py).
         reference = applicability.fit([e.features for e in train_set], [e.features for e in val_set])
         reference.save(out_dir)
+        pointer_summary = fit_status_line(task, manifest, val_path, train_set, train_items, val_set, val_items, seed, out_dir)
         temperatures = [float(m.log_temperature.exp()) for m in trained]
         temperature = temperatures[0] if members == 1 else temperatures
         from safetensors.torch import save_file
@@ -233,14 +234,36 @@ def train(task: str, data: str, out: str, epochs: int = 40, seed: int = 0, cache
             "train_seconds": round(train_seconds, 1), "val_accuracy": accuracy(model, spec, val_set) if val_set else None,
             "routing": config.routing, "finetune_top": finetune_top, "text_model": config.text_model,
             "abstain_below": config.abstain_below, "applicability_checked": sorted(reference.references),
-            "asr_engine": configured_asr_engine(),
+            "asr_engine": configured_asr_engine(), "status_line": pointer_summary,
         }
         (out_dir / "train_log.json").write_text(json.dumps({**summary, "loss_per_epoch": histories[0] if members == 1 else histories}, indent=2))
         write_model_card(out_dir, spec, summary, data, shown_as=Path(out))
     return summary
 
 
-WEIGHT_FILES = ("model.safetensors", "config.json", "train_log.json", "MODEL_CARD.md", "text-model", applicability.FILE_NAME)
+WEIGHT_FILES = ("model.safetensors", "config.json", "train_log.json", "MODEL_CARD.md", "text-model", applicability.FILE_NAME,
+                status_line.FILE_NAME)
+
+
+def fit_status_line(task: str, manifest: Path, val_path: Path, train_set, train_items, val_set, val_items, seed: int,
+                    out_dir: Path) -> dict | None:
+    """For a task that reads screen text, when the manifest says which message each screen
+    shows (`extra.screen`): the pointer to the status message (router/status_line.py),
+    saved in `out_dir`. Returns its accuracies, or None where there is nothing to learn from."""
+    if "image" not in TASKS[task].side_outputs:
+        return None
+    train_pairs = status_line.pairs_of([r for r in read_manifest(manifest) if r["task"] == task], train_items, train_set)
+    val_pairs = (status_line.pairs_of([r for r in read_manifest(val_path) if r["task"] == task], val_items, val_set)
+                 if val_set else [])
+    if len(train_pairs) < STATUS_LINE_MIN_SCREENS:
+        return None
+    pointer, summary = status_line.fit(train_pairs, val_pairs, epochs=STATUS_LINE_EPOCHS, seed=seed)
+    status_line.save(pointer, out_dir)
+    log.info("status-line pointer: %s", summary)
+    return summary
+
+
+STATUS_LINE_MIN_SCREENS, STATUS_LINE_EPOCHS = 8, 20
 
 
 def weights_folder(folder: Path) -> Path:

@@ -1,0 +1,119 @@
+"""Which paragraph of a screenshot is its status message: a small pointer trained on the
+generators' ground truth, stored beside a task's weights (`status_line.safetensors`).
+
+A screen holds a heading, navigation, order details, banners and one status message ("Your
+card was declined", "Refund pending - allow up to 14 days"). The answer's `error_text` is
+that message. Each OCR paragraph (one text vector, router/pipeline.py) gets a score from a
+two-layer network over its text vector; the highest-scoring paragraph is the message.
+Training: for every training screenshot, the paragraph that holds the message the generator
+drew (`extra.screen` in the manifest) is the target of a softmax over the screen's
+paragraphs. A screen with no paragraph holding it (OCR missed it) is left out.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+FILE_NAME = "status_line.safetensors"
+HIDDEN = 64
+
+
+class StatusLine(nn.Module):
+    """Scores paragraphs: [P, width] text vectors -> [P] logits."""
+
+    def __init__(self, width: int, hidden: int = HIDDEN) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, 1))
+
+    def forward(self, rows: torch.Tensor) -> torch.Tensor:
+        return self.net(rows).squeeze(-1)
+
+    def pick(self, rows: torch.Tensor) -> int | None:
+        """The paragraph most likely to be the status message; None for a screen without text."""
+        if rows.shape[0] == 0:
+            return None
+        with torch.inference_mode():
+            return int(self(rows).argmax())
+
+
+def _letters(text: str) -> str:
+    return "".join(ch for ch in text.lower() if ch.isalnum())
+
+
+def holds_message(line: str, message: str) -> bool:
+    """Whether an OCR paragraph holds the screen's message (letters and digits compared, so
+    OCR's spacing and punctuation do not matter). `modalmesh eval` scores error_text so."""
+    wanted = _letters(message)
+    return bool(wanted) and wanted in _letters(line)
+
+
+def target(lines: list[str], message: str) -> int | None:
+    """The index of the paragraph holding `message`, the shortest where several do; None
+    where none does."""
+    holding = [i for i, line in enumerate(lines) if holds_message(line, message)]
+    return min(holding, key=lambda i: len(lines[i])) if holding else None
+
+
+def fit(train: list[tuple[torch.Tensor, int]], val: list[tuple[torch.Tensor, int]], epochs: int = 60,
+        seed: int = 0, learning_rate: float = 3e-3) -> tuple[StatusLine, dict]:
+    """A pointer from (paragraph vectors [P, W], index of the message) pairs; returns it and
+    its accuracy on both sets."""
+    torch.manual_seed(seed)
+    pointer = StatusLine(train[0][0].shape[1])
+    optimiser = torch.optim.AdamW(pointer.parameters(), lr=learning_rate, weight_decay=1e-2)
+    order = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        pointer.train()
+        for position in torch.randperm(len(train), generator=order).tolist():
+            rows, index = train[position]
+            loss = nn.functional.cross_entropy(pointer(rows)[None], torch.tensor([index]))
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+    pointer.eval()
+    return pointer, {"train_accuracy": accuracy(pointer, train), "val_accuracy": accuracy(pointer, val) if val else None,
+                     "train_screens": len(train), "val_screens": len(val)}
+
+
+def accuracy(pointer: StatusLine, pairs: list[tuple[torch.Tensor, int]]) -> float:
+    return sum(pointer.pick(rows) == index for rows, index in pairs) / max(1, len(pairs))
+
+
+def pairs_of(records: list[dict], items, examples) -> list[tuple[torch.Tensor, int]]:
+    """(paragraph vectors, index of the message) for every screenshot whose message OCR read.
+    `records`, `items` and `examples` are aligned (router/train.py load_examples)."""
+    pairs = []
+    for record, item, example in zip(records, items, examples):
+        message = (record.get("extra") or {}).get("screen")
+        lines = item.evidence.get("screen_lines") or []
+        if not message or "image_text" not in example.features:
+            continue
+        index = target(lines, message)
+        if index is not None:
+            pairs.append((example.features["image_text"][:len(lines)].float(), index))
+    return pairs
+
+
+def save(pointer: StatusLine, folder: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in pointer.state_dict().items()}, str(folder / FILE_NAME))
+
+
+def load(folder: Path | None) -> StatusLine | None:
+    """The pointer saved in `folder`, or None where there is none."""
+    path = folder / FILE_NAME if folder else None
+    if path is None or not path.is_file():
+        return None
+    from safetensors.torch import load_file
+
+    state = load_file(str(path))
+    pointer = StatusLine(state["net.0.weight"].shape[0], state["net.1.weight"].shape[0])
+    pointer.load_state_dict(state)
+    return pointer.eval()
