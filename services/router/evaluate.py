@@ -34,6 +34,7 @@ import numpy as np
 
 from modalmesh.common import models
 from modalmesh.data.generate import read_manifest
+from modalmesh.router import status_line
 from modalmesh.router.features import FeatureCache, text_model_version
 from modalmesh.router.fusion import MODALITIES, SOURCES, modality_gate_weights
 from modalmesh.router.served import honesty_metrics, serve
@@ -75,6 +76,8 @@ def evaluate(task: str, data: str, report: str, weights: str = "", cache_dir: st
         source, width = next(iter(wrong.items()))
         raise ValueError(f"{folder}: the weights expect {source} features {expected[source]} wide, the encoders give {width}: "
                          f"evaluate with the models they were trained with (MODALMESH_<SERVICE>_MODEL)")
+    read_whole = examples  # every screen paragraph: the status-line pointer picks among them
+    examples, outside = status_line.focus_examples(task_model.status_line, examples), status_line.focus_examples(task_model.status_line, outside)
     labels = np.array([e.label for e in examples])
 
     def predict(subset, use_measured=True):
@@ -101,7 +104,7 @@ def evaluate(task: str, data: str, report: str, weights: str = "", cache_dir: st
     results["honesty"] = honesty_metrics(task_model, [serve(task_model, e.features, e.tags) for e in examples], labels,
                                          [serve(task_model, e.features, e.tags) for e in outside])
     if "image" in spec.side_outputs:
-        results["screen_text"] = screen_text_found(task_model, manifest, task, items, examples, full_p)
+        results["screen_text"] = screen_text_found(task_model, manifest, task, items, read_whole, full_p)
     if task == "medical_report":
         results["medical"] = medical_metrics(full_p, full_r, examples, spec)
         # The heads alone, the measurement unused: what a scan without one (a PNG) is answered with.

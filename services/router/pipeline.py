@@ -38,6 +38,7 @@ from modalmesh.common import errors, models, telemetry
 from modalmesh.common.client import collect, encode_requests
 from modalmesh.common.encoder import MAX_REQUEST_ID_CHARS
 from modalmesh.common.layout import MAX_SCREEN_LINES, MIN_SPAN_CONFIDENCE, is_blank, paragraphs, screen_paragraphs
+from modalmesh.router import status_line
 from modalmesh.router.fusion import MODALITIES, SOURCE_MODALITY, attention_mass, modality_gate_weights, normalised_entropy
 from modalmesh.router.tasks import (UNCERTAIN, Answer, Evidence, TaskModel, best_screen_line, decide, not_applicable,
                                     screen_line_log_odds, withheld)
@@ -612,7 +613,8 @@ class Pipeline:
         return early
 
     def decide(self, task: TaskModel, run: Run, outstanding) -> Decision:
-        features, tags = dict(run.features), dict(run.evidence.image_tags)
+        # The screen is read through the task's status-line pointer, as it was trained (status_line.focus).
+        features, tags = status_line.focus(task.status_line, dict(run.features)), dict(run.evidence.image_tags)
         outputs, probabilities, regression, weight = self.run_model(
             lambda: decide(task.model, task.spec, features, tags, outstanding, attention=run.explain))
         best = int(probabilities.argmax())

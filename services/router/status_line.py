@@ -8,6 +8,14 @@ two-layer network over its text vector; the highest-scoring paragraph is the mes
 Training: for every training screenshot, the paragraph that holds the message the generator
 drew (`extra.screen` in the manifest) is the target of a softmax over the screen's
 paragraphs. A screen with no paragraph holding it (OCR missed it) is left out.
+
+A task with a pointer also *reads* the screen through it (`focus`): the fusion model gets
+the status message's vector as the screen text, not every paragraph's. The furniture around
+a message (an e-mail's greeting and sign-off, a shop's navigation, order details) then
+cannot outvote it. On the triage validation split, reading the top paragraph gave accuracy
+0.960 and ECE 0.033 against 0.953 and 0.051 for every paragraph and 0.953 and 0.037 for the
+top two (the same weights, trained on every paragraph). Training, evaluation and the
+router all focus the same way: train through `focus_examples`, the router in its decisions.
 """
 
 from __future__ import annotations
@@ -40,6 +48,26 @@ class StatusLine(nn.Module):
             return None
         with torch.inference_mode():
             return int(self(rows).argmax())
+
+
+def focus(pointer: StatusLine | None, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`features` with the screen text ("image_text", one row per paragraph) cut to the
+    paragraph the pointer picks; unchanged without a pointer or screen text."""
+    rows = features.get("image_text")
+    if pointer is None or rows is None or rows.shape[0] <= 1:
+        return features
+    with torch.inference_mode():
+        best = int(pointer(rows.float()).argmax())
+    return {**features, "image_text": rows[best:best + 1]}
+
+
+def focus_examples(pointer: StatusLine | None, examples: list) -> list:
+    """router/train.py Examples with their features focused (`focus`)."""
+    import dataclasses
+
+    if pointer is None:
+        return examples
+    return [dataclasses.replace(e, features=focus(pointer, e.features)) for e in examples]
 
 
 def _letters(text: str) -> str:

@@ -183,6 +183,10 @@ def train(task: str, data: str, out: str, epochs: int = 40, seed: int = 0, cache
         text_top = _prepare_text_top(task, finetune_top, [(manifest, train_set, train_items), (val_path, val_set, val_items)])
     feature_seconds = time.perf_counter() - started
 
+    # The status-line pointer first: the fusion model reads the screen through it (status_line.focus).
+    pointer, pointer_summary = fit_status_line(task, manifest, val_path, train_set, train_items, val_set, val_items, seed)
+    train_set, val_set = status_line.focus_examples(pointer, train_set), status_line.focus_examples(pointer, val_set)
+
     config = FusionConfig(labels=spec.labels, regression=spec.regression, **{**spec.fusion, **config_overrides})
     config.input_widths = input_widths(train_set + val_set, config.input_widths)
     trained, histories, train_seconds = [], [], 0.0
@@ -219,7 +223,8 @@ def train(task: str, data: str, out: str, epochs: int = 40, seed: int = 0, cache
         # What the task was trained on: inputs unlike it are not applicable (router/applicability.py).
         reference = applicability.fit([e.features for e in train_set], [e.features for e in val_set])
         reference.save(out_dir)
-        pointer_summary = fit_status_line(task, manifest, val_path, train_set, train_items, val_set, val_items, seed, out_dir)
+        if pointer is not None:
+            status_line.save(pointer, out_dir)
         temperatures = [float(m.log_temperature.exp()) for m in trained]
         temperature = temperatures[0] if members == 1 else temperatures
         from safetensors.torch import save_file
@@ -245,22 +250,21 @@ WEIGHT_FILES = ("model.safetensors", "config.json", "train_log.json", "MODEL_CAR
                 status_line.FILE_NAME)
 
 
-def fit_status_line(task: str, manifest: Path, val_path: Path, train_set, train_items, val_set, val_items, seed: int,
-                    out_dir: Path) -> dict | None:
+def fit_status_line(task: str, manifest: Path, val_path: Path, train_set, train_items, val_set, val_items,
+                    seed: int) -> tuple[status_line.StatusLine | None, dict | None]:
     """For a task that reads screen text, when the manifest says which message each screen
-    shows (`extra.screen`): the pointer to the status message (router/status_line.py),
-    saved in `out_dir`. Returns its accuracies, or None where there is nothing to learn from."""
+    shows (`extra.screen`): the pointer to the status message (router/status_line.py) and
+    its accuracies; (None, None) where there is nothing to learn from."""
     if "image" not in TASKS[task].side_outputs:
-        return None
+        return None, None
     train_pairs = status_line.pairs_of([r for r in read_manifest(manifest) if r["task"] == task], train_items, train_set)
     val_pairs = (status_line.pairs_of([r for r in read_manifest(val_path) if r["task"] == task], val_items, val_set)
                  if val_set else [])
     if len(train_pairs) < STATUS_LINE_MIN_SCREENS:
-        return None
+        return None, None
     pointer, summary = status_line.fit(train_pairs, val_pairs, epochs=STATUS_LINE_EPOCHS, seed=seed)
-    status_line.save(pointer, out_dir)
     log.info("status-line pointer: %s", summary)
-    return summary
+    return pointer, summary
 
 
 STATUS_LINE_MIN_SCREENS, STATUS_LINE_EPOCHS = 8, 20
