@@ -37,3 +37,14 @@ def test_the_pointer_learns_which_paragraph_is_the_message_and_round_trips_throu
     rows = _screens(1, 3)[0][0]
     assert loaded is not None and loaded.pick(rows) == pointer.pick(rows)
     assert status_line.load(tmp_path / "absent") is None and loaded.pick(torch.zeros(0, 16)) is None
+
+
+def test_a_task_with_a_pointer_reads_only_the_status_message():
+    pointer, _ = status_line.fit(_screens(200, 1), [], epochs=8)
+    rows, index = _screens(1, 4)[0]
+    features = {"text": torch.randn(5, 16), "image_text": rows}
+    focused = status_line.focus(pointer, features)
+    assert focused["image_text"].shape == (1, 16) and torch.equal(focused["image_text"][0], rows[pointer.pick(rows)])
+    assert pointer.pick(rows) == index and focused["text"] is features["text"]
+    assert status_line.focus(None, features) is features  # weights without a pointer read every paragraph
+    assert status_line.focus(pointer, {"text": features["text"]}) == {"text": features["text"]}
