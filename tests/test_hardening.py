@@ -4,6 +4,7 @@ Python internals. Real services on 127.0.0.1."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import grpc
@@ -249,11 +250,10 @@ def test_a_hung_speech_service_costs_the_speech_budget_not_the_deadline(mesh):
     assert answer["findings"]["speech_error"].startswith("DEADLINE_EXCEEDED")
 
 
-def test_a_call_that_cannot_be_answered_before_its_deadline_is_not_admitted(start_text_service):
-    """At 4x overload 40% of the admitted calls ran out of time: admission now weighs the
-    expected wait against the caller's deadline."""
-    import time
-
+@contextlib.contextmanager
+def one_worker_held(start_text_service):
+    """A real text service with one worker and four waiting places, its worker held by a
+    call until `release` is set: (handle, client, release, the holding thread)."""
     from modalmesh.common.client import EncoderClient
     from tests.test_text_service import blocking_service
 
@@ -264,6 +264,16 @@ def test_a_call_that_cannot_be_answered_before_its_deadline_is_not_admitted(star
         held = threading.Thread(target=lambda: client.encode_text("holds the only worker", timeout=30))
         held.start()
         assert started.acquire(timeout=10)
+        yield handle, client, release, held
+
+
+def test_a_call_that_cannot_be_answered_before_its_deadline_is_not_admitted(start_text_service):
+    """At 4x overload 40% of the admitted calls ran out of time: admission now weighs the
+    expected wait against the caller's deadline."""
+    import time
+
+
+    with one_worker_held(start_text_service) as (handle, client, release, held):
         handle.admission.assume_answered(5.0)  # calls have been taking 5 s: one more would take about 10
         began = time.monotonic()
         with pytest.raises(grpc.RpcError) as raised:
@@ -308,16 +318,8 @@ def test_before_any_call_has_finished_a_call_with_a_deadline_does_not_wait(start
     every worker busy is refused at once."""
     import time
 
-    from modalmesh.common.client import EncoderClient
-    from tests.test_text_service import blocking_service
 
-    started, release = threading.Semaphore(0), threading.Event()
-    handle = start_text_service(service_class=blocking_service(started, release), worker_threads=1, max_waiting_calls=4)
-    with connect(handle.address) as channel:
-        client = EncoderClient(channel)
-        held = threading.Thread(target=lambda: client.encode_text("holds the only worker", timeout=30))
-        held.start()
-        assert started.acquire(timeout=10)
+    with one_worker_held(start_text_service) as (handle, client, release, held):
         began = time.monotonic()
         with pytest.raises(grpc.RpcError) as raised:
             client.encode_text("due in 30 s", timeout=30)

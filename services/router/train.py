@@ -246,6 +246,14 @@ def train(task: str, data: str, out: str, epochs: int = 40, seed: int = 0, cache
     return summary
 
 
+def _status_line_card(summary: dict | None) -> str:
+    if not summary:
+        return ""
+    return (f"\n- Status line (`status_line.safetensors`): picks the screen's status message among the OCR paragraphs for "
+            f"`error_text`,\n  and the fusion reads the screen through it; right on {summary['val_accuracy']:.1%} of "
+            f"{summary['val_screens']} validation screens.")
+
+
 WEIGHT_FILES = ("model.safetensors", "config.json", "train_log.json", "MODEL_CARD.md", "text-model", applicability.FILE_NAME,
                 status_line.FILE_NAME)
 
@@ -565,8 +573,8 @@ def write_model_card(out_dir: Path, spec, summary: dict, data: str, shown_as: Pa
   side outputs asked for with the base features: {'+'.join(summary['routing'].get('eager', [])) or 'none'}
 - Abstention: answers below confidence {summary.get('abstain_below', 0):g} are withheld ("uncertain"; chosen on validation).
 - Applicability: each input of {', '.join(summary.get('applicability_checked') or []) or 'no modality'} is compared with the
-  training inputs (`applicability.safetensors`, nearest neighbours); one farther than about every validation input is
-  not applicable and not used.
+  training inputs (`applicability.safetensors`, nearest neighbours); one farther than {applicability.MARGIN:g} times the
+  farthest validation input is not applicable and not used.{_status_line_card(summary.get('status_line'))}
 - Evaluate with `modalmesh eval --task {spec.name} --data <test.jsonl> --weights {shown_as or out_dir}`.
 
 Limits: synthetic data only; screen text must be legible to PP-OCR; transcripts are weak evidence; the model has not
