@@ -367,3 +367,36 @@ def test_the_router_comes_back_to_a_busy_encoder_when_it_says(mesh, start_text_s
         assert time.monotonic() - began < 10
     finally:
         router.stop(grace=0.5)
+
+
+def test_a_starting_server_runs_only_cold_start_calls_with_deadlines_at_once(start_text_service):
+    """The router at 4x overload let 32 calls in at start-up, before any answer told how long
+    one takes; with cold_start_calls it lets in that many until the answer rate is known."""
+    from modalmesh.common.admission import RATE_MIN_CALLS
+    from modalmesh.common.client import EncoderClient
+    from tests.test_text_service import blocking_service
+
+    started, release = threading.Semaphore(0), threading.Event()
+    handle = start_text_service(service_class=blocking_service(started, release), worker_threads=8, cold_start_calls=2)
+    with connect(handle.address) as channel:
+        client = EncoderClient(channel)
+        held = [threading.Thread(target=lambda: client.encode_text("runs", timeout=30)) for _ in range(2)]
+        for thread in held:
+            thread.start()
+        assert started.acquire(timeout=10) and started.acquire(timeout=10)
+        with pytest.raises(grpc.RpcError) as raised:
+            client.encode_text("a third, with a deadline", timeout=30)
+        assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "cold_start_calls 2" in raised.value.details()
+        assert errors.retry_after(raised.value) is not None
+        release.set()
+        for thread in held:
+            thread.join(30)
+        handle.admission.assume_answered(0.01, RATE_MIN_CALLS)  # the rate is known: the limit is off
+        release.clear()
+        more = [threading.Thread(target=lambda: client.encode_text("runs", timeout=30)) for _ in range(3)]
+        for thread in more:
+            thread.start()
+        assert all(started.acquire(timeout=10) for _ in range(3))  # three at once now
+        release.set()
+        for thread in more:
+            thread.join(30)

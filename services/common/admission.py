@@ -50,12 +50,13 @@ class Admission:
     the calls in hand (running, waiting and this one) over the rate at which answers have
     been given lately (`finish_rate`; calls that failed or ended after their deadline are
     not answers). Until RATE_MIN_CALLS calls have been answered the rate is not known: a
-    call with a deadline is then admitted only to a free worker, never to wait (a burst at
+    call with a deadline is then admitted only to a free worker (and, with `cold_start`,
+    only while fewer than that many run), never to wait (a burst at
     start-up would otherwise fill every waiting place with calls that cannot all be
     answered in time)."""
 
-    def __init__(self, service: str, running: int, waiting: int, max_bytes: int = 0) -> None:
-        self.running, self.waiting, self.max_bytes = running, waiting, max_bytes
+    def __init__(self, service: str, running: int, waiting: int, max_bytes: int = 0, cold_start: int = 0) -> None:
+        self.running, self.waiting, self.max_bytes, self.cold_start = running, waiting, max_bytes, cold_start
         self.bytes_held = 0
         self._slots = threading.BoundedSemaphore(running)
         self._places = threading.BoundedSemaphore(waiting) if waiting else None
@@ -75,6 +76,7 @@ class Admission:
     def slot(self, context: grpc.ServicerContext, message_bytes: int = 0):
         self._take_bytes(message_bytes)
         try:
+            self._check_cold_start(context)
             if not self._slots.acquire(blocking=False):
                 self._check_deadline(context)
                 if not self.finish_rate() and context.time_remaining() is not None:
@@ -135,6 +137,16 @@ class Admission:
         rate = self.finish_rate(now) if saturated else 0.0
         shared = (self.now_running + self.now_waiting + 1) / rate if rate else 0.0
         return max(per_worker, shared)
+
+    def _check_cold_start(self, context: grpc.ServicerContext) -> None:
+        """`cold_start` > 0: until the answer rate is known, at most that many calls with a
+        deadline run at once."""
+        if (self.cold_start and self.now_running >= self.cold_start and context.time_remaining() is not None
+                and not self.finish_rate()):
+            raise errors.resource_exhausted(
+                f"server starting: {self.now_running} calls running and too few answered yet to tell how soon "
+                f"another would be (cold_start_calls {self.cold_start}); retry with backoff, or add replicas",
+                _bounded(self.service_s or 1.0))
 
     def _check_deadline(self, context: grpc.ServicerContext) -> None:
         remaining = context.time_remaining()

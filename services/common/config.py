@@ -40,7 +40,9 @@ SERVICE_DEFAULTS: dict[str, dict[str, Any]] = {
     # over two (benchmarks/bench_router.py: router overhead p50 28 -> 18 ms on 2 cores).
     # max_bytes_in_flight: the router copies each input once more into its encoder calls,
     # and its pod has 1 GiB.
-    "router": {"max_input_bytes": 32 * MiB, "torch_threads": 1, "max_bytes_in_flight": 128 * MiB},
+    # cold_start_calls: a request costs the router's encoders seconds of CPU; a burst at
+    # start-up let 32 in at once before any answer told how long one takes.
+    "router": {"max_input_bytes": 32 * MiB, "torch_threads": 1, "max_bytes_in_flight": 128 * MiB, "cold_start_calls": 8},
 }
 
 
@@ -67,6 +69,9 @@ class ServiceConfig:
     worker_threads: int = _option(32, "calls handled at once; more wait (max_waiting_calls), beyond that RESOURCE_EXHAUSTED")
     max_waiting_calls: int = _option(
         64, "calls that may wait for a busy worker (until their deadline); one more is RESOURCE_EXHAUSTED at once")
+    cold_start_calls: int = _option(
+        0, "until a few calls have been answered, at most this many calls with a deadline run at once (more are "
+           "RESOURCE_EXHAUSTED with a retry hint); 0 no limit")
     torch_threads: int = _option(0, "torch intra-op threads; 0 uses every core")
     # Model
     model: str = _option("", "model directory or hub id; empty uses the bundled default")
@@ -170,6 +175,8 @@ class ServiceConfig:
             problems.append("max_bytes_in_flight must be 0 (no limit) or more")
         if self.max_waiting_calls < 0:
             problems.append("max_waiting_calls must be 0 or more")
+        if self.cold_start_calls < 0:
+            problems.append("cold_start_calls must be 0 (no limit) or more")
         if problems:
             raise ValueError("invalid configuration: " + "; ".join(problems))
 

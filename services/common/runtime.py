@@ -323,7 +323,8 @@ def start_server(config: ServiceConfig, service: Service, *, initialize: bool = 
     limit_malloc_arenas()
     telemetry.setup_tracing(service.name, config.trace_exporter, config.otlp_endpoint)
     state = _State()
-    admission = Admission(service.name, config.worker_threads, config.max_waiting_calls, config.max_bytes_in_flight)
+    admission = Admission(service.name, config.worker_threads, config.max_waiting_calls, config.max_bytes_in_flight,
+                          config.cold_start_calls)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=admission.threads, thread_name_prefix=f"{service.name}-rpc"),
         interceptors=[RuntimeInterceptor(service.name, state, config.auth_token, admission, config.stream_idle_s)],
