@@ -370,8 +370,9 @@ def test_the_router_comes_back_to_a_busy_encoder_when_it_says(mesh, start_text_s
 
 
 def test_a_starting_server_runs_only_cold_start_calls_with_deadlines_at_once(start_text_service):
-    """The router at 4x overload let 32 calls in at start-up, before any answer told how long
-    one takes; with cold_start_calls it lets in that many until the answer rate is known."""
+    """Until the answer rate is known, a service with cold_start_calls runs at most that many
+    calls with deadlines at once (a burst at start-up would otherwise get every worker's
+    worth in before any answer tells how long one takes)."""
     from modalmesh.common.admission import RATE_MIN_CALLS
     from modalmesh.common.client import EncoderClient
     from tests.test_text_service import blocking_service

@@ -40,8 +40,8 @@ SERVICE_DEFAULTS: dict[str, dict[str, Any]] = {
     # over two (benchmarks/bench_router.py: router overhead p50 28 -> 18 ms on 2 cores).
     # max_bytes_in_flight: the router copies each input once more into its encoder calls,
     # and its pod has 1 GiB.
-    # cold_start_calls: a request costs the router's encoders seconds of CPU; a burst at
-    # start-up let 32 in at once before any answer told how long one takes.
+    # cold_start_calls: a request costs the router's encoders seconds of CPU; without it a
+    # burst at start-up gets 32 calls in at once before any answer tells how long one takes.
     "router": {"max_input_bytes": 32 * MiB, "torch_threads": 1, "max_bytes_in_flight": 128 * MiB, "cold_start_calls": 8},
 }
 
