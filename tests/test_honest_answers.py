@@ -253,7 +253,7 @@ def test_screen_text_ocr_could_not_read_is_left_out_and_said(router):
     spans = [encoder_pb2.TextSpan(text="(nes utee tn o r  oe r p", confidence=0.51, box=[40, 30, 600, 42]),
              encoder_pb2.TextSpan(text="at App.render (main.js:1:10422)", confidence=0.98, box=[40, 48, 300, 60]),
              encoder_pb2.TextSpan(text="no confidence given", box=[40, 90, 300, 102])]
-    lines, unreadable = screen_paragraphs(spans)
+    lines, unreadable, _ = screen_paragraphs(spans)
     assert lines == ["at App.render (main.js:1:10422)", "no confidence given"] and unreadable == 1 and MIN_SPAN_CONFIDENCE > 0.51
 
     response = analyze(router, "screenshot_triage", text="site shows a blank white page with an error",

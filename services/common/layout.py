@@ -60,14 +60,16 @@ MAX_SCREEN_LINES = 32
 MIN_SPAN_CONFIDENCE = 0.65
 
 
-def screen_paragraphs(spans: Iterable) -> tuple[list[str], int]:
+def screen_paragraphs(spans: Iterable) -> tuple[list[str], int, int]:
     """The paragraphs a task reads from OCR spans (objects with `text`, `box` and
-    `confidence`, such as encoder.proto's TextSpan), at most MAX_SCREEN_LINES; and how many
-    spans were left out as unreadable (MIN_SPAN_CONFIDENCE). The router and the feature
-    cache both read screens through here."""
+    `confidence`, such as encoder.proto's TextSpan), at most MAX_SCREEN_LINES; how many
+    spans were left out as unreadable (MIN_SPAN_CONFIDENCE); and how many paragraphs the
+    readable ones made before the cut. The router and the feature cache both read screens
+    through here."""
     spans = [s for s in spans if s.text.strip()]
     kept = [(s.text, tuple(s.box)) for s in spans if not 0 < s.confidence < MIN_SPAN_CONFIDENCE]
-    return paragraphs(kept)[:MAX_SCREEN_LINES], len(spans) - len(kept)
+    found = paragraphs(kept)
+    return found[:MAX_SCREEN_LINES], len(spans) - len(kept), len(found)
 
 
 def paragraphs(spans: Iterable[tuple[str, Box]], word_gap: float = 2.0, line_gap: float = 0.5) -> list[str]:

@@ -132,7 +132,7 @@ class LocalEncoders:
             features["image"] = torch.from_numpy(np.array(result.sequence, dtype=np.float32))
             costs["image"] = elapsed - ocr_ms
             evidence["image_tags"] = dict(result.side.tags)
-            lines, _ = screen_paragraphs(result.side.text_spans)
+            lines, _, _ = screen_paragraphs(result.side.text_spans)
             evidence["screen_lines"] = lines
             if "image" in side:
                 started = time.perf_counter()

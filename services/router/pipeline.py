@@ -37,7 +37,7 @@ from opentelemetry import context as otel_context
 from modalmesh.common import errors, models, telemetry
 from modalmesh.common.client import collect, encode_requests
 from modalmesh.common.encoder import MAX_REQUEST_ID_CHARS
-from modalmesh.common.layout import MAX_SCREEN_LINES, MIN_SPAN_CONFIDENCE, is_blank, paragraphs, screen_paragraphs
+from modalmesh.common.layout import MIN_SPAN_CONFIDENCE, is_blank, screen_paragraphs
 from modalmesh.router import status_line
 from modalmesh.router.fusion import MODALITIES, SOURCE_MODALITY, attention_mass, modality_gate_weights, normalised_entropy
 from modalmesh.router.tasks import (UNCERTAIN, Answer, Evidence, TaskModel, best_screen_line, decide, not_applicable,
@@ -175,6 +175,7 @@ class Run:
         self.evidence = Evidence()
         self.screen_text_note = ""  # OCR text read or used only in part, and why (the image's report says it)
         self.line_log_odds: torch.Tensor | None = None  # per OCR paragraph and label (Pipeline.score_screen_lines)
+        self.status_index: int | None = None  # the status message's paragraph (Pipeline.status_row)
         self._lock = threading.Lock()
 
     # -- starting work ---------------------------------------------------------------
@@ -531,14 +532,13 @@ class Pipeline:
 
     def _side_features(self, run: Run, call: Call, modality: str, side: encoder_pb2.SideOutputs) -> dict[str, torch.Tensor]:
         if modality == "image" and side.text_spans:
-            lines, unreadable = screen_paragraphs(side.text_spans)
-            found = len(paragraphs((span.text, tuple(span.box)) for span in side.text_spans))
+            lines, unreadable, found = screen_paragraphs(side.text_spans)
             # Text read only in part is said in the image's report, not dropped unsaid.
             unread = [side.tags["ocr_more"]] if "ocr_more" in side.tags else []
             if unreadable:
                 unread.append(f"{unreadable} of {len(side.text_spans)} screen text lines unreadable "
                               f"(OCR confidence under {MIN_SPAN_CONFIDENCE:g}), not used")
-            if found > len(lines) and found > MAX_SCREEN_LINES:
+            if found > len(lines):
                 unread.append(f"the first {len(lines)} of {found} paragraphs used")
             run.screen_text_note = "; ".join(unread)
             run.evidence.screen_lines = lines
@@ -614,7 +614,8 @@ class Pipeline:
 
     def decide(self, task: TaskModel, run: Run, outstanding) -> Decision:
         # The screen is read through the task's status-line pointer, as it was trained (status_line.focus).
-        features, tags = status_line.focus(task.status_line, dict(run.features)), dict(run.evidence.image_tags)
+        features = status_line.focus(task.status_line, dict(run.features), self.status_row(task, run))
+        tags = dict(run.evidence.image_tags)
         outputs, probabilities, regression, weight = self.run_model(
             lambda: decide(task.model, task.spec, features, tags, outstanding, attention=run.explain))
         best = int(probabilities.argmax())
@@ -626,6 +627,16 @@ class Pipeline:
             regression={name: float(v) for name, v in zip(task.spec.regression, regression)},
         )
         return Decision(answer, outputs, weight)
+
+    def status_row(self, task: TaskModel, run: Run) -> int | None:
+        """The screen paragraph the task's status-line pointer picks (its status message),
+        worked out once per request; None without a pointer or screen text."""
+        rows = run.features.get("image_text")
+        if task.status_line is None or rows is None or not run.evidence.screen_lines:
+            return None
+        if run.status_index is None:
+            run.status_index = self.run_model(lambda: task.status_line.pick(rows[:len(run.evidence.screen_lines)]))
+        return run.status_index
 
     def score_screen_lines(self, task: TaskModel, run: Run) -> None:
         """Once the screen text is in, for a task without a status-line pointer: how much each
@@ -653,9 +664,8 @@ class Pipeline:
             modality_weights = torch.zeros(len(MODALITIES))
         else:
             answer, outputs = decision.answer, decision.outputs
-            screen_text = run.features.get("image_text")
-            if task.status_line is not None and screen_text is not None and run.evidence.screen_lines:
-                key = self.run_model(lambda: task.status_line.pick(screen_text[:len(run.evidence.screen_lines)]))
+            if task.status_line is not None:
+                key = self.status_row(task, run)
                 run.evidence.key_line = run.evidence.screen_lines[key] if key is not None else ""
             else:
                 self.score_screen_lines(task, run)

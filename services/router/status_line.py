@@ -50,14 +50,14 @@ class StatusLine(nn.Module):
             return int(self(rows).argmax())
 
 
-def focus(pointer: StatusLine | None, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def focus(pointer: StatusLine | None, features: dict[str, torch.Tensor], best: int | None = None) -> dict[str, torch.Tensor]:
     """`features` with the screen text ("image_text", one row per paragraph) cut to the
-    paragraph the pointer picks; unchanged without a pointer or screen text."""
+    paragraph the pointer picks (`best`, where it has been picked already); unchanged
+    without a pointer or screen text."""
     rows = features.get("image_text")
     if pointer is None or rows is None or rows.shape[0] <= 1:
         return features
-    with torch.inference_mode():
-        best = int(pointer(rows.float()).argmax())
+    best = pointer.pick(rows.float()) if best is None else best
     return {**features, "image_text": rows[best:best + 1]}
 
 
