@@ -72,8 +72,9 @@ def test_the_medical_task_reports_measured_sizes_and_splits_nodule_from_mass_by_
     assert float(ignored[1]) == pytest.approx(float(head_r[1]))
 
 
-def test_the_measurement_is_evidence_for_or_against_a_lesion():
-    """P(lesion) is updated by the measurement's likelihood ratios (counted on validation)."""
+def test_the_measurement_is_evidence_for_or_against_each_label():
+    """The labels' probabilities are updated by P(measurement outcome | label), counted on
+    validation (Bayes' rule)."""
     from modalmesh.router.train import Example, measurement_evidence
 
     spec = TASKS["medical_report"]
@@ -81,23 +82,29 @@ def test_the_measurement_is_evidence_for_or_against_a_lesion():
     tags = {"Columns": "384", "PixelSpacing": "0.7\\0.7"}
     found = {**tags, **lesion_tags(measure(make_phantom(9, size=PHANTOM_SIZE, lesion_count=1, diameter_mm=12.0)))}
     nothing = {**tags, **lesion_tags([])}
-    evidence = {"found": 50.0, "none": 0.02}
-    sure_lesion = torch.tensor([0.2, 0.5, 0.3])  # the classifier: P(lesion) 0.8
-    p, _ = spec.finish(sure_lesion, raw.clone(), nothing, {}, evidence=evidence)
-    assert float(p[0]) == pytest.approx(1 / (1 + 4 * 0.02), abs=1e-4) and spec.labels[int(p.argmax())] == "normal"
+    # A measurement misses a small nodule now and then, a mass never, and finds nothing on a normal slice.
+    evidence = {"found": {"normal": 0.02, "nodule": 0.9, "mass": 0.99}, "none": {"normal": 0.98, "nodule": 0.1, "mass": 0.01}}
+    sure_mass = torch.tensor([0.2, 0.1, 0.7])
+    p, _ = spec.finish(sure_mass, raw.clone(), nothing, {}, evidence=evidence)
+    assert float(p[0]) == pytest.approx(0.2 * 0.98 / (0.2 * 0.98 + 0.1 * 0.1 + 0.7 * 0.01), abs=1e-4)
+    assert spec.labels[int(p.argmax())] == "normal"
     p, _ = spec.finish(torch.tensor([0.9, 0.05, 0.05]), raw.clone(), found, {}, evidence=evidence)
-    assert float(p[0]) == pytest.approx(1 / (1 + 0.1 / 0.9 * 50), abs=1e-4) and spec.labels[int(p.argmax())] == "nodule"
+    assert float(p[0]) == pytest.approx(0.9 * 0.02 / (0.9 * 0.02 + 0.05 * 0.9 + 0.05 * 0.99), abs=1e-4)
+    assert spec.labels[int(p.argmax())] == "nodule"  # 12 mm measured: the size rule says nodule
     assert float(p.sum()) == pytest.approx(1.0)
-    p, _ = spec.finish(sure_lesion, raw.clone(), tags, {}, evidence=evidence)  # nothing measured (a PNG): unchanged
+    p, _ = spec.finish(sure_mass, raw.clone(), tags, {}, evidence=evidence)  # nothing measured (a PNG): unchanged
     assert float(p[0]) == pytest.approx(0.2)
+    p, _ = spec.finish(sure_mass, raw.clone(), nothing, {}, evidence={"found": 50.0, "none": 0.02})  # one ratio, lesion vs rest
+    assert float(p[0]) == pytest.approx(1 / (1 + 4 * 0.02), abs=1e-4)
 
     def example(label, tags):
         return Example({}, spec.labels.index(label), torch.zeros(3), torch.zeros(3, dtype=torch.bool), tags, torch.zeros(3))
 
     examples = [example("nodule", found)] * 9 + [example("nodule", nothing)] + [example("normal", nothing)] * 10
-    ratios = measurement_evidence(spec, examples + [example("normal", tags)])  # the unmeasured one does not count
-    assert ratios["found"] == pytest.approx((10 / 12) / (1 / 12), rel=1e-3)
-    assert ratios["none"] == pytest.approx((2 / 12) / (11 / 12), rel=1e-3)
+    counted = measurement_evidence(spec, examples + [example("normal", tags)])  # the unmeasured one does not count
+    assert counted["found"]["nodule"] == pytest.approx(10 / 12, rel=1e-3)
+    assert counted["none"]["normal"] == pytest.approx(11 / 12, rel=1e-3)
+    assert counted["found"]["mass"] == pytest.approx(0.5)  # never seen: add-one smoothing says nothing
     assert measurement_evidence(spec, [example("normal", tags)]) == {}
 
 
@@ -153,3 +160,19 @@ def test_tissue_the_lung_hull_closes_over_is_not_a_lesion():
     sick = make_phantom(21, size=512, lesion_count=1, diameter_mm=20.0, spacing_mm=(0.5, 1.0), noise_hu=(20.0, 45.0), heart=True)
     lesions = measure_lung_lesions(sick.hounsfield, (sick.pixel_spacing_mm,) * 2)
     assert len(lesions) == 1 and lesions[0].diameter_mm == pytest.approx(20.0, abs=1.0) and lesions[0].side == sick.side
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_a_noisy_lung_window_png_is_measured_as_its_ct(bits):
+    # Soft tissue at 40 HU with 45 HU of noise pokes above the lung window's top (150 HU) in
+    # about one pixel of a hundred: those clipped specks are tissue, not bone, or the lesion
+    # is riddled with holes and measured as many small ones.
+    from modalmesh.data.ct import windowed_png
+    from modalmesh.vision.decode import decode_image
+
+    phantom = make_phantom(7, size=512, lesion_count=1, diameter_mm=48.0, spacing_mm=(0.5, 0.55), noise_hu=(45.0, 45.0))
+    png = windowed_png(phantom.hounsfield, -600, 1500, bits=bits)
+    decoded = decode_image(png, "image/png", {"pixel_spacing": f"{phantom.pixel_spacing_mm}", "window": "lung"}, 4_000_000)
+    lesions = measure_lung_lesions(decoded.hounsfield, (phantom.pixel_spacing_mm,) * 2)
+    assert [round(lesion.diameter_mm) for lesion in lesions] == [round(lesion.diameter_mm) for lesion in measure(phantom)]
+    assert len(lesions) == 1 and lesions[0].diameter_mm == pytest.approx(phantom.largest_mm, abs=1.0)

@@ -1,5 +1,7 @@
 """The text encoder service over real gRPC on 127.0.0.1, with a tiny BERT loaded from disk."""
 
+import os
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -14,6 +16,7 @@ from modalmesh.common import codec, errors
 from modalmesh.common.client import EncoderClient, connect
 from modalmesh.text.model import TextEncoder
 from modalmesh.text.server import TextService
+from modalmesh.up import free_port
 from modalmesh.v1 import encoder_pb2, encoder_pb2_grpc
 
 
@@ -467,3 +470,50 @@ def test_connections_are_closed_by_age_so_clients_find_new_replicas(start_text_s
             time.sleep(0.1)
     assert len([s for s in states if s == grpc.ChannelConnectivity.READY]) >= 2, states
     assert answers >= 2  # and every call in between was answered
+
+
+def probe_status(port: int) -> str:
+    with connect(f"127.0.0.1:{port}") as channel:
+        return health_status(channel)
+
+
+def test_the_health_only_port_is_answered_by_a_process_of_its_own(start_text_service):
+    handle = start_text_service(initialize=False, health_port=free_port())
+    port = handle.config.health_port
+    assert handle.probe is not None and handle.probe._process.pid != os.getpid()
+    assert probe_status(port) == "NOT_SERVING"  # listening while the model loads
+    handle.initialize()
+    assert probe_status(port) == "SERVING"
+    with connect(f"127.0.0.1:{port}") as channel:  # the service's own name too, as kubelet may ask
+        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="modalmesh.v1.Encoder"), timeout=10)
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    handle.stop(grace=0.5)  # draining, then gone: the probe process goes with the service
+    assert handle.probe._process.wait(10) == 0
+    with pytest.raises(grpc.RpcError) as raised:
+        probe_status(port)
+    assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_the_health_only_port_says_not_serving_when_the_service_stops_sending_heartbeats():
+    from modalmesh.common.probe import ProbeProcess
+
+    probe = ProbeProcess("test", "127.0.0.1", free_port(), ["modalmesh.v1.Encoder"], stale_s=1.0)
+    try:
+        probe.set_serving(True)
+        assert probe_status(probe.port) == "SERVING"
+        probe._closed.set()  # the heartbeat stops, the pipe stays open: a service whose interpreter is stuck
+        deadline = time.monotonic() + 10
+        while probe_status(probe.port) == "SERVING" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert probe_status(probe.port) == "NOT_SERVING"
+    finally:
+        probe.stop()
+
+
+def test_a_health_port_in_use_is_a_clear_error(start_text_service):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(OSError, match=f"cannot listen on health port {port}"):
+            start_text_service(health_port=port)

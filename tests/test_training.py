@@ -92,7 +92,7 @@ def test_train_and_eval_medical_end_to_end(medical_data, tmp_path, capsys):
                  "--epochs", "3"]) == 0
     assert {p.name for p in weights.iterdir()} >= {"model.safetensors", "config.json", "MODEL_CARD.md", "train_log.json"}
     card = (weights / "MODEL_CARD.md").read_text()
-    assert "not for clinical use" in card.lower() and "Gate offsets" in card and "likelihood ratios" in card
+    assert "not for clinical use" in card.lower() and "Gate offsets" in card and "P(a lesion found | label)" in card
     log = json.loads((weights / "train_log.json").read_text())
     assert log["train_items"] == 24 and log["val_items"] == 12 and len(log["loss_per_epoch"]) == 3
     config = json.loads((weights / "config.json").read_text())
@@ -100,7 +100,9 @@ def test_train_and_eval_medical_end_to_end(medical_data, tmp_path, capsys):
     assert config["measurement_sigma"]["largest_diameter_mm"] > 0
     assert config["regression_from"] == "image" and log["feature_noise"] == 0.0  # the task's training defaults
     # The CT measurement, counted on validation, speaks for a lesion when it finds one and against when not.
-    assert config["measurement_evidence"]["found"] > 1 > config["measurement_evidence"]["none"]
+    found = config["measurement_evidence"]["found"]
+    assert found["nodule"] > found["normal"] and found["mass"] > found["normal"]
+    assert all(p + config["measurement_evidence"]["none"][label] == pytest.approx(1.0) for label, p in found.items())
     capsys.readouterr()
     report = tmp_path / "report"
     assert main(["eval", "--task", "medical_report", "--data", str(medical_data / "test.jsonl"), "--report", str(report),

@@ -35,6 +35,7 @@ from grpc_reflection.v1alpha import reflection
 from modalmesh.common import errors, security, telemetry
 from modalmesh.common.admission import Admission, arriving
 from modalmesh.common.config import ServiceConfig
+from modalmesh.common.probe import ProbeProcess
 
 log = logging.getLogger(__name__)
 
@@ -275,7 +276,7 @@ class ServerHandle:
         self._stopped = threading.Event()
         self._stop_lock = threading.Lock()
         self.metrics_port = 0
-        self.probe_server: grpc.Server | None = None
+        self.probe: ProbeProcess | None = None  # the health-only port's process
         self.admission: Admission | None = None
 
     @property
@@ -286,6 +287,8 @@ class ServerHandle:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in ["", *self.service_names]:
             self.health.set(name, status)
+        if self.probe is not None:
+            self.probe.set_serving(serving)
 
     def initialize(self) -> None:
         """Load and warm the model, then report SERVING."""
@@ -305,8 +308,8 @@ class ServerHandle:
             self._state.draining.set()
             self.set_serving(False)
             self.server.stop(grace).wait()
-            if self.probe_server is not None:
-                self.probe_server.stop(0)
+            if self.probe is not None:
+                self.probe.stop()
             try:
                 self.service.finalize()
             finally:
@@ -348,27 +351,19 @@ def start_server(config: ServiceConfig, service: Service, *, initialize: bool = 
     handle.admission = admission
     handle.set_serving(False)
     server.start()
-    if config.health_port > 0:
-        # Kubelet's gRPC probes speak plaintext: with TLS on, health also answers here.
-        probe_server = grpc.server(futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"{service.name}-probe"),
-                                   options=SERVER_ONLY_OPTIONS)
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, probe_server)
+    if config.health_port > 0:  # kubelet probes: plaintext, answered by a process of its own (common/probe.py)
         try:
-            probe_port = probe_server.add_insecure_port(f"{config.host}:{config.health_port}")
-        except RuntimeError:
-            probe_port = 0
-        if probe_port == 0:
+            handle.probe = ProbeProcess(service.name, config.host, config.health_port, names)
+        except OSError as exc:
             server.stop(0)
-            raise OSError(f"{service.name}: cannot listen on health port {config.health_port}")
-        probe_server.start()
-        handle.probe_server = probe_server
+            raise OSError(f"{service.name}: cannot listen on health port {config.health_port} ({exc})") from None
     if config.metrics_port > 0:
         try:
             handle.metrics_port = telemetry.start_metrics_server(config.host, config.metrics_port)
         except OSError as exc:
             server.stop(0)
-            if handle.probe_server is not None:
-                handle.probe_server.stop(0)
+            if handle.probe is not None:
+                handle.probe.stop()
             raise OSError(f"{service.name}: cannot serve metrics on {config.host}:{config.metrics_port} ({exc.strerror}; "
                           f"--metrics-port picks another, 0 turns them off)") from None
     log.info("%s: listening on %s (%s), loading model", service.name, handle.address, "TLS" if config.tls_enabled else "plaintext")
@@ -377,6 +372,8 @@ def start_server(config: ServiceConfig, service: Service, *, initialize: bool = 
             handle.initialize()
         except BaseException:
             server.stop(0)
+            if handle.probe is not None:
+                handle.probe.stop()
             raise
     return handle
 

@@ -57,9 +57,9 @@ class FusionConfig:
     max_tokens: int = 64  # per source; longer sequences are average-pooled down to this
     pooling: str = "mean"  # h_s from a source's tokens: "mean" or "attention" (a learned query per source)
     measurement_sigma: dict[str, float] = field(default_factory=dict)  # validation error per regression output
-    # Likelihood ratios of an encoder's measurement (a lesion "found" / "none") for the
-    # size rule's labels vs the rest, counted on validation (see tasks.TaskSpec.finish).
-    measurement_evidence: dict[str, float] = field(default_factory=dict)
+    # P(outcome | label) of an encoder's measurement, outcome "found" (a lesion) or "none",
+    # counted on validation (train.measurement_evidence; used in tasks.TaskSpec.finish).
+    measurement_evidence: dict = field(default_factory=dict)
     # Per-source offsets added to the gate's scores, fitted on validation after training
     # (train.calibrate_gate): a source that helps on training data but not on new data
     # (a noisy transcript) is turned down. A source alone still gets all the weight.

@@ -156,13 +156,13 @@ class TaskSpec:
 
     def finish(self, probabilities: torch.Tensor, regression: torch.Tensor, tags: dict[str, str],
                sigma: dict[str, float], use_measured: bool = True,
-               evidence: dict[str, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               evidence: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The heads' raw outputs ([L], [R]) to what the task reports: sizes in mm, measured
         values where an encoder measured them, and the size rule applied. `sigma`: the
         heads' validation error per output (FusionConfig.measurement_sigma). `evidence`:
-        likelihood ratios of the measurement finding a lesion or none
-        (FusionConfig.measurement_evidence); P(lesion) is updated by them (Bayes' rule,
-        odds x ratio) where a measurement ran."""
+        how likely the measurement's outcome ("found" a lesion or "none") is under each
+        label (FusionConfig.measurement_evidence); where a measurement ran, the labels'
+        probabilities are updated by it (Bayes' rule: posterior = prior x likelihood)."""
         regression = regression * self.units(tags)
         measured = self.measure(tags) if (self.measure is not None and use_measured) else None
         for name, value in (measured or {}).items():
@@ -172,16 +172,20 @@ class TaskSpec:
         rule = self.size_rule
         small, large = self.labels.index(rule.small), self.labels.index(rule.large)
         probabilities = probabilities.clone()
-        lesion = probabilities[small] + probabilities[large]
-        ratio = None if measured is None else (evidence or {}).get("found" if measured else "none")
-        if ratio is not None:  # Bayes: posterior odds = prior odds x likelihood ratio
-            odds = float(lesion) / max(1.0 - float(lesion), 1e-6) * float(ratio)
-            updated = odds / (1.0 + odds)
-            others = [k for k in range(len(self.labels)) if k not in (small, large)]
+        likelihood = None if measured is None else (evidence or {}).get("found" if measured else "none")
+        if isinstance(likelihood, dict):  # P(outcome | label) per label
+            posterior = probabilities * torch.tensor([float(likelihood.get(label, 1.0)) for label in self.labels])
+            probabilities = posterior / posterior.sum().clamp_min(1e-12)
+        elif likelihood is not None:  # one likelihood ratio, a lesion vs the rest (config.json files that give one number)
+            lesion = float(probabilities[small] + probabilities[large])
+            odds = lesion / max(1.0 - lesion, 1e-6) * float(likelihood)
+            updated, others = odds / (1.0 + odds), [k for k in range(len(self.labels)) if k not in (small, large)]
             rest = float(probabilities[others].sum())
             for k in others:
                 probabilities[k] = probabilities[k] / max(rest, 1e-9) * (1.0 - updated)
-            lesion = torch.tensor(updated)
+            probabilities[small], probabilities[large] = probabilities[small] / max(lesion, 1e-9) * updated, \
+                probabilities[large] / max(lesion, 1e-9) * updated
+        lesion = probabilities[small] + probabilities[large]
         size = regression[self.regression.index(rule.output)]
         spread = self.measured_sigma if measured else max(float(sigma.get(rule.output, 3.0)), 0.5)
         large_share = 0.5 * (1 + torch.erf((size - rule.threshold) / (spread * 2 ** 0.5)))

@@ -450,27 +450,26 @@ def choose_abstain_below(probabilities: torch.Tensor, labels: torch.Tensor, risk
     return 0.95
 
 
-def measurement_evidence(spec, examples: list[Example]) -> dict[str, float]:
-    """How much an encoder's measurement says about the size rule's labels (a lesion) vs the
-    rest: likelihood ratios P(outcome | lesion) / P(outcome | no lesion) of "found" and
-    "none", counted on validation with add-one smoothing. Empty when nothing was measured."""
+def measurement_evidence(spec, examples: list[Example]) -> dict[str, dict[str, float]]:
+    """What an encoder's measurement says about each label: P(outcome | label) for the
+    outcomes "found" (a lesion measured) and "none", counted on validation with add-one
+    smoothing. Per label, not lesion vs the rest: a measurement that finds nothing rules
+    out a mass far more surely than a small nodule. Empty when nothing was measured."""
     if spec.measure is None or spec.size_rule is None:
         return {}
-    lesion_labels = {spec.labels.index(spec.size_rule.small), spec.labels.index(spec.size_rule.large)}
-    counts = {(True, True): 0, (True, False): 0, (False, True): 0, (False, False): 0}
+    found = {label: 0 for label in spec.labels}
+    total = {label: 0 for label in spec.labels}
     for example in examples:
         measured = spec.measure(example.tags)
         if measured is not None:
-            counts[(example.label in lesion_labels, bool(measured))] += 1
-    lesions, others = counts[(True, True)] + counts[(True, False)], counts[(False, True)] + counts[(False, False)]
-    if lesions == 0 or others == 0:
+            label = spec.labels[example.label]
+            total[label] += 1
+            found[label] += bool(measured)
+    if not any(total.values()):
         return {}
-    ratio = {}
-    for outcome, name in ((True, "found"), (False, "none")):
-        given_lesion = (counts[(True, outcome)] + 1) / (lesions + 2)
-        given_other = (counts[(False, outcome)] + 1) / (others + 2)
-        ratio[name] = round(given_lesion / given_other, 4)
-    return ratio
+    given = {label: (found[label] + 1) / (total[label] + 2) for label in spec.labels}
+    return {"found": {label: round(p, 5) for label, p in given.items()},
+            "none": {label: round(1.0 - p, 5) for label, p in given.items()}}
 
 
 def measurement_sigma(model: FusionModel, spec, examples: list[Example]) -> dict[str, float]:
@@ -546,9 +545,11 @@ def write_model_card(out_dir: Path, spec, summary: dict, data: str, shown_as: Pa
     shown_offsets = "; ".join(", ".join(f"{k} {v:+.2f}" for k, v in o.items()) or "none" for o in offsets)
     ensemble = (f"\n- Ensemble: {members} models trained alike from seeds {summary['seed']}-{summary['seed'] + members - 1}, "
                 f"each calibrated on validation; answers are their mean.") if members > 1 else ""
+    found = evidence.get("found", {})
     measured = (f"\n- CT measurement (vision service, Hounsfield units): count, largest diameter and side as measured;"
-                f"\n  it moves P(lesion) by likelihood ratios counted on validation: found {evidence.get('found', 1):g}, "
-                f"none {evidence.get('none', 1):g}") if evidence else ""
+                f"\n  the labels' probabilities are updated by how likely its outcome is under each label (Bayes' rule),"
+                f"\n  counted on validation: P(a lesion found | label) "
+                + ", ".join(f"{label} {p:.3f}" for label, p in found.items())) if isinstance(found, dict) and found else ""
     text_encoder = summary.get("text_model") or "all-MiniLM-L6-v2"
     if summary.get("finetune_top"):
         text_encoder += (f", its top {summary['finetune_top']} layer(s) fine-tuned with this task (`text-model/`: serve it "
