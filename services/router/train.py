@@ -546,9 +546,9 @@ def write_model_card(out_dir: Path, spec, summary: dict, data: str, shown_as: Pa
     ensemble = (f"\n- Ensemble: {members} models trained alike from seeds {summary['seed']}-{summary['seed'] + members - 1}, "
                 f"each calibrated on validation; answers are their mean.") if members > 1 else ""
     found = evidence.get("found", {})
-    measured = (f"\n- CT measurement (vision service, Hounsfield units): count, largest diameter and side as measured;"
-                f"\n  the labels' probabilities are updated by how likely its outcome is under each label (Bayes' rule),"
-                f"\n  counted on validation: P(a lesion found | label) "
+    measured = ("\n- CT measurement (vision service, Hounsfield units): count, largest diameter and side as measured;"
+                "\n  the labels' probabilities are updated by how likely its outcome is under each label (Bayes' rule),"
+                "\n  counted on validation: P(a lesion found | label) "
                 + ", ".join(f"{label} {p:.3f}" for label, p in found.items())) if isinstance(found, dict) and found else ""
     text_encoder = summary.get("text_model") or "all-MiniLM-L6-v2"
     if summary.get("finetune_top"):
