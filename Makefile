@@ -50,8 +50,8 @@ protos: setup
 weights: setup
 	$(VENV)/bin/modalmesh data generate --task medical_report --out data/medical --n 800 --seed 11
 	$(VENV)/bin/modalmesh data generate --task screenshot_triage --out data/triage --n 600 --seed 7
-	$(VENV)/bin/modalmesh data heldout --task medical_report --out data/medical-heldout --n 120 --seed 5
-	$(VENV)/bin/modalmesh data heldout --task screenshot_triage --out data/triage-heldout --n 120 --seed 5
+	$(VENV)/bin/modalmesh data heldout --task medical_report --out data/medical-heldout --n 300 --seed 13
+	$(VENV)/bin/modalmesh data heldout --task screenshot_triage --out data/triage-heldout --n 300 --seed 13
 	$(VENV)/bin/modalmesh train --task medical_report --data data/medical/train.jsonl --out services/router/weights/medical_report
 	$(VENV)/bin/modalmesh train --task screenshot_triage --data data/triage/train.jsonl --out services/router/weights/screenshot_triage
 	$(VENV)/bin/modalmesh eval --task medical_report --data data/medical/test.jsonl --report reports/medical_report

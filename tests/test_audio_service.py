@@ -343,7 +343,7 @@ def test_a_wav2vec2_directory_as_the_frame_encoder(tiny_wav2vec2_dir):
 
 def test_compressed_silence_is_refused_before_it_is_decoded_whole():
     # Ten minutes of 48 kHz FLAC silence is a few kilobytes; decoded it is 115 MB of
-    # float32 (an hour of 32 channels would be 30 GB). Before: decoded whole, then refused.
+    # float32 (an hour of 32 channels would be 30 GB): refused while decoding, not after.
     import io
     import tracemalloc
 

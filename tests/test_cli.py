@@ -60,8 +60,8 @@ def test_counts_below_their_minimum_are_refused(command, flag, tmp_path, capsys)
 def test_certs_command_writes_a_ca_and_service_certificates(tmp_path, capsys):
     assert main(["certs", "--out", str(tmp_path)]) == 0
     assert {p.name for p in tmp_path.iterdir()} >= {"ca.pem", "text.pem", "text-key.pem", "client.pem"}
-    # Run again, it used to replace the CA without a word: every certificate it had issued
-    # (in a cluster's secrets, say) stopped being trusted.
+    # Run again, it keeps the CA: replacing it would untrust every certificate it had
+    # issued (in a cluster's secrets, say).
     ca = (tmp_path / "ca.pem").read_bytes()
     capsys.readouterr()
     assert main(["certs", "--out", str(tmp_path)]) == 2
@@ -223,7 +223,7 @@ def test_encode_image_with_ocr_and_audio_with_transcript_and_say(tmp_path, capsy
 
 def test_down_never_signals_a_pid_that_is_no_longer_the_service(tmp_path):
     """After a crash or a reboot the state file's pids can belong to other processes:
-    `down` sent them SIGTERM, then SIGKILL, and `up --detach` refused to start."""
+    `down` leaves them alone and `up --detach` starts."""
     stranger = subprocess.Popen(["sleep", "60"])
     try:
         state = {"router": {"pid": stranger.pid, "started": "1", "address": "127.0.0.1:1"},

@@ -187,9 +187,9 @@ def test_an_exceeded_deadline_is_deadline_exceeded(router):
 
 
 def test_a_grpc_deadline_gets_the_answer_from_the_encoders_that_made_it(router):
-    """The router stops gathering a reply margin before the caller's gRPC deadline. It
-    used to wait to the very end: the caller then got a bare DEADLINE_EXCEEDED although
-    the text had long been encoded. Here the transcript of 25 s of speech (FULL mode waits
+    """The router stops gathering a reply margin before the caller's gRPC deadline, so
+    the caller gets the answer from what was encoded rather than a bare
+    DEADLINE_EXCEEDED. Here the transcript of 25 s of speech (FULL mode waits
     for it) cannot be done in 1.5 s; the text can."""
     from modalmesh.audio.speech import espeak
 
@@ -390,13 +390,13 @@ def test_a_medical_report_without_a_scan_states_no_lesion_findings(router):
     [
         ({"task": "horoscope", "text": "hi"}, "task", "unknown task 'horoscope'"),
         ({"task": "screenshot_triage"}, "text", "the request has no inputs"),
-        # Invisible text is no text (it used to be answered "payment" at 0.53).
+        # Invisible text is no text: nothing to answer from.
         ({"task": "screenshot_triage", "text": "\u200b\u200b \ufeff\u200e"}, "text", "the request has no inputs"),
         ({"task": "screenshot_triage", "text": "x" * 70000}, "text", "over the limit"),
         ({"task": "screenshot_triage", "image": router_pb2.MediaInput(data=b"not an image")}, "image.media_type", "match no supported format"),
         ({"task": "screenshot_triage", "text": "hi", "options": router_pb2.AnalyzeOptions(require=[router_pb2.MODALITY_AUDIO])},
          "options.require[0]", "not in the request"),
-        # Both used to be accepted: an unknown mode ran as ROUTED, a 10 000-character id was logged and traced.
+        # An unknown mode is not run as another; an over-long id is neither logged nor traced.
         ({"task": "screenshot_triage", "text": "hi", "options": router_pb2.AnalyzeOptions(mode=99)}, "options.mode", "99 is not a RoutingMode"),
         ({"task": "screenshot_triage", "text": "hi", "request_id": "r" * 129}, "request_id", "longer than 128 characters"),
         # Refused by an encoder: when every input is refused, the router says INVALID_ARGUMENT
@@ -430,8 +430,8 @@ def test_an_oversized_image_is_refused(mesh):
 
 
 def test_a_stalled_analyze_stream_is_deadline_exceeded_and_the_router_stays_up(mesh):
-    # Before: a client that stopped sending without closing its stream (and set no
-    # deadline) held a router worker for ever, before or during its audio.
+    # A client that stops sending without closing its stream (and sets no deadline)
+    # must not hold a router worker for ever, before or during its audio.
     impatient = mesh.start_router(stream_idle_s=0.5)
     stall = threading.Event()
 
@@ -500,9 +500,9 @@ def test_tritonclient_can_call_the_router(mesh, tmp_path):
 
 
 @pytest.mark.parametrize("inputs, field, complaint", [
-    # Two TEXT inputs: the second used to replace the first without a word.
+    # Two TEXT inputs: refused, not one silently replacing the other.
     ([("TEXT", [1], b"my card was declined"), ("TEXT", [1], b"where is my parcel")], "inputs[1].name", "TEXT is given twice"),
-    # numpy's int64 product of this shape wraps to 1: it used to pass as "one element".
+    # numpy's int64 product of this shape wraps to 1: the shape is checked without it.
     ([("TEXT", [274177, 67280421310721], b"my card was declined")], "inputs[0]", "one element"),  # 2**64 + 1
     ([("TEXT", [0], b"my card was declined")], "inputs[0]", "one element"),
 ])
@@ -591,7 +591,7 @@ def test_analyze_stream_refuses_image_chunks_after_audio(router):
 
 
 def test_analyze_stream_refuses_an_image_both_in_the_request_and_as_chunks(router):
-    # The chunks used to be appended to the image given (and ignored by the decoder).
+    # Chunks are not appended to an image already given: the request is refused.
     first = router_pb2.AnalyzeRequest(task="screenshot_triage", image=router_pb2.MediaInput(data=SCREENSHOT))
     messages = [router_pb2.AnalyzeStreamRequest(request=first), router_pb2.AnalyzeStreamRequest(image_chunk=SCREENSHOT)]
     with pytest.raises(grpc.RpcError) as raised:

@@ -48,3 +48,46 @@ def test_a_task_with_a_pointer_reads_only_the_status_message():
     assert pointer.pick(rows) == index and focused["text"] is features["text"]
     assert status_line.focus(None, features) is features  # weights without a pointer read every paragraph
     assert status_line.focus(pointer, {"text": features["text"]}) == {"text": features["text"]}
+
+
+def test_the_pointer_is_calibrated_on_validation_and_its_temperature_round_trips(tmp_path):
+    # Noisier screens (the message vector leans less): an over-sure pointer is cooled.
+    pointer, summary = status_line.fit(_screens(200, 1), _screens(80, 5), epochs=8)
+    assert summary["temperature"] == round(float(pointer.log_temperature.exp()), 4) and summary["temperature"] != 1.0
+    def nll() -> float:
+        with torch.no_grad():
+            return sum(float(torch.nn.functional.cross_entropy(pointer(r)[None], torch.tensor([i]))) for r, i in _screens(80, 5))
+
+    fitted = nll()
+    with torch.no_grad():
+        pointer.log_temperature.zero_()
+    assert fitted <= nll() + 1e-6  # the fitted temperature is at least as good on validation as none
+    status_line.calibrate(pointer, _screens(80, 5))
+    status_line.save(pointer, tmp_path)
+    assert float(status_line.load(tmp_path).log_temperature) == float(pointer.log_temperature)
+
+
+def test_an_answer_averages_over_the_paragraphs_the_pointer_finds_likely():
+    from modalmesh.router.fusion import FusionConfig, build_model
+    from modalmesh.router.tasks import TASKS, decide
+
+    spec = TASKS["screenshot_triage"]
+    torch.manual_seed(0)
+    model = build_model(FusionConfig(labels=spec.labels, input_widths={"text": 16, "image": 8, "image_text": 16, "audio": 8, "audio_text": 16})).eval()
+    pointer = status_line.StatusLine(16).eval()
+    rows = torch.randn(5, 16)
+    features = {"text": torch.randn(3, 16), "image_text": rows}
+    read = status_line.readings(pointer, features)
+    chances = [c for c, _ in read]
+    assert abs(sum(chances) - 1) < 1e-6 and chances == sorted(chances, reverse=True) and len(read) <= status_line.READINGS_MAX
+    assert all(f["image_text"].shape == (1, 16) for _, f in read) and torch.equal(read[0][1]["image_text"][0], rows[pointer.pick(rows)])
+    _, mixed, _, _ = decide(model, spec, features, {}, attention=False, pointer=pointer)
+    each = [decide(model, spec, f, {}, attention=False)[1] for _, f in read]
+    assert torch.allclose(mixed, sum(c * p for c, p in zip(chances, each)), atol=1e-5)
+    sure = status_line.StatusLine(16).eval()
+    sure.load_state_dict(pointer.state_dict())
+    with torch.no_grad():
+        sure.net[3].weight.mul_(1e4)  # the same ranking, sure of it: that paragraph is read alone
+    alone = status_line.readings(sure, features)
+    assert len(alone) == 1 and alone[0][0] == 1.0 and torch.equal(alone[0][1]["image_text"][0], rows[pointer.pick(rows)])
+    assert status_line.readings(None, features) == [(1.0, features)]

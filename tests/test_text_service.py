@@ -308,8 +308,8 @@ def blocking_service(running_started: threading.Semaphore, release: threading.Ev
 
 
 def test_a_saturated_server_still_answers_health_and_refuses_the_overflow_at_once(start_text_service):
-    # Before: calls past the pool's threads queued without bound in front of health
-    # checks, so a pod that was only busy failed its liveness probe.
+    # Calls past the pool's threads must not queue without bound in front of health
+    # checks: a pod that is only busy must pass its liveness probe.
     started, release = threading.Semaphore(0), threading.Event()
     handle = start_text_service(service_class=blocking_service(started, release), worker_threads=2, max_waiting_calls=1)
     handle.admission.assume_answered(0.01)  # calls have been answered before: the next may wait for a worker
@@ -363,8 +363,8 @@ def stream_reader_threads() -> int:
 
 
 def test_a_stalled_upload_is_deadline_exceeded_after_stream_idle_s(start_text_service):
-    # Before: a client that sent a header and then neither sent more nor closed its
-    # stream (and set no deadline) held a worker for ever.
+    # A client that sends a header and then neither sends more nor closes its stream
+    # (and sets no deadline) must not hold a worker for ever.
     handle = start_text_service(stream_idle_s=0.5)
     stall = threading.Event()
 
@@ -402,7 +402,7 @@ def test_calls_that_find_a_replica_unavailable_are_retried_on_the_next(start_tex
     # Two replicas behind one target (as a dns:/// name of a headless Service gives):
     # one still loading its model (UNAVAILABLE), one serving. round_robin alternates,
     # and the client's retry policy sends a refused call on to the next replica, so
-    # callers never see the loading one. Before: every second call failed.
+    # callers never see the loading one.
     loading = start_text_service(initialize=False, service_class=GatedTextService)
     serving = start_text_service()
     with connect(f"ipv4:127.0.0.1:{loading.port},127.0.0.1:{serving.port}") as channel:

@@ -206,7 +206,7 @@ def test_the_report_says_why_a_stated_pixel_spacing_was_not_used():
 
 
 def test_a_compressed_multi_frame_dicom_decodes_only_the_frame_it_uses():
-    # 2000 RLE frames of 512x512 (16 MB of DICOM) used to be decoded whole (1 GB, 4.5 s)
+    # 2000 RLE frames of 512x512 (16 MB of DICOM) decoded whole would be 1 GB and 4.5 s
     # to use one. A damaged frame elsewhere shows that only the asked-for one is decoded.
     import io
 

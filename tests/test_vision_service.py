@@ -162,7 +162,7 @@ def test_the_vision_service_reports_the_measurement_for_ct(vision):
 
 def test_a_prone_scan_reports_the_lesion_on_the_patients_side(vision):
     """Stored as acquired prone (ImageOrientationPatient -1 0 0 0 -1 0), the slice is the
-    display mirrored both ways: the side used to come back as the other lung."""
+    display mirrored both ways: the side must be read from the orientation, not the display."""
     from modalmesh.data.ct import make_phantom
     from modalmesh.data.generate import PHANTOM_SIZE
 
@@ -402,8 +402,8 @@ def test_pixel_count_reads_the_header_only():
 
 
 def test_images_wait_for_their_pixels_and_give_up_at_the_deadline():
-    # Decoded images cost about 25 bytes per pixel at the peak: before, 8 concurrent
-    # 40 MP images took the service to 5 GB, past its pod's 3 GiB.
+    # Decoded images cost about 25 bytes per pixel at the peak: 8 concurrent 40 MP
+    # images would take the service to 5 GB, past its pod's 3 GiB.
     handle = start_vision(max_pixels_in_flight=500_000)
     png = image_bytes(render_screenshot("Payment declined", size=(640, 400)))
     try:
@@ -441,7 +441,7 @@ def test_huge_images_are_shrunk_in_uint8_before_the_backbones_float_resize():
 
 
 def _float_resize_from_full(backbone, rgb):
-    """What preprocess gave before: the float resize straight from the full image."""
+    """The reference: a float resize straight from the full image."""
     image = torch.from_numpy(rgb.copy()).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
     image = torch.nn.functional.interpolate(image, size=(backbone.input_size, backbone.input_size), mode="bilinear",
                                             antialias=True, align_corners=False)

@@ -102,8 +102,8 @@ class Wav2Vec2Frames:
 
 
 # torchaudio's resampling kernel has (to / g) x (from / g) taps, g = gcd(from, to): a rate
-# that shares no factor with the other costs gigabytes. A 2-s WAV at 44 101 Hz took 50 s
-# of the model thread, and one at 383 999 Hz took the audio service to 22 GB, killed.
+# that shares no factor with the other costs gigabytes: a 2-s WAV at 44 101 Hz would take
+# 50 s of the model thread, and one at 383 999 Hz over 22 GB.
 MAX_PHASES, MAX_SPAN = 640, 4000  # every usual rate pair is within these (11 025 -> 16 000: 640 x 441)
 RATE_STEP = 100  # Hz: an odd rate is read as the nearest multiple (at most 0.6% off from 8 kHz up)
 

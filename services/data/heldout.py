@@ -1,7 +1,7 @@
 """`modalmesh data heldout`: evaluation sets built differently from the training data, with
 inputs the task should not answer.
 
-    modalmesh data heldout --task medical_report --out data/medical-heldout --n 120 --seed 5
+    modalmesh data heldout --task medical_report --out data/medical-heldout --n 300 --seed 13
 
 writes heldout.jsonl and files/. Every record has "scope": "in" (the task's own kind of
 input, with its label) or "out" (an input the task should not answer; label null).

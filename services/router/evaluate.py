@@ -34,7 +34,6 @@ import numpy as np
 
 from modalmesh.common import models
 from modalmesh.data.generate import read_manifest
-from modalmesh.router import status_line
 from modalmesh.router.features import FeatureCache, text_model_version
 from modalmesh.router.fusion import MODALITIES, SOURCES, modality_gate_weights
 from modalmesh.router.served import honesty_metrics, serve
@@ -76,8 +75,8 @@ def evaluate(task: str, data: str, report: str, weights: str = "", cache_dir: st
         source, width = next(iter(wrong.items()))
         raise ValueError(f"{folder}: the weights expect {source} features {expected[source]} wide, the encoders give {width}: "
                          f"evaluate with the models they were trained with (MODALMESH_<SERVICE>_MODEL)")
-    read_whole = examples  # every screen paragraph: the status-line pointer picks among them
-    examples, outside = status_line.focus_examples(task_model.status_line, examples), status_line.focus_examples(task_model.status_line, outside)
+    read_whole = examples  # every screen paragraph: decide reads them through the status-line pointer
+    pointer = task_model.status_line
     labels = np.array([e.label for e in examples])
 
     def predict(subset, use_measured=True):
@@ -89,7 +88,8 @@ def evaluate(task: str, data: str, report: str, weights: str = "", cache_dir: st
         started = time.perf_counter()
         for i in keep:
             tags = examples[i].tags if "image" in subset else {}  # no scan, no measurement from it
-            out, finished_p, finished_r, _ = decide(model, spec, chosen[i], tags, use_measured=use_measured, attention=False)
+            out, finished_p, finished_r, _ = decide(model, spec, chosen[i], tags, use_measured=use_measured, attention=False,
+                                                    pointer=pointer)
             probabilities[i] = finished_p.numpy()
             regression[i] = finished_r.numpy()
             gate[i] = modality_gate_weights(out.gate_weights)[0].numpy()
@@ -113,7 +113,7 @@ def evaluate(task: str, data: str, report: str, weights: str = "", cache_dir: st
                                          **medical_metrics(heads_p, heads_r, examples, spec)}
 
     # Routed vs full vs single modality: accuracy and simulated latency.
-    cases = routing_cases(model, task_model.spec, examples, items, fuse_ms)
+    cases = routing_cases(model, task_model.spec, examples, items, fuse_ms, pointer=pointer)
     modes = {"full": {"accuracy": results["full"]["accuracy"], "mean_latency_ms": float(np.mean([c.full_ms for c in cases]))},
              "routed": {**route(cases, task_model.spec.tau, task_model.spec.gamma),
                         "tau": task_model.spec.tau, "gamma": task_model.spec.gamma, "eager": list(task_model.spec.eager)}}
@@ -229,15 +229,16 @@ class RoutingCase:
     full_ms: float  # FULL: everything asked for at once (each side output after its base features) + one fusion
 
 
-def routing_cases(model, spec, examples, items, fuse_ms, eager=None) -> list[RoutingCase]:
+def routing_cases(model, spec, examples, items, fuse_ms, eager=None, pointer=None) -> list[RoutingCase]:
     """`eager`: modalities whose side output comes with their base features, from one
-    call (default: the task's); the rest are asked for once every base feature is in."""
+    call (default: the task's); the rest are asked for once every base feature is in.
+    `pointer`: the task's status-line pointer, for examples with every screen paragraph."""
     eager = spec.eager if eager is None else eager
 
     def decide_on(example, sources, outstanding):
         features = {s: f for s, f in example.features.items() if s in sources}
         tags = example.tags if "image" in sources else {}  # no scan, no measurement from it
-        _, probabilities, _, weight = decide(model, spec, features, tags, outstanding, attention=False)
+        _, probabilities, _, weight = decide(model, spec, features, tags, outstanding, attention=False, pointer=pointer)
         return float(probabilities.max()), int(probabilities.argmax()) == example.label, weight
 
     cases = []

@@ -38,7 +38,6 @@ from modalmesh.common import errors, models, telemetry
 from modalmesh.common.client import collect, encode_requests
 from modalmesh.common.encoder import MAX_REQUEST_ID_CHARS
 from modalmesh.common.layout import MIN_SPAN_CONFIDENCE, is_blank, screen_paragraphs
-from modalmesh.router import status_line
 from modalmesh.router.fusion import MODALITIES, SOURCE_MODALITY, attention_mass, modality_gate_weights, normalised_entropy
 from modalmesh.router.tasks import (UNCERTAIN, Answer, Evidence, TaskModel, best_screen_line, decide, not_applicable,
                                     screen_line_log_odds, withheld)
@@ -470,8 +469,8 @@ class Pipeline:
 
     def _budget(self, request: router_pb2.AnalyzeRequest, grpc_remaining: float | None) -> float:
         """How long to gather. Under the caller's gRPC deadline, stop a reply margin before
-        it: waiting to the very end left no time to send the answer from the encoders that
-        did reply, so the caller got a bare DEADLINE_EXCEEDED instead of a degraded answer."""
+        it, so the answer from the encoders that did reply is sent in time (a degraded
+        answer rather than a bare DEADLINE_EXCEEDED)."""
         if grpc_remaining is not None:
             grpc_remaining -= min(MAX_REPLY_MARGIN_S, max(MIN_REPLY_MARGIN_S, REPLY_MARGIN_SHARE * grpc_remaining))
         budgets = [self.default_deadline_s if grpc_remaining is None else max(0.0, grpc_remaining)]
@@ -613,11 +612,11 @@ class Pipeline:
         return early
 
     def decide(self, task: TaskModel, run: Run, outstanding) -> Decision:
-        # The screen is read through the task's status-line pointer, as it was trained (status_line.focus).
-        features = status_line.focus(task.status_line, dict(run.features), self.status_row(task, run))
+        # The screen is read through the task's status-line pointer (tasks.decide, status_line.readings).
+        features = dict(run.features)
         tags = dict(run.evidence.image_tags)
         outputs, probabilities, regression, weight = self.run_model(
-            lambda: decide(task.model, task.spec, features, tags, outstanding, attention=run.explain))
+            lambda: decide(task.model, task.spec, features, tags, outstanding, attention=run.explain, pointer=task.status_line))
         best = int(probabilities.argmax())
         answer = Answer(
             label=task.spec.labels[best],

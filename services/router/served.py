@@ -58,7 +58,7 @@ def serve(task: TaskModel, features: dict, tags: dict[str, str]) -> Served:
         return Served(-1, 0.0, "nothing the task reads was given", refused, distances)
     read = {MODALITIES[SOURCE_MODALITY[s]] for s in kept}
     image_tags = tags if "image" in read else {}
-    _, probabilities, _, _ = decide(task.model, task.spec, kept, image_tags, attention=False)
+    _, probabilities, _, _ = decide(task.model, task.spec, kept, image_tags, attention=False, pointer=task.status_line)
     best = int(probabilities.argmax())
     confidence = float(probabilities[best])
     reason = withheld(task.spec, task.spec.labels[best], confidence, read, task.abstain_below, image_tags)

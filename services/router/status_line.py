@@ -9,13 +9,16 @@ Training: for every training screenshot, the paragraph that holds the message th
 drew (`extra.screen` in the manifest) is the target of a softmax over the screen's
 paragraphs. A screen with no paragraph holding it (OCR missed it) is left out.
 
-A task with a pointer also *reads* the screen through it (`focus`): the fusion model gets
-the status message's vector as the screen text, not every paragraph's. The furniture around
-a message (an e-mail's greeting and sign-off, a shop's navigation, order details) then
-cannot outvote it. On the triage validation split, reading the top paragraph gave accuracy
-0.960 and ECE 0.033 against 0.953 and 0.051 for every paragraph and 0.953 and 0.037 for the
-top two (the same weights, trained on every paragraph). Training, evaluation and the
-router all focus the same way: train through `focus_examples`, the router in its decisions.
+A task with a pointer also *reads* the screen through it (`readings`): the fusion model
+gets one paragraph's vector as the screen text, not every paragraph's, so the furniture
+around a message (an e-mail's greeting and sign-off, a shop's navigation, order details)
+cannot outvote it. The fusion model is trained on the message paragraph the pointer picks;
+an answer is the average of the fusion model's answers over the paragraphs the pointer
+finds likely, weighted by how likely (the status line is not observed, so it is summed
+out). The pointer's probabilities are temperature-scaled on validation screens like the
+classifier's. When the pointer is sure, this is its top paragraph's answer; when it
+hesitates (a message worded as no training screen is), the answer carries that doubt.
+Training, evaluation and the router read the screen the same way (tasks.decide).
 """
 
 from __future__ import annotations
@@ -32,15 +35,24 @@ FILE_NAME = "status_line.safetensors"
 HIDDEN = 64
 
 
+READINGS_MASS, READINGS_MAX = 0.99, 8  # the paragraphs an answer averages over: this much probability, at most this many
+
+
 class StatusLine(nn.Module):
-    """Scores paragraphs: [P, width] text vectors -> [P] logits."""
+    """Scores paragraphs: [P, width] text vectors -> [P] logits (temperature-scaled)."""
 
     def __init__(self, width: int, hidden: int = HIDDEN) -> None:
         super().__init__()
         self.net = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, 1))
+        self.register_buffer("log_temperature", torch.zeros(()))
 
     def forward(self, rows: torch.Tensor) -> torch.Tensor:
-        return self.net(rows).squeeze(-1)
+        return self.net(rows).squeeze(-1) / self.log_temperature.exp()
+
+    def probabilities(self, rows: torch.Tensor) -> torch.Tensor:
+        """[P] rows -> [P]: how likely each paragraph is the status message."""
+        with torch.inference_mode():
+            return torch.softmax(self(rows.float()), dim=0)
 
     def pick(self, rows: torch.Tensor) -> int | None:
         """The paragraph most likely to be the status message; None for a screen without text."""
@@ -59,6 +71,20 @@ def focus(pointer: StatusLine | None, features: dict[str, torch.Tensor], best: i
         return features
     best = pointer.pick(rows.float()) if best is None else best
     return {**features, "image_text": rows[best:best + 1]}
+
+
+def readings(pointer: StatusLine | None, features: dict[str, torch.Tensor]) -> list[tuple[float, dict[str, torch.Tensor]]]:
+    """The ways to read `features`' screen text, each with its probability: one per likely
+    status paragraph (most likely first; READINGS_MASS of the pointer's probability, at most
+    READINGS_MAX, renormalised). [(1.0, features)] without a pointer or with one paragraph."""
+    rows = features.get("image_text")
+    if pointer is None or rows is None or rows.shape[0] <= 1:
+        return [(1.0, features)]
+    chance, order = torch.sort(pointer.probabilities(rows), descending=True)
+    kept = int((torch.cumsum(chance, 0) < READINGS_MASS).sum()) + 1
+    kept = min(kept, READINGS_MAX, len(order))
+    total = float(chance[:kept].sum())
+    return [(float(chance[k]) / total, {**features, "image_text": rows[int(order[k]):int(order[k]) + 1]}) for k in range(kept)]
 
 
 def focus_examples(pointer: StatusLine | None, examples: list) -> list:
@@ -105,8 +131,31 @@ def fit(train: list[tuple[torch.Tensor, int]], val: list[tuple[torch.Tensor, int
             loss.backward()
             optimiser.step()
     pointer.eval()
+    temperature = calibrate(pointer, val) if val else 1.0
     return pointer, {"train_accuracy": accuracy(pointer, train), "val_accuracy": accuracy(pointer, val) if val else None,
-                     "train_screens": len(train), "val_screens": len(val)}
+                     "train_screens": len(train), "val_screens": len(val), "temperature": round(temperature, 4)}
+
+
+def calibrate(pointer: StatusLine, pairs: list[tuple[torch.Tensor, int]], steps: int = 200) -> float:
+    """The pointer's temperature: the one that minimises the negative log-likelihood of the
+    message paragraphs on `pairs` (validation screens)."""
+    with torch.no_grad():
+        pointer.log_temperature.zero_()
+        logits = [pointer(rows) for rows, _ in pairs]
+    log_t = torch.zeros((), requires_grad=True)
+    optimiser = torch.optim.LBFGS([log_t], lr=0.1, max_iter=steps)
+    targets = [torch.tensor([index]) for _, index in pairs]
+
+    def closure():
+        optimiser.zero_grad()
+        loss = sum(nn.functional.cross_entropy((z / log_t.exp())[None], t) for z, t in zip(logits, targets)) / len(pairs)
+        loss.backward()
+        return loss
+
+    optimiser.step(closure)
+    with torch.no_grad():
+        pointer.log_temperature.copy_(log_t.detach().clamp(-3, 3))
+    return float(pointer.log_temperature.exp())
 
 
 def accuracy(pointer: StatusLine, pairs: list[tuple[torch.Tensor, int]]) -> float:
@@ -143,5 +192,6 @@ def load(folder: Path | None) -> StatusLine | None:
 
     state = load_file(str(path))
     pointer = StatusLine(state["net.0.weight"].shape[0], state["net.1.weight"].shape[0])
+    state.setdefault("log_temperature", torch.zeros(()))  # a pointer saved without one: as trained
     pointer.load_state_dict(state)
     return pointer.eval()

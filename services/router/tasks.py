@@ -205,8 +205,7 @@ TRIAGE_NEXT_STEPS = {
     "other": "Ask the customer for more detail and route the ticket to general support.",
 }
 # Said to the customer, so they promise only what the next steps do and claim nothing the
-# mesh has not done: "We've sent you a link to reset your password" and "we've checked that
-# nothing was charged twice" were said when nothing had been sent or checked.
+# mesh has not done (no "we've sent you a link" when nothing was sent).
 TRIAGE_REPLY = {
     "payment": "I'm sorry your payment didn't go through. Please try again, or use a different card; we're checking the transaction on our side.",
     "login": "Sorry you're having trouble signing in. We're checking your account; you can also reset your password from the sign-in page.",
@@ -475,23 +474,31 @@ class TaskModel:
 
 def decide(model: FusionModel | FusionEnsemble | StackedEnsemble, spec: TaskSpec, features: dict[str, torch.Tensor],
            tags: dict[str, str], outstanding=(), use_measured: bool = True,
-           attention: bool = True) -> tuple[object, torch.Tensor, torch.Tensor, float]:
+           attention: bool = True, pointer=None) -> tuple[object, torch.Tensor, torch.Tensor, float]:
     """One decision from the evidence in hand: the fusion model's outputs, what the task
     reports (probabilities [L], regression [R]; see TaskSpec.finish) and the gate's
-    predicted weight of the `outstanding` sources. The router and the routing
-    evaluation both decide through here. `attention=False` skips keeping the attention
-    weights (outputs.attention is None; only an explanation reads them)."""
+    predicted weight of the `outstanding` sources. With a status-line `pointer` the screen
+    text is read one likely status paragraph at a time and the answers are averaged,
+    weighted by the pointer's probabilities (router/status_line.py `readings`); `outputs`
+    then hold one row per reading, the most likely first. The router and the evaluation
+    both decide through here. `attention=False` skips keeping the attention weights
+    (outputs.attention is None; only an explanation reads them)."""
+    from modalmesh.router import status_line
     from modalmesh.router.fusion import SOURCES
 
+    chances, batch = zip(*status_line.readings(pointer, features))
+    share = torch.tensor(chances, dtype=torch.float32)
     with torch.inference_mode():
-        inputs = model.embed([features])
+        inputs = model.embed(list(batch))
         outputs = model(inputs, attention=attention)
         weight = 0.0
         if outstanding:
-            mask = torch.tensor([[s in outstanding for s in SOURCES]])
-            weight = float(model.outstanding_weight(inputs, outputs, mask)[0])
-    probabilities, regression = spec.finish(outputs.probabilities[0], outputs.regression[0], tags,
-                                            model.config.measurement_sigma, use_measured, model.config.measurement_evidence)
+            mask = torch.tensor([[s in outstanding for s in SOURCES]] * len(batch))
+            weight = float((share * model.outstanding_weight(inputs, outputs, mask)).sum())
+    finished = [spec.finish(p, r, tags, model.config.measurement_sigma, use_measured, model.config.measurement_evidence)
+                for p, r in zip(outputs.probabilities, outputs.regression)]
+    probabilities = sum(c * p for c, (p, _) in zip(chances, finished))
+    regression = sum(c * r for c, (_, r) in zip(chances, finished))
     return outputs, probabilities, regression, weight
 
 

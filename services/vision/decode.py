@@ -110,7 +110,7 @@ def decode_image(data: bytes, media_type: str, parameters: dict[str, str], max_p
 
 
 # A progressive JPEG is decoded once per scan: an ordinary one has about ten; a 551 KiB file
-# of thousands of tiny scans took 17.7 CPU-seconds, and its cost grows with the count.
+# of thousands of tiny scans takes 17.7 CPU-seconds, and the cost grows with the count.
 MAX_JPEG_SCANS = 64
 
 
@@ -295,8 +295,8 @@ def _read_dicom(data: bytes, parameters: dict[str, str], max_pixels: int) -> Dec
         if not 0 <= frame < frames:
             raise errors.invalid_argument("header.parameters.frame", f"{frame} is outside 0..{frames - 1}")
     try:
-        # One frame only: decoding all of them first took 1 GB and 4.5 s for 2000 RLE frames
-        # of 512x512 (16 MB of DICOM), to use one.
+        # One frame only: decoding all of them first would take 1 GB and 4.5 s for 2000 RLE
+        # frames of 512x512 (16 MB of DICOM), to use one.
         pixels = dataset.pixel_array if frame is None else pydicom.pixels.pixel_array(dataset, index=frame)
     except Exception as exc:  # pydicom raises many types for truncated or compressed data
         log.info("undecodable DICOM pixel data: %s: %s", type(exc).__name__, exc)

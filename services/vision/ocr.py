@@ -56,7 +56,7 @@ TILE_OVERLAP = 0.1  # of the width, on each side of a tile's band: more than a l
 
 
 # Recognition costs about 15 ms per text line here: a 1920x1920 screen of 609 short lines
-# took 9 s, a 1080x8000 page of 921 lines 11 s, holding the one OCR engine all that time.
+# takes 9 s, a 1080x8000 page of 921 lines 11 s, holding the one OCR engine all that time.
 # A screen's message is near its top and the router reads 32 paragraphs at most
 # (common/layout.MAX_SCREEN_LINES); the built-in screenshots have at most 9 lines.
 DEFAULT_MAX_LINES = 100

@@ -38,8 +38,8 @@ class VisionService(EncoderBackend):
         self.max_input_bytes = config.max_input_bytes
         self.max_pixels = config.max_pixels or MAX_PIXELS
         # Decoded images cost about 25 bytes per pixel at the peak (RGB copies, OCR's
-        # buffers): 8 concurrent 40 MP images took the service from 1.8 to 5.1 GB, past
-        # its pod's 3 GiB. Requests hold their pixels until they are answered.
+        # buffers): 8 concurrent 40 MP images would need 5 GB, past the pod's 3 GiB.
+        # Requests hold their pixels until they are answered.
         self.pixels = Budget(config.max_pixels_in_flight, "decoded pixels (max_pixels_in_flight)")
         self.backbone: ImageBackbone | None = None
         self.batcher: DynamicBatcher[np.ndarray, ImageFeatures] | None = None
