@@ -774,3 +774,16 @@ def _training_like_ct() -> bytes:
 
     phantom = make_phantom(77, size=PHANTOM_SIZE, lesion_count=0)
     return write_ct_dicom(phantom.hounsfield, (phantom.pixel_spacing_mm,) * 2, uid_seed="router-tests")
+
+
+def test_the_reply_margin_grows_when_answers_have_been_slow_to_finish():
+    from modalmesh.router.pipeline import MAX_REPLY_MARGIN_S, MIN_REPLY_MARGIN_S, Pipeline
+
+    pipeline = Pipeline({}, None, None, default_deadline_s=30.0, max_input_bytes=1024)
+    assert pipeline.reply_margin(20.0) == MAX_REPLY_MARGIN_S  # nothing answered yet: the fixed margin
+    assert pipeline.reply_margin(0.1) == MIN_REPLY_MARGIN_S
+    pipeline.finish_s.extend([0.02] * 60)
+    assert pipeline.reply_margin(20.0) == MAX_REPLY_MARGIN_S  # an idle router finishes in milliseconds
+    pipeline.finish_s.extend([0.5] * 64)  # calls queued for the model thread: finishing took half a second
+    assert pipeline.reply_margin(20.0) == pytest.approx(1.0)
+    assert pipeline.reply_margin(4.0) == pytest.approx(0.4)  # never more than a tenth of the time left

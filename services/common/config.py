@@ -134,7 +134,7 @@ class ServiceConfig:
     tls_key: str = _option("", "PEM private key", secret=True)
     tls_client_ca: str = _option("", "PEM CA bundle; when set, clients must present a certificate it signed (mTLS)")
     auth_token: str = _option("", "when set, every call but health must carry 'authorization: Bearer <token>'", secret=True)
-    health_port: int = _option(0, "extra plaintext port serving only grpc.health.v1 (for kubelet probes when TLS is on); 0 off")
+    health_port: int = _option(0, "extra plaintext port serving only grpc.health.v1 from a process of its own (kubelet probes); 0 off")
     # Telemetry
     trace_exporter: str = _option("none", "where spans go: none, console or otlp")
     otlp_endpoint: str = _option("", "OTLP gRPC collector address (default from OTEL_EXPORTER_OTLP_ENDPOINT)")

@@ -19,6 +19,8 @@ degraded answer from the rest, with the reason in the explanation.
 
 from __future__ import annotations
 
+import collections
+
 import itertools
 import logging
 import random
@@ -51,9 +53,13 @@ ENUM_MODALITY = {value: name for name, value in MODALITY_ENUM.items()}
 SIDE_SOURCE = {"image": "image_text", "audio": "audio_text"}  # the expensive extra evidence per modality
 MAX_TEXT_BYTES = 64 * 1024
 ENCODER_RETRIES = 3  # a busy encoder's refusal is retried after the wait it names, this many times at most
-# Under a gRPC deadline the router answers this long before it (Pipeline._budget): 10% of
-# the time left, at least 20 ms (fusion, heads and the reply take 10-30 ms here), at most 0.2 s.
+# Under a gRPC deadline the router stops gathering this long before it (Pipeline._budget):
+# twice the recent 90th percentile of the time from gathering's end to the answer (fusion,
+# heads, the words: 10-30 ms on an idle router, longer when calls queue for the model
+# thread), at least 20 ms and at most 0.2 s of it, or more when finishing has been slower,
+# but never more than 10% of the time left.
 REPLY_MARGIN_SHARE, MIN_REPLY_MARGIN_S, MAX_REPLY_MARGIN_S = 0.1, 0.02, 0.2
+FINISH_WINDOW = 64  # recent answers whose finishing time sets the margin
 AUDIO_SIGNATURES = ((b"RIFF", "audio/wav"), (b"fLaC", "audio/flac"), (b"OggS", "audio/ogg"))
 
 
@@ -359,6 +365,7 @@ class Pipeline:
         self.run_model = run_model  # runs a callable on the router's model thread
         self.default_deadline_s = default_deadline_s
         self.max_input_bytes = max_input_bytes
+        self.finish_s: collections.deque[float] = collections.deque(maxlen=FINISH_WINDOW)  # gathering's end -> answer
         self.pool = futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="router-fanout")
         self.line_pool = futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="router-lines")
 
@@ -407,6 +414,7 @@ class Pipeline:
         with telemetry.tracer().start_as_current_span("router.heads"):
             response = self.respond(request, task, run, decision)
         timings["heads"] = _ms(heads_started)
+        self.finish_s.append(time.perf_counter() - fuse_started)
         self.record_metrics(task, response)
         if on_event is not None:
             on_event(router_pb2.AnalyzeEvent(diagnosis=response))
@@ -472,11 +480,17 @@ class Pipeline:
         it, so the answer from the encoders that did reply is sent in time (a degraded
         answer rather than a bare DEADLINE_EXCEEDED)."""
         if grpc_remaining is not None:
-            grpc_remaining -= min(MAX_REPLY_MARGIN_S, max(MIN_REPLY_MARGIN_S, REPLY_MARGIN_SHARE * grpc_remaining))
+            grpc_remaining -= self.reply_margin(grpc_remaining)
         budgets = [self.default_deadline_s if grpc_remaining is None else max(0.0, grpc_remaining)]
         if request.options.deadline_ms:
             budgets.append(request.options.deadline_ms / 1000.0)
         return min(budgets)
+
+    def reply_margin(self, remaining: float) -> float:
+        """How long before the caller's deadline gathering stops (see REPLY_MARGIN_SHARE)."""
+        recent = sorted(self.finish_s)
+        finishing = 2.0 * recent[int(0.9 * (len(recent) - 1))] if recent else 0.0
+        return max(MIN_REPLY_MARGIN_S, min(REPLY_MARGIN_SHARE * remaining, max(MAX_REPLY_MARGIN_S, finishing)))
 
     # ------------------------------------------------------------------ fan out
     def fan_out(self, run: Run, media, side_now: set[str]) -> None:
