@@ -10,8 +10,11 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+
+from PIL import Image
 
 from modalmesh.common.client import connect
 from modalmesh.router import applicability
@@ -229,7 +232,7 @@ def test_compute_routing_never_answers_the_ct_task_without_its_scan():
 def _garbled_error_page() -> bytes:
     """A white page with a JavaScript error in small monospace type, slightly blurred and
     saved as a JPEG: at 1366x768 OCR reads its first line as "(nes utee tn o r  oe r p"
-    at confidence 0.51 (the second line stays readable)."""
+    at confidence 0.51 (the second line stays readable); at 0.75x it reads it right."""
     from PIL import Image, ImageDraw, ImageFilter
 
     from modalmesh.data.screens import web_font
@@ -245,8 +248,8 @@ def _garbled_error_page() -> bytes:
 
 
 def test_screen_text_ocr_could_not_read_is_left_out_and_said(router):
-    """A garbled line weighed more than a clear customer message; now text OCR read with low
-    confidence is not evidence, and the image's report says how much was left out."""
+    """Text OCR read with low confidence is not evidence (a garbled line must not outweigh a
+    clear customer message), and the image's report says how much was left out."""
     from modalmesh.common.layout import MIN_SPAN_CONFIDENCE, screen_paragraphs
     from modalmesh.v1 import encoder_pb2
 
@@ -259,9 +262,23 @@ def test_screen_text_ocr_could_not_read_is_left_out_and_said(router):
     response = analyze(router, "screenshot_triage", text="site shows a blank white page with an error",
                        image=router_pb2.MediaInput(data=_garbled_error_page()))
     report, text = image_report(response), next(r for r in response.explanation.modalities if r.modality == router_pb2.MODALITY_TEXT)
-    # A near-empty white page is unlike every training screen: not applicable, or read
-    # without its garbled line; either way the garbage is no evidence and the message is.
+    # A near-empty white page is unlike every training screen: not applicable, or read with
+    # its garbled line read again at another scale (the report says so); either way the
+    # garbage is no evidence and the message is.
     assert (STATUS(report.status) == "MODALITY_STATUS_NOT_APPLICABLE"
-            or ("unreadable" in report.reason and "not used" in report.reason)), report.reason
+            or "recovered by reading again at 0.75x" in report.reason), report.reason
     assert "utee" not in response.description and not any("utee" in f.value for f in response.findings)
     assert STATUS(text.status) == "MODALITY_STATUS_USED" and response.label != "other", (response.label, response.confidence)
+
+
+def test_a_line_ocr_garbles_at_one_scale_is_read_again_at_another():
+    from modalmesh.vision.ocr import ScreenReader
+
+    reader = ScreenReader()
+    page = np.asarray(Image.open(io.BytesIO(_garbled_error_page())).convert("RGB"))
+    text = reader.read(page, timeout=30)
+    assert text[0].text.startswith("Uncaught TypeError: Cannot read properties") and text[0].confidence > 0.9
+    assert text.retried == "1 of 1 low-confidence lines recovered by reading again at 0.75x"
+    assert 20 <= text[0].box[1] <= 40 and text[0].box[2] < 600  # the box in the page's own pixels (drawn at y 30)
+    hurried = reader.read(page, timeout=0.5)  # no time for a second reading: the first stands, said as read
+    assert hurried.retried == "" and hurried[0].confidence < 0.65

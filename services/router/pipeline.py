@@ -547,7 +547,7 @@ class Pipeline:
         if modality == "image" and side.text_spans:
             lines, unreadable, found = screen_paragraphs(side.text_spans)
             # Text read only in part is said in the image's report, not dropped unsaid.
-            unread = [side.tags["ocr_more"]] if "ocr_more" in side.tags else []
+            unread = [side.tags[tag] for tag in ("ocr_more", "ocr_retry") if tag in side.tags]
             if unreadable:
                 unread.append(f"{unreadable} of {len(side.text_spans)} screen text lines unreadable "
                               f"(OCR confidence under {MIN_SPAN_CONFIDENCE:g}), not used")
