@@ -176,3 +176,15 @@ def test_a_noisy_lung_window_png_is_measured_as_its_ct(bits):
     lesions = measure_lung_lesions(decoded.hounsfield, (phantom.pixel_spacing_mm,) * 2)
     assert [round(lesion.diameter_mm) for lesion in lesions] == [round(lesion.diameter_mm) for lesion in measure(phantom)]
     assert len(lesions) == 1 and lesions[0].diameter_mm == pytest.approx(phantom.largest_mm, abs=1.0)
+
+
+@pytest.mark.parametrize("seed, count, diameter", [(1353417275, 2, 43.9), (589157686, 1, 36.6), (234707846, 1, 26.4)])
+def test_a_lesion_against_the_hearts_bulge_is_measured_without_the_heart(seed, count, diameter):
+    # The held-out anatomy's heart bulges into the left lung's hull; a lesion touching it
+    # makes one solid region with it, which as a whole is ringed by air. Judged lesion by
+    # lesion, the heart's part (walled by the mediastinum) and its small remnants are not lesions.
+    phantom = make_phantom(seed, size=512, lesion_count=count, diameter_mm=diameter, spacing_mm=(0.5, 1.0),
+                           noise_hu=(20.0, 45.0), heart=True)
+    lesions = measure(phantom)
+    assert len(lesions) == count
+    assert lesions[0].diameter_mm == pytest.approx(phantom.largest_mm, abs=1.0)
