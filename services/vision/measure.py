@@ -21,8 +21,9 @@ service measures candidate lesions directly, the way semi-automatic nodule tools
 For each lesion: diameter in mm, side (the patient's left is the image's right), and
 centre. On 300 phantoms (benchmarks/bench_measure.py): largest diameter MAE 0.13 mm,
 lesion count right in 97%, no lesion reported on a normal slice, ~46 ms per 384x384
-slice; on 300 of the held-out anatomy (a heart between the lungs) MAE 0.47 mm, count 97%. Designed for and checked on the built-in phantoms; not validated on real CT
-(heart, airways and consolidation would all need more care). Not for clinical use.
+slice; on 300 of the held-out anatomy (a heart between the lungs) MAE 0.47 mm, count
+97%. Designed for and checked on the built-in phantoms; not validated on real CT (the
+heart's real shape, airways and consolidation would all need more care). Not for clinical use.
 """
 
 from __future__ import annotations
