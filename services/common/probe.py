@@ -44,13 +44,15 @@ class ProbeProcess:
         self._process = subprocess.Popen(
             [sys.executable, "-m", "modalmesh.common.probe", host, str(port), str(stale_s), *names],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+        assert self._process.stdin is not None and self._process.stdout is not None  # both piped above
+        self._stdin, self._stdout = self._process.stdin, self._process.stdout
         self.port = self._await_port()
         self._beat = threading.Thread(target=self._heartbeat, name=f"{service}-probe-heartbeat", daemon=True)
         self._beat.start()
 
     def _await_port(self) -> int:
         found: list[str] = []
-        reader = threading.Thread(target=lambda: found.append(self._process.stdout.readline()), daemon=True)
+        reader = threading.Thread(target=lambda: found.append(self._stdout.readline()), daemon=True)
         reader.start()
         reader.join(START_TIMEOUT_S)
         line = found[0].strip() if found else ""
@@ -69,8 +71,8 @@ class ProbeProcess:
             if self._closed.is_set():
                 return
             try:
-                self._process.stdin.write("1\n" if self._serving else "0\n")
-                self._process.stdin.flush()
+                self._stdin.write("1\n" if self._serving else "0\n")
+                self._stdin.flush()
             except (BrokenPipeError, OSError, ValueError):  # the child is gone: nothing to tell
                 self._closed.set()
 
@@ -82,7 +84,7 @@ class ProbeProcess:
         with self._lock:
             self._closed.set()
             try:
-                self._process.stdin.close()
+                self._stdin.close()
             except OSError:
                 pass
         try:
@@ -90,8 +92,7 @@ class ProbeProcess:
         except subprocess.TimeoutExpired:
             self._process.kill()
             self._process.wait()
-        if self._process.stdout is not None:
-            self._process.stdout.close()
+        self._stdout.close()
 
 
 def serve(host: str, port: int, stale_s: float, names: list[str]) -> int:
