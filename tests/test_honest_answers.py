@@ -282,3 +282,13 @@ def test_a_line_ocr_garbles_at_one_scale_is_read_again_at_another():
     assert 20 <= text[0].box[1] <= 40 and text[0].box[2] < 600  # the box in the page's own pixels (drawn at y 30)
     hurried = reader.read(page, timeout=0.5)  # no time for a second reading: the first stands, said as read
     assert hurried.retried == "" and hurried[0].confidence < 0.65
+
+
+def test_withholding_reasons_are_counted_by_kind_in_the_evaluation():
+    from modalmesh.router.served import _kind
+
+    assert _kind("confidence 0.67 is below the task's threshold of 0.90; a readable screenshot would help") == \
+        _kind("confidence 0.86 is below the task's threshold of 0.90; a readable screenshot would help") == \
+        "confidence below the task's threshold of 0.90"
+    assert _kind("the classifier suggests mass, but no lesion was measured on the slice") == \
+        "the classifier suggests mass, but no lesion was measured on the slice"

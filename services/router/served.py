@@ -14,6 +14,7 @@ to the training set tells them apart (AUROC).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -65,6 +66,11 @@ def serve(task: TaskModel, features: dict, tags: dict[str, str]) -> Served:
     return Served(best, confidence, reason, refused, distances)
 
 
+def _kind(reason: str) -> str:
+    """A withholding reason without the item's own numbers, to count alike ones together."""
+    return re.sub(r"^confidence [0-9.]+ is below", "confidence below", reason.split(";")[0].split(" (")[0])
+
+
 def risk_coverage(served: list[Served], labels: np.ndarray) -> list[dict]:
     """Coverage and accuracy of the answers at each confidence threshold (the task's own
     withholding rules but not its threshold applied): what choosing another one would give."""
@@ -105,7 +111,7 @@ def honesty_metrics(task: TaskModel, in_scope: list[Served], labels: np.ndarray,
             "ece_read": ece(read),
             "ece_answered": ece(answered),
             "wrong_above_0.95": sum(in_scope[i].confidence > CONFIDENT for i in wrong),
-            "withheld_reasons": _counts(s.reason.split(";")[0].split(" (")[0] for s in in_scope if s.reason),
+            "withheld_reasons": _counts(_kind(s.reason) for s in in_scope if s.reason),
         },
         "risk_coverage": risk_coverage(in_scope, labels),
     }
