@@ -197,6 +197,7 @@ class Transcriber:
     def _reply(worker: subprocess.Popen, deadline: float | None) -> dict | None:
         """The worker's next line; None if it has gone; TimeoutError past the deadline."""
         wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+        assert worker.stdout is not None  # piped when the worker was started
         if not select.select([worker.stdout], [], [], wait)[0]:
             raise TimeoutError
         line = worker.stdout.readline()
@@ -211,6 +212,7 @@ class Transcriber:
         deadline = deadline_after(timeout)
         with turn(self._lock, deadline, "transcript"):
             try:
+                assert self._worker.stdin is not None  # piped when the worker was started
                 self._worker.stdin.write(struct.pack("<I", len(pcm)) + pcm)
                 self._worker.stdin.flush()
                 reply = self._reply(self._worker, deadline)
@@ -227,7 +229,7 @@ class Transcriber:
         return reply["text"], float(reply["confidence"])
 
     def close(self) -> None:
-        if self._worker.poll() is None:
+        if self._worker.poll() is None and self._worker.stdin is not None:
             self._worker.stdin.close()  # the worker exits at the end of its input
             try:
                 self._worker.wait(timeout=5)

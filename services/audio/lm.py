@@ -62,7 +62,10 @@ class LanguageModel:
 def build(sentences: list[str], vocabulary: set[str] | None = None, discount: float = DISCOUNT) -> LanguageModel:
     """A bigram model of `sentences` over the words in `vocabulary` (default: the dictionary's)."""
     vocabulary = dictionary_words() if vocabulary is None else vocabulary
-    unigrams, bigrams, dropped, used = collections.Counter(), collections.Counter(), collections.Counter(), 0
+    unigrams: collections.Counter[str] = collections.Counter()
+    bigrams: collections.Counter[tuple[str, str]] = collections.Counter()
+    dropped: collections.Counter[str] = collections.Counter()
+    used = 0
     for sentence in sentences:
         tokens = words(sentence)
         dropped.update(w for w in tokens if w not in vocabulary)
@@ -80,7 +83,7 @@ def build(sentences: list[str], vocabulary: set[str] | None = None, discount: fl
     total = sum(unigrams[w] for w in predicted)
     unigram = {w: (unigrams[w] + 1) / (total + len(predicted)) for w in predicted}
     # Bigrams: discounted counts; what the discount frees goes to the unigrams of the unseen.
-    following = collections.defaultdict(dict)
+    following: collections.defaultdict[str, dict[str, int]] = collections.defaultdict(dict)
     for (first, second), count in bigrams.items():
         following[first][second] = count
     bigram, backoff = {}, {}
@@ -108,11 +111,11 @@ def sentences_from_manifests(paths: list[str | Path], fields: tuple[str, ...] = 
     message says); missing and empty ones left out."""
     from modalmesh.data.generate import read_manifest
 
-    sentences = []
+    sentences: list[str] = []
     for path in paths:
         for record in read_manifest(path):
             for name in fields:
-                value = record
+                value: object = record
                 for key in name.split("."):
                     value = value.get(key) if isinstance(value, dict) else None
                 if isinstance(value, str) and value.strip():

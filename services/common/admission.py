@@ -198,7 +198,8 @@ class _Puller(threading.Thread):
 
     def __init__(self, messages) -> None:
         super().__init__(name="stream-reader", daemon=True)
-        self.messages, self.queue, self.stopped = messages, queue.Queue(maxsize=1), threading.Event()
+        self.messages, self.stopped = messages, threading.Event()
+        self.queue: queue.Queue = queue.Queue(maxsize=1)
 
     def run(self) -> None:
         try:

@@ -124,7 +124,7 @@ class DynamicBatcher(Generic[Item, Result]):
                 if remaining <= 0:
                     break
                 self._wakeup.wait(remaining)
-            batch = []
+            batch: list = []
             while self._pending and len(batch) < self.max_batch_size:
                 pending = self._pending.popleft()
                 if pending.future.set_running_or_notify_cancel():  # False: caller gave up

@@ -66,7 +66,7 @@ def _lookup(datatype: str) -> tuple[np.dtype, str]:
 
 def encode(value: np.ndarray | torch.Tensor, datatype: str | None = None) -> tensor_pb2.Tensor:
     """Encode an array or tensor, optionally converting it to `datatype` first."""
-    if _is_torch(value):
+    if not isinstance(value, np.ndarray) and _is_torch(value):
         return _encode_torch(value, datatype)
     if isinstance(value, np.ndarray):
         return _encode_numpy(value, datatype)

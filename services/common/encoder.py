@@ -183,7 +183,7 @@ def read_payload(stream: Iterator[encoder_pb2.EncodeRequest], max_bytes: int) ->
 
 
 def sequence_chunks(
-    features, kind: int, datatype: str, rows_per_chunk: int = 256
+    features, kind: encoder_pb2.FeatureKind, datatype: str, rows_per_chunk: int = 256
 ) -> Iterator[encoder_pb2.FeatureChunk]:
     """Split a [n, width] feature matrix into SequenceFeatures chunks of bounded size."""
     total = int(features.shape[0])

@@ -76,7 +76,7 @@ def paragraphs(spans: Iterable[tuple[str, Box]], word_gap: float = 2.0, line_gap
     """The screen's text as paragraphs, in reading order. `spans`: (text, box) pairs;
     spans without a box (empty) are kept as paragraphs of their own, at the end."""
     spans = list(spans)
-    placed = [(t.strip(), tuple(b)) for t, b in spans if t.strip() and len(b) == 4]
+    placed: list[tuple[str, Box]] = [(t.strip(), (b[0], b[1], b[2], b[3])) for t, b in spans if t.strip() and len(b) == 4]
     unplaced = [t.strip() for t, b in spans if t.strip() and len(b) != 4]
     lines: list[_Line] = []
     for row in reading_order(placed):

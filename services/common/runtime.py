@@ -64,7 +64,7 @@ class Service(abc.ABC):
         """Release resources. Runs once, after the server has drained."""
 
 
-def grpc_options(max_message_bytes: int) -> list[tuple[str, int]]:
+def grpc_options(max_message_bytes: int) -> list[tuple[str, object]]:
     """Channel/server options shared by servers and clients."""
     return [
         ("grpc.max_receive_message_length", max_message_bytes),

@@ -51,8 +51,7 @@ def setup_tracing(service_name: str, exporter: str = "none", otlp_endpoint: str 
         elif exporter == "otlp":
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
-            kwargs = {"endpoint": otlp_endpoint} if otlp_endpoint else {}
-            provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(**kwargs)))
+            provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint or None)))
         else:
             raise ValueError(f"unknown trace exporter {exporter!r}")
         _exporters_added.add(exporter)

@@ -88,7 +88,7 @@ def make_phantom(seed: int, size: int = 256, lesion_count: int | None = None, di
         diameter = float(rng.uniform(4, 60)) if diameter_mm is None else float(diameter_mm)
         radius_px = diameter / spacing / 2
         inner = np.argwhere(lungs)
-        best = None  # the most contained of up to 200 random centres: a lesion outside the lung would be invisible
+        best: tuple[float, int, int, np.ndarray] | None = None  # the most contained of up to 200 random centres: a lesion outside the lung would be invisible
         for _attempt in range(200):
             row, col = inner[rng.integers(inner.shape[0])]
             disc = (x - col) ** 2 + (y - row) ** 2 <= radius_px**2
@@ -97,6 +97,7 @@ def make_phantom(seed: int, size: int = 256, lesion_count: int | None = None, di
                 best = (inside, row, col, disc)
             if inside > 0.97:
                 break
+        assert best is not None  # 200 attempts were made
         _, row, col, disc = best
         hu[disc] = float(rng.uniform(30, 60))
         lesions.append(Lesion((float(row), float(col)), diameter, "left" if col > cx else "right"))
@@ -140,7 +141,9 @@ def write_ct_dicom(hounsfield: np.ndarray | None, pixel_spacing=(0.7, 0.7), slop
     dataset.Modality = "CT"
     dataset.BodyPartExamined = body_part
     dataset.StudyDate = "20261122"
-    stack = hounsfield if frames is None else np.stack(frames)
+    if hounsfield is None and frames is None:
+        raise ValueError("write_ct_dicom needs the slice or its frames")
+    stack: np.ndarray = np.stack(frames) if frames is not None else np.asarray(hounsfield)
     stored = np.clip(np.round((stack - intercept) / slope), -32768, 32767).astype(np.int16)
     dataset.Rows, dataset.Columns = stored.shape[-2:]
     if stored.ndim == 3:

@@ -122,7 +122,7 @@ def _medical_item(rng, split: str, out: Path, item_id: str) -> dict:
     symptom = str(rng.choice(SYMPTOMS[:5] if (count and rng.random() < 0.6) else SYMPTOMS))
     record_text = (f"{age}-year-old {'man' if rng.random() < 0.5 else 'woman'}, "
                    f"{'smoker, ' + str(int(rng.integers(5, 50))) + ' pack-years' if smoker else 'never smoker'}, {symptom}.")
-    record = {
+    record: dict = {
         "text": record_text if rng.random() > 0.1 else "",
         "image": f"files/{item_id}.dcm",
         "image_parameters": {"window": "lung"},

@@ -119,7 +119,7 @@ def _medical(rng, scope: str, number: int, out: Path, item_id: str) -> dict:
         diameter = float(rng.uniform(5, 29)) if rng.random() < 0.5 else float(rng.uniform(32, 55))
         phantom = make_phantom(int(rng.integers(1 << 31)), size=512, lesion_count=count, diameter_mm=diameter if count else None,
                                spacing_mm=(0.5, 1.0), noise_hu=(20.0, 45.0), heart=True)
-        record = {"label": phantom.label, "text": _record_text(rng) if rng.random() > 0.1 else "",
+        record: dict = {"label": phantom.label, "text": _record_text(rng) if rng.random() > 0.1 else "",
                   "extra": {"lesion_count": len(phantom.lesions), "largest_diameter_mm": round(phantom.largest_mm, 2),
                             "side": phantom.side, "pixel_spacing_mm": round(phantom.pixel_spacing_mm, 4), "kind": "phantom"}}
         spacing = f"{phantom.pixel_spacing_mm:.4f}"
@@ -147,7 +147,7 @@ def _medical(rng, scope: str, number: int, out: Path, item_id: str) -> dict:
         from pydicom.data import get_testdata_file
 
         file = PYDICOM_FILES[(number // len(kinds)) % len(PYDICOM_FILES)]
-        data, name, parameters = Path(get_testdata_file(file)).read_bytes(), f"{item_id}.dcm", {}
+        data, name, parameters = Path(str(get_testdata_file(file))).read_bytes(), f"{item_id}.dcm", {}
         record["extra"]["file"] = file
     elif kind == "photo":
         photo = PHOTOS[(number // len(kinds)) % len(PHOTOS)]
@@ -218,7 +218,7 @@ def _triage(rng, scope: str, number: int, out: Path, item_id: str) -> dict:
                 "extra": {"screen": screen, "message_kind": kind, "size": f"{size[0]}x{size[1]}", "renderer": "mail"}}
     kinds = ("ct", "photo", "record")
     kind = kinds[number % len(kinds)]
-    record = {"label": None, "text": "", "extra": {"kind": kind}}
+    record: dict = {"label": None, "text": "", "extra": {"kind": kind}}
     if kind == "ct":
         from modalmesh.data.ct import make_phantom, windowed_png
 

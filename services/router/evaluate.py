@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -97,7 +98,7 @@ def evaluate(task: str, data: str, report: str, weights: str = "", cache_dir: st
         return probabilities, regression, gate, keep, fuse_ms
 
     full_p, full_r, full_gate, _, fuse_ms = predict(SOURCES)
-    results = {"task": task, "items": len(examples), "model_version": task_model.version}
+    results: dict[str, Any] = {"task": task, "items": len(examples), "model_version": task_model.version}
     results["full"] = classification_metrics(full_p, labels, spec.labels)
     results["calibration"] = {"ece": expected_calibration_error(full_p, labels)}
     # As served: inputs the task does not read left out, unsure answers withheld (router/served.py).
@@ -187,7 +188,7 @@ def screen_text_found(task_model, manifest: Path, task: str, items, examples, pr
     from modalmesh.router.tasks import ERROR_WORDS, key_screen_line
 
     records = [r for r in read_manifest(manifest) if r["task"] == task and r.get("scope", "in") == "in"]  # as `items`
-    counts = {"items": 0, "key_line": 0, "error_words": 0, "by": "status-line pointer" if task_model.status_line else "label support"}
+    counts: dict[str, Any] = {"items": 0, "key_line": 0, "error_words": 0, "by": "status-line pointer" if task_model.status_line else "label support"}
     for record, item, example, p in zip(records, items, examples, probabilities):
         lines, message = item.evidence.get("screen_lines") or [], (record.get("extra") or {}).get("screen")
         if not message or not lines or "image_text" not in example.features:

@@ -118,7 +118,9 @@ class LocalEncoders:
 
     def extract(self, text: str = "", image: bytes = b"", image_type: str = "", audio: bytes = b"", audio_type: str = "",
                 image_parameters: dict | None = None, side: tuple[str, ...] = ("image", "audio")) -> ItemFeatures:
-        features, costs, evidence = {}, {}, {}
+        features: dict[str, torch.Tensor] = {}
+        costs: dict[str, float] = {}
+        evidence: dict = {}
         if text.strip():
             started = time.perf_counter()
             features["text"] = self._text_tokens(text)

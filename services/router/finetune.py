@@ -95,7 +95,7 @@ class TextTop(nn.Module):
         return out
 
     @torch.no_grad()
-    def apply(self, examples) -> list:
+    def read(self, examples) -> list:
         """Copies of the examples with the trained layers' features (for calibration and evaluation)."""
         import dataclasses
 

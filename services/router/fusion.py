@@ -33,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -63,7 +64,7 @@ class FusionConfig:
     # Per-source offsets added to the gate's scores, fitted on validation after training
     # (train.calibrate_gate): a source that helps on training data but not on new data
     # (a noisy transcript) is turned down. A source alone still gets all the weight.
-    gate_offsets: dict[str, float] = field(default_factory=dict)
+    gate_offsets: Any = field(default_factory=dict)  # dict[str, float]; an ensemble's: one per member
     routing: dict = field(default_factory=dict)  # tau, gamma and eager side outputs tuned on validation (train.tune_routing_on)
     # Where regression outputs read from: "fused" (the gate-weighted mix) or one source's
     # pooled representation (e.g. "image": a lesion is measured on the scan, whatever else arrived).

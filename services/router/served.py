@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -98,7 +99,7 @@ def honesty_metrics(task: TaskModel, in_scope: list[Served], labels: np.ndarray,
         correct = np.array([in_scope[i].best == labels[i] for i in indices])
         return calibration_error(confidence, correct)
 
-    metrics = {
+    metrics: dict[str, Any] = {
         "abstain_below": task.abstain_below,
         "applicability_max_distance": {m: task.applicability.max_distance(m) for m in task.applicability.references},
         "in_scope": {

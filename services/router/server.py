@@ -8,12 +8,13 @@ path itself lives in modalmesh.router.pipeline; this module is the gRPC surface.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import queue
 import struct
 import threading
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, Sequence
 
 import grpc
 import numpy as np
@@ -49,7 +50,7 @@ def apply_routing_thresholds(tasks: dict, setting: str) -> dict:
         try:
             if len(parts) not in (2, 3):
                 raise ValueError
-            changes = {"tau": float(parts[0]), "gamma": float(parts[1])}
+            changes: dict[str, object] = {"tau": float(parts[0]), "gamma": float(parts[1])}
         except ValueError:
             raise ValueError(f"routing: expected task=tau/gamma[/eager], got {item!r}") from None
         if len(parts) == 3:
@@ -85,21 +86,22 @@ class RouterService(Service):
         specs = apply_routing_thresholds({name: task.spec for name, task in self.tasks.items()}, self.config.routing)
         for name, task in self.tasks.items():
             task.spec = specs[name]
-        self.model_thread = DynamicBatcher(
-            lambda work: [item() for item in work], max_batch_size=8, max_queue=self.config.max_queue, name="router"
+        model_thread: DynamicBatcher[Callable[[], object], object] = DynamicBatcher(
+            _run_all, max_batch_size=8, max_queue=self.config.max_queue, name="router"
         )
-        tls = dict(ca=self.config.encoder_ca, cert=self.config.encoder_cert, key=self.config.encoder_key, token=self.config.encoder_token)
-        self.channels = [connect(target, **tls) for target in (self.config.text_target, self.config.vision_target, self.config.audio_target)]
+        self.model_thread = model_thread
+        self.channels = [connect(target, ca=self.config.encoder_ca, cert=self.config.encoder_cert, key=self.config.encoder_key,
+                                 token=self.config.encoder_token) for target in (self.config.text_target, self.config.vision_target, self.config.audio_target)]
         self.pipeline = Pipeline(
             self.tasks,
             Encoders(*self.channels),
-            run_model=lambda work: self.model_thread.submit(work).value,
+            run_model=lambda work: model_thread.submit(work).value,
             default_deadline_s=self.config.default_deadline_s,
             max_input_bytes=self.config.max_input_bytes,
             speech_budget_s=self.config.speech_budget_s,
         )
         for task in self.tasks.values():  # warm: every task's fusion model once, on the model thread
-            self.model_thread.submit(lambda task=task: task.model(task.model.embed([{"text": torch.zeros(2, task.model.config.input_widths["text"])}])))
+            model_thread.submit(functools.partial(_warm, task.model))
 
     def finalize(self) -> None:
         if self.model_thread is not None:
@@ -118,7 +120,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         self.service = service
 
     def Analyze(self, request, context):
-        runs = []
+        runs: list = []
         context.add_callback(lambda: [run.cancel_all() for run in runs])  # client gone: cancel downstream
         return self.service.pipeline.analyze(request, _remaining(context), on_run=runs.append)
 
@@ -136,7 +138,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                              name="analyze-stream-audio", daemon=True).start()
             audio_chunks = iter(arriving.get, None)
         events: queue.Queue = queue.Queue()
-        runs = []
+        runs: list = []
         context.add_callback(lambda: [run.cancel_all() for run in runs])
         outcome: dict = {}
 
@@ -356,3 +358,13 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
             reply.outputs.add(name=name, datatype=OIP_OUTPUTS[name], shape=shape)
             reply.raw_output_contents.append(raw)
         return reply
+
+
+def _run_all(work: Sequence[Callable[[], object]]) -> list[object]:
+    """The router's model thread runs each callable it is handed, in order."""
+    return [item() for item in work]
+
+
+def _warm(model) -> object:
+    """One pass of a fusion model on a little text: the first call's one-off costs, paid at start."""
+    return model(model.embed([{"text": torch.zeros(2, model.config.input_widths["text"])}]))

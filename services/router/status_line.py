@@ -41,6 +41,9 @@ READINGS_MASS, READINGS_MAX = 0.99, 8  # the paragraphs an answer averages over:
 class StatusLine(nn.Module):
     """Scores paragraphs: [P, width] text vectors -> [P] logits (temperature-scaled)."""
 
+    net: nn.Sequential
+    log_temperature: torch.Tensor
+
     def __init__(self, width: int, hidden: int = HIDDEN) -> None:
         super().__init__()
         self.net = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, 1))
@@ -70,6 +73,7 @@ def focus(pointer: StatusLine | None, features: dict[str, torch.Tensor], best: i
     if pointer is None or rows is None or rows.shape[0] <= 1:
         return features
     best = pointer.pick(rows.float()) if best is None else best
+    assert best is not None  # the screen has paragraphs
     return {**features, "image_text": rows[best:best + 1]}
 
 

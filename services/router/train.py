@@ -105,7 +105,7 @@ def load_examples(task: str, manifest: str | Path, cache: FeatureCache, label: s
 def input_widths(examples: list[Example], defaults: dict[str, int]) -> dict[str, int]:
     """Each source's feature width as the encoders gave it (another text backbone gives
     768, not 384); a source no example has keeps its default. One width per source."""
-    widths, seen = dict(defaults), {}
+    widths, seen = dict(defaults), dict[str, int]()
     for example in examples:
         for source, features in example.features.items():
             width = int(features.shape[-1])
@@ -198,6 +198,7 @@ def train(task: str, data: str, out: str, epochs: int = 40, seed: int = 0, cache
         trained.append(member)
         histories.append(member_history)
         train_seconds += seconds
+    model: FusionModel | FusionEnsemble
     if members == 1:
         model = trained[0]
         config = model.config
@@ -207,7 +208,7 @@ def train(task: str, data: str, out: str, epochs: int = 40, seed: int = 0, cache
     model.eval()
     with staged_folder(Path(out)) as out_dir:  # the weights appear whole, or not at all
         if text_top is not None:  # from here on, validation is read through the trained layers
-            val_set = text_top.apply(val_set)
+            val_set = text_top.read(val_set)
             config.text_model = text_top.save(out_dir / "text-model")
         else:  # the weights fit this text model's features only: the router and eval check it
             config.text_model = text_model_version()
@@ -343,7 +344,7 @@ def train_member(config: FusionConfig, spec, train_set: list[Example], val_set: 
     with deterministic_torch():  # the same seed, data and thread count give the same bytes
         torch.manual_seed(seed)  # here, not earlier: loading the encoders (first run only) draws from the generator
         model = FusionModel(dataclasses.replace(config))
-        groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
+        groups: list[dict] = [{"params": [p for p in model.parameters() if p.requires_grad]}]
         if text_top is not None:
             groups.append({"params": list(text_top.parameters()), "lr": TEXT_TOP_LEARNING_RATE})
         optimizer = torch.optim.AdamW(groups, lr=learning_rate, weight_decay=weight_decay)
@@ -381,14 +382,14 @@ def train_member(config: FusionConfig, spec, train_set: list[Example], val_set: 
         seconds = time.perf_counter() - started
         model.eval()
         if val_set and text_top is not None:
-            val_set = text_top.apply(val_set)
+            val_set = text_top.read(val_set)
         if val_set:  # which sources to trust on new data, then how sure to be
             calibrate_gate(model, val_set)
             calibrate_temperature(model, val_set)
     return model, history, seconds
 
 
-def predict(model: FusionModel, spec, examples: list[Example], sources=None,
+def predict(model: FusionModel | FusionEnsemble, spec, examples: list[Example], sources=None,
             use_measured: bool = True) -> tuple[torch.Tensor, torch.Tensor, object]:
     """What the task reports for each example (probabilities [N, L], regression [N, R] in
     task units), from the sources listed (all by default), plus the raw outputs.
@@ -404,12 +405,12 @@ def predict(model: FusionModel, spec, examples: list[Example], sources=None,
     return torch.stack([p for p, _ in finished]), torch.stack([r for _, r in finished]), outputs
 
 
-def accuracy(model: FusionModel, spec, examples: list[Example]) -> float:
+def accuracy(model: FusionModel | FusionEnsemble, spec, examples: list[Example]) -> float:
     probabilities, _, _ = predict(model, spec, examples)
     return float((probabilities.argmax(-1) == torch.tensor([e.label for e in examples])).float().mean())
 
 
-def tune_routing_on(model: FusionModel, spec, examples: list[Example], items: list) -> dict:
+def tune_routing_on(model: FusionModel | FusionEnsemble, spec, examples: list[Example], items: list) -> dict:
     """tau, gamma and the eager side outputs (asked for with the base features instead of
     after them) with the lowest simulated mean latency on validation, for every choice of
     eager side outputs (fewer eager ones on a tie)."""
@@ -419,7 +420,7 @@ def tune_routing_on(model: FusionModel, spec, examples: list[Example], items: li
     for example in examples[:16]:
         predict(model, spec, [example])
     fuse_ms = (time.perf_counter() - started) * 1000 / min(16, len(examples))
-    best = None
+    best: tuple[dict, dict] | None = None
     for size in range(len(spec.side_outputs) + 1):
         for eager in itertools.combinations(spec.side_outputs, size):
             cases = routing_cases(model, spec, examples, items, fuse_ms, eager)
@@ -427,6 +428,7 @@ def tune_routing_on(model: FusionModel, spec, examples: list[Example], items: li
             outcome = route(cases, tau, gamma)
             if best is None or outcome["mean_latency_ms"] < best[0]["mean_latency_ms"]:
                 best = (outcome, {"tau": tau, "gamma": gamma, "eager": list(eager)})
+    assert best is not None  # one choice of eager side outputs at least
     outcome, routing = best
     log.info("routing on validation: tau %g gamma %g eager %s -> accuracy %.3f, mean latency %.0f ms", routing["tau"],
              routing["gamma"], "+".join(routing["eager"]) or "none", outcome["accuracy"], outcome["mean_latency_ms"])
@@ -472,7 +474,7 @@ def measurement_evidence(spec, examples: list[Example]) -> dict[str, dict[str, f
             "none": {label: round(1.0 - p, 5) for label, p in given.items()}}
 
 
-def measurement_sigma(model: FusionModel, spec, examples: list[Example]) -> dict[str, float]:
+def measurement_sigma(model: FusionModel | FusionEnsemble, spec, examples: list[Example]) -> dict[str, float]:
     """Root-mean-square validation error of each field-of-view output as the heads predict
     it (the size rule's sigma when no encoder measured the size), in task units."""
     _, regression, _ = predict(model, spec, examples, use_measured=False)

@@ -49,12 +49,19 @@ class TextService(EncoderBackend):
         if self.batcher is not None:
             self.batcher.close()
 
+    @property
+    def loaded(self) -> tuple[TextEncoder, DynamicBatcher[str, TextFeatures]]:
+        """The model and its batcher; the runtime calls nothing else before initialize()."""
+        assert self.encoder is not None and self.batcher is not None, "text service used before initialize()"
+        return self.encoder, self.batcher
+
     def info(self) -> encoder_pb2.EncoderInfo:
+        encoder, _ = self.loaded
         return self.base_info(
-            feature_width=self.encoder.width,
-            model_id=self.encoder.source,
-            model_version=self.encoder.version,
-            limits=encoder_pb2.InputLimits(max_input_bytes=self.max_input_bytes, max_tokens=self.encoder.max_tokens),
+            feature_width=encoder.width,
+            model_id=encoder.source,
+            model_version=encoder.version,
+            limits=encoder_pb2.InputLimits(max_input_bytes=self.max_input_bytes, max_tokens=encoder.max_tokens),
         )
 
     # -- one request -----------------------------------------------------------------
@@ -65,7 +72,8 @@ class TextService(EncoderBackend):
 
     def encode(self, request: EncodeRequest) -> Iterator[encoder_pb2.FeatureChunk]:
         text = decode_text(request.payload)
-        result = self.batcher.submit(text, timeout=request.time_remaining())
+        encoder, batcher = self.loaded
+        result = batcher.submit(text, timeout=request.time_remaining())
         features = result.value
         if not request.pooled_only:
             yield from sequence_chunks(features.tokens, self.feature_kind, request.output_datatype)
@@ -75,7 +83,7 @@ class TextService(EncoderBackend):
                 sequence_length=int(features.tokens.shape[0]),
                 truncated=features.truncated,
                 timings_ms={"queue": result.queue_ms, "model": result.batch_ms, "batch_size": float(result.batch_size)},
-                model_version=self.encoder.version,
+                model_version=encoder.version,
             )
         )
 

@@ -218,9 +218,9 @@ def _decode_raster(data: bytes, max_pixels: int) -> DecodedImage:
                     "payload", f"{width}x{height} = {width * height} pixels is over the limit of {max_pixels}"
                 )
             image.load()
-            image = ImageOps.exif_transpose(image)
-            tags = {"width": str(image.width), "height": str(image.height), "mode": image.mode}
-            return DecodedImage(rgb=_to_rgb(image), tags=tags)
+            upright = ImageOps.exif_transpose(image)
+            tags = {"width": str(upright.width), "height": str(upright.height), "mode": upright.mode}
+            return DecodedImage(rgb=_to_rgb(upright), tags=tags)
     except errors.ServiceError:
         raise
     except Image.DecompressionBombError as exc:
@@ -302,7 +302,7 @@ def _read_dicom(data: bytes, parameters: dict[str, str], max_pixels: int) -> Dec
         log.info("undecodable DICOM pixel data: %s: %s", type(exc).__name__, exc)
         syntax = dataset.file_meta.get("TransferSyntaxUID") if hasattr(dataset, "file_meta") else None
         compressed = syntax is not None and getattr(syntax, "is_compressed", False)
-        what = f"it is compressed as {syntax.name}, which this service cannot decode" if compressed and "require" in str(exc) \
+        what = f"it is compressed as {getattr(syntax, 'name', syntax)}, which this service cannot decode" if compressed and "require" in str(exc) \
             else "it is truncated or malformed"
         raise errors.invalid_argument("payload", f"cannot decode the DICOM pixel data: {what}") from None
     if pixels.ndim not in (2, 3) or (pixels.ndim == 3 and pixels.shape[-1] != 3):

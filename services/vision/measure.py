@@ -150,7 +150,8 @@ def _measure(hounsfield: np.ndarray, spacing_mm: tuple[float, float]) -> tuple[l
     pixel = (row_mm + col_mm) / 2.0
     grid_r, grid_c = np.indices(solid.shape)
     middle = hounsfield.shape[1] / 2.0
-    found, circles = [], []  # circles: (row mm, column mm, radius mm) of each found lesion
+    found: list[Lesion] = []
+    circles: list[tuple[float, float, float]] = []  # (row mm, column mm, radius mm) of each found lesion
     while len(found) < MAX_LESIONS:
         flat = int(np.argmax(depth))
         radius = float(depth.flat[flat])

