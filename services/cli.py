@@ -17,6 +17,7 @@ import argparse
 import functools
 import json
 import sys
+from typing import Any
 from pathlib import Path
 
 from modalmesh.common.config import add_config_flags, load_config
@@ -91,6 +92,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     from modalmesh.common.client import EncoderClient
 
     options, parameters = [], dict(args.param)
+    media_type: str | None
     if args.modality == "text":
         data, media_type = args.input.encode("utf-8"), "text/plain"
     else:
@@ -118,7 +120,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
             print(f"modalmesh encode: {exc.code().name}: {exc.details()}" + (f" [{detail}]" if detail else ""), file=sys.stderr)
             return 1
     pooled = result.pooled_message
-    summary = {
+    summary: dict[str, Any] = {
         "request_id": result.request_id,
         "model_version": pooled.model_version,
         "sequence": None

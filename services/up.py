@@ -57,6 +57,12 @@ class Member:
     recent: deque = field(default_factory=lambda: deque(maxlen=200))  # its last log lines
     log_path: Path | None = None  # detached: where its log goes
 
+    @property
+    def running(self) -> subprocess.Popen:
+        """Its process (started: Mesh.start runs before anything asks)."""
+        assert self.process is not None, f"{self.name} was not started"
+        return self.process
+
     def last_words(self, count: int = 3) -> str:
         """The end of its log, for saying why it stopped: the last lines that are not a
         traceback's indented frames."""
@@ -115,7 +121,7 @@ class Mesh:
                 member.log_threads.append(thread)
 
     def _pump(self, member: Member) -> None:
-        for line in member.process.stdout:
+        for line in member.running.stdout or ():
             member.recent.append(line.rstrip())
             if not self.quiet_logs:
                 with self._print_lock:
@@ -134,10 +140,10 @@ class Mesh:
         try:
             while True:
                 for name, member in self.members.items():
-                    if member.process.poll() is not None:
+                    if member.running.poll() is not None:
                         for thread in member.log_threads:  # its last lines may still be in the pipe
                             thread.join(timeout=2)
-                        raise RuntimeError(f"{name} exited with code {member.process.returncode} before becoming healthy: "
+                        raise RuntimeError(f"{name} exited with code {member.running.returncode} before becoming healthy: "
                                            f"{member.last_words() or 'no log'}")
                     if member.ready_after is not None:
                         continue
@@ -189,7 +195,7 @@ class Mesh:
 
     def save_state(self) -> None:
         STATE_FILE.parent.mkdir(parents=True, exist_ok=True)
-        state = {name: {"pid": m.process.pid, "started": _start_time(m.process.pid), "address": self.address(name)}
+        state = {name: {"pid": m.running.pid, "started": _start_time(m.running.pid), "address": self.address(name)}
                  for name, m in self.members.items()}
         STATE_FILE.write_text(json.dumps(state, indent=2))
 
@@ -225,8 +231,8 @@ def run_up(ports: dict[str, int], host: str, detach: bool, timeout: float, metri
         signal.signal(signum, lambda *_: stop.set())
     while not stop.wait(0.5):
         for name, member in mesh.members.items():
-            if member.process.poll() is not None:
-                print(f"modalmesh up: {name} exited with code {member.process.returncode}; stopping the others", file=sys.stderr)
+            if member.running.poll() is not None:
+                print(f"modalmesh up: {name} exited with code {member.running.returncode}; stopping the others", file=sys.stderr)
                 mesh.stop()
                 return 1
     print("stopping the mesh", file=sys.stderr)

@@ -34,6 +34,7 @@ def load_whisper(language: str) -> None:
 def transcribe_whisper(pcm: bytes) -> tuple[str, float]:
     if not pcm:
         return "", 0.0
+    assert _whisper is not None, "load_whisper() first"
     return _whisper.transcribe(np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0)
 
 
@@ -62,15 +63,17 @@ def transcribe(pcm: bytes) -> tuple[str, float]:
     """16-bit little-endian mono PCM at the loaded rate -> (text, mean word posterior)."""
     if not pcm:  # PocketSphinx fails on an empty buffer (and would stay mid-utterance)
         return "", 0.0
-    _decoder.set_cmn(_initial_cmn)
-    _decoder.start_utt()
+    decoder = _decoder
+    assert decoder is not None, "load() first"
+    decoder.set_cmn(_initial_cmn)
+    decoder.start_utt()
     try:
-        _decoder.process_raw(pcm, full_utt=True)
+        decoder.process_raw(pcm, full_utt=True)
     finally:  # an utterance left open would fail every later call
-        _decoder.end_utt()
-    hypothesis = _decoder.hyp()
+        decoder.end_utt()
+    hypothesis = decoder.hyp()
     # seg() is None for a clip too short to decode (under about 10 ms)
-    words = [seg for seg in _decoder.seg() or () if not seg.word.startswith(("<", "[", "+"))]
+    words = [seg for seg in decoder.seg() or () if not seg.word.startswith(("<", "[", "+"))]
     if hypothesis is None or not hypothesis.hypstr:
         return "", 0.0
     # Mean word posterior of the recognised words (fillers and silences left out).

@@ -29,7 +29,7 @@ import time
 import uuid
 from concurrent import futures
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import grpc
 import numpy as np
@@ -40,7 +40,8 @@ from modalmesh.common import errors, models, telemetry
 from modalmesh.common.client import collect, encode_requests
 from modalmesh.common.encoder import MAX_REQUEST_ID_CHARS
 from modalmesh.common.layout import MIN_SPAN_CONFIDENCE, is_blank, screen_paragraphs
-from modalmesh.router.fusion import MODALITIES, SOURCE_MODALITY, attention_mass, modality_gate_weights, normalised_entropy
+from modalmesh.router.fusion import (MODALITIES, SOURCE_MODALITY, FusionOutputs, attention_mass, modality_gate_weights,
+                                     normalised_entropy)
 from modalmesh.router.tasks import (UNCERTAIN, Answer, Evidence, TaskModel, best_screen_line, decide, not_applicable,
                                     screen_line_log_odds, withheld)
 from modalmesh.v1 import encoder_pb2, encoder_pb2_grpc, router_pb2, speech_pb2, speech_pb2_grpc
@@ -112,7 +113,7 @@ class Call:
 
 @dataclass
 class ModalityState:
-    status: int = router_pb2.MODALITY_STATUS_ABSENT
+    status: router_pb2.ModalityStatus = router_pb2.MODALITY_STATUS_ABSENT
     reason: str = ""
     error_code: str = ""
     latency_ms: float = 0.0
@@ -306,7 +307,7 @@ class Run:
         state.status, state.reason, state.latency_ms = router_pb2.MODALITY_STATUS_NOT_APPLICABLE, reason, latency
 
     def _failed(self, source: str, modality: str, code: grpc.StatusCode, details: str, latency: float,
-                violations: list[tuple[str, str]] = ()) -> None:
+                violations: Sequence[tuple[str, str]] = ()) -> None:
         timed_out = code == grpc.StatusCode.DEADLINE_EXCEEDED
         details = _callers_words(modality, code, details)
         if source not in MODALITIES:  # a side output failed: the modality itself still counts
@@ -317,7 +318,7 @@ class Run:
         state.error_code, state.reason, state.latency_ms = code.name, details, latency
         state.violations = list(violations)
 
-    def stop_pending(self, status: int, reason: str) -> None:
+    def stop_pending(self, status: router_pb2.ModalityStatus, reason: str) -> None:
         for call in self.pending:
             call.cancel()
             call.harvested = True  # the answer is given without it, even if it arrives now
@@ -352,7 +353,7 @@ def _modality_index(source: str) -> int:
 @dataclass
 class Decision:
     answer: Answer
-    outputs: object
+    outputs: FusionOutputs
     outstanding_weight: float
 
 
@@ -438,7 +439,7 @@ class Pipeline:
         if request.options.mode not in router_pb2.RoutingMode.values():  # a newer client's value, say
             raise errors.invalid_argument("options.mode", f"{request.options.mode} is not a RoutingMode (ROUTED, FULL)")
         task = self.tasks[request.task]
-        media: dict[str, tuple[bytes, str, dict]] = {}
+        media: dict[str, tuple[Any, str, dict]] = {}  # data: bytes, or None / a Tee for audio that streams in
         if request.text:
             if len(request.text.encode("utf-8")) > MAX_TEXT_BYTES:
                 raise errors.invalid_argument("text", f"over the limit of {MAX_TEXT_BYTES} bytes")
@@ -688,6 +689,7 @@ class Pipeline:
             read = {m for m, state in run.states.items() if state.status == router_pb2.MODALITY_STATUS_USED}
             run.evidence.withheld = withheld(task.spec, answer.label, answer.confidence, read, task.abstain_below,
                                              run.evidence.image_tags)
+            assert task.spec.write is not None  # every task has a writer
             description, findings, reply = task.spec.write(answer, run.evidence)
             modality_weights = modality_gate_weights(outputs.gate_weights)[0]
         used = int((modality_weights > 0).sum())
@@ -716,10 +718,10 @@ class Pipeline:
             for a, query in enumerate(MODALITIES):
                 if modality_weights[a] == 0:
                     continue
-                for b, key in enumerate(MODALITIES):
+                for b, keyed in enumerate(MODALITIES):
                     if modality_weights[b] > 0:
                         response.explanation.attention.add(
-                            query_modality=MODALITY_ENUM[query], key_modality=MODALITY_ENUM[key], mass=float(mass[a, b])
+                            query_modality=MODALITY_ENUM[query], key_modality=MODALITY_ENUM[keyed], mass=float(mass[a, b])
                         )
         return response
 
@@ -790,9 +792,9 @@ def _why_unread(state: ModalityState) -> str:
     what = {router_pb2.MODALITY_STATUS_SKIPPED: "not waited for", router_pb2.MODALITY_STATUS_TIMED_OUT: "timed out",
             router_pb2.MODALITY_STATUS_FAILED: "refused" if state.error_code == "INVALID_ARGUMENT" else "failed",
             router_pb2.MODALITY_STATUS_NOT_APPLICABLE: "not applicable"}
-    what = what.get(state.status, "not read")
+    said = what.get(state.status, "not read")
     reason = "; ".join(description for _, description in state.violations) or state.reason
-    return f"{what}: {reason}" if reason else what
+    return f"{said}: {reason}" if reason else said
 
 
 def _callers_words(modality: str, code: grpc.StatusCode, details: str) -> str:

@@ -19,7 +19,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -185,11 +185,11 @@ class TaskSpec:
                 probabilities[k] = probabilities[k] / max(rest, 1e-9) * (1.0 - updated)
             probabilities[small], probabilities[large] = probabilities[small] / max(lesion, 1e-9) * updated, \
                 probabilities[large] / max(lesion, 1e-9) * updated
-        lesion = probabilities[small] + probabilities[large]
+        lesion_p = probabilities[small] + probabilities[large]
         size = regression[self.regression.index(rule.output)]
         spread = self.measured_sigma if measured else max(float(sigma.get(rule.output, 3.0)), 0.5)
         large_share = 0.5 * (1 + torch.erf((size - rule.threshold) / (spread * 2 ** 0.5)))
-        probabilities[small], probabilities[large] = lesion * (1 - large_share), lesion * large_share
+        probabilities[small], probabilities[large] = lesion_p * (1 - large_share), lesion_p * large_share
         return probabilities, regression
 
 
@@ -225,7 +225,7 @@ def screen_line_log_odds(model: FusionModel | FusionEnsemble | StackedEnsemble, 
     logits, before the temperature (the calibrated probabilities of several lines
     saturate at 1). One batch, by the first member of an ensemble. The router computes
     this as soon as the screen text is in, while it still waits for other encoders."""
-    member = model.members[0] if isinstance(model, (FusionEnsemble, StackedEnsemble)) else model
+    member: Any = model.members[0] if isinstance(model, (FusionEnsemble, StackedEnsemble)) else model
     if screen_text.shape[0] == 0:
         return torch.zeros(0, len(member.config.labels))
     with torch.inference_mode():
@@ -494,7 +494,7 @@ def decide(model: FusionModel | FusionEnsemble | StackedEnsemble, spec: TaskSpec
         weight = 0.0
         if outstanding:
             mask = torch.tensor([[s in outstanding for s in SOURCES]] * len(batch))
-            weight = float((share * model.outstanding_weight(inputs, outputs, mask)).sum())
+            weight = float((share * model.outstanding_weight(inputs, outputs, mask)).sum())  # type: ignore[arg-type]  # inputs: this model's embed
     finished = [spec.finish(p, r, tags, model.config.measurement_sigma, use_measured, model.config.measurement_evidence)
                 for p, r in zip(outputs.probabilities, outputs.regression)]
     probabilities = sum(c * p for c, (p, _) in zip(chances, finished))
@@ -526,13 +526,13 @@ def load_task_folder(spec: TaskSpec, folder: Path | None) -> TaskModel:
     if weights is not None and weights.is_file():
         from safetensors.torch import load_file
 
+        assert folder is not None  # the weights file is in it
         config = FusionConfig.from_dict(json.loads((folder / "config.json").read_text()))
         if tuple(config.labels) != spec.labels:
             raise ValueError(f"{weights}: labels {config.labels} do not match task {spec.name} {spec.labels}")
-        model = build_model(config)
-        model.load_state_dict(load_file(str(weights)))
-        if isinstance(model, FusionEnsemble):
-            model = model.stacked()
+        built = build_model(config)
+        built.load_state_dict(load_file(str(weights)))
+        model = built.stacked() if isinstance(built, FusionEnsemble) else built
         if config.routing:  # thresholds tuned on the validation split override the task's defaults
             spec = dataclasses.replace(spec, tau=float(config.routing.get("tau", spec.tau)), gamma=float(config.routing.get("gamma", spec.gamma)),
                                        eager=tuple(config.routing.get("eager", spec.eager)))
