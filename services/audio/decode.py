@@ -29,7 +29,7 @@ AUDIO_MEDIA_TYPES = ("audio/wav", "audio/x-wav", "audio/wave", "audio/flac", "au
 TARGET_RATE = 16_000
 MIN_RATE, MAX_RATE = 1_000, 384_000
 MAX_CHANNELS = 32
-PCM_FORMATS = {"s16le": np.dtype("<i2"), "s32le": np.dtype("<i4"), "f32le": np.dtype("<f4")}
+PCM_FORMATS: dict[str, np.dtype] = {"s16le": np.dtype("<i2"), "s32le": np.dtype("<i4"), "f32le": np.dtype("<f4")}
 
 _SIGNATURES = {"audio/flac": b"fLaC", "audio/ogg": b"OggS"}
 
@@ -100,7 +100,7 @@ def decode_file(data: bytes, media_type: str, max_seconds: float | None = None) 
             limit = None if max_seconds is None else int(max_seconds * rate)
             for block in audio.blocks(blocksize=BLOCK_SECONDS * rate, dtype="float32", always_2d=True):
                 total += block.shape[0]
-                if limit is not None and total > limit:
+                if max_seconds is not None and limit is not None and total > limit:
                     raise too_long(max_seconds)
                 blocks.append(to_mono(block))
     except errors.ServiceError:
@@ -211,6 +211,7 @@ class StreamDecoder:
             self._received = len(self._pending)
         else:
             self._received += len(data)
+        assert self.layout is not None  # set from the parameters or the WAV header above
         frame_bytes = self.layout.dtype.itemsize * self.layout.channels
         usable = len(self._pending) - len(self._pending) % frame_bytes
         block, self._pending = self._pending[:usable], self._pending[usable:]
@@ -225,8 +226,10 @@ class StreamDecoder:
 
     def _samples(self, block: bytes) -> np.ndarray:
         layout = self.layout
+        assert layout is not None  # _samples runs once the layout is known
         if not block:
             return np.zeros(0, dtype=np.float32)
+        values: np.ndarray
         if layout.dtype.kind == "V":  # 24-bit little-endian PCM
             raw = np.frombuffer(block, dtype=np.uint8).reshape(-1, 3).astype(np.int32)
             values = (raw[:, 0] | (raw[:, 1] << 8) | (raw[:, 2] << 16)).astype(np.int32)

@@ -9,7 +9,7 @@ asks for "ocr"), then the pooled vector. Concurrent calls are batched.
 from __future__ import annotations
 
 import time
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 
@@ -21,6 +21,9 @@ from modalmesh.v1 import encoder_pb2
 from modalmesh.vision.decode import IMAGE_MEDIA_TYPES, decode_image, pixel_count
 from modalmesh.vision.measure import measurement_tags
 from modalmesh.vision.model import ImageBackbone, ImageFeatures
+
+if TYPE_CHECKING:  # loaded only when OCR is on (its engine is heavy)
+    from modalmesh.vision.ocr import ScreenReader
 
 MAX_PIXELS = 40_000_000  # 40 MP: any screenshot or scan; a decompression bomb is far larger
 
@@ -43,7 +46,7 @@ class VisionService(EncoderBackend):
         self.pixels = Budget(config.max_pixels_in_flight, "decoded pixels (max_pixels_in_flight)")
         self.backbone: ImageBackbone | None = None
         self.batcher: DynamicBatcher[np.ndarray, ImageFeatures] | None = None
-        self.reader = None
+        self.reader: ScreenReader | None = None
 
     # -- lifecycle -------------------------------------------------------------------
     def initialize(self) -> None:
@@ -66,15 +69,23 @@ class VisionService(EncoderBackend):
         if self.batcher is not None:
             self.batcher.close()
 
-    def _run_batch(self, images: list[np.ndarray]) -> list[ImageFeatures]:
+    @property
+    def loaded(self) -> tuple[ImageBackbone, DynamicBatcher[np.ndarray, ImageFeatures]]:
+        """The backbone and its batcher; the runtime calls nothing else before initialize()."""
+        assert self.backbone is not None and self.batcher is not None, "vision service used before initialize()"
+        return self.backbone, self.batcher
+
+    def _run_batch(self, images: Sequence[np.ndarray]) -> list[ImageFeatures]:
         # Preprocessing is torch work too: it stays on the batcher's thread.
-        return self.backbone.encode_batch([self.backbone.preprocess(rgb) for rgb in images])
+        backbone, _ = self.loaded
+        return backbone.encode_batch([backbone.preprocess(rgb) for rgb in images])
 
     def info(self) -> encoder_pb2.EncoderInfo:
+        backbone, _ = self.loaded
         return self.base_info(
-            feature_width=self.backbone.width,
-            model_id=self.backbone.source,
-            model_version=self.backbone.version,
+            feature_width=backbone.width,
+            model_id=backbone.source,
+            model_version=backbone.version,
             options=["ocr"] if self.reader is not None else [],
             limits=encoder_pb2.InputLimits(max_input_bytes=self.max_input_bytes, max_pixels=self.max_pixels),
         )
@@ -90,7 +101,8 @@ class VisionService(EncoderBackend):
     def _encode(self, request: EncodeRequest) -> Iterator[encoder_pb2.FeatureChunk]:
         with telemetry.tracer().start_as_current_span("vision.decode"):
             image = decode_image(request.payload, request.media_type, request.parameters, self.max_pixels)
-        result = self.batcher.submit(image.rgb, timeout=request.time_remaining())
+        backbone, batcher = self.loaded
+        result = batcher.submit(image.rgb, timeout=request.time_remaining())
         features = result.value
         if not request.pooled_only:
             yield from sequence_chunks(features.tokens, self.feature_kind, request.output_datatype)
@@ -102,7 +114,7 @@ class VisionService(EncoderBackend):
                 row_mm, col_mm = (float(v) for v in image.tags["PixelSpacing"].split("\\"))
                 side.tags.update(measurement_tags(image.hounsfield, (row_mm, col_mm)))
             timings["measure"] = (time.perf_counter() - started) * 1000.0
-        if "ocr" in request.options:
+        if "ocr" in request.options and self.reader is not None:  # encode() refused OCR where it is off
             started = time.perf_counter()
             with telemetry.tracer().start_as_current_span("vision.ocr"):
                 lines = self.reader.read(image.rgb, timeout=request.time_remaining())
@@ -119,6 +131,6 @@ class VisionService(EncoderBackend):
                 vector=codec.encode(features.pooled, request.output_datatype),
                 sequence_length=int(features.tokens.shape[0]),
                 timings_ms=timings,
-                model_version=self.backbone.version,
+                model_version=backbone.version,
             )
         )
