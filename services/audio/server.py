@@ -13,8 +13,9 @@ model thread (the batcher's), so it never starts a second OpenMP team.
 
 from __future__ import annotations
 
+import functools
 import time
-from typing import Callable, Iterator, TypeVar
+from typing import Callable, Iterator, TypeVar, cast
 
 import numpy as np
 import torch
@@ -100,20 +101,31 @@ class AudioService(EncoderBackend):
 
     def register(self, server) -> list[str]:
         names = super().register(server)
-        speech_pb2_grpc.add_SpeechServicer_to_server(SpeechServicer(lambda: self.speech, self.config.max_speech_chars, self.resample_int16), server)
+        speech_pb2_grpc.add_SpeechServicer_to_server(SpeechServicer(self._speech, self.config.max_speech_chars, self.resample_int16), server)
         return [*names, SPEECH_SERVICE]
+
+    def _speech(self) -> Espeak:
+        assert self.speech is not None, "audio service used before initialize()"
+        return self.speech
+
+    @property
+    def front_end(self) -> LogMelFrames | Wav2Vec2Frames:
+        """The frame encoder, loaded on the model thread in initialize()."""
+        assert self.frame_encoder is not None, "audio service used before initialize()"
+        return self.frame_encoder
 
     def info(self) -> encoder_pb2.EncoderInfo:
         return self.base_info(
-            feature_width=self.frame_encoder.width,
+            feature_width=self.front_end.width,
             model_id=self.config.model or "log-mel front end (torchaudio)",
-            model_version=self.frame_encoder.version,
+            model_version=self.front_end.version,
             options=["transcript"] if self.transcriber is not None else [],
             limits=encoder_pb2.InputLimits(max_input_bytes=self.max_input_bytes, max_duration_s=self.max_seconds),
         )
 
     def on_model_thread(self, work: Callable[[], T], timeout: float | None = None) -> T:
-        return self.executor.submit(work, timeout=timeout).value
+        assert self.executor is not None, "audio service used before initialize()"
+        return cast(T, self.executor.submit(work, timeout=timeout).value)
 
     def resample_int16(self, samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
         """For speech synthesis: int16 at one rate to int16 at another, on the model thread."""
@@ -151,23 +163,25 @@ class AudioService(EncoderBackend):
         all_frames: list[torch.Tensor] = []
         if streaming:
             decoder = decode.StreamDecoder(request.media_type, request.parameters)
+            assert isinstance(self.frame_encoder, LogMelFrames)  # `streaming` says so
             frame_stream = FrameStream(self.frame_encoder)
             pending: list[np.ndarray] = []
             pending_samples = 0
-            rate = None
+            rate = 0
             received_bytes = 0
             for data in payloads:
                 received_bytes += len(data)
                 block = decoder.feed(data)
                 if block.size == 0:
                     continue
+                assert decoder.layout is not None  # samples came: the layout is known
                 rate = decoder.layout.sample_rate
                 pending.append(block)
                 pending_samples += block.size
                 self._check_duration(sum(c.numel() for c in clip) / SAMPLE_RATE + pending_samples / rate)
                 if pending_samples >= STREAM_BLOCK_SECONDS * rate:
                     samples16k, frames = self.on_model_thread(
-                        lambda p=np.concatenate(pending), r=rate: self._resample_and_frame(p, r, frame_stream), timeout
+                        functools.partial(self._resample_and_frame, np.concatenate(pending), rate, frame_stream), timeout
                     )
                     pending, pending_samples = [], 0
                     clip.append(samples16k)
@@ -194,8 +208,9 @@ class AudioService(EncoderBackend):
         audio = torch.cat(clip) if clip else torch.zeros(0)
         if audio.numel() == 0:
             raise errors.invalid_argument("payload", "the audio has no samples")
-        frames = torch.cat(all_frames) if all_frames else torch.zeros(0, self.frame_encoder.width)
-        segments = self.on_model_thread(lambda: self.vad.segments(audio), timeout) if self.vad else []
+        frames = torch.cat(all_frames) if all_frames else torch.zeros(0, self.front_end.width)
+        vad = self.vad
+        segments = self.on_model_thread(lambda: vad.segments(audio), timeout) if vad is not None else []
         pooled = _pool_over_speech(frames, segments, audio.numel() / SAMPLE_RATE)
 
         side = encoder_pb2.SideOutputs(
@@ -210,7 +225,7 @@ class AudioService(EncoderBackend):
         timings = {"decode_and_frames": (time.perf_counter() - started) * 1000.0}
         if first_features_ms is not None:
             timings["first_features"] = first_features_ms
-        if "transcript" in request.options:
+        if "transcript" in request.options and self.transcriber is not None:  # refused above where they are off
             asr_started = time.perf_counter()
             with telemetry.tracer().start_as_current_span("audio.transcript"):
                 text, confidence = self.transcriber.transcribe(audio.numpy(), timeout=request.time_remaining())
@@ -222,7 +237,7 @@ class AudioService(EncoderBackend):
                 vector=codec.encode(pooled, request.output_datatype),
                 sequence_length=frame_rows,
                 timings_ms=timings,
-                model_version=self.frame_encoder.version,
+                model_version=self.front_end.version,
             )
         )
 
@@ -230,13 +245,13 @@ class AudioService(EncoderBackend):
         if seconds > self.max_seconds:
             raise decode.too_long(self.max_seconds)
 
-    def _resample_and_frame(self, samples: np.ndarray, rate: int, frame_stream: FrameStream):
+    def _resample_and_frame(self, samples: np.ndarray, rate: int, frame_stream: FrameStream) -> tuple[torch.Tensor, torch.Tensor]:
         samples16k = resample(samples, rate)
         return samples16k, frame_stream.push(samples16k)
 
-    def _whole_clip(self, samples: np.ndarray, rate: int):
+    def _whole_clip(self, samples: np.ndarray, rate: int) -> tuple[torch.Tensor, torch.Tensor]:
         samples16k = resample(samples, rate)
-        return samples16k, self.frame_encoder.frames(samples16k)
+        return samples16k, self.front_end.frames(samples16k)
 
 
 def _pool_over_speech(frames: torch.Tensor, segments, duration_s: float) -> torch.Tensor:
