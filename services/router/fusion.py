@@ -118,7 +118,7 @@ class FusionOutputs:
     regression: torch.Tensor  # [B, R]
     gate_weights: torch.Tensor  # [B, S], 0 for absent sources, rows sum to 1
     gate_scores: torch.Tensor  # [B, S]
-    attention: torch.Tensor  # [B, H, T, T], averaged over layers
+    attention: torch.Tensor | None  # [B, H, T, T], averaged over layers; None when not kept
     token_source: torch.Tensor  # [B, T]
     padding: torch.Tensor  # [B, T]
     members: list | None = None  # an ensemble's: each member's own outputs
@@ -188,6 +188,8 @@ class FusionLayer(nn.Module):
 class RoutingGate(nn.Module):
     """s_s = MLP_s(h_s); g = softmax(s) over the sources present."""
 
+    offset: torch.Tensor
+
     def __init__(self, width: int) -> None:
         super().__init__()
         self.score = nn.ModuleDict(
@@ -203,8 +205,8 @@ class RoutingGate(nn.Module):
         return torch.cat([self.score[source](per_source[:, i]) for i, source in enumerate(SOURCES)], dim=-1)
 
     def weights(self, scores: torch.Tensor, present: torch.Tensor, offset: torch.Tensor | None = None) -> torch.Tensor:
-        offset = self.offset if offset is None else offset
-        return torch.softmax((scores + offset).masked_fill(~present, float("-inf")), dim=-1)
+        added = self.offset if offset is None else offset
+        return torch.softmax((scores + added).masked_fill(~present, float("-inf")), dim=-1)
 
     def forward(self, per_source: torch.Tensor, present: torch.Tensor):
         scores = self.scores(per_source)
@@ -218,6 +220,10 @@ class RoutingGate(nn.Module):
 
 
 class FusionModel(nn.Module):
+    gate: RoutingGate
+    norm: nn.LayerNorm
+    layers: nn.ModuleList
+
     def __init__(self, config: FusionConfig) -> None:
         super().__init__()
         self.config = config
@@ -313,18 +319,24 @@ class FusionEnsemble(nn.Module):
         self.config = config  # the ensemble's: task-level fields (routing, measurement)
         self.members = nn.ModuleList(members)
 
+    @property
+    def models(self) -> list[FusionModel]:
+        """The members, as the models they are (nn.ModuleList holds them as modules)."""
+        return [member for member in self.members if isinstance(member, FusionModel)]
+
     def embed(self, batch: list[dict[str, torch.Tensor]]) -> list[FusionInputs]:
-        return [member.embed(batch) for member in self.members]
+        return [member.embed(batch) for member in self.models]
 
     def forward(self, inputs: list[FusionInputs], attention: bool = True) -> FusionOutputs:
-        outputs = [member(member_inputs, attention) for member, member_inputs in zip(self.members, inputs)]
+        outputs = [member(member_inputs, attention) for member, member_inputs in zip(self.models, inputs)]
 
-        def mean(name: str) -> torch.Tensor | None:
-            return torch.stack([getattr(o, name) for o in outputs]).mean(dim=0) if getattr(outputs[0], name) is not None else None
+        def mean(name: str) -> torch.Tensor:
+            return torch.stack([getattr(o, name) for o in outputs]).mean(dim=0)
 
         return FusionOutputs(
             logits=mean("logits"), probabilities=mean("probabilities"), regression=mean("regression"),
-            gate_weights=mean("gate_weights"), gate_scores=mean("gate_scores"), attention=mean("attention"),
+            gate_weights=mean("gate_weights"), gate_scores=mean("gate_scores"),
+            attention=mean("attention") if outputs[0].attention is not None else None,
             token_source=outputs[0].token_source, padding=outputs[0].padding, members=outputs,
         )
 
@@ -333,8 +345,9 @@ class FusionEnsemble(nn.Module):
         return StackedEnsemble(self.eval())
 
     def outstanding_weight(self, inputs: list[FusionInputs], outputs: FusionOutputs, outstanding: torch.Tensor) -> torch.Tensor:
+        assert outputs.members is not None  # an ensemble's outputs keep each member's
         return torch.stack([member.outstanding_weight(i, o, outstanding)
-                            for member, i, o in zip(self.members, inputs, outputs.members)]).mean(dim=0)
+                            for member, i, o in zip(self.models, inputs, outputs.members)]).mean(dim=0)
 
 
 class StackedEnsemble(nn.Module):
@@ -351,7 +364,7 @@ class StackedEnsemble(nn.Module):
     def __init__(self, ensemble: FusionEnsemble) -> None:
         super().__init__()
         self.config = ensemble.config
-        self.members = list(ensemble.members)  # the models themselves (key_screen_line reads the first)
+        self.members: list[FusionModel] = list(ensemble.models)  # the models themselves (key_screen_line reads the first)
         first = self.members[0]
         if any(m.config.pooling != first.config.pooling or m.config.regression_hidden != first.config.regression_hidden
                for m in self.members):
@@ -365,7 +378,7 @@ class StackedEnsemble(nn.Module):
 
         self.project = {s: linear(lambda m, s=s: m.project[s]) for s in SOURCES}
         self.modality_embedding = stack(lambda m: m.modality_embedding.weight)  # [M, 3, d]
-        self.layers = []
+        self.layers: list[dict[str, Any]] = []
         for i in range(len(first.layers)):
             self.layers.append({
                 "norm_attention": stack(lambda m: m.layers[i].norm_attention.weight), "norm_attention_b": stack(lambda m: m.layers[i].norm_attention.bias),
@@ -374,8 +387,10 @@ class StackedEnsemble(nn.Module):
                 "norm_mlp": stack(lambda m: m.layers[i].norm_mlp.weight), "norm_mlp_b": stack(lambda m: m.layers[i].norm_mlp.bias),
                 "mlp_in": linear(lambda m: m.layers[i].mlp[0]), "mlp_out": linear(lambda m: m.layers[i].mlp[2]),
             })
-        self.heads, self.head_width = first.layers[0].attention.heads, first.layers[0].attention.head_width
-        self.eps = first.norm.eps  # every LayerNorm's (nn.LayerNorm's default)
+        layer = first.layers[0]
+        assert isinstance(layer, FusionLayer)
+        self.heads, self.head_width = layer.attention.heads, layer.attention.head_width
+        self.eps: float = first.norm.eps  # every LayerNorm's (nn.LayerNorm's default)
         self.norm = (stack(lambda m: m.norm.weight), stack(lambda m: m.norm.bias))
         self.pool_query = stack(lambda m: m.pool_query) if first.pool_query is not None else None  # [M, S, d]
         # The gate's per-source MLPs, stacked over members and sources: [M, S, in, out].
@@ -473,6 +488,7 @@ class StackedEnsemble(nn.Module):
     def outstanding_weight(self, inputs: FusionInputs, outputs: FusionOutputs, outstanding: torch.Tensor) -> torch.Tensor:
         """As FusionEnsemble.outstanding_weight: each member's prediction, averaged. [B]"""
         present = inputs.present.unsqueeze(0)
+        assert outputs.member_gate_scores is not None  # this model's outputs keep them
         combined = torch.where(present, outputs.member_gate_scores, self.gate_prior.unsqueeze(1))
         available = present | outstanding.unsqueeze(0)
         weights = torch.softmax((combined + self.gate_offset.unsqueeze(1)).masked_fill(~available, float("-inf")), dim=-1)
@@ -513,10 +529,10 @@ def embed_batch(batch: list[dict[str, torch.Tensor]], max_tokens: int, project) 
     tokens = torch.zeros(*rows[0].shape[:-2], len(batch), length, rows[0].shape[-1])
     token_source = torch.zeros(len(batch), length, dtype=torch.long)
     padding = torch.ones(len(batch), length, dtype=torch.bool)
-    for i, (row, ids) in enumerate(zip(rows, sources)):
+    for i, (row, row_ids) in enumerate(zip(rows, sources)):
         n = row.shape[-2]
-        tokens[..., i, :n, :], token_source[i, :n], padding[i, :n] = row, ids, False
-    present = torch.stack([torch.bincount(ids, minlength=len(SOURCES)) > 0 for ids in sources])
+        tokens[..., i, :n, :], token_source[i, :n], padding[i, :n] = row, row_ids, False
+    present = torch.stack([torch.bincount(item_ids, minlength=len(SOURCES)) > 0 for item_ids in sources])
     return FusionInputs(tokens, token_source, padding, present)
 
 
@@ -541,6 +557,8 @@ def modality_gate_weights(gate_weights: torch.Tensor) -> torch.Tensor:
 def attention_mass(outputs: FusionOutputs, item: int = 0) -> torch.Tensor:
     """[3, 3]: for queries of modality a, the attention mass on keys of modality b,
     averaged over heads and query positions; rows of present modalities sum to 1."""
+    if outputs.attention is None:
+        raise ValueError("attention_mass needs the attention weights: decide with attention=True")
     attention = outputs.attention[item].mean(dim=0)  # [T, T]
     valid = ~outputs.padding[item]
     modality = _source_to_modality(outputs.token_source[item])

@@ -21,6 +21,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -92,7 +93,7 @@ class ScreenReader:
         from rapidocr import EngineType, RapidOCR
 
         # "error": an image without text is a normal answer here, not a warning.
-        params = {"Global.log_level": "error"}
+        params: dict[str, object] = {"Global.log_level": "error"}
         if det_side > 0:
             params.update({"Det.limit_type": "max", "Det.limit_side_len": int(det_side)})
         runtime = EngineType(engine)  # config.OCR_ENGINES: "onnxruntime" or "openvino"
@@ -121,7 +122,7 @@ class ScreenReader:
                 found.scores = None if found.scores is None else list(found.scores)[: self._budget]
             return crops, found
 
-        self._engine.detect_and_crop = capped
+        setattr(self._engine, "detect_and_crop", capped)
         log.info("OCR: PP-OCR on %s", engine)
 
     def warm_up(self) -> list[TextLine]:
@@ -148,7 +149,7 @@ class ScreenReader:
         scale = RETRY_UP if max(rgb.shape[:2]) * RETRY_UP <= ENGINE_MAX_SIDE else RETRY_DOWN
         size = (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale)))
         try:
-            again = self._read_page(np.asarray(Image.fromarray(rgb).resize(size, Image.LANCZOS)), deadline)
+            again = self._read_page(np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.LANCZOS)), deadline)
         except errors.ServiceError:  # the deadline came during the second reading: the first stands
             return text
         recovered = 0
@@ -186,7 +187,7 @@ class ScreenReader:
         """The lines of one image, at most `budget`, and how many text boxes it has."""
         with turn(self._lock, deadline, "OCR"):
             self._budget, self._detected = budget, 0
-            result = self._engine(np.ascontiguousarray(rgb))
+            result: Any = self._engine(np.ascontiguousarray(rgb))  # RapidOCROutput for a whole image
             detected = self._detected
         if result is None or result.txts is None or result.boxes is None:
             return [], detected
@@ -212,13 +213,13 @@ def _best_overlap(line: TextLine, others: list[TextLine]) -> TextLine | None:
     return best
 
 
-def _tiles(height: int, width: int) -> list[tuple[int, int, int, int]]:
+def _tiles(height: int, width: int) -> list[tuple[int, int, float, float]]:
     """(top, bottom, keep_from, keep_to) rows per tile: one tile unless the page is tall."""
     if height <= TILE_ASPECT * width or width < MIN_TILE_WIDTH:
         return [(0, height, -math.inf, math.inf)]
     count = math.ceil(height / (TILE_ASPECT * width * 0.8))  # bands plus overlaps stay under TILE_ASPECT
     band, overlap = height / count, int(TILE_OVERLAP * width) + 1
-    tiles = []
+    tiles: list[tuple[int, int, float, float]] = []
     for index in range(count):
         keep_from, keep_to = round(index * band), round((index + 1) * band)
         tiles.append((max(0, keep_from - overlap), min(height, keep_to + overlap),
@@ -241,7 +242,7 @@ def _pad_to_page(rgb: np.ndarray) -> tuple[np.ndarray, float]:
         from PIL import Image
 
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        rgb = np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).resize(size, Image.BILINEAR))
+        rgb = np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).resize(size, Image.Resampling.BILINEAR))
         height, width = rgb.shape[:2]
     rows, cols = _padding(height, width)
     border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])
