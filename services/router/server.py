@@ -119,10 +119,12 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
     def __init__(self, service: RouterService) -> None:
         self.service = service
 
-    def Analyze(self, request, context):
+    def Analyze(self, request: router_pb2.AnalyzeRequest, context: grpc.ServicerContext) -> router_pb2.AnalyzeResponse:
         runs: list = []
         context.add_callback(lambda: [run.cancel_all() for run in runs])  # client gone: cancel downstream
-        return self.service.pipeline.analyze(request, _remaining(context), on_run=runs.append)
+        pipeline = self.service.pipeline
+        assert pipeline is not None  # the runtime answers UNAVAILABLE until initialize() has built it
+        return pipeline.analyze(request, _remaining(context), on_run=runs.append)
 
     def AnalyzeStream(self, request_iterator, context) -> Iterator[router_pb2.AnalyzeEvent]:
         limit = self.service.config.max_input_bytes
