@@ -33,6 +33,7 @@ $(BUF): tools/buf/package.json tools/buf/package-lock.json
 test: setup $(BUF)
 	$(PY) -m ruff check services tests benchmarks tools
 	$(PY) -m mypy
+	$(VENV)/bin/lint-imports
 	$(BUF) lint protos
 	$(BUF) breaking protos --against protos/baseline/v1.binpb
 	$(PY) -m pytest -q

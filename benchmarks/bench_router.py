@@ -76,7 +76,7 @@ def bench_in_process(inputs, calls: int) -> dict:
     import torch
 
     from modalmesh.router.features import LocalEncoders
-    from modalmesh.router.server import SHIPPED_WEIGHTS
+    from modalmesh.router.tasks import SHIPPED_WEIGHTS
     from modalmesh.router.tasks import TASKS, load_task
 
     encoders = LocalEncoders()

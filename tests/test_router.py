@@ -47,7 +47,7 @@ def test_list_tasks(router):
     # The shipped weights' routing (their config.json), as the router applies it.
     import json
 
-    from modalmesh.router.server import SHIPPED_WEIGHTS
+    from modalmesh.router.tasks import SHIPPED_WEIGHTS
 
     for name, info in tasks.items():
         routing = json.loads((SHIPPED_WEIGHTS / name / "config.json").read_text())["routing"]
@@ -319,7 +319,7 @@ def test_screen_text_read_or_used_in_part_is_said_in_the_answer(mesh, tmp_path):
     # (not applicable there): these routers serve the same weights without their reference set.
     import shutil
 
-    from modalmesh.router.server import SHIPPED_WEIGHTS
+    from modalmesh.router.tasks import SHIPPED_WEIGHTS
 
     weights = tmp_path / "weights"
     shutil.copytree(SHIPPED_WEIGHTS / "screenshot_triage", weights / "screenshot_triage", ignore=shutil.ignore_patterns("applicability.*"))
@@ -697,7 +697,7 @@ SCREEN = ["ShopFast", "Home Orders Account Help", "Incorrect password", "OK"]
 
 
 def test_the_status_line_pointer_picks_the_error_text_and_the_answer_reads_it():
-    from modalmesh.router.server import SHIPPED_WEIGHTS
+    from modalmesh.router.tasks import SHIPPED_WEIGHTS
     from modalmesh.router.tasks import TASKS, load_task
 
     task = load_task(TASKS["screenshot_triage"], str(SHIPPED_WEIGHTS))
@@ -713,7 +713,7 @@ def test_without_a_pointer_screen_lines_are_scored_while_other_encoders_still_wo
     the audio, held until the scores exist), not after the last answer."""
     import dataclasses
 
-    from modalmesh.router.server import SHIPPED_WEIGHTS
+    from modalmesh.router.tasks import SHIPPED_WEIGHTS
     from modalmesh.router.tasks import TASKS, key_screen_line, load_task
 
     task = dataclasses.replace(load_task(TASKS["screenshot_triage"], str(SHIPPED_WEIGHTS)), status_line=None)

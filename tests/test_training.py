@@ -258,7 +258,7 @@ def test_the_key_screen_line_is_the_one_the_answer_comes_from():
     it is found where a list of error words finds nothing."""
     import torch
 
-    from modalmesh.router.server import SHIPPED_WEIGHTS
+    from modalmesh.router.tasks import SHIPPED_WEIGHTS
     from modalmesh.router.tasks import ERROR_WORDS, TASKS, key_screen_line, load_task_folder
     from modalmesh.text.model import TextEncoder
 

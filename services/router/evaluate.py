@@ -38,7 +38,7 @@ from modalmesh.data.generate import read_manifest
 from modalmesh.router.features import FeatureCache, text_model_version
 from modalmesh.router.fusion import MODALITIES, SOURCES, modality_gate_weights
 from modalmesh.router.served import honesty_metrics, serve
-from modalmesh.router.tasks import TASKS, decide, load_task_folder
+from modalmesh.router.tasks import SHIPPED_WEIGHTS, TASKS, decide, load_task_folder
 from modalmesh.router.train import input_widths, load_examples
 
 BASE = ("text", "image", "audio")
@@ -48,8 +48,6 @@ SINGLE = {"text only": ("text",), "image only": ("image", "image_text"), "audio 
 
 
 def evaluate(task: str, data: str, report: str, weights: str = "", cache_dir: str = "") -> dict:
-    from modalmesh.router.server import SHIPPED_WEIGHTS
-
     spec = TASKS[task]
     # `weights`: a task folder (model.safetensors inside) or a weights folder (<task>/ inside).
     folder = Path(weights) if weights else SHIPPED_WEIGHTS / task

@@ -13,7 +13,6 @@ import math
 import queue
 import struct
 import threading
-from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import grpc
@@ -29,12 +28,11 @@ from modalmesh.common.encoder import NO_DEADLINE_SECONDS
 from modalmesh.common.runtime import Service
 from modalmesh.router.fusion import MODALITIES
 from modalmesh.router.pipeline import MODALITY_ENUM, Encoders, Pipeline
-from modalmesh.router.tasks import TASKS, TaskModel, load_task
+from modalmesh.router.tasks import SHIPPED_WEIGHTS, TASKS, TaskModel, load_task
 from modalmesh.v1 import inference_pb2, inference_pb2_grpc, router_pb2, router_pb2_grpc
 
 ROUTER_SERVICE = router_pb2.DESCRIPTOR.services_by_name["Router"].full_name
 OIP_SERVICE = inference_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
-SHIPPED_WEIGHTS = Path(__file__).resolve().parent / "weights"
 
 
 def apply_routing_thresholds(tasks: dict, setting: str) -> dict:

@@ -31,6 +31,8 @@ from modalmesh.router.fusion import FusionConfig, FusionEnsemble, FusionModel, S
 
 log = logging.getLogger(__name__)
 
+SHIPPED_WEIGHTS = Path(__file__).resolve().parent / "weights"  # <task>/ folders trained by `make weights`
+
 NOT_FOR_CLINICAL_USE = "Research prototype: not for clinical use."
 UNCERTAIN = "uncertain"  # the label of a withheld answer (AnalyzeResponse.abstained)
 
