@@ -63,7 +63,7 @@ def main() -> int:
     import numpy as np
 
     from modalmesh.data.generate import read_manifest
-    from modalmesh.router.evaluate import expected_calibration_error
+    from modalmesh.router.served import expected_calibration_error
     from modalmesh.router.features import FeatureCache
     from modalmesh.router.fusion import FusionConfig
     from modalmesh.router.tasks import TASKS

@@ -209,7 +209,7 @@ def test_compute_routing_never_answers_the_ct_task_without_its_scan():
     """The scan is what medical_report cannot answer without: an early answer from the record
     while the scan is outstanding would only be withheld. The routing simulation (what
     thresholds are tuned on) holds the same rule as the router's gather loop."""
-    from modalmesh.router.evaluate import routing_cases
+    from modalmesh.router.routing import routing_cases
     from modalmesh.router.fusion import FusionConfig, FusionModel
     from modalmesh.router.train import Example
 

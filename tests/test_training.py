@@ -337,7 +337,7 @@ def test_some_ct_cases_come_with_a_dictated_note(medical_data):
 
 
 def test_routing_thresholds_are_tuned_for_latency_within_half_a_point():
-    from modalmesh.router.evaluate import Checkpoint, RoutingCase, route, tune_routing
+    from modalmesh.router.routing import Checkpoint, RoutingCase, route, tune_routing
 
     def case(confidence, base_correct, weight=0.01, after_ocr=None):
         """Base features in at 100 ms; OCR at 1100 ms; (optionally) the transcript at 4100 ms."""
@@ -373,7 +373,7 @@ def test_an_eager_side_output_arrives_with_its_base_features_in_the_routing_repl
     base feature is in; an eager one comes with the image's features from one call."""
     import torch
 
-    from modalmesh.router.evaluate import routing_cases
+    from modalmesh.router.routing import routing_cases
     from modalmesh.router.features import ItemFeatures
     from modalmesh.router.fusion import FusionConfig, FusionModel
     from modalmesh.router.tasks import TASKS

@@ -9,25 +9,17 @@ medical_report also AUC (lesion vs normal), nodule-vs-mass accuracy on lesion ca
 the diameter's mean absolute error.
 
 Routed vs full: each test item is answered (a) FULL, from every source; (b) ROUTED, as
-the router's gather loop does it: a decision at each encoder's answer (base features in
-order of cost, an eager side output with its base features; then, once all are in, the
-other side outputs, OCR and transcript, in order of cost), answering at the first that
-is confident (>= tau) while the gate predicts what is still outstanding would weigh
-< gamma, else from everything; (c) from each single modality, on the items that have
-it, next to FULL on those same items (the fair comparison). Latency per item is
-computed from the measured cost of each source (recorded when its features were
-extracted): sources of different modalities run in parallel, a modality's side output
-(OCR, transcript) after its base features (asked for later, it is a second call that
-decodes and encodes the input again; eager or FULL, one call); plus the measured fusion
-time. That model assumes modalities overlap perfectly, which two cores do not give:
-benchmarks/bench_routing.py times routed and full through the running mesh.
+the router's gather loop does it (simulated by router/routing.py from each source's
+measured cost); (c) from each single modality, on the items that have it, next to FULL
+on those same items (the fair comparison). The latency model assumes modalities overlap
+perfectly, which two cores do not give: benchmarks/bench_routing.py times routed and full
+through the running mesh.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 from typing import Any
 from pathlib import Path
 
@@ -37,13 +29,11 @@ from modalmesh.common import models
 from modalmesh.data.generate import read_manifest
 from modalmesh.router.features import FeatureCache, text_model_version
 from modalmesh.router.fusion import MODALITIES, SOURCES, modality_gate_weights
-from modalmesh.router.served import honesty_metrics, serve
+from modalmesh.router.served import expected_calibration_error, honesty_metrics, serve
 from modalmesh.router.tasks import SHIPPED_WEIGHTS, TASKS, decide, load_task_folder
+from modalmesh.router.routing import route, routing_cases
 from modalmesh.router.train import input_widths, load_examples
 
-BASE = ("text", "image", "audio")
-SIDE = {"image": "image_text", "audio": "audio_text"}
-MODALITY_OF = {side: modality for modality, side in SIDE.items()}
 SINGLE = {"text only": ("text",), "image only": ("image", "image_text"), "audio only": ("audio", "audio_text")}
 
 
@@ -200,117 +190,6 @@ def screen_text_found(task_model, manifest: Path, task: str, items, examples, pr
     return counts
 
 
-@dataclass
-class Checkpoint:
-    """One decision the router makes while something is still outstanding: when (an
-    encoder's answer arrived, plus one fusion), how sure, whether right, and the gate's
-    predicted weight of what is still outstanding."""
-
-    at_ms: float
-    confidence: float
-    correct: bool
-    outstanding_weight: float
-    side_requested: bool  # the side outputs had been asked for already
-
-
-@dataclass
-class RoutingCase:
-    """One item as the router's gather loop sees it (pipeline.Pipeline.gather): base
-    sources arrive in order of cost, each arrival is a checkpoint; once all are in, the
-    side outputs (OCR, transcript) are asked for and each arrival is a checkpoint again.
-    The router answers at the first checkpoint with confidence >= tau and outstanding
-    weight < gamma, else when everything is in."""
-
-    checkpoints: list[Checkpoint]
-    has_side: bool
-    full_correct: bool  # the answer from everything (ROUTED waiting for all, or FULL)
-    final_ms: float  # ROUTED with everything waited for: base, then side outputs, a fusion after each arrival
-    full_ms: float  # FULL: everything asked for at once (each side output after its base features) + one fusion
-
-
-def routing_cases(model, spec, examples, items, fuse_ms, eager=None, pointer=None) -> list[RoutingCase]:
-    """`eager`: modalities whose side output comes with their base features, from one
-    call (default: the task's); the rest are asked for once every base feature is in.
-    `pointer`: the task's status-line pointer, for examples with every screen paragraph."""
-    eager = spec.eager if eager is None else eager
-
-    def decide_on(example, sources, outstanding):
-        features = {s: f for s, f in example.features.items() if s in sources}
-        tags = example.tags if "image" in sources else {}  # no scan, no measurement from it
-        _, probabilities, _, weight = decide(model, spec, features, tags, outstanding, attention=False, pointer=pointer)
-        return float(probabilities.max()), int(probabilities.argmax()) == example.label, weight
-
-    cases = []
-    for example, item in zip(examples, items):
-        costs = item.costs_ms
-        present = [m for m in BASE if m in example.features]
-        now = {m: SIDE[m] for m in present if m in spec.side_outputs and m in eager}  # with the base call
-
-        def arrival(modality):
-            return costs.get(modality, 0.0) + costs.get(now.get(modality, ""), 0.0)
-
-        base = sorted(present, key=arrival)
-        sides = [SIDE[m] for m in base if m in spec.side_outputs and m not in now]  # asked for later
-        arrived, checkpoints = [], []
-        for index, modality in enumerate(base):  # base features (with eager side outputs), soonest first
-            arrived += [modality] + ([now[modality]] if modality in now else [])
-            later = base[index + 1:]
-            outstanding = later + [now[m] for m in later if m in now] + sides
-            if outstanding and not set(later) & set(spec.needs):  # never answered early without what the task needs
-                confidence, correct, weight = decide_on(example, arrived, outstanding)
-                checkpoints.append(Checkpoint(arrival(modality) + fuse_ms, confidence, correct, weight, bool(now)))
-        base_ms = max((arrival(m) for m in base), default=0.0) + fuse_ms
-
-        def later_call(side):  # a second call on the same input: decoded and encoded again, then the side output
-            return costs.get(MODALITY_OF[side], 0.0) + costs.get(side, 0.0)
-
-        ordered = sorted(sides, key=later_call)
-        for index, side in enumerate(ordered[:-1]):  # then the side outputs, asked for together
-            arrived.append(side)
-            confidence, correct, weight = decide_on(example, arrived, ordered[index + 1:])
-            checkpoints.append(Checkpoint(base_ms + later_call(side) + fuse_ms, confidence, correct, weight, True))
-        everything = list(example.features)
-        _, final_correct, _ = decide_on(example, everything, [])
-        final_ms = base_ms + max((later_call(s) for s in sides), default=0.0) + (fuse_ms if sides else 0.0)
-        full_ms = max((costs.get(m, 0.0) + costs.get(SIDE.get(m, ""), 0.0) for m in base), default=0.0) + fuse_ms
-        cases.append(RoutingCase(checkpoints, bool(sides or now), final_correct, final_ms, full_ms))
-    return cases
-
-
-def route(cases: list[RoutingCase], tau: float, gamma: float) -> dict:
-    """Accuracy and mean latency when the router answers early at (tau, gamma)."""
-    correct, latency, requested = [], [], 0
-    for case in cases:
-        early = next((c for c in case.checkpoints if c.confidence >= tau and c.outstanding_weight < gamma), None)
-        if early is not None:
-            correct.append(early.correct)
-            latency.append(early.at_ms)
-        else:
-            correct.append(case.full_correct)
-            latency.append(case.final_ms)
-        requested += int(case.has_side and (early is None or early.side_requested))
-    return {"accuracy": float(np.mean(correct)), "mean_latency_ms": float(np.mean(latency)), "side_outputs_requested": requested}
-
-
-TAUS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97, 0.99, 1.01)
-GAMMAS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.35, 0.4, 0.45, 0.5, 1.01)
-
-
-def tune_routing(cases: list[RoutingCase], max_loss: float = 0.005) -> tuple[float, float]:
-    """The (tau, gamma) with the lowest mean latency whose accuracy is at most `max_loss`
-    below answering from everything (on the validation split); tau 1.01 never answers early."""
-    full = float(np.mean([c.full_correct for c in cases]))
-    best = None
-    for tau in TAUS:
-        for gamma in GAMMAS:
-            outcome = route(cases, tau, gamma)
-            if outcome["accuracy"] >= full - max_loss - 1e-9:
-                key = (outcome["mean_latency_ms"], -outcome["accuracy"], -tau, gamma)
-                if best is None or key < best[0]:
-                    best = (key, tau, gamma)
-    return (best[1], best[2]) if best else (1.01, 0.0)
-
-
 def classification_metrics(probabilities: np.ndarray, labels: np.ndarray, names) -> dict:
     predicted = np.argmax(probabilities, axis=1)
     confusion = np.zeros((len(names), len(names)), dtype=int)
@@ -326,21 +205,6 @@ def classification_metrics(probabilities: np.ndarray, labels: np.ndarray, names)
     present = [c for c in per_class.values() if c["support"]]
     return {"accuracy": float((predicted == labels).mean()), "macro_f1": float(np.mean([c["f1"] for c in present])),
             "per_class": per_class, "confusion": confusion.tolist()}
-
-
-def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
-    return calibration_error(probabilities.max(axis=1), probabilities.argmax(axis=1) == labels, bins)
-
-
-def calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> float:
-    """Expected calibration error of answers given with `confidence`, right where `correct`."""
-    edges = np.linspace(0, 1, bins + 1)
-    error = 0.0
-    for low, high in zip(edges[:-1], edges[1:]):
-        inside = (confidence > low) & (confidence <= high)
-        if inside.any():
-            error += inside.mean() * abs(correct[inside].mean() - confidence[inside].mean())
-    return float(error)
 
 
 def auc(scores: np.ndarray, positive: np.ndarray) -> float:

@@ -85,9 +85,22 @@ def risk_coverage(served: list[Served], labels: np.ndarray) -> list[dict]:
     return curve
 
 
-def honesty_metrics(task: TaskModel, in_scope: list[Served], labels: np.ndarray, out_of_scope: list[Served]) -> dict:
-    from modalmesh.router.evaluate import calibration_error
+def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
+    return calibration_error(probabilities.max(axis=1), probabilities.argmax(axis=1) == labels, bins)
 
+
+def calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> float:
+    """Expected calibration error of answers given with `confidence`, right where `correct`."""
+    edges = np.linspace(0, 1, bins + 1)
+    error = 0.0
+    for low, high in zip(edges[:-1], edges[1:]):
+        inside = (confidence > low) & (confidence <= high)
+        if inside.any():
+            error += inside.mean() * abs(correct[inside].mean() - confidence[inside].mean())
+    return float(error)
+
+
+def honesty_metrics(task: TaskModel, in_scope: list[Served], labels: np.ndarray, out_of_scope: list[Served]) -> dict:
     read = [i for i, s in enumerate(in_scope) if s.best >= 0]
     answered = [i for i in read if in_scope[i].answered]
     wrong = [i for i in answered if in_scope[i].best != labels[i]]

@@ -414,7 +414,7 @@ def tune_routing_on(model: FusionModel | FusionEnsemble, spec, examples: list[Ex
     """tau, gamma and the eager side outputs (asked for with the base features instead of
     after them) with the lowest simulated mean latency on validation, for every choice of
     eager side outputs (fewer eager ones on a tie)."""
-    from modalmesh.router.evaluate import route, routing_cases, tune_routing
+    from modalmesh.router.routing import route, routing_cases, tune_routing
 
     started = time.perf_counter()
     for example in examples[:16]:
