@@ -33,7 +33,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -493,6 +493,22 @@ class StackedEnsemble(nn.Module):
         available = present | outstanding.unsqueeze(0)
         weights = torch.softmax((combined + self.gate_offset.unsqueeze(1)).masked_fill(~available, float("-inf")), dim=-1)
         return (weights * outstanding.unsqueeze(0)).sum(dim=-1).mean(dim=0)
+
+
+def fit_log_temperature(nll: Callable[[torch.Tensor], torch.Tensor], max_iter: int = 100) -> torch.Tensor:
+    """log T minimising nll(T), a validation negative log-likelihood of logits / T
+    (temperature scaling, Guo et al., 2017), clamped to [-3, 3]."""
+    log_t = torch.zeros((), requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=max_iter)
+
+    def closure():
+        optimizer.zero_grad()
+        loss = nll(log_t.exp())
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return log_t.detach().clamp(-3, 3)
 
 
 def build_model(config: FusionConfig) -> FusionModel | FusionEnsemble:

@@ -29,6 +29,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from modalmesh.router.fusion import fit_log_temperature
+
 log = logging.getLogger(__name__)
 
 FILE_NAME = "status_line.safetensors"
@@ -146,19 +148,14 @@ def calibrate(pointer: StatusLine, pairs: list[tuple[torch.Tensor, int]], steps:
     with torch.no_grad():
         pointer.log_temperature.zero_()
         logits = [pointer(rows) for rows, _ in pairs]
-    log_t = torch.zeros((), requires_grad=True)
-    optimiser = torch.optim.LBFGS([log_t], lr=0.1, max_iter=steps)
     targets = [torch.tensor([index]) for _, index in pairs]
 
-    def closure():
-        optimiser.zero_grad()
-        loss = sum(nn.functional.cross_entropy((z / log_t.exp())[None], t) for z, t in zip(logits, targets)) / len(pairs)
-        loss.backward()
-        return loss
+    def nll(temperature: torch.Tensor) -> torch.Tensor:
+        return torch.stack([nn.functional.cross_entropy((z / temperature)[None], t) for z, t in zip(logits, targets)]).mean()
 
-    optimiser.step(closure)
+    log_t = fit_log_temperature(nll, max_iter=steps)
     with torch.no_grad():
-        pointer.log_temperature.copy_(log_t.detach().clamp(-3, 3))
+        pointer.log_temperature.copy_(log_t)
     return float(pointer.log_temperature.exp())
 
 

@@ -33,7 +33,7 @@ from modalmesh.data.generate import read_manifest
 from modalmesh.router import applicability, status_line
 from modalmesh.router.features import FeatureCache, configured_asr_engine, text_model_version
 from modalmesh.router.finetune import LEARNING_RATE as TEXT_TOP_LEARNING_RATE
-from modalmesh.router.fusion import FusionConfig, FusionEnsemble, FusionModel
+from modalmesh.router.fusion import FusionConfig, FusionEnsemble, FusionModel, fit_log_temperature
 from modalmesh.router.tasks import NOT_FOR_CLINICAL_USE, TASKS
 
 log = logging.getLogger(__name__)
@@ -521,18 +521,9 @@ def calibrate_temperature(model: FusionModel, examples: list[Example]) -> float:
     with torch.no_grad():
         logits = model(model.embed([e.features for e in examples])).logits
     labels = torch.tensor([e.label for e in examples])
-    log_t = torch.zeros((), requires_grad=True)
-    optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=100)
-
-    def closure():
-        optimizer.zero_grad()
-        loss = F.cross_entropy(logits / log_t.exp(), labels)
-        loss.backward()
-        return loss
-
-    optimizer.step(closure)
+    log_t = fit_log_temperature(lambda temperature: F.cross_entropy(logits / temperature, labels))
     with torch.no_grad():
-        model.log_temperature.copy_(log_t.detach().clamp(-3, 3))
+        model.log_temperature.copy_(log_t)
     return float(model.log_temperature.exp())
 
 
