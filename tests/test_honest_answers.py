@@ -57,6 +57,45 @@ def test_the_abstention_policy_is_one_function_with_its_reasons():
     assert withheld(TRIAGE, "login", 0.7, {"text"}, 0.7, {}) == ""
 
 
+def test_an_input_that_alone_reads_another_label_is_pooled_into_the_answer():
+    """A misread screen (a mail client's "Stack overflow in checkout module" read as
+    `other`) outvoted a clear message ("The checkout page closes as soon as it starts") at
+    0.97. A modality that, read alone, gives another label >= DISSENT is averaged in."""
+    from modalmesh.router.fusion import FusionConfig, FusionModel
+    from modalmesh.router.tasks import DISSENT, decide, fuse
+
+    widths = {"text": 8, "image": 8, "image_text": 8, "audio": 8, "audio_text": 8}
+    torch.manual_seed(0)
+    model = FusionModel(FusionConfig(labels=TRIAGE.labels, input_widths=widths)).eval()
+    with torch.no_grad():
+        model.log_temperature.fill_(-3.0)  # sharp: each input alone reads one label surely
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        text, image = torch.randn(2, 8, generator=generator), torch.randn(3, 8, generator=generator)
+        alone_text = fuse(model, TRIAGE, {"text": text}, {}).probabilities
+        alone_image = fuse(model, TRIAGE, {"image": image}, {}).probabilities
+        both = fuse(model, TRIAGE, {"text": text, "image": image}, {}).probabilities
+        # The two inputs read different labels surely, and the fused answer sides with one of them.
+        if (alone_text.argmax() != alone_image.argmax() and min(alone_text.max(), alone_image.max()) >= DISSENT
+                and int(both.argmax()) in (int(alone_text.argmax()), int(alone_image.argmax()))):
+            break
+    else:
+        pytest.fail("no pair of inputs that read different labels alone")
+    decided = decide(model, TRIAGE, {"text": text, "image": image}, {})
+    dissenter = alone_image if int(both.argmax()) == int(alone_text.argmax()) else alone_text
+    assert len(decided.dissent) == 1 and "alone reads as" in decided.dissent[0]
+    assert torch.allclose(decided.probabilities, (both + dissenter) / 2, atol=1e-5)
+    assert float(decided.probabilities.max()) <= (1 + (1 - DISSENT)) / 2 + 1e-6  # never sure past what the dissent allows
+    # One input has no one to disagree with: its answer is the fused one.
+    single = decide(model, TRIAGE, {"text": text}, {})
+    assert single.dissent == () and torch.equal(single.probabilities, alone_text)
+    reason = withheld(TRIAGE, "other", 0.49, {"text", "image"}, 0.5, {}, decided.dissent)
+    assert "the inputs disagree: the " in reason and "alone reads as" in reason
+    # The record alone cannot answer the CT task: it is never a dissenting voice there.
+    medical = FusionModel(FusionConfig(labels=MEDICAL.labels, regression=MEDICAL.regression, input_widths=widths)).eval()
+    assert all("text" not in d for d in decide(medical, MEDICAL, {"text": text, "image": image}, {}).dissent)
+
+
 def test_the_abstention_threshold_is_the_lowest_with_few_errors_on_validation():
     labels = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 0, 1])
     # Confident answers are right; the two below 0.7 are wrong.

@@ -69,7 +69,7 @@ def test_the_pointer_is_calibrated_on_validation_and_its_temperature_round_trips
 
 def test_an_answer_averages_over_the_paragraphs_the_pointer_finds_likely():
     from modalmesh.router.fusion import FusionConfig, build_model
-    from modalmesh.router.tasks import TASKS, decide
+    from modalmesh.router.tasks import TASKS, fuse
 
     spec = TASKS["screenshot_triage"]
     torch.manual_seed(0)
@@ -81,8 +81,8 @@ def test_an_answer_averages_over_the_paragraphs_the_pointer_finds_likely():
     chances = [c for c, _ in read]
     assert abs(sum(chances) - 1) < 1e-6 and chances == sorted(chances, reverse=True) and len(read) <= status_line.READINGS_MAX
     assert all(f["image_text"].shape == (1, 16) for _, f in read) and torch.equal(read[0][1]["image_text"][0], rows[pointer.pick(rows)])
-    _, mixed, _, _ = decide(model, spec, features, {}, attention=False, pointer=pointer)
-    each = [decide(model, spec, f, {}, attention=False)[1] for _, f in read]
+    mixed = fuse(model, spec, features, {}, attention=False, pointer=pointer).probabilities
+    each = [fuse(model, spec, f, {}, attention=False).probabilities for _, f in read]
     assert torch.allclose(mixed, sum(c * p for c, p in zip(chances, each)), atol=1e-5)
     sure = status_line.StatusLine(16).eval()
     sure.load_state_dict(pointer.state_dict())

@@ -278,7 +278,7 @@ def test_an_ensemble_is_its_members_trained_alone_and_answers_with_their_mean(tr
     from safetensors.torch import load_file
 
     from modalmesh.router.fusion import StackedEnsemble
-    from modalmesh.router.tasks import TASKS, decide, load_task_folder
+    from modalmesh.router.tasks import TASKS, fuse, load_task_folder
     from modalmesh.router.train import train
 
     manifest = str(triage_data / "train.jsonl")
@@ -296,10 +296,10 @@ def test_an_ensemble_is_its_members_trained_alone_and_answers_with_their_mean(tr
     assert isinstance(ensemble, StackedEnsemble) and len(ensemble.members) == 2  # loaded as one batched model
     record = read_manifest(triage_data / "val.jsonl")[0]
     features = {"text": torch.randn(6, 384), "image": torch.randn(49, 1280)}
-    _, together, _, weight = decide(ensemble, spec, features, {}, outstanding=("image_text",))
-    each = [decide(member, spec, features, {}, outstanding=("image_text",)) for member in ensemble.members]
-    assert torch.allclose(together, torch.stack([p for _, p, _, _ in each]).mean(dim=0), atol=1e-6)
-    assert weight == pytest.approx(sum(w for *_, w in each) / 2, abs=1e-6) and 0 < weight < 1
+    _, together, _, weight, _ = fuse(ensemble, spec, features, {}, outstanding=("image_text",))
+    each = [fuse(member, spec, features, {}, outstanding=("image_text",)) for member in ensemble.members]
+    assert torch.allclose(together, torch.stack([e.probabilities for e in each]).mean(dim=0), atol=1e-6)
+    assert weight == pytest.approx(sum(e.outstanding_weight for e in each) / 2, abs=1e-6) and 0 < weight < 1
     assert record["task"] == "screenshot_triage"
 
 

@@ -28,13 +28,13 @@ import numpy as np
 from modalmesh.common import models
 from modalmesh.data.generate import read_manifest
 from modalmesh.router.features import FeatureCache, text_model_version
-from modalmesh.router.fusion import MODALITIES, SOURCES, modality_gate_weights
+from modalmesh.router.fusion import MODALITIES, MODALITY_SOURCES, SOURCES, modality_gate_weights
 from modalmesh.router.served import expected_calibration_error, honesty_metrics, serve
 from modalmesh.router.tasks import SHIPPED_WEIGHTS, TASKS, decide, load_task_folder
 from modalmesh.router.routing import route, routing_cases
 from modalmesh.router.train import input_widths, load_examples
 
-SINGLE = {"text only": ("text",), "image only": ("image", "image_text"), "audio only": ("audio", "audio_text")}
+SINGLE = {f"{modality} only": sources for modality, sources in MODALITY_SOURCES.items()}
 
 
 def evaluate(task: str, data: str, report: str, weights: str = "", cache_dir: str = "") -> dict:
@@ -77,8 +77,8 @@ def evaluate(task: str, data: str, report: str, weights: str = "", cache_dir: st
         started = time.perf_counter()
         for i in keep:
             tags = examples[i].tags if "image" in subset else {}  # no scan, no measurement from it
-            out, finished_p, finished_r, _ = decide(model, spec, chosen[i], tags, use_measured=use_measured, attention=False,
-                                                    pointer=pointer)
+            out, finished_p, finished_r, _, _ = decide(model, spec, chosen[i], tags, use_measured=use_measured, attention=False,
+                                                       pointer=pointer)
             probabilities[i] = finished_p.numpy()
             regression[i] = finished_r.numpy()
             gate[i] = modality_gate_weights(out.gate_weights)[0].numpy()

@@ -39,9 +39,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# The one table of modalities and sources. A source is one feature sequence the model
+# fuses: each modality's own features, and the side outputs some modalities bring (the
+# screen text OCR reads, the transcript), embedded by the text model.
 SOURCES = ("text", "image", "image_text", "audio", "audio_text")
 MODALITIES = ("text", "image", "audio")
-SOURCE_MODALITY = {"text": 0, "image": 1, "image_text": 1, "audio": 2, "audio_text": 2}
+SOURCE_MODALITY = {"text": 0, "image": 1, "image_text": 1, "audio": 2, "audio_text": 2}  # index into MODALITIES
+SIDE_SOURCE = {"image": "image_text", "audio": "audio_text"}  # a modality's side output
+MODALITY_SOURCES = {m: tuple(s for s in SOURCES if MODALITIES[SOURCE_MODALITY[s]] == m) for m in MODALITIES}
+
+
+def modality_of(source: str) -> str:
+    """The modality a source comes from ("image_text" -> "image")."""
+    return MODALITIES[SOURCE_MODALITY[source]]
 DEFAULT_INPUT_WIDTHS = {"text": 384, "image": 1280, "image_text": 384, "audio": 80, "audio_text": 384}
 
 

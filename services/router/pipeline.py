@@ -40,8 +40,9 @@ from modalmesh.common import errors, models, telemetry
 from modalmesh.common.client import collect, encode_requests
 from modalmesh.common.encoder import MAX_REQUEST_ID_CHARS
 from modalmesh.common.layout import MIN_SPAN_CONFIDENCE, is_blank, screen_paragraphs
-from modalmesh.router.fusion import (MODALITIES, SOURCE_MODALITY, FusionOutputs, attention_mass, modality_gate_weights,
-                                     normalised_entropy)
+from modalmesh.router.fusion import (MODALITIES, SIDE_SOURCE, FusionOutputs, attention_mass, modality_gate_weights,
+                                     modality_of, normalised_entropy)
+from modalmesh.router.routing import answer_now, outstanding, waits_for_required
 from modalmesh.router.tasks import (UNCERTAIN, Answer, Evidence, TaskModel, best_screen_line, decide, not_applicable,
                                     screen_line_log_odds, withheld)
 from modalmesh.v1 import encoder_pb2, encoder_pb2_grpc, router_pb2, speech_pb2, speech_pb2_grpc
@@ -51,7 +52,6 @@ log = logging.getLogger(__name__)
 
 MODALITY_ENUM = {"text": router_pb2.MODALITY_TEXT, "image": router_pb2.MODALITY_IMAGE, "audio": router_pb2.MODALITY_AUDIO}
 ENUM_MODALITY = {value: name for name, value in MODALITY_ENUM.items()}
-SIDE_SOURCE = {"image": "image_text", "audio": "audio_text"}  # the expensive extra evidence per modality
 MAX_TEXT_BYTES = 64 * 1024
 ENCODER_RETRIES = 3  # a busy encoder's refusal is retried after the wait it names, this many times at most
 # Under a gRPC deadline the router stops gathering this long before it (Pipeline._budget):
@@ -262,7 +262,7 @@ class Run:
             if not call.future.done() or call.harvested:
                 continue
             call.harvested = True
-            modality = MODALITIES[_modality_index(source)]
+            modality = modality_of(source)
             latency = (time.perf_counter() - call.started) * 1000.0
             try:
                 produced = call.future.result()
@@ -346,15 +346,12 @@ def _in_context(context, function):
     return run
 
 
-def _modality_index(source: str) -> int:
-    return SOURCE_MODALITY[source]
-
-
 @dataclass
 class Decision:
     answer: Answer
     outputs: FusionOutputs
     outstanding_weight: float
+    dissent: tuple[str, ...] = ()  # inputs that, read alone, disagree with the answer (tasks.decide)
 
 
 class Pipeline:
@@ -583,16 +580,11 @@ class Pipeline:
                 run.stop_pending(router_pb2.MODALITY_STATUS_TIMED_OUT, "no answer before the deadline")
                 break
             run.harvest()
-            outstanding = [c.source for c in run.pending]
-            outstanding += [SIDE_SOURCE[s] for s in outstanding if s in side_now]  # a base call bringing its side output
-            outstanding += [SIDE_SOURCE[m] for m in side_candidates] if not side_requested else []
-            if not full and run.features and outstanding:
-                decision = self.decide(task, run, outstanding)
-                waiting_on_required = any(MODALITIES[_modality_index(s)] in required for s in outstanding)
-                if (decision.answer.confidence >= task.spec.tau and decision.outstanding_weight < task.spec.gamma
-                        and not waiting_on_required):
-                    reason = (f"confidence {decision.answer.confidence:.2f} >= tau {task.spec.tau:g} and predicted weight "
-                              f"{decision.outstanding_weight:.3f} < gamma {task.spec.gamma:g}")
+            to_come = outstanding([c.source for c in run.pending], side_now, [] if side_requested else side_candidates)
+            if not full and run.features and to_come and not waits_for_required(to_come, required):
+                decision = self.decide(task, run, to_come)
+                reason = answer_now(decision.answer.confidence, decision.outstanding_weight, task.spec.tau, task.spec.gamma)
+                if reason:
                     run.stop_pending(router_pb2.MODALITY_STATUS_SKIPPED, reason)
                     for modality in side_candidates if not side_requested else []:
                         run.side_notes[SIDE_SOURCE[modality]] = f"not requested: {reason}"
@@ -630,7 +622,7 @@ class Pipeline:
         # The screen is read through the task's status-line pointer (tasks.decide, status_line.readings).
         features = dict(run.features)
         tags = dict(run.evidence.image_tags)
-        outputs, probabilities, regression, weight = self.run_model(
+        outputs, probabilities, regression, weight, dissent = self.run_model(
             lambda: decide(task.model, task.spec, features, tags, outstanding, attention=run.explain, pointer=task.status_line))
         best = int(probabilities.argmax())
         answer = Answer(
@@ -640,7 +632,7 @@ class Pipeline:
             probabilities={label: float(p) for label, p in zip(task.spec.labels, probabilities)},
             regression={name: float(v) for name, v in zip(task.spec.regression, regression)},
         )
-        return Decision(answer, outputs, weight)
+        return Decision(answer, outputs, weight, dissent)
 
     def status_row(self, task: TaskModel, run: Run) -> int | None:
         """The screen paragraph the task's status-line pointer picks (its status message),
@@ -688,7 +680,7 @@ class Pipeline:
                     run.evidence.key_line = run.evidence.screen_lines[key] if key is not None else ""
             read = {m for m, state in run.states.items() if state.status == router_pb2.MODALITY_STATUS_USED}
             run.evidence.withheld = withheld(task.spec, answer.label, answer.confidence, read, task.abstain_below,
-                                             run.evidence.image_tags)
+                                             run.evidence.image_tags, decision.dissent)
             assert task.spec.write is not None  # every task has a writer
             description, findings, reply = task.spec.write(answer, run.evidence)
             modality_weights = modality_gate_weights(outputs.gate_weights)[0]

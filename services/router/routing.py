@@ -1,7 +1,11 @@
-"""Compute routing, simulated: what the router's gather loop would answer, and when, for
-items whose features and per-source costs were recorded (router/features.py). Training
-tunes tau and gamma with it on validation (train.tune_routing_on); `modalmesh eval`
-reports routed against full with it.
+"""Compute routing: the policy (what is still outstanding, whether to wait for it, whether
+an answer is sure enough to give now) and its simulation.
+
+The router's gather loop (router/pipeline.py) and the simulation below decide through the
+same functions: `outstanding`, `waits_for_required` and `answer_now`. The simulation
+replays items whose features and per-source costs were recorded (router/features.py):
+training tunes tau and gamma with it on validation (train.tune_routing_on); `modalmesh
+eval` reports routed against full with it.
 
 Each item is answered as the gather loop does it (router/pipeline.py): a decision at each
 encoder's answer (base features in order of cost, an eager side output with its base
@@ -15,15 +19,40 @@ eager or FULL, one call); plus the measured fusion time.
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 import numpy as np
 
+from modalmesh.router.fusion import MODALITIES, SIDE_SOURCE, modality_of
 from modalmesh.router.tasks import decide
 
-BASE = ("text", "image", "audio")
-SIDE = {"image": "image_text", "audio": "audio_text"}
-MODALITY_OF = {side: modality for modality, side in SIDE.items()}
+
+def outstanding(pending: Iterable[str], with_base: Collection[str], later: Iterable[str]) -> list[str]:
+    """The sources still to come: the `pending` calls (sources), the side outputs the pending
+    base calls of `with_base` modalities bring, and those of the `later` modalities, asked
+    for once every base feature is in."""
+    pending = list(pending)
+    return pending + [SIDE_SOURCE[s] for s in pending if s in with_base] + [SIDE_SOURCE[m] for m in later]
+
+
+def waits_for_required(sources: Iterable[str], required: Collection[str]) -> bool:
+    """Whether any of `sources` comes from a modality the answer must wait for (the caller
+    requires it, or the task cannot answer without it)."""
+    return any(modality_of(s) in required for s in sources)
+
+
+def sure_enough(confidence: float, outstanding_weight: float, tau: float, gamma: float) -> bool:
+    """An answer is given early when it is confident (>= tau) and what is outstanding is
+    predicted to weigh little in the fusion (< gamma)."""
+    return confidence >= tau and outstanding_weight < gamma
+
+
+def answer_now(confidence: float, outstanding_weight: float, tau: float, gamma: float) -> str:
+    """Why to answer before the outstanding sources arrive, or '' to wait for them."""
+    if not sure_enough(confidence, outstanding_weight, tau, gamma):
+        return ""
+    return f"confidence {confidence:.2f} >= tau {tau:g} and predicted weight {outstanding_weight:.3f} < gamma {gamma:g}"
 
 
 @dataclass
@@ -59,46 +88,49 @@ def routing_cases(model, spec, examples, items, fuse_ms, eager=None, pointer=Non
     call (default: the task's); the rest are asked for once every base feature is in.
     `pointer`: the task's status-line pointer, for examples with every screen paragraph."""
     eager = spec.eager if eager is None else eager
+    required = set(spec.needs)
 
     def decide_on(example, sources, outstanding):
         features = {s: f for s, f in example.features.items() if s in sources}
         tags = example.tags if "image" in sources else {}  # no scan, no measurement from it
-        _, probabilities, _, weight = decide(model, spec, features, tags, outstanding, attention=False, pointer=pointer)
-        return float(probabilities.max()), int(probabilities.argmax()) == example.label, weight
+        decided = decide(model, spec, features, tags, outstanding, attention=False, pointer=pointer)
+        return float(decided.probabilities.max()), int(decided.probabilities.argmax()) == example.label, decided.outstanding_weight
 
     cases = []
     for example, item in zip(examples, items):
         costs = item.costs_ms
-        present = [m for m in BASE if m in example.features]
-        now = {m: SIDE[m] for m in present if m in spec.side_outputs and m in eager}  # with the base call
+        present = [m for m in MODALITIES if m in example.features]
+        now = {m: SIDE_SOURCE[m] for m in present if m in spec.side_outputs and m in eager}  # with the base call
 
         def arrival(modality):
             return costs.get(modality, 0.0) + costs.get(now.get(modality, ""), 0.0)
 
         base = sorted(present, key=arrival)
-        sides = [SIDE[m] for m in base if m in spec.side_outputs and m not in now]  # asked for later
+        later_modalities = [m for m in base if m in spec.side_outputs and m not in now]
+        sides = [SIDE_SOURCE[m] for m in later_modalities]  # asked for later
         arrived, checkpoints = [], []
         for index, modality in enumerate(base):  # base features (with eager side outputs), soonest first
             arrived += [modality] + ([now[modality]] if modality in now else [])
-            later = base[index + 1:]
-            outstanding = later + [now[m] for m in later if m in now] + sides
-            if outstanding and not set(later) & set(spec.needs):  # never answered early without what the task needs
-                confidence, correct, weight = decide_on(example, arrived, outstanding)
+            to_come = outstanding(base[index + 1:], now, later_modalities)
+            if to_come and not waits_for_required(to_come, required):  # never answered early without what the task needs
+                confidence, correct, weight = decide_on(example, arrived, to_come)
                 checkpoints.append(Checkpoint(arrival(modality) + fuse_ms, confidence, correct, weight, bool(now)))
         base_ms = max((arrival(m) for m in base), default=0.0) + fuse_ms
 
         def later_call(side):  # a second call on the same input: decoded and encoded again, then the side output
-            return costs.get(MODALITY_OF[side], 0.0) + costs.get(side, 0.0)
+            return costs.get(modality_of(side), 0.0) + costs.get(side, 0.0)
 
         ordered = sorted(sides, key=later_call)
         for index, side in enumerate(ordered[:-1]):  # then the side outputs, asked for together
             arrived.append(side)
-            confidence, correct, weight = decide_on(example, arrived, ordered[index + 1:])
-            checkpoints.append(Checkpoint(base_ms + later_call(side) + fuse_ms, confidence, correct, weight, True))
+            to_come = ordered[index + 1:]
+            if not waits_for_required(to_come, required):
+                confidence, correct, weight = decide_on(example, arrived, to_come)
+                checkpoints.append(Checkpoint(base_ms + later_call(side) + fuse_ms, confidence, correct, weight, True))
         everything = list(example.features)
         _, final_correct, _ = decide_on(example, everything, [])
         final_ms = base_ms + max((later_call(s) for s in sides), default=0.0) + (fuse_ms if sides else 0.0)
-        full_ms = max((costs.get(m, 0.0) + costs.get(SIDE.get(m, ""), 0.0) for m in base), default=0.0) + fuse_ms
+        full_ms = max((costs.get(m, 0.0) + costs.get(SIDE_SOURCE.get(m, ""), 0.0) for m in base), default=0.0) + fuse_ms
         cases.append(RoutingCase(checkpoints, bool(sides or now), final_correct, final_ms, full_ms))
     return cases
 
@@ -107,7 +139,7 @@ def route(cases: list[RoutingCase], tau: float, gamma: float) -> dict:
     """Accuracy and mean latency when the router answers early at (tau, gamma)."""
     correct, latency, requested = [], [], 0
     for case in cases:
-        early = next((c for c in case.checkpoints if c.confidence >= tau and c.outstanding_weight < gamma), None)
+        early = next((c for c in case.checkpoints if sure_enough(c.confidence, c.outstanding_weight, tau, gamma)), None)
         if early is not None:
             correct.append(early.correct)
             latency.append(early.at_ms)

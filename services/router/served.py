@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from modalmesh.router import applicability
-from modalmesh.router.fusion import MODALITIES, SOURCE_MODALITY
+from modalmesh.router.fusion import MODALITIES, modality_of
 from modalmesh.router.tasks import TaskModel, decide, not_applicable, withheld
 
 THRESHOLDS = tuple(round(0.5 + 0.05 * step, 2) for step in range(10))  # the risk-coverage curve's points
@@ -45,7 +45,7 @@ def serve(task: TaskModel, features: dict, tags: dict[str, str]) -> Served:
     """The router's answer to one item from its features and image tags (see module doc)."""
     kept, refused, distances = {}, {}, {}
     for modality in MODALITIES:
-        sources = {s: f for s, f in features.items() if MODALITIES[SOURCE_MODALITY[s]] == modality}
+        sources = {s: f for s, f in features.items() if modality_of(s) == modality}
         if not sources:
             continue
         distance = task.applicability.distance(modality, sources[modality]) if modality in sources else None
@@ -58,12 +58,12 @@ def serve(task: TaskModel, features: dict, tags: dict[str, str]) -> Served:
             kept.update(sources)
     if not kept:
         return Served(-1, 0.0, "nothing the task reads was given", refused, distances)
-    read = {MODALITIES[SOURCE_MODALITY[s]] for s in kept}
+    read = {modality_of(s) for s in kept}
     image_tags = tags if "image" in read else {}
-    _, probabilities, _, _ = decide(task.model, task.spec, kept, image_tags, attention=False, pointer=task.status_line)
-    best = int(probabilities.argmax())
-    confidence = float(probabilities[best])
-    reason = withheld(task.spec, task.spec.labels[best], confidence, read, task.abstain_below, image_tags)
+    decided = decide(task.model, task.spec, kept, image_tags, attention=False, pointer=task.status_line)
+    best = int(decided.probabilities.argmax())
+    confidence = float(decided.probabilities[best])
+    reason = withheld(task.spec, task.spec.labels[best], confidence, read, task.abstain_below, image_tags, decided.dissent)
     return Served(best, confidence, reason, refused, distances)
 
 

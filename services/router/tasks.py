@@ -19,7 +19,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import torch
 
@@ -289,11 +289,12 @@ def write_triage(answer: Answer, evidence: Evidence) -> tuple[str, dict[str, str
 
 
 def withheld(spec: TaskSpec, label: str, confidence: float, read: set[str], abstain_below: float,
-             tags: dict[str, str]) -> str:
+             tags: dict[str, str], dissent: tuple[str, ...] = ()) -> str:
     """Why an answer must be withheld, or '' when it may be given: one policy, applied alike
     by the router and by `modalmesh eval`. `read`: the modalities used as evidence (absent,
     not applicable, failed and skipped ones are not); `tags`: the image's tags, where one was
-    read; `abstain_below`: the confidence threshold chosen on validation."""
+    read; `abstain_below`: the confidence threshold chosen on validation; `dissent`: the
+    inputs that, read alone, disagree with the answer (decide)."""
     missing = [m for m in spec.needs if m not in read]
     if missing:
         return spec.needs_reason or f"no {' or '.join(missing)} was read"
@@ -309,7 +310,8 @@ def withheld(spec: TaskSpec, label: str, confidence: float, read: set[str], abst
             if measured and not lesion:
                 return f"the classifier suggests {label}, but the slice has a measured lesion"
     if confidence < abstain_below:
-        return f"confidence {confidence:.2f} is below the task's threshold of {abstain_below:.2f}; {spec.resolve} would help"
+        disagree = f" (the inputs disagree: {', '.join(dissent)})" if dissent else ""
+        return f"confidence {confidence:.2f} is below the task's threshold of {abstain_below:.2f}{disagree}; {spec.resolve} would help"
     return ""
 
 
@@ -474,18 +476,60 @@ class TaskModel:
         return self.model.config.abstain_below
 
 
+# A modality read alone that gives another label than the fused answer at least this
+# probability is a dissenting voice: the answer is then the average of the fused and the
+# dissenting distributions (a linear opinion pool), so that one input's misreading
+# cannot outvote another's clear reading at high confidence.
+DISSENT = 0.7
+
+
+class Decided(NamedTuple):
+    outputs: Any  # FusionOutputs: one row per status-line reading, the most likely first
+    probabilities: torch.Tensor  # [L], what the task reports (TaskSpec.finish), dissent pooled in
+    regression: torch.Tensor  # [R]
+    outstanding_weight: float  # the gate's predicted weight of what is still outstanding
+    dissent: tuple[str, ...] = ()  # e.g. "the text alone reads as crash (0.91)"
+
+
 def decide(model: FusionModel | FusionEnsemble | StackedEnsemble, spec: TaskSpec, features: dict[str, torch.Tensor],
            tags: dict[str, str], outstanding=(), use_measured: bool = True,
-           attention: bool = True, pointer=None) -> tuple[object, torch.Tensor, torch.Tensor, float]:
+           attention: bool = True, pointer=None) -> Decided:
     """One decision from the evidence in hand: the fusion model's outputs, what the task
     reports (probabilities [L], regression [R]; see TaskSpec.finish) and the gate's
     predicted weight of the `outstanding` sources. With a status-line `pointer` the screen
     text is read one likely status paragraph at a time and the answers are averaged,
     weighted by the pointer's probabilities (router/status_line.py `readings`); `outputs`
-    then hold one row per reading, the most likely first. The router and the evaluation
-    both decide through here. `attention=False` skips keeping the attention weights
-    (outputs.attention is None; only an explanation reads them)."""
-    from modalmesh.router import status_line
+    then hold one row per reading, the most likely first. Where more than one modality is
+    in hand, each that could answer alone (it holds what the task needs) is read alone
+    too, and a dissenting one (DISSENT) is pooled into the answer. The router and the
+    evaluation both decide through here. `attention=False` skips keeping the attention
+    weights (outputs.attention is None; only an explanation reads them)."""
+    outputs, probabilities, regression, weight, _ = fuse(model, spec, features, tags, outstanding, use_measured, attention, pointer)
+    from modalmesh.router.fusion import MODALITY_SOURCES
+
+    present = {name: sources for name, sources in MODALITY_SOURCES.items() if any(s in features for s in sources)}
+    if len(present) < 2:
+        return Decided(outputs, probabilities, regression, weight)
+    best = int(probabilities.argmax())
+    pooled, dissent = [probabilities], []
+    for name, sources in present.items():
+        if not set(spec.needs) <= {name}:
+            continue  # cannot answer alone (a record without the scan the task needs)
+        alone = {s: f for s, f in features.items() if s in sources}
+        view = fuse(model, spec, alone, tags if name == "image" else {}, (), use_measured, False, pointer).probabilities
+        other = int(torch.argmax(torch.where(torch.arange(len(view)) == best, -1.0, view)))
+        if float(view[other]) >= DISSENT:
+            pooled.append(view)
+            dissent.append(f"the {name} alone reads as {spec.labels[other]} ({float(view[other]):.2f})")
+    if not dissent:
+        return Decided(outputs, probabilities, regression, weight)
+    return Decided(outputs, torch.stack(pooled).mean(dim=0), regression, weight, tuple(dissent))
+
+
+def fuse(model: FusionModel | FusionEnsemble | StackedEnsemble, spec: TaskSpec, features: dict[str, torch.Tensor],
+         tags: dict[str, str], outstanding=(), use_measured: bool = True, attention: bool = True, pointer=None) -> Decided:
+    """decide without the dissent check: every input fused, the status-line readings
+    averaged."""
     from modalmesh.router.fusion import SOURCES
 
     chances, batch = zip(*status_line.readings(pointer, features))
@@ -501,7 +545,7 @@ def decide(model: FusionModel | FusionEnsemble | StackedEnsemble, spec: TaskSpec
                 for p, r in zip(outputs.probabilities, outputs.regression)]
     probabilities = sum(c * p for c, (p, _) in zip(chances, finished))
     regression = sum(c * r for c, (_, r) in zip(chances, finished))
-    return outputs, probabilities, regression, weight
+    return Decided(outputs, probabilities, regression, weight)
 
 
 def not_applicable(task: TaskModel, modality: str, features: torch.Tensor | None, tags: dict[str, str]) -> tuple[float | None, str]:

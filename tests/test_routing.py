@@ -1,0 +1,40 @@
+"""The compute-routing policy (router/routing.py): the functions the router's gather loop
+and the offline simulation both decide through."""
+
+from __future__ import annotations
+
+import inspect
+
+from modalmesh.router import pipeline, routing
+from modalmesh.router.routing import answer_now, outstanding, sure_enough, waits_for_required
+
+
+def test_what_is_outstanding_counts_side_outputs_coming_and_still_to_ask_for():
+    # The image call brings its OCR with it; the transcript is asked for once the base features are in.
+    assert outstanding(["image", "text"], {"image"}, ["audio"]) == ["image", "text", "image_text", "audio_text"]
+    assert outstanding([], {"image"}, []) == []
+    assert outstanding(["image_text"], {"image"}, []) == ["image_text"]  # a side output asked for later is its own call
+
+
+def test_an_answer_waits_for_what_the_task_or_the_caller_requires():
+    assert waits_for_required(["image_text"], {"image"})  # the scan's side output is the scan's modality
+    assert not waits_for_required(["audio", "audio_text"], {"image"})
+    assert not waits_for_required([], {"image"})
+
+
+def test_an_early_answer_needs_both_confidence_and_little_outstanding_weight():
+    assert sure_enough(0.97, 0.1, tau=0.95, gamma=0.2)
+    assert not sure_enough(0.94, 0.1, tau=0.95, gamma=0.2)  # not confident enough
+    assert not sure_enough(0.99, 0.3, tau=0.95, gamma=0.2)  # what is missing could change it
+    reason = answer_now(0.97, 0.1, 0.95, 0.2)
+    assert reason.startswith("confidence 0.97 >= tau 0.95") and "< gamma 0.2" in reason
+    assert answer_now(0.5, 0.1, 0.95, 0.2) == ""
+
+
+def test_serving_and_the_simulation_decide_through_the_same_policy():
+    gather = inspect.getsource(pipeline.Pipeline.gather)
+    simulated = inspect.getsource(routing.routing_cases) + inspect.getsource(routing.route)
+    for function in ("outstanding(", "waits_for_required(", "answer_now("):
+        assert function in gather, function
+    for function in ("outstanding(", "waits_for_required(", "sure_enough("):
+        assert function in simulated, function
