@@ -602,21 +602,20 @@ def test_analyze_stream_refuses_an_image_both_in_the_request_and_as_chunks(route
 
 def test_a_result_that_arrives_after_a_harvest_looked_is_still_gathered():
     """The gather loop harvests, then asks what is pending. A call that finishes in
-    between was once dropped: done, so not pending, yet never harvested (its OCR or
-    transcript silently missing from the answer, seen as routed answers that differed
-    from full ones in benchmarks/bench_routing.py). Pending now means not harvested."""
+    between is done yet not harvested: it stays pending until a harvest takes its result
+    (else its OCR or transcript would be missing from the answer unsaid)."""
     import threading
     from concurrent import futures
 
     import torch
 
-    from modalmesh.router.pipeline import Deadline, Run
+    from modalmesh.router.pipeline import Deadline, Produced, Run
 
     release = threading.Event()
 
     def work(call):
         release.wait(10)
-        return {"image_text": torch.ones(2, 384)}
+        return Produced({"image_text": torch.ones(2, 384)})
 
     with futures.ThreadPoolExecutor(2) as pool:
         run = Run(encoders=None, pool=pool, deadline=Deadline.within(30))
@@ -632,24 +631,24 @@ def test_a_result_that_arrives_after_a_harvest_looked_is_still_gathered():
 
 
 def test_features_with_nan_fail_their_modality_instead_of_reaching_the_answer():
-    """The real encoders refuse NaN input and clip float audio to full scale (a 1e30 WAV
-    once came back as confidence NaN); should any encoder still send non-finite features,
+    """The real encoders refuse NaN input and clip float audio to full scale; should any
+    encoder still send non-finite features,
     its modality fails with the reason and the answer comes from the rest. The work
     function stands in for such an encoder: none of the real ones can be made to do it."""
     from concurrent import futures
 
     import torch
 
-    from modalmesh.router.pipeline import Deadline, Run
+    from modalmesh.router.pipeline import Deadline, Produced, Run
 
     with futures.ThreadPoolExecutor(2) as pool:
         run = Run(encoders=None, pool=pool, deadline=Deadline.within(30))
-        run.start("audio", lambda call: {"audio": torch.full((5, 80), float("nan"))})
-        run.start("text", lambda call: {"text": torch.ones(3, 384)})
+        run.start("audio", lambda call: Produced({"audio": torch.full((5, 80), float("nan"))}))
+        run.start("text", lambda call: Produced({"text": torch.ones(3, 384)}, {"text": "hello"}))
         while run.pending:
             run.wait_any()
             run.harvest()
-    assert set(run.features) == {"text"}
+    assert set(run.features) == {"text"} and run.evidence.text == "hello"  # merged by the gathering thread
     state = run.states["audio"]
     assert state.status == router_pb2.MODALITY_STATUS_FAILED and state.error_code == "INTERNAL"
     assert "NaN or infinite" in state.reason
@@ -664,7 +663,7 @@ def _screen_lines_answer(task, lines):
 
     import torch
 
-    from modalmesh.router.pipeline import Deadline, Pipeline, Run
+    from modalmesh.router.pipeline import Deadline, Pipeline, Produced, Run
     from modalmesh.text.model import TextEncoder
 
     vectors = torch.stack([torch.as_tensor(r.pooled, dtype=torch.float32) for r in TextEncoder("").encode_batch(lines)])
@@ -672,8 +671,7 @@ def _screen_lines_answer(task, lines):
     scored_while_waiting = threading.Event()
 
     def image(call):
-        run.evidence.screen_lines = lines
-        return {"image": torch.zeros(49, 1280), "image_text": vectors}
+        return Produced({"image": torch.zeros(49, 1280), "image_text": vectors}, {"screen_lines": lines})
 
     def audio(call):
         deadline = time.monotonic() + 10
@@ -681,7 +679,7 @@ def _screen_lines_answer(task, lines):
             time.sleep(0.01)
         if run.line_log_odds is not None:
             scored_while_waiting.set()
-        return {"audio": torch.zeros(50, 80)}
+        return Produced({"audio": torch.zeros(50, 80)})
 
     with futures.ThreadPoolExecutor(2) as pool:
         run = Run(encoders=None, pool=pool, deadline=Deadline.within(30), widths=task.model.config.input_widths)

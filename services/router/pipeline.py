@@ -156,8 +156,26 @@ class Encoders:
         return option in cached[1]
 
 
+@dataclass(frozen=True)
+class Produced:
+    """What one piece of encoder work brought back. Work on the pool returns one and writes
+    nothing shared; the gathering thread merges it into the Run (Run.harvest)."""
+
+    features: dict[str, torch.Tensor] = field(default_factory=dict)
+    evidence: dict[str, Any] = field(default_factory=dict)  # Evidence fields: text, image_tags, screen_lines, transcript
+    notes: dict[str, str] = field(default_factory=dict)  # per side source: why it is missing or partial
+    screen_text_note: str = ""  # OCR text read or used only in part, and why
+    streamed: bytes | None = None  # the bytes of an input that arrived as a stream
+
+    def plus(self, other: "Produced") -> "Produced":
+        return Produced({**self.features, **other.features}, {**self.evidence, **other.evidence},
+                        {**self.notes, **other.notes}, other.screen_text_note or self.screen_text_note,
+                        self.streamed if other.streamed is None else other.streamed)
+
+
 class Run:
-    """The state of one request: calls in flight, features and evidence gathered."""
+    """The state of one request: calls in flight, features and evidence gathered. Only the
+    thread that gathers (Pipeline.gather) writes it; the work on the pool returns Produced."""
 
     def __init__(self, encoders: Encoders, pool: futures.ThreadPoolExecutor, deadline: Deadline,
                  line_pool: futures.ThreadPoolExecutor | None = None, widths: dict[str, int] | None = None,
@@ -182,10 +200,9 @@ class Run:
         self.screen_text_note = ""  # OCR text read or used only in part, and why (the image's report says it)
         self.line_log_odds: torch.Tensor | None = None  # per OCR paragraph and label (Pipeline.score_screen_lines)
         self.status_index: int | None = None  # the status message's paragraph (Pipeline.status_row)
-        self._lock = threading.Lock()
 
     # -- starting work ---------------------------------------------------------------
-    def start(self, source: str, work: Callable[[Call], dict[str, torch.Tensor]]) -> None:
+    def start(self, source: str, work: Callable[[Call], Produced]) -> None:
         call = Call(source, time.perf_counter(), futures.Future())
         call.future = self.pool.submit(_in_context(otel_context.get_current(), work), call)
         self.calls[source] = call
@@ -277,30 +294,43 @@ class Run:
             except errors.ServiceError as exc:
                 self._failed(source, modality, exc.code, exc.message, latency, exc.violations)
                 continue
-            wrong = {s: int(t.shape[-1]) for s, t in produced.items() if s in self.widths and t.shape[-1] != self.widths[s]}
+            wrong = {s: int(t.shape[-1]) for s, t in produced.features.items() if s in self.widths and t.shape[-1] != self.widths[s]}
             if wrong:  # an encoder running another model than the weights were trained with
                 s, width = next(iter(wrong.items()))
                 self._failed(source, modality, grpc.StatusCode.FAILED_PRECONDITION,
                              f"{s} features are {width} wide, the task's weights expect {self.widths[s]}: the {modality} "
                              f"service runs another model than the one they were trained with", latency)
                 continue
-            broken = next((s for s, t in produced.items() if not torch.isfinite(t).all()), None)
+            broken = next((s for s, t in produced.features.items() if not torch.isfinite(t).all()), None)
             if broken is not None:  # never let NaN or infinity reach the fusion model and the answer
                 self._failed(source, modality, grpc.StatusCode.INTERNAL,
                              f"the {modality} service sent {broken} features with NaN or infinite values", latency)
                 continue
-            if source in MODALITIES and source in produced:  # is it the kind of input the task was trained on?
-                score, reason = self.judge(source, produced[source], {})
+            if source in MODALITIES and source in produced.features:  # is it the kind of input the task was trained on?
+                score, reason = self.judge(source, produced.features[source], {})
                 self.states[modality].applicability = score
                 if reason:
                     self._not_applicable(modality, reason, latency)
                     continue
-            self.features.update(produced)
+            self.merge(modality, produced)
             if source in MODALITIES:
                 state = self.states[modality]
                 state.status, state.latency_ms = router_pb2.MODALITY_STATUS_USED, latency
-            elif not produced:
+            elif not produced.features and source not in produced.notes:
                 self.side_notes[source] = "found nothing"
+
+    def merge(self, modality: str, produced: Produced) -> None:
+        self.features.update(produced.features)
+        self.side_notes.update(produced.notes)
+        for name, value in produced.evidence.items():
+            if name == "image_tags":
+                self.evidence.image_tags.update(value)
+            else:
+                setattr(self.evidence, name, value)
+        if produced.screen_text_note:
+            self.screen_text_note = produced.screen_text_note
+        if produced.streamed is not None:
+            self.streamed[modality] = produced.streamed
 
     def _not_applicable(self, modality: str, reason: str, latency: float) -> None:
         state = self.states[modality]
@@ -499,15 +529,16 @@ class Pipeline:
     def _base_work(self, run: Run, modality: str, data: bytes, media_type: str, parameters: dict, with_side: bool):
         option = {"image": "ocr", "audio": "transcript"}.get(modality)
 
-        def work(call: Call) -> dict[str, torch.Tensor]:
+        def work(call: Call) -> Produced:
             options = [option] if (with_side and option) else []
+            notes, streamed = {}, None
             if options and isinstance(data, Tee) and not run.encoders.offers(modality, option, run.deadline.remaining()):
                 # A stream cannot be sent twice: leave out what the encoder does not offer.
-                run.side_notes[SIDE_SOURCE[modality]] = f"not offered by the {modality} service"
+                notes[SIDE_SOURCE[modality]] = f"not offered by the {modality} service"
                 options = []
             if isinstance(data, Tee):  # audio still arriving: stream it on
                 result = run.encode_stream(call, modality, data, media_type, options=options, parameters=parameters)
-                run.streamed[modality] = data.collected()
+                streamed = data.collected()
             else:
                 try:
                     result = run.encode(call, modality, data, media_type, options=options, parameters=parameters)
@@ -516,18 +547,18 @@ class Pipeline:
                         raise
                     # The encoder cannot make the side output (OCR or transcripts turned off
                     # there): the base features without it, and the reason in the answer.
-                    run.side_notes[SIDE_SOURCE[modality]] = f"failed: {exc.code().name}: {exc.details()}"
+                    notes[SIDE_SOURCE[modality]] = f"failed: {exc.code().name}: {exc.details()}"
                     result = run.encode(call, modality, data, media_type, parameters=parameters)
-            produced = {modality: torch.from_numpy(np.asarray(result.sequence if result.sequence is not None else result.pooled, dtype=np.float32))}
-            if modality == "text":
-                run.evidence.text = data.decode("utf-8")
+            sequence = result.sequence if result.sequence is not None else result.pooled
+            produced = Produced({modality: torch.from_numpy(np.asarray(sequence, dtype=np.float32))},
+                                {"text": data.decode("utf-8")} if modality == "text" else {}, notes, streamed=streamed)
             if result.side is not None:
                 if modality == "image":
                     _, inapplicable = run.judge("image", None, dict(result.side.tags))
                     if inapplicable:  # not evidence: nothing of it reaches the answer
                         raise NotApplicable(inapplicable)
-                    run.evidence.image_tags.update(result.side.tags)
-                produced.update(self._side_features(run, call, modality, result.side))
+                    produced = produced.plus(Produced(evidence={"image_tags": dict(result.side.tags)}))
+                produced = produced.plus(self._side_features(run, call, modality, result.side))
             return produced
 
         return work
@@ -535,13 +566,13 @@ class Pipeline:
     def _side_work(self, run: Run, modality: str, data: bytes, media_type: str, parameters: dict):
         option = {"image": "ocr", "audio": "transcript"}[modality]
 
-        def work(call: Call) -> dict[str, torch.Tensor]:
+        def work(call: Call) -> Produced:
             result = run.encode(call, modality, data, media_type, options=[option], pooled_only=True, parameters=parameters)
             return self._side_features(run, call, modality, result.side)
 
         return work
 
-    def _side_features(self, run: Run, call: Call, modality: str, side: encoder_pb2.SideOutputs) -> dict[str, torch.Tensor]:
+    def _side_features(self, run: Run, call: Call, modality: str, side: encoder_pb2.SideOutputs) -> Produced:
         if modality == "image" and side.text_spans:
             lines, unreadable, found = screen_paragraphs(side.text_spans)
             # Text read only in part is said in the image's report, not dropped unsaid.
@@ -551,22 +582,21 @@ class Pipeline:
                               f"(OCR confidence under {MIN_SPAN_CONFIDENCE:g}), not used")
             if found > len(lines):
                 unread.append(f"the first {len(lines)} of {found} paragraphs used")
-            run.screen_text_note = "; ".join(unread)
-            run.evidence.screen_lines = lines
-            if lines:
-                try:
-                    return {"image_text": run.embed_texts(call, lines)}
-                except grpc.RpcError as exc:  # the text service is down: the image still counts, its text is reported
-                    run.side_notes["image_text"] = _not_embedded(exc)
+            read = Produced(evidence={"screen_lines": lines}, screen_text_note="; ".join(unread))
+            if not lines:
+                return read
+            try:
+                return read.plus(Produced({"image_text": run.embed_texts(call, lines)}))
+            except grpc.RpcError as exc:  # the text service is down: the image still counts, its text is reported
+                return read.plus(Produced(notes={"image_text": _not_embedded(exc)}))
         if modality == "audio" and side.HasField("transcript") and side.transcript.text.strip():
-            run.evidence.transcript = side.transcript.text
+            heard = Produced(evidence={"transcript": side.transcript.text})
             try:
                 result = run.encode(call, "text", side.transcript.text.encode(), "text/plain")
             except grpc.RpcError as exc:
-                run.side_notes["audio_text"] = _not_embedded(exc)
-                return {}
-            return {"audio_text": torch.from_numpy(np.asarray(result.sequence, dtype=np.float32))}
-        return {}
+                return heard.plus(Produced(notes={"audio_text": _not_embedded(exc)}))
+            return heard.plus(Produced({"audio_text": torch.from_numpy(np.asarray(result.sequence, dtype=np.float32))}))
+        return Produced()
 
     # ------------------------------------------------------------------ routing loop
     def gather(self, run: Run, task: TaskModel, media, full: bool, required: set[str], side_now: set[str]) -> Decision | None:
