@@ -34,7 +34,7 @@ from modalmesh.router import applicability, status_line
 from modalmesh.router.features import FeatureCache, configured_asr_engine, text_model_version
 from modalmesh.router.finetune import LEARNING_RATE as TEXT_TOP_LEARNING_RATE
 from modalmesh.router.fusion import FusionConfig, FusionEnsemble, FusionModel, fit_log_temperature
-from modalmesh.router.tasks import NOT_FOR_CLINICAL_USE, TASKS
+from modalmesh.router.tasks import NOT_FOR_CLINICAL_USE, TASKS, decide
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +185,9 @@ def train(task: str, data: str, out: str, epochs: int = 40, seed: int = 0, cache
 
     # The status-line pointer first: the fusion model reads the screen through it (status_line.focus).
     pointer, pointer_summary = fit_status_line(task, manifest, val_path, train_set, train_items, val_set, val_items, seed)
+    # Validation as the router reads it (every screen paragraph, through the pointer, with
+    # tasks.decide): the routing and abstention thresholds are chosen on it.
+    served_val = val_set
     train_set, val_set = status_line.focus_examples(pointer, train_set), status_line.focus_examples(pointer, val_set)
 
     config = FusionConfig(labels=spec.labels, regression=spec.regression, **{**spec.fusion, **config_overrides})
@@ -208,7 +211,7 @@ def train(task: str, data: str, out: str, epochs: int = 40, seed: int = 0, cache
     model.eval()
     with staged_folder(Path(out)) as out_dir:  # the weights appear whole, or not at all
         if text_top is not None:  # from here on, validation is read through the trained layers
-            val_set = text_top.read(val_set)
+            val_set, served_val = text_top.read(val_set), text_top.read(served_val)
             config.text_model = text_top.save(out_dir / "text-model")
         else:  # the weights fit this text model's features only: the router and eval check it
             config.text_model = text_model_version()
@@ -217,10 +220,11 @@ def train(task: str, data: str, out: str, epochs: int = 40, seed: int = 0, cache
                 config.measurement_sigma = measurement_sigma(model, spec, val_set)
                 config.measurement_evidence = measurement_evidence(spec, val_set)
             if val_set:  # the earliest answers that cost at most half a point of validation accuracy
-                config.routing = tune_routing_on(model, spec, val_set, val_items)
+                config.routing = tune_routing_on(model, spec, served_val, val_items, pointer)
             if val_set:  # answers below this confidence are withheld
-                probabilities, _, _ = predict(model, spec, val_set)
-                config.abstain_below = choose_abstain_below(probabilities, torch.tensor([e.label for e in val_set]))
+                probabilities = torch.stack([decide(model, spec, e.features, e.tags, attention=False, pointer=pointer).probabilities
+                                             for e in served_val])
+                config.abstain_below = choose_abstain_below(probabilities, torch.tensor([e.label for e in served_val]))
         # What the task was trained on: inputs unlike it are not applicable (router/applicability.py).
         reference = applicability.fit([e.features for e in train_set], [e.features for e in val_set])
         reference.save(out_dir)
@@ -410,10 +414,11 @@ def accuracy(model: FusionModel | FusionEnsemble, spec, examples: list[Example])
     return float((probabilities.argmax(-1) == torch.tensor([e.label for e in examples])).float().mean())
 
 
-def tune_routing_on(model: FusionModel | FusionEnsemble, spec, examples: list[Example], items: list) -> dict:
+def tune_routing_on(model: FusionModel | FusionEnsemble, spec, examples: list[Example], items: list, pointer=None) -> dict:
     """tau, gamma and the eager side outputs (asked for with the base features instead of
     after them) with the lowest simulated mean latency on validation, for every choice of
-    eager side outputs (fewer eager ones on a tie)."""
+    eager side outputs (fewer eager ones on a tie). `pointer`: the status-line pointer the
+    examples' screen paragraphs are read through."""
     from modalmesh.router.routing import route, routing_cases, tune_routing
 
     started = time.perf_counter()
@@ -423,7 +428,7 @@ def tune_routing_on(model: FusionModel | FusionEnsemble, spec, examples: list[Ex
     best: tuple[dict, dict] | None = None
     for size in range(len(spec.side_outputs) + 1):
         for eager in itertools.combinations(spec.side_outputs, size):
-            cases = routing_cases(model, spec, examples, items, fuse_ms, eager)
+            cases = routing_cases(model, spec, examples, items, fuse_ms, eager, pointer=pointer)
             tau, gamma = tune_routing(cases)
             outcome = route(cases, tau, gamma)
             if best is None or outcome["mean_latency_ms"] < best[0]["mean_latency_ms"]:
