@@ -32,6 +32,7 @@ $(BUF): tools/buf/package.json tools/buf/package-lock.json
 
 test: setup $(BUF)
 	$(PY) -m ruff check services tests benchmarks tools
+	$(PY) -m ruff format --check services tests benchmarks tools
 	$(PY) -m mypy
 	$(VENV)/bin/lint-imports
 	$(BUF) lint protos

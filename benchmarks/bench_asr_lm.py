@@ -64,9 +64,11 @@ def main() -> int:
         model = build(sentences_from_manifests([folder / "train.jsonl"], fields))
         lm = Path(tempfile.mkdtemp()) / f"{task}.arpa"
         lm.write_text(model.arpa)
-        print(f"\n{task}: domain model from {folder}/train.jsonl ({' + '.join(fields)}; "
-              f"modalmesh data lm --data {folder.relative_to(REPO)}/train.jsonl {' '.join('--field ' + f for f in fields)}): "
-              f"{model.vocabulary} words, {model.bigrams} word pairs")
+        print(
+            f"\n{task}: domain model from {folder}/train.jsonl ({' + '.join(fields)}; "
+            f"modalmesh data lm --data {folder.relative_to(REPO)}/train.jsonl {' '.join('--field ' + f for f in fields)}): "
+            f"{model.vocabulary} words, {model.bigrams} word pairs"
+        )
         results[task] = {"vocabulary": model.vocabulary, "bigrams": model.bigrams}
         for split in ("val", "test"):
             records = [r for r in read_manifest(folder / f"{split}.jsonl") if r.get("audio") and r["extra"].get(said_field)]
@@ -77,13 +79,21 @@ def main() -> int:
                 texts, ms = transcribe_all(path, clips)
                 wrong = sum(word_errors(said, text)[0] for (said, _), text in zip(clips, texts))
                 total = sum(word_errors(said, "")[1] for said, _ in clips)
-                row[name] = {"wer": wrong / total, "median_ms": statistics.median(ms), "mean_ms": statistics.fmean(ms),
-                             "example": {"said": clips[0][0], "heard": texts[0]}}
-                print(f"   {split:4s} {name:7s} {len(clips):3d} clips   WER {wrong / total:.3f}   "
-                      f"transcript median {statistics.median(ms):6.0f} ms   mean {statistics.fmean(ms):6.0f} ms"
-                      f"   e.g. {clips[0][0]!r} -> {texts[0]!r}")
-            print(f"   {split:4s} domain / general: WER {row['domain']['wer'] / row['general']['wer']:.2f}x, "
-                  f"time {row['domain']['median_ms'] / row['general']['median_ms']:.2f}x (median)")
+                row[name] = {
+                    "wer": wrong / total,
+                    "median_ms": statistics.median(ms),
+                    "mean_ms": statistics.fmean(ms),
+                    "example": {"said": clips[0][0], "heard": texts[0]},
+                }
+                print(
+                    f"   {split:4s} {name:7s} {len(clips):3d} clips   WER {wrong / total:.3f}   "
+                    f"transcript median {statistics.median(ms):6.0f} ms   mean {statistics.fmean(ms):6.0f} ms"
+                    f"   e.g. {clips[0][0]!r} -> {texts[0]!r}"
+                )
+            print(
+                f"   {split:4s} domain / general: WER {row['domain']['wer'] / row['general']['wer']:.2f}x, "
+                f"time {row['domain']['median_ms'] / row['general']['median_ms']:.2f}x (median)"
+            )
             results[task][split] = row
     write_results(args.out, {"machine": machine(), "results": results})
     return 0

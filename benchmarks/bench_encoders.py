@@ -79,12 +79,14 @@ def int8_comparison(repeats: int) -> list[dict]:
     sentence = ["My card payment failed at checkout and I was charged twice."]
     full, int8 = TextEncoder(""), TextEncoder("", quantize=True)
     a, b = full.encode_batch(sentence)[0].pooled, int8.encode_batch(sentence)[0].pooled
-    rows.append({
-        "backbone": "all-MiniLM-L6-v2 (text)",
-        "fp32_ms": time_model(lambda: full.encode_batch(sentence), repeats),
-        "int8_ms": time_model(lambda: int8.encode_batch(sentence), repeats),
-        "cosine": float(torch.nn.functional.cosine_similarity(a, b, dim=0)),
-    })
+    rows.append(
+        {
+            "backbone": "all-MiniLM-L6-v2 (text)",
+            "fp32_ms": time_model(lambda: full.encode_batch(sentence), repeats),
+            "int8_ms": time_model(lambda: int8.encode_batch(sentence), repeats),
+            "cosine": float(torch.nn.functional.cosine_similarity(a, b, dim=0)),
+        }
+    )
 
     rgb = np.asarray(render_screenshot("Error 402: Payment declined"))
     for label, make in (
@@ -102,12 +104,14 @@ def int8_comparison(repeats: int) -> list[dict]:
         full, int8 = make(False), make(True)
         tensor = full.preprocess(rgb)
         a, b = full.encode_batch([tensor])[0].pooled, int8.encode_batch([tensor])[0].pooled
-        rows.append({
-            "backbone": label,
-            "fp32_ms": time_model(lambda: full.encode_batch([tensor]), repeats),
-            "int8_ms": time_model(lambda: int8.encode_batch([tensor]), repeats),
-            "cosine": float(torch.nn.functional.cosine_similarity(a, b, dim=0)),
-        })
+        rows.append(
+            {
+                "backbone": label,
+                "fp32_ms": time_model(lambda: full.encode_batch([tensor]), repeats),
+                "int8_ms": time_model(lambda: int8.encode_batch([tensor]), repeats),
+                "cosine": float(torch.nn.functional.cosine_similarity(a, b, dim=0)),
+            }
+        )
     for row in rows:
         row["speedup"] = row["fp32_ms"] / row["int8_ms"]
     return rows
@@ -129,8 +133,16 @@ def ocr_costs(repeats: int) -> list[dict]:
             for name, screen in screens.items():
                 rgb = np.asarray(screen.convert("RGB"))
                 lines = reader.read(rgb)
-                rows.append({"size": name, "engine": engine, "det_side": det_side, "ms": time_model(lambda: reader.read(rgb), repeats),
-                             "lines": len(lines), "read": message in paragraphs((line.text, line.box) for line in lines)})
+                rows.append(
+                    {
+                        "size": name,
+                        "engine": engine,
+                        "det_side": det_side,
+                        "ms": time_model(lambda: reader.read(rgb), repeats),
+                        "lines": len(lines),
+                        "read": message in paragraphs((line.text, line.box) for line in lines),
+                    }
+                )
     return rows
 
 
@@ -192,8 +204,10 @@ def main() -> int:
             print(f"   {name:6s} {row['clients']:2d} clients: {row['p50_ms']:8.1f} ms p50, {row['per_s']:6.1f} items/s")
     print("\n2. FP32 vs INT8 dynamic quantization (model time p50, in process)")
     for row in results["int8"]:
-        print(f"   {row['backbone']:40s} fp32 {row['fp32_ms']:7.1f} ms  int8 {row['int8_ms']:7.1f} ms  "
-              f"speed-up {row['speedup']:4.2f}x  cosine {row['cosine']:.4f}   (target >= 2x, >= 0.98)")
+        print(
+            f"   {row['backbone']:40s} fp32 {row['fp32_ms']:7.1f} ms  int8 {row['int8_ms']:7.1f} ms  "
+            f"speed-up {row['speedup']:4.2f}x  cosine {row['cosine']:.4f}   (target >= 2x, >= 0.98)"
+        )
     print("\n3. OCR per screenshot (in process)")
     for row in results["ocr"]:
         rule = f"longer side <= {row['det_side']}" if row["det_side"] else "engine rule (short side 736)"

@@ -58,12 +58,18 @@ def main() -> None:
         count = int(rng.choice([0, 1, 2, 3], p=[0.34, 0.33, 0.2, 0.13]))
         if args.anatomy == "training":
             diameter = float(rng.uniform(4, 30)) if rng.random() < 0.5 else float(rng.uniform(31, 60))
-            phantom = make_phantom(int(rng.integers(1 << 31)), size=PHANTOM_SIZE, lesion_count=count,
-                                   diameter_mm=diameter if count else None)
+            phantom = make_phantom(int(rng.integers(1 << 31)), size=PHANTOM_SIZE, lesion_count=count, diameter_mm=diameter if count else None)
         else:
             diameter = float(rng.uniform(5, 29)) if rng.random() < 0.5 else float(rng.uniform(32, 55))
-            phantom = make_phantom(int(rng.integers(1 << 31)), size=512, lesion_count=count, diameter_mm=diameter if count else None,
-                                   spacing_mm=(0.5, 1.0), noise_hu=(20.0, 45.0), heart=True)
+            phantom = make_phantom(
+                int(rng.integers(1 << 31)),
+                size=512,
+                lesion_count=count,
+                diameter_mm=diameter if count else None,
+                spacing_mm=(0.5, 1.0),
+                noise_hu=(20.0, 45.0),
+                heart=True,
+            )
         spacing = (phantom.pixel_spacing_mm, phantom.pixel_spacing_mm)
         normals += count == 0
         single += count == 1
@@ -84,9 +90,11 @@ def main() -> None:
     for name, score in scores.items():
         errors = score["errors"]
         results[name] = {
-            "largest_diameter_abs_error_mm": {"mean": round(statistics.fmean(errors), 3),
-                                              "median": round(statistics.median(errors), 3),
-                                              "p90": round(float(np.percentile(errors, 90)), 3)},
+            "largest_diameter_abs_error_mm": {
+                "mean": round(statistics.fmean(errors), 3),
+                "median": round(statistics.median(errors), 3),
+                "p90": round(float(np.percentile(errors, 90)), 3),
+            },
             "lesion_count_accuracy": round(score["count_ok"] / args.n, 3),
             "side_accuracy_single_lesion": round(score["side_ok"] / max(single, 1), 3),
             "normal_slices_with_a_false_lesion": f"{score['false_on_normal']}/{normals}",

@@ -79,16 +79,24 @@ def run(concurrency: int, requests: int, deadline: float, seconds: float = 0.0, 
             def one(index: int) -> tuple[str, float, float]:
                 started = time.perf_counter()
                 try:
-                    answer = client.analyze("screenshot_triage", text=message, image=screenshot,
-                                            audio=voice if index % 2 else b"", mode="full" if index % 3 == 0 else "routed",
-                                            timeout=deadline)
+                    answer = client.analyze(
+                        "screenshot_triage",
+                        text=message,
+                        image=screenshot,
+                        audio=voice if index % 2 else b"",
+                        mode="full" if index % 3 == 0 else "routed",
+                        timeout=deadline,
+                    )
                 except grpc.RpcError as exc:
                     hints[index] = retry_after(exc)
                     source = "router" if "before the deadline" in (exc.details() or "") else "client clock"
                     outcome = f"{exc.code().name} ({source})" if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED else exc.code().name
                     return outcome, time.perf_counter() - started, started - began
-                missed = [f"{name} {m['status']} {m.get('error_code', '')}".strip()
-                          for name, m in answer["modalities"].items() if m["status"] in ("timed_out", "failed")]
+                missed = [
+                    f"{name} {m['status']} {m.get('error_code', '')}".strip()
+                    for name, m in answer["modalities"].items()
+                    if m["status"] in ("timed_out", "failed")
+                ]
                 degraded = bool(missed)
                 shortfalls.update(missed)
                 return ("answered, degraded" if degraded else "answered, complete"), time.perf_counter() - started, started - began
@@ -97,8 +105,10 @@ def run(concurrency: int, requests: int, deadline: float, seconds: float = 0.0, 
             # not this process's own callers.
             spawn = multiprocessing.get_context("spawn")
             here, there = spawn.Pipe()
-            targets = {**{name: mesh.address(name) for name in ORDER},
-                       **{f"{name} (probe port)": f"{mesh.host}:{port}" for name, port in mesh.health_ports.items()}}
+            targets = {
+                **{name: mesh.address(name) for name in ORDER},
+                **{f"{name} (probe port)": f"{mesh.host}:{port}" for name, port in mesh.health_ports.items()},
+            }
             probes = spawn.Process(target=poll_health, args=(targets, there), daemon=True)
             probes.start()
             here.recv()  # the prober is up
@@ -116,8 +126,9 @@ def run(concurrency: int, requests: int, deadline: float, seconds: float = 0.0, 
                             refused = refused + 1 if done[-1][0] == "RESOURCE_EXHAUSTED" else 0
                             hint = hints.pop(index - concurrency, None)
                             if refused and backoff:  # as the refusal asks: after the time it names, else exponential backoff
-                                time.sleep(jitter.uniform(0.5, 1.0) * hint if hint else
-                                           jitter.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (refused - 1))))
+                                time.sleep(
+                                    jitter.uniform(0.5, 1.0) * hint if hint else jitter.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (refused - 1)))
+                                )
                         return done
 
                     outcomes = [o for batch in pool.map(caller, range(concurrency)) for o in batch]
@@ -138,10 +149,17 @@ def run(concurrency: int, requests: int, deadline: float, seconds: float = 0.0, 
     unanswered = [at for outcome, _, at in outcomes if not outcome.startswith("answered") and outcome != "RESOURCE_EXHAUSTED"]
     first = sum(at < deadline for at in unanswered)
     return {
-        "concurrency": concurrency, "requests": requests, "backoff": bool(seconds and backoff), "deadline_s": deadline, "wall_s": wall,
-        "outcomes": dict(counts), "admitted": admitted, "degraded_by": dict(shortfalls),
+        "concurrency": concurrency,
+        "requests": requests,
+        "backoff": bool(seconds and backoff),
+        "deadline_s": deadline,
+        "wall_s": wall,
+        "outcomes": dict(counts),
+        "admitted": admitted,
+        "degraded_by": dict(shortfalls),
         "admitted_answered_ratio": len(answered) / admitted if admitted else None,
-        "unanswered_sent_in_first_deadline": first, "unanswered_sent_later": len(unanswered) - first,
+        "unanswered_sent_in_first_deadline": first,
+        "unanswered_sent_later": len(unanswered) - first,
         "answers_per_s": len(answered) / wall if wall else None,
         "answered_latency_median_s": statistics.median(answered) if answered else None,
         "answered_latency_max_s": max(answered) if answered else None,
@@ -178,25 +196,27 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--deadline", type=float, default=2.0, help="gRPC deadline per call, seconds")
-    parser.add_argument("--seconds", type=float, default=0.0,
-                        help="closed loop for this long (each caller sends again once answered) instead of --requests")
-    parser.add_argument("--no-backoff", dest="backoff", action="store_false",
-                        help="with --seconds: a refused caller sends again at once instead of backing off")
+    parser.add_argument("--seconds", type=float, default=0.0, help="closed loop for this long (each caller sends again once answered) instead of --requests")
+    parser.add_argument(
+        "--no-backoff", dest="backoff", action="store_false", help="with --seconds: a refused caller sends again at once instead of backing off"
+    )
     parser.add_argument("--out", default="bench-results/overload.json")
     args = parser.parse_args()
     header("ModalMesh overload benchmark: concurrent callers with a gRPC deadline")
     results = run(args.concurrency, args.requests, args.deadline, args.seconds, args.backoff)
-    print(f"\n{results['requests']} requests, {results['concurrency']} at a time, deadline {results['deadline_s']:g} s: "
-          f"{results['wall_s']:.1f} s in all")
+    print(f"\n{results['requests']} requests, {results['concurrency']} at a time, deadline {results['deadline_s']:g} s: {results['wall_s']:.1f} s in all")
     for outcome, count in sorted(results["outcomes"].items()):
         print(f"  {outcome:32s} {count}")
     for shortfall, count in sorted(results["degraded_by"].items()):
         print(f"    degraded: {shortfall:26s} {count}")
     if results["admitted_answered_ratio"] is not None:
-        print(f"  admitted {results['admitted']}, answered inside the deadline {results['admitted_answered_ratio']:.1%}; "
-              f"{results['answers_per_s']:.2f} answers/s")
-        print(f"  admitted, not answered: {results['unanswered_sent_in_first_deadline']} sent in the first "
-              f"{results['deadline_s']:g} s, {results['unanswered_sent_later']} later")
+        print(
+            f"  admitted {results['admitted']}, answered inside the deadline {results['admitted_answered_ratio']:.1%}; {results['answers_per_s']:.2f} answers/s"
+        )
+        print(
+            f"  admitted, not answered: {results['unanswered_sent_in_first_deadline']} sent in the first "
+            f"{results['deadline_s']:g} s, {results['unanswered_sent_later']} later"
+        )
     if results["answered_latency_median_s"] is not None:
         print(f"  answered latency: median {results['answered_latency_median_s']:.2f} s, max {results['answered_latency_max_s']:.2f} s")
     for name, record in results["health"].items():

@@ -45,6 +45,7 @@ def main() -> int:
     delays = []
     try:
         with RouterClient(router.address, timeout=10) as client:
+
             def image_status() -> str:
                 answer = client.analyze("screenshot_triage", text="my card was declined", image=screenshot, mode="full")
                 return answer["modalities"]["image"]["status"]
@@ -63,8 +64,7 @@ def main() -> int:
         for handle in (router, vision, text, audio):
             handle.stop(grace=0.5)
     print(f"median {statistics.median(delays):.0f} ms, max {max(delays):.0f} ms over {len(delays)} rounds")
-    write_results(args.out, {"machine": machine(), "command": " ".join(sys.argv), "delays_ms": delays,
-                             "median_ms": statistics.median(delays)})
+    write_results(args.out, {"machine": machine(), "command": " ".join(sys.argv), "delays_ms": delays, "median_ms": statistics.median(delays)})
     return 0
 
 

@@ -64,9 +64,13 @@ def bench_mesh(inputs, calls: int) -> dict:
                 encode.append(answer["timings_ms"]["encode"])
     finally:
         mesh.stop()
-    return {"p50_ms": statistics.median(totals), "p99_ms": percentile(totals, 99),
-            "router_overhead_p50_ms": statistics.median(overheads), "router_overhead_p99_ms": percentile(overheads, 99),
-            "encode_p50_ms": statistics.median(encode)}
+    return {
+        "p50_ms": statistics.median(totals),
+        "p99_ms": percentile(totals, 99),
+        "router_overhead_p50_ms": statistics.median(overheads),
+        "router_overhead_p99_ms": percentile(overheads, 99),
+        "encode_p50_ms": statistics.median(encode),
+    }
 
 
 def bench_in_process(inputs, calls: int) -> dict:
@@ -83,8 +87,7 @@ def bench_in_process(inputs, calls: int) -> dict:
     task = load_task(TASKS["screenshot_triage"], str(SHIPPED_WEIGHTS))  # the router's own weights
 
     def one():
-        item = encoders.extract(text=inputs["text"], image=inputs["image"], image_type="image/png",
-                                audio=inputs["audio"], audio_type="audio/wav")
+        item = encoders.extract(text=inputs["text"], image=inputs["image"], image_type="image/png", audio=inputs["audio"], audio_type="audio/wav")
         with torch.inference_mode():
             task.model(task.model.embed([item.features]))
 
@@ -110,8 +113,10 @@ def main() -> int:
     print(f"   in process, sequential   p50 {local['p50_ms']:8.1f} ms   p99 {local['p99_ms']:8.1f} ms")
     print(f"   mesh, 4 processes        p50 {mesh['p50_ms']:8.1f} ms   p99 {mesh['p99_ms']:8.1f} ms")
     print(f"   mesh / in process (p50)  {ratio:.2f}x   (target <= 0.8x)")
-    print(f"   router overhead (total - slowest modality): p50 {mesh['router_overhead_p50_ms']:.2f} ms, "
-          f"p99 {mesh['router_overhead_p99_ms']:.2f} ms   (target <= 2 ms p50)")
+    print(
+        f"   router overhead (total - slowest modality): p50 {mesh['router_overhead_p50_ms']:.2f} ms, "
+        f"p99 {mesh['router_overhead_p99_ms']:.2f} ms   (target <= 2 ms p50)"
+    )
     write_results(args.out, {"machine": machine(), "mesh": mesh, "in_process": local, "ratio": ratio})
     return 0
 

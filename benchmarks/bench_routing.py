@@ -26,8 +26,7 @@ sys.path.insert(0, str(REPO))
 from benchmarks.bench_text import header, machine, task_arguments, write_results  # noqa: E402
 from modalmesh.up import free_port  # noqa: E402
 
-MANIFESTS = {"screenshot_triage": REPO / "data" / "triage" / "test.jsonl",
-             "medical_report": REPO / "data" / "medical" / "test.jsonl"}
+MANIFESTS = {"screenshot_triage": REPO / "data" / "triage" / "test.jsonl", "medical_report": REPO / "data" / "medical" / "test.jsonl"}
 MAX_SECONDS = 1800  # a bounded load loop: stop sending after this long, report what was measured
 
 
@@ -50,7 +49,7 @@ def run(task: str, manifest: Path, limit: int) -> dict:
     from modalmesh.data.generate import read_manifest
     from modalmesh.up import ORDER, Mesh
 
-    records = [r for r in read_manifest(manifest) if r["task"] == task][:limit or None]
+    records = [r for r in read_manifest(manifest) if r["task"] == task][: limit or None]
     mesh = Mesh(ports={name: free_port() for name in ORDER}, quiet_logs=True)
     mesh.start()
     rows = []
@@ -67,12 +66,14 @@ def run(task: str, manifest: Path, limit: int) -> dict:
                     break
                 fields = request_fields(record, manifest.parent)
                 row = {"id": record["id"], "label": record["label"]}
-                for mode in (("full", "routed") if index % 2 == 0 else ("routed", "full")):
+                for mode in ("full", "routed") if index % 2 == 0 else ("routed", "full"):
                     started = time.perf_counter()
                     answer = client.analyze(task, mode=mode, **fields)
-                    row[mode] = {"ms": (time.perf_counter() - started) * 1000, "label": answer["label"],
-                                 "early": any(r["status"] == "skipped" or "not requested" in r["reason"]
-                                               for r in answer["modalities"].values())}
+                    row[mode] = {
+                        "ms": (time.perf_counter() - started) * 1000,
+                        "label": answer["label"],
+                        "early": any(r["status"] == "skipped" or "not requested" in r["reason"] for r in answer["modalities"].values()),
+                    }
                 rows.append(row)
                 if (index + 1) % 10 == 0:
                     print(f"   {index + 1}/{len(records)} items", flush=True)
@@ -85,8 +86,11 @@ def summarize(rows: list[dict]) -> dict:
     result = {"items": len(rows)}
     for mode in ("full", "routed"):
         ms = [r[mode]["ms"] for r in rows]
-        result[mode] = {"accuracy": statistics.fmean(r[mode]["label"] == r["label"] for r in rows),
-                        "mean_ms": statistics.fmean(ms), "median_ms": statistics.median(ms)}
+        result[mode] = {
+            "accuracy": statistics.fmean(r[mode]["label"] == r["label"] for r in rows),
+            "mean_ms": statistics.fmean(ms),
+            "median_ms": statistics.median(ms),
+        }
     result["early"] = sum(r["routed"]["early"] for r in rows)
     result["ratio_mean"] = result["routed"]["mean_ms"] / result["full"]["mean_ms"]
     return result
@@ -107,9 +111,11 @@ def main() -> int:
             m = result[mode]
             print(f"   {mode:6s}  accuracy {m['accuracy']:.3f}   mean {m['mean_ms']:7.1f} ms   median {m['median_ms']:7.1f} ms")
         loss = (result["full"]["accuracy"] - result["routed"]["accuracy"]) * 100
-        print(f"   routed/full mean latency {result['ratio_mean']:.2f} ({(1 - result['ratio_mean']) * 100:.0f}% lower; "
-              f"target >= 50%), accuracy loss {loss:+.1f} points (target <= 1), "
-              f"{result['early']}/{result['items']} answered early")
+        print(
+            f"   routed/full mean latency {result['ratio_mean']:.2f} ({(1 - result['ratio_mean']) * 100:.0f}% lower; "
+            f"target >= 50%), accuracy loss {loss:+.1f} points (target <= 1), "
+            f"{result['early']}/{result['items']} answered early"
+        )
     write_results(args.out, {"machine": machine(), **results})
     return 0
 

@@ -82,8 +82,7 @@ def run_echo_server(port: int) -> None:
 
 
 def start_process(args: list[str], ready_check) -> subprocess.Popen:
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "MODALMESH_LOG_LEVEL": "WARNING"})
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, "MODALMESH_LOG_LEVEL": "WARNING"})
     try:
         ready_check()
     except Exception:
@@ -111,9 +110,7 @@ def start_service(name: str, *flags: str) -> tuple[subprocess.Popen, str]:
         with connect(address) as channel:
             wait_for_serving(channel, timeout=180)
 
-    process = start_process(
-        [sys.executable, "-m", "modalmesh.cli", "serve", name, "--port", str(port), "--metrics-port", "0", *flags], ready
-    )
+    process = start_process([sys.executable, "-m", "modalmesh.cli", "serve", name, "--port", str(port), "--metrics-port", "0", *flags], ready)
     return process, address
 
 
@@ -267,8 +264,9 @@ def machine() -> dict:
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "torch_threads_in_service": {name: load_config(name, environ=os.environ).torch_threads or os.cpu_count()
-                                     for name in ("text", "vision", "audio", "router")},
+        "torch_threads_in_service": {
+            name: load_config(name, environ=os.environ).torch_threads or os.cpu_count() for name in ("text", "vision", "audio", "router")
+        },
         "grpcio": grpc.__version__,
         "platform": platform.platform(),
     }
@@ -307,9 +305,7 @@ def main() -> int:
             if label == "batching_on":
                 results["overhead"] = measure_overhead(address, calls, stream=False)
                 results["overhead_stream"] = measure_overhead(address, calls, stream=True)
-            results["throughput"][label] = [
-                measure_throughput(address, clients, seconds, max_calls=20_000) for clients in (1, 8, 32)
-            ]
+            results["throughput"][label] = [measure_throughput(address, clients, seconds, max_calls=20_000) for clients in (1, 8, 32)]
         finally:
             stop_process(process)
 
@@ -330,16 +326,20 @@ def main() -> int:
     print(f"   raw gRPC echo, unary, {ECHO_BYTES} B          {echo_result['unary_p50_ms']:7.3f} ms")
     print(f"   raw gRPC echo, 2-in/2-out stream, {ECHO_BYTES} B {echo_result['stream_p50_ms']:7.3f} ms")
     for name, o in (("EncodeOnce (unary)", overhead), ("Encode (stream)", overhead_stream)):
-        print(f"   text service, {name:19s} round trip {o['round_trip_p50_ms']:7.3f} ms, model {o['model_p50_ms']:6.3f} ms, "
-              f"overhead {o['overhead_p50_ms']:6.3f} ms (p99 {o['overhead_p99_ms']:.3f})")
+        print(
+            f"   text service, {name:19s} round trip {o['round_trip_p50_ms']:7.3f} ms, model {o['model_p50_ms']:6.3f} ms, "
+            f"overhead {o['overhead_p50_ms']:6.3f} ms (p99 {o['overhead_p99_ms']:.3f})"
+        )
     print(f"   EncodeOnce overhead / unary echo   {ratio_unary:5.2f}x   (target <= 1.3x)")
     print(f"   Encode overhead / stream echo      {ratio_stream:5.2f}x")
     print(f"\n2. throughput, MiniLM, {seconds:.0f} s per point, pooled vectors, sentences of 12-16 tokens")
     print("   clients   batching on (req/s, mean batch, p50 ms)   batching off (req/s, p50 ms)")
     for clients in (1, 8, 32):
         a, b = on[clients], off[clients]
-        print(f"   {clients:7d}   {a['throughput_per_s']:8.1f}  {a['mean_batch_size']:5.1f}  {a['latency_p50_ms']:8.1f}"
-              f"              {b['throughput_per_s']:8.1f}  {b['latency_p50_ms']:8.1f}")
+        print(
+            f"   {clients:7d}   {a['throughput_per_s']:8.1f}  {a['mean_batch_size']:5.1f}  {a['latency_p50_ms']:8.1f}"
+            f"              {b['throughput_per_s']:8.1f}  {b['latency_p50_ms']:8.1f}"
+        )
     print(f"   batching on at 32 clients / batch-1 (off, 1 client): {speedup_32:.2f}x   (target >= 3x)")
     print(f"   batching on / off, both at 32 clients:               {results['ratios']['batching_32_vs_off_32']:.2f}x")
 

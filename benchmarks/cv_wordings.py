@@ -91,24 +91,47 @@ def main() -> int:
         held = [i for i, key in enumerate(keys) if fold_of(key, args.folds) == fold]
         kept = [i for i in range(len(examples)) if i not in set(held)]
         started = time.perf_counter()
-        model, _, _ = train_member(config, spec, [examples[i] for i in kept], val_set, args.seed, args.epochs, 32, 2e-3,
-                                   1e-2, 0.35, 1.0, spec.feature_noise, 0.05, label=f"fold {fold + 1}/{args.folds}  ")
+        model, _, _ = train_member(
+            config,
+            spec,
+            [examples[i] for i in kept],
+            val_set,
+            args.seed,
+            args.epochs,
+            32,
+            2e-3,
+            1e-2,
+            0.35,
+            1.0,
+            spec.feature_noise,
+            0.05,
+            label=f"fold {fold + 1}/{args.folds}  ",
+        )
         probabilities, _, _ = predict(model.eval(), spec, [examples[i] for i in held])
         p = probabilities.numpy()
         labels = np.array([examples[i].label for i in held])
         right = p.argmax(1) == labels
         screened = np.array([bool(records[i]["extra"].get("screen")) for i in held])
-        rows.append({"fold": fold, "train": len(kept), "held_out": len(held),
-                     "families_held_out": len({keys[i] for i in held}), "accuracy": float(right.mean()),
-                     "accuracy_with_screen": float(right[screened].mean()), "ece": expected_calibration_error(p, labels),
-                     "seconds": round(time.perf_counter() - started, 1)})
+        rows.append(
+            {
+                "fold": fold,
+                "train": len(kept),
+                "held_out": len(held),
+                "families_held_out": len({keys[i] for i in held}),
+                "accuracy": float(right.mean()),
+                "accuracy_with_screen": float(right[screened].mean()),
+                "ece": expected_calibration_error(p, labels),
+                "seconds": round(time.perf_counter() - started, 1),
+            }
+        )
         r = rows[-1]
-        print(f"   fold {fold + 1}: train {r['train']}, held out {r['held_out']} ({r['families_held_out']} wording families): "
-              f"accuracy {r['accuracy']:.3f} (with a screen {r['accuracy_with_screen']:.3f}), ECE {r['ece']:.3f}, {r['seconds']} s",
-              flush=True)
+        print(
+            f"   fold {fold + 1}: train {r['train']}, held out {r['held_out']} ({r['families_held_out']} wording families): "
+            f"accuracy {r['accuracy']:.3f} (with a screen {r['accuracy_with_screen']:.3f}), ECE {r['ece']:.3f}, {r['seconds']} s",
+            flush=True,
+        )
     mean = {k: statistics.fmean(r[k] for r in rows) for k in ("accuracy", "accuracy_with_screen", "ece")}
-    print(f"\nmean over {args.folds} folds: accuracy {mean['accuracy']:.3f} (with a screen {mean['accuracy_with_screen']:.3f}), "
-          f"ECE {mean['ece']:.3f}")
+    print(f"\nmean over {args.folds} folds: accuracy {mean['accuracy']:.3f} (with a screen {mean['accuracy_with_screen']:.3f}), ECE {mean['ece']:.3f}")
     write_results(args.out, {"machine": machine(), "folds": rows, "mean": mean, "epochs": args.epochs, "seed": args.seed})
     return 0
 

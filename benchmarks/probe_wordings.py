@@ -84,7 +84,7 @@ def fit(probe: Probe, hidden, mask, labels, epochs: int) -> Probe:
         probe.train()
         order = torch.randperm(len(labels))
         for i in range(0, len(order), 64):
-            index = order[i:i + 64]
+            index = order[i : i + 64]
             loss = F.cross_entropy(probe(hidden[index], mask[index]), labels[index])
             optimizer.zero_grad()
             loss.backward()
@@ -133,11 +133,9 @@ def main() -> None:
     variants = [("frozen-mean", 0, "mean"), ("frozen-attention", 0, "attention")]
     if not args.quick:
         variants += [("finetune-top-1", 1, "mean"), ("finetune-top-2", 2, "mean")]
-    results = {"machine": machine(), "command": " ".join(sys.argv), "model": encoder.version,
-               "pool_sizes": {s: len(v[0]) for s, v in sets.items()}}
+    results = {"machine": machine(), "command": " ".join(sys.argv), "model": encoder.version, "pool_sizes": {s: len(v[0]) for s, v in sets.items()}}
     print(f"text model {encoder.version} ({encoder.width}-d)", flush=True)
-    results["frozen-mean_cv"] = cv = family_cv(sets["train"], lambda texts: hidden_states(texts, depth), model.config.hidden_size,
-                                                args.folds, args.epochs)
+    results["frozen-mean_cv"] = cv = family_cv(sets["train"], lambda texts: hidden_states(texts, depth), model.config.hidden_size, args.folds, args.epochs)
     print(f"frozen-mean cv     {cv['mean']:.3f} over {args.folds} wording-held-out folds of the train pool {cv['folds']}", flush=True)
     for name, k, pooling in variants:
         torch.manual_seed(0)
@@ -157,9 +155,11 @@ def main() -> None:
                 row["test_fixed_phrases_wrong"] = [t for t, ok in zip(texts, correct) if not ok and t in fixed]
                 row["test_composed_wrong"] = int(sum(1 for t, ok in zip(texts, correct) if not ok and t not in fixed))
         results[name] = row
-        print(f"{name:18s} val {row['val_accuracy']:.3f}  test {row['test_accuracy']:.3f}  "
-              f"({row['train_seconds']} s)  wrong: {row['test_composed_wrong']} composed, fixed {row['test_fixed_phrases_wrong']}",
-              flush=True)
+        print(
+            f"{name:18s} val {row['val_accuracy']:.3f}  test {row['test_accuracy']:.3f}  "
+            f"({row['train_seconds']} s)  wrong: {row['test_composed_wrong']} composed, fixed {row['test_fixed_phrases_wrong']}",
+            flush=True,
+        )
     write_results(args.out, results)
 
 

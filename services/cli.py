@@ -1,14 +1,14 @@
 """The `modalmesh` command line.
 
-    modalmesh serve text [--port N] [...config flags]
-    modalmesh serve vision|audio
-    modalmesh encode text "a sentence" [--json] [--target HOST:PORT]
-    modalmesh encode image PATH [--ocr] [--json]
-    modalmesh encode audio PATH [--transcript] [--json]
-    modalmesh say "text" --out reply.wav
-    modalmesh analyze --task T [--text ...] [--image PATH] [--audio PATH] [--speech-out reply.wav] [--json]
-    modalmesh certs --out DIR
-    modalmesh demo
+modalmesh serve text [--port N] [...config flags]
+modalmesh serve vision|audio
+modalmesh encode text "a sentence" [--json] [--target HOST:PORT]
+modalmesh encode image PATH [--ocr] [--json]
+modalmesh encode audio PATH [--transcript] [--json]
+modalmesh say "text" --out reply.wav
+modalmesh analyze --task T [--text ...] [--image PATH] [--audio PATH] [--speech-out reply.wav] [--json]
+modalmesh certs --out DIR
+modalmesh demo
 """
 
 from __future__ import annotations
@@ -108,6 +108,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
             return 2
         if args.ocr:
             options.append("ocr")
+        if args.lesions:
+            options.append("lesions")
         if args.transcript:
             options.append("transcript")
     with _channel(args) as channel:
@@ -123,9 +125,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     summary: dict[str, Any] = {
         "request_id": result.request_id,
         "model_version": pooled.model_version,
-        "sequence": None
-        if result.sequence is None
-        else {"datatype": result.chunks[0].sequence.values.datatype, "shape": list(result.sequence.shape)},
+        "sequence": None if result.sequence is None else {"datatype": result.chunks[0].sequence.values.datatype, "shape": list(result.sequence.shape)},
         "pooled": {
             "datatype": pooled.vector.datatype,
             "shape": codec.shape_of(pooled.vector),
@@ -176,9 +176,7 @@ def cmd_say(args: argparse.Namespace) -> int:
     from modalmesh.v1 import speech_pb2, speech_pb2_grpc
 
     audio_format = speech_pb2.AUDIO_FORMAT_PCM16 if args.out.endswith((".pcm", ".raw")) else speech_pb2.AUDIO_FORMAT_WAV
-    request = speech_pb2.SynthesizeRequest(
-        text=args.text, voice=args.voice, rate_wpm=args.rate, format=audio_format, sample_rate_hz=args.sample_rate
-    )
+    request = speech_pb2.SynthesizeRequest(text=args.text, voice=args.voice, rate_wpm=args.rate, format=audio_format, sample_rate_hz=args.sample_rate)
     with _channel(args) as channel:
         try:
             chunks = list(speech_pb2_grpc.SpeechStub(channel).Synthesize(request, timeout=args.timeout))
@@ -217,16 +215,21 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             with open(args.text_file, encoding="utf-8") as handle:
                 text = handle.read()
         except (OSError, UnicodeDecodeError) as exc:
-            print(f"modalmesh analyze: cannot read {args.text_file}: {getattr(exc, 'strerror', None) or 'not UTF-8 text'}",
-                  file=sys.stderr)
+            print(f"modalmesh analyze: cannot read {args.text_file}: {getattr(exc, 'strerror', None) or 'not UTF-8 text'}", file=sys.stderr)
             return 2
-    with RouterClient(args.target, ca=args.ca, cert=args.cert, key=args.key, token=args.token, server_name=args.server_name,
-                      timeout=args.timeout) as client:
+    with RouterClient(args.target, ca=args.ca, cert=args.cert, key=args.key, token=args.token, server_name=args.server_name, timeout=args.timeout) as client:
         try:
             answer = client.analyze(
-                args.task, text=text, image=inputs.get("image", b""), audio=inputs.get("audio", b""),
+                args.task,
+                text=text,
+                image=inputs.get("image", b""),
+                audio=inputs.get("audio", b""),
                 image_parameters=dict(args.image_param),
-                speech=bool(args.speech_out), voice=args.voice, explain=args.explain, mode=args.mode, require=args.require,
+                speech=bool(args.speech_out),
+                voice=args.voice,
+                explain=args.explain,
+                mode=args.mode,
+                require=args.require,
             )
         except grpc.RpcError as exc:
             detail = "; ".join(f"{f}: {d}" for f, d in errors.field_violations(exc))
@@ -250,10 +253,13 @@ def _unreachable_hint(exc, target: str) -> str:
     """How to get a router, when the call found none; '' otherwise."""
     import grpc
 
-    if exc.code() == grpc.StatusCode.UNAVAILABLE and "connect" in (exc.details() or "").lower() or \
-            exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED and (exc.details() or "") == "Deadline Exceeded":
-        return (f"  no answer from a router at {target}: start one with `modalmesh up` (or `modalmesh up --detach`), "
-                f"or point --router at one\n")
+    if (
+        exc.code() == grpc.StatusCode.UNAVAILABLE
+        and "connect" in (exc.details() or "").lower()
+        or exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        and (exc.details() or "") == "Deadline Exceeded"
+    ):
+        return f"  no answer from a router at {target}: start one with `modalmesh up` (or `modalmesh up --detach`), or point --router at one\n"
     return ""
 
 
@@ -266,8 +272,7 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     def names(modalities) -> str:
         return "+".join(router_pb2.Modality.Name(m).removeprefix("MODALITY_").lower() for m in modalities) or "none"
 
-    with RouterClient(args.target, ca=args.ca, cert=args.cert, key=args.key, token=args.token, server_name=args.server_name,
-                      timeout=args.timeout) as client:
+    with RouterClient(args.target, ca=args.ca, cert=args.cert, key=args.key, token=args.token, server_name=args.server_name, timeout=args.timeout) as client:
         try:
             tasks = client.list_tasks()
         except grpc.RpcError as exc:
@@ -305,6 +310,7 @@ def cmd_health(args: argparse.Namespace) -> int:
 def _data_errors(command):
     """A problem with the user's data or files (a manifest line, a missing file, weights that
     do not fit the encoders) is one line on stderr and exit status 2, not a traceback."""
+
     @functools.wraps(command)
     def run(args: argparse.Namespace) -> int:
         try:
@@ -312,6 +318,7 @@ def _data_errors(command):
         except (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError) as exc:
             print(f"modalmesh {command.__name__.removeprefix('cmd_').replace('_', ' ')}: {exc}", file=sys.stderr)
             return 2
+
     return run
 
 
@@ -335,8 +342,7 @@ def cmd_data_heldout(args: argparse.Namespace) -> int:
         raise ValueError(str(exc)) from None
     records = [json.loads(line) for line in open(path)]
     inside = sum(r["scope"] == "in" for r in records)
-    print(f"{path} ({inside} in scope, {len(records) - inside} out of scope); evaluate with "
-          f"modalmesh eval --task {args.task} --data {path} --report <folder>")
+    print(f"{path} ({inside} in scope, {len(records) - inside} out of scope); evaluate with modalmesh eval --task {args.task} --data {path} --report <folder>")
     return 0
 
 
@@ -360,8 +366,17 @@ def cmd_data_lm(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from modalmesh.router.train import train
 
-    summary = train(args.task, args.data, args.out, epochs=args.epochs, seed=args.seed, cache_dir=args.cache,
-                    feature_noise=args.feature_noise, members=args.members, finetune_top=args.finetune_top)
+    summary = train(
+        args.task,
+        args.data,
+        args.out,
+        epochs=args.epochs,
+        seed=args.seed,
+        cache_dir=args.cache,
+        feature_noise=args.feature_noise,
+        members=args.members,
+        finetune_top=args.finetune_top,
+    )
     print(json.dumps(summary, indent=2))
     print(f"wrote {args.out}/model.safetensors, config.json, MODEL_CARD.md")
     return 0
@@ -421,6 +436,7 @@ def _key_value(text: str) -> tuple[str, str]:
 def _at_least(minimum: int):
     """An argparse type: an integer no smaller than `minimum` (`--n 0` would write an empty
     training split)."""
+
     def parse(text: str) -> int:
         value = int(text)  # not a number: argparse reports "invalid int value"
         if value < minimum:
@@ -447,9 +463,16 @@ def build_parser() -> argparse.ArgumentParser:
     encode.add_argument("--datatype", default="", choices=("", "FP32", "FP16", "BF16"), help="feature datatype")
     encode.add_argument("--media-type", default="", help="override the media type guessed from the file")
     encode.add_argument("--ocr", action="store_true", help="image: also read the text on it")
+    encode.add_argument("--lesions", action="store_true", help="image: also measure lung lesions on a CT slice (in HU)")
     encode.add_argument("--transcript", action="store_true", help="audio: also transcribe it")
-    encode.add_argument("--param", action="append", default=[], type=_key_value, metavar="KEY=VALUE",
-                        help="header parameter, e.g. sample_rate_hz=16000 for raw PCM, frame=3, window=lung")
+    encode.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        type=_key_value,
+        metavar="KEY=VALUE",
+        help="header parameter, e.g. sample_rate_hz=16000 for raw PCM, frame=3, window=lung",
+    )
     _client_flags(encode, "")
     encode.set_defaults(func=cmd_encode)
 
@@ -487,10 +510,20 @@ def build_parser() -> argparse.ArgumentParser:
     data = commands.add_parser("data", help="datasets for the built-in tasks")
     data_commands = data.add_subparsers(dest="data_command", required=True)
     for name, command, what, n, n_help in (
-        ("generate", cmd_data_generate, "write a synthetic dataset (train/val/test manifests + files)", 240,
-         "training items (val and test get n/4 each, at least 12)"),
-        ("heldout", cmd_data_heldout, "write a held-out set built unlike the training data, with out-of-scope inputs", 120,
-         "in-scope items (and n/2 out of scope)"),
+        (
+            "generate",
+            cmd_data_generate,
+            "write a synthetic dataset (train/val/test manifests + files)",
+            240,
+            "training items (val and test get n/4 each, at least 12)",
+        ),
+        (
+            "heldout",
+            cmd_data_heldout,
+            "write a held-out set built unlike the training data, with out-of-scope inputs",
+            120,
+            "in-scope items (and n/2 out of scope)",
+        ),
     ):
         dataset = data_commands.add_parser(name, help=what)
         dataset.add_argument("--task", required=True, choices=("screenshot_triage", "medical_report"))
@@ -500,8 +533,11 @@ def build_parser() -> argparse.ArgumentParser:
         dataset.set_defaults(func=command)
     lm = data_commands.add_parser("lm", help="build a transcript language model (ARPA) from manifests' texts, for the audio service's --asr-lm")
     lm.add_argument("--data", required=True, action="append", help="a manifest (JSONL); its records' `text` are the sentences (repeatable)")
-    lm.add_argument("--field", action="append", help="a record field holding sentences, a dotted path for nested ones "
-                                                     "(default: text; repeatable, e.g. --field text --field extra.voice)")
+    lm.add_argument(
+        "--field",
+        action="append",
+        help="a record field holding sentences, a dotted path for nested ones (default: text; repeatable, e.g. --field text --field extra.voice)",
+    )
     lm.add_argument("--out", required=True, help="the .arpa file to write")
     lm.set_defaults(func=cmd_data_lm)
 
@@ -512,15 +548,28 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=_at_least(1), default=60)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--cache", default="", help="feature cache folder (default: .features beside the manifest)")
-    train.add_argument("--feature-noise", type=float, default=None,
-                       help="Gaussian noise on the frozen features while training, relative to each row's RMS "
-                            "(default: the task's, 0.5 for screenshot_triage, 0 for medical_report)")
-    train.add_argument("--members", type=_at_least(1), default=None,
-                       help="train an ensemble of this many models (seeds seed, seed+1, ...) whose answers are averaged "
-                            "(default: the task's, 3 for screenshot_triage, 1 for medical_report)")
-    train.add_argument("--finetune-top", type=_at_least(0), default=0, metavar="K",
-                       help="also train the text encoder's top K layers (BERT family; needs --members 1); the text model "
-                            "is written to OUT/text-model: serve it with MODALMESH_TEXT_MODEL=OUT/text-model")
+    train.add_argument(
+        "--feature-noise",
+        type=float,
+        default=None,
+        help="Gaussian noise on the frozen features while training, relative to each row's RMS "
+        "(default: the task's, 0.5 for screenshot_triage, 0 for medical_report)",
+    )
+    train.add_argument(
+        "--members",
+        type=_at_least(1),
+        default=None,
+        help="train an ensemble of this many models (seeds seed, seed+1, ...) whose answers are averaged "
+        "(default: the task's, 3 for screenshot_triage, 1 for medical_report)",
+    )
+    train.add_argument(
+        "--finetune-top",
+        type=_at_least(0),
+        default=0,
+        metavar="K",
+        help="also train the text encoder's top K layers (BERT family; needs --members 1); the text model "
+        "is written to OUT/text-model: serve it with MODALMESH_TEXT_MODEL=OUT/text-model",
+    )
     train.set_defaults(func=cmd_train)
 
     evaluation = commands.add_parser("eval", help="evaluate a task's model on a manifest; writes JSON, Markdown and plots")
@@ -540,22 +589,19 @@ def build_parser() -> argparse.ArgumentParser:
     certs = commands.add_parser("certs", help="write a development CA and service certificates")
     certs.add_argument("--out", default="certs", help="folder to write PEM files into")
     certs.add_argument("--days", type=_at_least(1), default=365)
-    certs.add_argument("--replace", action="store_true",
-                       help="replace a CA and certificates already in --out (those the old CA issued stop being trusted)")
+    certs.add_argument("--replace", action="store_true", help="replace a CA and certificates already in --out (those the old CA issued stop being trusted)")
     certs.set_defaults(func=cmd_certs)
 
     demo = commands.add_parser("demo", help="start the mesh on the bundled models and run example requests")
     demo.add_argument("--out", default="demo-output", help="folder for the spoken replies")
-    demo.add_argument("--mode", choices=("routed", "full"), default="full",
-                      help="triage request mode (full always reads the screen's error text)")
+    demo.add_argument("--mode", choices=("routed", "full"), default="full", help="triage request mode (full always reads the screen's error text)")
     demo.set_defaults(func=cmd_demo)
 
     up = commands.add_parser("up", help="run the four services as processes until Ctrl-C")
     up.add_argument("--host", default="127.0.0.1")
     for name, port in (("router", 50050), ("text", 50051), ("vision", 50052), ("audio", 50053)):
         up.add_argument(f"--{name}-port", type=int, default=port)
-        up.add_argument(f"--{name}-metrics-port", type=int, default=-1,
-                        help="Prometheus port (default: the gRPC port - 41000; 0: none)")
+        up.add_argument(f"--{name}-metrics-port", type=int, default=-1, help="Prometheus port (default: the gRPC port - 41000; 0: none)")
     up.add_argument("--detach", action="store_true", help="leave them running; stop with `modalmesh down`")
     up.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for health")
     up.set_defaults(func=cmd_up)

@@ -55,8 +55,13 @@ def build_request(
         image=router_pb2.MediaInput(data=image, media_type=image_type, parameters=image_parameters or {}),
         audio=router_pb2.MediaInput(data=audio, media_type=audio_type, parameters=audio_parameters or {}),
         options=router_pb2.AnalyzeOptions(
-            speech=speech, voice=voice, explain=explain, mode=MODES[mode], require=[MODALITY_NAMES[m] for m in require],
-            deadline_ms=deadline_ms, top_k=top_k,
+            speech=speech,
+            voice=voice,
+            explain=explain,
+            mode=MODES[mode],
+            require=[MODALITY_NAMES[m] for m in require],
+            deadline_ms=deadline_ms,
+            top_k=top_k,
         ),
     )
 
@@ -90,8 +95,11 @@ def to_dict(response: router_pb2.AnalyzeResponse) -> dict[str, Any]:
         "gate": {name: m["gate_weight"] for name, m in modalities.items()},
         "modalities": modalities,
         "attention": [
-            {"query": router_pb2.Modality.Name(a.query_modality).removeprefix("MODALITY_").lower(),
-             "key": router_pb2.Modality.Name(a.key_modality).removeprefix("MODALITY_").lower(), "mass": a.mass}
+            {
+                "query": router_pb2.Modality.Name(a.query_modality).removeprefix("MODALITY_").lower(),
+                "key": router_pb2.Modality.Name(a.key_modality).removeprefix("MODALITY_").lower(),
+                "mass": a.mass,
+            }
             for a in response.explanation.attention
         ],
         "timings_ms": {k: round(v, 2) for k, v in sorted(response.explanation.timings_ms.items())},
@@ -115,8 +123,7 @@ def format_answer(answer: dict[str, Any]) -> str:
         fit = f"  applicability {report['applicability']:.2f}" if report.get("applicability") is not None else ""
         lines.append(f"  {name:5s} {report['status']:14s} gate {report['gate_weight']:.2f}  {report['latency_ms']:7.1f} ms{fit}{note}")
     if answer.get("attention"):  # with --explain: how much each modality's positions attended to each other's
-        lines.append("  attention mass (query -> key): " + ", ".join(
-            f"{a['query']}->{a['key']} {a['mass']:.2f}" for a in answer["attention"]))
+        lines.append("  attention mass (query -> key): " + ", ".join(f"{a['query']}->{a['key']} {a['mass']:.2f}" for a in answer["attention"]))
     lines += [f"  {key}: {value}" for key, value in answer["findings"].items()]
     lines += ["", answer["description"], "", f"timings (ms): {answer['timings_ms']}"]
     return "\n".join(lines)
@@ -131,8 +138,9 @@ def _metadata(token: str):
 
 
 class RouterClient:
-    def __init__(self, target: str = "127.0.0.1:50050", *, ca: str = "", cert: str = "", key: str = "", token: str = "",
-                 server_name: str = "", timeout: float = 60.0) -> None:
+    def __init__(
+        self, target: str = "127.0.0.1:50050", *, ca: str = "", cert: str = "", key: str = "", token: str = "", server_name: str = "", timeout: float = 60.0
+    ) -> None:
         from modalmesh.common.client import connect
 
         self.channel = connect(target, ca=ca, cert=cert, key=key, token=token, server_name=server_name)
@@ -160,14 +168,14 @@ class RouterClient:
 
 
 class AsyncRouterClient:
-    def __init__(self, target: str = "127.0.0.1:50050", *, ca: str = "", cert: str = "", key: str = "", token: str = "",
-                 server_name: str = "", timeout: float = 60.0) -> None:
+    def __init__(
+        self, target: str = "127.0.0.1:50050", *, ca: str = "", cert: str = "", key: str = "", token: str = "", server_name: str = "", timeout: float = 60.0
+    ) -> None:
         from modalmesh.common.client import channel_options
 
         options = channel_options(server_name=server_name)
         credentials = _credentials(ca, cert, key)
-        self.channel = (grpc.aio.secure_channel(target, credentials, options=options) if credentials
-                        else grpc.aio.insecure_channel(target, options=options))
+        self.channel = grpc.aio.secure_channel(target, credentials, options=options) if credentials else grpc.aio.insecure_channel(target, options=options)
         self.stub = router_pb2_grpc.RouterStub(self.channel)
         self.metadata = _metadata(token)
         self.timeout = timeout

@@ -42,7 +42,9 @@ def run_demo(examples: Path = EXAMPLES, out_dir: Path = Path("demo-output"), mod
                 text=(examples / "message.txt").read_text(),
                 image=(examples / "screenshot.png").read_bytes(),
                 audio=(examples / "voice.wav").read_bytes(),
-                speech=True, explain=True, mode=mode,
+                speech=True,
+                explain=True,
+                mode=mode,
             )
             _print_answer("screenshot triage: screenshot.png + message.txt + voice.wav", triage)
             report = client.analyze(

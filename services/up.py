@@ -74,9 +74,16 @@ class Member:
 
 
 class Mesh:
-    def __init__(self, host: str = "127.0.0.1", ports: dict[str, int] | None = None, extra_env: dict[str, str] | None = None,
-                 log_stream=sys.stderr, quiet_logs: bool = False, metrics_ports: dict[str, int] | None = None,
-                 health_ports: dict[str, int] | None = None) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        ports: dict[str, int] | None = None,
+        extra_env: dict[str, str] | None = None,
+        log_stream=sys.stderr,
+        quiet_logs: bool = False,
+        metrics_ports: dict[str, int] | None = None,
+        health_ports: dict[str, int] | None = None,
+    ) -> None:
         self.host = host
         # Per service: a plaintext port that answers only health checks, on its own server (0 or absent: none).
         self.health_ports = {name: port for name, port in (health_ports or {}).items() if port > 0}
@@ -110,11 +117,9 @@ class Mesh:
                 LOG_DIR.mkdir(parents=True, exist_ok=True)
                 member.log_path = LOG_DIR / f"{name}.log"
                 with member.log_path.open("w") as log_file:  # the child keeps its own descriptor
-                    member.process = subprocess.Popen(self.command(name), env=env, stdout=log_file, stderr=subprocess.STDOUT,
-                                                      text=True, start_new_session=True)
+                    member.process = subprocess.Popen(self.command(name), env=env, stdout=log_file, stderr=subprocess.STDOUT, text=True, start_new_session=True)
                 continue
-            member.process = subprocess.Popen(self.command(name), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                              text=True)
+            member.process = subprocess.Popen(self.command(name), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             if not detach:
                 thread = threading.Thread(target=self._pump, args=(member,), daemon=True)
                 thread.start()
@@ -143,8 +148,7 @@ class Mesh:
                     if member.running.poll() is not None:
                         for thread in member.log_threads:  # its last lines may still be in the pipe
                             thread.join(timeout=2)
-                        raise RuntimeError(f"{name} exited with code {member.running.returncode} before becoming healthy: "
-                                           f"{member.last_words() or 'no log'}")
+                        raise RuntimeError(f"{name} exited with code {member.running.returncode} before becoming healthy: {member.last_words() or 'no log'}")
                     if member.ready_after is not None:
                         continue
                     try:
@@ -153,9 +157,7 @@ class Mesh:
                             member.ready_after = time.monotonic() - started
                     except Exception:  # not listening yet
                         pass
-                states = "  ".join(
-                    f"{n} {'ok %.1fs' % m.ready_after if m.ready_after is not None else 'starting'}" for n, m in self.members.items()
-                )
+                states = "  ".join(f"{n} {'ok %.1fs' % m.ready_after if m.ready_after is not None else 'starting'}" for n, m in self.members.items())
                 if progress is not None:
                     if progress.isatty():  # one line, redrawn
                         print(f"\r[{time.monotonic() - started:5.1f}s] {states}   ", end="", file=progress, flush=True)
@@ -195,23 +197,24 @@ class Mesh:
 
     def save_state(self) -> None:
         STATE_FILE.parent.mkdir(parents=True, exist_ok=True)
-        state = {name: {"pid": m.running.pid, "started": _start_time(m.running.pid), "address": self.address(name)}
-                 for name, m in self.members.items()}
+        state = {name: {"pid": m.running.pid, "started": _start_time(m.running.pid), "address": self.address(name)} for name, m in self.members.items()}
         STATE_FILE.write_text(json.dumps(state, indent=2))
 
 
 def run_up(ports: dict[str, int], host: str, detach: bool, timeout: float, metrics_ports: dict[str, int] | None = None) -> int:
     running = _detached_pids() if detach else {}  # a second one would take over its state file
     if running:
-        print(f"modalmesh up: a detached mesh is running ({', '.join(f'{n} pid {p}' for n, p in running.items())}); "
-              f"`modalmesh down` stops it", file=sys.stderr)
+        print(f"modalmesh up: a detached mesh is running ({', '.join(f'{n} pid {p}' for n, p in running.items())}); `modalmesh down` stops it", file=sys.stderr)
         return 1
     mesh = Mesh(host=host, ports=ports, metrics_ports=metrics_ports)
     busy = [mesh.address(name) for name in ORDER if not port_free(host, mesh.members[name].port)]
     busy += [f"{host}:{port} (metrics)" for port in mesh.metrics_ports.values() if port and not port_free(host, port)]
     if busy:  # else the health checks could find whatever listens there and call the mesh up
-        print(f"modalmesh up: {', '.join(busy)} already in use; stop what listens there or choose other ports "
-              f"(--router-port, --text-port, --vision-port, --audio-port, --<service>-metrics-port)", file=sys.stderr)
+        print(
+            f"modalmesh up: {', '.join(busy)} already in use; stop what listens there or choose other ports "
+            f"(--router-port, --text-port, --vision-port, --audio-port, --<service>-metrics-port)",
+            file=sys.stderr,
+        )
         return 1
     print("starting " + ", ".join(f"{n} on {mesh.address(n)}" for n in ORDER), file=sys.stderr)
     mesh.start(detach=detach)

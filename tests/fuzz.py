@@ -29,8 +29,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-ALLOWED = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED,
-           grpc.StatusCode.DEADLINE_EXCEEDED}
+ALLOWED = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED}
 INTERNALS = re.compile(r"\b[A-Z][A-Za-z]*(Error|Exception)\b|Traceback|File \"|pip install|0x[0-9a-f]{8,}")
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 FAMILIES = ("image", "audio", "text", "header", "protobuf", "router")
@@ -131,12 +130,12 @@ def _parameters(rng: np.random.Generator) -> dict[str, str]:
     return {str(rng.choice(names)): str(rng.choice(values)) for _ in range(int(rng.integers(0, 3)))}
 
 
-def _encode_once(media_type: str, payload: bytes, options=(), parameters=None, datatype: str = "", request_id: str = "",
-                 pooled_only: bool = False) -> bytes:
+def _encode_once(media_type: str, payload: bytes, options=(), parameters=None, datatype: str = "", request_id: str = "", pooled_only: bool = False) -> bytes:
     from modalmesh.v1 import encoder_pb2
 
-    header = encoder_pb2.EncodeHeader(request_id=request_id, media_type=media_type, options=list(options),
-                                      output_datatype=datatype, pooled_only=pooled_only, parameters=parameters or {})
+    header = encoder_pb2.EncodeHeader(
+        request_id=request_id, media_type=media_type, options=list(options), output_datatype=datatype, pooled_only=pooled_only, parameters=parameters or {}
+    )
     return encoder_pb2.EncodeOnceRequest(header=header, payload=payload).SerializeToString()
 
 
@@ -157,20 +156,29 @@ def generate(count: int, seed: int) -> list[Case]:
             how, data = _mutate(rng, seeds[source])
             media = str(rng.choice(image_types)) if rng.random() < 0.2 else {"png": "image/png", "dicom": "application/dicom"}.get(source, "image/jpeg")
             options = ["ocr"] if rng.random() < 0.2 else []
-            cases.append(Case(family, f"{source} {how} as {media[:20]}", "vision", encode_once,
-                              _encode_once(media, data, options, _parameters(rng), pooled_only=True)))
+            cases.append(
+                Case(family, f"{source} {how} as {media[:20]}", "vision", encode_once, _encode_once(media, data, options, _parameters(rng), pooled_only=True))
+            )
         elif family == "audio":
             source = str(rng.choice(["wav", "short_wav", "flac"]))
             how, data = _mutate(rng, seeds[source])
             media = str(rng.choice(audio_types)) if rng.random() < 0.3 else ("audio/flac" if source == "flac" else "audio/wav")
             options = ["transcript"] if rng.random() < 0.05 else []
-            cases.append(Case(family, f"{source} {how} as {media}", "audio", encode_once,
-                              _encode_once(media, data, options, _parameters(rng), pooled_only=True)))
+            cases.append(
+                Case(family, f"{source} {how} as {media}", "audio", encode_once, _encode_once(media, data, options, _parameters(rng), pooled_only=True))
+            )
         elif family == "text":
             text = _text(rng)
             media = "text/plain" if rng.random() < 0.8 else str(rng.choice(["text/html", "", "application/json"]))
-            cases.append(Case(family, f"text of {len(text)} characters as {media}", "text", encode_once,
-                              _encode_once(media, text.encode("utf-8", "surrogatepass"), pooled_only=True)))
+            cases.append(
+                Case(
+                    family,
+                    f"text of {len(text)} characters as {media}",
+                    "text",
+                    encode_once,
+                    _encode_once(media, text.encode("utf-8", "surrogatepass"), pooled_only=True),
+                )
+            )
         elif family == "header":
             target = str(rng.choice(["text", "vision", "audio"]))
             options = [str(rng.choice(["ocr", "transcript", "bogus", "x" * 500]))] if rng.random() < 0.7 else []
@@ -178,12 +186,19 @@ def generate(count: int, seed: int) -> list[Case]:
             request_id = "r" * int(rng.choice([0, 10, 129, 5000]))
             payload = {"text": b"hello", "vision": seeds["png"], "audio": seeds["short_wav"]}[target]
             media = {"text": "text/plain", "vision": "image/png", "audio": "audio/wav"}[target]
-            cases.append(Case(family, f"{target} header {options[:1]} {datatype} id {len(request_id)}", target, encode_once,
-                              _encode_once(media, payload, options, datatype=datatype, request_id=request_id, pooled_only=True)))
+            cases.append(
+                Case(
+                    family,
+                    f"{target} header {options[:1]} {datatype} id {len(request_id)}",
+                    target,
+                    encode_once,
+                    _encode_once(media, payload, options, datatype=datatype, request_id=request_id, pooled_only=True),
+                )
+            )
         elif family == "protobuf":
             target = str(rng.choice(["text", "vision", "audio", "router"]))
             method = {"router": "/modalmesh.v1.Router/Analyze"}.get(target, encode_once)
-            payload = rng.bytes(int(rng.integers(0, 300))) if rng.random() < 0.5 else bytes([0x1a, 0x03, 0xe2, 0x28, 0xa1])
+            payload = rng.bytes(int(rng.integers(0, 300))) if rng.random() < 0.5 else bytes([0x1A, 0x03, 0xE2, 0x28, 0xA1])
             cases.append(Case(family, f"{len(payload)} hand-made bytes", target, method, payload))
         else:
             request = router_pb2.AnalyzeRequest(task=str(rng.choice(["screenshot_triage", "medical_report", "horoscope", "x" * 3000])))
@@ -197,8 +212,9 @@ def generate(count: int, seed: int) -> list[Case]:
             request.options.mode = int(rng.choice([7, 99] if invalid else [0, 1, 2]))
             request.options.top_k = int(rng.choice([-1, 3] if invalid else [0, 3, 1000]))
             request.options.deadline_ms = int(rng.choice([-5, 3000] if invalid else [3000, 5000]))
-            cases.append(Case(family, f"router {request.task[:20]} mode {request.options.mode}", "router",
-                              "/modalmesh.v1.Router/Analyze", request.SerializeToString()))
+            cases.append(
+                Case(family, f"router {request.task[:20]} mode {request.options.mode}", "router", "/modalmesh.v1.Router/Analyze", request.SerializeToString())
+            )
     return cases
 
 
@@ -244,8 +260,7 @@ def summary(outcomes: list[Outcome]) -> dict:
         "cases": len(outcomes),
         "by_family": dict(Counter(o.case.family for o in outcomes)),
         "codes": dict(Counter(o.code.name for o in outcomes)),
-        "problems": [{"family": o.case.family, "case": o.case.name, "code": o.code.name, "problem": o.problem}
-                     for o in outcomes if o.problem],
+        "problems": [{"family": o.case.family, "case": o.case.name, "code": o.code.name, "problem": o.problem} for o in outcomes if o.problem],
         "slowest_s": round(max((o.seconds for o in outcomes), default=0.0), 2),
     }
 

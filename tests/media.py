@@ -20,8 +20,7 @@ def image_bytes(image: Image.Image, fmt: str = "PNG", **save) -> bytes:
     return png_bytes(image, fmt, **save)
 
 
-def ct_dicom(hounsfield, pixel_spacing=(0.7, 0.7), slope: float = 1.0, intercept: float = -1024.0, frames=None,
-             orientation=None) -> bytes:
+def ct_dicom(hounsfield, pixel_spacing=(0.7, 0.7), slope: float = 1.0, intercept: float = -1024.0, frames=None, orientation=None) -> bytes:
     from modalmesh.data.ct import write_ct_dicom
 
     return write_ct_dicom(hounsfield, pixel_spacing, slope, intercept, frames, orientation=orientation)

@@ -12,14 +12,19 @@ from modalmesh.common.client import EncoderClient, connect
 from tests.conftest import start_service
 
 SENTENCES = [
-    "My card was declined at checkout.", "Where is my package?", "I can't sign in to my account.",
-    "The app crashes when I open it.", "I am still waiting for my refund.", "How do I change the theme?",
-    "My payment keeps failing.", "The parcel went to the wrong address.", "My password is not accepted.",
+    "My card was declined at checkout.",
+    "Where is my package?",
+    "I can't sign in to my account.",
+    "The app crashes when I open it.",
+    "I am still waiting for my refund.",
+    "How do I change the theme?",
+    "My payment keeps failing.",
+    "The parcel went to the wrong address.",
+    "My password is not accepted.",
     "Please refund the broken item.",
 ]
 # Said to both models: some exactly as in SENTENCES, some new sentences of the same words.
-SPOKEN = ["Where is my package?", "My card was declined at checkout.", "I am still waiting for my refund.",
-          "My parcel is not here.", "The app keeps crashing."]
+SPOKEN = ["Where is my package?", "My card was declined at checkout.", "I am still waiting for my refund.", "My parcel is not here.", "The app keeps crashing."]
 
 
 def parse_arpa(text: str):
@@ -137,4 +142,3 @@ def test_features_extracted_with_another_language_model_are_cached_apart(tmp_pat
     first = cache.key(record)
     lm.write_text(build(SENTENCES[:5]).arpa)  # the same path, another model
     assert len({general, first, cache.key(record)}) == 3
-

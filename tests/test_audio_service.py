@@ -232,13 +232,23 @@ BAD_AUDIO = {
     "wrong magic": (b"OggS" + b"\0" * 100, "audio/wav", {}, "header.media_type", "not RIFF/WAVE"),
     "corrupt flac": (b"fLaC" + b"\x13" * 200, "audio/flac", {}, "payload", "cannot decode the audio"),
     "nan samples": (wav_bytes(np.array([0.1, np.nan, 0.2] * 1000, dtype=np.float32), 16000, subtype="FLOAT"), "audio/wav", {}, "payload", "NaN or infinite"),
-    "infinite samples": (np.array([0.0, np.inf] * 500, dtype="<f4").tobytes(), "audio/pcm",
-                         {"sample_rate_hz": "16000", "sample_format": "f32le"}, "payload", "NaN or infinite"),
+    "infinite samples": (
+        np.array([0.0, np.inf] * 500, dtype="<f4").tobytes(),
+        "audio/pcm",
+        {"sample_rate_hz": "16000", "sample_format": "f32le"},
+        "payload",
+        "NaN or infinite",
+    ),
     "absurd rate": (b"\0" * 1000, "audio/pcm", {"sample_rate_hz": "5"}, "sample_rate_hz", "outside 1000..384000"),
     "no rate": (b"\0" * 1000, "audio/pcm", {}, "header.parameters.sample_rate_hz", "required for audio/pcm"),
     "absurd channels": (b"\0" * 1000, "audio/pcm", {"sample_rate_hz": "16000", "channels": "100"}, "channels", "outside 1..32"),
-    "unknown sample format": (b"\0" * 1000, "audio/pcm", {"sample_rate_hz": "16000", "sample_format": "mulaw"},
-                              "header.parameters.sample_format", "not one of"),
+    "unknown sample format": (
+        b"\0" * 1000,
+        "audio/pcm",
+        {"sample_rate_hz": "16000", "sample_format": "mulaw"},
+        "header.parameters.sample_format",
+        "not one of",
+    ),
     "unsupported codec": (_wav_with_format_tag(0x11), "audio/wav", {}, "payload", "unsupported WAV encoding (format tag 17"),
 }
 
@@ -321,8 +331,15 @@ def tiny_wav2vec2_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny-wav2vec2")
     torch.manual_seed(0)
     config = Wav2Vec2Config(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-        conv_dim=(16, 16), conv_kernel=(10, 3), conv_stride=(5, 2), num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        conv_dim=(16, 16),
+        conv_kernel=(10, 3),
+        conv_stride=(5, 2),
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2,
     )
     Wav2Vec2Model(config).eval().save_pretrained(folder)
     return folder
@@ -380,8 +397,9 @@ def test_whisper_transcribes_real_speech_and_the_demo_voice_word_for_word():
     from modalmesh.audio.lm import word_errors
 
     recordings = {
-        Path(importlib.util.find_spec("moonshine_onnx").submodule_search_locations[0]) / "assets" / "beckett.wav":
-            "Ever tried. Ever failed. No matter. Try again. Fail again. Fail better.",
+        Path(importlib.util.find_spec("moonshine_onnx").submodule_search_locations[0])
+        / "assets"
+        / "beckett.wav": "Ever tried. Ever failed. No matter. Try again. Fail again. Fail better.",
         Path(__file__).resolve().parent.parent / "examples" / "voice.wav": "Hello, my payment failed at checkout. Please help me.",
     }
     transcriber = Transcriber(engine="whisper")

@@ -28,12 +28,29 @@ def test_encode_reports_the_servers_complaint(text_service, capsys):
     assert "INVALID_ARGUMENT: payload: the text is only whitespace" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", [
-    ["--help"], ["serve", "router", "--help"], ["serve", "text", "--help"], ["serve", "vision", "--help"],
-    ["serve", "audio", "--help"], ["encode", "--help"], ["say", "--help"], ["analyze", "--help"], ["tasks", "--help"],
-    ["data", "generate", "--help"], ["data", "lm", "--help"], ["train", "--help"], ["eval", "--help"],
-    ["health", "--help"], ["certs", "--help"], ["demo", "--help"], ["up", "--help"], ["down", "--help"],
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["--help"],
+        ["serve", "router", "--help"],
+        ["serve", "text", "--help"],
+        ["serve", "vision", "--help"],
+        ["serve", "audio", "--help"],
+        ["encode", "--help"],
+        ["say", "--help"],
+        ["analyze", "--help"],
+        ["tasks", "--help"],
+        ["data", "generate", "--help"],
+        ["data", "lm", "--help"],
+        ["train", "--help"],
+        ["eval", "--help"],
+        ["health", "--help"],
+        ["certs", "--help"],
+        ["demo", "--help"],
+        ["up", "--help"],
+        ["down", "--help"],
+    ],
+)
 def test_every_command_prints_its_help(command, capsys):
     """`serve vision --help` once crashed: argparse %-formats help texts, and one said "40% faster"."""
     with pytest.raises(SystemExit) as exited:
@@ -42,12 +59,15 @@ def test_every_command_prints_its_help(command, capsys):
     assert "usage: " in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("command, flag", [
-    (["data", "generate", "--task", "screenshot_triage", "--n", "0"], "--n"),
-    (["train", "--task", "medical_report", "--data", "m.jsonl", "--epochs", "0"], "--epochs"),
-    (["train", "--task", "medical_report", "--data", "m.jsonl", "--members", "-1"], "--members"),
-    (["certs", "--days", "0"], "--days"),
-])
+@pytest.mark.parametrize(
+    "command, flag",
+    [
+        (["data", "generate", "--task", "screenshot_triage", "--n", "0"], "--n"),
+        (["train", "--task", "medical_report", "--data", "m.jsonl", "--epochs", "0"], "--epochs"),
+        (["train", "--task", "medical_report", "--data", "m.jsonl", "--members", "-1"], "--members"),
+        (["certs", "--days", "0"], "--days"),
+    ],
+)
 def test_counts_below_their_minimum_are_refused(command, flag, tmp_path, capsys):
     """`data generate --n 0` once wrote a dataset with an empty training split."""
     with pytest.raises(SystemExit) as exited:
@@ -112,8 +132,7 @@ def test_serve_with_a_missing_model_directory_fails_with_the_reason(tmp_path):
 
 
 def test_demo_runs_both_tasks_through_four_processes(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "modalmesh.cli", "demo", "--out", str(tmp_path)],
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run([sys.executable, "-m", "modalmesh.cli", "demo", "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
     assert "mesh healthy after" in out
@@ -226,8 +245,10 @@ def test_down_never_signals_a_pid_that_is_no_longer_the_service(tmp_path):
     `down` leaves them alone and `up --detach` starts."""
     stranger = subprocess.Popen(["sleep", "60"])
     try:
-        state = {"router": {"pid": stranger.pid, "started": "1", "address": "127.0.0.1:1"},
-                 "text": {"pid": stranger.pid, "address": "127.0.0.1:2"}}  # an older state file: no start time
+        state = {
+            "router": {"pid": stranger.pid, "started": "1", "address": "127.0.0.1:1"},
+            "text": {"pid": stranger.pid, "address": "127.0.0.1:2"},
+        }  # an older state file: no start time
         (tmp_path / "up.json").write_text(json.dumps(state))
         env = {**os.environ, "MODALMESH_STATE_DIR": str(tmp_path)}
         down = subprocess.run([sys.executable, "-m", "modalmesh.cli", "down"], env=env, capture_output=True, text=True, timeout=60)
@@ -272,9 +293,11 @@ def test_the_command_line_and_the_clients_do_not_load_torch():
     import subprocess
     import sys
 
-    probe = ("import sys, modalmesh.cli, modalmesh.client, modalmesh.common.client; "
-             "from modalmesh.common import codec; import numpy as np; codec.to_numpy(codec.encode(np.ones(3, 'float32'))); "
-             "print('torch' in sys.modules)")
+    probe = (
+        "import sys, modalmesh.cli, modalmesh.client, modalmesh.common.client; "
+        "from modalmesh.common import codec; import numpy as np; codec.to_numpy(codec.encode(np.ones(3, 'float32'))); "
+        "print('torch' in sys.modules)"
+    )
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip() == "False"
 
 
@@ -296,14 +319,24 @@ def test_the_command_line_says_what_is_wrong_in_one_line_without_a_traceback(cap
 def test_explain_shows_gate_weights_and_attention_mass_in_the_plain_output():
     from modalmesh.client import format_answer
 
-    answer = {"task": "screenshot_triage", "label": "payment", "confidence": 0.9, "abstained": False, "abstain_reason": "",
-              "uncertainty": {"predictive_entropy": 0.1, "gate_entropy": 0.5}, "model_version": "t@1",
-              "top_k": [{"label": "payment", "probability": 0.9}],
-              "modalities": {"text": {"status": "used", "reason": "", "gate_weight": 0.4, "latency_ms": 3.0, "applicability": 0.5},
-                             "image": {"status": "used", "reason": "with OCR text", "gate_weight": 0.6, "latency_ms": 90.0,
-                                       "applicability": 0.7}},
-              "attention": [{"query": "text", "key": "image", "mass": 0.25}], "findings": {"priority": "high"},
-              "description": "Category: payment", "timings_ms": {"total": 100.0}}
+    answer = {
+        "task": "screenshot_triage",
+        "label": "payment",
+        "confidence": 0.9,
+        "abstained": False,
+        "abstain_reason": "",
+        "uncertainty": {"predictive_entropy": 0.1, "gate_entropy": 0.5},
+        "model_version": "t@1",
+        "top_k": [{"label": "payment", "probability": 0.9}],
+        "modalities": {
+            "text": {"status": "used", "reason": "", "gate_weight": 0.4, "latency_ms": 3.0, "applicability": 0.5},
+            "image": {"status": "used", "reason": "with OCR text", "gate_weight": 0.6, "latency_ms": 90.0, "applicability": 0.7},
+        },
+        "attention": [{"query": "text", "key": "image", "mass": 0.25}],
+        "findings": {"priority": "high"},
+        "description": "Category: payment",
+        "timings_ms": {"total": 100.0},
+    }
     shown = format_answer(answer)
     assert "gate 0.60" in shown and "applicability 0.70" in shown and "text->image 0.25" in shown
 

@@ -35,8 +35,24 @@ def test_analyze_command_json_and_speech(mesh, tmp_path, capsys):
     screenshot = tmp_path / "screen.png"
     screenshot.write_bytes(image_bytes(render_screenshot("Login failed: wrong password")))
     reply = tmp_path / "reply.wav"
-    code = main(["analyze", "--task", "screenshot_triage", "--text", "I cannot sign in", "--image", str(screenshot),
-                 "--mode", "full", "--speech-out", str(reply), "--json", "--router", mesh.router.address])
+    code = main(
+        [
+            "analyze",
+            "--task",
+            "screenshot_triage",
+            "--text",
+            "I cannot sign in",
+            "--image",
+            str(screenshot),
+            "--mode",
+            "full",
+            "--speech-out",
+            str(reply),
+            "--json",
+            "--router",
+            mesh.router.address,
+        ]
+    )
     assert code == 0
     printed = json.loads(capsys.readouterr().out)
     assert JSON_KEYS <= set(printed)

@@ -31,9 +31,7 @@ def test_numpy_round_trip_every_datatype(datatype):
     np.testing.assert_array_equal(decoded, values)
 
 
-@pytest.mark.parametrize(
-    "dtype", [torch.float32, torch.float16, torch.bfloat16, torch.int8, torch.int32, torch.int64, torch.uint8, torch.bool]
-)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.int8, torch.int32, torch.int64, torch.uint8, torch.bool])
 def test_torch_round_trip_every_datatype(dtype):
     torch.manual_seed(0)
     values = (torch.randn(4, 7) * 30).to(dtype)

@@ -116,8 +116,9 @@ def test_the_installed_package_carries_the_shipped_weights(tmp_path):
     """The image installs the package, not the source tree: its wheel holds every file of
     the shipped weights the router loads by default, and setuptools builds it without
     complaining that a weights folder is not declared."""
-    built = subprocess.run([sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "--no-build-isolation", "-w", str(tmp_path)],
-                           capture_output=True, text=True, timeout=300)
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "--no-build-isolation", "-w", str(tmp_path)], capture_output=True, text=True, timeout=300
+    )
     assert built.returncode == 0, built.stderr[-2000:]
     assert "explicitly added" not in built.stdout + built.stderr
     with zipfile.ZipFile(next(tmp_path.glob("modalmesh-*.whl"))) as wheel:
@@ -132,8 +133,7 @@ def test_the_image_commands_serve_and_health_work_locally(tiny_bert_dir):
     """What the container runs: `modalmesh serve` with the service from MODALMESH_SERVICE,
     and `modalmesh health` as its health check."""
     port = free_port()
-    env = {**os.environ, "MODALMESH_SERVICE": "text", "MODALMESH_PORT": str(port), "MODALMESH_METRICS_PORT": "0",
-           "MODALMESH_MODEL": str(tiny_bert_dir)}
+    env = {**os.environ, "MODALMESH_SERVICE": "text", "MODALMESH_PORT": str(port), "MODALMESH_METRICS_PORT": "0", "MODALMESH_MODEL": str(tiny_bert_dir)}
     health = [sys.executable, "-m", "modalmesh.cli", "health", "--timeout", "60"]
     process = subprocess.Popen([sys.executable, "-m", "modalmesh.cli", "serve"], env=env, stderr=subprocess.DEVNULL)
     try:
@@ -148,9 +148,20 @@ def test_the_image_commands_serve_and_health_work_locally(tiny_bert_dir):
 def test_alert_rules_and_dashboard_use_metrics_the_services_export():
     from modalmesh.common import telemetry
 
-    exported = {m.describe()[0].name for m in (telemetry.RPC_LATENCY, telemetry.RPC_IN_FLIGHT, telemetry.RPC_ERRORS, telemetry.BATCH_SIZE,
-                                               telemetry.QUEUE_DEPTH, telemetry.RPC_WAITING, telemetry.MODALITY_OUTCOMES,
-                                               telemetry.GATE_WEIGHT, telemetry.OUTPUT_ENTROPY)}
+    exported = {
+        m.describe()[0].name
+        for m in (
+            telemetry.RPC_LATENCY,
+            telemetry.RPC_IN_FLIGHT,
+            telemetry.RPC_ERRORS,
+            telemetry.BATCH_SIZE,
+            telemetry.QUEUE_DEPTH,
+            telemetry.RPC_WAITING,
+            telemetry.MODALITY_OUTCOMES,
+            telemetry.GATE_WEIGHT,
+            telemetry.OUTPUT_ENTROPY,
+        )
+    }
     exported |= {"process_resident_memory_bytes"}
     text = (DEPLOY / "alerts.yml").read_text() + (DEPLOY / "grafana" / "modalmesh.json").read_text()
     used = set(re.findall(r"\b(modalmesh_[a-z_]+?|process_resident_memory_bytes)(?:_bucket|_sum|_count|_total)?\b", text))

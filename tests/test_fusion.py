@@ -155,8 +155,10 @@ def test_gate_calibration_turns_down_a_source_that_misleads_on_new_data():
     codes = torch.randn(3, 12, generator=generator)
 
     def example(label, transcript_label):
-        features = {"text": codes[label] + 0.8 * torch.randn(2, 12, generator=generator),
-                    "audio_text": codes[transcript_label] + 0.3 * torch.randn(2, 12, generator=generator)}
+        features = {
+            "text": codes[label] + 0.8 * torch.randn(2, 12, generator=generator),
+            "audio_text": codes[transcript_label] + 0.3 * torch.randn(2, 12, generator=generator),
+        }
         return Example(features, label, torch.zeros(1), torch.zeros(1, dtype=torch.bool), {}, torch.zeros(1))
 
     train_set = [example(i % 3, i % 3) for i in range(90)]
@@ -186,8 +188,17 @@ def _ensemble(**overrides):
     """Three members with different random weights (and temperatures, gate offsets, priors)."""
     from modalmesh.router.fusion import build_model
 
-    config = FusionConfig(labels=("a", "b", "c"), regression=("size",), input_widths=WIDTHS, width=16, heads=2, dropout=0.0,
-                          members=3, gate_offsets=[{"text": 0.0}, {"image": -0.5}, {"audio_text": 0.7}], **overrides)
+    config = FusionConfig(
+        labels=("a", "b", "c"),
+        regression=("size",),
+        input_widths=WIDTHS,
+        width=16,
+        heads=2,
+        dropout=0.0,
+        members=3,
+        gate_offsets=[{"text": 0.0}, {"image": -0.5}, {"audio_text": 0.7}],
+        **overrides,
+    )
     torch.manual_seed(1)
     ensemble = build_model(config).eval()
     with torch.no_grad():
@@ -199,8 +210,7 @@ def _ensemble(**overrides):
     return ensemble
 
 
-@pytest.mark.parametrize("overrides", [{}, {"pooling": "attention", "regression_hidden": 8},
-                                       {"regression_from": "image"}])
+@pytest.mark.parametrize("overrides", [{}, {"pooling": "attention", "regression_hidden": 8}, {"regression_from": "image"}])
 def test_the_stacked_ensemble_gives_the_ensembles_numbers(overrides):
     """The router runs an ensemble as one batched model (StackedEnsemble): same outputs,
     same predicted outstanding weight, on a padded batch of different subsets."""

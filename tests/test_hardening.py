@@ -38,8 +38,11 @@ def test_request_bytes_that_do_not_parse_are_invalid_argument_and_counted(text_s
             assert "not a valid protobuf message" in raised.value.details()
             assert errors.field_violations(raised.value)[0][0] == "request"
         assert refused._value.get() - before == len(cases)
-        reply = raw_call(channel, "/modalmesh.v1.Encoder/EncodeOnce", encoder_pb2.EncodeOnceRequest(
-            header=encoder_pb2.EncodeHeader(media_type="text/plain", pooled_only=True), payload=b"hello").SerializeToString())
+        reply = raw_call(
+            channel,
+            "/modalmesh.v1.Encoder/EncodeOnce",
+            encoder_pb2.EncodeOnceRequest(header=encoder_pb2.EncodeHeader(media_type="text/plain", pooled_only=True), payload=b"hello").SerializeToString(),
+        )
         assert encoder_pb2.EncodeOnceResponse.FromString(reply).chunks  # the service still answers
 
 
@@ -127,7 +130,7 @@ def test_a_truncated_wav_is_refused_whole_or_streamed():
     assert raised.value.code == grpc.StatusCode.INVALID_ARGUMENT and "the WAV file is truncated" in raised.value.message
     stream = StreamDecoder("audio/wav", {})
     for start in range(0, len(wav) // 2, 1000):
-        stream.feed(wav[start:min(start + 1000, len(wav) // 2)])
+        stream.feed(wav[start : min(start + 1000, len(wav) // 2)])
     with pytest.raises(errors.ServiceError, match="declares 32000 bytes"):
         stream.finish()
     streaming_writer = bytearray(wav)
@@ -180,8 +183,9 @@ def test_an_encoder_killed_and_restarted_under_load_loses_no_request(mesh):
     def ask(i: int):
         try:
             with RouterClient(router.address, timeout=20) as client:
-                answers.append(client.analyze("screenshot_triage", image=screenshot, text="the app crashes when I open it",
-                                              mode="full", request_id=f"chaos-{i}"))
+                answers.append(
+                    client.analyze("screenshot_triage", image=screenshot, text="the app crashes when I open it", mode="full", request_id=f"chaos-{i}")
+                )
         except grpc.RpcError as exc:
             failures.append((i, exc.code(), exc.details()))
 
@@ -197,8 +201,10 @@ def test_an_encoder_killed_and_restarted_under_load_loses_no_request(mesh):
             # measures how soon it reads images again): wait for that before the last round.
             with RouterClient(router.address, timeout=20) as client:
                 ready_by = time.monotonic() + 10
-                while time.monotonic() < ready_by and client.analyze("screenshot_triage", image=screenshot, mode="full")[
-                        "modalities"]["image"]["status"] != "used":
+                while (
+                    time.monotonic() < ready_by
+                    and client.analyze("screenshot_triage", image=screenshot, mode="full")["modalities"]["image"]["status"] != "used"
+                ):
                     time.sleep(0.05)
             after = [pool.submit(ask, i) for i in range(16, 24)]
             [f.result(timeout=60) for f in after]
@@ -272,7 +278,6 @@ def test_a_call_that_cannot_be_answered_before_its_deadline_is_not_admitted(star
     expected wait against the caller's deadline."""
     import time
 
-
     with one_worker_held(start_text_service) as (handle, client, release, held):
         handle.admission.assume_answered(5.0)  # calls have been taking 5 s: one more would take about 10
         began = time.monotonic()
@@ -318,7 +323,6 @@ def test_before_any_call_has_finished_a_call_with_a_deadline_does_not_wait(start
     every worker busy is refused at once."""
     import time
 
-
     with one_worker_held(start_text_service) as (handle, client, release, held):
         began = time.monotonic()
         with pytest.raises(grpc.RpcError) as raised:
@@ -345,8 +349,9 @@ def test_the_router_comes_back_to_a_busy_encoder_when_it_says(mesh, start_text_s
     started, release = threading.Semaphore(0), threading.Event()
     from modalmesh.common.config import load_config
 
-    text = start_text_service(service_class=blocking_service(started, release), worker_threads=1, max_waiting_calls=0,
-                              model=load_config("text", environ={}).model)  # the model the task's weights were trained with
+    text = start_text_service(
+        service_class=blocking_service(started, release), worker_threads=1, max_waiting_calls=0, model=load_config("text", environ={}).model
+    )  # the model the task's weights were trained with
     text.admission.assume_answered(0.4)  # a call takes 0.4 s: a refusal asks for about that long a wait
     router = mesh.start_router(text_target=text.address)
     try:

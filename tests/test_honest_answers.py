@@ -35,7 +35,8 @@ def test_the_ct_task_reads_only_axial_chest_ct_and_says_why_not():
     assert MEDICAL.inapplicable_image(chest) is None
     assert MEDICAL.inapplicable_image({**chest, "BodyPartExamined": "chest"}) is None  # DICOM writers vary in case
     assert MEDICAL.inapplicable_image({**chest, "BodyPartExamined": "HEAD"}) == (
-        "the DICOM's BodyPartExamined is HEAD; medical_report reads axial chest CT slices")
+        "the DICOM's BodyPartExamined is HEAD; medical_report reads axial chest CT slices"
+    )
     assert MEDICAL.inapplicable_image({**chest, "lung_fields": "none"}) == "not a chest CT slice: no lung fields found"
     assert "a colour image" in MEDICAL.inapplicable_image({"colour": "yes", "width": "640"})
     assert MEDICAL.inapplicable_image({"colour": "no", "width": "512"}) is None  # a grey PNG scan: taken as stated
@@ -44,8 +45,7 @@ def test_the_ct_task_reads_only_axial_chest_ct_and_says_why_not():
 
 def test_the_abstention_policy_is_one_function_with_its_reasons():
     measured_none = {"lesion_measurement": "hu-1", "lung_fields": "found", "lesion_count": "0"}
-    measured_one = {"lesion_measurement": "hu-1", "lung_fields": "found", "lesion_count": "1",
-                    "lesion_diameters_mm": "12", "lesion_sides": "left"}
+    measured_one = {"lesion_measurement": "hu-1", "lung_fields": "found", "lesion_count": "1", "lesion_diameters_mm": "12", "lesion_sides": "left"}
     assert "record alone is not a diagnosis" in withheld(MEDICAL, "nodule", 0.99, {"text"}, 0.5, {})
     assert withheld(MEDICAL, "nodule", 0.99, {"image", "text"}, 0.5, measured_one) == ""
     assert "no lesion was measured" in withheld(MEDICAL, "nodule", 0.99, {"image"}, 0.5, measured_none)
@@ -76,8 +76,11 @@ def test_an_input_that_alone_reads_another_label_is_pooled_into_the_answer():
         alone_image = fuse(model, TRIAGE, {"image": image}, {}).probabilities
         both = fuse(model, TRIAGE, {"text": text, "image": image}, {}).probabilities
         # The two inputs read different labels surely, and the fused answer sides with one of them.
-        if (alone_text.argmax() != alone_image.argmax() and min(alone_text.max(), alone_image.max()) >= DISSENT
-                and int(both.argmax()) in (int(alone_text.argmax()), int(alone_image.argmax()))):
+        if (
+            alone_text.argmax() != alone_image.argmax()
+            and min(alone_text.max(), alone_image.max()) >= DISSENT
+            and int(both.argmax()) in (int(alone_text.argmax()), int(alone_image.argmax()))
+        ):
             break
     else:
         pytest.fail("no pair of inputs that read different labels alone")
@@ -131,8 +134,7 @@ def test_applicability_ranks_inputs_by_their_distance_to_the_training_set(tmp_pa
     wider = [fitted.judge("image", centre + 0.6 * torch.randn(5, 64, generator=generator)) for _ in range(10)]
     assert all(reason == "" for _, reason in wider)
     nearness = [-fitted.distance("image", item["image"]) for item in near(20)]
-    assert applicability.auroc(nearness, [-fitted.distance("image", torch.randn(5, 64, generator=generator))
-                                          for _ in range(20)]) == 1.0
+    assert applicability.auroc(nearness, [-fitted.distance("image", torch.randn(5, 64, generator=generator)) for _ in range(20)]) == 1.0
     assert fitted.score("text", torch.ones(3, 64)) is None  # no reference: not checked
     fitted.save(tmp_path)
     loaded = applicability.Applicability.load(tmp_path)
@@ -177,14 +179,17 @@ def pydicom_file(name: str) -> bytes:
 LESION_FINDINGS = {"lesion_count", "largest_diameter_mm", "side", "estimated_largest_diameter_mm"}
 
 
-@pytest.mark.parametrize("name, image, why", [
-    ("head CT, no BodyPartExamined", lambda: pydicom_file("693_J2KI.dcm"), "no lung fields found"),
-    ("head CT tagged HEAD", lambda: pydicom_file("J2K_pixelrep_mismatch.dcm"), "BodyPartExamined is HEAD"),
-    ("chest crop, lungs cut by the border", lambda: pydicom_file("CT_small.dcm"), "no lung fields found"),
-    ("MR", lambda: pydicom_file("MR_small.dcm"), "Modality is MR"),
-    ("colour photo", lambda: photo("astronaut"), "a colour image"),
-    ("screenshot", lambda: image_bytes(render_screenshot("Error 402: Payment declined")), "a colour image"),
-])
+@pytest.mark.parametrize(
+    "name, image, why",
+    [
+        ("head CT, no BodyPartExamined", lambda: pydicom_file("693_J2KI.dcm"), "no lung fields found"),
+        ("head CT tagged HEAD", lambda: pydicom_file("J2K_pixelrep_mismatch.dcm"), "BodyPartExamined is HEAD"),
+        ("chest crop, lungs cut by the border", lambda: pydicom_file("CT_small.dcm"), "no lung fields found"),
+        ("MR", lambda: pydicom_file("MR_small.dcm"), "Modality is MR"),
+        ("colour photo", lambda: photo("astronaut"), "a colour image"),
+        ("screenshot", lambda: image_bytes(render_screenshot("Error 402: Payment declined")), "a colour image"),
+    ],
+)
 def test_the_ct_task_gives_no_finding_on_an_image_it_cannot_read(router, name, image, why):
     for text in ("", "64-year-old smoker, 40 pack-years, persistent cough."):
         response = analyze(router, "medical_report", text=text, image=router_pb2.MediaInput(data=image()))
@@ -202,8 +207,9 @@ def test_a_measured_chest_slice_is_answered_with_measured_findings(router):
 
     phantom = make_phantom(77, size=PHANTOM_SIZE, lesion_count=0)
     scan = write_ct_dicom(phantom.hounsfield, (phantom.pixel_spacing_mm,) * 2, uid_seed="honest-answers")
-    response = analyze(router, "medical_report", text="70-year-old never smoker, fatigue.",
-                       image=router_pb2.MediaInput(data=scan, parameters={"window": "lung"}))
+    response = analyze(
+        router, "medical_report", text="70-year-old never smoker, fatigue.", image=router_pb2.MediaInput(data=scan, parameters={"window": "lung"})
+    )
     assert STATUS(image_report(response).status) == "MODALITY_STATUS_USED"
     findings = {f.key: f.value for f in response.findings}
     assert findings["lesion_count"] == "0" and findings["side"] == "none"
@@ -214,11 +220,14 @@ def test_a_measured_chest_slice_is_answered_with_measured_findings(router):
     assert "unlike the inputs the task was trained on" in image_report(toy).reason
 
 
-@pytest.mark.parametrize("name, image", [
-    ("CT slice", lambda: _ct_png()),
-    ("photo", lambda: photo("chelsea")),
-    ("greyscale photo", lambda: photo("camera")),
-])
+@pytest.mark.parametrize(
+    "name, image",
+    [
+        ("CT slice", lambda: _ct_png()),
+        ("photo", lambda: photo("chelsea")),
+        ("greyscale photo", lambda: photo("camera")),
+    ],
+)
 def test_triage_does_not_answer_from_a_scan_or_a_photo(router, name, image):
     """A CT slice sent to screenshot_triage was answered `login` at 0.77."""
     response = analyze(router, "screenshot_triage", image=router_pb2.MediaInput(data=image()))
@@ -262,9 +271,14 @@ def test_compute_routing_never_answers_the_ct_task_without_its_scan():
 
     cases = routing_cases(model, MEDICAL, [example], [Item()], fuse_ms=1.0)
     assert cases[0].checkpoints == []  # no decision point while the scan is outstanding
-    triage = routing_cases(FusionModel(FusionConfig(labels=TRIAGE.labels)).eval(), TRIAGE,
-                           [Example(features, 0, torch.zeros(0), torch.zeros(0, dtype=torch.bool), {}, torch.zeros(0))],
-                           [Item()], fuse_ms=1.0, eager=())
+    triage = routing_cases(
+        FusionModel(FusionConfig(labels=TRIAGE.labels)).eval(),
+        TRIAGE,
+        [Example(features, 0, torch.zeros(0), torch.zeros(0, dtype=torch.bool), {}, torch.zeros(0))],
+        [Item()],
+        fuse_ms=1.0,
+        eager=(),
+    )
     assert len(triage[0].checkpoints) >= 1  # triage needs nothing in particular: it may answer from the text
 
 
@@ -292,20 +306,20 @@ def test_screen_text_ocr_could_not_read_is_left_out_and_said(router):
     from modalmesh.common.layout import MIN_SPAN_CONFIDENCE, screen_paragraphs
     from modalmesh.v1 import encoder_pb2
 
-    spans = [encoder_pb2.TextSpan(text="(nes utee tn o r  oe r p", confidence=0.51, box=[40, 30, 600, 42]),
-             encoder_pb2.TextSpan(text="at App.render (main.js:1:10422)", confidence=0.98, box=[40, 48, 300, 60]),
-             encoder_pb2.TextSpan(text="no confidence given", box=[40, 90, 300, 102])]
+    spans = [
+        encoder_pb2.TextSpan(text="(nes utee tn o r  oe r p", confidence=0.51, box=[40, 30, 600, 42]),
+        encoder_pb2.TextSpan(text="at App.render (main.js:1:10422)", confidence=0.98, box=[40, 48, 300, 60]),
+        encoder_pb2.TextSpan(text="no confidence given", box=[40, 90, 300, 102]),
+    ]
     lines, unreadable, _ = screen_paragraphs(spans)
     assert lines == ["at App.render (main.js:1:10422)", "no confidence given"] and unreadable == 1 and MIN_SPAN_CONFIDENCE > 0.51
 
-    response = analyze(router, "screenshot_triage", text="site shows a blank white page with an error",
-                       image=router_pb2.MediaInput(data=_garbled_error_page()))
+    response = analyze(router, "screenshot_triage", text="site shows a blank white page with an error", image=router_pb2.MediaInput(data=_garbled_error_page()))
     report, text = image_report(response), next(r for r in response.explanation.modalities if r.modality == router_pb2.MODALITY_TEXT)
     # A near-empty white page is unlike every training screen: not applicable, or read with
     # its garbled line read again at another scale (the report says so); either way the
     # garbage is no evidence and the message is.
-    assert (STATUS(report.status) == "MODALITY_STATUS_NOT_APPLICABLE"
-            or "recovered by reading again at 0.75x" in report.reason), report.reason
+    assert STATUS(report.status) == "MODALITY_STATUS_NOT_APPLICABLE" or "recovered by reading again at 0.75x" in report.reason, report.reason
     assert "utee" not in response.description and not any("utee" in f.value for f in response.findings)
     assert STATUS(text.status) == "MODALITY_STATUS_USED" and response.label != "other", (response.label, response.confidence)
 
@@ -326,8 +340,12 @@ def test_a_line_ocr_garbles_at_one_scale_is_read_again_at_another():
 def test_withholding_reasons_are_counted_by_kind_in_the_evaluation():
     from modalmesh.router.served import _kind
 
-    assert _kind("confidence 0.67 is below the task's threshold of 0.90; a readable screenshot would help") == \
-        _kind("confidence 0.86 is below the task's threshold of 0.90; a readable screenshot would help") == \
-        "confidence below the task's threshold of 0.90"
-    assert _kind("the classifier suggests mass, but no lesion was measured on the slice") == \
-        "the classifier suggests mass, but no lesion was measured on the slice"
+    assert (
+        _kind("confidence 0.67 is below the task's threshold of 0.90; a readable screenshot would help")
+        == _kind("confidence 0.86 is below the task's threshold of 0.90; a readable screenshot would help")
+        == "confidence below the task's threshold of 0.90"
+    )
+    assert (
+        _kind("the classifier suggests mass, but no lesion was measured on the slice")
+        == "the classifier suggests mass, but no lesion was measured on the slice"
+    )

@@ -111,8 +111,7 @@ def test_the_measurement_is_evidence_for_or_against_each_label():
 def test_the_report_says_where_the_sizes_come_from_and_which_lungs():
     from modalmesh.router.tasks import Answer, Evidence, write_report
 
-    answer = Answer("nodule", 0.9, 0.2, {"normal": 0.05, "nodule": 0.9, "mass": 0.05},
-                    {"lesion_count": 2.0, "largest_diameter_mm": 12.3, "side": -1.0})
+    answer = Answer("nodule", 0.9, 0.2, {"normal": 0.05, "nodule": 0.9, "mass": 0.05}, {"lesion_count": 2.0, "largest_diameter_mm": 12.3, "side": -1.0})
     both = {"Modality": "CT", "PixelSpacing": "0.7\\0.7", **lesion_tags([])}
     both.update({"lesion_count": "2", "lesion_diameters_mm": "12.3\\6.1", "lesion_sides": "left\\right"})
     description, findings, _ = write_report(answer, Evidence(image_tags=both))
@@ -136,8 +135,7 @@ def test_the_report_gives_no_size_it_does_not_have_and_says_why_nothing_was_meas
     from modalmesh.router.tasks import Answer, Evidence, write_report
 
     unmeasured = {"Modality": "CT", "PixelSpacing": "0.7\\0.7", **lesion_tags(None)}
-    nodule = Answer("nodule", 0.7, 0.6, {"normal": 0.2, "nodule": 0.7, "mass": 0.1},
-                    {"lesion_count": 1.0, "largest_diameter_mm": -0.4, "side": 1.0})
+    nodule = Answer("nodule", 0.7, 0.6, {"normal": 0.2, "nodule": 0.7, "mass": 0.1}, {"lesion_count": 1.0, "largest_diameter_mm": -0.4, "side": 1.0})
     description, findings, reply = write_report(nodule, Evidence(image_tags=unmeasured, estimate_error={"largest_diameter_mm": 5.0}))
     assert {"lesion_count", "largest_diameter_mm", "side", "estimated_largest_diameter_mm"}.isdisjoint(findings)
     assert " mm" not in description.replace("pixel spacing 0.7\\0.7 mm", "")
@@ -183,8 +181,7 @@ def test_a_lesion_against_the_hearts_bulge_is_measured_without_the_heart(seed, c
     # The held-out anatomy's heart bulges into the left lung's hull; a lesion touching it
     # makes one solid region with it, which as a whole is ringed by air. Judged lesion by
     # lesion, the heart's part (walled by the mediastinum) and its small remnants are not lesions.
-    phantom = make_phantom(seed, size=512, lesion_count=count, diameter_mm=diameter, spacing_mm=(0.5, 1.0),
-                           noise_hu=(20.0, 45.0), heart=True)
+    phantom = make_phantom(seed, size=512, lesion_count=count, diameter_mm=diameter, spacing_mm=(0.5, 1.0), noise_hu=(20.0, 45.0), heart=True)
     lesions = measure(phantom)
     assert len(lesions) == count
     assert lesions[0].diameter_mm == pytest.approx(phantom.largest_mm, abs=1.0)

@@ -37,16 +37,26 @@ def test_one_trace_id_across_router_and_encoders():
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(receiver, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
-    env = {"MODALMESH_TRACE_EXPORTER": "otlp", "MODALMESH_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
-           "OTEL_EXPORTER_OTLP_INSECURE": "true", "OTEL_BSP_SCHEDULE_DELAY": "200", "MODALMESH_METRICS_PORT": "0"}
+    env = {
+        "MODALMESH_TRACE_EXPORTER": "otlp",
+        "MODALMESH_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+        "OTEL_EXPORTER_OTLP_INSECURE": "true",
+        "OTEL_BSP_SCHEDULE_DELAY": "200",
+        "MODALMESH_METRICS_PORT": "0",
+    }
     mesh = Mesh(ports={name: free_port() for name in ORDER}, extra_env=env, quiet_logs=True)
     mesh.start()
     try:
         mesh.wait_healthy(timeout=300, progress=None)
         with RouterClient(mesh.address("router")) as client:
-            answer = client.analyze("screenshot_triage", text="my card was declined",
-                                    image=image_bytes(render_screenshot("Error 402: Payment declined")),
-                                    audio=wav_bytes(tone(1.0, 16000), 16000), mode="full", speech=True)
+            answer = client.analyze(
+                "screenshot_triage",
+                text="my card was declined",
+                image=image_bytes(render_screenshot("Error 402: Payment declined")),
+                audio=wav_bytes(tone(1.0, 16000), 16000),
+                mode="full",
+                speech=True,
+            )
         assert answer["label"]
         deadline = time.monotonic() + 30
         analyze = []

@@ -146,8 +146,7 @@ def test_an_encoder_without_the_side_output_still_gives_its_features(mesh):
         with connect(router.address) as channel:
             stub = router_pb2_grpc.RouterStub(channel)
             fields = {**INPUTS["text"], **INPUTS["image"]}
-            answers = [analyze(stub, **fields),
-                       analyze(stub, options=router_pb2.AnalyzeOptions(mode=router_pb2.ROUTING_MODE_FULL), **fields)]
+            answers = [analyze(stub, **fields), analyze(stub, options=router_pb2.AnalyzeOptions(mode=router_pb2.ROUTING_MODE_FULL), **fields)]
     finally:
         router.stop(grace=0.5)
         blind.stop(grace=0.5)
@@ -197,8 +196,13 @@ def test_a_grpc_deadline_gets_the_answer_from_the_encoders_that_made_it(router):
     said = " ".join(["My card was declined at checkout and I was charged twice for the same order."] * 5)
     noise = wav_bytes(engine.synthesize(said, "en-us", 150), engine.sample_rate)
     started = time.monotonic()
-    response = analyze(router, timeout=1.5, text="My card was declined at checkout.",
-                       audio=router_pb2.MediaInput(data=noise), options=router_pb2.AnalyzeOptions(mode=router_pb2.ROUTING_MODE_FULL))
+    response = analyze(
+        router,
+        timeout=1.5,
+        text="My card was declined at checkout.",
+        audio=router_pb2.MediaInput(data=noise),
+        options=router_pb2.AnalyzeOptions(mode=router_pb2.ROUTING_MODE_FULL),
+    )
     assert time.monotonic() - started < 1.5
     assert STATUS(reports(response)["text"].status) == "MODALITY_STATUS_USED"
     assert STATUS(reports(response)["audio"].status) == "MODALITY_STATUS_TIMED_OUT"
@@ -227,8 +231,11 @@ def test_a_cancelled_encoder_rpc_is_not_an_internal_error():
 def test_a_client_cancel_cancels_the_encoder_calls(mesh, router):
     cancelled = telemetry.RPC_ERRORS.labels("vision", "EncodeOnce", "CANCELLED")
     before = cancelled._value.get()
-    request = router_pb2.AnalyzeRequest(task="screenshot_triage", options=router_pb2.AnalyzeOptions(mode=router_pb2.ROUTING_MODE_FULL),
-                                        image=router_pb2.MediaInput(data=image_bytes(render_screenshot("Crash report", size=(1920, 1080)))))
+    request = router_pb2.AnalyzeRequest(
+        task="screenshot_triage",
+        options=router_pb2.AnalyzeOptions(mode=router_pb2.ROUTING_MODE_FULL),
+        image=router_pb2.MediaInput(data=image_bytes(render_screenshot("Crash report", size=(1920, 1080)))),
+    )
     call = router.Analyze.future(request, timeout=30)
     time.sleep(0.3)  # the vision call (features + OCR, about a second) is now running
     call.cancel()
@@ -240,9 +247,12 @@ def test_a_client_cancel_cancels_the_encoder_calls(mesh, router):
 
 def test_analyze_stream_sends_the_gate_before_the_final_answer(router):
     def requests():
-        first = router_pb2.AnalyzeRequest(task="screenshot_triage", text="the app crashes when I open it",
-                                          audio=router_pb2.MediaInput(media_type="audio/wav"),
-                                          options=router_pb2.AnalyzeOptions(speech=True))
+        first = router_pb2.AnalyzeRequest(
+            task="screenshot_triage",
+            text="the app crashes when I open it",
+            audio=router_pb2.MediaInput(media_type="audio/wav"),
+            options=router_pb2.AnalyzeOptions(speech=True),
+        )
         yield router_pb2.AnalyzeStreamRequest(request=first)
         for start in range(0, len(VOICE), 8000):
             yield router_pb2.AnalyzeStreamRequest(audio_chunk=VOICE[start : start + 8000])
@@ -257,7 +267,9 @@ def test_analyze_stream_sends_the_gate_before_the_final_answer(router):
 
 def test_medical_report_from_a_ct_and_a_record(router):
     response = analyze(
-        router, task="medical_report", text="64-year-old smoker with a persistent cough.",
+        router,
+        task="medical_report",
+        text="64-year-old smoker with a persistent cough.",
         image=router_pb2.MediaInput(data=_training_like_ct(), parameters={"window": "lung"}),
         options=router_pb2.AnalyzeOptions(speech=True),
     )
@@ -276,8 +288,11 @@ def test_medical_report_from_a_png_scan_with_its_window_is_measured(router):
     from modalmesh.data.generate import PHANTOM_SIZE
 
     phantom = make_phantom(31, size=PHANTOM_SIZE, lesion_count=1, diameter_mm=36.0)
-    image = router_pb2.MediaInput(data=windowed_png(phantom.hounsfield, -600, 1500), media_type="image/png",
-                                  parameters={"pixel_spacing": f"{phantom.pixel_spacing_mm:.4f}", "window": "lung"})
+    image = router_pb2.MediaInput(
+        data=windowed_png(phantom.hounsfield, -600, 1500),
+        media_type="image/png",
+        parameters={"pixel_spacing": f"{phantom.pixel_spacing_mm:.4f}", "window": "lung"},
+    )
     response = analyze(router, task="medical_report", image=image)
     findings = {f.key: f.value for f in response.findings}
     assert float(findings["largest_diameter_mm"]) == pytest.approx(36.0, abs=1.0)
@@ -329,8 +344,10 @@ def test_screen_text_read_or_used_in_part_is_said_in_the_answer(mesh, tmp_path):
     router = mesh.start_router(vision_target=capped.address, weights_dir=str(weights))
     try:
         with connect(plain.address) as channel:
-            assert reports(analyze(router_pb2_grpc.RouterStub(channel), image=image, options=full))["image"].reason == \
-                "with OCR text (the first 32 of 40 paragraphs used)"
+            assert (
+                reports(analyze(router_pb2_grpc.RouterStub(channel), image=image, options=full))["image"].reason
+                == "with OCR text (the first 32 of 40 paragraphs used)"
+            )
         with connect(router.address) as channel:
             reason = reports(analyze(router_pb2_grpc.RouterStub(channel), image=image, options=full))["image"].reason
     finally:
@@ -394,19 +411,27 @@ def test_a_medical_report_without_a_scan_states_no_lesion_findings(router):
         ({"task": "screenshot_triage", "text": "\u200b\u200b \ufeff\u200e"}, "text", "the request has no inputs"),
         ({"task": "screenshot_triage", "text": "x" * 70000}, "text", "over the limit"),
         ({"task": "screenshot_triage", "image": router_pb2.MediaInput(data=b"not an image")}, "image.media_type", "match no supported format"),
-        ({"task": "screenshot_triage", "text": "hi", "options": router_pb2.AnalyzeOptions(require=[router_pb2.MODALITY_AUDIO])},
-         "options.require[0]", "not in the request"),
+        (
+            {"task": "screenshot_triage", "text": "hi", "options": router_pb2.AnalyzeOptions(require=[router_pb2.MODALITY_AUDIO])},
+            "options.require[0]",
+            "not in the request",
+        ),
         # An unknown mode is not run as another; an over-long id is neither logged nor traced.
         ({"task": "screenshot_triage", "text": "hi", "options": router_pb2.AnalyzeOptions(mode=99)}, "options.mode", "99 is not a RoutingMode"),
         ({"task": "screenshot_triage", "text": "hi", "request_id": "r" * 129}, "request_id", "longer than 128 characters"),
         # Refused by an encoder: when every input is refused, the router says INVALID_ARGUMENT
         # with the field of *its* request (not UNAVAILABLE, which invites a retry).
-        ({"task": "screenshot_triage", "image": router_pb2.MediaInput(data=SCREENSHOT[: len(SCREENSHOT) // 2])},
-         "image.data", "cannot decode the image"),
-        ({"task": "medical_report", "image": router_pb2.MediaInput(data=SCREENSHOT, parameters={"pixel_spacing": "-1"})},
-         "image.parameters.pixel_spacing", "is not one or two spacings"),
-        ({"task": "screenshot_triage", "audio": router_pb2.MediaInput(data=b"RIFF" + b"\xff" * 500, media_type="audio/wav")},
-         "audio.media_type", "not RIFF/WAVE"),
+        ({"task": "screenshot_triage", "image": router_pb2.MediaInput(data=SCREENSHOT[: len(SCREENSHOT) // 2])}, "image.data", "cannot decode the image"),
+        (
+            {"task": "medical_report", "image": router_pb2.MediaInput(data=SCREENSHOT, parameters={"pixel_spacing": "-1"})},
+            "image.parameters.pixel_spacing",
+            "is not one or two spacings",
+        ),
+        (
+            {"task": "screenshot_triage", "audio": router_pb2.MediaInput(data=b"RIFF" + b"\xff" * 500, media_type="audio/wav")},
+            "audio.media_type",
+            "not RIFF/WAVE",
+        ),
     ],
 )
 def test_bad_requests_are_invalid_argument(router, fields, field, complaint):
@@ -436,8 +461,7 @@ def test_a_stalled_analyze_stream_is_deadline_exceeded_and_the_router_stays_up(m
     stall = threading.Event()
 
     def requests(audio_chunks):
-        first = router_pb2.AnalyzeRequest(task="screenshot_triage", text="the app crashes when I open it",
-                                          audio=router_pb2.MediaInput(media_type="audio/wav"))
+        first = router_pb2.AnalyzeRequest(task="screenshot_triage", text="the app crashes when I open it", audio=router_pb2.MediaInput(media_type="audio/wav"))
         yield router_pb2.AnalyzeStreamRequest(request=first)
         for chunk in audio_chunks:
             yield router_pb2.AnalyzeStreamRequest(audio_chunk=chunk)
@@ -493,19 +517,21 @@ def test_tritonclient_can_call_the_router(mesh, tmp_path):
     define package `inference`; one process cannot hold both)."""
     screenshot = tmp_path / "screen.png"
     screenshot.write_bytes(SCREENSHOT)
-    result = subprocess.run([sys.executable, "-c", TRITON_CLIENT, mesh.router.address, str(screenshot)],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", TRITON_CLIENT, mesh.router.address, str(screenshot)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.startswith("ok ")
 
 
-@pytest.mark.parametrize("inputs, field, complaint", [
-    # Two TEXT inputs: refused, not one silently replacing the other.
-    ([("TEXT", [1], b"my card was declined"), ("TEXT", [1], b"where is my parcel")], "inputs[1].name", "TEXT is given twice"),
-    # numpy's int64 product of this shape wraps to 1: the shape is checked without it.
-    ([("TEXT", [274177, 67280421310721], b"my card was declined")], "inputs[0]", "one element"),  # 2**64 + 1
-    ([("TEXT", [0], b"my card was declined")], "inputs[0]", "one element"),
-])
+@pytest.mark.parametrize(
+    "inputs, field, complaint",
+    [
+        # Two TEXT inputs: refused, not one silently replacing the other.
+        ([("TEXT", [1], b"my card was declined"), ("TEXT", [1], b"where is my parcel")], "inputs[1].name", "TEXT is given twice"),
+        # numpy's int64 product of this shape wraps to 1: the shape is checked without it.
+        ([("TEXT", [274177, 67280421310721], b"my card was declined")], "inputs[0]", "one element"),  # 2**64 + 1
+        ([("TEXT", [0], b"my card was declined")], "inputs[0]", "one element"),
+    ],
+)
 def test_open_inference_protocol_refuses_ambiguous_inputs(mesh, inputs, field, complaint):
     from modalmesh.v1 import inference_pb2, inference_pb2_grpc
 
@@ -560,9 +586,12 @@ def test_streamed_audio_to_a_service_without_transcripts_is_still_used(mesh):
     voice = wav_bytes(tone(1.0, 16000), 16000)
 
     def requests():
-        first = router_pb2.AnalyzeRequest(task="screenshot_triage", text="Please help.",
-                                          audio=router_pb2.MediaInput(media_type="audio/wav"),
-                                          options=router_pb2.AnalyzeOptions(mode=router_pb2.ROUTING_MODE_FULL))
+        first = router_pb2.AnalyzeRequest(
+            task="screenshot_triage",
+            text="Please help.",
+            audio=router_pb2.MediaInput(media_type="audio/wav"),
+            options=router_pb2.AnalyzeOptions(mode=router_pb2.ROUTING_MODE_FULL),
+        )
         yield router_pb2.AnalyzeStreamRequest(request=first)
         for i in range(0, len(voice), 8000):
             yield router_pb2.AnalyzeStreamRequest(audio_chunk=voice[i : i + 8000])
@@ -751,8 +780,7 @@ def test_concurrent_requests_each_get_the_answer_they_get_alone(router):
     from concurrent import futures
 
     screens = ["Error 402: Payment declined", "Incorrect password", "The app has stopped", "Delivery delayed"]
-    requests = [{"text": "Please help.", "image": router_pb2.MediaInput(data=image_bytes(render_screenshot(screen)))}
-                for screen in screens]
+    requests = [{"text": "Please help.", "image": router_pb2.MediaInput(data=image_bytes(render_screenshot(screen)))} for screen in screens]
     alone = [analyze(router, **fields) for fields in requests]
     with futures.ThreadPoolExecutor(12) as pool:
         together = list(pool.map(lambda i: analyze(router, **requests[i % 4]), range(12)))

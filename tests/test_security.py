@@ -41,9 +41,7 @@ def test_tls_refuses_plaintext_and_untrusted_clients(start_text_service, certs):
 
 
 def test_mtls_requires_a_client_certificate_from_the_ca(start_text_service, certs):
-    handle = start_text_service(
-        tls_cert=str(certs / "text.pem"), tls_key=str(certs / "text-key.pem"), tls_client_ca=str(certs / "ca.pem")
-    )
+    handle = start_text_service(tls_cert=str(certs / "text.pem"), tls_key=str(certs / "text-key.pem"), tls_client_ca=str(certs / "ca.pem"))
     good = connect(handle.address, ca=str(certs / "ca.pem"), cert=str(certs / "client.pem"), key=str(certs / "client-key.pem"), server_name="text")
     with good:
         assert EncoderClient(good).encode_text("mutual").pooled.shape == (32,)

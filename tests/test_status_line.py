@@ -54,6 +54,7 @@ def test_the_pointer_is_calibrated_on_validation_and_its_temperature_round_trips
     # Noisier screens (the message vector leans less): an over-sure pointer is cooled.
     pointer, summary = status_line.fit(_screens(200, 1), _screens(80, 5), epochs=8)
     assert summary["temperature"] == round(float(pointer.log_temperature.exp()), 4) and summary["temperature"] != 1.0
+
     def nll() -> float:
         with torch.no_grad():
             return sum(float(torch.nn.functional.cross_entropy(pointer(r)[None], torch.tensor([i]))) for r, i in _screens(80, 5))

@@ -431,8 +431,7 @@ def test_request_bytes_in_hand_are_bounded(start_text_service):
     # grpc reads a unary call's whole message before the handler runs, so waiting calls
     # hold theirs: past max_bytes_in_flight a call is refused at once.
     started, release = threading.Semaphore(0), threading.Event()
-    handle = start_text_service(service_class=blocking_service(started, release), worker_threads=1, max_waiting_calls=4,
-                                max_bytes_in_flight=400)
+    handle = start_text_service(service_class=blocking_service(started, release), worker_threads=1, max_waiting_calls=4, max_bytes_in_flight=400)
     handle.admission.assume_answered(0.01)  # calls have been answered before: the next may wait for a worker
     with connect(handle.address) as channel, ThreadPoolExecutor(2) as pool:
         client = EncoderClient(channel)

@@ -88,8 +88,7 @@ def test_ct_phantoms_match_their_labels(medical_data):
 
 def test_train_and_eval_medical_end_to_end(medical_data, tmp_path, capsys):
     weights = tmp_path / "medical_report"
-    assert main(["train", "--task", "medical_report", "--data", str(medical_data / "train.jsonl"), "--out", str(weights),
-                 "--epochs", "3"]) == 0
+    assert main(["train", "--task", "medical_report", "--data", str(medical_data / "train.jsonl"), "--out", str(weights), "--epochs", "3"]) == 0
     assert {p.name for p in weights.iterdir()} >= {"model.safetensors", "config.json", "MODEL_CARD.md", "train_log.json"}
     card = (weights / "MODEL_CARD.md").read_text()
     assert "not for clinical use" in card.lower() and "Gate offsets" in card and "P(a lesion found | label)" in card
@@ -105,8 +104,7 @@ def test_train_and_eval_medical_end_to_end(medical_data, tmp_path, capsys):
     assert all(p + config["measurement_evidence"]["none"][label] == pytest.approx(1.0) for label, p in found.items())
     capsys.readouterr()
     report = tmp_path / "report"
-    assert main(["eval", "--task", "medical_report", "--data", str(medical_data / "test.jsonl"), "--report", str(report),
-                 "--weights", str(weights)]) == 0
+    assert main(["eval", "--task", "medical_report", "--data", str(medical_data / "test.jsonl"), "--report", str(report), "--weights", str(weights)]) == 0
     results = json.loads((report / "report.json").read_text())
     assert results["model_version"].startswith("medical_report@") and "untrained" not in results["model_version"]
     assert 0 <= results["full"]["accuracy"] <= 1 and 0 <= results["calibration"]["ece"] <= 1
@@ -185,8 +183,7 @@ def test_train_refuses_an_out_folder_that_holds_other_files(medical_data, tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
 
 
-def test_training_with_another_text_model_and_serving_it_with_the_wrong_one(medical_data, tmp_path, mesh, monkeypatch,
-                                                                           tiny_bert_dir, capsys):
+def test_training_with_another_text_model_and_serving_it_with_the_wrong_one(medical_data, tmp_path, mesh, monkeypatch, tiny_bert_dir, capsys):
     from modalmesh.client import RouterClient
     from modalmesh.router.train import train
     from modalmesh.text.model import model_version
@@ -201,16 +198,24 @@ def test_training_with_another_text_model_and_serving_it_with_the_wrong_one(medi
     assert config["text_model"] == model_version(str(tiny_bert_dir))  # the weights name the text model they need
     monkeypatch.delenv("MODALMESH_TEXT_MODEL")
 
-    eval_args = ["eval", "--task", "medical_report", "--data", str(medical_data / "val.jsonl"),
-                 "--report", str(tmp_path / "report"), "--weights", str(tmp_path / "medical_report")]
+    eval_args = [
+        "eval",
+        "--task",
+        "medical_report",
+        "--data",
+        str(medical_data / "val.jsonl"),
+        "--report",
+        str(tmp_path / "report"),
+        "--weights",
+        str(tmp_path / "medical_report"),
+    ]
     record = read_manifest(medical_data / "test.jsonl")[0]
 
     def ask_the_mesh() -> dict:  # its text service runs the bundled MiniLM
         router = mesh.start_router(weights_dir=str(tmp_path))
         try:
             with RouterClient(router.address) as client:
-                return client.analyze("medical_report", text=record["text"], image=open(record["image"], "rb").read(),
-                                      mode="full")
+                return client.analyze("medical_report", text=record["text"], image=open(record["image"], "rb").read(), mode="full")
         finally:
             router.stop(grace=0.5)
 
@@ -387,12 +392,12 @@ def test_an_eager_side_output_arrives_with_its_base_features_in_the_routing_repl
     item = ItemFeatures(features, {"text": 20.0, "image": 60.0, "image_text": 500.0})
     fuse = 5.0
 
-    deferred, = routing_cases(model, spec, [example], [item], fuse, eager=())
+    (deferred,) = routing_cases(model, spec, [example], [item], fuse, eager=())
     assert [c.at_ms for c in deferred.checkpoints] == [20.0 + fuse, 60.0 + fuse]  # text, then the image's features
     assert deferred.final_ms == 60.0 + fuse + (60.0 + 500.0) + fuse  # OCR asked for after them: a second call
     assert not any(c.side_requested for c in deferred.checkpoints)
 
-    eager, = routing_cases(model, spec, [example], [item], fuse, eager=("image",))
+    (eager,) = routing_cases(model, spec, [example], [item], fuse, eager=("image",))
     assert [c.at_ms for c in eager.checkpoints] == [20.0 + fuse]  # the image's features come with the OCR
     assert eager.final_ms == 60.0 + 500.0 + fuse
     assert eager.checkpoints[0].side_requested and eager.has_side
@@ -423,11 +428,14 @@ def test_the_routing_setting_overrides_thresholds_and_eager_side_outputs():
     specs = apply_routing_thresholds(dict(TASKS), "screenshot_triage=0.8/0.2/image+audio, medical_report=0.6/0.1/none")
     assert (specs["screenshot_triage"].tau, specs["screenshot_triage"].gamma) == (0.8, 0.2)
     assert specs["screenshot_triage"].eager == ("image", "audio") and specs["medical_report"].eager == ()
-    kept = apply_routing_thresholds({"screenshot_triage": dataclasses.replace(TASKS["screenshot_triage"], eager=("image",))},
-                                    "screenshot_triage=0.5/0.5")
+    kept = apply_routing_thresholds({"screenshot_triage": dataclasses.replace(TASKS["screenshot_triage"], eager=("image",))}, "screenshot_triage=0.5/0.5")
     assert kept["screenshot_triage"].eager == ("image",)  # two parts: eager as it was
-    for bad, complaint in (("medical_report=0.7/0.1/image", "audio or none"), ("screenshot_triage=0.7", "tau/gamma[/eager]"),
-                           ("screenshot_triage=0.7/0.1/", "empty"), ("nope=0.1/0.1", "unknown task")):
+    for bad, complaint in (
+        ("medical_report=0.7/0.1/image", "audio or none"),
+        ("screenshot_triage=0.7", "tau/gamma[/eager]"),
+        ("screenshot_triage=0.7/0.1/", "empty"),
+        ("nope=0.1/0.1", "unknown task"),
+    ):
         with pytest.raises(ValueError, match=re.escape(complaint)):
             apply_routing_thresholds(dict(TASKS), bad)
 
@@ -504,9 +512,14 @@ def test_train_refuses_and_eval_withholds_an_image_the_router_does_not_read(tmp_
     from pydicom.data import get_testdata_file
 
     (tmp_path / "mr.dcm").write_bytes(open(get_testdata_file("MR_small.dcm"), "rb").read())
-    record = {"id": "mr-1", "task": "medical_report", "text": "64-year-old smoker, 30 pack-years, persistent cough.",
-              "label": "normal", "image": "mr.dcm",
-              "extra": {"lesion_count": 0, "largest_diameter_mm": 0.0, "side": "none"}}
+    record = {
+        "id": "mr-1",
+        "task": "medical_report",
+        "text": "64-year-old smoker, 30 pack-years, persistent cough.",
+        "label": "normal",
+        "image": "mr.dcm",
+        "extra": {"lesion_count": 0, "largest_diameter_mm": 0.0, "side": "none"},
+    }
     (tmp_path / "train.jsonl").write_text(json.dumps(record) + "\n")
     assert main(["train", "--task", "medical_report", "--data", str(tmp_path / "train.jsonl"), "--out", str(tmp_path / "w")]) == 2
     err = capsys.readouterr().err
@@ -565,15 +578,13 @@ def test_untrained_fine_tuning_layers_give_the_text_services_features_again(tria
     assert {s for e in examples for s in e.features} >= {"text", "image_text"}
 
 
-def test_fine_tuned_text_layers_are_trained_saved_and_served_with_their_text_model(medical_data, tmp_path, mesh, monkeypatch,
-                                                                                   capsys):
+def test_fine_tuned_text_layers_are_trained_saved_and_served_with_their_text_model(medical_data, tmp_path, mesh, monkeypatch, capsys):
     from tests.conftest import start_service
     from modalmesh.client import RouterClient
     from modalmesh.text.model import TextEncoder
 
     weights = tmp_path / "medical_report"
-    base = ["train", "--task", "medical_report", "--data", str(medical_data / "train.jsonl"), "--out", str(weights),
-            "--epochs", "2", "--finetune-top", "1"]
+    base = ["train", "--task", "medical_report", "--data", str(medical_data / "train.jsonl"), "--out", str(weights), "--epochs", "2", "--finetune-top", "1"]
     assert main(base + ["--members", "2"]) == 2 and "--members 1" in capsys.readouterr().err  # one text model, one member
     assert main(base) == 0  # medical_report's default is one model
     config = json.loads((weights / "config.json").read_text())
@@ -586,8 +597,7 @@ def test_fine_tuned_text_layers_are_trained_saved_and_served_with_their_text_mod
     assert torch.equal(state[bottom], original[bottom]) and not torch.equal(state[top], original[top])
 
     # Evaluation needs the fine-tuned text model's features, and says so.
-    report = ["eval", "--task", "medical_report", "--data", str(medical_data / "val.jsonl"), "--report", str(tmp_path / "r"),
-              "--weights", str(weights)]
+    report = ["eval", "--task", "medical_report", "--data", str(medical_data / "val.jsonl"), "--report", str(tmp_path / "r"), "--weights", str(weights)]
     assert main(report) == 2 and "MODALMESH_TEXT_MODEL=" in capsys.readouterr().err
     monkeypatch.setenv("MODALMESH_TEXT_MODEL", str(weights / "text-model"))
     assert main(report) == 0
@@ -596,8 +606,10 @@ def test_fine_tuned_text_layers_are_trained_saved_and_served_with_their_text_mod
     record = read_manifest(medical_data / "test.jsonl")[0]
     request = dict(text=record["text"], image=open(record["image"], "rb").read(), mode="full")
     text_service = start_service("text", model=str(weights / "text-model"))
-    routers = [mesh.start_router(weights_dir=str(tmp_path)),  # the mesh's text service: the bundled MiniLM
-               mesh.start_router(weights_dir=str(tmp_path), text_target=text_service.address)]
+    routers = [
+        mesh.start_router(weights_dir=str(tmp_path)),  # the mesh's text service: the bundled MiniLM
+        mesh.start_router(weights_dir=str(tmp_path), text_target=text_service.address),
+    ]
     try:
         answers = []
         for router in routers:
@@ -639,8 +651,7 @@ def test_features_read_by_another_ocr_engine_are_cached_apart(tmp_path, monkeypa
     from modalmesh.router.tasks import TASKS
 
     record = {"id": "a", "text": "where is my parcel"}
-    caches = {name: FeatureCache.for_task(TASKS[name], tmp_path / "m.jsonl", tmp_path / "features")
-              for name in ("screenshot_triage", "medical_report")}
+    caches = {name: FeatureCache.for_task(TASKS[name], tmp_path / "m.jsonl", tmp_path / "features") for name in ("screenshot_triage", "medical_report")}
     monkeypatch.delenv("MODALMESH_VISION_OCR_ENGINE", raising=False)
     monkeypatch.delenv("MODALMESH_OCR_ENGINE", raising=False)
     default = {name: cache.key(record) for name, cache in caches.items()}

@@ -25,8 +25,9 @@ def refused(data, media_type, **parameters) -> str:
     return raised.value.message
 
 
-@pytest.mark.parametrize("fmt, media_type", [("PNG", "image/png"), ("JPEG", "image/jpeg"), ("WEBP", "image/webp"), ("BMP", "image/bmp"),
-                                             ("TIFF", "image/tiff")])
+@pytest.mark.parametrize(
+    "fmt, media_type", [("PNG", "image/png"), ("JPEG", "image/jpeg"), ("WEBP", "image/webp"), ("BMP", "image/bmp"), ("TIFF", "image/tiff")]
+)
 def test_every_raster_format_decodes_to_rgb(fmt, media_type):
     source = Image.new("RGB", (40, 30), (200, 30, 60))
     data = image_bytes(source, fmt)
@@ -116,6 +117,7 @@ def test_multi_frame_dicom_takes_the_requested_frame():
 
 def _png_with_size(width: int, height: int) -> bytes:
     """A PNG whose header claims any size (its pixel data is a tiny stub)."""
+
     def chunk(kind, body):
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
 
@@ -195,8 +197,7 @@ def test_a_png_scan_takes_its_pixel_spacing_from_the_request():
 def test_the_report_says_why_a_stated_pixel_spacing_was_not_used():
     from modalmesh.router.tasks import Answer, Evidence, write_report
 
-    answer = Answer("nodule", 0.9, 0.2, {"normal": 0.05, "nodule": 0.9, "mass": 0.05},
-                    {"lesion_count": 1.0, "largest_diameter_mm": 8.0, "side": 1.0})
+    answer = Answer("nodule", 0.9, 0.2, {"normal": 0.05, "nodule": 0.9, "mass": 0.05}, {"lesion_count": 1.0, "largest_diameter_mm": 8.0, "side": 1.0})
     tags = decode(_edited_dicom(PixelSpacing=[0, 0]), "application/dicom").tags
     sigma = {"largest_diameter_mm": 5.0}  # the heads' validation error: their size is shown as an estimate
     description, findings, _ = write_report(answer, Evidence(image_tags=tags, estimate_error=sigma))
@@ -241,8 +242,7 @@ def test_an_axial_slice_stored_in_another_orientation_is_turned_to_the_display(s
     hounsfield = phantom_hu(96)
     hounsfield[30:40, 20:26] = 45.0  # something asymmetric, on the image's left (the patient's right)
     orientation, store = STORED[steps]
-    decoded = decode_image(ct_dicom(np.ascontiguousarray(store(hounsfield)), pixel_spacing=(0.6, 0.8), orientation=orientation),
-                           "application/dicom", {}, 10**7)
+    decoded = decode_image(ct_dicom(np.ascontiguousarray(store(hounsfield)), pixel_spacing=(0.6, 0.8), orientation=orientation), "application/dicom", {}, 10**7)
     assert np.array_equal(decoded.hounsfield, hounsfield)
     assert decoded.tags["plane"] == "axial" and decoded.tags["reoriented"] == steps
     assert decoded.tags["PixelSpacing"] == ("0.8\\0.6" if steps == "transposed" else "0.6\\0.8")
@@ -250,8 +250,12 @@ def test_an_axial_slice_stored_in_another_orientation_is_turned_to_the_display(s
 
 def test_the_display_orientation_and_other_planes_are_left_as_stored():
     hounsfield = phantom_hu(64)
-    for orientation, plane in (((1, 0, 0, 0, 1, 0), "axial"), ((1, 0, 0, 0, 0, -1), "coronal"),
-                               ((0, 1, 0, 0, 0, -1), "sagittal"), ((1, 0, 0, 0, 0.7071, 0.7071), "oblique")):
+    for orientation, plane in (
+        ((1, 0, 0, 0, 1, 0), "axial"),
+        ((1, 0, 0, 0, 0, -1), "coronal"),
+        ((0, 1, 0, 0, 0, -1), "sagittal"),
+        ((1, 0, 0, 0, 0.7071, 0.7071), "oblique"),
+    ):
         decoded = decode_image(ct_dicom(hounsfield, orientation=orientation), "application/dicom", {}, 10**7)
         assert decoded.tags["plane"] == plane and "reoriented" not in decoded.tags
         assert np.array_equal(decoded.hounsfield, hounsfield)
@@ -277,13 +281,16 @@ def _dicom_with_raw(tag: int, vr: str, value) -> bytes:
     return out.getvalue()
 
 
-@pytest.mark.parametrize("name, data", [
-    ("Rows as text", lambda: _dicom_with_raw(0x00280010, "LO", "abc")),
-    ("RescaleSlope as text", lambda: _dicom_with_raw(0x00281053, "LO", "abc")),
-    ("RescaleSlope with two values", lambda: _dicom_with_raw(0x00281053, "LO", "1\\2")),
-    ("NumberOfFrames as text", lambda: _dicom_with_raw(0x00280008, "LO", "abc")),
-    ("truncated", lambda: ct_dicom(phantom_hu(64))[:700]),
-])
+@pytest.mark.parametrize(
+    "name, data",
+    [
+        ("Rows as text", lambda: _dicom_with_raw(0x00280010, "LO", "abc")),
+        ("RescaleSlope as text", lambda: _dicom_with_raw(0x00281053, "LO", "abc")),
+        ("RescaleSlope with two values", lambda: _dicom_with_raw(0x00281053, "LO", "1\\2")),
+        ("NumberOfFrames as text", lambda: _dicom_with_raw(0x00280008, "LO", "abc")),
+        ("truncated", lambda: ct_dicom(phantom_hu(64))[:700]),
+    ],
+)
 def test_a_dicom_with_a_tag_that_does_not_parse_is_refused_in_words(name, data):
     message = refused(data(), "application/dicom")
     assert message.startswith("payload: cannot ") and "Error" not in message and "invalid literal" not in message, name

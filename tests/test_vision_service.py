@@ -31,7 +31,7 @@ def test_info(vision):
     info = vision.info()
     assert info.modality == "image" and info.feature_width == 1280
     assert info.model_version.startswith("efficientnet-lite0@")
-    assert "application/dicom" in info.media_types and list(info.options) == ["ocr"]
+    assert "application/dicom" in info.media_types and list(info.options) == ["ocr", "lesions"]
     assert info.limits.max_pixels == 40_000_000
 
 
@@ -112,8 +112,10 @@ def test_capped_detection_size_reads_what_the_engine_rule_reads():
     from modalmesh.vision.ocr import CAPPED_DET_SIDE, ScreenReader
 
     capped, engine_rule = ScreenReader(CAPPED_DET_SIDE), ScreenReader(0)
-    screens = [render_screenshot("Your card was declined (code 51)", size=(1920, 1080)),
-               render_app_screen("Session expired", np.random.default_rng(5), mobile=True, dark=True, layout="toast")]
+    screens = [
+        render_screenshot("Your card was declined (code 51)", size=(1920, 1080)),
+        render_app_screen("Session expired", np.random.default_rng(5), mobile=True, dark=True, layout="toast"),
+    ]
     for screen in screens:
         rgb = np.asarray(screen.convert("RGB"))
         read = [[line.text for line in reader.read(rgb)] for reader in (capped, engine_rule)]
@@ -151,13 +153,17 @@ def test_the_vision_service_reports_the_measurement_for_ct(vision):
 
     phantom = make_phantom(21, size=PHANTOM_SIZE, lesion_count=1, diameter_mm=24.0)
     spacing = phantom.pixel_spacing_mm
-    result = vision.encode(ct_dicom(phantom.hounsfield, pixel_spacing=(spacing, spacing)), "application/dicom")
-    no_spacing = vision.encode(ct_dicom(phantom.hounsfield, pixel_spacing=(0.0, 0.0)), "application/dicom")
+    result = vision.encode(ct_dicom(phantom.hounsfield, pixel_spacing=(spacing, spacing)), "application/dicom", options=["lesions"])
+    no_spacing = vision.encode(ct_dicom(phantom.hounsfield, pixel_spacing=(0.0, 0.0)), "application/dicom", options=["lesions"])
     tags = dict(result.side.tags)
     assert tags["lesion_count"] == "1" and tags["lesion_sides"] == phantom.side
     assert float(tags["lesion_diameters_mm"]) == pytest.approx(24.0, abs=1.0)
     assert "measure" in result.pooled_message.timings_ms
     assert "lesion_count" not in dict(no_spacing.side.tags)
+    # Measured when asked for: a caller that does not read lesions does not pay for them.
+    unasked = vision.encode(ct_dicom(phantom.hounsfield, pixel_spacing=(spacing, spacing)), "application/dicom")
+    assert "lesion_count" not in dict(unasked.side.tags) and "measure" not in unasked.pooled_message.timings_ms
+    assert "lesions" in vision.info().options
 
 
 def test_a_prone_scan_reports_the_lesion_on_the_patients_side(vision):
@@ -169,8 +175,9 @@ def test_a_prone_scan_reports_the_lesion_on_the_patients_side(vision):
     phantom = make_phantom(21, size=PHANTOM_SIZE, lesion_count=1, diameter_mm=24.0)
     spacing = phantom.pixel_spacing_mm
     prone = np.ascontiguousarray(phantom.hounsfield[::-1, ::-1])
-    tags = dict(vision.encode(ct_dicom(prone, pixel_spacing=(spacing, spacing), orientation=(-1, 0, 0, 0, -1, 0)),
-                              "application/dicom").side.tags)
+    tags = dict(
+        vision.encode(ct_dicom(prone, pixel_spacing=(spacing, spacing), orientation=(-1, 0, 0, 0, -1, 0)), "application/dicom", options=["lesions"]).side.tags
+    )
     assert tags["lesion_sides"] == phantom.side and tags["reoriented"] == "flipped left-right, flipped top-bottom"
 
 
@@ -180,19 +187,21 @@ def test_a_png_scan_with_its_window_stated_is_measured_like_the_dicom(vision):
 
     phantom = make_phantom(23, size=PHANTOM_SIZE, lesion_count=2, diameter_mm=14.0)
     spacing = phantom.pixel_spacing_mm
-    dicom = dict(vision.encode(ct_dicom(phantom.hounsfield, pixel_spacing=(spacing, spacing)), "application/dicom").side.tags)
-    for png, window in ((windowed_png(phantom.hounsfield, -600, 1500), "lung"),
-                        (windowed_png(phantom.hounsfield, -500, 1400, bits=16), "-500/1400")):
-        tags = dict(vision.encode(png, "image/png", parameters={"pixel_spacing": f"{spacing}", "window": window}).side.tags)
+    dicom = dict(vision.encode(ct_dicom(phantom.hounsfield, pixel_spacing=(spacing, spacing)), "application/dicom", options=["lesions"]).side.tags)
+    for png, window in ((windowed_png(phantom.hounsfield, -600, 1500), "lung"), (windowed_png(phantom.hounsfield, -500, 1400, bits=16), "-500/1400")):
+        tags = dict(vision.encode(png, "image/png", options=["lesions"], parameters={"pixel_spacing": f"{spacing}", "window": window}).side.tags)
         assert tags["lesion_count"] == dicom["lesion_count"] == "2" and tags["lesion_sides"] == dicom["lesion_sides"]
         measured = [float(d) for d in tags["lesion_diameters_mm"].split("\\")]
         assert measured == pytest.approx([float(d) for d in dicom["lesion_diameters_mm"].split("\\")], abs=0.5)
     # A soft-tissue window clips the lungs' air: nothing to measure, and it says so.
-    soft = dict(vision.encode(windowed_png(phantom.hounsfield, 40, 400), "image/png",
-                              parameters={"pixel_spacing": f"{spacing}", "window": "soft_tissue"}).side.tags)
+    soft = dict(
+        vision.encode(
+            windowed_png(phantom.hounsfield, 40, 400), "image/png", options=["lesions"], parameters={"pixel_spacing": f"{spacing}", "window": "soft_tissue"}
+        ).side.tags
+    )
     assert "lesion_count" not in soft and "too narrow" in soft["window"]
     # Without a window a PNG's grey levels are not densities: not measured.
-    plain = dict(vision.encode(windowed_png(phantom.hounsfield, -600, 1500), "image/png", parameters={"pixel_spacing": "0.7"}).side.tags)
+    plain = dict(vision.encode(windowed_png(phantom.hounsfield, -600, 1500), "image/png", options=["lesions"], parameters={"pixel_spacing": "0.7"}).side.tags)
     assert "lesion_count" not in plain and "window" not in plain
     with pytest.raises(grpc.RpcError) as failure:
         vision.encode(windowed_png(phantom.hounsfield, -600, 1500), "image/png", parameters={"pixel_spacing": "0.7", "window": "wide"})
@@ -232,7 +241,7 @@ def test_ocr_can_be_turned_off(tmp_path):
     try:
         with connect(handle.address) as channel:
             client = EncoderClient(channel)
-            assert list(client.info().options) == []
+            assert list(client.info().options) == ["lesions"]
             with pytest.raises(grpc.RpcError) as raised:
                 client.encode(image_bytes(Image.new("RGB", (32, 32))), "image/png", options=["ocr"])
             assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "turned off" in raised.value.details()
@@ -443,6 +452,5 @@ def test_huge_images_are_shrunk_in_uint8_before_the_backbones_float_resize():
 def _float_resize_from_full(backbone, rgb):
     """The reference: a float resize straight from the full image."""
     image = torch.from_numpy(rgb.copy()).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
-    image = torch.nn.functional.interpolate(image, size=(backbone.input_size, backbone.input_size), mode="bilinear",
-                                            antialias=True, align_corners=False)
+    image = torch.nn.functional.interpolate(image, size=(backbone.input_size, backbone.input_size), mode="bilinear", antialias=True, align_corners=False)
     return ((image - torch.tensor(backbone.mean).view(1, 3, 1, 1)) / torch.tensor(backbone.std).view(1, 3, 1, 1))[0]

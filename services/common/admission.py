@@ -82,7 +82,9 @@ class Admission:
                 if not self.finish_rate() and context.time_remaining() is not None:
                     raise errors.resource_exhausted(
                         f"server busy: all {self.running} workers busy, and too few calls answered yet to tell how "
-                        f"soon another would be; retry with backoff, or add replicas", _bounded(self.service_s or 1.0))
+                        f"soon another would be; retry with backoff, or add replicas",
+                        _bounded(self.service_s or 1.0),
+                    )
                 self._wait(context)
             started = time.monotonic()
             with self._count_lock:
@@ -105,7 +107,8 @@ class Admission:
             if self.max_bytes and self.bytes_held and self.bytes_held + message_bytes > self.max_bytes:
                 raise errors.resource_exhausted(
                     f"server busy: {self.bytes_held} bytes of requests in hand, and this one has {message_bytes} "
-                    f"(max_bytes_in_flight {self.max_bytes}); retry with backoff, or add replicas")
+                    f"(max_bytes_in_flight {self.max_bytes}); retry with backoff, or add replicas"
+                )
             self.bytes_held += message_bytes
 
     def _observe(self, seconds: float, answered: bool) -> None:
@@ -141,12 +144,12 @@ class Admission:
     def _check_cold_start(self, context: grpc.ServicerContext) -> None:
         """`cold_start` > 0: until the answer rate is known, at most that many calls with a
         deadline run at once."""
-        if (self.cold_start and self.now_running >= self.cold_start and context.time_remaining() is not None
-                and not self.finish_rate()):
+        if self.cold_start and self.now_running >= self.cold_start and context.time_remaining() is not None and not self.finish_rate():
             raise errors.resource_exhausted(
                 f"server starting: {self.now_running} calls running and too few answered yet to tell how soon "
                 f"another would be (cold_start_calls {self.cold_start}); retry with backoff, or add replicas",
-                _bounded(self.service_s or 1.0))
+                _bounded(self.service_s or 1.0),
+            )
 
     def _check_deadline(self, context: grpc.ServicerContext) -> None:
         remaining = context.time_remaining()
@@ -158,21 +161,23 @@ class Admission:
             raise errors.resource_exhausted(
                 f"server busy: an answer would take about {expected:.1f} s ({self.now_running} calls running, "
                 f"{self.now_waiting} waiting), more than the {max(remaining, 0):.1f} s left before the deadline allows; "
-                f"retry with backoff, or add replicas", _bounded(expected - ADMIT_SHARE * max(remaining, 0)))
+                f"retry with backoff, or add replicas",
+                _bounded(expected - ADMIT_SHARE * max(remaining, 0)),
+            )
 
     def _wait(self, context: grpc.ServicerContext) -> None:
         if self._places is None or not self._places.acquire(blocking=False):
             raise errors.resource_exhausted(
                 f"server busy: {self.running} calls running and {self.waiting} waiting (worker_threads, "
-                f"max_waiting_calls); retry with backoff, or add replicas", _bounded(self.expected_s() / 2))
+                f"max_waiting_calls); retry with backoff, or add replicas",
+                _bounded(self.expected_s() / 2),
+            )
         self._count(+1)
         started = time.monotonic()
         try:
             while not self._slots.acquire(timeout=min(WAIT_SLICE_S, context.time_remaining())):
                 if context.time_remaining() <= 0:
-                    raise errors.deadline_exceeded(
-                        f"deadline passed after {time.monotonic() - started:.2f} s waiting for one of "
-                        f"{self.running} busy workers")
+                    raise errors.deadline_exceeded(f"deadline passed after {time.monotonic() - started:.2f} s waiting for one of {self.running} busy workers")
                 if not context.is_active():
                     raise errors.ServiceError(grpc.StatusCode.CANCELLED, "the caller went away while waiting")
         finally:
@@ -231,8 +236,7 @@ def arriving(messages, idle_s: float, what: str):
             try:
                 item = puller.queue.get(timeout=idle_s)
             except queue.Empty:
-                raise errors.deadline_exceeded(
-                    f"{what}: nothing arrived for {idle_s:g} s (stream_idle_s); close the stream when done") from None
+                raise errors.deadline_exceeded(f"{what}: nothing arrived for {idle_s:g} s (stream_idle_s); close the stream when done") from None
             if item is _END:
                 return
             if isinstance(item, Exception):

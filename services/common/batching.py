@@ -86,9 +86,7 @@ class DynamicBatcher(Generic[Item, Result]):
             if self._closed:
                 raise errors.unavailable(f"{self.name}: shutting down")
             if len(self._pending) >= self.max_queue:
-                raise errors.resource_exhausted(
-                    f"{self.name}: queue is full ({self.max_queue} requests waiting); retry with backoff"
-                )
+                raise errors.resource_exhausted(f"{self.name}: queue is full ({self.max_queue} requests waiting); retry with backoff")
             self._pending.append(_Pending(item, future, time.perf_counter()))
             self._queue_depth.set(len(self._pending))
             self._wakeup.notify()
@@ -100,8 +98,7 @@ class DynamicBatcher(Generic[Item, Result]):
         # Spans under the caller's span: the wait for a batch, and the batch's model time.
         enqueued = result.started - result.queue_ms / 1000.0
         telemetry.record_span(f"{self.name}.batch_wait", enqueued, result.started)
-        telemetry.record_span(f"{self.name}.model", result.started, result.started + result.batch_ms / 1000.0,
-                              {"batch_size": result.batch_size})
+        telemetry.record_span(f"{self.name}.model", result.started, result.started + result.batch_ms / 1000.0, {"batch_size": result.batch_size})
         return result
 
     def close(self) -> None:
@@ -198,8 +195,8 @@ class Budget:
                     wait = None if deadline is None else deadline - time.monotonic()
                     if wait is not None and wait <= 0:
                         raise errors.deadline_exceeded(
-                            f"{self.what}: deadline passed while waiting for {amount} of {self.total} "
-                            f"({self.total - self.free} in use)")
+                            f"{self.what}: deadline passed while waiting for {amount} of {self.total} ({self.total - self.free} in use)"
+                        )
                     self._changed.wait(wait)
                 self.free -= amount
             finally:

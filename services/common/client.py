@@ -1,10 +1,10 @@
 """Client side of the mesh: channels (TLS, token, tracing) and a typed Encoder client.
 
-    from modalmesh.common.client import connect, EncoderClient
-    with connect("127.0.0.1:50051") as channel:
-        result = EncoderClient(channel).encode(b"a sentence", "text/plain")
-        result.pooled          # numpy [384]
-        result.sequence        # numpy [n_tokens, 384]
+from modalmesh.common.client import connect, EncoderClient
+with connect("127.0.0.1:50051") as channel:
+    result = EncoderClient(channel).encode(b"a sentence", "text/plain")
+    result.pooled          # numpy [384]
+    result.sequence        # numpy [n_tokens, 384]
 """
 
 from __future__ import annotations
@@ -31,8 +31,7 @@ ONCE_MAX_BYTES = 1024 * 1024
 # or gone) is tried again, at most twice, on the next replica round_robin picks; only
 # UNAVAILABLE: it means the call did no work. gRPC retries only calls whose messages it
 # still holds (up to its retry buffer), so a large streamed upload is not sent twice.
-RETRY_POLICY = {"maxAttempts": 3, "initialBackoff": "0.1s", "maxBackoff": "1s", "backoffMultiplier": 2,
-                "retryableStatusCodes": ["UNAVAILABLE"]}
+RETRY_POLICY = {"maxAttempts": 3, "initialBackoff": "0.1s", "maxBackoff": "1s", "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}
 RECONNECT_BACKOFF_MAX_MS = 400
 SERVICE_CONFIG = json.dumps({"methodConfig": [{"name": [{}], "retryPolicy": RETRY_POLICY}]})
 
@@ -46,8 +45,7 @@ def channel_options(max_message_bytes: int = 64 * 1024 * 1024, server_name: str 
     options.append(("grpc.service_config", SERVICE_CONFIG))
     # A replica that went away is dialled again every 0.1-0.4 s, not on grpc's default backoff
     # (1 s growing to 2 min), so one that restarts is used as soon as it listens.
-    options += [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
-                ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MAX_MS)]
+    options += [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MAX_MS)]
     if server_name:
         options.append(("grpc.ssl_target_name_override", server_name))
     return options
@@ -154,9 +152,7 @@ class EncoderClient:
     def info(self, timeout: float | None = 10.0) -> encoder_pb2.EncoderInfo:
         return self.stub.Info(encoder_pb2.InfoRequest(), timeout=timeout)
 
-    def encode(
-        self, data: bytes, media_type: str, *, timeout: float | None = 30.0, stream: bool | None = None, **request
-    ) -> EncodeResult:
+    def encode(self, data: bytes, media_type: str, *, timeout: float | None = 30.0, stream: bool | None = None, **request) -> EncodeResult:
         """Encode one input. stream=None picks EncodeOnce for inputs up to 1 MiB (one
         round trip) and the Encode stream for larger ones; True/False forces one."""
         if stream is None:

@@ -113,10 +113,7 @@ def _checked_shape(message: tensor_pb2.Tensor, field: str) -> tuple[np.dtype, st
         raise TensorError(f"{field}.shape {list(shape)} has a negative dimension")
     expected = math.prod(shape) * numpy_dtype.itemsize
     if expected != len(message.data):
-        raise TensorError(
-            f"{field}.data has {len(message.data)} bytes but shape {list(shape)} of "
-            f"{message.datatype} needs {expected}"
-        )
+        raise TensorError(f"{field}.data has {len(message.data)} bytes but shape {list(shape)} of {message.datatype} needs {expected}")
     return numpy_dtype, torch_dtype, shape
 
 

@@ -61,31 +61,31 @@ class ServiceConfig:
     max_message_bytes: int = _option(64 * MiB, "largest gRPC message accepted or sent")
     grace_seconds: float = _option(10.0, "on SIGTERM, how long in-flight calls may finish")
     max_connection_age_s: float = _option(
-        300.0, "close a client's connection after this long (in-flight calls finish first) so clients re-resolve "
-               "dns:/// names and reach new replicas; 0 never")
+        300.0, "close a client's connection after this long (in-flight calls finish first) so clients re-resolve dns:/// names and reach new replicas; 0 never"
+    )
     stream_idle_s: float = _option(
-        30.0, "longest wait for the next message of a client's stream; then DEADLINE_EXCEEDED (a stalled upload "
-              "would hold a worker for ever)")
+        30.0, "longest wait for the next message of a client's stream; then DEADLINE_EXCEEDED (a stalled upload would hold a worker for ever)"
+    )
     worker_threads: int = _option(32, "calls handled at once; more wait (max_waiting_calls), beyond that RESOURCE_EXHAUSTED")
-    max_waiting_calls: int = _option(
-        64, "calls that may wait for a busy worker (until their deadline); one more is RESOURCE_EXHAUSTED at once")
+    max_waiting_calls: int = _option(64, "calls that may wait for a busy worker (until their deadline); one more is RESOURCE_EXHAUSTED at once")
     cold_start_calls: int = _option(
-        0, "until a few calls have been answered, at most this many calls with a deadline run at once (more are "
-           "RESOURCE_EXHAUSTED with a retry hint); 0 no limit")
+        0,
+        "until a few calls have been answered, at most this many calls with a deadline run at once (more are RESOURCE_EXHAUSTED with a retry hint); 0 no limit",
+    )
     torch_threads: int = _option(0, "torch intra-op threads; 0 uses every core")
     # Model
     model: str = _option("", "model directory or hub id; empty uses the bundled default")
     allow_download: bool = _option(False, "let transformers download a hub id (off: local files only)")
     max_input_bytes: int = _option(1 * MiB, "largest input accepted, all payload chunks together")
     max_bytes_in_flight: int = _option(
-        256 * MiB, "bytes of unary request messages held at once (running and waiting calls); one more is "
-                   "RESOURCE_EXHAUSTED at once; 0 turns the limit off")
+        256 * MiB, "bytes of unary request messages held at once (running and waiting calls); one more is RESOURCE_EXHAUSTED at once; 0 turns the limit off"
+    )
     quantize: bool = _option(False, "INT8 dynamic quantization of the backbone's Linear layers")
     # Vision
     max_pixels: int = _option(40_000_000, "vision: largest image (width x height) decoded")
     max_pixels_in_flight: int = _option(
-        40_000_000, "vision: pixels of all images decoded at once (about 25 bytes each at the peak); more wait, "
-                    "up to their deadline")
+        40_000_000, "vision: pixels of all images decoded at once (about 25 bytes each at the peak); more wait, up to their deadline"
+    )
     ocr: bool = _option(True, "vision: load the OCR engine so requests may ask for 'ocr'")
     ocr_det_side: int = _option(
         0,
@@ -94,20 +94,22 @@ class ServiceConfig:
         "the shipped triage weights)",
     )
     ocr_max_lines: int = _option(
-        100, "vision: most text lines OCR recognises per image, the first in reading order (about 15 ms each "
-             "here); the side output's 'ocr_more' tag says when text was left unread")
+        100,
+        "vision: most text lines OCR recognises per image, the first in reading order (about 15 ms each "
+        "here); the side output's 'ocr_more' tag says when text was left unread",
+    )
     ocr_engine: str = _option(
         DEFAULT_OCR_ENGINE,
-        "vision: what runs the PP-OCR models: openvino (about 2x faster here) or onnxruntime; the same messages "
-        "read, boxes within a few pixels (see README)",
+        "vision: what runs the PP-OCR models: openvino (about 2x faster here) or onnxruntime; the same messages read, boxes within a few pixels (see README)",
     )
     # Audio and speech
     max_audio_seconds: float = _option(300.0, "audio: longest clip accepted, in seconds")
     transcript: bool = _option(True, "audio: load the speech recogniser so requests may ask for 'transcript'")
     asr_engine: str = _option("whisper", "audio: the transcript engine, 'whisper' (Whisper base, bundled) or 'pocketsphinx'")
     asr_language: str = _option("en", "audio: the language Whisper transcribes ('' detects it per clip)")
-    asr_lm: str = _option("", "audio: an ARPA language model for transcripts (`modalmesh data lm` builds one from a "
-                              "manifest); empty: PocketSphinx's general English model")
+    asr_lm: str = _option(
+        "", "audio: an ARPA language model for transcripts (`modalmesh data lm` builds one from a manifest); empty: PocketSphinx's general English model"
+    )
     vad: bool = _option(True, "audio: mark speech with Silero VAD and pool over speech frames only")
     max_speech_chars: int = _option(2000, "speech: longest text Synthesize accepts")
     # Dynamic batching

@@ -127,9 +127,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
             yield chunk
 
 
-def read_header(
-    stream: Iterator[encoder_pb2.EncodeRequest], backend: EncoderBackend, context: grpc.ServicerContext | None
-) -> EncodeRequest:
+def read_header(stream: Iterator[encoder_pb2.EncodeRequest], backend: EncoderBackend, context: grpc.ServicerContext | None) -> EncodeRequest:
     """Read and validate the header of an Encode stream (the payload is left unread)."""
     first = next(stream, None)
     if first is None:
@@ -155,9 +153,7 @@ def read_header(
         raise errors.invalid_argument("header.options", f"unknown option(s) {', '.join(unknown)}; accepted: {accepted}")
     datatype = header.output_datatype or backend.default_datatype
     if datatype not in backend.datatypes:
-        raise errors.invalid_argument(
-            "header.output_datatype", f"{datatype!r} is not one of {', '.join(backend.datatypes)}"
-        )
+        raise errors.invalid_argument("header.output_datatype", f"{datatype!r} is not one of {', '.join(backend.datatypes)}")
     return EncodeRequest(
         request_id=request_id,
         media_type=media_type,
@@ -182,13 +178,9 @@ def read_payload(stream: Iterator[encoder_pb2.EncodeRequest], max_bytes: int) ->
         yield message.payload
 
 
-def sequence_chunks(
-    features, kind: encoder_pb2.FeatureKind, datatype: str, rows_per_chunk: int = 256
-) -> Iterator[encoder_pb2.FeatureChunk]:
+def sequence_chunks(features, kind: encoder_pb2.FeatureKind, datatype: str, rows_per_chunk: int = 256) -> Iterator[encoder_pb2.FeatureChunk]:
     """Split a [n, width] feature matrix into SequenceFeatures chunks of bounded size."""
     total = int(features.shape[0])
     for offset in range(0, total, rows_per_chunk):
         rows = features[offset : offset + rows_per_chunk]
-        yield encoder_pb2.FeatureChunk(
-            sequence=encoder_pb2.SequenceFeatures(kind=kind, offset=offset, values=codec.encode(rows, datatype))
-        )
+        yield encoder_pb2.FeatureChunk(sequence=encoder_pb2.SequenceFeatures(kind=kind, offset=offset, values=codec.encode(rows, datatype)))

@@ -54,8 +54,7 @@ class ServiceError(Exception):
         if self.violations:
             bad_request = error_details_pb2.BadRequest(
                 field_violations=[
-                    error_details_pb2.BadRequest.FieldViolation(field=shorten(f, MAX_FIELD_CHARS),
-                                                                 description=shorten(d, MAX_DESCRIPTION_CHARS))
+                    error_details_pb2.BadRequest.FieldViolation(field=shorten(f, MAX_FIELD_CHARS), description=shorten(d, MAX_DESCRIPTION_CHARS))
                     for f, d in self.violations[:MAX_VIOLATIONS]
                 ]
             )
@@ -70,8 +69,7 @@ class ServiceError(Exception):
             detail.Pack(retry)
             status.details.append(detail)
             converted = rpc_status.to_status(status)
-            return _Status(converted.code, converted.details,
-                           (*converted.trailing_metadata, ("grpc-retry-pushback-ms", str(milliseconds))))
+            return _Status(converted.code, converted.details, (*converted.trailing_metadata, ("grpc-retry-pushback-ms", str(milliseconds))))
         return rpc_status.to_status(status)
 
 
@@ -126,4 +124,3 @@ def field_violations(error: grpc.RpcError) -> list[tuple[str, str]]:
             detail.Unpack(bad_request)
             found.extend((v.field, v.description) for v in bad_request.field_violations)
     return found
-

@@ -26,8 +26,7 @@ def ensure_loadable(source: str, is_local: bool, allow_download: bool) -> None:
     if not is_local and not allow_download:
         raise errors.ServiceError(
             grpc.StatusCode.FAILED_PRECONDITION,
-            f"model {source!r} is not a local directory and downloads are off "
-            "(set MODALMESH_ALLOW_DOWNLOAD=1 to fetch hub ids)",
+            f"model {source!r} is not a local directory and downloads are off (set MODALMESH_ALLOW_DOWNLOAD=1 to fetch hub ids)",
         )
 
 
@@ -52,6 +51,7 @@ def same_weights(version_a: str, version_b: str) -> bool:
     """Whether two model versions ('<name>@<digest>[+int8]') come from the same weights: the
     digest decides, not the folder's name; INT8 serving of those weights is the operator's
     choice and counts as the same."""
+
     def digest(version: str) -> str:
         return version.rpartition("@")[2].split("+")[0]
 

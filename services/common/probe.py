@@ -43,7 +43,11 @@ class ProbeProcess:
         self._closed = threading.Event()
         self._process = subprocess.Popen(
             [sys.executable, "-m", "modalmesh.common.probe", host, str(port), str(stale_s), *names],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+        )
         assert self._process.stdin is not None and self._process.stdout is not None  # both piped above
         self._stdin, self._stdout = self._process.stdin, self._process.stdout
         self.port = self._await_port()

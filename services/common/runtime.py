@@ -107,8 +107,7 @@ class _State:
 class RuntimeInterceptor(grpc.ServerInterceptor):
     """Per call: readiness, token, trace span, metrics, and error -> status mapping."""
 
-    def __init__(self, service_name: str, state: _State, auth_token: str = "", admission: Admission | None = None,
-                 stream_idle_s: float = 30.0) -> None:
+    def __init__(self, service_name: str, state: _State, auth_token: str = "", admission: Admission | None = None, stream_idle_s: float = 30.0) -> None:
         self._service_name = service_name
         self._state = state
         self._auth_token = auth_token
@@ -126,17 +125,16 @@ class RuntimeInterceptor(grpc.ServerInterceptor):
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(guard.wrap_unary(handler.unary_unary), None, handler.response_serializer)
         if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(guard.wrap_unary(handler.stream_unary, streamed=True), None,
-                                                        handler.response_serializer)
+            return grpc.stream_unary_rpc_method_handler(guard.wrap_unary(handler.stream_unary, streamed=True), None, handler.response_serializer)
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(guard.wrap_stream(handler.unary_stream), None, handler.response_serializer)
-        return grpc.stream_stream_rpc_method_handler(guard.wrap_stream(handler.stream_stream, streamed=True), None,
-                                                     handler.response_serializer)
+        return grpc.stream_stream_rpc_method_handler(guard.wrap_stream(handler.stream_stream, streamed=True), None, handler.response_serializer)
 
 
 class _CallGuard:
-    def __init__(self, interceptor: RuntimeInterceptor, full_method: str, service: str, method: str,
-                 deserializer: Callable[[bytes], Any] | None = None) -> None:
+    def __init__(
+        self, interceptor: RuntimeInterceptor, full_method: str, service: str, method: str, deserializer: Callable[[bytes], Any] | None = None
+    ) -> None:
         self.interceptor = interceptor
         self.full_method = full_method
         self.service = service
@@ -188,8 +186,9 @@ class _CallGuard:
         # The detail stays in the log, found by the trace id; the caller learns only that it is ours.
         trace_id = f"{span.get_span_context().trace_id:032x}"
         log.exception("%s: unexpected failure (trace %s)", self.full_method, trace_id)
-        context.abort(grpc.StatusCode.INTERNAL, f"internal error in the {self.interceptor._service_name} service "
-                                                f"(trace {trace_id}); the service log has the details")
+        context.abort(
+            grpc.StatusCode.INTERNAL, f"internal error in the {self.interceptor._service_name} service (trace {trace_id}); the service log has the details"
+        )
 
     @contextlib.contextmanager
     def _guarded(self, context: grpc.ServicerContext, message_bytes: int = 0):
@@ -227,8 +226,7 @@ class _CallGuard:
         try:
             return self.deserializer(raw)
         except DecodeError:
-            raise errors.invalid_argument(where, "not a valid protobuf message for this method "
-                                                 "(a string field that is not UTF-8 makes it one)") from None
+            raise errors.invalid_argument(where, "not a valid protobuf message for this method (a string field that is not UTF-8 makes it one)") from None
 
     def wrap_unary(self, behavior: Callable, streamed: bool = False):
         def handle(request, context):
@@ -264,8 +262,16 @@ def _code_of(exc: BaseException, context: grpc.ServicerContext) -> grpc.StatusCo
 class ServerHandle:
     """A running server: its address, health, and a way to stop it."""
 
-    def __init__(self, config: ServiceConfig, service: Service, server: grpc.Server, port: int,
-                 health_servicer: health.HealthServicer, service_names: list[str], state: _State) -> None:
+    def __init__(
+        self,
+        config: ServiceConfig,
+        service: Service,
+        server: grpc.Server,
+        port: int,
+        health_servicer: health.HealthServicer,
+        service_names: list[str],
+        state: _State,
+    ) -> None:
         self.config = config
         self.service = service
         self.server = server
@@ -326,8 +332,7 @@ def start_server(config: ServiceConfig, service: Service, *, initialize: bool = 
     limit_malloc_arenas()
     telemetry.setup_tracing(service.name, config.trace_exporter, config.otlp_endpoint)
     state = _State()
-    admission = Admission(service.name, config.worker_threads, config.max_waiting_calls, config.max_bytes_in_flight,
-                          config.cold_start_calls)
+    admission = Admission(service.name, config.worker_threads, config.max_waiting_calls, config.max_bytes_in_flight, config.cold_start_calls)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=admission.threads, thread_name_prefix=f"{service.name}-rpc"),
         interceptors=[RuntimeInterceptor(service.name, state, config.auth_token, admission, config.stream_idle_s)],
@@ -364,8 +369,9 @@ def start_server(config: ServiceConfig, service: Service, *, initialize: bool = 
             server.stop(0)
             if handle.probe is not None:
                 handle.probe.stop()
-            raise OSError(f"{service.name}: cannot serve metrics on {config.host}:{config.metrics_port} ({exc.strerror}; "
-                          f"--metrics-port picks another, 0 turns them off)") from None
+            raise OSError(
+                f"{service.name}: cannot serve metrics on {config.host}:{config.metrics_port} ({exc.strerror}; --metrics-port picks another, 0 turns them off)"
+            ) from None
     log.info("%s: listening on %s (%s), loading model", service.name, handle.address, "TLS" if config.tls_enabled else "plaintext")
     if initialize:
         try:
@@ -432,4 +438,3 @@ def _configure_torch(threads: int) -> None:
     wanted = threads if threads > 0 else (os.cpu_count() or 1)
     if torch.get_num_threads() != wanted:
         torch.set_num_threads(wanted)
-

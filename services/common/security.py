@@ -56,8 +56,7 @@ def token_matches(expected: str, presented: str) -> bool:
     return hmac.compare_digest(expected.encode(), presented.encode())
 
 
-def make_dev_certificates(out_dir: str | Path, names: tuple[str, ...] = SERVICE_NAMES, days: int = 365,
-                          replace: bool = False) -> dict[str, Path]:
+def make_dev_certificates(out_dir: str | Path, names: tuple[str, ...] = SERVICE_NAMES, days: int = 365, replace: bool = False) -> dict[str, Path]:
     """Write ca.pem/ca-key.pem, <name>.pem/<name>-key.pem per service and client.pem/client-key.pem.
 
     Each service certificate is valid for "<name>", "modalmesh-<name>", "localhost"
@@ -74,8 +73,10 @@ def make_dev_certificates(out_dir: str | Path, names: tuple[str, ...] = SERVICE_
     out = Path(out_dir)
     existing = [p.name for name in ("ca", *names, "client") for p in (out / f"{name}.pem", out / f"{name}-key.pem") if p.exists()]
     if existing and not replace:
-        raise FileExistsError(f"{out} already holds {', '.join(existing[:4])}{' ...' if len(existing) > 4 else ''}; "
-                              f"--replace writes a new CA and certificates (the old CA's stop being trusted)")
+        raise FileExistsError(
+            f"{out} already holds {', '.join(existing[:4])}{' ...' if len(existing) > 4 else ''}; "
+            f"--replace writes a new CA and certificates (the old CA's stop being trusted)"
+        )
     out.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
     written: dict[str, Path] = {}
@@ -85,8 +86,7 @@ def make_dev_certificates(out_dir: str | Path, names: tuple[str, ...] = SERVICE_
         key_path.unlink(missing_ok=True)  # a new file, so it is created with the mode below
         descriptor = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(descriptor, "wb") as key_file:
-            key_file.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                             serialization.NoEncryption()))
+            key_file.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         written[name] = cert_path
 

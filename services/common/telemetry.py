@@ -132,19 +132,19 @@ RPC_LATENCY = Histogram(
 RPC_IN_FLIGHT = Gauge("modalmesh_rpc_in_flight", "gRPC calls being handled.", ("service", "method"))
 RPC_WAITING = Gauge("modalmesh_rpc_waiting", "gRPC calls waiting for a free worker (worker_threads busy).", ("service",))
 RPC_ERRORS = Counter("modalmesh_rpc_errors_total", "gRPC calls that ended with a non-OK code.", ("service", "method", "code"))
-BATCH_SIZE = Histogram(
-    "modalmesh_batch_size", "Requests per model forward pass.", ("service",), buckets=(1, 2, 4, 8, 16, 32, 64, 128)
-)
+BATCH_SIZE = Histogram("modalmesh_batch_size", "Requests per model forward pass.", ("service",), buckets=(1, 2, 4, 8, 16, 32, 64, 128))
 QUEUE_DEPTH = Gauge("modalmesh_queue_depth", "Requests waiting for a batch.", ("service",))
-MODALITY_OUTCOMES = Counter(
-    "modalmesh_modality_total", "Router answers by what became of each modality.", ("task", "modality", "status")
-)
+MODALITY_OUTCOMES = Counter("modalmesh_modality_total", "Router answers by what became of each modality.", ("task", "modality", "status"))
 GATE_WEIGHT = Histogram(
-    "modalmesh_gate_weight", "Gate weight per modality in router answers (watch for drift).", ("task", "modality"),
+    "modalmesh_gate_weight",
+    "Gate weight per modality in router answers (watch for drift).",
+    ("task", "modality"),
     buckets=(0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0),
 )
 OUTPUT_ENTROPY = Histogram(
-    "modalmesh_output_entropy", "Normalised predictive entropy of router answers (watch for drift).", ("task",),
+    "modalmesh_output_entropy",
+    "Normalised predictive entropy of router answers (watch for drift).",
+    ("task",),
     buckets=(0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
 )
 

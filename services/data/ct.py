@@ -45,9 +45,15 @@ class Phantom:
         return max(self.lesions, key=lambda lesion: lesion.diameter_mm).side
 
 
-def make_phantom(seed: int, size: int = 256, lesion_count: int | None = None, diameter_mm: float | None = None,
-                 spacing_mm: tuple[float, float] = (0.6, 0.9), noise_hu: tuple[float, float] = (10.0, 30.0),
-                 heart: bool = False) -> Phantom:
+def make_phantom(
+    seed: int,
+    size: int = 256,
+    lesion_count: int | None = None,
+    diameter_mm: float | None = None,
+    spacing_mm: tuple[float, float] = (0.6, 0.9),
+    noise_hu: tuple[float, float] = (10.0, 30.0),
+    heart: bool = False,
+) -> Phantom:
     """`heart`: another anatomy (squarer lungs, a heart and an aorta between them), for
     held-out sets; the defaults give the training phantoms, draw for draw."""
     rng = np.random.default_rng(seed)
@@ -121,9 +127,16 @@ def windowed_png(hounsfield: np.ndarray, center: float, width: float, bits: int 
     return buffer.getvalue()
 
 
-def write_ct_dicom(hounsfield: np.ndarray | None, pixel_spacing=(0.7, 0.7), slope: float = 1.0, intercept: float = -1024.0,
-                   frames=None, body_part: str = "CHEST", uid_seed: str | None = None,
-                   orientation: tuple[float, ...] | None = None) -> bytes:
+def write_ct_dicom(
+    hounsfield: np.ndarray | None,
+    pixel_spacing=(0.7, 0.7),
+    slope: float = 1.0,
+    intercept: float = -1024.0,
+    frames=None,
+    body_part: str = "CHEST",
+    uid_seed: str | None = None,
+    orientation: tuple[float, ...] | None = None,
+) -> bytes:
     """A CT image as real DICOM through pydicom (stored = (HU - intercept) / slope).
     With `uid_seed` the instance UID, and so the file, is the same on every run.
     `orientation`: ImageOrientationPatient (six direction cosines) to write, the pixels

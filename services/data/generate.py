@@ -69,8 +69,7 @@ def refuse_foreign_manifest(path: Path) -> None:
     split = path.stem
     if not (isinstance(record, dict) and record.get("split") == split and record.get("id") == f"{split}-00000"):
         found = f"its first id is {record.get('id')!r}" if isinstance(record, dict) else "its first line is not a record"
-        raise ValueError(f"{path} was not written by `modalmesh data generate` ({found}); generating would replace "
-                         f"it: pick another --out")
+        raise ValueError(f"{path} was not written by `modalmesh data generate` ({found}); generating would replace it: pick another --out")
 
 
 WEB_SHARE = 0.35  # screenshots drawn as a web page (screens.render_web_page) rather than an app screen
@@ -82,8 +81,7 @@ def _triage_item(rng, split: str, out: Path, item_id: str) -> dict:
     from modalmesh.data.triage import make_case
 
     case = make_case(rng, split)
-    record = {"text": case["text"], "label": case["label"],
-              "extra": {k: case[k] for k in ("message_kind", "screen", "voice", "mobile", "dark", "layout")}}
+    record = {"text": case["text"], "label": case["label"], "extra": {k: case[k] for k in ("message_kind", "screen", "voice", "mobile", "dark", "layout")}}
     if case["screen"] is not None:
         if rng.random() < WEB_SHARE:
             image = render_web_page(case["screen"], rng, WEB_SIZES[int(rng.integers(len(WEB_SIZES)))], case["dark"])
@@ -120,15 +118,21 @@ def _medical_item(rng, split: str, out: Path, item_id: str) -> dict:
     age = int(rng.integers(35, 85))
     smoker = rng.random() < (0.6 if count else 0.35)
     symptom = str(rng.choice(SYMPTOMS[:5] if (count and rng.random() < 0.6) else SYMPTOMS))
-    record_text = (f"{age}-year-old {'man' if rng.random() < 0.5 else 'woman'}, "
-                   f"{'smoker, ' + str(int(rng.integers(5, 50))) + ' pack-years' if smoker else 'never smoker'}, {symptom}.")
+    record_text = (
+        f"{age}-year-old {'man' if rng.random() < 0.5 else 'woman'}, "
+        f"{'smoker, ' + str(int(rng.integers(5, 50))) + ' pack-years' if smoker else 'never smoker'}, {symptom}."
+    )
     record: dict = {
         "text": record_text if rng.random() > 0.1 else "",
         "image": f"files/{item_id}.dcm",
         "image_parameters": {"window": "lung"},
         "label": phantom.label,
-        "extra": {"lesion_count": len(phantom.lesions), "largest_diameter_mm": round(phantom.largest_mm, 2),
-                  "side": phantom.side, "pixel_spacing_mm": round(phantom.pixel_spacing_mm, 4)},
+        "extra": {
+            "lesion_count": len(phantom.lesions),
+            "largest_diameter_mm": round(phantom.largest_mm, 2),
+            "side": phantom.side,
+            "pixel_spacing_mm": round(phantom.pixel_spacing_mm, 4),
+        },
     }
     if rng.random() < 0.3:  # a dictated note, as weak as the record: history and the reason for the scan
         from modalmesh.audio.speech import espeak, wav_bytes
@@ -142,9 +146,11 @@ def _medical_item(rng, split: str, out: Path, item_id: str) -> dict:
     return record
 
 
-DICTATIONS = ("Chest scan requested for {symptom}. Patient is a {history}.",
-              "Referral note: {symptom}, {history}, please assess the lungs.",
-              "Follow-up imaging for {symptom}. History: {history}.")
+DICTATIONS = (
+    "Chest scan requested for {symptom}. Patient is a {history}.",
+    "Referral note: {symptom}, {history}, please assess the lungs.",
+    "Follow-up imaging for {symptom}. History: {history}.",
+)
 
 
 def read_manifest(path: str | Path) -> list[dict]:

@@ -40,25 +40,54 @@ NAME = "heldout.jsonl"
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "camera", "moon", "page")  # scikit-image's; the last three are grey
 PYDICOM_FILES = ("693_J2KI.dcm", "J2K_pixelrep_mismatch.dcm", "CT_small.dcm", "MR_small.dcm")
 
-SHORTHAND_RECORDS = ("{age}{sex}, {smoking}. {symptom} x{weeks}/52.", "Pt {age}yo {sex}. Hx: {smoking}. Presents w/ {symptom}.",
-                     "Referral: {symptom}, {weeks} wk. {smoking}. Age {age}.", "{symptom}; {smoking}; {age} y/o {sex}")
+SHORTHAND_RECORDS = (
+    "{age}{sex}, {smoking}. {symptom} x{weeks}/52.",
+    "Pt {age}yo {sex}. Hx: {smoking}. Presents w/ {symptom}.",
+    "Referral: {symptom}, {weeks} wk. {smoking}. Age {age}.",
+    "{symptom}; {smoking}; {age} y/o {sex}",
+)
 SHORTHAND_SMOKING = ("ex-smoker {n} pk-yr", "current smoker {n} pk-yr", "never smoked", "non-smoker", "quit 10 yrs ago")
 SHORTHAND_SYMPTOMS = ("cough", "SOB", "CP", "wt loss", "haemoptysis", "tired all the time", "routine check")
 
 # Written for this file only: in no pool of data/triage.py.
 HELDOUT_SCREENS = {
-    "payment": ["Your card issuer said no to this payment. Try another card.", "We could not take payment for this order",
-                "Payment unsuccessful - please check your card details", "Bank authorisation was refused"],
-    "login": ["Authentication failed. The verification code has expired.", "That password doesn't match our records",
-              "You have been signed out for security reasons", "Your login link is no longer valid"],
-    "crash": ["A JavaScript error occurred in the main process", "This page isn't working right now. Reload?",
-              "Aw, snap! Something crashed while loading", "The application encountered a fatal problem"],
-    "shipping": ["In transit - last update 9 days ago", "Delivery attempt failed: nobody home",
-                 "Your parcel is held at customs", "Estimated delivery: unknown"],
-    "refund": ["Refund pending - allow up to 14 days", "We were unable to refund your original payment method",
-               "Your refund request is under review", "Refund on hold: item not yet received"],
-    "other": ["Your order has been delivered. Enjoy!", "Thanks! We've received your payment.", "Preferences updated",
-              "You're all caught up", "Your password was changed"],
+    "payment": [
+        "Your card issuer said no to this payment. Try another card.",
+        "We could not take payment for this order",
+        "Payment unsuccessful - please check your card details",
+        "Bank authorisation was refused",
+    ],
+    "login": [
+        "Authentication failed. The verification code has expired.",
+        "That password doesn't match our records",
+        "You have been signed out for security reasons",
+        "Your login link is no longer valid",
+    ],
+    "crash": [
+        "A JavaScript error occurred in the main process",
+        "This page isn't working right now. Reload?",
+        "Aw, snap! Something crashed while loading",
+        "The application encountered a fatal problem",
+    ],
+    "shipping": [
+        "In transit - last update 9 days ago",
+        "Delivery attempt failed: nobody home",
+        "Your parcel is held at customs",
+        "Estimated delivery: unknown",
+    ],
+    "refund": [
+        "Refund pending - allow up to 14 days",
+        "We were unable to refund your original payment method",
+        "Your refund request is under review",
+        "Refund on hold: item not yet received",
+    ],
+    "other": [
+        "Your order has been delivered. Enjoy!",
+        "Thanks! We've received your payment.",
+        "Preferences updated",
+        "You're all caught up",
+        "Your password was changed",
+    ],
 }
 HELDOUT_MESSAGES = {
     "payment": ["my card keeps getting rejected when I pay", "cant pay for my basket, bank says no", "payment wont go thru??"],
@@ -104,8 +133,12 @@ def _photo(name: str) -> bytes:
 
 def _record_text(rng) -> str:
     return str(rng.choice(SHORTHAND_RECORDS)).format(
-        age=int(rng.integers(30, 90)), sex=str(rng.choice(["M", "F"])), weeks=int(rng.integers(1, 12)),
-        smoking=str(rng.choice(SHORTHAND_SMOKING)).format(n=int(rng.integers(5, 60))), symptom=str(rng.choice(SHORTHAND_SYMPTOMS)))
+        age=int(rng.integers(30, 90)),
+        sex=str(rng.choice(["M", "F"])),
+        weeks=int(rng.integers(1, 12)),
+        smoking=str(rng.choice(SHORTHAND_SMOKING)).format(n=int(rng.integers(5, 60))),
+        symptom=str(rng.choice(SHORTHAND_SYMPTOMS)),
+    )
 
 
 # ----------------------------------------------------------------------- medical_report
@@ -117,11 +150,26 @@ def _medical(rng, scope: str, number: int, out: Path, item_id: str) -> dict:
     if scope == "in":
         count = int(rng.choice([0, 1, 2, 3], p=[0.34, 0.33, 0.2, 0.13]))
         diameter = float(rng.uniform(5, 29)) if rng.random() < 0.5 else float(rng.uniform(32, 55))
-        phantom = make_phantom(int(rng.integers(1 << 31)), size=512, lesion_count=count, diameter_mm=diameter if count else None,
-                               spacing_mm=(0.5, 1.0), noise_hu=(20.0, 45.0), heart=True)
-        record: dict = {"label": phantom.label, "text": _record_text(rng) if rng.random() > 0.1 else "",
-                  "extra": {"lesion_count": len(phantom.lesions), "largest_diameter_mm": round(phantom.largest_mm, 2),
-                            "side": phantom.side, "pixel_spacing_mm": round(phantom.pixel_spacing_mm, 4), "kind": "phantom"}}
+        phantom = make_phantom(
+            int(rng.integers(1 << 31)),
+            size=512,
+            lesion_count=count,
+            diameter_mm=diameter if count else None,
+            spacing_mm=(0.5, 1.0),
+            noise_hu=(20.0, 45.0),
+            heart=True,
+        )
+        record: dict = {
+            "label": phantom.label,
+            "text": _record_text(rng) if rng.random() > 0.1 else "",
+            "extra": {
+                "lesion_count": len(phantom.lesions),
+                "largest_diameter_mm": round(phantom.largest_mm, 2),
+                "side": phantom.side,
+                "pixel_spacing_mm": round(phantom.pixel_spacing_mm, 4),
+                "kind": "phantom",
+            },
+        }
         spacing = f"{phantom.pixel_spacing_mm:.4f}"
         if rng.random() < 1 / 3:  # a viewer's export: 16-bit PNG, lung window, spacing stated
             (out / "files" / f"{item_id}.png").write_bytes(windowed_png(phantom.hounsfield, -600, 1500, bits=16))
@@ -129,8 +177,9 @@ def _medical(rng, scope: str, number: int, out: Path, item_id: str) -> dict:
         else:
             body_part = str(rng.choice(["CHEST", "LUNG", ""]))
             intercept = float(rng.choice([-1000.0, -1024.0]))
-            data = write_ct_dicom(phantom.hounsfield, (phantom.pixel_spacing_mm,) * 2, intercept=intercept, body_part=body_part,
-                                  uid_seed=f"modalmesh-heldout-{item_id}")
+            data = write_ct_dicom(
+                phantom.hounsfield, (phantom.pixel_spacing_mm,) * 2, intercept=intercept, body_part=body_part, uid_seed=f"modalmesh-heldout-{item_id}"
+            )
             (out / "files" / f"{item_id}.dcm").write_bytes(data)
             record.update(image=f"files/{item_id}.dcm", image_parameters={"window": "lung"})
         return record
@@ -214,8 +263,12 @@ def _triage(rng, scope: str, number: int, out: Path, item_id: str) -> dict:
         jpeg = rng.random() < 0.4
         name = f"{item_id}.{'jpg' if jpeg else 'png'}"
         (out / "files" / name).write_bytes(png_bytes(image, "JPEG", quality=int(rng.integers(75, 95))) if jpeg else png_bytes(image))
-        return {"label": label, "text": text, "image": f"files/{name}",
-                "extra": {"screen": screen, "message_kind": kind, "size": f"{size[0]}x{size[1]}", "renderer": "mail"}}
+        return {
+            "label": label,
+            "text": text,
+            "image": f"files/{name}",
+            "extra": {"screen": screen, "message_kind": kind, "size": f"{size[0]}x{size[1]}", "renderer": "mail"},
+        }
     kinds = ("ct", "photo", "record")
     kind = kinds[number % len(kinds)]
     record: dict = {"label": None, "text": "", "extra": {"kind": kind}}

@@ -38,9 +38,17 @@ def png_bytes(image: Image.Image, fmt: str = "PNG", **save) -> bytes:
 
 FONT_FILES = ("DejaVuSans.ttf", "DejaVuSerif.ttf", "DejaVuSansMono.ttf", "DejaVuSans-Bold.ttf")
 APPS = ("ShopFast", "PayLite", "Cartly", "MegaMart", "QuickBuy", "Homely")
-DISTRACTORS = ("Free shipping on orders over $50", "Sale: 20% off today", "Home    Orders    Account    Help",
-               "Recommended for you", "Sign up for our newsletter", "© 2026 All rights reserved", "Track order",
-               "Gift cards", "My wishlist")
+DISTRACTORS = (
+    "Free shipping on orders over $50",
+    "Sale: 20% off today",
+    "Home    Orders    Account    Help",
+    "Recommended for you",
+    "Sign up for our newsletter",
+    "© 2026 All rights reserved",
+    "Track order",
+    "Gift cards",
+    "My wishlist",
+)
 
 
 def styled_font(index: int, size: int):
@@ -102,8 +110,16 @@ def _wrap(text: str, width: int) -> list[str]:
 WEB_FONTS = ("DejaVuSansCondensed.ttf", "DejaVuSerifCondensed.ttf", "DejaVuSans-Oblique.ttf", "DejaVuSerif.ttf")
 WEB_SIZES = ((360, 780), (412, 915), (1280, 720), (1366, 768), (1920, 1080))
 WEB_HEADINGS = ("Your orders", "Checkout", "Account settings", "Order details", "Payments", "Returns", "Help centre")
-WEB_DETAILS = ("Order #A-{n}", "Placed {d} Feb", "Total ${n2}.{c}", "Ship to: {n3} Elm Street", "Items: {k}",
-               "Card ending {n4}", "Delivery: standard", "Invoice INV-{n}")
+WEB_DETAILS = (
+    "Order #A-{n}",
+    "Placed {d} Feb",
+    "Total ${n2}.{c}",
+    "Ship to: {n3} Elm Street",
+    "Items: {k}",
+    "Card ending {n4}",
+    "Delivery: standard",
+    "Invoice INV-{n}",
+)
 COOKIE_BANNER = "We use cookies to improve your experience. Accept all  |  Manage preferences"
 
 
@@ -133,9 +149,15 @@ def render_web_page(message: str, rng, size: tuple[int, int], dark: bool) -> Ima
     top = round(80 * scale)
     draw.text((round(24 * scale), top), "Home > Account > " + str(rng.choice(WEB_HEADINGS)), fill=muted, font=web_font(face, body - 2))
     draw.text((round(24 * scale), top + round(30 * scale)), str(rng.choice(WEB_HEADINGS)), fill=foreground, font=web_font(face, round(body * 1.9)))
-    numbers = {"n": int(rng.integers(10000, 99999)), "d": int(rng.integers(1, 28)), "n2": int(rng.integers(10, 400)),
-               "c": f"{int(rng.integers(0, 99)):02d}", "n3": int(rng.integers(1, 200)), "k": int(rng.integers(1, 6)),
-               "n4": int(rng.integers(1000, 9999))}
+    numbers = {
+        "n": int(rng.integers(10000, 99999)),
+        "d": int(rng.integers(1, 28)),
+        "n2": int(rng.integers(10, 400)),
+        "c": f"{int(rng.integers(0, 99)):02d}",
+        "n3": int(rng.integers(1, 200)),
+        "k": int(rng.integers(1, 6)),
+        "n4": int(rng.integers(1000, 9999)),
+    }
     details = [str(line).format(**numbers) for line in rng.choice(WEB_DETAILS, size=4, replace=False)]
     card_top = top + round(90 * scale)
     alert_lines = _wrap(message, 34 if narrow else 70)
@@ -160,8 +182,9 @@ def render_web_page(message: str, rng, size: tuple[int, int], dark: bool) -> Ima
         band = round(64 * scale) if not narrow else round(110 * scale)
         draw.rectangle([0, height - band, width, height], fill=(40, 40, 46) if not dark else (235, 235, 240))
         for i, line in enumerate(_wrap(COOKIE_BANNER, 40 if narrow else 90)):
-            draw.text((round(20 * scale), height - band + 14 + i * pitch), line, fill=(240, 240, 240) if not dark else (20, 20, 20),
-                      font=web_font(face, body - 1))
+            draw.text(
+                (round(20 * scale), height - band + 14 + i * pitch), line, fill=(240, 240, 240) if not dark else (20, 20, 20), font=web_font(face, body - 1)
+            )
     return image
 
 
@@ -171,8 +194,12 @@ MAIL_SIZES = ((390, 844), (800, 600), (1024, 768), (1440, 900))
 MAIL_FOLDERS = ("Inbox  12", "Starred", "Sent", "Drafts  2", "Promotions", "Spam")
 MAIL_SENDERS = ("Customer Care", "Order updates", "Account team", "Notifications", "Support")
 MAIL_GREETINGS = ("Hi Sam,", "Hello Alex,", "Dear customer,", "Hi there,", "Good morning Jordan,")
-MAIL_CLOSINGS = ("If you have any questions, just reply to this email.", "You can manage your emails in your account settings.",
-                 "This is an automated message, please do not reply.", "Thanks for shopping with us.")
+MAIL_CLOSINGS = (
+    "If you have any questions, just reply to this email.",
+    "You can manage your emails in your account settings.",
+    "This is an automated message, please do not reply.",
+    "Thanks for shopping with us.",
+)
 
 
 def mail_font(bold: bool, size: int):
@@ -191,8 +218,9 @@ def render_mail_view(message: str, rng, size: tuple[int, int], dark: bool) -> Im
     a closing line. The message is not set apart by any colour or box."""
     width, height = size
     narrow = width < 700
-    background, foreground, muted, rule = (((24, 26, 30), (228, 228, 232), (150, 150, 160), (60, 60, 70)) if dark
-                                           else ((250, 250, 250), (20, 20, 25), (100, 100, 110), (220, 220, 225)))
+    background, foreground, muted, rule = (
+        ((24, 26, 30), (228, 228, 232), (150, 150, 160), (60, 60, 70)) if dark else ((250, 250, 250), (20, 20, 25), (100, 100, 110), (220, 220, 225))
+    )
     image = Image.new("RGB", size, background)
     draw = ImageDraw.Draw(image)
     body = 17 if narrow else 19
@@ -211,8 +239,12 @@ def render_mail_view(message: str, rng, size: tuple[int, int], dark: bool) -> Im
     draw.text((left, top + 34), subject, fill=foreground, font=mail_font(True, body + 6))
     draw.line([left, top + 80, width - 16, top + 80], fill=rule, width=1)
     chars = max(24, (width - left - 16) // (body // 2 + 1))
-    paragraphs = [str(rng.choice(MAIL_GREETINGS)), message if message.endswith((".", "!", "?")) else message + ".",
-                  str(rng.choice(MAIL_CLOSINGS)), f"The {app} team"]
+    paragraphs = [
+        str(rng.choice(MAIL_GREETINGS)),
+        message if message.endswith((".", "!", "?")) else message + ".",
+        str(rng.choice(MAIL_CLOSINGS)),
+        f"The {app} team",
+    ]
     y = top + 104
     pitch = round(body * 1.4)
     for paragraph in paragraphs:

@@ -95,8 +95,7 @@ class Applicability:
         score = self.references[source].applicability(distance)
         limit = self.max_distance(source)
         if limit is not None and distance > limit:
-            return score, (f"unlike the inputs the task was trained on (distance {distance:.3f} to them, more than "
-                           f"{limit:.3f}; applicability {score:.3f})")
+            return score, (f"unlike the inputs the task was trained on (distance {distance:.3f} to them, more than {limit:.3f}; applicability {score:.3f})")
         return score, ""
 
     # -- storage -----------------------------------------------------------------------
@@ -107,8 +106,7 @@ class Applicability:
         for source, reference in self.references.items():
             tensors[f"{source}.bank"] = reference.bank.to(torch.float16).contiguous()
             tensors[f"{source}.validation"] = reference.validation.float().contiguous()
-        save_file(tensors, str(folder / FILE_NAME),
-                  metadata={"neighbour": str(self.neighbour), "margin": json.dumps(self.margin)})
+        save_file(tensors, str(folder / FILE_NAME), metadata={"neighbour": str(self.neighbour), "margin": json.dumps(self.margin)})
 
     @classmethod
     def load(cls, folder: Path | None) -> "Applicability":
@@ -125,15 +123,19 @@ class Applicability:
                 source, part = key.rsplit(".", 1)
                 references.setdefault(source, {})[part] = stored.get_tensor(key)
         return cls(
-            references={s: Reference(parts["bank"].float(), parts["validation"].float().sort().values)
-                        for s, parts in references.items() if {"bank", "validation"} <= set(parts)},
+            references={
+                s: Reference(parts["bank"].float(), parts["validation"].float().sort().values)
+                for s, parts in references.items()
+                if {"bank", "validation"} <= set(parts)
+            },
             neighbour=int(metadata.get("neighbour", DEFAULT_NEIGHBOUR)),
             margin=float(json.loads(metadata.get("margin", str(MARGIN)))),
         )
 
 
-def fit(train: list[dict[str, torch.Tensor]], validation: list[dict[str, torch.Tensor]],
-        neighbour: int = DEFAULT_NEIGHBOUR, margin: float = MARGIN) -> Applicability:
+def fit(
+    train: list[dict[str, torch.Tensor]], validation: list[dict[str, torch.Tensor]], neighbour: int = DEFAULT_NEIGHBOUR, margin: float = MARGIN
+) -> Applicability:
     """The reference set from training and validation items' features (source -> tensor).
     A source needs more than `neighbour` training and at least MIN_VALIDATION validation items
     to be checked: with fewer, the validation inputs' largest distance says too little."""

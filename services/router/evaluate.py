@@ -50,8 +50,10 @@ def evaluate(task: str, data: str, report: str, weights: str = "", cache_dir: st
         running = text_model_version()
         if not models.same_weights(running, model.config.text_model):
             hint = folder / "text-model" if (folder / "text-model").is_dir() else "that model's folder"
-            raise ValueError(f"{folder}: the weights were trained with the text model {model.config.text_model}, "
-                             f"the encoders here run {running or 'a hub model'}: evaluate with MODALMESH_TEXT_MODEL={hint}")
+            raise ValueError(
+                f"{folder}: the weights were trained with the text model {model.config.text_model}, "
+                f"the encoders here run {running or 'a hub model'}: evaluate with MODALMESH_TEXT_MODEL={hint}"
+            )
     cache = FeatureCache.for_task(spec, manifest, cache_dir)
     try:  # images the task does not read are kept: they are judged below as the router judges them
         examples, items = load_examples(task, manifest, cache, "eval", refuse=False)
@@ -62,8 +64,10 @@ def evaluate(task: str, data: str, report: str, weights: str = "", cache_dir: st
     wrong = {s: w for s, w in input_widths(examples, {}).items() if w != expected.get(s, w)}
     if wrong:
         source, width = next(iter(wrong.items()))
-        raise ValueError(f"{folder}: the weights expect {source} features {expected[source]} wide, the encoders give {width}: "
-                         f"evaluate with the models they were trained with (MODALMESH_<SERVICE>_MODEL)")
+        raise ValueError(
+            f"{folder}: the weights expect {source} features {expected[source]} wide, the encoders give {width}: "
+            f"evaluate with the models they were trained with (MODALMESH_<SERVICE>_MODEL)"
+        )
     read_whole = examples  # every screen paragraph: decide reads them through the status-line pointer
     pointer = task_model.status_line
     labels = np.array([e.label for e in examples])
@@ -77,8 +81,7 @@ def evaluate(task: str, data: str, report: str, weights: str = "", cache_dir: st
         started = time.perf_counter()
         for i in keep:
             tags = examples[i].tags if "image" in subset else {}  # no scan, no measurement from it
-            out, finished_p, finished_r, _, _ = decide(model, spec, chosen[i], tags, use_measured=use_measured, attention=False,
-                                                       pointer=pointer)
+            out, finished_p, finished_r, _, _ = decide(model, spec, chosen[i], tags, use_measured=use_measured, attention=False, pointer=pointer)
             probabilities[i] = finished_p.numpy()
             regression[i] = finished_r.numpy()
             gate[i] = modality_gate_weights(out.gate_weights)[0].numpy()
@@ -90,22 +93,31 @@ def evaluate(task: str, data: str, report: str, weights: str = "", cache_dir: st
     results["full"] = classification_metrics(full_p, labels, spec.labels)
     results["calibration"] = {"ece": expected_calibration_error(full_p, labels)}
     # As served: inputs the task does not read left out, unsure answers withheld (router/served.py).
-    results["honesty"] = honesty_metrics(task_model, [serve(task_model, e.features, e.tags) for e in examples], labels,
-                                         [serve(task_model, e.features, e.tags) for e in outside])
+    results["honesty"] = honesty_metrics(
+        task_model, [serve(task_model, e.features, e.tags) for e in examples], labels, [serve(task_model, e.features, e.tags) for e in outside]
+    )
     if "image" in spec.side_outputs:
         results["screen_text"] = screen_text_found(task_model, manifest, task, items, read_whole, full_p)
     if task == "medical_report":
         results["medical"] = medical_metrics(full_p, full_r, examples, spec)
         # The heads alone, the measurement unused: what a scan without one (a PNG) is answered with.
         heads_p, heads_r, _, _, _ = predict(SOURCES, use_measured=False)
-        results["medical_heads_only"] = {"accuracy": classification_metrics(heads_p, labels, spec.labels)["accuracy"],
-                                         **medical_metrics(heads_p, heads_r, examples, spec)}
+        results["medical_heads_only"] = {
+            "accuracy": classification_metrics(heads_p, labels, spec.labels)["accuracy"],
+            **medical_metrics(heads_p, heads_r, examples, spec),
+        }
 
     # Routed vs full vs single modality: accuracy and simulated latency.
     cases = routing_cases(model, task_model.spec, examples, items, fuse_ms, pointer=pointer)
-    modes = {"full": {"accuracy": results["full"]["accuracy"], "mean_latency_ms": float(np.mean([c.full_ms for c in cases]))},
-             "routed": {**route(cases, task_model.spec.tau, task_model.spec.gamma),
-                        "tau": task_model.spec.tau, "gamma": task_model.spec.gamma, "eager": list(task_model.spec.eager)}}
+    modes = {
+        "full": {"accuracy": results["full"]["accuracy"], "mean_latency_ms": float(np.mean([c.full_ms for c in cases]))},
+        "routed": {
+            **route(cases, task_model.spec.tau, task_model.spec.gamma),
+            "tau": task_model.spec.tau,
+            "gamma": task_model.spec.gamma,
+            "eager": list(task_model.spec.eager),
+        },
+    }
     single = {}  # mode -> [N, L] probabilities (NaN where the item lacks the modality)
     for name, subset in SINGLE.items():
         p, _, _, keep, _ = predict(subset)
@@ -114,12 +126,15 @@ def evaluate(task: str, data: str, report: str, weights: str = "", cache_dir: st
             correct = np.argmax(p[keep], axis=1) == labels[keep]
             lat = [max(items[i].costs_ms.get(s, 0.0) for s in subset) + fuse_ms for i in keep]
             fused = np.argmax(full_p[keep], axis=1) == labels[keep]  # the same items, answered from everything
-            modes[name] = {"accuracy": float(correct.mean()), "items": len(keep), "mean_latency_ms": float(np.mean(lat)),
-                           "fused_accuracy_same_items": float(fused.mean())}
+            modes[name] = {
+                "accuracy": float(correct.mean()),
+                "items": len(keep),
+                "mean_latency_ms": float(np.mean(lat)),
+                "fused_accuracy_same_items": float(fused.mean()),
+            }
     results["modes"] = modes
     results["gate_by_label"] = {
-        label: {m: float(full_gate[labels == k, j].mean()) for j, m in enumerate(MODALITIES)}
-        for k, label in enumerate(spec.labels) if (labels == k).any()
+        label: {m: float(full_gate[labels == k, j].mean()) for j, m in enumerate(MODALITIES)} for k, label in enumerate(spec.labels) if (labels == k).any()
     }
     records = [r for r in read_manifest(manifest) if r["task"] == task and r.get("scope", "in") == "in"]  # load_examples' order
     results["transcripts"] = transcript_errors(records, items)
@@ -144,8 +159,12 @@ def transcript_errors(records: list[dict], items) -> dict | None:
         return None
     wrong = sum(word_errors(said, heard)[0] for said, heard in pairs)
     total = sum(word_errors(said, "")[1] for said, _ in pairs)
-    return {"clips": len(pairs), "word_error_rate": wrong / max(1, total), "engine": configured_asr_engine(),
-            "example": {"said": pairs[0][0], "heard": pairs[0][1]}}
+    return {
+        "clips": len(pairs),
+        "word_error_rate": wrong / max(1, total),
+        "engine": configured_asr_engine(),
+        "example": {"said": pairs[0][0], "heard": pairs[0][1]},
+    }
 
 
 def prediction_rows(spec, records: list[dict], examples, probabilities, regression, single: dict) -> list[dict]:
@@ -154,11 +173,15 @@ def prediction_rows(spec, records: list[dict], examples, probabilities, regressi
     rows = []
     for i, (record, example) in enumerate(zip(records, examples)):
         best = int(np.argmax(probabilities[i]))
-        row = {"id": record["id"], "label": spec.labels[example.label], "predicted": spec.labels[best],
-               "confidence": round(float(probabilities[i, best]), 4), "correct": best == example.label,
-               "probabilities": {label: round(float(p), 4) for label, p in zip(spec.labels, probabilities[i])},
-               "single": {name: spec.labels[int(np.argmax(p[i]))] if not np.isnan(p[i]).any() else None
-                          for name, p in single.items()}}
+        row = {
+            "id": record["id"],
+            "label": spec.labels[example.label],
+            "predicted": spec.labels[best],
+            "confidence": round(float(probabilities[i, best]), 4),
+            "correct": best == example.label,
+            "probabilities": {label: round(float(p), 4) for label, p in zip(spec.labels, probabilities[i])},
+            "single": {name: spec.labels[int(np.argmax(p[i]))] if not np.isnan(p[i]).any() else None for name, p in single.items()},
+        }
         if spec.regression:
             row["regression"] = {name: round(float(v), 3) for name, v in zip(spec.regression, regression[i])}
             row["truth"] = {name: round(float(v), 3) for name, v, m in zip(spec.regression, example.truth, example.target_mask) if m}
@@ -182,9 +205,8 @@ def screen_text_found(task_model, manifest: Path, task: str, items, examples, pr
         if not message or not lines or "image_text" not in example.features:
             continue
         counts["items"] += 1
-        rows = example.features["image_text"][:len(lines)]
-        key = (task_model.status_line.pick(rows.float()) if task_model.status_line is not None
-               else key_screen_line(task_model.model, rows, int(np.argmax(p))))
+        rows = example.features["image_text"][: len(lines)]
+        key = task_model.status_line.pick(rows.float()) if task_model.status_line is not None else key_screen_line(task_model.model, rows, int(np.argmax(p)))
         counts["key_line"] += key is not None and holds_message(lines[key], message)
         counts["error_words"] += any(holds_message(line, message) for line in lines if ERROR_WORDS.search(line))
     return counts
@@ -203,8 +225,12 @@ def classification_metrics(probabilities: np.ndarray, labels: np.ndarray, names)
         f1 = 2 * precision * recall / max(1e-9, precision + recall)
         per_class[name] = {"precision": float(precision), "recall": float(recall), "f1": float(f1), "support": int(confusion[k].sum())}
     present = [c for c in per_class.values() if c["support"]]
-    return {"accuracy": float((predicted == labels).mean()), "macro_f1": float(np.mean([c["f1"] for c in present])),
-            "per_class": per_class, "confusion": confusion.tolist()}
+    return {
+        "accuracy": float((predicted == labels).mean()),
+        "macro_f1": float(np.mean([c["f1"] for c in present])),
+        "per_class": per_class,
+        "confusion": confusion.tolist(),
+    }
 
 
 def auc(scores: np.ndarray, positive: np.ndarray) -> float:
@@ -227,8 +253,7 @@ def medical_metrics(probabilities, regression, examples, spec) -> dict:
     diameter_index = spec.regression.index("largest_diameter_mm")
     true_diameter = np.array([float(e.truth[diameter_index]) for e in examples])
     mae = np.abs(regression[lesion, diameter_index] - true_diameter[lesion]).mean() if lesion.any() else float("nan")
-    return {"auc_lesion_vs_normal": auc(lesion_score, lesion), "nodule_vs_mass_accuracy": float(nodule_vs_mass.mean()),
-            "diameter_mae_mm": float(mae)}
+    return {"auc_lesion_vs_normal": auc(lesion_score, lesion), "nodule_vs_mass_accuracy": float(nodule_vs_mass.mean()), "diameter_mae_mm": float(mae)}
 
 
 def write_report(folder: Path, results: dict, probabilities, labels, spec, rows: list[dict]) -> None:
@@ -236,34 +261,48 @@ def write_report(folder: Path, results: dict, probabilities, labels, spec, rows:
     (folder / "report.json").write_text(json.dumps(results, indent=2))
     (folder / "predictions.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     full = results["full"]
-    lines = [f"# {results['task']}: evaluation ({results['items']} items, model {results['model_version']})", "",
-             f"- accuracy {full['accuracy']:.3f}, macro-F1 {full['macro_f1']:.3f}, ECE {results['calibration']['ece']:.3f}"]
+    lines = [
+        f"# {results['task']}: evaluation ({results['items']} items, model {results['model_version']})",
+        "",
+        f"- accuracy {full['accuracy']:.3f}, macro-F1 {full['macro_f1']:.3f}, ECE {results['calibration']['ece']:.3f}",
+    ]
     if "medical" in results:
         m = results["medical"]
-        lines.append(f"- AUC lesion vs normal {m['auc_lesion_vs_normal']:.3f}, nodule vs mass accuracy "
-                     f"{m['nodule_vs_mass_accuracy']:.3f}, diameter MAE {m['diameter_mae_mm']:.2f} mm")
+        lines.append(
+            f"- AUC lesion vs normal {m['auc_lesion_vs_normal']:.3f}, nodule vs mass accuracy "
+            f"{m['nodule_vs_mass_accuracy']:.3f}, diameter MAE {m['diameter_mae_mm']:.2f} mm"
+        )
         h = results["medical_heads_only"]
-        lines.append(f"- the heads alone, without the CT measurement (what a PNG scan without its window gets): accuracy {h['accuracy']:.3f}, "
-                     f"AUC {h['auc_lesion_vs_normal']:.3f}, nodule vs mass {h['nodule_vs_mass_accuracy']:.3f}, "
-                     f"diameter MAE {h['diameter_mae_mm']:.2f} mm")
+        lines.append(
+            f"- the heads alone, without the CT measurement (what a PNG scan without its window gets): accuracy {h['accuracy']:.3f}, "
+            f"AUC {h['auc_lesion_vs_normal']:.3f}, nodule vs mass {h['nodule_vs_mass_accuracy']:.3f}, "
+            f"diameter MAE {h['diameter_mae_mm']:.2f} mm"
+        )
     lines += honesty_lines(results["honesty"])
     if results.get("transcripts"):
         t = results["transcripts"]
-        lines.append(f"- transcripts ({t['engine']}): word error rate {t['word_error_rate']:.3f} on {t['clips']} clips "
-                     f"(e.g. {t['example']['said']!r} heard as {t['example']['heard']!r})")
+        lines.append(
+            f"- transcripts ({t['engine']}): word error rate {t['word_error_rate']:.3f} on {t['clips']} clips "
+            f"(e.g. {t['example']['said']!r} heard as {t['example']['heard']!r})"
+        )
     if results.get("screen_text", {}).get("items"):
         t = results["screen_text"]
-        lines.append(f"- error_text holds the screen's message in {t['key_line']} of {t['items']} screenshots "
-                     f"({t['key_line'] / max(1, t['items']):.1%}, by the {t['by']}; lines with error words would: {t['error_words']})")
+        lines.append(
+            f"- error_text holds the screen's message in {t['key_line']} of {t['items']} screenshots "
+            f"({t['key_line'] / max(1, t['items']):.1%}, by the {t['by']}; lines with error words would: {t['error_words']})"
+        )
     lines += ["", "| mode | items | accuracy | fused, same items | mean latency (ms) |", "|---|---|---|---|---|"]
     for name, mode in results["modes"].items():
         same = f"{mode['fused_accuracy_same_items']:.3f}" if "fused_accuracy_same_items" in mode else ""
         lines.append(f"| {name} | {mode.get('items', results['items'])} | {mode['accuracy']:.3f} | {same} | {mode['mean_latency_ms']:.0f} |")
     routed = results["modes"]["routed"]
-    lines += ["", f"Routed: tau {routed['tau']:g}, gamma {routed['gamma']:g}, side outputs asked for with the base features: "
-                  f"{'+'.join(routed['eager']) or 'none'}. Latencies are simulated from each source's cost recorded at "
-                  "feature extraction, modalities overlapping perfectly; `benchmarks/bench_routing.py` times routed and "
-                  "full through the mesh."]
+    lines += [
+        "",
+        f"Routed: tau {routed['tau']:g}, gamma {routed['gamma']:g}, side outputs asked for with the base features: "
+        f"{'+'.join(routed['eager']) or 'none'}. Latencies are simulated from each source's cost recorded at "
+        "feature extraction, modalities overlapping perfectly; `benchmarks/bench_routing.py` times routed and "
+        "full through the mesh.",
+    ]
     lines += ["", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
     for name, c in full["per_class"].items():
         lines.append(f"| {name} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | {c['support']} |")
@@ -274,12 +313,17 @@ def write_report(folder: Path, results: dict, probabilities, labels, spec, rows:
     lines += ["    " + " ".join(f"{v:4d}" for v in row) for row in full["confusion"]]
     errors = sorted((r for r in rows if not r["correct"]), key=lambda r: -r["confidence"])
     if errors:
-        lines += ["", f"The most confident errors ({min(10, len(errors))} of {len(errors)}; every item in predictions.jsonl):", "",
-                  "| id | truth | answer | confidence | " + " | ".join(r for r in rows[0]["single"]) + " |",
-                  "|---|---|---|---|" + "---|" * len(rows[0]["single"])]
+        lines += [
+            "",
+            f"The most confident errors ({min(10, len(errors))} of {len(errors)}; every item in predictions.jsonl):",
+            "",
+            "| id | truth | answer | confidence | " + " | ".join(r for r in rows[0]["single"]) + " |",
+            "|---|---|---|---|" + "---|" * len(rows[0]["single"]),
+        ]
         for r in errors[:10]:
-            lines.append(f"| {r['id']} | {r['label']} | {r['predicted']} | {r['confidence']:.2f} | "
-                         + " | ".join(v or "-" for v in r["single"].values()) + " |")
+            lines.append(
+                f"| {r['id']} | {r['label']} | {r['predicted']} | {r['confidence']:.2f} | " + " | ".join(v or "-" for v in r["single"].values()) + " |"
+            )
     (folder / "report.md").write_text("\n".join(lines) + "\n")
     _plots(folder, results, probabilities, labels, spec)
 
@@ -291,18 +335,22 @@ def honesty_lines(honesty: dict) -> list[str]:
     def number(value, digits=3):
         return "-" if value is None else f"{value:.{digits}f}"
 
-    lines = [f"- as served (threshold {honesty['abstain_below']:g}): {inside['answered']} of {inside['items']} in-scope items "
-             f"answered (coverage {inside['coverage']:.3f}), selective accuracy {number(inside['selective_accuracy'])}, "
-             f"ECE of the answers {number(inside['ece_answered'])}, wrong answers above 0.95: {inside['wrong_above_0.95']}; "
-             f"{inside['not_applicable']} found not applicable"]
+    lines = [
+        f"- as served (threshold {honesty['abstain_below']:g}): {inside['answered']} of {inside['items']} in-scope items "
+        f"answered (coverage {inside['coverage']:.3f}), selective accuracy {number(inside['selective_accuracy'])}, "
+        f"ECE of the answers {number(inside['ece_answered'])}, wrong answers above 0.95: {inside['wrong_above_0.95']}; "
+        f"{inside['not_applicable']} found not applicable"
+    ]
     if inside["withheld_reasons"]:
         lines.append("- withheld: " + "; ".join(f"{reason} ({count})" for reason, count in inside["withheld_reasons"].items()))
     outside = honesty.get("out_of_scope")
     if outside:
         auroc = ", ".join(f"{m} {v['auroc']:.3f} ({v['in_scope']} vs {v['out_of_scope']})" for m, v in outside["auroc_by_modality"].items())
-        lines.append(f"- out of scope: {outside['items']} items, {outside['answered']} answered ({outside['answered_above_0.95']} above 0.95), "
-                     f"{outside['withheld_or_not_applicable']:.3f} withheld or not applicable; "
-                     f"applicability AUROC by modality: {auroc or 'none checked'}")
+        lines.append(
+            f"- out of scope: {outside['items']} items, {outside['answered']} answered ({outside['answered_above_0.95']} above 0.95), "
+            f"{outside['withheld_or_not_applicable']:.3f} withheld or not applicable; "
+            f"applicability AUROC by modality: {auroc or 'none checked'}"
+        )
     curve = " ".join(f"{point['threshold']:g}: {point['coverage']:.2f}/{number(point['accuracy'], 2)}" for point in honesty["risk_coverage"])
     lines.append(f"- coverage/accuracy by confidence threshold: {curve}")
     return lines

@@ -42,8 +42,7 @@ def configured_models(environ=None) -> dict[str, str]:
     """The encoder models set by MODALMESH_<SERVICE>_MODEL (as for the services), by service;
     empty when every encoder runs its bundled default. Part of the feature cache's keys."""
     environ = os.environ if environ is None else environ
-    return {s: environ[f"MODALMESH_{s.upper()}_MODEL"] for s in ("text", "vision", "audio")
-            if environ.get(f"MODALMESH_{s.upper()}_MODEL")}
+    return {s: environ[f"MODALMESH_{s.upper()}_MODEL"] for s in ("text", "vision", "audio") if environ.get(f"MODALMESH_{s.upper()}_MODEL")}
 
 
 def _service_setting(service: str, name: str, environ=None) -> str:
@@ -88,10 +87,12 @@ class LocalEncoders:
         # the services will run.
         models = configured_models()
         self.text = TextService(load_config("text", environ={}, model=models.get("text")))
-        self.vision = VisionService(load_config("vision", environ={}, ocr=ocr, model=models.get("vision"),
-                                                ocr_engine=configured_ocr_engine()))
-        self.audio = AudioService(load_config("audio", environ={}, transcript=transcript, model=models.get("audio"),
-                                              asr_lm=configured_asr_lm() or None, asr_engine=configured_asr_engine()))
+        self.vision = VisionService(load_config("vision", environ={}, ocr=ocr, model=models.get("vision"), ocr_engine=configured_ocr_engine()))
+        self.audio = AudioService(
+            load_config(
+                "audio", environ={}, transcript=transcript, model=models.get("audio"), asr_lm=configured_asr_lm() or None, asr_engine=configured_asr_engine()
+            )
+        )
         for service in (self.text, self.vision, self.audio):
             service.initialize()
 
@@ -110,14 +111,26 @@ class LocalEncoders:
     def _text_vectors(self, lines: list[str]) -> torch.Tensor:
         """One pooled vector per line, asked for concurrently as the router does
         (pipeline.Run.embed_texts): the text service batches them."""
+
         def one(line: str) -> np.ndarray:
             return self._encode(self.text, line.encode(), "text/plain", pooled_only=True).pooled
 
         with ThreadPoolExecutor(max_workers=min(8, len(lines))) as pool:
             return torch.from_numpy(np.stack(list(pool.map(one, lines))))
 
-    def extract(self, text: str = "", image: bytes = b"", image_type: str = "", audio: bytes = b"", audio_type: str = "",
-                image_parameters: dict | None = None, side: tuple[str, ...] = ("image", "audio")) -> ItemFeatures:
+    def extract(
+        self,
+        text: str = "",
+        image: bytes = b"",
+        image_type: str = "",
+        audio: bytes = b"",
+        audio_type: str = "",
+        image_parameters: dict | None = None,
+        side: tuple[str, ...] = ("image", "audio"),
+        measure: bool = False,
+    ) -> ItemFeatures:
+        """Features, costs and evidence for one item. `side`: the modalities whose side
+        output (OCR, transcript) is read; `measure`: ask for the CT lung-lesion measurement."""
         features: dict[str, torch.Tensor] = {}
         costs: dict[str, float] = {}
         evidence: dict = {}
@@ -126,7 +139,7 @@ class LocalEncoders:
             features["text"] = self._text_tokens(text)
             costs["text"] = (time.perf_counter() - started) * 1000
         if image:
-            options = ["ocr"] if "image" in side else []
+            options = (["ocr"] if "image" in side else []) + (["lesions"] if measure else [])
             started = time.perf_counter()
             result = self._encode(self.vision, image, image_type, options, image_parameters)
             elapsed = (time.perf_counter() - started) * 1000
@@ -173,12 +186,13 @@ def media_type_of(path: str) -> str:
 class FeatureCache:
     """Features per manifest record, on disk as safetensors + a JSON sidecar."""
 
-    def __init__(self, folder: str | Path, encoders_factory, side: tuple[str, ...], versions: tuple[str, ...] = ()) -> None:
+    def __init__(self, folder: str | Path, encoders_factory, side: tuple[str, ...], versions: tuple[str, ...] = (), measure: bool = False) -> None:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self._factory = encoders_factory
         self._encoders: LocalEncoders | None = None
         self.side = side
+        self.measure = measure  # ask the vision service for the CT measurement
         self.versions = versions  # of the encoder outputs the task reads beyond features; part of every key
 
     @classmethod
@@ -186,10 +200,14 @@ class FeatureCache:
         """The cache a task's training and evaluation share (`.features` beside the manifest):
         OCR only for tasks that read screens; keys carry the versions of what the task reads
         (OCR paragraphs, the CT measurement), so a change there is recomputed, not reused."""
-        versions = ((SCREEN_TEXT_VERSION,) if "image" in spec.side_outputs else ()) + \
-                   ((MEASUREMENT_VERSION,) if spec.measure is not None else ())
-        return cls(folder or Path(manifest).parent / ".features", lambda: LocalEncoders(ocr="image" in spec.side_outputs),
-                   side=spec.side_outputs, versions=versions)
+        versions = ((SCREEN_TEXT_VERSION,) if "image" in spec.side_outputs else ()) + ((MEASUREMENT_VERSION,) if spec.measure is not None else ())
+        return cls(
+            folder or Path(manifest).parent / ".features",
+            lambda: LocalEncoders(ocr="image" in spec.side_outputs),
+            side=spec.side_outputs,
+            versions=versions,
+            measure=spec.measure is not None,
+        )
 
     def key(self, record: dict) -> str:
         digest = hashlib.sha256(FEATURE_VERSION.encode())
@@ -229,9 +247,13 @@ class FeatureCache:
         image, audio = record.get("image"), record.get("audio")
         item = self._encoders.extract(
             text=record.get("text", ""),
-            image=Path(image).read_bytes() if image else b"", image_type=media_type_of(image) if image else "",
-            audio=Path(audio).read_bytes() if audio else b"", audio_type=media_type_of(audio) if audio else "",
-            image_parameters=record.get("image_parameters"), side=self.side,
+            image=Path(image).read_bytes() if image else b"",
+            image_type=media_type_of(image) if image else "",
+            audio=Path(audio).read_bytes() if audio else b"",
+            audio_type=media_type_of(audio) if audio else "",
+            image_parameters=record.get("image_parameters"),
+            side=self.side,
+            measure=self.measure,
         )
         # Written under temporary names and renamed: a reader (or a second training run) never sees half a file.
         partial = tensors.with_suffix(f".{os.getpid()}.partial")

@@ -55,13 +55,11 @@ class TextTop(nn.Module):
         """`texts[i]`: example i's strings per text source (what its cached features came from)."""
         from modalmesh.common.progress import progress
 
-        flat = [(id(e), s, t) for e, by_source in zip(examples, texts) for s in TEXT_SOURCES
-                if s in e.features for t in by_source.get(s, [])]
+        flat = [(id(e), s, t) for e, by_source in zip(examples, texts) for s in TEXT_SOURCES if s in e.features for t in by_source.get(s, [])]
         starts = range(0, len(flat), batch)
         for start in progress(starts, len(starts), f"text below the top {self.k} layer(s) {label}".rstrip()):
-            chunk = flat[start:start + batch]
-            tokens = self.encoder.tokenizer([t for _, _, t in chunk], padding=True, truncation=True,
-                                            max_length=self.encoder.max_tokens, return_tensors="pt")
+            chunk = flat[start : start + batch]
+            tokens = self.encoder.tokenizer([t for _, _, t in chunk], padding=True, truncation=True, max_length=self.encoder.max_tokens, return_tensors="pt")
             states = self.encoder.model(**tokens, output_hidden_states=True).hidden_states[self.depth - self.k]
             for (key, source, _), row, length in zip(chunk, states, tokens["attention_mask"].sum(1).tolist()):
                 self.pieces.setdefault(key, []).append((source, row[:length].clone()))
@@ -115,13 +113,14 @@ class TextTop(nn.Module):
         model.save_pretrained(folder, safe_serialization=True)
         self.encoder.tokenizer.save_pretrained(folder)
         limit = Path(self.encoder.source) / "sentence_bert_config.json"
-        (folder / "sentence_bert_config.json").write_text(
-            limit.read_text() if limit.is_file() else json.dumps({"max_seq_length": self.encoder.max_tokens}))
+        (folder / "sentence_bert_config.json").write_text(limit.read_text() if limit.is_file() else json.dumps({"max_seq_length": self.encoder.max_tokens}))
         return models.weights_version(folder, folder.name)
 
 
 def texts_of(record: dict, item) -> dict[str, list[str]]:
     """The strings an example's text features were made from (the record and the cache's evidence)."""
-    return {"text": [record["text"]] if record.get("text", "").strip() else [],
-            "audio_text": [item.evidence["transcript"]] if item.evidence.get("transcript", "").strip() else [],
-            "image_text": list(item.evidence.get("screen_lines") or [])[:MAX_SCREEN_LINES]}
+    return {
+        "text": [record["text"]] if record.get("text", "").strip() else [],
+        "audio_text": [item.evidence["transcript"]] if item.evidence.get("transcript", "").strip() else [],
+        "image_text": list(item.evidence.get("screen_lines") or [])[:MAX_SCREEN_LINES],
+    }

@@ -52,6 +52,8 @@ MODALITY_SOURCES = {m: tuple(s for s in SOURCES if MODALITIES[SOURCE_MODALITY[s]
 def modality_of(source: str) -> str:
     """The modality a source comes from ("image_text" -> "image")."""
     return MODALITIES[SOURCE_MODALITY[source]]
+
+
 DEFAULT_INPUT_WIDTHS = {"text": 384, "image": 1280, "image_text": 384, "audio": 80, "audio_text": 384}
 
 
@@ -202,9 +204,7 @@ class RoutingGate(nn.Module):
 
     def __init__(self, width: int) -> None:
         super().__init__()
-        self.score = nn.ModuleDict(
-            {source: nn.Sequential(nn.Linear(width, width // 2), nn.GELU(), nn.Linear(width // 2, 1)) for source in SOURCES}
-        )
+        self.score = nn.ModuleDict({source: nn.Sequential(nn.Linear(width, width // 2), nn.GELU(), nn.Linear(width // 2, 1)) for source in SOURCES})
         # Expected score of a source before it arrives (compute routing's estimate).
         self.prior = nn.Parameter(torch.zeros(len(SOURCES)))
         # FusionConfig.gate_offsets as a tensor (not saved with the weights: config.json holds it).
@@ -246,8 +246,11 @@ class FusionModel(nn.Module):
         self.gate = RoutingGate(config.width)
         self.classifier = nn.Linear(config.width, len(config.labels))
         outputs = max(1, len(config.regression))
-        self.regressor = (nn.Linear(config.width, outputs) if not config.regression_hidden else
-                          nn.Sequential(nn.Linear(config.width, config.regression_hidden), nn.GELU(), nn.Linear(config.regression_hidden, outputs)))
+        self.regressor = (
+            nn.Linear(config.width, outputs)
+            if not config.regression_hidden
+            else nn.Sequential(nn.Linear(config.width, config.regression_hidden), nn.GELU(), nn.Linear(config.regression_hidden, outputs))
+        )
         self.log_temperature = nn.Parameter(torch.zeros(()), requires_grad=False)  # set by calibration
         self.set_gate_offsets(config.gate_offsets)
 
@@ -260,6 +263,7 @@ class FusionModel(nn.Module):
     def embed(self, batch: list[dict[str, torch.Tensor]]) -> FusionInputs:
         """Each item maps source -> [n, input_width] features (a [input_width] vector is
         one token). Returns the padded, projected batch."""
+
         def project(source: str, features: torch.Tensor) -> torch.Tensor:
             return self.project[source](features) + self.modality_embedding(torch.tensor(SOURCE_MODALITY[source]))
 
@@ -344,10 +348,15 @@ class FusionEnsemble(nn.Module):
             return torch.stack([getattr(o, name) for o in outputs]).mean(dim=0)
 
         return FusionOutputs(
-            logits=mean("logits"), probabilities=mean("probabilities"), regression=mean("regression"),
-            gate_weights=mean("gate_weights"), gate_scores=mean("gate_scores"),
+            logits=mean("logits"),
+            probabilities=mean("probabilities"),
+            regression=mean("regression"),
+            gate_weights=mean("gate_weights"),
+            gate_scores=mean("gate_scores"),
             attention=mean("attention") if outputs[0].attention is not None else None,
-            token_source=outputs[0].token_source, padding=outputs[0].padding, members=outputs,
+            token_source=outputs[0].token_source,
+            padding=outputs[0].padding,
+            members=outputs,
         )
 
     def stacked(self) -> "StackedEnsemble":
@@ -356,8 +365,7 @@ class FusionEnsemble(nn.Module):
 
     def outstanding_weight(self, inputs: list[FusionInputs], outputs: FusionOutputs, outstanding: torch.Tensor) -> torch.Tensor:
         assert outputs.members is not None  # an ensemble's outputs keep each member's
-        return torch.stack([member.outstanding_weight(i, o, outstanding)
-                            for member, i, o in zip(self.models, inputs, outputs.members)]).mean(dim=0)
+        return torch.stack([member.outstanding_weight(i, o, outstanding) for member, i, o in zip(self.models, inputs, outputs.members)]).mean(dim=0)
 
 
 class StackedEnsemble(nn.Module):
@@ -376,8 +384,7 @@ class StackedEnsemble(nn.Module):
         self.config = ensemble.config
         self.members: list[FusionModel] = list(ensemble.models)  # the models themselves (key_screen_line reads the first)
         first = self.members[0]
-        if any(m.config.pooling != first.config.pooling or m.config.regression_hidden != first.config.regression_hidden
-               for m in self.members):
+        if any(m.config.pooling != first.config.pooling or m.config.regression_hidden != first.config.regression_hidden for m in self.members):
             raise ValueError("ensemble members differ in structure; they must be trained alike")
 
         def stack(get) -> torch.Tensor:
@@ -390,13 +397,19 @@ class StackedEnsemble(nn.Module):
         self.modality_embedding = stack(lambda m: m.modality_embedding.weight)  # [M, 3, d]
         self.layers: list[dict[str, Any]] = []
         for i in range(len(first.layers)):
-            self.layers.append({
-                "norm_attention": stack(lambda m: m.layers[i].norm_attention.weight), "norm_attention_b": stack(lambda m: m.layers[i].norm_attention.bias),
-                "qkv": linear(lambda m: m.layers[i].attention.qkv), "out": linear(lambda m: m.layers[i].attention.out),
-                "pair_bias": stack(lambda m: m.layers[i].attention.pair_bias),
-                "norm_mlp": stack(lambda m: m.layers[i].norm_mlp.weight), "norm_mlp_b": stack(lambda m: m.layers[i].norm_mlp.bias),
-                "mlp_in": linear(lambda m: m.layers[i].mlp[0]), "mlp_out": linear(lambda m: m.layers[i].mlp[2]),
-            })
+            self.layers.append(
+                {
+                    "norm_attention": stack(lambda m: m.layers[i].norm_attention.weight),
+                    "norm_attention_b": stack(lambda m: m.layers[i].norm_attention.bias),
+                    "qkv": linear(lambda m: m.layers[i].attention.qkv),
+                    "out": linear(lambda m: m.layers[i].attention.out),
+                    "pair_bias": stack(lambda m: m.layers[i].attention.pair_bias),
+                    "norm_mlp": stack(lambda m: m.layers[i].norm_mlp.weight),
+                    "norm_mlp_b": stack(lambda m: m.layers[i].norm_mlp.bias),
+                    "mlp_in": linear(lambda m: m.layers[i].mlp[0]),
+                    "mlp_out": linear(lambda m: m.layers[i].mlp[2]),
+                }
+            )
         layer = first.layers[0]
         assert isinstance(layer, FusionLayer)
         self.heads, self.head_width = layer.attention.heads, layer.attention.head_width
@@ -404,10 +417,14 @@ class StackedEnsemble(nn.Module):
         self.norm = (stack(lambda m: m.norm.weight), stack(lambda m: m.norm.bias))
         self.pool_query = stack(lambda m: m.pool_query) if first.pool_query is not None else None  # [M, S, d]
         # The gate's per-source MLPs, stacked over members and sources: [M, S, in, out].
-        self.gate_in = (stack(lambda m: torch.stack([m.gate.score[s][0].weight.t() for s in SOURCES])),
-                        stack(lambda m: torch.stack([m.gate.score[s][0].bias for s in SOURCES])))
-        self.gate_out = (stack(lambda m: torch.stack([m.gate.score[s][2].weight.t() for s in SOURCES])),
-                         stack(lambda m: torch.cat([m.gate.score[s][2].bias for s in SOURCES])))
+        self.gate_in = (
+            stack(lambda m: torch.stack([m.gate.score[s][0].weight.t() for s in SOURCES])),
+            stack(lambda m: torch.stack([m.gate.score[s][0].bias for s in SOURCES])),
+        )
+        self.gate_out = (
+            stack(lambda m: torch.stack([m.gate.score[s][2].weight.t() for s in SOURCES])),
+            stack(lambda m: torch.cat([m.gate.score[s][2].bias for s in SOURCES])),
+        )
         self.gate_prior = stack(lambda m: m.gate.prior)  # [M, S]
         self.gate_offset = stack(lambda m: m.gate.offset)  # [M, S]
         self.classifier = linear(lambda m: m.classifier)
@@ -432,6 +449,7 @@ class StackedEnsemble(nn.Module):
 
     def embed(self, batch: list[dict[str, torch.Tensor]]) -> FusionInputs:
         """As FusionModel.embed, every member at once: tokens [M, B, T, d]."""
+
         def project(source: str, features: torch.Tensor) -> torch.Tensor:
             weight, bias = self.project[source]
             return torch.matmul(features, weight) + bias + self.modality_embedding[:, SOURCE_MODALITY[source]].unsqueeze(1)
@@ -440,8 +458,7 @@ class StackedEnsemble(nn.Module):
 
     def _attention(self, x: torch.Tensor, layer: dict, token_modality: torch.Tensor, padding: torch.Tensor, keep: bool):
         members, batch, length, width = x.shape
-        q, k, v = (self._linear(x, layer["qkv"]).view(members * batch, length, 3, self.heads, self.head_width)
-                   .permute(2, 0, 3, 1, 4))
+        q, k, v = self._linear(x, layer["qkv"]).view(members * batch, length, 3, self.heads, self.head_width).permute(2, 0, 3, 1, 4)
         pair = layer["pair_bias"][:, token_modality.unsqueeze(2), token_modality.unsqueeze(1)]  # [M, B, T, T]
         bias = pair.masked_fill(padding.unsqueeze(1), float("-inf")).view(members * batch, 1, length, length)
         padded_queries = padding.unsqueeze(1).unsqueeze(-1).repeat(members, 1, 1, 1)  # [M*B, 1, T, 1]
@@ -458,8 +475,9 @@ class StackedEnsemble(nn.Module):
         token_modality = _source_to_modality(inputs.token_source)
         x, attentions, eps = inputs.tokens, [], self.eps
         for layer in self.layers:
-            attended, weights = self._attention(self._norm(x, layer["norm_attention"], layer["norm_attention_b"], eps),
-                                                layer, token_modality, inputs.padding, keep)
+            attended, weights = self._attention(
+                self._norm(x, layer["norm_attention"], layer["norm_attention_b"], eps), layer, token_modality, inputs.padding, keep
+            )
             x = x + attended
             hidden = F.gelu(self._linear(self._norm(x, layer["norm_mlp"], layer["norm_mlp_b"], eps), layer["mlp_in"]))
             x = x + self._linear(hidden, layer["mlp_out"])
@@ -488,11 +506,15 @@ class StackedEnsemble(nn.Module):
         for i, weights in enumerate(self.regressor):
             regression = self._linear(F.gelu(regression) if i else regression, weights)
         return FusionOutputs(
-            logits=logits.mean(dim=0), probabilities=probabilities.mean(dim=0),
+            logits=logits.mean(dim=0),
+            probabilities=probabilities.mean(dim=0),
             regression=regression[..., : len(self.config.regression)].mean(dim=0),
-            gate_weights=gate_weights.mean(dim=0), gate_scores=gate_scores.mean(dim=0),
+            gate_weights=gate_weights.mean(dim=0),
+            gate_scores=gate_scores.mean(dim=0),
             attention=torch.stack(attentions).mean(dim=(0, 1)) if keep else None,
-            token_source=inputs.token_source, padding=inputs.padding, member_gate_scores=gate_scores,
+            token_source=inputs.token_source,
+            padding=inputs.padding,
+            member_gate_scores=gate_scores,
         )
 
     def outstanding_weight(self, inputs: FusionInputs, outputs: FusionOutputs, outstanding: torch.Tensor) -> torch.Tensor:

@@ -40,11 +40,9 @@ from modalmesh.common import errors, models, telemetry
 from modalmesh.common.client import collect, encode_requests
 from modalmesh.common.encoder import MAX_REQUEST_ID_CHARS
 from modalmesh.common.layout import MIN_SPAN_CONFIDENCE, is_blank, screen_paragraphs
-from modalmesh.router.fusion import (MODALITIES, SIDE_SOURCE, FusionOutputs, attention_mass, modality_gate_weights,
-                                     modality_of, normalised_entropy)
+from modalmesh.router.fusion import MODALITIES, SIDE_SOURCE, FusionOutputs, attention_mass, modality_gate_weights, modality_of, normalised_entropy
 from modalmesh.router.routing import answer_now, outstanding, waits_for_required
-from modalmesh.router.tasks import (UNCERTAIN, Answer, Evidence, TaskModel, best_screen_line, decide, not_applicable,
-                                    screen_line_log_odds, withheld)
+from modalmesh.router.tasks import UNCERTAIN, Answer, Evidence, TaskModel, best_screen_line, decide, not_applicable, screen_line_log_odds, withheld
 from modalmesh.v1 import encoder_pb2, encoder_pb2_grpc, router_pb2, speech_pb2, speech_pb2_grpc
 from modalmesh.vision.decode import sniff_media_type
 
@@ -168,18 +166,28 @@ class Produced:
     streamed: bytes | None = None  # the bytes of an input that arrived as a stream
 
     def plus(self, other: "Produced") -> "Produced":
-        return Produced({**self.features, **other.features}, {**self.evidence, **other.evidence},
-                        {**self.notes, **other.notes}, other.screen_text_note or self.screen_text_note,
-                        self.streamed if other.streamed is None else other.streamed)
+        return Produced(
+            {**self.features, **other.features},
+            {**self.evidence, **other.evidence},
+            {**self.notes, **other.notes},
+            other.screen_text_note or self.screen_text_note,
+            self.streamed if other.streamed is None else other.streamed,
+        )
 
 
 class Run:
     """The state of one request: calls in flight, features and evidence gathered. Only the
     thread that gathers (Pipeline.gather) writes it; the work on the pool returns Produced."""
 
-    def __init__(self, encoders: Encoders, pool: futures.ThreadPoolExecutor, deadline: Deadline,
-                 line_pool: futures.ThreadPoolExecutor | None = None, widths: dict[str, int] | None = None,
-                 text_model: str = "") -> None:
+    def __init__(
+        self,
+        encoders: Encoders,
+        pool: futures.ThreadPoolExecutor,
+        deadline: Deadline,
+        line_pool: futures.ThreadPoolExecutor | None = None,
+        widths: dict[str, int] | None = None,
+        text_model: str = "",
+    ) -> None:
         self.encoders = encoders
         self.widths = widths or {}  # per source, the feature width the task's weights were trained on
         self.text_model = text_model  # the text model the weights were trained with ('' = any that fits)
@@ -228,9 +236,11 @@ class Run:
         if modality == "text" and self.text_model:
             served = result.pooled_message.model_version
             if not models.same_weights(served, self.text_model):
-                raise errors.ServiceError(grpc.StatusCode.FAILED_PRECONDITION,
-                                          f"the text service runs {served}; the task's weights were trained with "
-                                          f"{self.text_model} (a fine-tuned one is the text-model folder beside them)")
+                raise errors.ServiceError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"the text service runs {served}; the task's weights were trained with "
+                    f"{self.text_model} (a fine-tuned one is the text-model folder beside them)",
+                )
         return result
 
     def encode_stream(self, call: Call, modality: str, chunks: Iterator[bytes], media_type: str, options=(), parameters=None):
@@ -246,9 +256,11 @@ class Run:
 
     def embed_texts(self, call: Call, texts: list[str]) -> torch.Tensor:
         """One pooled text vector per line, concurrently (the text service batches them)."""
+
         def one(text: str) -> np.ndarray:
-            result = self.encode(Call(call.source, time.perf_counter(), futures.Future(), call.cancelled), "text",
-                                 text.encode(), "text/plain", pooled_only=True)
+            result = self.encode(
+                Call(call.source, time.perf_counter(), futures.Future(), call.cancelled), "text", text.encode(), "text/plain", pooled_only=True
+            )
             return result.pooled.astype(np.float32)
 
         if self.line_pool is not None and len(texts) > 1:
@@ -297,14 +309,18 @@ class Run:
             wrong = {s: int(t.shape[-1]) for s, t in produced.features.items() if s in self.widths and t.shape[-1] != self.widths[s]}
             if wrong:  # an encoder running another model than the weights were trained with
                 s, width = next(iter(wrong.items()))
-                self._failed(source, modality, grpc.StatusCode.FAILED_PRECONDITION,
-                             f"{s} features are {width} wide, the task's weights expect {self.widths[s]}: the {modality} "
-                             f"service runs another model than the one they were trained with", latency)
+                self._failed(
+                    source,
+                    modality,
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"{s} features are {width} wide, the task's weights expect {self.widths[s]}: the {modality} "
+                    f"service runs another model than the one they were trained with",
+                    latency,
+                )
                 continue
             broken = next((s for s, t in produced.features.items() if not torch.isfinite(t).all()), None)
             if broken is not None:  # never let NaN or infinity reach the fusion model and the answer
-                self._failed(source, modality, grpc.StatusCode.INTERNAL,
-                             f"the {modality} service sent {broken} features with NaN or infinite values", latency)
+                self._failed(source, modality, grpc.StatusCode.INTERNAL, f"the {modality} service sent {broken} features with NaN or infinite values", latency)
                 continue
             if source in MODALITIES and source in produced.features:  # is it the kind of input the task was trained on?
                 score, reason = self.judge(source, produced.features[source], {})
@@ -336,8 +352,7 @@ class Run:
         state = self.states[modality]
         state.status, state.reason, state.latency_ms = router_pb2.MODALITY_STATUS_NOT_APPLICABLE, reason, latency
 
-    def _failed(self, source: str, modality: str, code: grpc.StatusCode, details: str, latency: float,
-                violations: Sequence[tuple[str, str]] = ()) -> None:
+    def _failed(self, source: str, modality: str, code: grpc.StatusCode, details: str, latency: float, violations: Sequence[tuple[str, str]] = ()) -> None:
         timed_out = code == grpc.StatusCode.DEADLINE_EXCEEDED
         details = _callers_words(modality, code, details)
         if source not in MODALITIES:  # a side output failed: the modality itself still counts
@@ -366,6 +381,7 @@ class Run:
 
 def _in_context(context, function):
     """`function` run under the trace context it was created in (pool threads have none)."""
+
     def run(*args):
         token = otel_context.attach(context)
         try:
@@ -385,8 +401,15 @@ class Decision:
 
 
 class Pipeline:
-    def __init__(self, tasks: dict[str, TaskModel], encoders: Encoders, run_model: Callable, default_deadline_s: float,
-                 max_input_bytes: int, speech_budget_s: float = 3.0) -> None:
+    def __init__(
+        self,
+        tasks: dict[str, TaskModel],
+        encoders: Encoders,
+        run_model: Callable,
+        default_deadline_s: float,
+        max_input_bytes: int,
+        speech_budget_s: float = 3.0,
+    ) -> None:
         self.tasks = tasks
         self.speech_budget_s = speech_budget_s  # the spoken reply is waited for at most this long
         self.encoders = encoders
@@ -398,10 +421,14 @@ class Pipeline:
         self.line_pool = futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="router-lines")
 
     # ------------------------------------------------------------------ the request
-    def analyze(self, request: router_pb2.AnalyzeRequest, grpc_remaining: float | None,
-                on_event: Callable[[router_pb2.AnalyzeEvent], None] | None = None,
-                on_run: Callable[[Run], None] | None = None,
-                audio_stream: Iterator[bytes] | None = None) -> router_pb2.AnalyzeResponse:
+    def analyze(
+        self,
+        request: router_pb2.AnalyzeRequest,
+        grpc_remaining: float | None,
+        on_event: Callable[[router_pb2.AnalyzeEvent], None] | None = None,
+        on_run: Callable[[Run], None] | None = None,
+        audio_stream: Iterator[bytes] | None = None,
+    ) -> router_pb2.AnalyzeResponse:
         """`audio_stream`: the audio's bytes as they arrive (AnalyzeStream); they are
         passed on to the audio encoder at once instead of being collected first."""
         started = time.perf_counter()
@@ -425,7 +452,9 @@ class Pipeline:
         # mode those the task's routing marks eager (waited for anyway in most cases).
         side_now = {m for m in task.spec.side_outputs if full or m in task.spec.eager}
         with telemetry.tracer().start_as_current_span("router.encode"):
-            self.fan_out(run, media, side_now)
+            # What the task asks the encoders for besides features: the CT task, the lung-lesion measurement.
+            asked = {"image": ["lesions"]} if task.spec.measure is not None else {}
+            self.fan_out(run, media, side_now, asked)
             early = self.gather(run, task, media, full, required, side_now)
         timings["encode"] = _ms(started) - timings["validate"]
 
@@ -521,21 +550,24 @@ class Pipeline:
         return max(MIN_REPLY_MARGIN_S, min(REPLY_MARGIN_SHARE * remaining, max(MAX_REPLY_MARGIN_S, finishing)))
 
     # ------------------------------------------------------------------ fan out
-    def fan_out(self, run: Run, media, side_now: set[str]) -> None:
+    def fan_out(self, run: Run, media, side_now: set[str], asked: dict[str, list[str]] | None = None) -> None:
+        """One base call per input; `side_now`: modalities whose side output comes with it;
+        `asked`: other options per modality the task asks for (the CT measurement)."""
         for modality, (data, media_type, parameters) in media.items():
             run.states[modality].status = router_pb2.MODALITY_STATUS_UNSPECIFIED  # pending
-            run.start(modality, self._base_work(run, modality, data, media_type, parameters, modality in side_now))
+            work = self._base_work(run, modality, data, media_type, parameters, modality in side_now, (asked or {}).get(modality, []))
+            run.start(modality, work)
 
-    def _base_work(self, run: Run, modality: str, data: bytes, media_type: str, parameters: dict, with_side: bool):
+    def _base_work(self, run: Run, modality: str, data: bytes, media_type: str, parameters: dict, with_side: bool, asked: list[str]):
         option = {"image": "ocr", "audio": "transcript"}.get(modality)
 
         def work(call: Call) -> Produced:
-            options = [option] if (with_side and option) else []
+            options = ([option] if (with_side and option) else []) + asked
             notes, streamed = {}, None
-            if options and isinstance(data, Tee) and not run.encoders.offers(modality, option, run.deadline.remaining()):
+            if with_side and option and isinstance(data, Tee) and not run.encoders.offers(modality, option, run.deadline.remaining()):
                 # A stream cannot be sent twice: leave out what the encoder does not offer.
                 notes[SIDE_SOURCE[modality]] = f"not offered by the {modality} service"
-                options = []
+                options = asked
             if isinstance(data, Tee):  # audio still arriving: stream it on
                 result = run.encode_stream(call, modality, data, media_type, options=options, parameters=parameters)
                 streamed = data.collected()
@@ -543,15 +575,20 @@ class Pipeline:
                 try:
                     result = run.encode(call, modality, data, media_type, options=options, parameters=parameters)
                 except grpc.RpcError as exc:
-                    if not (options and exc.code() == grpc.StatusCode.INVALID_ARGUMENT and (exc.details() or "").startswith("header.options")):
+                    side_asked = options != asked
+                    if not (side_asked and exc.code() == grpc.StatusCode.INVALID_ARGUMENT and (exc.details() or "").startswith("header.options")):
                         raise
                     # The encoder cannot make the side output (OCR or transcripts turned off
                     # there): the base features without it, and the reason in the answer.
                     notes[SIDE_SOURCE[modality]] = f"failed: {exc.code().name}: {exc.details()}"
-                    result = run.encode(call, modality, data, media_type, parameters=parameters)
+                    result = run.encode(call, modality, data, media_type, options=asked, parameters=parameters)
             sequence = result.sequence if result.sequence is not None else result.pooled
-            produced = Produced({modality: torch.from_numpy(np.asarray(sequence, dtype=np.float32))},
-                                {"text": data.decode("utf-8")} if modality == "text" else {}, notes, streamed=streamed)
+            produced = Produced(
+                {modality: torch.from_numpy(np.asarray(sequence, dtype=np.float32))},
+                {"text": data.decode("utf-8")} if modality == "text" else {},
+                notes,
+                streamed=streamed,
+            )
             if result.side is not None:
                 if modality == "image":
                     _, inapplicable = run.judge("image", None, dict(result.side.tags))
@@ -578,8 +615,7 @@ class Pipeline:
             # Text read only in part is said in the image's report, not dropped unsaid.
             unread = [side.tags[tag] for tag in ("ocr_more", "ocr_retry") if tag in side.tags]
             if unreadable:
-                unread.append(f"{unreadable} of {len(side.text_spans)} screen text lines unreadable "
-                              f"(OCR confidence under {MIN_SPAN_CONFIDENCE:g}), not used")
+                unread.append(f"{unreadable} of {len(side.text_spans)} screen text lines unreadable (OCR confidence under {MIN_SPAN_CONFIDENCE:g}), not used")
             if found > len(lines):
                 unread.append(f"the first {len(lines)} of {found} paragraphs used")
             read = Produced(evidence={"screen_lines": lines}, screen_text_note="; ".join(unread))
@@ -641,10 +677,13 @@ class Pipeline:
             if states and all(s.error_code == "INVALID_ARGUMENT" for s in states):
                 # Every input was refused as malformed: the caller's to fix, and a retry
                 # (which UNAVAILABLE invites) would fail the same way.
-                violations = [(_request_field(modality, where), what) for modality, state in run.states.items()
-                              if state in states for where, what in state.violations or [("", state.reason)]]
-                raise errors.ServiceError(grpc.StatusCode.INVALID_ARGUMENT,
-                                          "; ".join(f"{where}: {what}" for where, what in violations), violations)
+                violations = [
+                    (_request_field(modality, where), what)
+                    for modality, state in run.states.items()
+                    if state in states
+                    for where, what in state.violations or [("", state.reason)]
+                ]
+                raise errors.ServiceError(grpc.StatusCode.INVALID_ARGUMENT, "; ".join(f"{where}: {what}" for where, what in violations), violations)
             raise errors.unavailable("no encoder could encode any input: " + _summary(run))
         return early
 
@@ -653,7 +692,8 @@ class Pipeline:
         features = dict(run.features)
         tags = dict(run.evidence.image_tags)
         outputs, probabilities, regression, weight, dissent = self.run_model(
-            lambda: decide(task.model, task.spec, features, tags, outstanding, attention=run.explain, pointer=task.status_line))
+            lambda: decide(task.model, task.spec, features, tags, outstanding, attention=run.explain, pointer=task.status_line)
+        )
         best = int(probabilities.argmax())
         answer = Answer(
             label=task.spec.labels[best],
@@ -671,7 +711,7 @@ class Pipeline:
         if task.status_line is None or rows is None or not run.evidence.screen_lines:
             return None
         if run.status_index is None:
-            run.status_index = self.run_model(lambda: task.status_line.pick(rows[:len(run.evidence.screen_lines)]))
+            run.status_index = self.run_model(lambda: task.status_line.pick(rows[: len(run.evidence.screen_lines)]))
         return run.status_index
 
     def score_screen_lines(self, task: TaskModel, run: Run) -> None:
@@ -679,9 +719,8 @@ class Pipeline:
         OCR paragraph alone favours each label (the answer's `error_text` is the paragraph
         that most favours it; tasks.key_screen_line)."""
         screen_text = run.features.get("image_text")
-        if (run.line_log_odds is None and task.trained and task.status_line is None and screen_text is not None
-                and run.evidence.screen_lines):
-            rows = screen_text[:len(run.evidence.screen_lines)]
+        if run.line_log_odds is None and task.trained and task.status_line is None and screen_text is not None and run.evidence.screen_lines:
+            rows = screen_text[: len(run.evidence.screen_lines)]
             run.line_log_odds = self.run_model(lambda: screen_line_log_odds(task.model, rows))
 
     # ------------------------------------------------------------------ heads, words, speech
@@ -693,8 +732,9 @@ class Pipeline:
         run.evidence.estimate_error = dict(task.model.config.measurement_sigma)
         if decision is None:
             answer = Answer(UNCERTAIN, 0.0, 1.0, {}, {})
-            reason = "; ".join(f"the {m} is not applicable: {state.reason}" for m, state in run.states.items()
-                               if state.status == router_pb2.MODALITY_STATUS_NOT_APPLICABLE)
+            reason = "; ".join(
+                f"the {m} is not applicable: {state.reason}" for m, state in run.states.items() if state.status == router_pb2.MODALITY_STATUS_NOT_APPLICABLE
+            )
             run.evidence.withheld = f"nothing {task.spec.name} reads was given ({reason}); send {task.spec.resolve}"
             description, findings, reply = _nothing_read(task, run.evidence)
             modality_weights = torch.zeros(len(MODALITIES))
@@ -709,8 +749,7 @@ class Pipeline:
                     key = best_screen_line(run.line_log_odds, task.spec.labels.index(answer.label))
                     run.evidence.key_line = run.evidence.screen_lines[key] if key is not None else ""
             read = {m for m, state in run.states.items() if state.status == router_pb2.MODALITY_STATUS_USED}
-            run.evidence.withheld = withheld(task.spec, answer.label, answer.confidence, read, task.abstain_below,
-                                             run.evidence.image_tags, decision.dissent)
+            run.evidence.withheld = withheld(task.spec, answer.label, answer.confidence, read, task.abstain_below, run.evidence.image_tags, decision.dissent)
             assert task.spec.write is not None  # every task has a writer
             description, findings, reply = task.spec.write(answer, run.evidence)
             modality_weights = modality_gate_weights(outputs.gate_weights)[0]
@@ -742,9 +781,7 @@ class Pipeline:
                     continue
                 for b, keyed in enumerate(MODALITIES):
                     if modality_weights[b] > 0:
-                        response.explanation.attention.add(
-                            query_modality=MODALITY_ENUM[query], key_modality=MODALITY_ENUM[keyed], mass=float(mass[a, b])
-                        )
+                        response.explanation.attention.add(query_modality=MODALITY_ENUM[query], key_modality=MODALITY_ENUM[keyed], mass=float(mass[a, b]))
         return response
 
     @staticmethod
@@ -775,17 +812,22 @@ class Pipeline:
                     reason += f" ({run.screen_text_note})"
             elif modality == "image" and run.screen_text_note and status == router_pb2.MODALITY_STATUS_USED:
                 reason = f"without OCR text ({run.screen_text_note})"
-            reports.append(router_pb2.ModalityReport(
-                modality=MODALITY_ENUM[modality], status=status, reason=reason, error_code=state.error_code,
-                latency_ms=state.latency_ms, gate_weight=float(weights[MODALITIES.index(modality)]),
-                applicability=state.applicability,
-            ))
+            reports.append(
+                router_pb2.ModalityReport(
+                    modality=MODALITY_ENUM[modality],
+                    status=status,
+                    reason=reason,
+                    error_code=state.error_code,
+                    latency_ms=state.latency_ms,
+                    gate_weight=float(weights[MODALITIES.index(modality)]),
+                    applicability=state.applicability,
+                )
+            )
         return reports
 
     def speak(self, response, request, deadline: Deadline, on_event) -> bytes:
         reply = next((f.value for f in response.findings if f.key == "reply"), response.description)
-        synthesize = speech_pb2.SynthesizeRequest(text=reply[:2000], voice=request.options.voice, format=speech_pb2.AUDIO_FORMAT_WAV,
-                                                  sample_rate_hz=16000)
+        synthesize = speech_pb2.SynthesizeRequest(text=reply[:2000], voice=request.options.voice, format=speech_pb2.AUDIO_FORMAT_WAV, sample_rate_hz=16000)
         try:
             chunks = []
             timeout = max(0.001, min(deadline.remaining(), self.speech_budget_s))  # a hung speech service costs the budget only
@@ -811,9 +853,12 @@ def _why_unread(state: ModalityState) -> str:
         return ""
     if state.status == router_pb2.MODALITY_STATUS_ABSENT:
         return "none was sent"
-    what = {router_pb2.MODALITY_STATUS_SKIPPED: "not waited for", router_pb2.MODALITY_STATUS_TIMED_OUT: "timed out",
-            router_pb2.MODALITY_STATUS_FAILED: "refused" if state.error_code == "INVALID_ARGUMENT" else "failed",
-            router_pb2.MODALITY_STATUS_NOT_APPLICABLE: "not applicable"}
+    what = {
+        router_pb2.MODALITY_STATUS_SKIPPED: "not waited for",
+        router_pb2.MODALITY_STATUS_TIMED_OUT: "timed out",
+        router_pb2.MODALITY_STATUS_FAILED: "refused" if state.error_code == "INVALID_ARGUMENT" else "failed",
+        router_pb2.MODALITY_STATUS_NOT_APPLICABLE: "not applicable",
+    }
     said = what.get(state.status, "not read")
     reason = "; ".join(description for _, description in state.violations) or state.reason
     return f"{said}: {reason}" if reason else said
@@ -862,4 +907,3 @@ def _summary(run: Run) -> str:
 
 def _ms(since: float) -> float:
     return (time.perf_counter() - since) * 1000.0
-

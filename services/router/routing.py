@@ -111,7 +111,7 @@ def routing_cases(model, spec, examples, items, fuse_ms, eager=None, pointer=Non
         arrived, checkpoints = [], []
         for index, modality in enumerate(base):  # base features (with eager side outputs), soonest first
             arrived += [modality] + ([now[modality]] if modality in now else [])
-            to_come = outstanding(base[index + 1:], now, later_modalities)
+            to_come = outstanding(base[index + 1 :], now, later_modalities)
             if to_come and not waits_for_required(to_come, required):  # never answered early without what the task needs
                 confidence, correct, weight = decide_on(example, arrived, to_come)
                 checkpoints.append(Checkpoint(arrival(modality) + fuse_ms, confidence, correct, weight, bool(now)))
@@ -123,7 +123,7 @@ def routing_cases(model, spec, examples, items, fuse_ms, eager=None, pointer=Non
         ordered = sorted(sides, key=later_call)
         for index, side in enumerate(ordered[:-1]):  # then the side outputs, asked for together
             arrived.append(side)
-            to_come = ordered[index + 1:]
+            to_come = ordered[index + 1 :]
             if not waits_for_required(to_come, required):
                 confidence, correct, weight = decide_on(example, arrived, to_come)
                 checkpoints.append(Checkpoint(base_ms + later_call(side) + fuse_ms, confidence, correct, weight, True))

@@ -77,11 +77,9 @@ def risk_coverage(served: list[Served], labels: np.ndarray) -> list[dict]:
     withholding rules but not its threshold applied): what choosing another one would give."""
     curve = []
     for threshold in THRESHOLDS:
-        given = [i for i, s in enumerate(served) if s.best >= 0 and s.confidence >= threshold
-                 and (s.answered or s.reason.startswith("confidence "))]
+        given = [i for i, s in enumerate(served) if s.best >= 0 and s.confidence >= threshold and (s.answered or s.reason.startswith("confidence "))]
         correct = sum(served[i].best == labels[i] for i in given)
-        curve.append({"threshold": threshold, "coverage": len(given) / max(1, len(served)),
-                      "accuracy": correct / len(given) if given else None})
+        curve.append({"threshold": threshold, "coverage": len(given) / max(1, len(served)), "accuracy": correct / len(given) if given else None})
     return curve
 
 
@@ -144,8 +142,7 @@ def honesty_metrics(task: TaskModel, in_scope: list[Served], labels: np.ndarray,
             far = [-s.distances[modality] for s in out_of_scope if modality in s.distances]
             value = applicability.auroc(near, far)
             if value is not None:
-                metrics["out_of_scope"]["auroc_by_modality"][modality] = {"auroc": value, "in_scope": len(near),
-                                                                         "out_of_scope": len(far)}
+                metrics["out_of_scope"]["auroc_by_modality"][modality] = {"auroc": value, "in_scope": len(near), "out_of_scope": len(far)}
     return metrics
 
 

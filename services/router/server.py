@@ -55,8 +55,9 @@ def apply_routing_thresholds(tasks: dict, setting: str) -> dict:
             eager = tuple(m for m in parts[2].split("+") if m != "none")
             unknown = [m for m in eager if m not in tasks[name].side_outputs]
             if unknown or not parts[2]:
-                raise ValueError(f"routing: {item!r}: eager side outputs of {name} are "
-                                 f"{'+'.join(tasks[name].side_outputs)} or none, not {'+'.join(unknown) or 'empty'}")
+                raise ValueError(
+                    f"routing: {item!r}: eager side outputs of {name} are {'+'.join(tasks[name].side_outputs)} or none, not {'+'.join(unknown) or 'empty'}"
+                )
             changes["eager"] = eager
         tasks[name] = dataclasses.replace(tasks[name], **changes)
     return tasks
@@ -84,12 +85,12 @@ class RouterService(Service):
         specs = apply_routing_thresholds({name: task.spec for name, task in self.tasks.items()}, self.config.routing)
         for name, task in self.tasks.items():
             task.spec = specs[name]
-        model_thread: DynamicBatcher[Callable[[], object], object] = DynamicBatcher(
-            _run_all, max_batch_size=8, max_queue=self.config.max_queue, name="router"
-        )
+        model_thread: DynamicBatcher[Callable[[], object], object] = DynamicBatcher(_run_all, max_batch_size=8, max_queue=self.config.max_queue, name="router")
         self.model_thread = model_thread
-        self.channels = [connect(target, ca=self.config.encoder_ca, cert=self.config.encoder_cert, key=self.config.encoder_key,
-                                 token=self.config.encoder_token) for target in (self.config.text_target, self.config.vision_target, self.config.audio_target)]
+        self.channels = [
+            connect(target, ca=self.config.encoder_ca, cert=self.config.encoder_cert, key=self.config.encoder_key, token=self.config.encoder_token)
+            for target in (self.config.text_target, self.config.vision_target, self.config.audio_target)
+        ]
         self.pipeline = Pipeline(
             self.tasks,
             Encoders(*self.channels),
@@ -134,8 +135,9 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             # Audio flows on to the audio encoder while the client is still sending it.
             arriving: queue.Queue = queue.Queue()
             arriving.put(first_audio)
-            threading.Thread(target=_pump_audio, args=(stream, arriving, limit - len(first_audio), reader_error),
-                             name="analyze-stream-audio", daemon=True).start()
+            threading.Thread(
+                target=_pump_audio, args=(stream, arriving, limit - len(first_audio), reader_error), name="analyze-stream-audio", daemon=True
+            ).start()
             audio_chunks = iter(arriving.get, None)
         events: queue.Queue = queue.Queue()
         runs: list = []
@@ -165,21 +167,22 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         tasks = []
         for name in sorted(self.service.tasks):
             task = self.service.tasks[name]
-            tasks.append(router_pb2.TaskInfo(
-                name=name,
-                description=task.spec.description,
-                labels=list(task.spec.labels),
-                accepted_modalities=[MODALITY_ENUM[m] for m in task.spec.modalities],
-                optional_modalities=[MODALITY_ENUM[m] for m in task.spec.modalities if m not in task.spec.needs],
-                model_version=task.version,
-                tau=task.spec.tau,
-                gamma=task.spec.gamma,
-                eager_side_outputs=[MODALITY_ENUM[m] for m in task.spec.eager],
-                text_model=task.model.config.text_model,
-                abstain_below=task.abstain_below,
-                applicability_max_distance={m: d for m in task.applicability.references
-                                            if (d := task.applicability.max_distance(m)) is not None},
-            ))
+            tasks.append(
+                router_pb2.TaskInfo(
+                    name=name,
+                    description=task.spec.description,
+                    labels=list(task.spec.labels),
+                    accepted_modalities=[MODALITY_ENUM[m] for m in task.spec.modalities],
+                    optional_modalities=[MODALITY_ENUM[m] for m in task.spec.modalities if m not in task.spec.needs],
+                    model_version=task.version,
+                    tau=task.spec.tau,
+                    gamma=task.spec.gamma,
+                    eager_side_outputs=[MODALITY_ENUM[m] for m in task.spec.eager],
+                    text_model=task.model.config.text_model,
+                    abstain_below=task.abstain_below,
+                    applicability_max_distance={m: d for m in task.applicability.references if (d := task.applicability.max_distance(m)) is not None},
+                )
+            )
         return router_pb2.ListTasksResponse(tasks=tasks)
 
 
@@ -232,8 +235,16 @@ def _pump_audio(stream, arriving: queue.Queue, budget: int, error: dict) -> None
 # ---------------------------------------------------------------------------- OIP v2
 
 OIP_INPUTS = ("TEXT", "IMAGE", "AUDIO")
-OIP_OUTPUTS = {"LABEL": "BYTES", "CONFIDENCE": "FP32", "PROBS": "FP32", "DESCRIPTION": "BYTES", "GATE": "FP32",
-               "ABSTAINED": "BOOL", "ABSTAIN_REASON": "BYTES", "APPLICABILITY": "FP32"}
+OIP_OUTPUTS = {
+    "LABEL": "BYTES",
+    "CONFIDENCE": "FP32",
+    "PROBS": "FP32",
+    "DESCRIPTION": "BYTES",
+    "GATE": "FP32",
+    "ABSTAINED": "BOOL",
+    "ABSTAIN_REASON": "BYTES",
+    "APPLICABILITY": "FP32",
+}
 
 
 def _bytes_element(raw: bytes, name: str) -> bytes:
@@ -337,8 +348,7 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         probabilities = {score.label: score.probability for score in response.top_k}
         # Every label's probability; all 0 when nothing the task reads was given.
         full_probabilities = [probabilities.get(label, 0.0) for label in task.spec.labels]
-        applicability = {report.modality: report.applicability if report.HasField("applicability") else -1.0
-                         for report in response.explanation.modalities}
+        applicability = {report.modality: report.applicability if report.HasField("applicability") else -1.0 for report in response.explanation.modalities}
         values = {
             "LABEL": ([1], _bytes_tensor(response.label.encode())),
             "CONFIDENCE": ([1], np.array([response.confidence], "<f4").tobytes()),

@@ -76,7 +76,7 @@ def focus(pointer: StatusLine | None, features: dict[str, torch.Tensor], best: i
         return features
     best = pointer.pick(rows.float()) if best is None else best
     assert best is not None  # the screen has paragraphs
-    return {**features, "image_text": rows[best:best + 1]}
+    return {**features, "image_text": rows[best : best + 1]}
 
 
 def readings(pointer: StatusLine | None, features: dict[str, torch.Tensor]) -> list[tuple[float, dict[str, torch.Tensor]]]:
@@ -90,7 +90,7 @@ def readings(pointer: StatusLine | None, features: dict[str, torch.Tensor]) -> l
     kept = int((torch.cumsum(chance, 0) < READINGS_MASS).sum()) + 1
     kept = min(kept, READINGS_MAX, len(order))
     total = float(chance[:kept].sum())
-    return [(float(chance[k]) / total, {**features, "image_text": rows[int(order[k]):int(order[k]) + 1]}) for k in range(kept)]
+    return [(float(chance[k]) / total, {**features, "image_text": rows[int(order[k]) : int(order[k]) + 1]}) for k in range(kept)]
 
 
 def focus_examples(pointer: StatusLine | None, examples: list) -> list:
@@ -120,8 +120,9 @@ def target(lines: list[str], message: str) -> int | None:
     return min(holding, key=lambda i: len(lines[i])) if holding else None
 
 
-def fit(train: list[tuple[torch.Tensor, int]], val: list[tuple[torch.Tensor, int]], epochs: int = 60,
-        seed: int = 0, learning_rate: float = 3e-3) -> tuple[StatusLine, dict]:
+def fit(
+    train: list[tuple[torch.Tensor, int]], val: list[tuple[torch.Tensor, int]], epochs: int = 60, seed: int = 0, learning_rate: float = 3e-3
+) -> tuple[StatusLine, dict]:
     """A pointer from (paragraph vectors [P, W], index of the message) pairs; returns it and
     its accuracy on both sets."""
     torch.manual_seed(seed)
@@ -138,8 +139,13 @@ def fit(train: list[tuple[torch.Tensor, int]], val: list[tuple[torch.Tensor, int
             optimiser.step()
     pointer.eval()
     temperature = calibrate(pointer, val) if val else 1.0
-    return pointer, {"train_accuracy": accuracy(pointer, train), "val_accuracy": accuracy(pointer, val) if val else None,
-                     "train_screens": len(train), "val_screens": len(val), "temperature": round(temperature, 4)}
+    return pointer, {
+        "train_accuracy": accuracy(pointer, train),
+        "val_accuracy": accuracy(pointer, val) if val else None,
+        "train_screens": len(train),
+        "val_screens": len(val),
+        "temperature": round(temperature, 4),
+    }
 
 
 def calibrate(pointer: StatusLine, pairs: list[tuple[torch.Tensor, int]], steps: int = 200) -> float:
@@ -174,7 +180,7 @@ def pairs_of(records: list[dict], items, examples) -> list[tuple[torch.Tensor, i
             continue
         index = target(lines, message)
         if index is not None:
-            pairs.append((example.features["image_text"][:len(lines)].float(), index))
+            pairs.append((example.features["image_text"][: len(lines)].float(), index))
     return pairs
 
 

@@ -136,8 +136,11 @@ class TaskSpec:
         for name, accepted in self.image_tags.items():
             value = tags.get(name, "").strip()
             if value and value.upper() not in {a.upper() for a in accepted}:
-                what = {"Modality": f"the DICOM's Modality is {value}", "plane": f"the slice is {value}",
-                        "BodyPartExamined": f"the DICOM's BodyPartExamined is {value}"}.get(name, f"{name} is {value}")
+                what = {
+                    "Modality": f"the DICOM's Modality is {value}",
+                    "plane": f"the slice is {value}",
+                    "BodyPartExamined": f"the DICOM's BodyPartExamined is {value}",
+                }.get(name, f"{name} is {value}")
                 return f"{what}; {self.name} reads {self.reads}"
         if self.scan_only and tags.get("colour") == "yes":
             return f"a colour image (a photo or a screenshot?), not a scan; {self.name} reads {self.reads}"
@@ -156,9 +159,15 @@ class TaskSpec:
                 scale[self.regression.index(name)] = max(fov, 1e-6)
         return scale
 
-    def finish(self, probabilities: torch.Tensor, regression: torch.Tensor, tags: dict[str, str],
-               sigma: dict[str, float], use_measured: bool = True,
-               evidence: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def finish(
+        self,
+        probabilities: torch.Tensor,
+        regression: torch.Tensor,
+        tags: dict[str, str],
+        sigma: dict[str, float],
+        use_measured: bool = True,
+        evidence: dict | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The heads' raw outputs ([L], [R]) to what the task reports: sizes in mm, measured
         values where an encoder measured them, and the size rule applied. `sigma`: the
         heads' validation error per output (FusionConfig.measurement_sigma). `evidence`:
@@ -185,12 +194,11 @@ class TaskSpec:
             rest = float(probabilities[others].sum())
             for k in others:
                 probabilities[k] = probabilities[k] / max(rest, 1e-9) * (1.0 - updated)
-            probabilities[small], probabilities[large] = probabilities[small] / max(lesion, 1e-9) * updated, \
-                probabilities[large] / max(lesion, 1e-9) * updated
+            probabilities[small], probabilities[large] = probabilities[small] / max(lesion, 1e-9) * updated, probabilities[large] / max(lesion, 1e-9) * updated
         lesion_p = probabilities[small] + probabilities[large]
         size = regression[self.regression.index(rule.output)]
         spread = self.measured_sigma if measured else max(float(sigma.get(rule.output, 3.0)), 0.5)
-        large_share = 0.5 * (1 + torch.erf((size - rule.threshold) / (spread * 2 ** 0.5)))
+        large_share = 0.5 * (1 + torch.erf((size - rule.threshold) / (spread * 2**0.5)))
         probabilities[small], probabilities[large] = lesion_p * (1 - large_share), lesion_p * large_share
         return probabilities, regression
 
@@ -233,7 +241,7 @@ def screen_line_log_odds(model: FusionModel | FusionEnsemble | StackedEnsemble, 
     with torch.inference_mode():
         logits = member(member.embed([{"image_text": row[None]} for row in screen_text]), attention=False).logits
     labels = logits.shape[1]
-    others = torch.stack([torch.logsumexp(torch.cat([logits[:, :k], logits[:, k + 1:]], dim=1), dim=1) for k in range(labels)], dim=1)
+    others = torch.stack([torch.logsumexp(torch.cat([logits[:, :k], logits[:, k + 1 :]], dim=1), dim=1) for k in range(labels)], dim=1)
     return logits - others
 
 
@@ -258,8 +266,9 @@ def write_triage(answer: Answer, evidence: Evidence) -> tuple[str, dict[str, str
     heard = f' Voice message (transcript): "{evidence.transcript[:200]}".' if evidence.transcript else ""
     if evidence.withheld:  # a person looks sooner; the reply names no problem
         findings = {"priority": "normal", "error_text": "", "next_steps": TRIAGE_NEXT_STEPS["other"]}
-        description = (f"Not classified: {evidence.withheld}. Best guess {answer.label} ({answer.confidence:.2f})."
-                       f"{said}{heard} Next steps: {findings['next_steps']}")
+        description = (
+            f"Not classified: {evidence.withheld}. Best guess {answer.label} ({answer.confidence:.2f}).{said}{heard} Next steps: {findings['next_steps']}"
+        )
         return description, findings, UNSURE_REPLY
     priority = TRIAGE_PRIORITY.get(answer.label, "normal")
     if answer.confidence < UNSURE_CONFIDENCE and priority == "low":
@@ -275,12 +284,15 @@ def write_triage(answer: Answer, evidence: Evidence) -> tuple[str, dict[str, str
     }
     if answer.label == "other":
         shown = f' The screen shows "{evidence.key_line}".' if evidence.key_line else ""
-        description = (f"Category: other (confidence {answer.confidence:.2f}), priority {priority}: no problem found."
-                       f"{shown}{said}{heard} Next steps: {findings['next_steps']}")
+        description = (
+            f"Category: other (confidence {answer.confidence:.2f}), priority {priority}: no problem found."
+            f"{shown}{said}{heard} Next steps: {findings['next_steps']}"
+        )
     else:
         seen = f' The screen shows "{error_text}".' if error_text else ""
-        description = (f"Category: {answer.label} (confidence {answer.confidence:.2f}), priority {priority}.{seen}{said}{heard} "
-                       f"Next steps: {findings['next_steps']}")
+        description = (
+            f"Category: {answer.label} (confidence {answer.confidence:.2f}), priority {priority}.{seen}{said}{heard} Next steps: {findings['next_steps']}"
+        )
     reply = TRIAGE_REPLY.get(answer.label, TRIAGE_REPLY["other"]) if answer.confidence >= UNSURE_CONFIDENCE else UNSURE_REPLY
     return description, findings, reply
 
@@ -288,8 +300,7 @@ def write_triage(answer: Answer, evidence: Evidence) -> tuple[str, dict[str, str
 # ----------------------------------------------------------------------- abstention
 
 
-def withheld(spec: TaskSpec, label: str, confidence: float, read: set[str], abstain_below: float,
-             tags: dict[str, str], dissent: tuple[str, ...] = ()) -> str:
+def withheld(spec: TaskSpec, label: str, confidence: float, read: set[str], abstain_below: float, tags: dict[str, str], dissent: tuple[str, ...] = ()) -> str:
     """Why an answer must be withheld, or '' when it may be given: one policy, applied alike
     by the router and by `modalmesh eval`. `read`: the modalities used as evidence (absent,
     not applicable, failed and skipped ones are not); `tags`: the image's tags, where one was
@@ -351,8 +362,9 @@ def write_report(answer: Answer, evidence: Evidence) -> tuple[str, dict[str, str
         largest, side = measured[0]
         where = "both lungs" if len(sides) > 1 else f"the {side} lung"
         plural = "s" if len(measured) > 1 else ""
-        body = (f"{len(measured)} round soft-tissue lesion{plural} in {where}; the largest is {largest:.1f} mm, {side} "
-                f"(measured on the slice in Hounsfield units).")
+        body = (
+            f"{len(measured)} round soft-tissue lesion{plural} in {where}; the largest is {largest:.1f} mm, {side} (measured on the slice in Hounsfield units)."
+        )
         findings.update(lesion_count=str(len(measured)), largest_diameter_mm=f"{largest:.1f}", side=side)
     elif measured == []:
         body = "No focal pulmonary lesion is measured on the slice. The lung fields are clear."
@@ -365,8 +377,7 @@ def write_report(answer: Answer, evidence: Evidence) -> tuple[str, dict[str, str
         estimate = answer.regression.get("largest_diameter_mm", 0.0)
         error = evidence.estimate_error.get("largest_diameter_mm")
         if answer.label != "normal" and error is not None and estimate >= MIN_ESTIMATED_DIAMETER_MM and not evidence.withheld:
-            body += (f" Estimated from image features, not measured: the largest lesion about {estimate:.0f} mm "
-                     f"(RMS error {error:.1f} mm on validation).")
+            body += f" Estimated from image features, not measured: the largest lesion about {estimate:.0f} mm (RMS error {error:.1f} mm on validation)."
             findings.update(estimated_largest_diameter_mm=f"{estimate:.1f}", estimate_error_mm=f"{error:.1f}")
     spacing = evidence.image_tags.get("PixelSpacing", "")
     spacing = f" (pixel spacing {spacing} mm)" if spacing else ""
@@ -386,13 +397,9 @@ def write_report(answer: Answer, evidence: Evidence) -> tuple[str, dict[str, str
             kind = "nodule" if answer.label == "nodule" else "mass"
             size = f" ({findings['largest_diameter_mm']} mm, {findings['side']})" if "largest_diameter_mm" in findings else ""
             impression = f"Findings consistent with a pulmonary {kind}{size}."
-        closing = (f"{impression} Diagnosis {answer.label} with confidence {answer.confidence:.2f} "
-                   f"(predictive uncertainty {answer.predictive_entropy:.2f}).")
+        closing = f"{impression} Diagnosis {answer.label} with confidence {answer.confidence:.2f} (predictive uncertainty {answer.predictive_entropy:.2f})."
         reply = f"{impression} Confidence {answer.confidence:.0%}. {NOT_FOR_CLINICAL_USE}"
-    description = (
-        f"Findings: {modality} study{spacing}. {body}{_clinical_context(evidence)}\n"
-        f"Impression: {closing}\n{NOT_FOR_CLINICAL_USE}"
-    )
+    description = f"Findings: {modality} study{spacing}. {body}{_clinical_context(evidence)}\nImpression: {closing}\n{NOT_FOR_CLINICAL_USE}"
     return description, findings, reply
 
 
@@ -447,9 +454,23 @@ TASKS: dict[str, TaskSpec] = {
         measure=measured_lesions,  # CT DICOM: sizes, count and side measured in HU (PNG: the heads')
         measured_sigma=0.5,  # the measurement's error on the phantoms: MAE 0.13 mm, 90th percentile 0.28 mm
         # Sizes and densities are read in Hounsfield units, the side on an axial slice.
-        image_tags={"Modality": ("CT",), "plane": ("axial",),
-                    "BodyPartExamined": ("CHEST", "LUNG", "THORAX", "CHEST_ABDOMEN", "CHEST_TO_PELVIS", "CHESTABDOMEN",
-                                         "CHESTABDOMENPELVIS", "CHEST_ABDOMEN_PELVIS", "TORSO", "WHOLEBODY", "WHOLE_BODY")},
+        image_tags={
+            "Modality": ("CT",),
+            "plane": ("axial",),
+            "BodyPartExamined": (
+                "CHEST",
+                "LUNG",
+                "THORAX",
+                "CHEST_ABDOMEN",
+                "CHEST_TO_PELVIS",
+                "CHESTABDOMEN",
+                "CHESTABDOMENPELVIS",
+                "CHEST_ABDOMEN_PELVIS",
+                "TORSO",
+                "WHOLEBODY",
+                "WHOLE_BODY",
+            ),
+        },
         reads="axial chest CT slices",
         scan_only=True,
         anatomy={"lung_fields": ("none", "not a chest CT slice: no lung fields found")},
@@ -491,9 +512,16 @@ class Decided(NamedTuple):
     dissent: tuple[str, ...] = ()  # e.g. "the text alone reads as crash (0.91)"
 
 
-def decide(model: FusionModel | FusionEnsemble | StackedEnsemble, spec: TaskSpec, features: dict[str, torch.Tensor],
-           tags: dict[str, str], outstanding=(), use_measured: bool = True,
-           attention: bool = True, pointer=None) -> Decided:
+def decide(
+    model: FusionModel | FusionEnsemble | StackedEnsemble,
+    spec: TaskSpec,
+    features: dict[str, torch.Tensor],
+    tags: dict[str, str],
+    outstanding=(),
+    use_measured: bool = True,
+    attention: bool = True,
+    pointer=None,
+) -> Decided:
     """One decision from the evidence in hand: the fusion model's outputs, what the task
     reports (probabilities [L], regression [R]; see TaskSpec.finish) and the gate's
     predicted weight of the `outstanding` sources. With a status-line `pointer` the screen
@@ -526,8 +554,16 @@ def decide(model: FusionModel | FusionEnsemble | StackedEnsemble, spec: TaskSpec
     return Decided(outputs, torch.stack(pooled).mean(dim=0), regression, weight, tuple(dissent))
 
 
-def fuse(model: FusionModel | FusionEnsemble | StackedEnsemble, spec: TaskSpec, features: dict[str, torch.Tensor],
-         tags: dict[str, str], outstanding=(), use_measured: bool = True, attention: bool = True, pointer=None) -> Decided:
+def fuse(
+    model: FusionModel | FusionEnsemble | StackedEnsemble,
+    spec: TaskSpec,
+    features: dict[str, torch.Tensor],
+    tags: dict[str, str],
+    outstanding=(),
+    use_measured: bool = True,
+    attention: bool = True,
+    pointer=None,
+) -> Decided:
     """decide without the dissent check: every input fused, the status-line readings
     averaged."""
     from modalmesh.router.fusion import SOURCES
@@ -541,8 +577,10 @@ def fuse(model: FusionModel | FusionEnsemble | StackedEnsemble, spec: TaskSpec, 
         if outstanding:
             mask = torch.tensor([[s in outstanding for s in SOURCES]] * len(batch))
             weight = float((share * model.outstanding_weight(inputs, outputs, mask)).sum())  # type: ignore[arg-type]  # inputs: this model's embed
-    finished = [spec.finish(p, r, tags, model.config.measurement_sigma, use_measured, model.config.measurement_evidence)
-                for p, r in zip(outputs.probabilities, outputs.regression)]
+    finished = [
+        spec.finish(p, r, tags, model.config.measurement_sigma, use_measured, model.config.measurement_evidence)
+        for p, r in zip(outputs.probabilities, outputs.regression)
+    ]
     probabilities = sum(c * p for c, (p, _) in zip(chances, finished))
     regression = sum(c * r for c, (_, r) in zip(chances, finished))
     return Decided(outputs, probabilities, regression, weight)
@@ -580,10 +618,20 @@ def load_task_folder(spec: TaskSpec, folder: Path | None) -> TaskModel:
         built.load_state_dict(load_file(str(weights)))
         model = built.stacked() if isinstance(built, FusionEnsemble) else built
         if config.routing:  # thresholds tuned on the validation split override the task's defaults
-            spec = dataclasses.replace(spec, tau=float(config.routing.get("tau", spec.tau)), gamma=float(config.routing.get("gamma", spec.gamma)),
-                                       eager=tuple(config.routing.get("eager", spec.eager)))
-        return TaskModel(spec, model.eval(), f"{spec.name}@{models.file_digest(weights)}", trained=True,
-                         applicability=Applicability.load(folder), status_line=status_line.load(folder))
+            spec = dataclasses.replace(
+                spec,
+                tau=float(config.routing.get("tau", spec.tau)),
+                gamma=float(config.routing.get("gamma", spec.gamma)),
+                eager=tuple(config.routing.get("eager", spec.eager)),
+            )
+        return TaskModel(
+            spec,
+            model.eval(),
+            f"{spec.name}@{models.file_digest(weights)}",
+            trained=True,
+            applicability=Applicability.load(folder),
+            status_line=status_line.load(folder),
+        )
     torch.manual_seed(0)  # untrained but stable: the same request gets the same answer
     model = FusionModel(FusionConfig(labels=spec.labels, regression=spec.regression, **spec.fusion)).eval()
     log.warning("task %s: no trained weights%s; answering with untrained heads", spec.name, f" in {folder}" if folder else "")

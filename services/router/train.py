@@ -71,8 +71,7 @@ def regression_targets(task: str, record: dict) -> tuple[torch.Tensor, torch.Ten
     return torch.tensor(values, dtype=torch.float32), torch.tensor(mask, dtype=torch.bool)
 
 
-def load_examples(task: str, manifest: str | Path, cache: FeatureCache, label: str, scope: str = "in",
-                  refuse: bool = True) -> tuple[list[Example], list]:
+def load_examples(task: str, manifest: str | Path, cache: FeatureCache, label: str, scope: str = "in", refuse: bool = True) -> tuple[list[Example], list]:
     """The manifest's records of `scope` ("in": the task's own inputs, the default for a record
     without one; "out": inputs the task should not answer, label -1) with their features.
     `refuse`: an image the task does not read (tasks.TaskSpec.inapplicable_image) stops it,
@@ -110,8 +109,10 @@ def input_widths(examples: list[Example], defaults: dict[str, int]) -> dict[str,
         for source, features in example.features.items():
             width = int(features.shape[-1])
             if seen.setdefault(source, width) != width:
-                raise ValueError(f"source {source!r} has features {seen[source]} and {width} wide: were the "
-                                 f"features extracted with two different encoder models? (clear the feature cache)")
+                raise ValueError(
+                    f"source {source!r} has features {seen[source]} and {width} wide: were the "
+                    f"features extracted with two different encoder models? (clear the feature cache)"
+                )
     widths.update(seen)
     return widths
 
@@ -140,8 +141,7 @@ def add_noise(features: dict[str, torch.Tensor], scale: float) -> dict[str, torc
     get the same noise, or a first training run differs from every later one."""
     if scale <= 0:
         return features
-    return {s: features[s] + scale * features[s].pow(2).mean(dim=-1, keepdim=True).sqrt() * torch.randn_like(features[s])
-            for s in sorted(features)}
+    return {s: features[s] + scale * features[s].pow(2).mean(dim=-1, keepdim=True).sqrt() * torch.randn_like(features[s]) for s in sorted(features)}
 
 
 @contextlib.contextmanager
@@ -157,10 +157,24 @@ def deterministic_torch():
         torch.use_deterministic_algorithms(before)
 
 
-def train(task: str, data: str, out: str, epochs: int = 40, seed: int = 0, cache_dir: str = "", batch_size: int = 32,
-          learning_rate: float = 2e-3, weight_decay: float = 1e-2, modality_dropout_p: float = 0.35, regression_weight: float = 1.0,
-          feature_noise: float | None = None, label_smoothing: float = 0.05, members: int | None = None,
-          finetune_top: int = 0, **config_overrides) -> dict:
+def train(
+    task: str,
+    data: str,
+    out: str,
+    epochs: int = 40,
+    seed: int = 0,
+    cache_dir: str = "",
+    batch_size: int = 32,
+    learning_rate: float = 2e-3,
+    weight_decay: float = 1e-2,
+    modality_dropout_p: float = 0.35,
+    regression_weight: float = 1.0,
+    feature_noise: float | None = None,
+    label_smoothing: float = 0.05,
+    members: int | None = None,
+    finetune_top: int = 0,
+    **config_overrides,
+) -> dict:
     """`finetune_top` K > 0: the text encoder's top K layers train with the fusion model
     (router/finetune.py) and are written to `text-model/` in `out`; one model, not an ensemble."""
     spec = TASKS[task]
@@ -195,9 +209,22 @@ def train(task: str, data: str, out: str, epochs: int = 40, seed: int = 0, cache
     trained, histories, train_seconds = [], [], 0.0
     for index in range(members):  # member i is exactly what training alone with seed + i gives
         member, member_history, seconds = train_member(
-            config, spec, train_set, val_set, seed + index, epochs, batch_size, learning_rate, weight_decay,
-            modality_dropout_p, regression_weight, feature_noise, label_smoothing,
-            label="training    " if members == 1 else f"member {index + 1}/{members}", text_top=text_top)
+            config,
+            spec,
+            train_set,
+            val_set,
+            seed + index,
+            epochs,
+            batch_size,
+            learning_rate,
+            weight_decay,
+            modality_dropout_p,
+            regression_weight,
+            feature_noise,
+            label_smoothing,
+            label="training    " if members == 1 else f"member {index + 1}/{members}",
+            text_top=text_top,
+        )
         trained.append(member)
         histories.append(member_history)
         train_seconds += seconds
@@ -222,8 +249,7 @@ def train(task: str, data: str, out: str, epochs: int = 40, seed: int = 0, cache
             if val_set:  # the earliest answers that cost at most half a point of validation accuracy
                 config.routing = tune_routing_on(model, spec, served_val, val_items, pointer)
             if val_set:  # answers below this confidence are withheld
-                probabilities = torch.stack([decide(model, spec, e.features, e.tags, attention=False, pointer=pointer).probabilities
-                                             for e in served_val])
+                probabilities = torch.stack([decide(model, spec, e.features, e.tags, attention=False, pointer=pointer).probabilities for e in served_val])
                 config.abstain_below = choose_abstain_below(probabilities, torch.tensor([e.label for e in served_val]))
         # What the task was trained on: inputs unlike it are not applicable (router/applicability.py).
         reference = applicability.fit([e.features for e in train_set], [e.features for e in val_set])
@@ -237,14 +263,27 @@ def train(task: str, data: str, out: str, epochs: int = 40, seed: int = 0, cache
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out_dir / "model.safetensors"))
         (out_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
         summary = {
-            "task": task, "train_items": len(train_set), "val_items": len(val_set), "epochs": epochs, "seed": seed,
-            "members": members, "final_loss": histories[0][-1] if members == 1 else [h[-1] for h in histories],
-            "temperature": temperature, "feature_noise": feature_noise, "gate_offsets": config.gate_offsets,
-            "measurement_evidence": config.measurement_evidence, "feature_seconds": round(feature_seconds, 1),
-            "train_seconds": round(train_seconds, 1), "val_accuracy": accuracy(model, spec, val_set) if val_set else None,
-            "routing": config.routing, "finetune_top": finetune_top, "text_model": config.text_model,
-            "abstain_below": config.abstain_below, "applicability_checked": sorted(reference.references),
-            "asr_engine": configured_asr_engine(), "status_line": pointer_summary,
+            "task": task,
+            "train_items": len(train_set),
+            "val_items": len(val_set),
+            "epochs": epochs,
+            "seed": seed,
+            "members": members,
+            "final_loss": histories[0][-1] if members == 1 else [h[-1] for h in histories],
+            "temperature": temperature,
+            "feature_noise": feature_noise,
+            "gate_offsets": config.gate_offsets,
+            "measurement_evidence": config.measurement_evidence,
+            "feature_seconds": round(feature_seconds, 1),
+            "train_seconds": round(train_seconds, 1),
+            "val_accuracy": accuracy(model, spec, val_set) if val_set else None,
+            "routing": config.routing,
+            "finetune_top": finetune_top,
+            "text_model": config.text_model,
+            "abstain_below": config.abstain_below,
+            "applicability_checked": sorted(reference.references),
+            "asr_engine": configured_asr_engine(),
+            "status_line": pointer_summary,
         }
         (out_dir / "train_log.json").write_text(json.dumps({**summary, "loss_per_epoch": histories[0] if members == 1 else histories}, indent=2))
         write_model_card(out_dir, spec, summary, data, shown_as=Path(out))
@@ -254,25 +293,26 @@ def train(task: str, data: str, out: str, epochs: int = 40, seed: int = 0, cache
 def _status_line_card(summary: dict | None) -> str:
     if not summary:
         return ""
-    return (f"\n- Status line (`status_line.safetensors`): picks the screen's status message among the OCR paragraphs for "
-            f"`error_text`,\n  and the fusion reads the screen through it; right on {summary['val_accuracy']:.1%} of "
-            f"{summary['val_screens']} validation screens.")
+    return (
+        f"\n- Status line (`status_line.safetensors`): picks the screen's status message among the OCR paragraphs for "
+        f"`error_text`,\n  and the fusion reads the screen through it; right on {summary['val_accuracy']:.1%} of "
+        f"{summary['val_screens']} validation screens."
+    )
 
 
-WEIGHT_FILES = ("model.safetensors", "config.json", "train_log.json", "MODEL_CARD.md", "text-model", applicability.FILE_NAME,
-                status_line.FILE_NAME)
+WEIGHT_FILES = ("model.safetensors", "config.json", "train_log.json", "MODEL_CARD.md", "text-model", applicability.FILE_NAME, status_line.FILE_NAME)
 
 
-def fit_status_line(task: str, manifest: Path, val_path: Path, train_set, train_items, val_set, val_items,
-                    seed: int) -> tuple[status_line.StatusLine | None, dict | None]:
+def fit_status_line(
+    task: str, manifest: Path, val_path: Path, train_set, train_items, val_set, val_items, seed: int
+) -> tuple[status_line.StatusLine | None, dict | None]:
     """For a task that reads screen text, when the manifest says which message each screen
     shows (`extra.screen`): the pointer to the status message (router/status_line.py) and
     its accuracies; (None, None) where there is nothing to learn from."""
     if "image" not in TASKS[task].side_outputs:
         return None, None
     train_pairs = status_line.pairs_of([r for r in read_manifest(manifest) if r["task"] == task], train_items, train_set)
-    val_pairs = (status_line.pairs_of([r for r in read_manifest(val_path) if r["task"] == task], val_items, val_set)
-                 if val_set else [])
+    val_pairs = status_line.pairs_of([r for r in read_manifest(val_path) if r["task"] == task], val_items, val_set) if val_set else []
     if len(train_pairs) < STATUS_LINE_MIN_SCREENS:
         return None, None
     pointer, summary = status_line.fit(train_pairs, val_pairs, epochs=STATUS_LINE_EPOCHS, seed=seed)
@@ -293,8 +333,7 @@ def weights_folder(folder: Path) -> Path:
     others = sorted(p.name for p in folder.iterdir() if p.name not in WEIGHT_FILES) if folder.is_dir() else []
     if others:
         shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
-        raise ValueError(f"--out {folder} holds other files ({shown}); training replaces the whole folder, so name "
-                         f"a new one or a folder of earlier weights")
+        raise ValueError(f"--out {folder} holds other files ({shown}); training replaces the whole folder, so name a new one or a folder of earlier weights")
     return folder
 
 
@@ -337,10 +376,23 @@ def _prepare_text_top(task: str, top_layers: int, splits):
     return text_top
 
 
-def train_member(config: FusionConfig, spec, train_set: list[Example], val_set: list[Example], seed: int, epochs: int,
-                 batch_size: int, learning_rate: float, weight_decay: float, modality_dropout_p: float,
-                 regression_weight: float, feature_noise: float, label_smoothing: float,
-                 label: str = "training    ", text_top=None) -> tuple[FusionModel, list[float], float]:
+def train_member(
+    config: FusionConfig,
+    spec,
+    train_set: list[Example],
+    val_set: list[Example],
+    seed: int,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    weight_decay: float,
+    modality_dropout_p: float,
+    regression_weight: float,
+    feature_noise: float,
+    label_smoothing: float,
+    label: str = "training    ",
+    text_top=None,
+) -> tuple[FusionModel, list[float], float]:
     """One fusion model: trained on `train_set`, then its gate offsets and temperature fitted
     on `val_set` (when there is one). Returns the model, the loss per epoch and the seconds.
     `text_top` (router/finetune.py): the text encoder's top layers, trained along."""
@@ -377,7 +429,7 @@ def train_member(config: FusionConfig, spec, train_set: list[Example], val_set: 
                 prior_error = (model.gate.prior.expand_as(outputs.gate_scores) - outputs.gate_scores.detach()) ** 2
                 loss = loss + (prior_error * inputs.present).sum() / inputs.present.sum()
                 # Softmax ignores a shared shift of the scores; anchoring them near 0 keeps them (and the priors) from drifting.
-                loss = loss + GATE_ANCHOR * (outputs.gate_scores ** 2 * inputs.present).sum() / inputs.present.sum()
+                loss = loss + GATE_ANCHOR * (outputs.gate_scores**2 * inputs.present).sum() / inputs.present.sum()
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
@@ -393,17 +445,26 @@ def train_member(config: FusionConfig, spec, train_set: list[Example], val_set: 
     return model, history, seconds
 
 
-def predict(model: FusionModel | FusionEnsemble, spec, examples: list[Example], sources=None,
-            use_measured: bool = True) -> tuple[torch.Tensor, torch.Tensor, object]:
+def predict(
+    model: FusionModel | FusionEnsemble, spec, examples: list[Example], sources=None, use_measured: bool = True
+) -> tuple[torch.Tensor, torch.Tensor, object]:
     """What the task reports for each example (probabilities [N, L], regression [N, R] in
     task units), from the sources listed (all by default), plus the raw outputs.
     `use_measured=False`: the heads' own sizes even where an encoder measured them."""
     chosen = [{s: f for s, f in e.features.items() if sources is None or s in sources} for e in examples]
     with torch.no_grad():
         outputs = model(model.embed(chosen))
-    finished = [spec.finish(p, r, e.tags if sources is None or "image" in sources else {},  # no scan, no measurement
-                            model.config.measurement_sigma, use_measured, model.config.measurement_evidence)
-                for p, r, e in zip(outputs.probabilities, outputs.regression, examples)]
+    finished = [
+        spec.finish(
+            p,
+            r,
+            e.tags if sources is None or "image" in sources else {},  # no scan, no measurement
+            model.config.measurement_sigma,
+            use_measured,
+            model.config.measurement_evidence,
+        )
+        for p, r, e in zip(outputs.probabilities, outputs.regression, examples)
+    ]
     if not finished:
         return outputs.probabilities, outputs.regression, outputs
     return torch.stack([p for p, _ in finished]), torch.stack([r for _, r in finished]), outputs
@@ -435,8 +496,14 @@ def tune_routing_on(model: FusionModel | FusionEnsemble, spec, examples: list[Ex
                 best = (outcome, {"tau": tau, "gamma": gamma, "eager": list(eager)})
     assert best is not None  # one choice of eager side outputs at least
     outcome, routing = best
-    log.info("routing on validation: tau %g gamma %g eager %s -> accuracy %.3f, mean latency %.0f ms", routing["tau"],
-             routing["gamma"], "+".join(routing["eager"]) or "none", outcome["accuracy"], outcome["mean_latency_ms"])
+    log.info(
+        "routing on validation: tau %g gamma %g eager %s -> accuracy %.3f, mean latency %.0f ms",
+        routing["tau"],
+        routing["gamma"],
+        "+".join(routing["eager"]) or "none",
+        outcome["accuracy"],
+        outcome["mean_latency_ms"],
+    )
     return routing
 
 
@@ -475,8 +542,7 @@ def measurement_evidence(spec, examples: list[Example]) -> dict[str, dict[str, f
     if not any(total.values()):
         return {}
     given = {label: (found[label] + 1) / (total[label] + 2) for label in spec.labels}
-    return {"found": {label: round(p, 5) for label, p in given.items()},
-            "none": {label: round(1.0 - p, 5) for label, p in given.items()}}
+    return {"found": {label: round(p, 5) for label, p in given.items()}, "none": {label: round(1.0 - p, 5) for label, p in given.items()}}
 
 
 def measurement_sigma(model: FusionModel | FusionEnsemble, spec, examples: list[Example]) -> dict[str, float]:
@@ -510,7 +576,7 @@ def calibrate_gate(model: FusionModel, examples: list[Example], steps: int = 300
     optimizer = torch.optim.Adam([offset], lr=0.05)
     for _ in range(steps):
         _, logits = model.fuse(per_source, model.gate.weights(scores, inputs.present, offset * seen))
-        loss = F.cross_entropy(logits, labels) + 1e-3 * (offset ** 2).sum()
+        loss = F.cross_entropy(logits, labels) + 1e-3 * (offset**2).sum()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -541,39 +607,49 @@ def write_model_card(out_dir: Path, spec, summary: dict, data: str, shown_as: Pa
     offsets = summary.get("gate_offsets") or {}
     offsets = offsets if isinstance(offsets, list) else [offsets]
     shown_offsets = "; ".join(", ".join(f"{k} {v:+.2f}" for k, v in o.items()) or "none" for o in offsets)
-    ensemble = (f"\n- Ensemble: {members} models trained alike from seeds {summary['seed']}-{summary['seed'] + members - 1}, "
-                f"each calibrated on validation; answers are their mean.") if members > 1 else ""
+    ensemble = (
+        (
+            f"\n- Ensemble: {members} models trained alike from seeds {summary['seed']}-{summary['seed'] + members - 1}, "
+            f"each calibrated on validation; answers are their mean."
+        )
+        if members > 1
+        else ""
+    )
     found = evidence.get("found", {})
-    measured = ("\n- CT measurement (vision service, Hounsfield units): count, largest diameter and side as measured;"
-                "\n  the labels' probabilities are updated by how likely its outcome is under each label (Bayes' rule),"
-                "\n  counted on validation: P(a lesion found | label) "
-                + ", ".join(f"{label} {p:.3f}" for label, p in found.items())) if isinstance(found, dict) and found else ""
+    measured = (
+        (
+            "\n- CT measurement (vision service, Hounsfield units): count, largest diameter and side as measured;"
+            "\n  the labels' probabilities are updated by how likely its outcome is under each label (Bayes' rule),"
+            "\n  counted on validation: P(a lesion found | label) " + ", ".join(f"{label} {p:.3f}" for label, p in found.items())
+        )
+        if isinstance(found, dict) and found
+        else ""
+    )
     text_encoder = summary.get("text_model") or "all-MiniLM-L6-v2"
     if summary.get("finetune_top"):
-        text_encoder += (f", its top {summary['finetune_top']} layer(s) fine-tuned with this task (`text-model/`: serve it "
-                         f"as the text model)")
+        text_encoder += f", its top {summary['finetune_top']} layer(s) fine-tuned with this task (`text-model/`: serve it as the text model)"
     (out_dir / "MODEL_CARD.md").write_text(f"""# {spec.name} fusion model
 {clinical}
 - Task: {spec.description}
-- Labels: {', '.join(spec.labels)}; regression: {', '.join(spec.regression) or 'none'}
+- Labels: {", ".join(spec.labels)}; regression: {", ".join(spec.regression) or "none"}
 - Encoders: {text_encoder} (text, OCR lines, transcripts), EfficientNet-Lite0 ImageNet (images),
-  log-mel frames (audio), frozen unless said; PP-OCR for screen text, {summary.get('asr_engine', 'whisper')} for transcripts.
+  log-mel frames (audio), frozen unless said; PP-OCR for screen text, {summary.get("asr_engine", "whisper")} for transcripts.
 - Fusion: projections to 128-d, 2 layers of modality-aware attention, routing gate, temperature-scaled heads.{ensemble}
-- Data: `{data}` ({summary['train_items']} training items, {summary['val_items']} validation items), synthetic,
+- Data: `{data}` ({summary["train_items"]} training items, {summary["val_items"]} validation items), synthetic,
   generated by `modalmesh data generate`.
-- Training: {summary['epochs']} epochs, seed {summary['seed']}, modality dropout, feature noise {summary['feature_noise']};
-  temperature {', '.join(f'{t:.3f}' for t in temperatures)}
-  (calibrated on validation); features {summary['feature_seconds']} s, training {summary['train_seconds']} s on this machine.
-- Validation accuracy (all modalities): {summary['val_accuracy']}
+- Training: {summary["epochs"]} epochs, seed {summary["seed"]}, modality dropout, feature noise {summary["feature_noise"]};
+  temperature {", ".join(f"{t:.3f}" for t in temperatures)}
+  (calibrated on validation); features {summary["feature_seconds"]} s, training {summary["train_seconds"]} s on this machine.
+- Validation accuracy (all modalities): {summary["val_accuracy"]}
 - Gate offsets (fitted on validation, added to the gate's scores; a source alone still gets all the weight):
   {shown_offsets}{measured}
 - Compute routing (tuned on validation, at most half a point below answering from everything):
-  tau {summary['routing'].get('tau', spec.tau)}, gamma {summary['routing'].get('gamma', spec.gamma)},
-  side outputs asked for with the base features: {'+'.join(summary['routing'].get('eager', [])) or 'none'}
-- Abstention: answers below confidence {summary.get('abstain_below', 0):g} are withheld ("uncertain"; chosen on validation).
-- Applicability: each input of {', '.join(summary.get('applicability_checked') or []) or 'no modality'} is compared with the
+  tau {summary["routing"].get("tau", spec.tau)}, gamma {summary["routing"].get("gamma", spec.gamma)},
+  side outputs asked for with the base features: {"+".join(summary["routing"].get("eager", [])) or "none"}
+- Abstention: answers below confidence {summary.get("abstain_below", 0):g} are withheld ("uncertain"; chosen on validation).
+- Applicability: each input of {", ".join(summary.get("applicability_checked") or []) or "no modality"} is compared with the
   training inputs (`applicability.safetensors`, nearest neighbours); one farther than {applicability.MARGIN:g} times the
-  farthest validation input is not applicable and not used.{_status_line_card(summary.get('status_line'))}
+  farthest validation input is not applicable and not used.{_status_line_card(summary.get("status_line"))}
 - Evaluate with `modalmesh eval --task {spec.name} --data <test.jsonl> --weights {shown_as or out_dir}`.
 
 Limits: synthetic data only; screen text must be legible to PP-OCR; transcripts are weak evidence; the model has not

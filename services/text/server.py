@@ -95,6 +95,5 @@ def decode_text(payload: bytes) -> str:
     except UnicodeDecodeError as exc:
         raise errors.invalid_argument("payload", f"not valid UTF-8 at byte {exc.start} ({exc.reason})") from None
     if is_blank(text):
-        raise errors.invalid_argument(
-            "payload", "the text is empty" if not text else "the text is only whitespace or invisible characters")
+        raise errors.invalid_argument("payload", "the text is empty" if not text else "the text is only whitespace or invisible characters")
     return text

@@ -119,8 +119,7 @@ def check_jpeg_scans(data: bytes) -> None:
     markers, 0xFFDA, cannot occur inside the entropy-coded data, where 0xFF is stuffed)."""
     scans = data.count(b"\xff\xda")
     if scans > MAX_JPEG_SCANS:
-        raise errors.invalid_argument("payload", f"the JPEG has {scans} scans; at most {MAX_JPEG_SCANS} are decoded "
-                                                 "(re-save it as a baseline JPEG or PNG)")
+        raise errors.invalid_argument("payload", f"the JPEG has {scans} scans; at most {MAX_JPEG_SCANS} are decoded (re-save it as a baseline JPEG or PNG)")
 
 
 COLOUR_SPREAD = 8.0  # mean |R-G| + |G-B| (grey levels) above which an image is in colour, not greyscale
@@ -144,8 +143,9 @@ def _window(value: str) -> tuple[float, float]:
     except ValueError:
         center, width = 0.0, 0.0
     if not width > 0:
-        raise errors.invalid_argument("header.parameters.window", f"{value!r} is not one of {', '.join(CT_WINDOWS)}, "
-                                      "center/width in HU (width > 0), or (DICOM only) file")
+        raise errors.invalid_argument(
+            "header.parameters.window", f"{value!r} is not one of {', '.join(CT_WINDOWS)}, center/width in HU (width > 0), or (DICOM only) file"
+        )
     return center, width
 
 
@@ -214,9 +214,7 @@ def _decode_raster(data: bytes, max_pixels: int) -> DecodedImage:
             if width == 0 or height == 0:
                 raise errors.invalid_argument("payload", f"the image has no pixels ({width}x{height})")
             if width * height > max_pixels:
-                raise errors.invalid_argument(
-                    "payload", f"{width}x{height} = {width * height} pixels is over the limit of {max_pixels}"
-                )
+                raise errors.invalid_argument("payload", f"{width}x{height} = {width * height} pixels is over the limit of {max_pixels}")
             image.load()
             upright = ImageOps.exif_transpose(image)
             tags = {"width": str(upright.width), "height": str(upright.height), "mode": upright.mode}
@@ -227,8 +225,7 @@ def _decode_raster(data: bytes, max_pixels: int) -> DecodedImage:
         raise errors.invalid_argument("payload", f"the image is over the limit of {max_pixels} pixels ({exc})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, struct.error, zlib.error) as exc:
         log.info("undecodable image: %s: %s", type(exc).__name__, exc)
-        raise errors.invalid_argument("payload", "cannot decode the image: it is truncated, corrupt or not the format "
-                                                 "it says") from None
+        raise errors.invalid_argument("payload", "cannot decode the image: it is truncated, corrupt or not the format it says") from None
 
 
 def _to_rgb(image) -> np.ndarray:
@@ -257,8 +254,21 @@ def _to_rgb(image) -> np.ndarray:
 
 # What reading a malformed DICOM raises, from pydicom, numpy and Python itself (a tag of the
 # wrong type, a deflated body that is not deflate, a sequence nested 500 deep).
-MALFORMED_DICOM = (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError, EOFError, OSError,
-                   RecursionError, NotImplementedError, zlib.error, struct.error, ArithmeticError)
+MALFORMED_DICOM = (
+    ValueError,
+    TypeError,
+    KeyError,
+    IndexError,
+    AttributeError,
+    OverflowError,
+    EOFError,
+    OSError,
+    RecursionError,
+    NotImplementedError,
+    zlib.error,
+    struct.error,
+    ArithmeticError,
+)
 
 
 def _decode_dicom(data: bytes, parameters: dict[str, str], max_pixels: int) -> DecodedImage:
@@ -272,8 +282,9 @@ def _decode_dicom(data: bytes, parameters: dict[str, str], max_pixels: int) -> D
         raise
     except (InvalidDicomError, *MALFORMED_DICOM) as exc:
         log.info("malformed DICOM: %s: %s", type(exc).__name__, exc)
-        raise errors.invalid_argument("payload", "cannot read the DICOM file: its header or a tag (size, spacing, "
-                                                 "window, rescale, frames) is malformed or truncated") from None
+        raise errors.invalid_argument(
+            "payload", "cannot read the DICOM file: its header or a tag (size, spacing, window, rescale, frames) is malformed or truncated"
+        ) from None
 
 
 def _read_dicom(data: bytes, parameters: dict[str, str], max_pixels: int) -> DecodedImage:
@@ -302,8 +313,11 @@ def _read_dicom(data: bytes, parameters: dict[str, str], max_pixels: int) -> Dec
         log.info("undecodable DICOM pixel data: %s: %s", type(exc).__name__, exc)
         syntax = dataset.file_meta.get("TransferSyntaxUID") if hasattr(dataset, "file_meta") else None
         compressed = syntax is not None and getattr(syntax, "is_compressed", False)
-        what = f"it is compressed as {getattr(syntax, 'name', syntax)}, which this service cannot decode" if compressed and "require" in str(exc) \
+        what = (
+            f"it is compressed as {getattr(syntax, 'name', syntax)}, which this service cannot decode"
+            if compressed and "require" in str(exc)
             else "it is truncated or malformed"
+        )
         raise errors.invalid_argument("payload", f"cannot decode the DICOM pixel data: {what}") from None
     if pixels.ndim not in (2, 3) or (pixels.ndim == 3 and pixels.shape[-1] != 3):
         raise errors.invalid_argument("payload", f"unsupported DICOM pixel array shape {list(pixels.shape)}")
@@ -321,8 +335,10 @@ def _read_dicom(data: bytes, parameters: dict[str, str], max_pixels: int) -> Dec
         slope = float(dataset.get("RescaleSlope", 1) if dataset.get("RescaleSlope") not in (None, "") else 1)
         intercept = float(dataset.get("RescaleIntercept", 0) if dataset.get("RescaleIntercept") not in (None, "") else 0)
         if not (np.isfinite(slope) and slope != 0 and np.isfinite(intercept)):
-            raise errors.invalid_argument("payload", f"RescaleSlope {slope:g} / RescaleIntercept {intercept:g}: the slope must "
-                                                     "be a non-zero number and both finite, to turn stored values into HU")
+            raise errors.invalid_argument(
+                "payload",
+                f"RescaleSlope {slope:g} / RescaleIntercept {intercept:g}: the slope must be a non-zero number and both finite, to turn stored values into HU",
+            )
         hounsfield = values * slope + intercept
         center, width = _ct_window(dataset, parameters)
         grey = np.clip((hounsfield - (center - width / 2)) / width, 0, 1)
@@ -399,8 +415,9 @@ def _ct_window(dataset, parameters: dict[str, str]) -> tuple[float, float]:
         except (*MALFORMED_DICOM,):
             center = width = float("nan")
         if not (np.isfinite(center) and np.isfinite(width)):
-            raise errors.invalid_argument("header.parameters.window", "file: the DICOM has no usable WindowCenter and "
-                                                                      "WindowWidth; give a preset or center/width")
+            raise errors.invalid_argument(
+                "header.parameters.window", "file: the DICOM has no usable WindowCenter and WindowWidth; give a preset or center/width"
+            )
         return center, max(width, 1.0)
     return _window(preset)
 

@@ -93,9 +93,9 @@ def _fit_circle(points: np.ndarray, inscribed: float) -> tuple[float, float, flo
         return None
     y, x = points[:, 0], points[:, 1]
     design = np.column_stack([x, y, np.ones_like(x)])
-    (a, b, c), *_ = np.linalg.lstsq(design, x ** 2 + y ** 2, rcond=None)
+    (a, b, c), *_ = np.linalg.lstsq(design, x**2 + y**2, rcond=None)
     cx, cy = a / 2, b / 2
-    radius = float(np.sqrt(max(c + cx ** 2 + cy ** 2, 0.0)))
+    radius = float(np.sqrt(max(c + cx**2 + cy**2, 0.0)))
     residual = float(np.sqrt(np.mean((np.hypot(x - cx, y - cy) - radius) ** 2)))
     if residual > 1.0 or not inscribed <= radius <= 2.5 * inscribed:
         return None
@@ -176,8 +176,7 @@ def _measure(hounsfield: np.ndarray, spacing_mm: tuple[float, float]) -> tuple[l
     return found[:MAX_LESIONS], ""
 
 
-def _walled(solid: np.ndarray, field: np.ndarray, air: np.ndarray, circles: list[tuple[float, float, float]],
-            spacing_mm: tuple[float, float]) -> list[bool]:
+def _walled(solid: np.ndarray, field: np.ndarray, air: np.ndarray, circles: list[tuple[float, float, float]], spacing_mm: tuple[float, float]) -> list[bool]:
     """Per found circle: whether its part of the solid (each solid pixel goes to the circle
     whose edge is nearest) is bordered more by soft tissue outside the lung field than
     MAX_WALL_SHARE of its border with air or that tissue. The same test as _closed_over,

@@ -101,8 +101,10 @@ class ScreenReader:
         try:  # rapidocr loads the runtime only at the first image: say now if it is missing
             importlib.import_module(engine)
         except ImportError as exc:  # e.g. a platform without OpenVINO wheels
-            raise RuntimeError(f"OCR engine {engine}: {engine} is not installed ({exc}); install it, or run OCR on "
-                               f"another engine (--ocr-engine / MODALMESH_VISION_OCR_ENGINE: {', '.join(OCR_ENGINES)})") from exc
+            raise RuntimeError(
+                f"OCR engine {engine}: {engine} is not installed ({exc}); install it, or run OCR on "
+                f"another engine (--ocr-engine / MODALMESH_VISION_OCR_ENGINE: {', '.join(OCR_ENGINES)})"
+            ) from exc
         self._engine = RapidOCR(params=params)
         self._lock = threading.Lock()  # one image at a time: the runtime already uses every core
         self.max_lines = max_lines
@@ -111,8 +113,7 @@ class ScreenReader:
         self._budget, self._detected = max_lines, 0
         detect_and_crop = getattr(self._engine, "detect_and_crop", None)  # rapidocr 3.5+ (pyproject pins it)
         if detect_and_crop is None:
-            raise RuntimeError("OCR: this rapidocr has no detect_and_crop step, which the line cap (ocr_max_lines) "
-                               "wraps; install rapidocr>=3.5")
+            raise RuntimeError("OCR: this rapidocr has no detect_and_crop step, which the line cap (ocr_max_lines) wraps; install rapidocr>=3.5")
 
         def capped(img, op_record):
             crops, found = detect_and_crop(img, op_record)
@@ -154,8 +155,7 @@ class ScreenReader:
             return text
         recovered = 0
         for i in unsure:
-            better = _best_overlap(text[i], [TextLine(line.text, line.confidence, tuple(v / scale for v in line.box))
-                                             for line in again])
+            better = _best_overlap(text[i], [TextLine(line.text, line.confidence, tuple(v / scale for v in line.box)) for line in again])
             if better is not None and better.confidence > text[i].confidence:
                 text[i] = better
                 recovered += 1
@@ -222,8 +222,9 @@ def _tiles(height: int, width: int) -> list[tuple[int, int, float, float]]:
     tiles: list[tuple[int, int, float, float]] = []
     for index in range(count):
         keep_from, keep_to = round(index * band), round((index + 1) * band)
-        tiles.append((max(0, keep_from - overlap), min(height, keep_to + overlap),
-                      keep_from if index else -math.inf, keep_to if index < count - 1 else math.inf))
+        tiles.append(
+            (max(0, keep_from - overlap), min(height, keep_to + overlap), keep_from if index else -math.inf, keep_to if index < count - 1 else math.inf)
+        )
     return tiles
 
 

@@ -33,7 +33,7 @@ class VisionService(EncoderBackend):
     modality = "image"
     feature_kind = encoder_pb2.FEATURE_KIND_PATCHES
     media_types = IMAGE_MEDIA_TYPES
-    options = ("ocr",)
+    options = ("ocr", "lesions")  # side outputs a caller may ask for: screen text, CT lung-lesion measurement
     default_datatype = "FP16"
 
     def __init__(self, config: ServiceConfig) -> None:
@@ -86,7 +86,7 @@ class VisionService(EncoderBackend):
             feature_width=backbone.width,
             model_id=backbone.source,
             model_version=backbone.version,
-            options=["ocr"] if self.reader is not None else [],
+            options=(["ocr"] if self.reader is not None else []) + ["lesions"],
             limits=encoder_pb2.InputLimits(max_input_bytes=self.max_input_bytes, max_pixels=self.max_pixels),
         )
 
@@ -108,7 +108,7 @@ class VisionService(EncoderBackend):
             yield from sequence_chunks(features.tokens, self.feature_kind, request.output_datatype)
         timings = {"queue": result.queue_ms, "model": result.batch_ms, "batch_size": float(result.batch_size)}
         side = encoder_pb2.SideOutputs(tags={**image.tags, "grid": f"{features.grid[0]}x{features.grid[1]}"})
-        if image.hounsfield is not None and "PixelSpacing" in image.tags:  # CT: measure lung lesions in HU
+        if "lesions" in request.options and image.hounsfield is not None and "PixelSpacing" in image.tags:  # CT: lung lesions in HU
             started = time.perf_counter()
             with telemetry.tracer().start_as_current_span("vision.measure"):
                 row_mm, col_mm = (float(v) for v in image.tags["PixelSpacing"].split("\\"))
