@@ -40,6 +40,7 @@ def main() -> None:
 
     from modalmesh.data.ct import make_phantom
     from modalmesh.data.generate import PHANTOM_SIZE
+    from modalmesh.data.heldout import heldout_phantom
     from modalmesh.vision.measure import measure_lung_lesions
 
     from modalmesh.data.ct import windowed_png
@@ -55,21 +56,12 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     single = normals = 0
     for _ in range(args.n):
-        count = int(rng.choice([0, 1, 2, 3], p=[0.34, 0.33, 0.2, 0.13]))
         if args.anatomy == "training":
+            count = int(rng.choice([0, 1, 2, 3], p=[0.34, 0.33, 0.2, 0.13]))
             diameter = float(rng.uniform(4, 30)) if rng.random() < 0.5 else float(rng.uniform(31, 60))
             phantom = make_phantom(int(rng.integers(1 << 31)), size=PHANTOM_SIZE, lesion_count=count, diameter_mm=diameter if count else None)
-        else:
-            diameter = float(rng.uniform(5, 29)) if rng.random() < 0.5 else float(rng.uniform(32, 55))
-            phantom = make_phantom(
-                int(rng.integers(1 << 31)),
-                size=512,
-                lesion_count=count,
-                diameter_mm=diameter if count else None,
-                spacing_mm=(0.5, 1.0),
-                noise_hu=(20.0, 45.0),
-                heart=True,
-            )
+        else:  # the held-out set's anatomy (modalmesh data heldout)
+            phantom, count = heldout_phantom(rng)
         spacing = (phantom.pixel_spacing_mm, phantom.pixel_spacing_mm)
         normals += count == 0
         single += count == 1

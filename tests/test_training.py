@@ -660,3 +660,33 @@ def test_features_read_by_another_ocr_engine_are_cached_apart(tmp_path, monkeypa
     monkeypatch.setenv("MODALMESH_VISION_OCR_ENGINE", "onnxruntime")
     assert caches["screenshot_triage"].key(record) != default["screenshot_triage"]
     assert caches["medical_report"].key(record) == default["medical_report"]
+
+
+def test_held_out_sets_are_built_unlike_training_with_inputs_the_task_should_not_answer(tmp_path):
+    """`modalmesh data heldout`: in-scope items of another anatomy or renderer, with their
+    labels, and out-of-scope items (label null) of every kind the task should refuse."""
+    from PIL import Image
+
+    from modalmesh.data.heldout import heldout
+    from modalmesh.router.features import media_type_of
+
+    medical = read_manifest(heldout("medical_report", tmp_path / "medical", n=6, seed=1))
+    inside = [r for r in medical if r["scope"] == "in"]
+    outside = [r for r in medical if r["scope"] == "out"]
+    assert len(inside) == 6 and len(outside) == 7  # at least one of each photograph
+    assert all(r["label"] in ("normal", "nodule", "mass") and r["extra"]["kind"] == "phantom" for r in inside)
+    for record in inside:  # 512 px slices (training's are smaller), DICOM or a 16-bit PNG with its window
+        path = tmp_path / "medical" / record["image"]
+        if media_type_of(str(path)) == "image/png":
+            assert Image.open(path).size == (512, 512) and record["image_parameters"]["window"] == "lung"
+        else:
+            assert path.read_bytes()[128:132] == b"DICM"
+    assert {r["extra"]["kind"] for r in outside} == {"head CT", "abdomen CT", "pydicom", "photo", "screenshot"}
+    assert all(r["label"] is None and (tmp_path / "medical" / r["image"]).is_file() for r in outside)
+
+    triage = read_manifest(heldout("screenshot_triage", tmp_path / "triage", n=6, seed=1))
+    inside = [r for r in triage if r["scope"] == "in"]
+    assert len(inside) == 6 and all(r["extra"]["renderer"] == "mail" and r["label"] for r in inside)
+    assert {r["extra"]["kind"] for r in triage if r["scope"] == "out"} == {"ct", "photo", "record"}
+    with pytest.raises(ValueError, match="unknown task"):
+        heldout("quality_control", tmp_path / "qc", n=2, seed=1)

@@ -144,21 +144,31 @@ def _record_text(rng) -> str:
 # ----------------------------------------------------------------------- medical_report
 
 
+def heldout_phantom(rng):
+    """A slice of the held-out anatomy (a heart and an aorta between squarer lungs, 512 px,
+    spacing 0.5-1.0 mm, noise 20-45 HU), its lesion count and size drawn as for the
+    held-out set; returns (the phantom, its lesion count)."""
+    from modalmesh.data.ct import make_phantom
+
+    count = int(rng.choice([0, 1, 2, 3], p=[0.34, 0.33, 0.2, 0.13]))
+    diameter = float(rng.uniform(5, 29)) if rng.random() < 0.5 else float(rng.uniform(32, 55))
+    phantom = make_phantom(
+        int(rng.integers(1 << 31)),
+        size=512,
+        lesion_count=count,
+        diameter_mm=diameter if count else None,
+        spacing_mm=(0.5, 1.0),
+        noise_hu=(20.0, 45.0),
+        heart=True,
+    )
+    return phantom, count
+
+
 def _medical(rng, scope: str, number: int, out: Path, item_id: str) -> dict:
-    from modalmesh.data.ct import make_phantom, windowed_png, write_ct_dicom
+    from modalmesh.data.ct import windowed_png, write_ct_dicom
 
     if scope == "in":
-        count = int(rng.choice([0, 1, 2, 3], p=[0.34, 0.33, 0.2, 0.13]))
-        diameter = float(rng.uniform(5, 29)) if rng.random() < 0.5 else float(rng.uniform(32, 55))
-        phantom = make_phantom(
-            int(rng.integers(1 << 31)),
-            size=512,
-            lesion_count=count,
-            diameter_mm=diameter if count else None,
-            spacing_mm=(0.5, 1.0),
-            noise_hu=(20.0, 45.0),
-            heart=True,
-        )
+        phantom, _ = heldout_phantom(rng)
         record: dict = {
             "label": phantom.label,
             "text": _record_text(rng) if rng.random() > 0.1 else "",

@@ -27,7 +27,7 @@ from modalmesh.common import models
 from modalmesh.router.applicability import Applicability
 from modalmesh.router import status_line
 from modalmesh.router.status_line import StatusLine
-from modalmesh.router.fusion import FusionConfig, FusionEnsemble, FusionModel, StackedEnsemble, build_model
+from modalmesh.router.fusion import MODALITY_SOURCES, SOURCES, FusionConfig, FusionEnsemble, FusionModel, StackedEnsemble, build_model
 
 log = logging.getLogger(__name__)
 
@@ -533,8 +533,6 @@ def decide(
     evaluation both decide through here. `attention=False` skips keeping the attention
     weights (outputs.attention is None; only an explanation reads them)."""
     outputs, probabilities, regression, weight, _ = fuse(model, spec, features, tags, outstanding, use_measured, attention, pointer)
-    from modalmesh.router.fusion import MODALITY_SOURCES
-
     present = {name: sources for name, sources in MODALITY_SOURCES.items() if any(s in features for s in sources)}
     if len(present) < 2:
         return Decided(outputs, probabilities, regression, weight)
@@ -566,7 +564,6 @@ def fuse(
 ) -> Decided:
     """decide without the dissent check: every input fused, the status-line readings
     averaged."""
-    from modalmesh.router.fusion import SOURCES
 
     chances, batch = zip(*status_line.readings(pointer, features))
     share = torch.tensor(chances, dtype=torch.float32)
