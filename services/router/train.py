@@ -652,6 +652,6 @@ def write_model_card(out_dir: Path, spec, summary: dict, data: str, shown_as: Pa
   farthest validation input is not applicable and not used.{_status_line_card(summary.get("status_line"))}
 - Evaluate with `modalmesh eval --task {spec.name} --data <test.jsonl> --weights {shown_as or out_dir}`.
 
-Limits: synthetic data only; screen text must be legible to PP-OCR; transcripts are weak evidence; the model has not
+Limits: synthetic data only; screen text must be legible to PP-OCR; transcripts miss words (`modalmesh eval` reports the word error rate); the model has not
 seen real customer screenshots or real CT scans.
 """)
