@@ -575,8 +575,7 @@ class Pipeline:
                 try:
                     result = run.encode(call, modality, data, media_type, options=options, parameters=parameters)
                 except grpc.RpcError as exc:
-                    side_asked = options != asked
-                    if not (side_asked and exc.code() == grpc.StatusCode.INVALID_ARGUMENT and (exc.details() or "").startswith("header.options")):
+                    if not (option in options and exc.code() == grpc.StatusCode.INVALID_ARGUMENT and (exc.details() or "").startswith("header.options")):
                         raise
                     # The encoder cannot make the side output (OCR or transcripts turned off
                     # there): the base features without it, and the reason in the answer.
