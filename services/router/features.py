@@ -22,9 +22,10 @@ import torch
 
 from modalmesh.common.client import collect
 from modalmesh.common.config import DEFAULT_OCR_ENGINE, load_config
-from modalmesh.common.layout import screen_paragraphs
 from modalmesh.common.models import file_digest
 from modalmesh.common.encoder import EncodeRequest
+from modalmesh.router.fusion import SIDE_SOURCE
+from modalmesh.router.sources import SIDE_OPTION, embed, side_text
 
 FEATURE_VERSION = "1"
 SCREEN_TEXT_VERSION = "paragraphs-3"  # how OCR reads (vision/ocr.py) and spans become text vectors (common/layout.py); part of OCR tasks' keys
@@ -138,37 +139,30 @@ class LocalEncoders:
             started = time.perf_counter()
             features["text"] = self._text_tokens(text)
             costs["text"] = (time.perf_counter() - started) * 1000
-        if image:
-            options = (["ocr"] if "image" in side else []) + (["lesions"] if measure else [])
+        for modality, data, media_type in (("image", image, image_type), ("audio", audio, audio_type)):
+            if not data:
+                continue
+            side_option = SIDE_OPTION[modality] if modality in side else None
+            options = ([side_option] if side_option else []) + (["lesions"] if measure and modality == "image" else [])
+            encoder = self.vision if modality == "image" else self.audio
             started = time.perf_counter()
-            result = self._encode(self.vision, image, image_type, options, image_parameters)
+            result = self._encode(encoder, data, media_type, options, image_parameters if modality == "image" else None)
             elapsed = (time.perf_counter() - started) * 1000
-            ocr_ms = result.pooled_message.timings_ms.get("ocr", 0.0)
-            features["image"] = torch.from_numpy(np.array(result.sequence, dtype=np.float32))
-            costs["image"] = elapsed - ocr_ms
-            evidence["image_tags"] = dict(result.side.tags)
-            lines, _, _ = screen_paragraphs(result.side.text_spans)
-            evidence["screen_lines"] = lines
-            if "image" in side:
-                started = time.perf_counter()
-                if lines:
-                    features["image_text"] = self._text_vectors(lines)
-                costs["image_text"] = ocr_ms + (time.perf_counter() - started) * 1000
-        if audio:
-            options = ["transcript"] if "audio" in side else []
+            side_ms = result.pooled_message.timings_ms.get(side_option, 0.0) if side_option else 0.0
+            features[modality] = torch.from_numpy(np.array(result.sequence, dtype=np.float32))
+            costs[modality] = elapsed - side_ms
+            if modality == "image":
+                evidence["image_tags"] = dict(result.side.tags)
+                evidence["screen_lines"] = []
+            if side_option is None:
+                continue
             started = time.perf_counter()
-            result = self._encode(self.audio, audio, audio_type, options)
-            elapsed = (time.perf_counter() - started) * 1000
-            asr_ms = result.pooled_message.timings_ms.get("transcript", 0.0)
-            features["audio"] = torch.from_numpy(np.array(result.sequence, dtype=np.float32))
-            costs["audio"] = elapsed - asr_ms
-            if "audio" in side:
-                transcript = result.side.transcript.text
-                evidence["transcript"] = transcript
-                started = time.perf_counter()
-                if transcript.strip():
-                    features["audio_text"] = self._text_tokens(transcript)
-                costs["audio_text"] = asr_ms + (time.perf_counter() - started) * 1000
+            reading = side_text(modality, result.side) if result.side is not None else None
+            if reading is not None:
+                evidence.update(reading.evidence)
+                if reading.texts:
+                    features[reading.source] = embed(reading, self._text_vectors, self._text_tokens)
+            costs[SIDE_SOURCE[modality]] = side_ms + (time.perf_counter() - started) * 1000
         return ItemFeatures(features, costs, evidence)
 
 

@@ -39,9 +39,10 @@ from opentelemetry import context as otel_context
 from modalmesh.common import errors, models, telemetry
 from modalmesh.common.client import collect, encode_requests
 from modalmesh.common.encoder import MAX_REQUEST_ID_CHARS
-from modalmesh.common.layout import MIN_SPAN_CONFIDENCE, is_blank, screen_paragraphs
+from modalmesh.common.layout import is_blank
 from modalmesh.router.fusion import MODALITIES, SIDE_SOURCE, FusionOutputs, attention_mass, modality_gate_weights, modality_of, normalised_entropy
 from modalmesh.router.routing import answer_now, outstanding, waits_for_required
+from modalmesh.router.sources import SIDE_OPTION, embed, side_text
 from modalmesh.router.tasks import UNCERTAIN, Answer, Evidence, TaskModel, best_screen_line, decide, not_applicable, screen_line_log_odds, withheld
 from modalmesh.v1 import encoder_pb2, encoder_pb2_grpc, router_pb2, speech_pb2, speech_pb2_grpc
 from modalmesh.vision.decode import sniff_media_type
@@ -559,7 +560,7 @@ class Pipeline:
             run.start(modality, work)
 
     def _base_work(self, run: Run, modality: str, data: bytes, media_type: str, parameters: dict, with_side: bool, asked: list[str]):
-        option = {"image": "ocr", "audio": "transcript"}.get(modality)
+        option = SIDE_OPTION.get(modality)
 
         def work(call: Call) -> Produced:
             options = ([option] if (with_side and option) else []) + asked
@@ -600,7 +601,7 @@ class Pipeline:
         return work
 
     def _side_work(self, run: Run, modality: str, data: bytes, media_type: str, parameters: dict):
-        option = {"image": "ocr", "audio": "transcript"}[modality]
+        option = SIDE_OPTION[modality]
 
         def work(call: Call) -> Produced:
             result = run.encode(call, modality, data, media_type, options=[option], pooled_only=True, parameters=parameters)
@@ -609,29 +610,21 @@ class Pipeline:
         return work
 
     def _side_features(self, run: Run, call: Call, modality: str, side: encoder_pb2.SideOutputs) -> Produced:
-        if modality == "image" and side.text_spans:
-            lines, unreadable, found = screen_paragraphs(side.text_spans)
-            # Text read only in part is said in the image's report, not dropped unsaid.
-            unread = [side.tags[tag] for tag in ("ocr_more", "ocr_retry") if tag in side.tags]
-            if unreadable:
-                unread.append(f"{unreadable} of {len(side.text_spans)} screen text lines unreadable (OCR confidence under {MIN_SPAN_CONFIDENCE:g}), not used")
-            if found > len(lines):
-                unread.append(f"the first {len(lines)} of {found} paragraphs used")
-            read = Produced(evidence={"screen_lines": lines}, screen_text_note="; ".join(unread))
-            if not lines:
-                return read
-            try:
-                return read.plus(Produced({"image_text": run.embed_texts(call, lines)}))
-            except grpc.RpcError as exc:  # the text service is down: the image still counts, its text is reported
-                return read.plus(Produced(notes={"image_text": _not_embedded(exc)}))
-        if modality == "audio" and side.HasField("transcript") and side.transcript.text.strip():
-            heard = Produced(evidence={"transcript": side.transcript.text})
-            try:
-                result = run.encode(call, "text", side.transcript.text.encode(), "text/plain")
-            except grpc.RpcError as exc:
-                return heard.plus(Produced(notes={"audio_text": _not_embedded(exc)}))
-            return heard.plus(Produced({"audio_text": torch.from_numpy(np.asarray(result.sequence, dtype=np.float32))}))
-        return Produced()
+        reading = side_text(modality, side)
+        if reading is None:
+            return Produced()
+        read = Produced(evidence=reading.evidence, screen_text_note=reading.note)
+        if not reading.texts:
+            return read
+
+        def tokens(text: str) -> torch.Tensor:
+            result = run.encode(call, "text", text.encode(), "text/plain")
+            return torch.from_numpy(np.asarray(result.sequence, dtype=np.float32))
+
+        try:
+            return read.plus(Produced({reading.source: embed(reading, lambda texts: run.embed_texts(call, texts), tokens)}))
+        except grpc.RpcError as exc:  # the text service is down: the input still counts, its text is reported
+            return read.plus(Produced(notes={reading.source: _not_embedded(exc)}))
 
     # ------------------------------------------------------------------ routing loop
     def gather(self, run: Run, task: TaskModel, media, full: bool, required: set[str], side_now: set[str]) -> Decision | None:
