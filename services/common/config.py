@@ -126,6 +126,9 @@ class ServiceConfig:
     weights_dir: str = _option("", "router: folder with <task>/model.safetensors; empty uses the shipped weights if any")
     default_deadline_s: float = _option(30.0, "router: time budget of a request that sets no deadline")
     speech_budget_s: float = _option(3.0, "router: longest wait for the spoken reply; past it the answer comes without (speech_error)")
+    eager_in_flight: int = _option(
+        2, "router: an eager side output (OCR, transcript) is asked for with the base features only while fewer of its calls run; past it, only when the answer needs it"
+    )
     routing: str = _option("", "router: per-task routing 'task=tau/gamma[/eager],...' (e.g. screenshot_triage=0.9/0.15/image)")
     encoder_ca: str = _option("", "router: PEM CA to trust when calling encoders over TLS")
     encoder_cert: str = _option("", "router: client certificate for mTLS to encoders")
@@ -179,6 +182,8 @@ class ServiceConfig:
             problems.append("max_waiting_calls must be 0 or more")
         if self.cold_start_calls < 0:
             problems.append("cold_start_calls must be 0 (no limit) or more")
+        if self.eager_in_flight < 0:
+            problems.append("eager_in_flight must be 0 (never eager) or more")
         if problems:
             raise ValueError("invalid configuration: " + "; ".join(problems))
 

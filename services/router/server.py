@@ -98,6 +98,7 @@ class RouterService(Service):
             default_deadline_s=self.config.default_deadline_s,
             max_input_bytes=self.config.max_input_bytes,
             speech_budget_s=self.config.speech_budget_s,
+            eager_in_flight=self.config.eager_in_flight,
         )
         for task in self.tasks.values():  # warm: every task's fusion model once, on the model thread
             model_thread.submit(functools.partial(_warm, task.model))
