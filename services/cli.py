@@ -369,16 +369,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     summary = train(
         args.task,
         args.data,
-        args.out,
+        args.out or "",
         epochs=args.epochs,
         seed=args.seed,
         cache_dir=args.cache,
         feature_noise=args.feature_noise,
         members=args.members,
         finetune_top=args.finetune_top,
+        repository=args.repository or "",
     )
     print(json.dumps(summary, indent=2))
-    print(f"wrote {args.out}/model.safetensors, config.json, MODEL_CARD.md")
+    print(f"wrote {summary['out']}/model.safetensors, config.json, MODEL_CARD.md")
     return 0
 
 
@@ -544,7 +545,14 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a task's fusion model on a manifest (encoders frozen, features cached)")
     train.add_argument("--task", required=True, choices=("screenshot_triage", "medical_report"))
     train.add_argument("--data", required=True, help="train.jsonl (val.jsonl beside it: calibration, size-rule sigma, routing thresholds)")
-    train.add_argument("--out", required=True, help="folder for model.safetensors, config.json, MODEL_CARD.md")
+    where = train.add_mutually_exclusive_group(required=True)
+    where.add_argument("--out", help="folder for model.safetensors, config.json, MODEL_CARD.md (replaced whole)")
+    where.add_argument(
+        "--repository",
+        metavar="DIR",
+        help="a model repository: write the task's next version, DIR/<task>/<N>/ (never over an existing one); "
+        "a router serving DIR (--model-repository) loads it without a restart",
+    )
     train.add_argument("--epochs", type=_at_least(1), default=60)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--cache", default="", help="feature cache folder (default: .features beside the manifest)")

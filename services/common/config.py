@@ -124,10 +124,15 @@ class ServiceConfig:
     vision_target: str = _option("127.0.0.1:50052", "router: vision encoder address")
     audio_target: str = _option("127.0.0.1:50053", "router: audio encoder and speech address")
     weights_dir: str = _option("", "router: folder with <task>/model.safetensors; empty uses the shipped weights if any")
+    model_repository: str = _option("", "router: a model repository, <task>/<version>/model.safetensors; replaces weights_dir, versions load while serving")
+    repository_poll_s: float = _option(2.0, "router: how often the model repository is looked at for new versions (0: only at start)")
+    model_versions: str = _option("", "router: pinned versions 'task=3,...'; other tasks serve their highest ready version")
     default_deadline_s: float = _option(30.0, "router: time budget of a request that sets no deadline")
     speech_budget_s: float = _option(3.0, "router: longest wait for the spoken reply; past it the answer comes without (speech_error)")
     eager_in_flight: int = _option(
-        2, "router: an eager side output (OCR, transcript) is asked for with the base features only while fewer of its calls run; past it, only when the answer needs it"
+        2,
+        "router: an eager side output (OCR, transcript) is asked for with the base features only while fewer of its calls run; "
+        "past it, only when the answer needs it",
     )
     routing: str = _option("", "router: per-task routing 'task=tau/gamma[/eager],...' (e.g. screenshot_triage=0.9/0.15/image)")
     encoder_ca: str = _option("", "router: PEM CA to trust when calling encoders over TLS")
@@ -182,6 +187,8 @@ class ServiceConfig:
             problems.append("max_waiting_calls must be 0 or more")
         if self.cold_start_calls < 0:
             problems.append("cold_start_calls must be 0 (no limit) or more")
+        if self.repository_poll_s < 0:
+            problems.append("repository_poll_s must be 0 (only at start) or more")
         if self.eager_in_flight < 0:
             problems.append("eager_in_flight must be 0 (never eager) or more")
         if problems:

@@ -29,7 +29,7 @@ import time
 import uuid
 from concurrent import futures
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import grpc
 import numpy as np
@@ -41,6 +41,7 @@ from modalmesh.common.client import collect, encode_requests
 from modalmesh.common.encoder import MAX_REQUEST_ID_CHARS
 from modalmesh.common.layout import is_blank
 from modalmesh.router.fusion import MODALITIES, SIDE_SOURCE, FusionOutputs, attention_mass, modality_gate_weights, modality_of, normalised_entropy
+from modalmesh.router.repository import Repository
 from modalmesh.router.routing import answer_now, outstanding, waits_for_required
 from modalmesh.router.sources import SIDE_OPTION, embed, side_text
 from modalmesh.router.tasks import UNCERTAIN, Answer, Evidence, TaskModel, best_screen_line, decide, not_applicable, screen_line_log_odds, withheld
@@ -420,7 +421,7 @@ class Decision:
 class Pipeline:
     def __init__(
         self,
-        tasks: dict[str, TaskModel],
+        tasks: Mapping[str, TaskModel],
         encoders: Encoders,
         run_model: Callable,
         default_deadline_s: float,
@@ -515,7 +516,11 @@ class Pipeline:
     # ------------------------------------------------------------------ validate
     def validate(self, request: router_pb2.AnalyzeRequest, audio_streamed: bool = False) -> tuple[TaskModel, dict[str, tuple]]:
         if request.task not in self.tasks:
-            raise errors.invalid_argument("task", f"unknown task {request.task!r}; one of {', '.join(sorted(self.tasks))}")
+            if isinstance(self.tasks, Repository):
+                why = self.tasks.why_not(request.task)
+            else:
+                why = f"unknown task {request.task!r}; one of {', '.join(sorted(self.tasks))}"
+            raise errors.invalid_argument("task", why[:300])
         if len(request.request_id) > MAX_REQUEST_ID_CHARS:  # as the encoders: it is logged and traced
             raise errors.invalid_argument("request_id", f"longer than {MAX_REQUEST_ID_CHARS} characters")
         if request.options.mode not in router_pb2.RoutingMode.values():  # a newer client's value, say
@@ -790,6 +795,7 @@ class Pipeline:
             model_version=task.version,
             abstained=bool(run.evidence.withheld),
             abstain_reason=run.evidence.withheld,
+            task_version=task.repository_version,
         )
         response.explanation.model_version = task.version
         response.explanation.modalities.extend(self.modality_reports(run, decision))

@@ -13,7 +13,7 @@ import math
 import queue
 import struct
 import threading
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import grpc
 import numpy as np
@@ -28,7 +28,8 @@ from modalmesh.common.encoder import NO_DEADLINE_SECONDS
 from modalmesh.common.runtime import Service
 from modalmesh.router.fusion import MODALITIES
 from modalmesh.router.pipeline import MODALITY_ENUM, Encoders, Pipeline
-from modalmesh.router.tasks import SHIPPED_WEIGHTS, TASKS, TaskModel, load_task
+from modalmesh.router.repository import Repository, VersionState
+from modalmesh.router.tasks import SHIPPED_WEIGHTS, TASKS, TaskModel, TaskSpec, load_task
 from modalmesh.v1 import inference_pb2, inference_pb2_grpc, router_pb2, router_pb2_grpc
 
 ROUTER_SERVICE = router_pb2.DESCRIPTOR.services_by_name["Router"].full_name
@@ -63,6 +64,19 @@ def apply_routing_thresholds(tasks: dict, setting: str) -> dict:
     return tasks
 
 
+def parse_pins(setting: str, tasks: Mapping[str, TaskSpec]) -> dict[str, int]:
+    """'screenshot_triage=3,medical_report=1' -> {task: version}."""
+    pins = {}
+    for item in filter(None, (part.strip() for part in setting.split(","))):
+        name, _, version = item.partition("=")
+        if name not in tasks:
+            raise ValueError(f"model_versions: unknown task {name!r}; one of {', '.join(sorted(tasks))}")
+        if not version.isdigit() or int(version) < 1:
+            raise ValueError(f"model_versions: expected task=<positive integer>, got {item!r}")
+        pins[name] = int(version)
+    return pins
+
+
 def _remaining(context: grpc.ServicerContext) -> float | None:
     remaining = context.time_remaining()
     return remaining if remaining is not None and remaining < NO_DEADLINE_SECONDS else None
@@ -73,20 +87,31 @@ class RouterService(Service):
 
     def __init__(self, config: ServiceConfig) -> None:
         self.config = config
-        self.tasks: dict[str, TaskModel] = {}
+        self.tasks: Mapping[str, TaskModel] = {}
+        self.repository: Repository | None = None  # with `model_repository`: the versions, loaded while serving
         self.pipeline: Pipeline | None = None
         self.model_thread: DynamicBatcher | None = None
         self.channels: list[grpc.Channel] = []
 
     def initialize(self) -> None:
-        weights = self.config.weights_dir or (str(SHIPPED_WEIGHTS) if SHIPPED_WEIGHTS.is_dir() else "")
-        self.tasks = {name: load_task(spec, weights) for name, spec in TASKS.items()}
-        # tau/gamma/eager: --routing, else the values tuned on validation (in the weights' config), else the task's defaults.
-        specs = apply_routing_thresholds({name: task.spec for name, task in self.tasks.items()}, self.config.routing)
-        for name, task in self.tasks.items():
-            task.spec = specs[name]
+        apply_routing_thresholds(TASKS, self.config.routing)  # a bad setting is refused at start
         model_thread: DynamicBatcher[Callable[[], object], object] = DynamicBatcher(_run_all, max_batch_size=8, max_queue=self.config.max_queue, name="router")
         self.model_thread = model_thread
+
+        def prepare(task: TaskModel) -> TaskModel:
+            # tau/gamma/eager: --routing, else the values tuned on validation (in the weights' config), else the task's defaults.
+            task.spec = apply_routing_thresholds({**TASKS, task.spec.name: task.spec}, self.config.routing)[task.spec.name]
+            model_thread.submit(functools.partial(_warm, task.model)).value  # the first call's one-off costs, paid before it serves
+            return task
+
+        if self.config.model_repository:
+            self.repository = Repository(self.config.model_repository, TASKS, prepare, pins=parse_pins(self.config.model_versions, TASKS))
+            self.repository.poll()
+            self.repository.start(self.config.repository_poll_s)
+            self.tasks = self.repository
+        else:
+            weights = self.config.weights_dir or (str(SHIPPED_WEIGHTS) if SHIPPED_WEIGHTS.is_dir() else "")
+            self.tasks = {name: prepare(load_task(spec, weights)) for name, spec in TASKS.items()}
         self.channels = [
             connect(target, ca=self.config.encoder_ca, cert=self.config.encoder_cert, key=self.config.encoder_key, token=self.config.encoder_token)
             for target in (self.config.text_target, self.config.vision_target, self.config.audio_target)
@@ -100,10 +125,10 @@ class RouterService(Service):
             speech_budget_s=self.config.speech_budget_s,
             eager_in_flight=self.config.eager_in_flight,
         )
-        for task in self.tasks.values():  # warm: every task's fusion model once, on the model thread
-            model_thread.submit(functools.partial(_warm, task.model))
 
     def finalize(self) -> None:
+        if self.repository is not None:
+            self.repository.stop()
         if self.model_thread is not None:
             self.model_thread.close()
         for channel in self.channels:
@@ -165,26 +190,42 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         yield router_pb2.AnalyzeEvent(final=outcome["response"])
 
     def ListTasks(self, request, context):
-        tasks = []
-        for name in sorted(self.service.tasks):
-            task = self.service.tasks[name]
-            tasks.append(
-                router_pb2.TaskInfo(
-                    name=name,
-                    description=task.spec.description,
-                    labels=list(task.spec.labels),
-                    accepted_modalities=[MODALITY_ENUM[m] for m in task.spec.modalities],
-                    optional_modalities=[MODALITY_ENUM[m] for m in task.spec.modalities if m not in task.spec.needs],
-                    model_version=task.version,
-                    tau=task.spec.tau,
-                    gamma=task.spec.gamma,
-                    eager_side_outputs=[MODALITY_ENUM[m] for m in task.spec.eager],
-                    text_model=task.model.config.text_model,
-                    abstain_below=task.abstain_below,
-                    applicability_max_distance={m: d for m in task.applicability.references if (d := task.applicability.max_distance(m)) is not None},
-                )
-            )
-        return router_pb2.ListTasksResponse(tasks=tasks)
+        repository = self.service.repository
+        names = sorted(repository.specs) if repository is not None else sorted(self.service.tasks)
+        return router_pb2.ListTasksResponse(tasks=[self._task_info(name) for name in names])
+
+    def _task_info(self, name: str) -> router_pb2.TaskInfo:
+        repository = self.service.repository
+        task = self.service.tasks.get(name)
+        spec = task.spec if task is not None else TASKS[name]
+        info = router_pb2.TaskInfo(
+            name=name,
+            description=spec.description,
+            labels=list(spec.labels),
+            accepted_modalities=[MODALITY_ENUM[m] for m in spec.modalities],
+            optional_modalities=[MODALITY_ENUM[m] for m in spec.modalities if m not in spec.needs],
+        )
+        if task is not None:  # a version is serving
+            info.model_version = task.version
+            info.tau, info.gamma = task.spec.tau, task.spec.gamma
+            info.eager_side_outputs.extend(MODALITY_ENUM[m] for m in task.spec.eager)
+            info.text_model = task.model.config.text_model
+            info.abstain_below = task.abstain_below
+            info.applicability_max_distance.update({m: d for m in task.applicability.references if (d := task.applicability.max_distance(m)) is not None})
+        if repository is not None:
+            info.versions.extend(_version_info(repository, name, state, task) for state in repository.states(name))
+        return info
+
+
+def _version_info(repository: Repository, name: str, state: VersionState, serving: TaskModel | None) -> router_pb2.TaskVersion:
+    ready = repository.get(f"{name}@{state.version}") if state.state == "ready" else None
+    return router_pb2.TaskVersion(
+        version=state.version,
+        state=state.state,
+        reason=state.reason,
+        model_version=ready.version if ready is not None else "",
+        serving=serving is not None and ready is serving,
+    )
 
 
 def _read_until_audio(stream, max_bytes: int) -> tuple[router_pb2.AnalyzeRequest, bytes | None]:
@@ -248,6 +289,11 @@ OIP_OUTPUTS = {
 }
 
 
+def _versioned(name: str, version: str) -> str:
+    """An OIP model name and version as a router task key ("task" or "task@3")."""
+    return f"{name}@{version}" if version else name
+
+
 def _bytes_element(raw: bytes, name: str) -> bytes:
     """The one element of a BYTES tensor in raw form: 4-byte little-endian length + data."""
     if len(raw) < 4:
@@ -275,17 +321,22 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         return inference_pb2.ServerReadyResponse(ready=self.service.pipeline is not None)
 
     def ModelReady(self, request, context):
-        return inference_pb2.ModelReadyResponse(ready=request.name in self.service.tasks)
+        return inference_pb2.ModelReadyResponse(ready=_versioned(request.name, request.version) in self.service.tasks)
 
     def ServerMetadata(self, request, context):
         return inference_pb2.ServerMetadataResponse(name="modalmesh", version=__version__, extensions=[])
 
     def ModelMetadata(self, request, context):
-        task = self._task(request.name)
+        task = self._task(request.name, request.version)
         meta = inference_pb2.ModelMetadataResponse.TensorMetadata
+        repository = self.service.repository
+        if repository is not None:  # the repository's version numbers
+            versions = [str(state.version) for state in repository.states(request.name) if state.state == "ready"]
+        else:
+            versions = [task.version]
         return inference_pb2.ModelMetadataResponse(
             name=request.name,
-            versions=[task.version],
+            versions=versions,
             platform="modalmesh",
             inputs=[meta(name=name, datatype="BYTES", shape=[1]) for name in OIP_INPUTS],
             outputs=[
@@ -300,14 +351,18 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
             ],
         )
 
-    def _task(self, name: str) -> TaskModel:
-        if name not in self.service.tasks:
-            raise errors.ServiceError(grpc.StatusCode.NOT_FOUND, f"model {name!r} not found; models: {', '.join(sorted(self.service.tasks))}")
-        return self.service.tasks[name]
+    def _task(self, name: str, version: str = "") -> TaskModel:
+        key = _versioned(name, version)
+        if key not in self.service.tasks:
+            repository = self.service.repository
+            why = repository.why_not(key) if repository is not None else f"model {name!r} not found; models: {', '.join(sorted(self.service.tasks))}"
+            raise errors.ServiceError(grpc.StatusCode.NOT_FOUND, why[:300])
+        return self.service.tasks[key]
 
     def ModelInfer(self, request, context):
-        task = self._task(request.model_name)
-        analyze = router_pb2.AnalyzeRequest(request_id=request.id, task=request.model_name)
+        task = self._task(request.model_name, request.model_version)
+        # The version found now answers, even if a newer one becomes ready meanwhile.
+        analyze = router_pb2.AnalyzeRequest(request_id=request.id, task=_versioned(request.model_name, str(task.repository_version or "")))
         analyze.options.top_k = len(task.spec.labels)  # PROBS needs every label's probability
         if request.raw_input_contents and len(request.raw_input_contents) != len(request.inputs):
             raise errors.invalid_argument("raw_input_contents", f"{len(request.raw_input_contents)} entries for {len(request.inputs)} inputs")
@@ -361,7 +416,8 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
             "APPLICABILITY": ([len(MODALITIES)], np.array([applicability.get(MODALITY_ENUM[m], -1.0) for m in MODALITIES], "<f4").tobytes()),
         }
         wanted = [o.name for o in request.outputs] or list(OIP_OUTPUTS)
-        reply = inference_pb2.ModelInferResponse(model_name=request.model_name, model_version=task.version, id=request.id)
+        version = str(task.repository_version) if task.repository_version else task.version
+        reply = inference_pb2.ModelInferResponse(model_name=request.model_name, model_version=version, id=request.id)
         for position, name in enumerate(wanted):
             if name not in OIP_OUTPUTS:
                 raise errors.invalid_argument(f"outputs[{position}].name", f"{name!r} is not one of {', '.join(OIP_OUTPUTS)}")

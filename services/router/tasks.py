@@ -491,6 +491,7 @@ class TaskModel:
     trained: bool
     applicability: Applicability = field(default_factory=Applicability)  # the reference set fitted at training
     status_line: StatusLine | None = None  # which screen paragraph is the status message (router/status_line.py)
+    repository_version: int = 0  # its version in a model repository (router/repository.py); 0 outside one
 
     @property
     def abstain_below(self) -> float:
@@ -608,11 +609,24 @@ def load_task_folder(spec: TaskSpec, folder: Path | None) -> TaskModel:
         from safetensors.torch import load_file
 
         assert folder is not None  # the weights file is in it
-        config = FusionConfig.from_dict(json.loads((folder / "config.json").read_text()))
+        config_file = folder / "config.json"
+        try:
+            config = FusionConfig.from_dict(json.loads(config_file.read_text()))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{config_file}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
+        except (TypeError, KeyError, ValueError, AttributeError) as exc:
+            raise ValueError(f"{config_file}: not a fusion model's configuration ({str(exc)[:200]})") from None
         if tuple(config.labels) != spec.labels:
             raise ValueError(f"{weights}: labels {config.labels} do not match task {spec.name} {spec.labels}")
         built = build_model(config)
-        built.load_state_dict(load_file(str(weights)))
+        try:
+            state = load_file(str(weights))
+        except Exception as exc:  # safetensors' own error type: a truncated or foreign file
+            raise ValueError(f"{weights}: not a readable safetensors file ({str(exc)[:200]})") from None
+        try:
+            built.load_state_dict(state)
+        except RuntimeError as exc:
+            raise ValueError(f"{weights}: does not fit {config_file} ({str(exc).splitlines()[0][:200]})") from None
         model = built.stacked() if isinstance(built, FusionEnsemble) else built
         if config.routing:  # thresholds tuned on the validation split override the task's defaults
             spec = dataclasses.replace(

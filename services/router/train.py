@@ -34,6 +34,7 @@ from modalmesh.router import applicability, status_line
 from modalmesh.router.features import FeatureCache, configured_asr_engine, text_model_version
 from modalmesh.router.finetune import LEARNING_RATE as TEXT_TOP_LEARNING_RATE
 from modalmesh.router.fusion import FusionConfig, FusionEnsemble, FusionModel, fit_log_temperature
+from modalmesh.router.repository import staged_version, versions_in
 from modalmesh.router.tasks import NOT_FOR_CLINICAL_USE, TASKS, decide
 
 log = logging.getLogger(__name__)
@@ -173,12 +174,16 @@ def train(
     label_smoothing: float = 0.05,
     members: int | None = None,
     finetune_top: int = 0,
+    repository: str = "",
     **config_overrides,
 ) -> dict:
     """`finetune_top` K > 0: the text encoder's top K layers train with the fusion model
-    (router/finetune.py) and are written to `text-model/` in `out`; one model, not an ensemble."""
+    (router/finetune.py) and are written to `text-model/` in `out`; one model, not an ensemble.
+    `repository`: write the task's next version in this model repository instead of `out`
+    (router/repository.py); the summary's "out" says where it went."""
     spec = TASKS[task]
-    weights_folder(Path(out))  # refused now, not after the training
+    if not repository:
+        weights_folder(Path(out))  # refused now, not after the training
     members = spec.members if members is None else members
     if finetune_top and members != 1:
         raise ValueError(f"--finetune-top trains one model: add --members 1 (the task's default is {members})")
@@ -236,7 +241,9 @@ def train(
         config = dataclasses.replace(config, members=members, gate_offsets=[m.config.gate_offsets for m in trained])
         model = FusionEnsemble(config, trained)
     model.eval()
-    with staged_folder(Path(out)) as out_dir:  # the weights appear whole, or not at all
+    published: list[Path] = []
+    staging = staged_version(Path(repository) / task, published) if repository else staged_folder(Path(out))
+    with staging as out_dir:  # the weights appear whole, or not at all
         if text_top is not None:  # from here on, validation is read through the trained layers
             val_set, served_val = text_top.read(val_set), text_top.read(served_val)
             config.text_model = text_top.save(out_dir / "text-model")
@@ -286,7 +293,10 @@ def train(
             "status_line": pointer_summary,
         }
         (out_dir / "train_log.json").write_text(json.dumps({**summary, "loss_per_epoch": histories[0] if members == 1 else histories}, indent=2))
-        write_model_card(out_dir, spec, summary, data, shown_as=Path(out))
+        # The folder the card names: the version this run will most likely become.
+        shown_as = Path(repository) / task / str(max(versions_in(Path(repository) / task), default=0) + 1) if repository else Path(out)
+        write_model_card(out_dir, spec, summary, data, shown_as=shown_as)
+    summary["out"] = str(published[0] if published else Path(out))
     return summary
 
 

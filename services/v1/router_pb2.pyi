@@ -167,7 +167,7 @@ class Explanation(_message.Message):
     def __init__(self, modalities: _Optional[_Iterable[_Union[ModalityReport, _Mapping]]] = ..., attention: _Optional[_Iterable[_Union[AttentionMass, _Mapping]]] = ..., timings_ms: _Optional[_Mapping[str, float]] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class AnalyzeResponse(_message.Message):
-    __slots__ = ("request_id", "task", "label", "confidence", "uncertainty", "top_k", "description", "findings", "speech_wav", "explanation", "model_version", "abstained", "abstain_reason")
+    __slots__ = ("request_id", "task", "label", "confidence", "uncertainty", "top_k", "description", "findings", "speech_wav", "explanation", "model_version", "abstained", "abstain_reason", "task_version")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
@@ -181,6 +181,7 @@ class AnalyzeResponse(_message.Message):
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     ABSTAINED_FIELD_NUMBER: _ClassVar[int]
     ABSTAIN_REASON_FIELD_NUMBER: _ClassVar[int]
+    TASK_VERSION_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     task: str
     label: str
@@ -194,7 +195,8 @@ class AnalyzeResponse(_message.Message):
     model_version: str
     abstained: bool
     abstain_reason: str
-    def __init__(self, request_id: _Optional[str] = ..., task: _Optional[str] = ..., label: _Optional[str] = ..., confidence: _Optional[float] = ..., uncertainty: _Optional[_Union[Uncertainty, _Mapping]] = ..., top_k: _Optional[_Iterable[_Union[LabelScore, _Mapping]]] = ..., description: _Optional[str] = ..., findings: _Optional[_Iterable[_Union[Finding, _Mapping]]] = ..., speech_wav: _Optional[bytes] = ..., explanation: _Optional[_Union[Explanation, _Mapping]] = ..., model_version: _Optional[str] = ..., abstained: _Optional[bool] = ..., abstain_reason: _Optional[str] = ...) -> None: ...
+    task_version: int
+    def __init__(self, request_id: _Optional[str] = ..., task: _Optional[str] = ..., label: _Optional[str] = ..., confidence: _Optional[float] = ..., uncertainty: _Optional[_Union[Uncertainty, _Mapping]] = ..., top_k: _Optional[_Iterable[_Union[LabelScore, _Mapping]]] = ..., description: _Optional[str] = ..., findings: _Optional[_Iterable[_Union[Finding, _Mapping]]] = ..., speech_wav: _Optional[bytes] = ..., explanation: _Optional[_Union[Explanation, _Mapping]] = ..., model_version: _Optional[str] = ..., abstained: _Optional[bool] = ..., abstain_reason: _Optional[str] = ..., task_version: _Optional[int] = ...) -> None: ...
 
 class AnalyzeStreamRequest(_message.Message):
     __slots__ = ("request", "image_chunk", "audio_chunk")
@@ -231,7 +233,7 @@ class ListTasksRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class TaskInfo(_message.Message):
-    __slots__ = ("name", "description", "labels", "accepted_modalities", "optional_modalities", "model_version", "tau", "gamma", "eager_side_outputs", "text_model", "abstain_below", "applicability_max_distance")
+    __slots__ = ("name", "description", "labels", "accepted_modalities", "optional_modalities", "model_version", "tau", "gamma", "eager_side_outputs", "text_model", "abstain_below", "applicability_max_distance", "versions")
     class ApplicabilityMaxDistanceEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -251,6 +253,7 @@ class TaskInfo(_message.Message):
     TEXT_MODEL_FIELD_NUMBER: _ClassVar[int]
     ABSTAIN_BELOW_FIELD_NUMBER: _ClassVar[int]
     APPLICABILITY_MAX_DISTANCE_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     labels: _containers.RepeatedScalarFieldContainer[str]
@@ -263,7 +266,22 @@ class TaskInfo(_message.Message):
     text_model: str
     abstain_below: float
     applicability_max_distance: _containers.ScalarMap[str, float]
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., accepted_modalities: _Optional[_Iterable[_Union[Modality, str]]] = ..., optional_modalities: _Optional[_Iterable[_Union[Modality, str]]] = ..., model_version: _Optional[str] = ..., tau: _Optional[float] = ..., gamma: _Optional[float] = ..., eager_side_outputs: _Optional[_Iterable[_Union[Modality, str]]] = ..., text_model: _Optional[str] = ..., abstain_below: _Optional[float] = ..., applicability_max_distance: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    versions: _containers.RepeatedCompositeFieldContainer[TaskVersion]
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., accepted_modalities: _Optional[_Iterable[_Union[Modality, str]]] = ..., optional_modalities: _Optional[_Iterable[_Union[Modality, str]]] = ..., model_version: _Optional[str] = ..., tau: _Optional[float] = ..., gamma: _Optional[float] = ..., eager_side_outputs: _Optional[_Iterable[_Union[Modality, str]]] = ..., text_model: _Optional[str] = ..., abstain_below: _Optional[float] = ..., applicability_max_distance: _Optional[_Mapping[str, float]] = ..., versions: _Optional[_Iterable[_Union[TaskVersion, _Mapping]]] = ...) -> None: ...
+
+class TaskVersion(_message.Message):
+    __slots__ = ("version", "state", "reason", "model_version", "serving")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SERVING_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    state: str
+    reason: str
+    model_version: str
+    serving: bool
+    def __init__(self, version: _Optional[int] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., model_version: _Optional[str] = ..., serving: _Optional[bool] = ...) -> None: ...
 
 class ListTasksResponse(_message.Message):
     __slots__ = ("tasks",)
