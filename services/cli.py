@@ -284,6 +284,9 @@ def cmd_tasks(args: argparse.Namespace) -> int:
         print(f"  labels: {', '.join(task.labels)}; inputs: {names(task.accepted_modalities)}")
         print(f"  routing: tau {task.tau:.2f}, gamma {task.gamma:.2f}, side outputs with the features: {names(task.eager_side_outputs)}")
         print(f"  text model: {task.text_model or 'any whose features fit'}")
+        for version in task.versions:  # a router serving a model repository
+            said = f" ({version.reason})" if version.reason else f" {version.model_version}"
+            print(f"  version {version.version}: {version.state}{' (serving)' if version.serving else ''}{said}")
     return 0
 
 

@@ -71,7 +71,7 @@ def test_a_pinned_version_serves_even_when_a_newer_one_is_ready(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_new_version_is_served_without_a_restart_while_requests_run(mesh, tmp_path):
+def test_a_new_version_is_served_without_a_restart_while_requests_run(mesh, tmp_path, capsys):
     publish(tmp_path, TRIAGE)
     broken = tmp_path / "medical_report" / "1"
     copy_weights("medical_report", broken)
@@ -132,6 +132,13 @@ def test_a_new_version_is_served_without_a_restart_while_requests_run(mesh, tmp_
             assert oip.ModelReady(inference_pb2.ModelReadyRequest(name=TRIAGE, version="1"), timeout=10).ready
             assert not oip.ModelReady(inference_pb2.ModelReadyRequest(name=TRIAGE, version="7"), timeout=10).ready
             assert list(oip.ModelMetadata(inference_pb2.ModelMetadataRequest(name=TRIAGE), timeout=10).versions) == ["1", "2"]
+
+            from modalmesh.cli import main
+
+            assert main(["tasks", "--router", handle.address]) == 0
+            printed = capsys.readouterr().out
+            assert "version 1: ready screenshot_triage@" in printed and "version 2: ready (serving)" in printed
+            assert "version 1: failed (" in printed  # medical_report's broken version, with its reason
     finally:
         handle.stop(grace=0.5)
 
