@@ -38,33 +38,3 @@ def test_serving_and_the_simulation_decide_through_the_same_policy():
         assert function in gather, function
     for function in ("outstanding(", "waits_for_required(", "sure_enough("):
         assert function in simulated, function
-
-
-def test_eager_side_outputs_are_asked_for_with_the_base_call_only_while_their_encoder_has_room():
-    import dataclasses
-    import threading
-
-    import grpc
-
-    from modalmesh.router.tasks import TASKS, load_task_folder
-
-    task = load_task_folder(dataclasses.replace(TASKS["screenshot_triage"], eager=("image", "audio")), None)
-    # Channels connect lazily: nothing is sent in this test, no server is needed.
-    channels = [grpc.insecure_channel("127.0.0.1:9") for _ in range(3)]
-    encoders = pipeline.Encoders(*channels)
-    router = pipeline.Pipeline({"t": task}, encoders, run_model=lambda work: work(), default_deadline_s=5, max_input_bytes=1 << 20, eager_in_flight=1)
-    assert router.side_now(task, full=False) == {"image", "audio"}
-    running, release = threading.Event(), threading.Event()
-    transcribing = threading.Thread(target=encoders.side_call, args=("audio", lambda: (running.set(), release.wait(5))))
-    transcribing.start()
-    try:
-        assert running.wait(5)
-        assert encoders.side_running("audio") == 1
-        assert router.side_now(task, full=False) == {"image"}  # a transcript is running: the next is asked for only if needed
-        assert router.side_now(task, full=True) == {"image", "audio"}  # FULL asks for everything at once regardless
-    finally:
-        release.set()
-        transcribing.join(5)
-    assert encoders.side_running("audio") == 0 and router.side_now(task, full=False) == {"image", "audio"}
-    for channel in channels:
-        channel.close()

@@ -129,11 +129,6 @@ class ServiceConfig:
     model_versions: str = _option("", "router: pinned versions 'task=3,...'; other tasks serve their highest ready version")
     default_deadline_s: float = _option(30.0, "router: time budget of a request that sets no deadline")
     speech_budget_s: float = _option(3.0, "router: longest wait for the spoken reply; past it the answer comes without (speech_error)")
-    eager_in_flight: int = _option(
-        2,
-        "router: an eager side output (OCR, transcript) is asked for with the base features only while fewer of its calls run; "
-        "past it, only when the answer needs it",
-    )
     routing: str = _option("", "router: per-task routing 'task=tau/gamma[/eager],...' (e.g. screenshot_triage=0.9/0.15/image)")
     encoder_ca: str = _option("", "router: PEM CA to trust when calling encoders over TLS")
     encoder_cert: str = _option("", "router: client certificate for mTLS to encoders")
@@ -189,8 +184,6 @@ class ServiceConfig:
             problems.append("cold_start_calls must be 0 (no limit) or more")
         if self.repository_poll_s < 0:
             problems.append("repository_poll_s must be 0 (only at start) or more")
-        if self.eager_in_flight < 0:
-            problems.append("eager_in_flight must be 0 (never eager) or more")
         if problems:
             raise ValueError("invalid configuration: " + "; ".join(problems))
 

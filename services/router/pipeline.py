@@ -142,22 +142,6 @@ class Encoders:
         }
         self.speech = speech_pb2_grpc.SpeechStub(audio)
         self._options: dict[str, tuple[float, frozenset[str]]] = {}
-        self._side_lock = threading.Lock()
-        self._side_running: collections.Counter[str] = collections.Counter()  # per modality: calls for its side output running
-
-    def side_running(self, modality: str) -> int:
-        """How many of this router's calls for `modality`'s side output (OCR, transcript) are running."""
-        return self._side_running[modality]
-
-    def side_call(self, modality: str, work: Callable[[], Any]) -> Any:
-        """`work()`, counted as a call for `modality`'s side output while it runs."""
-        with self._side_lock:
-            self._side_running[modality] += 1
-        try:
-            return work()
-        finally:
-            with self._side_lock:
-                self._side_running[modality] -= 1
 
     def offers(self, modality: str, option: str, timeout: float) -> bool:
         """Whether the modality's encoder accepts `option` (its Info, cached for a while).
@@ -427,14 +411,9 @@ class Pipeline:
         default_deadline_s: float,
         max_input_bytes: int,
         speech_budget_s: float = 3.0,
-        eager_in_flight: int = 2,
     ) -> None:
         self.tasks = tasks
         self.speech_budget_s = speech_budget_s  # the spoken reply is waited for at most this long
-        # An eager side output is a bet that the answer will need it, placed with the base
-        # call to save a second one. It pays while the encoder has room; once this many calls
-        # for it are running, a new request asks for it only if its answer needs it.
-        self.eager_in_flight = eager_in_flight
         self.encoders = encoders
         self.run_model = run_model  # runs a callable on the router's model thread
         self.default_deadline_s = default_deadline_s
@@ -471,7 +450,9 @@ class Pipeline:
         # Waited for even when routing would skip them: what the caller requires, and what the task
         # cannot answer without (an answer without it would be withheld).
         required = {ENUM_MODALITY[m] for m in request.options.require} | set(task.spec.needs)
-        side_now = self.side_now(task, full)
+        # Side outputs asked for with the base features: all of them in FULL mode; in ROUTED
+        # mode those the task's routing marks eager (waited for anyway in most cases).
+        side_now = {m for m in task.spec.side_outputs if full or m in task.spec.eager}
         with telemetry.tracer().start_as_current_span("router.encode"):
             # What the task asks the encoders for besides features: the CT task, the lung-lesion measurement.
             asked = {"image": ["lesions"]} if task.spec.measure is not None else {}
@@ -506,12 +487,6 @@ class Pipeline:
         timings["total"] = _ms(started)
         response.explanation.timings_ms.update(timings)
         return response
-
-    def side_now(self, task: TaskModel, full: bool) -> set[str]:
-        """The side outputs asked for with the base features: all of them in FULL mode; in
-        ROUTED mode those the task's routing marks eager (waited for anyway in most cases)
-        while fewer than `eager_in_flight` calls for them are running."""
-        return {m for m in task.spec.side_outputs if full or (m in task.spec.eager and self.encoders.side_running(m) < self.eager_in_flight)}
 
     # ------------------------------------------------------------------ validate
     def validate(self, request: router_pb2.AnalyzeRequest, audio_streamed: bool = False) -> tuple[TaskModel, dict[str, tuple]]:
@@ -628,8 +603,6 @@ class Pipeline:
                 produced = produced.plus(self._side_features(run, call, modality, result.side))
             return produced
 
-        if with_side and option:  # counted while it runs (Encoders.side_running)
-            return lambda call: run.encoders.side_call(modality, lambda: work(call))
         return work
 
     def _side_work(self, run: Run, modality: str, data: bytes, media_type: str, parameters: dict):
@@ -639,7 +612,7 @@ class Pipeline:
             result = run.encode(call, modality, data, media_type, options=[option], pooled_only=True, parameters=parameters)
             return self._side_features(run, call, modality, result.side)
 
-        return lambda call: run.encoders.side_call(modality, lambda: work(call))
+        return work
 
     def _side_features(self, run: Run, call: Call, modality: str, side: encoder_pb2.SideOutputs) -> Produced:
         reading = side_text(modality, side)

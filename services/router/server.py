@@ -123,7 +123,6 @@ class RouterService(Service):
             default_deadline_s=self.config.default_deadline_s,
             max_input_bytes=self.config.max_input_bytes,
             speech_budget_s=self.config.speech_budget_s,
-            eager_in_flight=self.config.eager_in_flight,
         )
 
     def finalize(self) -> None:
