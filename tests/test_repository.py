@@ -4,6 +4,8 @@ router serves, on a real router and real encoders on 127.0.0.1."""
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 import threading
 import time
 
@@ -132,6 +134,8 @@ def test_a_new_version_is_served_without_a_restart_while_requests_run(mesh, tmp_
             assert oip.ModelReady(inference_pb2.ModelReadyRequest(name=TRIAGE, version="1"), timeout=10).ready
             assert not oip.ModelReady(inference_pb2.ModelReadyRequest(name=TRIAGE, version="7"), timeout=10).ready
             assert list(oip.ModelMetadata(inference_pb2.ModelMetadataRequest(name=TRIAGE), timeout=10).versions) == ["1", "2"]
+            ready = oip.RepositoryIndex(inference_pb2.RepositoryIndexRequest(ready=True), timeout=10).models
+            assert [(m.name, m.version, m.state) for m in ready] == [(TRIAGE, "1", "READY"), (TRIAGE, "2", "READY")]
 
             from modalmesh.cli import main
 
@@ -155,3 +159,53 @@ def test_weights_that_do_not_load_say_which_file_and_why(tmp_path):
     assert "model.safetensors: not a readable safetensors file" in reasons[1]
     assert "labels ('normal', 'nodule', 'mass') do not match task screenshot_triage" in reasons[2]
     assert TRIAGE not in repository
+
+
+TRITON_REPOSITORY = r"""
+import sys
+import tritonclient.grpc as triton
+
+client = triton.InferenceServerClient(sys.argv[1])
+assert "model_repository" in client.get_server_metadata().extensions
+index = {(m.name, m.version): (m.state, m.reason) for m in client.get_model_repository_index().models}
+assert index[("screenshot_triage", "1")] == ("READY", ""), index
+assert index[("medical_report", "1")][0] == "UNAVAILABLE" and "config.json" in index[("medical_report", "1")][1], index
+client.unload_model("screenshot_triage")
+assert not client.is_model_ready("screenshot_triage")
+assert {m.state for m in client.get_model_repository_index().models} == {"UNAVAILABLE"}
+client.load_model("screenshot_triage")
+assert client.is_model_ready("screenshot_triage") and client.is_model_ready("screenshot_triage", "1")
+try:
+    client.load_model("medical_report")
+except triton.InferenceServerException as exc:
+    assert "FAILED_PRECONDITION" in str(exc.status()) and "not valid JSON" in exc.message(), exc
+else:
+    raise AssertionError("a version that cannot load was reported loaded")
+try:
+    client.load_model("screenshot_triage", config="{}")
+except triton.InferenceServerException as exc:
+    assert "INVALID_ARGUMENT" in str(exc.status()), exc
+else:
+    raise AssertionError("a configuration sent with the request was accepted")
+print("ok")
+"""
+
+
+@pytest.mark.slow
+def test_tritonclient_lists_loads_and_unloads_task_versions(mesh, tmp_path):
+    """The unmodified tritonclient's repository calls, in its own process (its generated
+    code and ours both define package `inference`)."""
+    publish(tmp_path, TRIAGE)
+    broken = tmp_path / "medical_report" / "1"
+    copy_weights("medical_report", broken)
+    (broken / "config.json").write_text("{ not json")
+    handle = mesh.start_router(model_repository=str(tmp_path), repository_poll_s=0)
+    try:
+        result = subprocess.run([sys.executable, "-c", TRITON_REPOSITORY, handle.address], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert result.stdout.strip() == "ok"
+        with connect(handle.address) as channel:  # unloaded and loaded again: it answers
+            answer = router_pb2_grpc.RouterStub(channel).Analyze(router_pb2.AnalyzeRequest(task=TRIAGE, text="login fails"), timeout=30)
+        assert answer.task_version == 1
+    finally:
+        handle.stop(grace=0.5)

@@ -508,11 +508,17 @@ assert probs.shape == (6,) and abs(float(probs.sum()) - 1) < 1e-4
 assert gate.shape == (3,) and abs(float(gate.sum()) - 1) < 1e-4 and gate[2] == 0
 assert abs(float(result.as_numpy("CONFIDENCE")[0]) - float(probs.max())) < 1e-5
 try:
-    client.get_model_repository_index()
+    client.get_inference_statistics("screenshot_triage")
 except triton.InferenceServerException as exc:
     assert "UNIMPLEMENTED" in str(exc.status()), exc.status()
 else:
     raise AssertionError("a Triton-only extension answered")
+try:
+    client.get_model_repository_index()
+except triton.InferenceServerException as exc:  # fixed weights: no repository to index
+    assert "FAILED_PRECONDITION" in str(exc.status()) and "--model-repository" in exc.message(), exc
+else:
+    raise AssertionError("a router without a model repository indexed one")
 print("ok", label)
 """
 

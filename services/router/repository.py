@@ -146,11 +146,21 @@ class Repository(Mapping[str, TaskModel]):
                 raise KeyError(f"{name} has no ready version {version}")
             self._states[name][version] = VersionState(version, "unloaded", "unloaded on request")
 
-    def load(self, name: str, version: int) -> VersionState:
-        """(Re)load one version from its folder."""
-        if name not in self.specs:
-            raise KeyError(f"no task {name!r}")
-        return self._load(name, self.specs[name], version)
+    def reload(self, name: str) -> list[VersionState]:
+        """Load the task's versions that are not ready, unloaded ones included; its states after."""
+        spec = self.specs[name]
+        for version in versions_in(self.root / name):
+            known = self._states[name].get(version)
+            if known is None or known.state != "ready":
+                self._load(name, spec, version)
+        return self.states(name)
+
+    def unload_task(self, name: str) -> None:
+        """Stop serving every version of the task (until `reload`)."""
+        with self._lock:
+            for version in list(self._ready[name]):
+                del self._ready[name][version]
+                self._states[name][version] = VersionState(version, "unloaded", "unloaded on request")
 
     def start(self, poll_s: float) -> None:
         """Poll for new versions every `poll_s` seconds in the background (0: never)."""

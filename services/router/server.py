@@ -323,7 +323,51 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         return inference_pb2.ModelReadyResponse(ready=_versioned(request.name, request.version) in self.service.tasks)
 
     def ServerMetadata(self, request, context):
-        return inference_pb2.ServerMetadataResponse(name="modalmesh", version=__version__, extensions=[])
+        extensions = ["model_repository"] if self.service.repository is not None else []
+        return inference_pb2.ServerMetadataResponse(name="modalmesh", version=__version__, extensions=extensions)
+
+    # -- the model repository extension ------------------------------------------------
+    def _repository(self) -> Repository:
+        if self.service.repository is None:
+            raise errors.ServiceError(
+                grpc.StatusCode.FAILED_PRECONDITION, "this router serves fixed weights; start it with --model-repository DIR to load and unload versions"
+            )
+        return self.service.repository
+
+    def _repository_task(self, name: str) -> tuple[Repository, str]:
+        repository = self._repository()
+        if name not in repository.specs:
+            raise errors.ServiceError(grpc.StatusCode.NOT_FOUND, f"model {name[:100]!r} not found; models: {', '.join(sorted(repository.specs))}")
+        return repository, name
+
+    def RepositoryIndex(self, request, context):
+        repository = self._repository()
+        index = inference_pb2.RepositoryIndexResponse()
+        for name in sorted(repository.specs):
+            for state in repository.states(name):
+                if request.ready and state.state != "ready":
+                    continue
+                index.models.add(name=name, version=str(state.version), state="READY" if state.state == "ready" else "UNAVAILABLE", reason=state.reason)
+        return index
+
+    def RepositoryModelLoad(self, request, context):
+        repository, name = self._repository_task(request.model_name)
+        if request.parameters:
+            unsupported = sorted(request.parameters)[0]
+            raise errors.invalid_argument(f"parameters[{unsupported[:50]!r}]", "not supported: the versions load from the repository's folders")
+        states = repository.reload(name)
+        if not any(state.state == "ready" for state in states):
+            reasons = "; ".join(f"version {s.version}: {s.reason}" for s in states) or f"no version folder in {repository.root / name}"
+            raise errors.ServiceError(grpc.StatusCode.FAILED_PRECONDITION, f"{name}: no version loaded ({reasons})"[:360])
+        return inference_pb2.RepositoryModelLoadResponse()
+
+    def RepositoryModelUnload(self, request, context):
+        repository, name = self._repository_task(request.model_name)
+        unknown = sorted(set(request.parameters) - {"unload_dependents"})
+        if unknown:
+            raise errors.invalid_argument(f"parameters[{unknown[0][:50]!r}]", "not supported")
+        repository.unload_task(name)
+        return inference_pb2.RepositoryModelUnloadResponse()
 
     def ModelMetadata(self, request, context):
         task = self._task(request.name, request.version)
