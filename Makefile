@@ -69,6 +69,7 @@ bench: setup
 	$(PY) benchmarks/bench_measure.py
 	$(PY) benchmarks/bench_overload.py
 	$(PY) benchmarks/bench_recovery.py
+	$(PY) benchmarks/bench_swap.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info tools/buf/node_modules

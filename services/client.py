@@ -104,6 +104,7 @@ def to_dict(response: router_pb2.AnalyzeResponse) -> dict[str, Any]:
         ],
         "timings_ms": {k: round(v, 2) for k, v in sorted(response.explanation.timings_ms.items())},
         "model_version": response.model_version,
+        "task_version": response.task_version,
         "request_id": response.request_id,
         "speech_wav": response.speech_wav,
     }
