@@ -365,12 +365,32 @@ def cmd_data_lm(args: argparse.Namespace) -> int:
     return 0
 
 
+def _task_arg(args: argparse.Namespace):
+    """--task's name, or the TaskSpec of --task-file."""
+    if not args.task_file:
+        return args.task
+    from modalmesh.router.task_file import load_task_file
+
+    return load_task_file(args.task_file)
+
+
 @_data_errors
 def cmd_train(args: argparse.Namespace) -> int:
     from modalmesh.router.train import train
 
+    task = _task_arg(args)
+    if args.task_file and args.repository:  # the repository keeps the task file beside its versions
+        from modalmesh.router.task_file import FILE_NAME
+
+        kept = Path(args.repository) / task.name / FILE_NAME
+        given = Path(args.task_file).read_bytes()
+        if kept.is_file() and kept.read_bytes() != given:
+            raise ValueError(f"{kept} differs from {args.task_file}: a repository's versions share one task file; edit it there, or train another task name")
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        if not kept.is_file():
+            kept.write_bytes(given)
     summary = train(
-        args.task,
+        task,
         args.data,
         args.out or "",
         epochs=args.epochs,
@@ -390,10 +410,56 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from modalmesh.router.evaluate import evaluate
 
-    results = evaluate(args.task, args.data, args.report, weights=args.weights, cache_dir=args.cache)
+    if args.task_file and not args.weights:
+        raise ValueError("--task-file needs --weights: the folder of the version to evaluate (REPOSITORY/<task>/<N>)")
+    results = evaluate(_task_arg(args), args.data, args.report, weights=args.weights, cache_dir=args.cache)
     print((Path(args.report) / "report.md").read_text())
     print(f"wrote {args.report}/report.json, report.md, predictions.jsonl, reliability.png, confusion.png, gate_by_label.png")
     return 0 if results else 1
+
+
+@_data_errors
+def cmd_task_init(args: argparse.Namespace) -> int:
+    from modalmesh.router.task_file import FILE_NAME, load_task_file, template_file
+
+    folder = Path(args.out or args.name)
+    target = folder / FILE_NAME
+    if target.exists():
+        raise FileExistsError(f"{target} exists; edit it, or name another folder with --out")
+    labels = [label.strip() for label in args.labels.split(",") if label.strip()]
+    modalities = [m.strip() for m in args.modalities.split(",") if m.strip()]
+    folder.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(template_file(args.name, labels, modalities), indent=2) + "\n")
+    try:
+        load_task_file(target)  # what was asked for is checked as a written file is
+    except ValueError:
+        target.unlink()
+        raise
+    example = folder / "train.example.jsonl"
+    fields = {"text": "what the customer or the record says"} if "text" in modalities else {}
+    fields.update({"image": "files/{n:04d}.png"} if "image" in modalities else {})
+    fields.update({"audio": "files/{n:04d}.wav"} if "audio" in modalities else {})
+    lines = [
+        json.dumps({"id": f"train-{n:05d}", "task": args.name, **{k: v.format(n=n) for k, v in fields.items()}, "label": label})
+        for n, label in enumerate(labels, start=1)
+    ]
+    example.write_text("\n".join(lines) + "\n")
+    print(f"wrote {target} and {example} (one line per item; val.jsonl beside train.jsonl calibrates)")
+    print(f"next: edit them, then `modalmesh task check {target}` and `modalmesh train --task-file {target} --data train.jsonl --repository models`")
+    return 0
+
+
+def cmd_task_check(args: argparse.Namespace) -> int:
+    from modalmesh.router.task_file import TaskFileError, load_task_file
+
+    try:
+        spec = load_task_file(args.file)
+    except TaskFileError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 2
+    print(f"{args.file}: task {spec.name}: {len(spec.labels)} labels ({', '.join(spec.labels)}); reads {'+'.join(spec.modalities)}; ok")
+    return 0
 
 
 @_data_errors
@@ -546,7 +612,9 @@ def build_parser() -> argparse.ArgumentParser:
     lm.set_defaults(func=cmd_data_lm)
 
     train = commands.add_parser("train", help="train a task's fusion model on a manifest (encoders frozen, features cached)")
-    train.add_argument("--task", required=True, choices=("screenshot_triage", "medical_report"))
+    which = train.add_mutually_exclusive_group(required=True)
+    which.add_argument("--task", choices=("screenshot_triage", "medical_report"), help="a built-in task")
+    which.add_argument("--task-file", metavar="FILE", help="a task of your own: its task.json (`modalmesh task init`)")
     train.add_argument("--data", required=True, help="train.jsonl (val.jsonl beside it: calibration, size-rule sigma, routing thresholds)")
     where = train.add_mutually_exclusive_group(required=True)
     where.add_argument("--out", help="folder for model.safetensors, config.json, MODEL_CARD.md (replaced whole)")
@@ -584,12 +652,26 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=cmd_train)
 
     evaluation = commands.add_parser("eval", help="evaluate a task's model on a manifest; writes JSON, Markdown and plots")
-    evaluation.add_argument("--task", required=True, choices=("screenshot_triage", "medical_report"))
+    which = evaluation.add_mutually_exclusive_group(required=True)
+    which.add_argument("--task", choices=("screenshot_triage", "medical_report"), help="a built-in task")
+    which.add_argument("--task-file", metavar="FILE", help="a task of your own: its task.json (then --weights names its folder)")
     evaluation.add_argument("--data", required=True, help="test.jsonl")
     evaluation.add_argument("--report", required=True, help="folder for the report")
     evaluation.add_argument("--weights", default="", help="task folder from `modalmesh train` (default: the shipped weights)")
     evaluation.add_argument("--cache", default="")
     evaluation.set_defaults(func=cmd_eval)
+
+    task = commands.add_parser("task", help="a task of your own: write a task file, check one")
+    task_commands = task.add_subparsers(dest="task_command", required=True)
+    init = task_commands.add_parser("init", help="write a task file and an example manifest to edit")
+    init.add_argument("name", help="the task's name: lower-case letters, digits and _")
+    init.add_argument("--labels", required=True, help="comma-separated, two or more: ok,surface_defect,bearing_noise")
+    init.add_argument("--modalities", required=True, help="comma-separated from text, image, audio")
+    init.add_argument("--out", default="", help="folder to write task.json into (default: NAME)")
+    init.set_defaults(func=cmd_task_init)
+    check = task_commands.add_parser("check", help="validate a task file; exit 2 with every problem listed")
+    check.add_argument("file")
+    check.set_defaults(func=cmd_task_check)
 
     health = commands.add_parser("health", help="exit 0 if a service is SERVING (container health checks)")
     health.add_argument("service", nargs="?", default="", help="default: $MODALMESH_SERVICE, else router")

@@ -30,15 +30,17 @@ from modalmesh.data.generate import read_manifest
 from modalmesh.router.features import FeatureCache, text_model_version
 from modalmesh.router.fusion import MODALITIES, MODALITY_SOURCES, SOURCES, modality_gate_weights
 from modalmesh.router.served import expected_calibration_error, honesty_metrics, serve
-from modalmesh.router.tasks import SHIPPED_WEIGHTS, TASKS, decide, load_task_folder
+from modalmesh.router.tasks import SHIPPED_WEIGHTS, TaskSpec, decide, load_task_folder, spec_of
 from modalmesh.router.routing import route, routing_cases
 from modalmesh.router.train import input_widths, load_examples
 
 SINGLE = {f"{modality} only": sources for modality, sources in MODALITY_SOURCES.items()}
 
 
-def evaluate(task: str, data: str, report: str, weights: str = "", cache_dir: str = "") -> dict:
-    spec = TASKS[task]
+def evaluate(task: str | TaskSpec, data: str, report: str, weights: str = "", cache_dir: str = "") -> dict:
+    """`task`: a built-in task's name, or a task file's TaskSpec (`weights` then names its folder)."""
+    spec = spec_of(task)
+    task = spec.name
     # `weights`: a task folder (model.safetensors inside) or a weights folder (<task>/ inside).
     folder = Path(weights) if weights else SHIPPED_WEIGHTS / task
     if weights and not (folder / "model.safetensors").is_file():
@@ -56,8 +58,8 @@ def evaluate(task: str, data: str, report: str, weights: str = "", cache_dir: st
             )
     cache = FeatureCache.for_task(spec, manifest, cache_dir)
     try:  # images the task does not read are kept: they are judged below as the router judges them
-        examples, items = load_examples(task, manifest, cache, "eval", refuse=False)
-        outside, _ = load_examples(task, manifest, cache, "out", scope="out", refuse=False)
+        examples, items = load_examples(spec, manifest, cache, "eval", refuse=False)
+        outside, _ = load_examples(spec, manifest, cache, "out", scope="out", refuse=False)
     finally:
         cache.close()
     expected = model.config.input_widths

@@ -1,5 +1,6 @@
 """A model repository: numbered versions of each task's weights, loaded while serving.
 
+    <repository>/<task>/task.json                  (a task of your own: router/task_file.py)
     <repository>/<task>/<version>/model.safetensors
                                   config.json
                                   applicability.safetensors, status_line.safetensors (when trained with them)
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from modalmesh.router.task_file import TaskFileError, find_task_files, load_task_file
 from modalmesh.router.tasks import TaskModel, TaskSpec, load_task_folder
 
 log = logging.getLogger(__name__)
@@ -103,12 +105,38 @@ class Repository(Mapping[str, TaskModel]):
         self._lock = threading.Lock()
         self._ready: dict[str, dict[int, TaskModel]] = {name: {} for name in self.specs}
         self._states: dict[str, dict[int, VersionState]] = {name: {} for name in self.specs}
+        self.problems: dict[str, str] = {}  # task -> why its task file does not load
+        self._problem_stamps: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     # -- loading ---------------------------------------------------------------------
+    def discover(self) -> None:
+        """Add the tasks whose task file (`<task>/task.json`) appeared; a file that does not
+        load is reported (`problems`) and tried again when it changes. Built-in tasks need none."""
+        for name, path in find_task_files(self.root).items():
+            stamp = _stamp(path.parent)
+            if name in self.specs or self._problem_stamps.get(name) == stamp:
+                continue
+            try:
+                spec = load_task_file(path)
+                if spec.name != name:
+                    raise TaskFileError(path, [f"{path}: name {spec.name!r} is not its folder's name {name!r}"])
+            except TaskFileError as exc:
+                self.problems[name], self._problem_stamps[name] = str(exc), stamp
+                log.error("model repository: task %s not loaded: %s", name, exc)
+                continue
+            self.problems.pop(name, None)
+            with self._lock:
+                self._ready.setdefault(name, {})
+                self._states.setdefault(name, {})
+            self.specs = {**self.specs, name: spec}  # a new dict: readers iterating the old one are not disturbed
+            log.info("model repository: task %s from %s", name, path)
+
     def poll(self) -> list[VersionState]:
-        """Load every version not seen before; returns what became of each."""
+        """Add new task files' tasks, then load every version not seen before; returns what
+        became of each version."""
+        self.discover()
         outcomes = []
         for name, spec in self.specs.items():
             for version in versions_in(self.root / name):
@@ -199,8 +227,10 @@ class Repository(Mapping[str, TaskModel]):
     def why_not(self, key: str) -> str:
         """Why `key` ("task" or "task@version") names nothing ready, in words."""
         name, _, version = key.partition("@")
+        if name in self.problems:
+            return f"task {name}'s task file does not load: {self.problems[name]}"
         if name not in self.specs:
-            return f"unknown task {name!r}; one of {', '.join(sorted(self.specs))}"
+            return f"unknown task {name[:100]!r}; one of {', '.join(sorted(self.specs))}"
         states = {s.version: s for s in self.states(name)}
         ready = [str(v) for v, s in states.items() if s.state == "ready"]
         if not version:

@@ -64,6 +64,11 @@ def apply_routing_thresholds(tasks: dict, setting: str) -> dict:
     return tasks
 
 
+def routing_items(setting: str, name: str) -> str:
+    """The parts of a `routing` setting that name task `name`."""
+    return ",".join(part for part in setting.split(",") if part.strip().partition("=")[0] == name)
+
+
 def parse_pins(setting: str, tasks: Mapping[str, TaskSpec]) -> dict[str, int]:
     """'screenshot_triage=3,medical_report=1' -> {task: version}."""
     pins = {}
@@ -94,22 +99,26 @@ class RouterService(Service):
         self.channels: list[grpc.Channel] = []
 
     def initialize(self) -> None:
-        apply_routing_thresholds(TASKS, self.config.routing)  # a bad setting is refused at start
         model_thread: DynamicBatcher[Callable[[], object], object] = DynamicBatcher(_run_all, max_batch_size=8, max_queue=self.config.max_queue, name="router")
         self.model_thread = model_thread
 
         def prepare(task: TaskModel) -> TaskModel:
             # tau/gamma/eager: --routing, else the values tuned on validation (in the weights' config), else the task's defaults.
-            task.spec = apply_routing_thresholds({**TASKS, task.spec.name: task.spec}, self.config.routing)[task.spec.name]
+            name = task.spec.name
+            task.spec = apply_routing_thresholds({name: task.spec}, routing_items(self.config.routing, name))[name]
             model_thread.submit(functools.partial(_warm, task.model)).value  # the first call's one-off costs, paid before it serves
             return task
 
         if self.config.model_repository:
-            self.repository = Repository(self.config.model_repository, TASKS, prepare, pins=parse_pins(self.config.model_versions, TASKS))
+            self.repository = Repository(self.config.model_repository, TASKS, prepare)
+            self.repository.discover()  # the repository's own tasks (task files), before the settings that name tasks are checked
+            self.repository.pins = parse_pins(self.config.model_versions, self.repository.specs)
+            apply_routing_thresholds(self.repository.specs, self.config.routing)  # a bad setting is refused at start
             self.repository.poll()
             self.repository.start(self.config.repository_poll_s)
             self.tasks = self.repository
         else:
+            apply_routing_thresholds(TASKS, self.config.routing)  # a bad setting is refused at start
             weights = self.config.weights_dir or (str(SHIPPED_WEIGHTS) if SHIPPED_WEIGHTS.is_dir() else "")
             self.tasks = {name: prepare(load_task(spec, weights)) for name, spec in TASKS.items()}
         self.channels = [
@@ -190,13 +199,15 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
 
     def ListTasks(self, request, context):
         repository = self.service.repository
-        names = sorted(repository.specs) if repository is not None else sorted(self.service.tasks)
+        names = sorted(set(repository.specs) | set(repository.problems)) if repository is not None else sorted(self.service.tasks)
         return router_pb2.ListTasksResponse(tasks=[self._task_info(name) for name in names])
 
     def _task_info(self, name: str) -> router_pb2.TaskInfo:
         repository = self.service.repository
+        if repository is not None and name in repository.problems:
+            return router_pb2.TaskInfo(name=name, problem=repository.problems[name][:1000])
         task = self.service.tasks.get(name)
-        spec = task.spec if task is not None else TASKS[name]
+        spec = task.spec if task is not None else (repository.specs[name] if repository is not None else TASKS[name])
         info = router_pb2.TaskInfo(
             name=name,
             description=spec.description,

@@ -483,6 +483,11 @@ TASKS: dict[str, TaskSpec] = {
 }
 
 
+def spec_of(task: str | TaskSpec) -> TaskSpec:
+    """A task by name (a built-in) or the TaskSpec itself (a task file's)."""
+    return task if isinstance(task, TaskSpec) else TASKS[task]
+
+
 @dataclass
 class TaskModel:
     spec: TaskSpec

@@ -35,7 +35,7 @@ from modalmesh.router.features import FeatureCache, configured_asr_engine, text_
 from modalmesh.router.finetune import LEARNING_RATE as TEXT_TOP_LEARNING_RATE
 from modalmesh.router.fusion import FusionConfig, FusionEnsemble, FusionModel, fit_log_temperature
 from modalmesh.router.repository import staged_version, versions_in
-from modalmesh.router.tasks import NOT_FOR_CLINICAL_USE, TASKS, decide
+from modalmesh.router.tasks import NOT_FOR_CLINICAL_USE, TaskSpec, decide, spec_of
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +54,10 @@ class Example:
     truth: torch.Tensor  # regression targets in the units the task reports (mm)
 
 
-def regression_targets(task: str, record: dict) -> tuple[torch.Tensor, torch.Tensor]:
+def regression_targets(task: str | TaskSpec, record: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """Targets in the task's units (mm), and which apply: a size-rule output (the largest
     diameter) only where there is a lesion, `side` only where it is left or right."""
-    spec = TASKS[task]
+    spec = spec_of(task)
     extra = record.get("extra", {})
     values, mask = [], []
     for name in spec.regression:
@@ -72,15 +72,17 @@ def regression_targets(task: str, record: dict) -> tuple[torch.Tensor, torch.Ten
     return torch.tensor(values, dtype=torch.float32), torch.tensor(mask, dtype=torch.bool)
 
 
-def load_examples(task: str, manifest: str | Path, cache: FeatureCache, label: str, scope: str = "in", refuse: bool = True) -> tuple[list[Example], list]:
+def load_examples(
+    task: str | TaskSpec, manifest: str | Path, cache: FeatureCache, label: str, scope: str = "in", refuse: bool = True
+) -> tuple[list[Example], list]:
     """The manifest's records of `scope` ("in": the task's own inputs, the default for a record
     without one; "out": inputs the task should not answer, label -1) with their features.
     `refuse`: an image the task does not read (tasks.TaskSpec.inapplicable_image) stops it,
     naming the item (training); else it is kept, to be judged as the router judges it."""
-    spec = TASKS[task]
-    records = [r for r in read_manifest(manifest) if r["task"] == task and r.get("scope", "in") == scope]
+    spec = spec_of(task)
+    records = [r for r in read_manifest(manifest) if r["task"] == spec.name and r.get("scope", "in") == scope]
     if not records and scope == "in":
-        raise ValueError(f"{manifest}: no records for task {task}")
+        raise ValueError(f"{manifest}: no records for task {spec.name}")
     for record in records if scope == "in" else ():  # every label checked before any feature is computed
         if record["label"] not in spec.labels:
             raise ValueError(f"{manifest}: {record['id']}: label {record['label']!r} is not one of {spec.labels}")
@@ -159,7 +161,7 @@ def deterministic_torch():
 
 
 def train(
-    task: str,
+    task: str | TaskSpec,
     data: str,
     out: str,
     epochs: int = 40,
@@ -181,7 +183,8 @@ def train(
     (router/finetune.py) and are written to `text-model/` in `out`; one model, not an ensemble.
     `repository`: write the task's next version in this model repository instead of `out`
     (router/repository.py); the summary's "out" says where it went."""
-    spec = TASKS[task]
+    spec = spec_of(task)
+    name = spec.name
     if not repository:
         weights_folder(Path(out))  # refused now, not after the training
     members = spec.members if members is None else members
@@ -192,18 +195,18 @@ def train(
     manifest = Path(data)
     cache = FeatureCache.for_task(spec, manifest, cache_dir)
     try:
-        train_set, train_items = load_examples(task, manifest, cache, "train")
+        train_set, train_items = load_examples(spec, manifest, cache, "train")
         val_path = manifest.with_name("val.jsonl")
-        val_set, val_items = load_examples(task, val_path, cache, "val") if val_path.is_file() and val_path != manifest else ([], [])
+        val_set, val_items = load_examples(spec, val_path, cache, "val") if val_path.is_file() and val_path != manifest else ([], [])
     finally:
         cache.close()
     text_top = None
     if finetune_top:
-        text_top = _prepare_text_top(task, finetune_top, [(manifest, train_set, train_items), (val_path, val_set, val_items)])
+        text_top = _prepare_text_top(spec, finetune_top, [(manifest, train_set, train_items), (val_path, val_set, val_items)])
     feature_seconds = time.perf_counter() - started
 
     # The status-line pointer first: the fusion model reads the screen through it (status_line.focus).
-    pointer, pointer_summary = fit_status_line(task, manifest, val_path, train_set, train_items, val_set, val_items, seed)
+    pointer, pointer_summary = fit_status_line(spec, manifest, val_path, train_set, train_items, val_set, val_items, seed)
     # Validation as the router reads it (every screen paragraph, through the pointer, with
     # tasks.decide): the routing and abstention thresholds are chosen on it.
     served_val = val_set
@@ -242,7 +245,7 @@ def train(
         model = FusionEnsemble(config, trained)
     model.eval()
     published: list[Path] = []
-    staging = staged_version(Path(repository) / task, published) if repository else staged_folder(Path(out))
+    staging = staged_version(Path(repository) / name, published) if repository else staged_folder(Path(out))
     with staging as out_dir:  # the weights appear whole, or not at all
         if text_top is not None:  # from here on, validation is read through the trained layers
             val_set, served_val = text_top.read(val_set), text_top.read(served_val)
@@ -270,7 +273,7 @@ def train(
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out_dir / "model.safetensors"))
         (out_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
         summary = {
-            "task": task,
+            "task": name,
             "train_items": len(train_set),
             "val_items": len(val_set),
             "epochs": epochs,
@@ -294,7 +297,7 @@ def train(
         }
         (out_dir / "train_log.json").write_text(json.dumps({**summary, "loss_per_epoch": histories[0] if members == 1 else histories}, indent=2))
         # The folder the card names: the version this run will most likely become.
-        shown_as = Path(repository) / task / str(max(versions_in(Path(repository) / task), default=0) + 1) if repository else Path(out)
+        shown_as = Path(repository) / name / str(max(versions_in(Path(repository) / name), default=0) + 1) if repository else Path(out)
         write_model_card(out_dir, spec, summary, data, shown_as=shown_as)
     summary["out"] = str(published[0] if published else Path(out))
     return summary
@@ -314,15 +317,16 @@ WEIGHT_FILES = ("model.safetensors", "config.json", "train_log.json", "MODEL_CAR
 
 
 def fit_status_line(
-    task: str, manifest: Path, val_path: Path, train_set, train_items, val_set, val_items, seed: int
+    task: str | TaskSpec, manifest: Path, val_path: Path, train_set, train_items, val_set, val_items, seed: int
 ) -> tuple[status_line.StatusLine | None, dict | None]:
     """For a task that reads screen text, when the manifest says which message each screen
     shows (`extra.screen`): the pointer to the status message (router/status_line.py) and
     its accuracies; (None, None) where there is nothing to learn from."""
-    if "image" not in TASKS[task].side_outputs:
+    spec = spec_of(task)
+    if "image" not in spec.side_outputs:
         return None, None
-    train_pairs = status_line.pairs_of([r for r in read_manifest(manifest) if r["task"] == task], train_items, train_set)
-    val_pairs = status_line.pairs_of([r for r in read_manifest(val_path) if r["task"] == task], val_items, val_set) if val_set else []
+    train_pairs = status_line.pairs_of([r for r in read_manifest(manifest) if r["task"] == spec.name], train_items, train_set)
+    val_pairs = status_line.pairs_of([r for r in read_manifest(val_path) if r["task"] == spec.name], val_items, val_set) if val_set else []
     if len(train_pairs) < STATUS_LINE_MIN_SCREENS:
         return None, None
     pointer, summary = status_line.fit(train_pairs, val_pairs, epochs=STATUS_LINE_EPOCHS, seed=seed)
@@ -371,7 +375,7 @@ def staged_folder(final: Path):
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _prepare_text_top(task: str, top_layers: int, splits):
+def _prepare_text_top(task: str | TaskSpec, top_layers: int, splits):
     """The text model the features came from, its top layers to train, and every text's
     frozen states below them. `splits`: (manifest, examples, items) per split."""
     from modalmesh.router.features import configured_models
@@ -381,7 +385,7 @@ def _prepare_text_top(task: str, top_layers: int, splits):
     text_top = TextTop(TextEncoder(configured_models().get("text", "")), top_layers)
     for manifest, examples, items in splits:
         if examples:
-            records = [r for r in read_manifest(manifest) if r["task"] == task]
+            records = [r for r in read_manifest(manifest) if r["task"] == spec_of(task).name]
             text_top.prepare(examples, [texts_of(r, item) for r, item in zip(records, items)], label=manifest.stem)
     return text_top
 

@@ -233,7 +233,7 @@ class ListTasksRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class TaskInfo(_message.Message):
-    __slots__ = ("name", "description", "labels", "accepted_modalities", "optional_modalities", "model_version", "tau", "gamma", "eager_side_outputs", "text_model", "abstain_below", "applicability_max_distance", "versions")
+    __slots__ = ("name", "description", "labels", "accepted_modalities", "optional_modalities", "model_version", "tau", "gamma", "eager_side_outputs", "text_model", "abstain_below", "applicability_max_distance", "versions", "problem")
     class ApplicabilityMaxDistanceEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -254,6 +254,7 @@ class TaskInfo(_message.Message):
     ABSTAIN_BELOW_FIELD_NUMBER: _ClassVar[int]
     APPLICABILITY_MAX_DISTANCE_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    PROBLEM_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     labels: _containers.RepeatedScalarFieldContainer[str]
@@ -267,7 +268,8 @@ class TaskInfo(_message.Message):
     abstain_below: float
     applicability_max_distance: _containers.ScalarMap[str, float]
     versions: _containers.RepeatedCompositeFieldContainer[TaskVersion]
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., accepted_modalities: _Optional[_Iterable[_Union[Modality, str]]] = ..., optional_modalities: _Optional[_Iterable[_Union[Modality, str]]] = ..., model_version: _Optional[str] = ..., tau: _Optional[float] = ..., gamma: _Optional[float] = ..., eager_side_outputs: _Optional[_Iterable[_Union[Modality, str]]] = ..., text_model: _Optional[str] = ..., abstain_below: _Optional[float] = ..., applicability_max_distance: _Optional[_Mapping[str, float]] = ..., versions: _Optional[_Iterable[_Union[TaskVersion, _Mapping]]] = ...) -> None: ...
+    problem: str
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., accepted_modalities: _Optional[_Iterable[_Union[Modality, str]]] = ..., optional_modalities: _Optional[_Iterable[_Union[Modality, str]]] = ..., model_version: _Optional[str] = ..., tau: _Optional[float] = ..., gamma: _Optional[float] = ..., eager_side_outputs: _Optional[_Iterable[_Union[Modality, str]]] = ..., text_model: _Optional[str] = ..., abstain_below: _Optional[float] = ..., applicability_max_distance: _Optional[_Mapping[str, float]] = ..., versions: _Optional[_Iterable[_Union[TaskVersion, _Mapping]]] = ..., problem: _Optional[str] = ...) -> None: ...
 
 class TaskVersion(_message.Message):
     __slots__ = ("version", "state", "reason", "model_version", "serving")

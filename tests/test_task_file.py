@@ -1,0 +1,111 @@
+"""Tasks of your own: a task file (router/task_file.py) checked, trained into a model
+repository and served, with the real text encoder and a real router on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+
+import grpc
+import pytest
+
+from modalmesh.cli import main
+from modalmesh.common.client import connect
+from modalmesh.router.task_file import TaskFileError, load_task_file
+from modalmesh.v1 import router_pb2, router_pb2_grpc
+
+TASK = {
+    "name": "ticket_urgency",
+    "description": "How urgent a support ticket is, from its text.",
+    "labels": {
+        "urgent": {"priority": "high", "next_steps": "Page the on-call engineer.", "reply": "We are on it right now."},
+        "routine": {"priority": "low", "next_steps": "Answer within two days.", "reply": "Thanks, we will get back to you."},
+    },
+    "modalities": ["text"],
+    "training": {"members": 1, "feature_noise": 0.0},
+    "description_template": "Urgency: {label} ({confidence:.2f}), priority {priority}. {next_steps}",
+}
+URGENT = ["the whole site is down", "production database is deleted", "every payment fails right now", "all customers are locked out", "servers on fire"]
+ROUTINE = ["please update my billing address", "how do I change my avatar", "a typo on the about page", "last year's invoice", "feature idea for later"]
+OPENERS = ["", "hello, ", "hi team, ", "quick note: ", "fyi "]
+
+
+def write_split(folder, split: str, n: int, seed: int) -> None:
+    rng = random.Random(seed)
+    lines = []
+    for index in range(n):
+        label = "urgent" if index % 2 else "routine"
+        text = rng.choice(OPENERS) + rng.choice(URGENT if label == "urgent" else ROUTINE)
+        lines.append(json.dumps({"id": f"{split}-{index:03d}", "task": TASK["name"], "text": text, "label": label}))
+    (folder / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def test_a_task_file_is_checked_field_by_field(tmp_path):
+    path = tmp_path / "task.json"
+    path.write_text(json.dumps(TASK, indent=2))
+    spec = load_task_file(path)
+    assert spec.labels == ("urgent", "routine") and spec.modalities == ("text",) and spec.members == 1
+    broken = {**TASK, "labels": {"urgent": {"priority": "soon"}}, "modalities": ["text", "smell"], "side_output": ["image"]}
+    broken["description_template"] = "{label} {confidence.real}"
+    path.write_text(json.dumps(broken, indent=2))
+    with pytest.raises(TaskFileError) as raised:
+        load_task_file(path)
+    problems = "\n".join(raised.value.problems)
+    for expected in ("side_output: not a task file field", "labels: an object with two labels or more", "'smell': each must be one of", "{confidence.real}"):
+        assert expected in problems, problems
+    assert all(problem.startswith(f"{path}:") for problem in raised.value.problems)  # the file and the line
+    path.write_text('{"name": "x",\n  "labels": }')
+    with pytest.raises(TaskFileError, match=r"task.json:2:\d+: not valid JSON"):
+        load_task_file(path)
+    assert main(["task", "check", str(path)]) == 2
+
+
+def test_task_init_writes_a_file_that_checks(tmp_path, capsys):
+    assert main(["task", "init", "qc_line", "--labels", "ok,surface_defect", "--modalities", "image,audio", "--out", str(tmp_path / "qc")]) == 0
+    assert main(["task", "check", str(tmp_path / "qc" / "task.json")]) == 0
+    assert "task qc_line: 2 labels (ok, surface_defect); reads image+audio; ok" in capsys.readouterr().out
+    example = [json.loads(line) for line in (tmp_path / "qc" / "train.example.jsonl").read_text().splitlines()]
+    assert [e["label"] for e in example] == ["ok", "surface_defect"] and example[0]["image"] != example[1]["image"]
+    assert main(["task", "init", "qc_line", "--labels", "ok,surface_defect", "--modalities", "image", "--out", str(tmp_path / "qc")]) == 2  # never over a file
+
+
+@pytest.mark.slow
+def test_a_task_of_your_own_is_trained_into_a_repository_and_served(mesh, tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    write_split(data, "train", 40, 1)
+    write_split(data, "val", 20, 2)
+    task_file = tmp_path / "task.json"
+    task_file.write_text(json.dumps(TASK, indent=2))
+    repository = tmp_path / "models"
+    assert main(["train", "--task-file", str(task_file), "--data", str(data / "train.jsonl"), "--repository", str(repository), "--epochs", "8"]) == 0
+    assert (repository / "ticket_urgency" / "task.json").read_bytes() == task_file.read_bytes()  # kept beside its versions
+    assert (repository / "ticket_urgency" / "1" / "model.safetensors").is_file()
+    broken = repository / "broken_task"
+    broken.mkdir()
+    (broken / "task.json").write_text('{"name": "broken_task", "labels": []}')
+    capsys.readouterr()
+    version = repository / "ticket_urgency" / "1"
+    report = tmp_path / "report"
+    assert main(["eval", "--task-file", str(task_file), "--data", str(data / "val.jsonl"), "--report", str(report), "--weights", str(version)]) == 0
+    assert json.loads((tmp_path / "report" / "report.json").read_text())["items"] == 20
+
+    handle = mesh.start_router(model_repository=str(repository), repository_poll_s=0)
+    try:
+        with connect(handle.address) as channel:
+            router = router_pb2_grpc.RouterStub(channel)
+            tasks = {t.name: t for t in router.ListTasks(router_pb2.ListTasksRequest(), timeout=10).tasks}
+            assert list(tasks["ticket_urgency"].labels) == ["urgent", "routine"] and tasks["ticket_urgency"].versions[0].state == "ready"
+            assert "broken_task" in tasks and "description: required" in tasks["broken_task"].problem
+            assert not tasks["screenshot_triage"].versions and not tasks["screenshot_triage"].model_version  # nothing of it in this repository
+            answer = router.Analyze(router_pb2.AnalyzeRequest(task="ticket_urgency", text="hi team, the whole site is down"), timeout=60)
+            assert answer.task_version == 1 and answer.label == "urgent" and not answer.abstained  # a wording it was trained on
+            findings = {f.key: f.value for f in answer.findings}
+            assert re.fullmatch(r"Urgency: urgent \([01]\.\d\d\), priority high\. Page the on-call engineer\.", answer.description), answer.description
+            assert findings["priority"] == "high" and findings["reply"] == "We are on it right now."
+            with pytest.raises(grpc.RpcError) as refused:
+                router.Analyze(router_pb2.AnalyzeRequest(task="broken_task", text="x"), timeout=30)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "task file does not load" in refused.value.details()
+    finally:
+        handle.stop(grace=0.5)
