@@ -109,3 +109,55 @@ def test_a_task_of_your_own_is_trained_into_a_repository_and_served(mesh, tmp_pa
             assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "task file does not load" in refused.value.details()
     finally:
         handle.stop(grace=0.5)
+
+
+@pytest.mark.slow
+def test_the_quality_control_task_trains_serves_and_swaps_versions_under_requests(mesh, tmp_path):
+    """qc_line comes as a user's task does (a task file and data), and its second version
+    replaces the first while requests run, none failing."""
+    import threading
+    import time
+
+    from modalmesh.data.generate import generate
+
+    data = tmp_path / "qc"
+    generate("qc_line", data, n=12, seed=4)
+    repository = tmp_path / "models"
+    train = ["train", "--task-file", str(data / "task.json"), "--data", str(data / "train.jsonl"), "--repository", str(repository), "--epochs", "2"]
+    assert main(train) == 0
+    handle = mesh.start_router(model_repository=str(repository), repository_poll_s=0.2)
+    record = json.loads((data / "test.jsonl").read_text().splitlines()[0])
+    request = router_pb2.AnalyzeRequest(
+        task="qc_line",
+        image=router_pb2.MediaInput(data=(data / record["image"]).read_bytes()),
+        audio=router_pb2.MediaInput(data=(data / record["audio"]).read_bytes()),
+    )
+    try:
+        with connect(handle.address) as channel:
+            router = router_pb2_grpc.RouterStub(channel)
+            first = router.Analyze(request, timeout=60)
+            assert first.task_version == 1 and first.label in ("ok", "surface_defect", "bearing_noise", "both", "uncertain")
+            used = {router_pb2.Modality.Name(r.modality): router_pb2.ModalityStatus.Name(r.status) for r in first.explanation.modalities}
+            assert used["MODALITY_IMAGE"] == "MODALITY_STATUS_USED" and used["MODALITY_AUDIO"] == "MODALITY_STATUS_USED"
+            versions, failures, stop = [], [], threading.Event()
+
+            def keep_asking():
+                while not stop.is_set() and len(versions) < 300:
+                    try:
+                        versions.append(router.Analyze(request, timeout=60).task_version)
+                    except grpc.RpcError as exc:
+                        failures.append(f"{exc.code().name}: {exc.details()}")
+
+            caller = threading.Thread(target=keep_asking)
+            caller.start()
+            try:
+                assert main(train + ["--seed", "1"]) == 0  # the second version, trained while the first serves
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline and 2 not in versions:
+                    time.sleep(0.1)
+            finally:
+                stop.set()
+                caller.join(60)
+            assert failures == [] and versions[-1] == 2
+    finally:
+        handle.stop(grace=0.5)

@@ -11,7 +11,8 @@ Manifest format (one JSON object per line; your own data uses the same):
      "label": "payment", "image_parameters": {"window": "lung"}, "extra": {...}}
 `image` and `audio` are paths relative to the manifest (or absent); for
 medical_report, `extra` holds lesion_count, largest_diameter_mm, side and
-pixel_spacing_mm (the regression targets).
+pixel_spacing_mm (the regression targets). `qc_line` (a task of one's own, see data/qc.py)
+also writes its task.json.
 """
 
 from __future__ import annotations
@@ -32,9 +33,9 @@ def split_sizes(n: int) -> dict[str, int]:
 
 def generate(task: str, out: str | Path, n: int, seed: int) -> dict[str, Path]:
     out = Path(out)
-    writer = {"screenshot_triage": _triage_item, "medical_report": _medical_item}.get(task)
+    writer = {"screenshot_triage": _triage_item, "medical_report": _medical_item, "qc_line": _qc_item}.get(task)
     if writer is None:
-        raise ValueError(f"unknown task {task!r}; one of screenshot_triage, medical_report")
+        raise ValueError(f"unknown task {task!r}; one of screenshot_triage, medical_report, qc_line")
     for split in SPLITS:
         refuse_foreign_manifest(out / f"{split}.jsonl")
     (out / "files").mkdir(parents=True, exist_ok=True)
@@ -50,6 +51,10 @@ def generate(task: str, out: str | Path, n: int, seed: int) -> dict[str, Path]:
                 manifest.write(json.dumps(record) + "\n")
         partial.replace(path)
         manifests[split] = path
+    if task == "qc_line":  # not a built-in task: it comes with its task file, as a user's own does
+        from modalmesh.data.qc import TASK_FILE
+
+        (out / "task.json").write_text(json.dumps(TASK_FILE, indent=2) + "\n")
     return manifests
 
 
@@ -96,6 +101,17 @@ def _triage_item(rng, split: str, out: Path, item_id: str) -> dict:
         (out / "files" / f"{item_id}.wav").write_bytes(wav_bytes(samples, engine.sample_rate))
         record["audio"] = f"files/{item_id}.wav"
     return record
+
+
+def _qc_item(rng, split: str, out: Path, item_id: str) -> dict:
+    from modalmesh.audio.speech import wav_bytes
+    from modalmesh.data.qc import SAMPLE_RATE, qc_item
+    from modalmesh.data.screens import png_bytes
+
+    record, photo, sound = qc_item(rng, item_id)
+    (out / "files" / f"{item_id}.png").write_bytes(png_bytes(photo))
+    (out / "files" / f"{item_id}.wav").write_bytes(wav_bytes(sound, SAMPLE_RATE))
+    return {"image": f"files/{item_id}.png", "audio": f"files/{item_id}.wav", **record}
 
 
 PHANTOM_SIZE = 384  # at 0.6-0.9 mm an adult-sized chest (body 190-330 mm wide) whose lungs hold a 60 mm mass
