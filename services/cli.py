@@ -596,8 +596,8 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     ):
         dataset = data_commands.add_parser(name, help=what)
-        tasks = ("screenshot_triage", "medical_report") + (("qc_line",) if name == "generate" else ())  # qc_line: a task file's task
-        dataset.add_argument("--task", required=True, choices=tasks)
+        generated = ("screenshot_triage", "medical_report") + (("qc_line",) if name == "generate" else ())  # qc_line: a task file's task
+        dataset.add_argument("--task", required=True, choices=generated)
         dataset.add_argument("--out", required=True)
         dataset.add_argument("--n", type=_at_least(1), default=n, help=n_help)
         dataset.add_argument("--seed", type=int, default=0)

@@ -94,6 +94,15 @@ def test_an_input_that_alone_reads_another_label_is_pooled_into_the_answer():
     assert single.dissent == () and torch.equal(single.probabilities, alone_text)
     reason = withheld(TRIAGE, "other", 0.49, {"text", "image"}, 0.5, {}, decided.dissent)
     assert "the inputs disagree: the " in reason and "alone reads as" in reason
+    # A modality whose confident lone readings were right on validation less often than they
+    # claim (each input of a task whose labels combine what several show) is no voice.
+    dissenting = "image" if dissenter is alone_image else "text"
+    model.config.dissent_precision = {dissenting: DISSENT - 0.05}
+    unheard = decide(model, TRIAGE, {"text": text, "image": image}, {})
+    assert unheard.dissent == () and torch.allclose(unheard.probabilities, both)
+    model.config.dissent_precision = {dissenting: DISSENT}
+    assert decide(model, TRIAGE, {"text": text, "image": image}, {}).dissent == decided.dissent
+    model.config.dissent_precision = {}
     # The record alone cannot answer the CT task: it is never a dissenting voice there.
     medical = FusionModel(FusionConfig(labels=MEDICAL.labels, regression=MEDICAL.regression, input_widths=widths)).eval()
     assert all("text" not in d for d in decide(medical, MEDICAL, {"text": text, "image": image}, {}).dissent)

@@ -125,6 +125,8 @@ def test_the_quality_control_task_trains_serves_and_swaps_versions_under_request
     repository = tmp_path / "models"
     train = ["train", "--task-file", str(data / "task.json"), "--data", str(data / "train.jsonl"), "--repository", str(repository), "--epochs", "2"]
     assert main(train) == 0
+    config = json.loads((repository / "qc_line" / "1" / "config.json").read_text())
+    assert isinstance(config["dissent_precision"], dict)  # measured on validation, read by tasks.decide
     handle = mesh.start_router(model_repository=str(repository), repository_poll_s=0.2)
     record = json.loads((data / "test.jsonl").read_text().splitlines()[0])
     request = router_pb2.AnalyzeRequest(

@@ -92,6 +92,11 @@ class FusionConfig:
     # Answers whose calibrated confidence is below this are withheld (tasks.withheld); chosen
     # on validation by train.choose_abstain_below. 0: never on confidence alone.
     abstain_below: float = 0.0
+    # Per modality: of its readings alone that were confident enough to dissent (tasks.DISSENT),
+    # the share that was right on validation (train.dissent_precision). A modality whose lone
+    # readings were often wrong (each input of a task whose labels combine what several show)
+    # is not a dissenting voice. Empty (weights written before it was measured): every one is.
+    dissent_precision: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.regression_from != "fused" and self.regression_from not in SOURCES:

@@ -508,6 +508,9 @@ class TaskModel:
 # dissenting distributions (a linear opinion pool), so that one input's misreading
 # cannot outvote another's clear reading at high confidence.
 DISSENT = 0.7
+# A modality is a dissenting voice only if its confident lone readings were right on
+# validation at least as often as the confidence they claim (FusionConfig.dissent_precision).
+DISSENT_PRECISION = DISSENT
 
 
 class Decided(NamedTuple):
@@ -544,9 +547,12 @@ def decide(
         return Decided(outputs, probabilities, regression, weight)
     best = int(probabilities.argmax())
     pooled, dissent = [probabilities], []
+    measured = getattr(model.config, "dissent_precision", {}) or {}
     for name, sources in present.items():
         if not set(spec.needs) <= {name}:
             continue  # cannot answer alone (a record without the scan the task needs)
+        if measured.get(name, 1.0) < DISSENT_PRECISION:
+            continue  # alone, it was often confidently wrong on validation: not a voice to pool
         alone = {s: f for s, f in features.items() if s in sources}
         view = fuse(model, spec, alone, tags if name == "image" else {}, (), use_measured, False, pointer).probabilities
         other = int(torch.argmax(torch.where(torch.arange(len(view)) == best, -1.0, view)))

@@ -33,9 +33,9 @@ from modalmesh.data.generate import read_manifest
 from modalmesh.router import applicability, status_line
 from modalmesh.router.features import FeatureCache, configured_asr_engine, text_model_version
 from modalmesh.router.finetune import LEARNING_RATE as TEXT_TOP_LEARNING_RATE
-from modalmesh.router.fusion import FusionConfig, FusionEnsemble, FusionModel, fit_log_temperature
+from modalmesh.router.fusion import MODALITY_SOURCES, FusionConfig, FusionEnsemble, FusionModel, fit_log_temperature
 from modalmesh.router.repository import staged_version, versions_in
-from modalmesh.router.tasks import NOT_FOR_CLINICAL_USE, TaskSpec, decide, spec_of
+from modalmesh.router.tasks import DISSENT, NOT_FOR_CLINICAL_USE, TaskSpec, decide, fuse, spec_of
 
 log = logging.getLogger(__name__)
 
@@ -256,6 +256,8 @@ def train(
             if val_set and spec.size_rule is not None:  # the heads' validation size error: the size rule's spread when nothing was measured
                 config.measurement_sigma = measurement_sigma(model, spec, val_set)
                 config.measurement_evidence = measurement_evidence(spec, val_set)
+            if val_set:  # which inputs, read alone, are voices to pool with the answer (tasks.decide)
+                config.dissent_precision = dissent_precision(model, spec, served_val, pointer)
             if val_set:  # the earliest answers that cost at most half a point of validation accuracy
                 config.routing = tune_routing_on(model, spec, served_val, val_items, pointer)
             if val_set:  # answers below this confidence are withheld
@@ -291,6 +293,7 @@ def train(
             "finetune_top": finetune_top,
             "text_model": config.text_model,
             "abstain_below": config.abstain_below,
+            "dissent_precision": config.dissent_precision,
             "applicability_checked": sorted(reference.references),
             "asr_engine": configured_asr_engine(),
             "status_line": pointer_summary,
@@ -536,6 +539,25 @@ def choose_abstain_below(probabilities: torch.Tensor, labels: torch.Tensor, risk
         if not given.any() or float((predicted[given] != labels[given]).float().mean()) <= risk:
             return threshold
     return 0.95
+
+
+DISSENT_MIN_READINGS = 10  # fewer confident lone readings than this say too little: the modality keeps its voice
+
+
+def dissent_precision(model, spec, examples: list[Example], pointer=None) -> dict[str, float]:
+    """Per modality that can answer alone (it holds what the task needs): of its lone
+    readings on validation confident enough to dissent (tasks.DISSENT), the share that was
+    right (FusionConfig.dissent_precision)."""
+    right: dict[str, list[bool]] = {}
+    for example in examples:
+        for name, sources in MODALITY_SOURCES.items():
+            alone = {s: f for s, f in example.features.items() if s in sources}
+            if not alone or not set(spec.needs) <= {name}:
+                continue
+            view = fuse(model, spec, alone, example.tags if name == "image" else {}, (), True, False, pointer).probabilities
+            if float(view.max()) >= DISSENT:
+                right.setdefault(name, []).append(int(view.argmax()) == example.label)
+    return {name: round(sum(hits) / len(hits), 3) for name, hits in right.items() if len(hits) >= DISSENT_MIN_READINGS}
 
 
 def measurement_evidence(spec, examples: list[Example]) -> dict[str, dict[str, float]]:
