@@ -56,7 +56,7 @@ def start_service(name: str, **overrides):
     from modalmesh.common.config import load_config
     from modalmesh.common.runtime import start_server
 
-    config = load_config(name, environ={}, **{"port": 0, "metrics_port": 0, "grace_seconds": 1.0, **overrides})
+    config = load_config(name, environ={}, **{"port": 0, "metrics_port": 0, "http_port": 0, "grace_seconds": 1.0, **overrides})
     return start_server(config, _service(name, config))
 
 

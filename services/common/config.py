@@ -128,6 +128,7 @@ class ServiceConfig:
     repository_poll_s: float = _option(2.0, "router: how often the model repository is looked at for new versions (0: only at start)")
     model_versions: str = _option("", "router: pinned versions 'task=3,...'; other tasks serve their highest ready version")
     default_deadline_s: float = _option(30.0, "router: time budget of a request that sets no deadline")
+    http_port: int = _option(8000, "router: HTTP port (OIP v2 REST, Analyze as JSON, SSE; every call goes through the gRPC port); 0 turns it off")
     speech_budget_s: float = _option(3.0, "router: longest wait for the spoken reply; past it the answer comes without (speech_error)")
     routing: str = _option("", "router: per-task routing 'task=tau/gamma[/eager],...' (e.g. screenshot_triage=0.9/0.15/image)")
     encoder_ca: str = _option("", "router: PEM CA to trust when calling encoders over TLS")
@@ -182,6 +183,8 @@ class ServiceConfig:
             problems.append("max_waiting_calls must be 0 or more")
         if self.cold_start_calls < 0:
             problems.append("cold_start_calls must be 0 (no limit) or more")
+        if not 0 <= self.http_port <= 65535:
+            problems.append("http_port must be 0 (off) to 65535")
         if self.repository_poll_s < 0:
             problems.append("repository_poll_s must be 0 (only at start) or more")
         if problems:

@@ -63,6 +63,9 @@ class Service(abc.ABC):
     def finalize(self) -> None:
         """Release resources. Runs once, after the server has drained."""
 
+    def bound(self, address: str) -> None:
+        """The address the gRPC server listens on, once it does (before initialize)."""
+
 
 def grpc_options(max_message_bytes: int) -> list[tuple[str, object]]:
     """Channel/server options shared by servers and clients."""
@@ -354,6 +357,7 @@ def start_server(config: ServiceConfig, service: Service, *, initialize: bool = 
         raise OSError(f"{service.name}: cannot listen on {config.address} (port in use?)")
     handle = ServerHandle(config, service, server, port, health_servicer, names, state)
     handle.admission = admission
+    service.bound(handle.address)
     handle.set_serving(False)
     server.start()
     if config.health_port > 0:  # kubelet probes: plaintext, answered by a process of its own (common/probe.py)

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import math
 import queue
 import struct
 import threading
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import grpc
 import numpy as np
@@ -31,6 +32,8 @@ from modalmesh.router.pipeline import MODALITY_ENUM, Encoders, Pipeline
 from modalmesh.router.repository import Repository, VersionState
 from modalmesh.router.tasks import SHIPPED_WEIGHTS, TASKS, TaskModel, TaskSpec, load_task
 from modalmesh.v1 import inference_pb2, inference_pb2_grpc, router_pb2, router_pb2_grpc
+
+log = logging.getLogger(__name__)
 
 ROUTER_SERVICE = router_pb2.DESCRIPTOR.services_by_name["Router"].full_name
 OIP_SERVICE = inference_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
@@ -97,6 +100,12 @@ class RouterService(Service):
         self.pipeline: Pipeline | None = None
         self.model_thread: DynamicBatcher | None = None
         self.channels: list[grpc.Channel] = []
+        self.address = ""  # where the gRPC server listens (the HTTP gateway calls it)
+        self.gateway: Any = None  # router/http.py HttpGateway, when http_port is set
+        self.http_port = 0  # the port it listens on
+
+    def bound(self, address: str) -> None:
+        self.address = address
 
     def initialize(self) -> None:
         model_thread: DynamicBatcher[Callable[[], object], object] = DynamicBatcher(_run_all, max_batch_size=8, max_queue=self.config.max_queue, name="router")
@@ -134,7 +143,24 @@ class RouterService(Service):
             speech_budget_s=self.config.speech_budget_s,
         )
 
+        if self.config.http_port:
+            self.start_gateway()
+
+    def start_gateway(self) -> None:
+        if self.config.tls_enabled:  # the loopback hop would need a client identity the router trusts
+            log.warning("router: the HTTP gateway is off with TLS on the gRPC port in this version (http_port %d)", self.config.http_port)
+            return
+        from modalmesh.router.http import HttpGateway
+
+        host, _, port = self.address.rpartition(":")
+        loopback = f"127.0.0.1:{port}" if host in ("0.0.0.0", "[::]", "") else self.address
+        self.gateway = HttpGateway(self.config.host, self.config.http_port, loopback, self.config.max_input_bytes)
+        self.http_port = self.gateway.start()
+        log.info("router: HTTP on %s:%d (OIP v2 REST, /v1/analyze)", self.config.host, self.http_port)
+
     def finalize(self) -> None:
+        if self.gateway is not None:
+            self.gateway.stop()
         if self.repository is not None:
             self.repository.stop()
         if self.model_thread is not None:
