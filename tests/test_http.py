@@ -125,3 +125,18 @@ def test_tritonclient_http_works_unmodified(gateway, tmp_path):
     result = subprocess.run([sys.executable, "-c", TRITON_HTTP, gateway, str(screenshot)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.startswith("ok ")
+
+
+def test_the_web_console_is_served_and_its_script_parses(gateway):
+    """The console at /: plain HTML and JavaScript that ask /v1/tasks and stream
+    /v1/analyze/stream. Its script is parsed by Node (which `make test` has, for buf)."""
+    import shutil
+
+    status, page = curl(f"{gateway}/", token="")
+    assert status == 200 and '<form id="ask">' in page and 'fetch("v1/analyze/stream"' in page and 'fetch("v1/tasks"' in page
+    script = page.split("<script>")[1].split("</script>")[0]
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed: the script's syntax is not checked")
+    checked = subprocess.run([node, "-e", "new Function(require('fs').readFileSync(0, 'utf8'))"], input=script, capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 0, checked.stderr

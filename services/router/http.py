@@ -9,6 +9,7 @@
     POST /v1/analyze/stream                             AnalyzeStream's events as Server-Sent Events
     GET  /v1/tasks                                      ListTasks
     GET  /openapi.json                                  this API, described
+    GET  /                                              the web console (console.html)
 
 It runs in the router's process on its own port (`http_port`, 8000 by default; 0: off)
 and answers every request by calling the router's own gRPC port on the loopback, so the
@@ -26,6 +27,7 @@ import json
 import logging
 import struct
 import threading
+from pathlib import Path
 from typing import Any, Iterator
 
 import grpc
@@ -54,6 +56,7 @@ HTTP_STATUS = {
     grpc.StatusCode.DEADLINE_EXCEEDED: 504,
 }
 BINARY_HEADER = "Inference-Header-Content-Length"  # the OIP binary tensor extension
+CONSOLE = Path(__file__).resolve().parent / "console.html"  # the web console, plain HTML, CSS and JavaScript
 MAX_JSON_OVERHEAD = 64 * 1024  # a request body may be this much larger than the inputs it carries (base64 adds a third)
 
 
@@ -118,6 +121,13 @@ def build_app(router_target: str, max_input_bytes: int, channel_options: dict | 
     def call_timeout(request: Request, analyze: router_pb2.AnalyzeRequest) -> float | None:
         deadline_ms = analyze.options.deadline_ms
         return timeout(request, deadline_ms / 1000.0 + 1.0 if deadline_ms > 0 else None)
+
+    @app.get("/", include_in_schema=False)
+    def console():
+        """The web console: a page that asks the router and shows the answer as it streams."""
+        from fastapi.responses import HTMLResponse
+
+        return HTMLResponse(CONSOLE.read_text(encoding="utf-8"))
 
     @app.exception_handler(errors.ServiceError)
     async def refused(request: Request, exc: errors.ServiceError):
