@@ -230,6 +230,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                 explain=args.explain,
                 mode=args.mode,
                 require=args.require,
+                reports=[name for name, path in (("fhir", args.fhir), ("dicom_sr", args.sr), ("ticket", args.ticket)) if path],
             )
         except grpc.RpcError as exc:
             detail = "; ".join(f"{f}: {d}" for f, d in errors.field_violations(exc))
@@ -240,6 +241,11 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if args.speech_out and speech:
         with open(args.speech_out, "wb") as handle:
             handle.write(speech)
+    written = answer.pop("reports")
+    for name, path in (("fhir", args.fhir), ("dicom_sr", args.sr), ("ticket", args.ticket)):
+        if path and name in written:
+            Path(path).write_bytes(written[name])
+            print(f"{name}: {path}", file=sys.stderr)
     if args.json:
         print(json.dumps(answer, indent=2))
         return 0
@@ -563,6 +569,9 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--image-param", action="append", default=[], type=_key_value, metavar="KEY=VALUE", help="e.g. window=lung")
     analyze.add_argument("--audio", default="", help="voice message or dictated note (WAV, FLAC, OGG)")
     analyze.add_argument("--speech-out", default="", help="write the spoken reply to this WAV file")
+    analyze.add_argument("--fhir", default="", metavar="FILE", help="medical_report: write a FHIR R4 DiagnosticReport (JSON) here")
+    analyze.add_argument("--sr", default="", metavar="FILE", help="medical_report: write a DICOM Comprehensive SR here (needs the scan as DICOM)")
+    analyze.add_argument("--ticket", default="", metavar="FILE", help="screenshot_triage: write a help-desk ticket (JSON) here")
     analyze.add_argument("--voice", default="")
     analyze.add_argument("--mode", choices=("routed", "full"), default="routed")
     analyze.add_argument("--require", action="append", default=[], choices=("text", "image", "audio"))

@@ -27,6 +27,13 @@ MODES = {"routed": router_pb2.ROUTING_MODE_ROUTED, "full": router_pb2.ROUTING_MO
 MODALITY_NAMES = {"text": router_pb2.MODALITY_TEXT, "image": router_pb2.MODALITY_IMAGE, "audio": router_pb2.MODALITY_AUDIO}
 
 
+REPORT_FORMATS = {
+    "fhir": router_pb2.REPORT_FORMAT_FHIR_DIAGNOSTIC_REPORT,
+    "dicom_sr": router_pb2.REPORT_FORMAT_DICOM_SR,
+    "ticket": router_pb2.REPORT_FORMAT_TICKET_JSON,
+}
+
+
 def build_request(
     task: str,
     text: str = "",
@@ -45,9 +52,14 @@ def build_request(
     deadline_ms: int = 0,
     top_k: int = 0,
     request_id: str = "",
+    reports: Sequence[str] = (),
 ) -> router_pb2.AnalyzeRequest:
+    """`reports`: standard formats to add ("fhir", "dicom_sr", "ticket"; AnalyzeResponse.reports)."""
     if mode not in MODES:
         raise ValueError(f"mode must be routed or full, not {mode!r}")
+    unknown = [r for r in reports if r not in REPORT_FORMATS]
+    if unknown:
+        raise ValueError(f"reports are {', '.join(REPORT_FORMATS)}, not {', '.join(unknown)}")
     return router_pb2.AnalyzeRequest(
         request_id=request_id,
         task=task,
@@ -62,6 +74,7 @@ def build_request(
             require=[MODALITY_NAMES[m] for m in require],
             deadline_ms=deadline_ms,
             top_k=top_k,
+            report_formats=[REPORT_FORMATS[r] for r in reports],
         ),
     )
 
@@ -105,6 +118,7 @@ def to_dict(response: router_pb2.AnalyzeResponse) -> dict[str, Any]:
         "timings_ms": {k: round(v, 2) for k, v in sorted(response.explanation.timings_ms.items())},
         "model_version": response.model_version,
         "task_version": response.task_version,
+        "reports": {name: report.content for report in response.reports for name, value in REPORT_FORMATS.items() if value == report.format},
         "request_id": response.request_id,
         "speech_wav": response.speech_wav,
     }

@@ -21,7 +21,7 @@ def main() -> None:
     (EXAMPLES / "voice.wav").write_bytes(wav_bytes(voice[::2], engine.sample_rate // 2))  # 11 kHz keeps it small
     phantom = make_phantom(seed=1)  # a nodule in the left lung
     spacing = (phantom.pixel_spacing_mm, phantom.pixel_spacing_mm)
-    (EXAMPLES / "ct.dcm").write_bytes(write_ct_dicom(phantom.hounsfield, spacing))
+    (EXAMPLES / "ct.dcm").write_bytes(write_ct_dicom(phantom.hounsfield, spacing, uid_seed="modalmesh-example-ct"))
     (EXAMPLES / "record.txt").write_text("67-year-old man, 40 pack-years smoking history, persistent dry cough for two months, weight loss of 3 kg.\n")
     print(f"wrote examples: {phantom.label}, {phantom.largest_mm:.1f} mm, {phantom.side} lung in ct.dcm")
     for path in sorted(EXAMPLES.iterdir()):

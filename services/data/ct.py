@@ -154,6 +154,12 @@ def write_ct_dicom(
     dataset.Modality = "CT"
     dataset.BodyPartExamined = body_part
     dataset.StudyDate = "20261122"
+    # The study and patient a real CT file belongs to (a DICOM SR about it references them).
+    dataset.StudyInstanceUID = generate_uid(entropy_srcs=[f"{uid_seed}/study"]) if uid_seed else generate_uid()
+    dataset.SeriesInstanceUID = generate_uid(entropy_srcs=[f"{uid_seed}/series"]) if uid_seed else generate_uid()
+    dataset.StudyTime, dataset.StudyID, dataset.AccessionNumber, dataset.ReferringPhysicianName = "120000", "1", "", ""
+    dataset.SeriesNumber, dataset.InstanceNumber = 1, 1
+    dataset.PatientName, dataset.PatientID, dataset.PatientBirthDate, dataset.PatientSex = "Phantom^Synthetic", "PHANTOM", "", "O"
     if hounsfield is None and frames is None:
         raise ValueError("write_ct_dicom needs the slice or its frames")
     stack: np.ndarray = np.stack(frames) if frames is not None else np.asarray(hounsfield)

@@ -41,6 +41,7 @@ from modalmesh.common.client import collect, encode_requests
 from modalmesh.common.encoder import MAX_REQUEST_ID_CHARS
 from modalmesh.common.layout import is_blank
 from modalmesh.router.fusion import MODALITIES, SIDE_SOURCE, FusionOutputs, attention_mass, modality_gate_weights, modality_of, normalised_entropy
+from modalmesh.router import reports
 from modalmesh.router.repository import Repository
 from modalmesh.router.routing import answer_now, outstanding, waits_for_required
 from modalmesh.router.sources import SIDE_OPTION, embed, side_text
@@ -501,6 +502,12 @@ class Pipeline:
         if request.options.mode not in router_pb2.RoutingMode.values():  # a newer client's value, say
             raise errors.invalid_argument("options.mode", f"{request.options.mode} is not a RoutingMode (ROUTED, FULL)")
         task = self.tasks[request.task]
+        for index, wanted in enumerate(request.options.report_formats):
+            name = reports.FORMATS.get(wanted, ("", ""))[0]
+            if name not in task.spec.reports:
+                what = name or f"{wanted} (not a ReportFormat)"
+                writes = ", ".join(task.spec.reports) or "no standard report"
+                raise errors.invalid_argument(f"options.report_formats[{index}]", f"{task.spec.name} writes {writes}, not {what}")
         media: dict[str, tuple[Any, str, dict]] = {}  # data: bytes, or None / a Tee for audio that streams in
         if request.text:
             if len(request.text.encode("utf-8")) > MAX_TEXT_BYTES:
@@ -764,13 +771,21 @@ class Pipeline:
             ),
             top_k=[router_pb2.LabelScore(label=label, probability=p) for label, p in ranked],
             description=description,
-            findings=[router_pb2.Finding(key=k, value=v) for k, v in {**findings, "reply": reply}.items()],
+            findings=[_finding(k, v) for k, v in {**findings, "reply": reply}.items()],
             model_version=task.version,
             abstained=bool(run.evidence.withheld),
             abstain_reason=run.evidence.withheld,
             task_version=task.repository_version,
         )
         response.explanation.model_version = task.version
+        for wanted in request.options.report_formats:  # standard formats beside the text (router/reports.py)
+            name, media_type = reports.FORMATS[wanted]
+            try:
+                content = reports.build(name, response, run.evidence, request.image.data)
+            except ValueError as exc:  # the answer stands; the report says why it is missing
+                response.findings.add(key="report_error", value=f"{name}: {exc}")
+                continue
+            response.reports.add(format=wanted, media_type=media_type, content=content)
         response.explanation.modalities.extend(self.modality_reports(run, decision))
         if request.options.explain and decision is not None:
             mass = attention_mass(decision.outputs)
@@ -837,6 +852,15 @@ class Pipeline:
         except grpc.RpcError as exc:
             response.findings.add(key="speech_error", value=f"{exc.code().name}: {exc.details()}")
             return b""
+
+
+def _finding(key: str, value: str) -> router_pb2.Finding:
+    """A finding with its value typed where it is a number (Finding.number, Finding.unit)."""
+    number, unit = reports.typed(key, value)
+    finding = router_pb2.Finding(key=key, value=value, unit=unit)
+    if number is not None:
+        finding.number = number
+    return finding
 
 
 def _sniff(modality: str, data: bytes) -> str | None:

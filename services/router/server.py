@@ -29,6 +29,7 @@ from modalmesh.common.encoder import NO_DEADLINE_SECONDS
 from modalmesh.common.runtime import Service
 from modalmesh.router.fusion import MODALITIES
 from modalmesh.router.pipeline import MODALITY_ENUM, Encoders, Pipeline
+from modalmesh.router import reports
 from modalmesh.router.repository import Repository, VersionState
 from modalmesh.router.tasks import SHIPPED_WEIGHTS, TASKS, TaskModel, TaskSpec, load_task
 from modalmesh.v1 import inference_pb2, inference_pb2_grpc, router_pb2, router_pb2_grpc
@@ -236,6 +237,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         spec = task.spec if task is not None else (repository.specs[name] if repository is not None else TASKS[name])
         info = router_pb2.TaskInfo(
             name=name,
+            report_formats=[wanted for wanted, (format_name, _) in reports.FORMATS.items() if format_name in spec.reports],
             description=spec.description,
             labels=list(spec.labels),
             accepted_modalities=[MODALITY_ENUM[m] for m in spec.modalities],

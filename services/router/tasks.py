@@ -129,6 +129,7 @@ class TaskSpec:
     needs: tuple[str, ...] = ()
     needs_reason: str = ""
     resolve: str = "another input"  # what would resolve an uncertain answer, in words
+    reports: tuple[str, ...] = ()  # the standard formats it writes (router/reports.py): "fhir", "dicom_sr", "ticket"
 
     def inapplicable_image(self, tags: dict[str, str]) -> str | None:
         """Why this task cannot read the image its tags describe, in words a person
@@ -438,6 +439,7 @@ TASKS: dict[str, TaskSpec] = {
         members=3,
         reads="app screenshots",
         resolve="a readable screenshot of the problem or a message saying what went wrong",
+        reports=("ticket",),
     ),
     "medical_report": TaskSpec(
         name="medical_report",
@@ -477,6 +479,7 @@ TASKS: dict[str, TaskSpec] = {
         needs=("image",),
         needs_reason="no chest CT slice was read, and the record alone is not a diagnosis",
         resolve="an axial chest CT slice (DICOM, or a PNG with its pixel spacing and window)",
+        reports=("fhir", "dicom_sr"),
         fusion={"regression_from": "image"},  # measured on the scan, not on the record
         feature_noise=0.0,  # noise blurs the sizes the diameter is read from (measured: MAE 7.3 vs 4.2 mm)
     ),

@@ -20,6 +20,13 @@ class RoutingMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ROUTING_MODE_ROUTED: _ClassVar[RoutingMode]
     ROUTING_MODE_FULL: _ClassVar[RoutingMode]
 
+class ReportFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REPORT_FORMAT_UNSPECIFIED: _ClassVar[ReportFormat]
+    REPORT_FORMAT_FHIR_DIAGNOSTIC_REPORT: _ClassVar[ReportFormat]
+    REPORT_FORMAT_DICOM_SR: _ClassVar[ReportFormat]
+    REPORT_FORMAT_TICKET_JSON: _ClassVar[ReportFormat]
+
 class ModalityStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     MODALITY_STATUS_UNSPECIFIED: _ClassVar[ModalityStatus]
@@ -36,6 +43,10 @@ MODALITY_AUDIO: Modality
 ROUTING_MODE_UNSPECIFIED: RoutingMode
 ROUTING_MODE_ROUTED: RoutingMode
 ROUTING_MODE_FULL: RoutingMode
+REPORT_FORMAT_UNSPECIFIED: ReportFormat
+REPORT_FORMAT_FHIR_DIAGNOSTIC_REPORT: ReportFormat
+REPORT_FORMAT_DICOM_SR: ReportFormat
+REPORT_FORMAT_TICKET_JSON: ReportFormat
 MODALITY_STATUS_UNSPECIFIED: ModalityStatus
 MODALITY_STATUS_USED: ModalityStatus
 MODALITY_STATUS_ABSENT: ModalityStatus
@@ -62,7 +73,7 @@ class MediaInput(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., media_type: _Optional[str] = ..., parameters: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class AnalyzeOptions(_message.Message):
-    __slots__ = ("speech", "voice", "explain", "deadline_ms", "mode", "require", "top_k")
+    __slots__ = ("speech", "voice", "explain", "deadline_ms", "mode", "require", "top_k", "report_formats")
     SPEECH_FIELD_NUMBER: _ClassVar[int]
     VOICE_FIELD_NUMBER: _ClassVar[int]
     EXPLAIN_FIELD_NUMBER: _ClassVar[int]
@@ -70,6 +81,7 @@ class AnalyzeOptions(_message.Message):
     MODE_FIELD_NUMBER: _ClassVar[int]
     REQUIRE_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
+    REPORT_FORMATS_FIELD_NUMBER: _ClassVar[int]
     speech: bool
     voice: str
     explain: bool
@@ -77,7 +89,18 @@ class AnalyzeOptions(_message.Message):
     mode: RoutingMode
     require: _containers.RepeatedScalarFieldContainer[Modality]
     top_k: int
-    def __init__(self, speech: _Optional[bool] = ..., voice: _Optional[str] = ..., explain: _Optional[bool] = ..., deadline_ms: _Optional[int] = ..., mode: _Optional[_Union[RoutingMode, str]] = ..., require: _Optional[_Iterable[_Union[Modality, str]]] = ..., top_k: _Optional[int] = ...) -> None: ...
+    report_formats: _containers.RepeatedScalarFieldContainer[ReportFormat]
+    def __init__(self, speech: _Optional[bool] = ..., voice: _Optional[str] = ..., explain: _Optional[bool] = ..., deadline_ms: _Optional[int] = ..., mode: _Optional[_Union[RoutingMode, str]] = ..., require: _Optional[_Iterable[_Union[Modality, str]]] = ..., top_k: _Optional[int] = ..., report_formats: _Optional[_Iterable[_Union[ReportFormat, str]]] = ...) -> None: ...
+
+class Report(_message.Message):
+    __slots__ = ("format", "media_type", "content")
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    MEDIA_TYPE_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    format: ReportFormat
+    media_type: str
+    content: bytes
+    def __init__(self, format: _Optional[_Union[ReportFormat, str]] = ..., media_type: _Optional[str] = ..., content: _Optional[bytes] = ...) -> None: ...
 
 class AnalyzeRequest(_message.Message):
     __slots__ = ("request_id", "task", "text", "image", "audio", "options")
@@ -112,12 +135,16 @@ class Uncertainty(_message.Message):
     def __init__(self, predictive_entropy: _Optional[float] = ..., gate_entropy: _Optional[float] = ...) -> None: ...
 
 class Finding(_message.Message):
-    __slots__ = ("key", "value")
+    __slots__ = ("key", "value", "number", "unit")
     KEY_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
+    NUMBER_FIELD_NUMBER: _ClassVar[int]
+    UNIT_FIELD_NUMBER: _ClassVar[int]
     key: str
     value: str
-    def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    number: float
+    unit: str
+    def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ..., number: _Optional[float] = ..., unit: _Optional[str] = ...) -> None: ...
 
 class ModalityReport(_message.Message):
     __slots__ = ("modality", "status", "reason", "error_code", "gate_weight", "latency_ms", "applicability")
@@ -167,7 +194,7 @@ class Explanation(_message.Message):
     def __init__(self, modalities: _Optional[_Iterable[_Union[ModalityReport, _Mapping]]] = ..., attention: _Optional[_Iterable[_Union[AttentionMass, _Mapping]]] = ..., timings_ms: _Optional[_Mapping[str, float]] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class AnalyzeResponse(_message.Message):
-    __slots__ = ("request_id", "task", "label", "confidence", "uncertainty", "top_k", "description", "findings", "speech_wav", "explanation", "model_version", "abstained", "abstain_reason", "task_version")
+    __slots__ = ("request_id", "task", "label", "confidence", "uncertainty", "top_k", "description", "findings", "speech_wav", "explanation", "model_version", "abstained", "abstain_reason", "task_version", "reports")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
@@ -182,6 +209,7 @@ class AnalyzeResponse(_message.Message):
     ABSTAINED_FIELD_NUMBER: _ClassVar[int]
     ABSTAIN_REASON_FIELD_NUMBER: _ClassVar[int]
     TASK_VERSION_FIELD_NUMBER: _ClassVar[int]
+    REPORTS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     task: str
     label: str
@@ -196,7 +224,8 @@ class AnalyzeResponse(_message.Message):
     abstained: bool
     abstain_reason: str
     task_version: int
-    def __init__(self, request_id: _Optional[str] = ..., task: _Optional[str] = ..., label: _Optional[str] = ..., confidence: _Optional[float] = ..., uncertainty: _Optional[_Union[Uncertainty, _Mapping]] = ..., top_k: _Optional[_Iterable[_Union[LabelScore, _Mapping]]] = ..., description: _Optional[str] = ..., findings: _Optional[_Iterable[_Union[Finding, _Mapping]]] = ..., speech_wav: _Optional[bytes] = ..., explanation: _Optional[_Union[Explanation, _Mapping]] = ..., model_version: _Optional[str] = ..., abstained: _Optional[bool] = ..., abstain_reason: _Optional[str] = ..., task_version: _Optional[int] = ...) -> None: ...
+    reports: _containers.RepeatedCompositeFieldContainer[Report]
+    def __init__(self, request_id: _Optional[str] = ..., task: _Optional[str] = ..., label: _Optional[str] = ..., confidence: _Optional[float] = ..., uncertainty: _Optional[_Union[Uncertainty, _Mapping]] = ..., top_k: _Optional[_Iterable[_Union[LabelScore, _Mapping]]] = ..., description: _Optional[str] = ..., findings: _Optional[_Iterable[_Union[Finding, _Mapping]]] = ..., speech_wav: _Optional[bytes] = ..., explanation: _Optional[_Union[Explanation, _Mapping]] = ..., model_version: _Optional[str] = ..., abstained: _Optional[bool] = ..., abstain_reason: _Optional[str] = ..., task_version: _Optional[int] = ..., reports: _Optional[_Iterable[_Union[Report, _Mapping]]] = ...) -> None: ...
 
 class AnalyzeStreamRequest(_message.Message):
     __slots__ = ("request", "image_chunk", "audio_chunk")
@@ -233,7 +262,7 @@ class ListTasksRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class TaskInfo(_message.Message):
-    __slots__ = ("name", "description", "labels", "accepted_modalities", "optional_modalities", "model_version", "tau", "gamma", "eager_side_outputs", "text_model", "abstain_below", "applicability_max_distance", "versions", "problem")
+    __slots__ = ("name", "description", "labels", "accepted_modalities", "optional_modalities", "model_version", "tau", "gamma", "eager_side_outputs", "text_model", "abstain_below", "applicability_max_distance", "versions", "problem", "report_formats")
     class ApplicabilityMaxDistanceEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -255,6 +284,7 @@ class TaskInfo(_message.Message):
     APPLICABILITY_MAX_DISTANCE_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
     PROBLEM_FIELD_NUMBER: _ClassVar[int]
+    REPORT_FORMATS_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     labels: _containers.RepeatedScalarFieldContainer[str]
@@ -269,7 +299,8 @@ class TaskInfo(_message.Message):
     applicability_max_distance: _containers.ScalarMap[str, float]
     versions: _containers.RepeatedCompositeFieldContainer[TaskVersion]
     problem: str
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., accepted_modalities: _Optional[_Iterable[_Union[Modality, str]]] = ..., optional_modalities: _Optional[_Iterable[_Union[Modality, str]]] = ..., model_version: _Optional[str] = ..., tau: _Optional[float] = ..., gamma: _Optional[float] = ..., eager_side_outputs: _Optional[_Iterable[_Union[Modality, str]]] = ..., text_model: _Optional[str] = ..., abstain_below: _Optional[float] = ..., applicability_max_distance: _Optional[_Mapping[str, float]] = ..., versions: _Optional[_Iterable[_Union[TaskVersion, _Mapping]]] = ..., problem: _Optional[str] = ...) -> None: ...
+    report_formats: _containers.RepeatedScalarFieldContainer[ReportFormat]
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., accepted_modalities: _Optional[_Iterable[_Union[Modality, str]]] = ..., optional_modalities: _Optional[_Iterable[_Union[Modality, str]]] = ..., model_version: _Optional[str] = ..., tau: _Optional[float] = ..., gamma: _Optional[float] = ..., eager_side_outputs: _Optional[_Iterable[_Union[Modality, str]]] = ..., text_model: _Optional[str] = ..., abstain_below: _Optional[float] = ..., applicability_max_distance: _Optional[_Mapping[str, float]] = ..., versions: _Optional[_Iterable[_Union[TaskVersion, _Mapping]]] = ..., problem: _Optional[str] = ..., report_formats: _Optional[_Iterable[_Union[ReportFormat, str]]] = ...) -> None: ...
 
 class TaskVersion(_message.Message):
     __slots__ = ("version", "state", "reason", "model_version", "serving")
