@@ -6,7 +6,7 @@ PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 BUF     = tools/buf/node_modules/.bin/buf
 
-.PHONY: setup setup-buf demo test protos bench weights fuzz clean
+.PHONY: setup setup-buf setup-browser demo test protos bench weights fuzz clean
 
 setup: $(STAMP)
 
@@ -30,7 +30,17 @@ $(BUF): tools/buf/package.json tools/buf/package-lock.json
 	npm ci --prefix tools/buf --no-audit --no-fund --loglevel=error
 	touch $(BUF)
 
-test: setup $(BUF)
+# Headless Chromium for the web console's browser test (tests/test_console_browser.py):
+# installed with apt where this runs as root on Debian or Ubuntu; elsewhere it says how,
+# and that test is skipped.
+setup-browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing chromium and chromium-driver (apt) for the console's browser test"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null || echo "apt could not install chromium: the browser test will be skipped"; \
+	else echo "no chromium: the console's browser test is skipped (install chromium and chromium-driver to run it)"; fi
+
+test: setup $(BUF) setup-browser
 	$(PY) -m ruff check services tests benchmarks tools
 	$(PY) -m ruff format --check services tests benchmarks tools
 	$(PY) -m mypy

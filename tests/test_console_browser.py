@@ -1,0 +1,76 @@
+"""The web console in a real browser: headless Chromium (Debian's `chromium` and
+`chromium-driver`, driven through Selenium) loads the page from a real router's HTTP
+port, sends the example screenshot and CT, and checks what the page shows. A screenshot
+of each page is saved (MODALMESH_CONSOLE_SCREENSHOTS=DIR keeps them; docs/console.png is one)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from modalmesh.up import free_port
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def console(mesh):
+    port = free_port()
+    handle = mesh.start_router(http_port=port)
+    yield f"http://127.0.0.1:{port}/"
+    handle.stop(grace=0.5)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not (CHROMIUM and DRIVER):
+        pytest.skip("headless Chromium is not installed (`make setup-browser`: apt install chromium chromium-driver, as root)")
+    from selenium import webdriver
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1100"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=DRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+def ask(browser, console: str, task: str, text: str, image: Path, shot: Path) -> str:
+    """Fill the form, send it, wait for the whole answer; the answer panel's text."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as seen
+    from selenium.webdriver.support.select import Select
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(console)
+    WebDriverWait(browser, 30).until(lambda b: len(Select(b.find_element(By.ID, "task")).options) >= 2)
+    Select(browser.find_element(By.ID, "task")).select_by_value(task)
+    browser.find_element(By.ID, "text").send_keys(text)
+    picker = browser.find_element(By.ID, "image")
+    browser.execute_script("arguments[0].hidden = false", picker)  # the drop zone's own file input
+    picker.send_keys(str(image))
+    WebDriverWait(browser, 10).until(seen.visibility_of_element_located((By.ID, "image-preview")))
+    browser.find_element(By.ID, "go").click()
+    WebDriverWait(browser, 120).until(lambda b: "Timings" in b.find_element(By.ID, "answer").text)  # the final event is in
+    browser.save_screenshot(str(shot))
+    return browser.find_element(By.ID, "answer").text
+
+
+def test_the_console_shows_a_triage_answer_and_a_ct_report(browser, console, tmp_path):
+    keep = Path(os.environ.get("MODALMESH_CONSOLE_SCREENSHOTS", tmp_path))
+    keep.mkdir(parents=True, exist_ok=True)
+    message = "I tried to pay three times and it keeps failing"
+    shown = ask(browser, console, "screenshot_triage", message, EXAMPLES / "screenshot.png", keep / "console-triage.png")
+    first = shown.splitlines()[0]
+    assert first.split(" ")[0] in ("payment", "uncertain"), shown
+    assert "confidence" in shown and "Modalities" in shown and "Attention mass" in shown
+    assert any(line.startswith("image used") for line in shown.splitlines()), shown
+    assert (keep / "console-triage.png").stat().st_size > 10_000
+    shown = ask(browser, console, "medical_report", (EXAMPLES / "record.txt").read_text(), EXAMPLES / "ct.dcm", keep / "console-ct.png")
+    assert shown.splitlines()[0].split(" ")[0] in ("normal", "nodule", "mass", "uncertain") and "Impression:" in shown, shown
