@@ -21,6 +21,7 @@ from typing import Any
 from pathlib import Path
 
 from modalmesh.common.config import add_config_flags, load_config
+from modalmesh.router import BUILT_IN_TASKS
 
 SERVICES = ("router", "text", "vision", "audio")
 
@@ -562,7 +563,7 @@ def build_parser() -> argparse.ArgumentParser:
     say.set_defaults(func=cmd_say)
 
     analyze = commands.add_parser("analyze", help="ask the router for an answer")
-    analyze.add_argument("--task", required=True, help="screenshot_triage or medical_report")
+    analyze.add_argument("--task", required=True, help=f"{' or '.join(BUILT_IN_TASKS)}, a task of the router's model repository, or TASK@VERSION")
     analyze.add_argument("--text", default="", help="the message or patient record")
     analyze.add_argument("--text-file", default="", help="read the text from a file")
     analyze.add_argument("--image", default="", help="screenshot or scan (PNG, JPEG, DICOM...)")
@@ -605,7 +606,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     ):
         dataset = data_commands.add_parser(name, help=what)
-        generated = ("screenshot_triage", "medical_report") + (("qc_line",) if name == "generate" else ())  # qc_line: a task file's task
+        generated = BUILT_IN_TASKS + (("qc_line",) if name == "generate" else ())  # qc_line: a task file's task
         dataset.add_argument("--task", required=True, choices=generated)
         dataset.add_argument("--out", required=True)
         dataset.add_argument("--n", type=_at_least(1), default=n, help=n_help)
@@ -623,7 +624,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train a task's fusion model on a manifest (encoders frozen, features cached)")
     which = train.add_mutually_exclusive_group(required=True)
-    which.add_argument("--task", choices=("screenshot_triage", "medical_report"), help="a built-in task")
+    which.add_argument("--task", choices=BUILT_IN_TASKS, help="a built-in task")
     which.add_argument("--task-file", metavar="FILE", help="a task of your own: its task.json (`modalmesh task init`)")
     train.add_argument("--data", required=True, help="train.jsonl (val.jsonl beside it: calibration, size-rule sigma, routing thresholds)")
     where = train.add_mutually_exclusive_group(required=True)
@@ -663,7 +664,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluation = commands.add_parser("eval", help="evaluate a task's model on a manifest; writes JSON, Markdown and plots")
     which = evaluation.add_mutually_exclusive_group(required=True)
-    which.add_argument("--task", choices=("screenshot_triage", "medical_report"), help="a built-in task")
+    which.add_argument("--task", choices=BUILT_IN_TASKS, help="a built-in task")
     which.add_argument("--task-file", metavar="FILE", help="a task of your own: its task.json (then --weights names its folder)")
     evaluation.add_argument("--data", required=True, help="test.jsonl")
     evaluation.add_argument("--report", required=True, help="folder for the report")

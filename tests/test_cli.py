@@ -358,3 +358,10 @@ def test_up_takes_metrics_ports_and_refuses_busy_ones():
     finally:
         blocker.close()
     assert result.returncode == 1 and f"127.0.0.1:{metrics} (metrics) already in use" in result.stderr
+
+
+def test_the_command_lines_task_names_are_the_built_in_tasks():
+    from modalmesh.router import BUILT_IN_TASKS
+    from modalmesh.router.tasks import TASKS
+
+    assert BUILT_IN_TASKS == tuple(TASKS)
