@@ -80,6 +80,7 @@ bench: setup
 	$(PY) benchmarks/bench_overload.py
 	$(PY) benchmarks/bench_recovery.py
 	$(PY) benchmarks/bench_swap.py
+	$(PY) benchmarks/bench_http.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info tools/buf/node_modules
