@@ -140,3 +140,37 @@ def test_the_web_console_is_served_and_its_script_parses(gateway):
         pytest.skip("node is not installed: the script's syntax is not checked")
     checked = subprocess.run([node, "-e", "new Function(require('fs').readFileSync(0, 'utf8'))"], input=script, capture_output=True, text=True, timeout=60)
     assert checked.returncode == 0, checked.stderr
+
+
+def test_https_with_client_certificates_as_on_the_grpc_port(mesh, tmp_path):
+    """With TLS and mTLS on the router, its HTTP port is HTTPS and asks for a client
+    certificate too; the HTTP server reaches the gRPC port with the router's own client
+    identity (encoder_cert). Health, ListTasks and OIP metadata go through that hop."""
+    from modalmesh.common.security import make_dev_certificates
+
+    certs = tmp_path / "certs"
+    make_dev_certificates(certs)
+    port = free_port()
+    handle = mesh.start_router(
+        http_port=port,
+        tls_cert=str(certs / "router.pem"),
+        tls_key=str(certs / "router-key.pem"),
+        tls_client_ca=str(certs / "ca.pem"),
+        encoder_ca=str(certs / "ca.pem"),
+        encoder_cert=str(certs / "client.pem"),
+        encoder_key=str(certs / "client-key.pem"),
+    )
+    try:
+        identity = ["--cacert", str(certs / "ca.pem"), "--cert", str(certs / "client.pem"), "--key", str(certs / "client-key.pem")]
+        base = f"https://127.0.0.1:{port}"
+        assert curl(*identity, f"{base}/v2/health/ready", token="") == (200, '{"ready":true}')
+        status, body = curl(*identity, f"{base}/v1/tasks", token="")
+        assert status == 200 and {t["name"] for t in json.loads(body)["tasks"]} >= {"screenshot_triage", "medical_report"}
+        status, body = curl(*identity, f"{base}/v2/models/medical_report", token="")
+        assert status == 200 and json.loads(body)["name"] == "medical_report"
+        refused = subprocess.run(["curl", "-s", "--cacert", str(certs / "ca.pem"), f"{base}/v2/health/ready"], capture_output=True, timeout=60)
+        assert refused.returncode != 0  # no client certificate: the handshake fails
+        plain = subprocess.run(["curl", "-s", f"http://127.0.0.1:{port}/v2/health/ready"], capture_output=True, timeout=60)
+        assert b'"ready":true' not in plain.stdout  # never answered in plaintext
+    finally:
+        handle.stop(grace=0.5)

@@ -148,14 +148,29 @@ class RouterService(Service):
             self.start_gateway()
 
     def start_gateway(self) -> None:
-        if self.config.tls_enabled:  # the loopback hop would need a client identity the router trusts
-            log.warning("router: the HTTP gateway is off with TLS on the gRPC port in this version (http_port %d)", self.config.http_port)
-            return
         from modalmesh.router.http import HttpGateway
 
+        config = self.config
         host, _, port = self.address.rpartition(":")
         loopback = f"127.0.0.1:{port}" if host in ("0.0.0.0", "[::]", "") else self.address
-        self.gateway = HttpGateway(self.config.host, self.config.http_port, loopback, self.config.max_input_bytes)
+        hop: dict[str, str] = {}  # how the HTTP server reaches the gRPC port
+        served: dict[str, Any] = {}  # uvicorn's TLS settings
+        if config.tls_enabled:
+            # HTTPS with the router's certificate (client certificates required as on gRPC);
+            # the loopback hop trusts the mesh's CA and, under mTLS, shows the router's own
+            # client identity (the one it calls the encoders with).
+            import ssl
+
+            hop["ca"] = config.encoder_ca or config.tls_client_ca
+            if config.tls_client_ca:
+                hop.update(cert=config.encoder_cert, key=config.encoder_key)
+            if not hop["ca"] or (config.tls_client_ca and not (config.encoder_cert and config.encoder_key)):
+                log.warning("router: HTTP off: with TLS it needs encoder_ca (and under mTLS encoder_cert and encoder_key) to reach the gRPC port")
+                return
+            served = {"ssl_certfile": config.tls_cert, "ssl_keyfile": config.tls_key}
+            if config.tls_client_ca:
+                served.update(ssl_ca_certs=config.tls_client_ca, ssl_cert_reqs=ssl.CERT_REQUIRED)
+        self.gateway = HttpGateway(config.host, config.http_port, loopback, config.max_input_bytes, channel_options=hop, ssl=served)
         self.http_port = self.gateway.start()
         log.info("router: HTTP on %s:%d (OIP v2 REST, /v1/analyze)", self.config.host, self.http_port)
 
