@@ -72,5 +72,9 @@ def test_the_console_shows_a_triage_answer_and_a_ct_report(browser, console, tmp
     assert "confidence" in shown and "Modalities" in shown and "Attention mass" in shown
     assert any(line.startswith("image used") for line in shown.splitlines()), shown
     assert (keep / "console-triage.png").stat().st_size > 10_000
+    from selenium.webdriver.common.by import By
+
+    boxes = browser.find_elements(By.CSS_SELECTOR, "#boxes div")
+    assert boxes and any("status" in (box.get_attribute("class") or "") for box in boxes)  # OCR's lines, the status message marked
     shown = ask(browser, console, "medical_report", (EXAMPLES / "record.txt").read_text(), EXAMPLES / "ct.dcm", keep / "console-ct.png")
     assert shown.splitlines()[0].split(" ")[0] in ("normal", "nodule", "mass", "uncertain") and "Impression:" in shown, shown

@@ -77,6 +77,7 @@ def test_every_subset_of_modalities_gets_an_answer(router, subset):
     assert response.top_k[0].label == response.label or response.abstained
     assert {"validate", "encode", "fuse", "heads", "total"} <= set(response.explanation.timings_ms)
     assert not response.explanation.attention  # attention weights only when asked to explain
+    assert not response.explanation.screen_text  # nor the screen's text
 
 
 def test_full_mode_reads_the_screen_and_reports_the_error_text(router):
@@ -86,6 +87,11 @@ def test_full_mode_reads_the_screen_and_reports_the_error_text(router):
     assert findings["priority"] in ("high", "normal", "low") and findings["next_steps"] and findings["reply"]
     assert reports(response)["image"].reason == "with OCR text"
     assert response.explanation.attention  # explain=True
+    # What OCR read, where; the status message's lines marked.
+    status = [line for line in response.explanation.screen_text if line.status_line]
+    assert status and all(line.text in findings["error_text"] for line in status)
+    assert all(len(line.box) == 4 and line.box[2] > line.box[0] for line in response.explanation.screen_text)
+    assert len(response.explanation.screen_text) > len(status)  # the rest of the screen too
     for query in {a.query_modality for a in response.explanation.attention}:
         assert sum(a.mass for a in response.explanation.attention if a.query_modality == query) == pytest.approx(1.0, abs=1e-4)
 

@@ -1,6 +1,7 @@
 """Side outputs into the fusion's sources (router/sources.py): the one rule the router
 and the offline features both follow."""
 
+import pytest
 import torch
 
 from modalmesh.router.sources import embed, side_text
@@ -24,7 +25,13 @@ def test_screen_text_becomes_one_vector_per_readable_paragraph_and_says_what_was
     reading = side_text("image", side)
     assert reading is not None and reading.source == "image_text" and reading.per_text
     assert reading.texts == ("Payment declined", "Try another card")
-    assert reading.evidence == {"screen_lines": ["Payment declined", "Try another card"]}
+    assert reading.evidence["screen_lines"] == ["Payment declined", "Try another card"]
+    assert [(text, confidence) for text, confidence, _ in reading.evidence["screen_spans"]] == [
+        ("Payment", pytest.approx(0.99)),
+        ("declined", pytest.approx(0.97)),
+        ("xq#", pytest.approx(0.2)),  # what OCR read, the unreadable too (the console shows it)
+        ("Try another card", pytest.approx(0.95)),
+    ]
     assert "recovered by reading again" in reading.note and "1 of 4 screen text lines unreadable" in reading.note
     seen = []
     vectors = embed(reading, lambda texts: seen.append(texts) or torch.ones(len(texts), 3), lambda text: torch.zeros(1, 3))

@@ -39,7 +39,7 @@ from opentelemetry import context as otel_context
 from modalmesh.common import errors, models, telemetry
 from modalmesh.common.client import collect, encode_requests
 from modalmesh.common.encoder import MAX_REQUEST_ID_CHARS
-from modalmesh.common.layout import is_blank
+from modalmesh.common.layout import MIN_SPAN_CONFIDENCE, is_blank
 from modalmesh.router.fusion import MODALITIES, SIDE_SOURCE, FusionOutputs, attention_mass, modality_gate_weights, modality_of, normalised_entropy
 from modalmesh.router import reports
 from modalmesh.router.repository import Repository
@@ -787,6 +787,8 @@ class Pipeline:
                 continue
             response.reports.add(format=wanted, media_type=media_type, content=content)
         response.explanation.modalities.extend(self.modality_reports(run, decision))
+        if request.options.explain:
+            response.explanation.screen_text.extend(_screen_text(run.evidence))
         if request.options.explain and decision is not None:
             mass = attention_mass(decision.outputs)
             for a, query in enumerate(MODALITIES):
@@ -852,6 +854,21 @@ class Pipeline:
         except grpc.RpcError as exc:
             response.findings.add(key="speech_error", value=f"{exc.code().name}: {exc.details()}")
             return b""
+
+
+def _screen_text(evidence: Evidence) -> list[router_pb2.ScreenText]:
+    """What OCR read on the image, each line marked if it is part of the status message."""
+    status = " ".join(evidence.key_line.split())
+    return [
+        router_pb2.ScreenText(
+            text=text,
+            confidence=confidence,
+            box=box,
+            status_line=bool(status) and " ".join(text.split()) in status,
+            unreadable=0 < confidence < MIN_SPAN_CONFIDENCE,
+        )
+        for text, confidence, box in evidence.screen_spans
+    ]
 
 
 def _finding(key: str, value: str) -> router_pb2.Finding:

@@ -45,7 +45,8 @@ def side_text(modality: str, side) -> SideText | None:
             unread.append(f"{unreadable} of {len(side.text_spans)} screen text lines unreadable (OCR confidence under {MIN_SPAN_CONFIDENCE:g}), not used")
         if found > len(lines):
             unread.append(f"the first {len(lines)} of {found} paragraphs used")
-        return SideText(SIDE_SOURCE["image"], tuple(lines), True, {"screen_lines": lines}, "; ".join(unread))
+        spans = [(span.text, round(float(span.confidence), 4), [float(v) for v in span.box]) for span in side.text_spans if span.text.strip()]
+        return SideText(SIDE_SOURCE["image"], tuple(lines), True, {"screen_lines": lines, "screen_spans": spans}, "; ".join(unread))
     if modality == "audio" and side.HasField("transcript"):
         said = side.transcript.text
         return SideText(SIDE_SOURCE["audio"], (said,) if said.strip() else (), False, {"transcript": said})

@@ -43,6 +43,7 @@ class Evidence:
 
     text: str = ""
     screen_lines: list[str] = field(default_factory=list)
+    screen_spans: list = field(default_factory=list)  # what OCR read: (text, confidence, box) per line
     key_line: str = ""  # the screen line that alone most supports the answer (key_screen_line)
     transcript: str = ""
     image_tags: dict[str, str] = field(default_factory=dict)

@@ -175,7 +175,7 @@ class AttentionMass(_message.Message):
     def __init__(self, query_modality: _Optional[_Union[Modality, str]] = ..., key_modality: _Optional[_Union[Modality, str]] = ..., mass: _Optional[float] = ...) -> None: ...
 
 class Explanation(_message.Message):
-    __slots__ = ("modalities", "attention", "timings_ms", "model_version")
+    __slots__ = ("modalities", "attention", "timings_ms", "model_version", "screen_text")
     class TimingsMsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -187,11 +187,27 @@ class Explanation(_message.Message):
     ATTENTION_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_MS_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SCREEN_TEXT_FIELD_NUMBER: _ClassVar[int]
     modalities: _containers.RepeatedCompositeFieldContainer[ModalityReport]
     attention: _containers.RepeatedCompositeFieldContainer[AttentionMass]
     timings_ms: _containers.ScalarMap[str, float]
     model_version: str
-    def __init__(self, modalities: _Optional[_Iterable[_Union[ModalityReport, _Mapping]]] = ..., attention: _Optional[_Iterable[_Union[AttentionMass, _Mapping]]] = ..., timings_ms: _Optional[_Mapping[str, float]] = ..., model_version: _Optional[str] = ...) -> None: ...
+    screen_text: _containers.RepeatedCompositeFieldContainer[ScreenText]
+    def __init__(self, modalities: _Optional[_Iterable[_Union[ModalityReport, _Mapping]]] = ..., attention: _Optional[_Iterable[_Union[AttentionMass, _Mapping]]] = ..., timings_ms: _Optional[_Mapping[str, float]] = ..., model_version: _Optional[str] = ..., screen_text: _Optional[_Iterable[_Union[ScreenText, _Mapping]]] = ...) -> None: ...
+
+class ScreenText(_message.Message):
+    __slots__ = ("text", "confidence", "box", "status_line", "unreadable")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    BOX_FIELD_NUMBER: _ClassVar[int]
+    STATUS_LINE_FIELD_NUMBER: _ClassVar[int]
+    UNREADABLE_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    confidence: float
+    box: _containers.RepeatedScalarFieldContainer[float]
+    status_line: bool
+    unreadable: bool
+    def __init__(self, text: _Optional[str] = ..., confidence: _Optional[float] = ..., box: _Optional[_Iterable[float]] = ..., status_line: _Optional[bool] = ..., unreadable: _Optional[bool] = ...) -> None: ...
 
 class AnalyzeResponse(_message.Message):
     __slots__ = ("request_id", "task", "label", "confidence", "uncertainty", "top_k", "description", "findings", "speech_wav", "explanation", "model_version", "abstained", "abstain_reason", "task_version", "reports")
