@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 import subprocess
 import sys
 
@@ -16,7 +17,10 @@ from tests.media import image_bytes, render_screenshot
 
 SCREENSHOT = image_bytes(render_screenshot("Error 402: Payment declined"))
 
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("curl") is None, reason="the real curl is the HTTP client of these tests: install curl"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -130,8 +134,6 @@ def test_tritonclient_http_works_unmodified(gateway, tmp_path):
 def test_the_web_console_is_served_and_its_script_parses(gateway):
     """The console at /: plain HTML and JavaScript that ask /v1/tasks and stream
     /v1/analyze/stream. Its script is parsed by Node (which `make test` has, for buf)."""
-    import shutil
-
     status, page = curl(f"{gateway}/", token="")
     assert status == 200 and '<form id="ask">' in page and 'fetch("v1/analyze/stream"' in page and 'fetch("v1/tasks"' in page
     script = page.split("<script>")[1].split("</script>")[0]
