@@ -116,15 +116,25 @@ class RuntimeInterceptor(grpc.ServerInterceptor):
         self._auth_token = auth_token
         self._admission = admission
         self._stream_idle_s = stream_idle_s
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
     def intercept_service(self, continuation, handler_call_details):
-        handler = continuation(handler_call_details)
+        # One wrapped handler per method, built on its first call: the registered handler
+        # and what the guard holds (names, metric labels) are the same for every call.
+        wrapped = self._wrapped.get(handler_call_details.method)
+        if wrapped is None:
+            wrapped = self._wrap(continuation(handler_call_details), handler_call_details.method)
+            if wrapped is not None:
+                self._wrapped[handler_call_details.method] = wrapped
+        return wrapped
+
+    def _wrap(self, handler, full_method: str):
         if handler is None:
             return None
-        service, method = _method_parts(handler_call_details.method)
+        service, method = _method_parts(full_method)
         # Requests arrive as bytes and are parsed inside the guard: grpc's own parsing answers
         # a malformed message (or a string field that is not UTF-8) INTERNAL, uncounted.
-        guard = _CallGuard(self, handler_call_details.method, service, method, handler.request_deserializer)
+        guard = _CallGuard(self, full_method, service, method, handler.request_deserializer)
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(guard.wrap_unary(handler.unary_unary), None, handler.response_serializer)
         if handler.stream_unary:
