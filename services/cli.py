@@ -606,7 +606,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     ):
         dataset = data_commands.add_parser(name, help=what)
-        generated = BUILT_IN_TASKS + (("qc_line",) if name == "generate" else ())  # qc_line: a task file's task
+        generated = BUILT_IN_TASKS + ("qc_line",)  # qc_line: a task file's task
         dataset.add_argument("--task", required=True, choices=generated)
         dataset.add_argument("--out", required=True)
         dataset.add_argument("--n", type=_at_least(1), default=n, help=n_help)

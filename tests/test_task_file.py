@@ -163,3 +163,18 @@ def test_the_quality_control_task_trains_serves_and_swaps_versions_under_request
             assert failures == [] and versions[-1] == 2
     finally:
         handle.stop(grace=0.5)
+
+
+def test_the_quality_control_held_out_set_is_other_parts_and_machines_and_out_of_scope_inputs(tmp_path):
+    from PIL import Image
+
+    from modalmesh.data.heldout import heldout
+    from modalmesh.data.qc import PHOTO_SIZE
+
+    path = heldout("qc_line", tmp_path, n=4, seed=2)
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    inside = [r for r in records if r["scope"] == "in"]
+    assert len(inside) == 4 and all(r["label"] in ("ok", "surface_defect", "bearing_noise", "both") for r in inside)
+    assert all(Image.open(tmp_path / r["image"]).size != PHOTO_SIZE for r in inside)  # not the training photos' size
+    outside = [r for r in records if r["scope"] == "out"]
+    assert outside and all(r["label"] is None and (tmp_path / r["audio"]).is_file() for r in outside)

@@ -19,7 +19,10 @@ How the in-scope items differ from `data generate`'s:
   sentence of the body with no box or colour to mark it, a serif typeface no training
   screen has), at 390-1440 px, light or dark, PNG or JPEG; screen and message wordings
   from the test pools (never trained on) or written for this file only.
+- qc_line: 480x360 JPEG photos of hexagonal parts on a lighter belt, and machines with
+  another hum and another bearing ring and knock rate (data/qc.py heldout_item).
 Out of scope:
+- qc_line: photographs with a machine's sound; a screenshot with a voice message.
 - medical_report: head CT phantoms (Shepp-Logan, in HU, as CT DICOM), abdominal slices with
   no lungs, pydicom's head CTs, MR and chest crop, photographs (colour and greyscale),
   app screenshots; half with a patient record.
@@ -102,9 +105,9 @@ HELDOUT_MESSAGES = {
 def heldout(task: str, out: str | Path, n: int, seed: int) -> Path:
     """Writes `out`/heldout.jsonl with about n in-scope and n/2 out-of-scope items."""
     out = Path(out)
-    writer = {"medical_report": _medical, "screenshot_triage": _triage}.get(task)
+    writer = {"medical_report": _medical, "screenshot_triage": _triage, "qc_line": _qc}.get(task)
     if writer is None:
-        raise ValueError(f"unknown task {task!r}; one of screenshot_triage, medical_report")
+        raise ValueError(f"unknown task {task!r}; one of screenshot_triage, medical_report, qc_line")
     path = out / NAME
     refuse_foreign_manifest(path)
     (out / "files").mkdir(parents=True, exist_ok=True)
@@ -295,4 +298,31 @@ def _triage(rng, scope: str, number: int, out: Path, item_id: str) -> dict:
         record["extra"]["photo"] = photo
     else:
         record["text"] = _record_text(rng)
+    return record
+
+
+def _qc(rng, scope: str, number: int, out: Path, item_id: str) -> dict:
+    """In scope: parts and machines unlike training's (data/qc.py heldout_item). Out of
+    scope: photographs with a machine's sound, and a screenshot with a voice message."""
+    from modalmesh.audio.speech import espeak, wav_bytes
+    from modalmesh.data.qc import SAMPLE_RATE, heldout_item, machine_sound
+    from modalmesh.data.screens import png_bytes, render_screenshot
+
+    if scope == "in":
+        record, part, sound = heldout_item(rng)
+        (out / "files" / f"{item_id}.jpg").write_bytes(png_bytes(part, "JPEG", quality=int(rng.integers(80, 95))))
+        (out / "files" / f"{item_id}.wav").write_bytes(wav_bytes(sound, SAMPLE_RATE))
+        return {"image": f"files/{item_id}.jpg", "audio": f"files/{item_id}.wav", **record}
+    record = {"label": None, "image": f"files/{item_id}.jpg", "audio": f"files/{item_id}.wav"}
+    if number % 2 == 0:
+        photo = PHOTOS[(number // 2) % len(PHOTOS)]
+        (out / "files" / f"{item_id}.jpg").write_bytes(_photo(photo))
+        (out / "files" / f"{item_id}.wav").write_bytes(wav_bytes(machine_sound(rng, bool(rng.random() < 0.5)), SAMPLE_RATE))
+        record["extra"] = {"kind": "photo", "photo": photo}
+    else:
+        (out / "files" / f"{item_id}.jpg").write_bytes(png_bytes(render_screenshot("Error 402: Payment declined"), "JPEG", quality=90))
+        engine = espeak()
+        said = engine.synthesize("The machine on line two is making a noise.", "en-us", 150)
+        (out / "files" / f"{item_id}.wav").write_bytes(wav_bytes(said, engine.sample_rate))
+        record["extra"] = {"kind": "screenshot and speech"}
     return record

@@ -10,7 +10,9 @@ not a built-in task: `modalmesh data generate --task qc_line` writes the manifes
 Photos: 320x240, a metal disc or plate at a random place, size, angle and brightness on a
 conveyor belt under uneven light, sensor noise. Sounds: 2 s at 16 kHz, a motor hum at
 45-120 Hz with harmonics and broadband noise; a bearing fault adds impacts at 60-180 per
-second, each a decaying 2-4 kHz ring.
+second, each a decaying 2-4 kHz ring. The held-out set: 480x360 JPEG photos of hexagonal
+parts on a lighter belt; machines humming at 150-250 Hz whose bearings knock 35-60 times a
+second, ringing at 1.2-1.9 or 4.2-5.5 kHz.
 """
 
 from __future__ import annotations
@@ -53,18 +55,24 @@ TASK_FILE = {
 }
 
 
-def product_photo(rng: np.random.Generator, defect: bool) -> Image.Image:
-    width, height = PHOTO_SIZE
-    belt = float(rng.uniform(40, 90))
+def product_photo(rng: np.random.Generator, defect: bool, size: tuple[int, int] = PHOTO_SIZE, belt_range=(40, 90), hexagons: bool = False) -> Image.Image:
+    """`size`, `belt_range` (grey level) and `hexagons` (hexagonal parts instead of discs and
+    plates) are what the held-out set changes."""
+    width, height = size
+    belt = float(rng.uniform(*belt_range))
     pixels = np.full((height, width), belt, dtype=np.float32)
     pixels += (np.arange(width)[None, :] % int(rng.integers(18, 30)) < 2) * 12.0  # belt slats
     image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).convert("RGB")
     draw = ImageDraw.Draw(image)
-    cx, cy = width / 2 + rng.uniform(-40, 40), height / 2 + rng.uniform(-30, 30)
-    radius = float(rng.uniform(55, 90))
+    scale = min(width / PHOTO_SIZE[0], height / PHOTO_SIZE[1])
+    cx, cy = width / 2 + rng.uniform(-40, 40) * scale, height / 2 + rng.uniform(-30, 30) * scale
+    radius = float(rng.uniform(55, 90)) * scale
     metal = int(rng.uniform(150, 215))
     tint = tuple(int(metal + d) for d in rng.integers(-12, 12, size=3))
-    if rng.random() < 0.5:
+    if hexagons:
+        turn = float(rng.uniform(0, math.pi / 3))
+        draw.polygon([(cx + radius * math.cos(turn + k * math.pi / 3), cy + radius * math.sin(turn + k * math.pi / 3)) for k in range(6)], fill=tint)
+    elif rng.random() < 0.5:
         box = (cx - radius, cy - radius, cx + radius, cy + radius)
         draw.ellipse(box, fill=tint, outline=tuple(max(0, c - 60) for c in tint), width=3)
         draw.ellipse((cx - radius * 0.25, cy - radius * 0.25, cx + radius * 0.25, cy + radius * 0.25), fill=(int(belt),) * 3)
@@ -83,7 +91,7 @@ def product_photo(rng: np.random.Generator, defect: bool) -> Image.Image:
                 end = (sx + length * math.cos(a), sy + length * math.sin(a))
                 draw.line((sx, sy, *end), fill=tuple(max(0, c - int(rng.uniform(70, 120))) for c in tint), width=int(rng.integers(2, 4)))
             else:  # a dent: a dark spot with a bright rim
-                dx, dy, r = cx + rng.uniform(-0.5, 0.5) * radius, cy + rng.uniform(-0.5, 0.5) * radius, float(rng.uniform(5, 11))
+                dx, dy, r = cx + rng.uniform(-0.5, 0.5) * radius, cy + rng.uniform(-0.5, 0.5) * radius, float(rng.uniform(5, 11)) * scale
                 draw.ellipse((dx - r, dy - r, dx + r, dy + r), fill=tuple(max(0, c - 90) for c in tint), outline=(240, 240, 240), width=1)
     image = image.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.3, 0.9))))
     light = np.linspace(float(rng.uniform(0.75, 1.0)), float(rng.uniform(1.0, 1.2)), width, dtype=np.float32)[None, :, None]
@@ -91,14 +99,16 @@ def product_photo(rng: np.random.Generator, defect: bool) -> Image.Image:
     return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
 
 
-def machine_sound(rng: np.random.Generator, bearing: bool) -> np.ndarray:
-    """16-bit samples at SAMPLE_RATE."""
+def machine_sound(rng: np.random.Generator, bearing: bool, hum_range=(45, 120), ring_ranges=((2000, 4000),), rate_range=(60, 180)) -> np.ndarray:
+    """16-bit samples at SAMPLE_RATE. The ranges (the motor's hum, the bearing's ring and
+    its impacts per second) are what the held-out set changes."""
     t = np.arange(int(SAMPLE_RATE * SECONDS)) / SAMPLE_RATE
-    hum_hz = float(rng.uniform(45, 120))
+    hum_hz = float(rng.uniform(*hum_range))
     signal = sum(float(rng.uniform(0.1, 0.3)) / k * np.sin(2 * np.pi * hum_hz * k * t + rng.uniform(0, 2 * np.pi)) for k in range(1, 6))
     signal = signal + rng.normal(0, rng.uniform(0.01, 0.04), t.size)
     if bearing:
-        rate, ring_hz = float(rng.uniform(60, 180)), float(rng.uniform(2000, 4000))
+        ring = ring_ranges[int(rng.integers(len(ring_ranges)))]
+        rate, ring_hz = float(rng.uniform(*rate_range)), float(rng.uniform(*ring))
         ring = np.arange(int(0.004 * SAMPLE_RATE)) / SAMPLE_RATE
         burst = np.sin(2 * np.pi * ring_hz * ring) * np.exp(-ring * float(rng.uniform(900, 1600)))
         strength = float(rng.uniform(0.15, 0.4))
@@ -116,3 +126,17 @@ def qc_item(rng: np.random.Generator, item_id: str) -> tuple[dict, Image.Image, 
     label = str(rng.choice(LABELS))
     defect, bearing = label in ("surface_defect", "both"), label in ("bearing_noise", "both")
     return {"label": label, "extra": {"surface_defect": defect, "bearing_noise": bearing}}, product_photo(rng, defect), machine_sound(rng, bearing)
+
+
+# The held-out set (`modalmesh data heldout --task qc_line`): other photos and other machines.
+HELDOUT_SIZE, HELDOUT_BELT = (480, 360), (95, 130)  # photos: and hexagonal parts
+HELDOUT_HUM, HELDOUT_RINGS, HELDOUT_RATE = (150, 250), ((1200, 1900), (4200, 5500)), (35, 60)  # machines
+
+
+def heldout_item(rng: np.random.Generator) -> tuple[dict, Image.Image, np.ndarray]:
+    """(record fields, photo, sound) for one part of the held-out set."""
+    label = str(rng.choice(LABELS))
+    defect, bearing = label in ("surface_defect", "both"), label in ("bearing_noise", "both")
+    record = {"label": label, "extra": {"surface_defect": defect, "bearing_noise": bearing}}
+    photo = product_photo(rng, defect, size=HELDOUT_SIZE, belt_range=HELDOUT_BELT, hexagons=True)
+    return record, photo, machine_sound(rng, bearing, hum_range=HELDOUT_HUM, ring_ranges=HELDOUT_RINGS, rate_range=HELDOUT_RATE)
