@@ -493,7 +493,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     ports = {name: getattr(args, f"{name}_port") for name in ("router", "text", "vision", "audio")}
     metrics = {name: getattr(args, f"{name}_metrics_port") for name in ("router", "text", "vision", "audio")}
-    return run_up(ports, args.host, args.detach, args.timeout, metrics, http_port=args.http_port)
+    return run_up(ports, args.host, args.detach, args.timeout, metrics, http_port=args.http_port, model_repository=args.model_repository)
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -707,6 +707,7 @@ def build_parser() -> argparse.ArgumentParser:
         up.add_argument(f"--{name}-port", type=int, default=port)
         up.add_argument(f"--{name}-metrics-port", type=int, default=-1, help="Prometheus port (default: the gRPC port - 41000; 0: none)")
     up.add_argument("--http-port", type=int, default=8000, help="the router's HTTP port (OIP v2 REST, /v1/analyze; 0: none)")
+    up.add_argument("--model-repository", default="", metavar="DIR", help="serve this model repository's tasks and versions (default: the shipped weights)")
     up.add_argument("--detach", action="store_true", help="leave them running; stop with `modalmesh down`")
     up.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for health")
     up.set_defaults(func=cmd_up)

@@ -84,9 +84,11 @@ class Mesh:
         metrics_ports: dict[str, int] | None = None,
         health_ports: dict[str, int] | None = None,
         http_port: int = 0,
+        model_repository: str = "",
     ) -> None:
         self.host = host
         self.http_port = http_port  # the router's HTTP port (0: none)
+        self.model_repository = model_repository  # the router's model repository ('': the shipped weights)
         # Per service: a plaintext port that answers only health checks, on its own server (0 or absent: none).
         self.health_ports = {name: port for name, port in (health_ports or {}).items() if port > 0}
         # Per service: -1 (or absent) keeps the service's own rule (gRPC port - 41000), 0 turns metrics off.
@@ -109,6 +111,8 @@ class Mesh:
             command += ["--health-port", str(self.health_ports[name])]
         if name == "router":
             command += ["--http-port", str(self.http_port)]
+            if self.model_repository:
+                command += ["--model-repository", self.model_repository]
             command += ["--text-target", self.address("text"), "--vision-target", self.address("vision"), "--audio-target", self.address("audio")]
         return command
 
@@ -204,12 +208,20 @@ class Mesh:
         STATE_FILE.write_text(json.dumps(state, indent=2))
 
 
-def run_up(ports: dict[str, int], host: str, detach: bool, timeout: float, metrics_ports: dict[str, int] | None = None, http_port: int = 0) -> int:
+def run_up(
+    ports: dict[str, int],
+    host: str,
+    detach: bool,
+    timeout: float,
+    metrics_ports: dict[str, int] | None = None,
+    http_port: int = 0,
+    model_repository: str = "",
+) -> int:
     running = _detached_pids() if detach else {}  # a second one would take over its state file
     if running:
         print(f"modalmesh up: a detached mesh is running ({', '.join(f'{n} pid {p}' for n, p in running.items())}); `modalmesh down` stops it", file=sys.stderr)
         return 1
-    mesh = Mesh(host=host, ports=ports, metrics_ports=metrics_ports, http_port=http_port)
+    mesh = Mesh(host=host, ports=ports, metrics_ports=metrics_ports, http_port=http_port, model_repository=model_repository)
     busy = [mesh.address(name) for name in ORDER if not port_free(host, mesh.members[name].port)]
     busy += [f"{host}:{http_port} (HTTP)"] if http_port and not port_free(host, http_port) else []
     busy += [f"{host}:{port} (metrics)" for port in mesh.metrics_ports.values() if port and not port_free(host, port)]

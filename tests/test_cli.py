@@ -349,6 +349,9 @@ def test_up_takes_metrics_ports_and_refuses_busy_ones():
     ports = {name: free_port() for name in ("router", "text", "vision", "audio")}
     assert Mesh(ports=ports, metrics_ports={"text": 0, "vision": 19999, "audio": -1}).command("vision")[-2:] == ["--metrics-port", "19999"]
     assert "--metrics-port" not in Mesh(ports=ports, metrics_ports={"audio": -1}).command("audio")
+    router = Mesh(ports=ports, http_port=8123, model_repository="models").command("router")
+    assert router[router.index("--http-port") + 1] == "8123" and router[router.index("--model-repository") + 1] == "models"
+    assert "--model-repository" not in Mesh(ports=ports).command("router")
     metrics = free_port()
     blocker = socket.socket()
     blocker.bind(("127.0.0.1", metrics))
