@@ -131,10 +131,7 @@ def build_app(router_target: str, max_input_bytes: int, channel_options: dict | 
 
     @app.exception_handler(errors.ServiceError)
     async def refused(request: Request, exc: errors.ServiceError):
-        return JSONResponse(
-            {"error": exc.message, "code": exc.code.name, "field_violations": [{"field": f, "description": d} for f, d in exc.violations]},
-            status_code=HTTP_STATUS.get(exc.code, 500),
-        )
+        return JSONResponse(problem(exc.code, exc.message, exc.violations), status_code=HTTP_STATUS.get(exc.code, 500))
 
     @app.exception_handler(grpc.RpcError)
     async def failed(request: Request, exc: grpc.RpcError):
@@ -258,10 +255,14 @@ def build_app(router_target: str, max_input_bytes: int, channel_options: dict | 
     return app
 
 
+def problem(code: grpc.StatusCode, message: str, violations) -> dict[str, Any]:
+    """An error's HTTP body: the gRPC code's name, the message and the field violations."""
+    return {"error": message or code.name, "code": code.name, "field_violations": [{"field": f, "description": d} for f, d in violations]}
+
+
 def error_body(exc: grpc.RpcError) -> dict[str, Any]:
     code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
-    violations = errors.field_violations(exc) if hasattr(exc, "trailing_metadata") else []
-    return {"error": exc.details() or code.name, "code": code.name, "field_violations": [{"field": f, "description": d} for f, d in violations]}
+    return problem(code, exc.details() or "", errors.field_violations(exc) if hasattr(exc, "trailing_metadata") else [])
 
 
 def error_response(exc: grpc.RpcError):

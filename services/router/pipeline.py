@@ -42,7 +42,7 @@ from modalmesh.common.encoder import MAX_REQUEST_ID_CHARS
 from modalmesh.common.layout import MIN_SPAN_CONFIDENCE, is_blank
 from modalmesh.router.fusion import MODALITIES, SIDE_SOURCE, FusionOutputs, attention_mass, modality_gate_weights, modality_of, normalised_entropy
 from modalmesh.router import reports
-from modalmesh.router.repository import Repository
+from modalmesh.router.repository import why_missing
 from modalmesh.router.routing import answer_now, outstanding, waits_for_required
 from modalmesh.router.sources import SIDE_OPTION, embed, side_text
 from modalmesh.router.tasks import UNCERTAIN, Answer, Evidence, TaskModel, best_screen_line, decide, not_applicable, screen_line_log_odds, withheld
@@ -492,11 +492,7 @@ class Pipeline:
     # ------------------------------------------------------------------ validate
     def validate(self, request: router_pb2.AnalyzeRequest, audio_streamed: bool = False) -> tuple[TaskModel, dict[str, tuple]]:
         if request.task not in self.tasks:
-            if isinstance(self.tasks, Repository):
-                why = self.tasks.why_not(request.task)
-            else:
-                why = f"unknown task {request.task!r}; one of {', '.join(sorted(self.tasks))}"
-            raise errors.invalid_argument("task", why[:300])
+            raise errors.invalid_argument("task", why_missing(self.tasks, request.task))
         if len(request.request_id) > MAX_REQUEST_ID_CHARS:  # as the encoders: it is logged and traced
             raise errors.invalid_argument("request_id", f"longer than {MAX_REQUEST_ID_CHARS} characters")
         if request.options.mode not in router_pb2.RoutingMode.values():  # a newer client's value, say

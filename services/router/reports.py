@@ -133,11 +133,9 @@ def fhir_diagnostic_report(response, evidence: Evidence) -> bytes:
         "contained": observations,
         "result": [{"reference": f"#{o['id']}"} for o in observations],
         "conclusion": conclusion[:4000],
-        "extension": [],
     }
     if not response.abstained:
         document["conclusionCode"] = [{"text": f"{response.label} (confidence {response.confidence:.2f}, model {response.model_version})"}]
-    del document["extension"]
     report = DiagnosticReport.model_validate(document)  # raises if it is not a valid R4 resource
     return report.model_dump_json(indent=2).encode()
 
@@ -164,9 +162,8 @@ def dicom_sr(response, evidence: Evidence, scan: bytes) -> bytes:
     context = hd.sr.ObservationContext(observer_device_context=hd.sr.ObserverContext(observer_type=codes.DCM.Device, observer_identifying_attributes=device))
     groups = []
     if "largest_diameter_mm" in findings:
-        sites = [hd.sr.FindingSite(anatomic_location=codes.SCT.Lung, laterality=codes.SCT.Left if findings.get("side") == "left" else codes.SCT.Right)]
-        if findings.get("side") not in ("left", "right"):
-            sites = [hd.sr.FindingSite(anatomic_location=codes.SCT.Lung)]
+        laterality = {"left": codes.SCT.Left, "right": codes.SCT.Right}.get(findings.get("side", ""))
+        sites = [hd.sr.FindingSite(anatomic_location=codes.SCT.Lung, laterality=laterality)]
         groups.append(
             hd.sr.MeasurementsAndQualitativeEvaluations(
                 tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="largest lesion"),

@@ -87,6 +87,14 @@ def staged_version(task_folder: Path, published: list[Path]) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def why_missing(tasks: Mapping[str, TaskModel], key: str) -> str:
+    """Why `key` ("task" or "task@version") names no task that can answer, in words (at
+    most 300 characters): a repository's reason, or the tasks there are."""
+    if isinstance(tasks, Repository):
+        return tasks.why_not(key)[:300]
+    return f"unknown task {key[:100]!r}; one of {', '.join(sorted(tasks))}"
+
+
 class Repository(Mapping[str, TaskModel]):
     """The tasks a router serves from a model repository, by name: `repository["t"]` is the
     version serving for task t, `repository["t@3"]` its version 3 (KeyError if not ready)."""

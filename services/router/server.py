@@ -30,7 +30,7 @@ from modalmesh.common.runtime import Service
 from modalmesh.router.fusion import MODALITIES
 from modalmesh.router.pipeline import MODALITY_ENUM, Encoders, Pipeline
 from modalmesh.router import reports
-from modalmesh.router.repository import Repository, VersionState
+from modalmesh.router.repository import Repository, VersionState, why_missing
 from modalmesh.router.tasks import SHIPPED_WEIGHTS, TASKS, TaskModel, TaskSpec, load_task
 from modalmesh.v1 import inference_pb2, inference_pb2_grpc, router_pb2, router_pb2_grpc
 
@@ -451,9 +451,7 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
     def _task(self, name: str, version: str = "") -> TaskModel:
         key = _versioned(name, version)
         if key not in self.service.tasks:
-            repository = self.service.repository
-            why = repository.why_not(key) if repository is not None else f"model {name!r} not found; models: {', '.join(sorted(self.service.tasks))}"
-            raise errors.ServiceError(grpc.StatusCode.NOT_FOUND, why[:300])
+            raise errors.ServiceError(grpc.StatusCode.NOT_FOUND, why_missing(self.service.tasks, key))
         return self.service.tasks[key]
 
     def ModelInfer(self, request, context):

@@ -551,14 +551,9 @@ def decide(
         return Decided(outputs, probabilities, regression, weight)
     best = int(probabilities.argmax())
     pooled, dissent = [probabilities], []
-    measured = getattr(model.config, "dissent_precision", {}) or {}
-    for name, sources in present.items():
-        if not set(spec.needs) <= {name}:
-            continue  # cannot answer alone (a record without the scan the task needs)
-        if measured.get(name, 1.0) < DISSENT_PRECISION:
+    for name, view in lone_readings(model, spec, features, tags, use_measured, pointer):
+        if model.config.dissent_precision.get(name, 1.0) < DISSENT_PRECISION:
             continue  # alone, it was often confidently wrong on validation: not a voice to pool
-        alone = {s: f for s, f in features.items() if s in sources}
-        view = fuse(model, spec, alone, tags if name == "image" else {}, (), use_measured, False, pointer).probabilities
         other = int(torch.argmax(torch.where(torch.arange(len(view)) == best, -1.0, view)))
         if float(view[other]) >= DISSENT:
             pooled.append(view)
@@ -566,6 +561,16 @@ def decide(
     if not dissent:
         return Decided(outputs, probabilities, regression, weight)
     return Decided(outputs, torch.stack(pooled).mean(dim=0), regression, weight, tuple(dissent))
+
+
+def lone_readings(model, spec: TaskSpec, features: dict[str, torch.Tensor], tags: dict[str, str], use_measured: bool = True, pointer=None):
+    """(modality, probabilities [L]) for each modality in `features` that can answer alone
+    (it holds what the task needs; for the CT task only the scan), read by itself: the
+    voices decide pools, and what train.dissent_precision scores."""
+    for name, sources in MODALITY_SOURCES.items():
+        alone = {s: f for s, f in features.items() if s in sources}
+        if alone and set(spec.needs) <= {name}:
+            yield name, fuse(model, spec, alone, tags if name == "image" else {}, (), use_measured, False, pointer).probabilities
 
 
 def fuse(

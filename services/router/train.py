@@ -33,9 +33,9 @@ from modalmesh.data.generate import read_manifest
 from modalmesh.router import applicability, status_line
 from modalmesh.router.features import FeatureCache, configured_asr_engine, text_model_version
 from modalmesh.router.finetune import LEARNING_RATE as TEXT_TOP_LEARNING_RATE
-from modalmesh.router.fusion import MODALITY_SOURCES, FusionConfig, FusionEnsemble, FusionModel, fit_log_temperature
+from modalmesh.router.fusion import FusionConfig, FusionEnsemble, FusionModel, fit_log_temperature
 from modalmesh.router.repository import staged_version, versions_in
-from modalmesh.router.tasks import DISSENT, NOT_FOR_CLINICAL_USE, TaskSpec, decide, fuse, spec_of
+from modalmesh.router.tasks import DISSENT, NOT_FOR_CLINICAL_USE, TaskSpec, decide, lone_readings, spec_of
 
 log = logging.getLogger(__name__)
 
@@ -550,11 +550,7 @@ def dissent_precision(model, spec, examples: list[Example], pointer=None) -> dic
     right (FusionConfig.dissent_precision)."""
     right: dict[str, list[bool]] = {}
     for example in examples:
-        for name, sources in MODALITY_SOURCES.items():
-            alone = {s: f for s, f in example.features.items() if s in sources}
-            if not alone or not set(spec.needs) <= {name}:
-                continue
-            view = fuse(model, spec, alone, example.tags if name == "image" else {}, (), True, False, pointer).probabilities
+        for name, view in lone_readings(model, spec, example.features, example.tags, pointer=pointer):
             if float(view.max()) >= DISSENT:
                 right.setdefault(name, []).append(int(view.argmax()) == example.label)
     return {name: round(sum(hits) / len(hits), 3) for name, hits in right.items() if len(hits) >= DISSENT_MIN_READINGS}
