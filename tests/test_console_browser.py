@@ -44,7 +44,6 @@ def browser():
 def ask(browser, console: str, task: str, text: str, image: Path, shot: Path) -> str:
     """Fill the form, send it, wait for the whole answer; the answer panel's text."""
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as seen
     from selenium.webdriver.support.select import Select
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -55,7 +54,8 @@ def ask(browser, console: str, task: str, text: str, image: Path, shot: Path) ->
     picker = browser.find_element(By.ID, "image")
     browser.execute_script("arguments[0].hidden = false", picker)  # the drop zone's own file input
     picker.send_keys(str(image))
-    WebDriverWait(browser, 10).until(seen.visibility_of_element_located((By.ID, "image-preview")))
+    # Drawn at once, or (DICOM) said to be shown once read.
+    WebDriverWait(browser, 10).until(lambda b: b.find_element(By.ID, "image-preview").is_displayed() or b.find_element(By.ID, "image-note").text)
     browser.find_element(By.ID, "go").click()
     WebDriverWait(browser, 120).until(lambda b: "Timings" in b.find_element(By.ID, "answer").text)  # the final event is in
     browser.save_screenshot(str(shot))
@@ -78,3 +78,10 @@ def test_the_console_shows_a_triage_answer_and_a_ct_report(browser, console, tmp
     assert boxes and any("status" in (box.get_attribute("class") or "") for box in boxes)  # OCR's lines, the status message marked
     shown = ask(browser, console, "medical_report", (EXAMPLES / "record.txt").read_text(), EXAMPLES / "ct.dcm", keep / "console-ct.png")
     assert shown.splitlines()[0].split(" ")[0] in ("normal", "nodule", "mass", "uncertain") and "Impression:" in shown, shown
+    # The DICOM slice, which the browser cannot draw, is shown as read, its lesions circled with their size.
+    slice_shown = browser.find_element(By.ID, "image-preview")
+    assert (slice_shown.get_attribute("src") or "").startswith("data:image/png;base64,") and slice_shown.is_displayed()
+    assert "Measured lesions" in shown
+    circled = browser.find_elements(By.CSS_SELECTOR, "#boxes div.lesion")
+    assert circled and all(" mm, " in circle.text for circle in circled)
+    assert circled[0].size["width"] > 3 and circled[0].location["x"] >= slice_shown.location["x"]

@@ -10,7 +10,7 @@ import torch
 from modalmesh.data.ct import make_phantom
 from modalmesh.data.generate import PHANTOM_SIZE
 from modalmesh.router.tasks import TASKS
-from modalmesh.vision.measure import lesion_tags, measure_lung_lesions, parse_lesion_tags
+from modalmesh.vision.measure import lesion_boxes, lesion_tags, measure_lung_lesions, parse_lesion_tags
 from tests.media import phantom_hu
 
 
@@ -54,6 +54,19 @@ def test_tags_round_trip():
     assert parsed == [(lesion.diameter_mm, lesion.side) for lesion in lesions]
     assert parse_lesion_tags({"lesion_measurement": "hu-1", "lesion_count": "1", "lesion_diameters_mm": "x"}) is None
     assert parse_lesion_tags({"Modality": "CT"}) is None
+
+
+def test_each_lesion_is_outlined_where_the_phantom_put_it():
+    """The outline boxes (drawn by the console) sit on the phantom's lesions, as wide as measured."""
+    phantom = make_phantom(11, size=PHANTOM_SIZE, lesion_count=2, diameter_mm=16.0)
+    lesions = measure(phantom)
+    boxes = lesion_boxes(lesion_tags(lesions))
+    assert len(boxes) == len(lesions) == 2
+    for lesion, (x0, y0, x1, y1) in zip(lesions, boxes):
+        truth = min(phantom.lesions, key=lambda t: np.hypot(t.center_px[0] - (y0 + y1) / 2, t.center_px[1] - (x0 + x1) / 2))
+        assert np.hypot(truth.center_px[0] - (y0 + y1) / 2, truth.center_px[1] - (x0 + x1) / 2) < 2.0  # pixels
+        assert (x1 - x0) * phantom.pixel_spacing_mm == pytest.approx(lesion.diameter_mm, abs=0.3)
+    assert lesion_boxes({}) == [] and lesion_boxes({"lesion_boxes_px": "1,2,x,4"}) == []
 
 
 def test_the_medical_task_reports_measured_sizes_and_splits_nodule_from_mass_by_them():

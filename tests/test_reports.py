@@ -70,6 +70,37 @@ def test_the_ct_answer_as_fhir_and_as_a_dicom_sr(router):
     assert "not for clinical use" in document.SeriesDescription
 
 
+def test_the_ct_answer_outlines_the_measured_lesions_on_the_slice_as_read(router):
+    """explain lists the measured lesions with their outlines; image_preview returns the DICOM
+    slice as the vision service decodes it (same decoder, same window), which the console draws."""
+    import numpy as np
+    from PIL import Image
+
+    from modalmesh.vision.decode import decode_image
+
+    scan = (EXAMPLES / "ct.dcm").read_bytes()
+    request = ct_request(scan)
+    request.options.explain, request.options.image_preview = True, True
+    answer = router.Analyze(request, timeout=120)
+    findings = {f.key: f for f in answer.findings}
+    lesions = answer.explanation.lesions
+    assert len(lesions) == int(findings["lesion_count"].number) >= 1
+    assert lesions[0].diameter_mm == pytest.approx(findings["largest_diameter_mm"].number, abs=0.05)
+    preview = answer.explanation.image_preview
+    source = pydicom.dcmread(EXAMPLES / "ct.dcm", stop_before_pixels=True)
+    assert (preview.width, preview.height) == (source.Columns, source.Rows)
+    spacing = float(source.PixelSpacing[1])
+    for lesion in lesions:
+        x0, y0, x1, y1 = lesion.box
+        assert 0 <= x0 < x1 <= preview.width and 0 <= y0 < y1 <= preview.height
+        assert (x1 - x0) * spacing == pytest.approx(lesion.diameter_mm, abs=0.3)
+        assert lesion.side == ("left" if (x0 + x1) / 2 > preview.width / 2 else "right")  # the patient's left is the image's right
+    shown = np.asarray(Image.open(io.BytesIO(preview.png)).convert("RGB"))
+    assert np.array_equal(shown, decode_image(scan, "application/dicom", {"window": "lung"}, 10**7).rgb)
+    request.options.image_preview = False
+    assert not router.Analyze(request, timeout=120).explanation.HasField("image_preview")  # only when asked
+
+
 def test_a_scan_that_was_not_dicom_gets_no_sr_and_says_why(router):
     from modalmesh.data.ct import make_phantom, windowed_png
 
@@ -77,6 +108,9 @@ def test_a_scan_that_was_not_dicom_gets_no_sr_and_says_why(router):
     answer = router.Analyze(ct_request(png, router_pb2.REPORT_FORMAT_DICOM_SR), timeout=120)
     findings = {f.key: f.value for f in answer.findings}
     assert not answer.reports and findings["report_error"].startswith("dicom_sr: a DICOM SR references the scan")
+    request = ct_request(png)
+    request.options.image_preview = True
+    assert not router.Analyze(request, timeout=120).explanation.HasField("image_preview")  # a browser draws a PNG itself
 
 
 def test_a_triage_answer_as_a_ticket_and_formats_a_task_does_not_write(router):

@@ -49,6 +49,7 @@ TASK_FILE = {
         },
     },
     "modalities": ["image", "audio"],
+    "needs": ["image", "audio"],  # a verdict needs both: the part's photo and the machine's sound
     "routing": {"tau": 0.9, "gamma": 0.1},
     "training": {"members": 1, "feature_noise": 0.3},
     "description_template": "QC: {label} ({confidence:.2f}), priority {priority}. {next_steps}",

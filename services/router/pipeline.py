@@ -48,6 +48,7 @@ from modalmesh.router.sources import SIDE_OPTION, embed, side_text
 from modalmesh.router.tasks import UNCERTAIN, Answer, Evidence, TaskModel, best_screen_line, decide, not_applicable, screen_line_log_odds, withheld
 from modalmesh.v1 import encoder_pb2, encoder_pb2_grpc, router_pb2, speech_pb2, speech_pb2_grpc
 from modalmesh.vision.decode import sniff_media_type
+from modalmesh.vision.measure import lesion_boxes, parse_lesion_tags
 
 log = logging.getLogger(__name__)
 
@@ -785,6 +786,11 @@ class Pipeline:
         response.explanation.modalities.extend(self.modality_reports(run, decision))
         if request.options.explain:
             response.explanation.screen_text.extend(_screen_text(run.evidence))
+            response.explanation.lesions.extend(_lesions(run.evidence))
+        if request.options.image_preview and run.states["image"].status == router_pb2.MODALITY_STATUS_USED:
+            preview = _image_preview(request.image)
+            if preview is not None:
+                response.explanation.image_preview.CopyFrom(preview)
         if request.options.explain and decision is not None:
             mass = attention_mass(decision.outputs)
             for a, query in enumerate(MODALITIES):
@@ -865,6 +871,43 @@ def _screen_text(evidence: Evidence) -> list[router_pb2.ScreenText]:
         )
         for text, confidence, box in evidence.screen_spans
     ]
+
+
+def _lesions(evidence: Evidence) -> list[router_pb2.MeasuredLesion]:
+    """The lesions measured on the slice, with their outlines, where the image was read."""
+    if evidence.no_image:
+        return []
+    measured = parse_lesion_tags(evidence.image_tags) or []
+    boxes = lesion_boxes(evidence.image_tags)
+    return [router_pb2.MeasuredLesion(diameter_mm=diameter, side=side, box=boxes[i] if i < len(boxes) else ()) for i, (diameter, side) in enumerate(measured)]
+
+
+PREVIEW_SIDE = 1024  # the longest side of an image preview, in pixels
+
+
+def _image_preview(image: router_pb2.MediaInput) -> router_pb2.ImagePreview | None:
+    """A DICOM image as the vision service reads it (the same decoder, its window applied),
+    as PNG for display; None for other formats (a browser draws those itself). The vision
+    service has already read the same bytes within its limits."""
+    import io
+
+    from PIL import Image
+
+    from modalmesh.vision.decode import decode_image
+
+    if (image.media_type or sniff_media_type(image.data)) != "application/dicom":
+        return None
+    try:
+        decoded = decode_image(image.data, "application/dicom", dict(image.parameters), 4 * PREVIEW_SIDE * PREVIEW_SIDE)
+    except Exception as exc:  # the answer stands without its picture, whatever the decoder says
+        log.info("no image preview: %s", exc)
+        return None
+    picture = Image.fromarray(decoded.rgb)
+    width, height = picture.size
+    picture.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
+    png = io.BytesIO()
+    picture.save(png, "PNG", optimize=False)
+    return router_pb2.ImagePreview(png=png.getvalue(), width=width, height=height)
 
 
 def _finding(key: str, value: str) -> router_pb2.Finding:

@@ -73,7 +73,7 @@ class MediaInput(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., media_type: _Optional[str] = ..., parameters: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class AnalyzeOptions(_message.Message):
-    __slots__ = ("speech", "voice", "explain", "deadline_ms", "mode", "require", "top_k", "report_formats")
+    __slots__ = ("speech", "voice", "explain", "deadline_ms", "mode", "require", "top_k", "report_formats", "image_preview")
     SPEECH_FIELD_NUMBER: _ClassVar[int]
     VOICE_FIELD_NUMBER: _ClassVar[int]
     EXPLAIN_FIELD_NUMBER: _ClassVar[int]
@@ -82,6 +82,7 @@ class AnalyzeOptions(_message.Message):
     REQUIRE_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     REPORT_FORMATS_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_PREVIEW_FIELD_NUMBER: _ClassVar[int]
     speech: bool
     voice: str
     explain: bool
@@ -90,7 +91,8 @@ class AnalyzeOptions(_message.Message):
     require: _containers.RepeatedScalarFieldContainer[Modality]
     top_k: int
     report_formats: _containers.RepeatedScalarFieldContainer[ReportFormat]
-    def __init__(self, speech: _Optional[bool] = ..., voice: _Optional[str] = ..., explain: _Optional[bool] = ..., deadline_ms: _Optional[int] = ..., mode: _Optional[_Union[RoutingMode, str]] = ..., require: _Optional[_Iterable[_Union[Modality, str]]] = ..., top_k: _Optional[int] = ..., report_formats: _Optional[_Iterable[_Union[ReportFormat, str]]] = ...) -> None: ...
+    image_preview: bool
+    def __init__(self, speech: _Optional[bool] = ..., voice: _Optional[str] = ..., explain: _Optional[bool] = ..., deadline_ms: _Optional[int] = ..., mode: _Optional[_Union[RoutingMode, str]] = ..., require: _Optional[_Iterable[_Union[Modality, str]]] = ..., top_k: _Optional[int] = ..., report_formats: _Optional[_Iterable[_Union[ReportFormat, str]]] = ..., image_preview: _Optional[bool] = ...) -> None: ...
 
 class Report(_message.Message):
     __slots__ = ("format", "media_type", "content")
@@ -175,7 +177,7 @@ class AttentionMass(_message.Message):
     def __init__(self, query_modality: _Optional[_Union[Modality, str]] = ..., key_modality: _Optional[_Union[Modality, str]] = ..., mass: _Optional[float] = ...) -> None: ...
 
 class Explanation(_message.Message):
-    __slots__ = ("modalities", "attention", "timings_ms", "model_version", "screen_text")
+    __slots__ = ("modalities", "attention", "timings_ms", "model_version", "screen_text", "lesions", "image_preview")
     class TimingsMsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -188,12 +190,36 @@ class Explanation(_message.Message):
     TIMINGS_MS_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     SCREEN_TEXT_FIELD_NUMBER: _ClassVar[int]
+    LESIONS_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_PREVIEW_FIELD_NUMBER: _ClassVar[int]
     modalities: _containers.RepeatedCompositeFieldContainer[ModalityReport]
     attention: _containers.RepeatedCompositeFieldContainer[AttentionMass]
     timings_ms: _containers.ScalarMap[str, float]
     model_version: str
     screen_text: _containers.RepeatedCompositeFieldContainer[ScreenText]
-    def __init__(self, modalities: _Optional[_Iterable[_Union[ModalityReport, _Mapping]]] = ..., attention: _Optional[_Iterable[_Union[AttentionMass, _Mapping]]] = ..., timings_ms: _Optional[_Mapping[str, float]] = ..., model_version: _Optional[str] = ..., screen_text: _Optional[_Iterable[_Union[ScreenText, _Mapping]]] = ...) -> None: ...
+    lesions: _containers.RepeatedCompositeFieldContainer[MeasuredLesion]
+    image_preview: ImagePreview
+    def __init__(self, modalities: _Optional[_Iterable[_Union[ModalityReport, _Mapping]]] = ..., attention: _Optional[_Iterable[_Union[AttentionMass, _Mapping]]] = ..., timings_ms: _Optional[_Mapping[str, float]] = ..., model_version: _Optional[str] = ..., screen_text: _Optional[_Iterable[_Union[ScreenText, _Mapping]]] = ..., lesions: _Optional[_Iterable[_Union[MeasuredLesion, _Mapping]]] = ..., image_preview: _Optional[_Union[ImagePreview, _Mapping]] = ...) -> None: ...
+
+class ImagePreview(_message.Message):
+    __slots__ = ("png", "width", "height")
+    PNG_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    png: bytes
+    width: int
+    height: int
+    def __init__(self, png: _Optional[bytes] = ..., width: _Optional[int] = ..., height: _Optional[int] = ...) -> None: ...
+
+class MeasuredLesion(_message.Message):
+    __slots__ = ("diameter_mm", "side", "box")
+    DIAMETER_MM_FIELD_NUMBER: _ClassVar[int]
+    SIDE_FIELD_NUMBER: _ClassVar[int]
+    BOX_FIELD_NUMBER: _ClassVar[int]
+    diameter_mm: float
+    side: str
+    box: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, diameter_mm: _Optional[float] = ..., side: _Optional[str] = ..., box: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ScreenText(_message.Message):
     __slots__ = ("text", "confidence", "box", "status_line", "unreadable")

@@ -48,6 +48,7 @@ class Lesion:
     diameter_mm: float
     side: str  # "left" | "right" (patient's)
     center_px: tuple[float, float]  # (row, column)
+    box_px: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)  # the measured circle's bounds: x_min, y_min, x_max, y_max
 
 
 def _hull_fill(mask: np.ndarray) -> np.ndarray:
@@ -169,7 +170,13 @@ def _measure(hounsfield: np.ndarray, spacing_mm: tuple[float, float]) -> tuple[l
             fit_row, fit_col, radius = circle
             centre = (fit_row, fit_col)
             depth[np.hypot(grid_r * row_mm - fit_row, grid_c * col_mm - fit_col) <= radius + 2 * pixel] = 0.0
-        found.append(Lesion(round(2.0 * radius, 1), "left" if col > middle else "right", (float(row), float(col))))
+        box = (
+            round((centre[1] - radius) / col_mm, 1),
+            round((centre[0] - radius) / row_mm, 1),
+            round((centre[1] + radius) / col_mm, 1),
+            round((centre[0] + radius) / row_mm, 1),
+        )
+        found.append(Lesion(round(2.0 * radius, 1), "left" if col > middle else "right", (float(row), float(col)), box))
         circles.append((*centre, radius))
     walled = _walled(solid, field, air, circles, (row_mm, col_mm))
     found = sorted((lesion for lesion, wall in zip(found, walled) if not wall), key=lambda lesion: -lesion.diameter_mm)
@@ -218,7 +225,23 @@ def lesion_tags(lesions: list[Lesion] | None, reason: str = "no lung found, or n
         "lesion_count": str(len(lesions)),
         "lesion_diameters_mm": "\\".join(f"{lesion.diameter_mm:g}" for lesion in lesions),
         "lesion_sides": "\\".join(lesion.side for lesion in lesions),
+        "lesion_boxes_px": "\\".join(",".join(f"{v:g}" for v in lesion.box_px) for lesion in lesions),
     }
+
+
+def lesion_boxes(tags: dict[str, str]) -> list[tuple[float, float, float, float]]:
+    """Each measured lesion's circle bounds in the slice's pixels (x_min, y_min, x_max,
+    y_max), largest first, as `lesion_tags` wrote them; [] when there are none or they do
+    not parse."""
+    boxes = []
+    for text in tags.get("lesion_boxes_px", "").split("\\"):
+        try:
+            box = tuple(float(v) for v in text.split(","))
+        except ValueError:
+            return []
+        if len(box) == 4:
+            boxes.append(box)
+    return boxes
 
 
 def parse_lesion_tags(tags: dict[str, str]) -> list[tuple[float, str]] | None:
