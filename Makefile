@@ -60,17 +60,19 @@ protos: setup
 # then evaluates them on the test splits and on held-out sets built unlike the training
 # data (reports/). About an hour on 2 cores (OCR and transcripts dominate the first run;
 # features are cached in data/<task>/.features).
-weights: setup
+weights: setup setup-browser
 	$(VENV)/bin/modalmesh data generate --task medical_report --out data/medical --n 800 --seed 11
 	$(VENV)/bin/modalmesh data generate --task screenshot_triage --out data/triage --n 600 --seed 7
 	$(VENV)/bin/modalmesh data heldout --task medical_report --out data/medical-heldout --n 300 --seed 13
 	$(VENV)/bin/modalmesh data heldout --task screenshot_triage --out data/triage-heldout --n 300 --seed 13
+	-$(VENV)/bin/modalmesh data heldout --task screenshot_triage --renderer browser --out data/triage-browser --n 200 --seed 17
 	$(VENV)/bin/modalmesh train --task medical_report --data data/medical/train.jsonl --out services/router/weights/medical_report
 	$(VENV)/bin/modalmesh train --task screenshot_triage --data data/triage/train.jsonl --out services/router/weights/screenshot_triage
 	$(VENV)/bin/modalmesh eval --task medical_report --data data/medical/test.jsonl --report reports/medical_report
 	$(VENV)/bin/modalmesh eval --task screenshot_triage --data data/triage/test.jsonl --report reports/screenshot_triage
 	$(VENV)/bin/modalmesh eval --task medical_report --data data/medical-heldout/heldout.jsonl --report reports/medical_report-heldout
 	$(VENV)/bin/modalmesh eval --task screenshot_triage --data data/triage-heldout/heldout.jsonl --report reports/screenshot_triage-heldout
+	-$(VENV)/bin/modalmesh eval --task screenshot_triage --data data/triage-browser/heldout.jsonl --report reports/screenshot_triage-browser
 
 bench: setup
 	$(PY) benchmarks/bench_text.py

@@ -347,8 +347,8 @@ def cmd_data_heldout(args: argparse.Namespace) -> int:
     from modalmesh.data.heldout import heldout
 
     try:
-        path = heldout(args.task, args.out, args.n, args.seed)
-    except RuntimeError as exc:  # scikit-image missing
+        path = heldout(args.task, args.out, args.n, args.seed, renderer=args.renderer)
+    except RuntimeError as exc:  # scikit-image or Chromium missing
         raise ValueError(str(exc)) from None
     records = [json.loads(line) for line in open(path)]
     inside = sum(r["scope"] == "in" for r in records)
@@ -611,6 +611,13 @@ def build_parser() -> argparse.ArgumentParser:
         dataset.add_argument("--out", required=True)
         dataset.add_argument("--n", type=_at_least(1), default=n, help=n_help)
         dataset.add_argument("--seed", type=int, default=0)
+        if name == "heldout":
+            dataset.add_argument(
+                "--renderer",
+                choices=("mail", "browser"),
+                default="mail",
+                help="screenshot_triage's screens: an e-mail client (Pillow) or web and app pages drawn by headless Chromium",
+            )
         dataset.set_defaults(func=command)
     lm = data_commands.add_parser("lm", help="build a transcript language model (ARPA) from manifests' texts, for the audio service's --asr-lm")
     lm.add_argument("--data", required=True, action="append", help="a manifest (JSONL); its records' `text` are the sentences (repeatable)")

@@ -114,8 +114,8 @@ def test_dockerfile_is_multi_stage_non_root_and_runs_modalmesh_serve():
 
 def test_the_installed_package_carries_the_shipped_weights(tmp_path):
     """The image installs the package, not the source tree: its wheel holds every file of
-    the shipped weights the router loads by default, and setuptools builds it without
-    complaining that a weights folder is not declared."""
+    the shipped weights and the built-in task files the router loads by default, and
+    setuptools builds it without complaining that a data folder is not declared."""
     built = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "--no-build-isolation", "-w", str(tmp_path)], capture_output=True, text=True, timeout=300
     )
@@ -127,6 +127,7 @@ def test_the_installed_package_carries_the_shipped_weights(tmp_path):
     shipped = {f"modalmesh/router/weights/{p.relative_to(weights).as_posix()}" for p in weights.glob("*/*") if p.is_file()}
     assert {"modalmesh/router/weights/screenshot_triage/model.safetensors", "modalmesh/router/weights/medical_report/model.safetensors"} <= shipped
     assert shipped <= packaged, shipped - packaged
+    assert {"modalmesh/router/builtin/screenshot_triage.json", "modalmesh/router/builtin/medical_report.json"} <= packaged  # the built-in tasks' files
 
 
 def test_the_image_commands_serve_and_health_work_locally(tiny_bert_dir):

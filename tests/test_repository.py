@@ -64,6 +64,45 @@ def test_a_broken_version_is_reported_and_the_one_before_keeps_serving_until_it_
     assert repository[TRIAGE].repository_version == 1
 
 
+def test_a_changed_task_file_is_applied_on_the_next_poll_or_refused_and_said(tmp_path):
+    """A task of one's own (here the shipped triage weights under a task file of the same
+    labels): an edited task.json serves at the next poll, requests in flight keep theirs;
+    one the weights do not fit, or that does not parse, is not applied and `refused` says why."""
+    import json
+
+    labels = TASKS[TRIAGE].labels
+    document = {
+        "name": "helpdesk",
+        "description": "first wording",
+        "labels": {label: {"priority": "normal", "next_steps": "Look into it.", "reply": "Thanks."} for label in labels},
+        "modalities": ["text", "image"],
+    }
+    task_file = tmp_path / "helpdesk" / "task.json"
+    task_file.parent.mkdir()
+    task_file.write_text(json.dumps(document))
+    copy_weights(TRIAGE, tmp_path / "helpdesk" / "1")
+    repository = Repository(tmp_path, {})
+    repository.poll()
+    held = repository["helpdesk"]
+    assert held.spec.description == "first wording" and not repository.refused
+
+    def rewrite(changed: str) -> None:
+        time.sleep(0.01)  # a later file time
+        task_file.write_text(changed)
+        repository.poll()
+
+    rewrite(json.dumps({**document, "description": "second wording"}))
+    assert repository["helpdesk"].spec.description == "second wording" and held.spec.description == "first wording"
+    assert repository["helpdesk"] is not held and not repository.refused
+    rewrite(json.dumps({**document, "labels": {"yes": document["labels"][labels[0]], "no": document["labels"][labels[1]]}}))
+    assert "version 1 does not load under it" in repository.refused["helpdesk"] and "labels" in repository.refused["helpdesk"]
+    assert repository["helpdesk"].spec.description == "second wording"  # serving as before
+    rewrite('{"name": "helpdesk",')
+    assert "not valid JSON" in repository.refused["helpdesk"] and repository["helpdesk"].spec.description == "second wording"
+    rewrite(json.dumps({**document, "description": "third wording"}))
+    assert repository["helpdesk"].spec.description == "third wording" and not repository.refused
+
+
 def test_a_pinned_version_serves_even_when_a_newer_one_is_ready(tmp_path):
     publish(tmp_path, TRIAGE)
     publish(tmp_path, TRIAGE)

@@ -307,17 +307,21 @@ def test_medical_report_from_a_png_scan_with_its_window_is_measured(router):
 
 
 def test_the_triage_reply_claims_nothing_done_and_names_no_problem_when_unsure():
-    """The reply is said to the customer: "We've sent you a link to reset your password"
-    was said when nothing had been sent, and a 0.35 "refund" got the refund promise."""
+    """The reply is said to the customer: it claims nothing the mesh has not done, and an
+    unsure answer (a 0.35 "refund") makes no promise about a problem it may not have."""
+    import json
     import re
 
-    from modalmesh.router.tasks import TRIAGE_REPLY, UNSURE_REPLY, Answer, Evidence, write_triage
+    from modalmesh.router.tasks import BUILT_IN_FOLDER, TASKS, UNSURE_REPLY, Answer, Evidence
+
+    replies = {label: about["reply"] for label, about in json.loads((BUILT_IN_FOLDER / "screenshot_triage.json").read_text())["labels"].items()}
+    write = TASKS["screenshot_triage"].write
 
     def reply(label, confidence):
-        return write_triage(Answer(label, confidence, 0.5, {label: confidence}, {}), Evidence(text="help"))[2]
+        return write(Answer(label, confidence, 0.5, {label: confidence}, {}), Evidence(text="help"))[2]
 
-    assert reply("login", 0.9) == TRIAGE_REPLY["login"] and reply("refund", 0.35) == UNSURE_REPLY
-    for text in (*TRIAGE_REPLY.values(), UNSURE_REPLY):
+    assert reply("login", 0.9) == replies["login"] and reply("refund", 0.35) == UNSURE_REPLY
+    for text in (*replies.values(), UNSURE_REPLY):
         assert not re.search(r"\b(we've|we have) (sent|checked|refunded|fixed|issued|cancelled)", text, re.I), text
 
 

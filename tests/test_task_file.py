@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import time
 
 import grpc
 import pytest
@@ -13,7 +14,7 @@ import pytest
 from modalmesh.cli import main
 from modalmesh.common.client import connect
 from modalmesh.router.task_file import TaskFileError, load_task_file
-from modalmesh.v1 import router_pb2, router_pb2_grpc
+from modalmesh.v1 import inference_pb2, inference_pb2_grpc, router_pb2, router_pb2_grpc
 
 TASK = {
     "name": "ticket_urgency",
@@ -59,6 +60,37 @@ def test_a_task_file_is_checked_field_by_field(tmp_path):
     with pytest.raises(TaskFileError, match=r"task.json:2:\d+: not valid JSON"):
         load_task_file(path)
     assert main(["task", "check", str(path)]) == 2
+
+
+def test_the_built_in_tasks_are_task_files_with_plug_ins_a_user_can_reuse(tmp_path):
+    """router/builtin/<name>.json: the wording (priorities, next steps, replies) is in the
+    file, the code a file names is a plug-in. A help desk's own task reuses the triage
+    plug-in with its own categories; a plug-in written for other labels is refused."""
+    from modalmesh.router.tasks import BUILT_IN_FOLDER, TASKS, Answer, Evidence
+
+    triage = json.loads((BUILT_IN_FOLDER / "screenshot_triage.json").read_text())
+    assert triage["plugin"] == "screen_triage" and TASKS["screenshot_triage"].labels == tuple(triage["labels"])
+    assert TASKS["medical_report"].size_rule is not None and TASKS["medical_report"].reports == ("fhir", "dicom_sr")
+    billing = {"priority": "high", "next_steps": "Open the invoice.", "reply": "Checking your bill."}
+    own = {**triage, "name": "store_desk", "labels": {"billing": billing, "other": triage["labels"]["other"]}}
+    path = tmp_path / "task.json"
+    path.write_text(json.dumps(own, indent=2))
+    spec = load_task_file(path)
+    assert spec.labels == ("billing", "other") and spec.reports == ("ticket",)
+    description, findings, reply = spec.write(Answer("billing", 0.9, 0.1, {"billing": 0.9}, {}), Evidence(text="charged twice", screen_lines=["Invoice 12"]))
+    assert reply == "Checking your bill." and findings["priority"] == "high" and description.startswith("Category: billing (confidence 0.90), priority high.")
+    path.write_text(json.dumps({**own, "labels": {"billing": {}, "returns": {}}}, indent=2))
+    with pytest.raises(TaskFileError, match="plug-in screen_triage needs the label\\(s\\) other"):
+        load_task_file(path)
+    path.write_text(json.dumps({**own, "plugin": "chest_ct"}, indent=2))
+    with pytest.raises(TaskFileError, match="written for the labels normal, nodule, mass"):
+        load_task_file(path)
+    path.write_text(json.dumps({**own, "plugin": "ocr_magic"}, indent=2))
+    with pytest.raises(TaskFileError, match="plugin: one of screen_triage, chest_ct"):
+        load_task_file(path)
+    path.write_text(json.dumps({**triage}, indent=2))
+    with pytest.raises(TaskFileError, match="is a built-in task; choose another name"):
+        load_task_file(path)
 
 
 def test_task_init_writes_a_file_that_checks(tmp_path, capsys):
@@ -107,6 +139,27 @@ def test_a_task_of_your_own_is_trained_into_a_repository_and_served(mesh, tmp_pa
             with pytest.raises(grpc.RpcError) as refused:
                 router.Analyze(router_pb2.AnalyzeRequest(task="broken_task", text="x"), timeout=30)
             assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "task file does not load" in refused.value.details()
+
+            # A changed task file is read again (on the next poll, or on an OIP load as here)
+            # and serves without a restart; one the weights do not fit is refused and said.
+            oip = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
+            served = repository / "ticket_urgency" / "task.json"
+            edited = json.loads(served.read_text())
+            edited["labels"]["urgent"]["reply"] = "Paging the on-call engineer now."
+            time.sleep(0.01)  # a later file time
+            served.write_text(json.dumps(edited))
+            oip.RepositoryModelLoad(inference_pb2.RepositoryModelLoadRequest(model_name="ticket_urgency"), timeout=30)
+            answer = router.Analyze(router_pb2.AnalyzeRequest(task="ticket_urgency", text="hi team, the whole site is down"), timeout=60)
+            assert {f.key: f.value for f in answer.findings}["reply"] == "Paging the on-call engineer now." and answer.task_version == 1
+            edited["labels"] = {"urgent": edited["labels"]["urgent"], "later": edited["labels"]["routine"]}  # the weights know "routine"
+            time.sleep(0.01)
+            served.write_text(json.dumps(edited))
+            oip.RepositoryModelLoad(inference_pb2.RepositoryModelLoadRequest(model_name="ticket_urgency"), timeout=30)
+            info = {t.name: t for t in router.ListTasks(router_pb2.ListTasksRequest(), timeout=10).tasks}["ticket_urgency"]
+            assert "not applied" in info.problem and "version 1 does not load under it" in info.problem and "labels" in info.problem, info.problem
+            assert list(info.labels) == ["urgent", "routine"] and info.versions[0].state == "ready"  # serving as before
+            answer = router.Analyze(router_pb2.AnalyzeRequest(task="ticket_urgency", text="hi team, the whole site is down"), timeout=60)
+            assert {f.key: f.value for f in answer.findings}["reply"] == "Paging the on-call engineer now."
     finally:
         handle.stop(grace=0.5)
 

@@ -308,6 +308,23 @@ def reader():
     return ScreenReader()
 
 
+@pytest.mark.parametrize("kind", ["checkout", "tracking", "bank", "account", "support"])
+def test_ocr_reads_the_status_message_on_pages_a_real_browser_drew(reader, kind):
+    """data/browser.py's pages, laid out and drawn by headless Chromium at a phone's size:
+    the status message is read whole, among the page's other lines."""
+    from modalmesh.data import browser
+
+    if not browser.available():
+        pytest.skip("headless Chromium is not installed (`make setup-browser`)")
+    message = "Your session expired. Please sign in again."
+    page = browser.render_page(message, np.random.default_rng(4), (390, 844), kind == "bank", kind)
+    assert page.size == (390, 844)
+    lines = reader.read(np.asarray(page))
+    read = " ".join(line.text for line in lines)
+    assert "session expired" in read and "sign in again" in read, read
+    assert len(lines) >= 4  # the page's headings, menus and details are read too
+
+
 def _page(width: int, height: int, rows: list[int], left: int = 40) -> np.ndarray:
     from PIL import ImageDraw, ImageFont
 

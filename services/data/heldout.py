@@ -18,7 +18,10 @@ How the in-scope items differ from `data generate`'s:
   (screens.render_mail_view: a folder list, sender and subject, the status message as one
   sentence of the body with no box or colour to mark it, a serif typeface no training
   screen has), at 390-1440 px, light or dark, PNG or JPEG; screen and message wordings
-  from the test pools (never trained on) or written for this file only.
+  from the test pools (never trained on) or written for this file only. With
+  `--renderer browser`, web and app pages drawn by headless Chromium instead
+  (data/browser.py: five kinds of page, at 360-1920 px; training draws none with a
+  browser), with the same wordings.
 - qc_line: 480x360 JPEG photos of hexagonal parts on a lighter belt, and machines with
   another hum and another bearing ring and knock rate (data/qc.py heldout_item).
 Out of scope:
@@ -102,12 +105,21 @@ HELDOUT_MESSAGES = {
 }
 
 
-def heldout(task: str, out: str | Path, n: int, seed: int) -> Path:
-    """Writes `out`/heldout.jsonl with about n in-scope and n/2 out-of-scope items."""
+def heldout(task: str, out: str | Path, n: int, seed: int, renderer: str = "mail") -> Path:
+    """Writes `out`/heldout.jsonl with about n in-scope and n/2 out-of-scope items.
+    `renderer`: how screenshot_triage's screens are drawn ("mail" or "browser")."""
     out = Path(out)
-    writer = {"medical_report": _medical, "screenshot_triage": _triage, "qc_line": _qc}.get(task)
+    writer = {"medical_report": _medical, "screenshot_triage": _triage_mail, "qc_line": _qc}.get(task)
     if writer is None:
         raise ValueError(f"unknown task {task!r}; one of screenshot_triage, medical_report, qc_line")
+    if renderer == "browser":
+        if task != "screenshot_triage":
+            raise ValueError("--renderer browser draws screenshot_triage's screens only")
+        from modalmesh.data import browser
+
+        if not browser.available():
+            raise RuntimeError("--renderer browser needs headless Chromium (`make setup-browser`: apt install chromium)")
+        writer = _triage_browser
     path = out / NAME
     refuse_foreign_manifest(path)
     (out / "files").mkdir(parents=True, exist_ok=True)
@@ -259,7 +271,16 @@ def _abdomen_hu(rng) -> np.ndarray:
 # ----------------------------------------------------------------------- screenshot_triage
 
 
-def _triage(rng, scope: str, number: int, out: Path, item_id: str) -> dict:
+def _triage_mail(rng, scope: str, number: int, out: Path, item_id: str) -> dict:
+    return _triage(rng, scope, number, out, item_id, "mail")
+
+
+def _triage_browser(rng, scope: str, number: int, out: Path, item_id: str) -> dict:
+    return _triage(rng, scope, number, out, item_id, "browser")
+
+
+def _triage(rng, scope: str, number: int, out: Path, item_id: str, renderer: str) -> dict:
+    from modalmesh.data import browser
     from modalmesh.data.screens import MAIL_SIZES, png_bytes, render_mail_view
     from modalmesh.data.triage import LABELS, MESSAGE_TEMPLATES, MESSAGES, VAGUE, pool, screen_wording, wording
 
@@ -271,17 +292,18 @@ def _triage(rng, scope: str, number: int, out: Path, item_id: str) -> dict:
             text = str(rng.choice(HELDOUT_MESSAGES[label])) if rng.random() < 0.5 else wording(rng, label, "test", MESSAGES, MESSAGE_TEMPLATES)
         else:
             text = str(rng.choice(pool(VAGUE, "test"))) if kind == "vague" else ""
-        size = MAIL_SIZES[int(rng.integers(len(MAIL_SIZES)))]
-        image = render_mail_view(screen, rng, size, bool(rng.random() < 0.3))
+        extra = {"screen": screen, "message_kind": kind}
+        if renderer == "browser":
+            size = browser.SIZES[int(rng.integers(len(browser.SIZES)))]
+            extra["page"] = page = str(rng.choice(browser.KINDS))
+            image = browser.render_page(screen, rng, size, bool(rng.random() < 0.3), page)
+        else:
+            size = MAIL_SIZES[int(rng.integers(len(MAIL_SIZES)))]
+            image = render_mail_view(screen, rng, size, bool(rng.random() < 0.3))
         jpeg = rng.random() < 0.4
         name = f"{item_id}.{'jpg' if jpeg else 'png'}"
         (out / "files" / name).write_bytes(png_bytes(image, "JPEG", quality=int(rng.integers(75, 95))) if jpeg else png_bytes(image))
-        return {
-            "label": label,
-            "text": text,
-            "image": f"files/{name}",
-            "extra": {"screen": screen, "message_kind": kind, "size": f"{size[0]}x{size[1]}", "renderer": "mail"},
-        }
+        return {"label": label, "text": text, "image": f"files/{name}", "extra": {**extra, "size": f"{size[0]}x{size[1]}", "renderer": renderer}}
     kinds = ("ct", "photo", "record")
     kind = kinds[number % len(kinds)]
     record: dict = {"label": None, "text": "", "extra": {"kind": kind}}

@@ -15,6 +15,11 @@ and a version that fails to load is reported with the reason while the one befor
 keeps serving (fix its files and it is tried again). `modalmesh train --repository DIR`
 writes the next version (never over an existing one) and moves it into place in one
 rename, so a half-written version is never seen.
+
+A task file that changes is read again on the next poll: its ready versions are loaded
+again under it and take over together (requests in flight finish as they began). A
+changed file that does not load, or that a ready version does not load under (other
+labels, say), is not applied: the task keeps serving as before and `refused` says why.
 """
 
 from __future__ import annotations
@@ -52,6 +57,13 @@ def _stamp(folder: Path) -> float:
         return max([folder.stat().st_mtime] + [entry.stat().st_mtime for entry in folder.iterdir()])
     except OSError:
         return 0.0
+
+
+def _file_stamp(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return 0
 
 
 def versions_in(folder: Path) -> list[int]:
@@ -115,6 +127,8 @@ class Repository(Mapping[str, TaskModel]):
         self._states: dict[str, dict[int, VersionState]] = {name: {} for name in self.specs}
         self.problems: dict[str, str] = {}  # task -> why its task file does not load
         self._problem_stamps: dict[str, float] = {}
+        self.refused: dict[str, str] = {}  # served task -> why its changed task file is not applied
+        self._file_stamps: dict[str, int] = {}  # task -> its task file's mtime (ns) when read; built-ins have none
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -123,6 +137,9 @@ class Repository(Mapping[str, TaskModel]):
         """Add the tasks whose task file (`<task>/task.json`) appeared; a file that does not
         load is reported (`problems`) and tried again when it changes. Built-in tasks need none."""
         for name, path in find_task_files(self.root).items():
+            if name in self._file_stamps:  # served from its file: read it again when it changed
+                self._reread(name, path)
+                continue
             stamp = _stamp(path.parent)
             if name in self.specs or self._problem_stamps.get(name) == stamp:
                 continue
@@ -139,7 +156,48 @@ class Repository(Mapping[str, TaskModel]):
                 self._ready.setdefault(name, {})
                 self._states.setdefault(name, {})
             self.specs = {**self.specs, name: spec}  # a new dict: readers iterating the old one are not disturbed
+            self._file_stamps[name] = _file_stamp(path)
             log.info("model repository: task %s from %s", name, path)
+
+    def _reread(self, name: str, path: Path) -> None:
+        """Apply a changed task file to a served task: its ready versions loaded again under
+        it and swapped in together, or nothing changed and `refused[name]` saying why."""
+        stamp = _file_stamp(path)
+        if stamp == self._file_stamps.get(name):
+            return
+        self._file_stamps[name] = stamp  # tried once per change
+        try:
+            spec = load_task_file(path)
+            if spec.name != name:
+                raise TaskFileError(path, [f"{path}: name {spec.name!r} is not its folder's name {name!r}"])
+        except TaskFileError as exc:
+            self.refused[name] = f"the changed task file is not applied: {exc}"
+            log.error("model repository: %s: %s", name, self.refused[name])
+            return
+        with self._lock:
+            versions = sorted(self._ready[name])
+        loaded, failed = {}, []
+        for version in versions:
+            folder = self.root / name / str(version)
+            try:
+                model = self.prepare(load_task_folder(spec, folder))
+            except Exception as exc:  # the weights do not fit the new file: nothing is swapped
+                failed.append(f"version {version} does not load under it: {_reason(exc, folder)}")
+                continue
+            model.repository_version = version
+            loaded[version] = model
+        if failed:
+            self.refused[name] = f"the changed task file {path} is not applied: " + "; ".join(failed)
+            log.error("model repository: %s: %s", name, self.refused[name])
+            return
+        with self._lock:
+            self._ready[name].update(loaded)  # requests in flight keep the models they hold
+            for version, state in list(self._states[name].items()):
+                if state.state == "failed":  # tried again under the new file on the next poll
+                    del self._states[name][version]
+        self.specs = {**self.specs, name: spec}
+        self.refused.pop(name, None)
+        log.info("model repository: task %s: %s read again, %d version(s) reloaded", name, path, len(loaded))
 
     def poll(self) -> list[VersionState]:
         """Add new task files' tasks, then load every version not seen before; returns what
@@ -183,7 +241,11 @@ class Repository(Mapping[str, TaskModel]):
             self._states[name][version] = VersionState(version, "unloaded", "unloaded on request")
 
     def reload(self, name: str) -> list[VersionState]:
-        """Load the task's versions that are not ready, unloaded ones included; its states after."""
+        """Read the task's file again where it changed, then load the versions that are not
+        ready, unloaded ones included; its states after."""
+        path = find_task_files(self.root).get(name)
+        if name in self._file_stamps and path is not None:
+            self._reread(name, path)
         spec = self.specs[name]
         for version in versions_in(self.root / name):
             known = self._states[name].get(version)

@@ -40,7 +40,7 @@ ROUTER_SERVICE = router_pb2.DESCRIPTOR.services_by_name["Router"].full_name
 OIP_SERVICE = inference_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
 
-def apply_routing_thresholds(tasks: dict, setting: str) -> dict:
+def apply_routing_thresholds(tasks: Mapping, setting: str) -> dict:
     """'screenshot_triage=0.9/0.15/image,medical_report=0.8/0.1' -> tasks with those tau/gamma
     and, when a third part is given, those eager side outputs ('image', 'audio',
     'image+audio' or 'none')."""
@@ -267,6 +267,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             info.applicability_max_distance.update({m: d for m in task.applicability.references if (d := task.applicability.max_distance(m)) is not None})
         if repository is not None:
             info.versions.extend(_version_info(repository, name, state, task) for state in repository.states(name))
+            info.problem = repository.refused.get(name, "")[:1000]
         return info
 
 

@@ -20,8 +20,11 @@ high, next_steps and reply), modalities (text, image, audio). Optional: needs (m
 without which no answer is given), side_outputs ("image": read the image's text by OCR,
 "audio": transcribe speech), routing defaults, training defaults and the description
 template, over the fields {label}, {confidence}, {priority}, {next_steps}, {text},
-{transcript} and {screen_text}. Anything else is refused, so that a misspelt field is
-not silently ignored. Errors name the file, the line and the field.
+{transcript} and {screen_text}, and a plug-in: code for what cannot be a template
+(tasks.PLUGINS: "screen_triage", "chest_ct"), which then writes the description itself.
+The built-in tasks are task files with plug-ins (router/builtin/). Anything else is
+refused, so that a misspelt field is not silently ignored. Errors name the file, the line
+and the field.
 
 In a model repository the file is `<repository>/<task>/task.json`, beside the task's
 numbered versions (router/repository.py).
@@ -35,7 +38,8 @@ import string
 from pathlib import Path
 from typing import Any
 
-from modalmesh.router.tasks import TASKS, UNCERTAIN, Answer, Evidence, TaskSpec
+from modalmesh.router import BUILT_IN_TASKS
+from modalmesh.router.tasks import PLUGINS, UNCERTAIN, Answer, Evidence, TaskSpec
 
 FILE_NAME = "task.json"
 MODALITY_NAMES = ("text", "image", "audio")
@@ -44,7 +48,7 @@ NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_ -]{0,62}$")
 TEMPLATE_FIELDS = ("label", "confidence", "priority", "next_steps", "text", "transcript", "screen_text")
 DEFAULT_TEMPLATE = "{label} (confidence {confidence:.2f}), priority {priority}. {next_steps}"
-TOP_LEVEL = ("name", "description", "labels", "modalities", "needs", "side_outputs", "routing", "training", "description_template")
+TOP_LEVEL = ("name", "description", "labels", "modalities", "needs", "side_outputs", "routing", "training", "description_template", "plugin")
 MAX_FILE_BYTES = 256 * 1024
 
 
@@ -56,8 +60,9 @@ class TaskFileError(ValueError):
         super().__init__("; ".join(problems))
 
 
-def load_task_file(path: str | Path) -> TaskSpec:
-    """The TaskSpec a task file describes; TaskFileError listing every problem otherwise."""
+def load_task_file(path: str | Path, built_in: bool = False) -> TaskSpec:
+    """The TaskSpec a task file describes; TaskFileError listing every problem otherwise.
+    `built_in`: one of the built-in tasks' own files, which may use their names."""
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -72,7 +77,7 @@ def load_task_file(path: str | Path) -> TaskSpec:
         raise TaskFileError(path, [f"{path}: not UTF-8 (byte {exc.start})"]) from None
     except json.JSONDecodeError as exc:
         raise TaskFileError(path, [f"{path}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}"]) from None
-    checker = _Checker(path, text)
+    checker = _Checker(path, text, built_in)
     spec = checker.spec(document)
     if checker.problems:
         raise TaskFileError(path, checker.problems)
@@ -81,8 +86,8 @@ def load_task_file(path: str | Path) -> TaskSpec:
 
 
 class _Checker:
-    def __init__(self, path: Path, text: str) -> None:
-        self.path, self.text, self.problems = path, text, list[str]()
+    def __init__(self, path: Path, text: str, built_in: bool = False) -> None:
+        self.path, self.text, self.problems, self.built_in = path, text, list[str](), built_in
 
     def fail(self, field: str, problem: str) -> None:
         key = field.split(".")[-1]
@@ -120,7 +125,7 @@ class _Checker:
         name = document.get("name", "")
         if "name" in document and (not isinstance(name, str) or not NAME.match(name)):
             self.fail("name", "lower-case letters, digits and _, starting with a letter, at most 63")
-        elif name in TASKS:
+        elif name in BUILT_IN_TASKS and not self.built_in:
             self.fail("name", f"{name!r} is a built-in task; choose another name")
         description = document.get("description", "")
         if "description" in document and (not isinstance(description, str) or not description.strip()):
@@ -145,6 +150,16 @@ class _Checker:
         else:
             members = self.number(training, "training.members", 1, 8, integer=True) if "members" in training else members
             noise = self.number(training, "training.feature_noise", 0.0, 2.0) if "feature_noise" in training else noise
+        plugin = document.get("plugin")
+        if plugin is not None and plugin not in PLUGINS:
+            self.fail("plugin", f"one of {', '.join(PLUGINS)}")
+        elif plugin is not None:
+            wanted, needed = PLUGINS[plugin].labels, PLUGINS[plugin].needs_labels
+            if wanted and tuple(labels) != wanted:
+                self.fail("labels", f"plug-in {plugin} is written for the labels {', '.join(wanted)}, in that order")
+            missing = [label for label in needed if label not in labels]
+            if missing:
+                self.fail("labels", f"plug-in {plugin} needs the label(s) {', '.join(missing)}")
         template = document.get("description_template", DEFAULT_TEMPLATE)
         if not isinstance(template, str):
             self.fail("description_template", "a string")
@@ -152,7 +167,7 @@ class _Checker:
             self.template(template)
         if self.problems:
             return None
-        return TaskSpec(
+        spec = TaskSpec(
             name=name,
             description=description.strip(),
             labels=tuple(labels),
@@ -167,6 +182,7 @@ class _Checker:
             needs_reason=f"no {' or '.join(needs)} was read" if needs else "",
             resolve=f"another {' or '.join(modalities)} input",
         )
+        return PLUGINS[plugin].apply(spec, labels) if plugin is not None else spec
 
     def labels(self, value: Any) -> dict[str, dict[str, str]]:
         if not isinstance(value, dict) or len(value) < 2:

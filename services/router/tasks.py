@@ -1,10 +1,15 @@
-"""The built-in tasks: what each answers, and how its answer is put into words.
+"""Tasks: what each answers, and how its answer is put into words.
 
 A task is a label set, optional regression outputs, routing thresholds (tau: the
 confidence that lets the router answer early; gamma: the largest predicted weight an
 outstanding modality may have and still be skipped), and a writer that turns the
 heads' outputs plus the evidence (record text, OCR lines, transcript, DICOM tags) into a
-description and structured findings.
+description and structured findings. Every task is a task file (router/task_file.py);
+the built-in ones are `router/builtin/<name>.json`. What cannot be a template is a
+plug-in here that a task file names (`"plugin"`, PLUGINS): `screen_triage` (the triage
+writer, which reads the screen's status message into the answer) and `chest_ct` (the CT
+measurement in Hounsfield units, the size rule between nodule and mass, what a chest CT
+slice must show, the report writer).
 
 Weights: `<weights_dir>/<task>/model.safetensors` with `config.json` beside it. When
 they are missing the task runs with untrained heads (seeded, so answers are stable)
@@ -19,6 +24,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Iterator, Mapping
 from typing import Any, Callable, NamedTuple
 
 import torch
@@ -207,25 +213,6 @@ class TaskSpec:
 
 # ----------------------------------------------------------------------- screenshot triage
 
-TRIAGE_PRIORITY = {"payment": "high", "crash": "high", "login": "high", "refund": "normal", "shipping": "normal", "other": "low"}
-TRIAGE_NEXT_STEPS = {
-    "payment": "Check the payment processor log for the declined transaction; ask the customer to retry or use another card.",
-    "login": "Verify the account status and send a password-reset link; check for a lockout after failed attempts.",
-    "crash": "Collect the app version and device model, attach the crash report, and escalate to the mobile team.",
-    "shipping": "Look up the tracking number with the carrier and give the customer an updated delivery estimate.",
-    "refund": "Confirm the return was received and issue the refund to the original payment method.",
-    "other": "Ask the customer for more detail and route the ticket to general support.",
-}
-# Said to the customer, so they promise only what the next steps do and claim nothing the
-# mesh has not done (no "we've sent you a link" when nothing was sent).
-TRIAGE_REPLY = {
-    "payment": "I'm sorry your payment didn't go through. Please try again, or use a different card; we're checking the transaction on our side.",
-    "login": "Sorry you're having trouble signing in. We're checking your account; you can also reset your password from the sign-in page.",
-    "crash": "Sorry the app is crashing. We're passing the details to our engineers; updating to the latest version may help in the meantime.",
-    "shipping": "Sorry for the wait. We're checking with the carrier and will send you an updated delivery date.",
-    "refund": "Thanks for your patience. We're looking into your refund and will let you know where it stands.",
-    "other": "Thanks for getting in touch. Could you tell us a little more so we can help?",
-}
 UNSURE_REPLY = "Thanks for getting in touch. We're looking into it; could you tell us a little more about what happened?"
 UNSURE_CONFIDENCE = 0.5  # below it the reply names no problem: a calibrated label under 0.5 is more likely wrong than right
 ERROR_WORDS = re.compile(r"error|fail|declin|denied|invalid|unable|cannot|can't|crash|stopped|expired|timeout|timed out|not found|code \d+", re.I)
@@ -263,16 +250,30 @@ def key_screen_line(model: FusionModel | FusionEnsemble | StackedEnsemble, scree
     return best_screen_line(screen_line_log_odds(model, screen_text), label)
 
 
-def write_triage(answer: Answer, evidence: Evidence) -> tuple[str, dict[str, str], str]:
+def triage_writer(labels: dict[str, dict[str, str]]) -> Callable[[Answer, Evidence], tuple[str, dict[str, str], str]]:
+    """The screen_triage plug-in's writer over the task file's labels (priority, next steps
+    and the reply to the customer, each); `other` is the label for no problem found. The
+    reply is said to the customer: it promises only what the next steps do and claims
+    nothing the mesh has not done."""
+
+    def write(answer: Answer, evidence: Evidence) -> tuple[str, dict[str, str], str]:
+        return write_triage(answer, evidence, labels)
+
+    return write
+
+
+def write_triage(answer: Answer, evidence: Evidence, labels: dict[str, dict[str, str]]) -> tuple[str, dict[str, str], str]:
+    other = labels["other"]
     said = f' The customer wrote: "{evidence.text.strip()[:200]}".' if evidence.text.strip() else ""
     heard = f' Voice message (transcript): "{evidence.transcript[:200]}".' if evidence.transcript else ""
     if evidence.withheld:  # a person looks sooner; the reply names no problem
-        findings = {"priority": "normal", "error_text": "", "next_steps": TRIAGE_NEXT_STEPS["other"]}
+        findings = {"priority": "normal", "error_text": "", "next_steps": other["next_steps"]}
         description = (
             f"Not classified: {evidence.withheld}. Best guess {answer.label} ({answer.confidence:.2f}).{said}{heard} Next steps: {findings['next_steps']}"
         )
         return description, findings, UNSURE_REPLY
-    priority = TRIAGE_PRIORITY.get(answer.label, "normal")
+    about = labels.get(answer.label, other)
+    priority = about["priority"]
     if answer.confidence < UNSURE_CONFIDENCE and priority == "low":
         priority = "normal"  # unsure: let a person look sooner
     # The line the model reads the answer from; else (untrained model, no line supports
@@ -282,7 +283,7 @@ def write_triage(answer: Answer, evidence: Evidence) -> tuple[str, dict[str, str
     findings = {
         "priority": priority,
         "error_text": error_text,
-        "next_steps": TRIAGE_NEXT_STEPS.get(answer.label, TRIAGE_NEXT_STEPS["other"]),
+        "next_steps": about["next_steps"],
     }
     if answer.label == "other":
         shown = f' The screen shows "{evidence.key_line}".' if evidence.key_line else ""
@@ -295,7 +296,7 @@ def write_triage(answer: Answer, evidence: Evidence) -> tuple[str, dict[str, str
         description = (
             f"Category: {answer.label} (confidence {answer.confidence:.2f}), priority {priority}.{seen}{said}{heard} Next steps: {findings['next_steps']}"
         )
-    reply = TRIAGE_REPLY.get(answer.label, TRIAGE_REPLY["other"]) if answer.confidence >= UNSURE_CONFIDENCE else UNSURE_REPLY
+    reply = about["reply"] if answer.confidence >= UNSURE_CONFIDENCE else UNSURE_REPLY
     return description, findings, reply
 
 
@@ -427,64 +428,109 @@ def _report_without_scan(answer: Answer, evidence: Evidence) -> tuple[str, dict[
     return description, {"scan": f"not read: {evidence.no_image}", "pretest_note": pretest}, reply
 
 
-TASKS: dict[str, TaskSpec] = {
-    "screenshot_triage": TaskSpec(
-        name="screenshot_triage",
-        description="Customer-service triage from an app screenshot, the customer's message and an optional voice message.",
-        labels=("payment", "login", "crash", "shipping", "refund", "other"),
-        modalities=("text", "image", "audio"),
-        tau=0.9,
-        gamma=0.15,
-        write=write_triage,
-        # Unseen wordings: which ones a single model gets wrong depends on its seed; three average out.
-        members=3,
+# ----------------------------------------------------------------------- plug-ins
+
+
+@dataclass(frozen=True)
+class Plugin:
+    """Code a task file names (`"plugin"`) for what cannot be a template: `apply` completes
+    the file's TaskSpec given its labels (each {priority, next_steps, reply})."""
+
+    about: str
+    apply: Callable[[TaskSpec, dict[str, dict[str, str]]], TaskSpec]
+    labels: tuple[str, ...] = ()  # the labels it is written for, in this order; () any
+    needs_labels: tuple[str, ...] = ()  # labels it needs among the file's
+
+
+def _screen_triage(spec: TaskSpec, labels: dict[str, dict[str, str]]) -> TaskSpec:
+    return dataclasses.replace(
+        spec,
+        write=triage_writer(labels),
         reads="app screenshots",
         resolve="a readable screenshot of the problem or a message saying what went wrong",
         reports=("ticket",),
-    ),
-    "medical_report": TaskSpec(
-        name="medical_report",
-        description="Chest CT slice (DICOM or PNG) plus the patient record: report, diagnosis, confidence. Not for clinical use.",
-        labels=("normal", "nodule", "mass"),
-        modalities=("image", "text", "audio"),
+    )
+
+
+# What an axial chest CT slice's DICOM may say it shows (BodyPartExamined).
+CHEST_BODY_PARTS = (
+    "CHEST",
+    "LUNG",
+    "THORAX",
+    "CHEST_ABDOMEN",
+    "CHEST_TO_PELVIS",
+    "CHESTABDOMEN",
+    "CHESTABDOMENPELVIS",
+    "CHEST_ABDOMEN_PELVIS",
+    "TORSO",
+    "WHOLEBODY",
+    "WHOLE_BODY",
+)
+
+
+def _chest_ct(spec: TaskSpec, labels: dict[str, dict[str, str]]) -> TaskSpec:
+    return dataclasses.replace(
+        spec,
         regression=("lesion_count", "largest_diameter_mm", "side"),
-        tau=0.9,
-        gamma=0.1,
-        side_outputs=("audio",),  # a scan carries no screen text: never OCR it
         write=write_report,
         field_of_view_outputs=("largest_diameter_mm",),
         size_rule=SizeRule("largest_diameter_mm", small="nodule", large="mass", threshold=30.0),
         measure=measured_lesions,  # CT DICOM: sizes, count and side measured in HU (PNG: the heads')
         measured_sigma=0.5,  # the measurement's error on the phantoms: MAE 0.13 mm, 90th percentile 0.28 mm
         # Sizes and densities are read in Hounsfield units, the side on an axial slice.
-        image_tags={
-            "Modality": ("CT",),
-            "plane": ("axial",),
-            "BodyPartExamined": (
-                "CHEST",
-                "LUNG",
-                "THORAX",
-                "CHEST_ABDOMEN",
-                "CHEST_TO_PELVIS",
-                "CHESTABDOMEN",
-                "CHESTABDOMENPELVIS",
-                "CHEST_ABDOMEN_PELVIS",
-                "TORSO",
-                "WHOLEBODY",
-                "WHOLE_BODY",
-            ),
-        },
+        image_tags={"Modality": ("CT",), "plane": ("axial",), "BodyPartExamined": CHEST_BODY_PARTS},
         reads="axial chest CT slices",
         scan_only=True,
         anatomy={"lung_fields": ("none", "not a chest CT slice: no lung fields found")},
-        needs=("image",),
+        needs=tuple(dict.fromkeys(("image", *spec.needs))),
         needs_reason="no chest CT slice was read, and the record alone is not a diagnosis",
         resolve="an axial chest CT slice (DICOM, or a PNG with its pixel spacing and window)",
         reports=("fhir", "dicom_sr"),
         fusion={"regression_from": "image"},  # measured on the scan, not on the record
-        feature_noise=0.0,  # noise blurs the sizes the diameter is read from (measured: MAE 7.3 vs 4.2 mm)
+    )
+
+
+PLUGINS: dict[str, Plugin] = {
+    "screen_triage": Plugin(
+        "the triage writer: category, priority, the screen's status message as error_text, next steps, a reply; a help-desk ticket",
+        _screen_triage,
+        needs_labels=("other",),
+    ),
+    "chest_ct": Plugin(
+        "axial chest CT: lesions measured in HU, nodule and mass split at 30 mm, lungs required, the radiology report; FHIR and DICOM SR",
+        _chest_ct,
+        labels=("normal", "nodule", "mass"),
     ),
 }
+BUILT_IN_FOLDER = Path(__file__).resolve().parent / "builtin"  # <name>.json: the built-in tasks' files
+
+
+class _BuiltInTasks(Mapping[str, TaskSpec]):
+    """The built-in tasks by name, read from their task files on first use (task_file.py
+    reads this module's plug-ins, so it cannot be read while this module loads)."""
+
+    def __init__(self) -> None:
+        self._specs: dict[str, TaskSpec] | None = None
+
+    def _read(self) -> dict[str, TaskSpec]:
+        if self._specs is None:
+            from modalmesh.router import BUILT_IN_TASKS
+            from modalmesh.router.task_file import load_task_file
+
+            self._specs = {name: load_task_file(BUILT_IN_FOLDER / f"{name}.json", built_in=True) for name in BUILT_IN_TASKS}
+        return self._specs
+
+    def __getitem__(self, name: str) -> TaskSpec:
+        return self._read()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._read())
+
+    def __len__(self) -> int:
+        return len(self._read())
+
+
+TASKS: Mapping[str, TaskSpec] = _BuiltInTasks()
 
 
 def spec_of(task: str | TaskSpec) -> TaskSpec:
