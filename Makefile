@@ -83,6 +83,7 @@ bench: setup
 	$(PY) benchmarks/bench_recovery.py
 	$(PY) benchmarks/bench_swap.py
 	$(PY) benchmarks/bench_http.py
+	$(PY) benchmarks/bench_memory.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info tools/buf/node_modules

@@ -1,0 +1,110 @@
+"""The whole mesh's memory after warm-up, per service.
+
+    .venv/bin/python benchmarks/bench_memory.py [--settle 5]
+
+Starts the four services with their defaults on free ports on 127.0.0.1, sends each
+built-in task its example once (the triage screenshot, message and voice message with a
+spoken reply; the CT slice and its record), waits `--settle` seconds, and prints for
+each service's process (with its children: the health-only probe) the resident set
+(RSS, what `top` shows; libraries shared between services counted in each) and the
+proportional set (PSS: shared pages split between the processes that map them, so the
+services' PSS add up to what the mesh takes). Target: the whole mesh's idle memory after
+warm-up at most 3 GB. Bounded: two requests, then the reading.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from benchmarks.bench_text import header, write_results  # noqa: E402
+from modalmesh.up import ORDER, Mesh, free_port  # noqa: E402
+
+EXAMPLES = REPO / "examples"
+TARGET_GB = 3.0
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*"):
+            try:
+                todo += [int(child) for child in (task / "children").read_text().split()]
+            except OSError:
+                continue
+    return found
+
+
+def memory_kib(pid: int) -> dict[str, int]:
+    """{'rss': KiB, 'pss': KiB} of one process, from /proc/<pid>/smaps_rollup."""
+    figures = {"rss": 0, "pss": 0}
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("Rss", "Pss"):
+                figures[key.lower()] = int(value.split()[0])
+    except OSError:
+        pass
+    return figures
+
+
+def run(settle: float) -> dict:
+    from modalmesh.client import RouterClient
+
+    mesh = Mesh(ports={name: free_port() for name in ORDER}, quiet_logs=True)
+    mesh.start()
+    try:
+        mesh.wait_healthy(timeout=300, progress=None)
+        with RouterClient(mesh.address("router")) as client:
+            client.analyze(
+                "screenshot_triage",
+                text=(EXAMPLES / "message.txt").read_text().strip(),
+                image=(EXAMPLES / "screenshot.png").read_bytes(),
+                audio=(EXAMPLES / "voice.wav").read_bytes(),
+                speech=True,
+                timeout=120,
+            )
+            client.analyze("medical_report", text=(EXAMPLES / "record.txt").read_text().strip(), image=(EXAMPLES / "ct.dcm").read_bytes(), timeout=120)
+        time.sleep(settle)
+        services = {}
+        for name in ORDER:
+            pids = process_tree(mesh.members[name].running.pid)
+            parts = [memory_kib(pid) for pid in pids]
+            services[name] = {"processes": len(pids), "rss_mib": sum(p["rss"] for p in parts) / 1024, "pss_mib": sum(p["pss"] for p in parts) / 1024}
+    finally:
+        mesh.stop()
+    return {
+        "settle_s": settle,
+        "services": services,
+        "total_rss_gib": sum(s["rss_mib"] for s in services.values()) / 1024,
+        "total_pss_gib": sum(s["pss_mib"] for s in services.values()) / 1024,
+        "target_gib": TARGET_GB,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--settle", type=float, default=5.0, help="seconds to wait after the warm-up requests")
+    parser.add_argument("--out", default="bench-results/memory.json")
+    args = parser.parse_args()
+    info = header("The mesh's memory after warm-up (defaults, both built-in tasks asked once)")
+    results = run(args.settle)
+    print(f"{'service':8s} {'processes':>9s} {'RSS MiB':>9s} {'PSS MiB':>9s}")
+    for name, figures in results["services"].items():
+        print(f"{name:8s} {figures['processes']:9d} {figures['rss_mib']:9.0f} {figures['pss_mib']:9.0f}")
+    rss, pss = results["total_rss_gib"], results["total_pss_gib"]
+    print(f"whole mesh: RSS {rss:.2f} GiB (shared libraries counted per service), PSS {pss:.2f} GiB = {pss * 1.073741824:.2f} GB (target {TARGET_GB} GB)")
+    write_results(args.out, {"machine": info, **results})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
