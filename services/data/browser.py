@@ -11,6 +11,7 @@ status message placed where such a page puts it, rarely the largest or first lin
     tracking    an order's tracking timeline: dated steps ("Shipped 14 Feb"), the
                 message as the current step
     bank        a banking app: balance, recent transactions, the message as a snackbar
+                (above the cookie banner where there is one)
     account     an account or settings page: the message in a modal dialog over it
     support     a help centre article with the message in a notice strip under its title
 
@@ -137,10 +138,11 @@ def page_html(message: str, rng: np.random.Generator, size: tuple[int, int], dar
   .modal {{ position: fixed; left: 50%; top: 38%; transform: translate(-50%, -50%); width: min(440px, 86vw);
            background: {colours["panel"]}; border-radius: 12px; padding: 20px; box-shadow: 0 10px 30px rgba(0,0,0,.35); }}
   .cookie {{ position: fixed; left: 0; right: 0; bottom: 0; background: #24262b; color: #eee; padding: 12px 18px; font-size: 0.9em; }}
+  body.banner .snackbar {{ bottom: 120px; }}
   .step {{ padding: 6px 0 6px 18px; border-left: 3px solid {colours["line"]}; }}
   .step.now {{ border-left-color: {colours["accent"]}; font-weight: 600; }}
   footer {{ padding: 16px; color: {colours["muted"]}; font-size: 0.85em; text-align: center; }}
-</style></head><body>{body}{cookie}</body></html>"""
+</style></head><body class="{"banner" if cookie else ""}">{body}{cookie}</body></html>"""
 
 
 def _numbers(rng: np.random.Generator) -> dict[str, str]:

@@ -14,10 +14,11 @@ share of validation inputs at least as far from the training set as x, is report
 typical the input is. The input is not applicable when d(x) > margin * max(V_m): much
 farther than any validation input. Validation comes from the same generator as training,
 so new inputs of the right kind (another app's screens, another scanner's slices) lie
-beyond every validation input too (a(x) at its minimum), at up to about 2.8 times its
-farthest; inputs of another kind (a scan sent to triage, a photo, a screenshot sent to the
-CT task, a photograph sent to a product-photo task) lie at 3.4 times it and more. The
-margin (MARGIN, 3) sits between the two.
+beyond every validation input too (a(x) at its minimum), mostly within 3 times its
+farthest (pages a real browser drew: up to 4.4 times); inputs of another kind (a scan
+sent to triage, a photo, a screenshot sent to the CT task, a photograph sent to a
+product-photo task) lie at 3.4 times it and more. The margin (MARGIN, 3) refuses the
+second kind at the cost of some of the first (docs/limits.md).
 
 The reference set is stored beside the task's weights (`applicability.safetensors`).
 """
