@@ -84,6 +84,7 @@ bench: setup
 	$(PY) benchmarks/bench_swap.py
 	$(PY) benchmarks/bench_http.py
 	$(PY) benchmarks/bench_memory.py
+	$(PY) benchmarks/bench_peers.py  # with MODALMESH_PEER_PYTHON=<a Python with nvidia-pytriton>, beside PyTriton
 
 clean:
 	rm -rf $(VENV) build *.egg-info tools/buf/node_modules

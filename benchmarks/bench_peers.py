@@ -1,0 +1,229 @@
+"""ModalMesh's text service beside PyTriton serving the same model, measured in one run.
+
+    .venv/bin/python benchmarks/bench_peers.py --peer-python /path/to/venv/bin/python [--quick]
+
+Both serve the bundled all-MiniLM-L6-v2 in torch FP32 on 2 threads with dynamic batching
+up to 32, each in its own process on 127.0.0.1; the client is the same process for both.
+Prints, as the issue's table:
+
+    hop overhead p50 / p99   round trip - the server's own model time, sequential calls
+                             ("hello world"), A/B interleaved call by call; the raw gRPC
+                             echo of 4,000 bytes beside them
+    throughput               closed-loop clients (1, 8, 32) for --seconds each, pooled
+                             vectors of the same sentences; p99 latency
+
+and the ratios (ModalMesh / PyTriton; overhead / echo). The pooled vectors of both are
+compared on the sentences (max abs difference), so the two serve the same numbers.
+
+PyTriton (`pip install nvidia-pytriton`, with torch and transformers) pins numpy < 2, so it
+usually lives in a virtual environment of its own: `--peer-python` names its interpreter
+(default: this one, if it has PyTriton). Its Python backend needs the interpreter's own
+libpython on LD_LIBRARY_PATH, which this script sets. Without PyTriton it says how to get
+it and measures the echo and the text service alone. Bounded: fixed calls and seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from benchmarks.bench_text import (  # noqa: E402
+    ECHO_BYTES,
+    SENTENCES,
+    header,
+    measure_echo,
+    percentile,
+    start_process,
+    start_service,
+    stop_process,
+    write_results,
+)
+from modalmesh.up import free_port  # noqa: E402
+
+HOW_TO_INSTALL = "python -m venv peer && peer/bin/pip install nvidia-pytriton torch==2.9.1 transformers; then --peer-python peer/bin/python"
+
+
+def has_pytriton(python: str) -> bool:
+    return subprocess.run([python, "-c", "import pytriton, torch, transformers"], capture_output=True, timeout=120).returncode == 0
+
+
+def start_peer(python: str) -> tuple[subprocess.Popen, str]:
+    """PyTriton with MiniLM on free ports, once the model is ready; (process, gRPC address)."""
+    import tritonclient.grpc as triton
+
+    from modalmesh.text.model import default_model_dir
+
+    ports = {name: free_port() for name in ("grpc", "http", "metrics")}
+    where = [python, "-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"]
+    libdir = subprocess.run(where, capture_output=True, text=True, timeout=60).stdout.strip()
+    address = f"127.0.0.1:{ports['grpc']}"
+
+    def ready() -> None:
+        client = triton.InferenceServerClient(address)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            try:
+                if client.is_model_ready("minilm"):
+                    return
+            except Exception:  # not listening yet
+                pass
+            time.sleep(0.5)
+        raise TimeoutError("PyTriton's model was not ready in 300 s")
+
+    command = [python, str(REPO / "benchmarks" / "peer_pytriton.py"), "--model", default_model_dir(), "--threads", "2"]
+    command += ["--grpc-port", str(ports["grpc"]), "--http-port", str(ports["http"]), "--metrics-port", str(ports["metrics"])]
+    os.environ["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [libdir, os.environ.get("LD_LIBRARY_PATH", "")]))
+    return start_process(command, ready), address
+
+
+class PeerCalls:
+    """One text to PyTriton: (pooled vector, the server's model ms)."""
+
+    def __init__(self, address: str) -> None:
+        import tritonclient.grpc as triton
+
+        self.triton, self.client = triton, triton.InferenceServerClient(address)
+
+    def __call__(self, text: str, timeout: float = 60.0) -> tuple[np.ndarray, float]:
+        value = self.triton.InferInput("TEXT", [1, 1], "BYTES")
+        value.set_data_from_numpy(np.array([[text.encode()]], dtype=object))
+        result = self.client.infer("minilm", [value], client_timeout=timeout)
+        return result.as_numpy("POOLED")[0], float(result.as_numpy("MODEL_MS")[0, 0])
+
+
+class MeshCalls:
+    """One text to the text service's EncodeOnce: (pooled vector, the service's model ms)."""
+
+    def __init__(self, address: str) -> None:
+        from modalmesh.common.client import EncoderClient, connect
+
+        self.channel = connect(address)
+        self.client = EncoderClient(self.channel)
+
+    def __call__(self, text: str, timeout: float = 60.0) -> tuple[np.ndarray, float]:
+        result = self.client.encode_text(text, pooled_only=True, timeout=timeout)
+        return np.asarray(result.pooled, dtype=np.float32), float(result.pooled_message.timings_ms["model"])
+
+
+def overhead(calls: dict, count: int) -> dict:
+    """Sequential "hello world" calls, the servers taking turns call by call: per server,
+    p50 and p99 of round trip - model time."""
+    samples: dict[str, list[float]] = {name: [] for name in calls}
+    for name, call in calls.items():
+        for _ in range(30):
+            call("hello world")
+    for _ in range(count):
+        for name, call in calls.items():
+            started = time.perf_counter()
+            _, model_ms = call("hello world")
+            samples[name].append((time.perf_counter() - started) * 1000 - model_ms)
+    return {name: {"p50_ms": statistics.median(values), "p99_ms": percentile(values, 99)} for name, values in samples.items()}
+
+
+def throughput(call, clients: int, seconds: float, max_calls: int = 50_000) -> dict:
+    stop_at = time.perf_counter() + seconds
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    budget = threading.Semaphore(max_calls)
+
+    def loop(index: int) -> None:
+        i = index
+        while time.perf_counter() < stop_at and budget.acquire(blocking=False):
+            started = time.perf_counter()
+            call(SENTENCES[i % len(SENTENCES)])
+            latencies[index].append((time.perf_counter() - started) * 1000)
+            i += 1
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=loop, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    flat = [v for per in latencies for v in per]
+    return {"clients": clients, "calls": len(flat), "per_s": len(flat) / elapsed, "p50_ms": statistics.median(flat), "p99_ms": percentile(flat, 99)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--peer-python", default=os.environ.get("MODALMESH_PEER_PYTHON", sys.executable), help="a Python with nvidia-pytriton")
+    parser.add_argument("--calls", type=int, default=1000, help="sequential calls per server for the overhead")
+    parser.add_argument("--seconds", type=float, default=15.0, help="per throughput point and server")
+    parser.add_argument("--quick", action="store_true", help="200 calls and 5 s per point")
+    parser.add_argument("--out", default=str(REPO / "bench-results" / "peers.json"))
+    args = parser.parse_args()
+    calls_n, seconds = (200, 5.0) if args.quick else (args.calls, args.seconds)
+    info = header("ModalMesh's text service beside PyTriton, the same MiniLM (torch FP32, 2 threads, batches up to 32)")
+    peer = has_pytriton(args.peer_python)
+    if not peer:
+        print(f"PyTriton is not importable by {args.peer_python}: measuring the echo and ModalMesh alone. To compare: {HOW_TO_INSTALL}")
+
+    echo_port = free_port()
+
+    def echo_ready() -> None:
+        with grpc.insecure_channel(f"127.0.0.1:{echo_port}") as channel:
+            grpc.channel_ready_future(channel).result(timeout=30)
+
+    echo = start_process([sys.executable, str(REPO / "benchmarks" / "bench_text.py"), "--echo-server", str(echo_port)], echo_ready)
+    try:
+        echo_ms = measure_echo(f"127.0.0.1:{echo_port}", calls_n)["unary_p50_ms"]
+    finally:
+        stop_process(echo)
+
+    processes = []
+    try:
+        mesh_process, mesh_address = start_service("text", "--max-batch-size", "32", "--max-queue", "1024")
+        processes.append(mesh_process)
+        servers = {"modalmesh": MeshCalls(mesh_address)}
+        if peer:
+            peer_process, peer_address = start_peer(args.peer_python)
+            processes.append(peer_process)
+            servers["pytriton"] = PeerCalls(peer_address)
+        same = None
+        if peer:
+            same = max(float(np.abs(servers["modalmesh"](s)[0] - servers["pytriton"](s)[0]).max()) for s in SENTENCES)
+        hop = overhead(servers, calls_n)
+        points = {name: [throughput(call, clients, seconds) for clients in (1, 8, 32)] for name, call in servers.items()}
+    finally:
+        for process in processes:
+            stop_process(process)
+
+    print(f"\nhop overhead (round trip - model time, {calls_n} sequential calls each, interleaved); raw gRPC echo of {ECHO_BYTES} B: {echo_ms:.2f} ms p50")
+    for name, figures in hop.items():
+        print(f"   {name:10s} p50 {figures['p50_ms']:6.2f} ms  p99 {figures['p99_ms']:6.2f} ms  ({figures['p50_ms'] / echo_ms:.1f}x the echo)")
+    print(f"\nthroughput, closed loop, {seconds:g} s per point (req/s, p99 ms)")
+    print("   clients " + "".join(f"{name:>24s}" for name in points))
+    for i, clients in enumerate((1, 8, 32)):
+        print(f"   {clients:7d} " + "".join(f"{points[name][i]['per_s']:14.1f} ({points[name][i]['p99_ms']:6.1f} ms)" for name in points))
+    ratios = {}
+    if peer:
+        print(f"\npooled vectors: max abs difference {same:.2e} over {len(SENTENCES)} sentences")
+        ratios = {
+            "overhead_p50_modalmesh_vs_pytriton": hop["modalmesh"]["p50_ms"] / hop["pytriton"]["p50_ms"],
+            **{
+                f"throughput_{c}_clients_modalmesh_vs_pytriton": points["modalmesh"][i]["per_s"] / points["pytriton"][i]["per_s"]
+                for i, c in enumerate((1, 8, 32))
+            },
+        }
+        for name, value in ratios.items():
+            print(f"   {name}: {value:.2f}")
+    ratios["overhead_p50_modalmesh_vs_echo"] = hop["modalmesh"]["p50_ms"] / echo_ms
+    figures = {"echo_unary_p50_ms": echo_ms, "overhead": hop, "throughput": points, "max_abs_difference": same, "ratios": ratios}
+    write_results(args.out, {"machine": info, **figures})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
