@@ -527,6 +527,18 @@ def test_train_refuses_and_eval_withholds_an_image_the_router_does_not_read(tmp_
     assert main(["eval", "--task", "medical_report", "--data", str(tmp_path / "train.jsonl"), "--report", str(tmp_path / "r")]) == 0
     honesty = json.loads((tmp_path / "r" / "report.json").read_text())["honesty"]["in_scope"]
     assert honesty["answered"] == 0 and honesty["withheld_reasons"] == {"no chest CT slice was read, and the record alone is not a diagnosis": 1}
+    assert (tmp_path / "r" / "reliability.png").is_file()
+
+
+def test_eval_without_matplotlib_writes_the_report_and_says_the_plots_need_it(tmp_path, medical_data, monkeypatch):
+    """matplotlib is the `eval` extra, not needed to serve: without it the figures stand."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError
+    assert main(["eval", "--task", "medical_report", "--data", str(medical_data / "val.jsonl"), "--report", str(tmp_path / "r")]) == 0
+    assert json.loads((tmp_path / "r" / "report.json").read_text())["items"] > 0
+    assert "Plots not drawn: they need matplotlib (pip install 'modalmesh[eval]')." in (tmp_path / "r" / "report.md").read_text()
+    assert not (tmp_path / "r" / "reliability.png").exists()
 
 
 def test_train_says_what_is_wrong_with_a_manifest_in_one_line(tmp_path, capsys):

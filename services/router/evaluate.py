@@ -326,8 +326,11 @@ def write_report(folder: Path, results: dict, probabilities, labels, spec, rows:
             lines.append(
                 f"| {r['id']} | {r['label']} | {r['predicted']} | {r['confidence']:.2f} | " + " | ".join(v or "-" for v in r["single"].values()) + " |"
             )
+    try:
+        _plots(folder, results, probabilities, labels, spec)
+    except ImportError:  # an optional dependency: the figures stand without their plots
+        lines += ["", "Plots not drawn: they need matplotlib (pip install 'modalmesh[eval]')."]
     (folder / "report.md").write_text("\n".join(lines) + "\n")
-    _plots(folder, results, probabilities, labels, spec)
 
 
 def honesty_lines(honesty: dict) -> list[str]:
