@@ -29,7 +29,6 @@ import os
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -42,6 +41,7 @@ sys.path.insert(0, str(REPO))
 from benchmarks.bench_text import (  # noqa: E402
     ECHO_BYTES,
     SENTENCES,
+    closed_loop,
     header,
     measure_echo,
     percentile,
@@ -133,26 +133,7 @@ def overhead(calls: dict, count: int) -> dict:
 
 
 def throughput(call, clients: int, seconds: float, max_calls: int = 50_000) -> dict:
-    stop_at = time.perf_counter() + seconds
-    latencies: list[list[float]] = [[] for _ in range(clients)]
-    budget = threading.Semaphore(max_calls)
-
-    def loop(index: int) -> None:
-        i = index
-        while time.perf_counter() < stop_at and budget.acquire(blocking=False):
-            started = time.perf_counter()
-            call(SENTENCES[i % len(SENTENCES)])
-            latencies[index].append((time.perf_counter() - started) * 1000)
-            i += 1
-
-    started = time.perf_counter()
-    threads = [threading.Thread(target=loop, args=(i,)) for i in range(clients)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - started
-    flat = [v for per in latencies for v in per]
+    flat, _, elapsed = closed_loop(call, clients, seconds, max_calls)
     return {"clients": clients, "calls": len(flat), "per_s": len(flat) / elapsed, "p50_ms": statistics.median(flat), "p99_ms": percentile(flat, 99)}
 
 

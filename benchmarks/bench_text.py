@@ -188,28 +188,20 @@ def measure_overhead(address: str, calls: int, stream: bool) -> dict:
     }
 
 
-def measure_throughput(address: str, clients: int, seconds: float, max_calls: int) -> dict:
-    """Closed loop: each client sends back to back until time or the call cap runs out."""
-    from modalmesh.common.client import EncoderClient, connect
-
-    channel = connect(address)
-    client = EncoderClient(channel)
-    for s in SENTENCES:
-        client.encode_text(s, pooled_only=True)
+def closed_loop(call, clients: int, seconds: float, max_calls: int) -> tuple[list[float], list, float]:
+    """`clients` threads each calling `call(sentence)` back to back until `seconds` or
+    `max_calls` in all run out: (latencies in ms, the calls' results, elapsed seconds)."""
     stop_at = time.perf_counter() + seconds
-    counts = [0] * clients
     latencies: list[list[float]] = [[] for _ in range(clients)]
-    batch_sizes: list[float] = []
+    results: list = []
     budget = threading.Semaphore(max_calls)
 
     def loop(index: int) -> None:
         i = index
         while time.perf_counter() < stop_at and budget.acquire(blocking=False):
             t = time.perf_counter()
-            result = client.encode_text(SENTENCES[i % len(SENTENCES)], pooled_only=True, timeout=60)
+            results.append(call(SENTENCES[i % len(SENTENCES)]))
             latencies[index].append((time.perf_counter() - t) * 1000)
-            batch_sizes.append(result.pooled_message.timings_ms["batch_size"])
-            counts[index] += 1
             i += 1
 
     started = time.perf_counter()
@@ -218,17 +210,27 @@ def measure_throughput(address: str, clients: int, seconds: float, max_calls: in
         thread.start()
     for thread in threads:
         thread.join()
-    elapsed = time.perf_counter() - started
+    return [v for per in latencies for v in per], results, time.perf_counter() - started
+
+
+def measure_throughput(address: str, clients: int, seconds: float, max_calls: int) -> dict:
+    """Closed loop: each client sends back to back until time or the call cap runs out."""
+    from modalmesh.common.client import EncoderClient, connect
+
+    channel = connect(address)
+    client = EncoderClient(channel)
+    for s in SENTENCES:
+        client.encode_text(s, pooled_only=True)
+    flat, results, elapsed = closed_loop(lambda text: client.encode_text(text, pooled_only=True, timeout=60), clients, seconds, max_calls)
     channel.close()
-    flat = [v for per in latencies for v in per]
     return {
         "clients": clients,
-        "calls": sum(counts),
+        "calls": len(flat),
         "seconds": round(elapsed, 2),
-        "throughput_per_s": sum(counts) / elapsed,
+        "throughput_per_s": len(flat) / elapsed,
         "latency_p50_ms": statistics.median(flat),
         "latency_p99_ms": percentile(flat, 99),
-        "mean_batch_size": statistics.fmean(batch_sizes),
+        "mean_batch_size": statistics.fmean(r.pooled_message.timings_ms["batch_size"] for r in results),
     }
 
 

@@ -59,6 +59,15 @@ def _stamp(folder: Path) -> float:
         return 0.0
 
 
+def _read_task_file(name: str, path: Path) -> TaskSpec:
+    """The task file of the repository's folder `name`; TaskFileError when it does not load
+    or names another task."""
+    spec = load_task_file(path)
+    if spec.name != name:
+        raise TaskFileError(path, [f"{path}: name {spec.name!r} is not its folder's name {name!r}"])
+    return spec
+
+
 def _file_stamp(path: Path) -> int:
     try:
         return path.stat().st_mtime_ns
@@ -144,9 +153,7 @@ class Repository(Mapping[str, TaskModel]):
             if name in self.specs or self._problem_stamps.get(name) == stamp:
                 continue
             try:
-                spec = load_task_file(path)
-                if spec.name != name:
-                    raise TaskFileError(path, [f"{path}: name {spec.name!r} is not its folder's name {name!r}"])
+                spec = _read_task_file(name, path)
             except TaskFileError as exc:
                 self.problems[name], self._problem_stamps[name] = str(exc), stamp
                 log.error("model repository: task %s not loaded: %s", name, exc)
@@ -167,9 +174,7 @@ class Repository(Mapping[str, TaskModel]):
             return
         self._file_stamps[name] = stamp  # tried once per change
         try:
-            spec = load_task_file(path)
-            if spec.name != name:
-                raise TaskFileError(path, [f"{path}: name {spec.name!r} is not its folder's name {name!r}"])
+            spec = _read_task_file(name, path)
         except TaskFileError as exc:
             self.refused[name] = f"the changed task file is not applied: {exc}"
             log.error("model repository: %s: %s", name, self.refused[name])
