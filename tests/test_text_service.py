@@ -427,6 +427,30 @@ def test_services_cap_malloc_arenas_unless_the_environment_says(environment, lim
     assert out.stdout.strip() == str(limited), out.stderr
 
 
+@pytest.mark.parametrize(
+    "environment, first, applied, policy",
+    [
+        ({}, "", True, "PASSIVE"),
+        ({"OMP_WAIT_POLICY": "ACTIVE"}, "", False, "ACTIVE"),
+        ({"GOMP_SPINCOUNT": "300000"}, "", False, None),
+        ({}, "import torch; ", False, None),  # too late: libgomp has read its environment
+    ],
+)
+def test_services_let_idle_openmp_threads_sleep_unless_told_otherwise(environment, first, applied, policy):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")} | environment
+    code = (
+        f"{first}import json, os; from modalmesh.common.runtime import sleeping_idle_threads; "
+        "print(json.dumps([sleeping_idle_threads(), os.environ.get('OMP_WAIT_POLICY')]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [applied, policy], out.stderr
+
+
 def test_request_bytes_in_hand_are_bounded(start_text_service):
     # grpc reads a unary call's whole message before the handler runs, so waiting calls
     # hold theirs: past max_bytes_in_flight a call is refused at once.

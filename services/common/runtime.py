@@ -421,6 +421,24 @@ def serve_forever(config: ServiceConfig, service: Service) -> int:
     return 0
 
 
+def sleeping_idle_threads() -> bool:
+    """Make OpenMP's worker threads (torch's intra-op pool in this process, CTranslate2's in
+    the transcript worker it starts) sleep when a parallel region ends instead of spinning
+    for it: OMP_WAIT_POLICY=PASSIVE, unless the environment already says. Spinning threads
+    burn a core for a while after every model call; between the calls of one request
+    (message, screen lines, transcript) that was most of the text service's CPU, taken
+    from the encoders that needed it. Returns False where it is too late (torch is loaded:
+    libgomp reads the variable once) or the environment chose otherwise (OMP_WAIT_POLICY
+    or GOMP_SPINCOUNT set)."""
+    import os
+    import sys
+
+    if "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ or "torch" in sys.modules:
+        return False
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    return True
+
+
 MALLOC_ARENAS = 2
 _M_ARENA_MAX = -8  # glibc's mallopt parameter number
 
