@@ -16,6 +16,9 @@
    on OpenVINO (`ocr_engine`), and whether each reads the message.
 4. Audio first-feature latency: a 5 s WAV streamed in 0.25 s chunks; time from the first
    chunk sent to the first frame features received, against the time to the full answer.
+5. The text model on its two engines (`engine torch` / `openvino`), in process, one
+   caller, the tokenizer included: p50 per batch of 1, 2, 8 and 32 sentences, and the
+   lowest cosine between the engines' pooled vectors.
 """
 
 from __future__ import annotations
@@ -63,6 +66,33 @@ def latency_and_throughput(address: str, data: bytes, media_type: str, clients: 
             thread.join()
         elapsed = time.perf_counter() - started
     return {"clients": clients, "calls": len(latencies), "p50_ms": statistics.median(latencies), "per_s": len(latencies) / elapsed}
+
+
+def engine_comparison(repeats: int) -> list[dict]:
+    from modalmesh.text.model import TextEncoder
+
+    sentences = [
+        "My card payment failed at checkout and I was charged twice.",
+        "Where is my parcel?",
+        "Order placed 22 Jul Packed 22 Jul We could not take payment for this order",
+        "Password reset link expired",
+    ] * 8
+    threads = torch.get_num_threads()
+    in_torch, converted = TextEncoder(""), TextEncoder("", engine="openvino", threads=threads)
+    rows = []
+    for size in (1, 2, 8, 32):
+        batch = sentences[:size]
+        a = torch.stack([f.pooled for f in in_torch.encode_batch(batch)])
+        b = torch.stack([f.pooled for f in converted.encode_batch(batch)])
+        row = {
+            "batch": size,
+            "torch_ms": time_model(lambda: in_torch.encode_batch(batch), repeats),
+            "openvino_ms": time_model(lambda: converted.encode_batch(batch), repeats),
+            "cosine": float(torch.nn.functional.cosine_similarity(a, b, dim=1).min()),
+        }
+        row["speedup"] = row["torch_ms"] / row["openvino_ms"]
+        rows.append(row)
+    return rows
 
 
 def time_model(fn, repeats: int) -> float:
@@ -197,6 +227,7 @@ def main() -> int:
 
     results["int8"] = int8_comparison(repeats)
     results["ocr"] = ocr_costs(max(3, repeats // 4))
+    results["text_engines"] = engine_comparison(repeats)
 
     print(f"\n1. services ({calls} calls per point, features only, p50 latency and throughput)")
     for name, rows in results["services"].items():
@@ -215,6 +246,12 @@ def main() -> int:
     streaming = results["audio_streaming"]
     print("\n4. audio streaming, 5 s WAV in 0.25 s chunks")
     print(f"   first features after {streaming['first_features_p50_ms']:.1f} ms; complete answer after {streaming['complete_p50_ms']:.1f} ms")
+    print(f"\n5. the text model: torch vs OpenVINO (p50 per batch, in process, {torch.get_num_threads()} threads)")
+    for row in results["text_engines"]:
+        print(
+            f"   batch {row['batch']:2d}: torch {row['torch_ms']:7.1f} ms  openvino {row['openvino_ms']:7.1f} ms  "
+            f"speed-up {row['speedup']:4.2f}x  lowest cosine {row['cosine']:.6f}"
+        )
     write_results(args.out, results)
     return 0
 

@@ -2,8 +2,10 @@
 
     .venv/bin/python benchmarks/bench_peers.py --peer-python /path/to/venv/bin/python [--quick]
 
-Both serve the bundled all-MiniLM-L6-v2 in torch FP32 on 2 threads with dynamic batching
-up to 32, each in its own process on 127.0.0.1; the client is the same process for both.
+Both serve the bundled all-MiniLM-L6-v2 in FP32 on 2 threads with dynamic batching up to
+32, each in its own process on 127.0.0.1; the client is the same process for both. PyTriton
+runs it in torch; ModalMesh with each `--engines` (the text service's `engine` setting:
+openvino, its default, and torch), each a column of its own.
 Prints, as the issue's table:
 
     hop overhead p50 / p99   round trip - the server's own model time, sequential calls
@@ -137,16 +139,21 @@ def throughput(call, clients: int, seconds: float, max_calls: int = 50_000) -> d
     return {"clients": clients, "calls": len(flat), "per_s": len(flat) / elapsed, "p50_ms": statistics.median(flat), "p99_ms": percentile(flat, 99)}
 
 
+NAMES = {"openvino": "modalmesh", "torch": "modalmesh-torch"}  # column names by engine
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--peer-python", default=os.environ.get("MODALMESH_PEER_PYTHON", sys.executable), help="a Python with nvidia-pytriton")
     parser.add_argument("--calls", type=int, default=1000, help="sequential calls per server for the overhead")
     parser.add_argument("--seconds", type=float, default=15.0, help="per throughput point and server")
     parser.add_argument("--quick", action="store_true", help="200 calls and 5 s per point")
+    parser.add_argument("--engines", default="openvino,torch", help="the text service's engines to run, comma-separated")
     parser.add_argument("--out", default=str(REPO / "bench-results" / "peers.json"))
     args = parser.parse_args()
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     calls_n, seconds = (200, 5.0) if args.quick else (args.calls, args.seconds)
-    info = header("ModalMesh's text service beside PyTriton, the same MiniLM (torch FP32, 2 threads, batches up to 32)")
+    info = header("ModalMesh's text service beside PyTriton, the same MiniLM (FP32, 2 threads, batches up to 32)")
     peer = has_pytriton(args.peer_python)
     if not peer:
         print(f"PyTriton is not importable by {args.peer_python}: measuring the echo and ModalMesh alone. To compare: {HOW_TO_INSTALL}")
@@ -165,16 +172,18 @@ def main() -> int:
 
     processes = []
     try:
-        mesh_process, mesh_address = start_service("text", "--max-batch-size", "32", "--max-queue", "1024")
-        processes.append(mesh_process)
-        servers = {"modalmesh": MeshCalls(mesh_address)}
+        servers = {}
+        for engine in engines:
+            mesh_process, mesh_address = start_service("text", "--max-batch-size", "32", "--max-queue", "1024", "--engine", engine)
+            processes.append(mesh_process)
+            servers[NAMES.get(engine, f"modalmesh-{engine}")] = MeshCalls(mesh_address)
         if peer:
             peer_process, peer_address = start_peer(args.peer_python)
             processes.append(peer_process)
             servers["pytriton"] = PeerCalls(peer_address)
         same = None
         if peer:
-            same = max(float(np.abs(servers["modalmesh"](s)[0] - servers["pytriton"](s)[0]).max()) for s in SENTENCES)
+            same = max(float(np.abs(servers[name](s)[0] - servers["pytriton"](s)[0]).max()) for s in SENTENCES for name in servers if name != "pytriton")
         hop = overhead(servers, calls_n)
         points = {name: [throughput(call, clients, seconds) for clients in (1, 8, 32)] for name, call in servers.items()}
     finally:
@@ -189,18 +198,18 @@ def main() -> int:
     for i, clients in enumerate((1, 8, 32)):
         print(f"   {clients:7d} " + "".join(f"{points[name][i]['per_s']:14.1f} ({points[name][i]['p99_ms']:6.1f} ms)" for name in points))
     ratios = {}
+    ours = [name for name in servers if name != "pytriton"]
     if peer:
         print(f"\npooled vectors: max abs difference {same:.2e} over {len(SENTENCES)} sentences")
-        ratios = {
-            "overhead_p50_modalmesh_vs_pytriton": hop["modalmesh"]["p50_ms"] / hop["pytriton"]["p50_ms"],
-            **{
-                f"throughput_{c}_clients_modalmesh_vs_pytriton": points["modalmesh"][i]["per_s"] / points["pytriton"][i]["per_s"]
-                for i, c in enumerate((1, 8, 32))
-            },
-        }
-        for name, value in ratios.items():
-            print(f"   {name}: {value:.2f}")
-    ratios["overhead_p50_modalmesh_vs_echo"] = hop["modalmesh"]["p50_ms"] / echo_ms
+        for name in ours:
+            ratios[f"overhead_p50_{name}_vs_pytriton"] = hop[name]["p50_ms"] / hop["pytriton"]["p50_ms"]
+            for i, c in enumerate((1, 8, 32)):
+                ratios[f"throughput_{c}_clients_{name}_vs_pytriton"] = points[name][i]["per_s"] / points["pytriton"][i]["per_s"]
+                ratios[f"p99_{c}_clients_{name}_vs_pytriton"] = points[name][i]["p99_ms"] / points["pytriton"][i]["p99_ms"]
+    for name in ours:
+        ratios[f"overhead_p50_{name}_vs_echo"] = hop[name]["p50_ms"] / echo_ms
+    for name, value in ratios.items():
+        print(f"   {name}: {value:.2f}")
     figures = {"echo_unary_p50_ms": echo_ms, "overhead": hop, "throughput": points, "max_abs_difference": same, "ratios": ratios}
     write_results(args.out, {"machine": info, **figures})
     return 0

@@ -46,6 +46,7 @@ def test_booleans_and_bad_values_from_the_environment():
         ({"max_batch_size": 0}, "max_batch_size must be at least 1"),
         ({"ocr_det_side": 10}, "ocr_det_side must be 0"),
         ({"ocr_engine": "tensorrt"}, "ocr_engine must be one of onnxruntime, openvino"),
+        ({"engine": "tensorrt"}, "engine must be one of openvino, torch"),
     ],
 )
 def test_invalid_configuration_is_refused(changes, complaint):

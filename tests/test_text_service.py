@@ -14,6 +14,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from modalmesh.common import codec, errors
 from modalmesh.common.client import EncoderClient, connect
+from modalmesh.common.config import load_config
 from modalmesh.text.model import TextEncoder
 from modalmesh.text.server import TextService
 from modalmesh.up import free_port
@@ -540,3 +541,52 @@ def test_a_health_port_in_use_is_a_clear_error(start_text_service):
         port = taken.getsockname()[1]
         with pytest.raises(OSError, match=f"cannot listen on health port {port}"):
             start_text_service(health_port=port)
+
+
+# Sentences the load-time check (text/model.py CHECK_SENTENCES) does not use.
+ENGINE_SENTENCES = [
+    "my card payment failed",
+    "Where is my parcel? It said delivered on Monday.",
+    "Refund pending - allow up to 14 days",
+    "Stack overflow in checkout module at line 1337",
+    "Bonjour, je n'arrive pas à me connecter",
+]
+
+
+def test_openvino_runs_minilm_with_torchs_features():
+    # The bundled model, both engines through the real loading code: what the service
+    # serves by default (openvino) is what the shipped weights were trained on (torch).
+    torch_encoder = TextEncoder("")
+    converted = TextEncoder("", engine="openvino", threads=2)
+    assert converted.model is None and converted.compiled is not None and converted.version == torch_encoder.version
+    expected, got = torch_encoder.encode_batch(ENGINE_SENTENCES), converted.encode_batch(ENGINE_SENTENCES)
+    for a, b in zip(expected, got):
+        assert float(a.pooled @ b.pooled) >= 0.999
+        np.testing.assert_allclose(b.tokens.numpy(), a.tokens.numpy(), atol=1e-4)
+    alone = converted.encode_batch(ENGINE_SENTENCES[1:2])[0]  # batch of one: no padding
+    np.testing.assert_allclose(alone.pooled.numpy(), got[1].pooled.numpy(), atol=1e-5)
+
+
+def test_a_damaged_openvino_cache_is_converted_again(tiny_bert_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("MODALMESH_CACHE_DIR", str(tmp_path))
+    first = TextEncoder(str(tiny_bert_dir), engine="openvino")
+    [folder] = (tmp_path / "openvino").iterdir()
+    assert (folder / "model.xml").is_file() and (folder / "model.bin").is_file()
+    (folder / "model.xml").write_text("<net>not a model")
+    again = TextEncoder(str(tiny_bert_dir), engine="openvino")
+    reference = TextEncoder(str(tiny_bert_dir)).encode_batch(["where is my parcel"])[0].pooled.numpy()
+    for encoder in (first, again):
+        np.testing.assert_allclose(encoder.encode_batch(["where is my parcel"])[0].pooled.numpy(), reference, atol=1e-5)
+    assert "<net>not a model" not in (folder / "model.xml").read_text()
+
+
+def test_quantize_runs_the_text_model_in_torch(tiny_bert_dir):
+    service = TextService(load_config("text", environ={}, model=str(tiny_bert_dir), quantize=True))
+    service.initialize()
+    try:
+        encoder, _ = service.loaded
+        assert encoder.engine == "torch" and encoder.version.endswith("+int8")
+    finally:
+        service.finalize()
+    with pytest.raises(ValueError, match="engine torch"):
+        TextEncoder(str(tiny_bert_dir), quantize=True, engine="openvino")

@@ -15,8 +15,9 @@ import hashlib
 import importlib.util
 import os
 import shutil
-import tempfile
 from pathlib import Path
+
+from modalmesh.common.models import cache_root
 
 MODEL_SHA256 = "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"  # part1 + part2
 MODEL_BYTES = 145_217_532
@@ -44,21 +45,6 @@ def _sha256(paths) -> str:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()
-
-
-def cache_root() -> Path:
-    """Where assembled models live: MODALMESH_CACHE_DIR, ~/.cache/modalmesh, or the
-    temporary folder when neither can be written (a read-only container)."""
-    for candidate in (os.environ.get("MODALMESH_CACHE_DIR"), Path.home() / ".cache" / "modalmesh"):
-        if not candidate:
-            continue
-        try:
-            Path(candidate).mkdir(parents=True, exist_ok=True)
-            if os.access(candidate, os.W_OK):
-                return Path(candidate)
-        except OSError:
-            continue
-    return Path(tempfile.gettempdir()) / "modalmesh-cache"
 
 
 def model_dir(cache: Path | None = None) -> Path:

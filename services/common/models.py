@@ -8,6 +8,8 @@ the default model a package bundles. A hub id is only fetched when the operator 
 from __future__ import annotations
 
 import hashlib
+import os
+import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -56,3 +58,19 @@ def same_weights(version_a: str, version_b: str) -> bool:
         return version.rpartition("@")[2].split("+")[0]
 
     return bool(digest(version_a)) and digest(version_a) == digest(version_b)
+
+
+def cache_root() -> Path:
+    """Where derived model files live (Whisper's joined weights, OpenVINO's converted
+    encoders): MODALMESH_CACHE_DIR, ~/.cache/modalmesh, or the temporary folder when
+    neither can be written (a read-only container)."""
+    for candidate in (os.environ.get("MODALMESH_CACHE_DIR"), Path.home() / ".cache" / "modalmesh"):
+        if not candidate:
+            continue
+        try:
+            Path(candidate).mkdir(parents=True, exist_ok=True)
+            if os.access(candidate, os.W_OK):
+                return Path(candidate)
+        except OSError:
+            continue
+    return Path(tempfile.gettempdir()) / "modalmesh-cache"

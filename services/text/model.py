@@ -13,15 +13,29 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers import AutoModel, AutoTokenizer
 
 from modalmesh.common import models
+from modalmesh.common.compiled import ENGINES, compile_module, require_equivalent
 
 log = logging.getLogger(__name__)
+
+# What an OpenVINO conversion is checked on at every load (cosine to torch's vectors):
+# short and long, punctuation, digits, non-ASCII, one past the usual paragraph length.
+CHECK_SENTENCES = (
+    "Payment declined: card expired",
+    "I tried to pay three times and it keeps failing. Was I charged?",
+    "Order placed 22 Jul Packed 22 Jul We could not take payment for this order",
+    "Hi",
+    "Error 0x80070005 at 12:04 - please contact support@example.com",
+    "Le paiement a échoué ; réessayez plus tard. 支付失败",
+    " ".join(["The parcel was marked delivered but nothing arrived at the door."] * 6),
+)
 
 
 def default_model_dir() -> str:
@@ -54,7 +68,10 @@ class TextFeatures:
 
 
 class TextEncoder:
-    def __init__(self, source: str = "", allow_download: bool = False, quantize: bool = False) -> None:
+    def __init__(self, source: str = "", allow_download: bool = False, quantize: bool = False, engine: str = "torch", threads: int = 0) -> None:
+        """`engine`: what runs the transformer, torch or openvino (common/compiled.py:
+        converted once, checked against torch on CHECK_SENTENCES at every load; `model`
+        is then None). `threads`: OpenVINO's inference threads (0: its own choice)."""
         source, is_local = models.resolve_model_source(source, default_model_dir)
         models.ensure_loadable(source, is_local, allow_download)
         self.source = source
@@ -70,21 +87,53 @@ class TextEncoder:
         if quantize:  # INT8 dynamic quantization of every Linear layer (the bulk of BERT's compute)
             self.model = torch.ao.quantization.quantize_dynamic(self.model, {torch.nn.Linear}, dtype=torch.qint8)
             self.version += "+int8"
-        log.info("text model %s: width %d, max %d tokens", self.version, self.width, self.max_tokens)
+        self.engine = engine
+        self.compiled: Any = None
+        if engine == "openvino":
+            if quantize:
+                raise ValueError("quantize is INT8 in torch: run it with engine torch")
+            self._compile(threads)
+        elif engine != "torch":
+            raise ValueError(f"text engine must be one of {', '.join(ENGINES)}, not {engine!r}")
+        log.info("text model %s on %s: width %d, max %d tokens", self.version, engine, self.width, self.max_tokens)
+
+    def _compile(self, threads: int) -> None:
+        example = self.tokenizer(list(CHECK_SENTENCES[:2]), padding=True, return_tensors="pt")
+        inputs = {"input_ids": example["input_ids"], "attention_mask": example["attention_mask"]}
+        self.compiled = compile_module(self.model, inputs, f"text-{self.version}", threads)
+        reference = np.stack([f.pooled.numpy() for f in self._encode_torch(CHECK_SENTENCES)])
+        converted = np.stack([f.pooled.numpy() for f in self.encode_batch(CHECK_SENTENCES)])
+        cosine = require_equivalent(reference, converted, f"text model {self.version}")
+        log.info("text model on OpenVINO: cosine to torch %.6f on %d sentences", cosine, len(CHECK_SENTENCES))
+        self.model = None  # OpenVINO holds the weights it runs
+
+    def encode_batch(self, texts: Sequence[str]) -> list[TextFeatures]:
+        if self.compiled is None:
+            return self._encode_torch(texts)
+        batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_tokens, return_tensors="np")
+        outputs = self.compiled({"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]})
+        hidden = torch.from_numpy(np.ascontiguousarray(outputs[self.compiled.output(0)]))
+        with torch.inference_mode():
+            return self._features(batch, hidden, torch.from_numpy(batch["attention_mask"]), len(texts))
 
     @torch.inference_mode()
-    def encode_batch(self, texts: Sequence[str]) -> list[TextFeatures]:
+    def _encode_torch(self, texts: Sequence[str]) -> list[TextFeatures]:
+        assert self.model is not None, "the torch model was released for OpenVINO"
         batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt")
         hidden = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        return self._features(batch, hidden, batch["attention_mask"], len(texts))
+
+    @staticmethod
+    def _features(batch, hidden: torch.Tensor, attention_mask: torch.Tensor, count: int) -> list[TextFeatures]:
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         pooled = F.normalize((hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9), dim=-1)
-        lengths = batch["attention_mask"].sum(dim=1).tolist()
-        encodings = getattr(batch, "encodings", None) or [None] * len(texts)
+        lengths = attention_mask.sum(dim=1).tolist()
+        encodings = getattr(batch, "encodings", None) or [None] * count
         return [
             TextFeatures(
                 tokens=hidden[i, : lengths[i]].clone(),
                 pooled=pooled[i].clone(),
                 truncated=bool(encodings[i] is not None and encodings[i].overflowing),
             )
-            for i in range(len(texts))
+            for i in range(count)
         ]

@@ -33,7 +33,10 @@ class TextService(EncoderBackend):
 
     # -- lifecycle -------------------------------------------------------------------
     def initialize(self) -> None:
-        self.encoder = TextEncoder(self.config.model, allow_download=self.config.allow_download, quantize=self.config.quantize)
+        engine = "torch" if self.config.quantize else self.config.engine  # INT8 is torch's dynamic quantization
+        self.encoder = TextEncoder(
+            self.config.model, allow_download=self.config.allow_download, quantize=self.config.quantize, engine=engine, threads=self.config.torch_threads
+        )
         self.batcher = DynamicBatcher(
             self.encoder.encode_batch,
             max_batch_size=self.config.max_batch_size,

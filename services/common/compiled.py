@@ -1,0 +1,88 @@
+"""Encoders run by OpenVINO: a torch module converted to OpenVINO's form once, kept in the
+cache folder, and checked against torch every time it is loaded.
+
+    compiled = compile_module(module, example_inputs, key, threads)
+    outputs = compiled(inputs)            # numpy in, numpy out
+    require_equivalent(torch_vectors, openvino_vectors, "text")
+
+The conversion (`openvino.convert_model`, about 3 s for MiniLM here) is written as IR
+(`model.xml` + `model.bin`, no pickle) under `<cache_root>/openvino/<key>-<openvino
+version>/`; later loads read it (about 0.3 s). `key` carries the weights' digest, so
+changed weights convert again. A cached file that does not read is converted again; one
+that reads but computes something else is caught by the check the caller runs on every
+load (`require_equivalent`): the service does not start rather than serve features its
+trained weights were not made with.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from modalmesh.common.config import DEFAULT_ENGINE, ENGINES
+from modalmesh.common.models import cache_root
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DEFAULT_ENGINE", "ENGINES", "MIN_COSINE", "compile_module", "require_equivalent"]
+
+MIN_COSINE = 0.999  # every check vector at least this close to torch's
+
+
+def cache_folder(key: str) -> Path:
+    import openvino
+
+    version = openvino.__version__.split("-")[0]
+    return cache_root() / "openvino" / f"{re.sub(r'[^A-Za-z0-9_.@+-]', '_', key)}-ov{version}"
+
+
+def compile_module(module: Any, example_inputs: dict[str, Any], key: str, threads: int = 0) -> Any:
+    """An OpenVINO CompiledModel for the CPU computing `module(**inputs)` in FP32; inputs keep
+    their batch and length dimensions dynamic. `threads` 0: OpenVINO's own choice
+    (every core)."""
+    import openvino
+
+    core = openvino.Core()
+    folder = cache_folder(key)
+    model = None
+    if (folder / "model.xml").is_file():
+        try:
+            model = core.read_model(str(folder / "model.xml"))
+        except Exception as exc:  # a damaged cache entry: convert again
+            log.warning("OpenVINO: the cached %s does not read (%s); converting again", folder, exc)
+    if model is None:
+        log.info("OpenVINO: converting %s (once; cached in %s)", key, folder)
+        model = openvino.convert_model(module, example_input=example_inputs)
+        partial = folder.with_name(f"{folder.name}.{os.getpid()}.partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        try:
+            partial.mkdir(parents=True)
+            openvino.save_model(model, str(partial / "model.xml"), compress_to_fp16=False)
+            shutil.rmtree(folder, ignore_errors=True)
+            os.replace(partial, folder)
+        except OSError as exc:  # a read-only cache: serve the conversion in hand
+            log.warning("OpenVINO: could not cache the conversion in %s (%s)", folder, exc)
+            shutil.rmtree(partial, ignore_errors=True)
+    # FP32 throughout: on a CPU with BF16 units OpenVINO would otherwise compute in BF16
+    # (MiniLM: cosine 0.99998 to torch, not the same features the weights were trained on).
+    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+    if threads > 0:
+        config["INFERENCE_NUM_THREADS"] = threads
+    return core.compile_model(model, "CPU", config)
+
+
+def require_equivalent(reference: np.ndarray, candidate: np.ndarray, what: str) -> float:
+    """The lowest cosine between matching rows of `reference` (torch) and `candidate`
+    (OpenVINO); ValueError when one is under MIN_COSINE."""
+    reference, candidate = np.asarray(reference, np.float64), np.asarray(candidate, np.float64)
+    norms = np.linalg.norm(reference, axis=1) * np.linalg.norm(candidate, axis=1)
+    cosine = float(np.min((reference * candidate).sum(axis=1) / np.maximum(norms, 1e-12)))
+    if not cosine >= MIN_COSINE:
+        raise ValueError(f"{what}: OpenVINO's features differ from torch's (cosine {cosine:.4f} < {MIN_COSINE}); run it with engine torch")
+    return cosine
