@@ -1,6 +1,6 @@
-"""The whole mesh's memory after warm-up, per service.
+"""The whole mesh's memory after warm-up, and the CPU each kind of request costs, per service.
 
-    .venv/bin/python benchmarks/bench_memory.py [--settle 5]
+    .venv/bin/python benchmarks/bench_memory.py [--settle 5] [--calls 6]
 
 Starts the four services with their defaults on free ports on 127.0.0.1, sends each
 built-in task its example once (the triage screenshot, message and voice message with a
@@ -9,12 +9,20 @@ each service's process (with its children: the health-only probe) the resident s
 (RSS, what `top` shows; libraries shared between services counted in each) and the
 proportional set (PSS: shared pages split between the processes that map them, so the
 services' PSS add up to what the mesh takes). Target: the whole mesh's idle memory after
-warm-up at most 3 GB. Bounded: two requests, then the reading.
+warm-up at most 3 GB.
+
+Then the CPU time each service spends per request (user + system, its process and
+children: the transcript worker, from /proc/<pid>/stat), over `--calls` sequential
+screenshot_triage requests of each kind: screenshot and message (ROUTED), with the voice
+message too (ROUTED, and FULL: it waits for the transcript), and the screenshot alone.
+What the sum comes to bounds the answers per second 2 cores can give. Bounded: two
+warm-up requests, the reading, then 4 x `--calls` requests.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -56,7 +64,49 @@ def memory_kib(pid: int) -> dict[str, int]:
     return figures
 
 
-def run(settle: float) -> dict:
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes so far (children that were waited for
+    are counted by their parent)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+REQUEST_KINDS = {  # name: (with message, with voice, mode)
+    "screenshot + message, routed": (True, False, "routed"),
+    "screenshot + message + voice, routed": (True, True, "routed"),
+    "screenshot + message + voice, full": (True, True, "full"),
+    "screenshot alone, routed": (False, False, "routed"),
+}
+
+
+def cpu_per_request(client, mesh, calls: int) -> dict:
+    """CPU ms per request by service, per REQUEST_KINDS entry."""
+    message = (EXAMPLES / "message.txt").read_text().strip()
+    screenshot, voice = (EXAMPLES / "screenshot.png").read_bytes(), (EXAMPLES / "voice.wav").read_bytes()
+    kinds = {}
+    for kind, (with_message, with_voice, mode) in REQUEST_KINDS.items():
+        trees = {name: process_tree(mesh.members[name].running.pid) for name in ORDER}
+        before = {name: cpu_seconds(pids) for name, pids in trees.items()}
+        started = time.perf_counter()
+        for _ in range(calls):
+            client.analyze(
+                "screenshot_triage", text=message if with_message else "", image=screenshot, audio=voice if with_voice else b"", mode=mode, timeout=120
+            )
+        wall = (time.perf_counter() - started) / calls
+        kinds[kind] = {
+            "wall_ms": wall * 1000,
+            "cpu_ms": {name: (cpu_seconds(trees[name]) - before[name]) / calls * 1000 for name in ORDER},
+        }
+    return kinds
+
+
+def run(settle: float, calls: int) -> dict:
     from modalmesh.client import RouterClient
 
     mesh = Mesh(ports={name: free_port() for name in ORDER}, quiet_logs=True)
@@ -79,6 +129,8 @@ def run(settle: float) -> dict:
             pids = process_tree(mesh.members[name].running.pid)
             parts = [memory_kib(pid) for pid in pids]
             services[name] = {"processes": len(pids), "rss_mib": sum(p["rss"] for p in parts) / 1024, "pss_mib": sum(p["pss"] for p in parts) / 1024}
+        with RouterClient(mesh.address("router")) as client:
+            cpu = cpu_per_request(client, mesh, calls) if calls else {}
     finally:
         mesh.stop()
     return {
@@ -87,21 +139,29 @@ def run(settle: float) -> dict:
         "total_rss_gib": sum(s["rss_mib"] for s in services.values()) / 1024,
         "total_pss_gib": sum(s["pss_mib"] for s in services.values()) / 1024,
         "target_gib": TARGET_GB,
+        "cpu_per_request": cpu,
     }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--settle", type=float, default=5.0, help="seconds to wait after the warm-up requests")
+    parser.add_argument("--calls", type=int, default=6, help="sequential requests of each kind for the CPU figures (0: none)")
     parser.add_argument("--out", default="bench-results/memory.json")
     args = parser.parse_args()
-    info = header("The mesh's memory after warm-up (defaults, both built-in tasks asked once)")
-    results = run(args.settle)
+    info = header("The mesh's memory after warm-up (defaults, both built-in tasks asked once), and CPU per request")
+    results = run(args.settle, args.calls)
     print(f"{'service':8s} {'processes':>9s} {'RSS MiB':>9s} {'PSS MiB':>9s}")
     for name, figures in results["services"].items():
         print(f"{name:8s} {figures['processes']:9d} {figures['rss_mib']:9.0f} {figures['pss_mib']:9.0f}")
     rss, pss = results["total_rss_gib"], results["total_pss_gib"]
     print(f"whole mesh: RSS {rss:.2f} GiB (shared libraries counted per service), PSS {pss:.2f} GiB = {pss * 1.073741824:.2f} GB (target {TARGET_GB} GB)")
+    if results["cpu_per_request"]:
+        print(f"\nCPU ms per request, by service ({args.calls} sequential screenshot_triage requests of each kind)")
+        print(f"{'request':38s} {'wall':>7s} " + " ".join(f"{name:>7s}" for name in ORDER) + f" {'all':>7s}")
+        for kind, figures in results["cpu_per_request"].items():
+            cpu = figures["cpu_ms"]
+            print(f"{kind:38s} {figures['wall_ms']:7.0f} " + " ".join(f"{cpu[name]:7.0f}" for name in ORDER) + f" {sum(cpu.values()):7.0f}")
     write_results(args.out, {"machine": info, **results})
     return 0
 
