@@ -16,8 +16,9 @@
    on OpenVINO (`ocr_engine`), and whether each reads the message.
 4. Audio first-feature latency: a 5 s WAV streamed in 0.25 s chunks; time from the first
    chunk sent to the first frame features received, against the time to the full answer.
-5. The text model on its two engines (`engine torch` / `openvino`), in process, one
-   caller, the tokenizer included: p50 per batch of 1, 2, 8 and 32 sentences, and the
+5. The text model and the image backbone on their two engines (`engine torch` /
+   `openvino`), in process, one caller: p50 per batch (text: 1, 2, 8 and 32 sentences,
+   the tokenizer included; image: 1 and 4 preprocessed 224x224 screenshots), and the
    lowest cosine between the engines' pooled vectors.
 """
 
@@ -30,8 +31,12 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
+from modalmesh.common.runtime import sleeping_idle_threads
+
+sleeping_idle_threads()  # as `modalmesh serve` does, before torch loads: in-process figures as in the services
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -85,9 +90,27 @@ def engine_comparison(repeats: int) -> list[dict]:
         a = torch.stack([f.pooled for f in in_torch.encode_batch(batch)])
         b = torch.stack([f.pooled for f in converted.encode_batch(batch)])
         row = {
+            "model": "all-MiniLM-L6-v2",
             "batch": size,
             "torch_ms": time_model(lambda: in_torch.encode_batch(batch), repeats),
             "openvino_ms": time_model(lambda: converted.encode_batch(batch), repeats),
+            "cosine": float(torch.nn.functional.cosine_similarity(a, b, dim=1).min()),
+        }
+        row["speedup"] = row["torch_ms"] / row["openvino_ms"]
+        rows.append(row)
+    from modalmesh.vision.model import ImageBackbone
+
+    image_torch, image_converted = ImageBackbone(""), ImageBackbone("", engine="openvino", threads=threads)
+    screens = [image_torch.preprocess(np.asarray(render_screenshot(f"Error {400 + i}: Payment declined"))) for i in range(4)]
+    for size in (1, 4):
+        batch = screens[:size]
+        a = torch.stack([f.pooled for f in image_torch.encode_batch(batch)])
+        b = torch.stack([f.pooled for f in image_converted.encode_batch(batch)])
+        row = {
+            "model": "EfficientNet-Lite0",
+            "batch": size,
+            "torch_ms": time_model(lambda: image_torch.encode_batch(batch), repeats),
+            "openvino_ms": time_model(lambda: image_converted.encode_batch(batch), repeats),
             "cosine": float(torch.nn.functional.cosine_similarity(a, b, dim=1).min()),
         }
         row["speedup"] = row["torch_ms"] / row["openvino_ms"]
@@ -227,7 +250,7 @@ def main() -> int:
 
     results["int8"] = int8_comparison(repeats)
     results["ocr"] = ocr_costs(max(3, repeats // 4))
-    results["text_engines"] = engine_comparison(repeats)
+    results["engines"] = engine_comparison(repeats)
 
     print(f"\n1. services ({calls} calls per point, features only, p50 latency and throughput)")
     for name, rows in results["services"].items():
@@ -246,10 +269,10 @@ def main() -> int:
     streaming = results["audio_streaming"]
     print("\n4. audio streaming, 5 s WAV in 0.25 s chunks")
     print(f"   first features after {streaming['first_features_p50_ms']:.1f} ms; complete answer after {streaming['complete_p50_ms']:.1f} ms")
-    print(f"\n5. the text model: torch vs OpenVINO (p50 per batch, in process, {torch.get_num_threads()} threads)")
-    for row in results["text_engines"]:
+    print(f"\n5. torch vs OpenVINO (p50 per batch, in process, {torch.get_num_threads()} threads)")
+    for row in results["engines"]:
         print(
-            f"   batch {row['batch']:2d}: torch {row['torch_ms']:7.1f} ms  openvino {row['openvino_ms']:7.1f} ms  "
+            f"   {row['model']:18s} batch {row['batch']:2d}: torch {row['torch_ms']:7.1f} ms  openvino {row['openvino_ms']:7.1f} ms  "
             f"speed-up {row['speedup']:4.2f}x  lowest cosine {row['cosine']:.6f}"
         )
     write_results(args.out, results)

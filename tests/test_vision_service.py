@@ -471,3 +471,40 @@ def _float_resize_from_full(backbone, rgb):
     image = torch.from_numpy(rgb.copy()).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
     image = torch.nn.functional.interpolate(image, size=(backbone.input_size, backbone.input_size), mode="bilinear", antialias=True, align_corners=False)
     return ((image - torch.tensor(backbone.mean).view(1, 3, 1, 1)) / torch.tensor(backbone.std).view(1, 3, 1, 1))[0]
+
+
+def test_openvino_runs_the_image_backbone_with_torchs_features():
+    # The bundled EfficientNet-Lite0 on both engines through the real loading code, on
+    # real inputs the service sees (a rendered screenshot, a decoded CT slice): what the
+    # service serves by default (openvino) is what the shipped weights were trained on.
+    from pathlib import Path
+
+    from modalmesh.vision.decode import decode_image
+    from modalmesh.vision.model import ImageBackbone
+
+    in_torch = ImageBackbone("")
+    converted = ImageBackbone("", engine="openvino", threads=2)
+    assert converted.network is None and converted.compiled is not None and converted.version == in_torch.version
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    images = [
+        np.asarray(render_screenshot("Error 402: Payment declined")),
+        decode_image((examples / "ct.dcm").read_bytes(), "application/dicom", {}, 40_000_000).rgb,
+        decode_image((examples / "screenshot.png").read_bytes(), "image/png", {}, 40_000_000).rgb,
+    ]
+    expected = in_torch.encode_batch([in_torch.preprocess(rgb) for rgb in images])
+    got = converted.encode_batch([converted.preprocess(rgb) for rgb in images])
+    for a, b in zip(expected, got):
+        assert a.grid == b.grid and float(torch.nn.functional.cosine_similarity(a.pooled, b.pooled, dim=0)) >= 0.999
+        np.testing.assert_allclose(b.tokens.numpy(), a.tokens.numpy(), atol=1e-3)
+
+
+def test_the_equivalence_check_refuses_different_features():
+    from modalmesh.common.compiled import require_equivalent
+
+    same = np.random.default_rng(0).normal(size=(3, 8))
+    assert require_equivalent(same, same + 1e-7, "x") > 0.999999
+    assert require_equivalent(np.zeros((1, 8)), np.zeros((1, 8)), "a flat image") == 1.0
+    with pytest.raises(ValueError, match="cosine 0.0000 < 0.999.*engine torch"):
+        require_equivalent(np.eye(2), np.eye(2)[::-1], "x")
+    with pytest.raises(ValueError, match="engine torch"):
+        require_equivalent(np.zeros((1, 8)), np.ones((1, 8)), "x")

@@ -42,8 +42,9 @@ def cache_folder(key: str) -> Path:
     return cache_root() / "openvino" / f"{re.sub(r'[^A-Za-z0-9_.@+-]', '_', key)}-ov{version}"
 
 
-def compile_module(module: Any, example_inputs: dict[str, Any], key: str, threads: int = 0) -> Any:
-    """An OpenVINO CompiledModel for the CPU computing `module(**inputs)` in FP32; inputs keep
+def compile_module(module: Any, example_inputs: Any, key: str, threads: int = 0) -> Any:
+    """An OpenVINO CompiledModel for the CPU computing `module(inputs)` in FP32 (a dict of
+    example inputs: by name; a tensor: the one input); inputs keep
     their batch and length dimensions dynamic. `threads` 0: OpenVINO's own choice
     (every core)."""
     import openvino
@@ -79,10 +80,13 @@ def compile_module(module: Any, example_inputs: dict[str, Any], key: str, thread
 
 def require_equivalent(reference: np.ndarray, candidate: np.ndarray, what: str) -> float:
     """The lowest cosine between matching rows of `reference` (torch) and `candidate`
-    (OpenVINO); ValueError when one is under MIN_COSINE."""
+    (OpenVINO), two zero rows counting as the same; ValueError when one is under
+    MIN_COSINE."""
     reference, candidate = np.asarray(reference, np.float64), np.asarray(candidate, np.float64)
-    norms = np.linalg.norm(reference, axis=1) * np.linalg.norm(candidate, axis=1)
-    cosine = float(np.min((reference * candidate).sum(axis=1) / np.maximum(norms, 1e-12)))
+    a, b = np.linalg.norm(reference, axis=1), np.linalg.norm(candidate, axis=1)
+    cosines = (reference * candidate).sum(axis=1) / np.maximum(a * b, 1e-300)
+    cosines[(a < 1e-6) & (b < 1e-6)] = 1.0  # both all zeros (a ReLU network on a flat image): the same
+    cosine = float(np.min(cosines))
     if not cosine >= MIN_COSINE:
         raise ValueError(f"{what}: OpenVINO's features differ from torch's (cosine {cosine:.4f} < {MIN_COSINE}); run it with engine torch")
     return cosine

@@ -29,8 +29,8 @@ MiB = 1024 * 1024
 OCR_ENGINES = ("onnxruntime", "openvino")  # what may run the vision service's OCR models (vision/ocr.py)
 DEFAULT_OCR_ENGINE = "openvino"  # the same answers as onnxruntime with the shipped weights, OCR about 2x faster (README)
 KiB = 1024
-ENGINES = ("openvino", "torch")  # what may run the text encoder's model (common/compiled.py)
-DEFAULT_ENGINE = "openvino"  # the same features as torch (FP32), checked at every start; 1.2-2.8x faster per batch here
+ENGINES = ("openvino", "torch")  # what may run the text encoder's and the image backbone's model (common/compiled.py)
+DEFAULT_ENGINE = "openvino"  # the same features as torch (FP32), checked at every start; 1.2-7x faster here
 
 #: Defaults that differ by service (applied before the environment and flags).
 SERVICE_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -82,10 +82,10 @@ class ServiceConfig:
     max_bytes_in_flight: int = _option(
         256 * MiB, "bytes of unary request messages held at once (running and waiting calls); one more is RESOURCE_EXHAUSTED at once; 0 turns the limit off"
     )
-    quantize: bool = _option(False, "INT8 dynamic quantization of the backbone's Linear layers (text: in torch, whatever the engine)")
+    quantize: bool = _option(False, "INT8 dynamic quantization of the backbone's Linear layers (text, vision: in torch, whatever the engine)")
     engine: str = _option(
         DEFAULT_ENGINE,
-        "text: what runs the encoder model: openvino (converted once, cached, checked against torch at every start; 1.2-2.8x faster per batch here) or torch",
+        "text, vision: what runs the encoder model: openvino (converted once, cached, checked against torch at every start; 1.2-7x faster here) or torch",
     )
     # Vision
     max_pixels: int = _option(40_000_000, "vision: largest image (width x height) decoded")

