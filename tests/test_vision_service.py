@@ -508,3 +508,18 @@ def test_the_equivalence_check_refuses_different_features():
         require_equivalent(np.eye(2), np.eye(2)[::-1], "x")
     with pytest.raises(ValueError, match="engine torch"):
         require_equivalent(np.zeros((1, 8)), np.ones((1, 8)), "x")
+
+
+def test_a_model_openvino_cannot_convert_is_refused_with_the_way_out(tmp_path, monkeypatch):
+    # A module whose forward OpenVINO's converter cannot trace (it returns a Python
+    # string): the service must say what to do, not fail with the converter's traceback.
+    from modalmesh.common.compiled import compile_module
+
+    class Untraceable(torch.nn.Module):
+        def forward(self, x):
+            return "not a tensor"
+
+    monkeypatch.setenv("MODALMESH_CACHE_DIR", str(tmp_path))
+    with pytest.raises(ValueError, match="OpenVINO cannot convert this model .*engine torch"):
+        compile_module(Untraceable(), torch.zeros(1, 3), "untraceable@0")
+    assert not any((tmp_path / "openvino").glob("*")), "nothing is cached for a model that did not convert"

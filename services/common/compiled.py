@@ -59,7 +59,11 @@ def compile_module(module: Any, example_inputs: Any, key: str, threads: int = 0)
             log.warning("OpenVINO: the cached %s does not read (%s); converting again", folder, exc)
     if model is None:
         log.info("OpenVINO: converting %s (once; cached in %s)", key, folder)
-        model = openvino.convert_model(module, example_input=example_inputs)
+        try:
+            model = openvino.convert_model(module, example_input=example_inputs)
+        except Exception as exc:  # an architecture OpenVINO's converter does not take
+            log.info("OpenVINO could not convert %s: %s: %s", key, type(exc).__name__, exc)
+            raise ValueError(f"{key}: OpenVINO cannot convert this model ({type(exc).__name__}); run it with engine torch") from None
         partial = folder.with_name(f"{folder.name}.{os.getpid()}.partial")
         shutil.rmtree(partial, ignore_errors=True)
         try:
