@@ -7,7 +7,7 @@ cache folder, and checked against torch every time it is loaded.
 
 The conversion (`openvino.convert_model`, about 3 s for MiniLM here) is written as IR
 (`model.xml` + `model.bin`, no pickle) under `<cache_root>/openvino/<key>-<openvino
-version>/`; later loads read it (about 0.3 s). `key` carries the weights' digest, so
+version>/`; later loads read it (0.2 s for MiniLM here). `key` carries the weights' digest, so
 changed weights convert again. A cached file that does not read is converted again; one
 that reads but computes something else is caught by the check the caller runs on every
 load (`require_equivalent`): the service does not start rather than serve features its
