@@ -75,6 +75,7 @@ def latency_and_throughput(address: str, data: bytes, media_type: str, clients: 
 
 def engine_comparison(repeats: int) -> list[dict]:
     from modalmesh.text.model import TextEncoder
+    from modalmesh.vision.model import ImageBackbone
 
     sentences = [
         "My card payment failed at checkout and I was charged twice.",
@@ -83,39 +84,27 @@ def engine_comparison(repeats: int) -> list[dict]:
         "Password reset link expired",
     ] * 8
     threads = torch.get_num_threads()
-    in_torch, converted = TextEncoder(""), TextEncoder("", engine="openvino", threads=threads)
-    rows = []
-    for size in (1, 2, 8, 32):
-        batch = sentences[:size]
-        a = torch.stack([f.pooled for f in in_torch.encode_batch(batch)])
-        b = torch.stack([f.pooled for f in converted.encode_batch(batch)])
-        row = {
-            "model": "all-MiniLM-L6-v2",
-            "batch": size,
-            "torch_ms": time_model(lambda: in_torch.encode_batch(batch), repeats),
-            "openvino_ms": time_model(lambda: converted.encode_batch(batch), repeats),
-            "cosine": float(torch.nn.functional.cosine_similarity(a, b, dim=1).min()),
-        }
-        row["speedup"] = row["torch_ms"] / row["openvino_ms"]
-        rows.append(row)
-    from modalmesh.vision.model import ImageBackbone
 
-    image_torch, image_converted = ImageBackbone(""), ImageBackbone("", engine="openvino", threads=threads)
+    def compare(model: str, in_torch, converted, inputs: list, sizes: tuple[int, ...]) -> list[dict]:
+        rows = []
+        for size in sizes:
+            batch = inputs[:size]
+            a = torch.stack([f.pooled for f in in_torch.encode_batch(batch)])
+            b = torch.stack([f.pooled for f in converted.encode_batch(batch)])
+            row = {
+                "model": model,
+                "batch": size,
+                "torch_ms": time_model(lambda: in_torch.encode_batch(batch), repeats),
+                "openvino_ms": time_model(lambda: converted.encode_batch(batch), repeats),
+                "cosine": float(torch.nn.functional.cosine_similarity(a, b, dim=1).min()),
+            }
+            rows.append({**row, "speedup": row["torch_ms"] / row["openvino_ms"]})
+        return rows
+
+    rows = compare("all-MiniLM-L6-v2", TextEncoder(""), TextEncoder("", engine="openvino", threads=threads), sentences, (1, 2, 8, 32))
+    image_torch = ImageBackbone("")
     screens = [image_torch.preprocess(np.asarray(render_screenshot(f"Error {400 + i}: Payment declined"))) for i in range(4)]
-    for size in (1, 4):
-        batch = screens[:size]
-        a = torch.stack([f.pooled for f in image_torch.encode_batch(batch)])
-        b = torch.stack([f.pooled for f in image_converted.encode_batch(batch)])
-        row = {
-            "model": "EfficientNet-Lite0",
-            "batch": size,
-            "torch_ms": time_model(lambda: image_torch.encode_batch(batch), repeats),
-            "openvino_ms": time_model(lambda: image_converted.encode_batch(batch), repeats),
-            "cosine": float(torch.nn.functional.cosine_similarity(a, b, dim=1).min()),
-        }
-        row["speedup"] = row["torch_ms"] / row["openvino_ms"]
-        rows.append(row)
-    return rows
+    return rows + compare("EfficientNet-Lite0", image_torch, ImageBackbone("", engine="openvino", threads=threads), screens, (1, 4))
 
 
 def time_model(fn, repeats: int) -> float:

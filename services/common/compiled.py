@@ -30,9 +30,25 @@ from modalmesh.common.models import cache_root
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_ENGINE", "ENGINES", "MIN_COSINE", "compile_module", "require_equivalent"]
+__all__ = ["DEFAULT_ENGINE", "ENGINES", "MIN_COSINE", "compile_module", "on_openvino", "require_equivalent", "serving_engine"]
 
 MIN_COSINE = 0.999  # every check vector at least this close to torch's
+
+
+def serving_engine(config: Any) -> str:
+    """The engine a service runs its encoder model on: the configured one, or torch where
+    `quantize` asks for INT8 (torch's dynamic quantization)."""
+    return "torch" if config.quantize else config.engine
+
+
+def on_openvino(engine: str, quantize: bool, what: str) -> bool:
+    """Whether a model loaded with these settings runs on OpenVINO; ValueError for an
+    unknown engine or INT8 asked of OpenVINO."""
+    if engine not in ENGINES:
+        raise ValueError(f"{what} engine must be one of {', '.join(ENGINES)}, not {engine!r}")
+    if engine == "openvino" and quantize:
+        raise ValueError("quantize is INT8 in torch: run it with engine torch")
+    return engine == "openvino"
 
 
 def cache_folder(key: str) -> Path:

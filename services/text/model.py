@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from transformers import AutoModel, AutoTokenizer
 
 from modalmesh.common import models
-from modalmesh.common.compiled import ENGINES, compile_module, require_equivalent
+from modalmesh.common.compiled import compile_module, on_openvino, require_equivalent
 
 log = logging.getLogger(__name__)
 
@@ -89,12 +89,8 @@ class TextEncoder:
             self.version += "+int8"
         self.engine = engine
         self.compiled: Any = None
-        if engine == "openvino":
-            if quantize:
-                raise ValueError("quantize is INT8 in torch: run it with engine torch")
+        if on_openvino(engine, quantize, "text"):
             self._compile(threads)
-        elif engine != "torch":
-            raise ValueError(f"text engine must be one of {', '.join(ENGINES)}, not {engine!r}")
         log.info("text model %s on %s: width %d, max %d tokens", self.version, engine, self.width, self.max_tokens)
 
     def _compile(self, threads: int) -> None:

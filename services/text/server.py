@@ -10,6 +10,7 @@ from typing import Iterator
 
 from modalmesh.common import codec, errors
 from modalmesh.common.batching import DynamicBatcher
+from modalmesh.common.compiled import serving_engine
 from modalmesh.common.config import ServiceConfig
 from modalmesh.common.encoder import EncodeRequest, EncoderBackend, sequence_chunks
 from modalmesh.common.layout import is_blank
@@ -33,9 +34,12 @@ class TextService(EncoderBackend):
 
     # -- lifecycle -------------------------------------------------------------------
     def initialize(self) -> None:
-        engine = "torch" if self.config.quantize else self.config.engine  # INT8 is torch's dynamic quantization
         self.encoder = TextEncoder(
-            self.config.model, allow_download=self.config.allow_download, quantize=self.config.quantize, engine=engine, threads=self.config.torch_threads
+            self.config.model,
+            allow_download=self.config.allow_download,
+            quantize=self.config.quantize,
+            engine=serving_engine(self.config),
+            threads=self.config.torch_threads,
         )
         self.batcher = DynamicBatcher(
             self.encoder.encode_batch,

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from modalmesh.common import models
-from modalmesh.common.compiled import ENGINES, compile_module, require_equivalent
+from modalmesh.common.compiled import compile_module, on_openvino, require_equivalent
 
 log = logging.getLogger(__name__)
 
@@ -127,12 +127,8 @@ class ImageBackbone:
         self.engine = engine
         self.compiled: Any = None
         self._module: _Grid | None = _Grid(self.network, self.kind).eval()
-        if engine == "openvino":
-            if quantize:
-                raise ValueError("quantize is INT8 in torch: run it with engine torch")
+        if on_openvino(engine, quantize, "image"):
             self._compile(threads)
-        elif engine != "torch":
-            raise ValueError(f"image engine must be one of {', '.join(ENGINES)}, not {engine!r}")
         log.info("image backbone %s on %s: %dx%d input, width %d", self.version, engine, self.input_size, self.input_size, self.width)
 
     def _compile(self, threads: int) -> None:

@@ -15,6 +15,7 @@ import numpy as np
 
 from modalmesh.common import codec, errors, telemetry
 from modalmesh.common.batching import Budget, DynamicBatcher, deadline_after
+from modalmesh.common.compiled import serving_engine
 from modalmesh.common.config import ServiceConfig
 from modalmesh.common.encoder import EncodeRequest, EncoderBackend, sequence_chunks
 from modalmesh.v1 import encoder_pb2
@@ -50,8 +51,8 @@ class VisionService(EncoderBackend):
 
     # -- lifecycle -------------------------------------------------------------------
     def initialize(self) -> None:
-        engine = "torch" if self.config.quantize else self.config.engine  # INT8 is torch's dynamic quantization
-        self.backbone = ImageBackbone(self.config.model, self.config.allow_download, self.config.quantize, engine, self.config.torch_threads)
+        config = self.config
+        self.backbone = ImageBackbone(config.model, config.allow_download, config.quantize, serving_engine(config), config.torch_threads)
         self.batcher = DynamicBatcher(
             self._run_batch,
             max_batch_size=self.config.max_batch_size,
