@@ -55,6 +55,10 @@ def test_the_abstention_policy_is_one_function_with_its_reasons():
     assert withheld(MEDICAL, "nodule", 0.99, {"image"}, 0.5, {"colour": "no"}) == ""  # a PNG: not measured, not failed
     assert "below the task's threshold of 0.70" in withheld(TRIAGE, "login", 0.6, {"image"}, 0.7, {})
     assert withheld(TRIAGE, "login", 0.7, {"text"}, 0.7, {}) == ""
+    # A message alone, unlike every validation message: its confidence was never checked.
+    assert "message is unlike every message" in withheld(TRIAGE, "payment", 0.99, {"text"}, 0.7, {}, (), frozenset({"text"}))
+    assert withheld(TRIAGE, "payment", 0.99, {"text", "image"}, 0.7, {}, (), frozenset({"text"})) == ""  # the screen reads too
+    assert withheld(TRIAGE, "payment", 0.99, {"image"}, 0.7, {}, (), frozenset({"image"})) == ""  # a new layout is still read
 
 
 def test_an_input_that_alone_reads_another_label_is_pooled_into_the_answer():
@@ -138,6 +142,8 @@ def test_applicability_ranks_inputs_by_their_distance_to_the_training_set(tmp_pa
     unlike = [fitted.judge("image", torch.randn(5, 64, generator=generator)) for _ in range(20)]
     assert all(reason == "" for _, reason in typical) and all("unlike the inputs" in reason for _, reason in unlike)
     assert max(score for score, _ in unlike) == pytest.approx(1 / 61)  # farther than every validation input
+    assert all(fitted.unfamiliar("image", score) for score, _ in unlike) and not any(fitted.unfamiliar("image", s) for s, _ in typical[:5])
+    assert not fitted.unfamiliar("text", 0.0) and not fitted.unfamiliar("image", None)  # unchecked: not judged
     # Of the same kind but drawn wider than training (another app's screens): beyond every
     # validation input, yet within the margin, so still read.
     wider = [fitted.judge("image", centre + 0.6 * torch.randn(5, 64, generator=generator)) for _ in range(10)]
@@ -244,9 +250,21 @@ def test_triage_does_not_answer_from_a_scan_or_a_photo(router, name, image):
     assert STATUS(report.status) == "MODALITY_STATUS_NOT_APPLICABLE", name
     assert "unlike the inputs the task was trained on" in report.reason and report.HasField("applicability"), name
     assert response.abstained and response.label == "uncertain" and "nothing screenshot_triage reads" in response.abstain_reason
-    # With a message the answer comes from the message alone, and says the image was not used.
-    answered = analyze(router, "screenshot_triage", text="my card was declined at checkout", image=router_pb2.MediaInput(data=image()))
+    # With a message the answer comes from the message alone, and says the image was not used
+    # (FULL: the image is waited for, not skipped because the message is already decisive).
+    full = router_pb2.AnalyzeOptions(mode=router_pb2.ROUTING_MODE_FULL)
+    answered = analyze(router, "screenshot_triage", text="my card was declined at checkout", image=router_pb2.MediaInput(data=image()), options=full)
     assert STATUS(image_report(answered).status) == "MODALITY_STATUS_NOT_APPLICABLE" and answered.label in ("payment", "uncertain")
+
+
+def test_a_patient_record_sent_as_a_support_message_is_not_answered(router):
+    """A record is unlike every message the triage task was checked on; read alone it is
+    withheld (as a cosine its distance never reaches the applicability margin)."""
+    response = analyze(router, "screenshot_triage", text="39M, current smoker 57 pk-yr. CP x5/52.")
+    assert response.abstained and response.label == "uncertain", (response.label, response.confidence)
+    assert "message is unlike every message the task was checked on" in response.abstain_reason
+    ordinary = analyze(router, "screenshot_triage", text="my card was declined at checkout")
+    assert "unlike every message" not in ordinary.abstain_reason
 
 
 def test_a_screenshot_is_applicable_to_triage_and_scored(router):

@@ -29,3 +29,19 @@ def test_blank_text_is_whitespace_control_and_format_characters_only():
 
     assert is_blank("") and is_blank(" \n\t") and is_blank("\u200b\ufeff\u200e\x00")
     assert not is_blank("\u200bok") and not is_blank("💳") and not is_blank("?")
+
+
+def test_a_line_that_ends_short_of_the_next_word_is_a_hard_break():
+    """A delivery timeline (boxes as PP-OCR gave them on a browser-drawn page): three lines
+    close together, in one font, but the first two end where the next line's first word
+    would have fitted, so they were broken on purpose; a wrapped sentence stays whole."""
+    timeline = [
+        ("Order placed 22 Jul", (148, 154, 302, 180)),
+        ("Packed 22 Jul", (148, 187, 259, 213)),
+        ("We could not take payment for this order", (148, 220, 509, 248)),
+    ]
+    assert paragraphs(timeline) == ["Order placed 22 Jul", "Packed 22 Jul", "We could not take payment for this order"]
+    wrapped = [("Your refund of $49.99 could not be sent to", (40, 300, 420, 322)), ("your bank", (40, 328, 130, 350))]
+    assert paragraphs(wrapped) == ["Your refund of $49.99 could not be sent to your bank"]
+    centred = [("Your card was declined by", (120, 300, 380, 322)), ("the bank", (205, 328, 295, 350))]
+    assert paragraphs(centred) == ["Your card was declined by the bank"]

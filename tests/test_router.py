@@ -174,7 +174,8 @@ def test_a_stopped_encoder_gives_a_degraded_answer_with_the_reason(mesh):
         doomed.stop(grace=0.1)
         with connect(router.address) as channel:
             started = time.monotonic()
-            response = analyze(router_pb2_grpc.RouterStub(channel), timeout=10, **INPUTS["text"], **INPUTS["image"])
+            full = router_pb2.AnalyzeOptions(mode=router_pb2.ROUTING_MODE_FULL)  # the image is waited for, not skipped
+            response = analyze(router_pb2_grpc.RouterStub(channel), timeout=10, options=full, **INPUTS["text"], **INPUTS["image"])
             assert time.monotonic() - started < 10
     finally:
         router.stop(grace=0.5)

@@ -92,3 +92,22 @@ def test_an_answer_averages_over_the_paragraphs_the_pointer_finds_likely():
     alone = status_line.readings(sure, features)
     assert len(alone) == 1 and alone[0][0] == 1.0 and torch.equal(alone[0][1]["image_text"][0], rows[pointer.pick(rows)])
     assert status_line.readings(None, features) == [(1.0, features)]
+
+
+def test_calibration_never_sharpens_the_pointer():
+    """Clean screens (the message vector leans far): validation alone would ask for a
+    temperature below 1; the pointer keeps its trained sharpness instead, so a layout it
+    has not seen is not read with more certainty than training gave it."""
+    pointer, _ = status_line.fit(_screens(200, 1), [], epochs=8)
+    direction = torch.tensor([1.0, -1.0] * 8) / 4
+    clean = [(rows + 6.0 * (torch.arange(rows.shape[0]) == index).float()[:, None] * direction, index) for rows, index in _screens(80, 6)]
+    with torch.no_grad():
+        pointer.log_temperature.fill_(-1.0)
+
+    def nll(pairs) -> float:
+        with torch.no_grad():
+            return sum(float(torch.nn.functional.cross_entropy(pointer(r)[None], torch.tensor([i]))) for r, i in pairs)
+
+    sharper = nll(clean)  # a temperature of 1/e fits these screens better than 1 ...
+    assert status_line.calibrate(pointer, clean) == 1.0  # ... and is not taken
+    assert nll(clean) > sharper

@@ -8,7 +8,11 @@ words as separate boxes. A model reading a screen wants the sentence, so:
 2. lines: within a row, left to right, boxes closer than `word_gap` heights are joined;
 3. paragraphs: a line directly under another (gap under `line_gap` heights), in the
    same font size (heights within 25%), that overlaps it horizontally continues its
-   paragraph.
+   paragraph;
+4. hard breaks: a line that ends so short that the next line's first word would have
+   fitted after it (against the paragraph's widest line) was broken on purpose, not
+   wrapped, and ends its paragraph: a list ("Order placed 22 Jul" / "Packed 22 Jul" /
+   "We could not take payment") or an address is read one line at a time.
 
 Used by the vision service (reading order of its text spans) and by the router (one
 text vector per paragraph), so a screen is read the same way everywhere.
@@ -100,7 +104,29 @@ def paragraphs(spans: Iterable[tuple[str, Box]], word_gap: float = 2.0, line_gap
                 break
         else:
             blocks.append([line])
-    return [" ".join(line.text for line in block) for block in blocks] + unplaced
+    return [" ".join(line.text for line in part) for block in blocks for part in _hard_breaks(block)] + unplaced
+
+
+def _hard_breaks(block: list[_Line]) -> list[list[_Line]]:
+    """`block` cut after every line the next one's first word would have fitted after.
+    Widths, not right edges, so that centred text is judged alike; the word's width is
+    estimated from its share of its line's characters, with a margin of one line height
+    (about two characters) for box padding and proportional type."""
+    if len(block) < 2:
+        return [block]
+    widest = max(line.box[2] - line.box[0] for line in block)
+    parts, current = [], [block[0]]
+    for line in block[1:]:
+        last = current[-1]
+        first_word = line.text.split()[0]
+        word = (line.box[2] - line.box[0]) * (len(first_word) + 1) / max(1, len(line.text))
+        if (last.box[2] - last.box[0]) + word + max(last.height, line.height) < widest:
+            parts.append(current)
+            current = [line]
+        else:
+            current.append(line)
+    parts.append(current)
+    return parts
 
 
 def _union(a: Box, b: Box) -> Box:

@@ -242,6 +242,30 @@ NO_PROBLEM_TEMPLATES = (
     ],
 )
 
+# Training-only screen wordings, added to the train pools after the split (so the val and
+# test pools stay as they are): success screens that negate a problem word, which read
+# much like the problem to a sentence embedding, and technical crash messages.
+TRAIN_ONLY_NO_PROBLEM_TEMPLATES = [
+    "{x} finished with no errors",
+    "No errors: {x} is complete",
+    "{x} went through without any issues",
+    "Nothing went wrong with {x}",
+    "{x}: 0 errors, 0 warnings",
+    "{x} is done and error-free",
+    "{x} succeeded, nothing failed",
+]
+TRAIN_ONLY_SCREENS = {
+    "crash": [
+        "Runtime error in cart service",
+        "Process terminated unexpectedly",
+        "Fatal error: the app must close",
+        "Memory access violation in the renderer",
+        "Service crashed with exit code 139",
+        "Assertion failed in order module",
+    ],
+    "other": ["No errors found", "Sync finished with no failures", "The check passed without warnings"],
+}
+
 MESSAGES = {
     "payment": [
         "My card keeps getting declined at checkout.",
@@ -705,8 +729,14 @@ def wordings(label: str, split: str, fixed: dict, composed: dict) -> set[str]:
     no_problem = set()
     if fixed is SCREENS and label == "other":
         nouns, templates = NO_PROBLEM_TEMPLATES
-        no_problem = set(pool(NO_PROBLEM_SCREENS, split)) | {t.format(x=n) for t in pool(templates, split) for n in nouns}
-    return set(pool(fixed[label], split)) | {m[0].upper() + m[1:] for m in made} | no_problem
+        no_problem = set(pool(NO_PROBLEM_SCREENS, split)) | {t.format(x=n) for t in no_problem_templates(split) for n in nouns}
+    train_only = set(TRAIN_ONLY_SCREENS.get(label, [])) if fixed is SCREENS and split == "train" else set()
+    return set(pool(fixed[label], split)) | {m[0].upper() + m[1:] for m in made} | no_problem | train_only
+
+
+def no_problem_templates(split: str) -> list[str]:
+    """The success-screen templates of `split` (train's with TRAIN_ONLY_NO_PROBLEM_TEMPLATES)."""
+    return pool(NO_PROBLEM_TEMPLATES[1], split) + (TRAIN_ONLY_NO_PROBLEM_TEMPLATES if split == "train" else [])
 
 
 def screen_wording(rng, label: str, split: str) -> str:
@@ -715,8 +745,11 @@ def screen_wording(rng, label: str, split: str) -> str:
     if label == "other" and rng.random() < 0.7:
         if rng.random() < 0.4:
             return str(rng.choice(pool(NO_PROBLEM_SCREENS, split)))
-        nouns, templates = NO_PROBLEM_TEMPLATES
-        return str(rng.choice(pool(templates, split))).format(x=str(rng.choice(nouns)))
+        nouns = NO_PROBLEM_TEMPLATES[0]
+        return str(rng.choice(no_problem_templates(split))).format(x=str(rng.choice(nouns)))
+    extra = TRAIN_ONLY_SCREENS.get(label, []) if split == "train" else []
+    if extra and rng.random() < 0.15:
+        return str(rng.choice(extra))
     return wording(rng, label, split, SCREENS, SCREEN_TEMPLATES)
 
 

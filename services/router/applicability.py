@@ -89,6 +89,15 @@ class Applicability:
         distance = self.distance(source, features)
         return None if distance is None else self.references[source].applicability(distance)
 
+    def unfamiliar(self, source: str, score: float | None) -> bool:
+        """Whether an input with applicability `score` lies farther from the training inputs
+        than every validation input of `source` (the lowest score there is): nothing the
+        task was checked on is like it, whether or not it is past the margin."""
+        reference = self.references.get(source)
+        if score is None or reference is None or reference.validation.numel() == 0:
+            return False
+        return score <= 1.0 / (1 + reference.validation.numel()) + 1e-9
+
     def judge(self, source: str, features: torch.Tensor) -> tuple[float | None, str]:
         """(a(x), or None where not checked; why the input is not applicable, or '')."""
         distance = self.distance(source, features)

@@ -750,7 +750,10 @@ class Pipeline:
                     key = best_screen_line(run.line_log_odds, task.spec.labels.index(answer.label))
                     run.evidence.key_line = run.evidence.screen_lines[key] if key is not None else ""
             read = {m for m, state in run.states.items() if state.status == router_pb2.MODALITY_STATUS_USED}
-            run.evidence.withheld = withheld(task.spec, answer.label, answer.confidence, read, task.abstain_below, run.evidence.image_tags, decision.dissent)
+            unfamiliar = frozenset(m for m in read if task.applicability.unfamiliar(m, run.states[m].applicability))
+            run.evidence.withheld = withheld(
+                task.spec, answer.label, answer.confidence, read, task.abstain_below, run.evidence.image_tags, decision.dissent, unfamiliar
+            )
             assert task.spec.write is not None  # every task has a writer
             description, findings, reply = task.spec.write(answer, run.evidence)
             modality_weights = modality_gate_weights(outputs.gate_weights)[0]

@@ -63,7 +63,8 @@ def serve(task: TaskModel, features: dict, tags: dict[str, str]) -> Served:
     decided = decide(task.model, task.spec, kept, image_tags, attention=False, pointer=task.status_line)
     best = int(decided.probabilities.argmax())
     confidence = float(decided.probabilities[best])
-    reason = withheld(task.spec, task.spec.labels[best], confidence, read, task.abstain_below, image_tags, decided.dissent)
+    unfamiliar = frozenset(m for m, d in distances.items() if m in read and task.applicability.unfamiliar(m, task.applicability.references[m].applicability(d)))
+    reason = withheld(task.spec, task.spec.labels[best], confidence, read, task.abstain_below, image_tags, decided.dissent, unfamiliar)
     return Served(best, confidence, reason, refused, distances)
 
 

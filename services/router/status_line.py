@@ -16,7 +16,7 @@ cannot outvote it. The fusion model is trained on the message paragraph the poin
 an answer is the average of the fusion model's answers over the paragraphs the pointer
 finds likely, weighted by how likely (the status line is not observed, so it is summed
 out). The pointer's probabilities are temperature-scaled on validation screens like the
-classifier's. When the pointer is sure, this is its top paragraph's answer; when it
+classifier's, but never sharpened (`calibrate`). When the pointer is sure, this is its top paragraph's answer; when it
 hesitates (a message worded as no training screen is), the answer carries that doubt.
 Training, evaluation and the router read the screen the same way (tasks.decide).
 """
@@ -150,7 +150,12 @@ def fit(
 
 def calibrate(pointer: StatusLine, pairs: list[tuple[torch.Tensor, int]], steps: int = 200) -> float:
     """The pointer's temperature: the one that minimises the negative log-likelihood of the
-    message paragraphs on `pairs` (validation screens)."""
+    message paragraphs on `pairs` (validation screens), at least 1. The validation screens
+    are drawn like the training ones, where the pointer is nearly always right; sharpening
+    it on them (a temperature below 1) would make it as sure on a layout it has never seen,
+    and a screen whose status line it misses would then be answered from a navigation bar
+    with full confidence. Softening is kept: doubt the pointer shows carries into the
+    answer (`readings`)."""
     with torch.no_grad():
         pointer.log_temperature.zero_()
         logits = [pointer(rows) for rows, _ in pairs]
@@ -161,7 +166,7 @@ def calibrate(pointer: StatusLine, pairs: list[tuple[torch.Tensor, int]], steps:
 
     log_t = fit_log_temperature(nll, max_iter=steps)
     with torch.no_grad():
-        pointer.log_temperature.copy_(log_t)
+        pointer.log_temperature.copy_(log_t.clamp(min=0.0))
     return float(pointer.log_temperature.exp())
 
 

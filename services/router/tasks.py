@@ -303,15 +303,35 @@ def write_triage(answer: Answer, evidence: Evidence, labels: dict[str, dict[str,
 # ----------------------------------------------------------------------- abstention
 
 
-def withheld(spec: TaskSpec, label: str, confidence: float, read: set[str], abstain_below: float, tags: dict[str, str], dissent: tuple[str, ...] = ()) -> str:
+def withheld(
+    spec: TaskSpec,
+    label: str,
+    confidence: float,
+    read: set[str],
+    abstain_below: float,
+    tags: dict[str, str],
+    dissent: tuple[str, ...] = (),
+    unfamiliar: frozenset[str] = frozenset(),
+) -> str:
     """Why an answer must be withheld, or '' when it may be given: one policy, applied alike
     by the router and by `modalmesh eval`. `read`: the modalities used as evidence (absent,
     not applicable, failed and skipped ones are not); `tags`: the image's tags, where one was
     read; `abstain_below`: the confidence threshold chosen on validation; `dissent`: the
-    inputs that, read alone, disagree with the answer (decide)."""
+    inputs that, read alone, disagree with the answer (decide); `unfamiliar`: the read
+    modalities farther from the training inputs than every validation input
+    (applicability.Applicability.unfamiliar).
+
+    A message read alone that is unlike every validation message is withheld: text
+    distances are cosines, bounded, so the applicability margin (a multiple of the farthest
+    validation distance) can lie beyond any text, and the answer's confidence was never
+    checked on anything like it (a patient record sent as a support message). A screenshot
+    or a recording unlike validation is still read: a new layout moves the image features
+    far while its screen text carries the answer."""
     missing = [m for m in spec.needs if m not in read]
     if missing:
         return spec.needs_reason or f"no {' or '.join(missing)} was read"
+    if read == {"text"} and "text" in unfamiliar:
+        return f"the message is unlike every message the task was checked on, so how sure the answer may be is not known; {spec.resolve} would help"
     if spec.measure is not None and "image" in read:
         note = tags.get("lesion_measurement", "")
         if note.startswith("hu-") and ": not measured" in note:  # a measurement was tried and failed
