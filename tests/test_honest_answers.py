@@ -267,6 +267,18 @@ def test_a_patient_record_sent_as_a_support_message_is_not_answered(router):
     assert "unlike every message" not in ordinary.abstain_reason
 
 
+@pytest.mark.parametrize("screen", ["Your order has been delivered. Enjoy!", "Thanks! We've received your payment."])
+def test_a_success_screen_is_no_problem_and_the_reply_does_not_apologise(router, screen):
+    """A success screen ("Your order has shipped!") was answered `shipping` at 1.00 with an
+    apology. These wordings are the held-out set's own, in no training pool."""
+    response = analyze(router, "screenshot_triage", image=router_pb2.MediaInput(data=image_bytes(render_screenshot(screen))))
+    findings = {f.key: f.value for f in response.findings}
+    assert response.label in ("other", "uncertain"), (screen, response.label, response.confidence)
+    assert "sorry" not in findings["reply"].lower() and findings["error_text"] == "", findings
+    if response.label == "other":
+        assert "no problem found" in response.description
+
+
 def test_a_screenshot_is_applicable_to_triage_and_scored(router):
     screenshot = image_bytes(render_screenshot("Error 402: Payment declined"))
     report = image_report(analyze(router, "screenshot_triage", image=router_pb2.MediaInput(data=screenshot)))
