@@ -234,10 +234,13 @@ def measure_throughput(address: str, clients: int, seconds: float, max_calls: in
     }
 
 
-def task_arguments(description: str, tasks, out_name: str, items: str) -> argparse.Namespace:
+def task_arguments(description: str, tasks, out_name: str, items: str, data: bool = False) -> argparse.Namespace:
     """The shared flags of the per-task dataset benchmarks: --task (repeatable; default
-    every one), --limit N (first N `items` of each split) and --out (bench-results/...)."""
+    every one), --limit N (first N `items` of each split) and --out (bench-results/...);
+    with `data`, --data MANIFEST (another manifest than the task's test split)."""
     parser = argparse.ArgumentParser(description=description)
+    if data:
+        parser.add_argument("--data", default="", help="a manifest to use instead of the test split (give one --task)")
     parser.add_argument("--task", choices=sorted(tasks), action="append", help="repeat for several; default all")
     parser.add_argument("--limit", type=int, default=0, help=f"first N {items} of each split (default: all)")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "bench-results" / out_name))
