@@ -16,8 +16,9 @@ cannot outvote it. The fusion model is trained on the message paragraph the poin
 an answer is the average of the fusion model's answers over the paragraphs the pointer
 finds likely, weighted by how likely (the status line is not observed, so it is summed
 out). The pointer's probabilities are temperature-scaled on validation screens like the
-classifier's, but never sharpened (`calibrate`). When the pointer is sure, this is its top paragraph's answer; when it
-hesitates (a message worded as no training screen is), the answer carries that doubt.
+classifier's, but never sharpened (`calibrate`). When the pointer is sure, this is its
+top paragraph's answer; when it hesitates (a message worded as no training screen is),
+the answer carries that doubt.
 Training, evaluation and the router read the screen the same way (tasks.decide).
 """
 
