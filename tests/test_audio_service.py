@@ -180,9 +180,12 @@ def test_clips_too_short_to_decode_have_no_transcript_and_do_not_break_the_decod
     assert transcriber.transcribe(np.zeros(10, dtype=np.float32)) == ("", 0.0)
     samples, rate = read_wav(synthesize(speech, "Hello, I need help with my order.", rate_wpm=150, sample_rate_hz=16000)[1])
     assert "order" in transcriber.transcribe(samples)[0].lower()
-    with transcriber._lock:  # another transcript is running: a caller out of time does not queue behind it
+    with transcriber._engine_turns.turn(None):  # another transcript is running: a caller out of time does not queue behind it
         with pytest.raises(errors.ServiceError, match="transcript: deadline passed while waiting"):
             transcriber.transcribe(samples, timeout=0.1)
+        # nor does one who has gone (the router cancelled a transcript it no longer needs)
+        with pytest.raises(errors.ServiceError, match="transcript: the caller went away while waiting for the engine"):
+            transcriber.transcribe(samples, timeout=30, wanted=lambda: False)
     transcriber.close()
 
 

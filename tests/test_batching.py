@@ -120,22 +120,68 @@ def test_a_failing_batch_fails_its_callers_and_the_batcher_keeps_working():
 
 
 def test_a_turn_on_a_one_at_a_time_engine_respects_the_callers_deadline():
-    from modalmesh.common.batching import deadline_after, turn
+    from modalmesh.common.batching import Engine, deadline_after
 
-    lock = threading.Lock()
-    with turn(lock, deadline_after(5.0), "engine"):
-        assert lock.locked()
-    assert not lock.locked()
-    with turn(lock, None, "engine"):  # no deadline: waits as long as it takes
+    engine = Engine("engine")
+    with engine.turn(deadline_after(5.0)):
+        assert engine.busy()
+    assert not engine.busy()
+    with engine.turn(None):  # no deadline: waits as long as it takes
         pass
     with pytest.raises(ServiceError) as raised:
-        with turn(lock, deadline_after(0.0), "engine"):
+        with engine.turn(deadline_after(0.0)):
             pass
-    assert raised.value.code == grpc.StatusCode.DEADLINE_EXCEEDED and not lock.locked()
-    with lock:  # held by another caller past this one's deadline
+    assert raised.value.code == grpc.StatusCode.DEADLINE_EXCEEDED and not engine.busy()
+    with engine.turn(None):  # held by another caller past this one's deadline
         with pytest.raises(ServiceError, match="engine: deadline passed while waiting for the engine"):
-            with turn(lock, deadline_after(0.1), "engine"):
+            with engine.turn(deadline_after(0.1)):
                 pass
+
+
+def test_an_engine_serves_its_callers_in_the_order_they_came():
+    from modalmesh.common.batching import Engine
+
+    engine = Engine("engine")
+    order: list[int] = []
+
+    def caller(index: int) -> None:
+        with engine.turn(None, lambda: True):
+            order.append(index)
+
+    with engine.turn(None):
+        threads = []
+        for index in range(5):
+            threads.append(threading.Thread(target=caller, args=(index,)))
+            threads[-1].start()
+            while engine.waiting < index + 1:  # each in line before the next comes
+                time.sleep(0.001)
+    for thread in threads:
+        thread.join(10)
+    assert order == [0, 1, 2, 3, 4]
+
+
+def test_a_caller_who_leaves_while_waiting_for_the_engine_gets_no_turn():
+    from modalmesh.common.batching import TURN_CHECK_S, Engine, deadline_after
+
+    engine = Engine("engine")
+    present = threading.Event()
+    present.set()
+    ran = []
+    with engine.turn(None, present.is_set):  # still there: runs as before
+        ran.append("present")
+    with engine.turn(None):  # another caller holds the engine; this one leaves after 0.2 s
+        threading.Timer(0.2, present.clear).start()
+        started = time.monotonic()
+        with pytest.raises(ServiceError) as raised:
+            with engine.turn(deadline_after(30.0), present.is_set):
+                ran.append("gone")
+        waited = time.monotonic() - started
+    assert raised.value.code == grpc.StatusCode.CANCELLED and "caller went away" in raised.value.message
+    assert 0.2 <= waited < 0.2 + 20 * TURN_CHECK_S  # noticed within a few checks, not at the deadline
+    with pytest.raises(ServiceError, match="the caller went away"):  # gone before its turn came: no work
+        with engine.turn(None, present.is_set):
+            ran.append("gone, engine free")
+    assert ran == ["present"] and not engine.busy() and engine.waiting == 0
 
 
 def test_a_budget_lets_parts_through_while_they_fit_first_come_first_served():

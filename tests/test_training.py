@@ -349,13 +349,14 @@ def test_routing_thresholds_are_tuned_for_latency_within_half_a_point():
         checkpoints = [Checkpoint(100.0, confidence, base_correct, weight, False)]
         if after_ocr is not None:
             checkpoints.append(Checkpoint(1100.0, after_ocr[0], after_ocr[1], after_ocr[2], True))
-        return RoutingCase(checkpoints, has_side=True, full_correct=True, final_ms=4100.0 if after_ocr else 1100.0, full_ms=1000.0)
+        return RoutingCase(checkpoints, has_side=True, later_sides=("image",), full_correct=True, final_ms=4100.0 if after_ocr else 1100.0, full_ms=1000.0)
 
     # Confident base answers are right, unsure ones are wrong: answer early above 0.9.
     cases = [case(0.95, True)] * 60 + [case(0.75, False)] * 40
     tau, gamma = tune_routing(cases)
     outcome = route(cases, tau, gamma)
     assert 0.75 < tau <= 0.95 and outcome["accuracy"] == 1.0 and outcome["side_outputs_requested"] == 40
+    assert outcome["later_side_share"] == {"image": pytest.approx(0.4)}
     assert outcome["mean_latency_ms"] == pytest.approx(0.6 * 100 + 0.4 * 1100)
     # When even confident base answers are often wrong, never answer early.
     cases = [case(0.99, i % 4 != 0) for i in range(100)]
@@ -404,6 +405,20 @@ def test_an_eager_side_output_arrives_with_its_base_features_in_the_routing_repl
     assert eager.full_ms == deferred.full_ms == 560.0 + fuse
     # What is outstanding at the text's checkpoint includes the OCR either way.
     assert eager.checkpoints[0].outstanding_weight == pytest.approx(deferred.checkpoints[0].outstanding_weight)
+
+
+def test_only_side_outputs_routing_usually_asks_for_become_eager():
+    """An eager side output is started on every item: only one routing asks for on at least
+    half of them anyway becomes eager, the most asked for first (a transcript asked for on
+    20% of items is not started on all of them)."""
+    from modalmesh.router.train import EAGER_MIN_SHARE, next_eager
+
+    assert EAGER_MIN_SHARE == 0.5
+    assert next_eager(("image", "audio"), (), {"image": 0.9, "audio": 0.6}) == "image"
+    assert next_eager(("image", "audio"), ("image",), {"audio": 0.2}) is None
+    assert next_eager(("image", "audio"), ("image",), {"audio": 0.5}) == "audio"
+    assert next_eager(("image", "audio"), (), {"image": 0.49, "audio": 0.3}) is None
+    assert next_eager(("image",), ("image",), {}) is None
 
 
 def test_tuned_thresholds_in_the_weights_override_the_task_defaults(tmp_path):

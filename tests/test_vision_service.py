@@ -407,9 +407,11 @@ def test_ocr_gives_up_when_the_caller_has_no_time_left(reader):
     page = _page(640, 400, [40])
     with pytest.raises(errors.ServiceError, match="DEADLINE_EXCEEDED: OCR: deadline passed"):
         reader.read(page, timeout=0.0)
-    with reader._lock:  # another image is being read
+    with reader._engine_turns.turn(None):  # another image is being read
         with pytest.raises(errors.ServiceError, match="OCR: deadline passed while waiting for the engine"):
             reader.read(page, timeout=0.2)
+        with pytest.raises(errors.ServiceError, match="OCR: the caller went away while waiting for the engine"):
+            reader.read(page, timeout=30, wanted=lambda: False)
     assert [line.text for line in reader.read(page, timeout=30)] == ["Order 0 was updated"]
 
 

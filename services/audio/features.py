@@ -26,9 +26,9 @@ import select
 import struct
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
+from typing import Callable
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +36,7 @@ import torch
 import torchaudio
 
 from modalmesh.common import errors, models
-from modalmesh.common.batching import deadline_after, turn
+from modalmesh.common.batching import Engine, deadline_after
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ class Transcriber:
         self._lm = lm
         self.engine = engine
         self.language = language if engine == "whisper" else "en-us"
-        self._lock = threading.Lock()
+        self._engine_turns = Engine("transcript")  # one utterance at a time
         self._worker = self._start()
 
     @property
@@ -214,14 +214,16 @@ class Transcriber:
         line = worker.stdout.readline()
         return json.loads(line) if line else None
 
-    def transcribe(self, samples: np.ndarray, timeout: float | None = None) -> tuple[str, float]:
+    def transcribe(self, samples: np.ndarray, timeout: float | None = None, wanted: Callable[[], bool] | None = None) -> tuple[str, float]:
         """`timeout`: seconds the caller can still wait; DEADLINE_EXCEEDED after (the
-        worker is then replaced rather than left decoding for nobody)."""
+        worker is then replaced rather than left decoding for nobody). `wanted`: whether
+        the caller is still there; one who leaves while waiting for the worker is not
+        transcribed for (CANCELLED)."""
         pcm = (np.clip(samples, -1.0, 1.0) * 32767.0).astype(np.int16).tobytes()
         if not pcm:
             return "", 0.0
         deadline = deadline_after(timeout)
-        with turn(self._lock, deadline, "transcript"):
+        with self._engine_turns.turn(deadline, wanted):
             try:
                 assert self._worker.stdin is not None  # piped when the worker was started
                 self._worker.stdin.write(struct.pack("<I", len(pcm)) + pcm)

@@ -221,7 +221,7 @@ class AudioService(EncoderBackend):
         if "transcript" in request.options and self.transcriber is not None:  # refused above where they are off
             asr_started = time.perf_counter()
             with telemetry.tracer().start_as_current_span("audio.transcript"):
-                text, confidence = self.transcriber.transcribe(audio.numpy(), timeout=request.time_remaining())
+                text, confidence = self.transcriber.transcribe(audio.numpy(), timeout=request.time_remaining(), wanted=request.wanted)
             side.transcript.CopyFrom(encoder_pb2.Transcript(text=text, confidence=confidence, language=self.transcriber.language))
             timings["transcript"] = (time.perf_counter() - asr_started) * 1000.0
         yield encoder_pb2.FeatureChunk(side=side)

@@ -24,9 +24,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Generic, Iterator, Sequence, TypeVar
 
+import grpc
+
 from modalmesh.common import errors, telemetry
 
 log = logging.getLogger(__name__)
+
+TURN_CHECK_S = 0.05  # how often a call waiting in a Budget's line checks that its caller is still there
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -152,23 +156,6 @@ class DynamicBatcher(Generic[Item, Result]):
                 pending.future.set_result(Batched(value, queue_ms, batch_ms, len(batch), started))
 
 
-@contextmanager
-def turn(lock: threading.Lock, deadline: float | None, what: str) -> Iterator[None]:
-    """Hold `lock` (one engine that takes one input at a time: OCR, speech recognition)
-    for a caller with a `deadline` (time.monotonic(); None: none). Past its deadline, or
-    once it passes while waiting, DEADLINE_EXCEEDED instead: work for a caller who has
-    gone would only delay the next ones."""
-    wait = -1 if deadline is None else max(0.0, deadline - time.monotonic())
-    if not lock.acquire(timeout=wait):
-        raise errors.deadline_exceeded(f"{what}: deadline passed while waiting for the engine")
-    try:
-        if deadline is not None and time.monotonic() >= deadline:
-            raise errors.deadline_exceeded(f"{what}: deadline passed")
-        yield
-    finally:
-        lock.release()
-
-
 class Budget:
     """An amount shared by concurrent requests (the vision service: pixels of decoded
     images). A request holds its part while it runs; one whose part is not free waits,
@@ -185,7 +172,9 @@ class Budget:
         return len(self._queue)
 
     @contextmanager
-    def hold(self, amount: int, deadline: float | None) -> Iterator[None]:
+    def hold(self, amount: int, deadline: float | None, wanted: Callable[[], bool] | None = None) -> Iterator[None]:
+        """`wanted`: whether the caller is still there (grpc's context.is_active), checked every
+        TURN_CHECK_S while waiting: one who has gone leaves the line (CANCELLED)."""
         amount = max(0, min(amount, self.total))
         ticket = object()
         with self._changed:
@@ -194,9 +183,13 @@ class Budget:
                 while self._queue[0] is not ticket or self.free < amount:
                     wait = None if deadline is None else deadline - time.monotonic()
                     if wait is not None and wait <= 0:
-                        raise errors.deadline_exceeded(
-                            f"{self.what}: deadline passed while waiting for {amount} of {self.total} ({self.total - self.free} in use)"
-                        )
+                        raise errors.deadline_exceeded(f"{self.what}: deadline passed while waiting for {self._waiting_for(amount)}")
+                    if wanted is not None:
+                        if not wanted():
+                            raise errors.ServiceError(
+                                grpc.StatusCode.CANCELLED, f"{self.what}: the caller went away while waiting for {self._waiting_for(amount)}"
+                            )
+                        wait = TURN_CHECK_S if wait is None else min(wait, TURN_CHECK_S)
                     self._changed.wait(wait)
                 self.free -= amount
             finally:
@@ -208,6 +201,36 @@ class Budget:
             with self._changed:
                 self.free += amount
                 self._changed.notify_all()
+
+    def _waiting_for(self, amount: int) -> str:
+        return f"{amount} of {self.total} ({self.total - self.free} in use)"
+
+
+class Engine(Budget):
+    """One engine that takes one input at a time (OCR, speech recognition: each already
+    uses every core), its callers served in turn, first come first served."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(1, what)
+
+    def busy(self) -> bool:
+        return self.free == 0
+
+    def _waiting_for(self, amount: int) -> str:
+        return "the engine"
+
+    @contextmanager
+    def turn(self, deadline: float | None, wanted: Callable[[], bool] | None = None) -> Iterator[None]:
+        """Hold the engine for a caller with a `deadline` (time.monotonic(); None: none).
+        Past its deadline, or once it passes while waiting, DEADLINE_EXCEEDED instead; and
+        CANCELLED once `wanted()` (the caller is still there) turns False: work for a caller
+        who has gone would only delay the next ones."""
+        with self.hold(1, deadline, wanted):
+            if deadline is not None and time.monotonic() >= deadline:
+                raise errors.deadline_exceeded(f"{self.what}: deadline passed")
+            if wanted is not None and not wanted():
+                raise errors.ServiceError(grpc.StatusCode.CANCELLED, f"{self.what}: the caller went away")
+            yield
 
 
 def deadline_after(timeout: float | None) -> float | None:

@@ -44,6 +44,10 @@ class EncodeRequest:
         # grpc reports "no deadline" as an enormous number; keep it out of timeouts.
         return remaining if remaining is not None and remaining < NO_DEADLINE_SECONDS else None
 
+    def wanted(self) -> bool:
+        """Whether the caller is still there (not cancelled, deadline not passed)."""
+        return self.context is None or self.context.is_active()
+
 
 def parse_media_type(value: str) -> tuple[str, dict[str, str]]:
     """'text/plain; charset=UTF-8' -> ('text/plain', {'charset': 'utf-8'})."""

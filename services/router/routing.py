@@ -78,6 +78,7 @@ class RoutingCase:
 
     checkpoints: list[Checkpoint]
     has_side: bool
+    later_sides: tuple[str, ...]  # modalities whose side output is asked for once the base features are in
     full_correct: bool  # the answer from everything (ROUTED waiting for all, or FULL)
     final_ms: float  # ROUTED with everything waited for: base, then side outputs, a fusion after each arrival
     full_ms: float  # FULL: everything asked for at once (each side output after its base features) + one fusion
@@ -131,13 +132,16 @@ def routing_cases(model, spec, examples, items, fuse_ms, eager=None, pointer=Non
         _, final_correct, _ = decide_on(example, everything, [])
         final_ms = base_ms + max((later_call(s) for s in sides), default=0.0) + (fuse_ms if sides else 0.0)
         full_ms = max((costs.get(m, 0.0) + costs.get(SIDE_SOURCE.get(m, ""), 0.0) for m in base), default=0.0) + fuse_ms
-        cases.append(RoutingCase(checkpoints, bool(sides or now), final_correct, final_ms, full_ms))
+        cases.append(RoutingCase(checkpoints, bool(sides or now), tuple(later_modalities), final_correct, final_ms, full_ms))
     return cases
 
 
 def route(cases: list[RoutingCase], tau: float, gamma: float) -> dict:
-    """Accuracy and mean latency when the router answers early at (tau, gamma)."""
+    """Accuracy and mean latency when the router answers early at (tau, gamma);
+    `later_side_share`: per modality whose side output is asked for later, the share of
+    the items with it where it was asked for."""
     correct, latency, requested = [], [], 0
+    asked: dict[str, list[bool]] = {}
     for case in cases:
         early = next((c for c in case.checkpoints if sure_enough(c.confidence, c.outstanding_weight, tau, gamma)), None)
         if early is not None:
@@ -147,7 +151,14 @@ def route(cases: list[RoutingCase], tau: float, gamma: float) -> dict:
             correct.append(case.full_correct)
             latency.append(case.final_ms)
         requested += int(case.has_side and (early is None or early.side_requested))
-    return {"accuracy": float(np.mean(correct)), "mean_latency_ms": float(np.mean(latency)), "side_outputs_requested": requested}
+        for modality in case.later_sides:
+            asked.setdefault(modality, []).append(early is None or early.side_requested)
+    return {
+        "accuracy": float(np.mean(correct)),
+        "mean_latency_ms": float(np.mean(latency)),
+        "side_outputs_requested": requested,
+        "later_side_share": {m: float(np.mean(flags)) for m, flags in asked.items()},
+    }
 
 
 TAUS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97, 0.99, 1.01)

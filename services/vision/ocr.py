@@ -18,16 +18,15 @@ from __future__ import annotations
 import importlib
 import logging
 import math
-import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from PIL import Image
 
 from modalmesh.common import errors
-from modalmesh.common.batching import deadline_after, turn
+from modalmesh.common.batching import Engine, deadline_after
 from modalmesh.common.config import DEFAULT_OCR_ENGINE, OCR_ENGINES
 from modalmesh.common.layout import reading_order
 
@@ -106,7 +105,7 @@ class ScreenReader:
                 f"another engine (--ocr-engine / MODALMESH_VISION_OCR_ENGINE: {', '.join(OCR_ENGINES)})"
             ) from exc
         self._engine = RapidOCR(params=params)
-        self._lock = threading.Lock()  # one image at a time: the runtime already uses every core
+        self._engine_turns = Engine("OCR")  # one image at a time: the runtime already uses every core
         self.max_lines = max_lines
         # Between detection and recognition, keep the first `_budget` boxes (detection
         # returns them sorted top to bottom, then left to right). Set under the lock.
@@ -136,21 +135,22 @@ class ScreenReader:
         ImageDraw.Draw(image).text((40, 40), "Warming up: OCR 0123456789", fill="black", font=ImageFont.load_default(size=24))
         return self.read(np.asarray(image))
 
-    def read(self, rgb: np.ndarray, timeout: float | None = None) -> ScreenText:
+    def read(self, rgb: np.ndarray, timeout: float | None = None, wanted: Callable[[], bool] | None = None) -> ScreenText:
         """`timeout`: seconds the caller can still wait; DEADLINE_EXCEEDED (ServiceError)
-        when they run out, checked before each tile and while another image is read.
+        when they run out, checked before each tile and while another image is read;
+        `wanted`: whether the caller is still there, checked likewise (CANCELLED once not).
         Lines read with low confidence are read again at another scale (RETRY_UP)."""
         from modalmesh.common.layout import MIN_SPAN_CONFIDENCE
 
         deadline = deadline_after(timeout)
-        text = self._read_page(rgb, deadline)
+        text = self._read_page(rgb, deadline, wanted)
         unsure = [i for i, line in enumerate(text) if 0 < line.confidence < MIN_SPAN_CONFIDENCE]
         if not unsure or (deadline is not None and deadline - time.monotonic() < RETRY_MIN_TIME_S):
             return text
         scale = RETRY_UP if max(rgb.shape[:2]) * RETRY_UP <= ENGINE_MAX_SIDE else RETRY_DOWN
         size = (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale)))
         try:
-            again = self._read_page(np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.LANCZOS)), deadline)
+            again = self._read_page(np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.LANCZOS)), deadline, wanted)
         except errors.ServiceError:  # the deadline came during the second reading: the first stands
             return text
         recovered = 0
@@ -162,7 +162,7 @@ class ScreenReader:
         text.retried = f"{recovered} of {len(unsure)} low-confidence lines recovered by reading again at {scale:g}x"
         return text
 
-    def _read_page(self, rgb: np.ndarray, deadline: float | None) -> ScreenText:
+    def _read_page(self, rgb: np.ndarray, deadline: float | None, wanted: Callable[[], bool] | None = None) -> ScreenText:
         rgb, scale = _pad_to_page(rgb)
         lines: dict[tuple, TextLine] = {}
         budget, more = self.max_lines, False
@@ -170,7 +170,7 @@ class ScreenReader:
             if budget <= 0:  # the lines read so far are all that will be: the tiles below are not read
                 more = True
                 break
-            read, detected = self._read_once(rgb[top:bottom], deadline, budget)
+            read, detected = self._read_once(rgb[top:bottom], deadline, budget, wanted)
             more = more or detected > budget
             budget -= min(detected, budget)  # boxes recognised (some may score too low to be kept)
             for line in read:
@@ -183,9 +183,9 @@ class ScreenReader:
         text.more = more
         return text
 
-    def _read_once(self, rgb: np.ndarray, deadline: float | None, budget: int) -> tuple[list[TextLine], int]:
+    def _read_once(self, rgb: np.ndarray, deadline: float | None, budget: int, wanted: Callable[[], bool] | None = None) -> tuple[list[TextLine], int]:
         """The lines of one image, at most `budget`, and how many text boxes it has."""
-        with turn(self._lock, deadline, "OCR"):
+        with self._engine_turns.turn(deadline, wanted):
             self._budget, self._detected = budget, 0
             result: Any = self._engine(np.ascontiguousarray(rgb))  # RapidOCROutput for a whole image
             detected = self._detected

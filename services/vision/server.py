@@ -97,7 +97,7 @@ class VisionService(EncoderBackend):
         if "ocr" in request.options and self.reader is None:
             raise errors.invalid_argument("header.options", "OCR is turned off on this service (--ocr)")
         pixels = pixel_count(request.payload, request.media_type)
-        with self.pixels.hold(pixels if pixels <= self.max_pixels else 0, deadline_after(request.time_remaining())):
+        with self.pixels.hold(pixels if pixels <= self.max_pixels else 0, deadline_after(request.time_remaining()), request.wanted):
             yield from self._encode(request)
 
     def _encode(self, request: EncodeRequest) -> Iterator[encoder_pb2.FeatureChunk]:
@@ -119,7 +119,7 @@ class VisionService(EncoderBackend):
         if "ocr" in request.options and self.reader is not None:  # encode() refused OCR where it is off
             started = time.perf_counter()
             with telemetry.tracer().start_as_current_span("vision.ocr"):
-                lines = self.reader.read(image.rgb, timeout=request.time_remaining())
+                lines = self.reader.read(image.rgb, timeout=request.time_remaining(), wanted=request.wanted)
             for line in lines:
                 side.text_spans.add(text=line.text, confidence=line.confidence, box=list(line.box))
             if lines.more:
