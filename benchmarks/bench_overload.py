@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import collections
 import multiprocessing
+import os
 import random
 import statistics
 import sys
@@ -49,6 +50,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks.bench_memory import cpu_seconds, process_tree  # noqa: E402
 from benchmarks.bench_text import header, machine, write_results  # noqa: E402
 from modalmesh.up import ORDER, Mesh, free_port  # noqa: E402
 
@@ -112,6 +114,9 @@ def run(concurrency: int, requests: int, deadline: float, seconds: float = 0.0, 
             probes = spawn.Process(target=poll_health, args=(targets, there), daemon=True)
             probes.start()
             here.recv()  # the prober is up
+            trees = {name: process_tree(mesh.members[name].running.pid) for name in ORDER}
+            cpu_before = {name: cpu_seconds(pids) for name, pids in trees.items()}
+            own_before = sum(os.times()[:2])
             began = started = time.perf_counter()
             with ThreadPoolExecutor(concurrency) as pool:
                 if seconds:  # closed loop: every caller sends again as soon as it has an answer, until the time is up
@@ -136,6 +141,8 @@ def run(concurrency: int, requests: int, deadline: float, seconds: float = 0.0, 
                 else:
                     outcomes = list(pool.map(one, range(requests)))
             wall = time.perf_counter() - started
+            cpu_used = {name: cpu_seconds(process_tree(mesh.members[name].running.pid)) - cpu_before[name] for name in ORDER}
+            cpu_used["callers"] = sum(os.times()[:2]) - own_before  # this benchmark's own threads, on the same cores
             here.send("stop")
             health = here.recv() if here.poll(30) else {}
             probes.join(10)
@@ -163,6 +170,8 @@ def run(concurrency: int, requests: int, deadline: float, seconds: float = 0.0, 
         "answers_per_s": len(answered) / wall if wall else None,
         "answered_latency_median_s": statistics.median(answered) if answered else None,
         "answered_latency_max_s": max(answered) if answered else None,
+        "cpu_s": cpu_used,
+        "cores": os.cpu_count(),
         "health": health,
     }
 
@@ -219,6 +228,15 @@ def main() -> int:
         )
     if results["answered_latency_median_s"] is not None:
         print(f"  answered latency: median {results['answered_latency_median_s']:.2f} s, max {results['answered_latency_max_s']:.2f} s")
+    cpu, answers = results["cpu_s"], round(results["answers_per_s"] * results["wall_s"]) if results["answers_per_s"] else 0
+    busy = sum(cpu.values()) / results["wall_s"]
+    print(f"  CPU busy {busy:.2f} of {results['cores']} cores: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in cpu.items()))
+    if answers:
+        mesh_cpu = sum(seconds for name, seconds in cpu.items() if name != "callers") / answers
+        print(
+            f"  mesh CPU per answer {mesh_cpu:.2f} s (refusals included): at most {results['cores'] / mesh_cpu:.2f} answers/s on "
+            f"{results['cores']} cores with nothing else running"
+        )
     for name, record in results["health"].items():
         print(f"  health {name:20s} {record['checks']} checks, slowest {record['slowest_ms']:.0f} ms, failed {record['failed']}")
     write_results(args.out, {"machine": machine(), **results})

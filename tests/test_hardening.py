@@ -406,3 +406,23 @@ def test_a_starting_server_runs_only_cold_start_calls_with_deadlines_at_once(sta
         release.set()
         for thread in more:
             thread.join(30)
+
+
+def test_refusals_under_overload_are_logged_once_per_interval_with_their_count(caplog, monkeypatch):
+    """At hundreds of RESOURCE_EXHAUSTED a second, a log line each would take the CPU the
+    admitted calls need: one line per interval, saying how many."""
+    from modalmesh.common import runtime
+
+    clock = [1000.0]
+    monkeypatch.setattr(runtime.time, "monotonic", lambda: clock[0])
+    refusals = runtime._Refusals()
+    busy = errors.resource_exhausted("router: every worker is busy")
+    with caplog.at_level("INFO", logger=runtime.log.name):
+        for _ in range(500):
+            refusals.note("/modalmesh.v1.Router/Analyze", busy)
+            clock[0] += 0.001  # 500 refusals in 0.5 s
+        clock[0] += runtime.REFUSAL_LOG_S
+        refusals.note("/modalmesh.v1.Router/Analyze", busy)
+    lines = [r.getMessage() for r in caplog.records if "every worker is busy" in r.getMessage()]
+    assert len(lines) == 2
+    assert lines[0].endswith("(1 refused since the last such line)") and lines[1].endswith("(500 refused since the last such line)")

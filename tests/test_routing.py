@@ -38,3 +38,32 @@ def test_serving_and_the_simulation_decide_through_the_same_policy():
         assert function in gather, function
     for function in ("outstanding(", "waits_for_required(", "sure_enough("):
         assert function in simulated, function
+
+
+def test_under_load_an_eager_side_output_is_started_only_while_it_is_usually_used():
+    """Speculation: alone, the router always starts an eager side output with its base
+    features; with other calls in hand, only while recent answers used it."""
+    from modalmesh.router.routing import EAGER_MIN_SHARE, SPECULATION_MIN_SEEN, SPECULATION_WINDOW, Speculation
+
+    speculation = Speculation()
+    for _ in range(SPECULATION_WINDOW):
+        speculation.record("triage", "audio", False)  # the transcript was never in the answer
+    with speculation.call():
+        assert speculation.eager("triage", "audio")  # alone: the cores are free
+        with speculation.call():  # another call in hand
+            assert not speculation.eager("triage", "audio")
+            assert speculation.eager("triage", "image")  # nothing known of it yet
+            assert speculation.eager("other task", "audio")
+            for index in range(SPECULATION_WINDOW):  # answers need it again: back to eager once they mostly do
+                speculation.record("triage", "audio", True)
+                if speculation.eager("triage", "audio"):
+                    break
+            assert index + 1 == round(EAGER_MIN_SHARE * SPECULATION_WINDOW)
+    assert speculation.in_hand == 0
+    fresh = Speculation()
+    for _ in range(SPECULATION_MIN_SEEN - 1):
+        fresh.record("triage", "audio", False)
+    with fresh.call(), fresh.call():
+        assert fresh.eager("triage", "audio")  # too few requests seen to judge
+        fresh.record("triage", "audio", False)
+        assert not fresh.eager("triage", "audio")

@@ -96,6 +96,9 @@ def connection_age_options(max_age_s: float) -> list[tuple[str, int]]:
     return [("grpc.max_connection_age_ms", age_ms), ("grpc.max_connection_age_grace_ms", max(age_ms, 30_000))]
 
 
+REFUSAL_LOG_S = 10.0  # _Refusals: at most one log line per this many seconds
+
+
 def _method_parts(full_method: str) -> tuple[str, str]:
     service, _, method = full_method.lstrip("/").partition("/")
     return service, method
@@ -117,6 +120,7 @@ class RuntimeInterceptor(grpc.ServerInterceptor):
         self._admission = admission
         self._stream_idle_s = stream_idle_s
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+        self._refusals = _Refusals()
 
     def intercept_service(self, continuation, handler_call_details):
         # One wrapped handler per method, built on its first call: the registered handler
@@ -142,6 +146,25 @@ class RuntimeInterceptor(grpc.ServerInterceptor):
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(guard.wrap_stream(handler.unary_stream), None, handler.response_serializer)
         return grpc.stream_stream_rpc_method_handler(guard.wrap_stream(handler.stream_stream, streamed=True), None, handler.response_serializer)
+
+
+class _Refusals:
+    """RESOURCE_EXHAUSTED refusals, logged at most once per REFUSAL_LOG_S with how many
+    there were since: under overload they come by the hundred a second, and a log line
+    each would take the CPU the admitted calls need."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._since, self._count = 0.0, 0
+
+    def note(self, method: str, exc: errors.ServiceError) -> None:
+        with self._lock:
+            self._count += 1
+            now = time.monotonic()
+            if now - self._since < REFUSAL_LOG_S:
+                return
+            count, self._since, self._count = self._count, now, 0
+        log.info("%s: %s (%d refused since the last such line)", method, exc, count)
 
 
 class _CallGuard:
@@ -191,11 +214,16 @@ class _CallGuard:
         return span, time.perf_counter()
 
     def _fail(self, context: grpc.ServicerContext, exc: BaseException, span) -> grpc.StatusCode:
-        """Abort the call for `exc`; returns the code. context.abort raises."""
+        """Abort the call for `exc`; returns the code. context.abort raises. A ServiceError is
+        an answer in the caller's terms (its code goes on the span, no traceback); anything
+        else is ours, recorded on the span with its traceback and logged."""
         if isinstance(exc, errors.ServiceError):
-            if exc.code != grpc.StatusCode.INVALID_ARGUMENT:
+            if exc.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                self.interceptor._refusals.note(self.full_method, exc)
+            elif exc.code != grpc.StatusCode.INVALID_ARGUMENT:
                 log.info("%s: %s", self.full_method, exc)
             context.abort_with_status(exc.to_status())
+        span.record_exception(exc)
         # The detail stays in the log, found by the trace id; the caller learns only that it is ours.
         trace_id = f"{span.get_span_context().trace_id:032x}"
         log.exception("%s: unexpected failure (trace %s)", self.full_method, trace_id)
@@ -210,7 +238,7 @@ class _CallGuard:
         code = grpc.StatusCode.OK
         admission = self.interceptor._admission
         try:
-            with telemetry.trace.use_span(span, end_on_exit=False), contextlib.ExitStack() as held:
+            with telemetry.trace.use_span(span, end_on_exit=False, record_exception=False), contextlib.ExitStack() as held:
                 self._admit(context)
                 if admission is not None and self.service not in _OPEN_WHILE_LOADING:  # probes never wait
                     held.enter_context(admission.slot(context, message_bytes))

@@ -43,7 +43,7 @@ from modalmesh.common.layout import MIN_SPAN_CONFIDENCE, is_blank
 from modalmesh.router.fusion import MODALITIES, SIDE_SOURCE, FusionOutputs, attention_mass, modality_gate_weights, modality_of, normalised_entropy
 from modalmesh.router import reports
 from modalmesh.router.repository import why_missing
-from modalmesh.router.routing import answer_now, outstanding, waits_for_required
+from modalmesh.router.routing import Speculation, answer_now, outstanding, waits_for_required
 from modalmesh.router.sources import SIDE_OPTION, embed, side_text
 from modalmesh.router.tasks import UNCERTAIN, Answer, Evidence, TaskModel, best_screen_line, decide, not_applicable, screen_line_log_odds, withheld
 from modalmesh.v1 import encoder_pb2, encoder_pb2_grpc, router_pb2, speech_pb2, speech_pb2_grpc
@@ -423,6 +423,7 @@ class Pipeline:
         self.finish_s: collections.deque[float] = collections.deque(maxlen=FINISH_WINDOW)  # gathering's end -> answer
         self.pool = futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="router-fanout")
         self.line_pool = futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="router-lines")
+        self.speculation = Speculation()  # which eager side outputs to start with their base features
 
     # ------------------------------------------------------------------ the request
     def analyze(
@@ -435,6 +436,10 @@ class Pipeline:
     ) -> router_pb2.AnalyzeResponse:
         """`audio_stream`: the audio's bytes as they arrive (AnalyzeStream); they are
         passed on to the audio encoder at once instead of being collected first."""
+        with self.speculation.call():
+            return self._analyze(request, grpc_remaining, on_event, on_run, audio_stream)
+
+    def _analyze(self, request, grpc_remaining, on_event, on_run, audio_stream) -> router_pb2.AnalyzeResponse:
         started = time.perf_counter()
         timings: dict[str, float] = {}
         task, media = self.validate(request, audio_streamed=audio_stream is not None)
@@ -453,13 +458,17 @@ class Pipeline:
         # cannot answer without (an answer without it would be withheld).
         required = {ENUM_MODALITY[m] for m in request.options.require} | set(task.spec.needs)
         # Side outputs asked for with the base features: all of them in FULL mode; in ROUTED
-        # mode those the task's routing marks eager (waited for anyway in most cases).
-        side_now = {m for m in task.spec.side_outputs if full or m in task.spec.eager}
+        # mode those the task's routing marks eager (needed in most cases), while they are
+        # (routing.Speculation).
+        side_now = {m for m in task.spec.side_outputs if full or (m in task.spec.eager and self.speculation.eager(task.spec.name, m))}
         with telemetry.tracer().start_as_current_span("router.encode"):
             # What the task asks the encoders for besides features: the CT task, the lung-lesion measurement.
             asked = {"image": ["lesions"]} if task.spec.measure is not None else {}
             self.fan_out(run, media, side_now, asked)
             early = self.gather(run, task, media, full, required, side_now)
+        if not full:
+            for modality in set(task.spec.side_outputs) & set(media):
+                self.speculation.record(task.spec.name, modality, SIDE_SOURCE[modality] in run.features)
         timings["encode"] = _ms(started) - timings["validate"]
 
         fuse_started = time.perf_counter()

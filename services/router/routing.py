@@ -19,13 +19,63 @@ eager or FULL, one call); plus the measured fusion time.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+import collections
+import contextlib
+import threading
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
 from modalmesh.router.fusion import MODALITIES, SIDE_SOURCE, modality_of
 from modalmesh.router.tasks import decide
+
+
+# A side output is asked for with its base features (eager) only where it is needed on at
+# least this share of the requests that have it: an eager call starts the work on every
+# request, and on a few busy cores work nobody waits for slows the work somebody does (a
+# Whisper transcript started and dropped costs several times a screenshot's OCR in CPU).
+# Training makes a side output eager by this share on validation (train.tune_routing_on;
+# the simulation's latencies assume free cores, so by latency alone every side output
+# would be eager); the router keeps starting it eagerly under load only while it holds
+# on the requests served (Speculation).
+EAGER_MIN_SHARE = 0.5
+SPECULATION_WINDOW, SPECULATION_MIN_SEEN = 32, 8  # Speculation: the recent requests counted, and how many before it judges
+
+
+class Speculation:
+    """Whether to start an eager side output with its base features. Always while the
+    router has no other call in hand; with others in hand (the cores are busy), only while
+    that side output was used in the answer on at least EAGER_MIN_SHARE of the task's last
+    SPECULATION_WINDOW requests that had it (or fewer than SPECULATION_MIN_SEEN have). Not
+    started eagerly, it is asked for once the base features are in, if the answer needs it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._used: dict[tuple[str, str], collections.deque[bool]] = collections.defaultdict(lambda: collections.deque(maxlen=SPECULATION_WINDOW))
+        self.in_hand = 0  # Analyze calls running
+
+    def eager(self, task: str, modality: str) -> bool:
+        with self._lock:
+            if self.in_hand <= 1:
+                return True
+            used = self._used[(task, modality)]
+            return len(used) < SPECULATION_MIN_SEEN or sum(used) >= EAGER_MIN_SHARE * len(used)
+
+    def record(self, task: str, modality: str, used: bool) -> None:
+        with self._lock:
+            self._used[(task, modality)].append(used)
+
+    @contextlib.contextmanager
+    def call(self) -> Iterator[None]:
+        """Around one Analyze call: counts it as in hand."""
+        with self._lock:
+            self.in_hand += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.in_hand -= 1
 
 
 def outstanding(pending: Iterable[str], with_base: Collection[str], later: Iterable[str]) -> list[str]:

@@ -34,6 +34,7 @@ from modalmesh.router.features import FeatureCache, configured_asr_engine, text_
 from modalmesh.router.finetune import LEARNING_RATE as TEXT_TOP_LEARNING_RATE
 from modalmesh.router.fusion import FusionConfig, FusionEnsemble, FusionModel, fit_log_temperature
 from modalmesh.router.repository import staged_version, versions_in
+from modalmesh.router.routing import EAGER_MIN_SHARE
 from modalmesh.router.tasks import DISSENT, NOT_FOR_CLINICAL_USE, TaskSpec, decide, lone_readings, spec_of
 
 log = logging.getLogger(__name__)
@@ -491,20 +492,10 @@ def accuracy(model: FusionModel | FusionEnsemble, spec, examples: list[Example])
     return float((probabilities.argmax(-1) == torch.tensor([e.label for e in examples])).float().mean())
 
 
-# A side output is asked for with its base features (eager) only if routing would ask for
-# it anyway on at least this share of the validation items that have it, given the side
-# outputs already eager: an eager call starts the work on every item, and on this
-# machine's few cores work nobody waits for slows the work somebody does (a Whisper
-# transcript started and dropped costs several times a screenshot's OCR in CPU). The
-# simulation's latencies assume free cores, so by latency alone every side output would
-# be eager.
-EAGER_MIN_SHARE = 0.5
-
-
 def next_eager(side_outputs, eager: tuple[str, ...], needed: dict[str, float]) -> str | None:
     """The side output to make eager next: the one routing asks for most often of those
     still asked for later (`needed`, route()'s later_side_share), if that is at least
-    EAGER_MIN_SHARE; else None."""
+    EAGER_MIN_SHARE (routing.py says why); else None."""
     asked = ", ".join(f"{m} {v:.0%}" for m, v in needed.items()) or "none"
     log.info("side outputs asked for on validation with %s eager: %s", "+".join(eager) or "none", asked)
     share, modality = max(((needed.get(m, 0.0), m) for m in side_outputs if m not in eager), default=(0.0, None))
