@@ -671,7 +671,7 @@ def test_a_model_version_is_the_same_weights_by_digest_whatever_the_folder_or_in
     assert not same_weights("", "") and not same_weights("hub/model", "all-MiniLM-L6-v2@53aa51172d14")
 
 
-def test_features_read_by_another_ocr_engine_are_cached_apart(tmp_path, monkeypatch):
+def test_features_read_by_another_ocr_engine_or_size_are_cached_apart(tmp_path, monkeypatch):
     """OCR boxes differ by a few pixels between engines (and so, sometimes, paragraphs):
     screen-text features are cached per engine. Tasks that never OCR keep their keys."""
     from modalmesh.router.features import FeatureCache
@@ -681,12 +681,21 @@ def test_features_read_by_another_ocr_engine_are_cached_apart(tmp_path, monkeypa
     caches = {name: FeatureCache.for_task(TASKS[name], tmp_path / "m.jsonl", tmp_path / "features") for name in ("screenshot_triage", "medical_report")}
     monkeypatch.delenv("MODALMESH_VISION_OCR_ENGINE", raising=False)
     monkeypatch.delenv("MODALMESH_OCR_ENGINE", raising=False)
+    monkeypatch.delenv("MODALMESH_OCR_DET_SIDE", raising=False)
+    monkeypatch.delenv("MODALMESH_VISION_OCR_DET_SIDE", raising=False)
     default = {name: cache.key(record) for name, cache in caches.items()}
     monkeypatch.setenv("MODALMESH_VISION_OCR_ENGINE", "openvino")
     assert {name: cache.key(record) for name, cache in caches.items()} == default  # the default, named
     monkeypatch.setenv("MODALMESH_VISION_OCR_ENGINE", "onnxruntime")
     assert caches["screenshot_triage"].key(record) != default["screenshot_triage"]
     assert caches["medical_report"].key(record) == default["medical_report"]
+    # Likewise OCR's detection size (ocr_det_side): looser boxes, other paragraphs.
+    monkeypatch.delenv("MODALMESH_VISION_OCR_ENGINE")
+    monkeypatch.setenv("MODALMESH_VISION_OCR_DET_SIDE", "960")
+    assert caches["screenshot_triage"].key(record) != default["screenshot_triage"]
+    assert caches["medical_report"].key(record) == default["medical_report"]
+    monkeypatch.setenv("MODALMESH_VISION_OCR_DET_SIDE", "0")
+    assert caches["screenshot_triage"].key(record) == default["screenshot_triage"]
 
 
 def test_held_out_sets_are_built_unlike_training_with_inputs_the_task_should_not_answer(tmp_path):

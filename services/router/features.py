@@ -68,6 +68,11 @@ def configured_ocr_engine(environ=None) -> str:
     return _service_setting("vision", "ocr_engine", environ) or DEFAULT_OCR_ENGINE
 
 
+def configured_ocr_det_side(environ=None) -> int:
+    """The vision service's OCR detection size (`ocr_det_side`; 0, the engine's rule, unless set)."""
+    return int(_service_setting("vision", "ocr_det_side", environ) or 0)
+
+
 def text_model_version() -> str:
     """The version of the text model features are extracted with (the configured one, else
     the bundled default): trained weights record it; '' for a hub id."""
@@ -83,12 +88,14 @@ class LocalEncoders:
         from modalmesh.text.server import TextService
         from modalmesh.vision.server import VisionService
 
-        # Only the model choice (and the transcripts' language model, the OCR engine) comes from the environment
+        # Only the model choice (and the transcripts' language model, the OCR engine and its detection size) comes from the environment
         # (ports, threads and limits do not change features): training extracts with the models
         # the services will run.
         models = configured_models()
         self.text = TextService(load_config("text", environ={}, model=models.get("text")))
-        self.vision = VisionService(load_config("vision", environ={}, ocr=ocr, model=models.get("vision"), ocr_engine=configured_ocr_engine()))
+        self.vision = VisionService(
+            load_config("vision", environ={}, ocr=ocr, model=models.get("vision"), ocr_engine=configured_ocr_engine(), ocr_det_side=configured_ocr_det_side())
+        )
         self.audio = AudioService(
             load_config(
                 "audio", environ={}, transcript=transcript, model=models.get("audio"), asr_lm=configured_asr_lm() or None, asr_engine=configured_asr_engine()
@@ -222,6 +229,9 @@ class FeatureCache:
             # OCR boxes differ by a few pixels between engines, and so, sometimes, paragraphs
             # (onnxruntime, the first engine, keeps the keys it always had).
             parts.append({"ocr_engine": engine})
+        det_side = configured_ocr_det_side()
+        if det_side and "image" in self.side:  # other boxes, so other paragraphs (the engine's rule keeps the keys it had)
+            parts.append({"ocr_det_side": det_side})
         digest.update(json.dumps(parts, sort_keys=True).encode())
         for name in ("image", "audio"):
             if record.get(name):
