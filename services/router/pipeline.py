@@ -458,8 +458,8 @@ class Pipeline:
         # cannot answer without (an answer without it would be withheld).
         required = {ENUM_MODALITY[m] for m in request.options.require} | set(task.spec.needs)
         # Side outputs asked for with the base features: all of them in FULL mode; in ROUTED
-        # mode those the task's routing marks eager (needed in most cases), while they are
-        # (routing.Speculation).
+        # mode those the task's routing marks eager, unless a busy router has seen them go
+        # unused in most recent answers (routing.Speculation).
         side_now = {m for m in task.spec.side_outputs if full or (m in task.spec.eager and self.speculation.eager(task.spec.name, m))}
         with telemetry.tracer().start_as_current_span("router.encode"):
             # What the task asks the encoders for besides features: the CT task, the lung-lesion measurement.

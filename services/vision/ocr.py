@@ -47,8 +47,8 @@ class TextLine:
 # about 60% of the time (benchmarks/bench_encoders.py section 3) but draws looser boxes,
 # which changes how lines group into paragraphs (common/layout.py). The shipped
 # screenshot_triage weights were trained on the engine's rule; retrained on capped
-# detection they scored lower on validation (README, "Shipped weights"), so the cap is
-# an option (`ocr_det_side`), not the default.
+# detection they answered far fewer held-out screens (docs/training.md, "Shipped weights
+# and what they measure"), so the cap is an option (`ocr_det_side`), not the default.
 CAPPED_DET_SIDE = 960
 
 TILE_ASPECT = 3.0  # a page taller than this many widths is read in tiles (phones are about 2.2)
