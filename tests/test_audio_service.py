@@ -420,3 +420,48 @@ def test_whisper_transcribes_real_speech_and_the_demo_voice_word_for_word():
             assert wrong / total <= 0.1 and 0 < confidence <= 1, (path.name, heard)
     finally:
         transcriber.close()
+
+
+def test_a_short_clip_is_transcribed_in_a_window_fitted_to_it_and_a_loop_in_the_full_one():
+    """Whisper's encoder window fits a short clip (the clip, 3 s after it, in 5 s steps, at
+    least 10 s) instead of 30 s; a fitted transcript that repeats itself is done again in
+    the full window (faster-whisper's compression test)."""
+    from modalmesh.audio import whisper
+
+    assert [whisper.fitted_window(frames) for frames in (50, 401, 700, 701, 1200, 2800)] == [1000, 1000, 1000, 1500, 1500, 3000]
+    engine = whisper.WhisperEngine()
+    samples, _, _ = decode_file_16k(Path(__file__).resolve().parent.parent / "examples" / "voice.wav")
+    encoded = []
+    real_encode = engine.model.model.encode
+    engine.model.model = _Spy(engine.model.model, "encode", lambda features, **kw: (encoded.append(features.shape[2]), real_encode(features, **kw))[1])
+    text, confidence = engine.transcribe(samples)
+    assert text == "Hello, my payment failed at checkout. Please help me." and 0 < confidence <= 1
+    assert encoded == [1000]  # 4.1 s of speech: a 10 s window, one encoding
+    # A decoding stuck in a loop (what a 10 s recording gave in a 15 s window) is not kept.
+    engine._fitted = lambda clip: None if len(clip) else ("", 0.0)
+    encoded.clear()
+    assert engine.transcribe(samples)[0] == text and encoded == [3000]  # faster-whisper's own 30 s window
+
+
+class _Spy:
+    """The CTranslate2 model with one method wrapped (to see the window it is given)."""
+
+    def __init__(self, model, name, wrapper) -> None:
+        self._model, self._name, self._wrapper = model, name, wrapper
+
+    def __getattr__(self, attribute):
+        return self._wrapper if attribute == self._name else getattr(self._model, attribute)
+
+
+def decode_file_16k(path: Path):
+    """A WAV file's samples at 16 kHz, as the audio service resamples them."""
+    import torch
+    import torchaudio
+
+    from modalmesh.audio.decode import decode_file
+    from modalmesh.audio.features import SAMPLE_RATE, resample_rates
+
+    samples, rate, channels = decode_file(path.read_bytes(), "audio/wav")
+    if rate != SAMPLE_RATE:
+        samples = torchaudio.functional.resample(torch.from_numpy(samples), *resample_rates(rate, SAMPLE_RATE)).numpy()
+    return samples, SAMPLE_RATE, channels
