@@ -197,7 +197,8 @@ def test_transcribing_does_not_stop_the_services_other_threads():
     from modalmesh.audio.features import Transcriber
 
     transcriber = Transcriber()
-    noise = np.random.default_rng(3).normal(0, 0.3, 6 * 16000).astype(np.float32)
+    # Longer than a fitted window takes (audio/whisper.FIT_MAX_S): Whisper's 30 s, seconds of work.
+    noise = np.random.default_rng(3).normal(0, 0.3, 12 * 16000).astype(np.float32)
     done, gaps = threading.Event(), []
     worker = threading.Thread(target=lambda: (transcriber.transcribe(noise), done.set()))
     worker.start()
@@ -211,7 +212,7 @@ def test_transcribing_does_not_stop_the_services_other_threads():
     first_worker = transcriber._worker.pid
     with pytest.raises(errors.ServiceError, match="DEADLINE_EXCEEDED: transcript: deadline passed"):
         transcriber.transcribe(noise, timeout=0.2)
-    # Not left decoding 6 s of noise for nobody: a fresh worker serves the next caller.
+    # Not left decoding 12 s of noise for nobody: a fresh worker serves the next caller.
     assert transcriber._worker.pid != first_worker and transcriber._worker.poll() is None
     assert transcriber.transcribe(tone(0.5, 16000), timeout=60)[0] == transcriber.transcribe(tone(0.5, 16000))[0]
     transcriber._worker.kill()
