@@ -60,9 +60,9 @@ ENCODER_RETRIES = 3  # a busy encoder's refusal is retried after the wait it nam
 # twice the recent 90th percentile of the time from gathering's end to the answer (fusion,
 # heads, the words: 10-30 ms on an idle router, longer when calls queue for the model
 # thread), at least 20 ms and at most 0.6 s of it, or more when finishing has been slower,
-# but never more than 10% of the time left. The 0.6 s covers a loaded client's own delay
-# in reading the reply (bench_overload.py at 4x overload: 23 of 326 replies reached their
-# caller late with 0.2 s, 9 of 304 with 0.6 s).
+# but never more than 10% of the time left. The 0.6 s leaves room for a loaded router's
+# own delay in sending the reply (bench_overload.py at 4x overload: 3% of the replies
+# still arrive late).
 REPLY_MARGIN_SHARE, MIN_REPLY_MARGIN_S, MAX_REPLY_MARGIN_S = 0.1, 0.02, 0.6
 FINISH_WINDOW = 64  # recent answers whose finishing time sets the margin
 AUDIO_SIGNATURES = ((b"RIFF", "audio/wav"), (b"fLaC", "audio/flac"), (b"OggS", "audio/ogg"))
