@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import math
 import os
 import shutil
 import zlib
@@ -94,20 +95,23 @@ class WhisperEngine:
 
     def __init__(self, language: str = "en", threads: int = 2) -> None:
         from faster_whisper import WhisperModel
+        from faster_whisper.tokenizer import Tokenizer
 
         self.language = language or None  # None: detected per clip
         self.model = WhisperModel(str(model_dir()), device="cpu", compute_type="int8", cpu_threads=threads)
+        # The fitted window's prompt (a set language, no timestamps), built once.
+        self.tokenizer = (
+            Tokenizer(self.model.hf_tokenizer, self.model.model.is_multilingual, task="transcribe", language=self.language) if self.language else None
+        )
 
     def transcribe(self, samples) -> tuple[str, float]:
         """16 kHz mono float32 -> (text, mean segment probability: exp of the average
         log-probability). A clip under MIN_SECONDS holds no word; a segment Whisper itself
         judges silence (no-speech probability over 0.6 and average log-probability under -1,
         its own rule) is left out rather than transcribed as a guess."""
-        import math
-
         if len(samples) < MIN_SECONDS * 16000:
             return "", 0.0
-        if self.language is not None and len(samples) <= FIT_MAX_S * 16000:
+        if self.tokenizer is not None and len(samples) <= FIT_MAX_S * 16000:
             fitted = self._fitted(samples)
             if fitted is not None:
                 return fitted
@@ -124,18 +128,16 @@ class WhisperEngine:
         None where the text repeats itself (zlib compresses it more than
         MAX_COMPRESSION_RATIO, faster-whisper's own test for a decoding stuck in a loop):
         the clip is then transcribed in the full window."""
-        import math
-
         import ctranslate2
         import numpy as np
-        from faster_whisper.tokenizer import Tokenizer
 
         features = self.model.feature_extractor(samples)  # [80, frames], 100 frames a second
         window = np.zeros((1, features.shape[0], fitted_window(features.shape[1])), dtype=np.float32)  # faster-whisper pads with 0 too
         frames = min(window.shape[2], features.shape[1])
         window[0, :, :frames] = features[:, :frames]
         encoded = self.model.model.encode(ctranslate2.StorageView.from_array(window), to_cpu=False)
-        tokenizer = Tokenizer(self.model.hf_tokenizer, self.model.model.is_multilingual, task="transcribe", language=self.language)
+        tokenizer = self.tokenizer
+        assert tokenizer is not None  # transcribe() fits a window only with a set language
         prompt = [*tokenizer.sot_sequence, tokenizer.no_timestamps]
         most = min(224, len(prompt) + int(MAX_TOKENS_PER_S * len(samples) / 16000) + 16)  # a loop stops early
         (result,) = self.model.model.generate(encoded, [prompt], beam_size=1, max_length=most, return_scores=True, return_no_speech_prob=True)

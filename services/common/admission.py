@@ -179,7 +179,7 @@ class Admission:
                 if context.time_remaining() <= 0:
                     raise errors.deadline_exceeded(f"deadline passed after {time.monotonic() - started:.2f} s waiting for one of {self.running} busy workers")
                 if not context.is_active():
-                    raise errors.ServiceError(grpc.StatusCode.CANCELLED, "the caller went away while waiting")
+                    raise errors.cancelled("the caller went away while waiting")
         finally:
             self._count(-1)
             self._places.release()

@@ -24,8 +24,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Generic, Iterator, Sequence, TypeVar
 
-import grpc
-
 from modalmesh.common import errors, telemetry
 
 log = logging.getLogger(__name__)
@@ -186,9 +184,7 @@ class Budget:
                         raise errors.deadline_exceeded(f"{self.what}: deadline passed while waiting for {self._waiting_for(amount)}")
                     if wanted is not None:
                         if not wanted():
-                            raise errors.ServiceError(
-                                grpc.StatusCode.CANCELLED, f"{self.what}: the caller went away while waiting for {self._waiting_for(amount)}"
-                            )
+                            raise errors.cancelled(f"{self.what}: the caller went away while waiting for {self._waiting_for(amount)}")
                         wait = TURN_CHECK_S if wait is None else min(wait, TURN_CHECK_S)
                     self._changed.wait(wait)
                 self.free -= amount
@@ -229,7 +225,7 @@ class Engine(Budget):
             if deadline is not None and time.monotonic() >= deadline:
                 raise errors.deadline_exceeded(f"{self.what}: deadline passed")
             if wanted is not None and not wanted():
-                raise errors.ServiceError(grpc.StatusCode.CANCELLED, f"{self.what}: the caller went away")
+                raise errors.cancelled(f"{self.what}: the caller went away")
             yield
 
 

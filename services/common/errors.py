@@ -108,6 +108,11 @@ def deadline_exceeded(message: str) -> ServiceError:
     return ServiceError(grpc.StatusCode.DEADLINE_EXCEEDED, message)
 
 
+def cancelled(message: str) -> ServiceError:
+    """The caller went away (cancelled, or out of time) while its call waited: nobody hears it."""
+    return ServiceError(grpc.StatusCode.CANCELLED, message)
+
+
 def unauthenticated(message: str) -> ServiceError:
     return ServiceError(grpc.StatusCode.UNAUTHENTICATED, message)
 

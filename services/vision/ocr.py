@@ -108,7 +108,7 @@ class ScreenReader:
         self._engine_turns = Engine("OCR")  # one image at a time: the runtime already uses every core
         self.max_lines = max_lines
         # Between detection and recognition, keep the first `_budget` boxes (detection
-        # returns them sorted top to bottom, then left to right). Set under the lock.
+        # returns them sorted top to bottom, then left to right). Set during the engine's turn.
         self._budget, self._detected = max_lines, 0
         detect_and_crop = getattr(self._engine, "detect_and_crop", None)  # rapidocr 3.5+ (pyproject pins it)
         if detect_and_crop is None:
