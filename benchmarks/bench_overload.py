@@ -41,6 +41,7 @@ import collections
 import multiprocessing
 import os
 import random
+import re
 import statistics
 import sys
 import time
@@ -77,6 +78,7 @@ def run(concurrency: int, requests: int, deadline: float, seconds: float = 0.0, 
 
             hints: dict[int, float | None] = {}  # by call: the wait a refusal asked for
             shortfalls: collections.Counter = collections.Counter()  # what degraded answers went without
+            misses: collections.Counter = collections.Counter()  # why admitted calls got no answer (the status, numbers left out)
 
             def one(index: int) -> tuple[str, float, float]:
                 started = time.perf_counter()
@@ -93,6 +95,8 @@ def run(concurrency: int, requests: int, deadline: float, seconds: float = 0.0, 
                     hints[index] = retry_after(exc)
                     source = "router" if "before the deadline" in (exc.details() or "") else "client clock"
                     outcome = f"{exc.code().name} ({source})" if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED else exc.code().name
+                    if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                        misses[f"{exc.code().name}: " + re.sub(r"[0-9.]+", "N", exc.details() or "")[:90]] += 1
                     return outcome, time.perf_counter() - started, started - began
                 missed = [
                     f"{name} {m['status']} {m.get('error_code', '')}".strip()
@@ -131,9 +135,8 @@ def run(concurrency: int, requests: int, deadline: float, seconds: float = 0.0, 
                             refused = refused + 1 if done[-1][0] == "RESOURCE_EXHAUSTED" else 0
                             hint = hints.pop(index - concurrency, None)
                             if refused and backoff:  # as the refusal asks: after the time it names, else exponential backoff
-                                time.sleep(
-                                    jitter.uniform(0.5, 1.0) * hint if hint else jitter.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (refused - 1)))
-                                )
+                                wait = jitter.uniform(0.5, 1.0) * hint if hint else jitter.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (refused - 1)))
+                                time.sleep(max(0.0, min(wait, stop_at - time.monotonic())))  # not past the end
                         return done
 
                     outcomes = [o for batch in pool.map(caller, range(concurrency)) for o in batch]
@@ -164,6 +167,7 @@ def run(concurrency: int, requests: int, deadline: float, seconds: float = 0.0, 
         "outcomes": dict(counts),
         "admitted": admitted,
         "degraded_by": dict(shortfalls),
+        "not_answered_by": dict(misses),
         "admitted_answered_ratio": len(answered) / admitted if admitted else None,
         "unanswered_sent_in_first_deadline": first,
         "unanswered_sent_later": len(unanswered) - first,
@@ -226,6 +230,8 @@ def main() -> int:
             f"  admitted, not answered: {results['unanswered_sent_in_first_deadline']} sent in the first "
             f"{results['deadline_s']:g} s, {results['unanswered_sent_later']} later"
         )
+        for why, count in sorted(results["not_answered_by"].items(), key=lambda item: -item[1]):
+            print(f"    {count:5d}  {why}")
     if results["answered_latency_median_s"] is not None:
         print(f"  answered latency: median {results['answered_latency_median_s']:.2f} s, max {results['answered_latency_max_s']:.2f} s")
     cpu, answers = results["cpu_s"], round(results["answers_per_s"] * results["wall_s"]) if results["answers_per_s"] else 0

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
@@ -274,8 +276,8 @@ def one_worker_held(start_text_service):
 
 
 def test_a_call_that_cannot_be_answered_before_its_deadline_is_not_admitted(start_text_service):
-    """At 4x overload 40% of the admitted calls ran out of time: admission now weighs the
-    expected wait against the caller's deadline."""
+    """Admission weighs the expected wait against the caller's deadline: what it admits,
+    it should answer in time."""
     import time
 
     with one_worker_held(start_text_service) as (handle, client, release, held):
@@ -315,6 +317,67 @@ def test_the_expected_answer_time_counts_the_rate_at_which_calls_finish():
     assert admission.finish_rate(now=116.0) == pytest.approx(2.0)  # nothing answered for 8 s: the rate falls
     admission.now_running, admission.now_waiting = 1, 0  # a light load: the rate says how often calls come, not capacity
     assert admission.expected_s(now=108.0) == pytest.approx(0.5 * (1 + 1 / 32))
+
+
+def test_calls_waiting_for_a_worker_get_one_in_the_order_they_came(start_text_service):
+    """Waiting calls are served first come first served: under overload a call that had to
+    wait longer than the rest (a free-for-all for the next free worker) ran out of time
+    although admission had judged it would be answered."""
+    import time
+
+    from modalmesh.common.client import EncoderClient
+    from modalmesh.text.server import decode_text
+    from tests.test_text_service import blocking_service
+
+    order: list[str] = []
+    started, release = threading.Semaphore(0), threading.Event()
+
+    class Recording(blocking_service(started, release)):  # type: ignore[misc]
+        def encode(self, request):
+            order.append(decode_text(request.payload))
+            yield from super().encode(request)
+
+    handle = start_text_service(service_class=Recording, worker_threads=1, max_waiting_calls=8)
+    handle.admission.assume_answered(0.01)  # calls have been answered before: the next may wait for a worker
+    with connect(handle.address) as channel, ThreadPoolExecutor(8) as pool:
+        client = EncoderClient(channel)
+        calls = [pool.submit(client.encode_text, "holds the only worker", timeout=30)]
+        assert started.acquire(timeout=10)
+        for k in range(6):
+            calls.append(pool.submit(client.encode_text, f"waits {k}", timeout=30))
+            deadline = time.monotonic() + 10
+            while handle.admission.now_waiting < k + 1 and time.monotonic() < deadline:
+                time.sleep(0.005)
+            assert handle.admission.now_waiting == k + 1
+            time.sleep(0.02)  # arrivals apart: a waiter that keeps checking for its caller is not back in line at once
+        time.sleep(0.3)
+        release.set()
+        for call in calls:
+            assert call.result(timeout=30).pooled.shape == (32,)
+    assert order == ["holds the only worker"] + [f"waits {k}" for k in range(6)]
+
+
+def test_a_crowd_of_refused_callers_is_asked_to_come_back_later():
+    """64 refusals in the last 2 s, each asking for a 1 s wait, mean about 32 callers coming
+    back; at 4 answers a second a caller's turn comes in about 8 s, so that is what the
+    next refusal asks for (the shorter wait its own call alone would suggest brings the
+    crowd back many times per answer). Without a crowd, the call's own wait."""
+    from modalmesh.common.admission import REFUSAL_WINDOW, RETRY_AFTER_S, Admission
+
+    admission = Admission("test", running=32, waiting=64)
+    assert admission.retry_hint(1.5) == 1.5  # nothing known of the rate: the call's own wait
+    admission._refused.clear()
+    now = time.monotonic()
+    admission._finished.extend(now - 8.0 + 0.25 * k for k in range(32))  # 4 answers a second
+    admission._refused.extend((now - 2.0 + 2.0 * k / REFUSAL_WINDOW, 1.0) for k in range(REFUSAL_WINDOW))
+    assert admission.retry_hint(1.0) == pytest.approx(8.0, rel=0.05)
+    assert admission.retry_hint(12.0) == 12.0  # a longer wait of its own still counts
+    admission._refused.clear()
+    admission._refused.extend((now - 0.1 + 0.1 * k / REFUSAL_WINDOW, 25.0) for k in range(REFUSAL_WINDOW))
+    assert admission.retry_hint(1.0) == RETRY_AFTER_S[1]  # bounded
+    admission._refused.clear()
+    admission._refused.extend((now - 60.0 + k / REFUSAL_WINDOW, 1.0) for k in range(REFUSAL_WINDOW))
+    assert admission.retry_hint(0.5) == pytest.approx(0.5, abs=0.1)  # refusals a minute ago: no crowd now
 
 
 def test_before_any_call_has_finished_a_call_with_a_deadline_does_not_wait(start_text_service):

@@ -12,22 +12,25 @@ from __future__ import annotations
 import collections
 import contextlib
 import queue
+import statistics
 import threading
 import time
 
 import grpc
 
 from modalmesh.common import errors, telemetry
+from modalmesh.common.batching import Budget, deadline_after
 
 # Handler threads beyond worker_threads + max_waiting_calls: with every worker busy and
 # every waiting place taken, health checks, reflection and the RESOURCE_EXHAUSTED replies
 # still find a thread at once (grpc runs every call on one pool, first come first served).
 SPARE_THREADS = 4
-WAIT_SLICE_S = 0.05  # how often a waiting call checks whether its caller is still there
+WAIT_SLICE_S = 0.05  # how often a stream reader checks whether it should stop
 SERVICE_AVERAGING = 0.2  # the weight of the latest call in Admission.service_s
 RATE_WINDOW, RATE_MIN_CALLS = 32, 8  # Admission.finish_rate: over the last 32 answers, once 8 have been given
 ADMIT_SHARE = 0.8  # a call is admitted when its expected answer time is within this share of its time left
 RETRY_AFTER_S = (0.1, 30.0)  # the bounds of the wait a refusal suggests (errors.retry_after)
+REFUSAL_WINDOW = 64  # Admission.retry_hint: the crowd of refused callers is judged over the last 64 refusals
 
 
 class Admission:
@@ -42,6 +45,8 @@ class Admission:
     one that would take the total past the limit is RESOURCE_EXHAUSTED at once (a call
     alone always runs: `max_message_bytes` bounds it).
 
+    Waiting calls get a worker in the order they came (a free-for-all for the next free
+    worker lets some wait far longer than admission expects, past their deadline).
     A call that finds every worker busy is admitted to wait only if it can be answered
     before its deadline: the expected answer time must fit in ADMIT_SHARE of the time
     left (a call that finds a free worker runs: its handler keeps its own deadline). Two estimates, the larger counts:
@@ -53,12 +58,16 @@ class Admission:
     call with a deadline is then admitted only to a free worker (and, with `cold_start`,
     only while fewer than that many run), never to wait (a burst at
     start-up would otherwise fill every waiting place with calls that cannot all be
-    answered in time)."""
+    answered in time).
+
+    A refusal says when to come back (`retry_hint`): with many callers refused, later than
+    the call alone would suggest, so that the crowd does not come back many times per
+    answer."""
 
     def __init__(self, service: str, running: int, waiting: int, max_bytes: int = 0, cold_start: int = 0) -> None:
         self.running, self.waiting, self.max_bytes, self.cold_start = running, waiting, max_bytes, cold_start
         self.bytes_held = 0
-        self._slots = threading.BoundedSemaphore(running)
+        self._workers = _Workers(running)
         self._places = threading.BoundedSemaphore(waiting) if waiting else None
         self._gauge = telemetry.RPC_WAITING.labels(service)
         self._count_lock = threading.Lock()
@@ -66,6 +75,7 @@ class Admission:
         self.service_s = 0.0  # how long a call holds a worker, on average (SERVICE_AVERAGING)
         self.now_running = 0
         self._finished: collections.deque[float] = collections.deque(maxlen=RATE_WINDOW)  # when recent calls ended
+        self._refused: collections.deque[tuple[float, float]] = collections.deque(maxlen=REFUSAL_WINDOW)  # (when, wait asked)
 
     @property
     def threads(self) -> int:
@@ -77,13 +87,13 @@ class Admission:
         self._take_bytes(message_bytes)
         try:
             self._check_cold_start(context)
-            if not self._slots.acquire(blocking=False):
+            if not self._workers.take_now(1):
                 self._check_deadline(context)
                 if not self.finish_rate() and context.time_remaining() is not None:
                     raise errors.resource_exhausted(
                         f"server busy: all {self.running} workers busy, and too few calls answered yet to tell how "
                         f"soon another would be; retry with backoff, or add replicas",
-                        _bounded(self.service_s or 1.0),
+                        self.retry_hint(self.service_s or 1.0),
                     )
                 self._wait(context)
             started = time.monotonic()
@@ -96,7 +106,7 @@ class Admission:
             finally:
                 with self._count_lock:
                     self.now_running -= 1
-                self._slots.release()
+                self._workers.give_back(1)
                 self._observe(time.monotonic() - started, answered)
         finally:
             with self._count_lock:
@@ -141,6 +151,26 @@ class Admission:
         shared = (self.now_running + self.now_waiting + 1) / rate if rate else 0.0
         return max(per_worker, shared)
 
+    def retry_hint(self, seconds: float) -> float:
+        """The wait a refusal asks for: `seconds` (when this server expects room for a call
+        like the refused one), or longer when many callers are being refused. Callers who
+        come back as asked are answered in turn, so a refused caller's turn comes after
+        about (callers waiting to come back) / (answers per second); with a shorter hint
+        the crowd comes back many times per answer, and the refusals take the CPU the
+        answers need. The callers waiting to come back are counted by Little's law: the
+        recent refusals per second times the wait they were asked for. Bounded by
+        RETRY_AFTER_S."""
+        now = time.monotonic()
+        with self._count_lock:
+            crowd = 0.0
+            rate = self.finish_rate(now)
+            if rate and len(self._refused) >= RATE_MIN_CALLS and (span := now - self._refused[0][0]) > 0:
+                returning = len(self._refused) / span * statistics.fmean(asked for _, asked in self._refused)
+                crowd = returning / rate
+            hint = _bounded(max(seconds, crowd))
+            self._refused.append((now, hint))
+        return hint
+
     def _check_cold_start(self, context: grpc.ServicerContext) -> None:
         """`cold_start` > 0: until the answer rate is known, at most that many calls with a
         deadline run at once."""
@@ -148,7 +178,7 @@ class Admission:
             raise errors.resource_exhausted(
                 f"server starting: {self.now_running} calls running and too few answered yet to tell how soon "
                 f"another would be (cold_start_calls {self.cold_start}); retry with backoff, or add replicas",
-                _bounded(self.service_s or 1.0),
+                self.retry_hint(self.service_s or 1.0),
             )
 
     def _check_deadline(self, context: grpc.ServicerContext) -> None:
@@ -162,7 +192,7 @@ class Admission:
                 f"server busy: an answer would take about {expected:.1f} s ({self.now_running} calls running, "
                 f"{self.now_waiting} waiting), more than the {max(remaining, 0):.1f} s left before the deadline allows; "
                 f"retry with backoff, or add replicas",
-                _bounded(expected - ADMIT_SHARE * max(remaining, 0)),
+                self.retry_hint(expected - ADMIT_SHARE * max(remaining, 0)),
             )
 
     def _wait(self, context: grpc.ServicerContext) -> None:
@@ -170,16 +200,11 @@ class Admission:
             raise errors.resource_exhausted(
                 f"server busy: {self.running} calls running and {self.waiting} waiting (worker_threads, "
                 f"max_waiting_calls); retry with backoff, or add replicas",
-                _bounded(self.expected_s() / 2),
+                self.retry_hint(self.expected_s() / 2),
             )
         self._count(+1)
-        started = time.monotonic()
-        try:
-            while not self._slots.acquire(timeout=min(WAIT_SLICE_S, context.time_remaining())):
-                if context.time_remaining() <= 0:
-                    raise errors.deadline_exceeded(f"deadline passed after {time.monotonic() - started:.2f} s waiting for one of {self.running} busy workers")
-                if not context.is_active():
-                    raise errors.cancelled("the caller went away while waiting")
+        try:  # in turn: a waiting call gets the first free worker before any that came after it
+            self._workers.take(1, deadline_after(context.time_remaining()), context.is_active)
         finally:
             self._count(-1)
             self._places.release()
@@ -188,6 +213,16 @@ class Admission:
         with self._count_lock:
             self.now_waiting += step
             self._gauge.set(self.now_waiting)
+
+
+class _Workers(Budget):
+    """A server's workers, taken one per call, first come first served."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__(count, "server busy")
+
+    def _waiting_for(self, amount: int) -> str:
+        return f"one of {self.total} busy workers"
 
 
 def _bounded(seconds: float) -> float:

@@ -171,8 +171,18 @@ class Budget:
 
     @contextmanager
     def hold(self, amount: int, deadline: float | None, wanted: Callable[[], bool] | None = None) -> Iterator[None]:
-        """`wanted`: whether the caller is still there (grpc's context.is_active), checked every
-        TURN_CHECK_S while waiting: one who has gone leaves the line (CANCELLED)."""
+        """Hold `amount` while the block runs (`take`, then `give_back`)."""
+        amount = self.take(amount, deadline, wanted)
+        try:
+            yield
+        finally:
+            self.give_back(amount)
+
+    def take(self, amount: int, deadline: float | None, wanted: Callable[[], bool] | None = None) -> int:
+        """Wait in line until `amount` is free and take it; returns what was taken (at most
+        the whole). `deadline`: time.monotonic(), DEADLINE_EXCEEDED once it passes while
+        waiting. `wanted`: whether the caller is still there (grpc's context.is_active),
+        checked every TURN_CHECK_S while waiting: one who has gone leaves the line (CANCELLED)."""
         amount = max(0, min(amount, self.total))
         ticket = object()
         with self._changed:
@@ -191,12 +201,20 @@ class Budget:
             finally:
                 self._queue.remove(ticket)
                 self._changed.notify_all()  # the next in line may fit now
-        try:
-            yield
-        finally:
-            with self._changed:
-                self.free += amount
-                self._changed.notify_all()
+        return amount
+
+    def take_now(self, amount: int) -> bool:
+        """Take `amount` if it is free and nobody waits for it; else False, at once."""
+        with self._changed:
+            if self._queue or self.free < amount:
+                return False
+            self.free -= amount
+            return True
+
+    def give_back(self, amount: int) -> None:
+        with self._changed:
+            self.free += amount
+            self._changed.notify_all()
 
     def _waiting_for(self, amount: int) -> str:
         return f"{amount} of {self.total} ({self.total - self.free} in use)"
