@@ -89,8 +89,8 @@ def engine_comparison(repeats: int) -> list[dict]:
         rows = []
         for size in sizes:
             batch = inputs[:size]
-            a = torch.stack([f.pooled for f in in_torch.encode_batch(batch)])
-            b = torch.stack([f.pooled for f in converted.encode_batch(batch)])
+            a = torch.as_tensor(np.stack([np.asarray(f.pooled) for f in in_torch.encode_batch(batch)]))
+            b = torch.as_tensor(np.stack([np.asarray(f.pooled) for f in converted.encode_batch(batch)]))
             row = {
                 "model": model,
                 "batch": size,
@@ -120,7 +120,7 @@ def int8_comparison(repeats: int) -> list[dict]:
     rows = []
     sentence = ["My card payment failed at checkout and I was charged twice."]
     full, int8 = TextEncoder(""), TextEncoder("", quantize=True)
-    a, b = full.encode_batch(sentence)[0].pooled, int8.encode_batch(sentence)[0].pooled
+    a, b = torch.as_tensor(full.encode_batch(sentence)[0].pooled), torch.as_tensor(int8.encode_batch(sentence)[0].pooled)
     rows.append(
         {
             "backbone": "all-MiniLM-L6-v2 (text)",

@@ -48,6 +48,22 @@ def test_bf16_numpy_decode_widens_exactly():
     np.testing.assert_array_equal(decoded, values.float().numpy())
 
 
+def test_bf16_from_numpy_rounds_as_torch_does():
+    # A service that runs without torch (the text service on OpenVINO) sends BF16 from numpy:
+    # the same bits torch's float32 -> bfloat16 gives, ties to even, overflow to infinity.
+    rng = np.random.default_rng(7)
+    values = np.concatenate(
+        [
+            (rng.standard_normal(20_000) * 10.0 ** rng.integers(-30, 30, 20_000)).astype(np.float32),
+            np.array([0.0, -0.0, np.inf, -np.inf, 3.4e38, -3.4e38, 1e-40, 1.00390625, 1.01171875, 1.0078125], dtype=np.float32),
+        ]
+    ).reshape(-1, 10)
+    ours = np.frombuffer(codec.encode(values, "BF16").data, dtype="<u2")
+    theirs = torch.from_numpy(values).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16).ravel()
+    np.testing.assert_array_equal(ours, theirs)
+    assert np.isnan(codec.to_numpy(codec.encode(np.array([np.nan, 1.0], dtype=np.float32), "BF16"))[0])
+
+
 def test_encode_converts_to_requested_datatype():
     values = np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4)
     half = codec.encode(values, "FP16")

@@ -92,8 +92,8 @@ def test_encode_streams_token_features_then_the_pooled_vector(text_channel, tiny
 def test_service_output_equals_the_model_in_process(text_channel, tiny_bert_dir):
     local = TextEncoder(str(tiny_bert_dir)).encode_batch(["where is my parcel"])[0]
     remote = EncoderClient(text_channel).encode_text("where is my parcel", output_datatype="FP32")
-    np.testing.assert_allclose(remote.pooled, local.pooled.numpy(), atol=1e-5)
-    np.testing.assert_allclose(remote.sequence, local.tokens.numpy(), atol=1e-5)
+    np.testing.assert_allclose(remote.pooled, local.pooled, atol=1e-5)
+    np.testing.assert_allclose(remote.sequence, local.tokens, atol=1e-5)
 
 
 @pytest.mark.parametrize("datatype, dtype", [("FP32", np.float32), ("FP16", np.float16), ("BF16", np.float32)])
@@ -126,7 +126,7 @@ def test_concurrent_callers_each_get_their_own_result(start_text_service, tiny_b
     handle = start_text_service(max_batch_size=16, max_batch_delay_ms=20)
     sentences = [f"{w} {v}" for w in ("card", "login", "parcel", "refund") for v in ("failed", "error", "help", "wrong")]
     local = TextEncoder(str(tiny_bert_dir))
-    expected = {s: local.encode_batch([s])[0].pooled.numpy() for s in sentences}
+    expected = {s: local.encode_batch([s])[0].pooled for s in sentences}
     with connect(handle.address) as channel:
         client = EncoderClient(channel)
         with ThreadPoolExecutor(len(sentences)) as pool:
@@ -281,7 +281,7 @@ def test_int8_quantization_option(start_text_service, tiny_bert_dir):
         client = EncoderClient(channel)
         assert client.info().model_version.endswith("+int8")
         quantized = client.encode_text("my card payment failed", output_datatype="FP32").pooled
-    full = TextEncoder(str(tiny_bert_dir)).encode_batch(["my card payment failed"])[0].pooled.numpy()
+    full = TextEncoder(str(tiny_bert_dir)).encode_batch(["my card payment failed"])[0].pooled
     assert float(quantized @ full) > 0.95  # both unit length: this is the cosine
 
 
@@ -562,9 +562,9 @@ def test_openvino_runs_minilm_with_torchs_features():
     expected, got = torch_encoder.encode_batch(ENGINE_SENTENCES), converted.encode_batch(ENGINE_SENTENCES)
     for a, b in zip(expected, got):
         assert float(a.pooled @ b.pooled) >= 0.999
-        np.testing.assert_allclose(b.tokens.numpy(), a.tokens.numpy(), atol=1e-4)
+        np.testing.assert_allclose(b.tokens, a.tokens, atol=1e-4)
     alone = converted.encode_batch(ENGINE_SENTENCES[1:2])[0]  # batch of one: no padding
-    np.testing.assert_allclose(alone.pooled.numpy(), got[1].pooled.numpy(), atol=1e-5)
+    np.testing.assert_allclose(alone.pooled, got[1].pooled, atol=1e-5)
 
 
 def test_a_damaged_openvino_cache_is_converted_again(tiny_bert_dir, tmp_path, monkeypatch):
@@ -574,10 +574,76 @@ def test_a_damaged_openvino_cache_is_converted_again(tiny_bert_dir, tmp_path, mo
     assert (folder / "model.xml").is_file() and (folder / "model.bin").is_file()
     (folder / "model.xml").write_text("<net>not a model")
     again = TextEncoder(str(tiny_bert_dir), engine="openvino")
-    reference = TextEncoder(str(tiny_bert_dir)).encode_batch(["where is my parcel"])[0].pooled.numpy()
+    reference = TextEncoder(str(tiny_bert_dir)).encode_batch(["where is my parcel"])[0].pooled
     for encoder in (first, again):
-        np.testing.assert_allclose(encoder.encode_batch(["where is my parcel"])[0].pooled.numpy(), reference, atol=1e-5)
+        np.testing.assert_allclose(encoder.encode_batch(["where is my parcel"])[0].pooled, reference, atol=1e-5)
     assert "<net>not a model" not in (folder / "model.xml").read_text()
+
+
+def test_the_tokenizer_gives_transformers_ids_masks_and_truncation():
+    # Encoding tokenizes through the `tokenizers` library (tokenizer.json), as transformers'
+    # fast tokenizer does, so that a service on OpenVINO needs neither transformers nor torch.
+    from modalmesh.text.model import CHECK_SENTENCES, _Tokenizer, default_model_dir
+
+    from transformers import AutoTokenizer
+
+    source = default_model_dir()
+    sentences = [*CHECK_SENTENCES, *ENGINE_SENTENCES, "", "   ", "naïve café — ÉLAN\tTAB", "word " * 400]
+    ours = _Tokenizer(source, 256, allow_download=False)
+    assert ours.fast is not None  # the bundled model has tokenizer.json
+    for batch in (sentences, sentences[:1], sentences[-2:]):
+        ids, mask, truncated = ours(batch)
+        theirs = AutoTokenizer.from_pretrained(source, local_files_only=True)(batch, padding=True, truncation=True, max_length=256, return_tensors="np")
+        np.testing.assert_array_equal(ids, theirs["input_ids"])
+        np.testing.assert_array_equal(mask, theirs["attention_mask"])
+        assert truncated == [bool(e.overflowing) for e in theirs.encodings]
+    assert ours(["word " * 400])[2] == [True] and ours(["hello"])[2] == [False]
+
+
+def test_openvino_check_vectors_that_do_not_match_convert_again(tiny_bert_dir, tmp_path, monkeypatch):
+    # The converted model is checked against torch's vectors kept beside it on every load:
+    # a conversion that computes something else is converted again, not served.
+    from modalmesh.text.model import REFERENCE_FILE
+
+    monkeypatch.setenv("MODALMESH_CACHE_DIR", str(tmp_path))
+    TextEncoder(str(tiny_bert_dir), engine="openvino")
+    [folder] = (tmp_path / "openvino").iterdir()
+    kept = np.load(folder / REFERENCE_FILE)
+    np.save(folder / REFERENCE_FILE, -kept)  # as if the model beside it computed the opposite
+    again = TextEncoder(str(tiny_bert_dir), engine="openvino")
+    np.testing.assert_allclose(np.load(folder / REFERENCE_FILE), kept, atol=1e-6)
+    reference = TextEncoder(str(tiny_bert_dir)).encode_batch(["where is my parcel"])[0].pooled
+    np.testing.assert_allclose(again.encode_batch(["where is my parcel"])[0].pooled, reference, atol=1e-5)
+
+
+def test_the_text_service_on_openvino_never_loads_torch(tiny_bert_dir, tmp_path):
+    # torch costs a process about 500 MiB: the text service on OpenVINO (the default) runs
+    # without it, the conversion done once in a child process. A fresh interpreter, since
+    # this one has torch loaded.
+    import subprocess
+    import sys
+
+    script = f"""
+import sys
+from modalmesh.common.client import EncoderClient, connect
+from modalmesh.common.config import load_config
+from modalmesh.common.runtime import start_server
+from modalmesh.text.server import TextService
+config = load_config("text", environ={{}}, model={str(tiny_bert_dir)!r}, engine="openvino", port=0, metrics_port=0, grace_seconds=0.5)
+handle = start_server(config, TextService(config))
+with connect(handle.address) as channel:
+    for datatype in ("FP16", "BF16", "FP32"):
+        assert EncoderClient(channel).encode_text("my card payment failed", output_datatype=datatype, timeout=30).pooled.shape == (32,)
+handle.stop(grace=0.5)
+print("torch loaded:", "torch" in sys.modules, "transformers loaded:", "transformers" in sys.modules)
+"""
+    for run in ("converts", "reads the conversion"):
+        environment = {**os.environ, "MODALMESH_CACHE_DIR": str(tmp_path)}
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=environment)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert "torch loaded: False transformers loaded: False" in done.stdout, (run, done.stdout)
+    [folder] = (tmp_path / "openvino").iterdir()
+    assert (folder / "model.xml").is_file() and (folder / "reference.npy").is_file()
 
 
 def test_quantize_runs_the_text_model_in_torch(tiny_bert_dir):

@@ -92,9 +92,7 @@ def _encode_torch(value: torch.Tensor, datatype: str | None) -> tensor_pb2.Tenso
 
 def _encode_numpy(value: np.ndarray, datatype: str | None) -> tensor_pb2.Tensor:
     if datatype == "BF16":
-        import torch
-
-        return _encode_torch(torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32)), "BF16")
+        return tensor_pb2.Tensor(datatype="BF16", shape=list(value.shape), data=_bfloat16_bits(value).astype("<u2", copy=False).tobytes())
     if datatype is not None:
         target = _lookup(datatype)[0]
     else:
@@ -104,6 +102,14 @@ def _encode_numpy(value: np.ndarray, datatype: str | None) -> tensor_pb2.Tensor:
         datatype = _NUMPY_TO_NAME[target]
     raw = np.ascontiguousarray(value, dtype=target).tobytes()
     return tensor_pb2.Tensor(datatype=datatype, shape=list(value.shape), data=raw)
+
+
+def _bfloat16_bits(value: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16's bits (uint16), rounded to the nearest even as torch rounds;
+    a NaN stays a (quiet) NaN."""
+    bits = np.ascontiguousarray(value, dtype=np.float32).view(np.uint32)
+    rounded = ((bits + (0x7FFF + ((bits >> 16) & 1))) >> 16).astype(np.uint16)
+    return np.where(np.isnan(value), np.uint16(0x7FC0), rounded)
 
 
 def _checked_shape(message: tensor_pb2.Tensor, field: str) -> tuple[np.dtype, str, tuple[int, ...]]:

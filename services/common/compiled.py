@@ -30,7 +30,18 @@ from modalmesh.common.models import cache_root
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_ENGINE", "ENGINES", "MIN_COSINE", "compile_module", "on_openvino", "require_equivalent", "serving_engine"]
+__all__ = [
+    "DEFAULT_ENGINE",
+    "ENGINES",
+    "MIN_COSINE",
+    "cache_folder",
+    "compile_module",
+    "convert_module",
+    "load_cached",
+    "on_openvino",
+    "require_equivalent",
+    "serving_engine",
+]
 
 MIN_COSINE = 0.999  # every check vector at least this close to torch's
 
@@ -63,39 +74,64 @@ def compile_module(module: Any, example_inputs: Any, key: str, threads: int = 0)
     example inputs: by name; a tensor: the one input); inputs keep
     their batch and length dimensions dynamic. `threads` 0: OpenVINO's own choice
     (every core)."""
+    model = read_cached(key)
+    if model is None:
+        model = convert_module(module, example_inputs, key)
+    return compile_model(model, threads)
+
+
+def load_cached(key: str, threads: int = 0) -> Any:
+    """The CompiledModel of `key`'s cached conversion, or None when there is none that reads."""
+    model = read_cached(key)
+    return None if model is None else compile_model(model, threads)
+
+
+def read_cached(key: str) -> Any:
     import openvino
 
-    core = openvino.Core()
     folder = cache_folder(key)
-    model = None
-    if (folder / "model.xml").is_file():
-        try:
-            model = core.read_model(str(folder / "model.xml"))
-        except Exception as exc:  # a damaged cache entry: convert again
-            log.warning("OpenVINO: the cached %s does not read (%s); converting again", folder, exc)
-    if model is None:
-        log.info("OpenVINO: converting %s (once; cached in %s)", key, folder)
-        try:
-            model = openvino.convert_model(module, example_input=example_inputs)
-        except Exception as exc:  # an architecture OpenVINO's converter does not take
-            log.info("OpenVINO could not convert %s: %s: %s", key, type(exc).__name__, exc)
-            raise ValueError(f"{key}: OpenVINO cannot convert this model ({type(exc).__name__}); run it with engine torch") from None
-        partial = folder.with_name(f"{folder.name}.{os.getpid()}.partial")
+    if not (folder / "model.xml").is_file():
+        return None
+    try:
+        return openvino.Core().read_model(str(folder / "model.xml"))
+    except Exception as exc:  # a damaged cache entry: convert again
+        log.warning("OpenVINO: the cached %s does not read (%s); converting again", folder, exc)
+        return None
+
+
+def convert_module(module: Any, example_inputs: Any, key: str) -> Any:
+    """Convert `module` (torch) to OpenVINO's form and cache it under `key`; returns the model."""
+    import openvino
+
+    folder = cache_folder(key)
+    log.info("OpenVINO: converting %s (once; cached in %s)", key, folder)
+    try:
+        model = openvino.convert_model(module, example_input=example_inputs)
+    except Exception as exc:  # an architecture OpenVINO's converter does not take
+        log.info("OpenVINO could not convert %s: %s: %s", key, type(exc).__name__, exc)
+        raise ValueError(f"{key}: OpenVINO cannot convert this model ({type(exc).__name__}); run it with engine torch") from None
+    partial = folder.with_name(f"{folder.name}.{os.getpid()}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        partial.mkdir(parents=True)
+        openvino.save_model(model, str(partial / "model.xml"), compress_to_fp16=False)
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(partial, folder)
+    except OSError as exc:  # a read-only cache: serve the conversion in hand
+        log.warning("OpenVINO: could not cache the conversion in %s (%s)", folder, exc)
         shutil.rmtree(partial, ignore_errors=True)
-        try:
-            partial.mkdir(parents=True)
-            openvino.save_model(model, str(partial / "model.xml"), compress_to_fp16=False)
-            shutil.rmtree(folder, ignore_errors=True)
-            os.replace(partial, folder)
-        except OSError as exc:  # a read-only cache: serve the conversion in hand
-            log.warning("OpenVINO: could not cache the conversion in %s (%s)", folder, exc)
-            shutil.rmtree(partial, ignore_errors=True)
+    return model
+
+
+def compile_model(model: Any, threads: int = 0) -> Any:
+    import openvino
+
     # FP32 throughout: on a CPU with BF16 units OpenVINO would otherwise compute in BF16
     # (MiniLM: cosine 0.99998 to torch, not the same features the weights were trained on).
     config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
     if threads > 0:
         config["INFERENCE_NUM_THREADS"] = threads
-    return core.compile_model(model, "CPU", config)
+    return openvino.Core().compile_model(model, "CPU", config)
 
 
 def require_equivalent(reference: np.ndarray, candidate: np.ndarray, what: str) -> float:

@@ -51,6 +51,8 @@ class Service(abc.ABC):
 
     #: short name used in logs, metrics and config ("text", "vision", ...)
     name: str = "service"
+    #: whether the service runs torch (the runtime then sets torch's threads before it loads)
+    uses_torch: bool = True
 
     @abc.abstractmethod
     def initialize(self) -> None:
@@ -369,7 +371,8 @@ class ServerHandle:
 
 def start_server(config: ServiceConfig, service: Service, *, initialize: bool = True) -> ServerHandle:
     """Start `service` on config.address. With initialize=False, call handle.initialize()."""
-    _configure_torch(config.torch_threads)
+    if service.uses_torch:
+        _configure_torch(config.torch_threads)
     limit_malloc_arenas()
     telemetry.setup_tracing(service.name, config.trace_exporter, config.otlp_endpoint)
     state = _State()

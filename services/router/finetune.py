@@ -59,9 +59,11 @@ class TextTop(nn.Module):
         starts = range(0, len(flat), batch)
         for start in progress(starts, len(starts), f"text below the top {self.k} layer(s) {label}".rstrip()):
             chunk = flat[start : start + batch]
-            tokens = self.encoder.tokenizer([t for _, _, t in chunk], padding=True, truncation=True, max_length=self.encoder.max_tokens, return_tensors="pt")
-            states = self.encoder.model(**tokens, output_hidden_states=True).hidden_states[self.depth - self.k]
-            for (key, source, _), row, length in zip(chunk, states, tokens["attention_mask"].sum(1).tolist()):
+            ids, mask, _ = self.encoder.tokenize([t for _, _, t in chunk])
+            states = self.encoder.model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask), output_hidden_states=True).hidden_states[
+                self.depth - self.k
+            ]
+            for (key, source, _), row, length in zip(chunk, states, mask.sum(1).tolist()):
                 self.pieces.setdefault(key, []).append((source, row[:length].clone()))
         for e, by_source in zip(examples, texts):
             for source in TEXT_SOURCES:

@@ -9,19 +9,20 @@ output for that model, so cosine similarity is `p_a . p_b`.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
+import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from transformers import AutoModel, AutoTokenizer
 
-from modalmesh.common import models
-from modalmesh.common.compiled import compile_module, on_openvino, require_equivalent
+from modalmesh.common import compiled, models
+from modalmesh.common.compiled import on_openvino, require_equivalent
 
 log = logging.getLogger(__name__)
 
@@ -62,74 +63,215 @@ def model_version(source: str) -> str:
 
 @dataclass
 class TextFeatures:
-    tokens: torch.Tensor  # [n_tokens, width], float32, special tokens included
-    pooled: torch.Tensor  # [width], float32, unit length
+    tokens: np.ndarray  # [n_tokens, width], float32, special tokens included
+    pooled: np.ndarray  # [width], float32, unit length
     truncated: bool  # tokens past the model's maximum length were dropped
+
+
+REFERENCE_FILE = "reference.npy"  # torch's pooled vectors for CHECK_SENTENCES, beside the converted model
 
 
 class TextEncoder:
     def __init__(self, source: str = "", allow_download: bool = False, quantize: bool = False, engine: str = "torch", threads: int = 0) -> None:
-        """`engine`: what runs the transformer, torch or openvino (common/compiled.py:
-        converted once, checked against torch on CHECK_SENTENCES at every load; `model`
-        is then None). `threads`: OpenVINO's inference threads (0: its own choice)."""
+        """`engine`: what runs the transformer, torch or openvino (common/compiled.py).
+
+        On openvino the model is converted once, and torch's vectors for CHECK_SENTENCES are
+        kept beside it; every load checks the converted model against them. Converting
+        needs torch; it runs in a child process unless this one has already imported torch,
+        so a text service on OpenVINO never loads torch (about 500 MiB). `model` is then
+        None. `threads`: OpenVINO's inference threads (0: its own choice)."""
         source, is_local = models.resolve_model_source(source, default_model_dir)
         models.ensure_loadable(source, is_local, allow_download)
-        self.source = source
-        local_only = not allow_download
-        self.tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
-        self.model = AutoModel.from_pretrained(source, local_files_only=local_only, use_safetensors=True)
-        self.model.eval()
-        self.width = int(self.model.config.hidden_size)
-        positions = int(getattr(self.model.config, "max_position_embeddings", 512))
-        tokenizer_limit = int(getattr(self.tokenizer, "model_max_length", positions) or positions)
+        self.source, self.allow_download = source, allow_download
+        settings = _settings(source) if is_local else {}
+        positions = int(settings.get("max_position_embeddings", 512))
+        tokenizer_limit = int(settings.get("model_max_length", positions) or positions)
         self.max_tokens = min(positions, tokenizer_limit, _sentence_transformers_limit(source) or positions)
         self.version = model_version(source) if is_local else source
+        self.engine = engine
+        self.model: Any = None
+        self.compiled: Any = None
+        self._tokenizer = _Tokenizer(source, self.max_tokens, allow_download)
+        if on_openvino(engine, quantize, "text"):
+            self.width = int(settings["hidden_size"]) if "hidden_size" in settings else 0
+            self._compile(threads)
+        else:
+            self._load_torch(quantize)
+        log.info("text model %s on %s: width %d, max %d tokens", self.version, engine, self.width, self.max_tokens)
+
+    def _load_torch(self, quantize: bool) -> None:
+        import torch
+        from transformers import AutoModel
+
+        self.model = AutoModel.from_pretrained(self.source, local_files_only=not self.allow_download, use_safetensors=True)
+        self.model.eval()
+        self.width = int(self.model.config.hidden_size)
         if quantize:  # INT8 dynamic quantization of every Linear layer (the bulk of BERT's compute)
             self.model = torch.ao.quantization.quantize_dynamic(self.model, {torch.nn.Linear}, dtype=torch.qint8)
             self.version += "+int8"
-        self.engine = engine
-        self.compiled: Any = None
-        if on_openvino(engine, quantize, "text"):
-            self._compile(threads)
-        log.info("text model %s on %s: width %d, max %d tokens", self.version, engine, self.width, self.max_tokens)
+
+    @property
+    def tokenizer(self) -> Any:
+        """The model's tokenizer as transformers loads it (to save it with a model, or to call
+        it as transformers does); encoding uses `tokenize`."""
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(self.source, local_files_only=not self.allow_download)
+
+    def tokenize(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, list[bool]]:
+        """(input ids [B, T], attention mask [B, T], int64, padded to the longest; whether
+        each text was truncated at max_tokens)."""
+        return self._tokenizer(texts)
+
+    # -- OpenVINO ----------------------------------------------------------------------
+    @property
+    def _key(self) -> str:
+        return f"text-{self.version}"
 
     def _compile(self, threads: int) -> None:
-        example = self.tokenizer(list(CHECK_SENTENCES[:2]), padding=True, return_tensors="pt")
-        inputs = {"input_ids": example["input_ids"], "attention_mask": example["attention_mask"]}
-        self.compiled = compile_module(self.model, inputs, f"text-{self.version}", threads)
-        reference = np.stack([f.pooled.numpy() for f in self._encode_torch(CHECK_SENTENCES)])
-        converted = np.stack([f.pooled.numpy() for f in self.encode_batch(CHECK_SENTENCES)])
-        cosine = require_equivalent(reference, converted, f"text model {self.version}")
-        log.info("text model on OpenVINO: cosine to torch %.6f on %d sentences", cosine, len(CHECK_SENTENCES))
-        self.model = None  # OpenVINO holds the weights it runs
+        """Load the converted model and check it against torch's vectors; convert (again)
+        when there is no conversion, or it does not read, or it fails the check."""
+        for attempt in range(2):
+            reference_file = compiled.cache_folder(self._key) / REFERENCE_FILE
+            self.compiled = compiled.load_cached(self._key, threads) if reference_file.is_file() else None
+            if self.compiled is not None:
+                try:
+                    reference = np.load(reference_file, allow_pickle=False)
+                    cosine = require_equivalent(reference, np.stack([f.pooled for f in self.encode_batch(CHECK_SENTENCES)]), f"text model {self.version}")
+                except (ValueError, OSError) as exc:
+                    if attempt:
+                        raise
+                    log.warning("text model on OpenVINO: %s; converting again", exc)
+                else:
+                    self.width = self.width or len(reference[0])
+                    log.info("text model on OpenVINO: cosine to torch %.6f on %d sentences", cosine, len(CHECK_SENTENCES))
+                    return
+            self.compiled = None
+            self._convert()
+        raise ValueError(
+            f"text model {self.version}: the OpenVINO conversion could not be kept in {compiled.cache_folder(self._key)}; "
+            "set MODALMESH_CACHE_DIR to a writable folder, or run it with engine torch"
+        )
 
+    def _convert(self) -> None:
+        """Convert the model and write torch's reference vectors (here if torch is loaded,
+        else in a child process, so that this one stays without it)."""
+        if "torch" in sys.modules:
+            prepare_openvino(self.source, self.allow_download)
+            return
+        command = [sys.executable, "-m", "modalmesh.text.model", "--prepare-openvino", self.source]
+        if self.allow_download:
+            command.append("--allow-download")
+        log.info("text model: converting to OpenVINO in a child process (once)")
+        done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        if done.returncode:
+            problem = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+            raise ValueError(f"text model {self.version}: the OpenVINO conversion failed: {problem}")
+
+    # -- encoding ----------------------------------------------------------------------
     def encode_batch(self, texts: Sequence[str]) -> list[TextFeatures]:
+        ids, mask, truncated = self._tokenizer(texts)
         if self.compiled is None:
-            return self._encode_torch(texts)
-        batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_tokens, return_tensors="np")
-        outputs = self.compiled({"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]})
-        hidden = torch.from_numpy(np.ascontiguousarray(outputs[self.compiled.output(0)]))
-        with torch.inference_mode():
-            return self._features(batch, hidden, torch.from_numpy(batch["attention_mask"]), len(texts))
+            return _features(self._hidden_torch(ids, mask), mask, truncated)
+        outputs = self.compiled({"input_ids": ids, "attention_mask": mask})
+        return _features(np.ascontiguousarray(outputs[self.compiled.output(0)], dtype=np.float32), mask, truncated)
 
-    @torch.inference_mode()
-    def _encode_torch(self, texts: Sequence[str]) -> list[TextFeatures]:
+    def _hidden_torch(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        import torch
+
         assert self.model is not None, "the torch model was released for OpenVINO"
-        batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt")
-        hidden = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-        return self._features(batch, hidden, batch["attention_mask"], len(texts))
+        with torch.inference_mode():
+            return self.model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).last_hidden_state.numpy()
 
-    @staticmethod
-    def _features(batch, hidden: torch.Tensor, attention_mask: torch.Tensor, count: int) -> list[TextFeatures]:
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = F.normalize((hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9), dim=-1)
-        lengths = attention_mask.sum(dim=1).tolist()
-        encodings = getattr(batch, "encodings", None) or [None] * count
-        return [
-            TextFeatures(
-                tokens=hidden[i, : lengths[i]].clone(),
-                pooled=pooled[i].clone(),
-                truncated=bool(encodings[i] is not None and encodings[i].overflowing),
-            )
-            for i in range(count)
-        ]
+
+def _features(hidden: np.ndarray, mask: np.ndarray, truncated: list[bool]) -> list[TextFeatures]:
+    """Mean over each text's tokens (the attention mask), L2-normalised: sentence-transformers' pooling."""
+    weights = mask[..., None].astype(np.float32)
+    summed = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
+    pooled = summed / np.maximum(np.linalg.norm(summed, axis=-1, keepdims=True), 1e-12)
+    lengths = mask.sum(axis=1)
+    return [TextFeatures(tokens=hidden[i, : lengths[i]].copy(), pooled=pooled[i].copy(), truncated=truncated[i]) for i in range(len(truncated))]
+
+
+def _settings(source: str) -> dict[str, Any]:
+    """The model's config.json with the tokenizer's model_max_length (tokenizer_config.json)."""
+    settings: dict[str, Any] = {}
+    for name in ("config.json", "tokenizer_config.json"):
+        path = Path(source) / name
+        if path.is_file():
+            settings.update({k: v for k, v in json.loads(path.read_text()).items() if isinstance(v, (int, float, str))})
+    return settings
+
+
+class _Tokenizer:
+    """The model's fast tokenizer (tokenizer.json, through the `tokenizers` library, as
+    transformers' fast tokenizers run it): special tokens added, truncated at max_tokens,
+    padded to the longest. A model without tokenizer.json goes through transformers."""
+
+    def __init__(self, source: str, max_tokens: int, allow_download: bool) -> None:
+        path = Path(source) / "tokenizer.json"
+        self.fast: Any = None
+        self.slow: Any = None
+        self.max_tokens = max_tokens
+        if path.is_file():
+            from tokenizers import Tokenizer
+
+            self.fast = Tokenizer.from_file(str(path))
+            self.fast.no_padding()
+            self.fast.enable_truncation(max_tokens)
+            pad = str(_settings(source).get("pad_token", "[PAD]"))
+            self.pad_id = self.fast.token_to_id(pad) or 0
+        else:
+            from transformers import AutoTokenizer
+
+            self.slow = AutoTokenizer.from_pretrained(source, local_files_only=not allow_download)
+
+    def __call__(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, list[bool]]:
+        if self.slow is not None:
+            batch = self.slow(list(texts), padding=True, truncation=True, max_length=self.max_tokens, return_tensors="np")
+            encodings = getattr(batch, "encodings", None) or [None] * len(texts)
+            truncated = [bool(e is not None and e.overflowing) for e in encodings]
+            return batch["input_ids"].astype(np.int64), batch["attention_mask"].astype(np.int64), truncated
+        encodings = self.fast.encode_batch(list(texts))
+        length = max((len(e.ids) for e in encodings), default=0)
+        ids = np.full((len(encodings), length), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(encodings), length), dtype=np.int64)
+        for row, encoding in enumerate(encodings):
+            ids[row, : len(encoding.ids)] = encoding.ids
+            mask[row, : len(encoding.ids)] = 1
+        return ids, mask, [bool(e.overflowing) for e in encodings]
+
+
+def prepare_openvino(source: str, allow_download: bool = False) -> None:
+    """Convert the model at `source` to OpenVINO (common/compiled.py's cache) and write
+    torch's pooled vectors for CHECK_SENTENCES beside it (REFERENCE_FILE)."""
+    import torch
+
+    encoder = TextEncoder(source, allow_download=allow_download)
+    ids, mask, _ = encoder.tokenize(CHECK_SENTENCES[:2])
+    compiled.convert_module(encoder.model, {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}, encoder._key)
+    folder = compiled.cache_folder(encoder._key)
+    partial = folder / f"{REFERENCE_FILE}.{os.getpid()}.partial.npy"
+    try:
+        np.save(partial, np.stack([f.pooled for f in encoder.encode_batch(CHECK_SENTENCES)]), allow_pickle=False)
+        os.replace(partial, folder / REFERENCE_FILE)
+    except OSError as exc:  # a read-only cache: the check cannot be kept
+        raise ValueError(f"cannot write the OpenVINO check vectors in {folder} ({exc}); set MODALMESH_CACHE_DIR to a writable folder") from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Convert a text model to OpenVINO and keep torch's check vectors beside it.")
+    parser.add_argument("--prepare-openvino", metavar="SOURCE", required=True, help="a local text model folder")
+    parser.add_argument("--allow-download", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        prepare_openvino(args.prepare_openvino, args.allow_download)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

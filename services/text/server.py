@@ -32,6 +32,11 @@ class TextService(EncoderBackend):
         self.encoder: TextEncoder | None = None
         self.batcher: DynamicBatcher[str, TextFeatures] | None = None
 
+    @property
+    def uses_torch(self) -> bool:  # type: ignore[override]
+        """On OpenVINO (the default) the text service never loads torch (text/model.py)."""
+        return serving_engine(self.config) == "torch"
+
     # -- lifecycle -------------------------------------------------------------------
     def initialize(self) -> None:
         self.encoder = TextEncoder(
