@@ -96,6 +96,19 @@ def test_an_input_that_alone_reads_another_label_is_pooled_into_the_answer():
     # One input has no one to disagree with: its answer is the fused one.
     single = decide(model, TRIAGE, {"text": text}, {})
     assert single.dissent == () and torch.equal(single.probabilities, alone_text)
+    # The router reads the inputs alone on a second thread (`beside`): the same decision.
+    from concurrent.futures import ThreadPoolExecutor
+
+    started = []
+    with ThreadPoolExecutor(1) as other:
+
+        def beside(work):
+            started.append(work)
+            return other.submit(work).result
+
+        threaded = decide(model, TRIAGE, {"text": text, "image": image}, {}, beside=beside)
+        assert len(started) == 1 and threaded.dissent == decided.dissent and torch.equal(threaded.probabilities, decided.probabilities)
+        assert decide(model, TRIAGE, {"text": text}, {}, beside=beside).dissent == () and len(started) == 1  # nothing to read alone
     reason = withheld(TRIAGE, "other", 0.49, {"text", "image"}, 0.5, {}, decided.dissent)
     assert "the inputs disagree: the " in reason and "alone reads as" in reason
     # A modality whose confident lone readings were right on validation less often than they

@@ -415,8 +415,13 @@ class Pipeline:
         default_deadline_s: float,
         max_input_bytes: int,
         speech_budget_s: float = 3.0,
+        run_beside: Callable[[Callable[[], Any]], Callable[[], Any]] | None = None,
     ) -> None:
         self.tasks = tasks
+        # Starts model work on the router's second model thread and returns a function that
+        # waits for it: a decision reads the modalities alone there while the whole input is
+        # fused on the first (tasks.decide); None: all on the model thread.
+        self.run_beside = run_beside
         self.speech_budget_s = speech_budget_s  # the spoken reply is waited for at most this long
         self.encoders = encoders
         self.run_model = run_model  # runs a callable on the router's model thread
@@ -704,7 +709,7 @@ class Pipeline:
         features = dict(run.features)
         tags = dict(run.evidence.image_tags)
         outputs, probabilities, regression, weight, dissent = self.run_model(
-            lambda: decide(task.model, task.spec, features, tags, outstanding, attention=run.explain, pointer=task.status_line)
+            lambda: decide(task.model, task.spec, features, tags, outstanding, attention=run.explain, pointer=task.status_line, beside=self.run_beside)
         )
         best = int(probabilities.argmax())
         answer = Answer(

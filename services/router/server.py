@@ -14,6 +14,7 @@ import math
 import queue
 import struct
 import threading
+from concurrent import futures
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import grpc
@@ -100,6 +101,7 @@ class RouterService(Service):
         self.repository: Repository | None = None  # with `model_repository`: the versions, loaded while serving
         self.pipeline: Pipeline | None = None
         self.model_thread: DynamicBatcher | None = None
+        self.beside_thread: futures.ThreadPoolExecutor | None = None
         self.channels: list[grpc.Channel] = []
         self.address = ""  # where the gRPC server listens (the HTTP gateway calls it)
         self.gateway: Any = None  # router/http.py HttpGateway, when http_port is set
@@ -111,6 +113,9 @@ class RouterService(Service):
     def initialize(self) -> None:
         model_thread: DynamicBatcher[Callable[[], object], object] = DynamicBatcher(_run_all, max_batch_size=8, max_queue=self.config.max_queue, name="router")
         self.model_thread = model_thread
+        # A second model thread: a decision's lone readings run there beside its whole-input
+        # fusion (tasks.decide), on a core the encoders have finished with by then.
+        beside_thread = self.beside_thread = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="router-model-beside")
 
         def prepare(task: TaskModel) -> TaskModel:
             # tau/gamma/eager: --routing, else the values tuned on validation (in the weights' config), else the task's defaults.
@@ -139,6 +144,7 @@ class RouterService(Service):
             self.tasks,
             Encoders(*self.channels),
             run_model=lambda work: model_thread.submit(work).value,
+            run_beside=lambda work: beside_thread.submit(work).result,
             default_deadline_s=self.config.default_deadline_s,
             max_input_bytes=self.config.max_input_bytes,
             speech_budget_s=self.config.speech_budget_s,
@@ -181,6 +187,8 @@ class RouterService(Service):
             self.repository.stop()
         if self.model_thread is not None:
             self.model_thread.close()
+        if self.beside_thread is not None:
+            self.beside_thread.shutdown(wait=True)
         for channel in self.channels:
             channel.close()
 

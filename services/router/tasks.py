@@ -600,6 +600,7 @@ def decide(
     use_measured: bool = True,
     attention: bool = True,
     pointer=None,
+    beside: Callable[[Callable[[], Any]], Callable[[], Any]] | None = None,
 ) -> Decided:
     """One decision from the evidence in hand: the fusion model's outputs, what the task
     reports (probabilities [L], regression [R]; see TaskSpec.finish) and the gate's
@@ -610,14 +611,23 @@ def decide(
     in hand, each that could answer alone (it holds what the task needs) is read alone
     too, and a dissenting one (DISSENT) is pooled into the answer. The router and the
     evaluation both decide through here. `attention=False` skips keeping the attention
-    weights (outputs.attention is None; only an explanation reads them)."""
-    outputs, probabilities, regression, weight, _ = fuse(model, spec, features, tags, outstanding, use_measured, attention, pointer)
+    weights (outputs.attention is None; only an explanation reads them). `beside`: starts
+    a callable on another thread and returns a function that waits for its result; the
+    lone readings then run there while the whole input is fused here (the same numbers)."""
     present = {name: sources for name, sources in MODALITY_SOURCES.items() if any(s in features for s in sources)}
-    if len(present) < 2:
+    lone: Callable[[], Any] | None = None
+    if len(present) >= 2:
+
+        def readings() -> list[tuple[str, torch.Tensor]]:
+            return list(lone_readings(model, spec, features, tags, use_measured, pointer))
+
+        lone = beside(readings) if beside is not None else readings
+    outputs, probabilities, regression, weight, _ = fuse(model, spec, features, tags, outstanding, use_measured, attention, pointer)
+    if lone is None:
         return Decided(outputs, probabilities, regression, weight)
     best = int(probabilities.argmax())
     pooled, dissent = [probabilities], []
-    for name, view in lone_readings(model, spec, features, tags, use_measured, pointer):
+    for name, view in lone():
         if model.config.dissent_precision.get(name, 1.0) < DISSENT_PRECISION:
             continue  # alone, it was often confidently wrong on validation: not a voice to pool
         other = int(torch.argmax(torch.where(torch.arange(len(view)) == best, -1.0, view)))
