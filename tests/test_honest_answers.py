@@ -109,6 +109,31 @@ def test_an_input_that_alone_reads_another_label_is_pooled_into_the_answer():
         threaded = decide(model, TRIAGE, {"text": text, "image": image}, {}, beside=beside)
         assert len(started) == 1 and threaded.dissent == decided.dissent and torch.equal(threaded.probabilities, decided.probabilities)
         assert decide(model, TRIAGE, {"text": text}, {}, beside=beside).dissent == () and len(started) == 1  # nothing to read alone
+    # A request keeps its lone readings (AloneReadings) while a modality's inputs are the same
+    # tensors: deciding again as encoders answer, or after reading ahead, reads nothing twice.
+    from modalmesh.router.tasks import AloneReadings
+
+    kept, reads = AloneReadings(), []
+
+    def counted(value):
+        def read():
+            reads.append(value)
+            return value
+
+        return read
+
+    one = torch.tensor([1.0])
+    assert kept.get("text", {"text": text}, {}, counted(one)) is one and reads == [one]
+    assert kept.get("text", {"text": text}, {}, counted(torch.tensor([2.0]))) is one and len(reads) == 1  # the same inputs
+    assert float(kept.get("text", {"text": text.clone()}, {}, counted(torch.tensor([3.0])))) == 3.0  # other tensors: read again
+    assert float(kept.get("image", {"image": image}, {"a": "1"}, counted(torch.tensor([4.0])))) == 4.0
+    assert float(kept.get("image", {"image": image}, {"a": "2"}, counted(torch.tensor([5.0])))) == 5.0  # other tags: read again
+    assert len(reads) == 4
+    fresh = AloneReadings()
+    with_kept = decide(model, TRIAGE, {"text": text, "image": image}, {}, kept=fresh)
+    again = decide(model, TRIAGE, {"text": text, "image": image}, {}, kept=fresh)
+    assert with_kept.dissent == again.dissent == decided.dissent
+    assert torch.equal(with_kept.probabilities, decided.probabilities) and torch.equal(again.probabilities, decided.probabilities)
     reason = withheld(TRIAGE, "other", 0.49, {"text", "image"}, 0.5, {}, decided.dissent)
     assert "the inputs disagree: the " in reason and "alone reads as" in reason
     # A modality whose confident lone readings were right on validation less often than they

@@ -773,6 +773,54 @@ def test_without_a_pointer_screen_lines_are_scored_while_other_encoders_still_wo
     assert error_text == ("" if label == "other" or key is None else SCREEN[key])  # no problem found: no error text
 
 
+def test_in_full_mode_a_modality_is_read_alone_while_other_encoders_still_work():
+    """The dissent check reads each modality alone (tasks.decide). In FULL mode the router
+    reads a modality whose inputs are all in on its second model thread while it still
+    waits for a slower encoder (here the audio, held until the image's reading is kept),
+    and the decision at the end is the one the evaluation computes."""
+    import threading
+    from concurrent import futures
+
+    import torch
+
+    from modalmesh.router.pipeline import Deadline, Pipeline, Produced, Run
+    from modalmesh.router.tasks import SHIPPED_WEIGHTS, TASKS, decide, load_task
+    from modalmesh.text.model import TextEncoder
+
+    task = load_task(TASKS["screenshot_triage"], str(SHIPPED_WEIGHTS))
+    vectors = torch.stack([torch.as_tensor(r.pooled, dtype=torch.float32) for r in TextEncoder("").encode_batch(SCREEN)])
+    generator = torch.Generator().manual_seed(3)
+    image_features = {"image": torch.randn(49, 1280, generator=generator), "image_text": vectors}
+    read_while_waiting = threading.Event()
+    with futures.ThreadPoolExecutor(1) as beside, futures.ThreadPoolExecutor(2) as pool:
+        pipeline = Pipeline(
+            {task.spec.name: task},
+            encoders=None,
+            run_model=lambda f: f(),
+            default_deadline_s=30,
+            max_input_bytes=1 << 20,
+            run_beside=lambda work: beside.submit(work).result,
+        )
+
+        def audio(call):
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not ("image" in run.alone._kept and run.alone._kept["image"][2].done()):
+                time.sleep(0.01)
+            if "image" in run.alone._kept:
+                read_while_waiting.set()
+            return Produced({"audio": torch.randn(50, 80, generator=torch.Generator().manual_seed(4))})
+
+        run = Run(encoders=None, pool=pool, deadline=Deadline.within(30), widths=task.model.config.input_widths)
+        run.start("image", lambda call: Produced(dict(image_features), {"screen_lines": SCREEN}))
+        run.start("audio", audio)
+        assert pipeline.gather(run, task, media={}, full=True, required=set(), side_now=set()) is None
+        decision = pipeline.decide(task, run, outstanding=())
+    assert read_while_waiting.is_set()
+    offline = decide(task.model, task.spec, dict(run.features), dict(run.evidence.image_tags), pointer=task.status_line, attention=False)
+    assert decision.dissent == offline.dissent
+    assert decision.answer.confidence == pytest.approx(float(offline.probabilities.max()), abs=1e-6)
+
+
 def test_embedding_screen_lines_does_not_wait_on_its_own_pool(mesh):
     """A source's work (the image's, after OCR) embeds its text lines concurrently. Those
     calls once went to the fan-out pool the work itself runs on: with every worker busy

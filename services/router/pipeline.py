@@ -20,7 +20,7 @@ degraded answer from the rest, with the reason in the explanation.
 from __future__ import annotations
 
 import collections
-
+import functools
 import itertools
 import logging
 import random
@@ -45,7 +45,19 @@ from modalmesh.router import reports
 from modalmesh.router.repository import why_missing
 from modalmesh.router.routing import Speculation, answer_now, outstanding, waits_for_required
 from modalmesh.router.sources import SIDE_OPTION, embed, side_text
-from modalmesh.router.tasks import UNCERTAIN, Answer, Evidence, TaskModel, best_screen_line, decide, not_applicable, screen_line_log_odds, withheld
+from modalmesh.router.tasks import (
+    UNCERTAIN,
+    AloneReadings,
+    Answer,
+    Evidence,
+    TaskModel,
+    best_screen_line,
+    decide,
+    lone_readings,
+    not_applicable,
+    screen_line_log_odds,
+    withheld,
+)
 from modalmesh.v1 import encoder_pb2, encoder_pb2_grpc, router_pb2, speech_pb2, speech_pb2_grpc
 from modalmesh.vision.decode import sniff_media_type
 from modalmesh.vision.measure import lesion_boxes, parse_lesion_tags
@@ -214,6 +226,8 @@ class Run:
         self.screen_text_note = ""  # OCR text read or used only in part, and why (the image's report says it)
         self.line_log_odds: torch.Tensor | None = None  # per OCR paragraph and label (Pipeline.score_screen_lines)
         self.status_index: int | None = None  # the status message's paragraph (Pipeline.status_row)
+        self.alone = AloneReadings()  # each modality read alone (tasks.decide's dissent check), kept for this request
+        self.read_ahead: set[tuple[str, frozenset[str]]] = set()  # (modality, sources) read alone ahead (Pipeline.read_alone_ahead)
 
     # -- starting work ---------------------------------------------------------------
     def start(self, source: str, work: Callable[[Call], Produced]) -> None:
@@ -675,6 +689,8 @@ class Pipeline:
                     break
             if run.pending:
                 self.score_screen_lines(task, run)  # while other encoders are still at work
+                if full:
+                    self.read_alone_ahead(task, run)
                 continue
             usable = [m for m in side_candidates if run.states[m].status == router_pb2.MODALITY_STATUS_USED]
             if not side_requested and usable:
@@ -709,7 +725,9 @@ class Pipeline:
         features = dict(run.features)
         tags = dict(run.evidence.image_tags)
         outputs, probabilities, regression, weight, dissent = self.run_model(
-            lambda: decide(task.model, task.spec, features, tags, outstanding, attention=run.explain, pointer=task.status_line, beside=self.run_beside)
+            lambda: decide(
+                task.model, task.spec, features, tags, outstanding, attention=run.explain, pointer=task.status_line, beside=self.run_beside, kept=run.alone
+            )
         )
         best = int(probabilities.argmax())
         answer = Answer(
@@ -730,6 +748,24 @@ class Pipeline:
         if run.status_index is None:
             run.status_index = self.run_model(lambda: task.status_line.pick(rows[: len(run.evidence.screen_lines)]))
         return run.status_index
+
+    def read_alone_ahead(self, task: TaskModel, run: Run) -> None:
+        """While other encoders are still at work (FULL mode, which decides once, at the end):
+        read each modality whose inputs are all in alone, on the second model thread, for
+        the decision's dissent check (tasks.decide) to find done."""
+        if self.run_beside is None:
+            return
+        busy = {modality_of(call.source) for call in run.pending}
+        if not busy:
+            return
+        features, tags = dict(run.features), dict(run.evidence.image_tags)
+        for modality in MODALITIES:
+            sources = frozenset(s for s in features if modality_of(s) == modality)
+            if not sources or modality in busy or (modality, sources) in run.read_ahead:
+                continue
+            run.read_ahead.add((modality, sources))
+            alone = {s: features[s] for s in sources}
+            self.run_beside(functools.partial(_read_alone, task, alone, tags, run.alone))
 
     def score_screen_lines(self, task: TaskModel, run: Run) -> None:
         """Once the screen text is in, for a task without a status-line pointer: how much each
@@ -1004,3 +1040,8 @@ def _summary(run: Run) -> str:
 
 def _ms(since: float) -> float:
     return (time.perf_counter() - since) * 1000.0
+
+
+def _read_alone(task: TaskModel, alone: dict[str, torch.Tensor], tags: dict[str, str], kept: AloneReadings) -> None:
+    for _ in lone_readings(task.model, task.spec, alone, tags, True, task.status_line, kept):
+        pass

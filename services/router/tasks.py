@@ -22,6 +22,8 @@ import dataclasses
 import json
 import logging
 import re
+import threading
+from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import Iterator, Mapping
@@ -601,6 +603,7 @@ def decide(
     attention: bool = True,
     pointer=None,
     beside: Callable[[Callable[[], Any]], Callable[[], Any]] | None = None,
+    kept: AloneReadings | None = None,
 ) -> Decided:
     """One decision from the evidence in hand: the fusion model's outputs, what the task
     reports (probabilities [L], regression [R]; see TaskSpec.finish) and the gate's
@@ -613,13 +616,15 @@ def decide(
     evaluation both decide through here. `attention=False` skips keeping the attention
     weights (outputs.attention is None; only an explanation reads them). `beside`: starts
     a callable on another thread and returns a function that waits for its result; the
-    lone readings then run there while the whole input is fused here (the same numbers)."""
+    lone readings then run there while the whole input is fused here (the same numbers).
+    `kept`: the request's lone readings so far (AloneReadings), reused where the inputs
+    are the same."""
     present = {name: sources for name, sources in MODALITY_SOURCES.items() if any(s in features for s in sources)}
     lone: Callable[[], Any] | None = None
     if len(present) >= 2:
 
         def readings() -> list[tuple[str, torch.Tensor]]:
-            return list(lone_readings(model, spec, features, tags, use_measured, pointer))
+            return list(lone_readings(model, spec, features, tags, use_measured, pointer, kept))
 
         lone = beside(readings) if beside is not None else readings
     outputs, probabilities, regression, weight, _ = fuse(model, spec, features, tags, outstanding, use_measured, attention, pointer)
@@ -639,14 +644,50 @@ def decide(
     return Decided(outputs, torch.stack(pooled).mean(dim=0), regression, weight, tuple(dissent))
 
 
-def lone_readings(model, spec: TaskSpec, features: dict[str, torch.Tensor], tags: dict[str, str], use_measured: bool = True, pointer=None):
+def lone_readings(
+    model, spec: TaskSpec, features: dict[str, torch.Tensor], tags: dict[str, str], use_measured: bool = True, pointer=None, kept: "AloneReadings | None" = None
+):
     """(modality, probabilities [L]) for each modality in `features` that can answer alone
     (it holds what the task needs; for the CT task only the scan), read by itself: the
-    voices decide pools, and what train.dissent_precision scores."""
+    voices decide pools, and what train.dissent_precision scores. `kept`: one request's
+    readings so far (AloneReadings), reused while a modality's inputs are the same."""
     for name, sources in MODALITY_SOURCES.items():
         alone = {s: f for s, f in features.items() if s in sources}
         if alone and set(spec.needs) <= {name}:
-            yield name, fuse(model, spec, alone, tags if name == "image" else {}, (), use_measured, False, pointer).probabilities
+            alone_tags = tags if name == "image" else {}
+
+            def read(alone=alone, alone_tags=alone_tags) -> torch.Tensor:
+                return fuse(model, spec, alone, alone_tags, (), use_measured, False, pointer).probabilities
+
+            yield name, (read() if kept is None else kept.get(name, alone, alone_tags, read))
+
+
+class AloneReadings:
+    """One request's readings of each modality alone (tasks.decide's dissent check), kept
+    while that modality's inputs are the same tensors: a request decides again as each
+    encoder answers, and the router reads a modality alone while others are still at work
+    (Pipeline.read_alone_ahead). Whoever asks first computes; a later asker waits for it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._kept: dict[str, tuple[dict[str, torch.Tensor], dict[str, str], futures.Future]] = {}
+
+    def get(self, name: str, alone: dict[str, torch.Tensor], tags: dict[str, str], read: Callable[[], torch.Tensor]) -> torch.Tensor:
+        with self._lock:
+            kept = self._kept.get(name)
+            same = kept is not None and kept[0].keys() == alone.keys() and all(kept[0][s] is alone[s] for s in alone) and kept[1] == tags
+            if kept is not None and same:
+                future, mine = kept[2], False
+            else:
+                future, mine = futures.Future(), True
+                self._kept[name] = (dict(alone), dict(tags), future)
+        if mine:
+            try:
+                future.set_result(read())
+            except BaseException as exc:
+                future.set_exception(exc)
+                raise
+        return future.result()
 
 
 def fuse(
