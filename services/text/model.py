@@ -147,7 +147,8 @@ class TextEncoder:
                     log.info("text model on OpenVINO: cosine to torch %.6f on %d sentences", cosine, len(CHECK_SENTENCES))
                     return
             self.compiled = None
-            self._convert()
+            if not attempt:
+                self._convert()
         raise ValueError(
             f"text model {self.version}: the OpenVINO conversion could not be kept in {compiled.cache_folder(self._key)}; "
             "set MODALMESH_CACHE_DIR to a writable folder, or run it with engine torch"
