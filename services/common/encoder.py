@@ -112,19 +112,19 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
         return self.backend.info()
 
     def Encode(self, request_iterator, context):
-        yield from self._encode(request_iterator, context)
+        started = time.perf_counter()
+        stream = iter(request_iterator)
+        request = read_header(stream, self.backend, context)
+        yield from self._encode(request, read_payload(stream, self.backend.max_input_bytes), started)
 
     def EncodeOnce(self, request, context):
-        messages = [encoder_pb2.EncodeRequest(header=request.header)]
-        if request.payload:
-            messages.append(encoder_pb2.EncodeRequest(payload=request.payload))
-        return encoder_pb2.EncodeOnceResponse(chunks=list(self._encode(messages, context)))
-
-    def _encode(self, messages, context) -> Iterator[encoder_pb2.FeatureChunk]:
         started = time.perf_counter()
-        stream = iter(messages)
-        request = read_header(stream, self.backend, context)
-        for chunk in self.backend.encode_stream(request, read_payload(stream, self.backend.max_input_bytes)):
+        header = check_header(request.header, self.backend, context)
+        payloads = whole_payload(request.payload, self.backend.max_input_bytes)
+        return encoder_pb2.EncodeOnceResponse(chunks=list(self._encode(header, payloads, started)))
+
+    def _encode(self, request: EncodeRequest, payloads: Iterator[bytes], started: float) -> Iterator[encoder_pb2.FeatureChunk]:
+        for chunk in self.backend.encode_stream(request, payloads):
             chunk.request_id = request.request_id
             if chunk.WhichOneof("content") == "pooled":
                 chunk.pooled.timings_ms["total"] = (time.perf_counter() - started) * 1000.0
@@ -138,7 +138,11 @@ def read_header(stream: Iterator[encoder_pb2.EncodeRequest], backend: EncoderBac
         raise errors.invalid_argument("header", "the request stream is empty; send a header first")
     if first.WhichOneof("content") != "header":
         raise errors.invalid_argument("header", "the first message must be a header, not a payload chunk")
-    header = first.header
+    return check_header(first.header, backend, context)
+
+
+def check_header(header: encoder_pb2.EncodeHeader, backend: EncoderBackend, context: grpc.ServicerContext | None) -> EncodeRequest:
+    """Validate a request's header (of an Encode stream or an EncodeOnce call)."""
     request_id = header.request_id or uuid.uuid4().hex
     if len(request_id) > MAX_REQUEST_ID_CHARS:
         raise errors.invalid_argument("header.request_id", f"longer than {MAX_REQUEST_ID_CHARS} characters")
@@ -177,9 +181,20 @@ def read_payload(stream: Iterator[encoder_pb2.EncodeRequest], max_bytes: int) ->
         if message.WhichOneof("content") != "payload":
             raise errors.invalid_argument(f"messages[{position}]", "a second header; only payload chunks may follow the header")
         received += len(message.payload)
-        if received > max_bytes:
-            raise errors.invalid_argument("payload", f"input exceeds the limit of {max_bytes} bytes (at chunk {position})")
+        _within_limit(received, max_bytes, position)
         yield message.payload
+
+
+def whole_payload(payload: bytes, max_bytes: int) -> Iterator[bytes]:
+    """An EncodeOnce call's payload, as read_payload gives a stream's (none when empty)."""
+    if payload:
+        _within_limit(len(payload), max_bytes, 1)
+        yield payload
+
+
+def _within_limit(received: int, max_bytes: int, position: int) -> None:
+    if received > max_bytes:
+        raise errors.invalid_argument("payload", f"input exceeds the limit of {max_bytes} bytes (at chunk {position})")
 
 
 def sequence_chunks(features, kind: encoder_pb2.FeatureKind, datatype: str, rows_per_chunk: int = 256) -> Iterator[encoder_pb2.FeatureChunk]:
