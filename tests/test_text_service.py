@@ -646,6 +646,31 @@ print("torch loaded:", "torch" in sys.modules, "transformers loaded:", "transfor
     assert (folder / "model.xml").is_file() and (folder / "reference.npy").is_file()
 
 
+def test_a_conversion_that_fails_in_the_child_process_says_why(tiny_bert_dir, tmp_path):
+    # The child process that converts for a torch-free text service fails (here: weights that
+    # do not load): the service does not start, and the error says what went wrong.
+    import shutil
+    import subprocess
+    import sys
+
+    broken = tmp_path / "broken-bert"
+    shutil.copytree(tiny_bert_dir, broken)
+    (broken / "model.safetensors").write_bytes(b"not safetensors")
+    script = f"""
+from modalmesh.text.model import TextEncoder
+try:
+    TextEncoder({str(broken)!r}, engine="openvino")
+except ValueError as exc:
+    print("refused:", exc)
+"""
+    environment = {**os.environ, "MODALMESH_CACHE_DIR": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=environment)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "refused: text model broken-bert@" in done.stdout, done.stdout
+    assert f"the OpenVINO conversion failed: cannot load or convert the model in {broken}:" in done.stdout, done.stdout
+    assert "Traceback" not in done.stdout and "Error:" not in done.stdout  # no Python exception names
+
+
 def test_quantize_runs_the_text_model_in_torch(tiny_bert_dir):
     service = TextService(load_config("text", environ={}, model=str(tiny_bert_dir), quantize=True))
     service.initialize()

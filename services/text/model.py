@@ -271,6 +271,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(exc, file=sys.stderr)
         return 1
+    except Exception as exc:  # weights that do not load, a model the converter cannot trace: say which, in one line
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        print(f"cannot load or convert the model in {args.prepare_openvino}: {detail}", file=sys.stderr)
+        return 1
     return 0
 
 
