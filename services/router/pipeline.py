@@ -20,7 +20,6 @@ degraded answer from the rest, with the reason in the explanation.
 from __future__ import annotations
 
 import collections
-import functools
 import itertools
 import logging
 import random
@@ -73,8 +72,7 @@ ENCODER_RETRIES = 3  # a busy encoder's refusal is retried after the wait it nam
 # heads, the words: 10-30 ms on an idle router, longer when calls queue for the model
 # thread), at least 20 ms and at most 0.6 s of it, or more when finishing has been slower,
 # but never more than 10% of the time left. The 0.6 s leaves room for a loaded router's
-# own delay in sending the reply (bench_overload.py at 4x overload: 3% of the replies
-# still arrive late).
+# own delay in sending the reply.
 REPLY_MARGIN_SHARE, MIN_REPLY_MARGIN_S, MAX_REPLY_MARGIN_S = 0.1, 0.02, 0.6
 FINISH_WINDOW = 64  # recent answers whose finishing time sets the margin
 AUDIO_SIGNATURES = ((b"RIFF", "audio/wav"), (b"fLaC", "audio/flac"), (b"OggS", "audio/ogg"))
@@ -765,7 +763,11 @@ class Pipeline:
                 continue
             run.read_ahead.add((modality, sources))
             alone = {s: features[s] for s in sources}
-            self.run_beside(functools.partial(_read_alone, task, alone, tags, run.alone))
+
+            def read(alone: dict[str, torch.Tensor] = alone) -> list:
+                return list(lone_readings(task.model, task.spec, alone, tags, True, task.status_line, run.alone))
+
+            self.run_beside(read)
 
     def score_screen_lines(self, task: TaskModel, run: Run) -> None:
         """Once the screen text is in, for a task without a status-line pointer: how much each
@@ -1040,8 +1042,3 @@ def _summary(run: Run) -> str:
 
 def _ms(since: float) -> float:
     return (time.perf_counter() - since) * 1000.0
-
-
-def _read_alone(task: TaskModel, alone: dict[str, torch.Tensor], tags: dict[str, str], kept: AloneReadings) -> None:
-    for _ in lone_readings(task.model, task.spec, alone, tags, True, task.status_line, kept):
-        pass

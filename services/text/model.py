@@ -91,7 +91,7 @@ class TextEncoder:
         self.engine = engine
         self.model: Any = None
         self.compiled: Any = None
-        self._tokenizer = _Tokenizer(source, self.max_tokens, allow_download)
+        self._tokenizer = _Tokenizer(source, self.max_tokens, allow_download, str(settings.get("pad_token", "[PAD]")))
         if on_openvino(engine, quantize, "text"):
             self.width = int(settings["hidden_size"]) if "hidden_size" in settings else 0
             self._compile(threads)
@@ -209,7 +209,7 @@ class _Tokenizer:
     transformers' fast tokenizers run it): special tokens added, truncated at max_tokens,
     padded to the longest. A model without tokenizer.json goes through transformers."""
 
-    def __init__(self, source: str, max_tokens: int, allow_download: bool) -> None:
+    def __init__(self, source: str, max_tokens: int, allow_download: bool, pad_token: str = "[PAD]") -> None:
         path = Path(source) / "tokenizer.json"
         self.fast: Any = None
         self.slow: Any = None
@@ -220,8 +220,7 @@ class _Tokenizer:
             self.fast = Tokenizer.from_file(str(path))
             self.fast.no_padding()
             self.fast.enable_truncation(max_tokens)
-            pad = str(_settings(source).get("pad_token", "[PAD]"))
-            self.pad_id = self.fast.token_to_id(pad) or 0
+            self.pad_id = self.fast.token_to_id(pad_token) or 0
         else:
             from transformers import AutoTokenizer
 
