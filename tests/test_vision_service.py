@@ -325,6 +325,31 @@ def test_ocr_reads_the_status_message_on_pages_a_real_browser_drew(reader, kind)
     assert len(lines) >= 4  # the page's headings, menus and details are read too
 
 
+def test_short_upright_words_are_read_as_drawn(reader):
+    """Screen text is upright: PP-OCR's angle classifier turns a grey "Edit" at 13 px over
+    (180 degrees at 0.92), and the word then reads "Edt"."""
+    from PIL import ImageDraw, ImageFont
+
+    page = Image.new("RGB", (480, 160), "white")
+    draw = ImageDraw.Draw(page)
+    draw.text((20, 20), "Delivery address", fill="black", font=ImageFont.load_default(size=20))
+    draw.text((20, 80), "Edit", fill=(60, 60, 60), font=ImageFont.load_default(size=13))
+    assert [line.text for line in reader.read(np.asarray(page))] == ["Delivery address", "Edit"]
+
+
+def test_recognition_batches_are_padded_to_a_few_widths(reader):
+    """Lines of any length reach the recognition model at widths in REC_WIDTH_STEP steps,
+    so the runtime sees the same input shapes again."""
+    from modalmesh.vision.ocr import REC_WIDTH_STEP
+
+    recognizer = reader._engine.text_rec
+    crops = [np.full((20, width, 3), 255, dtype=np.uint8) for width in (37, 200, 333, 517, 1000)]
+    for crop in crops:
+        width = recognizer.resize_norm_img(crop, crop.shape[1] / crop.shape[0]).shape[2]
+        assert width % REC_WIDTH_STEP == 0, width
+        assert 48 * crop.shape[1] / crop.shape[0] <= width < 48 * crop.shape[1] / crop.shape[0] + REC_WIDTH_STEP  # never cut
+
+
 def _page(width: int, height: int, rows: list[int], left: int = 40) -> np.ndarray:
     from PIL import ImageDraw, ImageFont
 

@@ -82,6 +82,14 @@ RETRY_UP, RETRY_DOWN = 1.5, 0.75  # up where the result stays within ENGINE_MAX_
 RETRY_MIN_TIME_S = 1.0
 
 
+# Recognition reads its line crops in batches, each padded to its widest line. OpenVINO
+# prepares its kernels per input shape, and a width it has not seen costs 20-120 ms more
+# than the same width again (the recognition model, widths 320-960); widths rounded up to
+# a step repeat far more often (32 px: 23 ms less per browser-drawn page on first sight,
+# the same time on a page seen before; wider steps pad more than they save).
+REC_WIDTH_STEP = 32
+
+
 class ScreenReader:
     def __init__(self, det_side: int = 0, engine: str = DEFAULT_OCR_ENGINE, max_lines: int = DEFAULT_MAX_LINES) -> None:
         """`engine`: what runs the same PP-OCR models, openvino (about 2x faster on this
@@ -91,8 +99,11 @@ class ScreenReader:
         together); detection still sees the whole image."""
         from rapidocr import EngineType, RapidOCR
 
-        # "error": an image without text is a normal answer here, not a warning.
-        params: dict[str, object] = {"Global.log_level": "error"}
+        # "error": an image without text is a normal answer here, not a warning. No angle
+        # classifier: screen text is upright, and the classifier turns short upright words
+        # over ("Edit" at 12-20 px: 180 degrees at 0.98), which then read as garbage and cost
+        # the page a second reading (RETRY_UP).
+        params: dict[str, object] = {"Global.log_level": "error", "Global.use_cls": False}
         if det_side > 0:
             params.update({"Det.limit_type": "max", "Det.limit_side_len": int(det_side)})
         runtime = EngineType(engine)  # config.OCR_ENGINES: "onnxruntime" or "openvino"
@@ -123,10 +134,19 @@ class ScreenReader:
             return crops, found
 
         setattr(self._engine, "detect_and_crop", capped)
+
+        recognizer = self._engine._load_rec_model()  # rapidocr loads it lazily; loaded now to wrap its resize
+        resize, height = recognizer.resize_norm_img, int(recognizer.rec_image_shape[1])
+
+        def width_in_steps(img, max_wh_ratio):
+            width = math.ceil(height * max_wh_ratio / REC_WIDTH_STEP) * REC_WIDTH_STEP
+            return resize(img, (width + 0.5) / height)  # the half pixel survives the engine's int()
+
+        setattr(recognizer, "resize_norm_img", width_in_steps)
         log.info("OCR: PP-OCR on %s", engine)
 
     def warm_up(self) -> list[TextLine]:
-        """Run detection, the angle classifier and recognition once, on a line of text: the
+        """Run detection and recognition once, on a line of text: the
         first image with text costs OpenVINO about 0.3 s more than the next (measured on a
         1024x640 screenshot: 588 ms after a blank warm-up, 255 ms after this one)."""
         from PIL import Image, ImageDraw, ImageFont
