@@ -353,22 +353,33 @@ def test_routing_thresholds_are_tuned_for_latency_within_half_a_point():
 
     # Confident base answers are right, unsure ones are wrong: answer early above 0.9.
     cases = [case(0.95, True)] * 60 + [case(0.75, False)] * 40
-    tau, gamma = tune_routing(cases)
+    tau, gamma = tune_routing(cases, max_risk=0.03)
     outcome = route(cases, tau, gamma)
     assert 0.75 < tau <= 0.95 and outcome["accuracy"] == 1.0 and outcome["side_outputs_requested"] == 40
     assert outcome["later_side_share"] == {"image": pytest.approx(0.4)}
     assert outcome["mean_latency_ms"] == pytest.approx(0.6 * 100 + 0.4 * 1100)
     # When even confident base answers are often wrong, never answer early.
     cases = [case(0.99, i % 4 != 0) for i in range(100)]
-    tau, gamma = tune_routing(cases)
+    tau, gamma = tune_routing(cases, max_risk=0.03)
     assert route(cases, tau, gamma)["accuracy"] == 1.0 and route(cases, tau, gamma)["side_outputs_requested"] == 100
+    # Confident base answers wrong exactly where everything together is wrong too (a message
+    # that misleads about the screen): accuracy would not tell, but those early answers would
+    # be given confidently where the full answer is withheld as unsure. Never answer early.
+    cases = [case(0.95, True)] * 90 + [RoutingCase([Checkpoint(100.0, 0.95, False, 0.01, False)], True, ("image",), False, 1100.0, 1000.0)] * 10
+    tau, gamma = tune_routing(cases, max_risk=0.03)
+    outcome = route(cases, tau, gamma)
+    assert outcome["early"] == 0 and outcome["early_wrong"] == 0 and outcome["side_outputs_requested"] == 100
+    # One such case in a hundred is within a 3% risk: answering early is kept.
+    cases = [case(0.95, True)] * 99 + [RoutingCase([Checkpoint(100.0, 0.95, False, 0.01, False)], True, ("image",), False, 1100.0, 1000.0)]
+    outcome = route(cases, *tune_routing(cases, max_risk=0.03))
+    assert outcome["early"] == 100 and outcome["early_wrong"] == 1
     # A side output the gate expects to weigh a lot is waited for, whatever the confidence.
     cases = [case(0.99, True, weight=0.4)] * 10 + [case(0.99, False, weight=0.6)] * 10
-    tau, gamma = tune_routing(cases)
+    tau, gamma = tune_routing(cases, max_risk=0.03)
     assert route(cases, tau, gamma)["accuracy"] == 1.0 and route(cases, tau, gamma)["side_outputs_requested"] == 10
     # OCR is expected to matter (weight 0.6); once it is in the answer is sure and the transcript is not waited for.
     cases = [case(0.99, i % 4 != 0, weight=0.6, after_ocr=(0.97, True, 0.05)) for i in range(100)]
-    tau, gamma = tune_routing(cases)
+    tau, gamma = tune_routing(cases, max_risk=0.03)
     outcome = route(cases, tau, gamma)
     assert outcome["accuracy"] == 1.0 and outcome["mean_latency_ms"] == pytest.approx(1100.0)
     assert outcome["side_outputs_requested"] == 100

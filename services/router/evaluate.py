@@ -301,7 +301,8 @@ def write_report(folder: Path, results: dict, probabilities, labels, spec, rows:
     lines += [
         "",
         f"Routed: tau {routed['tau']:g}, gamma {routed['gamma']:g}, side outputs asked for with the base features: "
-        f"{'+'.join(routed['eager']) or 'none'}. Latencies are simulated from each source's cost recorded at "
+        f"{'+'.join(routed['eager']) or 'none'}. {routed['early']} of {results['items']} answered before every input was in, "
+        f"{routed['early_wrong']} of those wrong (each given with confidence >= tau). Latencies are simulated from each source's cost recorded at "
         "feature extraction, modalities overlapping perfectly; `benchmarks/bench_routing.py` times routed and "
         "full through the mesh.",
     ]

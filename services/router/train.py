@@ -258,7 +258,7 @@ def train(
                 config.measurement_evidence = measurement_evidence(spec, val_set)
             if val_set:  # which inputs, read alone, are voices to pool with the answer (tasks.decide)
                 config.dissent_precision = dissent_precision(model, spec, served_val, pointer)
-            if val_set:  # the earliest answers that cost at most half a point of validation accuracy
+            if val_set:  # the earliest answers that cost at most half a point of validation accuracy and are as reliable as any
                 config.routing = tune_routing_on(model, spec, served_val, val_items, pointer)
             if val_set:  # answers below this confidence are withheld
                 probabilities = torch.stack([decide(model, spec, e.features, e.tags, attention=False, pointer=pointer).probabilities for e in served_val])
@@ -518,7 +518,7 @@ def tune_routing_on(model: FusionModel | FusionEnsemble, spec, examples: list[Ex
     eager: tuple[str, ...] = ()
     while True:
         cases = routing_cases(model, spec, examples, items, fuse_ms, eager, pointer=pointer)
-        tau, gamma = tune_routing(cases)
+        tau, gamma = tune_routing(cases, max_risk=ABSTAIN_RISK)
         outcome = route(cases, tau, gamma)
         if best is None or outcome["mean_latency_ms"] < best[0]["mean_latency_ms"]:
             best = (outcome, {"tau": tau, "gamma": gamma, "eager": list(eager)})
@@ -689,7 +689,7 @@ def write_model_card(out_dir: Path, spec, summary: dict, data: str, shown_as: Pa
 - Validation accuracy (all modalities): {summary["val_accuracy"]}
 - Gate offsets (fitted on validation, added to the gate's scores; a source alone still gets all the weight):
   {shown_offsets}{measured}
-- Compute routing (tuned on validation, at most half a point below answering from everything):
+- Compute routing (tuned on validation: at most half a point below answering from everything, early answers wrong at most {ABSTAIN_RISK:.0%} of the time):
   tau {summary["routing"].get("tau", spec.tau)}, gamma {summary["routing"].get("gamma", spec.gamma)},
   side outputs asked for with the base features: {"+".join(summary["routing"].get("eager", [])) or "none"}
 - Abstention: answers below confidence {summary.get("abstain_below", 0):g} are withheld ("uncertain"; chosen on validation).
