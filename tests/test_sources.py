@@ -20,7 +20,7 @@ def test_screen_text_becomes_one_vector_per_readable_paragraph_and_says_what_was
             _span("xq#", 0.2, (40, 500, 80, 520)),  # unreadable: not evidence
             _span("Try another card", 0.95, (40, 600, 240, 620)),
         ],
-        tags={"ocr_retry": "2 lines recovered by reading again at 1.5x"},
+        tags={"ocr_more": "text left unread: the first 100 lines were read (ocr_max_lines)"},
     )
     reading = side_text("image", side)
     assert reading is not None and reading.source == "image_text" and reading.per_text
@@ -32,7 +32,7 @@ def test_screen_text_becomes_one_vector_per_readable_paragraph_and_says_what_was
         ("xq#", pytest.approx(0.2)),  # what OCR read, the unreadable too (the console shows it)
         ("Try another card", pytest.approx(0.95)),
     ]
-    assert "recovered by reading again" in reading.note and "1 of 4 screen text lines unreadable" in reading.note
+    assert "the first 100 lines were read" in reading.note and "1 of 4 screen text lines unreadable" in reading.note
     seen = []
     vectors = embed(reading, lambda texts: seen.append(texts) or torch.ones(len(texts), 3), lambda text: torch.zeros(1, 3))
     assert seen == [["Payment declined", "Try another card"]] and vectors.shape == (2, 3)

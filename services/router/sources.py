@@ -40,7 +40,7 @@ def side_text(modality: str, side) -> SideText | None:
     if modality == "image" and side.text_spans:
         lines, unreadable, found = screen_paragraphs(side.text_spans)
         # Text read only in part is said in the image's report, not dropped unsaid.
-        unread = [side.tags[tag] for tag in ("ocr_more", "ocr_retry") if tag in side.tags]
+        unread = [side.tags["ocr_more"]] if "ocr_more" in side.tags else []
         if unreadable:
             unread.append(f"{unreadable} of {len(side.text_spans)} screen text lines unreadable (OCR confidence under {MIN_SPAN_CONFIDENCE:g}), not used")
         if found > len(lines):

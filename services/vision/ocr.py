@@ -18,14 +18,11 @@ from __future__ import annotations
 import importlib
 import logging
 import math
-import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
-from PIL import Image
 
-from modalmesh.common import errors
 from modalmesh.common.batching import Engine, deadline_after
 from modalmesh.common.config import DEFAULT_OCR_ENGINE, OCR_ENGINES
 from modalmesh.common.layout import reading_order
@@ -67,19 +64,9 @@ DEFAULT_MAX_LINES = 100
 
 class ScreenText(list):
     """The lines read, in reading order; `more` is True when text was left unread
-    (ScreenReader's max_lines: more boxes than that, or tiles of a long page below them);
-    `retried` says what a second reading at another scale recovered ('' when none ran)."""
+    (ScreenReader's max_lines: more boxes than that, or tiles of a long page below them)."""
 
     more: bool = False
-    retried: str = ""
-
-
-# Small or blurred type can come out as garbage at one scale and read cleanly at another
-# (a 9 px monospace error line at 1366x768: confidence 0.51 as read, 0.98 at 0.75x and at
-# 1.5x). Lines recognised with less confidence than the router uses (layout.MIN_SPAN_CONFIDENCE)
-# are read once more with the image scaled, when the caller has RETRY_MIN_TIME_S left.
-RETRY_UP, RETRY_DOWN = 1.5, 0.75  # up where the result stays within ENGINE_MAX_SIDE, else down
-RETRY_MIN_TIME_S = 1.0
 
 
 # Recognition reads its line crops in batches, each padded to its widest line. OpenVINO
@@ -101,8 +88,8 @@ class ScreenReader:
 
         # "error": an image without text is a normal answer here, not a warning. No angle
         # classifier: screen text is upright, and the classifier turns short upright words
-        # over ("Edit" at 12-20 px: 180 degrees at 0.98), which then read as garbage and cost
-        # the page a second reading (RETRY_UP).
+        # and small type over ("Edit" at 12-20 px: 180 degrees at 0.98), which then reads as
+        # garbage.
         params: dict[str, object] = {"Global.log_level": "error", "Global.use_cls": False}
         if det_side > 0:
             params.update({"Det.limit_type": "max", "Det.limit_side_len": int(det_side)})
@@ -159,28 +146,9 @@ class ScreenReader:
         """`timeout`: seconds the caller can still wait; DEADLINE_EXCEEDED (ServiceError)
         when they run out, checked before each tile and while another image is read;
         `wanted`: whether the caller is still there, checked likewise (CANCELLED once not).
-        Lines read with low confidence are read again at another scale (RETRY_UP)."""
-        from modalmesh.common.layout import MIN_SPAN_CONFIDENCE
-
-        deadline = deadline_after(timeout)
-        text = self._read_page(rgb, deadline, wanted)
-        unsure = [i for i, line in enumerate(text) if 0 < line.confidence < MIN_SPAN_CONFIDENCE]
-        if not unsure or (deadline is not None and deadline - time.monotonic() < RETRY_MIN_TIME_S):
-            return text
-        scale = RETRY_UP if max(rgb.shape[:2]) * RETRY_UP <= ENGINE_MAX_SIDE else RETRY_DOWN
-        size = (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale)))
-        try:
-            again = self._read_page(np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.LANCZOS)), deadline, wanted)
-        except errors.ServiceError:  # the deadline came during the second reading: the first stands
-            return text
-        recovered = 0
-        for i in unsure:
-            better = _best_overlap(text[i], [TextLine(line.text, line.confidence, tuple(v / scale for v in line.box)) for line in again])
-            if better is not None and better.confidence > text[i].confidence:
-                text[i] = better
-                recovered += 1
-        text.retried = f"{recovered} of {len(unsure)} low-confidence lines recovered by reading again at {scale:g}x"
-        return text
+        Lines come with the recognition's confidence; the router does not read those under
+        layout.MIN_SPAN_CONFIDENCE (garbled)."""
+        return self._read_page(rgb, deadline_after(timeout), wanted)
 
     def _read_page(self, rgb: np.ndarray, deadline: float | None, wanted: Callable[[], bool] | None = None) -> ScreenText:
         rgb, scale = _pad_to_page(rgb)
@@ -217,20 +185,6 @@ class ScreenReader:
             box = (float(quad[:, 0].min()), float(quad[:, 1].min()), float(quad[:, 0].max()), float(quad[:, 1].max()))
             lines.append(TextLine(str(text), float(score), box))
         return lines, detected
-
-
-def _best_overlap(line: TextLine, others: list[TextLine]) -> TextLine | None:
-    """The line of `others` that covers most of `line`'s box (at least half of it), the most
-    confident on a tie; None where none does."""
-    x0, y0, x1, y1 = line.box
-    area = max((x1 - x0) * (y1 - y0), 1e-6)
-    best, best_cover = None, 0.5
-    for other in others:
-        ox0, oy0, ox1, oy1 = other.box
-        cover = max(0.0, min(x1, ox1) - max(x0, ox0)) * max(0.0, min(y1, oy1) - max(y0, oy0)) / area
-        if cover > best_cover or (best is not None and cover == best_cover and other.confidence > best.confidence):
-            best, best_cover = other, cover
-    return best
 
 
 def _tiles(height: int, width: int) -> list[tuple[int, int, float, float]]:

@@ -124,8 +124,6 @@ class VisionService(EncoderBackend):
                 side.text_spans.add(text=line.text, confidence=line.confidence, box=list(line.box))
             if lines.more:
                 side.tags["ocr_more"] = f"text left unread: the first {self.reader.max_lines} lines were read (ocr_max_lines)"
-            if lines.retried:
-                side.tags["ocr_retry"] = lines.retried
             timings["ocr"] = (time.perf_counter() - started) * 1000.0
         yield encoder_pb2.FeatureChunk(side=side)
         yield encoder_pb2.FeatureChunk(
