@@ -489,3 +489,18 @@ def test_refusals_under_overload_are_logged_once_per_interval_with_their_count(c
     lines = [r.getMessage() for r in caplog.records if "every worker is busy" in r.getMessage()]
     assert len(lines) == 2
     assert lines[0].endswith("(1 refused since the last such line)") and lines[1].endswith("(500 refused since the last such line)")
+
+
+def test_a_ready_server_keeps_what_it_loaded_out_of_full_collections(start_text_service):
+    """Modules and models live as long as the server: frozen out of the cyclic collector's
+    view once loaded, a full collection (which holds the GIL while it walks every object)
+    no longer walks them in front of calls and health checks; stopped, they are let go."""
+    import gc
+
+    gc.unfreeze()
+    handle = start_text_service(initialize=False)
+    assert gc.get_freeze_count() == 0
+    handle.initialize()
+    assert gc.get_freeze_count() > 10_000  # torch, gRPC and the model's objects among them
+    handle.stop(grace=0.5)
+    assert gc.get_freeze_count() == 0
