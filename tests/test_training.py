@@ -123,6 +123,11 @@ def test_train_and_eval_medical_end_to_end(medical_data, tmp_path, capsys):
     assert "side outputs asked for with the base features" in (report / "report.md").read_text()
     assert {"full", "routed", "text only", "image only"} <= set(results["modes"])
     assert results["modes"]["routed"]["tau"] == config["routing"]["tau"]  # eval routes with the tuned thresholds
+    # As served in ROUTED mode: each item's early answer (fused from what had arrived) or, without one, FULL's.
+    routed, full = results["honesty_routed"]["in_scope"], results["honesty"]["in_scope"]
+    assert routed["items"] == full["items"] == 12 and "as served in ROUTED mode" in (report / "report.md").read_text()
+    if results["modes"]["routed"]["early"] == 0:
+        assert routed == full
     assert 0 <= results["modes"]["image only"]["fused_accuracy_same_items"] <= 1
     assert np.array(results["full"]["confusion"]).sum() == 12
     for plot in ("reliability.png", "confusion.png", "gate_by_label.png"):
@@ -383,6 +388,17 @@ def test_routing_thresholds_are_tuned_for_latency_within_half_a_point():
     outcome = route(cases, tau, gamma)
     assert outcome["accuracy"] == 1.0 and outcome["mean_latency_ms"] == pytest.approx(1100.0)
     assert outcome["side_outputs_requested"] == 100
+
+
+def test_the_early_answer_is_the_first_sure_checkpoint_and_names_what_it_was_fused_from():
+    from modalmesh.router.routing import Checkpoint, RoutingCase, early_answer
+
+    unsure = Checkpoint(10.0, 0.6, True, 0.1, False, ("text",))
+    sure = Checkpoint(300.0, 0.95, True, 0.1, True, ("text", "image", "image_text"))
+    case = RoutingCase([unsure, sure], True, (), True, 900.0, 800.0)
+    assert early_answer(case, 0.9, 0.5) is sure and sure.sources == ("text", "image", "image_text")
+    assert early_answer(case, 0.5, 0.5) is unsure
+    assert early_answer(case, 0.99, 0.5) is None  # waits for everything
 
 
 def test_an_eager_side_output_arrives_with_its_base_features_in_the_routing_replay():

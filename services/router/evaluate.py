@@ -31,7 +31,7 @@ from modalmesh.router.features import FeatureCache, text_model_version
 from modalmesh.router.fusion import MODALITIES, MODALITY_SOURCES, SOURCES, modality_gate_weights
 from modalmesh.router.served import expected_calibration_error, honesty_metrics, serve
 from modalmesh.router.tasks import SHIPPED_WEIGHTS, TaskSpec, decide, load_task_folder, spec_of
-from modalmesh.router.routing import route, routing_cases
+from modalmesh.router.routing import early_answer, route, routing_cases
 from modalmesh.router.train import input_widths, load_examples
 
 SINGLE = {f"{modality} only": sources for modality, sources in MODALITY_SOURCES.items()}
@@ -95,9 +95,8 @@ def evaluate(task: str | TaskSpec, data: str, report: str, weights: str = "", ca
     results["full"] = classification_metrics(full_p, labels, spec.labels)
     results["calibration"] = {"ece": expected_calibration_error(full_p, labels)}
     # As served: inputs the task does not read left out, unsure answers withheld (router/served.py).
-    results["honesty"] = honesty_metrics(
-        task_model, [serve(task_model, e.features, e.tags) for e in examples], labels, [serve(task_model, e.features, e.tags) for e in outside]
-    )
+    served_full = [serve(task_model, e.features, e.tags) for e in examples]
+    results["honesty"] = honesty_metrics(task_model, served_full, labels, [serve(task_model, e.features, e.tags) for e in outside])
     if "image" in spec.side_outputs:
         results["screen_text"] = screen_text_found(task_model, manifest, task, items, read_whole, full_p)
     if task == "medical_report":
@@ -120,6 +119,16 @@ def evaluate(task: str | TaskSpec, data: str, report: str, weights: str = "", ca
             "eager": list(task_model.spec.eager),
         },
     }
+    # As served in ROUTED mode, the default: an early answer is fused from what had arrived.
+    served_routed = []
+    for case, example, full_answer in zip(cases, examples, served_full):
+        early = early_answer(case, task_model.spec.tau, task_model.spec.gamma)
+        if early is None:
+            served_routed.append(full_answer)
+        else:
+            arrived = {s: f for s, f in example.features.items() if s in early.sources}
+            served_routed.append(serve(task_model, arrived, example.tags if "image" in arrived else {}))
+    results["honesty_routed"] = honesty_metrics(task_model, served_routed, labels, [])
     single = {}  # mode -> [N, L] probabilities (NaN where the item lacks the modality)
     for name, subset in SINGLE.items():
         p, _, _, keep, _ = predict(subset)
@@ -281,6 +290,12 @@ def write_report(folder: Path, results: dict, probabilities, labels, spec, rows:
             f"diameter MAE {h['diameter_mae_mm']:.2f} mm"
         )
     lines += honesty_lines(results["honesty"])
+    routed = results["honesty_routed"]["in_scope"]
+    lines.append(
+        f"- as served in ROUTED mode (the default; an early answer from what had arrived): {routed['answered']} answered, "
+        f"selective accuracy {'-' if routed['selective_accuracy'] is None else format(routed['selective_accuracy'], '.3f')}, "
+        f"wrong answers above 0.95: {routed['wrong_above_0.95']}"
+    )
     if results.get("transcripts"):
         t = results["transcripts"]
         lines.append(
@@ -342,7 +357,7 @@ def honesty_lines(honesty: dict) -> list[str]:
         return "-" if value is None else f"{value:.{digits}f}"
 
     lines = [
-        f"- as served (threshold {honesty['abstain_below']:g}): {inside['answered']} of {inside['items']} in-scope items "
+        f"- as served in FULL mode (threshold {honesty['abstain_below']:g}): {inside['answered']} of {inside['items']} in-scope items "
         f"answered (coverage {inside['coverage']:.3f}), selective accuracy {number(inside['selective_accuracy'])}, "
         f"ECE of the answers {number(inside['ece_answered'])}, wrong answers above 0.95: {inside['wrong_above_0.95']}; "
         f"{inside['not_applicable']} found not applicable"

@@ -116,6 +116,7 @@ class Checkpoint:
     correct: bool
     outstanding_weight: float
     side_requested: bool  # the side outputs had been asked for already
+    sources: tuple[str, ...] = ()  # what had arrived: the answer is fused from these
 
 
 @dataclass
@@ -165,7 +166,7 @@ def routing_cases(model, spec, examples, items, fuse_ms, eager=None, pointer=Non
             to_come = outstanding(base[index + 1 :], now, later_modalities)
             if to_come and not waits_for_required(to_come, required):  # never answered early without what the task needs
                 confidence, correct, weight = decide_on(example, arrived, to_come)
-                checkpoints.append(Checkpoint(arrival(modality) + fuse_ms, confidence, correct, weight, bool(now)))
+                checkpoints.append(Checkpoint(arrival(modality) + fuse_ms, confidence, correct, weight, bool(now), tuple(arrived)))
         base_ms = max((arrival(m) for m in base), default=0.0) + fuse_ms
 
         def later_call(side):  # a second call on the same input: decoded and encoded again, then the side output
@@ -177,13 +178,18 @@ def routing_cases(model, spec, examples, items, fuse_ms, eager=None, pointer=Non
             to_come = ordered[index + 1 :]
             if not waits_for_required(to_come, required):
                 confidence, correct, weight = decide_on(example, arrived, to_come)
-                checkpoints.append(Checkpoint(base_ms + later_call(side) + fuse_ms, confidence, correct, weight, True))
+                checkpoints.append(Checkpoint(base_ms + later_call(side) + fuse_ms, confidence, correct, weight, True, tuple(arrived)))
         everything = list(example.features)
         _, final_correct, _ = decide_on(example, everything, [])
         final_ms = base_ms + max((later_call(s) for s in sides), default=0.0) + (fuse_ms if sides else 0.0)
         full_ms = max((costs.get(m, 0.0) + costs.get(SIDE_SOURCE.get(m, ""), 0.0) for m in base), default=0.0) + fuse_ms
         cases.append(RoutingCase(checkpoints, bool(sides or now), tuple(later_modalities), final_correct, final_ms, full_ms))
     return cases
+
+
+def early_answer(case: RoutingCase, tau: float, gamma: float) -> Checkpoint | None:
+    """The checkpoint the router answers at, at (tau, gamma); None when it waits for everything."""
+    return next((c for c in case.checkpoints if sure_enough(c.confidence, c.outstanding_weight, tau, gamma)), None)
 
 
 def route(cases: list[RoutingCase], tau: float, gamma: float) -> dict:
@@ -194,7 +200,7 @@ def route(cases: list[RoutingCase], tau: float, gamma: float) -> dict:
     correct, latency, requested, answered_early, early_wrong = [], [], 0, 0, 0
     asked: dict[str, list[bool]] = {}
     for case in cases:
-        early = next((c for c in case.checkpoints if sure_enough(c.confidence, c.outstanding_weight, tau, gamma)), None)
+        early = early_answer(case, tau, gamma)
         if early is not None:
             correct.append(early.correct)
             latency.append(early.at_ms)
