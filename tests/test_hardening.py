@@ -494,7 +494,7 @@ def test_refusals_under_overload_are_logged_once_per_interval_with_their_count(c
 def test_a_ready_server_keeps_what_it_loaded_out_of_full_collections(start_text_service):
     """Modules and models live as long as the server: frozen out of the cyclic collector's
     view once loaded, a full collection (which holds the GIL while it walks every object)
-    no longer walks them in front of calls and health checks; stopped, they are let go."""
+    does not walk them in front of calls and health checks; stopped, they are let go."""
     import gc
 
     gc.unfreeze()

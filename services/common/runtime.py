@@ -345,7 +345,7 @@ class ServerHandle:
         started = time.perf_counter()
         self.service.initialize()
         # What initialize() loaded (modules, models) lives as long as the server: frozen out
-        # of the cyclic collector's view, a full collection no longer walks it. Unfrozen, one
+        # of the cyclic collector's view, a full collection does not walk it. Unfrozen, one
         # takes about 90 ms in the router, holding the GIL while calls and health checks wait.
         gc.collect()
         gc.freeze()
