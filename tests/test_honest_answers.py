@@ -409,8 +409,8 @@ def test_a_garbled_line_comes_with_its_low_confidence_from_one_reading():
     reader = ScreenReader()
     page = np.asarray(Image.open(io.BytesIO(_garbled_error_page())).convert("RGB"))
     calls = []
-    once = reader._read_page
-    reader._read_page = lambda *args, **kwargs: calls.append(1) or once(*args, **kwargs)  # counts the readings
+    once = reader._read_once
+    reader._read_once = lambda *args, **kwargs: calls.append(1) or once(*args, **kwargs)  # counts the engine's readings
     text = reader.read(page, timeout=30)
     assert len(text) == 1 and text[0].confidence < MIN_SPAN_CONFIDENCE and "TypeError" not in text[0].text, text
     assert 20 <= text[0].box[1] <= 40 and text[0].box[2] < 600  # the box in the page's own pixels (drawn at y 30)

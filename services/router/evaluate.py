@@ -290,11 +290,10 @@ def write_report(folder: Path, results: dict, probabilities, labels, spec, rows:
             f"diameter MAE {h['diameter_mae_mm']:.2f} mm"
         )
     lines += honesty_lines(results["honesty"])
-    routed = results["honesty_routed"]["in_scope"]
+    served_routed = results["honesty_routed"]["in_scope"]
     lines.append(
-        f"- as served in ROUTED mode (the default; an early answer from what had arrived): {routed['answered']} answered, "
-        f"selective accuracy {'-' if routed['selective_accuracy'] is None else format(routed['selective_accuracy'], '.3f')}, "
-        f"wrong answers above 0.95: {routed['wrong_above_0.95']}"
+        f"- as served in ROUTED mode (the default; an early answer from what had arrived): {served_routed['answered']} answered, "
+        f"selective accuracy {_number(served_routed['selective_accuracy'])}, wrong answers above 0.95: {served_routed['wrong_above_0.95']}"
     )
     if results.get("transcripts"):
         t = results["transcripts"]
@@ -349,17 +348,17 @@ def write_report(folder: Path, results: dict, probabilities, labels, spec, rows:
     (folder / "report.md").write_text("\n".join(lines) + "\n")
 
 
+def _number(value, digits=3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
 def honesty_lines(honesty: dict) -> list[str]:
     """The report's lines on what is answered, withheld and not applicable."""
     inside = honesty["in_scope"]
-
-    def number(value, digits=3):
-        return "-" if value is None else f"{value:.{digits}f}"
-
     lines = [
         f"- as served in FULL mode (threshold {honesty['abstain_below']:g}): {inside['answered']} of {inside['items']} in-scope items "
-        f"answered (coverage {inside['coverage']:.3f}), selective accuracy {number(inside['selective_accuracy'])}, "
-        f"ECE of the answers {number(inside['ece_answered'])}, wrong answers above 0.95: {inside['wrong_above_0.95']}; "
+        f"answered (coverage {inside['coverage']:.3f}), selective accuracy {_number(inside['selective_accuracy'])}, "
+        f"ECE of the answers {_number(inside['ece_answered'])}, wrong answers above 0.95: {inside['wrong_above_0.95']}; "
         f"{inside['not_applicable']} found not applicable"
     ]
     if inside["withheld_reasons"]:
@@ -372,7 +371,7 @@ def honesty_lines(honesty: dict) -> list[str]:
             f"{outside['withheld_or_not_applicable']:.3f} withheld or not applicable; "
             f"applicability AUROC by modality: {auroc or 'none checked'}"
         )
-    curve = " ".join(f"{point['threshold']:g}: {point['coverage']:.2f}/{number(point['accuracy'], 2)}" for point in honesty["risk_coverage"])
+    curve = " ".join(f"{point['threshold']:g}: {point['coverage']:.2f}/{_number(point['accuracy'], 2)}" for point in honesty["risk_coverage"])
     lines.append(f"- coverage/accuracy by confidence threshold: {curve}")
     return lines
 

@@ -148,9 +148,7 @@ class ScreenReader:
         `wanted`: whether the caller is still there, checked likewise (CANCELLED once not).
         Lines come with the recognition's confidence; the router does not read those under
         layout.MIN_SPAN_CONFIDENCE (garbled)."""
-        return self._read_page(rgb, deadline_after(timeout), wanted)
-
-    def _read_page(self, rgb: np.ndarray, deadline: float | None, wanted: Callable[[], bool] | None = None) -> ScreenText:
+        deadline = deadline_after(timeout)
         rgb, scale = _pad_to_page(rgb)
         lines: dict[tuple, TextLine] = {}
         budget, more = self.max_lines, False
