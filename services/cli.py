@@ -382,21 +382,27 @@ def _task_arg(args: argparse.Namespace):
     return load_task_file(args.task_file)
 
 
+def _keep_task_file(args: argparse.Namespace, task) -> None:
+    """A task file's task published to a repository: the repository keeps the task file beside its versions."""
+    if not (args.task_file and args.repository):
+        return
+    from modalmesh.router.task_file import FILE_NAME
+
+    kept = Path(args.repository) / task.name / FILE_NAME
+    given = Path(args.task_file).read_bytes()
+    if kept.is_file() and kept.read_bytes() != given:
+        raise ValueError(f"{kept} differs from {args.task_file}: a repository's versions share one task file; edit it there, or train another task name")
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    if not kept.is_file():
+        kept.write_bytes(given)
+
+
 @_data_errors
 def cmd_train(args: argparse.Namespace) -> int:
     from modalmesh.router.train import train
 
     task = _task_arg(args)
-    if args.task_file and args.repository:  # the repository keeps the task file beside its versions
-        from modalmesh.router.task_file import FILE_NAME
-
-        kept = Path(args.repository) / task.name / FILE_NAME
-        given = Path(args.task_file).read_bytes()
-        if kept.is_file() and kept.read_bytes() != given:
-            raise ValueError(f"{kept} differs from {args.task_file}: a repository's versions share one task file; edit it there, or train another task name")
-        kept.parent.mkdir(parents=True, exist_ok=True)
-        if not kept.is_file():
-            kept.write_bytes(given)
+    _keep_task_file(args, task)
     summary = train(
         task,
         args.data,
@@ -411,6 +417,28 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     print(json.dumps(summary, indent=2))
     print(f"wrote {summary['out']}/model.safetensors, config.json, MODEL_CARD.md")
+    return 0
+
+
+@_data_errors
+def cmd_tune_routing(args: argparse.Namespace) -> int:
+    from modalmesh.router.train import tune_routing_again
+
+    task = _task_arg(args)
+    if args.task_file and not args.weights:
+        raise ValueError("--task-file needs --weights: the folder of the version to tune (REPOSITORY/<task>/<N>)")
+    if args.write and not args.weights:
+        raise ValueError("--write needs --weights: the folder to rewrite (the installed weights are not rewritten unasked)")
+    _keep_task_file(args, task)
+    result = tune_routing_again(task, args.data, args.weights, args.cache, write=args.write, repository=args.repository or "")
+    print(json.dumps(result, indent=2))
+    for when in ("before", "after"):
+        r = result[when]
+        print(
+            f"{when:6s}  tau {r['tau']:g}, gamma {r['gamma']:g}, eager {'+'.join(r['eager']) or 'none'}: accuracy {r['accuracy']:.3f}, "
+            f"mean latency {r['mean_latency_ms']:.0f} ms (simulated), {r['early']} of {result['items']} answered early, {r['early_wrong']} of those wrong"
+        )
+    print(f"wrote {result['written']}" if result["written"] else "nothing written: add --write (this folder) or --repository DIR (a new version)")
     return 0
 
 
@@ -679,6 +707,23 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--weights", default="", help="task folder from `modalmesh train` (default: the shipped weights)")
     evaluation.add_argument("--cache", default="")
     evaluation.set_defaults(func=cmd_eval)
+
+    tune = commands.add_parser(
+        "tune-routing",
+        help="choose a trained model's routing again on validation data (early answers wrong at most 3%% of the time); prints before and after",
+    )
+    which = tune.add_mutually_exclusive_group(required=True)
+    which.add_argument("--task", choices=BUILT_IN_TASKS, help="a built-in task")
+    which.add_argument("--task-file", metavar="FILE", help="a task of your own: its task.json (then --weights names its folder)")
+    tune.add_argument("--data", required=True, help="val.jsonl: the validation manifest")
+    tune.add_argument("--weights", default="", help="task folder from `modalmesh train` (default: the shipped weights)")
+    tune.add_argument("--cache", default="", help="feature cache folder (default: .features beside the manifest)")
+    written = tune.add_mutually_exclusive_group()
+    written.add_argument("--write", action="store_true", help="replace the folder with a copy holding the new routing")
+    written.add_argument(
+        "--repository", metavar="DIR", help="write the copy as the task's next version, DIR/<task>/<N>/; a router serving DIR loads it without a restart"
+    )
+    tune.set_defaults(func=cmd_tune_routing)
 
     task = commands.add_parser("task", help="a task of your own: write a task file, check one")
     task_commands = task.add_subparsers(dest="task_command", required=True)

@@ -753,3 +753,49 @@ def test_held_out_sets_are_built_unlike_training_with_inputs_the_task_should_not
     assert {r["extra"]["kind"] for r in triage if r["scope"] == "out"} == {"ct", "photo", "record"}
     with pytest.raises(ValueError, match="unknown task"):
         heldout("quality_control", tmp_path / "qc", n=2, seed=1)
+
+
+def test_tune_routing_chooses_a_trained_models_routing_again_and_writes_it_as_asked(medical_data, tmp_path, capsys):
+    """A model whose routing never answers early (tau 1.01) gets the routing training would
+    choose: faster where early answers meet the risk bound, never less accurate than half a
+    point. Nothing is written unasked; --repository publishes a copy, --write replaces the folder."""
+    from modalmesh.common.models import file_digest
+    from modalmesh.router.train import ABSTAIN_RISK
+
+    weights = tmp_path / "medical_report"
+    assert main(["train", "--task", "medical_report", "--data", str(medical_data / "train.jsonl"), "--out", str(weights), "--epochs", "3"]) == 0
+    config = json.loads((weights / "config.json").read_text())
+    config["routing"] = {"tau": 1.01, "gamma": 0.0, "eager": []}
+    (weights / "config.json").write_text(json.dumps(config))
+    before_files = {p.name: p.read_bytes() for p in weights.iterdir() if p.is_file()}
+    capsys.readouterr()
+    ask = ["tune-routing", "--task", "medical_report", "--data", str(medical_data / "val.jsonl"), "--weights", str(weights)]
+    assert main(ask) == 0
+    out = capsys.readouterr().out
+    result = json.loads(out[: out.rindex("}") + 1])
+    assert result["items"] == 12 and result["written"] == "" and "nothing written" in out
+    before, after = result["before"], result["after"]
+    assert (before["tau"], before["gamma"], before["early"]) == (1.01, 0.0, 0)  # what the folder had: never early
+    assert after["early"] >= 1 and after["mean_latency_ms"] < before["mean_latency_ms"]  # some validation items are sure early
+    assert after["early_wrong"] <= ABSTAIN_RISK * after["early"] and after["accuracy"] >= before["accuracy"] - 0.005 - 1e-9
+    assert {p.name: p.read_bytes() for p in weights.iterdir() if p.is_file()} == before_files  # a dry run changes nothing
+
+    repository = tmp_path / "repo"
+    assert main(ask + ["--repository", str(repository)]) == 0
+    published = repository / "medical_report" / "1"
+    assert str(published) in capsys.readouterr().out
+    written = json.loads((published / "config.json").read_text())["routing"]
+    assert written == {k: after[k] for k in ("tau", "gamma", "eager")}
+    assert json.loads((published / "train_log.json").read_text())["routing"] == written
+    assert f"tau {after['tau']}, gamma {after['gamma']}," in (published / "MODEL_CARD.md").read_text()
+    assert file_digest(published / "model.safetensors") == file_digest(weights / "model.safetensors")
+    assert {p.name: p.read_bytes() for p in weights.iterdir() if p.is_file()} == before_files
+
+    assert main(ask + ["--write"]) == 0
+    assert json.loads((weights / "config.json").read_text())["routing"] == written
+    assert (weights / "model.safetensors").read_bytes() == before_files["model.safetensors"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left behind
+
+    capsys.readouterr()
+    assert main(["tune-routing", "--task", "medical_report", "--data", str(medical_data / "val.jsonl"), "--write"]) == 2
+    assert "--write needs --weights" in capsys.readouterr().err

@@ -25,14 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
-from modalmesh.common import models
 from modalmesh.data.generate import read_manifest
-from modalmesh.router.features import FeatureCache, text_model_version
+from modalmesh.router.features import FeatureCache
 from modalmesh.router.fusion import MODALITIES, MODALITY_SOURCES, SOURCES, modality_gate_weights
 from modalmesh.router.served import expected_calibration_error, honesty_metrics, serve
-from modalmesh.router.tasks import SHIPPED_WEIGHTS, TaskSpec, decide, load_task_folder, spec_of
+from modalmesh.router.tasks import TaskSpec, decide, spec_of
 from modalmesh.router.routing import early_answer, route, routing_cases
-from modalmesh.router.train import input_widths, load_examples
+from modalmesh.router.train import check_input_widths, load_examples, open_trained
 
 SINGLE = {f"{modality} only": sources for modality, sources in MODALITY_SOURCES.items()}
 
@@ -41,35 +40,16 @@ def evaluate(task: str | TaskSpec, data: str, report: str, weights: str = "", ca
     """`task`: a built-in task's name, or a task file's TaskSpec (`weights` then names its folder)."""
     spec = spec_of(task)
     task = spec.name
-    # `weights`: a task folder (model.safetensors inside) or a weights folder (<task>/ inside).
-    folder = Path(weights) if weights else SHIPPED_WEIGHTS / task
-    if weights and not (folder / "model.safetensors").is_file():
-        folder = folder / task
-    task_model = load_task_folder(spec, folder)
-    model = task_model.model.eval()
+    task_model, folder = open_trained(spec, weights)
+    model = task_model.model
     manifest = Path(data)
-    if model.config.text_model:  # the features must come from the text model the weights were trained with
-        running = text_model_version()
-        if not models.same_weights(running, model.config.text_model):
-            hint = folder / "text-model" if (folder / "text-model").is_dir() else "that model's folder"
-            raise ValueError(
-                f"{folder}: the weights were trained with the text model {model.config.text_model}, "
-                f"the encoders here run {running or 'a hub model'}: evaluate with MODALMESH_TEXT_MODEL={hint}"
-            )
     cache = FeatureCache.for_task(spec, manifest, cache_dir)
     try:  # images the task does not read are kept: they are judged below as the router judges them
         examples, items = load_examples(spec, manifest, cache, "eval", refuse=False)
         outside, _ = load_examples(spec, manifest, cache, "out", scope="out", refuse=False)
     finally:
         cache.close()
-    expected = model.config.input_widths
-    wrong = {s: w for s, w in input_widths(examples, {}).items() if w != expected.get(s, w)}
-    if wrong:
-        source, width = next(iter(wrong.items()))
-        raise ValueError(
-            f"{folder}: the weights expect {source} features {expected[source]} wide, the encoders give {width}: "
-            f"evaluate with the models they were trained with (MODALMESH_<SERVICE>_MODEL)"
-        )
+    check_input_widths(folder, model, examples)
     read_whole = examples  # every screen paragraph: decide reads them through the status-line pointer
     pointer = task_model.status_line
     labels = np.array([e.label for e in examples])

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import random
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from modalmesh.common import models
 from modalmesh.common.progress import progress
 from modalmesh.data.generate import read_manifest
 from modalmesh.router import applicability, status_line
@@ -35,7 +37,7 @@ from modalmesh.router.finetune import LEARNING_RATE as TEXT_TOP_LEARNING_RATE
 from modalmesh.router.fusion import FusionConfig, FusionEnsemble, FusionModel, fit_log_temperature
 from modalmesh.router.repository import staged_version, versions_in
 from modalmesh.router.routing import EAGER_MIN_SHARE
-from modalmesh.router.tasks import DISSENT, NOT_FOR_CLINICAL_USE, TaskSpec, decide, lone_readings, spec_of
+from modalmesh.router.tasks import DISSENT, NOT_FOR_CLINICAL_USE, SHIPPED_WEIGHTS, TaskModel, TaskSpec, decide, load_task_folder, lone_readings, spec_of
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,39 @@ class Example:
     target_mask: torch.Tensor  # which targets apply
     tags: dict[str, str]  # the image's tags (PixelSpacing, Columns): what turns fractions into mm
     truth: torch.Tensor  # regression targets in the units the task reports (mm)
+
+
+def open_trained(spec: TaskSpec, weights: str) -> tuple[TaskModel, Path]:
+    """A task's model for offline use, and its folder. `weights`: a task folder
+    (model.safetensors inside) or a weights folder (<task>/ inside); the shipped weights
+    when empty. Refused when it was trained on features of another text model than the
+    encoders here run."""
+    folder = Path(weights) if weights else SHIPPED_WEIGHTS / spec.name
+    if weights and not (folder / "model.safetensors").is_file():
+        folder = folder / spec.name
+    task_model = load_task_folder(spec, folder)
+    task_model.model.eval()
+    if task_model.model.config.text_model:  # the features must come from the text model the weights were trained with
+        running = text_model_version()
+        if not models.same_weights(running, task_model.model.config.text_model):
+            hint = folder / "text-model" if (folder / "text-model").is_dir() else "that model's folder"
+            raise ValueError(
+                f"{folder}: the weights were trained with the text model {task_model.model.config.text_model}, "
+                f"the encoders here run {running or 'a hub model'}: run with MODALMESH_TEXT_MODEL={hint}"
+            )
+    return task_model, folder
+
+
+def check_input_widths(folder: Path, model, examples) -> None:
+    """Refuses features of another width than the weights were trained on (another encoder model)."""
+    expected = model.config.input_widths
+    wrong = {s: w for s, w in input_widths(examples, {}).items() if w != expected.get(s, w)}
+    if wrong:
+        source, width = next(iter(wrong.items()))
+        raise ValueError(
+            f"{folder}: the weights expect {source} features {expected[source]} wide, the encoders give {width}: "
+            f"run with the models they were trained with (MODALMESH_<SERVICE>_MODEL)"
+        )
 
 
 def regression_targets(task: str | TaskSpec, record: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -350,7 +385,7 @@ def weights_folder(folder: Path) -> Path:
     others = sorted(p.name for p in folder.iterdir() if p.name not in WEIGHT_FILES) if folder.is_dir() else []
     if others:
         shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
-        raise ValueError(f"--out {folder} holds other files ({shown}); training replaces the whole folder, so name a new one or a folder of earlier weights")
+        raise ValueError(f"{folder} holds other files ({shown}); new weights replace the whole folder, so name a new one or a folder of earlier weights")
     return folder
 
 
@@ -502,7 +537,15 @@ def next_eager(side_outputs, eager: tuple[str, ...], needed: dict[str, float]) -
     return modality if share >= EAGER_MIN_SHARE else None
 
 
-def tune_routing_on(model: FusionModel | FusionEnsemble, spec, examples: list[Example], items: list, pointer=None) -> dict:
+def fusion_ms(model, spec, examples: list[Example]) -> float:
+    """The mean time of one fusion on up to 16 of the examples, in ms: what routing's simulation charges per decision."""
+    started = time.perf_counter()
+    for example in examples[:16]:
+        predict(model, spec, [example])
+    return (time.perf_counter() - started) * 1000 / max(1, min(16, len(examples)))
+
+
+def tune_routing_on(model, spec, examples: list[Example], items: list, pointer=None, fuse_ms: float | None = None) -> dict:
     """tau, gamma and the eager side outputs (asked for with the base features instead of
     after them) with the lowest simulated mean latency on validation. Side outputs become
     eager one at a time, the most often asked for first, while one is asked for on at
@@ -510,10 +553,7 @@ def tune_routing_on(model: FusionModel | FusionEnsemble, spec, examples: list[Ex
     `pointer`: the status-line pointer the examples' screen paragraphs are read through."""
     from modalmesh.router.routing import route, routing_cases, tune_routing
 
-    started = time.perf_counter()
-    for example in examples[:16]:
-        predict(model, spec, [example])
-    fuse_ms = (time.perf_counter() - started) * 1000 / min(16, len(examples))
+    fuse_ms = fusion_ms(model, spec, examples) if fuse_ms is None else fuse_ms
     best: tuple[dict, dict] | None = None
     eager: tuple[str, ...] = ()
     while True:
@@ -528,14 +568,73 @@ def tune_routing_on(model: FusionModel | FusionEnsemble, spec, examples: list[Ex
         eager += (more,)
     outcome, routing = best
     log.info(
-        "routing on validation: tau %g gamma %g eager %s -> accuracy %.3f, mean latency %.0f ms",
+        "routing on validation: tau %g gamma %g eager %s -> accuracy %.3f, mean latency %.0f ms, %d early answers, %d wrong",
         routing["tau"],
         routing["gamma"],
         "+".join(routing["eager"]) or "none",
         outcome["accuracy"],
         outcome["mean_latency_ms"],
+        outcome["early"],
+        outcome["early_wrong"],
     )
     return routing
+
+
+ROUTING_CARD = re.compile(r"  tau \S+, gamma \S+,\n  side outputs asked for with the base features: \S+")
+
+
+def tune_routing_again(task: str | TaskSpec, data: str, weights: str, cache_dir: str = "", write: bool = False, repository: str = "") -> dict:
+    """A trained model's routing tuned again on a validation manifest by the rule training
+    uses (tune_routing_on): the routing it has and the one it gets, each with validation
+    accuracy, simulated mean latency and its early answers (how many, how many wrong).
+    `write`: the folder is replaced by a copy with the new routing (config.json,
+    train_log.json, MODEL_CARD.md); `repository`: that copy becomes the task's next
+    version there instead, the folder untouched."""
+    from modalmesh.router.routing import route, routing_cases
+
+    spec = spec_of(task)
+    task_model, folder = open_trained(spec, weights)
+    if not task_model.trained:
+        raise ValueError(f"{folder}: no model.safetensors there: train the task first (`modalmesh train`)")
+    cache = FeatureCache.for_task(spec, Path(data), cache_dir)
+    try:
+        examples, items = load_examples(spec, data, cache, "val", refuse=False)
+    finally:
+        cache.close()
+    check_input_widths(folder, task_model.model, examples)
+    model, pointer, served = task_model.model, task_model.status_line, task_model.spec
+
+    def outcome(routing: dict) -> dict:
+        cases = routing_cases(model, served, examples, items, fuse_ms, tuple(routing["eager"]), pointer=pointer)
+        found = route(cases, routing["tau"], routing["gamma"])
+        keep = ("accuracy", "mean_latency_ms", "early", "early_wrong")
+        return {**routing, **{k: found[k] for k in keep}}
+
+    with deterministic_torch(), torch.inference_mode():
+        fuse_ms = fusion_ms(model, served, examples)
+        before = outcome({"tau": served.tau, "gamma": served.gamma, "eager": list(served.eager)})
+        after = outcome(tune_routing_on(model, served, examples, items, pointer, fuse_ms))
+    result = {"task": spec.name, "weights": str(folder), "items": len(examples), "before": before, "after": after, "written": ""}
+    if write or repository:
+        routing = {k: after[k] for k in ("tau", "gamma", "eager")}
+        published: list[Path] = []
+        staging = staged_version(Path(repository) / spec.name, published) if repository else staged_folder(folder)
+        with staging as out_dir:
+            for entry in folder.iterdir():
+                if entry.name in WEIGHT_FILES:
+                    (shutil.copytree if entry.is_dir() else shutil.copy2)(entry, out_dir / entry.name)
+            for name in ("config.json", "train_log.json"):
+                if (out_dir / name).is_file():
+                    values = json.loads((out_dir / name).read_text())
+                    values["routing"] = routing
+                    (out_dir / name).write_text(json.dumps(values, indent=2) + ("\n" if name == "train_log.json" else ""))
+            card = out_dir / "MODEL_CARD.md"
+            if card.is_file():
+                eager = "+".join(routing["eager"]) or "none"
+                shown = f"  tau {routing['tau']}, gamma {routing['gamma']},\n  side outputs asked for with the base features: {eager}"
+                card.write_text(ROUTING_CARD.sub(shown, card.read_text()))
+        result["written"] = str(published[0] if published else folder)
+    return result
 
 
 ABSTAIN_FLOOR = 0.5  # a calibrated label under 0.5 is more likely wrong than right: never given
