@@ -8,7 +8,7 @@ the same work).
 
 - Mesh: `modalmesh up`-style, four processes on 127.0.0.1; latency seen by the client.
 - In process: the same encoder backends (the service classes' own encode code, no gRPC),
-  called one after the other in this process, then the same fusion model.
+  called one after the other in this process, then the same decision (tasks.decide).
 - Router overhead per request: total - the slowest modality's latency (from the
   answer's explanation): validation, fusion, heads, description, and the fan-out itself.
 
@@ -76,20 +76,22 @@ def bench_mesh(inputs, calls: int) -> dict:
 def bench_in_process(inputs, calls: int) -> dict:
     """The same work as the mesh, one step after another in this process: the services'
     own encode code (LocalEncoders, as training uses it, OCR read into paragraphs like the
-    router does), then the router's fusion model."""
+    router does), then the router's decision (tasks.decide: the fusion model through the
+    status-line pointer, and each modality read alone for the dissent check), on one thread."""
     import torch
 
     from modalmesh.router.features import LocalEncoders
     from modalmesh.router.tasks import SHIPPED_WEIGHTS
-    from modalmesh.router.tasks import TASKS, load_task
+    from modalmesh.router.tasks import TASKS, decide, load_task
 
     encoders = LocalEncoders()
     task = load_task(TASKS["screenshot_triage"], str(SHIPPED_WEIGHTS))  # the router's own weights
 
     def one():
         item = encoders.extract(text=inputs["text"], image=inputs["image"], image_type="image/png", audio=inputs["audio"], audio_type="audio/wav")
+        tags = dict(item.evidence.get("image_tags", {}))
         with torch.inference_mode():
-            task.model(task.model.embed([item.features]))
+            decide(task.model, task.spec, item.features, tags, attention=False, pointer=task.status_line)
 
     try:
         totals = samples_ms(one, calls, warmup=2)
