@@ -13,10 +13,9 @@ from modalmesh.common.client import EncoderClient, connect
 @pytest.fixture(scope="module")
 def spans():
     telemetry.setup_tracing("test")  # installs the SDK provider once per process
-    provider = trace.get_tracer_provider()
-    assert isinstance(provider, TracerProvider)
+    assert isinstance(trace.get_tracer_provider(), TracerProvider)
     exporter = InMemorySpanExporter()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    telemetry.add_span_processor(SimpleSpanProcessor(exporter))
     return exporter
 
 
@@ -35,3 +34,22 @@ def test_one_trace_id_from_caller_to_encoder(spans, text_service):
     assert server.parent.is_remote  # it came through gRPC metadata, not a shared context
     assert client.parent.span_id == root.get_span_context().span_id
     assert server.attributes["rpc.method"] == "EncodeOnce"
+
+
+def test_spans_are_recorded_only_once_something_receives_them(monkeypatch):
+    """With the default exporter `none` nothing would receive a span: none is recorded, but
+    each still has trace ids, and they are passed on to the next hop."""
+    from opentelemetry import propagate
+
+    tracer = TracerProvider(sampler=telemetry.RecordWhenExported()).get_tracer("test")
+    monkeypatch.setattr(telemetry, "_exporters_added", set())
+    with tracer.start_as_current_span("caller") as root:
+        call = tracer.start_span("call")
+    trace_id = root.get_span_context().trace_id
+    assert not root.is_recording() and not call.is_recording() and trace_id != 0
+    assert call.get_span_context().trace_id == trace_id
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier, context=trace.set_span_in_context(call))
+    assert f"{trace_id:032x}" in carrier["traceparent"]
+    monkeypatch.setattr(telemetry, "_exporters_added", {"console"})
+    assert tracer.start_span("exported").is_recording()
