@@ -799,3 +799,6 @@ def test_tune_routing_chooses_a_trained_models_routing_again_and_writes_it_as_as
     capsys.readouterr()
     assert main(["tune-routing", "--task", "medical_report", "--data", str(medical_data / "val.jsonl"), "--write"]) == 2
     assert "--write needs --weights" in capsys.readouterr().err
+    assert main(["tune-routing", "--task", "medical_report", "--data", str(medical_data / "val.jsonl"), "--weights", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err
+    assert "no model.safetensors there" in err and "Traceback" not in err
