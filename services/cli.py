@@ -373,6 +373,13 @@ def cmd_data_lm(args: argparse.Namespace) -> int:
     return 0
 
 
+def _task_choice(parser: argparse.ArgumentParser, file_help: str) -> None:
+    """--task (a built-in) or --task-file (a task of your own), one of them required; read with _task_arg."""
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--task", choices=BUILT_IN_TASKS, help="a built-in task")
+    which.add_argument("--task-file", metavar="FILE", help=file_help)
+
+
 def _task_arg(args: argparse.Namespace):
     """--task's name, or the TaskSpec of --task-file."""
     if not args.task_file:
@@ -659,9 +666,7 @@ def build_parser() -> argparse.ArgumentParser:
     lm.set_defaults(func=cmd_data_lm)
 
     train = commands.add_parser("train", help="train a task's fusion model on a manifest (encoders frozen, features cached)")
-    which = train.add_mutually_exclusive_group(required=True)
-    which.add_argument("--task", choices=BUILT_IN_TASKS, help="a built-in task")
-    which.add_argument("--task-file", metavar="FILE", help="a task of your own: its task.json (`modalmesh task init`)")
+    _task_choice(train, "a task of your own: its task.json (`modalmesh task init`)")
     train.add_argument("--data", required=True, help="train.jsonl (val.jsonl beside it: calibration, size-rule sigma, routing thresholds)")
     where = train.add_mutually_exclusive_group(required=True)
     where.add_argument("--out", help="folder for model.safetensors, config.json, MODEL_CARD.md (replaced whole)")
@@ -699,9 +704,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=cmd_train)
 
     evaluation = commands.add_parser("eval", help="evaluate a task's model on a manifest; writes JSON, Markdown and plots")
-    which = evaluation.add_mutually_exclusive_group(required=True)
-    which.add_argument("--task", choices=BUILT_IN_TASKS, help="a built-in task")
-    which.add_argument("--task-file", metavar="FILE", help="a task of your own: its task.json (then --weights names its folder)")
+    _task_choice(evaluation, "a task of your own: its task.json (then --weights names its folder)")
     evaluation.add_argument("--data", required=True, help="test.jsonl")
     evaluation.add_argument("--report", required=True, help="folder for the report")
     evaluation.add_argument("--weights", default="", help="task folder from `modalmesh train` (default: the shipped weights)")
@@ -712,9 +715,7 @@ def build_parser() -> argparse.ArgumentParser:
         "tune-routing",
         help="choose a trained model's routing again on validation data (early answers wrong at most 3%% of the time); prints before and after",
     )
-    which = tune.add_mutually_exclusive_group(required=True)
-    which.add_argument("--task", choices=BUILT_IN_TASKS, help="a built-in task")
-    which.add_argument("--task-file", metavar="FILE", help="a task of your own: its task.json (then --weights names its folder)")
+    _task_choice(tune, "a task of your own: its task.json (then --weights names its folder)")
     tune.add_argument("--data", required=True, help="val.jsonl: the validation manifest")
     tune.add_argument("--weights", default="", help="task folder from `modalmesh train` (default: the shipped weights)")
     tune.add_argument("--cache", default="", help="feature cache folder (default: .features beside the manifest)")
