@@ -86,7 +86,10 @@ def test_ct_phantoms_match_their_labels(medical_data):
         assert record["label"] == expected
 
 
-def test_train_and_eval_medical_end_to_end(medical_data, tmp_path, capsys):
+def test_train_and_eval_medical_end_to_end(medical_data, tmp_path, capsys, monkeypatch):
+    from modalmesh.router import applicability
+
+    monkeypatch.setattr(applicability, "MIN_VALIDATION", 10)  # 12 validation items here: enough to fit a reference
     weights = tmp_path / "medical_report"
     assert main(["train", "--task", "medical_report", "--data", str(medical_data / "train.jsonl"), "--out", str(weights), "--epochs", "3"]) == 0
     assert {p.name for p in weights.iterdir()} >= {"model.safetensors", "config.json", "MODEL_CARD.md", "train_log.json"}
@@ -97,6 +100,10 @@ def test_train_and_eval_medical_end_to_end(medical_data, tmp_path, capsys):
     config = json.loads((weights / "config.json").read_text())
     assert set(config["routing"]) == {"tau", "gamma", "eager"} and set(config["routing"]["eager"]) <= {"audio"}
     assert config["measurement_sigma"]["largest_diameter_mm"] > 0
+    # The reference keeps the training labels (router/applicability.py), one per training input.
+    reference = applicability.Applicability.load(weights).references["image"]
+    assert reference.labels is not None and reference.labels.shape[0] == reference.bank.shape[0] == 24
+    assert isinstance(config["neighbour_precision"], dict) and all(0 <= v <= 1 for v in config["neighbour_precision"].values())
     assert config["regression_from"] == "image" and log["feature_noise"] == 0.0  # the task's training defaults
     # The CT measurement, counted on validation, speaks for a lesion when it finds one and against when not.
     found = config["measurement_evidence"]["found"]
@@ -126,6 +133,9 @@ def test_train_and_eval_medical_end_to_end(medical_data, tmp_path, capsys):
     # As served in ROUTED mode: each item's early answer (fused from what had arrived) or, without one, FULL's.
     routed, full = results["honesty_routed"]["in_scope"], results["honesty"]["in_scope"]
     assert routed["items"] == full["items"] == 12 and "as served in ROUTED mode" in (report / "report.md").read_text()
+    # As served from one input alone: only the scan can answer the CT task alone.
+    assert set(results["honesty_alone"]) == {"image"} and results["honesty_alone"]["image"]["items"] == 12
+    assert "as served from the image alone" in (report / "report.md").read_text()
     if results["modes"]["routed"]["early"] == 0:
         assert routed == full
     assert 0 <= results["modes"]["image only"]["fused_accuracy_same_items"] <= 1

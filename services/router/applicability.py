@@ -20,6 +20,14 @@ sent to triage, a photo, a screenshot sent to the CT task, a photograph sent to 
 product-photo task) lie at 3.4 times it and more. The margin (MARGIN, 3) refuses the
 second kind at the cost of some of the first (docs/limits.md).
 
+The training inputs' labels are kept with them. An answer read from one modality alone
+is checked against its k nearest training inputs too (`Applicability.neighbours`): where
+most of them carry another label than the answer, the heads have read the input unlike
+the inputs it resembles (a message in new words: "tracking hasnt moved in a week" read as
+`login`, its nearest training messages all `shipping`), and the answer is withheld
+(tasks.withheld) for the modalities where, on validation, at least half the answers so
+flagged were wrong (FusionConfig.neighbour_precision).
+
 The reference set is stored beside the task's weights (`applicability.safetensors`).
 """
 
@@ -50,6 +58,7 @@ class Reference:
 
     bank: torch.Tensor  # [N, width], unit rows
     validation: torch.Tensor  # [V], ascending
+    labels: torch.Tensor | None = None  # [N] long: each training input's label index; None in files written without them
 
     def distance(self, vectors: torch.Tensor, neighbour: int) -> torch.Tensor:
         """[M] cosine distance of each unit row of `vectors` to its k-th nearest bank row."""
@@ -57,6 +66,16 @@ class Reference:
         k = min(neighbour, self.bank.shape[0])
         kth = similarity.topk(k, dim=1).values[:, k - 1]
         return (1.0 - kth).clamp_min(0.0)
+
+    def nearest_labels(self, vector: torch.Tensor, neighbour: int) -> tuple[int, int, int] | None:
+        """(the label most of the `neighbour` nearest training inputs carry, how many of them
+        do, how many were asked) for one unit vector; None without labels."""
+        if self.labels is None:
+            return None
+        k = min(neighbour, self.bank.shape[0])
+        nearest = (self.bank.float() @ vector.float()).topk(k).indices
+        counts = torch.bincount(self.labels[nearest])
+        return int(counts.argmax()), int(counts.max()), k
 
     def applicability(self, distance: float) -> float:
         """The share of validation distances at least `distance`, with one added to both counts."""
@@ -98,6 +117,22 @@ class Applicability:
             return False
         return score <= 1.0 / (1 + reference.validation.numel()) + 1e-9
 
+    def neighbours(self, source: str, features: torch.Tensor) -> tuple[int, int, int] | None:
+        """For one input of `source`: (the label most of its nearest training inputs carry,
+        how many of them do, how many were asked); None where unchecked or unlabelled."""
+        reference = self.references.get(source)
+        if reference is None or features.numel() == 0:
+            return None
+        return reference.nearest_labels(pooled(features), self.neighbour)
+
+    def disagrees(self, source: str, features: torch.Tensor, label: int) -> tuple[int, int, int] | None:
+        """The nearest training inputs' verdict (as `neighbours`) when most of them carry
+        another label than `label`, else None."""
+        verdict = self.neighbours(source, features)
+        if verdict is None or verdict[0] == label or verdict[1] <= verdict[2] // 2:
+            return None
+        return verdict
+
     def judge(self, source: str, features: torch.Tensor) -> tuple[float | None, str]:
         """(a(x), or None where not checked; why the input is not applicable, or '')."""
         distance = self.distance(source, features)
@@ -117,6 +152,8 @@ class Applicability:
         for source, reference in self.references.items():
             tensors[f"{source}.bank"] = reference.bank.to(torch.float16).contiguous()
             tensors[f"{source}.validation"] = reference.validation.float().contiguous()
+            if reference.labels is not None:
+                tensors[f"{source}.labels"] = reference.labels.long().contiguous()
         save_file(tensors, str(folder / FILE_NAME), metadata={"neighbour": str(self.neighbour), "margin": json.dumps(self.margin)})
 
     @classmethod
@@ -135,7 +172,7 @@ class Applicability:
                 references.setdefault(source, {})[part] = stored.get_tensor(key)
         return cls(
             references={
-                s: Reference(parts["bank"].float(), parts["validation"].float().sort().values)
+                s: Reference(parts["bank"].float(), parts["validation"].float().sort().values, parts.get("labels"))
                 for s, parts in references.items()
                 if {"bank", "validation"} <= set(parts)
             },
@@ -145,9 +182,14 @@ class Applicability:
 
 
 def fit(
-    train: list[dict[str, torch.Tensor]], validation: list[dict[str, torch.Tensor]], neighbour: int = DEFAULT_NEIGHBOUR, margin: float = MARGIN
+    train: list[dict[str, torch.Tensor]],
+    validation: list[dict[str, torch.Tensor]],
+    neighbour: int = DEFAULT_NEIGHBOUR,
+    margin: float = MARGIN,
+    labels: list[int] | None = None,
 ) -> Applicability:
-    """The reference set from training and validation items' features (source -> tensor).
+    """The reference set from training and validation items' features (source -> tensor),
+    with the training items' `labels` (label indices, one per training item) when given.
     A source needs more than `neighbour` training and at least MIN_VALIDATION validation items
     to be checked: with fewer, the validation inputs' largest distance says too little."""
     references: dict[str, Reference] = {}
@@ -156,7 +198,8 @@ def fit(
         held_out = [pooled(item[source]) for item in validation if source in item]
         if len(bank) <= neighbour or len(held_out) < MIN_VALIDATION:
             continue
-        reference = Reference(torch.stack(bank), torch.empty(0))
+        kept = torch.tensor([label for item, label in zip(train, labels) if source in item]) if labels is not None else None
+        reference = Reference(torch.stack(bank), torch.empty(0), kept)
         reference.validation = reference.distance(torch.stack(held_out), neighbour).sort().values
         references[source] = reference
     return Applicability(references, neighbour, margin)

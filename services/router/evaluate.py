@@ -109,6 +109,17 @@ def evaluate(task: str | TaskSpec, data: str, report: str, weights: str = "", ca
             arrived = {s: f for s, f in example.features.items() if s in early.sources}
             served_routed.append(serve(task_model, arrived, example.tags if "image" in arrived else {}))
     results["honesty_routed"] = honesty_metrics(task_model, served_routed, labels, [])
+    # As served when a caller sends one input alone (each modality that can answer alone).
+    results["honesty_alone"] = {}
+    for modality, sources in MODALITY_SOURCES.items():
+        having = [i for i, e in enumerate(examples) if modality in e.features]
+        if not having or not set(spec.needs) <= {modality}:
+            continue
+        alone = [
+            serve(task_model, {s: f for s, f in examples[i].features.items() if s in sources}, examples[i].tags if modality == "image" else {})
+            for i in having
+        ]
+        results["honesty_alone"][modality] = honesty_metrics(task_model, alone, labels[having], [])["in_scope"]
     single = {}  # mode -> [N, L] probabilities (NaN where the item lacks the modality)
     for name, subset in SINGLE.items():
         p, _, _, keep, _ = predict(subset)
@@ -275,6 +286,11 @@ def write_report(folder: Path, results: dict, probabilities, labels, spec, rows:
         f"- as served in ROUTED mode (the default; an early answer from what had arrived): {served_routed['answered']} answered, "
         f"selective accuracy {_number(served_routed['selective_accuracy'])}, wrong answers above 0.95: {served_routed['wrong_above_0.95']}"
     )
+    for modality, alone in results.get("honesty_alone", {}).items():
+        lines.append(
+            f"- as served from the {modality} alone: {alone['answered']} of {alone['items']} answered, "
+            f"selective accuracy {_number(alone['selective_accuracy'])}, wrong answers above 0.95: {alone['wrong_above_0.95']}"
+        )
     if results.get("transcripts"):
         t = results["transcripts"]
         lines.append(

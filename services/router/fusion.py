@@ -97,6 +97,11 @@ class FusionConfig:
     # readings were often wrong (each input of a task whose labels combine what several show)
     # is not a dissenting voice. Empty (weights written before it was measured): every one is.
     dissent_precision: dict = field(default_factory=dict)
+    # Per modality: of the answers its readings alone would give on validation whose input's
+    # nearest training inputs mostly carry another label, the share that was wrong
+    # (train.neighbour_precision). At tasks.NEIGHBOUR_PRECISION and above, such an answer is
+    # withheld (tasks.withheld). Empty (weights written before it was measured): never.
+    neighbour_precision: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.regression_from != "fused" and self.regression_from not in SOURCES:

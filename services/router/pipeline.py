@@ -53,6 +53,7 @@ from modalmesh.router.tasks import (
     best_screen_line,
     decide,
     lone_readings,
+    neighbours_disagree,
     not_applicable,
     screen_line_log_odds,
     withheld,
@@ -805,8 +806,9 @@ class Pipeline:
                     run.evidence.key_line = run.evidence.screen_lines[key] if key is not None else ""
             read = {m for m, state in run.states.items() if state.status == router_pb2.MODALITY_STATUS_USED}
             unfamiliar = frozenset(m for m in read if task.applicability.unfamiliar(m, run.states[m].applicability))
+            neighbours = neighbours_disagree(task, read, run.features, task.spec.labels.index(answer.label))
             run.evidence.withheld = withheld(
-                task.spec, answer.label, answer.confidence, read, task.abstain_below, run.evidence.image_tags, decision.dissent, unfamiliar
+                task.spec, answer.label, answer.confidence, read, task.abstain_below, run.evidence.image_tags, decision.dissent, unfamiliar, neighbours
             )
             assert task.spec.write is not None  # every task has a writer
             description, findings, reply = task.spec.write(answer, run.evidence)

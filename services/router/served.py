@@ -22,7 +22,7 @@ import numpy as np
 
 from modalmesh.router import applicability
 from modalmesh.router.fusion import MODALITIES, modality_of
-from modalmesh.router.tasks import TaskModel, decide, not_applicable, withheld
+from modalmesh.router.tasks import TaskModel, decide, neighbours_disagree, not_applicable, withheld
 
 THRESHOLDS = tuple(round(0.5 + 0.05 * step, 2) for step in range(10))  # the risk-coverage curve's points
 CONFIDENT = 0.95  # "no wrong answer above this"
@@ -64,7 +64,8 @@ def serve(task: TaskModel, features: dict, tags: dict[str, str]) -> Served:
     best = int(decided.probabilities.argmax())
     confidence = float(decided.probabilities[best])
     unfamiliar = frozenset(m for m, d in distances.items() if m in read and task.applicability.unfamiliar(m, task.applicability.references[m].applicability(d)))
-    reason = withheld(task.spec, task.spec.labels[best], confidence, read, task.abstain_below, image_tags, decided.dissent, unfamiliar)
+    neighbours = neighbours_disagree(task, read, kept, best)
+    reason = withheld(task.spec, task.spec.labels[best], confidence, read, task.abstain_below, image_tags, decided.dissent, unfamiliar, neighbours)
     return Served(best, confidence, reason, refused, distances)
 
 

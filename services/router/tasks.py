@@ -314,6 +314,7 @@ def withheld(
     tags: dict[str, str],
     dissent: tuple[str, ...] = (),
     unfamiliar: frozenset[str] = frozenset(),
+    neighbours: str = "",
 ) -> str:
     """Why an answer must be withheld, or '' when it may be given: one policy, applied alike
     by the router and by `modalmesh eval`. `read`: the modalities used as evidence (absent,
@@ -321,7 +322,8 @@ def withheld(
     read; `abstain_below`: the confidence threshold chosen on validation; `dissent`: the
     inputs that, read alone, disagree with the answer (decide); `unfamiliar`: the read
     modalities farther from the training inputs than every validation input
-    (applicability.Applicability.unfamiliar).
+    (applicability.Applicability.unfamiliar); `neighbours`: what the nearest training inputs
+    say against an answer read from one modality alone (neighbours_disagree).
 
     A message read alone that is unlike every validation message is withheld: text
     distances are cosines, bounded, so the applicability margin (a multiple of the farthest
@@ -348,7 +350,33 @@ def withheld(
     if confidence < abstain_below:
         disagree = f" (the inputs disagree: {', '.join(dissent)})" if dissent else ""
         return f"confidence {confidence:.2f} is below the task's threshold of {abstain_below:.2f}{disagree}; {spec.resolve} would help"
+    if neighbours:
+        return f"{neighbours}, not {label}; {spec.resolve} would help"
     return ""
+
+
+# An answer read from one modality alone is withheld when most of its input's nearest
+# training inputs carry another label, for the modalities where at least this share of
+# the answers so flagged on validation were wrong: withholding them then stops at least
+# as many wrong answers as right ones.
+NEIGHBOUR_PRECISION = 0.5
+
+
+def neighbours_disagree(task: "TaskModel", read: set[str], features: dict[str, torch.Tensor], best: int) -> str:
+    """For an answer (label index `best`) read from one modality alone: what its input's
+    nearest training inputs say against it, for tasks.withheld; '' where they agree, where
+    more than one modality was read, or where the modality is not checked
+    (FusionConfig.neighbour_precision below NEIGHBOUR_PRECISION, or no labelled reference)."""
+    if len(read) != 1:
+        return ""
+    (modality,) = read
+    if task.model.config.neighbour_precision.get(modality, 0.0) < NEIGHBOUR_PRECISION or modality not in features:
+        return ""
+    verdict = task.applicability.disagrees(modality, features[modality], best)
+    if verdict is None:
+        return ""
+    label, count, asked = verdict
+    return f"the {modality} is most like training inputs labelled {task.spec.labels[label]} ({count} of its {asked} nearest)"
 
 
 # ----------------------------------------------------------------------- medical report

@@ -37,7 +37,18 @@ from modalmesh.router.finetune import LEARNING_RATE as TEXT_TOP_LEARNING_RATE
 from modalmesh.router.fusion import FusionConfig, FusionEnsemble, FusionModel, fit_log_temperature
 from modalmesh.router.repository import staged_version, versions_in
 from modalmesh.router.routing import EAGER_MIN_SHARE
-from modalmesh.router.tasks import DISSENT, NOT_FOR_CLINICAL_USE, SHIPPED_WEIGHTS, TaskModel, TaskSpec, decide, load_task_folder, lone_readings, spec_of
+from modalmesh.router.tasks import (
+    DISSENT,
+    NEIGHBOUR_PRECISION,
+    NOT_FOR_CLINICAL_USE,
+    SHIPPED_WEIGHTS,
+    TaskModel,
+    TaskSpec,
+    decide,
+    load_task_folder,
+    lone_readings,
+    spec_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -287,6 +298,9 @@ def train(
             config.text_model = text_top.save(out_dir / "text-model")
         else:  # the weights fit this text model's features only: the router and eval check it
             config.text_model = text_model_version()
+        # What the task was trained on: inputs unlike it are not applicable, and the labels of an
+        # input's nearest training inputs are a check on an answer read from it alone (router/applicability.py).
+        reference = applicability.fit([e.features for e in train_set], [e.features for e in val_set], labels=[e.label for e in train_set])
         with deterministic_torch():
             if val_set and spec.size_rule is not None:  # the heads' validation size error: the size rule's spread when nothing was measured
                 config.measurement_sigma = measurement_sigma(model, spec, val_set)
@@ -298,8 +312,8 @@ def train(
             if val_set:  # answers below this confidence are withheld
                 probabilities = torch.stack([decide(model, spec, e.features, e.tags, attention=False, pointer=pointer).probabilities for e in served_val])
                 config.abstain_below = choose_abstain_below(probabilities, torch.tensor([e.label for e in served_val]))
-        # What the task was trained on: inputs unlike it are not applicable (router/applicability.py).
-        reference = applicability.fit([e.features for e in train_set], [e.features for e in val_set])
+            if val_set:  # where an answer read alone is withheld when its input's nearest training inputs say otherwise
+                config.neighbour_precision = neighbour_precision(model, spec, served_val, reference, config.abstain_below, pointer)
         reference.save(out_dir)
         if pointer is not None:
             status_line.save(pointer, out_dir)
@@ -329,6 +343,7 @@ def train(
             "text_model": config.text_model,
             "abstain_below": config.abstain_below,
             "dissent_precision": config.dissent_precision,
+            "neighbour_precision": config.neighbour_precision,
             "applicability_checked": sorted(reference.references),
             "asr_engine": configured_asr_engine(),
             "status_line": pointer_summary,
@@ -339,6 +354,17 @@ def train(
         write_model_card(out_dir, spec, summary, data, shown_as=shown_as)
     summary["out"] = str(published[0] if published else Path(out))
     return summary
+
+
+def _neighbour_card(precision: dict[str, float]) -> str:
+    """The model card's line on the nearest training inputs' check (tasks.neighbours_disagree)."""
+    checked = [m for m, p in precision.items() if p >= NEIGHBOUR_PRECISION]
+    measured = ", ".join(f"{m} {p:.2f}" for m, p in precision.items()) or "too few to say"
+    return (
+        f"- Nearest training inputs: an answer read from one input alone is withheld when most of that input's nearest\n"
+        f"  training inputs carry another label; checked for {', '.join(checked) or 'no modality'} (on validation, the share of\n"
+        f"  the answers it would withhold that were wrong: {measured}; checked from {NEIGHBOUR_PRECISION:g})."
+    )
 
 
 def _status_line_card(summary: dict | None) -> str:
@@ -669,6 +695,24 @@ def dissent_precision(model, spec, examples: list[Example], pointer=None) -> dic
     return {name: round(sum(hits) / len(hits), 3) for name, hits in right.items() if len(hits) >= DISSENT_MIN_READINGS}
 
 
+NEIGHBOUR_MIN_FLAGGED = 3  # fewer flagged answers than this on validation say nothing: the modality is not checked
+
+
+def neighbour_precision(model, spec, examples: list[Example], reference: applicability.Applicability, abstain_below: float, pointer=None) -> dict[str, float]:
+    """Per modality that can answer alone and whose reference holds labels: of the answers
+    its lone readings on validation would give (confidence at least `abstain_below`) whose
+    input's nearest training inputs mostly carry another label (Applicability.disagrees),
+    the share that was wrong (FusionConfig.neighbour_precision). A modality with fewer than
+    NEIGHBOUR_MIN_FLAGGED such answers is left out: not checked."""
+    wrong: dict[str, list[bool]] = {}
+    for example in examples:
+        for name, view in lone_readings(model, spec, example.features, example.tags, pointer=pointer):
+            best = int(view.argmax())
+            if float(view[best]) >= abstain_below and name in example.features and reference.disagrees(name, example.features[name], best):
+                wrong.setdefault(name, []).append(best != example.label)
+    return {name: round(sum(flags) / len(flags), 3) for name, flags in wrong.items() if len(flags) >= NEIGHBOUR_MIN_FLAGGED}
+
+
 def measurement_evidence(spec, examples: list[Example]) -> dict[str, dict[str, float]]:
     """What an encoder's measurement says about each label: P(outcome | label) for the
     outcomes "found" (a lesion measured) and "none", counted on validation with add-one
@@ -794,7 +838,8 @@ def write_model_card(out_dir: Path, spec, summary: dict, data: str, shown_as: Pa
 - Abstention: answers below confidence {summary.get("abstain_below", 0):g} are withheld ("uncertain"; chosen on validation).
 - Applicability: each input of {", ".join(summary.get("applicability_checked") or []) or "no modality"} is compared with the
   training inputs (`applicability.safetensors`, nearest neighbours); one farther than {applicability.MARGIN:g} times the
-  farthest validation input is not applicable and not used.{_status_line_card(summary.get("status_line"))}
+  farthest validation input is not applicable and not used.
+{_neighbour_card(summary.get("neighbour_precision") or {})}{_status_line_card(summary.get("status_line"))}
 - Evaluate with `modalmesh eval --task {spec.name} --data <test.jsonl> --weights {shown_as or out_dir}`.
 
 Limits: synthetic data only; screen text must be legible to PP-OCR; transcripts miss words (`modalmesh eval` reports the word error rate); the model has not
