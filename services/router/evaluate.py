@@ -116,8 +116,7 @@ def evaluate(task: str | TaskSpec, data: str, report: str, weights: str = "", ca
         if not having or not set(spec.needs) <= {modality}:
             continue
         alone = [
-            serve(task_model, {s: f for s, f in examples[i].features.items() if s in sources}, examples[i].tags if modality == "image" else {})
-            for i in having
+            serve(task_model, {s: f for s, f in examples[i].features.items() if s in sources}, examples[i].tags if modality == "image" else {}) for i in having
         ]
         results["honesty_alone"][modality] = honesty_metrics(task_model, alone, labels[having], [])["in_scope"]
     single = {}  # mode -> [N, L] probabilities (NaN where the item lacks the modality)
