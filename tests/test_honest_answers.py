@@ -347,6 +347,20 @@ def test_a_message_read_unlike_the_training_messages_it_resembles_is_withheld(ro
     assert "most like training inputs labelled shipping" in response.abstain_reason and "not login" in response.abstain_reason
     ordinary = analyze(router, "screenshot_triage", text="my parcel has not arrived")
     assert not ordinary.abstained and ordinary.label == "shipping", (ordinary.label, ordinary.abstain_reason)
+    # ListTasks says which inputs get the check: triage messages; nothing of the CT task (on
+    # validation the scans it would have flagged were answered right).
+    tasks = {t.name: t for t in router.ListTasks(router_pb2.ListTasksRequest(), timeout=10).tasks}
+    assert list(tasks["screenshot_triage"].neighbour_checked) == [router_pb2.MODALITY_TEXT]
+    assert list(tasks["medical_report"].neighbour_checked) == []
+
+
+def test_the_command_line_lists_what_makes_a_task_withhold_an_answer(mesh, capsys):
+    from modalmesh.cli import main
+
+    assert main(["tasks", "--router", mesh.router.address]) == 0
+    out = capsys.readouterr().out
+    assert "withheld: below confidence 0.70; read from one input alone and labelled otherwise by its nearest training inputs: text" in out
+    assert "withheld: below confidence 0.50; read from one input alone and labelled otherwise by its nearest training inputs: none" in out
 
 
 @pytest.mark.parametrize("screen", ["Your order has been delivered. Enjoy!", "Thanks! We've received your payment."])

@@ -32,7 +32,7 @@ from modalmesh.router.fusion import MODALITIES
 from modalmesh.router.pipeline import MODALITY_ENUM, Encoders, Pipeline
 from modalmesh.router import reports
 from modalmesh.router.repository import Repository, VersionState, why_missing
-from modalmesh.router.tasks import SHIPPED_WEIGHTS, TASKS, TaskModel, TaskSpec, load_task
+from modalmesh.router.tasks import SHIPPED_WEIGHTS, TASKS, TaskModel, TaskSpec, load_task, neighbour_checked
 from modalmesh.v1 import inference_pb2, inference_pb2_grpc, router_pb2, router_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -272,6 +272,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             info.eager_side_outputs.extend(MODALITY_ENUM[m] for m in task.spec.eager)
             info.text_model = task.model.config.text_model
             info.abstain_below = task.abstain_below
+            info.neighbour_checked.extend(MODALITY_ENUM[m] for m in neighbour_checked(task))
             info.applicability_max_distance.update({m: d for m in task.applicability.references if (d := task.applicability.max_distance(m)) is not None})
         if repository is not None:
             info.versions.extend(_version_info(repository, name, state, task) for state in repository.states(name))

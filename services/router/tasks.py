@@ -35,7 +35,7 @@ from modalmesh.common import models
 from modalmesh.router.applicability import Applicability
 from modalmesh.router import status_line
 from modalmesh.router.status_line import StatusLine
-from modalmesh.router.fusion import MODALITY_SOURCES, SOURCES, FusionConfig, FusionEnsemble, FusionModel, StackedEnsemble, build_model
+from modalmesh.router.fusion import MODALITIES, MODALITY_SOURCES, SOURCES, FusionConfig, FusionEnsemble, FusionModel, StackedEnsemble, build_model
 
 log = logging.getLogger(__name__)
 
@@ -362,6 +362,17 @@ def withheld(
 NEIGHBOUR_PRECISION = 0.5
 
 
+def neighbour_checked(task: "TaskModel") -> list[str]:
+    """The modalities whose answers read from them alone get the nearest training inputs'
+    check: NEIGHBOUR_PRECISION reached on validation, and a reference with labels."""
+    precision = task.model.config.neighbour_precision
+    return [
+        m
+        for m in MODALITIES
+        if precision.get(m, 0.0) >= NEIGHBOUR_PRECISION and m in task.applicability.references and task.applicability.references[m].labels is not None
+    ]
+
+
 def neighbours_disagree(task: "TaskModel", read: set[str], features: dict[str, torch.Tensor], best: int) -> str:
     """For an answer (label index `best`) read from one modality alone: what its input's
     nearest training inputs say against it, for tasks.withheld; '' where they agree, where
@@ -370,7 +381,7 @@ def neighbours_disagree(task: "TaskModel", read: set[str], features: dict[str, t
     if len(read) != 1:
         return ""
     (modality,) = read
-    if task.model.config.neighbour_precision.get(modality, 0.0) < NEIGHBOUR_PRECISION or modality not in features:
+    if modality not in neighbour_checked(task) or modality not in features:
         return ""
     verdict = task.applicability.disagrees(modality, features[modality], best)
     if verdict is None:
