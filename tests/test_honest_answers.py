@@ -19,7 +19,7 @@ from PIL import Image
 from modalmesh.common.client import connect
 from modalmesh.router import applicability
 from modalmesh.router.tasks import TASKS, withheld
-from modalmesh.router.train import choose_abstain_below
+from modalmesh.router.train import choose_abstain_below, lowest_safe_threshold
 from modalmesh.v1 import router_pb2, router_pb2_grpc
 from tests.media import ct_dicom, image_bytes, phantom_hu, render_screenshot
 
@@ -161,6 +161,25 @@ def test_the_abstention_threshold_is_the_lowest_with_few_errors_on_validation():
     assert choose_abstain_below(probabilities, labels, risk=0.02) == 0.65
     assert choose_abstain_below(probabilities, labels, risk=0.25) == 0.5
     assert choose_abstain_below(probabilities[:8], labels[:8]) == 0.5  # all right: the floor
+    # Wrong however sure: no threshold up to 0.95 is safe. The task's choice is then 0.95;
+    # for answers read from one input alone, no threshold of their own is chosen.
+    sure_and_wrong = probabilities.clone()
+    sure_and_wrong[:, :] = torch.tensor([0.02, 0.98])
+    assert lowest_safe_threshold(sure_and_wrong, labels) is None and choose_abstain_below(sure_and_wrong, labels) == 0.95
+
+
+def test_an_answer_read_from_one_input_alone_meets_its_own_threshold_where_validation_chose_one():
+    from modalmesh.router.fusion import FusionConfig, FusionModel
+    from modalmesh.router.tasks import TaskModel
+
+    config = FusionConfig(labels=TRIAGE.labels, abstain_below=0.7, abstain_below_alone={"image": 0.8})
+    task = TaskModel(TRIAGE, FusionModel(config), "screenshot_triage@test", trained=True)
+    assert task.threshold_for({"image"}) == (0.8, " for an answer from the image alone")
+    assert task.threshold_for({"text"}) == (0.7, "") and task.threshold_for({"image", "text"}) == (0.7, "")
+    threshold, note = task.threshold_for({"image"})
+    reason = withheld(TRIAGE, "crash", 0.75, {"image"}, threshold, {}, threshold_note=note)
+    assert reason.startswith("confidence 0.75 is below the task's threshold of 0.80 for an answer from the image alone; ")
+    assert withheld(TRIAGE, "crash", 0.75, {"image", "text"}, *task.threshold_for({"image", "text"})[:1], {}) == ""
 
 
 def test_applicability_ranks_inputs_by_their_distance_to_the_training_set(tmp_path):

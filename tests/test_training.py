@@ -104,6 +104,7 @@ def test_train_and_eval_medical_end_to_end(medical_data, tmp_path, capsys, monke
     reference = applicability.Applicability.load(weights).references["image"]
     assert reference.labels is not None and reference.labels.shape[0] == reference.bank.shape[0] == 24
     assert isinstance(config["neighbour_precision"], dict) and all(0 <= v <= 1 for v in config["neighbour_precision"].values())
+    assert all(config["abstain_below"] < t <= 0.95 for t in config["abstain_below_alone"].values())
     assert config["regression_from"] == "image" and log["feature_noise"] == 0.0  # the task's training defaults
     # The CT measurement, counted on validation, speaks for a lesion when it finds one and against when not.
     found = config["measurement_evidence"]["found"]

@@ -102,6 +102,9 @@ class FusionConfig:
     # (train.neighbour_precision). At tasks.NEIGHBOUR_PRECISION and above, such an answer is
     # withheld (tasks.withheld). Empty (weights written before it was measured): never.
     neighbour_precision: dict = field(default_factory=dict)
+    # Per modality: the confidence threshold of answers read from that input alone, where
+    # validation needs a higher one than abstain_below (train.choose_alone_thresholds).
+    abstain_below_alone: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.regression_from != "fused" and self.regression_from not in SOURCES:

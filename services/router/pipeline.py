@@ -807,8 +807,9 @@ class Pipeline:
             read = {m for m, state in run.states.items() if state.status == router_pb2.MODALITY_STATUS_USED}
             unfamiliar = frozenset(m for m in read if task.applicability.unfamiliar(m, run.states[m].applicability))
             neighbours = neighbours_disagree(task, read, run.features, task.spec.labels.index(answer.label))
+            threshold, note = task.threshold_for(read)
             run.evidence.withheld = withheld(
-                task.spec, answer.label, answer.confidence, read, task.abstain_below, run.evidence.image_tags, decision.dissent, unfamiliar, neighbours
+                task.spec, answer.label, answer.confidence, read, threshold, run.evidence.image_tags, decision.dissent, unfamiliar, neighbours, note
             )
             assert task.spec.write is not None  # every task has a writer
             description, findings, reply = task.spec.write(answer, run.evidence)

@@ -65,7 +65,8 @@ def serve(task: TaskModel, features: dict, tags: dict[str, str]) -> Served:
     confidence = float(decided.probabilities[best])
     unfamiliar = frozenset(m for m, d in distances.items() if m in read and task.applicability.unfamiliar(m, task.applicability.references[m].applicability(d)))
     neighbours = neighbours_disagree(task, read, kept, best)
-    reason = withheld(task.spec, task.spec.labels[best], confidence, read, task.abstain_below, image_tags, decided.dissent, unfamiliar, neighbours)
+    threshold, note = task.threshold_for(read)
+    reason = withheld(task.spec, task.spec.labels[best], confidence, read, threshold, image_tags, decided.dissent, unfamiliar, neighbours, note)
     return Served(best, confidence, reason, refused, distances)
 
 

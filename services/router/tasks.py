@@ -315,6 +315,7 @@ def withheld(
     dissent: tuple[str, ...] = (),
     unfamiliar: frozenset[str] = frozenset(),
     neighbours: str = "",
+    threshold_note: str = "",
 ) -> str:
     """Why an answer must be withheld, or '' when it may be given: one policy, applied alike
     by the router and by `modalmesh eval`. `read`: the modalities used as evidence (absent,
@@ -323,7 +324,8 @@ def withheld(
     inputs that, read alone, disagree with the answer (decide); `unfamiliar`: the read
     modalities farther from the training inputs than every validation input
     (applicability.Applicability.unfamiliar); `neighbours`: what the nearest training inputs
-    say against an answer read from one modality alone (neighbours_disagree).
+    say against an answer read from one modality alone (neighbours_disagree);
+    `threshold_note`: what `abstain_below` is for, when not every answer (TaskModel.threshold_for).
 
     A message read alone that is unlike every validation message is withheld: text
     distances are cosines, bounded, so the applicability margin (a multiple of the farthest
@@ -349,7 +351,7 @@ def withheld(
                 return f"the classifier suggests {label}, but the slice has a measured lesion"
     if confidence < abstain_below:
         disagree = f" (the inputs disagree: {', '.join(dissent)})" if dissent else ""
-        return f"confidence {confidence:.2f} is below the task's threshold of {abstain_below:.2f}{disagree}; {spec.resolve} would help"
+        return f"confidence {confidence:.2f} is below the task's threshold of {abstain_below:.2f}{threshold_note}{disagree}; {spec.resolve} would help"
     if neighbours:
         return f"{neighbours}, not {label}; {spec.resolve} would help"
     return ""
@@ -612,6 +614,15 @@ class TaskModel:
     @property
     def abstain_below(self) -> float:
         return self.model.config.abstain_below
+
+    def threshold_for(self, read: set[str]) -> tuple[float, str]:
+        """The confidence threshold of an answer read from the modalities `read`, and what it
+        is for ('' for the task's own): for one input alone, its own where validation chose a
+        higher one (FusionConfig.abstain_below_alone)."""
+        alone = self.model.config.abstain_below_alone.get(next(iter(read)), 0.0) if len(read) == 1 else 0.0
+        if alone > self.abstain_below:
+            return alone, f" for an answer from the {next(iter(read))} alone"
+        return self.abstain_below, ""
 
 
 # A modality read alone that gives another label than the fused answer at least this

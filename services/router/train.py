@@ -312,6 +312,8 @@ def train(
             if val_set:  # answers below this confidence are withheld
                 probabilities = torch.stack([decide(model, spec, e.features, e.tags, attention=False, pointer=pointer).probabilities for e in served_val])
                 config.abstain_below = choose_abstain_below(probabilities, torch.tensor([e.label for e in served_val]))
+            if val_set:  # answers read from one input alone: its own threshold, where it needs a higher one
+                config.abstain_below_alone = choose_alone_thresholds(model, spec, served_val, config.abstain_below, pointer)
             if val_set:  # where an answer read alone is withheld when its input's nearest training inputs say otherwise
                 config.neighbour_precision = neighbour_precision(model, spec, served_val, reference, config.abstain_below, pointer)
         reference.save(out_dir)
@@ -344,6 +346,7 @@ def train(
             "abstain_below": config.abstain_below,
             "dissent_precision": config.dissent_precision,
             "neighbour_precision": config.neighbour_precision,
+            "abstain_below_alone": config.abstain_below_alone,
             "applicability_checked": sorted(reference.references),
             "asr_engine": configured_asr_engine(),
             "status_line": pointer_summary,
@@ -354,6 +357,13 @@ def train(
         write_model_card(out_dir, spec, summary, data, shown_as=shown_as)
     summary["out"] = str(published[0] if published else Path(out))
     return summary
+
+
+def _alone_card(thresholds: dict[str, float]) -> str:
+    """The model card's words on the thresholds of answers read from one input alone."""
+    if not thresholds:
+        return ""
+    return "\n  Read from one input alone: " + ", ".join(f"the {m} below {t:g}" for m, t in thresholds.items()) + " (chosen on validation alike)."
 
 
 def _neighbour_card(precision: dict[str, float]) -> str:
@@ -671,13 +681,42 @@ def choose_abstain_below(probabilities: torch.Tensor, labels: torch.Tensor, risk
     """The lowest confidence threshold (from ABSTAIN_FLOOR up, in steps of 0.05) at which the
     answers given on validation are wrong at most `risk` of the time (selective prediction:
     coverage traded for accuracy); 0.95 when none is."""
+    found = lowest_safe_threshold(probabilities, labels, risk)
+    return 0.95 if found is None else found
+
+
+def lowest_safe_threshold(probabilities: torch.Tensor, labels: torch.Tensor, risk: float = ABSTAIN_RISK) -> float | None:
+    """choose_abstain_below's threshold, or None where no threshold up to 0.95 keeps the
+    answers given wrong at most `risk` of the time."""
     confidence, predicted = probabilities.max(dim=1)
     for step in range(10):
         threshold = round(ABSTAIN_FLOOR + 0.05 * step, 2)
         given = confidence >= threshold
         if not given.any() or float((predicted[given] != labels[given]).float().mean()) <= risk:
             return threshold
-    return 0.95
+    return None
+
+
+def choose_alone_thresholds(model, spec, examples: list[Example], abstain_below: float, pointer=None) -> dict[str, float]:
+    """Per modality that can answer alone: the threshold (choose_abstain_below's rule) that
+    its readings alone on validation need, where it is above `abstain_below`
+    (FusionConfig.abstain_below_alone). Left out where no threshold up to 0.95 is safe: the
+    validation labels then are not what that input alone shows (a triage message about
+    another problem than its screen is labelled by the screen), and its answers keep the
+    task's threshold; and where there are fewer than DISSENT_MIN_READINGS readings."""
+    read: dict[str, tuple[list[torch.Tensor], list[int]]] = {}
+    for example in examples:
+        for name, view in lone_readings(model, spec, example.features, example.tags, pointer=pointer):
+            read.setdefault(name, ([], []))[0].append(view)
+            read[name][1].append(example.label)
+    chosen = {}
+    for name, (views, labels) in read.items():
+        if len(views) < DISSENT_MIN_READINGS:
+            continue
+        found = lowest_safe_threshold(torch.stack(views), torch.tensor(labels))
+        if found is not None and found > abstain_below:
+            chosen[name] = found
+    return chosen
 
 
 DISSENT_MIN_READINGS = 10  # fewer confident lone readings than this say too little: the modality keeps its voice
@@ -817,6 +856,7 @@ def write_model_card(out_dir: Path, spec, summary: dict, data: str, shown_as: Pa
     text_encoder = summary.get("text_model") or "all-MiniLM-L6-v2"
     if summary.get("finetune_top"):
         text_encoder += f", its top {summary['finetune_top']} layer(s) fine-tuned with this task (`text-model/`: serve it as the text model)"
+    alone = _alone_card(summary.get("abstain_below_alone") or {})
     (out_dir / "MODEL_CARD.md").write_text(f"""# {spec.name} fusion model
 {clinical}
 - Task: {spec.description}
@@ -835,7 +875,7 @@ def write_model_card(out_dir: Path, spec, summary: dict, data: str, shown_as: Pa
 - Compute routing (tuned on validation: at most half a point below answering from everything, early answers wrong at most {ABSTAIN_RISK:.0%} of the time):
   tau {summary["routing"].get("tau", spec.tau)}, gamma {summary["routing"].get("gamma", spec.gamma)},
   side outputs asked for with the base features: {"+".join(summary["routing"].get("eager", [])) or "none"}
-- Abstention: answers below confidence {summary.get("abstain_below", 0):g} are withheld ("uncertain"; chosen on validation).
+- Abstention: answers below confidence {summary.get("abstain_below", 0):g} are withheld ("uncertain"; chosen on validation).{alone}
 - Applicability: each input of {", ".join(summary.get("applicability_checked") or []) or "no modality"} is compared with the
   training inputs (`applicability.safetensors`, nearest neighbours); one farther than {applicability.MARGIN:g} times the
   farthest validation input is not applicable and not used.
