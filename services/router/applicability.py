@@ -60,22 +60,23 @@ class Reference:
     validation: torch.Tensor  # [V], ascending
     labels: torch.Tensor | None = None  # [N] long: each training input's label index; None in files written without them
 
+    def nearest(self, vectors: torch.Tensor, neighbour: int):
+        """The similarities and bank rows of each unit row of `vectors`' k nearest bank rows
+        (k: `neighbour`, at most the bank's size), nearest first: a topk result [M, k]."""
+        return (vectors.float() @ self.bank.float().T).topk(min(neighbour, self.bank.shape[0]), dim=1)
+
     def distance(self, vectors: torch.Tensor, neighbour: int) -> torch.Tensor:
         """[M] cosine distance of each unit row of `vectors` to its k-th nearest bank row."""
-        similarity = vectors.float() @ self.bank.float().T
-        k = min(neighbour, self.bank.shape[0])
-        kth = similarity.topk(k, dim=1).values[:, k - 1]
-        return (1.0 - kth).clamp_min(0.0)
+        return (1.0 - self.nearest(vectors, neighbour).values[:, -1]).clamp_min(0.0)
 
     def nearest_labels(self, vector: torch.Tensor, neighbour: int) -> tuple[int, int, int] | None:
         """(the label most of the `neighbour` nearest training inputs carry, how many of them
         do, how many were asked) for one unit vector; None without labels."""
         if self.labels is None:
             return None
-        k = min(neighbour, self.bank.shape[0])
-        nearest = (self.bank.float() @ vector.float()).topk(k).indices
-        counts = torch.bincount(self.labels[nearest])
-        return int(counts.argmax()), int(counts.max()), k
+        indices = self.nearest(vector[None], neighbour).indices[0]
+        counts = torch.bincount(self.labels[indices])
+        return int(counts.argmax()), int(counts.max()), int(indices.numel())
 
     def applicability(self, distance: float) -> float:
         """The share of validation distances at least `distance`, with one added to both counts."""

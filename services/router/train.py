@@ -305,17 +305,20 @@ def train(
             if val_set and spec.size_rule is not None:  # the heads' validation size error: the size rule's spread when nothing was measured
                 config.measurement_sigma = measurement_sigma(model, spec, val_set)
                 config.measurement_evidence = measurement_evidence(spec, val_set)
+            # Each validation item's modalities read alone, once: dissent, the thresholds of answers
+            # read from one input alone and the nearest training inputs' check are all measured on them.
+            alone = readings_alone(model, spec, served_val, pointer)
             if val_set:  # which inputs, read alone, are voices to pool with the answer (tasks.decide)
-                config.dissent_precision = dissent_precision(model, spec, served_val, pointer)
+                config.dissent_precision = dissent_precision(served_val, alone)
             if val_set:  # the earliest answers that cost at most half a point of validation accuracy and are as reliable as any
                 config.routing = tune_routing_on(model, spec, served_val, val_items, pointer)
             if val_set:  # answers below this confidence are withheld
                 probabilities = torch.stack([decide(model, spec, e.features, e.tags, attention=False, pointer=pointer).probabilities for e in served_val])
                 config.abstain_below = choose_abstain_below(probabilities, torch.tensor([e.label for e in served_val]))
             if val_set:  # answers read from one input alone: its own threshold, where it needs a higher one
-                config.abstain_below_alone = choose_alone_thresholds(model, spec, served_val, config.abstain_below, pointer)
+                config.abstain_below_alone = choose_alone_thresholds(served_val, alone, config.abstain_below)
             if val_set:  # where an answer read alone is withheld when its input's nearest training inputs say otherwise
-                config.neighbour_precision = neighbour_precision(model, spec, served_val, reference, config.abstain_below, pointer)
+                config.neighbour_precision = neighbour_precision(served_val, alone, reference, config.abstain_below)
         reference.save(out_dir)
         if pointer is not None:
             status_line.save(pointer, out_dir)
@@ -697,23 +700,30 @@ def lowest_safe_threshold(probabilities: torch.Tensor, labels: torch.Tensor, ris
     return None
 
 
-def choose_alone_thresholds(model, spec, examples: list[Example], abstain_below: float, pointer=None) -> dict[str, float]:
+def readings_alone(model, spec, examples: list[Example], pointer=None) -> list[list[tuple[str, torch.Tensor]]]:
+    """Per example, each of its modalities that can answer alone read by itself (tasks.lone_readings):
+    (modality, probabilities [L])."""
+    return [list(lone_readings(model, spec, e.features, e.tags, pointer=pointer)) for e in examples]
+
+
+def choose_alone_thresholds(examples: list[Example], alone: list[list[tuple[str, torch.Tensor]]], abstain_below: float) -> dict[str, float]:
     """Per modality that can answer alone: the threshold (choose_abstain_below's rule) that
     its readings alone on validation need, where it is above `abstain_below`
     (FusionConfig.abstain_below_alone). Left out where no threshold up to 0.95 is safe: the
     validation labels then are not what that input alone shows (a triage message about
     another problem than its screen is labelled by the screen), and its answers keep the
-    task's threshold; and where there are fewer than DISSENT_MIN_READINGS readings."""
+    task's threshold; and where there are fewer than DISSENT_MIN_READINGS readings.
+    `alone`: readings_alone of `examples`."""
     read: dict[str, tuple[list[torch.Tensor], list[int]]] = {}
-    for example in examples:
-        for name, view in lone_readings(model, spec, example.features, example.tags, pointer=pointer):
+    for example, views in zip(examples, alone):
+        for name, view in views:
             read.setdefault(name, ([], []))[0].append(view)
             read[name][1].append(example.label)
     chosen = {}
-    for name, (views, labels) in read.items():
-        if len(views) < DISSENT_MIN_READINGS:
+    for name, (probabilities, labels) in read.items():
+        if len(probabilities) < DISSENT_MIN_READINGS:
             continue
-        found = lowest_safe_threshold(torch.stack(views), torch.tensor(labels))
+        found = lowest_safe_threshold(torch.stack(probabilities), torch.tensor(labels))
         if found is not None and found > abstain_below:
             chosen[name] = found
     return chosen
@@ -722,13 +732,13 @@ def choose_alone_thresholds(model, spec, examples: list[Example], abstain_below:
 DISSENT_MIN_READINGS = 10  # fewer confident lone readings than this say too little: the modality keeps its voice
 
 
-def dissent_precision(model, spec, examples: list[Example], pointer=None) -> dict[str, float]:
+def dissent_precision(examples: list[Example], alone: list[list[tuple[str, torch.Tensor]]]) -> dict[str, float]:
     """Per modality that can answer alone (it holds what the task needs): of its lone
-    readings on validation confident enough to dissent (tasks.DISSENT), the share that was
-    right (FusionConfig.dissent_precision)."""
+    readings on validation (`alone`: readings_alone of `examples`) confident enough to
+    dissent (tasks.DISSENT), the share that was right (FusionConfig.dissent_precision)."""
     right: dict[str, list[bool]] = {}
-    for example in examples:
-        for name, view in lone_readings(model, spec, example.features, example.tags, pointer=pointer):
+    for example, views in zip(examples, alone):
+        for name, view in views:
             if float(view.max()) >= DISSENT:
                 right.setdefault(name, []).append(int(view.argmax()) == example.label)
     return {name: round(sum(hits) / len(hits), 3) for name, hits in right.items() if len(hits) >= DISSENT_MIN_READINGS}
@@ -737,15 +747,18 @@ def dissent_precision(model, spec, examples: list[Example], pointer=None) -> dic
 NEIGHBOUR_MIN_FLAGGED = 3  # fewer flagged answers than this on validation say nothing: the modality is not checked
 
 
-def neighbour_precision(model, spec, examples: list[Example], reference: applicability.Applicability, abstain_below: float, pointer=None) -> dict[str, float]:
+def neighbour_precision(
+    examples: list[Example], alone: list[list[tuple[str, torch.Tensor]]], reference: applicability.Applicability, abstain_below: float
+) -> dict[str, float]:
     """Per modality that can answer alone and whose reference holds labels: of the answers
-    its lone readings on validation would give (confidence at least `abstain_below`) whose
+    its lone readings on validation (`alone`: readings_alone of `examples`) would give
+    (confidence at least `abstain_below`) whose
     input's nearest training inputs mostly carry another label (Applicability.disagrees),
     the share that was wrong (FusionConfig.neighbour_precision). A modality with fewer than
     NEIGHBOUR_MIN_FLAGGED such answers is left out: not checked."""
     wrong: dict[str, list[bool]] = {}
-    for example in examples:
-        for name, view in lone_readings(model, spec, example.features, example.tags, pointer=pointer):
+    for example, views in zip(examples, alone):
+        for name, view in views:
             best = int(view.argmax())
             if float(view[best]) >= abstain_below and name in example.features and reference.disagrees(name, example.features[name], best):
                 wrong.setdefault(name, []).append(best != example.label)
