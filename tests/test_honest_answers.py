@@ -19,7 +19,7 @@ from PIL import Image
 from modalmesh.common.client import connect
 from modalmesh.router import applicability
 from modalmesh.router.tasks import TASKS, withheld
-from modalmesh.router.train import choose_abstain_below, lowest_safe_threshold
+from modalmesh.router.train import Example, choose_abstain_below, lowest_safe_threshold, neighbour_precision
 from modalmesh.v1 import router_pb2, router_pb2_grpc
 from tests.media import ct_dicom, image_bytes, phantom_hu, render_screenshot
 
@@ -240,6 +240,24 @@ def test_an_input_whose_nearest_training_inputs_carry_another_label_says_so(tmp_
     loaded = applicability.Applicability.load(tmp_path)
     assert loaded.disagrees("text", probe, 0) == (1, 5, 5)  # the labels are stored with the bank
     assert applicability.fit(train, near(0, 30) + near(1, 30)).neighbours("text", probe) is None  # no labels given
+
+
+def test_the_neighbours_check_is_measured_on_the_answers_served_at_each_inputs_own_threshold():
+    """train.neighbour_precision counts validation answers read alone that would be served:
+    at the modality's own abstain_below_alone where it has one, not the task's threshold."""
+    generator = torch.Generator().manual_seed(2)
+    centres = torch.randn(2, 64, generator=generator)
+
+    def near(label):
+        return {"text": centres[label] + 0.2 * torch.randn(4, 64, generator=generator)}
+
+    reference = applicability.fit([near(0) for _ in range(20)] + [near(1) for _ in range(20)], [near(0) for _ in range(60)], labels=[0] * 20 + [1] * 20)
+    # Four validation messages like label-1 training messages, each read alone as label 0 at 0.75 (wrong, truth 1).
+    examples = [Example(near(1), 1, torch.zeros(0), torch.zeros(0, dtype=torch.bool), {}, torch.zeros(0)) for _ in range(4)]
+    alone = [[("text", torch.tensor([0.75, 0.25]))] for _ in examples]
+    assert neighbour_precision(examples, alone, reference, 0.7) == {"text": 1.0}  # all four served and flagged, all wrong
+    assert neighbour_precision(examples, alone, reference, 0.7, {"text": 0.8}) == {}  # none served at the message's own 0.8
+    assert neighbour_precision(examples, alone, reference, 0.7, {"image": 0.8}) == {"text": 1.0}  # another input's threshold
 
 
 def test_an_answer_read_from_one_input_alone_is_withheld_when_its_neighbours_say_otherwise():

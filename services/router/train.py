@@ -318,7 +318,7 @@ def train(
             if val_set:  # answers read from one input alone: its own threshold, where it needs a higher one
                 config.abstain_below_alone = choose_alone_thresholds(served_val, alone, config.abstain_below)
             if val_set:  # where an answer read alone is withheld when its input's nearest training inputs say otherwise
-                config.neighbour_precision = neighbour_precision(served_val, alone, reference, config.abstain_below)
+                config.neighbour_precision = neighbour_precision(served_val, alone, reference, config.abstain_below, config.abstain_below_alone)
         reference.save(out_dir)
         if pointer is not None:
             status_line.save(pointer, out_dir)
@@ -748,19 +748,26 @@ NEIGHBOUR_MIN_FLAGGED = 3  # fewer flagged answers than this on validation say n
 
 
 def neighbour_precision(
-    examples: list[Example], alone: list[list[tuple[str, torch.Tensor]]], reference: applicability.Applicability, abstain_below: float
+    examples: list[Example],
+    alone: list[list[tuple[str, torch.Tensor]]],
+    reference: applicability.Applicability,
+    abstain_below: float,
+    abstain_below_alone: dict[str, float] | None = None,
 ) -> dict[str, float]:
     """Per modality that can answer alone and whose reference holds labels: of the answers
     its lone readings on validation (`alone`: readings_alone of `examples`) would give
-    (confidence at least `abstain_below`) whose
-    input's nearest training inputs mostly carry another label (Applicability.disagrees),
-    the share that was wrong (FusionConfig.neighbour_precision). A modality with fewer than
-    NEIGHBOUR_MIN_FLAGGED such answers is left out: not checked."""
+    (confidence at least the threshold such an answer is served at: the modality's
+    `abstain_below_alone`, else `abstain_below`) whose input's nearest training inputs
+    mostly carry another label (Applicability.disagrees), the share that was wrong
+    (FusionConfig.neighbour_precision). A modality with fewer than NEIGHBOUR_MIN_FLAGGED
+    such answers is left out: not checked."""
+    thresholds = abstain_below_alone or {}
     wrong: dict[str, list[bool]] = {}
     for example, views in zip(examples, alone):
         for name, view in views:
             best = int(view.argmax())
-            if float(view[best]) >= abstain_below and name in example.features and reference.disagrees(name, example.features[name], best):
+            served = float(view[best]) >= thresholds.get(name, abstain_below)
+            if served and name in example.features and reference.disagrees(name, example.features[name], best):
                 wrong.setdefault(name, []).append(best != example.label)
     return {name: round(sum(flags) / len(flags), 3) for name, flags in wrong.items() if len(flags) >= NEIGHBOUR_MIN_FLAGGED}
 
