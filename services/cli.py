@@ -292,8 +292,9 @@ def cmd_tasks(args: argparse.Namespace) -> int:
         print(f"  labels: {', '.join(task.labels)}; inputs: {names(task.accepted_modalities)}")
         print(f"  routing: tau {task.tau:.2f}, gamma {task.gamma:.2f}, side outputs with the features: {names(task.eager_side_outputs)}")
         print(f"  text model: {task.text_model or 'any whose features fit'}")
+        alone = "".join(f", {t:.2f} from the {m} alone" for m, t in sorted(task.abstain_below_alone.items()))
         print(
-            f"  withheld: below confidence {task.abstain_below:.2f}; read from one input alone and labelled otherwise by its "
+            f"  withheld: below confidence {task.abstain_below:.2f}{alone}; read from one input alone and labelled otherwise by its "
             f"nearest training inputs: {names(task.neighbour_checked)}"
         )
         for version in task.versions:  # a router serving a model repository

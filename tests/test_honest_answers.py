@@ -19,7 +19,15 @@ from PIL import Image
 from modalmesh.common.client import connect
 from modalmesh.router import applicability
 from modalmesh.router.tasks import TASKS, withheld
-from modalmesh.router.train import Example, choose_abstain_below, lowest_safe_threshold, neighbour_precision
+from modalmesh.router.train import (
+    Example,
+    beyond_risk,
+    choose_abstain_below,
+    choose_alone_thresholds,
+    lowest_safe_threshold,
+    neighbour_precision,
+    neighbours_kept,
+)
 from modalmesh.v1 import router_pb2, router_pb2_grpc
 from tests.media import ct_dicom, image_bytes, phantom_hu, render_screenshot
 
@@ -242,22 +250,61 @@ def test_an_input_whose_nearest_training_inputs_carry_another_label_says_so(tmp_
     assert applicability.fit(train, near(0, 30) + near(1, 30)).neighbours("text", probe) is None  # no labels given
 
 
-def test_the_neighbours_check_is_measured_on_the_answers_served_at_each_inputs_own_threshold():
-    """train.neighbour_precision counts validation answers read alone that would be served:
-    at the modality's own abstain_below_alone where it has one, not the task's threshold."""
+def test_the_neighbours_check_is_on_where_its_flagged_answers_are_wrong_beyond_the_tasks_risk():
+    """train.neighbour_precision counts the validation answers read alone (at the task's
+    threshold) that the nearest training inputs contradict, judged by what the input alone
+    shows; it is written (the check on) only where more of them were wrong than the task's
+    3% risk bound explains. The alone thresholds are then chosen without the readings the
+    check withholds (train.neighbours_kept)."""
     generator = torch.Generator().manual_seed(2)
     centres = torch.randn(2, 64, generator=generator)
 
     def near(label):
         return {"text": centres[label] + 0.2 * torch.randn(4, 64, generator=generator)}
 
+    def example(features, label, alone=None):
+        return Example(features, label, torch.zeros(0), torch.zeros(0, dtype=torch.bool), {}, torch.zeros(0), alone or {})
+
     reference = applicability.fit([near(0) for _ in range(20)] + [near(1) for _ in range(20)], [near(0) for _ in range(60)], labels=[0] * 20 + [1] * 20)
-    # Four validation messages like label-1 training messages, each read alone as label 0 at 0.75 (wrong, truth 1).
-    examples = [Example(near(1), 1, torch.zeros(0), torch.zeros(0, dtype=torch.bool), {}, torch.zeros(0)) for _ in range(4)]
-    alone = [[("text", torch.tensor([0.75, 0.25]))] for _ in examples]
-    assert neighbour_precision(examples, alone, reference, 0.7) == {"text": 1.0}  # all four served and flagged, all wrong
-    assert neighbour_precision(examples, alone, reference, 0.7, {"text": 0.8}) == {}  # none served at the message's own 0.8
-    assert neighbour_precision(examples, alone, reference, 0.7, {"image": 0.8}) == {"text": 1.0}  # another input's threshold
+    # Five messages like label-1 training messages, each read alone as label 0 at 0.75.
+    like_one = [near(1) for _ in range(5)]
+    alone = [[("text", torch.tensor([0.75, 0.25]))] for _ in like_one]
+    wrong_twice = [example(f, 1) for f in like_one[:2]] + [example(f, 0) for f in like_one[2:]]
+    assert beyond_risk(2, 5) and not beyond_risk(1, 5) and not beyond_risk(0, 5)
+    assert neighbour_precision(wrong_twice, alone, reference, 0.7) == {"text": 0.4}  # 2 of 5 wrong: far above 3%
+    assert neighbour_precision([example(f, 0) for f in like_one[1:]] + [example(like_one[0], 1)], alone, reference, 0.7) == {}  # 1 of 5: chance
+    assert neighbour_precision(wrong_twice, alone, reference, 0.8) == {}  # none given at 0.8
+    # Judged by what the message shows: a misleading message (item label 1) read as what it says is right.
+    shown = [example(f, 1, {"text": 0}) for f in like_one[:2]] + wrong_twice[2:]
+    assert neighbour_precision(shown, alone, reference, 0.7) == {}
+    # The readings the check withholds are left out of the alone thresholds' choice.
+    assert neighbours_kept(wrong_twice, alone, reference, {"text": 0.4}) == [[] for _ in like_one]
+    assert neighbours_kept(wrong_twice, alone, reference, {}) == alone
+
+
+def test_an_inputs_own_threshold_is_chosen_against_what_that_input_alone_shows():
+    """choose_alone_thresholds judges a lone reading by the manifest's alone_labels where it
+    gives one: a misleading message read as what it says is right, a vague message answered
+    at all is wrong (-1); without alone_labels the item's label is the truth."""
+
+    def example(label, alone=None):
+        return Example({}, label, torch.zeros(0), torch.zeros(0, dtype=torch.bool), {}, torch.zeros(0), alone or {})
+
+    # 40 messages that say what their item is about, read right at 0.9; 10 that say label 1
+    # about label-0 items, read as label 1 at 0.9; 10 vague ones read as label 0 at 0.75.
+    examples = [example(0) for _ in range(40)] + [example(0, {"text": 1}) for _ in range(10)] + [example(0, {"text": -1}) for _ in range(10)]
+    alone = [[("text", torch.tensor([0.9, 0.1]))] for _ in range(40)] + [[("text", torch.tensor([0.1, 0.9]))] for _ in range(10)]
+    alone += [[("text", torch.tensor([0.75, 0.25]))] for _ in range(10)]
+    assert examples[40].truth_alone("text") == 1 and examples[40].truth_alone("image") == 0
+    # Judged by what each message shows: only the vague ones are wrong, and all sit below 0.9.
+    assert choose_alone_thresholds(examples, alone, 0.5) == {
+        "text": lowest_safe_threshold(torch.stack([a[0][1] for a in alone]), torch.tensor([0] * 40 + [1] * 10 + [-1] * 10))
+    }
+    assert 0.75 < choose_alone_thresholds(examples, alone, 0.5)["text"] <= 0.9
+    # Judged by the items' labels, the misleading messages read right look wrong at 0.9: only
+    # a threshold above every reading (0.95: nothing answered) is safe.
+    plain = [example(0) for _ in range(60)]
+    assert choose_alone_thresholds(plain, alone, 0.5) == {"text": 0.95}
 
 
 def test_an_answer_read_from_one_input_alone_is_withheld_when_its_neighbours_say_otherwise():
@@ -382,13 +429,16 @@ def test_a_message_read_unlike_the_training_messages_it_resembles_is_withheld(ro
     response = analyze(router, "screenshot_triage", text="tracking hasnt moved in a week")
     assert response.abstained and response.label == "uncertain", (response.label, response.confidence, response.abstain_reason)
     assert "most like training inputs labelled shipping" in response.abstain_reason and "not login" in response.abstain_reason
-    ordinary = analyze(router, "screenshot_triage", text="my parcel has not arrived")
+    ordinary = analyze(router, "screenshot_triage", text="where is my parcel, it has not arrived")
     assert not ordinary.abstained and ordinary.label == "shipping", (ordinary.label, ordinary.abstain_reason)
     # ListTasks says which inputs get the check: triage messages; nothing of the CT task (on
     # validation the scans it would have flagged were answered right).
     tasks = {t.name: t for t in router.ListTasks(router_pb2.ListTasksRequest(), timeout=10).tasks}
     assert list(tasks["screenshot_triage"].neighbour_checked) == [router_pb2.MODALITY_TEXT]
     assert list(tasks["medical_report"].neighbour_checked) == []
+    # And the thresholds of answers read from one input alone, where validation needs a higher one.
+    assert {m: round(t, 2) for m, t in tasks["screenshot_triage"].abstain_below_alone.items()} == {"text": 0.85, "image": 0.8}
+    assert dict(tasks["medical_report"].abstain_below_alone) == {}
 
 
 def test_the_command_line_lists_what_makes_a_task_withhold_an_answer(mesh, capsys):
@@ -396,7 +446,8 @@ def test_the_command_line_lists_what_makes_a_task_withhold_an_answer(mesh, capsy
 
     assert main(["tasks", "--router", mesh.router.address]) == 0
     out = capsys.readouterr().out
-    assert "withheld: below confidence 0.70; read from one input alone and labelled otherwise by its nearest training inputs: text" in out
+    said = "withheld: below confidence 0.70, 0.80 from the image alone, 0.85 from the text alone; read from one input alone"
+    assert f"{said} and labelled otherwise by its nearest training inputs: text" in out
     assert "withheld: below confidence 0.50; read from one input alone and labelled otherwise by its nearest training inputs: none" in out
 
 

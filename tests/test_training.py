@@ -71,6 +71,16 @@ def test_triage_manifest_files_and_labels(triage_data):
         if record.get("audio"):
             assert open(record["audio"], "rb").read(4) == b"RIFF"
         assert record.get("image") or record["text"]  # something carries the label
+        # What the message alone shows: the label when it names it, another for a misleading one, none when vague.
+        shown = {"specific": record["label"], "vague": None}.get(record["extra"]["message_kind"], "another")
+        if not record["text"]:
+            assert "alone_labels" not in record
+        elif shown == "another":
+            assert record["alone_labels"]["text"] in SCREENS and record["alone_labels"]["text"] != record["label"]
+        else:
+            assert record["alone_labels"] == {"text": shown}
+    kinds = [r["extra"]["message_kind"] for r in read_manifest(triage_data / "train.jsonl")]
+    assert {"specific", "vague", "misleading"} <= set(kinds)  # every kind above was checked
 
 
 def test_ct_phantoms_match_their_labels(medical_data):
@@ -600,6 +610,9 @@ def test_train_says_what_is_wrong_with_a_manifest_in_one_line(tmp_path, capsys):
         '{"id": "b", "task": "medical_report", "text": "x", "label": "normal", "image": "gone.dcm"}': ":1: b: image file not found",
         '{"id": "c", oops': ":1: not a JSON object",
         '{"id": "d", "task": "medical_report", "text": "x"}': ":1: missing 'label'",
+        '{"id": "e", "task": "medical_report", "text": "x", "label": "normal", "alone_labels": {"txt": "normal"}}': "e: alone_labels: 'txt' is not a modality",
+        '{"id": "f", "task": "medical_report", "text": "x", "label": "normal", "alone_labels": {"text": "tumour"}}': "f: alone_labels: text: label 'tumour'",
+        '{"id": "g", "task": "medical_report", "text": "x", "label": "normal", "alone_labels": ["normal"]}': "g: alone_labels: an object of modality",
     }
     for number, (line, message) in enumerate(cases.items()):
         manifest = tmp_path / f"m{number}.jsonl"

@@ -8,8 +8,11 @@ files under files/. Splits use disjoint random streams and disjoint wording pool
 Manifest format (one JSON object per line; your own data uses the same):
     {"id": "train-00001", "task": "screenshot_triage", "split": "train",
      "text": "...", "image": "files/train-00001.png", "audio": "files/train-00001.wav",
-     "label": "payment", "image_parameters": {"window": "lung"}, "extra": {...}}
-`image` and `audio` are paths relative to the manifest (or absent); for
+     "label": "payment", "image_parameters": {"window": "lung"}, "extra": {...},
+     "alone_labels": {"text": "login"}}
+`image` and `audio` are paths relative to the manifest (or absent); `alone_labels`
+(optional) says what an input shows when it is all a caller sends (a label, or null where it
+shows none: a vague message), where that is not the record's label; for
 medical_report, `extra` holds lesion_count, largest_diameter_mm, side and
 pixel_spacing_mm (the regression targets). `qc_line` (a task of one's own, see data/qc.py)
 also writes its task.json.
@@ -87,6 +90,8 @@ def _triage_item(rng, split: str, out: Path, item_id: str) -> dict:
 
     case = make_case(rng, split)
     record = {"text": case["text"], "label": case["label"], "extra": {k: case[k] for k in ("message_kind", "screen", "voice", "mobile", "dark", "layout")}}
+    if case["text"]:  # what the message shows when it is all a caller sends
+        record["alone_labels"] = {"text": case["message_label"]}
     if case["screen"] is not None:
         if rng.random() < WEB_SHARE:
             image = render_web_page(case["screen"], rng, WEB_SIZES[int(rng.integers(len(WEB_SIZES)))], case["dark"])

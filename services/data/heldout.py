@@ -303,7 +303,10 @@ def _triage(rng, scope: str, number: int, out: Path, item_id: str, renderer: str
         jpeg = rng.random() < 0.4
         name = f"{item_id}.{'jpg' if jpeg else 'png'}"
         (out / "files" / name).write_bytes(png_bytes(image, "JPEG", quality=int(rng.integers(75, 95))) if jpeg else png_bytes(image))
-        return {"label": label, "text": text, "image": f"files/{name}", "extra": {**extra, "size": f"{size[0]}x{size[1]}", "renderer": renderer}}
+        case: dict = {"label": label, "text": text, "image": f"files/{name}", "extra": {**extra, "size": f"{size[0]}x{size[1]}", "renderer": renderer}}
+        if text:  # a vague message alone shows no label
+            case["alone_labels"] = {"text": label if kind == "specific" else None}
+        return case
     kinds = ("ct", "photo", "record")
     kind = kinds[number % len(kinds)]
     record: dict = {"label": None, "text": "", "extra": {"kind": kind}}

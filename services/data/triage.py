@@ -754,19 +754,23 @@ def screen_wording(rng, label: str, split: str) -> str:
 
 
 def make_case(rng, split: str) -> dict:
-    """One case: label, screen message (or None), customer text, voice text (or None)."""
+    """One case: label, screen message (or None), customer text, voice text (or None), and
+    the label the customer text alone shows (`message_label`: the label, another one for a
+    misleading message, None for a vague or missing one)."""
     label = str(rng.choice(LABELS))
     screen = screen_wording(rng, label, split) if rng.random() > 0.1 else None
     kind = rng.choice(["specific", "vague", "misleading", "missing"], p=[0.45, 0.25, 0.1, 0.2])
     if screen is None:
         kind = "specific"  # something must carry the label
+    message_label: str | None = None
     if kind == "specific":
         text = wording(rng, label, split, MESSAGES, MESSAGE_TEMPLATES)
+        message_label = label
     elif kind == "vague":
         text = str(rng.choice(pool(VAGUE, split)))
     elif kind == "misleading":
-        other = str(rng.choice([name for name in LABELS if name != label]))
-        text = wording(rng, other, split, MESSAGES, MESSAGE_TEMPLATES)
+        message_label = str(rng.choice([name for name in LABELS if name != label]))
+        text = wording(rng, message_label, split, MESSAGES, MESSAGE_TEMPLATES)
     else:
         text = ""
     voice = wording(rng, label, split, MESSAGES, MESSAGE_TEMPLATES) if rng.random() < 0.25 else None
@@ -776,6 +780,7 @@ def make_case(rng, split: str) -> dict:
         "screen": screen,
         "text": text,
         "message_kind": str(kind),
+        "message_label": message_label,
         "voice": voice,
         "mobile": bool(rng.random() < 0.4),
         "dark": bool(rng.random() < 0.3),

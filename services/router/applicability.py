@@ -25,8 +25,8 @@ is checked against its k nearest training inputs too (`Applicability.neighbours`
 most of them carry another label than the answer, the heads have read the input unlike
 the inputs it resembles (a message in new words: "tracking hasnt moved in a week" read as
 `login`, its nearest training messages all `shipping`), and the answer is withheld
-(tasks.withheld) for the modalities where, on validation, at least half the answers so
-flagged were wrong (FusionConfig.neighbour_precision).
+(tasks.withheld) for the modalities where, on validation, the answers so flagged were
+wrong more often than the task's 3% risk bound explains (FusionConfig.neighbour_precision).
 
 The reference set is stored beside the task's weights (`applicability.safetensors`).
 """

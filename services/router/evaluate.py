@@ -118,7 +118,8 @@ def evaluate(task: str | TaskSpec, data: str, report: str, weights: str = "", ca
         alone = [
             serve(task_model, {s: f for s, f in examples[i].features.items() if s in sources}, examples[i].tags if modality == "image" else {}) for i in having
         ]
-        results["honesty_alone"][modality] = honesty_metrics(task_model, alone, labels[having], [])["in_scope"]
+        truth = np.array([examples[i].truth_alone(modality) for i in having])  # what that input alone shows (manifest's alone_labels)
+        results["honesty_alone"][modality] = honesty_metrics(task_model, alone, truth, [])["in_scope"]
     single = {}  # mode -> [N, L] probabilities (NaN where the item lacks the modality)
     for name, subset in SINGLE.items():
         p, _, _, keep, _ = predict(subset)

@@ -98,9 +98,9 @@ class FusionConfig:
     # is not a dissenting voice. Empty (weights written before it was measured): every one is.
     dissent_precision: dict = field(default_factory=dict)
     # Per modality: of the answers its readings alone would give on validation whose input's
-    # nearest training inputs mostly carry another label, the share that was wrong
-    # (train.neighbour_precision). At tasks.NEIGHBOUR_PRECISION and above, such an answer is
-    # withheld (tasks.withheld). Empty (weights written before it was measured): never.
+    # nearest training inputs mostly carry another label, the share that was wrong, where
+    # that is more than the task's risk bound explains (train.neighbour_precision). Above
+    # tasks.ABSTAIN_RISK, such an answer is withheld (tasks.neighbour_checked). Empty: never.
     neighbour_precision: dict = field(default_factory=dict)
     # Per modality: the confidence threshold of answers read from that input alone, where
     # validation needs a higher one than abstain_below (train.choose_alone_thresholds).

@@ -230,7 +230,7 @@ def tune_routing(cases: list[RoutingCase], max_risk: float, max_loss: float = 0.
     """The (tau, gamma) with the lowest mean latency whose accuracy is at most `max_loss`
     below answering from everything (on the validation split) and whose early answers are
     wrong at most `max_risk` of the time: an early answer is given as confidently as any
-    other, so it must be as reliable as the answers the task gives (train.ABSTAIN_RISK),
+    other, so it must be as reliable as the answers the task gives (tasks.ABSTAIN_RISK),
     also where answering from everything would have been wrong (and withheld as unsure).
     tau 1.01 never answers early."""
     full = float(np.mean([c.full_correct for c in cases]))

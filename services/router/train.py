@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -34,12 +35,12 @@ from modalmesh.data.generate import read_manifest
 from modalmesh.router import applicability, status_line
 from modalmesh.router.features import FeatureCache, configured_asr_engine, text_model_version
 from modalmesh.router.finetune import LEARNING_RATE as TEXT_TOP_LEARNING_RATE
-from modalmesh.router.fusion import FusionConfig, FusionEnsemble, FusionModel, fit_log_temperature
+from modalmesh.router.fusion import MODALITIES, FusionConfig, FusionEnsemble, FusionModel, fit_log_temperature
 from modalmesh.router.repository import staged_version, versions_in
 from modalmesh.router.routing import EAGER_MIN_SHARE
 from modalmesh.router.tasks import (
+    ABSTAIN_RISK,
     DISSENT,
-    NEIGHBOUR_PRECISION,
     NOT_FOR_CLINICAL_USE,
     SHIPPED_WEIGHTS,
     TaskModel,
@@ -65,6 +66,13 @@ class Example:
     target_mask: torch.Tensor  # which targets apply
     tags: dict[str, str]  # the image's tags (PixelSpacing, Columns): what turns fractions into mm
     truth: torch.Tensor  # regression targets in the units the task reports (mm)
+    # What one input shows when it is all a caller sends (the manifest's `alone_labels`):
+    # modality -> label index, -1 where that input alone shows no label (a vague message).
+    alone: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    def truth_alone(self, modality: str) -> int:
+        """The right answer from `modality` alone: the manifest's, else the item's label."""
+        return self.alone.get(modality, self.label)
 
 
 def open_trained(spec: TaskSpec, weights: str) -> tuple[TaskModel, Path]:
@@ -132,6 +140,7 @@ def load_examples(
     for record in records if scope == "in" else ():  # every label checked before any feature is computed
         if record["label"] not in spec.labels:
             raise ValueError(f"{manifest}: {record['id']}: label {record['label']!r} is not one of {spec.labels}")
+        check_alone_labels(spec, manifest, record)
     examples, items = [], []
     for record in progress(records, len(records), f"features {label:5s}"):
         item = cache.get(record)
@@ -145,9 +154,24 @@ def load_examples(
             raise ValueError(f"{manifest}: {record['id']}: image {record['image']}: {refused}")
         features = {s: f.float().clone() for s, f in item.features.items()}  # own, aligned memory: GEMM rounding is the same on every run
         index = spec.labels.index(record["label"]) if scope == "in" else -1
-        examples.append(Example(features, index, truth / spec.units(tags), mask, tags, truth))
+        alone = {m: -1 if label is None else spec.labels.index(label) for m, label in record.get("alone_labels", {}).items()}
+        examples.append(Example(features, index, truth / spec.units(tags), mask, tags, truth, alone))
         items.append(item)
     return examples, items
+
+
+def check_alone_labels(spec: TaskSpec, manifest: str | Path, record: dict) -> None:
+    """A record's optional `alone_labels`: per modality, what that input shows when it is all
+    a caller sends (a label of the task, or null where it alone shows none)."""
+    given = record.get("alone_labels", {})
+    where = f"{manifest}: {record['id']}: alone_labels"
+    if not isinstance(given, dict):
+        raise ValueError(f"{where}: an object of modality -> label or null, not {given!r}")
+    for modality, label in given.items():
+        if modality not in MODALITIES:
+            raise ValueError(f"{where}: {modality!r} is not a modality ({', '.join(MODALITIES)})")
+        if label is not None and label not in spec.labels:
+            raise ValueError(f"{where}: {modality}: label {label!r} is not one of {spec.labels} (or null)")
 
 
 def input_widths(examples: list[Example], defaults: dict[str, int]) -> dict[str, int]:
@@ -315,10 +339,11 @@ def train(
             if val_set:  # answers below this confidence are withheld
                 probabilities = torch.stack([decide(model, spec, e.features, e.tags, attention=False, pointer=pointer).probabilities for e in served_val])
                 config.abstain_below = choose_abstain_below(probabilities, torch.tensor([e.label for e in served_val]))
-            if val_set:  # answers read from one input alone: its own threshold, where it needs a higher one
-                config.abstain_below_alone = choose_alone_thresholds(served_val, alone, config.abstain_below)
             if val_set:  # where an answer read alone is withheld when its input's nearest training inputs say otherwise
-                config.neighbour_precision = neighbour_precision(served_val, alone, reference, config.abstain_below, config.abstain_below_alone)
+                config.neighbour_precision = neighbour_precision(served_val, alone, reference, config.abstain_below)
+            if val_set:  # answers read from one input alone, past that check: their own threshold, where they need a higher one
+                kept = neighbours_kept(served_val, alone, reference, config.neighbour_precision)
+                config.abstain_below_alone = choose_alone_thresholds(served_val, kept, config.abstain_below)
         reference.save(out_dir)
         if pointer is not None:
             status_line.save(pointer, out_dir)
@@ -371,12 +396,14 @@ def _alone_card(thresholds: dict[str, float]) -> str:
 
 def _neighbour_card(precision: dict[str, float]) -> str:
     """The model card's line on the nearest training inputs' check (tasks.neighbours_disagree)."""
-    checked = [m for m, p in precision.items() if p >= NEIGHBOUR_PRECISION]
-    measured = ", ".join(f"{m} {p:.2f}" for m, p in precision.items()) or "too few to say"
+    if precision:
+        measured = ", ".join(f"{m} {p:.2f}" for m, p in precision.items())
+        why = f"on validation, the share of the answers it withholds that were wrong: {measured}"
+    else:
+        why = "on validation, no input's flagged answers were wrong more often than the 3% risk bound explains"
     return (
         f"- Nearest training inputs: an answer read from one input alone is withheld when most of that input's nearest\n"
-        f"  training inputs carry another label; checked for {', '.join(checked) or 'no modality'} (on validation, the share of\n"
-        f"  the answers it would withhold that were wrong: {measured}; checked from {NEIGHBOUR_PRECISION:g})."
+        f"  training inputs carry another label; checked for {', '.join(precision) or 'no modality'}\n  ({why})."
     )
 
 
@@ -677,7 +704,6 @@ def tune_routing_again(task: str | TaskSpec, data: str, weights: str, cache_dir:
 
 
 ABSTAIN_FLOOR = 0.5  # a calibrated label under 0.5 is more likely wrong than right: never given
-ABSTAIN_RISK = 0.03  # the validation error rate allowed among the answers given
 
 
 def choose_abstain_below(probabilities: torch.Tensor, labels: torch.Tensor, risk: float = ABSTAIN_RISK) -> float:
@@ -709,16 +735,17 @@ def readings_alone(model, spec, examples: list[Example], pointer=None) -> list[l
 def choose_alone_thresholds(examples: list[Example], alone: list[list[tuple[str, torch.Tensor]]], abstain_below: float) -> dict[str, float]:
     """Per modality that can answer alone: the threshold (choose_abstain_below's rule) that
     its readings alone on validation need, where it is above `abstain_below`
-    (FusionConfig.abstain_below_alone). Left out where no threshold up to 0.95 is safe: the
-    validation labels then are not what that input alone shows (a triage message about
-    another problem than its screen is labelled by the screen), and its answers keep the
-    task's threshold; and where there are fewer than DISSENT_MIN_READINGS readings.
+    (FusionConfig.abstain_below_alone). A reading is judged by what that input alone shows
+    (Example.truth_alone: the manifest's `alone_labels`, else the item's label). Left out
+    where no threshold up to 0.95 is safe (the item's labels are then not what that input
+    alone shows, and the manifest does not say what it does): its answers keep the task's
+    threshold; and where there are fewer than DISSENT_MIN_READINGS readings.
     `alone`: readings_alone of `examples`."""
     read: dict[str, tuple[list[torch.Tensor], list[int]]] = {}
     for example, views in zip(examples, alone):
         for name, view in views:
             read.setdefault(name, ([], []))[0].append(view)
-            read[name][1].append(example.label)
+            read[name][1].append(example.truth_alone(name))
     chosen = {}
     for name, (probabilities, labels) in read.items():
         if len(probabilities) < DISSENT_MIN_READINGS:
@@ -748,28 +775,46 @@ NEIGHBOUR_MIN_FLAGGED = 3  # fewer flagged answers than this on validation say n
 
 
 def neighbour_precision(
-    examples: list[Example],
-    alone: list[list[tuple[str, torch.Tensor]]],
-    reference: applicability.Applicability,
-    abstain_below: float,
-    abstain_below_alone: dict[str, float] | None = None,
+    examples: list[Example], alone: list[list[tuple[str, torch.Tensor]]], reference: applicability.Applicability, abstain_below: float
 ) -> dict[str, float]:
     """Per modality that can answer alone and whose reference holds labels: of the answers
-    its lone readings on validation (`alone`: readings_alone of `examples`) would give
-    (confidence at least the threshold such an answer is served at: the modality's
-    `abstain_below_alone`, else `abstain_below`) whose input's nearest training inputs
-    mostly carry another label (Applicability.disagrees), the share that was wrong
-    (FusionConfig.neighbour_precision). A modality with fewer than NEIGHBOUR_MIN_FLAGGED
-    such answers is left out: not checked."""
-    thresholds = abstain_below_alone or {}
-    wrong: dict[str, list[bool]] = {}
+    its lone readings on validation (`alone`: readings_alone of `examples`) would give at
+    the task's threshold whose input's nearest training inputs mostly carry another label
+    (Applicability.disagrees), the share that was wrong (FusionConfig.neighbour_precision;
+    a reading is judged by what its input alone shows: Example.truth_alone). Written only
+    where there are at least NEIGHBOUR_MIN_FLAGGED such answers and more of them were wrong
+    than the task's risk bound explains (beyond_risk): withholding them then keeps answers
+    out that are wrong far more often than the answers the task gives may be."""
+    flagged: dict[str, list[bool]] = {}
     for example, views in zip(examples, alone):
         for name, view in views:
             best = int(view.argmax())
-            served = float(view[best]) >= thresholds.get(name, abstain_below)
-            if served and name in example.features and reference.disagrees(name, example.features[name], best):
-                wrong.setdefault(name, []).append(best != example.label)
-    return {name: round(sum(flags) / len(flags), 3) for name, flags in wrong.items() if len(flags) >= NEIGHBOUR_MIN_FLAGGED}
+            if float(view[best]) >= abstain_below and name in example.features and reference.disagrees(name, example.features[name], best):
+                flagged.setdefault(name, []).append(best != example.truth_alone(name))
+    return {
+        name: round(sum(wrong) / len(wrong), 3)
+        for name, wrong in flagged.items()
+        if len(wrong) >= NEIGHBOUR_MIN_FLAGGED and beyond_risk(sum(wrong), len(wrong))
+    }
+
+
+def beyond_risk(wrong: int, given: int, risk: float = ABSTAIN_RISK, level: float = 0.05) -> bool:
+    """Whether `wrong` of `given` answers is more than a `risk` error rate explains: the
+    one-sided binomial chance of at least that many wrong is below `level`."""
+    chance = sum(math.comb(given, k) * risk**k * (1 - risk) ** (given - k) for k in range(wrong, given + 1))
+    return wrong > 0 and chance < level
+
+
+def neighbours_kept(
+    examples: list[Example], alone: list[list[tuple[str, torch.Tensor]]], reference: applicability.Applicability, precision: dict[str, float]
+) -> list[list[tuple[str, torch.Tensor]]]:
+    """`alone` without the readings the nearest training inputs' check withholds (for the
+    modalities in `precision`, FusionConfig.neighbour_precision): what the thresholds of
+    answers read alone are chosen on."""
+    return [
+        [(name, view) for name, view in views if name not in precision or not reference.disagrees(name, example.features[name], int(view.argmax()))]
+        for example, views in zip(examples, alone)
+    ]
 
 
 def measurement_evidence(spec, examples: list[Example]) -> dict[str, dict[str, float]]:
