@@ -20,9 +20,11 @@ sent to triage, a photo, a screenshot sent to the CT task, a photograph sent to 
 product-photo task) lie at 3.4 times it and more. The margin (MARGIN, 3) refuses the
 second kind at the cost of some of the first (docs/limits.md).
 
-The training inputs' labels are kept with them. An answer read from one modality alone
-is checked against its k nearest training inputs too (`Applicability.neighbours`): where
-most of them carry another label than the answer, the heads have read the input unlike
+The label each training input shows is kept with it (what that input alone shows where
+the manifest says: a misleading message is labelled by what it says, a vague one by no
+label). An answer read from one modality alone is checked against its k nearest
+training inputs too (`Applicability.neighbours`): where most of them show another label
+than the answer, or none, the heads have read the input unlike
 the inputs it resembles (a message in new words: "tracking hasnt moved in a week" read as
 `login`, its nearest training messages all `shipping`), and the answer is withheld
 (tasks.withheld) for the modalities where, on validation, the answers so flagged were
@@ -58,7 +60,9 @@ class Reference:
 
     bank: torch.Tensor  # [N, width], unit rows
     validation: torch.Tensor  # [V], ascending
-    labels: torch.Tensor | None = None  # [N] long: each training input's label index; None in files written without them
+    # [N] long: the label index each training input shows (-1: none of the task's labels,
+    # a message that names no problem); None in files written without them.
+    labels: torch.Tensor | None = None
 
     def nearest(self, vectors: torch.Tensor, neighbour: int):
         """The similarities and bank rows of each unit row of `vectors`' k nearest bank rows
@@ -70,13 +74,14 @@ class Reference:
         return (1.0 - self.nearest(vectors, neighbour).values[:, -1]).clamp_min(0.0)
 
     def nearest_labels(self, vector: torch.Tensor, neighbour: int) -> tuple[int, int, int] | None:
-        """(the label most of the `neighbour` nearest training inputs carry, how many of them
-        do, how many were asked) for one unit vector; None without labels."""
+        """(the label most of the `neighbour` nearest training inputs show, -1 for none of
+        the task's; how many of them do; how many were asked) for one unit vector; None
+        without labels."""
         if self.labels is None:
             return None
         indices = self.nearest(vector[None], neighbour).indices[0]
-        counts = torch.bincount(self.labels[indices])
-        return int(counts.argmax()), int(counts.max()), int(indices.numel())
+        counts = torch.bincount(self.labels[indices] + 1)  # index 0: no label
+        return int(counts.argmax()) - 1, int(counts.max()), int(indices.numel())
 
     def applicability(self, distance: float) -> float:
         """The share of validation distances at least `distance`, with one added to both counts."""
@@ -119,16 +124,17 @@ class Applicability:
         return score <= 1.0 / (1 + reference.validation.numel()) + 1e-9
 
     def neighbours(self, source: str, features: torch.Tensor) -> tuple[int, int, int] | None:
-        """For one input of `source`: (the label most of its nearest training inputs carry,
-        how many of them do, how many were asked); None where unchecked or unlabelled."""
+        """For one input of `source`: (the label most of its nearest training inputs show,
+        -1 for none of the task's; how many of them do; how many were asked); None where
+        unchecked or unlabelled."""
         reference = self.references.get(source)
         if reference is None or features.numel() == 0:
             return None
         return reference.nearest_labels(pooled(features), self.neighbour)
 
     def disagrees(self, source: str, features: torch.Tensor, label: int) -> tuple[int, int, int] | None:
-        """The nearest training inputs' verdict (as `neighbours`) when most of them carry
-        another label than `label`, else None."""
+        """The nearest training inputs' verdict (as `neighbours`) when most of them show
+        another label than `label`, or none, else None."""
         verdict = self.neighbours(source, features)
         if verdict is None or verdict[0] == label or verdict[1] <= verdict[2] // 2:
             return None
@@ -188,9 +194,12 @@ def fit(
     neighbour: int = DEFAULT_NEIGHBOUR,
     margin: float = MARGIN,
     labels: list[int] | None = None,
+    shown: list[dict[str, int]] | None = None,
 ) -> Applicability:
     """The reference set from training and validation items' features (source -> tensor),
-    with the training items' `labels` (label indices, one per training item) when given.
+    with the training items' `labels` (label indices, one per training item) when given:
+    per source, the label that input alone shows where `shown` (one {source: label index,
+    -1 for none} per training item, the manifest's alone_labels) says, else the item's.
     A source needs more than `neighbour` training and at least MIN_VALIDATION validation items
     to be checked: with fewer, the validation inputs' largest distance says too little."""
     references: dict[str, Reference] = {}
@@ -199,7 +208,8 @@ def fit(
         held_out = [pooled(item[source]) for item in validation if source in item]
         if len(bank) <= neighbour or len(held_out) < MIN_VALIDATION:
             continue
-        kept = torch.tensor([label for item, label in zip(train, labels) if source in item]) if labels is not None else None
+        said = shown or [{} for _ in train]
+        kept = torch.tensor([own.get(source, label) for item, label, own in zip(train, labels, said) if source in item]) if labels is not None else None
         reference = Reference(torch.stack(bank), torch.empty(0), kept)
         reference.validation = reference.distance(torch.stack(held_out), neighbour).sort().values
         references[source] = reference

@@ -386,7 +386,8 @@ def neighbours_disagree(task: "TaskModel", read: set[str], features: dict[str, t
     if verdict is None:
         return ""
     label, count, asked = verdict
-    return f"the {modality} is most like training inputs labelled {task.spec.labels[label]} ({count} of its {asked} nearest)"
+    shown = f"labelled {task.spec.labels[label]}" if label >= 0 else "that show none of the task's labels"
+    return f"the {modality} is most like training inputs {shown} ({count} of its {asked} nearest)"
 
 
 # ----------------------------------------------------------------------- medical report

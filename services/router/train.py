@@ -324,7 +324,9 @@ def train(
             config.text_model = text_model_version()
         # What the task was trained on: inputs unlike it are not applicable, and the labels of an
         # input's nearest training inputs are a check on an answer read from it alone (router/applicability.py).
-        reference = applicability.fit([e.features for e in train_set], [e.features for e in val_set], labels=[e.label for e in train_set])
+        reference = applicability.fit(
+            [e.features for e in train_set], [e.features for e in val_set], labels=[e.label for e in train_set], shown=[e.alone for e in train_set]
+        )
         with deterministic_torch():
             if val_set and spec.size_rule is not None:  # the heads' validation size error: the size rule's spread when nothing was measured
                 config.measurement_sigma = measurement_sigma(model, spec, val_set)
