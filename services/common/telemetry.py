@@ -192,7 +192,10 @@ OUTPUT_ENTROPY = Histogram(
 
 def record_span(name: str, start_s: float, end_s: float, attributes: Mapping[str, Any] | None = None) -> None:
     """A child span of the current one for an interval measured elsewhere (perf_counter
-    seconds), e.g. time spent waiting in a batch queue on another thread."""
+    seconds), e.g. time spent waiting in a batch queue on another thread. Nothing where
+    the current span is not recorded (nothing receives spans: RecordWhenExported)."""
+    if not trace.get_current_span().is_recording():
+        return
     offset_ns = time.time_ns() - int(time.perf_counter() * 1e9)
     span = tracer().start_span(name, start_time=int(start_s * 1e9) + offset_ns, attributes=dict(attributes or {}))
     span.end(end_time=int(end_s * 1e9) + offset_ns)
