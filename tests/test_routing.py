@@ -34,9 +34,9 @@ def test_an_early_answer_needs_both_confidence_and_little_outstanding_weight():
 def test_serving_and_the_simulation_decide_through_the_same_policy():
     gather = inspect.getsource(pipeline.Pipeline.gather)
     simulated = inspect.getsource(routing.routing_cases) + inspect.getsource(routing.route) + inspect.getsource(routing.early_answer)
-    for function in ("outstanding(", "waits_for_required(", "answer_now("):
+    for function in ("outstanding(", "waits_for_required(", "answer_now(", "self.withheld("):
         assert function in gather, function
-    for function in ("outstanding(", "waits_for_required(", "sure_enough("):
+    for function in ("outstanding(", "waits_for_required(", "sure_enough(", "serve(", "c.served"):
         assert function in simulated, function
 
 

@@ -418,6 +418,11 @@ def test_the_early_answer_is_the_first_sure_checkpoint_and_names_what_it_was_fus
     sure = Checkpoint(300.0, 0.95, True, 0.1, True, ("text", "image", "image_text"))
     case = RoutingCase([unsure, sure], True, (), True, 900.0, 800.0)
     assert early_answer(case, 0.9, 0.5) is sure and sure.sources == ("text", "image", "image_text")
+    # A sure answer the task would withhold there (read from the screenshot alone below its own
+    # threshold, say) is not given early: the router waits for what is still to come.
+    withheld_there = Checkpoint(10.0, 0.95, True, 0.1, False, ("image",), served=False)
+    assert early_answer(RoutingCase([withheld_there, sure], True, (), True, 900.0, 800.0), 0.9, 0.5) is sure
+    assert early_answer(RoutingCase([withheld_there], True, (), True, 900.0, 800.0), 0.9, 0.5) is None
     assert early_answer(case, 0.5, 0.5) is unsure
     assert early_answer(case, 0.99, 0.5) is None  # waits for everything
 

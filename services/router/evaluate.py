@@ -89,7 +89,7 @@ def evaluate(task: str | TaskSpec, data: str, report: str, weights: str = "", ca
         }
 
     # Routed vs full vs single modality: accuracy and simulated latency.
-    cases = routing_cases(model, task_model.spec, examples, items, fuse_ms, pointer=pointer)
+    cases = routing_cases(model, task_model.spec, examples, items, fuse_ms, pointer=pointer, task=task_model)
     modes = {
         "full": {"accuracy": results["full"]["accuracy"], "mean_latency_ms": float(np.mean([c.full_ms for c in cases]))},
         "routed": {

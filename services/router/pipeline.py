@@ -680,7 +680,7 @@ class Pipeline:
             if not full and run.features and to_come and not waits_for_required(to_come, required):
                 decision = self.decide(task, run, to_come)
                 reason = answer_now(decision.answer.confidence, decision.outstanding_weight, task.spec.tau, task.spec.gamma)
-                if reason:
+                if reason and not self.withheld(task, run, decision):  # an answer it would withhold waits for the rest
                     run.stop_pending(router_pb2.MODALITY_STATUS_SKIPPED, reason)
                     for modality in side_candidates if not side_requested else []:
                         run.side_notes[SIDE_SOURCE[modality]] = f"not requested: {reason}"
@@ -780,6 +780,17 @@ class Pipeline:
             run.line_log_odds = self.run_model(lambda: screen_line_log_odds(task.model, rows))
 
     # ------------------------------------------------------------------ heads, words, speech
+    @staticmethod
+    def withheld(task: TaskModel, run: Run, decision: Decision) -> str:
+        """Why `decision`'s answer is withheld (tasks.withheld), judged on the modalities read
+        so far; '' when it is given."""
+        answer = decision.answer
+        read = {m for m, state in run.states.items() if state.status == router_pb2.MODALITY_STATUS_USED}
+        unfamiliar = frozenset(m for m in read if task.applicability.unfamiliar(m, run.states[m].applicability))
+        neighbours = neighbours_disagree(task, read, run.features, task.spec.labels.index(answer.label))
+        threshold, note = task.threshold_for(read)
+        return withheld(task.spec, answer.label, answer.confidence, read, threshold, run.evidence.image_tags, decision.dissent, unfamiliar, neighbours, note)
+
     def respond(self, request, task: TaskModel, run: Run, decision: Decision | None) -> router_pb2.AnalyzeResponse:
         """The answer in words, withheld (label "uncertain") where the task's policy says so
         (tasks.withheld): no input it reads, a confidence below its threshold, or a label the
@@ -804,13 +815,7 @@ class Pipeline:
                 if run.line_log_odds is not None:
                     key = best_screen_line(run.line_log_odds, task.spec.labels.index(answer.label))
                     run.evidence.key_line = run.evidence.screen_lines[key] if key is not None else ""
-            read = {m for m, state in run.states.items() if state.status == router_pb2.MODALITY_STATUS_USED}
-            unfamiliar = frozenset(m for m in read if task.applicability.unfamiliar(m, run.states[m].applicability))
-            neighbours = neighbours_disagree(task, read, run.features, task.spec.labels.index(answer.label))
-            threshold, note = task.threshold_for(read)
-            run.evidence.withheld = withheld(
-                task.spec, answer.label, answer.confidence, read, threshold, run.evidence.image_tags, decision.dissent, unfamiliar, neighbours, note
-            )
+            run.evidence.withheld = self.withheld(task, run, decision)
             assert task.spec.write is not None  # every task has a writer
             description, findings, reply = task.spec.write(answer, run.evidence)
             modality_weights = modality_gate_weights(outputs.gate_weights)[0]

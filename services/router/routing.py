@@ -117,6 +117,7 @@ class Checkpoint:
     outstanding_weight: float
     side_requested: bool  # the side outputs had been asked for already
     sources: tuple[str, ...] = ()  # what had arrived: the answer is fused from these
+    served: bool = True  # the answer from these would be given (served.serve), not withheld: only such a one is given early
 
 
 @dataclass
@@ -135,10 +136,14 @@ class RoutingCase:
     full_ms: float  # FULL: everything asked for at once (each side output after its base features) + one fusion
 
 
-def routing_cases(model, spec, examples, items, fuse_ms, eager=None, pointer=None) -> list[RoutingCase]:
+def routing_cases(model, spec, examples, items, fuse_ms, eager=None, pointer=None, task=None) -> list[RoutingCase]:
     """`eager`: modalities whose side output comes with their base features, from one
     call (default: the task's); the rest are asked for once every base feature is in.
-    `pointer`: the task's status-line pointer, for examples with every screen paragraph."""
+    `pointer`: the task's status-line pointer, for examples with every screen paragraph.
+    `task`: the TaskModel whose serving policy says whether each checkpoint's answer would
+    be given (served.serve; Checkpoint.served); without it every one would be."""
+    from modalmesh.router.served import serve
+
     eager = spec.eager if eager is None else eager
     required = set(spec.needs)
 
@@ -147,6 +152,11 @@ def routing_cases(model, spec, examples, items, fuse_ms, eager=None, pointer=Non
         tags = example.tags if "image" in sources else {}  # no scan, no measurement from it
         decided = decide(model, spec, features, tags, outstanding, attention=False, pointer=pointer)
         return float(decided.probabilities.max()), int(decided.probabilities.argmax()) == example.label, decided.outstanding_weight
+
+    def given(example, sources) -> bool:
+        if task is None:
+            return True
+        return serve(task, {s: f for s, f in example.features.items() if s in sources}, example.tags if "image" in sources else {}).answered
 
     cases = []
     for example, item in zip(examples, items):
@@ -166,7 +176,7 @@ def routing_cases(model, spec, examples, items, fuse_ms, eager=None, pointer=Non
             to_come = outstanding(base[index + 1 :], now, later_modalities)
             if to_come and not waits_for_required(to_come, required):  # never answered early without what the task needs
                 confidence, correct, weight = decide_on(example, arrived, to_come)
-                checkpoints.append(Checkpoint(arrival(modality) + fuse_ms, confidence, correct, weight, bool(now), tuple(arrived)))
+                checkpoints.append(Checkpoint(arrival(modality) + fuse_ms, confidence, correct, weight, bool(now), tuple(arrived), given(example, arrived)))
         base_ms = max((arrival(m) for m in base), default=0.0) + fuse_ms
 
         def later_call(side):  # a second call on the same input: decoded and encoded again, then the side output
@@ -178,7 +188,7 @@ def routing_cases(model, spec, examples, items, fuse_ms, eager=None, pointer=Non
             to_come = ordered[index + 1 :]
             if not waits_for_required(to_come, required):
                 confidence, correct, weight = decide_on(example, arrived, to_come)
-                checkpoints.append(Checkpoint(base_ms + later_call(side) + fuse_ms, confidence, correct, weight, True, tuple(arrived)))
+                checkpoints.append(Checkpoint(base_ms + later_call(side) + fuse_ms, confidence, correct, weight, True, tuple(arrived), given(example, arrived)))
         everything = list(example.features)
         _, final_correct, _ = decide_on(example, everything, [])
         final_ms = base_ms + max((later_call(s) for s in sides), default=0.0) + (fuse_ms if sides else 0.0)
@@ -188,8 +198,10 @@ def routing_cases(model, spec, examples, items, fuse_ms, eager=None, pointer=Non
 
 
 def early_answer(case: RoutingCase, tau: float, gamma: float) -> Checkpoint | None:
-    """The checkpoint the router answers at, at (tau, gamma); None when it waits for everything."""
-    return next((c for c in case.checkpoints if sure_enough(c.confidence, c.outstanding_weight, tau, gamma)), None)
+    """The checkpoint the router answers at, at (tau, gamma): the first sure enough whose
+    answer would be given (an answer withheld there would give up on what was still to
+    come); None when it waits for everything."""
+    return next((c for c in case.checkpoints if c.served and sure_enough(c.confidence, c.outstanding_weight, tau, gamma)), None)
 
 
 def route(cases: list[RoutingCase], tau: float, gamma: float) -> dict:

@@ -602,7 +602,7 @@ def spec_of(task: str | TaskSpec) -> TaskSpec:
 @dataclass
 class TaskModel:
     spec: TaskSpec
-    model: FusionModel | StackedEnsemble  # an ensemble is loaded stacked (one batched model; the same numbers)
+    model: FusionModel | FusionEnsemble | StackedEnsemble  # an ensemble is loaded stacked (one batched model; the same numbers)
     version: str
     trained: bool
     applicability: Applicability = field(default_factory=Applicability)  # the reference set fitted at training

@@ -336,8 +336,6 @@ def train(
             alone = readings_alone(model, spec, served_val, pointer)
             if val_set:  # which inputs, read alone, are voices to pool with the answer (tasks.decide)
                 config.dissent_precision = dissent_precision(served_val, alone)
-            if val_set:  # the earliest answers that cost at most half a point of validation accuracy and are as reliable as any
-                config.routing = tune_routing_on(model, spec, served_val, val_items, pointer)
             if val_set:  # answers below this confidence are withheld
                 probabilities = torch.stack([decide(model, spec, e.features, e.tags, attention=False, pointer=pointer).probabilities for e in served_val])
                 config.abstain_below = choose_abstain_below(probabilities, torch.tensor([e.label for e in served_val]))
@@ -346,6 +344,9 @@ def train(
             if val_set:  # answers read from one input alone, past that check: their own threshold, where they need a higher one
                 kept = neighbours_kept(served_val, alone, reference, config.neighbour_precision)
                 config.abstain_below_alone = choose_alone_thresholds(served_val, kept, config.abstain_below)
+            if val_set:  # the earliest answers that cost at most half a point of validation accuracy, are as reliable as any and would be given
+                as_served = TaskModel(spec, model, "", True, reference, pointer)
+                config.routing = tune_routing_on(model, spec, served_val, val_items, pointer, task=as_served)
         reference.save(out_dir)
         if pointer is not None:
             status_line.save(pointer, out_dir)
@@ -613,19 +614,20 @@ def fusion_ms(model, spec, examples: list[Example]) -> float:
     return (time.perf_counter() - started) * 1000 / max(1, min(16, len(examples)))
 
 
-def tune_routing_on(model, spec, examples: list[Example], items: list, pointer=None, fuse_ms: float | None = None) -> dict:
+def tune_routing_on(model, spec, examples: list[Example], items: list, pointer=None, fuse_ms: float | None = None, task=None) -> dict:
     """tau, gamma and the eager side outputs (asked for with the base features instead of
     after them) with the lowest simulated mean latency on validation. Side outputs become
     eager one at a time, the most often asked for first, while one is asked for on at
     least EAGER_MIN_SHARE of the items (next_eager); fewer eager ones on a tie.
-    `pointer`: the status-line pointer the examples' screen paragraphs are read through."""
+    `pointer`: the status-line pointer the examples' screen paragraphs are read through;
+    `task`: the TaskModel whose policy says which early answers would be given (routing_cases)."""
     from modalmesh.router.routing import route, routing_cases, tune_routing
 
     fuse_ms = fusion_ms(model, spec, examples) if fuse_ms is None else fuse_ms
     best: tuple[dict, dict] | None = None
     eager: tuple[str, ...] = ()
     while True:
-        cases = routing_cases(model, spec, examples, items, fuse_ms, eager, pointer=pointer)
+        cases = routing_cases(model, spec, examples, items, fuse_ms, eager, pointer=pointer, task=task)
         tau, gamma = tune_routing(cases, max_risk=ABSTAIN_RISK)
         outcome = route(cases, tau, gamma)
         if best is None or outcome["mean_latency_ms"] < best[0]["mean_latency_ms"]:
@@ -673,7 +675,7 @@ def tune_routing_again(task: str | TaskSpec, data: str, weights: str, cache_dir:
     model, pointer, served = task_model.model, task_model.status_line, task_model.spec
 
     def outcome(routing: dict) -> dict:
-        cases = routing_cases(model, served, examples, items, fuse_ms, tuple(routing["eager"]), pointer=pointer)
+        cases = routing_cases(model, served, examples, items, fuse_ms, tuple(routing["eager"]), pointer=pointer, task=task_model)
         found = route(cases, routing["tau"], routing["gamma"])
         keep = ("accuracy", "mean_latency_ms", "early", "early_wrong")
         return {**routing, **{k: found[k] for k in keep}}
@@ -681,7 +683,7 @@ def tune_routing_again(task: str | TaskSpec, data: str, weights: str, cache_dir:
     with deterministic_torch(), torch.inference_mode():
         fuse_ms = fusion_ms(model, served, examples)
         before = outcome({"tau": served.tau, "gamma": served.gamma, "eager": list(served.eager)})
-        after = outcome(tune_routing_on(model, served, examples, items, pointer, fuse_ms))
+        after = outcome(tune_routing_on(model, served, examples, items, pointer, fuse_ms, task=task_model))
     result = {"task": spec.name, "weights": str(folder), "items": len(examples), "before": before, "after": after, "written": ""}
     if write or repository:
         routing = {k: after[k] for k in ("tau", "gamma", "eager")}
