@@ -84,6 +84,7 @@ def test_full_mode_reads_the_screen_and_reports_the_error_text(router):
     response = analyze(router, options=router_pb2.AnalyzeOptions(mode=router_pb2.ROUTING_MODE_FULL, explain=True), **INPUTS["image"])
     findings = {f.key: f.value for f in response.findings}
     assert "Error 402: Payment declined" in findings["error_text"]
+    assert 0.5 < float(findings["error_text_confidence"]) <= 1.0  # the status-line pointer's probability for that paragraph
     assert findings["priority"] in ("high", "normal", "low") and findings["next_steps"] and findings["reply"]
     assert reports(response)["image"].reason == "with OCR text"
     assert response.explanation.attention  # explain=True

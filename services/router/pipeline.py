@@ -225,6 +225,7 @@ class Run:
         self.screen_text_note = ""  # OCR text read or used only in part, and why (the image's report says it)
         self.line_log_odds: torch.Tensor | None = None  # per OCR paragraph and label (Pipeline.score_screen_lines)
         self.status_index: int | None = None  # the status message's paragraph (Pipeline.status_row)
+        self.status_chance: float | None = None  # the pointer's probability that it is (Pipeline.status_row)
         self.alone = AloneReadings()  # each modality read alone (tasks.decide's dissent check), kept for this request
         self.read_ahead: set[tuple[str, frozenset[str]]] = set()  # (modality, sources) read alone ahead (Pipeline.read_alone_ahead)
 
@@ -745,7 +746,8 @@ class Pipeline:
         if task.status_line is None or rows is None or not run.evidence.screen_lines:
             return None
         if run.status_index is None:
-            run.status_index = self.run_model(lambda: task.status_line.pick(rows[: len(run.evidence.screen_lines)]))
+            chances = self.run_model(lambda: task.status_line.probabilities(rows[: len(run.evidence.screen_lines)]))
+            run.status_index, run.status_chance = int(chances.argmax()), float(chances.max())
         return run.status_index
 
     def read_alone_ahead(self, task: TaskModel, run: Run) -> None:
@@ -810,6 +812,7 @@ class Pipeline:
             if task.status_line is not None:
                 key = self.status_row(task, run)
                 run.evidence.key_line = run.evidence.screen_lines[key] if key is not None else ""
+                run.evidence.key_line_chance = run.status_chance if key is not None else None
             else:
                 self.score_screen_lines(task, run)
                 if run.line_log_odds is not None:

@@ -53,6 +53,7 @@ class Evidence:
     screen_lines: list[str] = field(default_factory=list)
     screen_spans: list = field(default_factory=list)  # what OCR read: (text, confidence, box) per line
     key_line: str = ""  # the screen line that alone most supports the answer (key_screen_line)
+    key_line_chance: float | None = None  # the status-line pointer's probability that key_line is the status message; None without one
     transcript: str = ""
     image_tags: dict[str, str] = field(default_factory=dict)
     no_image: str = ""  # why no image was read (none sent, not applicable, not waited for); '' when one was
@@ -287,6 +288,8 @@ def write_triage(answer: Answer, evidence: Evidence, labels: dict[str, dict[str,
         "error_text": error_text,
         "next_steps": about["next_steps"],
     }
+    if error_text and evidence.key_line and evidence.key_line_chance is not None:  # how sure the pointer is that this is the status message
+        findings["error_text_confidence"] = f"{evidence.key_line_chance:.2f}"
     if answer.label == "other":
         shown = f' The screen shows "{evidence.key_line}".' if evidence.key_line else ""
         description = (
