@@ -885,3 +885,40 @@ def test_the_reply_margin_grows_when_answers_have_been_slow_to_finish():
     pipeline.finish_s.extend([0.5] * 64)  # calls queued for the model thread: finishing took half a second
     assert pipeline.reply_margin(20.0) == pytest.approx(1.0)
     assert pipeline.reply_margin(4.0) == pytest.approx(0.4)  # never more than a tenth of the time left
+
+
+def test_routed_mode_waits_for_the_rest_where_the_early_answer_would_be_withheld(mesh, tmp_path):
+    """ROUTED answers before every input is in only where that answer would be given. Here
+    the screenshot's answer comes first (OCR is quicker than the 20 s voice message's
+    transcript) and routing would take it (tau 0.5, gamma 1.01); with the shipped weights
+    it does and skips the voice message. With a screenshot-alone threshold no answer
+    reaches (abstain_below_alone 0.999), that early answer would be withheld, so the router
+    waits for the voice message and answers from both."""
+    import json
+    import shutil
+
+    from modalmesh.audio.speech import espeak
+    from modalmesh.router.tasks import SHIPPED_WEIGHTS
+
+    engine = espeak()
+    said = " ".join(["My card was declined at checkout and I was charged twice."] * 5)
+    voice = router_pb2.MediaInput(data=wav_bytes(engine.synthesize(said, "en-us", 150), engine.sample_rate))
+    strict = tmp_path / "screenshot_triage"
+    shutil.copytree(SHIPPED_WEIGHTS / "screenshot_triage", strict)
+    config = json.loads((strict / "config.json").read_text())
+    config["abstain_below_alone"] = {"image": 0.999}
+    (strict / "config.json").write_text(json.dumps(config))
+    routing = "screenshot_triage=0.5/1.01/image+audio"
+    answers = {}
+    for name, weights in (("shipped", str(SHIPPED_WEIGHTS)), ("strict", str(tmp_path))):
+        router = mesh.start_router(weights_dir=weights, routing=routing)
+        try:
+            with connect(router.address) as channel:
+                stub = router_pb2_grpc.RouterStub(channel)
+                answers[name] = analyze(stub, image=router_pb2.MediaInput(data=SCREENSHOT), audio=voice)
+        finally:
+            router.stop(grace=0.5)
+    shipped, strict_answer = answers["shipped"], answers["strict"]
+    assert STATUS(reports(shipped)["audio"].status) == "MODALITY_STATUS_SKIPPED" and not shipped.abstained  # the early answer
+    assert STATUS(reports(strict_answer)["audio"].status) == "MODALITY_STATUS_USED"
+    assert "image alone" not in strict_answer.abstain_reason and strict_answer.label == shipped.label
