@@ -123,6 +123,7 @@ def test_a_triage_answer_as_a_ticket_and_formats_a_task_does_not_write(router):
     assert ticket["schema"] == "modalmesh.ticket/1" and ticket["confidence"] == pytest.approx(answer.confidence, abs=1e-4)
     assert ticket["category"] == (None if answer.abstained else answer.label) and ticket["priority"] == findings["priority"]
     assert ticket["evidence"]["message"] == "my card was declined" and ticket["reply"] == findings["reply"]
+    assert "Error 402" in ticket["error_text"] and ticket["error_text_confidence"] == float(findings["error_text_confidence"])
     request.options.report_formats[:] = [router_pb2.REPORT_FORMAT_FHIR_DIAGNOSTIC_REPORT]
     with pytest.raises(grpc.RpcError) as refused:
         router.Analyze(request, timeout=60)

@@ -71,6 +71,7 @@ def ticket(response, evidence: Evidence) -> bytes:
         "review_reason": response.abstain_reason,
         "priority": findings.get("priority", "normal"),
         "error_text": findings.get("error_text", ""),
+        "error_text_confidence": float(findings["error_text_confidence"]) if "error_text_confidence" in findings else None,
         "next_steps": findings.get("next_steps", ""),
         "reply": findings.get("reply", ""),
         "evidence": {
