@@ -283,13 +283,10 @@ def write_triage(answer: Answer, evidence: Evidence, labels: dict[str, dict[str,
     # the answer) lines with error words. A screen with no problem on it shows no error.
     error_lines = [evidence.key_line] if evidence.key_line else [line for line in evidence.screen_lines if ERROR_WORDS.search(line)]
     error_text = " | ".join(error_lines) if error_lines and answer.label != "other" else ""
-    findings = {
-        "priority": priority,
-        "error_text": error_text,
-        "next_steps": about["next_steps"],
-    }
+    findings = {"priority": priority, "error_text": error_text}
     if error_text and evidence.key_line and evidence.key_line_chance is not None:  # how sure the pointer is that this is the status message
         findings["error_text_confidence"] = f"{evidence.key_line_chance:.2f}"
+    findings["next_steps"] = about["next_steps"]
     if answer.label == "other":
         shown = f' The screen shows "{evidence.key_line}".' if evidence.key_line else ""
         description = (
