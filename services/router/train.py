@@ -406,7 +406,7 @@ def _neighbour_card(precision: dict[str, float]) -> str:
         why = "on validation, no input's flagged answers were wrong more often than the 3% risk bound explains"
     return (
         f"- Nearest training inputs: an answer read from one input alone is withheld when most of that input's nearest\n"
-        f"  training inputs carry another label; checked for {', '.join(precision) or 'no modality'}\n  ({why})."
+        f"  training inputs show another label, or none; checked for {', '.join(precision) or 'no modality'}\n  ({why})."
     )
 
 
