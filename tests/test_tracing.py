@@ -53,3 +53,41 @@ def test_spans_are_recorded_only_once_something_receives_them(monkeypatch):
     assert f"{trace_id:032x}" in carrier["traceparent"]
     monkeypatch.setattr(telemetry, "_exporters_added", {"console"})
     assert tracer.start_span("exported").is_recording()
+
+
+def test_where_nothing_records_spans_a_call_carries_the_callers_trace_and_no_client_span(monkeypatch):
+    """With the process's provider ours and nothing receiving spans, the client makes no
+    CLIENT span: a call inside a (non-recorded) span carries that span's trace context, a
+    call outside any carries none. Once something records spans, a CLIENT span is made
+    and the call carries its context: same trace, another span id."""
+    from concurrent import futures
+
+    import grpc
+
+    def traceparent(request, context):
+        return dict(context.invocation_metadata()).get("traceparent", "").encode()
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("echo.Echo", {"Meta": grpc.unary_unary_rpc_method_handler(traceparent)}),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    telemetry.setup_tracing("test")
+    monkeypatch.setattr(telemetry, "_exporters_added", set())  # nothing receives spans (as `trace_exporter none` runs)
+    try:
+        with connect(f"127.0.0.1:{port}") as channel:
+            call = channel.unary_unary("/echo.Echo/Meta")
+            assert not telemetry.spans_recorded()
+            assert call(b"", timeout=10) == b""  # no trace of the caller's: none passed on
+            with telemetry.tracer().start_as_current_span("caller") as caller:
+                assert not caller.is_recording()
+                ids = caller.get_span_context()
+                _, trace_id, span_id, _ = call(b"", timeout=10).decode().split("-")
+                assert (trace_id, span_id) == (f"{ids.trace_id:032x}", f"{ids.span_id:016x}")  # the caller's own span
+            monkeypatch.setattr(telemetry, "_exporters_added", {"test"})  # something records spans now
+            assert telemetry.spans_recorded()
+            with telemetry.tracer().start_as_current_span("caller") as caller:
+                ids = caller.get_span_context()
+                _, trace_id, span_id, _ = call(b"", timeout=10).decode().split("-")
+                assert trace_id == f"{ids.trace_id:032x}" and span_id != f"{ids.span_id:016x}"  # a CLIENT span, the caller's child
+    finally:
+        server.stop(0)

@@ -99,6 +99,13 @@ def add_span_processor(processor: SpanProcessor, service_name: str = "process") 
         _exporters_added.add(f"processor-{id(processor)}")
 
 
+def spans_recorded() -> bool:
+    """False where this process's provider is ours and nothing receives its spans
+    (RecordWhenExported drops them all); True otherwise (also under another provider)."""
+    provider = trace.get_tracer_provider()
+    return bool(_exporters_added) or not (isinstance(provider, TracerProvider) and isinstance(provider.sampler, RecordWhenExported))
+
+
 def extract_context(metadata: Iterator[tuple[str, Any]] | None) -> otel_context.Context:
     """The caller's trace context from gRPC invocation metadata."""
     carrier = {key: value for key, value in (metadata or ()) if isinstance(value, str)}
@@ -136,16 +143,22 @@ class TracingClientInterceptor(
     """Adds W3C trace context (and a bearer token, when given) to every outgoing call.
 
     The CLIENT span covers starting the call; the server's span (its child) covers the
-    work. Streaming calls return before they finish, so the span is not held open.
+    work. Streaming calls return before they finish, so the span is not held open. Where
+    nothing records spans (spans_recorded), no CLIENT span is made: the call carries the
+    caller's current trace context (the router's request, say), or none, and the server
+    starts a trace of its own (about 0.13 ms less per call).
     """
 
     def __init__(self, token: str = "") -> None:
         self._auth = [("authorization", f"Bearer {token}")] if token else []
 
     def _prepare(self, details: grpc.ClientCallDetails):
+        carrier: dict[str, str] = {}
+        if not spans_recorded():  # no CLIENT span (it would go nowhere): the caller's own trace context, if it has one
+            propagate.inject(carrier)
+            return trace.INVALID_SPAN, _with_metadata(details, list(carrier.items()) + self._auth)
         method = details.method.decode() if isinstance(details.method, bytes) else details.method
         span = tracer().start_span(method.lstrip("/"), kind=trace.SpanKind.CLIENT, attributes={"rpc.system": "grpc"})
-        carrier: dict[str, str] = {}
         propagate.inject(carrier, context=trace.set_span_in_context(span))
         return span, _with_metadata(details, list(carrier.items()) + self._auth)
 
