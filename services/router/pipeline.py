@@ -53,10 +53,9 @@ from modalmesh.router.tasks import (
     best_screen_line,
     decide,
     lone_readings,
-    neighbours_disagree,
     not_applicable,
     screen_line_log_odds,
-    withheld,
+    withheld_answer,
 )
 from modalmesh.v1 import encoder_pb2, encoder_pb2_grpc, router_pb2, speech_pb2, speech_pb2_grpc
 from modalmesh.vision.decode import sniff_media_type
@@ -789,9 +788,8 @@ class Pipeline:
         answer = decision.answer
         read = {m for m, state in run.states.items() if state.status == router_pb2.MODALITY_STATUS_USED}
         unfamiliar = frozenset(m for m in read if task.applicability.unfamiliar(m, run.states[m].applicability))
-        neighbours = neighbours_disagree(task, read, run.features, task.spec.labels.index(answer.label))
-        threshold, note = task.threshold_for(read)
-        return withheld(task.spec, answer.label, answer.confidence, read, threshold, run.evidence.image_tags, decision.dissent, unfamiliar, neighbours, note)
+        best = task.spec.labels.index(answer.label)
+        return withheld_answer(task, read, run.features, best, answer.confidence, run.evidence.image_tags, decision.dissent, unfamiliar)
 
     def respond(self, request, task: TaskModel, run: Run, decision: Decision | None) -> router_pb2.AnalyzeResponse:
         """The answer in words, withheld (label "uncertain") where the task's policy says so

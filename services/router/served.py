@@ -2,7 +2,7 @@
 
 `serve` applies the serving policy to one item's cached features: each modality is judged
 by `tasks.not_applicable` (the image's tags, then the reference set), the rest is fused by
-`tasks.decide`, and `tasks.withheld` says whether the answer is given. The router calls
+`tasks.decide`, and `tasks.withheld_answer` says whether the answer is given. The router calls
 the same three functions on a live request, so what `modalmesh eval` reports is what
 users get.
 
@@ -22,7 +22,7 @@ import numpy as np
 
 from modalmesh.router import applicability
 from modalmesh.router.fusion import MODALITIES, modality_of
-from modalmesh.router.tasks import TaskModel, decide, neighbours_disagree, not_applicable, withheld
+from modalmesh.router.tasks import TaskModel, decide, not_applicable, withheld_answer
 
 THRESHOLDS = tuple(round(0.5 + 0.05 * step, 2) for step in range(10))  # the risk-coverage curve's points
 CONFIDENT = 0.95  # "no wrong answer above this"
@@ -64,9 +64,7 @@ def serve(task: TaskModel, features: dict, tags: dict[str, str]) -> Served:
     best = int(decided.probabilities.argmax())
     confidence = float(decided.probabilities[best])
     unfamiliar = frozenset(m for m, d in distances.items() if m in read and task.applicability.unfamiliar(m, task.applicability.references[m].applicability(d)))
-    neighbours = neighbours_disagree(task, read, kept, best)
-    threshold, note = task.threshold_for(read)
-    reason = withheld(task.spec, task.spec.labels[best], confidence, read, threshold, image_tags, decided.dissent, unfamiliar, neighbours, note)
+    reason = withheld_answer(task, read, kept, best, confidence, image_tags, decided.dissent, unfamiliar)
     return Served(best, confidence, reason, refused, distances)
 
 

@@ -373,6 +373,25 @@ def neighbour_checked(task: "TaskModel") -> list[str]:
     ]
 
 
+def withheld_answer(
+    task: "TaskModel",
+    read: set[str],
+    features: dict[str, torch.Tensor],
+    best: int,
+    confidence: float,
+    tags: dict[str, str],
+    dissent: tuple[str, ...] = (),
+    unfamiliar: frozenset[str] = frozenset(),
+) -> str:
+    """`withheld` for a trained task's answer (label index `best`) from the modalities
+    `read`: with the threshold for what was read (TaskModel.threshold_for) and the nearest
+    training inputs' check (neighbours_disagree). The router (Pipeline.withheld) and the
+    offline replay (served.serve) both ask here."""
+    neighbours = neighbours_disagree(task, read, features, best)
+    threshold, note = task.threshold_for(read)
+    return withheld(task.spec, task.spec.labels[best], confidence, read, threshold, tags, dissent, unfamiliar, neighbours, note)
+
+
 def neighbours_disagree(task: "TaskModel", read: set[str], features: dict[str, torch.Tensor], best: int) -> str:
     """For an answer (label index `best`) read from one modality alone: what its input's
     nearest training inputs say against it, for tasks.withheld; '' where they agree, where
