@@ -34,7 +34,6 @@ import sys
 import time
 from pathlib import Path
 
-import grpc
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
@@ -44,9 +43,11 @@ from benchmarks.bench_text import (  # noqa: E402
     ECHO_BYTES,
     SENTENCES,
     closed_loop,
+    echo_calls,
     header,
-    measure_echo,
+    interleaved_overhead,
     percentile,
+    start_echo,
     start_process,
     start_service,
     stop_process,
@@ -119,21 +120,6 @@ class MeshCalls:
         return np.asarray(result.pooled, dtype=np.float32), float(result.pooled_message.timings_ms["model"])
 
 
-def overhead(calls: dict, count: int) -> dict:
-    """Sequential "hello world" calls, the servers taking turns call by call: per server,
-    p50 and p99 of round trip - model time."""
-    samples: dict[str, list[float]] = {name: [] for name in calls}
-    for name, call in calls.items():
-        for _ in range(30):
-            call("hello world")
-    for _ in range(count):
-        for name, call in calls.items():
-            started = time.perf_counter()
-            _, model_ms = call("hello world")
-            samples[name].append((time.perf_counter() - started) * 1000 - model_ms)
-    return {name: {"p50_ms": statistics.median(values), "p99_ms": percentile(values, 99)} for name, values in samples.items()}
-
-
 def throughput(call, clients: int, seconds: float, max_calls: int = 50_000) -> dict:
     flat, _, elapsed = closed_loop(call, clients, seconds, max_calls)
     return {"clients": clients, "calls": len(flat), "per_s": len(flat) / elapsed, "p50_ms": statistics.median(flat), "p99_ms": percentile(flat, 99)}
@@ -158,19 +144,8 @@ def main() -> int:
     if not peer:
         print(f"PyTriton is not importable by {args.peer_python}: measuring the echo and ModalMesh alone. To compare: {HOW_TO_INSTALL}")
 
-    echo_port = free_port()
-
-    def echo_ready() -> None:
-        with grpc.insecure_channel(f"127.0.0.1:{echo_port}") as channel:
-            grpc.channel_ready_future(channel).result(timeout=30)
-
-    echo = start_process([sys.executable, str(REPO / "benchmarks" / "bench_text.py"), "--echo-server", str(echo_port)], echo_ready)
-    try:
-        echo_ms = measure_echo(f"127.0.0.1:{echo_port}", calls_n)["unary_p50_ms"]
-    finally:
-        stop_process(echo)
-
-    processes = []
+    echo, echo_address = start_echo()
+    processes = [echo]
     try:
         servers = {}
         for engine in engines:
@@ -184,13 +159,17 @@ def main() -> int:
         same = None
         if peer:
             same = max(float(np.abs(servers[name](s)[0] - servers["pytriton"](s)[0]).max()) for s in SENTENCES for name in servers if name != "pytriton")
-        hop = overhead(servers, calls_n)
+        echo_channel, calls_of_echo = echo_calls(echo_address)
+        turns = {name: (lambda call=call: call("hello world")[1]) for name, call in servers.items()}
+        hop = interleaved_overhead({"echo": calls_of_echo["echo_unary"], **turns}, calls_n)
+        echo_channel.close()
+        echo_ms = hop.pop("echo")["p50_ms"]
         points = {name: [throughput(call, clients, seconds) for clients in (1, 8, 32)] for name, call in servers.items()}
     finally:
         for process in processes:
             stop_process(process)
 
-    print(f"\nhop overhead (round trip - model time, {calls_n} sequential calls each, interleaved); raw gRPC echo of {ECHO_BYTES} B: {echo_ms:.2f} ms p50")
+    print(f"\nhop overhead (round trip - model time, {calls_n} calls each, echo and servers interleaved); raw echo of {ECHO_BYTES} B: {echo_ms:.2f} ms p50")
     for name, figures in hop.items():
         print(f"   {name:10s} p50 {figures['p50_ms']:6.2f} ms  p99 {figures['p99_ms']:6.2f} ms  ({figures['p50_ms'] / echo_ms:.1f}x the echo)")
     print(f"\nthroughput, closed loop, {seconds:g} s per point (req/s, p99 ms)")
