@@ -124,6 +124,7 @@ def test_a_triage_answer_as_a_ticket_and_formats_a_task_does_not_write(router):
     assert ticket["category"] == (None if answer.abstained else answer.label) and ticket["priority"] == findings["priority"]
     assert ticket["evidence"]["message"] == "my card was declined" and ticket["reply"] == findings["reply"]
     assert "Error 402" in ticket["error_text"] and ticket["error_text_confidence"] == float(findings["error_text_confidence"])
+    assert ticket["error_text_withheld"] == "" and ticket["evidence"]["status_line"] in ticket["error_text"]  # a familiar status message: stated
     request.options.report_formats[:] = [router_pb2.REPORT_FORMAT_FHIR_DIAGNOSTIC_REPORT]
     with pytest.raises(grpc.RpcError) as refused:
         router.Analyze(request, timeout=60)

@@ -706,10 +706,11 @@ def test_features_with_nan_fail_their_modality_instead_of_reaching_the_answer():
     assert "NaN or infinite" in state.reason
 
 
-def _screen_lines_answer(task, lines):
-    """The router's answer to a screen of `lines` (MiniLM vectors) and an audio held back,
-    decided by `Pipeline` itself; (the answer, its error_text, the vectors, whether the
-    paragraphs were scored while the audio was still outstanding)."""
+def _screen_lines_answer(task, lines, message=""):
+    """The router's answer to a screen of `lines` (MiniLM vectors), the customer's `message`
+    if any, and an audio held back, decided by `Pipeline` itself; (the answer, its
+    error_text, the vectors, whether the paragraphs were scored while the audio was still
+    outstanding)."""
     import threading
     from concurrent import futures
 
@@ -737,10 +738,13 @@ def _screen_lines_answer(task, lines):
         run = Run(encoders=None, pool=pool, deadline=Deadline.within(30), widths=task.model.config.input_widths)
         run.start("image", image)
         run.start("audio", audio)
+        if message:
+            tokens = torch.as_tensor(TextEncoder("").encode_batch([message])[0].tokens, dtype=torch.float32)
+            run.start("text", lambda call: Produced({"text": tokens}, {"text": message}))
         assert pipeline.gather(run, task, media={}, full=True, required=set(), side_now=set()) is None
     decision = pipeline.decide(task, run, outstanding=())
     response = pipeline.respond(router_pb2.AnalyzeRequest(task=task.spec.name), task, run, decision)
-    return response, {f.key: f.value for f in response.findings}["error_text"], vectors, scored_while_waiting.is_set()
+    return response, {f.key: f.value for f in response.findings}["error_text"], vectors, scored_while_waiting.is_set(), run.evidence
 
 
 SCREEN = ["ShopFast", "Home Orders Account Help", "Incorrect password", "OK"]
@@ -752,8 +756,39 @@ def test_the_status_line_pointer_picks_the_error_text_and_the_answer_reads_it():
 
     task = load_task(TASKS["screenshot_triage"], str(SHIPPED_WEIGHTS))
     assert task.status_line is not None  # the shipped weights carry one
-    response, error_text, vectors, _ = _screen_lines_answer(task, SCREEN)
+    response, error_text, vectors, _, _ = _screen_lines_answer(task, SCREEN)
     assert response.label == "login" and error_text == "Incorrect password" == SCREEN[task.status_line.pick(vectors)]
+
+
+MAIL = ["Inbox 12 Starred Sent Drafts 2 Promotions Spam", "Good morning Jordan,", "We could not take payment for this order", "Kind regards"]
+
+
+def test_an_error_text_picked_from_furniture_unlike_any_training_message_is_withheld():
+    """A mail client's folder list is unlike every status message of the training screens;
+    the pointer, scoring each paragraph alone, still prefers it to the unfamiliar wording of
+    the message. The router states no status message then, and says why."""
+    import dataclasses
+
+    from modalmesh.router.tasks import SHIPPED_WEIGHTS, TASKS, Answer, load_task
+
+    task = load_task(TASKS["screenshot_triage"], str(SHIPPED_WEIGHTS))
+    response, error_text, vectors, _, evidence = _screen_lines_answer(task, MAIL, message="My card payment failed twice at checkout")
+    assert task.status_line.pick(vectors) == 0  # the folder list
+    assert evidence.key_line == "" and evidence.key_line_chance is None
+    assert "('Inbox 12 Starred Sent Drafts 2 Promotions Spam') is unlike every status message" in evidence.key_line_unlike
+    assert error_text == "" and "Inbox" not in response.description
+    # Given an answer, the writer states no error_text (nor lines with error words instead) and says why.
+    assert task.spec.write is not None
+    given = dataclasses.replace(evidence, withheld="")  # this answer itself is withheld (unsure); as if it were given
+    description, findings, _ = task.spec.write(Answer("payment", 0.97, 0.1, {}, {}), given)
+    assert findings["error_text"] == "" and findings["error_text_withheld"] == evidence.key_line_unlike and "error_text_confidence" not in findings
+    assert "The screen shows" not in description
+    # A familiar status message on the same screen is stated, with no such note.
+    familiar = [MAIL[0], MAIL[1], "Your card was declined. Try another card", MAIL[3]]
+    response, error_text, _, _, evidence = _screen_lines_answer(task, familiar, message="I can't pay, my card was declined")
+    findings = {f.key: f.value for f in response.findings}
+    assert error_text == familiar[2] and evidence.key_line_unlike == "" and "error_text_withheld" not in findings
+    assert float(findings["error_text_confidence"]) > 0.5
 
 
 def test_without_a_pointer_screen_lines_are_scored_while_other_encoders_still_work():
@@ -767,7 +802,7 @@ def test_without_a_pointer_screen_lines_are_scored_while_other_encoders_still_wo
     from modalmesh.router.tasks import TASKS, key_screen_line, load_task
 
     task = dataclasses.replace(load_task(TASKS["screenshot_triage"], str(SHIPPED_WEIGHTS)), status_line=None)
-    response, error_text, vectors, scored_while_waiting = _screen_lines_answer(task, SCREEN)
+    response, error_text, vectors, scored_while_waiting, _ = _screen_lines_answer(task, SCREEN)
     assert scored_while_waiting
     label = response.top_k[0].label  # the best guess, also where the answer is withheld
     key = key_screen_line(task.model, vectors, task.spec.labels.index(label))

@@ -111,3 +111,37 @@ def test_calibration_never_sharpens_the_pointer():
     sharper = nll(clean)  # a temperature of 1/e fits these screens better than 1 ...
     assert status_line.calibrate(pointer, clean) == 1.0  # ... and is not taken
     assert nll(clean) > sharper
+
+
+def test_a_pick_unlike_every_training_message_is_flagged_and_the_check_round_trips(tmp_path):
+    train, val = _screens(200, 1), _screens(80, 2)
+    pointer, summary = status_line.fit(train, val, epochs=8)
+    assert pointer.messages.shape == (200, 16) and summary["familiar_from"] == round(float(pointer.familiar_from), 4)
+    # FAMILIAR_KEEP of validation's right picks are at least as similar as the threshold.
+    right = [rows[index] for rows, index in val if pointer.pick(rows) == index]
+    kept = sum(pointer.similarity(row) >= float(pointer.familiar_from) for row in right) / len(right)
+    assert status_line.FAMILIAR_KEEP <= kept < 1.0
+    message = train[0][0][train[0][1]]
+    assert pointer.similarity(message) > 0.999 and status_line.unlike(pointer, train[0][0], train[0][1], "Card declined") == ""
+    # A paragraph pointing away from every message (a mail client's folder list, say).
+    odd = torch.stack([message, -pointer.messages.float().mean(dim=0)])
+    reason = status_line.unlike(pointer, odd, 1, "Inbox 12 Starred Sent Drafts")
+    assert "('Inbox 12 Starred Sent Drafts') is unlike every status message" in reason and f"below {float(pointer.familiar_from):.2f}" in reason
+    status_line.save(pointer, tmp_path)
+    loaded = status_line.load(tmp_path)
+    assert torch.equal(loaded.messages, pointer.messages) and float(loaded.familiar_from) == float(pointer.familiar_from)
+    assert status_line.unlike(loaded, odd, 1, "Inbox") != ""
+
+
+def test_without_enough_right_validation_picks_or_saved_messages_there_is_no_check(tmp_path):
+    pointer, summary = status_line.fit(_screens(200, 1), _screens(status_line.FAMILIAR_MIN_PICKS - 1, 2), epochs=8)
+    assert summary["familiar_from"] is None and pointer.messages.shape[0] == 200  # messages kept, no threshold to use them with
+    far = -pointer.messages.float().mean(dim=0, keepdim=True)
+    assert pointer.unfamiliar(far[0]) is None and status_line.unlike(pointer, far, 0, "x") == ""
+    # A pointer file written without them (older weights) loads with no check.
+    from safetensors.torch import save_file
+
+    state = {k: v for k, v in pointer.state_dict().items() if k not in ("messages", "familiar_from")}
+    save_file(state, str(tmp_path / status_line.FILE_NAME))
+    loaded = status_line.load(tmp_path)
+    assert loaded.messages.shape == (0, 16) and loaded.similarity(far[0]) is None and status_line.unlike(loaded, far, 0, "x") == ""

@@ -281,6 +281,8 @@ def test_train_triage_with_screens_voices_and_transcripts(triage_data, tmp_path)
     assert found["items"] > 0 and 0 <= found["key_line"] <= found["items"] and 0 <= found["error_words"] <= found["items"]
     assert f"in {found['key_line']} of {found['items']} screenshots" in (tmp_path / "report" / "report.md").read_text()
     assert found["by"] == "status-line pointer"
+    # Too few validation screens to choose the familiarity check on: every pick is stated.
+    assert summary["status_line"]["familiar_from"] is None and found["withheld"] == 0 and found["key_line"] == found["picked_right"]
 
 
 def test_the_key_screen_line_is_the_one_the_answer_comes_from():

@@ -197,19 +197,26 @@ def screen_text_found(task_model, manifest: Path, task: str, items, examples, pr
     status-line pointer, router/status_line.py; without one, the line the answer is read
     from, tasks.key_screen_line) against lines with error words."""
     from modalmesh.data.generate import read_manifest
-    from modalmesh.router.status_line import holds_message
+    from modalmesh.router.status_line import holds_message, unlike
     from modalmesh.router.tasks import ERROR_WORDS, key_screen_line
 
     records = [r for r in read_manifest(manifest) if r["task"] == task and r.get("scope", "in") == "in"]  # as `items`
-    counts: dict[str, Any] = {"items": 0, "key_line": 0, "error_words": 0, "by": "status-line pointer" if task_model.status_line else "label support"}
+    pointer = task_model.status_line
+    counts: dict[str, Any] = {"items": 0, "key_line": 0, "picked_right": 0, "withheld": 0, "withheld_wrong": 0, "error_words": 0}
+    counts["by"] = "status-line pointer" if pointer else "label support"
     for record, item, example, p in zip(records, items, examples, probabilities):
         lines, message = item.evidence.get("screen_lines") or [], (record.get("extra") or {}).get("screen")
         if not message or not lines or "image_text" not in example.features:
             continue
         counts["items"] += 1
         rows = example.features["image_text"][: len(lines)]
-        key = task_model.status_line.pick(rows.float()) if task_model.status_line is not None else key_screen_line(task_model.model, rows, int(np.argmax(p)))
-        counts["key_line"] += key is not None and holds_message(lines[key], message)
+        key = pointer.pick(rows.float()) if pointer is not None else key_screen_line(task_model.model, rows, int(np.argmax(p)))
+        right = key is not None and holds_message(lines[key], message)
+        withheld = key is not None and pointer is not None and bool(unlike(pointer, rows, key, lines[key]))  # as the router's answer (tasks.write_triage)
+        counts["picked_right"] += right
+        counts["key_line"] += right and not withheld
+        counts["withheld"] += withheld
+        counts["withheld_wrong"] += withheld and not right
         counts["error_words"] += any(holds_message(line, message) for line in lines if ERROR_WORDS.search(line))
     return counts
 
@@ -303,6 +310,13 @@ def write_report(folder: Path, results: dict, probabilities, labels, spec, rows:
             f"- error_text holds the screen's message in {t['key_line']} of {t['items']} screenshots "
             f"({t['key_line'] / max(1, t['items']):.1%}, by the {t['by']}; lines with error words would: {t['error_words']})"
         )
+        if t.get("withheld"):
+            stated = t["items"] - t["withheld"]
+            lines.append(
+                f"- error_text withheld on {t['withheld']} screenshots, the pointer's pick unlike every training status message "
+                f"({t['withheld_wrong']} of those picks were wrong); where stated it is right in {t['key_line']} of {stated} "
+                f"({t['key_line'] / max(1, stated):.1%}); the pointer picked right in {t['picked_right']} of {t['items']}"
+            )
     lines += ["", "| mode | items | accuracy | fused, same items | mean latency (ms) |", "|---|---|---|---|---|"]
     for name, mode in results["modes"].items():
         same = f"{mode['fused_accuracy_same_items']:.3f}" if "fused_accuracy_same_items" in mode else ""

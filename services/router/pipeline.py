@@ -40,7 +40,7 @@ from modalmesh.common.client import collect, encode_requests
 from modalmesh.common.encoder import MAX_REQUEST_ID_CHARS
 from modalmesh.common.layout import MIN_SPAN_CONFIDENCE, is_blank
 from modalmesh.router.fusion import MODALITIES, SIDE_SOURCE, FusionOutputs, attention_mass, modality_gate_weights, modality_of, normalised_entropy
-from modalmesh.router import reports
+from modalmesh.router import reports, status_line
 from modalmesh.router.repository import why_missing
 from modalmesh.router.routing import Speculation, answer_now, outstanding, waits_for_required
 from modalmesh.router.sources import SIDE_OPTION, embed, side_text
@@ -811,6 +811,11 @@ class Pipeline:
                 key = self.status_row(task, run)
                 run.evidence.key_line = run.evidence.screen_lines[key] if key is not None else ""
                 run.evidence.key_line_chance = run.status_chance if key is not None else None
+                if key is not None:  # a pick unlike every status message the pointer learnt is not stated as one
+                    pointer, rows, line = task.status_line, run.features["image_text"], run.evidence.key_line
+                    run.evidence.key_line_unlike = self.run_model(lambda: status_line.unlike(pointer, rows, key, line))
+                    if run.evidence.key_line_unlike:
+                        run.evidence.key_line, run.evidence.key_line_chance = "", None
             else:
                 self.score_screen_lines(task, run)
                 if run.line_log_odds is not None:

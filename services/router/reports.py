@@ -72,6 +72,7 @@ def ticket(response, evidence: Evidence) -> bytes:
         "priority": findings.get("priority", "normal"),
         "error_text": findings.get("error_text", ""),
         "error_text_confidence": float(findings["error_text_confidence"]) if "error_text_confidence" in findings else None,
+        "error_text_withheld": findings.get("error_text_withheld", ""),
         "next_steps": findings.get("next_steps", ""),
         "reply": findings.get("reply", ""),
         "evidence": {

@@ -20,6 +20,13 @@ classifier's, but never sharpened (`calibrate`). When the pointer is sure, this 
 top paragraph's answer; when it hesitates (a message worded as no training screen is),
 the answer carries that doubt.
 Training, evaluation and the router read the screen the same way (tasks.decide).
+
+The pointer scores each paragraph alone, so on a layout it has never seen it can be sure
+of a paragraph that is no status message at all (a mail client's folder list). It keeps the
+status messages of its training screens (`messages`, unit vectors) and the similarity below
+which a pick is unlike all of them (`familiar_from`: the similarity to the nearest of them
+that FAMILIAR_KEEP of the validation screens' right picks reach). The answer's
+`error_text` is withheld where the pick is less similar than that (`unfamiliar`).
 """
 
 from __future__ import annotations
@@ -39,6 +46,8 @@ HIDDEN = 64
 
 
 READINGS_MASS, READINGS_MAX = 0.99, 8  # the paragraphs an answer averages over: this much probability, at most this many
+FAMILIAR_KEEP = 0.97  # the share of validation's right picks `familiar_from` lets through
+FAMILIAR_MIN_PICKS = 30  # fewer right validation picks than this: no familiarity check
 
 
 class StatusLine(nn.Module):
@@ -46,11 +55,15 @@ class StatusLine(nn.Module):
 
     net: nn.Sequential
     log_temperature: torch.Tensor
+    messages: torch.Tensor  # [M, width] the training screens' status messages, unit vectors (M = 0: no check)
+    familiar_from: torch.Tensor  # a pick's similarity to the nearest of them below which it is unfamiliar
 
-    def __init__(self, width: int, hidden: int = HIDDEN) -> None:
+    def __init__(self, width: int, hidden: int = HIDDEN, messages: int = 0) -> None:
         super().__init__()
         self.net = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, 1))
         self.register_buffer("log_temperature", torch.zeros(()))
+        self.register_buffer("messages", torch.zeros(messages, width, dtype=torch.float16))
+        self.register_buffer("familiar_from", torch.tensor(-1.0))
 
     def forward(self, rows: torch.Tensor) -> torch.Tensor:
         return self.net(rows).squeeze(-1) / self.log_temperature.exp()
@@ -60,12 +73,41 @@ class StatusLine(nn.Module):
         with torch.inference_mode():
             return torch.softmax(self(rows.float()), dim=0)
 
+    def similarity(self, row: torch.Tensor) -> float | None:
+        """[width] -> the cosine similarity to the nearest training status message; None
+        for a pointer without them."""
+        if self.messages.shape[0] == 0:
+            return None
+        with torch.inference_mode():
+            return float((nn.functional.normalize(row.float(), dim=0) @ self.messages.float().T).max())
+
+    def unfamiliar(self, row: torch.Tensor) -> float | None:
+        """The pick `row`'s similarity to the nearest training status message where it is
+        below `familiar_from` (unlike every status message the pointer was trained on);
+        None where it is not, or the pointer has no check."""
+        similarity = self.similarity(row)
+        return similarity if similarity is not None and similarity < float(self.familiar_from) else None
+
     def pick(self, rows: torch.Tensor) -> int | None:
         """The paragraph most likely to be the status message; None for a screen without text."""
         if rows.shape[0] == 0:
             return None
         with torch.inference_mode():
             return int(self(rows).argmax())
+
+
+def unlike(pointer: StatusLine, rows: torch.Tensor, index: int, line: str) -> str:
+    """Why the paragraph `index` (OCR text `line`) is not stated as the screen's status
+    message: it is unlike every status message the pointer was trained on; '' where it is
+    not (or the pointer has no check)."""
+    similarity = pointer.unfamiliar(rows[index])
+    if similarity is None:
+        return ""
+    shown = line if len(line) <= 60 else line[:57] + "..."
+    return (
+        f"the likeliest status paragraph ({shown!r}) is unlike every status message the task was trained on "
+        f"(similarity {similarity:.2f} to the nearest, below {float(pointer.familiar_from):.2f})"
+    )
 
 
 def focus(pointer: StatusLine | None, features: dict[str, torch.Tensor], best: int | None = None) -> dict[str, torch.Tensor]:
@@ -140,13 +182,31 @@ def fit(
             optimiser.step()
     pointer.eval()
     temperature = calibrate(pointer, val) if val else 1.0
+    familiar_from = remember_messages(pointer, train, val)
     return pointer, {
         "train_accuracy": accuracy(pointer, train),
         "val_accuracy": accuracy(pointer, val) if val else None,
         "train_screens": len(train),
         "val_screens": len(val),
         "temperature": round(temperature, 4),
+        "familiar_from": None if familiar_from is None else round(familiar_from, 4),
     }
+
+
+def remember_messages(pointer: StatusLine, train: list[tuple[torch.Tensor, int]], val: list[tuple[torch.Tensor, int]]) -> float | None:
+    """Keep the training screens' status messages in `pointer` and set `familiar_from`:
+    the similarity to the nearest of them that FAMILIAR_KEEP of the validation screens'
+    right picks reach. Returns it; None (no check) with fewer than FAMILIAR_MIN_PICKS right
+    validation picks to choose it on."""
+    messages = nn.functional.normalize(torch.stack([rows[index].float() for rows, index in train]), dim=1).half()
+    pointer.messages = messages
+    right = [rows[index] for rows, index in val if pointer.pick(rows) == index]
+    if len(right) < FAMILIAR_MIN_PICKS:
+        pointer.familiar_from = torch.tensor(-1.0)
+        return None
+    similarities = torch.tensor([pointer.similarity(row) for row in right])
+    pointer.familiar_from = torch.quantile(similarities, 1.0 - FAMILIAR_KEEP, interpolation="lower").float()  # at least FAMILIAR_KEEP reach it
+    return float(pointer.familiar_from)
 
 
 def calibrate(pointer: StatusLine, pairs: list[tuple[torch.Tensor, int]], steps: int = 200) -> float:
@@ -204,7 +264,10 @@ def load(folder: Path | None) -> StatusLine | None:
     from safetensors.torch import load_file
 
     state = load_file(str(path))
-    pointer = StatusLine(state["net.0.weight"].shape[0], state["net.1.weight"].shape[0])
+    width = state["net.0.weight"].shape[0]
+    pointer = StatusLine(width, state["net.1.weight"].shape[0], messages=state["messages"].shape[0] if "messages" in state else 0)
     state.setdefault("log_temperature", torch.zeros(()))  # a pointer saved without one: as trained
+    state.setdefault("messages", torch.zeros(0, width, dtype=torch.float16))  # saved without them: no familiarity check
+    state.setdefault("familiar_from", torch.tensor(-1.0))
     pointer.load_state_dict(state)
     return pointer.eval()

@@ -417,6 +417,11 @@ def _status_line_card(summary: dict | None) -> str:
         f"\n- Status line (`status_line.safetensors`): picks the screen's status message among the OCR paragraphs for "
         f"`error_text`,\n  and the fusion reads the screen through it; right on {summary['val_accuracy']:.1%} of "
         f"{summary['val_screens']} validation screens."
+    ) + (
+        f"\n  `error_text` is withheld where its pick is less similar than {summary['familiar_from']:.2f} to every training\n  "
+        f"status message ({status_line.FAMILIAR_KEEP:.0%} of validation's right picks are as similar)."
+        if summary.get("familiar_from") is not None
+        else ""
     )
 
 
