@@ -160,13 +160,17 @@ def interleaved_overhead(calls: dict, count: int, warmup: int = 30) -> dict:
     """Sequential calls, every caller taking its turn call by call, so that each sees the
     same machine (load on a shared host moves all of them alike): per caller, p50 and p99
     of round trip - model time. `calls`: name -> a function making one call and returning
-    the server's model ms (0 for an echo)."""
+    the server's model ms (0 for an echo). The order rotates every round, so each caller
+    follows each other one equally often (a server whose threads spin on after its call
+    slows whichever call comes next)."""
     samples: dict[str, list[float]] = {name: [] for name in calls}
     for call in calls.values():
         for _ in range(warmup):
             call()
-    for _ in range(count):
-        for name, call in calls.items():
+    order = list(calls.items())
+    for round_ in range(count):
+        shift = round_ % len(order)
+        for name, call in order[shift:] + order[:shift]:
             started = time.perf_counter()
             model_ms = call()
             samples[name].append((time.perf_counter() - started) * 1000 - model_ms)
