@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from modalmesh.router.fusion import MODALITIES, SIDE_SOURCE, modality_of
-from modalmesh.router.tasks import decide
+from modalmesh.router.tasks import AloneReadings, decide
 
 
 # A side output is asked for with its base features (eager) only where it is needed on at
@@ -147,19 +147,20 @@ def routing_cases(model, spec, examples, items, fuse_ms, eager=None, pointer=Non
     eager = spec.eager if eager is None else eager
     required = set(spec.needs)
 
-    def decide_on(example, sources, outstanding):
+    def decide_on(example, sources, outstanding, alone):
         features = {s: f for s, f in example.features.items() if s in sources}
         tags = example.tags if "image" in sources else {}  # no scan, no measurement from it
-        decided = decide(model, spec, features, tags, outstanding, attention=False, pointer=pointer)
+        decided = decide(model, spec, features, tags, outstanding, attention=False, pointer=pointer, kept=alone)
         return float(decided.probabilities.max()), int(decided.probabilities.argmax()) == example.label, decided.outstanding_weight
 
-    def given(example, sources) -> bool:
+    def given(example, sources, alone) -> bool:
         if task is None:
             return True
-        return serve(task, {s: f for s, f in example.features.items() if s in sources}, example.tags if "image" in sources else {}).answered
+        return serve(task, {s: f for s, f in example.features.items() if s in sources}, example.tags if "image" in sources else {}, alone).answered
 
     cases = []
     for example, item in zip(examples, items):
+        alone = AloneReadings()  # each modality read alone once per item, whichever checkpoint asks first
         costs = item.costs_ms
         present = [m for m in MODALITIES if m in example.features]
         now = {m: SIDE_SOURCE[m] for m in present if m in spec.side_outputs and m in eager}  # with the base call
@@ -175,8 +176,9 @@ def routing_cases(model, spec, examples, items, fuse_ms, eager=None, pointer=Non
             arrived += [modality] + ([now[modality]] if modality in now else [])
             to_come = outstanding(base[index + 1 :], now, later_modalities)
             if to_come and not waits_for_required(to_come, required):  # never answered early without what the task needs
-                confidence, correct, weight = decide_on(example, arrived, to_come)
-                checkpoints.append(Checkpoint(arrival(modality) + fuse_ms, confidence, correct, weight, bool(now), tuple(arrived), given(example, arrived)))
+                confidence, correct, weight = decide_on(example, arrived, to_come, alone)
+                at_ms = arrival(modality) + fuse_ms
+                checkpoints.append(Checkpoint(at_ms, confidence, correct, weight, bool(now), tuple(arrived), given(example, arrived, alone)))
         base_ms = max((arrival(m) for m in base), default=0.0) + fuse_ms
 
         def later_call(side):  # a second call on the same input: decoded and encoded again, then the side output
@@ -187,10 +189,11 @@ def routing_cases(model, spec, examples, items, fuse_ms, eager=None, pointer=Non
             arrived.append(side)
             to_come = ordered[index + 1 :]
             if not waits_for_required(to_come, required):
-                confidence, correct, weight = decide_on(example, arrived, to_come)
-                checkpoints.append(Checkpoint(base_ms + later_call(side) + fuse_ms, confidence, correct, weight, True, tuple(arrived), given(example, arrived)))
+                confidence, correct, weight = decide_on(example, arrived, to_come, alone)
+                at_ms = base_ms + later_call(side) + fuse_ms
+                checkpoints.append(Checkpoint(at_ms, confidence, correct, weight, True, tuple(arrived), given(example, arrived, alone)))
         everything = list(example.features)
-        _, final_correct, _ = decide_on(example, everything, [])
+        _, final_correct, _ = decide_on(example, everything, [], alone)
         final_ms = base_ms + max((later_call(s) for s in sides), default=0.0) + (fuse_ms if sides else 0.0)
         full_ms = max((costs.get(m, 0.0) + costs.get(SIDE_SOURCE.get(m, ""), 0.0) for m in base), default=0.0) + fuse_ms
         cases.append(RoutingCase(checkpoints, bool(sides or now), tuple(later_modalities), final_correct, final_ms, full_ms))

@@ -22,7 +22,7 @@ import numpy as np
 
 from modalmesh.router import applicability
 from modalmesh.router.fusion import MODALITIES, modality_of
-from modalmesh.router.tasks import TaskModel, decide, not_applicable, withheld_answer
+from modalmesh.router.tasks import AloneReadings, TaskModel, decide, not_applicable, withheld_answer
 
 THRESHOLDS = tuple(round(0.5 + 0.05 * step, 2) for step in range(10))  # the risk-coverage curve's points
 CONFIDENT = 0.95  # "no wrong answer above this"
@@ -41,8 +41,10 @@ class Served:
         return not self.reason
 
 
-def serve(task: TaskModel, features: dict, tags: dict[str, str]) -> Served:
-    """The router's answer to one item from its features and image tags (see module doc)."""
+def serve(task: TaskModel, features: dict, tags: dict[str, str], alone: AloneReadings | None = None) -> Served:
+    """The router's answer to one item from its features and image tags (see module doc).
+    `alone`: the item's readings of each modality alone so far (tasks.AloneReadings), for a
+    caller that decides on the same item more than once (routing.routing_cases)."""
     kept, refused, distances = {}, {}, {}
     for modality in MODALITIES:
         sources = {s: f for s, f in features.items() if modality_of(s) == modality}
@@ -60,7 +62,7 @@ def serve(task: TaskModel, features: dict, tags: dict[str, str]) -> Served:
         return Served(-1, 0.0, "nothing the task reads was given", refused, distances)
     read = {modality_of(s) for s in kept}
     image_tags = tags if "image" in read else {}
-    decided = decide(task.model, task.spec, kept, image_tags, attention=False, pointer=task.status_line)
+    decided = decide(task.model, task.spec, kept, image_tags, attention=False, pointer=task.status_line, kept=alone)
     best = int(decided.probabilities.argmax())
     confidence = float(decided.probabilities[best])
     unfamiliar = frozenset(m for m, d in distances.items() if m in read and task.applicability.unfamiliar(m, task.applicability.references[m].applicability(d)))
