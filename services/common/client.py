@@ -71,7 +71,7 @@ def connect(
         channel = grpc.secure_channel(target, security.channel_credentials(ca, cert, key), options=options)
     else:
         channel = grpc.insecure_channel(target, options=options)
-    return grpc.intercept_channel(channel, telemetry.TracingClientInterceptor(token))
+    return telemetry.TracedChannel(channel, token)
 
 
 def wait_for_serving(channel: grpc.Channel, service: str = "", timeout: float = 60.0) -> None:

@@ -2,7 +2,7 @@
 
 Tracing: `setup_tracing` installs one SDK tracer provider per process with the
 configured exporter (none, console or OTLP). The runtime's server interceptor starts
-a SERVER span per call whose parent is the caller's context; `TracingClientInterceptor`
+a SERVER span per call whose parent is the caller's context; a `TracedChannel`
 starts a CLIENT span and injects its context into the outgoing metadata, so one trace
 id runs through the router and every encoder it calls.
 
@@ -12,7 +12,6 @@ may share a process in tests), served over HTTP by `start_metrics_server`.
 
 from __future__ import annotations
 
-import collections
 import logging
 import threading
 import time
@@ -115,64 +114,90 @@ def extract_context(metadata: Iterator[tuple[str, Any]] | None) -> otel_context.
 # ---------------------------------------------------------------------------- client
 
 
-class _CallDetails(
-    collections.namedtuple("_CallDetails", ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression")),
-    grpc.ClientCallDetails,
-):
-    pass
-
-
-def _with_metadata(details: grpc.ClientCallDetails, extra: list[tuple[str, str]]) -> grpc.ClientCallDetails:
-    metadata = list(details.metadata or []) + extra
-    return _CallDetails(
-        details.method,
-        details.timeout,
-        metadata,
-        details.credentials,
-        getattr(details, "wait_for_ready", None),
-        getattr(details, "compression", None),
-    )
-
-
-class TracingClientInterceptor(
-    grpc.UnaryUnaryClientInterceptor,
-    grpc.UnaryStreamClientInterceptor,
-    grpc.StreamUnaryClientInterceptor,
-    grpc.StreamStreamClientInterceptor,
-):
-    """Adds W3C trace context (and a bearer token, when given) to every outgoing call.
+class TracedChannel(grpc.Channel):
+    """A channel whose every call carries W3C trace context (and a bearer token, when
+    given) in its metadata; `client.connect` returns one.
 
     The CLIENT span covers starting the call; the server's span (its child) covers the
     work. Streaming calls return before they finish, so the span is not held open. Where
     nothing records spans (spans_recorded), no CLIENT span is made: the call carries the
     caller's current trace context (the router's request, say), or none, and the server
-    starts a trace of its own (about 0.13 ms less per call).
+    starts a trace of its own. The channel's multicallables are wrapped directly, not
+    through grpc.intercept_channel, whose machinery cost about 0.09 ms a call here.
     """
 
-    def __init__(self, token: str = "") -> None:
+    def __init__(self, channel: grpc.Channel, token: str = "") -> None:
+        self._channel = channel
         self._auth = [("authorization", f"Bearer {token}")] if token else []
 
-    def _prepare(self, details: grpc.ClientCallDetails):
+    def unary_unary(self, method, *args, **kwargs):
+        return _TracedCall(self._channel.unary_unary(method, *args, **kwargs), method, self._auth)
+
+    def unary_stream(self, method, *args, **kwargs):
+        return _TracedCall(self._channel.unary_stream(method, *args, **kwargs), method, self._auth)
+
+    def stream_unary(self, method, *args, **kwargs):
+        return _TracedCall(self._channel.stream_unary(method, *args, **kwargs), method, self._auth)
+
+    def stream_stream(self, method, *args, **kwargs):
+        return _TracedCall(self._channel.stream_stream(method, *args, **kwargs), method, self._auth)
+
+    def subscribe(self, callback, try_to_connect=False):
+        self._channel.subscribe(callback, try_to_connect)
+
+    def unsubscribe(self, callback):
+        self._channel.unsubscribe(callback)
+
+    def close(self):
+        self._channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc_value, traceback):
+        self._channel.close()
+        return False
+
+
+class _TracedCall:
+    """One method's multicallable, its calls' metadata extended (TracedChannel)."""
+
+    def __init__(self, inner, method: str | bytes, auth: list[tuple[str, str]]) -> None:
+        self._inner = inner
+        self._name = (method.decode() if isinstance(method, bytes) else method).lstrip("/")
+        self._auth = auth
+
+    def _start(self, metadata):
         carrier: dict[str, str] = {}
         if not spans_recorded():  # no CLIENT span (it would go nowhere): the caller's own trace context, if it has one
             propagate.inject(carrier)
-            return trace.INVALID_SPAN, _with_metadata(details, list(carrier.items()) + self._auth)
-        method = details.method.decode() if isinstance(details.method, bytes) else details.method
-        span = tracer().start_span(method.lstrip("/"), kind=trace.SpanKind.CLIENT, attributes={"rpc.system": "grpc"})
-        propagate.inject(carrier, context=trace.set_span_in_context(span))
-        return span, _with_metadata(details, list(carrier.items()) + self._auth)
+            span = trace.INVALID_SPAN
+        else:
+            span = tracer().start_span(self._name, kind=trace.SpanKind.CLIENT, attributes={"rpc.system": "grpc"})
+            propagate.inject(carrier, context=trace.set_span_in_context(span))
+        extra = list(carrier.items()) + self._auth
+        return span, (list(metadata or ()) + extra if extra else metadata)
 
-    def _call(self, continuation, details, request):
-        span, details = self._prepare(details)
+    def __call__(self, request, timeout=None, metadata=None, *args, **kwargs):
+        span, metadata = self._start(metadata)
         try:
-            return continuation(details, request)
+            return self._inner(request, timeout, metadata, *args, **kwargs)
         finally:
             span.end()
 
-    intercept_unary_unary = _call
-    intercept_unary_stream = _call
-    intercept_stream_unary = _call
-    intercept_stream_stream = _call
+    def with_call(self, request, timeout=None, metadata=None, *args, **kwargs):
+        span, metadata = self._start(metadata)
+        try:
+            return self._inner.with_call(request, timeout, metadata, *args, **kwargs)
+        finally:
+            span.end()
+
+    def future(self, request, timeout=None, metadata=None, *args, **kwargs):
+        span, metadata = self._start(metadata)
+        try:
+            return self._inner.future(request, timeout, metadata, *args, **kwargs)
+        finally:
+            span.end()
 
 
 # ---------------------------------------------------------------------------- metrics
