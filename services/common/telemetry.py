@@ -178,26 +178,21 @@ class _TracedCall:
         extra = list(carrier.items()) + self._auth
         return span, (list(metadata or ()) + extra if extra else metadata)
 
-    def __call__(self, request, timeout=None, metadata=None, *args, **kwargs):
+    def _traced(self, invoke, request, timeout, metadata, args, kwargs):
         span, metadata = self._start(metadata)
         try:
-            return self._inner(request, timeout, metadata, *args, **kwargs)
+            return invoke(request, timeout, metadata, *args, **kwargs)
         finally:
             span.end()
+
+    def __call__(self, request, timeout=None, metadata=None, *args, **kwargs):
+        return self._traced(self._inner, request, timeout, metadata, args, kwargs)
 
     def with_call(self, request, timeout=None, metadata=None, *args, **kwargs):
-        span, metadata = self._start(metadata)
-        try:
-            return self._inner.with_call(request, timeout, metadata, *args, **kwargs)
-        finally:
-            span.end()
+        return self._traced(self._inner.with_call, request, timeout, metadata, args, kwargs)
 
     def future(self, request, timeout=None, metadata=None, *args, **kwargs):
-        span, metadata = self._start(metadata)
-        try:
-            return self._inner.future(request, timeout, metadata, *args, **kwargs)
-        finally:
-            span.end()
+        return self._traced(self._inner.future, request, timeout, metadata, args, kwargs)
 
 
 # ---------------------------------------------------------------------------- metrics
