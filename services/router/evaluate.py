@@ -197,7 +197,7 @@ def screen_text_found(task_model, manifest: Path, task: str, items, examples, pr
     status-line pointer, router/status_line.py; without one, the line the answer is read
     from, tasks.key_screen_line) against lines with error words."""
     from modalmesh.data.generate import read_manifest
-    from modalmesh.router.status_line import holds_message, unlike
+    from modalmesh.router.status_line import holds_message
     from modalmesh.router.tasks import ERROR_WORDS, key_screen_line
 
     records = [r for r in read_manifest(manifest) if r["task"] == task and r.get("scope", "in") == "in"]  # as `items`
@@ -212,7 +212,7 @@ def screen_text_found(task_model, manifest: Path, task: str, items, examples, pr
         rows = example.features["image_text"][: len(lines)]
         key = pointer.pick(rows.float()) if pointer is not None else key_screen_line(task_model.model, rows, int(np.argmax(p)))
         right = key is not None and holds_message(lines[key], message)
-        withheld = key is not None and pointer is not None and bool(unlike(pointer, rows, key, lines[key]))  # as the router's answer (tasks.write_triage)
+        withheld = key is not None and pointer is not None and pointer.unfamiliar(rows[key]) is not None  # not stated by the router (status_line.unlike)
         counts["picked_right"] += right
         counts["key_line"] += right and not withheld
         counts["withheld"] += withheld
