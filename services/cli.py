@@ -290,7 +290,10 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     for task in tasks:
         print(f"{task.name} ({task.model_version}): {task.description}")
         print(f"  labels: {', '.join(task.labels)}; inputs: {names(task.accepted_modalities)}")
-        print(f"  routing: tau {task.tau:.2f}, gamma {task.gamma:.2f}, side outputs with the features: {names(task.eager_side_outputs)}")
+        print(
+            f"  routing: tau {task.tau:.2f}, gamma {task.gamma:.2f}, side outputs with the features: {names(task.eager_side_outputs)}, "
+            f"read quickly first: {names(task.quick_side_outputs)}"
+        )
         print(f"  text model: {task.text_model or 'any whose features fit'}")
         alone = "".join(f", {t:.2f} from the {m} alone" for m, t in sorted(task.abstain_below_alone.items()))
         print(
@@ -447,7 +450,8 @@ def cmd_tune_routing(args: argparse.Namespace) -> int:
     for when in ("before", "after"):
         r = result[when]
         print(
-            f"{when:6s}  tau {r['tau']:g}, gamma {r['gamma']:g}, eager {'+'.join(r['eager']) or 'none'}: accuracy {r['accuracy']:.3f}, "
+            f"{when:6s}  tau {r['tau']:g}, gamma {r['gamma']:g}, eager {'+'.join(r['eager']) or 'none'}, quick {'+'.join(r.get('quick') or []) or 'none'}: "
+            f"accuracy {r['accuracy']:.3f}, "
             f"mean latency {r['mean_latency_ms']:.0f} ms (simulated), {r['early']} of {result['items']} answered early, {r['early_wrong']} of those wrong"
         )
     print(f"wrote {result['written']}" if result["written"] else "nothing written: add --write (this folder) or --repository DIR (a new version)")

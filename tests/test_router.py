@@ -122,7 +122,7 @@ def test_an_eager_side_output_comes_with_the_base_features(mesh):
     fields = {**INPUTS["text"], **INPUTS["image"]}
     answers = {}
     for eager in ("image", "none"):
-        router = mesh.start_router(routing=f"screenshot_triage=1.01/0.0/{eager}")  # tau 1.01: never answers early
+        router = mesh.start_router(routing=f"screenshot_triage=1.01/0.0/{eager}/none")  # tau 1.01: never answers early; no quick reading
         try:
             with connect(router.address) as channel:
                 answers[eager] = analyze(router_pb2_grpc.RouterStub(channel), **fields)
@@ -896,7 +896,8 @@ def test_concurrent_requests_each_get_the_answer_they_get_alone(router):
         assert answer.label == expected.label and answer.confidence == pytest.approx(expected.confidence, abs=1e-4)
         findings = {f.key: f.value for f in answer.findings}
         assert screens[index % 4] in findings["error_text"]
-        assert reports(answer)["image"].reason == "with OCR text"
+        assert reports(answer)["image"].reason == reports(expected)["image"].reason  # read quickly, or again at the full size, alike
+        assert reports(answer)["image"].reason.startswith(("with OCR text", "OCR read at the quick detection size"))
 
 
 def _training_like_ct() -> bytes:
@@ -957,3 +958,68 @@ def test_routed_mode_waits_for_the_rest_where_the_early_answer_would_be_withheld
     assert STATUS(reports(shipped)["audio"].status) == "MODALITY_STATUS_SKIPPED" and not shipped.abstained  # the early answer
     assert STATUS(reports(strict_answer)["audio"].status) == "MODALITY_STATUS_USED"
     assert "image alone" not in strict_answer.abstain_reason and strict_answer.label == shipped.label
+
+
+def test_routed_mode_answers_from_the_quick_reading_of_a_clear_screen(mesh):
+    """The shipped routing reads the screen text quickly first (TaskSpec.quick: detection at
+    the vision service's quick size); on a clear screen the answer and its status message
+    are sure, so the screen is not read again: the same answer and error_text as FULL."""
+    from modalmesh.router.tasks import SHIPPED_WEIGHTS, TASKS, load_task
+
+    assert load_task(TASKS["screenshot_triage"], str(SHIPPED_WEIGHTS)).spec.quick == ("image",)
+    fields = {**INPUTS["text"], **INPUTS["image"]}
+    with connect(mesh.router.address) as channel:
+        stub = router_pb2_grpc.RouterStub(channel)
+        info = {t.name: t for t in stub.ListTasks(router_pb2.ListTasksRequest(), timeout=10).tasks}["screenshot_triage"]
+        routed = analyze(stub, **fields)
+        full = analyze(stub, options=router_pb2.AnalyzeOptions(mode=router_pb2.ROUTING_MODE_FULL), **fields)
+    assert list(info.quick_side_outputs) == [router_pb2.MODALITY_IMAGE]
+    assert "OCR read at the quick detection size" in reports(routed)["image"].reason
+    assert reports(full)["image"].reason == "with OCR text"
+    assert routed.label == full.label and not routed.abstained
+    error_texts = [{f.key: f.value for f in answer.findings}["error_text"] for answer in (routed, full)]
+    assert all("Error 402: Payment declined" in text for text in error_texts), error_texts
+
+
+def test_a_quick_reading_that_does_not_hold_is_replaced_by_the_full_one():
+    """Where the quick reading's status message is unlike every training status message
+    (a mail client's folder list), the router reads the screen again at the full size and
+    answers from that reading alone: its paragraphs, its status message. The encoders are
+    stand-ins returning MiniLM vectors of given lines (the real calls are in the mesh tests)."""
+    from concurrent import futures
+
+    import torch
+
+    from modalmesh.router.pipeline import Deadline, Pipeline, Produced, Run
+    from modalmesh.router.tasks import SHIPPED_WEIGHTS, TASKS, load_task
+    from modalmesh.text.model import TextEncoder
+
+    task = load_task(TASKS["screenshot_triage"], str(SHIPPED_WEIGHTS))
+    full_lines = [MAIL[1], "Your card was declined. Try another card", MAIL[3]]
+
+    def vectors(lines):
+        return torch.stack([torch.as_tensor(r.pooled, dtype=torch.float32) for r in TextEncoder("").encode_batch(lines)])
+
+    message = "I can't pay, my card was declined"
+    tokens = torch.as_tensor(TextEncoder("").encode_batch([message])[0].tokens, dtype=torch.float32)
+    pipeline = Pipeline({task.spec.name: task}, encoders=None, run_model=lambda f: f(), default_deadline_s=30, max_input_bytes=1 << 20)
+    asked_again = []
+
+    def read_again(run, modality, data, media_type, parameters):
+        asked_again.append(modality)
+        return lambda call: Produced({"image_text": vectors(full_lines)}, {"screen_lines": full_lines})
+
+    pipeline._side_work = read_again  # the second vision call: the full-size reading
+    with futures.ThreadPoolExecutor(2) as pool:
+        run = Run(encoders=None, pool=pool, deadline=Deadline.within(30), widths=task.model.config.input_widths)
+        run.quick = {"image"}
+        run.start("image", lambda call: Produced({"image": torch.zeros(49, 1280), "image_text": vectors(MAIL[:1])}, {"screen_lines": MAIL[:1]}))
+        run.start("text", lambda call: Produced({"text": tokens}, {"text": message}))
+        run.states["image"].status = run.states["text"].status = router_pb2.MODALITY_STATUS_UNSPECIFIED
+        early = pipeline.gather(run, task, media={"image": (b"png", "image/png", {})}, full=False, required=set(), side_now={"image"})
+    assert asked_again == ["image"] and early is None  # not answered from the quick reading
+    assert run.evidence.screen_lines == full_lines and run.features["image_text"].shape[0] == len(full_lines)
+    assert "image_text" not in run.side_notes
+    decision = pipeline.decide(task, run, outstanding=())
+    response = pipeline.respond(router_pb2.AnalyzeRequest(task=task.spec.name), task, run, decision)
+    assert {f.key: f.value for f in response.findings}["error_text"] == full_lines[1]

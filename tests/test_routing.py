@@ -36,8 +36,28 @@ def test_serving_and_the_simulation_decide_through_the_same_policy():
     simulated = inspect.getsource(routing.routing_cases) + inspect.getsource(routing.route) + inspect.getsource(routing.early_answer)
     for function in ("outstanding(", "waits_for_required(", "answer_now(", "self.withheld("):
         assert function in gather, function
-    for function in ("outstanding(", "waits_for_required(", "sure_enough(", "serve(", "c.served"):
+    for function in ("outstanding(", "waits_for_required(", "sure_enough(", "serve(", "c.served", "quick_reading_holds("):
         assert function in simulated, function
+    assert "quick_reading_holds(" in inspect.getsource(pipeline.Pipeline.judge_quick_reading)
+
+
+def test_a_quick_reading_holds_only_for_an_answer_given_with_a_familiar_status_message():
+    import torch
+
+    from modalmesh.router.routing import quick_reading_holds
+    from modalmesh.router.tasks import SHIPPED_WEIGHTS, TASKS, load_task
+    from modalmesh.text.model import TextEncoder
+
+    pointer = load_task(TASKS["screenshot_triage"], str(SHIPPED_WEIGHTS)).status_line
+    screen = ["ShopFast", "Home Orders Account Help", "Your card was declined. Try another card", "OK"]
+    rows = torch.stack([torch.as_tensor(r.pooled, dtype=torch.float32) for r in TextEncoder("").encode_batch(screen)])
+    folders = torch.as_tensor(TextEncoder("").encode_batch(["Inbox 12 Starred Sent Drafts 2 Promotions Spam"])[0].pooled, dtype=torch.float32)[None]
+    assert quick_reading_holds(True, pointer, rows)
+    assert not quick_reading_holds(False, pointer, rows)  # the answer would be withheld: read again
+    assert not quick_reading_holds(True, pointer, rows[:0])  # no text found: the full size may find some
+    assert not quick_reading_holds(True, pointer, None)
+    assert not quick_reading_holds(True, pointer, folders)  # its status message unlike every training one
+    assert quick_reading_holds(True, None, folders)  # no pointer: no such check
 
 
 def test_under_load_an_eager_side_output_is_started_only_while_it_is_usually_used():

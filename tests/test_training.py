@@ -108,7 +108,8 @@ def test_train_and_eval_medical_end_to_end(medical_data, tmp_path, capsys, monke
     log = json.loads((weights / "train_log.json").read_text())
     assert log["train_items"] == 24 and log["val_items"] == 12 and len(log["loss_per_epoch"]) == 3
     config = json.loads((weights / "config.json").read_text())
-    assert set(config["routing"]) == {"tau", "gamma", "eager"} and set(config["routing"]["eager"]) <= {"audio"}
+    assert set(config["routing"]) == {"tau", "gamma", "eager", "quick"} and set(config["routing"]["eager"]) <= {"audio"}
+    assert config["routing"]["quick"] == []  # no screen text to read quickly
     assert config["measurement_sigma"]["largest_diameter_mm"] > 0
     # The reference keeps the training labels (router/applicability.py), one per training input.
     reference = applicability.Applicability.load(weights).references["image"]
@@ -500,9 +501,14 @@ def test_the_routing_setting_overrides_thresholds_and_eager_side_outputs():
     assert specs["screenshot_triage"].eager == ("image", "audio") and specs["medical_report"].eager == ()
     kept = apply_routing_thresholds({"screenshot_triage": dataclasses.replace(TASKS["screenshot_triage"], eager=("image",))}, "screenshot_triage=0.5/0.5")
     assert kept["screenshot_triage"].eager == ("image",)  # two parts: eager as it was
+    quick = dataclasses.replace(TASKS["screenshot_triage"], quick=("image",))
+    assert apply_routing_thresholds({"screenshot_triage": quick}, "screenshot_triage=0.5/0.5/image")["screenshot_triage"].quick == ("image",)
+    assert apply_routing_thresholds({"screenshot_triage": quick}, "screenshot_triage=0.5/0.5/image/none")["screenshot_triage"].quick == ()
+    assert apply_routing_thresholds(dict(TASKS), "screenshot_triage=0.5/0.5/image/image")["screenshot_triage"].quick == ("image",)
     for bad, complaint in (
         ("medical_report=0.7/0.1/image", "audio or none"),
-        ("screenshot_triage=0.7", "tau/gamma[/eager]"),
+        ("screenshot_triage=0.7", "tau/gamma[/eager[/quick]]"),
+        ("screenshot_triage=0.7/0.1/image/audio", "image or none, not audio"),
         ("screenshot_triage=0.7/0.1/", "empty"),
         ("nope=0.1/0.1", "unknown task"),
     ):
@@ -816,7 +822,7 @@ def test_tune_routing_chooses_a_trained_models_routing_again_and_writes_it_as_as
     published = repository / "medical_report" / "1"
     assert str(published) in capsys.readouterr().out
     written = json.loads((published / "config.json").read_text())["routing"]
-    assert written == {k: after[k] for k in ("tau", "gamma", "eager")}
+    assert written == {k: after[k] for k in ("tau", "gamma", "eager", "quick")} and written["quick"] == []
     assert json.loads((published / "train_log.json").read_text())["routing"] == written
     assert f"tau {after['tau']}, gamma {after['gamma']}," in (published / "MODEL_CARD.md").read_text()
     assert file_digest(published / "model.safetensors") == file_digest(weights / "model.safetensors")

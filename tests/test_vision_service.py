@@ -31,7 +31,7 @@ def test_info(vision):
     info = vision.info()
     assert info.modality == "image" and info.feature_width == 1280
     assert info.model_version.startswith("efficientnet-lite0@")
-    assert "application/dicom" in info.media_types and list(info.options) == ["ocr", "lesions"]
+    assert "application/dicom" in info.media_types and list(info.options) == ["ocr", "ocr_quick", "lesions"]
     assert info.limits.max_pixels == 40_000_000
 
 
@@ -124,6 +124,32 @@ def test_capped_detection_size_reads_what_the_engine_rule_reads():
         assert [t.replace(" ", "") for t in read[0] if message in t] == [t.replace(" ", "") for t in read[1] if message in t]
         boxes = [line.box for line in capped.read(rgb)]
         assert max(box[2] for box in boxes) <= screen.width + 1 and max(box[3] for box in boxes) <= screen.height + 1
+
+
+def test_the_quick_reading_detects_smaller_and_reads_the_same_message(vision):
+    """'ocr_quick': detection on the image scaled to the quick size (960 px on its longer
+    side), fewer boxes' worth of pixels than the engine's rule; the same message read. The
+    reader's own size is back for the next 'ocr' call."""
+    screen = image_bytes(render_screenshot("Your card was declined (code 51)", size=(1920, 1080)))
+    full_before = [span.text for span in vision.encode(screen, "image/png", options=["ocr"]).side.text_spans]
+    quick = vision.encode(screen, "image/png", options=["ocr_quick"])
+    full_after = [span.text for span in vision.encode(screen, "image/png", options=["ocr"]).side.text_spans]
+    assert any("Your card was declined (code 51)" in span.text for span in quick.side.text_spans)
+    assert "ocr_quick" in quick.pooled_message.timings_ms and "ocr" not in quick.pooled_message.timings_ms
+    assert full_after == full_before
+    with pytest.raises(grpc.RpcError) as raised:
+        vision.encode(screen, "image/png", options=["ocr", "ocr_quick"])
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "not both" in raised.value.details()
+    assert vision.info().modality == "image"  # still serving
+
+
+def test_a_reading_at_another_detection_size_leaves_the_readers_own():
+    from modalmesh.vision.ocr import ScreenReader
+
+    reader = ScreenReader(0)
+    rgb = np.asarray(render_screenshot("Session expired", size=(1366, 768)).convert("RGB"))
+    reader.read(rgb, det_side=480)
+    assert (reader._detector.limit_type, reader._detector.limit_side_len) == ("min", 736)  # the engine's rule
 
 
 def test_ocr_runs_only_when_asked(vision):
@@ -242,9 +268,10 @@ def test_ocr_can_be_turned_off(tmp_path):
         with connect(handle.address) as channel:
             client = EncoderClient(channel)
             assert list(client.info().options) == ["lesions"]
-            with pytest.raises(grpc.RpcError) as raised:
-                client.encode(image_bytes(Image.new("RGB", (32, 32))), "image/png", options=["ocr"])
-            assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "turned off" in raised.value.details()
+            for option in ("ocr", "ocr_quick"):
+                with pytest.raises(grpc.RpcError) as raised:
+                    client.encode(image_bytes(Image.new("RGB", (32, 32))), "image/png", options=[option])
+                assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "turned off" in raised.value.details()
     finally:
         handle.stop(grace=0.5)
 

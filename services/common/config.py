@@ -99,6 +99,11 @@ class ServiceConfig:
         "down so its longer side is at most N, never up (960: about 40% faster; see README before using it with "
         "the shipped triage weights)",
     )
+    ocr_quick_det_side: int = _option(
+        960,
+        "vision: the detection size of the quick OCR reading a caller asks for with 'ocr_quick' (the router's "
+        "ROUTED mode on screenshots): the image scaled down so its longer side is at most N, never up",
+    )
     ocr_max_lines: int = _option(
         100,
         "vision: most text lines OCR recognises per image, the first in reading order (about 15 ms each "
@@ -136,7 +141,7 @@ class ServiceConfig:
     default_deadline_s: float = _option(30.0, "router: time budget of a request that sets no deadline")
     http_port: int = _option(8000, "router: HTTP port (OIP v2 REST, Analyze as JSON, SSE; every call goes through the gRPC port); 0 turns it off")
     speech_budget_s: float = _option(3.0, "router: longest wait for the spoken reply; past it the answer comes without (speech_error)")
-    routing: str = _option("", "router: per-task routing 'task=tau/gamma[/eager],...' (e.g. screenshot_triage=0.9/0.15/image)")
+    routing: str = _option("", "router: per-task routing 'task=tau/gamma[/eager[/quick]],...' (e.g. screenshot_triage=0.9/0.15/image/none)")
     encoder_ca: str = _option("", "router: PEM CA to trust when calling encoders over TLS")
     encoder_cert: str = _option("", "router: client certificate for mTLS to encoders")
     encoder_key: str = _option("", "router: client key for mTLS to encoders", secret=True)
@@ -169,6 +174,8 @@ class ServiceConfig:
                 problems.append(f"{name} must be at least 1")
         if self.ocr_det_side and self.ocr_det_side < 32:
             problems.append("ocr_det_side must be 0 (the engine's rule) or at least 32 pixels")
+        if self.ocr_quick_det_side < 32:
+            problems.append("ocr_quick_det_side must be at least 32 pixels")
         if self.ocr_max_lines < 1:
             problems.append("ocr_max_lines must be at least 1")
         if self.asr_engine not in ("whisper", "pocketsphinx"):

@@ -30,8 +30,8 @@ from modalmesh.router.features import FeatureCache
 from modalmesh.router.fusion import MODALITIES, MODALITY_SOURCES, SOURCES, modality_gate_weights
 from modalmesh.router.served import expected_calibration_error, honesty_metrics, serve
 from modalmesh.router.tasks import TaskSpec, decide, spec_of
-from modalmesh.router.routing import early_answer, route, routing_cases
-from modalmesh.router.train import check_input_widths, load_examples, open_trained
+from modalmesh.router.routing import with_quick_reading, early_answer, route, routing_cases
+from modalmesh.router.train import check_input_widths, load_examples, open_trained, quick_readings
 
 SINGLE = {f"{modality} only": sources for modality, sources in MODALITY_SOURCES.items()}
 
@@ -49,6 +49,7 @@ def evaluate(task: str | TaskSpec, data: str, report: str, weights: str = "", ca
         outside, _ = load_examples(spec, manifest, cache, "out", scope="out", refuse=False)
     finally:
         cache.close()
+    quick = quick_readings(spec, manifest, cache_dir) if task_model.spec.quick else None
     check_input_widths(folder, model, examples)
     read_whole = examples  # every screen paragraph: decide reads them through the status-line pointer
     pointer = task_model.status_line
@@ -89,7 +90,7 @@ def evaluate(task: str | TaskSpec, data: str, report: str, weights: str = "", ca
         }
 
     # Routed vs full vs single modality: accuracy and simulated latency.
-    cases = routing_cases(model, task_model.spec, examples, items, fuse_ms, pointer=pointer, task=task_model)
+    cases = routing_cases(model, task_model.spec, examples, items, fuse_ms, pointer=pointer, task=task_model, quick=quick)
     modes = {
         "full": {"accuracy": results["full"]["accuracy"], "mean_latency_ms": float(np.mean([c.full_ms for c in cases]))},
         "routed": {
@@ -97,13 +98,16 @@ def evaluate(task: str | TaskSpec, data: str, report: str, weights: str = "", ca
             "tau": task_model.spec.tau,
             "gamma": task_model.spec.gamma,
             "eager": list(task_model.spec.eager),
+            "quick": list(task_model.spec.quick),
         },
     }
     # As served in ROUTED mode, the default: an early answer is fused from what had arrived.
     served_routed = []
-    for case, example, full_answer in zip(cases, examples, served_full):
+    for index, (case, example, full_answer) in enumerate(zip(cases, examples, served_full)):
         early = early_answer(case, task_model.spec.tau, task_model.spec.gamma)
-        if early is None:
+        if early is None and case.quick_holds and quick is not None:  # answered from the quick reading
+            served_routed.append(serve(task_model, with_quick_reading(example.features, quick[0][index].features), example.tags))
+        elif early is None:
             served_routed.append(full_answer)
         else:
             arrived = {s: f for s, f in example.features.items() if s in early.sources}
@@ -326,7 +330,9 @@ def write_report(folder: Path, results: dict, probabilities, labels, spec, rows:
         "",
         f"Routed: tau {routed['tau']:g}, gamma {routed['gamma']:g}, side outputs asked for with the base features: "
         f"{'+'.join(routed['eager']) or 'none'}. {routed['early']} of {results['items']} answered before every input was in, "
-        f"{routed['early_wrong']} of those wrong (each given with confidence >= tau). Latencies are simulated from each source's cost recorded at "
+        f"{routed['early_wrong']} of those wrong (each given with confidence >= tau)."
+        + (f" Screen text read quickly first: {routed['from_quick_reading']} answered from the quick reading." if routed.get("quick") else "")
+        + " Latencies are simulated from each source's cost recorded at "
         "feature extraction, modalities overlapping perfectly; `benchmarks/bench_routing.py` times routed and "
         "full through the mesh.",
     ]

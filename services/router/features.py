@@ -73,6 +73,13 @@ def configured_ocr_det_side(environ=None) -> int:
     return int(_service_setting("vision", "ocr_det_side", environ) or 0)
 
 
+def configured_ocr_quick_det_side(environ=None) -> int:
+    """The detection size of the vision service's quick OCR reading (`ocr_quick_det_side`)."""
+    from modalmesh.common.config import ServiceConfig
+
+    return int(_service_setting("vision", "ocr_quick_det_side", environ) or ServiceConfig.ocr_quick_det_side)
+
+
 def text_model_version() -> str:
     """The version of the text model features are extracted with (the configured one, else
     the bundled default): trained weights record it; '' for a hub id."""
@@ -83,7 +90,9 @@ def text_model_version() -> str:
 
 
 class LocalEncoders:
-    def __init__(self, ocr: bool = True, transcript: bool = True) -> None:
+    def __init__(self, ocr: bool = True, transcript: bool = True, ocr_det_side: int | None = None) -> None:
+        """`ocr_det_side`: read screen text at this detection size instead of the configured
+        one (the quick reading: FeatureCache.for_task's `quick`)."""
         from modalmesh.audio.server import AudioService
         from modalmesh.text.server import TextService
         from modalmesh.vision.server import VisionService
@@ -94,7 +103,14 @@ class LocalEncoders:
         models = configured_models()
         self.text = TextService(load_config("text", environ={}, model=models.get("text")))
         self.vision = VisionService(
-            load_config("vision", environ={}, ocr=ocr, model=models.get("vision"), ocr_engine=configured_ocr_engine(), ocr_det_side=configured_ocr_det_side())
+            load_config(
+                "vision",
+                environ={},
+                ocr=ocr,
+                model=models.get("vision"),
+                ocr_engine=configured_ocr_engine(),
+                ocr_det_side=configured_ocr_det_side() if ocr_det_side is None else ocr_det_side,
+            )
         )
         self.audio = AudioService(
             load_config(
@@ -187,7 +203,18 @@ def media_type_of(path: str) -> str:
 class FeatureCache:
     """Features per manifest record, on disk as safetensors + a JSON sidecar."""
 
-    def __init__(self, folder: str | Path, encoders_factory, side: tuple[str, ...], versions: tuple[str, ...] = (), measure: bool = False) -> None:
+    def __init__(
+        self,
+        folder: str | Path,
+        encoders_factory,
+        side: tuple[str, ...],
+        versions: tuple[str, ...] = (),
+        measure: bool = False,
+        ocr_det_side: int | None = None,
+    ) -> None:
+        """`ocr_det_side`: the OCR detection size the features are read at (None: the
+        configured one); part of the key."""
+        self.ocr_det_side = ocr_det_side
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self._factory = encoders_factory
@@ -197,17 +224,20 @@ class FeatureCache:
         self.versions = versions  # of the encoder outputs the task reads beyond features; part of every key
 
     @classmethod
-    def for_task(cls, spec, manifest: str | Path, folder: str | Path = "") -> "FeatureCache":
+    def for_task(cls, spec, manifest: str | Path, folder: str | Path = "", quick: bool = False) -> "FeatureCache":
         """The cache a task's training and evaluation share (`.features` beside the manifest):
         OCR only for tasks that read screens; keys carry the versions of what the task reads
-        (OCR paragraphs, the CT measurement), so a change there is recomputed, not reused."""
+        (OCR paragraphs, the CT measurement), so a change there is recomputed, not reused.
+        `quick`: screen text read as the quick reading is (`ocr_quick_det_side`), the rest alike."""
+        det_side = configured_ocr_quick_det_side() if quick else None
         versions = ((SCREEN_TEXT_VERSION,) if "image" in spec.side_outputs else ()) + ((MEASUREMENT_VERSION,) if spec.measure is not None else ())
         return cls(
             folder or Path(manifest).parent / ".features",
-            lambda: LocalEncoders(ocr="image" in spec.side_outputs),
+            lambda: LocalEncoders(ocr="image" in spec.side_outputs, ocr_det_side=det_side),
             side=spec.side_outputs,
             versions=versions,
             measure=spec.measure is not None,
+            ocr_det_side=det_side,
         )
 
     def key(self, record: dict) -> str:
@@ -229,7 +259,7 @@ class FeatureCache:
             # OCR boxes differ by a few pixels between engines, and so, sometimes, paragraphs
             # (onnxruntime, the first engine, keeps the keys it always had).
             parts.append({"ocr_engine": engine})
-        det_side = configured_ocr_det_side()
+        det_side = configured_ocr_det_side() if self.ocr_det_side is None else self.ocr_det_side
         if det_side and "image" in self.side:  # other boxes, so other paragraphs (the engine's rule keeps the keys it had)
             parts.append({"ocr_det_side": det_side})
         digest.update(json.dumps(parts, sort_keys=True).encode())

@@ -42,8 +42,8 @@ from modalmesh.common.layout import MIN_SPAN_CONFIDENCE, is_blank
 from modalmesh.router.fusion import MODALITIES, SIDE_SOURCE, FusionOutputs, attention_mass, modality_gate_weights, modality_of, normalised_entropy
 from modalmesh.router import reports, status_line
 from modalmesh.router.repository import why_missing
-from modalmesh.router.routing import Speculation, answer_now, outstanding, waits_for_required
-from modalmesh.router.sources import SIDE_OPTION, embed, side_text
+from modalmesh.router.routing import quick_reading_holds, Speculation, answer_now, outstanding, waits_for_required
+from modalmesh.router.sources import QUICK_OPTION, SIDE_OPTION, embed, side_text
 from modalmesh.router.tasks import (
     UNCERTAIN,
     AloneReadings,
@@ -227,6 +227,7 @@ class Run:
         self.status_chance: float | None = None  # the pointer's probability that it is (Pipeline.status_row)
         self.alone = AloneReadings()  # each modality read alone (tasks.decide's dissent check), kept for this request
         self.read_ahead: set[tuple[str, frozenset[str]]] = set()  # (modality, sources) read alone ahead (Pipeline.read_alone_ahead)
+        self.quick: set[str] = set()  # modalities whose side output is read quickly first (TaskSpec.quick), until judged (Pipeline.gather)
 
     # -- starting work ---------------------------------------------------------------
     def start(self, source: str, work: Callable[[Call], Produced]) -> None:
@@ -355,6 +356,9 @@ class Run:
                 self.side_notes[source] = "found nothing"
 
     def merge(self, modality: str, produced: Produced) -> None:
+        if "screen_lines" in produced.evidence:  # screen text read (again): what was worked out from a reading before goes
+            self.features.pop(SIDE_SOURCE["image"], None)
+            self.status_index = self.status_chance = self.line_log_odds = None
         self.features.update(produced.features)
         self.side_notes.update(produced.notes)
         for name, value in produced.evidence.items():
@@ -481,6 +485,9 @@ class Pipeline:
         # mode those the task's routing marks eager, unless a busy router has seen them go
         # unused in most recent answers (routing.Speculation).
         side_now = {m for m in task.spec.side_outputs if full or (m in task.spec.eager and self.speculation.eager(task.spec.name, m))}
+        # In ROUTED mode the screen text is read quickly first where the task's routing says so
+        # (and the vision service offers it), again at the full size only if the answer needs it.
+        run.quick = {m for m in task.spec.quick if not full and m in side_now and m in media and self.encoders.offers(m, QUICK_OPTION[m], deadline.remaining())}
         with telemetry.tracer().start_as_current_span("router.encode"):
             # What the task asks the encoders for besides features: the CT task, the lung-lesion measurement.
             asked = {"image": ["lesions"]} if task.spec.measure is not None else {}
@@ -598,7 +605,7 @@ class Pipeline:
             run.start(modality, work)
 
     def _base_work(self, run: Run, modality: str, data: bytes, media_type: str, parameters: dict, with_side: bool, asked: list[str]):
-        option = SIDE_OPTION.get(modality)
+        option = QUICK_OPTION[modality] if modality in run.quick else SIDE_OPTION.get(modality)
 
         def work(call: Call) -> Produced:
             options = ([option] if (with_side and option) else []) + asked
@@ -670,14 +677,14 @@ class Pipeline:
         Returns the early decision (on the features it keeps), or None."""
         side_candidates = [m for m in task.spec.side_outputs if m in media and m not in side_now]  # asked for later
         side_requested = not side_candidates
-        early = None
+        early, reading_again = None, False  # reading_again: the quick reading did not hold; the answer waits for the full one
         while True:
             if not run.wait_any():
                 run.stop_pending(router_pb2.MODALITY_STATUS_TIMED_OUT, "no answer before the deadline")
                 break
             run.harvest()
             to_come = outstanding([c.source for c in run.pending], side_now, [] if side_requested else side_candidates)
-            if not full and run.features and to_come and not waits_for_required(to_come, required):
+            if not full and run.features and to_come and not reading_again and not waits_for_required(to_come, required):
                 decision = self.decide(task, run, to_come)
                 reason = answer_now(decision.answer.confidence, decision.outstanding_weight, task.spec.tau, task.spec.gamma)
                 if reason and not self.withheld(task, run, decision):  # an answer it would withhold waits for the rest
@@ -691,6 +698,13 @@ class Pipeline:
                 if full:
                     self.read_alone_ahead(task, run)
                 continue
+            if run.quick:
+                early = self.judge_quick_reading(task, run, media)
+                if early is not None:
+                    break
+                if run.pending:  # the screen read again at the full size
+                    reading_again = True
+                    continue
             usable = [m for m in side_candidates if run.states[m].status == router_pb2.MODALITY_STATUS_USED]
             if not side_requested and usable:
                 side_requested = True
@@ -718,6 +732,24 @@ class Pipeline:
                 raise errors.ServiceError(grpc.StatusCode.INVALID_ARGUMENT, "; ".join(f"{where}: {what}" for where, what in violations), violations)
             raise errors.unavailable("no encoder could encode any input: " + _summary(run))
         return early
+
+    def judge_quick_reading(self, task: TaskModel, run: Run, media) -> Decision | None:
+        """Everything else in, the quick reading of each `run.quick` modality is judged
+        (routing.quick_reading_holds): the decision when it holds, else None with the side
+        output asked for again at the full size."""
+        quick, run.quick = run.quick, set()
+        source = SIDE_SOURCE["image"]
+        if "image" not in quick or run.states["image"].status != router_pb2.MODALITY_STATUS_USED or source in run.side_notes:
+            return None  # no image read, or its screen text failed: nothing to judge or read again
+        decision = self.decide(task, run, outstanding=())
+        rows = run.features.get(source)
+        rows = rows[: len(run.evidence.screen_lines)] if rows is not None else None
+        if quick_reading_holds(not self.withheld(task, run, decision), task.status_line, rows):
+            run.side_notes[source] = "read at the quick detection size: the answer and the status message it gives were sure without the full size"
+            return decision
+        data, media_type, parameters = media["image"]
+        run.start(source, self._side_work(run, "image", data, media_type, parameters))
+        return None
 
     def decide(self, task: TaskModel, run: Run, outstanding) -> Decision:
         # The screen is read through the task's status-line pointer (tasks.decide, status_line.readings).

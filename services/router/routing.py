@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import threading
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
@@ -105,6 +106,25 @@ def answer_now(confidence: float, outstanding_weight: float, tau: float, gamma: 
     return f"confidence {confidence:.2f} >= tau {tau:g} and predicted weight {outstanding_weight:.3f} < gamma {gamma:g}"
 
 
+def quick_reading_holds(given: bool, pointer, rows) -> bool:
+    """Whether the answer comes from a quick reading of the screen text (the vision
+    service's `ocr_quick`: detection at a smaller size) instead of the screen read again
+    at the full size: the answer from everything with it would be given (not withheld as
+    unsure), and the paragraph the task's status-line `pointer` picks from the quick
+    reading's `rows` is like a status message the task was trained on (no pointer: no
+    such check). A quick reading that found no text never holds: the full size may."""
+    if not given or rows is None or rows.shape[0] == 0:
+        return False
+    index = pointer.pick(rows) if pointer is not None else None
+    return index is None or pointer.unfamiliar(rows[index]) is None
+
+
+def with_quick_reading(features: dict, quick_features: dict) -> dict:
+    """An item's features with the screen text of its quick reading in place of the full one's."""
+    source = SIDE_SOURCE["image"]
+    return {s: f for s, f in features.items() if s != source} | ({source: quick_features[source]} if source in quick_features else {})
+
+
 @dataclass
 class Checkpoint:
     """One decision the router makes while something is still outstanding: when (an
@@ -134,18 +154,28 @@ class RoutingCase:
     full_correct: bool  # the answer from everything (ROUTED waiting for all, or FULL)
     final_ms: float  # ROUTED with everything waited for: base, then side outputs, a fusion after each arrival
     full_ms: float  # FULL: everything asked for at once (each side output after its base features) + one fusion
+    # With a quick reading (routing_cases' `quick`): whether the answer comes from it, and
+    # whether that answer is right; final_ms then counts the full-size reading after it.
+    quick_holds: bool = False
+    quick_correct: bool = False
+    quick_ms: float = 0.0
 
 
-def routing_cases(model, spec, examples, items, fuse_ms, eager=None, pointer=None, task=None) -> list[RoutingCase]:
+def routing_cases(model, spec, examples, items, fuse_ms, eager=None, pointer=None, task=None, quick=None) -> list[RoutingCase]:
     """`eager`: modalities whose side output comes with their base features, from one
     call (default: the task's); the rest are asked for once every base feature is in.
     `pointer`: the task's status-line pointer, for examples with every screen paragraph.
     `task`: the TaskModel whose serving policy says whether each checkpoint's answer would
-    be given (served.serve; Checkpoint.served); without it every one would be."""
+    be given (served.serve; Checkpoint.served); without it every one would be.
+    `quick`: (examples, items) of the same records with the screen text read quickly
+    (FeatureCache.for_task's `quick`): where given, an eager image side output is read
+    quickly first, as the router does with a task's `quick` routing, and again at the
+    full size unless quick_reading_holds (then the answer from everything is the full one)."""
     from modalmesh.router.served import serve
 
     eager = spec.eager if eager is None else eager
     required = set(spec.needs)
+    quick_examples, quick_items = quick if quick is not None else ([None] * len(examples), [None] * len(examples))
 
     def decide_on(example, sources, outstanding, alone):
         features = {s: f for s, f in example.features.items() if s in sources}
@@ -159,11 +189,16 @@ def routing_cases(model, spec, examples, items, fuse_ms, eager=None, pointer=Non
         return serve(task, {s: f for s, f in example.features.items() if s in sources}, example.tags if "image" in sources else {}, alone).answered
 
     cases = []
-    for example, item in zip(examples, items):
+    for example, item, quick_example, quick_item in zip(examples, items, quick_examples, quick_items):
         alone = AloneReadings()  # each modality read alone once per item, whichever checkpoint asks first
-        costs = item.costs_ms
+        full_example, full_costs = example, item.costs_ms
+        costs = full_costs
         present = [m for m in MODALITIES if m in example.features]
         now = {m: SIDE_SOURCE[m] for m in present if m in spec.side_outputs and m in eager}  # with the base call
+        read_quickly = quick_example is not None and "image" in now
+        if read_quickly:  # the image and its quick reading arrive first; checkpoints decide on them
+            example = dataclasses.replace(example, features=with_quick_reading(example.features, quick_example.features))
+            costs = {**full_costs, "image": quick_item.costs_ms.get("image", 0.0), "image_text": quick_item.costs_ms.get("image_text", 0.0)}
 
         def arrival(modality):
             return costs.get(modality, 0.0) + costs.get(now.get(modality, ""), 0.0)
@@ -192,11 +227,21 @@ def routing_cases(model, spec, examples, items, fuse_ms, eager=None, pointer=Non
                 confidence, correct, weight = decide_on(example, arrived, to_come, alone)
                 at_ms = base_ms + later_call(side) + fuse_ms
                 checkpoints.append(Checkpoint(at_ms, confidence, correct, weight, True, tuple(arrived), given(example, arrived, alone)))
-        everything = list(example.features)
-        _, final_correct, _ = decide_on(example, everything, [], alone)
+        quick_holds, quick_correct, quick_ms = False, False, 0.0
+        if read_quickly:  # everything else in: the quick reading holds, or the screen is read at the full size
+            confidence, quick_correct, _ = decide_on(example, list(example.features), [], alone)
+            rows = example.features.get("image_text")
+            quick_holds = quick_reading_holds(given(example, list(example.features), alone), pointer, rows)
+            quick_ms = base_ms + max((later_call(s) for s in sides), default=0.0) + (fuse_ms if sides else 0.0)
+            if not quick_holds:  # the full-size reading: a second call, asked for with the later side outputs
+                sides = sides + ["image_text"]
+            costs = full_costs
+        everything = list(full_example.features)
+        _, final_correct, _ = decide_on(full_example, everything, [], alone)
         final_ms = base_ms + max((later_call(s) for s in sides), default=0.0) + (fuse_ms if sides else 0.0)
-        full_ms = max((costs.get(m, 0.0) + costs.get(SIDE_SOURCE.get(m, ""), 0.0) for m in base), default=0.0) + fuse_ms
-        cases.append(RoutingCase(checkpoints, bool(sides or now), tuple(later_modalities), final_correct, final_ms, full_ms))
+        full_ms = max((full_costs.get(m, 0.0) + full_costs.get(SIDE_SOURCE.get(m, ""), 0.0) for m in base), default=0.0) + fuse_ms
+        case = RoutingCase(checkpoints, bool(sides or now), tuple(later_modalities), final_correct, final_ms, full_ms, quick_holds, quick_correct, quick_ms)
+        cases.append(case)
     return cases
 
 
@@ -212,7 +257,7 @@ def route(cases: list[RoutingCase], tau: float, gamma: float) -> dict:
     and `early_wrong`: how many answers came before everything was in, and how many of
     those were wrong; `later_side_share`: per modality whose side output is asked for
     later, the share of the items with it where it was asked for."""
-    correct, latency, requested, answered_early, early_wrong = [], [], 0, 0, 0
+    correct, latency, requested, answered_early, early_wrong, quick = [], [], 0, 0, 0, 0
     asked: dict[str, list[bool]] = {}
     for case in cases:
         early = early_answer(case, tau, gamma)
@@ -221,6 +266,10 @@ def route(cases: list[RoutingCase], tau: float, gamma: float) -> dict:
             latency.append(early.at_ms)
             answered_early += 1
             early_wrong += int(not early.correct)
+        elif case.quick_holds:
+            correct.append(case.quick_correct)
+            latency.append(case.quick_ms)
+            quick += 1
         else:
             correct.append(case.full_correct)
             latency.append(case.final_ms)
@@ -232,6 +281,7 @@ def route(cases: list[RoutingCase], tau: float, gamma: float) -> dict:
         "mean_latency_ms": float(np.mean(latency)),
         "early": answered_early,
         "early_wrong": early_wrong,
+        "from_quick_reading": quick,
         "side_outputs_requested": requested,
         "later_side_share": {m: float(np.mean(flags)) for m, flags in asked.items()},
     }

@@ -42,9 +42,10 @@ OIP_SERVICE = inference_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].
 
 
 def apply_routing_thresholds(tasks: Mapping, setting: str) -> dict:
-    """'screenshot_triage=0.9/0.15/image,medical_report=0.8/0.1' -> tasks with those tau/gamma
-    and, when a third part is given, those eager side outputs ('image', 'audio',
-    'image+audio' or 'none')."""
+    """'screenshot_triage=0.9/0.15/image/image,medical_report=0.8/0.1' -> tasks with those
+    tau/gamma; when a third part is given, those eager side outputs ('image', 'audio',
+    'image+audio' or 'none'); when a fourth, the eager ones read quickly first ('image' or
+    'none'; TaskSpec.quick)."""
     tasks = dict(tasks)
     for item in filter(None, (part.strip() for part in setting.split(","))):
         name, _, values = item.partition("=")
@@ -52,12 +53,12 @@ def apply_routing_thresholds(tasks: Mapping, setting: str) -> dict:
         if name not in tasks:
             raise ValueError(f"routing: unknown task {name!r}")
         try:
-            if len(parts) not in (2, 3):
+            if len(parts) not in (2, 3, 4):
                 raise ValueError
             changes: dict[str, object] = {"tau": float(parts[0]), "gamma": float(parts[1])}
         except ValueError:
-            raise ValueError(f"routing: expected task=tau/gamma[/eager], got {item!r}") from None
-        if len(parts) == 3:
+            raise ValueError(f"routing: expected task=tau/gamma[/eager[/quick]], got {item!r}") from None
+        if len(parts) >= 3:
             eager = tuple(m for m in parts[2].split("+") if m != "none")
             unknown = [m for m in eager if m not in tasks[name].side_outputs]
             if unknown or not parts[2]:
@@ -65,6 +66,11 @@ def apply_routing_thresholds(tasks: Mapping, setting: str) -> dict:
                     f"routing: {item!r}: eager side outputs of {name} are {'+'.join(tasks[name].side_outputs)} or none, not {'+'.join(unknown) or 'empty'}"
                 )
             changes["eager"] = eager
+        if len(parts) == 4:
+            quick = tuple(m for m in parts[3].split("+") if m != "none")
+            if parts[3] not in ("image", "none"):
+                raise ValueError(f"routing: {item!r}: the side output read quickly first is image or none, not {parts[3] or 'empty'}")
+            changes["quick"] = quick
         tasks[name] = dataclasses.replace(tasks[name], **changes)
     return tasks
 
@@ -118,7 +124,7 @@ class RouterService(Service):
         beside_thread = self.beside_thread = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="router-model-beside")
 
         def prepare(task: TaskModel) -> TaskModel:
-            # tau/gamma/eager: --routing, else the values tuned on validation (in the weights' config), else the task's defaults.
+            # tau/gamma/eager/quick: --routing, else the values tuned on validation (in the weights' config), else the task's defaults.
             name = task.spec.name
             task.spec = apply_routing_thresholds({name: task.spec}, routing_items(self.config.routing, name))[name]
             model_thread.submit(functools.partial(_warm, task.model)).value  # the first call's one-off costs, paid before it serves
@@ -270,6 +276,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             info.model_version = task.version
             info.tau, info.gamma = task.spec.tau, task.spec.gamma
             info.eager_side_outputs.extend(MODALITY_ENUM[m] for m in task.spec.eager)
+            info.quick_side_outputs.extend(MODALITY_ENUM[m] for m in task.spec.quick)
             info.text_model = task.model.config.text_model
             info.abstain_below = task.abstain_below
             info.neighbour_checked.extend(MODALITY_ENUM[m] for m in neighbour_checked(task))

@@ -113,6 +113,11 @@ class TaskSpec:
     # Side outputs ROUTED mode asks for with the base features, not after them (training
     # picks them on validation: those waited for in most cases anyway).
     eager: tuple[str, ...] = ()
+    # Eager side outputs ROUTED mode reads quickly first (the screen text at the vision
+    # service's quick detection size, `ocr_quick`), and again at the full size only where the
+    # answer from the quick reading would not be sure (routing.quick_reading_holds; training
+    # keeps it where validation loses no accuracy).
+    quick: tuple[str, ...] = ()
     write: Callable[[Answer, Evidence], tuple[str, dict[str, str], str]] | None = None  # description, findings, reply
     # Regression outputs the model predicts as a fraction of the image's width; multiplied
     # by the field of view in mm (from PixelSpacing) before anyone sees them.
@@ -844,6 +849,7 @@ def load_task_folder(spec: TaskSpec, folder: Path | None) -> TaskModel:
                 tau=float(config.routing.get("tau", spec.tau)),
                 gamma=float(config.routing.get("gamma", spec.gamma)),
                 eager=tuple(config.routing.get("eager", spec.eager)),
+                quick=tuple(config.routing.get("quick", spec.quick)),
             )
         return TaskModel(
             spec,

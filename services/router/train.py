@@ -270,6 +270,8 @@ def train(
         val_set, val_items = load_examples(spec, val_path, cache, "val") if val_path.is_file() and val_path != manifest else ([], [])
     finally:
         cache.close()
+    # Validation with the screen text read quickly: whether ROUTED mode reads it so first (tune_routing_on).
+    quick_val = quick_readings(spec, val_path, cache_dir) if val_set and "image" in spec.side_outputs else None
     text_top = None
     if finetune_top:
         text_top = _prepare_text_top(spec, finetune_top, [(manifest, train_set, train_items), (val_path, val_set, val_items)])
@@ -319,6 +321,8 @@ def train(
     with staging as out_dir:  # the weights appear whole, or not at all
         if text_top is not None:  # from here on, validation is read through the trained layers
             val_set, served_val = text_top.read(val_set), text_top.read(served_val)
+            if quick_val is not None:
+                quick_val = (text_top.read(quick_val[0]), quick_val[1])
             config.text_model = text_top.save(out_dir / "text-model")
         else:  # the weights fit this text model's features only: the router and eval check it
             config.text_model = text_model_version()
@@ -346,7 +350,7 @@ def train(
                 config.abstain_below_alone = choose_alone_thresholds(served_val, kept, config.abstain_below)
             if val_set:  # the earliest answers that cost at most half a point of validation accuracy, are as reliable as any and would be given
                 as_served = TaskModel(spec, model, "", True, reference, pointer)
-                config.routing = tune_routing_on(model, spec, served_val, val_items, pointer, task=as_served)
+                config.routing = tune_routing_on(model, spec, served_val, val_items, pointer, task=as_served, quick=quick_val)
         reference.save(out_dir)
         if pointer is not None:
             status_line.save(pointer, out_dir)
@@ -601,6 +605,16 @@ def accuracy(model: FusionModel | FusionEnsemble, spec, examples: list[Example])
     return float((probabilities.argmax(-1) == torch.tensor([e.label for e in examples])).float().mean())
 
 
+def quick_readings(spec, manifest: str | Path, cache_dir: str = "") -> tuple[list, list]:
+    """The manifest's in-scope examples with the screen text read as ROUTED mode's quick
+    reading reads it (FeatureCache.for_task's `quick`), in load_examples' order."""
+    cache = FeatureCache.for_task(spec, manifest, cache_dir, quick=True)
+    try:
+        return load_examples(spec, manifest, cache, "quick", refuse=False)
+    finally:
+        cache.close()
+
+
 def next_eager(side_outputs, eager: tuple[str, ...], needed: dict[str, float]) -> str | None:
     """The side output to make eager next: the one routing asks for most often of those
     still asked for later (`needed`, route()'s later_side_share), if that is at least
@@ -619,13 +633,17 @@ def fusion_ms(model, spec, examples: list[Example]) -> float:
     return (time.perf_counter() - started) * 1000 / max(1, min(16, len(examples)))
 
 
-def tune_routing_on(model, spec, examples: list[Example], items: list, pointer=None, fuse_ms: float | None = None, task=None) -> dict:
+def tune_routing_on(model, spec, examples: list[Example], items: list, pointer=None, fuse_ms: float | None = None, task=None, quick=None) -> dict:
     """tau, gamma and the eager side outputs (asked for with the base features instead of
     after them) with the lowest simulated mean latency on validation. Side outputs become
     eager one at a time, the most often asked for first, while one is asked for on at
     least EAGER_MIN_SHARE of the items (next_eager); fewer eager ones on a tie.
     `pointer`: the status-line pointer the examples' screen paragraphs are read through;
-    `task`: the TaskModel whose policy says which early answers would be given (routing_cases)."""
+    `task`: the TaskModel whose policy says which early answers would be given (routing_cases).
+    `quick`: the examples with the screen text read quickly (quick_readings): where the
+    screen text is eager, it is read quickly first ("quick": ["image"]) when that lowers the
+    mean latency at most QUICK_MAX_LOSS below the accuracy without it (tau and gamma tuned
+    again with it)."""
     from modalmesh.router.routing import route, routing_cases, tune_routing
 
     fuse_ms = fusion_ms(model, spec, examples) if fuse_ms is None else fuse_ms
@@ -642,11 +660,21 @@ def tune_routing_on(model, spec, examples: list[Example], items: list, pointer=N
             break
         eager += (more,)
     outcome, routing = best
+    routing["quick"] = []
+    if quick is not None and "image" in routing["eager"]:
+        eager = tuple(routing["eager"])
+        cases = routing_cases(model, spec, examples, items, fuse_ms, eager, pointer=pointer, task=task, quick=quick)
+        tau, gamma = tune_routing(cases, max_risk=ABSTAIN_RISK)
+        found = route(cases, tau, gamma)
+        log.info("routing on validation, screen text read quickly first: accuracy %.3f, mean latency %.0f ms", found["accuracy"], found["mean_latency_ms"])
+        if found["accuracy"] >= outcome["accuracy"] - QUICK_MAX_LOSS - 1e-9 and found["mean_latency_ms"] < outcome["mean_latency_ms"]:
+            outcome, routing = found, {"tau": tau, "gamma": gamma, "eager": list(eager), "quick": ["image"]}
     log.info(
-        "routing on validation: tau %g gamma %g eager %s -> accuracy %.3f, mean latency %.0f ms, %d early answers, %d wrong",
+        "routing on validation: tau %g gamma %g eager %s quick %s -> accuracy %.3f, mean latency %.0f ms, %d early answers, %d wrong",
         routing["tau"],
         routing["gamma"],
         "+".join(routing["eager"]) or "none",
+        "+".join(routing["quick"]) or "none",
         outcome["accuracy"],
         outcome["mean_latency_ms"],
         outcome["early"],
@@ -655,7 +683,8 @@ def tune_routing_on(model, spec, examples: list[Example], items: list, pointer=N
     return routing
 
 
-ROUTING_CARD = re.compile(r"  tau \S+, gamma \S+,\n  side outputs asked for with the base features: \S+")
+QUICK_MAX_LOSS = 0.005  # validation accuracy the quick reading may cost (as tune_routing's max_loss)
+ROUTING_CARD = re.compile(r"  tau \S+, gamma \S+,\n  side outputs asked for with the base features: [^,\n]+(,\n  read quickly first \(ROUTED mode\): \S+)?")
 
 
 def tune_routing_again(task: str | TaskSpec, data: str, weights: str, cache_dir: str = "", write: bool = False, repository: str = "") -> dict:
@@ -679,19 +708,22 @@ def tune_routing_again(task: str | TaskSpec, data: str, weights: str, cache_dir:
     check_input_widths(folder, task_model.model, examples)
     model, pointer, served = task_model.model, task_model.status_line, task_model.spec
 
+    quick = quick_readings(spec, data, cache_dir) if "image" in spec.side_outputs else None
+
     def outcome(routing: dict) -> dict:
-        cases = routing_cases(model, served, examples, items, fuse_ms, tuple(routing["eager"]), pointer=pointer, task=task_model)
+        read_quickly = quick if routing.get("quick") else None
+        cases = routing_cases(model, served, examples, items, fuse_ms, tuple(routing["eager"]), pointer=pointer, task=task_model, quick=read_quickly)
         found = route(cases, routing["tau"], routing["gamma"])
-        keep = ("accuracy", "mean_latency_ms", "early", "early_wrong")
+        keep = ("accuracy", "mean_latency_ms", "early", "early_wrong", "from_quick_reading")
         return {**routing, **{k: found[k] for k in keep}}
 
     with deterministic_torch(), torch.inference_mode():
         fuse_ms = fusion_ms(model, served, examples)
-        before = outcome({"tau": served.tau, "gamma": served.gamma, "eager": list(served.eager)})
-        after = outcome(tune_routing_on(model, served, examples, items, pointer, fuse_ms, task=task_model))
+        before = outcome({"tau": served.tau, "gamma": served.gamma, "eager": list(served.eager), "quick": list(served.quick)})
+        after = outcome(tune_routing_on(model, served, examples, items, pointer, fuse_ms, task=task_model, quick=quick))
     result = {"task": spec.name, "weights": str(folder), "items": len(examples), "before": before, "after": after, "written": ""}
     if write or repository:
-        routing = {k: after[k] for k in ("tau", "gamma", "eager")}
+        routing = {k: after[k] for k in ("tau", "gamma", "eager", "quick")}
         published: list[Path] = []
         staging = staged_version(Path(repository) / spec.name, published) if repository else staged_folder(folder)
         with staging as out_dir:
@@ -705,8 +737,11 @@ def tune_routing_again(task: str | TaskSpec, data: str, weights: str, cache_dir:
                     (out_dir / name).write_text(json.dumps(values, indent=2) + ("\n" if name == "train_log.json" else ""))
             card = out_dir / "MODEL_CARD.md"
             if card.is_file():
-                eager = "+".join(routing["eager"]) or "none"
-                shown = f"  tau {routing['tau']}, gamma {routing['gamma']},\n  side outputs asked for with the base features: {eager}"
+                eager, first = "+".join(routing["eager"]) or "none", "+".join(routing["quick"]) or "none"
+                shown = (
+                    f"  tau {routing['tau']}, gamma {routing['gamma']},\n  side outputs asked for with the base features: {eager},\n"
+                    f"  read quickly first (ROUTED mode): {first}"
+                )
                 card.write_text(ROUTING_CARD.sub(shown, card.read_text()))
         result["written"] = str(published[0] if published else folder)
     return result
@@ -948,7 +983,8 @@ def write_model_card(out_dir: Path, spec, summary: dict, data: str, shown_as: Pa
   {shown_offsets}{measured}
 - Compute routing (tuned on validation: at most half a point below answering from everything, early answers wrong at most {ABSTAIN_RISK:.0%} of the time):
   tau {summary["routing"].get("tau", spec.tau)}, gamma {summary["routing"].get("gamma", spec.gamma)},
-  side outputs asked for with the base features: {"+".join(summary["routing"].get("eager", [])) or "none"}
+  side outputs asked for with the base features: {"+".join(summary["routing"].get("eager", [])) or "none"},
+  read quickly first (ROUTED mode): {"+".join(summary["routing"].get("quick", [])) or "none"}
 - Abstention: answers below confidence {summary.get("abstain_below", 0):g} are withheld ("uncertain"; chosen on validation).{alone}
 - Applicability: each input of {", ".join(summary.get("applicability_checked") or []) or "no modality"} is compared with the
   training inputs (`applicability.safetensors`, nearest neighbours); one farther than {applicability.MARGIN:g} times the

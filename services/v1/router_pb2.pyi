@@ -304,7 +304,7 @@ class ListTasksRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class TaskInfo(_message.Message):
-    __slots__ = ("name", "description", "labels", "accepted_modalities", "optional_modalities", "model_version", "tau", "gamma", "eager_side_outputs", "text_model", "abstain_below", "applicability_max_distance", "versions", "problem", "report_formats", "neighbour_checked", "abstain_below_alone")
+    __slots__ = ("name", "description", "labels", "accepted_modalities", "optional_modalities", "model_version", "tau", "gamma", "eager_side_outputs", "text_model", "abstain_below", "applicability_max_distance", "versions", "problem", "report_formats", "neighbour_checked", "abstain_below_alone", "quick_side_outputs")
     class ApplicabilityMaxDistanceEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -336,6 +336,7 @@ class TaskInfo(_message.Message):
     REPORT_FORMATS_FIELD_NUMBER: _ClassVar[int]
     NEIGHBOUR_CHECKED_FIELD_NUMBER: _ClassVar[int]
     ABSTAIN_BELOW_ALONE_FIELD_NUMBER: _ClassVar[int]
+    QUICK_SIDE_OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     labels: _containers.RepeatedScalarFieldContainer[str]
@@ -353,7 +354,8 @@ class TaskInfo(_message.Message):
     report_formats: _containers.RepeatedScalarFieldContainer[ReportFormat]
     neighbour_checked: _containers.RepeatedScalarFieldContainer[Modality]
     abstain_below_alone: _containers.ScalarMap[str, float]
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., accepted_modalities: _Optional[_Iterable[_Union[Modality, str]]] = ..., optional_modalities: _Optional[_Iterable[_Union[Modality, str]]] = ..., model_version: _Optional[str] = ..., tau: _Optional[float] = ..., gamma: _Optional[float] = ..., eager_side_outputs: _Optional[_Iterable[_Union[Modality, str]]] = ..., text_model: _Optional[str] = ..., abstain_below: _Optional[float] = ..., applicability_max_distance: _Optional[_Mapping[str, float]] = ..., versions: _Optional[_Iterable[_Union[TaskVersion, _Mapping]]] = ..., problem: _Optional[str] = ..., report_formats: _Optional[_Iterable[_Union[ReportFormat, str]]] = ..., neighbour_checked: _Optional[_Iterable[_Union[Modality, str]]] = ..., abstain_below_alone: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    quick_side_outputs: _containers.RepeatedScalarFieldContainer[Modality]
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., accepted_modalities: _Optional[_Iterable[_Union[Modality, str]]] = ..., optional_modalities: _Optional[_Iterable[_Union[Modality, str]]] = ..., model_version: _Optional[str] = ..., tau: _Optional[float] = ..., gamma: _Optional[float] = ..., eager_side_outputs: _Optional[_Iterable[_Union[Modality, str]]] = ..., text_model: _Optional[str] = ..., abstain_below: _Optional[float] = ..., applicability_max_distance: _Optional[_Mapping[str, float]] = ..., versions: _Optional[_Iterable[_Union[TaskVersion, _Mapping]]] = ..., problem: _Optional[str] = ..., report_formats: _Optional[_Iterable[_Union[ReportFormat, str]]] = ..., neighbour_checked: _Optional[_Iterable[_Union[Modality, str]]] = ..., abstain_below_alone: _Optional[_Mapping[str, float]] = ..., quick_side_outputs: _Optional[_Iterable[_Union[Modality, str]]] = ...) -> None: ...
 
 class TaskVersion(_message.Message):
     __slots__ = ("version", "state", "reason", "model_version", "serving")

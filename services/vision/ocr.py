@@ -122,6 +122,7 @@ class ScreenReader:
 
         setattr(self._engine, "detect_and_crop", capped)
 
+        self._detector = self._engine._load_det_model()  # its size is read at every image (read's det_side)
         recognizer = self._engine._load_rec_model()  # rapidocr loads it lazily; loaded now to wrap its resize
         resize, height = recognizer.resize_norm_img, int(recognizer.rec_image_shape[1])
 
@@ -142,8 +143,9 @@ class ScreenReader:
         ImageDraw.Draw(image).text((40, 40), "Warming up: OCR 0123456789", fill="black", font=ImageFont.load_default(size=24))
         return self.read(np.asarray(image))
 
-    def read(self, rgb: np.ndarray, timeout: float | None = None, wanted: Callable[[], bool] | None = None) -> ScreenText:
-        """`timeout`: seconds the caller can still wait; DEADLINE_EXCEEDED (ServiceError)
+    def read(self, rgb: np.ndarray, timeout: float | None = None, wanted: Callable[[], bool] | None = None, det_side: int | None = None) -> ScreenText:
+        """`det_side`: detect on the image scaled down so its longer side is at most this
+        (never up) for this reading, instead of the reader's own size. `timeout`: seconds the caller can still wait; DEADLINE_EXCEEDED (ServiceError)
         when they run out, checked before each tile and while another image is read;
         `wanted`: whether the caller is still there, checked likewise (CANCELLED once not).
         Lines come with the recognition's confidence; the router does not read those under
@@ -156,7 +158,7 @@ class ScreenReader:
             if budget <= 0:  # the lines read so far are all that will be: the tiles below are not read
                 more = True
                 break
-            read, detected = self._read_once(rgb[top:bottom], deadline, budget, wanted)
+            read, detected = self._read_once(rgb[top:bottom], deadline, budget, wanted, det_side)
             more = more or detected > budget
             budget -= min(detected, budget)  # boxes recognised (some may score too low to be kept)
             for line in read:
@@ -169,11 +171,20 @@ class ScreenReader:
         text.more = more
         return text
 
-    def _read_once(self, rgb: np.ndarray, deadline: float | None, budget: int, wanted: Callable[[], bool] | None = None) -> tuple[list[TextLine], int]:
+    def _read_once(
+        self, rgb: np.ndarray, deadline: float | None, budget: int, wanted: Callable[[], bool] | None = None, det_side: int | None = None
+    ) -> tuple[list[TextLine], int]:
         """The lines of one image, at most `budget`, and how many text boxes it has."""
         with self._engine_turns.turn(deadline, wanted):
             self._budget, self._detected = budget, 0
-            result: Any = self._engine(np.ascontiguousarray(rgb))  # RapidOCROutput for a whole image
+            detector = self._detector
+            size = (detector.limit_type, detector.limit_side_len)
+            if det_side:
+                detector.limit_type, detector.limit_side_len = "max", int(det_side)
+            try:
+                result: Any = self._engine(np.ascontiguousarray(rgb))  # RapidOCROutput for a whole image
+            finally:
+                detector.limit_type, detector.limit_side_len = size
             detected = self._detected
         if result is None or result.txts is None or result.boxes is None:
             return [], detected

@@ -34,7 +34,9 @@ class VisionService(EncoderBackend):
     modality = "image"
     feature_kind = encoder_pb2.FEATURE_KIND_PATCHES
     media_types = IMAGE_MEDIA_TYPES
-    options = ("ocr", "lesions")  # side outputs a caller may ask for: screen text, CT lung-lesion measurement
+    # Side outputs a caller may ask for: screen text, read at the OCR's size ("ocr") or at
+    # the quick size (`ocr_quick_det_side`; "ocr_quick"); the CT lung-lesion measurement.
+    options = ("ocr", "ocr_quick", "lesions")
     default_datatype = "FP16"
 
     def __init__(self, config: ServiceConfig) -> None:
@@ -88,14 +90,16 @@ class VisionService(EncoderBackend):
             feature_width=backbone.width,
             model_id=backbone.source,
             model_version=backbone.version,
-            options=(["ocr"] if self.reader is not None else []) + ["lesions"],
+            options=(["ocr", "ocr_quick"] if self.reader is not None else []) + ["lesions"],
             limits=encoder_pb2.InputLimits(max_input_bytes=self.max_input_bytes, max_pixels=self.max_pixels),
         )
 
     # -- one request -----------------------------------------------------------------
     def encode(self, request: EncodeRequest) -> Iterator[encoder_pb2.FeatureChunk]:
-        if "ocr" in request.options and self.reader is None:
+        if {"ocr", "ocr_quick"} & request.options and self.reader is None:
             raise errors.invalid_argument("header.options", "OCR is turned off on this service (--ocr)")
+        if {"ocr", "ocr_quick"} <= request.options:
+            raise errors.invalid_argument("header.options", "ask for one screen text reading, 'ocr' or 'ocr_quick', not both")
         pixels = pixel_count(request.payload, request.media_type)
         with self.pixels.hold(pixels if pixels <= self.max_pixels else 0, deadline_after(request.time_remaining()), request.wanted):
             yield from self._encode(request)
@@ -116,15 +120,17 @@ class VisionService(EncoderBackend):
                 row_mm, col_mm = (float(v) for v in image.tags["PixelSpacing"].split("\\"))
                 side.tags.update(measurement_tags(image.hounsfield, (row_mm, col_mm)))
             timings["measure"] = (time.perf_counter() - started) * 1000.0
-        if "ocr" in request.options and self.reader is not None:  # encode() refused OCR where it is off
+        reading = next((o for o in ("ocr", "ocr_quick") if o in request.options), None)
+        if reading is not None and self.reader is not None:  # encode() refused OCR where it is off
             started = time.perf_counter()
+            det_side = self.config.ocr_quick_det_side if reading == "ocr_quick" else None
             with telemetry.tracer().start_as_current_span("vision.ocr"):
-                lines = self.reader.read(image.rgb, timeout=request.time_remaining(), wanted=request.wanted)
+                lines = self.reader.read(image.rgb, timeout=request.time_remaining(), wanted=request.wanted, det_side=det_side)
             for line in lines:
                 side.text_spans.add(text=line.text, confidence=line.confidence, box=list(line.box))
             if lines.more:
                 side.tags["ocr_more"] = f"text left unread: the first {self.reader.max_lines} lines were read (ocr_max_lines)"
-            timings["ocr"] = (time.perf_counter() - started) * 1000.0
+            timings[reading] = (time.perf_counter() - started) * 1000.0
         yield encoder_pb2.FeatureChunk(side=side)
         yield encoder_pb2.FeatureChunk(
             pooled=encoder_pb2.PooledFeatures(
