@@ -9,7 +9,8 @@ script checks that against the running system: the four services on 127.0.0.1 wi
 shipped weights, every item of the manifest (or the first --limit) sent once ROUTED and
 once FULL, one request at a time (which mode goes first alternates per item), latency as
 the client sees it. Prints accuracy, mean and median latency per mode, the routed/full
-ratio and how many answers were early (ROUTED answered before every source was in).
+ratio, how many answers were early (ROUTED answered before every source was in) and how
+many came from the quick reading of the screen text (not read again at the full size).
 
 The aim: routed mean latency well below full (at least 30% lower on screenshots without a
 voice message) at no more than 1 point of accuracy lost.
@@ -76,6 +77,7 @@ def run(task: str, manifest: Path, limit: int) -> dict:
                         "ms": (time.perf_counter() - started) * 1000,
                         "label": answer["label"],
                         "early": any(r["status"] == "skipped" or "not requested" in r["reason"] for r in answer["modalities"].values()),
+                        "quick": "read at the quick detection size" in answer["modalities"].get("image", {}).get("reason", ""),
                     }
                 rows.append(row)
                 if (index + 1) % 10 == 0:
@@ -99,6 +101,7 @@ def summarize(rows: list[dict], groups: bool = True) -> dict:
             "median_ms": statistics.median(ms),
         }
     result["early"] = sum(r["routed"]["early"] for r in rows)
+    result["quick"] = sum(r["routed"].get("quick", False) for r in rows)
     result["ratio_mean"] = result["routed"]["mean_ms"] / result["full"]["mean_ms"]
     if groups:
         for name, voice in (("with_voice", True), ("without_voice", False)):
@@ -132,7 +135,7 @@ def main() -> int:
         print(
             f"   routed/full mean latency {result['ratio_mean']:.2f} ({(1 - result['ratio_mean']) * 100:.0f}% lower; "
             f"target >= 30%), accuracy loss {loss:+.1f} points (target <= 1), "
-            f"{result['early']}/{result['items']} answered early"
+            f"{result['early']}/{result['items']} answered early, {result['quick']} from the quick screen text reading"
         )
         for name in ("with_voice", "without_voice"):
             if name in result:

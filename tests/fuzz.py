@@ -155,7 +155,7 @@ def generate(count: int, seed: int) -> list[Case]:
             source = str(rng.choice(["png", "jpeg", "progressive", "dicom"]))
             how, data = _mutate(rng, seeds[source])
             media = str(rng.choice(image_types)) if rng.random() < 0.2 else {"png": "image/png", "dicom": "application/dicom"}.get(source, "image/jpeg")
-            options = ["ocr"] if rng.random() < 0.2 else []
+            options = [str(rng.choice(["ocr", "ocr_quick"]))] if rng.random() < 0.2 else []
             cases.append(
                 Case(family, f"{source} {how} as {media[:20]}", "vision", encode_once, _encode_once(media, data, options, _parameters(rng), pooled_only=True))
             )
@@ -181,7 +181,7 @@ def generate(count: int, seed: int) -> list[Case]:
             )
         elif family == "header":
             target = str(rng.choice(["text", "vision", "audio"]))
-            options = [str(rng.choice(["ocr", "transcript", "bogus", "x" * 500]))] if rng.random() < 0.7 else []
+            options = [str(rng.choice(["ocr", "ocr_quick", "transcript", "bogus", "x" * 500]))] if rng.random() < 0.7 else []
             datatype = str(rng.choice(["", "FP32", "FP16", "BF16", "INT8", "fp32"]))
             request_id = "r" * int(rng.choice([0, 10, 129, 5000]))
             payload = {"text": b"hello", "vision": seeds["png"], "audio": seeds["short_wav"]}[target]

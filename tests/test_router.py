@@ -883,11 +883,14 @@ def test_embedding_screen_lines_does_not_wait_on_its_own_pool(mesh):
 
 def test_concurrent_requests_each_get_the_answer_they_get_alone(router):
     """Twelve callers at once (OCR, paragraphs embedded, fusion on the model thread), each
-    with its own screen: every answer is complete and equal to that request's answer alone."""
+    with its own screen: every answer is complete and equal to that request's answer alone.
+    FULL mode: in ROUTED mode which encoder answers first may change under load, and with
+    it what an early answer is read from (by design)."""
     from concurrent import futures
 
     screens = ["Error 402: Payment declined", "Incorrect password", "The app has stopped", "Delivery delayed"]
-    requests = [{"text": "Please help.", "image": router_pb2.MediaInput(data=image_bytes(render_screenshot(screen)))} for screen in screens]
+    full = router_pb2.AnalyzeOptions(mode=router_pb2.ROUTING_MODE_FULL)
+    requests = [{"text": "Please help.", "image": router_pb2.MediaInput(data=image_bytes(render_screenshot(screen))), "options": full} for screen in screens]
     alone = [analyze(router, **fields) for fields in requests]
     with futures.ThreadPoolExecutor(12) as pool:
         together = list(pool.map(lambda i: analyze(router, **requests[i % 4]), range(12)))
@@ -896,8 +899,7 @@ def test_concurrent_requests_each_get_the_answer_they_get_alone(router):
         assert answer.label == expected.label and answer.confidence == pytest.approx(expected.confidence, abs=1e-4)
         findings = {f.key: f.value for f in answer.findings}
         assert screens[index % 4] in findings["error_text"]
-        assert reports(answer)["image"].reason == reports(expected)["image"].reason  # read quickly, or again at the full size, alike
-        assert reports(answer)["image"].reason.startswith(("with OCR text", "OCR read at the quick detection size"))
+        assert reports(answer)["image"].reason == "with OCR text"
 
 
 def _training_like_ct() -> bytes:

@@ -44,7 +44,7 @@ def test_serving_and_the_simulation_decide_through_the_same_policy():
 def test_a_quick_reading_holds_only_for_an_answer_given_with_a_familiar_status_message():
     import torch
 
-    from modalmesh.router.routing import quick_reading_holds
+    from modalmesh.router.routing import QUICK_SURE_STATUS, quick_reading_holds
     from modalmesh.router.tasks import SHIPPED_WEIGHTS, TASKS, load_task
     from modalmesh.text.model import TextEncoder
 
@@ -52,12 +52,18 @@ def test_a_quick_reading_holds_only_for_an_answer_given_with_a_familiar_status_m
     screen = ["ShopFast", "Home Orders Account Help", "Your card was declined. Try another card", "OK"]
     rows = torch.stack([torch.as_tensor(r.pooled, dtype=torch.float32) for r in TextEncoder("").encode_batch(screen)])
     folders = torch.as_tensor(TextEncoder("").encode_batch(["Inbox 12 Starred Sent Drafts 2 Promotions Spam"])[0].pooled, dtype=torch.float32)[None]
+    assert float(pointer.probabilities(rows).max()) >= QUICK_SURE_STATUS
     assert quick_reading_holds(True, pointer, rows)
-    assert not quick_reading_holds(False, pointer, rows)  # the answer would be withheld: read again
+    # An answer that would be withheld holds only where the pointer is sure of the status message it read.
+    assert quick_reading_holds(False, pointer, rows)
+    two = TextEncoder("").encode_batch(["Your card was declined", "Incorrect password"])
+    vague = torch.stack([torch.as_tensor(r.pooled, dtype=torch.float32) for r in two])
+    assert float(pointer.probabilities(vague).max()) < QUICK_SURE_STATUS
+    assert not quick_reading_holds(False, pointer, vague) and quick_reading_holds(True, pointer, vague)  # two messages: which one is not sure
     assert not quick_reading_holds(True, pointer, rows[:0])  # no text found: the full size may find some
     assert not quick_reading_holds(True, pointer, None)
     assert not quick_reading_holds(True, pointer, folders)  # its status message unlike every training one
-    assert quick_reading_holds(True, None, folders)  # no pointer: no such check
+    assert quick_reading_holds(True, None, folders) and not quick_reading_holds(False, None, folders)  # no pointer: the answer decides
 
 
 def test_under_load_an_eager_side_output_is_started_only_while_it_is_usually_used():

@@ -18,6 +18,8 @@ through the running mesh.
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import time
 from typing import Any
@@ -113,6 +115,11 @@ def evaluate(task: str | TaskSpec, data: str, report: str, weights: str = "", ca
             arrived = {s: f for s, f in example.features.items() if s in early.sources}
             served_routed.append(serve(task_model, arrived, example.tags if "image" in arrived else {}))
     results["honesty_routed"] = honesty_metrics(task_model, served_routed, labels, [])
+    if quick is not None and "screen_text" in results:  # the error_text ROUTED states: the quick reading's where it held
+        held = [case.quick_holds and early_answer(case, task_model.spec.tau, task_model.spec.gamma) is None for case in cases]
+        read_items = [quick[1][i] if h else item for i, (h, item) in enumerate(zip(held, items))]
+        read = [dataclasses.replace(e, features=with_quick_reading(e.features, q.features)) if h else e for h, e, q in zip(held, examples, quick[0])]
+        results["screen_text_routed"] = {**screen_text_found(task_model, manifest, task, read_items, read, full_p), "from_quick_reading": sum(held)}
     # As served when a caller sends one input alone (each modality that can answer alone).
     results["honesty_alone"] = {}
     for modality, sources in MODALITY_SOURCES.items():
@@ -321,6 +328,13 @@ def write_report(folder: Path, results: dict, probabilities, labels, spec, rows:
                 f"({t['withheld_wrong']} of those picks were wrong); where stated it is right in {t['key_line']} of {stated} "
                 f"({t['key_line'] / max(1, stated):.1%}); the pointer picked right in {t['picked_right']} of {t['items']}"
             )
+    if results.get("screen_text_routed", {}).get("items"):
+        t = results["screen_text_routed"]
+        stated = t["items"] - t["withheld"]
+        lines.append(
+            f"- as served in ROUTED mode, the screen text read quickly first ({t['from_quick_reading']} answered from the quick reading): "
+            f"error_text stated on {stated} of {t['items']} screenshots, right on {t['key_line']} ({t['key_line'] / max(1, stated):.1%})"
+        )
     lines += ["", "| mode | items | accuracy | fused, same items | mean latency (ms) |", "|---|---|---|---|---|"]
     for name, mode in results["modes"].items():
         same = f"{mode['fused_accuracy_same_items']:.3f}" if "fused_accuracy_same_items" in mode else ""

@@ -744,8 +744,13 @@ class Pipeline:
         decision = self.decide(task, run, outstanding=())
         rows = run.features.get(source)
         rows = rows[: len(run.evidence.screen_lines)] if rows is not None else None
-        if quick_reading_holds(not self.withheld(task, run, decision), task.status_line, rows):
-            run.side_notes[source] = "read at the quick detection size: the answer and the status message it gives were sure without the full size"
+        given = not self.withheld(task, run, decision)
+        if quick_reading_holds(given, task.status_line, rows):
+            run.side_notes[source] = "read at the quick detection size: " + (
+                "the answer and its status message were sure without the full size"
+                if given
+                else "its status message was read surely, so the full size would not settle the answer"
+            )
             return decision
         data, media_type, parameters = media["image"]
         run.start(source, self._side_work(run, "image", data, media_type, parameters))

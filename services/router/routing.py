@@ -106,17 +106,30 @@ def answer_now(confidence: float, outstanding_weight: float, tau: float, gamma: 
     return f"confidence {confidence:.2f} >= tau {tau:g} and predicted weight {outstanding_weight:.3f} < gamma {gamma:g}"
 
 
+# A quick reading whose answer would be withheld as unsure still holds where the status-line
+# pointer is at least this sure of the status message it read: the screen's message was read,
+# the doubt is elsewhere (a message about another problem), and reading the screen again at
+# the full size changed no such answer on validation (docs/training.md, "Compute routing").
+QUICK_SURE_STATUS = 0.9
+
+
 def quick_reading_holds(given: bool, pointer, rows) -> bool:
     """Whether the answer comes from a quick reading of the screen text (the vision
     service's `ocr_quick`: detection at a smaller size) instead of the screen read again
-    at the full size: the answer from everything with it would be given (not withheld as
-    unsure), and the paragraph the task's status-line `pointer` picks from the quick
-    reading's `rows` is like a status message the task was trained on (no pointer: no
-    such check). A quick reading that found no text never holds: the full size may."""
-    if not given or rows is None or rows.shape[0] == 0:
+    at the full size: the paragraph the task's status-line `pointer` picks from the quick
+    reading's `rows` is like a status message the task was trained on, and the answer from
+    everything with it would be given (not withheld as unsure) or the pointer is at least
+    QUICK_SURE_STATUS sure of that paragraph. Without a pointer: where the answer would be
+    given. A quick reading that found no text never holds: the full size may find some."""
+    if rows is None or rows.shape[0] == 0:
         return False
-    index = pointer.pick(rows) if pointer is not None else None
-    return index is None or pointer.unfamiliar(rows[index]) is None
+    if pointer is None:
+        return given
+    chances = pointer.probabilities(rows)
+    index = int(chances.argmax())
+    if pointer.unfamiliar(rows[index]) is not None:
+        return False
+    return given or float(chances[index]) >= QUICK_SURE_STATUS
 
 
 def with_quick_reading(features: dict, quick_features: dict) -> dict:
