@@ -284,6 +284,18 @@ def test_train_triage_with_screens_voices_and_transcripts(triage_data, tmp_path)
     assert found["by"] == "status-line pointer"
     # Too few validation screens to choose the familiarity check on: every pick is stated.
     assert summary["status_line"]["familiar_from"] is None and found["withheld"] == 0 and found["key_line"] == found["picked_right"]
+    # Routing was tuned with the screen text also read quickly (cached like the rest), and says whether it reads it so first.
+    assert set(summary["routing"]["quick"]) <= {"image"}
+    assert "read quickly first (ROUTED mode): " in (tmp_path / "w" / "MODEL_CARD.md").read_text()
+    # Evaluated with the quick reading: ROUTED's answers and error_text come from it where it holds.
+    config = json.loads((tmp_path / "w" / "config.json").read_text())
+    config["routing"] = {**config["routing"], "eager": ["image", "audio"], "quick": ["image"]}
+    (tmp_path / "w" / "config.json").write_text(json.dumps(config))
+    results = evaluate("screenshot_triage", str(triage_data / "val.jsonl"), str(tmp_path / "report"), weights=str(tmp_path / "w"))
+    routed, quick = results["modes"]["routed"], results["screen_text_routed"]
+    assert routed["quick"] == ["image"] and 0 <= routed["from_quick_reading"] == quick["from_quick_reading"] <= results["items"]
+    assert quick["items"] == found["items"] and 0 <= quick["key_line"] <= quick["items"]
+    assert "answered from the quick reading" in (tmp_path / "report" / "report.md").read_text()
 
 
 def test_the_key_screen_line_is_the_one_the_answer_comes_from():
