@@ -163,6 +163,30 @@ def test_an_encoder_without_the_side_output_still_gives_its_features(mesh):
         assert image.reason.startswith("OCR failed: INVALID_ARGUMENT: header.options: OCR is turned off"), image.reason
 
 
+def test_a_vision_service_refusing_the_quick_reading_gives_the_full_one(mesh):
+    """A vision service that lists 'ocr_quick' but refuses it (another version behind the
+    same address, say): ROUTED reads the screen at the full size instead, no failure said."""
+    from modalmesh.common.config import load_config
+    from modalmesh.common.runtime import start_server
+    from modalmesh.vision.server import VisionService
+
+    class WithoutQuick(VisionService):
+        options = ("ocr", "lesions")  # what the header check accepts; Info still lists ocr_quick
+
+    config = load_config("vision", environ={}, port=0, metrics_port=0)
+    older = start_server(config, WithoutQuick(config))
+    router = mesh.start_router(vision_target=older.address)
+    try:
+        with connect(router.address) as channel:
+            answer = analyze(router_pb2_grpc.RouterStub(channel), **INPUTS["text"], **INPUTS["image"])
+    finally:
+        router.stop(grace=0.5)
+        older.stop(grace=0.5)
+    image = reports(answer)["image"]
+    assert STATUS(image.status) == "MODALITY_STATUS_USED" and "failed" not in image.reason, image.reason
+    assert "Error 402: Payment declined" in {f.key: f.value for f in answer.findings}["error_text"]
+
+
 def test_a_stopped_encoder_gives_a_degraded_answer_with_the_reason(mesh):
     from modalmesh.common.config import load_config
     from modalmesh.common.runtime import start_server

@@ -618,15 +618,22 @@ class Pipeline:
                 result = run.encode_stream(call, modality, data, media_type, options=options, parameters=parameters)
                 streamed = data.collected()
             else:
-                try:
-                    result = run.encode(call, modality, data, media_type, options=options, parameters=parameters)
-                except grpc.RpcError as exc:
-                    if not (option in options and exc.code() == grpc.StatusCode.INVALID_ARGUMENT and (exc.details() or "").startswith("header.options")):
-                        raise
-                    # The encoder cannot make the side output (OCR or transcripts turned off
-                    # there): the base features without it, and the reason in the answer.
-                    notes[SIDE_SOURCE[modality]] = f"failed: {exc.code().name}: {exc.details()}"
-                    result = run.encode(call, modality, data, media_type, options=asked, parameters=parameters)
+                # The encoder cannot make the side output (OCR or transcripts turned off there;
+                # a vision service without the quick reading): the full reading instead of the
+                # quick one, else the base features without it and the reason in the answer.
+                fallbacks = ([[SIDE_OPTION[modality]] + asked] if option != SIDE_OPTION.get(modality) else []) + [asked]
+                while True:
+                    try:
+                        result = run.encode(call, modality, data, media_type, options=options, parameters=parameters)
+                        break
+                    except grpc.RpcError as exc:
+                        refused = exc.code() == grpc.StatusCode.INVALID_ARGUMENT and (exc.details() or "").startswith("header.options")
+                        if not (refused and options != asked):
+                            raise
+                        notes[SIDE_SOURCE[modality]] = f"failed: {exc.code().name}: {exc.details()}"
+                        options = fallbacks.pop(0)
+                if options != asked:  # read after all: no failure to report
+                    notes.pop(SIDE_SOURCE[modality], None)
             sequence = result.sequence if result.sequence is not None else result.pooled
             produced = Produced(
                 {modality: torch.from_numpy(np.asarray(sequence, dtype=np.float32))},
