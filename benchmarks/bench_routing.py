@@ -69,7 +69,7 @@ def run(task: str, manifest: Path, limit: int) -> dict:
                     print(f"   stopped after {MAX_SECONDS} s: {index} of {len(records)} items measured")
                     break
                 fields = request_fields(record, manifest.parent)
-                row = {"id": record["id"], "label": record["label"], "voice": bool(record.get("audio"))}
+                row = {"id": record["id"], "label": record["label"], "voice": bool(record.get("audio")), "screenshot": bool(record.get("image"))}
                 for mode in ("full", "routed") if index % 2 == 0 else ("routed", "full"):
                     started = time.perf_counter()
                     answer = client.analyze(task, mode=mode, **fields)
@@ -103,9 +103,13 @@ def summarize(rows: list[dict], groups: bool = True) -> dict:
     result["early"] = sum(r["routed"]["early"] for r in rows)
     result["quick"] = sum(r["routed"].get("quick", False) for r in rows)
     result["ratio_mean"] = result["routed"]["mean_ms"] / result["full"]["mean_ms"]
-    if groups:
-        for name, voice in (("with_voice", True), ("without_voice", False)):
-            chosen = [r for r in rows if r.get("voice") == voice]
+    if groups:  # the measure: screenshots without a voice message (no message-only requests)
+        for name, keep in (
+            ("with_voice", lambda r: r.get("voice")),
+            ("without_voice", lambda r: not r.get("voice")),
+            ("screenshot_without_voice", lambda r: r.get("screenshot") and not r.get("voice")),
+        ):
+            chosen = [r for r in rows if keep(r)]
             if chosen:
                 result[name] = summarize(chosen, groups=False)
     return result
@@ -137,11 +141,11 @@ def main() -> int:
             f"target >= 30%), accuracy loss {loss:+.1f} points (target <= 1), "
             f"{result['early']}/{result['items']} answered early, {result['quick']} from the quick screen text reading"
         )
-        for name in ("with_voice", "without_voice"):
+        for name in ("with_voice", "without_voice", "screenshot_without_voice"):
             if name in result:
                 part = result[name]
                 print(
-                    f"   {name.replace('_', ' '):13s} ({part['items']} items): routed/full mean latency {part['ratio_mean']:.2f} "
+                    f"   {name.replace('_', ' '):24s} ({part['items']} items): routed/full mean latency {part['ratio_mean']:.2f} "
                     f"({part['routed']['mean_ms']:.0f} vs {part['full']['mean_ms']:.0f} ms), accuracy "
                     f"{part['routed']['accuracy']:.3f} vs {part['full']['accuracy']:.3f}"
                 )

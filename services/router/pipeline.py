@@ -354,6 +354,7 @@ class Run:
                 state.status, state.latency_ms = router_pb2.MODALITY_STATUS_USED, latency
             elif not produced.features and source not in produced.notes:
                 self.side_notes[source] = "found nothing"
+                self.features.pop(source, None)  # read again and found nothing: no text from an earlier reading either
 
     def merge(self, modality: str, produced: Produced) -> None:
         if "screen_lines" in produced.evidence:  # screen text read (again): what was worked out from a reading before goes

@@ -145,7 +145,8 @@ class ScreenReader:
 
     def read(self, rgb: np.ndarray, timeout: float | None = None, wanted: Callable[[], bool] | None = None, det_side: int | None = None) -> ScreenText:
         """`det_side`: detect on the image scaled down so its longer side is at most this
-        (never up) for this reading, instead of the reader's own size. `timeout`: seconds the caller can still wait; DEADLINE_EXCEEDED (ServiceError)
+        (never up) for this reading, instead of the reader's own size (the quick reading).
+        `timeout`: seconds the caller can still wait; DEADLINE_EXCEEDED (ServiceError)
         when they run out, checked before each tile and while another image is read;
         `wanted`: whether the caller is still there, checked likewise (CANCELLED once not).
         Lines come with the recognition's confidence; the router does not read those under
