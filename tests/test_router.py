@@ -1049,3 +1049,43 @@ def test_a_quick_reading_that_does_not_hold_is_replaced_by_the_full_one():
     decision = pipeline.decide(task, run, outstanding=())
     response = pipeline.respond(router_pb2.AnalyzeRequest(task=task.spec.name), task, run, decision)
     assert {f.key: f.value for f in response.findings}["error_text"] == full_lines[1]
+
+
+def test_choosing_the_quick_reading_never_waits_on_the_encoders_info():
+    """Whether to ask for 'ocr_quick' comes from the vision service's last Info, read in the
+    background: a request never waits on Info (an encoder hung there would hold each one)."""
+    import threading
+    from concurrent import futures
+
+    import grpc
+
+    from modalmesh.router.pipeline import Encoders
+    from modalmesh.v1 import encoder_pb2, encoder_pb2_grpc
+
+    asked, release = threading.Event(), threading.Event()
+
+    class SlowInfo(encoder_pb2_grpc.EncoderServicer):
+        def Info(self, request, context):
+            asked.set()
+            release.wait(10)
+            return encoder_pb2.EncoderInfo(options=["ocr", "lesions"])
+
+    server = grpc.server(futures.ThreadPoolExecutor(2))
+    encoder_pb2_grpc.add_EncoderServicer_to_server(SlowInfo(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        encoders = Encoders(channel, channel, channel)
+        assert encoders.may_offer("image", "ocr_quick")  # nothing known yet: asked for; a refusal falls back to 'ocr'
+        assert asked.wait(10) and not release.is_set()  # Info is being read, unanswered, and the request went on
+        release.set()
+        for _ in range(200):  # the background read lands (bounded wait)
+            if "image" in encoders._options:
+                break
+            time.sleep(0.05)
+        assert "image" in encoders._options  # read in the background after the request went on
+        assert not encoders.may_offer("image", "ocr_quick") and encoders.may_offer("image", "ocr")
+    finally:
+        channel.close()
+        server.stop(0)

@@ -156,6 +156,7 @@ class Encoders:
         }
         self.speech = speech_pb2_grpc.SpeechStub(audio)
         self._options: dict[str, tuple[float, frozenset[str]]] = {}
+        self._refreshing: set[str] = set()  # modalities whose Info is being read in the background (may_offer)
 
     def offers(self, modality: str, option: str, timeout: float) -> bool:
         """Whether the modality's encoder accepts `option` (its Info, cached for a while).
@@ -168,6 +169,24 @@ class Encoders:
                 return True
             cached = self._options[modality] = (time.monotonic(), frozenset(info.options))
         return option in cached[1]
+
+    def may_offer(self, modality: str, option: str) -> bool:
+        """offers() without waiting: from the encoder's last Info, read again in the background
+        once older than OPTIONS_TTL_S; True until one has been read (a refused call says so).
+        For choices a refusal can undo, so that no request waits on Info (a hung encoder
+        would hold every one of them for its timeout)."""
+        cached = self._options.get(modality)
+        if (cached is None or time.monotonic() - cached[0] > self.OPTIONS_TTL_S) and modality not in self._refreshing:
+            self._refreshing.add(modality)
+
+            def refresh() -> None:
+                try:
+                    self.offers(modality, option, 2.0)
+                finally:
+                    self._refreshing.discard(modality)
+
+            threading.Thread(target=refresh, name=f"router-info-{modality}", daemon=True).start()
+        return cached is None or option in cached[1]
 
 
 @dataclass(frozen=True)
@@ -487,8 +506,9 @@ class Pipeline:
         # unused in most recent answers (routing.Speculation).
         side_now = {m for m in task.spec.side_outputs if full or (m in task.spec.eager and self.speculation.eager(task.spec.name, m))}
         # In ROUTED mode the screen text is read quickly first where the task's routing says so
-        # (and the vision service offers it), again at the full size only if the answer needs it.
-        run.quick = {m for m in task.spec.quick if not full and m in side_now and m in media and self.encoders.offers(m, QUICK_OPTION[m], deadline.remaining())}
+        # (and the vision service is not known not to offer it: a refusal falls back to the full
+        # reading), again at the full size only if the answer needs it.
+        run.quick = {m for m in task.spec.quick if not full and m in side_now and m in media and self.encoders.may_offer(m, QUICK_OPTION[m])}
         with telemetry.tracer().start_as_current_span("router.encode"):
             # What the task asks the encoders for besides features: the CT task, the lung-lesion measurement.
             asked = {"image": ["lesions"]} if task.spec.measure is not None else {}
