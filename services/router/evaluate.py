@@ -104,10 +104,11 @@ def evaluate(task: str | TaskSpec, data: str, report: str, weights: str = "", ca
         },
     }
     # As served in ROUTED mode, the default: an early answer is fused from what had arrived.
-    served_routed = []
+    served_routed, held = [], []  # held: answered from the quick reading
     for index, (case, example, full_answer) in enumerate(zip(cases, examples, served_full)):
         early = early_answer(case, task_model.spec.tau, task_model.spec.gamma)
-        if early is None and case.quick_holds and quick is not None:  # answered from the quick reading
+        held.append(early is None and case.quick_holds and quick is not None)
+        if held[-1] and quick is not None:
             served_routed.append(serve(task_model, with_quick_reading(example.features, quick[0][index].features), example.tags))
         elif early is None:
             served_routed.append(full_answer)
@@ -116,7 +117,6 @@ def evaluate(task: str | TaskSpec, data: str, report: str, weights: str = "", ca
             served_routed.append(serve(task_model, arrived, example.tags if "image" in arrived else {}))
     results["honesty_routed"] = honesty_metrics(task_model, served_routed, labels, [])
     if quick is not None and "screen_text" in results:  # the error_text ROUTED states: the quick reading's where it held
-        held = [case.quick_holds and early_answer(case, task_model.spec.tau, task_model.spec.gamma) is None for case in cases]
         read_items = [quick[1][i] if h else item for i, (h, item) in enumerate(zip(held, items))]
         read = [dataclasses.replace(e, features=with_quick_reading(e.features, q.features)) if h else e for h, e, q in zip(held, examples, quick[0])]
         results["screen_text_routed"] = {**screen_text_found(task_model, manifest, task, read_items, read, full_p), "from_quick_reading": sum(held)}

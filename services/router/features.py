@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from modalmesh.common.client import collect
-from modalmesh.common.config import DEFAULT_OCR_ENGINE, load_config
+from modalmesh.common.config import DEFAULT_OCR_ENGINE, ServiceConfig, load_config
 from modalmesh.common.models import file_digest
 from modalmesh.common.encoder import EncodeRequest
 from modalmesh.router.fusion import SIDE_SOURCE
@@ -75,8 +75,6 @@ def configured_ocr_det_side(environ=None) -> int:
 
 def configured_ocr_quick_det_side(environ=None) -> int:
     """The detection size of the vision service's quick OCR reading (`ocr_quick_det_side`)."""
-    from modalmesh.common.config import ServiceConfig
-
     return int(_service_setting("vision", "ocr_quick_det_side", environ) or ServiceConfig.ocr_quick_det_side)
 
 

@@ -242,7 +242,7 @@ def routing_cases(model, spec, examples, items, fuse_ms, eager=None, pointer=Non
                 checkpoints.append(Checkpoint(at_ms, confidence, correct, weight, True, tuple(arrived), given(example, arrived, alone)))
         quick_holds, quick_correct, quick_ms = False, False, 0.0
         if read_quickly:  # everything else in: the quick reading holds, or the screen is read at the full size
-            confidence, quick_correct, _ = decide_on(example, list(example.features), [], alone)
+            _, quick_correct, _ = decide_on(example, list(example.features), [], alone)
             rows = example.features.get("image_text")
             quick_holds = quick_reading_holds(given(example, list(example.features), alone), pointer, rows)
             quick_ms = base_ms + max((later_call(s) for s in sides), default=0.0) + (fuse_ms if sides else 0.0)

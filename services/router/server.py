@@ -67,10 +67,9 @@ def apply_routing_thresholds(tasks: Mapping, setting: str) -> dict:
                 )
             changes["eager"] = eager
         if len(parts) == 4:
-            quick = tuple(m for m in parts[3].split("+") if m != "none")
             if parts[3] not in ("image", "none"):
                 raise ValueError(f"routing: {item!r}: the side output read quickly first is image or none, not {parts[3] or 'empty'}")
-            changes["quick"] = quick
+            changes["quick"] = () if parts[3] == "none" else ("image",)
         tasks[name] = dataclasses.replace(tasks[name], **changes)
     return tasks
 

@@ -37,6 +37,7 @@ class VisionService(EncoderBackend):
     # Side outputs a caller may ask for: screen text, read at the OCR's size ("ocr") or at
     # the quick size (`ocr_quick_det_side`; "ocr_quick"); the CT lung-lesion measurement.
     options = ("ocr", "ocr_quick", "lesions")
+    readings = ("ocr", "ocr_quick")  # the screen text options: one per request
     default_datatype = "FP16"
 
     def __init__(self, config: ServiceConfig) -> None:
@@ -90,15 +91,15 @@ class VisionService(EncoderBackend):
             feature_width=backbone.width,
             model_id=backbone.source,
             model_version=backbone.version,
-            options=(["ocr", "ocr_quick"] if self.reader is not None else []) + ["lesions"],
+            options=(list(self.readings) if self.reader is not None else []) + ["lesions"],
             limits=encoder_pb2.InputLimits(max_input_bytes=self.max_input_bytes, max_pixels=self.max_pixels),
         )
 
     # -- one request -----------------------------------------------------------------
     def encode(self, request: EncodeRequest) -> Iterator[encoder_pb2.FeatureChunk]:
-        if {"ocr", "ocr_quick"} & request.options and self.reader is None:
+        if request.options.intersection(self.readings) and self.reader is None:
             raise errors.invalid_argument("header.options", "OCR is turned off on this service (--ocr)")
-        if {"ocr", "ocr_quick"} <= request.options:
+        if request.options.issuperset(self.readings):
             raise errors.invalid_argument("header.options", "ask for one screen text reading, 'ocr' or 'ocr_quick', not both")
         pixels = pixel_count(request.payload, request.media_type)
         with self.pixels.hold(pixels if pixels <= self.max_pixels else 0, deadline_after(request.time_remaining()), request.wanted):
@@ -120,7 +121,7 @@ class VisionService(EncoderBackend):
                 row_mm, col_mm = (float(v) for v in image.tags["PixelSpacing"].split("\\"))
                 side.tags.update(measurement_tags(image.hounsfield, (row_mm, col_mm)))
             timings["measure"] = (time.perf_counter() - started) * 1000.0
-        reading = next((o for o in ("ocr", "ocr_quick") if o in request.options), None)
+        reading = next((o for o in self.readings if o in request.options), None)
         if reading is not None and self.reader is not None:  # encode() refused OCR where it is off
             started = time.perf_counter()
             det_side = self.config.ocr_quick_det_side if reading == "ocr_quick" else None
