@@ -141,7 +141,7 @@ def _encode_once(media_type: str, payload: bytes, options=(), parameters=None, d
 
 def generate(count: int, seed: int) -> list[Case]:
     """`count` cases, the same for the same seed, cycling through the families."""
-    from modalmesh.v1 import router_pb2
+    from modalmesh.v1 import encoder_pb2, router_pb2
 
     rng = np.random.default_rng(seed)
     seeds = _seeds()
@@ -151,7 +151,12 @@ def generate(count: int, seed: int) -> list[Case]:
     cases = []
     for index in range(count):
         family = FAMILIES[index % len(FAMILIES)]
-        if family == "image":
+        if family == "image" and rng.random() < 0.05:  # images in one EncodeBatch call (one after another)
+            batch = [_mutate(rng, seeds["png"])[1] for _ in range(int(rng.choice([2, 9])))]
+            inputs = [encoder_pb2.EncodeOnceRequest.FromString(_encode_once("image/png", data, pooled_only=True)) for data in batch]
+            request_bytes = encoder_pb2.EncodeBatchRequest(inputs=inputs).SerializeToString()
+            cases.append(Case(family, f"EncodeBatch of {len(batch)} images", "vision", "/modalmesh.v1.Encoder/EncodeBatch", request_bytes))
+        elif family == "image":
             source = str(rng.choice(["png", "jpeg", "progressive", "dicom"]))
             how, data = _mutate(rng, seeds[source])
             media = str(rng.choice(image_types)) if rng.random() < 0.2 else {"png": "image/png", "dicom": "application/dicom"}.get(source, "image/jpeg")
@@ -167,6 +172,11 @@ def generate(count: int, seed: int) -> list[Case]:
             cases.append(
                 Case(family, f"{source} {how} as {media}", "audio", encode_once, _encode_once(media, data, options, _parameters(rng), pooled_only=True))
             )
+        elif family == "text" and rng.random() < 0.25:  # several texts in one EncodeBatch call
+            texts = [_text(rng) for _ in range(int(rng.choice([0, 1, 3, 8, 65])))]
+            inputs = [encoder_pb2.EncodeOnceRequest.FromString(_encode_once("text/plain", t.encode("utf-8", "surrogatepass"), pooled_only=True)) for t in texts]
+            request_bytes = encoder_pb2.EncodeBatchRequest(inputs=inputs).SerializeToString()
+            cases.append(Case(family, f"EncodeBatch of {len(texts)} texts", "text", "/modalmesh.v1.Encoder/EncodeBatch", request_bytes))
         elif family == "text":
             text = _text(rng)
             media = "text/plain" if rng.random() < 0.8 else str(rng.choice(["text/html", "", "application/json"]))

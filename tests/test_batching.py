@@ -74,6 +74,37 @@ def test_full_queue_is_resource_exhausted():
         pool.shutdown()
 
 
+def test_items_submitted_together_share_one_batch_and_a_full_queue_takes_none_of_them():
+    release = threading.Event()
+    batches = []
+
+    def run(items):
+        batches.append(list(items))
+        release.wait(5)
+        return [item.upper() for item in items]
+
+    batcher = DynamicBatcher(run, max_batch_size=8, max_delay_ms=0, max_queue=3)
+    pool = ThreadPoolExecutor(2)
+    try:
+        blocker = pool.submit(batcher.submit, "running", 5)
+        time.sleep(0.1)  # the worker is now busy with the first batch
+        with pytest.raises(ServiceError) as raised:
+            batcher.submit_many(["a", "b", "c", "d"], timeout=5)  # 4 > the 3 places
+        assert raised.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        together = pool.submit(batcher.submit_many, ["a", "b", "c"], 5)
+        time.sleep(0.1)
+        release.set()
+        assert blocker.result(5).value == "RUNNING"
+        results = together.result(5)
+        assert [r.value for r in results] == ["A", "B", "C"]
+        assert [r.batch_size for r in results] == [3, 3, 3]
+        assert batches == [["running"], ["a", "b", "c"]]  # none of the refused four ran
+    finally:
+        release.set()
+        batcher.close()
+        pool.shutdown()
+
+
 def test_caller_deadline_gives_deadline_exceeded_and_skips_the_work():
     release = threading.Event()
     seen = []

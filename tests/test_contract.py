@@ -62,7 +62,7 @@ def test_every_field_and_message_has_a_comment():
 
 
 def test_services_in_the_contract():
-    assert set(encoder_pb2.DESCRIPTOR.services_by_name["Encoder"].methods_by_name) == {"Encode", "EncodeOnce", "Info"}
+    assert set(encoder_pb2.DESCRIPTOR.services_by_name["Encoder"].methods_by_name) == {"Encode", "EncodeOnce", "EncodeBatch", "Info"}
     assert set(speech_pb2.DESCRIPTOR.services_by_name["Speech"].methods_by_name) == {"Synthesize"}
     assert set(router_pb2.DESCRIPTOR.services_by_name["Router"].methods_by_name) == {"Analyze", "AnalyzeStream", "ListTasks"}
     encode = encoder_pb2.DESCRIPTOR.services_by_name["Encoder"].methods_by_name["Encode"]

@@ -11,8 +11,10 @@ import grpc
 import pytest
 
 from modalmesh.common import errors, telemetry
-from modalmesh.common.client import connect
-from modalmesh.v1 import router_pb2, router_pb2_grpc
+from modalmesh.common.client import EncoderClient, connect
+from modalmesh.common.encoder import ENCODER_SERVICE, EncoderServicer
+from modalmesh.text.server import TextService
+from modalmesh.v1 import encoder_pb2_grpc, router_pb2, router_pb2_grpc
 from tests.media import ct_dicom, image_bytes, phantom_hu, render_screenshot, tone, wav_bytes
 
 SCREENSHOT = image_bytes(render_screenshot("Error 402: Payment declined"))
@@ -881,28 +883,49 @@ def test_in_full_mode_a_modality_is_read_alone_while_other_encoders_still_work()
     assert decision.answer.confidence == pytest.approx(float(offline.probabilities.max()), abs=1e-6)
 
 
-def test_embedding_screen_lines_does_not_wait_on_its_own_pool(mesh):
-    """A source's work (the image's, after OCR) embeds its text lines concurrently. Those
-    calls once went to the fan-out pool the work itself runs on: with every worker busy
-    waiting like that, nothing could run them. They have a pool of their own now; here the
-    fan-out pool has a single worker, so the old way would never finish."""
+class TextServiceWithoutEncodeBatch(TextService):
+    """The real text service as one older than EncodeBatch serves it: UNIMPLEMENTED."""
+
+    def register(self, server):
+        class Older(EncoderServicer):
+            EncodeBatch = encoder_pb2_grpc.EncoderServicer.EncodeBatch
+
+        encoder_pb2_grpc.add_EncoderServicer_to_server(Older(self), server)
+        return [ENCODER_SERVICE]
+
+
+@pytest.mark.parametrize("batches", [True, False], ids=["one EncodeBatch call", "a text service without EncodeBatch"])
+def test_screen_lines_are_embedded_each_as_alone_and_never_wait_on_their_own_pool(start_text_service, batches):
+    """A source's work (the image's, after OCR) embeds its text lines: in one EncodeBatch
+    call, or, from a text service without it, one concurrent call per line on a pool of
+    their own (calls on the fan-out pool the work itself runs on could never run once every
+    worker waits like that; here that pool has a single worker). Either way each line's
+    vector is the one it gets alone."""
     from concurrent import futures
 
     import torch
 
     from modalmesh.router.pipeline import Deadline, Encoders, Run
 
-    with connect(mesh.encoders["text"].address) as channel:
+    handle = start_text_service(service_class=TextService if batches else TextServiceWithoutEncodeBatch)
+    texts = ["Payment declined", "Try another card", "Order #4411"]
+    with connect(handle.address) as channel:
+        alone = [EncoderClient(channel).encode_text(text, pooled_only=True).pooled for text in texts]
+        encoders = Encoders(channel, channel, channel)
         fan_out = futures.ThreadPoolExecutor(1)
         lines = futures.ThreadPoolExecutor(4)
         try:
-            run = Run(Encoders(channel, channel, channel), fan_out, Deadline.within(20), lines)
-            run.start("image_text", lambda call: {"image_text": run.embed_texts(call, ["Payment declined", "Try another card"])})
-            vectors = run.calls["image_text"].future.result(timeout=15)["image_text"]
+            for _ in range(2):  # the second time knows whether the service batches
+                run = Run(encoders, fan_out, Deadline.within(20), lines)
+                run.start("image_text", lambda call: {"image_text": run.embed_texts(call, texts)})
+                vectors = run.calls["image_text"].future.result(timeout=15)["image_text"]
+                assert tuple(vectors.shape) == (3, 32)
+                for row, expected in zip(vectors, alone):
+                    assert torch.allclose(row, torch.from_numpy(expected.astype("float32")), atol=2e-3)
         finally:
             fan_out.shutdown(wait=False, cancel_futures=True)
             lines.shutdown(wait=False, cancel_futures=True)
-    assert tuple(vectors.shape) == (2, 384) and not torch.allclose(vectors[0], vectors[1])
+    assert encoders.batches("text") is batches
 
 
 def test_concurrent_requests_each_get_the_answer_they_get_alone(router):

@@ -275,6 +275,59 @@ def test_encode_once_validates_like_the_stream(text_channel):
     assert errors.field_violations(raised.value) == [("payload", "not valid UTF-8 at byte 3 (unexpected end of data)")]
 
 
+def test_encode_batch_answers_each_input_in_order_from_one_batch(text_channel, tiny_bert_dir):
+    texts = ["my card was declined", "where is my parcel", "the app crashes on start"]
+    client = EncoderClient(text_channel)
+    results = client.encode_batch([t.encode() for t in texts], "text/plain", output_datatype="FP32")
+    local = TextEncoder(str(tiny_bert_dir))
+    for text, result in zip(texts, results, strict=True):
+        one = client.encode_text(text, output_datatype="FP32")
+        np.testing.assert_allclose(result.pooled, local.encode_batch([text])[0].pooled, atol=1e-5, err_msg=text)
+        np.testing.assert_allclose(result.sequence, one.sequence, atol=1e-5, err_msg=text)
+        assert result.pooled_message.timings_ms["batch_size"] == 3  # queued together: one batch of the model
+        assert result.pooled_message.timings_ms["total"] > 0
+    assert len({r.request_id for r in results}) == 3
+    assert client.info().limits.max_batch_inputs == 64
+
+
+@pytest.mark.parametrize(
+    "inputs, where, what",
+    [
+        ([], "inputs", "empty; send at least one input"),
+        ([b"fine"] * 65, "inputs", "65 inputs; the text encoder takes at most 64 in one call"),
+        ([b"fine", b"caf\xc3"], "inputs[1].payload", "not valid UTF-8 at byte 3 (unexpected end of data)"),
+        ([b"fine", b"  "], "inputs[1].payload", "the text is only whitespace or invisible characters"),
+    ],
+)
+def test_encode_batch_refuses_a_bad_input_naming_it(text_channel, inputs, where, what):
+    with pytest.raises(grpc.RpcError) as raised:
+        EncoderClient(text_channel).encode_batch(inputs, "text/plain")
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert errors.field_violations(raised.value) == [(where, what)]
+    assert EncoderClient(text_channel).encode_text("still serving").pooled.shape == (32,)
+
+
+def test_encode_batch_names_a_bad_header_by_its_input(text_channel):
+    stub = encoder_pb2_grpc.EncoderStub(text_channel)
+    good = encoder_pb2.EncodeOnceRequest(header=encoder_pb2.EncodeHeader(media_type="text/plain"), payload=b"fine")
+    bad = encoder_pb2.EncodeOnceRequest(header=encoder_pb2.EncodeHeader(media_type="image/png"), payload=b"fine")
+    with pytest.raises(grpc.RpcError) as raised:
+        stub.EncodeBatch(encoder_pb2.EncodeBatchRequest(inputs=[good, good, bad]), timeout=5)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert raised.value.details().startswith("inputs[2].header.media_type: 'image/png' is not accepted by the text encoder")
+
+
+def test_encode_batch_never_takes_more_inputs_than_the_queue_holds(start_text_service):
+    handle = start_text_service(max_queue=4)
+    with connect(handle.address) as channel:
+        client = EncoderClient(channel)
+        assert client.info().limits.max_batch_inputs == 4  # never more than the queue holds
+        assert len(client.encode_batch([b"one", b"two", b"three", b"four"], "text/plain")) == 4
+        with pytest.raises(grpc.RpcError) as raised:
+            client.encode_batch([b"one"] * 5, "text/plain")
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
 def test_int8_quantization_option(start_text_service, tiny_bert_dir):
     handle = start_text_service(quantize=True)
     with connect(handle.address) as channel:

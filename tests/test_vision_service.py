@@ -166,6 +166,21 @@ def test_different_screens_give_different_features(vision):
     assert cosine < 0.99
 
 
+def test_images_in_one_encode_batch_call_each_get_what_they_get_alone(vision):
+    screens = [image_bytes(render_screenshot("Payment declined")), image_bytes(render_screenshot("Login failed", dark=True))]
+    together = vision.encode_batch(screens, "image/png", output_datatype="FP32")
+    for screen, result in zip(screens, together, strict=True):
+        np.testing.assert_array_equal(result.pooled, vision.encode(screen, "image/png", output_datatype="FP32").pooled)
+    assert vision.info().limits.max_batch_inputs == 8
+    with pytest.raises(grpc.RpcError) as raised:
+        vision.encode_batch([screens[0], b"not an image"], "image/png")
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert errors.field_violations(raised.value)[0][0] == "inputs[1].header.media_type"  # the bytes are not a PNG
+    with pytest.raises(grpc.RpcError) as raised:
+        vision.encode_batch(screens * 5, "image/png")
+    assert errors.field_violations(raised.value) == [("inputs", "10 inputs; the image encoder takes at most 8 in one call")]
+
+
 def test_ct_dicom_through_the_service(vision):
     result = vision.encode(ct_dicom(phantom_hu(128), pixel_spacing=(0.8, 0.8)), "application/dicom")
     tags = result.side.tags

@@ -83,25 +83,37 @@ class DynamicBatcher(Generic[Item, Result]):
         `timeout` is the caller's remaining deadline in seconds: past it the request is
         abandoned (DEADLINE_EXCEEDED) and skipped if its batch has not started yet.
         """
-        future: Future = Future()
+        return self.submit_many([item], timeout)[0]
+
+    def submit_many(self, items: Sequence[Item], timeout: float | None = None) -> list[Batched[Result]]:
+        """As submit, for several items queued together: one after another in the queue, so
+        they share a batch (up to max_batch_size) instead of the first running alone while
+        the others are still on their way. The results in the same order; the queue takes
+        all of them or none (RESOURCE_EXHAUSTED)."""
+        pending = [_Pending(item, Future(), time.perf_counter()) for item in items]
         with self._wakeup:
             if self._closed:
                 raise errors.unavailable(f"{self.name}: shutting down")
-            if len(self._pending) >= self.max_queue:
+            if len(self._pending) + len(pending) > self.max_queue:
                 raise errors.resource_exhausted(f"{self.name}: queue is full ({self.max_queue} requests waiting); retry with backoff")
-            self._pending.append(_Pending(item, future, time.perf_counter()))
+            self._pending.extend(pending)
             self._queue_depth.set(len(self._pending))
             self._wakeup.notify()
-        try:
-            result = future.result(timeout=timeout)
-        except TimeoutError:
-            future.cancel()
-            raise errors.deadline_exceeded(f"{self.name}: deadline passed while waiting for the model") from None
-        # Spans under the caller's span: the wait for a batch, and the batch's model time.
-        enqueued = result.started - result.queue_ms / 1000.0
-        telemetry.record_span(f"{self.name}.batch_wait", enqueued, result.started)
-        telemetry.record_span(f"{self.name}.model", result.started, result.started + result.batch_ms / 1000.0, {"batch_size": result.batch_size})
-        return result
+        deadline = None if timeout is None else time.perf_counter() + timeout
+        results: list[Batched[Result]] = []
+        for one in pending:
+            try:
+                result = one.future.result(timeout=None if deadline is None else max(0.0, deadline - time.perf_counter()))
+            except TimeoutError:
+                for waiting in pending:
+                    waiting.future.cancel()
+                raise errors.deadline_exceeded(f"{self.name}: deadline passed while waiting for the model") from None
+            # Spans under the caller's span: the wait for a batch, and the batch's model time.
+            enqueued = result.started - result.queue_ms / 1000.0
+            telemetry.record_span(f"{self.name}.batch_wait", enqueued, result.started)
+            telemetry.record_span(f"{self.name}.model", result.started, result.started + result.batch_ms / 1000.0, {"batch_size": result.batch_size})
+            results.append(result)
+        return results
 
     def close(self) -> None:
         """Stop taking requests; those already queued still run."""

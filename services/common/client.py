@@ -5,6 +5,7 @@ with connect("127.0.0.1:50051") as channel:
     result = EncoderClient(channel).encode(b"a sentence", "text/plain")
     result.pooled          # numpy [384]
     result.sequence        # numpy [n_tokens, 384]
+    results = EncoderClient(channel).encode_batch([b"one", b"two"], "text/plain")  # one call
 """
 
 from __future__ import annotations
@@ -162,6 +163,17 @@ class EncoderClient:
         header = next(encode_requests(b"", media_type, **{k: v for k, v in request.items() if k != "chunk_bytes"})).header
         reply = self.stub.EncodeOnce(encoder_pb2.EncodeOnceRequest(header=header, payload=data), timeout=timeout)
         return collect(iter(reply.chunks))
+
+    def encode_batch(self, inputs: Sequence[bytes], media_type: str, *, timeout: float | None = 30.0, **request) -> list[EncodeResult]:
+        """Encode several inputs of one media type in one call (EncodeBatch), results in
+        order; the text service runs them as one batch. At most the encoder's
+        Info().limits.max_batch_inputs inputs."""
+        calls = []
+        for data in inputs:
+            header = next(encode_requests(b"", media_type, **request)).header
+            calls.append(encoder_pb2.EncodeOnceRequest(header=header, payload=data))
+        reply = self.stub.EncodeBatch(encoder_pb2.EncodeBatchRequest(inputs=calls), timeout=timeout)
+        return [collect(iter(output.chunks)) for output in reply.outputs]
 
     def encode_text(self, text: str, **kwargs) -> EncodeResult:
         return self.encode(text.encode("utf-8"), "text/plain", **kwargs)

@@ -1,8 +1,8 @@
 """The `Encoder` gRPC surface, written once for every modality.
 
 This module owns the stream protocol of `Encoder.Encode` (one header, then payload
-chunks), its validation (media type, options, datatype, size limit, stream order) and
-the `Info` call. A modality supplies an `EncoderBackend`: what it accepts, how to load
+chunks), its validation (media type, options, datatype, size limit, stream order),
+`EncodeOnce` and `EncodeBatch` (whole inputs in one message) and the `Info` call. A modality supplies an `EncoderBackend`: what it accepts, how to load
 and warm its model, and how to turn one request into feature chunks.
 """
 
@@ -12,7 +12,7 @@ import abc
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import grpc
 
@@ -69,6 +69,7 @@ class EncoderBackend(Service):
     datatypes: tuple[str, ...] = codec.FLOAT_DATATYPES
     default_datatype: str = "FP16"
     max_input_bytes: int = 1 << 20
+    max_batch_inputs: int = 8  # inputs in one EncodeBatch call (EncoderInfo.limits.max_batch_inputs)
 
     @abc.abstractmethod
     def info(self) -> encoder_pb2.EncoderInfo:
@@ -83,6 +84,18 @@ class EncoderBackend(Service):
         that can start early (audio) overrides this."""
         request.payload = b"".join(payloads)
         return self.encode(request)
+
+    def encode_batch(self, requests: list[EncodeRequest]) -> list[list[encoder_pb2.FeatureChunk]]:
+        """Several requests (EncodeBatch, payloads complete), each one's chunks, in order.
+        The default encodes them one after another; a backend with a batcher (text) runs
+        them together. An invalid input's error names it (`inputs[i]...`)."""
+        answers = []
+        for index, request in enumerate(requests):
+            try:
+                answers.append(list(self.encode(request)))
+            except errors.ServiceError as exc:
+                raise errors.within(f"inputs[{index}]", exc) from None
+        return answers
 
     def validate_media(self, media_type: str, media_params: dict[str, str]) -> None:
         """Modality-specific checks of the media type's parameters. Raise ServiceError."""
@@ -101,7 +114,9 @@ class EncoderBackend(Service):
             options=list(self.options),
             feature_kind=self.feature_kind,
         )
-        return encoder_pb2.EncoderInfo(**{**described, **fields})
+        info = encoder_pb2.EncoderInfo(**{**described, **fields})
+        info.limits.max_batch_inputs = self.max_batch_inputs
+        return info
 
 
 class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
@@ -123,12 +138,25 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
         payloads = whole_payload(request.payload, self.backend.max_input_bytes)
         return encoder_pb2.EncodeOnceResponse(chunks=list(self._encode(header, payloads, started)))
 
+    def EncodeBatch(self, request, context):
+        started = time.perf_counter()
+        requests = check_batch(request, self.backend, context)
+        answers = self.backend.encode_batch(requests)
+        return encoder_pb2.EncodeBatchResponse(
+            outputs=[encoder_pb2.EncodeOnceResponse(chunks=list(_finish(one, chunks, started))) for one, chunks in zip(requests, answers)]
+        )
+
     def _encode(self, request: EncodeRequest, payloads: Iterator[bytes], started: float) -> Iterator[encoder_pb2.FeatureChunk]:
-        for chunk in self.backend.encode_stream(request, payloads):
-            chunk.request_id = request.request_id
-            if chunk.WhichOneof("content") == "pooled":
-                chunk.pooled.timings_ms["total"] = (time.perf_counter() - started) * 1000.0
-            yield chunk
+        return _finish(request, self.backend.encode_stream(request, payloads), started)
+
+
+def _finish(request: EncodeRequest, chunks: Iterable[encoder_pb2.FeatureChunk], started: float) -> Iterator[encoder_pb2.FeatureChunk]:
+    """Each chunk stamped with the request's id; the pooled one with the total time."""
+    for chunk in chunks:
+        chunk.request_id = request.request_id
+        if chunk.WhichOneof("content") == "pooled":
+            chunk.pooled.timings_ms["total"] = (time.perf_counter() - started) * 1000.0
+        yield chunk
 
 
 def read_header(stream: Iterator[encoder_pb2.EncodeRequest], backend: EncoderBackend, context: grpc.ServicerContext | None) -> EncodeRequest:
@@ -172,6 +200,25 @@ def check_header(header: encoder_pb2.EncodeHeader, backend: EncoderBackend, cont
         payload=b"",
         context=context,
     )
+
+
+def check_batch(request: encoder_pb2.EncodeBatchRequest, backend: EncoderBackend, context: grpc.ServicerContext | None) -> list[EncodeRequest]:
+    """Validate an EncodeBatch call: how many inputs, then each one's header and size as
+    EncodeOnce checks them; an error names the input (`inputs[2].header.media_type`)."""
+    if not request.inputs:
+        raise errors.invalid_argument("inputs", "empty; send at least one input")
+    if len(request.inputs) > backend.max_batch_inputs:
+        most = backend.max_batch_inputs
+        raise errors.invalid_argument("inputs", f"{len(request.inputs)} inputs; the {backend.modality} encoder takes at most {most} in one call")
+    checked = []
+    for index, one in enumerate(request.inputs):
+        try:
+            header = check_header(one.header, backend, context)
+            header.payload = b"".join(whole_payload(one.payload, backend.max_input_bytes))
+        except errors.ServiceError as exc:
+            raise errors.within(f"inputs[{index}]", exc) from None
+        checked.append(header)
+    return checked
 
 
 def read_payload(stream: Iterator[encoder_pb2.EncodeRequest], max_bytes: int) -> Iterator[bytes]:

@@ -96,6 +96,21 @@ def invalid_argument(field_path: str, description: str) -> ServiceError:
     return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"{field_path}: {description}", [(field_path, description)])
 
 
+def within(prefix: str, error: ServiceError) -> ServiceError:
+    """An INVALID_ARGUMENT about one part of a larger request, its fields named from the
+    whole request: `within("inputs[2]", payload error)` names "inputs[2].payload". Other
+    codes are returned as they are."""
+    if error.code != grpc.StatusCode.INVALID_ARGUMENT:
+        return error
+    violations = [(f"{prefix}.{name}" if name else prefix, description) for name, description in error.violations]
+    message = error.message
+    if error.violations and message.startswith(f"{error.violations[0][0]}: "):
+        message = f"{violations[0][0]}: {message[len(error.violations[0][0]) + 2 :]}"
+    else:
+        message = f"{prefix}: {message}"
+    return ServiceError(error.code, message, violations, error.retry_after_s)
+
+
 def resource_exhausted(message: str, retry_after_s: float | None = None) -> ServiceError:
     return ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED, message, retry_after_s=retry_after_s)
 

@@ -36,7 +36,7 @@ import torch
 from opentelemetry import context as otel_context
 
 from modalmesh.common import errors, models, telemetry
-from modalmesh.common.client import collect, encode_requests
+from modalmesh.common.client import EncodeResult, collect, encode_requests
 from modalmesh.common.encoder import MAX_REQUEST_ID_CHARS
 from modalmesh.common.layout import MIN_SPAN_CONFIDENCE, is_blank
 from modalmesh.router.fusion import MODALITIES, SIDE_SOURCE, FusionOutputs, attention_mass, modality_gate_weights, modality_of, normalised_entropy
@@ -157,6 +157,7 @@ class Encoders:
         self.speech = speech_pb2_grpc.SpeechStub(audio)
         self._options: dict[str, tuple[float, frozenset[str]]] = {}
         self._refreshing: set[str] = set()  # modalities whose Info is being read in the background (may_offer)
+        self._no_batch: dict[str, float] = {}  # modality -> when its encoder answered EncodeBatch UNIMPLEMENTED
 
     def offers(self, modality: str, option: str, timeout: float) -> bool:
         """Whether the modality's encoder accepts `option` (its Info, cached for a while).
@@ -187,6 +188,16 @@ class Encoders:
 
             threading.Thread(target=refresh, name=f"router-info-{modality}", daemon=True).start()
         return cached is None or option in cached[1]
+
+    def batches(self, modality: str) -> bool:
+        """Whether to send the modality's encoder several inputs in one EncodeBatch call:
+        unless it answered UNIMPLEMENTED (a service older than the call) in the last
+        OPTIONS_TTL_S (it may since have been replaced by one that has it)."""
+        since = self._no_batch.get(modality)
+        return since is None or time.monotonic() - since > self.OPTIONS_TTL_S
+
+    def batches_not(self, modality: str) -> None:
+        self._no_batch[modality] = time.monotonic()
 
 
 @dataclass(frozen=True)
@@ -257,22 +268,31 @@ class Run:
     def encode(self, call: Call, modality: str, data: bytes, media_type: str, options=(), pooled_only=False, parameters=None):
         """An EncodeOnce call that `call.cancel()` can cancel; returns the collected result."""
         header = next(encode_requests(b"", media_type, options=options, pooled_only=pooled_only, parameters=parameters)).header
-        request = encoder_pb2.EncodeOnceRequest(header=header, payload=data)
+        reply = self._unary(call, self.encoders.stubs[modality].EncodeOnce, encoder_pb2.EncodeOnceRequest(header=header, payload=data))
+        result = collect(iter(reply.chunks))
+        if modality == "text":
+            self._check_text_model(result)
+        return result
+
+    def _unary(self, call: Call, method, request):
+        """One unary encoder call that `call.cancel()` can cancel, within the deadline; a busy
+        encoder that says when it expects room is called again then, if the deadline allows."""
         for attempt in itertools.count():
             if call.cancelled.is_set():
                 raise futures.CancelledError()
-            call.rpc = self.encoders.stubs[modality].EncodeOnce.future(request, timeout=max(0.001, self.deadline.remaining()))
+            call.rpc = method.future(request, timeout=max(0.001, self.deadline.remaining()))
             try:
-                result = collect(iter(call.rpc.result().chunks))
-                break
+                return call.rpc.result()
             except grpc.RpcError as exc:
-                # A busy encoder says when it expects room: come back then if the deadline allows.
                 wait = errors.retry_after(exc) if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED else None
                 if wait is None or attempt >= ENCODER_RETRIES or wait * 1.5 > self.deadline.remaining():
                     raise
                 if call.cancelled.wait(wait * random.uniform(0.5, 1.0)):
                     raise futures.CancelledError() from None
-        if modality == "text" and self.text_model:
+        raise AssertionError("unreachable")
+
+    def _check_text_model(self, result: EncodeResult) -> None:
+        if self.text_model:
             served = result.pooled_message.model_version
             if not models.same_weights(served, self.text_model):
                 raise errors.ServiceError(
@@ -280,7 +300,6 @@ class Run:
                     f"the text service runs {served}; the task's weights were trained with "
                     f"{self.text_model} (a fine-tuned one is the text-model folder beside them)",
                 )
-        return result
 
     def encode_stream(self, call: Call, modality: str, chunks: Iterator[bytes], media_type: str, options=(), parameters=None):
         """An Encode stream fed while the input is still arriving."""
@@ -294,7 +313,23 @@ class Run:
         return collect(call.rpc)
 
     def embed_texts(self, call: Call, texts: list[str]) -> torch.Tensor:
-        """One pooled text vector per line, concurrently (the text service batches them)."""
+        """One pooled text vector per line: in one EncodeBatch call (one batch of the text
+        model), or, from a text service without it, one concurrent call per line."""
+        if len(texts) > 1 and self.encoders.batches("text"):
+            header = next(encode_requests(b"", "text/plain", pooled_only=True)).header
+            request = encoder_pb2.EncodeBatchRequest(inputs=[encoder_pb2.EncodeOnceRequest(header=header, payload=text.encode()) for text in texts])
+            try:
+                reply = self._unary(call, self.encoders.stubs["text"].EncodeBatch, request)
+            except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.UNIMPLEMENTED:  # a text service older than the call
+                    self.encoders.batches_not("text")
+                elif not (exc.code() == grpc.StatusCode.INVALID_ARGUMENT and [f for f, _ in errors.field_violations(exc)] == ["inputs"]):
+                    raise  # (a text service taking fewer inputs in one call than there are lines: one call each)
+            else:
+                results = [collect(iter(output.chunks)) for output in reply.outputs]
+                for result in results:
+                    self._check_text_model(result)
+                return torch.from_numpy(np.stack([result.pooled.astype(np.float32) for result in results]))
 
         def one(text: str) -> np.ndarray:
             result = self.encode(

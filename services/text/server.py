@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Iterator
 
 from modalmesh.common import codec, errors
-from modalmesh.common.batching import DynamicBatcher
+from modalmesh.common.batching import Batched, DynamicBatcher
 from modalmesh.common.compiled import serving_engine
 from modalmesh.common.config import ServiceConfig
 from modalmesh.common.encoder import EncodeRequest, EncoderBackend, sequence_chunks
@@ -29,6 +29,8 @@ class TextService(EncoderBackend):
     def __init__(self, config: ServiceConfig) -> None:
         self.config = config
         self.max_input_bytes = config.max_input_bytes
+        # Short texts: an EncodeBatch call costs about one batch of the model (and must fit its queue).
+        self.max_batch_inputs = min(64, config.max_queue)
         self.encoder: TextEncoder | None = None
         self.batcher: DynamicBatcher[str, TextFeatures] | None = None
 
@@ -84,8 +86,23 @@ class TextService(EncoderBackend):
 
     def encode(self, request: EncodeRequest) -> Iterator[encoder_pb2.FeatureChunk]:
         text = decode_text(request.payload)
-        encoder, batcher = self.loaded
-        result = batcher.submit(text, timeout=request.time_remaining())
+        _, batcher = self.loaded
+        return self._chunks(request, batcher.submit(text, timeout=request.time_remaining()))
+
+    def encode_batch(self, requests: list[EncodeRequest]) -> list[list[encoder_pb2.FeatureChunk]]:
+        """Every text checked first, then all queued together: one batch of the model."""
+        texts = []
+        for index, request in enumerate(requests):
+            try:
+                texts.append(decode_text(request.payload))
+            except errors.ServiceError as exc:
+                raise errors.within(f"inputs[{index}]", exc) from None
+        _, batcher = self.loaded
+        results = batcher.submit_many(texts, timeout=requests[0].time_remaining())
+        return [list(self._chunks(request, result)) for request, result in zip(requests, results)]
+
+    def _chunks(self, request: EncodeRequest, result: Batched[TextFeatures]) -> Iterator[encoder_pb2.FeatureChunk]:
+        encoder, _ = self.loaded
         features = result.value
         if not request.pooled_only:
             yield from sequence_chunks(features.tokens, self.feature_kind, request.output_datatype)

@@ -41,6 +41,18 @@ class EncodeOnceResponse(_message.Message):
     chunks: _containers.RepeatedCompositeFieldContainer[FeatureChunk]
     def __init__(self, chunks: _Optional[_Iterable[_Union[FeatureChunk, _Mapping]]] = ...) -> None: ...
 
+class EncodeBatchRequest(_message.Message):
+    __slots__ = ("inputs",)
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    inputs: _containers.RepeatedCompositeFieldContainer[EncodeOnceRequest]
+    def __init__(self, inputs: _Optional[_Iterable[_Union[EncodeOnceRequest, _Mapping]]] = ...) -> None: ...
+
+class EncodeBatchResponse(_message.Message):
+    __slots__ = ("outputs",)
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    outputs: _containers.RepeatedCompositeFieldContainer[EncodeOnceResponse]
+    def __init__(self, outputs: _Optional[_Iterable[_Union[EncodeOnceResponse, _Mapping]]] = ...) -> None: ...
+
 class EncodeHeader(_message.Message):
     __slots__ = ("request_id", "media_type", "options", "output_datatype", "pooled_only", "parameters")
     class ParametersEntry(_message.Message):
@@ -149,16 +161,18 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class InputLimits(_message.Message):
-    __slots__ = ("max_input_bytes", "max_tokens", "max_pixels", "max_duration_s")
+    __slots__ = ("max_input_bytes", "max_tokens", "max_pixels", "max_duration_s", "max_batch_inputs")
     MAX_INPUT_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MAX_PIXELS_FIELD_NUMBER: _ClassVar[int]
     MAX_DURATION_S_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_INPUTS_FIELD_NUMBER: _ClassVar[int]
     max_input_bytes: int
     max_tokens: int
     max_pixels: int
     max_duration_s: float
-    def __init__(self, max_input_bytes: _Optional[int] = ..., max_tokens: _Optional[int] = ..., max_pixels: _Optional[int] = ..., max_duration_s: _Optional[float] = ...) -> None: ...
+    max_batch_inputs: int
+    def __init__(self, max_input_bytes: _Optional[int] = ..., max_tokens: _Optional[int] = ..., max_pixels: _Optional[int] = ..., max_duration_s: _Optional[float] = ..., max_batch_inputs: _Optional[int] = ...) -> None: ...
 
 class EncoderInfo(_message.Message):
     __slots__ = ("modality", "feature_width", "datatypes", "default_datatype", "model_id", "model_version", "media_types", "options", "limits", "feature_kind")

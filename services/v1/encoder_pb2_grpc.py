@@ -46,6 +46,11 @@ class EncoderStub:
                 request_serializer=modalmesh_dot_v1_dot_encoder__pb2.EncodeOnceRequest.SerializeToString,
                 response_deserializer=modalmesh_dot_v1_dot_encoder__pb2.EncodeOnceResponse.FromString,
                 _registered_method=True)
+        self.EncodeBatch = channel.unary_unary(
+                '/modalmesh.v1.Encoder/EncodeBatch',
+                request_serializer=modalmesh_dot_v1_dot_encoder__pb2.EncodeBatchRequest.SerializeToString,
+                response_deserializer=modalmesh_dot_v1_dot_encoder__pb2.EncodeBatchResponse.FromString,
+                _registered_method=True)
         self.Info = channel.unary_unary(
                 '/modalmesh.v1.Encoder/Info',
                 request_serializer=modalmesh_dot_v1_dot_encoder__pb2.InfoRequest.SerializeToString,
@@ -88,6 +93,18 @@ class EncoderServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EncodeBatch(self, request, context):
+        """Several whole inputs in one call, each as an EncodeOnce request, answered in the
+        same order. The text service runs them through its model together (one batch), so
+        the inputs share one round trip and no input waits for a batch that started
+        without it. At most EncoderInfo.limits.max_batch_inputs inputs. Every input is
+        checked as EncodeOnce checks it before any is encoded, and an invalid one fails the
+        whole call with INVALID_ARGUMENT naming it (for example "inputs[2].payload").
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Info(self, request, context):
         """What this encoder is: modality, feature width, datatypes, model and limits.
         """
@@ -107,6 +124,11 @@ def add_EncoderServicer_to_server(servicer, server):
                     servicer.EncodeOnce,
                     request_deserializer=modalmesh_dot_v1_dot_encoder__pb2.EncodeOnceRequest.FromString,
                     response_serializer=modalmesh_dot_v1_dot_encoder__pb2.EncodeOnceResponse.SerializeToString,
+            ),
+            'EncodeBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.EncodeBatch,
+                    request_deserializer=modalmesh_dot_v1_dot_encoder__pb2.EncodeBatchRequest.FromString,
+                    response_serializer=modalmesh_dot_v1_dot_encoder__pb2.EncodeBatchResponse.SerializeToString,
             ),
             'Info': grpc.unary_unary_rpc_method_handler(
                     servicer.Info,
@@ -170,6 +192,33 @@ class Encoder:
             '/modalmesh.v1.Encoder/EncodeOnce',
             modalmesh_dot_v1_dot_encoder__pb2.EncodeOnceRequest.SerializeToString,
             modalmesh_dot_v1_dot_encoder__pb2.EncodeOnceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EncodeBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modalmesh.v1.Encoder/EncodeBatch',
+            modalmesh_dot_v1_dot_encoder__pb2.EncodeBatchRequest.SerializeToString,
+            modalmesh_dot_v1_dot_encoder__pb2.EncodeBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,
