@@ -84,7 +84,7 @@ def run(task: str, manifest: Path, limit: int) -> dict:
                     print(f"   {index + 1}/{len(records)} items", flush=True)
     finally:
         mesh.stop()
-    return summarize(rows)
+    return {**summarize(rows), "rows": rows}  # each item's figures, for a closer look
 
 
 def summarize(rows: list[dict], groups: bool = True) -> dict:

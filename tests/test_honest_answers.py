@@ -144,6 +144,17 @@ def test_an_input_that_alone_reads_another_label_is_pooled_into_the_answer():
     again = decide(model, TRIAGE, {"text": text, "image": image}, {}, kept=fresh)
     assert with_kept.dissent == again.dissent == decided.dissent
     assert torch.equal(with_kept.probabilities, decided.probabilities) and torch.equal(again.probabilities, decided.probabilities)
+    # A decision on one modality alone (the text, while the image is still being read) is
+    # that modality's lone reading: kept, not read again when the image arrives.
+    early = AloneReadings()
+    text_first = decide(model, TRIAGE, {"text": text}, {}, kept=early)
+    assert kept_reading(early, "text", {"text": text}) is text_first.probabilities
+    later = decide(model, TRIAGE, {"text": text, "image": image}, {}, kept=early)
+    assert later.dissent == decided.dissent and torch.allclose(later.probabilities, decided.probabilities, atol=1e-6)
+    assert kept_reading(early, "text", {"text": text}) is text_first.probabilities  # not read again
+    measured = AloneReadings()
+    decide(model, TRIAGE, {"text": text}, {"lesion_count": "1"}, kept=measured)  # tags a lone text reading does not have
+    assert kept_reading(measured, "text", {"text": text}) is None
     reason = withheld(TRIAGE, "other", 0.49, {"text", "image"}, 0.5, {}, decided.dissent)
     assert "the inputs disagree: the " in reason and "alone reads as" in reason
     # A modality whose confident lone readings were right on validation less often than they
@@ -594,3 +605,8 @@ def test_withholding_reasons_are_counted_by_kind_in_the_evaluation():
         _kind("the classifier suggests mass, but no lesion was measured on the slice")
         == "the classifier suggests mass, but no lesion was measured on the slice"
     )
+
+
+def kept_reading(kept, name, alone):
+    """What AloneReadings holds for `name` with these inputs (None: nothing, it would read)."""
+    return kept.get(name, alone, {}, lambda: None)

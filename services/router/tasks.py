@@ -696,7 +696,7 @@ def decide(
     a callable on another thread and returns a function that waits for its result; the
     lone readings then run there while the whole input is fused here (the same numbers).
     `kept`: the request's lone readings so far (AloneReadings), reused where the inputs
-    are the same."""
+    are the same; a decision on one modality alone is kept there as its lone reading."""
     present = {name: sources for name, sources in MODALITY_SOURCES.items() if any(s in features for s in sources)}
     lone: Callable[[], Any] | None = None
     if len(present) >= 2:
@@ -707,6 +707,11 @@ def decide(
         lone = beside(readings) if beside is not None else readings
     outputs, probabilities, regression, weight, _ = fuse(model, spec, features, tags, outstanding, use_measured, attention, pointer)
     if lone is None:
+        if kept is not None and len(present) == 1:  # this is that modality's reading alone too: kept for later decisions
+            name = next(iter(present))
+            alone_tags = tags if name == "image" else {}
+            if set(spec.needs) <= {name} and (name == "image" or not tags):
+                kept.get(name, {s: f for s, f in features.items() if s in MODALITY_SOURCES[name]}, alone_tags, lambda: probabilities)
         return Decided(outputs, probabilities, regression, weight)
     best = int(probabilities.argmax())
     pooled, dissent = [probabilities], []
