@@ -18,6 +18,9 @@ Everything runs on 127.0.0.1; every server is its own process, as in a deploymen
 2. Throughput. Closed-loop clients (1, 8, 32), each sending sentences back to back for
    a bounded time, against the service with batching on (max 32) and off (max 1).
    Target: batching at 32 clients >= 3x the batch-1 throughput.
+3. Several texts at once, as the router embeds a screenshot's text paragraphs: one
+   EncodeBatch call against one concurrent EncodeOnce call per text (what a text service
+   without EncodeBatch gets), taking turns, 3, 8 and 16 short screen texts.
 """
 
 from __future__ import annotations
@@ -52,6 +55,18 @@ SENTENCES = [
     "Where is my parcel? Tracking hasn't moved for a week.",
     "I returned the shoes but never got my refund.",
     "How do I change the email address on my account?",
+]
+
+
+SCREEN_TEXTS = [
+    "Your password was locked after too many attempts",
+    "Sign in to your account",
+    "Forgot password?",
+    "Email address",
+    "Need help? Contact our support team",
+    "Remember me on this device",
+    "Terms of service",
+    "Create an account",
 ]
 
 
@@ -214,6 +229,30 @@ def text_calls(address: str) -> tuple[grpc.Channel, dict, Callable[[], int]]:
     return channel, {"encode_once": call(False), "encode_stream": call(True)}, feature_bytes
 
 
+def batch_against_calls(address: str, repeats: int) -> dict:
+    """p50 ms of N texts in one EncodeBatch call and as N concurrent EncodeOnce calls, for N = 3, 8, 16."""
+    from modalmesh.common.client import EncoderClient, connect
+
+    found = {}
+    with connect(address) as channel, futures.ThreadPoolExecutor(16) as pool:
+        client = EncoderClient(channel)
+        for count in (3, 8, 16):
+            texts = [text.encode() for text in (SCREEN_TEXTS * 2)[:count]]
+            calls = {
+                "batch": lambda texts=texts: client.encode_batch(texts, "text/plain", pooled_only=True),
+                "calls": lambda texts=texts: list(pool.map(lambda text: client.encode(text, "text/plain", pooled_only=True), texts)),
+            }
+            times: dict[str, list[float]] = {name: [] for name in calls}
+            for index in range(repeats + 5):
+                for name, call in calls.items() if index % 2 else reversed(calls.items()):
+                    started = time.perf_counter()
+                    call()
+                    if index >= 5:  # the first rounds warm up
+                        times[name].append((time.perf_counter() - started) * 1000)
+            found[str(count)] = {name: statistics.median(values) for name, values in times.items()}
+    return found
+
+
 def closed_loop(call, clients: int, seconds: float, max_calls: int) -> tuple[list[float], list, float]:
     """`clients` threads each calling `call(sentence)` back to back until `seconds` or
     `max_calls` in all run out: (latencies in ms, the calls' results, elapsed seconds)."""
@@ -328,6 +367,7 @@ def main() -> int:
                     text_channel, calls_of_text, feature_bytes = text_calls(address)
                     results["overhead"] = interleaved_overhead({**calls_of_echo, **calls_of_text}, calls)
                     results["feature_bytes_on_wire"] = feature_bytes()
+                    results["several_texts"] = batch_against_calls(address, 50 if args.quick else 200)
                     echo_channel.close()
                     text_channel.close()
                 results["throughput"][label] = [measure_throughput(address, clients, seconds, max_calls=20_000) for clients in (1, 8, 32)]
@@ -371,6 +411,11 @@ def main() -> int:
         )
     print(f"   batching on at 32 clients / batch-1 (off, 1 client): {speedup_32:.2f}x   (target >= 3x)")
     print(f"   batching on / off, both at 32 clients:               {results['ratios']['batching_32_vs_off_32']:.2f}x")
+
+    print("\n3. several screen texts at once, p50 ms")
+    print("   texts   one EncodeBatch call   one EncodeOnce call each, concurrently   ratio")
+    for count, row in results["several_texts"].items():
+        print(f"   {int(count):5d}   {row['batch']:20.2f}   {row['calls']:39.2f}   {row['calls'] / row['batch']:5.2f}x")
 
     write_results(args.out, results)
     return 0
