@@ -152,6 +152,31 @@ def test_a_reading_at_another_detection_size_leaves_the_readers_own():
     assert (reader._detector.limit_type, reader._detector.limit_side_len) == ("min", 736)  # the engine's rule
 
 
+def test_detection_preprocessing_by_table_gives_the_engines_own_numbers():
+    from rapidocr.ch_ppocr_det.utils import DetPreProcess
+
+    from modalmesh.vision.ocr import ScreenReader, TablePreprocess
+
+    reader = ScreenReader(0)
+    detector = reader._detector
+    generator = np.random.default_rng(3)
+    for height, width, det_side in ((544, 960, 960), (800, 1280, 0), (390, 300, 0), (1080, 1920, 960)):
+        if det_side:
+            detector.limit_type, detector.limit_side_len = "max", det_side
+        else:
+            detector.limit_type, detector.limit_side_len = "min", 736
+        rgb = generator.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+        by_table = detector.get_preprocess()
+        assert isinstance(by_table, TablePreprocess)
+        engine = DetPreProcess(detector.limit_side_len, detector.limit_type, detector.mean, detector.std)
+        expected = engine(rgb)
+        found = by_table(rgb)
+        assert found.dtype == expected.dtype == np.float32 and found.shape == expected.shape
+        np.testing.assert_array_equal(found, expected)  # bit for bit
+    floats = generator.random((64, 96, 3), dtype=np.float32) * 255  # not 8-bit: the engine's own way
+    np.testing.assert_array_equal(detector.get_preprocess()(floats), engine(floats))
+
+
 def test_ocr_runs_only_when_asked(vision):
     result = vision.encode(image_bytes(render_screenshot("Login failed")), "image/png")
     assert len(result.side.text_spans) == 0 and "ocr" not in result.pooled_message.timings_ms
