@@ -97,9 +97,11 @@ class EncoderServicer:
         """Several whole inputs in one call, each as an EncodeOnce request, answered in the
         same order. The text service runs them through its model together (one batch), so
         the inputs share one round trip and no input waits for a batch that started
-        without it. At most EncoderInfo.limits.max_batch_inputs inputs. Every input is
-        checked as EncodeOnce checks it before any is encoded, and an invalid one fails the
-        whole call with INVALID_ARGUMENT naming it (for example "inputs[2].payload").
+        without it; the vision and audio services encode them one after another. At most
+        EncoderInfo.limits.max_batch_inputs inputs. Every input's header and size are
+        checked before any is encoded (the text service checks every text too); an invalid
+        input fails the whole call with INVALID_ARGUMENT naming it, for example
+        "inputs[2].payload". Other errors as for EncodeOnce.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
