@@ -2,8 +2,9 @@
 
 This module owns the stream protocol of `Encoder.Encode` (one header, then payload
 chunks), its validation (media type, options, datatype, size limit, stream order),
-`EncodeOnce` and `EncodeBatch` (whole inputs in one message) and the `Info` call. A modality supplies an `EncoderBackend`: what it accepts, how to load
-and warm its model, and how to turn one request into feature chunks.
+`EncodeOnce` and `EncodeBatch` (whole inputs in one message) and the `Info` call. A
+modality supplies an `EncoderBackend`: what it accepts, how to load and warm its model,
+and how to turn one request into feature chunks.
 """
 
 from __future__ import annotations

@@ -316,8 +316,9 @@ class Run:
         """One pooled text vector per line: in one EncodeBatch call (one batch of the text
         model), or, from a text service without it, one concurrent call per line."""
         if len(texts) > 1 and self.encoders.batches("text"):
-            header = next(encode_requests(b"", "text/plain", pooled_only=True)).header
-            request = encoder_pb2.EncodeBatchRequest(inputs=[encoder_pb2.EncodeOnceRequest(header=header, payload=text.encode()) for text in texts])
+            headers = [next(encode_requests(b"", "text/plain", pooled_only=True)).header for _ in texts]  # each its own request id
+            inputs = [encoder_pb2.EncodeOnceRequest(header=header, payload=text.encode()) for header, text in zip(headers, texts)]
+            request = encoder_pb2.EncodeBatchRequest(inputs=inputs)
             try:
                 reply = self._unary(call, self.encoders.stubs["text"].EncodeBatch, request)
             except grpc.RpcError as exc:
