@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -131,14 +130,10 @@ class LocalEncoders:
         return torch.from_numpy(np.array(self._encode(self.text, text.encode(), "text/plain").sequence, dtype=np.float32))
 
     def _text_vectors(self, lines: list[str]) -> torch.Tensor:
-        """One pooled vector per line, asked for concurrently as the router does
-        (pipeline.Run.embed_texts): the text service batches them."""
-
-        def one(line: str) -> np.ndarray:
-            return self._encode(self.text, line.encode(), "text/plain", pooled_only=True).pooled
-
-        with ThreadPoolExecutor(max_workers=min(8, len(lines))) as pool:
-            return torch.from_numpy(np.stack(list(pool.map(one, lines))))
+        """One pooled vector per line, all in one batch of the text model, as the router
+        asks for them (pipeline.Run.embed_texts: one EncodeBatch call)."""
+        requests = [EncodeRequest("local", "text/plain", frozenset(), "FP32", True, {}, line.encode()) for line in lines]
+        return torch.from_numpy(np.stack([collect(iter(chunks)).pooled for chunks in self.text.encode_batch(requests)]))
 
     def extract(
         self,
