@@ -19,6 +19,25 @@ def test_wrapped_lines_join_and_separate_blocks_stay_apart():
     assert paragraphs(spans) == ["ShopFast", "Sale: 20% off today", "Card ending 4242 was flagged as suspicious", "OK"]
 
 
+def test_a_paragraph_break_holds_whether_the_boxes_are_drawn_tight_or_loose():
+    """An e-mail on a 390x844 phone screen, its boxes as PP-OCR drew them detecting at the
+    image's own size (loose: the first line 27 px tall) and at the engine's upscaled size
+    (tight: 22 px): a 13-16 px gap between two paragraphs of 22-px type. Judged against
+    the smaller line, both readings break there; the wrapped sentence below stays whole."""
+    loose = [
+        ("Your password was changed.", (12, 165, 213, 192)),
+        ("You can manage your emails in your", (12, 205, 267, 228)),
+        ("account settings.", (11, 230, 131, 254)),
+    ]
+    tight = [
+        ("Your password was changed.", (13, 168, 213, 190)),
+        ("You can manage your emails in your", (13, 206, 268, 228)),
+        ("account settings.", (13, 231, 130, 252)),
+    ]
+    expected = ["Your password was changed.", "You can manage your emails in your account settings."]
+    assert paragraphs(loose) == paragraphs(tight) == expected
+
+
 def test_words_on_one_row_join_unless_far_apart_and_spans_without_boxes_are_kept():
     spans = [("Invalid", (0, 0, 60, 20)), ("password", (70, 2, 150, 20)), ("Help", (600, 0, 640, 20)), ("no box", ())]
     assert paragraphs(spans) == ["Invalid password", "Help", "no box"]

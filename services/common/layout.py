@@ -6,9 +6,12 @@ words as separate boxes. A model reading a screen wants the sentence, so:
 
 1. rows: boxes whose vertical centres lie within half a box height of each other;
 2. lines: within a row, left to right, boxes closer than `word_gap` heights are joined;
-3. paragraphs: a line directly under another (gap under `line_gap` heights), in the
-   same font size (heights within 25%), that overlaps it horizontally continues its
-   paragraph;
+3. paragraphs: a line directly under another (gap under `line_gap` times the smaller of
+   the two lines' heights), in the same font size (heights within 25%), that overlaps it
+   horizontally continues its paragraph. The smaller height, because how tall a box is
+   drawn depends on the detection size and the letters in it (a detection at a smaller
+   scale draws looser boxes: "Your password was changed." 27 px tall over a 22-px line),
+   and the gap between two paragraphs must not shrink under the taller one's half;
 4. hard breaks: a line that ends so short that the next line's first word would have
    fitted after it (against the paragraph's widest line) was broken on purpose, not
    wrapped, and ends its paragraph: a list ("Order placed 22 Jul" / "Packed 22 Jul" /
@@ -99,7 +102,7 @@ def paragraphs(spans: Iterable[tuple[str, Box]], word_gap: float = 2.0, line_gap
             gap = line.box[1] - last.box[3]
             overlaps = min(line.box[2], last.box[2]) > max(line.box[0], last.box[0])
             similar = min(line.height, last.height) >= 0.75 * max(line.height, last.height)  # same font size
-            if -0.5 * line.height <= gap <= line_gap * max(line.height, last.height) and overlaps and similar and line.box[1] > last.box[1]:
+            if -0.5 * line.height <= gap <= line_gap * min(line.height, last.height) and overlaps and similar and line.box[1] > last.box[1]:
                 block.append(line)
                 break
         else:
