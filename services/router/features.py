@@ -122,9 +122,12 @@ class LocalEncoders:
             service.finalize()
 
     @staticmethod
-    def _encode(service, data: bytes, media_type: str, options=(), parameters=None, pooled_only=False):
-        request = EncodeRequest("local", media_type, frozenset(options), "FP32", pooled_only, dict(parameters or {}), data)
-        return collect(iter(list(service.encode(request))))
+    def _request(data: bytes, media_type: str, options=(), parameters=None, pooled_only=False) -> EncodeRequest:
+        return EncodeRequest("local", media_type, frozenset(options), "FP32", pooled_only, dict(parameters or {}), data)
+
+    @classmethod
+    def _encode(cls, service, data: bytes, media_type: str, options=(), parameters=None, pooled_only=False):
+        return collect(iter(list(service.encode(cls._request(data, media_type, options, parameters, pooled_only)))))
 
     def _text_tokens(self, text: str) -> torch.Tensor:
         return torch.from_numpy(np.array(self._encode(self.text, text.encode(), "text/plain").sequence, dtype=np.float32))
@@ -132,7 +135,7 @@ class LocalEncoders:
     def _text_vectors(self, lines: list[str]) -> torch.Tensor:
         """One pooled vector per line, all in one batch of the text model, as the router
         asks for them (pipeline.Run.embed_texts: one EncodeBatch call)."""
-        requests = [EncodeRequest("local", "text/plain", frozenset(), "FP32", True, {}, line.encode()) for line in lines]
+        requests = [self._request(line.encode(), "text/plain", pooled_only=True) for line in lines]
         return torch.from_numpy(np.stack([collect(iter(chunks)).pooled for chunks in self.text.encode_batch(requests)]))
 
     def extract(

@@ -711,7 +711,7 @@ def decide(
             name = next(iter(present))
             alone_tags = tags if name == "image" else {}
             if set(spec.needs) <= {name} and (name == "image" or not tags):
-                kept.get(name, {s: f for s, f in features.items() if s in MODALITY_SOURCES[name]}, alone_tags, lambda: probabilities)
+                kept.keep(name, {s: f for s, f in features.items() if s in MODALITY_SOURCES[name]}, alone_tags, probabilities)
         return Decided(outputs, probabilities, regression, weight)
     best = int(probabilities.argmax())
     pooled, dissent = [probabilities], []
@@ -771,6 +771,10 @@ class AloneReadings:
                 future.set_exception(exc)
                 raise
         return future.result()
+
+    def keep(self, name: str, alone: dict[str, torch.Tensor], tags: dict[str, str], reading: torch.Tensor) -> None:
+        """A reading of `name` alone already made (a decision on that modality only)."""
+        self.get(name, alone, tags, lambda: reading)
 
 
 def fuse(
