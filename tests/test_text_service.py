@@ -606,6 +606,36 @@ ENGINE_SENTENCES = [
 ]
 
 
+def test_converting_to_openvino_reports_nothing_and_forks_nothing(tmp_path):
+    """OpenVINO's converter would report the conversion to Google Analytics from a forked
+    process; the mesh's conversions load the converter's own stub instead. In a fresh
+    interpreter (the converter not loaded yet) and where it was loaded before."""
+    import subprocess
+    import sys
+
+    script = (
+        "import multiprocessing, sys, torch\n"
+        "first = sys.argv[1] == 'loaded'\n"
+        "if first:\n"
+        "    import openvino.tools.ovc.convert_impl\n"
+        "from modalmesh.common import compiled\n"
+        "compiled.convert_module(torch.nn.Linear(4, 2), torch.zeros(1, 4), 'tiny-linear')\n"
+        "import openvino.tools.ovc.telemetry_stub as stub\n"
+        "bound = [sys.modules[name].tm for name in compiled.CONVERTER_MODULES if name in sys.modules]\n"
+        "print(bool(bound) and all(tm is stub for tm in bound), sys.modules.get('openvino_telemetry'), multiprocessing.active_children())\n"
+    )
+    for state in ("fresh", "loaded"):
+        done = subprocess.run(
+            [sys.executable, "-c", script, state],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "MODALMESH_CACHE_DIR": str(tmp_path / state)},
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.strip().splitlines()[-1] == "True None []", (state, done.stdout)
+
+
 def test_openvino_runs_minilm_with_torchs_features():
     # The bundled model, both engines through the real loading code: what the service
     # serves by default (openvino) is what the shipped weights were trained on (torch).

@@ -99,8 +99,31 @@ def read_cached(key: str) -> Any:
         return None
 
 
+# The modules of OpenVINO's converter that bind its telemetry package (as `tm`) when they load.
+CONVERTER_MODULES = ("openvino.tools.ovc.main", "openvino.tools.ovc.convert_impl", "openvino.tools.ovc.telemetry_utils", "openvino.tools.ovc.utils")
+
+
+def without_telemetry() -> None:
+    """OpenVINO's converter reports each conversion to Google Analytics unless the user has
+    opted out in their home folder: it forks a process from the converting thread to send
+    it (in a process running gRPC and torch threads such a fork has crashed with a
+    segmentation fault) and reaches for the network. The mesh never reports: the telemetry
+    package is hidden from imports, so the converter loads its own stub, and converter
+    modules loaded already are given that stub."""
+    import sys
+
+    sys.modules["openvino_telemetry"] = None  # type: ignore[assignment]  # an import of it fails: the converter's stub instead
+    import openvino.tools.ovc.telemetry_stub as stub
+
+    for name in CONVERTER_MODULES:
+        module = sys.modules.get(name)
+        if module is not None:
+            setattr(module, "tm", stub)
+
+
 def convert_module(module: Any, example_inputs: Any, key: str) -> Any:
     """Convert `module` (torch) to OpenVINO's form and cache it under `key`; returns the model."""
+    without_telemetry()
     import openvino
 
     folder = cache_folder(key)
