@@ -443,12 +443,49 @@ def test_recognition_batches_are_padded_to_a_few_widths(reader):
     so the runtime sees the same input shapes again."""
     from modalmesh.vision.ocr import REC_WIDTH_STEP
 
-    recognizer = reader._engine.text_rec
+    recognizer = reader._engine.text_rec.recognizer
     crops = [np.full((20, width, 3), 255, dtype=np.uint8) for width in (37, 200, 333, 517, 1000)]
     for crop in crops:
         width = recognizer.resize_norm_img(crop, crop.shape[1] / crop.shape[0]).shape[2]
         assert width % REC_WIDTH_STEP == 0, width
         assert 48 * crop.shape[1] / crop.shape[0] <= width < 48 * crop.shape[1] / crop.shape[0] + REC_WIDTH_STEP  # never cut
+
+
+def test_recognition_batches_lines_of_about_one_width_and_keeps_their_order(reader, monkeypatch):
+    """A short label is not padded to a long message's width: lines share a model call only
+    with lines of about their width (REC_GROUP_SPREAD; every line under the model's minimum
+    width shares one), and each reads as it does alone."""
+    from PIL import ImageDraw, ImageFont
+    from rapidocr.ch_ppocr_rec.typings import TextRecInput
+
+    from modalmesh.vision.ocr import REC_GROUP_SPREAD
+
+    def crop(text: str) -> np.ndarray:
+        font = ImageFont.load_default(size=24)
+        width = int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(text, font=font)) + 16
+        image = Image.new("RGB", (width, 34), "white")
+        ImageDraw.Draw(image).text((8, 4), text, fill="black", font=font)
+        return np.asarray(image)
+
+    words = ["Cancel", "Your payment could not be processed today", "OK", "Help", "Track the parcel you ordered last week"]
+    crops = [crop(word) for word in words]
+    grouped = reader._engine.text_rec
+    session, shapes = grouped.recognizer.session, []
+
+    class Recording:
+        def __call__(self, batch):
+            shapes.append(batch.shape)
+            return session(batch)
+
+    monkeypatch.setattr(grouped.recognizer, "session", Recording())
+    read = grouped(TextRecInput(img=crops))
+    assert list(read.txts) == words
+    assert shapes[0][:1] == (3,) and shapes[0][3] == 320  # the three short words together
+    assert [shape[0] for shape in shapes] == [3, 1, 1]
+    for shape in shapes:  # no line padded to more than REC_GROUP_SPREAD past its own width
+        assert shape[3] <= max(grouped.width(c) for c in crops if grouped.width(c) <= shape[3]) * (1 + REC_GROUP_SPREAD)
+    for word, alone in zip(words, crops):
+        assert grouped(TextRecInput(img=[alone])).txts == (word,)
 
 
 def _page(width: int, height: int, rows: list[int], left: int = 40) -> np.ndarray:

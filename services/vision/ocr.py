@@ -76,6 +76,17 @@ class ScreenText(list):
 # the same time on a page seen before; wider steps pad more than they save).
 REC_WIDTH_STEP = 32
 
+# The recognition model sees every line of a batch padded to the batch's widest (and to its
+# 320-px minimum). Batched six at a time in order of width, as rapidocr does, a short label
+# sharing a batch with a long message is padded to the message's width: on the test
+# screenshots a third of what the model read was padding. Lines are batched here only with
+# lines at most REC_GROUP_SPREAD wider than the narrowest of their batch (all lines under
+# the minimum width share one), so each line is read at about its own width whatever else
+# is on the screen: 5-13 ms less OCR per screen (test screenshots, e-mails, browser pages),
+# and the screens' messages read as before or better.
+REC_GROUP_SPREAD = 0.1
+REC_GROUP_MAX = 6  # lines per model call at most (rapidocr's own batch)
+
 
 class ScreenReader:
     def __init__(self, det_side: int = 0, engine: str = DEFAULT_OCR_ENGINE, max_lines: int = DEFAULT_MAX_LINES) -> None:
@@ -134,6 +145,7 @@ class ScreenReader:
             return resize(img, (width + 0.5) / height)  # the half pixel survives the engine's int()
 
         setattr(recognizer, "resize_norm_img", width_in_steps)
+        setattr(self._engine, "text_rec", GroupedRecognition(recognizer, height, int(recognizer.rec_image_shape[2])))  # what the engine calls to recognise
         log.info("OCR: PP-OCR on %s", engine)
 
     def warm_up(self) -> list[TextLine]:
@@ -198,6 +210,48 @@ class ScreenReader:
             box = (float(quad[:, 0].min()), float(quad[:, 1].min()), float(quad[:, 0].max()), float(quad[:, 1].max()))
             lines.append(TextLine(str(text), float(score), box))
         return lines, detected
+
+
+class GroupedRecognition:
+    """rapidocr's recognition step (its TextRecognizer, which the engine calls with every
+    line crop of an image) with the crops batched by width (REC_GROUP_SPREAD) instead of six
+    at a time; the results in the crops' order."""
+
+    def __init__(self, recognizer: Any, height: int, min_width: int) -> None:
+        self.recognizer, self.height, self.min_width = recognizer, height, min_width
+        recognizer.rec_batch_num = REC_GROUP_MAX  # a group is one model call
+
+    def width(self, crop: np.ndarray) -> int:
+        """The width the model reads `crop` at alone (ScreenReader's width_in_steps)."""
+        return max(self.min_width, math.ceil(self.height * crop.shape[1] / crop.shape[0] / REC_WIDTH_STEP) * REC_WIDTH_STEP)
+
+    def groups(self, crops: list[np.ndarray]) -> list[list[int]]:
+        """Indices of `crops`, narrowest first, in batches of about one width."""
+        widths = [self.width(crop) for crop in crops]
+        groups: list[list[int]] = []
+        for index in sorted(range(len(crops)), key=widths.__getitem__):
+            if groups and len(groups[-1]) < REC_GROUP_MAX and widths[index] <= widths[groups[-1][0]] * (1 + REC_GROUP_SPREAD):
+                groups[-1].append(index)
+            else:
+                groups.append([index])
+        return groups
+
+    def __call__(self, args: Any) -> Any:
+        from rapidocr.ch_ppocr_rec.typings import TextRecInput, TextRecOutput
+
+        crops = [args.img] if isinstance(args.img, np.ndarray) else list(args.img)
+        if not crops:
+            return self.recognizer(args)
+        txts: list[Any] = [None] * len(crops)
+        scores: list[Any] = [None] * len(crops)
+        words: list[Any] = [None] * len(crops)
+        elapse, read = 0.0, None
+        for group in self.groups(crops):
+            read = self.recognizer(TextRecInput(img=[crops[i] for i in group], return_word_box=args.return_word_box))
+            elapse += read.elapse or 0.0
+            for position, index in enumerate(group):
+                txts[index], scores[index], words[index] = read.txts[position], read.scores[position], read.word_results[position]
+        return TextRecOutput(imgs=crops, txts=tuple(txts), scores=scores, word_results=tuple(words), elapse=elapse, viser=read.viser if read else None)
 
 
 def normalisation_table(preprocess: Any) -> np.ndarray:
