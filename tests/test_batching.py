@@ -254,34 +254,3 @@ def test_a_budget_waiter_gives_up_at_its_deadline_and_a_part_over_the_whole_runs
             assert budget.free == 0
             raise RuntimeError("the work failed")
     assert budget.free == 10  # given back whatever happened
-
-
-def test_enqueued_items_run_while_the_caller_works_and_a_cancelled_one_costs_no_model_time():
-    seen = []
-    release = threading.Event()
-
-    def run(items):
-        seen.extend(items)
-        if "blocker" in items:
-            release.wait(5)
-        return [f"done {x}" for x in items]
-
-    batcher = DynamicBatcher(run, max_batch_size=1, max_delay_ms=0, max_queue=8)
-    try:
-        queued = batcher.enqueue(["early"])  # returns at once; the worker runs it meanwhile
-        deadline = time.monotonic() + 5
-        while "early" not in seen and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert "early" in seen  # ran before the caller asked for the result
-        assert [r.value for r in queued.wait(timeout=5)] == ["done early"]
-
-        blocking = batcher.enqueue(["blocker"])
-        dropped = batcher.enqueue(["dropped"])
-        dropped.cancel()  # the caller's own work failed: it no longer wants the features
-        release.set()
-        assert blocking.wait(timeout=5)[0].value == "done blocker"
-        assert batcher.submit("after", timeout=5).value == "done after"
-        assert "dropped" not in seen
-    finally:
-        release.set()
-        batcher.close()

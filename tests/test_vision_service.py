@@ -20,16 +20,11 @@ def start_vision(**overrides):
 
 
 @pytest.fixture(scope="module")
-def vision_handle():
+def vision():
     handle = start_vision()
-    yield handle
-    handle.stop(grace=0.5)
-
-
-@pytest.fixture(scope="module")
-def vision(vision_handle):
-    with connect(vision_handle.address) as channel:
+    with connect(handle.address) as channel:
         yield EncoderClient(channel)
+    handle.stop(grace=0.5)
 
 
 def test_info(vision):
@@ -180,35 +175,6 @@ def test_detection_preprocessing_by_table_gives_the_engines_own_numbers():
         np.testing.assert_array_equal(found, expected)  # bit for bit
     floats = generator.random((64, 96, 3), dtype=np.float32) * 255  # not 8-bit: the engine's own way
     np.testing.assert_array_equal(detector.get_preprocess()(floats), engine(floats))
-
-
-def test_the_backbone_runs_while_ocr_reads_the_screen(vision, vision_handle, monkeypatch):
-    """The image's features are computed on the batcher's thread while the request's own
-    thread reads the screen: the backbone here waits (up to 10 s) to see OCR begin, which
-    it only can if the two overlap; the answer is the same as without OCR."""
-    import threading
-
-    service = vision_handle.service
-    ocr_began, overlapped = threading.Event(), []
-    read, encode_batch = service.reader.read, service.backbone.encode_batch
-
-    def reading(*args, **kwargs):
-        ocr_began.set()
-        return read(*args, **kwargs)
-
-    def backbone(batch):
-        overlapped.append(ocr_began.wait(10))
-        return encode_batch(batch)
-
-    png = image_bytes(render_screenshot("Error 402: Payment declined"))
-    alone = vision.encode(png, "image/png")
-    monkeypatch.setattr(service.reader, "read", reading)
-    monkeypatch.setattr(service.backbone, "encode_batch", backbone)
-    result = vision.encode(png, "image/png", options=["ocr"], timeout=60)
-    assert overlapped == [True]
-    assert any("Payment declined" in span.text for span in result.side.text_spans)
-    assert result.side.tags["grid"] == "7x7"
-    np.testing.assert_allclose(result.sequence, alone.sequence, atol=1e-3)
 
 
 def test_ocr_runs_only_when_asked(vision):

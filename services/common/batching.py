@@ -3,8 +3,7 @@
 Handler threads call `DynamicBatcher.submit(item)` and block; one worker thread takes
 the oldest request, waits up to `max_delay_ms` for more to arrive (or until
 `max_batch_size` are waiting), runs `run_batch` on all of them at once, and hands each
-caller its own result (`enqueue` queues without blocking, for a caller with other work
-to do meanwhile, and `wait`s later). The queue is bounded: a full queue is RESOURCE_EXHAUSTED at
+caller its own result. The queue is bounded: a full queue is RESOURCE_EXHAUSTED at
 once rather than an ever-growing wait. A request whose caller gave up (deadline) is
 dropped from the queue before it costs model time.
 
@@ -53,36 +52,6 @@ class _Pending(Generic[Item]):
     enqueued: float
 
 
-class Queued(Generic[Result]):
-    """Items a DynamicBatcher has queued (DynamicBatcher.enqueue): `wait` for their results,
-    or `cancel` them (those whose batch has not started never cost model time)."""
-
-    def __init__(self, name: str, pending: list[_Pending]) -> None:
-        self.name, self.pending = name, pending
-
-    def wait(self, timeout: float | None = None) -> list[Batched[Result]]:
-        """The results in queue order (or the first error). `timeout`: the caller's remaining
-        deadline in seconds; past it every item is abandoned (DEADLINE_EXCEEDED)."""
-        deadline = None if timeout is None else time.perf_counter() + timeout
-        results: list[Batched[Result]] = []
-        for one in self.pending:
-            try:
-                result = one.future.result(timeout=None if deadline is None else max(0.0, deadline - time.perf_counter()))
-            except TimeoutError:
-                self.cancel()
-                raise errors.deadline_exceeded(f"{self.name}: deadline passed while waiting for the model") from None
-            # Spans under the caller's span: the wait for a batch, and the batch's model time.
-            enqueued = result.started - result.queue_ms / 1000.0
-            telemetry.record_span(f"{self.name}.batch_wait", enqueued, result.started)
-            telemetry.record_span(f"{self.name}.model", result.started, result.started + result.batch_ms / 1000.0, {"batch_size": result.batch_size})
-            results.append(result)
-        return results
-
-    def cancel(self) -> None:
-        for waiting in self.pending:
-            waiting.future.cancel()
-
-
 class DynamicBatcher(Generic[Item, Result]):
     def __init__(
         self,
@@ -121,11 +90,6 @@ class DynamicBatcher(Generic[Item, Result]):
         they share a batch (up to max_batch_size) instead of the first running alone while
         the others are still on their way. The results in the same order; the queue takes
         all of them or none (RESOURCE_EXHAUSTED)."""
-        return self.enqueue(items).wait(timeout)
-
-    def enqueue(self, items: Sequence[Item]) -> "Queued[Result]":
-        """Queue `items` as submit_many does and return at once: the caller does other work
-        while they wait for the model, then calls `wait` on what this returns (or `cancel`)."""
         pending = [_Pending(item, Future(), time.perf_counter()) for item in items]
         with self._wakeup:
             if self._closed:
@@ -135,7 +99,21 @@ class DynamicBatcher(Generic[Item, Result]):
             self._pending.extend(pending)
             self._queue_depth.set(len(self._pending))
             self._wakeup.notify()
-        return Queued(self.name, pending)
+        deadline = None if timeout is None else time.perf_counter() + timeout
+        results: list[Batched[Result]] = []
+        for one in pending:
+            try:
+                result = one.future.result(timeout=None if deadline is None else max(0.0, deadline - time.perf_counter()))
+            except TimeoutError:
+                for waiting in pending:
+                    waiting.future.cancel()
+                raise errors.deadline_exceeded(f"{self.name}: deadline passed while waiting for the model") from None
+            # Spans under the caller's span: the wait for a batch, and the batch's model time.
+            enqueued = result.started - result.queue_ms / 1000.0
+            telemetry.record_span(f"{self.name}.batch_wait", enqueued, result.started)
+            telemetry.record_span(f"{self.name}.model", result.started, result.started + result.batch_ms / 1000.0, {"batch_size": result.batch_size})
+            results.append(result)
+        return results
 
     def close(self) -> None:
         """Stop taking requests; those already queued still run."""

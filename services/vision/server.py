@@ -109,36 +109,12 @@ class VisionService(EncoderBackend):
         with telemetry.tracer().start_as_current_span("vision.decode"):
             image = decode_image(request.payload, request.media_type, request.parameters, self.max_pixels)
         backbone, batcher = self.loaded
-        # The backbone runs on the batcher's thread while this one measures and reads the
-        # screen: OCR on OpenVINO leaves a core idle in its single-threaded steps (crops,
-        # resizing, decoding the recognised lines), which the backbone fills.
-        queued = batcher.enqueue([image.rgb])
-        try:
-            side = encoder_pb2.SideOutputs(tags=dict(image.tags))
-            timings = self._side_outputs(request, image, side)
-            result = queued.wait(timeout=request.time_remaining())[0]
-        except BaseException:
-            queued.cancel()
-            raise
+        result = batcher.submit(image.rgb, timeout=request.time_remaining())
         features = result.value
         if not request.pooled_only:
             yield from sequence_chunks(features.tokens, self.feature_kind, request.output_datatype)
-        timings.update({"queue": result.queue_ms, "model": result.batch_ms, "batch_size": float(result.batch_size)})
-        side.tags["grid"] = f"{features.grid[0]}x{features.grid[1]}"
-        yield encoder_pb2.FeatureChunk(side=side)
-        yield encoder_pb2.FeatureChunk(
-            pooled=encoder_pb2.PooledFeatures(
-                vector=codec.encode(features.pooled, request.output_datatype),
-                sequence_length=int(features.tokens.shape[0]),
-                timings_ms=timings,
-                model_version=backbone.version,
-            )
-        )
-
-    def _side_outputs(self, request: EncodeRequest, image, side: encoder_pb2.SideOutputs) -> dict[str, float]:
-        """What the request asks for besides features, into `side`: the CT lung-lesion
-        measurement, the screen text. Returns their timings (ms)."""
-        timings: dict[str, float] = {}
+        timings = {"queue": result.queue_ms, "model": result.batch_ms, "batch_size": float(result.batch_size)}
+        side = encoder_pb2.SideOutputs(tags={**image.tags, "grid": f"{features.grid[0]}x{features.grid[1]}"})
         if "lesions" in request.options and image.hounsfield is not None and "PixelSpacing" in image.tags:  # CT: lung lesions in HU
             started = time.perf_counter()
             with telemetry.tracer().start_as_current_span("vision.measure"):
@@ -156,4 +132,12 @@ class VisionService(EncoderBackend):
             if lines.more:
                 side.tags["ocr_more"] = f"text left unread: the first {self.reader.max_lines} lines were read (ocr_max_lines)"
             timings[reading] = (time.perf_counter() - started) * 1000.0
-        return timings
+        yield encoder_pb2.FeatureChunk(side=side)
+        yield encoder_pb2.FeatureChunk(
+            pooled=encoder_pb2.PooledFeatures(
+                vector=codec.encode(features.pooled, request.output_datatype),
+                sequence_length=int(features.tokens.shape[0]),
+                timings_ms=timings,
+                model_version=backbone.version,
+            )
+        )
