@@ -106,8 +106,8 @@ class ServiceConfig:
     )
     ocr_max_lines: int = _option(
         100,
-        "vision: most text lines OCR recognises per image, the first in reading order (about 15 ms each "
-        "here); the side output's 'ocr_more' tag says when text was left unread",
+        "vision: most text lines OCR recognises per image, the first in reading order (about 5 ms per "
+        "short line here); the side output's 'ocr_more' tag says when text was left unread",
     )
     ocr_engine: str = _option(
         DEFAULT_OCR_ENGINE,

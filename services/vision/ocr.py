@@ -55,8 +55,9 @@ ENGINE_MAX_SIDE = 2000  # the engine's Global.max_side_len: it shrinks every ima
 TILE_OVERLAP = 0.1  # of the width, on each side of a tile's band: more than a line's height
 
 
-# Recognition costs about 15 ms per text line here: a 1920x1920 screen of 609 short lines
-# takes 9 s, a 1080x8000 page of 921 lines 11 s, holding the one OCR engine all that time.
+# Recognition costs about 5 ms per short text line here (more for long ones): a 1920x1920
+# screen of 608 short lines takes 2.9 s, a 1080x8000 page of 921 lines 5.1 s, holding the
+# one OCR engine all that time (0.8 and 0.6 s with the default cap).
 # A screen's message is near its top and the router reads 32 paragraphs at most
 # (common/layout.MAX_SCREEN_LINES); the built-in screenshots have at most 9 lines.
 DEFAULT_MAX_LINES = 100
