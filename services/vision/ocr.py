@@ -224,7 +224,7 @@ class GroupedRecognition:
 
     def width(self, crop: np.ndarray) -> int:
         """The width the model reads `crop` at alone (ScreenReader's width_in_steps)."""
-        return max(self.min_width, math.ceil(self.height * crop.shape[1] / crop.shape[0] / REC_WIDTH_STEP) * REC_WIDTH_STEP)
+        return max(self.min_width, math.ceil(self.height * crop.shape[1] / max(1, crop.shape[0]) / REC_WIDTH_STEP) * REC_WIDTH_STEP)
 
     def groups(self, crops: list[np.ndarray]) -> list[list[int]]:
         """Indices of `crops`, narrowest first, in batches of about one width."""
