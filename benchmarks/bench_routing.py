@@ -73,8 +73,14 @@ def run(task: str, manifest: Path, limit: int) -> dict:
                 for mode in ("full", "routed") if index % 2 == 0 else ("routed", "full"):
                     started = time.perf_counter()
                     answer = client.analyze(task, mode=mode, **fields)
+                    timings = answer["timings_ms"]
                     row[mode] = {
                         "ms": (time.perf_counter() - started) * 1000,
+                        # Where the router's time went: the image modality's call (with its screen
+                        # text's vectors), deciding after it, and the answer's words.
+                        "image_ms": answer["modalities"].get("image", {}).get("latency_ms", 0.0),
+                        "after_encoders_ms": timings.get("encode", 0.0) - max([m.get("latency_ms", 0.0) for m in answer["modalities"].values()] or [0.0]),
+                        "decide_ms": timings.get("fuse", 0.0) + timings.get("heads", 0.0),
                         "label": answer["label"],
                         "early": any(r["status"] == "skipped" or "not requested" in r["reason"] for r in answer["modalities"].values()),
                         "quick": "read at the quick detection size" in answer["modalities"].get("image", {}).get("reason", ""),
@@ -99,6 +105,11 @@ def summarize(rows: list[dict], groups: bool = True) -> dict:
             "answered_wrong": sum(r[mode]["label"] not in (UNCERTAIN, r["label"]) for r in rows),
             "mean_ms": statistics.fmean(ms),
             "median_ms": statistics.median(ms),
+            "image_ms": statistics.fmean(r[mode].get("image_ms", 0.0) for r in rows),
+            # ROUTED: on the screens answered from the quick reading (a second reading would count here)
+            "after_encoders_ms": statistics.fmean(
+                [r[mode].get("after_encoders_ms", 0.0) + r[mode].get("decide_ms", 0.0) for r in rows if mode == "full" or r[mode].get("quick")] or [0.0]
+            ),
         }
     result["early"] = sum(r["routed"]["early"] for r in rows)
     result["quick"] = sum(r["routed"].get("quick", False) for r in rows)
@@ -149,6 +160,15 @@ def main() -> int:
                     f"({part['routed']['mean_ms']:.0f} vs {part['full']['mean_ms']:.0f} ms), accuracy "
                     f"{part['routed']['accuracy']:.3f} vs {part['full']['accuracy']:.3f}"
                 )
+        if "screenshot_without_voice" in result:
+            part = result["screenshot_without_voice"]
+            print("   where the time went on screenshots without a voice message (means, routed vs full):")
+            print(
+                f"      image modality (the vision call and its screen text's vectors) {part['routed']['image_ms']:.0f} vs {part['full']['image_ms']:.0f} ms; "
+                f"the router after the last encoder answered (deciding, judging the quick reading, the answer's words; "
+                f"ROUTED on the screens answered from the quick reading) "
+                f"{part['routed']['after_encoders_ms']:.1f} vs {part['full']['after_encoders_ms']:.1f} ms"
+            )
     write_results(args.out, {"machine": machine(), **results})
     return 0
 
