@@ -430,18 +430,29 @@ def test_a_short_clip_is_transcribed_in_a_window_fitted_to_it_and_a_loop_in_the_
     from modalmesh.audio import whisper
 
     assert [whisper.fitted_window(frames) for frames in (50, 401, 700, 701, 1200, 2800)] == [1000, 1000, 1000, 1500, 1500, 3000]
-    engine = whisper.WhisperEngine()
+    engine = whisper.WhisperEngine(threads=2)
     samples, _, _ = decode_file_16k(Path(__file__).resolve().parent.parent / "examples" / "voice.wav")
-    encoded = []
-    real_encode = engine.model.model.encode
-    engine.model.model = _Spy(engine.model.model, "encode", lambda features, **kw: (encoded.append(features.shape[2]), real_encode(features, **kw))[1])
+    encoded: dict[str, list[int]] = {"fitted": [], "full": []}
+
+    def spy(model, name):
+        real = model.encode
+        return _Spy(model, "encode", lambda features, **kw: (encoded[name].append(features.shape[2]), real(features, **kw))[1])
+
+    # A fitted window on its own one-thread instance of the model (FITTED_THREADS), the 30 s one on the engine's two.
+    assert engine.fitted_model is not engine.model.model and whisper.FITTED_THREADS == 1
+    engine.fitted_model, engine.model.model = spy(engine.fitted_model, "fitted"), spy(engine.model.model, "full")
     text, confidence = engine.transcribe(samples)
     assert text == "Hello, my payment failed at checkout. Please help me." and 0 < confidence <= 1
-    assert encoded == [1000]  # 4.1 s of speech: a 10 s window, one encoding
+    assert encoded == {"fitted": [1000], "full": []}  # 4.1 s of speech: a 10 s window, one encoding
+    # Either instance gives the same transcript (the same weights; only the threads differ).
+    one_thread = engine.fitted_model
+    engine.fitted_model = engine.model.model
+    assert engine.transcribe(samples) == (text, confidence)
+    engine.fitted_model = one_thread
     # A decoding stuck in a loop (what a 10 s recording gave in a 15 s window) is not kept.
     engine._fitted = lambda clip: None if len(clip) else ("", 0.0)
-    encoded.clear()
-    assert engine.transcribe(samples)[0] == text and encoded == [3000]  # faster-whisper's own 30 s window
+    encoded["fitted"].clear(), encoded["full"].clear()
+    assert engine.transcribe(samples)[0] == text and encoded == {"fitted": [], "full": [3000]}  # faster-whisper's own 30 s window
 
 
 class _Spy:

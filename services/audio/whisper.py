@@ -40,6 +40,15 @@ MIN_SECONDS = 0.1
 # against 1213 and 1284). A 10 s human recording decoded in a 15 s window looped ("Fail
 # better." over and over): a fitted transcript that repeats itself is done again in 30 s.
 FIT_MAX_S, FIT_TRAIL_S, FIT_STEP_S, FIT_MIN_S = 6.0, 3.0, 5.0, 10.0
+# A clip in a fitted window is encoded and decoded on FITTED_THREADS threads, by its own
+# instance of the model; the 30 s window on the engine's `threads`. A fitted window's
+# matrices are too small for a second thread to pay, and on a shared machine that thread
+# is the one the vision service reads a screen on. In the mesh (2 cores, FULL triage
+# requests, medians): with a screenshot, 2.5 s clips 242-256 ms on one thread against
+# 284-290 on two, 5.7 s clips 304-338 against 359-360; with only the message, 5.7 s clips
+# 235 against 260-266 ms. The 30 s window is faster on two (10.3 s clips, with only the
+# message: 890-994 against 1008-1011 ms).
+FITTED_THREADS = 1
 MAX_COMPRESSION_RATIO = 2.4  # faster-whisper's compression_ratio_threshold
 MAX_TOKENS_PER_S = 8  # fast speech is about 4 tokens a second
 VERSION = f"whisper-base@{MODEL_SHA256[:12]}+fit{FIT_MIN_S:g}"
@@ -103,6 +112,12 @@ class WhisperEngine:
         self.tokenizer = (
             Tokenizer(self.model.hf_tokenizer, self.model.model.is_multilingual, task="transcribe", language=self.language) if self.language else None
         )
+        # What encodes and decodes a clip in a fitted window (FITTED_THREADS): the same model file.
+        self.fitted_model = self.model.model
+        if self.tokenizer is not None and threads != FITTED_THREADS:
+            import ctranslate2
+
+            self.fitted_model = ctranslate2.models.Whisper(str(model_dir()), device="cpu", compute_type="int8", intra_threads=FITTED_THREADS)
 
     def transcribe(self, samples) -> tuple[str, float]:
         """16 kHz mono float32 -> (text, mean segment probability: exp of the average
@@ -135,12 +150,12 @@ class WhisperEngine:
         window = np.zeros((1, features.shape[0], fitted_window(features.shape[1])), dtype=np.float32)  # faster-whisper pads with 0 too
         frames = min(window.shape[2], features.shape[1])
         window[0, :, :frames] = features[:, :frames]
-        encoded = self.model.model.encode(ctranslate2.StorageView.from_array(window), to_cpu=False)
+        encoded = self.fitted_model.encode(ctranslate2.StorageView.from_array(window), to_cpu=False)
         tokenizer = self.tokenizer
         assert tokenizer is not None  # transcribe() fits a window only with a set language
         prompt = [*tokenizer.sot_sequence, tokenizer.no_timestamps]
         most = min(224, len(prompt) + int(MAX_TOKENS_PER_S * len(samples) / 16000) + 16)  # a loop stops early
-        (result,) = self.model.model.generate(encoded, [prompt], beam_size=1, max_length=most, return_scores=True, return_no_speech_prob=True)
+        (result,) = self.fitted_model.generate(encoded, [prompt], beam_size=1, max_length=most, return_scores=True, return_no_speech_prob=True)
         average_logprob = float(result.scores[0])  # the sequence's log-probability per token
         text = tokenizer.decode([t for t in result.sequences_ids[0] if t < tokenizer.eot]).strip()
         if not text or _silence(result.no_speech_prob, average_logprob):
