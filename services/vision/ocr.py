@@ -142,7 +142,7 @@ class ScreenReader:
         resize, height = recognizer.resize_norm_img, int(recognizer.rec_image_shape[1])
 
         def width_in_steps(img, max_wh_ratio):
-            width = math.ceil(height * max_wh_ratio / REC_WIDTH_STEP) * REC_WIDTH_STEP
+            width = rec_width(height, max_wh_ratio)
             return resize(img, (width + 0.5) / height)  # the half pixel survives the engine's int()
 
         setattr(recognizer, "resize_norm_img", width_in_steps)
@@ -213,6 +213,12 @@ class ScreenReader:
         return lines, detected
 
 
+def rec_width(height: int, ratio: float) -> int:
+    """The width recognition reads a line of width/height `ratio` at: its own, rounded up
+    to REC_WIDTH_STEP."""
+    return math.ceil(height * ratio / REC_WIDTH_STEP) * REC_WIDTH_STEP
+
+
 class GroupedRecognition:
     """rapidocr's recognition step (its TextRecognizer, which the engine calls with every
     line crop of an image) with the crops batched by width (REC_GROUP_SPREAD) instead of six
@@ -224,7 +230,7 @@ class GroupedRecognition:
 
     def width(self, crop: np.ndarray) -> int:
         """The width the model reads `crop` at alone (ScreenReader's width_in_steps)."""
-        return max(self.min_width, math.ceil(self.height * crop.shape[1] / max(1, crop.shape[0]) / REC_WIDTH_STEP) * REC_WIDTH_STEP)
+        return max(self.min_width, rec_width(self.height, crop.shape[1] / max(1, crop.shape[0])))
 
     def groups(self, crops: list[np.ndarray]) -> list[list[int]]:
         """Indices of `crops`, narrowest first, in batches of about one width."""
