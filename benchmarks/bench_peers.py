@@ -59,7 +59,11 @@ HOW_TO_INSTALL = "python -m venv peer && peer/bin/pip install nvidia-pytriton to
 
 
 def has_pytriton(python: str) -> bool:
-    return subprocess.run([python, "-c", "import pytriton, torch, transformers"], capture_output=True, timeout=120).returncode == 0
+    """Whether `python` runs and imports PyTriton, torch and transformers (False for a path that is not a Python)."""
+    try:
+        return subprocess.run([python, "-c", "import pytriton, torch, transformers"], capture_output=True, timeout=120).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
 
 
 def start_peer(python: str) -> tuple[subprocess.Popen, str]:

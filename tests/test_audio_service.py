@@ -455,6 +455,29 @@ def test_a_short_clip_is_transcribed_in_a_window_fitted_to_it_and_a_loop_in_the_
     assert engine.transcribe(samples)[0] == text and encoded == {"fitted": [], "full": [3000]}  # faster-whisper's own 30 s window
 
 
+def test_whisper_decodes_with_beam_search_in_both_windows():
+    """Both windows decode with BEAM_SIZE hypotheses (beam search: fewer word errors than the
+    likeliest token at each step), and the transcripts' version names it, so transcripts
+    cached under greedy decoding are made again."""
+    from modalmesh.audio import whisper
+
+    assert whisper.BEAM_SIZE == 5 and whisper.VERSION.endswith("+beam5")
+    engine = whisper.WhisperEngine(threads=2)
+    samples, _, _ = decode_file_16k(Path(__file__).resolve().parent.parent / "examples" / "voice.wav")
+    beams: list[int] = []
+
+    def spy(model):
+        real = model.generate
+        return _Spy(model, "generate", lambda *args, **kw: (beams.append(kw["beam_size"]), real(*args, **kw))[1])
+
+    engine.fitted_model = spy(engine.fitted_model)
+    assert engine.transcribe(samples)[0] == "Hello, my payment failed at checkout. Please help me."
+    engine._fitted = lambda clip: None  # the 30 s window (faster-whisper's transcribe)
+    engine.model.model = spy(engine.model.model)
+    assert engine.transcribe(samples)[0] == "Hello, my payment failed at checkout. Please help me."
+    assert beams and set(beams) == {5}, beams
+
+
 class _Spy:
     """The CTranslate2 model with one method wrapped (to see the window it is given)."""
 
