@@ -455,6 +455,29 @@ def test_a_short_clip_is_transcribed_in_a_window_fitted_to_it_and_a_loop_in_the_
     assert engine.transcribe(samples)[0] == text and encoded == {"fitted": [], "full": [3000]}  # faster-whisper's own 30 s window
 
 
+def test_whisper_hears_no_words_in_sounds_that_are_not_speech():
+    """A transcript claims only what was said: silence, white noise, a steady tone and a
+    few notes played in turn are transcribed as nothing (Whisper's own silence rule), not
+    as a stock phrase ("Thank you very much." is what Whisper base says of all but the
+    tone when a prompt primes it to expect speech)."""
+    from modalmesh.audio.features import Transcriber
+
+    seconds = np.arange(4 * 16000) / 16000
+    notes = sum(np.sin(2 * np.pi * f * seconds) * (np.sin(np.pi * 0.5 * seconds * k) > 0) for k, f in enumerate((262, 330, 392, 523), 1))
+    sounds = {
+        "silence": np.zeros(3 * 16000, np.float32),
+        "white noise": np.random.default_rng(0).normal(0, 0.1, 3 * 16000).astype(np.float32),
+        "a 440 Hz tone": tone(3.0, 16000),
+        "notes": (0.2 * notes).astype(np.float32),
+    }
+    transcriber = Transcriber(engine="whisper")
+    try:
+        heard = {name: transcriber.transcribe(samples, timeout=60) for name, samples in sounds.items()}
+    finally:
+        transcriber.close()
+    assert heard == dict.fromkeys(sounds, ("", 0.0)), heard
+
+
 def test_whisper_decodes_with_beam_search_in_both_windows():
     """Both windows decode with BEAM_SIZE hypotheses (beam search: fewer word errors than the
     likeliest token at each step), and the transcripts' version names it, so transcripts
