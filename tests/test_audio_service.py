@@ -478,27 +478,32 @@ def test_whisper_hears_no_words_in_sounds_that_are_not_speech():
     assert heard == dict.fromkeys(sounds, ("", 0.0)), heard
 
 
-def test_whisper_decodes_with_beam_search_in_both_windows():
-    """Both windows decode with BEAM_SIZE hypotheses (beam search: fewer word errors than the
-    likeliest token at each step), and the transcripts' version names it, so transcripts
-    cached under greedy decoding are made again."""
+def test_whisper_decodes_with_the_configured_beam_in_both_windows():
+    """Both windows decode with the engine's beam width (`asr_beam`, 5 unless set: beam
+    search makes fewer word errors than the likeliest token at each step, 1), and the
+    transcripts' version names it, so transcripts cached under another width are made again."""
     from modalmesh.audio import whisper
+    from modalmesh.common.config import load_config
 
-    assert whisper.BEAM_SIZE == 5 and whisper.VERSION.endswith("+beam5")
-    engine = whisper.WhisperEngine(threads=2)
+    assert whisper.BEAM_SIZE == load_config("audio", environ={}).asr_beam == 5
+    assert whisper.version(5).endswith("+beam5") and "beam" not in whisper.version(1)
     samples, _, _ = decode_file_16k(Path(__file__).resolve().parent.parent / "examples" / "voice.wav")
-    beams: list[int] = []
+    for width in (5, 1):
+        engine = whisper.WhisperEngine(threads=2, beam_size=width)
+        beams: list[int] = []
 
-    def spy(model):
-        real = model.generate
-        return _Spy(model, "generate", lambda *args, **kw: (beams.append(kw["beam_size"]), real(*args, **kw))[1])
+        def spy(model):
+            real = model.generate
+            return _Spy(model, "generate", lambda *args, **kw: (beams.append(kw["beam_size"]), real(*args, **kw))[1])
 
-    engine.fitted_model = spy(engine.fitted_model)
-    assert engine.transcribe(samples)[0] == "Hello, my payment failed at checkout. Please help me."
-    engine._fitted = lambda clip: None  # the 30 s window (faster-whisper's transcribe)
-    engine.model.model = spy(engine.model.model)
-    assert engine.transcribe(samples)[0] == "Hello, my payment failed at checkout. Please help me."
-    assert beams and set(beams) == {5}, beams
+        engine.fitted_model = spy(engine.fitted_model)
+        assert engine.transcribe(samples)[0] == "Hello, my payment failed at checkout. Please help me."
+        engine._fitted = lambda clip: None  # the 30 s window (faster-whisper's transcribe)
+        engine.model.model = spy(engine.model.model)
+        assert engine.transcribe(samples)[0] == "Hello, my payment failed at checkout. Please help me."
+        assert beams and set(beams) == {width}, beams
+    with pytest.raises(ValueError, match="asr_beam must be 1 to 16"):
+        load_config("audio", environ={"MODALMESH_AUDIO_ASR_BEAM": "0"})
 
 
 class _Spy:

@@ -774,6 +774,23 @@ def test_features_read_by_another_ocr_engine_or_size_are_cached_apart(tmp_path, 
     assert caches["screenshot_triage"].key(record) == default["screenshot_triage"]
 
 
+def test_transcripts_of_another_beam_width_are_cached_apart(tmp_path, monkeypatch):
+    """Whisper's beam width (`asr_beam`) changes transcripts: tasks that read transcripts
+    (both built-in ones) cache them per width; the default, named, keeps its key."""
+    from modalmesh.router.features import FeatureCache
+    from modalmesh.router.tasks import TASKS
+
+    record = {"id": "a", "text": "where is my parcel"}
+    cache = FeatureCache.for_task(TASKS["screenshot_triage"], tmp_path / "m.jsonl", tmp_path / "features")
+    monkeypatch.delenv("MODALMESH_ASR_BEAM", raising=False)
+    monkeypatch.delenv("MODALMESH_AUDIO_ASR_BEAM", raising=False)
+    default = cache.key(record)
+    monkeypatch.setenv("MODALMESH_AUDIO_ASR_BEAM", "5")
+    assert cache.key(record) == default
+    monkeypatch.setenv("MODALMESH_AUDIO_ASR_BEAM", "1")
+    assert cache.key(record) != default
+
+
 def test_held_out_sets_are_built_unlike_training_with_inputs_the_task_should_not_answer(tmp_path):
     """`modalmesh data heldout`: in-scope items of another anatomy or renderer, with their
     labels, and out-of-scope items (label null) of every kind the task should refuse."""

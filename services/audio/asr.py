@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from modalmesh.common.config import DEFAULT_ASR_BEAM
+
 _decoder = None
 _initial_cmn = None
 
@@ -22,13 +24,13 @@ ENGINES = ("whisper", "pocketsphinx")
 _whisper = None
 
 
-def load_whisper(language: str) -> None:
+def load_whisper(language: str, beam: int) -> None:
     """Whisper base, checked and assembled from its packages (once per process)."""
     global _whisper
     if _whisper is None:
         from modalmesh.audio.whisper import WhisperEngine
 
-        _whisper = WhisperEngine(language=language, threads=2)
+        _whisper = WhisperEngine(language=language, threads=2, beam_size=beam)
 
 
 def transcribe_whisper(pcm: bytes) -> tuple[str, float]:
@@ -95,12 +97,13 @@ def main() -> int:
     parser.add_argument("--lm", default="")
     parser.add_argument("--engine", choices=ENGINES, default="whisper")
     parser.add_argument("--language", default="en")
+    parser.add_argument("--beam", type=int, default=DEFAULT_ASR_BEAM)
     args = parser.parse_args()
     out = sys.stdout
     run = transcribe_whisper if args.engine == "whisper" else transcribe
     try:
         if args.engine == "whisper":
-            load_whisper(args.language)
+            load_whisper(args.language, args.beam)
         else:
             load(args.rate, args.lm)
     except (ValueError, ImportError, RuntimeError) as exc:

@@ -37,6 +37,7 @@ import torchaudio
 
 from modalmesh.common import errors, models
 from modalmesh.common.batching import Engine, deadline_after
+from modalmesh.common.config import DEFAULT_ASR_BEAM
 
 log = logging.getLogger(__name__)
 
@@ -155,12 +156,14 @@ class Transcriber:
     """A speech recogniser in a worker process of its own (audio/asr.py says why); one
     utterance at a time. `engine`: "whisper" (Whisper base, the default) or "pocketsphinx"
     (en-us; `lm`: an ARPA language model, audio/lm.py builds one for a domain). `language`:
-    Whisper's ("en" by default; empty: detected per clip)."""
+    Whisper's ("en" by default; empty: detected per clip). `beam`: Whisper's beam width
+    (1: the likeliest word at each step)."""
 
     START_TIMEOUT_S = 120.0
 
-    def __init__(self, lm: str = "", engine: str = "whisper", language: str = "en") -> None:
+    def __init__(self, lm: str = "", engine: str = "whisper", language: str = "en", beam: int = DEFAULT_ASR_BEAM) -> None:
         self._lm = lm
+        self.beam = beam
         self.engine = engine
         self.language = language if engine == "whisper" else "en-us"
         self._engine_turns = Engine("transcript")  # one utterance at a time
@@ -170,9 +173,9 @@ class Transcriber:
     def version(self) -> str:
         """What made the transcripts (part of feature-cache keys and model versions)."""
         if self.engine == "whisper":
-            from modalmesh.audio.whisper import VERSION
+            from modalmesh.audio.whisper import version
 
-            return VERSION
+            return version(self.beam)
         return "pocketsphinx-en-us" + ("+lm" if self._lm else "")
 
     def _start(self) -> subprocess.Popen:
@@ -188,6 +191,8 @@ class Transcriber:
             self.engine,
             "--language",
             self.language,
+            "--beam",
+            str(self.beam),
         ]
         worker = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         first = self._reply(worker, time.monotonic() + self.START_TIMEOUT_S)

@@ -72,7 +72,9 @@ class AudioService(EncoderBackend):
             name="audio",
         )
         self.executor.submit(self._load_models)
-        self.transcriber = Transcriber(self.config.asr_lm, self.config.asr_engine, self.config.asr_language) if self.config.transcript else None
+        self.transcriber = (
+            Transcriber(self.config.asr_lm, self.config.asr_engine, self.config.asr_language, self.config.asr_beam) if self.config.transcript else None
+        )
         self.speech = espeak()
 
     def _load_models(self) -> None:

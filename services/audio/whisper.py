@@ -19,6 +19,7 @@ import shutil
 import zlib
 from pathlib import Path
 
+from modalmesh.common.config import DEFAULT_ASR_BEAM, MAX_ASR_BEAM
 from modalmesh.common.models import cache_root
 
 MODEL_SHA256 = "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"  # part1 + part2
@@ -49,14 +50,22 @@ FIT_MAX_S, FIT_TRAIL_S, FIT_STEP_S, FIT_MIN_S = 6.0, 3.0, 5.0, 10.0
 # 235 against 260-266 ms. The 30 s window is faster on two (10.3 s clips, with only the
 # message: 890-994 against 1008-1011 ms).
 FITTED_THREADS = 1
-# Beam search over BEAM_SIZE hypotheses rather than the likeliest token at each step. On
-# the validation splits (eSpeak): voice messages 0.101 word error rate against 0.157
-# (beam 3: 0.125), dictated notes 0.251 against 0.290; 10-13% more time on a fitted window
-# (137 against 124 ms, 183 against 162), about a third more on the 30 s window.
-BEAM_SIZE = 5
+# Beam search over BEAM_SIZE hypotheses (the audio service's `asr_beam`) rather than the
+# likeliest token at each step (1). On the validation splits (eSpeak): voice messages 0.101
+# word error rate against 0.157 (beam 3: 0.125), dictated notes 0.251 against 0.290;
+# 10-13% more time on a fitted window (137 against 124 ms, 183 against 162), about a third
+# more on the 30 s window.
+BEAM_SIZE = DEFAULT_ASR_BEAM
 MAX_COMPRESSION_RATIO = 2.4  # faster-whisper's compression_ratio_threshold
 MAX_TOKENS_PER_S = 8  # fast speech is about 4 tokens a second
-VERSION = f"whisper-base@{MODEL_SHA256[:12]}+fit{FIT_MIN_S:g}+beam{BEAM_SIZE}"
+
+
+def version(beam_size: int = BEAM_SIZE) -> str:
+    """What makes the transcripts (part of feature-cache keys): the model, the window, the beam."""
+    return f"whisper-base@{MODEL_SHA256[:12]}+fit{FIT_MIN_S:g}" + (f"+beam{beam_size}" if beam_size != 1 else "")
+
+
+VERSION = version()
 
 
 def _package_data(name: str) -> Path:
@@ -104,13 +113,16 @@ def model_dir(cache: Path | None = None) -> Path:
 
 
 class WhisperEngine:
-    """faster-whisper on the assembled model: int8 on the CPU, beam search (BEAM_SIZE); a clip up to
+    """faster-whisper on the assembled model: int8 on the CPU, beam search (`beam_size`); a clip up to
     FIT_MAX_S is encoded in a window fitted to it (fitted_window)."""
 
-    def __init__(self, language: str = "en", threads: int = 2) -> None:
+    def __init__(self, language: str = "en", threads: int = 2, beam_size: int = BEAM_SIZE) -> None:
         from faster_whisper import WhisperModel
         from faster_whisper.tokenizer import Tokenizer
 
+        if not 1 <= beam_size <= MAX_ASR_BEAM:
+            raise ValueError(f"asr_beam must be 1 to {MAX_ASR_BEAM}, not {beam_size}")
+        self.beam_size = beam_size
         self.language = language or None  # None: detected per clip
         self.model = WhisperModel(str(model_dir()), device="cpu", compute_type="int8", cpu_threads=threads)
         # The fitted window's prompt (a set language, no timestamps), built once.
@@ -135,7 +147,7 @@ class WhisperEngine:
             fitted = self._fitted(samples)
             if fitted is not None:
                 return fitted
-        segments, _ = self.model.transcribe(samples, language=self.language, beam_size=BEAM_SIZE, vad_filter=False, condition_on_previous_text=False)
+        segments, _ = self.model.transcribe(samples, language=self.language, beam_size=self.beam_size, vad_filter=False, condition_on_previous_text=False)
         segments = [s for s in segments if not _silence(s.no_speech_prob, s.avg_logprob)]
         text = " ".join(segment.text.strip() for segment in segments).strip()
         if not segments or not text:
@@ -160,7 +172,7 @@ class WhisperEngine:
         assert tokenizer is not None  # transcribe() fits a window only with a set language
         prompt = [*tokenizer.sot_sequence, tokenizer.no_timestamps]
         most = min(224, len(prompt) + int(MAX_TOKENS_PER_S * len(samples) / 16000) + 16)  # a loop stops early
-        (result,) = self.fitted_model.generate(encoded, [prompt], beam_size=BEAM_SIZE, max_length=most, return_scores=True, return_no_speech_prob=True)
+        (result,) = self.fitted_model.generate(encoded, [prompt], beam_size=self.beam_size, max_length=most, return_scores=True, return_no_speech_prob=True)
         average_logprob = float(result.scores[0])  # the sequence's log-probability per token
         text = tokenizer.decode([t for t in result.sequences_ids[0] if t < tokenizer.eot]).strip()
         if not text or _silence(result.no_speech_prob, average_logprob):

@@ -62,6 +62,11 @@ def configured_asr_engine(environ=None) -> str:
     return _service_setting("audio", "asr_engine", environ) or "whisper"
 
 
+def configured_asr_beam(environ=None) -> int:
+    """Whisper's beam width in the audio service (`asr_beam`; its default unless set)."""
+    return int(_service_setting("audio", "asr_beam", environ) or ServiceConfig.asr_beam)
+
+
 def configured_ocr_engine(environ=None) -> str:
     """What runs the vision service's OCR models (its default unless set)."""
     return _service_setting("vision", "ocr_engine", environ) or DEFAULT_OCR_ENGINE
@@ -94,7 +99,7 @@ class LocalEncoders:
         from modalmesh.text.server import TextService
         from modalmesh.vision.server import VisionService
 
-        # Only the model choice (and the transcripts' language model, the OCR engine and its detection size) comes from the environment
+        # Only the model choice (and the transcripts' language model and beam width, the OCR engine and its detection size) comes from the environment
         # (ports, threads and limits do not change features): training extracts with the models
         # the services will run.
         models = configured_models()
@@ -111,7 +116,13 @@ class LocalEncoders:
         )
         self.audio = AudioService(
             load_config(
-                "audio", environ={}, transcript=transcript, model=models.get("audio"), asr_lm=configured_asr_lm() or None, asr_engine=configured_asr_engine()
+                "audio",
+                environ={},
+                transcript=transcript,
+                model=models.get("audio"),
+                asr_lm=configured_asr_lm() or None,
+                asr_engine=configured_asr_engine(),
+                asr_beam=configured_asr_beam(),
             )
         )
         for service in (self.text, self.vision, self.audio):
@@ -247,9 +258,9 @@ class FeatureCache:
             parts.append({"asr_lm": file_digest(lm)})
         asr = configured_asr_engine()
         if asr != "pocketsphinx" and "audio" in self.side:  # PocketSphinx, the first engine, keeps the keys it had
-            from modalmesh.audio.whisper import VERSION as WHISPER_VERSION
+            from modalmesh.audio.whisper import version as whisper_version
 
-            parts.append({"asr_engine": WHISPER_VERSION})
+            parts.append({"asr_engine": whisper_version(configured_asr_beam())})
         engine = configured_ocr_engine()
         if engine != "onnxruntime" and "image" in self.side:
             # OCR boxes differ by a few pixels between engines, and so, sometimes, paragraphs
