@@ -455,6 +455,20 @@ def test_a_short_clip_is_transcribed_in_a_window_fitted_to_it_and_a_loop_in_the_
     assert engine.transcribe(samples)[0] == text and encoded == {"fitted": [], "full": [3000]}  # faster-whisper's own 30 s window
 
 
+def test_a_transcript_past_the_callers_deadline_is_deadline_exceeded_and_the_service_goes_on(audio):
+    """The transcript runs on a thread of its own beside the speech detection; its errors
+    still reach the caller as the call's status: 12 s of noise with a 0.5 s deadline is
+    DEADLINE_EXCEEDED (not INTERNAL, not a hang), and the next call is transcribed."""
+    noise = np.random.default_rng(4).normal(0, 0.3, 12 * 16000).astype(np.float32)
+    with pytest.raises(grpc.RpcError) as raised:
+        audio.encode(wav_bytes(noise, 16000), "audio/wav", options=["transcript"], timeout=0.5)
+    assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    voice = (Path(__file__).resolve().parent.parent / "examples" / "voice.wav").read_bytes()
+    result = audio.encode(voice, "audio/wav", options=["transcript"], timeout=60)
+    assert result.side.transcript.text == "Hello, my payment failed at checkout. Please help me."
+    assert result.pooled_message.timings_ms["transcript"] > 0
+
+
 def test_whisper_hears_no_words_in_sounds_that_are_not_speech():
     """A transcript claims only what was said: silence, white noise, a steady tone and a
     few notes played in turn are transcribed as nothing (Whisper's own silence rule), not

@@ -14,11 +14,14 @@ model thread (the batcher's), so it never starts a second OpenMP team.
 from __future__ import annotations
 
 import functools
+import threading
 import time
+from concurrent import futures
 from typing import Callable, Iterator, TypeVar, cast
 
 import numpy as np
 import torch
+from opentelemetry import context as otel_context
 
 from modalmesh.common import codec, errors, telemetry
 from modalmesh.common.batching import DynamicBatcher
@@ -204,6 +207,9 @@ class AudioService(EncoderBackend):
         if audio.numel() == 0:
             raise errors.invalid_argument("payload", "the audio has no samples")
         frames = torch.cat(all_frames) if all_frames else torch.zeros(0, self.front_end.width)
+        # The transcript (in the recogniser's process) starts now and runs beside the speech
+        # segments' detection, which it does not need.
+        transcript = self._start_transcript(audio, request) if "transcript" in request.options and self.transcriber is not None else None
         vad = self.vad
         segments = self.on_model_thread(lambda: vad.segments(audio), timeout) if vad is not None else []
         pooled = _pool_over_speech(frames, segments, audio.numel() / SAMPLE_RATE)
@@ -220,12 +226,10 @@ class AudioService(EncoderBackend):
         timings = {"decode_and_frames": (time.perf_counter() - started) * 1000.0}
         if first_features_ms is not None:
             timings["first_features"] = first_features_ms
-        if "transcript" in request.options and self.transcriber is not None:  # refused above where they are off
-            asr_started = time.perf_counter()
-            with telemetry.tracer().start_as_current_span("audio.transcript"):
-                text, confidence = self.transcriber.transcribe(audio.numpy(), timeout=request.time_remaining(), wanted=request.wanted)
+        if transcript is not None and self.transcriber is not None:  # asked for (refused above where transcripts are off)
+            text, confidence, transcript_ms = transcript.result()
             side.transcript.CopyFrom(encoder_pb2.Transcript(text=text, confidence=confidence, language=self.transcriber.language))
-            timings["transcript"] = (time.perf_counter() - asr_started) * 1000.0
+            timings["transcript"] = transcript_ms
         yield encoder_pb2.FeatureChunk(side=side)
         yield encoder_pb2.FeatureChunk(
             pooled=encoder_pb2.PooledFeatures(
@@ -235,6 +239,28 @@ class AudioService(EncoderBackend):
                 model_version=self.front_end.version,
             )
         )
+
+    def _start_transcript(self, audio: torch.Tensor, request: EncodeRequest) -> futures.Future[tuple[str, float, float]]:
+        """The clip's transcript on a thread of its own (it waits on the recogniser's
+        process): a future of (text, confidence, milliseconds); its errors (DEADLINE_EXCEEDED,
+        UNAVAILABLE, CANCELLED) are raised where the result is asked for."""
+        transcriber = self.transcriber
+        assert transcriber is not None  # the caller checks
+        samples = audio.numpy()
+        done: futures.Future[tuple[str, float, float]] = futures.Future()
+
+        def run() -> None:
+            started = time.perf_counter()
+            try:
+                with telemetry.tracer().start_as_current_span("audio.transcript"):
+                    text, confidence = transcriber.transcribe(samples, timeout=request.time_remaining(), wanted=request.wanted)
+            except BaseException as exc:  # noqa: BLE001 - handed to the request's own thread
+                done.set_exception(exc)
+            else:
+                done.set_result((text, confidence, (time.perf_counter() - started) * 1000.0))
+
+        threading.Thread(target=telemetry.in_context(otel_context.get_current(), run), name="audio-transcript", daemon=True).start()
+        return done
 
     def _check_duration(self, seconds: float) -> None:
         if seconds > self.max_seconds:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import grpc
 from opentelemetry import context as otel_context
@@ -103,6 +103,19 @@ def spans_recorded() -> bool:
     (RecordWhenExported drops them all); True otherwise (also under another provider)."""
     provider = trace.get_tracer_provider()
     return bool(_exporters_added) or not (isinstance(provider, TracerProvider) and isinstance(provider.sampler, RecordWhenExported))
+
+
+def in_context(context: otel_context.Context, function: Callable[..., Any]) -> Callable[..., Any]:
+    """`function` run under the trace context it was created in (another thread has none)."""
+
+    def run(*args: Any) -> Any:
+        token = otel_context.attach(context)
+        try:
+            return function(*args)
+        finally:
+            otel_context.detach(token)
+
+    return run
 
 
 def extract_context(metadata: Iterator[tuple[str, Any]] | None) -> otel_context.Context:

@@ -262,7 +262,7 @@ class Run:
     # -- starting work ---------------------------------------------------------------
     def start(self, source: str, work: Callable[[Call], Produced]) -> None:
         call = Call(source, time.perf_counter(), futures.Future())
-        call.future = self.pool.submit(_in_context(otel_context.get_current(), work), call)
+        call.future = self.pool.submit(telemetry.in_context(otel_context.get_current(), work), call)
         self.calls[source] = call
 
     def encode(self, call: Call, modality: str, data: bytes, media_type: str, options=(), pooled_only=False, parameters=None):
@@ -339,7 +339,7 @@ class Run:
             return result.pooled.astype(np.float32)
 
         if self.line_pool is not None and len(texts) > 1:
-            vectors = list(self.line_pool.map(_in_context(otel_context.get_current(), one), texts))
+            vectors = list(self.line_pool.map(telemetry.in_context(otel_context.get_current(), one), texts))
         else:
             vectors = [one(text) for text in texts]
         return torch.from_numpy(np.stack(vectors))
@@ -456,19 +456,6 @@ class Run:
     def cancel_all(self) -> None:
         for call in self.calls.values():
             call.cancel()
-
-
-def _in_context(context, function):
-    """`function` run under the trace context it was created in (pool threads have none)."""
-
-    def run(*args):
-        token = otel_context.attach(context)
-        try:
-            return function(*args)
-        finally:
-            otel_context.detach(token)
-
-    return run
 
 
 @dataclass
