@@ -77,6 +77,18 @@ def test_silence_has_no_speech_segments(audio):
     assert result.side.tags["speech_segments"] == "" and result.side.tags["speech_seconds"] == "0.00"
 
 
+def test_with_speech_detection_off_the_audio_says_nothing_about_speech():
+    """`vad` off: no speech_segments or speech_seconds tags (not "0.00", which would say
+    there is no speech), so a task reading spoken audio does not refuse it for that."""
+    handle = start_audio(vad=False, transcript=False)
+    try:
+        with connect(handle.address) as channel:
+            result = EncoderClient(channel).encode((Path(__file__).resolve().parent.parent / "examples" / "voice.wav").read_bytes(), "audio/wav")
+    finally:
+        handle.stop(grace=0.5)
+    assert "duration_s" in result.side.tags and not {"speech_segments", "speech_seconds"} & set(result.side.tags)
+
+
 def test_first_features_arrive_before_the_last_chunk_is_sent(audio_channel):
     wav = wav_bytes(tone(3.0, 16000), 16000)
     first_features = threading.Event()

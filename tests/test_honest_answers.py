@@ -31,7 +31,7 @@ from modalmesh.router.train import (
     neighbours_kept,
 )
 from modalmesh.v1 import router_pb2, router_pb2_grpc
-from tests.media import ct_dicom, image_bytes, phantom_hu, render_screenshot
+from tests.media import ct_dicom, image_bytes, phantom_hu, render_screenshot, wav_bytes
 
 STATUS = router_pb2.ModalityStatus.Name
 MEDICAL, TRIAGE = TASKS["medical_report"], TASKS["screenshot_triage"]
@@ -440,6 +440,37 @@ def test_triage_does_not_answer_from_a_scan_or_a_photo(router, name, image):
     full = router_pb2.AnalyzeOptions(mode=router_pb2.ROUTING_MODE_FULL)
     answered = analyze(router, "screenshot_triage", text="my card was declined at checkout", image=router_pb2.MediaInput(data=image()), options=full)
     assert STATUS(image_report(answered).status) == "MODALITY_STATUS_NOT_APPLICABLE" and answered.label in ("payment", "uncertain")
+
+
+def _notes(seconds: float = 4.0):
+    """A few notes played in turn: audio with no speech in it."""
+    t = np.arange(int(seconds * 16000)) / 16000
+    notes = sum(np.sin(2 * np.pi * f * t) * (np.sin(np.pi * 0.5 * t * k) > 0) for k, f in enumerate((262, 330, 392, 523), 1))
+    return (0.2 * notes).astype(np.float32)
+
+
+@pytest.mark.parametrize("mode", [router_pb2.ROUTING_MODE_FULL, router_pb2.ROUTING_MODE_ROUTED])
+@pytest.mark.parametrize(
+    "name, sound",
+    [("notes", _notes), ("white noise", lambda: np.random.default_rng(5).normal(0, 0.1, 3 * 16000).astype(np.float32))],
+)
+def test_a_voice_message_without_speech_is_not_read(router, name, sound, mode):
+    """Both built-in tasks read spoken audio: a clip in which the audio service's speech
+    detection finds no speech (music, noise) was used with half the gate's weight; it is
+    NOT_APPLICABLE, says why, and nothing of it (its transcript neither) reaches the answer."""
+    clip = router_pb2.MediaInput(data=wav_bytes(sound(), 16000), media_type="audio/wav")
+    options = router_pb2.AnalyzeOptions(mode=mode, explain=True)
+    response = analyze(router, "screenshot_triage", text="my card was declined at checkout", audio=clip, options=options)
+    report = next(r for r in response.explanation.modalities if r.modality == router_pb2.MODALITY_AUDIO)
+    assert STATUS(report.status) == "MODALITY_STATUS_NOT_APPLICABLE", (name, report.reason)
+    assert report.reason.startswith("no speech in the audio (speech detection found none); screenshot_triage reads voice messages"), report.reason
+    assert report.gate_weight == 0 and "Voice message" not in response.description and response.label in ("payment", "uncertain")
+    alone = analyze(router, "screenshot_triage", audio=clip, options=options)
+    assert alone.abstained and alone.label == "uncertain" and "nothing screenshot_triage reads" in alone.abstain_reason
+    # Speech is read: the demo's voice message is used.
+    voice = router_pb2.MediaInput(data=(Path(__file__).resolve().parent.parent / "examples" / "voice.wav").read_bytes(), media_type="audio/wav")
+    spoken = analyze(router, "screenshot_triage", text="my card was declined at checkout", audio=voice, options=options)
+    assert STATUS(next(r for r in spoken.explanation.modalities if r.modality == router_pb2.MODALITY_AUDIO).status) == "MODALITY_STATUS_USED"
 
 
 def test_a_patient_record_sent_as_a_support_message_is_not_answered(router):

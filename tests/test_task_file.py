@@ -62,6 +62,30 @@ def test_a_task_file_is_checked_field_by_field(tmp_path):
     assert main(["task", "check", str(path)]) == 2
 
 
+def test_a_task_whose_audio_is_spoken_says_so_and_reads_no_audio_without_speech(tmp_path):
+    """`speech`: what the task's audio holds, in words. Set, audio in which the audio
+    service's speech detection found none is not applicable; the built-in tasks set it."""
+    from modalmesh.router.tasks import TASKS
+
+    path = tmp_path / "task.json"
+    path.write_text(json.dumps({**TASK, "modalities": ["text", "audio"], "speech": "phone calls"}))
+    spec = load_task_file(path)
+    assert spec.speech == "phone calls"
+    assert spec.inapplicable_audio({"speech_seconds": "0.00"}) == "no speech in the audio (speech detection found none); ticket_urgency reads phone calls"
+    assert spec.inapplicable_audio({"speech_seconds": "1.20"}) is None and spec.inapplicable_audio({}) is None  # speech, or detection off
+    plain = {**TASK, "modalities": ["text", "audio"]}  # machine sounds, say: no speech asked for
+    path.write_text(json.dumps(plain))
+    assert load_task_file(path).inapplicable_audio({"speech_seconds": "0.00"}) is None
+    for bad, why in ((3, "what the audio holds"), ("", "what the audio holds"), ("x" * 101, "at most 100")):
+        path.write_text(json.dumps({**plain, "speech": bad}))
+        with pytest.raises(TaskFileError, match=why):
+            load_task_file(path)
+    path.write_text(json.dumps({**TASK, "speech": "voice messages"}))
+    with pytest.raises(TaskFileError, match="speech: the task has no audio modality"):
+        load_task_file(path)
+    assert TASKS["screenshot_triage"].speech == "voice messages" and TASKS["medical_report"].speech == "dictated notes"
+
+
 def test_the_built_in_tasks_are_task_files_with_plug_ins_a_user_can_reuse(tmp_path):
     """router/builtin/<name>.json: the wording (priorities, next steps, replies) is in the
     file, the code a file names is a plug-in. A help desk's own task reuses the triage

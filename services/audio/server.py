@@ -214,15 +214,11 @@ class AudioService(EncoderBackend):
         segments = self.on_model_thread(lambda: vad.segments(audio), timeout) if vad is not None else []
         pooled = _pool_over_speech(frames, segments, audio.numel() / SAMPLE_RATE)
 
-        side = encoder_pb2.SideOutputs(
-            tags={
-                "duration_s": f"{audio.numel() / SAMPLE_RATE:.3f}",
-                "sample_rate_hz": str(original_rate),
-                "channels": str(channels),
-                "speech_segments": ";".join(f"{s.start_s:.2f}-{s.end_s:.2f}" for s in segments),
-                "speech_seconds": f"{sum(s.end_s - s.start_s for s in segments):.2f}",
-            }
-        )
+        tags = {"duration_s": f"{audio.numel() / SAMPLE_RATE:.3f}", "sample_rate_hz": str(original_rate), "channels": str(channels)}
+        if vad is not None:  # where speech was found; with speech detection off nothing is said about it
+            tags["speech_segments"] = ";".join(f"{s.start_s:.2f}-{s.end_s:.2f}" for s in segments)
+            tags["speech_seconds"] = f"{sum(s.end_s - s.start_s for s in segments):.2f}"
+        side = encoder_pb2.SideOutputs(tags=tags)
         timings = {"decode_and_frames": (time.perf_counter() - started) * 1000.0}
         if first_features_ms is not None:
             timings["first_features"] = first_features_ms

@@ -78,8 +78,8 @@ def evaluate(task: str | TaskSpec, data: str, report: str, weights: str = "", ca
     results["full"] = classification_metrics(full_p, labels, spec.labels)
     results["calibration"] = {"ece": expected_calibration_error(full_p, labels)}
     # As served: inputs the task does not read left out, unsure answers withheld (router/served.py).
-    served_full = [serve(task_model, e.features, e.tags) for e in examples]
-    results["honesty"] = honesty_metrics(task_model, served_full, labels, [serve(task_model, e.features, e.tags) for e in outside])
+    served_full = [serve(task_model, e.features, e.tags, audio_tags=e.audio_tags) for e in examples]
+    results["honesty"] = honesty_metrics(task_model, served_full, labels, [serve(task_model, e.features, e.tags, audio_tags=e.audio_tags) for e in outside])
     if "image" in spec.side_outputs:
         results["screen_text"] = screen_text_found(task_model, manifest, task, items, read_whole, full_p)
     if task == "medical_report":
@@ -109,12 +109,12 @@ def evaluate(task: str | TaskSpec, data: str, report: str, weights: str = "", ca
         early = early_answer(case, task_model.spec.tau, task_model.spec.gamma)
         held.append(early is None and case.quick_holds and quick is not None)
         if held[-1] and quick is not None:
-            served_routed.append(serve(task_model, with_quick_reading(example.features, quick[0][index].features), example.tags))
+            served_routed.append(serve(task_model, with_quick_reading(example.features, quick[0][index].features), example.tags, audio_tags=example.audio_tags))
         elif early is None:
             served_routed.append(full_answer)
         else:
             arrived = {s: f for s, f in example.features.items() if s in early.sources}
-            served_routed.append(serve(task_model, arrived, example.tags if "image" in arrived else {}))
+            served_routed.append(serve(task_model, arrived, example.tags if "image" in arrived else {}, audio_tags=example.audio_tags))
     results["honesty_routed"] = honesty_metrics(task_model, served_routed, labels, [])
     if quick is not None and "screen_text" in results:  # the error_text ROUTED states: the quick reading's where it held
         read_items = [quick[1][i] if h else item for i, (h, item) in enumerate(zip(held, items))]
@@ -127,7 +127,13 @@ def evaluate(task: str | TaskSpec, data: str, report: str, weights: str = "", ca
         if not having or not set(spec.needs) <= {modality}:
             continue
         alone = [
-            serve(task_model, {s: f for s, f in examples[i].features.items() if s in sources}, examples[i].tags if modality == "image" else {}) for i in having
+            serve(
+                task_model,
+                {s: f for s, f in examples[i].features.items() if s in sources},
+                examples[i].tags if modality == "image" else {},
+                audio_tags=examples[i].audio_tags,
+            )
+            for i in having
         ]
         truth = np.array([examples[i].truth_alone(modality) for i in having])  # what that input alone shows (manifest's alone_labels)
         results["honesty_alone"][modality] = honesty_metrics(task_model, alone, truth, [])["in_scope"]

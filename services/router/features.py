@@ -181,8 +181,8 @@ class LocalEncoders:
             side_ms = result.pooled_message.timings_ms.get(side_option, 0.0) if side_option else 0.0
             features[modality] = torch.from_numpy(np.array(result.sequence, dtype=np.float32))
             costs[modality] = elapsed - side_ms
+            evidence[f"{modality}_tags"] = dict(result.side.tags)  # image_tags, audio_tags
             if modality == "image":
-                evidence["image_tags"] = dict(result.side.tags)
                 evidence["screen_lines"] = []
             if side_option is None:
                 continue

@@ -199,7 +199,9 @@ def routing_cases(model, spec, examples, items, fuse_ms, eager=None, pointer=Non
     def given(example, sources, alone) -> bool:
         if task is None:
             return True
-        return serve(task, {s: f for s, f in example.features.items() if s in sources}, example.tags if "image" in sources else {}, alone).answered
+        return serve(
+            task, {s: f for s, f in example.features.items() if s in sources}, example.tags if "image" in sources else {}, alone, example.audio_tags
+        ).answered
 
     cases = []
     for example, item, quick_example, quick_item in zip(examples, items, quick_examples, quick_items):

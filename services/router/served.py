@@ -41,10 +41,11 @@ class Served:
         return not self.reason
 
 
-def serve(task: TaskModel, features: dict, tags: dict[str, str], alone: AloneReadings | None = None) -> Served:
+def serve(task: TaskModel, features: dict, tags: dict[str, str], alone: AloneReadings | None = None, audio_tags: dict[str, str] | None = None) -> Served:
     """The router's answer to one item from its features and image tags (see module doc).
     `alone`: the item's readings of each modality alone so far (tasks.AloneReadings), for a
-    caller that decides on the same item more than once (routing.routing_cases)."""
+    caller that decides on the same item more than once (routing.routing_cases).
+    `audio_tags`: the audio's (whether speech was found in it)."""
     kept, refused, distances = {}, {}, {}
     for modality in MODALITIES:
         sources = {s: f for s, f in features.items() if modality_of(s) == modality}
@@ -53,7 +54,8 @@ def serve(task: TaskModel, features: dict, tags: dict[str, str], alone: AloneRea
         distance = task.applicability.distance(modality, sources[modality]) if modality in sources else None
         if distance is not None:
             distances[modality] = distance
-        _, reason = not_applicable(task, modality, sources.get(modality), tags if modality == "image" else {})
+        judged_tags = tags if modality == "image" else (audio_tags or {}) if modality == "audio" else {}
+        _, reason = not_applicable(task, modality, sources.get(modality), judged_tags)
         if reason:
             refused[modality] = reason
         else:

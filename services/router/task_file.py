@@ -18,7 +18,9 @@
 Required: name, description, labels (two or more; each may give priority low | normal |
 high, next_steps and reply), modalities (text, image, audio). Optional: needs (modalities
 without which no answer is given), side_outputs ("image": read the image's text by OCR,
-"audio": transcribe speech), routing defaults, training defaults and the description
+"audio": transcribe speech), speech (what the audio holds, in words, for a task whose
+audio is spoken: "voice messages"; audio in which speech detection finds no speech is
+then not applicable), routing defaults, training defaults and the description
 template, over the fields {label}, {confidence}, {priority}, {next_steps}, {text},
 {transcript} and {screen_text}, and a plug-in: code for what cannot be a template
 (tasks.PLUGINS: "screen_triage", "chest_ct"), which then writes the description itself.
@@ -48,7 +50,7 @@ NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_ -]{0,62}$")
 TEMPLATE_FIELDS = ("label", "confidence", "priority", "next_steps", "text", "transcript", "screen_text")
 DEFAULT_TEMPLATE = "{label} (confidence {confidence:.2f}), priority {priority}. {next_steps}"
-TOP_LEVEL = ("name", "description", "labels", "modalities", "needs", "side_outputs", "routing", "training", "description_template", "plugin")
+TOP_LEVEL = ("name", "description", "labels", "modalities", "needs", "side_outputs", "speech", "routing", "training", "description_template", "plugin")
 MAX_FILE_BYTES = 256 * 1024
 
 
@@ -136,6 +138,11 @@ class _Checker:
             self.fail("modalities", "at least one of text, image, audio")
         needs = self.strings(document, "needs", MODALITY_NAMES, within=modalities)
         side_outputs = self.strings(document, "side_outputs", ("image", "audio"), within=tuple(m for m in modalities if m != "text"))
+        speech = document.get("speech", "")
+        if not isinstance(speech, str) or len(speech) > 100 or ("speech" in document and not speech.strip()):
+            self.fail("speech", 'what the audio holds, in a few words ("voice messages"), at most 100 characters')
+        elif speech and "audio" not in modalities:
+            self.fail("speech", "the task has no audio modality")
         tau, gamma = TaskSpec.tau, TaskSpec.gamma
         routing = document.get("routing", {})
         if not isinstance(routing, dict) or set(routing) - {"tau", "gamma"}:
@@ -175,6 +182,7 @@ class _Checker:
             tau=tau,
             gamma=gamma,
             side_outputs=side_outputs,
+            speech=speech.strip() if isinstance(speech, str) else "",
             write=_writer(labels, template),
             members=members,
             feature_noise=noise,

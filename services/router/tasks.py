@@ -136,6 +136,9 @@ class TaskSpec:
     # PNG or JPEG has none of them and is taken as stated).
     image_tags: dict[str, tuple[str, ...]] = field(default_factory=dict)
     reads: str = "images"  # the images it reads, in words ("axial chest CT slices")
+    # What its audio holds, in words ("voice messages"), for a task whose audio is spoken:
+    # audio in which the audio service's speech detection finds no speech is not applicable.
+    speech: str = ""
     scan_only: bool = False  # the task reads greyscale scans: a colour image (a photo, a screenshot) is not one
     # What the image must show, by the vision service's tags: tag -> (the value that means it
     # does not, why in words). For the CT task: lungs, found by the lesion measurement.
@@ -164,6 +167,17 @@ class TaskSpec:
         for name, (missing, why) in self.anatomy.items():
             if tags.get(name) == missing:
                 return why
+        return None
+
+    def inapplicable_audio(self, tags: dict[str, str]) -> str | None:
+        """Why this task cannot read the audio its tags describe (spoken audio without
+        speech in it), or None when it can or the tags do not say (speech detection off)."""
+        try:
+            seconds = float(tags["speech_seconds"])
+        except (KeyError, ValueError):
+            return None
+        if self.speech and seconds == 0:
+            return f"no speech in the audio (speech detection found none); {self.name} reads {self.speech}"
         return None
 
     def units(self, tags: dict[str, str]) -> torch.Tensor:
@@ -810,11 +824,11 @@ def fuse(
 
 def not_applicable(task: TaskModel, modality: str, features: torch.Tensor | None, tags: dict[str, str]) -> tuple[float | None, str]:
     """Whether an input is one the task reads: (its applicability score, or None where not
-    checked; why it is not applicable, or ''). The image's tags are checked first
-    (TaskSpec.inapplicable_image), then the features against the task's reference set
+    checked; why it is not applicable, or ''). The image's or audio's tags are checked first
+    (TaskSpec.inapplicable_image, inapplicable_audio), then the features against the task's reference set
     (applicability.py). The router and `modalmesh eval` both judge inputs through here."""
-    if modality == "image" and tags:
-        reason = task.spec.inapplicable_image(tags)
+    if modality in ("image", "audio") and tags:
+        reason = task.spec.inapplicable_image(tags) if modality == "image" else task.spec.inapplicable_audio(tags)
         if reason:
             return None, reason
     if features is None:

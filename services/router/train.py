@@ -69,6 +69,7 @@ class Example:
     # What one input shows when it is all a caller sends (the manifest's `alone_labels`):
     # modality -> label index, -1 where that input alone shows no label (a vague message).
     alone: dict[str, int] = dataclasses.field(default_factory=dict)
+    audio_tags: dict[str, str] = dataclasses.field(default_factory=dict)  # the audio's (speech_seconds): is it speech?
 
     def truth_alone(self, modality: str) -> int:
         """The right answer from `modality` alone: the manifest's, else the item's label."""
@@ -152,10 +153,14 @@ def load_examples(
         refused = spec.inapplicable_image(tags) if record.get("image") and refuse else None
         if refused:  # what the router would not read (an MR for the CT task) is not learned from
             raise ValueError(f"{manifest}: {record['id']}: image {record['image']}: {refused}")
+        audio_tags = dict(item.evidence.get("audio_tags", {}))
+        refused = spec.inapplicable_audio(audio_tags) if record.get("audio") and refuse else None
+        if refused:  # a voice message without speech is not learned from either
+            raise ValueError(f"{manifest}: {record['id']}: audio {record['audio']}: {refused}")
         features = {s: f.float().clone() for s, f in item.features.items()}  # own, aligned memory: GEMM rounding is the same on every run
         index = spec.labels.index(record["label"]) if scope == "in" else -1
         alone = {m: -1 if label is None else spec.labels.index(label) for m, label in record.get("alone_labels", {}).items()}
-        examples.append(Example(features, index, truth / spec.units(tags), mask, tags, truth, alone))
+        examples.append(Example(features, index, truth / spec.units(tags), mask, tags, truth, alone, audio_tags))
         items.append(item)
     return examples, items
 
