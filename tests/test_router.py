@@ -15,10 +15,10 @@ from modalmesh.common.client import EncoderClient, connect
 from modalmesh.common.encoder import ENCODER_SERVICE, EncoderServicer
 from modalmesh.text.server import TextService
 from modalmesh.v1 import encoder_pb2_grpc, router_pb2, router_pb2_grpc
-from tests.media import ct_dicom, image_bytes, phantom_hu, render_screenshot, tone, wav_bytes
+from tests.media import ct_dicom, image_bytes, phantom_hu, render_screenshot, wav_bytes
 
 SCREENSHOT = image_bytes(render_screenshot("Error 402: Payment declined"))
-VOICE = wav_bytes(tone(1.0, 16000), 16000)
+VOICE = (Path(__file__).resolve().parent.parent / "examples" / "voice.wav").read_bytes()  # speech: a tone is not a voice message
 INPUTS = {
     "text": {"text": "My card was declined at checkout."},
     "image": {"image": router_pb2.MediaInput(data=SCREENSHOT)},
@@ -67,7 +67,7 @@ def test_every_subset_of_modalities_gets_an_answer(router, subset):
     fields = {k: v for modality in subset for k, v in INPUTS[modality].items()}
     response = analyze(router, options=router_pb2.AnalyzeOptions(mode=router_pb2.ROUTING_MODE_FULL), **fields)
     labels = ("payment", "login", "crash", "shipping", "refund", "other")
-    # An answer, or one withheld as unsure (the voice input is a bare tone: nothing said).
+    # An answer, or one withheld as unsure.
     assert response.label in labels or (response.abstained and response.label == "uncertain" and response.abstain_reason)
     assert 0 < response.confidence <= 1 and 0 <= response.uncertainty.predictive_entropy <= 1
     by_modality = reports(response)
@@ -599,7 +599,7 @@ def test_analyze_stream_passes_audio_on_while_it_arrives(router):
     """The audio encoder's Encode call is already running while the client still holds
     back its last audio chunk (seen on the audio service's in-flight gauge)."""
     audio_in_flight = telemetry.RPC_IN_FLIGHT.labels("audio", "Encode")
-    voice = wav_bytes(tone(2.0, 16000), 16000)
+    voice = VOICE
     seen_running = []
 
     def requests():
@@ -632,7 +632,7 @@ def test_streamed_audio_to_a_service_without_transcripts_is_still_used(mesh):
     config = load_config("audio", environ={}, port=0, metrics_port=0, transcript=False)
     deaf = start_server(config, AudioService(config))
     router = mesh.start_router(audio_target=deaf.address)
-    voice = wav_bytes(tone(1.0, 16000), 16000)
+    voice = VOICE
 
     def requests():
         first = router_pb2.AnalyzeRequest(
