@@ -816,7 +816,16 @@ def test_held_out_sets_are_built_unlike_training_with_inputs_the_task_should_not
     triage = read_manifest(heldout("screenshot_triage", tmp_path / "triage", n=6, seed=1))
     inside = [r for r in triage if r["scope"] == "in"]
     assert len(inside) == 6 and all(r["extra"]["renderer"] == "mail" and r["label"] for r in inside)
-    assert {r["extra"]["kind"] for r in triage if r["scope"] == "out"} == {"ct", "photo", "record"}
+    assert {r["extra"]["kind"] for r in triage if r["scope"] == "out"} == {"ct", "photo", "record", "sound"}
+    # A sound as the voice message, alone: no speech in it for the audio service to find.
+    from modalmesh.audio.features import VoiceActivity
+    from modalmesh.audio.decode import decode_file
+
+    sounds = [r for r in triage if r["scope"] == "out" and r["extra"]["kind"] == "sound"]
+    assert sounds and all(set(r) >= {"audio"} and not r["text"] and "image" not in r for r in sounds)
+    for record in sounds:
+        samples, rate, _ = decode_file((tmp_path / "triage" / record["audio"]).read_bytes(), "audio/wav")
+        assert rate == 16000 and VoiceActivity().segments(torch.from_numpy(samples)) == [], record["extra"]
     with pytest.raises(ValueError, match="unknown task"):
         heldout("quality_control", tmp_path / "qc", n=2, seed=1)
 

@@ -29,7 +29,8 @@ Out of scope:
 - medical_report: head CT phantoms (Shepp-Logan, in HU, as CT DICOM), abdominal slices with
   no lungs, pydicom's head CTs, MR and chest crop, photographs (colour and greyscale),
   app screenshots; half with a patient record.
-- screenshot_triage: CT slices (PNG), photographs, and patient records as the message.
+- screenshot_triage: CT slices (PNG), photographs, patient records as the message, and
+  sounds with no speech in them as the voice message (music, noise, mains hum).
 """
 
 from __future__ import annotations
@@ -307,7 +308,7 @@ def _triage(rng, scope: str, number: int, out: Path, item_id: str, renderer: str
         if text:  # a vague message alone shows no label
             case["alone_labels"] = {"text": label if kind == "specific" else None}
         return case
-    kinds = ("ct", "photo", "record")
+    kinds = ("ct", "photo", "record", "sound")
     kind = kinds[number % len(kinds)]
     record: dict = {"label": None, "text": "", "extra": {"kind": kind}}
     if kind == "ct":
@@ -321,9 +322,41 @@ def _triage(rng, scope: str, number: int, out: Path, item_id: str, renderer: str
         (out / "files" / f"{item_id}.jpg").write_bytes(_photo(photo))
         record.update(image=f"files/{item_id}.jpg")
         record["extra"]["photo"] = photo
+    elif kind == "sound":
+        from modalmesh.audio.speech import wav_bytes
+
+        sound, what = not_speech(rng)
+        (out / "files" / f"{item_id}.wav").write_bytes(wav_bytes(sound, SPEECHLESS_RATE))
+        record["audio"] = f"files/{item_id}.wav"
+        record["extra"]["sound"] = what
     else:
         record["text"] = _record_text(rng)
     return record
+
+
+SPEECHLESS_RATE = 16000
+
+
+def not_speech(rng) -> tuple[np.ndarray, str]:
+    """2-6 s of sound with no speech in it, as 16-bit samples at SPEECHLESS_RATE, and what
+    it is: a tune (notes with harmonics), noise (white or brown) or mains hum."""
+    seconds = float(rng.uniform(2.0, 6.0))
+    t = np.arange(int(seconds * SPEECHLESS_RATE)) / SPEECHLESS_RATE
+    what = str(rng.choice(["tune", "noise", "hum"]))
+    if what == "tune":
+        note_s = float(rng.uniform(0.2, 0.6))
+        pitches = 220.0 * 2 ** (rng.integers(0, 24, size=int(seconds / note_s) + 1) / 12)
+        pitch = pitches[(t / note_s).astype(int)]
+        sound = sum(np.sin(2 * np.pi * k * pitch * t) / k for k in (1, 2, 3))
+    elif what == "noise":
+        white = rng.normal(0.0, 1.0, t.size)
+        sound = white if rng.random() < 0.5 else np.cumsum(white) / np.sqrt(t.size)
+        sound = sound - sound.mean()
+    else:
+        mains = float(rng.choice([50.0, 60.0]))
+        sound = sum(np.sin(2 * np.pi * k * mains * t) / k for k in (1, 2, 3, 5)) + rng.normal(0.0, 0.05, t.size)
+    level = float(rng.uniform(0.05, 0.5))
+    return (level * 32767 * sound / max(1e-9, float(np.abs(sound).max()))).astype(np.int16), what
 
 
 def _qc(rng, scope: str, number: int, out: Path, item_id: str) -> dict:
