@@ -510,7 +510,8 @@ def cmd_task_check(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return 2
-    print(f"{args.file}: task {spec.name}: {len(spec.labels)} labels ({', '.join(spec.labels)}); reads {'+'.join(spec.modalities)}; ok")
+    spoken = f" (audio: {spec.speech}; audio without speech is not read)" if spec.speech else ""
+    print(f"{args.file}: task {spec.name}: {len(spec.labels)} labels ({', '.join(spec.labels)}); reads {'+'.join(spec.modalities)}{spoken}; ok")
     return 0
 
 

@@ -62,7 +62,7 @@ def test_a_task_file_is_checked_field_by_field(tmp_path):
     assert main(["task", "check", str(path)]) == 2
 
 
-def test_a_task_whose_audio_is_spoken_says_so_and_reads_no_audio_without_speech(tmp_path):
+def test_a_task_whose_audio_is_spoken_says_so_and_reads_no_audio_without_speech(tmp_path, capsys):
     """`speech`: what the task's audio holds, in words. Set, audio in which the audio
     service's speech detection found none is not applicable; the built-in tasks set it."""
     from modalmesh.router.tasks import TASKS
@@ -83,6 +83,9 @@ def test_a_task_whose_audio_is_spoken_says_so_and_reads_no_audio_without_speech(
     path.write_text(json.dumps({**TASK, "speech": "voice messages"}))
     with pytest.raises(TaskFileError, match="speech: the task has no audio modality"):
         load_task_file(path)
+    path.write_text(json.dumps({**TASK, "modalities": ["text", "audio"], "speech": "phone calls"}))
+    assert main(["task", "check", str(path)]) == 0
+    assert "reads text+audio (audio: phone calls; audio without speech is not read); ok" in capsys.readouterr().out
     assert TASKS["screenshot_triage"].speech == "voice messages" and TASKS["medical_report"].speech == "dictated notes"
 
 
