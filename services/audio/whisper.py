@@ -65,9 +65,6 @@ def version(beam_size: int = BEAM_SIZE) -> str:
     return f"whisper-base@{MODEL_SHA256[:12]}+fit{FIT_MIN_S:g}" + (f"+beam{beam_size}" if beam_size != 1 else "")
 
 
-VERSION = version()
-
-
 def _package_data(name: str) -> Path:
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:

@@ -686,10 +686,9 @@ class Pipeline:
                 streamed=streamed,
             )
             if result.side is not None:
-                if modality in ("image", "audio"):
-                    _, inapplicable = run.judge(modality, None, dict(result.side.tags))
-                    if inapplicable:  # not evidence: nothing of it (its screen text, its transcript) reaches the answer
-                        raise NotApplicable(inapplicable)
+                _, inapplicable = run.judge(modality, None, dict(result.side.tags))  # TaskSpec.inapplicable: by its tags
+                if inapplicable:  # not evidence: nothing of it (its screen text, its transcript) reaches the answer
+                    raise NotApplicable(inapplicable)
                 if modality == "image":
                     produced = produced.plus(Produced(evidence={"image_tags": dict(result.side.tags)}))
                 produced = produced.plus(self._side_features(run, call, modality, result.side))

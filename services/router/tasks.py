@@ -172,13 +172,20 @@ class TaskSpec:
     def inapplicable_audio(self, tags: dict[str, str]) -> str | None:
         """Why this task cannot read the audio its tags describe (spoken audio without
         speech in it), or None when it can or the tags do not say (speech detection off)."""
+        if not self.speech:
+            return None
         try:
             seconds = float(tags["speech_seconds"])
         except (KeyError, ValueError):
             return None
-        if self.speech and seconds == 0:
-            return f"no speech in the audio (speech detection found none); {self.name} reads {self.speech}"
-        return None
+        return f"no speech in the audio (speech detection found none); {self.name} reads {self.speech}" if seconds == 0 else None
+
+    def inapplicable(self, modality: str, tags: dict[str, str]) -> str | None:
+        """Why this task cannot read an input its encoder's tags describe (an image's or an
+        audio clip's), or None when it can."""
+        if modality == "image":
+            return self.inapplicable_image(tags)
+        return self.inapplicable_audio(tags) if modality == "audio" else None
 
     def units(self, tags: dict[str, str]) -> torch.Tensor:
         """Per regression output, model units -> task units: the field of view in mm for
@@ -825,10 +832,10 @@ def fuse(
 def not_applicable(task: TaskModel, modality: str, features: torch.Tensor | None, tags: dict[str, str]) -> tuple[float | None, str]:
     """Whether an input is one the task reads: (its applicability score, or None where not
     checked; why it is not applicable, or ''). The image's or audio's tags are checked first
-    (TaskSpec.inapplicable_image, inapplicable_audio), then the features against the task's reference set
+    (TaskSpec.inapplicable), then the features against the task's reference set
     (applicability.py). The router and `modalmesh eval` both judge inputs through here."""
-    if modality in ("image", "audio") and tags:
-        reason = task.spec.inapplicable_image(tags) if modality == "image" else task.spec.inapplicable_audio(tags)
+    if tags:
+        reason = task.spec.inapplicable(modality, tags)
         if reason:
             return None, reason
     if features is None:

@@ -132,7 +132,7 @@ def load_examples(
 ) -> tuple[list[Example], list]:
     """The manifest's records of `scope` ("in": the task's own inputs, the default for a record
     without one; "out": inputs the task should not answer, label -1) with their features.
-    `refuse`: an image the task does not read (tasks.TaskSpec.inapplicable_image) stops it,
+    `refuse`: an image the task does not read (tasks.TaskSpec.inapplicable), or an audio clip, stops it,
     naming the item (training); else it is kept, to be judged as the router judges it."""
     spec = spec_of(task)
     records = [r for r in read_manifest(manifest) if r["task"] == spec.name and r.get("scope", "in") == scope]
@@ -150,13 +150,11 @@ def load_examples(
         else:
             truth, mask = torch.zeros(len(spec.regression)), torch.zeros(len(spec.regression), dtype=torch.bool)
         tags = dict(item.evidence.get("image_tags", {}))
-        refused = spec.inapplicable_image(tags) if record.get("image") and refuse else None
-        if refused:  # what the router would not read (an MR for the CT task) is not learned from
-            raise ValueError(f"{manifest}: {record['id']}: image {record['image']}: {refused}")
         audio_tags = dict(item.evidence.get("audio_tags", {}))
-        refused = spec.inapplicable_audio(audio_tags) if record.get("audio") and refuse else None
-        if refused:  # a voice message without speech is not learned from either
-            raise ValueError(f"{manifest}: {record['id']}: audio {record['audio']}: {refused}")
+        for modality, given in (("image", tags), ("audio", audio_tags)):
+            refused = spec.inapplicable(modality, given) if record.get(modality) and refuse else None
+            if refused:  # what the router would not read (an MR for the CT task, a voice message without speech) is not learned from
+                raise ValueError(f"{manifest}: {record['id']}: {modality} {record[modality]}: {refused}")
         features = {s: f.float().clone() for s, f in item.features.items()}  # own, aligned memory: GEMM rounding is the same on every run
         index = spec.labels.index(record["label"]) if scope == "in" else -1
         alone = {m: -1 if label is None else spec.labels.index(label) for m, label in record.get("alone_labels", {}).items()}
