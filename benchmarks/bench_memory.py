@@ -15,8 +15,15 @@ Then the CPU time each service spends per request (user + system, its process an
 children: the transcript worker, from /proc/<pid>/stat), over `--calls` sequential
 screenshot_triage requests of each kind: screenshot and message (ROUTED), with the voice
 message too (ROUTED, and FULL: it waits for the transcript), and the screenshot alone.
-What the sum comes to bounds the answers per second 2 cores can give. Bounded: two
-warm-up requests, the reading, then 4 x `--calls` requests.
+What the sum comes to bounds the answers per second 2 cores can give.
+
+Then `--sizes` more requests (FULL, so every one is read at the full detection size),
+each with the example screenshot scaled to another random size (300-1900 px a side, seed
+0), and each service's memory again, at once and once OCR has been idle long enough to
+release its buffers (vision/ocr.py, IDLE_RELEASE_S): what a stream of screenshots of many
+sizes leaves behind (OpenVINO keeps what it prepared per input shape, up to
+`openvino_shapes`, and its buffers at the largest input run).
+Bounded: two warm-up requests, the reading, 4 x `--calls` requests, `--sizes` requests.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.bench_text import header, write_results  # noqa: E402
 from modalmesh.up import ORDER, Mesh, free_port  # noqa: E402
+from modalmesh.vision.ocr import IDLE_RELEASE_S  # noqa: E402
 
 EXAMPLES = REPO / "examples"
 TARGET_GB = 3.0
@@ -106,7 +114,33 @@ def cpu_per_request(client, mesh, calls: int) -> dict:
     return kinds
 
 
-def run(settle: float, calls: int) -> dict:
+def services_memory(mesh) -> dict:
+    """Per service: processes, RSS and PSS (MiB) of its process tree."""
+    services = {}
+    for name in ORDER:
+        pids = process_tree(mesh.members[name].running.pid)
+        parts = [memory_kib(pid) for pid in pids]
+        services[name] = {"processes": len(pids), "rss_mib": sum(p["rss"] for p in parts) / 1024, "pss_mib": sum(p["pss"] for p in parts) / 1024}
+    return services
+
+
+def many_sizes(client, count: int) -> None:
+    """`count` FULL screenshot_triage requests, the example screenshot at random sizes."""
+    import io
+    import random
+
+    from PIL import Image
+
+    message = (EXAMPLES / "message.txt").read_text().strip()
+    screenshot = Image.open(EXAMPLES / "screenshot.png").convert("RGB")
+    sizes = random.Random(0)
+    for _ in range(count):
+        scaled = io.BytesIO()
+        screenshot.resize((sizes.randint(300, 1900), sizes.randint(300, 1900))).save(scaled, format="PNG")
+        client.analyze("screenshot_triage", text=message, image=scaled.getvalue(), mode="full", timeout=120)
+
+
+def run(settle: float, calls: int, sizes: int = 0) -> dict:
     from modalmesh.client import RouterClient
 
     mesh = Mesh(ports={name: free_port() for name in ORDER}, quiet_logs=True)
@@ -124,13 +158,15 @@ def run(settle: float, calls: int) -> dict:
             )
             client.analyze("medical_report", text=(EXAMPLES / "record.txt").read_text().strip(), image=(EXAMPLES / "ct.dcm").read_bytes(), timeout=120)
         time.sleep(settle)
-        services = {}
-        for name in ORDER:
-            pids = process_tree(mesh.members[name].running.pid)
-            parts = [memory_kib(pid) for pid in pids]
-            services[name] = {"processes": len(pids), "rss_mib": sum(p["rss"] for p in parts) / 1024, "pss_mib": sum(p["pss"] for p in parts) / 1024}
+        services = services_memory(mesh)
         with RouterClient(mesh.address("router")) as client:
             cpu = cpu_per_request(client, mesh, calls) if calls else {}
+            if sizes:
+                many_sizes(client, sizes)
+        after_sizes = services_memory(mesh) if sizes else {}
+        if sizes:  # and once OCR has been idle long enough to release its buffers
+            time.sleep(IDLE_RELEASE_S + settle)
+        idle_after_sizes = services_memory(mesh) if sizes else {}
     finally:
         mesh.stop()
     return {
@@ -140,6 +176,9 @@ def run(settle: float, calls: int) -> dict:
         "total_pss_gib": sum(s["pss_mib"] for s in services.values()) / 1024,
         "target_gib": TARGET_GB,
         "cpu_per_request": cpu,
+        "sizes": sizes,
+        "after_sizes": after_sizes,
+        "idle_after_sizes": idle_after_sizes,
     }
 
 
@@ -147,10 +186,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--settle", type=float, default=5.0, help="seconds to wait after the warm-up requests")
     parser.add_argument("--calls", type=int, default=6, help="sequential requests of each kind for the CPU figures (0: none)")
+    parser.add_argument("--sizes", type=int, default=60, help="then this many screenshots of random sizes, and the memory again (0: none)")
     parser.add_argument("--out", default="bench-results/memory.json")
     args = parser.parse_args()
     info = header("The mesh's memory after warm-up (defaults, both built-in tasks asked once), and CPU per request")
-    results = run(args.settle, args.calls)
+    results = run(args.settle, args.calls, args.sizes)
     print(f"{'service':8s} {'processes':>9s} {'RSS MiB':>9s} {'PSS MiB':>9s}")
     for name, figures in results["services"].items():
         print(f"{name:8s} {figures['processes']:9d} {figures['rss_mib']:9.0f} {figures['pss_mib']:9.0f}")
@@ -162,6 +202,15 @@ def main() -> int:
         for kind, figures in results["cpu_per_request"].items():
             cpu = figures["cpu_ms"]
             print(f"{kind:38s} {figures['wall_ms']:7.0f} " + " ".join(f"{cpu[name]:7.0f}" for name in ORDER) + f" {sum(cpu.values()):7.0f}")
+    for key, when in (("after_sizes", "at once"), ("idle_after_sizes", f"then {IDLE_RELEASE_S + args.settle:.0f} s idle")):
+        if not results[key]:
+            continue
+        print(f"\nafter {args.sizes} more screenshots of random sizes (FULL), {when}")
+        print(f"{'service':8s} {'RSS MiB':>9s} {'PSS MiB':>9s} {'RSS grew':>9s}")
+        for name, figures in results[key].items():
+            print(f"{name:8s} {figures['rss_mib']:9.0f} {figures['pss_mib']:9.0f} {figures['rss_mib'] - results['services'][name]['rss_mib']:9.0f}")
+        total = sum(f["pss_mib"] for f in results[key].values()) / 1024
+        print(f"whole mesh: PSS {total:.2f} GiB")
     write_results(args.out, {"machine": info, **results})
     return 0
 

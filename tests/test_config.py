@@ -45,6 +45,7 @@ def test_booleans_and_bad_values_from_the_environment():
         ({"tls_client_ca": "ca.pem"}, "needs tls_cert"),
         ({"max_batch_size": 0}, "max_batch_size must be at least 1"),
         ({"ocr_det_side": 10}, "ocr_det_side must be 0"),
+        ({"openvino_shapes": -1}, "openvino_shapes must be 0 or more"),
         ({"ocr_engine": "tensorrt"}, "ocr_engine must be one of onnxruntime, openvino"),
         ({"engine": "tensorrt"}, "engine must be one of openvino, torch"),
     ],

@@ -655,3 +655,56 @@ def test_a_model_openvino_cannot_convert_is_refused_with_the_way_out(tmp_path, m
     with pytest.raises(ValueError, match="OpenVINO cannot convert this model .*engine torch"):
         compile_module(Untraceable(), torch.zeros(1, 3), "untraceable@0")
     assert not any((tmp_path / "openvino").glob("*")), "nothing is cached for a model that did not convert"
+
+
+def test_openvino_models_keep_a_bounded_number_of_input_shapes(tmp_path, monkeypatch):
+    # OpenVINO keeps what it prepared for each input shape (5000 shapes by default); the
+    # encoders bound it (openvino_shapes). A model compiled with the bound runs inputs of
+    # several shapes, one of them again after it was dropped, with the same numbers; an
+    # unknown setting would be refused by OpenVINO here.
+    from modalmesh.common.compiled import compile_module
+
+    monkeypatch.setenv("MODALMESH_CACHE_DIR", str(tmp_path))
+    module = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU()).eval()
+    for shapes in (0, 1):
+        model = compile_module(module, torch.zeros(2, 4), "bounded@0", threads=1, shapes=shapes)
+        for rows in (1, 5, 1, 3):
+            inputs = np.random.default_rng(rows).normal(size=(rows, 4)).astype(np.float32)
+            with torch.inference_mode():
+                expected = module(torch.from_numpy(inputs)).numpy()
+            np.testing.assert_allclose(model(inputs)[model.output(0)], expected, atol=1e-5)
+
+
+def test_the_ocr_models_on_openvino_keep_a_bounded_number_of_input_shapes():
+    # rapidocr passes OpenVINO only the CPU settings it knows: the reader adds the bound to
+    # the sessions it makes (and only to those), through rapidocr's own settings class.
+    from rapidocr.inference_engine.openvino import main as openvino_session
+
+    from modalmesh.vision.ocr import openvino_shapes_kept
+
+    known = openvino_session.CPUConfig
+    with openvino_shapes_kept(7):
+        assert openvino_session.CPUConfig({"inference_num_threads": 1}).get_config() == {"INFERENCE_NUM_THREADS": "1", "CPU_RUNTIME_CACHE_CAPACITY": "7"}
+    assert openvino_session.CPUConfig is known
+    assert "CPU_RUNTIME_CACHE_CAPACITY" not in known({}).get_config()
+
+
+def test_ocr_releases_openvinos_buffers_when_idle_and_reads_alike_after(monkeypatch):
+    # OpenVINO keeps each OCR model's buffers at the largest input it ran; once OCR has been
+    # idle for IDLE_RELEASE_S they are released, and the next read allocates them again.
+    from modalmesh.vision import ocr
+
+    monkeypatch.setattr(ocr, "IDLE_RELEASE_S", 0.2)
+    reader = ocr.ScreenReader(engine="openvino")
+    screen = np.asarray(render_screenshot("Error 402: Payment declined"))
+    first = [line.text for line in reader.read(screen)]
+    assert "Error 402: Payment declined" in first
+    waited = time.monotonic() + 10
+    while reader.releases == 0 and time.monotonic() < waited:
+        time.sleep(0.05)
+    assert reader.releases == 1
+    monkeypatch.setattr(ocr, "IDLE_RELEASE_S", 3600.0)
+    assert [line.text for line in reader.read(screen)] == first
+    with reader._engine_turns.turn(None):  # a read under way: nothing is released
+        assert reader.release_memory() is False
+    assert reader.release_memory() is True and reader.releases == 2

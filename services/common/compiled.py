@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from modalmesh.common.config import DEFAULT_ENGINE, ENGINES
+from modalmesh.common.config import DEFAULT_ENGINE, DEFAULT_OPENVINO_SHAPES, ENGINES
 from modalmesh.common.models import cache_root
 
 log = logging.getLogger(__name__)
@@ -69,21 +69,21 @@ def cache_folder(key: str) -> Path:
     return cache_root() / "openvino" / f"{re.sub(r'[^A-Za-z0-9_.@+-]', '_', key)}-ov{version}"
 
 
-def compile_module(module: Any, example_inputs: Any, key: str, threads: int = 0) -> Any:
+def compile_module(module: Any, example_inputs: Any, key: str, threads: int = 0, shapes: int = DEFAULT_OPENVINO_SHAPES) -> Any:
     """An OpenVINO CompiledModel for the CPU computing `module(inputs)` in FP32 (a dict of
     example inputs: by name; a tensor: the one input); inputs keep
     their batch and length dimensions dynamic. `threads` 0: OpenVINO's own choice
-    (every core)."""
+    (every core); `shapes`: input shapes it keeps prepared (compile_model)."""
     model = read_cached(key)
     if model is None:
         model = convert_module(module, example_inputs, key)
-    return compile_model(model, threads)
+    return compile_model(model, threads, shapes)
 
 
-def load_cached(key: str, threads: int = 0) -> Any:
+def load_cached(key: str, threads: int = 0, shapes: int = DEFAULT_OPENVINO_SHAPES) -> Any:
     """The CompiledModel of `key`'s cached conversion, or None when there is none that reads."""
     model = read_cached(key)
-    return None if model is None else compile_model(model, threads)
+    return None if model is None else compile_model(model, threads, shapes)
 
 
 def read_cached(key: str) -> Any:
@@ -146,12 +146,15 @@ def convert_module(module: Any, example_inputs: Any, key: str) -> Any:
     return model
 
 
-def compile_model(model: Any, threads: int = 0) -> Any:
+def compile_model(model: Any, threads: int = 0, shapes: int = DEFAULT_OPENVINO_SHAPES) -> Any:
+    """`shapes`: how many input shapes (batch size x length, image size) the model keeps
+    prepared, least recently used dropped first (OpenVINO's CPU_RUNTIME_CACHE_CAPACITY). Each
+    one kept holds memory; a shape not kept is prepared again when it comes."""
     import openvino
 
     # FP32 throughout: on a CPU with BF16 units OpenVINO would otherwise compute in BF16
     # (MiniLM: cosine 0.99998 to torch, not the same features the weights were trained on).
-    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32", "CPU_RUNTIME_CACHE_CAPACITY": shapes}
     if threads > 0:
         config["INFERENCE_NUM_THREADS"] = threads
     return openvino.Core().compile_model(model, "CPU", config)

@@ -32,6 +32,9 @@ KiB = 1024
 ENGINES = ("openvino", "torch")  # what may run the text encoder's and the image backbone's model (common/compiled.py)
 DEFAULT_ASR_BEAM, MAX_ASR_BEAM = 5, 16  # Whisper's beam search width (asr_beam; audio/whisper.py says why 5)
 DEFAULT_ENGINE = "openvino"  # the same features as torch (FP32), checked at every start; 1.2-7x faster here
+# Input shapes each OpenVINO model keeps prepared (its CPU_RUNTIME_CACHE_CAPACITY; OpenVINO's
+# own default, 5000, let the vision service grow by 0.7 GB on screenshots of many sizes).
+DEFAULT_OPENVINO_SHAPES = 100
 
 #: Defaults that differ by service (applied before the environment and flags).
 SERVICE_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -87,6 +90,11 @@ class ServiceConfig:
     engine: str = _option(
         DEFAULT_ENGINE,
         "text, vision: what runs the encoder model: openvino (converted once, cached, checked against torch at every start; 1.2-7x faster here) or torch",
+    )
+    openvino_shapes: int = _option(
+        DEFAULT_OPENVINO_SHAPES,
+        "text, vision: input shapes each OpenVINO model (the encoder, the OCR's) keeps prepared to run again at once; "
+        "each holds memory, a shape not kept is prepared again when it comes (a few ms); 0 keeps none",
     )
     # Vision
     max_pixels: int = _option(40_000_000, "vision: largest image (width x height) decoded")
@@ -180,6 +188,8 @@ class ServiceConfig:
             problems.append("ocr_det_side must be 0 (the engine's rule) or at least 32 pixels")
         if self.ocr_quick_det_side < 32:
             problems.append("ocr_quick_det_side must be at least 32 pixels")
+        if self.openvino_shapes < 0:
+            problems.append("openvino_shapes must be 0 or more")
         if self.ocr_max_lines < 1:
             problems.append("ocr_max_lines must be at least 1")
         if self.asr_engine not in ("whisper", "pocketsphinx"):

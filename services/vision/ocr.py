@@ -15,16 +15,19 @@ tile that keeps it.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import importlib
 import logging
 import math
+import threading
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from modalmesh.common.batching import Engine, deadline_after
-from modalmesh.common.config import DEFAULT_OCR_ENGINE, OCR_ENGINES
+from modalmesh.common.config import DEFAULT_OCR_ENGINE, DEFAULT_OPENVINO_SHAPES, OCR_ENGINES
 from modalmesh.common.layout import reading_order
 
 log = logging.getLogger(__name__)
@@ -63,6 +66,14 @@ TILE_OVERLAP = 0.1  # of the width, on each side of a tile's band: more than a l
 DEFAULT_MAX_LINES = 100
 
 
+# OpenVINO keeps a model's intermediate buffers at the size of the largest input it has
+# run: about 0.3 GB for detection on a 1024x640 screenshot, 0.6 GB after a few pages of odd
+# sizes. Once OCR has had nothing to read for this long they are released
+# (ScreenReader.release_memory: 1.0 GB back to 0.4 GB here); the next read allocates them
+# again, about 20 ms.
+IDLE_RELEASE_S = 30.0
+
+
 class ScreenText(list):
     """The lines read, in reading order; `more` is True when text was left unread
     (ScreenReader's max_lines: more boxes than that, or tiles of a long page below them)."""
@@ -90,12 +101,14 @@ REC_GROUP_MAX = 6  # lines per model call at most (rapidocr's own batch)
 
 
 class ScreenReader:
-    def __init__(self, det_side: int = 0, engine: str = DEFAULT_OCR_ENGINE, max_lines: int = DEFAULT_MAX_LINES) -> None:
+    def __init__(self, det_side: int = 0, engine: str = DEFAULT_OCR_ENGINE, max_lines: int = DEFAULT_MAX_LINES, shapes: int = DEFAULT_OPENVINO_SHAPES) -> None:
         """`engine`: what runs the same PP-OCR models, openvino (about 2x faster on this
         machine's CPU) or onnxruntime; the same messages, boxes within a few pixels
         (benchmarks/bench_encoders.py and README). `max_lines`: the most text lines
         recognised per image, the first in reading order (tiles of a long page count
-        together); detection still sees the whole image."""
+        together); detection still sees the whole image. `shapes`: on openvino, the input
+        shapes each model keeps prepared (detection: one per image size it scales to;
+        recognition: one per line width and batch), about 3 MB each (openvino_shapes)."""
         from rapidocr import EngineType, RapidOCR
 
         # "error": an image without text is a normal answer here, not a warning. No angle
@@ -134,11 +147,12 @@ class ScreenReader:
 
         setattr(self._engine, "detect_and_crop", capped)
 
-        self._detector = self._engine._load_det_model()  # its size is read at every image (read's det_side)
+        with openvino_shapes_kept(shapes) if engine == "openvino" else contextlib.nullcontext():
+            self._detector = self._engine._load_det_model()  # its size is read at every image (read's det_side)
+            recognizer = self._engine._load_rec_model()  # rapidocr loads it lazily; loaded now to wrap its resize
         make_preprocess = self._detector.get_preprocess  # rapidocr makes one per image, with the detector's size
         table = normalisation_table(make_preprocess())
         setattr(self._detector, "get_preprocess", lambda: TablePreprocess(make_preprocess(), table))
-        recognizer = self._engine._load_rec_model()  # rapidocr loads it lazily; loaded now to wrap its resize
         resize, height = recognizer.resize_norm_img, int(recognizer.rec_image_shape[1])
 
         def width_in_steps(img, max_wh_ratio):
@@ -147,6 +161,11 @@ class ScreenReader:
 
         setattr(recognizer, "resize_norm_img", width_in_steps)
         setattr(self._engine, "text_rec", GroupedRecognition(recognizer, height, int(recognizer.rec_image_shape[2])))  # what the engine calls to recognise
+        # OpenVINO's compiled models (their buffers are released when OCR is idle); none on onnxruntime.
+        self._compiled = [part.session.session.get_compiled_model() for part in (self._detector, recognizer)] if engine == "openvino" else []
+        self._idle_timer: threading.Timer | None = None
+        self._idle_lock = threading.Lock()
+        self.releases = 0  # times the buffers were released
         log.info("OCR: PP-OCR on %s", engine)
 
     def warm_up(self) -> list[TextLine]:
@@ -167,7 +186,12 @@ class ScreenReader:
         `wanted`: whether the caller is still there, checked likewise (CANCELLED once not).
         Lines come with the recognition's confidence; the router does not read those under
         layout.MIN_SPAN_CONFIDENCE (garbled)."""
-        deadline = deadline_after(timeout)
+        try:
+            return self._read(rgb, deadline_after(timeout), wanted, det_side)
+        finally:
+            self._release_when_idle()
+
+    def _read(self, rgb: np.ndarray, deadline: float | None, wanted: Callable[[], bool] | None, det_side: int | None) -> ScreenText:
         rgb, scale = _pad_to_page(rgb)
         lines: dict[tuple, TextLine] = {}
         budget, more = self.max_lines, False
@@ -187,6 +211,32 @@ class ScreenReader:
         text = ScreenText(lines[span] for row in reading_order(lines) for span in row)
         text.more = more
         return text
+
+    def release_memory(self) -> bool:
+        """Release OpenVINO's intermediate buffers of the OCR models (the next read allocates
+        them again) and return freed heap to the system; False, doing nothing, while a read
+        holds the engine."""
+        if not self._engine_turns.take_now(1):
+            return False
+        try:
+            for model in self._compiled:
+                model.release_memory()
+            _trim_heap()
+            self.releases += 1
+        finally:
+            self._engine_turns.give_back(1)
+        return True
+
+    def _release_when_idle(self) -> None:
+        """(Re)start the countdown to release_memory: IDLE_RELEASE_S after the last read."""
+        if not self._compiled:
+            return
+        with self._idle_lock:
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
+            self._idle_timer = threading.Timer(IDLE_RELEASE_S, self.release_memory)
+            self._idle_timer.daemon = True
+            self._idle_timer.start()
 
     def _read_once(
         self, rgb: np.ndarray, deadline: float | None, budget: int, wanted: Callable[[], bool] | None = None, det_side: int | None = None
@@ -211,6 +261,35 @@ class ScreenReader:
             box = (float(quad[:, 0].min()), float(quad[:, 1].min()), float(quad[:, 0].max()), float(quad[:, 1].max()))
             lines.append(TextLine(str(text), float(score), box))
         return lines, detected
+
+
+def _trim_heap() -> None:
+    """Hand the C heap's free memory back to the system (glibc's malloc_trim; elsewhere nothing)."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+@contextlib.contextmanager
+def openvino_shapes_kept(shapes: int) -> Iterator[None]:
+    """rapidocr's OpenVINO sessions made inside this block keep at most `shapes` input
+    shapes prepared (OpenVINO's CPU_RUNTIME_CACHE_CAPACITY; its own default of 5000 let OCR
+    grow by 0.7 GB on screenshots of 240 sizes: docs/limits.md). rapidocr passes only the
+    settings it knows to OpenVINO, so its CPU settings class is swapped for the block."""
+    from rapidocr.inference_engine.openvino import main as openvino_session
+
+    known = openvino_session.CPUConfig
+
+    class Bounded(known):  # type: ignore[misc, valid-type]
+        def get_config(self) -> dict[str, Any]:
+            return {**super().get_config(), "CPU_RUNTIME_CACHE_CAPACITY": str(shapes)}
+
+    setattr(openvino_session, "CPUConfig", Bounded)
+    try:
+        yield
+    finally:
+        setattr(openvino_session, "CPUConfig", known)
 
 
 def rec_width(height: int, ratio: float) -> int:

@@ -55,7 +55,9 @@ class VisionService(EncoderBackend):
     # -- lifecycle -------------------------------------------------------------------
     def initialize(self) -> None:
         config = self.config
-        self.backbone = ImageBackbone(config.model, config.allow_download, config.quantize, serving_engine(config), config.torch_threads)
+        self.backbone = ImageBackbone(
+            config.model, config.allow_download, config.quantize, serving_engine(config), config.torch_threads, config.openvino_shapes
+        )
         self.batcher = DynamicBatcher(
             self._run_batch,
             max_batch_size=self.config.max_batch_size,
@@ -67,7 +69,7 @@ class VisionService(EncoderBackend):
         if self.config.ocr:
             from modalmesh.vision.ocr import ScreenReader
 
-            self.reader = ScreenReader(self.config.ocr_det_side, self.config.ocr_engine, self.config.ocr_max_lines)
+            self.reader = ScreenReader(self.config.ocr_det_side, self.config.ocr_engine, self.config.ocr_max_lines, self.config.openvino_shapes)
             self.reader.warm_up()
 
     def finalize(self) -> None:
