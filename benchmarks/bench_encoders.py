@@ -74,6 +74,7 @@ def latency_and_throughput(address: str, data: bytes, media_type: str, clients: 
 
 
 def engine_comparison(repeats: int) -> list[dict]:
+    from modalmesh.common.compiled import OpenVINOSettings
     from modalmesh.text.model import TextEncoder
     from modalmesh.vision.model import ImageBackbone
 
@@ -101,10 +102,12 @@ def engine_comparison(repeats: int) -> list[dict]:
             rows.append({**row, "speedup": row["torch_ms"] / row["openvino_ms"]})
         return rows
 
-    rows = compare("all-MiniLM-L6-v2", TextEncoder(""), TextEncoder("", engine="openvino", threads=threads), sentences, (1, 2, 8, 32))
+    rows = compare(
+        "all-MiniLM-L6-v2", TextEncoder(""), TextEncoder("", engine="openvino", openvino=OpenVINOSettings(threads=threads)), sentences, (1, 2, 8, 32)
+    )
     image_torch = ImageBackbone("")
     screens = [image_torch.preprocess(np.asarray(render_screenshot(f"Error {400 + i}: Payment declined"))) for i in range(4)]
-    return rows + compare("EfficientNet-Lite0", image_torch, ImageBackbone("", engine="openvino", threads=threads), screens, (1, 4))
+    return rows + compare("EfficientNet-Lite0", image_torch, ImageBackbone("", engine="openvino", openvino=OpenVINOSettings(threads=threads)), screens, (1, 4))
 
 
 def time_model(fn, repeats: int) -> float:

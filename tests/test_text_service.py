@@ -639,8 +639,10 @@ def test_converting_to_openvino_reports_nothing_and_forks_nothing(tmp_path):
 def test_openvino_runs_minilm_with_torchs_features():
     # The bundled model, both engines through the real loading code: what the service
     # serves by default (openvino) is what the shipped weights were trained on (torch).
+    from modalmesh.common.compiled import OpenVINOSettings
+
     torch_encoder = TextEncoder("")
-    converted = TextEncoder("", engine="openvino", threads=2)
+    converted = TextEncoder("", engine="openvino", openvino=OpenVINOSettings(threads=2))
     assert converted.model is None and converted.compiled is not None and converted.version == torch_encoder.version
     expected, got = torch_encoder.encode_batch(ENGINE_SENTENCES), converted.encode_batch(ENGINE_SENTENCES)
     for a, b in zip(expected, got):

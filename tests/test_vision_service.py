@@ -611,11 +611,12 @@ def test_openvino_runs_the_image_backbone_with_torchs_features():
     # service serves by default (openvino) is what the shipped weights were trained on.
     from pathlib import Path
 
+    from modalmesh.common.compiled import OpenVINOSettings
     from modalmesh.vision.decode import decode_image
     from modalmesh.vision.model import ImageBackbone
 
     in_torch = ImageBackbone("")
-    converted = ImageBackbone("", engine="openvino", threads=2)
+    converted = ImageBackbone("", engine="openvino", openvino=OpenVINOSettings(threads=2))
     assert converted.network is None and converted.compiled is not None and converted.version == in_torch.version
     examples = Path(__file__).resolve().parent.parent / "examples"
     images = [
@@ -662,12 +663,12 @@ def test_openvino_models_keep_a_bounded_number_of_input_shapes(tmp_path, monkeyp
     # encoders bound it (openvino_shapes). A model compiled with the bound runs inputs of
     # several shapes, one of them again after it was dropped, with the same numbers; an
     # unknown setting would be refused by OpenVINO here.
-    from modalmesh.common.compiled import compile_module
+    from modalmesh.common.compiled import OpenVINOSettings, compile_module
 
     monkeypatch.setenv("MODALMESH_CACHE_DIR", str(tmp_path))
     module = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU()).eval()
     for shapes in (0, 1):
-        model = compile_module(module, torch.zeros(2, 4), "bounded@0", threads=1, shapes=shapes)
+        model = compile_module(module, torch.zeros(2, 4), "bounded@0", OpenVINOSettings(threads=1, shapes=shapes))
         for rows in (1, 5, 1, 3):
             inputs = np.random.default_rng(rows).normal(size=(rows, 4)).astype(np.float32)
             with torch.inference_mode():

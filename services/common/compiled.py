@@ -1,7 +1,7 @@
 """Encoders run by OpenVINO: a torch module converted to OpenVINO's form once, kept in the
 cache folder, and checked against torch every time it is loaded.
 
-    compiled = compile_module(module, example_inputs, key, threads)
+    compiled = compile_module(module, example_inputs, key, OpenVINOSettings(threads=2))
     outputs = compiled(inputs)            # numpy in, numpy out
     require_equivalent(torch_vectors, openvino_vectors, "text")
 
@@ -20,6 +20,7 @@ import logging
 import os
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ __all__ = [
     "DEFAULT_ENGINE",
     "ENGINES",
     "MIN_COSINE",
+    "OpenVINOSettings",
     "cache_folder",
     "compile_module",
     "convert_module",
@@ -69,21 +71,37 @@ def cache_folder(key: str) -> Path:
     return cache_root() / "openvino" / f"{re.sub(r'[^A-Za-z0-9_.@+-]', '_', key)}-ov{version}"
 
 
-def compile_module(module: Any, example_inputs: Any, key: str, threads: int = 0, shapes: int = DEFAULT_OPENVINO_SHAPES) -> Any:
+@dataclass(frozen=True)
+class OpenVINOSettings:
+    """How an encoder model runs on OpenVINO: `threads`, its inference threads (0: OpenVINO's
+    own choice, every core); `shapes`, how many input shapes (batch size x length, image
+    size) it keeps prepared, least recently used dropped first (OpenVINO's
+    CPU_RUNTIME_CACHE_CAPACITY). Each shape kept holds memory; one not kept is prepared
+    again when it comes."""
+
+    threads: int = 0
+    shapes: int = DEFAULT_OPENVINO_SHAPES
+
+    @classmethod
+    def of(cls, config: Any) -> "OpenVINOSettings":
+        """A service's: its `torch_threads` and `openvino_shapes` settings."""
+        return cls(threads=config.torch_threads, shapes=config.openvino_shapes)
+
+
+def compile_module(module: Any, example_inputs: Any, key: str, settings: OpenVINOSettings | None = None) -> Any:
     """An OpenVINO CompiledModel for the CPU computing `module(inputs)` in FP32 (a dict of
     example inputs: by name; a tensor: the one input); inputs keep
-    their batch and length dimensions dynamic. `threads` 0: OpenVINO's own choice
-    (every core); `shapes`: input shapes it keeps prepared (compile_model)."""
+    their batch and length dimensions dynamic."""
     model = read_cached(key)
     if model is None:
         model = convert_module(module, example_inputs, key)
-    return compile_model(model, threads, shapes)
+    return compile_model(model, settings)
 
 
-def load_cached(key: str, threads: int = 0, shapes: int = DEFAULT_OPENVINO_SHAPES) -> Any:
+def load_cached(key: str, settings: OpenVINOSettings | None = None) -> Any:
     """The CompiledModel of `key`'s cached conversion, or None when there is none that reads."""
     model = read_cached(key)
-    return None if model is None else compile_model(model, threads, shapes)
+    return None if model is None else compile_model(model, settings)
 
 
 def read_cached(key: str) -> Any:
@@ -146,17 +164,15 @@ def convert_module(module: Any, example_inputs: Any, key: str) -> Any:
     return model
 
 
-def compile_model(model: Any, threads: int = 0, shapes: int = DEFAULT_OPENVINO_SHAPES) -> Any:
-    """`shapes`: how many input shapes (batch size x length, image size) the model keeps
-    prepared, least recently used dropped first (OpenVINO's CPU_RUNTIME_CACHE_CAPACITY). Each
-    one kept holds memory; a shape not kept is prepared again when it comes."""
+def compile_model(model: Any, settings: OpenVINOSettings | None = None) -> Any:
     import openvino
 
+    settings = settings or OpenVINOSettings()
     # FP32 throughout: on a CPU with BF16 units OpenVINO would otherwise compute in BF16
     # (MiniLM: cosine 0.99998 to torch, not the same features the weights were trained on).
-    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32", "CPU_RUNTIME_CACHE_CAPACITY": shapes}
-    if threads > 0:
-        config["INFERENCE_NUM_THREADS"] = threads
+    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32", "CPU_RUNTIME_CACHE_CAPACITY": settings.shapes}
+    if settings.threads > 0:
+        config["INFERENCE_NUM_THREADS"] = settings.threads
     return openvino.Core().compile_model(model, "CPU", config)
 
 

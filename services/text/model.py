@@ -22,8 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from modalmesh.common import compiled, models
-from modalmesh.common.compiled import on_openvino, require_equivalent
-from modalmesh.common.config import DEFAULT_OPENVINO_SHAPES
+from modalmesh.common.compiled import OpenVINOSettings, on_openvino, require_equivalent
 
 log = logging.getLogger(__name__)
 
@@ -74,13 +73,7 @@ REFERENCE_FILE = "reference.npy"  # torch's pooled vectors for CHECK_SENTENCES, 
 
 class TextEncoder:
     def __init__(
-        self,
-        source: str = "",
-        allow_download: bool = False,
-        quantize: bool = False,
-        engine: str = "torch",
-        threads: int = 0,
-        shapes: int = DEFAULT_OPENVINO_SHAPES,
+        self, source: str = "", allow_download: bool = False, quantize: bool = False, engine: str = "torch", openvino: OpenVINOSettings | None = None
     ) -> None:
         """`engine`: what runs the transformer, torch or openvino (common/compiled.py).
 
@@ -88,8 +81,7 @@ class TextEncoder:
         kept beside it; every load checks the converted model against them. Converting
         needs torch; it runs in a child process unless this one has already imported torch,
         so a text service on OpenVINO never loads torch (about 500 MiB). `model` is then
-        None. `threads`: OpenVINO's inference threads (0: its own choice); `shapes`: the
-        input shapes (batch size x length) it keeps prepared (compiled.compile_model)."""
+        None. `openvino`: its threads and the input shapes it keeps prepared there."""
         source, is_local = models.resolve_model_source(source, default_model_dir)
         models.ensure_loadable(source, is_local, allow_download)
         self.source, self.allow_download = source, allow_download
@@ -104,7 +96,7 @@ class TextEncoder:
         self._tokenizer = _Tokenizer(source, self.max_tokens, allow_download, str(settings.get("pad_token", "[PAD]")))
         if on_openvino(engine, quantize, "text"):
             self.width = int(settings["hidden_size"]) if "hidden_size" in settings else 0
-            self._compile(threads, shapes)
+            self._compile(openvino or OpenVINOSettings())
         else:
             self._load_torch(quantize)
         log.info("text model %s on %s: width %d, max %d tokens", self.version, engine, self.width, self.max_tokens)
@@ -138,12 +130,12 @@ class TextEncoder:
     def _key(self) -> str:
         return f"text-{self.version}"
 
-    def _compile(self, threads: int, shapes: int) -> None:
+    def _compile(self, settings: OpenVINOSettings) -> None:
         """Load the converted model and check it against torch's vectors; convert (again)
         when there is no conversion, or it does not read, or it fails the check."""
         for attempt in range(2):
             reference_file = compiled.cache_folder(self._key) / REFERENCE_FILE
-            self.compiled = compiled.load_cached(self._key, threads, shapes) if reference_file.is_file() else None
+            self.compiled = compiled.load_cached(self._key, settings) if reference_file.is_file() else None
             if self.compiled is not None:
                 try:
                     reference = np.load(reference_file, allow_pickle=False)

@@ -10,7 +10,7 @@ from typing import Iterator
 
 from modalmesh.common import codec, errors
 from modalmesh.common.batching import Batched, DynamicBatcher
-from modalmesh.common.compiled import serving_engine
+from modalmesh.common.compiled import OpenVINOSettings, serving_engine
 from modalmesh.common.config import ServiceConfig
 from modalmesh.common.encoder import EncodeRequest, EncoderBackend, sequence_chunks
 from modalmesh.common.layout import is_blank
@@ -46,8 +46,7 @@ class TextService(EncoderBackend):
             allow_download=self.config.allow_download,
             quantize=self.config.quantize,
             engine=serving_engine(self.config),
-            threads=self.config.torch_threads,
-            shapes=self.config.openvino_shapes,
+            openvino=OpenVINOSettings.of(self.config),
         )
         self.batcher = DynamicBatcher(
             self.encoder.encode_batch,

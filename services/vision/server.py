@@ -15,7 +15,7 @@ import numpy as np
 
 from modalmesh.common import codec, errors, telemetry
 from modalmesh.common.batching import Budget, DynamicBatcher, deadline_after
-from modalmesh.common.compiled import serving_engine
+from modalmesh.common.compiled import OpenVINOSettings, serving_engine
 from modalmesh.common.config import ServiceConfig
 from modalmesh.common.encoder import EncodeRequest, EncoderBackend, sequence_chunks
 from modalmesh.v1 import encoder_pb2
@@ -55,9 +55,7 @@ class VisionService(EncoderBackend):
     # -- lifecycle -------------------------------------------------------------------
     def initialize(self) -> None:
         config = self.config
-        self.backbone = ImageBackbone(
-            config.model, config.allow_download, config.quantize, serving_engine(config), config.torch_threads, config.openvino_shapes
-        )
+        self.backbone = ImageBackbone(config.model, config.allow_download, config.quantize, serving_engine(config), OpenVINOSettings.of(config))
         self.batcher = DynamicBatcher(
             self._run_batch,
             max_batch_size=self.config.max_batch_size,
