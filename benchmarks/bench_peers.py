@@ -6,7 +6,7 @@ Both serve the bundled all-MiniLM-L6-v2 in FP32 on 2 threads with dynamic batchi
 32, each in its own process on 127.0.0.1; the client is the same process for both. PyTriton
 runs it in torch; ModalMesh with each `--engines` (the text service's `engine` setting:
 openvino, its default, and torch), each a column of its own.
-Prints, as the issue's table:
+Prints:
 
     hop overhead p50 / p99   round trip - the server's own model time, sequential calls
                              ("hello world"); each server A/B interleaved call by call

@@ -114,7 +114,7 @@ def summarize(rows: list[dict], groups: bool = True) -> dict:
     result["early"] = sum(r["routed"]["early"] for r in rows)
     result["quick"] = sum(r["routed"].get("quick", False) for r in rows)
     result["ratio_mean"] = result["routed"]["mean_ms"] / result["full"]["mean_ms"]
-    if groups:  # the measure: screenshots without a voice message (no message-only requests)
+    if groups:  # the target's measure: screenshots without a voice message (no message-only requests)
         for name, keep in (
             ("with_voice", lambda r: r.get("voice")),
             ("without_voice", lambda r: not r.get("voice")),

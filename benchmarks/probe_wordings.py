@@ -10,8 +10,8 @@ phrases 40%, composed ones 60%). Variants, all on the bundled all-MiniLM-L6-v2:
 
   frozen-mean      the service's pooled vector (mean of tokens), linear head
   frozen-attention attention pooling over the frozen token vectors, linear head
-  finetune-top-k   the top k transformer layers trained with the head (k = 1, 2): the
-                   issue's optional "fine-tune an encoder's top layers"
+  finetune-top-k   the top k transformer layers trained with the head (k = 1, 2), as
+                   `modalmesh train --finetune-top` does
 
 Prints accuracy per pool and the test phrases each variant gets wrong, and for the frozen
 mean a wording-held-out cross-validation on the train pool (folds by wording family, as

@@ -679,14 +679,14 @@ def test_openvino_models_keep_a_bounded_number_of_input_shapes(tmp_path, monkeyp
 def test_the_ocr_models_on_openvino_keep_a_bounded_number_of_input_shapes():
     # rapidocr passes OpenVINO only the CPU settings it knows: the reader adds the bound to
     # the sessions it makes (and only to those), through rapidocr's own settings class.
-    from rapidocr.inference_engine.openvino import main as openvino_session
+    from rapidocr.inference_engine.openvino import main as rapidocr_openvino
 
     from modalmesh.vision.ocr import openvino_shapes_kept
 
-    known = openvino_session.CPUConfig
+    known = rapidocr_openvino.CPUConfig
     with openvino_shapes_kept(7):
-        assert openvino_session.CPUConfig({"inference_num_threads": 1}).get_config() == {"INFERENCE_NUM_THREADS": "1", "CPU_RUNTIME_CACHE_CAPACITY": "7"}
-    assert openvino_session.CPUConfig is known
+        assert rapidocr_openvino.CPUConfig({"inference_num_threads": 1}).get_config() == {"INFERENCE_NUM_THREADS": "1", "CPU_RUNTIME_CACHE_CAPACITY": "7"}
+    assert rapidocr_openvino.CPUConfig is known
     assert "CPU_RUNTIME_CACHE_CAPACITY" not in known({}).get_config()
 
 

@@ -273,23 +273,23 @@ def _trim_heap() -> None:
 
 @contextlib.contextmanager
 def openvino_shapes_kept(shapes: int) -> Iterator[None]:
-    """rapidocr's OpenVINO sessions made inside this block keep at most `shapes` input
+    """rapidocr's OpenVINO models loaded inside this block keep at most `shapes` input
     shapes prepared (OpenVINO's CPU_RUNTIME_CACHE_CAPACITY; its own default of 5000 let OCR
     grow by 0.7 GB on screenshots of 240 sizes: docs/limits.md). rapidocr passes only the
     settings it knows to OpenVINO, so its CPU settings class is swapped for the block."""
-    from rapidocr.inference_engine.openvino import main as openvino_session
+    from rapidocr.inference_engine.openvino import main as rapidocr_openvino
 
-    known = openvino_session.CPUConfig
+    known = rapidocr_openvino.CPUConfig
 
     class Bounded(known):  # type: ignore[misc, valid-type]
         def get_config(self) -> dict[str, Any]:
             return {**super().get_config(), "CPU_RUNTIME_CACHE_CAPACITY": str(shapes)}
 
-    setattr(openvino_session, "CPUConfig", Bounded)
+    setattr(rapidocr_openvino, "CPUConfig", Bounded)
     try:
         yield
     finally:
-        setattr(openvino_session, "CPUConfig", known)
+        setattr(rapidocr_openvino, "CPUConfig", known)
 
 
 def rec_width(height: int, ratio: float) -> int:
