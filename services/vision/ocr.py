@@ -162,7 +162,7 @@ class ScreenReader:
         setattr(recognizer, "resize_norm_img", width_in_steps)
         setattr(self._engine, "text_rec", GroupedRecognition(recognizer, height, int(recognizer.rec_image_shape[2])))  # what the engine calls to recognise
         # OpenVINO's compiled models (their buffers are released when OCR is idle); none on onnxruntime.
-        self._compiled = [part.session.session.get_compiled_model() for part in (self._detector, recognizer)] if engine == "openvino" else []
+        self._compiled = _compiled_models((self._detector, recognizer)) if engine == "openvino" else []
         self._idle_timer: threading.Timer | None = None
         self._idle_lock = threading.Lock()
         self.releases = 0  # times the buffers were released
@@ -261,6 +261,16 @@ class ScreenReader:
             box = (float(quad[:, 0].min()), float(quad[:, 1].min()), float(quad[:, 0].max()), float(quad[:, 1].max()))
             lines.append(TextLine(str(text), float(score), box))
         return lines, detected
+
+
+def _compiled_models(parts: tuple[Any, ...]) -> list[Any]:
+    """The OpenVINO CompiledModel behind each of rapidocr's model steps (its session's infer
+    request); none, with a warning, where this rapidocr keeps them elsewhere."""
+    try:
+        return [part.session.session.get_compiled_model() for part in parts]
+    except AttributeError:
+        log.warning("OCR: this rapidocr keeps its OpenVINO models where the reader does not look; their buffers are not released when idle")
+        return []
 
 
 def _trim_heap() -> None:
