@@ -254,3 +254,54 @@ def test_a_budget_waiter_gives_up_at_its_deadline_and_a_part_over_the_whole_runs
             assert budget.free == 0
             raise RuntimeError("the work failed")
     assert budget.free == 10  # given back whatever happened
+
+
+def test_an_inline_batcher_runs_a_lone_call_on_the_callers_thread_and_queues_the_rest():
+    # inline=True (the text encoder on OpenVINO): a caller who finds the model idle runs its
+    # batch itself; callers arriving while it runs queue for the worker and share a batch.
+    threads, sizes = [], []
+    release = threading.Event()
+
+    def run(items):
+        threads.append(threading.get_ident())
+        sizes.append(len(items))
+        if items[0] == "slow":
+            release.wait(5)
+        return [f"{x}!" for x in items]
+
+    batcher = DynamicBatcher(run, max_batch_size=8, max_queue=16, inline=True)
+    try:
+        assert batcher.submit("alone", timeout=5).value == "alone!"
+        assert threads[-1] == threading.get_ident()
+        with ThreadPoolExecutor(4) as pool:
+            slow = pool.submit(batcher.submit, "slow", 5)
+            while len(sizes) < 2:  # the slow call holds the model on its own thread
+                time.sleep(0.01)
+            waiting = [pool.submit(batcher.submit, f"w{i}", 5) for i in range(3)]
+            time.sleep(0.2)
+            assert len(sizes) == 2, "nobody runs beside a batch in progress"
+            release.set()
+            assert slow.result().value == "slow!" and [w.result().value for w in waiting] == ["w0!", "w1!", "w2!"]
+        assert sizes[2:] == [3], f"the queued calls ran together on the worker: {sizes}"
+        assert threads[2] != threads[1]
+    finally:
+        release.set()
+        batcher.close()
+
+
+def test_an_inline_batchers_errors_reach_the_caller_and_it_keeps_serving():
+    def run(items):
+        if items == ["bad"]:
+            raise ValueError("no")
+        return items
+
+    batcher = DynamicBatcher(run, max_batch_size=4, inline=True)
+    try:
+        with pytest.raises(ValueError, match="no"):
+            batcher.submit("bad", timeout=5)
+        assert batcher.submit("good", timeout=5).value == "good"
+        with pytest.raises(ServiceError) as refused:  # a deadline already passed is not run
+            batcher.submit("late", timeout=0)
+        assert refused.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    finally:
+        batcher.close()

@@ -8,9 +8,15 @@ once rather than an ever-growing wait. A request whose caller gave up (deadline)
 dropped from the queue before it costs model time.
 
 With max_batch_size=1 this is a plain single-model executor: requests still run one
-at a time on the worker. All model work of a service belongs on this one thread:
+at a time on the worker. All torch work of a service belongs on this one thread:
 torch calls from two threads start two OpenMP teams that fight over the cores
 (measured: a tiny BERT forward took 3.6 ms instead of 1.5 ms on 2 cores).
+
+`inline=True` (a model that may run on any thread, one call at a time: the text encoder
+on OpenVINO) lets a caller that finds nothing queued and nothing running run its batch on
+its own thread, without the hand-off to the worker and back (0.06-0.12 ms less per call
+here); whoever comes meanwhile queues for the worker, which starts once it is done. With
+a `max_delay_ms` every caller goes through the worker, to wait for company.
 """
 
 from __future__ import annotations
@@ -61,6 +67,7 @@ class DynamicBatcher(Generic[Item, Result]):
         max_delay_ms: float = 0.0,
         max_queue: int = 256,
         name: str = "model",
+        inline: bool = False,
     ) -> None:
         if max_batch_size < 1 or max_queue < 1:
             raise ValueError("max_batch_size and max_queue must be at least 1")
@@ -72,6 +79,8 @@ class DynamicBatcher(Generic[Item, Result]):
         self._pending: collections.deque[_Pending[Item]] = collections.deque()
         self._wakeup = threading.Condition()
         self._closed = False
+        self._inline = inline and self.max_delay_s == 0  # a delay asks lone callers to wait for company
+        self._running = False  # a batch is running, on the worker or on its caller's thread (inline)
         self._queue_depth = telemetry.QUEUE_DEPTH.labels(name)
         self._batch_size = telemetry.BATCH_SIZE.labels(name)
         self._worker = threading.Thread(target=self._work, name=f"batcher-{name}", daemon=True)
@@ -90,6 +99,8 @@ class DynamicBatcher(Generic[Item, Result]):
         they share a batch (up to max_batch_size) instead of the first running alone while
         the others are still on their way. The results in the same order; the queue takes
         all of them or none (RESOURCE_EXHAUSTED)."""
+        if self._inline and (timeout is None or timeout > 0) and self._take_idle_model(len(items)):
+            return self._run_here(items)
         pending = [_Pending(item, Future(), time.perf_counter()) for item in items]
         with self._wakeup:
             if self._closed:
@@ -115,6 +126,30 @@ class DynamicBatcher(Generic[Item, Result]):
             results.append(result)
         return results
 
+    def _take_idle_model(self, count: int) -> bool:
+        """Whether the model is the caller's: nothing queued, nothing running (inline)."""
+        with self._wakeup:
+            if self._closed or self._pending or self._running or count > self.max_batch_size:
+                return False
+            self._running = True
+            return True
+
+    def _run_here(self, items: Sequence[Item]) -> list[Batched[Result]]:
+        """One batch on the caller's thread (the model taken by _take_idle_model)."""
+        started = time.perf_counter()
+        try:
+            values = self._run_batch(list(items))
+        finally:
+            with self._wakeup:
+                self._running = False
+                self._wakeup.notify()  # the worker, for whoever queued meanwhile
+        if len(values) != len(items):
+            raise RuntimeError(f"run_batch returned {len(values)} results for {len(items)} items")
+        batch_ms = (time.perf_counter() - started) * 1000.0
+        self._batch_size.observe(len(items))
+        telemetry.record_span(f"{self.name}.model", started, started + batch_ms / 1000.0, {"batch_size": len(items)})
+        return [Batched(value, 0.0, batch_ms, len(items), started) for value in values]
+
     def close(self) -> None:
         """Stop taking requests; those already queued still run."""
         with self._wakeup:
@@ -124,7 +159,7 @@ class DynamicBatcher(Generic[Item, Result]):
 
     def _next_batch(self) -> list[_Pending[Item]]:
         with self._wakeup:
-            while not self._pending and not self._closed:
+            while (not self._pending or self._running) and not self._closed:
                 self._wakeup.wait()
             if not self._pending:
                 return []
@@ -141,6 +176,7 @@ class DynamicBatcher(Generic[Item, Result]):
                 if pending.future.set_running_or_notify_cancel():  # False: caller gave up
                     batch.append(pending)
             self._queue_depth.set(len(self._pending))
+            self._running = bool(batch)
             return batch
 
     def _work(self) -> None:
@@ -159,6 +195,9 @@ class DynamicBatcher(Generic[Item, Result]):
                 for pending in batch:
                     pending.future.set_exception(exc)
                 continue
+            finally:
+                with self._wakeup:
+                    self._running = False
             batch_ms = (time.perf_counter() - started) * 1000.0
             self._batch_size.observe(len(batch))
             for pending, value in zip(batch, results):

@@ -54,6 +54,7 @@ class TextService(EncoderBackend):
             max_delay_ms=self.config.max_batch_delay_ms,
             max_queue=self.config.max_queue,
             name="text",
+            inline=not self.uses_torch,  # OpenVINO runs on any thread, torch on the worker's alone
         )
         # Warm up on the batcher's thread: torch work from a second thread would start
         # a second OpenMP team, and the two teams then fight over the cores (2x slower).
