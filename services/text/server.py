@@ -56,8 +56,8 @@ class TextService(EncoderBackend):
             name="text",
             inline=not self.uses_torch,  # OpenVINO runs on any thread, torch on the worker's alone
         )
-        # Warm up on the batcher's thread: torch work from a second thread would start
-        # a second OpenMP team, and the two teams then fight over the cores (2x slower).
+        # Warm up through the batcher: torch work stays on its worker (from a second thread it
+        # would start a second OpenMP team, and the two fight over the cores: 2x slower).
         self.batcher.submit("warm up the text encoder")
 
     def finalize(self) -> None:
