@@ -136,19 +136,24 @@ class DynamicBatcher(Generic[Item, Result]):
 
     def _run_here(self, items: Sequence[Item]) -> list[Batched[Result]]:
         """One batch on the caller's thread (the model taken by _take_idle_model)."""
+        values, started, batch_ms = self._run(list(items))
+        telemetry.record_span(f"{self.name}.model", started, started + batch_ms / 1000.0, {"batch_size": len(items)})
+        return [Batched(value, 0.0, batch_ms, len(items), started) for value in values]
+
+    def _run(self, items: list[Item]) -> tuple[Sequence[Result], float, float]:
+        """Run one batch (the model taken): its results, start time and milliseconds; the
+        model is free again afterwards, whatever happened."""
         started = time.perf_counter()
         try:
-            values = self._run_batch(list(items))
+            values = self._run_batch(items)
+            if len(values) != len(items):
+                raise RuntimeError(f"run_batch returned {len(values)} results for {len(items)} items")
         finally:
             with self._wakeup:
                 self._running = False
                 self._wakeup.notify()  # the worker, for whoever queued meanwhile
-        if len(values) != len(items):
-            raise RuntimeError(f"run_batch returned {len(values)} results for {len(items)} items")
-        batch_ms = (time.perf_counter() - started) * 1000.0
         self._batch_size.observe(len(items))
-        telemetry.record_span(f"{self.name}.model", started, started + batch_ms / 1000.0, {"batch_size": len(items)})
-        return [Batched(value, 0.0, batch_ms, len(items), started) for value in values]
+        return values, started, (time.perf_counter() - started) * 1000.0
 
     def close(self) -> None:
         """Stop taking requests; those already queued still run."""
@@ -186,20 +191,12 @@ class DynamicBatcher(Generic[Item, Result]):
                 if self._closed:
                     return
                 continue
-            started = time.perf_counter()
             try:
-                results = self._run_batch([p.item for p in batch])
-                if len(results) != len(batch):
-                    raise RuntimeError(f"run_batch returned {len(results)} results for {len(batch)} items")
+                results, started, batch_ms = self._run([p.item for p in batch])
             except BaseException as exc:  # handed to every caller of this batch
                 for pending in batch:
                     pending.future.set_exception(exc)
                 continue
-            finally:
-                with self._wakeup:
-                    self._running = False
-            batch_ms = (time.perf_counter() - started) * 1000.0
-            self._batch_size.observe(len(batch))
             for pending, value in zip(batch, results):
                 queue_ms = (started - pending.enqueued) * 1000.0
                 pending.future.set_result(Batched(value, queue_ms, batch_ms, len(batch), started))

@@ -96,7 +96,7 @@ class TextEncoder:
         self._tokenizer = _Tokenizer(source, self.max_tokens, allow_download, str(settings.get("pad_token", "[PAD]")))
         if on_openvino(engine, quantize, "text"):
             self.width = int(settings["hidden_size"]) if "hidden_size" in settings else 0
-            self._compile(openvino or OpenVINOSettings())
+            self._compile(openvino)
         else:
             self._load_torch(quantize)
         log.info("text model %s on %s: width %d, max %d tokens", self.version, engine, self.width, self.max_tokens)
@@ -130,7 +130,7 @@ class TextEncoder:
     def _key(self) -> str:
         return f"text-{self.version}"
 
-    def _compile(self, settings: OpenVINOSettings) -> None:
+    def _compile(self, settings: OpenVINOSettings | None) -> None:
         """Load the converted model and check it against torch's vectors; convert (again)
         when there is no conversion, or it does not read, or it fails the check."""
         for attempt in range(2):

@@ -130,10 +130,10 @@ class ImageBackbone:
         self.compiled: Any = None
         self._module: _Grid | None = _Grid(self.network, self.kind).eval()
         if on_openvino(engine, quantize, "image"):
-            self._compile(openvino or OpenVINOSettings())
+            self._compile(openvino)
         log.info("image backbone %s on %s: %dx%d input, width %d", self.version, engine, self.input_size, self.input_size, self.width)
 
-    def _compile(self, settings: OpenVINOSettings) -> None:
+    def _compile(self, settings: OpenVINOSettings | None) -> None:
         grid = self._module
         assert grid is not None
         self.compiled = compile_module(grid, torch.zeros(1, 3, self.input_size, self.input_size), f"image-{self.version}-{self.input_size}", settings)

@@ -264,8 +264,8 @@ class ScreenReader:
 
 
 def _compiled_models(parts: tuple[Any, ...]) -> list[Any]:
-    """The OpenVINO CompiledModel behind each of rapidocr's model steps (its session's infer
-    request); none, with a warning, where this rapidocr keeps them elsewhere."""
+    """The OpenVINO CompiledModel behind each of rapidocr's model steps (reached through the
+    infer request rapidocr keeps); none, with a warning, where this rapidocr keeps them elsewhere."""
     try:
         return [part.session.session.get_compiled_model() for part in parts]
     except AttributeError:
