@@ -69,6 +69,8 @@ def test_the_abstention_policy_is_one_function_with_its_reasons():
     assert "message is unlike every message" in withheld(TRIAGE, "payment", 0.99, {"text"}, 0.7, {}, (), frozenset({"text"}))
     assert withheld(TRIAGE, "payment", 0.99, {"text", "image"}, 0.7, {}, (), frozenset({"text"})) == ""  # the screen reads too
     assert withheld(TRIAGE, "payment", 0.99, {"image"}, 0.7, {}, (), frozenset({"image"})) == ""  # a new layout is still read
+    unvouched = "the screenshot is unlike every screen the task was checked on and its likeliest status paragraph unlike ..."
+    assert withheld(TRIAGE, "payment", 0.99, {"image"}, 0.7, {}, (), frozenset({"image"}), unvouched=unvouched).startswith(unvouched + ", so how sure")
 
 
 def test_an_input_that_alone_reads_another_label_is_pooled_into_the_answer():
@@ -524,6 +526,60 @@ def test_a_success_screen_is_no_problem_and_the_reply_does_not_apologise(router,
         assert "no problem found" in response.description
 
 
+def _terminal(lines: list[str]) -> bytes:
+    """A dark terminal window drawn here (no renderer of the data generators)."""
+    from PIL import ImageDraw, ImageFont
+
+    image = Image.new("RGB", (1100, 620), (30, 30, 30))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((0, 0, 1100, 40), fill=(60, 60, 60))
+    draw.text((20, 10), "Terminal - deploy.sh", fill=(220, 220, 220), font=ImageFont.load_default(size=20))
+    for index, line in enumerate(lines):
+        draw.text((20, 70 + 40 * index), line, fill=(220, 220, 220), font=ImageFont.load_default(size=20))
+    return image_bytes(image)
+
+
+def _checkout(lines: list[str]) -> bytes:
+    """A plain checkout page drawn here, in whatever language `lines` are."""
+    from PIL import ImageDraw, ImageFont
+
+    image = Image.new("RGB", (1024, 640), "white")
+    draw = ImageDraw.Draw(image)
+    draw.text((40, 40), lines[0], fill="black", font=ImageFont.load_default(size=32))
+    for index, line in enumerate(lines[1:]):
+        draw.text((40, 120 + 50 * index), line, fill=(200, 0, 0) if index == 0 else "black", font=ImageFont.load_default(size=20))
+    return image_bytes(image)
+
+
+@pytest.mark.parametrize(
+    "message, image",
+    [
+        (
+            "deploy keeps failing",
+            _terminal(["$ ./deploy.sh --prod", "Uploading bundle... done", "Error: connection to db-primary:5432 refused", "Deploy failed after 3 retries"]),
+        ),
+        ("Zahlung geht nicht", _checkout(["Kasse", "Zahlung fehlgeschlagen: Ihre Karte wurde abgelehnt.", "Bitte versuchen Sie es mit einer anderen Karte."])),
+    ],
+    ids=["another kind of software", "another language"],
+)
+def test_a_screen_and_message_unlike_anything_the_task_knows_are_not_answered(router, message, image):
+    """A terminal's deploy error with a message about it was answered `shipping` (0.74), a
+    German checkout page with a German message `crash` (0.79): the screenshot unlike every
+    screen the task was checked on, its status text unlike every status message it was
+    trained on, and the message unfamiliar or read otherwise by its nearest training
+    messages. Nothing read vouches for the answer: it is withheld and says why."""
+    for mode in (router_pb2.ROUTING_MODE_ROUTED, router_pb2.ROUTING_MODE_FULL):
+        options = router_pb2.AnalyzeOptions(mode=mode, explain=True)
+        response = analyze(router, "screenshot_triage", text=message, image=router_pb2.MediaInput(data=image), options=options)
+        assert response.abstained and response.label == "uncertain", (message, response.label, response.confidence, response.abstain_reason)
+        assert "the screenshot is unlike every screen the task was checked on" in response.abstain_reason, response.abstain_reason
+        assert STATUS(image_report(response).status) == "MODALITY_STATUS_USED"  # still a screenshot: read, not refused
+    # The same kind of page in English, with a message the task knows: answered.
+    english = _checkout(["Checkout", "Payment failed: your card was declined.", "Please try another card."])
+    response = analyze(router, "screenshot_triage", text="my card was declined at checkout", image=router_pb2.MediaInput(data=english))
+    assert not response.abstained and response.label == "payment", (response.label, response.abstain_reason)
+
+
 def test_a_screenshot_is_applicable_to_triage_and_scored(router):
     screenshot = image_bytes(render_screenshot("Error 402: Payment declined"))
     report = image_report(analyze(router, "screenshot_triage", image=router_pb2.MediaInput(data=screenshot)))
@@ -622,6 +678,22 @@ def test_a_garbled_line_comes_with_its_low_confidence_from_one_reading():
     assert len(text) == 1 and text[0].confidence < MIN_SPAN_CONFIDENCE and "TypeError" not in text[0].text, text
     assert 20 <= text[0].box[1] <= 40 and text[0].box[2] < 600  # the box in the page's own pixels (drawn at y 30)
     assert calls == [1]
+
+
+def test_out_of_scope_answers_are_counted_by_kind_in_the_evaluation():
+    from modalmesh.router.served import Served, honesty_metrics
+    from modalmesh.router.tasks import load_task_folder
+
+    task = load_task_folder(TRIAGE, None)  # untrained: only its thresholds and (empty) references are read
+    outside = [Served(0, 0.9, ""), Served(0, 0.9, "confidence 0.40 is below"), Served(-1, 0.0, "nothing read"), Served(1, 0.99, "")]
+    metrics = honesty_metrics(task, [Served(0, 0.9, "")], np.array([0]), outside, ["topic", "topic", "photo", "language"])
+    assert metrics["out_of_scope"]["answered"] == 2
+    assert metrics["out_of_scope"]["answered_by_kind"] == {
+        "topic": {"items": 2, "answered": 1},
+        "photo": {"items": 1, "answered": 0},
+        "language": {"items": 1, "answered": 1},
+    }
+    assert "answered_by_kind" not in honesty_metrics(task, [Served(0, 0.9, "")], np.array([0]), outside)["out_of_scope"]
 
 
 def test_withholding_reasons_are_counted_by_kind_in_the_evaluation():

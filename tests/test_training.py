@@ -816,7 +816,11 @@ def test_held_out_sets_are_built_unlike_training_with_inputs_the_task_should_not
     triage = read_manifest(heldout("screenshot_triage", tmp_path / "triage", n=6, seed=1))
     inside = [r for r in triage if r["scope"] == "in"]
     assert len(inside) == 6 and all(r["extra"]["renderer"] == "mail" and r["label"] for r in inside)
-    assert {r["extra"]["kind"] for r in triage if r["scope"] == "out"} == {"ct", "photo", "record", "sound"}
+    assert {r["extra"]["kind"] for r in triage if r["scope"] == "out"} == {"ct", "photo", "record", "sound", "language", "topic"}
+    # A screenshot with a message, about the task's matters in another language or about other matters.
+    unread = [r for r in triage if r["scope"] == "out" and r["extra"]["kind"] in ("language", "topic")]
+    assert all(r["text"] and (tmp_path / "triage" / r["image"]).is_file() and r["extra"]["screen"] for r in unread)
+    assert all(r["extra"]["language"] != "English" and r["extra"]["meaning"] for r in unread if r["extra"]["kind"] == "language")
     # A sound as the voice message, alone: no speech in it for the audio service to find.
     from modalmesh.audio.features import VoiceActivity
     from modalmesh.audio.decode import decode_file

@@ -29,8 +29,11 @@ Out of scope:
 - medical_report: head CT phantoms (Shepp-Logan, in HU, as CT DICOM), abdominal slices with
   no lungs, pydicom's head CTs, MR and chest crop, photographs (colour and greyscale),
   app screenshots; half with a patient record.
-- screenshot_triage: CT slices (PNG), photographs, patient records as the message, and
-  sounds with no speech in them as the voice message (music, noise, mains hum).
+- screenshot_triage: CT slices (PNG), photographs, patient records as the message,
+  sounds with no speech in them as the voice message (music, noise, mains hum), and a
+  screenshot with a message about the task's own matters in another language (German,
+  Spanish, French, Portuguese) or about other matters altogether (build tools, travel,
+  weather; some drawn as a terminal window), drawn by the set's renderer.
 """
 
 from __future__ import annotations
@@ -96,6 +99,51 @@ HELDOUT_SCREENS = {
         "Your password was changed",
     ],
 }
+# Out of scope for screenshot_triage, which reads English messages about a shop's app:
+# the same matters in other languages (the label they would have is kept as "meaning"),
+# and screens and messages about other matters altogether.
+OTHER_LANGUAGE = {
+    "German": [
+        ("payment", "Zahlung abgelehnt. Bitte verwenden Sie eine andere Karte.", "meine Kreditkarte wird nicht akzeptiert"),
+        ("login", "Das Passwort ist falsch. Versuchen Sie es erneut.", "ich kann mich nicht mehr einloggen"),
+        ("shipping", "Die Sendung verzögert sich um einige Tage", "mein Paket ist immer noch nicht da"),
+        ("refund", "Ihre Erstattung wird noch bearbeitet", "wann bekomme ich mein Geld zurück"),
+        ("crash", "Die App wurde unerwartet beendet", "die App stürzt ständig ab"),
+    ],
+    "Spanish": [
+        ("payment", "No se pudo procesar el pago con esta tarjeta", "me rechazan la tarjeta al pagar"),
+        ("login", "El código de verificación ha caducado", "no me deja entrar en mi cuenta"),
+        ("shipping", "Tu envío está retenido en la aduana", "el paquete lleva semanas sin llegar"),
+        ("refund", "Reembolso pendiente de aprobación", "todavía no me han devuelto el dinero"),
+        ("crash", "Se ha producido un error inesperado", "la aplicación se cierra al abrirla"),
+    ],
+    "French": [
+        ("payment", "Paiement refusé par votre banque", "impossible de payer ma commande"),
+        ("login", "Identifiant ou mot de passe incorrect", "je n'arrive pas à me connecter"),
+        ("shipping", "Livraison reportée : adresse introuvable", "ma commande n'est jamais arrivée"),
+        ("refund", "Votre demande de remboursement est en cours", "toujours pas remboursé"),
+        ("crash", "Une erreur est survenue, l'application va se fermer", "l'application plante sans arrêt"),
+    ],
+    "Portuguese": [
+        ("payment", "Pagamento recusado. Tente outro cartão.", "o meu cartão foi recusado"),
+        ("shipping", "A sua encomenda está atrasada", "onde está a minha encomenda"),
+        ("refund", "O reembolso está a ser processado", "ainda não recebi o reembolso"),
+    ],
+}
+OTHER_TOPIC = [
+    ("Build failed with 7 errors. See the log for details.", "our nightly build broke again"),
+    ("fatal: unable to access the remote repository", "git push doesnt work from the office"),
+    ("Certificate for api.internal expires in 3 days", "do we need to renew the certificate"),
+    ("Out of memory: killed process 4312 (java)", "the batch job dies every night"),
+    ("Your 10:30 stand-up has been moved to 11:00", "can you move my meeting"),
+    ("Storm warning for the coast until Sunday", "is it safe to drive tomorrow"),
+    ("Gate change: flight LH402 now boards at B12", "which gate do I go to"),
+    ("Your prescription is ready for collection", "when can I pick up my medicine"),
+    ("Homework due: chapter 4 exercises", "I forgot my homework"),
+    ("Parking permit expires at the end of the month", "how do I renew my parking permit"),
+    ("Printer offline: paper jam in tray 2", "the printer on floor 3 is stuck"),
+    ("Match postponed due to heavy rain", "is the game still on tonight"),
+]
 HELDOUT_MESSAGES = {
     "payment": ["my card keeps getting rejected when I pay", "cant pay for my basket, bank says no", "payment wont go thru??"],
     "login": ["locked out of my account again", "the code you texted me doesnt work", "it logs me out every time"],
@@ -282,7 +330,7 @@ def _triage_browser(rng, scope: str, number: int, out: Path, item_id: str) -> di
 
 def _triage(rng, scope: str, number: int, out: Path, item_id: str, renderer: str) -> dict:
     from modalmesh.data import browser
-    from modalmesh.data.screens import MAIL_SIZES, png_bytes, render_mail_view
+    from modalmesh.data.screens import MAIL_SIZES, png_bytes, render_console, render_mail_view
     from modalmesh.data.triage import LABELS, MESSAGE_TEMPLATES, MESSAGES, VAGUE, pool, screen_wording, wording
 
     if scope == "in":
@@ -308,10 +356,30 @@ def _triage(rng, scope: str, number: int, out: Path, item_id: str, renderer: str
         if text:  # a vague message alone shows no label
             case["alone_labels"] = {"text": label if kind == "specific" else None}
         return case
-    kinds = ("ct", "photo", "record", "sound")
+    kinds = ("ct", "photo", "record", "sound", "language", "topic")
     kind = kinds[number % len(kinds)]
     record: dict = {"label": None, "text": "", "extra": {"kind": kind}}
-    if kind == "ct":
+    if kind in ("language", "topic"):  # a screenshot and a message, both about what the task does not read
+        if kind == "language":
+            language = str(rng.choice(sorted(OTHER_LANGUAGE)))
+            meaning, screen, text = OTHER_LANGUAGE[language][int(rng.integers(len(OTHER_LANGUAGE[language])))]
+            record["extra"].update(language=language, meaning=meaning)
+        else:
+            screen, text = OTHER_TOPIC[int(rng.integers(len(OTHER_TOPIC)))]
+        dark = bool(rng.random() < 0.3)
+        if renderer == "browser":
+            size = browser.SIZES[int(rng.integers(len(browser.SIZES)))]
+            image = browser.render_page(screen, rng, size, dark, str(rng.choice(browser.KINDS)))
+        elif kind == "topic" and rng.random() < 0.5:
+            size = MAIL_SIZES[int(rng.integers(len(MAIL_SIZES)))]
+            image = render_console(screen, rng, size, dark)
+        else:
+            size = MAIL_SIZES[int(rng.integers(len(MAIL_SIZES)))]
+            image = render_mail_view(screen, rng, size, dark)
+        (out / "files" / f"{item_id}.png").write_bytes(png_bytes(image))
+        record.update(text=text, image=f"files/{item_id}.png")
+        record["extra"].update(screen=screen, size=f"{size[0]}x{size[1]}")
+    elif kind == "ct":
         from modalmesh.data.ct import make_phantom, windowed_png
 
         phantom = make_phantom(int(rng.integers(1 << 31)), size=384, heart=bool(rng.random() < 0.5))

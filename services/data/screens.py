@@ -253,3 +253,24 @@ def render_mail_view(message: str, rng, size: tuple[int, int], dark: bool) -> Im
             y += pitch
         y += round(pitch * 0.6)
     return image
+
+
+CONSOLE_TITLES = ("bash - 120x40", "zsh - build", "PowerShell", "ssh admin@host")
+CONSOLE_COMMANDS = (("$ make release", "compiling 48 files..."), ("$ ./deploy.sh production", "uploading bundle..."), ("> npm run build", "bundling..."))
+
+
+def render_console(message: str, rng, size: tuple[int, int], dark: bool) -> Image.Image:
+    """A terminal window: a title bar, a command, its output with `message` as one line of
+    it, and a prompt; monospaced type. Another kind of software than any shop screen."""
+    width, height = size
+    background, foreground, bar = ((16, 16, 18), (214, 214, 214), (64, 64, 70)) if dark else ((255, 255, 255), (28, 28, 28), (210, 210, 214))
+    image = Image.new("RGB", size, background)
+    draw = ImageDraw.Draw(image)
+    draw.rectangle([0, 0, width, 34], fill=bar)
+    draw.text((14, 8), str(rng.choice(CONSOLE_TITLES)), fill=foreground, font=styled_font(0, 16))
+    mono = styled_font(2, 15 if width < 700 else 18)
+    command, output = CONSOLE_COMMANDS[int(rng.integers(len(CONSOLE_COMMANDS)))]
+    lines = [command, output, *_wrap(message, max(20, width // 11)), "exited with code 1", "$"]
+    for index, line in enumerate(lines):
+        draw.text((14, 50 + index * 28), line, fill=foreground, font=mono)
+    return image

@@ -79,7 +79,11 @@ def evaluate(task: str | TaskSpec, data: str, report: str, weights: str = "", ca
     results["calibration"] = {"ece": expected_calibration_error(full_p, labels)}
     # As served: inputs the task does not read left out, unsure answers withheld (router/served.py).
     served_full = [serve(task_model, e.features, e.tags, audio_tags=e.audio_tags) for e in examples]
-    results["honesty"] = honesty_metrics(task_model, served_full, labels, [serve(task_model, e.features, e.tags, audio_tags=e.audio_tags) for e in outside])
+    outside_kinds = [
+        (r.get("extra") or {}).get("kind", "") for r in read_manifest(manifest) if r["task"] == task and r.get("scope") == "out"
+    ]  # load_examples' order
+    served_outside = [serve(task_model, e.features, e.tags, audio_tags=e.audio_tags) for e in outside]
+    results["honesty"] = honesty_metrics(task_model, served_full, labels, served_outside, outside_kinds)
     if "image" in spec.side_outputs:
         results["screen_text"] = screen_text_found(task_model, manifest, task, items, read_whole, full_p)
     if task == "medical_report":
@@ -407,6 +411,11 @@ def honesty_lines(honesty: dict) -> list[str]:
             f"{outside['withheld_or_not_applicable']:.3f} withheld or not applicable; "
             f"applicability AUROC by modality: {auroc or 'none checked'}"
         )
+        if outside.get("answered_by_kind"):
+            lines.append(
+                "- out of scope, answered by kind: "
+                + ", ".join(f"{kind} {counts['answered']} of {counts['items']}" for kind, counts in outside["answered_by_kind"].items())
+            )
     curve = " ".join(f"{point['threshold']:g}: {point['coverage']:.2f}/{_number(point['accuracy'], 2)}" for point in honesty["risk_coverage"])
     lines.append(f"- coverage/accuracy by confidence threshold: {curve}")
     return lines

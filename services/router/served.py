@@ -103,7 +103,9 @@ def calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 1
     return float(error)
 
 
-def honesty_metrics(task: TaskModel, in_scope: list[Served], labels: np.ndarray, out_of_scope: list[Served]) -> dict:
+def honesty_metrics(task: TaskModel, in_scope: list[Served], labels: np.ndarray, out_of_scope: list[Served], out_kinds: list[str] | None = None) -> dict:
+    """What is answered, withheld and not applicable, in scope and out of it; `out_kinds`:
+    each out-of-scope item's kind (the manifest's extra.kind), for answers counted by kind."""
     read = [i for i, s in enumerate(in_scope) if s.best >= 0]
     answered = [i for i in read if in_scope[i].answered]
     wrong = [i for i in answered if in_scope[i].best != labels[i]]
@@ -142,6 +144,13 @@ def honesty_metrics(task: TaskModel, in_scope: list[Served], labels: np.ndarray,
             "not_applicable_by_modality": {m: sum(m in s.not_applicable for s in out_of_scope) for m in MODALITIES},
             "auroc_by_modality": {},
         }
+        if out_kinds and len(out_kinds) == len(out_of_scope) and any(out_kinds):
+            by_kind: dict[str, dict[str, int]] = {}
+            for kind, served in zip(out_kinds, out_of_scope):
+                counts = by_kind.setdefault(kind or "unnamed", {"items": 0, "answered": 0})
+                counts["items"] += 1
+                counts["answered"] += served.answered
+            metrics["out_of_scope"]["answered_by_kind"] = by_kind
         for modality in MODALITIES:
             near = [-s.distances[modality] for s in in_scope if modality in s.distances]
             far = [-s.distances[modality] for s in out_of_scope if modality in s.distances]

@@ -348,6 +348,7 @@ def withheld(
     unfamiliar: frozenset[str] = frozenset(),
     neighbours: str = "",
     threshold_note: str = "",
+    unvouched: str = "",
 ) -> str:
     """Why an answer must be withheld, or '' when it may be given: one policy, applied alike
     by the router and by `modalmesh eval`. `read`: the modalities used as evidence (absent,
@@ -357,19 +358,25 @@ def withheld(
     modalities farther from the training inputs than every validation input
     (applicability.Applicability.unfamiliar); `neighbours`: what the nearest training inputs
     say against an answer read from one modality alone (neighbours_disagree);
-    `threshold_note`: what `abstain_below` is for, when not every answer (TaskModel.threshold_for).
+    `threshold_note`: what `abstain_below` is for, when not every answer (TaskModel.threshold_for);
+    `unvouched`: why nothing read is like what the task was checked on and agrees with the
+    answer (unvouched_screen), '' where something is.
 
     A message read alone that is unlike every validation message is withheld: text
     distances are cosines, bounded, so the applicability margin (a multiple of the farthest
     validation distance) can lie beyond any text, and the answer's confidence was never
     checked on anything like it (a patient record sent as a support message). A screenshot
     or a recording unlike validation is still read: a new layout moves the image features
-    far while its screen text carries the answer."""
+    far while its screen text carries the answer; where that screen text is unlike every
+    status message too, and no familiar message agrees, the answer is withheld
+    (`unvouched`: a screen in another language, another kind of software's screen)."""
     missing = [m for m in spec.needs if m not in read]
     if missing:
         return spec.needs_reason or f"no {' or '.join(missing)} was read"
     if read == {"text"} and "text" in unfamiliar:
         return f"the message is unlike every message the task was checked on, so how sure the answer may be is not known; {spec.resolve} would help"
+    if unvouched:
+        return f"{unvouched}, so how sure the answer may be is not known; {spec.resolve} would help"
     if spec.measure is not None and "image" in read:
         note = tags.get("lesion_measurement", "")
         if note.startswith("hu-") and ": not measured" in note:  # a measurement was tried and failed
@@ -421,7 +428,41 @@ def withheld_answer(
     offline replay (served.serve) both ask here."""
     neighbours = neighbours_disagree(task, read, features, best)
     threshold, note = task.threshold_for(read)
-    return withheld(task.spec, task.spec.labels[best], confidence, read, threshold, tags, dissent, unfamiliar, neighbours, note)
+    unvouched = unvouched_screen(task, read, features, best, unfamiliar)
+    return withheld(task.spec, task.spec.labels[best], confidence, read, threshold, tags, dissent, unfamiliar, neighbours, note, unvouched)
+
+
+def unvouched_screen(task: "TaskModel", read: set[str], features: dict[str, torch.Tensor], best: int, unfamiliar: frozenset[str]) -> str:
+    """For tasks.withheld: why nothing read vouches for an answer (label index `best`) that
+    rests on a screenshot unlike every screen the task was checked on (`unfamiliar`) whose
+    likeliest status paragraph is unlike every status message its pointer was trained on;
+    '' where the screen's look or its status text is familiar, where a familiar voice
+    message was read, or where a familiar message's nearest training messages do not show
+    another label (Applicability.disagrees). Tasks without a status-line pointer, and
+    screens without text, are not judged here."""
+    pointer, rows = task.status_line, features.get("image_text")
+    if pointer is None or "image" not in read or "image" not in unfamiliar or rows is None or rows.shape[0] == 0:
+        return ""
+    if "audio" in read and "audio" not in unfamiliar:
+        return ""
+    with torch.inference_mode():
+        similarity = pointer.unfamiliar(rows[pointer.pick(rows.float())])
+    if similarity is None:
+        return ""
+    screen = (
+        "the screenshot is unlike every screen the task was checked on and its likeliest status paragraph "
+        f"unlike every status message it was trained on (similarity {similarity:.2f})"
+    )
+    if "text" not in read:
+        return screen
+    if "text" in unfamiliar:
+        return f"{screen}, and the message is unlike every message it was checked on"
+    verdict = task.applicability.disagrees("text", features["text"], best) if "text" in features else None
+    if verdict is None:
+        return ""
+    label, count, asked = verdict
+    shown = f"labelled {task.spec.labels[label]}" if label >= 0 else "that show none of the task's labels"
+    return f"{screen}, and the message is most like training messages {shown} ({count} of its {asked} nearest), not {task.spec.labels[best]}"
 
 
 def neighbours_disagree(task: "TaskModel", read: set[str], features: dict[str, torch.Tensor], best: int) -> str:
