@@ -72,6 +72,36 @@ def test_speech_from_the_speech_service_is_transcribed(audio, speech):
     assert segments and float(result.side.tags["speech_seconds"]) > 0.8  # VAD found the speech
 
 
+def test_speech_in_another_language_is_flagged_as_no_transcript_of_what_was_said(audio, speech):
+    """Whisper (set to English) decodes German speech into English words nobody said ("I
+    can't tell you more.") and finds the clip unlikely to be English: the service keeps the
+    text and says in its tags that its confidence is under the engine's floor. English
+    speech is not flagged."""
+    from modalmesh.audio.whisper import MIN_CONFIDENCE
+
+    _, german = synthesize(speech, "Ich kann mich nicht mehr anmelden.", voice="de", rate_wpm=160)
+    result = audio.encode(german, "audio/wav", options=["transcript"])
+    assert result.side.transcript.text and result.side.transcript.confidence < MIN_CONFIDENCE, result.side.transcript
+    assert result.side.tags["transcript_unsure"].startswith(
+        f"the recogniser's confidence {result.side.transcript.confidence:.2f} is under {MIN_CONFIDENCE:.2f}"
+    )
+    _, english = synthesize(speech, "My card was declined when I tried to pay for my order.", rate_wpm=160)
+    heard = audio.encode(english, "audio/wav", options=["transcript"])
+    assert "declined" in heard.side.transcript.text.lower() and "transcript_unsure" not in heard.side.tags
+
+
+def test_the_transcript_floor_is_whispers_and_pocketsphinx_has_none():
+    from modalmesh.audio.features import Transcriber
+    from modalmesh.audio.whisper import MIN_CONFIDENCE
+
+    whisper, sphinx = Transcriber.__new__(Transcriber), Transcriber.__new__(Transcriber)  # the judgement only: no recogniser process
+    whisper.engine, sphinx.engine = "whisper", "pocketsphinx"
+    assert whisper.floor == MIN_CONFIDENCE and sphinx.floor == 0.0
+    assert whisper.unsure("my cut of wood", MIN_CONFIDENCE - 0.01) and whisper.unsure("my card was declined", MIN_CONFIDENCE) == ""
+    assert whisper.unsure("", 0.0) == ""  # no text: nothing to doubt
+    assert sphinx.unsure("i think old", 0.05) == ""
+
+
 def test_silence_has_no_speech_segments(audio):
     result = audio.encode(wav_bytes(np.zeros(16000, dtype=np.float32), 16000), "audio/wav")
     assert result.side.tags["speech_segments"] == "" and result.side.tags["speech_seconds"] == "0.00"
@@ -438,7 +468,8 @@ def test_whisper_transcribes_real_speech_and_the_demo_voice_word_for_word():
 def test_a_short_clip_is_transcribed_in_a_window_fitted_to_it_and_a_loop_in_the_full_one():
     """Whisper's encoder window fits a short clip (the clip, 3 s after it, in 5 s steps, at
     least 10 s) instead of 30 s; a fitted transcript that repeats itself is done again in
-    the full window (faster-whisper's compression test)."""
+    the full window (faster-whisper's compression test). The confidence is the clip's
+    language probability times the tokens' (one decoder step on the encoded window)."""
     from modalmesh.audio import whisper
 
     assert [whisper.fitted_window(frames) for frames in (50, 401, 700, 701, 1200, 2800)] == [1000, 1000, 1000, 1500, 1500, 3000]
@@ -464,7 +495,8 @@ def test_a_short_clip_is_transcribed_in_a_window_fitted_to_it_and_a_loop_in_the_
     # A decoding stuck in a loop (what a 10 s recording gave in a 15 s window) is not kept.
     engine._fitted = lambda clip: None if len(clip) else ("", 0.0)
     encoded["fitted"].clear(), encoded["full"].clear()
-    assert engine.transcribe(samples)[0] == text and encoded == {"fitted": [], "full": [3000]}  # faster-whisper's own 30 s window
+    # faster-whisper's own 30 s window; the clip's language asked of its opening in a fitted one
+    assert engine.transcribe(samples)[0] == text and encoded == {"fitted": [1000], "full": [3000]}
 
 
 def test_a_transcript_past_the_callers_deadline_is_deadline_exceeded_and_the_service_goes_on(audio):

@@ -475,6 +475,24 @@ def test_a_voice_message_without_speech_is_not_read(router, name, sound, mode):
     assert STATUS(next(r for r in spoken.explanation.modalities if r.modality == router_pb2.MODALITY_AUDIO).status) == "MODALITY_STATUS_USED"
 
 
+def test_a_voice_message_in_another_language_is_not_quoted_as_what_was_said(router):
+    """Spanish speech decoded by an English recogniser comes out as words nobody said
+    ("Mipake Tenoha ..."); the audio service flags it (under the recogniser's floor) and
+    the router neither reads nor quotes that transcript, and says why. The recording
+    itself is still read."""
+    from modalmesh.audio.speech import espeak
+
+    spanish = wav_bytes(espeak().synthesize("Mi paquete no ha llegado todavía, ¿dónde está?", "es", 160), 22050)
+    clip = router_pb2.MediaInput(data=spanish, media_type="audio/wav")
+    for mode in (router_pb2.ROUTING_MODE_ROUTED, router_pb2.ROUTING_MODE_FULL):
+        options = router_pb2.AnalyzeOptions(mode=mode, explain=True)
+        response = analyze(router, "screenshot_triage", text="my card was declined at checkout", audio=clip, options=options)
+        report = next(r for r in response.explanation.modalities if r.modality == router_pb2.MODALITY_AUDIO)
+        assert STATUS(report.status) == "MODALITY_STATUS_USED", report.reason
+        assert report.reason.startswith("transcript not used: the recogniser's confidence"), report.reason
+        assert "Voice message (transcript)" not in response.description, response.description
+
+
 def test_a_patient_record_sent_as_a_support_message_is_not_answered(router):
     """A record is unlike every message the triage task was checked on; read alone it is
     withheld (as a cosine its distance never reaches the applicability margin)."""
@@ -694,6 +712,19 @@ def test_out_of_scope_answers_are_counted_by_kind_in_the_evaluation():
         "language": {"items": 1, "answered": 1},
     }
     assert "answered_by_kind" not in honesty_metrics(task, [Served(0, 0.9, "")], np.array([0]), outside)["out_of_scope"]
+
+
+def test_the_evaluation_counts_transcripts_not_read_as_nothing_heard():
+    from modalmesh.router.evaluate import transcript_errors
+
+    records = [{"audio": "a.wav", "extra": {"voice": "my card was declined"}}, {"audio": "b.wav", "extra": {"voice": "where is my parcel"}}]
+    items = [
+        SimpleNamespace(evidence={"transcript": "my card was declined", "audio_tags": {}}),
+        SimpleNamespace(evidence={"transcript": "", "audio_tags": {"transcript_unsure": "the recogniser's confidence 0.01 is under 0.09"}}),
+    ]
+    result = transcript_errors(records, items)
+    assert result is not None and result["clips"] == 2 and result["not_read"] == 1
+    assert result["word_error_rate"] == pytest.approx(4 / 8)  # the four words of the unread clip, missed
 
 
 def test_withholding_reasons_are_counted_by_kind_in_the_evaluation():

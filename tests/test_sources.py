@@ -46,6 +46,18 @@ def test_a_transcript_is_embedded_as_its_tokens_and_a_blank_one_is_read_but_not_
     assert blank is not None and blank.texts == () and blank.evidence == {"transcript": "  "}
 
 
+def test_a_transcript_the_recogniser_is_unsure_of_is_not_read_and_says_why():
+    side = encoder_pb2.SideOutputs(
+        transcript=encoder_pb2.Transcript(text="My cut of wood, I'm going to start an upgrade.", confidence=0.2),
+        tags={"transcript_unsure": "the recogniser's confidence 0.20 is under 0.35 (speech in another language, or unclear)"},
+    )
+    reading = side_text("audio", side)
+    assert reading is not None and reading.texts == () and reading.evidence == {"transcript": ""}  # not embedded, not quoted
+    assert reading.unused == "not used: the recogniser's confidence 0.20 is under 0.35 (speech in another language, or unclear)"
+    side.tags.clear()
+    assert side_text("audio", side).texts == ("My cut of wood, I'm going to start an upgrade.",)
+
+
 def test_no_side_output_no_source():
     assert side_text("image", encoder_pb2.SideOutputs(tags={"width": "10"})) is None
     assert side_text("audio", encoder_pb2.SideOutputs()) is None

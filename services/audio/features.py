@@ -178,6 +178,24 @@ class Transcriber:
             return version(self.beam)
         return "pocketsphinx-en-us" + ("+lm" if self._lm else "")
 
+    @property
+    def floor(self) -> float:
+        """The confidence under which this engine's transcript is not what was said
+        (whisper.MIN_CONFIDENCE); 0 for PocketSphinx, whose confidence is not calibrated
+        to one."""
+        if self.engine == "whisper":
+            from modalmesh.audio.whisper import MIN_CONFIDENCE
+
+            return MIN_CONFIDENCE
+        return 0.0
+
+    def unsure(self, text: str, confidence: float) -> str:
+        """Why a transcript is not to be read as what was said (its confidence under
+        `floor`); '' where it is, or where there is no text."""
+        if not text.strip() or confidence >= self.floor:
+            return ""
+        return f"the recogniser's confidence {confidence:.2f} is under {self.floor:.2f} (speech in another language, or unclear)"
+
     def _start(self) -> subprocess.Popen:
         command = [
             sys.executable,

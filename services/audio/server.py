@@ -225,6 +225,9 @@ class AudioService(EncoderBackend):
         if transcript is not None and self.transcriber is not None:  # asked for (refused above where transcripts are off)
             text, confidence, transcript_ms = transcript.result()
             side.transcript.CopyFrom(encoder_pb2.Transcript(text=text, confidence=confidence, language=self.transcriber.language))
+            unsure = self.transcriber.unsure(text, confidence)
+            if unsure:  # the text stays for callers who want it; the router does not read it
+                side.tags["transcript_unsure"] = unsure
             timings["transcript"] = transcript_ms
         yield encoder_pb2.FeatureChunk(side=side)
         yield encoder_pb2.FeatureChunk(

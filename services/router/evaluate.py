@@ -168,22 +168,25 @@ def evaluate(task: str | TaskSpec, data: str, report: str, weights: str = "", ca
 
 def transcript_errors(records: list[dict], items) -> dict | None:
     """Word error rate of the transcripts against what was said (the dataset's `extra.voice`
-    or `extra.dictation`), where the manifest has it; None when no item does."""
+    or `extra.dictation`), where the manifest has it; None when no item does. A transcript
+    the recogniser was unsure of (`transcript_unsure`: not read) counts as nothing heard."""
     from modalmesh.audio.lm import word_errors
     from modalmesh.router.features import configured_asr_engine
 
-    pairs = []
+    pairs, unsure = [], 0
     for record, item in zip(records, items):
         extra = record.get("extra") or {}
         said = extra.get("voice") or extra.get("dictation")
         if said and record.get("audio") and "transcript" in item.evidence:
             pairs.append((said, item.evidence["transcript"]))
+            unsure += "transcript_unsure" in (item.evidence.get("audio_tags") or {})
     if not pairs:
         return None
     wrong = sum(word_errors(said, heard)[0] for said, heard in pairs)
     total = sum(word_errors(said, "")[1] for said, _ in pairs)
     return {
         "clips": len(pairs),
+        "not_read": unsure,
         "word_error_rate": wrong / max(1, total),
         "engine": configured_asr_engine(),
         "example": {"said": pairs[0][0], "heard": pairs[0][1]},
@@ -322,7 +325,8 @@ def write_report(folder: Path, results: dict, probabilities, labels, spec, rows:
     if results.get("transcripts"):
         t = results["transcripts"]
         lines.append(
-            f"- transcripts ({t['engine']}): word error rate {t['word_error_rate']:.3f} on {t['clips']} clips "
+            f"- transcripts ({t['engine']}): word error rate {t['word_error_rate']:.3f} on {t['clips']} clips, "
+            f"{t.get('not_read', 0)} not read (the recogniser unsure) "
             f"(e.g. {t['example']['said']!r} heard as {t['example']['heard']!r})"
         )
     if results.get("screen_text", {}).get("items"):

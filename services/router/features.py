@@ -258,9 +258,10 @@ class FeatureCache:
             parts.append({"asr_lm": file_digest(lm)})
         asr = configured_asr_engine()
         if asr != "pocketsphinx" and "audio" in self.side:  # PocketSphinx, the first engine, keeps the keys it had
-            from modalmesh.audio.whisper import version as whisper_version
+            from modalmesh.audio.whisper import MIN_CONFIDENCE, version as whisper_version
 
             parts.append({"asr_engine": whisper_version(configured_asr_beam())})
+            parts.append({"transcript_floor": MIN_CONFIDENCE})  # a transcript under it is not read (sources.side_text)
         engine = configured_ocr_engine()
         if engine != "onnxruntime" and "image" in self.side:
             # OCR boxes differ by a few pixels between engines, and so, sometimes, paragraphs

@@ -709,7 +709,7 @@ class Pipeline:
         reading = side_text(modality, side)
         if reading is None:
             return Produced()
-        read = Produced(evidence=reading.evidence, screen_text_note=reading.note)
+        read = Produced(evidence=reading.evidence, notes={reading.source: reading.unused} if reading.unused else {}, screen_text_note=reading.note)
         if not reading.texts:
             return read
 

@@ -33,6 +33,7 @@ class SideText:
     per_text: bool  # one pooled vector per text (screen paragraphs), else the one text's tokens (a transcript)
     evidence: dict = field(default_factory=dict)  # screen_lines or transcript, as read
     note: str = ""  # screen text read or used only in part, and why
+    unused: str = ""  # why none of it is read (a transcript the recogniser is unsure of)
 
 
 def side_text(modality: str, side) -> SideText | None:
@@ -50,6 +51,9 @@ def side_text(modality: str, side) -> SideText | None:
         return SideText(SIDE_SOURCE["image"], tuple(lines), True, {"screen_lines": lines, "screen_spans": spans}, "; ".join(unread))
     if modality == "audio" and side.HasField("transcript"):
         said = side.transcript.text
+        unsure = side.tags.get("transcript_unsure", "")
+        if unsure and said.strip():  # not what was said: not read, not quoted
+            return SideText(SIDE_SOURCE["audio"], (), False, {"transcript": ""}, unused=f"not used: {unsure}")
         return SideText(SIDE_SOURCE["audio"], (said,) if said.strip() else (), False, {"transcript": said})
     return None
 
