@@ -422,6 +422,26 @@ def test_a_measured_chest_slice_is_answered_with_measured_findings(router):
     assert "unlike the inputs the task was trained on" in image_report(toy).reason
 
 
+def test_a_ct_slice_without_a_pixel_spacing_says_so_and_is_not_diagnosed(router):
+    """A chest CT DICOM with its densities but no PixelSpacing cannot be measured in mm: the
+    report said "the image carries no densities (HU) to measure". The measurement now says
+    what is missing, and the answer is withheld as for any measurement that failed."""
+    import pydicom
+
+    from modalmesh.data.ct import make_phantom, write_ct_dicom
+    from modalmesh.data.generate import PHANTOM_SIZE
+
+    phantom = make_phantom(78, size=PHANTOM_SIZE, lesion_count=1)
+    dataset = pydicom.dcmread(io.BytesIO(write_ct_dicom(phantom.hounsfield, (phantom.pixel_spacing_mm,) * 2, uid_seed="no-spacing")))
+    del dataset.PixelSpacing
+    buffer = io.BytesIO()
+    dataset.save_as(buffer)
+    response = analyze(router, "medical_report", image=router_pb2.MediaInput(data=buffer.getvalue(), parameters={"window": "lung"}))
+    assert response.abstained and response.label == "uncertain", (response.label, response.abstain_reason)
+    assert "could not be measured (no usable pixel spacing: none given" in response.abstain_reason, response.abstain_reason
+    assert "no densities" not in response.description and "no usable pixel spacing" in response.description, response.description
+
+
 @pytest.mark.parametrize(
     "name, image",
     [

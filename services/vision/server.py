@@ -20,7 +20,7 @@ from modalmesh.common.config import ServiceConfig
 from modalmesh.common.encoder import EncodeRequest, EncoderBackend, sequence_chunks
 from modalmesh.v1 import encoder_pb2
 from modalmesh.vision.decode import IMAGE_MEDIA_TYPES, decode_image, pixel_count
-from modalmesh.vision.measure import measurement_tags
+from modalmesh.vision.measure import lesion_tags, measurement_tags
 from modalmesh.vision.model import ImageBackbone, ImageFeatures
 
 if TYPE_CHECKING:  # loaded only when OCR is on (its engine is heavy)
@@ -121,6 +121,9 @@ class VisionService(EncoderBackend):
                 row_mm, col_mm = (float(v) for v in image.tags["PixelSpacing"].split("\\"))
                 side.tags.update(measurement_tags(image.hounsfield, (row_mm, col_mm)))
             timings["measure"] = (time.perf_counter() - started) * 1000.0
+        elif "lesions" in request.options and image.hounsfield is not None:  # densities, but no size of a pixel to measure in
+            stated = image.tags.get("PixelSpacingIgnored", "none given (the DICOM's PixelSpacing, or the image parameter pixel_spacing)")
+            side.tags.update(lesion_tags(None, f"no usable pixel spacing: {stated}"))
         reading = next((o for o in self.readings if o in request.options), None)
         if reading is not None and self.reader is not None:  # encode() refused OCR where it is off
             started = time.perf_counter()
