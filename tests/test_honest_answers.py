@@ -511,6 +511,10 @@ def test_a_voice_message_in_another_language_is_not_quoted_as_what_was_said(rout
         assert STATUS(report.status) == "MODALITY_STATUS_USED", report.reason
         assert report.reason.startswith("transcript not used: the recogniser's confidence"), report.reason
         assert "Voice message (transcript)" not in response.description, response.description
+    # With a screen in another language too, nothing read vouches for an answer: the voice's words were not read.
+    german = _checkout(["Kasse", "Zahlung fehlgeschlagen: Ihre Karte wurde abgelehnt.", "Bitte versuchen Sie es mit einer anderen Karte."])
+    response = analyze(router, "screenshot_triage", image=router_pb2.MediaInput(data=german), audio=clip)
+    assert response.abstained and "the screenshot is unlike every screen the task was checked on" in response.abstain_reason, response.abstain_reason
 
 
 def test_a_patient_record_sent_as_a_support_message_is_not_answered(router):

@@ -437,13 +437,13 @@ def unvouched_screen(task: "TaskModel", read: set[str], features: dict[str, torc
     rests on a screenshot unlike every screen the task was checked on (`unfamiliar`) whose
     likeliest status paragraph is unlike every status message its pointer was trained on;
     '' where the screen's look or its status text is familiar, where a familiar voice
-    message was read, or where a familiar message's nearest training messages do not show
+    message's transcript was read, or where a familiar message's nearest training messages do not show
     another label (Applicability.disagrees). Tasks without a status-line pointer, and
     screens without text, are not judged here."""
     pointer, rows = task.status_line, features.get("image_text")
     if pointer is None or "image" not in read or "image" not in unfamiliar or rows is None or rows.shape[0] == 0:
         return ""
-    if "audio" in read and "audio" not in unfamiliar:
+    if "audio" in read and "audio" not in unfamiliar and "audio_text" in features:  # a voice message whose words were read
         return ""
     with torch.inference_mode():
         similarity = pointer.unfamiliar(rows[pointer.pick(rows.float())])
