@@ -47,6 +47,20 @@ def test_no_lung_no_spacing_or_too_large_is_not_measured():
     assert "not measured" in lesion_tags(None)["lesion_measurement"] and parse_lesion_tags(lesion_tags(None)) is None
 
 
+def test_a_slice_turned_by_90_degrees_is_not_measured_and_says_why():
+    """A lesion's side is the half of the image it lies in: on a slice turned by 90 degrees
+    (no orientation tag to undo it) the lungs lie one above the other and "left" would be
+    a guess. It is not measured; the unturned slice is."""
+    from modalmesh.vision.measure import NOT_SIDE_BY_SIDE, measurement_tags
+
+    phantom = make_phantom(31, size=PHANTOM_SIZE, lesion_count=1, diameter_mm=20.0)
+    assert measure(phantom)[0].side == phantom.side
+    turned = np.ascontiguousarray(np.rot90(phantom.hounsfield))
+    assert measure_lung_lesions(turned, (phantom.pixel_spacing_mm,) * 2) is None
+    tags = measurement_tags(turned, (phantom.pixel_spacing_mm,) * 2)
+    assert tags["lesion_measurement"].endswith(f"not measured ({NOT_SIDE_BY_SIDE})") and "lung_fields" not in tags
+
+
 def test_tags_round_trip():
     phantom = make_phantom(7, size=PHANTOM_SIZE, lesion_count=3, diameter_mm=20.0)
     lesions = measure(phantom)

@@ -104,6 +104,10 @@ def _fit_circle(points: np.ndarray, inscribed: float) -> tuple[float, float, flo
 
 
 NO_LUNG = "no lung fields found"
+# A lesion's side is read from which half of the image it lies in, so the slice must be in
+# the axial display (the lungs side by side). Two lungs one above the other (a slice turned
+# by 90 degrees without an orientation tag to say so) are not measured.
+NOT_SIDE_BY_SIDE = "the lungs lie one above the other, not side by side: the slice is not in the axial display the sides are read in (turned?)"
 
 
 def measure_lung_lesions(hounsfield: np.ndarray, spacing_mm: tuple[float, float]) -> list[Lesion] | None:
@@ -136,6 +140,11 @@ def _measure(hounsfield: np.ndarray, spacing_mm: tuple[float, float]) -> tuple[l
     lungs = [i for i in range(1, count + 1) if i not in border and areas[i - 1] * pixel_mm2 >= MIN_LUNG_MM2]
     if not lungs:
         return None, NO_LUNG
+    if len(lungs) >= 2:
+        largest = sorted(lungs, key=lambda i: -areas[i - 1])[:2]
+        (row_a, col_a), (row_b, col_b) = ndimage.center_of_mass(air, labels, largest)
+        if abs(row_a - row_b) * row_mm > abs(col_a - col_b) * col_mm:
+            return None, NOT_SIDE_BY_SIDE
     field = np.zeros_like(air)
     for index in lungs:
         field |= _hull_fill(labels == index)
