@@ -445,8 +445,7 @@ def unvouched_screen(task: "TaskModel", read: set[str], features: dict[str, torc
         return ""
     if "audio" in read and "audio" not in unfamiliar and "audio_text" in features:  # a voice message whose words were read
         return ""
-    with torch.inference_mode():
-        similarity = pointer.unfamiliar(rows[pointer.pick(rows.float())])
+    similarity = pointer.unfamiliar(rows[pointer.pick(rows.float())])  # both run in inference mode
     if similarity is None:
         return ""
     screen = (
