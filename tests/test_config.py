@@ -47,6 +47,7 @@ def test_booleans_and_bad_values_from_the_environment():
         ({"ocr_det_side": 10}, "ocr_det_side must be 0"),
         ({"openvino_shapes": -1}, "openvino_shapes must be 0 or more"),
         ({"ocr_engine": "tensorrt"}, "ocr_engine must be one of onnxruntime, openvino"),
+        ({"ocr_quick_alphabet": "greek"}, "ocr_quick_alphabet must be one of latin, all"),
         ({"engine": "tensorrt"}, "engine must be one of openvino, torch"),
     ],
 )

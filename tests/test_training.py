@@ -772,6 +772,13 @@ def test_features_read_by_another_ocr_engine_or_size_are_cached_apart(tmp_path, 
     assert caches["medical_report"].key(record) == default["medical_report"]
     monkeypatch.setenv("MODALMESH_VISION_OCR_DET_SIDE", "0")
     assert caches["screenshot_triage"].key(record) == default["screenshot_triage"]
+    # The quick reading's alphabet (ocr_quick_alphabet): its cache apart from the full alphabet's.
+    monkeypatch.delenv("MODALMESH_VISION_OCR_QUICK_ALPHABET", raising=False)
+    monkeypatch.delenv("MODALMESH_OCR_QUICK_ALPHABET", raising=False)
+    latin = FeatureCache.for_task(TASKS["screenshot_triage"], tmp_path / "m.jsonl", tmp_path / "features", quick=True)
+    monkeypatch.setenv("MODALMESH_VISION_OCR_QUICK_ALPHABET", "all")
+    every = FeatureCache.for_task(TASKS["screenshot_triage"], tmp_path / "m.jsonl", tmp_path / "features", quick=True)
+    assert latin.ocr_alphabet == "latin" and every.ocr_alphabet == "all" and latin.key(record) != every.key(record)
 
 
 def test_transcripts_of_another_beam_width_are_cached_apart(tmp_path, monkeypatch):

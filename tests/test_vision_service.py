@@ -76,8 +76,10 @@ def test_the_ocr_warm_up_runs_recognition_on_a_line_of_text(engine):
     never reaches recognition, which then cost the first real screenshot 0.3 s more."""
     from modalmesh.vision.ocr import ScreenReader
 
-    lines = ScreenReader(engine=engine).warm_up()
+    reader = ScreenReader(engine=engine)
+    lines = reader.warm_up()
     assert any("Warming up" in line.text for line in lines), [line.text for line in lines]
+    assert reader.reads_latin == (engine == "openvino")  # the Latin alphabet head is an OpenVINO model
 
 
 def test_a_missing_ocr_runtime_is_named_at_start_up(monkeypatch):
@@ -390,6 +392,55 @@ def test_ocr_reads_the_status_message_on_pages_a_real_browser_drew(reader, kind)
     read = " ".join(line.text for line in lines)
     assert "session expired" in read and "sign in again" in read, read
     assert len(lines) >= 4  # the page's headings, menus and details are read too
+
+
+def _lines_screen(lines: list[str], font_file: str = "DejaVuSans.ttf", package: str = "fonts-dejavu-core") -> np.ndarray:
+    from PIL import ImageDraw, ImageFont
+
+    try:
+        font = ImageFont.truetype(font_file, 26)
+    except OSError:
+        pytest.skip(f"{font_file} is not installed (the {package} package)")
+    page = Image.new("RGB", (1024, 640), "white")
+    draw = ImageDraw.Draw(page)
+    for row, line in enumerate(lines):
+        draw.text((40, 40 + 64 * row), line, fill=(20, 20, 20), font=font)
+    return np.asarray(page)
+
+
+def test_the_latin_alphabet_reads_what_every_character_reads(reader):
+    """The quick reading's Latin head (LatinHead: 547 of the model's 18,710 characters)
+    reads an English screen, prices and punctuation included, to the same text as the full
+    alphabet, and needs no line read again."""
+    screen = _lines_screen(
+        ["Payment failed: card declined (code 51)", "Order #A-1234 · total $58.20", "Home   Orders   Account", "Try again or contact support@shop.example"]
+    )
+    everything = reader.read(screen, det_side=960)
+    again = reader._recognition.read_again
+    latin = reader.read(screen, det_side=960, latin=True)
+    assert [line.text for line in latin] == [line.text for line in everything] and len(latin) == 4
+    assert all(abs(a.confidence - b.confidence) < 0.02 for a, b in zip(latin, everything))
+    assert reader._recognition.read_again == again  # all read by the Latin head
+
+
+def test_a_line_in_another_script_is_read_again_with_every_character(reader):
+    """A line the Latin alphabet cannot read (Greek here; Chinese and Japanese likewise) is
+    read again with every character: the quick reading never turns it into Latin
+    look-alikes. The English line beside it stays with the Latin head."""
+    screen = _lines_screen(["Σφάλμα 402: η κάρτα απορρίφθηκε", "Payment failed: card declined"])
+    everything = reader.read(screen, det_side=960)
+    again = reader._recognition.read_again
+    latin = reader.read(screen, det_side=960, latin=True)
+    assert [line.text for line in latin] == [line.text for line in everything]
+    assert any(ord(c) > 0x36F for c in latin[0].text), latin[0].text  # Greek letters read
+    assert reader._recognition.read_again == again + 1
+
+
+def test_a_chinese_line_is_read_again_with_every_character(reader):
+    screen = _lines_screen(["支付失败，请稍后再试", "错误代码：500"], "/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc", "fonts-wqy-zenhei")
+    latin = reader.read(screen, det_side=960, latin=True)
+    assert [line.text for line in latin] == [line.text for line in reader.read(screen, det_side=960)]
+    assert "支付失败" in latin[0].text
 
 
 def test_short_upright_words_are_read_as_drawn(reader):

@@ -24,7 +24,7 @@ from modalmesh.common.config import DEFAULT_OCR_ENGINE, ServiceConfig, load_conf
 from modalmesh.common.models import file_digest
 from modalmesh.common.encoder import EncodeRequest
 from modalmesh.router.fusion import SIDE_SOURCE
-from modalmesh.router.sources import SIDE_OPTION, embed, side_text
+from modalmesh.router.sources import QUICK_OPTION, SIDE_OPTION, embed, side_text
 
 FEATURE_VERSION = "1"
 SCREEN_TEXT_VERSION = "paragraphs-8"  # how OCR reads (vision/ocr.py) and spans become text vectors (common/layout.py); part of OCR tasks' keys
@@ -82,6 +82,11 @@ def configured_ocr_quick_det_side(environ=None) -> int:
     return int(_service_setting("vision", "ocr_quick_det_side", environ) or ServiceConfig.ocr_quick_det_side)
 
 
+def configured_ocr_quick_alphabet(environ=None) -> str:
+    """What the vision service's quick OCR reading recognises (`ocr_quick_alphabet`)."""
+    return _service_setting("vision", "ocr_quick_alphabet", environ) or ServiceConfig.ocr_quick_alphabet
+
+
 def text_model_version() -> str:
     """The version of the text model features are extracted with (the configured one, else
     the bundled default): trained weights record it; '' for a hub id."""
@@ -92,9 +97,9 @@ def text_model_version() -> str:
 
 
 class LocalEncoders:
-    def __init__(self, ocr: bool = True, transcript: bool = True, ocr_det_side: int | None = None) -> None:
-        """`ocr_det_side`: read screen text at this detection size instead of the configured
-        one (the quick reading: FeatureCache.for_task's `quick`)."""
+    def __init__(self, ocr: bool = True, transcript: bool = True, quick: bool = False) -> None:
+        """`quick`: read screen text as the quick reading does (`ocr_quick`, at the configured
+        `ocr_quick_det_side` and `ocr_quick_alphabet`; FeatureCache.for_task's `quick`)."""
         from modalmesh.audio.server import AudioService
         from modalmesh.text.server import TextService
         from modalmesh.vision.server import VisionService
@@ -111,9 +116,12 @@ class LocalEncoders:
                 ocr=ocr,
                 model=models.get("vision"),
                 ocr_engine=configured_ocr_engine(),
-                ocr_det_side=configured_ocr_det_side() if ocr_det_side is None else ocr_det_side,
+                ocr_det_side=configured_ocr_det_side(),
+                ocr_quick_det_side=configured_ocr_quick_det_side(),
+                ocr_quick_alphabet=configured_ocr_quick_alphabet(),
             )
         )
+        self.screen_option = QUICK_OPTION["image"] if quick else SIDE_OPTION["image"]
         self.audio = AudioService(
             load_config(
                 "audio",
@@ -172,7 +180,7 @@ class LocalEncoders:
         for modality, data, media_type in (("image", image, image_type), ("audio", audio, audio_type)):
             if not data:
                 continue
-            side_option = SIDE_OPTION[modality] if modality in side else None
+            side_option = (self.screen_option if modality == "image" else SIDE_OPTION[modality]) if modality in side else None
             options = ([side_option] if side_option else []) + (["lesions"] if measure and modality == "image" else [])
             encoder = self.vision if modality == "image" else self.audio
             started = time.perf_counter()
@@ -218,10 +226,12 @@ class FeatureCache:
         versions: tuple[str, ...] = (),
         measure: bool = False,
         ocr_det_side: int | None = None,
+        ocr_alphabet: str = "all",
     ) -> None:
         """`ocr_det_side`: the OCR detection size the features are read at (None: the
-        configured one); part of the key."""
-        self.ocr_det_side = ocr_det_side
+        configured one); `ocr_alphabet`: what OCR recognises ("latin": the quick reading's
+        Latin alphabet first); both part of the key."""
+        self.ocr_det_side, self.ocr_alphabet = ocr_det_side, ocr_alphabet
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self._factory = encoders_factory
@@ -237,14 +247,16 @@ class FeatureCache:
         (OCR paragraphs, the CT measurement), so a change there is recomputed, not reused.
         `quick`: screen text read as the quick reading is (`ocr_quick_det_side`), the rest alike."""
         det_side = configured_ocr_quick_det_side() if quick else None
+        alphabet = configured_ocr_quick_alphabet() if quick and configured_ocr_engine() == "openvino" else "all"
         versions = ((SCREEN_TEXT_VERSION,) if "image" in spec.side_outputs else ()) + ((MEASUREMENT_VERSION,) if spec.measure is not None else ())
         return cls(
             folder or Path(manifest).parent / ".features",
-            lambda: LocalEncoders(ocr="image" in spec.side_outputs, ocr_det_side=det_side),
+            lambda: LocalEncoders(ocr="image" in spec.side_outputs, quick=quick),
             side=spec.side_outputs,
             versions=versions,
             measure=spec.measure is not None,
             ocr_det_side=det_side,
+            ocr_alphabet=alphabet,
         )
 
     def key(self, record: dict) -> str:
@@ -270,6 +282,8 @@ class FeatureCache:
         det_side = configured_ocr_det_side() if self.ocr_det_side is None else self.ocr_det_side
         if det_side and "image" in self.side:  # other boxes, so other paragraphs (the engine's rule keeps the keys it had)
             parts.append({"ocr_det_side": det_side})
+        if self.ocr_alphabet != "all" and "image" in self.side:  # other text where a line is not Latin, other confidences
+            parts.append({"ocr_alphabet": self.ocr_alphabet})
         digest.update(json.dumps(parts, sort_keys=True).encode())
         for name in ("image", "audio"):
             if record.get(name):

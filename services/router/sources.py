@@ -21,7 +21,7 @@ from modalmesh.common.layout import MIN_SPAN_CONFIDENCE, screen_paragraphs
 from modalmesh.router.fusion import SIDE_SOURCE
 
 SIDE_OPTION = {"image": "ocr", "audio": "transcript"}  # the encoder option that makes a modality's side output
-QUICK_OPTION = {"image": "ocr_quick"}  # the same side output read quickly (the screen text at a smaller detection size)
+QUICK_OPTION = {"image": "ocr_quick"}  # the same side output read quickly (the screen text at a smaller detection size, Latin alphabet first)
 
 
 @dataclass(frozen=True)

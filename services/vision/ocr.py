@@ -16,6 +16,7 @@ tile that keeps it.
 from __future__ import annotations
 
 import contextlib
+import copy
 import ctypes
 import importlib
 import logging
@@ -100,15 +101,41 @@ REC_GROUP_SPREAD = 0.1
 REC_GROUP_MAX = 6  # lines per model call at most (rapidocr's own batch)
 
 
+# The Latin alphabet of a reading with `latin` (the quick reading). Recognition's last layer
+# scores all 18,710 characters of the bundled model (Latin, Greek, CJK, kana, symbols) at
+# every step of a line, about a quarter of its model time; scoring the 547 in Latin script
+# (letters with their accents, digits, punctuation, currency signs) reads the test, held-out
+# and browser screenshots' 1,996 lines to the same text in 30-40% less OCR time
+# (benchmarks/bench_encoders.py section 4). Text in another script has no Latin character
+# that scores well: where some step of a line has no Latin character (blank included) with
+# a score of LATIN_MIN_SCORE, the line is read again with every character. Measured: every
+# step of 99% of those 1,996 lines scores 9 or more (the lowest 0 to 8 are accented words
+# and small type, read again at little cost); every line with a Chinese, Japanese or Greek
+# character has a step under 7.5 (tests/test_ocr.py).
+LATIN_MIN_SCORE = 8.0
+
+
+def is_latin(character: str) -> bool:
+    """A character of the Latin alphabet reading (LATIN_MIN_SCORE): Latin script with its
+    extensions, general punctuation (dashes, quotes, bullets), currency signs."""
+    if len(character) != 1:
+        return False
+    code = ord(character)
+    return code < 0x250 or 0x2000 <= code < 0x2070 or 0x20A0 <= code < 0x20D0 or character == "\u2122"
+
+
 class ScreenReader:
-    def __init__(self, det_side: int = 0, engine: str = DEFAULT_OCR_ENGINE, max_lines: int = DEFAULT_MAX_LINES, shapes: int = DEFAULT_OPENVINO_SHAPES) -> None:
+    def __init__(
+        self, det_side: int = 0, engine: str = DEFAULT_OCR_ENGINE, max_lines: int = DEFAULT_MAX_LINES, shapes: int = DEFAULT_OPENVINO_SHAPES, latin: bool = True
+    ) -> None:
         """`engine`: what runs the same PP-OCR models, openvino (about 2x faster on this
         machine's CPU) or onnxruntime; the same messages, boxes within a few pixels
         (benchmarks/bench_encoders.py and README). `max_lines`: the most text lines
         recognised per image, the first in reading order (tiles of a long page count
         together); detection still sees the whole image. `shapes`: on openvino, the input
         shapes each model keeps prepared (detection: one per image size it scales to;
-        recognition: one per line width and batch), about 3 MB each (openvino_shapes)."""
+        recognition: one per line width and batch), about 3 MB each (openvino_shapes).
+        `latin`: prepare the Latin alphabet reading (read's `latin`; openvino only)."""
         from rapidocr import EngineType, RapidOCR
 
         # "error": an image without text is a normal answer here, not a warning. No angle
@@ -160,9 +187,13 @@ class ScreenReader:
             return resize(img, (width + 0.5) / height)  # the half pixel survives the engine's int()
 
         setattr(recognizer, "resize_norm_img", width_in_steps)
-        setattr(self._engine, "text_rec", GroupedRecognition(recognizer, height, int(recognizer.rec_image_shape[2])))  # what the engine calls to recognise
+        self._latin = LatinHead.on(recognizer, shapes) if latin and engine == "openvino" else None
+        self._recognition = GroupedRecognition(recognizer, height, int(recognizer.rec_image_shape[2]), self._latin)
+        setattr(self._engine, "text_rec", self._recognition)  # what the engine calls to recognise
         # OpenVINO's compiled models (their buffers are released when OCR is idle); none on onnxruntime.
         self._compiled = _compiled_models((self._detector, recognizer)) if engine == "openvino" else []
+        if self._latin is not None:
+            self._compiled.append(self._latin.compiled)
         self._idle_timer: threading.Timer | None = None
         self._idle_lock = threading.Lock()
         self.releases = 0  # times the buffers were released
@@ -176,22 +207,34 @@ class ScreenReader:
 
         image = Image.new("RGB", (640, 400), "white")
         ImageDraw.Draw(image).text((40, 40), "Warming up: OCR 0123456789", fill="black", font=ImageFont.load_default(size=24))
+        if self._latin is not None:
+            self.read(np.asarray(image), latin=True)
         return self.read(np.asarray(image))
 
-    def read(self, rgb: np.ndarray, timeout: float | None = None, wanted: Callable[[], bool] | None = None, det_side: int | None = None) -> ScreenText:
+    @property
+    def reads_latin(self) -> bool:
+        """Whether read's `latin` reads the Latin alphabet first (else every character)."""
+        return self._latin is not None
+
+    def read(
+        self, rgb: np.ndarray, timeout: float | None = None, wanted: Callable[[], bool] | None = None, det_side: int | None = None, latin: bool = False
+    ) -> ScreenText:
         """`det_side`: detect on the image scaled down so its longer side is at most this
         (never up) for this reading, instead of the reader's own size (the quick reading).
+        `latin`: recognise with the Latin alphabet (LATIN_MIN_SCORE), each line with a
+        character outside it again with every character (the quick reading; where the
+        reader has no Latin head, every character at once).
         `timeout`: seconds the caller can still wait; DEADLINE_EXCEEDED (ServiceError)
         when they run out, checked before each tile and while another image is read;
         `wanted`: whether the caller is still there, checked likewise (CANCELLED once not).
         Lines come with the recognition's confidence; the router does not read those under
         layout.MIN_SPAN_CONFIDENCE (garbled)."""
         try:
-            return self._read(rgb, deadline_after(timeout), wanted, det_side)
+            return self._read(rgb, deadline_after(timeout), wanted, det_side, latin)
         finally:
             self._release_when_idle()
 
-    def _read(self, rgb: np.ndarray, deadline: float | None, wanted: Callable[[], bool] | None, det_side: int | None) -> ScreenText:
+    def _read(self, rgb: np.ndarray, deadline: float | None, wanted: Callable[[], bool] | None, det_side: int | None, latin: bool = False) -> ScreenText:
         rgb, scale = _pad_to_page(rgb)
         lines: dict[tuple, TextLine] = {}
         budget, more = self.max_lines, False
@@ -199,7 +242,7 @@ class ScreenReader:
             if budget <= 0:  # the lines read so far are all that will be: the tiles below are not read
                 more = True
                 break
-            read, detected = self._read_once(rgb[top:bottom], deadline, budget, wanted, det_side)
+            read, detected = self._read_once(rgb[top:bottom], deadline, budget, wanted, det_side, latin)
             more = more or detected > budget
             budget -= min(detected, budget)  # boxes recognised (some may score too low to be kept)
             for line in read:
@@ -239,11 +282,18 @@ class ScreenReader:
             self._idle_timer.start()
 
     def _read_once(
-        self, rgb: np.ndarray, deadline: float | None, budget: int, wanted: Callable[[], bool] | None = None, det_side: int | None = None
+        self,
+        rgb: np.ndarray,
+        deadline: float | None,
+        budget: int,
+        wanted: Callable[[], bool] | None = None,
+        det_side: int | None = None,
+        latin: bool = False,
     ) -> tuple[list[TextLine], int]:
         """The lines of one image, at most `budget`, and how many text boxes it has."""
         with self._engine_turns.turn(deadline, wanted):
             self._budget, self._detected = budget, 0
+            self._recognition.latin_first = latin and self._latin is not None
             detector = self._detector
             size = (detector.limit_type, detector.limit_side_len)
             if det_side:
@@ -252,6 +302,7 @@ class ScreenReader:
                 result: Any = self._engine(np.ascontiguousarray(rgb))  # RapidOCROutput for a whole image
             finally:
                 detector.limit_type, detector.limit_side_len = size
+                self._recognition.latin_first = False
             detected = self._detected
         if result is None or result.txts is None or result.boxes is None:
             return [], detected
@@ -308,14 +359,77 @@ def rec_width(height: int, ratio: float) -> int:
     return math.ceil(height * ratio / REC_WIDTH_STEP) * REC_WIDTH_STEP
 
 
+class LatinHead:
+    """rapidocr's recognition model with its last layer cut to the Latin alphabet
+    (is_latin), as an OpenVINO model of two outputs: the characters' probabilities, and per
+    step of each line the best Latin score (before the softmax), which LATIN_MIN_SCORE
+    judges. `recognizer` is a copy of rapidocr's TextRecognizer that runs it."""
+
+    def __init__(self, recognizer: Any, shapes: int) -> None:
+        import openvino as ov
+        import openvino.opset13 as opset
+        from rapidocr.ch_ppocr_rec.utils import CTCLabelDecode
+
+        characters = list(recognizer.postprocess_op.character)  # "blank", the model's characters, " "
+        keep = np.array([0] + [i for i in range(1, len(characters)) if is_latin(characters[i])])
+        model = recognizer.session.model  # rapidocr's OpenVINO session keeps the model it read
+        softmax = _producer(model.get_results()[0], "Softmax")
+        bias = _producer(softmax, "Add")
+        matmul = _producer(bias, "MatMul")
+        weights, offsets = (node.input_value(1).get_node().get_data() for node in (matmul, bias))
+        if weights.shape != (weights.shape[0], len(characters)) or offsets.shape != (len(characters),):
+            raise ValueError(f"the last layer scores {weights.shape[-1]} characters, the dictionary has {len(characters)}")
+        scores = opset.add(
+            opset.matmul(matmul.input_value(0), opset.constant(np.ascontiguousarray(weights[:, keep])), False, False),
+            opset.constant(np.ascontiguousarray(offsets[keep])),
+        )
+        outputs = [opset.softmax(scores, -1).output(0), opset.reduce_max(scores, opset.constant(np.array([-1])), False).output(0)]
+        self.compiled = ov.Core().compile_model(ov.Model(outputs, model.get_parameters(), "latin"), "CPU", {"CPU_RUNTIME_CACHE_CAPACITY": str(shapes)})
+        self._request = self.compiled.create_infer_request()
+        self.best: np.ndarray = np.zeros((0, 0), dtype=np.float32)  # [lines, steps] of the last call
+        self.recognizer = copy.copy(recognizer)
+        self.recognizer.session = self
+        # CTCLabelDecode puts "blank" first and " " last itself.
+        self.recognizer.postprocess_op = CTCLabelDecode(character=[characters[i] for i in keep[1:-1]])
+        self.size = len(keep)
+
+    @classmethod
+    def on(cls, recognizer: Any, shapes: int) -> "LatinHead | None":
+        """The head, or None with a warning where this rapidocr's model is not as expected
+        (every character is then read at once)."""
+        try:
+            return cls(recognizer, shapes)
+        except (AttributeError, IndexError, ValueError, RuntimeError) as exc:
+            log.warning("OCR: no Latin alphabet reading (%s); the quick reading reads every character", exc)
+            return None
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:  # what rapidocr calls its session with
+        self._request.infer([batch])
+        self.best = np.array(self._request.get_output_tensor(1).data)
+        return self._request.get_output_tensor(0).data
+
+
+def _producer(node: Any, kind: str) -> Any:
+    """The node of type `kind` feeding `node`'s first input, through Identity nodes."""
+    source = node.input_value(0).get_node()
+    while source.get_type_name() == "Identity":
+        source = source.input_value(0).get_node()
+    if source.get_type_name() != kind:
+        raise ValueError(f"expected {kind} before {node.get_type_name()}, found {source.get_type_name()}")
+    return source
+
+
 class GroupedRecognition:
     """rapidocr's recognition step (its TextRecognizer, which the engine calls with every
     line crop of an image) with the crops batched by width (REC_GROUP_SPREAD) instead of six
-    at a time; the results in the crops' order."""
+    at a time; the results in the crops' order. With `latin_first` (set for one reading)
+    the crops are read with the `latin` head, and those it cannot read with every character."""
 
-    def __init__(self, recognizer: Any, height: int, min_width: int) -> None:
+    def __init__(self, recognizer: Any, height: int, min_width: int, latin: LatinHead | None = None) -> None:
         self.recognizer, self.height, self.min_width = recognizer, height, min_width
         recognizer.rec_batch_num = REC_GROUP_MAX  # a group is one model call
+        self.latin, self.latin_first = latin, False
+        self.read_again = 0  # lines the Latin alphabet could not read, read again with every character
 
     def width(self, crop: np.ndarray) -> int:
         """The width the model reads `crop` at alone (ScreenReader's width_in_steps)."""
@@ -342,12 +456,35 @@ class GroupedRecognition:
         scores: list[Any] = [None] * len(crops)
         words: list[Any] = [None] * len(crops)
         elapse, read = 0.0, None
-        for group in self.groups(crops):
-            read = self.recognizer(TextRecInput(img=[crops[i] for i in group], return_word_box=args.return_word_box))
+        latin = self.latin if self.latin_first else None
+        pending, again = self.groups(crops), []
+        while pending:
+            group = pending.pop(0)
+            recognizer = latin.recognizer if latin is not None else self.recognizer
+            read = recognizer(TextRecInput(img=[crops[i] for i in group], return_word_box=args.return_word_box))
             elapse += read.elapse or 0.0
+            unread = self.outside_latin([crops[i] for i in group], latin.best) if latin is not None else set()
+            again += [index for position, index in enumerate(group) if position in unread]
             for position, index in enumerate(group):
                 txts[index], scores[index], words[index] = read.txts[position], read.scores[position], read.word_results[position]
+            if not pending and again:  # the lines the Latin alphabet could not read, with every character
+                self.read_again += len(again)
+                pending, again, latin = [[again[i] for i in group] for group in self.groups([crops[i] for i in again])], [], None
         return TextRecOutput(imgs=crops, txts=tuple(txts), scores=scores, word_results=tuple(words), elapse=elapse, viser=read.viser if read else None)
+
+    def outside_latin(self, crops: list[np.ndarray], best: np.ndarray) -> set[int]:
+        """Positions in `crops` (one model call) with a step whose best Latin score is under
+        LATIN_MIN_SCORE. `best`: [lines, steps], the lines in the order rapidocr's
+        recognizer batched them (by width, its own argsort); each line is judged on its own
+        steps, not the padding after it."""
+        ratios = [crop.shape[1] / float(crop.shape[0]) for crop in crops]
+        widest = max([self.min_width / self.height, *ratios])
+        outside = set()
+        for row, position in enumerate(np.argsort(np.array(ratios))):
+            steps = max(1, math.ceil(best.shape[1] * min(1.0, ratios[position] / widest)))
+            if float(best[row, :steps].min()) < LATIN_MIN_SCORE:
+                outside.add(int(position))
+        return outside
 
 
 def normalisation_table(preprocess: Any) -> np.ndarray:

@@ -8,10 +8,13 @@ asks for "ocr"), then the pooled vector. Concurrent calls are batched.
 
 from __future__ import annotations
 
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
+from opentelemetry import context as otel_context
 
 from modalmesh.common import codec, errors, telemetry
 from modalmesh.common.batching import Budget, DynamicBatcher, deadline_after
@@ -24,7 +27,7 @@ from modalmesh.vision.measure import lesion_tags, measurement_tags
 from modalmesh.vision.model import ImageBackbone, ImageFeatures
 
 if TYPE_CHECKING:  # loaded only when OCR is on (its engine is heavy)
-    from modalmesh.vision.ocr import ScreenReader
+    from modalmesh.vision.ocr import ScreenReader, ScreenText
 
 MAX_PIXELS = 40_000_000  # 40 MP: any screenshot or scan; a decompression bomb is far larger
 
@@ -51,6 +54,24 @@ class VisionService(EncoderBackend):
         self.backbone: ImageBackbone | None = None
         self.batcher: DynamicBatcher[np.ndarray, ImageFeatures] | None = None
         self.reader: ScreenReader | None = None
+        # One thread per call the service takes at once: a reading never queues here, only
+        # for the OCR engine, where its deadline is watched.
+        self.ocr_threads = ThreadPoolExecutor(max_workers=config.worker_threads, thread_name_prefix="ocr")
+
+    def _read_screen(self, rgb: np.ndarray, request: EncodeRequest, reading: str, wanted) -> tuple[ScreenText, float]:
+        """The screen text and the milliseconds it took (on an OCR thread)."""
+        assert self.reader is not None
+        started = time.perf_counter()
+        quick = reading == "ocr_quick"
+        with telemetry.tracer().start_as_current_span("vision.ocr"):
+            lines = self.reader.read(
+                rgb,
+                timeout=request.time_remaining(),
+                wanted=wanted,
+                det_side=self.config.ocr_quick_det_side if quick else None,
+                latin=quick and self.config.ocr_quick_alphabet == "latin",
+            )
+        return lines, (time.perf_counter() - started) * 1000.0
 
     # -- lifecycle -------------------------------------------------------------------
     def initialize(self) -> None:
@@ -67,12 +88,14 @@ class VisionService(EncoderBackend):
         if self.config.ocr:
             from modalmesh.vision.ocr import ScreenReader
 
-            self.reader = ScreenReader(self.config.ocr_det_side, self.config.ocr_engine, self.config.ocr_max_lines, self.config.openvino_shapes)
+            config, latin = self.config, self.config.ocr_quick_alphabet == "latin"
+            self.reader = ScreenReader(config.ocr_det_side, config.ocr_engine, config.ocr_max_lines, config.openvino_shapes, latin=latin)
             self.reader.warm_up()
 
     def finalize(self) -> None:
         if self.batcher is not None:
             self.batcher.close()
+        self.ocr_threads.shutdown(wait=False, cancel_futures=True)
 
     @property
     def loaded(self) -> tuple[ImageBackbone, DynamicBatcher[np.ndarray, ImageFeatures]]:
@@ -108,6 +131,22 @@ class VisionService(EncoderBackend):
     def _encode(self, request: EncodeRequest) -> Iterator[encoder_pb2.FeatureChunk]:
         with telemetry.tracer().start_as_current_span("vision.decode"):
             image = decode_image(request.payload, request.media_type, request.parameters, self.max_pixels)
+        # The screen text is read beside the backbone (OCR's Python steps leave a core free):
+        # on a test screenshot the two together take about the OCR's time alone.
+        reading = next((o for o in self.readings if o in request.options), None)
+        abandoned = threading.Event()
+        ocr = None
+        if reading is not None and self.reader is not None:  # encode() refused OCR where it is off
+            read = telemetry.in_context(otel_context.get_current(), self._read_screen)
+            ocr = self.ocr_threads.submit(read, image.rgb, request, reading, lambda: request.wanted() and not abandoned.is_set())
+        try:
+            yield from self._answer(request, image, ocr, reading)
+        finally:
+            if ocr is not None:  # an unfinished reading stops at its next check; it ends before its pixels are given back
+                abandoned.set()
+                wait([ocr])
+
+    def _answer(self, request: EncodeRequest, image, ocr, reading: str | None) -> Iterator[encoder_pb2.FeatureChunk]:
         backbone, batcher = self.loaded
         result = batcher.submit(image.rgb, timeout=request.time_remaining())
         features = result.value
@@ -124,17 +163,12 @@ class VisionService(EncoderBackend):
         elif "lesions" in request.options and image.hounsfield is not None:  # densities, but no size of a pixel to measure in
             stated = image.tags.get("PixelSpacingIgnored", "none given (the DICOM's PixelSpacing, or the image parameter pixel_spacing)")
             side.tags.update(lesion_tags(None, f"no usable pixel spacing: {stated}"))
-        reading = next((o for o in self.readings if o in request.options), None)
-        if reading is not None and self.reader is not None:  # encode() refused OCR where it is off
-            started = time.perf_counter()
-            det_side = self.config.ocr_quick_det_side if reading == "ocr_quick" else None
-            with telemetry.tracer().start_as_current_span("vision.ocr"):
-                lines = self.reader.read(image.rgb, timeout=request.time_remaining(), wanted=request.wanted, det_side=det_side)
+        if ocr is not None and reading is not None and self.reader is not None:
+            lines, timings[reading] = ocr.result()
             for line in lines:
                 side.text_spans.add(text=line.text, confidence=line.confidence, box=list(line.box))
             if lines.more:
                 side.tags["ocr_more"] = f"text left unread: the first {self.reader.max_lines} lines were read (ocr_max_lines)"
-            timings[reading] = (time.perf_counter() - started) * 1000.0
         yield encoder_pb2.FeatureChunk(side=side)
         yield encoder_pb2.FeatureChunk(
             pooled=encoder_pb2.PooledFeatures(
