@@ -104,14 +104,15 @@ REC_GROUP_MAX = 6  # lines per model call at most (rapidocr's own batch)
 # The Latin alphabet of a reading with `latin` (the quick reading). Recognition's last layer
 # scores all 18,710 characters of the bundled model (Latin, Greek, CJK, kana, symbols) at
 # every step of a line, about a quarter of its model time; scoring the 547 in Latin script
-# (letters with their accents, digits, punctuation, currency signs) reads the test, held-out
-# and browser screenshots' 1,996 lines to the same text in 30-40% less OCR time
-# (benchmarks/bench_encoders.py section 4). Text in another script has no Latin character
-# that scores well: where some step of a line has no Latin character (blank included) with
-# a score of LATIN_MIN_SCORE, the line is read again with every character. Measured: every
-# step of 99% of those 1,996 lines scores 9 or more (the lowest 0 to 8 are accented words
-# and small type, read again at little cost); every line with a Chinese, Japanese or Greek
-# character has a step under 7.5 (tests/test_ocr.py).
+# (letters with their accents, digits, punctuation, currency signs) reads every line of the
+# test, held-out and browser screenshots (8,488) to the same text in 11-13% less OCR time at
+# the quick detection size (benchmarks/bench_ocr_alphabet.py). Text in another script has
+# no Latin character that scores well: where some step of a line has no Latin character
+# (blank included) scoring LATIN_MIN_SCORE, the line is read again with every character.
+# Measured: every step of 99% of 1,998 lines of those screenshots scores 9 or more (the
+# lowest, 0 to 8, are accented words and small type, read again at little cost); every line
+# with a Chinese, Japanese or Greek character tried has a step under 7.5 (tests in
+# tests/test_vision_service.py).
 LATIN_MIN_SCORE = 8.0
 
 
