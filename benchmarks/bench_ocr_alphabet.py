@@ -8,7 +8,8 @@ This reads the first --limit screenshots of each screenshot_triage manifest pres
 test split, the held-out e-mails, the browser-drawn pages; `make weights` writes them) at
 the quick detection size twice, with every character and with the Latin alphabet first
 (which goes first alternates per screen), and prints per manifest: mean OCR milliseconds
-each way and their ratio, how many lines read to the same text, and how many lines the
+each way and their ratio, how many lines read to the same text (of the lines read with
+every character), and how many lines the
 Latin alphabet could not read (read again with every character). Then lines in Greek
 (DejaVu) and, where a CJK font is installed (fonts-wqy-zenhei), Chinese and Japanese:
 each must be read again and come out as with every character.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+from collections import Counter
 import sys
 import time
 from pathlib import Path
@@ -55,7 +57,7 @@ def compare(reader, images, det_side: int) -> dict:
             read[latin] = reader.read(rgb, det_side=det_side, latin=latin)
             times[latin].append((time.perf_counter() - started) * 1000)
         lines += len(read[False])
-        same += sum(a.text == b.text for a, b in zip(read[False], read[True])) if len(read[False]) == len(read[True]) else 0
+        same += sum((Counter(line.text for line in read[False]) & Counter(line.text for line in read[True])).values())
     return {
         "images": len(images),
         "every_ms": statistics.fmean(times[False]),
