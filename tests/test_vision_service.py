@@ -636,6 +636,35 @@ def test_images_wait_for_their_pixels_and_give_up_at_the_deadline():
         handle.stop(grace=0.5)
 
 
+def test_a_screen_reading_beside_the_backbone_gives_up_at_the_deadline_and_lets_go():
+    """OCR runs on its own thread beside the backbone. A call whose reading cannot get the
+    OCR engine before its deadline is DEADLINE_EXCEEDED, its pixels and its thread are given
+    back, and the next call is read."""
+    handle = start_vision()
+    png = image_bytes(render_screenshot("Payment declined", size=(640, 400)))
+    try:
+        with connect(handle.address) as channel:
+            client = EncoderClient(channel)
+            service = handle.service
+            engine = service.reader._engine_turns
+            assert engine.take_now(1)  # another reading holds the engine
+            try:
+                with pytest.raises(grpc.RpcError) as raised:
+                    client.encode(png, "image/png", options=["ocr_quick"], timeout=1.0)
+                assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+                deadline = time.monotonic() + 5
+                while (engine.waiting or service.pixels.free != service.pixels.total) and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                assert engine.waiting == 0 and service.pixels.free == service.pixels.total
+            finally:
+                engine.give_back(1)
+            read = client.encode(png, "image/png", options=["ocr_quick"], timeout=30)
+            assert any("Payment declined" in span.text for span in read.side.text_spans)
+            assert read.pooled_message.timings_ms["ocr_quick"] > 0 and read.sequence.shape == (49, 1280)
+    finally:
+        handle.stop(grace=0.5)
+
+
 def test_huge_images_are_shrunk_in_uint8_before_the_backbones_float_resize():
     from modalmesh.vision.model import HUGE_SIDE, ImageBackbone, reduce_huge
 
