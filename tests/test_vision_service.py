@@ -421,6 +421,9 @@ def test_the_latin_alphabet_reads_what_every_character_reads(reader):
     assert [line.text for line in latin] == [line.text for line in everything] and len(latin) == 4
     assert all(abs(a.confidence - b.confidence) < 0.02 for a, b in zip(latin, everything))
     assert reader._recognition.read_again == again  # all read by the Latin head
+    from modalmesh.vision.ocr import REC_GROUP_MAX
+
+    assert reader._latin.recognizer.rec_batch_num == REC_GROUP_MAX  # a group is one call, whose scores judge its lines
 
 
 def test_a_line_in_another_script_is_read_again_with_every_character(reader):

@@ -428,8 +428,9 @@ class GroupedRecognition:
 
     def __init__(self, recognizer: Any, height: int, min_width: int, latin: LatinHead | None = None) -> None:
         self.recognizer, self.height, self.min_width = recognizer, height, min_width
-        recognizer.rec_batch_num = REC_GROUP_MAX  # a group is one model call
         self.latin, self.latin_first = latin, False
+        for one in (recognizer, latin.recognizer) if latin is not None else (recognizer,):
+            one.rec_batch_num = REC_GROUP_MAX  # a group is one model call (outside_latin reads that call's scores)
         self.read_again = 0  # lines the Latin alphabet could not read, read again with every character
 
     def width(self, crop: np.ndarray) -> int:
