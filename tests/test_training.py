@@ -781,6 +781,27 @@ def test_features_read_by_another_ocr_engine_or_size_are_cached_apart(tmp_path, 
     assert latin.ocr_alphabet == "latin" and every.ocr_alphabet == "all" and latin.key(record) != every.key(record)
 
 
+def test_training_and_evaluation_read_screens_quickly_as_the_vision_service_does():
+    """FeatureCache.for_task's `quick` extracts with the vision service's own 'ocr_quick'
+    (detection at ocr_quick_det_side, the Latin alphabet first): the message is read, and
+    the cost of that reading is what routing's simulation charges."""
+    from modalmesh.data.screens import png_bytes, render_screenshot
+    from modalmesh.router.features import LocalEncoders
+
+    quick, full = LocalEncoders(transcript=False, quick=True), LocalEncoders(transcript=False)
+    try:
+        assert quick.screen_option == "ocr_quick" and full.screen_option == "ocr"
+        assert quick.vision.reader is not None and quick.vision.reader.reads_latin
+        screen = png_bytes(render_screenshot("Your card was declined (code 51)", size=(1920, 1080)))
+        read = {name: encoders.extract(image=screen, image_type="image/png", side=("image",)) for name, encoders in (("quick", quick), ("full", full))}
+        for item in read.values():
+            assert any("card was declined" in line for line in item.evidence["screen_lines"]), item.evidence["screen_lines"]
+            assert item.costs_ms["image_text"] > 0 and "image_text" in item.features
+    finally:
+        quick.close()
+        full.close()
+
+
 def test_transcripts_of_another_beam_width_are_cached_apart(tmp_path, monkeypatch):
     """Whisper's beam width (`asr_beam`) changes transcripts: tasks that read transcripts
     (both built-in ones) cache them per width; the default, named, keeps its key."""

@@ -145,6 +145,19 @@ def test_the_quick_reading_detects_smaller_and_reads_the_same_message(vision):
     assert vision.info().modality == "image"  # still serving
 
 
+def test_the_quick_reading_can_read_every_character_at_once():
+    """`ocr_quick_alphabet all`: no Latin head is prepared and the quick reading recognises
+    every character at once (for screens mostly in other scripts)."""
+    handle = start_vision(ocr_quick_alphabet="all")
+    try:
+        assert handle.service.reader is not None and not handle.service.reader.reads_latin
+        with connect(handle.address) as channel:
+            quick = EncoderClient(channel).encode(image_bytes(render_screenshot("Your card was declined (code 51)")), "image/png", options=["ocr_quick"])
+        assert any("Your card was declined (code 51)" in span.text for span in quick.side.text_spans)
+    finally:
+        handle.stop(grace=0.5)
+
+
 def test_a_reading_at_another_detection_size_leaves_the_readers_own():
     from modalmesh.vision.ocr import ScreenReader
 
