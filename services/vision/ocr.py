@@ -189,6 +189,8 @@ class ScreenReader:
 
         setattr(recognizer, "resize_norm_img", width_in_steps)
         self._latin = LatinHead.on(recognizer, shapes) if latin and engine == "openvino" else None
+        if latin and engine != "openvino":
+            log.info("OCR: the quick reading recognises every character (its Latin alphabet head runs on openvino only)")
         self._recognition = GroupedRecognition(recognizer, height, int(recognizer.rec_image_shape[2]), self._latin)
         setattr(self._engine, "text_rec", self._recognition)  # what the engine calls to recognise
         # OpenVINO's compiled models (their buffers are released when OCR is idle); none on onnxruntime.
