@@ -394,7 +394,6 @@ class LatinHead:
         self.recognizer.session = self
         # CTCLabelDecode puts "blank" first and " " last itself.
         self.recognizer.postprocess_op = CTCLabelDecode(character=[characters[i] for i in keep[1:-1]])
-        self.size = len(keep)
 
     @classmethod
     def on(cls, recognizer: Any, shapes: int) -> "LatinHead | None":
