@@ -375,7 +375,7 @@ class LatinHead:
 
         characters = list(recognizer.postprocess_op.character)  # "blank", the model's characters, " "
         keep = np.array([0] + [i for i in range(1, len(characters)) if is_latin(characters[i])])
-        model = recognizer.session.model  # rapidocr's OpenVINO session keeps the model it read
+        model = recognizer.session.model  # the OpenVINO runner rapidocr keeps holds the model it read
         softmax = _producer(model.get_results()[0], "Softmax")
         bias = _producer(softmax, "Add")
         matmul = _producer(bias, "MatMul")
@@ -405,7 +405,7 @@ class LatinHead:
             log.warning("OCR: no Latin alphabet reading (%s); the quick reading reads every character", exc)
             return None
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:  # what rapidocr calls its session with
+    def __call__(self, batch: np.ndarray) -> np.ndarray:  # rapidocr calls this in place of its runner
         self._request.infer([batch])
         self.best = np.array(self._request.get_output_tensor(1).data)
         return self._request.get_output_tensor(0).data
