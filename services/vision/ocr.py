@@ -450,30 +450,42 @@ class GroupedRecognition:
         return groups
 
     def __call__(self, args: Any) -> Any:
-        from rapidocr.ch_ppocr_rec.typings import TextRecInput, TextRecOutput
+        from rapidocr.ch_ppocr_rec.typings import TextRecOutput
 
         crops = [args.img] if isinstance(args.img, np.ndarray) else list(args.img)
         if not crops:
             return self.recognizer(args)
-        txts: list[Any] = [None] * len(crops)
-        scores: list[Any] = [None] * len(crops)
-        words: list[Any] = [None] * len(crops)
-        elapse, read = 0.0, None
+        results: list[Any] = [None] * len(crops)  # (text, score, word boxes) per crop
+        every = list(range(len(crops)))
         latin = self.latin if self.latin_first else None
-        pending, again = self.groups(crops), []
-        while pending:
-            group = pending.pop(0)
-            recognizer = latin.recognizer if latin is not None else self.recognizer
-            read = recognizer(TextRecInput(img=[crops[i] for i in group], return_word_box=args.return_word_box))
-            elapse += read.elapse or 0.0
-            unread = self.outside_latin([crops[i] for i in group], latin.best) if latin is not None else set()
-            again += [index for position, index in enumerate(group) if position in unread]
+        reads: list[Any] = []  # rapidocr's output per model call
+        again = self._recognise(crops, every, latin, args.return_word_box, results, reads)
+        if again:  # the lines the Latin alphabet could not read, with every character
+            self.read_again += len(again)
+            self._recognise(crops, again, None, args.return_word_box, results, reads)
+        txts, scores, words = zip(*results)
+        elapse = sum(read.elapse or 0.0 for read in reads)
+        return TextRecOutput(imgs=crops, txts=txts, scores=list(scores), word_results=words, elapse=elapse, viser=reads[-1].viser)
+
+    def _recognise(
+        self, crops: list[np.ndarray], indices: list[int], latin: LatinHead | None, word_boxes: bool, results: list[Any], reads: list[Any]
+    ) -> list[int]:
+        """Recognise `crops[indices]` in groups of about one width, with the `latin` head or
+        (None) every character, into `results` (each model call's output added to `reads`);
+        returns the indices the head could not read."""
+        from rapidocr.ch_ppocr_rec.typings import TextRecInput
+
+        recognizer = latin.recognizer if latin is not None else self.recognizer
+        unread = []
+        for group in self.groups([crops[i] for i in indices]):
+            group = [indices[i] for i in group]
+            read = recognizer(TextRecInput(img=[crops[i] for i in group], return_word_box=word_boxes))
+            reads.append(read)
             for position, index in enumerate(group):
-                txts[index], scores[index], words[index] = read.txts[position], read.scores[position], read.word_results[position]
-            if not pending and again:  # the lines the Latin alphabet could not read, with every character
-                self.read_again += len(again)
-                pending, again, latin = [[again[i] for i in group] for group in self.groups([crops[i] for i in again])], [], None
-        return TextRecOutput(imgs=crops, txts=tuple(txts), scores=scores, word_results=tuple(words), elapse=elapse, viser=read.viser if read else None)
+                results[index] = (read.txts[position], read.scores[position], read.word_results[position])
+            if latin is not None:
+                unread += [group[position] for position in sorted(self.outside_latin([crops[i] for i in group], latin.best))]
+        return unread
 
     def outside_latin(self, crops: list[np.ndarray], best: np.ndarray) -> set[int]:
         """Positions in `crops` (one model call) with a step whose best Latin score is under

@@ -69,7 +69,7 @@ class VisionService(EncoderBackend):
                 timeout=request.time_remaining(),
                 wanted=wanted,
                 det_side=self.config.ocr_quick_det_side if quick else None,
-                latin=quick and self.config.ocr_quick_alphabet == "latin",
+                latin=quick,  # where the reader has no Latin head (ocr_quick_alphabet all), every character
             )
         return lines, (time.perf_counter() - started) * 1000.0
 
