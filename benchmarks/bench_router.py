@@ -31,6 +31,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from modalmesh.common.runtime import single_threaded_numpy_blas, sleeping_idle_threads  # noqa: E402
+
+# The in-process side runs with the thread settings `modalmesh serve` gives each service.
+sleeping_idle_threads()
+single_threaded_numpy_blas()
+
 from benchmarks.bench_text import header, machine, percentile, samples_ms, write_results  # noqa: E402
 from modalmesh.up import free_port  # noqa: E402
 

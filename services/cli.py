@@ -51,9 +51,10 @@ def _service(name: str, config):
 def cmd_serve(args: argparse.Namespace) -> int:
     import os
 
-    from modalmesh.common.runtime import serve_forever, sleeping_idle_threads
+    from modalmesh.common.runtime import serve_forever, single_threaded_numpy_blas, sleeping_idle_threads
 
     sleeping_idle_threads()  # before the service's module loads torch
+    single_threaded_numpy_blas()  # and numpy
     args.service = args.service or os.environ.get("MODALMESH_SERVICE", "")
     if args.service not in SERVICES:
         print(f"modalmesh serve: name a service ({', '.join(SERVICES)}) or set MODALMESH_SERVICE", file=sys.stderr)

@@ -260,3 +260,40 @@ def test_a_tensor_several_items_share_is_projected_once_with_the_same_tokens(sta
     projected = []
     embed_batch(readings, 64, lambda source, features: projected.append(source) or torch.zeros(features.shape[0], 4))
     assert sorted(projected) == ["audio", "image", "image_text", "image_text", "image_text", "text"]
+
+
+@pytest.mark.parametrize("kind", ["model", "ensemble", "stacked"])
+def test_a_request_projects_each_source_once_for_every_decision_with_the_same_tokens(kind):
+    """ProjectedTokens: one request decides again as encoders answer and reads each
+    modality alone; a source's tensor is projected once per model for all of them, and the
+    tokens are those a fresh embed gives. An ensemble's members each project their own."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from modalmesh.router.fusion import ProjectedTokens
+
+    model = {"model": make_model, "ensemble": _ensemble, "stacked": lambda: _ensemble().stacked()}[kind]()
+    early = evidence(["text", "image"], 7)
+    late = {**early, **evidence(["audio", "audio_text"], 8)}
+    projections = ProjectedTokens()
+    with torch.no_grad():
+        first = model.embed([early], projections)
+        again = model.embed([late], projections)
+        fresh = model.embed([{s: f.clone() for s, f in late.items()}])
+    for got, want in ((again, fresh), (first, model.embed([early]))):
+        for a, b in zip(got if kind == "ensemble" else [got], want if kind == "ensemble" else [want]):
+            assert torch.equal(a.tokens, b.tokens) and torch.equal(a.token_source, b.token_source) and torch.equal(a.padding, b.padding)
+    members = 3 if kind == "ensemble" else 1
+    assert len(projections._kept) == members * 4  # text, image, audio, audio_text: once each (per member)
+
+    # Whoever asks first computes; a later or concurrent asker gets that result.
+    calls, owner, features = [], object(), torch.ones(2, 3)
+
+    def project():
+        calls.append(1)
+        return features * 2
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: projections.get(owner, "text", features, project), range(8)))
+    assert len(calls) == 1 and all(r is results[0] for r in results)
+    assert projections.get(owner, "text", features.clone(), project) is not results[0] and len(calls) == 2  # another tensor
+    assert projections.get(object(), "text", features, project) is not results[0] and len(calls) == 3  # another model

@@ -505,6 +505,29 @@ def test_services_let_idle_openmp_threads_sleep_unless_told_otherwise(environmen
     assert json.loads(out.stdout.strip().splitlines()[-1]) == [applied, policy], out.stderr
 
 
+@pytest.mark.parametrize(
+    "environment, first, applied, threads",
+    [
+        ({}, "", True, "1"),
+        ({"OPENBLAS_NUM_THREADS": "2"}, "", False, "2"),
+        ({}, "import numpy; ", False, None),  # too late: OpenBLAS has read its environment
+    ],
+)
+def test_services_give_numpys_blas_one_thread_unless_told_otherwise(environment, first, applied, threads):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"} | environment
+    code = (
+        f"{first}import json, os; from modalmesh.common.runtime import single_threaded_numpy_blas; "
+        "print(json.dumps([single_threaded_numpy_blas(), os.environ.get('OPENBLAS_NUM_THREADS')]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [applied, threads], out.stderr
+
+
 def test_request_bytes_in_hand_are_bounded(start_text_service):
     # grpc reads a unary call's whole message before the handler runs, so waiting calls
     # hold theirs: past max_bytes_in_flight a call is refused at once.

@@ -477,6 +477,23 @@ def sleeping_idle_threads() -> bool:
     return True
 
 
+def single_threaded_numpy_blas() -> bool:
+    """Give numpy's OpenBLAS one thread: OPENBLAS_NUM_THREADS=1, unless the environment
+    already says. The services' numpy matrix products are small (mel filters, a screen's
+    line vectors), and after each one OpenBLAS's other threads spin for about 2^28 cycles
+    (a tenth of a second here) before they sleep: in the transcript worker that was 100 ms
+    of a second core per voice message, taken from the vision service reading the screen
+    beside it. Returns False where it is too late (numpy is loaded: OpenBLAS reads the
+    variable once) or the environment chose otherwise."""
+    import os
+    import sys
+
+    if "OPENBLAS_NUM_THREADS" in os.environ or "numpy" in sys.modules:
+        return False
+    os.environ["OPENBLAS_NUM_THREADS"] = "1"
+    return True
+
+
 MALLOC_ARENAS = 2
 _M_ARENA_MAX = -8  # glibc's mallopt parameter number
 

@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
+from concurrent import futures
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -286,14 +288,15 @@ class FusionModel(nn.Module):
             self.gate.offset.copy_(torch.tensor([self.config.gate_offsets.get(s, 0.0) for s in SOURCES]))
 
     # -- inputs ----------------------------------------------------------------------
-    def embed(self, batch: list[dict[str, torch.Tensor]]) -> FusionInputs:
+    def embed(self, batch: list[dict[str, torch.Tensor]], projections: "ProjectedTokens | None" = None) -> FusionInputs:
         """Each item maps source -> [n, input_width] features (a [input_width] vector is
-        one token). Returns the padded, projected batch."""
+        one token). Returns the padded, projected batch. `projections`: one request's
+        projected sources so far (ProjectedTokens), reused (inference only)."""
 
         def project(source: str, features: torch.Tensor) -> torch.Tensor:
             return self.project[source](features) + self.modality_embedding(torch.tensor(SOURCE_MODALITY[source]))
 
-        return embed_batch(batch, self.config.max_tokens, project)
+        return embed_batch(batch, self.config.max_tokens, project, projections, self)
 
     def outstanding_weight(self, inputs: FusionInputs, outputs: FusionOutputs, outstanding: torch.Tensor) -> torch.Tensor:
         """The gate's predicted total weight of the `outstanding` sources ([B, S] bool). [B]"""
@@ -364,8 +367,8 @@ class FusionEnsemble(nn.Module):
         """The members, as the models they are (nn.ModuleList holds them as modules)."""
         return [member for member in self.members if isinstance(member, FusionModel)]
 
-    def embed(self, batch: list[dict[str, torch.Tensor]]) -> list[FusionInputs]:
-        return [member.embed(batch) for member in self.models]
+    def embed(self, batch: list[dict[str, torch.Tensor]], projections: "ProjectedTokens | None" = None) -> list[FusionInputs]:
+        return [member.embed(batch, projections) for member in self.models]
 
     def forward(self, inputs: list[FusionInputs], attention: bool = True) -> FusionOutputs:
         outputs = [member(member_inputs, attention) for member, member_inputs in zip(self.models, inputs)]
@@ -473,14 +476,14 @@ class StackedEnsemble(nn.Module):
         shape = (weight.shape[0],) + (1,) * (x.dim() - 2) + (weight.shape[-1],)
         return F.layer_norm(x, x.shape[-1:], eps=eps) * weight.view(shape) + bias.view(shape)
 
-    def embed(self, batch: list[dict[str, torch.Tensor]]) -> FusionInputs:
+    def embed(self, batch: list[dict[str, torch.Tensor]], projections: "ProjectedTokens | None" = None) -> FusionInputs:
         """As FusionModel.embed, every member at once: tokens [M, B, T, d]."""
 
         def project(source: str, features: torch.Tensor) -> torch.Tensor:
             weight, bias = self.project[source]
             return torch.matmul(features, weight) + bias + self.modality_embedding[:, SOURCE_MODALITY[source]].unsqueeze(1)
 
-        return embed_batch(batch, self.config.max_tokens, project)
+        return embed_batch(batch, self.config.max_tokens, project, projections, self)
 
     def _attention(self, x: torch.Tensor, layer: dict, pairs: torch.Tensor, padding: torch.Tensor, keep: bool):
         members, batch, length, width = x.shape
@@ -579,11 +582,14 @@ def build_model(config: FusionConfig) -> FusionModel | FusionEnsemble:
     return FusionEnsemble(config, members)
 
 
-def embed_batch(batch: list[dict[str, torch.Tensor]], max_tokens: int, project) -> FusionInputs:
+def embed_batch(
+    batch: list[dict[str, torch.Tensor]], max_tokens: int, project, projections: "ProjectedTokens | None" = None, owner: object = None
+) -> FusionInputs:
     """Every item's sources in SOURCES order, long ones pooled to max_tokens, projected by
     `project(source, [n, input_width]) -> [..., n, d]`, side by side and padded to the
     longest item: tokens [..., B, T, d]. A tensor that several items share (the readings of
-    one screen share every source but the status paragraph) is projected once."""
+    one screen share every source but the status paragraph) is projected once; with
+    `projections`, once per request for the model `owner`."""
     rows, sources = [], []
     projected: dict[tuple[str, int], torch.Tensor] = {}  # (source, id of the tensor): its tokens; the batch keeps every tensor alive
     for item in batch:
@@ -594,7 +600,11 @@ def embed_batch(batch: list[dict[str, torch.Tensor]], max_tokens: int, project) 
                 continue
             key = (source, id(features))
             if key not in projected:
-                projected[key] = project(source, _limit_tokens(features.float().reshape(-1, features.shape[-1]), max_tokens))
+
+                def projection(source: str = source, features: torch.Tensor = features) -> torch.Tensor:
+                    return project(source, _limit_tokens(features.float().reshape(-1, features.shape[-1]), max_tokens))
+
+                projected[key] = projection() if projections is None else projections.get(owner, source, features, projection)
             pieces.append(projected[key])
             ids.append(torch.full((pieces[-1].shape[-2],), index, dtype=torch.long))
         if not pieces:
@@ -610,6 +620,36 @@ def embed_batch(batch: list[dict[str, torch.Tensor]], max_tokens: int, project) 
         tokens[..., i, :n, :], token_source[i, :n], padding[i, :n] = row, row_ids, False
     present = torch.stack([torch.bincount(item_ids, minlength=len(SOURCES)) > 0 for item_ids in sources])
     return FusionInputs(tokens, token_source, padding, present)
+
+
+class ProjectedTokens:
+    """One request's projected sources (embed_batch's tokens), per model, source and
+    features tensor: a request decides again as each encoder answers, and reads each
+    modality alone too (tasks.decide), so the sources that came early are projected once,
+    while later ones are still at work, not again in the last decision. Kept while the
+    features are the same tensor (each entry holds it). Whoever asks first computes; a
+    later asker waits for it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._kept: dict[tuple[int, str, int], tuple[object, torch.Tensor, futures.Future]] = {}
+
+    def get(self, owner: object, source: str, features: torch.Tensor, project: Callable[[], torch.Tensor]) -> torch.Tensor:
+        key = (id(owner), source, id(features))
+        with self._lock:
+            kept = self._kept.get(key)
+            if kept is not None and kept[0] is owner and kept[1] is features:
+                future, mine = kept[2], False
+            else:
+                future, mine = futures.Future(), True
+                self._kept[key] = (owner, features, future)
+        if mine:
+            try:
+                future.set_result(project())
+            except BaseException as exc:
+                future.set_exception(exc)
+                raise
+        return future.result()
 
 
 def _source_to_modality(token_source: torch.Tensor) -> torch.Tensor:

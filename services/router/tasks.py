@@ -35,7 +35,17 @@ from modalmesh.common import models
 from modalmesh.router.applicability import Applicability
 from modalmesh.router import status_line
 from modalmesh.router.status_line import StatusLine
-from modalmesh.router.fusion import MODALITIES, MODALITY_SOURCES, SOURCES, FusionConfig, FusionEnsemble, FusionModel, StackedEnsemble, build_model
+from modalmesh.router.fusion import (
+    MODALITIES,
+    MODALITY_SOURCES,
+    SOURCES,
+    FusionConfig,
+    FusionEnsemble,
+    FusionModel,
+    ProjectedTokens,
+    StackedEnsemble,
+    build_model,
+)
 
 log = logging.getLogger(__name__)
 
@@ -766,7 +776,8 @@ def decide(
             return list(lone_readings(model, spec, features, tags, use_measured, pointer, kept))
 
         lone = beside(readings) if beside is not None else readings
-    outputs, probabilities, regression, weight, _ = fuse(model, spec, features, tags, outstanding, use_measured, attention, pointer)
+    projections = kept.projections if kept is not None else None
+    outputs, probabilities, regression, weight, _ = fuse(model, spec, features, tags, outstanding, use_measured, attention, pointer, projections)
     if lone is None:
         if kept is not None and len(present) == 1:  # this is that modality's reading alone too: kept for later decisions
             name = next(iter(present))
@@ -801,7 +812,8 @@ def lone_readings(
             alone_tags = tags if name == "image" else {}
 
             def read(alone=alone, alone_tags=alone_tags) -> torch.Tensor:
-                return fuse(model, spec, alone, alone_tags, (), use_measured, False, pointer).probabilities
+                projections = kept.projections if kept is not None else None
+                return fuse(model, spec, alone, alone_tags, (), use_measured, False, pointer, projections).probabilities
 
             yield name, (read() if kept is None else kept.get(name, alone, alone_tags, read))
 
@@ -815,6 +827,7 @@ class AloneReadings:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._kept: dict[str, tuple[dict[str, torch.Tensor], dict[str, str], futures.Future]] = {}
+        self.projections = ProjectedTokens()  # the request's projected sources, for every decision and reading alone
 
     def get(self, name: str, alone: dict[str, torch.Tensor], tags: dict[str, str], read: Callable[[], torch.Tensor]) -> torch.Tensor:
         with self._lock:
@@ -847,14 +860,15 @@ def fuse(
     use_measured: bool = True,
     attention: bool = True,
     pointer=None,
+    projections: ProjectedTokens | None = None,
 ) -> Decided:
     """decide without the dissent check: every input fused, the status-line readings
-    averaged."""
+    averaged. `projections`: the request's projected sources so far (ProjectedTokens)."""
 
     chances, batch = zip(*status_line.readings(pointer, features))
     share = torch.tensor(chances, dtype=torch.float32)
     with torch.inference_mode():
-        inputs = model.embed(list(batch))
+        inputs = model.embed(list(batch), projections)
         outputs = model(inputs, attention=attention)
         weight = 0.0
         if outstanding:
