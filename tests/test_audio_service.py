@@ -1,5 +1,6 @@
 """The audio service and speech synthesis over gRPC, with real audio files."""
 
+import os
 import struct
 import threading
 import time
@@ -218,6 +219,10 @@ def test_clips_too_short_to_decode_have_no_transcript_and_do_not_break_the_decod
     tiny = audio.encode(wav_bytes(np.zeros(10, dtype=np.float32), 16000), "audio/wav", options=["transcript"])
     assert tiny.side.HasField("transcript") and tiny.side.transcript.text == ""
     transcriber = Transcriber()
+    # numpy's BLAS on one thread in the worker, whoever started it (an idle OpenBLAS thread
+    # spins for a tenth of a second after each product, taking a core from other work).
+    worker_environment = open(f"/proc/{transcriber._worker.pid}/environ", "rb").read().split(b"\0")
+    assert (b"OPENBLAS_NUM_THREADS=" + os.environ.get("OPENBLAS_NUM_THREADS", "1").encode()) in worker_environment
     assert transcriber.transcribe(np.zeros(0, dtype=np.float32)) == ("", 0.0)
     assert transcriber.transcribe(np.zeros(10, dtype=np.float32)) == ("", 0.0)
     samples, rate = read_wav(synthesize(speech, "Hello, I need help with my order.", rate_wpm=150, sample_rate_hz=16000)[1])

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import select
 import struct
 import subprocess
@@ -212,7 +213,10 @@ class Transcriber:
             "--beam",
             str(self.beam),
         ]
-        worker = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        # numpy's OpenBLAS on one thread in the worker (runtime.single_threaded_numpy_blas says
+        # why), whoever starts it: a service, or offline feature extraction.
+        environment = {**os.environ, "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS", "1")}
+        worker = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=environment)
         first = self._reply(worker, time.monotonic() + self.START_TIMEOUT_S)
         if first is None or "error" in first:
             worker.kill()
