@@ -430,6 +430,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         members=args.members,
         finetune_top=args.finetune_top,
         repository=args.repository or "",
+        **{name: value for name, value in (("width", args.width), ("max_tokens", args.max_tokens)) if value is not None},
     )
     print(json.dumps(summary, indent=2))
     print(f"wrote {summary['out']}/model.safetensors, config.json, MODEL_CARD.md")
@@ -703,6 +704,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="train an ensemble of this many models (seeds seed, seed+1, ...) whose answers are averaged "
         "(default: the task's, 3 for screenshot_triage, 1 for medical_report)",
+    )
+    train.add_argument(
+        "--width",
+        type=_at_least(1),
+        default=None,
+        help="the fusion model's width, a multiple of its 4 attention heads (default 128); smaller decides faster "
+        "and answers differently: docs/deployment.md, Router",
+    )
+    train.add_argument(
+        "--max-tokens",
+        type=_at_least(1),
+        default=None,
+        help="each input's features are average-pooled to at most this many tokens (default 64); fewer decide faster",
     )
     train.add_argument(
         "--finetune-top",

@@ -65,6 +65,8 @@ def test_every_command_prints_its_help(command, capsys):
         (["data", "generate", "--task", "screenshot_triage", "--n", "0"], "--n"),
         (["train", "--task", "medical_report", "--data", "m.jsonl", "--epochs", "0"], "--epochs"),
         (["train", "--task", "medical_report", "--data", "m.jsonl", "--members", "-1"], "--members"),
+        (["train", "--task", "medical_report", "--data", "m.jsonl", "--width", "0"], "--width"),
+        (["train", "--task", "medical_report", "--data", "m.jsonl", "--max-tokens", "0"], "--max-tokens"),
         (["certs", "--days", "0"], "--days"),
     ],
 )

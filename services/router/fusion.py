@@ -115,6 +115,10 @@ class FusionConfig:
             raise ValueError(f"pooling {self.pooling!r} is not 'mean' or 'attention'")
         if self.members < 1:
             raise ValueError(f"members must be at least 1, not {self.members}")
+        if self.heads < 1 or self.width < 1 or self.width % self.heads:
+            raise ValueError(f"width {self.width} must be a positive multiple of the {self.heads} attention heads")
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be at least 1, not {self.max_tokens}")
 
     def to_dict(self) -> dict:
         return {**self.__dict__, "labels": list(self.labels), "regression": list(self.regression)}

@@ -258,6 +258,7 @@ def train(
     (router/repository.py); the summary's "out" says where it went."""
     spec = spec_of(task)
     name = spec.name
+    FusionConfig(labels=spec.labels, regression=spec.regression, **{**spec.fusion, **config_overrides})  # a bad size is refused now
     if not repository:
         weights_folder(Path(out))  # refused now, not after the training
     members = spec.members if members is None else members
