@@ -283,7 +283,7 @@ def test_a_request_projects_each_source_once_for_every_decision_with_the_same_to
         for a, b in zip(got if kind == "ensemble" else [got], want if kind == "ensemble" else [want]):
             assert torch.equal(a.tokens, b.tokens) and torch.equal(a.token_source, b.token_source) and torch.equal(a.padding, b.padding)
     members = 3 if kind == "ensemble" else 1
-    assert len(projections._kept) == members * 4  # text, image, audio, audio_text: once each (per member)
+    assert len(projections) == members * 4  # text, image, audio, audio_text: once each (per member)
 
     # Whoever asks first computes; a later or concurrent asker gets that result.
     calls, owner, features = [], object(), torch.ones(2, 3)

@@ -866,9 +866,9 @@ def test_in_full_mode_a_modality_is_read_alone_while_other_encoders_still_work()
 
         def audio(call):
             deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and not ("image" in run.alone._kept and run.alone._kept["image"][2].done()):
+            while time.monotonic() < deadline and not run.alone.done("image"):
                 time.sleep(0.01)
-            if "image" in run.alone._kept:
+            if run.alone.done("image"):
                 read_while_waiting.set()
             return Produced({"audio": torch.randn(50, 80, generator=torch.Generator().manual_seed(4))})
 

@@ -32,14 +32,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import threading
-from concurrent import futures
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from modalmesh.common.once import ComputedOnce
 
 # The one table of modalities and sources. A source is one feature sequence the model
 # fuses: each modality's own features, and the side outputs some modalities bring (the
@@ -635,25 +635,13 @@ class ProjectedTokens:
     later asker waits for it."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._kept: dict[tuple[int, str, int], tuple[object, torch.Tensor, futures.Future]] = {}
+        self._projected: ComputedOnce[torch.Tensor] = ComputedOnce(lambda kept, given: kept[0] is given[0] and kept[1] is given[1])
 
     def get(self, owner: object, source: str, features: torch.Tensor, project: Callable[[], torch.Tensor]) -> torch.Tensor:
-        key = (id(owner), source, id(features))
-        with self._lock:
-            kept = self._kept.get(key)
-            if kept is not None and kept[0] is owner and kept[1] is features:
-                future, mine = kept[2], False
-            else:
-                future, mine = futures.Future(), True
-                self._kept[key] = (owner, features, future)
-        if mine:
-            try:
-                future.set_result(project())
-            except BaseException as exc:
-                future.set_exception(exc)
-                raise
-        return future.result()
+        return self._projected.get((id(owner), source, id(features)), (owner, features), project)
+
+    def __len__(self) -> int:
+        return len(self._projected)
 
 
 def _source_to_modality(token_source: torch.Tensor) -> torch.Tensor:

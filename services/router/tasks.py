@@ -22,8 +22,6 @@ import dataclasses
 import json
 import logging
 import re
-import threading
-from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import Iterator, Mapping
@@ -32,6 +30,7 @@ from typing import Any, Callable, NamedTuple
 import torch
 
 from modalmesh.common import models
+from modalmesh.common.once import ComputedOnce
 from modalmesh.router.applicability import Applicability
 from modalmesh.router import status_line
 from modalmesh.router.status_line import StatusLine
@@ -825,30 +824,24 @@ class AloneReadings:
     (Pipeline.read_alone_ahead). Whoever asks first computes; a later asker waits for it."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._kept: dict[str, tuple[dict[str, torch.Tensor], dict[str, str], futures.Future]] = {}
+        self._readings: ComputedOnce[torch.Tensor] = ComputedOnce(_same_inputs)
         self.projections = ProjectedTokens()  # the request's projected sources, for every decision and reading alone
 
     def get(self, name: str, alone: dict[str, torch.Tensor], tags: dict[str, str], read: Callable[[], torch.Tensor]) -> torch.Tensor:
-        with self._lock:
-            kept = self._kept.get(name)
-            same = kept is not None and kept[0].keys() == alone.keys() and all(kept[0][s] is alone[s] for s in alone) and kept[1] == tags
-            if kept is not None and same:
-                future, mine = kept[2], False
-            else:
-                future, mine = futures.Future(), True
-                self._kept[name] = (dict(alone), dict(tags), future)
-        if mine:
-            try:
-                future.set_result(read())
-            except BaseException as exc:
-                future.set_exception(exc)
-                raise
-        return future.result()
+        return self._readings.get(name, (dict(alone), dict(tags)), read)
+
+    def done(self, name: str) -> bool:
+        """Whether `name` has been read alone for this request."""
+        return self._readings.done(name)
 
     def keep(self, name: str, alone: dict[str, torch.Tensor], tags: dict[str, str], reading: torch.Tensor) -> None:
         """A reading of `name` alone already made (a decision on that modality only)."""
         self.get(name, alone, tags, lambda: reading)
+
+
+def _same_inputs(kept: tuple[dict[str, torch.Tensor], dict[str, str]], given: tuple[dict[str, torch.Tensor], dict[str, str]]) -> bool:
+    """A modality's inputs are the same: the same tensors of the same sources, the same tags."""
+    return kept[0].keys() == given[0].keys() and all(kept[0][s] is given[0][s] for s in kept[0]) and kept[1] == given[1]
 
 
 def fuse(
