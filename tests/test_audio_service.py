@@ -486,8 +486,11 @@ def test_a_short_clip_is_transcribed_in_a_window_fitted_to_it_and_a_loop_in_the_
         real = model.encode
         return _Spy(model, "encode", lambda features, **kw: (encoded[name].append(features.shape[2]), real(features, **kw))[1])
 
-    # A fitted window on its own one-thread instance of the model (FITTED_THREADS), the 30 s one on the engine's two.
+    # On more threads than FITTED_THREADS, a fitted window on its own one-thread instance of
+    # the model, the 30 s one on the engine's two; on one (the default, what the service runs), one instance.
     assert engine.fitted_model is not engine.model.model and whisper.FITTED_THREADS == 1
+    default = whisper.WhisperEngine()
+    assert default.fitted_model is default.model.model
     engine.fitted_model, engine.model.model = spy(engine.fitted_model, "fitted"), spy(engine.model.model, "full")
     text, confidence = engine.transcribe(samples)
     assert text == "Hello, my payment failed at checkout. Please help me." and 0 < confidence <= 1

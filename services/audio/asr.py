@@ -30,7 +30,7 @@ def load_whisper(language: str, beam: int) -> None:
     if _whisper is None:
         from modalmesh.audio.whisper import WhisperEngine
 
-        _whisper = WhisperEngine(language=language, threads=2, beam_size=beam)
+        _whisper = WhisperEngine(language=language, beam_size=beam)  # one thread (whisper.FITTED_THREADS says why)
 
 
 def transcribe_whisper(pcm: bytes) -> tuple[str, float]:

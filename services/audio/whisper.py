@@ -41,14 +41,17 @@ MIN_SECONDS = 0.1
 # against 1213 and 1284). A 10 s human recording decoded in a 15 s window looped ("Fail
 # better." over and over): a fitted transcript that repeats itself is done again in 30 s.
 FIT_MAX_S, FIT_TRAIL_S, FIT_STEP_S, FIT_MIN_S = 6.0, 3.0, 5.0, 10.0
-# A clip in a fitted window is encoded and decoded on FITTED_THREADS threads, by its own
-# instance of the model; the 30 s window on the engine's `threads`. A fitted window's
-# matrices are too small for a second thread to pay, and on a shared machine that thread
-# is the one the vision service reads a screen on. In the mesh (2 cores, FULL triage
-# requests, medians): with a screenshot, 2.5 s clips 242-256 ms on one thread against
-# 284-290 on two, 5.7 s clips 304-338 against 359-360; with only the message, 5.7 s clips
-# 235 against 260-266 ms. The 30 s window is faster on two (10.3 s clips, with only the
-# message: 890-994 against 1008-1011 ms).
+# Whisper runs on one thread (WhisperEngine's default, what the audio service runs): its
+# decoder's steps are too small for a second thread to pay, and on a shared machine that
+# thread is the one the vision service reads a screen on. In the mesh (2 cores, FULL triage
+# requests, medians of 5, two runs each, 2026-12-07), clips in the 30 s window with the
+# example screenshot: 7.8 s 887 and 886 ms on one thread against 1002 and 875 on two,
+# 15.8 s 1221 and 1163 against 1548 and 1336, 22.9 s 1389 and 1432 against 1764 and 1702,
+# 28.5 s 1612 and 1775 against 2314 and 1954; with only the message, 869-886 against
+# 862-880 ms for 7.8 s and 9-27% less from 15.8 s up. A fitted window likewise (2.5 s
+# clips with a screenshot: 242-256 ms against 284-290 on two). An engine on more threads
+# encodes and decodes fitted windows on FITTED_THREADS, by a second instance of the model
+# (about 100 MiB).
 FITTED_THREADS = 1
 # Beam search over BEAM_SIZE hypotheses (the audio service's `asr_beam`) rather than the
 # likeliest token at each step (1). On the validation splits (eSpeak): voice messages 0.101
@@ -127,7 +130,7 @@ class WhisperEngine:
     """faster-whisper on the assembled model: int8 on the CPU, beam search (`beam_size`); a clip up to
     FIT_MAX_S is encoded in a window fitted to it (fitted_window)."""
 
-    def __init__(self, language: str = "en", threads: int = 2, beam_size: int = BEAM_SIZE) -> None:
+    def __init__(self, language: str = "en", threads: int = FITTED_THREADS, beam_size: int = BEAM_SIZE) -> None:
         from faster_whisper import WhisperModel
         from faster_whisper.tokenizer import Tokenizer
 
