@@ -1,6 +1,6 @@
 """Router benchmark: the mesh against the same models in one process, and router overhead.
 
-    .venv/bin/python benchmarks/bench_router.py [--quick]
+    .venv/bin/python benchmarks/bench_router.py [--quick] [--rounds 3]
 
 Request: screenshot_triage with a message, a 1024x640 screenshot and a ~4 s voice
 message, FULL mode (features + OCR + transcript for every request, so both sides do
@@ -11,6 +11,10 @@ the same work).
   called one after the other in this process, then the same decision (tasks.decide).
 - Router overhead per request: total - the slowest modality's latency (from the
   answer's explanation): validation, fusion, heads, description, and the fan-out itself.
+
+Both run in one process's lifetime, in `--rounds` alternating blocks (the mesh, then the
+same number of requests in process while the mesh idles): a round's ratio compares blocks
+run a minute apart, and the median of the rounds is printed with the targets.
 
 Targets: mesh p50 <= 0.8x in-process p50; router overhead p50 <= 3 ms.
 
@@ -54,28 +58,18 @@ def make_inputs():
     }
 
 
-def bench_mesh(inputs, calls: int) -> dict:
-    from modalmesh.client import RouterClient
-    from modalmesh.up import ORDER, Mesh
-
-    mesh = Mesh(ports={name: free_port() for name in ORDER}, quiet_logs=True)
-    mesh.start()
-    try:
-        mesh.wait_healthy(timeout=300, progress=None)
-        with RouterClient(mesh.address("router"), timeout=120) as client:
-            for _ in range(2):
-                client.analyze("screenshot_triage", mode="full", **inputs)
-            totals, overheads, encode, fuse = [], [], [], []
-            for _ in range(calls):
-                started = time.perf_counter()
-                answer = client.analyze("screenshot_triage", mode="full", **inputs)
-                totals.append((time.perf_counter() - started) * 1000)
-                slowest = max(m["latency_ms"] for m in answer["modalities"].values())
-                overheads.append(answer["timings_ms"]["total"] - slowest)
-                encode.append(answer["timings_ms"]["encode"])
-                fuse.append(answer["timings_ms"]["fuse"])
-    finally:
-        mesh.stop()
+def mesh_calls(client, inputs, calls: int) -> dict:
+    """`calls` sequential requests through the mesh: latency seen by the client, and the
+    router's overhead and final decision from each answer's timings."""
+    totals, overheads, encode, fuse = [], [], [], []
+    for _ in range(calls):
+        started = time.perf_counter()
+        answer = client.analyze("screenshot_triage", mode="full", **inputs)
+        totals.append((time.perf_counter() - started) * 1000)
+        slowest = max(m["latency_ms"] for m in answer["modalities"].values())
+        overheads.append(answer["timings_ms"]["total"] - slowest)
+        encode.append(answer["timings_ms"]["encode"])
+        fuse.append(answer["timings_ms"]["fuse"])
     return {
         "p50_ms": statistics.median(totals),
         "p99_ms": percentile(totals, 99),
@@ -86,11 +80,12 @@ def bench_mesh(inputs, calls: int) -> dict:
     }
 
 
-def bench_in_process(inputs, calls: int) -> dict:
+def in_process(inputs):
     """The same work as the mesh, one step after another in this process: the services'
     own encode code (LocalEncoders, as training uses it, OCR read into paragraphs like the
     router does), then the router's decision (tasks.decide: the fusion model through the
-    status-line pointer, and each modality read alone for the dissent check), on one thread."""
+    status-line pointer, and each modality read alone for the dissent check), on one thread.
+    Returns (one request, close)."""
     import torch
 
     from modalmesh.router.features import LocalEncoders
@@ -106,11 +101,34 @@ def bench_in_process(inputs, calls: int) -> dict:
         with torch.inference_mode():
             decide(task.model, task.spec, item.features, tags, attention=False, pointer=task.status_line)
 
+    return one, encoders.close
+
+
+def bench_rounds(inputs, calls: int, rounds: int) -> list[dict]:
+    """`rounds` times: `calls` requests through the mesh, then `calls` in process (the mesh
+    idle meanwhile); both started and warmed once. One row per round."""
+    from modalmesh.client import RouterClient
+    from modalmesh.up import ORDER, Mesh
+
+    mesh = Mesh(ports={name: free_port() for name in ORDER}, quiet_logs=True)
+    mesh.start()
+    one, close = None, None
     try:
-        totals = samples_ms(one, calls, warmup=2)
+        mesh.wait_healthy(timeout=300, progress=None)
+        one, close = in_process(inputs)
+        results = []
+        with RouterClient(mesh.address("router"), timeout=120) as client:
+            for _ in range(2):
+                client.analyze("screenshot_triage", mode="full", **inputs)
+            for _ in range(rounds):
+                through_mesh = mesh_calls(client, inputs, calls)
+                local = samples_ms(one, calls, warmup=2 if not results else 0)
+                results.append({"mesh": through_mesh, "in_process": {"p50_ms": statistics.median(local), "p99_ms": percentile(local, 99)}})
+        return results
     finally:
-        encoders.close()
-    return {"p50_ms": statistics.median(totals), "p99_ms": percentile(totals, 99)}
+        if close is not None:
+            close()
+        mesh.stop()
 
 
 def bench_decisions(manifest: str, repeats: int) -> dict:
@@ -145,6 +163,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", default=str(REPO / "bench-results" / "router.json"))
+    parser.add_argument("--rounds", type=int, default=3, help="mesh and in-process blocks, alternating, in one run (default 3)")
     parser.add_argument("--decisions", metavar="MANIFEST", help="time only the decision on this screenshot_triage manifest's items")
     args = parser.parse_args()
     calls = 6 if args.quick else 20
@@ -157,19 +176,25 @@ def main() -> int:
         write_results(args.out, {"machine": machine(), "decisions": decisions})
         return 0
     inputs = make_inputs()
-    mesh = bench_mesh(inputs, calls)
-    local = bench_in_process(inputs, calls)
-    ratio = mesh["p50_ms"] / local["p50_ms"]
-    print(f"\nscreenshot_triage, text + screenshot + voice message, FULL mode, {calls} sequential requests")
-    print(f"   in process, sequential   p50 {local['p50_ms']:8.1f} ms   p99 {local['p99_ms']:8.1f} ms")
-    print(f"   mesh, 4 processes        p50 {mesh['p50_ms']:8.1f} ms   p99 {mesh['p99_ms']:8.1f} ms")
-    print(f"   mesh / in process (p50)  {ratio:.2f}x   (target <= 0.8x)")
-    print(
-        f"   router overhead (total - slowest modality): p50 {mesh['router_overhead_p50_ms']:.2f} ms, "
-        f"p99 {mesh['router_overhead_p99_ms']:.2f} ms   (target <= 3 ms p50)"
-    )
-    print(f"      of which the final decision (timings_ms.fuse): p50 {mesh['fuse_p50_ms']:.2f} ms")
-    write_results(args.out, {"machine": machine(), "mesh": mesh, "in_process": local, "ratio": ratio})
+    rounds = bench_rounds(inputs, calls, args.rounds)
+    print(f"\nscreenshot_triage, text + screenshot + voice message, FULL mode, {calls} sequential requests a round, {args.rounds} round(s)")
+    ratios = []
+    for index, row in enumerate(rounds, 1):
+        mesh, local = row["mesh"], row["in_process"]
+        ratios.append(mesh["p50_ms"] / local["p50_ms"])
+        print(
+            f"   round {index}: in process p50 {local['p50_ms']:7.1f} ms (p99 {local['p99_ms']:7.1f})   "
+            f"mesh p50 {mesh['p50_ms']:7.1f} ms (p99 {mesh['p99_ms']:7.1f})"
+        )
+        print(
+            f"            mesh / in process {ratios[-1]:.2f}x;   router overhead (total - slowest modality) p50 "
+            f"{mesh['router_overhead_p50_ms']:.2f} ms (p99 {mesh['router_overhead_p99_ms']:.2f}), of which the final decision "
+            f"(timings_ms.fuse) {mesh['fuse_p50_ms']:.2f} ms"
+        )
+    overhead = statistics.median(row["mesh"]["router_overhead_p50_ms"] for row in rounds)
+    print(f"   mesh / in process (p50), median of the rounds  {statistics.median(ratios):.2f}x   (target <= 0.8x)")
+    print(f"   router overhead p50, median of the rounds      {overhead:.2f} ms   (target <= 3 ms p50)")
+    write_results(args.out, {"machine": machine(), "rounds": rounds, "ratios": ratios, "ratio": statistics.median(ratios)})
     return 0
 
 
