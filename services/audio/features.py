@@ -39,6 +39,7 @@ import torchaudio
 from modalmesh.common import errors, models
 from modalmesh.common.batching import Engine, deadline_after
 from modalmesh.common.config import DEFAULT_ASR_BEAM
+from modalmesh.common.runtime import single_threaded_blas_environment
 
 log = logging.getLogger(__name__)
 
@@ -213,10 +214,8 @@ class Transcriber:
             "--beam",
             str(self.beam),
         ]
-        # numpy's OpenBLAS on one thread in the worker (runtime.single_threaded_numpy_blas says
-        # why), whoever starts it: a service, or offline feature extraction.
-        environment = {**os.environ, "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS", "1")}
-        worker = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=environment)
+        # numpy's OpenBLAS on one thread in the worker, whoever starts it (a service, or offline feature extraction).
+        worker = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=single_threaded_blas_environment(os.environ))
         first = self._reply(worker, time.monotonic() + self.START_TIMEOUT_S)
         if first is None or "error" in first:
             worker.kill()

@@ -26,7 +26,7 @@ import threading
 import time
 from concurrent import futures
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -490,8 +490,14 @@ def single_threaded_numpy_blas() -> bool:
 
     if "OPENBLAS_NUM_THREADS" in os.environ or "numpy" in sys.modules:
         return False
-    os.environ["OPENBLAS_NUM_THREADS"] = "1"
+    os.environ.update(single_threaded_blas_environment(os.environ))
     return True
+
+
+def single_threaded_blas_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """`environ` with OPENBLAS_NUM_THREADS=1 unless it sets it: for a child process (the
+    transcript worker) whoever starts it (single_threaded_numpy_blas says why)."""
+    return {**environ, "OPENBLAS_NUM_THREADS": environ.get("OPENBLAS_NUM_THREADS", "1")}
 
 
 MALLOC_ARENAS = 2

@@ -258,7 +258,7 @@ def train(
     (router/repository.py); the summary's "out" says where it went."""
     spec = spec_of(task)
     name = spec.name
-    FusionConfig(labels=spec.labels, regression=spec.regression, **{**spec.fusion, **config_overrides})  # a bad size is refused now
+    config = FusionConfig(labels=spec.labels, regression=spec.regression, **{**spec.fusion, **config_overrides})  # a bad size is refused now
     if not repository:
         weights_folder(Path(out))  # refused now, not after the training
     members = spec.members if members is None else members
@@ -288,7 +288,6 @@ def train(
     served_val = val_set
     train_set, val_set = status_line.focus_examples(pointer, train_set), status_line.focus_examples(pointer, val_set)
 
-    config = FusionConfig(labels=spec.labels, regression=spec.regression, **{**spec.fusion, **config_overrides})
     config.input_widths = input_widths(train_set + val_set, config.input_widths)
     trained, histories, train_seconds = [], [], 0.0
     for index in range(members):  # member i is exactly what training alone with seed + i gives
