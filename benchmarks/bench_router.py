@@ -21,7 +21,9 @@ Targets: mesh p50 <= 0.8x in-process p50; router overhead p50 <= 3 ms.
 `--decisions MANIFEST` (a screenshot_triage manifest, e.g. data/triage-heldout/heldout.jsonl
 from `make weights`) times only the router's decision (tasks.decide, in process, one
 thread) on each in-scope item's cached features, grouped by how many status-line readings
-the screen gives (each reading is one row of the fusion model).
+the screen gives (each reading is one row of the fusion model), with the ensemble's linear
+maps in float32 and in bfloat16 (the router's `fusion_precision`; auto picks bfloat16 on a
+CPU that multiplies it natively).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ sleeping_idle_threads()
 single_threaded_numpy_blas()
 
 from benchmarks.bench_text import header, machine, percentile, samples_ms, write_results  # noqa: E402
+from modalmesh.common.config import FUSION_PRECISIONS  # noqa: E402
 from modalmesh.up import free_port  # noqa: E402
 
 
@@ -80,7 +83,7 @@ def mesh_calls(client, inputs, calls: int) -> dict:
     }
 
 
-def in_process(inputs):
+def in_process(inputs, precision: str = "auto"):
     """The same work as the mesh, one step after another in this process: the services'
     own encode code (LocalEncoders, as training uses it, OCR read into paragraphs like the
     router does), then the router's decision (tasks.decide: the fusion model through the
@@ -93,7 +96,7 @@ def in_process(inputs):
     from modalmesh.router.tasks import TASKS, decide, load_task
 
     encoders = LocalEncoders()
-    task = load_task(TASKS["screenshot_triage"], str(SHIPPED_WEIGHTS))  # the router's own weights
+    task = load_task(TASKS["screenshot_triage"], str(SHIPPED_WEIGHTS), precision)  # the router's own weights, at its precision
 
     def one():
         item = encoders.extract(text=inputs["text"], image=inputs["image"], image_type="image/png", audio=inputs["audio"], audio_type="audio/wav")
@@ -104,18 +107,18 @@ def in_process(inputs):
     return one, encoders.close
 
 
-def bench_rounds(inputs, calls: int, rounds: int) -> list[dict]:
+def bench_rounds(inputs, calls: int, rounds: int, precision: str = "auto") -> list[dict]:
     """`rounds` times: `calls` requests through the mesh, then `calls` in process (the mesh
     idle meanwhile); both started and warmed once. One row per round."""
     from modalmesh.client import RouterClient
     from modalmesh.up import ORDER, Mesh
 
-    mesh = Mesh(ports={name: free_port() for name in ORDER}, quiet_logs=True)
+    mesh = Mesh(ports={name: free_port() for name in ORDER}, quiet_logs=True, extra_env={"MODALMESH_ROUTER_FUSION_PRECISION": precision})
     mesh.start()
     one, close = None, None
     try:
         mesh.wait_healthy(timeout=300, progress=None)
-        one, close = in_process(inputs)
+        one, close = in_process(inputs, precision)
         results = []
         with RouterClient(mesh.address("router"), timeout=120) as client:
             for _ in range(2):
@@ -132,7 +135,9 @@ def bench_rounds(inputs, calls: int, rounds: int) -> list[dict]:
 
 
 def bench_decisions(manifest: str, repeats: int) -> dict:
-    """p50 decision time (ms) per number of status-line readings, on the manifest's items."""
+    """p50 decision time (ms) per number of status-line readings, on the manifest's items,
+    with the ensemble's linear maps in float32 and in bfloat16 (each item timed at both,
+    one after the other)."""
     import torch
 
     from modalmesh.router import status_line
@@ -141,22 +146,31 @@ def bench_decisions(manifest: str, repeats: int) -> dict:
     from modalmesh.router.train import load_examples
 
     torch.set_num_threads(1)  # the router's own setting
-    task = load_task(TASKS["screenshot_triage"], str(SHIPPED_WEIGHTS))
-    cache = FeatureCache.for_task(task.spec, manifest)
+    tasks = {precision: load_task(TASKS["screenshot_triage"], str(SHIPPED_WEIGHTS), precision) for precision in PRECISIONS}
+    spec, pointer = tasks["float32"].spec, tasks["float32"].status_line
+    cache = FeatureCache.for_task(spec, manifest)
     try:
-        examples, _ = load_examples(task.spec, manifest, cache, "bench", refuse=False)
+        examples, _ = load_examples(spec, manifest, cache, "bench", refuse=False)
     finally:
         cache.close()
-    by_readings: dict[int, list[float]] = {}
+    by_readings: dict[int, dict[str, list[float]]] = {}
     with torch.inference_mode():
         for example in examples:
-            count = len(status_line.readings(task.status_line, example.features))
+            count = len(status_line.readings(pointer, example.features))
+            row = by_readings.setdefault(min(count, 4), {precision: [] for precision in PRECISIONS})
+            for precision, task in tasks.items():
 
-            def one(example=example):
-                decide(task.model, task.spec, example.features, example.tags, attention=False, pointer=task.status_line)
+                def one(example=example, model=task.model):
+                    decide(model, spec, example.features, example.tags, attention=False, pointer=pointer)
 
-            by_readings.setdefault(min(count, 4), []).append(statistics.median(samples_ms(one, repeats, warmup=1)))
-    return {str(k): {"items": len(v), "p50_ms": statistics.median(v)} for k, v in sorted(by_readings.items())}
+                row[precision].append(statistics.median(samples_ms(one, repeats, warmup=1)))
+    return {
+        str(k): {"items": len(v["float32"]), **{f"p50_ms_{precision}": statistics.median(v[precision]) for precision in PRECISIONS}}
+        for k, v in sorted(by_readings.items())
+    }
+
+
+PRECISIONS = ("float32", "bfloat16")  # what --decisions compares (router/fusion.py set_precision)
 
 
 def main() -> int:
@@ -164,6 +178,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", default=str(REPO / "bench-results" / "router.json"))
     parser.add_argument("--rounds", type=int, default=3, help="mesh and in-process blocks, alternating, in one run (default 3)")
+    parser.add_argument("--fusion-precision", default="auto", choices=FUSION_PRECISIONS, help="the router's fusion_precision, both sides (default auto)")
     parser.add_argument("--decisions", metavar="MANIFEST", help="time only the decision on this screenshot_triage manifest's items")
     args = parser.parse_args()
     calls = 6 if args.quick else 20
@@ -172,12 +187,19 @@ def main() -> int:
         decisions = bench_decisions(args.decisions, 3 if args.quick else 7)
         print(f"\nthe router's decision (tasks.decide, in process, 1 thread) on {args.decisions}, by status-line readings")
         for count, row in decisions.items():
-            print(f"   {count if count != '4' else '4+'} reading(s): {row['items']:4d} items, decision p50 {row['p50_ms']:6.2f} ms")
+            exact, rounded = row["p50_ms_float32"], row["p50_ms_bfloat16"]
+            print(
+                f"   {count if count != '4' else '4+'} reading(s): {row['items']:4d} items, decision p50 float32 {exact:6.2f} ms, "
+                f"bfloat16 {rounded:6.2f} ms ({rounded / exact:.2f}x)"
+            )
         write_results(args.out, {"machine": machine(), "decisions": decisions})
         return 0
     inputs = make_inputs()
-    rounds = bench_rounds(inputs, calls, args.rounds)
-    print(f"\nscreenshot_triage, text + screenshot + voice message, FULL mode, {calls} sequential requests a round, {args.rounds} round(s)")
+    rounds = bench_rounds(inputs, calls, args.rounds, args.fusion_precision)
+    print(
+        f"\nscreenshot_triage, text + screenshot + voice message, FULL mode, {calls} sequential requests a round, {args.rounds} round(s), "
+        f"fusion_precision {args.fusion_precision}"
+    )
     ratios = []
     for index, row in enumerate(rounds, 1):
         mesh, local = row["mesh"], row["in_process"]

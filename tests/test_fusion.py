@@ -297,3 +297,43 @@ def test_a_request_projects_each_source_once_for_every_decision_with_the_same_to
     assert len(calls) == 1 and all(r is results[0] for r in results)
     assert projections.get(owner, "text", features.clone(), project) is not results[0] and len(calls) == 2  # another tensor
     assert projections.get(object(), "text", features, project) is not results[0] and len(calls) == 3  # another model
+
+
+def test_bfloat16_linear_maps_give_float32s_answers_to_a_hundredth():
+    """StackedEnsemble.set_precision("bfloat16"): the layers' linear maps run on bfloat16
+    weights (the router's default where the CPU multiplies bfloat16 natively); outputs stay
+    float32, within 0.01 of float32's, padding included; an unknown precision is refused."""
+    model = _ensemble().stacked()
+    batch = [evidence(["text"], 9), evidence(["text", "image", "image_text", "audio", "audio_text"], 10)]
+    with torch.inference_mode():
+        inputs = model.embed(batch)
+        exact = model.set_precision("float32")(inputs, attention=False)
+        rounded = model.set_precision("bfloat16")(inputs, attention=False)
+    assert model.products[0]["qkv"][0].dtype == torch.bfloat16 and model.layers[0]["qkv"][0].dtype == torch.float32
+    assert rounded.probabilities.dtype == torch.float32 and not torch.equal(rounded.probabilities, exact.probabilities)
+    for name in ("probabilities", "gate_weights"):
+        torch.testing.assert_close(getattr(rounded, name), getattr(exact, name), atol=0.01, rtol=0, msg=name)
+    with pytest.raises(ValueError, match="'float16' is not one of float32, bfloat16"):
+        model.set_precision("float16")
+
+
+def test_auto_precision_is_bfloat16_only_where_it_keeps_float32s_answers(monkeypatch, caplog):
+    """fusion_precision "auto": bfloat16 where the CPU multiplies it natively and a check
+    on made-up inputs finds float32's probabilities (checked_precision), float32 with a
+    warning where rounding would move them (here: a classifier scaled up 1000x)."""
+    from modalmesh.router import fusion
+
+    monkeypatch.setattr(fusion, "native_bfloat16", lambda: True)  # the check runs whatever this CPU is
+    model = _ensemble().stacked()
+    assert fusion.checked_precision(model, "auto") == "bfloat16" and model.precision == "float32"  # checking changes nothing
+    assert fusion.checked_precision(model, "float32") == "float32"
+    weight, bias = model.classifier
+    model.classifier = (weight * 1000, bias)
+    with caplog.at_level("WARNING", logger="modalmesh.router.fusion"):
+        assert fusion.checked_precision(model, "auto", "the test model") == "float32"
+    assert "the test model: bfloat16 moved a probability" in caplog.text
+    assert fusion.checked_precision(model, "bfloat16") == "bfloat16"  # asked for by name: as asked
+    monkeypatch.setattr(fusion, "native_bfloat16", lambda: False)
+    assert fusion.fusion_precision("auto") == "float32"
+    with pytest.raises(ValueError, match="'half' is not auto or one of float32, bfloat16"):
+        fusion.fusion_precision("half")

@@ -936,3 +936,35 @@ def test_tune_routing_chooses_a_trained_models_routing_again_and_writes_it_as_as
     assert main(["tune-routing", "--task", "medical_report", "--data", str(medical_data / "val.jsonl"), "--weights", str(tmp_path / "none")]) == 2
     err = capsys.readouterr().err
     assert "no model.safetensors there" in err and "Traceback" not in err
+
+
+def test_the_shipped_triage_ensemble_answers_alike_in_bfloat16_and_float32():
+    """The router runs the triage ensemble's linear maps in bfloat16 where the CPU
+    multiplies it natively (fusion_precision auto): on real web pages (a renderer training
+    never saw) and messages, read by the encoders' own code, every answer, withheld or
+    given, is float32's, with its confidence within 0.01."""
+    from modalmesh.data.screens import png_bytes, render_web_page
+    from modalmesh.router.features import LocalEncoders
+    from modalmesh.router.served import serve
+    from modalmesh.router.tasks import SHIPPED_WEIGHTS, TASKS, load_task
+
+    tasks = {precision: load_task(TASKS["screenshot_triage"], str(SHIPPED_WEIGHTS), precision) for precision in ("float32", "bfloat16")}
+    assert tasks["bfloat16"].model.precision == "bfloat16"
+    rng = np.random.default_rng(3)
+    cases = [("payment", "I was charged twice for one order"), ("login", "it keeps saying my password is wrong"), ("shipping", "")]
+    cases += [("crash", "the app closes when I open my basket"), ("refund", "where is the money for the shoes I sent back?")]
+    encoders = LocalEncoders(transcript=False)
+    try:
+        answers = []
+        for label, message in cases:
+            screen = png_bytes(render_web_page(SCREENS[label][1], rng, (1280, 800), dark=False))
+            item = encoders.extract(text=message, image=screen, image_type="image/png")
+            tags = dict(item.evidence.get("image_tags", {}))
+            answers.append({precision: serve(task, item.features, tags) for precision, task in tasks.items()})
+    finally:
+        encoders.close()
+    for (label, _), answer in zip(cases, answers):
+        exact, rounded = answer["float32"], answer["bfloat16"]
+        assert (rounded.best, rounded.answered) == (exact.best, exact.answered), label
+        assert abs(rounded.confidence - exact.confidence) <= 0.01, label
+    assert sum(a["float32"].answered for a in answers) >= 3  # most are answered: the comparison covers given answers

@@ -31,6 +31,7 @@ from different seeds and answers with their mean.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -39,7 +40,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from modalmesh.common.config import FUSION_PRECISIONS
 from modalmesh.common.once import ComputedOnce
+
+log = logging.getLogger(__name__)
 
 # The one table of modalities and sources. A source is one feature sequence the model
 # fuses: each modality's own features, and the side outputs some modalities bring (the
@@ -401,6 +405,56 @@ class FusionEnsemble(nn.Module):
         return torch.stack([member.outstanding_weight(i, o, outstanding) for member, i, o in zip(self.models, inputs, outputs.members)]).mean(dim=0)
 
 
+PRECISIONS = FUSION_PRECISIONS[1:]  # what a StackedEnsemble's linear maps may compute in (set_precision); "auto" chooses
+LAYER_PRODUCTS = ("qkv", "out", "mlp_in", "mlp_out")  # a layer's linear maps (StackedEnsemble.layers)
+
+
+def native_bfloat16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX), where the
+    fusion model's bfloat16 products are faster than float32 ones."""
+    cpu = torch._C._cpu
+    return bool(cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported())
+
+
+def fusion_precision(setting: str) -> str:
+    """The fusion precision a setting ("auto" or one of PRECISIONS) means on this machine:
+    "auto" is bfloat16 where the CPU multiplies it natively, else float32."""
+    if setting == "auto":
+        return "bfloat16" if native_bfloat16() else "float32"
+    if setting not in PRECISIONS:
+        raise ValueError(f"fusion precision {setting!r} is not auto or one of {', '.join(PRECISIONS)}")
+    return setting
+
+
+PRECISION_TOLERANCE = 0.01  # largest probability change bfloat16 products may make on checked_precision's inputs
+
+
+def checked_precision(model: "StackedEnsemble", setting: str, name: str = "the fusion model") -> str:
+    """The precision `model` runs at for `setting` (fusion_precision). For "auto", bfloat16
+    only where its answers are float32's: on a fixed set of made-up inputs (every source
+    alone and all together, one to 64 tokens each) no probability may move by more than
+    PRECISION_TOLERANCE; else float32, with a warning naming `name`."""
+    chosen = fusion_precision(setting)
+    if setting != "auto" or chosen == "float32":
+        return chosen
+    generator = torch.Generator().manual_seed(0)
+    widths = model.config.input_widths
+    batch = [{source: torch.randn(tokens, widths[source], generator=generator)} for tokens in (1, 8) for source in SOURCES]
+    batch += [{source: torch.randn(tokens, widths[source], generator=generator) for source in SOURCES} for tokens in (4, 64)]
+    kept = model.precision
+    try:
+        with torch.inference_mode():
+            inputs = model.embed(batch)
+            reference = model.set_precision("float32")(inputs, attention=False).probabilities
+            gap = float((model.set_precision(chosen)(inputs, attention=False).probabilities - reference).abs().max())
+    finally:
+        model.set_precision(kept)
+    if gap > PRECISION_TOLERANCE:
+        log.warning("%s: bfloat16 moved a probability by %.3f (more than %.2f): running it in float32", name, gap, PRECISION_TOLERANCE)
+        return "float32"
+    return chosen
+
+
 class StackedEnsemble(nn.Module):
     """An ensemble for inference, run as one model: every member's weights stacked along a
     leading member axis, so a decision is one batched matrix product per layer instead of
@@ -466,14 +520,30 @@ class StackedEnsemble(nn.Module):
         else:
             self.regressor = [linear(lambda m: m.regressor)]
         self.temperature = stack(lambda m: m.log_temperature.exp())  # [M]
+        self.precision = "float32"
+        self.products: list[dict[str, Any]] = self.layers  # what forward reads: the layers, their linear maps at `precision`
+
+    def set_precision(self, precision: str) -> "StackedEnsemble":
+        """The precision of the layers' linear maps (attention's q, k, v and output, the MLP),
+        where nearly all of a decision's arithmetic is: "float32", or "bfloat16": inputs and
+        weights rounded to bfloat16, each product accumulated in float32 (2-3x faster on a
+        CPU with bfloat16 dot products, AVX512-BF16 or AMX; slower on one without). Attention
+        itself, norms, residual sums, pooling, gate and heads stay float32."""
+        if precision not in PRECISIONS:
+            raise ValueError(f"fusion precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+        dtype = getattr(torch, precision)
+        self.precision = precision
+        self.products = [{**layer, **{name: tuple(t.to(dtype) for t in layer[name]) for name in LAYER_PRODUCTS}} for layer in self.layers]
+        return self
 
     @staticmethod
     def _linear(x: torch.Tensor, weights: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        """x [M, ..., in] -> [M, ..., out], each member with its own weights."""
+        """x [M, ..., in] -> [M, ..., out], each member with its own weights, computed in the
+        weights' dtype; the output is float32."""
         weight, bias = weights
         shape = x.shape
-        flat = torch.baddbmm(bias, x.reshape(shape[0], -1, shape[-1]), weight)
-        return flat.view(*shape[:-1], weight.shape[-1])
+        flat = torch.baddbmm(bias, x.reshape(shape[0], -1, shape[-1]).to(weight.dtype), weight)
+        return flat.view(*shape[:-1], weight.shape[-1]).float()
 
     @staticmethod
     def _norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
@@ -507,7 +577,7 @@ class StackedEnsemble(nn.Module):
         keep = attention
         pairs = pair_index(_source_to_modality(inputs.token_source))  # once for every layer
         x, attentions, eps = inputs.tokens, [], self.eps
-        for layer in self.layers:
+        for layer in self.products:
             attended, weights = self._attention(self._norm(x, layer["norm_attention"], layer["norm_attention_b"], eps), layer, pairs, inputs.padding, keep)
             x = x + attended
             hidden = F.gelu(self._linear(self._norm(x, layer["norm_mlp"], layer["norm_mlp_b"], eps), layer["mlp_in"]))

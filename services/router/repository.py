@@ -126,8 +126,10 @@ class Repository(Mapping[str, TaskModel]):
         specs: Mapping[str, TaskSpec],
         prepare: Callable[[TaskModel], TaskModel] = lambda task: task,
         pins: Mapping[str, int] | None = None,
+        precision: str = "auto",
     ) -> None:
         self.root = Path(root)
+        self.precision = precision  # the fusion precision each version loads at (tasks.load_task_folder)
         self.specs = dict(specs)
         self.prepare = prepare  # applied to each version as it loads (routing overrides, warm-up)
         self.pins = dict(pins or {})
@@ -185,7 +187,7 @@ class Repository(Mapping[str, TaskModel]):
         for version in versions:
             folder = self.root / name / str(version)
             try:
-                model = self.prepare(load_task_folder(spec, folder))
+                model = self.prepare(load_task_folder(spec, folder, self.precision))
             except Exception as exc:  # the weights do not fit the new file: nothing is swapped
                 failed.append(f"version {version} does not load under it: {_reason(exc, folder)}")
                 continue
@@ -224,7 +226,7 @@ class Repository(Mapping[str, TaskModel]):
         try:
             if missing:
                 raise ValueError(f"{folder}: missing {', '.join(missing)}")
-            model = self.prepare(load_task_folder(spec, folder))
+            model = self.prepare(load_task_folder(spec, folder, self.precision))
         except Exception as exc:  # any file problem: reported, and the versions before keep serving
             state = VersionState(version, "failed", _reason(exc, folder), stamp)
             log.error("model repository: %s version %d not loaded: %s", name, version, state.reason)

@@ -28,7 +28,7 @@ from modalmesh.common.client import connect
 from modalmesh.common.config import ServiceConfig
 from modalmesh.common.encoder import NO_DEADLINE_SECONDS
 from modalmesh.common.runtime import Service
-from modalmesh.router.fusion import MODALITIES
+from modalmesh.router.fusion import MODALITIES, StackedEnsemble
 from modalmesh.router.pipeline import MODALITY_ENUM, Encoders, Pipeline
 from modalmesh.router import reports
 from modalmesh.router.repository import Repository, VersionState, why_missing
@@ -127,10 +127,12 @@ class RouterService(Service):
             name = task.spec.name
             task.spec = apply_routing_thresholds({name: task.spec}, routing_items(self.config.routing, name))[name]
             model_thread.submit(functools.partial(_warm, task.model)).value  # the first call's one-off costs, paid before it serves
+            if isinstance(task.model, StackedEnsemble):
+                log.info("task %s: %d-model ensemble, linear maps in %s", name, len(task.model.members), task.model.precision)
             return task
 
         if self.config.model_repository:
-            self.repository = Repository(self.config.model_repository, TASKS, prepare)
+            self.repository = Repository(self.config.model_repository, TASKS, prepare, precision=self.config.fusion_precision)
             self.repository.discover()  # the repository's own tasks (task files), before the settings that name tasks are checked
             self.repository.pins = parse_pins(self.config.model_versions, self.repository.specs)
             apply_routing_thresholds(self.repository.specs, self.config.routing)  # a bad setting is refused at start
@@ -140,7 +142,7 @@ class RouterService(Service):
         else:
             apply_routing_thresholds(TASKS, self.config.routing)  # a bad setting is refused at start
             weights = self.config.weights_dir or (str(SHIPPED_WEIGHTS) if SHIPPED_WEIGHTS.is_dir() else "")
-            self.tasks = {name: prepare(load_task(spec, weights)) for name, spec in TASKS.items()}
+            self.tasks = {name: prepare(load_task(spec, weights, self.config.fusion_precision)) for name, spec in TASKS.items()}
         self.channels = [
             connect(target, ca=self.config.encoder_ca, cert=self.config.encoder_cert, key=self.config.encoder_key, token=self.config.encoder_token)
             for target in (self.config.text_target, self.config.vision_target, self.config.audio_target)

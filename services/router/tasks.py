@@ -44,6 +44,7 @@ from modalmesh.router.fusion import (
     ProjectedTokens,
     StackedEnsemble,
     build_model,
+    checked_precision,
 )
 
 log = logging.getLogger(__name__)
@@ -890,12 +891,14 @@ def not_applicable(task: TaskModel, modality: str, features: torch.Tensor | None
     return task.applicability.judge(modality, features)
 
 
-def load_task(spec: TaskSpec, weights_dir: str) -> TaskModel:
+def load_task(spec: TaskSpec, weights_dir: str, precision: str = "auto") -> TaskModel:
     """From `<weights_dir>/<task>/`, or untrained when there is nothing there."""
-    return load_task_folder(spec, Path(weights_dir) / spec.name if weights_dir else None)
+    return load_task_folder(spec, Path(weights_dir) / spec.name if weights_dir else None, precision)
 
 
-def load_task_folder(spec: TaskSpec, folder: Path | None) -> TaskModel:
+def load_task_folder(spec: TaskSpec, folder: Path | None, precision: str = "auto") -> TaskModel:
+    """`precision`: what an ensemble's linear maps compute in (fusion.fusion_precision:
+    "auto", "float32" or "bfloat16"); the router's `fusion_precision` setting."""
     weights = folder / "model.safetensors" if folder else None
     if weights is not None and weights.is_file():
         from safetensors.torch import load_file
@@ -920,6 +923,8 @@ def load_task_folder(spec: TaskSpec, folder: Path | None) -> TaskModel:
         except RuntimeError as exc:
             raise ValueError(f"{weights}: does not fit {config_file} ({str(exc).splitlines()[0][:200]})") from None
         model = built.stacked() if isinstance(built, FusionEnsemble) else built
+        if isinstance(model, StackedEnsemble):
+            model.set_precision(checked_precision(model, precision, f"{spec.name} ({weights})"))
         if config.routing:  # thresholds tuned on the validation split override the task's defaults
             spec = dataclasses.replace(
                 spec,
