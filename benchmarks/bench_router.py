@@ -134,10 +134,10 @@ def bench_rounds(inputs, calls: int, rounds: int, precision: str = "auto") -> li
         mesh.stop()
 
 
-def bench_decisions(manifest: str, repeats: int) -> dict:
+def bench_decisions(manifest: str, repeats: int, pause_ms: float = 0.0) -> dict:
     """p50 decision time (ms) per number of status-line readings, on the manifest's items,
     with the ensemble's linear maps in float32 and in bfloat16 (each item timed at both,
-    one after the other)."""
+    one after the other); `pause_ms`: the CPU idles that long before each timed decision."""
     import torch
 
     from modalmesh.router import status_line
@@ -163,7 +163,7 @@ def bench_decisions(manifest: str, repeats: int) -> dict:
                 def one(example=example, model=task.model):
                     decide(model, spec, example.features, example.tags, attention=False, pointer=pointer)
 
-                row[precision].append(statistics.median(samples_ms(one, repeats, warmup=1)))
+                row[precision].append(statistics.median(samples_ms(one, repeats, warmup=1, pause_s=pause_ms / 1000)))
     return {
         str(k): {"items": len(v["float32"]), **{f"p50_ms_{precision}": statistics.median(v[precision]) for precision in PRECISIONS}}
         for k, v in sorted(by_readings.items())
@@ -179,13 +179,15 @@ def main() -> int:
     parser.add_argument("--out", default=str(REPO / "bench-results" / "router.json"))
     parser.add_argument("--rounds", type=int, default=3, help="mesh and in-process blocks, alternating, in one run (default 3)")
     parser.add_argument("--fusion-precision", default="auto", choices=FUSION_PRECISIONS, help="the router's fusion_precision, both sides (default auto)")
+    parser.add_argument("--pause-ms", type=float, default=0.0, help="with --decisions: idle this long before each timed decision")
     parser.add_argument("--decisions", metavar="MANIFEST", help="time only the decision on this screenshot_triage manifest's items")
     args = parser.parse_args()
     calls = 6 if args.quick else 20
     header("ModalMesh router benchmark")
     if args.decisions:
-        decisions = bench_decisions(args.decisions, 3 if args.quick else 7)
-        print(f"\nthe router's decision (tasks.decide, in process, 1 thread) on {args.decisions}, by status-line readings")
+        decisions = bench_decisions(args.decisions, 3 if args.quick else 7, args.pause_ms)
+        paused = f", each after {args.pause_ms:g} ms idle" if args.pause_ms else ""
+        print(f"\nthe router's decision (tasks.decide, in process, 1 thread{paused}) on {args.decisions}, by status-line readings")
         for count, row in decisions.items():
             exact, rounded = row["p50_ms_float32"], row["p50_ms_bfloat16"]
             print(

@@ -153,12 +153,15 @@ def write_results(path: str, results: dict) -> None:
     print(f"\nwrote {out}")
 
 
-def samples_ms(fn, repeats: int, warmup: int = 3) -> list[float]:
-    """`fn()` timed `repeats` times after `warmup` untimed calls, in ms."""
+def samples_ms(fn, repeats: int, warmup: int = 3, pause_s: float = 0.0) -> list[float]:
+    """`fn()` timed `repeats` times after `warmup` untimed calls, in ms; `pause_s`: sleep
+    that long before each timed call (the CPU idles, as between a service's requests)."""
     for _ in range(warmup):
         fn()
     samples = []
     for _ in range(repeats):
+        if pause_s:
+            time.sleep(pause_s)
         started = time.perf_counter()
         fn()
         samples.append((time.perf_counter() - started) * 1000)
