@@ -365,7 +365,7 @@ def test_an_ensemble_is_its_members_trained_alone_and_answers_with_their_mean(tr
     assert "Ensemble: 2 models" in (tmp_path / "pair" / "MODEL_CARD.md").read_text()
 
     spec = TASKS["screenshot_triage"]
-    ensemble = load_task_folder(spec, tmp_path / "pair").model
+    ensemble = load_task_folder(spec, tmp_path / "pair", "float32").model  # exactly its members' mean (bfloat16: to 0.01)
     assert isinstance(ensemble, StackedEnsemble) and len(ensemble.members) == 2  # loaded as one batched model
     record = read_manifest(triage_data / "val.jsonl")[0]
     features = {"text": torch.randn(6, 384), "image": torch.randn(49, 1280)}
