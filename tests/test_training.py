@@ -968,3 +968,20 @@ def test_the_shipped_triage_ensemble_answers_alike_in_bfloat16_and_float32():
         assert (rounded.best, rounded.answered) == (exact.best, exact.answered), label
         assert abs(rounded.confidence - exact.confidence) <= 0.01, label
     assert sum(a["float32"].answered for a in answers) >= 3  # most are answered: the comparison covers given answers
+
+
+def test_offline_decisions_run_at_the_routers_fusion_precision(monkeypatch):
+    """`modalmesh eval` (train.open_trained) loads a task at the precision the router would
+    run it at: its `fusion_precision` setting from the environment, else auto."""
+    from modalmesh.router.fusion import fusion_precision
+    from modalmesh.router.tasks import TASKS
+    from modalmesh.router.train import open_trained
+
+    monkeypatch.delenv("MODALMESH_FUSION_PRECISION", raising=False)
+    monkeypatch.setenv("MODALMESH_ROUTER_FUSION_PRECISION", "float32")
+    assert open_trained(TASKS["screenshot_triage"], "")[0].model.precision == "float32"
+    monkeypatch.delenv("MODALMESH_ROUTER_FUSION_PRECISION")
+    assert open_trained(TASKS["screenshot_triage"], "")[0].model.precision == fusion_precision("auto")
+    monkeypatch.setenv("MODALMESH_FUSION_PRECISION", "half")
+    with pytest.raises(ValueError, match="'half' is not auto or one of float32, bfloat16"):
+        open_trained(TASKS["screenshot_triage"], "")

@@ -67,6 +67,12 @@ def configured_asr_beam(environ=None) -> int:
     return int(_service_setting("audio", "asr_beam", environ) or ServiceConfig.asr_beam)
 
 
+def configured_fusion_precision(environ=None) -> str:
+    """The router's `fusion_precision` (its default, auto, unless set): offline decisions
+    (eval, training's reports) are made at the precision the router would run."""
+    return _service_setting("router", "fusion_precision", environ) or ServiceConfig.fusion_precision
+
+
 def configured_ocr_engine(environ=None) -> str:
     """What runs the vision service's OCR models (its default unless set)."""
     return _service_setting("vision", "ocr_engine", environ) or DEFAULT_OCR_ENGINE

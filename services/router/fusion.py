@@ -412,8 +412,8 @@ LAYER_PRODUCTS = ("qkv", "out", "mlp_in", "mlp_out")  # a layer's linear maps (S
 def native_bfloat16() -> bool:
     """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX), where the
     fusion model's bfloat16 products are faster than float32 ones."""
-    cpu = torch._C._cpu
-    return bool(cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported())
+    cpu = getattr(torch._C, "_cpu", None)  # torch's own CPU feature checks; a torch without them: no
+    return any(bool(getattr(cpu, check, lambda: False)()) for check in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
 
 
 def fusion_precision(setting: str) -> str:
