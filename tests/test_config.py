@@ -49,6 +49,7 @@ def test_booleans_and_bad_values_from_the_environment():
         ({"ocr_engine": "tensorrt"}, "ocr_engine must be one of onnxruntime, openvino"),
         ({"ocr_quick_alphabet": "greek"}, "ocr_quick_alphabet must be one of latin, all"),
         ({"engine": "tensorrt"}, "engine must be one of openvino, torch"),
+        ({"fusion_precision": "float16"}, "fusion_precision must be one of auto, float32, bfloat16"),
     ],
 )
 def test_invalid_configuration_is_refused(changes, complaint):

@@ -1117,3 +1117,27 @@ def test_choosing_the_quick_reading_never_waits_on_the_encoders_info():
     finally:
         channel.close()
         server.stop(0)
+
+
+def test_a_router_set_to_float32_answers_as_the_default_one(mesh):
+    """`fusion_precision`: the mesh's router runs at its default (auto: bfloat16 where the
+    CPU multiplies it natively); one set to float32 loads the triage ensemble so, and both
+    answer a screenshot and message alike (label, confidence within 0.01)."""
+    from modalmesh.client import RouterClient
+    from modalmesh.router.fusion import fusion_precision
+    from tests.media import image_bytes, render_screenshot
+
+    exact = mesh.start_router(fusion_precision="float32")
+    try:
+        assert exact.service.tasks["screenshot_triage"].model.precision == "float32"
+        assert mesh.router.service.tasks["screenshot_triage"].model.precision == fusion_precision("auto")
+        screenshot = image_bytes(render_screenshot("Error 402: Payment declined"))
+        answers = []
+        for router in (exact, mesh.router):
+            with RouterClient(router.address, timeout=60) as client:
+                answers.append(client.analyze("screenshot_triage", image=screenshot, text="I was charged twice", mode="full"))
+    finally:
+        exact.stop(grace=0.5)
+    (reference, default) = answers
+    assert default["label"] == reference["label"] == "payment"
+    assert abs(default["confidence"] - reference["confidence"]) <= 0.01
