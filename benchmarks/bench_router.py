@@ -23,7 +23,8 @@ from `make weights`) times only the router's decision (tasks.decide, in process,
 thread) on each in-scope item's cached features, grouped by how many status-line readings
 the screen gives (each reading is one row of the fusion model), with the ensemble's linear
 maps in float32 and in bfloat16 (the router's `fusion_precision`; auto picks bfloat16 on a
-CPU that multiplies it natively).
+CPU that multiplies it natively); then every item, in scope and out of it, answered as the
+router would at both precisions, and how many answers are alike.
 """
 
 from __future__ import annotations
@@ -134,25 +135,55 @@ def bench_rounds(inputs, calls: int, rounds: int, precision: str = "auto") -> li
         mesh.stop()
 
 
-def bench_decisions(manifest: str, repeats: int, pause_ms: float = 0.0) -> dict:
+def shipped_triage_at_each_precision() -> dict:
+    """The shipped screenshot_triage weights, loaded once per PRECISIONS entry."""
+    from modalmesh.router.tasks import SHIPPED_WEIGHTS, TASKS, load_task
+
+    return {precision: load_task(TASKS["screenshot_triage"], str(SHIPPED_WEIGHTS), precision) for precision in PRECISIONS}
+
+
+def manifest_examples(spec, manifest: str, scope: str = "in") -> list:
+    """The manifest's items of `scope` ("in" or "out") with their cached features."""
+    from modalmesh.router.features import FeatureCache
+    from modalmesh.router.train import load_examples
+
+    cache = FeatureCache.for_task(spec, manifest)
+    try:
+        examples, _ = load_examples(spec, manifest, cache, "bench", scope=scope, refuse=False)
+    finally:
+        cache.close()
+    return examples
+
+
+def answers_alike(tasks: dict, manifest: str) -> dict:
+    """Every item of the manifest, in scope and out of it, answered as the router would
+    (served.serve: withheld or given) at each precision: how many get the same answer
+    (label, and given or withheld), and the largest difference in confidence."""
+    from modalmesh.router.served import serve
+
+    spec = tasks["float32"].spec
+    alike, gap, items = 0, 0.0, 0
+    for scope in ("in", "out"):
+        for example in manifest_examples(spec, manifest, scope):
+            exact, rounded = (serve(tasks[p], example.features, example.tags, audio_tags=example.audio_tags) for p in PRECISIONS)
+            items += 1
+            alike += (exact.best, exact.answered) == (rounded.best, rounded.answered)
+            gap = max(gap, abs(exact.confidence - rounded.confidence))
+    return {"items": items, "alike": alike, "max_confidence_gap": gap}
+
+
+def bench_decisions(tasks: dict, manifest: str, repeats: int, pause_ms: float = 0.0) -> dict:
     """p50 decision time (ms) per number of status-line readings, on the manifest's items,
     with the ensemble's linear maps in float32 and in bfloat16 (each item timed at both,
     one after the other); `pause_ms`: the CPU idles that long before each timed decision."""
     import torch
 
     from modalmesh.router import status_line
-    from modalmesh.router.features import FeatureCache
-    from modalmesh.router.tasks import SHIPPED_WEIGHTS, TASKS, decide, load_task
-    from modalmesh.router.train import load_examples
+    from modalmesh.router.tasks import decide
 
     torch.set_num_threads(1)  # the router's own setting
-    tasks = {precision: load_task(TASKS["screenshot_triage"], str(SHIPPED_WEIGHTS), precision) for precision in PRECISIONS}
     spec, pointer = tasks["float32"].spec, tasks["float32"].status_line
-    cache = FeatureCache.for_task(spec, manifest)
-    try:
-        examples, _ = load_examples(spec, manifest, cache, "bench", refuse=False)
-    finally:
-        cache.close()
+    examples = manifest_examples(spec, manifest)
     by_readings: dict[int, dict[str, list[float]]] = {}
     with torch.inference_mode():
         for example in examples:
@@ -185,7 +216,9 @@ def main() -> int:
     calls = 6 if args.quick else 20
     header("ModalMesh router benchmark")
     if args.decisions:
-        decisions = bench_decisions(args.decisions, 3 if args.quick else 7, args.pause_ms)
+        tasks = shipped_triage_at_each_precision()
+        decisions = bench_decisions(tasks, args.decisions, 3 if args.quick else 7, args.pause_ms)
+        alike = answers_alike(tasks, args.decisions)
         paused = f", each after {args.pause_ms:g} ms idle" if args.pause_ms else ""
         print(f"\nthe router's decision (tasks.decide, in process, 1 thread{paused}) on {args.decisions}, by status-line readings")
         for count, row in decisions.items():
@@ -194,7 +227,11 @@ def main() -> int:
                 f"   {count if count != '4' else '4+'} reading(s): {row['items']:4d} items, decision p50 float32 {exact:6.2f} ms, "
                 f"bfloat16 {rounded:6.2f} ms ({rounded / exact:.2f}x)"
             )
-        write_results(args.out, {"machine": machine(), "decisions": decisions})
+        print(
+            f"   answers alike in float32 and bfloat16 (label, given or withheld; items in and out of scope): {alike['alike']} of "
+            f"{alike['items']}, confidence within {alike['max_confidence_gap']:.4f}"
+        )
+        write_results(args.out, {"machine": machine(), "decisions": decisions, "answers_alike": alike})
         return 0
     inputs = make_inputs()
     rounds = bench_rounds(inputs, calls, args.rounds, args.fusion_precision)
