@@ -46,6 +46,8 @@ single_threaded_numpy_blas()
 
 from benchmarks.bench_text import header, machine, percentile, samples_ms, write_results  # noqa: E402
 from modalmesh.common.config import FUSION_PRECISIONS  # noqa: E402
+
+PRECISIONS = FUSION_PRECISIONS[1:]  # what --decisions compares: float32, bfloat16 (router/fusion.py PRECISIONS)
 from modalmesh.up import free_port  # noqa: E402
 
 
@@ -199,9 +201,6 @@ def bench_decisions(tasks: dict, manifest: str, repeats: int, pause_ms: float = 
         str(k): {"items": len(v["float32"]), **{f"p50_ms_{precision}": statistics.median(v[precision]) for precision in PRECISIONS}}
         for k, v in sorted(by_readings.items())
     }
-
-
-PRECISIONS = ("float32", "bfloat16")  # what --decisions compares (router/fusion.py set_precision)
 
 
 def main() -> int:

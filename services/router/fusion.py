@@ -441,15 +441,19 @@ def checked_precision(model: "StackedEnsemble", setting: str, name: str = "the f
     widths = model.config.input_widths
     items = [{source: torch.randn(tokens, widths[source], generator=generator)} for tokens in (1, 8) for source in SOURCES]
     items += [{source: torch.randn(tokens, widths[source], generator=generator) for source in SOURCES} for tokens in (4, 64)]
-    kept, gap = model.precision, 0.0
+    kept = model.precision
+
+    def answers(precision: str) -> list[torch.Tensor]:
+        model.set_precision(precision)
+        # One item at a time: a padded batch of them would grow the router's heap by about 70 MiB for good.
+        return [model(model.embed([item]), attention=False).probabilities for item in items]
+
     try:
         with torch.inference_mode():
-            for item in items:  # one at a time: a padded batch of them would grow the router's heap by about 70 MiB for good
-                inputs = model.embed([item])
-                reference = model.set_precision("float32")(inputs, attention=False).probabilities
-                gap = max(gap, float((model.set_precision(chosen)(inputs, attention=False).probabilities - reference).abs().max()))
+            reference, candidate = answers("float32"), answers(chosen)
     finally:
         model.set_precision(kept)
+    gap = max(float((a - b).abs().max()) for a, b in zip(reference, candidate))
     if gap > PRECISION_TOLERANCE:
         log.warning("%s: bfloat16 moved a probability by %.3f (more than %.2f): running it in float32", name, gap, PRECISION_TOLERANCE)
         return "float32"
