@@ -17,7 +17,7 @@ import argparse
 import functools
 import json
 import sys
-from typing import Any
+from typing import Any, Callable
 from pathlib import Path
 
 from modalmesh.common.config import add_config_flags, load_config
@@ -297,9 +297,10 @@ def cmd_tasks(args: argparse.Namespace) -> int:
         )
         print(f"  text model: {task.text_model or 'any whose features fit'}")
         alone = "".join(f", {t:.2f} from the {m} alone" for m, t in sorted(task.abstain_below_alone.items()))
+        elsewhere = f"; about other matters: out-of-scope score above {task.out_of_scope_above:.2f}" if task.out_of_scope_above else ""
         print(
             f"  withheld: below confidence {task.abstain_below:.2f}{alone}; read from one input alone and labelled otherwise by its "
-            f"nearest training inputs: {names(task.neighbour_checked)}"
+            f"nearest training inputs: {names(task.neighbour_checked)}{elsewhere}"
         )
         for version in task.versions:  # a router serving a model repository
             said = f" ({version.reason})" if version.reason else f" {version.model_version}"
@@ -437,27 +438,50 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rewrite_weights(args: argparse.Namespace, what: str, run: Callable[..., dict], said: Callable[[dict], list[str]]) -> int:
+    """What tune-routing and fit-scope share: `run(task, data, weights, cache, write=,
+    repository=)` for a trained task's folder; its result printed as JSON, then the lines
+    `said(result)`, then where it was written."""
+    task = _task_arg(args)
+    if args.task_file and not args.weights:
+        raise ValueError(f"--task-file needs --weights: the folder of the version to {what} (REPOSITORY/<task>/<N>)")
+    if args.write and not args.weights:
+        raise ValueError("--write needs --weights: the folder to rewrite (the installed weights are not rewritten unasked)")
+    _keep_task_file(args, task)
+    result = run(task, args.data, args.weights, args.cache, write=args.write, repository=args.repository or "")
+    print(json.dumps(result, indent=2))
+    print("\n".join(said(result)))
+    print(f"wrote {result['written']}" if result["written"] else "nothing written: add --write (this folder) or --repository DIR (a new version)")
+    return 0
+
+
+@_data_errors
+def cmd_fit_scope(args: argparse.Namespace) -> int:
+    from modalmesh.router.train import fit_scope_again
+
+    def said(result: dict) -> list[str]:
+        check = result["scope_check"]
+        return [
+            f"scope check: {result['train_out_of_scope']} out-of-scope training inputs; on validation it withholds {check['val_out_caught']} "
+            f"of {check['val_out']} out of scope and none of {check['val_in']} in scope (threshold {check['threshold']:.3f})"
+        ]
+
+    return _rewrite_weights(args, "fit it for", fit_scope_again, said)
+
+
 @_data_errors
 def cmd_tune_routing(args: argparse.Namespace) -> int:
     from modalmesh.router.train import tune_routing_again
 
-    task = _task_arg(args)
-    if args.task_file and not args.weights:
-        raise ValueError("--task-file needs --weights: the folder of the version to tune (REPOSITORY/<task>/<N>)")
-    if args.write and not args.weights:
-        raise ValueError("--write needs --weights: the folder to rewrite (the installed weights are not rewritten unasked)")
-    _keep_task_file(args, task)
-    result = tune_routing_again(task, args.data, args.weights, args.cache, write=args.write, repository=args.repository or "")
-    print(json.dumps(result, indent=2))
-    for when in ("before", "after"):
-        r = result[when]
-        print(
+    def said(result: dict) -> list[str]:
+        return [
             f"{when:6s}  tau {r['tau']:g}, gamma {r['gamma']:g}, eager {'+'.join(r['eager']) or 'none'}, quick {'+'.join(r.get('quick') or []) or 'none'}: "
             f"accuracy {r['accuracy']:.3f}, "
             f"mean latency {r['mean_latency_ms']:.0f} ms (simulated), {r['early']} of {result['items']} answered early, {r['early_wrong']} of those wrong"
-        )
-    print(f"wrote {result['written']}" if result["written"] else "nothing written: add --write (this folder) or --repository DIR (a new version)")
-    return 0
+            for when, r in ((w, result[w]) for w in ("before", "after"))
+        ]
+
+    return _rewrite_weights(args, "tune", tune_routing_again, said)
 
 
 @_data_errors
@@ -736,20 +760,34 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--cache", default="")
     evaluation.set_defaults(func=cmd_eval)
 
-    tune = commands.add_parser(
+    def weights_command(name: str, help: str, data: str, holding: str, func) -> None:
+        """tune-routing and fit-scope: a trained task's folder, recomputed, written as asked."""
+        command = commands.add_parser(name, help=help)
+        _task_choice(command, "a task of your own: its task.json (then --weights names its folder)")
+        command.add_argument("--data", required=True, help=data)
+        command.add_argument("--weights", default="", help="task folder from `modalmesh train` (default: the shipped weights)")
+        command.add_argument("--cache", default="", help="feature cache folder (default: .features beside the manifest)")
+        written = command.add_mutually_exclusive_group()
+        written.add_argument("--write", action="store_true", help=f"replace the folder with a copy holding {holding}")
+        written.add_argument(
+            "--repository", metavar="DIR", help="write the copy as the task's next version, DIR/<task>/<N>/; a router serving DIR loads it without a restart"
+        )
+        command.set_defaults(func=func)
+
+    weights_command(
         "tune-routing",
-        help="choose a trained model's routing again on validation data (early answers wrong at most 3%% of the time); prints before and after",
+        "choose a trained model's routing again on validation data (early answers wrong at most 3%% of the time); prints before and after",
+        "val.jsonl: the validation manifest",
+        "the new routing",
+        cmd_tune_routing,
     )
-    _task_choice(tune, "a task of your own: its task.json (then --weights names its folder)")
-    tune.add_argument("--data", required=True, help="val.jsonl: the validation manifest")
-    tune.add_argument("--weights", default="", help="task folder from `modalmesh train` (default: the shipped weights)")
-    tune.add_argument("--cache", default="", help="feature cache folder (default: .features beside the manifest)")
-    written = tune.add_mutually_exclusive_group()
-    written.add_argument("--write", action="store_true", help="replace the folder with a copy holding the new routing")
-    written.add_argument(
-        "--repository", metavar="DIR", help="write the copy as the task's next version, DIR/<task>/<N>/; a router serving DIR loads it without a restart"
+    weights_command(
+        "fit-scope",
+        "fit a trained model's scope check (it withholds inputs about other matters) on the manifest's out-of-scope records; prints what validation says",
+        'train.jsonl with out-of-scope records ("scope": "out"); val.jsonl beside it chooses the threshold',
+        "the scope check",
+        cmd_fit_scope,
     )
-    tune.set_defaults(func=cmd_tune_routing)
 
     task = commands.add_parser("task", help="a task of your own: write a task file, check one")
     task_commands = task.add_subparsers(dest="task_command", required=True)

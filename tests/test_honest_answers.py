@@ -71,6 +71,49 @@ def test_the_abstention_policy_is_one_function_with_its_reasons():
     assert withheld(TRIAGE, "payment", 0.99, {"image"}, 0.7, {}, (), frozenset({"image"})) == ""  # a new layout is still read
     unvouched = "the screenshot is unlike every screen the task was checked on and its likeliest status paragraph unlike ..."
     assert withheld(TRIAGE, "payment", 0.99, {"image"}, 0.7, {}, (), frozenset({"image"}), unvouched=unvouched).startswith(unvouched + ", so how sure")
+    elsewhere = "the message and screen text read like matters the task does not handle (out-of-scope score 0.61, above 0.48)"
+    assert withheld(TRIAGE, "crash", 0.99, {"text", "image"}, 0.7, {}, out_of_scope=elsewhere) == elsewhere
+
+
+def _scope_inputs(generator, centre: torch.Tensor, count: int, screen: bool = True) -> list[dict]:
+    """Made-up message and screen-text vectors scattered around `centre` (a topic)."""
+    items = []
+    for _ in range(count):
+        item = {"text": centre + 0.6 * torch.randn(5, 384, generator=generator)}
+        if screen:
+            item["image_text"] = centre + 0.6 * torch.randn(3, 384, generator=generator)  # three paragraphs
+        items.append(item)
+    return items
+
+
+def test_the_scope_check_is_learned_from_inputs_about_other_matters(tmp_path):
+    """router/scope.py: a logistic regression on the message's and screen text's mean
+    vectors, its threshold the highest score of a validation input in scope, so none of
+    those is withheld; inputs about another topic score above it, an input without screen
+    text (a message alone) is not judged, and the check is stored and read back whole."""
+    from modalmesh.router import scope
+
+    generator = torch.Generator().manual_seed(0)
+    task, other = torch.randn(384, generator=generator), torch.randn(384, generator=generator)
+    train_in, val_in = _scope_inputs(generator, task, 120), _scope_inputs(generator, task, 40)
+    train_out, val_out = _scope_inputs(generator, other, 30) + _scope_inputs(generator, other, 10, screen=False), _scope_inputs(generator, other, 12)
+    check, summary = scope.fit(train_in, train_out, val_in, val_out)
+    assert check is not None and summary is not None
+    assert max(check.score(item) for item in val_in) == check.threshold
+    assert all(check.reason(item) == "" for item in val_in)
+    assert summary["val_out_caught"] == 12 and summary["val_out"] == 12 and summary["weight_decay"] in scope.WEIGHT_DECAYS
+    unseen = _scope_inputs(generator, other, 5) + [{"image_text": item["image_text"]} for item in _scope_inputs(generator, other, 5)]
+    assert all(check.reason(item).startswith("the message and screen text read like matters the task does not handle") for item in unseen)
+    assert all(check.score(item) is None and check.reason(item) == "" for item in _scope_inputs(generator, other, 5, screen=False))
+    assert check.score({"audio": torch.randn(40, 80)}) is None and check.reason({}) == ""
+    check.save(tmp_path)
+    again = scope.load(tmp_path)
+    assert again is not None and torch.equal(again.weight, check.weight) and again.threshold == pytest.approx(check.threshold)
+    assert scope.load(tmp_path / "elsewhere") is None
+    (tmp_path / scope.FILE_NAME).write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="not a scope check"):
+        scope.load(tmp_path)
+    assert scope.fit(train_in, [], val_in, val_out) == (None, None)  # nothing out of scope to learn from
 
 
 def test_an_input_that_alone_reads_another_label_is_pooled_into_the_answer():
@@ -552,7 +595,7 @@ def test_the_command_line_lists_what_makes_a_task_withhold_an_answer(mesh, capsy
     assert main(["tasks", "--router", mesh.router.address]) == 0
     out = capsys.readouterr().out
     said = "withheld: below confidence 0.70, 0.80 from the image alone; read from one input alone"
-    assert f"{said} and labelled otherwise by its nearest training inputs: text" in out
+    assert f"{said} and labelled otherwise by its nearest training inputs: text; about other matters: out-of-scope score above 0.48" in out
     assert "withheld: below confidence 0.50; read from one input alone and labelled otherwise by its nearest training inputs: none" in out
 
 
@@ -619,6 +662,24 @@ def test_a_screen_and_message_unlike_anything_the_task_knows_are_not_answered(ro
     # The same kind of page in English, with a message the task knows: answered.
     english = _checkout(["Checkout", "Payment failed: your card was declined.", "Please try another card."])
     response = analyze(router, "screenshot_triage", text="my card was declined at checkout", image=router_pb2.MediaInput(data=english))
+    assert not response.abstained and response.label == "payment", (response.label, response.abstain_reason)
+
+
+def test_a_screen_and_message_about_other_matters_are_not_answered(router):
+    """An office printer's failed print job, drawn like the shop's own error dialogs, with
+    a message about it was answered `crash` (0.96): its status text reads like a crash
+    message, and the screen and message are familiar enough for every other check. The
+    scope check, learned from the training manifest's inputs about other matters (none
+    of them about printers), withholds it and says why; the same dialog about a declined
+    card is answered."""
+    printer = image_bytes(render_screenshot("Print job failed: printer out of toner"))
+    for mode in (router_pb2.ROUTING_MODE_ROUTED, router_pb2.ROUTING_MODE_FULL):
+        options = router_pb2.AnalyzeOptions(mode=mode)
+        response = analyze(router, "screenshot_triage", text="the office printer is out of toner", image=router_pb2.MediaInput(data=printer), options=options)
+        assert response.abstained and response.label == "uncertain", (response.label, response.confidence, response.abstain_reason)
+        assert response.abstain_reason.startswith("the message and screen text read like matters the task does not handle"), response.abstain_reason
+    card = image_bytes(render_screenshot("Payment declined: card expired"))
+    response = analyze(router, "screenshot_triage", text="my card was declined at checkout", image=router_pb2.MediaInput(data=card))
     assert not response.abstained and response.label == "payment", (response.label, response.abstain_reason)
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from modalmesh.cli import main
-from modalmesh.data.generate import generate, read_manifest
+from modalmesh.data.generate import generate, read_manifest, task_records
 from modalmesh.data.triage import LABELS, MESSAGE_TEMPLATES, MESSAGES, SCREEN_TEMPLATES, SCREENS, VAGUE, pool, wordings
 
 
@@ -79,8 +79,35 @@ def test_triage_manifest_files_and_labels(triage_data):
             assert record["alone_labels"]["text"] in SCREENS and record["alone_labels"]["text"] != record["label"]
         else:
             assert record["alone_labels"] == {"text": shown}
-    kinds = [r["extra"]["message_kind"] for r in read_manifest(triage_data / "train.jsonl")]
+    kinds = [r["extra"]["message_kind"] for r in task_records(triage_data / "train.jsonl", "screenshot_triage")]
     assert {"specific", "vague", "misleading"} <= set(kinds)  # every kind above was checked
+
+
+def test_triage_training_data_holds_inputs_it_should_not_answer(triage_data):
+    """Train and val end with out-of-scope records (label null): screens and messages about
+    other matters, or in another language, drawn by the training renderers; test has
+    none. Their wordings are split like the cases' and none is a held-out set's."""
+    from modalmesh.data.generate import OUTLIER_SHARE
+    from modalmesh.data.heldout import OTHER_LANGUAGE, OTHER_TOPIC
+    from modalmesh.data.triage import OFF_LANGUAGE, OFF_TOPIC
+
+    for split, cases in (("train", 12), ("val", 12), ("test", 12)):
+        records = read_manifest(triage_data / f"{split}.jsonl")
+        outside = task_records(triage_data / f"{split}.jsonl", "screenshot_triage", "out")
+        assert len(outside) == (round(cases * OUTLIER_SHARE) if split != "test" else 0)
+        assert records[cases:] == outside and all(r.get("scope", "in") == "in" for r in records[:cases])  # after the cases
+        for record in outside:
+            assert record["label"] is None and record["id"].startswith(f"{split}-out-") and record["extra"]["kind"] in ("topic", "language")
+            pairs = pool(OFF_TOPIC if record["extra"]["kind"] == "topic" else OFF_LANGUAGE, split)
+            assert any(record["extra"]["screen"] in (screen, None) and record["text"] in (text, "") for screen, text in pairs)
+            assert record.get("image") or record["text"]
+            if record.get("image"):
+                assert open(record["image"], "rb").read(4) == b"\x89PNG"
+    for pairs in (OFF_TOPIC, OFF_LANGUAGE):
+        train, val, test = (set(pool(pairs, s)) for s in ("train", "val", "test"))
+        assert train and val and test and not (train & val) and not (train & test) and not (val & test)
+    held_out = {w for pair in OTHER_TOPIC for w in pair} | {w for pairs in OTHER_LANGUAGE.values() for _, *pair in pairs for w in pair}
+    assert not held_out & {w for pair in OFF_TOPIC + OFF_LANGUAGE for w in pair}
 
 
 def test_ct_phantoms_match_their_labels(medical_data):
@@ -290,13 +317,23 @@ def test_training_with_another_text_model_and_serving_it_with_the_wrong_one(medi
     assert text["status"] == "failed" and "384 wide" in text["reason"] and "expect 32" in text["reason"]
 
 
-def test_train_triage_with_screens_voices_and_transcripts(triage_data, tmp_path):
+def test_train_triage_with_screens_voices_and_transcripts(triage_data, tmp_path, capsys):
     from modalmesh.router.evaluate import evaluate
     from modalmesh.router.train import train
 
     summary = train("screenshot_triage", str(triage_data / "train.jsonl"), str(tmp_path / "w"), epochs=2)
     # The task's default: an ensemble of three, each member calibrated on its own.
     assert summary["train_items"] == 12 and summary["members"] == 3
+    # The out-of-scope records teach the scope check, stored beside the weights and loaded with them.
+    check = summary["scope_check"]
+    assert summary["train_out_of_scope"] == 2 and summary["val_out_of_scope"] == check["val_out"] == 2 and 0 <= check["val_out_caught"] <= 2
+    assert (tmp_path / "w" / "scope.safetensors").is_file() and "teach a check on the message and screen text" in (tmp_path / "w" / "MODEL_CARD.md").read_text()
+    # `fit-scope` fits it again as training did and, asked to, rewrites the folder: one such line in the card.
+    assert main(["fit-scope", "--task", "screenshot_triage", "--data", str(triage_data / "train.jsonl"), "--weights", str(tmp_path / "w"), "--write"]) == 0
+    out = capsys.readouterr().out
+    assert f"on validation it withholds {check['val_out_caught']} of 2 out of scope" in out and f"wrote {tmp_path / 'w'}" in out
+    card = (tmp_path / "w" / "MODEL_CARD.md").read_text()
+    assert card.count("- Out of scope: 2 training inputs") == 1 and json.loads((tmp_path / "w" / "train_log.json").read_text())["scope_check"] == check
     assert len(summary["temperature"]) == 3 and all(t > 0 for t in summary["temperature"])
     # The status-line pointer learns from the screens whose message OCR read.
     assert summary["status_line"]["train_screens"] >= 8 and (tmp_path / "w" / "status_line.safetensors").is_file()
@@ -654,6 +691,21 @@ def test_eval_without_matplotlib_writes_the_report_and_says_the_plots_need_it(tm
     assert json.loads((tmp_path / "r" / "report.json").read_text())["items"] > 0
     assert "Plots not drawn: they need matplotlib (pip install 'modalmesh[eval]')." in (tmp_path / "r" / "report.md").read_text()
     assert not (tmp_path / "r" / "reliability.png").exists()
+
+
+def test_fit_scope_says_when_there_is_nothing_to_learn_from(medical_data, tmp_path, capsys):
+    """`fit-scope` on manifests without out-of-scope records, or without val.jsonl beside
+    them: one line saying so (exit 2), nothing written."""
+    from modalmesh.router.tasks import SHIPPED_WEIGHTS
+
+    before = sorted(p.name for p in (SHIPPED_WEIGHTS / "medical_report").iterdir())
+    assert main(["fit-scope", "--task", "medical_report", "--data", str(medical_data / "train.jsonl")]) == 2
+    assert "nothing to learn a scope check from" in capsys.readouterr().err
+    alone = tmp_path / "train.jsonl"
+    alone.write_text((medical_data / "train.jsonl").read_text().replace('"image": "files/', f'"image": "{medical_data}/files/'))
+    assert main(["fit-scope", "--task", "medical_report", "--data", str(alone)]) == 2
+    assert "threshold is chosen on val.jsonl beside it, and there is none" in capsys.readouterr().err
+    assert sorted(p.name for p in (SHIPPED_WEIGHTS / "medical_report").iterdir()) == before
 
 
 def test_train_says_what_is_wrong_with_a_manifest_in_one_line(tmp_path, capsys):

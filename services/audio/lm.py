@@ -106,14 +106,16 @@ def build(sentences: list[str], vocabulary: set[str] | None = None, discount: fl
 
 
 def sentences_from_manifests(paths: list[str | Path], fields: tuple[str, ...] = ("text",)) -> list[str]:
-    """The sentences in the manifests' records: each of `fields`, a key or a dotted path
-    into the record ("text", the caller's message; "extra.voice", what a generated voice
-    message says); missing and empty ones left out."""
+    """The sentences in the manifests' in-scope records: each of `fields`, a key or a dotted
+    path into the record ("text", the caller's message; "extra.voice", what a generated
+    voice message says); missing and empty ones left out."""
     from modalmesh.data.generate import read_manifest
 
     sentences: list[str] = []
     for path in paths:
         for record in read_manifest(path):
+            if record.get("scope", "in") != "in":
+                continue
             for name in fields:
                 value: object = record
                 for key in name.split("."):

@@ -3,14 +3,18 @@
     modalmesh data generate --task screenshot_triage --out data/triage --n 300 --seed 1
 
 writes train.jsonl (n cases), val.jsonl and test.jsonl (n/4 each, at least 12), and their
-files under files/. Splits use disjoint random streams and disjoint wording pools.
+files under files/. Splits use disjoint random streams and disjoint wording pools. For
+screenshot_triage, train and val also hold out-of-scope records (OUTLIER_SHARE of the
+split's size, after its cases: screens and messages about other matters or in another
+language, "scope": "out", label null), which training teaches the task not to answer.
 
 Manifest format (one JSON object per line; your own data uses the same):
     {"id": "train-00001", "task": "screenshot_triage", "split": "train",
      "text": "...", "image": "files/train-00001.png", "audio": "files/train-00001.wav",
      "label": "payment", "image_parameters": {"window": "lung"}, "extra": {...},
      "alone_labels": {"text": "login"}}
-`image` and `audio` are paths relative to the manifest (or absent); `alone_labels`
+`image` and `audio` are paths relative to the manifest (or absent); `"scope": "out"` marks
+an input the task should not answer (label null; absent means "in"); `alone_labels`
 (optional) says what an input shows when it is all a caller sends (a label, or null where it
 shows none: a vague message), where that is not the record's label; for
 medical_report, `extra` holds lesion_count, largest_diameter_mm, side and
@@ -37,6 +41,7 @@ def split_sizes(n: int) -> dict[str, int]:
 def generate(task: str, out: str | Path, n: int, seed: int) -> dict[str, Path]:
     out = Path(out)
     writer = {"screenshot_triage": _triage_item, "medical_report": _medical_item, "qc_line": _qc_item}.get(task)
+    outlier_writer = {"screenshot_triage": _triage_outlier}.get(task)
     if writer is None:
         raise ValueError(f"unknown task {task!r}; one of screenshot_triage, medical_report, qc_line")
     for split in SPLITS:
@@ -52,6 +57,14 @@ def generate(task: str, out: str | Path, n: int, seed: int) -> dict[str, Path]:
                 item_id = f"{split}-{i:05d}"
                 record = {"id": item_id, "task": task, "split": split, **writer(rng, split, out, item_id)}
                 manifest.write(json.dumps(record) + "\n")
+            if outlier_writer is not None and split in OUTLIER_SPLITS:
+                # After the cases, from a stream of their own: the cases are the same with or without them.
+                outlier_rng = np.random.default_rng([seed, index, 104729])
+                outliers = round(count * OUTLIER_SHARE)
+                for i in progress(range(outliers), outliers, f"{task} {split:5s} out of scope"):
+                    item_id = f"{split}-out-{i:05d}"
+                    record = {"id": item_id, "task": task, "split": split, "scope": "out", "label": None, **outlier_writer(outlier_rng, split, out, item_id)}
+                    manifest.write(json.dumps(record) + "\n")
         partial.replace(path)
         manifests[split] = path
     if task == "qc_line":  # not a built-in task: it comes with its task file, as a user's own does
@@ -81,6 +94,7 @@ def refuse_foreign_manifest(path: Path) -> None:
 
 
 WEB_SHARE = 0.35  # screenshots drawn as a web page (screens.render_web_page) rather than an app screen
+OUTLIER_SHARE, OUTLIER_SPLITS = 0.15, ("train", "val")  # out-of-scope records per case of a split, and the splits that hold them
 
 
 def _triage_item(rng, split: str, out: Path, item_id: str) -> dict:
@@ -105,6 +119,23 @@ def _triage_item(rng, split: str, out: Path, item_id: str) -> dict:
         samples = engine.synthesize(case["voice"], "en-us", int(rng.integers(130, 180)))
         (out / "files" / f"{item_id}.wav").write_bytes(wav_bytes(samples, engine.sample_rate))
         record["audio"] = f"files/{item_id}.wav"
+    return record
+
+
+def _triage_outlier(rng, split: str, out: Path, item_id: str) -> dict:
+    """An out-of-scope triage record (triage.make_outlier), drawn as training draws its cases."""
+    from modalmesh.data.screens import WEB_SIZES, png_bytes, render_app_screen, render_web_page
+    from modalmesh.data.triage import make_outlier
+
+    case = make_outlier(rng, split)
+    record: dict = {"text": case["text"], "extra": {"kind": case["kind"], "screen": case["screen"]}}
+    if case["screen"] is not None:
+        if rng.random() < WEB_SHARE:
+            image = render_web_page(case["screen"], rng, WEB_SIZES[int(rng.integers(len(WEB_SIZES)))], case["dark"])
+        else:
+            image = render_app_screen(case["screen"], rng, case["mobile"], case["dark"], case["layout"])
+        (out / "files" / f"{item_id}.png").write_bytes(png_bytes(image))
+        record["image"] = f"files/{item_id}.png"
     return record
 
 
@@ -172,6 +203,12 @@ DICTATIONS = (
     "Referral note: {symptom}, {history}, please assess the lungs.",
     "Follow-up imaging for {symptom}. History: {history}.",
 )
+
+
+def task_records(path: str | Path, task: str, scope: str = "in") -> list[dict]:
+    """The manifest's records of `task` and `scope` ("in", the default for a record without
+    one, or "out"), in the manifest's order."""
+    return [r for r in read_manifest(path) if r["task"] == task and r.get("scope", "in") == scope]
 
 
 def read_manifest(path: str | Path) -> list[dict]:

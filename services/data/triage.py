@@ -9,7 +9,11 @@ three ways, so test wordings are never seen in training.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import numpy as np
+
+T = TypeVar("T")
 
 LABELS = ("payment", "login", "crash", "shipping", "refund", "other")
 
@@ -703,8 +707,72 @@ MESSAGE_TEMPLATES = {
 
 SPLITS = ("train", "val", "test")
 
+# Inputs the task should not answer, for training it to say so (generate.py writes them as
+# out-of-scope records): screens and messages about matters other than a shop's app, and
+# the shop's own matters in languages the task does not read. `data heldout` draws its
+# out-of-scope items from other lists (heldout.OTHER_TOPIC, OTHER_LANGUAGE: other wordings,
+# and German, Spanish, French and Portuguese, which no training item uses).
+OFF_TOPIC = [
+    ("Pipeline failed at stage 'test' (3 failing tests)", "the CI is red again since this morning"),
+    ("Deployment to staging failed: health check timed out", "staging deploy keeps timing out"),
+    ("Disk usage on /var is at 97%", "the server disk is almost full"),
+    ("Segmentation fault (core dumped)", "my C program crashes when I run it"),
+    ("npm ERR! code ELIFECYCLE", "npm install fails on my laptop"),
+    ("Connection to database db-02 refused", "the database went down overnight"),
+    ("VPN disconnected: authentication server unreachable", "I can't connect to the company VPN"),
+    ("Kernel update requires a restart", "should I restart my work computer now"),
+    ("Docker daemon is not running", "docker stopped working after the upgrade"),
+    ("Compilation error: missing semicolon on line 42", "my code won't compile"),
+    ("Backup job 'nightly-db' did not complete", "last night's backup didn't finish"),
+    ("License server not responding", "the CAD software says no license available"),
+    ("Team lunch moved to Thursday at 12:30", "is lunch still on this week"),
+    ("Quarterly review: slides due Friday", "when do I need to send my slides"),
+    ("New comment on your document 'Budget 2027'", "someone commented on my spreadsheet"),
+    ("Room 4B is booked by another team", "our meeting room is double booked"),
+    ("Your train to Leeds is delayed by 25 minutes", "will I make my connection"),
+    ("Bus 14 is diverted because of road works", "why didn't my bus come"),
+    ("Hotel check-in opens at 3 pm", "can I check in early at the hotel"),
+    ("Rain expected after 4 pm, take an umbrella", "will it rain on the way home"),
+    ("Heatwave alert: stay hydrated", "how hot will it get this weekend"),
+    ("Library books due back on Monday", "can I renew my library books"),
+    ("Exam timetable published for the spring term", "when is my maths exam"),
+    ("Your child's school trip form is missing", "did I sign the trip form"),
+    ("Dentist appointment tomorrow at 9:15", "can I move my dentist appointment"),
+    ("Flu vaccination clinic opens next week", "where do I get the flu jab"),
+    ("You reached 10,000 steps today!", "my step counter seems wrong"),
+    ("Thermostat offline: check the Wi-Fi connection", "the heating app can't find my thermostat"),
+    ("Robot vacuum stuck under the sofa", "my vacuum keeps getting stuck"),
+    ("Front door lock battery low", "the smart lock battery is dying"),
+    ("Washing machine cycle finished", "the washer beeps all the time"),
+    ("New episode of your podcast is available", "the podcast app skips episodes"),
+    ("Video upload processing: 45% done", "my video is taking forever to upload"),
+    ("Anna mentioned you in the group chat", "I keep getting group chat notifications"),
+    ("Garden waste collection moved to Wednesday", "when do they collect the bins now"),
+    ("Choir rehearsal cancelled tonight", "is choir practice still happening"),
+    ("Recipe saved: lemon drizzle cake", "how long do I bake the cake for"),
+    ("Tennis court booking confirmed for Saturday", "can I book a second court"),
+]
+OFF_LANGUAGE = [  # the shop's own matters, in languages the task does not read
+    ("Pagamento rifiutato dalla banca", "la mia carta non funziona"),
+    ("Password errata, riprova", "non riesco ad accedere al mio account"),
+    ("La spedizione è in ritardo", "il mio pacco non è ancora arrivato"),
+    ("Il rimborso è in elaborazione", "quando riceverò il rimborso"),
+    ("L'app si è chiusa inaspettatamente", "l'app continua a bloccarsi"),
+    ("Betaling mislukt, probeer een andere kaart", "mijn betaling gaat niet door"),
+    ("Inloggen mislukt: onjuist wachtwoord", "ik kan niet inloggen"),
+    ("Je pakket is vertraagd", "waar blijft mijn pakket"),
+    ("Terugbetaling wordt verwerkt", "ik heb mijn geld nog niet terug"),
+    ("Platba byla zamítnuta", "moje karta nefunguje"),
+    ("Přihlášení se nezdařilo", "nemůžu se přihlásit"),
+    ("Betalningen nekades", "mitt kort fungerar inte"),
+    ("Paketet är försenat", "var är mitt paket"),
+    ("Płatność odrzucona", "nie mogę zapłacić"),
+    ("Zwrot pieniędzy w trakcie realizacji", "kiedy dostanę zwrot"),
+    ("Aplikacja przestała działać", "aplikacja ciągle się zawiesza"),
+]
 
-def pool(items: list[str], split: str) -> list[str]:
+
+def pool(items: list[T], split: str) -> list[T]:
     """Disjoint parts of a fixed random order of `items` (the same for every dataset seed):
     train gets 2/3, val and test 1/6 each (at least one)."""
     n = len(items)
@@ -785,4 +853,22 @@ def make_case(rng, split: str) -> dict:
         "mobile": bool(rng.random() < 0.4),
         "dark": bool(rng.random() < 0.3),
         "layout": layout,
+    }
+
+
+def make_outlier(rng, split: str) -> dict:
+    """An input the task should not answer, from `split`'s part of the pools: a screen and
+    a message about other matters (three in four) or about the shop's matters in another
+    language; sometimes the screen alone or the message alone."""
+    kind = "topic" if rng.random() < 0.75 else "language"
+    pairs = pool(OFF_TOPIC if kind == "topic" else OFF_LANGUAGE, split)
+    screen, text = pairs[int(rng.integers(len(pairs)))]
+    shown = str(rng.choice(["both", "screen", "message"], p=[0.6, 0.2, 0.2]))
+    return {
+        "kind": kind,
+        "screen": screen if shown != "message" else None,
+        "text": text if shown != "screen" else "",
+        "mobile": bool(rng.random() < 0.4),
+        "dark": bool(rng.random() < 0.3),
+        "layout": str(rng.choice(["dialog", "banner", "toast"])),
     }

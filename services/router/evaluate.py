@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from modalmesh.data.generate import read_manifest
+from modalmesh.data.generate import task_records
 from modalmesh.router.features import FeatureCache
 from modalmesh.router.fusion import MODALITIES, MODALITY_SOURCES, SOURCES, modality_gate_weights
 from modalmesh.router.served import expected_calibration_error, honesty_metrics, serve
@@ -79,9 +79,7 @@ def evaluate(task: str | TaskSpec, data: str, report: str, weights: str = "", ca
     results["calibration"] = {"ece": expected_calibration_error(full_p, labels)}
     # As served: inputs the task does not read left out, unsure answers withheld (router/served.py).
     served_full = [serve(task_model, e.features, e.tags, audio_tags=e.audio_tags) for e in examples]
-    outside_kinds = [
-        (r.get("extra") or {}).get("kind", "") for r in read_manifest(manifest) if r["task"] == task and r.get("scope") == "out"
-    ]  # load_examples' order
+    outside_kinds = [(r.get("extra") or {}).get("kind", "") for r in task_records(manifest, task, "out")]  # load_examples' order
     served_outside = [serve(task_model, e.features, e.tags, audio_tags=e.audio_tags) for e in outside]
     results["honesty"] = honesty_metrics(task_model, served_full, labels, served_outside, outside_kinds)
     if "image" in spec.side_outputs:
@@ -159,7 +157,7 @@ def evaluate(task: str | TaskSpec, data: str, report: str, weights: str = "", ca
     results["gate_by_label"] = {
         label: {m: float(full_gate[labels == k, j].mean()) for j, m in enumerate(MODALITIES)} for k, label in enumerate(spec.labels) if (labels == k).any()
     }
-    records = [r for r in read_manifest(manifest) if r["task"] == task and r.get("scope", "in") == "in"]  # load_examples' order
+    records = task_records(manifest, task)  # load_examples' order
     results["transcripts"] = transcript_errors(records, items)
     rows = prediction_rows(spec, records, examples, full_p, full_r, single)
     write_report(Path(report), results, full_p, labels, spec, rows)
@@ -220,11 +218,10 @@ def screen_text_found(task_model, manifest: Path, task: str, items, examples, pr
     `extra.screen`, when the manifest has it): the paragraph the router reports (the task's
     status-line pointer, router/status_line.py; without one, the line the answer is read
     from, tasks.key_screen_line) against lines with error words."""
-    from modalmesh.data.generate import read_manifest
     from modalmesh.router.status_line import holds_message
     from modalmesh.router.tasks import ERROR_WORDS, key_screen_line
 
-    records = [r for r in read_manifest(manifest) if r["task"] == task and r.get("scope", "in") == "in"]  # as `items`
+    records = task_records(manifest, task)  # as `items`
     pointer = task_model.status_line
     counts: dict[str, Any] = {"items": 0, "key_line": 0, "picked_right": 0, "withheld": 0, "withheld_wrong": 0, "error_words": 0}
     counts["by"] = "status-line pointer" if pointer else "label support"

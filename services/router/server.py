@@ -282,6 +282,8 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             info.abstain_below = task.abstain_below
             info.neighbour_checked.extend(MODALITY_ENUM[m] for m in neighbour_checked(task))
             info.abstain_below_alone.update(task.model.config.abstain_below_alone)
+            if task.scope is not None:
+                info.out_of_scope_above = task.scope.threshold
             info.applicability_max_distance.update({m: d for m in task.applicability.references if (d := task.applicability.max_distance(m)) is not None})
         if repository is not None:
             info.versions.extend(_version_info(repository, name, state, task) for state in repository.states(name))

@@ -32,7 +32,8 @@ import torch
 from modalmesh.common import models
 from modalmesh.common.once import ComputedOnce
 from modalmesh.router.applicability import Applicability
-from modalmesh.router import status_line
+from modalmesh.router import scope, status_line
+from modalmesh.router.scope import ScopeCheck
 from modalmesh.router.status_line import StatusLine
 from modalmesh.router.fusion import (
     MODALITIES,
@@ -44,6 +45,7 @@ from modalmesh.router.fusion import (
     ProjectedTokens,
     StackedEnsemble,
     build_model,
+    modality_of,
     checked_precision,
 )
 
@@ -359,6 +361,7 @@ def withheld(
     neighbours: str = "",
     threshold_note: str = "",
     unvouched: str = "",
+    out_of_scope: str = "",
 ) -> str:
     """Why an answer must be withheld, or '' when it may be given: one policy, applied alike
     by the router and by `modalmesh eval`. `read`: the modalities used as evidence (absent,
@@ -370,7 +373,8 @@ def withheld(
     say against an answer read from one modality alone (neighbours_disagree);
     `threshold_note`: what `abstain_below` is for, when not every answer (TaskModel.threshold_for);
     `unvouched`: why nothing read is like what the task was checked on and agrees with the
-    answer (unvouched_screen), '' where something is.
+    answer (unvouched_screen), '' where something is; `out_of_scope`: why the message and
+    screen text read as matters the task does not handle (scope.ScopeCheck.reason).
 
     A message read alone that is unlike every validation message is withheld: text
     distances are cosines, bounded, so the applicability margin (a multiple of the farthest
@@ -387,6 +391,8 @@ def withheld(
         return f"the message is unlike every message the task was checked on, so how sure the answer may be is not known; {spec.resolve} would help"
     if unvouched:
         return f"{unvouched}, so how sure the answer may be is not known; {spec.resolve} would help"
+    if out_of_scope:
+        return out_of_scope
     if spec.measure is not None and "image" in read:
         note = tags.get("lesion_measurement", "")
         if note.startswith("hu-") and ": not measured" in note:  # a measurement was tried and failed
@@ -439,7 +445,11 @@ def withheld_answer(
     neighbours = neighbours_disagree(task, read, features, best)
     threshold, note = task.threshold_for(read)
     unvouched = unvouched_screen(task, read, features, best, unfamiliar)
-    return withheld(task.spec, task.spec.labels[best], confidence, read, threshold, tags, dissent, unfamiliar, neighbours, note, unvouched)
+    out_of_scope = ""
+    if task.scope is not None:  # judged on the message and screen text that were read
+        judged: dict[str, torch.Tensor] = {s: features[s] for s in ("text", "image_text") if s in features and modality_of(s) in read}
+        out_of_scope = task.scope.reason(judged, task.status_line)
+    return withheld(task.spec, task.spec.labels[best], confidence, read, threshold, tags, dissent, unfamiliar, neighbours, note, unvouched, out_of_scope)
 
 
 def unvouched_screen(task: "TaskModel", read: set[str], features: dict[str, torch.Tensor], best: int, unfamiliar: frozenset[str]) -> str:
@@ -709,6 +719,7 @@ class TaskModel:
     applicability: Applicability = field(default_factory=Applicability)  # the reference set fitted at training
     status_line: StatusLine | None = None  # which screen paragraph is the status message (router/status_line.py)
     repository_version: int = 0  # its version in a model repository (router/repository.py); 0 outside one
+    scope: ScopeCheck | None = None  # tells inputs about other matters from the task's own (router/scope.py)
 
     @property
     def abstain_below(self) -> float:
@@ -940,6 +951,7 @@ def load_task_folder(spec: TaskSpec, folder: Path | None, precision: str = "auto
             trained=True,
             applicability=Applicability.load(folder),
             status_line=status_line.load(folder),
+            scope=scope.load(folder),
         )
     torch.manual_seed(0)  # untrained but stable: the same request gets the same answer
     model = FusionModel(FusionConfig(labels=spec.labels, regression=spec.regression, **spec.fusion)).eval()

@@ -23,6 +23,7 @@ import random
 import re
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,8 +32,8 @@ import torch.nn.functional as F
 
 from modalmesh.common import models
 from modalmesh.common.progress import progress
-from modalmesh.data.generate import read_manifest
-from modalmesh.router import applicability, status_line
+from modalmesh.data.generate import task_records
+from modalmesh.router import applicability, scope, status_line
 from modalmesh.router.features import FeatureCache, configured_asr_engine, configured_fusion_precision, text_model_version
 from modalmesh.router.finetune import LEARNING_RATE as TEXT_TOP_LEARNING_RATE
 from modalmesh.router.fusion import MODALITIES, FusionConfig, FusionEnsemble, FusionModel, fit_log_temperature
@@ -135,7 +136,7 @@ def load_examples(
     `refuse`: an image the task does not read (tasks.TaskSpec.inapplicable), or an audio clip, stops it,
     naming the item (training); else it is kept, to be judged as the router judges it."""
     spec = spec_of(task)
-    records = [r for r in read_manifest(manifest) if r["task"] == spec.name and r.get("scope", "in") == scope]
+    records = task_records(manifest, spec.name, scope)
     if not records and scope == "in":
         raise ValueError(f"{manifest}: no records for task {spec.name}")
     for record in records if scope == "in" else ():  # every label checked before any feature is computed
@@ -270,8 +271,11 @@ def train(
     cache = FeatureCache.for_task(spec, manifest, cache_dir)
     try:
         train_set, train_items = load_examples(spec, manifest, cache, "train")
+        # Inputs the task should not answer (the manifest's out-of-scope records): what the scope check learns from.
+        outliers, _ = load_examples(spec, manifest, cache, "train, out of scope", scope="out", refuse=False)
         val_path = manifest.with_name("val.jsonl")
         val_set, val_items = load_examples(spec, val_path, cache, "val") if val_path.is_file() and val_path != manifest else ([], [])
+        val_outliers = load_examples(spec, val_path, cache, "val, out of scope", scope="out", refuse=False)[0] if val_set else []
     finally:
         cache.close()
     # Validation with the screen text read quickly: whether ROUTED mode reads it so first (tune_routing_on).
@@ -287,6 +291,10 @@ def train(
     # tasks.decide): the routing and abstention thresholds are chosen on it.
     served_val = val_set
     train_set, val_set = status_line.focus_examples(pointer, train_set), status_line.focus_examples(pointer, val_set)
+    # Inputs about other matters told from the task's own on what their words say (router/scope.py).
+    scope_check, scope_summary = scope.fit(
+        [e.features for e in train_set], [e.features for e in outliers], [e.features for e in val_set], [e.features for e in val_outliers], pointer
+    )
 
     config.input_widths = input_widths(train_set + val_set, config.input_widths)
     trained, histories, train_seconds = [], [], 0.0
@@ -352,11 +360,13 @@ def train(
                 kept = neighbours_kept(served_val, alone, reference, config.neighbour_precision)
                 config.abstain_below_alone = choose_alone_thresholds(served_val, kept, config.abstain_below)
             if val_set:  # the earliest answers that cost at most half a point of validation accuracy, are as reliable as any and would be given
-                as_served = TaskModel(spec, model, "", True, reference, pointer)
+                as_served = TaskModel(spec, model, "", True, reference, pointer, scope=scope_check)
                 config.routing = tune_routing_on(model, spec, served_val, val_items, pointer, task=as_served, quick=quick_val)
         reference.save(out_dir)
         if pointer is not None:
             status_line.save(pointer, out_dir)
+        if scope_check is not None:
+            scope_check.save(out_dir)
         temperatures = [float(m.log_temperature.exp()) for m in trained]
         temperature = temperatures[0] if members == 1 else temperatures
         from safetensors.torch import save_file
@@ -367,6 +377,9 @@ def train(
             "task": name,
             "train_items": len(train_set),
             "val_items": len(val_set),
+            "train_out_of_scope": len(outliers),
+            "val_out_of_scope": len(val_outliers),
+            "scope_check": scope_summary,
             "epochs": epochs,
             "seed": seed,
             "members": members,
@@ -395,6 +408,18 @@ def train(
         write_model_card(out_dir, spec, summary, data, shown_as=shown_as)
     summary["out"] = str(published[0] if published else Path(out))
     return summary
+
+
+def _out_of_scope_card(summary: dict) -> str:
+    check = summary.get("scope_check")
+    if not check:
+        return ""
+    return (
+        f"\n- Out of scope: {summary['train_out_of_scope']} training inputs the task should not answer (the manifest's"
+        f'\n  `"scope": "out"` records) teach a check on the message and screen text (router/scope.py); on validation it'
+        f"\n  withholds {check['val_out_caught']} of {check['val_out']} such inputs and none of the {check['val_in']} in scope"
+        f" (threshold {check['threshold']:.3f})."
+    )
 
 
 def _alone_card(thresholds: dict[str, float]) -> str:
@@ -432,7 +457,16 @@ def _status_line_card(summary: dict | None) -> str:
     )
 
 
-WEIGHT_FILES = ("model.safetensors", "config.json", "train_log.json", "MODEL_CARD.md", "text-model", applicability.FILE_NAME, status_line.FILE_NAME)
+WEIGHT_FILES = (
+    "model.safetensors",
+    "config.json",
+    "train_log.json",
+    "MODEL_CARD.md",
+    "text-model",
+    applicability.FILE_NAME,
+    status_line.FILE_NAME,
+    scope.FILE_NAME,
+)
 
 
 def fit_status_line(
@@ -444,8 +478,8 @@ def fit_status_line(
     spec = spec_of(task)
     if "image" not in spec.side_outputs:
         return None, None
-    train_pairs = status_line.pairs_of([r for r in read_manifest(manifest) if r["task"] == spec.name], train_items, train_set)
-    val_pairs = status_line.pairs_of([r for r in read_manifest(val_path) if r["task"] == spec.name], val_items, val_set) if val_set else []
+    train_pairs = status_line.pairs_of(task_records(manifest, spec.name), train_items, train_set)
+    val_pairs = status_line.pairs_of(task_records(val_path, spec.name), val_items, val_set) if val_set else []
     if len(train_pairs) < STATUS_LINE_MIN_SCREENS:
         return None, None
     pointer, summary = status_line.fit(train_pairs, val_pairs, epochs=STATUS_LINE_EPOCHS, seed=seed)
@@ -504,7 +538,7 @@ def _prepare_text_top(task: str | TaskSpec, top_layers: int, splits):
     text_top = TextTop(TextEncoder(configured_models().get("text", "")), top_layers)
     for manifest, examples, items in splits:
         if examples:
-            records = [r for r in read_manifest(manifest) if r["task"] == spec_of(task).name]
+            records = task_records(manifest, spec_of(task).name)
             text_top.prepare(examples, [texts_of(r, item) for r, item in zip(records, items)], label=manifest.stem)
     return text_top
 
@@ -727,17 +761,10 @@ def tune_routing_again(task: str | TaskSpec, data: str, weights: str, cache_dir:
     result = {"task": spec.name, "weights": str(folder), "items": len(examples), "before": before, "after": after, "written": ""}
     if write or repository:
         routing = {k: after[k] for k in ("tau", "gamma", "eager", "quick")}
-        published: list[Path] = []
-        staging = staged_version(Path(repository) / spec.name, published) if repository else staged_folder(folder)
-        with staging as out_dir:
-            for entry in folder.iterdir():
-                if entry.name in WEIGHT_FILES:
-                    (shutil.copytree if entry.is_dir() else shutil.copy2)(entry, out_dir / entry.name)
+
+        def edit(out_dir: Path) -> None:
             for name in ("config.json", "train_log.json"):
-                if (out_dir / name).is_file():
-                    values = json.loads((out_dir / name).read_text())
-                    values["routing"] = routing
-                    (out_dir / name).write_text(json.dumps(values, indent=2) + ("\n" if name == "train_log.json" else ""))
+                _update_json(out_dir / name, {"routing": routing})
             card = out_dir / "MODEL_CARD.md"
             if card.is_file():
                 eager, first = "+".join(routing["eager"]) or "none", "+".join(routing["quick"]) or "none"
@@ -746,7 +773,85 @@ def tune_routing_again(task: str | TaskSpec, data: str, weights: str, cache_dir:
                     f"  read quickly first (ROUTED mode): {first}"
                 )
                 card.write_text(ROUTING_CARD.sub(shown, card.read_text()))
-        result["written"] = str(published[0] if published else folder)
+
+        result["written"] = rewritten(folder, spec.name, edit, repository)
+    return result
+
+
+def rewritten(folder: Path, task: str, edit: Callable[[Path], None], repository: str = "") -> str:
+    """A trained task's folder copied (its WEIGHT_FILES), `edit`ed, and put in place whole:
+    replacing `folder`, or as the task's next version in `repository`. Returns where."""
+    published: list[Path] = []
+    staging = staged_version(Path(repository) / task, published) if repository else staged_folder(folder)
+    with staging as out_dir:
+        for entry in folder.iterdir():
+            if entry.name in WEIGHT_FILES:
+                (shutil.copytree if entry.is_dir() else shutil.copy2)(entry, out_dir / entry.name)
+        edit(out_dir)
+    return str(published[0] if published else folder)
+
+
+def _update_json(path: Path, values: dict) -> None:
+    """`values` set in the JSON object in `path`, where there is one."""
+    if path.is_file():
+        path.write_text(json.dumps({**json.loads(path.read_text()), **values}, indent=2) + ("\n" if path.name == "train_log.json" else ""))
+
+
+OUT_OF_SCOPE_CARD = re.compile(r"\n- Out of scope: [^\n]*(\n  [^\n]*)*")
+DATA_CARD = re.compile(r"(- Data: [^\n]*(\n  [^\n]*)*)")
+
+
+def fit_scope_again(task: str | TaskSpec, data: str, weights: str, cache_dir: str = "", write: bool = False, repository: str = "") -> dict:
+    """The scope check (router/scope.py) fitted for a trained model, as training fits it:
+    on the out-of-scope records of the training manifest `data` against its cases, its
+    threshold and weight decay chosen on val.jsonl beside it, through the model's own
+    status-line pointer. `write`: the folder is replaced by a copy holding it
+    (scope.safetensors, train_log.json, MODEL_CARD.md); `repository`: that copy becomes the
+    task's next version there instead."""
+    spec = spec_of(task)
+    task_model, folder = open_trained(spec, weights)
+    if not task_model.trained:
+        raise ValueError(f"{folder}: no model.safetensors there: train the task first (`modalmesh train`)")
+    manifest = Path(data)
+    val_path = manifest.with_name("val.jsonl")
+    if not val_path.is_file() or val_path == manifest:
+        raise ValueError(f"{manifest}: the scope check's threshold is chosen on val.jsonl beside it, and there is none")
+    cache = FeatureCache.for_task(spec, manifest, cache_dir)
+    try:
+        inside, _ = load_examples(spec, manifest, cache, "train")
+        outside, _ = load_examples(spec, manifest, cache, "train, out of scope", scope="out", refuse=False)
+        val_in, _ = load_examples(spec, val_path, cache, "val")
+        val_out, _ = load_examples(spec, val_path, cache, "val, out of scope", scope="out", refuse=False)
+    finally:
+        cache.close()
+    check, summary = scope.fit(
+        [e.features for e in inside], [e.features for e in outside], [e.features for e in val_in], [e.features for e in val_out], task_model.status_line
+    )
+    if check is None or summary is None:
+        raise ValueError(
+            f"{manifest}: nothing to learn a scope check from: the training and validation manifests need "
+            'out-of-scope records ("scope": "out") with screen text'
+        )
+    result = {
+        "task": spec.name,
+        "weights": str(folder),
+        "train_out_of_scope": len(outside),
+        "val_out_of_scope": len(val_out),
+        "scope_check": summary,
+        "written": "",
+    }
+    if write or repository:
+        logged = {k: result[k] for k in ("train_out_of_scope", "val_out_of_scope", "scope_check")}
+
+        def edit(out_dir: Path) -> None:
+            check.save(out_dir)
+            _update_json(out_dir / "train_log.json", logged)
+            card = out_dir / "MODEL_CARD.md"
+            if card.is_file():
+                text = OUT_OF_SCOPE_CARD.sub("", card.read_text())
+                card.write_text(DATA_CARD.sub(lambda found: found.group(1) + _out_of_scope_card(logged), text, count=1))
+
+        result["written"] = rewritten(folder, spec.name, edit, repository)
     return result
 
 
@@ -977,7 +1082,7 @@ def write_model_card(out_dir: Path, spec, summary: dict, data: str, shown_as: Pa
   log-mel frames (audio), frozen unless said; PP-OCR for screen text, {summary.get("asr_engine", "whisper")} for transcripts.
 - Fusion: projections to 128-d, 2 layers of modality-aware attention, routing gate, temperature-scaled heads.{ensemble}
 - Data: `{data}` ({summary["train_items"]} training items, {summary["val_items"]} validation items), synthetic,
-  generated by `modalmesh data generate`.
+  generated by `modalmesh data generate`.{_out_of_scope_card(summary)}
 - Training: {summary["epochs"]} epochs, seed {summary["seed"]}, modality dropout, feature noise {summary["feature_noise"]};
   temperature {", ".join(f"{t:.3f}" for t in temperatures)}
   (calibrated on validation); features {summary["feature_seconds"]} s, training {summary["train_seconds"]} s on this machine.

@@ -304,7 +304,7 @@ class ListTasksRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class TaskInfo(_message.Message):
-    __slots__ = ("name", "description", "labels", "accepted_modalities", "optional_modalities", "model_version", "tau", "gamma", "eager_side_outputs", "text_model", "abstain_below", "applicability_max_distance", "versions", "problem", "report_formats", "neighbour_checked", "abstain_below_alone", "quick_side_outputs")
+    __slots__ = ("name", "description", "labels", "accepted_modalities", "optional_modalities", "model_version", "tau", "gamma", "eager_side_outputs", "text_model", "abstain_below", "applicability_max_distance", "versions", "problem", "report_formats", "neighbour_checked", "abstain_below_alone", "quick_side_outputs", "out_of_scope_above")
     class ApplicabilityMaxDistanceEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -337,6 +337,7 @@ class TaskInfo(_message.Message):
     NEIGHBOUR_CHECKED_FIELD_NUMBER: _ClassVar[int]
     ABSTAIN_BELOW_ALONE_FIELD_NUMBER: _ClassVar[int]
     QUICK_SIDE_OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    OUT_OF_SCOPE_ABOVE_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     labels: _containers.RepeatedScalarFieldContainer[str]
@@ -355,7 +356,8 @@ class TaskInfo(_message.Message):
     neighbour_checked: _containers.RepeatedScalarFieldContainer[Modality]
     abstain_below_alone: _containers.ScalarMap[str, float]
     quick_side_outputs: _containers.RepeatedScalarFieldContainer[Modality]
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., accepted_modalities: _Optional[_Iterable[_Union[Modality, str]]] = ..., optional_modalities: _Optional[_Iterable[_Union[Modality, str]]] = ..., model_version: _Optional[str] = ..., tau: _Optional[float] = ..., gamma: _Optional[float] = ..., eager_side_outputs: _Optional[_Iterable[_Union[Modality, str]]] = ..., text_model: _Optional[str] = ..., abstain_below: _Optional[float] = ..., applicability_max_distance: _Optional[_Mapping[str, float]] = ..., versions: _Optional[_Iterable[_Union[TaskVersion, _Mapping]]] = ..., problem: _Optional[str] = ..., report_formats: _Optional[_Iterable[_Union[ReportFormat, str]]] = ..., neighbour_checked: _Optional[_Iterable[_Union[Modality, str]]] = ..., abstain_below_alone: _Optional[_Mapping[str, float]] = ..., quick_side_outputs: _Optional[_Iterable[_Union[Modality, str]]] = ...) -> None: ...
+    out_of_scope_above: float
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., accepted_modalities: _Optional[_Iterable[_Union[Modality, str]]] = ..., optional_modalities: _Optional[_Iterable[_Union[Modality, str]]] = ..., model_version: _Optional[str] = ..., tau: _Optional[float] = ..., gamma: _Optional[float] = ..., eager_side_outputs: _Optional[_Iterable[_Union[Modality, str]]] = ..., text_model: _Optional[str] = ..., abstain_below: _Optional[float] = ..., applicability_max_distance: _Optional[_Mapping[str, float]] = ..., versions: _Optional[_Iterable[_Union[TaskVersion, _Mapping]]] = ..., problem: _Optional[str] = ..., report_formats: _Optional[_Iterable[_Union[ReportFormat, str]]] = ..., neighbour_checked: _Optional[_Iterable[_Union[Modality, str]]] = ..., abstain_below_alone: _Optional[_Mapping[str, float]] = ..., quick_side_outputs: _Optional[_Iterable[_Union[Modality, str]]] = ..., out_of_scope_above: _Optional[float] = ...) -> None: ...
 
 class TaskVersion(_message.Message):
     __slots__ = ("version", "state", "reason", "model_version", "serving")
