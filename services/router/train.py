@@ -291,9 +291,12 @@ def train(
     # tasks.decide): the routing and abstention thresholds are chosen on it.
     served_val = val_set
     train_set, val_set = status_line.focus_examples(pointer, train_set), status_line.focus_examples(pointer, val_set)
-    # Inputs about other matters told from the task's own on what their words say (router/scope.py).
-    scope_check, scope_summary = scope.fit(
-        [e.features for e in train_set], [e.features for e in outliers], [e.features for e in val_set], [e.features for e in val_outliers], pointer
+    # Inputs about other matters told from the task's own on what their words say (router/scope.py);
+    # with fine-tuned text layers the router reads other vectors than these: `fit-scope` then, with them.
+    scope_check, scope_summary = (
+        scope.fit([e.features for e in train_set], [e.features for e in outliers], [e.features for e in val_set], [e.features for e in val_outliers], pointer)
+        if text_top is None
+        else (None, None)
     )
 
     config.input_widths = input_widths(train_set + val_set, config.input_widths)
