@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 FILE_NAME = "scope.safetensors"
+REASON = "the message and screen text read like matters the task does not handle"  # how ScopeCheck.reason begins
 SOURCES = ("text", "image_text")  # the message, and the screen text (its status paragraph)
 WEIGHT_DECAYS = (1e-3, 3e-3, 1e-2)  # tried at training; validation picks one
 
@@ -80,7 +81,7 @@ class ScopeCheck:
         score = self.score(features, pointer)
         if score is None or score <= self.threshold:
             return ""
-        return f"the message and screen text read like matters the task does not handle (out-of-scope score {score:.2f}, above {self.threshold:.2f})"
+        return f"{REASON} (out-of-scope score {score:.2f}, above {self.threshold:.2f})"
 
     def save(self, folder: Path) -> None:
         from safetensors.torch import save_file

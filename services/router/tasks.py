@@ -256,6 +256,9 @@ class TaskSpec:
 # ----------------------------------------------------------------------- screenshot triage
 
 UNSURE_REPLY = "Thanks for getting in touch. We're looking into it; could you tell us a little more about what happened?"
+# A request whose words read like other matters than the task's (router/scope.py): a person routes it.
+OUT_OF_SCOPE_NEXT_STEPS = "It reads like something other than what this queue handles: route it to the team it is about, or ask the customer what they need."
+OUT_OF_SCOPE_REPLY = "Thanks for getting in touch. This doesn't look like something we handle here; could you tell us what you need from us?"
 UNSURE_CONFIDENCE = 0.5  # below it the reply names no problem: a calibrated label under 0.5 is more likely wrong than right
 ERROR_WORDS = re.compile(r"error|fail|declin|denied|invalid|unable|cannot|can't|crash|stopped|expired|timeout|timed out|not found|code \d+", re.I)
 
@@ -309,11 +312,12 @@ def write_triage(answer: Answer, evidence: Evidence, labels: dict[str, dict[str,
     said = f' The customer wrote: "{evidence.text.strip()[:200]}".' if evidence.text.strip() else ""
     heard = f' Voice message (transcript): "{evidence.transcript[:200]}".' if evidence.transcript else ""
     if evidence.withheld:  # a person looks sooner; the reply names no problem
-        findings = {"priority": "normal", "error_text": "", "next_steps": other["next_steps"]}
+        elsewhere = evidence.withheld.startswith(scope.REASON)
+        findings = {"priority": "normal", "error_text": "", "next_steps": OUT_OF_SCOPE_NEXT_STEPS if elsewhere else other["next_steps"]}
         description = (
             f"Not classified: {evidence.withheld}. Best guess {answer.label} ({answer.confidence:.2f}).{said}{heard} Next steps: {findings['next_steps']}"
         )
-        return description, findings, UNSURE_REPLY
+        return description, findings, OUT_OF_SCOPE_REPLY if elsewhere else UNSURE_REPLY
     about = labels.get(answer.label, other)
     priority = about["priority"]
     if answer.confidence < UNSURE_CONFIDENCE and priority == "low":
