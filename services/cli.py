@@ -337,7 +337,8 @@ def _data_errors(command):
         try:
             return command(args)
         except (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError) as exc:
-            print(f"modalmesh {command.__name__.removeprefix('cmd_').replace('_', ' ')}: {exc}", file=sys.stderr)
+            said = " ".join(name for name in (getattr(args, "command", ""), getattr(args, "data_command", ""), getattr(args, "task_command", "")) if name)
+            print(f"modalmesh {said or command.__name__.removeprefix('cmd_').replace('_', ' ')}: {exc}", file=sys.stderr)
             return 2
 
     return run

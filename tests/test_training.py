@@ -700,7 +700,10 @@ def test_fit_scope_says_when_there_is_nothing_to_learn_from(medical_data, tmp_pa
 
     before = sorted(p.name for p in (SHIPPED_WEIGHTS / "medical_report").iterdir())
     assert main(["fit-scope", "--task", "medical_report", "--data", str(medical_data / "train.jsonl")]) == 2
-    assert "nothing to learn a scope check from" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("modalmesh fit-scope: ") and "nothing to learn a scope check from" in err
+    assert main(["fit-scope", "--task", "medical_report", "--data", str(tmp_path / "none.jsonl")]) == 2
+    assert f"{tmp_path / 'none.jsonl'}: no such file" in capsys.readouterr().err
     alone = tmp_path / "train.jsonl"
     alone.write_text((medical_data / "train.jsonl").read_text().replace('"image": "files/', f'"image": "{medical_data}/files/'))
     assert main(["fit-scope", "--task", "medical_report", "--data", str(alone)]) == 2

@@ -816,6 +816,8 @@ def fit_scope_again(task: str | TaskSpec, data: str, weights: str, cache_dir: st
     if not task_model.trained:
         raise ValueError(f"{folder}: no model.safetensors there: train the task first (`modalmesh train`)")
     manifest = Path(data)
+    if not manifest.is_file():
+        raise FileNotFoundError(f"{manifest}: no such file")
     val_path = manifest.with_name("val.jsonl")
     if not val_path.is_file() or val_path == manifest:
         raise ValueError(f"{manifest}: the scope check's threshold is chosen on val.jsonl beside it, and there is none")
