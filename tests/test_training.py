@@ -701,7 +701,7 @@ def test_fit_scope_says_when_there_is_nothing_to_learn_from(medical_data, tmp_pa
     before = sorted(p.name for p in (SHIPPED_WEIGHTS / "medical_report").iterdir())
     assert main(["fit-scope", "--task", "medical_report", "--data", str(medical_data / "train.jsonl")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("modalmesh fit-scope: ") and "nothing to learn a scope check from" in err
+    assert "modalmesh fit-scope: " in err and "nothing to learn a scope check from" in err and "Traceback" not in err
     assert main(["fit-scope", "--task", "medical_report", "--data", str(tmp_path / "none.jsonl")]) == 2
     assert f"{tmp_path / 'none.jsonl'}: no such file" in capsys.readouterr().err
     alone = tmp_path / "train.jsonl"
