@@ -801,6 +801,11 @@ def test_out_of_scope_answers_are_counted_by_kind_in_the_evaluation():
         "language": {"items": 1, "answered": 1},
     }
     assert "answered_by_kind" not in honesty_metrics(task, [Served(0, 0.9, "")], np.array([0]), outside)["out_of_scope"]
+    # What withheld the ones read (not those the task could not read), the item's own numbers left out.
+    assert metrics["out_of_scope"]["withheld_reasons"] == {"confidence below": 1}
+    elsewhere = Served(2, 0.97, "the message and screen text read like matters the task does not handle (out-of-scope score 0.65, above 0.48)")
+    counted = honesty_metrics(task, [Served(0, 0.9, "")], np.array([0]), outside + [elsewhere, elsewhere])["out_of_scope"]["withheld_reasons"]
+    assert counted == {"the message and screen text read like matters the task does not handle": 2, "confidence below": 1}
 
 
 def test_the_evaluation_counts_transcripts_not_read_as_nothing_heard():

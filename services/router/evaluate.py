@@ -417,6 +417,8 @@ def honesty_lines(honesty: dict) -> list[str]:
                 "- out of scope, answered by kind: "
                 + ", ".join(f"{kind} {counts['answered']} of {counts['items']}" for kind, counts in outside["answered_by_kind"].items())
             )
+        if outside.get("withheld_reasons"):
+            lines.append("- out of scope, read and withheld: " + "; ".join(f"{reason} ({count})" for reason, count in outside["withheld_reasons"].items()))
     curve = " ".join(f"{point['threshold']:g}: {point['coverage']:.2f}/{_number(point['accuracy'], 2)}" for point in honesty["risk_coverage"])
     lines.append(f"- coverage/accuracy by confidence threshold: {curve}")
     return lines

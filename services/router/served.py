@@ -142,6 +142,7 @@ def honesty_metrics(task: TaskModel, in_scope: list[Served], labels: np.ndarray,
             "answered_above_0.95": sum(s.confidence > CONFIDENT for s in confident),
             "withheld_or_not_applicable": 1 - len(confident) / len(out_of_scope),
             "not_applicable_by_modality": {m: sum(m in s.not_applicable for s in out_of_scope) for m in MODALITIES},
+            "withheld_reasons": _counts(_kind(s.reason) for s in out_of_scope if s.reason and s.best >= 0),
             "auroc_by_modality": {},
         }
         if out_kinds and len(out_kinds) == len(out_of_scope) and any(out_kinds):
