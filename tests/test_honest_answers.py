@@ -687,6 +687,17 @@ def test_a_screen_and_message_about_other_matters_are_not_answered(router):
     assert not response.abstained and response.label == "payment", (response.label, response.abstain_reason)
 
 
+def test_a_message_about_other_matters_sent_alone_is_not_answered(router):
+    """The scope check judges screenshots only; a message alone about other matters (the
+    held-out set's, never trained on) meets the message checks, and none is answered."""
+    from modalmesh.data.heldout import OTHER_TOPIC
+
+    for _, message in OTHER_TOPIC:
+        response = analyze(router, "screenshot_triage", text=message)
+        assert response.abstained and response.label == "uncertain", (message, response.label, response.confidence)
+        assert not response.abstain_reason.startswith("the message and screen text read like"), response.abstain_reason
+
+
 def test_a_screenshot_is_applicable_to_triage_and_scored(router):
     screenshot = image_bytes(render_screenshot("Error 402: Payment declined"))
     report = image_report(analyze(router, "screenshot_triage", image=router_pb2.MediaInput(data=screenshot)))
