@@ -681,7 +681,7 @@ def test_a_screen_and_message_about_other_matters_are_not_answered(router):
         # A person routes it: the next steps and the reply say it reads like something other than the shop's matters.
         findings = {f.key: f.value for f in response.findings}
         assert findings["priority"] == "normal" and findings["next_steps"].startswith("It reads like something other than what this queue handles"), findings
-        assert "doesn't look like something we handle here" in findings["reply"] and "sorry" not in findings["reply"].lower()
+        assert "not sure this is something we can help with here" in findings["reply"] and "sorry" not in findings["reply"].lower()
     card = image_bytes(render_screenshot("Payment declined: card expired"))
     response = analyze(router, "screenshot_triage", text="my card was declined at checkout", image=router_pb2.MediaInput(data=card))
     assert not response.abstained and response.label == "payment", (response.label, response.abstain_reason)

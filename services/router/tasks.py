@@ -258,7 +258,7 @@ class TaskSpec:
 UNSURE_REPLY = "Thanks for getting in touch. We're looking into it; could you tell us a little more about what happened?"
 # A request whose words read like other matters than the task's (router/scope.py): a person routes it.
 OUT_OF_SCOPE_NEXT_STEPS = "It reads like something other than what this queue handles: route it to the team it is about, or ask the customer what they need."
-OUT_OF_SCOPE_REPLY = "Thanks for getting in touch. This doesn't look like something we handle here; could you tell us what you need from us?"
+OUT_OF_SCOPE_REPLY = "Thanks for getting in touch. We're not sure this is something we can help with here; could you tell us what you need from us?"
 UNSURE_CONFIDENCE = 0.5  # below it the reply names no problem: a calibrated label under 0.5 is more likely wrong than right
 ERROR_WORDS = re.compile(r"error|fail|declin|denied|invalid|unable|cannot|can't|crash|stopped|expired|timeout|timed out|not found|code \d+", re.I)
 
