@@ -99,7 +99,6 @@ OUTLIER_SHARE, OUTLIER_SPLITS = 0.15, ("train", "val")  # out-of-scope records p
 
 def _triage_item(rng, split: str, out: Path, item_id: str) -> dict:
     from modalmesh.audio.speech import espeak, wav_bytes
-    from modalmesh.data.screens import WEB_SIZES, png_bytes, render_app_screen, render_web_page
     from modalmesh.data.triage import make_case
 
     case = make_case(rng, split)
@@ -107,13 +106,9 @@ def _triage_item(rng, split: str, out: Path, item_id: str) -> dict:
     if case["text"]:  # what the message shows when it is all a caller sends
         record["alone_labels"] = {"text": case["message_label"]}
     if case["screen"] is not None:
-        if rng.random() < WEB_SHARE:
-            image = render_web_page(case["screen"], rng, WEB_SIZES[int(rng.integers(len(WEB_SIZES)))], case["dark"])
+        record["image"], web = _draw_screen(rng, case, out, item_id)
+        if web:
             record["extra"]["layout"] = "web"
-        else:
-            image = render_app_screen(case["screen"], rng, case["mobile"], case["dark"], case["layout"])
-        (out / "files" / f"{item_id}.png").write_bytes(png_bytes(image))
-        record["image"] = f"files/{item_id}.png"
     if case["voice"] is not None:
         engine = espeak()
         samples = engine.synthesize(case["voice"], "en-us", int(rng.integers(130, 180)))
@@ -124,19 +119,27 @@ def _triage_item(rng, split: str, out: Path, item_id: str) -> dict:
 
 def _triage_outlier(rng, split: str, out: Path, item_id: str) -> dict:
     """An out-of-scope triage record (triage.make_outlier), drawn as training draws its cases."""
-    from modalmesh.data.screens import WEB_SIZES, png_bytes, render_app_screen, render_web_page
     from modalmesh.data.triage import make_outlier
 
     case = make_outlier(rng, split)
     record: dict = {"text": case["text"], "extra": {"kind": case["kind"], "screen": case["screen"]}}
     if case["screen"] is not None:
-        if rng.random() < WEB_SHARE:
-            image = render_web_page(case["screen"], rng, WEB_SIZES[int(rng.integers(len(WEB_SIZES)))], case["dark"])
-        else:
-            image = render_app_screen(case["screen"], rng, case["mobile"], case["dark"], case["layout"])
-        (out / "files" / f"{item_id}.png").write_bytes(png_bytes(image))
-        record["image"] = f"files/{item_id}.png"
+        record["image"], _ = _draw_screen(rng, case, out, item_id)
     return record
+
+
+def _draw_screen(rng, case: dict, out: Path, item_id: str) -> tuple[str, bool]:
+    """A triage case's screen drawn by a training renderer (a web page WEB_SHARE of the time,
+    else an app screen) into files/: its manifest path, and whether it is a web page."""
+    from modalmesh.data.screens import WEB_SIZES, png_bytes, render_app_screen, render_web_page
+
+    web = rng.random() < WEB_SHARE
+    if web:
+        image = render_web_page(case["screen"], rng, WEB_SIZES[int(rng.integers(len(WEB_SIZES)))], case["dark"])
+    else:
+        image = render_app_screen(case["screen"], rng, case["mobile"], case["dark"], case["layout"])
+    (out / "files" / f"{item_id}.png").write_bytes(png_bytes(image))
+    return f"files/{item_id}.png", web
 
 
 def _qc_item(rng, split: str, out: Path, item_id: str) -> dict:

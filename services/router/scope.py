@@ -59,6 +59,12 @@ def vector(features: dict[str, torch.Tensor], pointer=None) -> torch.Tensor | No
     return torch.cat([torch.cat([p, torch.ones(1)]) if p is not None else torch.zeros(width + 1) for p in parts])
 
 
+def has_screen_text(features: dict[str, torch.Tensor]) -> bool:
+    """Whether an input's features hold screen text: what the check judges."""
+    screen = features.get("image_text")
+    return screen is not None and screen.numel() > 0
+
+
 @dataclass
 class ScopeCheck:
     weight: torch.Tensor  # [2 x (width + 1)]
@@ -68,8 +74,7 @@ class ScopeCheck:
     def score(self, features: dict[str, torch.Tensor], pointer=None) -> float | None:
         """P(out of scope) for one input; None where it has no screen text (a message alone
         is not judged: its own checks apply, tasks.withheld)."""
-        screen = features.get("image_text")
-        if screen is None or not screen.numel():
+        if not has_screen_text(features):
             return None
         v = vector(features, pointer)
         if v is None or v.shape[0] != self.weight.shape[0]:
@@ -138,8 +143,7 @@ def fit(
         return torch.stack(found) if found else None
 
     tin, tout = vectors(train_in), vectors(train_out)  # messages alone too: they teach what a message says
-    judged_in = [f for f in val_in if "image_text" in f and f["image_text"].numel()]
-    judged_out = [f for f in val_out if "image_text" in f and f["image_text"].numel()]
+    judged_in, judged_out = [f for f in val_in if has_screen_text(f)], [f for f in val_out if has_screen_text(f)]
     if tin is None or tout is None or not judged_in or not judged_out:
         return None, None
     best: tuple[int, ScopeCheck, float] | None = None
