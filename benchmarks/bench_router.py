@@ -1,6 +1,6 @@
 """Router benchmark: the mesh against the same models in one process, and router overhead.
 
-    .venv/bin/python benchmarks/bench_router.py [--quick] [--rounds 3]
+    .venv/bin/python benchmarks/bench_router.py [--quick] [--rounds 3] [--weights DIR]
 
 Request: screenshot_triage with a message, a 1024x640 screenshot and a ~4 s voice
 message, FULL mode (features + OCR + transcript for every request, so both sides do
@@ -17,6 +17,9 @@ same number of requests in process while the mesh idles): a round's ratio compar
 run a minute apart, and the median of the rounds is printed with the targets.
 
 Targets: mesh p50 <= 0.8x in-process p50; router overhead p50 <= 3 ms.
+
+`--weights DIR`: a folder of <task>/ weights folders (as `modalmesh serve --weights-dir`)
+served by the mesh and decided with in process, instead of the shipped weights.
 
 `--decisions MANIFEST` (a screenshot_triage manifest, e.g. data/triage-heldout/heldout.jsonl
 from `make weights`) times only the router's decision (tasks.decide, in process, one
@@ -86,7 +89,7 @@ def mesh_calls(client, inputs, calls: int) -> dict:
     }
 
 
-def in_process(inputs, precision: str = "auto"):
+def in_process(inputs, precision: str = "auto", weights: str = ""):
     """The same work as the mesh, one step after another in this process: the services'
     own encode code (LocalEncoders, as training uses it, OCR read into paragraphs like the
     router does), then the router's decision (tasks.decide: the fusion model through the
@@ -99,7 +102,7 @@ def in_process(inputs, precision: str = "auto"):
     from modalmesh.router.tasks import TASKS, decide, load_task
 
     encoders = LocalEncoders()
-    task = load_task(TASKS["screenshot_triage"], str(SHIPPED_WEIGHTS), precision)  # the router's own weights, at its precision
+    task = load_task(TASKS["screenshot_triage"], weights or str(SHIPPED_WEIGHTS), precision)  # the router's own weights, at its precision
 
     def one():
         item = encoders.extract(text=inputs["text"], image=inputs["image"], image_type="image/png", audio=inputs["audio"], audio_type="audio/wav")
@@ -110,18 +113,19 @@ def in_process(inputs, precision: str = "auto"):
     return one, encoders.close
 
 
-def bench_rounds(inputs, calls: int, rounds: int, precision: str = "auto") -> list[dict]:
+def bench_rounds(inputs, calls: int, rounds: int, precision: str = "auto", weights: str = "") -> list[dict]:
     """`rounds` times: `calls` requests through the mesh, then `calls` in process (the mesh
     idle meanwhile); both started and warmed once. One row per round."""
     from modalmesh.client import RouterClient
     from modalmesh.up import ORDER, Mesh
 
-    mesh = Mesh(ports={name: free_port() for name in ORDER}, quiet_logs=True, extra_env={"MODALMESH_ROUTER_FUSION_PRECISION": precision})
+    env = {"MODALMESH_ROUTER_FUSION_PRECISION": precision, **({"MODALMESH_ROUTER_WEIGHTS_DIR": weights} if weights else {})}
+    mesh = Mesh(ports={name: free_port() for name in ORDER}, quiet_logs=True, extra_env=env)
     mesh.start()
     one, close = None, None
     try:
         mesh.wait_healthy(timeout=300, progress=None)
-        one, close = in_process(inputs, precision)
+        one, close = in_process(inputs, precision, weights)
         results = []
         with RouterClient(mesh.address("router"), timeout=120) as client:
             for _ in range(2):
@@ -210,6 +214,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="mesh and in-process blocks, alternating, in one run (default 3)")
     parser.add_argument("--fusion-precision", default="auto", choices=FUSION_PRECISIONS, help="the router's fusion_precision, both sides (default auto)")
     parser.add_argument("--pause-ms", type=float, default=0.0, help="with --decisions: idle this long before each timed decision")
+    parser.add_argument("--weights", default="", metavar="DIR", help="a folder of <task>/ weights folders for both sides (default: the shipped ones)")
     parser.add_argument("--decisions", metavar="MANIFEST", help="time only the decision on this screenshot_triage manifest's items")
     args = parser.parse_args()
     calls = 6 if args.quick else 20
@@ -233,10 +238,10 @@ def main() -> int:
         write_results(args.out, {"machine": machine(), "decisions": decisions, "answers_alike": alike})
         return 0
     inputs = make_inputs()
-    rounds = bench_rounds(inputs, calls, args.rounds, args.fusion_precision)
+    rounds = bench_rounds(inputs, calls, args.rounds, args.fusion_precision, args.weights)
     print(
         f"\nscreenshot_triage, text + screenshot + voice message, FULL mode, {calls} sequential requests a round, {args.rounds} round(s), "
-        f"fusion_precision {args.fusion_precision}"
+        f"fusion_precision {args.fusion_precision}, weights {args.weights or 'shipped'}"
     )
     ratios = []
     for index, row in enumerate(rounds, 1):

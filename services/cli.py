@@ -432,7 +432,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         members=args.members,
         finetune_top=args.finetune_top,
         repository=args.repository or "",
-        **{name: value for name, value in (("width", args.width), ("max_tokens", args.max_tokens)) if value is not None},
+        **{name: value for name, value in (("width", args.width), ("max_tokens", args.max_tokens), ("source_tokens", args.source_tokens)) if value is not None},
     )
     print(json.dumps(summary, indent=2))
     print(f"wrote {summary['out']}/model.safetensors, config.json, MODEL_CARD.md")
@@ -581,6 +581,24 @@ def _key_value(text: str) -> tuple[str, str]:
     if not equals or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     return key, value
+
+
+def _source_tokens(text: str) -> dict[str, int]:
+    """An argparse type: `source=N[,source=N...]`, per-source token limits."""
+    from modalmesh.router.fusion import SOURCES
+
+    limits = {}
+    for part in text.split(","):
+        source, _, count = part.strip().partition("=")
+        if source not in SOURCES:
+            raise argparse.ArgumentTypeError(f"{source!r} is not one of {', '.join(SOURCES)} (write source=N, e.g. audio=16)")
+        try:
+            limits[source] = int(count)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{source}: {count!r} is not a number of tokens (write source=N, e.g. audio=16)") from None
+        if limits[source] < 1:
+            raise argparse.ArgumentTypeError(f"{source}: must be at least 1 token, not {limits[source]}")
+    return limits
 
 
 def _at_least(minimum: int):
@@ -742,6 +760,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=_at_least(1),
         default=None,
         help="each input's features are average-pooled to at most this many tokens (default 64); fewer decide faster",
+    )
+    train.add_argument(
+        "--source-tokens",
+        type=_source_tokens,
+        default=None,
+        metavar="SOURCE=N,...",
+        help="lower limits for some sources, e.g. image=16,audio=16 (default: none)",
     )
     train.add_argument(
         "--finetune-top",

@@ -60,6 +60,22 @@ def test_every_command_prints_its_help(command, capsys):
 
 
 @pytest.mark.parametrize(
+    "value, message",
+    [
+        ("voice=4", "argument --source-tokens: 'voice' is not one of text, image, image_text, audio, audio_text"),
+        ("audio=many", "argument --source-tokens: audio: 'many' is not a number of tokens"),
+        ("audio=0", "argument --source-tokens: audio: must be at least 1 token, not 0"),
+    ],
+)
+def test_bad_per_source_token_limits_are_refused(value, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["train", "--task", "screenshot_triage", "--data", "t.jsonl", "--source-tokens", value, "--out", str(tmp_path / "out")])
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
     "command, flag",
     [
         (["data", "generate", "--task", "screenshot_triage", "--n", "0"], "--n"),

@@ -111,6 +111,23 @@ def test_long_sequences_are_pooled_to_max_tokens():
     assert inputs.tokens.shape[1] == 16
 
 
+def test_a_source_can_be_pooled_harder_than_the_others():
+    """FusionConfig.source_tokens: the audio frames pooled to 4 tokens, the image's patches
+    to 8, the message's tokens to max_tokens (16): a decision with fewer tokens; the config
+    round-trips through its dict (config.json) and a bad limit is refused at once."""
+    model = make_model(max_tokens=16, source_tokens={"audio": 4, "image": 8})
+    inputs = model.embed([evidence(["audio", "image", "text"])])
+    counts = torch.bincount(inputs.token_source[0], minlength=len(SOURCES))
+    assert counts[SOURCES.index("audio")] == 4 and counts[SOURCES.index("image")] == min(8, TOKENS["image"])
+    assert counts[SOURCES.index("text")] == min(16, TOKENS["text"])
+    assert FusionConfig.from_dict(model.config.to_dict()).token_limit("audio") == 4
+    assert make_model(max_tokens=16, source_tokens={"audio": 32}).config.token_limit("audio") == 16  # never above max_tokens
+    with pytest.raises(ValueError, match="source_tokens: 'voice' is not one of"):
+        make_model(source_tokens={"voice": 4})
+    with pytest.raises(ValueError, match="source_tokens: audio must be at least 1 token, not 0"):
+        make_model(source_tokens={"audio": 0})
+
+
 def test_outstanding_weight_uses_the_prior_of_missing_sources():
     model = make_model()
     with torch.no_grad():

@@ -124,24 +124,45 @@ def test_ct_phantoms_match_their_labels(medical_data):
 
 
 def test_a_smaller_fusion_model_is_trained_served_and_a_bad_width_refused_before_training(medical_data, tmp_path, capsys):
-    """`train --width --max-tokens`: the fusion model's size, written to its config and read
-    back by the router's loader; a width the attention heads do not divide is refused at
+    """`train --width --max-tokens --source-tokens`: the fusion model's size, written to its
+    config and read back by the router's loader; a width the attention heads do not divide is refused at
     once, before any feature is extracted, in the caller's words."""
     from modalmesh.router.fusion import StackedEnsemble
     from modalmesh.router.tasks import TASKS, decide, load_task_folder
 
     small = tmp_path / "small"
     data = str(medical_data / "train.jsonl")
-    assert main(["train", "--task", "medical_report", "--data", data, "--out", str(small), "--epochs", "1", "--width", "32", "--max-tokens", "8"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--task",
+                "medical_report",
+                "--data",
+                data,
+                "--out",
+                str(small),
+                "--epochs",
+                "1",
+                "--width",
+                "32",
+                "--max-tokens",
+                "8",
+                "--source-tokens",
+                "image=4",
+            ]
+        )
+        == 0
+    )
     config = json.loads((small / "config.json").read_text())
-    assert config["width"] == 32 and config["max_tokens"] == 8
+    assert config["width"] == 32 and config["max_tokens"] == 8 and config["source_tokens"] == {"image": 4}
     task = load_task_folder(TASKS["medical_report"], small)
     model = task.model
     assert model.config.width == 32 and not isinstance(model, StackedEnsemble)  # medical_report: one model
     features = {"image": torch.randn(49, config["input_widths"]["image"]), "text": torch.randn(30, config["input_widths"]["text"])}
     with torch.inference_mode():
         inputs = model.embed([features])
-        assert inputs.tokens.shape[-2] == 8 + 8 and inputs.tokens.shape[-1] == 32  # each source pooled to 8 tokens
+        assert inputs.tokens.shape[-2] == 4 + 8 and inputs.tokens.shape[-1] == 32  # the scan pooled to 4 tokens, the record to 8
         decided = decide(model, TASKS["medical_report"], features, {})
     assert torch.isclose(decided.probabilities.sum(), torch.tensor(1.0))
     capsys.readouterr()

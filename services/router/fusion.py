@@ -74,6 +74,9 @@ class FusionConfig:
     cross_modal_penalty: float = -2.0
     dropout: float = 0.1
     max_tokens: int = 64  # per source; longer sequences are average-pooled down to this
+    # Per-source limits below max_tokens (e.g. {"audio": 16}): the sources that carry little
+    # of a task's answer pooled harder, so a decision has fewer tokens to attend over.
+    source_tokens: dict[str, int] = field(default_factory=dict)
     pooling: str = "mean"  # h_s from a source's tokens: "mean" or "attention" (a learned query per source)
     measurement_sigma: dict[str, float] = field(default_factory=dict)  # validation error per regression output
     # P(outcome | label) of an encoder's measurement, outcome "found" (a lesion) or "none",
@@ -123,6 +126,15 @@ class FusionConfig:
             raise ValueError(f"width {self.width} must be a positive multiple of the {self.heads} attention heads")
         if self.max_tokens < 1:
             raise ValueError(f"max_tokens must be at least 1, not {self.max_tokens}")
+        for source, limit in self.source_tokens.items():
+            if source not in SOURCES:
+                raise ValueError(f"source_tokens: {source!r} is not one of {', '.join(SOURCES)}")
+            if not isinstance(limit, int) or limit < 1:
+                raise ValueError(f"source_tokens: {source} must be at least 1 token, not {limit!r}")
+
+    def token_limit(self, source: str) -> int:
+        """The most tokens `source`'s features are pooled to."""
+        return min(self.max_tokens, self.source_tokens.get(source, self.max_tokens))
 
     def to_dict(self) -> dict:
         return {**self.__dict__, "labels": list(self.labels), "regression": list(self.regression)}
@@ -133,6 +145,7 @@ class FusionConfig:
         values["labels"] = tuple(values["labels"])
         values["regression"] = tuple(values.get("regression", ()))
         values.setdefault("pooling", "mean")  # weights written before pooling was configurable
+        values["source_tokens"] = dict(values.get("source_tokens", {}))
         return cls(**values)
 
 
@@ -304,7 +317,7 @@ class FusionModel(nn.Module):
         def project(source: str, features: torch.Tensor) -> torch.Tensor:
             return self.project[source](features) + self.modality_embedding(torch.tensor(SOURCE_MODALITY[source]))
 
-        return embed_batch(batch, self.config.max_tokens, project, projections, self)
+        return embed_batch(batch, self.config.token_limit, project, projections, self)
 
     def outstanding_weight(self, inputs: FusionInputs, outputs: FusionOutputs, outstanding: torch.Tensor) -> torch.Tensor:
         """The gate's predicted total weight of the `outstanding` sources ([B, S] bool). [B]"""
@@ -562,7 +575,7 @@ class StackedEnsemble(nn.Module):
             weight, bias = self.project[source]
             return torch.matmul(features, weight) + bias + self.modality_embedding[:, SOURCE_MODALITY[source]].unsqueeze(1)
 
-        return embed_batch(batch, self.config.max_tokens, project, projections, self)
+        return embed_batch(batch, self.config.token_limit, project, projections, self)
 
     def _attention(self, x: torch.Tensor, layer: dict, pairs: torch.Tensor, padding: torch.Tensor, keep: bool):
         members, batch, length, width = x.shape
@@ -662,13 +675,19 @@ def build_model(config: FusionConfig) -> FusionModel | FusionEnsemble:
 
 
 def embed_batch(
-    batch: list[dict[str, torch.Tensor]], max_tokens: int, project, projections: "ProjectedTokens | None" = None, owner: object = None
+    batch: list[dict[str, torch.Tensor]],
+    max_tokens: int | Callable[[str], int],
+    project,
+    projections: "ProjectedTokens | None" = None,
+    owner: object = None,
 ) -> FusionInputs:
-    """Every item's sources in SOURCES order, long ones pooled to max_tokens, projected by
+    """Every item's sources in SOURCES order, long ones pooled to max_tokens (a number, or
+    a source's own limit: FusionConfig.token_limit), projected by
     `project(source, [n, input_width]) -> [..., n, d]`, side by side and padded to the
     longest item: tokens [..., B, T, d]. A tensor that several items share (the readings of
     one screen share every source but the status paragraph) is projected once; with
     `projections`, once per request for the model `owner`."""
+    limit = max_tokens if callable(max_tokens) else (lambda source: max_tokens)
     rows, sources = [], []
     projected: dict[tuple[str, int], torch.Tensor] = {}  # (source, id of the tensor): its tokens; the batch keeps every tensor alive
     for item in batch:
@@ -681,7 +700,7 @@ def embed_batch(
             if key not in projected:
 
                 def projection(source: str = source, features: torch.Tensor = features) -> torch.Tensor:
-                    return project(source, _limit_tokens(features.float().reshape(-1, features.shape[-1]), max_tokens))
+                    return project(source, _limit_tokens(features.float().reshape(-1, features.shape[-1]), limit(source)))
 
                 projected[key] = projection() if projections is None else projections.get(owner, source, features, projection)
             pieces.append(projected[key])
