@@ -7,11 +7,15 @@ Families: images (PNG, JPEG, DICOM: truncated, bytes flipped, chunks inserted, w
 types, odd parameters), audio (WAV, FLAC, raw PCM: the same, and odd rates and layouts),
 text (control characters, long, empty, wrong media types), encoder headers (unknown
 options and datatypes, long ids), hand-made protobuf (random bytes to each method), and
-router requests (unknown tasks and modes, negative options, mutated media).
+router requests (unknown tasks and modes, negative options, mutated media); and over the
+router's HTTP port (`--http-cases`): Analyze, AnalyzeStream and OIP infer bodies that are
+truncated, nested deep, of the wrong types or with mutated media, uploads with odd form
+fields, odd `timeout` parameters and binary-extension headers.
 
 Every call must end OK, INVALID_ARGUMENT, RESOURCE_EXHAUSTED or DEADLINE_EXCEEDED, with a
-message under 1 KiB that names no Python internals; every service must still be SERVING
-at the end. `tests/test_fuzz.py` runs a smaller campaign of the same cases in the suite.
+message under 1 KiB that names no Python internals; an HTTP call the matching status
+(200, 400, 404, 405, 429, 504) with the documented error body; every service must still be
+SERVING at the end. `tests/test_fuzz.py` runs the campaign in the suite.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import numpy as np
 ALLOWED = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED}
 INTERNALS = re.compile(r"\b[A-Z][A-Za-z]*(Error|Exception)\b|Traceback|File \"|pip install|0x[0-9a-f]{8,}")
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+BINARY_HEADER = "Inference-Header-Content-Length"  # the OIP binary tensor extension (router/http.py)
 FAMILIES = ("image", "audio", "text", "header", "protobuf", "router")
 
 
@@ -228,6 +233,149 @@ def generate(count: int, seed: int) -> list[Case]:
     return cases
 
 
+# ----------------------------------------------------------------------------- over HTTP
+
+HTTP_ALLOWED = {200, 400, 404, 405, 429, 504}  # OK and the callers' codes, as HTTP statuses (router/http.py)
+ODD_VALUES = [None, 5, -1, 1e300, "", "x" * 3000, [], {}, [1, "a"], {"data": 5}, True]
+
+
+@dataclass(frozen=True)
+class HttpCase:
+    name: str
+    method: str
+    path: str
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+
+
+@dataclass(frozen=True)
+class HttpOutcome:
+    case: HttpCase
+    status: int
+    body: bytes
+    seconds: float
+
+    @property
+    def problem(self) -> str:
+        """What is wrong with this answer, or ''."""
+        if self.status not in HTTP_ALLOWED:
+            return f"HTTP {self.status}"
+        if self.status == 200:
+            return self._stream_problem() if self.case.path.startswith("/v1/analyze/stream") else ""
+        try:
+            document = json.loads(self.body)
+        except ValueError:
+            return f"HTTP {self.status} with a body that is not JSON: {self.body[:80]!r}"
+        if not isinstance(document, dict) or not {"error", "code", "field_violations"} <= set(document):
+            return f"HTTP {self.status} without the error body: {self.body[:120]!r}"
+        if len(document["error"].encode()) > 1024 or INTERNALS.search(document["error"]):
+            return f"message names internals or is long: {document['error'][:120]!r}"
+        return ""
+
+    def _stream_problem(self) -> str:
+        """An AnalyzeStream over HTTP answers 200 and says a failure as `event: error`."""
+        for block in self.body.decode("utf-8", "replace").split("\n\n"):
+            if block.startswith("event: error"):
+                problem = json.loads(block.partition("data: ")[2])
+                if problem["code"] not in {code.name for code in ALLOWED} or INTERNALS.search(problem["error"]):
+                    return f"stream error {problem['code']}: {problem['error'][:120]!r}"
+        return ""
+
+
+def _odd_json(rng: np.random.Generator, document: dict) -> tuple[str, bytes]:
+    """A JSON body made wrong one way: a value of the wrong type, an unknown field, deep
+    nesting, truncation or flipped bytes; or left as it is."""
+    choice = int(rng.integers(6))
+    if choice == 0:
+        key = str(rng.choice(sorted(document)))
+        value = ODD_VALUES[int(rng.integers(len(ODD_VALUES)))]
+        return f"{key} as {type(value).__name__}", json.dumps({**document, key: value}).encode()
+    if choice == 1:
+        return "an unknown field", json.dumps({**document, "x" * int(rng.integers(1, 300)): 1}).encode()
+    if choice == 2:
+        depth = int(rng.choice([50, 5000, 200_000]))
+        return f"nested {depth} deep", b"[" * depth + b"]" * (depth if rng.random() < 0.5 else 0)
+    if choice == 3:
+        text = json.dumps(document).encode()
+        return "truncated", text[: int(rng.integers(0, len(text)))]
+    if choice == 4:
+        return _mutate(rng, json.dumps(document).encode())
+    return "intact", json.dumps(document).encode()
+
+
+def _form(parts: list[tuple[str, str | None, bytes]], boundary: str = "fuzzboundary") -> bytes:
+    """A multipart/form-data body of (name, file name or None, content) parts."""
+    lines = []
+    for name, filename, content in parts:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename is not None else "")
+        lines.append(f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + content + b"\r\n")
+    return b"".join(lines) + f"--{boundary}--\r\n".encode()
+
+
+def generate_http(count: int, seed: int) -> list[HttpCase]:
+    """`count` HTTP cases, the same for the same seed."""
+    import base64
+
+    rng = np.random.default_rng(seed)
+    seeds = _seeds()
+    json_type = (("Content-Type", "application/json"),)
+    cases = []
+    for _ in range(count):
+        kind = int(rng.integers(4))
+        timeout = str(rng.choice(["", "", "abc", "-1", "0", "nan", "1e400", "2.5"]))
+        query = f"?timeout={timeout}" if timeout else ""
+        image = _mutate(rng, seeds[str(rng.choice(["png", "dicom"]))])[1] if rng.random() < 0.3 else b""
+        if kind in (0, 1):  # Analyze, AnalyzeStream
+            document: dict = {"task": str(rng.choice(["screenshot_triage", "medical_report", "horoscope"])), "text": _text(rng)[:2000]}
+            if image:
+                document["image"] = {"data": base64.b64encode(image).decode()}
+            document["options"] = {"mode": str(rng.choice(["ROUTING_MODE_ROUTED", "ROUTING_MODE_FULL"])), "deadline_ms": 3000}
+            how, body = _odd_json(rng, document)
+            path = "/v1/analyze" if kind == 0 else "/v1/analyze/stream"
+            cases.append(HttpCase(f"{path} {how}", "POST", path + query, json_type, body))
+        elif kind == 2:  # OIP infer, JSON or the binary extension
+            tensor = {"name": "TEXT", "datatype": "BYTES", "shape": [1], "data": [_text(rng)[:2000]]}
+            how, body = _odd_json(rng, {"id": "fuzz", "inputs": [tensor]})
+            headers = json_type
+            if rng.random() < 0.3:
+                headers = ((BINARY_HEADER, str(rng.choice(["-1", "abc", "99999999", str(len(body)), "0"]))),)
+                body += rng.bytes(int(rng.integers(0, 64)))
+            cases.append(HttpCase(f"infer {how}", "POST", f"/v2/models/screenshot_triage/infer{query}", headers, body))
+        else:  # an upload
+            parts: list[tuple[str, str | None, bytes]] = []
+            if rng.random() < 0.9:
+                parts.append(("task", None, str(rng.choice(["screenshot_triage", "medical_report", "", "x" * 500])).encode()))
+            parts.append(("text", None, _text(rng)[:2000].encode("utf-8", "surrogatepass")))
+            if image:
+                parts.append(("image", str(rng.choice(["scan.png", "a.dcm"])) if rng.random() < 0.8 else None, image))
+            for name in ("mode", "deadline_ms", "speech"):
+                if rng.random() < 0.3:
+                    parts.append((name, None, str(rng.choice(["routed", "full", "soon", "-5", "99999999999999999999", "1", "yes"])).encode()))
+            body = _form(parts)
+            if rng.random() < 0.2:
+                body = _mutate(rng, body)[1]
+            boundary = "fuzzboundary" if rng.random() < 0.9 else "other"
+            headers = (("Content-Type", f"multipart/form-data; boundary={boundary}"),)
+            cases.append(HttpCase(f"upload of {len(parts)} parts", "POST", f"/v1/analyze/upload{query}", headers, body))
+    return cases
+
+
+def run_http(cases: list[HttpCase], port: int, timeout: float = 30.0) -> list[HttpOutcome]:
+    import http.client
+
+    outcomes = []
+    for case in cases:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        started = time.perf_counter()
+        try:
+            connection.request(case.method, case.path, body=case.body, headers=dict(case.headers))
+            response = connection.getresponse()
+            outcomes.append(HttpOutcome(case, response.status, response.read(), time.perf_counter() - started))
+        finally:
+            connection.close()
+    return outcomes
+
+
 # ----------------------------------------------------------------------------- running
 
 
@@ -275,25 +423,44 @@ def summary(outcomes: list[Outcome]) -> dict:
     }
 
 
+def http_summary(outcomes: list[HttpOutcome]) -> dict:
+    return {
+        "cases": len(outcomes),
+        "statuses": dict(Counter(str(o.status) for o in outcomes)),
+        "problems": [{"case": o.case.name, "status": o.status, "problem": o.problem} for o in outcomes if o.problem],
+        "slowest_s": round(max((o.seconds for o in outcomes), default=0.0), 2),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", type=int, default=1200)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--http-cases", type=int, default=300, help="cases sent to the router's HTTP port (0: none)")
     args = parser.parse_args()
 
+    from modalmesh.up import free_port
     from tests.conftest import Mesh
 
     mesh = Mesh()
+    gateway = None
     try:
         addresses = {"router": mesh.router.address, **{name: h.address for name, h in mesh.encoders.items()}}
         started = time.perf_counter()
         outcomes = run(generate(args.cases, args.seed), addresses)
-        result = {**summary(outcomes), "seconds": round(time.perf_counter() - started, 1), "serving": serving(addresses)}
+        result = {**summary(outcomes), "seconds": round(time.perf_counter() - started, 1)}
+        if args.http_cases:
+            port = free_port()
+            gateway = mesh.start_router(http_port=port)
+            result["http"] = http_summary(run_http(generate_http(args.http_cases, args.seed), port))
+        result["serving"] = serving(addresses)
     finally:
+        if gateway is not None:
+            gateway.stop(grace=0.5)
         mesh.stop()
     print(json.dumps(result, indent=2))
     healthy = all(state == "SERVING" for state in result["serving"].values())
-    return 0 if not result["problems"] and healthy else 1
+    return 0 if not result["problems"] and not result.get("http", {}).get("problems") and healthy else 1
 
 
 if __name__ == "__main__":

@@ -78,6 +78,34 @@ def test_errors_keep_their_meaning_over_http(gateway):
     assert curl(f"{gateway}/v2/health/ready", token="")[0] == 200  # still healthy after all of that
 
 
+def test_hostile_bodies_are_refused_in_the_error_shape_and_the_gateway_stays_up(gateway, tmp_path):
+    """JSON nested deeper than the parser goes, form fields missing, of the wrong type or
+    out of range, a body that is not multipart, an unknown path: 4xx with the documented
+    body ({"error", "code", "field_violations"}), naming the field, never a 500."""
+    nested = tmp_path / "nested.json"
+    nested.write_bytes(b"[" * 100_000)
+    for path in ("/v1/analyze", "/v1/analyze/stream", "/v2/models/screenshot_triage/infer"):
+        status, body = curl("-X", "POST", f"{gateway}{path}", "--data-binary", f"@{nested}")
+        assert status == 400 and json.loads(body)["field_violations"] == [{"field": "body", "description": "the JSON nests too deeply"}], (path, body)
+    form = ["-X", "POST", f"{gateway}/v1/analyze/upload"]
+    for fields, field, said in (
+        (["-F", "text=hi"], "task", "Field required"),
+        (["-F", "task=screenshot_triage", "-F", "deadline_ms=soon"], "deadline_ms", "valid integer"),
+        (["-F", "task=screenshot_triage", "-F", "deadline_ms=99999999999999999999"], "deadline_ms", "milliseconds"),
+        (["-F", "task=screenshot_triage", "-F", "image=not a file"], "image", "send it as a file part"),
+    ):
+        status, body = curl(*form, *fields)
+        problem = json.loads(body)
+        assert status == 400 and problem["code"] == "INVALID_ARGUMENT", body
+        assert problem["field_violations"][0]["field"] == field and said in problem["field_violations"][0]["description"], body
+        assert "<class" not in body and "UploadFile" not in body
+    status, body = curl(*form, "-H", "Content-Type: multipart/form-data; boundary=b", "--data-binary", "no parts here")
+    assert status == 400 and json.loads(body)["code"] == "INVALID_ARGUMENT", body
+    status, body = curl(f"{gateway}/v3/nothing")
+    assert status == 404 and json.loads(body)["code"] == "NOT_FOUND"
+    assert curl(f"{gateway}/v2/health/ready", token="")[0] == 200
+
+
 def test_analyze_stream_sends_server_sent_events(gateway):
     request = {"task": "screenshot_triage", "text": "my parcel never arrived"}
     status, body = curl("-N", "-X", "POST", f"{gateway}/v1/analyze/stream", "-d", json.dumps(request))

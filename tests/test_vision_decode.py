@@ -281,6 +281,16 @@ def _dicom_with_raw(tag: int, vr: str, value) -> bytes:
     return out.getvalue()
 
 
+def _with_group_length_of(length: int) -> bytes:
+    """The test CT whose file meta group length (0002,0000, a 4-byte UL) says its value is
+    `length` bytes long."""
+    data = bytearray(ct_dicom(phantom_hu(64)))
+    start = data.index(b"DICM") + 4  # the first file meta element: tag, VR "UL", 2-byte length, value
+    assert data[start : start + 6] == b"\x02\x00\x00\x00UL"
+    data[start + 6 : start + 8] = length.to_bytes(2, "little")
+    return bytes(data)
+
+
 @pytest.mark.parametrize(
     "name, data",
     [
@@ -289,6 +299,7 @@ def _dicom_with_raw(tag: int, vr: str, value) -> bytes:
         ("RescaleSlope with two values", lambda: _dicom_with_raw(0x00281053, "LO", "1\\2")),
         ("NumberOfFrames as text", lambda: _dicom_with_raw(0x00280008, "LO", "abc")),
         ("truncated in its pixel data", lambda: ct_dicom(phantom_hu(64))[:-4000]),
+        ("a header value of the wrong length", lambda: _with_group_length_of(2)),
     ],
 )
 def test_a_dicom_with_a_tag_that_does_not_parse_is_refused_in_words(name, data):

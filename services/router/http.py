@@ -57,13 +57,16 @@ HTTP_STATUS = {
 }
 BINARY_HEADER = "Inference-Header-Content-Length"  # the OIP binary tensor extension
 CONSOLE = Path(__file__).resolve().parent / "console.html"  # the web console, plain HTML, CSS and JavaScript
+MAX_DEADLINE_MS = 3_600_000  # an upload's deadline_ms: at most an hour, as the timeout parameter
 MAX_JSON_OVERHEAD = 64 * 1024  # a request body may be this much larger than the inputs it carries (base64 adds a third)
 
 
 def build_app(router_target: str, max_input_bytes: int, channel_options: dict | None = None):
     """The FastAPI application for a router listening on `router_target`."""
     from fastapi import FastAPI, File, Form, Request, UploadFile
+    from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, Response, StreamingResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     channel = connect(router_target, **(channel_options or {}))
     router = router_pb2_grpc.RouterStub(channel)
@@ -107,14 +110,11 @@ def build_app(router_target: str, max_input_bytes: int, channel_options: dict | 
         return bytes(received)
 
     def analyze_request(payload: bytes) -> router_pb2.AnalyzeRequest:
-        try:
-            document = json.loads(payload)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise errors.invalid_argument("body", f"not JSON: {exc}"[:200]) from None
+        document = json_body(payload)
         request = router_pb2.AnalyzeRequest()
         try:
             json_format.ParseDict(document, request)
-        except json_format.ParseError as exc:
+        except (json_format.ParseError, RecursionError) as exc:
             raise errors.invalid_argument("body", f"not an AnalyzeRequest: {exc}"[:300]) from None
         return request
 
@@ -136,6 +136,15 @@ def build_app(router_target: str, max_input_bytes: int, channel_options: dict | 
     @app.exception_handler(grpc.RpcError)
     async def failed(request: Request, exc: grpc.RpcError):
         return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        return JSONResponse(validation_problem(list(exc.errors())), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        code = HTTP_CODE.get(exc.status_code, grpc.StatusCode.INVALID_ARGUMENT if exc.status_code < 500 else grpc.StatusCode.INTERNAL)
+        return JSONResponse(problem(code, str(exc.detail), []), status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     # -- OIP v2 -----------------------------------------------------------------------
     @app.get("/v2/health/live")
@@ -223,6 +232,8 @@ def build_app(router_target: str, max_input_bytes: int, channel_options: dict | 
             if mode not in modes:
                 raise errors.invalid_argument("mode", f"{mode[:40]!r} is not routed or full")
             analyze.options.mode = modes[mode]
+        if not 0 <= deadline_ms <= MAX_DEADLINE_MS:
+            raise errors.invalid_argument("deadline_ms", f"must be 0 (the router's default) to {MAX_DEADLINE_MS} milliseconds")
         analyze.options.speech, analyze.options.explain, analyze.options.deadline_ms = speech, explain, deadline_ms
         reply = await run_in_threadpool(router.Analyze, analyze, timeout=call_timeout(request, analyze), metadata=metadata(request))
         return JSONResponse(json_format.MessageToDict(reply, preserving_proto_field_name=True))
@@ -253,6 +264,35 @@ def build_app(router_target: str, max_input_bytes: int, channel_options: dict | 
         return json_format.MessageToDict(reply, preserving_proto_field_name=True)
 
     return app
+
+
+def json_body(payload: bytes) -> Any:
+    """A request body's JSON document; INVALID_ARGUMENT on "body" when it is not JSON, or
+    nests deeper than Python's parser goes."""
+    try:
+        return json.loads(payload)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise errors.invalid_argument("body", f"not JSON: {exc}"[:200]) from None
+    except RecursionError:
+        raise errors.invalid_argument("body", "the JSON nests too deeply") from None
+
+
+# An error FastAPI itself answers (a form field missing or of the wrong type, a body that
+# is not multipart, an unknown path or method): the gRPC code its HTTP status stands for.
+HTTP_CODE = {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND, 405: grpc.StatusCode.UNIMPLEMENTED, 422: grpc.StatusCode.INVALID_ARGUMENT}
+
+
+def validation_problem(failures: list[dict]) -> dict[str, Any]:
+    """FastAPI's request validation errors (a form's fields) as an error body: one field
+    violation per failure, named by the field (its location past "body" or "query")."""
+    violations = []
+    for failure in failures:
+        where = [str(part) for part in failure.get("loc", ()) if part not in ("body", "query", "path")]
+        said = str(failure.get("msg", "not valid"))
+        if "UploadFile" in said:  # a form field where a file belongs
+            said = "a file belongs here: send it as a file part (curl -F name=@file)"
+        violations.append((".".join(where) or "body", said[:200]))
+    return problem(grpc.StatusCode.INVALID_ARGUMENT, "; ".join(f"{f}: {d}" for f, d in violations), violations)
 
 
 def problem(code: grpc.StatusCode, message: str, violations) -> dict[str, Any]:
@@ -288,10 +328,7 @@ def oip_request(task: str, version: str, payload: bytes, header_length: str | No
         head, blobs = payload[: int(header_length)], payload[int(header_length) :]
     else:
         head, blobs = payload, b""
-    try:
-        document = json.loads(head)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise errors.invalid_argument("body", f"not JSON: {exc}"[:200]) from None
+    document = json_body(head)
     if not isinstance(document, dict) or not isinstance(document.get("inputs"), list):
         raise errors.invalid_argument("inputs", "an inference request is a JSON object with a list of inputs")
     request = inference_pb2.ModelInferRequest(model_name=task, model_version=version, id=str(document.get("id", ""))[:128])

@@ -274,13 +274,13 @@ MALFORMED_DICOM = (
 def _decode_dicom(data: bytes, parameters: dict[str, str], max_pixels: int) -> DecodedImage:
     """Every failure reading the file is the caller's: INVALID_ARGUMENT in words, the
     Python detail in the log."""
-    from pydicom.errors import InvalidDicomError
+    from pydicom.errors import BytesLengthException, InvalidDicomError
 
     try:
         return _read_dicom(data, parameters, max_pixels)
     except errors.ServiceError:
         raise
-    except (InvalidDicomError, *MALFORMED_DICOM) as exc:
+    except (InvalidDicomError, BytesLengthException, *MALFORMED_DICOM) as exc:  # BytesLengthException: a value of the wrong length
         log.info("malformed DICOM: %s: %s", type(exc).__name__, exc)
         raise errors.invalid_argument(
             "payload", "cannot read the DICOM file: its header or a tag (size, spacing, window, rescale, frames) is malformed or truncated"
