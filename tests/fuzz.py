@@ -7,7 +7,9 @@ Families: images (PNG, JPEG, DICOM: truncated, bytes flipped, chunks inserted, w
 types, odd parameters), audio (WAV, FLAC, raw PCM: the same, and odd rates and layouts),
 text (control characters, long, empty, wrong media types), encoder headers (unknown
 options and datatypes, long ids), hand-made protobuf (random bytes to each method), and
-router requests (unknown tasks and modes, negative options, mutated media); and over the
+router requests (unknown tasks and modes, negative options, mutated media), the router's
+OIP v2 gRPC methods (odd models, tensors, shapes, raw contents, parameters), AnalyzeStream
+(media as chunks in or out of order, the request twice, stray messages); and over the
 router's HTTP port (`--http-cases`): Analyze, AnalyzeStream and OIP infer bodies that are
 truncated, nested deep, of the wrong types or with mutated media, uploads with odd form
 fields, odd `timeout` parameters and binary-extension headers.
@@ -37,7 +39,8 @@ ALLOWED = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode
 INTERNALS = re.compile(r"\b[A-Z][A-Za-z]*(Error|Exception)\b|Traceback|File \"|pip install|0x[0-9a-f]{8,}")
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 BINARY_HEADER = "Inference-Header-Content-Length"  # the OIP binary tensor extension (router/http.py)
-FAMILIES = ("image", "audio", "text", "header", "protobuf", "router")
+FAMILIES = ("image", "audio", "text", "header", "protobuf", "router", "oip", "stream")
+OIP = "/inference.GRPCInferenceService/"
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,7 @@ class Case:
     target: str  # "text", "vision", "audio" or "router"
     method: str  # full gRPC method
     payload: bytes  # the serialized request
+    messages: tuple[bytes, ...] | None = None  # a client stream's serialized messages (payload unused)
 
 
 @dataclass(frozen=True)
@@ -59,7 +63,8 @@ class Outcome:
     @property
     def problem(self) -> str:
         """What is wrong with this outcome, or ''."""
-        if self.code not in ALLOWED:
+        allowed = ALLOWED | {grpc.StatusCode.NOT_FOUND} if self.case.family == "oip" else ALLOWED  # OIP: an unknown model
+        if self.code not in allowed:
             return f"code {self.code.name}"
         if self.code != grpc.StatusCode.OK and len(self.details.encode()) > 1024:
             return f"message of {len(self.details.encode())} bytes"
@@ -215,6 +220,10 @@ def generate(count: int, seed: int) -> list[Case]:
             method = {"router": "/modalmesh.v1.Router/Analyze"}.get(target, encode_once)
             payload = rng.bytes(int(rng.integers(0, 300))) if rng.random() < 0.5 else bytes([0x1A, 0x03, 0xE2, 0x28, 0xA1])
             cases.append(Case(family, f"{len(payload)} hand-made bytes", target, method, payload))
+        elif family == "oip":
+            cases.append(_oip_case(rng))
+        elif family == "stream":
+            cases.append(_stream_case(rng, seeds, image_types, audio_types))
         else:
             request = router_pb2.AnalyzeRequest(task=str(rng.choice(["screenshot_triage", "medical_report", "horoscope", "x" * 3000])))
             if rng.random() < 0.6:
@@ -231,6 +240,69 @@ def generate(count: int, seed: int) -> list[Case]:
                 Case(family, f"router {request.task[:20]} mode {request.options.mode}", "router", "/modalmesh.v1.Router/Analyze", request.SerializeToString())
             )
     return cases
+
+
+def _oip_case(rng: np.random.Generator) -> Case:
+    """The router's OIP v2 gRPC methods: random bytes, or a ModelInferRequest with odd
+    models, versions, tensors (names, datatypes, shapes, contents, raw contents),
+    parameters and outputs."""
+    from modalmesh.v1 import inference_pb2
+
+    methods = ["ModelInfer", "ModelMetadata", "ModelReady", "ServerMetadata"]
+    if rng.random() < 0.4:
+        method = str(rng.choice(methods))
+        return Case("oip", f"{method} of hand-made bytes", "router", OIP + method, rng.bytes(int(rng.integers(0, 300))))
+    request = inference_pb2.ModelInferRequest(
+        model_name=str(rng.choice(["screenshot_triage", "medical_report", "", "x" * 500])), model_version=str(rng.choice(["", "", "1", "-1", "99999999999"]))
+    )
+    for _ in range(int(rng.integers(0, 4))):
+        tensor = request.inputs.add(name=str(rng.choice(["TEXT", "IMAGE", "AUDIO", "text", ""])), datatype=str(rng.choice(["BYTES", "BYTES", "FP32", ""])))
+        tensor.shape.extend(int(d) for d in rng.choice([1, 1, -1, 0, 2, 2**62], size=int(rng.integers(0, 3))))
+        if rng.random() < 0.6:
+            tensor.contents.bytes_contents.extend(_text(rng)[:500].encode("utf-8", "surrogatepass") for _ in range(int(rng.integers(0, 3))))
+        if rng.random() < 0.2:
+            tensor.parameters["binary_data_size"].int64_param = int(rng.choice([-1, 0, 10**12]))
+    if rng.random() < 0.3:
+        request.raw_input_contents.extend(rng.bytes(int(rng.integers(0, 12))) for _ in range(int(rng.integers(0, 4))))
+    if rng.random() < 0.3:
+        request.parameters[str(rng.choice(["mode", "deadline_ms", "explain", "bogus"]))].string_param = str(rng.choice(["full", "x", "-5"]))
+    if rng.random() < 0.3:
+        request.outputs.add(name=str(rng.choice(["LABEL", "CONFIDENCE", "x", ""])))
+    return Case("oip", f"ModelInfer of {len(request.inputs)} inputs", "router", OIP + "ModelInfer", request.SerializeToString())
+
+
+def _stream_case(rng: np.random.Generator, seeds: dict[str, bytes], image_types: list[str], audio_types: list[str]) -> Case:
+    """AnalyzeStream: the request with its media as chunks, in order or not, sent twice,
+    chunks before it, a stray message after, or nothing at all."""
+    from modalmesh.v1 import router_pb2
+
+    request = router_pb2.AnalyzeRequest(task=str(rng.choice(["screenshot_triage", "medical_report", "horoscope"])))
+    request.options.deadline_ms = 20000
+    if rng.random() < 0.6:
+        request.text = _text(rng)[:3000]
+    image = _mutate(rng, seeds[str(rng.choice(["png", "dicom"]))])[1] if rng.random() < 0.5 else b""
+    audio = _mutate(rng, seeds[str(rng.choice(["wav", "short_wav", "flac"]))])[1] if rng.random() < 0.5 else b""
+    if image:
+        request.image.media_type = str(rng.choice(image_types[:4]))
+    if audio:
+        request.audio.media_type = str(rng.choice(audio_types[:4]))
+    if rng.random() < 0.2:
+        request.options.speech = True
+    first = router_pb2.AnalyzeStreamRequest(request=request).SerializeToString()
+    chunks = []
+    for data, field in ((image, "image_chunk"), (audio, "audio_chunk")):
+        step = int(rng.choice([1000, 65536, 10**6]))
+        chunks += [router_pb2.AnalyzeStreamRequest(**{field: data[k : k + step]}).SerializeToString() for k in range(0, len(data), step)]
+    order = str(rng.choice(["in order", "chunks first", "request twice", "chunks reversed", "stray bytes after", "nothing"]))
+    messages = {
+        "in order": [first, *chunks],
+        "chunks first": [*chunks, first],
+        "request twice": [first, first, *chunks],
+        "chunks reversed": [first, *reversed(chunks)],
+        "stray bytes after": [first, *chunks, rng.bytes(int(rng.integers(0, 50)))],
+        "nothing": [],
+    }[order]
+    return Case("stream", f"stream {order}, {len(chunks)} chunks", "router", "/modalmesh.v1.Router/AnalyzeStream", b"", tuple(messages))
 
 
 # ----------------------------------------------------------------------------- over HTTP
@@ -386,10 +458,14 @@ def run(cases: list[Case], addresses: dict[str, str], timeout: float = 20.0) -> 
     outcomes = []
     try:
         for case in cases:
-            call = channels[case.target].unary_unary(case.method, request_serializer=None, response_deserializer=None)
             started = time.perf_counter()
             try:
-                call(case.payload, timeout=timeout)
+                if case.messages is not None:
+                    stream = channels[case.target].stream_stream(case.method, request_serializer=None, response_deserializer=None)
+                    list(stream(iter(case.messages), timeout=timeout))
+                else:
+                    call = channels[case.target].unary_unary(case.method, request_serializer=None, response_deserializer=None)
+                    call(case.payload, timeout=timeout)
                 code, details = grpc.StatusCode.OK, ""
             except grpc.RpcError as exc:
                 code, details = exc.code(), exc.details() or ""
