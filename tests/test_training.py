@@ -156,6 +156,8 @@ def test_a_smaller_fusion_model_is_trained_served_and_a_bad_width_refused_before
     )
     config = json.loads((small / "config.json").read_text())
     assert config["width"] == 32 and config["max_tokens"] == 8 and config["source_tokens"] == {"image": 4}
+    card = (small / "MODEL_CARD.md").read_text()
+    assert "projections to 32-d, 2 layers of modality-aware attention over each input's features average-pooled to at most 8 tokens (image 4)" in card
     task = load_task_folder(TASKS["medical_report"], small)
     model = task.model
     assert model.config.width == 32 and not isinstance(model, StackedEnsemble)  # medical_report: one model
