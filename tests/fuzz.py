@@ -35,10 +35,11 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from modalmesh.router.http import BINARY_HEADER, HTTP_STATUS
+
 ALLOWED = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED}
 INTERNALS = re.compile(r"\b[A-Z][A-Za-z]*(Error|Exception)\b|Traceback|File \"|pip install|0x[0-9a-f]{8,}")
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-BINARY_HEADER = "Inference-Header-Content-Length"  # the OIP binary tensor extension (router/http.py)
 FAMILIES = ("image", "audio", "text", "header", "protobuf", "router", "oip", "stream")
 OIP = "/inference.GRPCInferenceService/"
 
@@ -307,7 +308,8 @@ def _stream_case(rng: np.random.Generator, seeds: dict[str, bytes], image_types:
 
 # ----------------------------------------------------------------------------- over HTTP
 
-HTTP_ALLOWED = {200, 400, 404, 405, 429, 504}  # OK and the callers' codes, as HTTP statuses (router/http.py)
+# OK and the callers' codes as the HTTP port says them (router/http.py HTTP_STATUS), an unknown path or method.
+HTTP_ALLOWED = {200, 404, 405} | {HTTP_STATUS[code] for code in ALLOWED if code in HTTP_STATUS}
 ODD_VALUES = [None, 5, -1, 1e300, "", "x" * 3000, [], {}, [1, "a"], {"data": 5}, True]
 
 

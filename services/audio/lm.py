@@ -109,12 +109,12 @@ def sentences_from_manifests(paths: list[str | Path], fields: tuple[str, ...] = 
     """The sentences in the manifests' in-scope records: each of `fields`, a key or a dotted
     path into the record ("text", the caller's message; "extra.voice", what a generated
     voice message says); missing and empty ones left out."""
-    from modalmesh.data.generate import read_manifest
+    from modalmesh.data.generate import read_manifest, record_scope
 
     sentences: list[str] = []
     for path in paths:
         for record in read_manifest(path):
-            if record.get("scope", "in") != "in":
+            if record_scope(record) != "in":
                 continue
             for name in fields:
                 value: object = record

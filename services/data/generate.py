@@ -208,10 +208,16 @@ DICTATIONS = (
 )
 
 
+def record_scope(record: dict) -> str:
+    """A manifest record's scope: "out" for an input the task should not answer, else "in"
+    (the default for a record without one)."""
+    return record.get("scope", "in")
+
+
 def task_records(path: str | Path, task: str, scope: str = "in") -> list[dict]:
-    """The manifest's records of `task` and `scope` ("in", the default for a record without
-    one, or "out"), in the manifest's order."""
-    return [r for r in read_manifest(path) if r["task"] == task and r.get("scope", "in") == scope]
+    """The manifest's records of `task` and `scope` ("in" or "out", record_scope), in the
+    manifest's order."""
+    return [r for r in read_manifest(path) if r["task"] == task and record_scope(r) == scope]
 
 
 def read_manifest(path: str | Path) -> list[dict]:
