@@ -1,6 +1,6 @@
 """Router benchmark: the mesh against the same models in one process, and router overhead.
 
-    .venv/bin/python benchmarks/bench_router.py [--quick] [--rounds 3] [--weights DIR]
+    .venv/bin/python benchmarks/bench_router.py [--quick] [--rounds 3] [--weights DIR] [--engines openvino,torch]
 
 Request: screenshot_triage with a message, a 1024x640 screenshot and a ~4 s voice
 message, FULL mode (features + OCR + transcript for every request, so both sides do
@@ -17,6 +17,10 @@ same number of requests in process while the mesh idles): a round's ratio compar
 run a minute apart, and the median of the rounds is printed with the targets.
 
 Targets: mesh p50 <= 0.8x in-process p50; router overhead p50 <= 3 ms.
+
+`--engines`: what runs the fusion model's decisions (the router's `engine`, both sides:
+openvino, the default, or torch); several run one after the other, each its own mesh, and
+the router overhead of each is printed against the first's.
 
 `--weights DIR`: a folder of <task>/ weights folders (as `modalmesh serve --weights-dir`)
 served by the mesh and decided with in process, instead of the shipped weights.
@@ -48,7 +52,7 @@ sleeping_idle_threads()
 single_threaded_numpy_blas()
 
 from benchmarks.bench_text import header, machine, percentile, samples_ms, write_results  # noqa: E402
-from modalmesh.common.config import FUSION_PRECISIONS  # noqa: E402
+from modalmesh.common.config import DEFAULT_ENGINE, ENGINES, FUSION_PRECISIONS  # noqa: E402
 
 PRECISIONS = FUSION_PRECISIONS[1:]  # what --decisions compares: float32, bfloat16 (router/fusion.py PRECISIONS)
 from modalmesh.up import free_port  # noqa: E402
@@ -89,7 +93,7 @@ def mesh_calls(client, inputs, calls: int) -> dict:
     }
 
 
-def in_process(inputs, precision: str = "auto", weights: str = ""):
+def in_process(inputs, precision: str = "auto", weights: str = "", engine: str = "openvino"):
     """The same work as the mesh, one step after another in this process: the services'
     own encode code (LocalEncoders, as training uses it, OCR read into paragraphs like the
     router does), then the router's decision (tasks.decide: the fusion model through the
@@ -99,10 +103,11 @@ def in_process(inputs, precision: str = "auto", weights: str = ""):
 
     from modalmesh.router.features import LocalEncoders
     from modalmesh.router.tasks import SHIPPED_WEIGHTS
-    from modalmesh.router.tasks import TASKS, decide, load_task
+    from modalmesh.router.tasks import TASKS, FusionEngine, decide, load_task
 
     encoders = LocalEncoders()
-    task = load_task(TASKS["screenshot_triage"], weights or str(SHIPPED_WEIGHTS), precision)  # the router's own weights, at its precision
+    # the router's own weights, at its precision, on its engine
+    task = load_task(TASKS["screenshot_triage"], weights or str(SHIPPED_WEIGHTS), precision, FusionEngine(engine))
 
     def one():
         item = encoders.extract(text=inputs["text"], image=inputs["image"], image_type="image/png", audio=inputs["audio"], audio_type="audio/wav")
@@ -113,19 +118,19 @@ def in_process(inputs, precision: str = "auto", weights: str = ""):
     return one, encoders.close
 
 
-def bench_rounds(inputs, calls: int, rounds: int, precision: str = "auto", weights: str = "") -> list[dict]:
+def bench_rounds(inputs, calls: int, rounds: int, precision: str = "auto", weights: str = "", engine: str = "openvino") -> list[dict]:
     """`rounds` times: `calls` requests through the mesh, then `calls` in process (the mesh
     idle meanwhile); both started and warmed once. One row per round."""
     from modalmesh.client import RouterClient
     from modalmesh.up import ORDER, Mesh
 
-    env = {"MODALMESH_ROUTER_FUSION_PRECISION": precision, **({"MODALMESH_ROUTER_WEIGHTS_DIR": weights} if weights else {})}
+    env = {"MODALMESH_ROUTER_FUSION_PRECISION": precision, "MODALMESH_ROUTER_ENGINE": engine, **({"MODALMESH_ROUTER_WEIGHTS_DIR": weights} if weights else {})}
     mesh = Mesh(ports={name: free_port() for name in ORDER}, quiet_logs=True, extra_env=env)
     mesh.start()
     one, close = None, None
     try:
         mesh.wait_healthy(timeout=300, progress=None)
-        one, close = in_process(inputs, precision, weights)
+        one, close = in_process(inputs, precision, weights, engine)
         results = []
         with RouterClient(mesh.address("router"), timeout=120) as client:
             for _ in range(2):
@@ -215,6 +220,11 @@ def main() -> int:
     parser.add_argument("--fusion-precision", default="auto", choices=FUSION_PRECISIONS, help="the router's fusion_precision, both sides (default auto)")
     parser.add_argument("--pause-ms", type=float, default=0.0, help="with --decisions: idle this long before each timed decision")
     parser.add_argument("--weights", default="", metavar="DIR", help="a folder of <task>/ weights folders for both sides (default: the shipped ones)")
+    parser.add_argument(
+        "--engines",
+        default=DEFAULT_ENGINE,
+        help=f"what runs the fusion model (the router's engine), both sides; several, comma-separated, one after the other (default {DEFAULT_ENGINE})",
+    )
     parser.add_argument("--decisions", metavar="MANIFEST", help="time only the decision on this screenshot_triage manifest's items")
     args = parser.parse_args()
     calls = 6 if args.quick else 20
@@ -237,29 +247,40 @@ def main() -> int:
         )
         write_results(args.out, {"machine": machine(), "decisions": decisions, "answers_alike": alike})
         return 0
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    unknown = [e for e in engines if e not in ENGINES]
+    if unknown or not engines:
+        parser.error(f"--engines: each must be one of {', '.join(ENGINES)}")
     inputs = make_inputs()
-    rounds = bench_rounds(inputs, calls, args.rounds, args.fusion_precision, args.weights)
-    print(
-        f"\nscreenshot_triage, text + screenshot + voice message, FULL mode, {calls} sequential requests a round, {args.rounds} round(s), "
-        f"fusion_precision {args.fusion_precision}, weights {args.weights or 'shipped'}"
-    )
-    ratios = []
-    for index, row in enumerate(rounds, 1):
-        mesh, local = row["mesh"], row["in_process"]
-        ratios.append(mesh["p50_ms"] / local["p50_ms"])
+    results, overheads, medians = {}, {}, {}
+    for engine in engines:
+        rounds = bench_rounds(inputs, calls, args.rounds, args.fusion_precision, args.weights, engine)
         print(
-            f"   round {index}: in process p50 {local['p50_ms']:7.1f} ms (p99 {local['p99_ms']:7.1f})   "
-            f"mesh p50 {mesh['p50_ms']:7.1f} ms (p99 {mesh['p99_ms']:7.1f})"
+            f"\nscreenshot_triage, text + screenshot + voice message, FULL mode, {calls} sequential requests a round, {args.rounds} round(s), "
+            f"fusion_precision {args.fusion_precision}, engine {engine}, weights {args.weights or 'shipped'}"
         )
-        print(
-            f"            mesh / in process {ratios[-1]:.2f}x;   router overhead (total - slowest modality) p50 "
-            f"{mesh['router_overhead_p50_ms']:.2f} ms (p99 {mesh['router_overhead_p99_ms']:.2f}), of which the final decision "
-            f"(timings_ms.fuse) {mesh['fuse_p50_ms']:.2f} ms"
-        )
-    overhead = statistics.median(row["mesh"]["router_overhead_p50_ms"] for row in rounds)
-    print(f"   mesh / in process (p50), median of the rounds  {statistics.median(ratios):.2f}x   (target <= 0.8x)")
-    print(f"   router overhead p50, median of the rounds      {overhead:.2f} ms   (target <= 3 ms p50)")
-    write_results(args.out, {"machine": machine(), "rounds": rounds, "ratios": ratios, "ratio": statistics.median(ratios)})
+        ratios = []
+        for index, row in enumerate(rounds, 1):
+            mesh, local = row["mesh"], row["in_process"]
+            ratios.append(mesh["p50_ms"] / local["p50_ms"])
+            print(
+                f"   round {index}: in process p50 {local['p50_ms']:7.1f} ms (p99 {local['p99_ms']:7.1f})   "
+                f"mesh p50 {mesh['p50_ms']:7.1f} ms (p99 {mesh['p99_ms']:7.1f})"
+            )
+            print(
+                f"            mesh / in process {ratios[-1]:.2f}x;   router overhead (total - slowest modality) p50 "
+                f"{mesh['router_overhead_p50_ms']:.2f} ms (p99 {mesh['router_overhead_p99_ms']:.2f}), of which the final decision "
+                f"(timings_ms.fuse) {mesh['fuse_p50_ms']:.2f} ms"
+            )
+        overheads[engine] = statistics.median(row["mesh"]["router_overhead_p50_ms"] for row in rounds)
+        medians[engine] = statistics.median(ratios)
+        print(f"   mesh / in process (p50), median of the rounds  {medians[engine]:.2f}x   (target <= 0.8x)")
+        print(f"   router overhead p50, median of the rounds      {overheads[engine]:.2f} ms   (target <= 3 ms p50)")
+        results[engine] = {"rounds": rounds, "ratios": ratios, "ratio": medians[engine], "router_overhead_p50_ms": overheads[engine]}
+    if len(engines) > 1:
+        first = engines[0]
+        print("\nrouter overhead p50 by engine: " + ", ".join(f"{e} {overheads[e]:.2f} ms ({overheads[e] / overheads[first]:.2f}x {first})" for e in engines))
+    write_results(args.out, {"machine": machine(), "engines": results})
     return 0
 
 

@@ -81,6 +81,10 @@ class OpenVINOSettings:
 
     threads: int = 0
     shapes: int = DEFAULT_OPENVINO_SHAPES
+    precision: str = "f32"  # OpenVINO's INFERENCE_PRECISION_HINT: f32, or bf16 (a CPU's bfloat16 units)
+    # Calls that may run at once, each on threads of its own (OpenVINO's NUM_STREAMS; `threads`
+    # are shared among them, not pinned to cores); 1: a call that comes while another runs waits for it.
+    streams: int = 1
 
     @classmethod
     def of(cls, config: Any) -> "OpenVINOSettings":
@@ -88,11 +92,11 @@ class OpenVINOSettings:
         return cls(threads=config.torch_threads, shapes=config.openvino_shapes)
 
 
-def compile_module(module: Any, example_inputs: Any, key: str, settings: OpenVINOSettings | None = None) -> Any:
-    """An OpenVINO CompiledModel for the CPU computing `module(inputs)` in FP32 (a dict of
-    example inputs: by name; a tensor: the one input); inputs keep
-    their batch and length dimensions dynamic."""
-    model = read_cached(key)
+def compile_module(module: Any, example_inputs: Any, key: str, settings: OpenVINOSettings | None = None, fresh: bool = False) -> Any:
+    """An OpenVINO CompiledModel for the CPU computing `module(inputs)` (a dict of example
+    inputs: by name; a tensor or a tuple of them: in order); inputs keep their batch and
+    length dimensions dynamic. `fresh`: converted again, whatever is cached."""
+    model = None if fresh else read_cached(key)
     if model is None:
         model = convert_module(module, example_inputs, key)
     return compile_model(model, settings)
@@ -168,11 +172,14 @@ def compile_model(model: Any, settings: OpenVINOSettings | None = None) -> Any:
     import openvino
 
     settings = settings or OpenVINOSettings()
-    # FP32 throughout: on a CPU with BF16 units OpenVINO would otherwise compute in BF16
+    # FP32 unless asked: on a CPU with BF16 units OpenVINO would otherwise compute in BF16
     # (MiniLM: cosine 0.99998 to torch, not the same features the weights were trained on).
-    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32", "CPU_RUNTIME_CACHE_CAPACITY": settings.shapes}
+    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": settings.precision, "CPU_RUNTIME_CACHE_CAPACITY": settings.shapes}
     if settings.threads > 0:
         config["INFERENCE_NUM_THREADS"] = settings.threads
+    if settings.streams > 1:
+        # Pinned, two streams' threads can land on one core while the other idles.
+        config.update({"NUM_STREAMS": settings.streams, "ENABLE_CPU_PINNING": False})
     return openvino.Core().compile_model(model, "CPU", config)
 
 

@@ -91,7 +91,8 @@ class ServiceConfig:
     quantize: bool = _option(False, "INT8 dynamic quantization of the backbone's Linear layers (text, vision: in torch, whatever the engine)")
     engine: str = _option(
         DEFAULT_ENGINE,
-        "text, vision: what runs the encoder model: openvino (converted once, cached, checked against torch at every start; 1.2-7x faster here) or torch",
+        "text, vision: what runs the encoder model: openvino (converted once, cached, checked against torch at every start; 1.2-7x faster here) or torch; "
+        "router: what runs a fusion ensemble's decisions (openvino: checked against torch at every load, torch where its answers differ)",
     )
     openvino_shapes: int = _option(
         DEFAULT_OPENVINO_SHAPES,

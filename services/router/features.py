@@ -20,9 +20,10 @@ import numpy as np
 import torch
 
 from modalmesh.common.client import collect
-from modalmesh.common.config import DEFAULT_OCR_ENGINE, ServiceConfig, load_config
+from modalmesh.common.config import DEFAULT_ENGINE, DEFAULT_OCR_ENGINE, ServiceConfig, load_config
 from modalmesh.common.models import file_digest
 from modalmesh.common.encoder import EncodeRequest
+from modalmesh.router.compiled_fusion import FusionEngine
 from modalmesh.router.fusion import SIDE_SOURCE
 from modalmesh.router.sources import QUICK_OPTION, SIDE_OPTION, embed, side_text
 
@@ -71,6 +72,12 @@ def configured_fusion_precision(environ=None) -> str:
     """The router's `fusion_precision` (its default, auto, unless set): offline decisions
     (eval, training's reports) are made at the precision the router would run."""
     return _service_setting("router", "fusion_precision", environ) or ServiceConfig.fusion_precision
+
+
+def configured_fusion_engine(environ=None) -> FusionEngine:
+    """What runs the fusion model's decisions in the router (its `engine`, OpenVINO unless
+    set): offline decisions are made as the router makes them."""
+    return FusionEngine(_service_setting("router", "engine", environ) or DEFAULT_ENGINE)
 
 
 def configured_ocr_engine(environ=None) -> str:

@@ -221,7 +221,7 @@ def attend(q, k, v, bias: torch.Tensor, padded_queries: torch.Tensor, keep: bool
         attention = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]) + bias, dim=-1)
         attention = attention.masked_fill(padded_queries, 0.0)  # a padded query attends to nothing real: a finite, zero row
         return attention @ v, attention
-    if not padded_queries.any():
+    if not torch.jit.is_tracing() and not padded_queries.any():  # a traced graph (compiled_fusion.py) takes any padding
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias), None
     # A padded query's row is all -inf (NaN after the softmax): give it a finite row, zero its output.
     mixed = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.masked_fill(padded_queries, 0.0))
@@ -439,6 +439,15 @@ def fusion_precision(setting: str) -> str:
     return setting
 
 
+def made_up_items(config: FusionConfig) -> list[dict[str, torch.Tensor]]:
+    """A fixed set of made-up inputs that checks a faster way of running a model against
+    float32 torch: every source alone and all together, one to 64 tokens each."""
+    generator = torch.Generator().manual_seed(0)
+    widths = config.input_widths
+    items = [{source: torch.randn(tokens, widths[source], generator=generator)} for tokens in (1, 8) for source in SOURCES]
+    return items + [{source: torch.randn(tokens, widths[source], generator=generator) for source in SOURCES} for tokens in (4, 64)]
+
+
 PRECISION_TOLERANCE = 0.01  # largest probability change bfloat16 products may make on checked_precision's inputs
 
 
@@ -450,10 +459,7 @@ def checked_precision(model: "StackedEnsemble", setting: str, name: str = "the f
     chosen = fusion_precision(setting)
     if setting != "auto" or chosen == "float32":
         return chosen
-    generator = torch.Generator().manual_seed(0)
-    widths = model.config.input_widths
-    items = [{source: torch.randn(tokens, widths[source], generator=generator)} for tokens in (1, 8) for source in SOURCES]
-    items += [{source: torch.randn(tokens, widths[source], generator=generator) for source in SOURCES} for tokens in (4, 64)]
+    items = made_up_items(model.config)
     kept = model.precision
 
     def answers(precision: str) -> list[torch.Tensor]:
@@ -608,7 +614,8 @@ class StackedEnsemble(nn.Module):
         else:
             scores = torch.einsum("mbtd,msd->mbts", x, self.pool_query) / math.sqrt(x.shape[-1])
             scores = scores.masked_fill(membership.unsqueeze(0) == 0, float("-inf"))
-            pool_weights = torch.nan_to_num(torch.softmax(scores, dim=2), nan=0.0)
+            pool_weights = torch.softmax(scores, dim=2)
+            pool_weights = pool_weights.masked_fill(torch.isnan(pool_weights), 0.0)  # absent sources: all zero
         per_source = pool_weights.transpose(-1, -2) @ x  # [M, B, S, d]
 
         hidden = F.gelu(torch.einsum("mbsd,msdh->mbsh", per_source, self.gate_in[0]) + self.gate_in[1].unsqueeze(1))

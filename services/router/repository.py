@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Callable
 
 from modalmesh.router.task_file import TaskFileError, find_task_files, load_task_file
-from modalmesh.router.tasks import TaskModel, TaskSpec, load_task_folder
+from modalmesh.router.tasks import FusionEngine, TaskModel, TaskSpec, load_task_folder
 
 log = logging.getLogger(__name__)
 
@@ -127,9 +127,11 @@ class Repository(Mapping[str, TaskModel]):
         prepare: Callable[[TaskModel], TaskModel] = lambda task: task,
         pins: Mapping[str, int] | None = None,
         precision: str = "auto",
+        engine: FusionEngine | None = None,
     ) -> None:
         self.root = Path(root)
         self.precision = precision  # the fusion precision each version loads at (tasks.load_task_folder)
+        self.engine = engine  # what runs each version's decisions (tasks.FusionEngine; torch when None)
         self.specs = dict(specs)
         self.prepare = prepare  # applied to each version as it loads (routing overrides, warm-up)
         self.pins = dict(pins or {})
@@ -187,7 +189,7 @@ class Repository(Mapping[str, TaskModel]):
         for version in versions:
             folder = self.root / name / str(version)
             try:
-                model = self.prepare(load_task_folder(spec, folder, self.precision))
+                model = self.prepare(load_task_folder(spec, folder, self.precision, self.engine))
             except Exception as exc:  # the weights do not fit the new file: nothing is swapped
                 failed.append(f"version {version} does not load under it: {_reason(exc, folder)}")
                 continue
@@ -226,7 +228,7 @@ class Repository(Mapping[str, TaskModel]):
         try:
             if missing:
                 raise ValueError(f"{folder}: missing {', '.join(missing)}")
-            model = self.prepare(load_task_folder(spec, folder, self.precision))
+            model = self.prepare(load_task_folder(spec, folder, self.precision, self.engine))
         except Exception as exc:  # any file problem: reported, and the versions before keep serving
             state = VersionState(version, "failed", _reason(exc, folder), stamp)
             log.error("model repository: %s version %d not loaded: %s", name, version, state.reason)

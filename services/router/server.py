@@ -28,11 +28,12 @@ from modalmesh.common.client import connect
 from modalmesh.common.config import ServiceConfig
 from modalmesh.common.encoder import NO_DEADLINE_SECONDS
 from modalmesh.common.runtime import Service
+from modalmesh.router.compiled_fusion import CompiledEnsemble
 from modalmesh.router.fusion import MODALITIES, StackedEnsemble
 from modalmesh.router.pipeline import MODALITY_ENUM, Encoders, Pipeline
 from modalmesh.router import reports
 from modalmesh.router.repository import Repository, VersionState, why_missing
-from modalmesh.router.tasks import SHIPPED_WEIGHTS, TASKS, TaskModel, TaskSpec, load_task, neighbour_checked
+from modalmesh.router.tasks import SHIPPED_WEIGHTS, TASKS, FusionEngine, TaskModel, TaskSpec, load_task, neighbour_checked
 from modalmesh.v1 import inference_pb2, inference_pb2_grpc, router_pb2, router_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -127,12 +128,14 @@ class RouterService(Service):
             name = task.spec.name
             task.spec = apply_routing_thresholds({name: task.spec}, routing_items(self.config.routing, name))[name]
             model_thread.submit(functools.partial(_warm, task.model)).value  # the first call's one-off costs, paid before it serves
-            if isinstance(task.model, StackedEnsemble):
-                log.info("task %s: %d-model ensemble, linear maps in %s", name, len(task.model.members), task.model.precision)
+            if isinstance(task.model, (StackedEnsemble, CompiledEnsemble)):
+                engine = "openvino" if isinstance(task.model, CompiledEnsemble) else "torch"
+                log.info("task %s: %d-model ensemble in %s, linear maps in %s", name, len(task.model.members), engine, task.model.precision)
             return task
 
+        engine = FusionEngine(self.config.engine, self.config.torch_threads, self.config.openvino_shapes)  # what runs the ensembles' decisions
         if self.config.model_repository:
-            self.repository = Repository(self.config.model_repository, TASKS, prepare, precision=self.config.fusion_precision)
+            self.repository = Repository(self.config.model_repository, TASKS, prepare, precision=self.config.fusion_precision, engine=engine)
             self.repository.discover()  # the repository's own tasks (task files), before the settings that name tasks are checked
             self.repository.pins = parse_pins(self.config.model_versions, self.repository.specs)
             apply_routing_thresholds(self.repository.specs, self.config.routing)  # a bad setting is refused at start
@@ -142,7 +145,7 @@ class RouterService(Service):
         else:
             apply_routing_thresholds(TASKS, self.config.routing)  # a bad setting is refused at start
             weights = self.config.weights_dir or (str(SHIPPED_WEIGHTS) if SHIPPED_WEIGHTS.is_dir() else "")
-            self.tasks = {name: prepare(load_task(spec, weights, self.config.fusion_precision)) for name, spec in TASKS.items()}
+            self.tasks = {name: prepare(load_task(spec, weights, self.config.fusion_precision, engine)) for name, spec in TASKS.items()}
         self.channels = [
             connect(target, ca=self.config.encoder_ca, cert=self.config.encoder_cert, key=self.config.encoder_key, token=self.config.encoder_token)
             for target in (self.config.text_target, self.config.vision_target, self.config.audio_target)
@@ -549,5 +552,8 @@ def _run_all(work: Sequence[Callable[[], object]]) -> list[object]:
 
 
 def _warm(model) -> object:
-    """One pass of a fusion model on a little text: the first call's one-off costs, paid at start."""
+    """One pass of a fusion model on a little text: the first call's one-off costs, paid at
+    start; a model on OpenVINO prepares the input lengths a request can bring, too."""
+    if isinstance(model, CompiledEnsemble):
+        model.prepare_lengths()
     return model(model.embed([{"text": torch.zeros(2, model.config.input_widths["text"])}]))

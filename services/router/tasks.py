@@ -48,10 +48,15 @@ from modalmesh.router.fusion import (
     modality_of,
     checked_precision,
 )
+from modalmesh.router.compiled_fusion import CompiledEnsemble, FusionEngine, compiled_ensemble
 
 log = logging.getLogger(__name__)
 
 SHIPPED_WEIGHTS = Path(__file__).resolve().parent / "weights"  # <task>/ folders trained by `make weights`
+
+# What a task's fusion model is: one model, an ensemble (loaded stacked: one batched model,
+# the same numbers), or a stacked ensemble whose decisions OpenVINO runs (compiled_fusion.py).
+Fusion = FusionModel | FusionEnsemble | StackedEnsemble | CompiledEnsemble
 
 NOT_FOR_CLINICAL_USE = "Research prototype: not for clinical use."
 UNCERTAIN = "uncertain"  # the label of a withheld answer (AnalyzeResponse.abstained)
@@ -263,13 +268,13 @@ UNSURE_CONFIDENCE = 0.5  # below it the reply names no problem: a calibrated lab
 ERROR_WORDS = re.compile(r"error|fail|declin|denied|invalid|unable|cannot|can't|crash|stopped|expired|timeout|timed out|not found|code \d+", re.I)
 
 
-def screen_line_log_odds(model: FusionModel | FusionEnsemble | StackedEnsemble, screen_text: torch.Tensor) -> torch.Tensor:
+def screen_line_log_odds(model: Fusion, screen_text: torch.Tensor) -> torch.Tensor:
     """[paragraphs, labels]: how much each OCR paragraph (a row of the screen-text
     features), classified on its own, favours each label over the rest: log-odds from the
     logits, before the temperature (the calibrated probabilities of several lines
     saturate at 1). One batch, by the first member of an ensemble. The router computes
     this as soon as the screen text is in, while it still waits for other encoders."""
-    member: Any = model.members[0] if isinstance(model, (FusionEnsemble, StackedEnsemble)) else model
+    member: Any = model.members[0] if isinstance(model, (FusionEnsemble, StackedEnsemble, CompiledEnsemble)) else model
     if screen_text.shape[0] == 0:
         return torch.zeros(0, len(member.config.labels))
     with torch.inference_mode():
@@ -288,7 +293,7 @@ def best_screen_line(log_odds: torch.Tensor, label: int) -> int | None:
     return best if float(log_odds[best, label]) > 0 else None
 
 
-def key_screen_line(model: FusionModel | FusionEnsemble | StackedEnsemble, screen_text: torch.Tensor, label: int) -> int | None:
+def key_screen_line(model: Fusion, screen_text: torch.Tensor, label: int) -> int | None:
     """Which OCR paragraph alone most supports `label`: the screen's error or status
     message, whatever its wording, where a list of error words finds only some
     (`modalmesh eval` counts both)."""
@@ -717,7 +722,7 @@ def spec_of(task: str | TaskSpec) -> TaskSpec:
 @dataclass
 class TaskModel:
     spec: TaskSpec
-    model: FusionModel | FusionEnsemble | StackedEnsemble  # an ensemble is loaded stacked (one batched model; the same numbers)
+    model: Fusion
     version: str
     trained: bool
     applicability: Applicability = field(default_factory=Applicability)  # the reference set fitted at training
@@ -758,7 +763,7 @@ class Decided(NamedTuple):
 
 
 def decide(
-    model: FusionModel | FusionEnsemble | StackedEnsemble,
+    model: Fusion,
     spec: TaskSpec,
     features: dict[str, torch.Tensor],
     tags: dict[str, str],
@@ -861,7 +866,7 @@ def _same_inputs(kept: tuple[dict[str, torch.Tensor], dict[str, str]], given: tu
 
 
 def fuse(
-    model: FusionModel | FusionEnsemble | StackedEnsemble,
+    model: Fusion,
     spec: TaskSpec,
     features: dict[str, torch.Tensor],
     tags: dict[str, str],
@@ -878,7 +883,7 @@ def fuse(
     share = torch.tensor(chances, dtype=torch.float32)
     with torch.inference_mode():
         inputs = model.embed(list(batch), projections)
-        outputs = model(inputs, attention=attention)
+        outputs = model(inputs, attention=attention)  # type: ignore[arg-type]  # inputs: this model's embed
         weight = 0.0
         if outstanding:
             mask = torch.tensor([[s in outstanding for s in SOURCES]] * len(batch))
@@ -906,14 +911,15 @@ def not_applicable(task: TaskModel, modality: str, features: torch.Tensor | None
     return task.applicability.judge(modality, features)
 
 
-def load_task(spec: TaskSpec, weights_dir: str, precision: str = "auto") -> TaskModel:
+def load_task(spec: TaskSpec, weights_dir: str, precision: str = "auto", engine: FusionEngine | None = None) -> TaskModel:
     """From `<weights_dir>/<task>/`, or untrained when there is nothing there."""
-    return load_task_folder(spec, Path(weights_dir) / spec.name if weights_dir else None, precision)
+    return load_task_folder(spec, Path(weights_dir) / spec.name if weights_dir else None, precision, engine)
 
 
-def load_task_folder(spec: TaskSpec, folder: Path | None, precision: str = "auto") -> TaskModel:
+def load_task_folder(spec: TaskSpec, folder: Path | None, precision: str = "auto", engine: FusionEngine | None = None) -> TaskModel:
     """`precision`: what an ensemble's linear maps compute in (fusion.fusion_precision:
-    "auto", "float32" or "bfloat16"); the router's `fusion_precision` setting."""
+    "auto", "float32" or "bfloat16"); the router's `fusion_precision` setting. `engine`:
+    what runs its decisions (FusionEngine; torch when None)."""
     weights = folder / "model.safetensors" if folder else None
     if weights is not None and weights.is_file():
         from safetensors.torch import load_file
@@ -937,9 +943,13 @@ def load_task_folder(spec: TaskSpec, folder: Path | None, precision: str = "auto
             built.load_state_dict(state)
         except RuntimeError as exc:
             raise ValueError(f"{weights}: does not fit {config_file} ({str(exc).splitlines()[0][:200]})") from None
-        model = built.stacked() if isinstance(built, FusionEnsemble) else built
+        model: FusionModel | StackedEnsemble | CompiledEnsemble = built.stacked() if isinstance(built, FusionEnsemble) else built
+        digest = models.file_digest(weights)
         if isinstance(model, StackedEnsemble):
-            model.set_precision(checked_precision(model, precision, f"{spec.name} ({weights})"))
+            name = f"{spec.name} ({weights})"
+            model.set_precision(checked_precision(model, precision, name))
+            if engine is not None and engine.name == "openvino":
+                model = compiled_ensemble(model, f"{spec.name}@{digest}", model.precision, engine, name)
         if config.routing:  # thresholds tuned on the validation split override the task's defaults
             spec = dataclasses.replace(
                 spec,
@@ -951,7 +961,7 @@ def load_task_folder(spec: TaskSpec, folder: Path | None, precision: str = "auto
         return TaskModel(
             spec,
             model.eval(),
-            f"{spec.name}@{models.file_digest(weights)}",
+            f"{spec.name}@{digest}",
             trained=True,
             applicability=Applicability.load(folder),
             status_line=status_line.load(folder),

@@ -34,7 +34,7 @@ from modalmesh.common import models
 from modalmesh.common.progress import progress
 from modalmesh.data.generate import task_records
 from modalmesh.router import applicability, scope, status_line
-from modalmesh.router.features import FeatureCache, configured_asr_engine, configured_fusion_precision, text_model_version
+from modalmesh.router.features import FeatureCache, configured_asr_engine, configured_fusion_engine, configured_fusion_precision, text_model_version
 from modalmesh.router.finetune import LEARNING_RATE as TEXT_TOP_LEARNING_RATE
 from modalmesh.router.fusion import MODALITIES, FusionConfig, FusionEnsemble, FusionModel, fit_log_temperature
 from modalmesh.router.repository import staged_version, versions_in
@@ -85,7 +85,7 @@ def open_trained(spec: TaskSpec, weights: str) -> tuple[TaskModel, Path]:
     folder = Path(weights) if weights else SHIPPED_WEIGHTS / spec.name
     if weights and not (folder / "model.safetensors").is_file():
         folder = folder / spec.name
-    task_model = load_task_folder(spec, folder, configured_fusion_precision())
+    task_model = load_task_folder(spec, folder, configured_fusion_precision(), configured_fusion_engine())
     task_model.model.eval()
     if task_model.model.config.text_model:  # the features must come from the text model the weights were trained with
         running = text_model_version()
