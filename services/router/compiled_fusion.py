@@ -12,9 +12,11 @@ part every decision pays for. On the shipped screenshot_triage ensemble (three m
 layers, a voice request's 149 tokens) one thread decides in about two thirds of torch's time
 (docs/benchmarks.md).
 
-OpenVINO prepares each input shape once (a few ms), so the token axis is padded up to a
-multiple of LENGTH_STEP: padded tokens are masked out of attention and pooling, the answer is
-the same to float rounding. Every load is checked against torch in float32 on made-up inputs
+OpenVINO prepares each input shape once (5-10 ms, and about 3 MiB kept per shape), so a batch
+runs one item at a time (the status-line readings of a screen: one call each, about 8% slower
+than one batched call) and each item's token axis is padded up to a multiple of LENGTH_STEP:
+padded tokens are masked out of attention and pooling, the answer is the same to float
+rounding, and at most 20 shapes are ever prepared (all of them at load). Every load is checked against torch in float32 on made-up inputs
 (fusion.made_up_items): no probability may move by more than fusion.PRECISION_TOLERANCE, else
 the weights run in torch, with a warning; a model OpenVINO cannot convert runs in torch too.
 """
@@ -119,8 +121,13 @@ class CompiledEnsemble:
         request = getattr(self._local, "request", None)
         if request is None:
             request = self._local.request = self.compiled.create_infer_request()
-        results = request.infer(padded(inputs), share_inputs=True)  # no copy: the arrays are this call's own
-        logits, probabilities, regression, gate_weights, gate_scores, member_gate_scores = (torch.from_numpy(np.array(results[i])) for i in range(len(OUTPUTS)))
+        rows = []
+        for item in range(inputs.padding.shape[0]):  # one item at a time: only batch-1 shapes are ever prepared
+            results = request.infer(item_inputs(inputs, item), share_inputs=True)  # no copy: the arrays are this call's own
+            rows.append([np.array(results[index]) for index in range(len(OUTPUTS))])
+        logits, probabilities, regression, gate_weights, gate_scores, member_gate_scores = (
+            torch.from_numpy(np.concatenate([row[index] for row in rows], axis=-2)) for index in range(len(OUTPUTS))
+        )
         return FusionOutputs(
             logits,
             probabilities,
@@ -134,16 +141,19 @@ class CompiledEnsemble:
         )
 
 
-def padded(inputs: FusionInputs) -> list[np.ndarray]:
-    """The graph's inputs with the token axis padded up to a multiple of LENGTH_STEP."""
-    length = inputs.padding.shape[-1]
+def item_inputs(inputs: FusionInputs, item: int) -> list[np.ndarray]:
+    """The graph's inputs for one item of the batch: its own tokens (a batch pads every item
+    to the longest), padded up to a multiple of LENGTH_STEP."""
+    length = int((~inputs.padding[item]).sum())  # an item's tokens come first, its padding after
     extra = -length % LENGTH_STEP
-    tokens, token_source, padding = inputs.tokens, inputs.token_source, inputs.padding
+    tokens = inputs.tokens[:, item : item + 1, :length]
+    token_source = inputs.token_source[item : item + 1, :length]
+    padding = inputs.padding[item : item + 1, :length]
     if extra:
         tokens = torch.nn.functional.pad(tokens, (0, 0, 0, extra))
         token_source = torch.nn.functional.pad(token_source, (0, extra))
         padding = torch.nn.functional.pad(padding, (0, extra), value=True)
-    return [tokens.numpy(), token_source.numpy(), padding.numpy(), inputs.present.numpy()]
+    return [np.ascontiguousarray(array) for array in (tokens.numpy(), token_source.numpy(), padding.numpy(), inputs.present[item : item + 1].numpy())]
 
 
 def compiled_ensemble(
