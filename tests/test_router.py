@@ -735,8 +735,9 @@ def test_features_with_nan_fail_their_modality_instead_of_reaching_the_answer():
 def _screen_lines_answer(task, lines, message=""):
     """The router's answer to a screen of `lines` (MiniLM vectors), the customer's `message`
     if any, and an audio held back, decided by `Pipeline` itself; (the answer, its
-    error_text, the vectors, whether the paragraphs were scored while the audio was still
-    outstanding)."""
+    error_text, the vectors, whether the paragraphs were scored (without a status-line
+    pointer) or the status paragraph picked (with one) while the audio was still
+    outstanding, the evidence)."""
     import threading
     from concurrent import futures
 
@@ -754,9 +755,9 @@ def _screen_lines_answer(task, lines, message=""):
 
     def audio(call):
         deadline = time.monotonic() + 10
-        while run.line_log_odds is None and time.monotonic() < deadline:
+        while run.line_log_odds is None and run.status_index is None and time.monotonic() < deadline:
             time.sleep(0.01)
-        if run.line_log_odds is not None:
+        if run.line_log_odds is not None or run.status_index is not None:
             scored_while_waiting.set()
         return Produced({"audio": torch.zeros(50, 80)})
 
@@ -798,7 +799,8 @@ def test_an_error_text_picked_from_furniture_unlike_any_training_message_is_with
     from modalmesh.router.tasks import SHIPPED_WEIGHTS, TASKS, Answer, load_task
 
     task = load_task(TASKS["screenshot_triage"], str(SHIPPED_WEIGHTS))
-    response, error_text, vectors, _, evidence = _screen_lines_answer(task, MAIL, message="My card payment failed twice at checkout")
+    response, error_text, vectors, picked_while_waiting, evidence = _screen_lines_answer(task, MAIL, message="My card payment failed twice at checkout")
+    assert picked_while_waiting  # the pick and its check run as soon as the screen text is in, not after the decision
     assert task.status_line.pick(vectors) == 0  # the folder list
     assert evidence.key_line == "" and evidence.key_line_chance is None
     assert "('Inbox 12 Starred Sent Drafts 2 Promotions Spam') is unlike every status message" in evidence.key_line_unlike
