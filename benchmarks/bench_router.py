@@ -31,7 +31,8 @@ thread) on each in-scope item's cached features, grouped by how many status-line
 the screen gives (each reading is one row of the fusion model), with the ensemble's linear
 maps in float32 and in bfloat16 (the router's `fusion_precision`; auto picks bfloat16 on a
 CPU that multiplies it natively); then every item, in scope and out of it, answered as the
-router would at both precisions, and how many answers are alike.
+router would at both precisions, and how many answers are alike; with several `--engines`,
+each engine's timings, and how many answers the engines give alike at `--fusion-precision`.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ single_threaded_numpy_blas()
 
 from benchmarks.bench_text import header, machine, percentile, samples_ms, write_results  # noqa: E402
 from modalmesh.common.config import DEFAULT_ENGINE, ENGINES, FUSION_PRECISIONS  # noqa: E402
+from modalmesh.router.fusion import fusion_precision  # noqa: E402
 
 PRECISIONS = FUSION_PRECISIONS[1:]  # what --decisions compares: float32, bfloat16 (router/fusion.py PRECISIONS)
 from modalmesh.up import free_port  # noqa: E402
@@ -146,11 +148,12 @@ def bench_rounds(inputs, calls: int, rounds: int, precision: str = "auto", weigh
         mesh.stop()
 
 
-def shipped_triage_at_each_precision() -> dict:
-    """The shipped screenshot_triage weights, loaded once per PRECISIONS entry."""
-    from modalmesh.router.tasks import SHIPPED_WEIGHTS, TASKS, load_task
+def shipped_triage_at_each_precision(engine: str = "torch") -> dict:
+    """The shipped screenshot_triage weights on `engine` (one decision at a time), loaded once
+    per PRECISIONS entry."""
+    from modalmesh.router.tasks import SHIPPED_WEIGHTS, TASKS, FusionEngine, load_task
 
-    return {precision: load_task(TASKS["screenshot_triage"], str(SHIPPED_WEIGHTS), precision) for precision in PRECISIONS}
+    return {precision: load_task(TASKS["screenshot_triage"], str(SHIPPED_WEIGHTS), precision, FusionEngine(engine, calls=1)) for precision in PRECISIONS}
 
 
 def manifest_examples(spec, manifest: str, scope: str = "in") -> list:
@@ -168,15 +171,16 @@ def manifest_examples(spec, manifest: str, scope: str = "in") -> list:
 
 def answers_alike(tasks: dict, manifest: str) -> dict:
     """Every item of the manifest, in scope and out of it, answered as the router would
-    (served.serve: withheld or given) at each precision: how many get the same answer
-    (label, and given or withheld), and the largest difference in confidence."""
+    (served.serve: withheld or given) by the two task models of `tasks` (two precisions, or
+    two engines): how many get the same answer (label, and given or withheld), and the
+    largest difference in confidence."""
     from modalmesh.router.served import serve
 
-    spec = tasks["float32"].spec
+    first, second = list(tasks.values())[:2]
     alike, gap, items = 0, 0.0, 0
     for scope in ("in", "out"):
-        for example in manifest_examples(spec, manifest, scope):
-            exact, rounded = (serve(tasks[p], example.features, example.tags, audio_tags=example.audio_tags) for p in PRECISIONS)
+        for example in manifest_examples(first.spec, manifest, scope):
+            exact, rounded = (serve(task, example.features, example.tags, audio_tags=example.audio_tags) for task in (first, second))
             items += 1
             alike += (exact.best, exact.answered) == (rounded.best, rounded.answered)
             gap = max(gap, abs(exact.confidence - rounded.confidence))
@@ -185,30 +189,31 @@ def answers_alike(tasks: dict, manifest: str) -> dict:
 
 def bench_decisions(tasks: dict, manifest: str, repeats: int, pause_ms: float = 0.0) -> dict:
     """p50 decision time (ms) per number of status-line readings, on the manifest's items,
-    with the ensemble's linear maps in float32 and in bfloat16 (each item timed at both,
-    one after the other); `pause_ms`: the CPU idles that long before each timed decision."""
+    for each task model of `tasks` (by name: "<engine> <precision>"), each item timed on
+    every one of them, one after the other; `pause_ms`: the CPU idles that long before each
+    timed decision."""
     import torch
 
     from modalmesh.router import status_line
     from modalmesh.router.tasks import decide
 
     torch.set_num_threads(1)  # the router's own setting
-    spec, pointer = tasks["float32"].spec, tasks["float32"].status_line
+    first = next(iter(tasks.values()))
+    spec, pointer = first.spec, first.status_line
     examples = manifest_examples(spec, manifest)
     by_readings: dict[int, dict[str, list[float]]] = {}
     with torch.inference_mode():
         for example in examples:
             count = len(status_line.readings(pointer, example.features))
-            row = by_readings.setdefault(min(count, 4), {precision: [] for precision in PRECISIONS})
-            for precision, task in tasks.items():
+            row = by_readings.setdefault(min(count, 4), {name: [] for name in tasks})
+            for name, task in tasks.items():
 
                 def one(example=example, model=task.model):
                     decide(model, spec, example.features, example.tags, attention=False, pointer=pointer)
 
-                row[precision].append(statistics.median(samples_ms(one, repeats, warmup=1, pause_s=pause_ms / 1000)))
+                row[name].append(statistics.median(samples_ms(one, repeats, warmup=1, pause_s=pause_ms / 1000)))
     return {
-        str(k): {"items": len(v["float32"]), **{f"p50_ms_{precision}": statistics.median(v[precision]) for precision in PRECISIONS}}
-        for k, v in sorted(by_readings.items())
+        str(k): {"items": len(next(iter(v.values()))), **{name: statistics.median(times) for name, times in v.items()}} for k, v in sorted(by_readings.items())
     }
 
 
@@ -229,28 +234,36 @@ def main() -> int:
     args = parser.parse_args()
     calls = 6 if args.quick else 20
     header("ModalMesh router benchmark")
-    if args.decisions:
-        tasks = shipped_triage_at_each_precision()
-        decisions = bench_decisions(tasks, args.decisions, 3 if args.quick else 7, args.pause_ms)
-        alike = answers_alike(tasks, args.decisions)
-        paused = f", each after {args.pause_ms:g} ms idle" if args.pause_ms else ""
-        print(f"\nthe router's decision (tasks.decide, in process, 1 thread{paused}) on {args.decisions}, by status-line readings")
-        for count, row in decisions.items():
-            exact, rounded = row["p50_ms_float32"], row["p50_ms_bfloat16"]
-            print(
-                f"   {count if count != '4' else '4+'} reading(s): {row['items']:4d} items, decision p50 float32 {exact:6.2f} ms, "
-                f"bfloat16 {rounded:6.2f} ms ({rounded / exact:.2f}x)"
-            )
-        print(
-            f"   answers alike in float32 and bfloat16 (label, given or withheld; items in and out of scope): {alike['alike']} of "
-            f"{alike['items']}, confidence within {alike['max_confidence_gap']:.4f}"
-        )
-        write_results(args.out, {"machine": machine(), "decisions": decisions, "answers_alike": alike})
-        return 0
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     unknown = [e for e in engines if e not in ENGINES]
     if unknown or not engines:
         parser.error(f"--engines: each must be one of {', '.join(ENGINES)}")
+    if args.decisions:
+        loaded = {engine: shipped_triage_at_each_precision(engine) for engine in engines}
+        tasks = {f"{engine} {precision}": task for engine, by_precision in loaded.items() for precision, task in by_precision.items()}
+        decisions = bench_decisions(tasks, args.decisions, 3 if args.quick else 7, args.pause_ms)
+        paused = f", each after {args.pause_ms:g} ms idle" if args.pause_ms else ""
+        print(f"\nthe router's decision (tasks.decide, in process, 1 thread{paused}) on {args.decisions}, p50 by status-line readings")
+        reference = next(iter(tasks))
+        for count, row in decisions.items():
+            times = ", ".join(f"{name} {row[name]:6.2f} ms ({row[name] / row[reference]:.2f}x)" for name in tasks)
+            print(f"   {count if count != '4' else '4+'} reading(s): {row['items']:4d} items: {times}")
+        results: dict = {"decisions": decisions}
+        for engine, by_precision in loaded.items():
+            alike = answers_alike(by_precision, args.decisions)
+            print(
+                f"   {engine}: answers alike in float32 and bfloat16 (label, given or withheld; items in and out of scope): {alike['alike']} of "
+                f"{alike['items']}, confidence within {alike['max_confidence_gap']:.4f}"
+            )
+            results[f"alike_{engine}"] = alike
+        if len(engines) > 1:
+            chosen = fusion_precision(args.fusion_precision)
+            across = answers_alike({engine: by_precision[chosen] for engine, by_precision in loaded.items()}, args.decisions)
+            alike_line = f"{across['alike']} of {across['items']}, confidence within {across['max_confidence_gap']:.4f}"
+            print(f"   answers alike on {' and '.join(engines)} in {chosen}: {alike_line}")
+            results["alike_across_engines"] = across
+        write_results(args.out, {"machine": machine(), **results})
+        return 0
     inputs = make_inputs()
     results, overheads, medians = {}, {}, {}
     for engine in engines:

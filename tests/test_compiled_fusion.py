@@ -45,7 +45,7 @@ def test_openvino_gives_torchs_answers_on_a_padded_batch(overrides):
     with torch.inference_mode():
         inputs = model.embed(BATCH)
         assert inputs.padding.any() and inputs.padding.shape[-1] % compiled_fusion.LENGTH_STEP  # padded, and padded again inside
-        got, want = model(inputs, attention=False), stacked(inputs, attention=False)
+        got, want = model.on_openvino(inputs), stacked(inputs, attention=False)
         weight, want_weight = model.outstanding_weight(inputs, got, outstanding), stacked.outstanding_weight(inputs, want, outstanding)
         explained = model(inputs, attention=True)  # an explanation keeps the attention weights: torch's own pass
     for name in OUTPUTS:
@@ -55,7 +55,7 @@ def test_openvino_gives_torchs_answers_on_a_padded_batch(overrides):
     # Each item alone: the answer it gets in the batch.
     with torch.inference_mode():
         for index, item in enumerate(BATCH):
-            alone = model(model.embed([item]), attention=False).probabilities[0]
+            alone = model.on_openvino(model.embed([item])).probabilities[0]
             torch.testing.assert_close(alone, got.probabilities[index], atol=1e-5, rtol=1e-5)
 
 
@@ -65,7 +65,7 @@ def test_bfloat16_on_openvino_keeps_float32s_answers_to_a_hundredth():
     assert isinstance(model, CompiledEnsemble) and model.precision == "bfloat16" and stacked.precision == "bfloat16"
     with torch.inference_mode():
         inputs = model.embed(BATCH)
-        got, exact = model(inputs, attention=False), stacked.set_precision("float32")(inputs, attention=False)
+        got, exact = model.on_openvino(inputs), stacked.set_precision("float32")(inputs, attention=False)
     torch.testing.assert_close(got.probabilities, exact.probabilities, atol=0.01, rtol=0)
 
 
@@ -73,14 +73,14 @@ def test_decisions_from_several_threads_at_once_are_each_their_own():
     model = compiled_ensemble(ensemble(), "test", "float32", FusionEngine("openvino", calls=2))
     items = [evidence(["text", "image", "audio"], seed) for seed in range(6)]
     with torch.inference_mode():
-        serial = [model(model.embed([item]), attention=False).probabilities for item in items]
+        serial = [model.on_openvino(model.embed([item])).probabilities for item in items]
     results: dict[tuple[int, int], torch.Tensor] = {}
 
     def decide(worker: int) -> None:
         with torch.inference_mode():
             for round_ in range(10):
                 index = (worker + round_) % len(items)
-                results[worker, round_] = model(model.embed([items[index]]), attention=False).probabilities
+                results[worker, round_] = model.on_openvino(model.embed([items[index]])).probabilities
 
     threads = [threading.Thread(target=decide, args=(worker,)) for worker in range(3)]
     for thread in threads:
@@ -100,8 +100,8 @@ def test_a_cached_conversion_of_other_weights_is_converted_again():
     assert isinstance(model, CompiledEnsemble)
     with torch.inference_mode():
         inputs = stacked.embed(BATCH)
-        torch.testing.assert_close(model(inputs, attention=False).probabilities, stacked(inputs, attention=False).probabilities, atol=1e-4, rtol=1e-4)
-        assert not torch.allclose(other(other.embed(BATCH), attention=False).probabilities, stacked(inputs, attention=False).probabilities, atol=1e-3)
+        torch.testing.assert_close(model.on_openvino(inputs).probabilities, stacked(inputs, attention=False).probabilities, atol=1e-4, rtol=1e-4)
+        assert not torch.allclose(other.on_openvino(other.embed(BATCH)).probabilities, stacked(inputs, attention=False).probabilities, atol=1e-3)
 
 
 def test_weights_whose_answers_openvino_would_move_run_in_torch(monkeypatch, caplog):
@@ -111,6 +111,23 @@ def test_weights_whose_answers_openvino_would_move_run_in_torch(monkeypatch, cap
         model = compiled_ensemble(stacked, "test", "float32", FusionEngine("openvino"), "the test model")
     assert model is stacked
     assert "the test model runs in torch: OpenVINO moved a probability" in caplog.text
+
+
+def test_short_inputs_run_in_torch_and_long_ones_on_openvino():
+    """Below OPENVINO_FROM tokens torch's own pass decides (as fast or faster there); from it
+    on, OpenVINO, with torch's answers."""
+    stacked = ensemble(max_tokens=128)
+    model = compiled_ensemble(stacked, "test", "float32", FusionEngine("openvino"))
+    assert isinstance(model, CompiledEnsemble)
+    short = {"text": torch.randn(compiled_fusion.OPENVINO_FROM - 1, WIDTHS["text"])}
+    long = {"text": torch.randn(compiled_fusion.OPENVINO_FROM, WIDTHS["text"])}
+    with torch.inference_mode():
+        inputs = model.embed([short])
+        assert torch.equal(model(inputs, attention=False).probabilities, stacked(inputs, attention=False).probabilities)
+        inputs = model.embed([long])
+        got, want = model(inputs, attention=False).probabilities, stacked(inputs, attention=False).probabilities
+        torch.testing.assert_close(got, model.on_openvino(inputs).probabilities, atol=0, rtol=0)  # OpenVINO's own numbers
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
 
 
 def test_an_unknown_engine_is_refused():

@@ -1,6 +1,6 @@
 """The fusion ensemble's decisions run by OpenVINO (the router's `engine openvino`).
 
-    model = compiled_ensemble(stacked, key="screenshot_triage@<digest>", precision="bfloat16", threads=1)
+    model = compiled_ensemble(stacked, "screenshot_triage@<digest>", "bfloat16", FusionEngine("openvino"))
     outputs = model(model.embed([features]), attention=False)   # as StackedEnsemble
 
 A StackedEnsemble's forward pass (attention, norms, pooling, gate and heads, every member at
@@ -10,15 +10,17 @@ projections into the model's width (`embed`), the gate's outstanding-weight pred
 decision that keeps the attention weights (an explanation) stay in torch: OpenVINO runs the
 part every decision pays for. On the shipped screenshot_triage ensemble (three members, two
 layers, a voice request's 149 tokens) one thread decides in about two thirds of torch's time
-(docs/benchmarks.md).
+(docs/deployment.md, Router).
 
 OpenVINO prepares each input shape once (5-10 ms, and about 3 MiB kept per shape), so a batch
 runs one item at a time (the status-line readings of a screen: one call each, about 8% slower
 than one batched call) and each item's token axis is padded up to a multiple of LENGTH_STEP:
 padded tokens are masked out of attention and pooling, the answer is the same to float
-rounding, and at most 20 shapes are ever prepared (all of them at load). Every load is checked against torch in float32 on made-up inputs
-(fusion.made_up_items): no probability may move by more than fusion.PRECISION_TOLERANCE, else
-the weights run in torch, with a warning; a model OpenVINO cannot convert runs in torch too.
+rounding, and at most 15 shapes are ever prepared (all of them at load). Inputs shorter
+than OPENVINO_FROM tokens run in torch. Every load is checked against torch in float32 on
+made-up inputs (fusion.made_up_items): no probability may move by more than
+fusion.PRECISION_TOLERANCE, else the weights run in torch, with a warning; a model OpenVINO
+cannot convert runs in torch too.
 """
 
 from __future__ import annotations
@@ -38,7 +40,12 @@ from modalmesh.router.fusion import PRECISION_TOLERANCE, SOURCES, FusionInputs, 
 
 log = logging.getLogger(__name__)
 
-LENGTH_STEP = 16  # the token axis is padded up to a multiple of this: at most 20 lengths for 5 sources of 64 tokens
+LENGTH_STEP = 16  # the token axis is padded up to a multiple of this
+# Inputs shorter than this run in torch: on this 2-core machine (AVX512-BF16) torch's own pass
+# was as fast or faster there (decisions on held-out e-mails, about 60 tokens, one after
+# another: 9.7 against 10.6 ms), OpenVINO faster on longer ones (a voice request's 149
+# tokens: 4.2 against 6.3 ms). At most 15 lengths are then prepared.
+OPENVINO_FROM = 96
 OUTPUTS = ("logits", "probabilities", "regression", "gate_weights", "gate_scores", "member_gate_scores")
 OPENVINO_PRECISION = {"float32": "f32", "bfloat16": "bf16"}
 
@@ -102,22 +109,26 @@ class CompiledEnsemble:
         return self
 
     def prepare_lengths(self) -> None:
-        """Each padded input length a one-item request can bring, prepared now (a few ms each)
-        rather than on the first request that brings it."""
+        """Each padded input length from OPENVINO_FROM up that a one-item request can bring,
+        prepared now (a few ms each) rather than on the first request that brings it."""
         limits = sum(self.config.token_limit(source) for source in SOURCES)
         width = self.stacked.modality_embedding.shape[-1]
-        for length in range(LENGTH_STEP, limits + LENGTH_STEP, LENGTH_STEP):
+        for length in range(OPENVINO_FROM, limits + LENGTH_STEP, LENGTH_STEP):
             inputs = FusionInputs(
                 torch.zeros(len(self.members), 1, length, width),
                 torch.zeros(1, length, dtype=torch.long),
                 torch.zeros(1, length, dtype=torch.bool),
                 torch.ones(1, len(SOURCES), dtype=torch.bool),
             )
-            self(inputs, attention=False)
+            self.on_openvino(inputs)
 
     def __call__(self, inputs: FusionInputs, attention: bool = True) -> FusionOutputs:
-        if attention:
-            return self.stacked(inputs, attention=True)
+        if attention or inputs.padding.shape[-1] < OPENVINO_FROM:  # an explanation, or a short input: torch's own pass
+            return self.stacked(inputs, attention=attention)
+        return self.on_openvino(inputs)
+
+    def on_openvino(self, inputs: FusionInputs) -> FusionOutputs:
+        """The decision without attention weights, computed by OpenVINO, whatever the length."""
         request = getattr(self._local, "request", None)
         if request is None:
             request = self._local.request = self.compiled.create_infer_request()
@@ -181,7 +192,7 @@ def compiled_ensemble(
                 )
             model = CompiledEnsemble(stacked, compiled, precision)
             with torch.inference_mode():
-                gap = max(float((model(inputs, attention=False).probabilities - answer).abs().max()) for inputs, answer in zip(examples, reference))
+                gap = max(float((model.on_openvino(inputs).probabilities - answer).abs().max()) for inputs, answer in zip(examples, reference))
             if gap <= PRECISION_TOLERANCE:
                 return model
     except ValueError as exc:  # OpenVINO cannot convert it

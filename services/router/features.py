@@ -76,8 +76,9 @@ def configured_fusion_precision(environ=None) -> str:
 
 def configured_fusion_engine(environ=None) -> FusionEngine:
     """What runs the fusion model's decisions in the router (its `engine`, OpenVINO unless
-    set): offline decisions are made as the router makes them."""
-    return FusionEngine(_service_setting("router", "engine", environ) or DEFAULT_ENGINE)
+    set): offline decisions are made as the router makes them (the same numbers), one at a
+    time (the router runs two at once)."""
+    return FusionEngine(_service_setting("router", "engine", environ) or DEFAULT_ENGINE, calls=1)
 
 
 def configured_ocr_engine(environ=None) -> str:
