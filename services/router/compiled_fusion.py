@@ -89,8 +89,6 @@ class CompiledEnsemble:
     else (embed, outstanding_weight, a decision keeping attention weights) is the
     StackedEnsemble's own. Safe to call from several threads (one infer request each)."""
 
-    engine = "openvino"
-
     def __init__(self, stacked: StackedEnsemble, compiled: Any, precision: str) -> None:
         self.stacked = stacked
         self.config = stacked.config
