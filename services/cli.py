@@ -440,7 +440,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _rewrite_weights(args: argparse.Namespace, what: str, run: Callable[..., dict], said: Callable[[dict], list[str]]) -> int:
-    """What tune-routing and fit-scope share: `run(task, data, weights, cache, write=,
+    """What tune-routing, fit-scope and fit-status-line share: `run(task, data, weights, cache, write=,
     repository=)` for a trained task's folder; its result printed as JSON, then the lines
     `said(result)`, then where it was written."""
     task = _task_arg(args)
@@ -468,6 +468,20 @@ def cmd_fit_scope(args: argparse.Namespace) -> int:
         ]
 
     return _rewrite_weights(args, "fit it for", fit_scope_again, said)
+
+
+@_data_errors
+def cmd_fit_status_line(args: argparse.Namespace) -> int:
+    from modalmesh.router.train import fit_status_line_again
+
+    def said(result: dict) -> list[str]:
+        pointer = result["status_line"]
+        return [
+            f"status-line pointer: right on {pointer['val_accuracy']:.1%} of {pointer['val_screens']} validation screens "
+            f"({pointer['train_screens']} training screens)"
+        ]
+
+    return _rewrite_weights(args, "fit it for", fit_status_line_again, said)
 
 
 @_data_errors
@@ -787,7 +801,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.set_defaults(func=cmd_eval)
 
     def weights_command(name: str, help: str, data: str, holding: str, func) -> None:
-        """tune-routing and fit-scope: a trained task's folder, recomputed, written as asked."""
+        """tune-routing, fit-scope and fit-status-line: a trained task's folder, recomputed, written as asked."""
         command = commands.add_parser(name, help=help)
         _task_choice(command, "a task of your own: its task.json (then --weights names its folder)")
         command.add_argument("--data", required=True, help=data)
@@ -813,6 +827,13 @@ def build_parser() -> argparse.ArgumentParser:
         'train.jsonl with out-of-scope records ("scope": "out"); val.jsonl beside it chooses the threshold',
         "the scope check",
         cmd_fit_scope,
+    )
+    weights_command(
+        "fit-status-line",
+        "fit a trained model's status-line pointer (which screen paragraph is the status message) on the manifest's screens; the fusion model is kept",
+        "train.jsonl whose records say which message each screen shows (extra.screen); val.jsonl beside it checks and calibrates it",
+        "the pointer",
+        cmd_fit_status_line,
     )
 
     task = commands.add_parser("task", help="a task of your own: write a task file, check one")

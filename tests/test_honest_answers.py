@@ -849,3 +849,45 @@ def test_withholding_reasons_are_counted_by_kind_in_the_evaluation():
 def kept_reading(kept, name, alone):
     """What AloneReadings holds for `name` with these inputs (None: nothing, it would read)."""
     return kept.get(name, alone, {}, lambda: None)
+
+
+def _dialog(message: str, advice: str, dark: bool = False) -> bytes:
+    """An account page drawn here (no renderer of the data generators): a title bar, a menu,
+    a box with the status message and an advice line under it in smaller grey type."""
+    from PIL import ImageDraw
+
+    from modalmesh.data.screens import font
+
+    image = Image.new("RGB", (1366, 768), (30, 30, 30) if dark else (250, 250, 250))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((0, 0, 1366, 50), fill=(40, 90, 200))
+    draw.text((20, 12), "MyShop Account", fill="white", font=font(22))
+    draw.text((40, 80), "Home  Orders  Settings  Help", fill=(200, 200, 200) if dark else (60, 60, 60), font=font(16))
+    draw.rectangle((383, 250, 983, 420), outline=(200, 0, 0), width=3, fill=(60, 20, 20) if dark else (255, 235, 235))
+    draw.text((403, 300), message, fill=(255, 120, 120) if dark else (180, 0, 0), font=font(22))
+    draw.text((403, 360), advice, fill=(200, 200, 200) if dark else (80, 80, 80), font=font(16))
+    return image_bytes(image)
+
+
+@pytest.mark.parametrize(
+    "label, message",
+    [
+        ("shipping", "Order #4411 could not be shipped to this address"),
+        ("crash", "Unexpected error: NullReferenceException in CartView"),
+        ("payment", "We were unable to charge the card ending 1881"),
+    ],
+)
+def test_an_advice_line_under_the_screens_message_is_not_read_as_the_message(router, label, message):
+    """A screenshot alone whose message has an advice line under it ("Please try again
+    later or contact support.") was answered `login` at 0.88-0.96, the advice line given as
+    the error text: no training screen had advice under its message, and the status-line
+    pointer took it for the message. These wordings are in no training pool. The answer is
+    the message's label or withheld, never another label, and the advice line is not the
+    error text."""
+    advice = "Please try again later or contact support."
+    for mode in (router_pb2.ROUTING_MODE_ROUTED, router_pb2.ROUTING_MODE_FULL):
+        options = router_pb2.AnalyzeOptions(mode=mode)
+        response = analyze(router, "screenshot_triage", image=router_pb2.MediaInput(data=_dialog(message, advice)), options=options)
+        findings = {f.key: f.value for f in response.findings}
+        assert response.label in (label, "uncertain"), (message, response.label, response.confidence, findings["error_text"])
+        assert advice not in findings["error_text"], findings

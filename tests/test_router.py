@@ -791,15 +791,20 @@ MAIL = ["Inbox 12 Starred Sent Drafts 2 Promotions Spam", "Good morning Jordan,"
 
 
 def test_an_error_text_picked_from_furniture_unlike_any_training_message_is_withheld():
-    """A mail client's folder list is unlike every status message of the training screens;
-    the pointer, scoring each paragraph alone, still prefers it to the unfamiliar wording of
-    the message. The router states no status message then, and says why."""
+    """A mail client's folder list is unlike every status message of the training screens.
+    On an e-mail whose body holds no status message the pointer, scoring each paragraph
+    alone, prefers the folder list to the thank-you note. The router states no status
+    message then, and says why."""
     import dataclasses
 
     from modalmesh.router.tasks import SHIPPED_WEIGHTS, TASKS, Answer, load_task
 
     task = load_task(TASKS["screenshot_triage"], str(SHIPPED_WEIGHTS))
-    response, error_text, vectors, picked_while_waiting, evidence = _screen_lines_answer(task, MAIL, message="My card payment failed twice at checkout")
+    # A status message in words no training screen has: picked over the folder list.
+    _, error_text, vectors, _, _ = _screen_lines_answer(task, MAIL, message="My card payment failed twice at checkout")
+    assert task.status_line.pick(vectors) == 2 and error_text == MAIL[2]
+    thanks = [MAIL[0], MAIL[1], "Thank you for your order", MAIL[3]]
+    response, error_text, vectors, picked_while_waiting, evidence = _screen_lines_answer(task, thanks, message="My card payment failed twice at checkout")
     assert picked_while_waiting  # the pick and its check run as soon as the screen text is in, not after the decision
     assert task.status_line.pick(vectors) == 0  # the folder list
     assert evidence.key_line == "" and evidence.key_line_chance is None

@@ -10,7 +10,7 @@ import torch
 
 from modalmesh.cli import main
 from modalmesh.data.generate import generate, read_manifest, task_records
-from modalmesh.data.triage import LABELS, MESSAGE_TEMPLATES, MESSAGES, SCREEN_TEMPLATES, SCREENS, VAGUE, pool, wordings
+from modalmesh.data.triage import GUIDANCE, LABELS, MESSAGE_TEMPLATES, MESSAGES, SCREEN_TEMPLATES, SCREENS, VAGUE, pool, wordings
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +56,24 @@ def test_wording_pools_are_disjoint_across_splits():
         assert not (train & test) and not (train & val) and not (val & test)
     train, test = set(pool(VAGUE, "train")), set(pool(VAGUE, "test"))
     assert train and test and not (train & test)
+
+
+def test_screens_carry_advice_lines_from_their_splits_pool_under_the_message():
+    """An advice line ("Please try again later.") names no label; a screen shows one under its
+    message about a third of the time, from its split's part of the pool, and the held-out
+    sets' own advice lines are in no training pool."""
+    from modalmesh.data.heldout import HELDOUT_GUIDANCE
+    from modalmesh.data.triage import make_case
+
+    train, val, test = (set(pool(GUIDANCE, s)) for s in ("train", "val", "test"))
+    assert train and val and test and not (train & val) and not (train & test) and not (val & test)
+    assert not set(HELDOUT_GUIDANCE) & set(GUIDANCE)
+    rng = np.random.default_rng(3)
+    cases = [make_case(rng, "val") for _ in range(300)]
+    advised = [c for c in cases if c["guidance"] is not None]
+    assert 0.25 < len(advised) / len(cases) < 0.45
+    assert all(c["screen"] is not None and c["guidance"] in val for c in advised)
+    assert all(c["guidance"] is None for c in cases if c["screen"] is None)
 
 
 def test_triage_manifest_files_and_labels(triage_data):
@@ -357,6 +375,20 @@ def test_train_triage_with_screens_voices_and_transcripts(triage_data, tmp_path,
     assert f"on validation it withholds {check['val_out_caught']} of 2 out of scope" in out and f"wrote {tmp_path / 'w'}" in out
     card = (tmp_path / "w" / "MODEL_CARD.md").read_text()
     assert card.count("- Out of scope: 2 training inputs") == 1 and json.loads((tmp_path / "w" / "train_log.json").read_text())["scope_check"] == check
+    # `fit-status-line` fits the pointer again as training did (the same screens, the same seed: the same
+    # pointer) and rewrites the folder with it, the fusion model untouched; one status-line section in the card.
+    model_before = (tmp_path / "w" / "model.safetensors").read_bytes()
+    pointer_before = (tmp_path / "w" / "status_line.safetensors").read_bytes()
+    assert (
+        main(["fit-status-line", "--task", "screenshot_triage", "--data", str(triage_data / "train.jsonl"), "--weights", str(tmp_path / "w"), "--write"]) == 0
+    )
+    out = capsys.readouterr().out
+    assert f"status-line pointer: right on {summary['status_line']['val_accuracy']:.1%}" in out and f"wrote {tmp_path / 'w'}" in out
+    assert (tmp_path / "w" / "status_line.safetensors").read_bytes() == pointer_before and (tmp_path / "w" / "model.safetensors").read_bytes() == model_before
+    card = (tmp_path / "w" / "MODEL_CARD.md").read_text()
+    assert card.count("- Status line (`status_line.safetensors`)") == 1 and card.count("with `modalmesh fit-status-line`") == 1
+    assert card.index("with `modalmesh fit-status-line`") < card.index("- Evaluate with")
+    assert json.loads((tmp_path / "w" / "train_log.json").read_text())["status_line_data"] == str(triage_data / "train.jsonl")
     assert len(summary["temperature"]) == 3 and all(t > 0 for t in summary["temperature"])
     # The status-line pointer learns from the screens whose message OCR read.
     assert summary["status_line"]["train_screens"] >= 8 and (tmp_path / "w" / "status_line.safetensors").is_file()
@@ -732,6 +764,10 @@ def test_fit_scope_says_when_there_is_nothing_to_learn_from(medical_data, tmp_pa
     assert main(["fit-scope", "--task", "medical_report", "--data", str(alone)]) == 2
     assert "threshold is chosen on val.jsonl beside it, and there is none" in capsys.readouterr().err
     assert sorted(p.name for p in (SHIPPED_WEIGHTS / "medical_report").iterdir()) == before
+    # A task that reads no screen text has no status-line pointer to fit.
+    assert main(["fit-status-line", "--task", "medical_report", "--data", str(medical_data / "train.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert "modalmesh fit-status-line: medical_report reads no screen text" in err and "Traceback" not in err
 
 
 def test_train_says_what_is_wrong_with_a_manifest_in_one_line(tmp_path, capsys):
@@ -949,6 +985,11 @@ def test_held_out_sets_are_built_unlike_training_with_inputs_the_task_should_not
     triage = read_manifest(heldout("screenshot_triage", tmp_path / "triage", n=6, seed=1))
     inside = [r for r in triage if r["scope"] == "in"]
     assert len(inside) == 6 and all(r["extra"]["renderer"] == "mail" and r["label"] for r in inside)
+    from modalmesh.data.heldout import HELDOUT_GUIDANCE
+
+    advice = set(HELDOUT_GUIDANCE) | set(pool(GUIDANCE, "test"))  # never a training screen's advice line
+    assert all(r["extra"]["guidance"] is None or r["extra"]["guidance"] in advice for r in inside)
+    assert any(r["extra"]["guidance"] for r in inside)
     assert {r["extra"]["kind"] for r in triage if r["scope"] == "out"} == {"ct", "photo", "record", "sound", "language", "topic"}
     # A screenshot with a message, about the task's matters in another language or about other matters.
     unread = [r for r in triage if r["scope"] == "out" and r["extra"]["kind"] in ("language", "topic")]

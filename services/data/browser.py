@@ -55,10 +55,11 @@ def available() -> bool:
     return executable() is not None
 
 
-def render_page(message: str, rng: np.random.Generator, size: tuple[int, int], dark: bool, kind: str = "") -> Image.Image:
-    """A screenshot of a `kind` page (random when '') showing `message`, `size` pixels, by
-    headless Chromium. RuntimeError when Chromium is missing or fails."""
-    return render_html(page_html(message, rng, size, dark, kind or str(rng.choice(KINDS))), size)
+def render_page(message: str, rng: np.random.Generator, size: tuple[int, int], dark: bool, kind: str = "", guidance: str | None = None) -> Image.Image:
+    """A screenshot of a `kind` page (random when '') showing `message` (and under it, in
+    smaller type, the advice line `guidance`), `size` pixels, by headless Chromium.
+    RuntimeError when Chromium is missing or fails."""
+    return render_html(page_html(message, rng, size, dark, kind or str(rng.choice(KINDS)), guidance), size)
 
 
 def render_html(document: str, size: tuple[int, int]) -> Image.Image:
@@ -89,7 +90,7 @@ def render_html(document: str, size: tuple[int, int]) -> Image.Image:
             return image.convert("RGB")
 
 
-def page_html(message: str, rng: np.random.Generator, size: tuple[int, int], dark: bool, kind: str) -> str:
+def page_html(message: str, rng: np.random.Generator, size: tuple[int, int], dark: bool, kind: str, guidance: str | None = None) -> str:
     """The page's HTML: `kind`'s body in a shared style (colours, font, size for the width)."""
     width = size[0]
     base = int(rng.integers(14, 17)) if width < 700 else int(rng.integers(15, 19))
@@ -105,7 +106,7 @@ def page_html(message: str, rng: np.random.Generator, size: tuple[int, int], dar
         "warning": ("#fff4e0", "#8a5300") if not dark else ("#3a2e14", "#ffd58a"),
         "info": ("#e8f0fe", "#1a4fb4") if not dark else ("#17263f", "#a8c7fa"),
     }[tone]
-    said = html.escape(message)
+    said = html.escape(message) + (f'<span class="advice">{html.escape(guidance)}</span>' if guidance else "")
     body = {"checkout": _checkout, "tracking": _tracking, "bank": _bank, "account": _account, "support": _support}[kind](said, rng, width)
     cookie = ""
     if rng.random() < 0.33:
@@ -128,6 +129,7 @@ def page_html(message: str, rng: np.random.Generator, size: tuple[int, int], dar
   .row {{ display: flex; justify-content: space-between; gap: 10px; padding: 5px 0; border-bottom: 1px solid {colours["line"]}; }}
   .notice {{ background: {tones[0]}; color: {tones[1]}; border-radius: 8px; padding: 10px 14px; margin: 10px 0; }}
   .inline {{ color: {tones[1]}; font-size: 0.92em; margin-top: 6px; }}
+  .advice {{ display: block; margin-top: 0.7em; font-size: 0.85em; opacity: 0.8; }}
   input {{ width: 100%; padding: 8px; margin: 4px 0 10px; border: 1px solid {colours["line"]}; border-radius: 6px;
           background: {colours["bg"]}; color: {colours["ink"]}; font: inherit; }}
   button {{ background: {colours["accent"]}; color: #fff; border: 0; border-radius: 6px; padding: 8px 16px; font: inherit; font-weight: 600; }}

@@ -102,7 +102,11 @@ def _triage_item(rng, split: str, out: Path, item_id: str) -> dict:
     from modalmesh.data.triage import make_case
 
     case = make_case(rng, split)
-    record = {"text": case["text"], "label": case["label"], "extra": {k: case[k] for k in ("message_kind", "screen", "voice", "mobile", "dark", "layout")}}
+    record = {
+        "text": case["text"],
+        "label": case["label"],
+        "extra": {k: case[k] for k in ("message_kind", "screen", "guidance", "voice", "mobile", "dark", "layout")},
+    }
     if case["text"]:  # what the message shows when it is all a caller sends
         record["alone_labels"] = {"text": case["message_label"]}
     if case["screen"] is not None:
@@ -135,9 +139,9 @@ def _draw_screen(rng, case: dict, out: Path, item_id: str) -> tuple[str, bool]:
 
     web = rng.random() < WEB_SHARE
     if web:
-        image = render_web_page(case["screen"], rng, WEB_SIZES[int(rng.integers(len(WEB_SIZES)))], case["dark"])
+        image = render_web_page(case["screen"], rng, WEB_SIZES[int(rng.integers(len(WEB_SIZES)))], case["dark"], case.get("guidance"))
     else:
-        image = render_app_screen(case["screen"], rng, case["mobile"], case["dark"], case["layout"])
+        image = render_app_screen(case["screen"], rng, case["mobile"], case["dark"], case["layout"], case.get("guidance"))
     (out / "files" / f"{item_id}.png").write_bytes(png_bytes(image))
     return f"files/{item_id}.png", web
 

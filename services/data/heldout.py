@@ -18,7 +18,8 @@ How the in-scope items differ from `data generate`'s:
   (screens.render_mail_view: a folder list, sender and subject, the status message as one
   sentence of the body with no box or colour to mark it, a serif typeface no training
   screen has), at 390-1440 px, light or dark, PNG or JPEG; screen and message wordings
-  from the test pools (never trained on) or written for this file only. With
+  from the test pools (never trained on) or written for this file only, 40% of them with an
+  advice line after the message ("Please retry in a little while."), likewise. With
   `--renderer browser`, web and app pages drawn by headless Chromium instead
   (data/browser.py: five kinds of page, at 360-1920 px; training draws none with a
   browser), with the same wordings.
@@ -152,6 +153,23 @@ HELDOUT_MESSAGES = {
     "refund": ["still no money back for my return", "you owe me a refund", "refund hasnt shown up on my card"],
     "other": ["how do i change my email address", "great service, thanks!", "can I get the invoice as a PDF?"],
 }
+
+# Advice lines under a screen's message (data/triage.py GUIDANCE's kind), written for this
+# file only; a held-out screen shows one HELDOUT_GUIDANCE_SHARE of the time, half of them
+# from GUIDANCE's test pool.
+HELDOUT_GUIDANCE = [
+    "Please retry in a little while.",
+    "Reach out to our help desk if this persists.",
+    "Visit our support site for help.",
+    "Apologies for any trouble this causes.",
+    "Reload and give it another go.",
+    "Our agents are available 8am to 8pm, seven days a week.",
+    "Need a hand? We're here to help.",
+    "Try once more, or get in touch with us.",
+    "Contact us and we will sort it out.",
+    "Nothing else is needed from you right now.",
+]
+HELDOUT_GUIDANCE_SHARE = 0.4
 
 
 def heldout(task: str, out: str | Path, n: int, seed: int, renderer: str = "mail") -> Path:
@@ -331,7 +349,7 @@ def _triage_browser(rng, scope: str, number: int, out: Path, item_id: str) -> di
 def _triage(rng, scope: str, number: int, out: Path, item_id: str, renderer: str) -> dict:
     from modalmesh.data import browser
     from modalmesh.data.screens import MAIL_SIZES, png_bytes, render_console, render_mail_view
-    from modalmesh.data.triage import LABELS, MESSAGE_TEMPLATES, MESSAGES, VAGUE, pool, screen_wording, wording
+    from modalmesh.data.triage import GUIDANCE, LABELS, MESSAGE_TEMPLATES, MESSAGES, VAGUE, pool, screen_wording, wording
 
     if scope == "in":
         label = str(rng.choice(LABELS))
@@ -341,14 +359,18 @@ def _triage(rng, scope: str, number: int, out: Path, item_id: str, renderer: str
             text = str(rng.choice(HELDOUT_MESSAGES[label])) if rng.random() < 0.5 else wording(rng, label, "test", MESSAGES, MESSAGE_TEMPLATES)
         else:
             text = str(rng.choice(pool(VAGUE, "test"))) if kind == "vague" else ""
-        extra = {"screen": screen, "message_kind": kind}
+        advice = rng.spawn(1)[0]  # a stream of its own: the set's other draws stay as they are without advice lines
+        guidance = None
+        if advice.random() < HELDOUT_GUIDANCE_SHARE:
+            guidance = str(advice.choice(HELDOUT_GUIDANCE if advice.random() < 0.5 else pool(GUIDANCE, "test")))
+        extra = {"screen": screen, "guidance": guidance, "message_kind": kind}
         if renderer == "browser":
             size = browser.SIZES[int(rng.integers(len(browser.SIZES)))]
             extra["page"] = page = str(rng.choice(browser.KINDS))
-            image = browser.render_page(screen, rng, size, bool(rng.random() < 0.3), page)
+            image = browser.render_page(screen, rng, size, bool(rng.random() < 0.3), page, guidance)
         else:
             size = MAIL_SIZES[int(rng.integers(len(MAIL_SIZES)))]
-            image = render_mail_view(screen, rng, size, bool(rng.random() < 0.3))
+            image = render_mail_view(screen, rng, size, bool(rng.random() < 0.3), guidance)
         jpeg = rng.random() < 0.4
         name = f"{item_id}.{'jpg' if jpeg else 'png'}"
         (out / "files" / name).write_bytes(png_bytes(image, "JPEG", quality=int(rng.integers(75, 95))) if jpeg else png_bytes(image))

@@ -58,9 +58,10 @@ def styled_font(index: int, size: int):
         return font(size)
 
 
-def render_app_screen(message: str, rng, mobile: bool, dark: bool, layout: str) -> Image.Image:
+def render_app_screen(message: str, rng, mobile: bool, dark: bool, layout: str, guidance: str | None = None) -> Image.Image:
     """A varied app screen: desktop or mobile size, light or dark theme, a dialog,
-    banner or toast carrying `message`, and distractor text around it."""
+    banner or toast carrying `message` (and under it, in smaller type, the advice line
+    `guidance`), and distractor text around it."""
     size = (390, 760) if mobile else (1024, 640)
     width, height = size
     background, foreground = ((28, 29, 34), (225, 225, 230)) if dark else ((247, 247, 250), (25, 25, 30))
@@ -76,22 +77,34 @@ def render_app_screen(message: str, rng, mobile: bool, dark: bool, layout: str) 
     pitch = round(size_pt * 1.3)  # line height of the message: wrapped lines sit close, as in real dialogs
     wrap = 26 if mobile else 48
     lines = _wrap(message, wrap)
+    # The advice line sits a blank line below the message, smaller: a paragraph of its own.
+    small = size_pt - (4 if mobile else 7)
+    advice = _wrap(guidance, wrap + 8) if guidance else []
+    advice_height = (pitch + round(small * 1.3) * len(advice)) if advice else 0
+
+    def write_advice(x: int, y: int, ink) -> None:
+        for i, line in enumerate(advice):
+            draw.text((x, y + pitch + i * round(small * 1.3)), line, fill=ink, font=styled_font(face, small))
+
     if layout == "dialog":
         top = height // 2 - 70
-        box = [20 if mobile else width // 2 - 340, top, width - 20 if mobile else width // 2 + 340, top + 70 + pitch * len(lines)]
+        box = [20 if mobile else width // 2 - 340, top, width - 20 if mobile else width // 2 + 340, top + 70 + pitch * len(lines) + advice_height]
         draw.rectangle(box, fill=(60, 30, 30) if dark else (255, 238, 238), outline=(200, 50, 50), width=3)
         for i, line in enumerate(lines):
             draw.text((box[0] + 20, box[1] + 20 + i * pitch), line, fill=(250, 120, 120) if dark else (160, 20, 20), font=styled_font(face, size_pt))
+        write_advice(box[0] + 20, box[1] + 20 + pitch * (len(lines) - 1), foreground)
         draw.text((box[2] - 60, box[3] - 32), "OK", fill=foreground, font=styled_font(face, 18))
     elif layout == "banner":
-        draw.rectangle([0, 140, width, 160 + pitch * len(lines)], fill=(255, 214, 102))
+        draw.rectangle([0, 140, width, 160 + pitch * len(lines) + advice_height], fill=(255, 214, 102))
         for i, line in enumerate(lines):
             draw.text((16, 150 + i * pitch), line, fill=(30, 30, 30), font=styled_font(face, size_pt))
+        write_advice(16, 150 + pitch * (len(lines) - 1), (70, 60, 40))
     else:  # toast
-        bottom = height - 40 - pitch * len(lines)
+        bottom = height - 40 - pitch * len(lines) - advice_height
         draw.rectangle([16, bottom - 16, width - 16, height - 24], fill=(50, 50, 55))
         for i, line in enumerate(lines):
             draw.text((30, bottom - 4 + i * pitch), line, fill=(245, 245, 245), font=styled_font(face, size_pt))
+        write_advice(30, bottom - 4 + pitch * (len(lines) - 1), (190, 190, 195))
     return image
 
 
@@ -130,10 +143,11 @@ def web_font(name: str, size: int):
         return font(size)
 
 
-def render_web_page(message: str, rng, size: tuple[int, int], dark: bool) -> Image.Image:
+def render_web_page(message: str, rng, size: tuple[int, int], dark: bool, guidance: str | None = None) -> Image.Image:
     """A shop's web page: navigation, a heading larger than everything else, a card of order
-    details, the status `message` in an alert strip (above, beside or below the card), and
-    sometimes a cookie banner. The message is neither the largest nor always the first line."""
+    details, the status `message` in an alert strip (above, beside or below the card; the
+    advice line `guidance` under it, in smaller type), and sometimes a cookie banner. The
+    message is neither the largest nor always the first line."""
     width, height = size
     narrow = width < 700
     scale = max(1.0, width / 1280)
@@ -162,7 +176,9 @@ def render_web_page(message: str, rng, size: tuple[int, int], dark: bool) -> Ima
     card_top = top + round(90 * scale)
     alert_lines = _wrap(message, 34 if narrow else 70)
     pitch = round(body * 1.45)
-    alert_height = 24 + pitch * len(alert_lines)
+    advice = _wrap(guidance, 40 if narrow else 80) if guidance else []
+    small = body - 3
+    alert_height = 24 + pitch * len(alert_lines) + ((pitch + round(small * 1.4) * len(advice)) if advice else 0)
     place = str(rng.choice(["above", "below"]))
     alert_top = card_top if place == "above" else card_top + 30 + pitch * len(details) + round(20 * scale)
     if place == "above":
@@ -178,6 +194,9 @@ def render_web_page(message: str, rng, size: tuple[int, int], dark: bool) -> Ima
     draw.ellipse([round(34 * scale), alert_top + 12, round(34 * scale) + body, alert_top + 12 + body], fill=ink)
     for i, line in enumerate(alert_lines):
         draw.text((round(44 * scale) + body, alert_top + 12 + i * pitch), line, fill=ink, font=web_font(face, body))
+    for i, line in enumerate(advice):
+        advice_top = alert_top + 12 + pitch * len(alert_lines) + round(small * 0.9) + i * round(small * 1.4)
+        draw.text((round(44 * scale) + body, advice_top), line, fill=muted, font=web_font(face, small))
     if rng.random() < 0.4:
         band = round(64 * scale) if not narrow else round(110 * scale)
         draw.rectangle([0, height - band, width, height], fill=(40, 40, 46) if not dark else (235, 235, 240))
@@ -212,10 +231,11 @@ def mail_font(bold: bool, size: int):
         return web_font("DejaVuSerif-Bold.ttf" if bold else "DejaVuSerif.ttf", size)
 
 
-def render_mail_view(message: str, rng, size: tuple[int, int], dark: bool) -> Image.Image:
+def render_mail_view(message: str, rng, size: tuple[int, int], dark: bool, guidance: str | None = None) -> Image.Image:
     """An e-mail client with the shop's notification open: a folder list (wide screens), the
-    sender, the subject, a greeting, `message` as a sentence of the body among others, and
-    a closing line. The message is not set apart by any colour or box."""
+    sender, the subject, a greeting, `message` as a sentence of the body among others (the
+    advice line `guidance`, where given, the next), and a closing line. The message is not
+    set apart by any colour or box."""
     width, height = size
     narrow = width < 700
     background, foreground, muted, rule = (
@@ -242,6 +262,7 @@ def render_mail_view(message: str, rng, size: tuple[int, int], dark: bool) -> Im
     paragraphs = [
         str(rng.choice(MAIL_GREETINGS)),
         message if message.endswith((".", "!", "?")) else message + ".",
+        *([guidance] if guidance else []),
         str(rng.choice(MAIL_CLOSINGS)),
         f"The {app} team",
     ]

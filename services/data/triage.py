@@ -246,6 +246,39 @@ NO_PROBLEM_TEMPLATES = (
     ],
 )
 
+# What real dialogs and alerts say under their message, whatever the problem: advice and
+# contact lines that name no label. A screen shows one under its status message
+# GUIDANCE_SHARE of the time (split like every pool), so the status-line pointer learns to
+# pass over them to the message itself.
+GUIDANCE = [
+    "Please try again later.",
+    "Try again later or contact support.",
+    "If the problem continues, contact our support team.",
+    "Need help? Visit the Help Center.",
+    "Please try again in a few minutes.",
+    "Contact customer service for assistance.",
+    "We apologize for the inconvenience.",
+    "Refresh the page and try again.",
+    "Still having trouble? Chat with us.",
+    "Our team has been notified.",
+    "Call us at 1-800-555-0199 if you need help.",
+    "Check your details and try again.",
+    "Questions? Email help@shop.example.",
+    "For more information, see our FAQ.",
+    "Tap OK to continue.",
+    "Sorry about that.",
+    "Please contact support and quote this screen.",
+    "Try again, or reach us any time via live chat.",
+    "You can also call our help line, open 24/7.",
+    "If this keeps happening, let us know.",
+    "Go back and try once more.",
+    "Our support team is happy to help.",
+    "Please wait a moment and retry.",
+    "See the help pages for what to do next.",
+]
+GUIDANCE_SHARE = 0.35
+
+
 # Training-only screen wordings, added to the train pools after the split (so the val and
 # test pools stay as they are): success screens that negate a problem word, which read
 # much like the problem to a sentence embedding, and technical crash messages.
@@ -822,9 +855,10 @@ def screen_wording(rng, label: str, split: str) -> str:
 
 
 def make_case(rng, split: str) -> dict:
-    """One case: label, screen message (or None), customer text, voice text (or None), and
-    the label the customer text alone shows (`message_label`: the label, another one for a
-    misleading message, None for a vague or missing one)."""
+    """One case: label, screen message (or None), the advice line under it (`guidance`, or
+    None), customer text, voice text (or None), and the label the customer text alone shows
+    (`message_label`: the label, another one for a misleading message, None for a vague or
+    missing one)."""
     label = str(rng.choice(LABELS))
     screen = screen_wording(rng, label, split) if rng.random() > 0.1 else None
     kind = rng.choice(["specific", "vague", "misleading", "missing"], p=[0.45, 0.25, 0.1, 0.2])
@@ -843,9 +877,11 @@ def make_case(rng, split: str) -> dict:
         text = ""
     voice = wording(rng, label, split, MESSAGES, MESSAGE_TEMPLATES) if rng.random() < 0.25 else None
     layout = str(rng.choice(["dialog", "banner", "toast"]))
+    guidance = str(rng.choice(pool(GUIDANCE, split))) if screen is not None and rng.random() < GUIDANCE_SHARE else None
     return {
         "label": label,
         "screen": screen,
+        "guidance": guidance,
         "text": text,
         "message_kind": str(kind),
         "message_label": message_label,

@@ -31,8 +31,8 @@ import torch
 
 from modalmesh.common import models
 from modalmesh.common.once import ComputedOnce
+from modalmesh.router import applicability, scope, status_line
 from modalmesh.router.applicability import Applicability
-from modalmesh.router import scope, status_line
 from modalmesh.router.scope import ScopeCheck
 from modalmesh.router.status_line import StatusLine
 from modalmesh.router.fusion import (
@@ -714,6 +714,17 @@ class _BuiltInTasks(Mapping[str, TaskSpec]):
 TASKS: Mapping[str, TaskSpec] = _BuiltInTasks()
 
 
+ANSWER_FILES = (applicability.FILE_NAME, status_line.FILE_NAME, scope.FILE_NAME)  # beside the fusion model, what else an answer depends on
+
+
+def version_of(name: str, folder: Path, weights: Path, config_file: Path) -> str:
+    """A trained task's version, '<name>@<digest>': of the fusion model, its configuration
+    (thresholds, routing) and the checks and pointer beside it, so it changes whenever
+    what the task answers can (`modalmesh tune-routing`, `fit-scope`, `fit-status-line`)."""
+    files = [weights, config_file] + [folder / part for part in ANSWER_FILES if (folder / part).is_file()]
+    return f"{name}@{models.file_digest(*files)}"
+
+
 def spec_of(task: str | TaskSpec) -> TaskSpec:
     """A task by name (a built-in) or the TaskSpec itself (a task file's)."""
     return task if isinstance(task, TaskSpec) else TASKS[task]
@@ -944,7 +955,7 @@ def load_task_folder(spec: TaskSpec, folder: Path | None, precision: str = "auto
         except RuntimeError as exc:
             raise ValueError(f"{weights}: does not fit {config_file} ({str(exc).splitlines()[0][:200]})") from None
         model: FusionModel | StackedEnsemble | CompiledEnsemble = built.stacked() if isinstance(built, FusionEnsemble) else built
-        digest = models.file_digest(weights)
+        digest = models.file_digest(weights)  # the fusion model's own: what its compiled form is cached under
         if isinstance(model, StackedEnsemble):
             name = f"{spec.name} ({weights})"
             model.set_precision(checked_precision(model, precision, name))
@@ -961,7 +972,7 @@ def load_task_folder(spec: TaskSpec, folder: Path | None, precision: str = "auto
         return TaskModel(
             spec,
             model.eval(),
-            f"{spec.name}@{digest}",
+            version_of(spec.name, folder, weights, config_file),
             trained=True,
             applicability=Applicability.load(folder),
             status_line=status_line.load(folder),

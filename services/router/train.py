@@ -805,14 +805,10 @@ OUT_OF_SCOPE_CARD = re.compile(r"\n- Out of scope: [^\n]*(\n  [^\n]*)*")
 DATA_CARD = re.compile(r"(- Data: [^\n]*(\n  [^\n]*)*)")
 
 
-def fit_scope_again(task: str | TaskSpec, data: str, weights: str, cache_dir: str = "", write: bool = False, repository: str = "") -> dict:
-    """The scope check (router/scope.py) fitted for a trained model, as training fits it:
-    on the out-of-scope records of the training manifest `data` against its cases, its
-    threshold and weight decay chosen on val.jsonl beside it, through the model's own
-    status-line pointer. `write`: the folder is replaced by a copy holding it
-    (scope.safetensors, train_log.json, MODEL_CARD.md); `repository`: that copy becomes the
-    task's next version there instead."""
-    spec = spec_of(task)
+def trained_and_manifests(spec: TaskSpec, weights: str, data: str, val_use: str) -> tuple[TaskModel, Path, Path, Path]:
+    """What fit-scope and fit-status-line start from: the trained task in `weights` (refused
+    untrained), its folder, the training manifest `data` and val.jsonl beside it (refused
+    where missing; `val_use` says what it is for)."""
     task_model, folder = open_trained(spec, weights)
     if not task_model.trained:
         raise ValueError(f"{folder}: no model.safetensors there: train the task first (`modalmesh train`)")
@@ -821,7 +817,19 @@ def fit_scope_again(task: str | TaskSpec, data: str, weights: str, cache_dir: st
         raise FileNotFoundError(f"{manifest}: no such file")
     val_path = manifest.with_name("val.jsonl")
     if not val_path.is_file() or val_path == manifest:
-        raise ValueError(f"{manifest}: the scope check's threshold is chosen on val.jsonl beside it, and there is none")
+        raise ValueError(f"{manifest}: {val_use} on val.jsonl beside it, and there is none")
+    return task_model, folder, manifest, val_path
+
+
+def fit_scope_again(task: str | TaskSpec, data: str, weights: str, cache_dir: str = "", write: bool = False, repository: str = "") -> dict:
+    """The scope check (router/scope.py) fitted for a trained model, as training fits it:
+    on the out-of-scope records of the training manifest `data` against its cases, its
+    threshold and weight decay chosen on val.jsonl beside it, through the model's own
+    status-line pointer. `write`: the folder is replaced by a copy holding it
+    (scope.safetensors, train_log.json, MODEL_CARD.md); `repository`: that copy becomes the
+    task's next version there instead."""
+    spec = spec_of(task)
+    task_model, folder, manifest, val_path = trained_and_manifests(spec, weights, data, "the scope check's threshold is chosen")
     cache = FeatureCache.for_task(spec, manifest, cache_dir)
     try:
         inside, _ = load_examples(spec, manifest, cache, "train")
@@ -856,6 +864,52 @@ def fit_scope_again(task: str | TaskSpec, data: str, weights: str, cache_dir: st
             if card.is_file():
                 text = OUT_OF_SCOPE_CARD.sub("", card.read_text())
                 card.write_text(DATA_CARD.sub(lambda found: found.group(1) + _out_of_scope_card(logged), text, count=1))
+
+        result["written"] = rewritten(folder, spec.name, edit, repository)
+    return result
+
+
+STATUS_LINE_CARD = re.compile(r"\n- Status line \(`status_line\.safetensors`\): [^\n]*(\n  [^\n]*)*")
+CARD_LIMITS = "\n- Evaluate with"
+
+
+def fit_status_line_again(task: str | TaskSpec, data: str, weights: str, cache_dir: str = "", write: bool = False, repository: str = "") -> dict:
+    """The status-line pointer (router/status_line.py) fitted for a trained model, as
+    training fits it: on the screens of the training manifest `data` (which message each
+    shows: `extra.screen`), checked and calibrated on val.jsonl beside it. The fusion model,
+    its thresholds and checks are kept: for screens laid out in new ways (an advice line
+    under the message) the pointer learns them without the fusion model being trained
+    again. `write`: the folder is replaced by a copy holding it (status_line.safetensors,
+    train_log.json, MODEL_CARD.md); `repository`: that copy becomes the task's next version."""
+    spec = spec_of(task)
+    if "image" not in spec.side_outputs:
+        raise ValueError(f"{spec.name} reads no screen text: it has no status-line pointer to fit")
+    _, folder, manifest, val_path = trained_and_manifests(spec, weights, data, "the pointer is checked and calibrated")
+    cache = FeatureCache.for_task(spec, manifest, cache_dir)
+    try:
+        train_set, train_items = load_examples(spec, manifest, cache, "train")
+        val_set, val_items = load_examples(spec, val_path, cache, "val")
+    finally:
+        cache.close()
+    seed = int(json.loads((folder / "train_log.json").read_text()).get("seed", 0)) if (folder / "train_log.json").is_file() else 0
+    pointer, summary = fit_status_line(spec, manifest, val_path, train_set, train_items, val_set, val_items, seed)
+    if pointer is None or summary is None:
+        raise ValueError(
+            f"{manifest}: nothing to fit a status-line pointer on: it needs {STATUS_LINE_MIN_SCREENS} or more screens "
+            "whose message the manifest gives (extra.screen) and OCR reads"
+        )
+    result = {"task": spec.name, "weights": str(folder), "data": str(manifest), "status_line": summary, "written": ""}
+    if write or repository:
+        logged = {"status_line": summary, "status_line_data": str(manifest)}
+
+        def edit(out_dir: Path) -> None:
+            status_line.save(pointer, out_dir)
+            _update_json(out_dir / "train_log.json", logged)
+            card = out_dir / "MODEL_CARD.md"
+            if card.is_file():
+                text = STATUS_LINE_CARD.sub("", card.read_text())
+                section = _status_line_card(summary) + f"\n  Fitted on `{manifest}` with `modalmesh fit-status-line` (the fusion model as trained)."
+                card.write_text(text.replace(CARD_LIMITS, section + CARD_LIMITS, 1))
 
         result["written"] = rewritten(folder, spec.name, edit, repository)
     return result
