@@ -77,7 +77,7 @@ def render_app_screen(message: str, rng, mobile: bool, dark: bool, layout: str, 
     pitch = round(size_pt * 1.3)  # line height of the message: wrapped lines sit close, as in real dialogs
     wrap = 26 if mobile else 48
     lines = _wrap(message, wrap)
-    # The advice line sits a blank line below the message, smaller: a paragraph of its own.
+    # The advice line sits under the message's last line, in smaller type (OCR mostly reads it as a paragraph of its own).
     small = size_pt - (4 if mobile else 7)
     advice = _wrap(guidance, wrap + 8) if guidance else []
     advice_height = (pitch + round(small * 1.3) * len(advice)) if advice else 0

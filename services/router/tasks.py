@@ -717,11 +717,11 @@ TASKS: Mapping[str, TaskSpec] = _BuiltInTasks()
 ANSWER_FILES = (applicability.FILE_NAME, status_line.FILE_NAME, scope.FILE_NAME)  # beside the fusion model, what else an answer depends on
 
 
-def version_of(name: str, folder: Path, weights: Path, config_file: Path) -> str:
-    """A trained task's version, '<name>@<digest>': of the fusion model, its configuration
-    (thresholds, routing) and the checks and pointer beside it, so it changes whenever
-    what the task answers can (`modalmesh tune-routing`, `fit-scope`, `fit-status-line`)."""
-    files = [weights, config_file] + [folder / part for part in ANSWER_FILES if (folder / part).is_file()]
+def version_of(name: str, folder: Path) -> str:
+    """A trained task's version, '<name>@<digest>': of the fusion model in `folder`, its
+    configuration (thresholds, routing) and the checks and pointer beside it, so it changes
+    whenever what the task answers can (`modalmesh tune-routing`, `fit-scope`, `fit-status-line`)."""
+    files = [folder / "model.safetensors", folder / "config.json"] + [folder / part for part in ANSWER_FILES if (folder / part).is_file()]
     return f"{name}@{models.file_digest(*files)}"
 
 
@@ -972,7 +972,7 @@ def load_task_folder(spec: TaskSpec, folder: Path | None, precision: str = "auto
         return TaskModel(
             spec,
             model.eval(),
-            version_of(spec.name, folder, weights, config_file),
+            version_of(spec.name, folder),
             trained=True,
             applicability=Applicability.load(folder),
             status_line=status_line.load(folder),
