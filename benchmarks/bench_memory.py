@@ -38,6 +38,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.bench_text import header, write_results  # noqa: E402
+from modalmesh.common.runtime import GPU_LIBRARIES  # noqa: E402
 from modalmesh.up import ORDER, Mesh, free_port  # noqa: E402
 from modalmesh.vision.ocr import IDLE_RELEASE_S  # noqa: E402
 
@@ -60,13 +61,19 @@ def process_tree(pid: int) -> list[int]:
 
 
 def memory_kib(pid: int) -> dict[str, int]:
-    """{'rss': KiB, 'pss': KiB} of one process, from /proc/<pid>/smaps_rollup."""
-    figures = {"rss": 0, "pss": 0}
+    """{'rss': KiB, 'pss': KiB, 'gpu': KiB} of one process, from /proc/<pid>/smaps: 'gpu'
+    is the RSS of the GPU libraries torch's CUDA build loads (runtime.GPU_LIBRARIES)."""
+    figures = {"rss": 0, "pss": 0, "gpu": 0}
+    gpu = False
     try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
             key, _, value = line.partition(":")
-            if key in ("Rss", "Pss"):
-                figures[key.lower()] = int(value.split()[0])
+            if " " in key:  # a mapping's header line: address range, permissions, ..., path
+                gpu = any(name in line for name in GPU_LIBRARIES)
+            elif key in ("Rss", "Pss"):
+                figures[key.lower()] += int(value.split()[0])
+                if key == "Rss" and gpu:
+                    figures["gpu"] += int(value.split()[0])
     except OSError:
         pass
     return figures
@@ -120,7 +127,7 @@ def services_memory(mesh) -> dict:
     for name in ORDER:
         pids = process_tree(mesh.members[name].running.pid)
         parts = [memory_kib(pid) for pid in pids]
-        services[name] = {"processes": len(pids), "rss_mib": sum(p["rss"] for p in parts) / 1024, "pss_mib": sum(p["pss"] for p in parts) / 1024}
+        services[name] = {"processes": len(pids), **{f"{key}_mib": sum(p[key] for p in parts) / 1024 for key in ("rss", "pss", "gpu")}}
     return services
 
 
@@ -191,11 +198,14 @@ def main() -> int:
     args = parser.parse_args()
     info = header("The mesh's memory after warm-up (defaults, both built-in tasks asked once), and CPU per request")
     results = run(args.settle, args.calls, args.sizes)
-    print(f"{'service':8s} {'processes':>9s} {'RSS MiB':>9s} {'PSS MiB':>9s}")
+    print(f"{'service':8s} {'processes':>9s} {'RSS MiB':>9s} {'PSS MiB':>9s} {'of RSS: GPU libraries':>22s}")
     for name, figures in results["services"].items():
-        print(f"{name:8s} {figures['processes']:9d} {figures['rss_mib']:9.0f} {figures['pss_mib']:9.0f}")
+        print(f"{name:8s} {figures['processes']:9d} {figures['rss_mib']:9.0f} {figures['pss_mib']:9.0f} {figures['gpu_mib']:22.0f}")
     rss, pss = results["total_rss_gib"], results["total_pss_gib"]
-    print(f"whole mesh: RSS {rss:.2f} GiB (shared libraries counted per service), PSS {pss:.2f} GiB = {pss * 1.073741824:.2f} GB (target {TARGET_GB} GB)")
+    print(
+        f"whole mesh: RSS {rss:.2f} GiB = {rss * 1.073741824:.2f} GB (shared libraries counted per service), "
+        f"PSS {pss:.2f} GiB = {pss * 1.073741824:.2f} GB (target {TARGET_GB} GB)"
+    )
     if results["cpu_per_request"]:
         print(f"\nCPU ms per request, by service ({args.calls} sequential screenshot_triage requests of each kind)")
         print(f"{'request':38s} {'wall':>7s} " + " ".join(f"{name:>7s}" for name in ORDER) + f" {'all':>7s}")

@@ -528,6 +528,62 @@ def test_services_give_numpys_blas_one_thread_unless_told_otherwise(environment,
     assert json.loads(out.stdout.strip().splitlines()[-1]) == [applied, threads], out.stderr
 
 
+UNMAP_PROBE = """
+import json, sys, torch
+from modalmesh.common.runtime import GPU_LIBRARIES, unmap_gpu_library_pages
+
+def gpu_resident():  # KiB resident in GPU-library mappings, and in those the call may not touch
+    kib, kept, span = 0, 0, None
+    for line in open("/proc/self/smaps"):
+        fields = line.split()
+        if fields and "-" in fields[0] and ":" not in fields[0]:
+            span = fields if len(fields) >= 6 and any(n in fields[5] for n in GPU_LIBRARIES) else None
+        elif span is not None and fields[0] == "Rss:":
+            kib += int(fields[1])
+            rss = int(fields[1])
+        elif span is not None and fields[0] == "Anonymous:" and ("w" in span[1] or int(fields[1]) > 0):
+            kept += rss
+    return kib, kept
+
+torch.manual_seed(0)
+x = torch.randn(64, 3, 16, 16)
+conv = torch.nn.Conv2d(3, 8, 3)
+before_answer = conv(x).sum().item()
+before, kept_before = gpu_resident()
+freed = unmap_gpu_library_pages()
+after, kept_after = gpu_resident()
+print(json.dumps({"before": before, "after": after, "kept_before": kept_before, "kept_after": kept_after, "freed": freed,
+                  "same": conv(x).sum().item() == before_answer, "again": unmap_gpu_library_pages()}))
+"""
+
+
+def test_services_unmap_the_gpu_library_pages_torch_loads():
+    # The CUDA build of torch loads cuBLAS, NVRTC and the like at import; nothing here runs
+    # on a GPU, so after warm-up each service takes their read-only pages out of its RSS.
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", UNMAP_PROBE], capture_output=True, text=True, timeout=120)
+    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    if figures["before"] == 0:
+        pytest.skip("this torch build loads no GPU library")
+    assert figures["freed"] > 0 and figures["after"] < figures["before"] / 2, figures
+    assert figures["after"] <= figures["kept_before"] + 1024, figures  # what is left: pages the call must not touch
+    assert figures["kept_after"] == figures["kept_before"], figures  # written pages (relocations) stay
+    assert figures["same"], "torch computes the same after the unmapping"
+    assert figures["again"] < 1024, figures  # nothing read back in since
+
+
+def test_unmapping_gpu_library_pages_is_nothing_without_torch():
+    import subprocess
+    import sys
+
+    code = "import sys; from modalmesh.common.runtime import unmap_gpu_library_pages; print(unmap_gpu_library_pages(), 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["0", "False"], out.stderr
+
+
 def test_request_bytes_in_hand_are_bounded(start_text_service):
     # grpc reads a unary call's whole message before the handler runs, so waiting calls
     # hold theirs: past max_bytes_in_flight a call is refused at once.

@@ -349,6 +349,9 @@ class ServerHandle:
         # takes about 90 ms in the router, holding the GIL while calls and health checks wait.
         gc.collect()
         gc.freeze()
+        unmapped = unmap_gpu_library_pages()
+        if unmapped:
+            log.info("%s: %d MiB of GPU library pages unmapped (nothing runs on a GPU)", self.service.name, unmapped // 1024)
         self._state.ready.set()
         self.set_serving(True)
         log.info("%s: ready in %.1f s, serving on %s", self.service.name, time.perf_counter() - started, self.address)
@@ -498,6 +501,64 @@ def single_threaded_blas_environment(environ: Mapping[str, str]) -> dict[str, st
     """`environ` with OPENBLAS_NUM_THREADS=1 unless it sets it: for a child process (the
     transcript worker) whoever starts it (single_threaded_numpy_blas says why)."""
     return {**environ, "OPENBLAS_NUM_THREADS": environ.get("OPENBLAS_NUM_THREADS", "1")}
+
+
+# Libraries of torch's CUDA build (cuBLAS, cuSPARSE, NVRTC, the CUDA half of torch itself)
+# that `import torch` loads and partly reads in: about 180 MiB of each torch process's RSS
+# on this machine, though no service runs anything on a GPU.
+GPU_LIBRARIES = ("/nvidia/", "/libtorch_cuda", "/libc10_cuda")
+_MADV_DONTNEED = 4
+
+
+def unmap_gpu_library_pages(smaps: str = "/proc/self/smaps") -> int:
+    """Take the pages of the GPU libraries torch loaded (GPU_LIBRARIES) out of this
+    process's page tables (madvise MADV_DONTNEED) and return how many KiB its RSS went down
+    by. Only mappings that cannot be written and hold no page of the process's own
+    (smaps' Anonymous 0: no relocation was written there) are advised, so nothing is lost:
+    the files stay mapped, and a page read again comes back from the page cache. The
+    kernel can then reclaim those pages first; until it does, they stay in the page cache
+    (PSS hardly changes). 0 where torch is not loaded or this is not Linux."""
+    import ctypes
+    import sys
+
+    if "torch" not in sys.modules:
+        return 0
+    try:
+        spans = _clean_read_only_mappings(smaps, GPU_LIBRARIES)
+        madvise = ctypes.CDLL(None).madvise
+        before = _resident_kib()
+    except (OSError, AttributeError, ValueError):
+        return 0
+    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    for low, high in spans:
+        madvise(low, high - low, _MADV_DONTNEED)
+    return max(0, before - _resident_kib())
+
+
+def _clean_read_only_mappings(smaps: str, names: tuple[str, ...]) -> list[tuple[int, int]]:
+    """(start, end) of each mapping in `smaps` of a file whose path holds one of `names`,
+    not writable, with no anonymous (copied-on-write) pages."""
+    found: list[tuple[int, int]] = []
+    span: tuple[int, int] | None = None
+    with open(smaps) as lines:
+        for line in lines:
+            fields = line.split()
+            if fields and "-" in fields[0] and len(fields) >= 5 and ":" not in fields[0]:  # a mapping's header
+                wanted = len(fields) >= 6 and "w" not in fields[1] and any(name in fields[5] for name in names)
+                low, high = (int(end, 16) for end in fields[0].split("-"))
+                span = (low, high) if wanted else None
+            elif span is not None and fields[:1] == ["Anonymous:"]:
+                if int(fields[1]) == 0:
+                    found.append(span)
+                span = None
+    return found
+
+
+def _resident_kib() -> int:
+    import os
+
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
 
 
 MALLOC_ARENAS = 2
