@@ -64,3 +64,22 @@ def test_a_line_that_ends_short_of_the_next_word_is_a_hard_break():
     assert paragraphs(wrapped) == ["Your refund of $49.99 could not be sent to your bank"]
     centred = [("Your card was declined by", (120, 300, 380, 322)), ("the bank", (205, 328, 295, 350))]
     assert paragraphs(centred) == ["Your card was declined by the bank"]
+
+
+def test_a_smaller_line_directly_under_a_message_is_a_paragraph_of_its_own():
+    """Boxes as PP-OCR drew them at the quick detection size (a 1024x614 screen drawn in
+    DejaVu Sans): a 17-px message with a 13-px line 5 px under it, and a 17-px message
+    wrapped over two lines. The padded boxes are nearly as tall (22 against 27 px), so
+    heights alone joined the small line to the message; type sizes, read off the boxes'
+    widths, tell them apart, and the wrapped message stays whole."""
+    from modalmesh.common.layout import _Line, type_size
+
+    helper = [("We could not verify the security code yo", (54.0, 176.0, 405.0, 203.0)), ("Privacy Terms Cookies", (57.0, 199.0, 210.0, 221.0))]
+    assert paragraphs(helper) == ["We could not verify the security code yo", "Privacy Terms Cookies"]
+    wrapped = [("We could not verify the security code", (54.0, 177.0, 318.0, 203.0)), ("you entered for this account", (55.0, 201.0, 254.0, 223.0))]
+    assert paragraphs(wrapped) == ["We could not verify the security code you entered for this account"]
+    message, small = (_Line(text, box) for text, box in helper)
+    assert 0.7 < type_size(small) / type_size(message) < 0.8
+    # Short lines are not compared by type size: a wrapped message's last word stays with it.
+    last_word = [("Your refund will take 5-10 business", (40, 300, 330, 320)), ("days.", (40, 326, 90, 346))]
+    assert paragraphs(last_word) == ["Your refund will take 5-10 business days."]

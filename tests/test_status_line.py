@@ -11,6 +11,9 @@ def test_the_target_is_the_paragraph_holding_the_message_whatever_ocr_did_to_spa
     assert status_line.target(["Yourcard was  declined!", "Your card was declined. Contact us"], "Your card was declined") == 0
     assert status_line.target(lines, "Refund pending") is None
     assert not status_line.holds_message("anything", "")
+    assert status_line.is_message("Your card was  declined!", "Your card was declined.")
+    assert not status_line.is_message("Your card was declined. Contact us", "Your card was declined.")
+    assert not status_line.is_message("", "")
 
 
 def _screens(count: int, seed: int) -> list[tuple[torch.Tensor, int]]:

@@ -399,7 +399,9 @@ def test_train_triage_with_screens_voices_and_transcripts(triage_data, tmp_path,
     results = evaluate("screenshot_triage", str(triage_data / "val.jsonl"), str(tmp_path / "report"), weights=str(tmp_path / "w"))
     found = results["screen_text"]
     assert found["items"] > 0 and 0 <= found["key_line"] <= found["items"] and 0 <= found["error_words"] <= found["items"]
+    assert 0 <= found["message_alone"] <= found["key_line"]
     assert f"in {found['key_line']} of {found['items']} screenshots" in (tmp_path / "report" / "report.md").read_text()
+    assert f"the message alone (no other text of the screen with it) in {found['message_alone']}" in (tmp_path / "report" / "report.md").read_text()
     assert found["by"] == "status-line pointer"
     # Too few validation screens to choose the familiarity check on: every pick is stated.
     assert summary["status_line"]["familiar_from"] is None and found["withheld"] == 0 and found["key_line"] == found["picked_right"]
@@ -448,10 +450,14 @@ def test_an_ensemble_is_its_members_trained_alone_and_answers_with_their_mean(tr
 
     manifest = str(triage_data / "train.jsonl")
     summary = train("screenshot_triage", manifest, str(tmp_path / "pair"), epochs=1, seed=5, members=2)
-    train("screenshot_triage", manifest, str(tmp_path / "alone"), epochs=1, seed=6, members=1)
+    # Member 0 is what training alone from seed 5 gives, byte for byte (the run's status-line
+    # pointer is fitted from its first seed, so a run alone from seed 6 may focus other paragraphs);
+    # member 1 is trained from seed 6.
+    train("screenshot_triage", manifest, str(tmp_path / "alone"), epochs=1, seed=5, members=1)
     pair, alone = load_file(str(tmp_path / "pair" / "model.safetensors")), load_file(str(tmp_path / "alone" / "model.safetensors"))
-    assert set(alone) == {key.removeprefix("members.1.") for key in pair if key.startswith("members.1.")}
-    assert all(torch.equal(pair[f"members.1.{key}"], value) for key, value in alone.items())  # seed 5 + 1 = 6, byte for byte
+    assert set(alone) == {key.removeprefix("members.0.") for key in pair if key.startswith("members.0.")}
+    assert all(torch.equal(pair[f"members.0.{key}"], value) for key, value in alone.items())
+    assert not all(torch.equal(pair[f"members.1.{key}"], value) for key, value in alone.items())
     config = json.loads((tmp_path / "pair" / "config.json").read_text())
     assert config["members"] == 2 and len(config["gate_offsets"]) == 2 and summary["members"] == 2
     assert "Ensemble: 2 models" in (tmp_path / "pair" / "MODEL_CARD.md").read_text()

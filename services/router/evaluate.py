@@ -215,15 +215,16 @@ def prediction_rows(spec, records: list[dict], examples, probabilities, regressi
 
 def screen_text_found(task_model, manifest: Path, task: str, items, examples, probabilities) -> dict:
     """How often the answer's `error_text` holds the screen's message (the dataset's
-    `extra.screen`, when the manifest has it): the paragraph the router reports (the task's
-    status-line pointer, router/status_line.py; without one, the line the answer is read
-    from, tasks.key_screen_line) against lines with error words."""
-    from modalmesh.router.status_line import holds_message
+    `extra.screen`, when the manifest has it), and how often it is the message alone: the
+    paragraph the router reports (the task's status-line pointer, router/status_line.py;
+    without one, the line the answer is read from, tasks.key_screen_line) against lines
+    with error words."""
+    from modalmesh.router.status_line import holds_message, is_message
     from modalmesh.router.tasks import ERROR_WORDS, key_screen_line
 
     records = task_records(manifest, task)  # as `items`
     pointer = task_model.status_line
-    counts: dict[str, Any] = {"items": 0, "key_line": 0, "picked_right": 0, "withheld": 0, "withheld_wrong": 0, "error_words": 0}
+    counts: dict[str, Any] = {"items": 0, "key_line": 0, "message_alone": 0, "picked_right": 0, "withheld": 0, "withheld_wrong": 0, "error_words": 0}
     counts["by"] = "status-line pointer" if pointer else "label support"
     for record, item, example, p in zip(records, items, examples, probabilities):
         lines, message = item.evidence.get("screen_lines") or [], (record.get("extra") or {}).get("screen")
@@ -236,6 +237,7 @@ def screen_text_found(task_model, manifest: Path, task: str, items, examples, pr
         withheld = key is not None and pointer is not None and pointer.unfamiliar(rows[key]) is not None  # not stated by the router (status_line.unlike)
         counts["picked_right"] += right
         counts["key_line"] += right and not withheld
+        counts["message_alone"] += right and not withheld and key is not None and is_message(lines[key], message)  # nothing else in it
         counts["withheld"] += withheld
         counts["withheld_wrong"] += withheld and not right
         counts["error_words"] += any(holds_message(line, message) for line in lines if ERROR_WORDS.search(line))
@@ -330,7 +332,8 @@ def write_report(folder: Path, results: dict, probabilities, labels, spec, rows:
         t = results["screen_text"]
         lines.append(
             f"- error_text holds the screen's message in {t['key_line']} of {t['items']} screenshots "
-            f"({t['key_line'] / max(1, t['items']):.1%}, by the {t['by']}; lines with error words would: {t['error_words']})"
+            f"({t['key_line'] / max(1, t['items']):.1%}, by the {t['by']}; lines with error words would: {t['error_words']}), "
+            f"the message alone (no other text of the screen with it) in {t['message_alone']}"
         )
         if t.get("withheld"):
             stated = t["items"] - t["withheld"]
@@ -344,7 +347,8 @@ def write_report(folder: Path, results: dict, probabilities, labels, spec, rows:
         stated = t["items"] - t["withheld"]
         lines.append(
             f"- as served in ROUTED mode, the screen text read quickly first ({t['from_quick_reading']} answered from the quick reading): "
-            f"error_text stated on {stated} of {t['items']} screenshots, right on {t['key_line']} ({t['key_line'] / max(1, stated):.1%})"
+            f"error_text stated on {stated} of {t['items']} screenshots, right on {t['key_line']} ({t['key_line'] / max(1, stated):.1%}), "
+            f"the message alone in {t['message_alone']}"
         )
     lines += ["", "| mode | items | accuracy | fused, same items | mean latency (ms) |", "|---|---|---|---|---|"]
     for name, mode in results["modes"].items():

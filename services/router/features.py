@@ -28,7 +28,7 @@ from modalmesh.router.fusion import SIDE_SOURCE
 from modalmesh.router.sources import QUICK_OPTION, SIDE_OPTION, embed, side_text
 
 FEATURE_VERSION = "1"
-SCREEN_TEXT_VERSION = "paragraphs-8"  # how OCR reads (vision/ocr.py) and spans become text vectors (common/layout.py); part of OCR tasks' keys
+SCREEN_TEXT_VERSION = "paragraphs-9"  # how OCR reads (vision/ocr.py) and spans become text vectors (common/layout.py); part of OCR tasks' keys
 MEASUREMENT_VERSION = "lesions-hu-6"  # the vision service's image tags (CT measurement, lung fields, colour); part of measuring tasks' keys
 
 

@@ -156,6 +156,12 @@ def holds_message(line: str, message: str) -> bool:
     return bool(wanted) and wanted in _letters(line)
 
 
+def is_message(line: str, message: str) -> bool:
+    """Whether an OCR paragraph is the screen's message and nothing more (compared as
+    holds_message compares)."""
+    return bool(_letters(message)) and _letters(line) == _letters(message)
+
+
 def target(lines: list[str], message: str) -> int | None:
     """The index of the paragraph holding `message`, the shortest where several do; None
     where none does."""

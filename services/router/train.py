@@ -301,7 +301,7 @@ def train(
 
     config.input_widths = input_widths(train_set + val_set, config.input_widths)
     trained, histories, train_seconds = [], [], 0.0
-    for index in range(members):  # member i is exactly what training alone with seed + i gives
+    for index in range(members):  # member i: training alone from seed + i, through this run's pointer
         member, member_history, seconds = train_member(
             config,
             spec,
