@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import unicodedata
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
 Box = tuple[float, float, float, float]  # x_min, y_min, x_max, y_max
 
@@ -163,17 +163,12 @@ def _type_size_breaks(part: list[_Line]) -> list[list[_Line]]:
     127 of 128 test screens and 227 of 232 held-out browser pages (114 and 199 by heights
     alone; the held-out e-mails unchanged). A line in bold reads as larger type: it is a
     paragraph of its own too."""
-    pieces, current = [], [part[0]]
-    for line in part[1:]:
-        last = current[-1]
+
+    def apart(last: _Line, line: _Line) -> bool:
         sizes = type_size(line), type_size(last)
-        if min(len(line.text), len(last.text)) >= SIZE_FROM_CHARACTERS and min(sizes) < SAME_SIZE * max(sizes):
-            pieces.append(current)
-            current = [line]
-        else:
-            current.append(line)
-    pieces.append(current)
-    return pieces
+        return min(len(line.text), len(last.text)) >= SIZE_FROM_CHARACTERS and min(sizes) < SAME_SIZE * max(sizes)
+
+    return _cut(part, apart)
 
 
 def _hard_breaks(block: list[_Line]) -> list[list[_Line]]:
@@ -184,12 +179,19 @@ def _hard_breaks(block: list[_Line]) -> list[list[_Line]]:
     if len(block) < 2:
         return [block]
     widest = max(line.box[2] - line.box[0] for line in block)
-    parts, current = [], [block[0]]
-    for line in block[1:]:
-        last = current[-1]
-        first_word = line.text.split()[0]
-        word = (line.box[2] - line.box[0]) * (len(first_word) + 1) / max(1, len(line.text))
-        if (last.box[2] - last.box[0]) + word + max(last.height, line.height) < widest:
+
+    def broken(last: _Line, line: _Line) -> bool:
+        word = (line.box[2] - line.box[0]) * (len(line.text.split()[0]) + 1) / max(1, len(line.text))
+        return (last.box[2] - last.box[0]) + word + max(last.height, line.height) < widest
+
+    return _cut(block, broken)
+
+
+def _cut(lines: list[_Line], between: Callable[[_Line, _Line], bool]) -> list[list[_Line]]:
+    """`lines` cut between every two consecutive lines `between` says are apart."""
+    parts, current = [], [lines[0]]
+    for line in lines[1:]:
+        if between(current[-1], line):
             parts.append(current)
             current = [line]
         else:
