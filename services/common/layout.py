@@ -103,7 +103,7 @@ def paragraphs(spans: Iterable[tuple[str, Box]], word_gap: float = 2.0, line_gap
             last = block[-1]
             gap = line.box[1] - last.box[3]
             overlaps = min(line.box[2], last.box[2]) > max(line.box[0], last.box[0])
-            similar = min(line.height, last.height) >= 0.75 * max(line.height, last.height)  # about one font size
+            similar = min(line.height, last.height) >= 0.75 * max(line.height, last.height)  # same font size
             if -0.5 * line.height <= gap <= line_gap * min(line.height, last.height) and overlaps and similar and line.box[1] > last.box[1]:
                 block.append(line)
                 break
@@ -165,8 +165,10 @@ def _type_size_breaks(part: list[_Line]) -> list[list[_Line]]:
     paragraph of its own too."""
 
     def apart(last: _Line, line: _Line) -> bool:
+        if min(len(line.text), len(last.text)) < SIZE_FROM_CHARACTERS:
+            return False
         sizes = type_size(line), type_size(last)
-        return min(len(line.text), len(last.text)) >= SIZE_FROM_CHARACTERS and min(sizes) < SAME_SIZE * max(sizes)
+        return min(sizes) < SAME_SIZE * max(sizes)
 
     return _cut(part, apart)
 
