@@ -145,6 +145,51 @@ def test_the_quick_reading_detects_smaller_and_reads_the_same_message(vision):
     assert vision.info().modality == "image"  # still serving
 
 
+@pytest.mark.parametrize(
+    "height, width, own, quick, expected",
+    [
+        (1080, 1920, ("min", 736), 960, ("max", 960)),  # large: scaled down to the quick size
+        (640, 1024, ("min", 736), 960, ("max", 960)),  # the full reading scales it up to 1178x736; quick, down to 960x600
+        (600, 800, ("min", 736), 960, ("min", 720)),  # small: the full reading's 1.23x, capped at 960 px (1.2x)
+        (844, 390, ("min", 736), 960, ("min", 444)),  # a phone: up to 960 px tall, not 1593
+        (800, 900, ("min", 736), 960, ("max", 960)),  # the full reading's own scale (1.0) fits
+        (600, 800, ("max", 640), 960, ("max", 960)),  # a capped reader's rule never scales up; nor does its quick reading
+        (600, 800, ("min", 736), None, ("min", 736)),  # not quick: the reader's own rule
+    ],
+)
+def test_the_quick_reading_detects_at_the_full_readings_scale_at_most_the_quick_size(height, width, own, quick, expected):
+    from modalmesh.vision.ocr import detection_size
+
+    assert detection_size(height, width, *own, quick) == expected
+
+
+def test_a_small_screen_is_read_quickly_at_the_full_readings_scale(reader):
+    """A screen under the quick size is detected scaled up as the full reading scales it
+    (capped at the quick size), so both read the same lines; the reader's own size is back after."""
+    from modalmesh.data.screens import render_app_screen
+
+    seen = []
+    detector = reader._detector
+    preprocess = detector.get_preprocess
+
+    def spy():
+        made = preprocess()
+        seen.append(made.preprocess.resize(np.zeros((600, 800, 3), dtype=np.uint8)).shape[:2])
+        return made
+
+    detector.get_preprocess = spy
+    try:
+        drawn = render_app_screen("Your card was declined", np.random.default_rng(11), mobile=False, dark=False, layout="banner")
+        screen = np.asarray(drawn.convert("RGB").resize((800, 600)))
+        quick = [line.text for line in reader.read(screen, det_side=960, latin=True)]
+        full = [line.text for line in reader.read(screen)]
+    finally:
+        detector.get_preprocess = preprocess
+    assert seen == [(704, 960), (736, 992)], seen  # quick: 1.2x (to 960x720, in multiples of 32); full: 1.23x
+    assert quick == full, (quick, full)
+    assert (detector.limit_type, detector.limit_side_len) == ("min", 736)
+
+
 def test_the_quick_reading_can_read_every_character_at_once():
     """`ocr_quick_alphabet all`: no Latin head is prepared and the quick reading recognises
     every character at once (for screens mostly in other scripts)."""

@@ -114,7 +114,8 @@ class ServiceConfig:
     ocr_quick_det_side: int = _option(
         960,
         "vision: the detection size of the quick OCR reading a caller asks for with 'ocr_quick' (the router's "
-        "ROUTED mode on screenshots): the image scaled down so its longer side is at most N, never up",
+        "ROUTED mode on screenshots): the image at the scale the 'ocr' reading detects it at, but at most N px on "
+        "its longer side",
     )
     ocr_quick_alphabet: str = _option(
         "latin",

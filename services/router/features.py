@@ -29,6 +29,7 @@ from modalmesh.router.sources import QUICK_OPTION, SIDE_OPTION, embed, side_text
 
 FEATURE_VERSION = "1"
 SCREEN_TEXT_VERSION = "paragraphs-9"  # how OCR reads (vision/ocr.py) and spans become text vectors (common/layout.py); part of OCR tasks' keys
+QUICK_SCALE_VERSION = "full-scale-capped"  # the quick reading's detection scale (vision/ocr.py detection_size); part of quick keys
 MEASUREMENT_VERSION = "lesions-hu-6"  # the vision service's image tags (CT measurement, lung fields, colour); part of measuring tasks' keys
 
 
@@ -298,6 +299,8 @@ class FeatureCache:
             parts.append({"ocr_det_side": det_side})
         if self.ocr_alphabet != "all" and "image" in self.side:  # other text where a line is not Latin, other confidences
             parts.append({"ocr_alphabet": self.ocr_alphabet})
+        if self.ocr_det_side is not None and "image" in self.side:  # the quick reading (for_task's `quick`)
+            parts.append({"quick_scale": QUICK_SCALE_VERSION})
         digest.update(json.dumps(parts, sort_keys=True).encode())
         for name in ("image", "audio"):
             if record.get(name):

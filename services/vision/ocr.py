@@ -52,6 +52,28 @@ class TextLine:
 # and what they measure"), so the cap is an option (`ocr_det_side`), not the default.
 CAPPED_DET_SIDE = 960
 
+
+def detection_size(height: int, width: int, limit_type: str, limit_side: int, quick_side: int | None = None) -> tuple[str, int]:
+    """The detector's (limit_type, limit_side_len) for one image: its own (`limit_type`
+    "min": the shorter side scaled up to `limit_side`; "max": the longer side down to it).
+    With `quick_side` (the quick reading): the scale the detector's own rule gives, but at
+    most `quick_side` px on the longer side. A small screen is then detected at the full
+    reading's scale or near it, not smaller: the full reading scales a 800x600 screen up to
+    981x736, where lines stand apart that merge at 800x600; a large one is scaled down to
+    `quick_side`, where the time is saved."""
+    if not quick_side:
+        return limit_type, limit_side
+    shorter, longer = min(height, width), max(height, width)
+    if limit_type == "min":
+        own = max(1.0, limit_side / shorter)
+    else:
+        own = min(1.0, limit_side / longer)
+    scale = min(own, quick_side / longer)
+    if scale > 1.0:  # "min" scales the shorter side up to this
+        return "min", round(shorter * scale)
+    return "max", quick_side  # "max" never scales up
+
+
 TILE_ASPECT = 3.0  # a page taller than this many widths is read in tiles (phones are about 2.2)
 MIN_TILE_WIDTH = 200  # px: anything narrower is no page (a strip is read in one pass)
 WIDE_ASPECT = 8.0  # a wider image is padded to this (tiles across would cut its lines)
@@ -222,8 +244,8 @@ class ScreenReader:
     def read(
         self, rgb: np.ndarray, timeout: float | None = None, wanted: Callable[[], bool] | None = None, det_side: int | None = None, latin: bool = False
     ) -> ScreenText:
-        """`det_side`: detect on the image scaled down so its longer side is at most this
-        (never up) for this reading, instead of the reader's own size (the quick reading).
+        """`det_side`: detect at the reader's own scale but at most this many px on the
+        longer side (the quick reading; detection_size).
         `latin`: recognise with the Latin alphabet (LATIN_MIN_SCORE), each line with a
         character outside it again with every character (the quick reading; where the
         reader has no Latin head, every character at once).
@@ -299,8 +321,7 @@ class ScreenReader:
             self._recognition.latin_first = latin and self._latin is not None
             detector = self._detector
             size = (detector.limit_type, detector.limit_side_len)
-            if det_side:
-                detector.limit_type, detector.limit_side_len = "max", int(det_side)
+            detector.limit_type, detector.limit_side_len = detection_size(rgb.shape[0], rgb.shape[1], size[0], size[1], det_side)
             try:
                 result: Any = self._engine(np.ascontiguousarray(rgb))  # RapidOCROutput for a whole image
             finally:
