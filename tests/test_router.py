@@ -808,20 +808,55 @@ def test_an_error_text_picked_from_furniture_unlike_any_training_message_is_with
     assert picked_while_waiting  # the pick and its check run as soon as the screen text is in, not after the decision
     assert task.status_line.pick(vectors) == 0  # the folder list
     assert evidence.key_line == "" and evidence.key_line_chance is None
-    assert "('Inbox 12 Starred Sent Drafts 2 Promotions Spam') is unlike every status message" in evidence.key_line_unlike
+    assert "('Inbox 12 Starred Sent Drafts 2 Promotions Spam') is unlike every status message" in evidence.key_line_unstated
     assert error_text == "" and "Inbox" not in response.description
     # Given an answer, the writer states no error_text (nor lines with error words instead) and says why.
     assert task.spec.write is not None
     given = dataclasses.replace(evidence, withheld="")  # this answer itself is withheld (unsure); as if it were given
     description, findings, _ = task.spec.write(Answer("payment", 0.97, 0.1, {}, {}), given)
-    assert findings["error_text"] == "" and findings["error_text_withheld"] == evidence.key_line_unlike and "error_text_confidence" not in findings
+    assert findings["error_text"] == "" and findings["error_text_withheld"] == evidence.key_line_unstated and "error_text_confidence" not in findings
     assert "The screen shows" not in description
     # A familiar status message on the same screen is stated, with no such note.
     familiar = [MAIL[0], MAIL[1], "Your card was declined. Try another card", MAIL[3]]
     response, error_text, _, _, evidence = _screen_lines_answer(task, familiar, message="I can't pay, my card was declined")
     findings = {f.key: f.value for f in response.findings}
-    assert error_text == familiar[2] and evidence.key_line_unlike == "" and "error_text_withheld" not in findings
+    assert error_text == familiar[2] and evidence.key_line_unstated == "" and "error_text_withheld" not in findings
     assert float(findings["error_text_confidence"]) > 0.5
+
+
+# A held-out e-mail (data/triage-heldout), its OCR paragraphs: the status message is the sixth.
+QUICKBUY_MAIL = [
+    "Mail",
+    "QuickBuy Order updates <no-reply@quickbuy.com>",
+    "Inbox 12 Starred Sent Drafts 2 Promotions Spam",
+    "A message about your QuickBuy account",
+    "Dear customer,",
+    "Estimated delivery: unknown.",
+    "Try again, or reach us any time via live chat.",
+    "If you have any questions, just reply to this email.",
+    "The QuickBuy team",
+]
+
+
+def test_an_error_text_the_pointer_is_unsure_of_is_withheld():
+    """On this e-mail the pointer likes the sender line best, but gives it less than even
+    odds of being the status message: the router states no error_text and says why."""
+    from modalmesh.router import status_line
+    from modalmesh.router.tasks import SHIPPED_WEIGHTS, TASKS, load_task
+
+    task = load_task(TASKS["screenshot_triage"], str(SHIPPED_WEIGHTS))
+    response, error_text, vectors, _, evidence = _screen_lines_answer(task, QUICKBUY_MAIL, message="Where is my parcel? The delivery date is unknown")
+    chances = task.status_line.probabilities(vectors)
+    picked = int(chances.argmax())
+    assert picked == 1 and float(chances[picked]) < status_line.STATED_FROM  # the sender line, unsure
+    assert task.status_line.unfamiliar(vectors[picked]) is None  # not withheld for being unlike the training messages
+    assert error_text == "" and evidence.key_line == "" and evidence.key_line_chance is None
+    assert evidence.key_line_unstated.startswith("no paragraph is more likely than not the status message (the likeliest, 'QuickBuy Order")
+    assert "QuickBuy Order updates" not in response.description
+    # A screen where the pointer is sure states its pick.
+    sure = [QUICKBUY_MAIL[0], QUICKBUY_MAIL[4], "Your parcel is delayed at the depot", QUICKBUY_MAIL[8]]
+    _, error_text, vectors, _, evidence = _screen_lines_answer(task, sure, message="Where is my parcel?")
+    assert error_text == sure[2] and evidence.key_line_unstated == "" and float(task.status_line.probabilities(vectors).max()) >= status_line.STATED_FROM
 
 
 def test_without_a_pointer_screen_lines_are_scored_while_other_encoders_still_work():

@@ -136,6 +136,20 @@ def test_a_pick_unlike_every_training_message_is_flagged_and_the_check_round_tri
     assert status_line.unlike(loaded, odd, 1, "Inbox") != ""
 
 
+def test_a_pick_the_pointer_gives_less_than_even_odds_is_not_stated():
+    train, val = _screens(200, 1), _screens(80, 2)
+    pointer, _ = status_line.fit(train, val, epochs=8)
+    rows, index = train[0]
+    assert float(pointer.probabilities(rows)[index]) >= status_line.STATED_FROM and status_line.unstated(pointer, rows, index, "Card declined") == ""
+    # The same message three times: each copy a third likely, none more likely than not.
+    thrice = torch.stack([rows[index]] * 3)
+    reason = status_line.unstated(pointer, thrice, 0, "Card declined")
+    assert reason == "no paragraph is more likely than not the status message (the likeliest, 'Card declined', at 0.33)"
+    # A pick unlike every training message says that first.
+    odd = torch.stack([rows[index], -pointer.messages.float().mean(dim=0)])
+    assert status_line.unstated(pointer, odd, 1, "Inbox") == status_line.unlike(pointer, odd, 1, "Inbox") != ""
+
+
 def test_without_enough_right_validation_picks_or_saved_messages_there_is_no_check(tmp_path):
     pointer, summary = status_line.fit(_screens(200, 1), _screens(status_line.FAMILIAR_MIN_PICKS - 1, 2), epochs=8)
     assert summary["familiar_from"] is None and pointer.messages.shape[0] == 200  # messages kept, no threshold to use them with

@@ -219,6 +219,7 @@ def screen_text_found(task_model, manifest: Path, task: str, items, examples, pr
     paragraph the router reports (the task's status-line pointer, router/status_line.py;
     without one, the line the answer is read from, tasks.key_screen_line) against lines
     with error words."""
+    from modalmesh.router import status_line
     from modalmesh.router.status_line import holds_message, is_message
     from modalmesh.router.tasks import ERROR_WORDS, key_screen_line
 
@@ -234,7 +235,7 @@ def screen_text_found(task_model, manifest: Path, task: str, items, examples, pr
         rows = example.features["image_text"][: len(lines)]
         key = pointer.pick(rows.float()) if pointer is not None else key_screen_line(task_model.model, rows, int(np.argmax(p)))
         right = key is not None and holds_message(lines[key], message)
-        withheld = key is not None and pointer is not None and pointer.unfamiliar(rows[key]) is not None  # not stated by the router (status_line.unlike)
+        withheld = key is not None and pointer is not None and status_line.unstated(pointer, rows, key, lines[key]) != ""  # not stated by the router
         counts["picked_right"] += right
         counts["key_line"] += right and not withheld
         counts["message_alone"] += right and not withheld and key is not None and is_message(lines[key], message)  # nothing else in it
@@ -338,7 +339,7 @@ def write_report(folder: Path, results: dict, probabilities, labels, spec, rows:
         if t.get("withheld"):
             stated = t["items"] - t["withheld"]
             lines.append(
-                f"- error_text withheld on {t['withheld']} screenshots, the pointer's pick unlike every training status message "
+                f"- error_text withheld on {t['withheld']} screenshots, the pointer's pick unlike every training status message or less likely than not "
                 f"({t['withheld_wrong']} of those picks were wrong); where stated it is right in {t['key_line']} of {stated} "
                 f"({t['key_line'] / max(1, stated):.1%}); the pointer picked right in {t['picked_right']} of {t['items']}"
             )

@@ -255,7 +255,7 @@ class Run:
         self.line_log_odds: torch.Tensor | None = None  # per OCR paragraph and label (Pipeline.score_screen_lines)
         self.status_index: int | None = None  # the status message's paragraph (Pipeline.status_row)
         self.status_chance: float | None = None  # the pointer's probability that it is (Pipeline.status_row)
-        self.status_unlike = ""  # why that paragraph is not stated as a status message, or '' (Pipeline.status_row)
+        self.status_unstated = ""  # why that paragraph is not stated as a status message, or '' (Pipeline.status_row)
         self.alone = AloneReadings()  # each modality read alone (tasks.decide's dissent check), kept for this request
         self.read_ahead: set[tuple[str, frozenset[str]]] = set()  # (modality, sources) read alone ahead (Pipeline.read_alone_ahead)
         self.quick: set[str] = set()  # modalities whose side output is read quickly first (TaskSpec.quick), until judged (Pipeline.gather)
@@ -416,7 +416,7 @@ class Run:
         if "screen_lines" in produced.evidence:  # screen text read (again): what was worked out from a reading before goes
             self.features.pop(SIDE_SOURCE["image"], None)
             self.status_index = self.status_chance = self.line_log_odds = None
-            self.status_unlike = ""
+            self.status_unstated = ""
         self.features.update(produced.features)
         self.side_notes.update(produced.notes)
         for name, value in produced.evidence.items():
@@ -832,8 +832,9 @@ class Pipeline:
     def status_row(self, task: TaskModel, run: Run) -> int | None:
         """The screen paragraph the task's status-line pointer picks (its status message),
         its probability (run.status_chance) and why it is not stated as one, if it is unlike
-        them all (run.status_unlike; status_line.unlike), worked out once per reading of the
-        screen, as soon as it is in; None without a pointer or screen text."""
+        them all or the pointer is unsure of it (run.status_unstated; status_line.unstated),
+        worked out once per reading of the screen, as soon as it is in; None without a
+        pointer or screen text."""
         rows = run.features.get("image_text")
         pointer, lines = task.status_line, run.evidence.screen_lines
         if pointer is None or rows is None or not lines:
@@ -841,11 +842,12 @@ class Pipeline:
         if run.status_index is None:
 
             def pick() -> tuple[int, float, str]:
-                chances = pointer.probabilities(rows[: len(lines)])
+                read = rows[: len(lines)]
+                chances = pointer.probabilities(read)
                 index = int(chances.argmax())
-                return index, float(chances.max()), status_line.unlike(pointer, rows, index, lines[index])
+                return index, float(chances.max()), status_line.unstated(pointer, read, index, lines[index])
 
-            run.status_index, run.status_chance, run.status_unlike = self.run_model(pick)
+            run.status_index, run.status_chance, run.status_unstated = self.run_model(pick)
         return run.status_index
 
     def read_alone_ahead(self, task: TaskModel, run: Run) -> None:
@@ -910,9 +912,9 @@ class Pipeline:
                 key = self.status_row(task, run)
                 run.evidence.key_line = run.evidence.screen_lines[key] if key is not None else ""
                 run.evidence.key_line_chance = run.status_chance if key is not None else None
-                if key is not None:  # a pick unlike every status message the pointer learnt is not stated as one
-                    run.evidence.key_line_unlike = run.status_unlike
-                    if run.evidence.key_line_unlike:
+                if key is not None:  # a pick unlike every status message the pointer learnt, or one it is unsure of, is not stated
+                    run.evidence.key_line_unstated = run.status_unstated
+                    if run.evidence.key_line_unstated:
                         run.evidence.key_line, run.evidence.key_line_chance = "", None
             else:
                 self.score_screen_lines(task, run)

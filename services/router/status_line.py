@@ -110,6 +110,26 @@ def unlike(pointer: StatusLine, rows: torch.Tensor, index: int, line: str) -> st
     )
 
 
+# A pick the pointer gives less than this chance is not stated as the screen's status message:
+# it is more likely not the message than the message. On validation no right pick is below it.
+STATED_FROM = 0.5
+
+
+def unstated(pointer: StatusLine, rows: torch.Tensor, index: int, line: str) -> str:
+    """Why the paragraph `index` of the screen's paragraphs `rows` (OCR text `line`) is not
+    stated as its status message (the answer's `error_text`): it is unlike every status
+    message the pointer was trained on (`unlike`), or the pointer gives it less than
+    STATED_FROM; '' where it is stated. The router and `modalmesh eval` both judge so."""
+    reason = unlike(pointer, rows, index, line)
+    if reason:
+        return reason
+    chance = float(pointer.probabilities(rows)[index])
+    if chance >= STATED_FROM:
+        return ""
+    shown = line if len(line) <= 60 else line[:57] + "..."
+    return f"no paragraph is more likely than not the status message (the likeliest, {shown!r}, at {chance:.2f})"
+
+
 def focus(pointer: StatusLine | None, features: dict[str, torch.Tensor], best: int | None = None) -> dict[str, torch.Tensor]:
     """`features` with the screen text ("image_text", one row per paragraph) cut to the
     paragraph the pointer picks (`best`, where it has been picked already); unchanged

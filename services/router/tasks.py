@@ -71,7 +71,7 @@ class Evidence:
     screen_spans: list = field(default_factory=list)  # what OCR read: (text, confidence, box) per line
     key_line: str = ""  # the screen line that alone most supports the answer (key_screen_line)
     key_line_chance: float | None = None  # the status-line pointer's probability that key_line is the status message; None without one
-    key_line_unlike: str = ""  # why no status message is stated (status_line.unlike: the pointer's pick is unlike them all; key_line is then '')
+    key_line_unstated: str = ""  # why no status message is stated (status_line.unstated: the pointer's pick is unlike them all, or unsure; key_line is then '')
     transcript: str = ""
     image_tags: dict[str, str] = field(default_factory=dict)
     no_image: str = ""  # why no image was read (none sent, not applicable, not waited for); '' when one was
@@ -329,7 +329,7 @@ def write_triage(answer: Answer, evidence: Evidence, labels: dict[str, dict[str,
         priority = "normal"  # unsure: let a person look sooner
     # The line the model reads the answer from; else (untrained model, no line supports
     # the answer) lines with error words. A screen with no problem on it shows no error.
-    if evidence.key_line_unlike:  # the pointer's pick is unlike every status message it learnt: none is stated
+    if evidence.key_line_unstated:  # the pointer's pick is unlike every status message it learnt, or unsure: none is stated
         error_lines = []
     else:
         error_lines = [evidence.key_line] if evidence.key_line else [line for line in evidence.screen_lines if ERROR_WORDS.search(line)]
@@ -337,8 +337,8 @@ def write_triage(answer: Answer, evidence: Evidence, labels: dict[str, dict[str,
     findings = {"priority": priority, "error_text": error_text}
     if error_text and evidence.key_line and evidence.key_line_chance is not None:  # how sure the pointer is that this is the status message
         findings["error_text_confidence"] = f"{evidence.key_line_chance:.2f}"
-    if evidence.key_line_unlike and answer.label != "other":
-        findings["error_text_withheld"] = evidence.key_line_unlike
+    if evidence.key_line_unstated and answer.label != "other":
+        findings["error_text_withheld"] = evidence.key_line_unstated
     findings["next_steps"] = about["next_steps"]
     if answer.label == "other":
         shown = f' The screen shows "{evidence.key_line}".' if evidence.key_line else ""
