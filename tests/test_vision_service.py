@@ -152,8 +152,9 @@ def test_the_quick_reading_detects_smaller_and_reads_the_same_message(vision):
         (640, 1024, ("min", 736), 960, ("max", 960)),  # the full reading scales it up to 1178x736; quick, down to 960x600
         (600, 800, ("min", 736), 960, ("min", 720)),  # small: the full reading's 1.23x, capped at 960 px (1.2x)
         (844, 390, ("min", 736), 960, ("min", 444)),  # a phone: up to 960 px tall, not 1593
-        (800, 900, ("min", 736), 960, ("max", 960)),  # the full reading's own scale (1.0) fits
-        (600, 800, ("max", 640), 960, ("max", 960)),  # a capped reader's rule never scales up; nor does its quick reading
+        (800, 900, ("min", 736), 960, ("max", 900)),  # the full reading's own scale (1.0) fits
+        (600, 800, ("max", 640), 960, ("max", 640)),  # a reader capped below the quick size: its own scale
+        (600, 800, ("max", 960), 960, ("max", 800)),  # a capped reader never scales up; nor does its quick reading
         (600, 800, ("min", 736), None, ("min", 736)),  # not quick: the reader's own rule
     ],
 )

@@ -71,7 +71,7 @@ def detection_size(height: int, width: int, limit_type: str, limit_side: int, qu
     scale = min(own, quick_side / longer)
     if scale > 1.0:  # "min" scales the shorter side up to this
         return "min", round(shorter * scale)
-    return "max", quick_side  # "max" never scales up
+    return "max", round(longer * scale)  # "max" scales the longer side down to this, never up
 
 
 TILE_ASPECT = 3.0  # a page taller than this many widths is read in tiles (phones are about 2.2)
