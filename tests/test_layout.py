@@ -83,3 +83,15 @@ def test_a_smaller_line_directly_under_a_message_is_a_paragraph_of_its_own():
     # Short lines are not compared by type size: a wrapped message's last word stays with it.
     last_word = [("Your refund will take 5-10 business", (40, 300, 330, 320)), ("days.", (40, 326, 90, 346))]
     assert paragraphs(last_word) == ["Your refund will take 5-10 business days."]
+
+
+def test_a_wrapped_last_word_in_a_taller_box_stays_with_its_message():
+    """Boxes as PP-OCR drew them at the quick detection size on a 390x760 phone screen: the
+    message's first line in a tight 21-px box, its last word in a 29-px one (0.72 of it),
+    the full size's boxes 26 and 25 px. One paragraph either way; a button below stays apart."""
+    quick = [("Your new card arrived", (37.0, 329.0, 234.0, 350.0)), ("safely", (33.0, 347.0, 95.0, 376.0)), ("OK", (305.0, 388.0, 346.0, 416.0))]
+    full = [("Your new card arrived", (35.0, 325.0, 235.0, 351.0)), ("safely", (36.0, 350.0, 93.0, 375.0)), ("OK", (306.0, 390.0, 344.0, 415.0))]
+    assert paragraphs(quick) == paragraphs(full) == ["Your new card arrived safely", "OK"]
+    # A short line in type well under the message's (a 15-px box under a 29-px one) stays apart.
+    smaller = [("Your new card arrived", (37.0, 322.0, 300.0, 351.0)), ("Help", (37.0, 352.0, 70.0, 367.0))]
+    assert paragraphs(smaller) == ["Your new card arrived", "Help"]

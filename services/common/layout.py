@@ -7,7 +7,7 @@ words as separate boxes. A model reading a screen wants the sentence, so:
 1. rows: boxes whose vertical centres lie within half a box height of each other;
 2. lines: within a row, left to right, boxes closer than `word_gap` heights are joined;
 3. paragraphs: a line directly under another (gap under `line_gap` times the smaller of
-   the two lines' heights), in about the same font size (heights within 25%), that overlaps
+   the two lines' heights), in about the same font size (heights within 30%, SAME_HEIGHT), that overlaps
    it horizontally continues its paragraph. The smaller height, because how tall a box is
    drawn depends on the detection size and the letters in it (a detection at a smaller
    scale draws looser boxes: "Your password was changed." 27 px tall over a 22-px line),
@@ -81,6 +81,13 @@ def screen_paragraphs(spans: Iterable) -> tuple[list[str], int, int]:
     return found[:MAX_SCREEN_LINES], len(spans) - len(kept), len(found)
 
 
+# Two lines' OCR boxes are of one font size where the shorter box is at least this share of
+# the taller: the detector draws one line's box 21 px tall and the next line's, in the same
+# type, 29 px at the quick reading's size ("Your new card arrived" over "safely"). A smaller
+# line of ten characters or more is told apart by its type size (_type_size_breaks).
+SAME_HEIGHT = 0.7
+
+
 def paragraphs(spans: Iterable[tuple[str, Box]], word_gap: float = 2.0, line_gap: float = 0.5) -> list[str]:
     """The screen's text as paragraphs, in reading order. `spans`: (text, box) pairs;
     spans without a box (empty) are kept as paragraphs of their own, at the end."""
@@ -103,7 +110,7 @@ def paragraphs(spans: Iterable[tuple[str, Box]], word_gap: float = 2.0, line_gap
             last = block[-1]
             gap = line.box[1] - last.box[3]
             overlaps = min(line.box[2], last.box[2]) > max(line.box[0], last.box[0])
-            similar = min(line.height, last.height) >= 0.75 * max(line.height, last.height)  # same font size
+            similar = min(line.height, last.height) >= SAME_HEIGHT * max(line.height, last.height)  # same font size
             if -0.5 * line.height <= gap <= line_gap * min(line.height, last.height) and overlaps and similar and line.box[1] > last.box[1]:
                 block.append(line)
                 break

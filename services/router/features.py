@@ -28,7 +28,7 @@ from modalmesh.router.fusion import SIDE_SOURCE
 from modalmesh.router.sources import QUICK_OPTION, SIDE_OPTION, embed, side_text
 
 FEATURE_VERSION = "1"
-SCREEN_TEXT_VERSION = "paragraphs-9"  # how OCR reads (vision/ocr.py) and spans become text vectors (common/layout.py); part of OCR tasks' keys
+SCREEN_TEXT_VERSION = "paragraphs-10"  # how OCR reads (vision/ocr.py) and spans become text vectors (common/layout.py); part of OCR tasks' keys
 QUICK_SCALE_VERSION = "full-scale-capped"  # the quick reading's detection scale (vision/ocr.py detection_size); part of quick keys
 MEASUREMENT_VERSION = "lesions-hu-6"  # the vision service's image tags (CT measurement, lung fields, colour); part of measuring tasks' keys
 
