@@ -220,7 +220,6 @@ def screen_text_found(task_model, manifest: Path, task: str, items, examples, pr
     without one, the line the answer is read from, tasks.key_screen_line) against lines
     with error words."""
     from modalmesh.router import status_line
-    from modalmesh.router.status_line import holds_message, is_message
     from modalmesh.router.tasks import ERROR_WORDS, key_screen_line
 
     records = task_records(manifest, task)  # as `items`
@@ -234,14 +233,14 @@ def screen_text_found(task_model, manifest: Path, task: str, items, examples, pr
         counts["items"] += 1
         rows = example.features["image_text"][: len(lines)]
         key = pointer.pick(rows.float()) if pointer is not None else key_screen_line(task_model.model, rows, int(np.argmax(p)))
-        right = key is not None and holds_message(lines[key], message)
+        right = key is not None and status_line.holds_message(lines[key], message)
         withheld = key is not None and pointer is not None and status_line.unstated(pointer, rows, key, lines[key]) != ""  # not stated by the router
         counts["picked_right"] += right
         counts["key_line"] += right and not withheld
-        counts["message_alone"] += right and not withheld and key is not None and is_message(lines[key], message)  # nothing else in it
+        counts["message_alone"] += right and not withheld and key is not None and status_line.is_message(lines[key], message)  # nothing else in it
         counts["withheld"] += withheld
         counts["withheld_wrong"] += withheld and not right
-        counts["error_words"] += any(holds_message(line, message) for line in lines if ERROR_WORDS.search(line))
+        counts["error_words"] += any(status_line.holds_message(line, message) for line in lines if ERROR_WORDS.search(line))
     return counts
 
 

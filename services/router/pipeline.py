@@ -845,7 +845,8 @@ class Pipeline:
                 read = rows[: len(lines)]
                 chances = pointer.probabilities(read)
                 index = int(chances.argmax())
-                return index, float(chances.max()), status_line.unstated(pointer, read, index, lines[index])
+                chance = float(chances[index])
+                return index, chance, status_line.unstated(pointer, read, index, lines[index], chance)
 
             run.status_index, run.status_chance, run.status_unstated = self.run_model(pick)
         return run.status_index

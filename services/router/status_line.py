@@ -103,9 +103,8 @@ def unlike(pointer: StatusLine, rows: torch.Tensor, index: int, line: str) -> st
     similarity = pointer.unfamiliar(rows[index])
     if similarity is None:
         return ""
-    shown = line if len(line) <= 60 else line[:57] + "..."
     return (
-        f"the likeliest status paragraph ({shown!r}) is unlike every status message the task was trained on "
+        f"the likeliest status paragraph ({_shown(line)!r}) is unlike every status message the task was trained on "
         f"(similarity {similarity:.2f} to the nearest, below {float(pointer.familiar_from):.2f})"
     )
 
@@ -115,19 +114,24 @@ def unlike(pointer: StatusLine, rows: torch.Tensor, index: int, line: str) -> st
 STATED_FROM = 0.5
 
 
-def unstated(pointer: StatusLine, rows: torch.Tensor, index: int, line: str) -> str:
+def unstated(pointer: StatusLine, rows: torch.Tensor, index: int, line: str, chance: float | None = None) -> str:
     """Why the paragraph `index` of the screen's paragraphs `rows` (OCR text `line`) is not
     stated as its status message (the answer's `error_text`): it is unlike every status
     message the pointer was trained on (`unlike`), or the pointer gives it less than
-    STATED_FROM; '' where it is stated. The router and `modalmesh eval` both judge so."""
+    STATED_FROM (`chance`, where the caller has it already); '' where it is stated. The
+    router and `modalmesh eval` both judge so."""
     reason = unlike(pointer, rows, index, line)
     if reason:
         return reason
-    chance = float(pointer.probabilities(rows)[index])
+    chance = float(pointer.probabilities(rows)[index]) if chance is None else chance
     if chance >= STATED_FROM:
         return ""
-    shown = line if len(line) <= 60 else line[:57] + "..."
-    return f"no paragraph is more likely than not the status message (the likeliest, {shown!r}, at {chance:.2f})"
+    return f"no paragraph is more likely than not the status message (the likeliest, {_shown(line)!r}, at {chance:.2f})"
+
+
+def _shown(line: str) -> str:
+    """A paragraph as a reason quotes it: at most 60 characters."""
+    return line if len(line) <= 60 else line[:57] + "..."
 
 
 def focus(pointer: StatusLine | None, features: dict[str, torch.Tensor], best: int | None = None) -> dict[str, torch.Tensor]:
