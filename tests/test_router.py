@@ -824,6 +824,42 @@ def test_an_error_text_picked_from_furniture_unlike_any_training_message_is_with
     assert float(findings["error_text_confidence"]) > 0.5
 
 
+DECLINED = ["ShopFast", "Home Orders Account Help", "Your card was declined. Try another card", "OK"]
+
+
+def test_an_answer_withheld_as_unsure_still_states_the_status_message_it_read():
+    """A declined card on the screen and a message about a parcel: which problem it is is
+    unsure (withheld), but the screen's message was read, surely; the answer states it,
+    with how sure the pointer is, for the person who looks. Not where the pointer was less
+    sure of it (status_line.READ_SURELY), not with a best guess of `other` (no problem: no
+    error), not with a message out of the task's scope."""
+    import dataclasses
+
+    from modalmesh.router import scope
+    from modalmesh.router.status_line import READ_SURELY
+    from modalmesh.router.tasks import SHIPPED_WEIGHTS, TASKS, Answer, load_task, states_error_text
+
+    task = load_task(TASKS["screenshot_triage"], str(SHIPPED_WEIGHTS))
+    response, error_text, _, _, evidence = _screen_lines_answer(task, DECLINED, message="my parcel never arrived")
+    findings = {f.key: f.value for f in response.findings}
+    assert response.label == "uncertain" and evidence.withheld.startswith("confidence ")
+    assert error_text == DECLINED[2] and float(findings["error_text_confidence"]) > 0.9
+    assert response.description.startswith("Not classified: ") and f'The screen shows "{DECLINED[2]}"' in response.description
+    assert findings["next_steps"] == task.spec.write(Answer("other", 0.9, 0.1, {}, {}), dataclasses.replace(evidence, withheld=""))[1]["next_steps"]
+    assert task.spec.write is not None
+    assert evidence.key_line_chance is not None and evidence.key_line_chance >= READ_SURELY
+    unsure_pick = READ_SURELY - 0.05  # stated with a given answer (>= STATED_FROM), not with a withheld one
+    for label, withheld, chance in (
+        ("payment", evidence.withheld, unsure_pick),
+        ("other", evidence.withheld, evidence.key_line_chance),
+        ("payment", scope.REASON + " (the message is about opening hours)", evidence.key_line_chance),
+    ):
+        assert not states_error_text(label, withheld, chance) and states_error_text("payment", "", chance)
+        unsure = dataclasses.replace(evidence, withheld=withheld, key_line_chance=chance)
+        description, findings, _ = task.spec.write(Answer(label, 0.5, 0.6, {}, {}), unsure)
+        assert findings["error_text"] == "" and "error_text_confidence" not in findings and "The screen shows" not in description
+
+
 # A held-out e-mail (data/triage-heldout), its OCR paragraphs: the status message is the sixth.
 QUICKBUY_MAIL = [
     "Mail",

@@ -403,6 +403,12 @@ def test_train_triage_with_screens_voices_and_transcripts(triage_data, tmp_path,
     assert f"in {found['key_line']} of {found['items']} screenshots" in (tmp_path / "report" / "report.md").read_text()
     assert f"the message alone (no other text of the screen with it) in {found['message_alone']}" in (tmp_path / "report" / "report.md").read_text()
     assert found["by"] == "status-line pointer"
+    # ... and how often the answers state it (tasks.states_error_text), given and withheld apart.
+    served = found["as_served"]
+    assert all(0 <= k["message_alone"] <= k["right"] <= k["stated"] for k in served.values())
+    assert served["given"]["stated"] + served["withheld"]["stated"] <= found["items"] - found["withheld"]
+    stated = f"error_text stated with {served['given']['stated']} given answers of {found['items']} screenshots"
+    assert stated in (tmp_path / "report" / "report.md").read_text()
     # Too few validation screens to choose the familiarity check on: every pick is stated.
     assert summary["status_line"]["familiar_from"] is None and found["withheld"] == 0 and found["key_line"] == found["picked_right"]
     # Routing was tuned with the screen text also read quickly (cached like the rest), and says whether it reads it so first.

@@ -83,7 +83,7 @@ def evaluate(task: str | TaskSpec, data: str, report: str, weights: str = "", ca
     served_outside = [serve(task_model, e.features, e.tags, audio_tags=e.audio_tags) for e in outside]
     results["honesty"] = honesty_metrics(task_model, served_full, labels, served_outside, outside_kinds)
     if "image" in spec.side_outputs:
-        results["screen_text"] = screen_text_found(task_model, manifest, task, items, read_whole, full_p)
+        results["screen_text"] = screen_text_found(task_model, manifest, task, items, read_whole, full_p, served_full)
     if task == "medical_report":
         results["medical"] = medical_metrics(full_p, full_r, examples, spec)
         # The heads alone, the measurement unused: what a scan without one (a PNG) is answered with.
@@ -121,7 +121,8 @@ def evaluate(task: str | TaskSpec, data: str, report: str, weights: str = "", ca
     if quick is not None and "screen_text" in results:  # the error_text ROUTED states: the quick reading's where it held
         read_items = [quick[1][i] if h else item for i, (h, item) in enumerate(zip(held, items))]
         read = [dataclasses.replace(e, features=with_quick_reading(e.features, q.features)) if h else e for h, e, q in zip(held, examples, quick[0])]
-        results["screen_text_routed"] = {**screen_text_found(task_model, manifest, task, read_items, read, full_p), "from_quick_reading": sum(held)}
+        found = screen_text_found(task_model, manifest, task, read_items, read, full_p, served_routed)
+        results["screen_text_routed"] = {**found, "from_quick_reading": sum(held)}
     # As served when a caller sends one input alone (each modality that can answer alone).
     results["honesty_alone"] = {}
     for modality, sources in MODALITY_SOURCES.items():
@@ -213,20 +214,23 @@ def prediction_rows(spec, records: list[dict], examples, probabilities, regressi
     return rows
 
 
-def screen_text_found(task_model, manifest: Path, task: str, items, examples, probabilities) -> dict:
-    """How often the answer's `error_text` holds the screen's message (the dataset's
-    `extra.screen`, when the manifest has it), and how often it is the message alone: the
-    paragraph the router reports (the task's status-line pointer, router/status_line.py;
-    without one, the line the answer is read from, tasks.key_screen_line) against lines
-    with error words."""
+def screen_text_found(task_model, manifest: Path, task: str, items, examples, probabilities, served) -> dict:
+    """How often the status-line pointer's pick (without one, the line the answer is read
+    from, tasks.key_screen_line) holds the screen's message (the dataset's `extra.screen`,
+    when the manifest has it), how often it is the message alone, and how often lines with
+    error words would hold it; then the answer's `error_text` as the router states it with
+    each item's `served` answer (tasks.states_error_text: with a withheld answer only where
+    the message was read surely; not for `other`, not for a message out of the task's scope,
+    not where the image was not read), given and withheld apart."""
     from modalmesh.router import status_line
-    from modalmesh.router.tasks import ERROR_WORDS, key_screen_line
+    from modalmesh.router.tasks import ERROR_WORDS, key_screen_line, states_error_text
 
     records = task_records(manifest, task)  # as `items`
     pointer = task_model.status_line
     counts: dict[str, Any] = {"items": 0, "key_line": 0, "message_alone": 0, "picked_right": 0, "withheld": 0, "withheld_wrong": 0, "error_words": 0}
     counts["by"] = "status-line pointer" if pointer else "label support"
-    for record, item, example, p in zip(records, items, examples, probabilities):
+    answers = counts["as_served"] = {kind: {"stated": 0, "right": 0, "message_alone": 0} for kind in ("given", "withheld")}
+    for record, item, example, p, answer in zip(records, items, examples, probabilities, served):
         lines, message = item.evidence.get("screen_lines") or [], (record.get("extra") or {}).get("screen")
         if not message or not lines or "image_text" not in example.features:
             continue
@@ -235,13 +239,31 @@ def screen_text_found(task_model, manifest: Path, task: str, items, examples, pr
         key = pointer.pick(rows.float()) if pointer is not None else key_screen_line(task_model.model, rows, int(np.argmax(p)))
         right = key is not None and status_line.holds_message(lines[key], message)
         withheld = key is not None and pointer is not None and status_line.unstated(pointer, rows, key, lines[key]) != ""  # not stated by the router
+        alone = right and key is not None and status_line.is_message(lines[key], message)  # nothing else in it
         counts["picked_right"] += right
         counts["key_line"] += right and not withheld
-        counts["message_alone"] += right and not withheld and key is not None and status_line.is_message(lines[key], message)  # nothing else in it
+        counts["message_alone"] += alone and not withheld
         counts["withheld"] += withheld
         counts["withheld_wrong"] += withheld and not right
         counts["error_words"] += any(status_line.holds_message(line, message) for line in lines if ERROR_WORDS.search(line))
+        chance = float(pointer.probabilities(rows.float())[key]) if pointer is not None and key is not None else None
+        if key is not None and not withheld and "image" in answer.read and states_error_text(task_model.spec.labels[answer.best], answer.reason, chance):
+            kind = answers["withheld" if answer.reason else "given"]
+            kind["stated"] += 1
+            kind["right"] += right
+            kind["message_alone"] += alone
     return counts
+
+
+def served_error_text(counts: dict) -> str:
+    """screen_text_found's as-served counts in words."""
+    given, withheld = counts["as_served"]["given"], counts["as_served"]["withheld"]
+    return (
+        f"error_text stated with {given['stated']} given answers of {counts['items']} screenshots, right in {given['right']} "
+        f"(the message alone in {given['message_alone']}), and with {withheld['stated']} answers withheld as unsure (the message read surely), "
+        f"right in {withheld['right']} "
+        f"(alone in {withheld['message_alone']}); none with `other`, a message out of scope or an image not read"
+    )
 
 
 def classification_metrics(probabilities: np.ndarray, labels: np.ndarray, names) -> dict:
@@ -331,24 +353,23 @@ def write_report(folder: Path, results: dict, probabilities, labels, spec, rows:
     if results.get("screen_text", {}).get("items"):
         t = results["screen_text"]
         lines.append(
-            f"- error_text holds the screen's message in {t['key_line']} of {t['items']} screenshots "
-            f"({t['key_line'] / max(1, t['items']):.1%}, by the {t['by']}; lines with error words would: {t['error_words']}), "
+            f"- the status message read (the {t['by']}'s pick, what error_text states) holds the screen's message in {t['key_line']} of {t['items']} "
+            f"screenshots ({t['key_line'] / max(1, t['items']):.1%}; lines with error words would: {t['error_words']}), "
             f"the message alone (no other text of the screen with it) in {t['message_alone']}"
         )
         if t.get("withheld"):
             stated = t["items"] - t["withheld"]
             lines.append(
-                f"- error_text withheld on {t['withheld']} screenshots, the pointer's pick unlike every training status message or less likely than not "
+                f"- not stated on {t['withheld']} screenshots, the pointer's pick unlike every training status message or less likely than not "
                 f"({t['withheld_wrong']} of those picks were wrong); where stated it is right in {t['key_line']} of {stated} "
                 f"({t['key_line'] / max(1, stated):.1%}); the pointer picked right in {t['picked_right']} of {t['items']}"
             )
+        lines.append(f"- as served in FULL mode: {served_error_text(t)}")
     if results.get("screen_text_routed", {}).get("items"):
         t = results["screen_text_routed"]
-        stated = t["items"] - t["withheld"]
         lines.append(
             f"- as served in ROUTED mode, the screen text read quickly first ({t['from_quick_reading']} answered from the quick reading): "
-            f"error_text stated on {stated} of {t['items']} screenshots, right on {t['key_line']} ({t['key_line'] / max(1, stated):.1%}), "
-            f"the message alone in {t['message_alone']}"
+            + served_error_text(t)
         )
     lines += ["", "| mode | items | accuracy | fused, same items | mean latency (ms) |", "|---|---|---|---|---|"]
     for name, mode in results["modes"].items():

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from modalmesh.router import status_line
 from modalmesh.router.fusion import MODALITIES, SIDE_SOURCE, modality_of
 from modalmesh.router.tasks import AloneReadings, decide
 
@@ -107,10 +108,10 @@ def answer_now(confidence: float, outstanding_weight: float, tau: float, gamma: 
 
 
 # A quick reading whose answer would be withheld as unsure still holds where the status-line
-# pointer is at least this sure of the status message it read: the screen's message was read,
-# the doubt is elsewhere (a message about another problem), and reading the screen again at
-# the full size changed no such answer on validation (docs/training.md, "Compute routing").
-QUICK_SURE_STATUS = 0.9
+# pointer read the status message surely (status_line.READ_SURELY): the screen's message was
+# read, the doubt is elsewhere (a message about another problem), and reading the screen again
+# at the full size changed no such answer on validation (docs/training.md, "Compute routing").
+QUICK_SURE_STATUS = status_line.READ_SURELY
 
 
 def quick_reading_holds(given: bool, pointer, rows) -> bool:

@@ -35,6 +35,7 @@ class Served:
     reason: str  # why the answer is withheld; '' when it is given
     not_applicable: dict[str, str] = field(default_factory=dict)  # modality -> why
     distances: dict[str, float] = field(default_factory=dict)  # modality -> distance to the training inputs
+    read: frozenset[str] = frozenset()  # the modalities the answer was read from
 
     @property
     def answered(self) -> bool:
@@ -69,7 +70,7 @@ def serve(task: TaskModel, features: dict, tags: dict[str, str], alone: AloneRea
     confidence = float(decided.probabilities[best])
     unfamiliar = frozenset(m for m, d in distances.items() if m in read and task.applicability.unfamiliar(m, task.applicability.references[m].applicability(d)))
     reason = withheld_answer(task, read, kept, best, confidence, image_tags, decided.dissent, unfamiliar)
-    return Served(best, confidence, reason, refused, distances)
+    return Served(best, confidence, reason, refused, distances, frozenset(read))
 
 
 def _kind(reason: str) -> str:

@@ -112,6 +112,10 @@ def unlike(pointer: StatusLine, rows: torch.Tensor, index: int, line: str) -> st
 # A pick the pointer gives less than this chance is not stated as the screen's status message:
 # it is more likely not the message than the message. On validation no right pick is below it.
 STATED_FROM = 0.5
+# From this chance the pointer's pick counts as read surely: a quick reading of the screen
+# text holds on it (routing.quick_reading_holds), and an answer withheld as unsure of its
+# category still states it (tasks.states_error_text).
+READ_SURELY = 0.9
 
 
 def unstated(pointer: StatusLine, rows: torch.Tensor, index: int, line: str, chance: float | None = None) -> str:

@@ -312,34 +312,42 @@ def triage_writer(labels: dict[str, dict[str, str]]) -> Callable[[Answer, Eviden
     return write
 
 
+def states_error_text(label: str, withheld: str, chance: float | None) -> bool:
+    """Whether a triage answer states the screen's status message as its `error_text` (where
+    the screen was read and status_line.unstated lets the pick be stated; `chance`: the
+    status-line pointer's for it, None without a pointer): an answer given about a problem,
+    and one withheld as unsure which problem it is where the message was read surely
+    (status_line.READ_SURELY: the screen was read, the category is what is unsure); not
+    where the answer (or, withheld, its best guess) is `other` (a screen with no problem
+    shows no error) nor where the message is about another matter than the task's (out of
+    its scope). The router and `modalmesh eval` both ask here."""
+    if label == "other":
+        return False
+    if not withheld:
+        return True
+    return not withheld.startswith(scope.REASON) and chance is not None and chance >= status_line.READ_SURELY
+
+
 def write_triage(answer: Answer, evidence: Evidence, labels: dict[str, dict[str, str]]) -> tuple[str, dict[str, str], str]:
     other = labels["other"]
     said = f' The customer wrote: "{evidence.text.strip()[:200]}".' if evidence.text.strip() else ""
     heard = f' Voice message (transcript): "{evidence.transcript[:200]}".' if evidence.transcript else ""
+    findings = {"priority": "normal", "error_text": ""}
+    if states_error_text(answer.label, evidence.withheld, evidence.key_line_chance):
+        findings.update(error_text_findings(evidence))
+    seen = f' The screen shows "{findings["error_text"]}".' if findings["error_text"] else ""
     if evidence.withheld:  # a person looks sooner; the reply names no problem
         elsewhere = evidence.withheld.startswith(scope.REASON)
-        findings = {"priority": "normal", "error_text": "", "next_steps": OUT_OF_SCOPE_NEXT_STEPS if elsewhere else other["next_steps"]}
+        findings["next_steps"] = OUT_OF_SCOPE_NEXT_STEPS if elsewhere else other["next_steps"]
         description = (
-            f"Not classified: {evidence.withheld}. Best guess {answer.label} ({answer.confidence:.2f}).{said}{heard} Next steps: {findings['next_steps']}"
+            f"Not classified: {evidence.withheld}. Best guess {answer.label} ({answer.confidence:.2f}).{seen}{said}{heard} Next steps: {findings['next_steps']}"
         )
         return description, findings, OUT_OF_SCOPE_REPLY if elsewhere else UNSURE_REPLY
     about = labels.get(answer.label, other)
     priority = about["priority"]
     if answer.confidence < UNSURE_CONFIDENCE and priority == "low":
         priority = "normal"  # unsure: let a person look sooner
-    # The line the model reads the answer from; else (untrained model, no line supports
-    # the answer) lines with error words. A screen with no problem on it shows no error.
-    if evidence.key_line_unstated:  # the pointer's pick is unlike every status message it learnt, or unsure: none is stated
-        error_lines = []
-    else:
-        error_lines = [evidence.key_line] if evidence.key_line else [line for line in evidence.screen_lines if ERROR_WORDS.search(line)]
-    error_text = " | ".join(error_lines) if error_lines and answer.label != "other" else ""
-    findings = {"priority": priority, "error_text": error_text}
-    if error_text and evidence.key_line and evidence.key_line_chance is not None:  # how sure the pointer is that this is the status message
-        findings["error_text_confidence"] = f"{evidence.key_line_chance:.2f}"
-    if evidence.key_line_unstated and answer.label != "other":
-        findings["error_text_withheld"] = evidence.key_line_unstated
-    findings["next_steps"] = about["next_steps"]
+    findings["priority"], findings["next_steps"] = priority, about["next_steps"]
     if answer.label == "other":
         shown = f' The screen shows "{evidence.key_line}".' if evidence.key_line else ""
         description = (
@@ -347,12 +355,25 @@ def write_triage(answer: Answer, evidence: Evidence, labels: dict[str, dict[str,
             f"{shown}{said}{heard} Next steps: {findings['next_steps']}"
         )
     else:
-        seen = f' The screen shows "{error_text}".' if error_text else ""
         description = (
             f"Category: {answer.label} (confidence {answer.confidence:.2f}), priority {priority}.{seen}{said}{heard} Next steps: {findings['next_steps']}"
         )
     reply = about["reply"] if answer.confidence >= UNSURE_CONFIDENCE else UNSURE_REPLY
     return description, findings, reply
+
+
+def error_text_findings(evidence: Evidence) -> dict[str, str]:
+    """`error_text` and what goes with it: the line the model reads the answer from (the
+    status-line pointer's pick, with how sure the pointer is), else (an untrained model, or
+    no line supports the answer) lines with error words; where the pointer's pick is not
+    stated (status_line.unstated), no error_text and `error_text_withheld` saying why."""
+    if evidence.key_line_unstated:
+        return {"error_text": "", "error_text_withheld": evidence.key_line_unstated}
+    lines = [evidence.key_line] if evidence.key_line else [line for line in evidence.screen_lines if ERROR_WORDS.search(line)]
+    findings = {"error_text": " | ".join(lines)}
+    if findings["error_text"] and evidence.key_line and evidence.key_line_chance is not None:
+        findings["error_text_confidence"] = f"{evidence.key_line_chance:.2f}"
+    return findings
 
 
 # ----------------------------------------------------------------------- abstention
