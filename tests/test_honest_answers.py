@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from modalmesh.common.client import connect
 from modalmesh.router import applicability
@@ -703,6 +703,43 @@ def test_a_screenshot_is_applicable_to_triage_and_scored(router):
     report = image_report(analyze(router, "screenshot_triage", image=router_pb2.MediaInput(data=screenshot)))
     # Drawn by another renderer than training's: atypical (beyond every validation screen), still a screenshot.
     assert STATUS(report.status) == "MODALITY_STATUS_USED" and report.HasField("applicability") and report.applicability > 0
+
+
+def _desktop_dialog(message: str | None) -> bytes:
+    """A desktop program's dialog box on a blue desktop, with `message` in it where given: a
+    look no training screen has (drawn here, DejaVu Sans)."""
+    from modalmesh.data.screens import font
+
+    image = Image.new("RGB", (1280, 800), (0, 90, 160))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((340, 250, 940, 500), fill=(240, 240, 240), outline=(100, 100, 100))
+    draw.rectangle((340, 250, 940, 282), fill=(255, 255, 255))
+    draw.text((352, 256), "Checkout", fill="black", font=font(16))
+    if message:
+        draw.text((430, 315), message, fill="black", font=font(15))
+    draw.rectangle((820, 450, 920, 480), fill=(225, 225, 225), outline=(0, 120, 215))
+    draw.text((858, 455), "OK", fill="black", font=font(15))
+    return image_bytes(image)
+
+
+DECLINED = "Your card was declined. Try another card"
+
+
+@pytest.mark.parametrize("mode", [router_pb2.ROUTING_MODE_FULL, router_pb2.ROUTING_MODE_ROUTED])
+def test_a_screen_of_a_new_look_is_read_where_its_status_message_is_one_the_task_knows(router, mode):
+    """A desktop dialog lies far beyond the applicability margin (twice it, as far as photos
+    and scans), and such a screenshot was not read at all; its message is a status message
+    the pointer knows and is sure of, so the screen is read for it, and the answer says so.
+    The same dialog without a message is still not read."""
+    options = router_pb2.AnalyzeOptions(mode=mode)
+    response = analyze(router, "screenshot_triage", text="I can't pay", image=router_pb2.MediaInput(data=_desktop_dialog(DECLINED)), options=options)
+    report = image_report(response)
+    assert STATUS(report.status) == "MODALITY_STATUS_USED", report.reason
+    assert report.reason.startswith("its look is unlike the inputs the task was trained on (distance ")
+    assert "but its status message is like those the task was trained on (read surely, " in report.reason
+    assert {f.key: f.value for f in response.findings}["error_text"] == DECLINED and response.label == "payment"
+    bare = image_report(analyze(router, "screenshot_triage", text="I can't pay", image=router_pb2.MediaInput(data=_desktop_dialog(None)), options=options))
+    assert STATUS(bare.status) == "MODALITY_STATUS_NOT_APPLICABLE" and bare.reason.startswith("unlike the inputs the task was trained on")
 
 
 def _ct_png() -> bytes:

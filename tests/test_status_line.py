@@ -150,6 +150,21 @@ def test_a_pick_the_pointer_gives_less_than_even_odds_is_not_stated():
     assert status_line.unstated(pointer, odd, 1, "Inbox") == status_line.unlike(pointer, odd, 1, "Inbox") != ""
 
 
+def test_a_status_message_is_read_surely_where_the_pointer_is_sure_of_a_pick_like_its_training_messages():
+    train, val = _screens(200, 1), _screens(80, 2)
+    pointer, _ = status_line.fit(train, val, epochs=8)
+    rows, index = train[0]
+    chance = float(pointer.probabilities(rows)[index])
+    assert chance >= status_line.READ_SURELY and status_line.read_surely(pointer, rows) == chance
+    assert status_line.read_surely(pointer, torch.stack([rows[index]] * 3)) is None  # a third each: not sure
+    odd = -pointer.messages.float().mean(dim=0, keepdim=True)  # alone on its screen, so picked at 1.0, but unlike every message
+    assert float(pointer.probabilities(odd)[0]) == 1.0 and status_line.read_surely(pointer, odd) is None
+    assert status_line.read_surely(pointer, rows[:0]) is None  # no text
+    unchecked, _ = status_line.fit(train, _screens(status_line.FAMILIAR_MIN_PICKS - 1, 2), epochs=8)
+    assert not unchecked.checks_familiarity and pointer.checks_familiarity
+    assert float(unchecked.probabilities(rows)[index]) >= status_line.READ_SURELY and status_line.read_surely(unchecked, rows) is None
+
+
 def test_without_enough_right_validation_picks_or_saved_messages_there_is_no_check(tmp_path):
     pointer, summary = status_line.fit(_screens(200, 1), _screens(status_line.FAMILIAR_MIN_PICKS - 1, 2), epochs=8)
     assert summary["familiar_from"] is None and pointer.messages.shape[0] == 200  # messages kept, no threshold to use them with

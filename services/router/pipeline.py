@@ -48,6 +48,7 @@ from modalmesh.router.tasks import (
     UNCERTAIN,
     AloneReadings,
     Answer,
+    Applicable,
     Evidence,
     TaskModel,
     best_screen_line,
@@ -239,7 +240,7 @@ class Run:
         self.text_model = text_model  # the text model the weights were trained with ('' = any that fits)
         self.explain = False  # keep the fusion's attention weights (the answer explains itself)
         # Whether an input is one the task reads (tasks.not_applicable): a reason makes it NOT_APPLICABLE.
-        self.judge: Callable[[str, torch.Tensor | None, dict[str, str]], tuple[float | None, str]] = lambda m, f, t: (None, "")
+        self.judge: Callable[[str, torch.Tensor | None, dict[str, str], torch.Tensor | None], Applicable] = lambda m, f, t, s: Applicable(None, "")
         self.pool = pool  # the fan-out: one piece of work per source
         # Text lines a piece of work embeds run on another pool (work waiting on its own pool
         # deadlocks once every worker is such a wait); without one, one after another.
@@ -399,10 +400,10 @@ class Run:
                 self._failed(source, modality, grpc.StatusCode.INTERNAL, f"the {modality} service sent {broken} features with NaN or infinite values", latency)
                 continue
             if source in MODALITIES and source in produced.features:  # is it the kind of input the task was trained on?
-                score, reason = self.judge(source, produced.features[source], {})
-                self.states[modality].applicability = score
-                if reason:
-                    self._not_applicable(modality, reason, latency)
+                verdict = self.judge(source, produced.features[source], {}, produced.features.get(SIDE_SOURCE.get(source, "")))
+                self.states[modality].applicability, self.states[modality].reason = verdict.score, verdict.note
+                if verdict.reason:
+                    self._not_applicable(modality, verdict.reason, latency)
                     continue
             self.merge(modality, produced)
             if source in MODALITIES:
@@ -519,7 +520,7 @@ class Pipeline:
 
         run = Run(self.encoders, self.pool, deadline, self.line_pool, task.model.config.input_widths, task.model.config.text_model)
         run.explain = request.options.explain
-        run.judge = lambda modality, features, tags: not_applicable(task, modality, features, tags)
+        run.judge = lambda modality, features, tags, screen_text: not_applicable(task, modality, features, tags, screen_text)
         if on_run is not None:
             on_run(run)  # lets the caller cancel everything if the client goes away
         full = request.options.mode == router_pb2.ROUTING_MODE_FULL
@@ -688,7 +689,7 @@ class Pipeline:
                 streamed=streamed,
             )
             if result.side is not None:
-                _, inapplicable = run.judge(modality, None, dict(result.side.tags))  # TaskSpec.inapplicable: by its tags
+                inapplicable = run.judge(modality, None, dict(result.side.tags), None).reason  # TaskSpec.inapplicable: by its tags
                 if inapplicable:  # not evidence: nothing of it (its screen text, its transcript) reaches the answer
                     raise NotApplicable(inapplicable)
                 if modality == "image":
@@ -993,14 +994,18 @@ class Pipeline:
             status = state.status or router_pb2.MODALITY_STATUS_USED
             reason = state.reason
             side = SIDE_SOURCE.get(modality)
-            if side in run.side_notes and status == router_pb2.MODALITY_STATUS_USED:
-                reason = f"{'OCR' if modality == 'image' else 'transcript'} {run.side_notes[side]}"
+            used = status == router_pb2.MODALITY_STATUS_USED
+            side_reason = ""
+            if side in run.side_notes and used:
+                side_reason = f"{'OCR' if modality == 'image' else 'transcript'} {run.side_notes[side]}"
             elif side in run.features:
-                reason = f"with {'OCR text' if modality == 'image' else 'transcript'}"
+                side_reason = f"with {'OCR text' if modality == 'image' else 'transcript'}"
                 if modality == "image" and run.screen_text_note:
-                    reason += f" ({run.screen_text_note})"
-            elif modality == "image" and run.screen_text_note and status == router_pb2.MODALITY_STATUS_USED:
-                reason = f"without OCR text ({run.screen_text_note})"
+                    side_reason += f" ({run.screen_text_note})"
+            elif modality == "image" and run.screen_text_note and used:
+                side_reason = f"without OCR text ({run.screen_text_note})"
+            if side_reason:  # a used modality's own reason (tasks.Applicable.note) comes first
+                reason = f"{reason}; {side_reason}" if used and reason else side_reason
             reports.append(
                 router_pb2.ModalityReport(
                     modality=MODALITY_ENUM[modality],

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from modalmesh.router import applicability
-from modalmesh.router.fusion import MODALITIES, modality_of
+from modalmesh.router.fusion import MODALITIES, SIDE_SOURCE, modality_of
 from modalmesh.router.tasks import AloneReadings, TaskModel, decide, not_applicable, withheld_answer
 
 THRESHOLDS = tuple(round(0.5 + 0.05 * step, 2) for step in range(10))  # the risk-coverage curve's points
@@ -56,7 +56,7 @@ def serve(task: TaskModel, features: dict, tags: dict[str, str], alone: AloneRea
         if distance is not None:
             distances[modality] = distance
         judged_tags = tags if modality == "image" else (audio_tags or {}) if modality == "audio" else {}
-        _, reason = not_applicable(task, modality, sources.get(modality), judged_tags)
+        reason = not_applicable(task, modality, sources.get(modality), judged_tags, sources.get(SIDE_SOURCE.get(modality, ""))).reason
         if reason:
             refused[modality] = reason
         else:

@@ -88,6 +88,11 @@ class StatusLine(nn.Module):
         similarity = self.similarity(row)
         return similarity if similarity is not None and similarity < float(self.familiar_from) else None
 
+    @property
+    def checks_familiarity(self) -> bool:
+        """Whether the pointer judges picks against its training status messages (`unfamiliar`)."""
+        return self.messages.shape[0] > 0 and float(self.familiar_from) > -1.0
+
     def pick(self, rows: torch.Tensor) -> int | None:
         """The paragraph most likely to be the status message; None for a screen without text."""
         if rows.shape[0] == 0:
@@ -131,6 +136,19 @@ def unstated(pointer: StatusLine, rows: torch.Tensor, index: int, line: str, cha
     if chance >= STATED_FROM:
         return ""
     return f"no paragraph is more likely than not the status message (the likeliest, {_shown(line)!r}, at {chance:.2f})"
+
+
+def read_surely(pointer: StatusLine, rows: torch.Tensor) -> float | None:
+    """The pointer's chance for its pick among a screen's paragraphs `rows` where it read
+    the status message surely: at least READ_SURELY, and the pick like some status message
+    it was trained on (a pointer without that check reads nothing surely); else None."""
+    if rows.shape[0] == 0 or not pointer.checks_familiarity:
+        return None
+    chances = pointer.probabilities(rows)
+    index = int(chances.argmax())
+    if pointer.unfamiliar(rows[index]) is not None or float(chances[index]) < READ_SURELY:
+        return None
+    return float(chances[index])
 
 
 def _shown(line: str) -> str:

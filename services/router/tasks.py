@@ -929,18 +929,33 @@ def fuse(
     return Decided(outputs, probabilities, regression, weight)
 
 
-def not_applicable(task: TaskModel, modality: str, features: torch.Tensor | None, tags: dict[str, str]) -> tuple[float | None, str]:
-    """Whether an input is one the task reads: (its applicability score, or None where not
-    checked; why it is not applicable, or ''). The image's or audio's tags are checked first
-    (TaskSpec.inapplicable), then the features against the task's reference set
-    (applicability.py). The router and `modalmesh eval` both judge inputs through here."""
+class Applicable(NamedTuple):
+    score: float | None  # the input's applicability score; None where not checked
+    reason: str  # why the input is not applicable; '' where it is
+    note: str = ""  # why an input unlike the training inputs is read all the same; '' otherwise
+
+
+def not_applicable(task: TaskModel, modality: str, features: torch.Tensor | None, tags: dict[str, str], screen_text: torch.Tensor | None = None) -> Applicable:
+    """Whether an input is one the task reads. The image's or audio's tags are checked
+    first (TaskSpec.inapplicable), then the features against the task's reference set
+    (applicability.py). An image whose look is unlike the training screens is read all the
+    same where its `screen_text` (its paragraphs' vectors) holds a status message the task's
+    status-line pointer read surely (status_line.read_surely): a screen of a new app, in a
+    new theme, or photographed, whose message is one the task knows; a scan, a photo or a
+    page of figures has none. The router and `modalmesh eval` both judge inputs through here."""
     if tags:
         reason = task.spec.inapplicable(modality, tags)
         if reason:
-            return None, reason
+            return Applicable(None, reason)
     if features is None:
-        return None, ""
-    return task.applicability.judge(modality, features)
+        return Applicable(None, "")
+    score, reason = task.applicability.judge(modality, features)
+    if reason and modality == "image" and screen_text is not None and task.status_line is not None:
+        chance = status_line.read_surely(task.status_line, screen_text)
+        if chance is not None:
+            note = f"its look is {reason}, but its status message is like those the task was trained on (read surely, {chance:.2f}): read"
+            return Applicable(score, "", note)
+    return Applicable(score, reason)
 
 
 def load_task(spec: TaskSpec, weights_dir: str, precision: str = "auto", engine: FusionEngine | None = None) -> TaskModel:
