@@ -425,6 +425,31 @@ def test_train_triage_with_screens_voices_and_transcripts(triage_data, tmp_path,
     assert "answered from the quick reading" in (tmp_path / "report" / "report.md").read_text()
 
 
+def test_the_error_text_the_evaluation_counts_is_the_one_the_router_states(mesh, tmp_path):
+    """`modalmesh eval` counts the error_text each answer states, given and withheld, by the
+    router's own rule (tasks.states_error_text); the running router, asked about the same
+    held-out e-mails in FULL mode, states it on exactly as many of them."""
+    from modalmesh.client import RouterClient
+    from modalmesh.data.heldout import heldout
+    from modalmesh.router.evaluate import evaluate
+    from modalmesh.router.features import media_type_of
+
+    manifest = heldout("screenshot_triage", tmp_path / "mail", n=30, seed=21)
+    counted = evaluate("screenshot_triage", str(manifest), str(tmp_path / "report"))["screen_text"]["as_served"]
+    stated = {"given": 0, "withheld": 0}
+    with RouterClient(mesh.router.address, timeout=60) as client:
+        for record in read_manifest(manifest):
+            if record.get("scope", "in") != "in" or not (record.get("extra") or {}).get("screen"):
+                continue
+            image = manifest.parent / record["image"]
+            fields = {"text": record.get("text", ""), "image": image.read_bytes(), "image_type": media_type_of(str(image))}
+            answer = client.analyze("screenshot_triage", mode="full", **fields)
+            if answer["findings"]["error_text"]:
+                stated["withheld" if answer["abstained"] else "given"] += 1
+    assert stated == {kind: counts["stated"] for kind, counts in counted.items()}
+    assert stated["given"] > 0 and stated["withheld"] > 0  # both kinds are on these e-mails
+
+
 def test_the_key_screen_line_is_the_one_the_answer_comes_from():
     """The shipped triage model, real MiniLM vectors of a screen's paragraphs: the line
     that alone supports the answer is the message, not the app's name or its menu, and
