@@ -10,7 +10,9 @@ shipped weights, every item of the manifest (or the first --limit) sent once ROU
 once FULL, one request at a time (which mode goes first alternates per item), latency as
 the client sees it. Prints accuracy, mean and median latency per mode, the routed/full
 ratio, how many answers were early (ROUTED answered before every source was in) and how
-many came from the quick reading of the screen text (not read again at the full size).
+many came from the quick reading of the screen text (not read again at the full size); on
+screenshots without a voice message, the mean latency of those answered from the quick
+reading and of those read again, each against FULL's on the same screens.
 
 The aim: routed mean latency well below full (at least 30% lower on screenshots without a
 voice message) at no more than 1 point of accuracy lost.
@@ -111,6 +113,13 @@ def summarize(rows: list[dict], groups: bool = True) -> dict:
             # ROUTED: on the screens answered from the quick reading (a second reading would count here)
             "after_encoders_ms": statistics.fmean([r[mode].get("after_encoders_ms", 0.0) for r in rows if mode == "full" or r[mode].get("quick")] or [0.0]),
         }
+    # ROUTED's screens by how their screen text was read: from the quick reading alone, or
+    # read again at the full size (the quick reading did not hold), each against FULL.
+    quick = [r for r in rows if r["routed"].get("quick")]
+    again = [r for r in rows if r.get("screenshot") and not r["routed"].get("quick") and not r["routed"]["early"]]
+    for name, chosen in (("from_quick_reading", quick), ("read_again", again)):
+        if chosen:
+            result[name] = {"items": len(chosen), **{mode: statistics.fmean(r[mode]["ms"] for r in chosen) for mode in ("routed", "full")}}
     result["early"] = sum(r["routed"]["early"] for r in rows)
     result["quick"] = sum(r["routed"].get("quick", False) for r in rows)
     result["ratio_mean"] = result["routed"]["mean_ms"] / result["full"]["mean_ms"]
@@ -169,6 +178,13 @@ def main() -> int:
                 f"ROUTED on the screens answered from the quick reading) "
                 f"{part['routed']['after_encoders_ms']:.1f} vs {part['full']['after_encoders_ms']:.1f} ms"
             )
+            for name in ("from_quick_reading", "read_again"):
+                if name in part:
+                    group = part[name]
+                    print(
+                        f"      {group['items']} {name.replace('_', ' ')}: {group['routed']:.0f} vs {group['full']:.0f} ms "
+                        f"({group['routed'] / group['full']:.2f})"
+                    )
     write_results(args.out, {"machine": machine(), **results})
     return 0
 
