@@ -845,6 +845,11 @@ def test_an_answer_withheld_as_unsure_still_states_the_status_message_it_read():
     assert response.label == "uncertain" and evidence.withheld.startswith("confidence ")
     assert error_text == DECLINED[2] and float(findings["error_text_confidence"]) > 0.9
     assert response.description.startswith("Not classified: ") and f'The screen shows "{DECLINED[2]}"' in response.description
+    # What would resolve it is not a screenshot: that was read.
+    assert evidence.withheld.endswith("; a message saying what went wrong (the screenshot's status message was read) would help")
+    thrice = [DECLINED[0], DECLINED[2], DECLINED[2], DECLINED[2]]  # the pointer a third sure of each copy
+    unsure, _, _, _, unsure_evidence = _screen_lines_answer(task, thrice, message="my parcel never arrived")
+    assert unsure.label == "uncertain" and unsure_evidence.withheld.endswith(f"; {task.spec.resolve} would help")
     assert findings["next_steps"] == task.spec.write(Answer("other", 0.9, 0.1, {}, {}), dataclasses.replace(evidence, withheld=""))[1]["next_steps"]
     assert task.spec.write is not None
     assert evidence.key_line_chance is not None and evidence.key_line_chance >= READ_SURELY

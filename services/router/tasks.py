@@ -165,6 +165,9 @@ class TaskSpec:
     needs: tuple[str, ...] = ()
     needs_reason: str = ""
     resolve: str = "another input"  # what would resolve an uncertain answer, in words
+    # ... where the screen's status message was read surely (status_line.read_surely): the
+    # screenshot is not what is missing; '' for `resolve` then too.
+    resolve_read_screen: str = ""
     reports: tuple[str, ...] = ()  # the standard formats it writes (router/reports.py): "fhir", "dicom_sr", "ticket"
 
     def inapplicable_image(self, tags: dict[str, str]) -> str | None:
@@ -392,6 +395,7 @@ def withheld(
     threshold_note: str = "",
     unvouched: str = "",
     out_of_scope: str = "",
+    resolve: str = "",
 ) -> str:
     """Why an answer must be withheld, or '' when it may be given: one policy, applied alike
     by the router and by `modalmesh eval`. `read`: the modalities used as evidence (absent,
@@ -404,7 +408,8 @@ def withheld(
     `threshold_note`: what `abstain_below` is for, when not every answer (TaskModel.threshold_for);
     `unvouched`: why nothing read is like what the task was checked on and agrees with the
     answer (unvouched_screen), '' where something is; `out_of_scope`: why the message and
-    screen text read as matters the task does not handle (scope.ScopeCheck.reason).
+    screen text read as matters the task does not handle (scope.ScopeCheck.reason);
+    `resolve`: what would resolve it, where not the task's `resolve`.
 
     A message read alone that is unlike every validation message is withheld: text
     distances are cosines, bounded, so the applicability margin (a multiple of the farthest
@@ -414,19 +419,20 @@ def withheld(
     far while its screen text carries the answer; where that screen text is unlike every
     status message too, and no familiar message agrees, the answer is withheld
     (`unvouched`: a screen in another language, another kind of software's screen)."""
+    resolve = resolve or spec.resolve
     missing = [m for m in spec.needs if m not in read]
     if missing:
         return spec.needs_reason or f"no {' or '.join(missing)} was read"
     if read == {"text"} and "text" in unfamiliar:
-        return f"the message is unlike every message the task was checked on, so how sure the answer may be is not known; {spec.resolve} would help"
+        return f"the message is unlike every message the task was checked on, so how sure the answer may be is not known; {resolve} would help"
     if unvouched:
-        return f"{unvouched}, so how sure the answer may be is not known; {spec.resolve} would help"
+        return f"{unvouched}, so how sure the answer may be is not known; {resolve} would help"
     if out_of_scope:
         return out_of_scope
     if spec.measure is not None and "image" in read:
         note = tags.get("lesion_measurement", "")
         if note.startswith("hu-") and ": not measured" in note:  # a measurement was tried and failed
-            return f"the slice could not be measured ({note.split('(', 1)[-1].rstrip(')')}); {spec.resolve} would help"
+            return f"the slice could not be measured ({note.split('(', 1)[-1].rstrip(')')}); {resolve} would help"
         measured = spec.measure(tags)
         if spec.size_rule is not None and measured is not None:
             lesion = label in (spec.size_rule.small, spec.size_rule.large)
@@ -436,9 +442,9 @@ def withheld(
                 return f"the classifier suggests {label}, but the slice has a measured lesion"
     if confidence < abstain_below:
         disagree = f" (the inputs disagree: {', '.join(dissent)})" if dissent else ""
-        return f"confidence {confidence:.2f} is below the task's threshold of {abstain_below:.2f}{threshold_note}{disagree}; {spec.resolve} would help"
+        return f"confidence {confidence:.2f} is below the task's threshold of {abstain_below:.2f}{threshold_note}{disagree}; {resolve} would help"
     if neighbours:
-        return f"{neighbours}, not {label}; {spec.resolve} would help"
+        return f"{neighbours}, not {label}; {resolve} would help"
     return ""
 
 
@@ -479,7 +485,13 @@ def withheld_answer(
     if task.scope is not None:  # judged on the message and screen text that were read
         judged: dict[str, torch.Tensor] = {s: features[s] for s in ("text", "image_text") if s in features and modality_of(s) in read}
         out_of_scope = task.scope.reason(judged, task.status_line)
-    return withheld(task.spec, task.spec.labels[best], confidence, read, threshold, tags, dissent, unfamiliar, neighbours, note, unvouched, out_of_scope)
+    resolve = task.spec.resolve
+    rows = features.get("image_text")
+    if task.spec.resolve_read_screen and "image" in read and task.status_line is not None and rows is not None:
+        if status_line.read_surely(task.status_line, rows) is not None:  # the screenshot was read: what is missing is elsewhere
+            resolve = task.spec.resolve_read_screen
+    label = task.spec.labels[best]
+    return withheld(task.spec, label, confidence, read, threshold, tags, dissent, unfamiliar, neighbours, note, unvouched, out_of_scope, resolve)
 
 
 def unvouched_screen(task: "TaskModel", read: set[str], features: dict[str, torch.Tensor], best: int, unfamiliar: frozenset[str]) -> str:
@@ -650,6 +662,7 @@ def _screen_triage(spec: TaskSpec, labels: dict[str, dict[str, str]]) -> TaskSpe
         write=triage_writer(labels),
         reads="app screenshots",
         resolve="a readable screenshot of the problem or a message saying what went wrong",
+        resolve_read_screen="a message saying what went wrong (the screenshot's status message was read)",
         reports=("ticket",),
     )
 
