@@ -165,8 +165,8 @@ class TaskSpec:
     needs: tuple[str, ...] = ()
     needs_reason: str = ""
     resolve: str = "another input"  # what would resolve an uncertain answer, in words
-    # ... where the screen's status message was read surely (status_line.read_surely): the
-    # screenshot is not what is missing; '' for `resolve` then too.
+    # What would resolve it where the screen's status message was read surely
+    # (status_line.read_surely), so the screenshot is not what is missing; '': `resolve`.
     resolve_read_screen: str = ""
     reports: tuple[str, ...] = ()  # the standard formats it writes (router/reports.py): "fhir", "dicom_sr", "ticket"
 
