@@ -238,7 +238,8 @@ def screen_text_found(task_model, manifest: Path, task: str, items, examples, pr
         rows = example.features["image_text"][: len(lines)]
         key = pointer.pick(rows.float()) if pointer is not None else key_screen_line(task_model.model, rows, int(np.argmax(p)))
         right = key is not None and status_line.holds_message(lines[key], message)
-        withheld = key is not None and pointer is not None and status_line.unstated(pointer, rows, key, lines[key]) != ""  # not stated by the router
+        chance = float(pointer.probabilities(rows.float())[key]) if pointer is not None and key is not None else None
+        withheld = key is not None and pointer is not None and status_line.unstated(pointer, rows, key, lines[key], chance) != ""  # not stated by the router
         alone = right and key is not None and status_line.is_message(lines[key], message)  # nothing else in it
         counts["picked_right"] += right
         counts["key_line"] += right and not withheld
@@ -246,7 +247,6 @@ def screen_text_found(task_model, manifest: Path, task: str, items, examples, pr
         counts["withheld"] += withheld
         counts["withheld_wrong"] += withheld and not right
         counts["error_words"] += any(status_line.holds_message(line, message) for line in lines if ERROR_WORDS.search(line))
-        chance = float(pointer.probabilities(rows.float())[key]) if pointer is not None and key is not None else None
         if key is not None and not withheld and "image" in answer.read and states_error_text(task_model.spec.labels[answer.best], answer.reason, chance):
             kind = answers["withheld" if answer.reason else "given"]
             kind["stated"] += 1

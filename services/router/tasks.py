@@ -485,13 +485,19 @@ def withheld_answer(
     if task.scope is not None:  # judged on the message and screen text that were read
         judged: dict[str, torch.Tensor] = {s: features[s] for s in ("text", "image_text") if s in features and modality_of(s) in read}
         out_of_scope = task.scope.reason(judged, task.status_line)
-    resolve = task.spec.resolve
-    rows = features.get("image_text")
-    if task.spec.resolve_read_screen and "image" in read and task.status_line is not None and rows is not None:
-        if status_line.read_surely(task.status_line, rows) is not None:  # the screenshot was read: what is missing is elsewhere
-            resolve = task.spec.resolve_read_screen
     label = task.spec.labels[best]
-    return withheld(task.spec, label, confidence, read, threshold, tags, dissent, unfamiliar, neighbours, note, unvouched, out_of_scope, resolve)
+
+    def policy(resolve: str = "") -> str:
+        return withheld(task.spec, label, confidence, read, threshold, tags, dissent, unfamiliar, neighbours, note, unvouched, out_of_scope, resolve)
+
+    reason = policy()
+    rows = features.get("image_text")
+    # Only a withheld answer's advice depends on whether the screenshot was read surely:
+    # the pointer is not asked for every answer given.
+    if reason.endswith(f"; {task.spec.resolve} would help") and task.spec.resolve_read_screen and "image" in read and task.status_line is not None:
+        if rows is not None and status_line.read_surely(task.status_line, rows) is not None:  # the screenshot was read: what is missing is elsewhere
+            reason = policy(task.spec.resolve_read_screen)
+    return reason
 
 
 def unvouched_screen(task: "TaskModel", read: set[str], features: dict[str, torch.Tensor], best: int, unfamiliar: frozenset[str]) -> str:
