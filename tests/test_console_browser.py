@@ -1,6 +1,7 @@
 """The web console in a real browser: headless Chromium (Debian's `chromium` and
 `chromium-driver`, driven through Selenium) loads the page from a real router's HTTP
-port, sends the example screenshot and CT, and checks what the page shows. A screenshot
+port, sends the example screenshot and CT, records a voice message from a fake microphone
+(Chromium's, playing examples/voice.wav), and checks what the page shows. A screenshot
 of each page is saved (MODALMESH_CONSOLE_SCREENSHOTS=DIR keeps them; docs/console.png is one)."""
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ def browser():
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1100"):
+        options.add_argument(flag)
+    # The microphone: granted without asking, and playing the example voice message.
+    for flag in ("--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream", f"--use-file-for-fake-audio-capture={EXAMPLES / 'voice.wav'}"):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=DRIVER), options=options)
     yield driver
@@ -85,3 +89,28 @@ def test_the_console_shows_a_triage_answer_and_a_ct_report(browser, console, tmp
     circled = browser.find_elements(By.CSS_SELECTOR, "#boxes div.lesion")
     assert circled and all(" mm, " in circle.text for circle in circled)
     assert circled[0].size["width"] > 3 and circled[0].location["x"] >= slice_shown.location["x"]
+
+
+def test_a_voice_message_recorded_in_the_console_is_heard(browser, console):
+    """Chromium records WebM, which the audio encoder does not read: the console sends the
+    recording as WAV, and the answer quotes what was said."""
+    import time
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.select import Select
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(console)
+    WebDriverWait(browser, 30).until(lambda b: len(Select(b.find_element(By.ID, "task")).options) >= 2)
+    Select(browser.find_element(By.ID, "task")).select_by_value("screenshot_triage")
+    browser.find_element(By.ID, "text").send_keys("please help")
+    browser.find_element(By.ID, "record").click()
+    time.sleep(4.0)  # the example message lasts 4.1 s
+    browser.find_element(By.ID, "record").click()
+    WebDriverWait(browser, 15).until(lambda b: b.execute_script("return inputs.audio && inputs.audio.type") == "audio/wav")
+    assert "sent as WAV" in browser.find_element(By.ID, "audio-drop").text
+    browser.find_element(By.ID, "go").click()
+    WebDriverWait(browser, 120).until(lambda b: "Timings" in b.find_element(By.ID, "answer").text)
+    shown = browser.find_element(By.ID, "answer").text
+    assert any(line.startswith("audio used") for line in shown.splitlines()), shown
+    assert "Voice message (transcript)" in shown and "payment" in shown.split("Voice message (transcript)")[1].lower(), shown
