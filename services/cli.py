@@ -21,11 +21,10 @@ from typing import Any, Callable
 from pathlib import Path
 
 from modalmesh.common.config import add_config_flags, load_config
+from modalmesh.common.media import guess_media_type
 from modalmesh.router import BUILT_IN_TASKS
 
 SERVICES = ("router", "text", "vision", "audio")
-
-AUDIO_SUFFIXES = {".wav": "audio/wav", ".flac": "audio/flac", ".ogg": "audio/ogg", ".oga": "audio/ogg", ".pcm": "audio/pcm", ".raw": "audio/pcm"}
 
 
 def _service(name: str, config):
@@ -105,7 +104,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
         except OSError as exc:
             print(f"modalmesh encode: cannot read {args.input}: {exc.strerror}", file=sys.stderr)
             return 2
-        media_type = args.media_type or _guess_media_type(args.modality, args.input, data)
+        media_type = args.media_type or guess_media_type(args.modality, data, args.input)
         if media_type is None:
             print(f"modalmesh encode: cannot tell the media type of {args.input}; pass --media-type", file=sys.stderr)
             return 2
@@ -160,16 +159,6 @@ def cmd_encode(args: argparse.Namespace) -> int:
             if key in summary:
                 print(f"  {key}: {summary[key]}")
     return 0
-
-
-def _guess_media_type(modality: str, path: str, data: bytes) -> str | None:
-    import os
-
-    if modality == "image":
-        from modalmesh.vision.decode import sniff_media_type
-
-        return sniff_media_type(data)
-    return AUDIO_SUFFIXES.get(os.path.splitext(path)[1].lower())
 
 
 def cmd_say(args: argparse.Namespace) -> int:

@@ -301,6 +301,10 @@ BAD_AUDIO = {
         "not one of",
     ),
     "unsupported codec": (_wav_with_format_tag(0x11), "audio/wav", {}, "payload", "unsupported WAV encoding (format tag 17"),
+    # Cut short: libsndfile would decode the OGG's first part as if it were all, and fill the
+    # MP3's missing part with silence (its Xing header declares the stream's bytes).
+    "truncated ogg": (wav_bytes(tone(2.0, 44100), 44100, subtype="VORBIS", fmt="OGG")[:-100], "audio/ogg", {}, "payload", "the OGG file is truncated"),
+    "truncated mp3": (wav_bytes(tone(2.0, 44100), 44100, subtype="MPEG_LAYER_III", fmt="MP3")[:-100], "audio/mpeg", {}, "payload", "the MP3 file is truncated"),
 }
 
 
@@ -594,3 +598,89 @@ def decode_file_16k(path: Path):
     if rate != SAMPLE_RATE:
         samples = torchaudio.functional.resample(torch.from_numpy(samples), *resample_rates(rate, SAMPLE_RATE)).numpy()
     return samples, SAMPLE_RATE, channels
+
+
+EXAMPLE_VOICE = Path(__file__).resolve().parent.parent / "examples" / "voice.wav"
+
+
+def telephone_and_compressed_copies() -> dict[str, tuple[bytes, str]]:
+    """The example voice message as a call centre or a phone stores it, written by
+    libsndfile: 8 kHz G.711 mu-law and A-law WAV, and MP3 at its own rate."""
+    import io
+
+    import soundfile
+    from scipy.signal import resample_poly
+
+    samples, rate = soundfile.read(EXAMPLE_VOICE, dtype="float32")
+    phone = resample_poly(samples, 8000, rate).astype(np.float32)
+    copies = {}
+    for name, data, at, subtype, fmt in (("mu-law", phone, 8000, "ULAW", "WAV"), ("A-law", phone, 8000, "ALAW", "WAV"), ("MP3", samples, rate, None, "MP3")):
+        buffer = io.BytesIO()
+        soundfile.write(buffer, data, at, subtype=subtype, format=fmt)
+        copies[name] = (buffer.getvalue(), "audio/mpeg" if fmt == "MP3" else "audio/wav")
+    return copies
+
+
+def test_g711_codes_expand_as_libsndfile_expands_them():
+    """Every 8-bit mu-law and A-law code, in a WAV streamed in two pieces (the service's
+    streaming decoder), decodes to what libsndfile makes of the same file."""
+    import io
+
+    import soundfile
+
+    from modalmesh.audio.decode import StreamDecoder
+
+    for tag in (6, 7):
+        fmt = struct.pack("<HHIIHH", tag, 1, 8000, 8000, 1, 8)
+        codes = bytes(range(256))
+        wav = b"RIFF" + struct.pack("<I", 36 + 256) + b"WAVE" + b"fmt " + struct.pack("<I", 16) + fmt + b"data" + struct.pack("<I", 256) + codes
+        expected, _ = soundfile.read(io.BytesIO(wav), dtype="float32")
+        decoder = StreamDecoder("audio/wav", {})
+        got = np.concatenate([decoder.feed(wav[:61]), decoder.feed(wav[61:])])
+        decoder.finish()
+        np.testing.assert_array_equal(got, expected)
+        assert len(set(got.tolist())) == 255 + (tag == 6)  # mu-law has two codes for zero
+
+
+def test_a_voice_message_from_a_telephone_system_or_as_mp3_is_heard(audio):
+    """Decoded whole and heard: the MP3 word for word; the telephone copies lose everything
+    above 4 kHz, and Whisper hears them less well (benchmarks/probe_telephone.py measures
+    it): the A-law copy's "failed at checkout" comes out "are about to take out"."""
+    for name, (data, media_type) in telephone_and_compressed_copies().items():
+        result = audio.encode(data, media_type, options=["transcript"])
+        heard = result.side.transcript.text.lower()
+        assert heard.startswith("hello, my payment") and heard.endswith("please help me."), (name, heard)
+        assert float(result.side.tags["duration_s"]) == pytest.approx(4.07, abs=0.05), name
+        if name in ("MP3", "mu-law"):
+            assert "my payment failed at checkout" in heard, (name, heard)
+
+
+def test_audio_is_told_apart_by_its_bytes():
+    """Each kind the service reads by its signature; containers it does not decode (MP4/M4A,
+    WebM, AMR, AAC) by theirs, so that a refusal names them. The MP4 and WebM headers are
+    built here by their specifications (no such file can be made on this machine)."""
+    from modalmesh.common.media import guess_media_type, sniff_audio
+
+    for name, (data, media_type) in telephone_and_compressed_copies().items():
+        assert sniff_audio(data) == media_type, name
+    assert sniff_audio(EXAMPLE_VOICE.read_bytes()) == "audio/wav"
+    assert sniff_audio(wav_bytes(tone(0.2, 16000), 16000, fmt="FLAC")) == "audio/flac"
+    assert sniff_audio(b"ID3\x04\x00" + b"\x00" * 20) == "audio/mpeg"
+    assert sniff_audio(b"\x00\x00\x00\x20ftypM4A \x00\x00\x00\x00M4A mp42isom") == "audio/mp4"
+    assert sniff_audio(b"\x1a\x45\xdf\xa3\x9f\x42\x86\x81\x01webm") == "audio/webm"
+    assert sniff_audio(b"#!AMR\n" + b"\x00" * 20) == "audio/amr"
+    assert sniff_audio(b"\xff\xf1\x50\x80" + b"\x00" * 20) == "audio/aac"
+    assert sniff_audio(b"\xff\xd8\xff\xe0" + b"\x00" * 20) is None  # a JPEG is no MPEG audio frame
+    assert sniff_audio(b"\x00\x01" * 100) is None  # raw PCM: said by its name only
+    assert guess_media_type("audio", b"\x00\x01" * 100, "call.pcm") == "audio/pcm"
+    assert guess_media_type("audio", b"\x00\x01" * 100, "call.bin") is None
+
+
+def test_a_declared_type_the_bytes_do_not_match_is_refused_with_what_they_are(audio):
+    mp3, _ = telephone_and_compressed_copies()["MP3"]
+    for data, declared, said in ((mp3, "audio/flac", "look like audio/mpeg"), (b"\x00" * 64, "audio/mpeg", "match no audio format")):
+        with pytest.raises(grpc.RpcError) as raised:
+            audio.encode(data, declared)
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert f"declared {declared} but the bytes {said}" in raised.value.details()
+        assert errors.field_violations(raised.value)[0][0] == "header.media_type"

@@ -481,6 +481,33 @@ def test_bad_requests_are_invalid_argument(router, fields, field, complaint):
     assert analyze(router, **INPUTS["text"]).label  # still answering
 
 
+def test_a_voice_message_is_told_by_its_bytes_and_a_refusal_is_in_the_callers_fields(router):
+    """No media type given: an MP3 voice message is read as MP3 and heard; an M4A (AAC,
+    which the audio service does not decode) is named as such, in the request's own field
+    (`audio.media_type`, not the encoder's `header.media_type`). The M4A header is built
+    by its specification: no M4A can be made on this machine."""
+    import io
+
+    import soundfile
+
+    samples, rate = soundfile.read(io.BytesIO(VOICE), dtype="float32")
+    buffer = io.BytesIO()
+    soundfile.write(buffer, samples, rate, format="MP3")
+    full = router_pb2.AnalyzeOptions(mode=router_pb2.ROUTING_MODE_FULL)
+    response = analyze(router, options=full, text="please help", audio=router_pb2.MediaInput(data=buffer.getvalue()))
+    assert STATUS(reports(response)["audio"].status) == "MODALITY_STATUS_USED"
+    assert "my payment failed at checkout" in response.description.lower()
+    m4a = b"\x00\x00\x00\x20ftypM4A \x00\x00\x00\x00M4A mp42isom" + bytes(range(256)) * 8
+    response = analyze(router, options=full, text="please help", audio=router_pb2.MediaInput(data=m4a))
+    audio = reports(response)["audio"]
+    assert STATUS(audio.status) == "MODALITY_STATUS_FAILED"
+    assert audio.reason.startswith("audio.media_type: 'audio/mp4' is not accepted by the audio encoder; use one of"), audio.reason
+    with pytest.raises(grpc.RpcError) as raised:
+        analyze(router, audio=router_pb2.MediaInput(data=m4a))
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "'audio/mp4' is not accepted" in raised.value.details()
+    assert errors.field_violations(raised.value)[0][0] == "audio.media_type"
+
+
 def test_an_oversized_image_is_refused(mesh):
     small = mesh.start_router(max_input_bytes=1000)
     try:

@@ -77,14 +77,14 @@ def test_screens_carry_advice_lines_from_their_splits_pool_under_the_message():
 
 
 def test_triage_manifest_files_and_labels(triage_data):
-    from modalmesh.vision.decode import sniff_media_type
+    from modalmesh.common.media import sniff_image
 
     records = read_manifest(triage_data / "test.jsonl")
     assert len(records) == 12 and {r["split"] for r in records} == {"test"}
     for record in records:
         assert record["label"] in SCREENS
         if record.get("image"):
-            assert sniff_media_type(open(record["image"], "rb").read()) == "image/png"
+            assert sniff_image(open(record["image"], "rb").read()) == "image/png"
             assert record["extra"]["screen"] in wordings(record["label"], "test", SCREENS, SCREEN_TEMPLATES)
         if record.get("audio"):
             assert open(record["audio"], "rb").read(4) == b"RIFF"

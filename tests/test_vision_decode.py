@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 from modalmesh.common.errors import ServiceError
-from modalmesh.vision.decode import CT_WINDOWS, decode_image, sniff_media_type
+from modalmesh.common.media import sniff_image
+from modalmesh.vision.decode import CT_WINDOWS, decode_image
 from tests.media import ct_dicom, image_bytes, phantom_hu
 
 LIMIT = 40_000_000
@@ -31,7 +32,7 @@ def refused(data, media_type, **parameters) -> str:
 def test_every_raster_format_decodes_to_rgb(fmt, media_type):
     source = Image.new("RGB", (40, 30), (200, 30, 60))
     data = image_bytes(source, fmt)
-    assert sniff_media_type(data) == media_type
+    assert sniff_image(data) == media_type
     decoded = decode(data, media_type)
     assert decoded.rgb.shape == (30, 40, 3) and decoded.rgb.dtype == np.uint8
     assert np.abs(decoded.rgb.astype(int) - [200, 30, 60]).max() <= 6  # JPEG/WebP are lossy
@@ -98,7 +99,7 @@ def test_the_bundled_ct_small_file():
     from pydicom.data import get_testdata_file
 
     data = open(get_testdata_file("CT_small.dcm"), "rb").read()
-    assert sniff_media_type(data) == "application/dicom"  # its preamble also looks like TIFF
+    assert sniff_image(data) == "application/dicom"  # its preamble also looks like TIFF
     decoded = decode(data, "application/dicom")
     assert decoded.rgb.shape == (128, 128, 3)
     assert decoded.tags["PixelSpacing"] == "0.661468\\0.661468"

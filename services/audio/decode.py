@@ -1,11 +1,13 @@
 """Audio decoding with guard rails, whole-file or as the bytes arrive.
 
-Accepted: WAV (8/16/24/32-bit PCM, 32/64-bit float), FLAC and OGG/Vorbis through
-libsndfile (`soundfile`), and raw PCM ("audio/pcm" with parameters sample_rate_hz,
-sample_format s16le|s32le|f32le, channels). Everything becomes mono float32.
+Accepted: WAV (8/16/24/32-bit PCM, 32/64-bit float, and 8-bit G.711 mu-law and A-law,
+as telephone systems record), FLAC, OGG (Vorbis, Opus) and MP3 through libsndfile
+(`soundfile`), and raw PCM ("audio/pcm" with parameters sample_rate_hz, sample_format
+s16le|s32le|f32le, channels). Everything becomes mono float32. MP4/M4A (AAC) and WebM
+are recognised (common/media.py) and refused with what they are.
 
 Streaming: raw PCM and WAV decode incrementally (`StreamDecoder.feed`), so features
-can be computed before the last byte arrives; FLAC and OGG are decoded when complete.
+can be computed before the last byte arrives; FLAC, OGG and MP3 are decoded when complete.
 Every failure is INVALID_ARGUMENT with the reason: truncated or corrupt files,
 unsupported codecs, zero length, NaN or infinite samples, sample rates outside
 1 kHz..384 kHz, more than 32 channels, clips over the duration limit. Float samples
@@ -22,16 +24,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from modalmesh.common import errors
+from modalmesh.common.media import is_mpeg_audio_frame, sniff_audio
 
 log = logging.getLogger(__name__)
 
-AUDIO_MEDIA_TYPES = ("audio/wav", "audio/x-wav", "audio/wave", "audio/flac", "audio/ogg", "audio/pcm")
+AUDIO_MEDIA_TYPES = ("audio/wav", "audio/x-wav", "audio/wave", "audio/flac", "audio/ogg", "audio/mpeg", "audio/mp3", "audio/pcm")
+# What each accepted file type's bytes must sniff as (common/media.py sniff_audio).
+_SNIFFED_AS = {"audio/x-wav": "audio/wav", "audio/wave": "audio/wav", "audio/mp3": "audio/mpeg"}
 TARGET_RATE = 16_000
 MIN_RATE, MAX_RATE = 1_000, 384_000
 MAX_CHANNELS = 32
 PCM_FORMATS: dict[str, np.dtype] = {"s16le": np.dtype("<i2"), "s32le": np.dtype("<i4"), "f32le": np.dtype("<f4")}
-
-_SIGNATURES = {"audio/flac": b"fLaC", "audio/ogg": b"OggS"}
 
 
 @dataclass
@@ -40,14 +43,34 @@ class PcmLayout:
     channels: int
     dtype: np.dtype  # of one sample on the wire
     scale: float  # divide integer samples by this to get [-1, 1)
+    table: np.ndarray | None = None  # G.711: each byte's sample value in [-1, 1) (dtype u1, scale 1)
+
+
+def g711_table(law: str) -> np.ndarray:
+    """[256] float32: the linear value of each 8-bit G.711 code ("mu" or "a" law, ITU-T
+    G.711's expansion), in [-1, 1)."""
+    code = np.arange(256, dtype=np.int32)
+    if law == "mu":
+        code = ~code & 0xFF
+        exponent, mantissa = (code >> 4) & 7, code & 0x0F
+        magnitude = (((mantissa << 3) + 0x84) << exponent) - 0x84
+        value = np.where(code & 0x80, -magnitude, magnitude)
+    else:
+        code = code ^ 0x55
+        exponent, mantissa = (code >> 4) & 7, code & 0x0F
+        magnitude = np.where(exponent == 0, (mantissa << 4) + 8, ((mantissa << 4) + 0x108) << np.maximum(exponent - 1, 0))
+        value = np.where(code & 0x80, magnitude, -magnitude)
+    return (value / 32768.0).astype(np.float32)
 
 
 def check_signature(data: bytes, media_type: str) -> None:
-    if media_type in ("audio/wav", "audio/x-wav", "audio/wave"):
-        if len(data) >= 12 and not (data[:4] == b"RIFF" and data[8:12] == b"WAVE"):
-            raise errors.invalid_argument("header.media_type", f"declared {media_type} but the bytes are not RIFF/WAVE")
-    elif media_type in _SIGNATURES and len(data) >= 4 and not data.startswith(_SIGNATURES[media_type]):
-        raise errors.invalid_argument("header.media_type", f"declared {media_type} but the bytes do not start with {_SIGNATURES[media_type]!r}")
+    """Refuse bytes that are not the declared file type (raw PCM has no signature)."""
+    if media_type == "audio/pcm" or len(data) < 12:
+        return
+    expected, found = _SNIFFED_AS.get(media_type, media_type), sniff_audio(data)
+    if found != expected:
+        what = f"look like {found}" if found else "match no audio format the service knows"
+        raise errors.invalid_argument("header.media_type", f"declared {media_type} but the bytes {what}")
 
 
 def check_layout(sample_rate: int, channels: int) -> None:
@@ -77,7 +100,7 @@ def too_long(max_seconds: float) -> errors.ServiceError:
 
 
 def decode_file(data: bytes, media_type: str, max_seconds: float | None = None) -> tuple[np.ndarray, int, int]:
-    """A complete WAV/FLAC/OGG file -> (mono float32 samples, sample rate, channels).
+    """A complete WAV/FLAC/OGG/MP3 file -> (mono float32 samples, sample rate, channels).
 
     Read a block at a time, each mixed to mono at once, and refused as soon as it passes
     `max_seconds`: compressed silence is tiny (an hour of 48 kHz FLAC is 546 KB), and
@@ -88,10 +111,15 @@ def decode_file(data: bytes, media_type: str, max_seconds: float | None = None) 
     if not data:
         raise errors.invalid_argument("payload", "the audio is empty (0 bytes)")
     check_signature(data, media_type)
-    if media_type == "audio/wav":
+    kind = _SNIFFED_AS.get(media_type, media_type)
+    if kind == "audio/wav":
         parsed = parse_wav_header(data)
         if parsed is not None:
             check_wav_length(data, parsed[1], len(data) - parsed[1])
+    elif kind == "audio/ogg":
+        check_ogg_ends(data)
+    elif kind == "audio/mpeg":
+        check_mp3_length(data)
     blocks, total = [], 0
     try:
         with soundfile.SoundFile(io.BytesIO(data)) as audio:
@@ -169,6 +197,45 @@ def check_wav_length(data: bytes, offset: int, present: int) -> None:
         raise errors.invalid_argument("payload", f"the WAV file is truncated: its data chunk declares {declared} bytes, {present} arrived")
 
 
+def check_ogg_ends(data: bytes) -> None:
+    """Refuse an OGG file that does not end with a whole page ending its stream (header type
+    flag 4): it was cut short, and libsndfile would decode the part that arrived as if it
+    were all. A page: "OggS", version, type, 20 bytes, a count of segments and their lengths
+    (27 + count bytes), then the segments."""
+    last = data.rfind(b"OggS")
+    complete = False
+    if 0 <= last and last + 27 <= len(data):
+        count = data[last + 26]
+        table = data[last + 27 : last + 27 + count]
+        complete = len(table) == count and last + 27 + count + sum(table) == len(data) and bool(data[last + 5] & 0x04)
+    if not complete:
+        raise errors.invalid_argument("payload", "the OGG file is truncated: it does not end with the page that ends its stream")
+
+
+def check_mp3_length(data: bytes) -> None:
+    """Refuse an MP3 shorter than its Xing/Info header says (LAME and most encoders write
+    one: the stream's size in bytes). libsndfile fills what is missing with silence, and
+    the message would be heard cut short, unsaid. Without such a header nothing is declared."""
+    start = 0
+    if data.startswith(b"ID3") and len(data) >= 10:  # an ID3v2 tag first: its size is four 7-bit bytes
+        start = 10 + ((data[6] & 0x7F) << 21 | (data[7] & 0x7F) << 14 | (data[8] & 0x7F) << 7 | (data[9] & 0x7F))
+    frame = data[start : start + 200]
+    if len(frame) < 4 or not is_mpeg_audio_frame(frame):
+        return
+    mpeg1, mono = (frame[1] >> 3) & 3 == 3, (frame[3] >> 6) == 3
+    side_info = (17 if mono else 32) if mpeg1 else (9 if mono else 17)
+    tag = frame[4 + side_info : 4 + side_info + 16]
+    if len(tag) < 16 or tag[:4] not in (b"Xing", b"Info"):
+        return
+    flags = struct.unpack(">I", tag[4:8])[0]
+    if flags & 0x2:  # the byte count follows the frame count, where that is present
+        at = 12 if flags & 0x1 else 8
+        declared = struct.unpack(">I", tag[at : at + 4])[0]
+        present = len(data) - start
+        if present < declared:
+            raise errors.invalid_argument("payload", f"the MP3 file is truncated: its header declares {declared} bytes of audio, {present} arrived")
+
+
 def _wav_layout(tag: int, channels: int, rate: int, bits: int) -> PcmLayout:
     check_layout(rate, channels)
     if tag == 1 and bits in (8, 16, 24, 32):
@@ -179,7 +246,15 @@ def _wav_layout(tag: int, channels: int, rate: int, bits: int) -> PcmLayout:
         return PcmLayout(rate, channels, np.dtype(f"<i{bits // 8}"), float(2 ** (bits - 1)))
     if tag == 3 and bits in (32, 64):
         return PcmLayout(rate, channels, np.dtype(f"<f{bits // 8}"), 1.0)
-    raise errors.invalid_argument("payload", f"unsupported WAV encoding (format tag {tag}, {bits} bits)")
+    if tag in G711_TAGS and bits == 8:
+        return PcmLayout(rate, channels, np.dtype("u1"), 1.0, G711_TABLES[G711_TAGS[tag]])
+    raise errors.invalid_argument(
+        "payload", f"unsupported WAV encoding (format tag {tag}, {bits} bits); WAV is read as PCM (tag 1), float (3), A-law (6) or mu-law (7)"
+    )
+
+
+G711_TAGS = {6: "a", 7: "mu"}  # WAVE format tags: WAVE_FORMAT_ALAW, WAVE_FORMAT_MULAW
+G711_TABLES = {law: g711_table(law) for law in G711_TAGS.values()}
 
 
 class StreamDecoder:
@@ -228,7 +303,9 @@ class StreamDecoder:
         if not block:
             return np.zeros(0, dtype=np.float32)
         values: np.ndarray
-        if layout.dtype.kind == "V":  # 24-bit little-endian PCM
+        if layout.table is not None:  # G.711: one byte per sample, expanded by its table
+            values = layout.table[np.frombuffer(block, dtype=np.uint8)]
+        elif layout.dtype.kind == "V":  # 24-bit little-endian PCM
             raw = np.frombuffer(block, dtype=np.uint8).reshape(-1, 3).astype(np.int32)
             values = (raw[:, 0] | (raw[:, 1] << 8) | (raw[:, 2] << 16)).astype(np.int32)
             values = np.where(values >= 1 << 23, values - (1 << 24), values).astype(np.float32)

@@ -220,14 +220,9 @@ class LocalEncoders:
 
 
 def media_type_of(path: str) -> str:
-    from modalmesh.vision.decode import sniff_media_type
+    from modalmesh.common.media import media_type_of_file
 
-    suffix = Path(path).suffix.lower()
-    audio = {".wav": "audio/wav", ".flac": "audio/flac", ".ogg": "audio/ogg"}
-    if suffix in audio:
-        return audio[suffix]
-    with open(path, "rb") as handle:
-        return sniff_media_type(handle.read(200)) or "application/octet-stream"
+    return media_type_of_file(path) or "application/octet-stream"
 
 
 class FeatureCache:

@@ -36,6 +36,7 @@ import torch
 from opentelemetry import context as otel_context
 
 from modalmesh.common import errors, models, telemetry
+from modalmesh.common.media import sniff, sniff_image
 from modalmesh.common.client import EncodeResult, collect, encode_requests
 from modalmesh.common.encoder import MAX_REQUEST_ID_CHARS
 from modalmesh.common.layout import MIN_SPAN_CONFIDENCE, is_blank
@@ -59,7 +60,6 @@ from modalmesh.router.tasks import (
     withheld_answer,
 )
 from modalmesh.v1 import encoder_pb2, encoder_pb2_grpc, router_pb2, speech_pb2, speech_pb2_grpc
-from modalmesh.vision.decode import sniff_media_type
 from modalmesh.vision.measure import lesion_boxes, parse_lesion_tags
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,6 @@ ENCODER_RETRIES = 3  # a busy encoder's refusal is retried after the wait it nam
 # own delay in sending the reply.
 REPLY_MARGIN_SHARE, MIN_REPLY_MARGIN_S, MAX_REPLY_MARGIN_S = 0.1, 0.02, 0.6
 FINISH_WINDOW = 64  # recent answers whose finishing time sets the margin
-AUDIO_SIGNATURES = ((b"RIFF", "audio/wav"), (b"fLaC", "audio/flac"), (b"OggS", "audio/ogg"))
 
 
 class Tee:
@@ -437,6 +436,8 @@ class Run:
     def _failed(self, source: str, modality: str, code: grpc.StatusCode, details: str, latency: float, violations: Sequence[tuple[str, str]] = ()) -> None:
         timed_out = code == grpc.StatusCode.DEADLINE_EXCEEDED
         details = _callers_words(modality, code, details)
+        if violations:  # in the fields of the caller's request: "audio.media_type", not the encoder's "header.media_type"
+            details = "; ".join(f"{_request_field(modality, where)}: {what}" for where, what in violations)
         if source not in MODALITIES:  # a side output failed: the modality itself still counts
             self.side_notes[source] = f"{'timed out' if timed_out else 'failed'}: {code.name}: {details}"
             return
@@ -608,7 +609,7 @@ class Pipeline:
                 continue
             if len(item.data) > self.max_input_bytes:
                 raise errors.invalid_argument(f"{field_name}.data", f"{len(item.data)} bytes is over the limit of {self.max_input_bytes}")
-            media_type = item.media_type or _sniff(modality, item.data)
+            media_type = item.media_type or sniff(modality, item.data)
             if not media_type:
                 raise errors.invalid_argument(f"{field_name}.media_type", "empty, and the bytes match no supported format; set it")
             media[modality] = (bytes(item.data), media_type, dict(item.parameters))
@@ -1072,7 +1073,7 @@ def _image_preview(image: router_pb2.MediaInput) -> router_pb2.ImagePreview | No
 
     from modalmesh.vision.decode import decode_image
 
-    if (image.media_type or sniff_media_type(image.data)) != "application/dicom":
+    if (image.media_type or sniff_image(image.data)) != "application/dicom":
         return None
     try:
         decoded = decode_image(image.data, "application/dicom", dict(image.parameters), 4 * PREVIEW_SIDE * PREVIEW_SIDE)
@@ -1094,12 +1095,6 @@ def _finding(key: str, value: str) -> router_pb2.Finding:
     if number is not None:
         finding.number = number
     return finding
-
-
-def _sniff(modality: str, data: bytes) -> str | None:
-    if modality == "image":
-        return sniff_media_type(data)
-    return next((media_type for signature, media_type in AUDIO_SIGNATURES if data.startswith(signature)), None)
 
 
 def _why_unread(state: ModalityState) -> str:

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from modalmesh.common import errors
+from modalmesh.common.media import sniff_image
 
 log = logging.getLogger(__name__)
 
@@ -49,24 +50,6 @@ class DecodedImage:
     rgb: np.ndarray  # [H, W, 3] uint8
     tags: dict[str, str] = field(default_factory=dict)
     hounsfield: np.ndarray | None = None  # [H, W] float32, CT only
-
-
-def sniff_media_type(data: bytes) -> str | None:
-    """The media type the bytes' signature says, or None."""
-    # DICOM first: its 128-byte preamble may itself hold a TIFF header (dual-format files).
-    if data[128:132] == b"DICM":
-        return "application/dicom"
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "image/png"
-    if data.startswith(b"\xff\xd8\xff"):
-        return "image/jpeg"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    if data.startswith(b"BM"):
-        return "image/bmp"
-    if data[:4] in (b"II*\x00", b"MM\x00*"):
-        return "image/tiff"
-    return None
 
 
 def pixel_count(data: bytes, media_type: str) -> int:
@@ -91,7 +74,7 @@ def pixel_count(data: bytes, media_type: str) -> int:
 def decode_image(data: bytes, media_type: str, parameters: dict[str, str], max_pixels: int) -> DecodedImage:
     if not data:
         raise errors.invalid_argument("payload", "the image is empty (0 bytes)")
-    actual = sniff_media_type(data)
+    actual = sniff_image(data)
     if actual != media_type:
         found = f"look like {actual}" if actual else "match no supported image format"
         raise errors.invalid_argument("header.media_type", f"declared {media_type} but the bytes {found}")
