@@ -3,8 +3,9 @@ every answer must be.
 
     .venv/bin/python -m tests.fuzz --cases 1200 --seed 1     # make fuzz: starts a mesh on 127.0.0.1
 
-Families: images (PNG, JPEG, DICOM: truncated, bytes flipped, chunks inserted, wrong media
-types, odd parameters), audio (WAV, FLAC, raw PCM: the same, and odd rates and layouts),
+Families: images (PNG, JPEG, AVIF, GIF, DICOM: truncated, bytes flipped, chunks inserted, wrong
+media types, odd parameters), audio (WAV, G.711 WAV, FLAC, OGG, MP3, raw PCM: the same, and odd
+rates and layouts),
 text (control characters, long, empty, wrong media types), encoder headers (unknown
 options and datatypes, long ids), hand-made protobuf (random bytes to each method), and
 router requests (unknown tasks and modes, negative options, mutated media), the router's
@@ -88,6 +89,11 @@ def _seeds() -> dict[str, bytes]:
         "wav": (EXAMPLES / "voice.wav").read_bytes(),
         "short_wav": wav_bytes(tone(0.5, 16000), 16000),
         "flac": wav_bytes(tone(0.5, 16000), 16000, fmt="FLAC"),
+        "avif": image_bytes(render_screenshot("Payment declined"), "AVIF"),
+        "gif": image_bytes(render_screenshot("Payment declined"), "GIF"),
+        "mp3": wav_bytes(tone(0.5, 16000), 16000, subtype="MPEG_LAYER_III", fmt="MP3"),
+        "ulaw": wav_bytes(tone(0.5, 8000), 8000, subtype="ULAW"),
+        "ogg": wav_bytes(tone(0.5, 16000), 16000, subtype="OPUS", fmt="OGG"),
     }
 
 
@@ -156,7 +162,7 @@ def generate(count: int, seed: int) -> list[Case]:
 
     rng = np.random.default_rng(seed)
     seeds = _seeds()
-    image_types = ["image/png", "image/jpeg", "application/dicom", "image/webp", "image/gif", "", "image/" + "p" * 2000]
+    image_types = ["image/png", "image/jpeg", "application/dicom", "image/webp", "image/gif", "image/heic", "", "image/" + "p" * 2000]
     audio_types = ["audio/wav", "audio/flac", "audio/ogg", "audio/pcm", "audio/mpeg", ""]
     encode_once = "/modalmesh.v1.Encoder/EncodeOnce"
     cases = []
@@ -168,17 +174,19 @@ def generate(count: int, seed: int) -> list[Case]:
             request_bytes = encoder_pb2.EncodeBatchRequest(inputs=inputs).SerializeToString()
             cases.append(Case(family, f"EncodeBatch of {len(batch)} images", "vision", "/modalmesh.v1.Encoder/EncodeBatch", request_bytes))
         elif family == "image":
-            source = str(rng.choice(["png", "jpeg", "progressive", "dicom"]))
+            source = str(rng.choice(["png", "jpeg", "progressive", "dicom", "avif", "gif"]))
             how, data = _mutate(rng, seeds[source])
-            media = str(rng.choice(image_types)) if rng.random() < 0.2 else {"png": "image/png", "dicom": "application/dicom"}.get(source, "image/jpeg")
+            own = {"png": "image/png", "dicom": "application/dicom", "avif": "image/avif", "gif": "image/gif"}.get(source, "image/jpeg")
+            media = str(rng.choice(image_types)) if rng.random() < 0.2 else own
             options = [str(rng.choice(["ocr", "ocr_quick"]))] if rng.random() < 0.2 else []
             cases.append(
                 Case(family, f"{source} {how} as {media[:20]}", "vision", encode_once, _encode_once(media, data, options, _parameters(rng), pooled_only=True))
             )
         elif family == "audio":
-            source = str(rng.choice(["wav", "short_wav", "flac"]))
+            source = str(rng.choice(["wav", "short_wav", "flac", "mp3", "ulaw", "ogg"]))
             how, data = _mutate(rng, seeds[source])
-            media = str(rng.choice(audio_types)) if rng.random() < 0.3 else ("audio/flac" if source == "flac" else "audio/wav")
+            own = {"flac": "audio/flac", "mp3": "audio/mpeg", "ogg": "audio/ogg"}.get(source, "audio/wav")
+            media = str(rng.choice(audio_types)) if rng.random() < 0.3 else own
             options = ["transcript"] if rng.random() < 0.05 else []
             cases.append(
                 Case(family, f"{source} {how} as {media}", "audio", encode_once, _encode_once(media, data, options, _parameters(rng), pooled_only=True))

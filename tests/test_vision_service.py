@@ -46,6 +46,31 @@ def test_screenshot_features_and_ocr_reads_the_error_text(vision):
     assert "ocr" in result.pooled_message.timings_ms
 
 
+@pytest.mark.parametrize("fmt, media_type", [("AVIF", "image/avif"), ("GIF", "image/gif")])
+def test_a_screenshot_saved_as_avif_or_gif_is_read(vision, fmt, media_type):
+    """A web page's images are often AVIF (a browser saves them so), a screen recording's
+    frames GIF (palette, dithered): decoded, the GIF's first frame, and read."""
+    frames = [render_screenshot("Error 402: Payment declined"), render_screenshot("Everything is fine")]
+    data = image_bytes(frames[0], fmt, **({"save_all": True, "append_images": frames[1:]} if fmt == "GIF" else {}))
+    result = vision.encode(data, media_type, options=["ocr"])
+    lines = [span.text for span in result.side.text_spans]
+    assert any("Error 402: Payment declined" in line for line in lines), lines
+    assert result.side.tags["width"] == "1024" and result.side.tags["height"] == "640"
+
+
+def test_a_heic_photo_is_refused_by_name(vision):
+    """HEIC, as iPhones take photos, is not decoded here: the refusal names it. The header
+    is built by its specification (no HEIC encoder on this machine)."""
+    heic = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(200)
+    with pytest.raises(grpc.RpcError) as raised:
+        vision.encode(heic, "image/heic")
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "'image/heic' is not accepted by the image encoder" in raised.value.details(), raised.value.details()
+    with pytest.raises(grpc.RpcError) as raised:
+        vision.encode(heic, "image/png")
+    assert "declared image/png but the bytes look like image/heic" in raised.value.details()
+
+
 def test_openvino_runs_the_same_ocr_and_reads_the_same_message(vision):
     """The default ocr_engine, openvino, runs the same PP-OCR models as onnxruntime (about
     2x faster here). On a desktop and a dark phone screen both read the message: the same
@@ -349,7 +374,9 @@ def test_concurrent_images_each_get_their_own_features(vision):
     "data, media_type, field, complaint",
     [
         (b"", "image/png", "payload", "0 bytes"),
-        (b"GIF89a....", "image/png", "header.media_type", "match no supported image format"),
+        (b"%PDF-1.7....", "image/png", "header.media_type", "match no supported image format"),
+        (b"GIF89a....", "image/png", "header.media_type", "look like image/gif"),
+        (b"GIF89a....", "image/gif", "payload", "cannot decode"),
         (image_bytes(Image.new("RGB", (8, 8))), "image/jpeg", "header.media_type", "look like image/png"),
         (image_bytes(Image.new("RGB", (64, 64)))[:60], "image/png", "payload", "cannot decode"),
     ],

@@ -27,8 +27,14 @@ AUDIO_SUFFIXES = {
 }
 
 
+# ISO base media files (an "ftyp" box first) hold images as well as audio: their major brand says which.
+AVIF_BRANDS = (b"avif", b"avis")
+HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1")
+
+
 def sniff_image(data: bytes) -> str | None:
-    """The image media type the bytes' signature says, or None."""
+    """The image media type the bytes' signature says, or None. HEIC (as iPhones take
+    photos) is recognised, though the vision service does not decode it."""
     # DICOM first: its 128-byte preamble may itself hold a TIFF header (dual-format files).
     if data[128:132] == b"DICM":
         return "application/dicom"
@@ -42,6 +48,10 @@ def sniff_image(data: bytes) -> str | None:
         return "image/bmp"
     if data[:4] in (b"II*\x00", b"MM\x00*"):
         return "image/tiff"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "image/gif"
+    if data[4:8] == b"ftyp":
+        return "image/avif" if data[8:12] in AVIF_BRANDS else "image/heic" if data[8:12] in HEIF_BRANDS else None
     return None
 
 
@@ -61,7 +71,7 @@ def sniff_audio(data: bytes) -> str | None:
         return "audio/ogg"
     if data.startswith(b"ID3") or is_mpeg_audio_frame(data):
         return "audio/mpeg"
-    if data[4:8] == b"ftyp":  # ISO base media: M4A, MP4, 3GP (AAC inside)
+    if data[4:8] == b"ftyp" and data[8:12] not in AVIF_BRANDS + HEIF_BRANDS:  # ISO base media: M4A, MP4, 3GP (AAC inside)
         return "audio/mp4"
     if data.startswith(b"\x1a\x45\xdf\xa3"):  # Matroska / WebM (Opus inside, as browsers record)
         return "audio/webm"

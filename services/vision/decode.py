@@ -1,4 +1,5 @@
-"""Image decoding with guard rails: PNG, JPEG, WebP, BMP, TIFF (Pillow) and DICOM (pydicom).
+"""Image decoding with guard rails: PNG, JPEG, WebP, AVIF, GIF (its first frame), BMP, TIFF
+(Pillow) and DICOM (pydicom).
 
 Every image becomes an RGB uint8 array plus tags. Checks happen before any pixel is
 decoded: the bytes' signature must match the declared media type, and the pixel count
@@ -38,7 +39,7 @@ from modalmesh.common.media import sniff_image
 
 log = logging.getLogger(__name__)
 
-IMAGE_MEDIA_TYPES = ("image/png", "image/jpeg", "image/webp", "image/bmp", "image/tiff", "application/dicom")
+IMAGE_MEDIA_TYPES = ("image/png", "image/jpeg", "image/webp", "image/avif", "image/gif", "image/bmp", "image/tiff", "application/dicom")
 
 # Window presets in Hounsfield units: (center, width).
 CT_WINDOWS = {"lung": (-600.0, 1500.0), "soft_tissue": (40.0, 400.0), "bone": (400.0, 1800.0)}
@@ -206,7 +207,7 @@ def _decode_raster(data: bytes, max_pixels: int) -> DecodedImage:
         raise
     except Image.DecompressionBombError as exc:
         raise errors.invalid_argument("payload", f"the image is over the limit of {max_pixels} pixels ({exc})") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, struct.error, zlib.error) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, RuntimeError, struct.error, zlib.error) as exc:  # RuntimeError: AVIF's
         log.info("undecodable image: %s: %s", type(exc).__name__, exc)
         raise errors.invalid_argument("payload", "cannot decode the image: it is truncated, corrupt or not the format it says") from None
 
