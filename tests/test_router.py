@@ -505,6 +505,7 @@ def test_a_voice_message_is_told_by_its_bytes_and_a_refusal_is_in_the_callers_fi
     with pytest.raises(grpc.RpcError) as raised:
         analyze(router, audio=router_pb2.MediaInput(data=m4a))
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "'audio/mp4' is not accepted" in raised.value.details()
+    assert "use one of audio/wav, audio/flac, audio/ogg, audio/mpeg, audio/pcm" in raised.value.details()  # within the 120 characters kept
     assert errors.field_violations(raised.value)[0][0] == "audio.media_type"
 
 

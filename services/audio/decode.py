@@ -28,7 +28,9 @@ from modalmesh.common.media import is_mpeg_audio_frame, sniff_audio
 
 log = logging.getLogger(__name__)
 
-AUDIO_MEDIA_TYPES = ("audio/wav", "audio/x-wav", "audio/wave", "audio/flac", "audio/ogg", "audio/mpeg", "audio/mp3", "audio/pcm")
+# The usual name of each first, then aliases: a refusal lists them in this order, and a
+# status's field description is cut at 120 characters (common/errors.py).
+AUDIO_MEDIA_TYPES = ("audio/wav", "audio/flac", "audio/ogg", "audio/mpeg", "audio/pcm", "audio/x-wav", "audio/wave", "audio/mp3")
 # What each accepted file type's bytes must sniff as (common/media.py sniff_audio).
 _SNIFFED_AS = {"audio/x-wav": "audio/wav", "audio/wave": "audio/wav", "audio/mp3": "audio/mpeg"}
 TARGET_RATE = 16_000
