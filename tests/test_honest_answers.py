@@ -947,3 +947,46 @@ def test_a_smaller_line_directly_under_the_message_is_not_part_of_the_error_text
                 response = analyze(router, "screenshot_triage", image=image, options=router_pb2.AnalyzeOptions(mode=mode))
                 error_text = {f.key: f.value for f in response.findings}["error_text"]
                 assert not holds_message(error_text, advice), (message, dark, mode, error_text)
+
+
+def test_a_message_longer_than_the_text_model_reads_is_said_to_be_read_in_part(router):
+    """The text model reads 256 tokens: a long e-mail whose problem comes last is answered
+    from its start, and the answer says how much of the message that was."""
+    import re
+
+    preamble = (
+        "Hello team, I have been a loyal customer for many years and I usually love shopping with you. Last week I browsed the new "
+        "autumn collection, added a few sweaters and a scarf to my basket, and compared the sizes with the size guide. "
+    )
+    message = preamble * 5 + "Anyway, the real reason I write: I cannot log in any more, the app says my password is wrong."
+    response = analyze(router, "screenshot_triage", text=message)
+    text = next(r for r in response.explanation.modalities if r.modality == router_pb2.MODALITY_TEXT)
+    assert STATUS(text.status) == "MODALITY_STATUS_USED"
+    said = re.fullmatch(
+        r"read in part: the text model reads at most (\d+) tokens, its first ([\d,]+) of ([\d,]+) characters; the rest was not read", text.reason
+    )
+    assert said, text.reason
+    read, total = (int(group.replace(",", "")) for group in said.groups()[1:])
+    assert total == len(message) and 0 < read < message.index("Anyway")  # the problem was not read
+    assert f"(only its first {read:,} of {total:,} characters were read)" in response.description
+    if response.abstained:
+        assert response.abstain_reason.endswith(
+            f"the message was read only in part (its first {read:,} of {total:,} characters): what it says after that was not read"
+        )
+    short = analyze(router, "screenshot_triage", text="I cannot log in any more, the app says my password is wrong.")
+    assert next(r for r in short.explanation.modalities if r.modality == router_pb2.MODALITY_TEXT).reason == ""
+    assert "were read)" not in short.description
+
+
+def test_how_much_of_a_text_was_read_is_said_in_characters_where_the_service_tells():
+    """The same words for the message and a long transcript (its modality's reason reads
+    "transcript read in part: ..."). A text service that does not say how many characters
+    its tokens cover (characters_read 0, as before the field) is said to be read from its start."""
+    from modalmesh.router.pipeline import read_in_part
+    from modalmesh.v1 import encoder_pb2
+
+    assert read_in_part("x" * 3000, encoder_pb2.PooledFeatures(truncated=False, sequence_length=40)) == ""
+    cut = encoder_pb2.PooledFeatures(truncated=True, sequence_length=256, characters_read=1161)
+    assert read_in_part("x" * 3000, cut) == "read in part: the text model reads at most 256 tokens, its first 1,161 of 3,000 characters; the rest was not read"
+    unsaid = encoder_pb2.PooledFeatures(truncated=True, sequence_length=256)
+    assert read_in_part("x" * 3000, unsaid) == "read in part: the text model reads at most 256 tokens, its start; the rest was not read"

@@ -110,9 +110,17 @@ def test_pooled_only_skips_the_sequence(text_channel):
 
 
 def test_long_text_is_truncated_and_says_so(text_channel):
-    result = EncoderClient(text_channel).encode_text("the app crashes " * 100)
+    client = EncoderClient(text_channel)
+    text = "Ça plante 😀 " * 5 + "the app crashes " * 100
+    result = client.encode_text(text)
     assert result.pooled_message.truncated is True
     assert result.sequence.shape[0] == 64
+    # How much was read, in characters: exactly what the features cover.
+    read = result.pooled_message.characters_read
+    assert 0 < read < len(text) and text[read - 1] != " "
+    start = client.encode_text(text[:read])
+    assert start.pooled_message.truncated is False and start.pooled_message.characters_read == 0
+    np.testing.assert_allclose(start.pooled, result.pooled, atol=1e-5)
 
 
 def test_text_arrives_in_many_chunks(text_channel):
@@ -757,12 +765,14 @@ def test_the_tokenizer_gives_transformers_ids_masks_and_truncation():
     ours = _Tokenizer(source, 256, allow_download=False)
     assert ours.fast is not None  # the bundled model has tokenizer.json
     for batch in (sentences, sentences[:1], sentences[-2:]):
-        ids, mask, truncated = ours(batch)
+        ids, mask, truncated, read = ours(batch)
         theirs = AutoTokenizer.from_pretrained(source, local_files_only=True)(batch, padding=True, truncation=True, max_length=256, return_tensors="np")
         np.testing.assert_array_equal(ids, theirs["input_ids"])
         np.testing.assert_array_equal(mask, theirs["attention_mask"])
         assert truncated == [bool(e.overflowing) for e in theirs.encodings]
+        assert read == [max(end for _, end in e.offsets) if e.overflowing else 0 for e in theirs.encodings]
     assert ours(["word " * 400])[2] == [True] and ours(["hello"])[2] == [False]
+    assert ours(["word " * 400])[3] == [len("word " * 254) - 1]  # 254 words and the two special tokens
 
 
 def test_openvino_check_vectors_that_do_not_match_convert_again(tiny_bert_dir, tmp_path, monkeypatch):

@@ -210,6 +210,7 @@ class Produced:
     notes: dict[str, str] = field(default_factory=dict)  # per side source: why it is missing or partial
     screen_text_note: str = ""  # OCR text read or used only in part, and why
     streamed: bytes | None = None  # the bytes of an input that arrived as a stream
+    read_note: str = ""  # the modality's input read only in part (a message cut at the text model's limit)
 
     def plus(self, other: "Produced") -> "Produced":
         return Produced(
@@ -218,6 +219,7 @@ class Produced:
             {**self.notes, **other.notes},
             other.screen_text_note or self.screen_text_note,
             self.streamed if other.streamed is None else other.streamed,
+            other.read_note or self.read_note,
         )
 
 
@@ -408,6 +410,7 @@ class Run:
             if source in MODALITIES:
                 state = self.states[modality]
                 state.status, state.latency_ms = router_pb2.MODALITY_STATUS_USED, latency
+                state.reason = "; ".join(part for part in (state.reason, produced.read_note) if part)
             elif not produced.features and source not in produced.notes:
                 self.side_notes[source] = "found nothing"
                 self.features.pop(source, None)  # read again and found nothing: no text from an earlier reading either
@@ -683,11 +686,14 @@ class Pipeline:
                 if options != asked:  # read after all: no failure to report
                     notes.pop(SIDE_SOURCE[modality], None)
             sequence = result.sequence if result.sequence is not None else result.pooled
+            text = data.decode("utf-8") if modality == "text" else ""
+            cut = read_in_part(text, result.pooled_message) if modality == "text" else ""
             produced = Produced(
                 {modality: torch.from_numpy(np.asarray(sequence, dtype=np.float32))},
-                {"text": data.decode("utf-8")} if modality == "text" else {},
+                {"text": text, "text_read": result.pooled_message.characters_read if cut else 0} if modality == "text" else {},
                 notes,
                 streamed=streamed,
+                read_note=cut,
             )
             if result.side is not None:
                 inapplicable = run.judge(modality, None, dict(result.side.tags), None).reason  # TaskSpec.inapplicable: by its tags
@@ -717,12 +723,16 @@ class Pipeline:
         if not reading.texts:
             return read
 
+        cut: dict[str, str] = {}
+
         def tokens(text: str) -> torch.Tensor:
             result = run.encode(call, "text", text.encode(), "text/plain")
+            if result.pooled_message.truncated:  # a long transcript: its start is what the answer read
+                cut[reading.source] = read_in_part(text, result.pooled_message)
             return torch.from_numpy(np.asarray(result.sequence, dtype=np.float32))
 
         try:
-            return read.plus(Produced({reading.source: embed(reading, lambda texts: run.embed_texts(call, texts), tokens)}))
+            return read.plus(Produced({reading.source: embed(reading, lambda texts: run.embed_texts(call, texts), tokens)}, notes=cut))
         except grpc.RpcError as exc:  # the text service is down: the input still counts, its text is reported
             return read.plus(Produced(notes={reading.source: _not_embedded(exc)}))
 
@@ -945,7 +955,7 @@ class Pipeline:
             findings=[_finding(k, v) for k, v in {**findings, "reply": reply}.items()],
             model_version=task.version,
             abstained=bool(run.evidence.withheld),
-            abstain_reason=run.evidence.withheld,
+            abstain_reason=run.evidence.withheld + _unread_part(run.evidence),
             task_version=task.repository_version,
         )
         response.explanation.model_version = task.version
@@ -1137,6 +1147,23 @@ def _nothing_read(task: TaskModel, evidence: Evidence) -> tuple[str, dict[str, s
     description = f"Not answered: {evidence.withheld}."
     reply = "We could not read what was sent. Could you send " + task.spec.resolve + "?"
     return description, {"not_answered": evidence.withheld}, reply
+
+
+def _unread_part(evidence: Evidence) -> str:
+    """For a withheld answer about a message the text model read only the start of: that
+    the rest was not read (a problem stated there could not count)."""
+    if not (evidence.withheld and evidence.text_read):
+        return ""
+    return f"; the message was read only in part (its first {evidence.text_read:,} of {len(evidence.text):,} characters): what it says after that was not read"
+
+
+def read_in_part(text: str, pooled: encoder_pb2.PooledFeatures) -> str:
+    """'' where the text service read all of `text`; else how much of it was read."""
+    if not pooled.truncated:
+        return ""
+    read = pooled.characters_read
+    part = f"its first {read:,} of {len(text):,} characters" if 0 < read < len(text) else "its start"
+    return f"read in part: the text model reads at most {pooled.sequence_length} tokens, {part}; the rest was not read"
 
 
 def _request_field(modality: str, encoder_field: str) -> str:

@@ -67,6 +67,7 @@ class Evidence:
     """What the encoders said besides features, for the writers."""
 
     text: str = ""
+    text_read: int = 0  # characters of `text` read where the text model's length limit cut it; 0: all of it
     screen_lines: list[str] = field(default_factory=list)
     screen_spans: list = field(default_factory=list)  # what OCR read: (text, confidence, box) per line
     key_line: str = ""  # the screen line that alone most supports the answer (key_screen_line)
@@ -331,9 +332,15 @@ def states_error_text(label: str, withheld: str, chance: float | None) -> bool:
     return not withheld.startswith(scope.REASON) and chance is not None and chance >= status_line.READ_SURELY
 
 
+def text_cut(evidence: Evidence) -> str:
+    """Where the text model read only the start of the message: how much, as a report says
+    it (' (only its first 1,130 of 2,604 characters were read)'); '' otherwise."""
+    return f" (only its first {evidence.text_read:,} of {len(evidence.text):,} characters were read)" if evidence.text_read else ""
+
+
 def write_triage(answer: Answer, evidence: Evidence, labels: dict[str, dict[str, str]]) -> tuple[str, dict[str, str], str]:
     other = labels["other"]
-    said = f' The customer wrote: "{evidence.text.strip()[:200]}".' if evidence.text.strip() else ""
+    said = f' The customer wrote: "{evidence.text.strip()[:200]}"{text_cut(evidence)}.' if evidence.text.strip() else ""
     heard = f' Voice message (transcript): "{evidence.transcript[:200]}".' if evidence.transcript else ""
     findings = {"priority": "normal", "error_text": ""}
     if states_error_text(answer.label, evidence.withheld, evidence.key_line_chance):
@@ -628,7 +635,7 @@ def write_report(answer: Answer, evidence: Evidence) -> tuple[str, dict[str, str
 
 def _clinical_context(evidence: Evidence) -> str:
     """The record and the dictated note as the report quotes them."""
-    record = f" Clinical information: {evidence.text.strip()[:300]}" if evidence.text.strip() else ""
+    record = f" Clinical information: {evidence.text.strip()[:300]}{text_cut(evidence)}" if evidence.text.strip() else ""
     dictated = f" Dictated note (transcript): {evidence.transcript[:300]}" if evidence.transcript else ""
     return record + dictated
 

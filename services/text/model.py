@@ -66,6 +66,7 @@ class TextFeatures:
     tokens: np.ndarray  # [n_tokens, width], float32, special tokens included
     pooled: np.ndarray  # [width], float32, unit length
     truncated: bool  # tokens past the model's maximum length were dropped
+    characters_read: int = 0  # truncated: how many characters of the text the tokens cover (0: whole, or unknown)
 
 
 REFERENCE_FILE = "reference.npy"  # torch's pooled vectors for CHECK_SENTENCES, beside the converted model
@@ -123,7 +124,8 @@ class TextEncoder:
     def tokenize(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, list[bool]]:
         """(input ids [B, T], attention mask [B, T], int64, padded to the longest; whether
         each text was truncated at max_tokens)."""
-        return self._tokenizer(texts)
+        ids, mask, truncated, _ = self._tokenizer(texts)
+        return ids, mask, truncated
 
     # -- OpenVINO ----------------------------------------------------------------------
     @property
@@ -173,11 +175,11 @@ class TextEncoder:
 
     # -- encoding ----------------------------------------------------------------------
     def encode_batch(self, texts: Sequence[str]) -> list[TextFeatures]:
-        ids, mask, truncated = self._tokenizer(texts)
+        ids, mask, truncated, read = self._tokenizer(texts)
         if self.compiled is None:
-            return _features(self._hidden_torch(ids, mask), mask, truncated)
+            return _features(self._hidden_torch(ids, mask), mask, truncated, read)
         outputs = self.compiled({"input_ids": ids, "attention_mask": mask})
-        return _features(np.ascontiguousarray(outputs[self.compiled.output(0)], dtype=np.float32), mask, truncated)
+        return _features(np.ascontiguousarray(outputs[self.compiled.output(0)], dtype=np.float32), mask, truncated, read)
 
     def _hidden_torch(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         import torch
@@ -187,13 +189,16 @@ class TextEncoder:
             return self.model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).last_hidden_state.numpy()
 
 
-def _features(hidden: np.ndarray, mask: np.ndarray, truncated: list[bool]) -> list[TextFeatures]:
+def _features(hidden: np.ndarray, mask: np.ndarray, truncated: list[bool], read: list[int]) -> list[TextFeatures]:
     """Mean over each text's tokens (the attention mask), L2-normalised: sentence-transformers' pooling."""
     weights = mask[..., None].astype(np.float32)
     summed = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
     pooled = summed / np.maximum(np.linalg.norm(summed, axis=-1, keepdims=True), 1e-12)
     lengths = mask.sum(axis=1)
-    return [TextFeatures(tokens=hidden[i, : lengths[i]].copy(), pooled=pooled[i].copy(), truncated=truncated[i]) for i in range(len(truncated))]
+    return [
+        TextFeatures(tokens=hidden[i, : lengths[i]].copy(), pooled=pooled[i].copy(), truncated=truncated[i], characters_read=read[i])
+        for i in range(len(truncated))
+    ]
 
 
 def _settings(source: str) -> dict[str, Any]:
@@ -228,12 +233,16 @@ class _Tokenizer:
 
             self.slow = AutoTokenizer.from_pretrained(source, local_files_only=not allow_download)
 
-    def __call__(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, list[bool]]:
+    def __call__(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, list[bool], list[int]]:
+        """(ids, mask, whether each text was truncated, and for a truncated one how many of
+        its characters the kept tokens cover: the end of the last one's span; 0 otherwise,
+        or where the tokenizer keeps no spans)."""
         if self.slow is not None:
             batch = self.slow(list(texts), padding=True, truncation=True, max_length=self.max_tokens, return_tensors="np")
             encodings = getattr(batch, "encodings", None) or [None] * len(texts)
             truncated = [bool(e is not None and e.overflowing) for e in encodings]
-            return batch["input_ids"].astype(np.int64), batch["attention_mask"].astype(np.int64), truncated
+            read = [max((end for _, end in e.offsets), default=0) if cut and e is not None else 0 for cut, e in zip(truncated, encodings)]
+            return batch["input_ids"].astype(np.int64), batch["attention_mask"].astype(np.int64), truncated, read
         encodings = self.fast.encode_batch(list(texts))
         length = max((len(e.ids) for e in encodings), default=0)
         ids = np.full((len(encodings), length), self.pad_id, dtype=np.int64)
@@ -241,7 +250,8 @@ class _Tokenizer:
         for row, encoding in enumerate(encodings):
             ids[row, : len(encoding.ids)] = encoding.ids
             mask[row, : len(encoding.ids)] = 1
-        return ids, mask, [bool(e.overflowing) for e in encodings]
+        truncated = [bool(e.overflowing) for e in encodings]
+        return ids, mask, truncated, [max((end for _, end in e.offsets), default=0) if cut else 0 for cut, e in zip(truncated, encodings)]
 
 
 def prepare_openvino(source: str, allow_download: bool = False) -> None:

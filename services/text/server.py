@@ -112,6 +112,7 @@ class TextService(EncoderBackend):
                 vector=codec.encode(features.pooled, request.output_datatype),
                 sequence_length=int(features.tokens.shape[0]),
                 truncated=features.truncated,
+                characters_read=features.characters_read,
                 timings_ms={"queue": result.queue_ms, "model": result.batch_ms, "batch_size": float(result.batch_size)},
                 model_version=encoder.version,
             )

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from modalmesh.v1 import tensor_pb2 as modalmesh_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1amodalmesh/v1/encoder.proto\x12\x0cmodalmesh.v1\x1a\x19modalmesh/v1/tensor.proto\"[\n\rEncodeRequest\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1a.modalmesh.v1.EncodeHeaderH\x00\x12\x11\n\x07payload\x18\x02 \x01(\x0cH\x00\x42\t\n\x07\x63ontent\"P\n\x11\x45ncodeOnceRequest\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x1a.modalmesh.v1.EncodeHeader\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\"@\n\x12\x45ncodeOnceResponse\x12*\n\x06\x63hunks\x18\x01 \x03(\x0b\x32\x1a.modalmesh.v1.FeatureChunk\"E\n\x12\x45ncodeBatchRequest\x12/\n\x06inputs\x18\x01 \x03(\x0b\x32\x1f.modalmesh.v1.EncodeOnceRequest\"H\n\x13\x45ncodeBatchResponse\x12\x31\n\x07outputs\x18\x01 \x03(\x0b\x32 .modalmesh.v1.EncodeOnceResponse\"\xe8\x01\n\x0c\x45ncodeHeader\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nmedia_type\x18\x02 \x01(\t\x12\x0f\n\x07options\x18\x03 \x03(\t\x12\x17\n\x0foutput_datatype\x18\x04 \x01(\t\x12\x13\n\x0bpooled_only\x18\x05 \x01(\x08\x12>\n\nparameters\x18\x06 \x03(\x0b\x32*.modalmesh.v1.EncodeHeader.ParametersEntry\x1a\x31\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xbc\x01\n\x0c\x46\x65\x61tureChunk\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x32\n\x08sequence\x18\x02 \x01(\x0b\x32\x1e.modalmesh.v1.SequenceFeaturesH\x00\x12)\n\x04side\x18\x03 \x01(\x0b\x32\x19.modalmesh.v1.SideOutputsH\x00\x12.\n\x06pooled\x18\x04 \x01(\x0b\x32\x1c.modalmesh.v1.PooledFeaturesH\x00\x42\t\n\x07\x63ontent\"q\n\x10SequenceFeatures\x12\'\n\x04kind\x18\x01 \x01(\x0e\x32\x19.modalmesh.v1.FeatureKind\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12$\n\x06values\x18\x03 \x01(\x0b\x32\x14.modalmesh.v1.Tensor\"\xec\x01\n\x0ePooledFeatures\x12$\n\x06vector\x18\x01 \x01(\x0b\x32\x14.modalmesh.v1.Tensor\x12\x17\n\x0fsequence_length\x18\x02 \x01(\x03\x12\x11\n\ttruncated\x18\x03 \x01(\x08\x12?\n\ntimings_ms\x18\x04 \x03(\x0b\x32+.modalmesh.v1.PooledFeatures.TimingsMsEntry\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x1a\x30\n\x0eTimingsMsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"9\n\x08TextSpan\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x12\n\nconfidence\x18\x02 \x01(\x02\x12\x0b\n\x03\x62ox\x18\x03 \x03(\x02\"@\n\nTranscript\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x12\n\nconfidence\x18\x02 \x01(\x02\x12\x10\n\x08language\x18\x03 \x01(\t\"\xc7\x01\n\x0bSideOutputs\x12*\n\ntext_spans\x18\x01 \x03(\x0b\x32\x16.modalmesh.v1.TextSpan\x12,\n\ntranscript\x18\x02 \x01(\x0b\x32\x18.modalmesh.v1.Transcript\x12\x31\n\x04tags\x18\x03 \x03(\x0b\x32#.modalmesh.v1.SideOutputs.TagsEntry\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\r\n\x0bInfoRequest\"\x80\x01\n\x0bInputLimits\x12\x17\n\x0fmax_input_bytes\x18\x01 \x01(\x03\x12\x12\n\nmax_tokens\x18\x02 \x01(\x03\x12\x12\n\nmax_pixels\x18\x03 \x01(\x03\x12\x16\n\x0emax_duration_s\x18\x04 \x01(\x01\x12\x18\n\x10max_batch_inputs\x18\x05 \x01(\x03\"\x8e\x02\n\x0b\x45ncoderInfo\x12\x10\n\x08modality\x18\x01 \x01(\t\x12\x15\n\rfeature_width\x18\x02 \x01(\x03\x12\x11\n\tdatatypes\x18\x03 \x03(\t\x12\x18\n\x10\x64\x65\x66\x61ult_datatype\x18\x04 \x01(\t\x12\x10\n\x08model_id\x18\x05 \x01(\t\x12\x15\n\rmodel_version\x18\x06 \x01(\t\x12\x13\n\x0bmedia_types\x18\x07 \x03(\t\x12\x0f\n\x07options\x18\x08 \x03(\t\x12)\n\x06limits\x18\t \x01(\x0b\x32\x19.modalmesh.v1.InputLimits\x12/\n\x0c\x66\x65\x61ture_kind\x18\n \x01(\x0e\x32\x19.modalmesh.v1.FeatureKind*w\n\x0b\x46\x65\x61tureKind\x12\x1c\n\x18\x46\x45\x41TURE_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13\x46\x45\x41TURE_KIND_TOKENS\x10\x01\x12\x18\n\x14\x46\x45\x41TURE_KIND_PATCHES\x10\x02\x12\x17\n\x13\x46\x45\x41TURE_KIND_FRAMES\x10\x03\x32\xb3\x02\n\x07\x45ncoder\x12\x45\n\x06\x45ncode\x12\x1b.modalmesh.v1.EncodeRequest\x1a\x1a.modalmesh.v1.FeatureChunk(\x01\x30\x01\x12O\n\nEncodeOnce\x12\x1f.modalmesh.v1.EncodeOnceRequest\x1a .modalmesh.v1.EncodeOnceResponse\x12R\n\x0b\x45ncodeBatch\x12 .modalmesh.v1.EncodeBatchRequest\x1a!.modalmesh.v1.EncodeBatchResponse\x12<\n\x04Info\x12\x19.modalmesh.v1.InfoRequest\x1a\x19.modalmesh.v1.EncoderInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1amodalmesh/v1/encoder.proto\x12\x0cmodalmesh.v1\x1a\x19modalmesh/v1/tensor.proto\"[\n\rEncodeRequest\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1a.modalmesh.v1.EncodeHeaderH\x00\x12\x11\n\x07payload\x18\x02 \x01(\x0cH\x00\x42\t\n\x07\x63ontent\"P\n\x11\x45ncodeOnceRequest\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x1a.modalmesh.v1.EncodeHeader\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\"@\n\x12\x45ncodeOnceResponse\x12*\n\x06\x63hunks\x18\x01 \x03(\x0b\x32\x1a.modalmesh.v1.FeatureChunk\"E\n\x12\x45ncodeBatchRequest\x12/\n\x06inputs\x18\x01 \x03(\x0b\x32\x1f.modalmesh.v1.EncodeOnceRequest\"H\n\x13\x45ncodeBatchResponse\x12\x31\n\x07outputs\x18\x01 \x03(\x0b\x32 .modalmesh.v1.EncodeOnceResponse\"\xe8\x01\n\x0c\x45ncodeHeader\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nmedia_type\x18\x02 \x01(\t\x12\x0f\n\x07options\x18\x03 \x03(\t\x12\x17\n\x0foutput_datatype\x18\x04 \x01(\t\x12\x13\n\x0bpooled_only\x18\x05 \x01(\x08\x12>\n\nparameters\x18\x06 \x03(\x0b\x32*.modalmesh.v1.EncodeHeader.ParametersEntry\x1a\x31\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xbc\x01\n\x0c\x46\x65\x61tureChunk\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x32\n\x08sequence\x18\x02 \x01(\x0b\x32\x1e.modalmesh.v1.SequenceFeaturesH\x00\x12)\n\x04side\x18\x03 \x01(\x0b\x32\x19.modalmesh.v1.SideOutputsH\x00\x12.\n\x06pooled\x18\x04 \x01(\x0b\x32\x1c.modalmesh.v1.PooledFeaturesH\x00\x42\t\n\x07\x63ontent\"q\n\x10SequenceFeatures\x12\'\n\x04kind\x18\x01 \x01(\x0e\x32\x19.modalmesh.v1.FeatureKind\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12$\n\x06values\x18\x03 \x01(\x0b\x32\x14.modalmesh.v1.Tensor\"\x85\x02\n\x0ePooledFeatures\x12$\n\x06vector\x18\x01 \x01(\x0b\x32\x14.modalmesh.v1.Tensor\x12\x17\n\x0fsequence_length\x18\x02 \x01(\x03\x12\x11\n\ttruncated\x18\x03 \x01(\x08\x12?\n\ntimings_ms\x18\x04 \x03(\x0b\x32+.modalmesh.v1.PooledFeatures.TimingsMsEntry\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x12\x17\n\x0f\x63haracters_read\x18\x06 \x01(\x03\x1a\x30\n\x0eTimingsMsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"9\n\x08TextSpan\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x12\n\nconfidence\x18\x02 \x01(\x02\x12\x0b\n\x03\x62ox\x18\x03 \x03(\x02\"@\n\nTranscript\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x12\n\nconfidence\x18\x02 \x01(\x02\x12\x10\n\x08language\x18\x03 \x01(\t\"\xc7\x01\n\x0bSideOutputs\x12*\n\ntext_spans\x18\x01 \x03(\x0b\x32\x16.modalmesh.v1.TextSpan\x12,\n\ntranscript\x18\x02 \x01(\x0b\x32\x18.modalmesh.v1.Transcript\x12\x31\n\x04tags\x18\x03 \x03(\x0b\x32#.modalmesh.v1.SideOutputs.TagsEntry\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\r\n\x0bInfoRequest\"\x80\x01\n\x0bInputLimits\x12\x17\n\x0fmax_input_bytes\x18\x01 \x01(\x03\x12\x12\n\nmax_tokens\x18\x02 \x01(\x03\x12\x12\n\nmax_pixels\x18\x03 \x01(\x03\x12\x16\n\x0emax_duration_s\x18\x04 \x01(\x01\x12\x18\n\x10max_batch_inputs\x18\x05 \x01(\x03\"\x8e\x02\n\x0b\x45ncoderInfo\x12\x10\n\x08modality\x18\x01 \x01(\t\x12\x15\n\rfeature_width\x18\x02 \x01(\x03\x12\x11\n\tdatatypes\x18\x03 \x03(\t\x12\x18\n\x10\x64\x65\x66\x61ult_datatype\x18\x04 \x01(\t\x12\x10\n\x08model_id\x18\x05 \x01(\t\x12\x15\n\rmodel_version\x18\x06 \x01(\t\x12\x13\n\x0bmedia_types\x18\x07 \x03(\t\x12\x0f\n\x07options\x18\x08 \x03(\t\x12)\n\x06limits\x18\t \x01(\x0b\x32\x19.modalmesh.v1.InputLimits\x12/\n\x0c\x66\x65\x61ture_kind\x18\n \x01(\x0e\x32\x19.modalmesh.v1.FeatureKind*w\n\x0b\x46\x65\x61tureKind\x12\x1c\n\x18\x46\x45\x41TURE_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13\x46\x45\x41TURE_KIND_TOKENS\x10\x01\x12\x18\n\x14\x46\x45\x41TURE_KIND_PATCHES\x10\x02\x12\x17\n\x13\x46\x45\x41TURE_KIND_FRAMES\x10\x03\x32\xb3\x02\n\x07\x45ncoder\x12\x45\n\x06\x45ncode\x12\x1b.modalmesh.v1.EncodeRequest\x1a\x1a.modalmesh.v1.FeatureChunk(\x01\x30\x01\x12O\n\nEncodeOnce\x12\x1f.modalmesh.v1.EncodeOnceRequest\x1a .modalmesh.v1.EncodeOnceResponse\x12R\n\x0b\x45ncodeBatch\x12 .modalmesh.v1.EncodeBatchRequest\x1a!.modalmesh.v1.EncodeBatchResponse\x12<\n\x04Info\x12\x19.modalmesh.v1.InfoRequest\x1a\x19.modalmesh.v1.EncoderInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,8 +38,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_POOLEDFEATURES_TIMINGSMSENTRY']._serialized_options = b'8\001'
   _globals['_SIDEOUTPUTS_TAGSENTRY']._loaded_options = None
   _globals['_SIDEOUTPUTS_TAGSENTRY']._serialized_options = b'8\001'
-  _globals['_FEATUREKIND']._serialized_start=1983
-  _globals['_FEATUREKIND']._serialized_end=2102
+  _globals['_FEATUREKIND']._serialized_start=2008
+  _globals['_FEATUREKIND']._serialized_end=2127
   _globals['_ENCODEREQUEST']._serialized_start=71
   _globals['_ENCODEREQUEST']._serialized_end=162
   _globals['_ENCODEONCEREQUEST']._serialized_start=164
@@ -59,23 +59,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SEQUENCEFEATURES']._serialized_start=883
   _globals['_SEQUENCEFEATURES']._serialized_end=996
   _globals['_POOLEDFEATURES']._serialized_start=999
-  _globals['_POOLEDFEATURES']._serialized_end=1235
-  _globals['_POOLEDFEATURES_TIMINGSMSENTRY']._serialized_start=1187
-  _globals['_POOLEDFEATURES_TIMINGSMSENTRY']._serialized_end=1235
-  _globals['_TEXTSPAN']._serialized_start=1237
-  _globals['_TEXTSPAN']._serialized_end=1294
-  _globals['_TRANSCRIPT']._serialized_start=1296
-  _globals['_TRANSCRIPT']._serialized_end=1360
-  _globals['_SIDEOUTPUTS']._serialized_start=1363
-  _globals['_SIDEOUTPUTS']._serialized_end=1562
-  _globals['_SIDEOUTPUTS_TAGSENTRY']._serialized_start=1519
-  _globals['_SIDEOUTPUTS_TAGSENTRY']._serialized_end=1562
-  _globals['_INFOREQUEST']._serialized_start=1564
-  _globals['_INFOREQUEST']._serialized_end=1577
-  _globals['_INPUTLIMITS']._serialized_start=1580
-  _globals['_INPUTLIMITS']._serialized_end=1708
-  _globals['_ENCODERINFO']._serialized_start=1711
-  _globals['_ENCODERINFO']._serialized_end=1981
-  _globals['_ENCODER']._serialized_start=2105
-  _globals['_ENCODER']._serialized_end=2412
+  _globals['_POOLEDFEATURES']._serialized_end=1260
+  _globals['_POOLEDFEATURES_TIMINGSMSENTRY']._serialized_start=1212
+  _globals['_POOLEDFEATURES_TIMINGSMSENTRY']._serialized_end=1260
+  _globals['_TEXTSPAN']._serialized_start=1262
+  _globals['_TEXTSPAN']._serialized_end=1319
+  _globals['_TRANSCRIPT']._serialized_start=1321
+  _globals['_TRANSCRIPT']._serialized_end=1385
+  _globals['_SIDEOUTPUTS']._serialized_start=1388
+  _globals['_SIDEOUTPUTS']._serialized_end=1587
+  _globals['_SIDEOUTPUTS_TAGSENTRY']._serialized_start=1544
+  _globals['_SIDEOUTPUTS_TAGSENTRY']._serialized_end=1587
+  _globals['_INFOREQUEST']._serialized_start=1589
+  _globals['_INFOREQUEST']._serialized_end=1602
+  _globals['_INPUTLIMITS']._serialized_start=1605
+  _globals['_INPUTLIMITS']._serialized_end=1733
+  _globals['_ENCODERINFO']._serialized_start=1736
+  _globals['_ENCODERINFO']._serialized_end=2006
+  _globals['_ENCODER']._serialized_start=2130
+  _globals['_ENCODER']._serialized_end=2437
 # @@protoc_insertion_point(module_scope)

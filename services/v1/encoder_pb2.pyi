@@ -99,7 +99,7 @@ class SequenceFeatures(_message.Message):
     def __init__(self, kind: _Optional[_Union[FeatureKind, str]] = ..., offset: _Optional[int] = ..., values: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...
 
 class PooledFeatures(_message.Message):
-    __slots__ = ("vector", "sequence_length", "truncated", "timings_ms", "model_version")
+    __slots__ = ("vector", "sequence_length", "truncated", "timings_ms", "model_version", "characters_read")
     class TimingsMsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -112,12 +112,14 @@ class PooledFeatures(_message.Message):
     TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_MS_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CHARACTERS_READ_FIELD_NUMBER: _ClassVar[int]
     vector: _tensor_pb2.Tensor
     sequence_length: int
     truncated: bool
     timings_ms: _containers.ScalarMap[str, float]
     model_version: str
-    def __init__(self, vector: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., sequence_length: _Optional[int] = ..., truncated: _Optional[bool] = ..., timings_ms: _Optional[_Mapping[str, float]] = ..., model_version: _Optional[str] = ...) -> None: ...
+    characters_read: int
+    def __init__(self, vector: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., sequence_length: _Optional[int] = ..., truncated: _Optional[bool] = ..., timings_ms: _Optional[_Mapping[str, float]] = ..., model_version: _Optional[str] = ..., characters_read: _Optional[int] = ...) -> None: ...
 
 class TextSpan(_message.Message):
     __slots__ = ("text", "confidence", "box")
