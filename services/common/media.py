@@ -10,10 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-# Audio formats the audio service decodes (audio/decode.py) and those it only recognises.
-AUDIO_READ = ("audio/wav", "audio/flac", "audio/ogg", "audio/mpeg")
-AUDIO_RECOGNISED = ("audio/mp4", "audio/webm", "audio/amr", "audio/aac")
-
 # A file's suffix where its bytes cannot say (raw PCM has no header).
 AUDIO_SUFFIXES = {
     ".wav": "audio/wav",
@@ -61,8 +57,9 @@ def is_mpeg_audio_frame(data: bytes) -> bool:
 
 
 def sniff_audio(data: bytes) -> str | None:
-    """The audio media type the bytes' signature says (AUDIO_READ, or AUDIO_RECOGNISED for
-    containers the audio service does not decode), or None (raw PCM has no signature)."""
+    """The audio media type the bytes' signature says: WAV, FLAC, OGG and MP3, which the
+    audio service decodes (audio/decode.py), or MP4/M4A, WebM, AMR and AAC, which it only
+    names when it refuses them; None for anything else (raw PCM has no signature)."""
     if data[:4] == b"RIFF" and data[8:12] == b"WAVE":
         return "audio/wav"
     if data.startswith(b"fLaC"):
