@@ -241,8 +241,7 @@ class _Tokenizer:
             batch = self.slow(list(texts), padding=True, truncation=True, max_length=self.max_tokens, return_tensors="np")
             encodings = getattr(batch, "encodings", None) or [None] * len(texts)
             truncated = [bool(e is not None and e.overflowing) for e in encodings]
-            read = [max((end for _, end in e.offsets), default=0) if cut and e is not None else 0 for cut, e in zip(truncated, encodings)]
-            return batch["input_ids"].astype(np.int64), batch["attention_mask"].astype(np.int64), truncated, read
+            return batch["input_ids"].astype(np.int64), batch["attention_mask"].astype(np.int64), truncated, _characters_read(truncated, encodings)
         encodings = self.fast.encode_batch(list(texts))
         length = max((len(e.ids) for e in encodings), default=0)
         ids = np.full((len(encodings), length), self.pad_id, dtype=np.int64)
@@ -251,7 +250,13 @@ class _Tokenizer:
             ids[row, : len(encoding.ids)] = encoding.ids
             mask[row, : len(encoding.ids)] = 1
         truncated = [bool(e.overflowing) for e in encodings]
-        return ids, mask, truncated, [max((end for _, end in e.offsets), default=0) if cut else 0 for cut, e in zip(truncated, encodings)]
+        return ids, mask, truncated, _characters_read(truncated, encodings)
+
+
+def _characters_read(truncated: list[bool], encodings: Sequence[Any]) -> list[int]:
+    """Per text: where it was truncated, the end of the last kept token's span (characters of
+    the text); 0 where it was read whole or its encoding keeps no spans."""
+    return [max((end for _, end in e.offsets), default=0) if cut and e is not None else 0 for cut, e in zip(truncated, encodings)]
 
 
 def prepare_openvino(source: str, allow_download: bool = False) -> None:
